@@ -1,0 +1,74 @@
+"""The root `cnet` command: registers the subcommands and is the error boundary.
+
+Only typer + rich here (and in `cnetcli.commands`): no torch/diffusers/transformers at import time, so
+`cnet --help` is instant. Each subcommand module exposes `register(app)`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from . import __version__
+from .commands import annotate, data, demo, generate, train, weights
+from .commands import eval as eval_cmd
+from .errors import CnetError
+
+app = typer.Typer(
+    name="cnet",
+    help="The whole ControlNet pipeline for Stable Diffusion: annotate -> train -> generate -> eval.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cnet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+) -> None:
+    """cnet: condition -> train -> generate, and the measurement around it."""
+
+
+for _mod in (annotate, train, generate, weights, data, eval_cmd, demo):
+    _mod.register(app)
+
+
+def error_line(msg: str) -> None:
+    """Print one red error line on stderr."""
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {msg}", markup=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `cnet` console script; turns CnetError into one line + exit code."""
+    debug = os.environ.get("CNET_DEBUG", "") not in ("", "0", "false", "no")
+    try:
+        app(args=argv, prog_name="cnet")
+    except CnetError as e:
+        if debug:
+            raise
+        from rich.markup import escape
+
+        error_line(escape(str(e)))
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        error_line("interrupted")
+        sys.exit(130)
+    except MemoryError:
+        if debug:
+            raise
+        error_line("out of memory: try a smaller --batch-size or resolution")
+        sys.exit(1)

@@ -1,0 +1,39 @@
+"""One error hierarchy for cnet.
+
+Core code raises these; the CLI boundary (`cnetcli.cli.main`) turns them into one red line on
+stderr and exit code 1 (`UsageError`: 2). `CNET_DEBUG=1` re-raises with the traceback.
+"""
+
+from __future__ import annotations
+
+
+class CnetError(Exception):
+    """Base class: a problem the user can fix. The message is one line naming the file/flag and the fix."""
+
+    exit_code = 1
+
+
+class UsageError(CnetError):
+    """A bad flag, flag combination or missing input path (exit code 2, like typer's usage errors)."""
+
+    exit_code = 2
+
+
+class InputError(CnetError):
+    """An input file is unreadable, not an image, truncated, too large, or otherwise unusable."""
+
+
+class MissingWeightsError(CnetError):
+    """A model weight is not available locally (and the hub is not reachable or is disabled)."""
+
+
+class ModelLoadError(CnetError):
+    """A model folder/file exists but cannot be loaded (wrong layout, corrupt file, unsafe pickle)."""
+
+
+class NotAvailableError(CnetError):
+    """A feature exists in the CLI but is not implemented or not installed here."""
+
+
+class TrainingError(CnetError):
+    """Training stopped: NaN/inf loss, out of memory, bad dataset."""

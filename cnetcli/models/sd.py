@@ -1,0 +1,198 @@
+"""Resolve and load a Stable Diffusion base and ControlNets, offline-aware.
+
+A model spec is one of:
+- a built-in name (see `BUILTIN_MODELS`; the embedded tiny base lives inside the package),
+- a local diffusers folder (with `model_index.json` for a base, `config.json` for a ControlNet),
+- a single file (`.safetensors`, `.ckpt`, `.pth`) in the original layout,
+- a hub repo id (used from the HF cache; downloaded only when online).
+
+Every failure is a `MissingWeightsError` / `ModelLoadError` with one line saying what to download and
+where to put it. No pickle is executed unless the caller explicitly allows it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import MissingWeightsError, ModelLoadError, UsageError
+
+#: The SD1.5 release (the paper's base).
+DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+#: Built-in short names -> hub id or a path inside the package (filled in by the modules that ship them).
+BUILTIN_MODELS: dict[str, str] = {
+    "sd15": DEFAULT_BASE,
+}
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
+
+
+def is_offline(offline: bool | None = None) -> bool:
+    if offline is not None:
+        return offline
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str  # "dir" | "file" | "hub"
+    location: str
+    original: str
+
+    def describe(self) -> str:
+        return {"dir": "folder", "file": "file", "hub": "hub id"}[self.kind] + f" {self.location}"
+
+
+def resolve(spec: str | os.PathLike) -> ModelSpec:
+    """Classify a model argument. A path that looks local but does not exist is a clear error."""
+    s = str(spec)
+    original = s
+    s = BUILTIN_MODELS.get(s, s)
+    p = Path(s).expanduser()
+    if p.is_dir():
+        return ModelSpec("dir", str(p), original)
+    if p.is_file():
+        if p.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            raise UsageError(f"{s}: not a model file (expected one of {', '.join(SINGLE_FILE_SUFFIXES)})")
+        return ModelSpec("file", str(p), original)
+    looks_local = s.startswith((".", "/", "~")) or p.suffix.lower() in SINGLE_FILE_SUFFIXES or s.count("/") > 1
+    if looks_local or os.sep in s and Path(s.split(os.sep)[0]).exists():
+        raise UsageError(f"{s}: no such model file or folder")
+    if s.count("/") != 1:
+        raise UsageError(f"{s}: not a local path, a hub id (owner/name) or a built-in name ({', '.join(BUILTIN_MODELS)})")
+    return ModelSpec("hub", s, original)
+
+
+def missing_hub_error(repo_id: str, what: str, extra: str = "") -> MissingWeightsError:
+    return MissingWeightsError(
+        f"{what} '{repo_id}' is not available offline: download it with `huggingface-cli download {repo_id}` "
+        f"(into the HF cache) or pass a local folder/file{extra}"
+    )
+
+
+def _load(cls: Any, spec: ModelSpec, what: str, offline: bool | None, **kwargs: Any) -> Any:
+    """`cls.from_pretrained` for a folder or hub id, with clear errors."""
+    try:
+        if spec.kind == "dir":
+            return cls.from_pretrained(spec.location, **kwargs)
+        return cls.from_pretrained(spec.location, local_files_only=is_offline(offline), **kwargs)
+    except (OSError, ValueError) as e:
+        if spec.kind == "hub":
+            raise missing_hub_error(spec.location, what) from None
+        sub = kwargs.get("subfolder")
+        where = f"{spec.location}/{sub}" if sub else spec.location
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"{where}: cannot load {what} ({msg})") from None
+
+
+BASE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+def load_base_components(
+    base: str | os.PathLike = DEFAULT_BASE,
+    *,
+    parts: tuple[str, ...] = BASE_PARTS,
+    torch_dtype: Any = None,
+    offline: bool | None = None,
+    config: str | None = None,
+) -> dict[str, Any]:
+    """Load the SD base's components (unet, vae, text_encoder, tokenizer, scheduler) as a dict.
+
+    `config`: for a single-file checkpoint, a local diffusers folder holding the matching configs (needed
+    offline; online the SD1.5 configs are fetched).
+    """
+    spec = resolve(base)
+    if spec.kind == "file":
+        return _load_single_file_base(spec, parts, torch_dtype, offline, config)
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    classes = {
+        "unet": UNet2DConditionModel,
+        "vae": AutoencoderKL,
+        "text_encoder": CLIPTextModel,
+        "tokenizer": CLIPTokenizer,
+        "scheduler": DDPMScheduler,
+    }
+    if spec.kind == "dir" and not (Path(spec.location) / "model_index.json").exists():
+        raise ModelLoadError(f"{spec.location}: not a diffusers Stable Diffusion folder (no model_index.json)")
+    out: dict[str, Any] = {}
+    for part in parts:
+        kw: dict[str, Any] = {"subfolder": part}
+        if torch_dtype is not None and part in ("unet", "vae", "text_encoder"):
+            kw["torch_dtype"] = torch_dtype
+        out[part] = _load(classes[part], spec, "Stable Diffusion base", offline, **kw)
+    return out
+
+
+def _load_single_file_base(spec: ModelSpec, parts: tuple[str, ...], torch_dtype: Any, offline: bool | None,
+                           config: str | None) -> dict[str, Any]:
+    from diffusers import StableDiffusionPipeline
+
+    if spec.location.lower().endswith((".ckpt", ".pth", ".pt", ".bin")):
+        raise ModelLoadError(
+            f"{spec.location}: pickled checkpoints are not loaded (they can run code); convert it to .safetensors "
+            "or use a diffusers folder"
+        )
+    kw: dict[str, Any] = {}
+    if config:
+        kw["config"] = config
+    if torch_dtype is not None:
+        kw["torch_dtype"] = torch_dtype
+    try:
+        pipe = StableDiffusionPipeline.from_single_file(
+            spec.location, local_files_only=is_offline(offline) or bool(config), safety_checker=None, **kw
+        )
+    except Exception as e:  # diffusers raises many kinds here
+        hint = "" if config else " (offline, pass the matching diffusers config folder, e.g. --base-config DIR)"
+        raise ModelLoadError(f"{spec.location}: cannot load single-file SD checkpoint{hint}: {str(e).splitlines()[0]}") from None
+    from diffusers import DDPMScheduler
+
+    comps = {
+        "unet": pipe.unet,
+        "vae": pipe.vae,
+        "text_encoder": pipe.text_encoder,
+        "tokenizer": pipe.tokenizer,
+        "scheduler": DDPMScheduler.from_config(pipe.scheduler.config),
+    }
+    return {k: comps[k] for k in parts}
+
+
+def load_controlnet(
+    spec_str: str | os.PathLike,
+    *,
+    torch_dtype: Any = None,
+    offline: bool | None = None,
+    config: str | None = None,
+) -> Any:
+    """Load a ControlNetModel from a diffusers folder, a single file in the original layout, or a hub id.
+
+    A folder written by `cnet train` (OUTPUT/ with a `controlnet/` subfolder) is accepted too.
+    """
+    from diffusers import ControlNetModel
+
+    spec = resolve(spec_str)
+    kw: dict[str, Any] = {}
+    if torch_dtype is not None:
+        kw["torch_dtype"] = torch_dtype
+    if spec.kind == "dir":
+        p = Path(spec.location)
+        if not (p / "config.json").exists() and (p / "controlnet" / "config.json").exists():
+            spec = ModelSpec("dir", str(p / "controlnet"), spec.original)
+        elif not (p / "config.json").exists():
+            raise ModelLoadError(f"{p}: not a diffusers ControlNet folder (no config.json)")
+        return _load(ControlNetModel, spec, "ControlNet", offline, **kw)
+    if spec.kind == "file":
+        if spec.location.lower().endswith((".ckpt", ".pth", ".pt", ".bin")):
+            kw["use_safetensors"] = False
+        try:
+            if config:
+                kw["config"] = config
+            return ControlNetModel.from_single_file(
+                spec.location, local_files_only=is_offline(offline) or bool(config), **kw
+            )
+        except Exception as e:
+            hint = "" if config else " (offline, pass a local folder holding the matching config.json as the ControlNet config)"
+            raise ModelLoadError(f"{spec.location}: cannot load single-file ControlNet{hint}: {str(e).splitlines()[0]}") from None
+    return _load(ControlNetModel, spec, "ControlNet", offline, **kw)

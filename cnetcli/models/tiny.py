@@ -1,0 +1,142 @@
+"""Tiny Stable Diffusion / ControlNet architectures built from configs (no download).
+
+Used by the offline tests (real diffusers/transformers classes at toy size, saved in the real diffusers
+layout) and as the architecture of the embedded demo base. Nothing here loads weights from a hub.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# The CLIP byte-level alphabet (same as openai/CLIP's bytes_to_unicode).
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(2**8):
+        if b not in bs:
+            bs.append(b)
+            cs.append(2**8 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs], strict=True))
+
+
+def write_clip_tokenizer(directory: str | Path, words: tuple[str, ...] = (), model_max_length: int = 77) -> Path:
+    """Write a working `CLIPTokenizer` (vocab.json, merges.txt, configs) with a byte-level alphabet and
+    whole-word merges for `words`, so those words are single tokens. Returns the folder."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    chars = list(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for tok in ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]:
+        vocab.setdefault(tok, len(vocab))
+    merges: list[tuple[str, str]] = []
+    seen: set[tuple[str, str]] = set()
+    for w in words:
+        w = w.lower()
+        if not w or any(ch not in chars for ch in w):
+            continue
+        symbols = list(w[:-1]) + [w[-1] + "</w>"]
+        cur = symbols[0]
+        for s in symbols[1:]:
+            pair = (cur, s)
+            if pair not in seen:
+                seen.add(pair)
+                merges.append(pair)
+            cur = cur + s
+            vocab.setdefault(cur, len(vocab))
+    (d / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
+    (d / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    (d / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "CLIPTokenizer", "model_max_length": model_max_length,
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>", "do_lower_case": True,
+    }))
+    (d / "special_tokens_map.json").write_text(json.dumps({
+        "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+    }))
+    return d
+
+
+def tiny_sd_components(
+    seed: int = 0,
+    *,
+    block_out_channels: tuple[int, ...] = (32, 64),
+    cross_attention_dim: int = 32,
+    sample_size: int = 8,
+    tokenizer_dir: str | Path | None = None,
+    words: tuple[str, ...] = (),
+    vae_channels: tuple[int, ...] = (32, 64),
+    text_layers: int = 2,
+) -> dict[str, Any]:
+    """Real diffusers/transformers classes at toy size, deterministically initialised from `seed`."""
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    n = len(block_out_channels)
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=block_out_channels,
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=8,
+        norm_num_groups=8,
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * len(vae_channels),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_channels),
+        latent_channels=4,
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=sample_size * 2 ** (len(vae_channels) - 1),
+    )
+    if tokenizer_dir is None:
+        tokenizer_dir = tempfile.mkdtemp(prefix="cnet-tok-")
+        write_clip_tokenizer(tokenizer_dir, words)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=max(len(tokenizer), 600), hidden_size=cross_attention_dim, intermediate_size=2 * cross_attention_dim,
+        num_hidden_layers=text_layers, num_attention_heads=4, max_position_embeddings=77,
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, projection_dim=cross_attention_dim,
+    ))
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              num_train_timesteps=1000, clip_sample=False, steps_offset=1)
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
+
+
+def save_sd_folder(components: dict[str, Any], directory: str | Path) -> Path:
+    """Save components as a diffusers Stable Diffusion folder (model_index.json + subfolders, safetensors)."""
+    from diffusers import StableDiffusionPipeline
+
+    d = Path(directory)
+    pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.save_pretrained(str(d), safe_serialization=True)
+    return d
+
+
+def tiny_controlnet(unet: Any, seed: int = 0, conditioning_channels: tuple[int, ...] = (16, 32)) -> Any:
+    """A ControlNet initialised from a tiny UNet (trainable copy, zero convolutions)."""
+    import torch
+    from diffusers import ControlNetModel
+
+    torch.manual_seed(seed)
+    return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=conditioning_channels)

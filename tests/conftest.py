@@ -1,0 +1,65 @@
+"""Shared fixtures: everything offline, tiny real models built from configs."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+
+TINY_WORDS = ("red", "green", "blue", "yellow", "circle", "with", "background", "a", "professional",
+              "detailed", "high-quality", "image", "photo", "of", "cat", "dog")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory):
+    """A tiny Stable Diffusion saved as a real diffusers folder (model_index.json + safetensors)."""
+    from cnetcli.models.tiny import save_sd_folder, tiny_sd_components
+
+    d = tmp_path_factory.mktemp("tiny-sd")
+    save_sd_folder(tiny_sd_components(seed=0, words=TINY_WORDS), d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_dir(tiny_sd_dir, tmp_path_factory):
+    """A tiny ControlNet initialised from the tiny UNet, saved as a diffusers folder."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from cnetcli.models.tiny import tiny_controlnet
+
+    unet = UNet2DConditionModel.from_pretrained(tiny_sd_dir, subfolder="unet")
+    cn = tiny_controlnet(unet, seed=1)
+    # give the zero convolutions some weight so the ControlNet actually changes outputs in tests
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in list(cn.controlnet_down_blocks) + [cn.controlnet_mid_block]:
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.05)
+    d = tmp_path_factory.mktemp("tiny-cn")
+    cn.save_pretrained(d)
+    return d
+
+
+@pytest.fixture
+def run_cli():
+    """Run the CLI in-process: returns (exit_code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from cnetcli.cli import main
+
+    def _run(*args: str):
+        out, err = io.StringIO(), io.StringIO()
+        code = 0
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main(list(args))
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        return code, out.getvalue(), err.getvalue()
+
+    return _run

@@ -1,0 +1,46 @@
+import subprocess
+import sys
+
+import cnetcli
+
+
+def test_version(run_cli):
+    code, out, _ = run_cli("--version")
+    assert code == 0 and cnetcli.__version__ in out
+
+
+def test_help_lists_commands(run_cli):
+    code, out, _ = run_cli("--help")
+    assert code == 0
+    for cmd in ("annotate", "train", "generate"):
+        assert cmd in out
+
+
+def test_cli_import_is_light():
+    code = "import sys, cnetcli.cli; print(' '.join(m for m in ('torch','diffusers','transformers','cv2') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
+
+
+def test_python_m_cnetcli():
+    r = subprocess.run([sys.executable, "-m", "cnetcli", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and "cnet" in r.stdout
+
+
+def test_tiny_sd_round_trip(tiny_sd_dir):
+    from cnetcli.models.sd import load_base_components
+
+    comps = load_base_components(tiny_sd_dir, offline=True)
+    assert set(comps) == {"unet", "vae", "text_encoder", "tokenizer", "scheduler"}
+    ids = comps["tokenizer"]("red circle").input_ids
+    assert len(ids) == 4  # bos, red, circle, eos: whole-word merges work
+
+
+def test_missing_hub_model_is_clear_error():
+    import pytest
+
+    from cnetcli.errors import MissingWeightsError
+    from cnetcli.models.sd import load_base_components
+
+    with pytest.raises(MissingWeightsError, match="huggingface-cli download"):
+        load_base_components("nobody/does-not-exist", offline=True, parts=("scheduler",))
