@@ -7,6 +7,7 @@ layout) and as the architecture of the embedded demo base. Nothing here loads we
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -140,3 +141,44 @@ def tiny_controlnet(unet: Any, seed: int = 0, conditioning_channels: tuple[int, 
 
     torch.manual_seed(seed)
     return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=conditioning_channels)
+
+
+def tiny_blip(words: tuple[str, ...] = (), image_size: int = 32, hidden: int = 32, seed: int = 0) -> tuple[Any, Any]:
+    """A tiny BLIP captioner (BlipForConditionalGeneration + BlipProcessor) built offline from configs.
+
+    The BERT word-piece vocabulary holds BLIP's special tokens plus `words` (whole words) and single
+    characters, so captions over that vocabulary can be learned and decoded."""
+    import tempfile
+
+    import torch
+    from transformers import (
+        BertTokenizer,
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
+    chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(i) for i in range(10)] + list(",.-'")
+    vocab = specials + sorted({w.lower() for w in words} - set(specials)) + [c for c in chars if c not in words]
+    vocab += ["##" + c for c in chars]
+    d = tempfile.mkdtemp(prefix="cnet-blip-tok-")
+    with open(os.path.join(d, "vocab.txt"), "w") as f:
+        f.write("\n".join(vocab) + "\n")
+    tok = BertTokenizer(os.path.join(d, "vocab.txt"), do_lower_case=True, bos_token="[DEC]")
+    ids = {t: vocab.index(t) for t in specials}
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=40, encoder_hidden_size=hidden,
+                         bos_token_id=ids["[DEC]"], pad_token_id=ids["[PAD]"], sep_token_id=ids["[SEP]"],
+                         eos_token_id=ids["[SEP]"]),
+        vision_config=dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=image_size, patch_size=8),
+        projection_dim=hidden,
+    )
+    torch.manual_seed(seed)
+    model = BlipForConditionalGeneration(cfg)
+    processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": image_size, "width": image_size}),
+                              tokenizer=tok)
+    return model, processor
