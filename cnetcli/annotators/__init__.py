@@ -56,6 +56,11 @@ _ALIASES: dict[str, str] = {}
 # Modules that register hint types. Importing them must stay cheap (no torch/cv2 at import time).
 _MODULES = (
     "cnetcli.annotators.basic",
+    "cnetcli.annotators.pose",
+    "cnetcli.annotators.depth",
+    "cnetcli.annotators.seg",
+    "cnetcli.annotators.edges",
+    "cnetcli.annotators.mlsd",
 )
 _loaded = False
 
@@ -123,7 +128,7 @@ def annotate(
 
     ht = get_type(type)
     img = as_rgb_array(image)
-    runtime = {k: params.pop(k) for k in ("device", "weights_dir", "offline", "dtype") if k in params}
+    runtime = {k: params.pop(k) for k in ("device", "weights_dir", "offline", "dtype", "trust_pickle") if k in params}
     p = ht.make_params(**params)
     fn = build(ht.name, p, **runtime)
     dr = detect_resolution or ht.default_detect_resolution

@@ -1,0 +1,88 @@
+"""Import one controlnet_aux submodule without its eager `__init__` and device/runtime helpers.
+
+`controlnet_aux/__init__.py` imports every detector (mediapipe, timm, segment_anything, ...), so one broken
+optional dependency breaks them all, and it costs seconds. `aux_module("open_pose")` registers a light
+package object for `controlnet_aux` (whose attributes still resolve lazily to the real package contents)
+and imports only the submodule asked for. Any import failure becomes one `NotAvailableError`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+from typing import Any
+
+from ..errors import NotAvailableError
+
+
+def _light_package() -> None:
+    if "controlnet_aux" in sys.modules:
+        return
+    spec = importlib.util.find_spec("controlnet_aux")
+    if spec is None or not spec.submodule_search_locations:
+        raise NotAvailableError("controlnet_aux is not installed: `pip install controlnet-aux`")
+    pkg = types.ModuleType("controlnet_aux")
+    pkg.__path__ = list(spec.submodule_search_locations)
+    pkg.__file__ = spec.origin
+    pkg.__spec__ = spec
+    pkg.__package__ = "controlnet_aux"
+    state = {"full": False}
+
+    def __getattr__(name: str) -> Any:  # `from controlnet_aux import X` still works: run the real __init__ once
+        if name.startswith("__") or state["full"]:
+            raise AttributeError(name)
+        state["full"] = True
+        with open(spec.origin, encoding="utf-8") as fh:
+            exec(compile(fh.read(), spec.origin, "exec"), pkg.__dict__)
+        return pkg.__dict__[name]
+
+    pkg.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    sys.modules["controlnet_aux"] = pkg
+
+
+def aux_module(name: str) -> Any:
+    """`controlnet_aux.<name>` imported on its own (e.g. "open_pose", "hed", "midas.midas.dpt_depth")."""
+    try:
+        _light_package()
+        return importlib.import_module(f"controlnet_aux.{name}")
+    except NotAvailableError:
+        raise
+    except Exception as e:  # ImportError, or a broken dependency raising anything at import time
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise NotAvailableError(f"controlnet_aux.{name} cannot be imported ({msg[:160]}); "
+                                "check controlnet-aux and its dependencies (torchvision, timm, scipy)") from None
+
+
+def resolve_device(device: str | None) -> str:
+    """auto|cpu|cuda|cuda:N -> a torch device string (auto: cuda when available)."""
+    import torch
+
+    d = (device or "auto").lower()
+    if d == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        raise NotAvailableError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
+    if d not in ("cpu", "mps") and not d.startswith("cuda"):
+        from ..errors import UsageError
+
+        raise UsageError(f"--device must be auto, cpu or cuda (got {device!r})")
+    return d
+
+
+def half_dtype(device: str, dtype: Any = None) -> Any:
+    """float16 on CUDA (unless a dtype is given), float32 elsewhere."""
+    import torch
+
+    if dtype is not None:
+        return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+def group_by_shape(arrays: list[Any]) -> dict[tuple, list[int]]:
+    """Indices of arrays grouped by shape (so same-size images are stacked into one batch)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, a in enumerate(arrays):
+        groups.setdefault(tuple(a.shape), []).append(i)
+    return groups

@@ -1,0 +1,235 @@
+"""`depth` and `normal`: MiDaS DPT-Hybrid as in ControlNet, a transformers depth model, NormalBAE.
+
+- `depth` (default `model=midas`): ControlNet's MiDaS (dpt_hybrid-midas-501f0c75.pt): the detect-resized
+  RGB image scaled to [-1, 1], relative inverse depth min-max normalised to 0..255 per image.
+  `model=<hub id or folder>`: any `AutoModelForDepthEstimation` (DPT, Depth Anything) with its processor;
+  its predicted depth is resized to the detect size and normalised the same way.
+- `normal` (default `model=midas`): ControlNet 1.0's normal-from-depth: Sobel x/y on the raw MiDaS depth,
+  z = 2*pi, x = y = 0 where the normalised depth < bg_threshold (0.4), unit-normalised, mapped to 0..255
+  and stored in ControlNet's channel order (the [:, :, ::-1] the original applies before the model).
+  `model=bae`: NormalBAE (scannet.pt, ControlNet 1.1).
+
+`batch()` stacks same-size images into one tensor (one forward per size group), in half precision on CUDA.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from . import HintType, register
+
+
+def normalize_depth(depth: np.ndarray) -> np.ndarray:
+    """ControlNet's depth map: (d - min) / max(after shift), as float in 0..1."""
+    d = depth.astype(np.float32) - np.min(depth)
+    return d / max(float(np.max(d)), 1e-8)
+
+
+def depth_to_uint8(depth: np.ndarray) -> np.ndarray:
+    return (normalize_depth(depth) * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def depth_to_normal(depth: np.ndarray, bg_threshold: float = 0.4, a: float = np.pi * 2.0) -> np.ndarray:
+    """ControlNet 1.0's normal map from a raw MiDaS depth (H x W float) -> RGB uint8 H x W x 3."""
+    import cv2
+
+    depth_np = depth.astype(np.float32)
+    depth_pt = normalize_depth(depth_np)
+    x = cv2.Sobel(depth_np, cv2.CV_32F, 1, 0, ksize=3)
+    y = cv2.Sobel(depth_np, cv2.CV_32F, 0, 1, ksize=3)
+    z = np.ones_like(x) * a
+    x[depth_pt < bg_threshold] = 0
+    y[depth_pt < bg_threshold] = 0
+    normal = np.stack([x, y, z], axis=2)
+    normal /= np.sum(normal**2.0, axis=2, keepdims=True) ** 0.5
+    return (normal * 127.5 + 127.5).clip(0, 255).astype(np.uint8)[:, :, ::-1].copy()
+
+
+def _finish(maps: list[np.ndarray], images: list[np.ndarray], image_resolution: int) -> list[np.ndarray]:
+    """Hint at ControlNet's output size (resize_image(input, image_resolution)), linear interpolation."""
+    import cv2
+
+    from ..images import HWC3, resize_image
+
+    out = []
+    for m, im in zip(maps, images, strict=True):
+        H, W = resize_image(im, image_resolution).shape[:2]
+        out.append(cv2.resize(HWC3(m), (W, H), interpolation=cv2.INTER_LINEAR))
+    return out
+
+
+class _Batched:
+    """Shared batching: resize each image to the detect size, run `_forward` once per same-size group."""
+
+    device: str
+    dtype: Any
+
+    def _forward(self, dets: list[np.ndarray]) -> list[np.ndarray]:  # -> one map per image (H x W [x 3])
+        raise NotImplementedError
+
+    def _post(self, raw: np.ndarray) -> np.ndarray:
+        return raw
+
+    def batch(self, images: list[np.ndarray], *, detect_resolution: int, image_resolution: int) -> list[np.ndarray]:
+        from ..images import HWC3, resize_image
+        from ._aux import group_by_shape
+
+        images = [HWC3(im) for im in images]
+        dets = [resize_image(im, detect_resolution) for im in images]
+        maps: list[Any] = [None] * len(images)
+        for idx in group_by_shape(dets).values():
+            for i, m in zip(idx, self._forward([dets[i] for i in idx]), strict=True):
+                maps[i] = self._post(m)
+        return _finish(maps, images, image_resolution)
+
+    def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
+        return self.batch([image], detect_resolution=detect_resolution, image_resolution=image_resolution)[0]
+
+
+def load_midas(weights_dir: Any = None, offline: Any = None, trust_pickle: Any = None) -> Any:
+    """MiDaS DPT-Hybrid (controlnet_aux's DPTDepthModel, vitb_rn50_384) with dpt_hybrid-midas-501f0c75.pt."""
+    from ..models import weights as W
+    from ._aux import aux_module
+
+    path = W.resolve("dpt_hybrid-midas-501f0c75.pt", weights_dir, offline, "depth")
+    DPTDepthModel = aux_module("midas.midas.dpt_depth").DPTDepthModel
+    return W.load_into(lambda: DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True), path,
+                       keys=("model",), trust_pickle=trust_pickle)
+
+
+class MidasRaw(_Batched):
+    """Raw MiDaS depth per image (float H x W at the detect size)."""
+
+    def __init__(self, device: str | None = None, dtype: Any = None, weights_dir: Any = None, offline: Any = None,
+                 trust_pickle: Any = None) -> None:
+        from ._aux import half_dtype, resolve_device
+
+        self.device = resolve_device(device)
+        self.dtype = half_dtype(self.device, dtype)
+        self.model = load_midas(weights_dir, offline, trust_pickle).to(self.device, self.dtype)
+
+    def _forward(self, dets: list[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        x = torch.from_numpy(np.stack(dets)).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        with torch.inference_mode():
+            d = self.model(x.to(self.dtype)).float().cpu().numpy()
+        return list(d)
+
+
+class TransformersDepth(_Batched):
+    """An AutoModelForDepthEstimation (DPT, Depth Anything, ...) from a hub id or a local folder."""
+
+    def __init__(self, spec: str, device: str | None = None, dtype: Any = None, offline: Any = None,
+                 **_: Any) -> None:
+        from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+        from ..models.sd import _load, resolve
+        from ._aux import half_dtype, resolve_device
+
+        self.device = resolve_device(device)
+        self.dtype = half_dtype(self.device, dtype)
+        s = resolve(spec)
+        if s.kind == "file":
+            raise UsageError(f"--param model={spec}: a depth model must be a hub id or a folder with config.json")
+        self.model = _load(AutoModelForDepthEstimation, s, "depth model", offline).to(self.device, self.dtype).eval()
+        self.processor = _load(AutoImageProcessor, s, "depth model processor", offline)
+
+    def _forward(self, dets: list[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        inputs = self.processor(images=list(dets), return_tensors="pt")
+        pv = inputs["pixel_values"].to(self.device, self.dtype)
+        with torch.inference_mode():
+            pred = self.model(pixel_values=pv).predicted_depth  # (B, h, w)
+        H, W = dets[0].shape[:2]
+        pred = torch.nn.functional.interpolate(pred[:, None].float(), size=(H, W), mode="bicubic",
+                                               align_corners=False)[:, 0]
+        return list(pred.cpu().numpy())
+
+
+@dataclass(frozen=True)
+class DepthParams:
+    model: str = "midas"  # "midas" (ControlNet's DPT-Hybrid) or a transformers depth model hub id / folder
+
+
+class Depth(_Batched):
+    def __init__(self, params: DepthParams, **rt: Any) -> None:
+        rt = {k: v for k, v in rt.items() if k in ("device", "dtype", "weights_dir", "offline", "trust_pickle")}
+        self.inner = MidasRaw(**rt) if params.model.lower() in ("midas", "dpt_hybrid") else TransformersDepth(
+            params.model, **rt)
+
+    def _forward(self, dets: list[np.ndarray]) -> list[np.ndarray]:
+        return self.inner._forward(dets)
+
+    def _post(self, raw: np.ndarray) -> np.ndarray:
+        return depth_to_uint8(raw)
+
+
+@dataclass(frozen=True)
+class NormalParams:
+    model: str = "midas"  # "midas" (ControlNet 1.0, normal from depth) or "bae" (NormalBAE, ControlNet 1.1)
+    bg_threshold: float = 0.4
+
+    def __post_init__(self) -> None:
+        if self.model.lower() not in ("midas", "bae"):
+            raise UsageError(f"normal: model must be midas or bae (got {self.model!r})")
+        if not 0.0 <= self.bg_threshold <= 1.0:
+            raise UsageError(f"normal: bg_threshold must be in 0..1 (got {self.bg_threshold})")
+
+
+class NormalBae(_Batched):
+    """NormalBAE (scannet.pt): ImageNet-normalised RGB in 0..1, (normal + 1) / 2 of the last prediction."""
+
+    def __init__(self, device: str | None = None, dtype: Any = None, weights_dir: Any = None, offline: Any = None,
+                 trust_pickle: Any = None, **_: Any) -> None:
+        import types
+
+        from ..models import weights as W
+        from ._aux import aux_module, half_dtype, resolve_device
+
+        self.device = resolve_device(device)
+        self.dtype = half_dtype(self.device, dtype)
+        path = W.resolve("scannet.pt", weights_dir, offline, "normal")
+        args = types.SimpleNamespace(mode="client", architecture="BN", pretrained="scannet", sampling_ratio=0.4,
+                                     importance_ratio=0.7)
+        NNET = aux_module("normalbae.nets.NNET").NNET
+        self.model = W.load_into(lambda: NNET(args), path, keys=("model",), trust_pickle=trust_pickle).to(self.device, self.dtype)
+
+    def _forward(self, dets: list[np.ndarray]) -> list[np.ndarray]:
+        import torch
+
+        x = torch.from_numpy(np.stack(dets)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        mean = torch.tensor([0.485, 0.456, 0.406], device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor([0.229, 0.224, 0.225], device=self.device).view(1, 3, 1, 1)
+        with torch.inference_mode():
+            normal = self.model(((x - mean) / std).to(self.dtype))[0][-1][:, :3].float()
+        normal = ((normal + 1) * 0.5).clip(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+        return [(n * 255.0).clip(0, 255).astype(np.uint8) for n in normal]
+
+
+class Normal(_Batched):
+    def __init__(self, params: NormalParams, **rt: Any) -> None:
+        rt = {k: v for k, v in rt.items() if k in ("device", "dtype", "weights_dir", "offline", "trust_pickle")}
+        self.p = params
+        self.inner = NormalBae(**rt) if params.model.lower() == "bae" else MidasRaw(**rt)
+
+    def _forward(self, dets: list[np.ndarray]) -> list[np.ndarray]:
+        return self.inner._forward(dets)
+
+    def _post(self, raw: np.ndarray) -> np.ndarray:
+        if self.p.model.lower() == "bae":
+            return raw
+        return depth_to_normal(raw, self.p.bg_threshold)
+
+
+register(HintType("depth", "MiDaS DPT-Hybrid depth as in ControlNet (model=<transformers depth model> optional)",
+                  DepthParams, lambda p, **rt: Depth(p, **rt), resize="linear", needs_weights=True,
+                  default_detect_resolution=384, aliases=("midas",)))
+register(HintType("normal", "Normal map: ControlNet 1.0 normal-from-MiDaS-depth (bg_threshold) or model=bae",
+                  NormalParams, lambda p, **rt: Normal(p, **rt), resize="linear", needs_weights=True,
+                  default_detect_resolution=384))

@@ -1,0 +1,151 @@
+"""`softedge` and `fake_scribble`: HED (ControlNetHED.pth) or PiDiNet (table5_pidinet.pth) soft edges.
+
+- `softedge`: the network's edge probability in 0..255 (ControlNet 1.1 softedge), `safe=true` quantises it
+  (controlnet_aux's safe_step) so the model cannot hide information in faint edges.
+- `fake_scribble`: ControlNet's fake scribble (gradio_fake_scribble2image / HEDdetector(scribble=True)): the
+  edge map resized to the output size, then non-maximum suppression (threshold 127, sigma 3), a Gaussian
+  blur (sigma 3) and a hard threshold (> 4 -> 255). `scribble_postprocess` is that pure step.
+
+`batch()` runs the network once per same-size group; the per-scale side outputs are then resized per image
+with cv2 exactly as the original does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from . import HintType, register
+
+
+def nms(x: np.ndarray, t: float, s: float) -> np.ndarray:
+    """ControlNet's directional non-maximum suppression on a blurred map; returns a 0/255 uint8 map."""
+    import cv2
+
+    x = cv2.GaussianBlur(x.astype(np.float32), (0, 0), s)
+    f1 = np.array([[0, 0, 0], [1, 1, 1], [0, 0, 0]], dtype=np.uint8)
+    f2 = np.array([[0, 1, 0], [0, 1, 0], [0, 1, 0]], dtype=np.uint8)
+    f3 = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.uint8)
+    f4 = np.array([[0, 0, 1], [0, 1, 0], [1, 0, 0]], dtype=np.uint8)
+    y = np.zeros_like(x)
+    for f in (f1, f2, f3, f4):
+        np.putmask(y, cv2.dilate(x, kernel=f) == x, x)
+    z = np.zeros_like(y, dtype=np.uint8)
+    z[y > t] = 255
+    return z
+
+
+def safe_step(x: np.ndarray, step: int = 2) -> np.ndarray:
+    y = x.astype(np.float32) * float(step + 1)
+    return y.astype(np.int32).astype(np.float32) / float(step)
+
+
+def scribble_postprocess(edge_map: np.ndarray) -> np.ndarray:
+    """HED/PiDiNet soft edges (uint8, at the output size) -> ControlNet's fake scribble (0/255)."""
+    import cv2
+
+    m = nms(edge_map, 127, 3.0)
+    m = cv2.GaussianBlur(m, (0, 0), 3.0)
+    m[m > 4] = 255
+    m[m < 255] = 0
+    return m
+
+
+@dataclass(frozen=True)
+class SoftEdgeParams:
+    model: str = "hed"  # "hed" (ControlNetHED.pth) | "pidinet" (table5_pidinet.pth)
+    safe: bool = False
+
+    def __post_init__(self) -> None:
+        if self.model.lower() not in ("hed", "pidinet", "pidi"):
+            raise UsageError(f"model must be hed or pidinet (got {self.model!r})")
+
+
+@dataclass(frozen=True)
+class FakeScribbleParams:
+    model: str = "hed"  # "hed" | "pidinet"
+
+    def __post_init__(self) -> None:
+        if self.model.lower() not in ("hed", "pidinet", "pidi"):
+            raise UsageError(f"model must be hed or pidinet (got {self.model!r})")
+
+
+class EdgeNet:
+    """HED or PiDiNet soft edges; `edges(dets)` -> float maps in 0..1 at each detect size."""
+
+    def __init__(self, model: str, device: str | None = None, weights_dir: Any = None, offline: Any = None,
+                 trust_pickle: Any = None, type_name: str = "softedge", **_: Any) -> None:
+        from ..models import weights as W
+        from ._aux import aux_module, resolve_device
+
+        self.device = resolve_device(device)
+        self.kind = "pidinet" if model.lower().startswith("pidi") else "hed"
+        if self.kind == "hed":
+            path = W.resolve("ControlNetHED.pth", weights_dir, offline, type_name)
+            net = aux_module("hed").ControlNetHED_Apache2
+        else:
+            path = W.resolve("table5_pidinet.pth", weights_dir, offline, type_name)
+            net = aux_module("pidi.model").pidinet
+        self.net = W.load_into(net, path, keys=("state_dict",), trust_pickle=trust_pickle).float().to(self.device)
+
+    def edges(self, dets: list[np.ndarray]) -> list[np.ndarray]:
+        import cv2
+        import torch
+
+        H, W = dets[0].shape[:2]
+        x = torch.from_numpy(np.stack(dets)).to(self.device).permute(0, 3, 1, 2).float()
+        with torch.inference_mode():
+            if self.kind == "hed":  # RGB 0..255 in; mean of the 5 side outputs (resized), then sigmoid
+                sides = [s.float().cpu().numpy()[:, 0] for s in self.net(x)]
+                out = []
+                for b in range(len(dets)):
+                    e = np.stack([cv2.resize(s[b], (W, H), interpolation=cv2.INTER_LINEAR) for s in sides], axis=2)
+                    out.append(1 / (1 + np.exp(-np.mean(e, axis=2).astype(np.float64))))
+                return out
+            e = self.net(x.flip(1) / 255.0)[-1]  # PiDiNet: BGR in 0..1, last output is already a sigmoid
+            return list(e.float().cpu().numpy()[:, 0])
+
+
+class _EdgeHint:
+    def __init__(self, net: EdgeNet, safe: bool, scribble: bool) -> None:
+        self.net, self.safe, self.scribble = net, safe, scribble
+
+    def batch(self, images: list[np.ndarray], *, detect_resolution: int, image_resolution: int) -> list[np.ndarray]:
+        import cv2
+
+        from ..images import HWC3, resize_image
+        from ._aux import group_by_shape
+
+        images = [HWC3(im) for im in images]
+        dets = [resize_image(im, detect_resolution) for im in images]
+        out: list[Any] = [None] * len(images)
+        for idx in group_by_shape(dets).values():
+            for i, e in zip(idx, self.net.edges([dets[i] for i in idx]), strict=True):
+                if self.safe:
+                    e = safe_step(e)
+                m = HWC3((e * 255.0).clip(0, 255).astype(np.uint8))
+                H, W = resize_image(images[i], image_resolution).shape[:2]
+                m = cv2.resize(m, (W, H), interpolation=cv2.INTER_LINEAR)
+                out[i] = scribble_postprocess(m) if self.scribble else m
+        return out
+
+    def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
+        return self.batch([image], detect_resolution=detect_resolution, image_resolution=image_resolution)[0]
+
+
+def _runtime(rt: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in rt.items() if k in ("device", "weights_dir", "offline", "trust_pickle")}
+
+
+register(HintType("softedge", "Soft edges: HED (default) or model=pidinet; safe=true quantises",
+                  SoftEdgeParams, lambda p, **rt: _EdgeHint(EdgeNet(p.model, type_name="softedge", **_runtime(rt)),
+                                                            p.safe, False),
+                  resize="linear", needs_weights=True, default_detect_resolution=512, aliases=("hed",)))
+register(HintType("fake_scribble", "ControlNet's fake scribble from a photo: HED (or model=pidinet) -> NMS -> blur -> threshold",
+                  FakeScribbleParams,
+                  lambda p, **rt: _EdgeHint(EdgeNet(p.model, type_name="fake_scribble", **_runtime(rt)), False, True),
+                  resize="nearest", needs_weights=True, default_detect_resolution=512,
+                  aliases=("scribble_hed", "hed_scribble")))

@@ -1,0 +1,80 @@
+"""`mlsd`: M-LSD straight lines (mlsd_large_512_fp32.pth), as ControlNet's "Hough" (MLSD) model saw them.
+
+The detect-resized image goes through M-LSD (controlnet_aux's MobileV2_MLSD_Large + pred_lines, at the
+detect size); every segment with score > `value_threshold` and length > `distance_threshold` is drawn as
+a 1-pixel white line on black, then resized to the output size with nearest-neighbour interpolation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from . import HintType, register
+
+
+@dataclass(frozen=True)
+class MlsdParams:
+    value_threshold: float = 0.1
+    distance_threshold: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.value_threshold <= 2.0 or not 0.0 <= self.distance_threshold <= 20.0:
+            raise UsageError("mlsd: value_threshold must be in 0..2 and distance_threshold in 0..20")
+
+
+def draw_lines(lines: np.ndarray, H: int, W: int) -> np.ndarray:
+    """White 1-pixel segments (x0, y0, x1, y1 in pixels) on a black H x W x 3 canvas."""
+    import cv2
+
+    out = np.zeros((H, W, 3), dtype=np.uint8)
+    for line in lines:
+        x0, y0, x1, y1 = (int(v) for v in line)
+        cv2.line(out, (x0, y0), (x1, y1), [255, 255, 255], 1)
+    return out
+
+
+class Mlsd:
+    def __init__(self, params: MlsdParams, device: str | None = None, weights_dir: Any = None, offline: Any = None,
+                 trust_pickle: Any = None, **_: Any) -> None:
+        from ..models import weights as W
+        from ._aux import aux_module, resolve_device
+
+        self.p = params
+        self.device = resolve_device(device)
+        path = W.resolve("mlsd_large_512_fp32.pth", weights_dir, offline, "mlsd")
+        net = aux_module("mlsd.models.mbv2_mlsd_large").MobileV2_MLSD_Large
+        self.model = W.load_into(net, path, keys=(), trust_pickle=trust_pickle).to(self.device)
+        self._pred_lines = aux_module("mlsd.utils").pred_lines
+
+    def lines(self, det: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            try:
+                return self._pred_lines(det, self.model, [det.shape[0], det.shape[1]], self.p.value_threshold,
+                                        self.p.distance_threshold)
+            except IndexError:  # pred_lines indexes an empty array when no segment passes the thresholds
+                return np.zeros((0, 4), dtype=np.float32)
+
+    def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
+        import cv2
+
+        from ..images import HWC3, resize_image
+
+        image = HWC3(image)
+        det = resize_image(image, detect_resolution)
+        m = HWC3(draw_lines(self.lines(det), det.shape[0], det.shape[1])[:, :, 0])
+        H, W = resize_image(image, image_resolution).shape[:2]
+        return cv2.resize(m, (W, H), interpolation=cv2.INTER_NEAREST)
+
+    def batch(self, images: list[np.ndarray], *, detect_resolution: int, image_resolution: int) -> list[np.ndarray]:
+        return [self(im, detect_resolution=detect_resolution, image_resolution=image_resolution) for im in images]
+
+
+register(HintType("mlsd", "M-LSD straight lines (value/distance thresholds 0.1/0.1), ControlNet's Hough model",
+                  MlsdParams, lambda p, **rt: Mlsd(p, **rt), resize="nearest", needs_weights=True,
+                  default_detect_resolution=512, aliases=("lines",)))

@@ -1,0 +1,295 @@
+"""`pose`: OpenPose body (+ hands, face) drawn exactly as ControlNet draws it, and OpenPose JSON keypoints.
+
+Detection uses controlnet_aux's OpenPose networks (body_pose_model.pth, hand_pose_model.pth, facenet.pth
+from lllyasviel/Annotators) loaded through cnet's safe loader. Drawing is ControlNet's: 18 COCO keypoints,
+17 limbs as filled ellipses (stickwidth 4) at 60% of the limb colour, keypoint discs of radius 4 in the
+full colour, on black; hands as HSV-coloured lines + blue dots; face as white dots.
+
+Keypoints round-trip as OpenPose JSON (`poses_to_json` / `render_pose_json`): pixel coordinates with a
+confidence (0,0,0 = missing), as the sd-webui-controlnet editor uses, so a pose can be edited and re-rendered
+with `render_pose_json(json.load(...))` without any model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import HintType, register
+
+#: ControlNet's limb sequence (1-based COCO-18 keypoint indices) and colours (RGB).
+LIMB_SEQ = ((2, 3), (2, 6), (3, 4), (4, 5), (6, 7), (7, 8), (2, 9), (9, 10), (10, 11), (2, 12), (12, 13),
+            (13, 14), (2, 1), (1, 15), (15, 17), (1, 16), (16, 18))
+COLORS = ((255, 0, 0), (255, 85, 0), (255, 170, 0), (255, 255, 0), (170, 255, 0), (85, 255, 0), (0, 255, 0),
+          (0, 255, 85), (0, 255, 170), (0, 255, 255), (0, 170, 255), (0, 85, 255), (0, 0, 255), (85, 0, 255),
+          (170, 0, 255), (255, 0, 255), (255, 0, 170), (255, 0, 85))
+HAND_EDGES = ((0, 1), (1, 2), (2, 3), (3, 4), (0, 5), (5, 6), (6, 7), (7, 8), (0, 9), (9, 10), (10, 11), (11, 12),
+              (0, 13), (13, 14), (14, 15), (15, 16), (0, 17), (17, 18), (18, 19), (19, 20))
+STICKWIDTH = 4
+_EPS = 0.01
+
+Point = tuple[float, float] | None  # normalised (x, y) in 0..1, or None when not detected
+
+
+@dataclass(frozen=True)
+class Pose:
+    """One person: 18 body points, optional 21-point hands and 68-point face (normalised coordinates)."""
+
+    body: tuple[Point, ...]
+    left_hand: tuple[Point, ...] | None = None
+    right_hand: tuple[Point, ...] | None = None
+    face: tuple[Point, ...] | None = None
+
+
+def draw_bodypose(canvas: np.ndarray, keypoints: tuple[Point, ...] | list[Point]) -> np.ndarray:
+    import cv2
+
+    H, W = canvas.shape[:2]
+    for (k1, k2), color in zip(LIMB_SEQ, COLORS, strict=False):
+        p1, p2 = keypoints[k1 - 1], keypoints[k2 - 1]
+        if p1 is None or p2 is None:
+            continue
+        Y = np.array([p1[0], p2[0]]) * float(W)
+        X = np.array([p1[1], p2[1]]) * float(H)
+        mX, mY = np.mean(X), np.mean(Y)
+        length = ((X[0] - X[1]) ** 2 + (Y[0] - Y[1]) ** 2) ** 0.5
+        angle = math.degrees(math.atan2(X[0] - X[1], Y[0] - Y[1]))
+        polygon = cv2.ellipse2Poly((int(mY), int(mX)), (int(length / 2), STICKWIDTH), int(angle), 0, 360, 1)
+        cv2.fillConvexPoly(canvas, polygon, [int(float(c) * 0.6) for c in color])
+    for p, color in zip(keypoints, COLORS, strict=False):
+        if p is None:
+            continue
+        cv2.circle(canvas, (int(p[0] * W), int(p[1] * H)), 4, color, thickness=-1)
+    return canvas
+
+
+def _hsv_to_rgb255(h: float) -> tuple[float, float, float]:
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb(h, 1.0, 1.0)
+    return (r * 255.0, g * 255.0, b * 255.0)
+
+
+def draw_handpose(canvas: np.ndarray, keypoints: tuple[Point, ...] | None) -> np.ndarray:
+    import cv2
+
+    if not keypoints:
+        return canvas
+    H, W = canvas.shape[:2]
+    for ie, (e1, e2) in enumerate(HAND_EDGES):
+        k1, k2 = keypoints[e1], keypoints[e2]
+        if k1 is None or k2 is None:
+            continue
+        x1, y1, x2, y2 = int(k1[0] * W), int(k1[1] * H), int(k2[0] * W), int(k2[1] * H)
+        if x1 > _EPS and y1 > _EPS and x2 > _EPS and y2 > _EPS:
+            cv2.line(canvas, (x1, y1), (x2, y2), _hsv_to_rgb255(ie / float(len(HAND_EDGES))), thickness=2)
+    for k in keypoints:
+        if k is None:
+            continue
+        x, y = int(k[0] * W), int(k[1] * H)
+        if x > _EPS and y > _EPS:
+            cv2.circle(canvas, (x, y), 4, (0, 0, 255), thickness=-1)
+    return canvas
+
+
+def draw_facepose(canvas: np.ndarray, keypoints: tuple[Point, ...] | None) -> np.ndarray:
+    import cv2
+
+    if not keypoints:
+        return canvas
+    H, W = canvas.shape[:2]
+    for k in keypoints:
+        if k is None:
+            continue
+        x, y = int(k[0] * W), int(k[1] * H)
+        if x > _EPS and y > _EPS:
+            cv2.circle(canvas, (x, y), 3, (255, 255, 255), thickness=-1)
+    return canvas
+
+
+def draw_poses(poses: list[Pose], H: int, W: int, body: bool = True, hands: bool = True,
+               face: bool = True) -> np.ndarray:
+    """ControlNet's pose map: black H x W x 3 canvas with every person drawn."""
+    canvas = np.zeros((H, W, 3), dtype=np.uint8)
+    for p in poses:
+        if body:
+            draw_bodypose(canvas, p.body)
+        if hands:
+            draw_handpose(canvas, p.left_hand)
+            draw_handpose(canvas, p.right_hand)
+        if face:
+            draw_facepose(canvas, p.face)
+    return canvas
+
+
+# ---------------------------------------------------------------------------------------------- JSON
+
+
+def _flat(points: tuple[Point, ...] | None, W: int, H: int) -> list[float] | None:
+    if points is None:
+        return None
+    out: list[float] = []
+    for p in points:
+        out += [0.0, 0.0, 0.0] if p is None else [round(float(p[0]) * W, 3), round(float(p[1]) * H, 3), 1.0]
+    return out
+
+
+def _unflat(values: list[float] | None, W: int, H: int) -> tuple[Point, ...] | None:
+    if not values:
+        return None
+    pts: list[Point] = []
+    for i in range(0, len(values) - 2, 3):
+        x, y, c = values[i: i + 3]
+        pts.append(None if c <= 0 else (float(x) / W, float(y) / H))
+    return tuple(pts)
+
+
+def poses_to_json(poses: list[Pose], W: int, H: int) -> dict[str, Any]:
+    """OpenPose JSON (pixel coordinates of a W x H canvas, x, y, confidence triples; 0,0,0 = missing)."""
+    people = []
+    for p in poses:
+        person: dict[str, Any] = {"pose_keypoints_2d": _flat(p.body, W, H)}
+        for key, pts in (("hand_left_keypoints_2d", p.left_hand), ("hand_right_keypoints_2d", p.right_hand),
+                         ("face_keypoints_2d", p.face)):
+            if pts is not None:
+                person[key] = _flat(pts, W, H)
+        people.append(person)
+    return {"people": people, "canvas_width": int(W), "canvas_height": int(H)}
+
+
+def poses_from_json(data: dict[str, Any]) -> tuple[list[Pose], int, int]:
+    W, H = int(data["canvas_width"]), int(data["canvas_height"])
+    poses = []
+    for person in data.get("people", []):
+        body = _unflat(person.get("pose_keypoints_2d"), W, H) or (None,) * 18
+        poses.append(Pose(body, _unflat(person.get("hand_left_keypoints_2d"), W, H),
+                          _unflat(person.get("hand_right_keypoints_2d"), W, H),
+                          _unflat(person.get("face_keypoints_2d"), W, H)))
+    return poses, W, H
+
+
+def render_pose_json(data: dict[str, Any] | str | os.PathLike, width: int | None = None,
+                     height: int | None = None) -> np.ndarray:
+    """Re-render a pose map from OpenPose JSON (a dict or a file), optionally at another size."""
+    if not isinstance(data, dict):
+        from ..errors import InputError
+
+        try:
+            with open(data, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except (OSError, ValueError) as e:
+            raise InputError(f"{data}: not a readable OpenPose JSON file ({e})") from None
+    poses, W, H = poses_from_json(data)
+    return draw_poses(poses, height or H, width or W)
+
+
+def sidecar_path(hint_path: str | os.PathLike) -> str:
+    """Where the keypoints of a hint PNG go: `<stem>.pose.json` next to it."""
+    root, _ = os.path.splitext(str(hint_path))
+    return root + ".pose.json"
+
+
+def write_sidecar(hint_path: str | os.PathLike, data: dict[str, Any]) -> str:
+    """Atomically write OpenPose JSON next to a hint PNG; returns the JSON path."""
+    from ..images import atomic_write_text
+
+    p = sidecar_path(hint_path)
+    atomic_write_text(p, json.dumps(data, indent=1))
+    return p
+
+
+# ---------------------------------------------------------------------------------------------- detector
+
+
+@dataclass(frozen=True)
+class PoseParams:
+    hands: bool = False
+    face: bool = False
+    keypoints: bool = False  # also return OpenPose JSON (see `OpenPose.annotate_with_sidecar`)
+
+
+class OpenPose:
+    """ControlNet's openpose annotator; `batch` loops (OpenPose's peak search is per image)."""
+
+    sidecar_suffix = ".pose.json"
+
+    def __init__(self, params: PoseParams, device: str | None = None, weights_dir: str | None = None,
+                 offline: bool | None = None, trust_pickle: bool | None = None, **_: Any) -> None:
+        from ..models import weights as W
+        from ._aux import aux_module, resolve_device
+
+        self.p = params
+        if not params.keypoints:
+            self.sidecar_suffix = None  # type: ignore[assignment]
+        self.device = resolve_device(device)
+        body_mod = aux_module("open_pose.body")
+        model_mod = aux_module("open_pose.model")
+        util = aux_module("open_pose.util")
+        res = {n: W.resolve(n, weights_dir, offline, "pose") for n in ["body_pose_model.pth"]
+               + (["hand_pose_model.pth"] if params.hands else []) + (["facenet.pth"] if params.face else [])}
+
+        # the original checkpoints name layers without the block prefix (controlnet_aux's util.transfer)
+        transfer = util.transfer
+
+        self.body = body_mod.Body.__new__(body_mod.Body)
+        self.body.model = W.load_into(model_mod.bodypose_model, res["body_pose_model.pth"], keys=(),
+                                      trust_pickle=trust_pickle, transform=transfer).to(self.device)
+        self.hand = self.face = None
+        if params.hands:
+            hand_mod = aux_module("open_pose.hand")
+            self.hand = hand_mod.Hand.__new__(hand_mod.Hand)
+            self.hand.model = W.load_into(model_mod.handpose_model, res["hand_pose_model.pth"], keys=(),
+                                          trust_pickle=trust_pickle, transform=transfer).to(self.device)
+        if params.face:
+            face_mod = aux_module("open_pose.face")
+            self.face = face_mod.Face.__new__(face_mod.Face)
+            self.face.inference_size = face_mod.params["inference_img_size"]
+            self.face.sigma = face_mod.params["gaussian_sigma"]
+            self.face.threshold = face_mod.params["heatmap_peak_thresh"]
+            self.face.model = W.load_into(face_mod.FaceNet, res["facenet.pth"], keys=(),
+                                          trust_pickle=trust_pickle).to(self.device)
+        op = aux_module("open_pose")
+        self._detector = op.OpenposeDetector(self.body, self.hand, self.face)
+
+    def detect(self, image: np.ndarray) -> list[Pose]:
+        """Poses in an RGB image (normalised coordinates), as controlnet_aux's detect_poses finds them."""
+        res = self._detector.detect_poses(image, include_hand=self.p.hands, include_face=self.p.face)
+
+        def pts(kps: Any) -> tuple[Point, ...] | None:
+            if kps is None:
+                return None
+            return tuple(None if k is None else (float(k.x), float(k.y)) for k in kps)
+
+        return [Pose(pts(r.body.keypoints), pts(r.left_hand), pts(r.right_hand), pts(r.face)) for r in res]
+
+    def annotate_with_sidecar(self, image: np.ndarray, *, detect_resolution: int,
+                              image_resolution: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """(pose map, OpenPose JSON in the pose map's pixel coordinates)."""
+        import cv2
+
+        from ..images import HWC3, resize_image
+
+        image = HWC3(image)
+        det = resize_image(image, detect_resolution)
+        poses = self.detect(det)
+        canvas = draw_poses(poses, det.shape[0], det.shape[1], hands=self.p.hands, face=self.p.face)
+        H, W = resize_image(image, image_resolution).shape[:2]
+        hint = cv2.resize(canvas, (W, H), interpolation=cv2.INTER_NEAREST)
+        return hint, poses_to_json(poses, W, H)
+
+    def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
+        return self.annotate_with_sidecar(image, detect_resolution=detect_resolution,
+                                          image_resolution=image_resolution)[0]
+
+    def batch(self, images: list[np.ndarray], *, detect_resolution: int, image_resolution: int) -> list[np.ndarray]:
+        return [self(im, detect_resolution=detect_resolution, image_resolution=image_resolution) for im in images]
+
+
+register(HintType("pose", "OpenPose body (+hands/face) as ControlNet draws it; keypoints=true writes OpenPose JSON",
+                  PoseParams, lambda p, **rt: OpenPose(p, **rt), resize="nearest", needs_weights=True,
+                  default_detect_resolution=512, aliases=("openpose",)))

@@ -1,0 +1,102 @@
+"""`seg`: semantic segmentation drawn in ControlNet's ADE20K palette, via a transformers model.
+
+ControlNet used UniFormer (mmseg); controlnet_aux has no segmenter, so cnet uses a transformers ADE20K
+model: UperNet (default `openmmlab/upernet-convnext-small`, any `AutoModelForSemanticSegmentation`) or
+OneFormer (`model=shi-labs/oneformer_ade20k_swin_tiny`, semantic task). The detect-resized image is
+normalised with the model's processor mean/std, logits are upsampled to the detect size, argmax'ed, and
+coloured with `ade20k.colorize`; the map is resized to the output size with nearest-neighbour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..errors import UsageError
+from ..models.weights import DEFAULT_SEG_MODEL
+from . import HintType, register
+
+
+@dataclass(frozen=True)
+class SegParams:
+    model: str = DEFAULT_SEG_MODEL  # hub id or local folder of an ADE20K-150 segmentation model
+
+
+class Seg:
+    def __init__(self, params: SegParams, device: str | None = None, dtype: Any = None, weights_dir: Any = None,
+                 offline: Any = None, **_: Any) -> None:
+        from transformers import AutoConfig, AutoImageProcessor
+
+        from ..models import weights as W
+        from ..models.sd import _load, resolve
+        from ._aux import half_dtype, resolve_device
+
+        self.device = resolve_device(device)
+        self.dtype = half_dtype(self.device, dtype)
+        spec = params.model
+        local = W.locate(W.WeightFile(spec, repo=spec, kind="model"), weights_dir) if spec.count("/") == 1 else None
+        if local is None and spec == DEFAULT_SEG_MODEL and W.is_offline(offline):
+            W.resolve(W.TYPE_WEIGHTS["seg"][0], weights_dir, offline, "seg")  # raises the one-line error
+        s = resolve(str(local) if local else spec)
+        if s.kind == "file":
+            raise UsageError(f"--param model={spec}: a segmentation model must be a hub id or a folder")
+        cfg = _load(AutoConfig, s, "segmentation model config", offline)
+        self.oneformer = cfg.model_type == "oneformer"
+        if self.oneformer:
+            from transformers import OneFormerForUniversalSegmentation, OneFormerProcessor
+
+            self.model = _load(OneFormerForUniversalSegmentation, s, "segmentation model", offline)
+            self.processor = _load(OneFormerProcessor, s, "segmentation processor", offline)
+        else:
+            from transformers import AutoModelForSemanticSegmentation
+
+            self.model = _load(AutoModelForSemanticSegmentation, s, "segmentation model", offline)
+            self.processor = _load(AutoImageProcessor, s, "segmentation processor", offline)
+        self.model = self.model.to(self.device, self.dtype).eval()
+
+    def labels(self, dets: list[np.ndarray]) -> list[np.ndarray]:
+        """ADE20K class ids (H x W int) for same-size RGB images."""
+        import torch
+
+        H, W = dets[0].shape[:2]
+        if self.oneformer:
+            inputs = self.processor(images=list(dets), task_inputs=["semantic"] * len(dets), return_tensors="pt")
+            inputs = {k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+                      for k, v in inputs.items()}
+            with torch.inference_mode():
+                out = self.model(**inputs)
+            maps = self.processor.post_process_semantic_segmentation(out, target_sizes=[(H, W)] * len(dets))
+            return [m.cpu().numpy().astype(np.int64) for m in maps]
+        mean = torch.tensor(self.processor.image_mean, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.processor.image_std, device=self.device).view(1, 3, 1, 1)
+        x = torch.from_numpy(np.stack(dets)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        with torch.inference_mode():
+            logits = self.model(pixel_values=((x - mean) / std).to(self.dtype)).logits.float()
+            logits = torch.nn.functional.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
+            return list(logits.argmax(1).cpu().numpy())
+
+    def batch(self, images: list[np.ndarray], *, detect_resolution: int, image_resolution: int) -> list[np.ndarray]:
+        import cv2
+
+        from ..images import HWC3, resize_image
+        from ._aux import group_by_shape
+        from .ade20k import colorize
+
+        images = [HWC3(im) for im in images]
+        dets = [resize_image(im, detect_resolution) for im in images]
+        out: list[Any] = [None] * len(images)
+        for idx in group_by_shape(dets).values():
+            for i, lab in zip(idx, self.labels([dets[i] for i in idx]), strict=True):
+                H, W = resize_image(images[i], image_resolution).shape[:2]
+                out[i] = cv2.resize(colorize(lab), (W, H), interpolation=cv2.INTER_NEAREST)
+        return out
+
+    def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
+        return self.batch([image], detect_resolution=detect_resolution, image_resolution=image_resolution)[0]
+
+
+register(HintType("seg", "ADE20K semantic segmentation in ControlNet's palette (UperNet; model=<id|folder>)",
+                  SegParams, lambda p, **rt: Seg(p, **rt), resize="nearest", needs_weights=True,
+                  default_detect_resolution=512, aliases=("segmentation",)))

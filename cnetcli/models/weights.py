@@ -1,0 +1,396 @@
+"""The weights manager: which files each model-backed hint type needs, where they come from, safe loading.
+
+A weight is found, in this order, in
+1. a local folder: the `weights_dir` argument (`--weights-dir`) or `CNET_WEIGHTS_DIR` (`<dir>/<filename>`;
+   a transformers model as `<dir>/<repo name>/` holding `config.json`),
+2. the Hugging Face cache (`hf_hub_download(..., local_files_only=True)`),
+3. the hub itself, only when online (`HF_HUB_OFFLINE=1` or `offline=True` forbids it).
+Otherwise one `MissingWeightsError` names the file, the repo it comes from and where to put it.
+
+Loading never runs arbitrary pickle code by default: safetensors first (a `<stem>.safetensors` next to a
+`.pth` wins), else `torch.load(weights_only=True)`; a checkpoint that needs more is refused with a
+`ModelLoadError` unless `trust_pickle=True` (`--trust-pickle`, or `CNET_TRUST_PICKLE=1`).
+
+Hashes: the HF cache stores LFS files under their sha256, so a cached file is verified against its blob
+name; `pull` records the sha256 of each file it fetches in `<weights dir>/cnet-weights.json` (and
+`verify` checks local files against that manifest and against `KNOWN_SHA256`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import MissingWeightsError, ModelLoadError, UsageError
+
+#: Where ControlNet 1.1's annotator checkpoints live (the repository controlnet_aux downloads from).
+ANNOTATORS_REPO = "lllyasviel/Annotators"
+#: File name of the manifest of hashes recorded by `pull` / `record_hashes` inside a weights folder.
+MANIFEST_NAME = "cnet-weights.json"
+#: sha256 of published files, checked by `verify` when present (filled in only from files we have hashed).
+KNOWN_SHA256: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file (kind="file") or one transformers model repo (kind="model") a hint type may need."""
+
+    name: str  # file name inside `repo`, or the repo id itself for kind="model"
+    repo: str = ANNOTATORS_REPO
+    kind: str = "file"  # "file" | "model"
+    when: str = ""  # the option that needs it ("" = always), e.g. "hands=true"
+
+    @property
+    def label(self) -> str:
+        return self.name if self.kind == "file" else f"{self.name} (transformers model)"
+
+
+DEFAULT_DEPTH_MODEL = "Intel/dpt-hybrid-midas"
+DEFAULT_SEG_MODEL = "openmmlab/upernet-convnext-small"
+
+#: Every model-backed hint type -> the weights it may need (see each type's module for which option).
+TYPE_WEIGHTS: dict[str, tuple[WeightFile, ...]] = {
+    "pose": (
+        WeightFile("body_pose_model.pth"),
+        WeightFile("hand_pose_model.pth", when="hands=true"),
+        WeightFile("facenet.pth", when="face=true"),
+    ),
+    "depth": (
+        WeightFile("dpt_hybrid-midas-501f0c75.pt", when="model=midas (default)"),
+    ),
+    "normal": (
+        WeightFile("dpt_hybrid-midas-501f0c75.pt", when="model=midas (default)"),
+        WeightFile("scannet.pt", when="model=bae"),
+    ),
+    "seg": (WeightFile(DEFAULT_SEG_MODEL, repo=DEFAULT_SEG_MODEL, kind="model"),),
+    "fake_scribble": (
+        WeightFile("ControlNetHED.pth", when="model=hed (default)"),
+        WeightFile("table5_pidinet.pth", when="model=pidinet"),
+    ),
+    "softedge": (
+        WeightFile("ControlNetHED.pth", when="model=hed (default)"),
+        WeightFile("table5_pidinet.pth", when="model=pidinet"),
+    ),
+    "mlsd": (WeightFile("mlsd_large_512_fp32.pth"),),
+}
+
+
+def file_spec(name: str) -> WeightFile:
+    """The `WeightFile` for a known file name (any repo); unknown names default to the Annotators repo."""
+    for files in TYPE_WEIGHTS.values():
+        for f in files:
+            if f.name == name:
+                return f
+    return WeightFile(name)
+
+
+def weights_root(weights_dir: str | os.PathLike | None = None) -> Path | None:
+    d = weights_dir if weights_dir not in (None, "") else os.environ.get("CNET_WEIGHTS_DIR") or None
+    return Path(d).expanduser() if d else None
+
+
+def is_offline(offline: bool | None = None) -> bool:
+    from .sd import is_offline as _is_offline
+
+    return _is_offline(offline)
+
+
+def trust_pickle_default(trust_pickle: bool | None = None) -> bool:
+    if trust_pickle is not None:
+        return trust_pickle
+    return os.environ.get("CNET_TRUST_PICKLE", "").lower() in ("1", "true", "yes", "on")
+
+
+def _where_hint(f: WeightFile, root: Path | None, for_type: str | None) -> str:
+    put = f"{root}/{f.name if f.kind == 'file' else f.name.split('/')[-1] + '/'}" if root else (
+        f"<dir>/{f.name if f.kind == 'file' else f.name.split('/')[-1] + '/'} with --weights-dir/CNET_WEIGHTS_DIR")
+    pull = f"`cnet weights pull {for_type}`" if for_type else f"`huggingface-cli download {f.repo}`"
+    what = f"{f.name} (from hub repo {f.repo})" if f.kind == "file" else f"transformers model {f.name} (hub)"
+    return f"missing weight {what}: run {pull} while online, or put it at {put}"
+
+
+def _local_candidate(f: WeightFile, root: Path | None) -> Path | None:
+    if root is None:
+        return None
+    if f.kind == "file":
+        p = root / f.name
+        return p if p.is_file() else None
+    for cand in (root / f.name.split("/")[-1], root / f.name.replace("/", "--"), root / f.name):
+        if (cand / "config.json").is_file():
+            return cand
+    return None
+
+
+def _from_cache(f: WeightFile) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    fname = f.name if f.kind == "file" else "config.json"
+    try:
+        hit = try_to_load_from_cache(f.repo, fname)
+    except Exception:
+        return None
+    if isinstance(hit, str) and os.path.isfile(hit):
+        return Path(hit) if f.kind == "file" else Path(hit).parent
+    return None
+
+
+def locate(f: WeightFile, weights_dir: str | os.PathLike | None = None) -> Path | None:
+    """Where the weight is locally (weights folder, then HF cache), or None. Never downloads."""
+    return _local_candidate(f, weights_root(weights_dir)) or _from_cache(f)
+
+
+def resolve(f: WeightFile | str, weights_dir: str | os.PathLike | None = None, offline: bool | None = None,
+            for_type: str | None = None) -> Path:
+    """Path to a weight file (or model folder), downloading into the HF cache only when online."""
+    if isinstance(f, str):
+        f = file_spec(f)
+    root = weights_root(weights_dir)
+    hit = locate(f, weights_dir)
+    if hit is not None:
+        return hit
+    if not is_offline(offline):
+        try:
+            return download(f)
+        except MissingWeightsError:
+            pass
+    raise MissingWeightsError(_where_hint(f, root, for_type))
+
+
+def download(f: WeightFile) -> Path:
+    """Fetch one weight into the HF cache (online). Raises MissingWeightsError when it cannot."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        if f.kind == "file":
+            return Path(hf_hub_download(f.repo, f.name))
+        return Path(snapshot_download(f.repo))
+    except Exception as e:  # network down, repo gone, auth: one line
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MissingWeightsError(f"cannot download {f.name} from hub repo {f.repo}: {msg[:200]}") from None
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def load_state_dict(path: str | os.PathLike, trust_pickle: bool | None = None) -> dict[str, Any]:
+    """Load a checkpoint safely: safetensors, else `torch.load(weights_only=True)`.
+
+    A pickle that needs globals beyond tensors/containers is refused unless `trust_pickle` (or
+    `CNET_TRUST_PICKLE=1`). Common wrappers ({"state_dict": ...}, {"model": ...}) are returned as stored;
+    use `unwrap` to take them apart."""
+    import pickle
+
+    import torch
+
+    p = Path(path)
+    sib = p.with_suffix(".safetensors")
+    if p.suffix != ".safetensors" and sib.is_file():
+        p = sib
+    if not p.is_file():
+        raise MissingWeightsError(f"{p}: no such weight file")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p), device="cpu")
+        except Exception as e:
+            raise ModelLoadError(f"{p}: not a valid safetensors file ({str(e)[:120]}); re-download it") from None
+    try:
+        return torch.load(str(p), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower() and "weights_only" not in str(e).lower():
+            raise ModelLoadError(f"{p}: corrupt checkpoint ({str(e).splitlines()[0][:120]}); re-download it") from None
+        if not trust_pickle_default(trust_pickle):
+            raise ModelLoadError(
+                f"{p}: this checkpoint needs unsafe unpickling (it could run code); refused. If you trust the file, "
+                "pass --trust-pickle (or set CNET_TRUST_PICKLE=1), or convert it to .safetensors"
+            ) from None
+        try:
+            return torch.load(str(p), map_location="cpu", weights_only=False)
+        except Exception as e2:
+            raise ModelLoadError(f"{p}: cannot load checkpoint ({str(e2)[:120]})") from None
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise ModelLoadError(f"{p}: corrupt or unreadable checkpoint ({str(e).splitlines()[0][:120]}); "
+                             "re-download it") from None
+
+
+def unwrap(sd: Any, *keys: str) -> dict[str, Any]:
+    """Take `sd[key]` for the first wrapper key present and strip a DataParallel `module.` prefix."""
+    if isinstance(sd, dict):
+        for k in keys:
+            if k in sd and isinstance(sd[k], dict):
+                sd = sd[k]
+                break
+    if not isinstance(sd, dict):
+        raise ModelLoadError(f"checkpoint is not a state dict (got {type(sd).__name__})")
+    return {(k[7:] if k.startswith("module.") else k): v for k, v in sd.items()}
+
+
+def load_into(module: Any, path: str | os.PathLike, *, keys: tuple[str, ...] = ("state_dict", "model"),
+              trust_pickle: bool | None = None, transform: Any = None) -> Any:
+    """Load a checkpoint file into `module` strictly; a mismatch is a one-line ModelLoadError.
+
+    `module` may be a zero-argument factory: the network is then built on the meta device (no random
+    initialisation, which costs seconds for ViT-sized models) and the tensors are assigned from the file;
+    if anything stays on meta (a buffer not stored in the file), it is rebuilt normally."""
+    import torch
+
+    sd = unwrap(load_state_dict(path, trust_pickle), *keys)
+    factory = None
+    if not isinstance(module, torch.nn.Module):
+        factory = module
+        with torch.device("meta"):
+            module = factory()
+    if transform is not None:
+        sd = transform(module, sd)  # (module, state dict) -> state dict
+    try:
+        module.load_state_dict(sd, strict=True, assign=factory is not None)
+    except (RuntimeError, KeyError) as e:
+        first = str(e).splitlines()[0][:160]
+        raise ModelLoadError(f"{path}: weights do not match the {type(module).__name__} architecture ({first})") from None
+    if factory is not None and any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
+        module = factory()
+        module.load_state_dict(sd, strict=True)
+    return module.eval()
+
+
+# ---------------------------------------------------------------------------------------------- hashes
+
+_HASH_CACHE: dict[tuple[str, int, float], str] = {}
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 of a file, cached per (path, size, mtime) for this process."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime)
+    if key not in _HASH_CACHE:
+        h = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        _HASH_CACHE[key] = h.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def _dir_size(p: Path) -> int:
+    return sum(q.stat().st_size for q in p.rglob("*") if q.is_file()) if p.is_dir() else p.stat().st_size
+
+
+def _read_manifest(root: Path | None) -> dict[str, str]:
+    if root is None or not (root / MANIFEST_NAME).is_file():
+        return {}
+    try:
+        data = json.loads((root / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def record_hashes(root: str | os.PathLike, names: list[str] | None = None) -> dict[str, str]:
+    """Hash the weight files in a weights folder into its manifest (`cnet-weights.json`)."""
+    from ..images import atomic_write_text
+
+    r = Path(root)
+    manifest = _read_manifest(r)
+    for f in sorted({f.name for fs in TYPE_WEIGHTS.values() for f in fs if f.kind == "file"}):
+        if (names is None or f in names) and (r / f).is_file():
+            manifest[f] = sha256_file(r / f)
+    atomic_write_text(r / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True))
+    return manifest
+
+
+@dataclass
+class WeightStatus:
+    type: str
+    file: WeightFile
+    path: Path | None
+    size: int | None = None
+    sha256: str | None = None
+    expected: str | None = None  # the recorded/known sha256, if any
+
+    @property
+    def present(self) -> bool:
+        return self.path is not None
+
+    @property
+    def ok(self) -> bool | None:
+        if self.expected is None or self.sha256 is None:
+            return None
+        return self.expected == self.sha256
+
+
+def _expected(f: WeightFile, path: Path | None, root: Path | None) -> str | None:
+    if f.kind != "file" or path is None:
+        return None
+    if f.name in KNOWN_SHA256:
+        return KNOWN_SHA256[f.name]
+    m = _read_manifest(root)
+    if f.name in m and root is not None and path.parent == root:
+        return m[f.name]
+    real = Path(os.path.realpath(path))
+    if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
+        return real.name  # the HF cache names LFS blobs by their sha256
+    return None
+
+
+def status(types: list[str] | None = None, weights_dir: str | os.PathLike | None = None,
+           hashes: bool = False) -> list[WeightStatus]:
+    """Each requested type's weights: where they are (or None), size and, with `hashes`, sha256."""
+    names = types or list(TYPE_WEIGHTS)
+    unknown = [t for t in names if t not in TYPE_WEIGHTS]
+    if unknown:
+        raise UsageError(f"no weights for hint type {', '.join(unknown)} (model-backed types: {', '.join(TYPE_WEIGHTS)})")
+    root = weights_root(weights_dir)
+    out = []
+    for t in names:
+        for f in TYPE_WEIGHTS[t]:
+            p = locate(f, weights_dir)
+            st = WeightStatus(t, f, p)
+            if p is not None:
+                st.size = _dir_size(p)
+                if hashes and f.kind == "file":
+                    st.sha256 = sha256_file(p)
+                    st.expected = _expected(f, p, root)
+            out.append(st)
+    return out
+
+
+def pull(types: list[str], weights_dir: str | os.PathLike | None = None, offline: bool | None = None,
+         include_optional: bool = True) -> list[WeightStatus]:
+    """Download each type's weights (into `weights_dir` when given, else the HF cache)."""
+    names = types or list(TYPE_WEIGHTS)
+    sts = status(names, weights_dir)
+    missing = [s for s in sts if not s.present and (include_optional or not s.file.when)]
+    if missing and is_offline(offline):
+        raise MissingWeightsError(
+            f"cannot pull {', '.join(sorted({s.file.name for s in missing}))}: offline (HF_HUB_OFFLINE=1 or --offline); "
+            "run it with network access, or copy the files into --weights-dir/CNET_WEIGHTS_DIR"
+        )
+    root = weights_root(weights_dir)
+    done: dict[str, Path] = {}
+    for s in missing:
+        if s.file.name in done:
+            continue
+        if root is not None:
+            from huggingface_hub import hf_hub_download, snapshot_download
+
+            root.mkdir(parents=True, exist_ok=True)
+            try:
+                if s.file.kind == "file":
+                    done[s.file.name] = Path(hf_hub_download(s.file.repo, s.file.name, local_dir=str(root)))
+                else:
+                    done[s.file.name] = Path(snapshot_download(s.file.repo,
+                                                               local_dir=str(root / s.file.name.split("/")[-1])))
+            except Exception as e:
+                raise MissingWeightsError(f"cannot download {s.file.name} from {s.file.repo}: {str(e)[:200]}") from None
+        else:
+            done[s.file.name] = download(s.file)
+    if root is not None and done:
+        record_hashes(root, [n for n in done])
+    return status(names, weights_dir, hashes=True)
