@@ -46,6 +46,11 @@ class WeightFile:
     when: str = ""  # the option that needs it ("" = always), e.g. "hands=true"
 
     @property
+    def required(self) -> bool:
+        """Needed with the type's default settings."""
+        return not self.when or "(default)" in self.when
+
+    @property
     def label(self) -> str:
         return self.name if self.kind == "file" else f"{self.name} (transformers model)"
 
@@ -366,7 +371,7 @@ def pull(types: list[str], weights_dir: str | os.PathLike | None = None, offline
     """Download each type's weights (into `weights_dir` when given, else the HF cache)."""
     names = types or list(TYPE_WEIGHTS)
     sts = status(names, weights_dir)
-    missing = [s for s in sts if not s.present and (include_optional or not s.file.when)]
+    missing = [s for s in sts if not s.present and (include_optional or s.file.required)]
     if missing and is_offline(offline):
         raise MissingWeightsError(
             f"cannot pull {', '.join(sorted({s.file.name for s in missing}))}: offline (HF_HUB_OFFLINE=1 or --offline); "
