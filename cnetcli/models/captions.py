@@ -1,0 +1,53 @@
+"""Caption a dataset folder with BLIP (for `cnet annotate --dataset DIR --caption blip`).
+
+`caption_dataset(DIR, captioner)` fills the "text" of each row of DIR/metadata.jsonl whose text is empty
+(or every row with `overwrite=True`) with a BLIP caption of its photo (`file_name`), in batches, and
+rewrites metadata.jsonl atomically. `caption_images(paths_or_arrays, ...)` is the plain list form.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from .captioner import DEFAULT_CAPTIONER, load_captioner
+
+
+def caption_images(images: list[Any], captioner: str | os.PathLike | Any = DEFAULT_CAPTIONER, *,
+                   batch_size: int = 8, device: str = "cpu", offline: bool | None = None, **kwargs: Any) -> list[str]:
+    """Captions for images (paths, PIL images or arrays). `captioner`: spec or a loaded Captioner."""
+    from ..images import as_rgb_array
+
+    cap = captioner if hasattr(captioner, "caption") else load_captioner(captioner, device=device, offline=offline,
+                                                                         **kwargs)
+    return cap.caption([as_rgb_array(im) for im in images], batch_size=batch_size)
+
+
+def caption_dataset(directory: str | os.PathLike, captioner: str | os.PathLike | Any = DEFAULT_CAPTIONER, *,
+                    overwrite: bool = False, batch_size: int = 8, device: str = "cpu", offline: bool | None = None,
+                    **kwargs: Any) -> int:
+    """Caption the photos of a dataset folder in place; returns how many rows got a caption."""
+    from ..images import atomic_write_text
+
+    d = Path(directory)
+    meta = d / "metadata.jsonl"
+    if not meta.is_file():
+        raise InputError(f"{meta}: no metadata.jsonl (expected a `cnet annotate --dataset` folder)")
+    rows = []
+    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise InputError(f"{meta}:{n}: not valid JSON") from None
+    todo = [i for i, r in enumerate(rows) if overwrite or not str(r.get("text", "")).strip()]
+    if todo:
+        caps = caption_images([d / rows[i]["file_name"] for i in todo], captioner, batch_size=batch_size,
+                              device=device, offline=offline, **kwargs)
+        for i, c in zip(todo, caps, strict=True):
+            rows[i]["text"] = c
+        atomic_write_text(meta, "".join(json.dumps(r) + "\n" for r in rows))
+    return len(todo)
