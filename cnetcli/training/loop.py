@@ -212,10 +212,13 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
     down_connected = not cfg.small_scale
     if cfg.small_scale:
         set_down_connected(controlnet, False, reset=True)
-    vae.to(device, dtype=weight_dtype)
-    text_encoder.to(device, dtype=weight_dtype)
-    unet.to(device, dtype=torch.float32 if unlock_mode else weight_dtype)  # trained weights stay fp32
-    controlnet.to(device)
+    def place(m: Any, dtype: Any) -> None:
+        m.to(device) if m.dtype == dtype else m.to(device, dtype=dtype)
+
+    place(vae, weight_dtype)
+    place(text_encoder, weight_dtype)
+    place(unet, torch.float32 if unlock_mode else weight_dtype)  # trained weights stay fp32
+    place(controlnet, torch.float32)
     if cfg.gradient_checkpointing:
         controlnet.enable_gradient_checkpointing()
         unet.enable_gradient_checkpointing()
