@@ -4,6 +4,7 @@ VAE tiling)."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,9 @@ class Models:
 
     def controlnet(self, spec: str) -> Any:
         if spec not in self.nets:
-            net = load_controlnet(spec, offline=self.offline, config=self.controlnet_config, torch_dtype=self.dtype)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                net = load_controlnet(spec, offline=self.offline, config=self.controlnet_config, torch_dtype=self.dtype)
             net = net.to(self.device).eval().requires_grad_(False)
             if self.channels_last:
                 net = net.to(memory_format=_channels_last())
@@ -96,7 +99,9 @@ def load_models(cfg: Any, controlnet_specs: list[str] | None = None) -> Models:
     # Check the ControlNet paths before the (slow) base load, so a typo fails at once.
     for s in specs:
         resolve(s)
-    comps = load_base_components(cfg.base, offline=cfg.offline, config=cfg.base_config, torch_dtype=dtype)
+    with warnings.catch_warnings():  # hub-client deprecation chatter; real problems raise CnetErrors
+        warnings.simplefilter("ignore")
+        comps = load_base_components(cfg.base, offline=cfg.offline, config=cfg.base_config, torch_dtype=dtype)
     unet, unet_source = comps["unet"], None
     for s in specs:
         d = trained_unet_dir(s)
@@ -106,9 +111,9 @@ def load_models(cfg: Any, controlnet_specs: list[str] | None = None) -> Models:
             unet_source = str(d)
             break
     on_gpu = device.startswith("cuda")
-    unet = unet.to(device, dtype).eval().requires_grad_(False)
-    vae = comps["vae"].to(device, dtype).eval().requires_grad_(False)
-    te = comps["text_encoder"].to(device, dtype).eval().requires_grad_(False)
+    unet = unet.to(device).eval().requires_grad_(False)
+    vae = comps["vae"].to(device).eval().requires_grad_(False)
+    te = comps["text_encoder"].to(device).eval().requires_grad_(False)
     channels_last = bool(cfg.channels_last and on_gpu)
     if channels_last:
         unet = unet.to(memory_format=torch.channels_last)
