@@ -89,7 +89,10 @@ def main() -> None:
     comps = build(args.sd15, dev, dtype)
     cn = comps["controlnet"]
     unet_c, cn_c = comps["unet"], cn
-    if dev.startswith("cuda"):
+    if dev.startswith("cuda"):  # cnet's own copies: the plain pipeline keeps the default memory format
+        import copy
+
+        unet_c, cn_c = copy.deepcopy(unet_c), copy.deepcopy(cn_c)
         unet_c = unet_c.to(memory_format=torch.channels_last)
         cn_c = cn_c.to(memory_format=torch.channels_last)
     if args.compile:

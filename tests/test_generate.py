@@ -53,13 +53,13 @@ def gen(models, hints, tiny_sd_dir, tiny_controlnet_dir, tmp_path):
     """gen(**overrides) -> results; defaults: the square hint, the tiny ControlNet, 2 steps, seed 7, saved."""
     from cnetcli.generation import GenerateConfig, generate
 
-    def _gen(**kw):
+    def _gen(reporter=None, **kw):
         kw.setdefault("hints", (str(hints / "square.png"),))
         kw.setdefault("controlnets", (str(tiny_controlnet_dir),))
         kw.setdefault("steps", STEPS)
         kw.setdefault("seed", 7)
         kw.setdefault("output", str(tmp_path / "out"))
-        return generate(GenerateConfig(base=str(tiny_sd_dir), **kw), models=models)
+        return generate(GenerateConfig(base=str(tiny_sd_dir), **kw), reporter, models=models)
 
     return _gen
 
@@ -275,3 +275,27 @@ def test_bad_inputs_raise(gen, hints, tmp_path):
         gen(hints=(str(hints / "square.png"), str(hints / "big.png")), controlnets=("a/b", "c/d"))
     with pytest.raises(CnetError):
         gen(controlnets=(str(tmp_path / "nope"),))
+
+
+def test_progress_reported(gen):
+    class Rec:
+        total, steps, done = None, 0, False
+
+        def start(self, total, description=""):
+            self.total = total
+
+        def advance(self, n=1, **info):
+            self.steps += n
+
+        def message(self, text):
+            pass
+
+        def finish(self):
+            self.done = True
+
+    rec = Rec()
+    gen(num_images=3, batch_size=2, reporter=rec)
+    assert rec.total == rec.steps == 2 * STEPS and rec.done  # two batches
+    rec = Rec()
+    gen(sampler="heun", reporter=rec)  # a 2nd-order sampler evaluates more often than `steps`
+    assert rec.total == rec.steps == STEPS

@@ -56,10 +56,15 @@ def test_cli_end_to_end(run_cli, hint, tiny_sd_dir, tiny_controlnet_dir, tmp_pat
     (["--hint", "{d}/square.png", "--controlnet", "{cn}"], 1, "stable-diffusion-v1-5"),  # offline, no SD1.5
     (["--hint", "{d}/square.png", "--sampler", "nope"], 2, "--sampler"),
     (["--image", "{d}/square.png"], 2, "--type"),
+    (["--hint", "{d}/square.png", "--controlnet", "{cn}", "--base", "{d}/base.ckpt"], 1, "pickled"),
+    (["--hint", "{d}/square.png", "--controlnet", "{cn}", "--base", "{d}/base.safetensors"], 1, "base.safetensors"),
+    (["--hint", "{d}/square.png", "--controlnet", "{d}/cn.safetensors", "--base", "{sd}"], 1, "cn.safetensors"),
+    (["--hint", "{d}/square.png", "--prompt", "x", "--prompt-mode", "none"], 2, "--prompt"),
 ])
-def test_cli_errors_are_one_line(run_cli, hint, tiny_controlnet_dir, tmp_path, args, code, needle):
-    (hint / "garbage.png").write_bytes(b"not an image")
-    args = [a.format(d=hint, cn=tiny_controlnet_dir) for a in args]
+def test_cli_errors_are_one_line(run_cli, hint, tiny_sd_dir, tiny_controlnet_dir, tmp_path, args, code, needle):
+    for name in ("garbage.png", "base.ckpt", "base.safetensors", "cn.safetensors"):
+        (hint / name).write_bytes(b"not an image or a model")
+    args = [a.format(d=hint, cn=tiny_controlnet_dir, sd=tiny_sd_dir) for a in args]
     c, _, err = run_cli("generate", *args, "--output", str(tmp_path / "o"), "--steps", "1")
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert c == code, err

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
@@ -72,7 +72,6 @@ class GenerateConfig:
     grid: bool = False
     save: bool = True
     offline: bool | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         s = object.__setattr__

@@ -314,9 +314,13 @@ def generate(cfg: GenerateConfig, reporter: Reporter | None = None, models: Mode
         models = load_models(cfg, specs)
 
     passes = 2 if cfg.prompt_mode == "auto" else 1
-    total = len(jobs) * cfg.num_images * passes * cfg.steps
-    rep.start(total, "generating")
-    step_cb = (lambda i, n: rep.advance(1))  # noqa: E731
+    batches = -(-cfg.num_images // cfg.batch_size)
+    rep.start(len(jobs) * passes * batches * cfg.steps, "generating")
+
+    def step_cb(i: int, n: int) -> None:  # n can exceed steps (2nd-order samplers): report whole steps
+        k = (i + 1) * cfg.steps // n - i * cfg.steps // n
+        if k:
+            rep.advance(k)
 
     results: list[GenerateResult] = []
     grid_rows: list[list[np.ndarray]] = []
