@@ -299,3 +299,33 @@ def test_progress_reported(gen):
     rec = Rec()
     gen(sampler="heun", reporter=rec)  # a 2nd-order sampler evaluates more often than `steps`
     assert rec.total == rec.steps == STEPS
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_matches_diffusers_controlnet_pipeline(gen, models, hints, tiny_controlnet_dir, multi):
+    """Balanced mode with a guidance window equals diffusers' StableDiffusionControlNetPipeline (a single
+    ControlNet, and a MultiControlNetModel) given the same latents and scheduler."""
+    import torch
+    from diffusers import DDIMScheduler, MultiControlNetModel, StableDiffusionControlNetPipeline
+    from PIL import Image
+
+    paths = [hints / "square.png", hints / "bar.png"] if multi else [hints / "square.png"]
+    net = models.controlnet(str(tiny_controlnet_dir))
+    scales, starts, ends = ([1.0, 0.7], [0.0, 0.5], [1.0, 1.0]) if multi else ([0.8], [0.0], [0.5])
+    ours = gen(hints=tuple(map(str, paths)), controlnets=(str(tiny_controlnet_dir),) * len(paths), sampler="ddim",
+               prompt="red circle", scales=tuple(scales), start=tuple(starts), end=tuple(ends), steps=4)[0].image
+    pipe = StableDiffusionControlNetPipeline(
+        vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer, unet=models.unet,
+        controlnet=MultiControlNetModel([net, net]) if multi else net,
+        scheduler=DDIMScheduler.from_config(models.scheduler_config, clip_sample=False, set_alpha_to_one=False),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    images = [Image.open(p).convert("RGB") for p in paths]
+    latents = torch.randn((1, 4, 16, 16), generator=torch.Generator().manual_seed(7))
+    one = not multi
+    ref = pipe("red circle", image=images[0] if one else images, height=32, width=32, num_inference_steps=4,
+               guidance_scale=9.0, latents=latents, output_type="np",
+               controlnet_conditioning_scale=scales[0] if one else scales,
+               control_guidance_start=starts[0] if one else starts, control_guidance_end=ends[0] if one else ends
+               ).images[0]
+    assert np.abs(ours.astype(np.int16) - np.round(ref * 255).astype(np.int16)).max() <= 1

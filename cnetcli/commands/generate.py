@@ -42,6 +42,16 @@ class RichReporter:
             self.progress = None
 
 
+def _quiet_libraries() -> None:
+    """The progress bar is ours: silence the libraries' weight-loading bars and advisory logs."""
+    import diffusers.utils.logging as dl
+    import transformers.utils.logging as tl
+
+    for lib in (dl, tl):
+        lib.disable_progress_bar()
+        lib.set_verbosity_error()
+
+
 def register(app: typer.Typer) -> None:
     @app.command("generate", help=(
         "Generate images from hints with a ControlNet. Paper defaults: 20 steps, CFG 9.0, DDIM eta 1.0 "
@@ -84,6 +94,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from ..generation import GenerateConfig, generate
 
+        _quiet_libraries()
         config = GenerateConfig(
             hints=tuple(hint), controlnets=tuple(controlnet), base=base, output=output, image=image,
             types=tuple(type_), prompt_mode=prompt_mode, prompt=prompt, added_prompt=added_prompt,
