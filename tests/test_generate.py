@@ -329,3 +329,17 @@ def test_matches_diffusers_controlnet_pipeline(gen, models, hints, tiny_controln
                control_guidance_start=starts[0] if one else starts, control_guidance_end=ends[0] if one else ends
                ).images[0]
     assert np.abs(ours.astype(np.int16) - np.round(ref * 255).astype(np.int16)).max() <= 1
+
+
+def test_bf16_and_flags(tiny_sd_dir, tiny_controlnet_dir, hints):
+    from cnetcli.generation import GenerateConfig, generate
+
+    r = generate(GenerateConfig(hints=(str(hints / "square.png"),), controlnets=(str(tiny_controlnet_dir),),
+                                base=str(tiny_sd_dir), steps=STEPS, seed=1, dtype="bf16", vae_tiling=True, save=False))
+    assert r[0].metadata["dtype"] == "bfloat16" and r[0].image.shape == (32, 32, 3)
+    with pytest.raises(UsageError, match="--guess-mode"):
+        GenerateConfig(hints=("h.png",), guess_mode=True, control_mode="prompt")
+    with pytest.raises(UsageError, match="--width"):
+        GenerateConfig(hints=("h.png",), width=30)
+    with pytest.raises(UsageError, match="--start"):
+        GenerateConfig(hints=("h.png",), start=(1.5,))
