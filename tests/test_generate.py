@@ -343,3 +343,12 @@ def test_bf16_and_flags(tiny_sd_dir, tiny_controlnet_dir, hints):
         GenerateConfig(hints=("h.png",), width=30)
     with pytest.raises(UsageError, match="--start"):
         GenerateConfig(hints=("h.png",), start=(1.5,))
+
+
+def test_contact_sheet_layout():
+    from cnetcli.generation.output import contact_sheet
+
+    a, b = np.full((32, 32, 3), 255, np.uint8), np.zeros((16, 32, 3), np.uint8)
+    sheet = contact_sheet([[a, b], [a]], cell=256, pad=4)
+    assert sheet.shape == (2 * 36 + 4, 2 * 36 + 4, 3)  # cells of the largest side (32), two rows, two columns
+    assert (sheet[4:36, 4:36] == 255).all() and (sheet[12:28, 40:72] == 0).all()

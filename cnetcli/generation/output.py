@@ -67,15 +67,18 @@ def save_result(directory: str | os.PathLike, stem: str, image: np.ndarray, meta
 
 
 def contact_sheet(rows: list[list[np.ndarray]], cell: int = 256, pad: int = 4) -> np.ndarray:
-    """Rows of images (hint first, then results) on a white sheet, each scaled to fit a `cell` square."""
+    """Rows of images (hint first, then results) on a white sheet, each scaled to fit a `cell` square
+    (at most `cell`, at least the largest image's side)."""
     from PIL import Image
 
+    cell = min(cell, max(max(im.shape[:2]) for r in rows for im in r))
     ncol = max(len(r) for r in rows)
     sheet = Image.new("RGB", (ncol * (cell + pad) + pad, len(rows) * (cell + pad) + pad), "white")
     for r, row in enumerate(rows):
         for c, img in enumerate(row):
             im = Image.fromarray(np.ascontiguousarray(img))
-            im.thumbnail((cell, cell))
+            k = cell / max(im.width, im.height)
+            im = im.resize((max(1, round(im.width * k)), max(1, round(im.height * k))), Image.LANCZOS)
             x = pad + c * (cell + pad) + (cell - im.width) // 2
             y = pad + r * (cell + pad) + (cell - im.height) // 2
             sheet.paste(im, (x, y))
