@@ -1,0 +1,135 @@
+"""Control: which ControlNet for which hint, strengths, guidance windows, control modes, multi-ControlNet.
+
+Control modes follow AUTOMATIC1111's sd-webui-controlnet:
+- `balanced`: the ControlNet's residuals, times the strength, on both CFG branches,
+- `prompt` ("my prompt is more important"): soft weights `0.825 ** (K-1-i)` on the K residuals (13 for
+  SD1.5: 12 down + middle), on both branches,
+- `controlnet` ("ControlNet is more important"): the same soft weights, on the conditional branch only,
+  so classifier-free guidance amplifies the control. This is the original repository's guess mode;
+  `--guess-mode` selects it.
+The soft weights are applied here, once: the ControlNet is always called with `guess_mode=False` and
+`conditioning_scale=1.0`, so diffusers' own `logspace(-1, 0, 13)` guess-mode scaling is never stacked on top.
+
+Guidance window: ControlNet `k` acts at step `i` of `n` unless `i/n < start_k` or `(i+1)/n > end_k`
+(diffusers' rule), so `start=1.0` disables it.
+
+Residuals are always passed to the UNet as the full set (down AND middle): diffusers' UNet silently
+ignores a middle-only residual.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import UsageError
+
+CONTROL_MODES = ("balanced", "prompt", "controlnet")
+SOFT_BASE = 0.825
+
+#: hint type (and aliases) -> the ControlNet 1.1 release for SD1.5 (lllyasviel/ControlNet-v1-1).
+CONTROLNET_RELEASES: dict[str, str] = {
+    "canny": "lllyasviel/control_v11p_sd15_canny",
+    "openpose": "lllyasviel/control_v11p_sd15_openpose",
+    "seg": "lllyasviel/control_v11p_sd15_seg",
+    "normal": "lllyasviel/control_v11p_sd15_normalbae",
+    "scribble": "lllyasviel/control_v11p_sd15_scribble",
+    "softedge": "lllyasviel/control_v11p_sd15_softedge",
+    "mlsd": "lllyasviel/control_v11p_sd15_mlsd",
+    "depth": "lllyasviel/control_v11f1p_sd15_depth",
+    "lineart": "lllyasviel/control_v11p_sd15_lineart",
+    "lineart_anime": "lllyasviel/control_v11p_sd15s2_lineart_anime",
+    "inpaint": "lllyasviel/control_v11p_sd15_inpaint",
+    "ip2p": "lllyasviel/control_v11e_sd15_ip2p",
+    "shuffle": "lllyasviel/control_v11e_sd15_shuffle",
+    "tile": "lllyasviel/control_v11f1e_sd15_tile",
+}
+_TYPE_ALIASES = {
+    "pose": "openpose", "openpose_full": "openpose", "dwpose": "openpose",
+    "segmentation": "seg", "ade20k": "seg", "normalbae": "normal", "normal_bae": "normal",
+    "hed": "softedge", "pidi": "softedge", "pidinet": "softedge", "softedge_hed": "softedge",
+    "fake_scribble": "scribble", "scribble_hed": "scribble", "scribble_pidi": "scribble",
+    "hough": "mlsd", "lines": "mlsd", "midas": "depth", "zoe": "depth", "leres": "depth",
+    "depth_midas": "depth", "depth_zoe": "depth", "anime": "lineart_anime",
+}
+
+
+def release_for(hint_type: str, flag: str = "--type") -> str:
+    """The ControlNet 1.1 release id for a hint type; a clear error naming the flags otherwise."""
+    key = hint_type.lower().replace("-", "_")
+    key = _TYPE_ALIASES.get(key, key)
+    if key not in CONTROLNET_RELEASES:
+        raise UsageError(
+            f"{flag} {hint_type}: no ControlNet 1.1 release for this hint type; pass --controlnet MODEL "
+            f"(known types: {', '.join(CONTROLNET_RELEASES)})"
+        )
+    return CONTROLNET_RELEASES[key]
+
+
+def check_control_mode(mode: str, guess_mode: bool) -> str:
+    if mode not in CONTROL_MODES:
+        raise UsageError(f"--control-mode {mode}: unknown mode (valid: {', '.join(CONTROL_MODES)})")
+    if guess_mode:
+        if mode == "prompt":
+            raise UsageError("--guess-mode is --control-mode controlnet; it cannot be combined with --control-mode prompt")
+        return "controlnet"
+    return mode
+
+
+def soft_weights(k: int) -> list[float]:
+    """AUTOMATIC1111's soft-injection weights, 0.825 ** (12 - i) for SD1.5's 13 residuals."""
+    return [SOFT_BASE ** float(k - 1 - i) for i in range(k)]
+
+
+def active(i: int, n: int, start: float, end: float) -> bool:
+    return not (i / n < start or (i + 1) / n > end)
+
+
+@dataclass
+class ControlUnit:
+    """One ControlNet with its (already batched, [0, 1]) hint, strength and window."""
+
+    net: Any
+    image: Any  # B x 3 x H x W tensor in [0, 1]
+    scale: float
+    start: float
+    end: float
+
+
+def residuals(units: list[ControlUnit], x_in: Any, t: Any, emb: Any, *, i: int, n: int, mode: str,
+              do_cfg: bool) -> tuple[list[Any], Any] | None:
+    """Sum of the active ControlNets' residuals for the (CFG-batched) UNet input, or None when none acts.
+
+    With CFG the batch is [uncond; cond] (each half B). In `controlnet` mode the ControlNets see only the
+    conditional half and the unconditional half gets zeros.
+    """
+    import torch
+
+    total_down: list[Any] | None = None
+    total_mid: Any = None
+    for u in units:
+        if u.scale == 0.0 or not active(i, n, u.start, u.end):
+            continue
+        if do_cfg and mode == "controlnet":
+            half = x_in.shape[0] // 2
+            x, e, img = x_in[half:], emb[half:], u.image
+        else:
+            x, e = x_in, emb
+            img = torch.cat([u.image, u.image]) if do_cfg else u.image
+        down, mid = u.net(x, t, encoder_hidden_states=e, controlnet_cond=img, conditioning_scale=1.0,
+                          guess_mode=False, return_dict=False)
+        k = len(down) + 1
+        w = soft_weights(k) if mode in ("prompt", "controlnet") else [1.0] * k
+        down = [d * (u.scale * wi) for d, wi in zip(down, w[:-1], strict=True)]
+        mid = mid * (u.scale * w[-1])
+        if do_cfg and mode == "controlnet":
+            down = [torch.cat([torch.zeros_like(d), d]) for d in down]
+            mid = torch.cat([torch.zeros_like(mid), mid])
+        if total_down is None:
+            total_down, total_mid = down, mid
+        else:
+            total_down = [a + b for a, b in zip(total_down, down, strict=True)]
+            total_mid = total_mid + mid
+    if total_down is None:
+        return None
+    return total_down, total_mid

@@ -1,0 +1,367 @@
+"""`generate(cfg)`: hints -> images, in numbered phases (as diffusers' pipeline_controlnet `__call__`).
+
+Our own denoising loop around the UNet and the ControlNet(s), instead of patching the diffusers pipeline:
+it gives batched classifier-free guidance, per-branch control (control modes), guidance windows, soft
+weights, and always hands the UNet full residual sets (diffusers ignores middle-only residuals).
+
+1. check inputs: resolve the hints (files, folders, or a photo annotated on the fly) into jobs
+2. pick the ControlNets (given, or the 1.1 release matching each hint's type)
+3. load models (base, trained UNet if present, ControlNets)
+4. for each job and batch: encode prompts, prepare the control images and latents, denoise, decode
+5. auto prompt mode: caption pass 1 with BLIP and run pass 2 with the caption (same seeds, same hints)
+6. save PNG + sidecar (+ grid)
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import InputError, UsageError
+from ..images import IMAGE_EXTENSIONS, load_image, read_png_metadata, resize_to
+from ..reporting import NullReporter, Reporter
+from . import control as ctl
+from . import output, prompts
+from .config import GenerateConfig
+from .models import Models, load_models
+from .samplers import SAMPLERS, make_scheduler, sample
+
+_NEAREST_TYPES = {"openpose", "pose", "seg", "scribble", "mlsd", "hough", "canny", "lineart", "lineart_anime",
+                  "softedge", "hed", "pidi", "fake_scribble"}
+
+
+@dataclass
+class HintInput:
+    path: str | None
+    image: np.ndarray  # RGB uint8 as read
+    type: str | None
+    controlnet: str  # model spec
+
+
+@dataclass
+class Job:
+    name: str
+    hints: list[HintInput]
+    width: int = 0
+    height: int = 0
+
+
+@dataclass
+class GenerateResult:
+    """One generated image (RGB uint8 H x W x 3), its metadata (the sidecar's content) and its PNG path."""
+
+    image: np.ndarray
+    metadata: dict[str, Any]
+    path: Path | None = None
+    hints: list[np.ndarray] = field(default_factory=list, repr=False)
+
+
+# ----------------------------------------------------------------------------------------- 1. inputs
+def _list_folder(d: Path) -> list[Path]:
+    files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                   and not p.name.startswith("."))
+    if not files:
+        raise InputError(f"{d}: folder holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def _round8(v: int) -> int:
+    return max(8, int(round(v / 8.0)) * 8)
+
+
+def _hint_type(path: str | None, given: str | None) -> str | None:
+    if given:
+        return given
+    if path is None:
+        return None
+    t = read_png_metadata(path).get("type")
+    return str(t) if t else None
+
+
+def _controlnet_for(hint_type: str | None, path: str | None) -> str:
+    if hint_type is None:
+        raise UsageError(f"{path}: no hint type in its PNG provenance; pass --type TYPE or --controlnet MODEL")
+    return ctl.release_for(hint_type)
+
+
+def _types_for(cfg: GenerateConfig, n: int) -> list[str | None]:
+    if not cfg.types:
+        return [None] * n
+    if len(cfg.types) == 1:
+        return list(cfg.types) * n
+    if len(cfg.types) != n:
+        raise UsageError(f"--type: {len(cfg.types)} types for {n} hints; give one, or one per hint")
+    return list(cfg.types)
+
+
+def _annotate_photo(cfg: GenerateConfig, outdir: Path) -> Job:
+    from ..annotators import annotate, get_type, params_dict
+
+    photo = load_image(cfg.image)  # clear InputError for a missing/unreadable photo
+    hints: list[HintInput] = []
+    for t in cfg.types:
+        ht = get_type(t)
+        arr = annotate(photo, ht.name, image_resolution=cfg.image_resolution)
+        path = None
+        if cfg.save:
+            from ..images import save_png
+
+            p = output._reserve(outdir, f"hint-{Path(cfg.image).stem}-{ht.name}", (".png",))
+            path = str(p.with_name(p.name + ".png"))
+            save_png(path, arr, metadata={
+                "cnet": __version__, "type": ht.name, "params": params_dict(ht.make_params()),
+                "detect_resolution": ht.default_detect_resolution, "image_resolution": cfg.image_resolution,
+                "keep_size": False, "source": str(cfg.image)})
+        hints.append(HintInput(path, arr, ht.name, ""))
+    nets = list(cfg.controlnets)
+    if nets and len(nets) != len(hints):
+        raise UsageError(f"--controlnet: {len(nets)} ControlNets for {len(hints)} --type values; give one per type")
+    for k, h in enumerate(hints):
+        h.controlnet = nets[k] if nets else ctl.release_for(h.type or "")
+    return Job(Path(cfg.image).stem, hints)
+
+
+def resolve_jobs(cfg: GenerateConfig, outdir: Path) -> list[Job]:
+    """Hints -> jobs. Folders, or several hints with exactly one ControlNet, run as a batch (one job per
+    hint); otherwise several hints compose (multi-ControlNet, one ControlNet per hint)."""
+    if cfg.image:
+        jobs = [_annotate_photo(cfg, outdir)]
+    else:
+        paths: list[Path] = []
+        any_folder = False
+        for h in cfg.hints:
+            p = Path(h).expanduser()
+            if p.is_dir():
+                any_folder = True
+                paths.extend(_list_folder(p))
+            elif not p.exists():
+                raise InputError(f"{h}: no such hint file (--hint)")
+            else:
+                paths.append(p)
+        nets = list(cfg.controlnets)
+        batch = any_folder or (len(paths) > 1 and len(nets) == 1)
+        if batch and len(nets) > 1:
+            raise UsageError("a folder of hints runs as a batch with one ControlNet: pass at most one --controlnet")
+        if not batch and nets and len(nets) != len(paths):
+            raise UsageError(f"--controlnet: {len(nets)} ControlNets for {len(paths)} hints; give one per --hint")
+        types = _types_for(cfg, len(paths))
+        hints = []
+        for k, p in enumerate(paths):
+            t = _hint_type(str(p), types[k])
+            net = (nets[0] if batch else nets[k]) if nets else _controlnet_for(t, str(p))
+            hints.append(HintInput(str(p), load_image(p), t, net))
+        if batch:
+            jobs = [Job(Path(h.path or "hint").stem, [h]) for h in hints]
+        else:
+            jobs = [Job("-".join(Path(h.path or "hint").stem for h in hints[:3]), hints)]
+    for job in jobs:
+        sizes = {(h.image.shape[1], h.image.shape[0]) for h in job.hints}
+        if len(sizes) > 1 and (cfg.width is None or cfg.height is None):
+            desc = ", ".join(f"{Path(h.path or '?').name} {h.image.shape[1]}x{h.image.shape[0]}" for h in job.hints)
+            raise InputError(f"hint size mismatch ({desc}): give hints of one size or set --width and --height")
+        w0, h0 = next(iter(sizes))
+        job.width = cfg.width or _round8(w0)
+        job.height = cfg.height or _round8(h0)
+    return jobs
+
+
+# -------------------------------------------------------------------------------------- 4. sampling
+def encode_prompts(models: Models, texts: list[str]) -> Any:
+    import torch
+
+    tok = models.tokenizer
+    ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+              return_tensors="pt").input_ids.to(models.device)
+    with torch.inference_mode():
+        return models.text_encoder(ids)[0]
+
+
+def control_image(hint: HintInput, width: int, height: int, models: Models, batch: int) -> Any:
+    import torch
+
+    t = (hint.type or "").lower()
+    kind = "nearest" if t in _NEAREST_TYPES else "linear"
+    try:
+        from ..annotators import get_type
+
+        kind = get_type(t).resize if t else kind
+    except Exception:  # not a registered type (e.g. only known by name): keep the fallback
+        pass
+    arr = resize_to(hint.image, width, height, kind)
+    x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float().div(255.0)
+    return x[None].expand(batch, -1, -1, -1).to(models.device, models.dtype)
+
+
+def run_batch(models: Models, cfg: GenerateConfig, job: Job, prompts_: list[str], seeds: list[int],
+              callback: Any = None) -> list[np.ndarray]:
+    """One batch: len(prompts_) == len(seeds) images for `job`. Returns RGB uint8 arrays."""
+    import torch
+
+    b = len(seeds)
+    do_cfg = cfg.cfg > 1.0
+    cond = encode_prompts(models, prompts_)
+    emb = torch.cat([encode_prompts(models, [cfg.negative_prompt] * b), cond]) if do_cfg else cond
+
+    n = len(job.hints)
+    scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
+    units = [ctl.ControlUnit(models.controlnet(h.controlnet), control_image(h, job.width, job.height, models, b),
+                             scales[k], starts[k], ends[k]) for k, h in enumerate(job.hints)]
+
+    vae_scale = 2 ** (len(models.vae.config.block_out_channels) - 1)
+    shape = (1, models.unet.config.in_channels, job.height // vae_scale, job.width // vae_scale)
+    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    latents = torch.cat([torch.randn(shape, generator=g) for g in gens]).to(models.device, models.dtype)
+    scheduler = make_scheduler(cfg.sampler, models.scheduler_config)
+    if models.channels_last:
+        for u in units:
+            u.image = u.image.contiguous(memory_format=torch.channels_last)
+
+    def denoise(x: Any, t: Any, i: int, n_steps: int) -> Any:
+        x_in = torch.cat([x, x]) if do_cfg else x
+        res = ctl.residuals(units, x_in, t, emb, i=i, n=n_steps, mode=cfg.control_mode, do_cfg=do_cfg)
+        kw = {} if res is None else {"down_block_additional_residuals": res[0],
+                                     "mid_block_additional_residual": res[1]}
+        eps = models.unet(x_in, t, encoder_hidden_states=emb, **kw, return_dict=False)[0]
+        if do_cfg:
+            u, c = eps.chunk(2)
+            eps = u + cfg.cfg * (c - u)
+        return eps
+
+    with torch.inference_mode():
+        x = sample(denoise, latents, scheduler, steps=cfg.steps, eta=SAMPLERS[cfg.sampler].eta, generator=gens,
+                   callback=callback)
+        tiling = cfg.vae_tiling if cfg.vae_tiling is not None else job.width * job.height > 1024 * 1024
+        if tiling and hasattr(models.vae, "enable_tiling"):
+            models.vae.enable_tiling()
+        elif hasattr(models.vae, "disable_tiling"):
+            models.vae.disable_tiling()
+        img = models.vae.decode(x / models.vae.config.scaling_factor, return_dict=False)[0]
+    img = (img.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [np.ascontiguousarray(a) for a in img]
+
+
+# ---------------------------------------------------------------------------------------- metadata
+def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: int, index: int,
+              pass_: int | None, caption: str | None) -> dict[str, Any]:
+    n = len(job.hints)
+    scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
+    nets = [{"model": h.controlnet, "type": h.type, "hint": h.path, "scale": scales[k], "start": starts[k],
+             "end": ends[k]} for k, h in enumerate(job.hints)]
+    one = n == 1
+    meta: dict[str, Any] = {
+        "cnet": __version__,
+        "prompt": prompt,
+        "prompt_mode": cfg.prompt_mode,
+        "added_prompt": cfg.added_prompt,
+        "negative_prompt": cfg.negative_prompt,
+        "seed": seed,
+        "index": index,
+        "steps": cfg.steps,
+        "cfg": cfg.cfg,
+        "sampler": cfg.sampler,
+        "sampler_label": SAMPLERS[cfg.sampler].label,
+        "eta": SAMPLERS[cfg.sampler].eta,
+        "scale": scales[0] if one else list(scales),
+        "hint": job.hints[0].path if one else [h.path for h in job.hints],
+        "hint_type": job.hints[0].type if one else [h.type for h in job.hints],
+        "controlnet": job.hints[0].controlnet if one else [h.controlnet for h in job.hints],
+        "controlnets": nets,
+        "control_mode": cfg.control_mode,
+        "guess_mode": cfg.guess_mode,
+        "base": str(cfg.base),
+        "unet": models.unet_source,
+        "width": job.width,
+        "height": job.height,
+        "device": models.device,
+        "dtype": str(models.dtype).replace("torch.", ""),
+    }
+    if cfg.image:
+        meta["source_image"] = str(cfg.image)
+    if pass_ is not None:
+        meta["pass"] = pass_
+        meta["captioner"] = cfg.captioner
+    if caption is not None:
+        meta["caption"] = caption
+    return meta
+
+
+# ------------------------------------------------------------------------------------------ generate
+def generate(cfg: GenerateConfig, reporter: Reporter | None = None, models: Models | None = None
+             ) -> list[GenerateResult]:
+    """Generate `cfg.num_images` images per job (twice in `auto` prompt mode: pass 1 and pass 2).
+
+    Returns the results in order (auto: all pass-1 images of a job, then its pass-2 images). With
+    `cfg.save` each is written as PNG + JSON sidecar under `cfg.output` (never overwriting). Pass a
+    `Models` from `load_models` to reuse loaded weights across calls."""
+    rep = reporter or NullReporter()
+    t0 = time.perf_counter()
+    outdir = Path(cfg.output).expanduser()
+
+    # 1. check inputs
+    jobs = resolve_jobs(cfg, outdir)
+    base_seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**32)
+
+    # 2-3. models (the ControlNets the jobs need)
+    specs = list(dict.fromkeys(h.controlnet for j in jobs for h in j.hints))
+    if models is None:
+        rep.message(f"loading {cfg.base} and {len(specs)} ControlNet(s)")
+        models = load_models(cfg, specs)
+
+    passes = 2 if cfg.prompt_mode == "auto" else 1
+    batches = -(-cfg.num_images // cfg.batch_size)
+    rep.start(len(jobs) * passes * batches * cfg.steps, "generating")
+
+    def step_cb(i: int, n: int) -> None:  # n can exceed steps (2nd-order samplers): report whole steps
+        k = (i + 1) * cfg.steps // n - i * cfg.steps // n
+        if k:
+            rep.advance(k)
+
+    results: list[GenerateResult] = []
+    grid_rows: list[list[np.ndarray]] = []
+    first_prompt = prompts.first_pass_prompt(cfg.prompt_mode, cfg.prompt, cfg.added_prompt)
+    for job in jobs:
+        seeds = [base_seed + j for j in range(cfg.num_images)]
+        # 4. pass 1 (the only pass outside auto mode)
+        images: list[np.ndarray] = []
+        for s in range(0, len(seeds), cfg.batch_size):
+            chunk = seeds[s: s + cfg.batch_size]
+            images += run_batch(models, cfg, job, [first_prompt] * len(chunk), chunk, step_cb)
+        pass1 = 1 if passes == 2 else None
+        job_results = [GenerateResult(im, _metadata(cfg, models, job, first_prompt, sd, j, pass1, None))
+                       for j, (im, sd) in enumerate(zip(images, seeds, strict=True))]
+        # 5. auto: caption pass 1, diffuse again with the caption
+        if passes == 2:
+            rep.message(f"captioning {len(images)} image(s) with {cfg.captioner}")
+            captions = models.get_captioner(cfg.captioner).caption(images)
+            p2 = [prompts.join(c, cfg.added_prompt) for c in captions]
+            images2: list[np.ndarray] = []
+            for s in range(0, len(seeds), cfg.batch_size):
+                images2 += run_batch(models, cfg, job, p2[s: s + cfg.batch_size], seeds[s: s + cfg.batch_size],
+                                     step_cb)
+            job_results += [GenerateResult(im, _metadata(cfg, models, job, pr, sd, j, 2, cap))
+                            for j, (im, sd, pr, cap) in enumerate(zip(images2, seeds, p2, captions, strict=True))]
+        hint_imgs = [h.image for h in job.hints]
+        for r in job_results:
+            r.hints = hint_imgs
+            r.metadata["config"] = dict(cfg.to_dict(), seed=base_seed)
+        # 6. save
+        if cfg.save:
+            for r in job_results:
+                suffix = f"-p{r.metadata['pass']}" if "pass" in r.metadata else ""
+                r.path = output.save_result(outdir, f"{job.name}-{r.metadata['seed']}{suffix}", r.image, r.metadata)
+        for p in range(passes):
+            row = job_results[p * cfg.num_images:(p + 1) * cfg.num_images]
+            grid_rows.append(hint_imgs + [r.image for r in row])
+        results += job_results
+    if cfg.save and cfg.grid:
+        g = output.save_grid(outdir, grid_rows, {"cnet": __version__, "files": [str(r.path) for r in results]})
+        rep.message(f"grid: {g}")
+    rep.finish()
+    rep.message(f"{len(results)} image(s) in {time.perf_counter() - t0:.1f}s")
+    return results
