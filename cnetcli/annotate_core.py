@@ -305,15 +305,20 @@ def plan_outputs(cfg: AnnotateConfig, type_name: str) -> tuple[list[_Job], list[
 
 
 def shard_from_env() -> tuple[int, int]:
-    """(rank, world) from `RANK`/`WORLD_SIZE` (set by `accelerate launch` and `torchrun`); (0, 1) otherwise."""
-    try:
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
-    except ValueError:
-        raise UsageError("RANK/WORLD_SIZE must be integers") from None
-    if world < 1 or not (0 <= rank < world):
-        raise UsageError(f"bad shard: RANK={rank} WORLD_SIZE={world}")
-    return rank, world
+    """(rank, world) from `RANK`/`WORLD_SIZE` (set by `accelerate launch` and `torchrun`) or MPI's variables
+    (`accelerate launch --cpu` with mpirun); (0, 1) otherwise."""
+    env = os.environ
+    for rank_var, world_var in (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+                                ("PMI_RANK", "PMI_SIZE")):
+        if world_var in env:
+            try:
+                rank, world = int(env.get(rank_var, "0")), int(env[world_var])
+            except ValueError:
+                raise UsageError(f"{rank_var}/{world_var} must be integers") from None
+            if world < 1 or not (0 <= rank < world):
+                raise UsageError(f"bad shard: {rank_var}={rank} {world_var}={world}")
+            return rank, world
+    return 0, 1
 
 
 # --- per-image work (shared by the process pool and the model path) -------------------------------------

@@ -43,8 +43,14 @@ class RichReporter:
     def start(self, total: int | None, description: str = "") -> None:
         if self.quiet or not total:
             return
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         class Rate(TextColumn):
             def render(self, task: Any) -> Any:  # images per second
