@@ -554,13 +554,25 @@ def _run_pool(ctx: _Ctx, jobs: list[_Job], workers: int, rep: Reporter) -> dict[
             results[i] = reason
             rep.advance(1, ok=reason is None)
         pool.close()
-    except BaseException:
+    except BaseException:  # Ctrl-C: stop the workers and remove any temp file they were writing
         pool.terminate()
+        pool.join()
+        _remove_temp_files([j for j in jobs if j.index not in results])
         raise
     finally:
         pool.join()
         rep.finish()
     return results
+
+
+def _remove_temp_files(jobs: list[_Job]) -> None:
+    """Temp files (`.<name>.*.tmp`, see images.atomic_write_bytes) of jobs a killed worker left behind."""
+    for j in jobs:
+        for target in (j.hint, j.image):
+            if target:
+                t = Path(target)
+                for tmp in t.parent.glob(f".{glob.escape(t.name)}.*.tmp"):
+                    tmp.unlink(missing_ok=True)
 
 
 def _load_or_reason(source: str) -> Any:

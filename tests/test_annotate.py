@@ -267,3 +267,24 @@ def test_accelerate_launch_two_processes(tmp_path):
     assert r.stdout.count("2 done, 0 skipped, 0 failed") == 2, r.stdout
     assert "shard 1/2" in r.stdout and "shard 2/2" in r.stdout
     assert files_under(tmp_path / "o") == ["astronaut.png", "chelsea.png", "coffee.png", "rocket.png"]
+
+
+def test_interrupted_worker_temp_files_are_removed(tmp_path):
+    from cnetcli.annotate_core import _Job, _remove_temp_files
+
+    (tmp_path / ".a.png.x1y2.tmp").write_bytes(b"partial")
+    (tmp_path / "keep.png").write_bytes(b"done")
+    _remove_temp_files([_Job(0, "a.jpg", str(tmp_path / "a.png"), None, "a")])
+    assert files_under(tmp_path) == ["keep.png"]
+
+
+def test_flag_combinations_are_usage_errors(run_cli, tmp_path):
+    photos(tmp_path / "in", 1)
+    for args, msg in ((("--caption", "x"), "--caption only applies"),
+                      (("--dataset", str(tmp_path / "d"), "-o", str(tmp_path / "o")), "exclude each other"),
+                      (("--dataset", str(tmp_path / "d"), "--dataset-format", "csv"), "--dataset-format"),
+                      (("--image-resolution", "8"), "--image-resolution"),
+                      (("--device", "tpu"), "--device")):
+        code, _, err = run_cli("annotate", str(tmp_path / "in"), *args)
+        assert code == 2 and msg in err, (args, err)
+        assert not (tmp_path / "in-canny").exists()

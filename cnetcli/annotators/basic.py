@@ -248,9 +248,9 @@ class Blur:
 register(HintType("canny", "Canny edges (ControlNet's math; --low/--high)", CannyParams,
                   lambda p, **_: Canny(p), resize="nearest"))
 register(HintType("hough", "straight lines without weights (Hough or LSD), M-LSD style",
-                  HoughParams, lambda p, **_: Hough(p), resize="nearest", aliases=("lines",)))
+                  HoughParams, lambda p, **_: Hough(p), resize="nearest"))
 register(HintType("scribble", "your black-on-white sketch -> white-on-black (--threshold)",
-                  ScribbleParams, lambda p, **_: Scribble(p), resize="nearest", aliases=("sketch",)))
+                  ScribbleParams, lambda p, **_: Scribble(p), resize="nearest"))
 register(HintType("shuffle", "content shuffle: photo warped by a random flow (--seed)",
                   ShuffleParams, lambda p, **_: Shuffle(p), resize="linear"))
 register(HintType("tile", "the photo, optionally down/up-sampled (--downsample)", TileParams,
