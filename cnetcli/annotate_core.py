@@ -202,6 +202,9 @@ def collect_inputs(inputs: Sequence[str], exclude: set[Path] = frozenset()) -> l
         p = Path(spec)
         if p.is_dir():
             items = [_Input(f, p, f.relative_to(p), "folder") for f in _walk(p, exclude)]
+            if not items:
+                raise UsageError(f"{spec}: no image files found in this folder "
+                                 f"({'/'.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})")
         elif p.exists():
             items = [_Input(p, p.parent, Path(p.name), "file")]
         elif glob.has_magic(spec):
@@ -545,7 +548,7 @@ def _run_pool(ctx: _Ctx, jobs: list[_Job], workers: int, rep: Reporter) -> dict[
             _CTX = old
             rep.finish()
         return results
-    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    method = _start_method()
     pool = mp.get_context(method).Pool(workers, initializer=_init_worker, initargs=(ctx, True))
     rep.start(len(jobs), f"annotate {ctx.type}")
     try:
@@ -563,6 +566,18 @@ def _run_pool(ctx: _Ctx, jobs: list[_Job], workers: int, rep: Reporter) -> dict[
         pool.join()
         rep.finish()
     return results
+
+
+def _start_method() -> str:
+    """"fork" (fast: no re-import) unless this process already runs OpenCV or torch, whose thread pools
+    do not survive a fork (a forked worker can hang on their locks); then "forkserver" (or "spawn")."""
+    import multiprocessing as mp
+    import sys
+
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and not any(m in sys.modules for m in ("cv2", "torch")):
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
 
 
 def _remove_temp_files(jobs: list[_Job]) -> None:

@@ -59,6 +59,11 @@ def test_unknown_type_lists_valid_ones_and_upcoming_is_not_available(run_cli, tm
 def test_missing_path_is_usage_error(run_cli, tmp_path):
     code, _, err = run_cli("annotate", str(tmp_path / "nothere"))
     assert code == 2 and "nothere" in err and "no such file or folder" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli("annotate", str(tmp_path / "empty"))
+    assert code == 2 and "no image files found" in err
+    code, _, err = run_cli("annotate", str(tmp_path / "*.jpg"))
+    assert code == 2 and "no image files match" in err
 
 
 def test_default_output_beside_folder_then_overwrite_rules(run_cli, tmp_path, monkeypatch):
@@ -288,3 +293,22 @@ def test_flag_combinations_are_usage_errors(run_cli, tmp_path):
         code, _, err = run_cli("annotate", str(tmp_path / "in"), *args)
         assert code == 2 and msg in err, (args, err)
         assert not (tmp_path / "in-canny").exists()
+
+
+def test_pool_is_safe_after_opencv_and_torch_ran_in_this_process(tmp_path):
+    """A Python user who already ran OpenCV (its thread pool) must not get a hung forked worker."""
+    import subprocess
+    import sys
+
+    photos(tmp_path / "in", 2, size=64)
+    code = ("import cv2, numpy as np\n"
+            "cv2.setNumThreads(2); [cv2.Canny(np.random.randint(0, 255, (1500, 1500, 3), np.uint8), 10, 90)"
+            " for _ in range(3)]\n"
+            "from cnetcli.annotate_core import AnnotateConfig, annotate_paths, _start_method\n"
+            f"s = annotate_paths(AnnotateConfig(inputs=({str(tmp_path / 'in')!r},), output={str(tmp_path / 'o')!r},"
+            " workers=2, image_resolution=64))\n"
+            "print(s.done, _start_method())")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["2", "forkserver"]
