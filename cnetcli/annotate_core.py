@@ -500,7 +500,7 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
 
     # 5. annotate
     results: dict[int, str | None] = {}
-    workers = cfg.workers or os.cpu_count() or 1
+    workers = cfg.workers or default_workers()
     if ht.needs_weights:
         results = _run_model(ctx, todo, workers, cfg.batch_size, rep)
     else:
@@ -520,6 +520,19 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
 
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def default_workers() -> int:
+    """All usable cores, shared among the processes of this machine under accelerate/torchrun."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, cores // local)
 
 
 def _version() -> str:
