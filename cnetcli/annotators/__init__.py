@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import NotAvailableError, UsageError
 
 
 class Annotator(Protocol):
@@ -64,6 +64,11 @@ _MODULES = (
 )
 _loaded = False
 
+#: Model-backed hint types that are planned but may not be registered yet. Asking for one of these before
+#: its module registers it gives a clear "not available yet" instead of "unknown type"; once registered,
+#: the registry wins and this list has no effect.
+UPCOMING_TYPES = ("pose", "depth", "seg", "normal", "mlsd", "softedge")
+
 
 def register(hint: HintType) -> HintType:
     if hint.name in _REGISTRY:
@@ -82,6 +87,12 @@ def _load_all() -> None:
             importlib.import_module(m)
 
 
+def upcoming_types() -> list[str]:
+    """Planned hint types that are not registered (yet)."""
+    _load_all()
+    return [t for t in UPCOMING_TYPES if t not in _REGISTRY and t not in _ALIASES]
+
+
 def list_types() -> list[str]:
     """Names of every registered hint type, in registration order."""
     _load_all()
@@ -92,6 +103,11 @@ def get_type(name: str) -> HintType:
     _load_all()
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in _REGISTRY:
+        if key in UPCOMING_TYPES:
+            raise NotAvailableError(
+                f"hint type '{key}' is not available yet in this version of cnet "
+                f"(available now: {', '.join(_REGISTRY)})"
+            )
         raise UsageError(f"unknown hint type '{name}' (valid: {', '.join(_REGISTRY)})")
     return _REGISTRY[key]
 

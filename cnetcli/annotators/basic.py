@@ -1,4 +1,8 @@
-"""Weight-free hint types: canny (more in this module: hough, scribble, shuffle, tile...)."""
+"""Weight-free hint types: canny, hough, scribble, shuffle, tile, blur.
+
+Each follows ControlNet's own recipe (HWC3, then `resize_image` to the detect/image resolution) and imports
+cv2 lazily inside `__call__`, so registering these types costs nothing and never imports torch.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,33 @@ import numpy as np
 from ..errors import UsageError
 from . import HintType, register
 
+
+def _check_range(name: str, value: float, lo: float, hi: float | None = None) -> None:
+    if value < lo or (hi is not None and value > hi):
+        rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+        raise UsageError(f"{name} must be {rng} (got {value})")
+
+
+def _resize_nearest_like(hint: np.ndarray, image: np.ndarray, image_resolution: int, kind: str) -> np.ndarray:
+    """Bring a hint computed at the detect resolution to ControlNet's image-resolution size."""
+    import cv2
+
+    H, W = _target_hw(image, image_resolution)
+    interp = cv2.INTER_NEAREST if kind == "nearest" else (
+        cv2.INTER_AREA if H * W < hint.shape[0] * hint.shape[1] else cv2.INTER_LINEAR)
+    if hint.shape[:2] == (H, W):
+        return hint
+    return cv2.resize(hint, (W, H), interpolation=interp)
+
+
+def _target_hw(image: np.ndarray, resolution: int) -> tuple[int, int]:
+    """The (H, W) that ControlNet's `resize_image(image, resolution)` produces, without resizing."""
+    H, W = float(image.shape[0]), float(image.shape[1])
+    k = float(resolution) / min(H, W)
+    return int(np.round(H * k / 64.0)) * 64, int(np.round(W * k / 64.0)) * 64
+
+
+# --- canny -------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class CannyParams:
@@ -37,4 +68,192 @@ class Canny:
         return HWC3(cv2.Canny(img, self.p.low, self.p.high))
 
 
-register(HintType("canny", "Canny edges (ControlNet's math)", CannyParams, lambda p, **_: Canny(p), resize="nearest"))
+# --- hough (straight lines without weights, drawn like M-LSD maps) -----------------------------------------
+
+@dataclass(frozen=True)
+class HoughParams:
+    method: str = "hough"  # "hough" (Canny + probabilistic Hough) | "lsd" (OpenCV line segment detector)
+    threshold: int = 80  # Hough accumulator votes a line needs
+    min_length: int = 20  # shortest segment kept, in detect-resolution pixels
+    max_gap: int = 5  # largest gap bridged inside one segment (hough)
+    low: int = 50  # Canny thresholds of the edge pre-pass (hough)
+    high: int = 150
+    thickness: int = 1  # line width drawn, as M-LSD maps use
+
+    def __post_init__(self) -> None:
+        if self.method not in ("hough", "lsd"):
+            raise UsageError(f"hough method must be 'hough' or 'lsd' (got {self.method!r})")
+        _check_range("--threshold (hough votes)", self.threshold, 1)
+        _check_range("--min-length", self.min_length, 0)
+        _check_range("--max-gap", self.max_gap, 0)
+        _check_range("--low", self.low, 0, 255)
+        _check_range("--high", self.high, 0, 255)
+        _check_range("hough thickness", self.thickness, 1, 32)
+
+
+class Hough:
+    """Straight line segments drawn white on black (the M-LSD map convention), with no learned weights."""
+
+    def __init__(self, params: HoughParams) -> None:
+        self.p = params
+
+    def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
+        import cv2
+
+        from ..images import HWC3, resize_image
+
+        image = HWC3(image)
+        img = resize_image(image, detect_resolution)
+        gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+        p = self.p
+        if p.method == "hough":
+            edges = cv2.Canny(gray, p.low, p.high)
+            found = cv2.HoughLinesP(edges, 1, np.pi / 180, p.threshold, minLineLength=p.min_length,
+                                    maxLineGap=p.max_gap)
+        else:
+            found = cv2.createLineSegmentDetector().detect(gray)[0]
+        out = np.zeros(gray.shape, np.uint8)
+        if found is not None:
+            for x1, y1, x2, y2 in found.reshape(-1, 4):
+                if np.hypot(x2 - x1, y2 - y1) < p.min_length:
+                    continue
+                cv2.line(out, (int(round(x1)), int(round(y1))), (int(round(x2)), int(round(y2))), 255,
+                         p.thickness)
+        return _resize_nearest_like(HWC3(out), image, image_resolution, "nearest")
+
+
+# --- scribble (a user's drawing) ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ScribbleParams:
+    threshold: int = 127  # pixels darker than this (in every channel's minimum) are ink
+
+    def __post_init__(self) -> None:
+        _check_range("--threshold (scribble)", self.threshold, 0, 256)
+
+
+class Scribble:
+    """ControlNet's scribble input: a black-on-white sketch becomes white strokes on black."""
+
+    def __init__(self, params: ScribbleParams) -> None:
+        self.p = params
+
+    def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
+        from ..images import HWC3, resize_image
+
+        img = resize_image(HWC3(image), image_resolution)
+        out = np.zeros_like(img, dtype=np.uint8)
+        out[np.min(img, axis=2) < self.p.threshold] = 255
+        return out
+
+
+# --- shuffle (ControlNet 1.1 content shuffle) --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ShuffleParams:
+    f: int = 256  # noise cell size in pixels (larger: smoother warps)
+    seed: int = 0  # the random warp; fixed so results are deterministic
+
+    def __post_init__(self) -> None:
+        _check_range("shuffle f", self.f, 1)
+        _check_range("--seed", self.seed, 0)
+
+
+def _noise_disk(H: int, W: int, F: int, rng: np.random.Generator) -> np.ndarray:
+    import cv2
+
+    noise = rng.uniform(0.0, 1.0, size=((H // F) + 2, (W // F) + 2))
+    noise = cv2.resize(noise, (W + 2 * F, H + 2 * F), interpolation=cv2.INTER_CUBIC)
+    noise = noise[F: F + H, F: F + W]
+    noise -= np.min(noise)
+    noise /= max(float(np.max(noise)), 1e-12)
+    return noise[:, :, None]
+
+
+class Shuffle:
+    """ControlNet 1.1's content shuffle: the image warped by a smooth random flow field."""
+
+    def __init__(self, params: ShuffleParams) -> None:
+        self.p = params
+
+    def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
+        import cv2
+
+        from ..images import HWC3, resize_image
+
+        image = HWC3(image)
+        img = resize_image(image, detect_resolution)
+        H, W = img.shape[:2]
+        rng = np.random.default_rng(self.p.seed)
+        x = _noise_disk(H, W, self.p.f, rng) * float(W - 1)
+        y = _noise_disk(H, W, self.p.f, rng) * float(H - 1)
+        flow = np.concatenate([x, y], axis=2).astype(np.float32)
+        out = cv2.remap(img, flow, None, cv2.INTER_LINEAR)
+        return _resize_nearest_like(out, image, image_resolution, "linear")
+
+
+# --- tile and blur -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TileParams:
+    downsample: float = 1.0  # >= 1: shrink by this factor and enlarge back (ControlNet 1.1 tile_resample)
+
+    def __post_init__(self) -> None:
+        _check_range("--downsample", self.downsample, 1.0, 64.0)
+
+
+class Tile:
+    """ControlNet 1.1 tile: the photo itself at the hint size, optionally down- and re-upsampled."""
+
+    def __init__(self, params: TileParams) -> None:
+        self.p = params
+
+    def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
+        import cv2
+
+        from ..images import HWC3, resize_image
+
+        img = resize_image(HWC3(image), image_resolution)
+        if self.p.downsample > 1.0:
+            H, W = img.shape[:2]
+            small = cv2.resize(img, (max(1, int(W / self.p.downsample)), max(1, int(H / self.p.downsample))),
+                               interpolation=cv2.INTER_AREA)
+            img = cv2.resize(small, (W, H), interpolation=cv2.INTER_CUBIC)
+        return img
+
+
+@dataclass(frozen=True)
+class BlurParams:
+    sigma: float = 9.0  # Gaussian sigma in hint pixels (sd-webui-controlnet's blur_gaussian default)
+
+    def __post_init__(self) -> None:
+        _check_range("--sigma", self.sigma, 0.01, 256.0)
+
+
+class Blur:
+    """A Gaussian-blurred photo (the tile/blur family's "blur_gaussian" preprocessor)."""
+
+    def __init__(self, params: BlurParams) -> None:
+        self.p = params
+
+    def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
+        import cv2
+
+        from ..images import HWC3, resize_image
+
+        img = resize_image(HWC3(image), image_resolution)
+        return cv2.GaussianBlur(img, (0, 0), self.p.sigma)
+
+
+register(HintType("canny", "Canny edges (ControlNet's math; --low/--high)", CannyParams,
+                  lambda p, **_: Canny(p), resize="nearest"))
+register(HintType("hough", "straight lines without weights (Hough or LSD), M-LSD style",
+                  HoughParams, lambda p, **_: Hough(p), resize="nearest"))
+register(HintType("scribble", "your black-on-white sketch -> white-on-black (--threshold)",
+                  ScribbleParams, lambda p, **_: Scribble(p), resize="nearest"))
+register(HintType("shuffle", "content shuffle: photo warped by a random flow (--seed)",
+                  ShuffleParams, lambda p, **_: Shuffle(p), resize="linear"))
+register(HintType("tile", "the photo, optionally down/up-sampled (--downsample)", TileParams,
+                  lambda p, **_: Tile(p), resize="linear"))
+register(HintType("blur", "a Gaussian-blurred photo (--sigma)", BlurParams, lambda p, **_: Blur(p),
+                  resize="linear"))
