@@ -252,6 +252,8 @@ def _eval_loss(sd8, data, controlnet):
 
 
 def test_loss_falls_when_overfitting_and_cache_matches(sd8, data, tmp_path):
+    import torch
+
     r = train(cfg(sd8, data, tmp_path / "fit", cache_latents=True, max_steps=25, batch_size=4, learning_rate=2e-3,
                   empty_prompt_prob=0.0))
     from diffusers import AutoencoderKL
@@ -267,6 +269,17 @@ def test_loss_falls_when_overfitting_and_cache_matches(sd8, data, tmp_path):
     assert np.allclose(a.losses, b.losses, rtol=1e-4), (a.losses, b.losses)
     sa, sb = _cn(a.controlnet_dir).state_dict(), _cn(b.controlnet_dir).state_dict()
     assert max((sa[k] - sb[k]).abs().max().item() for k in sa) < 1e-4
+    # the cache is persisted in OUTPUT/cache/ and a resumed run reuses it, ending where the straight run did
+    assert not a.cache_reused and a.cache_path.parent == tmp_path / "c/cache" and a.cache_path.is_file()
+    out = tmp_path / "cr"
+    stopped = train(cfg(sd8, data, out, cache_latents=True, max_steps=2, checkpoint_every=1, extra={"stop_at": 1}))
+    assert stopped.interrupted and stopped.cache_path.name == a.cache_path.name  # same data + models: same key
+    resumed = train(cfg(sd8, data, out, cache_latents=True, max_steps=2, resume="latest"))
+    assert resumed.cache_reused and resumed.losses == a.losses
+    sr = _cn(resumed.controlnet_dir).state_dict()
+    assert all(torch.equal(sa[k], sr[k]) for k in sa)
+    other = train(cfg(sd8, data, tmp_path / "c2", cache_latents=True, max_steps=1, resolution=RES + 8))
+    assert other.cache_path.name != a.cache_path.name  # the key covers the resolution
 
 
 def test_resume_equals_straight_run_and_single_file(sd8, data, tmp_path):
@@ -347,3 +360,51 @@ def test_cli_small_scale_in_a_prepared_folder(sd8, data, tmp_path, monkeypatch, 
     (proj / "cnet.toml").write_text("[train]\nlearning_rat = 1\n")
     code, out, err = run_cli("train")
     assert code == 2 and "learning_rat" in err
+
+
+# ---- several processes ------------------------------------------------------------------------------
+
+
+def test_two_processes_equal_one_with_double_batch(sd8, data, tmp_path):
+    """`torchrun --nproc_per_node 2 -m cnetcli train` on CPU (gloo DDP): one set of outputs, complete
+    checkpoints, ranks in sync, and the same training as one process at twice the per-process batch."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file
+
+    import cnetcli
+
+    out = tmp_path / "ddp"
+    flags = ["--base", str(sd8), "--data", str(data), "--resolution", str(RES), "--max-steps", "3",
+             "--lr", "1e-3", "--report-to", "none", "--small-scale", "--reconnect-at", "2", "--cache-latents",
+             "--checkpoint-every", "1", "--keep-checkpoints", "2"]
+    root = str(Path(cnetcli.__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1")
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "cnetcli", "train", "--output", str(out), "--batch-size", "1", *flags],
+                       env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("ControlNet: ") == 1  # only the main process reports
+    meta = json.loads((out / "train_config.json").read_text())
+    assert meta["result"]["processes"] == 2 and meta["result"]["steps"] == 3  # (ranks checked in sync at the end)
+    # checkpoints: complete, loadable, nothing half-written left behind by two writers
+    assert sorted(x.name for x in (out / "checkpoints").iterdir()) == ["step-2", "step-3"]
+    for ck in (out / "checkpoints").iterdir():
+        assert sorted(f.name for f in ck.iterdir()) == ["controlnet.safetensors", "optimizer.pt", "state.pt",
+                                                        "train_config.json"]
+        load_file(str(ck / "controlnet.safetensors"))
+        torch.load(ck / "state.pt", weights_only=True)
+    assert len(list((out / "cache").iterdir())) == 1  # the merged cache, no part files
+    final = _cn(out / "controlnet").state_dict()
+    last = load_file(str(out / "checkpoints/step-3/controlnet.safetensors"))
+    assert all(torch.equal(final[k], last[k]) for k in final)
+    # one process at batch 2 sees the same samples, noise and timesteps: the same weights up to rounding
+    one = train(cfg(sd8, data, tmp_path / "one", batch_size=2, max_steps=3, small_scale=True, reconnect_at=2,
+                    cache_latents=True, checkpoint_every=0))
+    ref = _cn(one.controlnet_dir).state_dict()
+    assert max((final[k] - ref[k]).abs().max().item() for k in final) < 1e-5
+    assert np.allclose(meta["result"]["final_loss"], one.final_loss, rtol=1e-5)

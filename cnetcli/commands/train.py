@@ -103,7 +103,7 @@ def register(app: typer.Typer) -> None:
         gradient_checkpointing: bool | None = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", rich_help_panel=_S),
         use_8bit_adam: bool | None = typer.Option(None, "--use-8bit-adam/--no-8bit-adam", help="needs bitsandbytes", rich_help_panel=_S),
         allow_tf32: bool | None = typer.Option(None, "--tf32/--no-tf32", help="TF32 matmuls on Ampere+ (default on)", rich_help_panel=_S),
-        cache_latents: bool | None = typer.Option(None, "--cache-latents/--no-cache-latents", help="encode images and prompts once", rich_help_panel=_S),
+        cache_latents: bool | None = typer.Option(None, "--cache-latents/--no-cache-latents", help="encode images and prompts once (kept in OUTPUT/cache/ for resumed runs)", rich_help_panel=_S),
         num_workers: int | None = typer.Option(None, "--num-workers", help="data loader workers (default 0)", rich_help_panel=_S),
         cpu: bool | None = typer.Option(None, "--cpu/--no-cpu", help="train on CPU even with a GPU", rich_help_panel=_S),
         checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", help="steps between checkpoints (0: only at the end) (default 500)", rich_help_panel=_C),
@@ -140,6 +140,10 @@ def register(app: typer.Typer) -> None:
             result = train(cfg, reporter)
         finally:
             reporter.finish()
+        if not result.is_main_process:  # `accelerate launch` / torchrun: the main process reports
+            if result.interrupted:
+                raise typer.Exit(130)
+            return
         if result.interrupted:
             typer.secho(f"stopped at step {result.steps}; checkpoint {result.last_checkpoint}; continue with "
                         f"`cnet train --output {cfg.output} --resume latest`", fg="yellow", err=True)

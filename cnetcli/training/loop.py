@@ -45,10 +45,25 @@ class TrainResult:
     loss_plot: Path | None = None
     validation_images: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    processes: int = 1
+    is_main_process: bool = True  # only the main process wrote the outputs (and should report them)
+    cache_path: Path | None = None
+    cache_reused: bool = False
 
 
-def _noise_seed(seed: int, micro: int, rank: int) -> int:
-    return (seed * 0x9E3779B1 + micro * 65_537 + rank * 7_919 + 12_345) % (2**63 - 1)
+def _noise_seed(seed: int, item: int) -> int:
+    """The seed of one sample's latent noise, diffusion noise and timestep: a function of its position in the
+    global batch stream only, so N processes at batch B draw what one process at batch N*B draws."""
+    return (seed * 0x9E3779B1 + item * 65_537 + 12_345) % (2**63 - 1)
+
+
+def _launched_processes() -> int:
+    """How many processes a launcher (torchrun, accelerate launch, mpirun) started, 1 if none."""
+    for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
+        v = os.environ.get(k, "")
+        if v.isdigit():
+            return int(v)
+    return 1
 
 
 def _preflight(cfg: TrainConfig) -> None:
@@ -86,34 +101,6 @@ def _atomic_save_dir(save: Any, final: Path) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def _plot_losses(losses: list[float], path: Path, start: int = 0) -> Path | None:
-    if not losses:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ema, smooth = None, []
-    for x in losses:
-        ema = x if ema is None else 0.95 * ema + 0.05 * x
-        smooth.append(ema)
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    steps = list(range(1, len(losses) + 1))
-    ax.plot(steps, losses, alpha=0.3, label="loss")
-    ax.plot(steps, smooth, label="smoothed")
-    ax.set_xlabel("step")
-    ax.set_ylabel("noise-prediction MSE")
-    ax.legend()
-    fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".loss.", suffix=".png", dir=str(path.parent))
-    os.close(fd)
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
 
 
 class _Interrupt:
@@ -156,8 +143,6 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
 
     index = read_dataset(cfg.data, image_column=cfg.image_column, conditioning_column=cfg.conditioning_column,
                          caption_column=cfg.caption_column, max_samples=cfg.max_train_samples)
-    if index.skipped:
-        reporter.message(f"skipped {index.skipped} unreadable dataset rows (e.g. {index.skipped_examples[0]})")
 
     import torch
     import torch.nn.functional as F
@@ -173,30 +158,38 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
         set_unet_trainable,
         unlockable_unet_params,
     )
+    from .validate import plot_losses, validate
 
     out = cfg.output_dir
     resume_path = resolve_resume(cfg.resume, out) if cfg.resume else None
-    if cfg.overwrite and cfg.resume is None and (out / "checkpoints").exists():
-        shutil.rmtree(out / "checkpoints")
     log_with = "tensorboard" if cfg.report_to == "tensorboard" else None
     if log_with:
         try:
             import tensorboard  # noqa: F401
         except ImportError:
             log_with = None
+    # several launched processes without CUDA: accelerate only sets up (gloo) DDP when told cpu=True
+    cpu = cfg.cpu or (_launched_processes() > 1 and not torch.cuda.is_available())
     accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.gradient_accumulation, mixed_precision=cfg.mixed_precision, cpu=cfg.cpu,
+        gradient_accumulation_steps=cfg.gradient_accumulation, mixed_precision=cfg.mixed_precision, cpu=cpu,
         log_with=log_with, project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
+    if not accelerator.is_main_process:
+        reporter = NullReporter()  # one progress line and one set of messages per run
+    if index.skipped:
+        reporter.message(f"skipped {index.skipped} unreadable dataset rows (e.g. {index.skipped_examples[0]})")
     cuda = device.type == "cuda"
     if cuda and cfg.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.mixed_precision, torch.float32)
     if accelerator.is_main_process:
+        if cfg.overwrite and cfg.resume is None and (out / "checkpoints").exists():
+            shutil.rmtree(out / "checkpoints")
         out.mkdir(parents=True, exist_ok=True)
         (out / "train_config.json").write_text(cfg.to_json())
+    accelerator.wait_for_everyone()
 
     # 2. models: frozen VAE/text encoder/UNet; the ControlNet trains (and the UNet, once unlocked)
     comps = load_base_components(cfg.base, config=cfg.base_config)
@@ -206,6 +199,10 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
         init_controlnet(unet, vae, cfg.seed)
     vae.requires_grad_(False)
     text_encoder.requires_grad_(False)
+    if cfg.cache_latents:  # what the cache depends on, hashed while the weights are still on the CPU
+        from .cache import cache_key
+
+        key = cache_key(index, vae, text_encoder, cfg.resolution, weight_dtype)
     unlock_mode = cfg.unlock if cfg.unlock_sd_after is not None else None
     set_unet_trainable(unet, None)
     controlnet.train()
@@ -268,8 +265,13 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
                          hflip=cfg.hflip, start_batch=step * cfg.gradient_accumulation, rank=rank, world_size=world)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=stream, collate_fn=collate,
                                          num_workers=cfg.num_workers, pin_memory=cuda)
-    cache = _build_cache(dataset, vae, text_encoder, tokenizer, device, weight_dtype, cfg.batch_size, reporter) \
-        if cfg.cache_latents else None
+    cache = None
+    if cfg.cache_latents:
+        from .cache import load_or_build
+
+        cache, cache_file, cache_reused = load_or_build(
+            dataset, key, out, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, device=device,
+            dtype=weight_dtype, bs=cfg.batch_size, accelerator=accelerator, reporter=reporter)
 
     def encode_text(texts: list[str]) -> Any:
         ids = tokenizer(texts, max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
@@ -278,7 +280,7 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
 
     from diffusers.utils.torch_utils import randn_tensor
 
-    gen = torch.Generator(device=device)
+    gens = [torch.Generator(device=device) for _ in range(cfg.batch_size)]
     prediction_type = noise_scheduler.config.prediction_type
     if prediction_type not in ("epsilon", "v_prediction"):
         raise UsageError(f"--base: scheduler prediction_type {prediction_type!r} is not supported (epsilon or v_prediction)")
@@ -286,8 +288,12 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
     num_t = noise_scheduler.config.num_train_timesteps
 
     def loss_on(batch: dict[str, Any], micro: int) -> Any:
-        """One micro-batch: the diffusers training step."""
-        gen.manual_seed(_noise_seed(cfg.seed, micro, rank))
+        """One micro-batch: the diffusers training step. Sample i's randomness comes from its own generator,
+        seeded by its position in the global stream (see `BatchStream.batch`)."""
+        first = (micro * world + rank) * cfg.batch_size
+        gen = gens[:len(batch["index"])]
+        for i, g in enumerate(gen):
+            g.manual_seed(_noise_seed(cfg.seed, first + i))
         with torch.no_grad():
             if cache is not None:
                 idx = batch["index"]
@@ -298,12 +304,14 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
                 hint = (cache["hints"][idx].to(device, dtype=torch.float32) / 255.0).to(weight_dtype)
             else:
                 px = batch["pixel_values"].to(device, dtype=weight_dtype)
-                latents = vae.encode(px).latent_dist.sample(generator=gen)
+                dist = vae.encode(px).latent_dist
+                latents = dist.mean + dist.std * randn_tensor(dist.mean.shape, generator=gen, device=device,
+                                                              dtype=dist.mean.dtype)
                 enc = encode_text(batch["text"])
                 hint = batch["conditioning_pixel_values"].to(device, dtype=weight_dtype)
             latents = latents * scaling
             noise = randn_tensor(latents.shape, generator=gen, device=device, dtype=latents.dtype)
-            t = torch.randint(0, num_t, (latents.shape[0],), generator=gen, device=device).long()
+            t = torch.cat([torch.randint(0, num_t, (1,), generator=g, device=device) for g in gen]).long()
             noisy = noise_scheduler.add_noise(latents, noise, t)
             target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, t)
         with accelerator.autocast():
@@ -333,7 +341,9 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
     if log_with:
         accelerator.init_trackers("cnet-train")
     result = TrainResult(output=out, controlnet_dir=None, start_step=start_step, samples=len(index),
-                         skipped_rows=index.skipped)
+                         skipped_rows=index.skipped, processes=world, is_main_process=accelerator.is_main_process)
+    if cache is not None:
+        result.cache_path, result.cache_reused = cache_file, cache_reused
     inject_nan_at = cfg.extra.get("inject_nan_at")
     stop_at = cfg.extra.get("stop_at")  # tests: behave as if Ctrl-C came at this step
     ema: float | None = None
@@ -362,7 +372,9 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
                     loss = loss_on(batch, micro)
                     if inject_nan_at is not None and step == inject_nan_at:
                         loss = loss * float("nan")
-                    lv = float(loss.detach().item())
+                    # the logged loss is the mean over processes, so every rank keeps the same history and
+                    # stops together on a NaN
+                    lv = float((accelerator.reduce(loss.detach(), "mean") if world > 1 else loss.detach()).item())
                     if not math.isfinite(lv):
                         where = f"; the last good checkpoint is {last_ckpt}" if last_ckpt else \
                             "; no checkpoint was written yet"
@@ -392,9 +404,11 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
             reporter.advance(1, step=step, loss=ema, lr=lr)
             if cfg.validate_every and (step % cfg.validate_every == 0 or step == cfg.max_steps):
                 if accelerator.is_main_process:
-                    result.validation_images.append(_validate(cfg, step, vae, text_encoder, tokenizer, unet,
+                    result.validation_images.append(validate(cfg, step, vae, text_encoder, tokenizer, unet,
                                                               raw_controlnet, noise_scheduler, device, accelerator))
             stopping = interrupt.flag or (stop_at is not None and step == stop_at)
+            if world > 1:  # one process's Ctrl-C stops them all at the same step
+                stopping = bool(accelerator.reduce(torch.tensor(float(stopping), device=device), "sum").item())
             if stopping or (cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps)):
                 last_ckpt = save_ckpt()
             if stopping:
@@ -409,6 +423,12 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
 
     # 7. the outputs: OUTPUT/controlnet (+ unet), config, loss curve, optional original-layout single file
     accelerator.wait_for_everyone()
+    if world > 1:  # every rank must hold the same weights (a missed gradient reduction would show here)
+        sums = torch.stack([p.detach().double().sum() for p in trainable() + list(raw_controlnet.parameters())])
+        every = accelerator.gather(sums[None].to(device)).reshape(world, -1)
+        if not bool((every == every[0]).all()):
+            raise TrainingError("the processes ended with different weights (a distributed-training bug); "
+                                f"the last checkpoint is {last_ckpt}")
     if accelerator.is_main_process:
         result.controlnet_dir = _atomic_save_dir(lambda d: raw_controlnet.save_pretrained(d, safe_serialization=True),
                                                  out / "controlnet")
@@ -416,13 +436,14 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
             result.unet_dir = _atomic_save_dir(lambda d: unet.save_pretrained(d, safe_serialization=True), out / "unet")
         summary = cfg.to_dict() | {"result": {"steps": step, "samples": len(index), "skipped_rows": index.skipped,
                                               "final_loss": ema, "small_scale_connected": down_connected,
+                                              "processes": world,
                                               "sd_unlocked": unlock_mode if unet_unlocked else None}}
         import json
 
         from ..images import atomic_write_text
 
         atomic_write_text(out / "train_config.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
-        result.loss_plot = _plot_losses(losses, out / "loss.png")
+        result.loss_plot = plot_losses(losses, out / "loss.png")
         if cfg.single_file:
             from .export import export_single_file
 
@@ -434,96 +455,3 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
     result.steps, result.losses, result.final_loss, result.last_checkpoint = step, losses, ema, last_ckpt
     result.seconds = time.time() - t_start
     return result
-
-
-def _build_cache(dataset: Any, vae: Any, text_encoder: Any, tokenizer: Any, device: Any, dtype: Any, bs: int,
-                 reporter: Reporter) -> dict[str, Any]:
-    """Encode every image with the VAE (mean and std of the latent distribution, so sampling stays
-    stochastic) and every distinct caption + "" with the text encoder, once."""
-    import torch
-
-    from ..errors import InputError
-
-    n = len(dataset)
-    reporter.message(f"caching latents and text embeddings for {n} rows")
-    lat, hints, good = [None] * n, [None] * n, []
-    with torch.no_grad():
-        for s in range(0, n, bs):
-            ids, pxs, hs = [], [], []
-            for i in range(s, min(n, s + bs)):
-                try:
-                    px, h = dataset.pixels(i)
-                except Exception:
-                    dataset.failed += 1
-                    continue
-                ids.append(i)
-                pxs.append(px)
-                hs.append(h)
-            if not ids:
-                continue
-            dist = vae.encode(torch.stack(pxs).to(device, dtype=dtype)).latent_dist
-            both = torch.cat([dist.mean, dist.std], dim=1).cpu()
-            for j, i in enumerate(ids):
-                lat[i], hints[i] = both[j], (hs[j] * 255).round().to(torch.uint8)  # exact: hints are 8-bit
-                good.append(i)
-        if not good:
-            raise InputError(f"--data {dataset.index.source}: no row could be decoded")
-        for i in range(n):  # an undecodable row stands in for the nearest good one (counted in .failed)
-            if lat[i] is None:
-                k = min(good, key=lambda g: (g - i) % n)
-                lat[i], hints[i] = lat[k], hints[k]
-        captions = [r.text for r in dataset.index.rows]
-        uniq = sorted(set(captions))
-        pos = {c: k for k, c in enumerate(uniq)}
-        embeds = []
-        for s in range(0, len(uniq), max(bs, 16)):
-            chunk = uniq[s:s + max(bs, 16)]
-            ids_t = tokenizer(chunk, max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
-                              return_tensors="pt").input_ids.to(device)
-            embeds.append(text_encoder(ids_t, return_dict=False)[0].cpu())
-        empty_ids = tokenizer([""], max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
-                              return_tensors="pt").input_ids.to(device)
-        empty = text_encoder(empty_ids, return_dict=False)[0].cpu()
-    return {"latents": torch.stack(lat), "hints": torch.stack(hints), "embeds": torch.cat(embeds),
-            "caption_ids": torch.tensor([pos[c] for c in captions]), "empty": empty[0]}
-
-
-def _validate(cfg: TrainConfig, step: int, vae: Any, text_encoder: Any, tokenizer: Any, unet: Any, controlnet: Any,
-              noise_scheduler: Any, device: Any, accelerator: Any) -> Path:
-    """Sample grids with the in-training modules: one row per hint (hint, then the samples)."""
-    import numpy as np
-    import torch
-    from diffusers import StableDiffusionControlNetPipeline, UniPCMultistepScheduler
-    from PIL import Image
-
-    from ..images import save_png
-    from .data import _load_rgb, resize_center_crop
-
-    was_training = controlnet.training
-    controlnet.eval()
-    pipe = StableDiffusionControlNetPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
-        scheduler=UniPCMultistepScheduler.from_config(noise_scheduler.config), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    rows = []
-    for i, h in enumerate(cfg.validation_hints):
-        prompt = cfg.validation_prompts[i if len(cfg.validation_prompts) > 1 else 0] if cfg.validation_prompts else ""
-        hint = resize_center_crop(_load_rgb(h), cfg.resolution, Image.BILINEAR)
-        g = torch.Generator(device=device).manual_seed(cfg.seed)
-        with torch.no_grad(), accelerator.autocast():
-            imgs = pipe([prompt] * cfg.validation_images, image=hint, num_inference_steps=cfg.validation_steps,
-                        guidance_scale=cfg.validation_guidance, generator=g, height=cfg.resolution,
-                        width=cfg.resolution).images
-        rows.append(np.concatenate([np.asarray(hint)] + [np.asarray(im.convert("RGB")) for im in imgs], axis=1))
-    if was_training:
-        controlnet.train()
-    grid = np.concatenate(rows, axis=0)
-    path = cfg.output_dir / "validation" / f"step-{step:06d}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_png(path, grid, {"step": step, "prompts": list(cfg.validation_prompts), "hints": list(cfg.validation_hints)})
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            tracker.log_images({"validation": grid[None]}, step=step, dataformats="NHWC")
-    return path

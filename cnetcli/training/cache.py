@@ -1,0 +1,200 @@
+"""`--cache-latents`: VAE latents and text embeddings computed once, persisted in OUTPUT/cache/.
+
+The cache holds, per dataset row, the VAE latent distribution (mean and std, so sampling stays stochastic)
+and the 8-bit hint, plus one text embedding per distinct caption and the "" embedding (so prompt dropout
+still works). It is a safetensors file named by a hash of everything it depends on: the dataset rows (paths,
+file sizes and times, captions), the VAE and text-encoder weights, the resolution and the dtype. A resumed
+run (or any later run over the same data and base) finds it and skips the encoding.
+
+With several processes each rank encodes its share of the rows (rank, rank + world, ...) into a part file;
+the main process merges the parts, adds the text embeddings and writes the cache atomically; every rank
+then reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ..reporting import Reporter
+
+CACHE_VERSION = 1
+
+
+def _file_sig(x: Any) -> Any:
+    from .data import HubRef
+
+    if isinstance(x, HubRef):
+        return [getattr(x.ds, "_fingerprint", None), x.i, x.column]
+    try:
+        st = os.stat(x)
+        return [str(x), st.st_size, st.st_mtime_ns]
+    except (OSError, TypeError):
+        return [str(x)]
+
+
+def _weights_hash(module: Any) -> str:
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def cache_key(index: Any, vae: Any, text_encoder: Any, resolution: int, dtype: Any) -> str:
+    """A hash of what the cache's contents depend on (call before the models move to a device)."""
+    h = hashlib.sha256()
+    rows = [[_file_sig(r.image), _file_sig(r.hint), r.text] for r in index.rows]
+    h.update(json.dumps({"v": CACHE_VERSION, "rows": rows, "resolution": resolution, "dtype": str(dtype)},
+                        default=str).encode())
+    h.update(_weights_hash(vae).encode())
+    h.update(_weights_hash(text_encoder).encode())
+    return h.hexdigest()[:20]
+
+
+def cache_path(output: Path, key: str) -> Path:
+    return Path(output) / "cache" / f"latents-{key}.safetensors"
+
+
+def _save_atomic(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load(path: Path) -> dict[str, Any] | None:
+    from safetensors.torch import load_file
+
+    try:
+        d = load_file(str(path))
+    except Exception:
+        return None
+    need = {"latents", "hints", "embeds", "caption_ids", "empty"}
+    return d if need <= set(d) else None
+
+
+def _encode_rows(dataset: Any, rows: list[int], vae: Any, device: Any, dtype: Any, bs: int) -> dict[str, Any]:
+    """VAE latent mean|std and 8-bit hints of `rows`; rows that fail to decode are left out."""
+    import torch
+
+    got, lat, hints = [], [], []
+    with torch.no_grad():
+        for s in range(0, len(rows), bs):
+            ids, pxs, hs = [], [], []
+            for i in rows[s:s + bs]:
+                try:
+                    px, h = dataset.pixels(i)
+                except Exception:
+                    continue
+                ids.append(i)
+                pxs.append(px)
+                hs.append(h)
+            if not ids:
+                continue
+            dist = vae.encode(torch.stack(pxs).to(device, dtype=dtype)).latent_dist
+            lat.append(torch.cat([dist.mean, dist.std], dim=1).cpu())
+            hints.append((torch.stack(hs) * 255).round().to(torch.uint8))  # exact: hints are 8-bit
+            got += ids
+    if not got:
+        return {"index": torch.zeros(0, dtype=torch.int64)}
+    return {"index": torch.tensor(got, dtype=torch.int64), "latents": torch.cat(lat), "hints": torch.cat(hints)}
+
+
+def _embed_captions(captions: list[str], text_encoder: Any, tokenizer: Any, device: Any, bs: int) -> dict[str, Any]:
+    import torch
+
+    uniq = sorted(set(captions))
+    pos = {c: k for k, c in enumerate(uniq)}
+
+    def enc(texts: list[str]) -> Any:
+        ids = tokenizer(texts, max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
+                        return_tensors="pt").input_ids.to(device)
+        return text_encoder(ids, return_dict=False)[0].cpu()
+
+    step = max(bs, 16)
+    with torch.no_grad():
+        embeds = torch.cat([enc(uniq[s:s + step]) for s in range(0, len(uniq), step)])
+        empty = enc([""])[0]
+    return {"embeds": embeds, "caption_ids": torch.tensor([pos[c] for c in captions]), "empty": empty}
+
+
+def _merge(n: int, parts: list[dict[str, Any]], source: str) -> tuple[dict[str, Any], int]:
+    """Rows in dataset order; an undecodable row stands in for the nearest good one after it (counted)."""
+    import torch
+
+    from ..errors import InputError
+
+    lat: list[Any] = [None] * n
+    hints: list[Any] = [None] * n
+    for p in parts:
+        for j, i in enumerate(p["index"].tolist()):
+            lat[i], hints[i] = p["latents"][j], p["hints"][j]
+    good = [i for i in range(n) if lat[i] is not None]
+    if not good:
+        raise InputError(f"--data {source}: no row could be decoded")
+    failed = n - len(good)
+    for i in range(n):
+        if lat[i] is None:
+            k = min(good, key=lambda g: (g - i) % n)
+            lat[i], hints[i] = lat[k], hints[k]
+    return {"latents": torch.stack(lat), "hints": torch.stack(hints)}, failed
+
+
+def load_or_build(dataset: Any, key: str, output: Path, *, vae: Any, text_encoder: Any, tokenizer: Any,
+                  device: Any, dtype: Any, bs: int, accelerator: Any, reporter: Reporter) -> tuple[dict[str, Any], Path, bool]:
+    """The cache for `dataset` (from OUTPUT/cache/ when a matching one is there): (tensors, path, reused)."""
+    from accelerate.utils import broadcast_object_list
+    from safetensors.torch import load_file
+
+    rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    path = cache_path(output, key)
+    cached = _load(path) if main else None
+    found = [cached is not None]
+    if world > 1:
+        broadcast_object_list(found)
+    if found[0]:
+        reporter.message(f"reusing the latent cache {path}")
+        return (cached if main else _read_back(path)), path, True
+
+    n = len(dataset)
+    reporter.message(f"caching latents and text embeddings for {n} rows" + (f" on {world} processes" if world > 1
+                                                                               else ""))
+    mine = _encode_rows(dataset, list(range(rank, n, world)), vae, device, dtype, bs)
+    part = lambda r: path.with_name(f".{path.stem}.part-{r}.safetensors")  # noqa: E731
+    if world > 1 and not main:
+        _save_atomic(mine, part(rank))
+    accelerator.wait_for_everyone()
+    if main:
+        parts = [mine] + [load_file(str(part(r))) for r in range(1, world)]
+        merged, failed = _merge(n, parts, dataset.index.source)
+        dataset.failed += failed
+        merged |= _embed_captions([r.text for r in dataset.index.rows], text_encoder, tokenizer, device, bs)
+        _save_atomic(merged, path, {"key": key, "rows": str(n), "failed": str(failed)})
+        for r in range(1, world):
+            part(r).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    return _read_back(path), path, False
+
+
+def _read_back(path: Path) -> dict[str, Any]:
+    cache = _load(path)
+    if cache is None:
+        from ..errors import TrainingError
+
+        raise TrainingError(f"the latent cache {path} could not be read; delete {path.parent} and retry")
+    return cache
