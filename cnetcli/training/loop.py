@@ -336,7 +336,7 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
                                    optimizer=optimizer, state=checkpoint_state(), config_json=cfg.to_json(),
                                    keep=cfg.keep_checkpoints)
         accelerator.wait_for_everyone()
-        return path
+        return path or out / "checkpoints" / f"step-{step}"  # the main process wrote it for every rank
 
     if log_with:
         accelerator.init_trackers("cnet-train")
