@@ -53,11 +53,11 @@ def _finish(maps: list[np.ndarray], images: list[np.ndarray], image_resolution: 
     """Hint at ControlNet's output size (resize_image(input, image_resolution)), linear interpolation."""
     import cv2
 
-    from ..images import HWC3, resize_image
+    from ..images import HWC3, output_hw
 
     out = []
     for m, im in zip(maps, images, strict=True):
-        H, W = resize_image(im, image_resolution).shape[:2]
+        H, W = output_hw(im, image_resolution)
         out.append(cv2.resize(HWC3(m), (W, H), interpolation=cv2.INTER_LINEAR))
     return out
 

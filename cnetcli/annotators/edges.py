@@ -116,7 +116,7 @@ class _EdgeHint:
     def batch(self, images: list[np.ndarray], *, detect_resolution: int, image_resolution: int) -> list[np.ndarray]:
         import cv2
 
-        from ..images import HWC3, resize_image
+        from ..images import HWC3, output_hw, resize_image
         from ._aux import group_by_shape
 
         images = [HWC3(im) for im in images]
@@ -127,7 +127,7 @@ class _EdgeHint:
                 if self.safe:
                     e = safe_step(e)
                 m = HWC3((e * 255.0).clip(0, 255).astype(np.uint8))
-                H, W = resize_image(images[i], image_resolution).shape[:2]
+                H, W = output_hw(images[i], image_resolution)
                 m = cv2.resize(m, (W, H), interpolation=cv2.INTER_LINEAR)
                 out[i] = scribble_postprocess(m) if self.scribble else m
         return out

@@ -80,7 +80,7 @@ class Seg:
     def batch(self, images: list[np.ndarray], *, detect_resolution: int, image_resolution: int) -> list[np.ndarray]:
         import cv2
 
-        from ..images import HWC3, resize_image
+        from ..images import HWC3, output_hw, resize_image
         from ._aux import group_by_shape
         from .ade20k import colorize
 
@@ -89,7 +89,7 @@ class Seg:
         out: list[Any] = [None] * len(images)
         for idx in group_by_shape(dets).values():
             for i, lab in zip(idx, self.labels([dets[i] for i in idx]), strict=True):
-                H, W = resize_image(images[i], image_resolution).shape[:2]
+                H, W = output_hw(images[i], image_resolution)
                 out[i] = cv2.resize(colorize(lab), (W, H), interpolation=cv2.INTER_NEAREST)
         return out
 
