@@ -507,6 +507,9 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
         runtime["device"] = resolve_device(cfg.device)
     ctx = _Ctx(ht.name, params, tuple(sorted(runtime.items())), dr, cfg.image_resolution, cfg.keep_size,
                ht.resize, meta, sidecar)
+    # A model-backed type loads its weights now: a missing or bad weight stops the run before anything is
+    # said or written (MissingWeightsError & co.); with nothing to do, nothing is loaded.
+    model = _annotator(ctx) if ht.needs_weights and todo else None
 
     where = cfg.dataset if cfg.dataset is not None else ", ".join(summary.output_dirs)
     what = f"dataset ({cfg.dataset_format})" if cfg.dataset is not None else "hints"
@@ -518,8 +521,8 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
     # 5. annotate
     results: dict[int, str | None] = {}
     workers = cfg.workers or default_workers()
-    if ht.needs_weights:
-        results = _run_model(ctx, todo, workers, cfg.batch_size, rep)
+    if model is not None:
+        results = _run_model(ctx, model, todo, workers, cfg.batch_size, rep)
     else:
         results = _run_pool(ctx, todo, workers, rep)
     for j in todo:
@@ -629,14 +632,13 @@ def _load_or_reason(source: str) -> Any:
         return e
 
 
-def _run_model(ctx: _Ctx, jobs: list[_Job], workers: int, batch_size: int,
+def _run_model(ctx: _Ctx, fn: Any, jobs: list[_Job], workers: int, batch_size: int,
                rep: Reporter) -> dict[int, str | None]:
     """Model-backed types: this process, in batches; decoding in threads (next batch prefetched while
     the model runs) and PNG encoding/writing in a background thread."""
     from concurrent.futures import ThreadPoolExecutor
 
     results: dict[int, str | None] = {}
-    fn = _annotator(ctx)  # raises MissingWeightsError & co. for the whole run
     ctx = dataclasses.replace(ctx, sidecar=getattr(fn, "sidecar_suffix", None) or ctx.sidecar)
     batched = callable(getattr(fn, "batch", None)) and ctx.sidecar is None
     chunks = [jobs[i: i + batch_size] for i in range(0, len(jobs), batch_size)]
