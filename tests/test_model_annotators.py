@@ -403,3 +403,21 @@ def test_cli_missing_weights_one_line_and_no_output(run_cli, photo_dir, tmp_path
     assert "dpt_hybrid-midas-501f0c75.pt" in lines[0] and "cnet weights pull" in lines[0]
     assert not out.exists() and not (tmp_path / "imgs-depth").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "w"] and not list(empty.iterdir())
+
+
+def test_cli_trust_pickle_reaches_the_loader(run_cli, photo_dir, tmp_path, monkeypatch):
+    import collections
+
+    import torch
+
+    monkeypatch.delenv("CNET_TRUST_PICKLE", raising=False)
+    w = tmp_path / "w"
+    w.mkdir()
+    torch.save(collections.OrderedDict(x=torch.zeros(2), y=Evil()), w / "mlsd_large_512_fp32.pth")
+    args = ["annotate", "--type", "mlsd", str(photo_dir / "p0.png"), "--weights-dir", str(w), "--offline",
+            "--device", "cpu", "-o", str(tmp_path / "o")]
+    code, _, err = run_cli(*args)
+    assert code == 1 and "--trust-pickle" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(*args, "--trust-pickle")  # unpickled now; these keys are not M-LSD's though
+    assert code == 1 and "unsafe unpickling" not in err and "--trust-pickle" not in err, err
+    assert not (tmp_path / "o").exists()
