@@ -52,6 +52,7 @@ class AnnotateConfig:
     device: str = "auto"
     weights_dir: str | None = None
     offline: bool | None = None
+    trust_pickle: bool | None = None  # load pickled weights that need more than tensors (None: CNET_TRUST_PICKLE)
     dataset: str | None = None  # write a training dataset here instead of plain hints
     dataset_format: str = "imagefolder"  # or "tutorial"
     caption: str | None = None  # literal text for images without a sibling <stem>.txt, or "blip"
@@ -336,6 +337,7 @@ class _Ctx:
     keep_size: bool
     resize: str
     meta: dict[str, Any]
+    sidecar: str | None = None  # suffix of the JSON sidecar written next to each hint (e.g. ".pose.json")
 
 
 _CTX: _Ctx | None = None  # set in each worker (and the main process) before jobs run
@@ -359,7 +361,8 @@ def _annotator(ctx: _Ctx) -> Any:
     return build(ctx.type, ctx.params, **dict(ctx.runtime))
 
 
-def _finish_hint(ctx: _Ctx, img: Any, hint: Any) -> Any:
+def _finish_hint(ctx: _Ctx, img: Any, hint: Any, fn: Any = None, sidecar: Any = None) -> tuple[Any, Any]:
+    """(hint as RGB uint8, at the input's size with --keep-size; the sidecar data matching it)."""
     import numpy as np
 
     from .images import HWC3, resize_to
@@ -369,14 +372,17 @@ def _finish_hint(ctx: _Ctx, img: Any, hint: Any) -> Any:
         raise ValueError(f"annotator returned {hint.dtype}, expected uint8")
     hint = HWC3(hint)
     if ctx.keep_size:
-        hint = resize_to(hint, img.shape[1], img.shape[0], ctx.resize)
-    return hint
+        H, W = img.shape[:2]
+        if sidecar is not None and hint.shape[:2] != (H, W) and callable(getattr(fn, "resize_sidecar", None)):
+            sidecar = fn.resize_sidecar(sidecar, W, H)
+        hint = resize_to(hint, W, H, ctx.resize)
+    return hint, sidecar
 
 
-def _write(ctx: _Ctx, job: _Job, img: Any, hint: Any) -> str | None:
-    """Write the hint (and the dataset photo at the hint's size). Returns a reason on failure, leaving
-    no file of this job behind."""
-    from .images import atomic_write_bytes, encode_png, resize_to
+def _write(ctx: _Ctx, job: _Job, img: Any, hint: Any, sidecar: Any = None) -> str | None:
+    """Write the hint (and the dataset photo at the hint's size, and the sidecar JSON when the type has
+    one). Returns a reason on failure, leaving no file of this job behind."""
+    from .images import atomic_write_bytes, encode_png, resize_to, write_json_sidecar
 
     written: list[str] = []
     try:
@@ -387,6 +393,8 @@ def _write(ctx: _Ctx, job: _Job, img: Any, hint: Any) -> str | None:
         meta = dict(ctx.meta, source=str(Path(job.source).resolve()))
         atomic_write_bytes(job.hint, encode_png(hint, meta))
         written.append(job.hint)
+        if ctx.sidecar is not None and sidecar is not None:
+            written.append(write_json_sidecar(job.hint, ctx.sidecar, sidecar))
         return None
     except Exception as e:
         for w in written:
@@ -399,22 +407,28 @@ def _write(ctx: _Ctx, job: _Job, img: Any, hint: Any) -> str | None:
 
 def _process(job: _Job) -> tuple[int, str | None]:
     """Load, annotate, write one image in a worker. Returns (index, failure reason or None)."""
-    from .images import load_image
-
     ctx = _CTX
     assert ctx is not None
+    img = _load_or_reason(job.source)
+    if isinstance(img, Exception):
+        return job.index, _reason(img, job.source)
     try:
-        img = load_image(job.source)
-    except InputError as e:
-        return job.index, _reason(e, job.source)
-    try:
-        hint = _finish_hint(ctx, img, _annotator(ctx)(img, detect_resolution=ctx.detect_resolution,
-                                                      image_resolution=ctx.image_resolution))
+        fn = _annotator(ctx)
+        hint, data = _annotate_one(fn, img, ctx)
+        hint, data = _finish_hint(ctx, img, hint, fn, data)
     except CnetError as e:
         return job.index, _reason(e, job.source)
     except Exception as e:
         return job.index, f"annotator failed ({type(e).__name__}: {e})"
-    return job.index, _write(ctx, job, img, hint)
+    return job.index, _write(ctx, job, img, hint, data)
+
+
+def _annotate_one(fn: Any, img: Any, ctx: _Ctx) -> tuple[Any, Any]:
+    """(hint, sidecar data or None) for one image."""
+    kw = {"detect_resolution": ctx.detect_resolution, "image_resolution": ctx.image_resolution}
+    if ctx.sidecar is not None:
+        return fn.annotate_with_sidecar(img, **kw)
+    return fn(img, **kw), None
 
 
 def _reason(e: Exception, source: str) -> str:
@@ -423,14 +437,6 @@ def _reason(e: Exception, source: str) -> str:
 
 
 # --- the run ----------------------------------------------------------------------------------------------
-
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
 
 def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> AnnotateSummary:
     """Annotate every input of `cfg` (this process's shard of it). Raises CnetError for problems with the
@@ -466,18 +472,25 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
             existing_records = {lay.key(r): r for r in read_records(index)}
         if world > 1:  # a part left by an earlier sharded run must not be merged into this one
             _part_path(cfg, lay, rank, world).unlink(missing_ok=True)
+    sidecar = ht.sidecar_suffix(params)
+
+    def targets(j: _Job) -> list[str]:
+        from .images import sidecar_path
+
+        return ([j.hint] + ([j.image] if j.image else [])
+                + ([sidecar_path(j.hint, sidecar)] if sidecar is not None else []))
+
     todo: list[_Job] = []
     skipped: list[_Job] = []
     for j in jobs:
-        targets = [j.hint] + ([j.image] if j.image else [])
-        present = [t for t in targets if os.path.exists(t)]
+        present = [t for t in targets(j) if os.path.exists(t)]
         if present and not cfg.overwrite:
             if cfg.skip_existing:
-                if len(present) == len(targets):
+                if len(present) == len(targets(j)):
                     skipped.append(j)
                     continue
             else:
-                n = sum(1 for k in jobs if os.path.exists(k.hint) or (k.image and os.path.exists(k.image)))
+                n = sum(1 for k in jobs if any(os.path.exists(t) for t in targets(k)))
                 raise CnetError(f"{present[0]}: already exists ({n} output(s) in the way); pass --overwrite to "
                                 "replace them or --skip-existing to resume")
         todo.append(j)
@@ -486,10 +499,17 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
     meta = {"cnet": _version(), "type": ht.name, "params": dataclasses.asdict(params), "detect_resolution": dr,
             "image_resolution": cfg.image_resolution, "keep_size": cfg.keep_size}
     runtime: dict[str, Any] = {"device": cfg.device, "weights_dir": cfg.weights_dir, "offline": cfg.offline}
+    if cfg.trust_pickle is not None:
+        runtime["trust_pickle"] = cfg.trust_pickle
     if ht.needs_weights:
-        runtime["device"] = _resolve_device(cfg.device)
+        from .annotators._aux import resolve_device
+
+        runtime["device"] = resolve_device(cfg.device)
     ctx = _Ctx(ht.name, params, tuple(sorted(runtime.items())), dr, cfg.image_resolution, cfg.keep_size,
-               ht.resize, meta)
+               ht.resize, meta, sidecar)
+    # A model-backed type loads its weights now: a missing or bad weight stops the run before anything is
+    # said or written (MissingWeightsError & co.); with nothing to do, nothing is loaded.
+    model = _annotator(ctx) if ht.needs_weights and todo else None
 
     where = cfg.dataset if cfg.dataset is not None else ", ".join(summary.output_dirs)
     what = f"dataset ({cfg.dataset_format})" if cfg.dataset is not None else "hints"
@@ -501,8 +521,8 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
     # 5. annotate
     results: dict[int, str | None] = {}
     workers = cfg.workers or default_workers()
-    if ht.needs_weights:
-        results = _run_model(ctx, todo, workers, cfg.batch_size, rep)
+    if model is not None:
+        results = _run_model(ctx, model, todo, workers, cfg.batch_size, rep)
     else:
         results = _run_pool(ctx, todo, workers, rep)
     for j in todo:
@@ -612,15 +632,15 @@ def _load_or_reason(source: str) -> Any:
         return e
 
 
-def _run_model(ctx: _Ctx, jobs: list[_Job], workers: int, batch_size: int,
+def _run_model(ctx: _Ctx, fn: Any, jobs: list[_Job], workers: int, batch_size: int,
                rep: Reporter) -> dict[int, str | None]:
     """Model-backed types: this process, in batches; decoding in threads (next batch prefetched while
     the model runs) and PNG encoding/writing in a background thread."""
     from concurrent.futures import ThreadPoolExecutor
 
     results: dict[int, str | None] = {}
-    fn = _annotator(ctx)  # raises MissingWeightsError & co. for the whole run
-    batched = callable(getattr(fn, "batch", None))
+    ctx = dataclasses.replace(ctx, sidecar=getattr(fn, "sidecar_suffix", None) or ctx.sidecar)
+    batched = callable(getattr(fn, "batch", None)) and ctx.sidecar is None
     chunks = [jobs[i: i + batch_size] for i in range(0, len(jobs), batch_size)]
     rep.start(len(jobs), f"annotate {ctx.type}")
     try:
@@ -650,7 +670,7 @@ def _run_model(ctx: _Ctx, jobs: list[_Job], workers: int, batch_size: int,
                         results[j.index] = h
                         rep.advance(1, ok=False)
                         continue
-                    pending_writes.append((j, wr.submit(_finish_and_write, ctx, j, img, h)))
+                    pending_writes.append((j, wr.submit(_finish_and_write, ctx, fn, j, img, *h)))
                 drain(keep=batch_size)  # at most about one batch waiting to be written
             drain(keep=0)
     finally:
@@ -658,16 +678,17 @@ def _run_model(ctx: _Ctx, jobs: list[_Job], workers: int, batch_size: int,
     return results
 
 
-def _finish_and_write(ctx: _Ctx, job: _Job, img: Any, hint: Any) -> str | None:
+def _finish_and_write(ctx: _Ctx, fn: Any, job: _Job, img: Any, hint: Any, sidecar: Any) -> str | None:
     try:
-        hint = _finish_hint(ctx, img, hint)
+        hint, sidecar = _finish_hint(ctx, img, hint, fn, sidecar)
     except Exception as e:
         return f"annotator failed ({type(e).__name__}: {e})"
-    return _write(ctx, job, img, hint)
+    return _write(ctx, job, img, hint, sidecar)
 
 
 def _model_hints(ctx: _Ctx, fn: Any, batched: bool, imgs: list[Any]) -> list[Any]:
-    """Hints for a batch; a per-image failure becomes its reason string. CnetErrors stop the run."""
+    """(hint, sidecar data or None) per image of a batch; a per-image failure becomes its reason string.
+    CnetErrors stop the run."""
     if not imgs:
         return []
     kw = {"detect_resolution": ctx.detect_resolution, "image_resolution": ctx.image_resolution}
@@ -675,7 +696,7 @@ def _model_hints(ctx: _Ctx, fn: Any, batched: bool, imgs: list[Any]) -> list[Any
         try:
             out = list(fn.batch(imgs, **kw))
             if len(out) == len(imgs):
-                return out
+                return [(h, None) for h in out]
         except CnetError:
             raise
         except Exception:  # isolate the bad image(s): fall back to one at a time
@@ -683,7 +704,7 @@ def _model_hints(ctx: _Ctx, fn: Any, batched: bool, imgs: list[Any]) -> list[Any
     hints: list[Any] = []
     for img in imgs:
         try:
-            hints.append(fn(img, **kw))
+            hints.append(_annotate_one(fn, img, ctx))
         except CnetError:
             raise
         except Exception as e:
@@ -721,7 +742,8 @@ def _write_index(cfg: AnnotateConfig, lay: Any, type_name: str, done: list[_Job]
         records.append(lay.record(j.name, text or "", hint_type=type_name))
     if need_blip:
         rep.message(f"captioning {len(need_blip)} image(s) with BLIP")
-        for (i, _j), text in zip(need_blip, _blip_captions(cfg, [j.image for _, j in need_blip]), strict=True):
+        paths = [j.image or j.source for _, j in need_blip]
+        for (i, _j), text in zip(need_blip, _blip_captions(cfg, paths), strict=True):
             records[i]["text" if lay.format == "imagefolder" else "prompt"] = text
 
     index = base / lay.metadata
@@ -744,10 +766,9 @@ def _part_path(cfg: AnnotateConfig, lay: Any, rank: int, world: int) -> Path:
     return Path(cfg.dataset or ".") / ".cnet-parts" / f"{lay.metadata}.rank{rank}-of-{world}"
 
 
-def _blip_captions(cfg: AnnotateConfig, image_paths: list[str | None]) -> list[str]:
-    from .images import load_image
-    from .models.captioner import DEFAULT_CAPTIONER, load_captioner
+def _blip_captions(cfg: AnnotateConfig, image_paths: list[str]) -> list[str]:
+    from .annotators._aux import resolve_device
+    from .models.captions import DEFAULT_CAPTIONER, caption_images
 
-    cap = load_captioner(cfg.captioner or DEFAULT_CAPTIONER, device=_resolve_device(cfg.device),
-                         offline=cfg.offline)
-    return cap.caption([load_image(p) for p in image_paths if p], batch_size=cfg.batch_size)
+    return caption_images(image_paths, cfg.captioner or DEFAULT_CAPTIONER, batch_size=cfg.batch_size,
+                          device=resolve_device(cfg.device), offline=cfg.offline)

@@ -50,16 +50,19 @@ def HWC3(x: np.ndarray) -> np.ndarray:
     return y.clip(0, 255).astype(np.uint8)
 
 
+def output_hw(img: np.ndarray, resolution: int) -> tuple[int, int]:
+    """The (H, W) that ControlNet's `resize_image(img, resolution)` produces, without resizing anything."""
+    H, W = float(img.shape[0]), float(img.shape[1])
+    k = float(resolution) / min(H, W)
+    return int(np.round(H * k / 64.0)) * 64, int(np.round(W * k / 64.0)) * 64
+
+
 def resize_image(img: np.ndarray, resolution: int) -> np.ndarray:
     """ControlNet's `resize_image`: short side to `resolution`, both sides rounded to multiples of 64."""
     import cv2
 
-    H, W = float(img.shape[0]), float(img.shape[1])
-    k = float(resolution) / min(H, W)
-    H *= k
-    W *= k
-    H = int(np.round(H / 64.0)) * 64
-    W = int(np.round(W / 64.0)) * 64
+    H, W = output_hw(img, resolution)
+    k = float(resolution) / min(img.shape[0], img.shape[1])
     return cv2.resize(img, (W, H), interpolation=cv2.INTER_LANCZOS4 if k > 1 else cv2.INTER_AREA)
 
 
@@ -217,6 +220,19 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def sidecar_path(path: str | os.PathLike, suffix: str) -> str:
+    """The sidecar file of an output: `<stem><suffix>` next to it (e.g. x.png -> x.pose.json)."""
+    root, _ = os.path.splitext(str(path))
+    return root + suffix
+
+
+def write_json_sidecar(path: str | os.PathLike, suffix: str, data: Any) -> str:
+    """Atomically write `data` as JSON to the sidecar of `path` (see `sidecar_path`); returns its path."""
+    p = sidecar_path(path, suffix)
+    atomic_write_text(p, json.dumps(data, indent=1))
+    return p
 
 
 def encode_png(img: np.ndarray | Any, metadata: dict[str, Any] | None = None, text: dict[str, str] | None = None,

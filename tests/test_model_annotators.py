@@ -3,6 +3,7 @@ formats) loaded through cnet's real loading path from a temp weights folder."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -279,3 +280,144 @@ def test_unsafe_pickle_refused(tmp_path):
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelLoadError):
         load_state_dict(tmp_path / "garbage.pth")
+
+
+# ------------------------------------------------------------------------------------------ through the CLI
+
+
+@pytest.fixture(scope="session")
+def photo_dir(tmp_path_factory):
+    from cnetcli.images import save_png
+
+    d = tmp_path_factory.mktemp("photos")
+    for i, (h, w) in enumerate([(64, 96), (64, 96), (96, 64)]):
+        save_png(d / f"p{i}.png", photo(h, w, i))
+    return d
+
+
+def test_cli_depth_batches_and_matches_python_api(run_cli, weights_dir, photo_dir, tmp_path, monkeypatch):
+    import cnetcli
+    from cnetcli.annotators import depth as D
+    from cnetcli.images import load_image, read_png_metadata
+
+    calls = []
+    orig = D.Depth.batch
+
+    def counting(self, images, **kw):
+        calls.append(len(images))
+        return orig(self, images, **kw)
+
+    monkeypatch.setattr(D.Depth, "batch", counting)
+    out = tmp_path / "out"
+    code, stdout, err = run_cli("annotate", "--type", "depth", str(photo_dir), "--weights-dir", str(weights_dir),
+                                "--offline", "--device", "cpu", "--batch-size", "2", "--detect-resolution", "64",
+                                "--image-resolution", "64", "-o", str(out), "-q")
+    assert code == 0, err
+    assert calls == [2, 1]  # 3 images in batches of 2 through the batched path
+    for i in range(3):
+        src = photo_dir / f"p{i}.png"
+        hint = load_image(out / f"p{i}.png")
+        assert hint.shape == ((64, 128, 3) if i < 2 else (128, 64, 3))  # sides rounded to x64
+        if i == 2:  # alone in its batch: the same code path as a single image
+            continue
+        ref = cnetcli.annotate(str(src), "depth", detect_resolution=64, image_resolution=64,
+                               weights_dir=str(weights_dir), offline=True, device="cpu")
+        assert hint.shape == ref.shape and np.abs(hint.astype(int) - ref).max() <= 1
+    for i in range(3):
+        src = photo_dir / f"p{i}.png"
+        meta = read_png_metadata(out / f"p{i}.png")
+        assert meta["type"] == "depth" and meta["params"] == {"model": "midas"}
+        assert meta["detect_resolution"] == 64 and meta["image_resolution"] == 64 and meta["keep_size"] is False
+        assert meta["source"] == str(src.resolve()) and meta["cnet"] == cnetcli.__version__
+
+
+def test_cli_depth_default_detect_resolution_is_384(run_cli, weights_dir, photo_dir, tmp_path, monkeypatch):
+    from cnetcli.annotators import depth as D
+    from cnetcli.images import output_hw, read_png_metadata
+
+    seen = []
+
+    def record(self, images, *, detect_resolution, image_resolution):  # no 384-px forward needed here
+        seen.append(detect_resolution)
+        return [np.zeros((*output_hw(im, image_resolution), 3), np.uint8) for im in images]
+
+    monkeypatch.setattr(D.Depth, "batch", record)
+    code, _, err = run_cli("annotate", "--type", "depth", str(photo_dir / "p0.png"), "--weights-dir",
+                           str(weights_dir), "--offline", "--device", "cpu", "--image-resolution", "64",
+                           "-o", str(tmp_path / "o"), "-q")
+    assert code == 0, err
+    assert seen == [384] and read_png_metadata(tmp_path / "o" / "p0.png")["detect_resolution"] == 384
+    code, out, _ = run_cli("annotate", "--help")
+    assert code == 0 and "384" in out and "--keypoints" in out and "--trust-pickle" in out
+
+
+def test_cli_pose_keypoints_sidecar_rerenders(run_cli, weights_dir, photo_dir, tmp_path, monkeypatch):
+    from cnetcli.annotators import pose as P
+    from cnetcli.images import load_image
+
+    body = [None] * 18
+    body[0], body[1], body[2], body[5] = (0.5, 0.2), (0.5, 0.4), (0.3, 0.4), (0.7, 0.4)
+    # the network itself is covered by test_pose_real_loading_path; here: the core's sidecar wiring
+    monkeypatch.setattr(P.OpenPose, "detect", lambda self, im: [P.Pose(tuple(body))])
+    out = tmp_path / "out"
+    args = ["annotate", "--type", "pose", "--keypoints", str(photo_dir), "--weights-dir", str(weights_dir),
+            "--offline", "--device", "cpu", "--detect-resolution", "64", "--image-resolution", "64", "-q"]
+    code, _, err = run_cli(*args, "-o", str(out))
+    assert code == 0, err
+    for i in range(3):
+        hint = load_image(out / f"p{i}.png")
+        side = out / f"p{i}.pose.json"
+        assert side.is_file() and hint.max() > 0
+        assert np.array_equal(P.render_pose_json(side), hint)
+    # --skip-existing treats a missing sidecar as unfinished work
+    (out / "p1.pose.json").unlink()
+    code, stdout, err = run_cli(*args, "-o", str(out), "--skip-existing")
+    assert code == 0, err
+    assert "1 done, 2 skipped" in stdout and (out / "p1.pose.json").is_file()
+    # --keep-size: the JSON follows the hint to the input's size
+    code, _, err = run_cli(*args, "-o", str(tmp_path / "keep"), "--keep-size")
+    assert code == 0, err
+    data = json.loads((tmp_path / "keep" / "p2.pose.json").read_text())
+    assert (data["canvas_width"], data["canvas_height"]) == (64, 96)
+    assert data["people"][-1]["pose_keypoints_2d"][3:6] == [32.0, 38.4, 1.0]
+    # a flag of another type is a usage error
+    code, _, err = run_cli("annotate", "--type", "canny", "--keypoints", str(photo_dir), "-o", str(tmp_path / "c"))
+    assert code == 2 and "--keypoints" in err and not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("with_output", [True, False])
+def test_cli_missing_weights_one_line_and_no_output(run_cli, photo_dir, tmp_path, monkeypatch, with_output):
+    import shutil
+
+    monkeypatch.delenv("CNET_WEIGHTS_DIR", raising=False)
+    imgs = tmp_path / "imgs"
+    shutil.copytree(photo_dir, imgs)
+    empty = tmp_path / "w"
+    empty.mkdir()
+    out = tmp_path / "out"
+    args = ["annotate", "--type", "depth", str(imgs), "--weights-dir", str(empty), "--offline", "--device", "cpu"]
+    code, stdout, err = run_cli(*args, *(["-o", str(out)] if with_output else []))
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "dpt_hybrid-midas-501f0c75.pt" in lines[0] and "cnet weights pull" in lines[0]
+    assert not out.exists() and not (tmp_path / "imgs-depth").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["imgs", "w"] and not list(empty.iterdir())
+
+
+def test_cli_trust_pickle_reaches_the_loader(run_cli, photo_dir, tmp_path, monkeypatch):
+    import collections
+
+    import torch
+
+    monkeypatch.delenv("CNET_TRUST_PICKLE", raising=False)
+    w = tmp_path / "w"
+    w.mkdir()
+    torch.save(collections.OrderedDict(x=torch.zeros(2), y=Evil()), w / "mlsd_large_512_fp32.pth")
+    args = ["annotate", "--type", "mlsd", str(photo_dir / "p0.png"), "--weights-dir", str(w), "--offline",
+            "--device", "cpu", "-o", str(tmp_path / "o")]
+    code, _, err = run_cli(*args)
+    assert code == 1 and "--trust-pickle" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli(*args, "--trust-pickle")  # unpickled now; these keys are not M-LSD's though
+    assert code == 1 and "unsafe unpickling" not in err and "--trust-pickle" not in err, err
+    assert not (tmp_path / "o").exists()

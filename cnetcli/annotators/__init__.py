@@ -37,6 +37,12 @@ class HintType:
     needs_weights: bool = False
     default_detect_resolution: int = 512
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    #: sidecar(params) -> suffix of a JSON file written next to each hint (e.g. ".pose.json"), or None.
+    #: The built annotator then has the same `sidecar_suffix` and an `annotate_with_sidecar(...)` method.
+    sidecar: Callable[[Any], str | None] | None = None
+
+    def sidecar_suffix(self, params: Any) -> str | None:
+        return self.sidecar(params) if self.sidecar is not None else None
 
     def make_params(self, **kwargs: Any) -> Any:
         names = {f.name for f in dataclasses.fields(self.params)}

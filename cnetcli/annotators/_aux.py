@@ -86,3 +86,39 @@ def group_by_shape(arrays: list[Any]) -> dict[tuple, list[int]]:
     for i, a in enumerate(arrays):
         groups.setdefault(tuple(a.shape), []).append(i)
     return groups
+
+
+class ShapeBatched:
+    """The batching every model-backed type shares: HWC3, resize each image to the detect size
+    (ControlNet's `resize_image`), run `_forward` once per same-size group, turn each raw output into a map
+    (`_post`), resize it to ControlNet's output size (`resize_image(input, image_resolution)`'s size) with
+    `interp` ("linear" or "nearest"), then `_after` (post-processing at the output size)."""
+
+    interp = "linear"
+
+    def _forward(self, dets: list[Any]) -> list[Any]:  # same-size RGB uint8 images -> one raw output each
+        raise NotImplementedError
+
+    def _post(self, raw: Any) -> Any:  # raw output -> uint8 map at the detect size
+        return raw
+
+    def _after(self, hint: Any) -> Any:  # uint8 H x W x 3 map at the output size -> final hint
+        return hint
+
+    def batch(self, images: list[Any], *, detect_resolution: int, image_resolution: int) -> list[Any]:
+        import cv2
+
+        from ..images import HWC3, output_hw, resize_image
+
+        images = [HWC3(im) for im in images]
+        dets = [resize_image(im, detect_resolution) for im in images]
+        interp = cv2.INTER_NEAREST if self.interp == "nearest" else cv2.INTER_LINEAR
+        out: list[Any] = [None] * len(images)
+        for idx in group_by_shape(dets).values():
+            for i, raw in zip(idx, self._forward([dets[i] for i in idx]), strict=True):
+                H, W = output_hw(images[i], image_resolution)
+                out[i] = self._after(cv2.resize(HWC3(self._post(raw)), (W, H), interpolation=interp))
+        return out
+
+    def __call__(self, image: Any, *, detect_resolution: int, image_resolution: int) -> Any:
+        return self.batch([image], detect_resolution=detect_resolution, image_resolution=image_resolution)[0]

@@ -24,19 +24,14 @@ def _resize_nearest_like(hint: np.ndarray, image: np.ndarray, image_resolution: 
     """Bring a hint computed at the detect resolution to ControlNet's image-resolution size."""
     import cv2
 
-    H, W = _target_hw(image, image_resolution)
+    from ..images import output_hw
+
+    H, W = output_hw(image, image_resolution)
     interp = cv2.INTER_NEAREST if kind == "nearest" else (
         cv2.INTER_AREA if H * W < hint.shape[0] * hint.shape[1] else cv2.INTER_LINEAR)
     if hint.shape[:2] == (H, W):
         return hint
     return cv2.resize(hint, (W, H), interpolation=interp)
-
-
-def _target_hw(image: np.ndarray, resolution: int) -> tuple[int, int]:
-    """The (H, W) that ControlNet's `resize_image(image, resolution)` produces, without resizing."""
-    H, W = float(image.shape[0]), float(image.shape[1])
-    k = float(resolution) / min(H, W)
-    return int(np.round(H * k / 64.0)) * 64, int(np.round(W * k / 64.0)) * 64
 
 
 # --- canny -------------------------------------------------------------------------------------------------

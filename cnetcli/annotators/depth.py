@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import UsageError
 from . import HintType, register
+from ._aux import ShapeBatched
 
 
 def normalize_depth(depth: np.ndarray) -> np.ndarray:
@@ -49,45 +50,11 @@ def depth_to_normal(depth: np.ndarray, bg_threshold: float = 0.4, a: float = np.
     return (normal * 127.5 + 127.5).clip(0, 255).astype(np.uint8)[:, :, ::-1].copy()
 
 
-def _finish(maps: list[np.ndarray], images: list[np.ndarray], image_resolution: int) -> list[np.ndarray]:
-    """Hint at ControlNet's output size (resize_image(input, image_resolution)), linear interpolation."""
-    import cv2
-
-    from ..images import HWC3, resize_image
-
-    out = []
-    for m, im in zip(maps, images, strict=True):
-        H, W = resize_image(im, image_resolution).shape[:2]
-        out.append(cv2.resize(HWC3(m), (W, H), interpolation=cv2.INTER_LINEAR))
-    return out
-
-
-class _Batched:
-    """Shared batching: resize each image to the detect size, run `_forward` once per same-size group."""
+class _Batched(ShapeBatched):
+    """Linear resize to the output size (continuous maps)."""
 
     device: str
     dtype: Any
-
-    def _forward(self, dets: list[np.ndarray]) -> list[np.ndarray]:  # -> one map per image (H x W [x 3])
-        raise NotImplementedError
-
-    def _post(self, raw: np.ndarray) -> np.ndarray:
-        return raw
-
-    def batch(self, images: list[np.ndarray], *, detect_resolution: int, image_resolution: int) -> list[np.ndarray]:
-        from ..images import HWC3, resize_image
-        from ._aux import group_by_shape
-
-        images = [HWC3(im) for im in images]
-        dets = [resize_image(im, detect_resolution) for im in images]
-        maps: list[Any] = [None] * len(images)
-        for idx in group_by_shape(dets).values():
-            for i, m in zip(idx, self._forward([dets[i] for i in idx]), strict=True):
-                maps[i] = self._post(m)
-        return _finish(maps, images, image_resolution)
-
-    def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
-        return self.batch([image], detect_resolution=detect_resolution, image_resolution=image_resolution)[0]
 
 
 def load_midas(weights_dir: Any = None, offline: Any = None, trust_pickle: Any = None) -> Any:

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import UsageError
 from . import HintType, register
+from ._aux import ShapeBatched
 
 
 def nms(x: np.ndarray, t: float, s: float) -> np.ndarray:
@@ -109,31 +110,22 @@ class EdgeNet:
             return list(e.float().cpu().numpy()[:, 0])
 
 
-class _EdgeHint:
+class _EdgeHint(ShapeBatched):
+    """Edge map at the detect size, linear resize to the output size, then (fake scribble) ControlNet's
+    post-processing there."""
+
     def __init__(self, net: EdgeNet, safe: bool, scribble: bool) -> None:
         self.net, self.safe, self.scribble = net, safe, scribble
 
-    def batch(self, images: list[np.ndarray], *, detect_resolution: int, image_resolution: int) -> list[np.ndarray]:
-        import cv2
+    def _forward(self, dets: list[np.ndarray]) -> list[np.ndarray]:
+        return self.net.edges(dets)
 
-        from ..images import HWC3, resize_image
-        from ._aux import group_by_shape
+    def _post(self, raw: np.ndarray) -> np.ndarray:
+        e = safe_step(raw) if self.safe else raw
+        return (e * 255.0).clip(0, 255).astype(np.uint8)
 
-        images = [HWC3(im) for im in images]
-        dets = [resize_image(im, detect_resolution) for im in images]
-        out: list[Any] = [None] * len(images)
-        for idx in group_by_shape(dets).values():
-            for i, e in zip(idx, self.net.edges([dets[i] for i in idx]), strict=True):
-                if self.safe:
-                    e = safe_step(e)
-                m = HWC3((e * 255.0).clip(0, 255).astype(np.uint8))
-                H, W = resize_image(images[i], image_resolution).shape[:2]
-                m = cv2.resize(m, (W, H), interpolation=cv2.INTER_LINEAR)
-                out[i] = scribble_postprocess(m) if self.scribble else m
-        return out
-
-    def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
-        return self.batch([image], detect_resolution=detect_resolution, image_resolution=image_resolution)[0]
+    def _after(self, hint: np.ndarray) -> np.ndarray:
+        return scribble_postprocess(hint) if self.scribble else hint
 
 
 def _runtime(rt: dict[str, Any]) -> dict[str, Any]:

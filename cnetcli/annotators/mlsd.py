@@ -63,12 +63,12 @@ class Mlsd:
     def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
         import cv2
 
-        from ..images import HWC3, resize_image
+        from ..images import HWC3, output_hw, resize_image
 
         image = HWC3(image)
         det = resize_image(image, detect_resolution)
         m = HWC3(draw_lines(self.lines(det), det.shape[0], det.shape[1])[:, :, 0])
-        H, W = resize_image(image, image_resolution).shape[:2]
+        H, W = output_hw(image, image_resolution)
         return cv2.resize(m, (W, H), interpolation=cv2.INTER_NEAREST)
 
     def batch(self, images: list[np.ndarray], *, detect_resolution: int, image_resolution: int) -> list[np.ndarray]:

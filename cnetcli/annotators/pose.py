@@ -188,19 +188,27 @@ def render_pose_json(data: dict[str, Any] | str | os.PathLike, width: int | None
     return draw_poses(poses, height or H, width or W)
 
 
+SIDECAR_SUFFIX = ".pose.json"
+
+
 def sidecar_path(hint_path: str | os.PathLike) -> str:
     """Where the keypoints of a hint PNG go: `<stem>.pose.json` next to it."""
-    root, _ = os.path.splitext(str(hint_path))
-    return root + ".pose.json"
+    from ..images import sidecar_path as _path
+
+    return _path(hint_path, SIDECAR_SUFFIX)
 
 
 def write_sidecar(hint_path: str | os.PathLike, data: dict[str, Any]) -> str:
     """Atomically write OpenPose JSON next to a hint PNG; returns the JSON path."""
-    from ..images import atomic_write_text
+    from ..images import write_json_sidecar
 
-    p = sidecar_path(hint_path)
-    atomic_write_text(p, json.dumps(data, indent=1))
-    return p
+    return write_json_sidecar(hint_path, SIDECAR_SUFFIX, data)
+
+
+def resize_pose_json(data: dict[str, Any], width: int, height: int) -> dict[str, Any]:
+    """The same poses in the pixel coordinates of a width x height canvas."""
+    poses, _, _ = poses_from_json(data)
+    return poses_to_json(poses, width, height)
 
 
 # ---------------------------------------------------------------------------------------------- detector
@@ -213,10 +221,14 @@ class PoseParams:
     keypoints: bool = False  # also return OpenPose JSON (see `OpenPose.annotate_with_sidecar`)
 
 
+def _sidecar(params: PoseParams) -> str | None:
+    return SIDECAR_SUFFIX if params.keypoints else None
+
+
 class OpenPose:
     """ControlNet's openpose annotator; `batch` loops (OpenPose's peak search is per image)."""
 
-    sidecar_suffix = ".pose.json"
+    sidecar_suffix: str | None = SIDECAR_SUFFIX
 
     def __init__(self, params: PoseParams, device: str | None = None, weights_dir: str | None = None,
                  offline: bool | None = None, trust_pickle: bool | None = None, **_: Any) -> None:
@@ -224,8 +236,7 @@ class OpenPose:
         from ._aux import aux_module, resolve_device
 
         self.p = params
-        if not params.keypoints:
-            self.sidecar_suffix = None  # type: ignore[assignment]
+        self.sidecar_suffix = _sidecar(params)
         self.device = resolve_device(device)
         body_mod = aux_module("open_pose.body")
         model_mod = aux_module("open_pose.model")
@@ -272,15 +283,19 @@ class OpenPose:
         """(pose map, OpenPose JSON in the pose map's pixel coordinates)."""
         import cv2
 
-        from ..images import HWC3, resize_image
+        from ..images import HWC3, output_hw, resize_image
 
         image = HWC3(image)
         det = resize_image(image, detect_resolution)
         poses = self.detect(det)
         canvas = draw_poses(poses, det.shape[0], det.shape[1], hands=self.p.hands, face=self.p.face)
-        H, W = resize_image(image, image_resolution).shape[:2]
+        H, W = output_hw(image, image_resolution)
         hint = cv2.resize(canvas, (W, H), interpolation=cv2.INTER_NEAREST)
         return hint, poses_to_json(poses, W, H)
+
+    def resize_sidecar(self, data: dict[str, Any], width: int, height: int) -> dict[str, Any]:
+        """The sidecar for the hint resized to width x height (`--keep-size`)."""
+        return resize_pose_json(data, width, height)
 
     def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
         return self.annotate_with_sidecar(image, detect_resolution=detect_resolution,
@@ -292,4 +307,4 @@ class OpenPose:
 
 register(HintType("pose", "OpenPose body (+hands/face) as ControlNet draws it; keypoints=true writes OpenPose JSON",
                   PoseParams, lambda p, **rt: OpenPose(p, **rt), resize="nearest", needs_weights=True,
-                  default_detect_resolution=512, aliases=("openpose",)))
+                  default_detect_resolution=512, aliases=("openpose",), sidecar=_sidecar))

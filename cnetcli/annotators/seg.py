@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import UsageError
 from ..models.weights import DEFAULT_SEG_MODEL
 from . import HintType, register
+from ._aux import ShapeBatched
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,9 @@ class SegParams:
     model: str = DEFAULT_SEG_MODEL  # hub id or local folder of an ADE20K-150 segmentation model
 
 
-class Seg:
+class Seg(ShapeBatched):
+    interp = "nearest"
+
     def __init__(self, params: SegParams, device: str | None = None, dtype: Any = None, weights_dir: Any = None,
                  offline: Any = None, **_: Any) -> None:
         from transformers import AutoConfig, AutoImageProcessor
@@ -77,24 +80,13 @@ class Seg:
             logits = torch.nn.functional.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
             return list(logits.argmax(1).cpu().numpy())
 
-    def batch(self, images: list[np.ndarray], *, detect_resolution: int, image_resolution: int) -> list[np.ndarray]:
-        import cv2
+    def _forward(self, dets: list[np.ndarray]) -> list[np.ndarray]:
+        return self.labels(dets)
 
-        from ..images import HWC3, resize_image
-        from ._aux import group_by_shape
+    def _post(self, raw: np.ndarray) -> np.ndarray:
         from .ade20k import colorize
 
-        images = [HWC3(im) for im in images]
-        dets = [resize_image(im, detect_resolution) for im in images]
-        out: list[Any] = [None] * len(images)
-        for idx in group_by_shape(dets).values():
-            for i, lab in zip(idx, self.labels([dets[i] for i in idx]), strict=True):
-                H, W = resize_image(images[i], image_resolution).shape[:2]
-                out[i] = cv2.resize(colorize(lab), (W, H), interpolation=cv2.INTER_NEAREST)
-        return out
-
-    def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
-        return self.batch([image], detect_resolution=detect_resolution, image_resolution=image_resolution)[0]
+        return colorize(raw)
 
 
 register(HintType("seg", "ADE20K semantic segmentation in ControlNet's palette (UperNet; model=<id|folder>)",

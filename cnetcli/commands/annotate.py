@@ -12,6 +12,7 @@ from ..errors import UsageError
 _TYPE_FLAGS = {
     "low": "low", "high": "high", "threshold": "threshold", "min_length": "min_length", "max_gap": "max_gap",
     "sigma": "sigma", "downsample": "downsample", "seed": "seed",
+    "hands": "hands", "face": "face", "keypoints": "keypoints",
 }
 
 
@@ -94,7 +95,9 @@ def register(app: typer.Typer) -> None:
             None, "--output", "-o",
             help="Output folder (mirrors the input tree as <stem>.png). Default: beside the input, "
                  "folder imgs/ -> imgs-<type>/, files -> <their folder>/hints-<type>/."),
-        detect_resolution: int | None = typer.Option(None, help="Resolution the detector works at (512)."),
+        detect_resolution: int | None = typer.Option(
+            None, help="Resolution the detector works at. Default: the type's own (512; depth and normal "
+                       "384, as in ControlNet)."),
         image_resolution: int = typer.Option(512, help="Hint size: short side, sides rounded to x64 "
                                                        "(ControlNet's rule)."),
         keep_size: bool = typer.Option(False, "--keep-size", help="Hint exactly the input image's size."),
@@ -119,6 +122,13 @@ def register(app: typer.Typer) -> None:
                                                 rich_help_panel="Type parameters"),
         seed: int | None = typer.Option(None, help="shuffle: random warp seed (0).",
                                         rich_help_panel="Type parameters"),
+        hands: bool = typer.Option(False, "--hands", help="pose: also detect and draw hands.",
+                                   rich_help_panel="Type parameters"),
+        face: bool = typer.Option(False, "--face", help="pose: also detect and draw the face.",
+                                  rich_help_panel="Type parameters"),
+        keypoints: bool = typer.Option(False, "--keypoints", help="pose: also write the keypoints as OpenPose "
+                                                                  "JSON, <stem>.pose.json next to each map.",
+                                       rich_help_panel="Type parameters"),
         param: list[str] = typer.Option([], "--param", "-p", metavar="KEY=VALUE",
                                         help="Any parameter of the type (repeatable), e.g. -p method=lsd.",
                                         rich_help_panel="Type parameters"),
@@ -138,6 +148,10 @@ def register(app: typer.Typer) -> None:
                                                rich_help_panel="Models"),
         offline: bool = typer.Option(False, "--offline", help="Never contact the model hub.",
                                      rich_help_panel="Models"),
+        trust_pickle: bool = typer.Option(False, "--trust-pickle",
+                                          help="Allow .pth weights that need full unpickling (runs code from the "
+                                               "file: only for files you trust). Also CNET_TRUST_PICKLE=1.",
+                                          rich_help_panel="Models"),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
     ) -> None:
         from ..annotate_core import AnnotateConfig, annotate_paths, parse_params
@@ -147,7 +161,8 @@ def register(app: typer.Typer) -> None:
         params = parse_params(ht.name, param)
         fields = set(params_dict(ht.make_params()))
         given = {"low": low, "high": high, "threshold": threshold, "min_length": min_length, "max_gap": max_gap,
-                 "sigma": sigma, "downsample": downsample, "seed": seed}
+                 "sigma": sigma, "downsample": downsample, "seed": seed,
+                 "hands": hands or None, "face": face or None, "keypoints": keypoints or None}
         for flag, value in given.items():
             if value is None:
                 continue
@@ -160,7 +175,8 @@ def register(app: typer.Typer) -> None:
             inputs=tuple(inputs), type=ht.name, params=params, output=output, detect_resolution=detect_resolution,
             image_resolution=image_resolution, keep_size=keep_size, overwrite=overwrite,
             skip_existing=skip_existing, workers=workers or None, batch_size=batch_size, device=device,
-            weights_dir=weights_dir, offline=True if offline else None, dataset=dataset,
+            weights_dir=weights_dir, offline=True if offline else None, trust_pickle=True if trust_pickle else None,
+            dataset=dataset,
             dataset_format=dataset_format, caption=caption, captioner=captioner,
         )
         rep = RichReporter(quiet=quiet)
