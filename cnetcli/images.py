@@ -222,6 +222,25 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def atomic_save_dir(save: Any, final: str | os.PathLike) -> Path:
+    """Write a whole folder atomically: `save(tmp_dir)` fills a temp folder beside `final`, which then
+    replaces `final` (an existing folder is removed first). Nothing half-written is ever left at `final`."""
+    import shutil
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=str(final.parent)))
+    try:
+        save(tmp)
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def sidecar_path(path: str | os.PathLike, suffix: str) -> str:
     """The sidecar file of an output: `<stem><suffix>` next to it (e.g. x.png -> x.pose.json)."""
     root, _ = os.path.splitext(str(path))

@@ -9,14 +9,13 @@ into place, so a crash mid-write never leaves a half checkpoint; only the newest
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..images import atomic_save_dir
 
 _STEP = re.compile(r"^step-(\d+)$")
 
@@ -56,9 +55,7 @@ def save_checkpoint(output: str | Path, step: int, *, controlnet: Any, unet: Any
 
     root = checkpoints_dir(output)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step}.", dir=str(root)))
-    try:
+    def fill(tmp: Path) -> None:
         save_file({k: v.detach().cpu().contiguous() for k, v in controlnet.state_dict().items()},
                   str(tmp / "controlnet.safetensors"))
         if unet is not None:
@@ -67,12 +64,8 @@ def save_checkpoint(output: str | Path, step: int, *, controlnet: Any, unet: Any
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(state, tmp / "state.pt")
         (tmp / "train_config.json").write_text(config_json)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    final = atomic_save_dir(fill, root / f"step-{step}")
     for _, old in list_checkpoints(output)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -12,7 +12,6 @@ import math
 import os
 import shutil
 import signal
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NotAvailableError, TrainingError, UsageError
+from ..images import atomic_save_dir
 from ..reporting import NullReporter, Reporter
 from .config import TrainConfig
 
@@ -87,20 +87,6 @@ def _preflight(cfg: TrainConfig) -> None:
         if (out / "controlnet").exists() or list_checkpoints(out):
             raise UsageError(f"--output {out}: already holds a training run; pass --resume latest to continue "
                              "or --overwrite to start over")
-
-
-def _atomic_save_dir(save: Any, final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=str(final.parent)))
-    try:
-        save(str(tmp))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 class _Interrupt:
@@ -430,10 +416,10 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
             raise TrainingError("the processes ended with different weights (a distributed-training bug); "
                                 f"the last checkpoint is {last_ckpt}")
     if accelerator.is_main_process:
-        result.controlnet_dir = _atomic_save_dir(lambda d: raw_controlnet.save_pretrained(d, safe_serialization=True),
+        result.controlnet_dir = atomic_save_dir(lambda d: raw_controlnet.save_pretrained(str(d), safe_serialization=True),
                                                  out / "controlnet")
         if unet_unlocked:
-            result.unet_dir = _atomic_save_dir(lambda d: unet.save_pretrained(d, safe_serialization=True), out / "unet")
+            result.unet_dir = atomic_save_dir(lambda d: unet.save_pretrained(str(d), safe_serialization=True), out / "unet")
         summary = cfg.to_dict() | {"result": {"steps": step, "samples": len(index), "skipped_rows": index.skipped,
                                               "final_loss": ema, "small_scale_connected": down_connected,
                                               "processes": world,
