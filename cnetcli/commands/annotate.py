@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
 
 from ..errors import UsageError
+from ._progress import RichReporter
 
 # explicit per-type flags: option value -> parameter name (applies to every type that has the parameter)
 _TYPE_FLAGS = {
@@ -27,61 +26,6 @@ def _types_help() -> str:
     if up:
         lines += [f"Not available yet: {', '.join(up)}."]
     return "\n\n".join(lines)
-
-
-class RichReporter:
-    """Progress bar (count, images/s, ETA) on stderr; messages above it."""
-
-    def __init__(self, quiet: bool = False) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True, highlight=False)
-        self.quiet = quiet
-        self.progress: Any = None
-        self.task: Any = None
-        self.failed = 0
-
-    def start(self, total: int | None, description: str = "") -> None:
-        if self.quiet or not total:
-            return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        class Rate(TextColumn):
-            def render(self, task: Any) -> Any:  # images per second
-                from rich.text import Text
-
-                speed = task.finished_speed or task.speed
-                return Text(f"{speed:.1f} img/s" if speed else "-- img/s")
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 Rate(""), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                                 console=self.console, transient=False)
-        self.progress.start()
-        self.task = self.progress.add_task(description, total=total)
-
-    def advance(self, n: int = 1, **info: Any) -> None:
-        if info.get("ok") is False:
-            self.failed += n
-        if self.progress is not None:
-            self.progress.advance(self.task, n)
-
-    def message(self, text: str) -> None:
-        if not self.quiet:
-            from rich.markup import escape
-
-            self.console.print(escape(text))
-
-    def finish(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
 
 
 def register(app: typer.Typer) -> None:
@@ -179,7 +123,7 @@ def register(app: typer.Typer) -> None:
             dataset=dataset,
             dataset_format=dataset_format, caption=caption, captioner=captioner,
         )
-        rep = RichReporter(quiet=quiet)
+        rep = RichReporter(unit="img/s", quiet=quiet)
         s = annotate_paths(cfg, rep)
         from rich.console import Console
         from rich.markup import escape

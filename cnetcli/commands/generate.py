@@ -2,54 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import typer
+
+from ._progress import RichReporter, quiet_libraries
 
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # = cnetcli.models.sd.DEFAULT_BASE (kept light)
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
 DEFAULT_OUTPUT = "outputs/generate"
-
-
-class RichReporter:
-    """Drives a rich progress bar; messages go to stderr so stdout keeps only the written paths."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        self.progress: Any = None
-        self.task: Any = None
-
-    def start(self, total: int | None, description: str = "") -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                 TimeRemainingColumn(), console=self.console, transient=True)
-        self.progress.start()
-        self.task = self.progress.add_task(description or "working", total=total)
-
-    def advance(self, n: int = 1, **info: Any) -> None:
-        if self.progress is not None:
-            self.progress.advance(self.task, n)
-
-    def message(self, text: str) -> None:
-        self.console.print(text, highlight=False, markup=False)
-
-    def finish(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
-
-
-def _quiet_libraries() -> None:
-    """The progress bar is ours: silence the libraries' weight-loading bars and advisory logs."""
-    import diffusers.utils.logging as dl
-    import transformers.utils.logging as tl
-
-    for lib in (dl, tl):
-        lib.disable_progress_bar()
-        lib.set_verbosity_error()
 
 
 def register(app: typer.Typer) -> None:
@@ -94,7 +53,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         from ..generation import GenerateConfig, generate
 
-        _quiet_libraries()
+        quiet_libraries()
         config = GenerateConfig(
             hints=tuple(hint), controlnets=tuple(controlnet), base=base, output=output, image=image,
             types=tuple(type_), prompt_mode=prompt_mode, prompt=prompt, added_prompt=added_prompt,
@@ -105,7 +64,7 @@ def register(app: typer.Typer) -> None:
             base_config=base_config, controlnet_config=controlnet_config, device=device, dtype=dtype,
             compile=compile_, vae_tiling=vae_tiling, grid=grid,
         )
-        results = generate(config, reporter=RichReporter())
+        results = generate(config, reporter=RichReporter(unit="steps/s", transient=True))
         for r in results:
             extra = f"  (pass {r.metadata['pass']}: {r.metadata['prompt']!r})" if "pass" in r.metadata else ""
             typer.echo(f"{r.path}{extra}")

@@ -3,69 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
+
+from ._progress import RichReporter, quiet_libraries
 
 _P = "Recipe"
 _M = "Connection modes"
 _S = "Speed & memory"
 _C = "Checkpoints"
 _V = "Validation & logging"
-
-
-class RichTrainReporter:
-    """Drives one rich progress line: step, smoothed loss, lr, it/s, ETA."""
-
-    def __init__(self) -> None:
-        from rich.console import Console
-
-        self.console = Console(stderr=True)
-        self.progress: Any = None
-        self.task: Any = None
-
-    def start(self, total: int | None, description: str = "") -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}"), TextColumn("lr {task.fields[lr]}"),
-            TextColumn("{task.fields[speed]}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-            console=self.console, transient=False,
-        )
-        self.progress.start()
-        self.task = self.progress.add_task(description, total=total, loss="-", lr="-", speed="- it/s")
-
-    def advance(self, n: int = 1, **info: Any) -> None:
-        if self.progress is None:
-            return
-        fields: dict[str, Any] = {}
-        if info.get("loss") is not None:
-            fields["loss"] = f"{info['loss']:.4f}"
-        if info.get("lr") is not None:
-            fields["lr"] = f"{info['lr']:.2e}"
-        self.progress.advance(self.task, n)
-        speed = self.progress.tasks[0].speed
-        if speed:
-            fields["speed"] = f"{speed:.2f} it/s"
-        self.progress.update(self.task, **fields)
-
-    def message(self, text: str) -> None:
-        from rich.markup import escape
-
-        (self.progress.console if self.progress else self.console).print(f"[dim]{escape(text)}[/]")
-
-    def finish(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
 
 
 def register(app: typer.Typer) -> None:
@@ -135,7 +82,8 @@ def register(app: typer.Typer) -> None:
 
         from ..training import train
 
-        reporter = RichTrainReporter()
+        quiet_libraries()
+        reporter = RichReporter(unit="it/s", fields=("loss", "lr"))
         try:
             result = train(cfg, reporter)
         finally:
