@@ -174,3 +174,95 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class MinimalEngine:
+    """The demo's `Engine` implemented with the loop above (for tests and before `cnet train`/`generate` exist).
+
+    `train` writes OUTPUT/controlnet/ and OUTPUT/checkpoints/step-N/ (ControlNet folders); `generate` writes
+    PNG + JSON sidecars shaped like `cnet generate`'s (prompt, prompt_mode, seed, steps, cfg, sampler, hint...)."""
+
+    DEFAULT_PROMPT = "a professional, detailed, high-quality image"
+
+    def __init__(self, threads: int = 2) -> None:
+        self._cache: dict = {}
+        self.threads = threads
+
+    def _comps(self, base: str):
+        from cnetcli.models.sd import load_base_components
+
+        if base not in self._cache:
+            self._cache[base] = load_base_components(base, offline=True)
+        return self._cache[base]
+
+    def train(self, dataset, output, base, s, reporter):
+        import torch
+
+        from cnetcli.images import load_image
+
+        torch.set_num_threads(self.threads)
+        comps = self._comps(base)
+        recs = [json.loads(x) for x in (Path(dataset) / "metadata.jsonl").read_text().splitlines() if x.strip()]
+        imgs = np.stack([load_image(Path(dataset) / r["file_name"]) for r in recs])
+        hints = np.stack([load_image(Path(dataset) / r["conditioning_image_file_name"]) for r in recs])
+        prompts = [r["text"] for r in recs]
+        vae, tok, te = comps["vae"], comps["tokenizer"], comps["text_encoder"]
+        with torch.no_grad():
+            x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 127.5 - 1
+            lat = torch.cat([vae.encode(x[i:i + 256]).latent_dist.mean for i in range(0, len(x), 256)])
+            lat = lat * vae.config.scaling_factor
+            uniq = sorted(set(prompts) | {""})
+            ids = tok(uniq, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+            emb = dict(zip(uniq, te(ids.input_ids)[0], strict=True))
+        out = Path(output)
+
+        def on_step(step, cn):
+            if s.checkpoint_every and step % s.checkpoint_every == 0 and step < s.steps:
+                cn.save_pretrained(str(out / "checkpoints" / f"step-{step}" / "controlnet"))
+
+        cn, info = train_controlnet(comps, lat, hints, prompts, emb, s.steps, s.learning_rate, s.batch_size, s.seed,
+                                    s.empty_prompt_prob, log_every=10**9, on_step=on_step)
+        cn.save_pretrained(str(out / "controlnet"))
+        (out / "train_config.json").write_text(json.dumps({**s.__dict__, "base": base, "engine": "minimal", **info}))
+        return out
+
+    def generate(self, hints, controlnet, base, prompt_mode, prompt, captioner, output, s):
+        import torch
+
+        from cnetcli.images import load_image, save_png
+        from cnetcli.models.captioner import load_captioner
+        from cnetcli.models.sd import load_controlnet
+
+        comps = self._comps(base)
+        cn = load_controlnet(str(controlnet), offline=True).eval()
+        tok, te = comps["tokenizer"], comps["text_encoder"]
+
+        def embed(ps):
+            ids = tok(ps, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt")
+            with torch.no_grad():
+                return te(ids.input_ids)[0]
+
+        hs = np.stack([load_image(h) for h in hints])
+        text = {"none": "", "default": self.DEFAULT_PROMPT, "user": prompt or "", "auto": self.DEFAULT_PROMPT}[prompt_mode]
+        passes = [(1, [text] * len(hints))]
+        out = Path(output)
+        out.mkdir(parents=True, exist_ok=True)
+        results = []
+        for pass_no, ps in passes:
+            ims = sample(comps, cn, hs, (embed(ps), embed([""] * len(ps))), s.sampler_steps, s.cfg, s.seed)
+            if prompt_mode == "auto" and pass_no == 1:
+                caps = load_captioner(captioner, offline=True, max_new_tokens=10, num_beams=1).caption(list(ims))
+                passes.append((2, caps))
+            for i, (im, h, p) in enumerate(zip(ims, hints, ps, strict=True)):
+                stem = f"{Path(h).stem}_{prompt_mode}" + (f"_pass{pass_no}" if prompt_mode == "auto" else "")
+                meta = {"prompt": p, "prompt_mode": prompt_mode, "negative_prompt": "", "seed": s.seed, "batch_index": i,
+                        "steps": s.sampler_steps, "cfg": s.cfg, "sampler": "ddim", "scale": 1.0, "hint": str(h),
+                        "base": base, "controlnet": str(controlnet)}
+                if prompt_mode == "auto":
+                    meta["pass"] = pass_no
+                    if pass_no == 2:
+                        meta["caption"] = p
+                save_png(out / f"{stem}.png", im, meta)
+                (out / f"{stem}.json").write_text(json.dumps(meta, indent=2))
+                results.append((im, meta))
+        return results

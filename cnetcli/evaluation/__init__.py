@@ -149,7 +149,7 @@ def summarize(rows: list[EvalRow]) -> dict[str, Any]:
     controlnets = {r.info.get("controlnet") for r in rows}
     for r in rows:
         by_metric[r.metric].append(r.value)
-        g = f"{r.hint_type}/{r.info.get('prompt_mode') or '-'}"
+        g = f"{r.hint_type}/{r.info.get('prompt_mode') or '-'}" + (" (pass 1)" if r.info.get("pass") == 1 else "")
         if len(controlnets) > 1:
             g += f"/{r.info.get('controlnet')}"
         groups[g][r.metric].append(r.value)
