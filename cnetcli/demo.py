@@ -76,16 +76,17 @@ def _train_config(TrainConfig: Any, dataset: Path, output: Path, base: str, s: D
     return TrainConfig(
         base=base, data=str(dataset), output=str(output), resolution=s.size, batch_size=s.batch_size,
         max_steps=s.steps, learning_rate=s.learning_rate, empty_prompt_prob=s.empty_prompt_prob, seed=s.seed,
-        checkpoint_every=s.checkpoint_every, cache_latents=True,
+        checkpoint_every=s.checkpoint_every or s.steps, keep_checkpoints=max(1, s.steps // max(1, s.checkpoint_every or s.steps)),
+        cache_latents=True, report_to="none", log_every=max(1, s.steps // 20),
     )
 
 
 def _generate_config(GenerateConfig: Any, hints: list[Path], controlnet: str | Path, base: str, prompt_mode: str,
                      prompt: str | None, captioner: str, output: Path, s: DemoSettings) -> Any:
     return GenerateConfig(
-        hints=[str(h) for h in hints], controlnets=[str(controlnet)], base=base, prompt_mode=prompt_mode,
+        hints=tuple(str(h) for h in hints), controlnets=(str(controlnet),), base=base, prompt_mode=prompt_mode,
         prompt=prompt, captioner=captioner, output=str(output), steps=s.sampler_steps, cfg=s.cfg,
-        sampler=s.sampler, seed=s.seed,
+        sampler=s.sampler, seed=s.seed, image_resolution=s.size, device="cpu", offline=True,
     )
 
 
@@ -180,6 +181,22 @@ def _checkpoints(train_out: Path) -> list[tuple[int, Path]]:
         except ValueError:
             continue
     return sorted(found)
+
+
+def checkpoint_controlnet(ck: Path, train_out: Path, dst: Path) -> Path | None:
+    """A loadable ControlNet folder for a training checkpoint: `cnet train` stores the weights as
+    step-N/controlnet.safetensors (config in OUTPUT/controlnet/); a step-N/controlnet/ folder is used as is."""
+    import shutil
+
+    if (ck / "controlnet" / "config.json").is_file():
+        return ck / "controlnet"
+    weights, config = ck / "controlnet.safetensors", train_out / "controlnet" / "config.json"
+    if not (weights.is_file() and config.is_file()):
+        return None
+    dst.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(config, dst / "config.json")
+    shutil.copyfile(weights, dst / "diffusion_pytorch_model.safetensors")
+    return dst
 
 
 def _summary(res: dict[str, Any]) -> dict[str, Any]:
@@ -288,8 +305,13 @@ def run_demo(output_dir: str | Path, reporter: Reporter | None = None, quick: bo
         atomic_write_text(gen[k] / "eval.json", json.dumps(v, indent=2) + "\n")
     curve: list[tuple[int, float]] = []
     for step, ck in _checkpoints(train_out):
+        if step >= s.steps:
+            continue  # the final model is evaluated above
         d = out / "generated" / "checkpoints" / f"step-{step}"
-        eng.generate(hints, ck, base, "none", None, captioner, d / "none", s)
+        cn = checkpoint_controlnet(ck, train_out, out / "controlnet-checkpoints" / f"step-{step}")
+        if cn is None:
+            continue
+        eng.generate(hints, cn, base, "none", None, captioner, d / "none", s)
         curve.append((step, float(evaluate_folder(d)["metrics"]["f1"])))
     curve.append((s.steps, float(np.mean([metrics["trained"]["by_prompt_mode"].get("none", metrics["trained"]["f1"])]))))
     curve = sorted(dict(curve).items())

@@ -51,7 +51,10 @@ def prepare(base: str, count: int, seed: int, size: int = 64):
 
 
 def train_controlnet(comps, lat, hints, prompts, emb, steps: int, lr: float, batch: int, seed: int,
-                     empty_prob: float = 0.1, log_every: int = 50, on_step=None):
+                     empty_prob: float = 0.1, log_every: int = 50, on_step=None, small_scale: bool = False):
+    """`small_scale`: the paper's middle-block-only connection. The down residuals are replaced by zeros
+    (diffusers applies the mid residual only when down residuals are passed too), so the down
+    zero-convolutions get no gradient and stay exactly zero."""
     import torch
     import torch.nn.functional as F
     from diffusers import ControlNetModel
@@ -61,7 +64,8 @@ def train_controlnet(comps, lat, hints, prompts, emb, steps: int, lr: float, bat
     torch.manual_seed(seed)
     cn = ControlNetModel.from_unet(unet)
     cn.train()
-    opt = torch.optim.AdamW(cn.parameters(), lr=lr, weight_decay=0.0)
+    params = [p for n, p in cn.named_parameters() if not (small_scale and n.startswith("controlnet_down_blocks"))]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(seed)
     cond_all = torch.from_numpy(hints).permute(0, 3, 1, 2).float() / 255.0
     t0, ema, losses = time.time(), None, []
@@ -73,6 +77,8 @@ def train_controlnet(comps, lat, hints, prompts, emb, steps: int, lr: float, bat
         t = torch.randint(0, sched.config.num_train_timesteps, (batch,))
         zt = sched.add_noise(z0, noise, t)
         down, mid = cn(zt, t, encoder_hidden_states=e, controlnet_cond=cond_all[idx], return_dict=False)
+        if small_scale:
+            down = [torch.zeros_like(d) for d in down]
         pred = unet(zt, t, encoder_hidden_states=e, down_block_additional_residuals=down,
                     mid_block_additional_residual=mid).sample
         loss = F.mse_loss(pred, noise)
@@ -218,7 +224,12 @@ class MinimalEngine:
 
         def on_step(step, cn):
             if s.checkpoint_every and step % s.checkpoint_every == 0 and step < s.steps:
-                cn.save_pretrained(str(out / "checkpoints" / f"step-{step}" / "controlnet"))
+                # `cnet train`'s layout: step-N/controlnet.safetensors
+                from safetensors.torch import save_file
+
+                (out / "checkpoints" / f"step-{step}").mkdir(parents=True, exist_ok=True)
+                save_file({k: v.detach().contiguous() for k, v in cn.state_dict().items()},
+                          str(out / "checkpoints" / f"step-{step}" / "controlnet.safetensors"))
 
         cn, info = train_controlnet(comps, lat, hints, prompts, emb, s.steps, s.learning_rate, s.batch_size, s.seed,
                                     s.empty_prompt_prob, log_every=10**9, on_step=on_step)

@@ -209,6 +209,9 @@ def main() -> None:
     ap.add_argument("--vae-steps", type=int, default=600)
     ap.add_argument("--unet-steps", type=int, default=3000)
     ap.add_argument("--blip-steps", type=int, default=800)
+    ap.add_argument("--vae-lr", type=float, default=1e-3)
+    ap.add_argument("--unet-lr", type=float, default=1e-3)
+    ap.add_argument("--reuse-vae", default="", help="load a trained VAE folder instead of phase 1")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -229,14 +232,23 @@ def main() -> None:
     comps = build_components(args.seed, tok_dir)
     torch.manual_seed(args.seed)
 
-    report["vae"] = train_vae(comps["vae"], imgs, held, args.vae_steps, 16, 1e-3, 1e-4, rng)
+    if args.reuse_vae:
+        from diffusers import AutoencoderKL
+
+        comps["vae"] = AutoencoderKL.from_pretrained(args.reuse_vae).eval()
+        prev = json.loads((Path(args.reuse_vae) / "vae_report.json").read_text())
+        report["vae"] = {**prev, "reused_from": args.reuse_vae}
+    else:
+        report["vae"] = train_vae(comps["vae"], imgs, held, args.vae_steps, 16, args.vae_lr, 1e-4, rng)
+        comps["vae"].save_pretrained(str(out / "_vae"))
+        (out / "_vae" / "vae_report.json").write_text(json.dumps(report["vae"]))
     lat_mean, lat_std = encode_latents(comps["vae"], imgs)
     std = lat_mean.std().item()
     comps["vae"].register_to_config(scaling_factor=round(1.0 / std, 5))
     report["vae"]["scaling_factor"] = comps["vae"].config.scaling_factor
     log(f"vae done: {report['vae']}")
 
-    report["unet"] = train_unet(comps, lat_mean, lat_std, prompts, args.unet_steps, 64, 1e-3, rng)
+    report["unet"] = train_unet(comps, lat_mean, lat_std, prompts, args.unet_steps, 64, args.unet_lr, rng)
     log(f"unet done: {report['unet']}")
 
     from cnetcli.models.tiny import save_sd_folder

@@ -99,12 +99,30 @@ def test_demo_needs_train_and_generate(tmp_path, run_cli):
     assert code == 1 and "cnet train" in err
 
 
-@needs_assets
-def test_demo_quick_with_minimal_engine(tmp_path):
+@pytest.fixture(scope="module")
+def untrained_tiny_models(tmp_path_factory):
+    """The embedded base's and captioner's architectures, untrained (seconds to build): for plumbing tests."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import train_tiny_base
+
+    from cnetcli.models.tiny import save_sd_folder, tiny_blip
+    from cnetcli.synthetic import PROMPT_WORDS
+
+    d = tmp_path_factory.mktemp("untrained")
+    comps = train_tiny_base.build_components(0, d / "tok")
+    save_sd_folder(comps, d / "base")
+    model, proc = tiny_blip(PROMPT_WORDS, image_size=32, hidden=64)
+    model.save_pretrained(str(d / "blip"))
+    proc.save_pretrained(str(d / "blip"))
+    return str(d / "base"), str(d / "blip")
+
+
+def test_demo_quick_with_minimal_engine(tmp_path, untrained_tiny_models):
     """The whole orchestration (data, annotate, train, generate x 4 modes x 2, eval, sheet, plot, report)."""
     from cnetcli.demo import run_demo
 
-    m = run_demo(tmp_path / "d", quick=True, engine=minimal().MinimalEngine(threads=1))
+    base, blip = untrained_tiny_models
+    m = run_demo(tmp_path / "d", quick=True, engine=minimal().MinimalEngine(threads=1), base=base, captioner=blip)
     d = tmp_path / "d"
     saved = json.loads((d / "metrics.json").read_text())
     for k in ("untrained", "trained"):
@@ -114,7 +132,15 @@ def test_demo_quick_with_minimal_engine(tmp_path):
     for f in ("contact_sheet.png", "controllability.png", "report.md"):
         assert (d / f).stat().st_size > 0
     side = json.loads(next((d / "generated" / "trained" / "auto").glob("*pass2.json")).read_text())
-    assert side["pass"] == 2 and side["caption"]
+    assert side["pass"] == 2 and "caption" in side
+    assert (d / "controlnet-trained" / "controlnet" / "config.json").is_file()
+    ds = d / "data" / "train"
+    assert len((ds / "metadata.jsonl").read_text().splitlines()) == 64
+    # an existing demo folder is not overwritten silently
+    from cnetcli.errors import UsageError
+
+    with pytest.raises(UsageError, match="--overwrite"):
+        run_demo(d, quick=True, engine=minimal().MinimalEngine(threads=1), base=base, captioner=blip)
 
 
 @pytest.mark.slow
