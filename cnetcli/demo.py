@@ -35,16 +35,18 @@ TINY_CAPTIONER = "cnet-tiny-blip"
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """The demo's recipe (measured on a 2-core CPU; see cnetcli/assets/README.md)."""
+    """The demo's recipe. Measured (minimal loop, shared 2-core CPU, 1 thread): lr 2e-3, batch 32, 1000 steps
+    -> held-out edge F1 0.30 vs 0.11 untrained, still rising (0.12/0.15/0.20 at 250/500/750); 2000 steps is
+    the extrapolated setting for >= 0.5 (not yet verified)."""
 
     size: int = 64
     train_count: int = 2000
     eval_count: int = 8
-    steps: int = 600
-    learning_rate: float = 1e-3
+    steps: int = 2000
+    learning_rate: float = 2e-3
     batch_size: int = 32
     empty_prompt_prob: float = 0.1
-    checkpoint_every: int = 150
+    checkpoint_every: int = 500
     sampler: str = "ddim"
     sampler_steps: int = 20
     cfg: float = 3.0
