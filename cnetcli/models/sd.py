@@ -25,6 +25,14 @@ DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 BUILTIN_MODELS: dict[str, str] = {
     "sd15": DEFAULT_BASE,
 }
+#: The package's shipped weights (cnetcli/assets/, see its README.md).
+ASSETS_DIR = Path(__file__).resolve().parents[1] / "assets"
+BUILTIN_MODELS.update({
+    # tiny text-to-image base trained on synthetic circles (64 px; `scripts/train_tiny_base.py`)
+    "cnet-tiny": str(ASSETS_DIR / "cnet-tiny"),
+    # tiny BLIP captioner trained on the same data (for `--prompt-mode auto` offline)
+    "cnet-tiny-blip": str(ASSETS_DIR / "cnet-tiny-blip"),
+})
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
 
 
@@ -50,6 +58,9 @@ def resolve(spec: str | os.PathLike) -> ModelSpec:
     original = s
     s = BUILTIN_MODELS.get(s, s)
     p = Path(s).expanduser()
+    if original in BUILTIN_MODELS and s.startswith(str(ASSETS_DIR)) and not p.exists():
+        raise MissingWeightsError(f"built-in model '{original}' is missing from this install ({p}): reinstall cnet, "
+                                  "or rebuild it with scripts/train_tiny_base.py --out cnetcli/assets")
     if p.is_dir():
         return ModelSpec("dir", str(p), original)
     if p.is_file():

@@ -1,0 +1,156 @@
+"""The embedded tiny base + captioner, and the demo's orchestration (offline, CPU)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cnetcli.models.sd import BUILTIN_MODELS
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_ASSETS = Path(BUILTIN_MODELS["cnet-tiny"]).is_dir() and Path(BUILTIN_MODELS["cnet-tiny-blip"]).is_dir()
+needs_assets = pytest.mark.skipif(not HAVE_ASSETS, reason="embedded weights not built (scripts/train_tiny_base.py)")
+
+
+def minimal():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import controlnet_minimal
+
+    return controlnet_minimal
+
+
+@pytest.fixture(scope="module")
+def tiny_base():
+    from cnetcli.models.sd import load_base_components
+
+    return load_base_components("cnet-tiny", offline=True)
+
+
+def test_assets_are_small_safetensors():
+    assets = ROOT / "cnetcli" / "assets"
+    files = [f for f in assets.rglob("*") if f.is_file()]
+    if not HAVE_ASSETS:
+        pytest.skip("embedded weights not built")
+    assert sum(f.stat().st_size for f in files) <= 20 * 2**20
+    weights = [f for f in files if f.suffix in (".bin", ".pt", ".pth", ".ckpt", ".safetensors")]
+    assert weights and all(f.suffix == ".safetensors" for f in weights)
+
+
+@needs_assets
+@pytest.mark.xfail(strict=True, reason="v0 base (700 UNet steps) follows prompt colours weakly; see assets/README.md")
+def test_tiny_base_draws_the_prompted_colours(tiny_base):
+    """Same seed, swapped prompts: the corners (background) take the prompt's background colour."""
+    import torch
+
+    from cnetcli.synthetic import COLORS
+
+    sample = minimal().sample
+    tok, te = tiny_base["tokenizer"], tiny_base["text_encoder"]
+    assert len(tok("red circle with blue background").input_ids) == 7  # whole-word tokens
+
+    def emb(ps):
+        ids = tok(ps, padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
+        with torch.no_grad():
+            return te(ids)[0]
+
+    prompts = ["red circle with blue background", "blue circle with red background",
+               "yellow circle with black background", "black circle with yellow background"]
+    hints = np.zeros((4, 64, 64, 3), np.uint8)
+    imgs = sample(tiny_base, None, hints, (emb(prompts), emb([""] * 4)), steps=10, cfg=3.0, seed=0)
+    assert imgs.shape == (4, 64, 64, 3)
+    pal = np.array(list(COLORS.values()), float)
+    names = list(COLORS)
+    ok = 0
+    for im, p in zip(imgs, prompts, strict=True):
+        border = np.concatenate([im[:4].reshape(-1, 3), im[-4:].reshape(-1, 3), im[:, :4].reshape(-1, 3),
+                                 im[:, -4:].reshape(-1, 3)]).astype(float)
+        # the border's majority colour (a circle may touch one side)
+        votes = np.argmin(((border[:, None] - pal[None]) ** 2).sum(-1), 1)
+        ok += names[np.bincount(votes, minlength=len(names)).argmax()] == p.split()[3]
+    assert ok >= 3, ok
+
+
+@needs_assets
+def test_tiny_captioner_captions_circles():
+    from cnetcli.models.captioner import load_captioner
+    from cnetcli.synthetic import circles, draw_circle
+
+    cap = load_captioner("cnet-tiny-blip", offline=True, max_new_tokens=10, num_beams=1)
+    cs = circles(8, 64, 123)
+    out = cap.caption([draw_circle(c, 64) for c in cs])
+    assert sum(o == c.prompt for o, c in zip(out, cs, strict=True)) >= 6, list(zip(out, [c.prompt for c in cs], strict=True))
+
+
+def test_missing_builtin_is_clear(monkeypatch, tmp_path):
+    from cnetcli.errors import MissingWeightsError
+    from cnetcli.models import sd
+
+    monkeypatch.setitem(sd.BUILTIN_MODELS, "cnet-tiny-x", str(sd.ASSETS_DIR / "nope"))
+    with pytest.raises(MissingWeightsError, match="train_tiny_base"):
+        sd.resolve("cnet-tiny-x")
+
+
+def test_demo_needs_train_and_generate(tmp_path, run_cli):
+    if importlib.util.find_spec("cnetcli.training") and importlib.util.find_spec("cnetcli.generation"):
+        pytest.skip("train and generate are installed")
+    code, _, err = run_cli("demo", "--output", str(tmp_path / "d"))
+    assert code == 1 and "cnet train" in err
+
+
+@pytest.fixture(scope="module")
+def untrained_tiny_models(tmp_path_factory):
+    """The embedded base's and captioner's architectures, untrained (seconds to build): for plumbing tests."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import train_tiny_base
+
+    from cnetcli.models.tiny import save_sd_folder, tiny_blip
+    from cnetcli.synthetic import PROMPT_WORDS
+
+    d = tmp_path_factory.mktemp("untrained")
+    comps = train_tiny_base.build_components(0, d / "tok")
+    save_sd_folder(comps, d / "base")
+    model, proc = tiny_blip(PROMPT_WORDS, image_size=32, hidden=64)
+    model.save_pretrained(str(d / "blip"))
+    proc.save_pretrained(str(d / "blip"))
+    return str(d / "base"), str(d / "blip")
+
+
+def test_demo_quick_with_minimal_engine(tmp_path, untrained_tiny_models):
+    """The whole orchestration (data, annotate, train, generate x 4 modes x 2, eval, sheet, plot, report)."""
+    from cnetcli.demo import run_demo
+
+    base, blip = untrained_tiny_models
+    m = run_demo(tmp_path / "d", quick=True, engine=minimal().MinimalEngine(threads=1), base=base, captioner=blip)
+    d = tmp_path / "d"
+    saved = json.loads((d / "metrics.json").read_text())
+    for k in ("untrained", "trained"):
+        assert 0.0 <= saved[k]["f1"] <= 1.0
+        assert set(saved[k]["by_prompt_mode"]) == {"none", "default", "user", "auto"}
+    assert saved["curve"] and m["trained"]["f1"] == saved["trained"]["f1"]
+    for f in ("contact_sheet.png", "controllability.png", "report.md"):
+        assert (d / f).stat().st_size > 0
+    side = json.loads(next((d / "generated" / "trained" / "auto").glob("*pass2.json")).read_text())
+    assert side["pass"] == 2 and "caption" in side
+    assert (d / "controlnet-trained" / "controlnet" / "config.json").is_file()
+    ds = d / "data" / "train"
+    assert len((ds / "metadata.jsonl").read_text().splitlines()) == 64
+    # an existing demo folder is not overwritten silently
+    from cnetcli.errors import UsageError
+
+    with pytest.raises(UsageError, match="--overwrite"):
+        run_demo(d, quick=True, engine=minimal().MinimalEngine(threads=1), base=base, captioner=blip)
+
+
+@pytest.mark.slow
+@needs_assets
+def test_short_training_raises_controllability(tmp_path):
+    """A short ControlNet run on the embedded base follows the hints well above the untrained one
+    (measured: F1 0.30 vs 0.11 after 1000 steps; several minutes on CPU)."""
+    from cnetcli.demo import DemoSettings, run_demo
+
+    s = DemoSettings(train_count=1000, eval_count=8, steps=1000, learning_rate=2e-3, checkpoint_every=0)
+    m = run_demo(tmp_path / "d", settings=s, engine=minimal().MinimalEngine())
+    assert m["trained"]["f1"] >= 0.25 and m["trained"]["f1"] >= 2 * m["untrained"]["f1"], m
