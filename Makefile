@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/cnet demo --output outputs/demo
+	$(VENV)/bin/cnet demo --output outputs/demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q -p no:cacheprovider
