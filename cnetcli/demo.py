@@ -41,11 +41,11 @@ class DemoSettings:
     size: int = 64
     train_count: int = 2000
     eval_count: int = 8
-    steps: int = 600
-    learning_rate: float = 2e-3
+    steps: int = 900
+    learning_rate: float = 1e-3
     batch_size: int = 32
     empty_prompt_prob: float = 0.5
-    checkpoint_every: int = 150
+    checkpoint_every: int = 300
     sampler: str = "ddim"
     sampler_steps: int = 20
     cfg: float = 3.0

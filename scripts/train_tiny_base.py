@@ -101,6 +101,18 @@ def train_vae(vae, imgs: np.ndarray, held: np.ndarray, steps: int, batch: int, l
 
 
 @torch.no_grad()
+def fix_posterior_std(vae, std: float = 0.1) -> None:
+    """Make the encoder's posterior std exactly `std`, the noise level the decoder was trained with.
+
+    The reconstruction uses mean + 0.1 noise, so the log-variance half of `quant_conv` only ever sees the
+    KL gradient and drifts to std ~1; `cnet train --cache-latents` (like diffusers) samples mean + std * eps,
+    which at std 1 buries the image under noise (ControlNet loss stuck at 0.15, nothing learned)."""
+    c = vae.config.latent_channels
+    vae.quant_conv.weight[c:].zero_()
+    vae.quant_conv.bias[c:].fill_(2 * math.log(std))
+
+
+@torch.no_grad()
 def encode_latents(vae, imgs: np.ndarray, bs: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
     means, stds = [], []
     for i in range(0, len(imgs), bs):
@@ -265,12 +277,14 @@ def main() -> None:
             comps["vae"] = AutoencoderKL.from_pretrained(args.init_vae)
             prev = json.loads((Path(args.init_vae) / "vae_report.json").read_text())
         report["vae"] = train_vae(comps["vae"], imgs, held, args.vae_steps, 16, args.vae_lr, 1e-4, rng)
+        fix_posterior_std(comps["vae"], 0.1)
         if args.init_vae:
             report["vae"]["continued_from"] = prev
         comps["vae"].save_pretrained(str(out / "_vae"))
         (out / "_vae" / "vae_report.json").write_text(json.dumps(report["vae"]))
         if args.vae_only:
             return
+    fix_posterior_std(comps["vae"], 0.1)  # idempotent; also for a reused VAE
     lat_mean, lat_std = encode_latents(comps["vae"], imgs)
     std = lat_mean.std().item()
     comps["vae"].register_to_config(scaling_factor=round(1.0 / std, 5))
