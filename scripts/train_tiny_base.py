@@ -3,7 +3,7 @@
     PYTHONPATH=$PWD python scripts/train_tiny_base.py --out cnetcli/assets
 
 Three phases, all on synthetic circles (`cnetcli.synthetic`, 64 x 64 px, seed 0; held-out seed 1):
-1. VAE (AutoencoderKL, 8x downsampling like SD: 64 px -> 8 x 8 x 4 latents): reconstruction (MSE + L1)
+1. VAE (AutoencoderKL, 4x downsampling: 64 px -> 16 x 16 x 4 latents): reconstruction (MSE + L1)
    plus a small KL term; then `scaling_factor` is set to 1 / std of the latents.
 2. UNet + CLIP text encoder on cached latents: epsilon-prediction MSE (DDPM, 1000 steps, SD's
    scaled-linear betas), prompt dropout 10% (empty prompt) so classifier-free guidance works.
@@ -232,15 +232,15 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=6000)
     ap.add_argument("--heldout", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vae-steps", type=int, default=600)
-    ap.add_argument("--unet-steps", type=int, default=3000)
-    ap.add_argument("--blip-steps", type=int, default=800)
-    ap.add_argument("--vae-lr", type=float, default=1e-3)
-    ap.add_argument("--unet-lr", type=float, default=1e-3)
+    ap.add_argument("--vae-steps", type=int, default=1200)
+    ap.add_argument("--unet-steps", type=int, default=700)
+    ap.add_argument("--blip-steps", type=int, default=400)
+    ap.add_argument("--vae-lr", type=float, default=2e-3)
+    ap.add_argument("--unet-lr", type=float, default=2e-3)
     ap.add_argument("--unet-batch", type=int, default=32)
     ap.add_argument("--reuse-vae", default="", help="load a trained VAE folder instead of phase 1")
     ap.add_argument("--init-vae", default="", help="continue phase 1 from a VAE folder (e.g. <out>/_vae)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--vae-blocks", default=",".join(map(str, VAE_BLOCKS)))
     ap.add_argument("--unet-blocks", default=",".join(map(str, UNET_BLOCKS)))
     ap.add_argument("--vae-only", action="store_true", help="stop after phase 1 (saves <out>/_vae)")
