@@ -35,18 +35,19 @@ TINY_CAPTIONER = "cnet-tiny-blip"
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """The demo's recipe. Measured (minimal loop, shared 2-core CPU, 1 thread): lr 2e-3, batch 32, 1000 steps
-    -> held-out edge F1 0.30 vs 0.11 untrained, still rising (0.12/0.15/0.20 at 250/500/750); 2000 steps is
-    the extrapolated setting for >= 0.5 (not yet verified)."""
+    """The demo's recipe, for the embedded base v1 (4x VAE: 64 px -> 16 x 16 latents) through the real
+    `cnet train` / `cnet generate`. Measured (2-core CPU): edge F1 0.183 trained vs 0.075 untrained (2.4x,
+    below the 0.5 target; 300/600/900 steps: 0.080/0.135/0.172, still rising), demo wall time 8:44.
+    lr 2e-3 did worse (0.123 at 600 steps). Details in cnetcli/assets/README.md."""
 
     size: int = 64
     train_count: int = 2000
     eval_count: int = 8
-    steps: int = 2000
-    learning_rate: float = 2e-3
+    steps: int = 900
+    learning_rate: float = 1e-3
     batch_size: int = 32
-    empty_prompt_prob: float = 0.1
-    checkpoint_every: int = 500
+    empty_prompt_prob: float = 0.5
+    checkpoint_every: int = 300
     sampler: str = "ddim"
     sampler_steps: int = 20
     cfg: float = 3.0
@@ -156,12 +157,12 @@ def make_data(root: Path, s: DemoSettings) -> tuple[Path, list[Path], list[str]]
 
 def untrained_controlnet(base: str, output: Path) -> Path:
     """The untrained ControlNet: initialised from the base UNet, zero convolutions (changes nothing yet)."""
-    from diffusers import ControlNetModel
-
     from .models.sd import load_base_components
+    from .training.model import init_controlnet
 
-    unet = load_base_components(base, parts=("unet",))["unet"]
-    ControlNetModel.from_unet(unet).save_pretrained(str(output))
+    comps = load_base_components(base, parts=("unet", "vae"))
+    # the same init as `cnet train` (hint encoder downsampling matched to the VAE's)
+    init_controlnet(comps["unet"], comps["vae"], seed=0).save_pretrained(str(output))
     return output
 
 

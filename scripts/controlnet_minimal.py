@@ -57,12 +57,12 @@ def train_controlnet(comps, lat, hints, prompts, emb, steps: int, lr: float, bat
     zero-convolutions get no gradient and stay exactly zero."""
     import torch
     import torch.nn.functional as F
-    from diffusers import ControlNetModel
+
+    from cnetcli.training.model import init_controlnet
 
     unet, sched = comps["unet"], comps["scheduler"]
     unet.requires_grad_(False)
-    torch.manual_seed(seed)
-    cn = ControlNetModel.from_unet(unet)
+    cn = init_controlnet(unet, comps["vae"], seed)  # hint encoder downsampling = the VAE's
     cn.train()
     params = [p for n, p in cn.named_parameters() if not (small_scale and n.startswith("controlnet_down_blocks"))]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
@@ -105,7 +105,8 @@ def sample(comps, cn, hints: np.ndarray, embs, steps: int = 20, cfg: float = 3.0
     sched.set_timesteps(steps)
     n = len(hints)
     g = torch.Generator().manual_seed(seed)
-    z = torch.randn((n, 4, hints.shape[1] // 8, hints.shape[2] // 8), generator=g)
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    z = torch.randn((n, 4, hints.shape[1] // f, hints.shape[2] // f), generator=g)
     cond = torch.from_numpy(hints).permute(0, 3, 1, 2).float() / 255.0
     c, u = embs
     with torch.no_grad():

@@ -3,7 +3,7 @@
     PYTHONPATH=$PWD python scripts/train_tiny_base.py --out cnetcli/assets
 
 Three phases, all on synthetic circles (`cnetcli.synthetic`, 64 x 64 px, seed 0; held-out seed 1):
-1. VAE (AutoencoderKL, 8x downsampling like SD: 64 px -> 8 x 8 x 4 latents): reconstruction (MSE + L1)
+1. VAE (AutoencoderKL, 4x downsampling: 64 px -> 16 x 16 x 4 latents): reconstruction (MSE + L1)
    plus a small KL term; then `scaling_factor` is set to 1 / std of the latents.
 2. UNet + CLIP text encoder on cached latents: epsilon-prediction MSE (DDPM, 1000 steps, SD's
    scaled-linear betas), prompt dropout 10% (empty prompt) so classifier-free guidance works.
@@ -43,20 +43,28 @@ def to_tensor(imgs: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def build_components(seed: int, tok_dir: Path):
+VAE_BLOCKS = (16, 32, 32)  # 3 levels -> 4x downsampling: 64 px -> 16 x 16 x 4 latents
+UNET_BLOCKS = (32, 64)
+
+
+def build_components(seed: int, tok_dir: Path, vae_blocks: tuple[int, ...] = VAE_BLOCKS,
+                     unet_blocks: tuple[int, ...] = UNET_BLOCKS, size: int = 64):
     from diffusers import AutoencoderKL
 
     from cnetcli.models.tiny import tiny_sd_components, write_clip_tokenizer
 
+    factor = 2 ** (len(vae_blocks) - 1)
     write_clip_tokenizer(tok_dir, PROMPT_WORDS)
-    comps = tiny_sd_components(seed, block_out_channels=(32, 64, 64), cross_attention_dim=32, sample_size=8,
-                               tokenizer_dir=tok_dir, text_layers=2)
+    comps = tiny_sd_components(seed, block_out_channels=unet_blocks, cross_attention_dim=32,
+                               sample_size=size // factor, tokenizer_dir=tok_dir, text_layers=2)
     torch.manual_seed(seed + 10)
-    # 4 levels -> 8x downsampling (SD's factor, so ControlNet's default hint encoder fits).
+    # SD's VAE downsamples 8x; at 64 px that leaves 8 x 8 latents, too coarse to place edges within 2 px.
+    # cnet train / generate derive the hint encoder and the latent size from len(block_out_channels).
     comps["vae"] = AutoencoderKL(
-        in_channels=3, out_channels=3, block_out_channels=(16, 32, 64, 64),
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        latent_channels=4, layers_per_block=1, norm_num_groups=8, sample_size=64,
+        in_channels=3, out_channels=3, block_out_channels=vae_blocks,
+        down_block_types=("DownEncoderBlock2D",) * len(vae_blocks),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_blocks),
+        latent_channels=4, layers_per_block=1, norm_num_groups=8, sample_size=size,
     )
     return comps
 
@@ -90,6 +98,18 @@ def train_vae(vae, imgs: np.ndarray, held: np.ndarray, steps: int, batch: int, l
         mse = F.mse_loss(rec, x).item()
     return {"steps": steps, "batch": batch, "lr": lr, "kl_weight": kl_w, "final_rec_loss": rec_loss.item(),
             "heldout_mse": mse, "seconds": round(time.time() - t0, 1)}
+
+
+@torch.no_grad()
+def fix_posterior_std(vae, std: float = 0.1) -> None:
+    """Make the encoder's posterior std exactly `std`, the noise level the decoder was trained with.
+
+    The reconstruction uses mean + 0.1 noise, so the log-variance half of `quant_conv` only ever sees the
+    KL gradient and drifts to std ~1; `cnet train --cache-latents` (like diffusers) samples mean + std * eps,
+    which at std 1 buries the image under noise (ControlNet loss stuck at 0.15, nothing learned)."""
+    c = vae.config.latent_channels
+    vae.quant_conv.weight[c:].zero_()
+    vae.quant_conv.bias[c:].fill_(2 * math.log(std))
 
 
 @torch.no_grad()
@@ -196,7 +216,8 @@ def sample_check(comps, prompts: list[str], steps: int = 20, cfg: float = 4.0, s
     g = torch.Generator().manual_seed(seed)
     cond = encode_text(comps["tokenizer"], comps["text_encoder"], prompts)
     unc = encode_text(comps["tokenizer"], comps["text_encoder"], [""] * len(prompts))
-    z = torch.randn((len(prompts), 4, 8, 8), generator=g)
+    n = 64 // 2 ** (len(comps["vae"].config.block_out_channels) - 1)
+    z = torch.randn((len(prompts), 4, n, n), generator=g)
     for t in sched.timesteps:
         e = comps["unet"](torch.cat([z, z]), t, encoder_hidden_states=torch.cat([unc, cond])).sample
         eu, ec = e.chunk(2)
@@ -211,13 +232,18 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=6000)
     ap.add_argument("--heldout", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--vae-steps", type=int, default=600)
-    ap.add_argument("--unet-steps", type=int, default=3000)
-    ap.add_argument("--blip-steps", type=int, default=800)
-    ap.add_argument("--vae-lr", type=float, default=1e-3)
-    ap.add_argument("--unet-lr", type=float, default=1e-3)
+    ap.add_argument("--vae-steps", type=int, default=1200)
+    ap.add_argument("--unet-steps", type=int, default=700)
+    ap.add_argument("--blip-steps", type=int, default=400)
+    ap.add_argument("--vae-lr", type=float, default=2e-3)
+    ap.add_argument("--unet-lr", type=float, default=2e-3)
+    ap.add_argument("--unet-batch", type=int, default=32)
     ap.add_argument("--reuse-vae", default="", help="load a trained VAE folder instead of phase 1")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--init-vae", default="", help="continue phase 1 from a VAE folder (e.g. <out>/_vae)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--vae-blocks", default=",".join(map(str, VAE_BLOCKS)))
+    ap.add_argument("--unet-blocks", default=",".join(map(str, UNET_BLOCKS)))
+    ap.add_argument("--vae-only", action="store_true", help="stop after phase 1 (saves <out>/_vae)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
@@ -234,7 +260,8 @@ def main() -> None:
     import tempfile
 
     tok_dir = Path(tempfile.mkdtemp(prefix="cnet-tiny-tok-"))
-    comps = build_components(args.seed, tok_dir)
+    comps = build_components(args.seed, tok_dir, tuple(int(c) for c in args.vae_blocks.split(",")),
+                             tuple(int(c) for c in args.unet_blocks.split(",")))
     torch.manual_seed(args.seed)
 
     if args.reuse_vae:
@@ -244,16 +271,27 @@ def main() -> None:
         prev = json.loads((Path(args.reuse_vae) / "vae_report.json").read_text())
         report["vae"] = {**prev, "reused_from": args.reuse_vae}
     else:
+        if args.init_vae:
+            from diffusers import AutoencoderKL
+
+            comps["vae"] = AutoencoderKL.from_pretrained(args.init_vae)
+            prev = json.loads((Path(args.init_vae) / "vae_report.json").read_text())
         report["vae"] = train_vae(comps["vae"], imgs, held, args.vae_steps, 16, args.vae_lr, 1e-4, rng)
+        fix_posterior_std(comps["vae"], 0.1)
+        if args.init_vae:
+            report["vae"]["continued_from"] = prev
         comps["vae"].save_pretrained(str(out / "_vae"))
         (out / "_vae" / "vae_report.json").write_text(json.dumps(report["vae"]))
+        if args.vae_only:
+            return
+    fix_posterior_std(comps["vae"], 0.1)  # idempotent; also for a reused VAE
     lat_mean, lat_std = encode_latents(comps["vae"], imgs)
     std = lat_mean.std().item()
     comps["vae"].register_to_config(scaling_factor=round(1.0 / std, 5))
     report["vae"]["scaling_factor"] = comps["vae"].config.scaling_factor
     log(f"vae done: {report['vae']}")
 
-    report["unet"] = train_unet(comps, lat_mean, lat_std, prompts, args.unet_steps, 64, args.unet_lr, rng)
+    report["unet"] = train_unet(comps, lat_mean, lat_std, prompts, args.unet_steps, args.unet_batch, args.unet_lr, rng)
     log(f"unet done: {report['unet']}")
 
     from cnetcli.models.tiny import save_sd_folder
