@@ -120,12 +120,13 @@ def untrained_tiny_models(tmp_path_factory):
     return str(d / "base"), str(d / "blip")
 
 
-def test_demo_quick_with_minimal_engine(tmp_path, untrained_tiny_models):
-    """The whole orchestration (data, annotate, train, generate x 4 modes x 2, eval, sheet, plot, report)."""
+def test_demo_quick_real_train_and_generate(tmp_path, untrained_tiny_models):
+    """The whole orchestration through the real `cnet train` and `cnet generate` (data, annotate, train,
+    generate x 4 modes x 2, eval, sheet, plot, report) at toy size."""
     from cnetcli.demo import run_demo
 
     base, blip = untrained_tiny_models
-    m = run_demo(tmp_path / "d", quick=True, engine=minimal().MinimalEngine(threads=1), base=base, captioner=blip)
+    m = run_demo(tmp_path / "d", quick=True, base=base, captioner=blip)
     d = tmp_path / "d"
     saved = json.loads((d / "metrics.json").read_text())
     for k in ("untrained", "trained"):
@@ -134,8 +135,9 @@ def test_demo_quick_with_minimal_engine(tmp_path, untrained_tiny_models):
     assert saved["curve"] and m["trained"]["f1"] == saved["trained"]["f1"]
     for f in ("contact_sheet.png", "controllability.png", "report.md"):
         assert (d / f).stat().st_size > 0
-    side = json.loads(next((d / "generated" / "trained" / "auto").glob("*pass2.json")).read_text())
-    assert side["pass"] == 2 and "caption" in side
+    sides = [json.loads(f.read_text()) for f in (d / "generated" / "trained" / "auto").glob("*.json")]
+    assert {s["pass"] for s in sides} == {1, 2}
+    assert all(s["prompt"] == s["caption"] for s in sides if s["pass"] == 2)
     assert (d / "controlnet-trained" / "controlnet" / "config.json").is_file()
     ds = d / "data" / "train"
     assert len((ds / "metadata.jsonl").read_text().splitlines()) == 64
@@ -143,7 +145,7 @@ def test_demo_quick_with_minimal_engine(tmp_path, untrained_tiny_models):
     from cnetcli.errors import UsageError
 
     with pytest.raises(UsageError, match="--overwrite"):
-        run_demo(d, quick=True, engine=minimal().MinimalEngine(threads=1), base=base, captioner=blip)
+        run_demo(d, quick=True, base=base, captioner=blip)
 
 
 @pytest.mark.slow
