@@ -44,6 +44,18 @@ def tiny_controlnet_dir(tiny_sd_dir, tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Toy-size convolutions gain nothing from threads; on a shared 2-core machine OpenMP spinning makes
+    them ~50x slower. Use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`; restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def run_cli():
     """Run the CLI in-process: returns (exit_code, stdout, stderr)."""

@@ -15,16 +15,7 @@ from cnetcli.images import read_png_metadata, save_png
 STEPS = 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Toy-size convolutions gain nothing from threads; on a shared 2-core machine OpenMP spinning makes
-    them ~50x slower. Restored afterwards."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

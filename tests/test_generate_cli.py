@@ -9,17 +9,7 @@ import pytest
 
 from cnetcli.images import save_png
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Toy-size convolutions gain nothing from threads; on a shared 2-core machine OpenMP spinning makes
-    them ~50x slower. Restored afterwards."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
