@@ -48,6 +48,7 @@ class DemoSettings:
     batch_size: int = 32
     empty_prompt_prob: float = 0.5
     checkpoint_every: int = 300
+    small_scale: bool = False  # the paper's middle-block-only connection
     sampler: str = "ddim"
     sampler_steps: int = 20
     cfg: float = 3.0
@@ -80,7 +81,7 @@ def _train_config(TrainConfig: Any, dataset: Path, output: Path, base: str, s: D
         base=base, data=str(dataset), output=str(output), resolution=s.size, batch_size=s.batch_size,
         max_steps=s.steps, learning_rate=s.learning_rate, empty_prompt_prob=s.empty_prompt_prob, seed=s.seed,
         checkpoint_every=s.checkpoint_every or s.steps, keep_checkpoints=max(1, s.steps // max(1, s.checkpoint_every or s.steps)),
-        cache_latents=True, report_to="none", log_every=max(1, s.steps // 20),
+        cache_latents=True, report_to="none", log_every=max(1, s.steps // 20), small_scale=s.small_scale,
     )
 
 

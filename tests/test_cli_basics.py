@@ -44,3 +44,15 @@ def test_missing_hub_model_is_clear_error():
 
     with pytest.raises(MissingWeightsError, match="huggingface-cli download"):
         load_base_components("nobody/does-not-exist", offline=True, parts=("scheduler",))
+
+
+def test_clip_tokenizer_whole_words_even_when_merges_compete(tmp_path):
+    """"green" brings a "g r" merge that pre-empts "background"'s chain; every word must still be one token."""
+    from transformers import CLIPTokenizer
+
+    from cnetcli.models.tiny import write_clip_tokenizer
+
+    words = ("green", "red", "circle", "with", "background", "grey", "ground", "back")
+    tok = CLIPTokenizer.from_pretrained(str(write_clip_tokenizer(tmp_path, words)))
+    for w in words:
+        assert tok.tokenize(w) == [w + "</w>"], (w, tok.tokenize(w))

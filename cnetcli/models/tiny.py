@@ -35,21 +35,41 @@ def write_clip_tokenizer(directory: str | Path, words: tuple[str, ...] = (), mod
     vocab: dict[str, int] = {}
     for tok in ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]:
         vocab.setdefault(tok, len(vocab))
+    # Whole-word merges: chain each word's symbols left to right, then repair words whose chain an earlier
+    # word's merge pre-empts (BPE applies the lowest-ranked pair first, e.g. "g r" from "green" inside
+    # "background") by appending merges of the pieces BPE actually produces, until every word is one token.
     merges: list[tuple[str, str]] = []
-    seen: set[tuple[str, str]] = set()
-    for w in words:
-        w = w.lower()
-        if not w or any(ch not in chars for ch in w):
-            continue
+    ranks: dict[tuple[str, str], int] = {}
+
+    def add(pair: tuple[str, str]) -> None:
+        if pair not in ranks:
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            vocab.setdefault(pair[0] + pair[1], len(vocab))
+
+    def bpe(symbols: list[str]) -> list[str]:
+        while len(symbols) > 1:
+            best = min(range(len(symbols) - 1), key=lambda i: ranks.get((symbols[i], symbols[i + 1]), 1 << 30))
+            if (symbols[best], symbols[best + 1]) not in ranks:
+                break
+            symbols = symbols[:best] + [symbols[best] + symbols[best + 1]] + symbols[best + 2:]
+        return symbols
+
+    todo = [w.lower() for w in words if w and all(ch in chars for ch in w.lower())]
+    for w in todo:
         symbols = list(w[:-1]) + [w[-1] + "</w>"]
-        cur = symbols[0]
-        for s in symbols[1:]:
-            pair = (cur, s)
-            if pair not in seen:
-                seen.add(pair)
-                merges.append(pair)
-            cur = cur + s
-            vocab.setdefault(cur, len(vocab))
+        for i in range(1, len(symbols)):
+            add(("".join(symbols[:i]), symbols[i]))
+    for _ in range(8):
+        broken = False
+        for w in todo:
+            pieces = bpe(list(w[:-1]) + [w[-1] + "</w>"])
+            while len(pieces) > 1:
+                broken = True
+                add((pieces[0], pieces[1]))
+                pieces = bpe(list(w[:-1]) + [w[-1] + "</w>"])
+        if not broken:
+            break
     (d / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (d / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
     (d / "tokenizer_config.json").write_text(json.dumps({

@@ -2,60 +2,42 @@
 
     PYTHONPATH=$PWD python examples/circles/convergence.py --steps 1200 --every 100 --out examples/circles
 
-Trains two ControlNets on the embedded tiny base (`cnet-tiny`) with the same data, seed and recipe
-(`scripts/controlnet_minimal.py`), measures controllability (canny edge F1, 2 px, on held-out hints) every
-K steps, and reports for each the first step where F1 reaches the threshold ("sudden convergence"), as
-a plot (convergence.png) and a table (RESULTS.md).
+Runs the demo pipeline (`cnetcli.demo.run_demo`: circles data -> canny -> the real `cnet train` on the
+embedded base `cnet-tiny` -> `cnet generate` -> `cnet eval`) twice with the same data, seed and recipe, once
+with full connection and once with `--small-scale`, scoring controllability (canny edge F1, 2 px, held-out
+hints) at every checkpoint (every K steps). Reports for each the first step where F1 reaches the threshold
+("sudden convergence") as a plot (convergence.png), JSON (results.json) and a table (printed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
 
 
 def main() -> None:
-    import controlnet_minimal as cm
-    import torch
+    from cnetcli.demo import DemoSettings, run_demo
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--every", type=int, default=100)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--count", type=int, default=2000)
-    ap.add_argument("--eval-n", type=int, default=16)
     ap.add_argument("--threshold", type=float, default=0.5)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(Path(__file__).parent))
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    comps, _, prompts, hints, lat, emb = cm.prepare("cnet-tiny", args.count, 0)
-    _, _, hp, hh, _, hemb = cm.prepare("cnet-tiny", args.eval_n, 1)
-    c, u = torch.stack([hemb[p] for p in hp]), torch.stack([hemb[""]] * len(hp))
+    base = DemoSettings(steps=args.steps, checkpoint_every=args.every)
     results = {}
+    work = Path(tempfile.mkdtemp(prefix="cnet-convergence-"))
     for name, small in (("full", False), ("small-scale", True)):
-        curve = [(0, cm.f1_of(cm.sample(comps, None, hh, (c, u)), hh))]
         t0 = time.time()
-
-        def on_step(step, cn, curve=curve, name=name):
-            if step % args.every == 0:
-                cn.eval()
-                curve.append((step, cm.f1_of(cm.sample(comps, cn, hh, (c, u)), hh)))
-                cn.train()
-                print(f"{name} step {step}: F1 {curve[-1][1]:.3f}", flush=True)
-
-        cm.train_controlnet(comps, lat, hints, prompts, emb, args.steps, args.lr, args.batch, 0,
-                            log_every=args.every, on_step=on_step, small_scale=small)
+        m = run_demo(work / name, settings=replace(base, small_scale=small))
+        curve = [(0, m["untrained"]["f1"])] + [(c["step"], c["f1"]) for c in m["curve"]]
         conv = next((s for s, f in curve if f >= args.threshold), None)
         results[name] = {"curve": curve, "converged_at": conv, "seconds": round(time.time() - t0, 1)}
+        print(f"{name}: " + ", ".join(f"{s}: {f:.3f}" for s, f in curve), flush=True)
     out = Path(args.out)
     (out / "results.json").write_text(json.dumps({"args": vars(args), **results}, indent=2) + "\n")
     import matplotlib
