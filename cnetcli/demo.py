@@ -49,6 +49,10 @@ class DemoSettings:
     empty_prompt_prob: float = 0.5
     checkpoint_every: int = 300
     small_scale: bool = False  # the paper's middle-block-only connection
+    timestep_bias: str = "none"  # `cnet train --timestep-bias`
+    timestep_bias_multiplier: float = 1.0
+    timestep_bias_portion: float = 0.25
+    snr_gamma: float | None = None
     sampler: str = "ddim"
     sampler_steps: int = 20
     cfg: float = 3.0
@@ -82,6 +86,8 @@ def _train_config(TrainConfig: Any, dataset: Path, output: Path, base: str, s: D
         max_steps=s.steps, learning_rate=s.learning_rate, empty_prompt_prob=s.empty_prompt_prob, seed=s.seed,
         checkpoint_every=s.checkpoint_every or s.steps, keep_checkpoints=max(1, s.steps // max(1, s.checkpoint_every or s.steps)),
         cache_latents=True, report_to="none", log_every=max(1, s.steps // 20), small_scale=s.small_scale,
+        timestep_bias=s.timestep_bias, timestep_bias_multiplier=s.timestep_bias_multiplier,
+        timestep_bias_portion=s.timestep_bias_portion, snr_gamma=s.snr_gamma,
     )
 
 

@@ -54,7 +54,8 @@ def output_hw(img: np.ndarray, resolution: int) -> tuple[int, int]:
     """The (H, W) that ControlNet's `resize_image(img, resolution)` produces, without resizing anything."""
     H, W = float(img.shape[0]), float(img.shape[1])
     k = float(resolution) / min(H, W)
-    return int(np.round(H * k / 64.0)) * 64, int(np.round(W * k / 64.0)) * 64
+    # at least 64 (ControlNet's rounding gives 0 below 32 px, which OpenCV refuses)
+    return max(1, int(np.round(H * k / 64.0))) * 64, max(1, int(np.round(W * k / 64.0))) * 64
 
 
 def resize_image(img: np.ndarray, resolution: int) -> np.ndarray:

@@ -69,7 +69,24 @@ def build_components(seed: int, tok_dir: Path, vae_blocks: tuple[int, ...] = VAE
     return comps
 
 
-def train_vae(vae, imgs: np.ndarray, held: np.ndarray, steps: int, batch: int, lr: float, kl_w: float, rng) -> dict:
+def vae_edge_f1(vae, held: np.ndarray) -> float:
+    """Edge F1 (canny, 2 px) of the VAE's reconstructions against canny of the originals: the ceiling of the
+    demo's controllability score (a perfect ControlNet still goes through this decoder)."""
+    from cnetcli.annotators import annotate
+    from cnetcli.evaluation.metrics import edge_f1
+
+    with torch.no_grad():
+        rec = vae.decode(vae.encode(to_tensor(held)).latent_dist.mode()).sample
+    rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+
+    def canny(a: np.ndarray) -> np.ndarray:
+        return annotate(a, "canny", image_resolution=a.shape[0], keep_size=True)
+
+    return float(np.mean([edge_f1(canny(a), canny(b), 2) for a, b in zip(rec_u8, held, strict=True)]))
+
+
+def train_vae(vae, imgs: np.ndarray, held: np.ndarray, steps: int, batch: int, lr: float, kl_w: float, rng,
+              warmup: int = 0) -> dict:
     opt = torch.optim.AdamW(vae.parameters(), lr=lr, weight_decay=0.0)
     vae.train()
     t0 = time.time()
@@ -87,8 +104,9 @@ def train_vae(vae, imgs: np.ndarray, held: np.ndarray, steps: int, batch: int, l
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        f = step / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
         for g in opt.param_groups:
-            g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * step / steps))
+            g["lr"] = lr * max(f, 0.01 if warmup else 0.0)
         if step % 50 == 0 or step == 1:
             log(f"vae step {step}/{steps} rec {rec_loss.item():.4f} kl {kl.item():.3f} ({time.time() - t0:.0f}s)")
     vae.eval()
@@ -96,8 +114,11 @@ def train_vae(vae, imgs: np.ndarray, held: np.ndarray, steps: int, batch: int, l
         x = to_tensor(held[:256])
         rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
         mse = F.mse_loss(rec, x).item()
-    return {"steps": steps, "batch": batch, "lr": lr, "kl_weight": kl_w, "final_rec_loss": rec_loss.item(),
-            "heldout_mse": mse, "seconds": round(time.time() - t0, 1)}
+    f1 = vae_edge_f1(vae, held[:128])
+    log(f"vae held-out MSE {mse:.4f}, edge F1 of reconstructions {f1:.3f}")
+    return {"steps": steps, "batch": batch, "lr": lr, "warmup": warmup, "kl_weight": kl_w,
+            "final_rec_loss": rec_loss.item(), "heldout_mse": mse, "heldout_edge_f1": round(f1, 4),
+            "seconds": round(time.time() - t0, 1)}
 
 
 @torch.no_grad()
@@ -129,7 +150,8 @@ def encode_text(tokenizer, text_encoder, prompts: list[str]) -> torch.Tensor:
 
 
 def train_unet(comps, lat_mean, lat_std, prompts, steps: int, batch: int, lr: float, rng) -> dict:
-    """The UNet (epsilon MSE) and the CLIP text encoder train jointly on cached latents."""
+    """The UNet (epsilon or v MSE, per the scheduler's prediction_type) and the CLIP text encoder train
+    jointly on cached latents."""
     unet, te, tok, sched = comps["unet"], comps["text_encoder"], comps["tokenizer"], comps["scheduler"]
     sf = comps["vae"].config.scaling_factor
     uniq = sorted(set(prompts) | {""})
@@ -154,7 +176,8 @@ def train_unet(comps, lat_mean, lat_std, prompts, steps: int, batch: int, lr: fl
         zt = sched.add_noise(z0, noise, t)
         table = te(uniq_ids)[0]
         pred = unet(zt, t, encoder_hidden_states=table[ids]).sample
-        loss = F.mse_loss(pred, noise)
+        target = sched.get_velocity(z0, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+        loss = F.mse_loss(pred, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -168,6 +191,7 @@ def train_unet(comps, lat_mean, lat_std, prompts, steps: int, batch: int, lr: fl
     unet.eval()
     te.eval()
     return {"steps": steps, "batch": batch, "lr": lr, "prompt_dropout": 0.1, "text_encoder": "trained jointly",
+            "prediction_type": sched.config.prediction_type,
             "final_loss_ema": round(ema, 4), "seconds": round(time.time() - t0, 1)}
 
 
@@ -236,6 +260,7 @@ def main() -> None:
     ap.add_argument("--unet-steps", type=int, default=700)
     ap.add_argument("--blip-steps", type=int, default=400)
     ap.add_argument("--vae-lr", type=float, default=2e-3)
+    ap.add_argument("--vae-warmup", type=int, default=0, help="linear warmup steps, then cosine to 1%% of the lr")
     ap.add_argument("--unet-lr", type=float, default=2e-3)
     ap.add_argument("--unet-batch", type=int, default=32)
     ap.add_argument("--reuse-vae", default="", help="load a trained VAE folder instead of phase 1")
@@ -244,6 +269,10 @@ def main() -> None:
     ap.add_argument("--vae-blocks", default=",".join(map(str, VAE_BLOCKS)))
     ap.add_argument("--unet-blocks", default=",".join(map(str, UNET_BLOCKS)))
     ap.add_argument("--vae-only", action="store_true", help="stop after phase 1 (saves <out>/_vae)")
+    ap.add_argument("--prediction-type", default="epsilon", choices=("epsilon", "v_prediction"),
+                    help="what the UNet predicts (v_prediction: SD 2.x's parameterisation)")
+    ap.add_argument("--init-base", default="", help="continue phase 2 from this base folder's UNet, text encoder "
+                    "and tokenizer (e.g. to fine-tune an epsilon UNet into a v-prediction one)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(args.seed)
@@ -275,8 +304,10 @@ def main() -> None:
             from diffusers import AutoencoderKL
 
             comps["vae"] = AutoencoderKL.from_pretrained(args.init_vae)
-            prev = json.loads((Path(args.init_vae) / "vae_report.json").read_text())
-        report["vae"] = train_vae(comps["vae"], imgs, held, args.vae_steps, 16, args.vae_lr, 1e-4, rng)
+            rep_file = Path(args.init_vae) / "vae_report.json"
+            prev = json.loads(rep_file.read_text()) if rep_file.is_file() else {"from": args.init_vae}
+        report["vae"] = train_vae(comps["vae"], imgs, held, args.vae_steps, 16, args.vae_lr, 1e-4, rng,
+                                  args.vae_warmup)
         fix_posterior_std(comps["vae"], 0.1)
         if args.init_vae:
             report["vae"]["continued_from"] = prev
@@ -284,6 +315,18 @@ def main() -> None:
         (out / "_vae" / "vae_report.json").write_text(json.dumps(report["vae"]))
         if args.vae_only:
             return
+    if args.init_base:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel, CLIPTokenizer
+
+        b = Path(args.init_base)
+        comps["unet"] = UNet2DConditionModel.from_pretrained(str(b / "unet"))
+        comps["text_encoder"] = CLIPTextModel.from_pretrained(str(b / "text_encoder"))
+        comps["tokenizer"] = CLIPTokenizer.from_pretrained(str(b / "tokenizer"))
+        prev_rep = b.parent / "training_report.json"
+        report["init_base"] = {"from": str(b), **({"unet": json.loads(prev_rep.read_text()).get("unet")}
+                                                   if prev_rep.is_file() else {})}
+    comps["scheduler"].register_to_config(prediction_type=args.prediction_type)
     fix_posterior_std(comps["vae"], 0.1)  # idempotent; also for a reused VAE
     lat_mean, lat_std = encode_latents(comps["vae"], imgs)
     std = lat_mean.std().item()

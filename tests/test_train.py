@@ -93,6 +93,7 @@ def _fixed_inputs(seed=0):
 
 @pytest.mark.parametrize("kw,match", [
     (dict(resolution=33), "--resolution"),
+    (dict(validation_type="sparkles"), "--validation-type"),
     (dict(reconnect_at=5), "--reconnect-at"),
     (dict(cache_latents=True, hflip=True), "--cache-latents"),
     (dict(validate_every=10), "--validate-every"),
@@ -103,6 +104,19 @@ def _fixed_inputs(seed=0):
 def test_bad_config_is_usage_error(kw, match):
     with pytest.raises(UsageError, match=match):
         TrainConfig(**kw)
+
+
+def test_validation_hint_type_from_provenance_or_flag(tmp_path):
+    from cnetcli.images import save_png
+    from cnetcli.training.validate import hint_type_for
+
+    hint = np.zeros((16, 16, 3), np.uint8)
+    save_png(tmp_path / "canny.png", hint, {"type": "canny", "params": {"low": 50, "high": 150}})
+    save_png(tmp_path / "plain.png", hint)
+    c = TrainConfig(report_to="none")
+    assert hint_type_for(c, str(tmp_path / "canny.png")) == ("canny", {"low": 50, "high": 150})
+    assert hint_type_for(c, str(tmp_path / "plain.png")) == (None, None)  # unknown type: samples only, no score
+    assert hint_type_for(c.replace(validation_type="depth"), str(tmp_path / "plain.png")) == ("depth", None)
 
 
 def test_bad_data_refused_before_models_load(tmp_path, data):
@@ -346,10 +360,15 @@ def test_cli_small_scale_in_a_prepared_folder(sd8, data, tmp_path, monkeypatch, 
     )
     monkeypatch.chdir(proj)
     code, out, err = run_cli("train", "--small-scale", "--validate-every", "2", "--validation-hint", str(hint),
-                             "--validation-prompt", "red circle", "--validation-steps", "2", "--validation-images", "1")
+                             "--validation-prompt", "red circle", "--validation-steps", "2", "--validation-images", "1",
+                             "--validation-type", "canny")
     assert code == 0, err
     assert (proj / "controlnet-out/controlnet/config.json").is_file()
     assert (proj / "controlnet-out/validation/step-000002.png").is_file()
+    # controllability (cnet eval's edge F1 of the samples against the hint) logged next to the loss
+    rows = [json.loads(x) for x in (proj / "controlnet-out/validation/controllability.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2] and rows[0]["metric"] == "f1" and 0.0 <= rows[0]["value"] <= 1.0
+    assert "controllability (f1): 2: " in out
     assert list((proj / "controlnet-out/logs").rglob("events.out.tfevents*"))
     assert "ControlNet: " in out
     cfgd = json.loads((proj / "controlnet-out/train_config.json").read_text())
@@ -408,3 +427,42 @@ def test_two_processes_equal_one_with_double_batch(sd8, data, tmp_path):
     ref = _cn(one.controlnet_dir).state_dict()
     assert max((final[k] - ref[k]).abs().max().item() for k in final) < 1e-5
     assert np.allclose(meta["result"]["final_loss"], one.final_loss, rtol=1e-5)
+
+
+# ---- timestep bias and min-SNR weighting ---------------------------------------------------------------
+
+
+def test_timestep_bias_weights_and_min_snr():
+    import torch
+
+    from cnetcli.training.loop import min_snr_weights, timestep_weights
+
+    c = TrainConfig(report_to="none")
+    assert timestep_weights(c, 1000) is None  # the paper's uniform sampling
+    w = timestep_weights(c.replace(timestep_bias="later", timestep_bias_multiplier=3.0), 1000)
+    assert abs(float(w.sum()) - 1) < 1e-5 and torch.allclose(w[-250:], 3 * w[:750].mean()) and w[749] < w[750]
+    w = timestep_weights(c.replace(timestep_bias="range", timestep_bias_multiplier=0.5, timestep_bias_begin=100,
+                                   timestep_bias_end=200), 1000)
+    assert torch.allclose(w[100:200], w[0] / 2) and torch.allclose(w[200:], w[0])
+    g = torch.Generator().manual_seed(0)
+    w = timestep_weights(c.replace(timestep_bias="later", timestep_bias_multiplier=9.0, timestep_bias_portion=0.5), 1000)
+    t = torch.multinomial(w, 4000, replacement=True, generator=g)
+    assert 0.85 < float((t >= 500).float().mean()) < 0.95  # 9:1 -> 90% of the samples in the noisier half
+    a = torch.linspace(0.999, 0.001, 1000)  # alphas_cumprod: SNR falls with t
+    tt = torch.tensor([0, 500, 999])
+    eps = min_snr_weights(a, tt, 5.0, "epsilon")
+    assert eps[0] < 0.01 and torch.allclose(eps[1:], torch.ones(2))  # low noise (SNR >> 5) is down-weighted
+    v = min_snr_weights(a, tt, 5.0, "v_prediction")
+    snr = a[tt] / (1 - a[tt])
+    assert torch.allclose(v, torch.clamp(snr, max=5.0) / (snr + 1))
+
+
+def test_training_with_timestep_bias_and_snr_gamma_is_reproducible(sd8, data, tmp_path):
+    kw = dict(timestep_bias="later", timestep_bias_multiplier=4.0, snr_gamma=5.0, max_steps=3)
+    r1 = train(cfg(sd8, data, tmp_path / "a", **kw))
+    r2 = train(cfg(sd8, data, tmp_path / "b", **kw))
+    r3 = train(cfg(sd8, data, tmp_path / "c", max_steps=3))
+    assert all(np.isfinite(r1.losses)) and r1.losses == r2.losses  # same seed: same timesteps, same weights
+    assert r1.losses != r3.losses
+    saved = json.loads((tmp_path / "a/train_config.json").read_text())
+    assert saved["timestep_bias"] == "later" and saved["snr_gamma"] == 5.0

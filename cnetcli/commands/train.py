@@ -41,6 +41,12 @@ def register(app: typer.Typer) -> None:
         max_grad_norm: float | None = typer.Option(None, "--max-grad-norm", help="clip (0 = off) (default 1.0)", rich_help_panel=_P),
         seed: int | None = typer.Option(None, "--seed", help="[0]", rich_help_panel=_P),
         hflip: bool | None = typer.Option(None, "--hflip/--no-hflip", help="random joint horizontal flip of photo and hint", rich_help_panel=_P),
+        timestep_bias: str | None = typer.Option(None, "--timestep-bias", help="none | later (noisier: layout) | earlier (detail) | range: sample these timesteps more often (default none)", rich_help_panel=_P),
+        timestep_bias_multiplier: float | None = typer.Option(None, "--timestep-bias-multiplier", help="how much more often (default 1.0)", rich_help_panel=_P),
+        timestep_bias_portion: float | None = typer.Option(None, "--timestep-bias-portion", help="share of timesteps biased for later/earlier (default 0.25)", rich_help_panel=_P),
+        timestep_bias_begin: int | None = typer.Option(None, "--timestep-bias-begin", help="range: first biased timestep (default 0)", rich_help_panel=_P),
+        timestep_bias_end: int | None = typer.Option(None, "--timestep-bias-end", help="range: end of the biased timesteps (default 1000)", rich_help_panel=_P),
+        snr_gamma: float | None = typer.Option(None, "--snr-gamma", help="min-SNR-gamma loss weighting (e.g. 5.0; default off)", rich_help_panel=_P),
         small_scale: bool | None = typer.Option(None, "--small-scale/--full", help="connect only the SD middle block (paper's small-scale mode)", rich_help_panel=_M),
         reconnect_at: int | None = typer.Option(None, "--reconnect-at", help="small-scale: switch to full connection at this step", rich_help_panel=_M),
         unlock_sd_after: int | None = typer.Option(None, "--unlock-sd-after", help="large-scale: also train SD weights from this step", rich_help_panel=_M),
@@ -62,6 +68,7 @@ def register(app: typer.Typer) -> None:
         validation_prompt: list[str] | None = typer.Option(None, "--validation-prompt", help="prompt (one, or one per hint)", rich_help_panel=_V),
         validation_images: int | None = typer.Option(None, "--validation-images", help="samples per hint (default 2)", rich_help_panel=_V),
         validation_steps: int | None = typer.Option(None, "--validation-steps", help="sampling steps (default 20)", rich_help_panel=_V),
+        validation_type: str | None = typer.Option(None, "--validation-type", help="hint type scored for controllability (cnet eval's metric) at each validation; default: read from the hint PNG's provenance", rich_help_panel=_V),
         report_to: str | None = typer.Option(None, "--report-to", help="tensorboard | none (default tensorboard)", rich_help_panel=_V),
     ) -> None:
         import dataclasses
@@ -106,3 +113,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"{label}: {p}")
         if result.validation_images:
             typer.echo(f"samples: {Path(result.validation_images[-1]).parent}")
+        if result.controllability:
+            c = result.controllability
+            typer.echo(f"controllability ({c[-1]['metric']}): " + ", ".join(f"{r['step']}: {r['value']:.3f}" for r in c)
+                       + f"  ({Path(result.validation_images[-1]).parent / 'controllability.jsonl'})")

@@ -16,6 +16,7 @@ from ..errors import UsageError
 from ..models.sd import DEFAULT_BASE
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+TIMESTEP_BIAS = ("none", "later", "earlier", "range")
 UNLOCK_MODES = ("all", "decoder")  # all: the paper's large-scale recipe; decoder: the original sd_locked=False
 REPORT_TO = ("tensorboard", "none")
 DEFAULT_DATA = "./dataset"  # where `cnet annotate --dataset` / `cnet data circles` write by default
@@ -50,6 +51,13 @@ class TrainConfig:
     adam_epsilon: float = 1e-8
     seed: int = 0
     hflip: bool = False
+    # which timesteps the loss sees (diffusers' SDXL script's timestep bias) and min-SNR-gamma loss weighting
+    timestep_bias: str = "none"  # none | later (noisier) | earlier | range
+    timestep_bias_multiplier: float = 1.0
+    timestep_bias_portion: float = 0.25
+    timestep_bias_begin: int = 0
+    timestep_bias_end: int = 1000
+    snr_gamma: float | None = None
     # connection modes
     small_scale: bool = False
     reconnect_at: int | None = None
@@ -75,6 +83,7 @@ class TrainConfig:
     validation_images: int = 2
     validation_steps: int = 20
     validation_guidance: float = 9.0
+    validation_type: str | None = None  # hint type for the controllability score (default: the hint's provenance)
     report_to: str = "tensorboard"
     log_every: int = 1
     # export
@@ -147,6 +156,16 @@ def _validate(c: TrainConfig) -> None:
             bad("--reconnect-at", f"must be between 1 and --max-steps - 1 ({c.max_steps - 1})")
     if c.unlock_sd_after is not None and not 0 <= c.unlock_sd_after < c.max_steps:
         bad("--unlock-sd-after", f"must be between 0 and --max-steps - 1 ({c.max_steps - 1})")
+    if c.timestep_bias not in TIMESTEP_BIAS:
+        bad("--timestep-bias", f"'{c.timestep_bias}' is not one of {', '.join(TIMESTEP_BIAS)}")
+    if not c.timestep_bias_multiplier > 0:
+        bad("--timestep-bias-multiplier", "must be > 0 (1 = no bias)")
+    if not 0.0 < c.timestep_bias_portion <= 1.0:
+        bad("--timestep-bias-portion", "must be in (0, 1]")
+    if c.timestep_bias == "range" and not 0 <= c.timestep_bias_begin < c.timestep_bias_end:
+        bad("--timestep-bias-begin/--timestep-bias-end", "need 0 <= begin < end")
+    if c.snr_gamma is not None and not c.snr_gamma > 0:
+        bad("--snr-gamma", "must be > 0 (5.0 is the min-SNR paper's value)")
     if c.cache_latents and c.hflip:
         bad("--cache-latents", "cannot be combined with --hflip (the cache holds unflipped latents); drop one")
     if c.checkpoint_every < 0:
@@ -166,6 +185,12 @@ def _validate(c: TrainConfig) -> None:
     for h in c.validation_hints:
         if not Path(h).is_file():
             bad("--validation-hint", f"{h}: no such file")
+    if c.validation_type is not None:
+        from ..evaluation.metrics import metric_kind
+
+        if metric_kind(c.validation_type) is None:
+            bad("--validation-type", f"no controllability metric for '{c.validation_type}' (edge-like types, depth, "
+                "seg, normal, pose)")
     if c.validation_images < 1 or c.validation_steps < 1:
         bad("--validation-images/--validation-steps", "must be at least 1")
     if c.resume is not None and c.resume != "latest" and not Path(c.resume).is_dir():

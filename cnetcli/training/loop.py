@@ -28,6 +28,37 @@ MEMORY_HINT = ("try a smaller --batch-size (with --gradient-accumulation to keep
                "a smaller --resolution, or --small-scale")
 
 
+def timestep_weights(cfg: Any, num_t: int) -> Any:
+    """Sampling weights over the training timesteps for --timestep-bias (None: uniform, the paper's recipe).
+
+    diffusers' train_text_to_image_sdxl.py semantics: `later` / `earlier` multiply the last / first
+    `portion` of the timesteps by `multiplier`, `range` the timesteps [begin, end)."""
+    import torch
+
+    if cfg.timestep_bias == "none" or cfg.timestep_bias_multiplier == 1.0:
+        return None
+    w = torch.ones(num_t, dtype=torch.float64)
+    n = max(1, int(cfg.timestep_bias_portion * num_t))
+    if cfg.timestep_bias == "later":
+        w[-n:] *= cfg.timestep_bias_multiplier
+    elif cfg.timestep_bias == "earlier":
+        w[:n] *= cfg.timestep_bias_multiplier
+    else:
+        w[cfg.timestep_bias_begin:min(cfg.timestep_bias_end, num_t)] *= cfg.timestep_bias_multiplier
+    return (w / w.sum()).float()
+
+
+def min_snr_weights(alphas_cumprod: Any, t: Any, gamma: float, prediction_type: str) -> Any:
+    """Min-SNR-gamma loss weights (Hang et al. 2023; diffusers' --snr_gamma): min(SNR, gamma) / SNR for
+    epsilon prediction, min(SNR, gamma) / (SNR + 1) for v prediction."""
+    import torch
+
+    a = alphas_cumprod.to(t.device)[t].float()
+    snr = a / (1.0 - a)
+    capped = torch.clamp(snr, max=gamma)
+    return capped / (snr + 1.0) if prediction_type == "v_prediction" else capped / snr
+
+
 @dataclass
 class TrainResult:
     output: Path
@@ -44,6 +75,7 @@ class TrainResult:
     last_checkpoint: Path | None = None
     loss_plot: Path | None = None
     validation_images: list[Path] = field(default_factory=list)
+    controllability: list[dict[str, Any]] = field(default_factory=list)  # per validation: step, metric, value, n
     seconds: float = 0.0
     processes: int = 1
     is_main_process: bool = True  # only the main process wrote the outputs (and should report them)
@@ -272,6 +304,10 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
         raise UsageError(f"--base: scheduler prediction_type {prediction_type!r} is not supported (epsilon or v_prediction)")
     scaling = vae.config.scaling_factor
     num_t = noise_scheduler.config.num_train_timesteps
+    t_weights = timestep_weights(cfg, num_t)
+    if t_weights is not None:
+        t_weights = t_weights.to(device)  # the per-sample generators live on `device`
+    alphas_cumprod = noise_scheduler.alphas_cumprod
 
     def loss_on(batch: dict[str, Any], micro: int) -> Any:
         """One micro-batch: the diffusers training step. Sample i's randomness comes from its own generator,
@@ -297,13 +333,19 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
                 hint = batch["conditioning_pixel_values"].to(device, dtype=weight_dtype)
             latents = latents * scaling
             noise = randn_tensor(latents.shape, generator=gen, device=device, dtype=latents.dtype)
-            t = torch.cat([torch.randint(0, num_t, (1,), generator=g, device=device) for g in gen]).long()
+            if t_weights is None:
+                t = torch.cat([torch.randint(0, num_t, (1,), generator=g, device=device) for g in gen]).long()
+            else:
+                t = torch.cat([torch.multinomial(t_weights, 1, generator=g) for g in gen]).long()
             noisy = noise_scheduler.add_noise(latents, noise, t)
             target = noise if prediction_type == "epsilon" else noise_scheduler.get_velocity(latents, noise, t)
         with accelerator.autocast():
             pred = controlled_unet(unet, controlnet, noisy, t, enc, hint, down_connected=down_connected,
                                    dtype=None if unlock_mode else weight_dtype)
-        return F.mse_loss(pred.float(), target.float(), reduction="mean")
+        if cfg.snr_gamma is None:
+            return F.mse_loss(pred.float(), target.float(), reduction="mean")
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return (per_sample * min_snr_weights(alphas_cumprod, t, cfg.snr_gamma, prediction_type)).mean()
 
     def trainable() -> list[Any]:
         return [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
@@ -390,8 +432,13 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
             reporter.advance(1, step=step, loss=ema, lr=lr)
             if cfg.validate_every and (step % cfg.validate_every == 0 or step == cfg.max_steps):
                 if accelerator.is_main_process:
-                    result.validation_images.append(validate(cfg, step, vae, text_encoder, tokenizer, unet,
-                                                              raw_controlnet, noise_scheduler, device, accelerator))
+                    grid, score = validate(cfg, step, vae, text_encoder, tokenizer, unet, raw_controlnet,
+                                           noise_scheduler, device, accelerator)
+                    result.validation_images.append(grid)
+                    if score is not None:
+                        result.controllability.append(score)
+                        reporter.message(f"step {step}: controllability {score['metric']} {score['value']:.3f} "
+                                         f"(loss {ema:.4f})")
             stopping = interrupt.flag or (stop_at is not None and step == stop_at)
             if world > 1:  # one process's Ctrl-C stops them all at the same step
                 stopping = bool(accelerator.reduce(torch.tensor(float(stopping), device=device), "sum").item())

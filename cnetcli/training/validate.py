@@ -38,9 +38,26 @@ def plot_losses(losses: list[float], path: Path, start: int = 0) -> Path | None:
     return path
 
 
+def hint_type_for(cfg: TrainConfig, hint: str) -> tuple[str | None, dict[str, Any] | None]:
+    """The hint type (and annotator parameters) to score a validation hint with: --validation-type, else the
+    provenance `cnet annotate` stores in the PNG; (None, None) when neither names a type with a metric."""
+    from ..evaluation.metrics import metric_kind
+    from ..images import read_png_metadata
+
+    meta = read_png_metadata(hint)
+    t = cfg.validation_type or meta.get("type")
+    if not t or metric_kind(str(t)) is None:
+        return None, None
+    params = meta.get("params") if meta.get("type") == t and isinstance(meta.get("params"), dict) else None
+    return str(t), params
+
+
 def validate(cfg: TrainConfig, step: int, vae: Any, text_encoder: Any, tokenizer: Any, unet: Any, controlnet: Any,
-              noise_scheduler: Any, device: Any, accelerator: Any) -> Path:
-    """Sample grids with the in-training modules: one row per hint (hint, then the samples)."""
+             noise_scheduler: Any, device: Any, accelerator: Any) -> tuple[Path, dict[str, Any] | None]:
+    """Sample grids with the in-training modules: one row per hint (hint, then the samples).
+
+    Also scores controllability as `cnet eval` does (re-annotate each sample with the hint's annotator and compare
+    with the hint) when the hint's type is known; returns (grid path, {"metric", "value", "n", "step"} or None)."""
     import numpy as np
     import torch
     from diffusers import StableDiffusionControlNetPipeline, UniPCMultistepScheduler
@@ -57,7 +74,11 @@ def validate(cfg: TrainConfig, step: int, vae: Any, text_encoder: Any, tokenizer
         feature_extractor=None, requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
+    from ..evaluation import evaluate_pairs
+
     rows = []
+    scores: list[float] = []
+    metric = None
     for i, h in enumerate(cfg.validation_hints):
         prompt = cfg.validation_prompts[i if len(cfg.validation_prompts) > 1 else 0] if cfg.validation_prompts else ""
         hint = resize_center_crop(_load_rgb(h), cfg.resolution, Image.BILINEAR)
@@ -66,7 +87,14 @@ def validate(cfg: TrainConfig, step: int, vae: Any, text_encoder: Any, tokenizer
             imgs = pipe([prompt] * cfg.validation_images, image=hint, num_inference_steps=cfg.validation_steps,
                         guidance_scale=cfg.validation_guidance, generator=g, height=cfg.resolution,
                         width=cfg.resolution).images
-        rows.append(np.concatenate([np.asarray(hint)] + [np.asarray(im.convert("RGB")) for im in imgs], axis=1))
+        samples = [np.asarray(im.convert("RGB")) for im in imgs]
+        rows.append(np.concatenate([np.asarray(hint)] + samples, axis=1))
+        htype, params = hint_type_for(cfg, h)
+        if htype is not None:
+            ev = evaluate_pairs(samples, [np.asarray(hint)] * len(samples), htype, params)
+            metric = metric or ev["metric"]
+            if ev["metric"] == metric:  # one metric per run (hints of different kinds: the first kind's)
+                scores.extend(ev["values"])
     if was_training:
         controlnet.train()
     grid = np.concatenate(rows, axis=0)
@@ -76,4 +104,20 @@ def validate(cfg: TrainConfig, step: int, vae: Any, text_encoder: Any, tokenizer
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.log_images({"validation": grid[None]}, step=step, dataformats="NHWC")
-    return path
+    score = None
+    if scores:
+        score = {"step": step, "metric": metric, "value": float(np.mean(scores)), "n": len(scores)}
+        if accelerator.trackers:
+            accelerator.log({f"controllability/{metric}": score["value"]}, step=step)
+        _append_jsonl(path.parent / "controllability.jsonl", score)
+    return path, score
+
+
+def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON line, rewriting the file atomically (a crash never leaves a half-written line)."""
+    import json
+
+    from ..images import atomic_write_text
+
+    old = path.read_text() if path.is_file() else ""
+    atomic_write_text(path, old + json.dumps(row) + "\n")
