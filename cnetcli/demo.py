@@ -35,15 +35,14 @@ TINY_CAPTIONER = "cnet-tiny-blip"
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """The demo's recipe, for the embedded base v1 (4x VAE: 64 px -> 16 x 16 latents) through the real
-    `cnet train` / `cnet generate`. Measured (2-core CPU): edge F1 0.183 trained vs 0.075 untrained (2.4x,
-    below the 0.5 target; 300/600/900 steps: 0.080/0.135/0.172, still rising), demo wall time 8:44.
-    lr 2e-3 did worse (0.123 at 600 steps). Details in cnetcli/assets/README.md."""
+    """The demo's recipe for the embedded base v2 (4x VAE: 64 px -> 16 x 16 latents; v-prediction UNet) through
+    the real `cnet train` / `cnet generate`: the paper's recipe (uniform timesteps, 50% empty prompts) at a tiny
+    model's learning rate. Measured figures and the other recipes tried are in cnetcli/assets/README.md."""
 
     size: int = 64
     train_count: int = 2000
     eval_count: int = 8
-    steps: int = 900
+    steps: int = 1200
     learning_rate: float = 1e-3
     batch_size: int = 32
     empty_prompt_prob: float = 0.5
