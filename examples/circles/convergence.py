@@ -26,15 +26,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--threshold", type=float, default=0.5)
+    ap.add_argument("--mode", default="user", help="prompt mode scored at each checkpoint (the tutorial's prompts: user)")
     ap.add_argument("--out", default=str(Path(__file__).parent))
     args = ap.parse_args()
-    base = DemoSettings(steps=args.steps, checkpoint_every=args.every)
+    base = DemoSettings(steps=args.steps, checkpoint_every=args.every, curve_mode=args.mode)
     results = {}
     work = Path(tempfile.mkdtemp(prefix="cnet-convergence-"))
     for name, small in (("full", False), ("small-scale", True)):
         t0 = time.time()
         m = run_demo(work / name, settings=replace(base, small_scale=small))
-        curve = [(0, m["untrained"]["f1"])] + [(c["step"], c["f1"]) for c in m["curve"]]
+        curve = [(0, m["untrained"]["by_prompt_mode"][args.mode])] + [(c["step"], c["f1"]) for c in m["curve"]]
         conv = next((s for s, f in curve if f >= args.threshold), None)
         results[name] = {"curve": curve, "converged_at": conv, "seconds": round(time.time() - t0, 1)}
         print(f"{name}: " + ", ".join(f"{s}: {f:.3f}" for s, f in curve), flush=True)
