@@ -448,11 +448,14 @@ def test_timestep_bias_weights_and_min_snr():
     w = timestep_weights(c.replace(timestep_bias="later", timestep_bias_multiplier=9.0, timestep_bias_portion=0.5), 1000)
     t = torch.multinomial(w, 4000, replacement=True, generator=g)
     assert 0.85 < float((t >= 500).float().mean()) < 0.95  # 9:1 -> 90% of the samples in the noisier half
-    a = torch.linspace(0.999, 0.001, 1000)  # alphas_cumprod: SNR falls with t
+    from diffusers import DDPMScheduler
+
+    sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)  # SD's
+    a = sched.alphas_cumprod
     tt = torch.tensor([0, 500, 999])
-    eps = min_snr_weights(a, tt, 5.0, "epsilon")
+    eps = min_snr_weights(sched, tt, 5.0, "epsilon")
     assert eps[0] < 0.01 and torch.allclose(eps[1:], torch.ones(2))  # low noise (SNR >> 5) is down-weighted
-    v = min_snr_weights(a, tt, 5.0, "v_prediction")
+    v = min_snr_weights(sched, tt, 5.0, "v_prediction")
     snr = a[tt] / (1 - a[tt])
     assert torch.allclose(v, torch.clamp(snr, max=5.0) / (snr + 1))
 

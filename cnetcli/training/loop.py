@@ -48,13 +48,13 @@ def timestep_weights(cfg: Any, num_t: int) -> Any:
     return (w / w.sum()).float()
 
 
-def min_snr_weights(alphas_cumprod: Any, t: Any, gamma: float, prediction_type: str) -> Any:
+def min_snr_weights(noise_scheduler: Any, t: Any, gamma: float, prediction_type: str) -> Any:
     """Min-SNR-gamma loss weights (Hang et al. 2023; diffusers' --snr_gamma): min(SNR, gamma) / SNR for
-    epsilon prediction, min(SNR, gamma) / (SNR + 1) for v prediction."""
+    epsilon prediction, min(SNR, gamma) / (SNR + 1) for v prediction (SNR from diffusers' `compute_snr`)."""
     import torch
+    from diffusers.training_utils import compute_snr
 
-    a = alphas_cumprod.to(t.device)[t].float()
-    snr = a / (1.0 - a)
+    snr = compute_snr(noise_scheduler, t).float()
     capped = torch.clamp(snr, max=gamma)
     return capped / (snr + 1.0) if prediction_type == "v_prediction" else capped / snr
 
@@ -307,7 +307,6 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
     t_weights = timestep_weights(cfg, num_t)
     if t_weights is not None:
         t_weights = t_weights.to(device)  # the per-sample generators live on `device`
-    alphas_cumprod = noise_scheduler.alphas_cumprod
 
     def loss_on(batch: dict[str, Any], micro: int) -> Any:
         """One micro-batch: the diffusers training step. Sample i's randomness comes from its own generator,
@@ -345,7 +344,7 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
         if cfg.snr_gamma is None:
             return F.mse_loss(pred.float(), target.float(), reduction="mean")
         per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        return (per_sample * min_snr_weights(alphas_cumprod, t, cfg.snr_gamma, prediction_type)).mean()
+        return (per_sample * min_snr_weights(noise_scheduler, t, cfg.snr_gamma, prediction_type)).mean()
 
     def trainable() -> list[Any]:
         return [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
