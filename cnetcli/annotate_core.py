@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .device import local_world_size
 from .errors import CnetError, InputError, UsageError
 from .images import IMAGE_EXTENSIONS
 from .reporting import NullReporter, Reporter
@@ -309,20 +310,10 @@ def plan_outputs(cfg: AnnotateConfig, type_name: str) -> tuple[list[_Job], list[
 
 
 def shard_from_env() -> tuple[int, int]:
-    """(rank, world) from `RANK`/`WORLD_SIZE` (set by `accelerate launch` and `torchrun`) or MPI's variables
-    (`accelerate launch --cpu` with mpirun); (0, 1) otherwise."""
-    env = os.environ
-    for rank_var, world_var in (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
-                                ("PMI_RANK", "PMI_SIZE")):
-        if world_var in env:
-            try:
-                rank, world = int(env.get(rank_var, "0")), int(env[world_var])
-            except ValueError:
-                raise UsageError(f"{rank_var}/{world_var} must be integers") from None
-            if world < 1 or not (0 <= rank < world):
-                raise UsageError(f"bad shard: {rank_var}={rank} {world_var}={world}")
-            return rank, world
-    return 0, 1
+    """(rank, world) of this process (see `cnetcli.device.process_rank_world`)."""
+    from .device import process_rank_world
+
+    return process_rank_world()
 
 
 # --- per-image work (shared by the process pool and the model path) -------------------------------------
@@ -502,7 +493,7 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
     if cfg.trust_pickle is not None:
         runtime["trust_pickle"] = cfg.trust_pickle
     if ht.needs_weights:
-        from .annotators._aux import resolve_device
+        from .device import resolve_device
 
         runtime["device"] = resolve_device(cfg.device)
     ctx = _Ctx(ht.name, params, tuple(sorted(runtime.items())), dr, cfg.image_resolution, cfg.keep_size,
@@ -549,7 +540,7 @@ def default_workers() -> int:
     except (AttributeError, OSError):
         cores = os.cpu_count() or 1
     try:
-        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        local = local_world_size()
     except ValueError:
         local = 1
     return max(1, cores // local)
@@ -767,7 +758,7 @@ def _part_path(cfg: AnnotateConfig, lay: Any, rank: int, world: int) -> Path:
 
 
 def _blip_captions(cfg: AnnotateConfig, image_paths: list[str]) -> list[str]:
-    from .annotators._aux import resolve_device
+    from .device import resolve_device
     from .models.captions import DEFAULT_CAPTIONER, caption_images
 
     return caption_images(image_paths, cfg.captioner or DEFAULT_CAPTIONER, batch_size=cfg.batch_size,

@@ -55,31 +55,6 @@ def aux_module(name: str) -> Any:
                                 "check controlnet-aux and its dependencies (torchvision, timm, scipy)") from None
 
 
-def resolve_device(device: str | None) -> str:
-    """auto|cpu|cuda|cuda:N -> a torch device string (auto: cuda when available)."""
-    import torch
-
-    d = (device or "auto").lower()
-    if d == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if d.startswith("cuda") and not torch.cuda.is_available():
-        raise NotAvailableError(f"--device {device}: CUDA is not available here; use --device cpu or auto")
-    if d not in ("cpu", "mps") and not d.startswith("cuda"):
-        from ..errors import UsageError
-
-        raise UsageError(f"--device must be auto, cpu or cuda (got {device!r})")
-    return d
-
-
-def half_dtype(device: str, dtype: Any = None) -> Any:
-    """float16 on CUDA (unless a dtype is given), float32 elsewhere."""
-    import torch
-
-    if dtype is not None:
-        return getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    return torch.float16 if device.startswith("cuda") else torch.float32
-
-
 def group_by_shape(arrays: list[Any]) -> dict[tuple, list[int]]:
     """Indices of arrays grouped by shape (so same-size images are stacked into one batch)."""
     groups: dict[tuple, list[int]] = {}

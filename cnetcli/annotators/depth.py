@@ -73,7 +73,7 @@ class MidasRaw(_Batched):
 
     def __init__(self, device: str | None = None, dtype: Any = None, weights_dir: Any = None, offline: Any = None,
                  trust_pickle: Any = None) -> None:
-        from ._aux import half_dtype, resolve_device
+        from ..device import half_dtype, resolve_device
 
         self.device = resolve_device(device)
         self.dtype = half_dtype(self.device, dtype)
@@ -95,8 +95,8 @@ class TransformersDepth(_Batched):
                  **_: Any) -> None:
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
+        from ..device import half_dtype, resolve_device
         from ..models.sd import _load, resolve
-        from ._aux import half_dtype, resolve_device
 
         self.device = resolve_device(device)
         self.dtype = half_dtype(self.device, dtype)
@@ -156,8 +156,9 @@ class NormalBae(_Batched):
                  trust_pickle: Any = None, **_: Any) -> None:
         import types
 
+        from ..device import half_dtype, resolve_device
         from ..models import weights as W
-        from ._aux import aux_module, half_dtype, resolve_device
+        from ._aux import aux_module
 
         self.device = resolve_device(device)
         self.dtype = half_dtype(self.device, dtype)

@@ -79,8 +79,9 @@ class EdgeNet:
 
     def __init__(self, model: str, device: str | None = None, weights_dir: Any = None, offline: Any = None,
                  trust_pickle: Any = None, type_name: str = "softedge", **_: Any) -> None:
+        from ..device import resolve_device
         from ..models import weights as W
-        from ._aux import aux_module, resolve_device
+        from ._aux import aux_module
 
         self.device = resolve_device(device)
         self.kind = "pidinet" if model.lower().startswith("pidi") else "hed"

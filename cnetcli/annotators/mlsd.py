@@ -40,8 +40,9 @@ def draw_lines(lines: np.ndarray, H: int, W: int) -> np.ndarray:
 class Mlsd:
     def __init__(self, params: MlsdParams, device: str | None = None, weights_dir: Any = None, offline: Any = None,
                  trust_pickle: Any = None, **_: Any) -> None:
+        from ..device import resolve_device
         from ..models import weights as W
-        from ._aux import aux_module, resolve_device
+        from ._aux import aux_module
 
         self.p = params
         self.device = resolve_device(device)

@@ -232,8 +232,9 @@ class OpenPose:
 
     def __init__(self, params: PoseParams, device: str | None = None, weights_dir: str | None = None,
                  offline: bool | None = None, trust_pickle: bool | None = None, **_: Any) -> None:
+        from ..device import resolve_device
         from ..models import weights as W
-        from ._aux import aux_module, resolve_device
+        from ._aux import aux_module
 
         self.p = params
         self.sidecar_suffix = _sidecar(params)

@@ -32,9 +32,9 @@ class Seg(ShapeBatched):
                  offline: Any = None, **_: Any) -> None:
         from transformers import AutoConfig, AutoImageProcessor
 
+        from ..device import half_dtype, resolve_device
         from ..models import weights as W
         from ..models.sd import _load, resolve
-        from ._aux import half_dtype, resolve_device
 
         self.device = resolve_device(device)
         self.dtype = half_dtype(self.device, dtype)

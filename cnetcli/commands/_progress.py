@@ -2,11 +2,14 @@
 
 `RichReporter(unit="img/s", fields=("loss", "lr"))` draws: description, bar, done/total, rate, the named
 fields (from `advance(**info)`), elapsed and ETA. Messages print above the bar on stderr, so stdout keeps
-only what a script may want to parse.
+only what a script may want to parse. When stderr is not a terminal (nohup, SLURM, CI logs) a bar would
+print nothing until the end, so a plain progress line is written every `CNET_PROGRESS_EVERY` seconds (30).
 """
 
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 _FORMATS = {"loss": "{:.4f}", "lr": "{:.2e}"}
@@ -22,9 +25,20 @@ class RichReporter:
         self.progress: Any = None
         self.task: Any = None
         self.failed = 0
+        self.plain = not self.console.is_terminal  # a log file: plain lines, no bar
+        try:
+            self.every = float(os.environ.get("CNET_PROGRESS_EVERY", "30"))
+        except ValueError:
+            self.every = 30.0
+        self._plain_state: dict[str, Any] = {}
 
     def start(self, total: int | None, description: str = "") -> None:
         if self.quiet or not total:
+            return
+        if self.plain:
+            now = time.monotonic()
+            self._plain_state = {"desc": description or "working", "total": total, "done": 0, "t0": now,
+                                 "last": now, "info": {}}
             return
         from rich.progress import (
             BarColumn,
@@ -53,6 +67,15 @@ class RichReporter:
     def advance(self, n: int = 1, **info: Any) -> None:
         if info.get("ok") is False:
             self.failed += n
+        if self._plain_state:
+            st = self._plain_state
+            st["done"] += n
+            st["info"].update({f: info[f] for f in self.fields if info.get(f) is not None})
+            now = time.monotonic()
+            if now - st["last"] >= self.every:
+                st["last"] = now
+                self._plain_line()
+            return
         if self.progress is None:
             return
         shown = {f: _FORMATS.get(f, "{}").format(info[f]) for f in self.fields if info.get(f) is not None}
@@ -65,7 +88,21 @@ class RichReporter:
 
         (self.progress.console if self.progress else self.console).print(escape(text))
 
+    def _plain_line(self) -> None:
+        st = self._plain_state
+        st["printed"] = st["done"]
+        elapsed = time.monotonic() - st["t0"]
+        rate = st["done"] / elapsed if elapsed > 0 else 0.0
+        fields = "".join(f"  {f} {_FORMATS.get(f, '{}').format(v)}" for f, v in st["info"].items())
+        eta = f"  eta {(st['total'] - st['done']) / rate:.0f}s" if rate > 0 and st["total"] else ""
+        self.console.print(f"{st['desc']}: {st['done']}/{st['total']}  {rate:.2f} {self.unit}{fields}"
+                           f"  elapsed {elapsed:.0f}s{eta}", markup=False)
+
     def finish(self) -> None:
+        if self._plain_state:
+            if self._plain_state.get("printed") != self._plain_state["done"]:
+                self._plain_line()
+            self._plain_state = {}
         if self.progress is not None:
             self.progress.stop()
             self.progress = None

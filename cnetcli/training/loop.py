@@ -9,7 +9,6 @@ checkpoint and resumed sees exactly the batches, noise and timesteps that a stra
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import signal
 import threading
@@ -91,11 +90,9 @@ def _noise_seed(seed: int, item: int) -> int:
 
 def _launched_processes() -> int:
     """How many processes a launcher (torchrun, accelerate launch, mpirun) started, 1 if none."""
-    for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"):
-        v = os.environ.get(k, "")
-        if v.isdigit():
-            return int(v)
-    return 1
+    from ..device import process_rank_world
+
+    return process_rank_world()[1]
 
 
 def _preflight(cfg: TrainConfig) -> None:

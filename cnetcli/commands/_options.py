@@ -1,0 +1,31 @@
+"""Option types shared by several commands (typer `Annotated` aliases), so a flag means one thing everywhere.
+
+Commands import these instead of restating flag names, help and checks. Defaults stay at the use site
+(`device: DeviceOpt = "auto"`), taken from the core configs' constants.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ..device import DEVICE_CHOICES, check_device_spec
+
+
+def _check_device(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from ..errors import UsageError
+
+    try:
+        return check_device_spec(value)
+    except UsageError as e:
+        raise typer.BadParameter(str(e).split(": ", 1)[-1]) from None
+
+
+#: The one device flag (annotate, train, generate, eval, demo): auto | cpu | cuda[:N].
+DeviceOpt = Annotated[str, typer.Option("--device", help=f"Where to run: {DEVICE_CHOICES} (auto: CUDA when present).",
+                                        callback=_check_device, metavar="DEVICE")]
+#: Offline switch for anything that may reach the model hub.
+OfflineOpt = Annotated[bool, typer.Option("--offline/--online", help="Never contact the model hub (default: HF_HUB_OFFLINE).")]

@@ -1,0 +1,92 @@
+"""Where work runs: the one device flag's meaning, dtypes, and the launched process's place.
+
+`--device` is spelled the same by every command: `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`
+(`mps` where torch has it). Launchers (`accelerate launch`, `torchrun`, mpirun) tell each process its rank
+and the world size through the environment; `process_rank_world()` reads them once, here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from .errors import UsageError
+
+DEVICE_CHOICES = "auto | cpu | cuda[:N]"
+_DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+
+
+def check_device_spec(spec: str | None, flag: str = "--device") -> str:
+    """Validate the spelling only (no torch import): used by configs and the CLI before any work."""
+    d = (spec or "auto").strip().lower()
+    if not _DEVICE_RE.match(d):
+        raise UsageError(f"{flag} {spec!r}: not a device; use {DEVICE_CHOICES}")
+    return d
+
+
+def resolve_device(spec: str | None, flag: str = "--device") -> str:
+    """auto | cpu | cuda | cuda:N -> a torch device string that exists here (auto: CUDA when available)."""
+    import torch
+
+    d = check_device_spec(spec, flag)
+    if d == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if d.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise UsageError(f"{flag} {d}: no CUDA device here; use {flag} cpu or auto")
+        if ":" in d and int(d.split(":")[1]) >= torch.cuda.device_count():
+            raise UsageError(f"{flag} {d}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if d == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UsageError(f"{flag} mps: no Apple GPU here; use {flag} cpu or auto")
+    return d
+
+
+def resolve_dtype(dtype: str | None, device: str, flag: str = "--dtype") -> Any:
+    """auto (fp16 on CUDA, fp32 elsewhere) | fp32 | fp16 | bf16 -> a torch dtype."""
+    import torch
+
+    d = (dtype or "auto").lower()
+    if d not in DTYPES:
+        raise UsageError(f"{flag} {dtype!r}: use {' | '.join(DTYPES)}")
+    if d == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[d]
+
+
+def half_dtype(device: str, dtype: Any = None) -> Any:
+    """For inference-only networks (annotators): float16 on CUDA unless a dtype is given, float32 elsewhere."""
+    import torch
+
+    if dtype is not None:
+        return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    return torch.float16 if device.startswith("cuda") else torch.float32
+
+
+#: (rank variable, world-size variable) pairs, in the order launchers are recognised.
+_LAUNCHER_VARS = (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+                  ("PMI_RANK", "PMI_SIZE"), ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE"))
+
+
+def process_rank_world() -> tuple[int, int]:
+    """(rank, world) of this process as a launcher (torchrun, accelerate launch, mpirun) set it; (0, 1) alone."""
+    env = os.environ
+    for rank_var, world_var in _LAUNCHER_VARS:
+        if world_var in env:
+            try:
+                rank, world = int(env.get(rank_var, "0")), int(env[world_var])
+            except ValueError:
+                raise UsageError(f"{rank_var}/{world_var} must be integers") from None
+            if world < 1 or not (0 <= rank < world):
+                raise UsageError(f"bad process placement: {rank_var}={rank} {world_var}={world}")
+            return rank, world
+    return 0, 1
+
+
+def local_world_size() -> int:
+    """Processes launched on this machine (for sharing its cores/GPUs), 1 when not launched."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
