@@ -16,8 +16,8 @@ __version__ = "0.1.0"
 # public name -> "module:attribute"
 _LAZY = {
     "annotate": "cnetcli.annotators:annotate",
-    "annotate_paths": "cnetcli.annotate_core:annotate_paths",
-    "AnnotateConfig": "cnetcli.annotate_core:AnnotateConfig",
+    "annotate_paths": "cnetcli.annotation:annotate_paths",
+    "AnnotateConfig": "cnetcli.annotation:AnnotateConfig",
     "list_types": "cnetcli.annotators:list_types",
     "train": "cnetcli.training:train",
     "TrainConfig": "cnetcli.training:TrainConfig",

@@ -128,27 +128,24 @@ class DemoEngine:
 
 def make_data(root: Path, s: DemoSettings) -> tuple[Path, list[Path], list[str]]:
     """Circles -> canny hints: a training dataset (shared layout) and held-out hints with provenance."""
-    from . import __version__
     from .annotators import annotate
-    from .images import atomic_write_text, save_png
+    from .data import DatasetWriter, Provenance
+    from .images import save_png
     from .synthetic import circles, draw_circle
 
-    def prov(src: str) -> dict[str, Any]:
-        return {"cnet": __version__, "type": "canny", "params": {"low": 100, "high": 200},
-                "detect_resolution": s.size, "image_resolution": s.size, "keep_size": True, "source": src}
+    def prov(src: str) -> Provenance:
+        return Provenance(type="canny", params={"low": 100, "high": 200}, detect_resolution=None,
+                          image_resolution=s.size, keep_size=True, source=src)
 
     ds = root / "data" / "train"
-    (ds / "images").mkdir(parents=True, exist_ok=True)
-    (ds / "conditioning_images").mkdir(parents=True, exist_ok=True)
-    lines = []
+    writer = DatasetWriter(ds, "imagefolder")
+    records = []
     for i, c in enumerate(circles(s.train_count, s.size, s.seed)):
         img = draw_circle(c, s.size)
         hint = annotate(img, "canny", image_resolution=s.size, keep_size=True)
-        save_png(ds / "images" / f"{i:06d}.png", img)
-        save_png(ds / "conditioning_images" / f"{i:06d}.png", hint, prov(f"images/{i:06d}.png"))
-        lines.append(json.dumps({"file_name": f"images/{i:06d}.png", "text": c.prompt, "hint_type": "canny",
-                                 "conditioning_image_file_name": f"conditioning_images/{i:06d}.png"}))
-    atomic_write_text(ds / "metadata.jsonl", "\n".join(lines) + "\n")
+        writer.write_example(f"{i:06d}", img, hint, prov(f"images/{i:06d}.png"))
+        records.append(writer.record(f"{i:06d}", c.prompt, hint_type="canny"))
+    writer.add_records(records)
     hints_dir = root / "hints"
     hints, prompts = [], []
     for i, c in enumerate(circles(s.eval_count, s.size, s.seed + 1)):  # another seed: held out
@@ -156,7 +153,7 @@ def make_data(root: Path, s: DemoSettings) -> tuple[Path, list[Path], list[str]]
         img = draw_circle(c, s.size)
         save_png(src, img)
         h = hints_dir / f"hint_{i:03d}.png"
-        save_png(h, annotate(img, "canny", image_resolution=s.size, keep_size=True), prov(str(src)))
+        prov(str(src)).write(h, annotate(img, "canny", image_resolution=s.size, keep_size=True))
         hints.append(h)
         prompts.append(c.prompt)
     return ds, hints, prompts

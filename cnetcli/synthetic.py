@@ -129,26 +129,19 @@ class CirclesConfig:
             raise UsageError(f"--thickness must be at least 1 (got {self.thickness})")
 
 
-def _write_split(d: Path, items: list[tuple[str, Circle]], size: int, thickness: int, cfg: dict[str, Any]) -> None:
-    from .images import atomic_write_text, save_png
+def _write_split(d: Path, items: list[tuple[str, Circle]], size: int, thickness: int) -> None:
+    from .data import DatasetWriter, Provenance
 
-    (d / "images").mkdir(parents=True, exist_ok=True)
-    (d / "conditioning_images").mkdir(parents=True, exist_ok=True)
-    lines = []
+    writer = DatasetWriter(d, "imagefolder")
+    records = []
     for name, c in items:
-        img, hint = draw_circle(c, size), draw_outline(c, size, thickness)
-        save_png(d / "images" / f"{name}.png", img)
         # Provenance like `cnet annotate` writes, so `cnet generate` / `cnet eval` can use these hints too.
-        save_png(d / "conditioning_images" / f"{name}.png", hint, {
-            "cnet": cfg["version"], "type": "circle-outline", "params": {"thickness": thickness},
-            "detect_resolution": size, "image_resolution": size, "keep_size": True,
-            "source": f"images/{name}.png", "circle": c.__dict__,
-        })
-        lines.append(json.dumps({
-            "file_name": f"images/{name}.png", "conditioning_image_file_name": f"conditioning_images/{name}.png",
-            "text": c.prompt, "hint_type": "circle-outline",
-        }))
-    atomic_write_text(d / "metadata.jsonl", "\n".join(lines) + "\n")
+        prov = Provenance(type="circle-outline", params={"thickness": thickness}, detect_resolution=size,
+                          image_resolution=size, keep_size=True, source=f"images/{name}.png",
+                          extra={"circle": dict(c.__dict__)})
+        writer.write_example(name, draw_circle(c, size), draw_outline(c, size, thickness), prov)
+        records.append(writer.record(name, c.prompt, hint_type="circle-outline"))
+    writer.add_records(records)
 
 
 def heldout_dir(output: str | Path) -> Path:
@@ -174,8 +167,6 @@ def write_circles(output: str | Path, count: int = 1000, size: int = 64, seed: i
                   heldout_output: str | Path | None = None) -> Path:
     """Write a circles dataset in the shared layout; returns the folder. Held-out samples (the last
     `holdout`) go to `heldout_output` (default: sibling OUTPUT-heldout) in the same layout."""
-    from . import __version__
-
     cfg = CirclesConfig(str(output), count, size, seed, holdout, thickness, overwrite)
     out = Path(output)
     held_out = Path(heldout_output) if heldout_output else heldout_dir(out)
@@ -184,14 +175,13 @@ def write_circles(output: str | Path, count: int = 1000, size: int = 64, seed: i
         _prepare(held_out, overwrite)
     items = [(f"{i:06d}", c) for i, c in enumerate(circles(count, size, seed))]
     train, held = items[: count - holdout], items[count - holdout:]
-    meta = {"version": __version__}
     if reporter is not None:
         reporter.start(2 if held else 1, "circles")
-    _write_split(out, train, size, thickness, meta)
+    _write_split(out, train, size, thickness)
     if reporter is not None:
         reporter.advance(1)
     if held:
-        _write_split(held_out, held, size, thickness, meta)
+        _write_split(held_out, held, size, thickness)
         if reporter is not None:
             reporter.advance(1)
     from .images import atomic_write_text

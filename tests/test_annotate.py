@@ -12,7 +12,8 @@ from test_images import make_bad_files
 
 import cnetcli
 from cnetcli import annotators
-from cnetcli.annotate_core import AnnotateConfig, annotate_paths, parse_params
+from cnetcli.annotation import AnnotateConfig, annotate_paths
+from cnetcli.commands.annotate import parse_params
 from cnetcli.errors import CnetError, NotAvailableError, UsageError
 from cnetcli.images import load_image, read_png_metadata
 
@@ -33,7 +34,8 @@ def photos(d: Path, n: int = 3, size: int = 96) -> list[Path]:
 
 
 def files_under(d: Path) -> list[str]:
-    return sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file())
+    """Files below d (but a dataset folder's index lock, `.cnet-index.lock`, which stays by design)."""
+    return sorted(p.relative_to(d).as_posix() for p in d.rglob("*") if p.is_file() and p.name != ".cnet-index.lock")
 
 
 def test_help_lists_every_registered_type(run_cli):
@@ -44,16 +46,18 @@ def test_help_lists_every_registered_type(run_cli):
     assert {"canny", "hough", "scribble", "shuffle", "tile", "blur"} <= set(annotators.list_types())
 
 
-def test_unknown_type_lists_valid_ones_and_upcoming_is_not_available(run_cli, tmp_path):
+def test_unknown_type_lists_valid_ones_and_types_without_annotator_are_refused(run_cli, tmp_path):
     photos(tmp_path, 1)
     code, _, err = run_cli("annotate", "--type", "nope", str(tmp_path))
-    assert code == 2 and "unknown hint type 'nope'" in err and "canny" in err and "hough" in err
-    missing = [t for t in annotators.UPCOMING_TYPES if t not in annotators.list_types()]
-    if missing:
-        code, _, err = run_cli("annotate", "--type", missing[0], str(tmp_path))
-        assert code == 1 and "not available yet" in err and len(err.strip().splitlines()) == 1
-        with pytest.raises(NotAvailableError):
-            cnetcli.annotate(np.zeros((8, 8, 3), np.uint8), missing[0])
+    assert code == 2 and "nope" in err and "canny" in err and "hough" in err
+    with pytest.raises(UsageError, match="unknown hint type 'nope'"):
+        AnnotateConfig(inputs=(str(tmp_path),), type="nope")
+    # ControlNet has a lineart release, cnet no lineart annotator: one clear line, nothing written
+    code, _, err = run_cli("annotate", "--type", "lineart", str(tmp_path))
+    assert code == 1 and "no annotator in cnet" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "hints-lineart").exists()
+    with pytest.raises(NotAvailableError):
+        cnetcli.annotate(np.zeros((8, 8, 3), np.uint8), "lineart")
 
 
 def test_missing_path_is_usage_error(run_cli, tmp_path):
@@ -110,8 +114,9 @@ def test_provenance_keep_size_and_params(tmp_path):
     hint = load_image(s.outputs[0])
     assert hint.shape[:2] == load_image(src).shape[:2]
     meta = read_png_metadata(s.outputs[0])
-    assert meta == {"cnet": cnetcli.__version__, "type": "canny", "params": {"low": 50, "high": 150},
-                    "detect_resolution": 512, "image_resolution": 512, "keep_size": True,
+    # canny has no detect resolution; with --keep-size the hint is made at the image's own size (its short side)
+    assert meta == {"cnet": cnetcli.__version__, "schema": 1, "type": "canny", "params": {"low": 50, "high": 150},
+                    "detect_resolution": None, "image_resolution": min(hint.shape[:2]), "keep_size": True,
                     "source": str(src.resolve())}
     assert set(np.unique(hint)) <= {0, 255}
 
@@ -187,7 +192,7 @@ def test_weight_free_path_imports_no_torch(tmp_path):
     import sys
 
     photos(tmp_path / "in", 2)
-    code = ("import sys\nfrom cnetcli.annotate_core import AnnotateConfig, annotate_paths\n"
+    code = ("import sys\nfrom cnetcli.annotation import AnnotateConfig, annotate_paths\n"
             f"s = annotate_paths(AnnotateConfig(inputs=({str(tmp_path / 'in')!r},), output={str(tmp_path / 'o')!r},"
             " workers=2, image_resolution=64))\n"
             "assert s.done == 2\nprint('torch' in sys.modules)")
@@ -201,9 +206,9 @@ class _Recorder:
     """A model-backed annotator with a batch method: records how the core calls it."""
 
     calls: list = []
-    runtime: dict = {}
+    runtime = None
 
-    def __init__(self, **runtime):
+    def __init__(self, runtime):
         _Recorder.runtime = runtime
 
     def __call__(self, image, *, detect_resolution, image_resolution):
@@ -223,7 +228,7 @@ def test_model_backed_hook_batches_and_runtime(tmp_path, monkeypatch):
         strength: float = 1.0
 
     ht = annotators.HintType("fakedepth", "test-only model-backed type", P,
-                             lambda p, **rt: _Recorder(**rt), needs_weights=True)
+                             lambda p, rt: _Recorder(rt), needs_weights=True)
     monkeypatch.setitem(annotators._REGISTRY, "fakedepth", ht)
     _Recorder.calls = []
     d = tmp_path / "in"
@@ -233,7 +238,7 @@ def test_model_backed_hook_batches_and_runtime(tmp_path, monkeypatch):
                                       batch_size=2, device="cpu", weights_dir=str(tmp_path), offline=True,
                                       keep_size=True, params={"strength": 0.5}))
     assert s.done == 3 and [f[0].endswith("empty.png") for f in s.failed] == [True]
-    assert _Recorder.runtime == {"device": "cpu", "weights_dir": str(tmp_path), "offline": True}
+    assert _Recorder.runtime == annotators.Runtime(device="cpu", weights_dir=str(tmp_path), offline=True)
     assert sorted(c[1] for c in _Recorder.calls) == [1, 2] and all(c[0] == "batch" for c in _Recorder.calls)
     src = load_image(d / "astronaut.jpg")
     assert np.array_equal(load_image(tmp_path / "o" / "astronaut.png"), 255 - src)
@@ -275,11 +280,12 @@ def test_accelerate_launch_two_processes(tmp_path):
 
 
 def test_interrupted_worker_temp_files_are_removed(tmp_path):
-    from cnetcli.annotate_core import _Job, _remove_temp_files
+    from cnetcli.annotation.plan import Job
+    from cnetcli.annotation.run import remove_temp_files
 
     (tmp_path / ".a.png.x1y2.tmp").write_bytes(b"partial")
     (tmp_path / "keep.png").write_bytes(b"done")
-    _remove_temp_files([_Job(0, "a.jpg", str(tmp_path / "a.png"), None, "a")])
+    remove_temp_files([Job(0, "a.jpg", str(tmp_path / "a.png"), None, "a")])
     assert files_under(tmp_path) == ["keep.png"]
 
 
@@ -304,7 +310,8 @@ def test_pool_is_safe_after_opencv_and_torch_ran_in_this_process(tmp_path):
     code = ("import cv2, numpy as np\n"
             "cv2.setNumThreads(2); [cv2.Canny(np.random.randint(0, 255, (1500, 1500, 3), np.uint8), 10, 90)"
             " for _ in range(3)]\n"
-            "from cnetcli.annotate_core import AnnotateConfig, annotate_paths, _start_method\n"
+            "from cnetcli.annotation import AnnotateConfig, annotate_paths\n"
+            "from cnetcli.annotation.run import start_method as _start_method\n"
             f"s = annotate_paths(AnnotateConfig(inputs=({str(tmp_path / 'in')!r},), output={str(tmp_path / 'o')!r},"
             " workers=2, image_resolution=64))\n"
             "print(s.done, _start_method())")

@@ -12,7 +12,7 @@ import pytest
 import skimage.data
 
 import cnetcli
-from cnetcli.annotate_core import AnnotateConfig, annotate_paths
+from cnetcli.annotation import AnnotateConfig, annotate_paths
 from cnetcli.images import load_image
 
 

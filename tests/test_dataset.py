@@ -7,7 +7,7 @@ import json
 import pytest
 from test_annotate import files_under, photos
 
-from cnetcli.annotate_core import AnnotateConfig, annotate_paths
+from cnetcli.annotation import AnnotateConfig, annotate_paths
 from cnetcli.data import read_dataset
 from cnetcli.errors import CnetError, InputError
 from cnetcli.images import load_image, read_png_metadata

@@ -1,9 +1,17 @@
-"""The hint-type registry.
+"""The hint-type registry: one `HintType` holds every fact about a hint type.
 
 Each hint type registers itself (in its own module under `cnetcli.annotators`) with:
+- its name and aliases (`openpose` and `pose` are one type; `-` and `_` are the same),
 - a frozen parameter dataclass (validated in `__post_init__`, raising `UsageError`),
-- a lazy factory: heavy imports and weight loading happen only when the type is first used,
-- its resize kind ("nearest" for label-like maps, "linear" for continuous ones).
+- a lazy factory `factory(params, runtime)` (heavy imports and weight loading only when first used), or
+  None for a type cnet cannot annotate (a finished hint of it can still be used to generate),
+- its resize kind ("nearest" for label-like maps, "linear" for continuous ones),
+- the ControlNet release per base family (`releases={"sd15": hub id, "sdxl": hub id or None}`),
+- the controllability metric kind `cnet eval` scores it with ("edge", "depth", "seg", "normal", "pose"),
+- the weight files its annotator may load (`cnet weights list|pull|verify` reads them from here).
+
+Everything else (generate's release lookup, eval's metric choice, the weights catalogue, the CLI's `--type`
+choices) is derived from this registry: adding a type is one `register(HintType(...))`.
 
 `annotate(image, "canny", low=100, high=200)` is the one-image Python API.
 """
@@ -12,13 +20,17 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import NotAvailableError, UsageError
+from ..models.weights import WeightFile
+
+#: Base-model families a ControlNet release can be for (keys of `HintType.releases`).
+FAMILIES = ("sd15", "sdxl")
 
 
 class Annotator(Protocol):
@@ -28,18 +40,44 @@ class Annotator(Protocol):
 
 
 @dataclass(frozen=True)
+class Runtime:
+    """Where and how an annotator loads its model: passed to every factory as one object."""
+
+    device: str | None = None  # "auto" | "cpu" | "cuda[:N]" (None: auto)
+    weights_dir: str | None = None
+    offline: bool | None = None
+    trust_pickle: bool | None = None
+    dtype: Any = None  # None: half on CUDA, float32 on CPU
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """Parameters of a type that has none."""
+
+
+@dataclass(frozen=True)
 class HintType:
     name: str
     help: str
-    params: type  # a frozen dataclass of this type's parameters
-    factory: Callable[..., Annotator]  # factory(params, **runtime) -> Annotator; imports lazily inside
+    params: type = NoParams  # a frozen dataclass of this type's parameters
+    factory: Callable[[Any, Runtime], Annotator] | None = None  # None: no annotator in cnet
     resize: str = "linear"  # "nearest" | "linear"
-    needs_weights: bool = False
+    needs_weights: bool = False  # model-backed: runs in this process in batches (not the process pool)
     default_detect_resolution: int = 512
+    #: False for types that work at the image resolution (canny, scribble, tile, blur): `--detect-resolution`
+    #: is then refused instead of silently ignored.
+    uses_detect_resolution: bool = True
     aliases: tuple[str, ...] = field(default_factory=tuple)
     #: sidecar(params) -> suffix of a JSON file written next to each hint (e.g. ".pose.json"), or None.
     #: The built annotator then has the same `sidecar_suffix` and an `annotate_with_sidecar(...)` method.
     sidecar: Callable[[Any], str | None] | None = None
+    releases: Mapping[str, str | None] = field(default_factory=dict)  # base family -> ControlNet hub id
+    metric: str | None = None  # "edge" | "depth" | "seg" | "normal" | "pose" | None (no metric)
+    weights: tuple[WeightFile, ...] = ()  # every file its annotator may load (see WeightFile.when)
+
+    @property
+    def has_annotator(self) -> bool:
+        return self.factory is not None
 
     def sidecar_suffix(self, params: Any) -> str | None:
         return self.sidecar(params) if self.sidecar is not None else None
@@ -55,6 +93,16 @@ class HintType:
         except TypeError as e:
             raise UsageError(f"hint type '{self.name}': {e}") from None
 
+    def release(self, family: str = "sd15") -> str | None:
+        return self.releases.get(family)
+
+    def weight(self, name: str) -> WeightFile:
+        """This type's `WeightFile` called `name` (the annotator loads by it, so the name lives once)."""
+        for f in self.weights:
+            if f.name == name:
+                return f
+        raise KeyError(f"hint type {self.name!r} declares no weight {name!r}")
+
 
 _REGISTRY: dict[str, HintType] = {}
 _ALIASES: dict[str, str] = {}
@@ -67,22 +115,32 @@ _MODULES = (
     "cnetcli.annotators.seg",
     "cnetcli.annotators.edges",
     "cnetcli.annotators.mlsd",
+    "cnetcli.annotators.finished",
 )
 _loaded = False
 
-#: Model-backed hint types that are planned but may not be registered yet. Asking for one of these before
-#: its module registers it gives a clear "not available yet" instead of "unknown type"; once registered,
-#: the registry wins and this list has no effect.
-UPCOMING_TYPES = ("pose", "depth", "seg", "normal", "mlsd", "softedge")
+
+def _key(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
 
 
 def register(hint: HintType) -> HintType:
-    if hint.name in _REGISTRY:
-        raise ValueError(f"hint type {hint.name!r} registered twice")
-    _REGISTRY[hint.name] = hint
+    """Add a hint type (its name and aliases must be new)."""
+    taken = [n for n in (hint.name, *hint.aliases) if _key(n) in _REGISTRY or _key(n) in _ALIASES]
+    if taken:
+        raise ValueError(f"hint type name(s) {', '.join(map(repr, taken))} registered twice")
+    _REGISTRY[_key(hint.name)] = hint
     for a in hint.aliases:
-        _ALIASES[a] = hint.name
+        _ALIASES[_key(a)] = _key(hint.name)
     return hint
+
+
+def unregister(name: str) -> None:
+    """Remove a type and its aliases (for tests and plugins that replace a type)."""
+    key = _key(name)
+    _REGISTRY.pop(key, None)
+    for a in [a for a, t in _ALIASES.items() if t == key]:
+        del _ALIASES[a]
 
 
 def _load_all() -> None:
@@ -93,43 +151,88 @@ def _load_all() -> None:
             importlib.import_module(m)
 
 
-def upcoming_types() -> list[str]:
-    """Planned hint types that are not registered (yet)."""
+def list_types(annotatable: bool | None = None) -> list[str]:
+    """Names of the registered hint types, in registration order (`annotatable=True`: only those cnet can
+    annotate; False: only those it cannot)."""
     _load_all()
-    return [t for t in UPCOMING_TYPES if t not in _REGISTRY and t not in _ALIASES]
+    return [h.name for h in _REGISTRY.values() if annotatable is None or h.has_annotator == annotatable]
 
 
-def list_types() -> list[str]:
-    """Names of every registered hint type, in registration order."""
+def all_types() -> list[HintType]:
     _load_all()
-    return list(_REGISTRY)
+    return list(_REGISTRY.values())
+
+
+def type_choices() -> list[str]:
+    """Every spelling `--type` accepts: the names, then the aliases (the CLI's choices)."""
+    _load_all()
+    return [*(h.name for h in _REGISTRY.values()), *_ALIASES]
+
+
+def find_type(name: str) -> HintType | None:
+    """The type called (or aliased) `name`, or None."""
+    _load_all()
+    key = _key(name)
+    return _REGISTRY.get(_ALIASES.get(key, key))
 
 
 def get_type(name: str) -> HintType:
-    _load_all()
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key not in _REGISTRY:
-        if key in UPCOMING_TYPES:
-            raise NotAvailableError(
-                f"hint type '{key}' is not available yet in this version of cnet "
-                f"(available now: {', '.join(_REGISTRY)})"
-            )
-        raise UsageError(f"unknown hint type '{name}' (valid: {', '.join(_REGISTRY)})")
-    return _REGISTRY[key]
+    ht = find_type(name)
+    if ht is None:
+        raise UsageError(f"unknown hint type '{name}' (valid: {', '.join(list_types())})")
+    return ht
+
+
+def get_annotatable(name: str) -> HintType:
+    """Like `get_type`, but a type cnet has no annotator for is a `NotAvailableError` naming the ones it has."""
+    ht = get_type(name)
+    if not ht.has_annotator:
+        raise NotAvailableError(
+            f"hint type '{ht.name}' has no annotator in cnet: make its hints with another tool and use them with "
+            f"`cnet generate --type {ht.name}` (cnet annotates: {', '.join(list_types(annotatable=True))})")
+    return ht
+
+
+def release_for(hint_type: str, family: str = "sd15", flag: str = "--type") -> str:
+    """The ControlNet release (hub id) for a hint type on a base family; a clear error otherwise."""
+    ht = find_type(hint_type)
+    hub = ht.release(family) if ht is not None else None
+    if hub is None:
+        known = [h.name for h in _REGISTRY.values() if h.release(family)]
+        what = "unknown hint type" if ht is None else f"no known ControlNet release for {family}"
+        raise UsageError(f"{flag} {hint_type}: {what}; pass --controlnet MODEL "
+                         f"(types with a {family} release: {', '.join(known)})")
+    return hub
+
+
+def metric_kind(hint_type: str) -> str | None:
+    """The controllability metric kind for a hint type (None: unknown type or no metric)."""
+    ht = find_type(hint_type)
+    return ht.metric if ht is not None else None
+
+
+def weights_catalogue() -> dict[str, tuple[WeightFile, ...]]:
+    """Every type that loads weights -> its weight files (`cnet weights list` shows this)."""
+    return {h.name: h.weights for h in all_types() if h.weights}
 
 
 _BUILT: dict[tuple, Annotator] = {}
 
 
-def build(name: str, params: Any = None, **runtime: Any) -> Annotator:
-    """Build (once per process, per parameters) the annotator for a hint type."""
-    ht = get_type(name)
+def build(name: str, params: Any = None, runtime: Runtime | None = None, **runtime_fields: Any) -> Annotator:
+    """Build (once per process, per parameters and runtime) the annotator for a hint type. The runtime is a
+    `Runtime`, or its fields as keywords (`device=`, `weights_dir=`, ...)."""
+    ht = get_annotatable(name)
     if params is None:
         params = ht.make_params()
-    key = (ht.name, params, tuple(sorted((k, repr(v)) for k, v in runtime.items())))
+    rt = dataclasses.replace(runtime or Runtime(), **runtime_fields)
+    key = (ht.name, params, rt)
     if key not in _BUILT:
-        _BUILT[key] = ht.factory(params, **runtime)
+        _BUILT[key] = ht.factory(params, rt)  # type: ignore[misc]
     return _BUILT[key]
+
+
+_RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(Runtime))
 
 
 def annotate(
@@ -144,15 +247,16 @@ def annotate(
     """Extract a hint map from one image (path, PIL image or array). Returns RGB uint8 H x W x 3.
 
     `keep_size=True` returns the hint at exactly the input's size; otherwise ControlNet's rule applies
-    (short side to `image_resolution`, sides rounded to multiples of 64).
-    """
+    (short side to `image_resolution`, sides rounded to multiples of 64). Runtime keywords (`device`,
+    `weights_dir`, `offline`, `trust_pickle`, `dtype`) go to the model loader; the rest are the type's
+    parameters."""
     from ..images import as_rgb_array, resize_to
 
-    ht = get_type(type)
+    ht = get_annotatable(type)
     img = as_rgb_array(image)
-    runtime = {k: params.pop(k) for k in ("device", "weights_dir", "offline", "dtype", "trust_pickle") if k in params}
+    runtime = Runtime(**{k: params.pop(k) for k in _RUNTIME_FIELDS if k in params})
     p = ht.make_params(**params)
-    fn = build(ht.name, p, **runtime)
+    fn = build(ht.name, p, runtime)
     dr = detect_resolution or ht.default_detect_resolution
     hint = fn(img, detect_resolution=dr, image_resolution=image_resolution)
     if keep_size:

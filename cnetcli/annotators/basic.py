@@ -240,15 +240,21 @@ class Blur:
         return cv2.GaussianBlur(img, (0, 0), self.p.sigma)
 
 
+_V11 = "lllyasviel/control_v11"
 register(HintType("canny", "Canny edges (ControlNet's math; --low/--high)", CannyParams,
-                  lambda p, **_: Canny(p), resize="nearest"))
+                  lambda p, rt: Canny(p), resize="nearest", uses_detect_resolution=False, metric="edge",
+                  releases={"sd15": f"{_V11}p_sd15_canny", "sdxl": "diffusers/controlnet-canny-sdxl-1.0"}))
 register(HintType("hough", "straight lines without weights (Hough or LSD), M-LSD style",
-                  HoughParams, lambda p, **_: Hough(p), resize="nearest"))
+                  HoughParams, lambda p, rt: Hough(p), resize="nearest", metric="edge",
+                  releases={"sd15": f"{_V11}p_sd15_mlsd"}))  # drawn like M-LSD maps: the mlsd ControlNet
 register(HintType("scribble", "your black-on-white sketch -> white-on-black (--threshold)",
-                  ScribbleParams, lambda p, **_: Scribble(p), resize="nearest"))
+                  ScribbleParams, lambda p, rt: Scribble(p), resize="nearest", uses_detect_resolution=False,
+                  metric="edge", releases={"sd15": f"{_V11}p_sd15_scribble"}))
 register(HintType("shuffle", "content shuffle: photo warped by a random flow (--seed)",
-                  ShuffleParams, lambda p, **_: Shuffle(p), resize="linear"))
+                  ShuffleParams, lambda p, rt: Shuffle(p), resize="linear",
+                  releases={"sd15": f"{_V11}e_sd15_shuffle"}))
 register(HintType("tile", "the photo, optionally down/up-sampled (--downsample)", TileParams,
-                  lambda p, **_: Tile(p), resize="linear"))
-register(HintType("blur", "a Gaussian-blurred photo (--sigma)", BlurParams, lambda p, **_: Blur(p),
-                  resize="linear"))
+                  lambda p, rt: Tile(p), resize="linear", uses_detect_resolution=False,
+                  releases={"sd15": f"{_V11}f1e_sd15_tile"}))
+register(HintType("blur", "a Gaussian-blurred photo (--sigma)", BlurParams, lambda p, rt: Blur(p),
+                  resize="linear", uses_detect_resolution=False))

@@ -20,8 +20,12 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
-from . import HintType, register
+from ..models.weights import WeightFile
+from . import HintType, Runtime, register
 from ._aux import ShapeBatched
+
+MIDAS_WEIGHTS = WeightFile("dpt_hybrid-midas-501f0c75.pt", when="model=midas (default)")
+NORMALBAE_WEIGHTS = WeightFile("scannet.pt", when="model=bae")
 
 
 def normalize_depth(depth: np.ndarray) -> np.ndarray:
@@ -57,27 +61,26 @@ class _Batched(ShapeBatched):
     dtype: Any
 
 
-def load_midas(weights_dir: Any = None, offline: Any = None, trust_pickle: Any = None) -> Any:
+def load_midas(rt: Runtime, for_type: str = "depth") -> Any:
     """MiDaS DPT-Hybrid (controlnet_aux's DPTDepthModel, vitb_rn50_384) with dpt_hybrid-midas-501f0c75.pt."""
     from ..models import weights as W
     from ._aux import aux_module
 
-    path = W.resolve("dpt_hybrid-midas-501f0c75.pt", weights_dir, offline, "depth")
+    path = W.resolve(MIDAS_WEIGHTS, rt.weights_dir, rt.offline, for_type)
     DPTDepthModel = aux_module("midas.midas.dpt_depth").DPTDepthModel
     return W.load_into(lambda: DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True), path,
-                       keys=("model",), trust_pickle=trust_pickle)
+                       keys=("model",), trust_pickle=rt.trust_pickle)
 
 
 class MidasRaw(_Batched):
     """Raw MiDaS depth per image (float H x W at the detect size)."""
 
-    def __init__(self, device: str | None = None, dtype: Any = None, weights_dir: Any = None, offline: Any = None,
-                 trust_pickle: Any = None) -> None:
+    def __init__(self, rt: Runtime, for_type: str = "depth") -> None:
         from ..device import half_dtype, resolve_device
 
-        self.device = resolve_device(device)
-        self.dtype = half_dtype(self.device, dtype)
-        self.model = load_midas(weights_dir, offline, trust_pickle).to(self.device, self.dtype)
+        self.device = resolve_device(rt.device)
+        self.dtype = half_dtype(self.device, rt.dtype)
+        self.model = load_midas(rt, for_type).to(self.device, self.dtype)
 
     def _forward(self, dets: list[np.ndarray]) -> list[np.ndarray]:
         import torch
@@ -91,15 +94,15 @@ class MidasRaw(_Batched):
 class TransformersDepth(_Batched):
     """An AutoModelForDepthEstimation (DPT, Depth Anything, ...) from a hub id or a local folder."""
 
-    def __init__(self, spec: str, device: str | None = None, dtype: Any = None, offline: Any = None,
-                 **_: Any) -> None:
+    def __init__(self, spec: str, rt: Runtime) -> None:
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
         from ..device import half_dtype, resolve_device
         from ..models.sd import _load, resolve
 
-        self.device = resolve_device(device)
-        self.dtype = half_dtype(self.device, dtype)
+        self.device = resolve_device(rt.device)
+        self.dtype = half_dtype(self.device, rt.dtype)
+        offline = rt.offline
         s = resolve(spec)
         if s.kind == "file":
             raise UsageError(f"--param model={spec}: a depth model must be a hub id or a folder with config.json")
@@ -125,10 +128,9 @@ class DepthParams:
 
 
 class Depth(_Batched):
-    def __init__(self, params: DepthParams, **rt: Any) -> None:
-        rt = {k: v for k, v in rt.items() if k in ("device", "dtype", "weights_dir", "offline", "trust_pickle")}
-        self.inner = MidasRaw(**rt) if params.model.lower() in ("midas", "dpt_hybrid") else TransformersDepth(
-            params.model, **rt)
+    def __init__(self, params: DepthParams, rt: Runtime) -> None:
+        self.inner = MidasRaw(rt) if params.model.lower() in ("midas", "dpt_hybrid") else TransformersDepth(
+            params.model, rt)
 
     def _forward(self, dets: list[np.ndarray]) -> list[np.ndarray]:
         return self.inner._forward(dets)
@@ -152,21 +154,20 @@ class NormalParams:
 class NormalBae(_Batched):
     """NormalBAE (scannet.pt): ImageNet-normalised RGB in 0..1, (normal + 1) / 2 of the last prediction."""
 
-    def __init__(self, device: str | None = None, dtype: Any = None, weights_dir: Any = None, offline: Any = None,
-                 trust_pickle: Any = None, **_: Any) -> None:
+    def __init__(self, rt: Runtime) -> None:
         import types
 
         from ..device import half_dtype, resolve_device
         from ..models import weights as W
         from ._aux import aux_module
 
-        self.device = resolve_device(device)
-        self.dtype = half_dtype(self.device, dtype)
-        path = W.resolve("scannet.pt", weights_dir, offline, "normal")
+        self.device = resolve_device(rt.device)
+        self.dtype = half_dtype(self.device, rt.dtype)
+        path = W.resolve(NORMALBAE_WEIGHTS, rt.weights_dir, rt.offline, "normal")
         args = types.SimpleNamespace(mode="client", architecture="BN", pretrained="scannet", sampling_ratio=0.4,
                                      importance_ratio=0.7)
         NNET = aux_module("normalbae.nets.NNET").NNET
-        self.model = W.load_into(lambda: NNET(args), path, keys=("model",), trust_pickle=trust_pickle).to(self.device, self.dtype)
+        self.model = W.load_into(lambda: NNET(args), path, keys=("model",), trust_pickle=rt.trust_pickle).to(self.device, self.dtype)
 
     def _forward(self, dets: list[np.ndarray]) -> list[np.ndarray]:
         import torch
@@ -181,10 +182,9 @@ class NormalBae(_Batched):
 
 
 class Normal(_Batched):
-    def __init__(self, params: NormalParams, **rt: Any) -> None:
-        rt = {k: v for k, v in rt.items() if k in ("device", "dtype", "weights_dir", "offline", "trust_pickle")}
+    def __init__(self, params: NormalParams, rt: Runtime) -> None:
         self.p = params
-        self.inner = NormalBae(**rt) if params.model.lower() == "bae" else MidasRaw(**rt)
+        self.inner = NormalBae(rt) if params.model.lower() == "bae" else MidasRaw(rt, "normal")
 
     def _forward(self, dets: list[np.ndarray]) -> list[np.ndarray]:
         return self.inner._forward(dets)
@@ -196,8 +196,11 @@ class Normal(_Batched):
 
 
 register(HintType("depth", "MiDaS DPT-Hybrid depth as in ControlNet (model=<transformers depth model> optional)",
-                  DepthParams, lambda p, **rt: Depth(p, **rt), resize="linear", needs_weights=True,
-                  default_detect_resolution=384, aliases=("midas",)))
+                  DepthParams, Depth, resize="linear", needs_weights=True, default_detect_resolution=384,
+                  aliases=("midas", "depth_midas"), metric="depth", weights=(MIDAS_WEIGHTS,),
+                  releases={"sd15": "lllyasviel/control_v11f1p_sd15_depth",
+                            "sdxl": "diffusers/controlnet-depth-sdxl-1.0"}))
 register(HintType("normal", "Normal map: ControlNet 1.0 normal-from-MiDaS-depth (bg_threshold) or model=bae",
-                  NormalParams, lambda p, **rt: Normal(p, **rt), resize="linear", needs_weights=True,
-                  default_detect_resolution=384))
+                  NormalParams, Normal, resize="linear", needs_weights=True, default_detect_resolution=384,
+                  aliases=("normalbae", "normal_bae"), metric="normal", weights=(MIDAS_WEIGHTS, NORMALBAE_WEIGHTS),
+                  releases={"sd15": "lllyasviel/control_v11p_sd15_normalbae"}))

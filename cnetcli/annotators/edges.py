@@ -13,13 +13,16 @@ with cv2 exactly as the original does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ..errors import UsageError
-from . import HintType, register
+from ..models.weights import WeightFile
+from . import HintType, Runtime, register
 from ._aux import ShapeBatched
+
+HED_WEIGHTS = WeightFile("ControlNetHED.pth", when="model=hed (default)")
+PIDINET_WEIGHTS = WeightFile("table5_pidinet.pth", when="model=pidinet")
 
 
 def nms(x: np.ndarray, t: float, s: float) -> np.ndarray:
@@ -77,21 +80,20 @@ class FakeScribbleParams:
 class EdgeNet:
     """HED or PiDiNet soft edges; `edges(dets)` -> float maps in 0..1 at each detect size."""
 
-    def __init__(self, model: str, device: str | None = None, weights_dir: Any = None, offline: Any = None,
-                 trust_pickle: Any = None, type_name: str = "softedge", **_: Any) -> None:
+    def __init__(self, model: str, rt: Runtime, type_name: str = "softedge") -> None:
         from ..device import resolve_device
         from ..models import weights as W
         from ._aux import aux_module
 
-        self.device = resolve_device(device)
+        self.device = resolve_device(rt.device)
         self.kind = "pidinet" if model.lower().startswith("pidi") else "hed"
         if self.kind == "hed":
-            path = W.resolve("ControlNetHED.pth", weights_dir, offline, type_name)
+            path = W.resolve(HED_WEIGHTS, rt.weights_dir, rt.offline, type_name)
             net = aux_module("hed").ControlNetHED_Apache2
         else:
-            path = W.resolve("table5_pidinet.pth", weights_dir, offline, type_name)
+            path = W.resolve(PIDINET_WEIGHTS, rt.weights_dir, rt.offline, type_name)
             net = aux_module("pidi.model").pidinet
-        self.net = W.load_into(net, path, keys=("state_dict",), trust_pickle=trust_pickle).float().to(self.device)
+        self.net = W.load_into(net, path, keys=("state_dict",), trust_pickle=rt.trust_pickle).float().to(self.device)
 
     def edges(self, dets: list[np.ndarray]) -> list[np.ndarray]:
         import cv2
@@ -129,16 +131,15 @@ class _EdgeHint(ShapeBatched):
         return scribble_postprocess(hint) if self.scribble else hint
 
 
-def _runtime(rt: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in rt.items() if k in ("device", "weights_dir", "offline", "trust_pickle")}
-
-
+_V11 = "lllyasviel/control_v11"
 register(HintType("softedge", "Soft edges: HED (default) or model=pidinet; safe=true quantises",
-                  SoftEdgeParams, lambda p, **rt: _EdgeHint(EdgeNet(p.model, type_name="softedge", **_runtime(rt)),
-                                                            p.safe, False),
-                  resize="linear", needs_weights=True, default_detect_resolution=512, aliases=("hed",)))
+                  SoftEdgeParams, lambda p, rt: _EdgeHint(EdgeNet(p.model, rt, "softedge"), p.safe, False),
+                  resize="linear", needs_weights=True, aliases=("hed", "pidi", "pidinet", "softedge_hed"),
+                  metric="edge", releases={"sd15": f"{_V11}p_sd15_softedge"},
+                  weights=(HED_WEIGHTS, PIDINET_WEIGHTS)))
 register(HintType("fake_scribble", "ControlNet's fake scribble from a photo: HED (or model=pidinet) -> NMS -> blur -> threshold",
                   FakeScribbleParams,
-                  lambda p, **rt: _EdgeHint(EdgeNet(p.model, type_name="fake_scribble", **_runtime(rt)), False, True),
-                  resize="nearest", needs_weights=True, default_detect_resolution=512,
-                  aliases=("scribble_hed", "hed_scribble")))
+                  lambda p, rt: _EdgeHint(EdgeNet(p.model, rt, "fake_scribble"), False, True),
+                  resize="nearest", needs_weights=True, aliases=("scribble_hed", "hed_scribble", "scribble_pidi"),
+                  metric="edge", releases={"sd15": f"{_V11}p_sd15_scribble"},
+                  weights=(HED_WEIGHTS, PIDINET_WEIGHTS)))

@@ -8,12 +8,14 @@ a 1-pixel white line on black, then resized to the output size with nearest-neig
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ..errors import UsageError
-from . import HintType, register
+from ..models.weights import WeightFile
+from . import HintType, Runtime, register
+
+MLSD_WEIGHTS = WeightFile("mlsd_large_512_fp32.pth")
 
 
 @dataclass(frozen=True)
@@ -38,17 +40,16 @@ def draw_lines(lines: np.ndarray, H: int, W: int) -> np.ndarray:
 
 
 class Mlsd:
-    def __init__(self, params: MlsdParams, device: str | None = None, weights_dir: Any = None, offline: Any = None,
-                 trust_pickle: Any = None, **_: Any) -> None:
+    def __init__(self, params: MlsdParams, rt: Runtime) -> None:
         from ..device import resolve_device
         from ..models import weights as W
         from ._aux import aux_module
 
         self.p = params
-        self.device = resolve_device(device)
-        path = W.resolve("mlsd_large_512_fp32.pth", weights_dir, offline, "mlsd")
+        self.device = resolve_device(rt.device)
+        path = W.resolve(MLSD_WEIGHTS, rt.weights_dir, rt.offline, "mlsd")
         net = aux_module("mlsd.models.mbv2_mlsd_large").MobileV2_MLSD_Large
-        self.model = W.load_into(net, path, keys=(), trust_pickle=trust_pickle).to(self.device)
+        self.model = W.load_into(net, path, keys=(), trust_pickle=rt.trust_pickle).to(self.device)
         self._pred_lines = aux_module("mlsd.utils").pred_lines
 
     def lines(self, det: np.ndarray) -> np.ndarray:
@@ -77,5 +78,5 @@ class Mlsd:
 
 
 register(HintType("mlsd", "M-LSD straight lines (value/distance thresholds 0.1/0.1), ControlNet's Hough model",
-                  MlsdParams, lambda p, **rt: Mlsd(p, **rt), resize="nearest", needs_weights=True,
-                  default_detect_resolution=512, aliases=("lines",)))
+                  MlsdParams, Mlsd, resize="nearest", needs_weights=True, aliases=("lines",), metric="edge",
+                  releases={"sd15": "lllyasviel/control_v11p_sd15_mlsd"}, weights=(MLSD_WEIGHTS,)))

@@ -20,7 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from . import HintType, register
+from ..models.weights import WeightFile
+from . import HintType, Runtime, register
+
+BODY_WEIGHTS = WeightFile("body_pose_model.pth")
+HAND_WEIGHTS = WeightFile("hand_pose_model.pth", when="hands=true")
+FACE_WEIGHTS = WeightFile("facenet.pth", when="face=true")
 
 #: ControlNet's limb sequence (1-based COCO-18 keypoint indices) and colours (RGB).
 LIMB_SEQ = ((2, 3), (2, 6), (3, 4), (4, 5), (6, 7), (7, 8), (2, 9), (9, 10), (10, 11), (2, 12), (12, 13),
@@ -230,32 +235,32 @@ class OpenPose:
 
     sidecar_suffix: str | None = SIDECAR_SUFFIX
 
-    def __init__(self, params: PoseParams, device: str | None = None, weights_dir: str | None = None,
-                 offline: bool | None = None, trust_pickle: bool | None = None, **_: Any) -> None:
+    def __init__(self, params: PoseParams, rt: Runtime) -> None:
         from ..device import resolve_device
         from ..models import weights as W
         from ._aux import aux_module
 
         self.p = params
         self.sidecar_suffix = _sidecar(params)
-        self.device = resolve_device(device)
+        self.device = resolve_device(rt.device)
+        trust_pickle = rt.trust_pickle
         body_mod = aux_module("open_pose.body")
         model_mod = aux_module("open_pose.model")
         util = aux_module("open_pose.util")
-        res = {n: W.resolve(n, weights_dir, offline, "pose") for n in ["body_pose_model.pth"]
-               + (["hand_pose_model.pth"] if params.hands else []) + (["facenet.pth"] if params.face else [])}
+        res = {f.name: W.resolve(f, rt.weights_dir, rt.offline, "pose") for f in [BODY_WEIGHTS]
+               + ([HAND_WEIGHTS] if params.hands else []) + ([FACE_WEIGHTS] if params.face else [])}
 
         # the original checkpoints name layers without the block prefix (controlnet_aux's util.transfer)
         transfer = util.transfer
 
         self.body = body_mod.Body.__new__(body_mod.Body)
-        self.body.model = W.load_into(model_mod.bodypose_model, res["body_pose_model.pth"], keys=(),
+        self.body.model = W.load_into(model_mod.bodypose_model, res[BODY_WEIGHTS.name], keys=(),
                                       trust_pickle=trust_pickle, transform=transfer).to(self.device)
         self.hand = self.face = None
         if params.hands:
             hand_mod = aux_module("open_pose.hand")
             self.hand = hand_mod.Hand.__new__(hand_mod.Hand)
-            self.hand.model = W.load_into(model_mod.handpose_model, res["hand_pose_model.pth"], keys=(),
+            self.hand.model = W.load_into(model_mod.handpose_model, res[HAND_WEIGHTS.name], keys=(),
                                           trust_pickle=trust_pickle, transform=transfer).to(self.device)
         if params.face:
             face_mod = aux_module("open_pose.face")
@@ -263,7 +268,7 @@ class OpenPose:
             self.face.inference_size = face_mod.params["inference_img_size"]
             self.face.sigma = face_mod.params["gaussian_sigma"]
             self.face.threshold = face_mod.params["heatmap_peak_thresh"]
-            self.face.model = W.load_into(face_mod.FaceNet, res["facenet.pth"], keys=(),
+            self.face.model = W.load_into(face_mod.FaceNet, res[FACE_WEIGHTS.name], keys=(),
                                           trust_pickle=trust_pickle).to(self.device)
         op = aux_module("open_pose")
         self._detector = op.OpenposeDetector(self.body, self.hand, self.face)
@@ -307,5 +312,7 @@ class OpenPose:
 
 
 register(HintType("pose", "OpenPose body (+hands/face) as ControlNet draws it; keypoints=true writes OpenPose JSON",
-                  PoseParams, lambda p, **rt: OpenPose(p, **rt), resize="nearest", needs_weights=True,
-                  default_detect_resolution=512, aliases=("openpose",), sidecar=_sidecar))
+                  PoseParams, OpenPose, resize="nearest", needs_weights=True, aliases=("openpose", "openpose_full"),
+                  sidecar=_sidecar, metric="pose", weights=(BODY_WEIGHTS, HAND_WEIGHTS, FACE_WEIGHTS),
+                  releases={"sd15": "lllyasviel/control_v11p_sd15_openpose",
+                            "sdxl": "thibaud/controlnet-openpose-sdxl-1.0"}))

@@ -10,14 +10,16 @@ coloured with `ade20k.colorize`; the map is resized to the output size with near
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from ..errors import UsageError
-from ..models.weights import DEFAULT_SEG_MODEL
-from . import HintType, register
+from ..models.weights import WeightFile
+from . import HintType, Runtime, register
 from ._aux import ShapeBatched
+
+DEFAULT_SEG_MODEL = "openmmlab/upernet-convnext-small"
+SEG_WEIGHTS = WeightFile(DEFAULT_SEG_MODEL, repo=DEFAULT_SEG_MODEL, kind="model")
 
 
 @dataclass(frozen=True)
@@ -28,20 +30,20 @@ class SegParams:
 class Seg(ShapeBatched):
     interp = "nearest"
 
-    def __init__(self, params: SegParams, device: str | None = None, dtype: Any = None, weights_dir: Any = None,
-                 offline: Any = None, **_: Any) -> None:
+    def __init__(self, params: SegParams, rt: Runtime) -> None:
         from transformers import AutoConfig, AutoImageProcessor
 
         from ..device import half_dtype, resolve_device
         from ..models import weights as W
         from ..models.sd import _load, resolve
 
-        self.device = resolve_device(device)
-        self.dtype = half_dtype(self.device, dtype)
+        self.device = resolve_device(rt.device)
+        self.dtype = half_dtype(self.device, rt.dtype)
+        weights_dir, offline = rt.weights_dir, rt.offline
         spec = params.model
         local = W.locate(W.WeightFile(spec, repo=spec, kind="model"), weights_dir) if spec.count("/") == 1 else None
         if local is None and spec == DEFAULT_SEG_MODEL and W.is_offline(offline):
-            W.resolve(W.TYPE_WEIGHTS["seg"][0], weights_dir, offline, "seg")  # raises the one-line error
+            W.resolve(SEG_WEIGHTS, weights_dir, offline, "seg")  # raises the one-line error
         s = resolve(str(local) if local else spec)
         if s.kind == "file":
             raise UsageError(f"--param model={spec}: a segmentation model must be a hub id or a folder")
@@ -90,5 +92,5 @@ class Seg(ShapeBatched):
 
 
 register(HintType("seg", "ADE20K semantic segmentation in ControlNet's palette (UperNet; model=<id|folder>)",
-                  SegParams, lambda p, **rt: Seg(p, **rt), resize="nearest", needs_weights=True,
-                  default_detect_resolution=512, aliases=("segmentation",)))
+                  SegParams, Seg, resize="nearest", needs_weights=True, aliases=("segmentation", "ade20k"),
+                  metric="seg", weights=(SEG_WEIGHTS,), releases={"sd15": "lllyasviel/control_v11p_sd15_seg"}))

@@ -2,138 +2,191 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import typing
+from collections.abc import Sequence
+from typing import Annotated, Any
+
 import typer
 
+from ..annotation.config import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_DATASET_FORMAT,
+    DEFAULT_IMAGE_RESOLUTION,
+    DEFAULT_TYPE,
+    AnnotateConfig,
+)
+from ..annotators import get_type, list_types, type_choices
+from ..data import FORMATS
 from ..errors import UsageError
+from ._options import DeviceOpt
 from ._progress import RichReporter
 
-# explicit per-type flags: option value -> parameter name (applies to every type that has the parameter)
-_TYPE_FLAGS = {
-    "low": "low", "high": "high", "threshold": "threshold", "min_length": "min_length", "max_gap": "max_gap",
-    "sigma": "sigma", "downsample": "downsample", "seed": "seed",
-    "hands": "hands", "face": "face", "keypoints": "keypoints",
-}
+#: `--type` choices: every registered hint type and alias (the registry decides; `--help` lists them).
+HintTypeChoice = enum.Enum("HintTypeChoice", {n: n for n in type_choices()}, type=str)
+DatasetFormat = enum.Enum("DatasetFormat", {f: f for f in FORMATS}, type=str)
+
+# explicit per-type flags: option name -> parameter name (applies to every type that has the parameter)
+_TYPE_FLAGS = ("low", "high", "threshold", "min_length", "max_gap", "sigma", "downsample", "seed", "hands", "face",
+               "keypoints")
+_PANEL_TYPE, _PANEL_DATA, _PANEL_MODELS = "Type parameters", "Dataset", "Models"
 
 
 def _types_help() -> str:
-    from ..annotators import get_type, list_types, upcoming_types
-
     lines = ["[bold]Hint types[/] (--type):"]
-    for name in list_types():
+    for name in list_types(annotatable=True):
         ht = get_type(name)
         lines.append(f"  {name:<10} {ht.help}" + (" [model]" if ht.needs_weights else ""))
-    up = upcoming_types()
-    if up:
-        lines += [f"Not available yet: {', '.join(up)}."]
+    none = list_types(annotatable=False)
+    if none:
+        lines.append(f"No annotator in cnet (bring finished hints to `cnet generate`): {', '.join(none)}.")
     return "\n\n".join(lines)
 
 
+# --- --param KEY=VALUE --------------------------------------------------------------------------------------
+
+def _parse_value(text: str, tp: Any, key: str, type_name: str) -> Any:
+    import types as _types
+
+    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, _types.UnionType) else (tp,)
+    errors = []
+    for t in options:
+        if t is type(None):
+            if text.lower() in ("none", "null", ""):
+                return None
+            continue
+        try:
+            if t is bool:
+                low = text.lower()
+                if low in ("1", "true", "yes", "on"):
+                    return True
+                if low in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(text)
+            if t in (int, float, str):
+                return t(text)
+            return text
+        except ValueError:
+            errors.append(getattr(t, "__name__", str(t)))
+    raise UsageError(f"--param {key}={text}: '{type_name}' expects {' or '.join(errors) or 'another value'}")
+
+
+def parse_params(type_name: str, items: Sequence[str]) -> dict[str, Any]:
+    """Parse repeated `--param KEY=VALUE` strings using the hint type's parameter dataclass field types."""
+    ht = get_type(type_name)
+    hints = typing.get_type_hints(ht.params)
+    names = [f.name for f in dataclasses.fields(ht.params)]
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise UsageError(f"--param {item!r}: expected KEY=VALUE")
+        if key not in names:
+            raise UsageError(f"--param {key}: hint type '{ht.name}' has no such parameter "
+                             f"(valid: {', '.join(names) or 'none'})")
+        out[key] = _parse_value(value.strip(), hints.get(key, str), key, ht.name)
+    return out
+
+
+def _params(type_name: str, param: Sequence[str], given: dict[str, Any]) -> dict[str, Any]:
+    """`--param` values, then the explicit type flags (a flag the type does not have is refused)."""
+    ht = get_type(type_name)
+    params = parse_params(ht.name, param)
+    fields = {f.name for f in dataclasses.fields(ht.params)}
+    for name, value in given.items():
+        if value is None:
+            continue
+        if name not in fields:
+            raise UsageError(f"--{name.replace('_', '-')} does not apply to hint type '{ht.name}' "
+                             f"(its parameters: {', '.join(sorted(fields)) or 'none'})")
+        params[name] = value
+    return params
+
+
+def _opt(help: str, panel: str | None = None, *names: str, **kw: Any) -> Any:
+    return typer.Option(*names, help=help, rich_help_panel=panel, **kw)
+
+
+def annotate_cmd(
+    inputs: Annotated[list[str], typer.Argument(metavar="INPUT...", help="Image files, folders (walked "
+                                                "recursively) or quoted globs.")],
+    type: Annotated[HintTypeChoice, _opt("Hint type (listed below; aliases accepted).", None, "--type", "-t",
+                                         case_sensitive=False)] = HintTypeChoice(DEFAULT_TYPE),
+    output: Annotated[str | None, _opt("Output folder (mirrors the input tree as <stem>.png). Default: beside the "
+                                       "input, folder imgs/ -> imgs-<type>/, files -> <their folder>/hints-<type>/.",
+                                       None, "--output", "-o")] = None,
+    detect_resolution: Annotated[int | None, _opt("Resolution the detector works at. Default: the type's own "
+                                                  "(512; depth and normal 384, as in ControlNet). Refused for types "
+                                                  "that work at the image resolution (canny, scribble, tile, blur).")
+                                 ] = None,
+    image_resolution: Annotated[int | None, _opt(f"Hint size: short side, sides rounded to x64 (ControlNet's "
+                                                 f"rule). Default {DEFAULT_IMAGE_RESOLUTION}, or the image's own "
+                                                 "size with --keep-size.")] = None,
+    keep_size: Annotated[bool, _opt("Hint exactly the input image's size (detection at its own size too).",
+                                    None, "--keep-size")] = False,
+    overwrite: Annotated[bool, _opt("Replace existing outputs.", None, "--overwrite")] = False,
+    skip_existing: Annotated[bool, _opt("Skip inputs whose outputs exist (resume).", None, "--skip-existing")] = False,
+    workers: Annotated[int, _opt("Parallel worker processes (0: all cores).", None, "--workers", "-j")] = 0,
+    batch_size: Annotated[int, _opt("Images per batch for model-backed types.")] = DEFAULT_BATCH_SIZE,
+    low: Annotated[int | None, _opt("canny/hough: low Canny threshold (canny 100, hough 50).", _PANEL_TYPE)] = None,
+    high: Annotated[int | None, _opt("canny/hough: high Canny threshold (canny 200, hough 150).", _PANEL_TYPE)] = None,
+    threshold: Annotated[int | None, _opt("scribble: ink threshold (127); hough: line votes (80).", _PANEL_TYPE)] = None,
+    min_length: Annotated[int | None, _opt("hough: shortest line kept, px (20).", _PANEL_TYPE)] = None,
+    max_gap: Annotated[int | None, _opt("hough: largest gap inside a line, px (5).", _PANEL_TYPE)] = None,
+    sigma: Annotated[float | None, _opt("blur: Gaussian sigma (9.0).", _PANEL_TYPE)] = None,
+    downsample: Annotated[float | None, _opt("tile: down-sampling factor (1.0).", _PANEL_TYPE)] = None,
+    seed: Annotated[int | None, _opt("shuffle: random warp seed (0).", _PANEL_TYPE)] = None,
+    hands: Annotated[bool, _opt("pose: also detect and draw hands.", _PANEL_TYPE, "--hands")] = False,
+    face: Annotated[bool, _opt("pose: also detect and draw the face.", _PANEL_TYPE, "--face")] = False,
+    keypoints: Annotated[bool, _opt("pose: also write the keypoints as OpenPose JSON, <stem>.pose.json next to "
+                                    "each map.", _PANEL_TYPE, "--keypoints")] = False,
+    param: Annotated[list[str] | None, _opt("Any parameter of the type (repeatable), e.g. -p method=lsd.",
+                                            _PANEL_TYPE, "--param", "-p", metavar="KEY=VALUE")] = None,
+    dataset: Annotated[str | None, _opt("Write a training dataset here (photos + hints + captions) instead of "
+                                        "plain hints.", _PANEL_DATA)] = None,
+    dataset_format: Annotated[DatasetFormat, _opt("imagefolder (metadata.jsonl) or tutorial (prompt.json, source/, "
+                                                  "target/).", _PANEL_DATA)] = DatasetFormat(DEFAULT_DATASET_FORMAT),
+    caption: Annotated[str | None, _opt("Caption for images without a <stem>.txt or a metadata.jsonl row; 'blip' "
+                                        "captions them with BLIP.", _PANEL_DATA)] = None,
+    captioner: Annotated[str | None, _opt("BLIP hub id or folder for --caption blip.", _PANEL_DATA)] = None,
+    device: DeviceOpt = "auto",
+    weights_dir: Annotated[str | None, _opt("Folder of annotator weights.", _PANEL_MODELS)] = None,
+    offline: Annotated[bool, _opt("Never contact the model hub.", _PANEL_MODELS, "--offline")] = False,
+    trust_pickle: Annotated[bool, _opt("Allow .pth weights that need full unpickling (runs code from the file: "
+                                       "only for files you trust). Also CNET_TRUST_PICKLE=1.", _PANEL_MODELS,
+                                       "--trust-pickle")] = False,
+    quiet: Annotated[bool, _opt("No progress bar.", None, "--quiet", "-q")] = False,
+) -> None:
+    from ..annotation import annotate_paths
+
+    ht = get_type(type.value)
+    given = {"low": low, "high": high, "threshold": threshold, "min_length": min_length, "max_gap": max_gap,
+             "sigma": sigma, "downsample": downsample, "seed": seed,
+             "hands": hands or None, "face": face or None, "keypoints": keypoints or None}
+    cfg = AnnotateConfig(
+        inputs=tuple(inputs), type=ht.name, params=_params(ht.name, param or [], given), output=output,
+        detect_resolution=detect_resolution, image_resolution=image_resolution, keep_size=keep_size,
+        overwrite=overwrite, skip_existing=skip_existing, workers=workers or None, batch_size=batch_size,
+        device=device, weights_dir=weights_dir, offline=True if offline else None,
+        trust_pickle=True if trust_pickle else None, dataset=dataset, dataset_format=dataset_format.value,
+        caption=caption, captioner=captioner,
+    )
+    s = annotate_paths(cfg, RichReporter(unit="img/s", quiet=quiet))
+    from rich.console import Console
+    from rich.markup import escape
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    for src, reason in s.failed:
+        err.print(f"[bold red]failed:[/] {escape(src)}: {escape(reason)}")
+    shard = f" (shard {s.shard[0] + 1}/{s.shard[1]})" if s.shard[1] > 1 else ""
+    where = s.dataset if s.dataset is not None else ", ".join(s.output_dirs)
+    typer.echo(f"{s.done} done, {s.skipped} skipped, {len(s.failed)} failed in {s.seconds:.1f}s{shard} -> {where}")
+    if s.failed:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("annotate", help="Extract ControlNet hint maps from images (files, folders, globs).",
-                 epilog=_types_help(), no_args_is_help=True)
-    def annotate_cmd(
-        inputs: list[str] = typer.Argument(..., metavar="INPUT...",
-                                           help="Image files, folders (walked recursively) or quoted globs."),
-        type: str = typer.Option("canny", "--type", "-t", help="Hint type (listed below)."),
-        output: str | None = typer.Option(
-            None, "--output", "-o",
-            help="Output folder (mirrors the input tree as <stem>.png). Default: beside the input, "
-                 "folder imgs/ -> imgs-<type>/, files -> <their folder>/hints-<type>/."),
-        detect_resolution: int | None = typer.Option(
-            None, help="Resolution the detector works at. Default: the type's own (512; depth and normal "
-                       "384, as in ControlNet)."),
-        image_resolution: int = typer.Option(512, help="Hint size: short side, sides rounded to x64 "
-                                                       "(ControlNet's rule)."),
-        keep_size: bool = typer.Option(False, "--keep-size", help="Hint exactly the input image's size."),
-        overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing outputs."),
-        skip_existing: bool = typer.Option(False, "--skip-existing", help="Skip inputs whose outputs exist "
-                                                                          "(resume)."),
-        workers: int = typer.Option(0, "--workers", "-j", help="Parallel worker processes (0: all cores)."),
-        batch_size: int = typer.Option(8, help="Images per batch for model-backed types."),
-        low: int | None = typer.Option(None, help="canny/hough: low Canny threshold (canny 100, hough 50).",
-                                       rich_help_panel="Type parameters"),
-        high: int | None = typer.Option(None, help="canny/hough: high Canny threshold (canny 200, hough 150).",
-                                        rich_help_panel="Type parameters"),
-        threshold: int | None = typer.Option(None, help="scribble: ink threshold (127); hough: line votes (80).",
-                                             rich_help_panel="Type parameters"),
-        min_length: int | None = typer.Option(None, help="hough: shortest line kept, px (20).",
-                                              rich_help_panel="Type parameters"),
-        max_gap: int | None = typer.Option(None, help="hough: largest gap inside a line, px (5).",
-                                           rich_help_panel="Type parameters"),
-        sigma: float | None = typer.Option(None, help="blur: Gaussian sigma (9.0).",
-                                           rich_help_panel="Type parameters"),
-        downsample: float | None = typer.Option(None, help="tile: down-sampling factor (1.0).",
-                                                rich_help_panel="Type parameters"),
-        seed: int | None = typer.Option(None, help="shuffle: random warp seed (0).",
-                                        rich_help_panel="Type parameters"),
-        hands: bool = typer.Option(False, "--hands", help="pose: also detect and draw hands.",
-                                   rich_help_panel="Type parameters"),
-        face: bool = typer.Option(False, "--face", help="pose: also detect and draw the face.",
-                                  rich_help_panel="Type parameters"),
-        keypoints: bool = typer.Option(False, "--keypoints", help="pose: also write the keypoints as OpenPose "
-                                                                  "JSON, <stem>.pose.json next to each map.",
-                                       rich_help_panel="Type parameters"),
-        param: list[str] = typer.Option([], "--param", "-p", metavar="KEY=VALUE",
-                                        help="Any parameter of the type (repeatable), e.g. -p method=lsd.",
-                                        rich_help_panel="Type parameters"),
-        dataset: str | None = typer.Option(None, help="Write a training dataset here (photos + hints + "
-                                                      "captions) instead of plain hints.",
-                                           rich_help_panel="Dataset"),
-        dataset_format: str = typer.Option("imagefolder", help="imagefolder (metadata.jsonl) or tutorial "
-                                                               "(prompt.json, source/, target/).",
-                                           rich_help_panel="Dataset"),
-        caption: str | None = typer.Option(None, help="Caption for images without a sibling <stem>.txt; "
-                                                      "'blip' captions them with BLIP.",
-                                           rich_help_panel="Dataset"),
-        captioner: str | None = typer.Option(None, help="BLIP hub id or folder for --caption blip.",
-                                             rich_help_panel="Dataset"),
-        device: str = typer.Option("auto", help="auto|cpu|cuda (model-backed types).", rich_help_panel="Models"),
-        weights_dir: str | None = typer.Option(None, help="Folder of annotator weights.",
-                                               rich_help_panel="Models"),
-        offline: bool = typer.Option(False, "--offline", help="Never contact the model hub.",
-                                     rich_help_panel="Models"),
-        trust_pickle: bool = typer.Option(False, "--trust-pickle",
-                                          help="Allow .pth weights that need full unpickling (runs code from the "
-                                               "file: only for files you trust). Also CNET_TRUST_PICKLE=1.",
-                                          rich_help_panel="Models"),
-        quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
-    ) -> None:
-        from ..annotate_core import AnnotateConfig, annotate_paths, parse_params
-        from ..annotators import get_type, params_dict
-
-        ht = get_type(type)
-        params = parse_params(ht.name, param)
-        fields = set(params_dict(ht.make_params()))
-        given = {"low": low, "high": high, "threshold": threshold, "min_length": min_length, "max_gap": max_gap,
-                 "sigma": sigma, "downsample": downsample, "seed": seed,
-                 "hands": hands or None, "face": face or None, "keypoints": keypoints or None}
-        for flag, value in given.items():
-            if value is None:
-                continue
-            name = _TYPE_FLAGS[flag]
-            if name not in fields:
-                raise UsageError(f"--{flag.replace('_', '-')} does not apply to hint type '{ht.name}' "
-                                 f"(its parameters: {', '.join(sorted(fields)) or 'none'})")
-            params[name] = value
-        cfg = AnnotateConfig(
-            inputs=tuple(inputs), type=ht.name, params=params, output=output, detect_resolution=detect_resolution,
-            image_resolution=image_resolution, keep_size=keep_size, overwrite=overwrite,
-            skip_existing=skip_existing, workers=workers or None, batch_size=batch_size, device=device,
-            weights_dir=weights_dir, offline=True if offline else None, trust_pickle=True if trust_pickle else None,
-            dataset=dataset,
-            dataset_format=dataset_format, caption=caption, captioner=captioner,
-        )
-        rep = RichReporter(unit="img/s", quiet=quiet)
-        s = annotate_paths(cfg, rep)
-        from rich.console import Console
-        from rich.markup import escape
-
-        err = Console(stderr=True, highlight=False, soft_wrap=True)
-        for src, reason in s.failed:
-            err.print(f"[bold red]failed:[/] {escape(src)}: {escape(reason)}")
-        shard = f" (shard {s.shard[0] + 1}/{s.shard[1]})" if s.shard[1] > 1 else ""
-        where = s.dataset if s.dataset is not None else ", ".join(s.output_dirs)
-        typer.echo(f"{s.done} done, {s.skipped} skipped, {len(s.failed)} failed in {s.seconds:.1f}s{shard} "
-                   f"-> {where}")
-        if s.failed:
-            raise typer.Exit(1)
+    app.command("annotate", help="Extract ControlNet hint maps from images (files, folders, globs).",
+                epilog=_types_help(), no_args_is_help=True)(annotate_cmd)

@@ -79,13 +79,6 @@ def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     return out
 
 
-def write_records(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
-    """Atomically write JSON lines (one record per line, UTF-8, keys in insertion order)."""
-    from ..images import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-
-
 def merge_records(lay: Layout, old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Old records updated by new ones (same photo path), sorted by photo path: a deterministic index."""
     by_key = {lay.key(r): r for r in old}
@@ -139,3 +132,9 @@ def sibling_caption(source: str | os.PathLike) -> str | None:
         return p.read_text(encoding="utf-8", errors="replace").strip()
     except OSError:
         return None
+
+
+# Writing lives in data/write.py (one writer), provenance in data/provenance.py.
+from .provenance import Provenance as Provenance  # noqa: E402
+from .write import DatasetWriter as DatasetWriter  # noqa: E402
+from .write import write_records as write_records  # noqa: E402

@@ -99,7 +99,8 @@ def evaluate_folder(folder: str | Path, *, hint_type: str | None = None, toleran
     The hint's type and parameters come from its PNG provenance (or `hint_type` overrides them). Returns
     {"n", "metrics": {metric: mean}, "<metric>": mean, "by_group": {group: {metric: mean, n}}, "rows": [...]},
     groups being "<hint_type>/<prompt_mode>" (+ "/<controlnet>" when several ControlNets are mixed)."""
-    from ..images import load_image, read_png_metadata
+    from ..data.provenance import Provenance
+    from ..images import load_image
 
     d = Path(folder)
     if not d.is_dir():
@@ -121,16 +122,16 @@ def evaluate_folder(folder: str | Path, *, hint_type: str | None = None, toleran
                 reporter.advance(1)
             continue  # not a ControlNet output (or a plain text-to-image run): nothing to compare with
         hint_path = _find_hint(js, hints if isinstance(hints, str) else hints[0])
-        prov = read_png_metadata(hint_path)
-        ht = hint_type or side.get("hint_type") or prov.get("type")
+        prov = Provenance.read(hint_path)
+        ht = hint_type or side.get("hint_type") or (prov.type if prov is not None else None)
         if not ht:
             raise InputError(f"{hint_path}: the hint carries no provenance naming its type (pass --hint-type)")
-        params = {} if hint_type else dict(prov.get("params") or {})
+        params = {} if hint_type or prov is None else dict(prov.params)
         kind = metric_kind(ht)
         if kind is None:
             raise UsageError(f"{hint_path}: no controllability metric for hint type '{ht}' (pass --hint-type)")
         hint = load_image(hint_path)
-        pred = reannotate(load_image(png), ht, params, (hint.shape[1], hint.shape[0]), prov.get("detect_resolution"))
+        pred = reannotate(load_image(png), ht, params, (hint.shape[1], hint.shape[0]), prov.detect_resolution if prov is not None else None)
         name = METRIC_FOR_KIND[kind][0]
         rows.append(EvalRow(str(png), str(hint_path), ht, name, score(kind, pred, hint, tolerance), {
             k: side.get(k) for k in ("prompt", "prompt_mode", "controlnet", "seed", "pass") if k in side}))

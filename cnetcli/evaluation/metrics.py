@@ -169,26 +169,17 @@ def pose_map_pck(pred_map: np.ndarray, target_map: np.ndarray, alpha: float = 0.
     return pose_pck(keypoints_from_pose_map(pred_map), keypoints_from_pose_map(target_map), alpha, size)
 
 
-# Which metric measures which hint type (ControlNet++'s choices). Value: (metric name, higher_is_better).
-EDGE_TYPES = ("canny", "hough", "mlsd", "scribble", "softedge", "hed", "pidi", "lineart", "lineart_anime",
-              "circle-outline", "fake_scribble")
+# The metric of each kind (ControlNet++'s choices). Value: (metric name, higher_is_better). Which kind a hint
+# type is scored with is the registry's `HintType.metric`.
 METRIC_FOR_KIND = {"edge": ("f1", True), "depth": ("rmse", False), "seg": ("miou", True),
                    "normal": ("angular_error", False), "pose": ("pck", True)}
 
 
 def metric_kind(hint_type: str) -> str | None:
-    t = hint_type.lower()
-    if t in EDGE_TYPES or t.startswith(("canny", "hough", "mlsd", "scribble", "softedge", "lineart", "hed")):
-        return "edge"
-    if t.startswith(("depth", "midas", "zoe", "leres")):
-        return "depth"
-    if t.startswith(("seg", "ade", "oneformer", "uniformer")):
-        return "seg"
-    if t.startswith(("normal", "bae")):
-        return "normal"
-    if t.startswith(("pose", "openpose", "dwpose")):
-        return "pose"
-    return None
+    """The metric kind of a hint type (name or alias), from the hint-type registry; None when it has none."""
+    from ..annotators import metric_kind as _metric_kind
+
+    return _metric_kind(hint_type)
 
 
 def score(kind: str, pred: np.ndarray, target: np.ndarray, tolerance: int = 2) -> float:

@@ -6,11 +6,11 @@
 """
 
 from .config import DEFAULT_OUTPUT, GenerateConfig
-from .control import CONTROL_MODES, CONTROLNET_RELEASES, release_for
+from .control import CONTROL_MODES, controlnet_releases, release_for
 from .models import Models, load_models
 from .pipeline import GenerateResult, generate
 from .prompts import DEFAULT_PROMPT, PROMPT_MODES
 from .samplers import SAMPLERS
 
 __all__ = ["generate", "GenerateConfig", "GenerateResult", "Models", "load_models", "DEFAULT_OUTPUT",
-           "DEFAULT_PROMPT", "PROMPT_MODES", "CONTROL_MODES", "CONTROLNET_RELEASES", "release_for", "SAMPLERS"]
+           "DEFAULT_PROMPT", "PROMPT_MODES", "CONTROL_MODES", "controlnet_releases", "release_for", "SAMPLERS"]

@@ -27,43 +27,19 @@ from ..errors import UsageError
 CONTROL_MODES = ("balanced", "prompt", "controlnet")
 SOFT_BASE = 0.825
 
-#: hint type (and aliases) -> the ControlNet 1.1 release for SD1.5 (lllyasviel/ControlNet-v1-1).
-CONTROLNET_RELEASES: dict[str, str] = {
-    "canny": "lllyasviel/control_v11p_sd15_canny",
-    "openpose": "lllyasviel/control_v11p_sd15_openpose",
-    "seg": "lllyasviel/control_v11p_sd15_seg",
-    "normal": "lllyasviel/control_v11p_sd15_normalbae",
-    "scribble": "lllyasviel/control_v11p_sd15_scribble",
-    "softedge": "lllyasviel/control_v11p_sd15_softedge",
-    "mlsd": "lllyasviel/control_v11p_sd15_mlsd",
-    "depth": "lllyasviel/control_v11f1p_sd15_depth",
-    "lineart": "lllyasviel/control_v11p_sd15_lineart",
-    "lineart_anime": "lllyasviel/control_v11p_sd15s2_lineart_anime",
-    "inpaint": "lllyasviel/control_v11p_sd15_inpaint",
-    "ip2p": "lllyasviel/control_v11e_sd15_ip2p",
-    "shuffle": "lllyasviel/control_v11e_sd15_shuffle",
-    "tile": "lllyasviel/control_v11f1e_sd15_tile",
-}
-_TYPE_ALIASES = {
-    "pose": "openpose", "openpose_full": "openpose", "dwpose": "openpose",
-    "segmentation": "seg", "ade20k": "seg", "normalbae": "normal", "normal_bae": "normal",
-    "hed": "softedge", "pidi": "softedge", "pidinet": "softedge", "softedge_hed": "softedge",
-    "fake_scribble": "scribble", "scribble_hed": "scribble", "scribble_pidi": "scribble",
-    "hough": "mlsd", "lines": "mlsd", "midas": "depth", "zoe": "depth", "leres": "depth",
-    "depth_midas": "depth", "depth_zoe": "depth", "anime": "lineart_anime",
-}
+def controlnet_releases(family: str = "sd15") -> dict[str, str]:
+    """Hint type -> its ControlNet release for a base family, derived from the hint-type registry."""
+    from ..annotators import all_types
+
+    return {h.name: hub for h in all_types() if (hub := h.release(family))}
 
 
-def release_for(hint_type: str, flag: str = "--type") -> str:
-    """The ControlNet 1.1 release id for a hint type; a clear error naming the flags otherwise."""
-    key = hint_type.lower().replace("-", "_")
-    key = _TYPE_ALIASES.get(key, key)
-    if key not in CONTROLNET_RELEASES:
-        raise UsageError(
-            f"{flag} {hint_type}: no ControlNet 1.1 release for this hint type; pass --controlnet MODEL "
-            f"(known types: {', '.join(CONTROLNET_RELEASES)})"
-        )
-    return CONTROLNET_RELEASES[key]
+def release_for(hint_type: str, family: str = "sd15", flag: str = "--type") -> str:
+    """The ControlNet release id for a hint type (name or alias) on a base family (the registry's
+    `HintType.releases`); a clear error naming the flags otherwise."""
+    from ..annotators import release_for as _release_for
+
+    return _release_for(hint_type, family, flag)
 
 
 def check_control_mode(mode: str, guess_mode: bool) -> str:

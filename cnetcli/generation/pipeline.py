@@ -24,16 +24,13 @@ import numpy as np
 
 from .. import __version__
 from ..errors import InputError, UsageError
-from ..images import IMAGE_EXTENSIONS, load_image, read_png_metadata, resize_to
+from ..images import IMAGE_EXTENSIONS, load_image, resize_to
 from ..reporting import NullReporter, Reporter
 from . import control as ctl
 from . import output, prompts
 from .config import GenerateConfig
 from .models import Models, load_models
 from .samplers import SAMPLERS, make_scheduler, sample
-
-_NEAREST_TYPES = {"openpose", "pose", "seg", "scribble", "mlsd", "hough", "canny", "lineart", "lineart_anime",
-                  "softedge", "hed", "pidi", "fake_scribble"}
 
 
 @dataclass
@@ -80,8 +77,10 @@ def _hint_type(path: str | None, given: str | None) -> str | None:
         return given
     if path is None:
         return None
-    t = read_png_metadata(path).get("type")
-    return str(t) if t else None
+    from ..data.provenance import Provenance
+
+    prov = Provenance.read(path)
+    return prov.type if prov is not None else None
 
 
 def _controlnet_for(hint_type: str | None, path: str | None) -> str:
@@ -110,14 +109,13 @@ def _annotate_photo(cfg: GenerateConfig, outdir: Path) -> Job:
         arr = annotate(photo, ht.name, image_resolution=cfg.image_resolution)
         path = None
         if cfg.save:
-            from ..images import save_png
+            from ..data.provenance import Provenance
 
             p = output._reserve(outdir, f"hint-{Path(cfg.image).stem}-{ht.name}", (".png",))
             path = str(p.with_name(p.name + ".png"))
-            save_png(path, arr, metadata={
-                "cnet": __version__, "type": ht.name, "params": params_dict(ht.make_params()),
-                "detect_resolution": ht.default_detect_resolution, "image_resolution": cfg.image_resolution,
-                "keep_size": False, "source": str(cfg.image)})
+            Provenance(type=ht.name, params=params_dict(ht.make_params()),
+                       detect_resolution=ht.default_detect_resolution if ht.uses_detect_resolution else None,
+                       image_resolution=cfg.image_resolution, keep_size=False, source=str(cfg.image)).write(path, arr)
         hints.append(HintInput(path, arr, ht.name, ""))
     nets = list(cfg.controlnets)
     if nets and len(nets) != len(hints):
@@ -185,14 +183,11 @@ def encode_prompts(models: Models, texts: list[str]) -> Any:
 def control_image(hint: HintInput, width: int, height: int, models: Models, batch: int) -> Any:
     import torch
 
-    t = (hint.type or "").lower()
-    kind = "nearest" if t in _NEAREST_TYPES else "linear"
-    try:
-        from ..annotators import get_type
+    from ..annotators import find_type
 
-        kind = get_type(t).resize if t else kind
-    except Exception:  # not a registered type (e.g. only known by name): keep the fallback
-        pass
+    ht = find_type(hint.type) if hint.type else None
+    # the registry's resize kind; a type it does not know (a custom --controlnet) is treated as continuous
+    kind = ht.resize if ht is not None else "linear"
     arr = resize_to(hint.image, width, height, kind)
     x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float().div(255.0)
     return x[None].expand(batch, -1, -1, -1).to(models.device, models.dtype)

@@ -55,39 +55,17 @@ class WeightFile:
         return self.name if self.kind == "file" else f"{self.name} (transformers model)"
 
 
-DEFAULT_DEPTH_MODEL = "Intel/dpt-hybrid-midas"
-DEFAULT_SEG_MODEL = "openmmlab/upernet-convnext-small"
+def type_weights() -> dict[str, tuple[WeightFile, ...]]:
+    """Every model-backed hint type -> the weights it may need, from the hint-type registry (each type's
+    module declares its files on its `HintType`)."""
+    from ..annotators import weights_catalogue
 
-#: Every model-backed hint type -> the weights it may need (see each type's module for which option).
-TYPE_WEIGHTS: dict[str, tuple[WeightFile, ...]] = {
-    "pose": (
-        WeightFile("body_pose_model.pth"),
-        WeightFile("hand_pose_model.pth", when="hands=true"),
-        WeightFile("facenet.pth", when="face=true"),
-    ),
-    "depth": (
-        WeightFile("dpt_hybrid-midas-501f0c75.pt", when="model=midas (default)"),
-    ),
-    "normal": (
-        WeightFile("dpt_hybrid-midas-501f0c75.pt", when="model=midas (default)"),
-        WeightFile("scannet.pt", when="model=bae"),
-    ),
-    "seg": (WeightFile(DEFAULT_SEG_MODEL, repo=DEFAULT_SEG_MODEL, kind="model"),),
-    "fake_scribble": (
-        WeightFile("ControlNetHED.pth", when="model=hed (default)"),
-        WeightFile("table5_pidinet.pth", when="model=pidinet"),
-    ),
-    "softedge": (
-        WeightFile("ControlNetHED.pth", when="model=hed (default)"),
-        WeightFile("table5_pidinet.pth", when="model=pidinet"),
-    ),
-    "mlsd": (WeightFile("mlsd_large_512_fp32.pth"),),
-}
+    return weights_catalogue()
 
 
 def file_spec(name: str) -> WeightFile:
     """The `WeightFile` for a known file name (any repo); unknown names default to the Annotators repo."""
-    for files in TYPE_WEIGHTS.values():
+    for files in type_weights().values():
         for f in files:
             if f.name == name:
                 return f
@@ -303,7 +281,7 @@ def record_hashes(root: str | os.PathLike, names: list[str] | None = None) -> di
 
     r = Path(root)
     manifest = _read_manifest(r)
-    for f in sorted({f.name for fs in TYPE_WEIGHTS.values() for f in fs if f.kind == "file"}):
+    for f in sorted({f.name for fs in type_weights().values() for f in fs if f.kind == "file"}):
         if (names is None or f in names) and (r / f).is_file():
             manifest[f] = sha256_file(r / f)
     atomic_write_text(r / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True))
@@ -347,14 +325,17 @@ def _expected(f: WeightFile, path: Path | None, root: Path | None) -> str | None
 def status(types: list[str] | None = None, weights_dir: str | os.PathLike | None = None,
            hashes: bool = False) -> list[WeightStatus]:
     """Each requested type's weights: where they are (or None), size and, with `hashes`, sha256."""
-    names = types or list(TYPE_WEIGHTS)
-    unknown = [t for t in names if t not in TYPE_WEIGHTS]
+    from ..annotators import find_type
+
+    catalogue = type_weights()
+    names = [(find_type(t).name if find_type(t) else t) for t in types] if types else list(catalogue)
+    unknown = [t for t in names if t not in catalogue]
     if unknown:
-        raise UsageError(f"no weights for hint type {', '.join(unknown)} (model-backed types: {', '.join(TYPE_WEIGHTS)})")
+        raise UsageError(f"no weights for hint type {', '.join(unknown)} (model-backed types: {', '.join(catalogue)})")
     root = weights_root(weights_dir)
     out = []
     for t in names:
-        for f in TYPE_WEIGHTS[t]:
+        for f in catalogue[t]:
             p = locate(f, weights_dir)
             st = WeightStatus(t, f, p)
             if p is not None:
@@ -369,7 +350,7 @@ def status(types: list[str] | None = None, weights_dir: str | os.PathLike | None
 def pull(types: list[str], weights_dir: str | os.PathLike | None = None, offline: bool | None = None,
          include_optional: bool = True) -> list[WeightStatus]:
     """Download each type's weights (into `weights_dir` when given, else the HF cache)."""
-    names = types or list(TYPE_WEIGHTS)
+    names = types or list(type_weights())
     sts = status(names, weights_dir)
     missing = [s for s in sts if not s.present and (include_optional or s.file.required)]
     if missing and is_offline(offline):

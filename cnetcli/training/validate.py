@@ -41,14 +41,14 @@ def plot_losses(losses: list[float], path: Path, start: int = 0) -> Path | None:
 def hint_type_for(cfg: TrainConfig, hint: str) -> tuple[str | None, dict[str, Any] | None]:
     """The hint type (and annotator parameters) to score a validation hint with: --validation-type, else the
     provenance `cnet annotate` stores in the PNG; (None, None) when neither names a type with a metric."""
+    from ..data.provenance import Provenance
     from ..evaluation.metrics import metric_kind
-    from ..images import read_png_metadata
 
-    meta = read_png_metadata(hint)
-    t = cfg.validation_type or meta.get("type")
+    prov = Provenance.read(hint)
+    t = cfg.validation_type or (prov.type if prov is not None else None)
     if not t or metric_kind(str(t)) is None:
         return None, None
-    params = meta.get("params") if meta.get("type") == t and isinstance(meta.get("params"), dict) else None
+    params = dict(prov.params) if prov is not None and prov.type == t else None
     return str(t), params
 
 

@@ -1,0 +1,116 @@
+"""The dataset side of `cnet annotate --dataset`: captions and the index rows (written by data/write.py).
+
+A photo's caption is, in order: its sibling `<stem>.txt`; its row in a `metadata.jsonl` (HF imagefolder:
+`file_name` + `text`) in its own folder or the input folder it was found under; the literal `--caption`;
+BLIP (`--caption blip`); else empty (and a warning when every caption is empty).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ..reporting import Reporter
+from .config import AnnotateConfig
+from .plan import Job
+
+INPUT_METADATA = "metadata.jsonl"
+_TEXT_KEYS = ("text", "caption", "prompt")
+
+
+def _metadata_captions(folder: Path) -> dict[str, str]:
+    """{resolved image path: caption} from `folder/metadata.jsonl`; unreadable rows are ignored (they are
+    the user's input, not ours to refuse)."""
+    p = folder / INPUT_METADATA
+    if not p.is_file():
+        return {}
+    out: dict[str, str] = {}
+    try:
+        lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(rec, dict) or not isinstance(rec.get("file_name"), str):
+            continue
+        text = next((rec[k] for k in _TEXT_KEYS if isinstance(rec.get(k), str)), None)
+        if text is not None:
+            out[os.path.normpath(str((folder / rec["file_name"]).absolute()))] = text.strip()
+    return out
+
+
+class Captions:
+    """Caption lookup for one run (input `metadata.jsonl` files read once per folder)."""
+
+    def __init__(self, cfg: AnnotateConfig) -> None:
+        self.cfg = cfg
+        self._meta: dict[Path, dict[str, str]] = {}
+
+    def _from_metadata(self, source: str, root: str) -> str | None:
+        src = Path(source)
+        key = os.path.normpath(str(src.absolute()))
+        for folder in dict.fromkeys([src.parent, Path(root)] if root else [src.parent]):
+            if folder not in self._meta:
+                self._meta[folder] = _metadata_captions(folder)
+            if key in self._meta[folder]:
+                return self._meta[folder][key]
+        return None
+
+    def __call__(self, job: Job) -> str | None:
+        """The caption of a job's photo, None when BLIP (or nothing) must decide."""
+        from ..data import sibling_caption
+
+        text = sibling_caption(job.source)
+        if text is None:
+            text = self._from_metadata(job.source, job.root)
+        if text is None and self.cfg.caption is not None and self.cfg.caption != "blip":
+            text = self.cfg.caption
+        return text
+
+
+def write_index(cfg: AnnotateConfig, type_name: str, done: list[Job], skipped: list[Job], rep: Reporter) -> list[str]:
+    """Merge the rows of this run's photos into the dataset index (under the folder's lock, so concurrent
+    runs and the shards of one run all keep their rows). Returns warnings."""
+    from ..data.write import DatasetWriter
+
+    writer = DatasetWriter(cfg.dataset or ".", cfg.dataset_format)
+    existing = {writer.key(r): r for r in writer.read_index()} if skipped else {}
+    captions = Captions(cfg)
+    text_key = "text" if writer.layout.format == "imagefolder" else "prompt"
+    records: list[dict[str, Any]] = []
+    need_blip: list[tuple[int, Job]] = []
+    skipped_set = {j.index for j in skipped}
+    for j in [*done, *skipped]:
+        rec = writer.record(j.name, "", hint_type=type_name)
+        if j.index in skipped_set and writer.key(rec) in existing:
+            continue  # its row is already in the index
+        text = captions(j)
+        if text is None and cfg.caption == "blip":
+            need_blip.append((len(records), j))
+        rec[text_key] = text or ""
+        records.append(rec)
+    if need_blip:
+        rep.message(f"captioning {len(need_blip)} image(s) with BLIP")
+        paths = [j.image or j.source for _, j in need_blip]
+        for (i, _j), text in zip(need_blip, _blip_captions(cfg, paths), strict=True):
+            records[i][text_key] = text
+    warnings = []
+    if records and not any(r[text_key] for r in records):
+        warnings.append(f"every caption is empty: give <stem>.txt files, a {INPUT_METADATA} (file_name, text) "
+                        "beside the photos, --caption TEXT or --caption blip (training on empty prompts learns "
+                        "no text conditioning)")
+    writer.add_records(records)
+    return warnings
+
+
+def _blip_captions(cfg: AnnotateConfig, image_paths: list[str]) -> list[str]:
+    from ..device import resolve_device
+    from ..models.captions import DEFAULT_CAPTIONER, caption_images
+
+    return caption_images(image_paths, cfg.captioner or DEFAULT_CAPTIONER, batch_size=cfg.batch_size,
+                          device=resolve_device(cfg.device), offline=cfg.offline)

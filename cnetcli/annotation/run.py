@@ -1,0 +1,490 @@
+"""Running an annotator over the planned jobs: `annotate_paths(cfg)`.
+
+Phases: (1) the type, its parameters and the runtime, (2) the plan (inputs -> output names, once), (3) this
+process's shard (`cnetcli.device.process_rank_world`: RANK/WORLD_SIZE as set by accelerate/torchrun), (4)
+outputs: never overwritten silently (checked up front for a clear message, and every file is then created
+exclusively, so a second run racing this one cannot overwrite it either), the output folders must be
+creatable and writable, (5) annotate: weight-free types in a process pool (no torch imported on that path),
+model-backed types (`needs_weights=True`) in this process in batches, decoding in a thread pool and writing in
+a background thread, (6) the dataset index (annotation/dataset.py).
+
+Never prints: progress goes to a `Reporter`. A bad image is recorded in the summary with its reason and the
+others still run; nothing is half-written (temp file + rename; a failed item leaves no file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from ..annotators import Runtime
+from ..errors import CnetError, InputError, UsageError
+from ..reporting import NullReporter, Reporter
+from .config import DEFAULT_IMAGE_RESOLUTION, KEEP_SIZE_MAX_RESOLUTION, AnnotateConfig, AnnotateSummary
+from .plan import Job, plan
+
+#: The largest hint or detector input (pixels) an annotator may be asked to make: a 65536 x 1 image at
+#: resolution 512 would otherwise ask for a 512 x 33554432 array (17 GB) before anything fails.
+MAX_HINT_PIXELS = 8192 * 8192
+
+
+@dataclass(frozen=True)
+class Ctx:
+    """What every job of a run shares (pickled once per task chunk to the pool's workers)."""
+
+    type: str
+    params: Any
+    runtime: Runtime
+    detect_resolution: int | None  # None: the type's default, or the image's own size with keep_size
+    image_resolution: int | None  # None: 512, or the image's own size with keep_size
+    default_detect_resolution: int
+    uses_detect_resolution: bool
+    keep_size: bool
+    resize: str
+    exclusive: bool  # create outputs exclusively (never replace a file)
+    sidecar: str | None = None  # suffix of the JSON sidecar written next to each hint (e.g. ".pose.json")
+
+
+def resolutions(ctx: Ctx, img: Any) -> tuple[int, int]:
+    """(detect resolution, image resolution) for one image. With keep_size and no explicit value, the image's
+    own short side (at least 64, at most KEEP_SIZE_MAX_RESOLUTION): no 512-then-shrink for small images."""
+    own = max(64, min(int(min(img.shape[:2])), KEEP_SIZE_MAX_RESOLUTION))
+    ir = ctx.image_resolution or (own if ctx.keep_size else DEFAULT_IMAGE_RESOLUTION)
+    dr = ctx.detect_resolution or (own if ctx.keep_size else ctx.default_detect_resolution)
+    return dr, ir
+
+
+def check_size(img: Any, dr: int, ir: int) -> None:
+    """Refuse (before any allocation) an image whose detector input or hint would be absurdly large."""
+    from ..images import output_hw
+
+    for what, res in (("hint", ir), ("detector input", dr)):
+        H, W = output_hw(img, res)
+        if H * W > MAX_HINT_PIXELS:
+            raise InputError(f"{img.shape[1]}x{img.shape[0]} image: its {what} at resolution {res} would be "
+                             f"{W}x{H} pixels (limit {MAX_HINT_PIXELS}); crop it or lower --image-resolution")
+
+
+def _provenance(ctx: Ctx, source: str, dr: int, ir: int) -> Any:
+    from ..data.provenance import Provenance
+
+    return Provenance(type=ctx.type, params=dataclasses.asdict(ctx.params),
+                      detect_resolution=dr if ctx.uses_detect_resolution else None, image_resolution=ir,
+                      keep_size=ctx.keep_size, source=os.path.abspath(source))
+
+
+# --- per-image work (shared by the process pool and the model path) -------------------------------------
+
+def _init_worker() -> None:
+    try:  # one OpenCV thread per worker process: the pool is the parallelism
+        import cv2
+
+        cv2.setNumThreads(1)
+    except Exception:  # pragma: no cover - cv2 missing is reported by the annotator itself
+        pass
+
+
+def _annotator(ctx: Ctx) -> Any:
+    from ..annotators import build
+
+    return build(ctx.type, ctx.params, ctx.runtime)
+
+
+def _finish_hint(ctx: Ctx, img: Any, hint: Any, fn: Any = None, sidecar: Any = None) -> tuple[Any, Any]:
+    """(hint as RGB uint8, at the input's size with --keep-size; the sidecar data matching it)."""
+    import numpy as np
+
+    from ..images import HWC3, resize_to
+
+    hint = np.asarray(hint)
+    if hint.dtype != np.uint8:
+        raise ValueError(f"annotator returned {hint.dtype}, expected uint8")
+    hint = HWC3(hint)
+    if ctx.keep_size:
+        H, W = img.shape[:2]
+        if sidecar is not None and hint.shape[:2] != (H, W) and callable(getattr(fn, "resize_sidecar", None)):
+            sidecar = fn.resize_sidecar(sidecar, W, H)
+        hint = resize_to(hint, W, H, ctx.resize)
+    return hint, sidecar
+
+
+def _write(ctx: Ctx, job: Job, img: Any, hint: Any, sidecar: Any, dr: int, ir: int) -> str | None:
+    """Write the hint (and the dataset photo at the hint's size, and the sidecar JSON when the type has
+    one). Returns a reason on failure, leaving no file of this job behind."""
+    import json
+
+    from ..data.write import write_bytes
+    from ..images import encode_png, resize_to, sidecar_path
+
+    written: list[str] = []
+    try:
+        if job.image is not None:
+            photo = resize_to(img, hint.shape[1], hint.shape[0], "linear")
+            write_bytes(job.image, encode_png(photo), ctx.exclusive)
+            written.append(job.image)
+        write_bytes(job.hint, _provenance(ctx, job.source, dr, ir).encode(hint), ctx.exclusive)
+        written.append(job.hint)
+        if ctx.sidecar is not None and sidecar is not None:
+            side = sidecar_path(job.hint, ctx.sidecar)
+            write_bytes(side, json.dumps(sidecar, indent=1).encode("utf-8"), ctx.exclusive)
+            written.append(side)
+        return None
+    except FileExistsError as e:
+        _unlink(written)
+        return f"{e.filename}: already exists (written meanwhile by another run); pass --overwrite to replace it"
+    except OSError as e:
+        _unlink(written)
+        return f"cannot write {e.filename or job.hint}: {e.strerror or e}"
+    except Exception as e:
+        _unlink(written)
+        return f"cannot write output ({type(e).__name__}: {e})"
+
+
+def _unlink(paths: list[str]) -> None:
+    for w in paths:
+        try:
+            os.unlink(w)
+        except OSError:
+            pass
+
+
+def _annotate_one(fn: Any, img: Any, ctx: Ctx, dr: int, ir: int) -> tuple[Any, Any]:
+    """(hint, sidecar data or None) for one image."""
+    kw = {"detect_resolution": dr, "image_resolution": ir}
+    if ctx.sidecar is not None:
+        return fn.annotate_with_sidecar(img, **kw)
+    return fn(img, **kw), None
+
+
+def _process(ctx: Ctx, job: Job) -> tuple[int, str | None]:
+    """Load, annotate, write one image (in a pool worker). Returns (index, failure reason or None)."""
+    img = _load_or_reason(job.source)
+    if isinstance(img, Exception):
+        return job.index, _reason(img, job.source)
+    try:
+        dr, ir = resolutions(ctx, img)
+        check_size(img, dr, ir)
+        fn = _annotator(ctx)
+        hint, data = _annotate_one(fn, img, ctx, dr, ir)
+        hint, data = _finish_hint(ctx, img, hint, fn, data)
+    except CnetError as e:
+        return job.index, _reason(e, job.source)
+    except Exception as e:
+        return job.index, f"annotator failed ({type(e).__name__}: {e})"
+    return job.index, _write(ctx, job, img, hint, data, dr, ir)
+
+
+def _reason(e: Exception, source: str) -> str:
+    msg = str(e)
+    return msg[len(source) + 2:] if msg.startswith(source + ": ") else msg
+
+
+def _load_or_reason(source: str) -> Any:
+    from ..images import load_image
+
+    try:
+        return load_image(source)
+    except InputError as e:
+        return e
+
+
+# --- the run ----------------------------------------------------------------------------------------------
+
+def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> AnnotateSummary:
+    """Annotate every input of `cfg` (this process's shard of it). Raises CnetError for problems with the
+    run as a whole (bad flags, missing inputs, outputs in the way); bad images are listed in the summary."""
+    from ..annotators import get_annotatable
+
+    rep = reporter or NullReporter()
+    t0 = time.perf_counter()
+
+    # 1. type, parameters, runtime
+    ht = get_annotatable(cfg.type)
+    params = ht.make_params(**dict(cfg.params))
+    runtime = Runtime(device=cfg.device, weights_dir=cfg.weights_dir, offline=cfg.offline,
+                      trust_pickle=cfg.trust_pickle)
+    if ht.needs_weights:
+        from ..device import resolve_device
+
+        runtime = dataclasses.replace(runtime, device=resolve_device(cfg.device))
+
+    # 2. inputs and their outputs (names decided on the whole sorted list, so shards agree)
+    p = plan(cfg, ht.name)
+
+    # 3. this process's shard
+    rank, world = cfg.shard or _shard_from_env()
+    jobs = p.jobs[rank::world]
+    summary = AnnotateSummary(type=ht.name, total=len(jobs), output_dirs=[str(d) for d in p.out_dirs],
+                              dataset=cfg.dataset, shard=(rank, world), skipped_dirs=[str(d) for d in p.skipped_dirs])
+
+    # 4. outputs: writable folders, nothing overwritten silently
+    for d in p.out_dirs:
+        _check_output_dir(d)
+    sidecar = ht.sidecar_suffix(params)
+
+    def targets(j: Job) -> list[str]:
+        from ..images import sidecar_path
+
+        return ([j.hint] + ([j.image] if j.image else [])
+                + ([sidecar_path(j.hint, sidecar)] if sidecar is not None else []))
+
+    todo: list[Job] = []
+    skipped: list[Job] = []
+    partial_jobs: list[Job] = []
+    for j in jobs:
+        present = [t for t in targets(j) if os.path.lexists(t)]
+        if present and not cfg.overwrite:
+            if not cfg.skip_existing:
+                n = sum(1 for k in jobs if any(os.path.lexists(t) for t in targets(k)))
+                raise CnetError(f"{present[0]}: already exists ({n} output(s) in the way); pass --overwrite to "
+                                "replace them or --skip-existing to resume")
+            if len(present) == len(targets(j)):
+                skipped.append(j)
+                continue
+            partial_jobs.append(j)  # an interrupted earlier run: complete it (its files are replaced)
+        todo.append(j)
+    summary.skipped = len(skipped)
+
+    ctx = Ctx(ht.name, params, runtime, cfg.detect_resolution, cfg.image_resolution, ht.default_detect_resolution,
+              ht.uses_detect_resolution, cfg.keep_size, ht.resize, exclusive=not cfg.overwrite, sidecar=sidecar)
+    # A model-backed type loads its weights now: a missing or bad weight stops the run before anything is
+    # said or written (MissingWeightsError & co.); with nothing to do, nothing is loaded.
+    model = _annotator(ctx) if ht.needs_weights and todo else None
+
+    where = cfg.dataset if cfg.dataset is not None else ", ".join(summary.output_dirs)
+    what = f"dataset ({cfg.dataset_format})" if cfg.dataset is not None else "hints"
+    shard_note = f" [shard {rank + 1}/{world}: {len(jobs)} of {len(p.jobs)} images]" if world > 1 else ""
+    rep.message(f"{ht.name} {what} -> {where}{shard_note}")
+    if p.skipped_dirs:
+        shown = ", ".join(str(d) for d in p.skipped_dirs[:3]) + (" ..." if len(p.skipped_dirs) > 3 else "")
+        rep.message(f"not walking {len(p.skipped_dirs)} folder(s) cnet wrote earlier: {shown}")
+    if skipped:
+        rep.message(f"skipping {len(skipped)} image(s) whose outputs already exist")
+
+    # 5. annotate
+    results: dict[int, str | None] = {}
+    workers = cfg.workers or default_workers()
+    run_ctx = ctx
+    if partial_jobs:  # the leftovers of an interrupted run are replaced, everything else created exclusively
+        replace = {j.index for j in partial_jobs}
+        todo_new = [j for j in todo if j.index not in replace]
+        for sub_jobs, c in ((todo_new, ctx), (partial_jobs, dataclasses.replace(ctx, exclusive=False))):
+            if sub_jobs:
+                results.update(_run(c, model, sub_jobs, workers, cfg.batch_size, rep))
+    else:
+        results = _run(run_ctx, model, todo, workers, cfg.batch_size, rep)
+    for j in todo:
+        reason = results.get(j.index, "not processed")
+        if reason is None:
+            summary.done += 1
+            summary.outputs.append(j.hint)
+        else:
+            summary.failed.append((j.source, reason))
+
+    # 6. captions and the dataset index
+    if cfg.dataset is not None:
+        from .dataset import write_index
+
+        ok_jobs = [j for j in todo if results.get(j.index) is None]
+        summary.warnings += write_index(cfg, ht.name, ok_jobs, skipped, rep)
+        for w in summary.warnings:
+            rep.message(f"warning: {w}")
+
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _run(ctx: Ctx, model: Any, jobs: list[Job], workers: int, batch_size: int, rep: Reporter) -> dict[int, str | None]:
+    if model is not None:
+        return _run_model(ctx, model, jobs, workers, batch_size, rep)
+    return _run_pool(ctx, jobs, workers, rep)
+
+
+def _shard_from_env() -> tuple[int, int]:
+    from ..device import process_rank_world
+
+    return process_rank_world()
+
+
+def _check_output_dir(d: Path) -> None:
+    """The output folder can be created (or exists) and is writable, else one line naming it. Nothing is
+    created here: a run that stops before its first image leaves no empty folder behind."""
+    p = d.absolute()
+    while not os.path.lexists(p) and p.parent != p:
+        p = p.parent
+    if not p.is_dir():
+        what = "exists and is not a folder" if p == d.absolute() else f"cannot be created: {p} is a file"
+        raise UsageError(f"{d}: {what}; choose another output")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise CnetError(f"{d}: not writable ({p} does not allow writing); fix its permissions or choose another "
+                        "output")
+
+
+def default_workers() -> int:
+    """All usable cores, shared among the processes of this machine under accelerate/torchrun."""
+    from ..device import local_world_size
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        local = local_world_size()
+    except ValueError:
+        local = 1
+    return max(1, cores // local)
+
+
+def _run_pool(ctx: Ctx, jobs: list[Job], workers: int, rep: Reporter) -> dict[int, str | None]:
+    """Weight-free types: a process pool (created before the progress bar's thread starts); each task gets
+    the run's context as an argument, so no module state drives the workers."""
+    import multiprocessing as mp
+
+    results: dict[int, str | None] = {}
+    workers = max(1, min(workers, len(jobs)))
+    work = partial(_process, ctx)
+    if workers == 1:
+        rep.start(len(jobs), f"annotate {ctx.type}")
+        try:
+            for j in jobs:
+                i, reason = work(j)
+                results[i] = reason
+                rep.advance(1, ok=reason is None)
+        finally:
+            rep.finish()
+        return results
+    pool = mp.get_context(start_method()).Pool(workers, initializer=_init_worker)
+    rep.start(len(jobs), f"annotate {ctx.type}")
+    try:
+        chunk = max(1, min(8, len(jobs) // (workers * 8)))
+        for i, reason in pool.imap_unordered(work, jobs, chunksize=chunk):
+            results[i] = reason
+            rep.advance(1, ok=reason is None)
+        pool.close()
+    except BaseException:  # Ctrl-C: stop the workers and remove any temp file they were writing
+        pool.terminate()
+        pool.join()
+        remove_temp_files([j for j in jobs if j.index not in results])
+        raise
+    finally:
+        pool.join()
+        rep.finish()
+    return results
+
+
+def start_method() -> str:
+    """"fork" (fast: no re-import) unless this process already runs OpenCV or torch, whose thread pools
+    do not survive a fork (a forked worker can hang on their locks); then "forkserver" (or "spawn")."""
+    import multiprocessing as mp
+    import sys
+
+    methods = mp.get_all_start_methods()
+    if "fork" in methods and not any(m in sys.modules for m in ("cv2", "torch")):
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def remove_temp_files(jobs: list[Job]) -> None:
+    """Temp files (see data.write.temp_prefix) of jobs a killed worker left behind."""
+    from ..data.write import temp_prefix
+
+    for j in jobs:
+        for target in (j.hint, j.image):
+            if target:
+                t = Path(target)
+                for tmp in t.parent.glob(f"{glob.escape(temp_prefix(t))}*.tmp"):
+                    tmp.unlink(missing_ok=True)
+
+
+def _run_model(ctx: Ctx, fn: Any, jobs: list[Job], workers: int, batch_size: int,
+               rep: Reporter) -> dict[int, str | None]:
+    """Model-backed types: this process, in batches; decoding in threads (next batch prefetched while
+    the model runs) and PNG encoding/writing in a background thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    results: dict[int, str | None] = {}
+    ctx = dataclasses.replace(ctx, sidecar=getattr(fn, "sidecar_suffix", None) or ctx.sidecar)
+    batched = callable(getattr(fn, "batch", None)) and ctx.sidecar is None
+    chunks = [jobs[i: i + batch_size] for i in range(0, len(jobs), batch_size)]
+    rep.start(len(jobs), f"annotate {ctx.type}")
+    try:
+        with ThreadPoolExecutor(max(1, workers)) as dec, ThreadPoolExecutor(1) as wr:
+            pending_writes: list[tuple[Job, Any]] = []
+
+            def drain(keep: int) -> None:
+                while len(pending_writes) > keep:
+                    job, fut = pending_writes.pop(0)
+                    results[job.index] = fut.result()
+                    rep.advance(1, ok=results[job.index] is None)
+
+            def fail(j: Job, reason: str) -> None:
+                results[j.index] = reason
+                rep.advance(1, ok=False)
+
+            nxt = [dec.submit(_load_or_reason, j.source) for j in chunks[0]] if chunks else []
+            for ci, chunk in enumerate(chunks):
+                loaded = [f.result() for f in nxt]
+                nxt = [dec.submit(_load_or_reason, j.source) for j in chunks[ci + 1]] if ci + 1 < len(chunks) else []
+                groups: dict[tuple[int, int], list[tuple[Job, Any]]] = {}
+                for j, img in zip(chunk, loaded, strict=True):
+                    if isinstance(img, Exception):
+                        fail(j, _reason(img, j.source))
+                        continue
+                    res = resolutions(ctx, img)
+                    try:
+                        check_size(img, *res)
+                    except CnetError as e:
+                        fail(j, str(e))
+                        continue
+                    groups.setdefault(res, []).append((j, img))
+                for (dr, ir), good in groups.items():
+                    hints = _model_hints(ctx, fn, batched, [img for _, img in good], dr, ir)
+                    for (j, img), h in zip(good, hints, strict=True):
+                        if isinstance(h, str):
+                            fail(j, h)
+                            continue
+                        pending_writes.append((j, wr.submit(_finish_and_write, ctx, fn, j, img, *h, dr, ir)))
+                drain(keep=batch_size)  # at most about one batch waiting to be written
+            drain(keep=0)
+    finally:
+        rep.finish()
+    return results
+
+
+def _finish_and_write(ctx: Ctx, fn: Any, job: Job, img: Any, hint: Any, sidecar: Any, dr: int, ir: int) -> str | None:
+    try:
+        hint, sidecar = _finish_hint(ctx, img, hint, fn, sidecar)
+    except Exception as e:
+        return f"annotator failed ({type(e).__name__}: {e})"
+    return _write(ctx, job, img, hint, sidecar, dr, ir)
+
+
+def _model_hints(ctx: Ctx, fn: Any, batched: bool, imgs: list[Any], dr: int, ir: int) -> list[Any]:
+    """(hint, sidecar data or None) per image of a batch; a per-image failure becomes its reason string.
+    CnetErrors stop the run."""
+    if not imgs:
+        return []
+    if batched:
+        try:
+            out = list(fn.batch(imgs, detect_resolution=dr, image_resolution=ir))
+            if len(out) == len(imgs):
+                return [(h, None) for h in out]
+        except CnetError:
+            raise
+        except Exception:  # isolate the bad image(s): fall back to one at a time
+            pass
+    hints: list[Any] = []
+    for img in imgs:
+        try:
+            hints.append(_annotate_one(fn, img, ctx, dr, ir))
+        except CnetError:
+            raise
+        except Exception as e:
+            hints.append(f"annotator failed ({type(e).__name__}: {e})")
+    return hints

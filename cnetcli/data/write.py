@@ -1,0 +1,169 @@
+"""The one dataset writer: photos, hints (with provenance) and the JSON-lines index, in either layout.
+
+Used by `cnet annotate --dataset`, `cnet data circles` (and so the demo):
+
+    w = DatasetWriter("dataset", "imagefolder")
+    w.write_example("cat", photo, hint, Provenance(type="canny", ...))   # images/cat.png, conditioning_images/cat.png
+    w.add_records([w.record("cat", "a cat", hint_type="canny")])        # merged into metadata.jsonl
+
+Safe with several writers on one folder: `add_records` re-reads the index and merges under a file lock
+(`DIR/.cnet-index.lock`), so two `annotate --dataset` processes lose no rows. File names of any bytes: a
+name that is not valid UTF-8 (an undecodable byte arrives as a surrogate escape) is written under a safe
+name (`safe_name`), and the index is written so a stray surrogate can never lose it. Writes are atomic
+(temp file + rename), and `exclusive=True` creates a file only if it does not exist yet (a hard link of the
+finished temp file), so two runs that must not overwrite cannot both write it.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from . import Layout, layout, merge_records, read_records
+
+LOCK_NAME = ".cnet-index.lock"
+
+
+def safe_name(name: str) -> str:
+    """`name` made valid UTF-8: undecodable bytes (surrogate escapes from `os.fsdecode`) become U+FFFD."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def temp_prefix(path: Path) -> str:
+    """Prefix of the temp files written beside `path` (short: a 250-byte name must still get a temp file)."""
+    return f".{safe_name(path.name)[:120]}."
+
+
+def _temp_beside(p: Path, data: bytes) -> str:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(p), suffix=".tmp", dir=p.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+def write_new_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Create `path` with `data` only if it does not exist (`FileExistsError` otherwise), atomically: the
+    bytes go to a temp file first, which is then hard-linked to `path` (a link refuses an existing name)."""
+    p = Path(path)
+    tmp = _temp_beside(p, data)
+    try:
+        try:
+            os.link(tmp, p)
+        except FileExistsError:
+            raise
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+                raise
+            with open(p, "xb") as f:  # a filesystem without hard links: exclusive create, then the bytes
+                f.write(data)
+    finally:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, exclusive: bool = False) -> None:
+    """Atomic write (temp file + rename); `exclusive`: never replace an existing file (`write_new_bytes`)."""
+    if exclusive:
+        write_new_bytes(path, data)
+        return
+    p = Path(path)
+    tmp = _temp_beside(p, data)
+    try:
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _json_line(rec: dict[str, Any]) -> str:
+    line = json.dumps(rec, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate somewhere: JSON's \\u escapes keep it readable back
+        line = json.dumps(rec, ensure_ascii=True)
+    return line + "\n"
+
+
+def write_records(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
+    """Atomically write JSON lines (one record per line, UTF-8, keys in insertion order)."""
+    write_bytes(path, "".join(_json_line(r) for r in records).encode("utf-8"))
+
+
+@contextmanager
+def index_lock(root: str | os.PathLike) -> Iterator[None]:
+    """Hold the dataset folder's index lock (an OS file lock: released even if the process is killed)."""
+    from filelock import FileLock
+
+    d = Path(root)
+    d.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(d / LOCK_NAME)):
+        yield
+
+
+class DatasetWriter:
+    """Writes examples and index rows of one dataset folder in one layout ("imagefolder" | "tutorial")."""
+
+    def __init__(self, root: str | os.PathLike, fmt: str = "imagefolder") -> None:
+        self.root = Path(root)
+        self.layout: Layout = layout(fmt)
+
+    @property
+    def index(self) -> Path:
+        return self.root / self.layout.metadata
+
+    def paths(self, name: str) -> tuple[Path, Path]:
+        """(photo path, hint path) of example `name`."""
+        n = safe_name(name)
+        return self.root / self.layout.images / f"{n}.png", self.root / self.layout.hints / f"{n}.png"
+
+    def record(self, name: str, text: str, **extra: Any) -> dict[str, Any]:
+        return self.layout.record(safe_name(name), text, **extra)
+
+    def key(self, record: dict[str, Any]) -> str:
+        return self.layout.key(record)
+
+    def read_index(self) -> list[dict[str, Any]]:
+        return read_records(self.index) if self.index.is_file() else []
+
+    def write_example(self, name: str, photo: Any, hint: Any, provenance: Any = None,
+                      exclusive: bool = False) -> list[Path]:
+        """Write the photo and the hint (carrying `provenance`, a `Provenance`) as PNGs; returns the paths.
+        On failure nothing of this example is left behind."""
+        from ..images import encode_png
+
+        img_path, hint_path = self.paths(name)
+        written: list[Path] = []
+        try:
+            write_bytes(img_path, encode_png(photo), exclusive)
+            written.append(img_path)
+            write_bytes(hint_path, provenance.encode(hint) if provenance is not None else encode_png(hint), exclusive)
+            written.append(hint_path)
+        except BaseException:
+            for w in written:
+                w.unlink(missing_ok=True)
+            raise
+        return written
+
+    def add_records(self, records: list[dict[str, Any]]) -> int:
+        """Merge `records` into the index (a record replaces the one with the same photo), under the folder's
+        lock so concurrent writers all keep their rows. Returns the index's row count."""
+        with index_lock(self.root):
+            merged = merge_records(self.layout, self.read_index(), records)
+            write_records(self.index, merged)
+        return len(merged)
