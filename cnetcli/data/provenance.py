@@ -102,7 +102,7 @@ class Provenance:
             return None
         try:
             d = json.loads(raw, parse_constant=_no_constants)
-        except ValueError as e:
+        except (ValueError, RecursionError) as e:
             if strict:
                 raise InputError(f"{path}: its '{PNG_KEY}' provenance is not valid JSON ({e}); "
                                  "re-annotate it or pass --type") from None
