@@ -74,6 +74,8 @@ class HintType:
     releases: Mapping[str, str | None] = field(default_factory=dict)  # base family -> ControlNet hub id
     metric: str | None = None  # "edge" | "depth" | "seg" | "normal" | "pose" | None (no metric)
     weights: tuple[WeightFile, ...] = ()  # every file its annotator may load (see WeightFile.when)
+    #: the annotator that re-creates this type's hints from an image, for `cnet eval` (None: its own)
+    reannotate_as: str | None = None
 
     @property
     def has_annotator(self) -> bool:

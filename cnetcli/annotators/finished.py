@@ -28,4 +28,4 @@ register(HintType("dwpose", "DWPose skeleton (no annotator in cnet; the openpose
                   metric="pose", releases={"sd15": f"{_V11}p_sd15_openpose"}))
 # `cnet data circles` writes these: the outline of a filled circle (what canny finds on it; no release).
 register(HintType("circle-outline", "outline of a circle from `cnet data circles` (no annotator)", resize="nearest",
-                  metric="edge"))
+                  metric="edge", reannotate_as="canny"))

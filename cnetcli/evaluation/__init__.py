@@ -21,21 +21,17 @@ import numpy as np
 from ..errors import InputError, UsageError
 from .metrics import METRIC_FOR_KIND, metric_kind, score
 
-#: Hint types that are not annotators themselves, and the annotator that reproduces them from an image.
-REANNOTATE_AS: dict[str, tuple[str, dict[str, Any]]] = {
-    # the circles dataset's outline is exactly what canny finds on a filled circle
-    "circle-outline": ("canny", {}),
-}
-
 
 def reannotate(image: np.ndarray, hint_type: str, params: dict[str, Any] | None, size: tuple[int, int],
                detect_resolution: int | None = None) -> np.ndarray:
     """Run the hint's annotator on `image` at the hint's size (width, height)."""
-    from ..annotators import annotate
+    from ..annotators import annotate, find_type
     from ..images import resize_to
 
-    name, extra = REANNOTATE_AS.get(hint_type, (hint_type, None))
-    p = dict(extra) if extra is not None else dict(params or {})
+    ht = find_type(hint_type)
+    # a type made by another annotator's math (the circles' outline is what canny finds) is scored with it
+    name = ht.reannotate_as if ht is not None and ht.reannotate_as else hint_type
+    p = {} if name != hint_type else dict(params or {})
     w, h = size
     img = resize_to(np.asarray(image), w, h, "linear")
     return annotate(img, name, detect_resolution=detect_resolution or min(w, h), image_resolution=min(w, h),
