@@ -391,8 +391,8 @@ def start_method() -> str:
 
 
 def remove_temp_files(jobs: list[Job]) -> None:
-    """Temp files (see data.write.temp_prefix) of jobs a killed worker left behind."""
-    from ..data.write import temp_prefix
+    """Temp files (see images.temp_prefix) of jobs a killed worker left behind."""
+    from ..images import temp_prefix
 
     for j in jobs:
         for target in (j.hint, j.image):

@@ -35,12 +35,9 @@ def safe_name(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def temp_prefix(path: Path) -> str:
-    """Prefix of the temp files written beside `path` (short: a 250-byte name must still get a temp file)."""
-    return f".{safe_name(path.name)[:120]}."
-
-
 def _temp_beside(p: Path, data: bytes) -> str:
+    from ..images import temp_prefix
+
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=temp_prefix(p), suffix=".tmp", dir=p.parent)
     try:
@@ -76,19 +73,12 @@ def write_new_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def write_bytes(path: str | os.PathLike, data: bytes, exclusive: bool = False) -> None:
     """Atomic write (temp file + rename); `exclusive`: never replace an existing file (`write_new_bytes`)."""
+    from ..images import atomic_write_bytes
+
     if exclusive:
         write_new_bytes(path, data)
-        return
-    p = Path(path)
-    tmp = _temp_beside(p, data)
-    try:
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    else:
+        atomic_write_bytes(path, data)
 
 
 def _json_line(rec: dict[str, Any]) -> str:
