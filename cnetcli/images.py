@@ -202,11 +202,16 @@ def as_rgb_array(image: Any) -> np.ndarray:
     raise TypeError(f"expected a path, PIL image or numpy array, got {type(image).__name__}")
 
 
+def temp_prefix(path: str | os.PathLike) -> str:
+    """Prefix of the temp files written beside `path`: short, so a 250-byte name still gets a temp file."""
+    return f".{Path(path).name[:120]}."
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write bytes to `path` via a temp file in the same folder and an atomic rename."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(p), suffix=".tmp", dir=p.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
