@@ -141,6 +141,7 @@ def test_keep_size_detects_at_the_images_own_size(tmp_path):
     own = resize_to(cnetcli.annotate(img, "hough", detect_resolution=90, image_resolution=90, min_length=10),
                     120, 90, "nearest")
     assert np.array_equal(hint, own)
+    assert np.array_equal(cnetcli.annotate(img, "hough", keep_size=True, min_length=10), own)  # the Python API too
     # explicit values still win
     s = annotate_paths(AnnotateConfig(inputs=(str(tmp_path / "in"),), type="hough", output=str(tmp_path / "o2"),
                                       keep_size=True, workers=1, detect_resolution=256, image_resolution=128))

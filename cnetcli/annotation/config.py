@@ -7,17 +7,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..annotators import DEFAULT_IMAGE_RESOLUTION as DEFAULT_IMAGE_RESOLUTION
 from ..errors import UsageError
 
 DEFAULT_TYPE = "canny"
-DEFAULT_IMAGE_RESOLUTION = 512
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_DATASET_FORMAT = "imagefolder"
 #: Bounds of --detect-resolution / --image-resolution.
 MIN_RESOLUTION, MAX_RESOLUTION = 64, 8192
-#: With --keep-size the detector runs at the image's own short side, but at most this (a 20k photo would
-#: otherwise run a network at 20k).
-KEEP_SIZE_MAX_RESOLUTION = 2048
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import Any
 from ..annotators import Runtime
 from ..errors import CnetError, InputError, UsageError
 from ..reporting import NullReporter, Reporter
-from .config import DEFAULT_IMAGE_RESOLUTION, KEEP_SIZE_MAX_RESOLUTION, AnnotateConfig, AnnotateSummary
+from .config import AnnotateConfig, AnnotateSummary
 from .plan import Job, plan
 
 #: The largest hint or detector input (pixels) an annotator may be asked to make: a 65536 x 1 image at
@@ -43,7 +43,6 @@ class Ctx:
     runtime: Runtime
     detect_resolution: int | None  # None: the type's default, or the image's own size with keep_size
     image_resolution: int | None  # None: 512, or the image's own size with keep_size
-    default_detect_resolution: int
     uses_detect_resolution: bool
     keep_size: bool
     resize: str
@@ -52,12 +51,10 @@ class Ctx:
 
 
 def resolutions(ctx: Ctx, img: Any) -> tuple[int, int]:
-    """(detect resolution, image resolution) for one image. With keep_size and no explicit value, the image's
-    own short side (at least 64, at most KEEP_SIZE_MAX_RESOLUTION): no 512-then-shrink for small images."""
-    own = max(64, min(int(min(img.shape[:2])), KEEP_SIZE_MAX_RESOLUTION))
-    ir = ctx.image_resolution or (own if ctx.keep_size else DEFAULT_IMAGE_RESOLUTION)
-    dr = ctx.detect_resolution or (own if ctx.keep_size else ctx.default_detect_resolution)
-    return dr, ir
+    """(detect resolution, image resolution) for one image (`HintType.resolutions`)."""
+    from ..annotators import get_type
+
+    return get_type(ctx.type).resolutions(img, ctx.detect_resolution, ctx.image_resolution, ctx.keep_size)
 
 
 def check_size(img: Any, dr: int, ir: int) -> None:
@@ -251,8 +248,8 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
         todo.append(j)
     summary.skipped = len(skipped)
 
-    ctx = Ctx(ht.name, params, runtime, cfg.detect_resolution, cfg.image_resolution, ht.default_detect_resolution,
-              ht.uses_detect_resolution, cfg.keep_size, ht.resize, exclusive=not cfg.overwrite, sidecar=sidecar)
+    ctx = Ctx(ht.name, params, runtime, cfg.detect_resolution, cfg.image_resolution, ht.uses_detect_resolution,
+              cfg.keep_size, ht.resize, exclusive=not cfg.overwrite, sidecar=sidecar)
     # A model-backed type loads its weights now: a missing or bad weight stops the run before anything is
     # said or written (MissingWeightsError & co.); with nothing to do, nothing is loaded.
     model = _annotator(ctx) if ht.needs_weights and todo else None

@@ -31,6 +31,11 @@ from ..models.weights import WeightFile
 
 #: Base-model families a ControlNet release can be for (keys of `HintType.releases`).
 FAMILIES = ("sd15", "sdxl")
+#: ControlNet's hint size (short side) when none is given.
+DEFAULT_IMAGE_RESOLUTION = 512
+#: With keep_size the detector runs at the image's own short side, but at most this (a 20k photo would
+#: otherwise run a network at 20k).
+KEEP_SIZE_MAX_RESOLUTION = 2048
 
 
 class Annotator(Protocol):
@@ -94,6 +99,16 @@ class HintType:
             return self.params(**kwargs)
         except TypeError as e:
             raise UsageError(f"hint type '{self.name}': {e}") from None
+
+    def resolutions(self, image: Any, detect_resolution: int | None = None, image_resolution: int | None = None,
+                    keep_size: bool = False) -> tuple[int, int]:
+        """(detect resolution, image resolution) for one image: the given values, else with keep_size the
+        image's own short side (64..KEEP_SIZE_MAX_RESOLUTION: no 512-then-shrink for small images), else the
+        type's default detect resolution and 512."""
+        own = max(64, min(int(min(image.shape[:2])), KEEP_SIZE_MAX_RESOLUTION))
+        ir = image_resolution or (own if keep_size else DEFAULT_IMAGE_RESOLUTION)
+        dr = detect_resolution or (own if keep_size else self.default_detect_resolution)
+        return dr, ir
 
     def release(self, family: str = "sd15") -> str | None:
         return self.releases.get(family)
@@ -242,14 +257,15 @@ def annotate(
     type: str = "canny",
     *,
     detect_resolution: int | None = None,
-    image_resolution: int = 512,
+    image_resolution: int | None = None,
     keep_size: bool = False,
     **params: Any,
 ) -> np.ndarray:
     """Extract a hint map from one image (path, PIL image or array). Returns RGB uint8 H x W x 3.
 
-    `keep_size=True` returns the hint at exactly the input's size; otherwise ControlNet's rule applies
-    (short side to `image_resolution`, sides rounded to multiples of 64). Runtime keywords (`device`,
+    `keep_size=True` returns the hint at exactly the input's size (made at its own size unless resolutions
+    are given); otherwise ControlNet's rule applies (short side to `image_resolution`, default 512, sides
+    rounded to multiples of 64). Runtime keywords (`device`,
     `weights_dir`, `offline`, `trust_pickle`, `dtype`) go to the model loader; the rest are the type's
     parameters."""
     from ..images import as_rgb_array, resize_to
@@ -259,8 +275,8 @@ def annotate(
     runtime = Runtime(**{k: params.pop(k) for k in _RUNTIME_FIELDS if k in params})
     p = ht.make_params(**params)
     fn = build(ht.name, p, runtime)
-    dr = detect_resolution or ht.default_detect_resolution
-    hint = fn(img, detect_resolution=dr, image_resolution=image_resolution)
+    dr, ir = ht.resolutions(img, detect_resolution, image_resolution, keep_size)
+    hint = fn(img, detect_resolution=dr, image_resolution=ir)
     if keep_size:
         hint = resize_to(hint, img.shape[1], img.shape[0], ht.resize)
     return hint
