@@ -147,3 +147,14 @@ def test_keep_size_detects_at_the_images_own_size(tmp_path):
                                       keep_size=True, workers=1, detect_resolution=256, image_resolution=128))
     prov = read_png_metadata(s.outputs[0])
     assert prov["detect_resolution"] == 256 and prov["image_resolution"] == 128
+
+
+def test_skip_existing_completes_an_interrupted_example(tmp_path):
+    """An example whose photo was written but not its hint (a killed run) is completed, the rest skipped."""
+    photos(tmp_path / "in", 2, size=64)
+    cfg = dict(inputs=(str(tmp_path / "in"),), dataset=str(tmp_path / "ds"), workers=1, image_resolution=64)
+    assert annotate_paths(AnnotateConfig(**cfg)).done == 2
+    (tmp_path / "ds" / "conditioning_images" / "chelsea.png").unlink()
+    s = annotate_paths(AnnotateConfig(**cfg, skip_existing=True))
+    assert s.ok and (s.done, s.skipped) == (1, 1)
+    assert (tmp_path / "ds" / "conditioning_images" / "chelsea.png").is_file() and len(_index(tmp_path / "ds")) == 2

@@ -265,17 +265,14 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
         rep.message(f"skipping {len(skipped)} image(s) whose outputs already exist")
 
     # 5. annotate
+    # New outputs are created exclusively; the leftovers of an interrupted run (--skip-existing) are replaced.
     results: dict[int, str | None] = {}
     workers = cfg.workers or default_workers()
-    run_ctx = ctx
-    if partial_jobs:  # the leftovers of an interrupted run are replaced, everything else created exclusively
-        replace = {j.index for j in partial_jobs}
-        todo_new = [j for j in todo if j.index not in replace]
-        for sub_jobs, c in ((todo_new, ctx), (partial_jobs, dataclasses.replace(ctx, exclusive=False))):
-            if sub_jobs:
-                results.update(_run(c, model, sub_jobs, workers, cfg.batch_size, rep))
-    else:
-        results = _run(run_ctx, model, todo, workers, cfg.batch_size, rep)
+    replace = {j.index for j in partial_jobs}
+    for sub_jobs, c in (([j for j in todo if j.index not in replace], ctx),
+                        (partial_jobs, dataclasses.replace(ctx, exclusive=False))):
+        if sub_jobs:
+            results.update(_run(c, model, sub_jobs, workers, cfg.batch_size, rep))
     for j in todo:
         reason = results.get(j.index, "not processed")
         if reason is None:
