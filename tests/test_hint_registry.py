@@ -54,7 +54,7 @@ def _fresh_cli():
     return app, cmd
 
 
-def test_a_type_registered_once_is_seen_everywhere(invert_type, tmp_path):
+def test_a_type_registered_once_is_seen_everywhere(invert_type, tmp_path, run_cli):
     from typer.testing import CliRunner
 
     from cnetcli.annotation import AnnotateConfig, annotate_paths
@@ -77,6 +77,10 @@ def test_a_type_registered_once_is_seen_everywhere(invert_type, tmp_path):
     # the weights catalogue (`cnet weights list`)
     rows = W.status(["negative"], tmp_path)
     assert [(r.type, r.file.name, r.present) for r in rows] == [("invert", "invert.pth", False)]
+    code, out, err = run_cli("weights", "list", "--json", "--no-hash", "--weights-dir", str(tmp_path))
+    assert code == 0, err
+    assert {"type": "invert", "file": "invert.pth", "repo": "someone/invert"}.items() <= next(
+        r for r in json.loads(out) if r["type"] == "invert").items()
     # the CLI's --type choices, --help and a real run through the command
     app, cmd = _fresh_cli()
     assert {"invert", "negative"} <= {m.value for m in cmd.HintTypeChoice}

@@ -113,13 +113,6 @@ class HintType:
     def release(self, family: str = "sd15") -> str | None:
         return self.releases.get(family)
 
-    def weight(self, name: str) -> WeightFile:
-        """This type's `WeightFile` called `name` (the annotator loads by it, so the name lives once)."""
-        for f in self.weights:
-            if f.name == name:
-                return f
-        raise KeyError(f"hint type {self.name!r} declares no weight {name!r}")
-
 
 _REGISTRY: dict[str, HintType] = {}
 _ALIASES: dict[str, str] = {}
@@ -212,6 +205,8 @@ def get_annotatable(name: str) -> HintType:
 
 def release_for(hint_type: str, family: str = "sd15", flag: str = "--type") -> str:
     """The ControlNet release (hub id) for a hint type on a base family; a clear error otherwise."""
+    if family not in FAMILIES:
+        raise UsageError(f"unknown base family {family!r} (known: {', '.join(FAMILIES)})")
     ht = find_type(hint_type)
     hub = ht.release(family) if ht is not None else None
     if hub is None:
