@@ -111,6 +111,16 @@ def test_non_utf8_dataset_folder(tmp_path):
     assert len(read_dataset(d)) == N
 
 
+def test_non_utf8_folder_of_a_datasets_form(tmp_path):
+    from test_data_read import _table
+
+    d = os.fsdecode(os.fsencode(tmp_path) + b"/saved\xe9")
+    _table().save_to_disk(d)
+    with pytest.raises(InputError, match=r"saved\\xe9: the `datasets` library cannot open a path that is not "
+                                         "valid UTF-8; rename the folder"):
+        read_dataset(d)
+
+
 def _pixels_of(row):
     from cnetcli.data import open_image
 

@@ -66,6 +66,9 @@ def read_local(p: Path, opts: ReadOptions, *, file: bool) -> DatasetIndex:
                 f"--data {show(p)}: not a training dataset (no metadata.jsonl, metadata.csv, prompt.json, "
                 "save_to_disk files or data files); create one with `cnet annotate --dataset` or "
                 "`cnet data circles`") from None
+        except UnicodeEncodeError:  # pyarrow takes UTF-8 paths only
+            raise InputError(f"--data {show(p)}: the `datasets` library cannot open a path that is not valid "
+                             "UTF-8; rename the folder") from None
         except Exception as e:  # the library's parsers raise many types for a broken file
             raise InputError(f"--data {show(p)}: cannot read it with `datasets` ({_first_line(e)})") from None
     base = p.parent if file else p
