@@ -160,7 +160,7 @@ def test_truncated_image_is_replaced_at_decode_time(tmp_path):
     assert len(idx) == 2
     ds = PairDataset(idx, 64)
     item = ds[(0, False, False)]
-    assert (item["index"], ds.failed) == (1, 1)
+    assert (item["index"], ds.failed) == (1, 1) and "0.png: cannot decode image" in ds.failures[0]
 
 
 def test_csv_metadata_rows(tmp_path):

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import InputError, UsageError
-from .files import BadFile, check_image, open_rgb, real_root, resolve, show
+from .files import BadFile, check_image, is_inside, open_rgb, real_root, resolve, show
 
 IMAGEFOLDER_INDEXES = ("metadata.jsonl", "metadata.csv")
 TUTORIAL_INDEX = "prompt.json"
@@ -103,7 +103,7 @@ class DatasetIndex:
 
     def skip(self, reason: str, detail: str, strict: bool) -> None:
         if strict:
-            raise InputError(detail)
+            raise InputError(f"{self.source}: {detail}")
         self.skip_counts[reason] = self.skip_counts.get(reason, 0) + 1
         if len(self.skip_examples) < MAX_EXAMPLES:
             self.skip_examples.append(detail)
@@ -351,8 +351,6 @@ def read_captions(folder: str | os.PathLike, caption_column: str = "text") -> di
         name, text = rec.get("file_name"), rec.get(caption_column)
         if isinstance(name, str) and name and isinstance(text, str):
             p = index.parent / name
-            from .files import is_inside
-
             if "\x00" not in name and is_inside(p, root_real):
                 out[os.path.realpath(p)] = text
     return out

@@ -87,12 +87,13 @@ class PairDataset:
 
     Returns {"pixel_values": 3xRxR in [-1, 1], "conditioning_pixel_values": 3xRxR in [0, 1], "text", "index"}.
     A row that fails to decode at this point is replaced by the next good row (deterministically), counted
-    in `self.failed`.
+    in `self.failed` with the first reasons in `self.failures` (only headers were checked when reading).
     """
 
     def __init__(self, index: DatasetIndex, resolution: int, *, load_pixels: bool = True) -> None:
         self.index, self.res, self.load_pixels = index, resolution, load_pixels
         self.failed = 0
+        self.failures: list[str] = []
 
     def __len__(self) -> int:
         return len(self.index.rows)
@@ -120,10 +121,12 @@ class PairDataset:
                     out["pixel_values"], out["conditioning_pixel_values"] = self.pixels(j, flip)
                     out["index"] = j
                     break
-                except Exception:
+                except Exception as e:  # InputError from decoding; anything else a broken cell
                     self.failed += 1
+                    if len(self.failures) < 5:
+                        self.failures.append(str(e) or type(e).__name__)
             else:
-                raise InputError(f"--data {self.index.source}: no row could be decoded")
+                raise InputError(f"--data {self.index.source}: no row could be decoded (e.g. {self.failures[0]})")
         row = self.index.rows[out["index"]]
         out["text"] = "" if drop else row.text
         return out
