@@ -56,8 +56,11 @@ class HubRef:
 
     def open(self) -> Any:
         cell = self.load()
-        path = cell if isinstance(cell, str) else cell.get("path") if isinstance(cell, dict) and \
-            not cell.get("bytes") else None
+        path = None
+        if isinstance(cell, str):  # a path column
+            path = cell
+        elif isinstance(cell, dict) and not cell.get("bytes"):  # an Image cell that stores only its path
+            path = cell.get("path")
         if path is not None:  # checked again at decode time: the table may hold anything
             try:
                 cell = resolve(Path(self.base or "."), path, self.root, self.allow_outside)
@@ -208,7 +211,7 @@ def _read_folder(d: Path, opts: ReadOptions) -> DatasetIndex:
     except OSError as e:
         raise InputError(f"--data {show(d)}: cannot list the folder ({e.strerror or e})") from None
     if splits:  # an imagefolder with split folders (train/, test/, ...)
-        return _read_index(d, splits[_choose_split(splits, opts.split, d)], "imagefolder", opts)
+        return _read_index(d, splits[_choose_split(list(splits), opts.split, d)], "imagefolder", opts)
     from . import tables
 
     return tables.read_local(d, opts, file=False)
