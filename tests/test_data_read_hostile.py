@@ -148,19 +148,43 @@ def test_malformed_rows_are_skipped_and_counted(tmp_path):
                                "unreadable file": 1, "unreadable name": 1}
 
 
-def test_truncated_image_is_replaced_at_decode_time(tmp_path):
-    """Only headers are read up front (no decoding of the whole set): a truncated body is found by the
-    training loader, which counts it and takes the next good row."""
+def test_truncated_images(tmp_path):
+    """PNG/JPEG cut short are skipped when read (end marker missing, one small read, no decoding); damage the
+    reader cannot see without decoding is found by the training loader, which counts it and takes the next row."""
+    from PIL import Image
+
     from cnetcli.training.data import PairDataset
 
     d = _files(tmp_path / "ds", n=2)
-    data = (d / "images/0.png").read_bytes()
-    (d / "images/0.png").write_bytes(data[: len(data) // 2])
+    Image.open(d / "images/1.png").convert("RGB").save(d / "images/1.jpg", quality=90)
+    for name in ("1.png", "1.jpg"):
+        data = (d / "images" / name).read_bytes()
+        (d / "images" / f"cut-{name}").write_bytes(data[:-100])  # headers intact, the end lost
+    _append(d, _row("images/cut-1.png"), _row("images/cut-1.jpg"), _row("images/1.jpg"))
     idx = read_dataset(d)
-    assert len(idx) == 2
-    ds = PairDataset(idx, 64)
+    assert (len(idx), idx.skip_counts) == (3, {"truncated image": 2})
+    assert "cut-1.png: truncated PNG" in idx.skip_examples[0]
+    data = (d / "images/0.png").read_bytes()  # a damaged body that keeps its end marker
+    (d / "images/0.png").write_bytes(data[:60] + bytes(len(data) - 72) + data[-12:])
+    ds = PairDataset(read_dataset(d), 64)
     item = ds[(0, False, False)]
     assert (item["index"], ds.failed) == (1, 1) and "0.png: cannot decode image" in ds.failures[0]
+
+
+def test_train_applies_allow_outside_paths(tmp_path):
+    """The loop hands the setting to the reader (the base is never reached when no row is left)."""
+    from cnetcli.errors import MissingWeightsError
+    from cnetcli.training import TrainConfig, train
+
+    elsewhere = _files(tmp_path / "elsewhere", n=1)
+    d = tmp_path / "ds"
+    d.mkdir()
+    _append(d, _row(str(elsewhere / "images/0.png"), str(elsewhere / "conditioning_images/0.png")))
+    kw = dict(base="nobody/none", data=str(d), output=str(tmp_path / "o"), report_to="none")
+    with pytest.raises(InputError, match="no usable rows .*1 outside the dataset folder"):
+        train(TrainConfig(**kw))
+    with pytest.raises(MissingWeightsError):  # past the reader: the (absent) base is next
+        train(TrainConfig(**kw, allow_outside_paths=True))
 
 
 def test_csv_metadata_rows(tmp_path):

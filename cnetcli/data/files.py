@@ -76,11 +76,29 @@ def check_image(p: Path, name: str) -> None:
 
     try:
         with Image.open(p) as im:
-            w, h = im.size
+            w, h, fmt = im.width, im.height, im.format
     except Exception as e:  # PIL raises many types for garbage; all mean "not an image we can read"
         raise BadFile("not an image", f"{show(name)}: not an image ({type(e).__name__})") from None
     if w * h > MAX_PIXELS or w == 0 or h == 0:
         raise BadFile("bad image size", f"{show(name)}: {w}x{h} pixels")
+    marker = END_MARKERS.get(fmt or "")
+    if marker is not None and not _tail_has(p, marker):
+        raise BadFile("truncated image", f"{show(name)}: truncated {fmt} (no end marker)")
+
+
+# A cut-off download or a killed write loses the file's end: finding the format's end marker near the end
+# catches that with one small read, without decoding (trailing data after the marker is allowed).
+END_MARKERS = {"PNG": b"IEND", "JPEG": b"\xff\xd9"}
+TAIL = 64 * 1024
+
+
+def _tail_has(p: Path, marker: bytes) -> bool:
+    try:
+        with open(p, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - TAIL))
+            return marker in f.read(TAIL)
+    except OSError:
+        return False
 
 
 def open_rgb(source: Any) -> Any:
