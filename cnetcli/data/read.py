@@ -52,7 +52,7 @@ class HubRef:
     allow_outside: bool = False
 
     def load(self) -> Any:
-        return self.ds[self.column][self.i]
+        return self.ds[self.i][self.column]  # ds: a one-column view (`TableRows`), so one cell is read
 
     def open(self) -> Any:
         cell = self.load()
