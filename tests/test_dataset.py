@@ -1,4 +1,4 @@
-"""`cnet annotate --dataset`: the imagefolder layout `datasets` loads, the tutorial layout, readers, resume."""
+"""`cnet annotate --dataset`: the imagefolder layout `datasets` loads, the tutorial layout, reading it back, resume."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from test_annotate import files_under, photos
 
 from cnetcli.annotation import AnnotateConfig, annotate_paths
 from cnetcli.data import read_dataset
-from cnetcli.errors import CnetError, InputError
+from cnetcli.errors import CnetError, InputError, UsageError
 from cnetcli.images import load_image, read_png_metadata
 
 
@@ -88,15 +88,17 @@ def test_sharded_dataset_index_is_merged(tmp_path):
 
 
 def test_read_dataset_errors(tmp_path):
-    with pytest.raises(InputError, match="no metadata.jsonl or prompt.json"):
+    with pytest.raises(UsageError, match="no metadata.jsonl"):
         read_dataset(tmp_path)
     (tmp_path / "metadata.jsonl").write_text('{"file_name": "images/x.png", '
                                              '"conditioning_image_file_name": "c/x.png", "text": ""}\n')
-    with pytest.raises(InputError, match="does not exist"):
+    with pytest.raises(InputError, match="metadata.jsonl:1: images/x.png: no such file"):
+        read_dataset(tmp_path, strict=True)
+    with pytest.raises(InputError, match="no usable rows .1 unreadable row skipped .1 missing file"):
         read_dataset(tmp_path)
     (tmp_path / "metadata.jsonl").write_text("not json\n")
     with pytest.raises(InputError, match="metadata.jsonl:1"):
-        read_dataset(tmp_path)
+        read_dataset(tmp_path, strict=True)
 
 
 def test_blip_captions(tmp_path):

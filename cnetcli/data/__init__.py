@@ -1,4 +1,4 @@
-"""Dataset layouts: writing and reading (no torch, no `datasets` import needed).
+"""Dataset layouts: writing and reading (no torch; `datasets` is imported only for the forms it reads).
 
 Two layouts hold (photo, hint, caption) triples:
 
@@ -10,7 +10,8 @@ Two layouts hold (photo, hint, caption) triples:
   ``{"source": "source/<name>.png", "target": "target/<name>.png", "prompt": "..."}``, hints in ``source/``
   and photos in ``target/``.
 
-`read_dataset(dir)` detects the layout and returns ``[(image_path, hint_path, text), ...]``.
+Reading every dataset form (these two, `save_to_disk` folders, parquet/arrow/csv/jsonl, hub ids) is
+`read_dataset` in `read.py`: rows plus skip counts.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, UsageError
+from .read import DatasetIndex, HubRef, Row, open_image, read_captions, read_dataset
+
+__all__ = ["FORMATS", "DatasetIndex", "HubRef", "Layout", "Row", "layout", "merge_records", "open_image",
+           "read_captions", "read_dataset", "read_records", "sibling_caption", "write_records"]
 
 FORMATS = ("imagefolder", "tutorial")
 IMAGEFOLDER_METADATA = "metadata.jsonl"
@@ -85,42 +90,6 @@ def merge_records(lay: Layout, old: list[dict[str, Any]], new: list[dict[str, An
     for r in new:
         by_key[lay.key(r)] = r
     return [by_key[k] for k in sorted(by_key)]
-
-
-def detect_format(directory: str | os.PathLike) -> str:
-    d = Path(directory)
-    if (d / IMAGEFOLDER_METADATA).is_file():
-        return "imagefolder"
-    if (d / TUTORIAL_METADATA).is_file():
-        return "tutorial"
-    raise InputError(
-        f"{d}: no {IMAGEFOLDER_METADATA} or {TUTORIAL_METADATA} found; build one with "
-        "`cnet annotate --dataset DIR ...`"
-    )
-
-
-def read_dataset(directory: str | os.PathLike, fmt: str | None = None) -> list[tuple[Path, Path, str]]:
-    """Read either layout as ``[(image_path, hint_path, text), ...]``; every referenced file must exist."""
-    d = Path(directory)
-    if not d.is_dir():
-        raise InputError(f"{d}: no such dataset folder")
-    lay = layout(fmt or detect_format(d))
-    index = d / lay.metadata
-    out: list[tuple[Path, Path, str]] = []
-    if lay.format == "imagefolder":
-        fields = ("file_name", "conditioning_image_file_name", "text")
-    else:
-        fields = ("target", "source", "prompt")
-    for i, rec in enumerate(read_records(index), 1):
-        missing = [f for f in fields[:2] if not isinstance(rec.get(f), str)]
-        if missing:
-            raise InputError(f"{index}:{i}: missing {', '.join(missing)}")
-        img, hint = d / rec[fields[0]], d / rec[fields[1]]
-        for f in (img, hint):
-            if not f.is_file():
-                raise InputError(f"{index}:{i}: {f} does not exist")
-        out.append((img, hint, str(rec.get(fields[2]) or "")))
-    return out
 
 
 def sibling_caption(source: str | os.PathLike) -> str | None:

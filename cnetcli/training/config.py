@@ -34,6 +34,8 @@ class TrainConfig:
     image_column: str = "image"
     conditioning_column: str = "conditioning_image"
     caption_column: str = "text"
+    split: str | None = None  # dataset split (default: train, or the only one)
+    allow_outside_paths: bool = False  # let dataset rows name files outside the dataset folder
     max_train_samples: int | None = None
     overwrite: bool = False
     # the recipe

@@ -157,7 +157,8 @@ def _train(cfg: TrainConfig, reporter: Reporter) -> TrainResult:
     from .data import BatchStream, PairDataset, collate, read_dataset
 
     index = read_dataset(cfg.data, image_column=cfg.image_column, conditioning_column=cfg.conditioning_column,
-                         caption_column=cfg.caption_column, max_samples=cfg.max_train_samples)
+                         caption_column=cfg.caption_column, max_samples=cfg.max_train_samples, split=cfg.split,
+                         allow_outside_paths=cfg.allow_outside_paths)
 
     import torch
     import torch.nn.functional as F

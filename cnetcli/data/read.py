@@ -1,0 +1,359 @@
+"""The one dataset reader: every form a user holds -> rows of (image, hint, caption) plus skip counts.
+
+Forms (`read_dataset` detects them; `DatasetIndex.layout` says which it found):
+
+- ``imagefolder``: a folder with ``metadata.jsonl`` or ``metadata.csv`` at its root or in a split folder
+  (``train/``...), the layout ``cnet annotate --dataset`` writes and ``datasets``' imagefolder loads. Columns
+  follow imagefolder's rule: ``file_name`` is the ``image`` column, ``<name>_file_name`` (or a plain
+  ``<name>`` path) the ``<name>`` column, paths relative to the metadata file.
+- ``tutorial``: the original ControlNet tutorial's ``prompt.json`` (JSON lines ``source``/``target``/``prompt``).
+- ``save_to_disk``, ``files`` (parquet/arrow/csv/jsonl files or folders, the hub's ``data/train-*.parquet``
+  layout included) and ``hub`` ids: loaded by the ``datasets`` library (see `tables.py`), decoded per item.
+
+The two path-index forms are parsed here, not by ``datasets``' imagefolder loader, because each row names
+files that must be checked one by one (inside the dataset folder, a regular file, an image) and a bad row
+must be skipped and counted, where the library would follow ``../`` and absolute paths and stop at the first
+bad row. A test checks that both agree on a well-formed folder.
+
+Images are never decoded here: a row holds a `Path` (its header was read) or a `HubRef` to a ``datasets``
+cell; `open_image` decodes one when training needs it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..errors import InputError, UsageError
+from .files import BadFile, check_image, is_inside, open_rgb, real_root, resolve, show
+
+IMAGEFOLDER_INDEXES = ("metadata.jsonl", "metadata.csv")
+TUTORIAL_INDEX = "prompt.json"
+TABLE_SUFFIXES = (".parquet", ".arrow", ".csv", ".jsonl", ".json")
+MAX_EXAMPLES = 5
+
+
+@dataclass(frozen=True)
+class HubRef:
+    """A lazy reference to one image cell of a `datasets.Dataset` (an Image cell read undecoded, or a path
+    string). ``base``/``root``: where a path-only cell is looked up and must stay (None: anywhere)."""
+
+    ds: Any
+    i: int
+    column: str
+    base: str | None = None
+    root: str | None = None
+    allow_outside: bool = False
+
+    def load(self) -> Any:
+        return self.ds[self.i][self.column]  # ds: a one-column view (`TableRows`), so one cell is read
+
+    def open(self) -> Any:
+        cell = self.load()
+        path = None
+        if isinstance(cell, str):  # a path column
+            path = cell
+        elif isinstance(cell, dict) and not cell.get("bytes"):  # an Image cell that stores only its path
+            path = cell.get("path")
+        if path is not None:  # checked again at decode time: the table may hold anything
+            try:
+                cell = resolve(Path(self.base or "."), path, self.root, self.allow_outside)
+            except BadFile as e:
+                raise InputError(f"{self.column}[{self.i}]: {e.detail}") from None
+        if cell is None:
+            raise InputError(f"{self.column}[{self.i}]: no image")
+        return open_rgb(cell)
+
+
+class Row(NamedTuple):
+    image: Any  # Path (header checked) or HubRef (decoded on use)
+    hint: Any
+    text: str
+
+
+@dataclass
+class DatasetIndex:
+    """What `read_dataset` found: usable rows (a list, or a lazy sequence over a `datasets.Dataset`), the
+    skipped rows counted by reason with a few examples, and whether every caption is empty."""
+
+    rows: Sequence[Row]
+    source: str
+    layout: str  # imagefolder | tutorial | save_to_disk | files | hub
+    skip_counts: dict[str, int] = field(default_factory=dict)
+    skip_examples: list[str] = field(default_factory=list)
+    captions_empty: bool = False
+    columns: tuple[str, ...] = ()  # the columns the source holds (for messages)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[Row]:
+        return iter(self.rows)
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.skip_counts.values())
+
+    @property
+    def skipped_examples(self) -> list[str]:
+        return self.skip_examples
+
+    def skip(self, reason: str, detail: str, strict: bool) -> None:
+        if strict:
+            raise InputError(f"{self.source}: {detail}")
+        self.skip_counts[reason] = self.skip_counts.get(reason, 0) + 1
+        if len(self.skip_examples) < MAX_EXAMPLES:
+            self.skip_examples.append(detail)
+
+    def skip_summary(self) -> str:
+        """One line: ``3 unreadable rows skipped (2 missing file, 1 outside the dataset folder; e.g. ...)``."""
+        if not self.skipped:
+            return ""
+        n = self.skipped
+        kinds = ", ".join(f"{c} {r}" for r, c in sorted(self.skip_counts.items(), key=lambda kv: -kv[1]))
+        return f"{n} unreadable row{'s' if n != 1 else ''} skipped ({kinds}; e.g. {self.skip_examples[0]})"
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    image_column: str = "image"
+    conditioning_column: str = "conditioning_image"
+    caption_column: str = "text"
+    split: str | None = None
+    max_samples: int | None = None
+    offline: bool | None = None
+    strict: bool = False
+    allow_outside_paths: bool = False
+
+    def flags(self) -> tuple[tuple[str, str], ...]:
+        return (("--image-column", self.image_column), ("--conditioning-column", self.conditioning_column),
+                ("--caption-column", self.caption_column))
+
+
+def read_dataset(data: str | os.PathLike, *, image_column: str = "image",
+                 conditioning_column: str = "conditioning_image", caption_column: str = "text",
+                 split: str | None = None, max_samples: int | None = None, offline: bool | None = None,
+                 strict: bool = False, allow_outside_paths: bool = False) -> DatasetIndex:
+    """Index the dataset at `data` (a folder, a data file or a hub id); see the module docstring.
+
+    Bad rows are skipped and counted (``strict=True``: the first one raises `InputError`). Raises
+    `UsageError` for a path that is no dataset or a missing column (naming the columns found), `InputError`
+    when no row is usable (naming the skip reasons), `MissingWeightsError` for a hub id not available offline.
+    """
+    opts = ReadOptions(image_column, conditioning_column, caption_column, split, max_samples, offline, strict,
+                       allow_outside_paths)
+    raw = os.fspath(data)
+    p = Path(os.path.expanduser(raw))
+    if p.is_dir():
+        idx = _read_folder(p, opts)
+    elif p.is_file():
+        if p.suffix.lower() not in TABLE_SUFFIXES:
+            raise UsageError(f"--data {show(p)}: not a dataset file; pass the dataset folder or a "
+                             f"{'/'.join(TABLE_SUFFIXES)} file")
+        from . import tables
+
+        idx = tables.read_local(p, opts, file=True)
+    elif p.exists() or p.is_symlink():
+        raise UsageError(f"--data {show(p)}: not a folder or a regular file")
+    elif _looks_like_hub_id(raw):
+        from . import tables
+
+        idx = tables.read_hub(raw, opts)
+    else:
+        raise UsageError(f"--data {show(raw)}: no such folder; create one with `cnet annotate --dataset` or "
+                         "`cnet data circles`, or pass a hub dataset name")
+    if not idx.rows:
+        why = idx.skip_summary() or "the index holds no rows"
+        raise InputError(f"--data {show(raw)}: the dataset has no usable rows ({why})")
+    return idx
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    return s.count("/") == 1 and not s.startswith((".", "/", "~")) and not s.endswith("/")
+
+
+def _regular(p: Path) -> bool:
+    """A regular file (not a FIFO/device, which would block a read)."""
+    import stat
+
+    try:
+        return stat.S_ISREG(os.stat(p).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def _index_in(folder: Path) -> Path | None:
+    for name in IMAGEFOLDER_INDEXES:
+        if _regular(folder / name):
+            return folder / name
+    return None
+
+
+def _read_folder(d: Path, opts: ReadOptions) -> DatasetIndex:
+    index = _index_in(d)
+    if index is not None:
+        return _read_index(d, index, "imagefolder", opts)
+    if _regular(d / TUTORIAL_INDEX):
+        return _read_index(d, d / TUTORIAL_INDEX, "tutorial", opts)
+    splits = {}
+    try:
+        for sub in sorted(d.iterdir()):
+            if sub.is_dir() and not sub.name.startswith("."):
+                found = _index_in(sub)
+                if found is not None:
+                    splits[sub.name] = found
+    except OSError as e:
+        raise InputError(f"--data {show(d)}: cannot list the folder ({e.strerror or e})") from None
+    if splits:  # an imagefolder with split folders (train/, test/, ...)
+        return _read_index(d, splits[_choose_split(list(splits), opts.split, d)], "imagefolder", opts)
+    from . import tables
+
+    return tables.read_local(d, opts, file=False)
+
+
+def _choose_split(names: Sequence[str], wanted: str | None, where: Any) -> str:
+    if wanted is not None:
+        if wanted not in names:
+            raise UsageError(f"--split {wanted}: not a split of {show(where)} (splits: {', '.join(names)})")
+        return wanted
+    if "train" in names:
+        return "train"
+    if len(names) == 1:
+        return next(iter(names))
+    raise UsageError(f"--data {show(where)}: several splits ({', '.join(names)}) and none named train; "
+                     "choose one with --split")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the path-index forms: metadata.jsonl / metadata.csv (imagefolder) and prompt.json (tutorial)
+
+
+def _records(index: Path, idx: DatasetIndex, where: str, strict: bool) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) for each parsable row; unparsable rows are skipped and counted."""
+    try:
+        raw = index.read_bytes()
+    except OSError as e:
+        raise InputError(f"{show(index)}: cannot read ({e.strerror or e})") from None
+    # surrogateescape: a name written in another encoding (or raw bytes) still names its file on disk
+    text = raw.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
+    if index.suffix == ".csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        try:
+            for rec in reader:
+                yield reader.line_num, {k: v for k, v in rec.items() if k is not None}
+        except csv.Error as e:
+            idx.skip("bad CSV", f"{where}:{reader.line_num}: {e}", strict)
+        return
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            idx.skip("bad JSON", f"{where}:{lineno}: not valid JSON", strict)
+            continue
+        if not isinstance(rec, dict):
+            idx.skip("not a JSON object", f"{where}:{lineno}: a JSON {type(rec).__name__}, not an object", strict)
+            continue
+        yield lineno, rec
+
+
+def _image_keys(column: str) -> tuple[str, ...]:
+    """The metadata keys that hold column `column`, as datasets' imagefolder names them."""
+    return ("file_name",) if column == "image" else (f"{column}_file_name", column)
+
+
+def _columns_of(keys: set[str]) -> list[str]:
+    """Metadata keys as the column names datasets' imagefolder would show."""
+    return sorted("image" if k == "file_name" else k.removesuffix("_file_name") for k in keys)
+
+
+def _read_index(root: Path, index: Path, layout: str, opts: ReadOptions) -> DatasetIndex:
+    idx = DatasetIndex([], show(root), layout)
+    where = show(index.relative_to(root))
+    if layout == "tutorial":  # fixed keys: the tutorial's format has no column choice
+        cols = {"image": ("target",), "hint": ("source",)}
+        text_key = "prompt"
+    else:
+        cols = {"image": _image_keys(opts.image_column), "hint": _image_keys(opts.conditioning_column)}
+        text_key = opts.caption_column
+    records = list(_records(index, idx, where, opts.strict))
+    keys = set().union(*(r.keys() for _, r in records)) if records else set()
+    idx.columns = tuple(_columns_of(keys))
+    if records and layout == "imagefolder":  # a column no row has is a wrong flag, not 1000 bad rows
+        wanted = [("--image-column", opts.image_column, cols["image"]),
+                  ("--conditioning-column", opts.conditioning_column, cols["hint"])]
+        if opts.caption_column != "text":  # the default caption column may be absent: no captions
+            wanted.append(("--caption-column", opts.caption_column, (opts.caption_column,)))
+        for flag, col, names in wanted:
+            if not keys & set(names):
+                raise UsageError(f"{flag} {col}: not a column of {show(index)} (columns: {', '.join(idx.columns)})")
+    base, root_real = index.parent, real_root(root)
+    rows: list[Row] = []
+    for lineno, rec in records:
+        at = f"{where}:{lineno}"
+        try:
+            paths = [_path_of(rec, cols[name], base, root_real, opts, at) for name in ("image", "hint")]
+            text = rec.get(text_key)
+            if text is None:
+                text = ""
+            elif not isinstance(text, str):
+                raise BadFile("wrong type", f"{at}: {text_key} is a JSON {type(text).__name__}, not a string")
+        except BadFile as e:
+            idx.skip(e.reason, e.detail, opts.strict)
+            continue
+        rows.append(Row(paths[0], paths[1], text))
+        if opts.max_samples is not None and len(rows) >= opts.max_samples:
+            break
+    idx.rows = rows
+    idx.captions_empty = bool(rows) and not any(r.text.strip() for r in rows)
+    return idx
+
+
+def _path_of(rec: dict[str, Any], keys: tuple[str, ...], base: Path, root_real: str, opts: ReadOptions,
+             at: str) -> Path:
+    key = next((k for k in keys if k in rec), None)
+    if key is None:
+        raise BadFile("missing field", f"{at}: no {' or '.join(keys)}")
+    value = rec[key]
+    if not isinstance(value, str) or not value:
+        raise BadFile("wrong type", f"{at}: {key} is {json.dumps(value)[:40]}, not a file name")
+    try:
+        p = resolve(base, value, root_real, opts.allow_outside_paths)
+        check_image(p, value)
+    except BadFile as e:
+        raise BadFile(e.reason, f"{at}: {e.detail}") from None
+    return p
+
+
+def open_image(x: Any) -> Any:
+    """Decode one row image (a `Path`, a `HubRef`, bytes or a PIL image) to an RGB PIL image."""
+    if isinstance(x, HubRef):
+        return x.open()
+    return open_rgb(x)
+
+
+def read_captions(folder: str | os.PathLike, caption_column: str = "text") -> dict[str, str]:
+    """Captions an input folder's own ``metadata.jsonl``/``metadata.csv`` gives its images (imagefolder
+    rule: ``file_name`` + caption column), keyed by the image's real path; rows naming files outside the
+    folder or without a string caption are ignored. For `cnet annotate` on a captioned photo folder."""
+    d = Path(folder)
+    index = _index_in(d)
+    if index is None:
+        return {}
+    idx = DatasetIndex([], show(d), "imagefolder")
+    out: dict[str, str] = {}
+    root_real = real_root(d)
+    for _, rec in _records(index, idx, show(index.name), strict=False):
+        name, text = rec.get("file_name"), rec.get(caption_column)
+        if isinstance(name, str) and name and isinstance(text, str):
+            p = index.parent / name
+            if "\x00" not in name and is_inside(p, root_real):
+                out[os.path.realpath(p)] = text
+    return out
