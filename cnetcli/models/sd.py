@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingWeightsError, ModelLoadError, UsageError
+from ..errors import CnetError, MissingWeightsError, ModelLoadError, UsageError
 
 #: The SD1.5 release (the paper's base).
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -82,19 +82,35 @@ def missing_hub_error(repo_id: str, what: str, extra: str = "") -> MissingWeight
     )
 
 
-def _load(cls: Any, spec: ModelSpec, what: str, offline: bool | None, **kwargs: Any) -> Any:
-    """`cls.from_pretrained` for a folder or hub id, with clear errors."""
+def load_pretrained(cls: Any, spec: ModelSpec, what: str, offline: bool | None, **kwargs: Any) -> Any:
+    """`cls.from_pretrained` for a folder or hub id; every library failure becomes one CnetError line.
+
+    Weight files in a local folder are checked first (empty, HTML, git-lfs pointer, truncated), so a damaged
+    download is named as such instead of surfacing as a library's parse error."""
+    from . import boundary
+
+    sub = kwargs.get("subfolder")
+    where = f"{spec.location}/{sub}" if sub else spec.location
+    if spec.kind == "dir":
+        boundary.check_folder(where, spec.original)
     try:
         if spec.kind == "dir":
             return cls.from_pretrained(spec.location, **kwargs)
         return cls.from_pretrained(spec.location, local_files_only=is_offline(offline), **kwargs)
-    except (OSError, ValueError) as e:
-        if spec.kind == "hub":
+    except CnetError:
+        raise
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:
+        d = boundary.describe(e)
+        damaged = d == boundary.UNSAFE_PICKLE or d.startswith("corrupt")
+        if spec.kind == "hub" and not damaged:  # not in the cache (offline) or not on the hub
             raise missing_hub_error(spec.location, what) from None
-        sub = kwargs.get("subfolder")
-        where = f"{spec.location}/{sub}" if sub else spec.location
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"{where}: cannot load {what} ({msg})") from None
+        raise boundary.load_error(where, what, e, spec.original if spec.kind == "hub" else None) from None
+
+
+#: The name other modules imported before `load_pretrained` was public; kept so their code keeps working.
+_load = load_pretrained
 
 
 BASE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -133,7 +149,7 @@ def load_base_components(
         kw: dict[str, Any] = {"subfolder": part}
         if torch_dtype is not None and part in ("unet", "vae", "text_encoder"):
             kw["torch_dtype"] = torch_dtype
-        out[part] = _load(classes[part], spec, "Stable Diffusion base", offline, **kw)
+        out[part] = load_pretrained(classes[part], spec, "Stable Diffusion base", offline, **kw)
     return out
 
 
@@ -176,34 +192,20 @@ def load_controlnet(
     torch_dtype: Any = None,
     offline: bool | None = None,
     config: str | None = None,
+    trust_pickle: bool | None = None,
+    unet_config: Any = None,
 ) -> Any:
-    """Load a ControlNetModel from a diffusers folder, a single file in the original layout, or a hub id.
+    """Load a ControlNetModel from any form users hold (see `models.controlnet`): diffusers folders with any
+    variant or sharding, `cnet train` outputs and their checkpoints, single files in the original or diffusers
+    layout (.safetensors/.pth/.ckpt; config picked by shape when `config` is None), hub ids.
 
-    A folder written by `cnet train` (OUTPUT/ with a `controlnet/` subfolder) is accepted too.
-    """
-    from diffusers import ControlNetModel
+    `unet_config`: the base's UNet config; a single file trained from that base then needs no config, and
+    the loaded ControlNet is checked to fit it (`compat.check_controlnet_fits`)."""
+    from . import compat
+    from . import controlnet as C
 
-    spec = resolve(spec_str)
-    kw: dict[str, Any] = {}
-    if torch_dtype is not None:
-        kw["torch_dtype"] = torch_dtype
-    if spec.kind == "dir":
-        p = Path(spec.location)
-        if not (p / "config.json").exists() and (p / "controlnet" / "config.json").exists():
-            spec = ModelSpec("dir", str(p / "controlnet"), spec.original)
-        elif not (p / "config.json").exists():
-            raise ModelLoadError(f"{p}: not a diffusers ControlNet folder (no config.json)")
-        return _load(ControlNetModel, spec, "ControlNet", offline, **kw)
-    if spec.kind == "file":
-        if spec.location.lower().endswith((".ckpt", ".pth", ".pt", ".bin")):
-            kw["use_safetensors"] = False
-        try:
-            if config:
-                kw["config"] = config
-            return ControlNetModel.from_single_file(
-                spec.location, local_files_only=is_offline(offline) or bool(config), **kw
-            )
-        except Exception as e:
-            hint = "" if config else " (offline, pass a local folder holding the matching config.json as the ControlNet config)"
-            raise ModelLoadError(f"{spec.location}: cannot load single-file ControlNet{hint}: {str(e).splitlines()[0]}") from None
-    return _load(ControlNetModel, spec, "ControlNet", offline, **kw)
+    net = C.load(spec_str, torch_dtype=torch_dtype, offline=offline, config=config, trust_pickle=trust_pickle,
+                 unet_config=dict(unet_config) if unet_config is not None else None)
+    if unet_config is not None:
+        compat.check_controlnet_fits(net.config, unet_config, f"--controlnet {spec_str}")
+    return net

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MissingWeightsError, ModelLoadError, UsageError
+from . import files as weight_files
 
 #: Where ControlNet 1.1's annotator checkpoints live (the repository controlnet_aux downloads from).
 ANNOTATORS_REPO = "lllyasviel/Annotators"
@@ -192,36 +193,47 @@ def load_state_dict(path: str | os.PathLike, trust_pickle: bool | None = None) -
 
     import torch
 
+    from . import boundary
+
     p = Path(path)
     sib = p.with_suffix(".safetensors")
     if p.suffix != ".safetensors" and sib.is_file():
         p = sib
     if not p.is_file():
         raise MissingWeightsError(f"{p}: no such weight file")
+    fix = _redownload_hint(p)
+    why = weight_files.problem(p)  # empty, HTML page, git-lfs pointer, truncated: named, never sent to --trust-pickle
+    if why:
+        raise ModelLoadError(f"{p}: corrupt weight file: {why}; {fix}")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(p), device="cpu")
         except Exception as e:
-            raise ModelLoadError(f"{p}: not a valid safetensors file ({str(e)[:120]}); re-download it") from None
+            raise ModelLoadError(f"{p}: corrupt weight file: not a valid safetensors file "
+                                 f"({boundary.first_line(e, 120)}); {fix}") from None
     try:
         return torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower() and "weights_only" not in str(e).lower():
-            raise ModelLoadError(f"{p}: corrupt checkpoint ({str(e).splitlines()[0][:120]}); re-download it") from None
+        if not boundary.is_pickle_refusal(e):
+            raise ModelLoadError(f"{p}: corrupt weight file ({boundary.first_line(e, 120)}); {fix}") from None
         if not trust_pickle_default(trust_pickle):
-            raise ModelLoadError(
-                f"{p}: this checkpoint needs unsafe unpickling (it could run code); refused. If you trust the file, "
-                "pass --trust-pickle (or set CNET_TRUST_PICKLE=1), or convert it to .safetensors"
-            ) from None
+            raise ModelLoadError(f"{p}: {boundary.UNSAFE_PICKLE} (or set CNET_TRUST_PICKLE=1)") from None
         try:
             return torch.load(str(p), map_location="cpu", weights_only=False)
         except Exception as e2:
-            raise ModelLoadError(f"{p}: cannot load checkpoint ({str(e2)[:120]})") from None
+            raise ModelLoadError(f"{p}: cannot load checkpoint ({boundary.first_line(e2, 120)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ModelLoadError(f"{p}: corrupt or unreadable checkpoint ({str(e).splitlines()[0][:120]}); "
-                             "re-download it") from None
+        raise ModelLoadError(f"{p}: corrupt weight file ({boundary.first_line(e, 120)}); {fix}") from None
+
+
+def _redownload_hint(p: Path) -> str:
+    """How to get a damaged weight file again: `cnet weights pull TYPE` for the annotator files we know."""
+    for t, fs in TYPE_WEIGHTS.items():
+        if any(f.kind == "file" and f.name == p.name for f in fs):
+            return f"delete it and run `cnet weights pull {t}` (or download {p.name} from hub repo {fs[0].repo})"
+    return "download it again"
 
 
 def unwrap(sd: Any, *keys: str) -> dict[str, Any]:
