@@ -23,13 +23,16 @@ _PICKLE_REFUSAL = ("weights only load failed", "weights_only", "unsupported glob
 _CORRUPT = ("safetensor", "headertoolarge", "invalid header", "incomplete metadata", "deserializ", "unpickling",
             "invalid load key", "pickle data was truncated", "ran out of input", "eoferror", "badzipfile",
             "pytorchstreamreader", "unable to load weights", "size mismatch")
-_CONFIG = ("jsondecodeerror", "expecting value", "expecting property name", "must be", "should be", "negative",
-           "invalid literal", "unexpected keyword", "divisible", "typeerror")
+_CONFIG = ("jsondecodeerror", "not a valid json", "expecting value", "expecting property name", "must be", "should be", "negative",
+           "invalid literal", "unexpected keyword", "divisible", "typeerror", "validation error", "must be a mapping")
 
 
 def first_line(e: BaseException, limit: int = 160) -> str:
-    s = str(e).strip()
-    line = s.splitlines()[0] if s else type(e).__name__
+    """The library's message on one line: its first line (and the next when the first ends with ':')."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    line = lines[0] + (" " + lines[1] if lines[0].endswith(":") and len(lines) > 1 else "")
     return line[:limit]
 
 
@@ -46,7 +49,7 @@ def redownload(source: str | None) -> str:
     """The fix for a damaged file: where to get it again."""
     if source and source.count("/") == 1 and not os.path.exists(source):
         return f"download it again (`huggingface-cli download {source} --force-download`)"
-    return "download it again" + (f" (from where {source} came from)" if source else "")
+    return "download it again"
 
 
 def check_file(path: str | os.PathLike, source: str | None = None) -> None:
@@ -97,5 +100,6 @@ def load_error(where: str | os.PathLike, what: str, e: BaseException, source: st
     d = describe(e)
     if d == UNSAFE_PICKLE:
         return ModelLoadError(f"{where}: cannot load {what}: {d}")
-    fix = redownload(source) if d.startswith("corrupt") else hint
+    fix = redownload(source) if d.startswith("corrupt") else \
+        (hint or "fix or re-download its config") if d.startswith("invalid configuration") else hint
     return ModelLoadError(f"{where}: cannot load {what}: {d}" + (f"; {fix}" if fix else ""))

@@ -133,7 +133,8 @@ def check_controlnet_fits(controlnet_config: Any, unet_config: Any, name: str = 
             problems.append(f"its hint encoder downsamples {hint_factor}x, the base's VAE {vae_factor}x")
     if problems:
         cf, uf = family_label(controlnet_config), family_label(unet_config)
-        guess = f" (an {cf} ControlNet on an {uf} base?)" if cf != uf else ""
+        known = set(FAMILY_BY_WIDTH.values()) | {"SDXL"}
+        guess = f" (an {cf} ControlNet on an {uf} base?)" if cf != uf and {cf, uf} <= known else ""
         raise ModelLoadError(f"{name}: {'; '.join(problems)}{guess}")
 
 

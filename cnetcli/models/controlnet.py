@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelLoadError, UsageError
+from ..errors import ModelLoadError
 from . import boundary
 
 #: Shipped ControlNet configs (models/configs/controlnet-<name>/config.json), tried in this order by shape.
@@ -357,12 +357,41 @@ def load_single_file(loc: Located, *, torch_dtype: Any = None, offline: bool | N
             return ControlNetModel.from_single_file(conv, config=tmp, local_files_only=True, **kw)
 
 
-def single_file_config(path: str | os.PathLike, *, trust_pickle: bool | None = None,
-                       unet_config: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
-    """(config, which candidate) of a single file without loading it into a model (for checks and `--help`)."""
-    loc = locate(path)
-    if loc.kind != "file":
-        raise UsageError(f"{path}: not a single ControlNet file")
-    cfg, _, name = pick_config(read_state_dict(loc.path, trust_pickle), candidates(loc, None, unet_config, None),
-                               loc.path)
-    return cfg, name
+def read_shapes(path: str | os.PathLike, trust_pickle: bool | None = None) -> dict[str, Any]:
+    """The file's tensors as meta tensors of the right shapes: a safetensors header read (no weights), or
+    the whole pickle for `.pth`/`.ckpt` (a pickle has no header)."""
+    p = Path(path)
+    if p.suffix.lower() != ".safetensors":
+        sd = read_state_dict(p, trust_pickle)
+        return {k: v for k, v in sd.items() if hasattr(v, "shape")}
+    import torch
+    from safetensors import safe_open
+
+    boundary.check_file(p)
+    with boundary.load_errors(p, "ControlNet", hint="download it again"), safe_open(str(p), "pt") as f:
+        return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+
+
+def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, unet_config: dict[str, Any] | None = None,
+                      offline: bool | None = None, trust_pickle: bool | None = None) -> dict[str, Any]:
+    """The config of the ControlNet `spec` names, without loading its weights (for checks before work starts):
+    a folder's config.json, a cached hub config, or a single file's config picked by shape from its header."""
+    from .compat import validate_config
+
+    loc = locate(spec)
+    if loc.kind == "folder":
+        cfg = _read_config(loc.path)
+        validate_config(cfg, f"{loc.path}/config.json")
+        return cfg
+    if loc.kind == "hub":
+        from diffusers import ControlNetModel
+
+        from .sd import is_offline, missing_hub_error
+
+        try:
+            return dict(ControlNetModel.load_config(loc.path, local_files_only=is_offline(offline)))
+        except Exception:
+            raise missing_hub_error(loc.path, "ControlNet") from None
+    where = loc.path + (f" ({loc.note})" if loc.note else "")
+    cfg, _, _ = pick_config(read_shapes(loc.path, trust_pickle), candidates(loc, config, unet_config, offline), where)
+    return cfg

@@ -149,8 +149,76 @@ def load_base_components(
         kw: dict[str, Any] = {"subfolder": part}
         if torch_dtype is not None and part in ("unet", "vae", "text_encoder"):
             kw["torch_dtype"] = torch_dtype
+        if part in ("unet", "vae", "scheduler"):  # configs first: garbage or negative dims -> one line, no weights read
+            part_config(spec, part, offline)
         out[part] = load_pretrained(classes[part], spec, "Stable Diffusion base", offline, **kw)
     return out
+
+
+_CONFIG_CLASSES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "scheduler": "DDPMScheduler",
+                   "controlnet": "ControlNetModel"}
+
+
+def part_config(spec: ModelSpec | str | os.PathLike, part: str, offline: bool | None = None,
+                config: str | None = None) -> dict[str, Any] | None:
+    """One component's config (unet, vae, scheduler) of a base, read without its weights and validated
+    (`compat.validate_config`; a scheduler's prediction type must be one cnet handles). For a single-file base
+    the config comes from `config` (its diffusers config folder) and is None without one."""
+    import diffusers
+
+    from . import boundary, compat
+
+    if not isinstance(spec, ModelSpec):
+        spec = resolve(spec)
+    if spec.kind == "file":
+        if not config:
+            return None
+        spec = ModelSpec("dir", str(Path(config).expanduser()), config)
+    cls = getattr(diffusers, _CONFIG_CLASSES[part])
+    where = f"{spec.location}/{part}"
+    try:
+        with boundary.load_errors(f"{where}/{cls.config_name}", f"the {part} config", hint="fix or re-download it"):
+            cfg = dict(cls.load_config(spec.location, subfolder=part,
+                                       local_files_only=spec.kind == "dir" or is_offline(offline)))
+    except ModelLoadError:
+        if spec.kind == "hub":
+            raise missing_hub_error(spec.location, "Stable Diffusion base") from None
+        raise
+    if part == "scheduler":
+        compat.check_prediction_type(cfg, f"{where}/scheduler_config.json")
+    else:
+        compat.validate_config(cfg, f"{where}/config.json")
+    return cfg
+
+
+def check_models_fit(
+    base: str | os.PathLike,
+    controlnets: list[str] | tuple[str, ...] = (),
+    *,
+    base_config: str | None = None,
+    controlnet_config: str | None = None,
+    offline: bool | None = None,
+    trust_pickle: bool | None = None,
+    hint_channels: int | None = 3,
+) -> dict[str, Any] | None:
+    """Everything about the models that can be checked from configs and file headers, before any weights
+    load: the base's configs are valid, its scheduler's prediction type is supported, each ControlNet fits the
+    base (text width, block channels, latent channels, added conditioning, hint channels and the hint encoder's
+    downsampling vs the VAE's). Raises one CnetError line; returns the base's UNet config (None when a
+    single-file base has no config folder to read it from)."""
+    from . import compat
+    from . import controlnet as C
+
+    spec = resolve(base)
+    unet = part_config(spec, "unet", offline, base_config)
+    vae = part_config(spec, "vae", offline, base_config)
+    part_config(spec, "scheduler", offline, base_config)
+    for cn in controlnets:
+        cfg = C.controlnet_config(cn, config=controlnet_config, unet_config=unet, offline=offline,
+                                  trust_pickle=trust_pickle)
+        if unet is not None:
+            compat.check_controlnet_fits(cfg, unet, f"--controlnet {cn}", hint_channels=hint_channels, vae_config=vae)
+    return unet
 
 
 def _load_single_file_base(spec: ModelSpec, parts: tuple[str, ...], torch_dtype: Any, offline: bool | None,
