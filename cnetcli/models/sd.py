@@ -119,40 +119,62 @@ BASE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 def load_base_components(
     base: str | os.PathLike = DEFAULT_BASE,
     *,
-    parts: tuple[str, ...] = BASE_PARTS,
+    parts: tuple[str, ...] | None = None,
     torch_dtype: Any = None,
     offline: bool | None = None,
     config: str | None = None,
 ) -> dict[str, Any]:
-    """Load the SD base's components (unet, vae, text_encoder, tokenizer, scheduler) as a dict.
+    """Load a base's components as a dict, plus `"family"`: its `ModelFamily` (models/families/).
 
-    `config`: for a single-file checkpoint, a local diffusers folder holding the matching configs (needed
-    offline; online the SD1.5 configs are fetched).
+    SD1.x/2.x: unet, vae, text_encoder, tokenizer, scheduler; SDXL adds text_encoder_2 (with projection) and
+    tokenizer_2. `parts` (default: all of the family's) selects components. The VAE gets the family's dtype
+    (SDXL's stays fp32 under fp16). `config`: for a single-file checkpoint, a local diffusers folder holding the
+    matching configs (needed offline; online diffusers fetches the default configs for the detected family).
     """
+    from .families import family_of
+
     spec = resolve(base)
     if spec.kind == "file":
         return _load_single_file_base(spec, parts, torch_dtype, offline, config)
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    classes = {
-        "unet": UNet2DConditionModel,
-        "vae": AutoencoderKL,
-        "text_encoder": CLIPTextModel,
-        "tokenizer": CLIPTokenizer,
-        "scheduler": DDPMScheduler,
-    }
     if spec.kind == "dir" and not (Path(spec.location) / "model_index.json").exists():
         raise ModelLoadError(f"{spec.location}: not a diffusers Stable Diffusion folder (no model_index.json)")
+    unet_config = part_config(spec, "unet", offline)  # configs first: garbage -> one line, no weights read
+    family = family_of(unet_config, _pipeline_config(spec, offline))
+    classes = _component_classes()
     out: dict[str, Any] = {}
-    for part in parts:
+    for part in parts or family.parts:
+        if part not in classes:
+            raise UsageError(f"unknown base component {part!r} (known: {', '.join(classes)})")
         kw: dict[str, Any] = {"subfolder": part}
-        if torch_dtype is not None and part in ("unet", "vae", "text_encoder"):
+        if part in ("vae", "scheduler"):
+            cfg = part_config(spec, part, offline)
+            if part == "vae" and torch_dtype is not None:
+                kw["torch_dtype"] = family.vae_dtype(cfg, torch_dtype)
+        elif torch_dtype is not None and part in ("unet", "text_encoder", "text_encoder_2"):
             kw["torch_dtype"] = torch_dtype
-        if part in ("unet", "vae", "scheduler"):  # configs first: garbage or negative dims -> one line, no weights read
-            part_config(spec, part, offline)
-        out[part] = load_pretrained(classes[part], spec, "Stable Diffusion base", offline, **kw)
+        out[part] = load_pretrained(classes[part], spec, f"{family.label} base", offline, **kw)
+    out["family"] = family
     return out
+
+
+def _component_classes() -> dict[str, Any]:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    return {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
+            "tokenizer": CLIPTokenizer, "text_encoder_2": CLIPTextModelWithProjection, "tokenizer_2": CLIPTokenizer,
+            "scheduler": DDPMScheduler}
+
+
+def _pipeline_config(spec: ModelSpec, offline: bool | None) -> dict[str, Any]:
+    """model_index.json of a base folder or cached hub id ({} when unreadable: its settings have defaults)."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        return dict(DiffusionPipeline.load_config(spec.location,
+                                                  local_files_only=spec.kind == "dir" or is_offline(offline)))
+    except Exception:
+        return {}
 
 
 _CONFIG_CLASSES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "scheduler": "DDPMScheduler",
@@ -221,37 +243,52 @@ def check_models_fit(
     return unet
 
 
-def _load_single_file_base(spec: ModelSpec, parts: tuple[str, ...], torch_dtype: Any, offline: bool | None,
+def single_file_family(path: str | os.PathLike, config: str | None = None) -> Any:
+    """The family of a single-file base: from its config folder's UNet config when given, else from the
+    checkpoint's keys (diffusers' own `infer_diffusers_model_type`, on a safetensors header read)."""
+    from .families import family_named, family_of
+
+    if config:
+        return family_of(part_config(ModelSpec("dir", str(Path(config).expanduser()), config), "unet"),
+                         _pipeline_config(ModelSpec("dir", str(Path(config).expanduser()), config), True))
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    from .controlnet import read_shapes
+
+    kind = infer_diffusers_model_type(read_shapes(path))
+    return family_named("sdxl" if kind.startswith("xl") or kind.startswith("playground") else "sd")
+
+
+def _load_single_file_base(spec: ModelSpec, parts: tuple[str, ...] | None, torch_dtype: Any, offline: bool | None,
                            config: str | None) -> dict[str, Any]:
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from . import boundary
 
     if spec.location.lower().endswith((".ckpt", ".pth", ".pt", ".bin")):
         raise ModelLoadError(
             f"{spec.location}: pickled checkpoints are not loaded (they can run code); convert it to .safetensors "
             "or use a diffusers folder"
         )
+    family = single_file_family(spec.location, config)
+    cls = StableDiffusionXLPipeline if family.name == "sdxl" else StableDiffusionPipeline
     kw: dict[str, Any] = {}
     if config:
         kw["config"] = config
     if torch_dtype is not None:
         kw["torch_dtype"] = torch_dtype
-    try:
-        pipe = StableDiffusionPipeline.from_single_file(
-            spec.location, local_files_only=is_offline(offline) or bool(config), safety_checker=None, **kw
-        )
-    except Exception as e:  # diffusers raises many kinds here
-        hint = "" if config else " (offline, pass the matching diffusers config folder, e.g. --base-config DIR)"
-        raise ModelLoadError(f"{spec.location}: cannot load single-file SD checkpoint{hint}: {str(e).splitlines()[0]}") from None
-    from diffusers import DDPMScheduler
-
-    comps = {
-        "unet": pipe.unet,
-        "vae": pipe.vae,
-        "text_encoder": pipe.text_encoder,
-        "tokenizer": pipe.tokenizer,
-        "scheduler": DDPMScheduler.from_config(pipe.scheduler.config),
-    }
-    return {k: comps[k] for k in parts}
+    if family.name == "sd":
+        kw["safety_checker"] = None
+    hint = "" if config else "pass the matching diffusers config folder (e.g. --base-config DIR) to load it offline"
+    with boundary.load_errors(spec.location, f"single-file {family.label} checkpoint", hint=hint):
+        pipe = cls.from_single_file(spec.location, local_files_only=is_offline(offline) or bool(config), **kw)
+    comps = {k: getattr(pipe, k) for k in family.parts if k != "scheduler"}
+    comps["scheduler"] = DDPMScheduler.from_config(pipe.scheduler.config)
+    if torch_dtype is not None:
+        comps["vae"] = comps["vae"].to(family.vae_dtype(comps["vae"].config, torch_dtype))
+    out = {k: comps[k] for k in (parts or family.parts)}
+    out["family"] = family
+    return out
 
 
 def load_controlnet(
