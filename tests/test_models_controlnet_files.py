@@ -144,6 +144,13 @@ def test_single_files_with_config_or_base(tiny, single_files, name):
     _same(_load(single_files / name, unet_config=tiny["unet_config"]), tiny["sd"])  # no config: the base's shape
 
 
+def test_single_file_with_a_base_folder_as_config(tiny, single_files, tmp_path):
+    """`cnet train --base-config DIR` hands the base's config folder over: its UNet defines the ControlNet."""
+    _same(_load(single_files / "orig.safetensors", config=str(tiny["dir"] / "base")), tiny["sd"])
+    with pytest.raises(ModelLoadError, match="no config.json here"):
+        _load(single_files / "orig.safetensors", config=str(tmp_path))
+
+
 def test_single_file_of_unknown_shape_asks_for_config(single_files):
     with pytest.raises(ModelLoadError, match="match no known ControlNet architecture.*--controlnet-config") as e:
         _load(single_files / "orig.safetensors")

@@ -236,6 +236,19 @@ def _read_config(folder: str | os.PathLike) -> dict[str, Any]:
     return data
 
 
+def _given_config(config: str) -> Candidate:
+    """The config the user named: a ControlNet config.json (or its folder, or a run's controlnet/), or a base
+    folder, whose UNet then defines the ControlNet (what `cnet train --base-config` hands over)."""
+    p = Path(config).expanduser()
+    if p.is_file() or (p / "config.json").is_file():
+        return Candidate(f"--controlnet-config {config}", _read_config(p))
+    if (p / "controlnet" / "config.json").is_file():
+        return Candidate(f"--controlnet-config {config}", _read_config(p / "controlnet"))
+    if (p / "unet" / "config.json").is_file():
+        return Candidate(f"a ControlNet of the base config {config}", config_from_unet(_read_config(p / "unet")))
+    raise ModelLoadError(f"{config}: no config.json here (expected a ControlNet config folder or a base folder)")
+
+
 def _base_unet_config(base: str, offline: bool | None) -> dict[str, Any] | None:
     """The UNet config of a base (folder or cached hub id), or None when it cannot be read cheaply."""
     from diffusers import UNet2DConditionModel
@@ -255,7 +268,7 @@ def _base_unet_config(base: str, offline: bool | None) -> dict[str, Any] | None:
 def candidates(loc: Located, config: str | None, unet_config: dict[str, Any] | None,
                offline: bool | None) -> list[Candidate]:
     if config:
-        return [Candidate(f"--controlnet-config {config}", _read_config(config))]
+        return [_given_config(config)]
     out = [Candidate(f"the run's config {d}", _read_config(d)) for d in loc.config_dirs]
     out += [Candidate(f"the {label} ControlNet config", shipped_config(n)) for n, label in KNOWN_ARCHITECTURES.items()]
     if unet_config is not None:
