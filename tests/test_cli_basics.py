@@ -31,8 +31,7 @@ def test_tiny_sd_round_trip(tiny_sd_dir):
     from cnetcli.models.sd import load_base_components
 
     comps = load_base_components(tiny_sd_dir, offline=True)
-    assert set(comps) == {"unet", "vae", "text_encoder", "tokenizer", "scheduler", "family"}
-    assert comps["family"].name == "sd"
+    assert set(comps) == {"unet", "vae", "text_encoder", "tokenizer", "scheduler"}
     ids = comps["tokenizer"]("red circle").input_ids
     assert len(ids) == 4  # bos, red, circle, eos: whole-word merges work
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import pytest
 
@@ -262,3 +263,30 @@ def test_real_size_single_files_pick_their_shipped_config(name, label, tmp_path)
         orig = {"control_model." + original_key(k, cfg["layers_per_block"]): v for k, v in sd.items()}
         _, conv, which = pick_config(orig, cands, "x")
         assert label in which and set(conv) == set(sd)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("CNET_RUN_SLOW"), reason="~40 s and 3.5 GB RAM on 2 CPU cores; set CNET_RUN_SLOW=1")
+def test_real_size_sd15_original_file_loads_offline_without_config(tmp_path):
+    """A ControlNet 1.1-shaped file (all 340 original-layout keys at SD1.5 size, fp16: 723 MB) loads with no
+    config and no network; each tensor is filled with its own value, so any key mixed up on the way shows."""
+    import torch
+    from safetensors.torch import save_file
+
+    from cnetcli.models.controlnet import config_from_unet, expected_shapes
+    from cnetcli.models.sd import load_controlnet
+    from cnetcli.training.export import original_key
+
+    cfg = config_from_unet(_unet_config("sd15"))
+    shapes = expected_shapes(cfg)
+    value = {k: (i + 1) / 1024 for i, k in enumerate(sorted(shapes))}
+    sd = {"control_model." + original_key(k, 2): torch.full(s, value[k], dtype=torch.float16) for k, s in shapes.items()}
+    assert len(sd) == 340
+    save_file(sd, str(tmp_path / "control_v11p_sd15_x.safetensors"))
+    del sd
+    net = load_controlnet(str(tmp_path / "control_v11p_sd15_x.safetensors"), offline=True, torch_dtype=torch.float16)
+    assert net.config.cross_attention_dim == 768
+    got = net.state_dict()
+    assert set(got) == set(shapes)
+    assert all(got[k].dtype == torch.float16 and got[k].flatten()[0].item() == torch.tensor(value[k], dtype=torch.float16).item()
+               for k in got)

@@ -30,21 +30,18 @@ def loaded(sdxl):
 def _pipe(comps, **kw):
     from diffusers import StableDiffusionXLPipeline
 
-    parts = {k: comps[k] for k in ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
-                                   "scheduler")}
-    return StableDiffusionXLPipeline(**parts, **kw)
+    return StableDiffusionXLPipeline(**comps, **kw)  # the components dict goes straight into diffusers
 
 
 def test_family_detected_from_the_model(loaded, tiny_sd_dir):
     from cnetcli.models.families import family_of
     from cnetcli.models.sd import load_base_components
 
-    fam = loaded["family"]
+    fam = loaded.family
     assert fam.name == "sdxl" and fam.force_zeros_for_empty_prompt
-    assert set(loaded) == {"unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler",
-                           "family"}
+    assert set(loaded) == {"unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"}
     assert type(loaded["text_encoder_2"]).__name__ == "CLIPTextModelWithProjection"
-    assert load_base_components(str(tiny_sd_dir), offline=True, parts=("unet",))["family"].name == "sd"
+    assert load_base_components(str(tiny_sd_dir), offline=True, parts=("unet",)).family.name == "sd"
     # the pipeline config's switch is honoured
     assert not family_of(loaded["unet"].config, {"force_zeros_for_empty_prompt": False}).force_zeros_for_empty_prompt
 
@@ -58,7 +55,7 @@ def test_default_resolution_and_vae_precision(loaded):
     # SDXL's real UNet (sample_size 128) and VAE (4 blocks): 1024; SD1.5's (64): 512; the tiny ones: their own
     assert xl.default_resolution({"sample_size": 128}, {"block_out_channels": [128, 256, 512, 512]}) == 1024
     assert sd.default_resolution({"sample_size": 64}, {"block_out_channels": [128, 256, 512, 512]}) == 512
-    assert loaded["family"].default_resolution(loaded["unet"].config, loaded["vae"].config) == 256
+    assert loaded.family.default_resolution(loaded["unet"].config, loaded["vae"].config) == 256
     assert xl.default_resolution({}) == 1024 and sd.default_resolution({}) == 512
     assert xl.vae_dtype({"force_upcast": True}, torch.float16) == torch.float32
     assert xl.vae_dtype({"force_upcast": True}, torch.bfloat16) == torch.bfloat16
@@ -89,7 +86,7 @@ def test_encode_prompt_equals_diffusers_bitwise(loaded, prompt, kw):
         kw = dict(kw, prompt_2=[kw["prompt_2"]] * len(prompt))
 
     want = _pipe(loaded).encode_prompt(prompt, device=torch.device("cpu"), num_images_per_prompt=1, **kw)
-    got = loaded["family"].encode_prompt(loaded, prompt, **kw)
+    got = loaded.family.encode_prompt(loaded, prompt, **kw)
     fields = (got.prompt_embeds, got.negative_prompt_embeds, got.pooled_prompt_embeds, got.negative_pooled_prompt_embeds)
     for g, w in zip(fields, want, strict=True):
         assert (g is None and w is None) or torch.equal(g, w)
@@ -116,22 +113,21 @@ def test_add_time_ids_equal_diffusers(loaded, sizes):
 
     proj = loaded["text_encoder_2"].config.projection_dim
     want = _pipe(loaded)._get_add_time_ids(*sizes, dtype=torch.float32, text_encoder_projection_dim=proj)
-    got = loaded["family"].add_time_ids(*sizes, unet_config=loaded["unet"].config, projection_dim=proj)
+    got = loaded.family.add_time_ids(*sizes, unet_config=loaded["unet"].config, projection_dim=proj)
     assert torch.equal(got, want)
     with pytest.raises(ModelLoadError, match="expects an added embedding of 80 values"):
-        loaded["family"].add_time_ids(*sizes, unet_config=loaded["unet"].config, projection_dim=proj + 1)
+        loaded.family.add_time_ids(*sizes, unet_config=loaded["unet"].config, projection_dim=proj + 1)
 
 
 def test_added_conditioning_drives_the_unet(loaded):
     import torch
 
-    fam, unet = loaded["family"], loaded["unet"]
+    fam, unet = loaded.family, loaded["unet"]
     enc = fam.encode_prompt(loaded, "a red circle", do_classifier_free_guidance=False)
     ids = fam.add_time_ids((256, 256), (0, 0), (256, 256))
     out = unet(torch.zeros(1, 4, 32, 32), 10, encoder_hidden_states=enc.prompt_embeds,
                added_cond_kwargs=fam.added_cond_kwargs(enc, ids)).sample
     assert out.shape == (1, 4, 32, 32) and torch.isfinite(out).all()
-    assert fam.added_cond_kwargs is not None and loaded["family"].name == "sdxl"
 
 
 def test_sd_family_encode_equals_diffusers(tiny_sd_dir):
@@ -141,15 +137,14 @@ def test_sd_family_encode_equals_diffusers(tiny_sd_dir):
     from cnetcli.models.sd import load_base_components
 
     c = load_base_components(str(tiny_sd_dir), offline=True)
-    pipe = StableDiffusionPipeline(**{k: c[k] for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")},
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionPipeline(**c, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     # (diffusers' SD clip_skip path reads `text_encoder.text_model`, which transformers 5 removed: not compared)
     for kw in ({}, {"negative_prompt": "blue"}):
         want = pipe.encode_prompt("red circle", torch.device("cpu"), 1, True, **kw)
-        got = c["family"].encode_prompt(c, "red circle", **kw)
+        got = c.family.encode_prompt(c, "red circle", **kw)
         assert torch.equal(got.prompt_embeds, want[0]) and torch.equal(got.negative_prompt_embeds, want[1])
-    assert c["family"].added_cond_kwargs(got) is None
-    skip = c["family"].encode_prompt(c, "red circle", clip_skip=1, do_classifier_free_guidance=False).prompt_embeds
+    assert c.family.added_cond_kwargs(got) is None
+    skip = c.family.encode_prompt(c, "red circle", clip_skip=1, do_classifier_free_guidance=False).prompt_embeds
     assert skip.shape == got.prompt_embeds.shape and not torch.equal(skip, got.prompt_embeds)
 
 

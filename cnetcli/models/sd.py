@@ -116,6 +116,17 @@ _load = load_pretrained
 BASE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
+class BaseComponents(dict):
+    """The loaded components by name (a plain dict, so `StableDiffusionPipeline(**comps)` still works) plus the
+    base's `family` (a `models.families.ModelFamily`) as an attribute."""
+
+    family: Any = None
+
+    def __init__(self, parts: dict[str, Any], family: Any) -> None:
+        super().__init__(parts)
+        self.family = family
+
+
 def load_base_components(
     base: str | os.PathLike = DEFAULT_BASE,
     *,
@@ -124,7 +135,7 @@ def load_base_components(
     offline: bool | None = None,
     config: str | None = None,
 ) -> dict[str, Any]:
-    """Load a base's components as a dict, plus `"family"`: its `ModelFamily` (models/families/).
+    """Load a base's components as a dict whose `.family` is the base's `ModelFamily` (models/families/).
 
     SD1.x/2.x: unet, vae, text_encoder, tokenizer, scheduler; SDXL adds text_encoder_2 (with projection) and
     tokenizer_2. `parts` (default: all of the family's) selects components. The VAE gets the family's dtype
@@ -153,8 +164,7 @@ def load_base_components(
         elif torch_dtype is not None and part in ("unet", "text_encoder", "text_encoder_2"):
             kw["torch_dtype"] = torch_dtype
         out[part] = load_pretrained(classes[part], spec, f"{family.label} base", offline, **kw)
-    out["family"] = family
-    return out
+    return BaseComponents(out, family)
 
 
 def _component_classes() -> dict[str, Any]:
@@ -286,9 +296,7 @@ def _load_single_file_base(spec: ModelSpec, parts: tuple[str, ...] | None, torch
     comps["scheduler"] = DDPMScheduler.from_config(pipe.scheduler.config)
     if torch_dtype is not None:
         comps["vae"] = comps["vae"].to(family.vae_dtype(comps["vae"].config, torch_dtype))
-    out = {k: comps[k] for k in (parts or family.parts)}
-    out["family"] = family
-    return out
+    return BaseComponents({k: comps[k] for k in (parts or family.parts)}, family)
 
 
 def load_controlnet(
