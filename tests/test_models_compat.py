@@ -174,4 +174,6 @@ def test_transformers_pickle_refusal_is_cnets_line(tiny_sd_dir, tmp_path):
     with pytest.raises(ModelLoadError) as e:
         load_base_components(str(d), offline=True, parts=("text_encoder",))
     msg = _one_line(e)
-    assert "unsafe pickle: pass --trust-pickle only if you trust the file" in msg and "text_encoder" in msg, msg
+    # no trusted path for base components: the fix offered is the safetensors weights, not --trust-pickle
+    assert "unsafe pickle refused" in msg and "safetensors" in msg and "text_encoder" in msg, msg
+    assert "--trust-pickle" not in msg

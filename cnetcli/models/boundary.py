@@ -18,7 +18,10 @@ from . import files
 
 #: The one line for a pickle that `torch.load(weights_only=True)` refuses.
 UNSAFE_PICKLE = ("unsafe pickle: pass --trust-pickle only if you trust the file (it needs unsafe unpickling, which "
-                 "can run code; or convert it to .safetensors)")
+                 "can run code; CNET_TRUST_PICKLE=1 does the same; or convert it to .safetensors)")
+#: The line where no trusted path exists (components loaded by diffusers/transformers `from_pretrained`).
+UNSAFE_PICKLE_REFUSED = ("unsafe pickle refused (it needs unsafe unpickling, which can run code): use its .safetensors "
+                         "weights or re-save it with save_pretrained(safe_serialization=True)")
 _PICKLE_REFUSAL = ("weights only load failed", "weights_only", "unsupported global", "unsafe unpickling")
 _CORRUPT = ("safetensor", "headertoolarge", "invalid header", "incomplete metadata", "deserializ", "unpickling",
             "invalid load key", "pickle data was truncated", "ran out of input", "eoferror", "badzipfile",
@@ -96,10 +99,11 @@ def load_errors(where: str | os.PathLike, what: str, source: str | None = None, 
 
 
 def load_error(where: str | os.PathLike, what: str, e: BaseException, source: str | None = None,
-               hint: str = "") -> ModelLoadError:
+               hint: str = "", trust_pickle_flag: bool = False) -> ModelLoadError:
+    """One line for a library failure. `trust_pickle_flag`: the caller offers --trust-pickle for this load."""
     d = describe(e)
     if d == UNSAFE_PICKLE:
-        return ModelLoadError(f"{where}: cannot load {what}: {d}")
+        return ModelLoadError(f"{where}: cannot load {what}: {d if trust_pickle_flag else UNSAFE_PICKLE_REFUSED}")
     fix = redownload(source) if d.startswith("corrupt") else \
         (hint or "fix or re-download its config") if d.startswith("invalid configuration") else hint
     return ModelLoadError(f"{where}: cannot load {what}: {d}" + (f"; {fix}" if fix else ""))

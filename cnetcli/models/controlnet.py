@@ -329,7 +329,8 @@ def _load_folder(loc: Located, spec: Any, torch_dtype: Any, offline: bool | None
     if loc.kind == "folder":
         validate_config(_read_config(loc.path), f"{loc.path}/config.json")
         try:
-            return load_pretrained(ControlNetModel, ModelSpec("dir", loc.path, str(spec)), "ControlNet", offline, **kw)
+            return load_pretrained(ControlNetModel, ModelSpec("dir", loc.path, str(spec)), "ControlNet", offline,
+                                   trust_pickle_flag=True, **kw)
         except ModelLoadError as e:
             if boundary.UNSAFE_PICKLE in str(e) and _trusted(trust_pickle):
                 return _load_pickled_folder(loc, torch_dtype, trust_pickle)

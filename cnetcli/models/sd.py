@@ -82,11 +82,13 @@ def missing_hub_error(repo_id: str, what: str, extra: str = "") -> MissingWeight
     )
 
 
-def load_pretrained(cls: Any, spec: ModelSpec, what: str, offline: bool | None, **kwargs: Any) -> Any:
+def load_pretrained(cls: Any, spec: ModelSpec, what: str, offline: bool | None, *, trust_pickle_flag: bool = False,
+                    **kwargs: Any) -> Any:
     """`cls.from_pretrained` for a folder or hub id; every library failure becomes one CnetError line.
 
     Weight files in a local folder are checked first (empty, HTML, git-lfs pointer, truncated), so a damaged
-    download is named as such instead of surfacing as a library's parse error."""
+    download is named as such instead of surfacing as a library's parse error. A pickle the library refuses
+    (`weights_only`) is reported as unsafe; `trust_pickle_flag` says whether the caller offers --trust-pickle."""
     from . import boundary
 
     sub = kwargs.get("subfolder")
@@ -106,7 +108,8 @@ def load_pretrained(cls: Any, spec: ModelSpec, what: str, offline: bool | None, 
         damaged = d == boundary.UNSAFE_PICKLE or d.startswith("corrupt")
         if spec.kind == "hub" and not damaged:  # not in the cache (offline) or not on the hub
             raise missing_hub_error(spec.location, what) from None
-        raise boundary.load_error(where, what, e, spec.original if spec.kind == "hub" else None) from None
+        raise boundary.load_error(where, what, e, spec.original if spec.kind == "hub" else None,
+                                  trust_pickle_flag=trust_pickle_flag) from None
 
 
 #: The name other modules imported before `load_pretrained` was public; kept so their code keeps working.

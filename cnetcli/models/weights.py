@@ -250,7 +250,7 @@ def load_state_dict(path: str | os.PathLike, trust_pickle: bool | None = None) -
         if not boundary.is_pickle_refusal(e):
             raise ModelLoadError(f"{p}: corrupt weight file ({boundary.first_line(e, 120)}); {fix}") from None
         if not trust_pickle_default(trust_pickle):
-            raise ModelLoadError(f"{p}: {boundary.UNSAFE_PICKLE} (or set CNET_TRUST_PICKLE=1)") from None
+            raise ModelLoadError(f"{p}: {boundary.UNSAFE_PICKLE}") from None
         try:
             return torch.load(str(p), map_location="cpu", weights_only=False)
         except Exception as e2:
