@@ -26,7 +26,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,6 @@ class Located:
     config_dirs: tuple[str, ...] = ()  # for "file": folders whose config.json may describe it (the run's own)
     base: str | None = None  # for a cnet checkpoint: the base its train_config.json names
     note: str = ""  # what was picked, for messages ("newest checkpoint step-40 of run OUT")
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def shipped_config_dir(name: str) -> Path:
