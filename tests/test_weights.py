@@ -20,32 +20,97 @@ def test_resolve_local_and_missing(tmp_path, monkeypatch):
     assert W.resolve("mlsd_large_512_fp32.pth", offline=True) == tmp_path / "mlsd_large_512_fp32.pth"
 
 
-def test_cli_list_verify_and_offline_pull(tmp_path, run_cli):
+def test_cli_list_verify_and_offline_pull(tmp_path, run_cli, monkeypatch):
     import hashlib
 
     f = tmp_path / "ControlNetHED.pth"
-    f.write_bytes(b"hed-weights")
+    f.write_bytes(b"\x80\x02hed-weights")  # starts like a (legacy) torch pickle
     code, out, err = run_cli("weights", "list", "softedge", "mlsd", "--weights-dir", str(tmp_path), "--json")
     assert code == 0, err
     rows = {(r["type"], r["file"]): r for r in json.loads(out)}
     hed = rows[("softedge", "ControlNetHED.pth")]
-    assert hed["present"] and hed["size"] == 11 and hed["sha256"] == hashlib.sha256(b"hed-weights").hexdigest()
+    assert hed["present"] and hed["size"] == 13 and hed["expected_size"] == 29444406 and hed["check"] == "wrong size"
     assert not rows[("mlsd", "mlsd_large_512_fp32.pth")]["present"]
     code, out, err = run_cli("weights", "list", "--weights-dir", str(tmp_path))
     assert code == 0 and "missing" in out and "cnet weights pull" in out
 
+    # a file without published values is checked against the manifest `pull` records
+    monkeypatch.delitem(W.KNOWN_FILES, "ControlNetHED.pth")
+    monkeypatch.delitem(W.KNOWN_SHA256, "ControlNetHED.pth")
+    code, out, err = run_cli("weights", "verify", "softedge", "--weights-dir", str(tmp_path))
+    assert code == 0 and "unverified" in out and " ok" not in out, out  # nothing vouches for it: never "ok"
     W.record_hashes(tmp_path)
-    assert json.loads((tmp_path / W.MANIFEST_NAME).read_text())["ControlNetHED.pth"] == hed["sha256"]
+    assert json.loads((tmp_path / W.MANIFEST_NAME).read_text())["ControlNetHED.pth"] == \
+        hashlib.sha256(b"\x80\x02hed-weights").hexdigest()
     code, out, err = run_cli("weights", "verify", "softedge", "--weights-dir", str(tmp_path))
     assert code == 0 and "ok" in out
-    f.write_bytes(b"tampered!!!")
+    f.write_bytes(b"\x80\x02tampered!!!")
     code, out, err = run_cli("weights", "verify", "softedge", "--weights-dir", str(tmp_path))
-    assert code == 1 and "sha256 mismatch" in err and "ControlNetHED.pth" in err
+    assert code == 1 and "sha256 mismatch" in err and "ControlNetHED.pth" in err and "cnet weights pull softedge" in err
 
     code, out, err = run_cli("weights", "pull", "mlsd", "--weights-dir", str(tmp_path), "--offline")
     assert code == 1 and "offline" in err and "mlsd_large_512_fp32.pth" in err and "Traceback" not in err
     code, out, err = run_cli("weights", "list", "nosuchtype")
     assert code == 2 and "model-backed types" in err
+
+
+def test_known_files_cover_every_annotator_file():
+    """Every annotator weight file has its published size and sha256 shipped (the seg model is a transformers
+    repo, verified by the HF cache's blob names instead)."""
+    names = {f.name for fs in W.TYPE_WEIGHTS.values() for f in fs if f.kind == "file"}
+    assert names == set(W.KNOWN_FILES)
+    for k in W.KNOWN_FILES.values():
+        assert k.size > 0 and len(k.sha256) == 64 and int(k.sha256, 16) >= 0
+
+
+@pytest.mark.parametrize("data, check, needle", [
+    (b"", "corrupt", "empty file (0 bytes)"),
+    (b"<!DOCTYPE html><html><head><title>404</title></head></html>", "corrupt", "HTML"),
+    (b"PK\x03\x04", "corrupt", "truncated or corrupt PyTorch checkpoint"),
+    (b"\x80\x02" + b"x" * 998, "wrong size", "1000 bytes, published size 6341481"),
+])
+def test_verify_fails_damaged_files_with_the_redownload_command(tmp_path, run_cli, data, check, needle):
+    (tmp_path / "mlsd_large_512_fp32.pth").write_bytes(data)
+    rows = W.status(["mlsd"], tmp_path, hashes=True)
+    assert rows[0].check == check and rows[0].ok is False
+    code, out, err = run_cli("weights", "verify", "mlsd", "--weights-dir", str(tmp_path))
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 1 and len(lines) == 1, err
+    assert needle in err and "cnet weights pull mlsd" in err and "mlsd_large_512_fp32.pth" in err
+
+
+def test_right_size_wrong_hash_is_a_mismatch(tmp_path, monkeypatch):
+    f = tmp_path / "mlsd_large_512_fp32.pth"
+    f.write_bytes(b"\x80\x02" + b"0" * 98)
+    monkeypatch.setitem(W.KNOWN_FILES, "mlsd_large_512_fp32.pth", W.KnownFile(100, "0" * 64))
+    monkeypatch.setitem(W.KNOWN_SHA256, "mlsd_large_512_fp32.pth", "0" * 64)
+    (s,) = W.status(["mlsd"], tmp_path, hashes=True)
+    assert s.check == "MISMATCH" and s.ok is False
+    import hashlib
+
+    monkeypatch.setitem(W.KNOWN_FILES, "mlsd_large_512_fp32.pth",
+                        W.KnownFile(100, hashlib.sha256(f.read_bytes()).hexdigest()))
+    monkeypatch.setitem(W.KNOWN_SHA256, "mlsd_large_512_fp32.pth", hashlib.sha256(f.read_bytes()).hexdigest())
+    (s,) = W.status(["mlsd"], tmp_path, hashes=True)
+    assert s.check == "ok" and s.ok is True
+
+
+@pytest.mark.parametrize("data, needle", [
+    (b"<html><body>Rate limited</body></html>", "HTML"),
+    (b"", "empty file"),
+    (b"garbage that is no checkpoint", "not a PyTorch checkpoint"),
+    (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 6341481\n", "git-lfs pointer"),
+])
+def test_loader_names_corrupt_files_with_the_pull_command(tmp_path, data, needle):
+    from cnetcli.errors import ModelLoadError
+
+    f = tmp_path / "mlsd_large_512_fp32.pth"
+    f.write_bytes(data)
+    with pytest.raises(ModelLoadError) as e:
+        W.load_state_dict(f)
+    msg = str(e.value)
+    assert needle in msg and "corrupt weight file" in msg and "cnet weights pull mlsd" in msg
+    assert "--trust-pickle" not in msg and "\n" not in msg
 
 
 def test_annotate_missing_weight_through_cli_list(tmp_path, run_cli, monkeypatch):

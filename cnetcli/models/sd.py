@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingWeightsError, ModelLoadError, UsageError
+from ..errors import CnetError, MissingWeightsError, ModelLoadError, UsageError
 
 #: The SD1.5 release (the paper's base).
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -82,92 +82,224 @@ def missing_hub_error(repo_id: str, what: str, extra: str = "") -> MissingWeight
     )
 
 
-def _load(cls: Any, spec: ModelSpec, what: str, offline: bool | None, **kwargs: Any) -> Any:
-    """`cls.from_pretrained` for a folder or hub id, with clear errors."""
+def load_pretrained(cls: Any, spec: ModelSpec, what: str, offline: bool | None, *, trust_pickle_flag: bool = False,
+                    **kwargs: Any) -> Any:
+    """`cls.from_pretrained` for a folder or hub id; every library failure becomes one CnetError line.
+
+    Weight files in a local folder are checked first (empty, HTML, git-lfs pointer, truncated), so a damaged
+    download is named as such instead of surfacing as a library's parse error. A pickle the library refuses
+    (`weights_only`) is reported as unsafe; `trust_pickle_flag` says whether the caller offers --trust-pickle."""
+    from . import boundary
+
+    sub = kwargs.get("subfolder")
+    where = f"{spec.location}/{sub}" if sub else spec.location
+    if spec.kind == "dir":
+        boundary.check_folder(where, spec.original)
     try:
         if spec.kind == "dir":
             return cls.from_pretrained(spec.location, **kwargs)
         return cls.from_pretrained(spec.location, local_files_only=is_offline(offline), **kwargs)
-    except (OSError, ValueError) as e:
-        if spec.kind == "hub":
+    except CnetError:
+        raise
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:
+        d = boundary.describe(e)
+        damaged = d == boundary.UNSAFE_PICKLE or d.startswith("corrupt")
+        if spec.kind == "hub" and not damaged:  # not in the cache (offline) or not on the hub
             raise missing_hub_error(spec.location, what) from None
-        sub = kwargs.get("subfolder")
-        where = f"{spec.location}/{sub}" if sub else spec.location
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ModelLoadError(f"{where}: cannot load {what} ({msg})") from None
+        raise boundary.load_error(where, what, e, spec.original if spec.kind == "hub" else None,
+                                  trust_pickle_flag=trust_pickle_flag) from None
+
+
+#: The name other modules imported before `load_pretrained` was public; kept so their code keeps working.
+_load = load_pretrained
 
 
 BASE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
+class BaseComponents(dict):
+    """The loaded components by name (a plain dict, so `StableDiffusionPipeline(**comps)` still works) plus the
+    base's `family` (a `models.families.ModelFamily`) as an attribute."""
+
+    family: Any = None
+
+    def __init__(self, parts: dict[str, Any], family: Any) -> None:
+        super().__init__(parts)
+        self.family = family
+
+
 def load_base_components(
     base: str | os.PathLike = DEFAULT_BASE,
     *,
-    parts: tuple[str, ...] = BASE_PARTS,
+    parts: tuple[str, ...] | None = None,
     torch_dtype: Any = None,
     offline: bool | None = None,
     config: str | None = None,
 ) -> dict[str, Any]:
-    """Load the SD base's components (unet, vae, text_encoder, tokenizer, scheduler) as a dict.
+    """Load a base's components as a dict whose `.family` is the base's `ModelFamily` (models/families/).
 
-    `config`: for a single-file checkpoint, a local diffusers folder holding the matching configs (needed
-    offline; online the SD1.5 configs are fetched).
+    SD1.x/2.x: unet, vae, text_encoder, tokenizer, scheduler; SDXL adds text_encoder_2 (with projection) and
+    tokenizer_2. `parts` (default: all of the family's) selects components. The VAE gets the family's dtype
+    (SDXL's stays fp32 under fp16). `config`: for a single-file checkpoint, a local diffusers folder holding the
+    matching configs (needed offline; online diffusers fetches the default configs for the detected family).
     """
+    from .families import family_of
+
     spec = resolve(base)
     if spec.kind == "file":
         return _load_single_file_base(spec, parts, torch_dtype, offline, config)
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    classes = {
-        "unet": UNet2DConditionModel,
-        "vae": AutoencoderKL,
-        "text_encoder": CLIPTextModel,
-        "tokenizer": CLIPTokenizer,
-        "scheduler": DDPMScheduler,
-    }
     if spec.kind == "dir" and not (Path(spec.location) / "model_index.json").exists():
         raise ModelLoadError(f"{spec.location}: not a diffusers Stable Diffusion folder (no model_index.json)")
+    unet_config = part_config(spec, "unet", offline)  # configs first: garbage -> one line, no weights read
+    family = family_of(unet_config, _pipeline_config(spec, offline))
+    classes = _component_classes()
     out: dict[str, Any] = {}
-    for part in parts:
+    for part in parts or family.parts:
+        if part not in classes:
+            raise UsageError(f"unknown base component {part!r} (known: {', '.join(classes)})")
         kw: dict[str, Any] = {"subfolder": part}
-        if torch_dtype is not None and part in ("unet", "vae", "text_encoder"):
+        if part in ("vae", "scheduler"):
+            cfg = part_config(spec, part, offline)
+            if part == "vae" and torch_dtype is not None:
+                kw["torch_dtype"] = family.vae_dtype(cfg, torch_dtype)
+        elif torch_dtype is not None and part in ("unet", "text_encoder", "text_encoder_2"):
             kw["torch_dtype"] = torch_dtype
-        out[part] = _load(classes[part], spec, "Stable Diffusion base", offline, **kw)
-    return out
+        out[part] = load_pretrained(classes[part], spec, f"{family.label} base", offline, **kw)
+    return BaseComponents(out, family)
 
 
-def _load_single_file_base(spec: ModelSpec, parts: tuple[str, ...], torch_dtype: Any, offline: bool | None,
+def _component_classes() -> dict[str, Any]:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    return {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
+            "tokenizer": CLIPTokenizer, "text_encoder_2": CLIPTextModelWithProjection, "tokenizer_2": CLIPTokenizer,
+            "scheduler": DDPMScheduler}
+
+
+def _pipeline_config(spec: ModelSpec, offline: bool | None) -> dict[str, Any]:
+    """model_index.json of a base folder or cached hub id ({} when unreadable: its settings have defaults)."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        return dict(DiffusionPipeline.load_config(spec.location,
+                                                  local_files_only=spec.kind == "dir" or is_offline(offline)))
+    except Exception:
+        return {}
+
+
+_CONFIG_CLASSES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "scheduler": "DDPMScheduler",
+                   "controlnet": "ControlNetModel"}
+
+
+def part_config(spec: ModelSpec | str | os.PathLike, part: str, offline: bool | None = None,
+                config: str | None = None) -> dict[str, Any] | None:
+    """One component's config (unet, vae, scheduler) of a base, read without its weights and validated
+    (`compat.validate_config`; a scheduler's prediction type must be one cnet handles). For a single-file base
+    the config comes from `config` (its diffusers config folder) and is None without one."""
+    import diffusers
+
+    from . import boundary, compat
+
+    if not isinstance(spec, ModelSpec):
+        spec = resolve(spec)
+    if spec.kind == "file":
+        if not config:
+            return None
+        spec = ModelSpec("dir", str(Path(config).expanduser()), config)
+    cls = getattr(diffusers, _CONFIG_CLASSES[part])
+    where = f"{spec.location}/{part}"
+    try:
+        with boundary.load_errors(f"{where}/{cls.config_name}", f"the {part} config", hint="fix or re-download it"):
+            cfg = dict(cls.load_config(spec.location, subfolder=part,
+                                       local_files_only=spec.kind == "dir" or is_offline(offline)))
+    except ModelLoadError:
+        if spec.kind == "hub":
+            raise missing_hub_error(spec.location, "Stable Diffusion base") from None
+        raise
+    if part == "scheduler":
+        compat.check_prediction_type(cfg, f"{where}/scheduler_config.json")
+    else:
+        compat.validate_config(cfg, f"{where}/config.json")
+    return cfg
+
+
+def check_models_fit(
+    base: str | os.PathLike,
+    controlnets: list[str] | tuple[str, ...] = (),
+    *,
+    base_config: str | None = None,
+    controlnet_config: str | None = None,
+    offline: bool | None = None,
+    trust_pickle: bool | None = None,
+    hint_channels: int | None = 3,
+) -> dict[str, Any] | None:
+    """Everything about the models that can be checked from configs and file headers, before any weights
+    load: the base's configs are valid, its scheduler's prediction type is supported, each ControlNet fits the
+    base (text width, block channels, latent channels, added conditioning, hint channels and the hint encoder's
+    downsampling vs the VAE's). Raises one CnetError line; returns the base's UNet config (None when a
+    single-file base has no config folder to read it from)."""
+    from . import compat
+    from . import controlnet as C
+
+    spec = resolve(base)
+    unet = part_config(spec, "unet", offline, base_config)
+    vae = part_config(spec, "vae", offline, base_config)
+    part_config(spec, "scheduler", offline, base_config)
+    for cn in controlnets:
+        cfg = C.controlnet_config(cn, config=controlnet_config, unet_config=unet, offline=offline,
+                                  trust_pickle=trust_pickle)
+        if unet is not None:
+            compat.check_controlnet_fits(cfg, unet, f"--controlnet {cn}", hint_channels=hint_channels, vae_config=vae)
+    return unet
+
+
+def single_file_family(path: str | os.PathLike, config: str | None = None) -> Any:
+    """The family of a single-file base: from its config folder's UNet config when given, else from the
+    checkpoint's keys (diffusers' own `infer_diffusers_model_type`, on a safetensors header read)."""
+    from .families import family_named, family_of
+
+    if config:
+        return family_of(part_config(ModelSpec("dir", str(Path(config).expanduser()), config), "unet"),
+                         _pipeline_config(ModelSpec("dir", str(Path(config).expanduser()), config), True))
+    from diffusers.loaders.single_file_utils import infer_diffusers_model_type
+
+    from .controlnet import read_shapes
+
+    kind = infer_diffusers_model_type(read_shapes(path))
+    return family_named("sdxl" if kind.startswith("xl") or kind.startswith("playground") else "sd")
+
+
+def _load_single_file_base(spec: ModelSpec, parts: tuple[str, ...] | None, torch_dtype: Any, offline: bool | None,
                            config: str | None) -> dict[str, Any]:
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    from . import boundary
 
     if spec.location.lower().endswith((".ckpt", ".pth", ".pt", ".bin")):
         raise ModelLoadError(
             f"{spec.location}: pickled checkpoints are not loaded (they can run code); convert it to .safetensors "
             "or use a diffusers folder"
         )
+    family = single_file_family(spec.location, config)
+    cls = StableDiffusionXLPipeline if family.name == "sdxl" else StableDiffusionPipeline
     kw: dict[str, Any] = {}
     if config:
         kw["config"] = config
     if torch_dtype is not None:
         kw["torch_dtype"] = torch_dtype
-    try:
-        pipe = StableDiffusionPipeline.from_single_file(
-            spec.location, local_files_only=is_offline(offline) or bool(config), safety_checker=None, **kw
-        )
-    except Exception as e:  # diffusers raises many kinds here
-        hint = "" if config else " (offline, pass the matching diffusers config folder, e.g. --base-config DIR)"
-        raise ModelLoadError(f"{spec.location}: cannot load single-file SD checkpoint{hint}: {str(e).splitlines()[0]}") from None
-    from diffusers import DDPMScheduler
-
-    comps = {
-        "unet": pipe.unet,
-        "vae": pipe.vae,
-        "text_encoder": pipe.text_encoder,
-        "tokenizer": pipe.tokenizer,
-        "scheduler": DDPMScheduler.from_config(pipe.scheduler.config),
-    }
-    return {k: comps[k] for k in parts}
+    if family.name == "sd":
+        kw["safety_checker"] = None
+    hint = "" if config else "pass the matching diffusers config folder (e.g. --base-config DIR) to load it offline"
+    with boundary.load_errors(spec.location, f"single-file {family.label} checkpoint", hint=hint):
+        pipe = cls.from_single_file(spec.location, local_files_only=is_offline(offline) or bool(config), **kw)
+    comps = {k: getattr(pipe, k) for k in family.parts if k != "scheduler"}
+    comps["scheduler"] = DDPMScheduler.from_config(pipe.scheduler.config)
+    if torch_dtype is not None:
+        comps["vae"] = comps["vae"].to(family.vae_dtype(comps["vae"].config, torch_dtype))
+    return BaseComponents({k: comps[k] for k in (parts or family.parts)}, family)
 
 
 def load_controlnet(
@@ -176,34 +308,20 @@ def load_controlnet(
     torch_dtype: Any = None,
     offline: bool | None = None,
     config: str | None = None,
+    trust_pickle: bool | None = None,
+    unet_config: Any = None,
 ) -> Any:
-    """Load a ControlNetModel from a diffusers folder, a single file in the original layout, or a hub id.
+    """Load a ControlNetModel from any form users hold (see `models.controlnet`): diffusers folders with any
+    variant or sharding, `cnet train` outputs and their checkpoints, single files in the original or diffusers
+    layout (.safetensors/.pth/.ckpt; config picked by shape when `config` is None), hub ids.
 
-    A folder written by `cnet train` (OUTPUT/ with a `controlnet/` subfolder) is accepted too.
-    """
-    from diffusers import ControlNetModel
+    `unet_config`: the base's UNet config; a single file trained from that base then needs no config, and
+    the loaded ControlNet is checked to fit it (`compat.check_controlnet_fits`)."""
+    from . import compat
+    from . import controlnet as C
 
-    spec = resolve(spec_str)
-    kw: dict[str, Any] = {}
-    if torch_dtype is not None:
-        kw["torch_dtype"] = torch_dtype
-    if spec.kind == "dir":
-        p = Path(spec.location)
-        if not (p / "config.json").exists() and (p / "controlnet" / "config.json").exists():
-            spec = ModelSpec("dir", str(p / "controlnet"), spec.original)
-        elif not (p / "config.json").exists():
-            raise ModelLoadError(f"{p}: not a diffusers ControlNet folder (no config.json)")
-        return _load(ControlNetModel, spec, "ControlNet", offline, **kw)
-    if spec.kind == "file":
-        if spec.location.lower().endswith((".ckpt", ".pth", ".pt", ".bin")):
-            kw["use_safetensors"] = False
-        try:
-            if config:
-                kw["config"] = config
-            return ControlNetModel.from_single_file(
-                spec.location, local_files_only=is_offline(offline) or bool(config), **kw
-            )
-        except Exception as e:
-            hint = "" if config else " (offline, pass a local folder holding the matching config.json as the ControlNet config)"
-            raise ModelLoadError(f"{spec.location}: cannot load single-file ControlNet{hint}: {str(e).splitlines()[0]}") from None
-    return _load(ControlNetModel, spec, "ControlNet", offline, **kw)
+    net = C.load(spec_str, torch_dtype=torch_dtype, offline=offline, config=config, trust_pickle=trust_pickle,
+                 unet_config=dict(unet_config) if unet_config is not None else None)
+    if unet_config is not None:
+        compat.check_controlnet_fits(net.config, unet_config, f"--controlnet {spec_str}")
+    return net

@@ -202,3 +202,63 @@ def tiny_blip(words: tuple[str, ...] = (), image_size: int = 32, hidden: int = 3
     processor = BlipProcessor(image_processor=BlipImageProcessor(size={"height": image_size, "width": image_size}),
                               tokenizer=tok)
     return model, processor
+
+
+def tiny_sdxl_components(
+    seed: int = 0,
+    *,
+    tokenizer_dir: str | Path | None = None,
+    words: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """A toy SDXL base (two CLIP text encoders, the second with projection; a `text_time` UNet; an 8x VAE
+    whose config asks for fp32), sized like diffusers' own SDXL ControlNet tests
+    (`tests/pipelines/controlnet/test_controlnet_sdxl.py::get_dummy_components`), with cnet's offline tokenizer."""
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,  # 6 * 8 + 32 (the second encoder's projection_dim)
+        cross_attention_dim=64,  # 32 + 32: both encoders' hidden states side by side
+    )
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 32, 64, 64], in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
+        layers_per_block=1, norm_num_groups=8, sample_size=256, force_upcast=True,
+    )
+    if tokenizer_dir is None:
+        tokenizer_dir = tempfile.mkdtemp(prefix="cnet-tok-")
+        write_clip_tokenizer(tokenizer_dir, words)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+    cfg = CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05,
+        num_attention_heads=4, num_hidden_layers=5, vocab_size=max(len(tokenizer), 1000), hidden_act="gelu",
+        projection_dim=32, max_position_embeddings=77,
+    )
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(cfg)
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = CLIPTextModelWithProjection(cfg)
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear",
+                                       timestep_spacing="leading")
+    return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
+            "text_encoder_2": text_encoder_2, "tokenizer_2": CLIPTokenizer.from_pretrained(str(tokenizer_dir)),
+            "scheduler": scheduler}
+
+
+def save_sdxl_folder(components: dict[str, Any], directory: str | Path) -> Path:
+    """Save components as a diffusers SDXL folder (model_index.json with text_encoder_2/tokenizer_2)."""
+    from diffusers import StableDiffusionXLPipeline
+
+    d = Path(directory)
+    pipe = StableDiffusionXLPipeline(**components)
+    pipe.save_pretrained(str(d), safe_serialization=True)
+    return d

@@ -13,7 +13,8 @@ Loading never runs arbitrary pickle code by default: safetensors first (a `<stem
 
 Hashes: the HF cache stores LFS files under their sha256, so a cached file is verified against its blob
 name; `pull` records the sha256 of each file it fetches in `<weights dir>/cnet-weights.json` (and
-`verify` checks local files against that manifest and against `KNOWN_SHA256`).
+`verify` checks local files against the published sizes and sha256 in `KNOWN_FILES`, else that manifest, else
+the HF cache's blob name; a file none of these covers is reported as unverified, never as ok).
 """
 
 from __future__ import annotations
@@ -27,13 +28,44 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MissingWeightsError, ModelLoadError, UsageError
+from . import files as weight_files
 
 #: Where ControlNet 1.1's annotator checkpoints live (the repository controlnet_aux downloads from).
 ANNOTATORS_REPO = "lllyasviel/Annotators"
 #: File name of the manifest of hashes recorded by `pull` / `record_hashes` inside a weights folder.
 MANIFEST_NAME = "cnet-weights.json"
-#: sha256 of published files, checked by `verify` when present (filled in only from files we have hashed).
-KNOWN_SHA256: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class KnownFile:
+    """A published weight file's exact size and sha256, as the hub's git-lfs pointer for it states."""
+
+    size: int
+    sha256: str
+
+
+#: The annotator weight files' published sizes and sha256, copied from the git-lfs pointers (`oid sha256:...`,
+#: `size ...`) that the Hugging Face hub shows for each file; only values read there are recorded.
+KNOWN_FILES: dict[str, KnownFile] = {
+    # lllyasviel/Annotators commit 733558a "Upload 7 files" (pointer diffs; also shown, same oid, in the
+    # Zedge/lllyasviel-Annotators mirror of that commit)
+    "body_pose_model.pth": KnownFile(209267595, "25a948c16078b0f08e236bda51a385d855ef4c153598947c28c0d47ed94bb746"),
+    "hand_pose_model.pth": KnownFile(147341049, "b76b00d1750901abd07b9f9d8c98cc3385b8fe834a26d4b4f0aad439e75fc600"),
+    "dpt_hybrid-midas-501f0c75.pt": KnownFile(492757791,
+                                              "501f0c75b3bca7daec6b3682c5054c09b366765aef6fa3a09d03a5cb4b230853"),
+    "mlsd_large_512_fp32.pth": KnownFile(6341481, "5696f168eb2c30d4374bbfd45436f7415bb4d88da29bea97eea0101520fba082"),
+    # lllyasviel/Annotators blob page table5_pidinet.pth (SHA256 80860ac2..., 2.87 MB); the exact size from the
+    # pointer of the same oid in TencentARC/T2I-Adapter commit fa7bf21 (third-party-models/table5_pidinet.pth)
+    "table5_pidinet.pth": KnownFile(2871148, "80860ac267258b5f27486e0ef152a211d0b08120f62aeb185a050acc30da486c"),
+    # lllyasviel/Annotators commit 03b402e "Upload facenet.pth"
+    "facenet.pth": KnownFile(153718792, "8beb52e548624ffcc4aed12af7aee7dcbfaeea420c75609fee999fe7add79d43"),
+    # lllyasviel/Annotators blame/main/ControlNetHED.pth (pointer of commit 9cf9fa9)
+    "ControlNetHED.pth": KnownFile(29444406, "5ca93762ffd68a29fee1af9d495bf6aab80ae86f08905fb35472a083a4c7a8fa"),
+    # lllyasviel/Annotators commit 1e70a29 "Upload scannet.pt"
+    "scannet.pt": KnownFile(290767728, "03dbf1600c51ee3d45c29f77b77bf1a3b7a24c3452dba62a4ae658f37330c209"),
+}
+#: sha256 of the published files (the same facts as KNOWN_FILES, by name).
+KNOWN_SHA256: dict[str, str] = {name: k.sha256 for name, k in KNOWN_FILES.items()}
 
 
 @dataclass(frozen=True)
@@ -170,36 +202,47 @@ def load_state_dict(path: str | os.PathLike, trust_pickle: bool | None = None) -
 
     import torch
 
+    from . import boundary
+
     p = Path(path)
     sib = p.with_suffix(".safetensors")
     if p.suffix != ".safetensors" and sib.is_file():
         p = sib
     if not p.is_file():
         raise MissingWeightsError(f"{p}: no such weight file")
+    fix = _redownload_hint(p)
+    why = weight_files.problem(p)  # empty, HTML page, git-lfs pointer, truncated: named, never sent to --trust-pickle
+    if why:
+        raise ModelLoadError(f"{p}: corrupt weight file: {why}; {fix}")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(p), device="cpu")
         except Exception as e:
-            raise ModelLoadError(f"{p}: not a valid safetensors file ({str(e)[:120]}); re-download it") from None
+            raise ModelLoadError(f"{p}: corrupt weight file: not a valid safetensors file "
+                                 f"({boundary.first_line(e, 120)}); {fix}") from None
     try:
         return torch.load(str(p), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower() and "weights_only" not in str(e).lower():
-            raise ModelLoadError(f"{p}: corrupt checkpoint ({str(e).splitlines()[0][:120]}); re-download it") from None
+        if not boundary.is_pickle_refusal(e):
+            raise ModelLoadError(f"{p}: corrupt weight file ({boundary.first_line(e, 120)}); {fix}") from None
         if not trust_pickle_default(trust_pickle):
-            raise ModelLoadError(
-                f"{p}: this checkpoint needs unsafe unpickling (it could run code); refused. If you trust the file, "
-                "pass --trust-pickle (or set CNET_TRUST_PICKLE=1), or convert it to .safetensors"
-            ) from None
+            raise ModelLoadError(f"{p}: {boundary.UNSAFE_PICKLE}") from None
         try:
             return torch.load(str(p), map_location="cpu", weights_only=False)
         except Exception as e2:
-            raise ModelLoadError(f"{p}: cannot load checkpoint ({str(e2)[:120]})") from None
+            raise ModelLoadError(f"{p}: cannot load checkpoint ({boundary.first_line(e2, 120)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise ModelLoadError(f"{p}: corrupt or unreadable checkpoint ({str(e).splitlines()[0][:120]}); "
-                             "re-download it") from None
+        raise ModelLoadError(f"{p}: corrupt weight file ({boundary.first_line(e, 120)}); {fix}") from None
+
+
+def _redownload_hint(p: Path) -> str:
+    """How to get a damaged weight file again: `cnet weights pull TYPE` for the annotator files we know."""
+    for t, fs in TYPE_WEIGHTS.items():
+        if any(f.kind == "file" and f.name == p.name for f in fs):
+            return f"delete it and run `cnet weights pull {t}` (or download {p.name} from hub repo {fs[0].repo})"
+    return "download it again"
 
 
 def unwrap(sd: Any, *keys: str) -> dict[str, Any]:
@@ -295,17 +338,36 @@ class WeightStatus:
     path: Path | None
     size: int | None = None
     sha256: str | None = None
-    expected: str | None = None  # the recorded/known sha256, if any
+    expected: str | None = None  # the published/recorded sha256, if any
+    expected_size: int | None = None  # the published size, if known
+    problem: str | None = None  # why the file cannot be weights (empty, HTML page, truncated), see `files.problem`
 
     @property
     def present(self) -> bool:
         return self.path is not None
 
     @property
-    def ok(self) -> bool | None:
+    def check(self) -> str:
+        """ok | MISMATCH | wrong size | corrupt | unverified (no published or recorded hash) | missing."""
+        if not self.present:
+            return "missing"
+        if self.problem:
+            return "corrupt"
+        if self.expected_size is not None and self.size is not None and self.size != self.expected_size:
+            return "wrong size"
         if self.expected is None or self.sha256 is None:
-            return None
-        return self.expected == self.sha256
+            return "unverified"
+        return "ok" if self.expected == self.sha256 else "MISMATCH"
+
+    @property
+    def ok(self) -> bool | None:
+        """True when verified, False when damaged, None when nothing is known to compare with (or missing)."""
+        c = self.check
+        return True if c == "ok" else False if c in ("MISMATCH", "wrong size", "corrupt") else None
+
+    def fix(self) -> str:
+        return f"delete {self.path} and run `cnet weights pull {self.type}` (or download {self.file.name} from hub " \
+               f"repo {self.file.repo})"
 
 
 def _expected(f: WeightFile, path: Path | None, root: Path | None) -> str | None:
@@ -340,7 +402,12 @@ def status(types: list[str] | None = None, weights_dir: str | os.PathLike | None
             st = WeightStatus(t, f, p)
             if p is not None:
                 st.size = _dir_size(p)
-                if hashes and f.kind == "file":
+                if f.kind == "file":
+                    known = KNOWN_FILES.get(f.name)
+                    st.expected_size = known.size if known else None
+                    st.problem = weight_files.problem(p)
+                if hashes and f.kind == "file" and st.problem is None and (
+                        st.expected_size is None or st.size == st.expected_size):
                     st.sha256 = sha256_file(p)
                     st.expected = _expected(f, p, root)
             out.append(st)

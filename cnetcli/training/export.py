@@ -1,4 +1,13 @@
-"""Export a diffusers ControlNetModel to ONE .safetensors file in the original ControlNet layout.
+"""Export a diffusers ControlNetModel to ONE .safetensors file that AUTOMATIC1111 and ComfyUI load.
+
+SD1.x/2.x ControlNets are written in the original ControlNet layout (below). SDXL ControlNets are written in
+the diffusers layout (the model's own state-dict keys in one file): that is the form the SDXL ControlNets people
+use are distributed in (e.g. diffusers/controlnet-canny-sdxl-1.0's `diffusion_pytorch_model.safetensors`,
+redistributed for A1111 as `diffusers_xl_canny_full.safetensors`), ComfyUI's `comfy/controlnet.py` and
+sd-webui-controlnet's `controlnet_model_guess.py` both detect it by `controlnet_cond_embedding.conv_in.weight` and
+convert it themselves, and diffusers' single-file loader reads it back unchanged. diffusers cannot read an SDXL
+ControlNet in the original layout: `convert_controlnet_checkpoint` maps no `label_emb` keys, so the added
+embedding stays on the meta device and loading fails (checked with diffusers 0.42).
 
 The key mapping is the inverse of diffusers' single-file loader
 (`diffusers.loaders.single_file_utils.convert_controlnet_checkpoint`): `control_model.input_blocks.*`,
@@ -85,20 +94,40 @@ def to_original_state_dict(controlnet: Any) -> dict[str, Any]:
     return out
 
 
-def export_single_file(controlnet: Any, path: str | Path, metadata: dict[str, str] | None = None) -> Path:
-    """Write `path` (.safetensors, original layout) atomically. Returns the path."""
+LAYOUTS = ("auto", "original", "diffusers")
+
+
+def single_file_layout(controlnet_config: Any) -> str:
+    """The layout `export_single_file` writes for a ControlNet with this config in "auto" mode."""
+    embed = controlnet_config.get("addition_embed_type") if isinstance(controlnet_config, dict) else \
+        getattr(controlnet_config, "addition_embed_type", None)
+    return "diffusers" if embed == "text_time" else "original"
+
+
+def to_diffusers_state_dict(controlnet: Any) -> dict[str, Any]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in controlnet.state_dict().items()}
+
+
+def export_single_file(controlnet: Any, path: str | Path, metadata: dict[str, str] | None = None,
+                       layout: str = "auto") -> Path:
+    """Write `path` (.safetensors) atomically: the original layout for SD1.x/2.x, the diffusers layout for
+    SDXL ("auto"; see the module docstring), or the given `layout`. Returns the path."""
     import os
     import tempfile
 
     from safetensors.torch import save_file
 
+    if layout not in LAYOUTS:
+        raise UsageError(f"--single-file layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     path = Path(path)
-    sd = to_original_state_dict(controlnet)
+    if layout == "auto":
+        layout = single_file_layout(controlnet.config)
+    sd = to_original_state_dict(controlnet) if layout == "original" else to_diffusers_state_dict(controlnet)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
     os.close(fd)
     try:
-        meta = {"format": "pt", "cnet": json.dumps(metadata or {})}
+        meta = {"format": "pt", "cnet": json.dumps(metadata or {}), "cnet_layout": layout}
         save_file(sd, tmp, metadata=meta)
         os.replace(tmp, path)
     finally:

@@ -1,0 +1,147 @@
+"""Do a ControlNet, a base and a scheduler fit together? Checked from configs only, before weights load.
+
+`check_controlnet_fits(controlnet_config, unet_config)` compares what must agree for the ControlNet's residuals
+to be added to the base UNet (text width, block channels, latent channels, residual count, added conditioning)
+and raises ONE line saying which shapes disagree and which family each side looks like. `validate_config`
+refuses configs with negative, zero or non-numeric dimensions before a library turns them into a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import ModelLoadError
+
+#: Scheduler prediction types that cnet's training loss and sampling handle.
+SUPPORTED_PREDICTION_TYPES = ("epsilon", "v_prediction")
+#: Text-encoder width (cross_attention_dim) -> the family that uses it, for messages.
+FAMILY_BY_WIDTH = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL", 1280: "SDXL refiner"}
+
+_POSITIVE_INTS = ("in_channels", "conditioning_channels", "norm_num_groups", "addition_time_embed_dim",
+                  "projection_class_embeddings_input_dim", "sample_size", "out_channels", "latent_channels")
+_POSITIVE_LISTS = ("block_out_channels", "conditioning_embedding_out_channels")
+_INT_OR_LIST = ("layers_per_block", "cross_attention_dim", "attention_head_dim", "num_attention_heads",
+                "transformer_layers_per_block")
+
+
+def _get(cfg: Any, key: str, default: Any = None) -> Any:
+    if isinstance(cfg, dict):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def validate_config(cfg: Any, where: str) -> None:
+    """Refuse a model config whose dimensions are not positive integers (or lists of them) in one line."""
+    if not isinstance(cfg, dict) and not hasattr(cfg, "get"):
+        raise ModelLoadError(f"{where}: not a model config (a JSON object is expected)")
+
+    def bad(key: str, v: Any, what: str) -> ModelLoadError:
+        return ModelLoadError(f"{where}: {key} = {v!r} is not {what}; fix the config or download it again")
+
+    for key in _POSITIVE_INTS:
+        v = _get(cfg, key)
+        if v is not None and not (_is_int(v) and v > 0):
+            raise bad(key, v, "a positive integer")
+    for key in _POSITIVE_LISTS:
+        v = _get(cfg, key)
+        if v is not None and not (isinstance(v, (list, tuple)) and v and all(_is_int(x) and x > 0 for x in v)):
+            raise bad(key, v, "a non-empty list of positive integers")
+    for key in _INT_OR_LIST:
+        v = _get(cfg, key)
+        if v is None:
+            continue
+        items = v if isinstance(v, (list, tuple)) else [v]
+        low = 0 if key == "transformer_layers_per_block" else 1
+        ok = bool(items) and all(
+            (_is_int(x) and x >= low) or (isinstance(x, (list, tuple)) and all(_is_int(y) and y >= low for y in x))
+            for x in items)
+        if not ok:
+            raise bad(key, v, f"an integer >= {low} (or a list of them)")
+    for key in ("down_block_types", "up_block_types"):
+        v = _get(cfg, key)
+        if v is not None and not (isinstance(v, (list, tuple)) and v and all(isinstance(x, str) for x in v)):
+            raise bad(key, v, "a list of block type names")
+    boc, dbt = _get(cfg, "block_out_channels"), _get(cfg, "down_block_types")
+    if boc is not None and dbt is not None and len(boc) != len(dbt):
+        raise ModelLoadError(f"{where}: block_out_channels has {len(boc)} entries but down_block_types {len(dbt)}; "
+                             "fix the config or download it again")
+
+
+def family_label(cfg: Any) -> str:
+    """SDXL / SD2.x / SD1.x as far as a UNet/ControlNet config tells (for messages)."""
+    if _get(cfg, "addition_embed_type") == "text_time":
+        return "SDXL"
+    width = _get(cfg, "cross_attention_dim")
+    return FAMILY_BY_WIDTH.get(width, f"{width}-wide") if _is_int(width) else "unknown"
+
+
+def _residuals(cfg: Any) -> int | None:
+    """How many down-block residuals a UNet/ControlNet produces (what the UNet expects one-to-one)."""
+    boc, lpb = _get(cfg, "block_out_channels"), _get(cfg, "layers_per_block")
+    if not boc or lpb is None:
+        return None
+    per = list(lpb) if isinstance(lpb, (list, tuple)) else [lpb] * len(boc)
+    return 1 + sum(per) + len(boc) - 1
+
+
+def fit_problems(controlnet_config: Any, unet_config: Any) -> list[str]:
+    """Each way the ControlNet does not fit the base, as a phrase (empty when it fits)."""
+    cn, un = controlnet_config, unet_config
+    out = []
+    cw, uw = _get(cn, "cross_attention_dim"), _get(un, "cross_attention_dim")
+    if cw != uw:
+        out.append(f"cross_attention_dim {cw} does not fit the base's {uw}")
+    ce, ue = _get(cn, "addition_embed_type"), _get(un, "addition_embed_type")
+    if ce != ue:
+        out.append(f"addition_embed_type {ce!r} does not fit the base's {ue!r}")
+    cb, ub = _get(cn, "block_out_channels"), _get(un, "block_out_channels")
+    if cb is not None and ub is not None and list(cb) != list(ub):
+        out.append(f"block_out_channels {list(cb)} do not fit the base's {list(ub)}")
+    ci, ui = _get(cn, "in_channels"), _get(un, "in_channels")
+    if ci != ui:
+        out.append(f"in_channels {ci} do not fit the base's {ui} latent channels")
+    cr, ur = _residuals(cn), _residuals(un)
+    if not out and cr != ur:
+        out.append(f"{cr} down-block residuals do not fit the base's {ur} (layers_per_block "
+                   f"{_get(cn, 'layers_per_block')} vs {_get(un, 'layers_per_block')})")
+    if not out and ce == "text_time":
+        cp, up = _get(cn, "projection_class_embeddings_input_dim"), _get(un, "projection_class_embeddings_input_dim")
+        if cp != up:
+            out.append(f"projection_class_embeddings_input_dim {cp} does not fit the base's {up}")
+    return out
+
+
+def check_controlnet_fits(controlnet_config: Any, unet_config: Any, name: str = "--controlnet",
+                          *, hint_channels: int | None = None, vae_config: Any = None) -> None:
+    """Raise one ModelLoadError line when the ControlNet (config) cannot drive the base UNet (config).
+
+    `hint_channels`: the channels of the hint images it will get (3 for RGB hints); `vae_config`: the base's
+    VAE config, to check that the hint encoder downsamples images to the latent size."""
+    problems = fit_problems(controlnet_config, unet_config)
+    ch = _get(controlnet_config, "conditioning_channels", 3)
+    if hint_channels is not None and ch != hint_channels:
+        problems.append(f"its hint encoder takes {ch}-channel hints, the hints have {hint_channels}")
+    emb = _get(controlnet_config, "conditioning_embedding_out_channels")
+    vboc = _get(vae_config, "block_out_channels") if vae_config is not None else None
+    if emb and vboc:
+        hint_factor, vae_factor = 2 ** (len(emb) - 1), 2 ** (len(vboc) - 1)
+        if hint_factor != vae_factor:
+            problems.append(f"its hint encoder downsamples {hint_factor}x, the base's VAE {vae_factor}x")
+    if problems:
+        cf, uf = family_label(controlnet_config), family_label(unet_config)
+        known = set(FAMILY_BY_WIDTH.values()) | {"SDXL"}
+        guess = f" (an {cf} ControlNet on an {uf} base?)" if cf != uf and {cf, uf} <= known else ""
+        raise ModelLoadError(f"{name}: {'; '.join(problems)}{guess}")
+
+
+def check_prediction_type(scheduler_config: Any, name: str = "--base") -> str:
+    """The scheduler's prediction type, refused in one line unless cnet handles it."""
+    p = _get(scheduler_config, "prediction_type", "epsilon")
+    if p not in SUPPORTED_PREDICTION_TYPES:
+        raise ModelLoadError(f"{name}: scheduler prediction_type {p!r} is not supported "
+                             f"({' or '.join(SUPPORTED_PREDICTION_TYPES)})")
+    return p

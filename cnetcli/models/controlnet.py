@@ -1,0 +1,410 @@
+"""Every ControlNet file form users hold -> a diffusers `ControlNetModel`.
+
+Forms (`locate` tells them apart, `load` loads them):
+- a diffusers folder (`config.json` + weights), with any variant (`diffusion_pytorch_model.fp16.safetensors`,
+  detected from the files present) and sharded (`*.index.json`); `.bin` weights load with
+  `torch.load(weights_only=True)` inside diffusers;
+- a `cnet train` output folder (OUTPUT/controlnet/), or, for a run without final weights, its newest checkpoint;
+- a checkpoint folder (OUTPUT/checkpoints/step-N/controlnet.safetensors, diffusers keys, no config of its own);
+- a single file (`.safetensors`, `.pth`, `.ckpt`, `.pt`, `.bin`) in the original ControlNet layout
+  (`control_model.*`, with or without the SD weights around it) or the diffusers layout;
+- a hub id (from the HF cache, downloaded only when online).
+
+A single file carries no config. It gets one by shape: each candidate config (the user's `--controlnet-config`,
+the shipped SD1.5 / SD2.1 / SDXL configs in `models/configs/`, the run's own config, one derived from the base
+UNet) is built on the meta device and compared key by key and shape by shape with the file, after diffusers'
+own original->diffusers key conversion. The hint encoder (`conditioning_channels`,
+`conditioning_embedding_out_channels`) is read from the file, so any hint encoder fits any candidate.
+Loading then goes through `ControlNetModel.from_single_file(state_dict, config=...)`, offline.
+
+Pickled files are refused unless `trust_pickle` (see `weights.load_state_dict`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelLoadError
+from . import boundary
+
+#: Shipped ControlNet configs (models/configs/controlnet-<name>/config.json), tried in this order by shape.
+CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
+KNOWN_ARCHITECTURES = {"sd15": "SD1.x", "sd21": "SD2.x", "sdxl": "SDXL"}
+ORIGINAL_PREFIX = "control_model."
+_WEIGHTS = re.compile(r"^diffusion_pytorch_model(?:\.(?P<v1>[\w-]+?))?(?:-\d{5}-of-\d{5})?\.(?:safetensors|bin)$")
+_INDEX = re.compile(r"^diffusion_pytorch_model\.(?:safetensors|bin)\.index(?:\.(?P<v2>[\w-]+))?\.json$")
+_VARIANT_PREFERENCE = ("fp32", "fp16", "bf16")
+
+
+@dataclass(frozen=True)
+class Located:
+    """Where a ControlNet's weights and config are, before anything is loaded."""
+
+    kind: str  # "folder" | "file" | "hub"
+    path: str  # folder, file or hub id
+    variant: str | None = None  # diffusers folder weight variant ("fp16"), None for the plain files
+    config_dirs: tuple[str, ...] = ()  # for "file": folders whose config.json may describe it (the run's own)
+    base: str | None = None  # for a cnet checkpoint: the base its train_config.json names
+    note: str = ""  # what was picked, for messages ("newest checkpoint step-40 of run OUT")
+
+
+def shipped_config_dir(name: str) -> Path:
+    return CONFIGS_DIR / f"controlnet-{name}"
+
+
+def shipped_config(name: str) -> dict[str, Any]:
+    return json.loads((shipped_config_dir(name) / "config.json").read_text())
+
+
+def detect_variant(folder: str | os.PathLike) -> str | None:
+    """The weight variant of a diffusers folder from its file names: None when plain files are present, else
+    the only variant, else the preferred one (fp32, fp16, bf16, then alphabetical)."""
+    found: set[str | None] = set()
+    for p in Path(folder).iterdir():
+        m = _WEIGHTS.match(p.name) or _INDEX.match(p.name)
+        if m:
+            found.add(m.groupdict().get("v1") or m.groupdict().get("v2"))
+    if not found or None in found:
+        return None
+    ranked = sorted(found, key=lambda v: (_VARIANT_PREFERENCE.index(v) if v in _VARIANT_PREFERENCE else 99, v))
+    return ranked[0]
+
+
+def _checkpoint_weights(step_dir: Path) -> Path | None:
+    p = step_dir / "controlnet.safetensors"
+    return p if p.is_file() else None
+
+
+def _newest_checkpoint(run: Path) -> Path | None:
+    steps = []
+    d = run / "checkpoints"
+    if d.is_dir():
+        for p in d.iterdir():
+            m = re.fullmatch(r"step-(\d+)", p.name)
+            if m and p.is_dir() and _checkpoint_weights(p):
+                steps.append((int(m.group(1)), p))
+    return max(steps)[1] if steps else None
+
+
+def _checkpoint(step_dir: Path, note: str = "") -> Located:
+    """A cnet checkpoint folder: its weights, the run's config (when the run finished) and the base it names."""
+    run = step_dir.parent.parent if step_dir.parent.name == "checkpoints" else None
+    dirs = tuple(str(d) for d in ([run / "controlnet"] if run else []) if (d / "config.json").is_file())
+    base = None
+    tc = step_dir / "train_config.json"
+    if tc.is_file():
+        try:
+            data = json.loads(tc.read_text())
+            base = data.get("base") if isinstance(data, dict) else None
+        except (OSError, ValueError):
+            base = None
+    return Located("file", str(_checkpoint_weights(step_dir)), config_dirs=dirs,
+                   base=base if isinstance(base, str) else None, note=note)
+
+
+def locate(spec: str | os.PathLike) -> Located:
+    """Classify a `--controlnet` argument into one of the forms above (reads file names only)."""
+    from .sd import resolve
+
+    s = resolve(spec)
+    if s.kind == "hub":
+        return Located("hub", s.location)
+    p = Path(s.location)
+    if s.kind == "file":
+        return Located("file", str(p))
+    if (p / "config.json").is_file():
+        return Located("folder", str(p), detect_variant(p))
+    if (p / "controlnet" / "config.json").is_file():  # `cnet train` OUTPUT
+        return Located("folder", str(p / "controlnet"), detect_variant(p / "controlnet"))
+    if _checkpoint_weights(p):  # OUTPUT/checkpoints/step-N
+        return _checkpoint(p)
+    newest = _newest_checkpoint(p)
+    if newest is not None:  # a run stopped before writing OUTPUT/controlnet: its newest checkpoint
+        return _checkpoint(newest, note=f"newest checkpoint {newest.name} of {p}")
+    singles = [q for q in sorted(p.iterdir()) if q.is_file() and q.suffix.lower() in (".safetensors",)]
+    if len(singles) == 1:  # a folder holding one weight file and no config
+        return Located("file", str(singles[0]))
+    raise ModelLoadError(f"{p}: not a ControlNet folder (no config.json, no controlnet/ and no checkpoints/step-N "
+                         "inside); pass a diffusers ControlNet folder, a cnet train output or a single weight file")
+
+
+# ------------------------------------------------------------------------------------ state dicts and shapes
+
+
+def read_state_dict(path: str | os.PathLike, trust_pickle: bool | None = None) -> dict[str, Any]:
+    """A single file's tensors (safetensors, else a weights-only torch.load), unwrapped from {"state_dict": ...}."""
+    from .weights import load_state_dict, unwrap
+
+    sd = load_state_dict(path, trust_pickle)  # checks the file first (empty, HTML, truncated: named corrupt)
+    try:
+        return unwrap(sd, "state_dict", "model", "module")
+    except ModelLoadError:
+        raise ModelLoadError(f"{path}: not a ControlNet checkpoint (it holds no state dict)") from None
+
+
+def is_original_layout(keys: Any) -> bool:
+    return any(k.startswith(ORIGINAL_PREFIX) or k.startswith("input_hint_block.") for k in keys)
+
+
+def to_diffusers_keys(sd: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """The state dict in diffusers' key names (diffusers' own converter for the original layout)."""
+    if not is_original_layout(sd):
+        return sd
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
+
+    if not any(k.startswith(ORIGINAL_PREFIX) for k in sd):
+        sd = {ORIGINAL_PREFIX + k: v for k, v in sd.items()}  # bare `input_blocks...` keys (trimmed exports)
+    out = convert_controlnet_checkpoint(sd, dict(config))
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def hint_encoder(sd: dict[str, Any]) -> dict[str, Any]:
+    """`conditioning_channels` and `conditioning_embedding_out_channels` read from diffusers-layout weights."""
+    w = sd.get("controlnet_cond_embedding.conv_in.weight")
+    if w is None:
+        return {}
+    outs = [int(w.shape[0])]
+    i = 1
+    while f"controlnet_cond_embedding.blocks.{i}.weight" in sd:
+        outs.append(int(sd[f"controlnet_cond_embedding.blocks.{i}.weight"].shape[0]))
+        i += 2
+    return {"conditioning_channels": int(w.shape[1]), "conditioning_embedding_out_channels": outs}
+
+
+def expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Every parameter's shape of a ControlNetModel with `config`, built on the meta device (no memory)."""
+    from accelerate import init_empty_weights
+    from diffusers import ControlNetModel
+
+    with init_empty_weights():
+        m = ControlNetModel.from_config(config)
+    return {k: tuple(v.shape) for k, v in m.state_dict().items()}
+
+
+def shape_mismatch(sd: dict[str, Any], config: dict[str, Any]) -> str | None:
+    """None when `sd` (diffusers keys) fits `config` exactly; else the first difference, in words."""
+    from .compat import validate_config
+
+    validate_config(config, "candidate")
+    want = expected_shapes(config)
+    missing = [k for k in want if k not in sd]
+    extra = [k for k in sd if k not in want]
+    if missing or extra:
+        k = (missing or extra)[0]
+        return (f"{len(missing)} missing and {len(extra)} unexpected parameters (e.g. {k} "
+                f"{'missing' if missing else 'unexpected'})")
+    for k, shp in want.items():
+        got = tuple(sd[k].shape)
+        if got != shp:
+            return f"{k} is {list(got)}, expected {list(shp)}"
+    return None
+
+
+def config_from_unet(unet_config: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The ControlNet config diffusers' `ControlNetModel.from_unet` builds for a UNet with `unet_config`."""
+    from accelerate import init_empty_weights
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(dict(unet_config))
+        cn = ControlNetModel.from_unet(unet, load_weights_from_unet=False, **overrides)
+    return {k: v for k, v in dict(cn.config).items() if not k.startswith("_")}
+
+
+@dataclass
+class Candidate:
+    name: str  # what to call it in messages
+    config: dict[str, Any]
+
+
+def _read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    p = Path(folder)
+    p = p / "config.json" if p.is_dir() else p
+    try:
+        data = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{p}: not a readable config.json ({boundary.first_line(e)})") from None
+    if not isinstance(data, dict):
+        raise ModelLoadError(f"{p}: not a ControlNet config (a JSON object is expected)")
+    return data
+
+
+def _given_config(config: str) -> Candidate:
+    """The config the user named: a ControlNet config.json (or its folder, or a run's controlnet/), or a base
+    folder, whose UNet then defines the ControlNet (what `cnet train --base-config` hands over)."""
+    p = Path(config).expanduser()
+    if p.is_file() or (p / "config.json").is_file():
+        return Candidate(f"--controlnet-config {config}", _read_config(p))
+    if (p / "controlnet" / "config.json").is_file():
+        return Candidate(f"--controlnet-config {config}", _read_config(p / "controlnet"))
+    if (p / "unet" / "config.json").is_file():
+        return Candidate(f"a ControlNet of the base config {config}", config_from_unet(_read_config(p / "unet")))
+    raise ModelLoadError(f"{config}: no config.json here (expected a ControlNet config folder or a base folder)")
+
+
+def _base_unet_config(base: str, offline: bool | None) -> dict[str, Any] | None:
+    """The UNet config of a base (folder or cached hub id), or None when it cannot be read cheaply."""
+    from diffusers import UNet2DConditionModel
+
+    from .sd import is_offline, resolve
+
+    try:
+        s = resolve(base)
+        if s.kind == "file":
+            return None
+        return dict(UNet2DConditionModel.load_config(s.location, subfolder="unet",
+                                                     local_files_only=s.kind == "dir" or is_offline(offline)))
+    except Exception:  # a candidate only: the shape check reports what fits
+        return None
+
+
+def candidates(loc: Located, config: str | None, unet_config: dict[str, Any] | None,
+               offline: bool | None) -> list[Candidate]:
+    if config:
+        return [_given_config(config)]
+    out = [Candidate(f"the run's config {d}", _read_config(d)) for d in loc.config_dirs]
+    out += [Candidate(f"the {label} ControlNet config", shipped_config(n)) for n, label in KNOWN_ARCHITECTURES.items()]
+    if unet_config is not None:
+        out.append(Candidate("a ControlNet of the base's UNet", config_from_unet(unet_config)))
+    if loc.base:
+        u = _base_unet_config(loc.base, offline)
+        if u is not None:
+            out.append(Candidate(f"a ControlNet of the run's base {loc.base}", config_from_unet(u)))
+    return out
+
+
+def pick_config(sd: dict[str, Any], cands: list[Candidate], where: str) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """The first candidate whose shapes equal the file's: (config, state dict in diffusers keys, name)."""
+    tried = []
+    for c in cands:
+        conv = to_diffusers_keys(sd, c.config)
+        cfg = dict(c.config, **hint_encoder(conv))
+        why = shape_mismatch(conv, cfg)
+        if why is None:
+            return cfg, conv, c.name
+        tried.append((c.name, why))
+    if not tried:
+        raise ModelLoadError(f"{where}: no ControlNet config to try")
+    if len(tried) == 1:
+        raise ModelLoadError(f"{where}: the weights do not fit {tried[0][0]}: {tried[0][1]}")
+    raise ModelLoadError(
+        f"{where}: the weights match no known ControlNet architecture ({', '.join(KNOWN_ARCHITECTURES.values())}"
+        f"{', the run' if any('run' in n for n, _ in tried) else ''}); e.g. against {tried[0][0]}: {tried[0][1]}; "
+        "pass the folder holding its config.json with --controlnet-config")
+
+
+# ------------------------------------------------------------------------------------------------- loading
+
+
+def load(spec: str | os.PathLike, *, torch_dtype: Any = None, offline: bool | None = None, config: str | None = None,
+         trust_pickle: bool | None = None, unet_config: dict[str, Any] | None = None) -> Any:
+    """Load a ControlNetModel from any form above. `config`: a folder/file with the config.json of a single
+    file (else it is picked by shape); `unet_config`: the base's UNet config, one more candidate for files
+    trained from it. Every failure is one ModelLoadError/MissingWeightsError/UsageError line."""
+    loc = locate(spec)
+    if loc.kind in ("folder", "hub"):
+        return _load_folder(loc, spec, torch_dtype, offline, trust_pickle)
+    return load_single_file(loc, torch_dtype=torch_dtype, offline=offline, config=config, trust_pickle=trust_pickle,
+                            unet_config=unet_config)
+
+
+def _load_folder(loc: Located, spec: Any, torch_dtype: Any, offline: bool | None, trust_pickle: bool | None) -> Any:
+    from diffusers import ControlNetModel
+
+    from .compat import validate_config
+    from .sd import ModelSpec, load_pretrained
+
+    kw: dict[str, Any] = {}
+    if torch_dtype is not None:
+        kw["torch_dtype"] = torch_dtype
+    if loc.variant:
+        kw["variant"] = loc.variant
+    if loc.kind == "folder":
+        validate_config(_read_config(loc.path), f"{loc.path}/config.json")
+        try:
+            return load_pretrained(ControlNetModel, ModelSpec("dir", loc.path, str(spec)), "ControlNet", offline,
+                                   trust_pickle_flag=True, **kw)
+        except ModelLoadError as e:
+            if boundary.UNSAFE_PICKLE in str(e) and _trusted(trust_pickle):
+                return _load_pickled_folder(loc, torch_dtype, trust_pickle)
+            raise
+    return load_pretrained(ControlNetModel, ModelSpec("hub", loc.path, str(spec)), "ControlNet", offline, **kw)
+
+
+def _trusted(trust_pickle: bool | None) -> bool:
+    from .weights import trust_pickle_default
+
+    return trust_pickle_default(trust_pickle)
+
+
+def _load_pickled_folder(loc: Located, torch_dtype: Any, trust_pickle: bool | None) -> Any:
+    """A diffusers folder whose `.bin` needs full unpickling, loaded only because the user trusts it."""
+    name = "diffusion_pytorch_model" + (f".{loc.variant}" if loc.variant else "") + ".bin"
+    f = Path(loc.path) / name
+    if not f.is_file():
+        raise ModelLoadError(f"{loc.path}: {boundary.UNSAFE_PICKLE} (sharded pickles are not supported)")
+    return load_single_file(Located("file", str(f)), torch_dtype=torch_dtype, config=loc.path, trust_pickle=trust_pickle)
+
+
+def load_single_file(loc: Located, *, torch_dtype: Any = None, offline: bool | None = None, config: str | None = None,
+                     trust_pickle: bool | None = None, unet_config: dict[str, Any] | None = None) -> Any:
+    from diffusers import ControlNetModel
+
+    where = loc.path + (f" ({loc.note})" if loc.note else "")
+    sd = read_state_dict(loc.path, trust_pickle)
+    if not sd or not any(k.endswith(("conv_in.weight", "input_hint_block.0.weight")) for k in sd):
+        raise ModelLoadError(f"{where}: not a ControlNet (no hint encoder weights inside)")
+    cfg, conv, _ = pick_config(sd, candidates(loc, config, unet_config, offline), where)
+    kw: dict[str, Any] = {}
+    if torch_dtype is not None:
+        kw["torch_dtype"] = torch_dtype
+    with tempfile.TemporaryDirectory(prefix="cnet-cn-config-") as tmp:
+        (Path(tmp) / "config.json").write_text(json.dumps(dict(cfg, _class_name="ControlNetModel")))
+        with boundary.load_errors(where, "ControlNet"):
+            return ControlNetModel.from_single_file(conv, config=tmp, local_files_only=True, **kw)
+
+
+def read_shapes(path: str | os.PathLike, trust_pickle: bool | None = None) -> dict[str, Any]:
+    """The file's tensors as meta tensors of the right shapes: a safetensors header read (no weights), or
+    the whole pickle for `.pth`/`.ckpt` (a pickle has no header)."""
+    p = Path(path)
+    if p.suffix.lower() != ".safetensors":
+        sd = read_state_dict(p, trust_pickle)
+        return {k: v for k, v in sd.items() if hasattr(v, "shape")}
+    import torch
+    from safetensors import safe_open
+
+    boundary.check_file(p)
+    with boundary.load_errors(p, "ControlNet", hint="download it again"), safe_open(str(p), "pt") as f:
+        return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
+
+
+def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, unet_config: dict[str, Any] | None = None,
+                      offline: bool | None = None, trust_pickle: bool | None = None) -> dict[str, Any]:
+    """The config of the ControlNet `spec` names, without loading its weights (for checks before work starts):
+    a folder's config.json, a cached hub config, or a single file's config picked by shape from its header."""
+    from .compat import validate_config
+
+    loc = locate(spec)
+    if loc.kind == "folder":
+        cfg = _read_config(loc.path)
+        validate_config(cfg, f"{loc.path}/config.json")
+        return cfg
+    if loc.kind == "hub":
+        from diffusers import ControlNetModel
+
+        from .sd import is_offline, missing_hub_error
+
+        try:
+            return dict(ControlNetModel.load_config(loc.path, local_files_only=is_offline(offline)))
+        except Exception:
+            raise missing_hub_error(loc.path, "ControlNet") from None
+    where = loc.path + (f" ({loc.note})" if loc.note else "")
+    cfg, _, _ = pick_config(read_shapes(loc.path, trust_pickle), candidates(loc, config, unet_config, offline), where)
+    return cfg

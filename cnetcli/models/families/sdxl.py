@@ -1,0 +1,105 @@
+"""SDXL: two text encoders, a pooled text embedding and size/crop micro-conditioning, an fp32 VAE.
+
+`encode_prompt` is diffusers' `StableDiffusionXLPipeline.encode_prompt` (and the ControlNet pipeline's copy):
+each encoder's penultimate hidden state (or `clip_skip` layers earlier), concatenated along the channels; the
+pooled embedding is the second encoder's projected output (`CLIPTextModelWithProjection.text_embeds`); with no
+negative prompt and `force_zeros_for_empty_prompt` the unconditional embeddings are zeros. `add_time_ids` is
+the pipeline's `_get_add_time_ids`: (original size, crop top-left, target size), each (height, width).
+The SDXL VAE overflows in fp16 (its config says `force_upcast`), so it runs in fp32 whatever the rest uses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ...errors import ModelLoadError
+from . import ModelFamily, PromptEncoding, _get
+
+
+def _as_list(p: str | list[str]) -> list[str]:
+    return [p] if isinstance(p, str) else list(p)
+
+
+@dataclass(frozen=True)
+class StableDiffusionXL(ModelFamily):
+    name: str = "sdxl"
+    label: str = "SDXL"
+    text_encoders: tuple[str, ...] = ("text_encoder", "text_encoder_2")
+    tokenizers: tuple[str, ...] = ("tokenizer", "tokenizer_2")
+    fallback_resolution: int = 1024
+    #: diffusers' SDXL pipelines default: no negative prompt -> zero unconditional embeddings
+    force_zeros_for_empty_prompt: bool = True
+
+    def vae_dtype(self, vae_config: Any, dtype: Any) -> Any:
+        import torch
+
+        if dtype == torch.float16 and _get(vae_config, "force_upcast", True):
+            return torch.float32
+        return dtype
+
+    def _pairs(self, components: dict[str, Any]) -> list[tuple[Any, Any]]:
+        te1 = components.get("text_encoder")
+        pairs = [(components["tokenizer"], te1)] if te1 is not None else []
+        return pairs + [(components["tokenizer_2"], components["text_encoder_2"])]
+
+    def _encode(self, pairs: list[tuple[Any, Any]], prompts: list[list[str]], max_length: int | None,
+                clip_skip: int | None) -> tuple[Any, Any]:
+        import torch
+
+        hidden, pooled = [], None
+        for (tok, te), p in zip(pairs, prompts, strict=True):
+            ids = tok(p, padding="max_length", max_length=max_length or tok.model_max_length, truncation=True,
+                      return_tensors="pt").input_ids
+            out = te(ids.to(te.device), output_hidden_states=True)
+            if pooled is None and out[0].ndim == 2:  # CLIPTextModelWithProjection: text_embeds
+                pooled = out[0]
+            hidden.append(out.hidden_states[-2] if clip_skip is None else out.hidden_states[-(clip_skip + 2)])
+        return torch.concat(hidden, dim=-1), pooled
+
+    def encode_prompt(self, components: dict[str, Any], prompt: str | list[str], *, prompt_2: Any = None,
+                      negative_prompt: Any = None, negative_prompt_2: Any = None,
+                      do_classifier_free_guidance: bool = True, clip_skip: int | None = None,
+                      **_: Any) -> PromptEncoding:
+        import torch
+
+        pairs = self._pairs(components)
+        p1 = _as_list(prompt)
+        p2 = _as_list(prompt_2 or prompt)
+        embeds, pooled = self._encode(pairs, [p1, p2][:len(pairs)], None, clip_skip)
+        dtype = components["text_encoder_2"].dtype
+        neg = neg_pooled = None
+        if do_classifier_free_guidance:
+            if negative_prompt is None and self.force_zeros_for_empty_prompt:
+                neg, neg_pooled = torch.zeros_like(embeds), torch.zeros_like(pooled)
+            else:
+                n1 = negative_prompt or ""
+                n2 = negative_prompt_2 or n1
+                n1 = len(p1) * [n1] if isinstance(n1, str) else list(n1)
+                n2 = len(p1) * [n2] if isinstance(n2, str) else list(n2)
+                neg, neg_pooled = self._encode(pairs, [n1, n2][:len(pairs)], embeds.shape[1], None)
+            neg = neg.to(dtype)
+        return PromptEncoding(embeds.to(dtype), neg, pooled, neg_pooled)
+
+    def add_time_ids(self, original_size: tuple[int, int], crop_top_left: tuple[int, int],
+                     target_size: tuple[int, int], *, unet_config: Any = None, projection_dim: int | None = None,
+                     dtype: Any = None) -> Any:
+        """SDXL's micro-conditioning vector [orig_h, orig_w, crop_top, crop_left, target_h, target_w] as a
+        (1, 6) tensor. With `unet_config` and `projection_dim` (the second text encoder's), the length the
+        UNet's added embedding expects is checked first, as diffusers does."""
+        import torch
+
+        ids = list(tuple(original_size) + tuple(crop_top_left) + tuple(target_size))
+        if unet_config is not None and projection_dim is not None:
+            passed = _get(unet_config, "addition_time_embed_dim") * len(ids) + projection_dim
+            expected = _get(unet_config, "projection_class_embeddings_input_dim")
+            if expected != passed:
+                raise ModelLoadError(
+                    f"the SDXL UNet expects an added embedding of {expected} values, its config and the second text "
+                    f"encoder give {passed} (addition_time_embed_dim x 6 + projection_dim)")
+        return torch.tensor([ids], dtype=dtype if dtype is not None else torch.float32)
+
+    def added_cond_kwargs(self, encoding: PromptEncoding, time_ids: Any = None) -> dict[str, Any] | None:
+        if time_ids is None:
+            raise ValueError("SDXL needs add_time_ids (original size, crop top-left, target size)")
+        return {"text_embeds": encoding.pooled_prompt_embeds, "time_ids": time_ids}
