@@ -57,7 +57,7 @@ def test_cli_list_verify_and_offline_pull(tmp_path, run_cli, monkeypatch):
 def test_known_files_cover_every_annotator_file():
     """Every annotator weight file has its published size and sha256 shipped (the seg model is a transformers
     repo, verified by the HF cache's blob names instead)."""
-    names = {f.name for fs in W.TYPE_WEIGHTS.values() for f in fs if f.kind == "file"}
+    names = {f.name for fs in W.type_weights().values() for f in fs if f.kind == "file"}
     assert names == set(W.KNOWN_FILES)
     for k in W.KNOWN_FILES.values():
         assert k.size > 0 and len(k.sha256) == 64 and int(k.sha256, 16) >= 0

@@ -239,7 +239,7 @@ def load_state_dict(path: str | os.PathLike, trust_pickle: bool | None = None) -
 
 def _redownload_hint(p: Path) -> str:
     """How to get a damaged weight file again: `cnet weights pull TYPE` for the annotator files we know."""
-    for t, fs in TYPE_WEIGHTS.items():
+    for t, fs in type_weights().items():
         if any(f.kind == "file" and f.name == p.name for f in fs):
             return f"delete it and run `cnet weights pull {t}` (or download {p.name} from hub repo {fs[0].repo})"
     return "download it again"
