@@ -1,0 +1,179 @@
+"""Every check of `cnet generate` fails before any model loads, with one line naming the flag; a failed save
+never leaves a PNG without its sidecar (issues #13.3, #14)."""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+from cnetcli.errors import CnetError, InputError, UsageError
+from cnetcli.images import save_png
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def hint(tmp_path_factory):
+    d = tmp_path_factory.mktemp("pf-hints")
+    a = np.zeros((32, 32, 3), np.uint8)
+    a[8:24, 8:24] = 255
+    save_png(d / "square.png", a, {"cnet": "0.1.0", "type": "canny", "params": {}})
+    return d / "square.png"
+
+
+@pytest.mark.parametrize("kw, needle", [
+    ({"start": (0.8,), "end": (0.2,)}, "--start 0.8 --end 0.2"),
+    ({"start": (0.0, 0.9), "end": (1.0, 0.5)}, "ControlNet 1"),
+    ({"scales": (1.0, 0.5), "start": (0.0, 0.1, 0.2)}, "--scale"),
+    ({"cfg": float("nan")}, "--cfg nan"),
+    ({"cfg": float("inf")}, "--cfg inf"),
+    ({"scales": (float("nan"),)}, "--scale nan"),
+    ({"end": (float("inf"),)}, "--end inf"),
+    ({"seed": 10**20}, "--seed"),
+    ({"seed": -1}, "--seed"),
+    ({"seed": 2**64 - 1, "num_images": 2}, "--seed"),
+    ({"width": 100000}, "--width/--height 100000x8"),
+    ({"width": 8192, "height": 8192}, "4096x4096"),
+    ({"device": "bogus"}, "--device"),
+    ({"sampler": "euler_a", "eta": 0.5}, "--eta"),
+    ({"sampler": "ddim", "eta": 1.5}, "--eta 1.5"),
+    ({"sampler": "ddim", "scheduler": "karras"}, "--scheduler karras"),
+    ({"sampler": "dpmpp_2m_karras", "scheduler": "exponential"}, "--sampler dpmpp_2m_karras"),
+    ({"resize_mode": "stretch"}, "--resize-mode"),
+    ({"hints": ()}, "no hint"),
+])
+def test_config_refuses(hint, kw, needle):
+    from cnetcli.generation import GenerateConfig
+
+    kw = {"hints": (str(hint),), **kw}
+    with pytest.raises(UsageError) as e:
+        GenerateConfig(**kw)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_aliases_and_eta():
+    from cnetcli.generation import GenerateConfig
+
+    c = GenerateConfig(hints=("h.png",), sampler="dpmpp_2m_karras")
+    assert (c.sampler, c.scheduler) == ("dpmpp_2m", "karras")
+    assert GenerateConfig(hints=("h.png",)).eta_used == 1.0  # ddpm = DDIM with eta 1
+    assert GenerateConfig(hints=("h.png",), sampler="ddim").eta_used == 0.0
+    assert GenerateConfig(hints=("h.png",), sampler="ddim", eta=0.3).eta_used == 0.3
+    assert GenerateConfig(hints=("h.png",), sampler="euler_a").eta_used is None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchsde") is not None, reason="torchsde is installed here")
+def test_dpmpp_sde_without_torchsde_is_one_line():
+    from cnetcli.generation import GenerateConfig
+
+    with pytest.raises(UsageError, match="pip install torchsde"):
+        GenerateConfig(hints=("h.png",), sampler="dpmpp_sde")
+
+
+def test_scheduler_table_matches_diffusers():
+    """`--scheduler karras|exponential` is offered exactly where the diffusers class has the switch."""
+    import inspect
+
+    import diffusers
+
+    from cnetcli.generation.samplers import SAMPLERS, SCHEDULERS
+
+    for name, spec in SAMPLERS.items():
+        if spec.needs:
+            continue
+        params = inspect.signature(getattr(diffusers, spec.cls).__init__).parameters
+        for sched, (_, _, switch) in SCHEDULERS.items():
+            assert (sched in spec.schedules) == (switch is None or switch in params), (name, sched)
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """Fail the test if a model would load: every refusal below must come first."""
+    import cnetcli.generation.pipeline as pl
+
+    def boom(*a, **k):
+        raise AssertionError("models were loaded before the check")
+
+    monkeypatch.setattr(pl, "load_models", boom)
+
+
+def _gen(hint, tmp_path, **kw):
+    from cnetcli.generation import GenerateConfig, generate
+
+    kw.setdefault("output", str(tmp_path / "out"))
+    return generate(GenerateConfig(hints=(str(hint),), controlnets=("/nonexistent/cn",), base="/nonexistent/base",
+                                   **kw))
+
+
+def test_wrong_scale_count_before_models(no_models, hint, tmp_path):
+    with pytest.raises(UsageError, match="--scale: 2 values for 1 ControlNet"):
+        _gen(hint, tmp_path, scales=(1.0, 0.5))
+
+
+def test_output_is_a_file_or_under_one(no_models, hint, tmp_path):
+    f = tmp_path / "file.txt"
+    f.write_text("x")
+    with pytest.raises(InputError, match="is a file"):
+        _gen(hint, tmp_path, output=str(f))
+    with pytest.raises(InputError, match="which is a file"):
+        _gen(hint, tmp_path, output=str(f / "sub"))
+    assert f.read_text() == "x"
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes anywhere")
+def test_read_only_output(no_models, hint, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(InputError, match="cannot write there"):
+            _gen(hint, tmp_path, output=str(ro))
+    finally:
+        ro.chmod(0o700)
+
+
+def test_auto_mode_checks_the_captioner_first(no_models, hint, tmp_path):
+    empty = tmp_path / "blip"
+    empty.mkdir()
+    with pytest.raises(InputError, match="--captioner"):
+        _gen(hint, tmp_path, prompt_mode="auto", captioner=str(empty))
+    with pytest.raises(CnetError, match="not available offline"):  # HF_HUB_OFFLINE=1 and nothing cached
+        _gen(hint, tmp_path, prompt_mode="auto", captioner="nobody/no-such-blip", offline=True)
+
+
+def test_cli_one_line_before_models(run_cli, hint, tmp_path):
+    for args, needle in ((["--start", "0.8", "--end", "0.2"], "--start"), (["--cfg", "nan"], "--cfg"),
+                         (["--seed", "100000000000000000000"], "--seed"), (["--width", "100000"], "--width"),
+                         (["--device", "bogus"], "--device")):
+        code, _, err = run_cli("generate", "--hint", str(hint), "--base", "/nonexistent/base", "-o",
+                               str(tmp_path / "o"), *args)
+        assert code in (1, 2) and needle in err and "Traceback" not in err, (args, err)
+
+
+def test_full_disk_never_leaves_a_png_without_sidecar(monkeypatch, hint, tiny_sd_dir, tiny_controlnet_dir, tmp_path):
+    from cnetcli.generation import GenerateConfig, generate, load_models
+    from cnetcli.generation import output as out_mod
+
+    cfg = GenerateConfig(hints=(str(hint),), controlnets=(str(tiny_controlnet_dir),), base=str(tiny_sd_dir), steps=1,
+                         seed=1, num_images=2, output=str(tmp_path / "o"))
+    models = load_models(cfg)
+    real = out_mod._write_temp
+    calls = []
+
+    def full(directory, name, data):
+        calls.append(name)
+        if len(calls) == 4:  # the second image's PNG (each image writes its sidecar, then its PNG)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(directory, name, data)
+
+    monkeypatch.setattr(out_mod, "_write_temp", full)
+    with pytest.raises(InputError, match="disk full"):
+        generate(cfg, models=models)
+    files = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert files == ["square-1.json", "square-1.png"], files  # the first image whole, nothing of the second
+    assert json.loads((tmp_path / "o" / "square-1.json").read_text())["seed"] == 1
