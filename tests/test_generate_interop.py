@@ -157,3 +157,14 @@ def test_sample_images_for_training_validation(models, hints, tiny_controlnet_di
     net = models.controlnet(str(tiny_controlnet_dir))
     out = sample_images(models, cfg, [load_image(hints / "square.png")], ["red circle"], [9], controlnet=net)
     assert np.array_equal(out[0], ref) and len(models.nets) == 1
+
+
+def test_compile_cache_lives_in_the_users_cache(monkeypatch, tmp_path):
+    """Compiled artifacts go to ~/.cache/cnet/inductor (reused across runs), unless the user chose a folder."""
+    from cnetcli.generation.models import compile_cache_dir
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert compile_cache_dir() == tmp_path / "cnet" / "inductor"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert compile_cache_dir() == tmp_path / "mine"

@@ -74,7 +74,13 @@ class Models:
 def compile_cache_dir() -> Path:
     """Where inductor keeps compiled kernels and FX graphs across runs (set once per process)."""
     d = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    if not d:
+    try:  # importing inductor sets the variable to its /tmp default: that one is not the user's choice
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+        torch_default = default_cache_dir()
+    except Exception:  # another torch layout: only an unset variable is ours to set
+        torch_default = None
+    if not d or d == torch_default:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         d = os.path.join(base, "cnet", "inductor")
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = d
@@ -87,8 +93,10 @@ def fast_path(module: Any, backend: str = "inductor") -> Any:
     import torch
 
     if backend == "inductor":
-        compile_cache_dir()
-        torch._inductor.config.fx_graph_cache = True  # reuse compiled graphs across runs (on by default in 2.4+)
+        compile_cache_dir()  # before inductor's import, which would set its /tmp default
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fx_graph_cache = True  # reuse compiled graphs across runs (on by default in 2.4+)
         return torch.compile(module, mode="reduce-overhead", dynamic=False)
     return torch.compile(module, backend=backend, dynamic=False)
 
