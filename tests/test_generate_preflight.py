@@ -177,3 +177,16 @@ def test_full_disk_never_leaves_a_png_without_sidecar(monkeypatch, hint, tiny_sd
     files = sorted(p.name for p in (tmp_path / "o").iterdir())
     assert files == ["square-1.json", "square-1.png"], files  # the first image whole, nothing of the second
     assert json.loads((tmp_path / "o" / "square-1.json").read_text())["seed"] == 1
+
+
+def test_long_hint_name_still_saves(hint, tiny_sd_dir, tiny_controlnet_dir, tmp_path):
+    """A hint whose name nearly fills the 255-byte limit: the output name is shortened, the run saves."""
+    import shutil
+
+    from cnetcli.generation import GenerateConfig, generate
+
+    long = tmp_path / ("h" * 245 + ".png")
+    shutil.copy(hint, long)
+    r = generate(GenerateConfig(hints=(str(long),), controlnets=(str(tiny_controlnet_dir),), base=str(tiny_sd_dir),
+                                steps=1, seed=2, output=str(tmp_path / "o"), device="cpu"))
+    assert r[0].path.exists() and r[0].path.with_suffix(".json").exists() and len(r[0].path.name) <= 255

@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from ..device import DTYPES
 from ..generation.config import DEFAULT_OUTPUT, RESIZE_MODES, GenerateConfig
 from ..generation.control import CONTROL_MODES
 from ..generation.prompts import PROMPT_MODES
@@ -42,7 +43,7 @@ Scheduler = enum.Enum("Scheduler", {k: k for k in SCHEDULERS}, type=str)
 PromptMode = enum.Enum("PromptMode", {k: k for k in PROMPT_MODES}, type=str)
 ControlMode = enum.Enum("ControlMode", {k: k for k in CONTROL_MODES}, type=str)
 ResizeMode = enum.Enum("ResizeMode", {k: k for k in RESIZE_MODES}, type=str)
-Dtype = enum.Enum("Dtype", {k: k for k in ("auto", "fp32", "fp16", "bf16")}, type=str)
+Dtype = enum.Enum("Dtype", {k: k for k in DTYPES}, type=str)
 
 HELP = ("Generate images from hints with a ControlNet. Paper defaults: 20 steps, CFG 9.0, DDIM eta 1.0 "
         "(--sampler ddpm), SD1.5 base; the hint's type (PNG provenance or --type) picks the ControlNet 1.1 "

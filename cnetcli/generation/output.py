@@ -4,10 +4,12 @@ and a PNG never exists without its sidecar (both are written to temp files first
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,19 @@ from ..images import encode_png
 from .infotext import a1111_parameters
 
 
+def _short(stem: str, limit: int = 200) -> str:
+    """A stem that leaves room for "-N" and the longest suffix within the usual 255-byte name limit (a hint
+    named with 254 bytes would otherwise fail at save time, after the work)."""
+    while len(os.fsencode(stem)) > limit:  # cut whole characters, never a multi-byte one in half
+        stem = stem[:-1]
+    return stem or "image"
+
+
 def _reserve(directory: Path, stem: str, suffixes: tuple[str, ...] = (".png", ".json")) -> Path:
     """A stem `directory/stem[-N]` for which none of the files exist; reserved by creating the PNG
     exclusively (O_EXCL), so concurrent runs cannot pick the same name."""
     directory.mkdir(parents=True, exist_ok=True)
+    stem = _short(stem)
     n = 0
     while True:
         cand = directory / (stem if n == 0 else f"{stem}-{n}")
@@ -42,6 +53,22 @@ def _umask() -> int:
 
 
 _UMASK = _umask()
+
+
+def _save_error(path: Path, e: OSError) -> InputError:
+    why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or type(e).__name__)
+    return InputError(f"{path}: cannot save ({why}); free space or pick another --output. "
+                      "Images saved before this one are intact")
+
+
+@contextlib.contextmanager
+def saving(path: Path) -> Iterator[None]:
+    """Turn an OSError while writing `path` into one line (the reserved empty file is removed)."""
+    try:
+        yield
+    except OSError as e:
+        Path(path).unlink(missing_ok=True)
+        raise _save_error(Path(path), e) from None
 
 
 def _write_temp(directory: Path, name: str, data: bytes) -> Path:
@@ -73,9 +100,7 @@ def write_pair(png: Path, png_bytes: bytes, sidecar: Path, sidecar_text: str) ->
         for f in (*done, png):  # the sidecar if already renamed, and the reserved (empty) PNG
             f.unlink(missing_ok=True)
         if isinstance(e, OSError):
-            why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or type(e).__name__)
-            raise InputError(f"{png}: cannot save ({why}); free space or pick another --output. "
-                             "Images saved before this one are intact") from None
+            raise _save_error(png, e) from None
         raise
 
 
@@ -119,5 +144,6 @@ def save_grid(directory: str | os.PathLike, rows: list[list[np.ndarray]], meta: 
     png = base.with_name(base.name + ".png")
     from ..images import save_png
 
-    save_png(png, contact_sheet(rows), metadata=meta)
+    with saving(png):
+        save_png(png, contact_sheet(rows), metadata=meta)
     return png

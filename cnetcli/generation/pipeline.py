@@ -117,10 +117,11 @@ def _annotate_photo(cfg: GenerateConfig, outdir: Path) -> Job:
 
             p = output._reserve(outdir, f"hint-{Path(cfg.image).stem}-{ht.name}", (".png",))
             path = str(p.with_name(p.name + ".png"))
-            save_png(path, arr, metadata={
-                "cnet": __version__, "type": ht.name, "params": params_dict(ht.make_params()),
-                "detect_resolution": ht.default_detect_resolution, "image_resolution": cfg.image_resolution,
-                "keep_size": False, "source": str(cfg.image)})
+            with output.saving(Path(path)):
+                save_png(path, arr, metadata={
+                    "cnet": __version__, "type": ht.name, "params": params_dict(ht.make_params()),
+                    "detect_resolution": ht.default_detect_resolution, "image_resolution": cfg.image_resolution,
+                    "keep_size": False, "source": str(cfg.image)})
         ann = {"params": params_dict(ht.make_params()), "detect_resolution": ht.default_detect_resolution,
                "image_resolution": cfg.image_resolution}
         hints.append(HintInput(path, arr, ht.name, "", ann))
