@@ -190,3 +190,23 @@ def test_long_hint_name_still_saves(hint, tiny_sd_dir, tiny_controlnet_dir, tmp_
     r = generate(GenerateConfig(hints=(str(long),), controlnets=(str(tiny_controlnet_dir),), base=str(tiny_sd_dir),
                                 steps=1, seed=2, output=str(tmp_path / "o"), device="cpu"))
     assert r[0].path.exists() and r[0].path.with_suffix(".json").exists() and len(r[0].path.name) <= 255
+
+
+@pytest.mark.parametrize("mode", ["crop", "resize", "fill"])
+def test_resize_modes(mode):
+    """A1111's modes: crop = scale to cover + centre crop, resize = stretch, fill = fit inside + black padding."""
+    from cnetcli.generation.pipeline import fit_hint
+
+    img = np.zeros((32, 64, 3), np.uint8)  # wide: the left quarter white
+    img[:, :16] = 255
+    out = fit_hint(img, 32, 32, mode, "nearest")
+    assert out.shape == (32, 32, 3)
+    if mode == "crop":  # the centre 32 columns (16..48) at full height: the white quarter is cut away
+        assert (out == 0).all()
+    elif mode == "resize":  # squeezed to half width: the left 8 columns white
+        assert (out[:, :8] == 255).all() and (out[:, 8:] == 0).all()
+    else:  # a 32x16 band in the middle, black (no control) above and below
+        assert (out[:8] == 0).all() and (out[24:] == 0).all() and (out[8:24, :8] == 255).all()
+        assert (out[8:24, 8:] == 0).all()
+    wide = np.zeros((8, 8, 3), np.uint8)
+    assert fit_hint(wide, 16, 8, mode, "linear").shape == (8, 16, 3)
