@@ -168,3 +168,18 @@ def test_compile_cache_lives_in_the_users_cache(monkeypatch, tmp_path):
     assert compile_cache_dir() == tmp_path / "cnet" / "inductor"
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert compile_cache_dir() == tmp_path / "mine"
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("torchsde") is None, reason="needs torchsde")
+def test_dpmpp_sde_is_reproducible_per_image(models, hints, tiny_controlnet_dir):
+    """The single-step DPM++ SDE draws its noise from each image's own seed: an image is the same alone or in a
+    batch, and different seeds give different images."""
+    from cnetcli.generation import GenerateConfig, generate
+
+    kw = dict(hints=(str(hints / "square.png"),), controlnets=(str(tiny_controlnet_dir),), base="unused", steps=2,
+              seed=5, sampler="dpmpp_sde", scheduler="karras", save=False)
+    alone = generate(GenerateConfig(**kw), models=models)[0].image
+    pair = generate(GenerateConfig(**kw, num_images=2, batch_size=2), models=models)
+    assert np.array_equal(alone, generate(GenerateConfig(**kw), models=models)[0].image)
+    assert np.abs(pair[0].image.astype(np.int16) - alone.astype(np.int16)).max() <= 1
+    assert not np.array_equal(pair[0].image, pair[1].image)

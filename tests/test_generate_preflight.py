@@ -84,8 +84,8 @@ def test_scheduler_table_matches_diffusers():
     from cnetcli.generation.samplers import SAMPLERS, SCHEDULERS
 
     for name, spec in SAMPLERS.items():
-        if spec.needs:
-            continue
+        if spec.needs and importlib.util.find_spec(spec.needs) is None:
+            continue  # diffusers shows a placeholder class without the optional package
         params = inspect.signature(getattr(diffusers, spec.cls).__init__).parameters
         for sched, (_, _, switch) in SCHEDULERS.items():
             assert (sched in spec.schedules) == (switch is None or switch in params), (name, sched)

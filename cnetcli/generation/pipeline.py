@@ -282,7 +282,7 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job, prompts_: list[str]
     shape = (1, models.unet.config.in_channels, job.height // vae_scale, job.width // vae_scale)
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     latents = torch.cat([torch.randn(shape, generator=g) for g in gens]).to(models.device, models.dtype)
-    scheduler = make_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler)
+    scheduler = make_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
     if models.channels_last:
         for u in units:
             u.image = u.image.contiguous(memory_format=torch.channels_last)

@@ -62,7 +62,7 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "heun": SamplerSpec("HeunDiscreteScheduler", "Heun", "heun", schedules=_ALL),
     "lms": SamplerSpec("LMSDiscreteScheduler", "LMS", "lms", schedules=_ALL),
     "dpmpp_2m": SamplerSpec("DPMSolverMultistepScheduler", "DPM++ 2M", "dpmpp_2m", schedules=_ALL),
-    "dpmpp_sde": SamplerSpec("DPMSolverSDEScheduler", "DPM++ SDE", "dpmpp_sde", needs="torchsde"),
+    "dpmpp_sde": SamplerSpec("DPMSolverSDEScheduler", "DPM++ SDE", "dpmpp_sde", needs="torchsde", schedules=_ALL),
     "dpmpp_2m_sde": SamplerSpec("DPMSolverMultistepScheduler", "DPM++ 2M SDE", "dpmpp_2m_sde",
                                 options=(("algorithm_type", "sde-dpmsolver++"),), schedules=_ALL),
     "unipc": SamplerSpec("UniPCMultistepScheduler", "UniPC", "uni_pc_bh2", timestep_sampler=True,
@@ -108,8 +108,10 @@ def effective_eta(name: str, eta: float | None) -> float | None:
     return SAMPLERS[name].eta if eta is None else eta
 
 
-def make_scheduler(name: str, base_config: Any, scheduler: str = "normal") -> Any:
-    """Build the named scheduler from the base model's scheduler config (betas, offsets, prediction type)."""
+def make_scheduler(name: str, base_config: Any, scheduler: str = "normal", seeds: list[int] | None = None) -> Any:
+    """Build the named scheduler from the base model's scheduler config (betas, offsets, prediction type).
+    `seeds`: one per image of the batch; DPM++ SDE draws its Brownian-tree noise from them (its `step()` takes
+    no generator), so each image stays reproducible from its own seed."""
     import diffusers
 
     spec = check_sampler(name, scheduler)
@@ -118,6 +120,8 @@ def make_scheduler(name: str, base_config: Any, scheduler: str = "normal") -> An
     switch = SCHEDULERS[scheduler][2]
     if switch is not None:
         kw[switch] = True
+    if spec.cls == "DPMSolverSDEScheduler" and seeds is not None:
+        kw["noise_sampler_seed"] = list(seeds)
     if spec.cls == "DDIMScheduler":
         kw.setdefault("clip_sample", False)
         kw.setdefault("set_alpha_to_one", False)
