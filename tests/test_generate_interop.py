@@ -183,3 +183,15 @@ def test_dpmpp_sde_is_reproducible_per_image(models, hints, tiny_controlnet_dir)
     assert np.array_equal(alone, generate(GenerateConfig(**kw), models=models)[0].image)
     assert np.abs(pair[0].image.astype(np.int16) - alone.astype(np.int16)).max() <= 1
     assert not np.array_equal(pair[0].image, pair[1].image)
+
+
+def test_from_repeats_one_image_of_a_folder_run(models, hints, tiny_sd_dir, tiny_controlnet_dir, tmp_path):
+    from cnetcli.generation import GenerateConfig, generate, settings_from_png
+
+    run = generate(GenerateConfig(hints=(str(hints),), controlnets=(str(tiny_controlnet_dir),), base=str(tiny_sd_dir),
+                                  steps=2, seed=21, output=str(tmp_path / "a")), models=models)
+    assert len(run) == 2
+    kw = settings_from_png(run[1].path)
+    assert kw["hints"] == (run[1].metadata["hint"],) and kw["seed"] == run[1].metadata["seed"]
+    again = generate(GenerateConfig(**kw, output=str(tmp_path / "b")), models=models)
+    assert len(again) == 1 and np.array_equal(again[0].image, run[1].image)

@@ -394,8 +394,17 @@ def settings_from_png(path: str | Path) -> dict[str, Any]:
         kw["num_images"] = 1
         if meta.get("pass") == 2:  # auto mode's second pass: its caption (+ added words) is the prompt
             kw.update(prompt_mode="user", prompt=meta.get("prompt", ""), added_prompt="")
+        nets = meta.get("controlnets")
         if kw.get("image"):
             kw.pop("hints", None)
+        elif isinstance(nets, list) and nets and all(isinstance(c, dict) and c.get("hint") for c in nets):
+            # this image's own hints and ControlNets (the run may have covered a whole folder)
+            kw["hints"] = tuple(str(c["hint"]) for c in nets)
+            kw["controlnets"] = tuple(str(c["model"]) for c in nets)
+            if all(c.get("type") for c in nets):
+                kw["types"] = tuple(str(c["type"]) for c in nets)
+            for key, field in (("scales", "scale"), ("start", "start"), ("end", "end")):
+                kw[key] = tuple(float(c[field]) for c in nets)
         return kw
     if "parameters" in text:
         return config_from_parameters(text["parameters"])
