@@ -46,6 +46,9 @@ def hint(tmp_path_factory):
     ({"sampler": "dpmpp_2m_karras", "scheduler": "exponential"}, "--sampler dpmpp_2m_karras"),
     ({"resize_mode": "stretch"}, "--resize-mode"),
     ({"hints": ()}, "no hint"),
+    ({"steps": "20"}, "--steps '20': expected int"),  # a config from JSON/TOML/--from with a wrong type
+    ({"steps": True}, "--steps True"),
+    ({"grid": "no"}, "--grid 'no': expected bool"),
 ])
 def test_config_refuses(hint, kw, needle):
     from cnetcli.generation import GenerateConfig

@@ -24,6 +24,27 @@ MAX_SIDE = 16384  # ComfyUI's MAX_RESOLUTION
 SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes [0, 2**64)
 
 
+_SCALARS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+
+
+def _check_types(cfg: Any) -> None:
+    """Scalar fields hold their declared type (a config built from JSON, TOML or `--from` may not): one line
+    naming the field instead of a TypeError deep inside. bool is refused where a number is expected."""
+    for f in dataclasses.fields(cfg):
+        parts = [p.strip() for p in str(f.type).split("|")]
+        if not all(p in _SCALARS or p == "None" for p in parts):
+            continue  # tuples are normalised separately
+        v = getattr(cfg, f.name)
+        if v is None and "None" in parts:
+            continue
+        ok = any(isinstance(v, t) for p in parts if p in _SCALARS for t in _SCALARS[p])
+        if isinstance(v, bool) and "bool" not in parts:
+            ok = False
+        if not ok:
+            flag = "--" + {"image_resolution": "resolution", "scales": "scale"}.get(f.name, f.name).replace("_", "-")
+            raise UsageError(f"{flag} {v!r}: expected {' or '.join(parts)}")
+
+
 def _tuple(v: Any) -> tuple:
     if v is None:
         return ()
@@ -85,6 +106,7 @@ class GenerateConfig:
 
     def __post_init__(self) -> None:
         s = object.__setattr__
+        _check_types(self)
         for name in ("hints", "controlnets", "types"):
             s(self, name, tuple(str(x) for x in _tuple(getattr(self, name))))
         for name in ("scales", "start", "end"):
