@@ -213,3 +213,13 @@ def test_resize_modes(mode):
         assert (out[8:24, 8:] == 0).all()
     wide = np.zeros((8, 8, 3), np.uint8)
     assert fit_hint(wide, 16, 8, mode, "linear").shape == (8, 16, 3)
+
+
+def test_outputs_honour_the_umask(tmp_path, monkeypatch):
+    import cnetcli.generation.output as out_mod
+
+    monkeypatch.setattr(out_mod, "_UMASK", 0o022)
+    png, side = tmp_path / "a.png", tmp_path / "a.json"
+    out_mod.write_pair(png, b"png", side, "{}")
+    assert png.stat().st_mode & 0o777 == 0o644 and side.stat().st_mode & 0o777 == 0o644
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.png"]  # no temp files left

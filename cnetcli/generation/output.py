@@ -47,6 +47,7 @@ def _reserve(directory: Path, stem: str, suffixes: tuple[str, ...] = (".png", ".
 
 
 def _umask() -> int:
+    """The process umask (reading it means setting it; done once, at import)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -74,7 +75,8 @@ def saving(path: Path) -> Iterator[None]:
 def _write_temp(directory: Path, name: str, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
     try:
-        os.fchmod(fd, 0o666 & ~_UMASK) if hasattr(os, "fchmod") else None  # mkstemp makes 0600; honour the umask
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; outputs get the permissions the umask allows
+            os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
     except BaseException:
