@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +25,7 @@ MAX_SIDE = 16384  # ComfyUI's MAX_RESOLUTION
 SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes [0, 2**64)
 
 
-_SCALARS = {"int": (int,), "float": (int, float), "bool": (bool,), "str": (str,)}
+_SCALARS = {"int": (numbers.Integral,), "float": (numbers.Real,), "bool": (bool,), "str": (str,)}  # numpy too
 
 
 def _check_types(cfg: Any) -> None:
@@ -43,6 +44,8 @@ def _check_types(cfg: Any) -> None:
         if not ok:
             flag = "--" + {"image_resolution": "resolution", "scales": "scale"}.get(f.name, f.name).replace("_", "-")
             raise UsageError(f"{flag} {v!r}: expected {' or '.join(parts)}")
+        if not isinstance(v, (bool, str)):  # numpy scalars -> plain numbers (they go into JSON sidecars)
+            object.__setattr__(cfg, f.name, int(v) if "int" in parts else float(v))
 
 
 def _tuple(v: Any) -> tuple:
