@@ -11,10 +11,11 @@ def received(monkeypatch):
 
     got = []
 
-    def fake_generate(cfg, reporter=None, models=None):
+    def fake_generate(cfg, reporter=None, models=None, jobs=None):
         got.append(cfg)
         return []
 
+    monkeypatch.setattr(pl, "preflight", lambda cfg: [])  # no files behind these names
     monkeypatch.setattr(pl, "generate", fake_generate)
     return got
 

@@ -223,3 +223,26 @@ def test_outputs_honour_the_umask(tmp_path, monkeypatch):
     out_mod.write_pair(png, b"png", side, "{}")
     assert png.stat().st_mode & 0o777 == 0o644 and side.stat().st_mode & 0o777 == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.png"]  # no temp files left
+
+
+@pytest.mark.parametrize("args", [["--start", "0.8", "--end", "0.2"], ["--hint", "missing.png"], ["-o", "{file}"]])
+def test_cli_refuses_before_importing_the_libraries(tmp_path, args):
+    """Refusals come before torch/diffusers are even imported (so in well under a second)."""
+    import subprocess
+    import sys
+
+    from pathlib import Path
+
+    import cnetcli
+
+    root = str(Path(cnetcli.__file__).resolve().parents[1])  # this checkout, as the test process sees it
+    f = tmp_path / "file"
+    f.write_text("x")
+    args = [a.format(file=f) for a in args]
+    code = ("import sys\nfrom cnetcli.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print('exit', e.code, sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    hint = ["--hint", str(f)] if "--hint" not in args else []
+    r = subprocess.run([sys.executable, "-c", code, "generate", *hint, "--base", "/nonexistent", *args],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": root}, timeout=120)
+    assert r.stdout.strip().startswith("exit") and r.stdout.strip().endswith("[]"), (r.stdout, r.stderr)
+    assert r.stdout.split()[1] in ("1", "2") and "error" in r.stderr.lower() and "Traceback" not in r.stderr

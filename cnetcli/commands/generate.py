@@ -91,8 +91,8 @@ def generate_cmd(
     vae_tiling: Annotated[bool | None, _opt("--vae-tiling/--no-vae-tiling", metavar="", help="Tiled VAE decode (default: above 1024x1024).", panel=_F)] = None,
 ) -> None:
     from ..generation import generate, settings_from_png
+    from ..generation.pipeline import preflight
 
-    quiet_libraries()
     kw = settings_from_png(from_png) if from_png else {}
     given = {
         "hints": tuple(hint) if hint else None, "image": image, "types": tuple(type_) if type_ else None,
@@ -116,8 +116,12 @@ def generate_cmd(
     if prompt_mode is not None and prompt_mode.value != "user":
         kw.pop("prompt", None)
     kw.update({k: v for k, v in given.items() if v is not None})
-    config = GenerateConfig(**kw)
-    results = generate(config, reporter=RichReporter(unit="steps/s", transient=True))
+    config = GenerateConfig(**kw)  # every flag check, before the (slow) library imports below
+    if config.image:  # annotating a photo may load a detector: quiet the libraries first
+        quiet_libraries()
+    jobs = preflight(config)  # files, folders, sizes: still before diffusers is even imported
+    quiet_libraries()
+    results = generate(config, reporter=RichReporter(unit="steps/s", transient=True), jobs=jobs)
     for r in results:
         extra = f"  (pass {r.metadata['pass']}: {r.metadata['prompt']!r})" if "pass" in r.metadata else ""
         typer.echo(f"{r.path}{extra}")

@@ -15,6 +15,7 @@ from typing import Any
 
 _EXPORTS = {
     "generate": "pipeline", "GenerateResult": "pipeline", "run_batch": "pipeline", "sample_images": "pipeline",
+    "preflight": "pipeline",
     "GenerateConfig": "config", "DEFAULT_OUTPUT": "config", "RESIZE_MODES": "config",
     "Models": "models", "load_models": "models",
     "DEFAULT_PROMPT": "prompts", "PROMPT_MODES": "prompts",

@@ -405,23 +405,33 @@ def _title(spec: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ generate
-def generate(cfg: GenerateConfig, reporter: Reporter | None = None, models: Models | None = None
-             ) -> list[GenerateResult]:
+def preflight(cfg: GenerateConfig) -> list[Job]:
+    """Every check that can fail before a model loads: the output folder takes files, auto mode's captioner
+    can load, the hints exist and fit (sizes, one scale/window per ControlNet). Returns the jobs to run
+    (with `--image`, the photo is annotated here)."""
+    outdir = Path(cfg.output).expanduser()
+    if cfg.save:
+        check_output_dir(outdir)
+    if cfg.prompt_mode == "auto":
+        check_captioner(cfg.captioner, cfg.offline)
+    return resolve_jobs(cfg, outdir)
+
+
+def generate(cfg: GenerateConfig, reporter: Reporter | None = None, models: Models | None = None,
+             jobs: list[Job] | None = None) -> list[GenerateResult]:
     """Generate `cfg.num_images` images per job (twice in `auto` prompt mode: pass 1 and pass 2).
 
     Returns the results in order (auto: all pass-1 images of a job, then its pass-2 images). With
     `cfg.save` each is written as PNG + JSON sidecar under `cfg.output` (never overwriting). Pass a
-    `Models` from `load_models` to reuse loaded weights across calls."""
+    `Models` from `load_models` to reuse loaded weights across calls, and the jobs `preflight(cfg)` returned
+    when the checks already ran."""
     rep = reporter or NullReporter()
     t0 = time.perf_counter()
     outdir = Path(cfg.output).expanduser()
 
     # 1. check inputs and outputs (everything that can fail does so here, before any model loads)
-    if cfg.save:
-        check_output_dir(outdir)
-    if cfg.prompt_mode == "auto":
-        check_captioner(cfg.captioner, cfg.offline)
-    jobs = resolve_jobs(cfg, outdir)
+    if jobs is None:
+        jobs = preflight(cfg)
     base_seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**32)
 
     # 2-3. models (the ControlNets the jobs need)
