@@ -230,7 +230,6 @@ def test_cli_refuses_before_importing_the_libraries(tmp_path, args):
     """Refusals come before torch/diffusers are even imported (so in well under a second)."""
     import subprocess
     import sys
-
     from pathlib import Path
 
     import cnetcli
