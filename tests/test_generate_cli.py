@@ -44,7 +44,7 @@ def test_cli_end_to_end(run_cli, hint, tiny_sd_dir, tiny_controlnet_dir, tmp_pat
     (["--hint", "{d}/square.png", "--controlnet", "{d}/no-such-model"], 2, "no such model"),
     (["--hint", "{d}/square.png", "--hint", "{d}/wide.png"], 1, "size mismatch"),
     (["--hint", "{d}/square.png", "--controlnet", "{cn}"], 1, "stable-diffusion-v1-5"),  # offline, no SD1.5
-    (["--hint", "{d}/square.png", "--sampler", "nope"], 2, "--sampler"),
+    (["--hint", "{d}/square.png", "--sampler", "ddim", "--scheduler", "karras"], 2, "--scheduler"),
     (["--image", "{d}/square.png"], 2, "--type"),
     (["--hint", "{d}/square.png", "--controlnet", "{cn}", "--base", "{d}/base.ckpt"], 1, "pickled"),
     (["--hint", "{d}/square.png", "--controlnet", "{cn}", "--base", "{d}/base.safetensors"], 1, "base.safetensors"),

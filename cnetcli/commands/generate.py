@@ -1,70 +1,131 @@
-"""`cnet generate` (issue #5): a thin wrapper over `cnetcli.generation.generate` (typer + rich only here)."""
+"""`cnet generate`: flags -> GenerateConfig -> `generation.generate` (typer + rich only here).
+
+Short flags mean one thing across cnet: `-o` output, `-t` hint type (as in annotate), `-n` a count
+(`--num-images`, as `data circles -n`). `--prompt` and `--negative-prompt` have no short form, because `-p` is
+annotate's `--param`.
+
+Every option defaults to None so that `--from PNG` can tell the flags a user typed (they override the PNG's
+settings) from the ones left out; the defaults shown in `--help` are GenerateConfig's own.
+"""
 
 from __future__ import annotations
 
+import enum
+from typing import Annotated
+
 import typer
 
+from ..device import DTYPES
+from ..generation.config import DEFAULT_OUTPUT, RESIZE_MODES, GenerateConfig
+from ..generation.control import CONTROL_MODES
+from ..generation.prompts import PROMPT_MODES
+from ..generation.samplers import SAMPLER_ALIASES, SAMPLERS, SCHEDULERS
+from ._options import DeviceOpt
 from ._progress import RichReporter, quiet_libraries
 
-DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # = cnetcli.models.sd.DEFAULT_BASE (kept light)
-DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
-DEFAULT_OUTPUT = "outputs/generate"
+_D = GenerateConfig.__dataclass_fields__  # defaults shown in --help come from the config itself
+_I, _P, _S, _C, _O, _M, _F = "Inputs", "Prompt", "Sampling", "Control", "Output", "Models", "Speed"
+
+
+def _default(name: str) -> str:
+    return str(_D[name].default)
+
+
+def _opt(*names: str, help: str, panel: str, shows: str | None = None, **kw: object) -> object:
+    """An option in a help panel; its default (GenerateConfig's, as every option here defaults to None so
+    `--from` can tell typed flags from absent ones) is written into the help text."""
+    return typer.Option(*names, help=help if shows is None else f"{help} \\[default: {shows}]", rich_help_panel=panel,
+                        show_default=False, **kw)
+
+
+Sampler = enum.Enum("Sampler", {k: k for k in (*SAMPLERS, *SAMPLER_ALIASES)}, type=str)
+Scheduler = enum.Enum("Scheduler", {k: k for k in SCHEDULERS}, type=str)
+PromptMode = enum.Enum("PromptMode", {k: k for k in PROMPT_MODES}, type=str)
+ControlMode = enum.Enum("ControlMode", {k: k for k in CONTROL_MODES}, type=str)
+ResizeMode = enum.Enum("ResizeMode", {k: k for k in RESIZE_MODES}, type=str)
+Dtype = enum.Enum("Dtype", {k: k for k in DTYPES}, type=str)
+
+HELP = ("Generate images from hints with a ControlNet. Paper defaults: 20 steps, CFG 9.0, DDIM eta 1.0 "
+        "(--sampler ddpm), SD1.5 base; the hint's type (PNG provenance or --type) picks the ControlNet 1.1 "
+        "release when --controlnet is absent. Several --hint/--controlnet pairs compose; a folder of hints runs "
+        "as a batch. Each PNG carries cnet's record, AUTOMATIC1111's `parameters` and a ComfyUI graph; "
+        "--from PNG repeats any of them.")
+
+
+def generate_cmd(
+    hint: Annotated[list[str] | None, _opt("--hint", help="Hint image or folder of hints (repeat to compose).", panel=_I)] = None,
+    image: Annotated[str | None, _opt("--image", help="Photo to annotate on the fly (with --type).", panel=_I)] = None,
+    type_: Annotated[list[str] | None, _opt("--type", "-t", help="Hint type (else read from the hint PNG's provenance).", panel=_I)] = None,
+    resolution: Annotated[int | None, _opt("--resolution", help="With --image: the hint's short side (ControlNet's rule).", shows=_default("image_resolution"), panel=_I)] = None,
+    from_png: Annotated[str | None, _opt("--from", metavar="PNG", help="Repeat the generation recorded in a PNG (cnet's or AUTOMATIC1111's); flags given here override it.", panel=_I)] = None,
+    prompt_mode: Annotated[PromptMode | None, _opt("--prompt-mode", help="none | default | user | auto (default: user with --prompt, else default).", panel=_P)] = None,
+    prompt: Annotated[str | None, _opt("--prompt", help="The prompt (user mode).", panel=_P)] = None,
+    added_prompt: Annotated[str | None, _opt("--added-prompt", help='Words appended to the prompt, e.g. "best quality, extremely detailed".', panel=_P)] = None,
+    negative_prompt: Annotated[str | None, _opt("--negative-prompt", help="Negative prompt.", panel=_P)] = None,
+    captioner: Annotated[str | None, _opt("--captioner", help="BLIP captioner for auto mode: hub id or folder.", shows=_default("captioner"), panel=_P)] = None,
+    steps: Annotated[int | None, _opt("--steps", help="Sampling steps.", shows=_default("steps"), panel=_S)] = None,
+    cfg: Annotated[float | None, _opt("--cfg", help="Classifier-free guidance scale.", shows=_default("cfg"), panel=_S)] = None,
+    sampler: Annotated[Sampler | None, _opt("--sampler", help="Solver (ddpm = DDIM with eta 1; dpmpp_sde is the single-step DPM++ SDE and needs torchsde; dpmpp_2m_karras = dpmpp_2m + --scheduler karras).", shows=_default("sampler"), panel=_S)] = None,
+    scheduler: Annotated[Scheduler | None, _opt("--scheduler", help="Noise schedule: the model's own spacing, or Karras / exponential sigmas.", shows=_default("scheduler"), panel=_S)] = None,
+    eta: Annotated[float | None, _opt("--eta", help="DDIM eta for ddim/ddpm (0 deterministic, 1 ancestral; default: 0 for ddim, 1 for ddpm).", panel=_S)] = None,
+    seed: Annotated[int | None, _opt("--seed", help="Seed of the first image (image k uses seed+k); random and recorded when absent.", panel=_S)] = None,
+    controlnet: Annotated[list[str] | None, _opt("--controlnet", help="ControlNet: hub id, folder, `cnet train` output or single file (one per --hint).", panel=_C)] = None,
+    scale: Annotated[list[float] | None, _opt("--scale", help="ControlNet strength (one, or one per ControlNet).", shows="1.0", panel=_C)] = None,
+    start: Annotated[list[float] | None, _opt("--start", help="Guidance window start, fraction of the steps.", shows="0.0", panel=_C)] = None,
+    end: Annotated[list[float] | None, _opt("--end", help="Guidance window end, fraction of the steps.", shows="1.0", panel=_C)] = None,
+    control_mode: Annotated[ControlMode | None, _opt("--control-mode", help="AUTOMATIC1111's control modes: balanced, prompt (my prompt is more important), controlnet (ControlNet is more important).", shows=_default("control_mode"), panel=_C)] = None,
+    guess_mode: Annotated[bool, _opt("--guess-mode", metavar="", help="The original guess mode (= --control-mode controlnet).", panel=_C)] = False,
+    resize_mode: Annotated[ResizeMode | None, _opt("--resize-mode", help="Hint to output size: crop (scale to cover, crop the centre; A1111's Crop and Resize), resize (stretch; Just Resize), fill (fit inside, pad; Resize and Fill).", shows=_default("resize_mode"), panel=_C)] = None,
+    output: Annotated[str | None, _opt("--output", "-o", help="Output folder (nothing is overwritten).", shows=DEFAULT_OUTPUT, panel=_O)] = None,
+    width: Annotated[int | None, _opt("--width", help="Width (default: the hint's, rounded to a multiple of 8).", panel=_O)] = None,
+    height: Annotated[int | None, _opt("--height", help="Height (default: the hint's, rounded to a multiple of 8).", panel=_O)] = None,
+    num_images: Annotated[int | None, _opt("--num-images", "-n", help="Images per hint.", shows=_default("num_images"), panel=_O)] = None,
+    grid: Annotated[bool, _opt("--grid", metavar="", help="Also write a contact sheet (hints + results).", panel=_O)] = False,
+    base: Annotated[str | None, _opt("--base", help="SD base: hub id, diffusers folder or single .safetensors.", shows=_default("base"), panel=_M)] = None,
+    base_config: Annotated[str | None, _opt("--base-config", help="Local diffusers config folder for a single-file base (offline).", panel=_M)] = None,
+    controlnet_config: Annotated[str | None, _opt("--controlnet-config", help="Local config folder for a single-file ControlNet (offline).", panel=_M)] = None,
+    device: DeviceOpt = "auto",
+    dtype: Annotated[Dtype | None, _opt("--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.", shows="auto", panel=_F)] = None,
+    batch_size: Annotated[int | None, _opt("--batch-size", help="Images per forward pass.", shows=_default("batch_size"), panel=_F)] = None,
+    no_compile: Annotated[bool, _opt("--no-compile", metavar="", help="Run eagerly on CUDA too (the default compiles the UNet+ControlNet step into CUDA graphs; CPU always runs eagerly).", panel=_F)] = False,
+    vae_tiling: Annotated[bool | None, _opt("--vae-tiling/--no-vae-tiling", metavar="", help="Tiled VAE decode (default: above 1024x1024).", panel=_F)] = None,
+) -> None:
+    from ..generation import generate, settings_from_png
+    from ..generation.pipeline import preflight
+
+    kw = settings_from_png(from_png) if from_png else {}
+    given = {
+        "hints": tuple(hint) if hint else None, "image": image, "types": tuple(type_) if type_ else None,
+        "image_resolution": resolution, "prompt_mode": prompt_mode.value if prompt_mode else None, "prompt": prompt,
+        "added_prompt": added_prompt, "negative_prompt": negative_prompt, "captioner": captioner, "steps": steps,
+        "cfg": cfg, "sampler": sampler.value if sampler else None, "scheduler": scheduler.value if scheduler else None,
+        "eta": eta, "seed": seed, "controlnets": tuple(controlnet) if controlnet else None,
+        "scales": tuple(scale) if scale else None, "start": tuple(start) if start else None,
+        "end": tuple(end) if end else None, "control_mode": control_mode.value if control_mode else None,
+        "guess_mode": guess_mode or None, "resize_mode": resize_mode.value if resize_mode else None,
+        "output": output, "width": width, "height": height, "num_images": num_images, "grid": grid or None,
+        "base": base, "base_config": base_config, "controlnet_config": controlnet_config, "device": device,
+        "dtype": dtype.value if dtype else None, "batch_size": batch_size, "compile": False if no_compile else None,
+        "vae_tiling": vae_tiling,
+    }
+    if hint or image:  # new inputs replace the PNG's (whichever kind it recorded)
+        kw.pop("hints", None)
+        kw.pop("image", None)
+    if prompt is not None and prompt_mode is None:  # a typed prompt means user mode, whatever the PNG had
+        kw.pop("prompt_mode", None)
+    if prompt_mode is not None and prompt_mode.value != "user":
+        kw.pop("prompt", None)
+    kw.update({k: v for k, v in given.items() if v is not None})
+    config = GenerateConfig(**kw)  # every flag check, before the (slow) library imports below
+    if config.image:  # annotating a photo may load a detector: quiet the libraries first
+        quiet_libraries()
+    jobs = preflight(config)  # files, folders, sizes: still before diffusers is even imported
+    quiet_libraries()
+    results = generate(config, reporter=RichReporter(unit="steps/s", transient=True), jobs=jobs)
+    for r in results:
+        extra = f"  (pass {r.metadata['pass']}: {r.metadata['prompt']!r})" if "pass" in r.metadata else ""
+        typer.echo(f"{r.path}{extra}")
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("generate", help=(
-        "Generate images from hints with a ControlNet. Paper defaults: 20 steps, CFG 9.0, DDIM eta 1.0 "
-        "(--sampler ddpm), SD1.5 base; the hint's type (PNG provenance or --type) picks the ControlNet 1.1 "
-        "release when --controlnet is absent. Several --hint/--controlnet pairs compose; a folder of hints "
-        "runs as a batch."))
-    def generate_cmd(
-        hint: list[str] = typer.Option([], "--hint", help="Hint image or folder of hints (repeat to compose)."),
-        controlnet: list[str] = typer.Option([], "--controlnet", help="ControlNet: hub id, folder, `cnet train` output or single file (one per --hint)."),
-        base: str = typer.Option(DEFAULT_BASE, "--base", help="SD base: hub id, diffusers folder or single .safetensors."),
-        output: str = typer.Option(DEFAULT_OUTPUT, "--output", "-o", help="Output folder (nothing is overwritten)."),
-        image: str | None = typer.Option(None, "--image", help="Photo to annotate on the fly (with --type)."),
-        type_: list[str] = typer.Option([], "--type", help="Hint type (else read from the hint PNG's provenance)."),
-        prompt_mode: str | None = typer.Option(None, "--prompt-mode", help="none | default | user | auto (default: user with --prompt, else default)."),
-        prompt: str | None = typer.Option(None, "--prompt", "-p", help="The prompt (user mode)."),
-        added_prompt: str = typer.Option("", "--added-prompt", help='Words appended to the prompt, e.g. "best quality, extremely detailed".'),
-        negative_prompt: str = typer.Option("", "--negative-prompt", "-n", help="Negative prompt."),
-        captioner: str = typer.Option(DEFAULT_CAPTIONER, "--captioner", help="BLIP captioner for auto mode: hub id or folder."),
-        steps: int = typer.Option(20, "--steps", help="Sampling steps."),
-        cfg: float = typer.Option(9.0, "--cfg", help="Classifier-free guidance scale."),
-        sampler: str = typer.Option("ddpm", "--sampler", help="ddpm (DDIM eta 1), ddim, unipc, euler, euler_a, dpmpp_2m, dpmpp_2m_karras, dpmpp_sde, heun, lms, pndm."),
-        width: int | None = typer.Option(None, "--width", help="Width (default: the hint's, rounded to a multiple of 8)."),
-        height: int | None = typer.Option(None, "--height", help="Height (default: the hint's, rounded to a multiple of 8)."),
-        num_images: int = typer.Option(1, "--num-images", help="Images per hint."),
-        batch_size: int = typer.Option(1, "--batch-size", help="Images per forward pass."),
-        seed: int | None = typer.Option(None, "--seed", help="Seed of the first image (image k uses seed+k); random and recorded when absent."),
-        scale: list[float] = typer.Option([], "--scale", help="ControlNet strength (one, or one per ControlNet; default 1.0)."),
-        start: list[float] = typer.Option([], "--start", help="Guidance window start, fraction of the steps (default 0)."),
-        end: list[float] = typer.Option([], "--end", help="Guidance window end, fraction of the steps (default 1)."),
-        guess_mode: bool = typer.Option(False, "--guess-mode", help="The original guess mode (= --control-mode controlnet)."),
-        control_mode: str = typer.Option("balanced", "--control-mode", help="balanced | prompt | controlnet (AUTOMATIC1111's semantics)."),
-        resolution: int = typer.Option(512, "--resolution", help="With --image: the hint's short side (ControlNet's rule)."),
-        base_config: str | None = typer.Option(None, "--base-config", help="Local diffusers config folder for a single-file base (offline)."),
-        controlnet_config: str | None = typer.Option(None, "--controlnet-config", help="Local config folder for a single-file ControlNet (offline)."),
-        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda[:N]."),
-        dtype: str = typer.Option("auto", "--dtype", help="auto (fp16 on GPU, fp32 on CPU) | fp32 | fp16 | bf16."),
-        compile_: bool = typer.Option(False, "--compile", help="torch.compile the UNet and ControlNets."),
-        vae_tiling: bool | None = typer.Option(None, "--vae-tiling/--no-vae-tiling", help="Tiled VAE decode (default: above 1024x1024)."),
-        grid: bool = typer.Option(False, "--grid", help="Also write a contact sheet (hints + results)."),
-    ) -> None:
-        from ..generation import GenerateConfig, generate
-
-        quiet_libraries()
-        config = GenerateConfig(
-            hints=tuple(hint), controlnets=tuple(controlnet), base=base, output=output, image=image,
-            types=tuple(type_), prompt_mode=prompt_mode, prompt=prompt, added_prompt=added_prompt,
-            negative_prompt=negative_prompt, captioner=captioner, steps=steps, cfg=cfg, sampler=sampler,
-            width=width, height=height, num_images=num_images, batch_size=batch_size, seed=seed,
-            scales=tuple(scale) or (1.0,), start=tuple(start) or (0.0,), end=tuple(end) or (1.0,),
-            guess_mode=guess_mode, control_mode=control_mode, image_resolution=resolution,
-            base_config=base_config, controlnet_config=controlnet_config, device=device, dtype=dtype,
-            compile=compile_, vae_tiling=vae_tiling, grid=grid,
-        )
-        results = generate(config, reporter=RichReporter(unit="steps/s", transient=True))
-        for r in results:
-            extra = f"  (pass {r.metadata['pass']}: {r.metadata['prompt']!r})" if "pass" in r.metadata else ""
-            typer.echo(f"{r.path}{extra}")
+    app.command("generate", help=HELP)(generate_cmd)

@@ -3,18 +3,49 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
+from ..device import DTYPES, check_device_spec
 from ..errors import UsageError
 from ..models.captioner import DEFAULT_CAPTIONER
 from ..models.sd import DEFAULT_BASE
 from .control import check_control_mode
 from .prompts import resolve_mode
-from .samplers import check_sampler
+from .samplers import check_sampler, split_sampler
 
 DEFAULT_OUTPUT = "outputs/generate"
-DTYPES = ("auto", "fp32", "fp16", "bf16")
+#: how a hint meets the output size (A1111's names: "Crop and Resize", "Just Resize", "Resize and Fill")
+RESIZE_MODES = ("crop", "resize", "fill")
+#: the largest image generated (pixels): a guard before anything is allocated (4096 x 4096)
+MAX_PIXELS = 4096 * 4096
+MAX_SIDE = 16384  # ComfyUI's MAX_RESOLUTION
+SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes [0, 2**64)
+
+
+_SCALARS = {"int": (numbers.Integral,), "float": (numbers.Real,), "bool": (bool,), "str": (str,)}  # numpy too
+
+
+def _check_types(cfg: Any) -> None:
+    """Scalar fields hold their declared type (a config built from JSON, TOML or `--from` may not): one line
+    naming the field instead of a TypeError deep inside. bool is refused where a number is expected."""
+    for f in dataclasses.fields(cfg):
+        parts = [p.strip() for p in str(f.type).split("|")]
+        if not all(p in _SCALARS or p == "None" for p in parts):
+            continue  # tuples are normalised separately
+        v = getattr(cfg, f.name)
+        if v is None and "None" in parts:
+            continue
+        ok = any(isinstance(v, t) for p in parts if p in _SCALARS for t in _SCALARS[p])
+        if isinstance(v, bool) and "bool" not in parts:
+            ok = False
+        if not ok:
+            flag = "--" + {"image_resolution": "resolution", "scales": "scale"}.get(f.name, f.name).replace("_", "-")
+            raise UsageError(f"{flag} {v!r}: expected {' or '.join(parts)}")
+        if not isinstance(v, (bool, str)):  # numpy scalars -> plain numbers (they go into JSON sidecars)
+            object.__setattr__(cfg, f.name, int(v) if "int" in parts else float(v))
 
 
 def _tuple(v: Any) -> tuple:
@@ -51,6 +82,9 @@ class GenerateConfig:
     steps: int = 20
     cfg: float = 9.0
     sampler: str = "ddpm"
+    scheduler: str = "normal"
+    eta: float | None = None  # None: the sampler's own (ddpm 1.0, ddim 0.0)
+    resize_mode: str = "crop"
     width: int | None = None
     height: int | None = None
     num_images: int = 1
@@ -66,7 +100,7 @@ class GenerateConfig:
     controlnet_config: str | None = None
     device: str = "auto"
     dtype: str = "auto"
-    compile: bool = False
+    compile: bool = True  # the CUDA fast path (CUDA graphs via torch.compile); never used off CUDA
     channels_last: bool = True
     vae_tiling: bool | None = None  # None: automatic above 1024x1024
     grid: bool = False
@@ -75,6 +109,7 @@ class GenerateConfig:
 
     def __post_init__(self) -> None:
         s = object.__setattr__
+        _check_types(self)
         for name in ("hints", "controlnets", "types"):
             s(self, name, tuple(str(x) for x in _tuple(getattr(self, name))))
         for name in ("scales", "start", "end"):
@@ -89,8 +124,17 @@ class GenerateConfig:
         if self.image and not self.types:
             raise UsageError("--image needs --type TYPE (the hint type to extract, e.g. canny)")
         s(self, "prompt_mode", resolve_mode(self.prompt_mode, self.prompt))
-        check_sampler(self.sampler)
+        sampler, scheduler = split_sampler(self.sampler, self.scheduler)
+        s(self, "sampler", sampler)
+        s(self, "scheduler", scheduler)
+        for name, flag in (("cfg", "--cfg"), ("eta", "--eta")):
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):
+                raise UsageError(f"{flag} {v}: must be a finite number")
+        check_sampler(self.sampler, self.scheduler, self.eta)
         s(self, "control_mode", check_control_mode(self.control_mode, self.guess_mode))
+        if self.resize_mode not in RESIZE_MODES:
+            raise UsageError(f"--resize-mode {self.resize_mode}: valid: {', '.join(RESIZE_MODES)}")
         if self.steps < 1 or self.steps > 1000:
             raise UsageError(f"--steps {self.steps}: must be between 1 and 1000")
         if self.cfg < 0:
@@ -99,23 +143,40 @@ class GenerateConfig:
             v = getattr(self, name)
             if v is not None and (v < 8 or v % 8):
                 raise UsageError(f"--{name} {v}: must be a positive multiple of 8")
-        if self.num_images < 1:
-            raise UsageError(f"--num-images {self.num_images}: must be >= 1")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size {self.batch_size}: must be >= 1")
-        if self.seed is not None and not 0 <= self.seed < 2**63:
-            raise UsageError(f"--seed {self.seed}: must be between 0 and 2**63-1")
-        if not self.scales or any(x < 0 for x in self.scales):
+        check_size(self.width or 8, self.height or 8)
+        if self.num_images < 1 or self.num_images > 100_000:
+            raise UsageError(f"--num-images {self.num_images}: must be between 1 and 100000")
+        if self.batch_size < 1 or self.batch_size > 4096:
+            raise UsageError(f"--batch-size {self.batch_size}: must be between 1 and 4096")
+        if self.seed is not None and not 0 <= self.seed <= SEED_LIMIT - self.num_images:
+            raise UsageError(f"--seed {self.seed}: must be between 0 and 2**64-1 (image k uses seed+k)")
+        for name, flag in (("scales", "--scale"), ("start", "--start"), ("end", "--end")):
+            if not getattr(self, name):
+                raise UsageError(f"{flag}: give at least one value")
+            for v in getattr(self, name):
+                if not math.isfinite(v):
+                    raise UsageError(f"{flag} {v}: must be a finite number")
+        if any(x < 0 for x in self.scales):
             raise UsageError("--scale: strengths must be >= 0")
-        if not self.start or not self.end:
-            raise UsageError("--start/--end: give at least one value")
         for a in self.start + self.end:
             if not 0.0 <= a <= 1.0:
                 raise UsageError(f"--start/--end {a}: must be between 0 and 1")
+        n = max(len(self.scales), len(self.start), len(self.end))
+        for flag, v in (("--scale", self.scales), ("--start", self.start), ("--end", self.end)):
+            if len(v) not in (1, n):
+                raise UsageError(f"{flag}: {len(v)} values, but another flag gives {n}; give one, or one per ControlNet")
+        starts = self.start * n if len(self.start) == 1 else self.start
+        ends = self.end * n if len(self.end) == 1 else self.end
+        for k, (a, b) in enumerate(zip(starts, ends, strict=True)):
+            if a > b:
+                which = f" (ControlNet {k})" if n > 1 else ""
+                raise UsageError(f"--start {a} --end {b}{which}: start is after end, so the ControlNet would never "
+                                 "act; swap them (use --scale 0 to switch a ControlNet off)")
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype {self.dtype}: valid: {', '.join(DTYPES)}")
-        if self.image_resolution < 64:
-            raise UsageError(f"--resolution {self.image_resolution}: must be >= 64")
+        s(self, "device", check_device_spec(self.device))
+        if self.image_resolution < 64 or self.image_resolution > 8192:
+            raise UsageError(f"--resolution {self.image_resolution}: must be between 64 and 8192")
 
     def per_net(self, name: str, n: int) -> tuple[float, ...]:
         """`scales`/`start`/`end` expanded to one value per ControlNet (one value means all)."""
@@ -127,9 +188,25 @@ class GenerateConfig:
             raise UsageError(f"{flag}: {len(v)} values for {n} ControlNet(s); give one, or one per ControlNet")
         return v
 
+    @property
+    def eta_used(self) -> float | None:
+        """The eta the sampler runs with (the sampler's own unless --eta)."""
+        from .samplers import effective_eta
+
+        return effective_eta(self.sampler, self.eta)
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         for k, v in d.items():
             if isinstance(v, tuple):
                 d[k] = list(v)
         return d
+
+
+def check_size(width: int, height: int, what: str = "--width/--height") -> None:
+    """Refuse sizes whose latents and activations would not fit anywhere, before anything is allocated."""
+    if max(width, height) > MAX_SIDE:
+        raise UsageError(f"{what} {width}x{height}: a side above {MAX_SIDE} px; pass a smaller --width/--height")
+    if width * height > MAX_PIXELS:
+        raise UsageError(f"{what} {width}x{height}: larger than {MAX_PIXELS} pixels (4096x4096); "
+                         "pass a smaller --width/--height")

@@ -1,45 +1,38 @@
-"""Saving results: PNG (+ cnet JSON and an AUTOMATIC1111 `parameters` text chunk) and a JSON sidecar of
-the same stem; `--grid` contact sheets. Names are made unique: nothing is ever overwritten."""
+"""Saving results: PNG (+ cnet JSON, AUTOMATIC1111's `parameters` and ComfyUI's `prompt` text chunks) and a
+JSON sidecar of the same stem; `--grid` contact sheets. Names are made unique: nothing is ever overwritten,
+and a PNG never exists without its sidecar (both are written to temp files first, then renamed)."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..images import atomic_write_text, encode_png
+from ..errors import InputError
+from ..images import encode_png
+from .infotext import a1111_parameters
 
 
-def a1111_parameters(meta: dict[str, Any]) -> str:
-    """The `parameters` text AUTOMATIC1111's PNG Info tab reads."""
-    lines = [meta.get("prompt", "")]
-    if meta.get("negative_prompt"):
-        lines.append(f"Negative prompt: {meta['negative_prompt']}")
-    fields = [
-        f"Steps: {meta['steps']}", f"Sampler: {meta.get('sampler_label', meta['sampler'])}",
-        f"CFG scale: {meta['cfg']}", f"Seed: {meta['seed']}", f"Size: {meta['width']}x{meta['height']}",
-        f"Model: {meta['base']}",
-    ]
-    for k, cn in enumerate(meta.get("controlnets", [])):
-        mode = {"balanced": "Balanced", "prompt": "My prompt is more important",
-                "controlnet": "ControlNet is more important"}[meta["control_mode"]]
-        fields.append(
-            f'ControlNet {k}: "Module: {cn.get("type") or "none"}, Model: {cn["model"]}, Weight: {cn["scale"]}, '
-            f'Guidance Start: {cn["start"]}, Guidance End: {cn["end"]}, Control Mode: {mode}"'
-        )
-    if meta.get("pass"):
-        fields.append(f"cnet prompt mode: {meta['prompt_mode']} pass {meta['pass']}")
-    lines.append(", ".join(fields))
-    return "\n".join(lines)
+def _short(stem: str, limit: int = 200) -> str:
+    """A stem that leaves room for "-N" and the longest suffix within the usual 255-byte name limit (a hint
+    named with 254 bytes would otherwise fail at save time, after the work)."""
+    while len(os.fsencode(stem)) > limit:  # cut whole characters, never a multi-byte one in half
+        stem = stem[:-1]
+    return stem or "image"
 
 
 def _reserve(directory: Path, stem: str, suffixes: tuple[str, ...] = (".png", ".json")) -> Path:
     """A stem `directory/stem[-N]` for which none of the files exist; reserved by creating the PNG
     exclusively (O_EXCL), so concurrent runs cannot pick the same name."""
     directory.mkdir(parents=True, exist_ok=True)
+    stem = _short(stem)
     n = 0
     while True:
         cand = directory / (stem if n == 0 else f"{stem}-{n}")
@@ -53,16 +46,79 @@ def _reserve(directory: Path, stem: str, suffixes: tuple[str, ...] = (".png", ".
         n += 1
 
 
-def save_result(directory: str | os.PathLike, stem: str, image: np.ndarray, meta: dict[str, Any]) -> Path:
-    """Write STEM.png (cnet JSON + `parameters`) and STEM.json; returns the PNG path."""
+def _umask() -> int:
+    """The process umask (reading it means setting it; done once, at import)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
+def _save_error(path: Path, e: OSError) -> InputError:
+    why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or type(e).__name__)
+    return InputError(f"{path}: cannot save ({why}); free space or pick another --output. "
+                      "Images saved before this one are intact")
+
+
+@contextlib.contextmanager
+def saving(path: Path) -> Iterator[None]:
+    """Turn an OSError while writing `path` into one line (the reserved empty file is removed)."""
+    try:
+        yield
+    except OSError as e:
+        Path(path).unlink(missing_ok=True)
+        raise _save_error(Path(path), e) from None
+
+
+def _write_temp(directory: Path, name: str, data: bytes) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    try:
+        if hasattr(os, "fchmod"):  # mkstemp makes 0600; outputs get the permissions the umask allows
+            os.fchmod(fd, 0o666 & ~_UMASK)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
+
+
+def write_pair(png: Path, png_bytes: bytes, sidecar: Path, sidecar_text: str) -> None:
+    """Write a PNG and its sidecar as a pair: both to temp files, then both renamed (sidecar first, so a
+    PNG is never visible without it). On any failure both temps and the reserved PNG name are removed."""
+    tmps: list[Path] = []
+    done: list[Path] = []
+    try:
+        tmps.append(_write_temp(png.parent, sidecar.name, sidecar_text.encode("utf-8")))
+        tmps.append(_write_temp(png.parent, png.name, png_bytes))
+        os.replace(tmps[0], sidecar)
+        done.append(sidecar)
+        os.replace(tmps[1], png)
+    except BaseException as e:
+        for t in tmps:
+            t.unlink(missing_ok=True)
+        for f in (*done, png):  # the sidecar if already renamed, and the reserved (empty) PNG
+            f.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise _save_error(png, e) from None
+        raise
+
+
+def save_result(directory: str | os.PathLike, stem: str, image: np.ndarray, meta: dict[str, Any],
+                text: dict[str, str] | None = None) -> Path:
+    """Write STEM.png (cnet JSON + `parameters` + extra text chunks, e.g. ComfyUI's `prompt`) and STEM.json;
+    returns the PNG path."""
     base = _reserve(Path(directory), stem)
     png = base.with_name(base.name + ".png")
     meta = dict(meta, file=png.name)
-    data = encode_png(image, metadata=meta, text={"parameters": a1111_parameters(meta)})
-    from ..images import atomic_write_bytes
-
-    atomic_write_bytes(png, data)
-    atomic_write_text(base.with_name(base.name + ".json"), json.dumps(meta, indent=2, default=str) + "\n")
+    try:
+        data = encode_png(image, metadata=meta, text={"parameters": a1111_parameters(meta), **(text or {})})
+    except BaseException:
+        png.unlink(missing_ok=True)
+        raise
+    write_pair(png, data, base.with_name(base.name + ".json"), json.dumps(meta, indent=2, default=str) + "\n")
     return png
 
 
@@ -90,5 +146,6 @@ def save_grid(directory: str | os.PathLike, rows: list[list[np.ndarray]], meta: 
     png = base.with_name(base.name + ".png")
     from ..images import save_png
 
-    save_png(png, contact_sheet(rows), metadata=meta)
+    with saving(png):
+        save_png(png, contact_sheet(rows), metadata=meta)
     return png

@@ -15,6 +15,7 @@ weights, and always hands the UNet full residual sets (diffusers ignores middle-
 from __future__ import annotations
 
 import secrets
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +29,10 @@ from ..images import IMAGE_EXTENSIONS, load_image, resize_to
 from ..reporting import NullReporter, Reporter
 from . import control as ctl
 from . import output, prompts
-from .config import GenerateConfig
+from .comfyui import comfy_prompt_text
+from .config import GenerateConfig, check_size
 from .models import Models, load_models
-from .samplers import SAMPLERS, make_scheduler, sample
+from .samplers import make_scheduler, sample
 
 
 @dataclass
@@ -39,6 +41,7 @@ class HintInput:
     image: np.ndarray  # RGB uint8 as read
     type: str | None
     controlnet: str  # model spec
+    annotated: dict[str, Any] | None = None  # cnet annotated a photo into this hint: params, detect_resolution
 
 
 @dataclass
@@ -107,16 +110,20 @@ def _annotate_photo(cfg: GenerateConfig, outdir: Path) -> Job:
     for t in cfg.types:
         ht = get_type(t)
         arr = annotate(photo, ht.name, image_resolution=cfg.image_resolution)
+        detect = ht.default_detect_resolution if ht.uses_detect_resolution else None
         path = None
         if cfg.save:
             from ..data.provenance import Provenance
 
             p = output._reserve(outdir, f"hint-{Path(cfg.image).stem}-{ht.name}", (".png",))
             path = str(p.with_name(p.name + ".png"))
-            Provenance(type=ht.name, params=params_dict(ht.make_params()),
-                       detect_resolution=ht.default_detect_resolution if ht.uses_detect_resolution else None,
-                       image_resolution=cfg.image_resolution, keep_size=False, source=str(cfg.image)).write(path, arr)
-        hints.append(HintInput(path, arr, ht.name, ""))
+            with output.saving(Path(path)):
+                Provenance(type=ht.name, params=params_dict(ht.make_params()), detect_resolution=detect,
+                           image_resolution=cfg.image_resolution, keep_size=False,
+                           source=str(cfg.image)).write(path, arr)
+        ann = {"params": params_dict(ht.make_params()), "detect_resolution": detect,
+               "image_resolution": cfg.image_resolution}
+        hints.append(HintInput(path, arr, ht.name, "", ann))
     nets = list(cfg.controlnets)
     if nets and len(nets) != len(hints):
         raise UsageError(f"--controlnet: {len(nets)} ControlNets for {len(hints)} --type values; give one per type")
@@ -166,7 +173,65 @@ def resolve_jobs(cfg: GenerateConfig, outdir: Path) -> list[Job]:
         w0, h0 = next(iter(sizes))
         job.width = cfg.width or _round8(w0)
         job.height = cfg.height or _round8(h0)
+        check_size(job.width, job.height, f"{job.name}: image size")
+        for name in ("scales", "start", "end"):
+            cfg.per_net(name, len(job.hints))  # a wrong count fails here, before any model loads
     return jobs
+
+
+def fit_hint(img: np.ndarray, width: int, height: int, mode: str, kind: str) -> np.ndarray:
+    """Fit a hint to the output size as A1111's resize modes do: `resize` stretches ("Just Resize"),
+    `crop` scales to cover and crops the centre ("Crop and Resize"), `fill` scales to fit inside and pads
+    with black, i.e. no control ("Resize and Fill")."""
+    h, w = img.shape[:2]
+    if mode == "resize" or (w, h) == (width, height):
+        return resize_to(img, width, height, kind)
+    k = max(width / w, height / h) if mode == "crop" else min(width / w, height / h)
+    nw, nh = max(1, round(w * k)), max(1, round(h * k))
+    if mode == "crop":
+        nw, nh = max(nw, width), max(nh, height)
+        r = resize_to(img, nw, nh, kind)
+        y0, x0 = (nh - height) // 2, (nw - width) // 2
+        return r[y0:y0 + height, x0:x0 + width]
+    nw, nh = min(nw, width), min(nh, height)
+    r = resize_to(img, nw, nh, kind)
+    out = np.zeros((height, width, 3), np.uint8)
+    y0, x0 = (height - nh) // 2, (width - nw) // 2
+    out[y0:y0 + nh, x0:x0 + nw] = r
+    return out
+
+
+def check_output_dir(outdir: Path) -> None:
+    """The output folder exists (or is created) and takes files: one line naming it otherwise."""
+    for p in [outdir, *outdir.parents]:
+        if p.exists():
+            if not p.is_dir():
+                where = "is a file" if p == outdir else f"is under {p}, which is a file"
+                raise InputError(f"--output {outdir}: {where}; pick a folder")
+            break
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=outdir, prefix=".cnet-write-test.", delete=True)
+        probe.close()
+    except OSError as e:
+        raise InputError(f"--output {outdir}: cannot write there ({e.strerror or e}); pick a writable folder") from None
+
+
+def check_captioner(spec: str, offline: bool | None) -> None:
+    """Auto mode captions after pass 1: make sure the captioner can load before pass 1 runs."""
+    from ..models.sd import BUILTIN_MODELS, is_offline, missing_hub_error, resolve
+
+    s = resolve(BUILTIN_MODELS.get(str(spec), str(spec)))
+    if s.kind == "file":
+        raise UsageError(f"--captioner {spec}: a captioner must be a hub id or a folder (saved with save_pretrained)")
+    if s.kind == "dir" and not (Path(s.location) / "config.json").is_file():
+        raise InputError(f"--captioner {spec}: no config.json in this folder; pass a BLIP folder saved with "
+                         "save_pretrained")
+    if s.kind == "hub" and is_offline(offline):
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(s.location, "config.json"), str):
+            raise missing_hub_error(s.location, "captioner", " with --captioner")
 
 
 # -------------------------------------------------------------------------------------- 4. sampling
@@ -180,7 +245,7 @@ def encode_prompts(models: Models, texts: list[str]) -> Any:
         return models.text_encoder(ids)[0]
 
 
-def control_image(hint: HintInput, width: int, height: int, models: Models, batch: int) -> Any:
+def control_image(hint: HintInput, width: int, height: int, models: Models, batch: int, mode: str = "crop") -> Any:
     import torch
 
     from ..annotators import find_type
@@ -188,7 +253,7 @@ def control_image(hint: HintInput, width: int, height: int, models: Models, batc
     ht = find_type(hint.type) if hint.type else None
     # the registry's resize kind; a type it does not know (a custom --controlnet) is treated as continuous
     kind = ht.resize if ht is not None else "linear"
-    arr = resize_to(hint.image, width, height, kind)
+    arr = fit_hint(hint.image, width, height, mode, kind)
     x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float().div(255.0)
     return x[None].expand(batch, -1, -1, -1).to(models.device, models.dtype)
 
@@ -205,20 +270,25 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job, prompts_: list[str]
 
     n = len(job.hints)
     scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
-    units = [ctl.ControlUnit(models.controlnet(h.controlnet), control_image(h, job.width, job.height, models, b),
+    units = [ctl.ControlUnit(models.controlnet(h.controlnet),
+                             control_image(h, job.width, job.height, models, b, cfg.resize_mode),
                              scales[k], starts[k], ends[k]) for k, h in enumerate(job.hints)]
 
     vae_scale = 2 ** (len(models.vae.config.block_out_channels) - 1)
     shape = (1, models.unet.config.in_channels, job.height // vae_scale, job.width // vae_scale)
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     latents = torch.cat([torch.randn(shape, generator=g) for g in gens]).to(models.device, models.dtype)
-    scheduler = make_scheduler(cfg.sampler, models.scheduler_config)
+    scheduler = make_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
     if models.channels_last:
         for u in units:
             u.image = u.image.contiguous(memory_format=torch.channels_last)
 
+    cudagraphs = models.compile and str(models.device).startswith("cuda")
+
     def denoise(x: Any, t: Any, i: int, n_steps: int) -> Any:
-        x_in = torch.cat([x, x]) if do_cfg else x
+        if cudagraphs:  # one CUDA-graph "step" per denoising step: earlier outputs may be reused as buffers
+            torch.compiler.cudagraph_mark_step_begin()
+        x_in = torch.cat([x, x]) if do_cfg else x  # the CFG pair runs as one batch
         res = ctl.residuals(units, x_in, t, emb, i=i, n=n_steps, mode=cfg.control_mode, do_cfg=do_cfg)
         kw = {} if res is None else {"down_block_additional_residuals": res[0],
                                      "mid_block_additional_residual": res[1]}
@@ -229,7 +299,7 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job, prompts_: list[str]
         return eps
 
     with torch.inference_mode():
-        x = sample(denoise, latents, scheduler, steps=cfg.steps, eta=SAMPLERS[cfg.sampler].eta, generator=gens,
+        x = sample(denoise, latents, scheduler, steps=cfg.steps, eta=cfg.eta_used, generator=gens,
                    callback=callback)
         tiling = cfg.vae_tiling if cfg.vae_tiling is not None else job.width * job.height > 1024 * 1024
         if tiling and hasattr(models.vae, "enable_tiling"):
@@ -241,13 +311,44 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job, prompts_: list[str]
     return [np.ascontiguousarray(a) for a in img]
 
 
+def sample_images(models: Models, cfg: GenerateConfig, hints: list[np.ndarray], prompts_: list[str],
+                  seeds: list[int], *, controlnet: Any = None, hint_type: str | None = None,
+                  callback: Any = None) -> list[np.ndarray]:
+    """Sample one image per (hint, prompt, seed) with already-loaded models, no files read or written: the
+    sampling `cnet generate` does, for callers such as training validation. `controlnet`: a ControlNet module
+    to use (e.g. the one being trained) instead of `cfg.controlnets[0]`; `cfg` supplies steps, CFG, sampler,
+    scheduler, eta, control mode, scales/window and resize mode. Hints are RGB uint8 arrays; the output size
+    is cfg.width x cfg.height, else each hint's own (rounded to 8)."""
+    if not len(hints) == len(prompts_) == len(seeds):
+        raise UsageError(f"sample_images: {len(hints)} hints, {len(prompts_)} prompts, {len(seeds)} seeds")
+    spec = cfg.controlnets[0] if cfg.controlnets else "<controlnet>"
+    if controlnet is not None:
+        spec = f"<in-memory {id(controlnet)}>"
+        models.nets[spec] = controlnet
+    out: list[np.ndarray] = []
+    try:
+        for hint, prompt, seed in zip(hints, prompts_, seeds, strict=True):
+            h, w = hint.shape[:2]
+            job = Job("sample", [HintInput(None, hint, hint_type, spec)], cfg.width or _round8(w),
+                      cfg.height or _round8(h))
+            check_size(job.width, job.height, "sample_images: image size")
+            out += run_batch(models, cfg, job, [prompt], [seed], callback)
+    finally:
+        if controlnet is not None:
+            models.nets.pop(spec, None)
+    return out
+
+
 # ---------------------------------------------------------------------------------------- metadata
 def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: int, index: int,
               pass_: int | None, caption: str | None) -> dict[str, Any]:
     n = len(job.hints)
     scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
-    nets = [{"model": h.controlnet, "type": h.type, "hint": h.path, "scale": scales[k], "start": starts[k],
-             "end": ends[k]} for k, h in enumerate(job.hints)]
+    nets = [{"model": h.controlnet, "model_title": _title(h.controlnet), "type": h.type, "hint": h.path,
+             "scale": scales[k], "start": starts[k], "end": ends[k]} for k, h in enumerate(job.hints)]
+    for k, h in enumerate(job.hints):
+        if h.annotated:
+            nets[k]["annotated"] = h.annotated
     one = n == 1
     meta: dict[str, Any] = {
         "cnet": __version__,
@@ -260,8 +361,9 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
         "steps": cfg.steps,
         "cfg": cfg.cfg,
         "sampler": cfg.sampler,
-        "sampler_label": SAMPLERS[cfg.sampler].label,
-        "eta": SAMPLERS[cfg.sampler].eta,
+        "scheduler": cfg.scheduler,
+        "eta": cfg.eta_used,
+        "resize_mode": cfg.resize_mode,
         "scale": scales[0] if one else list(scales),
         "hint": job.hints[0].path if one else [h.path for h in job.hints],
         "hint_type": job.hints[0].type if one else [h.type for h in job.hints],
@@ -286,20 +388,46 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
     return meta
 
 
+_TITLES: dict[str, str] = {}
+
+
+def _title(spec: str) -> str:
+    """`name [hash]` of a ControlNet, once per spec and process (reads 64 KiB of its weights)."""
+    if spec not in _TITLES:
+        from .infotext import model_title
+
+        _TITLES[spec] = model_title(spec)
+    return _TITLES[spec]
+
+
 # ------------------------------------------------------------------------------------------ generate
-def generate(cfg: GenerateConfig, reporter: Reporter | None = None, models: Models | None = None
-             ) -> list[GenerateResult]:
+def preflight(cfg: GenerateConfig) -> list[Job]:
+    """Every check that can fail before a model loads: the output folder takes files, auto mode's captioner
+    can load, the hints exist and fit (sizes, one scale/window per ControlNet). Returns the jobs to run
+    (with `--image`, the photo is annotated here)."""
+    outdir = Path(cfg.output).expanduser()
+    if cfg.save:
+        check_output_dir(outdir)
+    if cfg.prompt_mode == "auto":
+        check_captioner(cfg.captioner, cfg.offline)
+    return resolve_jobs(cfg, outdir)
+
+
+def generate(cfg: GenerateConfig, reporter: Reporter | None = None, models: Models | None = None,
+             jobs: list[Job] | None = None) -> list[GenerateResult]:
     """Generate `cfg.num_images` images per job (twice in `auto` prompt mode: pass 1 and pass 2).
 
     Returns the results in order (auto: all pass-1 images of a job, then its pass-2 images). With
     `cfg.save` each is written as PNG + JSON sidecar under `cfg.output` (never overwriting). Pass a
-    `Models` from `load_models` to reuse loaded weights across calls."""
+    `Models` from `load_models` to reuse loaded weights across calls, and the jobs `preflight(cfg)` returned
+    when the checks already ran."""
     rep = reporter or NullReporter()
     t0 = time.perf_counter()
     outdir = Path(cfg.output).expanduser()
 
-    # 1. check inputs
-    jobs = resolve_jobs(cfg, outdir)
+    # 1. check inputs and outputs (everything that can fail does so here, before any model loads)
+    if jobs is None:
+        jobs = preflight(cfg)
     base_seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**32)
 
     # 2-3. models (the ControlNets the jobs need)
@@ -349,7 +477,8 @@ def generate(cfg: GenerateConfig, reporter: Reporter | None = None, models: Mode
         if cfg.save:
             for r in job_results:
                 suffix = f"-p{r.metadata['pass']}" if "pass" in r.metadata else ""
-                r.path = output.save_result(outdir, f"{job.name}-{r.metadata['seed']}{suffix}", r.image, r.metadata)
+                r.path = output.save_result(outdir, f"{job.name}-{r.metadata['seed']}{suffix}", r.image, r.metadata,
+                                            text={"prompt": comfy_prompt_text(r.metadata)})
         for p in range(passes):
             row = job_results[p * cfg.num_images:(p + 1) * cfg.num_images]
             grid_rows.append(hint_imgs + [r.image for r in row])

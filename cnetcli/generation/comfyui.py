@@ -1,0 +1,76 @@
+"""ComfyUI's API-format graph of a cnet generation, stored as the PNG's `prompt` text chunk (what ComfyUI reads
+when an image is dropped on it).
+
+Nodes (names and inputs as in ComfyUI's `nodes.py`): CheckpointLoaderSimple, CLIPTextEncode (positive and
+negative), per ControlNet a ControlNetLoader + LoadImage (the hint) + ControlNetApplyAdvanced chained on the
+conditioning (strength, start_percent, end_percent), EmptyLatentImage, KSampler (sampler/scheduler names from
+`samplers.SAMPLERS`/`SCHEDULERS`: see there for the closest-match choices), VAEDecode, SaveImage.
+
+What ComfyUI's core nodes cannot express is left at their defaults and said here: `--control-mode prompt|
+controlnet` (soft weights; ComfyUI applies ControlNets "balanced"), `--eta` other than the sampler's own, and
+the resize mode (LoadImage takes the hint as it is). Model and image inputs are file names, as ComfyUI's
+loaders list them from its `models/checkpoints`, `models/controlnet` and `input` folders.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .samplers import SAMPLERS, SCHEDULERS
+
+_MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def _base_name(spec: str | None, fallback: str) -> str:
+    """The last component of a POSIX or Windows path or a hub id."""
+    return str(spec or "").replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or fallback
+
+
+def _file_name(spec: str | None, fallback: str) -> str:
+    """A model spec as the file name a ComfyUI loader would list (hub id or folder -> name.safetensors)."""
+    name = _base_name(spec, fallback)
+    if Path(name).suffix.lower() in _MODEL_SUFFIXES:
+        return name
+    return f"{name}.safetensors"
+
+
+def comfy_sampler(sampler: str, scheduler: str) -> tuple[str, str]:
+    spec = SAMPLERS[sampler]
+    if spec.cls == "DDIMScheduler":
+        return spec.comfy, "ddim_uniform"
+    return spec.comfy, SCHEDULERS[scheduler][1]
+
+
+def comfy_graph(meta: dict[str, Any]) -> dict[str, Any]:
+    """The generation in `meta` (a sidecar dict) as a ComfyUI API-format prompt: {id: {class_type, inputs}}."""
+    g: dict[str, Any] = {}
+
+    def node(cls: str, **inputs: Any) -> list[Any]:
+        nid = str(len(g) + 1)
+        g[nid] = {"class_type": cls, "inputs": inputs, "_meta": {"title": cls}}
+        return [nid]
+
+    ckpt = node("CheckpointLoaderSimple", ckpt_name=_file_name(meta.get("base"), "model.safetensors"))[0]
+    pos = [node("CLIPTextEncode", text=meta.get("prompt", ""), clip=[ckpt, 1])[0], 0]
+    neg = [node("CLIPTextEncode", text=meta.get("negative_prompt", ""), clip=[ckpt, 1])[0], 0]
+    for cn in meta.get("controlnets", []):
+        loader = node("ControlNetLoader", control_net_name=_file_name(cn.get("model"), "controlnet.safetensors"))[0]
+        image = node("LoadImage", image=_base_name(cn.get("hint"), "hint.png"))[0]
+        apply = node("ControlNetApplyAdvanced", positive=pos, negative=neg, control_net=[loader, 0],
+                     image=[image, 0], strength=float(cn["scale"]), start_percent=float(cn["start"]),
+                     end_percent=float(cn["end"]))[0]
+        pos, neg = [apply, 0], [apply, 1]
+    latent = node("EmptyLatentImage", width=int(meta["width"]), height=int(meta["height"]), batch_size=1)[0]
+    sampler_name, scheduler = comfy_sampler(meta["sampler"], meta.get("scheduler", "normal"))
+    ks = node("KSampler", model=[ckpt, 0], seed=int(meta["seed"]), steps=int(meta["steps"]), cfg=float(meta["cfg"]),
+              sampler_name=sampler_name, scheduler=scheduler, positive=pos, negative=neg, latent_image=[latent, 0],
+              denoise=1.0)[0]
+    dec = node("VAEDecode", samples=[ks, 0], vae=[ckpt, 2])[0]
+    node("SaveImage", images=[dec, 0], filename_prefix="cnet")
+    return g
+
+
+def comfy_prompt_text(meta: dict[str, Any]) -> str:
+    return json.dumps(comfy_graph(meta))
