@@ -196,6 +196,8 @@ def test_registry_types_all_map_to_a_preprocessor():
     from cnetcli.annotators import get_type, list_types, params_dict
 
     for name in list_types():
+        if get_type(name).factory is None:  # finished-hint-only types (lineart, inpaint, ...): nothing to map
+            continue
         assert it.a1111_module(name, params_dict(get_type(name).make_params()))[0] in EXTENSION_MODULES - {"none"}
 
 

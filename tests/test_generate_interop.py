@@ -58,7 +58,8 @@ def test_png_carries_a1111_and_comfyui_and_repeats(models, hints, tiny_sd_dir, t
     assert (p["Sampler"], p["Schedule type"], p["CFG scale"], p["Size-1"], p["Size-2"]) == ("DPM++ 2M", "Karras",
                                                                                           "9.0", "64", "64")
     unit = ext_parse_unit(p["ControlNet 0"])  # annotated on the fly: canny with its resolution and thresholds
-    assert (unit["module"], unit["processor_res"], unit["threshold_a"], unit["threshold_b"]) == ("canny", 512, 100, 200)
+    # canny runs on the image resized to --resolution (it has no detect resolution of its own)
+    assert (unit["module"], unit["processor_res"], unit["threshold_a"], unit["threshold_b"]) == ("canny", 64, 100, 200)
     assert unit["model"].startswith(tiny_controlnet_dir.name + " [") and (unit["weight"], unit["guidance_end"]) == (0.7, 0.5)
     # ComfyUI's graph validates and carries the same settings
     g = json.loads(text["prompt"])

@@ -262,7 +262,9 @@ def unit_for(cn: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
     ann = cn.get("annotated")
     if ann:  # cnet annotated a photo on the fly: the preprocessor, its resolution and thresholds
         module, ta, tb = a1111_module(cn.get("type"), ann.get("params", {}))
-        res = int(ann.get("detect_resolution") or -1)
+        # the extension's processor_res is the size the preprocessor ran at: the detect resolution, or for
+        # types that work on the resized image itself (canny, scribble, ...) the image resolution
+        res = int(ann.get("detect_resolution") or ann.get("image_resolution") or -1)
     else:  # a finished hint: no preprocessor
         module, ta, tb, res = "none", -1, -1, -1
     return {"module": module, "model": cn.get("model_title") or model_title(cn["model"]),
