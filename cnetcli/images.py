@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,9 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+
+# The atomic writers live in fsguard (the filesystem-error boundary); re-exported here where callers expect them.
+from .fsguard import atomic_save_dir, atomic_write_bytes, atomic_write_text, atomic_writer  # noqa: F401
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 #: Above this many pixels an image is refused as a possible decompression bomb (Pillow's default is ~89M
@@ -200,46 +202,6 @@ def as_rgb_array(image: Any) -> np.ndarray:
     except ImportError:  # pragma: no cover
         pass
     raise TypeError(f"expected a path, PIL image or numpy array, got {type(image).__name__}")
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes to `path` via a temp file in the same folder and an atomic rename."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_save_dir(save: Any, final: str | os.PathLike) -> Path:
-    """Write a whole folder atomically: `save(tmp_dir)` fills a temp folder beside `final`, which then
-    replaces `final` (an existing folder is removed first). Nothing half-written is ever left at `final`."""
-    import shutil
-
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=str(final.parent)))
-    try:
-        save(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def sidecar_path(path: str | os.PathLike, suffix: str) -> str:
