@@ -60,11 +60,22 @@ def output_hw(img: np.ndarray, resolution: int) -> tuple[int, int]:
     return max(1, int(np.round(H * k / 64.0))) * 64, max(1, int(np.round(W * k / 64.0))) * 64
 
 
+def check_size(height: int, width: int, what: str = "image", fix: str = "downscale or crop it") -> None:
+    """Refuse a size before anything of that size is allocated: over `MAX_PIXELS` pixels (e.g. an extreme
+    aspect ratio scaled to a short side of 512: 65535x1 -> 33553920x512), or not positive."""
+    if height < 1 or width < 1:
+        raise InputError(f"{what}: {width}x{height} pixels is empty; {fix}")
+    if height * width > MAX_PIXELS:
+        raise InputError(f"{what}: {width}x{height} pixels is over the {MAX_PIXELS}-pixel limit; {fix}")
+
+
 def resize_image(img: np.ndarray, resolution: int) -> np.ndarray:
     """ControlNet's `resize_image`: short side to `resolution`, both sides rounded to multiples of 64."""
     import cv2
 
     H, W = output_hw(img, resolution)
+    check_size(H, W, f"resizing {img.shape[1]}x{img.shape[0]} to a short side of {resolution}",
+               "its sides are too unequal: crop it, or keep its size")
     k = float(resolution) / min(img.shape[0], img.shape[1])
     return cv2.resize(img, (W, H), interpolation=cv2.INTER_LANCZOS4 if k > 1 else cv2.INTER_AREA)
 
@@ -76,6 +87,7 @@ def resize_to(img: np.ndarray, width: int, height: int, kind: str = "linear") ->
 
     if img.shape[1] == width and img.shape[0] == height:
         return img
+    check_size(height, width, f"resizing {img.shape[1]}x{img.shape[0]}")
     if kind == "nearest":
         interp = cv2.INTER_NEAREST
     elif width * height < img.shape[0] * img.shape[1]:

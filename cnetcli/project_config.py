@@ -60,8 +60,10 @@ def _path(folder: str | Path) -> Path:
 def load_project_config(folder: str | Path = ".") -> dict[str, Any]:
     """The whole parsed `cnet.toml` of `folder` ({} when there is none); its tables are checked by name."""
     path = _path(folder)
-    if not path.is_file():
+    if not path.exists():
         return {}
+    if not path.is_file():  # a folder, a FIFO (reading it would block), a device
+        raise UsageError(f"{path}: is not a regular file; remove it or replace it with a TOML file")
     try:
         import tomllib
     except ImportError:  # Python 3.10

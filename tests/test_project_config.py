@@ -98,3 +98,8 @@ def test_train_cli_refuses_string_boolean(tmp_path, run_cli, monkeypatch):
     code, out, err = run_cli("train", "--max-steps", "1")
     assert code == 2 and "hflip" in err and "boolean" in err and "Traceback" not in err + out
     assert len(err.strip().splitlines()) == 1
+
+
+def test_not_a_regular_file(tmp_path):
+    (tmp_path / "cnet.toml").mkdir()
+    _refused(tmp_path, "not a regular file")

@@ -168,7 +168,10 @@ def _evaluate_one(png: Path, js: Path, hint_type: str | None, tolerance: int, re
     if kind is None:
         raise _Skip("no metric for hint type", f"{hint_path}: no controllability metric for hint type '{ht}' (pass --hint-type)")
     hint = load_image(hint_path)
-    pred = reannotate(load_image(png), ht, dict(params), (hint.shape[1], hint.shape[0]), detect)
+    try:
+        pred = reannotate(load_image(png), ht, dict(params), (hint.shape[1], hint.shape[0]), detect)
+    except UsageError as e:  # the provenance's parameters are refused by the annotator (NaN, out of range)
+        raise _Skip("bad hint provenance", f"{hint_path}: {e}") from None
     name = METRIC_FOR_KIND[kind][0]
     info = {k: side.get(k) for k in ("prompt", "prompt_mode", "controlnet", "seed", "pass") if k in side}
     return EvalRow(relative_path(png, rel), relative_path(hint_path, rel), ht, name,
