@@ -143,3 +143,12 @@ def test_unwritable_outputs_refused_before_work(tmp_path, run_cli, where):
     code, out, err = run_cli("eval", str(tmp_path / "gen"), "-o", str(target))
     assert code == 1 and one_error_line(err) and "--output" in err and "Traceback" not in out + err
     assert (tmp_path / "file").read_text() == "keep" and not (tmp_path / "gen" / "eval.json").exists()
+
+
+def test_a_killed_earlier_eval_leaves_no_temp(tmp_path, run_cli):
+    gen = make_outputs(tmp_path / "gen", n=1)
+    stale = gen / ".eval.json.999999999-abcd.tmp"  # the temp of an eval killed while writing (pid gone)
+    stale.write_text("{")
+    code, out, err = run_cli("eval", str(gen))
+    assert code == 0, err
+    assert not stale.exists() and json.loads((gen / "eval.json").read_text())["n"] == 1

@@ -5,6 +5,7 @@ Flags (+ `cnet.toml` [eval] defaults) -> `EvalConfig` -> `evaluate_folder` -> a 
 
 from __future__ import annotations
 
+import glob
 import json
 from pathlib import Path
 from typing import Annotated
@@ -25,7 +26,7 @@ def eval_cmd(
     tolerance: Annotated[int | None, typer.Option(
         "--tolerance", help=f"Pixel tolerance of edge F1, 0..{MAX_TOLERANCE} (default {DEFAULT_TOLERANCE}).")] = None,
 ) -> None:
-    from ..fsguard import check_writable_dir
+    from ..fsguard import check_writable_dir, cleanup_stale_temps
     from ..project_config import merge_flags, project_defaults
 
     flags = {"folder": str(folder), "output": str(output) if output is not None else None, "hint_type": hint_type,
@@ -38,6 +39,7 @@ def eval_cmd(
         raise OutputError(f"--output {out}: is a folder; name the results file (e.g. {out / DEFAULT_OUTPUT_NAME})")
     if Path(cfg.folder).is_dir():  # else evaluate_folder says "no such folder"
         check_writable_dir(out.parent, "--output")  # before any image is read
+        cleanup_stale_temps(out.parent, [f".{glob.escape(out.name)}.*.tmp"])  # left by a killed earlier eval
 
     from rich.console import Console
     from rich.markup import escape
