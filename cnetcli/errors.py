@@ -23,6 +23,11 @@ class InputError(CnetError):
     """An input file is unreadable, not an image, truncated, too large, or otherwise unusable."""
 
 
+class OutputError(CnetError):
+    """An output cannot be written: it is a file, lies under a file, is read-only, or the disk is full.
+    Raised by `cnetcli.fsguard`; earlier outputs are left intact."""
+
+
 class MissingWeightsError(CnetError):
     """A model weight is not available locally (and the hub is not reachable or is disabled)."""
 

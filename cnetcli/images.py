@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,9 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError
+
+# The atomic writers live in fsguard (the filesystem-error boundary); re-exported here where callers expect them.
+from .fsguard import atomic_save_dir, atomic_write_bytes, atomic_write_text, atomic_writer  # noqa: F401
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 #: Above this many pixels an image is refused as a possible decompression bomb (Pillow's default is ~89M
@@ -58,11 +60,22 @@ def output_hw(img: np.ndarray, resolution: int) -> tuple[int, int]:
     return max(1, int(np.round(H * k / 64.0))) * 64, max(1, int(np.round(W * k / 64.0))) * 64
 
 
+def check_size(height: int, width: int, what: str = "image", fix: str = "downscale or crop it") -> None:
+    """Refuse a size before anything of that size is allocated: over `MAX_PIXELS` pixels (e.g. an extreme
+    aspect ratio scaled to a short side of 512: 65535x1 -> 33553920x512), or not positive."""
+    if height < 1 or width < 1:
+        raise InputError(f"{what}: {width}x{height} pixels is empty; {fix}")
+    if height * width > MAX_PIXELS:
+        raise InputError(f"{what}: {width}x{height} pixels is over the {MAX_PIXELS}-pixel limit; {fix}")
+
+
 def resize_image(img: np.ndarray, resolution: int) -> np.ndarray:
     """ControlNet's `resize_image`: short side to `resolution`, both sides rounded to multiples of 64."""
     import cv2
 
     H, W = output_hw(img, resolution)
+    check_size(H, W, f"resizing {img.shape[1]}x{img.shape[0]} to a short side of {resolution}",
+               "its sides are too unequal: crop it, or keep its size")
     k = float(resolution) / min(img.shape[0], img.shape[1])
     return cv2.resize(img, (W, H), interpolation=cv2.INTER_LANCZOS4 if k > 1 else cv2.INTER_AREA)
 
@@ -74,6 +87,7 @@ def resize_to(img: np.ndarray, width: int, height: int, kind: str = "linear") ->
 
     if img.shape[1] == width and img.shape[0] == height:
         return img
+    check_size(height, width, f"resizing {img.shape[1]}x{img.shape[0]}")
     if kind == "nearest":
         interp = cv2.INTER_NEAREST
     elif width * height < img.shape[0] * img.shape[1]:
@@ -200,51 +214,6 @@ def as_rgb_array(image: Any) -> np.ndarray:
     except ImportError:  # pragma: no cover
         pass
     raise TypeError(f"expected a path, PIL image or numpy array, got {type(image).__name__}")
-
-
-def temp_prefix(path: str | os.PathLike) -> str:
-    """Prefix of the temp files written beside `path`: short, so a 250-byte name still gets a temp file."""
-    return f".{Path(path).name[:120]}."
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write bytes to `path` via a temp file in the same folder and an atomic rename."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(p), suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_save_dir(save: Any, final: str | os.PathLike) -> Path:
-    """Write a whole folder atomically: `save(tmp_dir)` fills a temp folder beside `final`, which then
-    replaces `final` (an existing folder is removed first). Nothing half-written is ever left at `final`."""
-    import shutil
-
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=str(final.parent)))
-    try:
-        save(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def sidecar_path(path: str | os.PathLike, suffix: str) -> str:

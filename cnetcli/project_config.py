@@ -6,12 +6,28 @@
     small_scale = true
     resolution = 512
 
-Each table holds defaults for one command (`[train]`, later `[generate]`, ...). Keys may use dashes or
-underscores. Flags given on the command line win over the file. Light module: no torch here.
+    [eval]
+    tolerance = 3
+
+Each table holds defaults for one command; its keys are the fields of that command's typed config (dashes
+or underscores). Flags given on the command line win over the file. Nothing is ignored silently: an unknown
+table or key is refused with the valid ones listed, and every value must have its field's TOML type
+(`hflip = "no"` is refused, not truthy; `resolution = 512.0` is refused; floats must be finite).
+
+Commands read their table with `project_defaults(command, ConfigClass)` (typed, validated) — or the older
+`section(name, allowed)`, which looks the types up in `CONFIG_FOR_TABLE`. Light module: no torch here.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import enum
+import importlib
+import inspect
+import math
+import types
+import typing
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +35,35 @@ from .errors import UsageError
 
 FILENAME = "cnet.toml"
 
+#: The tables a `cnet.toml` may hold: table -> the command that reads it.
+TABLES: dict[str, str] = {
+    "train": "cnet train",
+    "generate": "cnet generate",
+    "annotate": "cnet annotate",
+    "eval": "cnet eval",
+}
+#: The tables the commands read today. A table listed in TABLES but not here is refused ("not read yet")
+#: rather than ignored; a command that starts reading its table adds it here.
+HONOURED: frozenset[str] = frozenset({"train", "eval"})
+#: For `section()` callers that pass no types: the typed config a table fills ("module:Class", imported
+#: only when that table is read; these modules import no torch).
+CONFIG_FOR_TABLE: dict[str, str] = {
+    "train": "cnetcli.training.config:TrainConfig",
+    "eval": "cnetcli.evaluation.config:EvalConfig",
+}
+
+
+def _path(folder: str | Path) -> Path:
+    return Path(folder) / FILENAME
+
 
 def load_project_config(folder: str | Path = ".") -> dict[str, Any]:
-    """The whole parsed `cnet.toml` of `folder` ({} when there is none)."""
-    path = Path(folder) / FILENAME
-    if not path.is_file():
+    """The whole parsed `cnet.toml` of `folder` ({} when there is none); its tables are checked by name."""
+    path = _path(folder)
+    if not path.exists():
         return {}
+    if not path.is_file():  # a folder, a FIFO (reading it would block), a device
+        raise UsageError(f"{path}: is not a regular file; remove it or replace it with a TOML file")
     try:
         import tomllib
     except ImportError:  # Python 3.10
@@ -33,20 +72,170 @@ def load_project_config(folder: str | Path = ".") -> dict[str, Any]:
         except ImportError:
             raise UsageError(f"{path}: reading it needs Python 3.11+ or `pip install tomli`") from None
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except Exception as e:
-        raise UsageError(f"{path}: not valid TOML ({e})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not UTF-8 text (TOML files are UTF-8); fix or remove it") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot read it ({e.strerror or e}); fix its permissions or remove it") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path}: not valid TOML ({' '.join(str(e).split())}); fix or remove it") from None
+    for name, table in data.items():
+        if name not in TABLES:
+            if not isinstance(table, dict):
+                raise UsageError(f"{path}: top-level setting {name!r} outside a table; put it under one of "
+                                 f"{', '.join(f'[{t}]' for t in TABLES)}")
+            raise UsageError(f"{path}: unknown table [{name}] (known: {', '.join(f'[{t}]' for t in TABLES)})")
+        if not isinstance(table, dict):
+            raise UsageError(f"{path}: [{name}] must be a table (`[{name}]` followed by `key = value` lines)")
+        if name not in HONOURED:
+            raise UsageError(f"{path}: `{TABLES[name]}` does not read a [{name}] table yet; pass these "
+                             "settings as flags and remove the table")
+    return data
 
 
-def section(name: str, allowed: set[str] | None = None, folder: str | Path = ".") -> dict[str, Any]:
-    """The `[name]` table with keys normalised to underscores; unknown keys (when `allowed`) are refused."""
-    table = load_project_config(folder).get(name, {})
-    if not isinstance(table, dict):
-        raise UsageError(f"{Path(folder) / FILENAME}: [{name}] must be a table")
-    out = {k.replace("-", "_"): v for k, v in table.items()}
-    if allowed is not None:
-        unknown = sorted(set(out) - allowed)
-        if unknown:
-            raise UsageError(f"{Path(folder) / FILENAME}: unknown [{name}] setting(s) {', '.join(unknown)} "
-                             f"(known: {', '.join(sorted(allowed))})")
+# ------------------------------------------------------------------------------------------- types
+FieldTypes = Mapping[str, Any]
+
+
+def field_types(fields: Any) -> dict[str, Any]:
+    """Name -> type of a config: a dataclass (its fields), a function (its parameters) or a mapping."""
+    if isinstance(fields, Mapping):
+        return dict(fields)
+    if dataclasses.is_dataclass(fields):
+        hints = typing.get_type_hints(fields)
+        return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(fields)}
+    if callable(fields):
+        hints = typing.get_type_hints(fields, include_extras=False)
+        return {n: hints.get(n, Any) for n in inspect.signature(fields).parameters if n != "return"}
+    raise TypeError(f"field_types: expected a dataclass, function or mapping, got {fields!r}")
+
+
+def _toml_type(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        names = [_toml_type(a) for a in typing.get_args(tp) if a is not type(None)]
+        return " or ".join(dict.fromkeys(names))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (list, tuple, set, frozenset) or tp in (list, tuple):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        inner = _toml_type(args[0]) if args else "value"
+        return f"a {inner} or a list of them"
+    return {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string",
+            Path: "a string (path)", dict: "a table"}.get(tp if origin is None else origin, str(tp))
+
+
+def _check(value: Any, tp: Any) -> tuple[bool, Any]:
+    """(ok, value converted to `tp`'s form) for a TOML value against a field type; strict (bool is not int)."""
+    if tp is Any or tp is typing.Any:
+        return True, value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for a in typing.get_args(tp):
+            if a is type(None):
+                continue
+            ok, v = _check(value, a)
+            if ok:
+                return True, v
+        return False, value
+    if origin is typing.Literal:
+        return value in typing.get_args(tp), value
+    if origin in (list, tuple, set, frozenset) or tp in (list, tuple):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        inner = args[0] if args else Any
+        items = value if isinstance(value, list) else [value]
+        out = []
+        for item in items:
+            ok, v = _check(item, inner)
+            if not ok:
+                return False, value
+            out.append(v)
+        return True, out
+    if origin is dict or tp is dict:
+        return isinstance(value, dict), value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return ok, float(value) if ok else value
+    if tp in (str, Path):
+        return isinstance(value, str), value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        values = [m.value for m in tp]
+        return value in values, value
+    return isinstance(tp, type) and isinstance(value, tp), value
+
+
+def check_table(name: str, table: Mapping[str, Any], fields: Any, where: str = FILENAME,
+                exclude: set[str] | frozenset[str] = frozenset({"extra"})) -> dict[str, Any]:
+    """Validate one table against `fields` (see `field_types`): keys normalised to underscores, unknown keys
+    refused with the valid ones listed, each value of its field's type. Returns the typed settings."""
+    types_ = {k: v for k, v in field_types(fields).items() if k not in exclude}
+    out: dict[str, Any] = {}
+    for raw_key, value in table.items():
+        key = raw_key.replace("-", "_")
+        if key not in types_:
+            raise UsageError(f"{where}: unknown [{name}] setting {raw_key!r} (known: {', '.join(sorted(types_))})")
+        ok, v = _check(value, types_[key])
+        if not ok:
+            shown = repr(value) if not isinstance(value, dict) else "a table"
+            raise UsageError(f"{where}: [{name}] {raw_key} = {shown} must be {_toml_type(types_[key])}")
+        out[key] = v
     return out
+
+
+def _config_class(name: str) -> Any | None:
+    spec = CONFIG_FOR_TABLE.get(name)
+    if spec is None:
+        return None
+    module, _, cls = spec.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def project_defaults(command: str, fields: Any = None, folder: str | Path = ".") -> dict[str, Any]:
+    """The typed defaults of `command`'s table in `folder`'s `cnet.toml` ({} when there is none).
+
+    `fields`: the command's config dataclass (or a function / name->type mapping); default: the class named
+    in `CONFIG_FOR_TABLE`. The whole file is checked (unknown or unread tables are refused)."""
+    if command not in TABLES:
+        raise ValueError(f"project_defaults: unknown command table {command!r}")
+    data = load_project_config(folder)
+    table = data.get(command)
+    if not table:
+        return {}
+    if fields is None:
+        fields = _config_class(command)
+    if fields is None:
+        raise UsageError(f"{_path(folder)}: [{command}] cannot be checked (no typed config); remove the table")
+    return check_table(command, table, fields, str(_path(folder)))
+
+
+def merge_flags(defaults: Mapping[str, Any], flags: Mapping[str, Any]) -> dict[str, Any]:
+    """`cnet.toml` defaults overridden by the flags given (those not None): the command line wins."""
+    out = dict(defaults)
+    out.update({k: v for k, v in flags.items() if v is not None})
+    return out
+
+
+def section(name: str, allowed: set[str] | None = None, folder: str | Path = ".",
+            fields: Any = None) -> dict[str, Any]:
+    """The `[name]` table, typed and checked (see `project_defaults`); `allowed` limits the keys further."""
+    if name not in TABLES:
+        raise ValueError(f"section: unknown command table {name!r}")
+    data = load_project_config(folder)
+    table = data.get(name)
+    if not table:
+        return {}
+    cls = fields if fields is not None else _config_class(name)
+    types_ = field_types(cls) if cls is not None else {}
+    if allowed is not None:
+        types_ = {k: types_.get(k, Any) for k in allowed}
+    return check_table(name, table, types_, str(_path(folder)))
+
+
+__all__ = ["FILENAME", "TABLES", "HONOURED", "load_project_config", "project_defaults", "section", "check_table",
+           "field_types", "merge_flags"]

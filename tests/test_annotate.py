@@ -283,7 +283,7 @@ def test_interrupted_worker_temp_files_are_removed(tmp_path):
     from cnetcli.annotation.plan import Job
     from cnetcli.annotation.run import remove_temp_files
 
-    (tmp_path / ".a.png.x1y2.tmp").write_bytes(b"partial")
+    (tmp_path / ".a.png.999999999-x1y2.tmp").write_bytes(b"partial")  # its writer (that pid) is gone
     (tmp_path / "keep.png").write_bytes(b"done")
     remove_temp_files([Job(0, "a.jpg", str(tmp_path / "a.png"), None, "a")])
     assert files_under(tmp_path) == ["keep.png"]

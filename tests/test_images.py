@@ -116,3 +116,16 @@ def test_png_metadata_round_trip(tmp_path):
     save_png(tmp_path / "h.png", _rgb(), {"type": "canny", "params": {"low": 1}})
     assert read_png_metadata(tmp_path / "h.png") == {"type": "canny", "params": {"low": 1}}
     assert [p.name for p in tmp_path.iterdir()] == ["h.png"]  # no temp file left
+
+
+def test_sizes_are_guarded_before_allocation():
+    from cnetcli.images import check_size, resize_image, resize_to
+
+    wide = np.zeros((1, 65535, 3), np.uint8)  # ControlNet's rule would make it 33553920 x 512 (51 GB)
+    with pytest.raises(InputError, match="65535x1 to a short side of 512.*over the .*-pixel limit"):
+        resize_image(wide, 512)
+    with pytest.raises(InputError, match="100000x100000 pixels is over"):
+        resize_to(_rgb(), 100_000, 100_000)
+    with pytest.raises(InputError, match="empty"):
+        check_size(0, 5)
+    assert resize_image(_rgb(64, 32), 64).shape == (64, 128, 3)

@@ -15,7 +15,6 @@ others still run; nothing is half-written (temp file + rename; a failed item lea
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 import time
 from dataclasses import dataclass
@@ -385,15 +384,11 @@ def start_method() -> str:
 
 
 def remove_temp_files(jobs: list[Job]) -> None:
-    """Temp files (see images.temp_prefix) of jobs a killed worker left behind."""
-    from ..images import temp_prefix
+    """Temp files (fsguard's `.<name>.<pid>-*.tmp`) that a killed worker left beside these jobs' outputs."""
+    from ..fsguard import cleanup_stale_temps
 
-    for j in jobs:
-        for target in (j.hint, j.image):
-            if target:
-                t = Path(target)
-                for tmp in t.parent.glob(f"{glob.escape(temp_prefix(t))}*.tmp"):
-                    tmp.unlink(missing_ok=True)
+    for folder in sorted({Path(t).parent for j in jobs for t in (j.hint, j.image) if t}):
+        cleanup_stale_temps(folder)
 
 
 def _run_model(ctx: Ctx, fn: Any, jobs: list[Job], workers: int, batch_size: int,

@@ -16,10 +16,8 @@ finished temp file), so two runs that must not overwrite cannot both write it.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,50 +33,19 @@ def safe_name(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def _temp_beside(p: Path, data: bytes) -> str:
-    from ..images import temp_prefix
-
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(p), suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
-
-
 def write_new_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Create `path` with `data` only if it does not exist (`FileExistsError` otherwise), atomically: the
-    bytes go to a temp file first, which is then hard-linked to `path` (a link refuses an existing name)."""
-    p = Path(path)
-    tmp = _temp_beside(p, data)
-    try:
-        try:
-            os.link(tmp, p)
-        except FileExistsError:
-            raise
-        except OSError as e:
-            if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
-                raise
-            with open(p, "xb") as f:  # a filesystem without hard links: exclusive create, then the bytes
-                f.write(data)
-    finally:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
+    """Create `path` with `data` only if it does not exist (`FileExistsError` otherwise), atomically
+    (fsguard's exclusive publish: temp file, then a hard link that refuses an existing name)."""
+    from ..fsguard import atomic_write_bytes
+
+    atomic_write_bytes(path, data, exclusive=True)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes, exclusive: bool = False) -> None:
-    """Atomic write (temp file + rename); `exclusive`: never replace an existing file (`write_new_bytes`)."""
-    from ..images import atomic_write_bytes
+    """Atomic write (temp file + rename); `exclusive`: never replace an existing file."""
+    from ..fsguard import atomic_write_bytes
 
-    if exclusive:
-        write_new_bytes(path, data)
-    else:
-        atomic_write_bytes(path, data)
+    atomic_write_bytes(path, data, exclusive=exclusive)
 
 
 def _json_line(rec: dict[str, Any]) -> str:
