@@ -107,6 +107,13 @@ class Provenance:
                 raise InputError(f"{path}: its '{PNG_KEY}' provenance is not valid JSON ({e}); "
                                  "re-annotate it or pass --type") from None
             return None
+        if strict:
+            if not isinstance(d, dict):
+                raise InputError(f"{path}: its '{PNG_KEY}' provenance is a JSON {type(d).__name__}, not an object; "
+                                 "re-annotate it or pass --type")
+            if "params" in d and not isinstance(d["params"], dict):
+                raise InputError(f"{path}: its '{PNG_KEY}' provenance \"params\" is not an object; re-annotate it "
+                                 "or pass --type")
         prov = cls.from_dict(d)
         if prov is None and strict:
             raise InputError(f"{path}: its '{PNG_KEY}' provenance names no hint type; pass --type")

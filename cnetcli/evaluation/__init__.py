@@ -150,7 +150,10 @@ def _evaluate_one(png: Path, js: Path, hint_type: str | None, tolerance: int, re
     if not isinstance(hints, str):
         raise _Skip("bad \"hint\"", f"its \"hint\" is a JSON {type(hints).__name__}, not a path")
     hint_path = find_hint(js, hints)
-    prov = Provenance.read(hint_path)  # None when absent or broken (never a traceback)
+    try:  # absent: None; present but broken: skipped with the reason (scoring with guessed params would lie)
+        prov = Provenance.read(hint_path, strict=True)
+    except InputError as e:
+        raise _Skip("bad hint provenance", str(e)) from None
     side_type = _first(side.get("hint_type"))
     ht = hint_type or (side_type if isinstance(side_type, str) else None) or (prov.type if prov else None)
     if not ht or not isinstance(ht, str):
