@@ -29,7 +29,7 @@ from ..images import atomic_save_dir, atomic_write_text
 
 FORMAT = "cnet-checkpoint/2"
 MANIFEST = "manifest.json"
-_STEP = re.compile(r"^step-(\d+)$")
+_STEP = re.compile(r"^step-(\d+)(?:-[0-9a-f]+)?$")  # step-N, or step-N-<run> beside another run's step-N
 
 
 def checkpoints_dir(output: str | Path) -> Path:
@@ -192,9 +192,19 @@ def save_checkpoint(output: str | Path, step: int, *, controlnet: Any, unet: Any
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
     root = checkpoints_dir(output)
-    final = atomic_save_dir(fill, root / f"step-{step}")
+    final = root / f"step-{step}"
+    if final.exists() and _owner(final) not in (run_id, None):  # another run's (e.g. before a branch): keep it
+        final = root / f"step-{step}-{run_id}"
+    final = atomic_save_dir(fill, final)
     prune(output, run_id, step, keep)
     return final
+
+
+def _owner(path: Path) -> str | None:
+    try:
+        return str(_read_manifest(path).get("run_id", ""))
+    except (ValueError, OSError):
+        return None  # damaged or incomplete: nobody's, may be replaced
 
 
 def prune(output: str | Path, run_id: str, step: int, keep: int) -> None:
