@@ -315,14 +315,17 @@ def native_resolution(base: str, base_config: str | None = None) -> int | None:
     return int(unet["sample_size"]) * factor
 
 
-def resolve_defaults(c: TrainConfig) -> tuple[TrainConfig, list[str]]:
-    """Fill the settings left as None from the base (native size) and the recipe; returns the config and
-    warnings (e.g. a --resolution that differs from the base's native size)."""
+def resolve_defaults(c: TrainConfig, given: set[str] | None = None) -> tuple[TrainConfig, list[str]]:
+    """Fill from the base (native size) and the recipe what the caller did not set (`given`: the settings set
+    on purpose; None: those left at their defaults count as not set); returns the config and warnings (e.g. a
+    --resolution that differs from the base's native size)."""
     warnings: list[str] = []
     native = native_resolution(c.base, c.base_config)
     fill: dict[str, Any] = {}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     for k, v in RECIPES[base_family(c.base)][c.recipe].items():
-        if getattr(c, k) is None:
+        unset = k not in given if given is not None else getattr(c, k) == defaults[k]
+        if getattr(c, k) is None or unset:
             fill[k] = v
     if c.resolution is None:
         fill["resolution"] = native or 512

@@ -130,7 +130,7 @@ def plan_run(cfg: TrainConfig, given: dict[str, Any] | None, reporter: Reporter
     from .resume import given_settings, merge_resume_config
 
     if cfg.resume is None:
-        cfg, warnings = resolve_defaults(cfg)
+        cfg, warnings = resolve_defaults(cfg, None if given is None else set(given))
         for w in warnings:
             reporter.message(f"warning: {w}")
         return cfg, None, {}
