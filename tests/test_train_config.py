@@ -76,7 +76,7 @@ def test_native_resolution_and_recipes(sd8, tmp_path):
     assert (c.resolution, c.learning_rate, c.batch_size, c.max_steps) == (64, 1e-3, 32, tiny["paper"]["max_steps"])
     c, _ = resolve_defaults(TrainConfig(base="cnet-tiny", recipe="fast", hflip=True))
     assert c.timestep_bias == "later" and c.max_steps == tiny["fast"]["max_steps"]
-    assert c.cache_latents is False  # (data ./dataset does not exist here)
+    assert c.cache_latents is False  # (data ./dataset does not exist here: nothing local to cache)
     c, _ = resolve_defaults(TrainConfig(base=str(sd8), recipe="fast"))
     assert c.snr_gamma == 5.0
 

@@ -232,8 +232,6 @@ def _validate(c: TrainConfig) -> None:
         bad("--timestep-bias-begin/--timestep-bias-end", "need 0 <= begin < end")
     if c.snr_gamma is not None and not c.snr_gamma > 0:
         bad("--snr-gamma", "must be > 0 (5.0 is the min-SNR paper's value)")
-    if c.cache_latents and c.hflip:
-        bad("--cache-latents", "cannot be combined with --hflip (the cache holds unflipped latents); drop one")
     if c.checkpoint_every < 0:
         bad("--checkpoint-every", "must be 0 (only at the end) or positive")
     if c.keep_checkpoints < 1:
@@ -332,6 +330,6 @@ def resolve_defaults(c: TrainConfig, given: set[str] | None = None) -> tuple[Tra
     elif native and c.resolution != native:
         warnings.append(f"--resolution {c.resolution} differs from the base's native {native} px: "
                         "the base was trained at its size, so expect slower learning")
-    if c.cache_latents is None:  # (hflip: the cache holds unflipped latents only, so it stays off)
-        fill["cache_latents"] = Path(c.data).expanduser().is_dir() and not c.hflip
+    if c.cache_latents is None:  # a local folder: encode once (with --hflip, both flips)
+        fill["cache_latents"] = Path(c.data).expanduser().is_dir()
     return (c.replace(**fill) if fill else c), warnings

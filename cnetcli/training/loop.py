@@ -236,7 +236,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     if cfg.cache_latents:  # what the cache depends on, hashed once the weights are loaded
         from .cache import cache_key as make_key
 
-        cache_key = make_key(index, models.vae, models.text_encoder, cfg.resolution, weight_dtype)
+        cache_key = make_key(index, models.vae, models.text_encoder, cfg.resolution, weight_dtype, cfg.hflip)
 
     # 3. optimizer and LR schedule; DDP wraps the ControlNet
     optimizer, lr_scheduler = build_optimizer(cfg, models.controlnet, models.unet, fused=cuda)
@@ -279,8 +279,10 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
         models.cache, result.cache_path, result.cache_reused = load_or_build(
             dataset, cache_key, out, vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer,
-            device=device, dtype=weight_dtype, bs=cfg.batch_size, accelerator=accelerator, reporter=reporter)
-        free_encoders(models, cfg)
+            device=device, dtype=weight_dtype, bs=cfg.batch_size, accelerator=accelerator, reporter=reporter,
+            hflip=cfg.hflip)
+        models.cache = place_cache(models.cache, device)
+        encoders_to(models, "cpu")
 
     vae_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
     latent_shape = (models.vae.config.latent_channels, cfg.resolution // vae_factor, cfg.resolution // vae_factor)
@@ -298,6 +300,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
             for a in range(cfg.gradient_accumulation):
                 micro = state.step * cfg.gradient_accumulation + a
                 batch = next(it)
+                if models.cache is not None and cfg.hflip:  # which rows are flipped: the stream says
+                    batch["flip"] = torch.tensor([f for _, _, f in stream.batch(micro)])
                 noise = draw_noise(cfg.seed, micro, batch_size=cfg.batch_size, latent_shape=latent_shape,
                                    num_timesteps=num_t, device=device, rank=rank, world=world,
                                    timestep_weights=t_weights)
@@ -332,8 +336,11 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
                     and accelerator.is_main_process:
                 from .validate import validate
 
+                encoders_to(models, device)
                 grid, score = validate(cfg, state.step, models, raw_controlnet, accelerator.autocast,
                                        accelerator.trackers)
+                if models.cache is not None:
+                    encoders_to(models, "cpu")
                 result.validation_images.append(grid)
                 if score is not None:
                     result.controllability.append(score)
@@ -390,16 +397,31 @@ def make_accelerator(cfg: TrainConfig, device: str, mixed_precision: str) -> tup
     return accelerator, log_with
 
 
-def free_encoders(models: Any, cfg: TrainConfig) -> None:
-    """With the cache built, the VAE encoder and the text encoder are only needed for validation samples:
-    move them off the GPU until then (the VAE decoder's share is small; validation brings them back)."""
-    if cfg.validate_every or models.device.type != "cuda":
-        return
+def encoders_to(models: Any, device: Any) -> None:
+    """With the cache built, the VAE and the text encoder are needed only for validation samples: they wait
+    on the CPU (GPU memory for the batch instead) and come back for validation. No-op off CUDA."""
     import torch
 
-    models.text_encoder.to("cpu")
-    models.vae.to("cpu")
-    torch.cuda.empty_cache()
+    if models.device.type != "cuda":
+        return
+    models.text_encoder.to(device)
+    models.vae.to(device)
+    if torch.device(device).type == "cpu":
+        torch.cuda.empty_cache()
+
+
+def place_cache(cache: dict[str, Any], device: Any) -> dict[str, Any]:
+    """Move the cache onto the GPU when it takes under a quarter of the free memory, so a step reads its rows
+    without a host-to-device copy from pageable memory (which makes the host wait); else keep it on the CPU."""
+    import torch
+
+    if torch.device(device).type != "cuda":
+        return cache
+    size = sum(t.numel() * t.element_size() for t in cache.values())
+    free, _ = torch.cuda.mem_get_info(device)
+    if size > free // 4:
+        return cache
+    return {k: v.to(device) for k, v in cache.items()}
 
 
 def trainable(optimizer: Any) -> list[Any]:

@@ -119,8 +119,9 @@ def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any) -> tup
     cache = models.cache
     with torch.no_grad():
         if cache is not None:
-            idx = batch["index"]
+            idx = batch["index"].to(cache["latents"].device)
             flip = batch.get("flip")
+            flip = None if flip is None else flip.to(idx.device)
             if "latents_flipped" in cache and flip is not None:  # --hflip: the cache holds both flips
                 lat = torch.where(flip[:, None, None, None], cache["latents_flipped"][idx], cache["latents"][idx])
                 hint8 = torch.where(flip[:, None, None, None], cache["hints_flipped"][idx], cache["hints"][idx])
@@ -128,7 +129,7 @@ def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any) -> tup
                 lat, hint8 = cache["latents"][idx], cache["hints"][idx]
             mean, std = lat.to(device).chunk(2, dim=1)
             emb = cache["embeds"][cache["caption_ids"][idx]].to(device)
-            enc = torch.where(batch["drop"].to(device)[:, None, None], cache["empty"].to(device), emb)
+            enc = torch.where(batch["drop"].to(device)[:, None, None], cache["empty"].to(device), emb)  # prompt dropout
             hint = (hint8.to(device, dtype=torch.float32) / 255.0).to(dtype)
         else:
             dist = models.vae.encode(batch["pixel_values"].to(device, dtype=dtype)).latent_dist
