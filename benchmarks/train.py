@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-VARIANTS = ("diffusers", "cnet", "cnet --cache-latents", "cnet --small-scale", "cnet --small-scale --cache-latents")
+VARIANTS = ("diffusers", "cnet", "cnet --no-cache-latents", "cnet --small-scale", "cnet --small-scale --no-cache-latents")
 
 
 def make_base(size: str, d: Path) -> None:

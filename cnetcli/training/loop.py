@@ -79,6 +79,7 @@ class RunState:
     unet_unlocked: bool = False
     last_checkpoint: Path | None = None
     ema: float | None = None  # the smoothed loss shown in the progress line
+    stop_requested: bool = False  # Ctrl-C or on_step asked to stop (several processes: agreed at a log step)
 
     def add_loss(self, x: float) -> None:
         self.losses.append(x)
@@ -288,6 +289,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     latent_shape = (models.vae.config.latent_channels, cfg.resolution // vae_factor, cfg.resolution // vae_factor)
     num_t = models.noise_scheduler.config.num_train_timesteps
     t_weights = timestep_weights(cfg, num_t)
+    if t_weights is not None:
+        t_weights = t_weights.to(device)  # once: a copy per step would make the host wait
     if log_with:
         accelerator.init_trackers("cnet-train", config={k: str(v) for k, v in cfg.to_dict().items()})
     reporter.start(cfg.max_steps - state.step, f"train (steps {state.step}->{cfg.max_steps})")
@@ -346,10 +349,12 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
                     result.controllability.append(score)
                     reporter.message(f"step {state.step}: controllability {score['metric']} {score['value']:.3f} "
                                      f"(loss {state.ema:.4f})")
-            stopping = interrupt.flag or bool(on_step and on_step(StepInfo(state.step, cfg.max_steps, logged,
-                                                                            models)))
-            if world > 1 and (logged is not None or stopping):  # one process's stop stops them all
-                stopping = bool(accelerator.reduce(torch.tensor(float(stopping), device=device), "sum").item())
+            state.stop_requested |= interrupt.flag or bool(on_step and on_step(
+                StepInfo(state.step, cfg.max_steps, logged, models)))
+            stopping = state.stop_requested
+            if world > 1:  # one process's stop stops them all, agreed at the (common) steps the loss is read
+                stopping = logged is not None and bool(accelerator.reduce(
+                    torch.tensor(float(stopping), device=device), "sum").item())
             if stopping or due_checkpoint:
                 state.last_checkpoint = write_checkpoint(cfg, state, accelerator, raw_controlnet, models.unet,
                                                          optimizer, lr_scheduler, models)

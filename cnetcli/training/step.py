@@ -119,23 +119,25 @@ def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any) -> tup
     cache = models.cache
     with torch.no_grad():
         if cache is not None:
-            idx = batch["index"].to(cache["latents"].device)
+            idx = batch["index"].to(cache["latents"].device, non_blocking=True)
             flip = batch.get("flip")
-            flip = None if flip is None else flip.to(idx.device)
+            flip = None if flip is None else flip.to(idx.device, non_blocking=True)
             if "latents_flipped" in cache and flip is not None:  # --hflip: the cache holds both flips
                 lat = torch.where(flip[:, None, None, None], cache["latents_flipped"][idx], cache["latents"][idx])
                 hint8 = torch.where(flip[:, None, None, None], cache["hints_flipped"][idx], cache["hints"][idx])
             else:
                 lat, hint8 = cache["latents"][idx], cache["hints"][idx]
-            mean, std = lat.to(device).chunk(2, dim=1)
-            emb = cache["embeds"][cache["caption_ids"][idx]].to(device)
-            enc = torch.where(batch["drop"].to(device)[:, None, None], cache["empty"].to(device), emb)  # prompt dropout
-            hint = (hint8.to(device, dtype=torch.float32) / 255.0).to(dtype)
+            mean, std = lat.to(device, non_blocking=True).chunk(2, dim=1)
+            emb = cache["embeds"][cache["caption_ids"][idx]].to(device, non_blocking=True)
+            drop = batch["drop"].to(device, non_blocking=True)[:, None, None]
+            enc = torch.where(drop, cache["empty"].to(device, non_blocking=True), emb)  # prompt dropout
+            hint = (hint8.to(device, non_blocking=True).to(torch.float32) / 255.0).to(dtype)
         else:
-            dist = models.vae.encode(batch["pixel_values"].to(device, dtype=dtype)).latent_dist
+            px = batch["pixel_values"].to(device, non_blocking=True).to(dtype)
+            dist = models.vae.encode(px).latent_dist
             mean, std = dist.mean, dist.std
             enc = encode_text(models, batch["text"])
-            hint = batch["conditioning_pixel_values"].to(device, dtype=dtype)
+            hint = batch["conditioning_pixel_values"].to(device, non_blocking=True).to(dtype)
         latents = (mean + std * sample.to(mean.dtype)) * models.vae.config.scaling_factor
     return latents, enc, hint
 
