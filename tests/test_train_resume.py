@@ -207,3 +207,39 @@ def test_cnet_runs_summarises(stopped_run, tmp_path, run_cli):
     assert s["phases"] == 1 and [c["valid"] for c in s["checkpoints"]] == [True, False]
     code, so, err = run_cli("runs", str(tmp_path / "nothing"))
     assert code == 2 and "no such training output folder" in err
+
+
+def test_max_steps_is_fixed_when_the_schedule_depends_on_it(tmp_path):
+    from cnetcli.training.resume import merge_resume_config
+
+    run = TrainConfig(lr_scheduler="cosine", max_steps=20, report_to="none")
+    with pytest.raises(UsageError, match="--max-steps 40: .*trained with 20"):
+        merge_resume_config(run, {"max_steps": 40}, 5, tmp_path)
+    cfg, changes = merge_resume_config(run, {"max_steps": 40, "force_config": True}, 5, tmp_path)
+    assert cfg.max_steps == 40 and changes == {"max_steps": [20, 40]}
+    cfg, changes = merge_resume_config(run.replace(lr_scheduler="constant"), {"max_steps": 40}, 5, tmp_path)
+    assert cfg.max_steps == 40 and not changes
+
+
+def test_full_disk_while_checkpointing_keeps_the_earlier_ones(stopped_run, tmp_path, monkeypatch):
+    import errno
+
+    from cnetcli.errors import TrainingError
+    from cnetcli.training import checkpoint
+    from cnetcli.training.checkpoint import list_checkpoints, verify
+
+    out = _copy(stopped_run, tmp_path)
+    real = checkpoint.atomic_save_dir
+
+    def full(fill, final):
+        def failing(tmp):
+            fill(tmp)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(failing, final)
+
+    monkeypatch.setattr(checkpoint, "atomic_save_dir", full)
+    with pytest.raises(TrainingError, match="could not write checkpoint .*step-3 \\(No space left on device\\)"):
+        train(TrainConfig(output=str(out), resume="latest"), given={})
+    assert [p.name for _, p in list_checkpoints(out)] == ["step-1", "step-2"]
+    assert all(verify(p) is None for _, p in list_checkpoints(out))
+    assert not list((out / "checkpoints").glob(".step-*"))  # the temp folder went with the failure

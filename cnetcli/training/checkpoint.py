@@ -95,6 +95,11 @@ class Found:
     written_at: float
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The step a (verified) checkpoint was written at."""
+    return _info(Path(path), 0).step
+
+
 def _info(path: Path, step: int) -> Found:
     m = _read_manifest(path)
     return Found(path, int(m.get("step", step)), str(m.get("run_id", "")), float(m.get("written_at", 0.0)))
@@ -195,7 +200,13 @@ def save_checkpoint(output: str | Path, step: int, *, controlnet: Any, unet: Any
     final = root / f"step-{step}"
     if final.exists() and _owner(final) not in (run_id, None):  # another run's (e.g. before a branch): keep it
         final = root / f"step-{step}-{run_id}"
-    final = atomic_save_dir(fill, final)
+    try:
+        final = atomic_save_dir(fill, final)
+    except OSError as e:  # the temp folder is gone; the earlier checkpoints are untouched
+        from ..errors import TrainingError
+
+        raise TrainingError(f"could not write checkpoint {final} ({e.strerror or e}): free space in {root} or "
+                            "lower --keep-checkpoints; the earlier checkpoints are intact (--resume latest)") from None
     prune(output, run_id, step, keep)
     return final
 

@@ -143,9 +143,9 @@ def plan_run(cfg: TrainConfig, given: dict[str, Any] | None, reporter: Reporter
         raise UsageError(f"--resume {cfg.resume}: {path}/train_config.json is not a usable configuration ({e})") from None
     given = dict(given_settings(cfg) if given is None else given)
     given.update(output=cfg.output, resume=cfg.resume)
-    from .checkpoint import _info
+    from .checkpoint import checkpoint_step
 
-    step = _info(path, 0).step
+    step = checkpoint_step(path)
     merged, changes = merge_resume_config(run, given, step, path)
     if merged.max_steps <= step:
         raise UsageError(f"--max-steps {merged.max_steps}: the checkpoint {path} is at step {step} already; "

@@ -26,6 +26,8 @@ SAFE_ON_RESUME = frozenset({
 #: Switches that may move while they are still ahead of the checkpoint's step.
 UNTIL_PASSED = ("reconnect_at", "unlock_sd_after")
 RUNS_LOG = "runs.jsonl"
+#: LR schedules whose shape depends on --max-steps: changing it on resume changes the training.
+SCHEDULES_BY_LENGTH = ("linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
 def merge_resume_config(run: TrainConfig, given: dict[str, Any], step: int, path: Path
@@ -41,7 +43,7 @@ def merge_resume_config(run: TrainConfig, given: dict[str, Any], step: int, path
             value = tuple(value)
         if value == old:
             continue
-        if name in SAFE_ON_RESUME:
+        if name in SAFE_ON_RESUME and not (name == "max_steps" and run.lr_scheduler in SCHEDULES_BY_LENGTH):
             apply[name] = value
             continue
         if name in UNTIL_PASSED and (old is None or old > step) and (value is None or value > step):
