@@ -82,7 +82,7 @@ def test_native_resolution_and_recipes(sd8, tmp_path):
 
 
 def test_mixed_precision_auto_is_no_on_cpu(sd8, data, tmp_path):
-    from cnetcli.training.loop import preflight
+    from cnetcli.training.plan import preflight
 
     assert preflight(TrainConfig(base=str(sd8), data=str(data), output=str(tmp_path / "o"), device="cpu")) == ("cpu", "no")
 

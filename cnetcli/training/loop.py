@@ -1,9 +1,10 @@
 """`train(cfg)`: the accelerate training loop, flat and readable top to bottom (as nanoGPT's train.py).
 
-The step itself is `step.training_step` (diffusers' ControlNet step); building the models and the optimizer
-is in `setup.py`, checkpoints in `checkpoint.py`, what a resume may change in `resume.py`. Every source of
-randomness is a pure function of (seed, micro-batch index), so a run stopped at a checkpoint and resumed
-sees exactly the batches, noise and timesteps that a straight run would.
+The step itself is `step.training_step` (diffusers' ControlNet step). What is decided before a model loads is
+in `plan.py`, building the models and the optimizer in `setup.py`, the run's state and its checkpoints in
+`state.py`/`checkpoint.py`, what a resume may change in `resume.py`, the final outputs in `outputs.py`. Every
+source of randomness is a pure function of (seed, micro-batch index), so a run stopped at a checkpoint and
+resumed sees exactly the batches, noise and timesteps that a straight run would.
 
 Callers watch or steer a run through `on_step(info) -> bool`: called after every optimizer step with a
 `StepInfo`; returning True stops the run at that step as Ctrl-C would (checkpoint, then return).
@@ -11,7 +12,6 @@ Callers watch or steer a run through `on_step(info) -> bool`: called after every
 
 from __future__ import annotations
 
-import math
 import shutil
 import signal
 import threading
@@ -22,9 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import NotAvailableError, TrainingError, UsageError
+from ..errors import TrainingError
 from ..reporting import NullReporter, Reporter
 from .config import TrainConfig
+from .outputs import save_outputs
+from .plan import plan_run, preflight
+from .setup import trainable
+from .state import RunState, flush_losses, restore_checkpoint, write_checkpoint
 from .step import draw_noise, min_snr_weights, timestep_weights, training_step  # noqa: F401 (re-exported)
 
 MEMORY_HINT = ("try a smaller --batch-size (with --gradient-accumulation to keep the effective batch), "
@@ -68,24 +72,6 @@ class StepInfo:
     models: Any
 
 
-@dataclass
-class RunState:
-    """What the loop carries from step to step (and what a checkpoint restores)."""
-
-    run_id: str
-    step: int = 0
-    losses: list[float] = field(default_factory=list)
-    pending: list[Any] = field(default_factory=list)  # per-step losses still on the device
-    unet_unlocked: bool = False
-    last_checkpoint: Path | None = None
-    ema: float | None = None  # the smoothed loss shown in the progress line
-    stop_requested: bool = False  # Ctrl-C or on_step asked to stop (several processes: agreed at a log step)
-
-    def add_loss(self, x: float) -> None:
-        self.losses.append(x)
-        self.ema = x if self.ema is None else 0.98 * self.ema + 0.02 * x
-
-
 class _Interrupt:
     """Ctrl-C sets a flag; the loop saves a checkpoint at the next step boundary and returns."""
 
@@ -120,76 +106,6 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, *, on_step: Callab
         return _train(cfg, reporter or NullReporter(), on_step, given)
     except torch.OutOfMemoryError:
         raise TrainingError(f"out of memory: {MEMORY_HINT}") from None
-
-
-# ------------------------------------------------------------------------------- before any model loads
-def plan_run(cfg: TrainConfig, given: dict[str, Any] | None, reporter: Reporter
-             ) -> tuple[TrainConfig, Path | None, dict[str, list[Any]]]:
-    """The configuration to train with, the checkpoint to resume from, and the changes that start a new phase."""
-    from .checkpoint import read_config, resolve_resume
-    from .config import resolve_defaults
-    from .resume import given_settings, merge_resume_config
-
-    if cfg.resume is None:
-        cfg, warnings = resolve_defaults(cfg, None if given is None else set(given))
-        for w in warnings:
-            reporter.message(f"warning: {w}")
-        return cfg, None, {}
-    path = resolve_resume(cfg.resume, cfg.output_dir, warn=lambda m: reporter.message(f"warning: {m}"))
-    saved = read_config(path)
-    try:
-        run = TrainConfig.from_dict({k: v for k, v in saved.items() if k != "result"})
-    except (UsageError, TypeError) as e:
-        raise UsageError(f"--resume {cfg.resume}: {path}/train_config.json is not a usable configuration ({e})") from None
-    given = dict(given_settings(cfg) if given is None else given)
-    given.update(output=cfg.output, resume=cfg.resume)
-    from .checkpoint import checkpoint_step
-
-    step = checkpoint_step(path)
-    merged, changes = merge_resume_config(run, given, step, path)
-    if merged.max_steps <= step:
-        raise UsageError(f"--max-steps {merged.max_steps}: the checkpoint {path} is at step {step} already; "
-                         "pass a larger --max-steps to train further")
-    return merged, path, changes
-
-
-def preflight(cfg: TrainConfig) -> tuple[str, str]:
-    """Checks that need no model: device, precision, optional packages, the output folder, single-file export,
-    disk space. Returns (device, mixed precision) as resolved here."""
-    import torch
-
-    from ..device import resolve_device
-    from .checkpoint import list_checkpoints
-
-    device = resolve_device(cfg.device)
-    cuda = device.startswith("cuda")
-    mp = cfg.mixed_precision
-    if mp == "auto":
-        mp = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
-    if mp == "fp16" and not cuda:
-        raise UsageError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no on CPU")
-    if cfg.use_8bit_adam:
-        try:
-            import bitsandbytes  # noqa: F401
-        except ImportError:
-            raise NotAvailableError("--use-8bit-adam needs bitsandbytes: `pip install bitsandbytes`") from None
-    if cfg.report_to == "wandb":
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            raise NotAvailableError("--report-to wandb needs wandb: `pip install wandb` (or --report-to none)") from None
-    out = cfg.output_dir
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output {out}: is a file; pass a folder")
-    if cfg.resume is None and not cfg.overwrite and ((out / "controlnet").exists() or list_checkpoints(out)):
-        raise UsageError(f"--output {out}: already holds a training run; pass --resume latest to continue "
-                         "or --overwrite to start over")
-    from .disk import check_output_space, check_single_file_possible
-
-    if cfg.single_file:
-        check_single_file_possible(cfg)
-    check_output_space(cfg)
-    return device, mp
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -429,10 +345,6 @@ def place_cache(cache: dict[str, Any], device: Any) -> dict[str, Any]:
     return {k: v.to(device) for k, v in cache.items()}
 
 
-def trainable(optimizer: Any) -> list[Any]:
-    return [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
-
-
 def switch_modes(cfg: TrainConfig, state: RunState, models: Any, raw_controlnet: Any, reporter: Reporter) -> None:
     """The paper's connection schedule: small-scale reconnects its down blocks at --reconnect-at; the SD
     weights unlock at --unlock-sd-after."""
@@ -448,129 +360,6 @@ def switch_modes(cfg: TrainConfig, state: RunState, models: Any, raw_controlnet:
         models.unet.train()
         models.unet_trains = state.unet_unlocked = True
         reporter.message(f"step {state.step}: unlocked SD weights ({cfg.unlock}) at lr {cfg.sd_learning_rate:g}")
-
-
-def flush_losses(state: RunState) -> float:
-    """Read the pending per-step losses back from the device (one sync); stop on the first non-finite one."""
-    import torch
-
-    values = torch.stack(state.pending).tolist() if state.pending else []
-    first = state.step - len(values) + 1
-    state.pending.clear()
-    for k, v in enumerate(values):
-        if not math.isfinite(v):
-            where = f"; the last good checkpoint is {state.last_checkpoint}" if state.last_checkpoint else \
-                "; no checkpoint was written yet"
-            raise TrainingError(f"loss became {v} at step {first + k}{where}: lower --learning-rate, use "
-                                "--mixed-precision bf16 or no, or check the data")
-        state.add_loss(v)
-    return state.losses[-1]
-
-
-def _weights_finite(modules: list[Any]) -> bool:
-    import torch
-
-    return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
-
-
-def write_checkpoint(cfg: TrainConfig, state: RunState, accelerator: Any, raw_controlnet: Any, unet: Any,
-                     optimizer: Any, lr_scheduler: Any, models: Any) -> Path | None:
-    """OUTPUT/checkpoints/step-N (main process; the others wait). Non-finite weights are never written:
-    the run stops naming the last good checkpoint instead."""
-    import torch
-
-    from .checkpoint import save_checkpoint
-
-    flush_losses(state)
-    modules = [raw_controlnet] + ([unet] if state.unet_unlocked else [])
-    if not _weights_finite(modules):
-        where = state.last_checkpoint or "none (no checkpoint was written yet)"
-        raise TrainingError(f"the weights became NaN/inf by step {state.step} (the loss was still finite); not "
-                            f"checkpointing them. The last good checkpoint is {where}: lower --learning-rate")
-    accelerator.wait_for_everyone()
-    path = None
-    if accelerator.is_main_process:
-        rng = {"torch": torch.get_rng_state()}
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            rng["cuda"] = torch.cuda.get_rng_state()
-        record = {"step": state.step, "lr_scheduler": lr_scheduler.state_dict(), "losses": state.losses,
-                  "unet_unlocked": state.unet_unlocked, "down_connected": models.down_connected}
-        path = save_checkpoint(cfg.output_dir, state.step, controlnet=raw_controlnet,
-                               unet=unet if state.unet_unlocked else None, optimizer=optimizer, state=record,
-                               rng=rng, config_json=cfg.to_json(), run_id=state.run_id, keep=cfg.keep_checkpoints)
-    accelerator.wait_for_everyone()
-    return path or cfg.output_dir / "checkpoints" / f"step-{state.step}"  # the main process wrote it for every rank
-
-
-def restore_checkpoint(path: Path, state: RunState, models: Any, raw_controlnet: Any, optimizer: Any,
-                       lr_scheduler: Any, cfg: TrainConfig) -> None:
-    """Load a verified checkpoint into the models, optimizer, schedule and RNG; set the step and history."""
-    import torch
-
-    from .checkpoint import load_checkpoint
-    from .model import set_down_connected, set_unet_trainable
-
-    ck = load_checkpoint(path)
-    st = ck["state"]
-    raw_controlnet.load_state_dict(ck["controlnet"])
-    if "unet" in ck:
-        models.unet.load_state_dict(ck["unet"])
-    if st.get("unet_unlocked"):  # the optimizer's state covers the unlocked weights: unlock before loading it
-        set_unet_trainable(models.unet, cfg.unlock)
-        models.unet.train()
-        models.unet_trains = state.unet_unlocked = True
-    if st.get("down_connected") and not models.down_connected:
-        set_down_connected(raw_controlnet, True)
-        models.down_connected = True
-    optimizer.load_state_dict(ck["optimizer"])
-    lr_scheduler.load_state_dict(st["lr_scheduler"])
-    torch.set_rng_state(ck["rng"]["torch"])
-    if "cuda" in ck["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state(ck["rng"]["cuda"])
-    state.step = int(st["step"])
-    for x in st["losses"]:
-        state.add_loss(float(x))
-    state.run_id = str(ck["run_id"] or state.run_id)
-    state.last_checkpoint = path
-
-
-def save_outputs(cfg: TrainConfig, state: RunState, accelerator: Any, raw_controlnet: Any, models: Any,
-                 optimizer: Any, result: TrainResult, samples: int, skipped: int) -> None:
-    """OUTPUT/controlnet (+ unet), train_config.json with the result, loss.png, the optional single file."""
-    import json
-
-    import torch
-
-    from ..images import atomic_save_dir, atomic_write_text
-    from .validate import plot_losses
-
-    accelerator.wait_for_everyone()
-    world = accelerator.num_processes
-    if world > 1:  # every rank must hold the same weights (a missed gradient reduction would show here)
-        sums = torch.stack([p.detach().double().sum() for p in trainable(optimizer) + list(raw_controlnet.parameters())])
-        every = accelerator.gather(sums[None].to(accelerator.device)).reshape(world, -1)
-        if not bool((every == every[0]).all()):
-            raise TrainingError("the processes ended with different weights (a distributed-training bug); "
-                                f"the last checkpoint is {state.last_checkpoint}")
-    if accelerator.is_main_process:
-        out = cfg.output_dir
-        result.controlnet_dir = atomic_save_dir(
-            lambda d: raw_controlnet.save_pretrained(str(d), safe_serialization=True), out / "controlnet")
-        if state.unet_unlocked:
-            result.unet_dir = atomic_save_dir(lambda d: models.unet.save_pretrained(str(d), safe_serialization=True),
-                                              out / "unet")
-        summary = cfg.to_dict() | {"result": {
-            "steps": state.step, "samples": samples, "skipped_rows": skipped, "final_loss": state.ema,
-            "small_scale_connected": models.down_connected, "processes": world,
-            "sd_unlocked": cfg.unlock if state.unet_unlocked else None}}
-        atomic_write_text(out / "train_config.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
-        result.loss_plot = plot_losses(state.losses, out / "loss.png")
-        if cfg.single_file:
-            from .export import export_single_file
-
-            result.single_file = export_single_file(raw_controlnet, out / "controlnet.safetensors",
-                                                    {"base": cfg.base, "steps": str(state.step)})
-    accelerator.wait_for_everyone()
 
 
 def finish_result(result: TrainResult, state: RunState, t_start: float) -> None:

@@ -76,3 +76,7 @@ def late_synced_params(cfg: TrainConfig, controlnet: Any, optimizer: Any) -> lis
     if cfg.unlock_sd_after is not None:
         late += optimizer.param_groups[1]["params"]
     return late
+
+
+def trainable(optimizer: Any) -> list[Any]:
+    return [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
