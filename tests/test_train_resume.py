@@ -243,3 +243,15 @@ def test_full_disk_while_checkpointing_keeps_the_earlier_ones(stopped_run, tmp_p
     assert [p.name for _, p in list_checkpoints(out)] == ["step-1", "step-2"]
     assert all(verify(p) is None for _, p in list_checkpoints(out))
     assert not list((out / "checkpoints").glob(".step-*"))  # the temp folder went with the failure
+
+
+def test_forced_change_that_does_not_fit_is_one_line(stopped_run, tmp_path):
+    out = _copy(stopped_run, tmp_path)
+    # --force-config accepts another base, but the run's ControlNet (another shape) cannot be loaded into it
+    from cnetcli.models.tiny import save_sd_folder, tiny_sd_components
+
+    other = tmp_path / "other-sd"
+    save_sd_folder(tiny_sd_components(seed=1, vae_channels=(8, 16, 16), words=("red", "blue", "circle")), other)
+    with pytest.raises(UsageError, match="--resume latest: .*step-2 does not fit this run's models"):
+        train(TrainConfig(output=str(out), resume="latest", base=str(other), force_config=True),
+              given={"base": str(other), "force_config": True})

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import TrainingError
+from ..errors import TrainingError, UsageError
 from ..reporting import NullReporter, Reporter
 from .config import TrainConfig
 from .outputs import save_outputs
@@ -164,7 +164,13 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     # 4. resume: weights, optimizer, schedule, RNG, data position (= step), loss history
     state = RunState(run_id=uuid.uuid4().hex[:12])
     if resume_path is not None:
-        restore_checkpoint(resume_path, state, models, raw_controlnet, optimizer, lr_scheduler, cfg)
+        try:
+            restore_checkpoint(resume_path, state, models, raw_controlnet, optimizer, lr_scheduler, cfg)
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:  # verified files that do not fit this run
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UsageError(f"--resume {cfg.resume}: {resume_path} does not fit this run's models ({first[:200]}); "
+                             "resume with the run's own settings or start a new run with --controlnet "
+                             f"{resume_path}") from None
         reporter.message(f"resumed from {resume_path} at step {state.step}")
         if cfg.resume != "latest":  # a branch from another checkpoint: its own lineage, so pruning leaves the rest
             state.run_id = uuid.uuid4().hex[:12]
