@@ -124,7 +124,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     import torch
 
     from .checkpoint import remove_leftovers
-    from .resume import record_phase
+    from .resume import RUNS_LOG, record_phase
     from .setup import build_models, build_optimizer, late_synced_params
 
     out = cfg.output_dir
@@ -142,8 +142,9 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     if accelerator.is_main_process:
         for p in remove_leftovers(out):
             reporter.message(f"removed {p} (left by a write that was killed)")
-        if cfg.overwrite and cfg.resume is None and (out / "checkpoints").exists():
-            shutil.rmtree(out / "checkpoints")
+        if cfg.overwrite and cfg.resume is None:  # start over: the old run's checkpoints and phases go
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            (out / RUNS_LOG).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
 
