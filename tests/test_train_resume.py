@@ -156,10 +156,12 @@ def test_leftovers_removed_and_pruning_stays_in_its_run(stopped_run, tmp_path):
     (out / ".controlnet.xyz").mkdir()
     (out / "cache").mkdir()
     (out / "cache/.latents-1.safetensors.tmp").write_bytes(b"x")  # a killed cache write
+    (out / ".train_config.json.abc.tmp").write_bytes(b"x")  # a killed atomic_write_text
     old = _copy(out / "checkpoints/step-1", tmp_path, "old-step-1")
     # the run goes on to step 4 (its own checkpoints 1..4), then a branch resumes from the copied step 1
     train(TrainConfig(output=str(out), resume="latest"), given={})
-    for junk in ("checkpoints/.step-3.abc", ".controlnet.xyz", "cache/.latents-1.safetensors.tmp"):
+    for junk in ("checkpoints/.step-3.abc", ".controlnet.xyz", "cache/.latents-1.safetensors.tmp",
+                 ".train_config.json.abc.tmp"):
         assert not (out / junk).exists(), junk
     mine = {p.name for _, p in list_checkpoints(out)}
     assert mine == {"step-1", "step-2", "step-3", "step-4"}

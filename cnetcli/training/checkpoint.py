@@ -127,10 +127,12 @@ def resolve_resume(resume: str, output: str | Path, warn: Any = None) -> Path:
 
 
 def remove_leftovers(output: str | Path) -> list[Path]:
-    """Temp folders/files of writes killed midway (`.step-N.*`, `.controlnet.*`, `.unet.*`, `.latents*`)."""
+    """Temp folders/files of writes killed midway (`.step-N.*`, `.controlnet.*` (folder or single file),
+    `.unet.*`, `.latents*`, and the atomic writes of train_config.json, runs.jsonl, loss.png)."""
     out = Path(output)
     patterns = [(checkpoints_dir(out), ".step-*"), (out, ".controlnet.*"), (out, ".unet.*"),
-                (out / "cache", ".latents*")]
+                (out / "cache", ".latents*"), (out, ".train_config.json.*"), (out, ".runs.jsonl.*"),
+                (out, ".loss.*"), (out / "validation", ".controllability.jsonl.*")]
     removed = []
     for d, pat in patterns:
         if d.is_dir():
