@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-VARIANTS = ("diffusers", "cnet", "cnet --cache-latents", "cnet --small-scale", "cnet --small-scale --cache-latents")
+VARIANTS = ("diffusers", "cnet", "cnet --no-cache-latents", "cnet --small-scale", "cnet --small-scale --no-cache-latents")
 
 
 def make_base(size: str, d: Path) -> None:
@@ -107,8 +107,11 @@ def run_cnet(a: argparse.Namespace, variant: str) -> dict:
     out = tempfile.mkdtemp(prefix="cnet-bench-out-")
     train(TrainConfig(base=a.base, data=a.data, output=out, resolution=a.res, batch_size=a.batch,
                       max_steps=a.warmup + a.steps, checkpoint_every=0, report_to="none", overwrite=True,
-                      mixed_precision="bf16" if a.bf16 else "no", cpu=a.device == "cpu",
-                      small_scale="--small-scale" in variant, cache_latents="--cache-latents" in variant),
+                      mixed_precision="bf16" if a.bf16 else "no", device=a.device,
+                      small_scale="--small-scale" in variant,
+                      # the default flags cache when the data is a local folder; --no-cache-latents turns it off
+                      cache_latents=True if "--cache-latents" in variant else
+                      (False if "--no-cache-latents" in variant else None)),
           reporter=Timer())
     dt = times[-1] - times[a.warmup]  # times[0] is start(); times[k] ends step k
     return {"samples_per_s": a.batch * a.steps / dt, "peak_mib": peak_memory(a.device)}

@@ -14,6 +14,7 @@ import typer
 from . import __version__
 from .commands import annotate, data, demo, generate, train, weights
 from .commands import eval as eval_cmd
+from .commands import runs as runs_cmd
 from .errors import CnetError
 
 app = typer.Typer(
@@ -39,7 +40,7 @@ def _root(
     """cnet: condition -> train -> generate, and the measurement around it."""
 
 
-for _mod in (annotate, train, generate, weights, data, eval_cmd, demo):
+for _mod in (annotate, train, generate, weights, data, eval_cmd, demo, runs_cmd):
     _mod.register(app)
 
 

@@ -1,11 +1,27 @@
-"""`cnet train` (issue #4): flags (+ `cnet.toml` [train] defaults) -> TrainConfig -> training.train()."""
+"""`cnet train`: flags (+ `cnet.toml` [train] defaults) -> TrainConfig -> training.train().
+
+Flags also answer to the names diffusers' train_controlnet.py uses (`--max_train_steps`, `--learning_rate`,
+`--checkpointing_steps`, `--validation_steps` as the validation cadence, ...). Only the flags typed (and the
+cnet.toml values) count as given: on `--resume` everything else comes from the checkpoint.
+"""
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
+from ..training.config import (
+    LR_SCHEDULERS,
+    MIXED_PRECISION,
+    RECIPE_NAMES,
+    REPORT_TO,
+    TIMESTEP_BIAS,
+    UNLOCK_MODES,
+)
+from ._options import DeviceOpt
 from ._progress import RichReporter, quiet_libraries
 
 _P = "Recipe"
@@ -15,105 +31,132 @@ _C = "Checkpoints"
 _V = "Validation & logging"
 
 
-def register(app: typer.Typer) -> None:
-    @app.command("train", help=(
-        "Fine-tune a ControlNet on a dataset of (photo, hint, caption) rows. Defaults: --base SD1.5, --data "
-        "./dataset, --output ./controlnet-out, the paper's recipe; the train table of ./cnet.toml overrides them."
-    ))
-    def train_cmd(
-        base: str | None = typer.Option(None, "--base", help="SD base: hub id, diffusers folder or single file (default SD1.5)"),
-        data: str | None = typer.Option(None, "--data", help="dataset folder (metadata.jsonl or prompt.json) or hub name (default ./dataset)"),
-        output: str | None = typer.Option(None, "--output", "-o", help="output folder (default ./controlnet-out)"),
-        controlnet: str | None = typer.Option(None, "--controlnet", help="continue from this ControlNet (else init from the UNet)"),
-        base_config: str | None = typer.Option(None, "--base-config", help="local config folder for a single-file --base offline"),
-        image_column: str | None = typer.Option(None, "--image-column", help="hub dataset: photo column (default image)"),
-        conditioning_column: str | None = typer.Option(None, "--conditioning-column", help="hub dataset: hint column (default conditioning_image)"),
-        caption_column: str | None = typer.Option(None, "--caption-column", help="hub dataset: caption column (default text)"),
-        max_train_samples: int | None = typer.Option(None, "--max-train-samples", help="use only the first N rows"),
-        overwrite: bool | None = typer.Option(None, "--overwrite/--no-overwrite", help="start over in an output folder that holds a run"),
-        resolution: int | None = typer.Option(None, "--resolution", help="training size, multiple of 8 (default 512)", rich_help_panel=_P),
-        batch_size: int | None = typer.Option(None, "--batch-size", help="per-device batch (default 4)", rich_help_panel=_P),
-        max_steps: int | None = typer.Option(None, "--max-steps", help="optimizer steps (default 5000)", rich_help_panel=_P),
-        learning_rate: float | None = typer.Option(None, "--learning-rate", "--lr", help="ControlNet AdamW lr (default 1e-5)", rich_help_panel=_P),
-        warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="linear warmup, then constant (default 0)", rich_help_panel=_P),
-        empty_prompt_prob: float | None = typer.Option(None, "--empty-prompt-prob", help="share of prompts replaced by '' (default 0.5)", rich_help_panel=_P),
-        gradient_accumulation: int | None = typer.Option(None, "--gradient-accumulation", help="micro-batches per step (default 1)", rich_help_panel=_P),
-        max_grad_norm: float | None = typer.Option(None, "--max-grad-norm", help="clip (0 = off) (default 1.0)", rich_help_panel=_P),
-        seed: int | None = typer.Option(None, "--seed", help="[0]", rich_help_panel=_P),
-        hflip: bool | None = typer.Option(None, "--hflip/--no-hflip", help="random joint horizontal flip of photo and hint", rich_help_panel=_P),
-        timestep_bias: str | None = typer.Option(None, "--timestep-bias", help="none | later (noisier: layout) | earlier (detail) | range: sample these timesteps more often (default none)", rich_help_panel=_P),
-        timestep_bias_multiplier: float | None = typer.Option(None, "--timestep-bias-multiplier", help="how much more often (default 1.0)", rich_help_panel=_P),
-        timestep_bias_portion: float | None = typer.Option(None, "--timestep-bias-portion", help="share of timesteps biased for later/earlier (default 0.25)", rich_help_panel=_P),
-        timestep_bias_begin: int | None = typer.Option(None, "--timestep-bias-begin", help="range: first biased timestep (default 0)", rich_help_panel=_P),
-        timestep_bias_end: int | None = typer.Option(None, "--timestep-bias-end", help="range: end of the biased timesteps (default 1000)", rich_help_panel=_P),
-        snr_gamma: float | None = typer.Option(None, "--snr-gamma", help="min-SNR-gamma loss weighting (e.g. 5.0; default off)", rich_help_panel=_P),
-        small_scale: bool | None = typer.Option(None, "--small-scale/--full", help="connect only the SD middle block (paper's small-scale mode)", rich_help_panel=_M),
-        reconnect_at: int | None = typer.Option(None, "--reconnect-at", help="small-scale: switch to full connection at this step", rich_help_panel=_M),
-        unlock_sd_after: int | None = typer.Option(None, "--unlock-sd-after", help="large-scale: also train SD weights from this step", rich_help_panel=_M),
-        sd_learning_rate: float | None = typer.Option(None, "--sd-learning-rate", help="lr of unlocked SD weights (default 2e-6)", rich_help_panel=_M),
-        unlock: str | None = typer.Option(None, "--unlock", help="all (paper) | decoder (original sd_locked=False) (default all)", rich_help_panel=_M),
-        mixed_precision: str | None = typer.Option(None, "--mixed-precision", help="no | fp16 | bf16 (default no)", rich_help_panel=_S),
-        gradient_checkpointing: bool | None = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing", rich_help_panel=_S),
-        use_8bit_adam: bool | None = typer.Option(None, "--use-8bit-adam/--no-8bit-adam", help="needs bitsandbytes", rich_help_panel=_S),
-        allow_tf32: bool | None = typer.Option(None, "--tf32/--no-tf32", help="TF32 matmuls on Ampere+ (default on)", rich_help_panel=_S),
-        cache_latents: bool | None = typer.Option(None, "--cache-latents/--no-cache-latents", help="encode images and prompts once (kept in OUTPUT/cache/ for resumed runs)", rich_help_panel=_S),
-        num_workers: int | None = typer.Option(None, "--num-workers", help="data loader workers (default 0)", rich_help_panel=_S),
-        cpu: bool | None = typer.Option(None, "--cpu/--no-cpu", help="train on CPU even with a GPU", rich_help_panel=_S),
-        checkpoint_every: int | None = typer.Option(None, "--checkpoint-every", help="steps between checkpoints (0: only at the end) (default 500)", rich_help_panel=_C),
-        keep_checkpoints: int | None = typer.Option(None, "--keep-checkpoints", help="newest checkpoints kept (default 3)", rich_help_panel=_C),
-        resume: str | None = typer.Option(None, "--resume", help="latest | a checkpoint folder", rich_help_panel=_C),
-        single_file: bool | None = typer.Option(None, "--single-file/--no-single-file", help="also write OUTPUT/controlnet.safetensors (original layout)", rich_help_panel=_C),
-        validate_every: int | None = typer.Option(None, "--validate-every", help="steps between sample grids (0: off)", rich_help_panel=_V),
-        validation_hint: list[str] | None = typer.Option(None, "--validation-hint", help="hint image (repeatable)", rich_help_panel=_V),
-        validation_prompt: list[str] | None = typer.Option(None, "--validation-prompt", help="prompt (one, or one per hint)", rich_help_panel=_V),
-        validation_images: int | None = typer.Option(None, "--validation-images", help="samples per hint (default 2)", rich_help_panel=_V),
-        validation_steps: int | None = typer.Option(None, "--validation-steps", help="sampling steps (default 20)", rich_help_panel=_V),
-        validation_type: str | None = typer.Option(None, "--validation-type", help="hint type scored for controllability (cnet eval's metric) at each validation; default: read from the hint PNG's provenance", rich_help_panel=_V),
-        report_to: str | None = typer.Option(None, "--report-to", help="tensorboard | none (default tensorboard)", rich_help_panel=_V),
-    ) -> None:
-        import dataclasses
+def _choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
+    return enum.Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
 
-        from ..project_config import section
-        from ..training.config import TrainConfig
 
-        flags = dict(locals())
-        flags["validation_hints"] = flags.pop("validation_hint") or None
-        flags["validation_prompts"] = flags.pop("validation_prompt") or None
-        names = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
-        settings = section("train", allowed=names)
-        settings.update({k: v for k, v in flags.items() if k in names and v is not None})
-        for k in ("validation_hints", "validation_prompts"):
-            if k in settings and isinstance(settings[k], str):
-                settings[k] = [settings[k]]
-        cfg = TrainConfig(**settings)
+Recipe = _choices("Recipe", RECIPE_NAMES)
+MixedPrecision = _choices("MixedPrecision", MIXED_PRECISION)
+TimestepBias = _choices("TimestepBias", TIMESTEP_BIAS)
+Unlock = _choices("Unlock", UNLOCK_MODES)
+ReportTo = _choices("ReportTo", REPORT_TO)
+LrScheduler = _choices("LrScheduler", LR_SCHEDULERS)
 
-        from ..training import train
 
-        quiet_libraries()
-        reporter = RichReporter(unit="it/s", fields=("loss", "lr"))
-        try:
-            result = train(cfg, reporter)
-        finally:
-            reporter.finish()
-        if not result.is_main_process:  # `accelerate launch` / torchrun: the main process reports
-            if result.interrupted:
-                raise typer.Exit(130)
-            return
+def _opt(*names: str, panel: str | None = None, **kw: Any) -> Any:
+    return typer.Option(*names, rich_help_panel=panel, **kw)
+
+
+def train_cmd(
+    base: Annotated[str | None, _opt("--base", help="SD base: hub id, diffusers folder, single file or cnet-tiny (default SD1.5)")] = None,
+    data: Annotated[str | None, _opt("--data", help="dataset folder (metadata.jsonl or prompt.json) or hub name (default ./dataset)")] = None,
+    output: Annotated[str | None, _opt("--output", "-o", "--output_dir", help="output folder (default ./controlnet-out)")] = None,
+    controlnet: Annotated[str | None, _opt("--controlnet", "--controlnet_model_name_or_path", help="continue from this ControlNet (folder, checkpoint folder, file); else init from the UNet")] = None,
+    base_config: Annotated[str | None, _opt("--base-config", help="local config folder for a single-file --base offline")] = None,
+    image_column: Annotated[str | None, _opt("--image-column", "--image_column", help="hub dataset: photo column (default image)")] = None,
+    conditioning_column: Annotated[str | None, _opt("--conditioning-column", "--conditioning_image_column", help="hub dataset: hint column (default conditioning_image)")] = None,
+    caption_column: Annotated[str | None, _opt("--caption-column", "--caption_column", help="hub dataset: caption column (default text)")] = None,
+    max_train_samples: Annotated[int | None, _opt("--max-train-samples", "--max_train_samples", help="use only the first N rows")] = None,
+    overwrite: Annotated[bool | None, _opt("--overwrite/--no-overwrite", help="start over in an output folder that holds a run")] = None,
+    recipe: Annotated[Recipe | None, _opt("--recipe", panel=_P, help="preset for the base (paper: the paper's settings; fast: converges sooner); fills what you do not set")] = None,
+    resolution: Annotated[int | None, _opt("--resolution", panel=_P, help="training size, multiple of 8 (default: the base's native size)")] = None,
+    batch_size: Annotated[int | None, _opt("--batch-size", "--train_batch_size", panel=_P, help="per-device batch (default: the recipe's)")] = None,
+    max_steps: Annotated[int | None, _opt("--max-steps", "--max_train_steps", panel=_P, help="optimizer steps (default: the recipe's)")] = None,
+    learning_rate: Annotated[float | None, _opt("--learning-rate", "--lr", "--learning_rate", panel=_P, help="ControlNet AdamW lr (default: the recipe's)")] = None,
+    lr_scheduler: Annotated[LrScheduler | None, _opt("--lr-scheduler", "--lr_scheduler", panel=_P, help="diffusers' LR schedule (default constant)")] = None,
+    lr_num_cycles: Annotated[int | None, _opt("--lr-num-cycles", "--lr_num_cycles", panel=_P, help="cosine_with_restarts: restarts (default 1)")] = None,
+    lr_power: Annotated[float | None, _opt("--lr-power", "--lr_power", panel=_P, help="polynomial: power (default 1.0)")] = None,
+    warmup_steps: Annotated[int | None, _opt("--warmup-steps", "--lr_warmup_steps", panel=_P, help="linear warmup steps (default 0)")] = None,
+    empty_prompt_prob: Annotated[float | None, _opt("--empty-prompt-prob", "--proportion_empty_prompts", panel=_P, help="share of prompts replaced by '' (default 0.5)")] = None,
+    gradient_accumulation: Annotated[int | None, _opt("--gradient-accumulation", "--gradient_accumulation_steps", panel=_P, help="micro-batches per step (default 1)")] = None,
+    max_grad_norm: Annotated[float | None, _opt("--max-grad-norm", "--max_grad_norm", panel=_P, help="clip (0 = off) (default 1.0)")] = None,
+    seed: Annotated[int | None, _opt("--seed", panel=_P, help="[0]")] = None,
+    hflip: Annotated[bool | None, _opt("--hflip/--no-hflip", panel=_P, help="random joint horizontal flip of photo and hint")] = None,
+    timestep_bias: Annotated[TimestepBias | None, _opt("--timestep-bias", "--timestep_bias_strategy", panel=_P, help="sample later (noisier: layout) / earlier (detail) / a range of timesteps more often (default none)")] = None,
+    timestep_bias_multiplier: Annotated[float | None, _opt("--timestep-bias-multiplier", "--timestep_bias_multiplier", panel=_P, help="how much more often (default 1.0)")] = None,
+    timestep_bias_portion: Annotated[float | None, _opt("--timestep-bias-portion", "--timestep_bias_portion", panel=_P, help="share of timesteps biased for later/earlier (default 0.25)")] = None,
+    timestep_bias_begin: Annotated[int | None, _opt("--timestep-bias-begin", "--timestep_bias_begin", panel=_P, help="range: first biased timestep (default 0)")] = None,
+    timestep_bias_end: Annotated[int | None, _opt("--timestep-bias-end", "--timestep_bias_end", panel=_P, help="range: end of the biased timesteps (default 1000)")] = None,
+    snr_gamma: Annotated[float | None, _opt("--snr-gamma", "--snr_gamma", panel=_P, help="min-SNR-gamma loss weighting (e.g. 5.0; default off)")] = None,
+    small_scale: Annotated[bool | None, _opt("--small-scale/--full", panel=_M, help="connect only the SD middle block (paper's small-scale mode)")] = None,
+    reconnect_at: Annotated[int | None, _opt("--reconnect-at", panel=_M, help="small-scale: switch to full connection at this step")] = None,
+    unlock_sd_after: Annotated[int | None, _opt("--unlock-sd-after", panel=_M, help="large-scale: also train SD weights from this step")] = None,
+    sd_learning_rate: Annotated[float | None, _opt("--sd-learning-rate", panel=_M, help="lr of unlocked SD weights (default 2e-6)")] = None,
+    unlock: Annotated[Unlock | None, _opt("--unlock", panel=_M, help="all (paper) | decoder (original sd_locked=False) (default all)")] = None,
+    mixed_precision: Annotated[MixedPrecision | None, _opt("--mixed-precision", "--mixed_precision", panel=_S, help="auto: bf16 on a GPU that has it, else no (default auto)")] = None,
+    gradient_checkpointing: Annotated[bool | None, _opt("--gradient-checkpointing/--no-gradient-checkpointing", panel=_S)] = None,
+    use_8bit_adam: Annotated[bool | None, _opt("--use-8bit-adam/--no-8bit-adam", panel=_S, help="needs bitsandbytes")] = None,
+    allow_tf32: Annotated[bool | None, _opt("--tf32/--no-tf32", panel=_S, help="TF32 matmuls on Ampere+ (default on)")] = None,
+    cache_latents: Annotated[bool | None, _opt("--cache-latents/--no-cache-latents", panel=_S, help="encode images and prompts once, kept in OUTPUT/cache/ (default: on for a local dataset folder)")] = None,
+    num_workers: Annotated[int | None, _opt("--num-workers", "--dataloader_num_workers", panel=_S, help="data loader workers (default 0)")] = None,
+    device: DeviceOpt = None,  # type: ignore[assignment]
+    cpu: Annotated[bool, _opt("--cpu", hidden=True, help="deprecated: --device cpu")] = False,
+    checkpoint_every: Annotated[int | None, _opt("--checkpoint-every", "--checkpointing_steps", panel=_C, help="steps between checkpoints (0: none) (default 500)")] = None,
+    keep_checkpoints: Annotated[int | None, _opt("--keep-checkpoints", "--checkpoints_total_limit", panel=_C, help="newest checkpoints kept (default 3)")] = None,
+    resume: Annotated[str | None, _opt("--resume", "--resume_from_checkpoint", panel=_C, help="latest | a checkpoint folder: continue that run with its own settings")] = None,
+    force_config: Annotated[bool | None, _opt("--force-config", panel=_C, help="on --resume: allow flags that change the training (recorded as a new phase in OUTPUT/runs.jsonl)")] = None,
+    single_file: Annotated[bool | None, _opt("--single-file/--no-single-file", panel=_C, help="also write OUTPUT/controlnet.safetensors (original layout)")] = None,
+    validate_every: Annotated[int | None, _opt("--validate-every", "--validation-steps", "--validation_steps", panel=_V, help="steps between sample grids (0: off)")] = None,
+    validation_hint: Annotated[list[str] | None, _opt("--validation-hint", "--validation_image", panel=_V, help="hint image (repeatable)")] = None,
+    validation_prompt: Annotated[list[str] | None, _opt("--validation-prompt", "--validation_prompt", panel=_V, help="prompt (one, or one per hint)")] = None,
+    validation_images: Annotated[int | None, _opt("--validation-images", "--num_validation_images", panel=_V, help="samples per hint (default 2)")] = None,
+    validation_sampling_steps: Annotated[int | None, _opt("--validation-sampling-steps", panel=_V, help="sampling steps of the validation samples (default 20, as cnet generate)")] = None,
+    validation_type: Annotated[str | None, _opt("--validation-type", panel=_V, help="hint type scored for controllability (cnet eval's metric); default: the hint PNG's provenance")] = None,
+    report_to: Annotated[ReportTo | None, _opt("--report-to", "--report_to", panel=_V, help="tensorboard | wandb (if installed) | none (default tensorboard)")] = None,
+    log_every: Annotated[int | None, _opt("--log-every", panel=_V, help="steps between loss readings/logs (default 10)")] = None,
+) -> None:
+    """Fine-tune a ControlNet on a dataset of (photo, hint, caption) rows. Defaults: --base SD1.5, --data
+    ./dataset, --output ./controlnet-out, the paper's recipe at the base's own size; the train table of
+    ./cnet.toml overrides them. `--resume latest` continues a run with the settings it was started with."""
+    import dataclasses
+
+    from ..project_config import section
+    from ..training.config import TrainConfig
+
+    flags = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in locals().items()
+             if k not in ("cpu", "dataclasses", "section", "TrainConfig")}
+    if cpu and flags.get("device") is None:
+        flags["device"] = "cpu"
+    flags["validation_hints"] = flags.pop("validation_hint") or None
+    flags["validation_prompts"] = flags.pop("validation_prompt") or None
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings = section("train", allowed=names)
+    for k in ("validation_hints", "validation_prompts"):
+        if isinstance(settings.get(k), str):
+            settings[k] = [settings[k]]
+    settings.update({k: v for k, v in flags.items() if k in names and v is not None})
+    cfg = TrainConfig(**settings)
+
+    from ..training import train
+
+    quiet_libraries()
+    reporter = RichReporter(unit="it/s", fields=("loss", "lr"))
+    try:
+        result = train(cfg, reporter, given=settings)
+    finally:
+        reporter.finish()
+    if not result.is_main_process:  # `accelerate launch` / torchrun: the main process reports
         if result.interrupted:
-            typer.secho(f"stopped at step {result.steps}; checkpoint {result.last_checkpoint}; continue with "
-                        f"`cnet train --output {cfg.output} --resume latest`", fg="yellow", err=True)
             raise typer.Exit(130)
-        typer.echo(f"trained {result.steps} steps on {result.samples} rows"
-                   + (f" ({result.skipped_rows} unreadable rows skipped)" if result.skipped_rows else "")
-                   + (f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""))
-        typer.echo(f"ControlNet: {result.controlnet_dir}")
-        for label, p in (("UNet", result.unet_dir), ("single file", result.single_file),
-                         ("loss curve", result.loss_plot)):
-            if p:
-                typer.echo(f"{label}: {p}")
-        if result.validation_images:
-            typer.echo(f"samples: {Path(result.validation_images[-1]).parent}")
-        if result.controllability:
-            c = result.controllability
-            typer.echo(f"controllability ({c[-1]['metric']}): " + ", ".join(f"{r['step']}: {r['value']:.3f}" for r in c)
-                       + f"  ({Path(result.validation_images[-1]).parent / 'controllability.jsonl'})")
+        return
+    if result.interrupted:
+        typer.secho(f"stopped at step {result.steps}; checkpoint {result.last_checkpoint}; continue with "
+                    f"`cnet train --output {cfg.output} --resume latest`", fg="yellow", err=True)
+        raise typer.Exit(130)
+    typer.echo(f"trained {result.steps} steps on {result.samples} rows"
+               + (f" ({result.skipped_rows} unreadable rows skipped)" if result.skipped_rows else "")
+               + (f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""))
+    typer.echo(f"ControlNet: {result.controlnet_dir}")
+    for label, p in (("UNet", result.unet_dir), ("single file", result.single_file), ("loss curve", result.loss_plot)):
+        if p:
+            typer.echo(f"{label}: {p}")
+    if result.validation_images:
+        typer.echo(f"samples: {Path(result.validation_images[-1]).parent}")
+    if result.controllability:
+        c = result.controllability
+        typer.echo(f"controllability ({c[-1]['metric']}): " + ", ".join(f"{r['step']}: {r['value']:.3f}" for r in c)
+                   + f"  ({Path(result.validation_images[-1]).parent / 'controllability.jsonl'})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train", help=train_cmd.__doc__)(train_cmd)

@@ -1,7 +1,7 @@
 """`--cache-latents`: VAE latents and text embeddings computed once, persisted in OUTPUT/cache/.
 
 The cache holds, per dataset row, the VAE latent distribution (mean and std, so sampling stays stochastic)
-and the 8-bit hint, plus one text embedding per distinct caption and the "" embedding (so prompt dropout
+and the 8-bit hint (with `--hflip`, of the flipped pair too: flipping a latent is not flipping the image), plus one text embedding per distinct caption and the "" embedding (so prompt dropout
 still works). It is a safetensors file named by a hash of everything it depends on: the dataset rows (paths,
 file sizes and times, captions), the VAE and text-encoder weights, the resolution and the dtype. A resumed
 run (or any later run over the same data and base) finds it and skips the encoding.
@@ -22,7 +22,8 @@ from typing import Any
 
 from ..reporting import Reporter
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+ROW_KEYS = ("latents", "hints", "latents_flipped", "hints_flipped")
 
 
 def _file_sig(x: Any) -> Any:
@@ -48,12 +49,12 @@ def _weights_hash(module: Any) -> str:
     return h.hexdigest()
 
 
-def cache_key(index: Any, vae: Any, text_encoder: Any, resolution: int, dtype: Any) -> str:
-    """A hash of what the cache's contents depend on (call before the models move to a device)."""
+def cache_key(index: Any, vae: Any, text_encoder: Any, resolution: int, dtype: Any, hflip: bool = False) -> str:
+    """A hash of what the cache's contents depend on."""
     h = hashlib.sha256()
     rows = [[_file_sig(r.image), _file_sig(r.hint), r.text] for r in index.rows]
-    h.update(json.dumps({"v": CACHE_VERSION, "rows": rows, "resolution": resolution, "dtype": str(dtype)},
-                        default=str).encode())
+    h.update(json.dumps({"v": CACHE_VERSION, "rows": rows, "resolution": resolution, "dtype": str(dtype),
+                         "hflip": hflip}, default=str).encode())
     h.update(_weights_hash(vae).encode())
     h.update(_weights_hash(text_encoder).encode())
     return h.hexdigest()[:20]
@@ -88,31 +89,36 @@ def _load(path: Path) -> dict[str, Any] | None:
     return d if need <= set(d) else None
 
 
-def _encode_rows(dataset: Any, rows: list[int], vae: Any, device: Any, dtype: Any, bs: int) -> dict[str, Any]:
-    """VAE latent mean|std and 8-bit hints of `rows`; rows that fail to decode are left out."""
+def _encode_rows(dataset: Any, rows: list[int], vae: Any, device: Any, dtype: Any, bs: int,
+                 hflip: bool = False) -> dict[str, Any]:
+    """VAE latent mean|std and 8-bit hints of `rows` (and of their flips with `hflip`); rows that fail to
+    decode are left out."""
     import torch
 
-    got, lat, hints = [], [], []
+    got: list[int] = []
+    out: dict[str, list[Any]] = {k: [] for k in ROW_KEYS}
+    flips = (False, True) if hflip else (False,)
     with torch.no_grad():
         for s in range(0, len(rows), bs):
-            ids, pxs, hs = [], [], []
+            ids, pairs = [], []
             for i in rows[s:s + bs]:
                 try:
-                    px, h = dataset.pixels(i)
+                    pairs.append([dataset.pixels(i, flip=f) for f in flips])
                 except Exception:
                     continue
                 ids.append(i)
-                pxs.append(px)
-                hs.append(h)
             if not ids:
                 continue
-            dist = vae.encode(torch.stack(pxs).to(device, dtype=dtype)).latent_dist
-            lat.append(torch.cat([dist.mean, dist.std], dim=1).cpu())
-            hints.append((torch.stack(hs) * 255).round().to(torch.uint8))  # exact: hints are 8-bit
+            for k, f in enumerate(flips):
+                suffix = "_flipped" if f else ""
+                dist = vae.encode(torch.stack([p[k][0] for p in pairs]).to(device, dtype=dtype)).latent_dist
+                out["latents" + suffix].append(torch.cat([dist.mean, dist.std], dim=1).cpu())
+                # exact: hints are 8-bit
+                out["hints" + suffix].append((torch.stack([p[k][1] for p in pairs]) * 255).round().to(torch.uint8))
             got += ids
     if not got:
         return {"index": torch.zeros(0, dtype=torch.int64)}
-    return {"index": torch.tensor(got, dtype=torch.int64), "latents": torch.cat(lat), "hints": torch.cat(hints)}
+    return {"index": torch.tensor(got, dtype=torch.int64)} | {k: torch.cat(v) for k, v in out.items() if v}
 
 
 def _embed_captions(captions: list[str], text_encoder: Any, tokenizer: Any, device: Any, bs: int) -> dict[str, Any]:
@@ -139,24 +145,27 @@ def _merge(n: int, parts: list[dict[str, Any]], source: str) -> tuple[dict[str, 
 
     from ..errors import InputError
 
-    lat: list[Any] = [None] * n
-    hints: list[Any] = [None] * n
+    keys = [k for k in ROW_KEYS if any(k in p for p in parts)]
+    rows: dict[str, list[Any]] = {k: [None] * n for k in keys}
     for p in parts:
         for j, i in enumerate(p["index"].tolist()):
-            lat[i], hints[i] = p["latents"][j], p["hints"][j]
-    good = [i for i in range(n) if lat[i] is not None]
+            for k in keys:
+                rows[k][i] = p[k][j]
+    good = [i for i in range(n) if rows["latents"][i] is not None]
     if not good:
         raise InputError(f"--data {source}: no row could be decoded")
     failed = n - len(good)
     for i in range(n):
-        if lat[i] is None:
-            k = min(good, key=lambda g: (g - i) % n)
-            lat[i], hints[i] = lat[k], hints[k]
-    return {"latents": torch.stack(lat), "hints": torch.stack(hints)}, failed
+        if rows["latents"][i] is None:
+            g = min(good, key=lambda g: (g - i) % n)
+            for k in keys:
+                rows[k][i] = rows[k][g]
+    return {k: torch.stack(v) for k, v in rows.items()}, failed
 
 
 def load_or_build(dataset: Any, key: str, output: Path, *, vae: Any, text_encoder: Any, tokenizer: Any,
-                  device: Any, dtype: Any, bs: int, accelerator: Any, reporter: Reporter) -> tuple[dict[str, Any], Path, bool]:
+                  device: Any, dtype: Any, bs: int, accelerator: Any, reporter: Reporter,
+                  hflip: bool = False) -> tuple[dict[str, Any], Path, bool]:
     """The cache for `dataset` (from OUTPUT/cache/ when a matching one is there): (tensors, path, reused)."""
     from accelerate.utils import broadcast_object_list
     from safetensors.torch import load_file
@@ -174,7 +183,7 @@ def load_or_build(dataset: Any, key: str, output: Path, *, vae: Any, text_encode
     n = len(dataset)
     reporter.message(f"caching latents and text embeddings for {n} rows" + (f" on {world} processes" if world > 1
                                                                                else ""))
-    mine = _encode_rows(dataset, list(range(rank, n, world)), vae, device, dtype, bs)
+    mine = _encode_rows(dataset, list(range(rank, n, world)), vae, device, dtype, bs, hflip)
     part = lambda r: path.with_name(f".{path.stem}.part-{r}.safetensors")  # noqa: E731
     if world > 1 and not main:
         _save_atomic(mine, part(rank))

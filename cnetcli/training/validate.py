@@ -52,72 +52,68 @@ def hint_type_for(cfg: TrainConfig, hint: str) -> tuple[str | None, dict[str, An
     return str(t), params
 
 
-def validate(cfg: TrainConfig, step: int, vae: Any, text_encoder: Any, tokenizer: Any, unet: Any, controlnet: Any,
-             noise_scheduler: Any, device: Any, accelerator: Any) -> tuple[Path, dict[str, Any] | None]:
-    """Sample grids with the in-training modules: one row per hint (hint, then the samples).
+def validate(cfg: TrainConfig, step: int, models: Any, controlnet: Any, autocast: Any, trackers: list[Any]
+             ) -> tuple[Path, dict[str, Any] | None]:
+    """Sample with the in-training modules through `cnet generate`'s own code (`generation.generate` with the
+    models already in memory, its sampler defaults), one grid row per hint (hint, then the samples), and
+    score controllability with `cnet eval`'s metric when the hint's type is known.
 
-    Also scores controllability as `cnet eval` does (re-annotate each sample with the hint's annotator and compare
-    with the hint) when the hint's type is known; returns (grid path, {"metric", "value", "n", "step"} or None)."""
+    Returns (grid path, {"step", "metric", "value", "n"} or None)."""
     import numpy as np
-    import torch
-    from diffusers import StableDiffusionControlNetPipeline, UniPCMultistepScheduler
-    from PIL import Image
 
-    from ..images import save_png
-    from .data import _load_rgb, resize_center_crop
-
-    was_training = controlnet.training
-    controlnet.eval()
-    pipe = StableDiffusionControlNetPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, controlnet=controlnet,
-        scheduler=UniPCMultistepScheduler.from_config(noise_scheduler.config), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
     from ..evaluation import evaluate_pairs
+    from ..generation import GenerateConfig, Models, generate
+    from ..images import resize_to, save_png
 
-    rows = []
-    scores: list[float] = []
-    metric = None
-    for i, h in enumerate(cfg.validation_hints):
-        prompt = cfg.validation_prompts[i if len(cfg.validation_prompts) > 1 else 0] if cfg.validation_prompts else ""
-        hint = resize_center_crop(_load_rgb(h), cfg.resolution, Image.BILINEAR)
-        g = torch.Generator(device=device).manual_seed(cfg.seed)
-        with torch.no_grad(), accelerator.autocast():
-            imgs = pipe([prompt] * cfg.validation_images, image=hint, num_inference_steps=cfg.validation_steps,
-                        guidance_scale=cfg.validation_guidance, generator=g, height=cfg.resolution,
-                        width=cfg.resolution).images
-        samples = [np.asarray(im.convert("RGB")) for im in imgs]
-        rows.append(np.concatenate([np.asarray(hint)] + samples, axis=1))
-        htype, params = hint_type_for(cfg, h)
-        if htype is not None:
-            ev = evaluate_pairs(samples, [np.asarray(hint)] * len(samples), htype, params)
-            metric = metric or ev["metric"]
-            if ev["metric"] == metric:  # one metric per run (hints of different kinds: the first kind's)
-                scores.extend(ev["values"])
-    if was_training:
-        controlnet.train()
+    res = cfg.resolution
+    spec = "training"  # the ControlNet being trained, handed to generate under this name
+    mem = Models(base=cfg.base, unet=models.unet, vae=models.vae, text_encoder=models.text_encoder,
+                 tokenizer=models.tokenizer, scheduler_config=models.noise_scheduler.config,
+                 device=str(models.device), dtype=models.weight_dtype, nets={spec: controlnet})
+    was_training, unet_training = controlnet.training, models.unet.training
+    controlnet.eval()
+    models.unet.eval()
+    rows, scores, metric = [], [], None
+    try:
+        for i, h in enumerate(cfg.validation_hints):
+            prompt = cfg.validation_prompts[i if len(cfg.validation_prompts) > 1 else 0] if cfg.validation_prompts \
+                else ""
+            htype, params = hint_type_for(cfg, h)
+            gen_cfg = GenerateConfig(hints=(h,), controlnets=(spec,), types=(htype,) if htype else (), base=cfg.base,
+                                     prompt=prompt or None, prompt_mode="user" if prompt else "none",
+                                     num_images=cfg.validation_images, batch_size=cfg.validation_images,
+                                     seed=cfg.seed, steps=cfg.validation_sampling_steps, cfg=cfg.validation_guidance,
+                                     width=res, height=res, save=False, grid=False)
+            with autocast():
+                results = generate(gen_cfg, models=mem)
+            samples = [r.image for r in results]
+            hint = results[0].hints[0]
+            rows.append(np.concatenate([resize_to(hint, res, res, "linear")] + samples, axis=1))
+            if htype is not None:
+                ev = evaluate_pairs(samples, [hint] * len(samples), htype, params)
+                metric = metric or ev["metric"]
+                if ev["metric"] == metric:  # one metric per run (hints of different kinds: the first kind's)
+                    scores.extend(ev["values"])
+    finally:
+        controlnet.train(was_training)
+        models.unet.train(unet_training)
     grid = np.concatenate(rows, axis=0)
     path = cfg.output_dir / "validation" / f"step-{step:06d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_png(path, grid, {"step": step, "prompts": list(cfg.validation_prompts), "hints": list(cfg.validation_hints)})
-    for tracker in accelerator.trackers:
+    for tracker in trackers:
         if tracker.name == "tensorboard":
             tracker.log_images({"validation": grid[None]}, step=step, dataformats="NHWC")
+        elif tracker.name == "wandb":
+            import wandb
+
+            tracker.log({"validation": [wandb.Image(grid)]}, step=step)
     score = None
     if scores:
+        from .checkpoint import append_jsonl
+
         score = {"step": step, "metric": metric, "value": float(np.mean(scores)), "n": len(scores)}
-        if accelerator.trackers:
-            accelerator.log({f"controllability/{metric}": score["value"]}, step=step)
-        _append_jsonl(path.parent / "controllability.jsonl", score)
+        for tracker in trackers:
+            tracker.log({f"controllability/{metric}": score["value"]}, step=step)
+        append_jsonl(path.parent / "controllability.jsonl", score)
     return path, score
-
-
-def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
-    """Append one JSON line, rewriting the file atomically (a crash never leaves a half-written line)."""
-    import json
-
-    from ..images import atomic_write_text
-
-    old = path.read_text() if path.is_file() else ""
-    atomic_write_text(path, old + json.dumps(row) + "\n")

@@ -1,0 +1,126 @@
+"""Checks on the outputs that can run before any model loads (from config files and safetensors headers
+only): the output folder is writable, the disk has room for the checkpoints, and `--single-file` can
+express this ControlNet in the original layout."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ..errors import UsageError
+from .config import TrainConfig, base_config_folder
+
+#: UNet parameters that `ControlNetModel.from_unet` copies (the rest of a ControlNet, zero convolutions and
+#: the hint encoder, is under 1% of it).
+_CONTROLNET_PREFIXES = ("conv_in.", "time_embedding.", "class_embedding.", "add_embedding.", "down_blocks.",
+                        "mid_block.")
+
+
+def _existing_ancestor(p: Path) -> Path:
+    p = p.expanduser().absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _header_params(folder: Path, prefixes: tuple[str, ...] | None = None) -> int | None:
+    """Parameter count from the safetensors headers of a model folder (no tensor is read)."""
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        return None
+    from safetensors import safe_open
+
+    n = 0
+    try:
+        for f in files:
+            with safe_open(str(f), framework="numpy") as st:
+                for k in st.keys():
+                    if prefixes is None or k.startswith(prefixes):
+                        size = 1
+                        for d in st.get_slice(k).get_shape():
+                            size *= d
+                        n += size
+    except Exception:  # a damaged file is the loader's to report, with its own message
+        return None
+    return n
+
+
+def estimate_checkpoint_bytes(cfg: TrainConfig) -> int | None:
+    """Bytes one checkpoint takes: fp32 weights + AdamW's two moments for the ControlNet (x3), and the same
+    for the UNet once unlocked. None when the base's weights cannot be inspected locally."""
+    folder = base_config_folder(cfg.base, cfg.base_config)
+    if folder is None:
+        return None
+    unet = folder / "unet"
+    cn = _header_params(Path(cfg.controlnet).expanduser() / "controlnet") if cfg.controlnet else None
+    if cn is None and cfg.controlnet:
+        cn = _header_params(Path(cfg.controlnet).expanduser())
+    if cn is None:
+        cn = _header_params(unet, _CONTROLNET_PREFIXES)
+    if cn is None:
+        return None
+    total = 3 * 4 * cn
+    if cfg.unlock_sd_after is not None:
+        total += 3 * 4 * (_header_params(unet) or 0)
+    return total
+
+
+def check_output_space(cfg: TrainConfig) -> None:
+    """The output folder can be written and holds (keep + 1) checkpoints plus the final weights."""
+    out = cfg.output_dir
+    anc = _existing_ancestor(out)
+    if anc.is_file() or not anc.is_dir():
+        raise UsageError(f"--output {out}: {anc} is a file; pass a folder")
+    if not os.access(anc, os.W_OK | os.X_OK):
+        raise UsageError(f"--output {out}: {anc} is not writable; pick another folder or fix its permissions")
+    per = estimate_checkpoint_bytes(cfg)
+    if per is None:
+        return
+    n = (cfg.keep_checkpoints + 1) if cfg.checkpoint_every else 1
+    need = n * per + per // 3  # checkpoints (one extra while the newest is written) + the final weights
+    free = shutil.disk_usage(anc).free
+    if free < need:
+        raise UsageError(f"--output {out}: {free / 2**30:.1f} GiB free, {need / 2**30:.1f} GiB needed for "
+                         f"{n} checkpoint(s) of about {per / 2**30:.1f} GiB; free space, lower --keep-checkpoints "
+                         "or pick another disk")
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        d = json.loads(path.read_text())
+        return d if isinstance(d, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def check_single_file_possible(cfg: TrainConfig) -> None:
+    """`--single-file` writes the original layout, whose hint encoder is fixed at (16, 32, 96, 256): refuse
+    now (from the configs) what export would refuse after the whole run."""
+    from .export import ORIGINAL_HINT_CHANNELS
+    from .model import hint_channels_for
+
+    hint, lpb = None, None
+    if cfg.controlnet:
+        p = Path(cfg.controlnet).expanduser()
+        conf = _read(p / "config.json") or _read(p / "controlnet" / "config.json")
+        if conf:
+            hint, lpb = tuple(conf.get("conditioning_embedding_out_channels") or ()), conf.get("layers_per_block")
+    else:
+        folder = base_config_folder(cfg.base, cfg.base_config)
+        vae = _read(folder / "vae" / "config.json") if folder else None
+        unet = _read(folder / "unet" / "config.json") if folder else None
+        if vae and unet:
+            class _C:  # hint_channels_for reads vae.config.block_out_channels
+                config = type("cfg", (), {"block_out_channels": vae.get("block_out_channels", [])})
+
+            hint, lpb = hint_channels_for(_C), unet.get("layers_per_block")
+    if hint is not None and hint != ORIGINAL_HINT_CHANNELS:
+        raise UsageError(f"--single-file: the original ControlNet layout needs a {ORIGINAL_HINT_CHANNELS} hint "
+                         f"encoder; this base gives {hint} (its VAE downsamples differently); drop --single-file "
+                         "and use OUTPUT/controlnet/")
+    if lpb is not None and not isinstance(lpb, int):
+        raise UsageError("--single-file: per-block layers_per_block is not representable in the original layout; "
+                         "drop --single-file and use OUTPUT/controlnet/")

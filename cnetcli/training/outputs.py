@@ -1,0 +1,62 @@
+"""The finished run's outputs: OUTPUT/controlnet (+ unet), train_config.json with the result, loss.png and the
+optional original-layout single file (main process; the ranks are first checked to hold the same weights)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ..errors import TrainingError
+from .config import TrainConfig
+from .setup import trainable
+from .state import RunState
+
+if TYPE_CHECKING:
+    from .loop import TrainResult
+
+
+def save_outputs(cfg: TrainConfig, state: RunState, accelerator: Any, raw_controlnet: Any, models: Any,
+                 optimizer: Any, result: TrainResult, samples: int, skipped: int) -> None:
+    """OUTPUT/controlnet (+ unet), train_config.json with the result, loss.png, the optional single file."""
+    import torch
+
+    accelerator.wait_for_everyone()
+    world = accelerator.num_processes
+    if world > 1:  # every rank must hold the same weights (a missed gradient reduction would show here)
+        sums = torch.stack([p.detach().double().sum() for p in trainable(optimizer) + list(raw_controlnet.parameters())])
+        every = accelerator.gather(sums[None].to(accelerator.device)).reshape(world, -1)
+        if not bool((every == every[0]).all()):
+            raise TrainingError("the processes ended with different weights (a distributed-training bug); "
+                                f"the last checkpoint is {state.last_checkpoint}")
+    if accelerator.is_main_process:
+        try:
+            _write_outputs(cfg, state, raw_controlnet, models, result, samples, skipped, world)
+        except OSError as e:
+            raise TrainingError(f"could not write the outputs in {cfg.output_dir} ({e.strerror or e}); the last "
+                                f"checkpoint is {state.last_checkpoint}: free space, then --resume latest") from None
+    accelerator.wait_for_everyone()
+
+
+def _write_outputs(cfg: TrainConfig, state: RunState, raw_controlnet: Any, models: Any, result: TrainResult,
+                   samples: int, skipped: int, world: int) -> None:
+    import json
+
+    from ..images import atomic_save_dir, atomic_write_text
+    from .validate import plot_losses
+
+    out = cfg.output_dir
+    result.controlnet_dir = atomic_save_dir(
+        lambda d: raw_controlnet.save_pretrained(str(d), safe_serialization=True), out / "controlnet")
+    if state.unet_unlocked:
+        result.unet_dir = atomic_save_dir(lambda d: models.unet.save_pretrained(str(d), safe_serialization=True),
+                                          out / "unet")
+    summary = cfg.to_dict() | {"result": {
+        "steps": state.step, "samples": samples, "skipped_rows": skipped, "final_loss": state.ema,
+        "small_scale_connected": models.down_connected, "processes": world,
+        "sd_unlocked": cfg.unlock if state.unet_unlocked else None}}
+    atomic_write_text(out / "train_config.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
+    result.loss_plot = plot_losses(state.losses, out / "loss.png")
+    if cfg.single_file:
+        from .export import export_single_file
+
+        result.single_file = export_single_file(raw_controlnet, out / "controlnet.safetensors",
+                                                {"base": cfg.base, "steps": str(state.step)})

@@ -1,0 +1,82 @@
+"""Building what the loop runs: the models in their places and dtypes, the optimizer and its LR schedule."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UsageError
+from .config import TrainConfig
+from .step import TrainModels
+
+
+def build_models(cfg: TrainConfig, device: Any, weight_dtype: Any) -> TrainModels:
+    """The frozen VAE/text encoder/UNet of `cfg.base` and the trainable ControlNet (given, or initialised
+    from the UNet), placed on `device`. Trained weights stay fp32; frozen ones run in `weight_dtype`."""
+    import torch
+
+    from ..models.sd import load_base_components, load_controlnet
+    from .model import init_controlnet, set_down_connected, set_unet_trainable
+
+    comps = load_base_components(cfg.base, config=cfg.base_config)
+    unet, vae, text_encoder = comps["unet"], comps["vae"], comps["text_encoder"]
+    prediction_type = comps["scheduler"].config.prediction_type
+    if prediction_type not in ("epsilon", "v_prediction"):
+        raise UsageError(f"--base: scheduler prediction_type {prediction_type!r} is not supported "
+                         "(epsilon or v_prediction)")
+    controlnet = load_controlnet(cfg.controlnet, config=cfg.base_config) if cfg.controlnet else \
+        init_controlnet(unet, vae, cfg.seed)
+    vae.requires_grad_(False)
+    text_encoder.requires_grad_(False)
+    set_unet_trainable(unet, None)
+    controlnet.train()
+    if cfg.small_scale:
+        set_down_connected(controlnet, False, reset=True)
+    unet_dtype = torch.float32 if cfg.unlock_sd_after is not None else weight_dtype
+    for m, dtype in ((vae, weight_dtype), (text_encoder, weight_dtype), (unet, unet_dtype),
+                     (controlnet, torch.float32)):
+        m.to(device) if m.dtype == dtype else m.to(device, dtype=dtype)
+    if cfg.gradient_checkpointing:
+        controlnet.enable_gradient_checkpointing()
+        unet.enable_gradient_checkpointing()
+    if torch.device(device).type == "cuda":  # channels-last helps the convolutions (SDPA is the default)
+        controlnet.to(memory_format=torch.channels_last)
+        unet.to(memory_format=torch.channels_last)
+    return TrainModels(unet=unet, controlnet=controlnet, vae=vae, text_encoder=text_encoder,
+                       tokenizer=comps["tokenizer"], noise_scheduler=comps["scheduler"], weight_dtype=weight_dtype,
+                       down_connected=not cfg.small_scale)
+
+
+def build_optimizer(cfg: TrainConfig, controlnet: Any, unet: Any, *, fused: bool) -> tuple[Any, Any]:
+    """AdamW over the ControlNet at --learning-rate (+ the unlockable SD weights at --sd-learning-rate) and
+    diffusers' LR schedule `cfg.lr_scheduler`. Frozen parameters (down zero convs in small-scale, SD
+    before unlocking) have no grad yet, so AdamW skips them until they train."""
+    import torch
+    from diffusers.optimization import get_scheduler
+
+    from .model import unlockable_unet_params
+
+    groups = [{"params": list(controlnet.parameters()), "lr": cfg.learning_rate}]
+    if cfg.unlock_sd_after is not None:
+        groups.append({"params": unlockable_unet_params(unet, cfg.unlock), "lr": cfg.sd_learning_rate})
+    kw = dict(betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+    if cfg.use_8bit_adam:
+        import bitsandbytes as bnb
+
+        optimizer = bnb.optim.AdamW8bit(groups, **kw)
+    else:
+        optimizer = torch.optim.AdamW(groups, fused=True if fused else None, **kw)
+    schedule = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
+                             num_training_steps=cfg.max_steps, num_cycles=cfg.lr_num_cycles, power=cfg.lr_power)
+    return optimizer, schedule
+
+
+def late_synced_params(cfg: TrainConfig, controlnet: Any, optimizer: Any) -> list[Any]:
+    """Parameters DDP did not see at wrap time (frozen then): their grads are averaged by hand."""
+    late = list(controlnet.controlnet_down_blocks.parameters()) if cfg.small_scale else []
+    if cfg.unlock_sd_after is not None:
+        late += optimizer.param_groups[1]["params"]
+    return late
+
+
+def trainable(optimizer: Any) -> list[Any]:
+    return [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]

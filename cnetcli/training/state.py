@@ -1,0 +1,114 @@
+"""The run's state from step to step (`RunState`), and moving it in and out of checkpoints: the loss read back
+from the device, non-finite weights refused, the models/optimizer/schedule/RNG restored."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import TrainingError
+from .config import TrainConfig
+
+
+@dataclass
+class RunState:
+    """What the loop carries from step to step (and what a checkpoint restores)."""
+
+    run_id: str
+    step: int = 0
+    losses: list[float] = field(default_factory=list)
+    pending: list[Any] = field(default_factory=list)  # per-step losses still on the device
+    unet_unlocked: bool = False
+    last_checkpoint: Path | None = None
+    ema: float | None = None  # the smoothed loss shown in the progress line
+    stop_requested: bool = False  # Ctrl-C or on_step asked to stop (several processes: agreed at a log step)
+
+    def add_loss(self, x: float) -> None:
+        self.losses.append(x)
+        self.ema = x if self.ema is None else 0.98 * self.ema + 0.02 * x
+
+
+def flush_losses(state: RunState) -> float:
+    """Read the pending per-step losses back from the device (one sync); stop on the first non-finite one."""
+    import torch
+
+    values = torch.stack(state.pending).tolist() if state.pending else []
+    first = state.step - len(values) + 1
+    state.pending.clear()
+    for k, v in enumerate(values):
+        if not math.isfinite(v):
+            where = f"; the last good checkpoint is {state.last_checkpoint}" if state.last_checkpoint else \
+                "; no checkpoint was written yet"
+            raise TrainingError(f"loss became {v} at step {first + k}{where}: lower --learning-rate, use "
+                                "--mixed-precision bf16 or no, or check the data")
+        state.add_loss(v)
+    return state.losses[-1]
+
+
+def _weights_finite(modules: list[Any]) -> bool:
+    import torch
+
+    return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
+
+
+def write_checkpoint(cfg: TrainConfig, state: RunState, accelerator: Any, raw_controlnet: Any, unet: Any,
+                     optimizer: Any, lr_scheduler: Any, models: Any) -> Path | None:
+    """OUTPUT/checkpoints/step-N (main process; the others wait). Non-finite weights are never written:
+    the run stops naming the last good checkpoint instead."""
+    import torch
+
+    from .checkpoint import save_checkpoint
+
+    flush_losses(state)
+    modules = [raw_controlnet] + ([unet] if state.unet_unlocked else [])
+    if not _weights_finite(modules):
+        where = state.last_checkpoint or "none (no checkpoint was written yet)"
+        raise TrainingError(f"the weights became NaN/inf by step {state.step} (the loss was still finite); not "
+                            f"checkpointing them. The last good checkpoint is {where}: lower --learning-rate")
+    accelerator.wait_for_everyone()
+    path = None
+    if accelerator.is_main_process:
+        rng = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state()
+        record = {"step": state.step, "lr_scheduler": lr_scheduler.state_dict(), "losses": state.losses,
+                  "unet_unlocked": state.unet_unlocked, "down_connected": models.down_connected}
+        path = save_checkpoint(cfg.output_dir, state.step, controlnet=raw_controlnet,
+                               unet=unet if state.unet_unlocked else None, optimizer=optimizer, state=record,
+                               rng=rng, config_json=cfg.to_json(), run_id=state.run_id, keep=cfg.keep_checkpoints)
+    accelerator.wait_for_everyone()
+    return path or cfg.output_dir / "checkpoints" / f"step-{state.step}"  # the main process wrote it for every rank
+
+
+def restore_checkpoint(path: Path, state: RunState, models: Any, raw_controlnet: Any, optimizer: Any,
+                       lr_scheduler: Any, cfg: TrainConfig) -> None:
+    """Load a verified checkpoint into the models, optimizer, schedule and RNG; set the step and history."""
+    import torch
+
+    from .checkpoint import load_checkpoint
+    from .model import set_down_connected, set_unet_trainable
+
+    ck = load_checkpoint(path)
+    st = ck["state"]
+    raw_controlnet.load_state_dict(ck["controlnet"])
+    if "unet" in ck:
+        models.unet.load_state_dict(ck["unet"])
+    if st.get("unet_unlocked"):  # the optimizer's state covers the unlocked weights: unlock before loading it
+        set_unet_trainable(models.unet, cfg.unlock)
+        models.unet.train()
+        models.unet_trains = state.unet_unlocked = True
+    if st.get("down_connected") and not models.down_connected:
+        set_down_connected(raw_controlnet, True)
+        models.down_connected = True
+    optimizer.load_state_dict(ck["optimizer"])
+    lr_scheduler.load_state_dict(st["lr_scheduler"])
+    torch.set_rng_state(ck["rng"]["torch"])
+    if "cuda" in ck["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state(ck["rng"]["cuda"])
+    state.step = int(st["step"])
+    for x in st["losses"]:
+        state.add_loss(float(x))
+    state.run_id = str(ck["run_id"] or state.run_id)
+    state.last_checkpoint = path
