@@ -56,6 +56,8 @@ def train_cmd(
     image_column: Annotated[str | None, _opt("--image-column", "--image_column", help="hub dataset: photo column (default image)")] = None,
     conditioning_column: Annotated[str | None, _opt("--conditioning-column", "--conditioning_image_column", help="hub dataset: hint column (default conditioning_image)")] = None,
     caption_column: Annotated[str | None, _opt("--caption-column", "--caption_column", help="hub dataset: caption column (default text)")] = None,
+    split: Annotated[str | None, _opt("--split", help="dataset split to train on (default: train, or the only one)")] = None,
+    allow_outside_paths: Annotated[bool | None, _opt("--allow-outside-paths/--no-allow-outside-paths", help="read dataset rows that name files outside the dataset folder (absolute, ../, symlinks out); skipped and counted by default")] = None,
     max_train_samples: Annotated[int | None, _opt("--max-train-samples", "--max_train_samples", help="use only the first N rows")] = None,
     overwrite: Annotated[bool | None, _opt("--overwrite/--no-overwrite", help="start over in an output folder that holds a run")] = None,
     recipe: Annotated[Recipe | None, _opt("--recipe", panel=_P, help="preset for the base (paper: the paper's settings; fast: converges sooner); fills what you do not set")] = None,

@@ -153,7 +153,6 @@ def train_on(rows, *, raw=None, n_images=2, outside=False, zero_byte=False):
     return build
 
 
-_DATA = "fixed in the dataread branch (#14.4: data stays inside the data)"
 DATASET_CASES = [
     Case("ds-zero-byte-metadata", train_on([], zero_byte=True), codes=(1, 2), words=("no usable rows",)),
     Case("ds-list-rows", train_on([[1, 2], ["images/0.png"]]), codes=(1, 2), words=("ds",)),
@@ -236,8 +235,6 @@ def evalf(*flags):
     return build
 
 
-_GEN = "fixed in the generate branch (#14.7: float flags checked for NaN/inf/range)"
-_TRAIN = "fixed in the train branch (#14.7: float flags checked for NaN/inf/range)"
 FLAG_CASES = [
     Case("gen-seed-1e20", generate("--seed", "1e20"), codes=(2,), words=("--seed",)),
     Case("gen-seed-huge-int", generate("--seed", str(10**20)), codes=(2,), words=("--seed",)),
@@ -249,9 +246,8 @@ FLAG_CASES = [
     Case("gen-start-after-end", generate("--start", "0.9", "--end", "0.1"), codes=(2,), words=("--start",)),
     Case("train-seed-1e20", train_flags("--seed", "1e20"), codes=(2,), words=("--seed",)),
     Case("train-max-steps-1e20", train_flags("--max-steps", "1e20"), codes=(2,), words=("--max-steps",)),
-    Case("train-max-grad-norm-nan", train_flags("--max-grad-norm", "nan"), codes=(2,), words=("--max-grad-norm",),
-         xfail=_TRAIN, run=False),
-    Case("train-lr-inf", train_flags("--lr", "inf"), codes=(2,), words=("--learning-rate",), xfail=_TRAIN, run=False),
+    Case("train-max-grad-norm-nan", train_flags("--max-grad-norm", "nan"), codes=(2,), words=("--max-grad-norm",)),
+    Case("train-lr-inf", train_flags("--lr", "inf"), codes=(2,), words=("--learning-rate",)),
     Case("train-device-bogus", train_flags("--device", "bogus"), codes=(2,), words=("--device",)),
     Case("eval-tolerance-negative", evalf("--tolerance", "-1"), codes=(2,), words=("--tolerance",)),
     Case("eval-hint-type-bogus", evalf("--hint-type", "bogus"), codes=(2,), words=("--hint-type",)),
@@ -314,7 +310,6 @@ def earlier_dataset(ctx: Ctx) -> list:
     return ["data", "circles", ctx.out, "-n", "2", "--size", "16"]
 
 
-_OUT = "fixed in the {} branch (#14.1: outputs checked with fsguard.check_writable_dir before work)"
 OUTPUT_CASES = [
     Case("out-eval-earlier-result-kept", earlier_eval, words=("not a JSON object",)),
     Case("out-circles-earlier-dataset-kept", earlier_dataset, codes=(2,), words=("--overwrite",)),
@@ -329,8 +324,7 @@ OUTPUT_CASES = [
     Case("out-generate-is-file", out_case("generate", a_file), codes=(1, 2), words=("out",)),
     Case("out-generate-under-file", out_case("generate", under_a_file), codes=(1, 2), words=("out",)),
     Case("out-train-is-file", out_case("train", a_file), codes=(1, 2), words=("out",)),
-    Case("out-train-under-file", out_case("train", under_a_file), codes=(1, 2), words=("out",),
-         xfail=_OUT.format("train"), run=False),
+    Case("out-train-under-file", out_case("train", under_a_file), codes=(1, 2), words=("out",)),
 ]
 
 
