@@ -68,7 +68,7 @@ def _step_seen(out: Path, step: int):
 
 def _has_checkpoint(out: Path) -> bool:
     d = out / "checkpoints"
-    return d.is_dir() and any((c / "state.pt").is_file() for c in d.iterdir() if c.name.startswith("step-"))
+    return d.is_dir() and any((c / "manifest.json").is_file() for c in d.iterdir() if c.name.startswith("step-"))  # a complete checkpoint
 
 
 def _weights(out: Path) -> dict:
