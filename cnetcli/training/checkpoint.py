@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
+from ..errors import OutputError, UsageError
 from ..images import atomic_save_dir, atomic_write_text
 
 FORMAT = "cnet-checkpoint/2"
@@ -204,10 +204,12 @@ def save_checkpoint(output: str | Path, step: int, *, controlnet: Any, unet: Any
         final = root / f"step-{step}-{run_id}"
     try:
         final = atomic_save_dir(fill, final)
-    except OSError as e:  # the temp folder is gone; the earlier checkpoints are untouched
+    except (OSError, OutputError) as e:  # the temp folder is gone; the earlier checkpoints are untouched
         from ..errors import TrainingError
 
-        raise TrainingError(f"could not write checkpoint {final} ({e.strerror or e}): free space in {root} or "
+        cause = e.__cause__ if isinstance(e, OutputError) and isinstance(e.__cause__, OSError) else e
+        why = getattr(cause, "strerror", None) or str(cause)
+        raise TrainingError(f"could not write checkpoint {final} ({why}): free space in {root} or "
                             "lower --keep-checkpoints; the earlier checkpoints are intact (--resume latest)") from None
     prune(output, run_id, step, keep)
     return final
