@@ -1,6 +1,6 @@
 # The two set-up commands (each creates .venv if missing, installs, and runs):
 #   make demo   - the whole pipeline offline on the bundled examples (outputs/demo)
-#   make test   - the whole test suite, offline
+#   make test   - the fast test suite, offline (what CI runs); make test-slow: the long end-to-end ones
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -9,7 +9,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_HUB_DISABLE_TELEMETRY = 1
 export TOKENIZERS_PARALLELISM = false
 
-.PHONY: demo test lint install clean
+.PHONY: demo test test-slow lint install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,10 @@ demo: $(STAMP)
 	$(VENV)/bin/cnet demo --output outputs/demo --overwrite
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+
+test-slow: $(STAMP)
+	CNET_RUN_SLOW=1 $(PY) -m pytest -q -p no:cacheprovider -m slow
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
