@@ -84,6 +84,7 @@ def generate_cmd(
     base: Annotated[str | None, _opt("--base", help="SD base: hub id, diffusers folder or single .safetensors.", shows=_default("base"), panel=_M)] = None,
     base_config: Annotated[str | None, _opt("--base-config", help="Local diffusers config folder for a single-file base (offline).", panel=_M)] = None,
     controlnet_config: Annotated[str | None, _opt("--controlnet-config", help="Local config folder for a single-file ControlNet (offline).", panel=_M)] = None,
+    trust_pickle: Annotated[bool, _opt("--trust-pickle", metavar="", help="Allow pickled ControlNet files (.ckpt/.pth/.bin) that need full unpickling (runs code from the file: only for files you trust).", panel=_M)] = False,
     device: DeviceOpt = "auto",
     dtype: Annotated[Dtype | None, _opt("--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.", shows="auto", panel=_F)] = None,
     batch_size: Annotated[int | None, _opt("--batch-size", help="Images per forward pass.", shows=_default("batch_size"), panel=_F)] = None,
@@ -106,7 +107,7 @@ def generate_cmd(
         "output": output, "width": width, "height": height, "num_images": num_images, "grid": grid or None,
         "base": base, "base_config": base_config, "controlnet_config": controlnet_config, "device": device,
         "dtype": dtype.value if dtype else None, "batch_size": batch_size, "compile": False if no_compile else None,
-        "vae_tiling": vae_tiling,
+        "vae_tiling": vae_tiling, "trust_pickle": trust_pickle or None,
     }
     if hint or image:  # new inputs replace the PNG's (whichever kind it recorded)
         kw.pop("hints", None)

@@ -106,6 +106,8 @@ class GenerateConfig:
     grid: bool = False
     save: bool = True
     offline: bool | None = None
+    #: allow pickled (.ckpt/.pth/.bin) ControlNet files; they can run code, so never on unless asked
+    trust_pickle: bool = False
 
     def __post_init__(self) -> None:
         s = object.__setattr__
