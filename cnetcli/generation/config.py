@@ -95,7 +95,7 @@ class GenerateConfig:
     end: tuple[float, ...] = (1.0,)
     guess_mode: bool = False
     control_mode: str = "balanced"
-    image_resolution: int = 512
+    image_resolution: int | None = None  # None: the base's native size (512 for SD1.5, 1024 for SDXL)
     base_config: str | None = None
     controlnet_config: str | None = None
     device: str = "auto"
@@ -177,7 +177,7 @@ class GenerateConfig:
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype {self.dtype}: valid: {', '.join(DTYPES)}")
         s(self, "device", check_device_spec(self.device))
-        if self.image_resolution < 64 or self.image_resolution > 8192:
+        if self.image_resolution is not None and not 64 <= self.image_resolution <= 8192:
             raise UsageError(f"--resolution {self.image_resolution}: must be between 64 and 8192")
 
     def per_net(self, name: str, n: int) -> tuple[float, ...]:

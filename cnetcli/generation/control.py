@@ -73,11 +73,12 @@ class ControlUnit:
 
 
 def residuals(units: list[ControlUnit], x_in: Any, t: Any, emb: Any, *, i: int, n: int, mode: str,
-              do_cfg: bool) -> tuple[list[Any], Any] | None:
+              do_cfg: bool, added_cond: dict[str, Any] | None = None) -> tuple[list[Any], Any] | None:
     """Sum of the active ControlNets' residuals for the (CFG-batched) UNet input, or None when none acts.
 
     With CFG the batch is [uncond; cond] (each half B). In `controlnet` mode the ControlNets see only the
-    conditional half and the unconditional half gets zeros.
+    conditional half and the unconditional half gets zeros. `added_cond`: the family's added conditioning
+    for the whole batch (SDXL's pooled text + time ids), given to every ControlNet as the UNet gets it.
     """
     import torch
 
@@ -86,14 +87,19 @@ def residuals(units: list[ControlUnit], x_in: Any, t: Any, emb: Any, *, i: int, 
     for u in units:
         if u.scale == 0.0 or not active(i, n, u.start, u.end):
             continue
+        kw: dict[str, Any] = {}
         if do_cfg and mode == "controlnet":
             half = x_in.shape[0] // 2
             x, e, img = x_in[half:], emb[half:], u.image
+            if added_cond is not None:
+                kw["added_cond_kwargs"] = {k: v[half:] for k, v in added_cond.items()}
         else:
             x, e = x_in, emb
             img = torch.cat([u.image, u.image]) if do_cfg else u.image
+            if added_cond is not None:
+                kw["added_cond_kwargs"] = added_cond
         down, mid = u.net(x, t, encoder_hidden_states=e, controlnet_cond=img, conditioning_scale=1.0,
-                          guess_mode=False, return_dict=False)
+                          guess_mode=False, return_dict=False, **kw)
         k = len(down) + 1
         w = soft_weights(k) if mode in ("prompt", "controlnet") else [1.0] * k
         down = [d * (u.scale * wi) for d, wi in zip(down, w[:-1], strict=True)]

@@ -52,6 +52,24 @@ class Models:
     channels_last: bool = False
     compile: bool = False  # compile ControlNets as they load (the fast path; set only on CUDA by load_models)
     compile_backend: str = "inductor"  # tests use "aot_eager" to check the compiled step on CPU
+    #: SDXL's second text encoder (with projection) and its tokenizer; None for SD1.x/2.x
+    text_encoder_2: Any = None
+    tokenizer_2: Any = None
+    #: the base's `models.families.ModelFamily` (detected from the UNet when not given)
+    family: Any = None
+
+    def __post_init__(self) -> None:
+        if self.family is None:
+            from ..models.families import family_of
+
+            self.family = family_of(self.unet_config if self.unet_config is not None else self.unet.config)
+
+    @property
+    def text_components(self) -> dict[str, Any]:
+        """The tokenizers and text encoders by their base-folder names, as `family.encode_prompt` takes them."""
+        parts = {"tokenizer": self.tokenizer, "text_encoder": self.text_encoder, "tokenizer_2": self.tokenizer_2,
+                 "text_encoder_2": self.text_encoder_2}
+        return {k: v for k, v in parts.items() if v is not None}
 
     def controlnet(self, spec: str) -> Any:
         if spec not in self.nets:
@@ -143,6 +161,9 @@ def load_models(cfg: Any, controlnet_specs: list[str] | None = None) -> Models:
     unet = unet.to(device).eval().requires_grad_(False)
     vae = comps["vae"].to(device).eval().requires_grad_(False)
     te = comps["text_encoder"].to(device).eval().requires_grad_(False)
+    te2 = comps.get("text_encoder_2")
+    if te2 is not None:
+        te2 = te2.to(device).eval().requires_grad_(False)
     channels_last = bool(cfg.channels_last and on_gpu)
     if channels_last:
         unet = unet.to(memory_format=torch.channels_last)
@@ -153,7 +174,8 @@ def load_models(cfg: Any, controlnet_specs: list[str] | None = None) -> Models:
     m = Models(base=str(cfg.base), unet=unet, vae=vae, text_encoder=te, tokenizer=comps["tokenizer"],
                scheduler_config=comps["scheduler"].config, device=device, dtype=dtype, unet_source=unet_source,
                controlnet_config=cfg.controlnet_config, offline=cfg.offline, channels_last=channels_last,
-               compile=use_fast_path, unet_config=unet_config, trust_pickle=trust)
+               compile=use_fast_path, unet_config=unet_config, trust_pickle=trust, text_encoder_2=te2,
+               tokenizer_2=comps.get("tokenizer_2"), family=getattr(comps, "family", None))
     for s in specs:
         m.controlnet(s)
     return m
