@@ -314,9 +314,12 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job, prompts_: list[str]
 
     n = len(job.hints)
     scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
-    units = [ctl.ControlUnit(models.controlnet(h.controlnet),
-                             control_image(h, job.width, job.height, models, b, cfg.resize_mode),
-                             scales[k], starts[k], ends[k]) for k, h in enumerate(job.hints)]
+    units = []
+    for k, h in enumerate(job.hints):
+        net = models.controlnet(h.controlnet)
+        units.append(ctl.ControlUnit(net, control_image(h, job.width, job.height, models, b, cfg.resize_mode),
+                                     scales[k], starts[k], ends[k],
+                                     ctl.union_control_type(h.type, net, h.controlnet)))
 
     vae_scale = 2 ** (len(models.vae.config.block_out_channels) - 1)
     shape = (1, models.unet.config.in_channels, job.height // vae_scale, job.width // vae_scale)
@@ -397,6 +400,9 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
     for k, h in enumerate(job.hints):
         if h.annotated:
             nets[k]["annotated"] = h.annotated
+        net = models.nets.get(h.controlnet)
+        if net is not None and ctl.union_types(net) is not None:  # ControlNet-Union: the control type it ran
+            nets[k]["union_control_type"] = ctl.union_control_type(h.type, net, h.controlnet)
     one = n == 1
     meta: dict[str, Any] = {
         "cnet": __version__,
