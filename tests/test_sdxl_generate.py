@@ -237,3 +237,15 @@ def test_cli_end_to_end_and_eval(run_cli, hints, xl, tmp_path):
     assert code == 0, err
     res = json.loads((out / "eval.json").read_text())
     assert res["n"] == 1 and res["skipped"] == {} and 0.0 <= res["f1"] <= 1.0
+
+
+def test_sample_images_on_sdxl(gen, models, hints, xl):
+    """`sample_images` (training validation's sampling, models already in memory) runs the SDXL loop too,
+    with the ControlNet passed as a module, and equals `generate` for the same settings."""
+    from cnetcli.generation import GenerateConfig, sample_images
+    from cnetcli.images import load_image
+
+    cfg = GenerateConfig(hints=("x",), base=str(xl["base"]), steps=STEPS, prompt="red circle", save=False)
+    out = sample_images(models, cfg, [load_image(hints / "square.png")], ["red circle"], [7],
+                        controlnet=models.controlnet(str(xl["cn"])), hint_type="canny")
+    assert np.array_equal(out[0], gen(prompt="red circle")[0].image)
