@@ -45,18 +45,26 @@ ControlMode = enum.Enum("ControlMode", {k: k for k in CONTROL_MODES}, type=str)
 ResizeMode = enum.Enum("ResizeMode", {k: k for k in RESIZE_MODES}, type=str)
 Dtype = enum.Enum("Dtype", {k: k for k in DTYPES}, type=str)
 
+def _sdxl_releases() -> str:
+    """The SDXL ControlNet per hint type, from the hint-type registry (no torch imported)."""
+    from ..generation.control import controlnet_releases
+
+    return ", ".join(f"{t}: {hub}" for t, hub in controlnet_releases("sdxl").items())
+
+
 HELP = ("Generate images from hints with a ControlNet. Paper defaults: 20 steps, CFG 9.0, DDIM eta 1.0 "
-        "(--sampler ddpm), SD1.5 base; the hint's type (PNG provenance or --type) picks the ControlNet 1.1 "
-        "release when --controlnet is absent. Several --hint/--controlnet pairs compose; a folder of hints runs "
-        "as a batch. Each PNG carries cnet's record, AUTOMATIC1111's `parameters` and a ComfyUI graph; "
-        "--from PNG repeats any of them.")
+        "(--sampler ddpm), SD1.5 base; an SDXL --base is detected from the model itself. When --controlnet is "
+        "absent the hint's type (PNG provenance or --type) picks the release for the base: ControlNet 1.1 on "
+        f"SD1.5; on SDXL {_sdxl_releases()} (other types need --controlnet). Several --hint/--controlnet pairs "
+        "compose; a folder of hints runs as a batch. Each PNG carries cnet's record, AUTOMATIC1111's `parameters` "
+        "and a ComfyUI graph; --from PNG repeats any of them.")
 
 
 def generate_cmd(
     hint: Annotated[list[str] | None, _opt("--hint", help="Hint image or folder of hints (repeat to compose).", panel=_I)] = None,
     image: Annotated[str | None, _opt("--image", help="Photo to annotate on the fly (with --type).", panel=_I)] = None,
     type_: Annotated[list[str] | None, _opt("--type", "-t", help="Hint type (else read from the hint PNG's provenance).", panel=_I)] = None,
-    resolution: Annotated[int | None, _opt("--resolution", help="With --image: the hint's short side (ControlNet's rule).", shows=_default("image_resolution"), panel=_I)] = None,
+    resolution: Annotated[int | None, _opt("--resolution", help="With --image: the hint's short side (ControlNet's rule).", shows="the base's native size: 512 SD1.5, 1024 SDXL", panel=_I)] = None,
     from_png: Annotated[str | None, _opt("--from", metavar="PNG", help="Repeat the generation recorded in a PNG (cnet's or AUTOMATIC1111's); flags given here override it.", panel=_I)] = None,
     prompt_mode: Annotated[PromptMode | None, _opt("--prompt-mode", help="none | default | user | auto (default: user with --prompt, else default).", panel=_P)] = None,
     prompt: Annotated[str | None, _opt("--prompt", help="The prompt (user mode).", panel=_P)] = None,
@@ -81,9 +89,10 @@ def generate_cmd(
     height: Annotated[int | None, _opt("--height", help="Height (default: the hint's, rounded to a multiple of 8).", panel=_O)] = None,
     num_images: Annotated[int | None, _opt("--num-images", "-n", help="Images per hint.", shows=_default("num_images"), panel=_O)] = None,
     grid: Annotated[bool, _opt("--grid", metavar="", help="Also write a contact sheet (hints + results).", panel=_O)] = False,
-    base: Annotated[str | None, _opt("--base", help="SD base: hub id, diffusers folder or single .safetensors.", shows=_default("base"), panel=_M)] = None,
+    base: Annotated[str | None, _opt("--base", help="SD1.x/2.x or SDXL base (family detected from the model): hub id, diffusers folder or single .safetensors.", shows=_default("base"), panel=_M)] = None,
     base_config: Annotated[str | None, _opt("--base-config", help="Local diffusers config folder for a single-file base (offline).", panel=_M)] = None,
     controlnet_config: Annotated[str | None, _opt("--controlnet-config", help="Local config folder for a single-file ControlNet (offline).", panel=_M)] = None,
+    trust_pickle: Annotated[bool, _opt("--trust-pickle", metavar="", help="Allow pickled ControlNet files (.ckpt/.pth/.bin) that need full unpickling (runs code from the file: only for files you trust).", panel=_M)] = False,
     device: DeviceOpt = "auto",
     dtype: Annotated[Dtype | None, _opt("--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.", shows="auto", panel=_F)] = None,
     batch_size: Annotated[int | None, _opt("--batch-size", help="Images per forward pass.", shows=_default("batch_size"), panel=_F)] = None,
@@ -106,7 +115,7 @@ def generate_cmd(
         "output": output, "width": width, "height": height, "num_images": num_images, "grid": grid or None,
         "base": base, "base_config": base_config, "controlnet_config": controlnet_config, "device": device,
         "dtype": dtype.value if dtype else None, "batch_size": batch_size, "compile": False if no_compile else None,
-        "vae_tiling": vae_tiling,
+        "vae_tiling": vae_tiling, "trust_pickle": trust_pickle or None,
     }
     if hint or image:  # new inputs replace the PNG's (whichever kind it recorded)
         kw.pop("hints", None)

@@ -95,7 +95,7 @@ class GenerateConfig:
     end: tuple[float, ...] = (1.0,)
     guess_mode: bool = False
     control_mode: str = "balanced"
-    image_resolution: int = 512
+    image_resolution: int | None = None  # None: the base's native size (512 for SD1.5, 1024 for SDXL)
     base_config: str | None = None
     controlnet_config: str | None = None
     device: str = "auto"
@@ -106,6 +106,8 @@ class GenerateConfig:
     grid: bool = False
     save: bool = True
     offline: bool | None = None
+    #: allow pickled (.ckpt/.pth/.bin) ControlNet files; they can run code, so never on unless asked
+    trust_pickle: bool = False
 
     def __post_init__(self) -> None:
         s = object.__setattr__
@@ -175,7 +177,7 @@ class GenerateConfig:
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype {self.dtype}: valid: {', '.join(DTYPES)}")
         s(self, "device", check_device_spec(self.device))
-        if self.image_resolution < 64 or self.image_resolution > 8192:
+        if self.image_resolution is not None and not 64 <= self.image_resolution <= 8192:
             raise UsageError(f"--resolution {self.image_resolution}: must be between 64 and 8192")
 
     def per_net(self, name: str, n: int) -> tuple[float, ...]:

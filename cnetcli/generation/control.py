@@ -15,6 +15,11 @@ Guidance window: ControlNet `k` acts at step `i` of `n` unless `i/n < start_k` o
 
 Residuals are always passed to the UNet as the full set (down AND middle): diffusers' UNet silently
 ignores a middle-only residual.
+
+ControlNet-Union models (diffusers' `ControlNetUnionModel`: one network for many hint types) take the hint's
+type as a control type index (xinsir's order, `UNION_CONTROL_TYPES`). Each hint is its own unit with its own
+strength and window, called as diffusers' `MultiControlNetUnionModel` calls its nets (one image and one
+control type per call), so two hints of different types on one union model compose like two ControlNets.
 """
 
 from __future__ import annotations
@@ -26,6 +31,19 @@ from ..errors import UsageError
 
 CONTROL_MODES = ("balanced", "prompt", "controlnet")
 SOFT_BASE = 0.825
+#: ControlNet-Union control type per cnet hint type (xinsir/controlnet-union-sdxl-1.0: 0 openpose, 1 depth,
+#: 2 hed/pidi/scribble/ted, 3 canny/lineart/anime lineart/mlsd, 4 normal, 5 segment; ProMax adds 6 tile,
+#: 7 inpaint (repaint))
+UNION_CONTROL_TYPES: dict[str, int] = {
+    "pose": 0, "dwpose": 0,
+    "depth": 1, "depth_zoe": 1, "depth_leres": 1,
+    "softedge": 2, "scribble": 2, "fake_scribble": 2,
+    "canny": 3, "mlsd": 3, "lineart": 3, "lineart_anime": 3, "hough": 3,
+    "normal": 4,
+    "seg": 5,
+    "tile": 6,
+    "inpaint": 7,
+}
 
 def controlnet_releases(family: str = "sd15") -> dict[str, str]:
     """Hint type -> its ControlNet release for a base family, derived from the hint-type registry."""
@@ -52,6 +70,31 @@ def check_control_mode(mode: str, guess_mode: bool) -> str:
     return mode
 
 
+def union_types(net: Any) -> int | None:
+    """How many control types a ControlNet-Union model knows (its `num_control_type`); None for a plain one."""
+    cfg = getattr(net, "config", None)
+    n = cfg.get("num_control_type") if hasattr(cfg, "get") else None
+    return int(n) if n is not None else None
+
+
+def union_control_type(hint_type: str | None, net: Any, spec: str) -> int | None:
+    """The control type index a hint of `hint_type` takes on `net`; None when `net` is not a union model.
+    One line naming --type / --controlnet when the type has no control type on this model."""
+    n = union_types(net)
+    if n is None:
+        return None
+    from ..annotators import find_type
+
+    ht = find_type(hint_type) if hint_type else None
+    idx = UNION_CONTROL_TYPES.get(ht.name) if ht is not None else None
+    known = ", ".join(t for t, i in UNION_CONTROL_TYPES.items() if i < n)
+    if idx is None or idx >= n:
+        what = "no hint type" if not hint_type else f"hint type {hint_type!r} has no control type on it"
+        raise UsageError(f"--controlnet {spec} is a ControlNet-Union model ({n} control types): {what}; pass "
+                         f"--type with one of: {known}")
+    return idx
+
+
 def soft_weights(k: int) -> list[float]:
     """AUTOMATIC1111's soft-injection weights, 0.825 ** (12 - i) for SD1.5's 13 residuals."""
     return [SOFT_BASE ** float(k - 1 - i) for i in range(k)]
@@ -70,14 +113,16 @@ class ControlUnit:
     scale: float
     start: float
     end: float
+    control_type: int | None = None  # ControlNet-Union: the hint's control type index (None: a plain ControlNet)
 
 
 def residuals(units: list[ControlUnit], x_in: Any, t: Any, emb: Any, *, i: int, n: int, mode: str,
-              do_cfg: bool) -> tuple[list[Any], Any] | None:
+              do_cfg: bool, added_cond: dict[str, Any] | None = None) -> tuple[list[Any], Any] | None:
     """Sum of the active ControlNets' residuals for the (CFG-batched) UNet input, or None when none acts.
 
     With CFG the batch is [uncond; cond] (each half B). In `controlnet` mode the ControlNets see only the
-    conditional half and the unconditional half gets zeros.
+    conditional half and the unconditional half gets zeros. `added_cond`: the family's added conditioning
+    for the whole batch (SDXL's pooled text + time ids), given to every ControlNet as the UNet gets it.
     """
     import torch
 
@@ -86,14 +131,24 @@ def residuals(units: list[ControlUnit], x_in: Any, t: Any, emb: Any, *, i: int, 
     for u in units:
         if u.scale == 0.0 or not active(i, n, u.start, u.end):
             continue
+        kw: dict[str, Any] = {}
         if do_cfg and mode == "controlnet":
             half = x_in.shape[0] // 2
             x, e, img = x_in[half:], emb[half:], u.image
+            if added_cond is not None:
+                kw["added_cond_kwargs"] = {k: v[half:] for k, v in added_cond.items()}
         else:
             x, e = x_in, emb
             img = torch.cat([u.image, u.image]) if do_cfg else u.image
+            if added_cond is not None:
+                kw["added_cond_kwargs"] = added_cond
+        if u.control_type is not None:  # one image, one control type per call (MultiControlNetUnionModel's way)
+            onehot = torch.zeros(x.shape[0], union_types(u.net), device=x.device, dtype=e.dtype)
+            onehot[:, u.control_type] = 1
+            kw.update(control_type=onehot, control_type_idx=[u.control_type])
+            img = [img]
         down, mid = u.net(x, t, encoder_hidden_states=e, controlnet_cond=img, conditioning_scale=1.0,
-                          guess_mode=False, return_dict=False)
+                          guess_mode=False, return_dict=False, **kw)
         k = len(down) + 1
         w = soft_weights(k) if mode in ("prompt", "controlnet") else [1.0] * k
         down = [d * (u.scale * wi) for d, wi in zip(down, w[:-1], strict=True)]

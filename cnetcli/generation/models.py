@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..device import resolve_device, resolve_dtype
-from ..models.sd import ModelSpec, _load, load_base_components, load_controlnet, resolve
+from ..models.sd import ModelSpec, _load, check_models_fit, load_base_components, load_controlnet, resolve
 
 
 def trained_unet_dir(controlnet_spec: str) -> Path | None:
@@ -46,15 +46,37 @@ class Models:
     captioner: Any = None
     controlnet_config: str | None = None
     offline: bool | None = None
+    #: the base UNet's config: a ControlNet is checked to fit it as it loads (and a single file needs no config)
+    unet_config: Any = None
+    trust_pickle: bool | None = None  # --trust-pickle: allow pickled ControlNet files (None: cnet's default)
     channels_last: bool = False
     compile: bool = False  # compile ControlNets as they load (the fast path; set only on CUDA by load_models)
     compile_backend: str = "inductor"  # tests use "aot_eager" to check the compiled step on CPU
+    #: SDXL's second text encoder (with projection) and its tokenizer; None for SD1.x/2.x
+    text_encoder_2: Any = None
+    tokenizer_2: Any = None
+    #: the base's `models.families.ModelFamily` (detected from the UNet when not given)
+    family: Any = None
+
+    def __post_init__(self) -> None:
+        if self.family is None:
+            from ..models.families import family_of
+
+            self.family = family_of(self.unet_config if self.unet_config is not None else self.unet.config)
+
+    @property
+    def text_components(self) -> dict[str, Any]:
+        """The tokenizers and text encoders by their base-folder names, as `family.encode_prompt` takes them."""
+        parts = {"tokenizer": self.tokenizer, "text_encoder": self.text_encoder, "tokenizer_2": self.tokenizer_2,
+                 "text_encoder_2": self.text_encoder_2}
+        return {k: v for k, v in parts.items() if v is not None}
 
     def controlnet(self, spec: str) -> Any:
         if spec not in self.nets:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                net = load_controlnet(spec, offline=self.offline, config=self.controlnet_config, torch_dtype=self.dtype)
+                net = load_controlnet(spec, offline=self.offline, config=self.controlnet_config, torch_dtype=self.dtype,
+                                      trust_pickle=self.trust_pickle, unet_config=self.unet_config)
             net = net.to(self.device).eval().requires_grad_(False)
             if self.channels_last:
                 net = net.to(memory_format=_channels_last())
@@ -115,9 +137,14 @@ def load_models(cfg: Any, controlnet_specs: list[str] | None = None) -> Models:
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     specs = list(controlnet_specs if controlnet_specs is not None else cfg.controlnets)
-    # Check the ControlNet paths before the (slow) base load, so a typo fails at once.
+    trust = True if getattr(cfg, "trust_pickle", False) else None
+    # Configs and file headers only, before the (slow) base load: a typo, a damaged config or a ControlNet
+    # whose shapes do not fit the base fails at once, in one line. A mistyped ControlNet path is named
+    # first, before a base that is missing offline.
     for s in specs:
         resolve(s)
+    check_models_fit(cfg.base, specs, base_config=cfg.base_config, controlnet_config=cfg.controlnet_config,
+                     offline=cfg.offline, trust_pickle=trust)
     with warnings.catch_warnings():  # hub-client deprecation chatter; real problems raise CnetErrors
         warnings.simplefilter("ignore")
         comps = load_base_components(cfg.base, offline=cfg.offline, config=cfg.base_config, torch_dtype=dtype)
@@ -130,9 +157,13 @@ def load_models(cfg: Any, controlnet_specs: list[str] | None = None) -> Models:
             unet_source = str(d)
             break
     on_gpu = device.startswith("cuda")
+    unet_config = dict(unet.config)  # read before compiling wraps the module
     unet = unet.to(device).eval().requires_grad_(False)
     vae = comps["vae"].to(device).eval().requires_grad_(False)
     te = comps["text_encoder"].to(device).eval().requires_grad_(False)
+    te2 = comps.get("text_encoder_2")
+    if te2 is not None:
+        te2 = te2.to(device).eval().requires_grad_(False)
     channels_last = bool(cfg.channels_last and on_gpu)
     if channels_last:
         unet = unet.to(memory_format=torch.channels_last)
@@ -143,7 +174,8 @@ def load_models(cfg: Any, controlnet_specs: list[str] | None = None) -> Models:
     m = Models(base=str(cfg.base), unet=unet, vae=vae, text_encoder=te, tokenizer=comps["tokenizer"],
                scheduler_config=comps["scheduler"].config, device=device, dtype=dtype, unet_source=unet_source,
                controlnet_config=cfg.controlnet_config, offline=cfg.offline, channels_last=channels_last,
-               compile=use_fast_path)
+               compile=use_fast_path, unet_config=unet_config, trust_pickle=trust, text_encoder_2=te2,
+               tokenizer_2=comps.get("tokenizer_2"), family=getattr(comps, "family", None))
     for s in specs:
         m.controlnet(s)
     return m

@@ -5,7 +5,8 @@ it gives batched classifier-free guidance, per-branch control (control modes), g
 weights, and always hands the UNet full residual sets (diffusers ignores middle-only residuals).
 
 1. check inputs: resolve the hints (files, folders, or a photo annotated on the fly) into jobs
-2. pick the ControlNets (given, or the 1.1 release matching each hint's type)
+2. pick the ControlNets (given, or the base family's release matching each hint's type: ControlNet 1.1 for
+   SD1.5, the SDXL releases for an SDXL base)
 3. load models (base, trained UNet if present, ControlNets)
 4. for each job and batch: encode prompts, prepare the control images and latents, denoise, decode
 5. auto prompt mode: caption pass 1 with BLIP and run pass 2 with the caption (same seeds, same hints)
@@ -86,10 +87,45 @@ def _hint_type(path: str | None, given: str | None) -> str | None:
     return prov.type if prov is not None else None
 
 
-def _controlnet_for(hint_type: str | None, path: str | None) -> str:
+class BaseInfo:
+    """What preflight needs to know about the base before loading it, read from its configs once and only
+    when asked: its family (which ControlNet releases fit it) and native resolution. A hub base that is not
+    in the cache (offline) reads as the SD1.5 family here; loading it later names what to download."""
+
+    def __init__(self, cfg: GenerateConfig, family: Any = None) -> None:
+        self.cfg, self._family, self._resolution = cfg, family, None
+
+    def _probe(self) -> None:
+        from ..errors import MissingWeightsError
+        from ..models.families import family_named
+        from ..models.sd import base_family
+
+        try:
+            fam, unet, vae = base_family(self.cfg.base, config=self.cfg.base_config, offline=self.cfg.offline)
+        except MissingWeightsError:
+            fam, unet, vae = family_named("sd"), None, None
+        if self._family is None:
+            self._family = fam
+        self._resolution = self._family.default_resolution(unet, vae) if unet is not None else \
+            self._family.fallback_resolution
+
+    @property
+    def family(self) -> Any:
+        if self._family is None:
+            self._probe()
+        return self._family
+
+    @property
+    def resolution(self) -> int:
+        if self._resolution is None:
+            self._probe()
+        return self._resolution
+
+
+def _controlnet_for(hint_type: str | None, path: str | None, base: BaseInfo) -> str:
     if hint_type is None:
         raise UsageError(f"{path}: no hint type in its PNG provenance; pass --type TYPE or --controlnet MODEL")
-    return ctl.release_for(hint_type)
+    return ctl.release_for(hint_type, base.family.release_family)
 
 
 def _types_for(cfg: GenerateConfig, n: int) -> list[str | None]:
@@ -102,14 +138,16 @@ def _types_for(cfg: GenerateConfig, n: int) -> list[str | None]:
     return list(cfg.types)
 
 
-def _annotate_photo(cfg: GenerateConfig, outdir: Path) -> Job:
+def _annotate_photo(cfg: GenerateConfig, outdir: Path, base: BaseInfo) -> Job:
     from ..annotators import annotate, get_type, params_dict
 
     photo = load_image(cfg.image)  # clear InputError for a missing/unreadable photo
+    # the hint's short side: --resolution, else the base's native size (512 for SD1.5, 1024 for SDXL)
+    resolution = cfg.image_resolution or base.resolution
     hints: list[HintInput] = []
     for t in cfg.types:
         ht = get_type(t)
-        arr = annotate(photo, ht.name, image_resolution=cfg.image_resolution)
+        arr = annotate(photo, ht.name, image_resolution=resolution)
         detect = ht.default_detect_resolution if ht.uses_detect_resolution else None
         path = None
         if cfg.save:
@@ -119,24 +157,26 @@ def _annotate_photo(cfg: GenerateConfig, outdir: Path) -> Job:
             path = str(p.with_name(p.name + ".png"))
             with output.saving(Path(path)):
                 Provenance(type=ht.name, params=params_dict(ht.make_params()), detect_resolution=detect,
-                           image_resolution=cfg.image_resolution, keep_size=False,
+                           image_resolution=resolution, keep_size=False,
                            source=str(cfg.image)).write(path, arr)
         ann = {"params": params_dict(ht.make_params()), "detect_resolution": detect,
-               "image_resolution": cfg.image_resolution}
+               "image_resolution": resolution}
         hints.append(HintInput(path, arr, ht.name, "", ann))
     nets = list(cfg.controlnets)
     if nets and len(nets) != len(hints):
         raise UsageError(f"--controlnet: {len(nets)} ControlNets for {len(hints)} --type values; give one per type")
     for k, h in enumerate(hints):
-        h.controlnet = nets[k] if nets else ctl.release_for(h.type or "")
+        h.controlnet = nets[k] if nets else ctl.release_for(h.type or "", base.family.release_family)
     return Job(Path(cfg.image).stem, hints)
 
 
-def resolve_jobs(cfg: GenerateConfig, outdir: Path) -> list[Job]:
+def resolve_jobs(cfg: GenerateConfig, outdir: Path, family: Any = None) -> list[Job]:
     """Hints -> jobs. Folders, or several hints with exactly one ControlNet, run as a batch (one job per
-    hint); otherwise several hints compose (multi-ControlNet, one ControlNet per hint)."""
+    hint); otherwise several hints compose (multi-ControlNet, one ControlNet per hint). `family`: the base's
+    `ModelFamily` when known (else read from the base's configs, only if a release or a size depends on it)."""
+    base = BaseInfo(cfg, family)
     if cfg.image:
-        jobs = [_annotate_photo(cfg, outdir)]
+        jobs = [_annotate_photo(cfg, outdir, base)]
     else:
         paths: list[Path] = []
         any_folder = False
@@ -159,7 +199,7 @@ def resolve_jobs(cfg: GenerateConfig, outdir: Path) -> list[Job]:
         hints = []
         for k, p in enumerate(paths):
             t = _hint_type(str(p), types[k])
-            net = (nets[0] if batch else nets[k]) if nets else _controlnet_for(t, str(p))
+            net = (nets[0] if batch else nets[k]) if nets else _controlnet_for(t, str(p), base)
             hints.append(HintInput(str(p), load_image(p), t, net))
         if batch:
             jobs = [Job(Path(h.path or "hint").stem, [h]) for h in hints]
@@ -235,14 +275,15 @@ def check_captioner(spec: str, offline: bool | None) -> None:
 
 
 # -------------------------------------------------------------------------------------- 4. sampling
-def encode_prompts(models: Models, texts: list[str]) -> Any:
+def encode_prompts(models: Models, texts: list[str], negative: str = "", do_cfg: bool = True) -> Any:
+    """The family's prompt encoding (`PromptEncoding`) of a batch. An empty `negative` is "no negative
+    prompt": SD encodes the empty string, SDXL (force_zeros_for_empty_prompt) uses zeros, as diffusers does."""
     import torch
 
-    tok = models.tokenizer
-    ids = tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-              return_tensors="pt").input_ids.to(models.device)
     with torch.inference_mode():
-        return models.text_encoder(ids)[0]
+        return models.family.encode_prompt(models.text_components, texts,
+                                           negative_prompt=[negative] * len(texts) if negative else None,
+                                           do_classifier_free_guidance=do_cfg)
 
 
 def control_image(hint: HintInput, width: int, height: int, models: Models, batch: int, mode: str = "crop") -> Any:
@@ -265,14 +306,20 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job, prompts_: list[str]
 
     b = len(seeds)
     do_cfg = cfg.cfg > 1.0
-    cond = encode_prompts(models, prompts_)
-    emb = torch.cat([encode_prompts(models, [cfg.negative_prompt] * b), cond]) if do_cfg else cond
+    enc = encode_prompts(models, prompts_, cfg.negative_prompt, do_cfg)
+    emb = torch.cat([enc.negative_prompt_embeds, enc.prompt_embeds]) if do_cfg else enc.prompt_embeds
+    # the family's added conditioning (SDXL: pooled text + size/crop ids) for the UNet and every ControlNet
+    added = models.family.sampling_added_cond(enc, (job.height, job.width), do_classifier_free_guidance=do_cfg,
+                                              unet_config=models.unet_config)
 
     n = len(job.hints)
     scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
-    units = [ctl.ControlUnit(models.controlnet(h.controlnet),
-                             control_image(h, job.width, job.height, models, b, cfg.resize_mode),
-                             scales[k], starts[k], ends[k]) for k, h in enumerate(job.hints)]
+    units = []
+    for k, h in enumerate(job.hints):
+        net = models.controlnet(h.controlnet)
+        units.append(ctl.ControlUnit(net, control_image(h, job.width, job.height, models, b, cfg.resize_mode),
+                                     scales[k], starts[k], ends[k],
+                                     ctl.union_control_type(h.type, net, h.controlnet)))
 
     vae_scale = 2 ** (len(models.vae.config.block_out_channels) - 1)
     shape = (1, models.unet.config.in_channels, job.height // vae_scale, job.width // vae_scale)
@@ -289,9 +336,12 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job, prompts_: list[str]
         if cudagraphs:  # one CUDA-graph "step" per denoising step: earlier outputs may be reused as buffers
             torch.compiler.cudagraph_mark_step_begin()
         x_in = torch.cat([x, x]) if do_cfg else x  # the CFG pair runs as one batch
-        res = ctl.residuals(units, x_in, t, emb, i=i, n=n_steps, mode=cfg.control_mode, do_cfg=do_cfg)
+        res = ctl.residuals(units, x_in, t, emb, i=i, n=n_steps, mode=cfg.control_mode, do_cfg=do_cfg,
+                            added_cond=added)
         kw = {} if res is None else {"down_block_additional_residuals": res[0],
                                      "mid_block_additional_residual": res[1]}
+        if added is not None:
+            kw["added_cond_kwargs"] = added
         eps = models.unet(x_in, t, encoder_hidden_states=emb, **kw, return_dict=False)[0]
         if do_cfg:
             u, c = eps.chunk(2)
@@ -306,7 +356,8 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job, prompts_: list[str]
             models.vae.enable_tiling()
         elif hasattr(models.vae, "disable_tiling"):
             models.vae.disable_tiling()
-        img = models.vae.decode(x / models.vae.config.scaling_factor, return_dict=False)[0]
+        # the VAE may run in another dtype than the UNet (the family's: SDXL's stays fp32 under fp16)
+        img = models.vae.decode(x.to(models.vae.dtype) / models.vae.config.scaling_factor, return_dict=False)[0]
     img = (img.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
     return [np.ascontiguousarray(a) for a in img]
 
@@ -349,6 +400,9 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
     for k, h in enumerate(job.hints):
         if h.annotated:
             nets[k]["annotated"] = h.annotated
+        net = models.nets.get(h.controlnet)
+        if net is not None and ctl.union_types(net) is not None:  # ControlNet-Union: the control type it ran
+            nets[k]["union_control_type"] = ctl.union_control_type(h.type, net, h.controlnet)
     one = n == 1
     meta: dict[str, Any] = {
         "cnet": __version__,
@@ -372,6 +426,7 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
         "control_mode": cfg.control_mode,
         "guess_mode": cfg.guess_mode,
         "base": str(cfg.base),
+        "family": models.family.name,
         "unet": models.unet_source,
         "width": job.width,
         "height": job.height,
@@ -401,16 +456,16 @@ def _title(spec: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ generate
-def preflight(cfg: GenerateConfig) -> list[Job]:
+def preflight(cfg: GenerateConfig, family: Any = None) -> list[Job]:
     """Every check that can fail before a model loads: the output folder takes files, auto mode's captioner
     can load, the hints exist and fit (sizes, one scale/window per ControlNet). Returns the jobs to run
-    (with `--image`, the photo is annotated here)."""
+    (with `--image`, the photo is annotated here). `family`: the base's, when already loaded."""
     outdir = Path(cfg.output).expanduser()
     if cfg.save:
         check_output_dir(outdir)
     if cfg.prompt_mode == "auto":
         check_captioner(cfg.captioner, cfg.offline)
-    return resolve_jobs(cfg, outdir)
+    return resolve_jobs(cfg, outdir, family)
 
 
 def generate(cfg: GenerateConfig, reporter: Reporter | None = None, models: Models | None = None,
@@ -427,7 +482,7 @@ def generate(cfg: GenerateConfig, reporter: Reporter | None = None, models: Mode
 
     # 1. check inputs and outputs (everything that can fail does so here, before any model loads)
     if jobs is None:
-        jobs = preflight(cfg)
+        jobs = preflight(cfg, models.family if models is not None else None)
     base_seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**32)
 
     # 2-3. models (the ControlNets the jobs need)

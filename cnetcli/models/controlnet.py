@@ -314,11 +314,24 @@ def load(spec: str | os.PathLike, *, torch_dtype: Any = None, offline: bool | No
                             unet_config=unet_config)
 
 
+#: ControlNet classes a diffusers folder may name in its config's `_class_name` (ControlNet-Union: one network
+#: for many hint types, xinsir's controlnet-union-sdxl-1.0 and its ProMax)
+FOLDER_CLASSES = ("ControlNetModel", "ControlNetUnionModel")
+
+
+def folder_class(cfg: dict[str, Any] | None) -> Any:
+    """The diffusers class a ControlNet config names (`_class_name`), ControlNetModel for anything else."""
+    import diffusers
+
+    name = (cfg or {}).get("_class_name")
+    return getattr(diffusers, name if name in FOLDER_CLASSES else "ControlNetModel")
+
+
 def _load_folder(loc: Located, spec: Any, torch_dtype: Any, offline: bool | None, trust_pickle: bool | None) -> Any:
     from diffusers import ControlNetModel
 
     from .compat import validate_config
-    from .sd import ModelSpec, load_pretrained
+    from .sd import ModelSpec, is_offline, load_pretrained
 
     kw: dict[str, Any] = {}
     if torch_dtype is not None:
@@ -326,15 +339,20 @@ def _load_folder(loc: Located, spec: Any, torch_dtype: Any, offline: bool | None
     if loc.variant:
         kw["variant"] = loc.variant
     if loc.kind == "folder":
-        validate_config(_read_config(loc.path), f"{loc.path}/config.json")
+        cfg = _read_config(loc.path)
+        validate_config(cfg, f"{loc.path}/config.json")
         try:
-            return load_pretrained(ControlNetModel, ModelSpec("dir", loc.path, str(spec)), "ControlNet", offline,
+            return load_pretrained(folder_class(cfg), ModelSpec("dir", loc.path, str(spec)), "ControlNet", offline,
                                    trust_pickle_flag=True, **kw)
         except ModelLoadError as e:
             if boundary.UNSAFE_PICKLE in str(e) and _trusted(trust_pickle):
                 return _load_pickled_folder(loc, torch_dtype, trust_pickle)
             raise
-    return load_pretrained(ControlNetModel, ModelSpec("hub", loc.path, str(spec)), "ControlNet", offline, **kw)
+    try:
+        cls = folder_class(dict(ControlNetModel.load_config(loc.path, local_files_only=is_offline(offline))))
+    except Exception:  # not cached / not on the hub: load_pretrained names what to download
+        cls = ControlNetModel
+    return load_pretrained(cls, ModelSpec("hub", loc.path, str(spec)), "ControlNet", offline, **kw)
 
 
 def _trusted(trust_pickle: bool | None) -> bool:

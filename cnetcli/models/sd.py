@@ -256,6 +256,23 @@ def check_models_fit(
     return unet
 
 
+def base_family(base: str | os.PathLike, *, config: str | None = None,
+                offline: bool | None = None) -> tuple[Any, dict[str, Any] | None, dict[str, Any] | None]:
+    """(family, UNet config, VAE config) of a base from its configs alone (no weights read): what a caller
+    needs before loading, e.g. to pick a ControlNet release or a default size. The configs are None for a
+    single-file base without its config folder (the family then comes from the checkpoint's keys)."""
+    from .families import family_of
+
+    spec = resolve(base)
+    if spec.kind == "file":
+        return (single_file_family(spec.location, config), part_config(spec, "unet", offline, config),
+                part_config(spec, "vae", offline, config))
+    if spec.kind == "dir" and not (Path(spec.location) / "model_index.json").exists():
+        raise ModelLoadError(f"{spec.location}: not a diffusers Stable Diffusion folder (no model_index.json)")
+    unet = part_config(spec, "unet", offline)
+    return family_of(unet, _pipeline_config(spec, offline)), unet, part_config(spec, "vae", offline)
+
+
 def single_file_family(path: str | os.PathLike, config: str | None = None) -> Any:
     """The family of a single-file base: from its config folder's UNet config when given, else from the
     checkpoint's keys (diffusers' own `infer_diffusers_model_type`, on a safetensors header read)."""

@@ -51,6 +51,8 @@ class ModelFamily:
     tokenizers: tuple[str, ...] = ("tokenizer",)
     #: resolution when the UNet config has no sample_size
     fallback_resolution: int = 512
+    #: the key of this family's ControlNet releases in the hint-type registry (`HintType.releases`)
+    release_family: str = "sd15"
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -73,6 +75,12 @@ class ModelFamily:
 
     def added_cond_kwargs(self, encoding: PromptEncoding, time_ids: Any = None) -> dict[str, Any] | None:
         """What the UNet (and ControlNet) take as `added_cond_kwargs`; None when the family has none."""
+        return None
+
+    def sampling_added_cond(self, encoding: PromptEncoding, size: tuple[int, int], *,
+                            do_classifier_free_guidance: bool, unet_config: Any = None) -> dict[str, Any] | None:
+        """`added_cond_kwargs` for sampling a batch at `size` (height, width), as the family's diffusers
+        pipeline builds it; under CFG for the batch [unconditional; conditional]. None when the family has none."""
         return None
 
 

@@ -23,6 +23,7 @@ class StableDiffusion(ModelFamily):
     text_encoders: tuple[str, ...] = ("text_encoder",)
     tokenizers: tuple[str, ...] = ("tokenizer",)
     fallback_resolution: int = 512
+    release_family: str = "sd15"
 
     def _encode(self, tokenizer: Any, text_encoder: Any, prompts: list[str], max_length: int,
                 clip_skip: int | None) -> Any:

@@ -28,6 +28,7 @@ class StableDiffusionXL(ModelFamily):
     text_encoders: tuple[str, ...] = ("text_encoder", "text_encoder_2")
     tokenizers: tuple[str, ...] = ("tokenizer", "tokenizer_2")
     fallback_resolution: int = 1024
+    release_family: str = "sdxl"
     #: diffusers' SDXL pipelines default: no negative prompt -> zero unconditional embeddings
     force_zeros_for_empty_prompt: bool = True
 
@@ -103,3 +104,17 @@ class StableDiffusionXL(ModelFamily):
         if time_ids is None:
             raise ValueError("SDXL needs add_time_ids (original size, crop top-left, target size)")
         return {"text_embeds": encoding.pooled_prompt_embeds, "time_ids": time_ids}
+
+    def sampling_added_cond(self, encoding: PromptEncoding, size: tuple[int, int], *,
+                            do_classifier_free_guidance: bool, unet_config: Any = None) -> dict[str, Any] | None:
+        """The SDXL pipelines' defaults: original size = target size = the output size, crop (0, 0); the
+        unconditional branch gets the same time ids and the negative pooled embedding."""
+        import torch
+
+        pooled = encoding.pooled_prompt_embeds
+        ids = self.add_time_ids(size, (0, 0), size, unet_config=unet_config, projection_dim=int(pooled.shape[-1]),
+                                dtype=encoding.prompt_embeds.dtype).to(pooled.device).repeat(pooled.shape[0], 1)
+        if do_classifier_free_guidance:
+            pooled = torch.cat([encoding.negative_pooled_prompt_embeds, pooled])
+            ids = torch.cat([ids, ids])
+        return self.added_cond_kwargs(PromptEncoding(encoding.prompt_embeds, pooled_prompt_embeds=pooled), ids)
