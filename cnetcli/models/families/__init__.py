@@ -75,6 +75,16 @@ class ModelFamily:
         """What the UNet (and ControlNet) take as `added_cond_kwargs`; None when the family has none."""
         return None
 
+    def training_added_cond(self, encoding: PromptEncoding, micro: Any, target_size: tuple[int, int]
+                            ) -> dict[str, Any] | None:
+        """The added conditioning of a training batch: `micro` is a (B, 4) tensor of each image's original
+        (height, width) and crop (top, left) in the resized image; None when the family has none."""
+        return None
+
+    def text_parts(self, components: Any) -> dict[str, Any]:
+        """The text encoders and tokenizers of `components` (what `encode_prompt` reads)."""
+        return {k: components[k] for k in (*self.text_encoders, *self.tokenizers)}
+
 
 def family_of(unet_config: Any, pipeline_config: Any = None) -> ModelFamily:
     """The family of a base from its UNet config (and, for SDXL, its pipeline config's
