@@ -134,7 +134,9 @@ def _embed_captions(captions: list[str], family: Any, text: dict[str, Any], bs: 
     def enc(texts: list[str]) -> Any:
         return family.encode_prompt(text, texts, do_classifier_free_guidance=False)
 
-    step = max(bs, 16)
+    # chunks of the training batch size: at batch 1 the encoders do the same arithmetic as without the cache
+    # (a batched projection, like SDXL's pooled one, rounds differently from a single row)
+    step = max(bs, 1)
     with torch.no_grad():
         parts = [enc(uniq[s:s + step]) for s in range(0, len(uniq), step)]
         empty = enc([""])

@@ -81,10 +81,6 @@ class ModelFamily:
         (height, width) and crop (top, left) in the resized image; None when the family has none."""
         return None
 
-    def text_parts(self, components: Any) -> dict[str, Any]:
-        """The text encoders and tokenizers of `components` (what `encode_prompt` reads)."""
-        return {k: components[k] for k in (*self.text_encoders, *self.tokenizers)}
-
 
 def family_of(unet_config: Any, pipeline_config: Any = None) -> ModelFamily:
     """The family of a base from its UNet config (and, for SDXL, its pipeline config's
