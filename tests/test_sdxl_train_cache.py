@@ -68,9 +68,9 @@ def test_sdxl_cached_equals_uncached_bitwise_with_hflip(xl, data, tmp_path):
     assert c["micro"][-1].tolist() == [48, 80, 0, 21] and c["micro_flipped"][-1].tolist() == [48, 80, 0, 22]
     assert c["micro"][0].tolist() == [48, 40, 6, 0]
     # the cache key covers the second text encoder: another one gives another cache
+    from cnetcli.models.sd import load_base_components
     from cnetcli.training.cache import cache_key
     from cnetcli.training.data import read_dataset
-    from cnetcli.models.sd import load_base_components
 
     comps = load_base_components(str(xl), offline=True)
     idx = read_dataset(str(data))
