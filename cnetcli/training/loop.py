@@ -212,6 +212,10 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
     vae_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
     latent_shape = (models.vae.config.latent_channels, cfg.resolution // vae_factor, cfg.resolution // vae_factor)
+    if cuda:  # what is on the GPU and the estimated peak, before the first step can run out of memory
+        from .memory import plan_for
+
+        reporter.message(plan_for(models, cfg, latent_shape).line(torch.cuda.mem_get_info(device)[1]))
     num_t = models.noise_scheduler.config.num_train_timesteps
     t_weights = timestep_weights(cfg, num_t)
     if t_weights is not None:
