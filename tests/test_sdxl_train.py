@@ -167,17 +167,26 @@ def test_small_scale_keeps_down_zero_convs_zero(xl, comps, data, tmp_path):
     assert (mid_only - plain).abs().max() > 1e-7  # the middle residual reaches the UNet (explicit zero downs)
 
 
-def test_resume_equals_a_straight_run_bitwise(xl, data, tmp_path):
+def test_resume_equals_a_straight_run_bitwise_and_single_file(xl, data, tmp_path):
     import torch
 
     kw = dict(max_steps=4, hflip=True, gradient_accumulation=2, batch_size=1)
-    straight = train(_cfg(xl, data, tmp_path / "s", **kw))
+    straight = train(_cfg(xl, data, tmp_path / "s", single_file=True, **kw))
     stopped = train(_cfg(xl, data, tmp_path / "r", checkpoint_every=1, **kw), on_step=lambda i: i.step == 2)
     assert stopped.interrupted and stopped.steps == 2
     resumed = train(_cfg(xl, data, tmp_path / "r", resume="latest", checkpoint_every=1, **kw))
     assert resumed.start_step == 2 and resumed.losses == straight.losses
     a, b = _cn(straight.controlnet_dir).state_dict(), _cn(resumed.controlnet_dir).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    # --single-file on SDXL: the diffusers-layout file A1111/ComfyUI load, read back by diffusers' loader
+    from diffusers import ControlNetModel
+    from safetensors import safe_open
+
+    with safe_open(str(straight.single_file), "pt") as f:
+        assert f.metadata()["cnet_layout"] == "diffusers" and "add_embedding.linear_1.weight" in set(f.keys())
+    back = ControlNetModel.from_single_file(str(straight.single_file), config=str(straight.controlnet_dir),
+                                            local_files_only=True).state_dict()
+    assert set(back) == set(a) and all(torch.equal(a[k], back[k]) for k in a)
 
 
 def test_vae_stays_fp32_under_fp16_and_vae_flag_replaces_it(xl, data, tmp_path, comps):
@@ -204,3 +213,19 @@ def test_vae_flag_reaches_the_config(run_cli, tmp_path, monkeypatch):
     code, _, err = run_cli("train", "--base", "cnet-tiny", "--data", "d", "-o", "run", "--vae", "org/sdxl-vae-fix")
     assert code == 0, err
     assert calls[0][0].vae == "org/sdxl-vae-fix" and "vae" in calls[0][1]
+
+
+def test_single_file_preflight_holds_sdxl_to_no_original_layout_limits(tmp_path):
+    import json
+
+    from cnetcli.errors import UsageError
+    from cnetcli.training.disk import check_single_file_possible
+
+    for name, unet in (("xl", {"sample_size": 32, "addition_embed_type": "text_time", "layers_per_block": [1, 2]}),
+                       ("sd", {"sample_size": 32, "layers_per_block": [1, 2]})):
+        for sub, conf in (("unet", unet), ("vae", {"block_out_channels": [8, 16, 16]})):
+            (tmp_path / name / sub).mkdir(parents=True)
+            (tmp_path / name / sub / "config.json").write_text(json.dumps(conf))
+    check_single_file_possible(TrainConfig(base=str(tmp_path / "xl"), single_file=True))  # diffusers layout
+    with pytest.raises(UsageError, match="--single-file"):
+        check_single_file_possible(TrainConfig(base=str(tmp_path / "sd"), single_file=True))
