@@ -1,8 +1,9 @@
 """`--cache-latents`: VAE latents and text embeddings computed once, persisted in OUTPUT/cache/.
 
-The cache holds, per dataset row, the VAE latent distribution (mean and std, so sampling stays stochastic)
-and the 8-bit hint (with `--hflip`, of the flipped pair too: flipping a latent is not flipping the image), plus one text embedding per distinct caption and the "" embedding (so prompt dropout
-still works). It is a safetensors file named by a hash of everything it depends on: the dataset rows (paths,
+The cache holds, per dataset row, the VAE latent distribution (mean and std, so sampling stays stochastic),
+the 8-bit hint and the size/crop micro-conditioning (with `--hflip`, of the flipped pair too: flipping a
+latent is not flipping the image), plus one text embedding per distinct caption and the "" embedding (so
+prompt dropout still works); for families with a pooled embedding (SDXL) the pooled ones too. It is a safetensors file named by a hash of everything it depends on: the dataset rows (paths,
 file sizes and times, captions), the VAE and text-encoder weights, the resolution and the dtype. A resumed
 run (or any later run over the same data and base) finds it and skips the encoding.
 
@@ -22,8 +23,8 @@ from typing import Any
 
 from ..reporting import Reporter
 
-CACHE_VERSION = 2
-ROW_KEYS = ("latents", "hints", "latents_flipped", "hints_flipped")
+CACHE_VERSION = 3
+ROW_KEYS = ("latents", "hints", "micro", "latents_flipped", "hints_flipped", "micro_flipped")
 
 
 def _file_sig(x: Any) -> Any:
@@ -49,14 +50,15 @@ def _weights_hash(module: Any) -> str:
     return h.hexdigest()
 
 
-def cache_key(index: Any, vae: Any, text_encoder: Any, resolution: int, dtype: Any, hflip: bool = False) -> str:
-    """A hash of what the cache's contents depend on."""
+def cache_key(index: Any, vae: Any, text_encoders: Any, resolution: int, dtype: Any, hflip: bool = False) -> str:
+    """A hash of what the cache's contents depend on (`text_encoders`: one module or a list of them)."""
     h = hashlib.sha256()
     rows = [[_file_sig(r.image), _file_sig(r.hint), r.text] for r in index.rows]
     h.update(json.dumps({"v": CACHE_VERSION, "rows": rows, "resolution": resolution, "dtype": str(dtype),
                          "hflip": hflip}, default=str).encode())
     h.update(_weights_hash(vae).encode())
-    h.update(_weights_hash(text_encoder).encode())
+    for te in text_encoders if isinstance(text_encoders, (list, tuple)) else [text_encoders]:
+        h.update(_weights_hash(te).encode())
     return h.hexdigest()[:20]
 
 
@@ -85,7 +87,7 @@ def _load(path: Path) -> dict[str, Any] | None:
         d = load_file(str(path))
     except Exception:
         return None
-    need = {"latents", "hints", "embeds", "caption_ids", "empty"}
+    need = {"latents", "hints", "micro", "embeds", "caption_ids", "empty"}
     return d if need <= set(d) else None
 
 
@@ -103,7 +105,7 @@ def _encode_rows(dataset: Any, rows: list[int], vae: Any, device: Any, dtype: An
             ids, pairs = [], []
             for i in rows[s:s + bs]:
                 try:
-                    pairs.append([dataset.pixels(i, flip=f) for f in flips])
+                    pairs.append([dataset.sample(i, flip=f) for f in flips])
                 except Exception:
                     continue
                 ids.append(i)
@@ -111,32 +113,39 @@ def _encode_rows(dataset: Any, rows: list[int], vae: Any, device: Any, dtype: An
                 continue
             for k, f in enumerate(flips):
                 suffix = "_flipped" if f else ""
-                dist = vae.encode(torch.stack([p[k][0] for p in pairs]).to(device, dtype=dtype)).latent_dist
+                dist = vae.encode(torch.stack([p[k][0] for p in pairs]).to(device, dtype=vae.dtype)).latent_dist
                 out["latents" + suffix].append(torch.cat([dist.mean, dist.std], dim=1).cpu())
                 # exact: hints are 8-bit
                 out["hints" + suffix].append((torch.stack([p[k][1] for p in pairs]) * 255).round().to(torch.uint8))
+                out["micro" + suffix].append(torch.stack([p[k][2] for p in pairs]))
             got += ids
     if not got:
         return {"index": torch.zeros(0, dtype=torch.int64)}
     return {"index": torch.tensor(got, dtype=torch.int64)} | {k: torch.cat(v) for k, v in out.items() if v}
 
 
-def _embed_captions(captions: list[str], text_encoder: Any, tokenizer: Any, device: Any, bs: int) -> dict[str, Any]:
+def _embed_captions(captions: list[str], family: Any, text: dict[str, Any], bs: int) -> dict[str, Any]:
+    """The family's encoding of each distinct caption and of "" (and the pooled embeddings, SDXL)."""
     import torch
 
     uniq = sorted(set(captions))
     pos = {c: k for k, c in enumerate(uniq)}
 
     def enc(texts: list[str]) -> Any:
-        ids = tokenizer(texts, max_length=tokenizer.model_max_length, padding="max_length", truncation=True,
-                        return_tensors="pt").input_ids.to(device)
-        return text_encoder(ids, return_dict=False)[0].cpu()
+        return family.encode_prompt(text, texts, do_classifier_free_guidance=False)
 
-    step = max(bs, 16)
+    # chunks of the training batch size: at batch 1 the encoders do the same arithmetic as without the cache
+    # (a batched projection, like SDXL's pooled one, rounds differently from a single row)
+    step = max(bs, 1)
     with torch.no_grad():
-        embeds = torch.cat([enc(uniq[s:s + step]) for s in range(0, len(uniq), step)])
-        empty = enc([""])[0]
-    return {"embeds": embeds, "caption_ids": torch.tensor([pos[c] for c in captions]), "empty": empty}
+        parts = [enc(uniq[s:s + step]) for s in range(0, len(uniq), step)]
+        empty = enc([""])
+    out = {"embeds": torch.cat([p.prompt_embeds.cpu() for p in parts]),
+           "caption_ids": torch.tensor([pos[c] for c in captions]), "empty": empty.prompt_embeds[0].cpu()}
+    if empty.pooled_prompt_embeds is not None:
+        out["pooled"] = torch.cat([p.pooled_prompt_embeds.cpu() for p in parts])
+        out["empty_pooled"] = empty.pooled_prompt_embeds[0].cpu()
+    return out
 
 
 def _merge(n: int, parts: list[dict[str, Any]], source: str) -> tuple[dict[str, Any], int]:
@@ -163,10 +172,11 @@ def _merge(n: int, parts: list[dict[str, Any]], source: str) -> tuple[dict[str, 
     return {k: torch.stack(v) for k, v in rows.items()}, failed
 
 
-def load_or_build(dataset: Any, key: str, output: Path, *, vae: Any, text_encoder: Any, tokenizer: Any,
+def load_or_build(dataset: Any, key: str, output: Path, *, vae: Any, family: Any, text: dict[str, Any],
                   device: Any, dtype: Any, bs: int, accelerator: Any, reporter: Reporter,
                   hflip: bool = False) -> tuple[dict[str, Any], Path, bool]:
-    """The cache for `dataset` (from OUTPUT/cache/ when a matching one is there): (tensors, path, reused)."""
+    """The cache for `dataset` (from OUTPUT/cache/ when a matching one is there): (tensors, path, reused).
+    `family` encodes the captions with the text encoders and tokenizers in `text`."""
     from accelerate.utils import broadcast_object_list
     from safetensors.torch import load_file
 
@@ -192,7 +202,7 @@ def load_or_build(dataset: Any, key: str, output: Path, *, vae: Any, text_encode
         parts = [mine] + [load_file(str(part(r))) for r in range(1, world)]
         merged, failed = _merge(n, parts, dataset.index.source)
         dataset.failed += failed
-        merged |= _embed_captions([r.text for r in dataset.index.rows], text_encoder, tokenizer, device, bs)
+        merged |= _embed_captions([r.text for r in dataset.index.rows], family, text, bs)
         _save_atomic(merged, path, {"key": key, "rows": str(n), "failed": str(failed)})
         for r in range(1, world):
             part(r).unlink(missing_ok=True)

@@ -35,6 +35,11 @@ RECIPES: dict[str, dict[str, dict[str, Any]]] = {
     "tiny": {"paper": {"learning_rate": 1e-3, "batch_size": 32, "max_steps": 1200},
              "fast": {"learning_rate": 1e-3, "batch_size": 32, "max_steps": 600, "timestep_bias": "later",
                       "timestep_bias_multiplier": 4.0, "timestep_bias_portion": 0.5}},
+    # SDXL (any base whose UNet takes `text_time` added conditioning): diffusers' train_controlnet_sdxl.py
+    # example's lr 1e-5 at batch 1 (1024 px leaves room for little more on one GPU; add
+    # --gradient-accumulation for the paper's effective batch)
+    "sdxl": {"paper": {"learning_rate": 1e-5, "batch_size": 1, "max_steps": 5000},
+             "fast": {"learning_rate": 1e-5, "batch_size": 1, "max_steps": 5000, "snr_gamma": 5.0}},
 }
 DEFAULT_DATA = "./dataset"  # where `cnet annotate --dataset` / `cnet data circles` write by default
 DEFAULT_OUTPUT = "./controlnet-out"
@@ -48,6 +53,7 @@ class TrainConfig:
     output: str = DEFAULT_OUTPUT
     controlnet: str | None = None  # continue from an existing ControlNet instead of initialising from the UNet
     base_config: str | None = None  # local diffusers config folder for a single-file --base, offline
+    vae: str | None = None  # a VAE (diffusers folder or hub id) replacing the base's, e.g. an fp16-safe SDXL one
     image_column: str = "image"
     conditioning_column: str = "conditioning_image"
     caption_column: str = "text"
@@ -266,13 +272,18 @@ def _validate(c: TrainConfig) -> None:
 
 
 # --------------------------------------------------------------------------------- defaults that fit
-def base_family(base: str) -> str:
-    """"tiny" for the embedded cnet-tiny base (by name or path), else "sd"."""
+def base_family(base: str, base_config: str | None = None) -> str:
+    """"tiny" for the embedded cnet-tiny base (by name or path), "sdxl" for a base whose UNet config (found
+    without loading weights) takes `text_time` added conditioning, else "sd"."""
     from ..models.sd import BUILTIN_MODELS
 
     tiny = Path(BUILTIN_MODELS["cnet-tiny"]).resolve()
     p = Path(BUILTIN_MODELS.get(base, base)).expanduser()
-    return "tiny" if p.exists() and p.resolve() == tiny else "sd"
+    if p.exists() and p.resolve() == tiny:
+        return "tiny"
+    folder = base_config_folder(base, base_config)
+    unet = _read_json(folder / "unet" / "config.json") if folder is not None else None
+    return "sdxl" if unet and unet.get("addition_embed_type") == "text_time" else "sd"
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -323,12 +334,13 @@ def resolve_defaults(c: TrainConfig, given: set[str] | None = None) -> tuple[Tra
     native = native_resolution(c.base, c.base_config)
     fill: dict[str, Any] = {}
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    for k, v in RECIPES[base_family(c.base)][c.recipe].items():
+    fam = base_family(c.base, c.base_config)
+    for k, v in RECIPES[fam][c.recipe].items():
         unset = k not in given if given is not None else getattr(c, k) == defaults[k]
         if getattr(c, k) is None or unset:
             fill[k] = v
     if c.resolution is None:
-        fill["resolution"] = native or 512
+        fill["resolution"] = native or (1024 if fam == "sdxl" else 512)
     elif native and c.resolution != native:
         warnings.append(f"--resolution {c.resolution} differs from the base's native {native} px: "
                         "the base was trained at its size, so expect slower learning")

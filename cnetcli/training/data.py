@@ -18,8 +18,8 @@ from ..errors import InputError
 
 _load_rgb = open_image  # the name validate.py imports (kept so this change stays inside data reading)
 
-__all__ = ["BatchStream", "DatasetIndex", "HubRef", "PairDataset", "Row", "collate", "read_dataset",
-           "resize_center_crop"]
+__all__ = ["BatchStream", "DatasetIndex", "HubRef", "PairDataset", "Row", "center_crop_box", "collate",
+           "micro_conditioning", "read_dataset", "resize_center_crop"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -71,21 +71,35 @@ class BatchStream:
         return 2**62
 
 
+def center_crop_box(w: int, h: int, size: int) -> tuple[int, int, int, int]:
+    """(resized width, resized height, left, top): short side to `size`, then a centred size x size crop."""
+    k = size / min(w, h)
+    nw, nh = max(size, math.ceil(w * k - 1e-6)), max(size, math.ceil(h * k - 1e-6))
+    return nw, nh, (nw - size) // 2, (nh - size) // 2
+
+
 def resize_center_crop(img: Any, size: int, resample: int) -> Any:
     """Short side to `size`, then a centred size x size crop (what diffusers' script does)."""
     w, h = img.size
-    k = size / min(w, h)
-    nw, nh = max(size, math.ceil(w * k - 1e-6)), max(size, math.ceil(h * k - 1e-6))
+    nw, nh, left, top = center_crop_box(w, h, size)
     if (nw, nh) != (w, h):
         img = img.resize((nw, nh), resample=resample)
-    left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
+
+
+def micro_conditioning(w: int, h: int, size: int, flip: bool) -> tuple[int, int, int, int]:
+    """SDXL's micro-conditioning of one image: (original height, original width, crop top, crop left), the
+    crop in the resized image. Flipped, the crop is where it lies in the flipped image (diffusers'
+    train_text_to_image_sdxl.py flips before it crops)."""
+    nw, _, left, top = center_crop_box(w, h, size)
+    return h, w, top, (nw - size - left) if flip else left
 
 
 class PairDataset:
     """Map-style dataset over a DatasetIndex; items are (row, drop, flip) tuples from `BatchStream`.
 
-    Returns {"pixel_values": 3xRxR in [-1, 1], "conditioning_pixel_values": 3xRxR in [0, 1], "text", "index"}.
+    Returns {"pixel_values": 3xRxR in [-1, 1], "conditioning_pixel_values": 3xRxR in [0, 1], "micro" (SDXL's
+    size/crop conditioning, see `micro_conditioning`), "text", "index"}.
     A row that fails to decode at this point is replaced by the next good row (deterministically), counted
     in `self.failed` with the first reasons in `self.failures` (only headers were checked when reading).
     """
@@ -99,17 +113,23 @@ class PairDataset:
         return len(self.index.rows)
 
     def pixels(self, i: int, flip: bool = False) -> tuple[Any, Any]:
+        return self.sample(i, flip)[:2]
+
+    def sample(self, i: int, flip: bool = False) -> tuple[Any, Any, Any]:
+        """(image in [-1, 1], hint in [0, 1], micro-conditioning (orig h, orig w, crop top, crop left))."""
         import torch
         from PIL import Image
 
         row = self.index.rows[i]
-        img = resize_center_crop(open_image(row.image), self.res, Image.BILINEAR)
+        img = open_image(row.image)
+        micro = torch.tensor(micro_conditioning(*img.size, self.res, flip), dtype=torch.int64)
+        img = resize_center_crop(img, self.res, Image.BILINEAR)
         hint = resize_center_crop(open_image(row.hint), self.res, Image.BILINEAR)
         a = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
         h = torch.from_numpy(np.asarray(hint, dtype=np.float32)).permute(2, 0, 1) / 255.0
         if flip:  # joint flip: the hint must stay aligned with the photo
             a, h = a.flip(-1), h.flip(-1)
-        return a.contiguous(), h.contiguous()
+        return a.contiguous(), h.contiguous(), micro
 
     def __getitem__(self, item: tuple[int, bool, bool]) -> dict[str, Any]:
         i, drop, flip = item
@@ -118,7 +138,7 @@ class PairDataset:
             for k in range(len(self)):
                 j = (i + k) % len(self)
                 try:
-                    out["pixel_values"], out["conditioning_pixel_values"] = self.pixels(j, flip)
+                    out["pixel_values"], out["conditioning_pixel_values"], out["micro"] = self.sample(j, flip)
                     out["index"] = j
                     break
                 except Exception as e:  # InputError from decoding; anything else a broken cell
@@ -143,4 +163,5 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     if "pixel_values" in items[0]:
         out["pixel_values"] = torch.stack([it["pixel_values"] for it in items])
         out["conditioning_pixel_values"] = torch.stack([it["conditioning_pixel_values"] for it in items])
+        out["micro"] = torch.stack([it["micro"] for it in items])
     return out

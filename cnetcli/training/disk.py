@@ -97,9 +97,10 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def check_single_file_possible(cfg: TrainConfig) -> None:
-    """`--single-file` writes the original layout, whose hint encoder is fixed at (16, 32, 96, 256): refuse
-    now (from the configs) what export would refuse after the whole run."""
-    from .export import ORIGINAL_HINT_CHANNELS
+    """`--single-file` writes the original layout for SD1.x/2.x ControlNets, whose hint encoder is fixed at
+    (16, 32, 96, 256): refuse now (from the configs) what export would refuse after the whole run. SDXL ones
+    go out in the diffusers layout (export.py), which holds any configuration."""
+    from .export import ORIGINAL_HINT_CHANNELS, single_file_layout
     from .model import hint_channels_for
 
     hint, lpb = None, None
@@ -107,11 +108,15 @@ def check_single_file_possible(cfg: TrainConfig) -> None:
         p = Path(cfg.controlnet).expanduser()
         conf = _read(p / "config.json") or _read(p / "controlnet" / "config.json")
         if conf:
+            if single_file_layout(conf) == "diffusers":
+                return
             hint, lpb = tuple(conf.get("conditioning_embedding_out_channels") or ()), conf.get("layers_per_block")
     else:
         folder = base_config_folder(cfg.base, cfg.base_config)
         vae = _read(folder / "vae" / "config.json") if folder else None
         unet = _read(folder / "unet" / "config.json") if folder else None
+        if unet and single_file_layout(unet) == "diffusers":
+            return
         if vae and unet:
             class _C:  # hint_channels_for reads vae.config.block_out_channels
                 config = type("cfg", (), {"block_out_channels": vae.get("block_out_channels", [])})

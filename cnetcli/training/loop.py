@@ -155,7 +155,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     if cfg.cache_latents:  # what the cache depends on, hashed once the weights are loaded
         from .cache import cache_key as make_key
 
-        cache_key = make_key(index, models.vae, models.text_encoder, cfg.resolution, weight_dtype, cfg.hflip)
+        cache_key = make_key(index, models.vae, [models.text_components[k] for k in models.family.text_encoders],
+                             cfg.resolution, weight_dtype, cfg.hflip)
 
     # 3. optimizer and LR schedule; DDP wraps the ControlNet
     optimizer, lr_scheduler = build_optimizer(cfg, models.controlnet, models.unet, fused=cuda)
@@ -203,7 +204,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
         from .cache import load_or_build
 
         models.cache, result.cache_path, result.cache_reused = load_or_build(
-            dataset, cache_key, out, vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer,
+            dataset, cache_key, out, vae=models.vae, family=models.family, text=models.text_components,
             device=device, dtype=weight_dtype, bs=cfg.batch_size, accelerator=accelerator, reporter=reporter,
             hflip=cfg.hflip)
         models.cache = place_cache(models.cache, device)
@@ -211,6 +212,10 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
     vae_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
     latent_shape = (models.vae.config.latent_channels, cfg.resolution // vae_factor, cfg.resolution // vae_factor)
+    if cuda:  # what is on the GPU and the estimated peak, before the first step can run out of memory
+        from .memory import plan_for
+
+        reporter.message(plan_for(models, cfg, latent_shape).line(torch.cuda.mem_get_info(device)[1]))
     num_t = models.noise_scheduler.config.num_train_timesteps
     t_weights = timestep_weights(cfg, num_t)
     if t_weights is not None:
@@ -327,13 +332,14 @@ def make_accelerator(cfg: TrainConfig, device: str, mixed_precision: str) -> tup
 
 
 def encoders_to(models: Any, device: Any) -> None:
-    """With the cache built, the VAE and the text encoder are needed only for validation samples: they wait
+    """With the cache built, the VAE and the text encoders are needed only for validation samples: they wait
     on the CPU (GPU memory for the batch instead) and come back for validation. No-op off CUDA."""
     import torch
 
     if models.device.type != "cuda":
         return
-    models.text_encoder.to(device)
+    for k in models.family.text_encoders:
+        models.text_components[k].to(device)
     models.vae.to(device)
     if torch.device(device).type == "cpu":
         torch.cuda.empty_cache()

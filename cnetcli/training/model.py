@@ -69,16 +69,18 @@ def set_unet_trainable(unet: Any, mode: str | None) -> None:
 
 
 def controlled_unet(unet: Any, controlnet: Any, noisy: Any, t: Any, enc: Any, hint: Any, *,
-                    down_connected: bool = True, dtype: Any = None, scale: float = 1.0) -> Any:
-    """The UNet's noise prediction with the ControlNet's residuals added (the training forward)."""
+                    down_connected: bool = True, dtype: Any = None, scale: float = 1.0,
+                    added_cond: dict[str, Any] | None = None) -> Any:
+    """The UNet's noise prediction with the ControlNet's residuals added (the training forward).
+    `added_cond`: the family's added conditioning (SDXL: pooled text + time ids), given to both networks."""
     import torch
 
     down, mid = controlnet(noisy, t, encoder_hidden_states=enc, controlnet_cond=hint, conditioning_scale=scale,
-                           return_dict=False)
+                           added_cond_kwargs=added_cond, return_dict=False)
     if not down_connected:
         # diffusers' UNet ignores a lone middle residual: pass explicit zeros for the down ones
         down = [torch.zeros_like(d) for d in down]
     if dtype is not None:
         down, mid = [d.to(dtype) for d in down], mid.to(dtype)
-    return unet(noisy, t, encoder_hidden_states=enc, down_block_additional_residuals=down,
-                mid_block_additional_residual=mid, return_dict=False)[0]
+    return unet(noisy, t, encoder_hidden_states=enc, added_cond_kwargs=added_cond,
+                down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
@@ -10,15 +11,20 @@ from .step import TrainModels
 
 
 def build_models(cfg: TrainConfig, device: Any, weight_dtype: Any) -> TrainModels:
-    """The frozen VAE/text encoder/UNet of `cfg.base` and the trainable ControlNet (given, or initialised
-    from the UNet), placed on `device`. Trained weights stay fp32; frozen ones run in `weight_dtype`."""
+    """The frozen VAE/text encoders/UNet of `cfg.base` and the trainable ControlNet (given, or initialised
+    from the UNet), placed on `device`. Trained weights stay fp32; frozen ones run in `weight_dtype`, except
+    the VAE, which runs where its family says (SDXL's overflows in fp16: fp32) unless `--vae` gives one."""
     import torch
 
     from ..models.sd import load_base_components, load_controlnet
     from .model import init_controlnet, set_down_connected, set_unet_trainable
 
     comps = load_base_components(cfg.base, config=cfg.base_config)
-    unet, vae, text_encoder = comps["unet"], comps["vae"], comps["text_encoder"]
+    family = comps.family
+    unet = comps["unet"]
+    vae = load_vae(cfg.vae) if cfg.vae else comps["vae"]
+    vae_dtype = weight_dtype if cfg.vae else family.vae_dtype(vae.config, weight_dtype)
+    text_encoders = [comps[k] for k in family.text_encoders]
     prediction_type = comps["scheduler"].config.prediction_type
     if prediction_type not in ("epsilon", "v_prediction"):
         raise UsageError(f"--base: scheduler prediction_type {prediction_type!r} is not supported "
@@ -26,13 +32,14 @@ def build_models(cfg: TrainConfig, device: Any, weight_dtype: Any) -> TrainModel
     controlnet = load_controlnet(cfg.controlnet, config=cfg.base_config) if cfg.controlnet else \
         init_controlnet(unet, vae, cfg.seed)
     vae.requires_grad_(False)
-    text_encoder.requires_grad_(False)
+    for te in text_encoders:
+        te.requires_grad_(False)
     set_unet_trainable(unet, None)
     controlnet.train()
     if cfg.small_scale:
         set_down_connected(controlnet, False, reset=True)
     unet_dtype = torch.float32 if cfg.unlock_sd_after is not None else weight_dtype
-    for m, dtype in ((vae, weight_dtype), (text_encoder, weight_dtype), (unet, unet_dtype),
+    for m, dtype in ((vae, vae_dtype), *((te, weight_dtype) for te in text_encoders), (unet, unet_dtype),
                      (controlnet, torch.float32)):
         m.to(device) if m.dtype == dtype else m.to(device, dtype=dtype)
     if cfg.gradient_checkpointing:
@@ -41,9 +48,24 @@ def build_models(cfg: TrainConfig, device: Any, weight_dtype: Any) -> TrainModel
     if torch.device(device).type == "cuda":  # channels-last helps the convolutions (SDPA is the default)
         controlnet.to(memory_format=torch.channels_last)
         unet.to(memory_format=torch.channels_last)
-    return TrainModels(unet=unet, controlnet=controlnet, vae=vae, text_encoder=text_encoder,
+    return TrainModels(unet=unet, controlnet=controlnet, vae=vae, text_encoder=comps["text_encoder"],
                        tokenizer=comps["tokenizer"], noise_scheduler=comps["scheduler"], weight_dtype=weight_dtype,
-                       down_connected=not cfg.small_scale)
+                       down_connected=not cfg.small_scale, family=family,
+                       text_encoder_2=comps.get("text_encoder_2"), tokenizer_2=comps.get("tokenizer_2"))
+
+
+def load_vae(spec: str) -> Any:
+    """`--vae`: an AutoencoderKL from a diffusers folder (the VAE's own, or a base's with vae/) or a hub id
+    (e.g. madebyollin/sdxl-vae-fp16-fix), run in the training precision (it is meant to be fp16-safe)."""
+    from diffusers import AutoencoderKL
+
+    from ..models.sd import load_pretrained, resolve
+
+    s = resolve(spec)
+    if s.kind == "file":
+        raise UsageError(f"--vae {spec}: pass a diffusers VAE folder or hub id, not a single file")
+    sub = "vae" if s.kind == "dir" and (Path(s.location) / "vae" / "config.json").is_file() else None
+    return load_pretrained(AutoencoderKL, s, "--vae", None, **({"subfolder": sub} if sub else {}))
 
 
 def build_optimizer(cfg: TrainConfig, controlnet: Any, unet: Any, *, fused: bool) -> tuple[Any, Any]:

@@ -19,7 +19,9 @@ from typing import Any
 @dataclass
 class TrainModels:
     """What a step needs. `controlnet` is the module gradients flow through (DDP-wrapped when launched);
-    `cache` (latents + text embeddings, see cache.py) replaces the VAE and the text encoder when set."""
+    `cache` (latents + text embeddings, see cache.py) replaces the VAE and the text encoders when set.
+    `family` (models/families) says how prompts are encoded and which added conditioning the networks take;
+    SDXL's second text encoder and tokenizer are `text_encoder_2`/`tokenizer_2`."""
 
     unet: Any
     controlnet: Any
@@ -31,6 +33,14 @@ class TrainModels:
     cache: dict[str, Any] | None = None
     down_connected: bool = True  # False: small-scale (middle block only)
     unet_trains: bool = False  # SD weights unlocked: the UNet runs in fp32
+    family: Any = None
+    text_encoder_2: Any = None
+    tokenizer_2: Any = None
+
+    @property
+    def text_components(self) -> dict[str, Any]:
+        """The family's text encoders and tokenizers by their component names."""
+        return {k: getattr(self, k) for k in (*self.family.text_encoders, *self.family.tokenizers)}
 
     @property
     def device(self) -> Any:
@@ -105,15 +115,17 @@ def min_snr_weights(noise_scheduler: Any, t: Any, gamma: float, prediction_type:
 
 
 def encode_text(models: TrainModels, texts: list[str]) -> Any:
-    tok = models.tokenizer
-    ids = tok(texts, max_length=tok.model_max_length, padding="max_length", truncation=True,
-              return_tensors="pt").input_ids.to(models.device)
-    return models.text_encoder(ids, return_dict=False)[0]
+    """The family's prompt encoding of `texts` (a `PromptEncoding`); "" (prompt dropout) is encoded like any
+    prompt, as diffusers' training scripts do (no forced zeros while training)."""
+    return models.family.encode_prompt(models.text_components, list(texts), do_classifier_free_guidance=False)
 
 
-def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any) -> tuple[Any, Any, Any]:
-    """(scaled latents, text embeddings, hint in [0, 1]) of a batch, from the cache when there is one."""
+def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any) -> tuple[Any, Any, Any, Any]:
+    """(scaled latents, text embeddings, hint in [0, 1], added conditioning or None) of a batch, from the cache
+    when there is one. Latents come in the frozen networks' dtype whatever the VAE ran in (SDXL's: fp32)."""
     import torch
+
+    from ..models.families import PromptEncoding
 
     device, dtype = models.device, models.weight_dtype
     cache = models.cache
@@ -125,21 +137,33 @@ def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any) -> tup
             if "latents_flipped" in cache and flip is not None:  # --hflip: the cache holds both flips
                 lat = torch.where(flip[:, None, None, None], cache["latents_flipped"][idx], cache["latents"][idx])
                 hint8 = torch.where(flip[:, None, None, None], cache["hints_flipped"][idx], cache["hints"][idx])
+                micro = torch.where(flip[:, None], cache["micro_flipped"][idx], cache["micro"][idx])
             else:
-                lat, hint8 = cache["latents"][idx], cache["hints"][idx]
+                lat, hint8, micro = cache["latents"][idx], cache["hints"][idx], cache["micro"][idx]
             mean, std = lat.to(device, non_blocking=True).chunk(2, dim=1)
-            emb = cache["embeds"][cache["caption_ids"][idx]].to(device, non_blocking=True)
-            drop = batch["drop"].to(device, non_blocking=True)[:, None, None]
-            enc = torch.where(drop, cache["empty"].to(device, non_blocking=True), emb)  # prompt dropout
+            cap = cache["caption_ids"][idx]
+            drop = batch["drop"].to(device, non_blocking=True)
+            emb = cache["embeds"][cap].to(device, non_blocking=True)
+            enc = torch.where(drop[:, None, None], cache["empty"].to(device, non_blocking=True), emb)  # dropout
+            pooled = None
+            if "pooled" in cache:
+                pooled = torch.where(drop[:, None], cache["empty_pooled"].to(device, non_blocking=True),
+                                     cache["pooled"][cap].to(device, non_blocking=True))
+            encoding = PromptEncoding(enc, pooled_prompt_embeds=pooled)
             hint = (hint8.to(device, non_blocking=True).to(torch.float32) / 255.0).to(dtype)
         else:
-            px = batch["pixel_values"].to(device, non_blocking=True).to(dtype)
+            px = batch["pixel_values"].to(device, non_blocking=True).to(models.vae.dtype)
             dist = models.vae.encode(px).latent_dist
             mean, std = dist.mean, dist.std
-            enc = encode_text(models, batch["text"])
+            encoding = encode_text(models, batch["text"])
+            micro = batch["micro"]
             hint = batch["conditioning_pixel_values"].to(device, non_blocking=True).to(dtype)
-        latents = (mean + std * sample.to(mean.dtype)) * models.vae.config.scaling_factor
-    return latents, enc, hint
+        latents = ((mean + std * sample.to(mean.dtype)) * models.vae.config.scaling_factor).to(dtype)
+        size = tuple(hint.shape[-2:])
+        added = models.family.training_added_cond(encoding, micro, size)
+        if added is not None:
+            added = {k: v.to(device, dtype=dtype) for k, v in added.items()}
+    return latents, encoding.prompt_embeds.to(dtype), hint, added
 
 
 def training_step(models: TrainModels, batch: dict[str, Any], noise: Noise, *, snr_gamma: float | None = None,
@@ -153,7 +177,7 @@ def training_step(models: TrainModels, batch: dict[str, Any], noise: Noise, *, s
 
     from .model import controlled_unet
 
-    latents, enc, hint = encode_batch(models, batch, noise.sample)
+    latents, enc, hint, added = encode_batch(models, batch, noise.sample)
     sched, t = models.noise_scheduler, noise.timesteps
     with torch.no_grad():
         eps = noise.noise.to(latents.dtype)
@@ -161,7 +185,7 @@ def training_step(models: TrainModels, batch: dict[str, Any], noise: Noise, *, s
         target = eps if models.prediction_type == "epsilon" else sched.get_velocity(latents, eps, t)
     with autocast():
         pred = controlled_unet(models.unet, models.controlnet, noisy, t, enc, hint,
-                               down_connected=models.down_connected,
+                               down_connected=models.down_connected, added_cond=added,
                                dtype=None if models.unet_trains else models.weight_dtype)
     if snr_gamma is None:
         return F.mse_loss(pred.float(), target.float(), reduction="mean")

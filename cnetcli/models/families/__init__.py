@@ -70,6 +70,12 @@ class ModelFamily:
         """The dtype the VAE runs in when the rest runs in `dtype`."""
         return dtype
 
+    def training_added_cond(self, encoding: PromptEncoding, micro: Any, target_size: tuple[int, int]
+                            ) -> dict[str, Any] | None:
+        """The added conditioning of a training batch: `micro` is a (B, 4) tensor of each image's original
+        (height, width) and crop (top, left) in the resized image; None when the family has none."""
+        return None
+
     def encode_prompt(self, components: dict[str, Any], prompt: str | list[str], **kw: Any) -> PromptEncoding:
         raise NotImplementedError
 

@@ -39,6 +39,17 @@ class StableDiffusionXL(ModelFamily):
             return torch.float32
         return dtype
 
+    def training_added_cond(self, encoding: PromptEncoding, micro: Any, target_size: tuple[int, int]
+                            ) -> dict[str, Any] | None:
+        """diffusers' train_text_to_image_sdxl.py micro-conditioning: per sample (original size, crop
+        top-left, target size), with the pooled embedding, for the UNet and the ControlNet alike."""
+        import torch
+
+        pooled = encoding.pooled_prompt_embeds
+        ids = torch.cat([self.add_time_ids((int(m[0]), int(m[1])), (int(m[2]), int(m[3])), tuple(target_size))
+                         for m in micro.tolist()])
+        return self.added_cond_kwargs(encoding, ids.to(pooled.device, dtype=pooled.dtype))
+
     def _pairs(self, components: dict[str, Any]) -> list[tuple[Any, Any]]:
         te1 = components.get("text_encoder")
         pairs = [(components["tokenizer"], te1)] if te1 is not None else []
