@@ -29,12 +29,7 @@ def data(tmp_path_factory):
 
 
 def test_sdxl_validation_uses_the_models_in_memory(xl, data, tmp_path, monkeypatch):
-    import dataclasses
-
     import cnetcli.generation as gen
-
-    if "text_encoder_2" not in {f.name for f in dataclasses.fields(gen.Models)}:
-        pytest.skip("SDXL generation (generation.Models with text_encoder_2, the sdxlgen branch) is not merged yet")
 
     calls = []
     real = gen.generate

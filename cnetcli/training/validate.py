@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 from pathlib import Path
@@ -68,12 +67,10 @@ def validate(cfg: TrainConfig, step: int, models: Any, controlnet: Any, autocast
 
     res = cfg.resolution
     spec = "training"  # the ControlNet being trained, handed to generate under this name
-    # SDXL's second text encoder and the family, where generation's Models takes them (SDXL generation)
-    known = {f.name for f in dataclasses.fields(Models)}
-    sdxl = {k: getattr(models, k) for k in ("text_encoder_2", "tokenizer_2", "family") if k in known}
     mem = Models(base=cfg.base, unet=models.unet, vae=models.vae, text_encoder=models.text_encoder,
                  tokenizer=models.tokenizer, scheduler_config=models.noise_scheduler.config,
-                 device=str(models.device), dtype=models.weight_dtype, nets={spec: controlnet}, **sdxl)
+                 device=str(models.device), dtype=models.weight_dtype, nets={spec: controlnet},
+                 text_encoder_2=models.text_encoder_2, tokenizer_2=models.tokenizer_2, family=models.family)
     was_training, unet_training = controlnet.training, models.unet.training
     controlnet.eval()
     models.unet.eval()
