@@ -18,7 +18,7 @@ PromptMode = enum.Enum("PromptMode", {m: m for m in PROMPT_MODES}, type=str)
 
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path(DemoConfig.output),
-    quick: Annotated[bool, typer.Option("--quick", help="A seconds-long smoke run: every stage runs, quality is not "
+    quick: Annotated[bool, typer.Option("--quick", help="A smoke run of about a minute: every stage runs, quality is not "
                                         "judged.")] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing demo output folder.")] = False,
     mode: Annotated[Optional[list[PromptMode]], typer.Option(  # noqa: UP045 (typer needs Optional here)
