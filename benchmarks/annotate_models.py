@@ -2,7 +2,8 @@
 
 Same images, same device, same real-size networks (random weights saved in the real file formats to a temp
 folder, since this machine may have no hub access; speed does not depend on the weight values).
-Usage: python benchmarks/annotate_models.py [--n 8] [--size 512] [--device auto] [--batch 8]
+Usage: python benchmarks/annotate_models.py [--n 8] [--size 512] [--device auto] [--batch 8] [--json out.json]
+(`--detect 64` shrinks the detection resolution: a smoke run of the same code paths, not a speed figure)
 """
 
 from __future__ import annotations
@@ -25,14 +26,18 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--detect", type=int, default=None, help="detect resolution (default: 384 depth, 512 pose)")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     a = ap.parse_args()
+    dd, dp = a.detect or 384, a.detect or 512
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import numpy as np
     import torch
     from test_model_annotators import random_state_dict
 
     import cnetcli.annotators as A
-    from cnetcli.annotators._aux import aux_module, resolve_device
+    from cnetcli.annotators._aux import aux_module
+    from cnetcli.device import resolve_device
 
     dev = resolve_device(a.device)
     d = Path(tempfile.mkdtemp(prefix="cnet-bench-w-"))
@@ -69,20 +74,26 @@ def main() -> None:
 
     # depth: detect 384 (ControlNet's default), output 512
     dep = A.build("depth", None, weights_dir=str(d), offline=True, device=dev)
-    bench("depth  cnet batched", lambda xs: [h for c in chunks(xs) for h in dep.batch(c, detect_resolution=384,
-                                                                                     image_resolution=512)])
+    bench("depth  cnet batched", lambda xs: [h for c in chunks(xs) for h in dep.batch(c, detect_resolution=dd,
+                                                                                     image_resolution=a.size)])
     mid = MidasDetector.from_pretrained(str(d)).to(dev)
-    bench("depth  controlnet_aux per-image loop", lambda xs: [mid(x, detect_resolution=384, image_resolution=512)
+    bench("depth  controlnet_aux per-image loop", lambda xs: [mid(x, detect_resolution=dd, image_resolution=a.size)
                                                              for x in xs])
     pose = A.build("pose", None, weights_dir=str(d), offline=True, device=dev)
-    bench("pose   cnet", lambda xs: [h for c in chunks(xs) for h in pose.batch(c, detect_resolution=512,
-                                                                              image_resolution=512)])
+    bench("pose   cnet", lambda xs: [h for c in chunks(xs) for h in pose.batch(c, detect_resolution=dp,
+                                                                              image_resolution=a.size)])
     op = OpenposeDetector.from_pretrained(str(d)).to(dev)
-    bench("pose   controlnet_aux per-image loop", lambda xs: [op(x, detect_resolution=512, image_resolution=512)
+    bench("pose   controlnet_aux per-image loop", lambda xs: [op(x, detect_resolution=dp, image_resolution=a.size)
                                                              for x in xs])
     name = torch.cuda.get_device_name(0) if dev.startswith("cuda") else f"CPU ({platform.processor() or 'cpu'}, " \
         f"{torch.get_num_threads()} threads)"
-    print(f"device: {name}; n={a.n} images {a.size}x{a.size}, batch {a.batch}")
+    print(f"device: {name}; n={a.n} images {a.size}x{a.size}, batch {a.batch}, detect {dd} (depth) / {dp} (pose)")
+    if a.json:
+        import json
+
+        Path(a.json).write_text(json.dumps({"device": name, "n": a.n, "size": a.size, "batch": a.batch,
+                                            "rows": {k.split()[0] + " " + ("cnet" if "cnet" in k else "controlnet_aux"): v
+                                                     for k, v in rows}}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

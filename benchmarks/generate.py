@@ -1,6 +1,8 @@
-"""Benchmark: `cnet generate`'s sampling loop vs a plain diffusers StableDiffusionControlNetPipeline.
+"""Benchmark: `cnet generate` (its default path and eager) vs a plain diffusers StableDiffusionControlNetPipeline.
 
-Identical settings on both sides: same random-weight UNet/ControlNet/VAE/text encoder, DDIM eta 1.0
+cnet runs through the public `generate(GenerateConfig, models=load_models(...))` on the models saved to a
+temporary folder, twice: with GenerateConfig's defaults (the default path: whatever `cnet generate` does
+without flags, e.g. compilation on CUDA) and with `compile=False` (eager). Identical settings on all sides: same random-weight UNet/ControlNet/VAE/text encoder, DDIM eta 1.0
 (cnet's `ddpm`), CFG 9.0, 20 steps, one ControlNet, output decoded to uint8. Reports images/s, the
 speed-up, the FLOPs per image (counted with torch.utils.flop_counter on cnet's loop) and, with a known peak,
 the ratio of the measured time to the compute floor (SD1.5 at 512x512, 20 steps, CFG: about 46 TFLOP
@@ -8,7 +10,7 @@ per image, about 58 ms on an H100 at its bf16 dense peak).
 
     python benchmarks/generate.py                              # CPU, tiny architecture, 64x64 (smoke size)
     python benchmarks/generate.py --device cuda --sd15         # GPU, SD1.5 architecture, 512x512, bf16
-    python benchmarks/generate.py --device cuda --sd15 --compile
+    python benchmarks/generate.py --device cuda --sd15 --json out.json   # also write the results as JSON
 
 Random weights: no download needed; speed does not depend on the weights' values.
 """
@@ -65,67 +67,61 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--dtype", default=None, help="fp32 | fp16 | bf16 (default: bf16 on cuda, fp32 on cpu)")
-    ap.add_argument("--compile", action="store_true", help="torch.compile cnet's UNet + ControlNet")
+    ap.add_argument("--paths", default="default,eager,diffusers", help="which of default, eager, diffusers to time")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="device peak for the floor ratio")
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     args = ap.parse_args()
+
+    import json
+    import os
+    import tempfile
 
     import numpy as np
     import torch
     from diffusers import DDIMScheduler, StableDiffusionControlNetPipeline
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cnetcli.generation import GenerateConfig
-    from cnetcli.generation.models import Models
-    from cnetcli.generation.pipeline import HintInput, Job, run_batch
+    from cnetcli.generation import GenerateConfig, generate, load_models
+    from cnetcli.images import save_png
+    from cnetcli.models.tiny import save_sd_folder
 
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dev = args.device
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
-        args.dtype or ("bf16" if dev.startswith("cuda") else "fp32")]
+    dtype_name = args.dtype or ("bf16" if dev.startswith("cuda") else "fp32")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
     size = args.size or (512 if args.sd15 else 64)
-    comps = build(args.sd15, dev, dtype)
-    cn = comps["controlnet"]
-    unet_c, cn_c = comps["unet"], cn
-    if dev.startswith("cuda"):  # cnet's own copies: the plain pipeline keeps the default memory format
-        import copy
-
-        unet_c, cn_c = copy.deepcopy(unet_c), copy.deepcopy(cn_c)
-        unet_c = unet_c.to(memory_format=torch.channels_last)
-        cn_c = cn_c.to(memory_format=torch.channels_last)
-    if args.compile:
-        unet_c, cn_c = torch.compile(unet_c), torch.compile(cn_c)
-    models = Models(base="random", unet=unet_c, vae=comps["vae"], text_encoder=comps["text_encoder"],
-                    tokenizer=comps["tokenizer"], scheduler_config=comps["scheduler"].config, device=dev, dtype=dtype,
-                    nets={"cn": cn_c}, channels_last=dev.startswith("cuda"))
+    paths = args.paths.split(",")
+    comps = build(args.sd15, "cpu", torch.float32)
+    work = Path(tempfile.mkdtemp(prefix="cnet-bench-gen-"))
+    save_sd_folder({k: v for k, v in comps.items() if k != "controlnet"}, work / "base")
+    comps["controlnet"].save_pretrained(str(work / "controlnet"), safe_serialization=True)
     hint = np.zeros((size, size, 3), np.uint8)
     hint[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 255
-    job = Job("bench", [HintInput(None, hint, "canny", "cn")], size, size)
-    cfg = GenerateConfig(hints=("bench",), steps=args.steps, cfg=9.0, sampler="ddpm", save=False)
+    save_png(work / "hint.png", hint, {"type": "canny"})
     prompt = "a professional, detailed, high-quality image"
 
-    pipe = StableDiffusionControlNetPipeline(
-        vae=comps["vae"], text_encoder=comps["text_encoder"], tokenizer=comps["tokenizer"], unet=comps["unet"],
-        controlnet=cn, scheduler=DDIMScheduler.from_config(comps["scheduler"].config, clip_sample=False,
-                                                           set_alpha_to_one=False),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    pipe.set_progress_bar_config(disable=True)
-    from PIL import Image
+    def config(b: int, **kw) -> GenerateConfig:
+        return GenerateConfig(hints=(str(work / "hint.png"),), controlnets=(str(work / "controlnet"),),
+                              base=str(work / "base"), prompt=prompt, steps=args.steps, cfg=9.0, sampler="ddpm",
+                              num_images=b, batch_size=b, seed=0, device=dev, dtype=dtype_name, save=False,
+                              image_resolution=size, offline=True, **kw)
 
-    hint_pil = Image.fromarray(hint)
+    loaded = {}
+    if "default" in paths:
+        loaded["default"] = (config, load_models(config(1)))
+    if "eager" in paths:
+        def eager(b: int) -> GenerateConfig:
+            return config(b, compile=False)
+
+        loaded["eager"] = (eager, load_models(eager(1)))
 
     def sync():
         if dev.startswith("cuda"):
             torch.cuda.synchronize()
-
-    def ours(b):
-        run_batch(models, cfg, job, [prompt] * b, list(range(b)))
-
-    def theirs(b):
-        pipe(prompt, image=hint_pil, height=size, width=size, num_inference_steps=args.steps, guidance_scale=9.0,
-             eta=1.0, num_images_per_prompt=b, generator=torch.Generator().manual_seed(0), output_type="np")
 
     def bench(fn, b):
         fn(b)  # warm-up (and compilation)
@@ -138,25 +134,58 @@ def main() -> None:
             t.append(time.perf_counter() - t0)
         return b / min(t)
 
-    with FlopCounterMode(display=False) as fc:
-        with torch.inference_mode():
-            run_batch(Models(**{**models.__dict__, "unet": comps["unet"], "nets": {"cn": cn}}), cfg, job, [prompt], [0])
-    flops = fc.get_total_flops()
+    pipe = None
+    if "diffusers" in paths:
+        for k in ("unet", "vae", "text_encoder", "controlnet"):
+            comps[k] = comps[k].to(dev, dtype).eval().requires_grad_(False)
+        pipe = StableDiffusionControlNetPipeline(
+            vae=comps["vae"], text_encoder=comps["text_encoder"], tokenizer=comps["tokenizer"], unet=comps["unet"],
+            controlnet=comps["controlnet"], scheduler=DDIMScheduler.from_config(
+                comps["scheduler"].config, clip_sample=False, set_alpha_to_one=False),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+    from PIL import Image
+
+    hint_pil = Image.fromarray(hint)
+
+    def theirs(b):
+        pipe(prompt, image=hint_pil, height=size, width=size, num_inference_steps=args.steps, guidance_scale=9.0,
+             eta=1.0, num_images_per_prompt=b, generator=torch.Generator().manual_seed(0), output_type="np")
+
+    flops = None
+    if "eager" in loaded:
+        mk, models = loaded["eager"]
+        with FlopCounterMode(display=False) as fc:
+            generate(mk(1), models=models)
+        flops = fc.get_total_flops()
     name = torch.cuda.get_device_name() if dev.startswith("cuda") else (platform.processor() or platform.machine())
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
     arch = "SD1.5 architecture" if args.sd15 else "tiny test architecture"
+    import diffusers
+
     print(f"device: {name} ({dev}), {arch}, {size}x{size}, {args.steps} steps, CFG 9.0, DDIM eta 1.0, "
-          f"{str(dtype).replace('torch.', '')}, compile={args.compile}, threads={torch.get_num_threads()}, torch {torch.__version__}")
-    print(f"FLOPs per image (counted): {flops / 1e12:.4f} TFLOP")
-    print("| batch | cnet img/s | diffusers pipeline img/s | speed-up | cnet achieved TFLOP/s | time / floor |")
+          f"{dtype_name}, threads={torch.get_num_threads()}, torch {torch.__version__}, diffusers {diffusers.__version__}")
+    if flops:
+        print(f"FLOPs per image (counted): {flops / 1e12:.4f} TFLOP")
+    print("| batch | path | img/s | s/img | vs diffusers | time / floor |")
     print("|---|---|---|---|---|---|")
+    rows = []
     for b in args.batch:
-        with torch.inference_mode():
-            a = bench(ours, b)
-            p = bench(theirs, b)
-        achieved = a * flops / 1e12
-        floor = f"{achieved and peak / achieved:.2f}x" if peak else "n/a (unknown peak)"
-        print(f"| {b} | {a:.3f} | {p:.3f} | {a / p:.2f}x | {achieved:.3f} | {floor} |")
+        got = {}
+        for pname, (mk, models) in loaded.items():
+            got[pname] = bench(lambda n, mk=mk, models=models: generate(mk(n), models=models), b)
+        if pipe is not None:
+            with torch.inference_mode():
+                got["diffusers"] = bench(theirs, b)
+        for pname, ips in got.items():
+            rel = f"{ips / got['diffusers']:.2f}x" if "diffusers" in got else "-"
+            floor = f"{(b / ips) / (b * flops / (peak * 1e12)):.1f}x" if flops and peak else "n/a"
+            print(f"| {b} | {pname} | {ips:.3f} | {1 / ips:.3f} | {rel} | {floor} |")
+            rows.append({"batch": b, "path": pname, "img_per_s": ips})
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": name, "arch": arch, "size": size, "dtype": dtype_name,
+                                               "tflop_per_image": flops and flops / 1e12, "rows": rows},
+                                              indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 VARIANTS = ("diffusers", "cnet", "cnet --no-cache-latents", "cnet --small-scale", "cnet --small-scale --no-cache-latents")
+#: a variant names `cnet train` flags; anything not named keeps TrainConfig's default (so "cnet" is the default path)
+FLAGS = {"--cache-latents": {"cache_latents": True}, "--no-cache-latents": {"cache_latents": False},
+         "--small-scale": {"small_scale": True}}
+
+
+def worker_env() -> dict[str, str]:
+    """This checkout first on PYTHONPATH, then the caller's entries (a worktree or extras must stay visible)."""
+    keep = [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x]
+    return os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), *keep])}
 
 
 def make_base(size: str, d: Path) -> None:
@@ -105,13 +114,14 @@ def run_cnet(a: argparse.Namespace, variant: str) -> dict:
             pass
 
     out = tempfile.mkdtemp(prefix="cnet-bench-out-")
+    flags: dict = {}
+    for f in variant.split()[1:]:
+        if f not in FLAGS:
+            raise SystemExit(f"unknown variant flag {f} (known: {', '.join(FLAGS)})")
+        flags.update(FLAGS[f])
     train(TrainConfig(base=a.base, data=a.data, output=out, resolution=a.res, batch_size=a.batch,
                       max_steps=a.warmup + a.steps, checkpoint_every=0, report_to="none", overwrite=True,
-                      mixed_precision="bf16" if a.bf16 else "no", device=a.device,
-                      small_scale="--small-scale" in variant,
-                      # the default flags cache when the data is a local folder; --no-cache-latents turns it off
-                      cache_latents=True if "--cache-latents" in variant else
-                      (False if "--no-cache-latents" in variant else None)),
+                      mixed_precision="bf16" if a.bf16 else "no", device=a.device, **flags),
           reporter=Timer())
     dt = times[-1] - times[a.warmup]  # times[0] is start(); times[k] ends step k
     return {"samples_per_s": a.batch * a.steps / dt, "peak_mib": peak_memory(a.device)}
@@ -194,6 +204,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--json", default=None, help="also write the results (rows + device) to this JSON file")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--base", default=None, help=argparse.SUPPRESS)
     p.add_argument("--data", default=None, help=argparse.SUPPRESS)
@@ -218,7 +229,7 @@ def main() -> None:
         cmd = [sys.executable, __file__, "--worker", v, "--base", str(work / "base"), "--data", str(work / "data"),
                "--device", a.device, "--batch", str(a.batch), "--res", str(a.res), "--steps", str(a.steps),
                "--warmup", str(a.warmup), "--threads", str(a.threads)] + (["--bf16"] if a.bf16 else [])
-        r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"PYTHONPATH": str(ROOT)})
+        r = subprocess.run(cmd, capture_output=True, text=True, env=worker_env())
         line = [x for x in r.stdout.splitlines() if x.startswith("RESULT ")]
         if not line:
             print(r.stderr[-2000:], file=sys.stderr)
@@ -232,6 +243,9 @@ def main() -> None:
     print(f"\ndevice: {dev}; size {a.size}, batch {a.batch}, {a.res}px, {'bf16' if a.bf16 else 'fp32'}, "
           f"{a.steps} timed steps after {a.warmup} warm-up; peak memory = "
           f"{'max_memory_allocated' if a.device == 'cuda' else 'process peak RSS'}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"device": dev, "size": a.size, "batch": a.batch, "res": a.res,
+                                            "bf16": a.bf16, "rows": {v: r for v, r in rows}}, indent=2) + "\n")
     base = rows[0][1]["samples_per_s"] if rows[0][0] == "diffusers" else None
     print(f"| {'variant':36s} | samples/s | vs diffusers | peak MiB |")
     print(f"|{'-' * 38}|-----------|--------------|----------|")

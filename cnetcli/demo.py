@@ -1,219 +1,210 @@
 """`cnet demo`: the whole pipeline offline on the embedded tiny base, and proof that control is learned.
 
-    run_demo("outputs/demo")
+    from cnetcli.demo import DemoConfig, run_demo
+    metrics = run_demo(DemoConfig(output="outputs/demo"))
 
-1. data: circles (`cnetcli.synthetic`) -> annotate with canny (`cnetcli.annotators`) -> a dataset in the shared
-   layout (DIR/data/train) and held-out hints with provenance (DIR/hints/)
-2. train: a ControlNet on the embedded base `cnet-tiny` (`cnetcli.training.train`), checkpoints every K steps
-3. generate: the held-out hints in the four prompt modes (none, default, user, auto) with the untrained
-   (zero-convolution) and the trained ControlNet (`cnetcli.generation.generate`)
-4. eval: `cnetcli.evaluation.evaluate_folder` on both -> DIR/metrics.json {"untrained": {...}, "trained": {...}},
-   a contact sheet, a controllability-vs-step plot (checkpoints) and DIR/report.md.
+A few calls of the public API, nothing of its own but the orchestration and the report:
 
-The calls into `cnet train` / `cnet generate` are confined to `DemoEngine` below (`_train_config` and
-`_generate_config` hold the exact field names): that is the only glue to adapt when their APIs change. Any
-object with the same two methods (`train`, `generate`) can be passed as `engine=`.
+1. data: `cnetcli.synthetic.write_circles` (`cnet data circles`): fill50k-style circles, their outlines as
+   hints, prompts naming the colours; the last `eval_count` circles are held out
+2. train: `cnetcli.training.train(TrainConfig)` on the embedded base `cnet-tiny` (`DEMO_RECIPE`), with a
+   checkpoint every `curve_every` steps
+3. generate: the held-out hints in the chosen prompt modes with the untrained (zero-convolution) and the
+   trained ControlNet, and the `curve_mode` at each checkpoint (`cnetcli.generation.generate`, models loaded once)
+4. eval: `cnetcli.evaluation.evaluate_folder` (canny edge F1 of the re-annotated images against the hints)
+   -> OUTPUT/metrics.json, contact_sheet.png, controllability.png, report.md
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from .errors import NotAvailableError, UsageError
+from .errors import UsageError
+from .generation.prompts import PROMPT_MODES
 from .reporting import NullReporter, Reporter
+from .training.config import TrainConfig
 
-PROMPT_MODES = ("none", "default", "user", "auto")
 TINY_BASE = "cnet-tiny"
 TINY_CAPTIONER = "cnet-tiny-blip"
 
+#: The training recipe that learns control on the embedded base (64 px, 16 x 16 latents, v-prediction):
+#: the paper's uniform timesteps and 50% empty prompts at a tiny model's learning rate and batch. `data` and
+#: `output` are filled in by `run_demo`. Measured recipes: cnetcli/assets/README.md.
+DEMO_RECIPE = TrainConfig(
+    base=TINY_BASE, resolution=64, batch_size=32, max_steps=1200, learning_rate=1e-3, empty_prompt_prob=0.5,
+    cache_latents=True, report_to="none", log_every=60, checkpoint_every=300, keep_checkpoints=100, seed=0,
+)
+#: A smoke run: proves every stage runs (seconds, not minutes), not that control is learned.
+QUICK_RECIPE = DEMO_RECIPE.replace(max_steps=4, batch_size=4, checkpoint_every=2, log_every=1)
+#: How the held-out hints are sampled (GenerateConfig fields; the generation defaults are not tuned to pass).
+SAMPLING: dict[str, Any] = {"sampler": "ddim", "steps": 20, "cfg": 3.0, "seed": 0}
+#: The smoke run's sampling.
+QUICK_SAMPLING: dict[str, Any] = {**SAMPLING, "steps": 3}
+#: PASS: the trained ControlNet's edge F1 reaches this and is at least `PASS_RATIO` x the untrained one's.
+PASS_F1, PASS_RATIO = 0.5, 2.0
+SMOKE_VERDICT = "smoke run: pipeline OK (quality not judged at this size)"
+
 
 @dataclass(frozen=True)
-class DemoSettings:
-    """The demo's recipe for the embedded base v2 (4x VAE: 64 px -> 16 x 16 latents; v-prediction UNet) through
-    the real `cnet train` / `cnet generate`: the paper's recipe (uniform timesteps, 50% empty prompts) at a tiny
-    model's learning rate. Measured figures and the other recipes tried are in cnetcli/assets/README.md."""
+class DemoConfig:
+    """What the demo does besides training: counts, which prompt modes, the curve's cadence and mode."""
 
-    size: int = 64
+    output: str = "outputs/demo"
     train_count: int = 2000
     eval_count: int = 8
-    steps: int = 1200
-    learning_rate: float = 1e-3
-    batch_size: int = 32
-    empty_prompt_prob: float = 0.5
-    checkpoint_every: int = 300
-    small_scale: bool = False  # the paper's middle-block-only connection
+    modes: tuple[str, ...] = PROMPT_MODES
+    curve_every: int = 300  # score a checkpoint every N training steps (0: only the final model)
     curve_mode: str = "none"  # the prompt mode scored at each checkpoint (controllability-vs-step plot)
-    timestep_bias: str = "none"  # `cnet train --timestep-bias`
-    timestep_bias_multiplier: float = 1.0
-    timestep_bias_portion: float = 0.25
-    snr_gamma: float | None = None
-    sampler: str = "ddim"
-    sampler_steps: int = 20
-    cfg: float = 3.0
-    seed: int = 0
+    base: str = TINY_BASE
+    captioner: str = TINY_CAPTIONER
+    device: str = "auto"
+    overwrite: bool = False
+    quick: bool = False  # a smoke run: tiny counts, 4 training steps, no verdict on quality
+    recipe: TrainConfig | None = None  # None: DEMO_RECIPE (QUICK_RECIPE with quick)
+    sampling: dict[str, Any] = field(default_factory=dict)  # GenerateConfig fields over SAMPLING
 
-    @classmethod
-    def quick(cls) -> DemoSettings:
-        """A smoke run (seconds, not minutes): proves the pipeline runs, not that control is learned."""
-        return cls(train_count=64, eval_count=2, steps=4, batch_size=4, checkpoint_every=2, sampler_steps=3)
+    def __post_init__(self) -> None:
+        if self.quick:
+            object.__setattr__(self, "train_count", min(self.train_count, 64))
+            object.__setattr__(self, "eval_count", min(self.eval_count, 2))
+            object.__setattr__(self, "curve_every", min(self.curve_every, 2))
+        if self.train_count < 1 or self.eval_count < 1:
+            raise UsageError("demo: train_count and eval_count must be at least 1")
+        bad = [m for m in (*self.modes, self.curve_mode) if m not in PROMPT_MODES]
+        if bad or not self.modes:
+            raise UsageError(f"demo modes: {', '.join(bad) or 'none given'}; valid: {', '.join(PROMPT_MODES)}")
+        if self.curve_every < 0:
+            raise UsageError("demo curve_every: must be 0 (final model only) or positive")
 
+    def train_config(self) -> TrainConfig:
+        """The recipe, pointed at this run's data and output, checkpointing at the curve's cadence."""
+        r = self.recipe or (QUICK_RECIPE if self.quick else DEMO_RECIPE)
+        out = Path(self.output)
+        return r.replace(base=self.base, data=str(out / "data" / "train"), output=str(out / "controlnet-trained"),
+                         checkpoint_every=self.curve_every or r.max_steps, keep_checkpoints=max(r.keep_checkpoints, 100),
+                         cpu=r.cpu or self.device == "cpu", overwrite=True)
 
-class Engine(Protocol):
-    def train(self, dataset: Path, output: Path, base: str, s: DemoSettings, reporter: Reporter) -> Path:
-        """Train a ControlNet; return the output folder (OUTPUT/controlnet/, OUTPUT/checkpoints/step-N/)."""
-        ...
-
-    def generate(self, hints: list[Path], controlnet: str | Path, base: str, prompt_mode: str,
-                 prompt: str | None, captioner: str, output: Path, s: DemoSettings) -> list[Any]:
-        """Generate one image per hint into `output` (PNG + JSON sidecar naming the hint)."""
-        ...
-
-
-# ----------------------------------------------------------------------------------------------------------
-# GLUE to `cnet train` / `cnet generate` (issue #4, #5). ADAPT HERE after merging: the field names below
-# follow the shared contract (TrainConfig / GenerateConfig frozen dataclasses); nothing else in this module
-# knows them.
-# ----------------------------------------------------------------------------------------------------------
-def _train_config(TrainConfig: Any, dataset: Path, output: Path, base: str, s: DemoSettings) -> Any:
-    return TrainConfig(
-        base=base, data=str(dataset), output=str(output), resolution=s.size, batch_size=s.batch_size,
-        max_steps=s.steps, learning_rate=s.learning_rate, empty_prompt_prob=s.empty_prompt_prob, seed=s.seed,
-        checkpoint_every=s.checkpoint_every or s.steps, keep_checkpoints=max(1, s.steps // max(1, s.checkpoint_every or s.steps)),
-        cache_latents=True, report_to="none", log_every=max(1, s.steps // 20), small_scale=s.small_scale,
-        timestep_bias=s.timestep_bias, timestep_bias_multiplier=s.timestep_bias_multiplier,
-        timestep_bias_portion=s.timestep_bias_portion, snr_gamma=s.snr_gamma,
-    )
+    def sampling_fields(self) -> dict[str, Any]:
+        return {**(QUICK_SAMPLING if self.quick else SAMPLING), **self.sampling}
 
 
-def _generate_config(GenerateConfig: Any, hints: list[Path], controlnet: str | Path, base: str, prompt_mode: str,
-                     prompt: str | None, captioner: str, output: Path, s: DemoSettings) -> Any:
-    return GenerateConfig(
-        hints=tuple(str(h) for h in hints), controlnets=(str(controlnet),), base=base, prompt_mode=prompt_mode,
-        prompt=prompt, captioner=captioner, output=str(output), steps=s.sampler_steps, cfg=s.cfg,
-        sampler=s.sampler, seed=s.seed, image_resolution=s.size, device="cpu", offline=True,
-    )
+def make_data(cfg: DemoConfig) -> tuple[Path, list[Path], list[str]]:
+    """`cnet data circles`: the training set and held-out (hint, prompt) pairs."""
+    from .data import read_dataset
+    from .synthetic import heldout_dir, write_circles
+
+    size = cfg.train_config().resolution
+    train = Path(cfg.output) / "data" / "train"
+    write_circles(train, count=cfg.train_count + cfg.eval_count, size=size, seed=cfg.train_config().seed,
+                  holdout=cfg.eval_count)
+    held = read_dataset(heldout_dir(train))
+    return train, [hint for _, hint, _ in held], [text for _, _, text in held]
 
 
-class DemoEngine:
-    """Runs the demo through the project's own `cnetcli.training.train` and `cnetcli.generation.generate`."""
+def load_generation_models(cfg: DemoConfig, hint: Path) -> Any:
+    """The base, loaded once for every generate call (ControlNets are added by name)."""
+    from .generation import GenerateConfig, load_models
 
-    def __init__(self) -> None:
-        try:
-            from .generation import GenerateConfig, generate
-            from .training import TrainConfig, train
-        except ImportError as e:
-            raise NotAvailableError(
-                f"`cnet demo` needs `cnet train` and `cnet generate`, which are not installed here ({e}); "
-                "install the full cnet package"
-            ) from None
-        self._train, self._TrainConfig = train, TrainConfig
-        self._generate, self._GenerateConfig = generate, GenerateConfig
-
-    def train(self, dataset: Path, output: Path, base: str, s: DemoSettings, reporter: Reporter) -> Path:
-        self._train(_train_config(self._TrainConfig, dataset, output, base, s), reporter=reporter)
-        return output
-
-    def generate(self, hints: list[Path], controlnet: str | Path, base: str, prompt_mode: str,
-                 prompt: str | None, captioner: str, output: Path, s: DemoSettings) -> list[Any]:
-        cfg = _generate_config(self._GenerateConfig, hints, controlnet, base, prompt_mode, prompt, captioner, output, s)
-        return self._generate(cfg, reporter=None)
-# ----------------------------------------------------------------------------------------------------------
+    return load_models(GenerateConfig(hints=(str(hint),), base=cfg.base, device=cfg.device, offline=True,
+                                      **cfg.sampling_fields()), [])
 
 
-def make_data(root: Path, s: DemoSettings) -> tuple[Path, list[Path], list[str]]:
-    """Circles -> canny hints: a training dataset (shared layout) and held-out hints with provenance."""
-    from .annotators import annotate
-    from .data import DatasetWriter, Provenance
-    from .images import save_png
-    from .synthetic import circles, draw_circle
-
-    def prov(src: str) -> Provenance:
-        return Provenance(type="canny", params={"low": 100, "high": 200}, detect_resolution=None,
-                          image_resolution=s.size, keep_size=True, source=src)
-
-    ds = root / "data" / "train"
-    writer = DatasetWriter(ds, "imagefolder")
-    records = []
-    for i, c in enumerate(circles(s.train_count, s.size, s.seed)):
-        img = draw_circle(c, s.size)
-        hint = annotate(img, "canny", image_resolution=s.size, keep_size=True)
-        writer.write_example(f"{i:06d}", img, hint, prov(f"images/{i:06d}.png"))
-        records.append(writer.record(f"{i:06d}", c.prompt, hint_type="canny"))
-    writer.add_records(records)
-    hints_dir = root / "hints"
-    hints, prompts = [], []
-    for i, c in enumerate(circles(s.eval_count, s.size, s.seed + 1)):  # another seed: held out
-        src = root / "data" / "heldout" / f"{i:03d}.png"
-        img = draw_circle(c, s.size)
-        save_png(src, img)
-        h = hints_dir / f"hint_{i:03d}.png"
-        prov(str(src)).write(h, annotate(img, "canny", image_resolution=s.size, keep_size=True))
-        hints.append(h)
-        prompts.append(c.prompt)
-    return ds, hints, prompts
+def _register(models: Any, name: str, net: Any) -> str:
+    models.nets[name] = net.to(models.device, models.dtype).eval().requires_grad_(False)
+    return name
 
 
-def untrained_controlnet(base: str, output: Path) -> Path:
-    """The untrained ControlNet: initialised from the base UNet, zero convolutions (changes nothing yet)."""
-    from .models.sd import load_base_components
+def add_untrained(models: Any, seed: int) -> str:
+    """The untrained ControlNet, as `cnet train` initialises it: a copy of the base UNet's encoder with zero
+    convolutions (it changes nothing yet)."""
     from .training.model import init_controlnet
 
-    comps = load_base_components(base, parts=("unet", "vae"))
-    # the same init as `cnet train` (hint encoder downsampling matched to the VAE's)
-    init_controlnet(comps["unet"], comps["vae"], seed=0).save_pretrained(str(output))
-    return output
+    return _register(models, "untrained (zero convolutions)", init_controlnet(models.unet, models.vae, seed=seed))
 
 
-def generate_mode(engine: Engine, hints: list[Path], prompts: list[str], controlnet: str | Path, base: str,
-                  captioner: str, out: Path, s: DemoSettings, mode: str) -> None:
-    if mode == "user":  # each hint with its own caption ("red circle with blue background")
+def add_checkpoint(models: Any, trained: str, ck: Path) -> str:
+    """A training checkpoint's ControlNet weights in the trained ControlNet's architecture."""
+    from .training.checkpoint import load_checkpoint
+
+    final = models.controlnet(trained)
+    net = type(final).from_config(final.config)
+    net.load_state_dict(load_checkpoint(ck)["controlnet"])
+    return _register(models, str(ck), net)
+
+
+def generate_mode(models: Any, cfg: DemoConfig, hints: list[Path], prompts: list[str], net: str, mode: str,
+                  out: Path) -> None:
+    """One ControlNet, one prompt mode, every held-out hint (user mode: each with its own prompt)."""
+    from .generation import GenerateConfig, generate
+
+    common = dict(controlnets=(net,), base=cfg.base, captioner=cfg.captioner, output=str(out), prompt_mode=mode,
+                  device=cfg.device, offline=True, **cfg.sampling_fields())
+    if mode == "user":
         for h, p in zip(hints, prompts, strict=True):
-            engine.generate([h], controlnet, base, mode, p, captioner, out, s)
+            generate(GenerateConfig(hints=(str(h),), prompt=p, **common), models=models)
     else:
-        engine.generate(hints, controlnet, base, mode, None, captioner, out, s)
+        generate(GenerateConfig(hints=tuple(str(h) for h in hints), **common), models=models)
 
 
-def generate_all(engine: Engine, hints: list[Path], prompts: list[str], controlnet: str | Path, base: str,
-                 captioner: str, out: Path, s: DemoSettings) -> None:
-    for mode in PROMPT_MODES:
-        generate_mode(engine, hints, prompts, controlnet, base, captioner, out / mode, s, mode)
+def _final_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Auto mode's pass-1 images are intermediate: only the final images count."""
+    return [r for r in res["rows"] if r["info"].get("pass") != 1]
 
 
-def _checkpoints(train_out: Path) -> list[tuple[int, Path]]:
-    found = []
-    for p in (train_out / "checkpoints").glob("step-*"):
-        try:
-            found.append((int(p.name.split("-", 1)[1]), p))
-        except ValueError:
-            continue
-    return sorted(found)
+def generate_all(cfg: DemoConfig, trained: str, hints: list[Path], prompts: list[str],
+                 gen: dict[str, Path]) -> dict[int, Path]:
+    """The untrained and the trained ControlNet in every mode, and the curve mode at each earlier checkpoint
+    (the base loaded once); returns the checkpoints' output folders by step."""
+    from .training.checkpoint import list_checkpoints
+
+    tcfg = cfg.train_config()
+    models = load_generation_models(cfg, hints[0])
+    untrained = add_untrained(models, tcfg.seed)
+    for name, spec in (("untrained", untrained), ("trained", trained)):
+        for mode in cfg.modes:
+            generate_mode(models, cfg, hints, prompts, spec, mode, gen[name] / mode)
+    curve_dirs: dict[int, Path] = {}
+    for step, ck in list_checkpoints(tcfg.output):
+        if step >= tcfg.max_steps:
+            continue  # the final model is scored with the others
+        curve_dirs[step] = Path(cfg.output) / "generated" / "checkpoints" / f"step-{step}"
+        generate_mode(models, cfg, hints, prompts, add_checkpoint(models, trained, ck), cfg.curve_mode,
+                      curve_dirs[step])
+    return curve_dirs
 
 
-def checkpoint_controlnet(ck: Path, train_out: Path, dst: Path) -> Path | None:
-    """A loadable ControlNet folder for a training checkpoint: `cnet train` stores the weights as
-    step-N/controlnet.safetensors (config in OUTPUT/controlnet/); a step-N/controlnet/ folder is used as is."""
-    import shutil
+@contextlib.contextmanager
+def generation_threads(device: str) -> Iterator[None]:
+    """Sampling the tiny base is launch-bound: on a CPU one torch thread is as fast as two, and on a busy
+    machine two threads spin-wait for each other (measured: 9-25x the CPU time per image on a shared 2-core
+    VM). Training keeps every thread (batch 32 is compute-bound)."""
+    import torch
 
-    if (ck / "controlnet" / "config.json").is_file():
-        return ck / "controlnet"
-    weights, config = ck / "controlnet.safetensors", train_out / "controlnet" / "config.json"
-    if not (weights.is_file() and config.is_file()):
-        return None
-    dst.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(config, dst / "config.json")
-    shutil.copyfile(weights, dst / "diffusion_pytorch_model.safetensors")
-    return dst
+    from .device import resolve_device
+
+    if resolve_device(device) != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
-def _summary(res: dict[str, Any]) -> dict[str, Any]:
-    """Mean F1 overall and per prompt mode; for `auto` only the final (pass-2) images count."""
-    rows = [r for r in res["rows"] if r["info"].get("pass") != 1]
+def summary(res: dict[str, Any]) -> dict[str, Any]:
+    """Mean edge F1 over the final images, and per prompt mode."""
+    rows = _final_rows(res)
     by_mode: dict[str, list[float]] = {}
     for r in rows:
         by_mode.setdefault(r["info"].get("prompt_mode") or "-", []).append(r["value"])
@@ -221,142 +212,125 @@ def _summary(res: dict[str, Any]) -> dict[str, Any]:
             "by_prompt_mode": {k: float(np.mean(v)) for k, v in by_mode.items()}}
 
 
-def contact_sheet(hints: list[Path], gen_dirs: dict[str, Path], path: Path, n: int = 8) -> None:
-    """Rows: hints, then per ControlNet and prompt mode the generated images (first `n` hints)."""
-    from PIL import Image, ImageDraw
+def verdict(m: dict[str, Any], quick: bool) -> str:
+    if quick:
+        return SMOKE_VERDICT
+    return "PASS" if m["passed"] else "FAIL"
 
+
+def run_demo(cfg: DemoConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Run the whole pipeline; returns the metrics also written to OUTPUT/metrics.json ("passed" is None for a
+    smoke run)."""
+    from .evaluation import evaluate_folder
+    from .images import atomic_write_text
+    from .training import train
+
+    rep = reporter or NullReporter()
+    tcfg = cfg.train_config()
+    out = Path(cfg.output)
+    if out.exists() and any(out.iterdir()):
+        if not cfg.overwrite:
+            raise UsageError(f"--output {out}: folder exists and is not empty (pass --overwrite or another --output)")
+        if not (out / "metrics.json").exists() and not (out / "data").exists():
+            raise UsageError(f"--output {out}: refusing to overwrite a folder that is not a cnet demo output")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+
+    rep.message(f"1/4 data: {cfg.train_count} circles + {cfg.eval_count} held out (hints: their outlines)")
+    _, hints, prompts = make_data(cfg)
+    seconds["data"] = time.perf_counter() - t
+
+    rep.message(f"2/4 train: a ControlNet on {cfg.base}, {tcfg.max_steps} steps at batch {tcfg.batch_size}")
+    t = time.perf_counter()
+    result = train(tcfg, reporter=rep)
+    seconds["train"] = time.perf_counter() - t
+
+    rep.message(f"3/4 generate: {len(hints)} held-out hints x {len(cfg.modes)} prompt modes x (untrained, trained)"
+                + (f" + `{cfg.curve_mode}` at each checkpoint" if cfg.curve_every else ""))
+    t = time.perf_counter()
+    gen = {"untrained": out / "generated" / "untrained", "trained": out / "generated" / "trained"}
+    with generation_threads(cfg.device):
+        curve_dirs = generate_all(cfg, str(result.controlnet_dir), hints, prompts, gen)
+    seconds["generate"] = time.perf_counter() - t
+
+    rep.message("4/4 eval: controllability (canny edge F1) of both, and of each checkpoint")
+    t = time.perf_counter()
+    results = {k: evaluate_folder(d) for k, d in gen.items()}
+    for k, v in results.items():
+        atomic_write_text(gen[k] / "eval.json", json.dumps(v, indent=2) + "\n")
+    m: dict[str, Any] = {k: summary(v) for k, v in results.items()}
+    curve = {step: summary(evaluate_folder(d))["f1"] for step, d in curve_dirs.items()}
+    curve[tcfg.max_steps] = m["trained"]["by_prompt_mode"].get(cfg.curve_mode, m["trained"]["f1"])
+    seconds["eval"] = time.perf_counter() - t
+    u, tr = m["untrained"]["f1"], m["trained"]["f1"]
+    m["curve"] = [{"step": s, "f1": f} for s, f in sorted(curve.items())]
+    m["passed"] = None if cfg.quick else bool(tr >= PASS_F1 and tr >= PASS_RATIO * u)
+    m["verdict"] = verdict(m, cfg.quick)
+    m["seconds"] = {k: round(v, 1) for k, v in seconds.items()}
+    m["demo"] = {k: v for k, v in cfg.__dict__.items() if k != "recipe"}
+    m["recipe"] = tcfg.to_dict()
+    atomic_write_text(out / "metrics.json", json.dumps(m, indent=2, default=str) + "\n")
+    write_contact_sheet(results, hints, cfg.modes, out / "contact_sheet.png")
+    plot_curve(m["curve"], m["untrained"]["by_prompt_mode"].get(cfg.curve_mode, u), out / "controllability.png")
+    atomic_write_text(out / "report.md", report_md(m, cfg, tcfg))
+    return m
+
+
+def write_contact_sheet(results: dict[str, dict[str, Any]], hints: list[Path], modes: tuple[str, ...],
+                        path: Path) -> None:
+    """Rows: the hints, then per ControlNet and prompt mode its final images (generation's contact sheet)."""
+    from .generation.output import contact_sheet
     from .images import load_image, save_png
 
-    hs = [load_image(h) for h in hints[:n]]
-    size = hs[0].shape[0]
-    label_w = 120
-    rows = [("hint (canny)", hs)]
-    for name, d in gen_dirs.items():
-        for mode in PROMPT_MODES:
-            files = sorted((d / mode).glob("*.png"))
-            if mode == "auto":  # pass 2 is the result; pass-1 images are the intermediate
-                p2 = [f for f in files if json.loads(f.with_suffix(".json").read_text()).get("pass") in (2, None)]
-                files = p2 or files
-            ims = [load_image(f) for f in files[:n]]
-            rows.append((f"{name} / {mode}", ims))
-    sheet = Image.new("RGB", (label_w + n * size, len(rows) * size), (40, 40, 40))
-    draw = ImageDraw.Draw(sheet)
-    for r, (label, ims) in enumerate(rows):
-        draw.text((4, r * size + size // 2 - 6), label, fill=(255, 255, 255))
-        for c, im in enumerate(ims):
-            sheet.paste(Image.fromarray(im).resize((size, size)), (label_w + c * size, r * size))
-    save_png(path, np.asarray(sheet))
+    order = {str(h): i for i, h in enumerate(hints)}
+    rows = [[load_image(h) for h in hints]]
+    for res in results.values():
+        for mode in modes:
+            mine = sorted((r for r in _final_rows(res) if r["info"].get("prompt_mode") == mode),
+                          key=lambda r: order.get(r["hint"], len(order)))
+            rows.append([load_image(r["image"]) for r in mine])
+    save_png(path, contact_sheet([r for r in rows if r]))
 
 
-def plot_curve(curve: list[tuple[int, float]], untrained: float, path: Path) -> None:
+def plot_curve(curve: list[dict[str, Any]], untrained: float, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-    if curve:
-        xs, ys = zip(*curve, strict=True)
-        ax.plot(xs, ys, "o-", label="trained ControlNet (checkpoints)")
+    ax.plot([c["step"] for c in curve], [c["f1"] for c in curve], "o-", label="trained ControlNet (checkpoints)")
     ax.axhline(untrained, color="grey", ls="--", label="untrained")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("edge F1 (canny, 2 px)")
-    ax.set_ylim(0, 1)
+    ax.set(xlabel="training step", ylabel="edge F1 (canny, 2 px)", ylim=(0, 1), title="controllability vs step")
     ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("controllability vs step")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def run_demo(output_dir: str | Path, reporter: Reporter | None = None, quick: bool = False,
-             engine: Engine | None = None, base: str = TINY_BASE, captioner: str = TINY_CAPTIONER,
-             settings: DemoSettings | None = None, overwrite: bool = False) -> dict[str, Any]:
-    """Run the whole pipeline; returns the metrics dict also written to OUTPUT/metrics.json."""
-    import shutil
-
-    from .evaluation import evaluate_folder
-    from .images import atomic_write_text
-
-    rep = reporter or NullReporter()
-    s = settings or (DemoSettings.quick() if quick else DemoSettings())
-    out = Path(output_dir)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise UsageError(f"{out}: folder exists and is not empty (pass --overwrite or another --output)")
-        if not (out / "metrics.json").exists() and not (out / "data").exists():
-            raise UsageError(f"{out}: refusing to overwrite a folder that is not a cnet demo output")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    eng = engine or DemoEngine()  # fails fast (NotAvailableError) before any work
-    times: dict[str, float] = {}
-    t = time.time()
-
-    rep.message("1/4 data: circles -> canny hints")
-    dataset, hints, prompts = make_data(out, s)
-    times["data"] = time.time() - t
-
-    rep.message(f"2/4 train: ControlNet on {base}, {s.steps} steps")
-    t = time.time()
-    train_out = eng.train(dataset, out / "controlnet-trained", base, s, rep)
-    times["train"] = time.time() - t
-
-    rep.message("3/4 generate: held-out hints x 4 prompt modes x (untrained, trained)")
-    t = time.time()
-    untrained = untrained_controlnet(base, out / "controlnet-untrained")
-    gen = {"untrained": out / "generated" / "untrained", "trained": out / "generated" / "trained"}
-    generate_all(eng, hints, prompts, untrained, base, captioner, gen["untrained"], s)
-    generate_all(eng, hints, prompts, train_out, base, captioner, gen["trained"], s)
-    times["generate"] = time.time() - t
-
-    rep.message("4/4 eval: controllability (canny edge F1) of both + checkpoints")
-    t = time.time()
-    results = {k: evaluate_folder(d) for k, d in gen.items()}
-    metrics: dict[str, Any] = {k: _summary(v) for k, v in results.items()}
-    for k, v in results.items():
-        atomic_write_text(gen[k] / "eval.json", json.dumps(v, indent=2) + "\n")
-    curve: list[tuple[int, float]] = []
-    for step, ck in _checkpoints(train_out):
-        if step >= s.steps:
-            continue  # the final model is evaluated above
-        d = out / "generated" / "checkpoints" / f"step-{step}"
-        cn = checkpoint_controlnet(ck, train_out, out / "controlnet-checkpoints" / f"step-{step}")
-        if cn is None:
-            continue
-        generate_mode(eng, hints, prompts, cn, base, captioner, d / s.curve_mode, s, s.curve_mode)
-        res = evaluate_folder(d)
-        curve.append((step, _summary(res)["f1"]))  # (auto: pass-2 images only)
-    curve.append((s.steps, float(metrics["trained"]["by_prompt_mode"].get(s.curve_mode, metrics["trained"]["f1"]))))
-    curve = sorted(dict(curve).items())
-    times["eval"] = time.time() - t
-    u, tr = metrics["untrained"]["f1"], metrics["trained"]["f1"]
-    metrics["curve"] = [{"step": a, "f1": b} for a, b in curve]
-    metrics["passed"] = bool(tr >= 0.5 and tr >= 2 * u)
-    metrics["seconds"] = {k: round(v, 1) for k, v in times.items()}
-    metrics["settings"] = s.__dict__
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    contact_sheet(hints, gen, out / "contact_sheet.png")
-    plot_curve(curve, metrics["untrained"]["by_prompt_mode"].get(s.curve_mode, u), out / "controllability.png")
-    atomic_write_text(out / "report.md", report_md(metrics, base, s))
-    return metrics
-
-
-def report_md(m: dict[str, Any], base: str, s: DemoSettings) -> str:
+def report_md(m: dict[str, Any], cfg: DemoConfig, tcfg: TrainConfig) -> str:
     u, t = m["untrained"], m["trained"]
+    s = cfg.sampling_fields()
+    nan = float("nan")
     lines = [
         "# cnet demo report", "",
-        f"Base `{base}` (embedded), ControlNet trained {s.steps} steps (lr {s.learning_rate}, batch {s.batch_size}, "
-        f"{s.size} px, {s.train_count} circles), sampled with {s.sampler} {s.sampler_steps} steps, CFG {s.cfg}, on "
-        f"{u['n'] // len(PROMPT_MODES) if u['n'] else 0} held-out canny hints.", "",
+        f"Base `{cfg.base}` (embedded), ControlNet trained {tcfg.max_steps} steps (lr {tcfg.learning_rate}, batch "
+        f"{tcfg.batch_size}, {tcfg.resolution} px, {cfg.train_count} circles), sampled with {s['sampler']} "
+        f"{s['steps']} steps, CFG {s['cfg']}, on {cfg.eval_count} held-out circle outlines.", "",
         "Controllability = edge F1 (2 px tolerance) between the hint and canny of the generated image.", "",
         "| prompt mode | untrained | trained |", "|---|---:|---:|",
     ]
-    for mode in PROMPT_MODES:
-        lines.append(f"| {mode} | {u['by_prompt_mode'].get(mode, float('nan')):.3f} | "
-                     f"{t['by_prompt_mode'].get(mode, float('nan')):.3f} |")
+    for mode in cfg.modes:
+        lines.append(f"| {mode} | {u['by_prompt_mode'].get(mode, nan):.3f} | {t['by_prompt_mode'].get(mode, nan):.3f} |")
+    rule = f"trained >= {PASS_F1} and >= {PASS_RATIO:g}x untrained"
     lines += [f"| **all** | **{u['f1']:.3f}** | **{t['f1']:.3f}** |", "",
-              f"Result: {'PASS' if m['passed'] else 'FAIL'} (trained >= 0.5 and >= 2x untrained).", "",
-              f"Controllability vs step (`{s.curve_mode}` prompt mode): " + ", ".join(f"{c['step']}: {c['f1']:.3f}" for c in m["curve"]), "",
+              f"Result: {m['verdict']}" + ("" if cfg.quick else f" ({rule})") + ".", "",
+              f"Controllability vs step (`{cfg.curve_mode}` prompt mode): "
+              + ", ".join(f"{c['step']}: {c['f1']:.3f}" for c in m["curve"]), "",
               "Time (s): " + ", ".join(f"{k} {v}" for k, v in m["seconds"].items()), "",
+              "Contact sheet rows: the hints, then untrained and trained, one row per prompt mode ("
+              + ", ".join(cfg.modes) + ").", "",
               "![contact sheet](contact_sheet.png)", "", "![controllability](controllability.png)", ""]
     return "\n".join(lines)

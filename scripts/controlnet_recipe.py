@@ -1,54 +1,101 @@
-"""Measure one ControlNet recipe on the embedded base: the quick protocol behind the recipe table in
+"""Measure one ControlNet recipe on the embedded base: the protocol behind the recipe tables in
 cnetcli/assets/README.md.
 
-    PYTHONPATH=$PWD python scripts/controlnet_recipe.py NAME BASE STEPS LR BATCH [SETTING=VALUE ...]
-    e.g. ... v_later cnet-tiny 900 1e-3 32 ck=300 timestep_bias=later timestep_bias_multiplier=4 timestep_bias_portion=0.5
+    PYTHONPATH=$PWD python scripts/controlnet_recipe.py NAME [--score-at 300,600] [--scales 1,2] [--modes none,user]
+        [TRAINCONFIG_FIELD=VALUE ...]
+    e.g. ... later2 max_steps=600 learning_rate=2e-3 timestep_bias=later timestep_bias_multiplier=4 timestep_bias_portion=0.5
 
-Uses the demo's own pieces (`cnetcli.demo`: circles -> canny, the real `cnet train`, `cnet generate`,
-`cnet eval`) with 16 held-out hints, and scores every checkpoint (every `ck` steps) in the `none` prompt mode.
-Any other SETTING is a `DemoSettings` field. Writes under /tmp/cnet-recipes/NAME and prints [[step, F1], ...].
+The demo's own pieces (`cnetcli.demo`: circles data, `DEMO_RECIPE` with the given TrainConfig fields changed,
+`cnet train`, `cnet generate`, `cnet eval`): trains once, then scores the ControlNet at each `--score-at` step
+(checkpoints) on the demo's held-out hints, in the given prompt modes (default: the demo's) and control scales,
+the same way the demo decides PASS (mean edge F1 over the final images). Writes under /tmp/cnet-recipes/NAME and
+prints one JSON line per (step, scale) plus the CPU time spent training.
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
+import resource
 import shutil
-import sys
 import time
 from pathlib import Path
 
 
-def _value(v: str):
+def _value(field: dataclasses.Field, v: str):
+    if v == "None":
+        return None
+    if field.type in ("bool", bool):
+        return v in ("1", "true", "True")
     for cast in (int, float):
         try:
             return cast(v)
         except ValueError:
             pass
-    return {"True": True, "False": False}.get(v, v)
+    return v
 
 
 def main() -> None:
-    from cnetcli.demo import DemoEngine, DemoSettings, _checkpoints, checkpoint_controlnet, make_data
-    from cnetcli.evaluation import evaluate_folder
-    from cnetcli.reporting import NullReporter
+    from cnetcli.demo import (
+        DEMO_RECIPE,
+        DemoConfig,
+        generation_threads,
+        load_generation_models,
+        make_data,
+    )
+    from cnetcli.training import train
 
-    name, base, steps, lr, bs = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
-    kw = {k: _value(v) for k, v in (a.split("=", 1) for a in sys.argv[6:])}
-    s = DemoSettings(steps=steps, learning_rate=lr, batch_size=bs, eval_count=16,
-                     checkpoint_every=kw.pop("ck", steps // 3), **kw)
-    out = Path("/tmp/cnet-recipes") / name
+    ap = argparse.ArgumentParser()
+    ap.add_argument("name")
+    ap.add_argument("--score-at", default="", help="comma-separated steps (default: every checkpoint)")
+    ap.add_argument("--scales", default="1")
+    ap.add_argument("--modes", default="")
+    ap.add_argument("--eval-count", type=int, default=DemoConfig.eval_count)
+    ap.add_argument("fields", nargs="*", help="TrainConfig FIELD=VALUE")
+    a = ap.parse_intermixed_args()
+    types = {f.name: f for f in dataclasses.fields(DEMO_RECIPE)}
+    kw = {k: _value(types[k], v) for k, v in (x.split("=", 1) for x in a.fields)}
+    recipe = DEMO_RECIPE.replace(**kw)
+    score_at = [int(x) for x in a.score_at.split(",") if x]
+    out = Path("/tmp/cnet-recipes") / a.name
     shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    t = time.time()
-    ds, hints, _ = make_data(out, s)
-    eng = DemoEngine()
-    trained = eng.train(ds, out / "trained", base, s, NullReporter())
-    res = []
-    for step, ck in _checkpoints(trained):
-        cn = checkpoint_controlnet(ck, trained, out / "cks" / f"step-{step}")
-        eng.generate(hints, cn, base, "none", None, "cnet-tiny-blip", out / "gen" / f"s{step}", s)
-        res.append((step, round(evaluate_folder(out / "gen" / f"s{step}")["metrics"]["f1"], 3)))
-    print(name, json.dumps(res), f"({time.time() - t:.0f} s)", flush=True)
+    modes = tuple(a.modes.split(",")) if a.modes else DemoConfig.modes
+    gcd = score_at[0] if len(score_at) == 1 else min(b - c for b, c in zip(score_at[1:], score_at[:-1], strict=True)) \
+        if score_at else recipe.checkpoint_every
+    cfg = DemoConfig(output=str(out), recipe=recipe, modes=modes, curve_every=gcd, eval_count=a.eval_count)
+    _, hints, prompts = make_data(cfg)
+    t, cpu = time.time(), resource.getrusage(resource.RUSAGE_SELF)
+    res = train(cfg.train_config())
+    cpu2 = resource.getrusage(resource.RUSAGE_SELF)
+    print(json.dumps({"name": a.name, "train_wall_s": round(time.time() - t, 1),
+                      "train_cpu_s": round(cpu2.ru_utime + cpu2.ru_stime - cpu.ru_utime - cpu.ru_stime, 1),
+                      "recipe": kw}), flush=True)
+    models = load_generation_models(cfg, hints[0])
+    trained = str(res.controlnet_dir)
+    with generation_threads(cfg.device):
+        score(cfg, models, trained, hints, prompts, modes, score_at, recipe.max_steps, a.scales, out, a.name)
+
+
+def score(cfg, models, trained, hints, prompts, modes, score_at, max_steps, scales, out, name) -> None:
+    import dataclasses
+
+    from cnetcli.demo import add_checkpoint, generate_mode, summary
+    from cnetcli.evaluation import evaluate_folder
+    from cnetcli.training.checkpoint import list_checkpoints
+
+    for step, ck in list_checkpoints(cfg.train_config().output):
+        if score_at and step not in score_at:
+            continue
+        spec = trained if step == max_steps else add_checkpoint(models, trained, ck)
+        for scale in (float(x) for x in scales.split(",")):
+            d = out / "gen" / f"s{step}-x{scale:g}"
+            c2 = dataclasses.replace(cfg, sampling={"scales": (scale,)})
+            for mode in modes:
+                generate_mode(models, c2, hints, prompts, spec, mode, d / mode)
+            s = summary(evaluate_folder(d))
+            print(json.dumps({"name": name, "step": step, "scale": scale, "f1": round(s["f1"], 3),
+                              "by_mode": {k: round(v, 3) for k, v in s["by_prompt_mode"].items()}}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """The embedded tiny base + captioner, and the demo's orchestration (offline, CPU)."""
 
-import importlib.util
 import json
 import os
 import sys
@@ -82,13 +81,6 @@ def test_missing_builtin_is_clear(monkeypatch, tmp_path):
         sd.resolve("cnet-tiny-x")
 
 
-def test_demo_needs_train_and_generate(tmp_path, run_cli):
-    if importlib.util.find_spec("cnetcli.training") and importlib.util.find_spec("cnetcli.generation"):
-        pytest.skip("train and generate are installed")
-    code, _, err = run_cli("demo", "--output", str(tmp_path / "d"))
-    assert code == 1 and "cnet train" in err
-
-
 @pytest.fixture(scope="module")
 def untrained_tiny_models(tmp_path_factory):
     """The embedded base's and captioner's architectures, untrained (seconds to build): for plumbing tests."""
@@ -107,24 +99,33 @@ def untrained_tiny_models(tmp_path_factory):
     return str(d / "base"), str(d / "blip")
 
 
-def test_demo_quick_real_train_and_generate(tmp_path, untrained_tiny_models):
-    """The whole orchestration through the real `cnet train` and `cnet generate` (data, annotate, train,
-    generate x 4 modes x 2, eval, sheet, plot, report) at toy size."""
-    from cnetcli.demo import run_demo
+def test_demo_quick_real_train_and_generate(tmp_path, untrained_tiny_models, one_torch_thread):
+    """The whole orchestration through the real `cnet train` and `cnet generate` (data, train, generate x 4
+    modes x 2 + a checkpoint, eval, sheet, plot, report) at toy size; a smoke run passes no verdict."""
+    from cnetcli.demo import SMOKE_VERDICT, DemoConfig, run_demo
 
     base, blip = untrained_tiny_models
-    m = run_demo(tmp_path / "d", quick=True, base=base, captioner=blip)
     d = tmp_path / "d"
+    m = run_demo(DemoConfig(output=str(d), quick=True, base=base, captioner=blip))
     saved = json.loads((d / "metrics.json").read_text())
     for k in ("untrained", "trained"):
         assert 0.0 <= saved[k]["f1"] <= 1.0
         assert set(saved[k]["by_prompt_mode"]) == {"none", "default", "user", "auto"}
-    assert saved["curve"] and m["trained"]["f1"] == saved["trained"]["f1"]
+        assert saved[k]["n"] == 2 * 4  # 2 held-out hints x 4 modes (auto: pass 2 only)
+    assert saved["passed"] is None and saved["verdict"] == SMOKE_VERDICT and "FAIL" not in saved["verdict"]
+    assert [c["step"] for c in saved["curve"]] == [2, 4]  # checkpoint 2 (from the checkpoint folder) + final
+    assert m["trained"]["f1"] == saved["trained"]["f1"]
+    assert saved["recipe"]["cache_latents"] and saved["recipe"]["max_steps"] == 4
     for f in ("contact_sheet.png", "controllability.png", "report.md"):
         assert (d / f).stat().st_size > 0
+    assert "FAIL" not in (d / "report.md").read_text()
     sides = [json.loads(f.read_text()) for f in (d / "generated" / "trained" / "auto").glob("*.json")]
     assert {s["pass"] for s in sides} == {1, 2}
     assert all(s["prompt"] == s["caption"] for s in sides if s["pass"] == 2)
+    untrained = [json.loads(f.read_text()) for f in (d / "generated" / "untrained" / "none").glob("*.json")]
+    assert {s["controlnet"] for s in untrained} == {"untrained (zero convolutions)"}
+    ck = [json.loads(f.read_text()) for f in (d / "generated" / "checkpoints" / "step-2").rglob("*.json")]
+    assert ck and all(s["controlnet"].endswith("step-2") for s in ck)
     assert (d / "controlnet-trained" / "controlnet" / "config.json").is_file()
     ds = d / "data" / "train"
     assert len((ds / "metadata.jsonl").read_text().splitlines()) == 64
@@ -132,7 +133,69 @@ def test_demo_quick_real_train_and_generate(tmp_path, untrained_tiny_models):
     from cnetcli.errors import UsageError
 
     with pytest.raises(UsageError, match="--overwrite"):
-        run_demo(d, quick=True, base=base, captioner=blip)
+        run_demo(DemoConfig(output=str(d), quick=True, base=base, captioner=blip))
+
+
+def test_demo_checkpoint_weights_are_the_checkpoints(tmp_path, one_torch_thread):
+    """A curve point samples the checkpoint's weights, not the final model's."""
+    import torch
+    from safetensors.torch import save_file
+
+    from cnetcli.demo import add_checkpoint
+    from cnetcli.models.tiny import tiny_controlnet, tiny_sd_components
+
+    unet = tiny_sd_components(seed=0)["unet"]
+    final = tiny_controlnet(unet)
+    ck_net = tiny_controlnet(unet, seed=1)
+    for p in ck_net.parameters():
+        torch.nn.init.normal_(p)
+    ck = tmp_path / "checkpoints" / "step-2"
+    ck.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in ck_net.state_dict().items()}, str(ck / "controlnet.safetensors"))
+    torch.save({}, ck / "optimizer.pt")
+    torch.save({"step": 2}, ck / "state.pt")
+    (ck / "train_config.json").write_text("{}")
+
+    class Models:
+        device, dtype, nets = "cpu", torch.float32, {"final": final}
+
+        def controlnet(self, spec):
+            return self.nets[spec]
+
+    m = Models()
+    name = add_checkpoint(m, "final", ck)
+    got = m.nets[name].state_dict()
+    assert name == str(ck) and all(torch.equal(got[k], v) for k, v in ck_net.state_dict().items())
+
+
+def test_demo_config_rejects_bad_modes():
+    from cnetcli.demo import DemoConfig
+    from cnetcli.errors import UsageError
+
+    with pytest.raises(UsageError, match="valid: none, default, user, auto"):
+        DemoConfig(modes=("nope",))
+    assert DemoConfig(quick=True).train_config().max_steps < 10
+
+
+def test_demo_cli_passes_the_config(monkeypatch, tmp_path, run_cli):
+    """fastapi-cli style: the command builds the DemoConfig; the core call is patched."""
+    import cnetcli.demo
+
+    seen = {}
+
+    def fake(cfg, reporter=None):
+        seen["cfg"] = cfg
+        return {"untrained": {"f1": 0.1}, "trained": {"f1": 0.2}, "verdict": cnetcli.demo.verdict({}, cfg.quick)}
+
+    monkeypatch.setattr(cnetcli.demo, "run_demo", fake)
+    code, out, _ = run_cli("demo", "--quick", "-o", str(tmp_path / "d"), "--mode", "none", "--mode", "user",
+                           "--device", "cpu", "--curve-every", "0")
+    cfg = seen["cfg"]
+    assert code == 0 and cfg.quick and cfg.modes == ("none", "user") and cfg.device == "cpu"
+    assert cfg.output == str(tmp_path / "d") and cfg.curve_every == 0
+    assert "smoke run: pipeline OK" in out and "FAIL" not in out
+    code, _, err = run_cli("demo", "--mode", "bogus")
+    assert code == 2
 
 
 @pytest.mark.slow
@@ -142,7 +205,18 @@ def test_demo_defaults_learn_control(tmp_path):
     """`cnet demo`'s default recipe through the real `cnet train` / `cnet generate`: the trained ControlNet's
     edge F1 is >= 0.5 and >= 2x the untrained one (issue #6). Measured (2-core CPU, 11 min 18 s): 0.650 vs
     0.153; a short run does not show it (0.14 at step 300 in the `none` mode), hence the opt-in full run."""
-    from cnetcli.demo import run_demo
+    from cnetcli.demo import DemoConfig, run_demo
 
-    m = run_demo(tmp_path / "d")
+    m = run_demo(DemoConfig(output=str(tmp_path / "d")))
     assert m["passed"], {k: m[k] for k in ("untrained", "trained", "curve")}
+
+
+def test_demo_samples_on_one_cpu_thread_and_restores_it():
+    import torch
+
+    from cnetcli.demo import generation_threads
+
+    before = torch.get_num_threads()
+    with generation_threads("cpu"):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

@@ -2,8 +2,8 @@
 
     PYTHONPATH=$PWD python examples/circles/convergence.py --steps 1200 --every 100 --out examples/circles
 
-Runs the demo pipeline (`cnetcli.demo.run_demo`: circles data -> canny -> the real `cnet train` on the
-embedded base `cnet-tiny` -> `cnet generate` -> `cnet eval`) twice with the same data, seed and recipe, once
+Runs the demo pipeline (`cnetcli.demo.run_demo`: circles data -> the real `cnet train` on the embedded base
+`cnet-tiny` with the demo's recipe -> `cnet generate` -> `cnet eval`) twice with the same data, seed and recipe, once
 with full connection and once with `--small-scale`, scoring controllability (canny edge F1, 2 px, held-out
 hints) at every checkpoint (every K steps). Reports for each the first step where F1 reaches the threshold
 ("sudden convergence") as a plot (convergence.png), JSON (results.json) and a table (printed).
@@ -15,12 +15,11 @@ import argparse
 import json
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 
 def main() -> None:
-    from cnetcli.demo import DemoSettings, run_demo
+    from cnetcli.demo import DEMO_RECIPE, DemoConfig, run_demo
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=1200)
@@ -29,12 +28,12 @@ def main() -> None:
     ap.add_argument("--mode", default="user", help="prompt mode scored at each checkpoint (the tutorial's prompts: user)")
     ap.add_argument("--out", default=str(Path(__file__).parent))
     args = ap.parse_args()
-    base = DemoSettings(steps=args.steps, checkpoint_every=args.every, curve_mode=args.mode)
     results = {}
     work = Path(tempfile.mkdtemp(prefix="cnet-convergence-"))
     for name, small in (("full", False), ("small-scale", True)):
         t0 = time.time()
-        m = run_demo(work / name, settings=replace(base, small_scale=small))
+        m = run_demo(DemoConfig(output=str(work / name), recipe=DEMO_RECIPE.replace(max_steps=args.steps, small_scale=small),
+                                curve_every=args.every, curve_mode=args.mode, modes=(args.mode,)))
         curve = [(0, m["untrained"]["by_prompt_mode"][args.mode])] + [(c["step"], c["f1"]) for c in m["curve"]]
         conv = next((s for s, f in curve if f >= args.threshold), None)
         results[name] = {"curve": curve, "converged_at": conv, "seconds": round(time.time() - t0, 1)}

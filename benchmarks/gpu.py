@@ -1,0 +1,191 @@
+"""The one prepared GPU run of issue #15: generate, train and model-annotator benchmarks at SD1.5 size (random
+weights, bf16, 512x512), one table side by side with the issue's baselines, device and versions included.
+
+    bash benchmarks/gpu.sh             # CUDA: about 5 minutes on an H100/H200 (each step has a time limit)
+    bash benchmarks/gpu.sh --toy       # or CNET_BENCH_TOY=1: the same scripts and code paths with tiny models
+                                       # on the CPU (about a minute on an idle 2-core CPU); a smoke run
+
+Each benchmark runs as its own subprocess (benchmarks/generate.py, train.py, annotate_models.py) with the
+caller's PYTHONPATH kept, writes its results as JSON, and a failed or timed-out step is reported in the table
+instead of stopping the others. Installs nothing, downloads nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+
+#: Issue #15's figures (one H200, bf16, SD1.5 architecture, random weights, 512x512, diffusers 0.42.1,
+#: torch 2.11) and its targets, by table row.
+BASELINE = {
+    "generate b1": ("0.81 s/img (diffusers, eager)", "<= 0.20 s/img"),
+    "generate b8": ("4.3 img/s (diffusers)", ">= 8 img/s"),
+    "train": ("23.4 samples/s, 15.2 GiB (diffusers step, batch 8)", ">= 47 samples/s at <= 15.2 GiB"),
+    "depth": ("30.9 img/s (controlnet_aux per-image loop)", ">= 3x the loop"),
+    "pose": ("2.2 img/s (controlnet_aux per-image loop)", ">= 3x the loop"),
+}
+TRAIN_VARIANTS = ("diffusers", "cnet", "cnet --no-cache-latents", "cnet --small-scale")
+
+
+def steps(toy: bool, out: Path) -> list[tuple[str, list[str], int]]:
+    """(name, argv, time limit in seconds): the full run on CUDA, or the toy run on the CPU."""
+    j = {k: str(out / f"{k}.json") for k in ("generate", "train", "annotate")}
+    variants = ",".join(TRAIN_VARIANTS)
+    if toy:
+        return [
+            ("generate", ["generate.py", "--device", "cpu", "--batch", "1", "8", "--steps", "2", "--repeats", "1",
+                          "--threads", "1", "--json", j["generate"]], 600),
+            ("train", ["train.py", "--size", "tiny", "--device", "cpu", "--batch", "2", "--steps", "2", "--warmup", "1",
+                       "--threads", "1", "--variants", variants, "--json", j["train"]], 600),
+            ("annotate", ["annotate_models.py", "--device", "cpu", "--n", "1", "--size", "64", "--detect", "64",
+                          "--batch", "1", "--json", j["annotate"]], 600),
+        ]
+    return [
+        ("generate", ["generate.py", "--device", "cuda", "--sd15", "--batch", "1", "8", "--json", j["generate"]], 200),
+        ("train", ["train.py", "--size", "sd15", "--device", "cuda", "--batch", "8", "--bf16", "--variants", variants,
+                   "--json", j["train"]], 200),
+        ("annotate", ["annotate_models.py", "--device", "cuda", "--n", "16", "--batch", "8", "--json", j["annotate"]], 80),
+    ]
+
+
+def child_env() -> dict[str, str]:
+    """This checkout first, then whatever the caller had on PYTHONPATH (a worktree, a venv's extras)."""
+    keep = [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x]
+    return os.environ | {"PYTHONPATH": os.pathsep.join([str(ROOT), *keep]), "HF_HUB_OFFLINE": "1"}
+
+
+def run_step(name: str, argv: list[str], limit: int, out: Path) -> dict[str, Any]:
+    t = time.perf_counter()
+    log = out / f"{name}.log"
+    try:
+        with open(log, "w") as f:
+            r = subprocess.run([sys.executable, str(BENCH / argv[0]), *argv[1:]], stdout=f, stderr=subprocess.STDOUT,
+                               env=child_env(), timeout=limit)
+        ok, why = r.returncode == 0, f"exit {r.returncode}"
+    except subprocess.TimeoutExpired:
+        ok, why = False, f"timed out after {limit} s"
+    res_file = Path(argv[argv.index("--json") + 1])
+    data = json.loads(res_file.read_text()) if ok and res_file.is_file() else None
+    return {"data": data, "seconds": round(time.perf_counter() - t, 1),
+            "error": None if data else f"{why}; log: {log} (last line: {_last_line(log)})"}
+
+
+def _last_line(log: Path) -> str:
+    lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()] if log.is_file() else []
+    return lines[-1][:160] if lines else "-"
+
+
+def environment() -> dict[str, str]:
+    env = {"python": sys.version.split()[0]}
+    for pkg in ("torch", "diffusers", "transformers", "accelerate", "controlnet_aux", "cnetcli"):
+        try:
+            env[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            env[pkg] = "-"
+    try:
+        import torch
+
+        env["device"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+        env["cuda"] = str(torch.version.cuda or "-")
+    except ImportError:
+        env["device"] = "unknown (no torch)"
+    return env
+
+
+def _gen(d: dict | None, batch: int, path: str) -> dict | None:
+    return next((r for r in (d or {}).get("rows", []) if r["batch"] == batch and r["path"] == path), None)
+
+
+def _fmt_gen(r: dict | None, batch: int) -> str:
+    if r is None:
+        return "-"
+    return f"{1 / r['img_per_s']:.3f} s/img" if batch == 1 else f"{r['img_per_s']:.2f} img/s"
+
+
+def build_table(results: dict[str, dict[str, Any]], env: dict[str, str], toy: bool) -> str:
+    """The side-by-side table: cnet (this run), the reference library (this run), issue #15's baseline, target."""
+    rows: list[tuple[str, str, str, str, str]] = []
+    g = results.get("generate", {}).get("data")
+    for b in (1, 8):
+        base, target = BASELINE[f"generate b{b}"]
+        ref = _gen(g, b, "diffusers")
+        for path in ("eager", "default"):
+            r = _gen(g, b, path)
+            rel = f" ({r['img_per_s'] / ref['img_per_s']:.2f}x)" if r and ref else ""
+            rows.append((f"generate, batch {b}, {path}", _fmt_gen(r, b) + rel, _fmt_gen(ref, b), base,
+                         target if path == "default" else ""))
+    t = results.get("train", {}).get("data")
+    tr = (t or {}).get("rows", {})
+    ref = tr.get("diffusers")
+
+    def fmt_train(r: dict | None) -> str:
+        return "-" if r is None else f"{r['samples_per_s']:.1f} samples/s, {r['peak_mib'] / 1024:.1f} GiB"
+
+    for v in TRAIN_VARIANTS[1:]:
+        r = tr.get(v)
+        rel = f" ({r['samples_per_s'] / ref['samples_per_s']:.2f}x)" if r and ref else ""
+        label = f"train step, batch {(t or {}).get('batch', 8)}, " + ("default flags" if v == "cnet" else f"`{v[5:]}`")
+        rows.append((label, fmt_train(r) + rel, fmt_train(ref), BASELINE["train"][0], BASELINE["train"][1]
+                     if v == "cnet" else ""))
+    a = (results.get("annotate", {}).get("data") or {}).get("rows", {})
+    for kind in ("depth", "pose"):
+        ours, theirs = a.get(f"{kind} cnet"), a.get(f"{kind} controlnet_aux")
+        rel = f" ({ours / theirs:.2f}x)" if ours and theirs else ""
+        rows.append((f"{kind} annotate", f"{ours:.2f} img/s{rel}" if ours else "-",
+                     f"{theirs:.2f} img/s" if theirs else "-", *BASELINE[kind]))
+    head = [f"device: {env.get('device')}; CUDA {env.get('cuda', '-')}; "
+            + ", ".join(f"{k} {env[k]}" for k in ("python", "torch", "diffusers", "transformers", "accelerate",
+                                                   "controlnet_aux", "cnetcli") if k in env)]
+    if toy:
+        head.append("TOY RUN (tiny models on the CPU): checks that every step runs and the table assembles; "
+                    "the numbers are not comparable with the baselines.")
+    lines = [*head, "", "| path | cnet (this run; vs reference) | diffusers / controlnet_aux (this run) | "
+             "issue #15 baseline (H200) | target |", "|---|---|---|---|---|"]
+    lines += [f"| {' | '.join(r)} |" for r in rows]
+    fails = [f"- {k}: {v['error']}" for k, v in results.items() if v.get("error")]
+    if fails:
+        lines += ["", "failed steps:", *fails]
+    lines += ["", "step times (s): " + ", ".join(f"{k} {v.get('seconds', '-')}" for k, v in results.items())]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--toy", action="store_true", help="tiny models on the CPU (also CNET_BENCH_TOY=1)")
+    ap.add_argument("--out", default=None, help="folder for the JSON results and logs (default: a temp folder)")
+    ap.add_argument("--only", default="", help="comma-separated subset of generate,train,annotate")
+    a = ap.parse_args()
+    toy = a.toy or os.environ.get("CNET_BENCH_TOY", "") not in ("", "0")
+    out = Path(a.out or tempfile.mkdtemp(prefix="cnet-gpu-bench-"))
+    out.mkdir(parents=True, exist_ok=True)
+    env = environment()
+    if not toy and env.get("device", "CPU").startswith("CPU"):
+        raise SystemExit("no CUDA device here: run `bash benchmarks/gpu.sh --toy` for the CPU smoke run")
+    only = set(a.only.split(",")) - {""}
+    results: dict[str, dict[str, Any]] = {}
+    t0 = time.perf_counter()
+    for name, argv, limit in steps(toy, out):
+        if only and name not in only:
+            continue
+        print(f"[{time.perf_counter() - t0:5.0f} s] {name} ...", file=sys.stderr, flush=True)
+        results[name] = run_step(name, argv, limit, out)
+    table = build_table(results, env, toy)
+    (out / "table.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps({"env": env, "toy": toy, "results": results}, indent=2) + "\n")
+    print(table)
+    print(f"\n(total {time.perf_counter() - t0:.0f} s; results and logs in {out})")
+
+
+if __name__ == "__main__":
+    main()

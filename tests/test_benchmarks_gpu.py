@@ -1,0 +1,84 @@
+"""benchmarks/gpu.sh's table assembly and worker environment (no timing assertions, no benchmark run)."""
+
+import importlib.util
+import os
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _gpu():
+    spec = importlib.util.spec_from_file_location("cnet_bench_gpu", ROOT / "benchmarks" / "gpu.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# what the three workers write in toy mode (shapes of benchmarks/{generate,train,annotate_models}.py --json)
+TOY = {
+    "generate": {"data": {"device": "x86_64", "rows": [
+        {"batch": 1, "path": "default", "img_per_s": 2.0}, {"batch": 1, "path": "eager", "img_per_s": 2.0},
+        {"batch": 1, "path": "diffusers", "img_per_s": 1.0}, {"batch": 8, "path": "default", "img_per_s": 8.0},
+        {"batch": 8, "path": "eager", "img_per_s": 4.0}, {"batch": 8, "path": "diffusers", "img_per_s": 4.0}]},
+        "seconds": 9.0, "error": None},
+    "train": {"data": {"batch": 8, "rows": {"diffusers": {"samples_per_s": 10.0, "peak_mib": 2048.0},
+                                "cnet": {"samples_per_s": 25.0, "peak_mib": 1024.0},
+                                "cnet --no-cache-latents": {"samples_per_s": 10.0, "peak_mib": 2048.0},
+                                "cnet --small-scale": {"samples_per_s": 30.0, "peak_mib": 1024.0}}},
+              "seconds": 20.0, "error": None},
+    "annotate": {"data": None, "seconds": 3.0, "error": "exit 1; log: a.log (last line: boom)"},
+}
+
+
+def test_table_puts_each_path_next_to_its_baseline():
+    gpu = _gpu()
+    env = {"device": "NVIDIA H200", "cuda": "12.8", "python": "3.12", "torch": "2.11", "diffusers": "0.42.1",
+           "transformers": "5.0", "accelerate": "1.0", "controlnet_aux": "0.0.10", "cnetcli": "0.1.0"}
+    table = gpu.build_table(TOY, env, toy=False)
+    assert table.splitlines()[0].startswith("device: NVIDIA H200; CUDA 12.8") and "diffusers 0.42.1" in table
+    rows = {r.split(" | ")[0].strip("| "): r for r in table.splitlines() if r.startswith("| ") and " | " in r}
+    assert "0.500 s/img (2.00x)" in rows["generate, batch 1, default"]
+    assert "0.81 s/img" in rows["generate, batch 1, default"] and "<= 0.20 s/img" in rows["generate, batch 1, default"]
+    assert "8.00 img/s (2.00x)" in rows["generate, batch 8, default"] and "4.3 img/s" in rows["generate, batch 8, eager"]
+    assert "25.0 samples/s, 1.0 GiB (2.50x)" in rows["train step, batch 8, default flags"]
+    assert "10.0 samples/s, 2.0 GiB" in rows["train step, batch 8, default flags"]  # diffusers' step, this run
+    assert "23.4 samples/s, 15.2 GiB" in rows["train step, batch 8, `--no-cache-latents`"]
+    assert "(3.00x)" in rows["train step, batch 8, `--small-scale`"]
+    # a failed step shows as '-' with its reason, the rest of the table still stands
+    assert rows["depth annotate"].split(" | ")[1] == "-" and "30.9 img/s" in rows["depth annotate"]
+    assert "annotate: exit 1" in table and "TOY RUN" not in table
+    assert "TOY RUN" in gpu.build_table(TOY, env, toy=True)
+
+
+def test_toy_and_full_runs_use_the_same_scripts(tmp_path):
+    gpu = _gpu()
+    toy, full = gpu.steps(True, tmp_path), gpu.steps(False, tmp_path)
+    assert [(n, a[0]) for n, a, _ in toy] == [(n, a[0]) for n, a, _ in full]
+    assert sum(limit for *_, limit in full) <= 8 * 60  # the whole GPU run fits the issue's 8 minutes
+    assert all("--sd15" in a or "sd15" in a or n == "annotate" for n, a, _ in full)
+    assert all("cuda" in a for _, a, _ in full) and all("cpu" in a for _, a, _ in toy)
+
+
+def test_workers_keep_the_callers_pythonpath(monkeypatch):
+    gpu = _gpu()
+    monkeypatch.setenv("PYTHONPATH", "/somewhere/else")
+    pp = gpu.child_env()["PYTHONPATH"].split(os.pathsep)
+    assert pp == [str(ROOT), "/somewhere/else"]
+    # and benchmarks/train.py's own worker launch keeps it too (it used to replace it)
+    spec = importlib.util.spec_from_file_location("cnet_bench_train", ROOT / "benchmarks" / "train.py")
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    assert train.worker_env()["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "/somewhere/else"]
+
+
+def test_gpu_sh_refuses_without_cuda_and_points_to_toy(tmp_path):
+    import pytest
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: gpu.sh would run for real")
+    r = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu.sh"), "--out", str(tmp_path)], capture_output=True,
+                       text=True, env=os.environ | {"PYTHON": os.environ.get("PYTHON", __import__("sys").executable),
+                                                    "CNET_BENCH_TOY": "0"}, timeout=120)
+    assert r.returncode != 0 and "--toy" in r.stderr
