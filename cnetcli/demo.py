@@ -91,7 +91,7 @@ class DemoConfig:
         out = Path(self.output)
         return r.replace(base=self.base, data=str(out / "data" / "train"), output=str(out / "controlnet-trained"),
                          checkpoint_every=self.curve_every or r.max_steps, keep_checkpoints=max(r.keep_checkpoints, 100),
-                         cpu=r.cpu or self.device == "cpu", overwrite=True)
+                         device=r.device if self.device == "auto" else self.device, overwrite=True)
 
     def sampling_fields(self) -> dict[str, Any]:
         return {**(QUICK_SAMPLING if self.quick else SAMPLING), **self.sampling}
@@ -133,11 +133,11 @@ def add_untrained(models: Any, seed: int) -> str:
 
 def add_checkpoint(models: Any, trained: str, ck: Path) -> str:
     """A training checkpoint's ControlNet weights in the trained ControlNet's architecture."""
-    from .training.checkpoint import load_checkpoint
+    from .training.checkpoint import controlnet_state_dict
 
     final = models.controlnet(trained)
     net = type(final).from_config(final.config)
-    net.load_state_dict(load_checkpoint(ck)["controlnet"])
+    net.load_state_dict(controlnet_state_dict(ck))
     return _register(models, str(ck), net)
 
 
@@ -257,7 +257,7 @@ def run_demo(cfg: DemoConfig, reporter: Reporter | None = None) -> dict[str, Any
 
     rep.message("4/4 eval: controllability (canny edge F1) of both, and of each checkpoint")
     t = time.perf_counter()
-    results = {k: evaluate_folder(d) for k, d in gen.items()}
+    results = {k: evaluate_folder(d) | {"folder": str(d)} for k, d in gen.items()}
     for k, v in results.items():
         atomic_write_text(gen[k] / "eval.json", json.dumps(v, indent=2) + "\n")
     m: dict[str, Any] = {k: summary(v) for k, v in results.items()}
@@ -284,13 +284,14 @@ def write_contact_sheet(results: dict[str, dict[str, Any]], hints: list[Path], m
     from .generation.output import contact_sheet
     from .images import load_image, save_png
 
-    order = {str(h): i for i, h in enumerate(hints)}
+    order = {Path(h).resolve(): i for i, h in enumerate(hints)}
     rows = [[load_image(h) for h in hints]]
     for res in results.values():
+        where = Path(res["folder"])  # eval's paths are relative to the folder it evaluated (movable outputs)
         for mode in modes:
             mine = sorted((r for r in _final_rows(res) if r["info"].get("prompt_mode") == mode),
-                          key=lambda r: order.get(r["hint"], len(order)))
-            rows.append([load_image(r["image"]) for r in mine])
+                          key=lambda r: order.get((where / r["hint"]).resolve(), len(order)))
+            rows.append([load_image(where / r["image"]) for r in mine])
     save_png(path, contact_sheet([r for r in rows if r]))
 
 

@@ -139,7 +139,6 @@ def test_demo_quick_real_train_and_generate(tmp_path, untrained_tiny_models, one
 def test_demo_checkpoint_weights_are_the_checkpoints(tmp_path, one_torch_thread):
     """A curve point samples the checkpoint's weights, not the final model's."""
     import torch
-    from safetensors.torch import save_file
 
     from cnetcli.demo import add_checkpoint
     from cnetcli.models.tiny import tiny_controlnet, tiny_sd_components
@@ -151,10 +150,7 @@ def test_demo_checkpoint_weights_are_the_checkpoints(tmp_path, one_torch_thread)
         torch.nn.init.normal_(p)
     ck = tmp_path / "checkpoints" / "step-2"
     ck.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in ck_net.state_dict().items()}, str(ck / "controlnet.safetensors"))
-    torch.save({}, ck / "optimizer.pt")
-    torch.save({"step": 2}, ck / "state.pt")
-    (ck / "train_config.json").write_text("{}")
+    ck_net.save_pretrained(ck / "controlnet")  # a checkpoint's ControlNet folder (training.checkpoint's layout)
 
     class Models:
         device, dtype, nets = "cpu", torch.float32, {"final": final}

@@ -257,6 +257,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return out
 
 
+def controlnet_state_dict(path: str | Path) -> dict[str, Any]:
+    """Only the ControlNet weights of a checkpoint (no optimizer or RNG state): for sampling a checkpoint."""
+    return _load_weights(controlnet_dir(path))
+
+
 def _load_weights(folder: Path) -> dict[str, Any]:
     """A diffusers model folder's state dict (one file, or the shards of a large model)."""
     from safetensors.torch import load_file
