@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..models.weights import WeightFile
-from . import HintType, Runtime, register
+from . import A1111Module, HintType, Runtime, UnionControl, register
 
 BODY_WEIGHTS = WeightFile("body_pose_model.pth")
 HAND_WEIGHTS = WeightFile("hand_pose_model.pth", when="hands=true")
@@ -230,6 +230,12 @@ def _sidecar(params: PoseParams) -> str | None:
     return SIDECAR_SUFFIX if params.keypoints else None
 
 
+def _a1111_module(p: PoseParams) -> tuple[str, float, float]:
+    name = {(True, True): "openpose_full", (True, False): "openpose_hand",
+            (False, True): "openpose_face"}.get((bool(p.hands), bool(p.face)), "openpose")
+    return name, -1, -1
+
+
 class OpenPose:
     """ControlNet's openpose annotator; `batch` loops (OpenPose's peak search is per image)."""
 
@@ -315,4 +321,7 @@ register(HintType("pose", "OpenPose body (+hands/face) as ControlNet draws it; k
                   PoseParams, OpenPose, resize="nearest", needs_weights=True, aliases=("openpose", "openpose_full"),
                   sidecar=_sidecar, metric="pose", weights=(BODY_WEIGHTS, HAND_WEIGHTS, FACE_WEIGHTS),
                   releases={"sd15": "lllyasviel/control_v11p_sd15_openpose",
-                            "sdxl": "thibaud/controlnet-openpose-sdxl-1.0"}))
+                            "sdxl": "thibaud/controlnet-openpose-sdxl-1.0"},
+                  a1111=A1111Module(("openpose", "openpose_full", "openpose_hand", "openpose_face",
+                                     "dw_openpose_full"), _a1111_module),
+                  union_control_type=UnionControl.OPENPOSE))
