@@ -22,6 +22,11 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
     return getattr(cfg, key, default)
 
 
+def _as_list(p: str | list[str]) -> list[str]:
+    """A prompt or a list of prompts as a list (what every family's `encode_prompt` batches)."""
+    return [p] if isinstance(p, str) else list(p)
+
+
 def vae_scale_factor(vae_config: Any) -> int:
     """Pixels per latent pixel: 2 ** (number of VAE blocks - 1), 8 for every released SD VAE."""
     boc = _get(vae_config, "block_out_channels") or (128, 256, 512, 512)

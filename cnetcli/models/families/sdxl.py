@@ -14,11 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import ModelLoadError
-from . import ModelFamily, PromptEncoding, _get
-
-
-def _as_list(p: str | list[str]) -> list[str]:
-    return [p] if isinstance(p, str) else list(p)
+from . import ModelFamily, PromptEncoding, _as_list, _get
 
 
 @dataclass(frozen=True)
