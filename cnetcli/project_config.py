@@ -196,15 +196,19 @@ def _config_class(name: str) -> Any | None:
     return getattr(importlib.import_module(module), cls)
 
 
+def _table(caller: str, name: str, folder: str | Path) -> dict[str, Any]:
+    """The raw `[name]` table of `folder`'s `cnet.toml` ({} when absent); `name` must be a known table."""
+    if name not in TABLES:
+        raise ValueError(f"{caller}: unknown command table {name!r}")
+    return load_project_config(folder).get(name) or {}
+
+
 def project_defaults(command: str, fields: Any = None, folder: str | Path = ".") -> dict[str, Any]:
     """The typed defaults of `command`'s table in `folder`'s `cnet.toml` ({} when there is none).
 
     `fields`: the command's config dataclass (or a function / name->type mapping); default: the class named
     in `CONFIG_FOR_TABLE`. The whole file is checked (unknown or unread tables are refused)."""
-    if command not in TABLES:
-        raise ValueError(f"project_defaults: unknown command table {command!r}")
-    data = load_project_config(folder)
-    table = data.get(command)
+    table = _table("project_defaults", command, folder)
     if not table:
         return {}
     if fields is None:
@@ -224,10 +228,7 @@ def merge_flags(defaults: Mapping[str, Any], flags: Mapping[str, Any]) -> dict[s
 def section(name: str, allowed: set[str] | None = None, folder: str | Path = ".",
             fields: Any = None) -> dict[str, Any]:
     """The `[name]` table, typed and checked (see `project_defaults`); `allowed` limits the keys further."""
-    if name not in TABLES:
-        raise ValueError(f"section: unknown command table {name!r}")
-    data = load_project_config(folder)
-    table = data.get(name)
+    table = _table("section", name, folder)
     if not table:
         return {}
     cls = fields if fields is not None else _config_class(name)

@@ -1,10 +1,12 @@
 """The hint-type registry is the one source: a type registered in one place (here, in the test) is seen by
-annotate, generate's release lookup, eval's metric, the weights catalogue and the CLI's `--type` choices."""
+annotate, generate's release lookup, eval's metric, the weights catalogue, the CLI's `--type` choices, the
+A1111 infotext (preprocessor name written and read back) and the ControlNet-Union control type."""
 
 from __future__ import annotations
 
 import importlib
 import json
+import types
 from dataclasses import dataclass
 
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 import typer
 
 from cnetcli import annotators
-from cnetcli.annotators import HintType, Runtime
+from cnetcli.annotators import A1111Module, HintType, Runtime, UnionControl
 from cnetcli.errors import UsageError
 from cnetcli.models.weights import WeightFile
 
@@ -34,7 +36,9 @@ class Invert:
 def invert_type():
     ht = HintType("invert", "test-only: the photo inverted", InvertParams, Invert, resize="linear",
                   aliases=("negative",), metric="depth", weights=(WeightFile("invert.pth", repo="someone/invert"),),
-                  releases={"sd15": "someone/controlnet-invert-sd15", "sdxl": "someone/controlnet-invert-sdxl"})
+                  releases={"sd15": "someone/controlnet-invert-sd15", "sdxl": "someone/controlnet-invert-sdxl"},
+                  a1111=A1111Module(("negative_map", "negative_map_old"), lambda p: ("negative_map", p.gain, -1)),
+                  union_control_type=UnionControl.TILE)
     annotators.register(ht)
     yield ht
     annotators.unregister("invert")
@@ -91,6 +95,24 @@ def test_a_type_registered_once_is_seen_everywhere(invert_type, tmp_path, run_cl
     assert r.exit_code == 0, r.output
     assert json.loads(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "o2" / "a.png").text["cnet"])[
         "params"] == {"gain": 3}
+    # the A1111 infotext: the preprocessor written for an on-the-fly annotation, and units read back as the type
+    from cnetcli.generation import infotext as it
+
+    assert it.a1111_module("negative", {"gain": 2}) == ("negative_map", 2.0, -1)
+    unit = it.unit_for({"type": "invert", "annotated": {"params": {"gain": 4}, "detect_resolution": 64},
+                        "model": "m", "model_title": "m", "scale": 1.0, "start": 0.0, "end": 1.0}, {})
+    assert (unit["module"], unit["threshold_a"], unit["processor_res"]) == ("negative_map", 4, 64)
+    assert it.type_for_module("negative_map") == it.type_for_module("NEGATIVE_MAP_OLD") == "invert"
+    text = ("p\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 1, Size: 64x64, ControlNet 0: \"" +
+            it.serialize_unit(unit) + '"')
+    assert it.config_from_parameters(text)["types"] == ("invert",)
+    # the ControlNet-Union control type, by name and alias, on a union model that knows it (and one that does not)
+    from cnetcli.generation.control import union_control_type, union_control_types
+
+    assert union_control_types()["invert"] == 6
+    assert union_control_type("negative", types.SimpleNamespace(config={"num_control_type": 8}), "u") == 6
+    with pytest.raises(UsageError, match="--controlnet u6 .*'invert' has no control type on it"):
+        union_control_type("invert", types.SimpleNamespace(config={"num_control_type": 6}), "u6")
 
 
 def test_unregistered_type_is_gone_everywhere(invert_type):
@@ -99,6 +121,11 @@ def test_unregistered_type_is_gone_everywhere(invert_type):
     from cnetcli.generation.control import release_for
 
     assert metric_kind("invert") is None and "negative" not in annotators.type_choices()
+    from cnetcli.generation import infotext as it
+    from cnetcli.generation.control import union_control_types
+
+    assert it.type_for_module("negative_map") is None and it.a1111_module("invert", {})[0] == "none"
+    assert "invert" not in union_control_types()
     with pytest.raises(UsageError, match="unknown hint type"):
         release_for("invert")
     annotators.register(invert_type)  # the fixture removes it again
@@ -118,6 +145,10 @@ def test_one_alias_table_pose_and_openpose_are_one_type():
     assert annotators.metric_kind("openpose") == annotators.metric_kind("pose") == "pose"
     with pytest.raises(ValueError, match="registered twice"):
         annotators.register(HintType("openpose", "dup"))
+    # an A1111 preprocessor name reads back as one type only
+    with pytest.raises(ValueError, match="'openpose_full' registered twice"):
+        annotators.register(HintType("pose2", "dup", a1111=A1111Module(("openpose_full",))))
+    assert annotators.find_type("pose2") is None
 
 
 def test_sdxl_releases_where_known_and_clear_error_elsewhere():

@@ -8,10 +8,13 @@ Each hint type registers itself (in its own module under `cnetcli.annotators`) w
 - its resize kind ("nearest" for label-like maps, "linear" for continuous ones),
 - the ControlNet release per base family (`releases={"sd15": hub id, "sdxl": hub id or None}`),
 - the controllability metric kind `cnet eval` scores it with ("edge", "depth", "seg", "normal", "pose"),
-- the weight files its annotator may load (`cnet weights list|pull|verify` reads them from here).
+- the weight files its annotator may load (`cnet weights list|pull|verify` reads them from here),
+- AUTOMATIC1111's sd-webui-controlnet preprocessor for it (`A1111Module`: the infotext's `Module` cnet writes,
+  and the module names read back as this type by `cnet generate --from`),
+- its ControlNet-Union control type (`UnionControl`).
 
 Everything else (generate's release lookup, eval's metric choice, the weights catalogue, the CLI's `--type`
-choices) is derived from this registry: adding a type is one `register(HintType(...))`.
+choices, the A1111 infotext's preprocessor names both ways, the union control type) is derived from this registry: adding a type is one `register(HintType(...))`.
 
 `annotate(image, "canny", low=100, high=200)` is the one-image Python API.
 """
@@ -19,6 +22,7 @@ choices) is derived from this registry: adding a type is one `register(HintType(
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -55,6 +59,35 @@ class Runtime:
     dtype: Any = None  # None: half on CUDA, float32 on CPU
 
 
+class UnionControl(enum.IntEnum):
+    """ControlNet-Union control type indices (xinsir/controlnet-union-sdxl-1.0's order; ProMax adds 6 and 7)."""
+
+    OPENPOSE = 0
+    DEPTH = 1
+    SOFTEDGE = 2  # hed / pidi / scribble / ted
+    LINES = 3  # canny / lineart / anime lineart / mlsd
+    NORMAL = 4
+    SEGMENT = 5
+    TILE = 6
+    INPAINT = 7  # repaint
+
+
+@dataclass(frozen=True)
+class A1111Module:
+    """How AUTOMATIC1111's sd-webui-controlnet names a type's preprocessor (its infotext unit's `Module`).
+
+    `names`: every preprocessor name of the extension that makes this type's hints; a unit naming one is read
+    back as this type (a name belongs to one type only). `pick(params)`: (the name for these parameters,
+    threshold A, threshold B), -1 for a threshold the preprocessor lacks (the extension's convention); without
+    `pick`, `names[0]` with no thresholds."""
+
+    names: tuple[str, ...] = ()
+    pick: Callable[[Any], tuple[str, float, float]] | None = None
+
+    def module(self, params: Any) -> tuple[str, float, float]:
+        return self.pick(params) if self.pick is not None else (self.names[0], -1, -1)
+
+
 @dataclass(frozen=True)
 class NoParams:
     """Parameters of a type that has none."""
@@ -81,6 +114,8 @@ class HintType:
     weights: tuple[WeightFile, ...] = ()  # every file its annotator may load (see WeightFile.when)
     #: the annotator that re-creates this type's hints from an image, for `cnet eval` (None: its own)
     reannotate_as: str | None = None
+    a1111: A1111Module | None = None  # sd-webui-controlnet's preprocessor (None: "none")
+    union_control_type: UnionControl | None = None  # None: no control type on a ControlNet-Union model
 
     @property
     def has_annotator(self) -> bool:
@@ -139,6 +174,10 @@ def register(hint: HintType) -> HintType:
     taken = [n for n in (hint.name, *hint.aliases) if _key(n) in _REGISTRY or _key(n) in _ALIASES]
     if taken:
         raise ValueError(f"hint type name(s) {', '.join(map(repr, taken))} registered twice")
+    claimed = {n for h in _REGISTRY.values() if h.a1111 for n in h.a1111.names}
+    modules = [n for n in (hint.a1111.names if hint.a1111 else ()) if n in claimed]
+    if modules:  # reading a unit back must name one type
+        raise ValueError(f"A1111 preprocessor name(s) {', '.join(map(repr, modules))} registered twice")
     _REGISTRY[_key(hint.name)] = hint
     for a in hint.aliases:
         _ALIASES[_key(a)] = _key(hint.name)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UsageError
-from . import HintType, register
+from . import A1111Module, HintType, UnionControl, register
 
 
 def _check_range(name: str, value: float, lo: float, hi: float | None = None) -> None:
@@ -243,18 +243,28 @@ class Blur:
 _V11 = "lllyasviel/control_v11"
 register(HintType("canny", "Canny edges (ControlNet's math; --low/--high)", CannyParams,
                   lambda p, rt: Canny(p), resize="nearest", uses_detect_resolution=False, metric="edge",
-                  releases={"sd15": f"{_V11}p_sd15_canny", "sdxl": "diffusers/controlnet-canny-sdxl-1.0"}))
+                  releases={"sd15": f"{_V11}p_sd15_canny", "sdxl": "diffusers/controlnet-canny-sdxl-1.0"},
+                  a1111=A1111Module(("canny",), lambda p: ("canny", p.low, p.high)),
+                  union_control_type=UnionControl.LINES))
 register(HintType("hough", "straight lines without weights (Hough or LSD), M-LSD style",
                   HoughParams, lambda p, rt: Hough(p), resize="nearest", metric="edge",
-                  releases={"sd15": f"{_V11}p_sd15_mlsd"}))  # drawn like M-LSD maps: the mlsd ControlNet
+                  releases={"sd15": f"{_V11}p_sd15_mlsd"},  # drawn like M-LSD maps: the mlsd ControlNet
+                  # straight lines, as MLSD draws them (its thresholds mean something else; an "mlsd" unit
+                  # reads back as mlsd)
+                  a1111=A1111Module(pick=lambda p: ("mlsd", -1, -1)), union_control_type=UnionControl.LINES))
 register(HintType("scribble", "your black-on-white sketch -> white-on-black (--threshold)",
                   ScribbleParams, lambda p, rt: Scribble(p), resize="nearest", uses_detect_resolution=False,
-                  metric="edge", releases={"sd15": f"{_V11}p_sd15_scribble"}))
+                  metric="edge", releases={"sd15": f"{_V11}p_sd15_scribble"},
+                  a1111=A1111Module(("invert",)),  # the extension's "invert": black-on-white made white-on-black
+                  union_control_type=UnionControl.SOFTEDGE))
 register(HintType("shuffle", "content shuffle: photo warped by a random flow (--seed)",
                   ShuffleParams, lambda p, rt: Shuffle(p), resize="linear",
-                  releases={"sd15": f"{_V11}e_sd15_shuffle"}))
+                  releases={"sd15": f"{_V11}e_sd15_shuffle"}, a1111=A1111Module(("shuffle",))))
 register(HintType("tile", "the photo, optionally down/up-sampled (--downsample)", TileParams,
                   lambda p, rt: Tile(p), resize="linear", uses_detect_resolution=False,
-                  releases={"sd15": f"{_V11}f1e_sd15_tile"}))
+                  releases={"sd15": f"{_V11}f1e_sd15_tile"},
+                  a1111=A1111Module(("tile_resample",), lambda p: ("tile_resample", p.downsample, -1)),
+                  union_control_type=UnionControl.TILE))
 register(HintType("blur", "a Gaussian-blurred photo (--sigma)", BlurParams, lambda p, rt: Blur(p),
-                  resize="linear", uses_detect_resolution=False))
+                  resize="linear", uses_detect_resolution=False,
+                  a1111=A1111Module(("blur_gaussian",), lambda p: ("blur_gaussian", p.sigma, -1))))

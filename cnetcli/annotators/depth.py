@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..models.weights import WeightFile
-from . import HintType, Runtime, register
+from . import A1111Module, HintType, Runtime, UnionControl, register
 from ._aux import ShapeBatched
 
 MIDAS_WEIGHTS = WeightFile("dpt_hybrid-midas-501f0c75.pt", when="model=midas (default)")
@@ -195,12 +195,24 @@ class Normal(_Batched):
         return depth_to_normal(raw, self.p.bg_threshold)
 
 
+def _depth_module(p: DepthParams) -> tuple[str, float, float]:
+    return {"zoe": "depth_zoe", "leres": "depth_leres"}.get(p.model, "depth_midas"), -1, -1
+
+
+def _normal_module(p: NormalParams) -> tuple[str, float, float]:
+    return ("normal_bae", -1, -1) if "bae" in p.model else ("normal_midas", p.bg_threshold, -1)
+
+
 register(HintType("depth", "MiDaS DPT-Hybrid depth as in ControlNet (model=<transformers depth model> optional)",
                   DepthParams, Depth, resize="linear", needs_weights=True, default_detect_resolution=384,
                   aliases=("midas", "depth_midas"), metric="depth", weights=(MIDAS_WEIGHTS,),
                   releases={"sd15": "lllyasviel/control_v11f1p_sd15_depth",
-                            "sdxl": "diffusers/controlnet-depth-sdxl-1.0"}))
+                            "sdxl": "diffusers/controlnet-depth-sdxl-1.0"},
+                  a1111=A1111Module(("depth_midas", "depth", "depth_zoe", "depth_leres"), _depth_module),
+                  union_control_type=UnionControl.DEPTH))
 register(HintType("normal", "Normal map: ControlNet 1.0 normal-from-MiDaS-depth (bg_threshold) or model=bae",
                   NormalParams, Normal, resize="linear", needs_weights=True, default_detect_resolution=384,
                   aliases=("normalbae", "normal_bae"), metric="normal", weights=(MIDAS_WEIGHTS, NORMALBAE_WEIGHTS),
-                  releases={"sd15": "lllyasviel/control_v11p_sd15_normalbae"}))
+                  releases={"sd15": "lllyasviel/control_v11p_sd15_normalbae"},
+                  a1111=A1111Module(("normal_midas", "normal_map", "normal_bae"), _normal_module),
+                  union_control_type=UnionControl.NORMAL))

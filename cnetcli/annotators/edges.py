@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..models.weights import WeightFile
-from . import HintType, Runtime, register
+from . import A1111Module, HintType, Runtime, UnionControl, register
 from ._aux import ShapeBatched
 
 HED_WEIGHTS = WeightFile("ControlNetHED.pth", when="model=hed (default)")
@@ -131,15 +131,27 @@ class _EdgeHint(ShapeBatched):
         return scribble_postprocess(hint) if self.scribble else hint
 
 
+def _softedge_module(p: SoftEdgeParams) -> tuple[str, float, float]:
+    net = "pidi" if "pidi" in p.model else "hed"
+    return {("hed", False): "softedge_hed", ("hed", True): "softedge_hedsafe", ("pidi", False): "softedge_pidinet",
+            ("pidi", True): "softedge_pidisafe"}[(net, bool(p.safe))], -1, -1
+
+
 _V11 = "lllyasviel/control_v11"
 register(HintType("softedge", "Soft edges: HED (default) or model=pidinet; safe=true quantises",
                   SoftEdgeParams, lambda p, rt: _EdgeHint(EdgeNet(p.model, rt, "softedge"), p.safe, False),
                   resize="linear", needs_weights=True, aliases=("hed", "pidi", "pidinet", "softedge_hed"),
                   metric="edge", releases={"sd15": f"{_V11}p_sd15_softedge"},
-                  weights=(HED_WEIGHTS, PIDINET_WEIGHTS)))
+                  weights=(HED_WEIGHTS, PIDINET_WEIGHTS),
+                  a1111=A1111Module(("softedge_hed", "softedge_hedsafe", "softedge_pidinet", "softedge_pidisafe",
+                                     "hed", "pidinet"), _softedge_module),
+                  union_control_type=UnionControl.SOFTEDGE))
 register(HintType("fake_scribble", "ControlNet's fake scribble from a photo: HED (or model=pidinet) -> NMS -> blur -> threshold",
                   FakeScribbleParams,
                   lambda p, rt: _EdgeHint(EdgeNet(p.model, rt, "fake_scribble"), False, True),
                   resize="nearest", needs_weights=True, aliases=("scribble_hed", "hed_scribble", "scribble_pidi"),
                   metric="edge", releases={"sd15": f"{_V11}p_sd15_scribble"},
-                  weights=(HED_WEIGHTS, PIDINET_WEIGHTS)))
+                  weights=(HED_WEIGHTS, PIDINET_WEIGHTS),
+                  a1111=A1111Module(("scribble_hed", "scribble_pidinet"),
+                                    lambda p: ("scribble_pidinet" if "pidi" in p.model else "scribble_hed", -1, -1)),
+                  union_control_type=UnionControl.SOFTEDGE))

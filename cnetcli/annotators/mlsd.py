@@ -13,7 +13,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..models.weights import WeightFile
-from . import HintType, Runtime, register
+from . import A1111Module, HintType, Runtime, UnionControl, register
 
 MLSD_WEIGHTS = WeightFile("mlsd_large_512_fp32.pth")
 
@@ -79,4 +79,6 @@ class Mlsd:
 
 register(HintType("mlsd", "M-LSD straight lines (value/distance thresholds 0.1/0.1), ControlNet's Hough model",
                   MlsdParams, Mlsd, resize="nearest", needs_weights=True, aliases=("lines",), metric="edge",
-                  releases={"sd15": "lllyasviel/control_v11p_sd15_mlsd"}, weights=(MLSD_WEIGHTS,)))
+                  releases={"sd15": "lllyasviel/control_v11p_sd15_mlsd"}, weights=(MLSD_WEIGHTS,),
+                  a1111=A1111Module(("mlsd",), lambda p: ("mlsd", p.value_threshold, p.distance_threshold)),
+                  union_control_type=UnionControl.LINES))

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..models.weights import WeightFile
-from . import HintType, Runtime, register
+from . import A1111Module, HintType, Runtime, UnionControl, register
 
 BODY_WEIGHTS = WeightFile("body_pose_model.pth")
 HAND_WEIGHTS = WeightFile("hand_pose_model.pth", when="hands=true")
@@ -80,6 +80,21 @@ def _hsv_to_rgb255(h: float) -> tuple[float, float, float]:
     return (r * 255.0, g * 255.0, b * 255.0)
 
 
+def _draw_dots(canvas: np.ndarray, keypoints: tuple[Point, ...], radius: int,
+               color: tuple[int, int, int]) -> np.ndarray:
+    """ControlNet's hand/face keypoint dots: filled circles, skipping missing points and those at the edge."""
+    import cv2
+
+    H, W = canvas.shape[:2]
+    for k in keypoints:
+        if k is None:
+            continue
+        x, y = int(k[0] * W), int(k[1] * H)
+        if x > _EPS and y > _EPS:
+            cv2.circle(canvas, (x, y), radius, color, thickness=-1)
+    return canvas
+
+
 def draw_handpose(canvas: np.ndarray, keypoints: tuple[Point, ...] | None) -> np.ndarray:
     import cv2
 
@@ -93,28 +108,11 @@ def draw_handpose(canvas: np.ndarray, keypoints: tuple[Point, ...] | None) -> np
         x1, y1, x2, y2 = int(k1[0] * W), int(k1[1] * H), int(k2[0] * W), int(k2[1] * H)
         if x1 > _EPS and y1 > _EPS and x2 > _EPS and y2 > _EPS:
             cv2.line(canvas, (x1, y1), (x2, y2), _hsv_to_rgb255(ie / float(len(HAND_EDGES))), thickness=2)
-    for k in keypoints:
-        if k is None:
-            continue
-        x, y = int(k[0] * W), int(k[1] * H)
-        if x > _EPS and y > _EPS:
-            cv2.circle(canvas, (x, y), 4, (0, 0, 255), thickness=-1)
-    return canvas
+    return _draw_dots(canvas, keypoints, 4, (0, 0, 255))
 
 
 def draw_facepose(canvas: np.ndarray, keypoints: tuple[Point, ...] | None) -> np.ndarray:
-    import cv2
-
-    if not keypoints:
-        return canvas
-    H, W = canvas.shape[:2]
-    for k in keypoints:
-        if k is None:
-            continue
-        x, y = int(k[0] * W), int(k[1] * H)
-        if x > _EPS and y > _EPS:
-            cv2.circle(canvas, (x, y), 3, (255, 255, 255), thickness=-1)
-    return canvas
+    return _draw_dots(canvas, keypoints or (), 3, (255, 255, 255))
 
 
 def draw_poses(poses: list[Pose], H: int, W: int, body: bool = True, hands: bool = True,
@@ -230,6 +228,12 @@ def _sidecar(params: PoseParams) -> str | None:
     return SIDECAR_SUFFIX if params.keypoints else None
 
 
+def _a1111_module(p: PoseParams) -> tuple[str, float, float]:
+    name = {(True, True): "openpose_full", (True, False): "openpose_hand",
+            (False, True): "openpose_face"}.get((bool(p.hands), bool(p.face)), "openpose")
+    return name, -1, -1
+
+
 class OpenPose:
     """ControlNet's openpose annotator; `batch` loops (OpenPose's peak search is per image)."""
 
@@ -315,4 +319,7 @@ register(HintType("pose", "OpenPose body (+hands/face) as ControlNet draws it; k
                   PoseParams, OpenPose, resize="nearest", needs_weights=True, aliases=("openpose", "openpose_full"),
                   sidecar=_sidecar, metric="pose", weights=(BODY_WEIGHTS, HAND_WEIGHTS, FACE_WEIGHTS),
                   releases={"sd15": "lllyasviel/control_v11p_sd15_openpose",
-                            "sdxl": "thibaud/controlnet-openpose-sdxl-1.0"}))
+                            "sdxl": "thibaud/controlnet-openpose-sdxl-1.0"},
+                  a1111=A1111Module(("openpose", "openpose_full", "openpose_hand", "openpose_face",
+                                     "dw_openpose_full"), _a1111_module),
+                  union_control_type=UnionControl.OPENPOSE))

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..models.weights import WeightFile
-from . import HintType, Runtime, register
+from . import A1111Module, HintType, Runtime, UnionControl, register
 from ._aux import ShapeBatched
 
 DEFAULT_SEG_MODEL = "openmmlab/upernet-convnext-small"
@@ -93,4 +93,8 @@ class Seg(ShapeBatched):
 
 register(HintType("seg", "ADE20K semantic segmentation in ControlNet's palette (UperNet; model=<id|folder>)",
                   SegParams, Seg, resize="nearest", needs_weights=True, aliases=("segmentation", "ade20k"),
-                  metric="seg", weights=(SEG_WEIGHTS,), releases={"sd15": "lllyasviel/control_v11p_sd15_seg"}))
+                  metric="seg", weights=(SEG_WEIGHTS,), releases={"sd15": "lllyasviel/control_v11p_sd15_seg"},
+                  a1111=A1111Module(("seg_ofade20k", "seg_ufade20k", "segmentation"),
+                                    lambda p: ("seg_ofade20k" if "oneformer" in p.model.lower() else "seg_ufade20k",
+                                               -1, -1)),
+                  union_control_type=UnionControl.SEGMENT))

@@ -16,14 +16,13 @@ Reading every dataset form (these two, `save_to_disk` folders, parquet/arrow/csv
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, UsageError
-from .read import DatasetIndex, HubRef, Row, open_image, read_captions, read_dataset
+from .read import DatasetIndex, HubRef, Row, json_lines, open_image, read_captions, read_dataset
 
 __all__ = ["FORMATS", "DatasetIndex", "HubRef", "Layout", "Row", "layout", "merge_records", "open_image",
            "read_captions", "read_dataset", "read_records", "sibling_caption", "write_records"]
@@ -63,25 +62,17 @@ def layout(fmt: str = "imagefolder") -> Layout:
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read a JSON-lines index; a malformed line is an `InputError` naming the file and line."""
-    out: list[dict[str, Any]] = []
     p = Path(path)
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise InputError(f"{p}: no such file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{p}: cannot read ({e})") from None
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            raise InputError(f"{p}:{i}: not a JSON object; fix or delete that line") from None
-        if not isinstance(rec, dict):
-            raise InputError(f"{p}:{i}: not a JSON object; fix or delete that line")
-        out.append(rec)
-    return out
+    def refuse(reason: str, detail: str) -> None:
+        raise InputError(f"{detail}; fix or delete that line")
+
+    return [rec for _, rec in json_lines(text, str(p), refuse)]
 
 
 def merge_records(lay: Layout, old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -250,16 +250,22 @@ def _records(index: Path, idx: DatasetIndex, where: str, strict: bool) -> Iterat
         except csv.Error as e:
             idx.skip("bad CSV", f"{where}:{reader.line_num}: {e}", strict)
         return
+    yield from json_lines(text, where, lambda reason, detail: idx.skip(reason, detail, strict))
+
+
+def json_lines(text: str, where: str, bad: Callable[[str, str], None]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each JSON-object line of a JSON-lines text (blank lines ignored); any other
+    line goes to `bad(reason, "where:line: what is wrong")`, which skips it (returns) or refuses it (raises)."""
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
         except ValueError:
-            idx.skip("bad JSON", f"{where}:{lineno}: not valid JSON", strict)
+            bad("bad JSON", f"{where}:{lineno}: not valid JSON")
             continue
         if not isinstance(rec, dict):
-            idx.skip("not a JSON object", f"{where}:{lineno}: a JSON {type(rec).__name__}, not an object", strict)
+            bad("not a JSON object", f"{where}:{lineno}: a JSON {type(rec).__name__}, not an object")
             continue
         yield lineno, rec
 

@@ -17,8 +17,8 @@ Residuals are always passed to the UNet as the full set (down AND middle): diffu
 ignores a middle-only residual.
 
 ControlNet-Union models (diffusers' `ControlNetUnionModel`: one network for many hint types) take the hint's
-type as a control type index (xinsir's order, `UNION_CONTROL_TYPES`). Each hint is its own unit with its own
-strength and window, called as diffusers' `MultiControlNetUnionModel` calls its nets (one image and one
+type as a control type index (xinsir's order, each type's `HintType.union_control_type`). Each hint is its own
+unit with its own strength and window, called as diffusers' `MultiControlNetUnionModel` calls its nets (one image and one
 control type per call), so two hints of different types on one union model compose like two ControlNets.
 """
 
@@ -31,19 +31,16 @@ from ..errors import UsageError
 
 CONTROL_MODES = ("balanced", "prompt", "controlnet")
 SOFT_BASE = 0.825
-#: ControlNet-Union control type per cnet hint type (xinsir/controlnet-union-sdxl-1.0: 0 openpose, 1 depth,
-#: 2 hed/pidi/scribble/ted, 3 canny/lineart/anime lineart/mlsd, 4 normal, 5 segment; ProMax adds 6 tile,
-#: 7 inpaint (repaint))
-UNION_CONTROL_TYPES: dict[str, int] = {
-    "pose": 0, "dwpose": 0,
-    "depth": 1, "depth_zoe": 1, "depth_leres": 1,
-    "softedge": 2, "scribble": 2, "fake_scribble": 2,
-    "canny": 3, "mlsd": 3, "lineart": 3, "lineart_anime": 3, "hough": 3,
-    "normal": 4,
-    "seg": 5,
-    "tile": 6,
-    "inpaint": 7,
-}
+
+
+def union_control_types() -> dict[str, int]:
+    """Hint type -> its ControlNet-Union control type index (the registry's `HintType.union_control_type`),
+    in index order."""
+    from ..annotators import all_types
+
+    found = [(h.name, int(h.union_control_type)) for h in all_types() if h.union_control_type is not None]
+    return dict(sorted(found, key=lambda t: t[1]))
+
 
 def controlnet_releases(family: str = "sd15") -> dict[str, str]:
     """Hint type -> its ControlNet release for a base family, derived from the hint-type registry."""
@@ -86,8 +83,9 @@ def union_control_type(hint_type: str | None, net: Any, spec: str) -> int | None
     from ..annotators import find_type
 
     ht = find_type(hint_type) if hint_type else None
-    idx = UNION_CONTROL_TYPES.get(ht.name) if ht is not None else None
-    known = ", ".join(t for t, i in UNION_CONTROL_TYPES.items() if i < n)
+    table = union_control_types()
+    idx = table.get(ht.name) if ht is not None else None
+    known = ", ".join(t for t, i in table.items() if i < n)
     if idx is None or idx >= n:
         what = "no hint type" if not hint_type else f"hint type {hint_type!r} has no control type on it"
         raise UsageError(f"--controlnet {spec} is a ControlNet-Union model ({n} control types): {what}; pass "

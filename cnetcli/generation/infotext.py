@@ -13,6 +13,7 @@ quoted by A1111's `quote` (JSON string), which also protects backslashes and quo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -123,73 +124,38 @@ def parse_unit(text: str) -> dict[str, Any]:
             for item in text.split(",") for (key, value) in (item.strip().split(": "),)}
 
 
-def _canon(hint_type: str | None) -> str | None:
-    if not hint_type:
-        return None
+def _recorded_params(ht: Any, params: dict[str, Any] | None) -> Any:
+    """A type's parameter dataclass from a recorded params dict (keys it does not know dropped; a record it
+    refuses falls back to the type's defaults, so writing the infotext never fails on an old record)."""
+    from ..errors import UsageError
+
+    names = {f.name for f in dataclasses.fields(ht.params)}
     try:
-        from ..annotators import get_type
-
-        return get_type(hint_type).name
-    except Exception:  # a type only known by name (e.g. from another tool): keep it as written
-        return hint_type.lower()
+        return ht.make_params(**{k: v for k, v in (params or {}).items() if k in names})
+    except UsageError:
+        return ht.make_params()
 
 
-def a1111_module(hint_type: str | None, params: dict[str, Any]) -> tuple[str, float, float]:
-    """cnet hint type (+ the annotator's parameters) -> (the extension's preprocessor name, threshold A, B);
-    -1 marks a threshold the preprocessor does not have (the extension's own convention)."""
-    t = _canon(hint_type)
-    p = params or {}
-    if t == "canny":
-        return "canny", float(p.get("low", 100)), float(p.get("high", 200))
-    if t == "mlsd":
-        return "mlsd", float(p.get("value_threshold", 0.1)), float(p.get("distance_threshold", 0.1))
-    if t == "hough":
-        return "mlsd", -1, -1  # straight lines, as MLSD draws them; its thresholds mean something else
-    if t == "pose":
-        hands, face = bool(p.get("hands")), bool(p.get("face"))
-        name = {(True, True): "openpose_full", (True, False): "openpose_hand",
-                (False, True): "openpose_face"}.get((hands, face), "openpose")
-        return name, -1, -1
-    if t == "depth":
-        return {"zoe": "depth_zoe", "leres": "depth_leres"}.get(str(p.get("model", "midas")), "depth_midas"), -1, -1
-    if t == "normal":
-        if "bae" in str(p.get("model", "midas")):
-            return "normal_bae", -1, -1
-        return "normal_midas", float(p.get("bg_threshold", 0.4)), -1
-    if t == "seg":
-        return ("seg_ofade20k" if "oneformer" in str(p.get("model", "")).lower() else "seg_ufade20k"), -1, -1
-    if t == "softedge":
-        pidi = "pidi" in str(p.get("model", "hed"))
-        safe = bool(p.get("safe"))
-        return {(False, False): "softedge_hed", (False, True): "softedge_hedsafe", (True, False): "softedge_pidinet",
-                (True, True): "softedge_pidisafe"}[(pidi, safe)], -1, -1
-    if t == "fake_scribble":
-        return ("scribble_pidinet" if "pidi" in str(p.get("model", "hed")) else "scribble_hed"), -1, -1
-    if t == "scribble":
-        return "invert", -1, -1  # a black-on-white drawing made white-on-black
-    if t == "shuffle":
-        return "shuffle", -1, -1
-    if t == "tile":
-        return "tile_resample", float(p.get("downsample", 1.0)), -1
-    if t == "blur":
-        return "blur_gaussian", float(p.get("sigma", 9.0)), -1
-    return "none", -1, -1
+def a1111_module(hint_type: str | None, params: dict[str, Any] | None) -> tuple[str, float, float]:
+    """cnet hint type (+ the annotator's parameters) -> (the extension's preprocessor name, threshold A, B),
+    from the type's `HintType.a1111`; -1 marks a threshold the preprocessor does not have (the extension's
+    own convention). A type unknown to cnet, or without a preprocessor, is "none"."""
+    from ..annotators import find_type
 
-
-#: the extension's preprocessor name -> cnet hint type (for reading units back)
-_MODULE_TYPES = {"canny": "canny", "mlsd": "mlsd", "openpose": "pose", "openpose_full": "pose",
-                 "openpose_hand": "pose", "openpose_face": "pose", "dw_openpose_full": "pose",
-                 "depth_midas": "depth", "depth": "depth", "depth_zoe": "depth", "depth_leres": "depth",
-                 "normal_midas": "normal", "normal_map": "normal", "normal_bae": "normal",
-                 "seg_ofade20k": "seg", "seg_ufade20k": "seg", "segmentation": "seg",
-                 "softedge_hed": "softedge", "softedge_hedsafe": "softedge", "softedge_pidinet": "softedge",
-                 "softedge_pidisafe": "softedge", "hed": "softedge", "pidinet": "softedge",
-                 "scribble_hed": "fake_scribble", "scribble_pidinet": "fake_scribble", "invert": "scribble",
-                 "shuffle": "shuffle", "tile_resample": "tile", "blur_gaussian": "blur"}
+    ht = find_type(hint_type) if hint_type else None
+    if ht is None or ht.a1111 is None:
+        return "none", -1, -1
+    name, a, b = ht.a1111.module(_recorded_params(ht, params))
+    return name, float(a), float(b)
 
 
 def type_for_module(module: str) -> str | None:
-    return _MODULE_TYPES.get(str(module).lower())
+    """The extension's preprocessor name -> the cnet hint type whose `HintType.a1111.names` hold it (for
+    reading units back); None when no type claims it."""
+    from ..annotators import all_types
+
+    key = str(module).lower()
+    return next((h.name for h in all_types() if h.a1111 is not None and key in h.a1111.names), None)
 
 
 # ------------------------------------------------------------------------------------------- model titles

@@ -24,7 +24,8 @@ _INT_OR_LIST = ("layers_per_block", "cross_attention_dim", "attention_head_dim",
                 "transformer_layers_per_block")
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
+def config_get(cfg: Any, key: str, default: Any = None) -> Any:
+    """`key` of a model config, whether a plain dict (config.json) or a diffusers FrozenDict/config object."""
     if isinstance(cfg, dict):
         return cfg.get(key, default)
     return getattr(cfg, key, default)
@@ -43,15 +44,15 @@ def validate_config(cfg: Any, where: str) -> None:
         return ModelLoadError(f"{where}: {key} = {v!r} is not {what}; fix the config or download it again")
 
     for key in _POSITIVE_INTS:
-        v = _get(cfg, key)
+        v = config_get(cfg, key)
         if v is not None and not (_is_int(v) and v > 0):
             raise bad(key, v, "a positive integer")
     for key in _POSITIVE_LISTS:
-        v = _get(cfg, key)
+        v = config_get(cfg, key)
         if v is not None and not (isinstance(v, (list, tuple)) and v and all(_is_int(x) and x > 0 for x in v)):
             raise bad(key, v, "a non-empty list of positive integers")
     for key in _INT_OR_LIST:
-        v = _get(cfg, key)
+        v = config_get(cfg, key)
         if v is None:
             continue
         items = v if isinstance(v, (list, tuple)) else [v]
@@ -62,10 +63,10 @@ def validate_config(cfg: Any, where: str) -> None:
         if not ok:
             raise bad(key, v, f"an integer >= {low} (or a list of them)")
     for key in ("down_block_types", "up_block_types"):
-        v = _get(cfg, key)
+        v = config_get(cfg, key)
         if v is not None and not (isinstance(v, (list, tuple)) and v and all(isinstance(x, str) for x in v)):
             raise bad(key, v, "a list of block type names")
-    boc, dbt = _get(cfg, "block_out_channels"), _get(cfg, "down_block_types")
+    boc, dbt = config_get(cfg, "block_out_channels"), config_get(cfg, "down_block_types")
     if boc is not None and dbt is not None and len(boc) != len(dbt):
         raise ModelLoadError(f"{where}: block_out_channels has {len(boc)} entries but down_block_types {len(dbt)}; "
                              "fix the config or download it again")
@@ -73,15 +74,15 @@ def validate_config(cfg: Any, where: str) -> None:
 
 def family_label(cfg: Any) -> str:
     """SDXL / SD2.x / SD1.x as far as a UNet/ControlNet config tells (for messages)."""
-    if _get(cfg, "addition_embed_type") == "text_time":
+    if config_get(cfg, "addition_embed_type") == "text_time":
         return "SDXL"
-    width = _get(cfg, "cross_attention_dim")
+    width = config_get(cfg, "cross_attention_dim")
     return FAMILY_BY_WIDTH.get(width, f"{width}-wide") if _is_int(width) else "unknown"
 
 
 def _residuals(cfg: Any) -> int | None:
     """How many down-block residuals a UNet/ControlNet produces (what the UNet expects one-to-one)."""
-    boc, lpb = _get(cfg, "block_out_channels"), _get(cfg, "layers_per_block")
+    boc, lpb = config_get(cfg, "block_out_channels"), config_get(cfg, "layers_per_block")
     if not boc or lpb is None:
         return None
     per = list(lpb) if isinstance(lpb, (list, tuple)) else [lpb] * len(boc)
@@ -92,24 +93,24 @@ def fit_problems(controlnet_config: Any, unet_config: Any) -> list[str]:
     """Each way the ControlNet does not fit the base, as a phrase (empty when it fits)."""
     cn, un = controlnet_config, unet_config
     out = []
-    cw, uw = _get(cn, "cross_attention_dim"), _get(un, "cross_attention_dim")
+    cw, uw = config_get(cn, "cross_attention_dim"), config_get(un, "cross_attention_dim")
     if cw != uw:
         out.append(f"cross_attention_dim {cw} does not fit the base's {uw}")
-    ce, ue = _get(cn, "addition_embed_type"), _get(un, "addition_embed_type")
+    ce, ue = config_get(cn, "addition_embed_type"), config_get(un, "addition_embed_type")
     if ce != ue:
         out.append(f"addition_embed_type {ce!r} does not fit the base's {ue!r}")
-    cb, ub = _get(cn, "block_out_channels"), _get(un, "block_out_channels")
+    cb, ub = config_get(cn, "block_out_channels"), config_get(un, "block_out_channels")
     if cb is not None and ub is not None and list(cb) != list(ub):
         out.append(f"block_out_channels {list(cb)} do not fit the base's {list(ub)}")
-    ci, ui = _get(cn, "in_channels"), _get(un, "in_channels")
+    ci, ui = config_get(cn, "in_channels"), config_get(un, "in_channels")
     if ci != ui:
         out.append(f"in_channels {ci} do not fit the base's {ui} latent channels")
     cr, ur = _residuals(cn), _residuals(un)
     if not out and cr != ur:
         out.append(f"{cr} down-block residuals do not fit the base's {ur} (layers_per_block "
-                   f"{_get(cn, 'layers_per_block')} vs {_get(un, 'layers_per_block')})")
+                   f"{config_get(cn, 'layers_per_block')} vs {config_get(un, 'layers_per_block')})")
     if not out and ce == "text_time":
-        cp, up = _get(cn, "projection_class_embeddings_input_dim"), _get(un, "projection_class_embeddings_input_dim")
+        cp, up = config_get(cn, "projection_class_embeddings_input_dim"), config_get(un, "projection_class_embeddings_input_dim")
         if cp != up:
             out.append(f"projection_class_embeddings_input_dim {cp} does not fit the base's {up}")
     return out
@@ -122,11 +123,11 @@ def check_controlnet_fits(controlnet_config: Any, unet_config: Any, name: str = 
     `hint_channels`: the channels of the hint images it will get (3 for RGB hints); `vae_config`: the base's
     VAE config, to check that the hint encoder downsamples images to the latent size."""
     problems = fit_problems(controlnet_config, unet_config)
-    ch = _get(controlnet_config, "conditioning_channels", 3)
+    ch = config_get(controlnet_config, "conditioning_channels", 3)
     if hint_channels is not None and ch != hint_channels:
         problems.append(f"its hint encoder takes {ch}-channel hints, the hints have {hint_channels}")
-    emb = _get(controlnet_config, "conditioning_embedding_out_channels")
-    vboc = _get(vae_config, "block_out_channels") if vae_config is not None else None
+    emb = config_get(controlnet_config, "conditioning_embedding_out_channels")
+    vboc = config_get(vae_config, "block_out_channels") if vae_config is not None else None
     if emb and vboc:
         hint_factor, vae_factor = 2 ** (len(emb) - 1), 2 ** (len(vboc) - 1)
         if hint_factor != vae_factor:
@@ -140,7 +141,7 @@ def check_controlnet_fits(controlnet_config: Any, unet_config: Any, name: str = 
 
 def check_prediction_type(scheduler_config: Any, name: str = "--base") -> str:
     """The scheduler's prediction type, refused in one line unless cnet handles it."""
-    p = _get(scheduler_config, "prediction_type", "epsilon")
+    p = config_get(scheduler_config, "prediction_type", "epsilon")
     if p not in SUPPORTED_PREDICTION_TYPES:
         raise ModelLoadError(f"{name}: scheduler prediction_type {p!r} is not supported "
                              f"({' or '.join(SUPPORTED_PREDICTION_TYPES)})")

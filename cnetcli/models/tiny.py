@@ -84,6 +84,16 @@ def write_clip_tokenizer(directory: str | Path, words: tuple[str, ...] = (), mod
     return d
 
 
+def _tokenizer_dir(tokenizer_dir: str | Path | None, words: tuple[str, ...]) -> str:
+    """`tokenizer_dir`, or a new temporary folder holding cnet's offline CLIP tokenizer over `words`."""
+    import tempfile
+
+    if tokenizer_dir is None:
+        tokenizer_dir = tempfile.mkdtemp(prefix="cnet-tok-")
+        write_clip_tokenizer(tokenizer_dir, words)
+    return str(tokenizer_dir)
+
+
 def tiny_sd_components(
     seed: int = 0,
     *,
@@ -96,7 +106,6 @@ def tiny_sd_components(
     text_layers: int = 2,
 ) -> dict[str, Any]:
     """Real diffusers/transformers classes at toy size, deterministically initialised from `seed`."""
-    import tempfile
 
     import torch
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -128,10 +137,8 @@ def tiny_sd_components(
         norm_num_groups=8,
         sample_size=sample_size * 2 ** (len(vae_channels) - 1),
     )
-    if tokenizer_dir is None:
-        tokenizer_dir = tempfile.mkdtemp(prefix="cnet-tok-")
-        write_clip_tokenizer(tokenizer_dir, words)
-    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+    tokenizer_dir = _tokenizer_dir(tokenizer_dir, words)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=max(len(tokenizer), 600), hidden_size=cross_attention_dim, intermediate_size=2 * cross_attention_dim,
@@ -213,7 +220,6 @@ def tiny_sdxl_components(
     """A toy SDXL base (two CLIP text encoders, the second with projection; a `text_time` UNet; an 8x VAE
     whose config asks for fp32), sized like diffusers' own SDXL ControlNet tests
     (`tests/pipelines/controlnet/test_controlnet_sdxl.py::get_dummy_components`), with cnet's offline tokenizer."""
-    import tempfile
 
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
@@ -234,10 +240,8 @@ def tiny_sdxl_components(
         down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
         layers_per_block=1, norm_num_groups=8, sample_size=256, force_upcast=True,
     )
-    if tokenizer_dir is None:
-        tokenizer_dir = tempfile.mkdtemp(prefix="cnet-tok-")
-        write_clip_tokenizer(tokenizer_dir, words)
-    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+    tokenizer_dir = _tokenizer_dir(tokenizer_dir, words)
+    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
     cfg = CLIPTextConfig(
         bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05,
         num_attention_heads=4, num_hidden_layers=5, vocab_size=max(len(tokenizer), 1000), hidden_act="gelu",
@@ -250,7 +254,7 @@ def tiny_sdxl_components(
     scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, steps_offset=1, beta_schedule="scaled_linear",
                                        timestep_spacing="leading")
     return {"unet": unet, "vae": vae, "text_encoder": text_encoder, "tokenizer": tokenizer,
-            "text_encoder_2": text_encoder_2, "tokenizer_2": CLIPTokenizer.from_pretrained(str(tokenizer_dir)),
+            "text_encoder_2": text_encoder_2, "tokenizer_2": CLIPTokenizer.from_pretrained(tokenizer_dir),
             "scheduler": scheduler}
 
 

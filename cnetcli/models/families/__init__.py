@@ -15,16 +15,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..compat import config_get
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
-    if isinstance(cfg, dict):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
+
+def _as_list(p: str | list[str]) -> list[str]:
+    """A prompt or a list of prompts as a list (what every family's `encode_prompt` batches)."""
+    return [p] if isinstance(p, str) else list(p)
 
 
 def vae_scale_factor(vae_config: Any) -> int:
     """Pixels per latent pixel: 2 ** (number of VAE blocks - 1), 8 for every released SD VAE."""
-    boc = _get(vae_config, "block_out_channels") or (128, 256, 512, 512)
+    boc = config_get(vae_config, "block_out_channels") or (128, 256, 512, 512)
     return 2 ** (len(boc) - 1)
 
 
@@ -61,7 +62,7 @@ class ModelFamily:
 
     def default_resolution(self, unet_config: Any, vae_config: Any = None) -> int:
         """The base's native image size: the UNet's latent sample_size times the VAE's scale factor."""
-        s = _get(unet_config, "sample_size")
+        s = config_get(unet_config, "sample_size")
         if isinstance(s, (list, tuple)):
             s = s[0]
         return int(s) * vae_scale_factor(vae_config) if isinstance(s, int) and s > 0 else self.fallback_resolution
@@ -96,8 +97,8 @@ def family_of(unet_config: Any, pipeline_config: Any = None) -> ModelFamily:
     from .sd import StableDiffusion
     from .sdxl import StableDiffusionXL
 
-    if _get(unet_config, "addition_embed_type") == "text_time":
-        fz = _get(pipeline_config, "force_zeros_for_empty_prompt", True) if pipeline_config is not None else True
+    if config_get(unet_config, "addition_embed_type") == "text_time":
+        fz = config_get(pipeline_config, "force_zeros_for_empty_prompt", True) if pipeline_config is not None else True
         return StableDiffusionXL(force_zeros_for_empty_prompt=bool(fz))
     return StableDiffusion()
 

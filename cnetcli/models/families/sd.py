@@ -9,11 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import ModelFamily, PromptEncoding
-
-
-def _as_list(p: str | list[str]) -> list[str]:
-    return [p] if isinstance(p, str) else list(p)
+from . import ModelFamily, PromptEncoding, _as_list
 
 
 @dataclass(frozen=True)

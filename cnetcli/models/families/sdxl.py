@@ -14,11 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import ModelLoadError
-from . import ModelFamily, PromptEncoding, _get
-
-
-def _as_list(p: str | list[str]) -> list[str]:
-    return [p] if isinstance(p, str) else list(p)
+from ..compat import config_get
+from . import ModelFamily, PromptEncoding, _as_list
 
 
 @dataclass(frozen=True)
@@ -35,7 +32,7 @@ class StableDiffusionXL(ModelFamily):
     def vae_dtype(self, vae_config: Any, dtype: Any) -> Any:
         import torch
 
-        if dtype == torch.float16 and _get(vae_config, "force_upcast", True):
+        if dtype == torch.float16 and config_get(vae_config, "force_upcast", True):
             return torch.float32
         return dtype
 
@@ -103,8 +100,8 @@ class StableDiffusionXL(ModelFamily):
 
         ids = list(tuple(original_size) + tuple(crop_top_left) + tuple(target_size))
         if unet_config is not None and projection_dim is not None:
-            passed = _get(unet_config, "addition_time_embed_dim") * len(ids) + projection_dim
-            expected = _get(unet_config, "projection_class_embeddings_input_dim")
+            passed = config_get(unet_config, "addition_time_embed_dim") * len(ids) + projection_dim
+            expected = config_get(unet_config, "projection_class_embeddings_input_dim")
             if expected != passed:
                 raise ModelLoadError(
                     f"the SDXL UNet expects an added embedding of {expected} values, its config and the second text "
