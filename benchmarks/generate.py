@@ -11,6 +11,11 @@ per image, about 58 ms on an H100 at its bf16 dense peak).
     python benchmarks/generate.py                              # CPU, tiny architecture, 64x64 (smoke size)
     python benchmarks/generate.py --device cuda --sd15         # GPU, SD1.5 architecture, 512x512, bf16
     python benchmarks/generate.py --device cuda --sd15 --json out.json   # also write the results as JSON
+    python benchmarks/generate.py --device cuda --arch sdxl --batch 1 --paths default,eager   # SDXL 1.0, 1024x1024
+    python benchmarks/generate.py --arch tiny-sdxl --paths default,eager     # the tiny test SDXL on the CPU
+
+SDXL (`--arch sdxl|tiny-sdxl`, models from benchmarks/train.py's `sdxl_components`) times cnet's two paths only
+(no diffusers pipeline) and counts no FLOPs (the floor above is SD1.5's).
 
 Random weights: no download needed; speed does not depend on the weights' values.
 """
@@ -26,6 +31,28 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}  # dense bf16/fp16 tensor-core peaks
+
+
+def build_sdxl(arch: str):
+    """SDXL 1.0's architecture (random weights) or the tiny test SDXL, with a ControlNet made from its UNet."""
+    import importlib.util
+
+    import torch
+
+    from cnetcli.models.tiny import tiny_controlnet
+
+    spec = importlib.util.spec_from_file_location("cnet_bench_train", Path(__file__).with_name("train.py"))
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    comps = train.sdxl_components(arch, "cuda" if arch == "sdxl" and torch.cuda.is_available() else "cpu")
+    if arch == "tiny-sdxl":
+        # hint encoder downsampling 8x, as the tiny SDXL VAE does
+        comps["controlnet"] = tiny_controlnet(comps["unet"], seed=1, conditioning_channels=(16, 32, 96, 256))
+    else:
+        from diffusers import ControlNetModel
+
+        comps["controlnet"] = ControlNetModel.from_unet(comps["unet"])
+    return comps
 
 
 def build(sd15: bool, device: str, dtype):
@@ -63,7 +90,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--sd15", action="store_true", help="SD1.5 architecture (default: the tiny test architecture)")
-    ap.add_argument("--size", type=int, default=None, help="image side (default 512 with --sd15, else 64)")
+    ap.add_argument("--arch", choices=("tiny", "sd15", "sdxl", "tiny-sdxl"), default="tiny")
+    ap.add_argument("--size", type=int, default=None, help="image side (default 512 for sd15, 1024 for sdxl, else 64)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--dtype", default=None, help="fp32 | fp16 | bf16 (default: bf16 on cuda, fp32 on cpu)")
@@ -85,7 +113,7 @@ def main() -> None:
 
     from cnetcli.generation import GenerateConfig, generate, load_models
     from cnetcli.images import save_png
-    from cnetcli.models.tiny import save_sd_folder
+    from cnetcli.models.tiny import save_sd_folder, save_sdxl_folder
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dev = args.device
@@ -93,11 +121,15 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     dtype_name = args.dtype or ("bf16" if dev.startswith("cuda") else "fp32")
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_name]
-    size = args.size or (512 if args.sd15 else 64)
+    arch_name = "sd15" if args.sd15 else args.arch
+    xl = arch_name in ("sdxl", "tiny-sdxl")
+    size = args.size or {"sd15": 512, "sdxl": 1024}.get(arch_name, 64)
     paths = args.paths.split(",")
-    comps = build(args.sd15, "cpu", torch.float32)
+    if xl and "diffusers" in paths:
+        raise SystemExit("--arch sdxl/tiny-sdxl times cnet's paths only: pass --paths default,eager")
+    comps = build_sdxl(arch_name) if xl else build(arch_name == "sd15", "cpu", torch.float32)
     work = Path(tempfile.mkdtemp(prefix="cnet-bench-gen-"))
-    save_sd_folder({k: v for k, v in comps.items() if k != "controlnet"}, work / "base")
+    (save_sdxl_folder if xl else save_sd_folder)({k: v for k, v in comps.items() if k != "controlnet"}, work / "base")
     comps["controlnet"].save_pretrained(str(work / "controlnet"), safe_serialization=True)
     hint = np.zeros((size, size, 3), np.uint8)
     hint[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 255
@@ -153,14 +185,15 @@ def main() -> None:
              eta=1.0, num_images_per_prompt=b, generator=torch.Generator().manual_seed(0), output_type="np")
 
     flops = None
-    if "eager" in loaded:
+    if "eager" in loaded and not xl:
         mk, models = loaded["eager"]
         with FlopCounterMode(display=False) as fc:
             generate(mk(1), models=models)
         flops = fc.get_total_flops()
     name = torch.cuda.get_device_name() if dev.startswith("cuda") else (platform.processor() or platform.machine())
     peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
-    arch = "SD1.5 architecture" if args.sd15 else "tiny test architecture"
+    arch = {"sd15": "SD1.5 architecture", "sdxl": "SDXL 1.0 architecture", "tiny-sdxl": "tiny test SDXL"}.get(
+        arch_name, "tiny test architecture")
     import diffusers
 
     print(f"device: {name} ({dev}), {arch}, {size}x{size}, {args.steps} steps, CFG 9.0, DDIM eta 1.0, "
@@ -183,7 +216,7 @@ def main() -> None:
             print(f"| {b} | {pname} | {ips:.3f} | {1 / ips:.3f} | {rel} | {floor} |")
             rows.append({"batch": b, "path": pname, "img_per_s": ips})
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": name, "arch": arch, "size": size, "dtype": dtype_name,
+        Path(args.json).write_text(json.dumps({"device": name, "arch": arch, "size": size, "steps": args.steps, "dtype": dtype_name,
                                                "tflop_per_image": flops and flops / 1e12, "rows": rows},
                                               indent=2) + "\n")
 

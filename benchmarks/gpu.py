@@ -1,9 +1,15 @@
 """The one prepared GPU run of issue #15: generate, train and model-annotator benchmarks at SD1.5 size (random
-weights, bf16, 512x512), one table side by side with the issue's baselines, device and versions included.
+weights, bf16, 512x512), one table side by side with the issue's baselines, device and versions included; then
+issue #12's SDXL rows (SDXL 1.0's architecture, random weights, bf16, 1024x1024): the training step with the memory
+flags (gradient checkpointing, 8-bit Adam when bitsandbytes is importable, cached latents) at batch 1 and 4 against
+diffusers' train_controlnet_sdxl.py step with the same flags, and generation at batch 1, 20 steps (default path
+vs eager). The SDXL steps run last and share what is left of the run's 9-minute budget (`TOTAL_LIMIT_S`), so
+they never cut the SD1.5 rows short; what does not fit shows as '-' with the reason (batch 4 first).
 
-    bash benchmarks/gpu.sh             # CUDA: about 5 minutes on an H100/H200 (each step has a time limit)
+    bash benchmarks/gpu.sh             # CUDA: under 9 minutes on an H100/H200 (each step has a time limit)
     bash benchmarks/gpu.sh --toy       # or CNET_BENCH_TOY=1: the same scripts and code paths with tiny models
-                                       # on the CPU (about a minute on an idle 2-core CPU); a smoke run
+                                       # on the CPU (a minute or two on an idle 2-core CPU); a smoke run
+    bash benchmarks/gpu.sh --only sdxl # just the SDXL rows
 
 Each benchmark runs as its own subprocess (benchmarks/generate.py, train.py, annotate_models.py) with the
 caller's PYTHONPATH kept, writes its results as JSON, and a failed or timed-out step is reported in the table
@@ -15,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -36,12 +43,31 @@ BASELINE = {
     "pose": ("2.2 img/s (controlnet_aux per-image loop)", ">= 3x the loop"),
 }
 TRAIN_VARIANTS = ("diffusers", "cnet", "cnet --no-cache-latents", "cnet --small-scale")
+#: issue #12's SDXL rows have no earlier measurement; the reference is diffusers' SDXL script, this run
+SDXL_BASELINE = "-"
+SDXL_TRAIN_BATCHES = (1, 4)
+#: the whole run's limit (issue #15: under 8 minutes for the SD1.5 rows; the SDXL rows get what is left of 9)
+TOTAL_LIMIT_S = 540
+
+
+def sdxl_train_variants(toy: bool) -> tuple[str, str]:
+    """(diffusers' step, cnet) with the memory flags; 8-bit Adam only where bitsandbytes imports (never on the
+    toy CPU run: bitsandbytes' optimizers want CUDA), else plain AdamW, which the table row says."""
+    mem = " --gradient-checkpointing" + (" --use-8bit-adam" if not toy and has_bitsandbytes() else "")
+    return f"diffusers{mem}", f"cnet{mem} --cache-latents"
+
+
+def has_bitsandbytes() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None
 
 
 def steps(toy: bool, out: Path) -> list[tuple[str, list[str], int]]:
     """(name, argv, time limit in seconds): the full run on CUDA, or the toy run on the CPU."""
-    j = {k: str(out / f"{k}.json") for k in ("generate", "train", "annotate")}
+    j = {k: str(out / f"{k}.json") for k in ("generate", "train", "annotate", "sdxl-train", "sdxl-generate")}
     variants = ",".join(TRAIN_VARIANTS)
+    xl_variants = ",".join(sdxl_train_variants(toy))
     if toy:
         return [
             ("generate", ["generate.py", "--device", "cpu", "--batch", "1", "8", "--steps", "2", "--repeats", "1",
@@ -50,12 +76,24 @@ def steps(toy: bool, out: Path) -> list[tuple[str, list[str], int]]:
                        "--threads", "1", "--variants", variants, "--json", j["train"]], 600),
             ("annotate", ["annotate_models.py", "--device", "cpu", "--n", "1", "--size", "64", "--detect", "64",
                           "--batch", "1", "--json", j["annotate"]], 600),
+            ("sdxl-train", ["train.py", "--size", "tiny-sdxl", "--device", "cpu", "--batch", "1", "2", "--steps", "2",
+                            "--warmup", "1", "--threads", "1", "--variants", xl_variants, "--json", j["sdxl-train"]],
+             600),
+            ("sdxl-generate", ["generate.py", "--device", "cpu", "--arch", "tiny-sdxl", "--batch", "1", "--steps", "2",
+                               "--repeats", "1", "--threads", "1", "--paths", "default,eager",
+                               "--json", j["sdxl-generate"]], 600),
         ]
     return [
         ("generate", ["generate.py", "--device", "cuda", "--sd15", "--batch", "1", "8", "--json", j["generate"]], 200),
         ("train", ["train.py", "--size", "sd15", "--device", "cuda", "--batch", "8", "--bf16", "--variants", variants,
                    "--json", j["train"]], 200),
         ("annotate", ["annotate_models.py", "--device", "cuda", "--n", "16", "--batch", "8", "--json", j["annotate"]], 80),
+        # SDXL: the base is built on the GPU and saved in fp32 (~14 GB) once per script; each train worker loads it
+        ("sdxl-train", ["train.py", "--size", "sdxl", "--device", "cuda", "--batch",
+                        *map(str, SDXL_TRAIN_BATCHES), "--bf16", "--steps", "3", "--warmup", "2",
+                        "--variants", xl_variants, "--json", j["sdxl-train"]], 200),
+        ("sdxl-generate", ["generate.py", "--device", "cuda", "--arch", "sdxl", "--batch", "1", "--steps", "20",
+                           "--repeats", "2", "--paths", "default,eager", "--json", j["sdxl-generate"]], 160),
     ]
 
 
@@ -68,17 +106,22 @@ def child_env() -> dict[str, str]:
 def run_step(name: str, argv: list[str], limit: int, out: Path) -> dict[str, Any]:
     t = time.perf_counter()
     log = out / f"{name}.log"
-    try:
-        with open(log, "w") as f:
-            r = subprocess.run([sys.executable, str(BENCH / argv[0]), *argv[1:]], stdout=f, stderr=subprocess.STDOUT,
-                               env=child_env(), timeout=limit)
-        ok, why = r.returncode == 0, f"exit {r.returncode}"
-    except subprocess.TimeoutExpired:
-        ok, why = False, f"timed out after {limit} s"
+    with open(log, "w") as f:
+        # its own session, so a time limit also ends the workers it started (train.py runs one per variant)
+        p = subprocess.Popen([sys.executable, str(BENCH / argv[0]), *argv[1:]], stdout=f, stderr=subprocess.STDOUT,
+                             env=child_env(), start_new_session=True)
+        try:
+            rc = p.wait(timeout=limit)
+            ok, why = rc == 0, f"exit {rc}"
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            ok, why = False, f"timed out after {limit} s"
     res_file = Path(argv[argv.index("--json") + 1])
-    data = json.loads(res_file.read_text()) if ok and res_file.is_file() else None
+    # train.py writes its JSON after every variant: what a time limit cut short still shows
+    data = json.loads(res_file.read_text()) if res_file.is_file() else None
     return {"data": data, "seconds": round(time.perf_counter() - t, 1),
-            "error": None if data else f"{why}; log: {log} (last line: {_last_line(log)})"}
+            "error": None if ok and data else f"{why}; log: {log} (last line: {_last_line(log)})"}
 
 
 def _last_line(log: Path) -> str:
@@ -113,6 +156,37 @@ def _fmt_gen(r: dict | None, batch: int) -> str:
     return f"{1 / r['img_per_s']:.3f} s/img" if batch == 1 else f"{r['img_per_s']:.2f} img/s"
 
 
+def _fmt_train(r: dict | None) -> str:
+    return "-" if r is None else f"{r['samples_per_s']:.1f} samples/s, {r['peak_mib'] / 1024:.1f} GiB"
+
+
+def sdxl_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
+    """Issue #12's SDXL rows: the train step per batch (cnet with the memory flags vs diffusers' SDXL script's
+    step with the same flags), then generate at batch 1 (default path vs eager)."""
+    rows = []
+    t = results.get("sdxl-train", {}).get("data") or {}
+    by_batch = t.get("by_batch", {})
+    for b in t.get("batches") or SDXL_TRAIN_BATCHES:
+        got = by_batch.get(str(b), {})
+        ours = next((r for v, r in got.items() if v.startswith("cnet")), None)
+        ref = next((r for v, r in got.items() if v.startswith("diffusers")), None)
+        names = [v for x in by_batch.values() for v in x] or list(sdxl_train_variants(toy=False))
+        adam = "8-bit Adam" if any("--use-8bit-adam" in v for v in names) else "AdamW (8-bit Adam unavailable)"
+        rel = f" ({ours['samples_per_s'] / ref['samples_per_s']:.2f}x)" if ours and ref else ""
+        rows.append((f"SDXL train step, {t.get('res', 1024)} px, batch {b}, grad. checkpointing + {adam} + cached latents",
+                     _fmt_train(ours) + rel, _fmt_train(ref) + " (train_controlnet_sdxl.py step)" if ref else "-",
+                     SDXL_BASELINE, ""))
+    g = results.get("sdxl-generate", {}).get("data")
+    eager = _gen(g, 1, "eager")
+    for path in ("eager", "default"):
+        r = _gen(g, 1, path)
+        rel = f" ({r['img_per_s'] / eager['img_per_s']:.2f}x eager)" if r and eager and path == "default" else ""
+        rows.append((f"SDXL generate, {(g or {}).get('size', 1024)} px, {(g or {}).get('steps', 20)} steps, batch 1, "
+                     f"{path}", _fmt_gen(r, 1) + rel, "-",
+                     SDXL_BASELINE, ""))
+    return rows
+
+
 def build_table(results: dict[str, dict[str, Any]], env: dict[str, str], toy: bool) -> str:
     """The side-by-side table: cnet (this run), the reference library (this run), issue #15's baseline, target."""
     rows: list[tuple[str, str, str, str, str]] = []
@@ -144,6 +218,7 @@ def build_table(results: dict[str, dict[str, Any]], env: dict[str, str], toy: bo
         rel = f" ({ours / theirs:.2f}x)" if ours and theirs else ""
         rows.append((f"{kind} annotate", f"{ours:.2f} img/s{rel}" if ours else "-",
                      f"{theirs:.2f} img/s" if theirs else "-", *BASELINE[kind]))
+    rows += sdxl_rows(results)
     head = [f"device: {env.get('device')}; CUDA {env.get('cuda', '-')}; "
             + ", ".join(f"{k} {env[k]}" for k in ("python", "torch", "diffusers", "transformers", "accelerate",
                                                    "controlnet_aux", "cnetcli") if k in env)]
@@ -164,7 +239,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--toy", action="store_true", help="tiny models on the CPU (also CNET_BENCH_TOY=1)")
     ap.add_argument("--out", default=None, help="folder for the JSON results and logs (default: a temp folder)")
-    ap.add_argument("--only", default="", help="comma-separated subset of generate,train,annotate")
+    ap.add_argument("--only", default="", help="comma-separated subset of generate,train,annotate,sdxl-train,"
+                    "sdxl-generate (also `sdxl` for both SDXL steps)")
     a = ap.parse_args()
     toy = a.toy or os.environ.get("CNET_BENCH_TOY", "") not in ("", "0")
     out = Path(a.out or tempfile.mkdtemp(prefix="cnet-gpu-bench-"))
@@ -173,12 +249,21 @@ def main() -> None:
     if not toy and env.get("device", "CPU").startswith("CPU"):
         raise SystemExit("no CUDA device here: run `bash benchmarks/gpu.sh --toy` for the CPU smoke run")
     only = set(a.only.split(",")) - {""}
+    if "sdxl" in only:
+        only |= {"sdxl-train", "sdxl-generate"}
     results: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
     for name, argv, limit in steps(toy, out):
         if only and name not in only:
             continue
-        print(f"[{time.perf_counter() - t0:5.0f} s] {name} ...", file=sys.stderr, flush=True)
+        left = TOTAL_LIMIT_S - (time.perf_counter() - t0)
+        if not toy and name.startswith("sdxl"):
+            if left < 60:
+                results[name] = {"data": None, "seconds": 0.0,
+                                 "error": f"skipped: under a minute left of the run's {TOTAL_LIMIT_S} s budget"}
+                continue
+            limit = int(min(limit, left))
+        print(f"[{time.perf_counter() - t0:5.0f} s] {name} (limit {limit} s) ...", file=sys.stderr, flush=True)
         results[name] = run_step(name, argv, limit, out)
     table = build_table(results, env, toy)
     (out / "table.md").write_text(table + "\n")

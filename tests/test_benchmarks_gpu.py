@@ -55,8 +55,11 @@ def test_toy_and_full_runs_use_the_same_scripts(tmp_path):
     gpu = _gpu()
     toy, full = gpu.steps(True, tmp_path), gpu.steps(False, tmp_path)
     assert [(n, a[0]) for n, a, _ in toy] == [(n, a[0]) for n, a, _ in full]
-    assert sum(limit for *_, limit in full) <= 8 * 60  # the whole GPU run fits the issue's 8 minutes
-    assert all("--sd15" in a or "sd15" in a or n == "annotate" for n, a, _ in full)
+    sd15 = [(n, a, limit) for n, a, limit in full if not n.startswith("sdxl")]
+    assert sum(limit for *_, limit in sd15) <= 8 * 60  # the SD1.5 rows fit issue #15's 8 minutes
+    assert gpu.TOTAL_LIMIT_S <= 9 * 60  # and the SDXL rows share what is left of 9 (they run last)
+    assert [n for n, *_ in full][-2:] == ["sdxl-train", "sdxl-generate"]
+    assert all("--sd15" in a or "sd15" in a or n == "annotate" for n, a, _ in sd15)
     assert all("cuda" in a for _, a, _ in full) and all("cpu" in a for _, a, _ in toy)
 
 
@@ -82,3 +85,38 @@ def test_gpu_sh_refuses_without_cuda_and_points_to_toy(tmp_path):
                        text=True, env=os.environ | {"PYTHON": os.environ.get("PYTHON", __import__("sys").executable),
                                                     "CNET_BENCH_TOY": "0"}, timeout=120)
     assert r.returncode != 0 and "--toy" in r.stderr
+
+
+def test_table_has_the_sdxl_rows(monkeypatch):
+    """Issue #12 item 7: SDXL train step per batch (cnet with the memory flags vs diffusers' SDXL step) and
+    SDXL generate (default vs eager), from the JSON that benchmarks/train.py and generate.py write."""
+    gpu = _gpu()
+    monkeypatch.setattr(gpu, "has_bitsandbytes", lambda: False)
+    ref, ours = gpu.sdxl_train_variants(toy=False)
+    assert ref == "diffusers --gradient-checkpointing" and ours == "cnet --gradient-checkpointing --cache-latents"
+    monkeypatch.setattr(gpu, "has_bitsandbytes", lambda: True)
+    ref, ours = gpu.sdxl_train_variants(toy=False)
+    assert "--use-8bit-adam" in ref and "--use-8bit-adam" in ours
+    assert not any("--use-8bit-adam" in v for v in gpu.sdxl_train_variants(toy=True))
+    full = {n: a for n, a, _ in gpu.steps(False, Path("/tmp/x"))}
+    assert full["sdxl-train"][full["sdxl-train"].index("--batch") + 1:][:2] == ["1", "4"]
+    assert "sdxl" in full["sdxl-train"] and "sdxl" in full["sdxl-generate"]
+    xl = dict(TOY)
+    xl["sdxl-train"] = {"data": {"res": 1024, "batches": [1, 4], "by_batch": {
+        "1": {ref: {"samples_per_s": 2.0, "peak_mib": 20480.0}, ours: {"samples_per_s": 3.0, "peak_mib": 10240.0}}}},
+        "seconds": 200.0, "error": "timed out after 200 s; log: t.log (last line: -)"}
+    xl["sdxl-generate"] = {"data": {"size": 1024, "steps": 20, "rows": [
+        {"batch": 1, "path": "default", "img_per_s": 0.5}, {"batch": 1, "path": "eager", "img_per_s": 0.25}]},
+        "seconds": 100.0, "error": None}
+    table = gpu.build_table(xl, {"device": "NVIDIA H200"}, toy=False)
+    rows = {r.split(" | ")[0].strip("| "): r for r in table.splitlines() if r.startswith("| ") and " | " in r}
+    b1 = rows["SDXL train step, 1024 px, batch 1, grad. checkpointing + 8-bit Adam + cached latents"]
+    assert "3.0 samples/s, 10.0 GiB (1.50x)" in b1 and "2.0 samples/s, 20.0 GiB (train_controlnet_sdxl.py" in b1
+    # batch 4 did not fit its time limit: the row stays, with '-', and the reason is listed
+    b4 = rows["SDXL train step, 1024 px, batch 4, grad. checkpointing + 8-bit Adam + cached latents"]
+    assert b4.split(" | ")[1] == "-" and "sdxl-train: timed out after 200 s" in table
+    assert "2.000 s/img (2.00x eager)" in rows["SDXL generate, 1024 px, 20 steps, batch 1, default"]
+    assert "4.000 s/img" in rows["SDXL generate, 1024 px, 20 steps, batch 1, eager"]
+    # and without any SDXL results the rows are still there, empty
+    empty = gpu.build_table(TOY, {"device": "x"}, toy=True)
+    assert empty.count("| SDXL train step, 1024 px, batch") == 2 and "| SDXL generate, 1024 px" in empty
