@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import TrainingError, UsageError
+from ..errors import TrainingError, UsageError, first_line
 from ..reporting import NullReporter, Reporter
 from .config import TrainConfig
 from .outputs import save_outputs
@@ -170,8 +170,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
         try:
             restore_checkpoint(resume_path, state, models, raw_controlnet, optimizer, lr_scheduler, cfg)
         except (KeyError, ValueError, TypeError, RuntimeError) as e:  # verified files that do not fit this run
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UsageError(f"--resume {cfg.resume}: {resume_path} does not fit this run's models ({first[:200]}); "
+            raise UsageError(f"--resume {cfg.resume}: {resume_path} does not fit this run's models "
+                             f"({first_line(e, 200)}); "
                              "resume with the run's own settings or start a new run with --controlnet "
                              f"{resume_path}") from None
         reporter.message(f"resumed from {resume_path} at step {state.step}")
