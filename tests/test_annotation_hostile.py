@@ -13,15 +13,7 @@ from test_annotate import files_under, photos
 
 from cnetcli import annotators
 from cnetcli.annotation import AnnotateConfig, annotate_paths
-from cnetcli.data.write import write_new_bytes
 from cnetcli.images import save_png
-
-
-def test_write_new_bytes_is_exclusive_and_leaves_no_temp(tmp_path):
-    write_new_bytes(tmp_path / "a.png", b"first")
-    with pytest.raises(FileExistsError):
-        write_new_bytes(tmp_path / "a.png", b"second")
-    assert (tmp_path / "a.png").read_bytes() == b"first" and os.listdir(tmp_path) == ["a.png"]
 
 
 @dataclass(frozen=True)

@@ -115,20 +115,20 @@ def _write(ctx: Ctx, job: Job, img: Any, hint: Any, sidecar: Any, dr: int, ir: i
     one). Returns a reason on failure, leaving no file of this job behind."""
     import json
 
-    from ..data.write import write_bytes
+    from ..fsguard import atomic_write_bytes
     from ..images import encode_png, resize_to, sidecar_path
 
     written: list[str] = []
     try:
         if job.image is not None:
             photo = resize_to(img, hint.shape[1], hint.shape[0], "linear")
-            write_bytes(job.image, encode_png(photo), ctx.exclusive)
+            atomic_write_bytes(job.image, encode_png(photo), ctx.exclusive)
             written.append(job.image)
-        write_bytes(job.hint, _provenance(ctx, job.source, dr, ir).encode(hint), ctx.exclusive)
+        atomic_write_bytes(job.hint, _provenance(ctx, job.source, dr, ir).encode(hint), ctx.exclusive)
         written.append(job.hint)
         if ctx.sidecar is not None and sidecar is not None:
             side = sidecar_path(job.hint, ctx.sidecar)
-            write_bytes(side, json.dumps(sidecar, indent=1).encode("utf-8"), ctx.exclusive)
+            atomic_write_bytes(side, json.dumps(sidecar, indent=1).encode("utf-8"), ctx.exclusive)
             written.append(side)
         return None
     except FileExistsError as e:

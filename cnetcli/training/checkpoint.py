@@ -174,10 +174,6 @@ def optimizer_from_files(tensors: dict[str, Any], rest: dict[str, Any]) -> dict[
     return {"state": state, "param_groups": groups}
 
 
-def _state_dict_cpu(module: Any) -> dict[str, Any]:
-    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-
-
 def save_checkpoint(output: str | Path, step: int, *, controlnet: Any, unet: Any | None, optimizer: Any,
                     state: dict[str, Any], rng: dict[str, Any], config_json: str, run_id: str, keep: int) -> Path:
     """Write OUTPUT/checkpoints/step-`step` atomically (manifest last), then prune this run's older ones."""
