@@ -215,12 +215,17 @@ def test_resize_modes(mode):
     assert fit_hint(wide, 16, 8, mode, "linear").shape == (8, 16, 3)
 
 
-def test_outputs_honour_the_umask(tmp_path, monkeypatch):
+def test_outputs_honour_the_umask(tmp_path):
+    import os
+
     import cnetcli.generation.output as out_mod
 
-    monkeypatch.setattr(out_mod, "_UMASK", 0o022)
-    png, side = tmp_path / "a.png", tmp_path / "a.json"
-    out_mod.write_pair(png, b"png", side, "{}")
+    old = os.umask(0o022)
+    try:
+        png, side = tmp_path / "a.png", tmp_path / "a.json"
+        out_mod.write_pair(png, b"png", side, "{}")
+    finally:
+        os.umask(old)
     assert png.stat().st_mode & 0o777 == 0o644 and side.stat().st_mode & 0o777 == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.png"]  # no temp files left
 
