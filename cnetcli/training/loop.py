@@ -29,7 +29,7 @@ from .outputs import save_outputs
 from .plan import plan_run, preflight
 from .setup import trainable
 from .state import RunState, flush_losses, restore_checkpoint, write_checkpoint
-from .step import draw_noise, min_snr_weights, timestep_weights, training_step  # noqa: F401 (re-exported)
+from .step import draw_noise, timestep_weights, training_step
 
 MEMORY_HINT = ("try a smaller --batch-size (with --gradient-accumulation to keep the effective batch), "
                "--gradient-checkpointing, --mixed-precision bf16 or fp16, --cache-latents, --use-8bit-adam, "
