@@ -85,7 +85,7 @@ def test_output_under_a_file_or_that_is_a_file_is_one_line(run_cli, tmp_path, fl
     (tmp_path / "afile").write_text("x")
     for target, msg in ((tmp_path / "afile" / "sub", "is a file"), (tmp_path / "afile", "not a folder")):
         code, _, err = run_cli("annotate", str(tmp_path / "in"), flag, str(target), "-j", "1")
-        assert code == 2 and msg in err and str(target) in err and len(err.strip().splitlines()) == 1, err
+        assert code == 1 and msg in err and str(target) in err and len(err.strip().splitlines()) == 1, err
     assert (tmp_path / "afile").read_text() == "x"
 
 

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from cnetcli.errors import CnetError, InputError, UsageError
+from cnetcli.errors import CnetError, InputError, OutputError, UsageError
 from cnetcli.images import save_png
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -121,9 +121,9 @@ def test_wrong_scale_count_before_models(no_models, hint, tmp_path):
 def test_output_is_a_file_or_under_one(no_models, hint, tmp_path):
     f = tmp_path / "file.txt"
     f.write_text("x")
-    with pytest.raises(InputError, match="is a file"):
+    with pytest.raises(OutputError, match="is a file, not a folder"):
         _gen(hint, tmp_path, output=str(f))
-    with pytest.raises(InputError, match="which is a file"):
+    with pytest.raises(OutputError, match="cannot be created because .* is a file"):
         _gen(hint, tmp_path, output=str(f / "sub"))
     assert f.read_text() == "x"
 
@@ -134,7 +134,7 @@ def test_read_only_output(no_models, hint, tmp_path):
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        with pytest.raises(InputError, match="cannot write there"):
+        with pytest.raises(OutputError, match="not writable"):
             _gen(hint, tmp_path, output=str(ro))
     finally:
         ro.chmod(0o700)
