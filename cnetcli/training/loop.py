@@ -124,6 +124,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
     import torch
 
+    from ..device import torch_dtype
     from .checkpoint import remove_leftovers
     from .resume import RUNS_LOG, record_phase
     from .setup import build_models, build_optimizer, late_synced_params
@@ -139,7 +140,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     if cuda and cfg.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+    weight_dtype = torch_dtype(mixed_precision)
     if accelerator.is_main_process:
         for p in remove_leftovers(out):
             reporter.message(f"removed {p} (left by a write that was killed)")
