@@ -52,7 +52,21 @@ def resolve_dtype(dtype: str | None, device: str, flag: str = "--dtype") -> Any:
         raise UsageError(f"{flag} {dtype!r}: use {' | '.join(DTYPES)}")
     if d == "auto":
         return torch.float16 if device.startswith("cuda") else torch.float32
-    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[d]
+    return torch_dtype(d)
+
+
+def torch_dtype(name: str) -> Any:
+    """"fp16" | "bf16" -> that torch dtype; anything else (fp32, accelerate's "no") -> float32."""
+    import torch
+
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(name, torch.float32)
+
+
+def dtype_name(dtype: Any) -> str:
+    """A torch dtype's short name: "fp16", "bf16", else "fp32" (the inverse of `torch_dtype`)."""
+    import torch
+
+    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32")
 
 
 def half_dtype(device: str, dtype: Any = None) -> Any:

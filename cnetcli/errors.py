@@ -7,6 +7,16 @@ stderr and exit code 1 (`UsageError`: 2). `CNET_DEBUG=1` re-raises with the trac
 from __future__ import annotations
 
 
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """A library's message on one line (for "... (<why>); <fix>" errors): its first non-empty line, plus the
+    next when the first ends with ':'; the exception's type name when the message is empty."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    if not lines:
+        return type(e).__name__
+    line = lines[0] + (" " + lines[1] if lines[0].endswith(":") and len(lines) > 1 else "")
+    return line[:limit]
+
+
 class CnetError(Exception):
     """Base class: a problem the user can fix. The message is one line naming the file/flag and the fix."""
 

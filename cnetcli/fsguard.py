@@ -329,6 +329,26 @@ def atomic_writer(path: str | os.PathLike, exclusive: bool = False) -> Iterator[
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """`atomic_writer` for libraries that write to a file name (safetensors `save_file`, matplotlib `savefig`):
+    yield a temp path beside `path` (same naming, so `cleanup_stale_temps` finds it); on a clean exit it
+    replaces `path` atomically (umask honoured); on any error it is removed and `path` is untouched."""
+    p = Path(path)
+    ensure_dir(p.parent)
+    with guard_write(p):
+        fd, tmp = tempfile.mkstemp(prefix=temp_prefix(p.name), suffix=".tmp", dir=p.parent)
+        os.close(fd)
+    try:
+        with guard_write(p):
+            yield Path(tmp)
+            apply_umask(tmp)
+            os.replace(tmp, p)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, exclusive: bool = False) -> None:
     """Write bytes to `path` via a temp file in the same folder and an atomic rename (see `atomic_writer`)."""
     with atomic_writer(path, exclusive=exclusive) as f:
@@ -371,6 +391,6 @@ def atomic_save_dir(save: Callable[[Path], object], final: str | os.PathLike) ->
     return final
 
 
-__all__ = ["ensure_dir", "atomic_writer", "atomic_write_bytes", "atomic_write_text", "atomic_save_dir",
+__all__ = ["ensure_dir", "atomic_writer", "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_save_dir",
            "check_writable_dir", "guard_write", "output_error", "describe_os_error", "is_filesystem_error",
            "temp_prefix", "cleanup_stale_temps", "is_stale_temp", "apply_umask", "current_umask", "human_bytes"]

@@ -253,18 +253,25 @@ def save_png(path: str | os.PathLike, img: np.ndarray | Any, metadata: dict[str,
     atomic_write_bytes(path, encode_png(img, metadata, text))
 
 
-def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
-    """Return cnet's provenance dict stored in a PNG (empty dict when there is none)."""
+def read_png_text(path: str | os.PathLike, key: str = PNG_META_KEY) -> str | None:
+    """The text chunk `key` of an image file, or None (no such chunk, not an image, unreadable)."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
-            raw = img.info.get(PNG_META_KEY) if hasattr(img, "info") else None
+            raw = img.info.get(key)
             if raw is None and hasattr(img, "text"):
-                raw = img.text.get(PNG_META_KEY)
-    except Exception:
-        return {}
-    if not raw:
+                raw = img.text.get(key)
+    except Exception:  # not an image / unreadable: no metadata
+        return None
+    return raw if isinstance(raw, str) and raw else None
+
+
+def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """Return cnet's provenance dict stored in a PNG (empty dict when there is none). For the typed,
+    validated record use `cnetcli.data.provenance.Provenance.read`."""
+    raw = read_png_text(path)
+    if raw is None:
         return {}
     try:
         meta = json.loads(raw)

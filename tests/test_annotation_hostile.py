@@ -13,15 +13,7 @@ from test_annotate import files_under, photos
 
 from cnetcli import annotators
 from cnetcli.annotation import AnnotateConfig, annotate_paths
-from cnetcli.data.write import write_new_bytes
 from cnetcli.images import save_png
-
-
-def test_write_new_bytes_is_exclusive_and_leaves_no_temp(tmp_path):
-    write_new_bytes(tmp_path / "a.png", b"first")
-    with pytest.raises(FileExistsError):
-        write_new_bytes(tmp_path / "a.png", b"second")
-    assert (tmp_path / "a.png").read_bytes() == b"first" and os.listdir(tmp_path) == ["a.png"]
 
 
 @dataclass(frozen=True)
@@ -93,7 +85,7 @@ def test_output_under_a_file_or_that_is_a_file_is_one_line(run_cli, tmp_path, fl
     (tmp_path / "afile").write_text("x")
     for target, msg in ((tmp_path / "afile" / "sub", "is a file"), (tmp_path / "afile", "not a folder")):
         code, _, err = run_cli("annotate", str(tmp_path / "in"), flag, str(target), "-j", "1")
-        assert code == 2 and msg in err and str(target) in err and len(err.strip().splitlines()) == 1, err
+        assert code == 1 and msg in err and str(target) in err and len(err.strip().splitlines()) == 1, err
     assert (tmp_path / "afile").read_text() == "x"
 
 

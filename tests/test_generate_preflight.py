@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from cnetcli.errors import CnetError, InputError, UsageError
+from cnetcli.errors import CnetError, InputError, OutputError, UsageError
 from cnetcli.images import save_png
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -121,9 +121,9 @@ def test_wrong_scale_count_before_models(no_models, hint, tmp_path):
 def test_output_is_a_file_or_under_one(no_models, hint, tmp_path):
     f = tmp_path / "file.txt"
     f.write_text("x")
-    with pytest.raises(InputError, match="is a file"):
+    with pytest.raises(OutputError, match="is a file, not a folder"):
         _gen(hint, tmp_path, output=str(f))
-    with pytest.raises(InputError, match="which is a file"):
+    with pytest.raises(OutputError, match="cannot be created because .* is a file"):
         _gen(hint, tmp_path, output=str(f / "sub"))
     assert f.read_text() == "x"
 
@@ -134,7 +134,7 @@ def test_read_only_output(no_models, hint, tmp_path):
     ro.mkdir()
     ro.chmod(0o500)
     try:
-        with pytest.raises(InputError, match="cannot write there"):
+        with pytest.raises(OutputError, match="not writable"):
             _gen(hint, tmp_path, output=str(ro))
     finally:
         ro.chmod(0o700)
@@ -215,12 +215,17 @@ def test_resize_modes(mode):
     assert fit_hint(wide, 16, 8, mode, "linear").shape == (8, 16, 3)
 
 
-def test_outputs_honour_the_umask(tmp_path, monkeypatch):
+def test_outputs_honour_the_umask(tmp_path):
+    import os
+
     import cnetcli.generation.output as out_mod
 
-    monkeypatch.setattr(out_mod, "_UMASK", 0o022)
-    png, side = tmp_path / "a.png", tmp_path / "a.json"
-    out_mod.write_pair(png, b"png", side, "{}")
+    old = os.umask(0o022)
+    try:
+        png, side = tmp_path / "a.png", tmp_path / "a.json"
+        out_mod.write_pair(png, b"png", side, "{}")
+    finally:
+        os.umask(old)
     assert png.stat().st_mode & 0o777 == 0o644 and side.stat().st_mode & 0o777 == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "a.png"]  # no temp files left
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..annotators import Runtime
-from ..errors import CnetError, InputError, UsageError
+from ..errors import CnetError, InputError
 from ..reporting import NullReporter, Reporter
 from .config import AnnotateConfig, AnnotateSummary
 from .plan import Job, plan
@@ -115,20 +115,20 @@ def _write(ctx: Ctx, job: Job, img: Any, hint: Any, sidecar: Any, dr: int, ir: i
     one). Returns a reason on failure, leaving no file of this job behind."""
     import json
 
-    from ..data.write import write_bytes
+    from ..fsguard import atomic_write_bytes
     from ..images import encode_png, resize_to, sidecar_path
 
     written: list[str] = []
     try:
         if job.image is not None:
             photo = resize_to(img, hint.shape[1], hint.shape[0], "linear")
-            write_bytes(job.image, encode_png(photo), ctx.exclusive)
+            atomic_write_bytes(job.image, encode_png(photo), ctx.exclusive)
             written.append(job.image)
-        write_bytes(job.hint, _provenance(ctx, job.source, dr, ir).encode(hint), ctx.exclusive)
+        atomic_write_bytes(job.hint, _provenance(ctx, job.source, dr, ir).encode(hint), ctx.exclusive)
         written.append(job.hint)
         if ctx.sidecar is not None and sidecar is not None:
             side = sidecar_path(job.hint, ctx.sidecar)
-            write_bytes(side, json.dumps(sidecar, indent=1).encode("utf-8"), ctx.exclusive)
+            atomic_write_bytes(side, json.dumps(sidecar, indent=1).encode("utf-8"), ctx.exclusive)
             written.append(side)
         return None
     except FileExistsError as e:
@@ -220,8 +220,10 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
                               dataset=cfg.dataset, shard=(rank, world), skipped_dirs=[str(d) for d in p.skipped_dirs])
 
     # 4. outputs: writable folders, nothing overwritten silently
-    for d in p.out_dirs:
-        _check_output_dir(d)
+    from ..fsguard import check_writable_dir
+
+    for d in p.out_dirs:  # nothing created yet: a run that stops before its first image leaves no empty folder
+        check_writable_dir(d)
     sidecar = ht.sidecar_suffix(params)
 
     def targets(j: Job) -> list[str]:
@@ -303,20 +305,6 @@ def _shard_from_env() -> tuple[int, int]:
     from ..device import process_rank_world
 
     return process_rank_world()
-
-
-def _check_output_dir(d: Path) -> None:
-    """The output folder can be created (or exists) and is writable, else one line naming it. Nothing is
-    created here: a run that stops before its first image leaves no empty folder behind."""
-    p = d.absolute()
-    while not os.path.lexists(p) and p.parent != p:
-        p = p.parent
-    if not p.is_dir():
-        what = "exists and is not a folder" if p == d.absolute() else f"cannot be created: {p} is a file"
-        raise UsageError(f"{d}: {what}; choose another output")
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise CnetError(f"{d}: not writable ({p} does not allow writing); fix its permissions or choose another "
-                        "output")
 
 
 def default_workers() -> int:

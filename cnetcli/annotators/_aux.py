@@ -14,7 +14,7 @@ import sys
 import types
 from typing import Any
 
-from ..errors import NotAvailableError
+from ..errors import NotAvailableError, first_line
 
 
 def _light_package() -> None:
@@ -50,8 +50,7 @@ def aux_module(name: str) -> Any:
     except NotAvailableError:
         raise
     except Exception as e:  # ImportError, or a broken dependency raising anything at import time
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise NotAvailableError(f"controlnet_aux.{name} cannot be imported ({msg[:160]}); "
+        raise NotAvailableError(f"controlnet_aux.{name} cannot be imported ({first_line(e)}); "
                                 "check controlnet-aux and its dependencies (torchvision, timm, scipy)") from None
 
 

@@ -194,13 +194,6 @@ def render_pose_json(data: dict[str, Any] | str | os.PathLike, width: int | None
 SIDECAR_SUFFIX = ".pose.json"
 
 
-def sidecar_path(hint_path: str | os.PathLike) -> str:
-    """Where the keypoints of a hint PNG go: `<stem>.pose.json` next to it."""
-    from ..images import sidecar_path as _path
-
-    return _path(hint_path, SIDECAR_SUFFIX)
-
-
 def write_sidecar(hint_path: str | os.PathLike, data: dict[str, Any]) -> str:
     """Atomically write OpenPose JSON next to a hint PNG; returns the JSON path."""
     from ..images import write_json_sidecar

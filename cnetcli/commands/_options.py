@@ -6,11 +6,18 @@ Commands import these instead of restating flag names, help and checks. Defaults
 
 from __future__ import annotations
 
+import enum
+from collections.abc import Iterable
 from typing import Annotated
 
 import typer
 
 from ..device import DEVICE_CHOICES, check_device_spec
+
+
+def choices(name: str, values: Iterable[str]) -> type[enum.Enum]:
+    """A str Enum of the core's constants, so a choice flag's `--help` lists them (typer's way to a choice)."""
+    return enum.Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
 
 
 def _check_device(value: str | None) -> str | None:

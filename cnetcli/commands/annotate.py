@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import enum
 import typing
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -20,12 +19,12 @@ from ..annotation.config import (
 from ..annotators import get_type, list_types, type_choices
 from ..data import FORMATS
 from ..errors import UsageError
-from ._options import DeviceOpt
+from ._options import DeviceOpt, choices
 from ._progress import RichReporter
 
 #: `--type` choices: every registered hint type and alias (the registry decides; `--help` lists them).
-HintTypeChoice = enum.Enum("HintTypeChoice", {n: n for n in type_choices()}, type=str)
-DatasetFormat = enum.Enum("DatasetFormat", {f: f for f in FORMATS}, type=str)
+HintTypeChoice = choices("HintTypeChoice", type_choices())
+DatasetFormat = choices("DatasetFormat", FORMATS)
 
 # explicit per-type flags: option name -> parameter name (applies to every type that has the parameter)
 _TYPE_FLAGS = ("low", "high", "threshold", "min_length", "max_gap", "sigma", "downsample", "seed", "hands", "face",

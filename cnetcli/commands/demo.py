@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,10 +9,10 @@ import typer
 
 from ..demo import DemoConfig
 from ..generation.prompts import PROMPT_MODES
-from ._options import DeviceOpt
+from ._options import DeviceOpt, choices
 from ._progress import RichReporter, quiet_libraries
 
-PromptMode = enum.Enum("PromptMode", {m: m for m in PROMPT_MODES}, type=str)
+PromptMode = choices("PromptMode", PROMPT_MODES)
 
 
 def demo(

@@ -10,7 +10,6 @@ settings) from the ones left out; the defaults shown in `--help` are GenerateCon
 
 from __future__ import annotations
 
-import enum
 from typing import Annotated
 
 import typer
@@ -20,7 +19,7 @@ from ..generation.config import DEFAULT_OUTPUT, RESIZE_MODES, GenerateConfig
 from ..generation.control import CONTROL_MODES
 from ..generation.prompts import PROMPT_MODES
 from ..generation.samplers import SAMPLER_ALIASES, SAMPLERS, SCHEDULERS
-from ._options import DeviceOpt
+from ._options import DeviceOpt, choices
 from ._progress import RichReporter, quiet_libraries
 
 _D = GenerateConfig.__dataclass_fields__  # defaults shown in --help come from the config itself
@@ -38,12 +37,12 @@ def _opt(*names: str, help: str, panel: str, shows: str | None = None, **kw: obj
                         show_default=False, **kw)
 
 
-Sampler = enum.Enum("Sampler", {k: k for k in (*SAMPLERS, *SAMPLER_ALIASES)}, type=str)
-Scheduler = enum.Enum("Scheduler", {k: k for k in SCHEDULERS}, type=str)
-PromptMode = enum.Enum("PromptMode", {k: k for k in PROMPT_MODES}, type=str)
-ControlMode = enum.Enum("ControlMode", {k: k for k in CONTROL_MODES}, type=str)
-ResizeMode = enum.Enum("ResizeMode", {k: k for k in RESIZE_MODES}, type=str)
-Dtype = enum.Enum("Dtype", {k: k for k in DTYPES}, type=str)
+Sampler = choices("Sampler", (*SAMPLERS, *SAMPLER_ALIASES))
+Scheduler = choices("Scheduler", SCHEDULERS)
+PromptMode = choices("PromptMode", PROMPT_MODES)
+ControlMode = choices("ControlMode", CONTROL_MODES)
+ResizeMode = choices("ResizeMode", RESIZE_MODES)
+Dtype = choices("Dtype", DTYPES)
 
 def _sdxl_releases() -> str:
     """The SDXL ControlNet per hint type, from the hint-type registry (no torch imported)."""

@@ -21,7 +21,7 @@ from ..training.config import (
     TIMESTEP_BIAS,
     UNLOCK_MODES,
 )
-from ._options import DeviceOpt
+from ._options import DeviceOpt, choices
 from ._progress import RichReporter, quiet_libraries
 
 _P = "Recipe"
@@ -31,16 +31,12 @@ _C = "Checkpoints"
 _V = "Validation & logging"
 
 
-def _choices(name: str, values: tuple[str, ...]) -> type[enum.Enum]:
-    return enum.Enum(name, {v: v for v in values}, type=str)  # type: ignore[return-value]
-
-
-Recipe = _choices("Recipe", RECIPE_NAMES)
-MixedPrecision = _choices("MixedPrecision", MIXED_PRECISION)
-TimestepBias = _choices("TimestepBias", TIMESTEP_BIAS)
-Unlock = _choices("Unlock", UNLOCK_MODES)
-ReportTo = _choices("ReportTo", REPORT_TO)
-LrScheduler = _choices("LrScheduler", LR_SCHEDULERS)
+Recipe = choices("Recipe", RECIPE_NAMES)
+MixedPrecision = choices("MixedPrecision", MIXED_PRECISION)
+TimestepBias = choices("TimestepBias", TIMESTEP_BIAS)
+Unlock = choices("Unlock", UNLOCK_MODES)
+ReportTo = choices("ReportTo", REPORT_TO)
+LrScheduler = choices("LrScheduler", LR_SCHEDULERS)
 
 
 def _opt(*names: str, panel: str | None = None, **kw: Any) -> Any:

@@ -21,9 +21,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import InputError
+from ..images import PNG_META_KEY, read_png_text
 
 #: PNG text-chunk key holding the provenance JSON (the same key `cnet generate` uses for its outputs).
-PNG_KEY = "cnet"
+PNG_KEY = PNG_META_KEY
 #: Version of this record's layout; bumped when a field changes meaning.
 SCHEMA = 1
 _KNOWN = ("cnet", "schema", "type", "params", "detect_resolution", "image_resolution", "keep_size", "source")
@@ -97,7 +98,7 @@ class Provenance:
     def read(cls, path: str | os.PathLike, strict: bool = False) -> Provenance | None:
         """The record a PNG carries, or None (no chunk, not cnet's, unreadable). `strict`: a present but
         broken record is an `InputError` naming the file instead of None."""
-        raw = read_text_chunk(path)
+        raw = read_png_text(path, PNG_KEY)
         if raw is None:
             return None
         try:
@@ -123,21 +124,3 @@ class Provenance:
 def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON value")
 
-
-def read_text_chunk(path: str | os.PathLike, key: str = PNG_KEY) -> str | None:
-    """The text chunk `key` of an image file, or None (no such chunk, not an image, unreadable)."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as img:
-            raw = img.info.get(key)
-            if raw is None and hasattr(img, "text"):
-                raw = img.text.get(key)
-    except Exception:  # not an image / unreadable: no provenance
-        return None
-    return raw if isinstance(raw, str) and raw else None
-
-
-def read(path: str | os.PathLike, strict: bool = False) -> Provenance | None:
-    """`Provenance.read(path)`."""
-    return Provenance.read(path, strict)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError, MissingWeightsError, UsageError
+from ..errors import InputError, MissingWeightsError, UsageError, first_line
 from .files import BadFile, real_root, resolve, show
 from .read import DatasetIndex, HubRef, ReadOptions, Row, _choose_split
 
@@ -38,8 +38,7 @@ def _quiet_datasets() -> Iterator[Any]:
 
 
 def _first_line(e: BaseException) -> str:
-    msg = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {show(msg[0])}" if msg else type(e).__name__
+    return f"{type(e).__name__}: {show(first_line(e, 300))}" if str(e).strip() else type(e).__name__
 
 
 def _builder_for(p: Path) -> str:

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..fsguard import atomic_write_bytes
 from . import Layout, layout, merge_records, read_records
 
 LOCK_NAME = ".cnet-index.lock"
@@ -31,21 +32,6 @@ LOCK_NAME = ".cnet-index.lock"
 def safe_name(name: str) -> str:
     """`name` made valid UTF-8: undecodable bytes (surrogate escapes from `os.fsdecode`) become U+FFFD."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def write_new_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Create `path` with `data` only if it does not exist (`FileExistsError` otherwise), atomically
-    (fsguard's exclusive publish: temp file, then a hard link that refuses an existing name)."""
-    from ..fsguard import atomic_write_bytes
-
-    atomic_write_bytes(path, data, exclusive=True)
-
-
-def write_bytes(path: str | os.PathLike, data: bytes, exclusive: bool = False) -> None:
-    """Atomic write (temp file + rename); `exclusive`: never replace an existing file."""
-    from ..fsguard import atomic_write_bytes
-
-    atomic_write_bytes(path, data, exclusive=exclusive)
 
 
 def _json_line(rec: dict[str, Any]) -> str:
@@ -59,7 +45,7 @@ def _json_line(rec: dict[str, Any]) -> str:
 
 def write_records(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
     """Atomically write JSON lines (one record per line, UTF-8, keys in insertion order)."""
-    write_bytes(path, "".join(_json_line(r) for r in records).encode("utf-8"))
+    atomic_write_bytes(path, "".join(_json_line(r) for r in records).encode("utf-8"))
 
 
 @contextmanager
@@ -107,9 +93,9 @@ class DatasetWriter:
         img_path, hint_path = self.paths(name)
         written: list[Path] = []
         try:
-            write_bytes(img_path, encode_png(photo), exclusive)
+            atomic_write_bytes(img_path, encode_png(photo), exclusive)
             written.append(img_path)
-            write_bytes(hint_path, provenance.encode(hint) if provenance is not None else encode_png(hint), exclusive)
+            atomic_write_bytes(hint_path, provenance.encode(hint) if provenance is not None else encode_png(hint), exclusive)
             written.append(hint_path)
         except BaseException:
             for w in written:

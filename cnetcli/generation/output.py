@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
+from ..fsguard import apply_umask, temp_prefix
 from ..images import encode_png
 from .infotext import a1111_parameters
 
@@ -46,16 +47,6 @@ def _reserve(directory: Path, stem: str, suffixes: tuple[str, ...] = (".png", ".
         n += 1
 
 
-def _umask() -> int:
-    """The process umask (reading it means setting it; done once, at import)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _umask()
-
-
 def _save_error(path: Path, e: OSError) -> InputError:
     why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or type(e).__name__)
     return InputError(f"{path}: cannot save ({why}); free space or pick another --output. "
@@ -73,12 +64,11 @@ def saving(path: Path) -> Iterator[None]:
 
 
 def _write_temp(directory: Path, name: str, data: bytes) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(name), suffix=".tmp", dir=directory)
     try:
-        if hasattr(os, "fchmod"):  # mkstemp makes 0600; outputs get the permissions the umask allows
-            os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        apply_umask(tmp)  # mkstemp makes 0600; outputs get the permissions the umask allows
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

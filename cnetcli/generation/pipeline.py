@@ -16,7 +16,6 @@ weights, and always hands the UNet full residual sets (diffusers ignores middle-
 from __future__ import annotations
 
 import secrets
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -242,19 +241,10 @@ def fit_hint(img: np.ndarray, width: int, height: int, mode: str, kind: str) -> 
 
 
 def check_output_dir(outdir: Path) -> None:
-    """The output folder exists (or is created) and takes files: one line naming it otherwise."""
-    for p in [outdir, *outdir.parents]:
-        if p.exists():
-            if not p.is_dir():
-                where = "is a file" if p == outdir else f"is under {p}, which is a file"
-                raise InputError(f"--output {outdir}: {where}; pick a folder")
-            break
-    try:
-        outdir.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=outdir, prefix=".cnet-write-test.", delete=True)
-        probe.close()
-    except OSError as e:
-        raise InputError(f"--output {outdir}: cannot write there ({e.strerror or e}); pick a writable folder") from None
+    """The output folder exists (or is created) and takes files: one `OutputError` line naming it otherwise."""
+    from ..fsguard import check_writable_dir, ensure_dir
+
+    ensure_dir(check_writable_dir(outdir, "--output"), "--output")
 
 
 def check_captioner(spec: str, offline: bool | None) -> None:

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import CnetError, ModelLoadError
+from ..errors import CnetError, ModelLoadError, first_line
 from . import files
 
 #: The one line for a pickle that `torch.load(weights_only=True)` refuses.
@@ -28,15 +28,6 @@ _CORRUPT = ("safetensor", "headertoolarge", "invalid header", "incomplete metada
             "pytorchstreamreader", "unable to load weights", "size mismatch")
 _CONFIG = ("jsondecodeerror", "not a valid json", "expecting value", "expecting property name", "must be", "should be", "negative",
            "invalid literal", "unexpected keyword", "divisible", "typeerror", "validation error", "must be a mapping")
-
-
-def first_line(e: BaseException, limit: int = 160) -> str:
-    """The library's message on one line: its first line (and the next when the first ends with ':')."""
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    if not lines:
-        return type(e).__name__
-    line = lines[0] + (" " + lines[1] if lines[0].endswith(":") and len(lines) > 1 else "")
-    return line[:limit]
 
 
 def is_pickle_refusal(e: BaseException) -> bool:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingWeightsError, ModelLoadError, UsageError
+from ..errors import MissingWeightsError, ModelLoadError, UsageError, first_line
 from . import files as weight_files
 
 #: Where ControlNet 1.1's annotator checkpoints live (the repository controlnet_aux downloads from).
@@ -185,8 +185,7 @@ def download(f: WeightFile) -> Path:
             return Path(hf_hub_download(f.repo, f.name))
         return Path(snapshot_download(f.repo))
     except Exception as e:  # network down, repo gone, auth: one line
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise MissingWeightsError(f"cannot download {f.name} from hub repo {f.repo}: {msg[:200]}") from None
+        raise MissingWeightsError(f"cannot download {f.name} from hub repo {f.repo}: {first_line(e, 200)}") from None
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -277,8 +276,8 @@ def load_into(module: Any, path: str | os.PathLike, *, keys: tuple[str, ...] = (
     try:
         module.load_state_dict(sd, strict=True, assign=factory is not None)
     except (RuntimeError, KeyError) as e:
-        first = str(e).splitlines()[0][:160]
-        raise ModelLoadError(f"{path}: weights do not match the {type(module).__name__} architecture ({first})") from None
+        raise ModelLoadError(f"{path}: weights do not match the {type(module).__name__} architecture "
+                             f"({first_line(e)})") from None
     if factory is not None and any(t.is_meta for t in list(module.parameters()) + list(module.buffers())):
         module = factory()
         module.load_state_dict(sd, strict=True)

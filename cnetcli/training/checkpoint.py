@@ -58,7 +58,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
+def read_manifest(path: Path) -> dict[str, Any]:
     m = json.loads((path / MANIFEST).read_text())
     if not isinstance(m, dict) or m.get("format") != FORMAT or not isinstance(m.get("files"), dict):
         raise ValueError("not a cnet checkpoint manifest")
@@ -73,7 +73,7 @@ def verify(path: str | Path) -> str | None:
     if not (path / MANIFEST).is_file():
         return "incomplete (no manifest.json: written by an older cnet, or the write did not finish)"
     try:
-        files = _read_manifest(path)["files"]
+        files = read_manifest(path)["files"]
     except (ValueError, OSError) as e:
         return f"unreadable manifest.json ({e})"
     for rel, want in files.items():
@@ -101,7 +101,7 @@ def checkpoint_step(path: str | Path) -> int:
 
 
 def _info(path: Path, step: int) -> Found:
-    m = _read_manifest(path)
+    m = read_manifest(path)
     return Found(path, int(m.get("step", step)), str(m.get("run_id", "")), float(m.get("written_at", 0.0)))
 
 
@@ -174,10 +174,6 @@ def optimizer_from_files(tensors: dict[str, Any], rest: dict[str, Any]) -> dict[
     return {"state": state, "param_groups": groups}
 
 
-def _state_dict_cpu(module: Any) -> dict[str, Any]:
-    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-
-
 def save_checkpoint(output: str | Path, step: int, *, controlnet: Any, unet: Any | None, optimizer: Any,
                     state: dict[str, Any], rng: dict[str, Any], config_json: str, run_id: str, keep: int) -> Path:
     """Write OUTPUT/checkpoints/step-`step` atomically (manifest last), then prune this run's older ones."""
@@ -217,7 +213,7 @@ def save_checkpoint(output: str | Path, step: int, *, controlnet: Any, unet: Any
 
 def _owner(path: Path) -> str | None:
     try:
-        return str(_read_manifest(path).get("run_id", ""))
+        return str(read_manifest(path).get("run_id", ""))
     except (ValueError, OSError):
         return None  # damaged or incomplete: nobody's, may be replaced
 
@@ -249,8 +245,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
                                           json.loads((path / "optimizer.json").read_text())),
         "rng": load_file(str(path / "rng.safetensors")),
         "state": json.loads((path / "state.json").read_text()),
-        "config": json.loads((path / "train_config.json").read_text()),
-        "run_id": _read_manifest(path).get("run_id", ""),
+        "config": read_config(path),
+        "run_id": read_manifest(path).get("run_id", ""),
     }
     if (path / "unet").is_dir():
         out["unet"] = _load_weights(path / "unet")

@@ -282,11 +282,11 @@ def base_family(base: str, base_config: str | None = None) -> str:
     if p.exists() and p.resolve() == tiny:
         return "tiny"
     folder = base_config_folder(base, base_config)
-    unet = _read_json(folder / "unet" / "config.json") if folder is not None else None
+    unet = read_json_dict(folder / "unet" / "config.json") if folder is not None else None
     return "sdxl" if unet and unet.get("addition_embed_type") == "text_time" else "sd"
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json_dict(path: Path) -> dict[str, Any] | None:
     try:
         d = json.loads(path.read_text())
         return d if isinstance(d, dict) else None
@@ -319,7 +319,7 @@ def native_resolution(base: str, base_config: str | None = None) -> int | None:
     folder = base_config_folder(base, base_config)
     if folder is None:
         return None
-    unet, vae = _read_json(folder / "unet" / "config.json"), _read_json(folder / "vae" / "config.json")
+    unet, vae = read_json_dict(folder / "unet" / "config.json"), read_json_dict(folder / "vae" / "config.json")
     if not unet or not vae or not isinstance(unet.get("sample_size"), int):
         return None
     factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)

@@ -4,14 +4,12 @@ express this ControlNet in the original layout."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 from ..errors import UsageError
-from .config import TrainConfig, base_config_folder
+from .config import TrainConfig, base_config_folder, read_json_dict
 
 #: UNet parameters that `ControlNetModel.from_unet` copies (the rest of a ControlNet, zero convolutions and
 #: the hint encoder, is under 1% of it).
@@ -88,14 +86,6 @@ def check_output_space(cfg: TrainConfig) -> None:
                          "or pick another disk")
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        d = json.loads(path.read_text())
-        return d if isinstance(d, dict) else None
-    except (OSError, ValueError):
-        return None
-
-
 def check_single_file_possible(cfg: TrainConfig) -> None:
     """`--single-file` writes the original layout for SD1.x/2.x ControlNets, whose hint encoder is fixed at
     (16, 32, 96, 256): refuse now (from the configs) what export would refuse after the whole run. SDXL ones
@@ -106,15 +96,15 @@ def check_single_file_possible(cfg: TrainConfig) -> None:
     hint, lpb = None, None
     if cfg.controlnet:
         p = Path(cfg.controlnet).expanduser()
-        conf = _read(p / "config.json") or _read(p / "controlnet" / "config.json")
+        conf = read_json_dict(p / "config.json") or read_json_dict(p / "controlnet" / "config.json")
         if conf:
             if single_file_layout(conf) == "diffusers":
                 return
             hint, lpb = tuple(conf.get("conditioning_embedding_out_channels") or ()), conf.get("layers_per_block")
     else:
         folder = base_config_folder(cfg.base, cfg.base_config)
-        vae = _read(folder / "vae" / "config.json") if folder else None
-        unet = _read(folder / "unet" / "config.json") if folder else None
+        vae = read_json_dict(folder / "vae" / "config.json") if folder else None
+        unet = read_json_dict(folder / "unet" / "config.json") if folder else None
         if unet and single_file_layout(unet) == "diffusers":
             return
         if vae and unet:

@@ -112,10 +112,9 @@ def export_single_file(controlnet: Any, path: str | Path, metadata: dict[str, st
                        layout: str = "auto") -> Path:
     """Write `path` (.safetensors) atomically: the original layout for SD1.x/2.x, the diffusers layout for
     SDXL ("auto"; see the module docstring), or the given `layout`. Returns the path."""
-    import os
-    import tempfile
-
     from safetensors.torch import save_file
+
+    from ..fsguard import atomic_path
 
     if layout not in LAYOUTS:
         raise UsageError(f"--single-file layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
@@ -123,14 +122,7 @@ def export_single_file(controlnet: Any, path: str | Path, metadata: dict[str, st
     if layout == "auto":
         layout = single_file_layout(controlnet.config)
     sd = to_original_state_dict(controlnet) if layout == "original" else to_diffusers_state_dict(controlnet)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        meta = {"format": "pt", "cnet": json.dumps(metadata or {}), "cnet_layout": layout}
-        save_file(sd, tmp, metadata=meta)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    meta = {"format": "pt", "cnet": json.dumps(metadata or {}), "cnet_layout": layout}
+    with atomic_path(path) as tmp:
+        save_file(sd, str(tmp), metadata=meta)
     return path

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import TrainingError, UsageError
+from ..errors import TrainingError, UsageError, first_line
 from ..reporting import NullReporter, Reporter
 from .config import TrainConfig
 from .outputs import save_outputs
 from .plan import plan_run, preflight
 from .setup import trainable
 from .state import RunState, flush_losses, restore_checkpoint, write_checkpoint
-from .step import draw_noise, min_snr_weights, timestep_weights, training_step  # noqa: F401 (re-exported)
+from .step import draw_noise, timestep_weights, training_step
 
 MEMORY_HINT = ("try a smaller --batch-size (with --gradient-accumulation to keep the effective batch), "
                "--gradient-checkpointing, --mixed-precision bf16 or fp16, --cache-latents, --use-8bit-adam, "
@@ -124,6 +124,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
     import torch
 
+    from ..device import torch_dtype
     from .checkpoint import remove_leftovers
     from .resume import RUNS_LOG, record_phase
     from .setup import build_models, build_optimizer, late_synced_params
@@ -139,7 +140,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     if cuda and cfg.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+    weight_dtype = torch_dtype(mixed_precision)
     if accelerator.is_main_process:
         for p in remove_leftovers(out):
             reporter.message(f"removed {p} (left by a write that was killed)")
@@ -170,8 +171,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
         try:
             restore_checkpoint(resume_path, state, models, raw_controlnet, optimizer, lr_scheduler, cfg)
         except (KeyError, ValueError, TypeError, RuntimeError) as e:  # verified files that do not fit this run
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UsageError(f"--resume {cfg.resume}: {resume_path} does not fit this run's models ({first[:200]}); "
+            raise UsageError(f"--resume {cfg.resume}: {resume_path} does not fit this run's models "
+                             f"({first_line(e, 200)}); "
                              "resume with the run's own settings or start a new run with --controlnet "
                              f"{resume_path}") from None
         reporter.message(f"resumed from {resume_path} at step {state.step}")

@@ -84,27 +84,20 @@ def memory_plan(parts: list[Part], *, batch_size: int, latent_pixels: int, eight
                       "AdamW 8-bit" if eight_bit_adam else "AdamW")
 
 
-def _dtype_name(module: Any) -> str:
-    import torch
-
-    return {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(module.dtype, "fp32")
-
-
 def plan_for(models: Any, cfg: Any, latent_shape: tuple[int, ...]) -> MemoryPlan:
     """The plan of a built run (`TrainModels` after the cache moved the encoders, and its TrainConfig)."""
-    import torch
+    from ..device import dtype_name
 
     def part(name: str, m: Any, **kw: Any) -> Part:
         raw = getattr(m, "module", m)  # DDP-wrapped ControlNet
-        return Part(name, sum(p.numel() for p in raw.parameters()), _dtype_name(raw),
+        return Part(name, sum(p.numel() for p in raw.parameters()), dtype_name(raw.dtype),
                     next(raw.parameters()).device.type == "cuda", **kw)
 
     parts = [part("unet", models.unet, trains=cfg.unlock_sd_after is not None, backward=True),
              part("controlnet", models.controlnet, trains=True)]
     parts += [part(k, models.text_components[k]) for k in models.family.text_encoders]
     parts.append(part("vae", models.vae))
-    dtype = models.weight_dtype
     return memory_plan(parts, batch_size=cfg.batch_size, latent_pixels=latent_shape[-1] * latent_shape[-2],
                        eight_bit_adam=cfg.use_8bit_adam, gradient_checkpointing=cfg.gradient_checkpointing,
-                       act_dtype={torch.float16: "fp16", torch.bfloat16: "bf16"}.get(dtype, "fp32"),
+                       act_dtype=dtype_name(models.weight_dtype),
                        cached=models.cache is not None)

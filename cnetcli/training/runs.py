@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
-from .checkpoint import list_checkpoints, verify
+from .checkpoint import list_checkpoints, read_manifest, verify
 from .resume import RUNS_LOG
 
 
@@ -44,7 +44,7 @@ def summarize_run(output: str | Path) -> dict[str, Any]:
     last = None
     if valid:
         def written(c: dict[str, Any]) -> float:
-            return float(json.loads((Path(c["path"]) / "manifest.json").read_text()).get("written_at", 0))
+            return float(read_manifest(Path(c["path"])).get("written_at", 0))
 
         last = max(valid, key=lambda c: (written(c), c["step"]))
     losses: list[float] = []

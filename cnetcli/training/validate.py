@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from ..fsguard import atomic_path
 from .config import TrainConfig
 
 
@@ -30,11 +29,11 @@ def plot_losses(losses: list[float], path: Path, start: int = 0) -> Path | None:
     ax.set_ylabel("noise-prediction MSE")
     ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=".loss.", suffix=".png", dir=str(path.parent))
-    os.close(fd)
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
