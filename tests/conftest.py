@@ -44,6 +44,16 @@ def tiny_controlnet_dir(tiny_sd_dir, tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="session")
+def sd8(tmp_path_factory):
+    """A tiny SD whose VAE downsamples 8x like SD's (so ControlNet's hint encoder fits), for training tests."""
+    from cnetcli.models.tiny import save_sd_folder, tiny_sd_components
+
+    d = tmp_path_factory.mktemp("tiny-sd8")
+    save_sd_folder(tiny_sd_components(seed=0, vae_channels=(8, 16, 16, 16), words=("red", "blue", "circle")), d)
+    return d
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Toy-size convolutions gain nothing from threads; on a shared 2-core machine OpenMP spinning makes

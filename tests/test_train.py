@@ -24,15 +24,6 @@ def _one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module")
-def sd8(tmp_path_factory):
-    from cnetcli.models.tiny import save_sd_folder, tiny_sd_components
-
-    d = tmp_path_factory.mktemp("tiny-sd8")
-    save_sd_folder(tiny_sd_components(seed=0, vae_channels=(8, 16, 16, 16), words=("red", "blue", "circle")), d)
-    return d
-
-
 def _write_dataset(d, n=4, seed=0, bad_rows=0):
     from PIL import Image
 

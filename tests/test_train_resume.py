@@ -17,15 +17,6 @@ RES = 32
 
 
 @pytest.fixture(scope="module")
-def sd8(tmp_path_factory):
-    from cnetcli.models.tiny import save_sd_folder, tiny_sd_components
-
-    d = tmp_path_factory.mktemp("tiny-sd8")
-    save_sd_folder(tiny_sd_components(seed=0, vae_channels=(8, 16, 16, 16), words=("red", "blue", "circle")), d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from tests.test_train import _write_dataset
 
@@ -257,3 +248,21 @@ def test_forced_change_that_does_not_fit_is_one_line(stopped_run, tmp_path):
     with pytest.raises(UsageError, match="--resume latest: .*step-2 does not fit this run's models"):
         train(TrainConfig(output=str(out), resume="latest", base=str(other), force_config=True),
               given={"base": str(other), "force_config": True})
+
+
+def test_killed_after_the_last_checkpoint_resumes_to_the_outputs(stopped_run, tmp_path):
+    """A kill between the final checkpoint and the final outputs: --resume latest trains no step and writes the
+    outputs from that checkpoint (found by the kill/resume corpus); going back below it is still refused."""
+    from safetensors.torch import load_file
+
+    from cnetcli.errors import UsageError
+
+    out = _copy(stopped_run, tmp_path)  # stopped at step 2 with checkpoints 1, 2 and no final outputs
+    assert not (out / "controlnet").exists()
+    r = train(TrainConfig(output=str(out), resume="latest", max_steps=2), given={"max_steps": 2})
+    assert r.steps == 2 and not r.interrupted
+    final = load_file(str(out / "controlnet" / "diffusion_pytorch_model.safetensors"))
+    ck = load_file(str(out / "checkpoints" / "step-2" / "controlnet" / "diffusion_pytorch_model.safetensors"))
+    assert final.keys() == ck.keys() and all((final[k] == ck[k]).all() for k in final)
+    with pytest.raises(UsageError, match="at step 2 already"):
+        train(TrainConfig(output=str(out), resume="latest", max_steps=1), given={"max_steps": 1})

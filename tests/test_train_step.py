@@ -13,15 +13,6 @@ RES = 32
 
 
 @pytest.fixture(scope="module")
-def sd8(tmp_path_factory):
-    from cnetcli.models.tiny import save_sd_folder, tiny_sd_components
-
-    d = tmp_path_factory.mktemp("tiny-sd8")
-    save_sd_folder(tiny_sd_components(seed=0, vae_channels=(8, 16, 16, 16), words=("red", "blue", "circle")), d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory):
     from tests.test_train import _write_dataset
 

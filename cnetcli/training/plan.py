@@ -36,7 +36,9 @@ def plan_run(cfg: TrainConfig, given: dict[str, Any] | None, reporter: Reporter
 
     step = checkpoint_step(path)
     merged, changes = merge_resume_config(run, given, step, path)
-    if merged.max_steps <= step:
+    # == step: a run killed after its last checkpoint but before its final outputs; resuming trains no step and
+    # writes the outputs from that checkpoint (the same weights a straight run ends with)
+    if merged.max_steps < step:
         raise UsageError(f"--max-steps {merged.max_steps}: the checkpoint {path} is at step {step} already; "
                          "pass a larger --max-steps to train further")
     return merged, path, changes
