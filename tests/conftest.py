@@ -54,6 +54,24 @@ def sd8(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="session")
+def xl(tmp_path_factory):
+    """A tiny SDXL base (two text encoders, `text_time` UNet) saved as a diffusers folder."""
+    from cnetcli.models.tiny import save_sdxl_folder, tiny_sdxl_components
+
+    d = tmp_path_factory.mktemp("tiny-sdxl") / "base"
+    save_sdxl_folder(tiny_sdxl_components(seed=0, words=("red", "blue", "circle")), d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """A small training dataset (imagefolder + metadata.jsonl) of circles; files may override it."""
+    from tests.test_train import _write_dataset
+
+    return _write_dataset(tmp_path_factory.mktemp("ds"))
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Toy-size convolutions gain nothing from threads; on a shared 2-core machine OpenMP spinning makes

@@ -13,22 +13,6 @@ RES = 64
 WORDS = ("red", "blue", "circle")
 
 
-@pytest.fixture(scope="module")
-def xl(tmp_path_factory):
-    from cnetcli.models.tiny import save_sdxl_folder, tiny_sdxl_components
-
-    d = tmp_path_factory.mktemp("tiny-sdxl") / "base"
-    save_sdxl_folder(tiny_sdxl_components(seed=0, words=WORDS), d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from tests.test_train import _write_dataset
-
-    return _write_dataset(tmp_path_factory.mktemp("ds"))
-
-
 def _cfg(xl, data, out, **kw):
     base = dict(base=str(xl), data=str(data), output=str(out), resolution=RES, batch_size=2, max_steps=2,
                 learning_rate=1e-3, checkpoint_every=0, report_to="none", cache_latents=False, log_every=1)

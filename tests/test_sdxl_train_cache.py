@@ -13,15 +13,6 @@ RES = 64
 
 
 @pytest.fixture(scope="module")
-def xl(tmp_path_factory):
-    from cnetcli.models.tiny import save_sdxl_folder, tiny_sdxl_components
-
-    d = tmp_path_factory.mktemp("tiny-sdxl") / "base"
-    save_sdxl_folder(tiny_sdxl_components(seed=0, words=("red", "blue", "circle")), d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory):
     import json
 

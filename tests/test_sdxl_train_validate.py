@@ -12,22 +12,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RES = 64
 
 
-@pytest.fixture(scope="module")
-def xl(tmp_path_factory):
-    from cnetcli.models.tiny import save_sdxl_folder, tiny_sdxl_components
-
-    d = tmp_path_factory.mktemp("tiny-sdxl") / "base"
-    save_sdxl_folder(tiny_sdxl_components(seed=0, words=("red", "blue", "circle")), d)
-    return d
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from tests.test_train import _write_dataset
-
-    return _write_dataset(tmp_path_factory.mktemp("ds"))
-
-
 def test_sdxl_validation_uses_the_models_in_memory(xl, data, tmp_path, monkeypatch):
     import cnetcli.generation as gen
 

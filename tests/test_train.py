@@ -46,11 +46,6 @@ def _write_dataset(d, n=4, seed=0, bad_rows=0):
     return d
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return _write_dataset(tmp_path_factory.mktemp("ds"))
-
-
 def cfg(sd8, data, out, **kw):
     base = dict(base=str(sd8), data=str(data), output=str(out), resolution=RES, batch_size=2, max_steps=2,
                 learning_rate=1e-3, checkpoint_every=0, report_to="none", cache_latents=False, log_every=1)

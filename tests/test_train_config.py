@@ -14,13 +14,6 @@ from cnetcli.training.config import RECIPES, native_resolution, resolve_defaults
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from tests.test_train import _write_dataset
-
-    return _write_dataset(tmp_path_factory.mktemp("ds"))
-
-
 @pytest.fixture
 def no_model_loads(monkeypatch):
     """Fail the test if training gets as far as loading a model."""

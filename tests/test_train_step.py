@@ -12,13 +12,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RES = 32
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from tests.test_train import _write_dataset
-
-    return _write_dataset(tmp_path_factory.mktemp("ds"))
-
-
 def _cfg(sd8, data, out, **kw):
     base = dict(base=str(sd8), data=str(data), output=str(out), resolution=RES, batch_size=2, max_steps=2,
                 learning_rate=1e-3, checkpoint_every=0, report_to="none", cache_latents=False, log_every=1)
