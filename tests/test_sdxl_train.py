@@ -10,7 +10,6 @@ from cnetcli.training import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RES = 64
-WORDS = ("red", "blue", "circle")
 
 
 def _cfg(xl, data, out, **kw):
