@@ -15,6 +15,7 @@ from . import __version__
 from .commands import annotate, data, demo, generate, train, weights
 from .commands import eval as eval_cmd
 from .commands import runs as runs_cmd
+from .commands._parse_errors import usage_message
 from .errors import CnetError
 
 app = typer.Typer(
@@ -52,10 +53,29 @@ def error_line(msg: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the `cnet` console script; turns CnetError into one line + exit code."""
+    """Entry point of the `cnet` console script; turns CnetError and typer's parse errors into one line + exit code."""
     debug = os.environ.get("CNET_DEBUG", "") not in ("", "0", "false", "no")
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=argv, prog_name="cnet")
+        # standalone_mode=False: typer raises its parse errors instead of printing its usage box, and returns
+        # the code of a `typer.Exit` instead of exiting
+        code = app(args=argv, prog_name="cnet", standalone_mode=False)
+    except typer.TyperException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `cnet`, `cnet data`: typer printed the help already
+            if e.format_message().strip():
+                typer.echo(e.format_message(), err=True)
+            sys.exit(e.exit_code)
+        if debug:
+            raise
+        from rich.markup import escape
+
+        error_line(escape(usage_message(e, argv, typer.main.get_command(app))))
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        if debug:
+            raise
+        error_line("aborted")
+        sys.exit(1)
     except CnetError as e:
         if debug:
             raise
@@ -73,3 +93,5 @@ def main(argv: list[str] | None = None) -> None:
             raise
         error_line("out of memory: try a smaller --batch-size or resolution")
         sys.exit(1)
+    # a command's normal end returns None (exit 0); `typer.Exit(n)` comes back as n
+    sys.exit(code if isinstance(code, int) and not isinstance(code, bool) else 0)

@@ -4,7 +4,7 @@ path must keep (issue #14.8):
 - the expected exit code;
 - no traceback;
 - a failure says so in exactly one diagnostic line (`error: ...`, or annotate's per-file `failed: ...`)
-  naming the thing (typer's own usage errors, exit 2, print its usage panel instead);
+  naming the thing (typer's own parse errors too: one line, never its usage box);
 - nothing written outside the case's output folder(s), no hidden temp files left anywhere;
 - everything that existed before (earlier outputs included) byte-identical afterwards.
 """
@@ -109,14 +109,11 @@ def check_case(run_cli, ctx: Ctx, args: list[str], codes: tuple[int, ...], words
     assert "Traceback" not in out + err, shown
     assert code in codes, shown
     if code != 0:
-        if code == 2 and "Usage:" in err:  # typer's usage error panel
-            text = err
-        else:
-            diag = [x for x in err.splitlines() if DIAGNOSTIC.match(x.strip())]
-            assert len(diag) == 1, f"expected exactly one diagnostic line\n{shown}"
-            text = diag[0]
+        assert "Usage:" not in err and "╭" not in err, f"typer's usage box instead of one line\n{shown}"
+        diag = [x for x in err.splitlines() if DIAGNOSTIC.match(x.strip())]
+        assert len(diag) == 1, f"expected exactly one diagnostic line\n{shown}"
         for w in words:
-            assert w.lower() in text.lower(), f"{w!r} not named\n{shown}"
+            assert w.lower() in diag[0].lower(), f"{w!r} not named\n{shown}"
     # earlier files (inputs, earlier outputs) byte-identical; nothing new outside the output folders
     changed = sorted(k for k, v in before.items() if after.get(k) != v)
     assert not changed, f"changed or removed: {changed}\n{shown}"
