@@ -12,7 +12,8 @@
 Each table holds defaults for one command; its keys are the fields of that command's typed config (dashes
 or underscores). Flags given on the command line win over the file. Nothing is ignored silently: an unknown
 table or key is refused with the valid ones listed, and every value must have its field's TOML type
-(`hflip = "no"` is refused, not truthy; `resolution = 512.0` is refused; floats must be finite).
+(`hflip = "no"` is refused, not truthy; `resolution = 512.0` is refused; floats must be finite): the
+same check, in the same words, as the configs' own (`cnetcli.config_check`).
 
 Commands read their table with `project_defaults(command, ConfigClass)` (typed, validated) — or the older
 `section(name, allowed)`, which looks the types up in `CONFIG_FOR_TABLE`. Light module: no torch here.
@@ -21,16 +22,14 @@ Commands read their table with `project_defaults(command, ConfigClass)` (typed, 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import importlib
 import inspect
-import math
-import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .config_check import check_value, dataclass_types, refusal
 from .errors import UsageError
 
 FILENAME = "cnet.toml"
@@ -104,70 +103,11 @@ def field_types(fields: Any) -> dict[str, Any]:
     if isinstance(fields, Mapping):
         return dict(fields)
     if dataclasses.is_dataclass(fields):
-        hints = typing.get_type_hints(fields)
-        return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(fields)}
+        return dict(dataclass_types(fields if isinstance(fields, type) else type(fields)))
     if callable(fields):
         hints = typing.get_type_hints(fields, include_extras=False)
         return {n: hints.get(n, Any) for n in inspect.signature(fields).parameters if n != "return"}
     raise TypeError(f"field_types: expected a dataclass, function or mapping, got {fields!r}")
-
-
-def _toml_type(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        names = [_toml_type(a) for a in typing.get_args(tp) if a is not type(None)]
-        return " or ".join(dict.fromkeys(names))
-    if origin is typing.Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (list, tuple, set, frozenset) or tp in (list, tuple):
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        inner = _toml_type(args[0]) if args else "value"
-        return f"a {inner} or a list of them"
-    return {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string",
-            Path: "a string (path)", dict: "a table"}.get(tp if origin is None else origin, str(tp))
-
-
-def _check(value: Any, tp: Any) -> tuple[bool, Any]:
-    """(ok, value converted to `tp`'s form) for a TOML value against a field type; strict (bool is not int)."""
-    if tp is Any or tp is typing.Any:
-        return True, value
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        for a in typing.get_args(tp):
-            if a is type(None):
-                continue
-            ok, v = _check(value, a)
-            if ok:
-                return True, v
-        return False, value
-    if origin is typing.Literal:
-        return value in typing.get_args(tp), value
-    if origin in (list, tuple, set, frozenset) or tp in (list, tuple):
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        inner = args[0] if args else Any
-        items = value if isinstance(value, list) else [value]
-        out = []
-        for item in items:
-            ok, v = _check(item, inner)
-            if not ok:
-                return False, value
-            out.append(v)
-        return True, out
-    if origin is dict or tp is dict:
-        return isinstance(value, dict), value
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool), value
-    if tp is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return ok, float(value) if ok else value
-    if tp in (str, Path):
-        return isinstance(value, str), value
-    if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        values = [m.value for m in tp]
-        return value in values, value
-    return isinstance(tp, type) and isinstance(value, tp), value
 
 
 def check_table(name: str, table: Mapping[str, Any], fields: Any, where: str = FILENAME,
@@ -180,10 +120,9 @@ def check_table(name: str, table: Mapping[str, Any], fields: Any, where: str = F
         key = raw_key.replace("-", "_")
         if key not in types_:
             raise UsageError(f"{where}: unknown [{name}] setting {raw_key!r} (known: {', '.join(sorted(types_))})")
-        ok, v = _check(value, types_[key])
+        ok, v = check_value(value, types_[key])
         if not ok:
-            shown = repr(value) if not isinstance(value, dict) else "a table"
-            raise UsageError(f"{where}: [{name}] {raw_key} = {shown} must be {_toml_type(types_[key])}")
+            raise UsageError(refusal(f"{where}: [{name}] {raw_key}", value, types_[key]))
         out[key] = v
     return out
 

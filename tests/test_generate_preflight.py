@@ -30,10 +30,10 @@ def hint(tmp_path_factory):
     ({"start": (0.8,), "end": (0.2,)}, "--start 0.8 --end 0.2"),
     ({"start": (0.0, 0.9), "end": (1.0, 0.5)}, "ControlNet 1"),
     ({"scales": (1.0, 0.5), "start": (0.0, 0.1, 0.2)}, "--scale"),
-    ({"cfg": float("nan")}, "--cfg nan"),
-    ({"cfg": float("inf")}, "--cfg inf"),
-    ({"scales": (float("nan"),)}, "--scale nan"),
-    ({"end": (float("inf"),)}, "--end inf"),
+    ({"cfg": float("nan")}, "--cfg: nan is not a finite number"),
+    ({"cfg": float("inf")}, "--cfg: inf is not a finite number"),
+    ({"scales": (float("nan"),)}, "--scale: nan is not a finite number"),
+    ({"end": (float("inf"),)}, "--end: inf is not a finite number"),
     ({"seed": 10**20}, "--seed"),
     ({"seed": -1}, "--seed"),
     ({"seed": 2**64 - 1, "num_images": 2}, "--seed"),
@@ -46,9 +46,9 @@ def hint(tmp_path_factory):
     ({"sampler": "dpmpp_2m_karras", "scheduler": "exponential"}, "--sampler dpmpp_2m_karras"),
     ({"resize_mode": "stretch"}, "--resize-mode"),
     ({"hints": ()}, "no hint"),
-    ({"steps": "20"}, "--steps '20': expected int"),  # a config from JSON/TOML/--from with a wrong type
-    ({"steps": True}, "--steps True"),
-    ({"grid": "no"}, "--grid 'no': expected bool"),
+    ({"steps": "20"}, "--steps: '20' is not an integer"),  # a config from JSON/TOML/--from with a wrong type
+    ({"steps": True}, "--steps: True is not an integer"),
+    ({"grid": "no"}, "--grid: 'no' is not true or false"),
 ])
 def test_config_refuses(hint, kw, needle):
     from cnetcli.generation import GenerateConfig

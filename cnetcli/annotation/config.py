@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..annotators import DEFAULT_IMAGE_RESOLUTION as DEFAULT_IMAGE_RESOLUTION
+from ..config_check import check_fields
 from ..errors import UsageError
 
 DEFAULT_TYPE = "canny"
@@ -49,6 +50,7 @@ class AnnotateConfig:
 
         ins = (self.inputs,) if isinstance(self.inputs, (str, os.PathLike)) else self.inputs
         object.__setattr__(self, "inputs", tuple(os.fspath(i) for i in ins))
+        check_fields(self, {"inputs": "INPUT", "type": "--type", "params": "--param"})  # types (cnetcli.config_check)
         if not self.inputs:
             raise UsageError("no input given: name image files, folders or globs")
         ht = get_annotatable(self.type)  # unknown type / no annotator: one line before any work

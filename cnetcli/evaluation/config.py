@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..config_check import check_fields
 from ..errors import UsageError
 
 #: Pixel tolerance of edge F1 (ControlNet++ matches edges within a small radius).
@@ -26,8 +27,7 @@ class EvalConfig:
     tolerance: int = DEFAULT_TOLERANCE
 
     def __post_init__(self) -> None:
-        if isinstance(self.tolerance, bool) or not isinstance(self.tolerance, int):
-            raise UsageError(f"--tolerance: must be a whole number of pixels (got {self.tolerance!r})")
+        check_fields(self)  # types (cnetcli.config_check)
         if not 0 <= self.tolerance <= MAX_TOLERANCE:
             raise UsageError(f"--tolerance: must be in 0..{MAX_TOLERANCE} pixels (got {self.tolerance})")
         if self.hint_type is not None and not str(self.hint_type).strip():

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
+from ..config_check import check_fields
 from ..device import DTYPES, check_device_spec
 from ..errors import UsageError
 from ..models.captioner import DEFAULT_CAPTIONER
@@ -23,29 +22,8 @@ RESIZE_MODES = ("crop", "resize", "fill")
 MAX_PIXELS = 4096 * 4096
 MAX_SIDE = 16384  # ComfyUI's MAX_RESOLUTION
 SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes [0, 2**64)
-
-
-_SCALARS = {"int": (numbers.Integral,), "float": (numbers.Real,), "bool": (bool,), "str": (str,)}  # numpy too
-
-
-def _check_types(cfg: Any) -> None:
-    """Scalar fields hold their declared type (a config built from JSON, TOML or `--from` may not): one line
-    naming the field instead of a TypeError deep inside. bool is refused where a number is expected."""
-    for f in dataclasses.fields(cfg):
-        parts = [p.strip() for p in str(f.type).split("|")]
-        if not all(p in _SCALARS or p == "None" for p in parts):
-            continue  # tuples are normalised separately
-        v = getattr(cfg, f.name)
-        if v is None and "None" in parts:
-            continue
-        ok = any(isinstance(v, t) for p in parts if p in _SCALARS for t in _SCALARS[p])
-        if isinstance(v, bool) and "bool" not in parts:
-            ok = False
-        if not ok:
-            flag = "--" + {"image_resolution": "resolution", "scales": "scale"}.get(f.name, f.name).replace("_", "-")
-            raise UsageError(f"{flag} {v!r}: expected {' or '.join(parts)}")
-        if not isinstance(v, (bool, str)):  # numpy scalars -> plain numbers (they go into JSON sidecars)
-            object.__setattr__(cfg, f.name, int(v) if "int" in parts else float(v))
+#: Flag names that are not `--` + the field name with dashes.
+FLAG_NAMES = {"image_resolution": "--resolution", "scales": "--scale"}
 
 
 def _tuple(v: Any) -> tuple:
@@ -111,7 +89,6 @@ class GenerateConfig:
 
     def __post_init__(self) -> None:
         s = object.__setattr__
-        _check_types(self)
         for name in ("hints", "controlnets", "types"):
             s(self, name, tuple(str(x) for x in _tuple(getattr(self, name))))
         for name in ("scales", "start", "end"):
@@ -119,6 +96,7 @@ class GenerateConfig:
                 s(self, name, tuple(float(x) for x in _tuple(getattr(self, name))))
             except (TypeError, ValueError):
                 raise UsageError(f"--{name.rstrip('s') if name == 'scales' else name}: numbers expected") from None
+        check_fields(self, FLAG_NAMES)  # types, finite floats (cnetcli.config_check)
         if not self.hints and not self.image:
             raise UsageError("no hint: pass --hint HINT.png (or a folder), or --image PHOTO --type TYPE")
         if self.image and self.hints:
@@ -129,10 +107,6 @@ class GenerateConfig:
         sampler, scheduler = split_sampler(self.sampler, self.scheduler)
         s(self, "sampler", sampler)
         s(self, "scheduler", scheduler)
-        for name, flag in (("cfg", "--cfg"), ("eta", "--eta")):
-            v = getattr(self, name)
-            if v is not None and not math.isfinite(v):
-                raise UsageError(f"{flag} {v}: must be a finite number")
         check_sampler(self.sampler, self.scheduler, self.eta)
         s(self, "control_mode", check_control_mode(self.control_mode, self.guess_mode))
         if self.resize_mode not in RESIZE_MODES:
@@ -155,9 +129,6 @@ class GenerateConfig:
         for name, flag in (("scales", "--scale"), ("start", "--start"), ("end", "--end")):
             if not getattr(self, name):
                 raise UsageError(f"{flag}: give at least one value")
-            for v in getattr(self, name):
-                if not math.isfinite(v):
-                    raise UsageError(f"{flag} {v}: must be a finite number")
         if any(x < 0 for x in self.scales):
             raise UsageError("--scale: strengths must be >= 0")
         for a in self.start + self.end:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..config_check import check_fields, flag_name
 from ..errors import UsageError
 from ..models.sd import DEFAULT_BASE
 
@@ -157,34 +157,15 @@ _INT_MAX = 2**31 - 1  # step counts, sizes: anything larger is a typo (and overf
 
 def flag(name: str) -> str:
     """The CLI flag of a TrainConfig field (for one-line errors)."""
-    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
-
-
-def _check_types(c: TrainConfig) -> None:
-    """Every field has its declared type (a TOML string "no" is not a boolean) and every float is finite."""
-    for f in dataclasses.fields(c):
-        v, kind = getattr(c, f.name), str(f.type)
-        if v is None and "None" in kind:
-            continue
-        base = kind.split("|")[0].strip()
-        ok = {"bool": isinstance(v, bool),
-              "int": isinstance(v, int) and not isinstance(v, bool),
-              "float": isinstance(v, (int, float)) and not isinstance(v, bool),
-              "str": isinstance(v, str)}.get(base, True)
-        if not ok:
-            want = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text"}[base]
-            raise UsageError(f"{flag(f.name)}: {v!r} is not {want}")
-        if base == "float" and not math.isfinite(v):
-            raise UsageError(f"{flag(f.name)}: {v} is not a finite number")
-        if base == "int" and abs(v) > (2**63 - 1 if f.name == "seed" else _INT_MAX):
-            raise UsageError(f"{flag(f.name)}: {v} is out of range")
+    return flag_name(name, FLAG_NAMES)
 
 
 def _validate(c: TrainConfig) -> None:
     def bad(flag: str, why: str) -> None:
         raise UsageError(f"{flag}: {why}")
 
-    _check_types(c)
+    # types and finite floats (cnetcli.config_check); counts and sizes above 2**31 are typos
+    check_fields(c, FLAG_NAMES, int_max=lambda name: 2**63 - 1 if name == "seed" else _INT_MAX)
     from ..device import check_device_spec
 
     check_device_spec(c.device)
