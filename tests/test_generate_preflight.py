@@ -175,7 +175,7 @@ def test_full_disk_never_leaves_a_png_without_sidecar(monkeypatch, hint, tiny_sd
         return real(directory, name, data)
 
     monkeypatch.setattr(out_mod, "_write_temp", full)
-    with pytest.raises(InputError, match="disk full"):
+    with pytest.raises(OutputError, match="square-2.png: cannot save .no space left on device; .*earlier outputs are intact"):
         generate(cfg, models=models)
     files = sorted(p.name for p in (tmp_path / "o").iterdir())
     assert files == ["square-1.json", "square-1.png"], files  # the first image whole, nothing of the second

@@ -5,7 +5,6 @@ and a PNG never exists without its sidecar (both are written to temp files first
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import tempfile
@@ -15,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import InputError
-from ..fsguard import apply_umask, temp_prefix
+from ..errors import OutputError
+from ..fsguard import apply_umask, output_error, temp_prefix
 from ..images import encode_png
 from .infotext import a1111_parameters
 
@@ -47,10 +46,9 @@ def _reserve(directory: Path, stem: str, suffixes: tuple[str, ...] = (".png", ".
         n += 1
 
 
-def _save_error(path: Path, e: OSError) -> InputError:
-    why = "disk full" if e.errno == errno.ENOSPC else (e.strerror or type(e).__name__)
-    return InputError(f"{path}: cannot save ({why}); free space or pick another --output. "
-                      "Images saved before this one are intact")
+def _save_error(path: Path, e: OSError) -> OutputError:
+    """fsguard's one line for a failed write (disk full: "... earlier outputs are intact": they are)."""
+    return output_error(e, path, "cannot save")
 
 
 @contextlib.contextmanager
