@@ -222,7 +222,7 @@ def run_demo(cfg: DemoConfig, reporter: Reporter | None = None) -> dict[str, Any
     """Run the whole pipeline; returns the metrics also written to OUTPUT/metrics.json ("passed" is None for a
     smoke run)."""
     from .evaluation import evaluate_folder
-    from .images import atomic_write_text
+    from .fsguard import atomic_write_text
     from .training import train
 
     rep = reporter or NullReporter()

@@ -4,7 +4,7 @@
   a file, sits under a file, is not writable or lacks free space. Creates nothing.
 - `guard_write(path)`: a context manager turning an `OSError` raised while writing `path` (ENOSPC, EROFS,
   EACCES, ENAMETOOLONG, ...) into one `OutputError` line naming the path and the fix. Writers that use a
-  temp file remove it themselves (see `cnetcli.images.atomic_write_bytes`), so nothing half-written stays.
+  temp file remove it themselves (see `atomic_writer` below), so nothing half-written stays.
 - `temp_prefix(name)`: the name prefix of every temp file/folder a cnet writer creates; it carries the
   writer's process id, so `cleanup_stale_temps(folder, patterns)` can tell a killed write's leftovers from a
   write still in progress in another process.

@@ -20,10 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from . import fsguard  # the atomic writers (import them from there, not from here)
 from .errors import InputError
-
-# The atomic writers live in fsguard (the filesystem-error boundary); re-exported here where callers expect them.
-from .fsguard import atomic_save_dir, atomic_write_bytes, atomic_write_text, atomic_writer  # noqa: F401
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 #: Above this many pixels an image is refused as a possible decompression bomb (Pillow's default is ~89M
@@ -225,7 +223,7 @@ def sidecar_path(path: str | os.PathLike, suffix: str) -> str:
 def write_json_sidecar(path: str | os.PathLike, suffix: str, data: Any) -> str:
     """Atomically write `data` as JSON to the sidecar of `path` (see `sidecar_path`); returns its path."""
     p = sidecar_path(path, suffix)
-    atomic_write_text(p, json.dumps(data, indent=1))
+    fsguard.atomic_write_text(p, json.dumps(data, indent=1))
     return p
 
 
@@ -250,7 +248,7 @@ def encode_png(img: np.ndarray | Any, metadata: dict[str, Any] | None = None, te
 def save_png(path: str | os.PathLike, img: np.ndarray | Any, metadata: dict[str, Any] | None = None,
              text: dict[str, str] | None = None) -> None:
     """Atomically write a PNG carrying `metadata` (JSON under the "cnet" text key) and `text` chunks."""
-    atomic_write_bytes(path, encode_png(img, metadata, text))
+    fsguard.atomic_write_bytes(path, encode_png(img, metadata, text))
 
 
 def read_png_text(path: str | os.PathLike, key: str = PNG_META_KEY) -> str | None:

@@ -184,7 +184,7 @@ def write_circles(output: str | Path, count: int = 1000, size: int = 64, seed: i
         _write_split(held_out, held, size, thickness)
         if reporter is not None:
             reporter.advance(1)
-    from .images import atomic_write_text
+    from .fsguard import atomic_write_text
 
     atomic_write_text(out / "circles_config.json", json.dumps(cfg.__dict__, indent=2) + "\n")
     if reporter is not None:

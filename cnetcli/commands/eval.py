@@ -46,7 +46,7 @@ def eval_cmd(
     from rich.table import Table
 
     from ..evaluation import evaluate_folder
-    from ..images import atomic_write_text
+    from ..fsguard import atomic_write_text
     from ._progress import RichReporter
 
     res = evaluate_folder(cfg.folder, hint_type=cfg.hint_type, tolerance=cfg.tolerance,

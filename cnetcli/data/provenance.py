@@ -73,7 +73,7 @@ class Provenance:
 
     def write(self, path: str | os.PathLike, hint: Any) -> None:
         """Atomically write `hint` as a PNG carrying this record."""
-        from ..images import atomic_write_bytes
+        from ..fsguard import atomic_write_bytes
 
         atomic_write_bytes(path, self.encode(hint))
 

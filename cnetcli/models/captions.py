@@ -30,7 +30,7 @@ def caption_dataset(directory: str | os.PathLike, captioner: str | os.PathLike |
                     overwrite: bool = False, batch_size: int = 8, device: str = "cpu", offline: bool | None = None,
                     **kwargs: Any) -> int:
     """Caption the photos of a dataset folder in place; returns how many rows got a caption."""
-    from ..images import atomic_write_text
+    from ..fsguard import atomic_write_text
 
     d = Path(directory)
     meta = d / "metadata.jsonl"

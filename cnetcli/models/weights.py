@@ -319,7 +319,7 @@ def _read_manifest(root: Path | None) -> dict[str, str]:
 
 def record_hashes(root: str | os.PathLike, names: list[str] | None = None) -> dict[str, str]:
     """Hash the weight files in a weights folder into its manifest (`cnet-weights.json`)."""
-    from ..images import atomic_write_text
+    from ..fsguard import atomic_write_text
 
     r = Path(root)
     manifest = _read_manifest(r)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError, UsageError
-from ..images import atomic_save_dir, atomic_write_text
+from ..fsguard import atomic_save_dir, atomic_write_text
 
 FORMAT = "cnet-checkpoint/2"
 MANIFEST = "manifest.json"

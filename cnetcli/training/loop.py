@@ -187,7 +187,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
             row |= {"event": "new-phase", "changes": changes}
             reporter.message("new phase: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()))
         record_phase(out, row)
-        from ..images import atomic_write_text
+        from ..fsguard import atomic_write_text
 
         atomic_write_text(out / "train_config.json", cfg.to_json())  # only now: the resume has succeeded
 

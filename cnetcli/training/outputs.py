@@ -40,7 +40,7 @@ def _write_outputs(cfg: TrainConfig, state: RunState, raw_controlnet: Any, model
                    samples: int, skipped: int, world: int) -> None:
     import json
 
-    from ..images import atomic_save_dir, atomic_write_text
+    from ..fsguard import atomic_save_dir, atomic_write_text
     from .validate import plot_losses
 
     out = cfg.output_dir
