@@ -1,7 +1,7 @@
 """Where work runs: the one device flag's meaning, dtypes, and the launched process's place.
 
-`--device` is spelled the same by every command: `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`
-(`mps` where torch has it). Launchers (`accelerate launch`, `torchrun`, mpirun) tell each process its rank
+`--device` is spelled the same by every command: `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`, or
+`mps` (Apple GPUs, where torch has them). Launchers (`accelerate launch`, `torchrun`, mpirun) tell each process its rank
 and the world size through the environment; `process_rank_world()` reads them once, here.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from .errors import UsageError
 
-DEVICE_CHOICES = "auto | cpu | cuda[:N]"
+DEVICE_CHOICES = "auto | cpu | cuda[:N] | mps"  # what --help lists and errors name: every spelling _DEVICE_RE takes
 _DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 

@@ -31,8 +31,20 @@ def _check_device(value: str | None) -> str | None:
         raise typer.BadParameter(str(e).split(": ", 1)[-1]) from None
 
 
-#: The one device flag (annotate, train, generate, eval, demo): auto | cpu | cuda[:N].
+#: The one device flag (annotate, train, generate, demo): DEVICE_CHOICES (auto | cpu | cuda[:N] | mps).
 DeviceOpt = Annotated[str, typer.Option("--device", help=f"Where to run: {DEVICE_CHOICES} (auto: CUDA when present).",
                                         callback=_check_device, metavar="DEVICE")]
+
+
+def _warn_cpu_alias(value: bool) -> bool:
+    if value:
+        typer.echo("warning: --cpu is deprecated; use --device cpu", err=True)
+    return value
+
+
+#: DEPRECATED alias of `--device cpu` (train only; kept so old scripts run): hidden from --help, and a warning
+#: line on stderr when used. This is the one place it is documented; remove it with its use in commands/train.py.
+CpuAliasOpt = Annotated[bool, typer.Option("--cpu", hidden=True, help="deprecated: use --device cpu",
+                                           callback=_warn_cpu_alias)]
 #: Offline switch for anything that may reach the model hub.
 OfflineOpt = Annotated[bool, typer.Option("--offline/--online", help="Never contact the model hub (default: HF_HUB_OFFLINE).")]

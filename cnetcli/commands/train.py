@@ -21,7 +21,7 @@ from ..training.config import (
     TIMESTEP_BIAS,
     UNLOCK_MODES,
 )
-from ._options import DeviceOpt, choices
+from ._options import CpuAliasOpt, DeviceOpt, choices
 from ._progress import RichReporter, quiet_libraries
 
 _P = "Recipe"
@@ -89,7 +89,7 @@ def train_cmd(
     cache_latents: Annotated[bool | None, _opt("--cache-latents/--no-cache-latents", panel=_S, help="encode images and prompts once, kept in OUTPUT/cache/ (default: on for a local dataset folder)")] = None,
     num_workers: Annotated[int | None, _opt("--num-workers", "--dataloader_num_workers", panel=_S, help="data loader workers (default 0)")] = None,
     device: DeviceOpt = None,  # type: ignore[assignment]
-    cpu: Annotated[bool, _opt("--cpu", hidden=True, help="deprecated: --device cpu")] = False,
+    cpu: CpuAliasOpt = False,  # deprecated alias of --device cpu (see _options.py)
     checkpoint_every: Annotated[int | None, _opt("--checkpoint-every", "--checkpointing_steps", panel=_C, help="steps between checkpoints (0: none) (default 500)")] = None,
     keep_checkpoints: Annotated[int | None, _opt("--keep-checkpoints", "--checkpoints_total_limit", panel=_C, help="newest checkpoints kept (default 3)")] = None,
     resume: Annotated[str | None, _opt("--resume", "--resume_from_checkpoint", panel=_C, help="latest | a checkpoint folder: continue that run with its own settings")] = None,

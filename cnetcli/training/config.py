@@ -100,7 +100,7 @@ class TrainConfig:
     allow_tf32: bool = True
     cache_latents: bool | None = None  # None: on when the data is a local folder
     num_workers: int = 0
-    device: str = "auto"  # auto | cpu | cuda[:N] (cnetcli.device)
+    device: str = "auto"  # cnetcli.device.DEVICE_CHOICES
     # checkpoints
     checkpoint_every: int = 500
     keep_checkpoints: int = 3

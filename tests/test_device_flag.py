@@ -1,0 +1,57 @@
+"""The one --device flag lists every spelling it takes (mps included), and train's hidden --cpu alias says it is
+deprecated when used."""
+
+from __future__ import annotations
+
+import re
+import typing
+
+import pytest
+
+from cnetcli.device import DEVICE_CHOICES, check_device_spec
+from cnetcli.errors import UsageError
+
+
+def test_every_listed_spelling_is_taken_and_every_taken_one_listed():
+    listed = [c.strip() for c in DEVICE_CHOICES.split("|")]
+    assert "mps" in listed
+    for c in listed:
+        assert check_device_spec(c.replace("[:N]", "")) == c.replace("[:N]", "")
+    assert check_device_spec("cuda:1") == "cuda:1"
+    for bad in ("tpu", "cuda:x", "gpu", "metal"):
+        with pytest.raises(UsageError, match=re.escape(DEVICE_CHOICES)):
+            check_device_spec(bad)
+
+
+@pytest.mark.parametrize("command", ["annotate", "train", "generate", "demo"])
+def test_help_lists_mps(run_cli, monkeypatch, command):
+    monkeypatch.setenv("COLUMNS", "300")
+    code, out, _ = run_cli(command, "--help")
+    assert code == 0 and "--device" in out and "cuda[:N] | mps" in out
+
+
+def test_device_opt_help_is_built_from_the_choices():
+    from cnetcli.commands._options import DeviceOpt
+
+    info = typing.get_args(DeviceOpt)[1]
+    assert DEVICE_CHOICES in info.help
+
+
+def test_cpu_alias_warns(run_cli, monkeypatch, tmp_path):
+    import cnetcli.training as training
+    from cnetcli.training import TrainResult
+
+    seen = []
+
+    def fake_train(cfg, reporter=None, *, on_step=None, given=None):
+        seen.append(cfg.device)
+        return TrainResult(output=cfg.output_dir, controlnet_dir=cfg.output_dir / "controlnet")
+
+    monkeypatch.setattr(training, "train", fake_train)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dataset").mkdir()
+    code, out, err = run_cli("train", "--cpu")
+    assert code == 0 and seen == ["cpu"], err
+    assert "warning: --cpu is deprecated; use --device cpu" in err
+    code, out, err = run_cli("train")
+    assert "deprecated" not in err
