@@ -71,25 +71,33 @@ def _command_path(argv: list[str], root: Any) -> tuple[str, Any]:
 
 
 def _flag(param: Any, argv: list[str]) -> str:
-    """The flag as the user spelled it (`--lr` for --learning-rate), else its first name; an argument as the
-    usage line shows it (INPUT..., FOLDER)."""
+    """The flag as the user spelled it (`--lr` for --learning-rate; a short one with its long name: `-t/--type`),
+    else its first name; an argument as the usage line shows it (INPUT..., FOLDER)."""
     if getattr(param, "param_type_name", "") == "argument":
         return param.get_error_hint().strip("'").upper()
     names = [*param.opts, *param.secondary_opts]
-    for tok in reversed(argv):
-        if tok.split("=", 1)[0] in names:
-            return tok.split("=", 1)[0]
-    return param.opts[0]
+    spelled = next((n for tok in reversed(argv) for n in names if _given(n, tok, None) is not None or tok == n),
+                   param.opts[0])
+    long = next((n for n in param.opts if n.startswith("--")), None)
+    return spelled if spelled.startswith("--") or long is None else f"{spelled}/{long}"
+
+
+def _given(flag: str, tok: str, nxt: str | None) -> str | None:
+    """The value `tok` (followed by `nxt`) gives `flag`: `--flag V`, `--flag=V`, or a short flag's `-fV`."""
+    if tok == flag:
+        return nxt
+    if flag.startswith("--"):
+        return tok[len(flag) + 1:] if tok.startswith(flag + "=") else None
+    return tok[len(flag):] if tok.startswith(flag) and not tok.startswith("--") and len(tok) > len(flag) else None
 
 
 def _value(flag: str, argv: list[str]) -> str | None:
-    """The last value given to `flag` in argv (`--flag V` or `--flag=V`); None for an argument."""
+    """The last value given to `flag` in argv (for `-t/--type`: to either spelling)."""
     value = None
     for i, tok in enumerate(argv):
-        if tok == flag and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif tok.startswith(flag + "="):
-            value = tok[len(flag) + 1:]
+        for f in flag.split("/"):
+            v = _given(f, tok, argv[i + 1] if i + 1 < len(argv) else None)
+            value = v if v is not None else value
     return value
 
 
