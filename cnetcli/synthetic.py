@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .config_check import check_fields
 from .errors import UsageError
 
 #: Saturated, pairwise distinct colours (every pair differs by 255 in at least one channel, so an edge
@@ -119,6 +120,7 @@ class CirclesConfig:
     overwrite: bool = False
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types (cnetcli.config_check)
         if self.count < 1:
             raise UsageError(f"--count must be at least 1 (got {self.count})")
         if not 16 <= self.size <= 2048:

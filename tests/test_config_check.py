@@ -40,9 +40,11 @@ def _all_configs():
     from cnetcli.annotation.config import AnnotateConfig
     from cnetcli.evaluation.config import EvalConfig
     from cnetcli.generation.config import GenerateConfig
+    from cnetcli.synthetic import CirclesConfig
     from cnetcli.training.config import TrainConfig
 
     return [(AnnotateConfig, {"inputs": ("x",)}, "batch_size", "--batch-size"),
+            (CirclesConfig, {"output": "o"}, "count", "--count"),
             (EvalConfig, {"folder": "f"}, "tolerance", "--tolerance"),
             (GenerateConfig, {"hints": ("h.png",)}, "steps", "--steps"),
             (TrainConfig, {}, "max_steps", "--max-steps")]
