@@ -321,3 +321,21 @@ def test_sdxl_batched_equals_one_by_one(xl, tmp_path):
     many = generate(GenerateConfig(output=str(tmp_path / "many"), batch_size=3, **kw), models=models)
     _same(one, many)
     assert [r.metadata["prompt"] for r in many] == list(kw["prompt"])
+
+
+def test_demo_user_mode_is_one_batched_call(tmp_path, batches):
+    """The demo samples its held-out hints in one `generate` call per mode, user mode with per-hint prompts."""
+    from cnetcli.demo import DemoConfig, add_untrained, generate_mode, load_generation_models, make_data
+    from cnetcli.models.sd import BUILTIN_MODELS
+
+    if not Path(BUILTIN_MODELS["cnet-tiny"]).is_dir():
+        pytest.skip("embedded weights not built (scripts/train_tiny_base.py)")
+    cfg = DemoConfig(output=str(tmp_path / "d"), quick=True, device="cpu")
+    _, hints, prompts = make_data(cfg)
+    models = load_generation_models(cfg, hints[0])
+    net = add_untrained(models, 0)
+    generate_mode(models, cfg, hints, prompts, net, "user", tmp_path / "user")
+    assert batches == [(len(hints), 64, 64)] and len(hints) == 2
+    sides = {json.loads(f.read_text())["hint"]: json.loads(f.read_text())["prompt"]
+             for f in (tmp_path / "user").glob("*.json")}
+    assert sides == {str(h): p for h, p in zip(hints, prompts, strict=True)}
