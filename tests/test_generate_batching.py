@@ -339,3 +339,19 @@ def test_demo_user_mode_is_one_batched_call(tmp_path, batches):
     sides = {json.loads(f.read_text())["hint"]: json.loads(f.read_text())["prompt"]
              for f in (tmp_path / "user").glob("*.json")}
     assert sides == {str(h): p for h, p in zip(hints, prompts, strict=True)}
+
+
+def test_cli_prompt_repeats_reach_the_config(run_cli, monkeypatch):
+    """`--prompt` given twice reaches the core as two prompts (fastapi-cli style: the core is patched)."""
+    import cnetcli.generation.pipeline as pl
+
+    got = []
+    monkeypatch.setattr(pl, "preflight", lambda cfg: [])
+    monkeypatch.setattr(pl, "generate", lambda cfg, reporter=None, models=None, jobs=None: got.append(cfg) or [])
+    code, _, err = run_cli("generate", "--hint", "a.png", "--hint", "b.png", "--controlnet", "cn", "--prompt", "a cat",
+                           "--prompt", "a dog", "--batch-size", "4")
+    assert code == 0, err
+    assert (got[0].prompt, got[0].prompt_mode, got[0].batch_size) == (("a cat", "a dog"), "user", 4)
+    code, _, err = run_cli("generate", "--hint", "a.png")
+    assert code == 0, err
+    assert (got[1].prompt, got[1].prompt_mode, got[1].batch_size) == ((), "default", None)
