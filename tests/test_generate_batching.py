@@ -355,3 +355,25 @@ def test_cli_prompt_repeats_reach_the_config(run_cli, monkeypatch):
     code, _, err = run_cli("generate", "--hint", "a.png")
     assert code == 0, err
     assert (got[1].prompt, got[1].prompt_mode, got[1].batch_size) == ((), "default", None)
+
+
+def test_compiled_last_batch_is_padded(models, folder, cn_dir, batches):
+    """On the compiled (static-shape) path the last, smaller batch runs padded to the full size, so no new
+    shape is compiled; its images equal the eager ones (CPU, aot_eager backend as test_compiled_step_equals_eager)."""
+    import dataclasses
+
+    from cnetcli.generation import GenerateConfig, generate
+    from cnetcli.generation.models import fast_path
+
+    cfg = GenerateConfig(hints=(str(folder),), controlnets=(str(cn_dir),), steps=STEPS, seed=5, sampler="euler_a",
+                         batch_size=3, save=False, prompt_mode="none")
+    eager = generate(cfg, models=models)
+    assert [b[0] for b in batches] == [3, 1]
+    batches.clear()
+    compiled = dataclasses.replace(models, unet=fast_path(models.unet, backend="aot_eager"), nets={}, compile=True,
+                                   compile_backend="aot_eager")
+    fast = generate(cfg, models=compiled)
+    assert [b[0] for b in batches] == [3, 3]
+    assert len(fast) == 4 and [r.metadata["hint"] for r in fast] == [r.metadata["hint"] for r in eager]
+    for a, b in zip(eager, fast, strict=True):
+        assert np.abs(a.image.astype(np.int16) - b.image.astype(np.int16)).max() <= 1

@@ -423,10 +423,21 @@ def run_items(models: Models, cfg: GenerateConfig, jobs: Sequence[Job], batches:
     """Sample the planned batches into `out` (item -> image; a new dict when None), filled as batches finish;
     `after(batch)` runs after each, so a caller can save what is complete."""
     out = {} if out is None else out
+    prev: list[Item] = []
     for batch in batches:
-        imgs = run_batch(models, cfg, [jobs[j] for j, _ in batch], [prompt_of(*it) for it in batch],
-                         [seed_of(*it) for it in batch], callback)
-        out.update(zip(batch, imgs, strict=True))
+        # Compiled steps have static shapes: a last, smaller batch of a group runs padded to the size before it
+        # with copies of its last item (their images dropped), so it reuses the compiled step and its CUDA graphs
+        # instead of compiling again for a new shape (minutes on a first run; padding costs nothing where the
+        # step is launch-bound)
+        pad = 0
+        if models.compile and len(batch) < len(prev) and \
+                batch_key(models, jobs[batch[0][0]]) == batch_key(models, jobs[prev[0][0]]):
+            pad = len(prev) - len(batch)
+        run = batch + [batch[-1]] * pad
+        imgs = run_batch(models, cfg, [jobs[j] for j, _ in run], [prompt_of(*it) for it in run],
+                         [seed_of(*it) for it in run], callback)
+        out.update(zip(batch, imgs[:len(batch)], strict=True))
+        prev = batch
         if after is not None:
             after(batch)
     return out
