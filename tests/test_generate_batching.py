@@ -206,7 +206,7 @@ def test_progress_counts_batches(gen, folder):
 def test_per_hint_prompts(gen, folder, tmp_path):
     """One prompt per hint (folder files in name order): each image records its own prompt in the sidecar,
     the A1111 parameters, the ComfyUI graph and the config `--from` repeats."""
-    from cnetcli.generation import settings_from_png
+    from cnetcli.generation import GenerateConfig, settings_from_png
 
     prompts = ("red circle", "blue circle", "red", "blue")
     res = gen([folder], "pp", prompt=prompts, added_prompt="best", sampler="ddim", batch_size=4)
@@ -225,7 +225,8 @@ def test_per_hint_prompts(gen, folder, tmp_path):
         graph = json.loads(text["prompt"])
         assert f"{p}, best" in [n["inputs"].get("text") for n in graph.values()]
         kw = settings_from_png(r.path)
-        assert tuple(kw["prompt"]) == (p,) and kw["hints"] == (r.metadata["hint"],)
+        again = GenerateConfig(**kw)  # `--from` this image: its own hint and prompt
+        assert (again.prompt, again.hints, again.prompt_mode) == ((p,), (r.metadata["hint"],), "user")
     # each image as if its hint ran alone with its prompt
     alone = gen([folder / "b.png"], "alone", prompt="blue circle", added_prompt="best", sampler="ddim")
     assert np.abs(alone[0].image.astype(np.int16) - res[1].image.astype(np.int16)).max() <= 1
