@@ -39,7 +39,7 @@ def test_flags_reach_the_config(run_cli, received):
     assert code == 0, err
     c = received[0]
     assert (c.hints, c.controlnets, c.types, c.prompt, c.prompt_mode, c.negative_prompt) == (
-        ("a.png", "b.png"), ("cn1", "cn2"), ("canny",), "a cat", "user", "blurry")
+        ("a.png", "b.png"), ("cn1", "cn2"), ("canny",), ("a cat",), "user", "blurry")
     assert (c.steps, c.cfg, c.sampler, c.scheduler, c.eta, c.seed) == (7, 4.5, "dpmpp_2m", "exponential", None, 3)
     assert (c.scales, c.start, c.end, c.control_mode, c.resize_mode) == ((0.5, 0.7), (0.1,), (0.9,), "prompt", "fill")
     assert (c.output, c.width, c.height, c.num_images, c.grid, c.base) == ("out", 64, 32, 3, True, "b")

@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from ..device import DTYPES
-from ..generation.config import DEFAULT_OUTPUT, RESIZE_MODES, GenerateConfig
+from ..generation.config import AUTO_BATCH, AUTO_BATCH_PIXELS, DEFAULT_OUTPUT, RESIZE_MODES, GenerateConfig
 from ..generation.control import CONTROL_MODES
 from ..generation.prompts import PROMPT_MODES
 from ..generation.samplers import SAMPLER_ALIASES, SAMPLERS, SCHEDULERS
@@ -66,7 +66,7 @@ def generate_cmd(
     resolution: Annotated[int | None, _opt("--resolution", help="With --image: the hint's short side (ControlNet's rule).", shows="the base's native size: 512 SD1.5, 1024 SDXL", panel=_I)] = None,
     from_png: Annotated[str | None, _opt("--from", metavar="PNG", help="Repeat the generation recorded in a PNG (cnet's or AUTOMATIC1111's); flags given here override it.", panel=_I)] = None,
     prompt_mode: Annotated[PromptMode | None, _opt("--prompt-mode", help="none | default | user | auto (default: user with --prompt, else default).", panel=_P)] = None,
-    prompt: Annotated[str | None, _opt("--prompt", help="The prompt (user mode).", panel=_P)] = None,
+    prompt: Annotated[list[str] | None, _opt("--prompt", help="The prompt (user mode): once for every hint, or once per hint in hint order (a folder's files by name).", panel=_P)] = None,
     added_prompt: Annotated[str | None, _opt("--added-prompt", help='Words appended to the prompt, e.g. "best quality, extremely detailed".', panel=_P)] = None,
     negative_prompt: Annotated[str | None, _opt("--negative-prompt", help="Negative prompt.", panel=_P)] = None,
     captioner: Annotated[str | None, _opt("--captioner", help="BLIP captioner for auto mode: hub id or folder.", shows=_default("captioner"), panel=_P)] = None,
@@ -94,7 +94,7 @@ def generate_cmd(
     trust_pickle: Annotated[bool, _opt("--trust-pickle", metavar="", help="Allow pickled ControlNet files (.ckpt/.pth/.bin) that need full unpickling (runs code from the file: only for files you trust).", panel=_M)] = False,
     device: DeviceOpt = "auto",
     dtype: Annotated[Dtype | None, _opt("--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.", shows="auto", panel=_F)] = None,
-    batch_size: Annotated[int | None, _opt("--batch-size", help="Images per forward pass.", shows=_default("batch_size"), panel=_F)] = None,
+    batch_size: Annotated[int | None, _opt("--batch-size", help="Images sampled together, filled across hints of one size and ControlNet (an image does not depend on it).", shows=f"auto: up to {AUTO_BATCH} images and {AUTO_BATCH_PIXELS:,} pixels, i.e. {AUTO_BATCH} at 512x512, 2 at 1024x1024", panel=_F)] = None,
     no_compile: Annotated[bool, _opt("--no-compile", metavar="", help="Run eagerly on CUDA too (the default compiles the UNet+ControlNet step into CUDA graphs; CPU always runs eagerly).", panel=_F)] = False,
     vae_tiling: Annotated[bool | None, _opt("--vae-tiling/--no-vae-tiling", metavar="", help="Tiled VAE decode (default: above 1024x1024).", panel=_F)] = None,
 ) -> None:
@@ -104,7 +104,8 @@ def generate_cmd(
     kw = settings_from_png(from_png) if from_png else {}
     given = {
         "hints": tuple(hint) if hint else None, "image": image, "types": tuple(type_) if type_ else None,
-        "image_resolution": resolution, "prompt_mode": prompt_mode.value if prompt_mode else None, "prompt": prompt,
+        "image_resolution": resolution, "prompt_mode": prompt_mode.value if prompt_mode else None,
+        "prompt": tuple(prompt) if prompt else None,
         "added_prompt": added_prompt, "negative_prompt": negative_prompt, "captioner": captioner, "steps": steps,
         "cfg": cfg, "sampler": sampler.value if sampler else None, "scheduler": scheduler.value if scheduler else None,
         "eta": eta, "seed": seed, "controlnets": tuple(controlnet) if controlnet else None,
@@ -119,7 +120,7 @@ def generate_cmd(
     if hint or image:  # new inputs replace the PNG's (whichever kind it recorded)
         kw.pop("hints", None)
         kw.pop("image", None)
-    if prompt is not None and prompt_mode is None:  # a typed prompt means user mode, whatever the PNG had
+    if prompt and prompt_mode is None:  # a typed prompt means user mode, whatever the PNG had
         kw.pop("prompt_mode", None)
     if prompt_mode is not None and prompt_mode.value != "user":
         kw.pop("prompt", None)

@@ -24,6 +24,16 @@ MAX_SIDE = 16384  # ComfyUI's MAX_RESOLUTION
 SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes [0, 2**64)
 #: Flag names that are not `--` + the field name with dashes.
 FLAG_NAMES = {"image_resolution": "--resolution", "scales": "--scale"}
+#: The default (`batch_size=None`) fills each batch across hints and images up to this many pixels, at most
+#: AUTO_BATCH images: 8 at SD1.5's 512x512, 3 at 768x768, 2 at SDXL's 1024x1024. Batching pays where sampling is
+#: launch-bound (small images: batch 1 runs at ~18x the compute floor on an H200, issue #15) and buys little where
+#: it is compute-bound (large images), where a bigger batch only adds activation memory: the budget keeps a batch's
+#: pixels at SD1.5 batch 8's, so SDXL at 1024 px samples 2 images at a time (4 UNet rows with CFG), not 8.
+#: `--batch-size N` overrides it.
+AUTO_BATCH, AUTO_BATCH_PIXELS = 8, 8 * 512 * 512
+#: The VAE decodes a batch in slices of at most this many pixels (4 images at 512 px, 1 at 1024 px): its
+#: full-resolution activations, not the UNet's, set the peak of a batch (diffusers' `enable_slicing` idea).
+DECODE_PIXELS = 1024 * 1024
 
 
 def _tuple(v: Any) -> tuple:
@@ -43,6 +53,10 @@ class GenerateConfig:
     image + types: annotate a photo on the fly instead of giving a hint.
     types: hint type per hint (else read from the PNG's cnet provenance); picks the ControlNet 1.1
     release when `controlnets` is empty.
+    prompt: one prompt for every hint, or one per hint (a folder's files in name order); a single str is
+    taken as one prompt.
+    batch_size: images per sampling batch, filled across hints (and their images) that share the size and
+    ControlNets; None: up to AUTO_BATCH images of AUTO_BATCH_PIXELS in all (`batch_for`).
     scales/start/end: one value for all ControlNets or one per ControlNet.
     """
 
@@ -53,7 +67,7 @@ class GenerateConfig:
     image: str | None = None
     types: tuple[str, ...] = ()
     prompt_mode: str | None = None
-    prompt: str | None = None
+    prompt: tuple[str, ...] = ()
     added_prompt: str = ""
     negative_prompt: str = ""
     captioner: str = DEFAULT_CAPTIONER
@@ -66,7 +80,7 @@ class GenerateConfig:
     width: int | None = None
     height: int | None = None
     num_images: int = 1
-    batch_size: int = 1
+    batch_size: int | None = None
     seed: int | None = None
     scales: tuple[float, ...] = (1.0,)
     start: tuple[float, ...] = (0.0,)
@@ -89,8 +103,10 @@ class GenerateConfig:
 
     def __post_init__(self) -> None:
         s = object.__setattr__
-        for name in ("hints", "controlnets", "types"):
+        for name in ("hints", "controlnets", "types", "prompt"):
             s(self, name, tuple(str(x) for x in _tuple(getattr(self, name))))
+        if self.prompt == ("",):  # an empty prompt is no prompt (the default mode), as it always was
+            s(self, "prompt", ())
         for name in ("scales", "start", "end"):
             try:
                 s(self, name, tuple(float(x) for x in _tuple(getattr(self, name))))
@@ -122,7 +138,7 @@ class GenerateConfig:
         check_size(self.width or 8, self.height or 8)
         if self.num_images < 1 or self.num_images > 100_000:
             raise UsageError(f"--num-images {self.num_images}: must be between 1 and 100000")
-        if self.batch_size < 1 or self.batch_size > 4096:
+        if self.batch_size is not None and not 1 <= self.batch_size <= 4096:
             raise UsageError(f"--batch-size {self.batch_size}: must be between 1 and 4096")
         if self.seed is not None and not 0 <= self.seed <= SEED_LIMIT - self.num_images:
             raise UsageError(f"--seed {self.seed}: must be between 0 and 2**64-1 (image k uses seed+k)")
@@ -160,6 +176,12 @@ class GenerateConfig:
             flag = {"scales": "--scale", "start": "--start", "end": "--end"}[name]
             raise UsageError(f"{flag}: {len(v)} values for {n} ControlNet(s); give one, or one per ControlNet")
         return v
+
+    def batch_for(self, width: int, height: int) -> int:
+        """The most images sampled together at this size: `batch_size`, or the automatic default."""
+        if self.batch_size is not None:
+            return self.batch_size
+        return max(1, min(AUTO_BATCH, AUTO_BATCH_PIXELS // (width * height)))
 
     @property
     def eta_used(self) -> float | None:

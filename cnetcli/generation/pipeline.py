@@ -8,15 +8,20 @@ weights, and always hands the UNet full residual sets (diffusers ignores middle-
 2. pick the ControlNets (given, or the base family's release matching each hint's type: ControlNet 1.1 for
    SD1.5, the SDXL releases for an SDXL base)
 3. load models (base, trained UNet if present, ControlNets)
-4. for each job and batch: encode prompts, prepare the control images and latents, denoise, decode
-5. auto prompt mode: caption pass 1 with BLIP and run pass 2 with the caption (same seeds, same hints)
-6. save PNG + sidecar (+ grid)
+4. plan batches: every (job, image) item, batched across jobs that share size and ControlNets (`plan_batches`);
+   per batch: encode prompts, prepare the control images and latents, denoise, decode
+5. auto prompt mode: caption every pass-1 image with BLIP and run pass 2 with the captions (same seeds, hints)
+6. save PNG + sidecar as each job completes (+ grid)
+
+An image depends only on its own job, prompt and seed, never on what it was batched with: each item's initial
+latents and per-step noise come from its own seed's generator (up to the float rounding of batched kernels).
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +35,7 @@ from ..reporting import NullReporter, Reporter
 from . import control as ctl
 from . import output, prompts
 from .comfyui import comfy_prompt_text
-from .config import GenerateConfig, check_size
+from .config import DECODE_PIXELS, GenerateConfig, check_size
 from .models import Models, load_models
 from .samplers import make_scheduler, sample
 
@@ -46,10 +51,13 @@ class HintInput:
 
 @dataclass
 class Job:
+    """One image's inputs: its hints (several compose: multi-ControlNet), size and user prompt (user mode)."""
+
     name: str
     hints: list[HintInput]
     width: int = 0
     height: int = 0
+    prompt: str | None = None
 
 
 @dataclass
@@ -215,6 +223,8 @@ def resolve_jobs(cfg: GenerateConfig, outdir: Path, family: Any = None) -> list[
         check_size(job.width, job.height, f"{job.name}: image size")
         for name in ("scales", "start", "end"):
             cfg.per_net(name, len(job.hints))  # a wrong count fails here, before any model loads
+    for job, p in zip(jobs, prompts.per_job(cfg.prompt, len(jobs), sum(len(j.hints) for j in jobs)), strict=True):
+        job.prompt = p
     return jobs
 
 
@@ -276,43 +286,83 @@ def encode_prompts(models: Models, texts: list[str], negative: str = "", do_cfg:
                                            do_classifier_free_guidance=do_cfg)
 
 
-def control_image(hint: HintInput, width: int, height: int, models: Models, batch: int, mode: str = "crop") -> Any:
+def control_image(hints: HintInput | Sequence[HintInput], width: int, height: int, models: Models, batch: int = 1,
+                  mode: str = "crop") -> Any:
+    """The ControlNet's input for a batch, B x 3 x H x W in [0, 1]: one row per hint of `hints` (each fitted to
+    the size once, however often it repeats), or one hint repeated `batch` times."""
     import torch
 
     from ..annotators import find_type
 
-    ht = find_type(hint.type) if hint.type else None
-    # the registry's resize kind; a type it does not know (a custom --controlnet) is treated as continuous
-    kind = ht.resize if ht is not None else "linear"
-    arr = fit_hint(hint.image, width, height, mode, kind)
-    x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float().div(255.0)
-    return x[None].expand(batch, -1, -1, -1).to(models.device, models.dtype)
+    rows = [hints] * batch if isinstance(hints, HintInput) else list(hints)
+    fitted: dict[int, Any] = {}
+    for h in rows:
+        if id(h) not in fitted:
+            ht = find_type(h.type) if h.type else None
+            # the registry's resize kind; a type it does not know (a custom --controlnet) is treated as continuous
+            arr = fit_hint(h.image, width, height, mode, ht.resize if ht is not None else "linear")
+            fitted[id(h)] = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1).float().div(255.0)
+    return torch.stack([fitted[id(h)] for h in rows]).to(models.device, models.dtype)
 
 
-def run_batch(models: Models, cfg: GenerateConfig, job: Job, prompts_: list[str], seeds: list[int],
+def batch_key(models: Models, job: Job) -> tuple:
+    """Jobs with equal keys can share a batch: the same size, and unit by unit the same ControlNet (and, on a
+    ControlNet-Union model, the same control type). Hints, prompts and seeds may differ per item."""
+    units = tuple((h.controlnet, ctl.union_control_type(h.type, models.controlnet(h.controlnet), h.controlnet))
+                  for h in job.hints)
+    return job.width, job.height, units
+
+
+Item = tuple[int, int]  # (job index, image index): image k of a job uses seed + k
+
+
+def plan_batches(models: Models, cfg: GenerateConfig, jobs: Sequence[Job], per_job: int) -> list[list[Item]]:
+    """Every job's `per_job` items, in batches of at most `cfg.batch_for(size)`: items of compatible jobs
+    (`batch_key`) share batches across jobs, in job order, so a folder of 8 hints of one size with one image
+    each is one batch of 8, and a folder of two sizes one batch per size however its files interleave."""
+    groups: dict[tuple, list[Item]] = {}
+    for j, job in enumerate(jobs):
+        groups.setdefault(batch_key(models, job), []).extend((j, k) for k in range(per_job))
+    batches: list[list[Item]] = []
+    for (width, height, _), items in groups.items():
+        size = cfg.batch_for(width, height)
+        batches += [items[s: s + size] for s in range(0, len(items), size)]
+    return batches
+
+
+def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], prompts_: list[str], seeds: list[int],
               callback: Any = None) -> list[np.ndarray]:
-    """One batch: len(prompts_) == len(seeds) images for `job`. Returns RGB uint8 arrays."""
+    """One batch of len(seeds) images: item i is `job` (or `job[i]`: jobs with one `batch_key`) with
+    prompts_[i] and seeds[i]. Returns RGB uint8 arrays."""
     import torch
 
     b = len(seeds)
+    jobs = [job] * b if isinstance(job, Job) else list(job)
+    if not len(jobs) == len(prompts_) == b:
+        raise UsageError(f"run_batch: {len(jobs)} jobs, {len(prompts_)} prompts, {b} seeds")
+    first = jobs[0]
+    if any(j is not first and batch_key(models, j) != batch_key(models, first) for j in jobs):
+        raise UsageError("run_batch: jobs of different sizes or ControlNets cannot share a batch (see plan_batches)")
+    width, height = first.width, first.height
     do_cfg = cfg.cfg > 1.0
     enc = encode_prompts(models, prompts_, cfg.negative_prompt, do_cfg)
     emb = torch.cat([enc.negative_prompt_embeds, enc.prompt_embeds]) if do_cfg else enc.prompt_embeds
     # the family's added conditioning (SDXL: pooled text + size/crop ids) for the UNet and every ControlNet
-    added = models.family.sampling_added_cond(enc, (job.height, job.width), do_classifier_free_guidance=do_cfg,
+    added = models.family.sampling_added_cond(enc, (height, width), do_classifier_free_guidance=do_cfg,
                                               unet_config=models.unet_config)
 
-    n = len(job.hints)
+    n = len(first.hints)
     scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
     units = []
-    for k, h in enumerate(job.hints):
+    for k, h in enumerate(first.hints):
         net = models.controlnet(h.controlnet)
-        units.append(ctl.ControlUnit(net, control_image(h, job.width, job.height, models, b, cfg.resize_mode),
-                                     scales[k], starts[k], ends[k],
+        image = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
+        units.append(ctl.ControlUnit(net, image, scales[k], starts[k], ends[k],
                                      ctl.union_control_type(h.type, net, h.controlnet)))
 
     vae_scale = 2 ** (len(models.vae.config.block_out_channels) - 1)
-    shape = (1, models.unet.config.in_channels, job.height // vae_scale, job.width // vae_scale)
+    shape = (1, models.unet.config.in_channels, height // vae_scale, width // vae_scale)
+    # one generator per item: its latents and its per-step noise depend on its own seed only
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     latents = torch.cat([torch.randn(shape, generator=g) for g in gens]).to(models.device, models.dtype)
     scheduler = make_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
@@ -341,15 +391,56 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job, prompts_: list[str]
     with torch.inference_mode():
         x = sample(denoise, latents, scheduler, steps=cfg.steps, eta=cfg.eta_used, generator=gens,
                    callback=callback)
-        tiling = cfg.vae_tiling if cfg.vae_tiling is not None else job.width * job.height > 1024 * 1024
-        if tiling and hasattr(models.vae, "enable_tiling"):
-            models.vae.enable_tiling()
-        elif hasattr(models.vae, "disable_tiling"):
-            models.vae.disable_tiling()
-        # the VAE may run in another dtype than the UNet (the family's: SDXL's stays fp32 under fp16)
-        img = models.vae.decode(x.to(models.vae.dtype) / models.vae.config.scaling_factor, return_dict=False)[0]
-    img = (img.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return [np.ascontiguousarray(a) for a in img]
+        return decode(models, cfg, x, width, height)
+
+
+def decode(models: Models, cfg: GenerateConfig, latents: Any, width: int, height: int) -> list[np.ndarray]:
+    """Latents -> RGB uint8 arrays, in slices of at most DECODE_PIXELS (the VAE's full-resolution activations
+    set a batch's peak memory; its group norms are per image, so slicing changes no result)."""
+    import torch
+
+    tiling = cfg.vae_tiling if cfg.vae_tiling is not None else width * height > 1024 * 1024
+    if tiling and hasattr(models.vae, "enable_tiling"):
+        models.vae.enable_tiling()
+    elif hasattr(models.vae, "disable_tiling"):
+        models.vae.disable_tiling()
+    step = max(1, DECODE_PIXELS // (width * height))
+    out: list[np.ndarray] = []
+    with torch.inference_mode():
+        for s in range(0, latents.shape[0], step):
+            z = latents[s: s + step]
+            # the VAE may run in another dtype than the UNet (the family's: SDXL's stays fp32 under fp16)
+            img = models.vae.decode(z.to(models.vae.dtype) / models.vae.config.scaling_factor, return_dict=False)[0]
+            img = (img.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+            out += [np.ascontiguousarray(a) for a in img.numpy()]
+    return out
+
+
+def run_items(models: Models, cfg: GenerateConfig, jobs: Sequence[Job], batches: list[list[Item]],
+              prompt_of: Callable[[int, int], str], seed_of: Callable[[int, int], int], callback: Any = None,
+              after: Callable[[list[Item]], None] | None = None,
+              out: dict[Item, np.ndarray] | None = None) -> dict[Item, np.ndarray]:
+    """Sample the planned batches into `out` (item -> image; a new dict when None), filled as batches finish;
+    `after(batch)` runs after each, so a caller can save what is complete."""
+    out = {} if out is None else out
+    prev: list[Item] = []
+    for batch in batches:
+        # Compiled steps have static shapes: a last, smaller batch of a group runs padded to the size before it
+        # with copies of its last item (their images dropped), so it reuses the compiled step and its CUDA graphs
+        # instead of compiling again for a new shape (minutes on a first run; padding costs nothing where the
+        # step is launch-bound)
+        pad = 0
+        if models.compile and len(batch) < len(prev) and \
+                batch_key(models, jobs[batch[0][0]]) == batch_key(models, jobs[prev[0][0]]):
+            pad = len(prev) - len(batch)
+        run = batch + [batch[-1]] * pad
+        imgs = run_batch(models, cfg, [jobs[j] for j, _ in run], [prompt_of(*it) for it in run],
+                         [seed_of(*it) for it in run], callback)
+        out.update(zip(batch, imgs[:len(batch)], strict=True))
+        prev = batch
+        if after is not None:
+            after(batch)
+    return out
 
 
 def sample_images(models: Models, cfg: GenerateConfig, hints: list[np.ndarray], prompts_: list[str],
@@ -366,18 +457,20 @@ def sample_images(models: Models, cfg: GenerateConfig, hints: list[np.ndarray], 
     if controlnet is not None:
         spec = f"<in-memory {id(controlnet)}>"
         models.nets[spec] = controlnet
-    out: list[np.ndarray] = []
     try:
-        for hint, prompt, seed in zip(hints, prompts_, seeds, strict=True):
+        jobs = []
+        for hint in hints:
             h, w = hint.shape[:2]
-            job = Job("sample", [HintInput(None, hint, hint_type, spec)], cfg.width or _round8(w),
-                      cfg.height or _round8(h))
-            check_size(job.width, job.height, "sample_images: image size")
-            out += run_batch(models, cfg, job, [prompt], [seed], callback)
+            jobs.append(Job("sample", [HintInput(None, hint, hint_type, spec)], cfg.width or _round8(w),
+                            cfg.height or _round8(h)))
+            check_size(jobs[-1].width, jobs[-1].height, "sample_images: image size")
+        # one item per hint, batched across hints of one size as `generate` batches them
+        out = run_items(models, cfg, jobs, plan_batches(models, cfg, jobs, 1), lambda j, _: prompts_[j],
+                        lambda j, _: seeds[j], callback)
     finally:
         if controlnet is not None:
             models.nets.pop(spec, None)
-    return out
+    return [out[(j, 0)] for j in range(len(jobs))]
 
 
 # ---------------------------------------------------------------------------------------- metadata
@@ -482,42 +575,40 @@ def generate(cfg: GenerateConfig, reporter: Reporter | None = None, models: Mode
         models = load_models(cfg, specs)
 
     passes = 2 if cfg.prompt_mode == "auto" else 1
-    batches = -(-cfg.num_images // cfg.batch_size)
-    rep.start(len(jobs) * passes * batches * cfg.steps, "generating")
+    # 4. every (job, image) item, batched across jobs that can share a batch; both passes run the same batches
+    batches = plan_batches(models, cfg, jobs, cfg.num_images)
+    rep.start(passes * len(batches) * cfg.steps, "generating")
 
     def step_cb(i: int, n: int) -> None:  # n can exceed steps (2nd-order samplers): report whole steps
         k = (i + 1) * cfg.steps // n - i * cfg.steps // n
         if k:
             rep.advance(k)
 
+    seeds = [base_seed + k for k in range(cfg.num_images)]
+    first = [prompts.first_pass_prompt(cfg.prompt_mode, job.prompt, cfg.added_prompt) for job in jobs]
+    images: list[dict[Item, np.ndarray]] = [{} for _ in range(passes)]  # per pass, filled batch by batch
+    captions: dict[Item, str] = {}
     results: list[GenerateResult] = []
     grid_rows: list[list[np.ndarray]] = []
-    first_prompt = prompts.first_pass_prompt(cfg.prompt_mode, cfg.prompt, cfg.added_prompt)
-    for job in jobs:
-        seeds = [base_seed + j for j in range(cfg.num_images)]
-        # 4. pass 1 (the only pass outside auto mode)
-        images: list[np.ndarray] = []
-        for s in range(0, len(seeds), cfg.batch_size):
-            chunk = seeds[s: s + cfg.batch_size]
-            images += run_batch(models, cfg, job, [first_prompt] * len(chunk), chunk, step_cb)
-        pass1 = 1 if passes == 2 else None
-        job_results = [GenerateResult(im, _metadata(cfg, models, job, first_prompt, sd, j, pass1, None))
-                       for j, (im, sd) in enumerate(zip(images, seeds, strict=True))]
-        # 5. auto: caption pass 1, diffuse again with the caption
+
+    def second(j: int, k: int) -> str:  # auto's pass-2 prompt
+        return prompts.join(captions[(j, k)], cfg.added_prompt)
+
+    def finish(j: int) -> None:
+        """Job j's results in order (auto: its pass-1 images, then its pass-2 images), saved."""
+        job = jobs[j]
+        job_results = [GenerateResult(images[0][(j, k)], _metadata(cfg, models, job, first[j], sd, k,
+                                                                   1 if passes == 2 else None, None))
+                       for k, sd in enumerate(seeds)]
         if passes == 2:
-            rep.message(f"captioning {len(images)} image(s) with {cfg.captioner}")
-            captions = models.get_captioner(cfg.captioner).caption(images)
-            p2 = [prompts.join(c, cfg.added_prompt) for c in captions]
-            images2: list[np.ndarray] = []
-            for s in range(0, len(seeds), cfg.batch_size):
-                images2 += run_batch(models, cfg, job, p2[s: s + cfg.batch_size], seeds[s: s + cfg.batch_size],
-                                     step_cb)
-            job_results += [GenerateResult(im, _metadata(cfg, models, job, pr, sd, j, 2, cap))
-                            for j, (im, sd, pr, cap) in enumerate(zip(images2, seeds, p2, captions, strict=True))]
+            job_results += [GenerateResult(images[1][(j, k)], _metadata(cfg, models, job, second(j, k), sd, k, 2,
+                                                                        captions[(j, k)]))
+                            for k, sd in enumerate(seeds)]
         hint_imgs = [h.image for h in job.hints]
         for r in job_results:
             r.hints = hint_imgs
-            r.metadata["config"] = dict(cfg.to_dict(), seed=base_seed)
+            # the config that repeats this image (`--from`): the run's, with its base seed and its own prompt
+            r.metadata["config"] = dict(cfg.to_dict(), seed=base_seed, prompt=[job.prompt] if job.prompt else [])
         # 6. save
         if cfg.save:
             for r in job_results:
@@ -527,7 +618,32 @@ def generate(cfg: GenerateConfig, reporter: Reporter | None = None, models: Mode
         for p in range(passes):
             row = job_results[p * cfg.num_images:(p + 1) * cfg.num_images]
             grid_rows.append(hint_imgs + [r.image for r in row])
-        results += job_results
+        results.extend(job_results)
+
+    left = [cfg.num_images] * len(jobs)  # per job, the final pass's images still to come
+    done = 0  # jobs finished, in order
+
+    def after_final(batch: list[Item]) -> None:
+        """Finish (and save) each job as soon as its last image is done, in job order."""
+        nonlocal done
+        for j, _ in batch:
+            left[j] -= 1
+        while done < len(jobs) and left[done] == 0:
+            finish(done)
+            done += 1
+
+    def seed_of(_: int, k: int) -> int:
+        return seeds[k]
+
+    run_items(models, cfg, jobs, batches, lambda j, _: first[j], seed_of, step_cb,
+              after_final if passes == 1 else None, out=images[0])
+    if passes == 2:
+        # 5. auto: caption every pass-1 image (the captioner batches them), diffuse again with the captions
+        items = [(j, k) for j in range(len(jobs)) for k in range(cfg.num_images)]
+        rep.message(f"captioning {len(items)} image(s) with {cfg.captioner}")
+        found = models.get_captioner(cfg.captioner).caption([images[0][it] for it in items])
+        captions.update(zip(items, found, strict=True))
+        run_items(models, cfg, jobs, batches, second, seed_of, step_cb, after_final, out=images[1])
     if cfg.save and cfg.grid:
         g = output.save_grid(outdir, grid_rows, {"cnet": __version__, "files": [str(r.path) for r in results]})
         rep.message(f"grid: {g}")
