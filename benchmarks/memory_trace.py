@@ -27,7 +27,8 @@ What stands in for the GPU (each is printed with the table):
   two fp32 moments for smaller ones), and its update runs in place (no temporaries). AdamW (fused, as cnet's
   CUDA runs use) is traced as it is.
 - Not seen by a tracer: the CUDA context (~0.5 GiB), cuBLAS/cuDNN workspaces (some hundreds of MiB),
-  allocator fragmentation (5-15% of the peak) and kernel-internal scratch. `MARGIN` adds them for "fits".
+  allocator fragmentation (5-15% of the peak) and kernel-internal scratch: "+ margin" adds the memory plan's
+  allowance for them (x 1.10 + 1 GiB, cnetcli/training/memory.py) before "fits 24 GB" is judged.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import contextlib
 import copy
 import inspect
 import json
+import os
 import platform
 import sys
 import time
@@ -48,16 +50,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-GIB = 2**30
-#: what a tracer cannot see, added to the traced peak before comparing with a card: CUDA context 0.5 GiB,
-#: cuBLAS/cuDNN workspaces 0.5 GiB, and 10% of the peak for the caching allocator's fragmentation
-CONTEXT_AND_WORKSPACES = 1.0 * GIB
-FRAGMENTATION = 0.10
+from cnetcli.training.memory import CONTEXT_AND_WORKSPACES, FRAGMENTATION, GIB  # noqa: E402  (the plan's margin)
+
 CARD = 24e9  # "24 GB" cards (RTX 3090/4090, A10G...) have 24 GB = 22.35 GiB; the driver reserves some of it
 
-# The issue's measured figures (issue 15's table, an H200, SD1.5 at 512 px batch 8, bf16): the diffusers step's
-# peak and cnet's. Nothing was measured for SDXL yet.
-MEASURED = {("sd15", 512, 8, "plain"): "diffusers 15.2 / cnet 16.5"}
+# Measured figures (issue 15's table: an H200, SD1.5 architecture at 512 px batch 8, bf16, max_memory_allocated
+# of benchmarks/train.py's whole run): cnet's default step (which caches latents) and diffusers' own step (no
+# cache, VAE and text encoder on the GPU; not cnet's step, so only near the "plain" row). None for SDXL yet.
+MEASURED = {("sd15", 512, 8, "+cached latents"): "16.5 (cnet)", ("sd15", 512, 8, "plain"): "15.2 (diffusers' step)"}
 
 CONFIG_DIR = ROOT / "cnetcli" / "models" / "configs"
 # Text encoders and VAE of the released bases (openai/clip-vit-large-patch14, OpenCLIP ViT-bigG/14 as shipped in
@@ -83,8 +83,13 @@ class Flags:
                              ("cached latents", self.cached)) if v]
         return "plain" if not on else ("all" if len(on) == 3 else "+" + " +".join(on))
 
+    @classmethod
+    def from_label(cls, label: str) -> Flags:
+        return next(f for f in FLAG_SETS if f.label == label)
 
-FLAG_SETS = (Flags(), Flags(checkpointing=True), Flags(adam8=True), Flags(cached=True), Flags(True, True, True))
+
+FLAG_SETS = (Flags(), Flags(checkpointing=True), Flags(adam8=True), Flags(cached=True), Flags(True, True, False),
+             Flags(True, True, True))
 
 
 @dataclass
@@ -100,6 +105,7 @@ class Trace:
     phases: dict[str, int]
     unet_config: dict[str, Any]
     vae_factor: int
+    weight_dtype: str
     sdpa_ops: set[str] = field(default_factory=set)
     audit: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -369,8 +375,9 @@ def _trace_family(family_name: str) -> Any:
 
 
 def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, tiny: bool = False,
-               steps: int = 2, weight_dtype: str = "bf16") -> Trace:
-    """The traced peak of `steps` optimizer steps of cnet's training step (see the module docstring)."""
+               steps: int = 2, weight_dtype: str = "bf16", unet_autocast: bool = True) -> Trace:
+    """The traced peak of `steps` optimizer steps of cnet's training step (see the module docstring).
+    `unet_autocast=False` is a what-if: the frozen UNet runs outside autocast, as diffusers' step calls it."""
     import torch
     from accelerate.utils import convert_outputs_to_fp32
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -414,6 +421,18 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
             unet.enable_gradient_checkpointing()
         if mp:  # accelerate's prepare_model under mixed precision: autocast forward, outputs converted to fp32
             controlnet.forward = convert_outputs_to_fp32(autocast()(controlnet.forward))
+        if not unet_autocast:
+            plain_forward = unet.forward
+
+            def unet_forward(*args: Any, **kwargs: Any) -> Any:
+                audit.in_autocast, old = False, audit.in_autocast
+                try:
+                    with torch.autocast("cpu", enabled=False):
+                        return plain_forward(*args, **kwargs)
+                finally:
+                    audit.in_autocast = old
+
+            unet.forward = unet_forward
         models = TrainModels(unet=unet, controlnet=controlnet, vae=vae, text_encoder=comps["text_encoder"],
                              tokenizer=comps["tokenizer"], noise_scheduler=comps["scheduler"], weight_dtype=wdt,
                              family=family, text_encoder_2=comps.get("text_encoder_2"),
@@ -485,7 +504,7 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
     if mp and bad:
         raise RuntimeError(f"ops CUDA autocast runs in fp32 ran in {bad}: the policy registration missed them")
     return Trace(family_name, resolution, batch, flags, total, at_peak, best[2], params, phases,
-                 dict(unet.config), factor,
+                 dict(unet.config), factor, weight_dtype,
                  audit.sdpa, audit.counts, time.time() - t0)
 
 
@@ -495,26 +514,27 @@ def plan_estimate(tr: Trace) -> Any:
     from cnetcli.training.memory import Part, memory_plan
 
     fam = _trace_family(tr.family)
-    parts = [Part("unet", tr.params["unet"], "bf16", True, backward=True),
+    w = tr.weight_dtype  # bf16 runs keep SDXL's VAE in bf16 too (it is upcast for fp16 only)
+    parts = [Part("unet", tr.params["unet"], w, True, backward=True),
              Part("controlnet", tr.params["controlnet"], "fp32", True, trains=True)]
-    vae_dtype = "bf16"  # bf16 runs keep SDXL's VAE in bf16 (it is upcast for fp16 only)
-    parts += [Part(k, tr.params[k], "bf16", not tr.flags.cached) for k in fam.text_encoders]
-    parts.append(Part("vae", tr.params["vae"], vae_dtype, not tr.flags.cached))
+    parts += [Part(k, tr.params[k], w, not tr.flags.cached) for k in fam.text_encoders]
+    parts.append(Part("vae", tr.params["vae"], w, not tr.flags.cached))
     lat = tr.resolution // tr.vae_factor
     return memory_plan(parts, batch_size=tr.batch, latent_pixels=lat * lat, eight_bit_adam=tr.flags.adam8,
-                       gradient_checkpointing=tr.flags.checkpointing, act_dtype="bf16", cached=tr.flags.cached,
+                       gradient_checkpointing=tr.flags.checkpointing, act_dtype=w, cached=tr.flags.cached,
                        unet_config=tr.unet_config, vae_factor=tr.vae_factor)
 
 
 def table(traces: list[Trace]) -> str:
     head = ("| base | px | batch | config | traced peak GiB | + margin GiB | peak at | plan estimate GiB | "
-            "measured GiB | fits 24 GB |")
-    rows = [head, "|" + "---|" * 10]
+            "plan / trace | measured GiB | fits 24 GB |")
+    rows = [head, "|" + "---|" * 11]
     for t in traces:
         est = plan_estimate(t)
         meas = MEASURED.get((t.family, t.resolution, t.batch, t.flags.label), "-")
         rows.append(f"| {t.family} | {t.resolution} | {t.batch} | {t.flags.label} | {t.peak / GIB:.1f} | "
-                    f"{t.with_margin / GIB:.1f} | {t.phase} | {est.peak / GIB:.1f} | {meas} | "
+                    f"{t.with_margin / GIB:.1f} | {t.phase} | {est.peak / GIB:.1f} ({est.phase}) | "
+                    f"{est.peak / t.peak:.2f} | {meas} | "
                     f"{'yes' if t.with_margin <= CARD else 'no'} |")
     return "\n".join(rows)
 
@@ -534,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=None, help="one base: sd15 or sdxl")
     ap.add_argument("--configs", default=None, help="comma-separated config labels (default: all five)")
     ap.add_argument("--json", default=None, help="also write the traces here")
+    ap.add_argument("--unet-outside-autocast", action="store_true",
+                    help="what-if: run the frozen UNet outside autocast (diffusers' step does), not cnet's step")
+    ap.add_argument("--from-json", default=None, help="print the table of traces saved with --json (no tracing)")
     a = ap.parse_args(argv)
     import torch
 
@@ -542,14 +565,22 @@ def main(argv: list[str] | None = None) -> int:
         runs = [r for r in runs if r[0] == a.only]
     wanted = None if a.configs is None else set(a.configs.split(","))
     traces = []
-    for fam, px, bs in runs:
-        for fl in FLAG_SETS:
-            if wanted is None or fl.label in wanted:
-                traces.append(trace_step(fam, px, bs, fl, tiny=a.tiny))
-                print(breakdown(traces[-1]), flush=True)
+    if a.from_json:
+        for d in json.loads(Path(a.from_json).read_text()):
+            d["flags"] = Flags.from_label(d["flags"])
+            d["sdpa_ops"] = set(d["sdpa_ops"])
+            d.setdefault("weight_dtype", "bf16")
+            traces.append(Trace(**d))
+    else:
+        for fam, px, bs in runs:
+            for fl in FLAG_SETS:
+                if wanted is None or fl.label in wanted:
+                    traces.append(trace_step(fam, px, bs, fl, tiny=a.tiny,
+                                             unet_autocast=not a.unet_outside_autocast))
+                    print(breakdown(traces[-1]), flush=True)
     print()
     print(f"traced with fake tensors on CPU, not measured on a GPU; torch {torch.__version__}, "
-          f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d')}")
+          f"{platform.machine()} {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
     print(table(traces))
     sdpa = sorted(set().union(*(t.sdpa_ops for t in traces)))
     print(f"\nattention: {', '.join(sdpa)} (fused: output + logsumexp kept, no L x L matrix, as CUDA's flash / "
@@ -559,9 +590,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{CONTEXT_AND_WORKSPACES / GIB:.1f} GiB (CUDA context ~0.5, cuBLAS/cuDNN workspaces ~0.5); "
           f"'fits 24 GB' compares that with {CARD / GIB:.2f} GiB")
     if a.json:
-        Path(a.json).write_text(json.dumps([dict(family=t.family, resolution=t.resolution, batch=t.batch,
-                                                 config=t.flags.label, peak=t.peak, at_peak=t.at_peak,
-                                                 phase=t.phase, phases=t.phases, params=t.params) for t in traces], indent=1))
+        rows = [dict(vars(t), flags=t.flags.label, sdpa_ops=sorted(t.sdpa_ops)) for t in traces]
+        Path(a.json).write_text(json.dumps(rows, indent=1, default=str))
     return 0
 
 

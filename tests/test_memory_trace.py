@@ -47,12 +47,13 @@ def test_trace_places_models_as_build_models_does(xl):
     assert got == want
 
 
-@pytest.mark.parametrize("family,flags", [("sd15", mt.Flags()), ("sdxl", mt.Flags(True, True, True))])
-def test_plan_agrees_with_the_traced_tiny_step(family, flags, one_torch_thread):
+@pytest.mark.parametrize("family,flags,dtype", [("sd15", mt.Flags(), "bf16"), ("sdxl", mt.Flags(True, True, True), "bf16"),
+                                                ("sd15", mt.Flags(cached=True), "fp32")])
+def test_plan_agrees_with_the_traced_tiny_step(family, flags, dtype, one_torch_thread):
     """The plan printed at train start and the traced peak of cnet's step on the tiny bases (256 px, batch 2,
     where activations are most of the peak) agree within TOLERANCE; the exact parts exactly (up to the
     allocator's 512-byte rounding)."""
-    t = mt.trace_step(family, 256, 2, flags, tiny=True)
+    t = mt.trace_step(family, 256, 2, flags, tiny=True, weight_dtype=dtype)
     plan = mt.plan_estimate(t)
     assert t.peak == pytest.approx(plan.peak, rel=TOLERANCE), (t.at_peak, plan)
     assert t.phase.endswith(plan.phase)  # the peak is where the plan says: end of forward / backward
