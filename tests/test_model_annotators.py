@@ -358,7 +358,7 @@ def test_cli_pose_keypoints_sidecar_rerenders(run_cli, weights_dir, photo_dir, t
     body = [None] * 18
     body[0], body[1], body[2], body[5] = (0.5, 0.2), (0.5, 0.4), (0.3, 0.4), (0.7, 0.4)
     # the network itself is covered by test_pose_real_loading_path; here: the core's sidecar wiring
-    monkeypatch.setattr(P.OpenPose, "detect", lambda self, im: [P.Pose(tuple(body))])
+    monkeypatch.setattr(P.OpenPose, "detect_batch", lambda self, ims: [[P.Pose(tuple(body))] for _ in ims])
     out = tmp_path / "out"
     args = ["annotate", "--type", "pose", "--keypoints", str(photo_dir), "--weights-dir", str(weights_dir),
             "--offline", "--device", "cpu", "--detect-resolution", "64", "--image-resolution", "64", "-q"]
