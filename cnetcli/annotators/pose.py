@@ -275,17 +275,19 @@ class OpenPose:
         """Poses in an RGB image (normalised coordinates), as controlnet_aux's detect_poses finds them."""
         return self.detect_batch([image])[0]
 
-    def detect_batch(self, images: list[np.ndarray]) -> list[list[Pose]]:
+    def detect_batch(self, images: list[np.ndarray], groups: list[Any] | None = None) -> list[list[Pose]]:
         """`detect` for many RGB images: the body network runs once per image size on the device
-        (pose_batch.py); hands and face, when asked for, run per person as in controlnet_aux."""
-        from .pose_batch import estimate_bodies
+        (pose_batch.py); hands and face, when asked for, run per person as in controlnet_aux. `groups`:
+        `pose_batch.prepare_bodies` of these images' BGR versions, when already made (`prepare`)."""
+        from .pose_batch import prepare_bodies, run_bodies
 
         bgrs = [np.ascontiguousarray(im[:, :, ::-1]) for im in images]  # the networks take BGR
+        bodies = run_bodies(self.body.model, self.device, prepare_bodies(bgrs) if groups is None else groups)
         out = []
-        for bgr, (candidate, subset) in zip(bgrs, estimate_bodies(self.body.model, self.device, bgrs), strict=True):
+        for i, bgr in enumerate(bgrs):
             H, W = bgr.shape[:2]
             poses = []
-            for body in self.body.format_body_result(candidate, subset):
+            for body in self.body.format_body_result(*bodies[i]):
                 left = right = face = None
                 if self.p.hands:
                     left, right = self._detector.detect_hands(body, bgr)
@@ -296,21 +298,37 @@ class OpenPose:
             out.append(poses)
         return out
 
-    def batch_with_sidecar(self, images: list[np.ndarray], *, detect_resolution: int,
-                           image_resolution: int) -> list[tuple[np.ndarray, dict[str, Any]]]:
-        """(pose map, OpenPose JSON in the pose map's pixel coordinates) per image."""
-        import cv2
-
-        from ..images import HWC3, output_hw, resize_image
+    def prepare(self, images: list[np.ndarray], *, detect_resolution: int) -> Any:
+        """The CPU half of `batch` (no model): what the annotation run's loader thread does for the next batch."""
+        from ..images import HWC3, resize_image
+        from .pose_batch import prepare_bodies
 
         images = [HWC3(im) for im in images]
         dets = [resize_image(im, detect_resolution) for im in images]
+        return images, dets, prepare_bodies([np.ascontiguousarray(d[:, :, ::-1]) for d in dets])
+
+    def run_prepared(self, prep: Any, *, image_resolution: int) -> list[Any]:
+        """Hints of a prepared batch; (hint, OpenPose JSON) pairs when keypoints are asked for."""
+        pairs = self._render(prep, image_resolution)
+        return pairs if self.sidecar_suffix is not None else [h for h, _ in pairs]
+
+    def _render(self, prep: Any, image_resolution: int) -> list[tuple[np.ndarray, dict[str, Any]]]:
+        import cv2
+
+        from ..images import output_hw
+
+        images, dets, groups = prep
         out = []
-        for image, det, poses in zip(images, dets, self.detect_batch(dets), strict=True):
+        for image, det, poses in zip(images, dets, self.detect_batch(dets, groups), strict=True):
             canvas = draw_poses(poses, det.shape[0], det.shape[1], hands=self.p.hands, face=self.p.face)
             H, W = output_hw(image, image_resolution)
             out.append((cv2.resize(canvas, (W, H), interpolation=cv2.INTER_NEAREST), poses_to_json(poses, W, H)))
         return out
+
+    def batch_with_sidecar(self, images: list[np.ndarray], *, detect_resolution: int,
+                           image_resolution: int) -> list[tuple[np.ndarray, dict[str, Any]]]:
+        """(pose map, OpenPose JSON in the pose map's pixel coordinates) per image."""
+        return self._render(self.prepare(images, detect_resolution=detect_resolution), image_resolution)
 
     def annotate_with_sidecar(self, image: np.ndarray, *, detect_resolution: int,
                               image_resolution: int) -> tuple[np.ndarray, dict[str, Any]]:

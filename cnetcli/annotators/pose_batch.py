@@ -117,14 +117,12 @@ def _math_dtype(device: Any) -> Any:
     return torch.float32 if str(device).startswith("mps") else torch.float64
 
 
-def _network_maps(model: Any, device: Any, inputs: list[np.ndarray]) -> tuple[Any, Any]:
-    """One forward for same-size padded uint8 BGR inputs -> (PAFs (B, 38, h, w), heatmaps (B, 19, h, w))."""
+def _network_maps(model: Any, device: Any, stacked: Any) -> tuple[Any, Any]:
+    """One forward for a (B, h, w, 3) uint8 tensor of same-size padded BGR inputs -> (PAFs (B, 38, h, w),
+    heatmaps (B, 19, h, w))."""
     import torch
 
-    x = torch.from_numpy(np.stack(inputs))
-    if str(device).startswith("cuda"):
-        x = x.pin_memory()
-    x = x.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 256 - 0.5  # as the reference, in float32
+    x = stacked.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 256 - 0.5  # as the reference (float32)
     with torch.inference_mode():
         paf, heat = model(x.contiguous())
     return paf, heat
@@ -168,12 +166,18 @@ def _limb_connections(candA: np.ndarray, candB: np.ndarray, paf_x: Any, paf_y: A
     vy = candB[None, :, 1] - candA[:, None, 1]
     norm = np.maximum(0.001, np.sqrt(vx * vx + vy * vy))
     ux, uy = vx / norm, vy / norm
-    # the 10 sample points of every (i, j) pair, rounded half to even as Python's round() of a numpy float
-    sx = np.rint(np.linspace(np.broadcast_to(candA[:, None, 0], (nA, nB)), np.broadcast_to(candB[None, :, 0], (nA, nB)),
-                             num=MID_NUM)).astype(np.int64)
-    sy = np.rint(np.linspace(np.broadcast_to(candA[:, None, 1], (nA, nB)), np.broadcast_to(candB[None, :, 1], (nA, nB)),
-                             num=MID_NUM)).astype(np.int64)
-    mid = paf_x(sy, sx) * ux + paf_y(sy, sx) * uy  # (10, nA, nB)
+    # the 10 sample points of every (i, j) pair, rounded half to even as Python's round() of a numpy float;
+    # in blocks of rows so that many peaks (untrained weights) cannot exhaust memory
+    mid = np.empty((MID_NUM, nA, nB))
+    step = max(1, 20000 // nB)
+    for r in range(0, nA, step):
+        a = candA[r: r + step]
+        shape = (len(a), nB)
+        sx = np.rint(np.linspace(np.broadcast_to(a[:, None, 0], shape), np.broadcast_to(candB[None, :, 0], shape),
+                                 num=MID_NUM)).astype(np.int64)
+        sy = np.rint(np.linspace(np.broadcast_to(a[:, None, 1], shape), np.broadcast_to(candB[None, :, 1], shape),
+                                 num=MID_NUM)).astype(np.int64)
+        mid[:, r: r + step] = paf_x(sy, sx) * ux[r: r + step] + paf_y(sy, sx) * uy[r: r + step]
     total = mid[0]
     for t in range(1, MID_NUM):  # the reference's sum(): left to right
         total = total + mid[t]
@@ -259,17 +263,35 @@ def assemble_image(found: np.ndarray, heat: np.ndarray, paf: np.ndarray, H: int,
 # ------------------------------------------------------------------------------------- the batch
 
 
-def estimate_bodies(model: Any, device: Any, images_bgr: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The reference's `Body(oriImg)` -> (candidate, subset) for each BGR uint8 image, one forward per size."""
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, im in enumerate(images_bgr):
-        groups.setdefault(im.shape[:2], []).append(i)
-    out: list[Any] = [None] * len(images_bgr)
-    for (H, W), idx in groups.items():
-        paf, heat = _network_maps(model, device, [net_input(images_bgr[i]) for i in idx])
+BodyGroup = tuple[int, int, list[int], Any]  # (H, W, indices into the batch, stacked network inputs)
+
+
+def prepare_bodies(images_bgr: list[np.ndarray]) -> list[BodyGroup]:
+    """The CPU half (no model; the annotation run does it in its loader thread): each image's network input,
+    stacked per image size (pinned when CUDA is present)."""
+    from ._aux import group_by_shape, stack_for_device
+
+    groups = []
+    for idx in group_by_shape([im[:, :, 0] for im in images_bgr]).values():
+        H, W = images_bgr[idx[0]].shape[:2]
+        groups.append((H, W, idx, stack_for_device([net_input(images_bgr[i]) for i in idx])))
+    return groups
+
+
+def run_bodies(model: Any, device: Any, groups: list[BodyGroup]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The reference's `Body(oriImg)` -> (candidate, subset) for every image of the prepared groups."""
+    out = {}
+    for H, W, idx, stacked in groups:
+        paf, heat = _network_maps(model, device, stacked)
         found = _group_peaks(heat, H, W, device)
-        heat_np = heat[:, :N_PARTS].double().cpu().numpy()
-        paf_np = paf.double().cpu().numpy()
+        heat_np = heat[:, :N_PARTS].float().cpu().numpy().astype(np.float64)
+        paf_np = paf.float().cpu().numpy().astype(np.float64)
         for b, i in enumerate(idx):
             out[i] = assemble_image(found[found[:, 0] == b, 1:], heat_np[b], paf_np[b], H, W)
     return out
+
+
+def estimate_bodies(model: Any, device: Any, images_bgr: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The reference's `Body(oriImg)` -> (candidate, subset) for each BGR uint8 image, one forward per size."""
+    res = run_bodies(model, device, prepare_bodies(images_bgr))
+    return [res[i] for i in range(len(images_bgr))]
