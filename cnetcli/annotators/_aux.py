@@ -71,13 +71,21 @@ class Dets(list):
         self.stacked = stacked
 
 
-def stack_for_device(arrays: list[Any]) -> Any:
-    """np.stack of same-size arrays as a torch tensor, in pinned (page-locked) memory when CUDA is present."""
+def stack_for_device(arrays: list[Any], device: Any = "cpu") -> Any:
+    """np.stack of same-size arrays as a torch tensor; in pinned (page-locked) memory when it is going to a
+    CUDA device, so that the copy can run asynchronously."""
     import numpy as np
     import torch
 
     t = torch.from_numpy(np.stack(arrays))
-    return t.pin_memory() if torch.cuda.is_available() else t
+    return t.pin_memory() if str(device).startswith("cuda") else t
+
+
+def torch_from_stack(arrays: list[Any]) -> Any:
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.stack(list(arrays)))
 
 
 def batch_tensor(dets: list[Any], device: Any) -> Any:
@@ -85,7 +93,7 @@ def batch_tensor(dets: list[Any], device: Any) -> Any:
     pinned stack when `dets` is a `Dets` that has one)."""
     t = getattr(dets, "stacked", None)
     if t is None:
-        t = stack_for_device(list(dets))
+        t = torch_from_stack(dets)
     return t.to(device, non_blocking=True).permute(0, 3, 1, 2)
 
 
@@ -116,12 +124,20 @@ class ShapeBatched:
     def _after(self, hint: Any) -> Any:  # uint8 H x W x 3 map at the output size -> final hint
         return hint
 
+    def _device(self) -> str:
+        """The model's device (on the annotator, or on the wrapped model/network it delegates to)."""
+        for obj in (self, getattr(self, "inner", None), getattr(self, "net", None)):
+            if getattr(obj, "device", None) is not None:
+                return str(obj.device)
+        return "cpu"
+
     def prepare(self, images: list[Any], *, detect_resolution: int) -> Prepared:
         from ..images import HWC3, resize_image
 
         images = [HWC3(im) for im in images]
         dets = [resize_image(im, detect_resolution) for im in images]
-        groups = [(idx, Dets([dets[i] for i in idx], stack_for_device([dets[i] for i in idx])))
+        dev = self._device()
+        groups = [(idx, Dets([dets[i] for i in idx], stack_for_device([dets[i] for i in idx], dev)))
                   for idx in group_by_shape(dets).values()]
         return Prepared(images, groups)
 

@@ -282,7 +282,9 @@ class OpenPose:
         from .pose_batch import prepare_bodies, run_bodies
 
         bgrs = [np.ascontiguousarray(im[:, :, ::-1]) for im in images]  # the networks take BGR
-        bodies = run_bodies(self.body.model, self.device, prepare_bodies(bgrs) if groups is None else groups)
+        if groups is None:
+            groups = prepare_bodies(bgrs, self.device)
+        bodies = run_bodies(self.body.model, self.device, groups)
         out = []
         for i, bgr in enumerate(bgrs):
             H, W = bgr.shape[:2]
@@ -305,7 +307,7 @@ class OpenPose:
 
         images = [HWC3(im) for im in images]
         dets = [resize_image(im, detect_resolution) for im in images]
-        return images, dets, prepare_bodies([np.ascontiguousarray(d[:, :, ::-1]) for d in dets])
+        return images, dets, prepare_bodies([np.ascontiguousarray(d[:, :, ::-1]) for d in dets], self.device)
 
     def run_prepared(self, prep: Any, *, image_resolution: int) -> list[Any]:
         """Hints of a prepared batch; (hint, OpenPose JSON) pairs when keypoints are asked for."""

@@ -266,15 +266,15 @@ def assemble_image(found: np.ndarray, heat: np.ndarray, paf: np.ndarray, H: int,
 BodyGroup = tuple[int, int, list[int], Any]  # (H, W, indices into the batch, stacked network inputs)
 
 
-def prepare_bodies(images_bgr: list[np.ndarray]) -> list[BodyGroup]:
+def prepare_bodies(images_bgr: list[np.ndarray], device: Any = "cpu") -> list[BodyGroup]:
     """The CPU half (no model; the annotation run does it in its loader thread): each image's network input,
-    stacked per image size (pinned when CUDA is present)."""
+    stacked per image size (pinned when going to a CUDA device)."""
     from ._aux import group_by_shape, stack_for_device
 
     groups = []
     for idx in group_by_shape([im[:, :, 0] for im in images_bgr]).values():
         H, W = images_bgr[idx[0]].shape[:2]
-        groups.append((H, W, idx, stack_for_device([net_input(images_bgr[i]) for i in idx])))
+        groups.append((H, W, idx, stack_for_device([net_input(images_bgr[i]) for i in idx], device)))
     return groups
 
 
@@ -293,5 +293,5 @@ def run_bodies(model: Any, device: Any, groups: list[BodyGroup]) -> dict[int, tu
 
 def estimate_bodies(model: Any, device: Any, images_bgr: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """The reference's `Body(oriImg)` -> (candidate, subset) for each BGR uint8 image, one forward per size."""
-    res = run_bodies(model, device, prepare_bodies(images_bgr))
+    res = run_bodies(model, device, prepare_bodies(images_bgr, device))
     return [res[i] for i in range(len(images_bgr))]
