@@ -194,6 +194,8 @@ def strong_weights(tmp_path_factory):
             sd[k] = sd[k] * 300.0
     d = tmp_path_factory.mktemp("strong")
     torch.save({".".join(k.split(".")[1:]): v for k, v in sd.items()}, d / "body_pose_model.pth")
+    hand = random_state_dict(aux("open_pose.model").handpose_model, 2)
+    torch.save({".".join(k.split(".")[1:]): v for k, v in hand.items()}, d / "hand_pose_model.pth")
     return d
 
 
@@ -251,3 +253,47 @@ def test_openpose_annotator_equals_controlnet_aux_per_image(strong_weights):
             found += sum(k is not None for k in rk)
         assert np.array_equal(hint, op.draw_poses(ref, img.shape[0], img.shape[1], draw_hand=False, draw_face=False))
     assert found > 50
+
+
+def _tiny_hand_net():
+    """A small real network with the hand network's interface (stride 8, 22 maps): average pooling and a
+    fixed-seed 1x1 convolution whose maps cross the 0.05 threshold in places (the real one at four scales up
+    to 736 px is too slow for a CPU test; its batching is the body network's)."""
+    import torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.AvgPool2d(8), torch.nn.Conv2d(3, 22, 1))
+    with torch.no_grad():
+        net[1].weight.mul_(3.0)
+        net[1].bias.fill_(0.02)
+    return net.eval()
+
+
+def test_hands_batch_equals_controlnet_aux_per_image(strong_weights):
+    """With hands=true: one forward per scale for every hand of the batch gives controlnet_aux's
+    detect_hands keypoints for every person."""
+    import cnetcli.annotators as A
+
+    ann = A.build("pose", A.get_type("pose").make_params(hands=True), weights_dir=str(strong_weights),
+                  offline=True, device="cpu")
+    net = SceneNet()
+    scenes = [(img[:, :, ::-1].copy(), people) for img, people in _scene_images()[:5]]
+    for img, people in scenes:
+        net.add(img[:, :, ::-1], people)
+    ann.body.model = net
+    ann.hand.model = _tiny_hand_net()
+    det = aux("open_pose").OpenposeDetector(ann.body, ann.hand)
+    imgs = [img for img, _ in scenes]
+    hands = 0
+    for img, poses in zip(imgs, ann.detect_batch(imgs), strict=True):
+        ref = det.detect_poses(img, include_hand=True)
+        assert len(poses) == len(ref)
+        for o, r in zip(poses, ref, strict=True):
+            for ours, theirs in ((o.left_hand, r.left_hand), (o.right_hand, r.right_hand)):
+                assert (ours is None) == (theirs is None)
+                if theirs is not None:
+                    assert ours == tuple((float(k.x), float(k.y)) for k in theirs)
+                    hands += 1
+                    found = sum(k.x > 0 for k in theirs)
+                    assert 0 < found  # some points were found in this hand: not a comparison of misses
+    assert hands >= 10

@@ -277,24 +277,28 @@ class OpenPose:
 
     def detect_batch(self, images: list[np.ndarray], groups: list[Any] | None = None) -> list[list[Pose]]:
         """`detect` for many RGB images: the body network runs once per image size on the device
-        (pose_batch.py); hands and face, when asked for, run per person as in controlnet_aux. `groups`:
+        (pose_batch.py), the hand network once per scale for all hands (pose_hands.py); the face network
+        per person as in controlnet_aux. `groups`:
         `pose_batch.prepare_bodies` of these images' BGR versions, when already made (`prepare`)."""
         from .pose_batch import prepare_bodies, run_bodies
 
         bgrs = [np.ascontiguousarray(im[:, :, ::-1]) for im in images]  # the networks take BGR
         if groups is None:
             groups = prepare_bodies(bgrs, self.device)
-        bodies = run_bodies(self.body.model, self.device, groups)
+        found = run_bodies(self.body.model, self.device, groups)
+        bodies = [self.body.format_body_result(*found[i]) for i in range(len(bgrs))]
+        hands = None
+        if self.p.hands:
+            from .pose_hands import detect_hands_batch
+
+            hands = detect_hands_batch(self.hand.model, self.device, bodies, bgrs)
         out = []
         for i, bgr in enumerate(bgrs):
             H, W = bgr.shape[:2]
             poses = []
-            for body in self.body.format_body_result(*bodies[i]):
-                left = right = face = None
-                if self.p.hands:
-                    left, right = self._detector.detect_hands(body, bgr)
-                if self.p.face:
-                    face = self._detector.detect_face(body, bgr)
+            for j, body in enumerate(bodies[i]):
+                left, right = hands[i][j] if hands is not None else (None, None)
+                face = self._detector.detect_face(body, bgr) if self.p.face else None
                 kps = tuple(None if k is None else (float(k.x) / W, float(k.y) / H) for k in body.keypoints)
                 poses.append(Pose(kps, _points(left), _points(right), _points(face)))
             out.append(poses)
