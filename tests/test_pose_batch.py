@@ -297,3 +297,43 @@ def test_hands_batch_equals_controlnet_aux_per_image(strong_weights):
                     found = sum(k.x > 0 for k in theirs)
                     assert 0 < found  # some points were found in this hand: not a comparison of misses
     assert hands >= 10
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA device")
+def test_cuda_batch_equals_reference(strong_weights):
+    """On CUDA: the device half (float64 matmuls, peak test, transfers) with synthetic people, and the real
+    network batched vs per image (TF32 off: cuDNN's TF32 would differ between any two runs)."""
+    import torch
+
+    import cnetcli.annotators as A
+
+    body = aux("open_pose.body")
+    net = SceneNet()
+    scenes = _scene_images()
+    for img, people in scenes:
+        net.add(img, people)
+    ref = body.Body.__new__(body.Body)
+    ref.model = net
+    for (img, _), (cand, subset) in zip(scenes, PB.estimate_bodies(net, "cuda", [i for i, _ in scenes]), strict=True):
+        rc, rs = ref(img)
+        rc = np.asarray(rc, dtype=np.float64).reshape(-1, 4)
+        assert np.array_equal(cand[:, [0, 1, 3]], rc[:, [0, 1, 3]]) and np.array_equal(subset[:, :18], rs[:, :18])
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        ann = A.build("pose", None, weights_dir=str(strong_weights), offline=True, device="cuda")
+        imgs = [_photo(128, 128, 1), _photo(128, 192, 2), _photo(128, 128, 3), _photo(256, 192, 4)]
+        for img, (cand, subset) in zip(imgs, PB.estimate_bodies(ann.body.model, "cuda", imgs), strict=True):
+            rc, rs = ann.body(img)
+            rc = np.asarray(rc, dtype=np.float64).reshape(-1, 4)
+            assert np.array_equal(cand[:, [0, 1, 3]], rc[:, [0, 1, 3]]) and np.allclose(cand[:, 2], rc[:, 2], atol=1e-4)
+            assert np.array_equal(subset, rs)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
