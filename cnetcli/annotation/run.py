@@ -5,8 +5,9 @@ process's shard (`cnetcli.device.process_rank_world`: RANK/WORLD_SIZE as set by 
 outputs: never overwritten silently (checked up front for a clear message, and every file is then created
 exclusively, so a second run racing this one cannot overwrite it either), the output folders must be
 creatable and writable, (5) annotate: weight-free types in a process pool (no torch imported on that path),
-model-backed types (`needs_weights=True`) in this process in batches, the next batch decoded and prepared by a
-loader thread while the device runs this one, writing in a background thread, (6) the dataset index (annotation/dataset.py).
+model-backed types (`needs_weights=True`) in this process in batches, the next batch decoded and prepared by
+a loader thread while the device runs this one, writing in a background thread, (6) the dataset index
+(annotation/dataset.py).
 
 Never prints: progress goes to a `Reporter`. A bad image is recorded in the summary with its reason and the
 others still run; nothing is half-written (temp file + rename; a failed item leaves no file).

@@ -239,7 +239,8 @@ def _assemble(connections: list[np.ndarray | None], candidate: np.ndarray) -> np
     return subset[keep]
 
 
-def assemble_image(found: np.ndarray, heat: np.ndarray, paf: np.ndarray, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
+def assemble_image(found: np.ndarray, heat: np.ndarray, paf: np.ndarray, H: int,
+                   W: int) -> tuple[np.ndarray, np.ndarray]:
     """(candidate, subset) of one image from its peaks ((part, y, x) rows) and network-resolution maps."""
     Ay, Ax, _, _ = axis_maps(H, W)
     all_peaks = _peaks(found, heat, Ay, Ax)
