@@ -301,13 +301,13 @@ def test_cli_depth_batches_and_matches_python_api(run_cli, weights_dir, photo_di
     from cnetcli.images import load_image, read_png_metadata
 
     calls = []
-    orig = D.Depth.batch
+    orig = D.Depth.run_prepared  # the run prepares each batch in its loader thread, then runs it
 
-    def counting(self, images, **kw):
-        calls.append(len(images))
-        return orig(self, images, **kw)
+    def counting(self, prep, **kw):
+        calls.append(len(prep.images))
+        return orig(self, prep, **kw)
 
-    monkeypatch.setattr(D.Depth, "batch", counting)
+    monkeypatch.setattr(D.Depth, "run_prepared", counting)
     out = tmp_path / "out"
     code, stdout, err = run_cli("annotate", "--type", "depth", str(photo_dir), "--weights-dir", str(weights_dir),
                                 "--offline", "--device", "cpu", "--batch-size", "2", "--detect-resolution", "64",
@@ -337,11 +337,13 @@ def test_cli_depth_default_detect_resolution_is_384(run_cli, weights_dir, photo_
 
     seen = []
 
-    def record(self, images, *, detect_resolution, image_resolution):  # no 384-px forward needed here
+    def record(self, images, *, detect_resolution):  # no 384-px forward needed here
         seen.append(detect_resolution)
-        return [np.zeros((*output_hw(im, image_resolution), 3), np.uint8) for im in images]
+        return images
 
-    monkeypatch.setattr(D.Depth, "batch", record)
+    monkeypatch.setattr(D.Depth, "prepare", record)
+    monkeypatch.setattr(D.Depth, "run_prepared", lambda self, images, *, image_resolution: [
+        np.zeros((*output_hw(im, image_resolution), 3), np.uint8) for im in images])
     code, _, err = run_cli("annotate", "--type", "depth", str(photo_dir / "p0.png"), "--weights-dir",
                            str(weights_dir), "--offline", "--device", "cpu", "--image-resolution", "64",
                            "-o", str(tmp_path / "o"), "-q")
@@ -358,7 +360,7 @@ def test_cli_pose_keypoints_sidecar_rerenders(run_cli, weights_dir, photo_dir, t
     body = [None] * 18
     body[0], body[1], body[2], body[5] = (0.5, 0.2), (0.5, 0.4), (0.3, 0.4), (0.7, 0.4)
     # the network itself is covered by test_pose_real_loading_path; here: the core's sidecar wiring
-    monkeypatch.setattr(P.OpenPose, "detect", lambda self, im: [P.Pose(tuple(body))])
+    monkeypatch.setattr(P.OpenPose, "detect_batch", lambda self, ims, groups=None: [[P.Pose(tuple(body))] for _ in ims])
     out = tmp_path / "out"
     args = ["annotate", "--type", "pose", "--keypoints", str(photo_dir), "--weights-dir", str(weights_dir),
             "--offline", "--device", "cpu", "--detect-resolution", "64", "--image-resolution", "64", "-q"]

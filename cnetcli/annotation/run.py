@@ -5,8 +5,9 @@ process's shard (`cnetcli.device.process_rank_world`: RANK/WORLD_SIZE as set by 
 outputs: never overwritten silently (checked up front for a clear message, and every file is then created
 exclusively, so a second run racing this one cannot overwrite it either), the output folders must be
 creatable and writable, (5) annotate: weight-free types in a process pool (no torch imported on that path),
-model-backed types (`needs_weights=True`) in this process in batches, decoding in a thread pool and writing in
-a background thread, (6) the dataset index (annotation/dataset.py).
+model-backed types (`needs_weights=True`) in this process in batches, the next batch decoded and prepared by
+a loader thread while the device runs this one, writing in a background thread, (6) the dataset index
+(annotation/dataset.py).
 
 Never prints: progress goes to a `Reporter`. A bad image is recorded in the summary with its reason and the
 others still run; nothing is half-written (temp file + rename; a failed item leaves no file).
@@ -379,19 +380,34 @@ def remove_temp_files(jobs: list[Job]) -> None:
         cleanup_stale_temps(folder)
 
 
+def prefetched(work: Any, items: list[Any], pool: Any) -> Any:
+    """Yield `work(item)` for each item in order; the next item's work runs in `pool` meanwhile (the loader:
+    while the device runs one batch, the next one is decoded, resized and stacked)."""
+    nxt = pool.submit(work, items[0]) if items else None
+    for k in range(len(items)):
+        res = nxt.result()
+        nxt = pool.submit(work, items[k + 1]) if k + 1 < len(items) else None
+        yield res
+
+
 def _run_model(ctx: Ctx, fn: Any, jobs: list[Job], workers: int, batch_size: int,
                rep: Reporter) -> dict[int, str | None]:
-    """Model-backed types: this process, in batches; decoding in threads (next batch prefetched while
-    the model runs) and PNG encoding/writing in a background thread."""
+    """Model-backed types: this process, in batches. A loader thread prepares batch k+1 (decoding in a
+    thread pool, then the annotator's `prepare`: resize to the detect size, stack, pin) while this thread
+    runs batch k on the device; PNG encoding and writing happen in a background thread."""
     from concurrent.futures import ThreadPoolExecutor
 
     results: dict[int, str | None] = {}
     ctx = dataclasses.replace(ctx, sidecar=getattr(fn, "sidecar_suffix", None) or ctx.sidecar)
     batched = callable(getattr(fn, "batch", None)) and ctx.sidecar is None
+    # run_prepared returns (hint, sidecar) pairs exactly when the annotator itself declares a sidecar
+    preparable = (callable(getattr(fn, "prepare", None)) and callable(getattr(fn, "run_prepared", None))
+                  and (ctx.sidecar is None or getattr(fn, "sidecar_suffix", None) is not None))
     chunks = [jobs[i: i + batch_size] for i in range(0, len(jobs), batch_size)]
     rep.start(len(jobs), f"annotate {ctx.type}")
     try:
-        with ThreadPoolExecutor(max(1, workers)) as dec, ThreadPoolExecutor(1) as wr:
+        with ThreadPoolExecutor(max(1, workers)) as dec, ThreadPoolExecutor(1) as loader, \
+                ThreadPoolExecutor(1) as wr:
             pending_writes: list[tuple[Job, Any]] = []
 
             def drain(keep: int) -> None:
@@ -400,38 +416,63 @@ def _run_model(ctx: Ctx, fn: Any, jobs: list[Job], workers: int, batch_size: int
                     results[job.index] = fut.result()
                     rep.advance(1, ok=results[job.index] is None)
 
-            def fail(j: Job, reason: str) -> None:
-                results[j.index] = reason
-                rep.advance(1, ok=False)
-
-            nxt = [dec.submit(_load_or_reason, j.source) for j in chunks[0]] if chunks else []
-            for ci, chunk in enumerate(chunks):
-                loaded = [f.result() for f in nxt]
-                nxt = [dec.submit(_load_or_reason, j.source) for j in chunks[ci + 1]] if ci + 1 < len(chunks) else []
+            def load(chunk: list[Job]) -> tuple[list[tuple[Job, str]], list[Batch]]:
+                """(failed jobs with reasons, batches grouped by resolutions) of one chunk."""
+                loaded = list(dec.map(lambda j: _load_or_reason(j.source), chunk))
+                failed: list[tuple[Job, str]] = []
                 groups: dict[tuple[int, int], list[tuple[Job, Any]]] = {}
                 for j, img in zip(chunk, loaded, strict=True):
                     if isinstance(img, Exception):
-                        fail(j, _reason(img, j.source))
+                        failed.append((j, _reason(img, j.source)))
                         continue
                     res = resolutions(ctx, img)
                     try:
                         check_size(img, *res)
                     except CnetError as e:
-                        fail(j, str(e))
+                        failed.append((j, str(e)))
                         continue
                     groups.setdefault(res, []).append((j, img))
-                for (dr, ir), good in groups.items():
-                    hints = _model_hints(ctx, fn, batched, [img for _, img in good], dr, ir)
-                    for (j, img), h in zip(good, hints, strict=True):
+                return failed, [Batch(dr, ir, good, _prepare(fn, preparable, [img for _, img in good], dr))
+                                for (dr, ir), good in groups.items()]
+
+            for failed, batches in prefetched(load, chunks, loader):
+                for j, reason in failed:
+                    results[j.index] = reason
+                    rep.advance(1, ok=False)
+                for b in batches:
+                    hints = _model_hints(ctx, fn, batched, [img for _, img in b.items], b.dr, b.ir, b.prepared)
+                    for (j, img), h in zip(b.items, hints, strict=True):
                         if isinstance(h, str):
-                            fail(j, h)
+                            results[j.index] = h
+                            rep.advance(1, ok=False)
                             continue
-                        pending_writes.append((j, wr.submit(_finish_and_write, ctx, fn, j, img, *h, dr, ir)))
+                        pending_writes.append((j, wr.submit(_finish_and_write, ctx, fn, j, img, *h, b.dr, b.ir)))
                 drain(keep=batch_size)  # at most about one batch waiting to be written
             drain(keep=0)
     finally:
         rep.finish()
     return results
+
+
+@dataclass
+class Batch:
+    """Images of one chunk that share their resolutions, and the annotator's `prepare` result for them."""
+
+    dr: int
+    ir: int
+    items: list[tuple[Job, Any]]
+    prepared: Any = None  # None: not prepared (the annotator has no `prepare`, or it failed: run per image)
+
+
+def _prepare(fn: Any, preparable: bool, imgs: list[Any], dr: int) -> Any:
+    if not preparable or not imgs:
+        return None
+    try:
+        return fn.prepare(imgs, detect_resolution=dr)
+    except CnetError:
+        raise
+    except Exception:  # a bad image: the batch runs image by image, which names it
+        return None
 
 
 def _finish_and_write(ctx: Ctx, fn: Any, job: Job, img: Any, hint: Any, sidecar: Any, dr: int, ir: int) -> str | None:
@@ -442,16 +483,22 @@ def _finish_and_write(ctx: Ctx, fn: Any, job: Job, img: Any, hint: Any, sidecar:
     return _write(ctx, job, img, hint, sidecar, dr, ir)
 
 
-def _model_hints(ctx: Ctx, fn: Any, batched: bool, imgs: list[Any], dr: int, ir: int) -> list[Any]:
+def _model_hints(ctx: Ctx, fn: Any, batched: bool, imgs: list[Any], dr: int, ir: int,
+                 prepared: Any = None) -> list[Any]:
     """(hint, sidecar data or None) per image of a batch; a per-image failure becomes its reason string.
-    CnetErrors stop the run."""
+    CnetErrors stop the run. `prepared`: the annotator's `prepare` of these images (then `run_prepared`
+    returns hints, or (hint, sidecar) pairs when the annotator has a sidecar)."""
     if not imgs:
         return []
-    if batched:
+    if prepared is not None or batched:
         try:
-            out = list(fn.batch(imgs, detect_resolution=dr, image_resolution=ir))
+            if prepared is not None:
+                out = list(fn.run_prepared(prepared, image_resolution=ir))
+                out = out if ctx.sidecar is not None else [(h, None) for h in out]
+            else:
+                out = [(h, None) for h in fn.batch(imgs, detect_resolution=dr, image_resolution=ir)]
             if len(out) == len(imgs):
-                return [(h, None) for h in out]
+                return out
         except CnetError:
             raise
         except Exception:  # isolate the bad image(s): fall back to one at a time

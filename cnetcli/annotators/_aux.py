@@ -62,11 +62,56 @@ def group_by_shape(arrays: list[Any]) -> dict[tuple, list[int]]:
     return groups
 
 
+class Dets(list):
+    """Same-size detect-resolution RGB uint8 images, plus their (B, H, W, 3) stack made by `prepare` (in the
+    loader thread, pinned when CUDA is present so the copy to the GPU is asynchronous)."""
+
+    def __init__(self, arrays: list[Any], stacked: Any = None) -> None:
+        super().__init__(arrays)
+        self.stacked = stacked
+
+
+def stack_for_device(arrays: list[Any], device: Any = "cpu") -> Any:
+    """np.stack of same-size arrays as a torch tensor; in pinned (page-locked) memory when it is going to a
+    CUDA device, so that the copy can run asynchronously."""
+    import numpy as np
+    import torch
+
+    t = torch.from_numpy(np.stack(arrays))
+    return t.pin_memory() if str(device).startswith("cuda") else t
+
+
+def torch_from_stack(arrays: list[Any]) -> Any:
+    import numpy as np
+    import torch
+
+    return torch.from_numpy(np.stack(list(arrays)))
+
+
+def batch_tensor(dets: list[Any], device: Any) -> Any:
+    """Same-size uint8 H x W x 3 images -> a uint8 (B, 3, H, W) tensor on `device` (from the prepared,
+    pinned stack when `dets` is a `Dets` that has one)."""
+    t = getattr(dets, "stacked", None)
+    if t is None:
+        t = torch_from_stack(dets)
+    return t.to(device, non_blocking=True).permute(0, 3, 1, 2)
+
+
+class Prepared:
+    """A batch after its CPU work (`prepare`): the RGB inputs and their same-size groups of detect images."""
+
+    def __init__(self, images: list[Any], groups: list[tuple[list[int], Dets]]) -> None:
+        self.images, self.groups = images, groups
+
+
 class ShapeBatched:
     """The batching every model-backed type shares: HWC3, resize each image to the detect size
     (ControlNet's `resize_image`), run `_forward` once per same-size group, turn each raw output into a map
     (`_post`), resize it to ControlNet's output size (`resize_image(input, image_resolution)`'s size) with
-    `interp` ("linear" or "nearest"), then `_after` (post-processing at the output size)."""
+    `interp` ("linear" or "nearest"), then `_after` (post-processing at the output size).
+
+    `batch` = `run_prepared(prepare(...))`: `prepare` is the CPU half (no model), which the annotation run
+    does for the next batch in a loader thread while `run_prepared` runs this one on the device."""
 
     interp = "linear"
 
@@ -79,20 +124,39 @@ class ShapeBatched:
     def _after(self, hint: Any) -> Any:  # uint8 H x W x 3 map at the output size -> final hint
         return hint
 
-    def batch(self, images: list[Any], *, detect_resolution: int, image_resolution: int) -> list[Any]:
-        import cv2
+    def _device(self) -> str:
+        """The model's device (on the annotator, or on the wrapped model/network it delegates to)."""
+        for obj in (self, getattr(self, "inner", None), getattr(self, "net", None)):
+            if getattr(obj, "device", None) is not None:
+                return str(obj.device)
+        return "cpu"
 
-        from ..images import HWC3, output_hw, resize_image
+    def prepare(self, images: list[Any], *, detect_resolution: int) -> Prepared:
+        from ..images import HWC3, resize_image
 
         images = [HWC3(im) for im in images]
         dets = [resize_image(im, detect_resolution) for im in images]
+        dev = self._device()
+        groups = [(idx, Dets([dets[i] for i in idx], stack_for_device([dets[i] for i in idx], dev)))
+                  for idx in group_by_shape(dets).values()]
+        return Prepared(images, groups)
+
+    def run_prepared(self, prep: Prepared, *, image_resolution: int) -> list[Any]:
+        import cv2
+
+        from ..images import HWC3, output_hw
+
         interp = cv2.INTER_NEAREST if self.interp == "nearest" else cv2.INTER_LINEAR
-        out: list[Any] = [None] * len(images)
-        for idx in group_by_shape(dets).values():
-            for i, raw in zip(idx, self._forward([dets[i] for i in idx]), strict=True):
-                H, W = output_hw(images[i], image_resolution)
+        out: list[Any] = [None] * len(prep.images)
+        for idx, dets in prep.groups:
+            for i, raw in zip(idx, self._forward(dets), strict=True):
+                H, W = output_hw(prep.images[i], image_resolution)
                 out[i] = self._after(cv2.resize(HWC3(self._post(raw)), (W, H), interpolation=interp))
         return out
+
+    def batch(self, images: list[Any], *, detect_resolution: int, image_resolution: int) -> list[Any]:
+        return self.run_prepared(self.prepare(images, detect_resolution=detect_resolution),
+                                 image_resolution=image_resolution)
 
     def __call__(self, image: Any, *, detect_resolution: int, image_resolution: int) -> Any:
         return self.batch([image], detect_resolution=detect_resolution, image_resolution=image_resolution)[0]

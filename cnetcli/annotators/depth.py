@@ -9,7 +9,8 @@
   and stored in ControlNet's channel order (the [:, :, ::-1] the original applies before the model).
   `model=bae`: NormalBAE (scannet.pt, ControlNet 1.1).
 
-`batch()` stacks same-size images into one tensor (one forward per size group), in half precision on CUDA.
+`batch()` stacks same-size images into one tensor (one forward per size group), in half precision on CUDA;
+the annotation run prepares the next batch (decode, resize, pinned stack) while this one runs (_aux.py).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from ..errors import UsageError
 from ..models.weights import WeightFile
 from . import A1111Module, HintType, Runtime, UnionControl, register
-from ._aux import ShapeBatched
+from ._aux import ShapeBatched, batch_tensor
 
 MIDAS_WEIGHTS = WeightFile("dpt_hybrid-midas-501f0c75.pt", when="model=midas (default)")
 NORMALBAE_WEIGHTS = WeightFile("scannet.pt", when="model=bae")
@@ -85,7 +86,7 @@ class MidasRaw(_Batched):
     def _forward(self, dets: list[np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        x = torch.from_numpy(np.stack(dets)).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        x = batch_tensor(dets, self.device).float() / 127.5 - 1.0
         with torch.inference_mode():
             d = self.model(x.to(self.dtype)).float().cpu().numpy()
         return list(d)
@@ -172,7 +173,7 @@ class NormalBae(_Batched):
     def _forward(self, dets: list[np.ndarray]) -> list[np.ndarray]:
         import torch
 
-        x = torch.from_numpy(np.stack(dets)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        x = batch_tensor(dets, self.device).float() / 255.0
         mean = torch.tensor([0.485, 0.456, 0.406], device=self.device).view(1, 3, 1, 1)
         std = torch.tensor([0.229, 0.224, 0.225], device=self.device).view(1, 3, 1, 1)
         with torch.inference_mode():

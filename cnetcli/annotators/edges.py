@@ -19,7 +19,7 @@ import numpy as np
 from ..errors import UsageError
 from ..models.weights import WeightFile
 from . import A1111Module, HintType, Runtime, UnionControl, register
-from ._aux import ShapeBatched
+from ._aux import ShapeBatched, batch_tensor
 
 HED_WEIGHTS = WeightFile("ControlNetHED.pth", when="model=hed (default)")
 PIDINET_WEIGHTS = WeightFile("table5_pidinet.pth", when="model=pidinet")
@@ -100,7 +100,7 @@ class EdgeNet:
         import torch
 
         H, W = dets[0].shape[:2]
-        x = torch.from_numpy(np.stack(dets)).to(self.device).permute(0, 3, 1, 2).float()
+        x = batch_tensor(dets, self.device).float()  # the loader's prepared (pinned) stack when there is one
         with torch.inference_mode():
             if self.kind == "hed":  # RGB 0..255 in; mean of the 5 side outputs (resized), then sigmoid
                 sides = [s.float().cpu().numpy()[:, 0] for s in self.net(x)]

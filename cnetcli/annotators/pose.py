@@ -228,7 +228,8 @@ def _a1111_module(p: PoseParams) -> tuple[str, float, float]:
 
 
 class OpenPose:
-    """ControlNet's openpose annotator; `batch` loops (OpenPose's peak search is per image)."""
+    """ControlNet's openpose annotator. The body network, its map upsampling, smoothing and peak search run
+    batched on the device (pose_batch.py); only the peak lists reach the CPU for limb scoring."""
 
     sidecar_suffix: str | None = SIDECAR_SUFFIX
 
@@ -272,29 +273,74 @@ class OpenPose:
 
     def detect(self, image: np.ndarray) -> list[Pose]:
         """Poses in an RGB image (normalised coordinates), as controlnet_aux's detect_poses finds them."""
-        res = self._detector.detect_poses(image, include_hand=self.p.hands, include_face=self.p.face)
+        return self.detect_batch([image])[0]
 
-        def pts(kps: Any) -> tuple[Point, ...] | None:
-            if kps is None:
-                return None
-            return tuple(None if k is None else (float(k.x), float(k.y)) for k in kps)
+    def detect_batch(self, images: list[np.ndarray], groups: list[Any] | None = None) -> list[list[Pose]]:
+        """`detect` for many RGB images: the body network runs once per image size on the device
+        (pose_batch.py), the hand network once per scale for all hands (pose_hands.py); the face network
+        per person as in controlnet_aux. `groups`:
+        `pose_batch.prepare_bodies` of these images' BGR versions, when already made (`prepare`)."""
+        from .pose_batch import prepare_bodies, run_bodies
 
-        return [Pose(pts(r.body.keypoints), pts(r.left_hand), pts(r.right_hand), pts(r.face)) for r in res]
+        bgrs = [np.ascontiguousarray(im[:, :, ::-1]) for im in images]  # the networks take BGR
+        if groups is None:
+            groups = prepare_bodies(bgrs, self.device)
+        found = run_bodies(self.body.model, self.device, groups)
+        bodies = [self.body.format_body_result(*found[i]) for i in range(len(bgrs))]
+        hands = None
+        if self.p.hands:
+            from .pose_hands import detect_hands_batch
+
+            hands = detect_hands_batch(self.hand.model, self.device, bodies, bgrs)
+        out = []
+        for i, bgr in enumerate(bgrs):
+            H, W = bgr.shape[:2]
+            poses = []
+            for j, body in enumerate(bodies[i]):
+                left, right = hands[i][j] if hands is not None else (None, None)
+                face = self._detector.detect_face(body, bgr) if self.p.face else None
+                kps = tuple(None if k is None else (float(k.x) / W, float(k.y) / H) for k in body.keypoints)
+                poses.append(Pose(kps, _points(left), _points(right), _points(face)))
+            out.append(poses)
+        return out
+
+    def prepare(self, images: list[np.ndarray], *, detect_resolution: int) -> Any:
+        """The CPU half of `batch` (no model): what the annotation run's loader thread does for the next batch."""
+        from ..images import HWC3, resize_image
+        from .pose_batch import prepare_bodies
+
+        images = [HWC3(im) for im in images]
+        dets = [resize_image(im, detect_resolution) for im in images]
+        return images, dets, prepare_bodies([np.ascontiguousarray(d[:, :, ::-1]) for d in dets], self.device)
+
+    def run_prepared(self, prep: Any, *, image_resolution: int) -> list[Any]:
+        """Hints of a prepared batch; (hint, OpenPose JSON) pairs when keypoints are asked for."""
+        pairs = self._render(prep, image_resolution)
+        return pairs if self.sidecar_suffix is not None else [h for h, _ in pairs]
+
+    def _render(self, prep: Any, image_resolution: int) -> list[tuple[np.ndarray, dict[str, Any]]]:
+        import cv2
+
+        from ..images import output_hw
+
+        images, dets, groups = prep
+        out = []
+        for image, det, poses in zip(images, dets, self.detect_batch(dets, groups), strict=True):
+            canvas = draw_poses(poses, det.shape[0], det.shape[1], hands=self.p.hands, face=self.p.face)
+            H, W = output_hw(image, image_resolution)
+            out.append((cv2.resize(canvas, (W, H), interpolation=cv2.INTER_NEAREST), poses_to_json(poses, W, H)))
+        return out
+
+    def batch_with_sidecar(self, images: list[np.ndarray], *, detect_resolution: int,
+                           image_resolution: int) -> list[tuple[np.ndarray, dict[str, Any]]]:
+        """(pose map, OpenPose JSON in the pose map's pixel coordinates) per image."""
+        return self._render(self.prepare(images, detect_resolution=detect_resolution), image_resolution)
 
     def annotate_with_sidecar(self, image: np.ndarray, *, detect_resolution: int,
                               image_resolution: int) -> tuple[np.ndarray, dict[str, Any]]:
         """(pose map, OpenPose JSON in the pose map's pixel coordinates)."""
-        import cv2
-
-        from ..images import HWC3, output_hw, resize_image
-
-        image = HWC3(image)
-        det = resize_image(image, detect_resolution)
-        poses = self.detect(det)
-        canvas = draw_poses(poses, det.shape[0], det.shape[1], hands=self.p.hands, face=self.p.face)
-        H, W = output_hw(image, image_resolution)
-        hint = cv2.resize(canvas, (W, H), interpolation=cv2.INTER_NEAREST)
-        return hint, poses_to_json(poses, W, H)
+        return self.batch_with_sidecar([image], detect_resolution=detect_resolution,
+                                       image_resolution=image_resolution)[0]
 
     def resize_sidecar(self, data: dict[str, Any], width: int, height: int) -> dict[str, Any]:
         """The sidecar for the hint resized to width x height (`--keep-size`)."""
@@ -305,7 +351,15 @@ class OpenPose:
                                           image_resolution=image_resolution)[0]
 
     def batch(self, images: list[np.ndarray], *, detect_resolution: int, image_resolution: int) -> list[np.ndarray]:
-        return [self(im, detect_resolution=detect_resolution, image_resolution=image_resolution) for im in images]
+        return [h for h, _ in self.batch_with_sidecar(images, detect_resolution=detect_resolution,
+                                                      image_resolution=image_resolution)]
+
+
+def _points(kps: Any) -> tuple[Point, ...] | None:
+    """controlnet_aux keypoints (normalised; None = missing) -> ours."""
+    if kps is None:
+        return None
+    return tuple(None if k is None else (float(k.x), float(k.y)) for k in kps)
 
 
 register(HintType("pose", "OpenPose body (+hands/face) as ControlNet draws it; keypoints=true writes OpenPose JSON",

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import UsageError
 from ..models.weights import WeightFile
 from . import A1111Module, HintType, Runtime, UnionControl, register
-from ._aux import ShapeBatched
+from ._aux import ShapeBatched, batch_tensor
 
 DEFAULT_SEG_MODEL = "openmmlab/upernet-convnext-small"
 SEG_WEIGHTS = WeightFile(DEFAULT_SEG_MODEL, repo=DEFAULT_SEG_MODEL, kind="model")
@@ -76,7 +76,7 @@ class Seg(ShapeBatched):
             return [m.cpu().numpy().astype(np.int64) for m in maps]
         mean = torch.tensor(self.processor.image_mean, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.processor.image_std, device=self.device).view(1, 3, 1, 1)
-        x = torch.from_numpy(np.stack(dets)).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        x = batch_tensor(dets, self.device).float() / 255.0
         with torch.inference_mode():
             logits = self.model(pixel_values=((x - mean) / std).to(self.dtype)).logits.float()
             logits = torch.nn.functional.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
