@@ -18,7 +18,8 @@ What stands in for the GPU (each is printed with the table):
   but keeps normalisation, upsampling and softmax in the input dtype where CUDA computes them in fp32 (a fp32
   copy that backward keeps): the CUDA fp32-policy ops are registered as AutocastCPU kernels for the trace
   (ATen's `AT_FORALL_FP32` / `AT_FORALL_FP32_SET_OPT_DTYPE` lists), and an audit checks every normalisation and
-  upsampling in the autocast region ran in fp32.
+  upsampling in the autocast region (the ControlNet's forward; the frozen UNet runs outside it, in bf16, as
+  in diffusers' step) ran in fp32.
 - Attention: SDPA dispatches to the fused flash kernel (`_scaled_dot_product_flash_attention_for_cpu`), which,
   like CUDA's flash and memory-efficient kernels, keeps the output and a logsumexp and never an L x L matrix;
   the script fails if the math path (which does) runs.
@@ -57,7 +58,7 @@ CARD = 24e9  # "24 GB" cards (RTX 3090/4090, A10G...) have 24 GB = 22.35 GiB; th
 # Measured figures (issue 15's table: an H200, SD1.5 architecture at 512 px batch 8, bf16, max_memory_allocated
 # of benchmarks/train.py's whole run): cnet's default step (which caches latents) and diffusers' own step (no
 # cache, VAE and text encoder on the GPU; not cnet's step, so only near the "plain" row). None for SDXL yet.
-MEASURED = {("sd15", 512, 8, "+cached latents"): "16.5 (cnet)", ("sd15", 512, 8, "plain"): "15.2 (diffusers' step)"}
+MEASURED = {("sd15", 512, 8, "+cached latents"): "16.5 (cnet, UNet in autocast)", ("sd15", 512, 8, "plain"): "15.2 (diffusers' step)"}
 
 CONFIG_DIR = ROOT / "cnetcli" / "models" / "configs"
 # Text encoders and VAE of the released bases (openai/clip-vit-large-patch14, OpenCLIP ViT-bigG/14 as shipped in
@@ -375,9 +376,8 @@ def _trace_family(family_name: str) -> Any:
 
 
 def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, tiny: bool = False,
-               steps: int = 2, weight_dtype: str = "bf16", unet_autocast: bool = True) -> Trace:
-    """The traced peak of `steps` optimizer steps of cnet's training step (see the module docstring).
-    `unet_autocast=False` is a what-if: the frozen UNet runs outside autocast, as diffusers' step calls it."""
+               steps: int = 2, weight_dtype: str = "bf16") -> Trace:
+    """The traced peak of `steps` optimizer steps of cnet's training step (see the module docstring)."""
     import torch
     from accelerate.utils import convert_outputs_to_fp32
     from torch._subclasses.fake_tensor import FakeTensorMode
@@ -421,18 +421,6 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
             unet.enable_gradient_checkpointing()
         if mp:  # accelerate's prepare_model under mixed precision: autocast forward, outputs converted to fp32
             controlnet.forward = convert_outputs_to_fp32(autocast()(controlnet.forward))
-        if not unet_autocast:
-            plain_forward = unet.forward
-
-            def unet_forward(*args: Any, **kwargs: Any) -> Any:
-                audit.in_autocast, old = False, audit.in_autocast
-                try:
-                    with torch.autocast("cpu", enabled=False):
-                        return plain_forward(*args, **kwargs)
-                finally:
-                    audit.in_autocast = old
-
-            unet.forward = unet_forward
         models = TrainModels(unet=unet, controlnet=controlnet, vae=vae, text_encoder=comps["text_encoder"],
                              tokenizer=comps["tokenizer"], noise_scheduler=comps["scheduler"], weight_dtype=wdt,
                              family=family, text_encoder_2=comps.get("text_encoder_2"),
@@ -554,8 +542,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default=None, help="one base: sd15 or sdxl")
     ap.add_argument("--configs", default=None, help="comma-separated config labels (default: all five)")
     ap.add_argument("--json", default=None, help="also write the traces here")
-    ap.add_argument("--unet-outside-autocast", action="store_true",
-                    help="what-if: run the frozen UNet outside autocast (diffusers' step does), not cnet's step")
     ap.add_argument("--from-json", default=None, help="print the table of traces saved with --json (no tracing)")
     a = ap.parse_args(argv)
     import torch
@@ -575,8 +561,7 @@ def main(argv: list[str] | None = None) -> int:
         for fam, px, bs in runs:
             for fl in FLAG_SETS:
                 if wanted is None or fl.label in wanted:
-                    traces.append(trace_step(fam, px, bs, fl, tiny=a.tiny,
-                                             unet_autocast=not a.unet_outside_autocast))
+                    traces.append(trace_step(fam, px, bs, fl, tiny=a.tiny))
                     print(breakdown(traces[-1]), flush=True)
     print()
     print(f"traced with fake tensors on CPU, not measured on a GPU; torch {torch.__version__}, "

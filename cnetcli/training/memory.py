@@ -13,8 +13,10 @@ size with fake tensors; see benchmarks/RESULTS_memory.md):
 - activations: per sample and latent pixel, a sum over the blocks the backward runs through (the ControlNet's
   encoder and middle block, the UNet's decoder, the UNet's encoder too once it trains) of channels x the
   block's share of the latent pixels x a per-block constant (ResNet, transformer layer, hint-encoder value).
-  The constants are fitted on traces of SD1.5, SDXL and cnet's two tiny test bases under bf16 autocast; a
-  parameter count is no proxy (SD1.5 keeps twice SDXL's activations per parameter: attention at 64x64);
+  The constants are fitted on traces of SD1.5, SDXL and cnet's two tiny test bases of the bf16 step (the
+  ControlNet under autocast, the frozen bf16 UNet outside it, as in diffusers' step; an unlocked fp32 UNet runs
+  under autocast and keeps more: not traced); a parameter count is no proxy (SD1.5 keeps twice SDXL's
+  activations per parameter: attention at 64x64);
 - under bf16/fp16 autocast, the low-precision copies autocast makes of the fp32 trained weights stay alive
   through the forward (2 bytes per trained parameter);
 - gradient checkpointing (cnet checkpoints both networks) keeps only the blocks' inputs through the forward.
@@ -31,19 +33,20 @@ GIB = 2**30
 #: not seen by the trace: CUDA context ~0.5 GiB + cuBLAS/cuDNN workspaces ~0.5 GiB, and fragmentation (10%)
 CONTEXT_AND_WORKSPACES = 1 * GIB
 FRAGMENTATION = 0.10
-#: bytes a plain bf16-autocast step keeps for the backward, per sample x channel x latent pixel of each ResNet
-#: block / transformer layer, and per hint-encoder value; fitted on the traces (benchmarks/memory_trace.py)
-RESNET_BYTES = 38.3
-TRANSFORMER_BYTES = 52.9
-HINT_BYTES = 4.0
+#: bytes a plain bf16 step keeps for the backward, per sample x channel x latent pixel of each ResNet
+#: block / transformer layer, and per hint-encoder value; fitted on the traces (benchmarks/memory_trace.py).
+#: (38.3 / 52.9 / 4.0 while the step ran the UNet under autocast: fp32 copies of its norms' inputs, issue #15)
+RESNET_BYTES = 28.6
+TRANSFORMER_BYTES = 48.1
+HINT_BYTES = 4.1
 #: with gradient checkpointing (the hint encoder is not checkpointed: HINT_BYTES still applies): what the
 #: forward keeps per ResNet unit (block inputs, residuals; a free fit gives the transformer layers none of
 #: their own), and the backward's working set (checkpoint inputs, one block recomputed) as a share of that
-CKPT_RESNET_BYTES = 15.0
-CKPT_BACKWARD_SHARE = 0.8
-#: fp32 training: activations relative to bf16 autocast (where norms already run in fp32); traced 1.46-1.61
-#: on SD1.5, SDXL and the tiny SD (plain step; assumed the same with checkpointing)
-FP32_ACTIVATIONS = 1.55
+CKPT_RESNET_BYTES = 10.0
+CKPT_BACKWARD_SHARE = 1.0
+#: fp32 training: activations relative to the bf16 step; traced 1.75-1.89 on SD1.5, SDXL and the tiny SD
+#: (plain step; assumed the same with checkpointing)
+FP32_ACTIVATIONS = 1.8
 _DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 #: the hint encoder's channels (model.hint_channels_for: (16, 32, 96, 256) for an 8x VAE), each level halving
 _HINT_CHANNELS = (16, 32, 96, 256, 256, 256)

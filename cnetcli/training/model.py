@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -70,17 +71,22 @@ def set_unet_trainable(unet: Any, mode: str | None) -> None:
 
 def controlled_unet(unet: Any, controlnet: Any, noisy: Any, t: Any, enc: Any, hint: Any, *,
                     down_connected: bool = True, dtype: Any = None, scale: float = 1.0,
-                    added_cond: dict[str, Any] | None = None) -> Any:
+                    added_cond: dict[str, Any] | None = None, autocast: Any = contextlib.nullcontext,
+                    unet_autocast: bool = True) -> Any:
     """The UNet's noise prediction with the ControlNet's residuals added (the training forward).
-    `added_cond`: the family's added conditioning (SDXL: pooled text + time ids), given to both networks."""
+    `added_cond`: the family's added conditioning (SDXL: pooled text + time ids), given to both networks.
+    `autocast` (a context factory, e.g. accelerate's) wraps the ControlNet, and the UNet too when
+    `unet_autocast`; `dtype` casts the residuals for a UNet run outside it (its weights' dtype)."""
     import torch
 
-    down, mid = controlnet(noisy, t, encoder_hidden_states=enc, controlnet_cond=hint, conditioning_scale=scale,
-                           added_cond_kwargs=added_cond, return_dict=False)
+    with autocast():
+        down, mid = controlnet(noisy, t, encoder_hidden_states=enc, controlnet_cond=hint, conditioning_scale=scale,
+                               added_cond_kwargs=added_cond, return_dict=False)
     if not down_connected:
         # diffusers' UNet ignores a lone middle residual: pass explicit zeros for the down ones
         down = [torch.zeros_like(d) for d in down]
     if dtype is not None:
         down, mid = [d.to(dtype) for d in down], mid.to(dtype)
-    return unet(noisy, t, encoder_hidden_states=enc, added_cond_kwargs=added_cond,
-                down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]
+    with autocast() if unet_autocast else contextlib.nullcontext():
+        return unet(noisy, t, encoder_hidden_states=enc, added_cond_kwargs=added_cond,
+                    down_block_additional_residuals=down, mid_block_additional_residual=mid, return_dict=False)[0]

@@ -50,6 +50,14 @@ class TrainModels:
     def prediction_type(self) -> str:
         return self.noise_scheduler.config.prediction_type
 
+    @property
+    def unet_in_autocast(self) -> bool:
+        """Whether the step runs the UNet under autocast: only when its weights are fp32 in a mixed-precision
+        run (it trains, or will: --unlock-sd-after keeps it fp32 from the start). Outside autocast such a UNet
+        would run its whole forward in fp32 (or fail on the low-precision latents); the frozen low-precision
+        UNet runs outside it, as in diffusers' step (see `training_step`)."""
+        return self.unet_trains or self.unet.dtype != self.weight_dtype
+
 
 @dataclass
 class Noise:
@@ -183,10 +191,14 @@ def training_step(models: TrainModels, batch: dict[str, Any], noise: Noise, *, s
         eps = noise.noise.to(latents.dtype)
         noisy = sched.add_noise(latents, eps, t)
         target = eps if models.prediction_type == "epsilon" else sched.get_velocity(latents, eps, t)
-    with autocast():
-        pred = controlled_unet(models.unet, models.controlnet, noisy, t, enc, hint,
-                               down_connected=models.down_connected, added_cond=added,
-                               dtype=None if models.unet_trains else models.weight_dtype)
+    # diffusers' step: the ControlNet under autocast, the frozen UNet called outside it in its weights' dtype
+    # (residuals cast to it). Under autocast CUDA would compute the UNet's norms and upsampling in fp32 and keep
+    # those copies for the backward: 1.4 GiB more for SD1.5 at batch 8 (benchmarks/RESULTS_memory.md). An fp32
+    # UNet (SD unlocked) stays under autocast: see TrainModels.unet_in_autocast.
+    pred = controlled_unet(models.unet, models.controlnet, noisy, t, enc, hint,
+                           down_connected=models.down_connected, added_cond=added,
+                           dtype=None if models.unet_trains else models.weight_dtype,
+                           autocast=autocast, unet_autocast=models.unet_in_autocast)
     if snr_gamma is None:
         return F.mse_loss(pred.float(), target.float(), reduction="mean")
     per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
