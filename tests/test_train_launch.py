@@ -87,3 +87,39 @@ def test_child_error_is_one_line(sd8, tmp_path):
         train_in_processes(cfg(sd8, tmp_path / "no-such-data", tmp_path / "o"), 2, timeout=120)
     assert "\n" not in str(e.value) and "no-such-data" in str(e.value)
     assert not multiprocessing.active_children()
+
+
+@pytest.mark.parametrize("cores,device,quick,batch,want", [
+    (2, "cpu", False, 32, 2), (3, "cpu", False, 32, 1), (4, "cpu", False, 32, 4), (16, "cpu", False, 32, 4),
+    (1, "cpu", False, 32, 1), (2, "cuda", False, 32, 1), (2, "cpu", True, 32, 1), (2, "cpu", False, 5, 1),
+])
+def test_demo_picks_processes_by_cores(monkeypatch, cores, device, quick, batch, want):
+    import os
+
+    import cnetcli.device
+    from cnetcli.demo import DEMO_RECIPE, train_processes
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    monkeypatch.setattr(cnetcli.device, "resolve_device", lambda spec, flag="--device": device)
+    assert train_processes(DEMO_RECIPE.replace(batch_size=batch), quick) == want
+
+
+def test_demo_trains_through_the_launcher(monkeypatch, tmp_path):
+    """run_demo hands its training config and the chosen process count to train_in_processes."""
+    import cnetcli.demo as demo
+    import cnetcli.training.launch as launch
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake(tcfg, n, reporter=None):
+        seen.update(cfg=tcfg, n=n)
+        raise Stop
+
+    monkeypatch.setattr(launch, "train_in_processes", fake)
+    monkeypatch.setattr(demo, "train_processes", lambda tcfg, quick: 2)
+    with pytest.raises(Stop):
+        demo.run_demo(demo.DemoConfig(output=str(tmp_path / "demo"), quick=True))
+    assert seen["n"] == 2 and seen["cfg"] == demo.DemoConfig(output=str(tmp_path / "demo"), quick=True).train_config()

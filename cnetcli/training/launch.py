@@ -36,7 +36,8 @@ def split_batch(batch_size: int, n: int) -> int:
 def train_in_processes(cfg: TrainConfig, n: int, reporter: Reporter | None = None, *,
                        timeout: float | None = None) -> Any:
     """`train(cfg)` in `n` local CPU processes (per-process batch `cfg.batch_size // n`, same global batch);
-    returns the main process's TrainResult. Falls back to `train` in this process when `n` is 1 or does not
+    returns the main process's TrainResult. The children are spawned (they import the caller's main module again,
+as with any spawn-based multiprocessing: call this under `if __name__ == "__main__":` in a script). Falls back to `train` in this process when `n` is 1 or does not
     divide the batch. Rank 0's progress reaches `reporter` (its calls are forwarded over a queue). A child's
     error is raised here as one CnetError line and the other children are killed (they would wait on the
     dead one's collectives); `timeout` (seconds, None: none) bounds the whole run."""
@@ -72,22 +73,22 @@ def _supervise(procs: list[Any], events: Any, rep: Reporter, timeout: float | No
     """Replay rank 0's reporter calls, collect each rank's outcome, and fail fast when a child dies."""
     deadline = None if timeout is None else time.monotonic() + timeout
     done: dict[int, Any] = {}
+    started: set[int] = set()
     while len(done) < len(procs):
         if deadline is not None and time.monotonic() > deadline:
             raise TrainingError(f"training processes still running after {timeout:.0f} s: stopped them")
         event = _next(events, 0.5)
         if event is not None:
-            _handle(*event, done, rep)
+            _handle(*event, done, rep, started)
             continue
         for rank, p in enumerate(procs):
             if rank not in done and not p.is_alive():
                 # died without a word (killed, out of memory, a crash in native code); read what it may
                 # have sent just before
                 while (event := _next(events, 0.2)) is not None:
-                    _handle(*event, done, rep)
+                    _handle(*event, done, rep, started)
                 if rank not in done:
-                    raise TrainingError(f"training process {rank} exited with code {p.exitcode} "
-                                        "without an error message (out of memory or killed?)")
+                    raise TrainingError(_died(rank, p.exitcode, rank in started))
     return done[0]
 
 
@@ -98,8 +99,18 @@ def _next(events: Any, wait: float) -> tuple[str, int, Any] | None:
         return None
 
 
-def _handle(kind: str, rank: int, payload: Any, done: dict[int, Any], rep: Reporter) -> None:
-    if kind == "report":
+def _died(rank: int, code: int | None, started: bool) -> str:
+    if started:
+        return f"training process {rank} exited with code {code} without an error message (out of memory or killed?)"
+    # spawn runs the caller's main script again in each child: unguarded top-level code fails or recurses there
+    return (f"training process {rank} exited with code {code} before it started (its output is above): a script "
+            "that calls train_in_processes must do so under `if __name__ == \"__main__\":`")
+
+
+def _handle(kind: str, rank: int, payload: Any, done: dict[int, Any], rep: Reporter, started: set[int]) -> None:
+    if kind == "started":
+        started.add(rank)
+    elif kind == "report":
         method, args, kwargs = payload
         getattr(rep, method)(*args, **kwargs)
     elif kind == "error":
@@ -178,6 +189,7 @@ def _child(cfg: TrainConfig, rank: int, world: int, port: int, events: Any) -> N
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world), GROUP_RANK="0", ROLE_RANK=str(rank),
                       ROLE_WORLD_SIZE=str(world), OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    events.put(("started", rank, None))
     try:
         import torch
 
