@@ -223,7 +223,7 @@ MAX_TRAIN_PROCESSES = 4
 
 def train_processes(tcfg: TrainConfig, quick: bool) -> int:
     """How many local processes train the demo: on a CPU with >= 2 usable cores, one single-thread process
-    per core (up to `MAX_TRAIN_PROCESSES`, when the batch divides): the tiny model's ops scale badly across
+    per core (up to `MAX_TRAIN_PROCESSES`, as many as divide the batch): the tiny model's ops scale badly across
     threads, separate processes do not (2 cores: ~1.3x the steps/s of one process at 2 threads). One process
     on a GPU, on one core, and for the smoke run (spawning interpreters costs more than its 4 steps)."""
     import os
@@ -234,7 +234,8 @@ def train_processes(tcfg: TrainConfig, quick: bool) -> int:
     if quick or resolve_device(tcfg.device) != "cpu":
         return 1
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return split_batch(tcfg.batch_size, min(cores, MAX_TRAIN_PROCESSES))
+    # the most processes (<= cores) that split the batch evenly: 3 cores train batch 32 in 2 processes
+    return max(split_batch(tcfg.batch_size, n) for n in range(1, min(cores, MAX_TRAIN_PROCESSES) + 1))
 
 
 def run_demo(cfg: DemoConfig, reporter: Reporter | None = None) -> dict[str, Any]:

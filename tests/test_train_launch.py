@@ -90,8 +90,8 @@ def test_child_error_is_one_line(sd8, tmp_path):
 
 
 @pytest.mark.parametrize("cores,device,quick,batch,want", [
-    (2, "cpu", False, 32, 2), (3, "cpu", False, 32, 1), (4, "cpu", False, 32, 4), (16, "cpu", False, 32, 4),
-    (1, "cpu", False, 32, 1), (2, "cuda", False, 32, 1), (2, "cpu", True, 32, 1), (2, "cpu", False, 5, 1),
+    (2, "cpu", False, 32, 2), (3, "cpu", False, 32, 2), (4, "cpu", False, 32, 4), (16, "cpu", False, 32, 4),
+    (1, "cpu", False, 32, 1), (2, "cuda", False, 32, 1), (2, "cpu", True, 32, 1), (2, "cpu", False, 5, 1), (4, "cpu", False, 6, 3),
 ])
 def test_demo_picks_processes_by_cores(monkeypatch, cores, device, quick, batch, want):
     import os
