@@ -40,7 +40,6 @@ def main() -> None:
     from cnetcli.demo import (
         DEMO_RECIPE,
         DemoConfig,
-        generation_threads,
         load_generation_models,
         make_data,
     )
@@ -73,8 +72,7 @@ def main() -> None:
                       "recipe": kw}), flush=True)
     models = load_generation_models(cfg, hints[0])
     trained = str(res.controlnet_dir)
-    with generation_threads(cfg.device):
-        score(cfg, models, trained, hints, prompts, modes, score_at, recipe.max_steps, a.scales, out, a.name)
+    score(cfg, models, trained, hints, prompts, modes, score_at, recipe.max_steps, a.scales, out, a.name)
 
 
 def score(cfg, models, trained, hints, prompts, modes, score_at, max_steps, scales, out, name) -> None:

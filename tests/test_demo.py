@@ -205,14 +205,3 @@ def test_demo_defaults_learn_control(tmp_path):
 
     m = run_demo(DemoConfig(output=str(tmp_path / "d")))
     assert m["passed"], {k: m[k] for k in ("untrained", "trained", "curve")}
-
-
-def test_demo_samples_on_one_cpu_thread_and_restores_it():
-    import torch
-
-    from cnetcli.demo import generation_threads
-
-    before = torch.get_num_threads()
-    with generation_threads("cpu"):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
