@@ -196,7 +196,7 @@ def test_demo_cli_passes_the_config(monkeypatch, tmp_path, run_cli):
 
 @pytest.mark.slow
 @needs_assets
-@pytest.mark.skipif(not os.environ.get("CNET_RUN_SLOW"), reason="~12 min on 2 CPU cores; set CNET_RUN_SLOW=1")
+@pytest.mark.skipif(not os.environ.get("CNET_RUN_SLOW"), reason="~6 min on 2 CPU cores; set CNET_RUN_SLOW=1")
 def test_demo_defaults_learn_control(tmp_path):
     """`cnet demo`'s default recipe through the real `cnet train` / `cnet generate`: the trained ControlNet's
     edge F1 is >= 0.5 and >= 2x the untrained one (issue #6). Measured (2-core CPU, 11 min 18 s): 0.650 vs
