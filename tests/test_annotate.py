@@ -257,6 +257,7 @@ def test_shards_partition_without_duplicates(tmp_path):
         annotate_paths(AnnotateConfig(inputs=(str(tmp_path / "in"),), output=str(tmp_path / "o"), workers=1))
 
 
+@pytest.mark.slow  # ~6 s: two real processes
 def test_accelerate_launch_two_processes(tmp_path):
     """`accelerate launch -m cnetcli annotate` with 2 CPU processes shards the inputs, no duplicates."""
     import shutil

@@ -70,7 +70,7 @@ def _files(d: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(d.iterdir())}
 
 
-@pytest.mark.parametrize("kind,params", [("depth", {}), ("pose", {"keypoints": True})])
+@pytest.mark.parametrize("kind,params", [("depth", {}), pytest.param("pose", {"keypoints": True}, marks=pytest.mark.slow)])
 def test_run_with_loader_writes_the_same_files_as_without(weights, photos, tmp_path, monkeypatch, kind, params):
     """Batches of 2 (mixed sizes, a broken file) through the loader + prepare/run_prepared, against the same
     run with nothing prepared (each batch then goes through `batch`, or image by image for sidecars)."""

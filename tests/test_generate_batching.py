@@ -358,6 +358,7 @@ def test_cli_prompt_repeats_reach_the_config(run_cli, monkeypatch):
     assert (got[1].prompt, got[1].prompt_mode, got[1].batch_size) == ((), "default", None)
 
 
+@pytest.mark.slow  # ~6 s of aot_eager compilation
 def test_compiled_last_batch_is_padded(models, folder, cn_dir, batches):
     """On the compiled (static-shape) path the last, smaller batch runs padded to the full size, so no new
     shape is compiled; its images equal the eager ones (CPU, aot_eager backend as test_compiled_step_equals_eager)."""

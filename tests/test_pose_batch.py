@@ -20,7 +20,8 @@ def aux(name):
 # ------------------------------------------------------------------------------------- matrices and peaks
 
 
-@pytest.mark.parametrize("H,W", [(512, 512), (512, 768), (768, 512), (128, 192), (184, 200), (320, 448)])
+@pytest.mark.parametrize("H,W", [(512, 512), pytest.param(512, 768, marks=pytest.mark.slow),
+                                 pytest.param(768, 512, marks=pytest.mark.slow), (128, 192), (184, 200), (320, 448)])
 def test_axis_maps_equal_cv2_upsampling_crop_and_resize(H, W):
     """Ay @ m @ Ax^T is the reference's smart_resize_k(x8) -> crop -> smart_resize(H, W) (Lanczos, or area
     for small images), and By/Bx add scipy's gaussian_filter(sigma=3)."""
@@ -208,6 +209,7 @@ def _photo(h, w, seed):
 
 
 @pytest.mark.usefixtures("one_torch_thread")
+@pytest.mark.slow  # ~6 s: the real body network (the synthetic-people test covers the batching fast)
 def test_real_network_batch_equals_reference(strong_weights):
     """The real network (real architecture, fixed-seed weights), a batch of mixed sizes (two equal): the
     same peaks and scores as controlnet_aux's Body.__call__ image by image. (Random weights find peaks but
@@ -269,6 +271,7 @@ def _tiny_hand_net():
     return net.eval()
 
 
+@pytest.mark.slow  # ~9 s
 def test_hands_batch_equals_controlnet_aux_per_image(strong_weights):
     """With hands=true: one forward per scale for every hand of the batch gives controlnet_aux's
     detect_hands keypoints for every person."""

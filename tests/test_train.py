@@ -393,6 +393,7 @@ def test_cli_small_scale_in_a_prepared_folder(sd8, data, tmp_path, monkeypatch, 
 # ---- several processes ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # ~13 s under torchrun; tests/test_train_launch.py runs the same two-process training fast
 def test_two_processes_equal_one_with_double_batch(sd8, data, tmp_path):
     """`torchrun --nproc_per_node 2 -m cnetcli train` on CPU (gloo DDP): one set of outputs, complete
     checkpoints, ranks in sync, and the same training as one process at twice the per-process batch."""
