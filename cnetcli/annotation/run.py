@@ -310,12 +310,9 @@ def _shard_from_env() -> tuple[int, int]:
 
 def default_workers() -> int:
     """All usable cores, shared among the processes of this machine under accelerate/torchrun."""
-    from ..device import local_world_size
+    from ..device import local_world_size, usable_cores
 
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
+    cores = usable_cores()
     try:
         local = local_world_size()
     except ValueError:
