@@ -269,7 +269,9 @@ def test_bad_inputs_raise(gen, hints, tmp_path):
 
 
 def test_progress_reported(gen):
-    class Rec:
+    from cnetcli.reporting import NullReporter
+
+    class Rec(NullReporter):
         total, steps, done = None, 0, False
 
         def start(self, total, description=""):
@@ -277,9 +279,6 @@ def test_progress_reported(gen):
 
         def advance(self, n=1, **info):
             self.steps += n
-
-        def message(self, text):
-            pass
 
         def finish(self):
             self.done = True

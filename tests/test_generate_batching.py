@@ -183,7 +183,9 @@ def test_mixed_sizes_split(gen, mixed, batches):
 
 
 def test_progress_counts_batches(gen, folder):
-    class Rec:
+    from cnetcli.reporting import NullReporter
+
+    class Rec(NullReporter):
         total, steps = None, 0
 
         def start(self, total, description=""):
@@ -191,12 +193,6 @@ def test_progress_counts_batches(gen, folder):
 
         def advance(self, n=1, **info):
             self.steps += n
-
-        def message(self, text):
-            pass
-
-        def finish(self):
-            pass
 
     rec = Rec()
     gen([folder], "p", num_images=3, batch_size=5, prompt_mode="none", reporter=rec)  # 12 items: 5 + 5 + 2
