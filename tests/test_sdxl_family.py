@@ -41,7 +41,7 @@ def test_family_detected_from_the_model(loaded, tiny_sd_dir):
     assert fam.name == "sdxl" and fam.force_zeros_for_empty_prompt
     assert set(loaded) == {"unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"}
     assert type(loaded["text_encoder_2"]).__name__ == "CLIPTextModelWithProjection"
-    assert load_base_components(str(tiny_sd_dir), offline=True, parts=("unet",)).family.name == "sd"
+    assert load_base_components(str(tiny_sd_dir), offline=True, parts=("unet",)).family.name == "sd15"
     # the pipeline config's switch is honoured
     assert not family_of(loaded["unet"].config, {"force_zeros_for_empty_prompt": False}).force_zeros_for_empty_prompt
 
@@ -161,7 +161,7 @@ def test_single_file_family_from_checkpoint_keys(tmp_path):
     save_file(xl, str(tmp_path / "xl.safetensors"))
     save_file(v1, str(tmp_path / "v1.safetensors"))
     assert single_file_family(tmp_path / "xl.safetensors").name == "sdxl"
-    assert single_file_family(tmp_path / "v1.safetensors").name == "sd"
+    assert single_file_family(tmp_path / "v1.safetensors").name == "sd15"
 
 
 # ---- SDXL ControlNet: single-file export and every load path -------------------------------------------

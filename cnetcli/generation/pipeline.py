@@ -104,16 +104,17 @@ class BaseInfo:
 
     def _probe(self) -> None:
         from ..errors import MissingWeightsError
-        from ..models.families import family_named
-        from ..models.sd import base_family
+        from ..models.families import family_of
+        from ..models.sd import base_configs
 
         try:
-            fam, unet, vae = base_family(self.cfg.base, config=self.cfg.base_config, offline=self.cfg.offline)
+            info = base_configs(self.cfg.base, config=self.cfg.base_config, offline=self.cfg.offline)
+            fam, denoiser, vae = info.family, info.denoiser, info.vae
         except MissingWeightsError:
-            fam, unet, vae = family_named("sd"), None, None
+            fam, denoiser, vae = family_of(), None, None
         if self._family is None:
             self._family = fam
-        self._resolution = self._family.default_resolution(unet, vae) if unet is not None else \
+        self._resolution = self._family.default_resolution(denoiser, vae) if denoiser is not None else \
             self._family.fallback_resolution
 
     @property
@@ -132,7 +133,7 @@ class BaseInfo:
 def _controlnet_for(hint_type: str | None, path: str | None, base: BaseInfo) -> str:
     if hint_type is None:
         raise UsageError(f"{path}: no hint type in its PNG provenance; pass --type TYPE or --controlnet MODEL")
-    return ctl.release_for(hint_type, base.family.release_family)
+    return ctl.release_for(hint_type, base.family.release_key)
 
 
 def _types_for(cfg: GenerateConfig, n: int) -> list[str | None]:
@@ -173,7 +174,7 @@ def _annotate_photo(cfg: GenerateConfig, outdir: Path, base: BaseInfo) -> Job:
     if nets and len(nets) != len(hints):
         raise UsageError(f"--controlnet: {len(nets)} ControlNets for {len(hints)} --type values; give one per type")
     for k, h in enumerate(hints):
-        h.controlnet = nets[k] if nets else ctl.release_for(h.type or "", base.family.release_family)
+        h.controlnet = nets[k] if nets else ctl.release_for(h.type or "", base.family.release_key)
     return Job(Path(cfg.image).stem, hints)
 
 
