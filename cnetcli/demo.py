@@ -126,11 +126,10 @@ def _register(models: Any, name: str, net: Any) -> str:
 
 
 def add_untrained(models: Any, seed: int) -> str:
-    """The untrained ControlNet, as `cnet train` initialises it: a copy of the base UNet's encoder with zero
-    convolutions (it changes nothing yet)."""
-    from .training.model import init_controlnet
-
-    return _register(models, "untrained (zero convolutions)", init_controlnet(models.unet, models.vae, seed=seed))
+    """The untrained ControlNet, as `cnet train` initialises it: the family's copy of the base's denoiser with
+    zero convolutions (it changes nothing yet)."""
+    net = models.family.init_controlnet(models.denoiser, models.vae, seed)
+    return _register(models, "untrained (zero convolutions)", net)
 
 
 def add_checkpoint(models: Any, trained: str, ck: Path) -> str:

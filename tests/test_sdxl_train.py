@@ -178,8 +178,8 @@ def test_vae_stays_fp32_under_fp16_and_vae_flag_replaces_it(xl, data, tmp_path, 
     from cnetcli.training.setup import build_models
 
     m = build_models(_cfg(xl, data, tmp_path / "x"), "cpu", torch.float16)
-    assert m.vae.dtype == torch.float32 and m.unet.dtype == torch.float16
-    assert m.text_encoder.dtype == m.text_encoder_2.dtype == torch.float16 and m.family.name == "sdxl"
+    assert m.vae.dtype == torch.float32 and m.denoiser.dtype == torch.float16
+    assert m.text["text_encoder"].dtype == m.text["text_encoder_2"].dtype == torch.float16 and m.family.name == "sdxl"
     comps["vae"].save_pretrained(tmp_path / "myvae")  # a user-given (fp16-safe) VAE runs in the training dtype
     m = build_models(_cfg(xl, data, tmp_path / "x", vae=str(tmp_path / "myvae")), "cpu", torch.float16)
     assert m.vae.dtype == torch.float16

@@ -78,6 +78,6 @@ def test_plan_for_counts_the_live_models(tmp_path):
     m = build_models(cfg, "cpu", torch.float32)
     p = plan_for(m, cfg, (4, 8, 8))
     n = {part.name: part.params for part in p.parts}
-    assert n["unet"] == sum(x.numel() for x in m.unet.parameters())
+    assert n["unet"] == sum(x.numel() for x in m.denoiser.parameters())
     assert set(n) == {"unet", "controlnet", "text_encoder", "text_encoder_2", "vae"}
     assert p.grads == 4 * n["controlnet"] and not any(part.on_gpu for part in p.parts)

@@ -91,7 +91,7 @@ def check_single_file_possible(cfg: TrainConfig) -> None:
     (16, 32, 96, 256): refuse now (from the configs) what export would refuse after the whole run. SDXL ones
     go out in the diffusers layout (export.py), which holds any configuration."""
     from .export import ORIGINAL_HINT_CHANNELS, single_file_layout
-    from .model import hint_channels_for
+    from ..models.families.unet import hint_channels_for
 
     hint, lpb = None, None
     if cfg.controlnet:
@@ -108,10 +108,7 @@ def check_single_file_possible(cfg: TrainConfig) -> None:
         if unet and single_file_layout(unet) == "diffusers":
             return
         if vae and unet:
-            class _C:  # hint_channels_for reads vae.config.block_out_channels
-                config = type("cfg", (), {"block_out_channels": vae.get("block_out_channels", [])})
-
-            hint, lpb = hint_channels_for(_C), unet.get("layers_per_block")
+            hint, lpb = hint_channels_for(vae), unet.get("layers_per_block")
     if hint is not None and hint != ORIGINAL_HINT_CHANNELS:
         raise UsageError(f"--single-file: the original ControlNet layout needs a {ORIGINAL_HINT_CHANNELS} hint "
                          f"encoder; this base gives {hint} (its VAE downsamples differently); drop --single-file "

@@ -48,7 +48,7 @@ CKPT_BACKWARD_SHARE = 1.0
 #: (plain step; assumed the same with checkpointing)
 FP32_ACTIVATIONS = 1.8
 _DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
-#: the hint encoder's channels (model.hint_channels_for: (16, 32, 96, 256) for an 8x VAE), each level halving
+#: the hint encoder's channels (families.unet.hint_channels_for: (16, 32, 96, 256) for an 8x VAE), each level halving
 _HINT_CHANNELS = (16, 32, 96, 256, 256, 256)
 
 
@@ -106,7 +106,7 @@ def activation_units(unet_config: Any, vae_factor: int = 8, *, unet_trains: bool
     res += 2 * last * c[-1]
     tr += last * c[-1] * t[-1] * mid_cross
     px = vae_factor ** 2  # hint pixels per latent pixel; each hint level is a conv + SiLU at half the size
-    levels_h = max(1, vae_factor.bit_length())  # model.hint_channels_for: one level per halving, plus one
+    levels_h = max(1, vae_factor.bit_length())  # families.unet.hint_channels_for: one level per halving, plus one
     hint = sum(2 * ch * px / 4 ** k for k, ch in enumerate(_HINT_CHANNELS[:levels_h]))
     return Units(res, tr, hint)
 
@@ -186,7 +186,7 @@ def memory_plan(parts: list[Part], *, batch_size: int, latent_pixels: int, eight
     grads = trained * 4  # trained weights and their gradients are fp32
     optimizer = adam8_bytes(trained) if eight_bit_adam else trained * 8  # AdamW's two moments: 8-bit or fp32
     casts = trained * _DTYPE_BYTES[act_dtype] if act_dtype != "fp32" else 0
-    u = activation_units(unet_config, vae_factor, unet_trains=any(p.trains and p.name == "unet" for p in parts))
+    u = activation_units(unet_config, vae_factor, unet_trains=any(p.trains and p.name == "denoiser" for p in parts))
     scale = batch_size * latent_pixels * (FP32_ACTIVATIONS if act_dtype == "fp32" else 1.0)
     if gradient_checkpointing:
         act = scale * (CKPT_RESNET_BYTES * u.resnet + HINT_BYTES * u.hint)
@@ -201,18 +201,19 @@ def memory_plan(parts: list[Part], *, batch_size: int, latent_pixels: int, eight
 def plan_for(models: Any, cfg: Any, latent_shape: tuple[int, ...]) -> MemoryPlan:
     """The plan of a built run (`TrainModels` after the cache moved the encoders, and its TrainConfig)."""
     from ..device import dtype_name
+    from ..models.families import vae_scale_factor
 
     def part(name: str, m: Any, **kw: Any) -> Part:
         raw = getattr(m, "module", m)  # DDP-wrapped ControlNet
         return Part(name, sum(p.numel() for p in raw.parameters()), dtype_name(raw.dtype),
                     next(raw.parameters()).device.type == "cuda", **kw)
 
-    parts = [part("unet", models.unet, trains=cfg.unlock_sd_after is not None, backward=True),
+    parts = [part("denoiser", models.denoiser, trains=cfg.unlock_sd_after is not None, backward=True),
              part("controlnet", models.controlnet, trains=True)]
     parts += [part(k, models.text_components[k]) for k in models.family.text_encoders]
     parts.append(part("vae", models.vae))
-    vae_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
+    vae_factor = vae_scale_factor(models.vae.config)
     return memory_plan(parts, batch_size=cfg.batch_size, latent_pixels=latent_shape[-1] * latent_shape[-2],
                        eight_bit_adam=cfg.use_8bit_adam, gradient_checkpointing=cfg.gradient_checkpointing,
                        act_dtype=dtype_name(models.weight_dtype), cached=models.cache is not None,
-                       unet_config=models.unet.config, vae_factor=vae_factor)
+                       unet_config=models.denoiser.config, vae_factor=vae_factor)

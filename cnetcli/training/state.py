@@ -74,7 +74,7 @@ def write_checkpoint(cfg: TrainConfig, state: RunState, accelerator: Any, raw_co
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state()
         record = {"step": state.step, "lr_scheduler": lr_scheduler.state_dict(), "losses": state.losses,
-                  "unet_unlocked": state.unet_unlocked, "down_connected": models.down_connected}
+                  "unet_unlocked": state.unet_unlocked, "down_connected": models.connected}
         path = save_checkpoint(cfg.output_dir, state.step, controlnet=raw_controlnet,
                                unet=unet if state.unet_unlocked else None, optimizer=optimizer, state=record,
                                rng=rng, config_json=cfg.to_json(), run_id=state.run_id, keep=cfg.keep_checkpoints)
@@ -88,20 +88,20 @@ def restore_checkpoint(path: Path, state: RunState, models: Any, raw_controlnet:
     import torch
 
     from .checkpoint import load_checkpoint
-    from .model import set_down_connected, set_unet_trainable
+    from .model import set_connected, set_denoiser_trainable
 
     ck = load_checkpoint(path)
     st = ck["state"]
     raw_controlnet.load_state_dict(ck["controlnet"])
     if "unet" in ck:
-        models.unet.load_state_dict(ck["unet"])
+        models.denoiser.load_state_dict(ck["unet"])
     if st.get("unet_unlocked"):  # the optimizer's state covers the unlocked weights: unlock before loading it
-        set_unet_trainable(models.unet, cfg.unlock)
-        models.unet.train()
-        models.unet_trains = state.unet_unlocked = True
-    if st.get("down_connected") and not models.down_connected:
-        set_down_connected(raw_controlnet, True)
-        models.down_connected = True
+        set_denoiser_trainable(models.family, models.denoiser, cfg.unlock)
+        models.denoiser.train()
+        models.denoiser_trains = state.unet_unlocked = True
+    if st.get("down_connected") and not models.connected:
+        set_connected(models.family, raw_controlnet, True)
+        models.connected = True
     optimizer.load_state_dict(ck["optimizer"])
     lr_scheduler.load_state_dict(st["lr_scheduler"])
     torch.set_rng_state(ck["rng"]["torch"])
