@@ -243,6 +243,52 @@ def base_configs(base: ModelSpec | str | os.PathLike, *, config: str | None = No
     return BaseConfigs(family_of(denoiser, index), denoiser, part_config(spec, "vae", offline))
 
 
+def _read_json(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        d = json.loads(path.read_text())
+        return d if isinstance(d, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def local_config_folder(base: str, base_config: str | None = None) -> Path | None:
+    """A local folder holding the base's diffusers configs (model_index.json, the denoiser's and the VAE's
+    config.json), found without loading weights or importing diffusers: --base-config, the base folder, or
+    the hub cache's snapshot of a hub id."""
+    from .families import denoiser_folders
+
+    for cand in (base_config, BUILTIN_MODELS.get(base, base)):
+        files = ["model_index.json", *(f"{d}/config.json" for d in denoiser_folders())]
+        if cand and any((Path(cand).expanduser() / f).is_file() for f in files):
+            return Path(cand).expanduser()
+    if base.count("/") == 1 and not Path(base).exists():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            hit = try_to_load_from_cache(BUILTIN_MODELS.get(base, base), "model_index.json")
+            if isinstance(hit, str):
+                return Path(hit).parent
+        except Exception:  # no hub client / no cache: the configs stay unknown
+            return None
+    return None
+
+
+def local_base_configs(base: str, base_config: str | None = None) -> BaseConfigs | None:
+    """`base_configs` from local JSON files only (no diffusers import, no network): what `cnet train`'s
+    defaults need before anything heavy loads. None when no config folder is found."""
+    from .families import denoiser_folder, denoiser_folders, family_of
+
+    folder = local_config_folder(base, base_config)
+    if folder is None:
+        return None
+    index = _read_json(folder / "model_index.json") or \
+        {d: [] for d in denoiser_folders() if (folder / d / "config.json").is_file()}
+    denoiser = _read_json(folder / denoiser_folder(index) / "config.json")
+    return BaseConfigs(family_of(denoiser, index), denoiser, _read_json(folder / "vae" / "config.json"))
+
+
 def check_models_fit(
     base: str | os.PathLike,
     controlnets: list[str] | tuple[str, ...] = (),

@@ -116,6 +116,11 @@ class ModelFamily:
     recipes: ClassVar[dict[str, dict[str, Any]]] = {}
     #: what --small-scale means for this family (README, `cnet train --help`)
     small_scale_meaning: ClassVar[str] = ""
+    #: `--single-file`'s layout: "original" (the original ControlNet keys A1111/ComfyUI read) or "diffusers"
+    #: (the model's own keys in one file, which ComfyUI and diffusers' single-file loader convert)
+    single_file_layout: ClassVar[str] = "diffusers"
+    #: prefixes of the denoiser weights `init_controlnet` copies (disk estimates from file headers)
+    controlnet_copies: ClassVar[tuple[str, ...] | None] = None
 
     # ------------------------------------------------------------------------------------ files and classes
     @property
@@ -143,8 +148,12 @@ class ModelFamily:
 
     @classmethod
     def matches_config(cls, denoiser_config: Any) -> bool:
-        """Whether a denoiser config (its `_class_name` and shape) is this family's."""
+        """Whether a denoiser's or a ControlNet's config (its `_class_name` and shape) is this family's."""
         return False
+
+    def new_controlnet_config(self, denoiser_config: Any, vae_config: Any) -> dict[str, Any]:
+        """The config `init_controlnet` gives a ControlNet made from this denoiser (read from configs only)."""
+        return dict(denoiser_config)
 
     @classmethod
     def matches_model_type(cls, kind: str) -> bool:
@@ -328,6 +337,11 @@ def family_of(denoiser_config: Any = None, pipeline_config: Any = None, *, model
     return found(**{k: v for k, v in kw.items() if k in found.__dataclass_fields__})
 
 
+def denoiser_folders() -> tuple[str, ...]:
+    """Every family's denoiser component folder ("unet", "transformer")."""
+    return tuple(dict.fromkeys(f.denoiser for f in _families()))
+
+
 def denoiser_folder(pipeline_config: Any) -> str:
     """Which component folder of a base holds its denoiser, from model_index.json's entries."""
     cfg = dict(pipeline_config or {})
@@ -335,4 +349,4 @@ def denoiser_folder(pipeline_config: Any) -> str:
 
 
 __all__ = ["ModelFamily", "PromptEncoding", "cond_rows", "denoiser_folder", "family_named", "family_names",
-           "family_of", "scale_latents", "unscale_latents", "vae_scale_factor"]
+           "family_of", "denoiser_folders", "scale_latents", "unscale_latents", "vae_scale_factor"]

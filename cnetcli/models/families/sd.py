@@ -21,6 +21,7 @@ class StableDiffusion(UNetFamily):
     pipeline_classes: ClassVar[tuple[str, ...]] = (
         "StableDiffusionPipeline", "StableDiffusionControlNetPipeline", "StableDiffusionImg2ImgPipeline")
     single_file_pipeline: ClassVar[str] = "StableDiffusionPipeline"
+    single_file_layout: ClassVar[str] = "original"
     text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder",)
     tokenizers: ClassVar[tuple[str, ...]] = ("tokenizer",)
     fallback_resolution: ClassVar[int] = 512
@@ -34,7 +35,7 @@ class StableDiffusion(UNetFamily):
     def matches_config(cls, denoiser_config: Any) -> bool:
         from ..compat import config_get
 
-        return config_get(denoiser_config, "_class_name", "UNet2DConditionModel") == "UNet2DConditionModel" \
+        return config_get(denoiser_config, "_class_name", "UNet2DConditionModel") in cls.config_classes \
             and config_get(denoiser_config, "addition_embed_type") != "text_time"
 
     @classmethod

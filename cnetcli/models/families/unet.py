@@ -32,6 +32,10 @@ class UNetFamily(ModelFamily):
     controlnet_class_name: ClassVar[str] = "ControlNetModel"
     small_scale_meaning: ClassVar[str] = ("the middle block only: the 12 down zero convolutions stay at zero "
                                           "until --reconnect-at (the paper's small-scale mode)")
+    controlnet_copies: ClassVar[tuple[str, ...] | None] = (
+        "conv_in.", "time_embedding.", "class_embedding.", "add_embedding.", "down_blocks.", "mid_block.")
+    #: the classes of this family's denoiser and ControlNet configs (detection)
+    config_classes: ClassVar[tuple[str, ...]] = ("UNet2DConditionModel", "ControlNetModel", "ControlNetUnionModel")
 
     def component_classes(self) -> dict[str, Any]:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -40,6 +44,9 @@ class UNetFamily(ModelFamily):
         return {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
                 "tokenizer": CLIPTokenizer, "text_encoder_2": CLIPTextModelWithProjection,
                 "tokenizer_2": CLIPTokenizer, "scheduler": DDPMScheduler}
+
+    def new_controlnet_config(self, denoiser_config: Any, vae_config: Any) -> dict[str, Any]:
+        return {**dict(denoiser_config), "conditioning_embedding_out_channels": hint_channels_for(vae_config)}
 
     # ------------------------------------------------------------------ the ControlNet
     def init_controlnet(self, denoiser: Any, vae: Any, seed: int) -> Any:
