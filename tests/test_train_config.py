@@ -109,12 +109,14 @@ def test_lr_scheduler_is_diffusers(sd8):
     import torch
     from diffusers.optimization import get_scheduler
 
+    from types import SimpleNamespace
+
     from cnetcli.training.setup import build_optimizer
 
     def lrs(name, **kw):
         net = torch.nn.Linear(2, 2)
         cfg = TrainConfig(lr_scheduler=name, warmup_steps=2, max_steps=10, learning_rate=1.0, **kw)
-        opt, sched = build_optimizer(cfg, net, None, fused=False)
+        opt, sched = build_optimizer(cfg, SimpleNamespace(controlnet=net), fused=False)
         out = []
         for _ in range(10):
             opt.step()
