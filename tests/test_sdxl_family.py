@@ -200,7 +200,7 @@ def test_sdxl_single_file_round_trip(sdxl_controlnet, loaded, tmp_path):
     ref = cn.state_dict()
     back = ControlNetModel.from_single_file(str(f), config=str(tmp_path / "cfg"), local_files_only=True).state_dict()
     assert set(back) == set(ref) and all(torch.equal(back[k], ref[k]) for k in ref)
-    ours = load_controlnet(str(f), unet_config=loaded["unet"].config).state_dict()  # no config: the base's shape
+    ours = load_controlnet(str(f), denoiser_config=loaded["unet"].config).state_dict()  # no config: the base's shape
     assert all(torch.equal(ours[k], ref[k]) for k in ref)
 
 

@@ -74,7 +74,7 @@ class Models:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 net = load_controlnet(spec, offline=self.offline, config=self.controlnet_config, torch_dtype=self.dtype,
-                                      trust_pickle=self.trust_pickle, unet_config=self.denoiser_config)
+                                      trust_pickle=self.trust_pickle, denoiser_config=self.denoiser_config)
             net = net.to(self.device).eval().requires_grad_(False)
             if self.channels_last:
                 net = net.to(memory_format=_channels_last())

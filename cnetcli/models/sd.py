@@ -311,7 +311,7 @@ def check_models_fit(
     info = base_configs(spec, config=base_config, offline=offline)
     part_config(spec, "scheduler", offline, base_config)
     for cn in controlnets:
-        cfg = C.controlnet_config(cn, config=controlnet_config, unet_config=info.denoiser, offline=offline,
+        cfg = C.controlnet_config(cn, config=controlnet_config, denoiser_config=info.denoiser, offline=offline,
                                   trust_pickle=trust_pickle)
         if info.denoiser is not None:
             compat.check_controlnet_fits(cfg, info.denoiser, f"--controlnet {cn}", hint_channels=hint_channels,
@@ -372,19 +372,19 @@ def load_controlnet(
     offline: bool | None = None,
     config: str | None = None,
     trust_pickle: bool | None = None,
-    unet_config: Any = None,
+    denoiser_config: Any = None,
 ) -> Any:
     """Load a ControlNetModel from any form users hold (see `models.controlnet`): diffusers folders with any
     variant or sharding, `cnet train` outputs and their checkpoints, single files in the original or diffusers
     layout (.safetensors/.pth/.ckpt; config picked by shape when `config` is None), hub ids.
 
-    `unet_config`: the base's UNet config; a single file trained from that base then needs no config, and
+    `denoiser_config`: the base's UNet config; a single file trained from that base then needs no config, and
     the loaded ControlNet is checked to fit it (`compat.check_controlnet_fits`)."""
     from . import compat
     from . import controlnet as C
 
     net = C.load(spec_str, torch_dtype=torch_dtype, offline=offline, config=config, trust_pickle=trust_pickle,
-                 unet_config=dict(unet_config) if unet_config is not None else None)
-    if unet_config is not None:
-        compat.check_controlnet_fits(net.config, unet_config, f"--controlnet {spec_str}")
+                 denoiser_config=dict(denoiser_config) if denoiser_config is not None else None)
+    if denoiser_config is not None:
+        compat.check_controlnet_fits(net.config, denoiser_config, f"--controlnet {spec_str}")
     return net

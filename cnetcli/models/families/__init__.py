@@ -119,6 +119,10 @@ class ModelFamily:
     #: `--single-file`'s layout: "original" (the original ControlNet keys A1111/ComfyUI read) or "diffusers"
     #: (the model's own keys in one file, which ComfyUI and diffusers' single-file loader convert)
     single_file_layout: ClassVar[str] = "diffusers"
+    #: ControlNet classes of this family a diffusers folder may name (`_class_name`)
+    controlnet_classes: ClassVar[tuple[str, ...]] = ()
+    #: shipped ControlNet configs (models/configs/controlnet-<name>) -> label; tried by shape for single files
+    shipped_controlnet_configs: ClassVar[dict[str, str]] = {}
     #: prefixes of the denoiser weights `init_controlnet` copies (disk estimates from file headers)
     controlnet_copies: ClassVar[tuple[str, ...] | None] = None
 
@@ -150,6 +154,10 @@ class ModelFamily:
     def matches_config(cls, denoiser_config: Any) -> bool:
         """Whether a denoiser's or a ControlNet's config (its `_class_name` and shape) is this family's."""
         return False
+
+    def controlnet_config_from(self, denoiser_config: Any, **overrides: Any) -> dict[str, Any]:
+        """The config of the ControlNet this family makes from a denoiser with `denoiser_config` (meta device)."""
+        raise NotImplementedError
 
     def new_controlnet_config(self, denoiser_config: Any, vae_config: Any) -> dict[str, Any]:
         """The config `init_controlnet` gives a ControlNet made from this denoiser (read from configs only)."""
@@ -305,6 +313,11 @@ def _families() -> tuple[type[ModelFamily], ...]:
     return (*found, StableDiffusion)
 
 
+def all_families() -> tuple[type[ModelFamily], ...]:
+    """Every family class (detection order)."""
+    return _families()
+
+
 def family_names() -> tuple[str, ...]:
     """The vocabulary: every family's name."""
     return tuple(f.name for f in _families())
@@ -348,5 +361,5 @@ def denoiser_folder(pipeline_config: Any) -> str:
     return next((f.denoiser for f in _families() if f.denoiser in cfg), "unet")
 
 
-__all__ = ["ModelFamily", "PromptEncoding", "cond_rows", "denoiser_folder", "family_named", "family_names",
+__all__ = ["ModelFamily", "all_families", "PromptEncoding", "cond_rows", "denoiser_folder", "family_named", "family_names",
            "family_of", "denoiser_folders", "scale_latents", "unscale_latents", "vae_scale_factor"]

@@ -22,6 +22,7 @@ class StableDiffusion(UNetFamily):
         "StableDiffusionPipeline", "StableDiffusionControlNetPipeline", "StableDiffusionImg2ImgPipeline")
     single_file_pipeline: ClassVar[str] = "StableDiffusionPipeline"
     single_file_layout: ClassVar[str] = "original"
+    shipped_controlnet_configs: ClassVar[dict[str, str]] = {"sd15": "SD1.x", "sd21": "SD2.x"}
     text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder",)
     tokenizers: ClassVar[tuple[str, ...]] = ("tokenizer",)
     fallback_resolution: ClassVar[int] = 512

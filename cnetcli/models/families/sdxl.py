@@ -30,6 +30,7 @@ class StableDiffusionXL(UNetFamily):
     tokenizers: ClassVar[tuple[str, ...]] = ("tokenizer", "tokenizer_2")
     fallback_resolution: ClassVar[int] = 1024
     release_key: ClassVar[str] = "sdxl"
+    shipped_controlnet_configs: ClassVar[dict[str, str]] = {"sdxl": "SDXL"}
     #: diffusers' train_controlnet_sdxl.py example's lr 1e-5 at batch 1 (1024 px leaves room for little more on
     #: one GPU; add --gradient-accumulation for the paper's effective batch)
     recipes: ClassVar[dict[str, dict[str, Any]]] = {

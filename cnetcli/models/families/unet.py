@@ -36,6 +36,8 @@ class UNetFamily(ModelFamily):
         "conv_in.", "time_embedding.", "class_embedding.", "add_embedding.", "down_blocks.", "mid_block.")
     #: the classes of this family's denoiser and ControlNet configs (detection)
     config_classes: ClassVar[tuple[str, ...]] = ("UNet2DConditionModel", "ControlNetModel", "ControlNetUnionModel")
+    #: ControlNet-Union: one network for many hint types (xinsir's controlnet-union-sdxl-1.0 and its ProMax)
+    controlnet_classes: ClassVar[tuple[str, ...]] = ("ControlNetModel", "ControlNetUnionModel")
 
     def component_classes(self) -> dict[str, Any]:
         from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -44,6 +46,15 @@ class UNetFamily(ModelFamily):
         return {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
                 "tokenizer": CLIPTokenizer, "text_encoder_2": CLIPTextModelWithProjection,
                 "tokenizer_2": CLIPTokenizer, "scheduler": DDPMScheduler}
+
+    def controlnet_config_from(self, denoiser_config: Any, **overrides: Any) -> dict[str, Any]:
+        from accelerate import init_empty_weights
+        from diffusers import ControlNetModel, UNet2DConditionModel
+
+        with init_empty_weights():
+            unet = UNet2DConditionModel.from_config(dict(denoiser_config))
+            cn = ControlNetModel.from_unet(unet, load_weights_from_unet=False, **overrides)
+        return {k: v for k, v in dict(cn.config).items() if not k.startswith("_")}
 
     def new_controlnet_config(self, denoiser_config: Any, vae_config: Any) -> dict[str, Any]:
         return {**dict(denoiser_config), "conditioning_embedding_out_channels": hint_channels_for(vae_config)}
