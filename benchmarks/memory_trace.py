@@ -509,7 +509,7 @@ def plan_estimate(tr: Trace) -> Any:
     lat = tr.resolution // tr.vae_factor
     return memory_plan(parts, batch_size=tr.batch, latent_pixels=lat * lat, eight_bit_adam=tr.flags.adam8,
                        gradient_checkpointing=tr.flags.checkpointing, act_dtype=w, cached=tr.flags.cached,
-                       unet_config=tr.unet_config, vae_factor=tr.vae_factor)
+                       denoiser_config=tr.unet_config, vae_factor=tr.vae_factor)
 
 
 def table(traces: list[Trace]) -> str:

@@ -14,7 +14,7 @@ from cnetcli.training.memory import GIB, Part, adam8_bytes
 
 # SDXL's UNet block layout (the shipped SDXL ControlNet config has the same encoder blocks)
 _XL_CONFIG = json.loads((Path(memory.__file__).parents[1] / "models/configs/controlnet-sdxl/config.json").read_text())
-memory_plan = partial(memory.memory_plan, unet_config=_XL_CONFIG)
+memory_plan = partial(memory.memory_plan, denoiser_config=_XL_CONFIG)
 
 # the released SDXL 1.0 base's parameter counts, and about an SDXL ControlNet's (its fp16 file is 2.5 GB)
 SDXL = dict(unet=2_567_463_684, controlnet=1_251_251_713, text_encoder=123_060_480, text_encoder_2=694_659_840,

@@ -35,7 +35,7 @@ the hint and the residuals
     x, t, cond, residuals) -> model output`, and `predict(...)`: the one ControlNet + denoiser forward that
     training/step.py runs (generation's sampling loop calls `control` per net and `denoise` once).
 the memory plan
-    `memory_units(denoiser_config, vae_factor, denoiser_trains)` (the activation model's blocks).
+    `activation_bytes(denoiser_config, vae_factor, ...)`: the activation model and its fitted coefficients.
 """
 
 from __future__ import annotations
@@ -293,8 +293,10 @@ class ModelFamily:
             return self.denoise(denoiser, x, t, cond, res)
 
     # ------------------------------------------------------------------------------------ memory plan
-    def memory_units(self, denoiser_config: Any, vae_factor: int = 8, *, denoiser_trains: bool = False) -> Any:
-        """The activation model's units (`training.memory.Units`) of this family's networks."""
+    def activation_bytes(self, denoiser_config: Any, vae_factor: int = 8, *, denoiser_trains: bool = False,
+                         gradient_checkpointing: bool = False, fp32: bool = False) -> tuple[float, float]:
+        """The memory plan's activation model: (bytes kept at the end of the forward, bytes the backward holds
+        besides the gradients) per sample and latent pixel, for a bf16 step (or fp32 with `fp32`)."""
         raise NotImplementedError
 
 

@@ -141,7 +141,9 @@ class UNetFamily(ModelFamily):
         return denoiser(x, t, encoder_hidden_states=cond["encoder_hidden_states"], return_dict=False, **kw)[0]
 
     # ------------------------------------------------------------------ memory plan
-    def memory_units(self, denoiser_config: Any, vae_factor: int = 8, *, denoiser_trains: bool = False) -> Any:
-        from ...training.memory import activation_units
+    def activation_bytes(self, denoiser_config: Any, vae_factor: int = 8, *, denoiser_trains: bool = False,
+                         gradient_checkpointing: bool = False, fp32: bool = False) -> tuple[float, float]:
+        from .unet_memory import activation_bytes
 
-        return activation_units(denoiser_config, vae_factor, unet_trains=denoiser_trains)
+        return activation_bytes(denoiser_config, vae_factor, denoiser_trains=denoiser_trains,
+                                gradient_checkpointing=gradient_checkpointing, fp32=fp32)
