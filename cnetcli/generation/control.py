@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
+from ..models.families import DEFAULT_FAMILY
 
 CONTROL_MODES = ("balanced", "prompt", "controlnet")
 SOFT_BASE = 0.825
@@ -42,14 +43,14 @@ def union_control_types() -> dict[str, int]:
     return dict(sorted(found, key=lambda t: t[1]))
 
 
-def controlnet_releases(family: str = "sd15") -> dict[str, str]:
+def controlnet_releases(family: str = DEFAULT_FAMILY) -> dict[str, str]:
     """Hint type -> its ControlNet release for a base family, derived from the hint-type registry."""
     from ..annotators import all_types
 
     return {h.name: hub for h in all_types() if (hub := h.release(family))}
 
 
-def release_for(hint_type: str, family: str = "sd15", flag: str = "--type") -> str:
+def release_for(hint_type: str, family: str = DEFAULT_FAMILY, flag: str = "--type") -> str:
     """The ControlNet release id for a hint type (name or alias) on a base family (the registry's
     `HintType.releases`); a clear error naming the flags otherwise."""
     from ..annotators import release_for as _release_for

@@ -14,8 +14,6 @@ from ..errors import ModelLoadError
 
 #: Scheduler prediction types that cnet's training loss and sampling handle.
 SUPPORTED_PREDICTION_TYPES = ("epsilon", "v_prediction")
-#: Text-encoder width (cross_attention_dim) -> the family that uses it, for messages.
-FAMILY_BY_WIDTH = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL", 1280: "SDXL refiner"}
 
 _POSITIVE_INTS = ("in_channels", "conditioning_channels", "norm_num_groups", "addition_time_embed_dim",
                   "projection_class_embeddings_input_dim", "sample_size", "out_channels", "latent_channels")
@@ -72,12 +70,12 @@ def validate_config(cfg: Any, where: str) -> None:
                              "fix the config or download it again")
 
 
-def family_label(cfg: Any) -> str:
-    """SDXL / SD2.x / SD1.x as far as a UNet/ControlNet config tells (for messages)."""
-    if config_get(cfg, "addition_embed_type") == "text_time":
-        return "SDXL"
-    width = config_get(cfg, "cross_attention_dim")
-    return FAMILY_BY_WIDTH.get(width, f"{width}-wide") if _is_int(width) else "unknown"
+def family_label(cfg: Any) -> str | None:
+    """What a denoiser's/ControlNet's config looks like (its family's `describe`: e.g. SD1.x, SD2.x, SDXL), for
+    messages; None when no release it knows looks like this."""
+    from .families import family_of
+
+    return family_of(cfg).describe(cfg)
 
 
 def _residuals(cfg: Any) -> int | None:
@@ -134,8 +132,7 @@ def check_controlnet_fits(controlnet_config: Any, denoiser_config: Any, name: st
             problems.append(f"its hint encoder downsamples {hint_factor}x, the base's VAE {vae_factor}x")
     if problems:
         cf, uf = family_label(controlnet_config), family_label(denoiser_config)
-        known = set(FAMILY_BY_WIDTH.values()) | {"SDXL"}
-        guess = f" (an {cf} ControlNet on an {uf} base?)" if cf != uf and {cf, uf} <= known else ""
+        guess = f" (an {cf} ControlNet on an {uf} base?)" if cf != uf and cf and uf else ""
         raise ModelLoadError(f"{name}: {'; '.join(problems)}{guess}")
 
 

@@ -321,9 +321,14 @@ def check_models_fit(
 
 def single_file_family(path: str | os.PathLike, config: str | None = None) -> Any:
     """The family of a single-file base: from its config folder when given, else from the checkpoint's keys
-    (diffusers' own `infer_diffusers_model_type`, on a safetensors header read)."""
+    (diffusers' own `infer_diffusers_model_type`, on a safetensors header read). Pickles are refused first."""
     from .families import family_of
 
+    if str(path).lower().endswith((".ckpt", ".pth", ".pt", ".bin")):
+        raise ModelLoadError(
+            f"{path}: pickled checkpoints are not loaded (they can run code); convert it to .safetensors "
+            "or use a diffusers folder"
+        )
     if config:
         return base_configs(ModelSpec("dir", str(Path(config).expanduser()), config), offline=True).family
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
@@ -341,11 +346,6 @@ def _load_single_file_base(spec: ModelSpec, parts: tuple[str, ...] | None, torch
 
     from . import boundary
 
-    if spec.location.lower().endswith((".ckpt", ".pth", ".pt", ".bin")):
-        raise ModelLoadError(
-            f"{spec.location}: pickled checkpoints are not loaded (they can run code); convert it to .safetensors "
-            "or use a diffusers folder"
-        )
     family = single_file_family(spec.location, config)
     cls = getattr(diffusers, family.single_file_pipeline)
     kw: dict[str, Any] = {}

@@ -40,7 +40,7 @@ MEMORY_HINT = ("try a smaller --batch-size (with --gradient-accumulation to keep
 class TrainResult:
     output: Path
     controlnet_dir: Path | None
-    unet_dir: Path | None = None
+    denoiser_dir: Path | None = None  # OUTPUT/<denoiser> once the base's weights trained
     single_file: Path | None = None
     start_step: int = 0
     steps: int = 0
@@ -284,7 +284,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
                 stopping = logged is not None and bool(accelerator.reduce(
                     torch.tensor(float(stopping), device=device), "sum").item())
             if stopping or due_checkpoint:
-                state.last_checkpoint = write_checkpoint(cfg, state, accelerator, raw_controlnet, models.denoiser,
+                state.last_checkpoint = write_checkpoint(cfg, state, accelerator, raw_controlnet,
                                                          optimizer, lr_scheduler, models)
             if stopping:
                 reporter.finish()
@@ -368,10 +368,10 @@ def switch_modes(cfg: TrainConfig, state: RunState, models: Any, raw_controlnet:
         set_connected(models.family, raw_controlnet, True)
         models.connected = True
         reporter.message(f"step {state.step}: reconnected all down blocks (full connection)")
-    if cfg.unlock_sd_after is not None and state.step >= cfg.unlock_sd_after and not state.unet_unlocked:
+    if cfg.unlock_sd_after is not None and state.step >= cfg.unlock_sd_after and not state.denoiser_unlocked:
         set_denoiser_trainable(models.family, models.denoiser, cfg.unlock)
         models.denoiser.train()
-        models.denoiser_trains = state.unet_unlocked = True
+        models.denoiser_trains = state.denoiser_unlocked = True
         reporter.message(f"step {state.step}: unlocked SD weights ({cfg.unlock}) at lr {cfg.sd_learning_rate:g}")
 
 

@@ -159,6 +159,11 @@ class ModelFamily:
         """The config of the ControlNet this family makes from a denoiser with `denoiser_config` (meta device)."""
         raise NotImplementedError
 
+    def describe(self, config: Any) -> str | None:
+        """Which release of the family a denoiser's or ControlNet's config looks like (for messages: "an SD2.x
+        ControlNet on an SD1.x base?"); None when none it knows."""
+        return self.label
+
     def new_controlnet_config(self, denoiser_config: Any, vae_config: Any) -> dict[str, Any]:
         """The config `init_controlnet` gives a ControlNet made from this denoiser (read from configs only)."""
         return dict(denoiser_config)
@@ -315,6 +320,15 @@ def _families() -> tuple[type[ModelFamily], ...]:
     return (*found, StableDiffusion)
 
 
+#: the family of a base nothing else claims (and cnet's default base, SD1.5: the paper's)
+DEFAULT_FAMILY = "sd15"
+
+
+def release_keys() -> tuple[str, ...]:
+    """The keys of the hint-type registry's `releases`: every family's `release_key`."""
+    return tuple(dict.fromkeys(f.release_key for f in _families()))
+
+
 def all_families() -> tuple[type[ModelFamily], ...]:
     """Every family class (detection order)."""
     return _families()
@@ -363,5 +377,5 @@ def denoiser_folder(pipeline_config: Any) -> str:
     return next((f.denoiser for f in _families() if f.denoiser in cfg), "unet")
 
 
-__all__ = ["ModelFamily", "all_families", "PromptEncoding", "cond_rows", "denoiser_folder", "family_named", "family_names",
+__all__ = ["DEFAULT_FAMILY", "ModelFamily", "all_families", "release_keys", "PromptEncoding", "cond_rows", "denoiser_folder", "family_named", "family_names",
            "family_of", "denoiser_folders", "scale_latents", "unscale_latents", "vae_scale_factor"]

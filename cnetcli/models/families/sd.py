@@ -43,6 +43,12 @@ class StableDiffusion(UNetFamily):
     def matches_model_type(cls, kind: str) -> bool:
         return kind.startswith(("v1", "v2"))
 
+    def describe(self, config: Any) -> str | None:
+        """SD1.x / SD2.x by the text width (cross_attention_dim) the config takes."""
+        from ..compat import config_get
+
+        return {768: "SD1.x", 1024: "SD2.x"}.get(config_get(config, "cross_attention_dim"))
+
     def _encode(self, tokenizer: Any, text_encoder: Any, prompts: list[str], max_length: int,
                 clip_skip: int | None) -> Any:
         inputs = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")

@@ -54,6 +54,9 @@ class StableDiffusionXL(UNetFamily):
     def matches_model_type(cls, kind: str) -> bool:
         return kind.startswith(("xl", "playground"))
 
+    def describe(self, config: Any) -> str | None:
+        return "SDXL refiner" if config_get(config, "cross_attention_dim") == 1280 else "SDXL"
+
     def training_cond(self, encoding: PromptEncoding, micro: Any, size: tuple[int, int]) -> dict[str, Any]:
         return {"encoder_hidden_states": encoding.prompt_embeds,
                 "added_cond_kwargs": self.training_added_cond(encoding, micro, size)}
