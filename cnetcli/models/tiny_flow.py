@@ -49,10 +49,10 @@ def _t5_encoder(vocab_size: int, d_model: int, seed: int) -> Any:
     import torch
     from transformers import T5Config, T5EncoderModel
 
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # eval(): as from_pretrained leaves it (T5's dropout is 0.1)
     return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=d_model, d_ff=37, d_kv=8, num_heads=4,
                                    num_layers=2, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
-                                   is_encoder_decoder=False, use_cache=False, pad_token_id=0, eos_token_id=1))
+                                   is_encoder_decoder=False, use_cache=False, pad_token_id=0, eos_token_id=1)).eval()
 
 
 def _clip_encoder(cls: Any, vocab_size: int, hidden: int, seed: int) -> Any:
