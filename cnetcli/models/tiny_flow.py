@@ -172,7 +172,9 @@ def tiny_flux_controlnet(transformer: Any, seed: int = 0, *, num_layers: int | N
 
 def tiny_sd3_controlnet(transformer: Any, seed: int = 0, *, num_layers: int | None = None) -> Any:
     """An SD3ControlNetModel initialised from an SD3 transformer as train_controlnet_sd3.py does (no extra
-    conditioning channels: an ordinary hint, not inpainting). Depth defaults to the transformer's.
+    conditioning channels: an ordinary hint, not inpainting). Depth defaults to the script's 12, at most the
+    transformer's depth - 1: the transformer's last block is `context_pre_only` (no context output weights),
+    so copying it into a ControlNet block fails with a size mismatch.
 
     diffusers 0.42's `from_transformer` writes `num_layers` and `extra_conditioning_channels` into the
     *transformer's* config (FrozenDict's guard never fires), so a later save of the base would be corrupt;
@@ -185,6 +187,6 @@ def tiny_sd3_controlnet(transformer: Any, seed: int = 0, *, num_layers: int | No
     torch.manual_seed(seed)
     try:
         return SD3ControlNetModel.from_transformer(transformer, num_extra_conditioning_channels=0,
-                                                   num_layers=num_layers or before["num_layers"])
+                                                   num_layers=num_layers or min(12, before["num_layers"] - 1))
     finally:
         transformer._internal_dict = FrozenDict(before)
