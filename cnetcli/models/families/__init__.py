@@ -285,9 +285,10 @@ class ModelFamily:
     #: `draw_noise`, with the rest of the micro-batch's random numbers
     hint_sample_needed: ClassVar[bool] = False
 
-    def hint_input(self, vae: Any, hint: Any, sample: Any = None) -> Any:
+    def hint_input(self, vae: Any, hint: Any, sample: Any = None, net: Any = None) -> Any:
         """What the ControlNet's `controlnet_cond` gets from a hint batch in [0, 1] (B x 3 x H x W); `sample`:
-        the standard-normal draw a VAE-latent hint uses (None: the family's own draw)."""
+        the standard-normal draw a VAE-latent hint uses (None: the family's own draw); `net`: the ControlNet
+        it is for, when sampling (its config may change the encoding, as in the family's pipeline)."""
         return hint
 
     def control(self, net: Any, x: Any, t: Any, cond: dict[str, Any], hint: Any, *, scale: float = 1.0,
