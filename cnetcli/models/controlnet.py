@@ -378,9 +378,13 @@ def _load_pickled_folder(loc: Located, torch_dtype: Any, trust_pickle: bool | No
 
 def load_single_file(loc: Located, *, torch_dtype: Any = None, offline: bool | None = None, config: str | None = None,
                      trust_pickle: bool | None = None, denoiser_config: dict[str, Any] | None = None) -> Any:
-    from .families import family_of
+    from .families import controlnet_file_family, family_of
 
     where = loc.path + (f" ({loc.note})" if loc.note else "")
+    own = controlnet_file_family(read_shapes(loc.path, trust_pickle)) if loc.path.endswith(".safetensors") else None
+    if own is not None:  # a layout its family reads itself (SD3/FLUX: diffusers keys + cnet's config metadata)
+        with boundary.load_errors(where, f"{own.label} ControlNet"):
+            return own.load_controlnet_file(loc.path, denoiser_config=denoiser_config, torch_dtype=torch_dtype)
     sd = read_state_dict(loc.path, trust_pickle)
     if not sd or not any(k.endswith(("conv_in.weight", "input_hint_block.0.weight")) for k in sd):
         raise ModelLoadError(f"{where}: not a ControlNet (no hint encoder weights inside)")
@@ -431,5 +435,11 @@ def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, den
         except Exception:
             raise missing_hub_error(loc.path, "ControlNet") from None
     where = loc.path + (f" ({loc.note})" if loc.note else "")
-    cfg, _, _ = pick_config(read_shapes(loc.path, trust_pickle), candidates(loc, config, denoiser_config, offline), where)
+    shapes = read_shapes(loc.path, trust_pickle)
+    from .families import controlnet_file_family
+
+    own = controlnet_file_family(shapes)
+    if own is not None:
+        return own.controlnet_file_config(loc.path, denoiser_config=denoiser_config)
+    cfg, _, _ = pick_config(shapes, candidates(loc, config, denoiser_config, offline), where)
     return cfg

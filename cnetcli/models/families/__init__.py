@@ -159,6 +159,22 @@ class ModelFamily:
         """The config of the ControlNet this family makes from a denoiser with `denoiser_config` (meta device)."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------------------------ single files
+    def claims_controlnet_file(self, keys: Any) -> bool:
+        """Whether a single ControlNet file with these keys is this family's own layout (read by
+        `load_controlnet_file`); False: cnet's generic reader (shipped configs tried by shape)."""
+        return False
+
+    def load_controlnet_file(self, path: Any, *, denoiser_config: Any = None, torch_dtype: Any = None) -> Any:
+        raise NotImplementedError
+
+    def controlnet_file_config(self, path: Any, *, denoiser_config: Any = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def single_file_metadata(self, controlnet: Any) -> dict[str, str]:
+        """safetensors metadata `--single-file` stores beside the weights (e.g. the config to read it back)."""
+        return {}
+
     def describe(self, config: Any) -> str | None:
         """Which release of the family a denoiser's or ControlNet's config looks like (for messages: "an SD2.x
         ControlNet on an SD1.x base?"); None when none it knows."""
@@ -382,6 +398,11 @@ def family_of(denoiser_config: Any = None, pipeline_config: Any = None, *, model
         found = next((f for f in fams if f.matches_model_type(model_type)), None)
     found = found or fams[-1]
     return found(**{k: v for k, v in kw.items() if k in found.__dataclass_fields__})
+
+
+def controlnet_file_family(keys: Any) -> ModelFamily | None:
+    """The family whose own single-file layout these ControlNet keys are (None: the generic reader's)."""
+    return next((f() for f in _families() if f().claims_controlnet_file(keys)), None)
 
 
 def denoiser_folders() -> tuple[str, ...]:

@@ -124,6 +124,36 @@ class StableDiffusion3(ModelFamily):
         return {**cfg, "num_layers": self.controlnet_layers(denoiser_config, False),
                 "extra_conditioning_channels": 0, **overrides}
 
+    # ------------------------------------------------------------------ single files (families/flow_files.py)
+    def claims_controlnet_file(self, keys: Any) -> bool:
+        from .flow_files import comfyui_loader
+
+        return comfyui_loader(keys) == "load_controlnet_mmdit"
+
+    def load_controlnet_file(self, path: Any, *, denoiser_config: Any = None, torch_dtype: Any = None) -> Any:
+        from .flow_files import load_controlnet_file
+
+        return load_controlnet_file(path, base_config=denoiser_config, torch_dtype=torch_dtype)
+
+    def controlnet_file_config(self, path: Any, *, denoiser_config: Any = None) -> dict[str, Any]:
+        import json
+
+        from safetensors import safe_open
+
+        from .flow_files import CONFIG_KEY, infer_config
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        if CONFIG_KEY in meta:
+            return {**json.loads(meta[CONFIG_KEY]), "_class_name": self.controlnet_class_name}
+        return {**infer_config(shapes, denoiser_config)[1], "_class_name": self.controlnet_class_name}
+
+    def single_file_metadata(self, controlnet: Any) -> dict[str, str]:
+        from .flow_files import file_metadata
+
+        return file_metadata(controlnet)
+
     def small_scale_params(self, controlnet: Any) -> list[Any]:
         return []  # small-scale is a shallower ControlNet from the start (init_controlnet), nothing frozen
 
