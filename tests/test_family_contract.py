@@ -20,7 +20,7 @@ from cnetcli.images import save_png
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 #: family name -> the session fixture holding its tiny base (tests/conftest.py)
-FAMILIES = {"sd15": "tiny_sd_dir", "sdxl": "xl", "sd3": "sd3_dir"}
+FAMILIES = {"sd15": "sd8", "sdxl": "xl", "sd3": "sd3_dir"}
 
 
 @pytest.fixture(params=list(FAMILIES), ids=list(FAMILIES))
@@ -156,3 +156,60 @@ def test_annotate_train_resume_generate_export_eval(run_cli, family_base, tmp_pa
     _ok(run_cli("eval", str(tmp_path / "gen")))
     res = json.loads((tmp_path / "gen" / "eval.json").read_text())
     assert res["n"] == 1 and 0.0 <= res["f1"] <= 1.0
+
+
+# ------------------------------------------------------------------------------------------ training invariants
+def _train_cfg(base, data, out, **kw):
+    from cnetcli.training import TrainConfig
+
+    return TrainConfig(**(dict(base=str(base), data=str(data), output=str(out), resolution=64, batch_size=1,
+                               max_steps=4, learning_rate=1e-3, checkpoint_every=0, report_to="none", log_every=1,
+                               hflip=True, gradient_accumulation=2) | kw))
+
+
+def _same_weights(a, b):
+    import diffusers
+    import torch
+
+    cls = getattr(diffusers, json.loads((a / "config.json").read_text())["_class_name"])
+    x, y = cls.from_pretrained(str(a)).state_dict(), cls.from_pretrained(str(b)).state_dict()
+    return set(x) == set(y) and all(torch.equal(x[k], y[k]) for k in x)
+
+
+@pytest.mark.slow
+def test_cache_and_resume_change_nothing_bitwise(family_base, data, tmp_path):
+    """The latent + text cache (with both flips) trains exactly as encoding every step; a run stopped at step 2
+    and resumed equals a straight run, losses and weights."""
+    from cnetcli.training import train
+
+    _, base = family_base
+    cached = train(_train_cfg(base, data, tmp_path / "c", cache_latents=True))
+    assert cached.cache_path is not None
+    plain = train(_train_cfg(base, data, tmp_path / "u", cache_latents=False))
+    assert cached.losses == plain.losses and _same_weights(cached.controlnet_dir, plain.controlnet_dir)
+    stopped = train(_train_cfg(base, data, tmp_path / "r", checkpoint_every=1), on_step=lambda i: i.step == 2)
+    assert stopped.interrupted and stopped.steps == 2
+    resumed = train(_train_cfg(base, data, tmp_path / "r", checkpoint_every=1, resume="latest"))
+    assert resumed.start_step == 2 and resumed.losses == cached.losses
+    assert _same_weights(resumed.controlnet_dir, cached.controlnet_dir)
+
+
+@pytest.mark.slow
+def test_validation_samples_with_the_models_in_memory(family_base, data, tmp_path, monkeypatch):
+    """Training-time validation goes through `generation.generate` with the training modules (no second load)
+    and scores controllability with cnet eval's metric."""
+    import cnetcli.generation as gen
+    from cnetcli.training import train
+
+    name, base = family_base
+    calls, seen, real = [], [], gen.generate
+    monkeypatch.setattr(gen, "generate", lambda cfg, reporter=None, models=None: calls.append(models) or
+                        real(cfg, reporter, models=models))
+    r = train(_train_cfg(base, data, tmp_path / "v", batch_size=2, max_steps=2, gradient_accumulation=1,
+                         hflip=False, cache_latents=False, validate_every=2,
+                         validation_hints=(str(data / "conditioning_images/0.png"),),
+                         validation_prompts=("red circle",), validation_images=1, validation_sampling_steps=2,
+                         validation_type="canny"), on_step=lambda info: seen.append(info.models))
+    assert len(calls) == 1 and calls[0].family.name == name
+    assert calls[0].denoiser is seen[-1].denoiser and calls[0].text is seen[-1].text
+    assert [c["step"] for c in r.controllability] == [2] and 0.0 <= r.controllability[0]["value"] <= 1.0

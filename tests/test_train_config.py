@@ -106,10 +106,10 @@ def test_report_to_wandb_needs_wandb(sd8, data, tmp_path, no_model_loads):
 
 
 def test_lr_scheduler_is_diffusers(sd8):
+    from types import SimpleNamespace
+
     import torch
     from diffusers.optimization import get_scheduler
-
-    from types import SimpleNamespace
 
     from cnetcli.training.setup import build_optimizer
 

@@ -306,17 +306,23 @@ def control_image(hints: HintInput | Sequence[HintInput], width: int, height: in
     return torch.stack([fitted[id(h)] for h in rows]).to(models.device, models.dtype)
 
 
-def hint_inputs(models: Models, net: Any, pixels: Any, do_cfg: bool) -> tuple[Any, Any]:
-    """(the ControlNet's input for the conditional half, for the unconditional half or None when the same):
-    a family whose hint is a sample of VAE latents (SD3) encodes the CFG-doubled hint as its pipeline does, one
-    draw per half; a pixel-space hint is the same for both."""
+def hint_inputs(models: Models, net: Any, pixels: Any, do_cfg: bool, seeds: list[int]) -> tuple[Any, Any]:
+    """(the ControlNet's input for the conditional half, for the unconditional half or None when the same).
+    A pixel-space hint is the same for both. A family whose hint is a sample of VAE latents (SD3) encodes each
+    item's hint, CFG-doubled, as its pipeline does (one draw per half), drawing from a generator seeded with the
+    item's seed, so the image depends on its own seed only (the pipeline draws from torch's global RNG)."""
     import torch
 
     family = models.family
-    if not (family.hint_sample_needed and do_cfg):
+    if not family.hint_sample_needed:
         return family.hint_input(models.vae, pixels, net=net), None
-    uncond, cond = family.hint_input(models.vae, torch.cat([pixels, pixels]), net=net).chunk(2)
-    return cond, uncond
+    conds, unconds = [], []
+    for row, seed in zip(pixels, seeds, strict=True):
+        x = torch.cat([row[None], row[None]]) if do_cfg else row[None]
+        z = family.hint_input(models.vae, x, torch.Generator("cpu").manual_seed(seed), net=net)
+        conds.append(z[-1:])
+        unconds.append(z[:1])
+    return torch.cat(conds), torch.cat(unconds) if do_cfg else None
 
 
 def batch_key(models: Models, job: Job) -> tuple:
@@ -370,7 +376,7 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
     for k, h in enumerate(first.hints):
         net = models.controlnet(h.controlnet)
         pixels = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
-        image, uncond = hint_inputs(models, net, pixels, do_cfg)
+        image, uncond = hint_inputs(models, net, pixels, do_cfg, seeds)
         units.append(ctl.ControlUnit(net, image, scales[k], starts[k], ends[k],
                                      ctl.union_control_type(h.type, net, h.controlnet), uncond))
 

@@ -303,7 +303,7 @@ class ModelFamily:
 
     def hint_input(self, vae: Any, hint: Any, sample: Any = None, net: Any = None) -> Any:
         """What the ControlNet's `controlnet_cond` gets from a hint batch in [0, 1] (B x 3 x H x W); `sample`:
-        the standard-normal draw a VAE-latent hint uses (None: the family's own draw); `net`: the ControlNet
+        the standard-normal draw a VAE-latent hint uses, or a torch.Generator to draw it from; `net`: the ControlNet
         it is for, when sampling (its config may change the encoding, as in the family's pipeline)."""
         return hint
 

@@ -254,11 +254,17 @@ class StableDiffusion3(ModelFamily):
 
     def hint_input(self, vae: Any, hint: Any, sample: Any = None, net: Any = None) -> Any:
         """The hint (in [0, 1]) as the ControlNet takes it: VAE latents of the hint in [-1, 1], a sample of
-        their distribution (`mean + std * sample`; with no `sample`, drawn from torch's global RNG as
-        StableDiffusion3ControlNetPipeline draws it), shifted and scaled like the image latents. `net` (when
-        sampling): the pipeline's rule, no shift for a `force_zeros_for_pooled_projection` ControlNet."""
+        their distribution (`mean + std * sample` for a tensor; for a torch.Generator, drawn from it as
+        StableDiffusion3ControlNetPipeline draws from torch's global RNG), shifted and scaled like the image
+        latents. `net` (when sampling): the pipeline's rule, no shift for a `force_zeros_for_pooled_projection`
+        ControlNet."""
+        import torch
+
         dist = vae.encode((hint * 2.0 - 1.0).to(vae.dtype)).latent_dist
-        z = dist.sample() if sample is None else dist.mean + dist.std * sample.to(dist.mean.dtype)
+        if sample is None or isinstance(sample, torch.Generator):
+            z = dist.sample(generator=sample)
+        else:
+            z = dist.mean + dist.std * sample.to(dist.mean.dtype)
         if net is not None and _zero_pooled(net):
             return (z * vae.config.scaling_factor).to(hint.dtype)
         return self.to_latents(vae.config, z).to(hint.dtype)
