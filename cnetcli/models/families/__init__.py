@@ -132,10 +132,6 @@ class ModelFamily:
         """Every component of a base of this family (what `load_base_components` loads by default)."""
         return (self.denoiser, "vae", *self.text_encoders, *self.tokenizers, "scheduler")
 
-    @property
-    def release_family(self) -> str:  # the name callers used before `release_key`
-        return self.release_key
-
     def component_classes(self) -> dict[str, Any]:
         """Component folder -> the class that loads it."""
         raise NotImplementedError
