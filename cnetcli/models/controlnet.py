@@ -434,10 +434,10 @@ def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, den
             return dict(ControlNetModel.load_config(loc.path, local_files_only=is_offline(offline)))
         except Exception:
             raise missing_hub_error(loc.path, "ControlNet") from None
-    where = loc.path + (f" ({loc.note})" if loc.note else "")
-    shapes = read_shapes(loc.path, trust_pickle)
     from .families import controlnet_file_family
 
+    where = loc.path + (f" ({loc.note})" if loc.note else "")
+    shapes = read_shapes(loc.path, trust_pickle)
     own = controlnet_file_family(shapes)
     if own is not None:
         return own.controlnet_file_config(loc.path, denoiser_config=denoiser_config)

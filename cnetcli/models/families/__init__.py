@@ -4,8 +4,8 @@ The rest of cnet asks the base's `ModelFamily`; it never names the UNet or branc
 A family is detected ONCE, from the model's own files (`family_of`): model_index.json's `_class_name`, else the
 denoiser's config (its `_class_name` / added-conditioning type), else a single file's keys.
 
-What a family implements (a new base = one module here with a `ModelFamily` subclass + one entry in
-`FAMILIES`; the contract suite tests/test_family_contract.py then runs it through every command):
+What a family implements (a new base = one module here defining `FAMILY = <its ModelFamily subclass>` + its
+name in `FAMILY_MODULES`; the contract suite tests/test_family_contract.py then runs it through every command):
 
 files and classes
     name, label, aliases (older names read back from saved configs), pipeline_classes (model_index
@@ -335,19 +335,23 @@ class ModelFamily:
         raise NotImplementedError
 
 
-def _families() -> tuple[type[ModelFamily], ...]:
-    """Every family, most specific first (detection asks them in this order)."""
-    from .sd import StableDiffusion
-    from .sdxl import StableDiffusionXL
+#: the family modules (each defines `FAMILY`, its ModelFamily subclass), most specific first: detection asks
+#: them in this order, and the last one (SD1.x/2.x) takes what no other claims
+FAMILY_MODULES = ("sdxl", "sd3", "flux", "sd")
 
-    found: list[type[ModelFamily]] = [StableDiffusionXL]
-    for mod, cls in (("sd3", "StableDiffusion3"), ("flux", "Flux")):
+
+def _families() -> tuple[type[ModelFamily], ...]:
+    """Every family class, in `FAMILY_MODULES` order (a module not in this build is skipped)."""
+    import importlib
+
+    found = []
+    for mod in FAMILY_MODULES:
         try:
-            m = __import__(f"{__name__}.{mod}", fromlist=[cls])
-        except ImportError:  # a family module not in this build
-            continue
-        found.append(getattr(m, cls))
-    return (*found, StableDiffusion)
+            found.append(importlib.import_module(f"{__name__}.{mod}").FAMILY)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{mod}":
+                raise
+    return tuple(found)
 
 
 #: the family of a base nothing else claims (and cnet's default base, SD1.5: the paper's)

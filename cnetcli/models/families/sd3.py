@@ -297,3 +297,6 @@ class StableDiffusion3(ModelFamily):
     def activation_bytes(self, denoiser_config: Any, vae_factor: int = 8, *, denoiser_trains: bool = False,
                          gradient_checkpointing: bool = False, fp32: bool = False) -> tuple[float, float]:
         raise NotImplementedError("the SD3 memory plan is not traced yet")
+
+
+FAMILY = StableDiffusion3
