@@ -60,11 +60,13 @@ class TrainModels:
 @dataclass
 class Noise:
     """The random numbers of one micro-batch: `sample` draws from the VAE's latent distribution,
-    `noise` is the diffusion noise, `timesteps` the training timesteps."""
+    `noise` is the diffusion noise, `timesteps` the training timesteps, `hint_sample` the draw of the hint's VAE
+    latents (families whose hint enters as latents; None otherwise)."""
 
     sample: Any
     noise: Any
     timesteps: Any
+    hint_sample: Any = None
 
 
 def noise_seed(seed: int, micro: int) -> int:
@@ -83,8 +85,10 @@ def draw_noise(seed: int, micro: int, *, batch_size: int, latent_shape: tuple[in
     sample = torch.randn((n, *latent_shape), generator=g, device=device)
     noise = torch.randn((n, *latent_shape), generator=g, device=device)
     t = models.family.draw_timesteps(g, n, models.noise_scheduler, models, device)
+    # after the others, so the U-Net families' stream is unchanged
+    hint = torch.randn((n, *latent_shape), generator=g, device=device) if models.family.hint_latents else None
     mine = slice(rank * batch_size, (rank + 1) * batch_size)
-    return Noise(sample[mine], noise[mine], t[mine])
+    return Noise(sample[mine], noise[mine], t[mine], None if hint is None else hint[mine])
 
 
 def timestep_weights(cfg: Any, num_t: int) -> Any:
@@ -113,7 +117,8 @@ def encode_text(models: TrainModels, texts: list[str]) -> Any:
     return models.family.encode_prompt(models.text_components, list(texts), do_classifier_free_guidance=False)
 
 
-def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any) -> tuple[Any, Any, Any]:
+def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any, hint_sample: Any = None
+                 ) -> tuple[Any, Any, Any]:
     """(the denoiser's latents, the networks' conditioning kwargs, the ControlNet's hint input) of a batch, from
     the cache when there is one. Latents come in the frozen networks' dtype whatever the VAE ran in (SDXL's:
     fp32)."""
@@ -155,7 +160,7 @@ def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any) -> tup
         family = models.family
         latents = family.to_latents(models.vae.config, mean + std * sample.to(mean.dtype)).to(dtype)
         cond = _cast(family.training_cond(encoding, micro, tuple(hint.shape[-2:])), device, dtype)
-        hint = family.hint_input(models.vae, hint)
+        hint = family.hint_input(models.vae, hint, hint_sample)
     return latents, cond, hint
 
 
@@ -174,7 +179,7 @@ def forward(models: TrainModels, batch: dict[str, Any], noise: Noise, *,
     import torch
 
     family = models.family
-    latents, cond, hint = encode_batch(models, batch, noise.sample)
+    latents, cond, hint = encode_batch(models, batch, noise.sample, noise.hint_sample)
     with torch.no_grad():
         noisy, target, model_t = family.noisy_and_target(models.noise_scheduler, latents,
                                                          noise.noise.to(latents.dtype), noise.timesteps)

@@ -125,6 +125,8 @@ class ModelFamily:
     shipped_controlnet_configs: ClassVar[dict[str, str]] = {}
     #: prefixes of the denoiser weights `init_controlnet` copies (disk estimates from file headers)
     controlnet_copies: ClassVar[tuple[str, ...] | None] = None
+    #: the hint enters as VAE latents (FLUX, SD3): training draws their VAE sample with the step's noise
+    hint_latents: ClassVar[bool] = False
 
     # ------------------------------------------------------------------------------------ files and classes
     @property
@@ -269,8 +271,9 @@ class ModelFamily:
         return {"encoder_hidden_states": emb}
 
     # ------------------------------------------------------------------------------------ hint and residuals
-    def hint_input(self, vae: Any, hint: Any) -> Any:
-        """What the ControlNet's `controlnet_cond` gets from a hint batch in [0, 1] (B x 3 x H x W)."""
+    def hint_input(self, vae: Any, hint: Any, sample: Any = None) -> Any:
+        """What the ControlNet's `controlnet_cond` gets from a hint batch in [0, 1] (B x 3 x H x W). Families
+        whose hint enters as VAE latents (`hint_latents`) draw them with the standard normals `sample`."""
         return hint
 
     def control(self, net: Any, x: Any, t: Any, cond: dict[str, Any], hint: Any, *, scale: float = 1.0,
