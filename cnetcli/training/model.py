@@ -15,8 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 
-def init_controlnet(family: Any, denoiser: Any, vae: Any, seed: int) -> Any:
-    return family.init_controlnet(denoiser, vae, seed)
+def init_controlnet(family: Any, denoiser: Any, vae: Any, seed: int, small_scale: bool = False) -> Any:
+    return family.init_controlnet(denoiser, vae, seed, small_scale=small_scale)
 
 
 def set_connected(family: Any, controlnet: Any, connected: bool, *, reset: bool = False) -> None:

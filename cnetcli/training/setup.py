@@ -28,7 +28,7 @@ def build_models(cfg: TrainConfig, device: Any, weight_dtype: Any) -> TrainModel
     text_encoders = [comps[k] for k in family.text_encoders]
     family.check_scheduler(comps["scheduler"].config)
     controlnet = load_controlnet(cfg.controlnet, config=cfg.base_config) if cfg.controlnet else \
-        init_controlnet(family, denoiser, vae, cfg.seed)
+        init_controlnet(family, denoiser, vae, cfg.seed, small_scale=cfg.small_scale)
     vae.requires_grad_(False)
     for te in text_encoders:
         te.requires_grad_(False)

@@ -186,8 +186,10 @@ class ModelFamily:
         return dict(self.recipes[name])
 
     # ------------------------------------------------------------------------------------ the ControlNet
-    def init_controlnet(self, denoiser: Any, vae: Any, seed: int) -> Any:
-        """A new trainable ControlNet copied from the denoiser, as the family's diffusers training script does."""
+    def init_controlnet(self, denoiser: Any, vae: Any, seed: int, small_scale: bool = False) -> Any:
+        """A new trainable ControlNet copied from the denoiser, as the family's diffusers training script does.
+        `small_scale`: --small-scale, for families where it is a smaller network (FLUX: fewer blocks) rather
+        than disconnected residuals (`small_scale_params`)."""
         raise NotImplementedError
 
     def small_scale_params(self, controlnet: Any) -> list[Any]:
