@@ -80,3 +80,55 @@ def test_draw_timesteps_are_the_scripts_density_indices(parts):
     t = Flux().draw_timesteps(torch.Generator().manual_seed(3), 16, sched, None, "cpu")
     u = compute_density_for_timestep_sampling("none", 16, generator=torch.Generator().manual_seed(3))
     assert torch.equal(t, (u * 1000).long())
+
+
+def _sample_with_cnet(parts, nets, hints, prompt, *, seed, steps, guidance, modes=None, negative=None,
+                      true_cfg=1.0, scales=None):
+    import numpy as np
+
+    from cnetcli.generation.control import ControlUnit
+
+    fam = Flux()
+    text = {k: parts[k] for k in (*fam.text_encoders, *fam.tokenizers)}
+    enc = fam.encode_prompt(text, [prompt], negative_prompt=negative, do_classifier_free_guidance=true_cfg > 1)
+    units = [ControlUnit(n, torch.from_numpy(np.asarray(h)).permute(2, 0, 1)[None].float() / 255,
+                         (scales or [1.0] * len(nets))[k], 0.0, 1.0) for k, (n, h) in enumerate(zip(nets, hints))]
+    with torch.no_grad():
+        z = fam.sample_latents(parts["transformer"], units, modes or [None] * len(nets), enc,
+                               [torch.Generator().manual_seed(seed)], size=(64, 64), steps=steps, guidance=guidance,
+                               scheduler=parts["scheduler"], vae=parts["vae"], true_cfg=true_cfg)
+        img = parts["vae"].decode(fam.from_latents(parts["vae"].config, z), return_dict=False)[0]
+    return (img / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+
+
+def _hint(seed):
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray((np.random.default_rng(seed).random((64, 64, 3)) * 255).astype(np.uint8))
+
+
+def _trained(net, seed):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return net.eval()
+
+
+@pytest.mark.parametrize("kind", ["plain", "union+true-cfg"])
+def test_sampling_equals_flux_controlnet_pipeline(parts, kind):
+    import numpy as np
+
+    from cnetcli.models.tiny_flow import tiny_flux_controlnet
+
+    union = kind.startswith("union")
+    cn = _trained(tiny_flux_controlnet(parts["transformer"], seed=4, num_layers=2, num_single_layers=1,
+                                       num_mode=7 if union else None), 5)
+    kw = dict(control_mode=2 if union else None, negative_prompt="blue" if union else None,
+              true_cfg_scale=2.0 if union else 1.0)
+    want = ref.flux_pipeline_image(parts, cn, _hint(6), "a red circle", seed=7, steps=3, guidance_scale=3.5, **kw)
+    got = _sample_with_cnet(parts, [cn], [_hint(6)], "a red circle", seed=7, steps=3, guidance=3.5,
+                            modes=[2] if union else None, negative="blue" if union else None,
+                            true_cfg=2.0 if union else 1.0)
+    assert np.abs(got - want).max() <= 1 / 255

@@ -68,6 +68,8 @@ class Flux(ModelFamily):
         *(f"transformer_blocks.{i}." for i in range(FULL_BLOCKS[0])),
         *(f"single_transformer_blocks.{i}." for i in range(FULL_BLOCKS[1])))
     hint_latents: ClassVar[bool] = True
+    #: FLUX.1-dev's distilled guidance when --cfg is not given (FluxPipeline's guidance_scale default)
+    default_guidance: ClassVar[float] = 3.5
     #: T5's padded length (FluxPipeline's default)
     max_sequence_length: int = 512
 
@@ -288,3 +290,52 @@ class Flux(ModelFamily):
         mu = flow.dynamic_shift_mu((h // 2) * (w // 2), scheduler.config)
         scheduler.set_timesteps(sigmas=flow.sampling_sigmas(steps), device=device, mu=mu)
         return scheduler.timesteps
+
+    def sample_latents(self, denoiser: Any, units: list[Any], modes: list[int | None], enc: PromptEncoding,
+                       gens: list[Any], *, size: tuple[int, int], steps: int, guidance: float, scheduler: Any,
+                       vae: Any, true_cfg: float = 1.0, callback: Any = None) -> Any:
+        """FluxControlNetPipeline's sampling for a batch (one generator per image), unpacked latents out.
+
+        `units`: ControlUnits with the hint in pixels ([0, 1]); `modes` their union control modes. Each image's
+        generator draws its hints' VAE samples first, then its initial noise (the pipeline encodes the control
+        image before preparing latents). `guidance` feeds FLUX-dev's guidance embedding; with `true_cfg` > 1
+        and a negative encoding the negative branch runs as a second forward reusing the ControlNet residuals,
+        as FluxPipeline's `true_cfg_scale` does."""
+        import torch
+
+        from ...generation.control import active
+        from . import vae_scale_factor
+
+        h, w = size
+        f = vae_scale_factor(vae.config)
+        shape = (1, self.latent_channels(denoiser.config), 2 * (h // (f * 2)), 2 * (w // (f * 2)))
+        hints, latents = self._per_image_draws(vae, units, gens, shape)
+        dtype, device = denoiser.dtype, denoiser.device
+        latents = latents.to(device, dtype)
+        timesteps = self.sampling_schedule(scheduler, steps, size, f, device=device)
+        cond = self.sampling_cond(enc, size, do_cfg=False, guidance=guidance)
+        neg = self.negative_cond(enc, cond) if true_cfg > 1 and enc.negative_prompt_embeds is not None else None
+        n = len(timesteps)
+        for i, t in enumerate(timesteps):
+            tt = t.expand(latents.shape[0]).to(latents.dtype) / 1000
+            res = None
+            for u, hint, mode in zip(units, hints, modes, strict=True):
+                scale = u.scale * float(active(i, n, u.start, u.end))
+                r = self.control(u.net, latents, tt, cond, hint.to(device, dtype), scale=scale, control_mode=mode)
+                res = r if res is None else [a + b for a, b in zip(res, r, strict=True)]
+            pred = self.denoise(denoiser, latents, tt, cond, res)
+            if neg is not None:
+                npred = self.denoise(denoiser, latents, tt, neg, res)
+                pred = npred + true_cfg * (pred - npred)
+            latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+            if callback is not None:
+                callback(i, n)
+        return latents
+
+    def _per_image_draws(self, vae: Any, units: list[Any], gens: list[Any], shape: tuple[int, ...]
+                         ) -> tuple[list[Any], Any]:
+        import torch
+
+        draws = [[torch.randn(shape, generator=g) for _ in units] + [torch.randn(shape, generator=g)] for g in gens]
+        hints = [self.hint_input(vae, u.image, torch.cat([d[k] for d in draws])) for k, u in enumerate(units)]
+        return hints, torch.cat([d[-1] for d in draws])
