@@ -37,7 +37,7 @@ from . import output, prompts
 from .comfyui import comfy_prompt_text
 from .config import DECODE_PIXELS, GenerateConfig, check_size
 from .models import Models, load_models
-from .samplers import make_scheduler, sample
+from .samplers import sample
 
 
 @dataclass
@@ -368,7 +368,7 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
     # one generator per item: its latents and its per-step noise depend on its own seed only
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     latents = torch.cat([torch.randn(shape, generator=g) for g in gens]).to(models.device, models.dtype)
-    scheduler = make_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
+    scheduler = family.sampling_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
     if models.channels_last:
         for u in units:
             u.image = u.image.contiguous(memory_format=torch.channels_last)

@@ -20,6 +20,8 @@ from ..models.sd import DEFAULT_BASE
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")  # auto: bf16 where the CUDA device supports it, else no
 TIMESTEP_BIAS = ("none", "later", "earlier", "range")
+#: flow matching's timestep densities / loss weightings (diffusers' compute_density_for_timestep_sampling)
+WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
 UNLOCK_MODES = ("all", "decoder")  # all: the paper's large-scale recipe; decoder: the original sd_locked=False
 REPORT_TO = ("tensorboard", "wandb", "none")
 #: diffusers' `get_scheduler` names (diffusers.optimization.SchedulerType)
@@ -82,6 +84,11 @@ class TrainConfig:
     timestep_bias_begin: int = 0
     timestep_bias_end: int = 1000
     snr_gamma: float | None = None
+    # flow-matching bases (SD3, FLUX): the diffusers scripts' timestep density and loss weighting
+    weighting_scheme: str | None = None  # None: the family's recipe (SD3: logit_normal)
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
     # connection modes
     small_scale: bool = False
     reconnect_at: int | None = None
@@ -214,6 +221,10 @@ def _validate(c: TrainConfig) -> None:
         bad("--timestep-bias-portion", "must be in (0, 1]")
     if c.timestep_bias == "range" and not 0 <= c.timestep_bias_begin < c.timestep_bias_end:
         bad("--timestep-bias-begin/--timestep-bias-end", "need 0 <= begin < end")
+    if c.weighting_scheme is not None and c.weighting_scheme not in WEIGHTING_SCHEMES:
+        bad("--weighting-scheme", f"'{c.weighting_scheme}' is not one of {', '.join(WEIGHTING_SCHEMES)}")
+    if not c.logit_std > 0:
+        bad("--logit-std", "must be > 0")
     if c.snr_gamma is not None and not c.snr_gamma > 0:
         bad("--snr-gamma", "must be > 0 (5.0 is the min-SNR paper's value)")
     if c.checkpoint_every < 0:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TrainingError, UsageError, first_line
+from ..models.families import vae_scale_factor
 from ..reporting import NullReporter, Reporter
 from .config import TrainConfig
 from .outputs import save_outputs
@@ -211,12 +212,14 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
         models.cache = place_cache(models.cache, device)
         encoders_to(models, "cpu")
 
-    vae_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
+    vae_factor = vae_scale_factor(models.vae.config)
     latent_shape = (models.vae.config.latent_channels, cfg.resolution // vae_factor, cfg.resolution // vae_factor)
     if cuda:  # what is on the GPU and the estimated peak, before the first step can run out of memory
         from .memory import plan_for
 
-        reporter.message(plan_for(models, cfg, latent_shape).line(torch.cuda.mem_get_info(device)[1]))
+        plan = plan_for(models, cfg, latent_shape)
+        if plan is not None:  # None: the family has no traced activation model yet
+            reporter.message(plan.line(torch.cuda.mem_get_info(device)[1]))
     t_weights = timestep_weights(cfg, models.noise_scheduler.config.num_train_timesteps)
     # on the device once: a copy per step would make the host wait
     models.timestep_weights = t_weights.to(device) if t_weights is not None else None
@@ -339,7 +342,8 @@ def encoders_to(models: Any, device: Any) -> None:
         return
     for k in models.family.text_encoders:
         models.text_components[k].to(device)
-    models.vae.to(device)
+    if not models.family.hint_sample_needed:  # a VAE-latent hint is encoded every step: its VAE stays
+        models.vae.to(device)
     if torch.device(device).type == "cpu":
         torch.cuda.empty_cache()
 

@@ -137,8 +137,9 @@ def memory_plan(parts: list[Part], *, batch_size: int, latent_pixels: int, eight
                       "AdamW 8-bit" if eight_bit_adam else "AdamW")
 
 
-def plan_for(models: Any, cfg: Any, latent_shape: tuple[int, ...]) -> MemoryPlan:
-    """The plan of a built run (`TrainModels` after the cache moved the encoders, and its TrainConfig)."""
+def plan_for(models: Any, cfg: Any, latent_shape: tuple[int, ...]) -> MemoryPlan | None:
+    """The plan of a built run (`TrainModels` after the cache moved the encoders, and its TrainConfig); None
+    when its family has no activation model yet."""
     from ..device import dtype_name
     from ..models.families import vae_scale_factor
 
@@ -152,6 +153,10 @@ def plan_for(models: Any, cfg: Any, latent_shape: tuple[int, ...]) -> MemoryPlan
     parts += [part(k, models.text_components[k]) for k in models.family.text_encoders]
     parts.append(part("vae", models.vae))
     vae_factor = vae_scale_factor(models.vae.config)
+    try:
+        models.family.activation_bytes(models.denoiser.config, vae_factor)
+    except NotImplementedError:
+        return None
     return memory_plan(parts, batch_size=cfg.batch_size, latent_pixels=latent_shape[-1] * latent_shape[-2],
                        eight_bit_adam=cfg.use_8bit_adam, gradient_checkpointing=cfg.gradient_checkpointing,
                        act_dtype=dtype_name(models.weight_dtype), cached=models.cache is not None,

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 
-def init_controlnet(family: Any, denoiser: Any, vae: Any, seed: int, small_scale: bool = False) -> Any:
+def init_controlnet(family: Any, denoiser: Any, vae: Any, seed: int, *, small_scale: bool = False) -> Any:
     return family.init_controlnet(denoiser, vae, seed, small_scale=small_scale)
 
 

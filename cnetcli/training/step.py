@@ -60,13 +60,12 @@ class TrainModels:
 @dataclass
 class Noise:
     """The random numbers of one micro-batch: `sample` draws from the VAE's latent distribution,
-    `noise` is the diffusion noise, `timesteps` the training timesteps, `hint_sample` the draw of the hint's VAE
-    latents (families whose hint enters as latents; None otherwise)."""
+    `noise` is the diffusion noise, `timesteps` the training timesteps."""
 
     sample: Any
     noise: Any
     timesteps: Any
-    hint_sample: Any = None
+    hint_sample: Any = None  # a VAE-latent hint's draw (families whose `hint_sample_needed`)
 
 
 def noise_seed(seed: int, micro: int) -> int:
@@ -85,8 +84,7 @@ def draw_noise(seed: int, micro: int, *, batch_size: int, latent_shape: tuple[in
     sample = torch.randn((n, *latent_shape), generator=g, device=device)
     noise = torch.randn((n, *latent_shape), generator=g, device=device)
     t = models.family.draw_timesteps(g, n, models.noise_scheduler, models, device)
-    # after the others, so the U-Net families' stream is unchanged
-    hint = torch.randn((n, *latent_shape), generator=g, device=device) if models.family.hint_latents else None
+    hint = torch.randn((n, *latent_shape), generator=g, device=device) if models.family.hint_sample_needed else None
     mine = slice(rank * batch_size, (rank + 1) * batch_size)
     return Noise(sample[mine], noise[mine], t[mine], None if hint is None else hint[mine])
 
@@ -114,7 +112,8 @@ def timestep_weights(cfg: Any, num_t: int) -> Any:
 def encode_text(models: TrainModels, texts: list[str]) -> Any:
     """The family's prompt encoding of `texts` (a `PromptEncoding`); "" (prompt dropout) is encoded like any
     prompt, as diffusers' training scripts do (no forced zeros while training)."""
-    return models.family.encode_prompt(models.text_components, list(texts), do_classifier_free_guidance=False)
+    return models.family.encode_prompt(models.text_components, list(texts), do_classifier_free_guidance=False,
+                                       training=True)
 
 
 def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any, hint_sample: Any = None
@@ -190,7 +189,7 @@ def forward(models: TrainModels, batch: dict[str, Any], noise: Noise, *,
     pred = family.predict(models.denoiser, models.controlnet, noisy, model_t, cond, hint, connected=models.connected,
                           dtype=None if models.denoiser_trains else models.weight_dtype, autocast=autocast,
                           denoiser_autocast=models.denoiser_in_autocast)
-    return pred, target, noisy
+    return family.output_for_loss(models.noise_scheduler, pred, noisy, noise.timesteps), target, noisy
 
 
 def training_step(models: TrainModels, batch: dict[str, Any], noise: Noise, *,

@@ -125,8 +125,6 @@ class ModelFamily:
     shipped_controlnet_configs: ClassVar[dict[str, str]] = {}
     #: prefixes of the denoiser weights `init_controlnet` copies (disk estimates from file headers)
     controlnet_copies: ClassVar[tuple[str, ...] | None] = None
-    #: the hint enters as VAE latents (FLUX, SD3): training draws their VAE sample with the step's noise
-    hint_latents: ClassVar[bool] = False
 
     # ------------------------------------------------------------------------------------ files and classes
     @property
@@ -186,10 +184,9 @@ class ModelFamily:
         return dict(self.recipes[name])
 
     # ------------------------------------------------------------------------------------ the ControlNet
-    def init_controlnet(self, denoiser: Any, vae: Any, seed: int, small_scale: bool = False) -> Any:
-        """A new trainable ControlNet copied from the denoiser, as the family's diffusers training script does.
-        `small_scale`: --small-scale, for families where it is a smaller network (FLUX: fewer blocks) rather
-        than disconnected residuals (`small_scale_params`)."""
+    def init_controlnet(self, denoiser: Any, vae: Any, seed: int, *, small_scale: bool = False) -> Any:
+        """A new trainable ControlNet copied from the denoiser, as the family's diffusers training script does
+        (`small_scale`: the family's --small-scale ControlNet, where that is a smaller network)."""
         raise NotImplementedError
 
     def small_scale_params(self, controlnet: Any) -> list[Any]:
@@ -246,6 +243,17 @@ class ModelFamily:
         """(the denoiser's input, the regression target, the timestep the networks are given)."""
         raise NotImplementedError
 
+    def output_for_loss(self, scheduler: Any, model_output: Any, noisy: Any, t: Any) -> Any:
+        """The model output as the loss compares it with the target (SD3's preconditioning maps it to x0)."""
+        return model_output
+
+    def sampling_scheduler(self, sampler: str, scheduler_config: Any, schedule: str = "normal",
+                           seeds: list[int] | None = None) -> Any:
+        """The scheduler `generate` samples with (`--sampler`/`--scheduler` where the family offers a choice)."""
+        from ...generation.samplers import make_scheduler
+
+        return make_scheduler(sampler, scheduler_config, schedule, seeds)
+
     def loss_weights(self, scheduler: Any, t: Any, settings: Any) -> Any:
         """Per-sample loss weights (None: a plain mean)."""
         return None
@@ -273,9 +281,13 @@ class ModelFamily:
         return {"encoder_hidden_states": emb}
 
     # ------------------------------------------------------------------------------------ hint and residuals
+    #: whether `hint_input` draws from a distribution (VAE latents): training then draws its noise in
+    #: `draw_noise`, with the rest of the micro-batch's random numbers
+    hint_sample_needed: ClassVar[bool] = False
+
     def hint_input(self, vae: Any, hint: Any, sample: Any = None) -> Any:
-        """What the ControlNet's `controlnet_cond` gets from a hint batch in [0, 1] (B x 3 x H x W). Families
-        whose hint enters as VAE latents (`hint_latents`) draw them with the standard normals `sample`."""
+        """What the ControlNet's `controlnet_cond` gets from a hint batch in [0, 1] (B x 3 x H x W); `sample`:
+        the standard-normal draw a VAE-latent hint uses (None: the family's own draw)."""
         return hint
 
     def control(self, net: Any, x: Any, t: Any, cond: dict[str, Any], hint: Any, *, scale: float = 1.0,

@@ -67,7 +67,7 @@ class Flux(ModelFamily):
         "x_embedder.", "context_embedder.", "time_text_embed.",
         *(f"transformer_blocks.{i}." for i in range(FULL_BLOCKS[0])),
         *(f"single_transformer_blocks.{i}." for i in range(FULL_BLOCKS[1])))
-    hint_latents: ClassVar[bool] = True
+    hint_sample_needed: ClassVar[bool] = True
     #: FLUX.1-dev's distilled guidance when --cfg is not given (FluxPipeline's guidance_scale default)
     default_guidance: ClassVar[float] = 3.5
     #: T5's padded length (FluxPipeline's default)

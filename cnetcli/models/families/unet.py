@@ -60,7 +60,8 @@ class UNetFamily(ModelFamily):
         return {**dict(denoiser_config), "conditioning_embedding_out_channels": hint_channels_for(vae_config)}
 
     # ------------------------------------------------------------------ the ControlNet
-    def init_controlnet(self, denoiser: Any, vae: Any, seed: int, small_scale: bool = False) -> Any:
+    def init_controlnet(self, denoiser: Any, vae: Any, seed: int, *, small_scale: bool = False) -> Any:
+        # small-scale is a connection mode here (set_connected), not a smaller network
         import torch
         from diffusers import ControlNetModel
 
