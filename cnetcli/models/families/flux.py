@@ -68,6 +68,7 @@ class Flux(ModelFamily):
         *(f"transformer_blocks.{i}." for i in range(FULL_BLOCKS[0])),
         *(f"single_transformer_blocks.{i}." for i in range(FULL_BLOCKS[1])))
     hint_sample_needed: ClassVar[bool] = True
+    own_sampling_loop: ClassVar[bool] = True
     #: FLUX.1-dev's distilled guidance when --cfg is not given (FluxPipeline's guidance_scale default)
     default_guidance: ClassVar[float] = 3.5
     #: T5's padded length (FluxPipeline's default)
@@ -143,6 +144,13 @@ class Flux(ModelFamily):
         if name != self.scheduler_class_name:
             raise UsageError(f"--base: a {self.label} base needs a {self.scheduler_class_name} (its config names {name})")
 
+    def sampling_scheduler(self, sampler: str, scheduler_config: Any, schedule: str = "normal",
+                           seeds: list[int] | None = None) -> Any:
+        """The base's FlowMatchEulerDiscreteScheduler (FluxPipeline's; `sample_latents` sets its timesteps)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        return FlowMatchEulerDiscreteScheduler.from_config(dict(scheduler_config))
+
     def training_scheduler(self, scheduler: Any) -> Any:
         """A fresh scheduler from the base's config: its sigma table at construction is the script's
         (`set_timesteps` for sampling would replace it)."""
@@ -170,7 +178,7 @@ class Flux(ModelFamily):
     def noisy_and_target(self, scheduler: Any, latents: Any, noise: Any, t: Any) -> tuple[Any, Any, Any]:
         sigmas = self._sigmas(scheduler, t)
         noisy = flow.FlowMatching.noisy(latents, noise, sigmas)
-        model_t = scheduler.timesteps.to(t.device)[t].to(latents.dtype) / 1000
+        model_t = scheduler.timesteps.to(t.device)[t].to(latents.dtype)  # the networks get it / 1000
         return noisy, flow.FlowMatching.velocity(latents, noise), model_t
 
     def loss_weights(self, scheduler: Any, t: Any, settings: Any) -> Any:
@@ -236,12 +244,13 @@ class Flux(ModelFamily):
     # ------------------------------------------------------------------ hint and residuals
     @staticmethod
     def _network_kwargs(net: Any, x: Any, t: Any, cond: dict[str, Any]) -> dict[str, Any]:
-        """The transformer/ControlNet kwargs for unpacked latents `x` (B x C x H x W)."""
+        """The transformer/ControlNet kwargs for unpacked latents `x` (B x C x H x W) at scheduler timesteps `t`
+        (0..1000; the networks take t / 1000, as the script and the pipeline pass them)."""
         import torch
 
         emb = cond["encoder_hidden_states"]
         guidance = cond.get("guidance") if getattr(net, "module", net).config.guidance_embeds else None
-        return {"hidden_states": flow.pack_latents(x), "timestep": t.expand(x.shape[0]).to(x.dtype),
+        return {"hidden_states": flow.pack_latents(x), "timestep": t.expand(x.shape[0]).to(x.dtype) / 1000,
                 "guidance": None if guidance is None else guidance.to(x.dtype),
                 "pooled_projections": cond["pooled_projections"], "encoder_hidden_states": emb,
                 "txt_ids": torch.zeros(emb.shape[1], 3, device=x.device, dtype=x.dtype),
@@ -317,7 +326,7 @@ class Flux(ModelFamily):
         neg = self.negative_cond(enc, cond) if true_cfg > 1 and enc.negative_prompt_embeds is not None else None
         n = len(timesteps)
         for i, t in enumerate(timesteps):
-            tt = t.expand(latents.shape[0]).to(latents.dtype) / 1000
+            tt = t.expand(latents.shape[0]).to(latents.dtype)
             res = None
             for u, hint, mode in zip(units, hints, modes, strict=True):
                 scale = u.scale * float(active(i, n, u.start, u.end))
