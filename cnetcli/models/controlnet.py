@@ -32,6 +32,7 @@ from typing import Any
 
 from ..errors import ModelLoadError
 from . import boundary
+from .families import flow_files
 
 #: Shipped ControlNet configs (models/configs/controlnet-<name>/config.json), tried in this order by shape.
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -382,6 +383,9 @@ def load_single_file(loc: Located, *, torch_dtype: Any = None, offline: bool | N
 
     where = loc.path + (f" ({loc.note})" if loc.note else "")
     sd = read_state_dict(loc.path, trust_pickle)
+    if flow_files.is_flow_controlnet(sd):  # FLUX/SD3: diffusers has no single-file loader for these classes
+        return flow_files.controlnet_from_state_dict(sd, _safetensors_metadata(loc.path), where=where,
+                                                     base_config=denoiser_config, torch_dtype=torch_dtype)
     if not sd or not any(k.endswith(("conv_in.weight", "input_hint_block.0.weight")) for k in sd):
         raise ModelLoadError(f"{where}: not a ControlNet (no hint encoder weights inside)")
     cfg, conv, _ = pick_config(sd, candidates(loc, config, denoiser_config, offline), where)
@@ -431,5 +435,20 @@ def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, den
         except Exception:
             raise missing_hub_error(loc.path, "ControlNet") from None
     where = loc.path + (f" ({loc.note})" if loc.note else "")
-    cfg, _, _ = pick_config(read_shapes(loc.path, trust_pickle), candidates(loc, config, denoiser_config, offline), where)
+    shapes = read_shapes(loc.path, trust_pickle)
+    if flow_files.is_flow_controlnet(shapes):
+        name, cfg = flow_files.file_config({k: tuple(v.shape) for k, v in shapes.items()},
+                                           _safetensors_metadata(loc.path), where=where, base_config=denoiser_config)
+        return dict(cfg, _class_name=name)
+    cfg, _, _ = pick_config(shapes, candidates(loc, config, denoiser_config, offline), where)
     return cfg
+
+
+def _safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """A .safetensors file's metadata ({} for other formats)."""
+    if not str(path).endswith(".safetensors"):
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
