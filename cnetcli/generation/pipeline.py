@@ -348,7 +348,8 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
     family = models.family
     if family.own_sampling_loop:
         return run_own_loop(models, cfg, jobs, prompts_, seeds, callback)
-    do_cfg = cfg.cfg > 1.0
+    guidance = cfg.guidance(family)
+    do_cfg = guidance > 1.0
     enc = encode_prompts(models, prompts_, cfg.negative_prompt, do_cfg)
     # the family's conditioning (text states + added conditioning) for the denoiser and every ControlNet
     cond = family.sampling_cond(enc, (height, width), do_cfg=do_cfg, denoiser_config=models.denoiser_config)
@@ -385,7 +386,7 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
         eps = family.denoise(models.denoiser, x_in, t, cond, res)
         if do_cfg:
             u, c = eps.chunk(2)
-            eps = u + cfg.cfg * (c - u)
+            eps = u + guidance * (c - u)
         return eps
 
     with torch.inference_mode():
@@ -403,7 +404,7 @@ def run_own_loop(models: Models, cfg: GenerateConfig, jobs: list[Job], prompts_:
 
     first, family = jobs[0], models.family
     width, height = first.width, first.height
-    true_cfg = float(getattr(cfg, "true_cfg", None) or 1.0)
+    true_cfg = float(cfg.true_cfg or 1.0)
     enc = encode_prompts(models, prompts_, cfg.negative_prompt, true_cfg > 1.0 and bool(cfg.negative_prompt))
     n = len(first.hints)
     scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
@@ -417,7 +418,7 @@ def run_own_loop(models: Models, cfg: GenerateConfig, jobs: list[Job], prompts_:
     scheduler = family.sampling_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
     with torch.inference_mode():
         x = family.sample_latents(models.denoiser, units, modes, enc, gens, size=(height, width), steps=cfg.steps,
-                                  guidance=cfg.cfg, scheduler=scheduler, vae=models.vae, true_cfg=true_cfg,
+                                  guidance=cfg.guidance(family), scheduler=scheduler, vae=models.vae, true_cfg=true_cfg,
                                   callback=callback)
         return decode(models, cfg, x, width, height)
 
@@ -525,7 +526,7 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
         "seed": seed,
         "index": index,
         "steps": cfg.steps,
-        "cfg": cfg.cfg,
+        "cfg": cfg.guidance(models.family),
         "sampler": cfg.sampler,
         "scheduler": cfg.scheduler,
         "eta": cfg.eta_used,
