@@ -132,3 +132,23 @@ def test_sampling_equals_flux_controlnet_pipeline(parts, kind):
                             modes=[2] if union else None, negative="blue" if union else None,
                             true_cfg=2.0 if union else 1.0)
     assert np.abs(got - want).max() <= 1 / 255
+
+
+def test_release_lookup_and_union_modes():
+    from cnetcli.annotators import release_for
+    from cnetcli.models.tiny_flow import tiny_flux_components, tiny_flux_controlnet
+
+    for t in ("canny", "depth", "blur", "tile", "openpose"):
+        assert release_for(t, "flux") == "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro"
+    assert release_for("depth", "sd3") == "stabilityai/stable-diffusion-3.5-large-controlnet-depth"
+    assert release_for("blur", "sd3") == "stabilityai/stable-diffusion-3.5-large-controlnet-blur"
+    with pytest.raises(Exception, match="sd3"):
+        release_for("seg", "sd3")
+    t = tiny_flux_components(seed=0)["transformer"]
+    union = tiny_flux_controlnet(t, num_layers=1, num_single_layers=0, num_mode=7)
+    fam = Flux()
+    assert [fam.union_control_mode(x, union, "u") for x in ("canny", "tile", "midas", "blur", "openpose")] == \
+        [0, 1, 2, 3, 4]
+    assert fam.union_control_mode("canny", tiny_flux_controlnet(t, num_layers=1, num_single_layers=0), "p") is None
+    with pytest.raises(Exception, match="--type with one of: canny"):
+        fam.union_control_mode("seg", union, "u")

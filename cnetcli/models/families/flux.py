@@ -37,7 +37,8 @@ SMALL_BLOCKS = (2, 0)
 #: the FLUX script's --guidance_scale (the guidance embedding's value while training)
 TRAINING_GUIDANCE = 3.5
 #: the control modes of InstantX/Shakker's FLUX.1-dev union ControlNets (their model cards), by cnet hint type
-UNION_MODES = {"canny": 0, "tile": 1, "depth": 2, "blur": 3, "pose": 4, "gray": 5, "lq": 6}
+UNION_MODES = {"canny": 0, "tile": 1, "depth": 2, "depth_zoe": 2, "depth_leres": 2, "blur": 3, "pose": 4,
+               "dwpose": 4}
 
 
 @dataclass(frozen=True)
@@ -284,7 +285,10 @@ class Flux(ModelFamily):
         n = getattr(getattr(net, "module", net).config, "num_mode", None)
         if not n:
             return None
-        mode = UNION_MODES.get(hint_type or "")
+        from ...annotators import find_type
+
+        ht = find_type(hint_type) if hint_type else None
+        mode = UNION_MODES.get(ht.name if ht is not None else "")
         if mode is None or mode >= n:
             known = ", ".join(k for k, v in UNION_MODES.items() if v < n)
             raise UsageError(f"--controlnet {spec} is a FLUX union ControlNet ({n} modes): hint type {hint_type!r} "
