@@ -116,7 +116,7 @@ def _trained(net, seed):
     return net.eval()
 
 
-@pytest.mark.parametrize("kind", ["plain", "union+true-cfg"])
+@pytest.mark.parametrize("kind", ["plain", pytest.param("union+true-cfg", marks=pytest.mark.slow)])
 def test_sampling_equals_flux_controlnet_pipeline(parts, kind):
     import numpy as np
 
