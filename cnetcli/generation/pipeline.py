@@ -306,6 +306,19 @@ def control_image(hints: HintInput | Sequence[HintInput], width: int, height: in
     return torch.stack([fitted[id(h)] for h in rows]).to(models.device, models.dtype)
 
 
+def hint_inputs(models: Models, net: Any, pixels: Any, do_cfg: bool) -> tuple[Any, Any]:
+    """(the ControlNet's input for the conditional half, for the unconditional half or None when the same):
+    a family whose hint is a sample of VAE latents (SD3) encodes the CFG-doubled hint as its pipeline does, one
+    draw per half; a pixel-space hint is the same for both."""
+    import torch
+
+    family = models.family
+    if not (family.hint_sample_needed and do_cfg):
+        return family.hint_input(models.vae, pixels, net=net), None
+    uncond, cond = family.hint_input(models.vae, torch.cat([pixels, pixels]), net=net).chunk(2)
+    return cond, uncond
+
+
 def batch_key(models: Models, job: Job) -> tuple:
     """Jobs with equal keys can share a batch: the same size, and unit by unit the same ControlNet (and, on a
     ControlNet-Union model, the same control type). Hints, prompts and seeds may differ per item."""
@@ -359,10 +372,10 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
     units = []
     for k, h in enumerate(first.hints):
         net = models.controlnet(h.controlnet)
-        image = family.hint_input(models.vae, control_image([j.hints[k] for j in jobs], width, height, models,
-                                                            mode=cfg.resize_mode))
+        pixels = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
+        image, uncond = hint_inputs(models, net, pixels, do_cfg)
         units.append(ctl.ControlUnit(net, image, scales[k], starts[k], ends[k],
-                                     ctl.union_control_type(h.type, net, h.controlnet)))
+                                     ctl.union_control_type(h.type, net, h.controlnet), uncond))
 
     from ..models.families import vae_scale_factor
 

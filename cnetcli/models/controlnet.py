@@ -32,7 +32,6 @@ from typing import Any
 
 from ..errors import ModelLoadError
 from . import boundary
-from .families import flow_files
 
 #: Shipped ControlNet configs (models/configs/controlnet-<name>/config.json), tried in this order by shape.
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -379,13 +378,14 @@ def _load_pickled_folder(loc: Located, torch_dtype: Any, trust_pickle: bool | No
 
 def load_single_file(loc: Located, *, torch_dtype: Any = None, offline: bool | None = None, config: str | None = None,
                      trust_pickle: bool | None = None, denoiser_config: dict[str, Any] | None = None) -> Any:
-    from .families import family_of
+    from .families import controlnet_file_family, family_of
 
     where = loc.path + (f" ({loc.note})" if loc.note else "")
+    own = controlnet_file_family(read_shapes(loc.path, trust_pickle)) if loc.path.endswith(".safetensors") else None
+    if own is not None:  # a layout its family reads itself (SD3/FLUX: diffusers keys + cnet's config metadata)
+        with boundary.load_errors(where, f"{own.label} ControlNet"):
+            return own.load_controlnet_file(loc.path, denoiser_config=denoiser_config, torch_dtype=torch_dtype)
     sd = read_state_dict(loc.path, trust_pickle)
-    if flow_files.is_flow_controlnet(sd):  # FLUX/SD3: diffusers has no single-file loader for these classes
-        return flow_files.controlnet_from_state_dict(sd, _safetensors_metadata(loc.path), where=where,
-                                                     base_config=denoiser_config, torch_dtype=torch_dtype)
     if not sd or not any(k.endswith(("conv_in.weight", "input_hint_block.0.weight")) for k in sd):
         raise ModelLoadError(f"{where}: not a ControlNet (no hint encoder weights inside)")
     cfg, conv, _ = pick_config(sd, candidates(loc, config, denoiser_config, offline), where)
@@ -436,19 +436,10 @@ def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, den
             raise missing_hub_error(loc.path, "ControlNet") from None
     where = loc.path + (f" ({loc.note})" if loc.note else "")
     shapes = read_shapes(loc.path, trust_pickle)
-    if flow_files.is_flow_controlnet(shapes):
-        name, cfg = flow_files.file_config({k: tuple(v.shape) for k, v in shapes.items()},
-                                           _safetensors_metadata(loc.path), where=where, base_config=denoiser_config)
-        return dict(cfg, _class_name=name)
+    from .families import controlnet_file_family
+
+    own = controlnet_file_family(shapes)
+    if own is not None:
+        return own.controlnet_file_config(loc.path, denoiser_config=denoiser_config)
     cfg, _, _ = pick_config(shapes, candidates(loc, config, denoiser_config, offline), where)
     return cfg
-
-
-def _safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """A .safetensors file's metadata ({} for other formats)."""
-    if not str(path).endswith(".safetensors"):
-        return {}
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}

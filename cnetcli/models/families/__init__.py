@@ -159,6 +159,22 @@ class ModelFamily:
         """The config of the ControlNet this family makes from a denoiser with `denoiser_config` (meta device)."""
         raise NotImplementedError
 
+    # ------------------------------------------------------------------------------------ single files
+    def claims_controlnet_file(self, keys: Any) -> bool:
+        """Whether a single ControlNet file with these keys is this family's own layout (read by
+        `load_controlnet_file`); False: cnet's generic reader (shipped configs tried by shape)."""
+        return False
+
+    def load_controlnet_file(self, path: Any, *, denoiser_config: Any = None, torch_dtype: Any = None) -> Any:
+        raise NotImplementedError
+
+    def controlnet_file_config(self, path: Any, *, denoiser_config: Any = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def single_file_metadata(self, controlnet: Any) -> dict[str, str]:
+        """safetensors metadata `--single-file` stores beside the weights (e.g. the config to read it back)."""
+        return {}
+
     def describe(self, config: Any) -> str | None:
         """Which release of the family a denoiser's or ControlNet's config looks like (for messages: "an SD2.x
         ControlNet on an SD1.x base?"); None when none it knows."""
@@ -290,9 +306,10 @@ class ModelFamily:
     #: `generate`'s --cfg when not given (the paper's CFG; FLUX.1-dev: its distilled guidance 3.5)
     default_guidance: ClassVar[float] = 9.0
 
-    def hint_input(self, vae: Any, hint: Any, sample: Any = None) -> Any:
+    def hint_input(self, vae: Any, hint: Any, sample: Any = None, net: Any = None) -> Any:
         """What the ControlNet's `controlnet_cond` gets from a hint batch in [0, 1] (B x 3 x H x W); `sample`:
-        the standard-normal draw a VAE-latent hint uses (None: the family's own draw)."""
+        the standard-normal draw a VAE-latent hint uses (None: the family's own draw); `net`: the ControlNet
+        it is for, when sampling (its config may change the encoding, as in the family's pipeline)."""
         return hint
 
     def control(self, net: Any, x: Any, t: Any, cond: dict[str, Any], hint: Any, *, scale: float = 1.0,
@@ -386,6 +403,11 @@ def family_of(denoiser_config: Any = None, pipeline_config: Any = None, *, model
         found = next((f for f in fams if f.matches_model_type(model_type)), None)
     found = found or fams[-1]
     return found(**{k: v for k, v in kw.items() if k in found.__dataclass_fields__})
+
+
+def controlnet_file_family(keys: Any) -> ModelFamily | None:
+    """The family whose own single-file layout these ControlNet keys are (None: the generic reader's)."""
+    return next((f() for f in _families() if f().claims_controlnet_file(keys)), None)
 
 
 def denoiser_folders() -> tuple[str, ...]:

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 from ...errors import UsageError
 from ..compat import config_get
 from . import ModelFamily, PromptEncoding, _as_list
-from . import flow
+from . import flow, flow_files
 
 #: the FLUX script's --num_double_layers / --num_single_layers defaults (a full ControlNet)
 FULL_BLOCKS = (4, 4)
@@ -125,6 +125,26 @@ class Flux(ModelFamily):
     def small_scale_params(self, controlnet: Any) -> list[Any]:
         """Nothing is disconnected: FLUX's --small-scale is the smaller network itself (`init_controlnet`)."""
         return []
+
+    # ------------------------------------------------------------------ single files (families/flow_files.py)
+    def claims_controlnet_file(self, keys: Any) -> bool:
+        return flow_files.comfyui_loader(keys) == "load_controlnet_flux_instantx"
+
+    def load_controlnet_file(self, path: Any, *, denoiser_config: Any = None, torch_dtype: Any = None) -> Any:
+        return flow_files.load_controlnet_file(path, base_config=denoiser_config, torch_dtype=torch_dtype)
+
+    def controlnet_file_config(self, path: Any, *, denoiser_config: Any = None) -> dict[str, Any]:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        name, cfg = flow_files.file_config(shapes, meta, where=str(path), base_config=denoiser_config)
+        return {**cfg, "_class_name": name}
+
+    def single_file_metadata(self, controlnet: Any) -> dict[str, str]:
+        """The config beside the weights: FLUX's rotary axes are in no tensor's shape."""
+        return flow_files.file_metadata(controlnet)
 
     # ------------------------------------------------------------------ latents
     def latent_channels(self, denoiser_config: Any, vae_config: Any = None) -> int:
