@@ -34,6 +34,10 @@ from ..errors import NotAvailableError, UsageError
 from ..models.families import DEFAULT_FAMILY, release_keys
 from ..models.weights import WeightFile
 
+#: InstantX/Shakker's FLUX.1-dev union ControlNet (canny, tile, depth, blur, pose: the FLUX family's UNION_MODES)
+FLUX_UNION = "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro"
+#: Stability's SD3.5 Large ControlNets: canny, depth, blur
+SD35_LARGE = "stabilityai/stable-diffusion-3.5-large-controlnet-"
 #: ControlNet's hint size (short side) when none is given.
 DEFAULT_IMAGE_RESOLUTION = 512
 #: With keep_size the detector runs at the image's own short side, but at most this (a 20k photo would

@@ -296,6 +296,11 @@ class ModelFamily:
     #: whether `hint_input` draws from a distribution (VAE latents): training then draws its noise in
     #: `draw_noise`, with the rest of the micro-batch's random numbers
     hint_sample_needed: ClassVar[bool] = False
+    #: `generate` runs the family's `sample_latents` (its diffusers pipeline's own loop: FLUX's guidance
+    #: embedding, hint draws before the noise) instead of the shared CFG loop
+    own_sampling_loop: ClassVar[bool] = False
+    #: `generate`'s --cfg when not given (the paper's CFG; FLUX.1-dev: its distilled guidance 3.5)
+    default_guidance: ClassVar[float] = 9.0
 
     def hint_input(self, vae: Any, hint: Any, sample: Any = None, net: Any = None) -> Any:
         """What the ControlNet's `controlnet_cond` gets from a hint batch in [0, 1] (B x 3 x H x W); `sample`:
