@@ -20,20 +20,26 @@ the ControlNet
     `small_scale_params(controlnet)` (what --small-scale freezes, `set_connected`), `disconnect(residuals)`.
 latents
     `vae_dtype`, `latent_channels`, `to_latents(vae_config, z)` / `from_latents(vae_config, z)` (the VAE's
-    scale AND shift; `scale_latents` below is the one formula), `pack`/`unpack` (FLUX's 2x2 patches).
+    scale AND shift; `scale_latents` below is the one formula; FLUX packs its 2x2 patches inside them).
 the objective (training and x0 for a reward loss)
     `draw_timesteps(generator, n, scheduler, settings, device)`, `noisy_and_target(scheduler, latents, noise,
-    t) -> (noisy, target, model_t)`, `loss_weights(scheduler, t, settings)`, `predict_x0(scheduler, noisy,
-    model_output, t)`, `check_scheduler(scheduler_config)`, `training_scheduler(config)`.
+    t) -> (noisy, target, model_t)`, `output_for_loss` (SD3's preconditioning), `loss_weights(scheduler, t,
+    settings)`, `predict_x0(scheduler, noisy, model_output, t)`, `check_scheduler(scheduler_config)`,
+    `training_scheduler(scheduler)`, `sampling_scheduler(sampler, config, schedule, seeds)`.
 conditioning
     `encode_prompt(components, prompt, ...) -> PromptEncoding`, `training_cond(encoding, micro, size)` and
     `sampling_cond(encoding, size, do_cfg, denoiser_config)`: the kwargs both networks take (text states plus
     the added conditioning: SDXL micro-conditioning, SD3 pooled projections, ...), a plain dict of tensors.
 the hint and the residuals
-    `hint_input(vae, hint)` (pixel-space for a conditioning embedding, or VAE latents), `control(net, x, t,
+    `hint_input(vae, hint, sample, net)` (pixel-space for a conditioning embedding, or VAE latents drawn from
+    `sample`: `hint_sample_needed`), `control(net, x, t,
     cond, hint, ...) -> residuals` (a flat list of tensors, summed and scaled by callers), `denoise(denoiser,
     x, t, cond, residuals) -> model output`, and `predict(...)`: the one ControlNet + denoiser forward that
-    training/step.py runs (generation's sampling loop calls `control` per net and `denoise` once).
+    training/step.py runs (generation's sampling loop calls `control` per net and `denoise` once; a family
+    whose pipeline loop differs, FLUX, sets `own_sampling_loop` and implements `sample_latents`).
+single files
+    `claims_controlnet_file(keys)`, `load_controlnet_file`, `controlnet_file_config`, `single_file_metadata`,
+    single_file_layout ("original" / "diffusers"), shipped_controlnet_configs, controlnet_classes.
 the memory plan
     `activation_bytes(denoiser_config, vae_factor, ...)`: the activation model and its fitted coefficients.
 """
