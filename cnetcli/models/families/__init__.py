@@ -20,7 +20,7 @@ the ControlNet
     `small_scale_params(controlnet)` (what --small-scale freezes, `set_connected`), `disconnect(residuals)`.
 latents
     `vae_dtype`, `latent_channels`, `to_latents(vae_config, z)` / `from_latents(vae_config, z)` (the VAE's
-    scale AND shift; `scale_latents` below is the one formula; FLUX packs its 2x2 patches inside them).
+    scale AND shift; `scale_latents` below is the one formula; FLUX packs 2x2 patches in its forward).
 the objective (training and x0 for a reward loss)
     `draw_timesteps(generator, n, scheduler, settings, device)`, `noisy_and_target(scheduler, latents, noise,
     t) -> (noisy, target, model_t)`, `output_for_loss` (SD3's preconditioning), `loss_weights(scheduler, t,
