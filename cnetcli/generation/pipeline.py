@@ -559,6 +559,9 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
         "device": models.device,
         "dtype": str(models.dtype).replace("torch.", ""),
     }
+    if models.family.distilled_guidance:  # --cfg was the guidance embedding; true CFG only when asked
+        meta["guidance_embedding"] = True
+        meta["true_cfg"] = cfg.true_cfg
     if cfg.image:
         meta["source_image"] = str(cfg.image)
     if pass_ is not None:
