@@ -540,7 +540,7 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
         "index": index,
         "steps": cfg.steps,
         "cfg": cfg.guidance(models.family),
-        "sampler": cfg.sampler,
+        "sampler": models.family.fixed_sampler or cfg.sampler,
         "scheduler": cfg.scheduler,
         "eta": cfg.eta_used,
         "resize_mode": cfg.resize_mode,
