@@ -307,6 +307,10 @@ class ModelFamily:
     own_sampling_loop: ClassVar[bool] = False
     #: `generate`'s --cfg when not given (the paper's CFG; FLUX.1-dev: its distilled guidance 3.5)
     default_guidance: ClassVar[float] = 9.0
+    #: --cfg feeds a distilled guidance embedding (FLUX.1-dev), not classifier-free guidance
+    distilled_guidance: ClassVar[bool] = False
+    #: the one sampler the family's own loop runs (metadata names it; --sampler does not apply), None: --sampler
+    fixed_sampler: ClassVar[str | None] = None
 
     def hint_input(self, vae: Any, hint: Any, sample: Any = None, net: Any = None) -> Any:
         """What the ControlNet's `controlnet_cond` gets from a hint batch in [0, 1] (B x 3 x H x W); `sample`:
