@@ -122,6 +122,9 @@ class ModelFamily:
     recipes: ClassVar[dict[str, dict[str, Any]]] = {}
     #: what --small-scale means for this family (README, `cnet train --help`)
     small_scale_meaning: ClassVar[str] = ""
+    #: whether --small-scale disconnects parts of a full ControlNet that --reconnect-at connects later (SD's
+    #: middle-block mode); False where --small-scale is a smaller network from the start
+    small_scale_reconnects: ClassVar[bool] = False
     #: `--single-file`'s layout: "original" (the original ControlNet keys A1111/ComfyUI read) or "diffusers"
     #: (the model's own keys in one file, which ComfyUI and diffusers' single-file loader convert)
     single_file_layout: ClassVar[str] = "diffusers"
