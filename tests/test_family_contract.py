@@ -230,3 +230,22 @@ def test_reconnect_at_only_where_small_scale_disconnects(family_base, tmp_path):
     else:
         with pytest.raises(UsageError, match="--reconnect-at: on .* smaller ControlNet"):
             resolve_defaults(cfg)
+
+
+def test_another_familys_controlnet_is_refused_in_one_line(family_base, request):
+    """Every other family's ControlNet (config) is refused against this base before any weights load, in one
+    line (SD1.x and SDXL ControlNets share a class: their shapes tell them apart)."""
+    from cnetcli.errors import ModelLoadError
+    from cnetcli.models.compat import check_controlnet_fits
+    from cnetcli.models.sd import base_configs
+
+    name, base = family_base
+    info = base_configs(str(base))
+    for other, fixture in FAMILIES.items():
+        if other == name:
+            continue
+        theirs = base_configs(str(request.getfixturevalue(fixture)))
+        cn = {**theirs.family.new_controlnet_config(theirs.denoiser, theirs.vae),
+              "_class_name": theirs.family.controlnet_class_name}
+        with pytest.raises(ModelLoadError, match="--controlnet X: "):
+            check_controlnet_fits(cn, info.denoiser, "--controlnet X", vae_config=info.vae)
