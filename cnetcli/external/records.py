@@ -73,10 +73,29 @@ class OptimizerRecord(Record):
 
 
 class RunEvent(Record):
-    """One line of OUTPUT/runs.jsonl."""
+    """One line of OUTPUT/runs.jsonl (a start, a resume, a forced configuration change)."""
 
-    event: Str | None = None
-    time: Str | None = None
+    event: Str = "?"
+    time: Str = "?"
+    step: Int | None = None
+    from_: Str | None = Field(None, alias="from")
+    changes: dict[str, Annotated[list[Any], Field(min_length=2, max_length=2)]] = {}
+
+
+class ControllabilityRow(Record):
+    """One line of OUTPUT/validation/controllability.jsonl."""
+
+    step: NonNeg
+    metric: Str
+    value: Float
+    n: NonNeg | None = None
+
+
+class TrainResult(Record):
+    """The `result` a finished run's train_config.json records."""
+
+    steps: NonNeg | None = None
+    final_loss: Float | None = None
 
 
 # --------------------------------------------------------------------------------- generated images
