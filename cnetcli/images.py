@@ -271,9 +271,12 @@ def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
     raw = read_png_text(path)
     if raw is None:
         return {}
+    from .errors import SchemaError
+    from .external import parse_json
+
     try:
-        meta = json.loads(raw)
-    except ValueError:
+        meta = parse_json(raw, f"{path} (cnet chunk)")
+    except SchemaError:
         return {}
     return meta if isinstance(meta, dict) else {}
 

@@ -7,7 +7,6 @@ BLIP (`--caption blip`); else empty (and a warning when every caption is empty).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -27,15 +26,14 @@ def _metadata_captions(folder: Path) -> dict[str, str]:
     if not p.is_file():
         return {}
     out: dict[str, str] = {}
+    from ..errors import SchemaError
+    from ..external import parse_json_lines, read_bytes
+
     try:
-        lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
+        rows, _ = parse_json_lines(read_bytes(p, what="metadata.jsonl").decode("utf-8", errors="replace"), str(p))
+    except SchemaError:
         return {}
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
+    for rec in rows:
         if not isinstance(rec, dict) or not isinstance(rec.get("file_name"), str):
             continue
         text = next((rec[k] for k in _TEXT_KEYS if isinstance(rec.get(k), str)), None)

@@ -20,6 +20,9 @@ from ..errors import SchemaError
 
 #: The largest JSON/TOML file or chunk read (bytes): configs, manifests and records are far smaller.
 MAX_BYTES = 16 * 1024 * 1024
+#: jiter's nesting limit, kept by the stdlib fallback too
+MAX_JSON_DEPTH = 200
+_JSON_STRINGS = re.compile(r'"(?:\\.|[^"\\])*"')
 #: The deepest nesting accepted in a TOML file (cnet's own tables are 2 deep).
 MAX_TOML_DEPTH = 32
 _TOML_STRINGS = re.compile(r'"""[\s\S]*?"""|\'\'\'[\s\S]*?\'\'\'|"(?:\\.|[^"\\\n])*"|\'[^\'\n]*\'|#[^\n]*')
@@ -71,12 +74,47 @@ def parse_json(data: str | bytes, source: str, max_bytes: int = MAX_BYTES) -> An
         value = from_json(data, allow_inf_nan=False)
     except ValueError as e:
         msg = " ".join(str(e).split())
+        if "surrogate" in msg:  # a non-UTF-8 file name cnet stored escaped (as json.dumps does): read as stdlib does
+            return _stdlib_json(data, source)
         if "recursion limit" in msg:
-            msg = "nested more than 200 levels deep"
+            msg = f"nested more than {MAX_JSON_DEPTH} levels deep"
+        elif _parses_with_nan(data):
+            msg = "NaN or infinity is not a JSON value"
         raise SchemaError(f"{source}: not valid JSON ({msg})") from None
     if not _finite(value):
-        raise SchemaError(f"{source}: holds a number too large for a float (it overflows to infinity)")
+        raise SchemaError(f"{source}: not valid JSON (NaN or infinity: a number overflows a float)")
     return value
+
+
+def _parses_with_nan(data: bytes) -> bool:
+    from pydantic_core import from_json
+
+    try:
+        from_json(data, allow_inf_nan=True)
+        return True
+    except ValueError:
+        return False
+
+
+def _stdlib_json(data: bytes, source: str) -> Any:
+    """JSON holding escaped lone surrogates (which jiter refuses), through the stdlib parser: its nesting
+    checked first by a linear scan, since that parser recurses."""
+    import json
+
+    text = data.decode("utf-8", errors="surrogateescape")
+    if nesting_depth(_JSON_STRINGS.sub("", text)) > MAX_JSON_DEPTH:
+        raise SchemaError(f"{source}: not valid JSON (nested more than {MAX_JSON_DEPTH} levels deep)")
+    try:
+        value = json.loads(text, parse_constant=_no_constant)
+    except ValueError as e:
+        raise SchemaError(f"{source}: not valid JSON ({' '.join(str(e).split())})") from None
+    if not _finite(value):
+        raise SchemaError(f"{source}: not valid JSON (NaN or infinity: a number overflows a float)")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError("NaN or infinity is not a JSON value")
 
 
 def read_json(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> Any:
@@ -112,8 +150,8 @@ def _finite(value: Any) -> bool:
 
 
 def nesting_depth(text: str) -> int:
-    """The deepest bracket nesting of a TOML text outside its strings and comments (linear time)."""
-    brackets = _BRACKETS.sub("", _TOML_STRINGS.sub("", text))
+    """The deepest bracket nesting of a text whose strings and comments were removed (linear time)."""
+    brackets = _BRACKETS.sub("", text)
     return max(accumulate(1 if c in "[{" else -1 for c in brackets), default=0)
 
 
@@ -123,7 +161,7 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
 
     if len(text) > MAX_BYTES:
         raise SchemaError(f"{source}: {len(text)} characters, more than the {MAX_BYTES} a TOML file may have")
-    if nesting_depth(text) > MAX_TOML_DEPTH:
+    if nesting_depth(_TOML_STRINGS.sub("", text)) > MAX_TOML_DEPTH:
         raise SchemaError(f"{source}: nested more than {MAX_TOML_DEPTH} levels deep; cnet's tables are flat")
     try:
         return tomllib.loads(text)

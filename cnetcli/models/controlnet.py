@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, SchemaError
 from . import boundary
 
 #: Shipped ControlNet configs (models/configs/controlnet-<name>/config.json), tried in this order by shape.
@@ -59,7 +59,9 @@ def shipped_config_dir(name: str) -> Path:
 
 
 def shipped_config(name: str) -> dict[str, Any]:
-    return json.loads((shipped_config_dir(name) / "config.json").read_text())
+    from ..external import read_json
+
+    return read_json(shipped_config_dir(name) / "config.json")
 
 
 def detect_variant(folder: str | os.PathLike) -> str | None:
@@ -99,10 +101,12 @@ def _checkpoint(step_dir: Path, note: str = "") -> Located:
     base = None
     tc = step_dir / "train_config.json"
     if tc.is_file():
+        from ..external import read_json
+
         try:
-            data = json.loads(tc.read_text())
+            data = read_json(tc)
             base = data.get("base") if isinstance(data, dict) else None
-        except (OSError, ValueError):
+        except SchemaError:
             base = None
     return Located("file", str(_checkpoint_weights(step_dir)), config_dirs=dirs,
                    base=base if isinstance(base, str) else None, note=note)
@@ -226,13 +230,31 @@ class Candidate:
 def _read_config(folder: str | os.PathLike) -> dict[str, Any]:
     p = Path(folder)
     p = p / "config.json" if p.is_dir() else p
+    from ..external import read_json
+
     try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{p}: not a readable config.json ({boundary.first_line(e)})") from None
+        data = read_json(p)
+    except SchemaError as e:
+        raise ModelLoadError(f"not a readable config.json ({e})") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"{p}: not a ControlNet config (a JSON object is expected)")
     return data
+
+
+def _read_controlnet_config(folder: str) -> dict[str, Any]:
+    """A ControlNet folder's config.json, checked: the schema (`external.records.ControlNetConfig`: a
+    ControlNet class, a finite positive norm_eps) and the dimensions (`compat.validate_config`)."""
+    from ..external import validate
+    from ..external.records import ControlNetConfig
+    from .compat import validate_config
+
+    cfg = _read_config(folder)
+    try:
+        validate(ControlNetConfig, cfg, f"{folder}/config.json")
+    except SchemaError as e:
+        raise ModelLoadError(f"{e}; this is not a ControlNet config (download it again or pass the right folder)") from None
+    validate_config(cfg, f"{folder}/config.json")
+    return cfg
 
 
 def _given_config(config: str) -> Candidate:
@@ -330,7 +352,6 @@ def folder_class(cfg: dict[str, Any] | None) -> Any:
 def _load_folder(loc: Located, spec: Any, torch_dtype: Any, offline: bool | None, trust_pickle: bool | None) -> Any:
     from diffusers import ControlNetModel
 
-    from .compat import validate_config
     from .sd import ModelSpec, is_offline, load_pretrained
 
     kw: dict[str, Any] = {}
@@ -339,8 +360,7 @@ def _load_folder(loc: Located, spec: Any, torch_dtype: Any, offline: bool | None
     if loc.variant:
         kw["variant"] = loc.variant
     if loc.kind == "folder":
-        cfg = _read_config(loc.path)
-        validate_config(cfg, f"{loc.path}/config.json")
+        cfg = _read_controlnet_config(loc.path)
         try:
             return load_pretrained(folder_class(cfg), ModelSpec("dir", loc.path, str(spec)), "ControlNet", offline,
                                    trust_pickle_flag=True, **kw)
@@ -407,13 +427,10 @@ def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, une
                       offline: bool | None = None, trust_pickle: bool | None = None) -> dict[str, Any]:
     """The config of the ControlNet `spec` names, without loading its weights (for checks before work starts):
     a folder's config.json, a cached hub config, or a single file's config picked by shape from its header."""
-    from .compat import validate_config
 
     loc = locate(spec)
     if loc.kind == "folder":
-        cfg = _read_config(loc.path)
-        validate_config(cfg, f"{loc.path}/config.json")
-        return cfg
+        return _read_controlnet_config(loc.path)
     if loc.kind == "hub":
         from diffusers import ControlNetModel
 

@@ -271,10 +271,13 @@ def base_family(base: str, base_config: str | None = None) -> str:
 
 
 def read_json_dict(path: Path) -> dict[str, Any] | None:
+    from ..errors import SchemaError
+    from ..external import read_json
+
     try:
-        d = json.loads(path.read_text())
+        d = read_json(path)
         return d if isinstance(d, dict) else None
-    except (OSError, ValueError):
+    except SchemaError:
         return None
 
 
