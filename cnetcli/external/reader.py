@@ -157,7 +157,10 @@ def nesting_depth(text: str) -> int:
 
 def parse_toml(text: str, source: str) -> dict[str, Any]:
     """A TOML document -> dict. Refused: more than MAX_BYTES, nesting deeper than MAX_TOML_DEPTH."""
-    import tomllib
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
 
     if len(text) > MAX_BYTES:
         raise SchemaError(f"{source}: {len(text)} characters, more than the {MAX_BYTES} a TOML file may have")

@@ -34,7 +34,10 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
             raw = fh.read(n)
     except OSError as e:
         raise SchemaError(f"{p}: cannot read it ({e.strerror or e})") from None
-    header = parse_json(raw, f"{p} (safetensors header)", MAX_HEADER_BYTES)
+    try:
+        header = parse_json(raw, str(p), MAX_HEADER_BYTES)
+    except SchemaError as e:
+        raise SchemaError(f"{p}: not a valid safetensors file (its header is {str(e).removeprefix(f'{p}: ')})") from None
     if not isinstance(header, dict):
         raise SchemaError(f"{p}: not a valid safetensors file (its header is not a JSON object)")
     end = 0
@@ -43,7 +46,7 @@ def read_header(path: str | os.PathLike) -> dict[str, Any]:
             if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
                 raise SchemaError(f"{p}: safetensors __metadata__ must map names to strings")
             continue
-        e = validate(TensorEntry, entry, f"{p} (safetensors tensor {name!r})")
+        e = validate(TensorEntry, entry, f"{p}: not a valid safetensors file: tensor {name!r}")
         lo, hi = e.data_offsets
         if hi < lo:
             raise SchemaError(f"{p}: safetensors tensor {name!r} has data offsets [{lo}, {hi}] (end before start)")
