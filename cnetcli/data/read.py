@@ -256,13 +256,16 @@ def _records(index: Path, idx: DatasetIndex, where: str, strict: bool) -> Iterat
 def json_lines(text: str, where: str, bad: Callable[[str, str], None]) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each JSON-object line of a JSON-lines text (blank lines ignored); any other
     line goes to `bad(reason, "where:line: what is wrong")`, which skips it (returns) or refuses it (raises)."""
+    from ..errors import SchemaError
+    from ..external import parse_json
+
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
-        except ValueError:
-            bad("bad JSON", f"{where}:{lineno}: not valid JSON")
+            rec = parse_json(line, f"{where}:{lineno}")
+        except SchemaError as e:  # not JSON, NaN, nested too deep, too long
+            bad("bad JSON", str(e))
             continue
         if not isinstance(rec, dict):
             bad("not a JSON object", f"{where}:{lineno}: a JSON {type(rec).__name__}, not an object")

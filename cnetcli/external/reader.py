@@ -66,8 +66,8 @@ def parse_json(data: str | bytes, source: str, max_bytes: int = MAX_BYTES) -> An
     if isinstance(data, str):
         try:
             data = data.encode("utf-8")
-        except UnicodeEncodeError:
-            raise SchemaError(f"{source}: not valid UTF-8 text (a lone surrogate)") from None
+        except UnicodeEncodeError:  # text decoded with surrogateescape (a file name in another encoding)
+            return _stdlib_json(data, source, max_bytes)
     if len(data) > max_bytes:
         raise SchemaError(f"{source}: {len(data)} bytes of JSON, more than the {max_bytes} allowed")
     try:
@@ -75,7 +75,7 @@ def parse_json(data: str | bytes, source: str, max_bytes: int = MAX_BYTES) -> An
     except ValueError as e:
         msg = " ".join(str(e).split())
         if "surrogate" in msg:  # a non-UTF-8 file name cnet stored escaped (as json.dumps does): read as stdlib does
-            return _stdlib_json(data, source)
+            return _stdlib_json(data.decode("utf-8", errors="surrogateescape"), source, max_bytes)
         if "recursion limit" in msg:
             msg = f"nested more than {MAX_JSON_DEPTH} levels deep"
         elif _parses_with_nan(data):
@@ -96,12 +96,13 @@ def _parses_with_nan(data: bytes) -> bool:
         return False
 
 
-def _stdlib_json(data: bytes, source: str) -> Any:
-    """JSON holding escaped lone surrogates (which jiter refuses), through the stdlib parser: its nesting
-    checked first by a linear scan, since that parser recurses."""
+def _stdlib_json(text: str, source: str, max_bytes: int) -> Any:
+    """JSON holding lone surrogates (escaped, or from a surrogateescape decode), which jiter refuses, through
+    the stdlib parser: its size and nesting checked first (a linear scan), since that parser recurses."""
     import json
 
-    text = data.decode("utf-8", errors="surrogateescape")
+    if len(text) > max_bytes:
+        raise SchemaError(f"{source}: {len(text)} characters of JSON, more than the {max_bytes} allowed")
     if nesting_depth(_JSON_STRINGS.sub("", text)) > MAX_JSON_DEPTH:
         raise SchemaError(f"{source}: not valid JSON (nested more than {MAX_JSON_DEPTH} levels deep)")
     try:
