@@ -322,7 +322,7 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- reader
-def _sampler_from_a1111(label: str, schedule: str) -> tuple[str, str]:
+def _sampler_from_a1111(label: str, schedule: str, source: str = "A1111 parameters") -> tuple[str, str]:
     label = label.strip()
     sched = {v[0].lower(): k for k, v in SCHEDULERS.items()}
     for suffix, s in ((" Karras", "karras"), (" Exponential", "exponential")):  # old combined labels
@@ -332,7 +332,7 @@ def _sampler_from_a1111(label: str, schedule: str) -> tuple[str, str]:
     if not names:
         from ..errors import InputError
 
-        raise InputError(f"sampler '{label}' has no cnet counterpart (cnet has: "
+        raise InputError(f"{source}: sampler '{label}' has no cnet counterpart (cnet has: "
                          f"{', '.join(sorted({v.a1111 for v in SAMPLERS.values()}))}); pass --sampler to choose one")
     scheduler = sched.get(schedule.lower(), "normal")
     if names[0] in ("dpmpp_2m", "dpmpp_sde") and schedule.lower() == "automatic":
@@ -381,7 +381,7 @@ def config_from_parameters(text: str, source: str = "A1111 parameters",
         if getattr(v, name) is not None:
             kw[name] = getattr(v, name)
     if v.sampler is not None and "sampler" not in overridden:
-        kw["sampler"], kw["scheduler"] = _sampler_from_a1111(v.sampler, v.schedule)
+        kw["sampler"], kw["scheduler"] = _sampler_from_a1111(v.sampler, v.schedule, source)
         if kw["sampler"] in ("ddpm", "ddim"):  # both are A1111's DDIM: eta (absent = 0) tells them apart
             eta = v.eta or 0.0
             kw["sampler"] = "ddpm" if eta == 1.0 else "ddim"
