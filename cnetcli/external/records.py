@@ -72,6 +72,13 @@ class OptimizerRecord(Record):
     scalars: dict[Annotated[str, Field(pattern=r"^\d{1,9}$")], dict[str, Any]] = {}
 
 
+class SavedTrainConfig(Record):
+    """A checkpoint's train_config.json: the run's resolved settings (each typed by `TrainConfig.from_dict`;
+    here what a resume relies on being resolved)."""
+
+    max_steps: Annotated[Int, Field(ge=1)]
+
+
 class RunEvent(Record):
     """One line of OUTPUT/runs.jsonl (a start, a resume, a forced configuration change)."""
 

@@ -206,11 +206,17 @@ def optimizer_to_files(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def optimizer_from_files(tensors: dict[str, Any], rest: dict[str, Any]) -> dict[str, Any]:
+_OPTIMIZER_TENSOR = re.compile(r"^(\d{1,9})\.(\w+)$")  # "<parameter index>.<state key>", as optimizer_to_files names them
+
+
+def optimizer_from_files(tensors: dict[str, Any], rest: dict[str, Any], where: str = "optimizer.safetensors"
+                         ) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     for name, t in tensors.items():
-        pid, k = name.split(".", 1)
-        state.setdefault(int(pid), {})[k] = t
+        m = _OPTIMIZER_TENSOR.match(name)
+        if m is None:
+            raise SchemaError(f"{where}: tensor {name[:40]!r} is not named <parameter>.<state> (not a cnet optimizer)")
+        state.setdefault(int(m.group(1)), {})[m.group(2)] = t
     for pid, d in rest.get("scalars", {}).items():
         state.setdefault(int(pid), {}).update(d)
     groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in rest["param_groups"]]
@@ -286,12 +292,15 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     state, optimizer, config = read_records(path)
     out: dict[str, Any] = {
         "controlnet": _load_weights(cn),
-        "optimizer": optimizer_from_files(load_file(str(path / "optimizer.safetensors")), optimizer.model_dump()),
+        "optimizer": optimizer_from_files(load_file(str(path / "optimizer.safetensors")), optimizer.model_dump(),
+                                          str(path / "optimizer.safetensors")),
         "rng": load_file(str(path / "rng.safetensors")),
         "state": state.model_dump(),
         "config": config,
         "run_id": read_manifest(path).run_id,
     }
+    if "torch" not in out["rng"]:
+        raise SchemaError(f"{path / 'rng.safetensors'}: holds no 'torch' RNG state (not a cnet checkpoint's)")
     if (path / "unet").is_dir():
         out["unet"] = _load_weights(path / "unet")
     return out
@@ -313,14 +322,14 @@ def _load_weights(folder: Path) -> dict[str, Any]:
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
-    """The run configuration stored in a checkpoint (its train_config.json): a JSON object (its values are
-    typed by `TrainConfig.from_dict`)."""
-    from ..external import read_json
+    """The run configuration stored in a checkpoint (its train_config.json): a JSON object of resolved settings
+    (`external.records.SavedTrainConfig`; each value is typed by `TrainConfig.from_dict`)."""
+    from ..external import read_json, validate
+    from ..external.records import SavedTrainConfig
 
     f = Path(path) / "train_config.json"
     data = read_json(f)
-    if not isinstance(data, dict):
-        raise SchemaError(f"{f}: expected a JSON object of train settings (got a {type(data).__name__})")
+    validate(SavedTrainConfig, data, str(f))
     return data
 
 

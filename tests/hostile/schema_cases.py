@@ -19,10 +19,10 @@ OPTIMIZER = {"param_groups": [{"lr": 1e-4, "betas": [0.9, 0.999], "params": [0]}
 CONTROLNET_CONFIG = {"_class_name": "ControlNetModel", "in_channels": 4, "norm_eps": 1e-5}
 
 
-def _safetensors(path: Path) -> None:
+def _safetensors(path: Path, name: str = "w") -> None:
     from safetensors.numpy import save_file
 
-    save_file({"w": np.zeros(2, np.float32)}, str(path))
+    save_file({name: np.zeros(2, np.float32)}, str(path))
 
 
 def fake_checkpoint(out: Path, step: int = 2, *, manifest: str | None = None, files: dict[str, bytes] | None = None,
@@ -33,8 +33,8 @@ def fake_checkpoint(out: Path, step: int = 2, *, manifest: str | None = None, fi
     (ck / "controlnet").mkdir(parents=True)
     (ck / "controlnet" / "config.json").write_text(json.dumps(CONTROLNET_CONFIG))
     _safetensors(ck / "controlnet" / "diffusion_pytorch_model.safetensors")
-    _safetensors(ck / "optimizer.safetensors")
-    _safetensors(ck / "rng.safetensors")
+    _safetensors(ck / "optimizer.safetensors", "0.exp_avg")
+    _safetensors(ck / "rng.safetensors", "torch")
     (ck / "optimizer.json").write_text(json.dumps(OPTIMIZER))
     (ck / "state.json").write_text(json.dumps(dict(STATE, step=step)))
     (ck / "train_config.json").write_text(json.dumps(train_config or {"max_steps": 4, "output": str(out)}))
