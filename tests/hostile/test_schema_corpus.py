@@ -196,3 +196,13 @@ def test_the_corpus_holds_the_issue_cases():
                  "controlnet_config/unet_class", "controlnet_config/norm_eps_nan", "env/world_size_1e23"):
         assert want in names
     assert json.loads((CORPUS / "cnet_record/seed_abc.json").read_text())["seed"] == "abc"
+
+
+def test_a_flag_overrides_what_the_png_says_cnet_lacks(tmp_path, run_cli):
+    """#23.6: `--from 1girl.png --sampler dpmpp_2m` failed with "sampler 'LCM' has no cnet counterpart"."""
+    png = png_with_text(tmp_path / "lcm.png", {"parameters": (CORPUS / "infotext/sampler_cnet_lacks.txt").read_text()})
+    line = assert_one_error_line(*run_cli("generate", "--from", str(png), "-o", str(tmp_path / "out")))
+    assert "LCM" in line
+    line = assert_one_error_line(*run_cli("generate", "--from", str(png), "--sampler", "dpmpp_2m", "--hint",
+                                          str(tmp_path / "missing.png"), "-o", str(tmp_path / "out")))
+    assert "LCM" not in line and "missing.png" in line
