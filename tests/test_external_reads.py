@@ -12,6 +12,7 @@ truly is safe, add it here with the reason.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -79,7 +80,8 @@ def _kind(node: ast.AST) -> str | None:
     return None
 
 
-def external_reads() -> list[tuple[str, str, str, int]]:
+@functools.cache
+def external_reads() -> tuple[tuple[str, str, str, int], ...]:
     """(module, enclosing function, kind, line) of every external read in cnetcli/."""
     found = []
     for path in sorted(ROOT.rglob("*.py")):
@@ -94,7 +96,7 @@ def external_reads() -> list[tuple[str, str, str, int]]:
                     kind = _kind(node)
                     if kind is not None:
                         found.append((rel, name, kind, node.lineno))
-    return found
+    return tuple(found)
 
 
 def _walk_own(node: ast.AST):

@@ -97,8 +97,10 @@ def test_cnet_generation_records(case, tmp_path, run_cli):
 # ------------------------------------------------------------------------------------------- checkpoints
 @pytest.mark.parametrize("case", cases("manifest") + cases("state"),
                          ids=[f"{p.parent.name}-{p.stem}" for p in cases("manifest") + cases("state")])
-def test_damaged_checkpoints_are_listed_and_skipped(case, tmp_path, run_cli, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+def test_damaged_checkpoints_are_listed_and_skipped(case, tmp_path, run_cli):
+    from cnetcli.errors import UsageError
+    from cnetcli.training.checkpoint import resolve_resume
+
     out = tmp_path / "run"
     if case.parent.name == "manifest":
         extra = {"optimizer.safetensors": b"garbage, not safetensors"} if case.stem == "files_empty" else {}
@@ -108,8 +110,23 @@ def test_damaged_checkpoints_are_listed_and_skipped(case, tmp_path, run_cli, mon
     code, so, err = run_cli("runs", str(out))
     assert code == 0 and "Traceback" not in so + err, err
     assert "DAMAGED" in so and "last valid checkpoint: none" in so, so
-    line = assert_one_error_line(*run_cli("train", "--output", str(out), "--resume", "latest"))
-    assert "no valid checkpoint" in line
+    with pytest.raises(UsageError, match="no valid checkpoint"):
+        resolve_resume("latest", out, warn=lambda m: None)
+
+
+@pytest.mark.parametrize("case", ["manifest/files_empty.json", "state/is_a_list.json"])
+def test_resume_latest_on_a_damaged_checkpoint_is_one_error_line(case, tmp_path, run_cli, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    good = fake_checkpoint(out, 1)
+    if case.startswith("manifest"):
+        fake_checkpoint(out, 2, manifest=(CORPUS / case).read_text(), files={"optimizer.safetensors": b"garbage"})
+    else:
+        fake_checkpoint(out, 2, files={"state.json": (CORPUS / case).read_bytes()})
+    code, so, err = run_cli("train", "--output", str(out), "--resume", "latest")
+    assert f"skippingcheckpoint{out}/checkpoints/step-2" in "".join(err.split())  # the damaged newest, said so
+    assert_one_error_line(code, so, err)  # then step-1 is taken; this folder has no dataset: one line
+    assert good.is_dir()
 
 
 def test_a_manifest_names_no_file_outside_the_checkpoint(tmp_path, monkeypatch):

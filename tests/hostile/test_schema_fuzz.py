@@ -34,7 +34,7 @@ from cnetcli.errors import CnetError
 _COMMON = {"deadline": None, "derandomize": False, "database": None,
            "suppress_health_check": [HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                      HealthCheck.data_too_large]}
-settings.register_profile("cnet-fast", max_examples=12, **_COMMON)
+settings.register_profile("cnet-fast", max_examples=8, **_COMMON)
 settings.register_profile("cnet-slow", max_examples=300, **_COMMON)
 SLOW = bool(os.environ.get("CNET_RUN_SLOW"))
 
@@ -332,7 +332,7 @@ def test_malformed_values_long_profile(name):
 
 
 # ------------------------------------------------------------------------------------------- CLI entry points
-@settings(settings.get_profile("cnet-fast"), max_examples=6)
+@settings(settings.get_profile("cnet-fast"), max_examples=4)
 @given(record(GENERATED, GENERATED_PATHS))
 def test_generate_from_a_png_carrying_a_malformed_record(run_cli, data):
     with tempfile.TemporaryDirectory() as d:
@@ -342,7 +342,7 @@ def test_generate_from_a_png_carrying_a_malformed_record(run_cli, data):
         assert_one_error_line(code, out, err)
 
 
-@settings(settings.get_profile("cnet-fast"), max_examples=6)
+@settings(settings.get_profile("cnet-fast"), max_examples=4)
 @given(CHECKPOINT_CASES)
 def test_runs_and_resume_latest_on_a_malformed_checkpoint(run_cli, case):
     name, data = case
