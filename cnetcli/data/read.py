@@ -244,12 +244,15 @@ def _records(index: Path, idx: DatasetIndex, where: str, strict: bool) -> Iterat
     text = raw.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
     if index.suffix == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        try:
-            for rec in reader:
-                yield reader.line_num, {k: v for k, v in rec.items() if k is not None}
-        except csv.Error as e:
-            idx.skip("bad CSV", f"{where}:{reader.line_num}: {e}", strict)
-        return
+        while True:  # a row the csv module refuses (a field over its size limit, a stray quote) skips that row only
+            try:
+                rec = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                idx.skip("bad CSV", f"{where}:{reader.reader.line_num}: {e}", strict)  # DictReader's own lags
+                continue
+            yield reader.line_num, {k: v for k, v in rec.items() if k is not None}
     yield from json_lines(text, where, lambda reason, detail: idx.skip(reason, detail, strict))
 
 

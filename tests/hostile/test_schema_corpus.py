@@ -223,3 +223,46 @@ def test_a_flag_overrides_what_the_png_says_cnet_lacks(tmp_path, run_cli):
     line = assert_one_error_line(*run_cli("generate", "--from", str(png), "--sampler", "dpmpp_2m", "--hint",
                                           str(tmp_path / "missing.png"), "-o", str(tmp_path / "out")))
     assert "LCM" not in line and "missing.png" in line
+
+
+# ------------------------------------------------------------------------------------------- dataset rows
+def _pairs(root: Path, n: int) -> None:
+    for sub in ("images", "conditioning_images"):
+        (root / sub).mkdir(parents=True)
+        for i in range(n):
+            png_with_text(root / sub / f"{i}.png", {})
+
+
+def test_a_csv_row_over_the_field_limit_skips_that_row_only(tmp_path):
+    """A `metadata.csv` caption over 131072 characters dropped every later row, uncounted."""
+    from cnetcli.data import read_dataset
+
+    _pairs(tmp_path, 4)
+    rows = ["file_name,conditioning_image_file_name,text"] + [
+        f"images/{i}.png,conditioning_images/{i}.png,{'x' * 200_000 if i == 1 else f'cap {i}'}" for i in range(4)]
+    (tmp_path / "metadata.csv").write_text("\n".join(rows) + "\n")
+    idx = read_dataset(str(tmp_path))
+    assert [r.text for r in idx.rows] == ["cap 0", "cap 2", "cap 3"]
+    assert idx.skip_counts == {"bad CSV": 1} and idx.skip_examples[0].startswith("metadata.csv:3: field larger")
+
+
+def test_a_parquet_caption_that_is_not_utf8_skips_and_counts_the_row(tmp_path):
+    """It ended in pyarrow's `ArrowInvalid: Invalid UTF8 sequence`."""
+    import datasets
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from cnetcli.data import read_dataset
+
+    ims = [Image.fromarray(np.zeros((8, 8, 3), np.uint8))] * 3
+    feats = datasets.Features(image=datasets.Image(), conditioning_image=datasets.Image(), text=datasets.Value("string"))
+    datasets.Dataset.from_dict({"image": ims, "conditioning_image": ims, "text": ["a", "b", "c"]},
+                               features=feats).to_parquet(str(tmp_path / "good.parquet"))
+    table = pq.read_table(tmp_path / "good.parquet")
+    bad = pa.array([b"ok", b"caf\xff", b"fine"], pa.binary()).view(pa.string())  # parquet does not check UTF-8
+    pq.write_table(table.set_column(2, "text", bad), tmp_path / "d.parquet")
+    idx = read_dataset(str(tmp_path / "d.parquet"))
+    assert [r.text for r in idx.rows] == ["ok", "fine"]
+    assert idx.skip_counts == {"bad caption": 1} and idx.skip_examples == ["text[1]: not UTF-8 text"]
