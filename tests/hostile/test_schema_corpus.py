@@ -266,3 +266,26 @@ def test_a_parquet_caption_that_is_not_utf8_skips_and_counts_the_row(tmp_path):
     idx = read_dataset(str(tmp_path / "d.parquet"))
     assert [r.text for r in idx.rows] == ["ok", "fine"]
     assert idx.skip_counts == {"bad caption": 1} and idx.skip_examples == ["text[1]: not UTF-8 text"]
+
+
+@pytest.mark.parametrize("sampler, scheduler", [("unipc", "karras"), ("unipc", "normal"), ("ddim", "normal"),
+                                                ("dpmpp_2m", "karras"), ("euler", "exponential")])
+def test_the_schedule_cnet_writes_reads_back(sampler, scheduler):
+    """#23.6: `unipc` with karras was written as `Automatic` and read back as `unipc normal`."""
+    from cnetcli.generation.infotext import a1111_parameters, config_from_parameters
+
+    text = a1111_parameters({"sampler": sampler, "scheduler": scheduler, "steps": 4, "cfg": 7.0, "seed": 1,
+                             "width": 64, "height": 64, "base": "cnet-tiny", "prompt": "a cat"})
+    kw = config_from_parameters(text)
+    assert (kw["sampler"], kw["scheduler"]) == (sampler, scheduler), text
+
+
+def test_a_fifo_as_from_is_refused_not_read(tmp_path):
+    import os
+
+    from cnetcli.errors import SchemaError
+    from cnetcli.generation import settings_from_png
+
+    os.mkfifo(tmp_path / "f.png")
+    with pytest.raises(SchemaError, match="not a regular file"):
+        settings_from_png(tmp_path / "f.png")
