@@ -55,11 +55,21 @@ class Manifest(Record):
     files: dict[InsidePath, ManifestFile]
 
 
+class LRSchedulerState(Record):
+    """A torch LR scheduler's state_dict (diffusers' schedules are LambdaLR): the counters and rates that
+    `load_state_dict` copies onto the scheduler unchecked."""
+
+    last_epoch: Annotated[Int, Field(ge=-1)]
+    base_lrs: list[Float] | None = None
+    step_count: NonNeg | None = Field(None, alias="_step_count")
+    last_lr: list[Float] | None = Field(None, alias="_last_lr")
+
+
 class CheckpointState(Record):
     """checkpoints/step-N/state.json."""
 
     step: NonNeg
-    lr_scheduler: dict[str, Any]
+    lr_scheduler: LRSchedulerState
     losses: list[Float] = Field(max_length=1 << 24)
     unet_unlocked: Bool = False
     down_connected: Bool = False

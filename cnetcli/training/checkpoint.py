@@ -295,7 +295,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         "optimizer": optimizer_from_files(load_file(str(path / "optimizer.safetensors")), optimizer.model_dump(),
                                           str(path / "optimizer.safetensors")),
         "rng": load_file(str(path / "rng.safetensors")),
-        "state": state.model_dump(),
+        "state": state.model_dump(by_alias=True, exclude_unset=True),
         "config": config,
         "run_id": read_manifest(path).run_id,
     }

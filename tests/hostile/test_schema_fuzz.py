@@ -170,8 +170,9 @@ MANIFEST = {"format": "cnet-checkpoint/2", "step": 2, "run_id": "r1", "written_a
 CHECKPOINT_CASES = st.one_of(
     st.tuples(st.just("manifest.json"), record(MANIFEST, [("step",), ("run_id",), ("written_at",), ("format",),
                                                            ("files",)])),
-    st.tuples(st.just("state.json"), record(STATE, [("step",), ("lr_scheduler",), ("losses",), ("losses", 0),
-                                                     ("unet_unlocked",), ("down_connected",)])),
+    st.tuples(st.just("state.json"), record(STATE, [("step",), ("lr_scheduler",), ("lr_scheduler", "last_epoch"),
+                                                     ("losses",), ("losses", 0), ("unet_unlocked",),
+                                                     ("down_connected",)])),
     st.tuples(st.just("optimizer.json"), record(OPTIMIZER, [("param_groups",), ("param_groups", 0),
                                                              ("scalars",), ("scalars", "0")])),
     st.tuples(st.just("train_config.json"), record({"max_steps": 4, "learning_rate": 1e-5},
