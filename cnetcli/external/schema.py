@@ -45,14 +45,29 @@ _EXPECTED = {
 }
 
 
+_BOUNDS = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+
+
 def describe(e: ValidationError, source: str) -> str:
     """A pydantic error as one line: the source, the first bad field, what was expected, what was there."""
     err = e.errors(include_url=False)[0]
-    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".") or "(top level)"
-    expected = _EXPECTED.get(err["type"]) or err["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
+    where = "".join(_step(p) for p in err["loc"] if p != "[key]").lstrip(".") or "(top level)"
+    ctx = err.get("ctx") or {}
+    bound = next(((op, v) for k, op in _BOUNDS.items() if (v := ctx.get(k)) is not None), None)
+    expected = _EXPECTED.get(err["type"]) or (f"a value {bound[0]} {bound[1]}" if bound else None) or (
+        f"text matching {ctx['pattern']}" if "pattern" in ctx else None) or (
+        f"at most {ctx['max_length']} characters or items" if "max_length" in ctx else None) or \
+        err["msg"].removeprefix("Input should be ").removeprefix("Value error, ")
     got = "" if err["type"] == "missing" else f" (got {_short(err.get('input'))})"
     more = len(e.errors()) - 1
     return f"{source}: field {where}: expected {expected}{got}" + (f"; and {more} more" if more > 0 else "")
+
+
+def _step(p: Any) -> str:
+    """One step of a field path: .name, [index], or ['a key that is not a name']."""
+    if isinstance(p, int):
+        return f"[{p}]"
+    return f".{p}" if str(p).replace("_", "a").isalnum() else f"[{_short(p)}]"
 
 
 def _short(v: Any) -> str:
