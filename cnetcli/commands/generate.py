@@ -116,8 +116,10 @@ def generate_cmd(
         "dtype": dtype.value if dtype else None, "batch_size": batch_size, "compile": False if no_compile else None,
         "vae_tiling": vae_tiling, "trust_pickle": trust_pickle or None,
     }
-    # what a flag gives is not read from the PNG (an A1111 sampler cnet lacks, units' modes that disagree)
-    kw = settings_from_png(from_png, {k for k, v in given.items() if v is not None}) if from_png else {}
+    typed = {k for k, v in given.items() if v is not None}  # any flag given overrides what the PNG says
+    if sampler is not None:  # the PNG's schedule and eta went with its sampler: the new sampler's own defaults
+        typed.update({"scheduler", "eta"})
+    kw = settings_from_png(from_png, typed) if from_png else {}
     if hint or image:  # new inputs replace the PNG's (whichever kind it recorded)
         kw.pop("hints", None)
         kw.pop("image", None)

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -362,11 +363,12 @@ def _one_mode(units: list[Any], field: str, names: dict[str, str], source: str) 
     return modes[0]
 
 
-def config_from_parameters(text: str, source: str = "A1111 parameters",
-                           overridden: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+def config_from_parameters(text: str, given: Collection[str] = (), source: str = "A1111 parameters"
+                           ) -> dict[str, Any]:
     """A1111 `parameters` text -> GenerateConfig keyword arguments (what maps onto cnet). Every value is typed
     through `external.records.InfotextValues`/`InfotextUnit`: a malformed one is one `SchemaError` naming
-    `source` and the field. Fields in `overridden` (the caller's flags set them) are not read from the text."""
+    `source` and the field. `given`: fields the caller sets from its own flags: their values here are not
+    mapped, so one cnet cannot map (a sampler it lacks, units' modes that disagree) is no error."""
     from ..external import validate
     from ..external.records import InfotextUnit, InfotextValues
 
@@ -380,7 +382,7 @@ def config_from_parameters(text: str, source: str = "A1111 parameters",
     for name in ("steps", "cfg", "seed", "width", "height"):
         if getattr(v, name) is not None:
             kw[name] = getattr(v, name)
-    if v.sampler is not None and "sampler" not in overridden:
+    if v.sampler is not None and "sampler" not in given:
         kw["sampler"], kw["scheduler"] = _sampler_from_a1111(v.sampler, v.schedule, source)
         if kw["sampler"] in ("ddpm", "ddim"):  # both are A1111's DDIM: eta (absent = 0) tells them apart
             eta = v.eta or 0.0
@@ -394,12 +396,12 @@ def config_from_parameters(text: str, source: str = "A1111 parameters",
         kw["start"] = tuple(u.guidance_start for u in units)
         kw["end"] = tuple(u.guidance_end for u in units)
         for field, names in (("control_mode", CONTROL_MODES), ("resize_mode", RESIZE_MODES)):
-            if field not in overridden:
+            if field not in given:
                 kw[field] = _one_mode(units, field, names, source)
         types = [type_for_module(u.module) for u in units]
         if all(types):
             kw["types"] = tuple(types)
-    return {k: val for k, val in kw.items() if k not in overridden}
+    return {k: val for k, val in kw.items() if k not in given}
 
 
 #: GenerateConfig fields a repeat takes from a cnet image's recorded config (not where/how it ran)
@@ -425,14 +427,14 @@ def _cnet_record(p: Path, chunk: str | None) -> dict[str, Any] | None:
     return None
 
 
-def _repeat_settings(meta: dict[str, Any], source: str) -> dict[str, Any]:
+def _repeat_settings(meta: dict[str, Any], source: str, given: Collection[str] = ()) -> dict[str, Any]:
     """GenerateConfig keyword arguments from a validated cnet generation record."""
     from ..external import validate
     from ..external.records import GenerationRecord
 
     rec = validate(GenerationRecord, meta, source)
     cfg = rec.config
-    kw = {k: cfg[k] for k in _REPEAT_FIELDS if k in cfg}
+    kw = {k: cfg[k] for k in _REPEAT_FIELDS if k in cfg and k not in given}
     kw["seed"] = rec.seed if rec.seed is not None else cfg.get("seed", 0)
     kw["num_images"] = 1
     if rec.pass_ == 2:  # auto mode's second pass: its caption (+ added words) is the prompt
@@ -452,13 +454,12 @@ def _repeat_settings(meta: dict[str, Any], source: str) -> dict[str, Any]:
     return kw
 
 
-def settings_from_png(path: str | Path, overridden: frozenset[str] | set[str] = frozenset()) -> dict[str, Any]:
+def settings_from_png(path: str | Path, given: Collection[str] = ()) -> dict[str, Any]:
     """GenerateConfig keyword arguments that repeat the generation recorded in a PNG: cnet's own record
     (its `cnet` chunk or JSON sidecar) when present, else A1111's `parameters` chunk. One image: its seed,
     `num_images=1`; an auto-mode pass-2 image repeats with its caption as the user prompt. Every value is
     validated (`cnetcli.external`): a malformed record is one `SchemaError` line naming the field.
-    `overridden`: settings the caller's flags give, not read from an A1111 text (so a sampler cnet lacks,
-    or units with different modes, do not stop a run whose flags choose them)."""
+    `given`: the fields the caller's flags set, which override the PNG's (see `config_from_parameters`)."""
     from PIL import Image
 
     from ..errors import InputError
@@ -473,7 +474,7 @@ def settings_from_png(path: str | Path, overridden: frozenset[str] | set[str] = 
         raise InputError(f"--from {path}: not a readable image ({e})") from None
     meta = _cnet_record(p, text.get("cnet"))
     if meta is not None:
-        return _repeat_settings(meta, f"--from {path}")
+        return _repeat_settings(meta, f"--from {path}", given)
     if "parameters" in text:
-        return config_from_parameters(text["parameters"], f"--from {path} (A1111 parameters)", overridden)
+        return config_from_parameters(text["parameters"], given, f"--from {path} (A1111 parameters)")
     raise InputError(f"--from {path}: no generation parameters in this PNG (neither cnet's nor A1111's)")

@@ -49,11 +49,11 @@ def test_units_that_disagree_name_the_unit_and_a_flag_chooses(tmp_path):
     png = png_with_text(tmp_path / "a.png", {"parameters": (CORPUS / "infotext/units_control_modes_differ.txt").read_text()})
     with pytest.raises(SchemaError, match=r"ControlNet 1: Control Mode 'My prompt is more important' differs .*--control-mode"):
         settings_from_png(png)
-    assert "control_mode" not in settings_from_png(png, overridden={"control_mode"})
+    assert "control_mode" not in settings_from_png(png, given={"control_mode"})
     png = png_with_text(tmp_path / "b.png", {"parameters": (CORPUS / "infotext/sampler_cnet_lacks.txt").read_text()})
     with pytest.raises(CnetError, match="LCM.*--sampler"):
         settings_from_png(png)
-    assert "sampler" not in settings_from_png(png, overridden={"sampler"})
+    assert "sampler" not in settings_from_png(png, given={"sampler"})
 
 
 def test_each_unit_keeps_its_own_mode_when_they_agree(tmp_path):
