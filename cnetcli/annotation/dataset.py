@@ -27,10 +27,11 @@ def _metadata_captions(folder: Path) -> dict[str, str]:
         return {}
     out: dict[str, str] = {}
     from ..errors import SchemaError
-    from ..external import parse_json_lines, read_bytes
+    from ..external import MAX_INDEX_BYTES, parse_json_lines, read_bytes
 
     try:
-        rows, _ = parse_json_lines(read_bytes(p, what="metadata.jsonl").decode("utf-8", errors="replace"), str(p))
+        text = read_bytes(p, MAX_INDEX_BYTES, "metadata.jsonl").decode("utf-8", errors="replace")
+        rows, _ = parse_json_lines(text, str(p))
     except SchemaError:
         return {}
     for rec in rows:

@@ -16,8 +16,16 @@ Call sites outside this package never call json.load(s)/tomllib themselves: test
 scans the source and fails on one that does.
 """
 
-from .reader import check_regular, parse_json, parse_json_lines, parse_toml, read_bytes, read_json
+from .reader import (
+    MAX_INDEX_BYTES,
+    check_regular,
+    parse_json,
+    parse_json_lines,
+    parse_toml,
+    read_bytes,
+    read_json,
+)
 from .schema import Record, describe, validate, validate_value
 
-__all__ = ["check_regular", "parse_json", "parse_json_lines", "parse_toml", "read_bytes", "read_json", "Record", "describe",
-           "validate", "validate_value"]
+__all__ = ["MAX_INDEX_BYTES", "check_regular", "parse_json", "parse_json_lines", "parse_toml", "read_bytes",
+           "read_json", "Record", "describe", "validate", "validate_value"]

@@ -20,6 +20,8 @@ from ..errors import SchemaError
 
 #: The largest JSON/TOML file or chunk read (bytes): configs, manifests and records are far smaller.
 MAX_BYTES = 16 * 1024 * 1024
+#: The largest dataset index (metadata.jsonl/csv) read: a million rows of a few hundred bytes.
+MAX_INDEX_BYTES = 1 << 30
 #: jiter's nesting limit, kept by the stdlib fallback too
 MAX_JSON_DEPTH = 200
 _JSON_STRINGS = re.compile(r'"(?:\\.|[^"\\])*"')

@@ -36,10 +36,11 @@ def caption_dataset(directory: str | os.PathLike, captioner: str | os.PathLike |
     meta = d / "metadata.jsonl"
     if not meta.is_file():
         raise InputError(f"{meta}: no metadata.jsonl (expected a `cnet annotate --dataset` folder)")
-    from ..external import parse_json, read_bytes
+    from ..external import MAX_INDEX_BYTES, parse_json, read_bytes
 
     rows = []
-    for n, line in enumerate(read_bytes(meta, what="metadata.jsonl").decode("utf-8", errors="replace").splitlines(), 1):
+    text = read_bytes(meta, MAX_INDEX_BYTES, "metadata.jsonl").decode("utf-8", errors="replace")
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             rows.append(parse_json(line, f"{meta}:{n}"))
             if not isinstance(rows[-1], dict) or not isinstance(rows[-1].get("file_name"), str):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SchemaError, UsageError
-from ..external import Record, parse_json, read_bytes, read_json, validate
+from ..external import MAX_INDEX_BYTES, Record, parse_json, read_bytes, read_json, validate
 from ..external.records import ControllabilityRow, RunEvent, TrainResult
 from .checkpoint import list_checkpoints, read_manifest, read_records, verify
 from .resume import RUNS_LOG
@@ -22,7 +22,7 @@ def _jsonl(path: Path, schema: type[Record], skipped: list[str]) -> list[dict[st
     if not path.is_file():
         return []
     try:
-        text = read_bytes(path, what="log").decode("utf-8", errors="replace")
+        text = read_bytes(path, MAX_INDEX_BYTES, "log").decode("utf-8", errors="replace")
     except SchemaError:
         skipped.append(str(path))
         return []
