@@ -429,12 +429,19 @@ def _cnet_record(p: Path, chunk: str | None) -> dict[str, Any] | None:
 
 def _repeat_settings(meta: dict[str, Any], source: str, given: Collection[str] = ()) -> dict[str, Any]:
     """GenerateConfig keyword arguments from a validated cnet generation record."""
+    from ..config_check import check_value, dataclass_types, refusal
+    from ..errors import SchemaError
     from ..external import validate
     from ..external.records import GenerationRecord
+    from .config import GenerateConfig
 
     rec = validate(GenerationRecord, meta, source)
     cfg = rec.config
     kw = {k: cfg[k] for k in _REPEAT_FIELDS if k in cfg and k not in given}
+    types = dataclass_types(GenerateConfig)
+    for name, value in kw.items():  # each recorded setting of the type its GenerateConfig field declares
+        if name in types and not check_value(value, types[name])[0]:
+            raise SchemaError(f"{source}: field config.{refusal(name, value, types[name])}")
     kw["seed"] = rec.seed if rec.seed is not None else cfg.get("seed", 0)
     kw["num_images"] = 1
     if rec.pass_ == 2:  # auto mode's second pass: its caption (+ added words) is the prompt
