@@ -24,7 +24,7 @@ def _inside(rel: str) -> str:
     """A manifest entry: a relative POSIX path that stays inside the checkpoint folder."""
     p = PurePosixPath(rel)
     if not rel or "\\" in rel or "\0" in rel or p.is_absolute() or ".." in p.parts or str(p) != rel:
-        raise ValueError(f"a relative path inside the checkpoint ({rel!r} is not)")
+        raise ValueError("a relative path inside the checkpoint")
     return rel
 
 

@@ -86,14 +86,14 @@ def _params(line: str) -> list[tuple[str, str]]:
     return out
 
 
-def parse_parameters(x: str) -> dict[str, Any]:
+def parse_parameters(x: str, source: str = "A1111 parameters") -> dict[str, Any]:
     """The core of A1111's `parse_generation_parameters` (its UI-option defaults and hires/styles handling
     left out): prompt, negative prompt, and every `Key: value` of the last line, `Size` split into -1/-2.
     Linear in the text's length; a text over MAX_INFOTEXT characters is refused."""
     from ..errors import SchemaError
 
     if len(x) > MAX_INFOTEXT:
-        raise SchemaError(f"A1111 parameters text of {len(x)} characters, more than the {MAX_INFOTEXT} read")
+        raise SchemaError(f"{source}: {len(x)} characters, more than the {MAX_INFOTEXT} an A1111 text may have")
     res: dict[str, Any] = {}
     prompt: list[str] = []
     negative: list[str] = []
@@ -372,7 +372,7 @@ def config_from_parameters(text: str, given: Collection[str] = (), source: str =
     from ..external import validate
     from ..external.records import InfotextUnit, InfotextValues
 
-    r = parse_parameters(text)
+    r = parse_parameters(text, source)
     v = validate(InfotextValues, r, source)
     kw: dict[str, Any] = {}
     if r.get("Prompt"):
