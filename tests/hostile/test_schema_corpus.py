@@ -289,3 +289,14 @@ def test_a_fifo_as_from_is_refused_not_read(tmp_path):
     os.mkfifo(tmp_path / "f.png")
     with pytest.raises(SchemaError, match="not a regular file"):
         settings_from_png(tmp_path / "f.png")
+
+
+def test_runs_lists_log_lines_it_cannot_read(tmp_path, run_cli):
+    out = tmp_path / "run"
+    fake_checkpoint(out, 2)
+    (out / "runs.jsonl").write_text('{"event": "start", "step": 0, "time": "t"}\n' + "[" * 5000 + "\n"
+                                    + '{"event": "resume", "changes": {"lr": 1}}\n')
+    code, so, err = run_cli("runs", str(out))
+    assert code == 0 and "Traceback" not in so + err
+    assert "1 phase(s), 1 start/resume event(s)" in so and "step       2  ok" in so
+    assert "skipped 2 unreadable record(s)" in err and "runs.jsonl:2" in err and "runs.jsonl:3" in err
