@@ -35,6 +35,10 @@ SITES: dict[tuple[str, str, str], str] = {
         "after models.files.problem(): external.safetensors.read_header checked the header against the file",
     ("models/controlnet.py", "read_shapes", "safetensors"):
         "after models.files.problem(): external.safetensors.read_header checked the header against the file",
+    ("models/families/flow_files.py", "load_controlnet_file", "safetensors"):
+        "after models.controlnet.read_shapes() -> boundary.check_file(): the header checked against the file",
+    ("models/families/flux.py", "controlnet_file_config", "safetensors"): "as flow_files.load_controlnet_file",
+    ("models/families/sd3.py", "controlnet_file_config", "safetensors"): "as flow_files.load_controlnet_file",
     ("data/read.py", "_records", "csv"): "each row's cells are checked field by field (data.read.resolve) and counted",
 }
 
