@@ -37,6 +37,7 @@ IMAGEFOLDER_INDEXES = ("metadata.jsonl", "metadata.csv")
 TUTORIAL_INDEX = "prompt.json"
 TABLE_SUFFIXES = (".parquet", ".arrow", ".csv", ".jsonl", ".json")
 MAX_EXAMPLES = 5
+UNDECODABLE = "undecodable image"  # the skip reason of a row whose header read but whose pixels do not decode
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,18 @@ class DatasetIndex:
         self.skip_counts[reason] = self.skip_counts.get(reason, 0) + 1
         if len(self.skip_examples) < MAX_EXAMPLES:
             self.skip_examples.append(detail)
+
+    def keep_only(self, keep: Sequence[int], example: str = "") -> int:
+        """Keep only the rows at positions `keep` (those that decoded); the others are counted as skipped
+        ("undecodable image", with `example` as the why). Returns how many were dropped."""
+        dropped = len(self.rows) - len(keep)
+        if dropped:
+            rows = self.rows
+            self.rows = [rows[i] for i in keep]
+            self.skip_counts[UNDECODABLE] = self.skip_counts.get(UNDECODABLE, 0) + dropped
+            if len(self.skip_examples) < MAX_EXAMPLES:
+                self.skip_examples.append(example or "an image does not decode")
+        return dropped
 
     def skip_summary(self) -> str:
         """One line: ``3 unreadable rows skipped (2 missing file, 1 outside the dataset folder; e.g. ...)``."""
@@ -244,12 +257,15 @@ def _records(index: Path, idx: DatasetIndex, where: str, strict: bool) -> Iterat
     text = raw.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
     if index.suffix == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        try:
-            for rec in reader:
-                yield reader.line_num, {k: v for k, v in rec.items() if k is not None}
-        except csv.Error as e:
-            idx.skip("bad CSV", f"{where}:{reader.line_num}: {e}", strict)
-        return
+        while True:  # a row-level error (e.g. a field over csv's 131072-character limit) skips only that row
+            try:
+                rec = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                idx.skip("bad CSV", f"{where}:{reader.line_num}: {e}", strict)
+                continue
+            yield reader.line_num, {k: v for k, v in rec.items() if k is not None}
     yield from json_lines(text, where, lambda reason, detail: idx.skip(reason, detail, strict))
 
 

@@ -191,25 +191,18 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
         atomic_write_text(out / "train_config.json", cfg.to_json())  # only now: the resume has succeeded
 
-    # 5. data: the deterministic stream, optionally through a latent/embedding cache
+    # 5. data: the rows that decode (through the latent/embedding cache, or one decoding pass), then the
+    # deterministic stream over them
     dataset = PairDataset(index, cfg.resolution, load_pixels=not cfg.cache_latents)
+    result = TrainResult(output=out, controlnet_dir=None, start_step=state.step, processes=world,
+                         is_main_process=accelerator.is_main_process, config=cfg)
+    keep_decodable(cfg, dataset, models, cache_key, accelerator, reporter, result)
+    result.samples, result.skipped_rows = len(index), index.skipped
     stream = BatchStream(len(index), cfg.batch_size, seed=cfg.seed, empty_prompt_prob=cfg.empty_prompt_prob,
                          hflip=cfg.hflip, start_batch=state.step * cfg.gradient_accumulation, rank=rank,
                          world_size=world)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=stream, collate_fn=collate,
                                          num_workers=cfg.num_workers, pin_memory=cuda)
-    result = TrainResult(output=out, controlnet_dir=None, start_step=state.step, samples=len(index),
-                         skipped_rows=index.skipped, processes=world, is_main_process=accelerator.is_main_process,
-                         config=cfg)
-    if cfg.cache_latents:
-        from .cache import load_or_build
-
-        models.cache, result.cache_path, result.cache_reused = load_or_build(
-            dataset, cache_key, out, vae=models.vae, family=models.family, text=models.text_components,
-            device=device, dtype=weight_dtype, bs=cfg.batch_size, accelerator=accelerator, reporter=reporter,
-            hflip=cfg.hflip)
-        models.cache = place_cache(models.cache, device)
-        encoders_to(models, "cpu")
 
     vae_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
     latent_shape = (models.vae.config.latent_channels, cfg.resolution // vae_factor, cfg.resolution // vae_factor)
@@ -306,6 +299,34 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
 
 # --------------------------------------------------------------------------------------- named helpers
+def keep_decodable(cfg: TrainConfig, dataset: Any, models: Any, cache_key: str | None, accelerator: Any,
+                   reporter: Reporter, result: TrainResult) -> None:
+    """Decode every row once (building or reading the latent cache, or one pass without it) and drop the rows
+    that do not decode from the index: skipped and counted (`index.skipped`), never replaced by others."""
+    index = dataset.index
+    if cfg.cache_latents:
+        from .cache import load_or_build, undecodable
+
+        models.cache, result.cache_path, result.cache_reused = load_or_build(
+            dataset, cache_key, cfg.output_dir, vae=models.vae, family=models.family, text=models.text_components,
+            device=accelerator.device, dtype=models.weight_dtype, bs=cfg.batch_size, accelerator=accelerator,
+            reporter=reporter, hflip=cfg.hflip)
+        keep = models.cache.pop("rows").tolist()
+        why = undecodable(result.cache_path) if len(keep) < len(index) else ""
+        models.cache = place_cache(models.cache, accelerator.device)
+        encoders_to(models, "cpu")
+    else:
+        from accelerate.utils import gather_object
+
+        from .data import decodable_rows
+
+        keep, why = decodable_rows(dataset, accelerator.process_index, accelerator.num_processes, gather_object)
+    dropped = index.keep_only(keep, why)
+    if dropped:
+        reporter.message(f"skipped {dropped} dataset row{'s' if dropped != 1 else ''} whose images do not decode"
+                         + (f" (e.g. {why})" if why else ""))
+
+
 def make_accelerator(cfg: TrainConfig, device: str, mixed_precision: str) -> tuple[Any, str | None]:
     """accelerate's Accelerator for this run and the tracker it logs to (None: no logging)."""
     import torch
