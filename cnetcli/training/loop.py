@@ -12,12 +12,13 @@ Callers watch or steer a run through `on_step(info) -> bool`: called after every
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,10 +103,26 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, *, on_step: Callab
     set on purpose (the CLI passes the flags typed; by default the settings that differ from the defaults)."""
     import torch
 
+    reporter = reporter or NullReporter()
     try:
-        return _train(cfg, reporter or NullReporter(), on_step, given)
+        with owning(cfg.output_dir, reporter):
+            return _train(cfg, reporter, on_step, given)
     except torch.OutOfMemoryError:
         raise TrainingError(f"out of memory: {MEMORY_HINT}") from None
+
+
+@contextlib.contextmanager
+def owning(out: Path, reporter: Reporter) -> Iterator[None]:
+    """The run owns --output while it runs (the main process holds OUTPUT/.cnet-run.lock): a second run into
+    the same folder is refused with one line naming this one, before it reads or writes anything there."""
+    from ..device import process_rank_world
+    from ..folderlock import hold
+
+    if process_rank_world()[0] != 0:  # the launched ranks share the main process's ownership
+        yield
+        return
+    with hold(out, flag="--output", what="a training run", warn=lambda m: reporter.message(f"warning: {m}")):
+        yield
 
 
 # ------------------------------------------------------------------------------------------- the run

@@ -1,0 +1,88 @@
+"""Issue #24.3: an output folder is owned by one run at a time (OUTPUT/.cnet-run.lock names the holder); a run
+never silently overwrites another's outputs; a lock path that is a folder is one error line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cnetcli.errors import OutputError
+from cnetcli.folderlock import RUN_LOCK, hold
+
+
+@pytest.fixture
+def held(tmp_path):
+    """Another process holding tmp_path/out as a training run would."""
+    out = tmp_path / "out"
+    code = textwrap.dedent(f"""
+        import sys, time
+        sys.argv = ["cnet", "train", "--seed", "1"]
+        from cnetcli.folderlock import hold
+        with hold({str(out)!r}, flag="--output", what="a training run"):
+            print("ready", flush=True)
+            sys.stdin.read()
+    """)
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                         env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
+    assert p.stdout.readline().strip() == "ready"
+    yield out, p.pid
+    p.stdin.close()
+    p.wait(timeout=30)
+
+
+def test_second_train_into_a_held_output_is_refused_naming_the_holder(held, run_cli, tmp_path):
+    out, pid = held
+    code, stdout, err = run_cli("train", "--base", "cnet-tiny", "--data", str(tmp_path / "nodata"), "-o", str(out),
+                                "--seed", "2")
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert code == 2 and len(lines) == 1, err
+    assert f"in use by a training run, pid {pid}" in lines[0] and "cnet train --seed 1" in lines[0]
+    assert sorted(p.name for p in out.iterdir()) == [RUN_LOCK]  # nothing of the holder's touched
+
+
+def test_a_dead_holders_lock_is_taken_over_with_a_warning(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    note = {"pid": int(dead.stdout), "host": "h", "started": "then", "command": "cnet train --seed 1"}
+    (out / RUN_LOCK).write_text(json.dumps(note))  # a run killed with -9: its note stays, its flock is gone
+    warnings: list[str] = []
+    with hold(out, flag="--output", warn=warnings.append):
+        assert json.loads((out / RUN_LOCK).read_text())["pid"] == os.getpid()
+    assert len(warnings) == 1 and f"took over the lock of pid {dead.stdout.strip()}" in warnings[0]
+    assert (out / RUN_LOCK).read_text() == ""  # released: no note left behind
+
+
+def test_a_lock_that_is_a_folder_is_one_line(tmp_path, run_cli):
+    out = tmp_path / "out"
+    (out / RUN_LOCK).mkdir(parents=True)
+    with pytest.raises(OutputError, match="lock file .cnet-run.lock is not a regular file"):
+        with hold(out, flag="--output"):
+            pass
+    ds = tmp_path / "ds"
+    (ds / ".cnet-index.lock").mkdir(parents=True)
+    src = tmp_path / "in"
+    src.mkdir()
+    from hostile_inputs import good_image
+
+    good_image(src / "a.png")
+    code, stdout, err = run_cli("annotate", str(src), "--dataset", str(ds), "-j", "1", "--type", "canny")
+    lines = [x for x in err.splitlines() if x.startswith("error:")]
+    assert code == 1 and len(lines) == 1 and ".cnet-index.lock is not a regular file" in lines[0], err
+    assert "Traceback" not in err
+    assert not (ds / "images").exists()  # checked before any pair was written
+
+
+def test_a_started_run_is_not_overwritten_by_a_new_one(run_cli, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "train_config.json").write_text('{"seed": 1}')  # a run killed before its first checkpoint
+    code, stdout, err = run_cli("train", "--base", "cnet-tiny", "--data", str(tmp_path), "-o", str(out),
+                                "--seed", "2", "--device", "cpu")
+    assert code == 2 and "already holds a training run" in err, err
+    assert (out / "train_config.json").read_text() == '{"seed": 1}'
