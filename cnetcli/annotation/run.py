@@ -15,6 +15,7 @@ others still run; nothing is half-written (temp file + rename; a failed item lea
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -266,6 +267,11 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
     if skipped:
         rep.message(f"skipping {len(skipped)} image(s) whose outputs already exist")
 
+    if cfg.dataset is not None and todo:  # the index must be writable before a pair is: nothing orphaned
+        from .dataset import check_index
+
+        check_index(cfg)
+
     # 5. annotate
     # New outputs are created exclusively; the leftovers of an interrupted run (--skip-existing) are replaced.
     results: dict[int, str | None] = {}
@@ -288,7 +294,16 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
         from .dataset import write_index
 
         ok_jobs = [j for j in todo if results.get(j.index) is None]
-        summary.warnings += write_index(cfg, ht.name, ok_jobs, skipped, rep)
+        try:
+            summary.warnings += write_index(cfg, ht.name, ok_jobs, skipped, rep)
+        except CnetError as e:  # no pair without its row: remove what this run created (not what it replaced)
+            fresh = [t for j in ok_jobs if j.index not in replace and not cfg.overwrite for t in targets(j)]
+            for t in fresh:
+                with contextlib.suppress(OSError):
+                    os.unlink(t)
+            err = type(e)(f"{e} (removed the {len(fresh)} file(s) this run wrote)")
+            err.summary = summary  # type: ignore[attr-defined]  # the command still lists the per-image failures
+            raise err from None
         for w in summary.warnings:
             rep.message(f"warning: {w}")
 

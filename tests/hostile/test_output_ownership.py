@@ -86,3 +86,37 @@ def test_a_started_run_is_not_overwritten_by_a_new_one(run_cli, tmp_path):
                                 "--seed", "2", "--device", "cpu")
     assert code == 2 and "already holds a training run" in err, err
     assert (out / "train_config.json").read_text() == '{"seed": 1}'
+
+
+def _inputs(tmp_path):
+    from hostile_inputs import good_image, html_named_png
+
+    src = tmp_path / "in"
+    src.mkdir()
+    good_image(src / "a.png")
+    good_image(src / "b.png", seed=1)
+    html_named_png(src / "c.png")
+    return src
+
+
+def test_annotate_dataset_refuses_an_unreadable_index_before_writing_pairs(tmp_path, run_cli):
+    src, ds = _inputs(tmp_path), tmp_path / "ds"
+    ds.mkdir()
+    (ds / "metadata.jsonl").write_text('{"file_name": "images/x.png"}\n{not json\n')
+    code, stdout, err = run_cli("annotate", str(src), "--dataset", str(ds), "-j", "1", "--type", "canny")
+    assert code == 1 and "metadata.jsonl:2" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in ds.iterdir()) == [".cnet-index.lock", "metadata.jsonl"]
+
+
+def test_annotate_dataset_index_failure_removes_its_pairs_and_lists_failures(tmp_path, run_cli, monkeypatch):
+    from cnetcli.data.write import DatasetWriter
+
+    def full_disk(self, records):
+        raise OutputError(f"{self.index}: cannot write (No space left on device)")
+
+    monkeypatch.setattr(DatasetWriter, "add_records", full_disk)
+    src, ds = _inputs(tmp_path), tmp_path / "ds"
+    code, stdout, err = run_cli("annotate", str(src), "--dataset", str(ds), "-j", "1", "--type", "canny")
+    assert code == 1 and "No space left" in err and "removed the 4 file(s)" in err, err
+    assert "failed:" in err and "c.png" in err  # the per-image failure is reported too
+    assert not [p for p in ds.rglob("*.png")]  # no orphan pairs
