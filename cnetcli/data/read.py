@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import InputError, UsageError
-from .files import BadFile, check_image, is_inside, open_rgb, real_root, resolve, show
+from .files import BadFile, check_image, is_inside, open_rgb, real_root, resolve_id, show
 
 IMAGEFOLDER_INDEXES = ("metadata.jsonl", "metadata.csv")
 TUTORIAL_INDEX = "prompt.json"
@@ -62,14 +62,15 @@ class HubRef:
             path = cell
         elif isinstance(cell, dict) and not cell.get("bytes"):  # an Image cell that stores only its path
             path = cell.get("path")
+        identity = None
         if path is not None:  # checked again at decode time: the table may hold anything
             try:
-                cell = resolve(Path(self.base or "."), path, self.root, self.allow_outside)
+                cell, identity = resolve_id(Path(self.base or "."), path, self.root, self.allow_outside)
             except BadFile as e:
                 raise InputError(f"{self.column}[{self.i}]: {e.detail}") from None
         if cell is None:
             raise InputError(f"{self.column}[{self.i}]: no image")
-        return open_rgb(cell)
+        return open_rgb(cell, identity)  # the file resolve_id checked, not one swapped in since
 
 
 class Row(NamedTuple):
@@ -90,6 +91,12 @@ class DatasetIndex:
     skip_examples: list[str] = field(default_factory=list)
     captions_empty: bool = False
     columns: tuple[str, ...] = ()  # the columns the source holds (for messages)
+    #: path -> (device, inode) it had when validated: `open_image` refuses a file swapped in since
+    identities: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def open(self, x: Any) -> Any:
+        """Decode row image `x` (see `open_image`), checked to be the file this index validated."""
+        return open_image(x, self.identities.get(str(x)) if isinstance(x, Path) else None)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -321,7 +328,7 @@ def _read_index(root: Path, index: Path, layout: str, opts: ReadOptions) -> Data
     for lineno, rec in records:
         at = f"{where}:{lineno}"
         try:
-            paths = [_path_of(rec, cols[name], base, root_real, opts, at) for name in ("image", "hint")]
+            paths = [_path_of(rec, cols[name], base, root_real, opts, at, idx.identities) for name in ("image", "hint")]
             text = rec.get(text_key)
             if text is None:
                 text = ""
@@ -339,7 +346,7 @@ def _read_index(root: Path, index: Path, layout: str, opts: ReadOptions) -> Data
 
 
 def _path_of(rec: dict[str, Any], keys: tuple[str, ...], base: Path, root_real: str, opts: ReadOptions,
-             at: str) -> Path:
+             at: str, identities: dict[str, tuple[int, int]]) -> Path:
     key = next((k for k in keys if k in rec), None)
     if key is None:
         raise BadFile("missing field", f"{at}: no {' or '.join(keys)}")
@@ -347,18 +354,20 @@ def _path_of(rec: dict[str, Any], keys: tuple[str, ...], base: Path, root_real: 
     if not isinstance(value, str) or not value:
         raise BadFile("wrong type", f"{at}: {key} is {json.dumps(value)[:40]}, not a file name")
     try:
-        p = resolve(base, value, root_real, opts.allow_outside_paths)
-        check_image(p, value)
+        p, identity = resolve_id(base, value, root_real, opts.allow_outside_paths)
+        check_image(p, value, identity)
     except BadFile as e:
         raise BadFile(e.reason, f"{at}: {e.detail}") from None
+    identities[str(p)] = identity
     return p
 
 
-def open_image(x: Any) -> Any:
-    """Decode one row image (a `Path`, a `HubRef`, bytes or a PIL image) to an RGB PIL image."""
+def open_image(x: Any, identity: tuple[int, int] | None = None) -> Any:
+    """Decode one row image (a `Path`, a `HubRef`, bytes or a PIL image) to an RGB PIL image; a path is
+    opened without blocking, must be a regular file and (with `identity`) still the file validated."""
     if isinstance(x, HubRef):
         return x.open()
-    return open_rgb(x)
+    return open_rgb(x, identity)
 
 
 def read_captions(folder: str | os.PathLike, caption_column: str = "text") -> dict[str, str]:

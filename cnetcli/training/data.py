@@ -120,10 +120,10 @@ class PairDataset:
         from PIL import Image
 
         row = self.index.rows[i]
-        img = open_image(row.image)
+        img = self.index.open(row.image)
         micro = torch.tensor(micro_conditioning(*img.size, self.res, flip), dtype=torch.int64)
         img = resize_center_crop(img, self.res, Image.BILINEAR)
-        hint = resize_center_crop(open_image(row.hint), self.res, Image.BILINEAR)
+        hint = resize_center_crop(self.index.open(row.hint), self.res, Image.BILINEAR)
         a = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
         h = torch.from_numpy(np.asarray(hint, dtype=np.float32)).permute(2, 0, 1) / 255.0
         if flip:  # joint flip: the hint must stay aligned with the photo
