@@ -46,7 +46,8 @@ class BatchStream:
         if e not in self._epoch_cache:
             import torch
 
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
+            # torch seeds are below 2**64; the modulo leaves every smaller seed's stream as it was
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + e) % 2**64)
             perm = torch.randperm(self.n, generator=g).numpy()
             drop = (torch.rand(self.n, generator=g) < self.p_empty).numpy()
             flip = (torch.rand(self.n, generator=g) < 0.5).numpy() & self.hflip
