@@ -253,11 +253,11 @@ def read_png_text(path: str | os.PathLike, key: str = PNG_META_KEY) -> str | Non
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        with fsguard.open_input(path) as f, Image.open(f) as img:  # a FIFO is refused, never read
             raw = img.info.get(key)
             if raw is None and hasattr(img, "text"):
                 raw = img.text.get(key)
-    except Exception:  # not an image / unreadable: no metadata
+    except Exception:  # not an image / unreadable / not a regular file: no metadata
         return None
     return raw if isinstance(raw, str) and raw else None
 

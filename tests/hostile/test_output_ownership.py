@@ -30,13 +30,15 @@ def held(tmp_path):
     p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                          env=os.environ | {"PYTHONPATH": os.pathsep.join(sys.path)})
     assert p.stdout.readline().strip() == "ready"
-    yield out, p.pid
-    p.stdin.close()
-    p.wait(timeout=30)
+    yield out, p
+    if p.poll() is None:
+        p.stdin.close()
+        p.wait(timeout=30)
 
 
 def test_second_train_into_a_held_output_is_refused_naming_the_holder(held, run_cli, tmp_path):
-    out, pid = held
+    out, proc = held
+    pid = proc.pid
     code, stdout, err = run_cli("train", "--base", "cnet-tiny", "--data", str(tmp_path / "nodata"), "-o", str(out),
                                 "--seed", "2")
     lines = [x for x in err.splitlines() if x.startswith("error:")]
@@ -120,3 +122,13 @@ def test_annotate_dataset_index_failure_removes_its_pairs_and_lists_failures(tmp
     assert code == 1 and "No space left" in err and "removed the 4 file(s)" in err, err
     assert "failed:" in err and "c.png" in err  # the per-image failure is reported too
     assert not [p for p in ds.rglob("*.png")]  # no orphan pairs
+
+
+def test_a_run_killed_with_sigkill_leaves_a_lock_the_next_run_takes_over(held):
+    out, proc = held
+    proc.kill()  # SIGKILL: the holder dies without releasing; the kernel drops its flock, its note stays
+    proc.wait(timeout=30)
+    warnings: list[str] = []
+    with hold(out, flag="--output", what="a training run", warn=warnings.append):
+        pass
+    assert len(warnings) == 1 and f"pid {proc.pid}" in warnings[0] and "no longer running" in warnings[0]
