@@ -172,13 +172,15 @@ def annotate_cmd(
         trust_pickle=True if trust_pickle else None, dataset=dataset, dataset_format=dataset_format.value,
         caption=caption, captioner=captioner,
     )
-    from ..errors import CnetError
+    from ..errors import CnetError, Interrupted
 
     try:
         s = annotate_paths(cfg, RichReporter(unit="img/s", quiet=quiet))
     except CnetError as e:  # the run stopped after annotating (the index): its per-image failures still count
         _print_failures(getattr(e, "summary", None))
         raise
+    except KeyboardInterrupt:  # before any hint was written (annotate_paths reports what it kept after that)
+        raise Interrupted("interrupted before any hint was written") from None
     _print_failures(s)
     shard = f" (shard {s.shard[0] + 1}/{s.shard[1]})" if s.shard[1] > 1 else ""
     where = s.dataset if s.dataset is not None else ", ".join(s.output_dirs)

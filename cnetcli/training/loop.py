@@ -110,19 +110,9 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, *, on_step: Callab
     except torch.OutOfMemoryError:
         raise TrainingError(f"out of memory: {MEMORY_HINT}") from None
     except KeyboardInterrupt:  # before the loop's own Ctrl-C handling, or a second Ctrl-C: say what is kept
+        from .checkpoint import kept_after_interrupt
+
         raise Interrupted(kept_after_interrupt(cfg.output_dir)) from None
-
-
-def kept_after_interrupt(out: Path) -> str:
-    """What a run stopped by Ctrl-C leaves in `out`: its newest checkpoint (and how to continue), or nothing."""
-    from .checkpoint import list_checkpoints
-
-    found = list_checkpoints(out)
-    if not found:
-        return f"interrupted: no checkpoint was written in {out}; nothing to resume"
-    step, path = found[-1]
-    return (f"interrupted: last checkpoint {path} (step {step}); continue with `cnet train --output {out} "
-            "--resume latest`")
 
 
 @contextlib.contextmanager

@@ -43,3 +43,21 @@ def test_train_interrupted_before_its_loop_says_nothing_was_kept(run_cli, tmp_pa
     code, out, err = run_cli("train", "--base", "cnet-tiny", "--data", str(tmp_path), "-o", str(tmp_path / "o"),
                              "--device", "cpu", "--overwrite")
     assert code == 130 and "last checkpoint" in err and "step 20" in err and "--resume latest" in err, err
+
+
+def test_ctrl_c_while_loading_still_prints_a_line(run_cli, tmp_path, monkeypatch):
+    """A KeyboardInterrupt before training starts (imports, config, model loading) is not swallowed by typer."""
+    from cnetcli import project_config
+
+    def ctrl_c(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(project_config, "section", ctrl_c)
+    code, out, err = run_cli("train", "-o", str(tmp_path / "o"))
+    assert code == 130 and "error: interrupted: no checkpoint was written in" in err, err
+    from cnetcli.annotation import run as annotation_run
+
+    monkeypatch.setattr(annotation_run, "plan", ctrl_c)
+    H.good_image(tmp_path / "a.png")
+    code, out, err = run_cli("annotate", str(tmp_path / "a.png"), "-o", str(tmp_path / "h"), "--type", "canny")
+    assert code == 130 and "error: interrupted before any hint was written" in err, err
