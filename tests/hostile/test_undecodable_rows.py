@@ -61,7 +61,6 @@ def test_undecodable_rows_are_skipped_and_counted_not_replaced(sd8, tmp_path, ca
 
 def test_a_row_that_stops_decoding_is_an_error_not_a_neighbour(tmp_path):
     from cnetcli.training.data import PairDataset
-
     from tests.test_train import _write_dataset
 
     idx = read_dataset(_write_dataset(tmp_path / "ds", n=3))
