@@ -83,3 +83,23 @@ def test_csv_caption_over_the_field_limit_skips_only_that_row(tmp_path):
     idx = read_dataset(d)
     assert [r.text for r in idx.rows] == ["caption 0", "caption 2", "caption 3"]
     assert idx.skipped == 1 and "field limit" in idx.skip_summary()
+
+
+def test_garbage_parquet_cells_are_skipped_by_the_decoding_pass(tmp_path):
+    import datasets
+
+    from cnetcli.training.data import PairDataset, decodable_rows
+
+    good = H.good_image(tmp_path / "g.png").read_bytes()
+    flipped = H.bitflipped_png(H.good_image(tmp_path / "b.png", seed=3)).read_bytes()
+    cells = [{"bytes": good, "path": None}, {"bytes": b"\x89PNG garbage", "path": None},
+             {"bytes": flipped, "path": None}, {"bytes": good, "path": None}]
+    features = datasets.Features({"image": datasets.Image(), "conditioning_image": datasets.Image(),
+                                  "text": datasets.Value("string")})
+    ds = datasets.Dataset.from_dict({"image": cells, "conditioning_image": [cells[0]] * 4,
+                                     "text": ["a", "b", "c", "d"]}, features=features)
+    ds.to_parquet(str(tmp_path / "t.parquet"))
+    idx = read_dataset(tmp_path / "t.parquet")
+    keep, why = decodable_rows(PairDataset(idx, 32))
+    assert keep == [0, 3] and why
+    assert idx.keep_only(keep, why) == 2 and [r.text for r in idx.rows] == ["a", "d"]
