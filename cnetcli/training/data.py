@@ -9,13 +9,13 @@ run would have seen. Images are decoded here, one item at a time.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from ..data.read import DatasetIndex, HubRef, Row, open_image, read_dataset
-from ..errors import InputError, first_line
+from ..errors import CnetError, InputError, first_line
 
 _load_rgb = open_image  # the name validate.py imports (kept so this change stays inside data reading)
 
@@ -167,6 +167,22 @@ def decodable_rows(dataset: PairDataset, rank: int = 0, world: int = 1,
     if not keep:
         raise InputError(f"--data {dataset.index.source}: no row could be decoded (e.g. {reasons[0]})")
     return keep, (reasons[0] if reasons else "")
+
+
+def one_line_errors(batches: Iterator[Any]) -> Iterator[Any]:
+    """`batches` as they come, except that a cnet error raised in a DataLoader worker keeps one line: torch
+    re-raises it with the worker's traceback in the message (`Caught InputError in DataLoader worker ...`)."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except CnetError as e:
+            msg = str(e).strip()
+            if not msg.startswith("Caught "):
+                raise
+            raise type(e)(msg.splitlines()[-1].split(": ", 1)[-1]) from None
+        yield batch
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

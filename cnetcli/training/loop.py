@@ -137,7 +137,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     # environment, output folder, the dataset index
     cfg, resume_path, changes = plan_run(cfg, given, reporter)
     device_spec, mixed_precision = preflight(cfg)
-    from .data import BatchStream, PairDataset, collate, read_dataset
+    from .data import BatchStream, PairDataset, collate, one_line_errors, read_dataset
 
     index = read_dataset(cfg.data, image_column=cfg.image_column, conditioning_column=cfg.conditioning_column,
                          caption_column=cfg.caption_column, max_samples=cfg.max_train_samples, split=cfg.split,
@@ -238,7 +238,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     if log_with:
         accelerator.init_trackers("cnet-train", config={k: str(v) for k, v in cfg.to_dict().items()})
     reporter.start(cfg.max_steps - state.step, f"train (steps {state.step}->{cfg.max_steps})")
-    it = iter(loader)
+    it = one_line_errors(iter(loader))
     with _Interrupt() as interrupt:
         # 6. the loop
         while state.step < cfg.max_steps:

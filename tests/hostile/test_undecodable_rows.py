@@ -103,3 +103,20 @@ def test_garbage_parquet_cells_are_skipped_by_the_decoding_pass(tmp_path):
     keep, why = decodable_rows(PairDataset(idx, 32))
     assert keep == [0, 3] and why
     assert idx.keep_only(keep, why) == 2 and [r.text for r in idx.rows] == ["a", "d"]
+
+
+def test_a_loader_worker_error_stays_one_line(tmp_path):
+    import torch
+
+    from cnetcli.training.data import PairDataset, collate, one_line_errors
+    from tests.test_train import _write_dataset
+
+    idx = read_dataset(_write_dataset(tmp_path / "ds", n=2))
+    H.bitflipped_png(idx.rows[1].image)  # changed after the run started
+    loader = torch.utils.data.DataLoader(PairDataset(idx, 32), batch_sampler=[[(0, False, False)], [(1, False, False)]],
+                                         collate_fn=collate, num_workers=1)
+    batches = one_line_errors(iter(loader))
+    assert next(batches)["index"].tolist() == [0]
+    with pytest.raises(InputError) as e:
+        next(batches)
+    assert "\n" not in str(e.value) and str(e.value).startswith("--data ") and "row 1 no longer decodes" in str(e.value)
