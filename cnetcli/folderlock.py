@@ -78,8 +78,9 @@ def _check_regular(path: Path, flag: str) -> None:
 def hold(folder: str | os.PathLike, *, flag: str, name: str = RUN_LOCK, wait: bool = False,
          warn: Callable[[str], None] | None = None, what: str = "a run") -> Iterator[Path]:
     """Hold `folder`'s lock `name` (the folder is created); yields the lock path. `wait=False`: refuse at once
-    (`UsageError` naming the holder) when another process holds it. A note left by a dead holder is
-    reported through `warn` and replaced."""
+    (`UsageError` naming the holder) when another process holds it; then a folder this call created is
+    removed again if the lock is all it holds. A note left by a dead holder is reported through `warn` and
+    replaced."""
     from filelock import FileLock, Timeout
 
     d = Path(folder)
@@ -106,7 +107,8 @@ def hold(folder: str | os.PathLike, *, flag: str, name: str = RUN_LOCK, wait: bo
     finally:
         _write_note(path, None)
         lock.release()
-        if created:  # nothing of the run stayed: leave no folder holding only the lock
+        if created and not wait:  # nothing of the run stayed: leave no folder holding only the lock (a shared
+            # lock stays: a writer waiting on it must not find its folder gone)
             try:
                 if [p.name for p in d.iterdir()] == [name]:
                     path.unlink()

@@ -80,6 +80,8 @@ def check_index(cfg: AnnotateConfig) -> None:
     from ..errors import InputError
 
     writer = DatasetWriter(cfg.dataset or ".", cfg.dataset_format)
+    if not writer.root.exists():  # a new dataset: no index to read, nothing created before the first pair
+        return
     with index_lock(writer.root):
         if os.path.lexists(writer.index) and not writer.index.is_file():
             raise InputError(f"{writer.index}: not a regular file; move it away (the dataset index is written there)")

@@ -315,6 +315,8 @@ def check_fits(cfg: Any, device: str, mixed_precision: str) -> MemoryPlan | None
 
     from ..errors import UsageError
 
+    if cfg.resolution is None or cfg.batch_size is None:  # not resolved yet (plan.resolve_defaults fills them)
+        return None
     plan = plan_before_loading(cfg, device, mixed_precision)
     have = device_memory(device)
     if plan is None or have is None:
