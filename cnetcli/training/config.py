@@ -131,7 +131,8 @@ class TrainConfig:
         "timestep_bias_end": (0, 100_000), "snr_gamma": (None, 1e4), "sd_learning_rate": (None, 1.0),
         "num_workers": (0, 256), "checkpoint_every": (0, None), "keep_checkpoints": (1, 10_000),
         "max_train_samples": (1, None), "validate_every": (0, None), "validation_images": (1, 64),
-        "validation_sampling_steps": (1, 1000), "validation_guidance": (0.0, 100.0), "log_every": (1, None)}
+        "validation_sampling_steps": (1, 1000), "validation_guidance": (0.0, 100.0), "log_every": (1, None),
+        "logit_mean": (-100.0, 100.0), "logit_std": (None, 100.0), "mode_scale": (-100.0, 100.0)}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "validation_hints", tuple(str(h) for h in self.validation_hints))
