@@ -58,3 +58,9 @@ class NotAvailableError(CnetError):
 
 class TrainingError(CnetError):
     """Training stopped: NaN/inf loss, out of memory, bad dataset."""
+
+
+class Interrupted(CnetError):
+    """Ctrl-C: the run stopped; the message says what was kept (typer would otherwise exit 130 silently)."""
+
+    exit_code = 130

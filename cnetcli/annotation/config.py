@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..annotators import DEFAULT_IMAGE_RESOLUTION as DEFAULT_IMAGE_RESOLUTION
-from ..config_check import check_fields
+from ..config_check import Bound, check_fields
 from ..errors import UsageError
 
 DEFAULT_TYPE = "canny"
@@ -43,6 +43,11 @@ class AnnotateConfig:
     captioner: str | None = None  # BLIP hub id or folder for caption="blip"
     shard: tuple[int, int] | None = None  # (rank, world); None: from the RANK/WORLD_SIZE environment
 
+    #: finite, sane ranges (cnetcli.config_check.check_fields)
+    BOUNDS: ClassVar[dict[str, Bound]] = {"workers": (0, 1024), "batch_size": (1, 4096),
+                                          "detect_resolution": (MIN_RESOLUTION, MAX_RESOLUTION),
+                                          "image_resolution": (MIN_RESOLUTION, MAX_RESOLUTION)}
+
     def __post_init__(self) -> None:
         from ..annotators import get_annotatable
         from ..data import layout
@@ -58,17 +63,9 @@ class AnnotateConfig:
             raise UsageError("--overwrite and --skip-existing exclude each other: pick one")
         if self.output is not None and self.dataset is not None:
             raise UsageError("-o/--output and --dataset exclude each other: a dataset holds its own hints")
-        for name, v in (("--image-resolution", self.image_resolution),
-                        ("--detect-resolution", self.detect_resolution)):
-            if v is not None and not (MIN_RESOLUTION <= v <= MAX_RESOLUTION):
-                raise UsageError(f"{name} must be in {MIN_RESOLUTION}..{MAX_RESOLUTION} (got {v})")
         if self.detect_resolution is not None and not ht.uses_detect_resolution:
             raise UsageError(f"--detect-resolution does not apply to hint type '{ht.name}': it works at the image "
                              "resolution; set --image-resolution (or --keep-size) instead")
-        if self.workers is not None and self.workers < 0:
-            raise UsageError(f"--workers must be >= 0 (got {self.workers}); 0 means all cores")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")
         check_device_spec(self.device)
         if self.dataset is None and self.caption is not None:
             raise UsageError("--caption only applies with --dataset DIR")

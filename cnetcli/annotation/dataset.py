@@ -72,6 +72,21 @@ class Captions:
         return text
 
 
+def check_index(cfg: AnnotateConfig) -> None:
+    """Before any pair is written: the dataset's index lock can be taken and its existing index read (an
+    unreadable index, or a lock path that is a folder, is one error line and nothing is written)."""
+    from ..data.write import DatasetWriter, index_lock
+    from ..errors import InputError
+
+    writer = DatasetWriter(cfg.dataset or ".", cfg.dataset_format)
+    if not writer.root.exists():  # a new dataset: no index to read, nothing created before the first pair
+        return
+    with index_lock(writer.root):
+        if os.path.lexists(writer.index) and not writer.index.is_file():
+            raise InputError(f"{writer.index}: not a regular file; move it away (the dataset index is written there)")
+        writer.read_index()
+
+
 def write_index(cfg: AnnotateConfig, type_name: str, done: list[Job], skipped: list[Job], rep: Reporter) -> list[str]:
     """Merge the rows of this run's photos into the dataset index (under the folder's lock, so concurrent
     runs and the shards of one run all keep their rows). Returns warnings."""

@@ -15,6 +15,7 @@ others still run; nothing is half-written (temp file + rename; a failed item lea
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..annotators import Runtime
-from ..errors import CnetError, InputError
+from ..errors import CnetError, InputError, Interrupted
 from ..reporting import NullReporter, Reporter
 from .config import AnnotateConfig, AnnotateSummary
 from .plan import Job, plan
@@ -266,15 +267,23 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
     if skipped:
         rep.message(f"skipping {len(skipped)} image(s) whose outputs already exist")
 
+    if cfg.dataset is not None and todo:  # the index must be writable before a pair is: nothing orphaned
+        from .dataset import check_index
+
+        check_index(cfg)
+
     # 5. annotate
     # New outputs are created exclusively; the leftovers of an interrupted run (--skip-existing) are replaced.
     results: dict[int, str | None] = {}
     workers = cfg.workers or default_workers()
     replace = {j.index for j in partial_jobs}
-    for sub_jobs, c in (([j for j in todo if j.index not in replace], ctx),
-                        (partial_jobs, dataclasses.replace(ctx, exclusive=False))):
-        if sub_jobs:
-            results.update(_run(c, model, sub_jobs, workers, cfg.batch_size, rep))
+    try:
+        for sub_jobs, c in (([j for j in todo if j.index not in replace], ctx),
+                            (partial_jobs, dataclasses.replace(ctx, exclusive=False))):
+            if sub_jobs:
+                results.update(_run(c, model, sub_jobs, workers, cfg.batch_size, rep))
+    except KeyboardInterrupt:  # typer would exit 130 without a word: say what was kept
+        raise _interrupted(cfg, todo, targets) from None
     for j in todo:
         reason = results.get(j.index, "not processed")
         if reason is None:
@@ -288,12 +297,33 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
         from .dataset import write_index
 
         ok_jobs = [j for j in todo if results.get(j.index) is None]
-        summary.warnings += write_index(cfg, ht.name, ok_jobs, skipped, rep)
+        try:
+            summary.warnings += write_index(cfg, ht.name, ok_jobs, skipped, rep)
+        except KeyboardInterrupt:
+            raise _interrupted(cfg, todo, targets) from None
+        except CnetError as e:  # no pair without its row: remove what this run created (not what it replaced)
+            fresh = [t for j in ok_jobs if j.index not in replace and not cfg.overwrite for t in targets(j)]
+            for t in fresh:
+                with contextlib.suppress(OSError):
+                    os.unlink(t)
+            err = type(e)(f"{e} (removed the {len(fresh)} file(s) this run wrote)")
+            err.summary = summary  # type: ignore[attr-defined]  # the command still lists the per-image failures
+            raise err from None
         for w in summary.warnings:
             rep.message(f"warning: {w}")
 
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _interrupted(cfg: AnnotateConfig, jobs: list[Job], targets: Any) -> Interrupted:
+    """What a Ctrl-C leaves: the jobs whose every output was written, and how to finish."""
+    kept = [j for j in jobs if all(os.path.lexists(t) for t in targets(j))]
+    if cfg.dataset is not None:
+        return Interrupted(f"interrupted: kept {len(kept)} image/hint pair(s) in {cfg.dataset}, not yet in its index; "
+                           "rerun with --skip-existing to index them and finish")
+    where = ", ".join(sorted({str(Path(j.hint).parent) for j in kept})[:3]) or "no folder"
+    return Interrupted(f"interrupted: kept {len(kept)} hint(s) in {where}; rerun with --skip-existing to finish")
 
 
 def _run(ctx: Ctx, model: Any, jobs: list[Job], workers: int, batch_size: int, rep: Reporter) -> dict[int, str | None]:

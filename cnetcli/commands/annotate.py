@@ -172,18 +172,30 @@ def annotate_cmd(
         trust_pickle=True if trust_pickle else None, dataset=dataset, dataset_format=dataset_format.value,
         caption=caption, captioner=captioner,
     )
-    s = annotate_paths(cfg, RichReporter(unit="img/s", quiet=quiet))
-    from rich.console import Console
-    from rich.markup import escape
+    from ..errors import CnetError, Interrupted
 
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    for src, reason in s.failed:
-        err.print(f"[bold red]failed:[/] {escape(src)}: {escape(reason)}")
+    try:
+        s = annotate_paths(cfg, RichReporter(unit="img/s", quiet=quiet))
+    except CnetError as e:  # the run stopped after annotating (the index): its per-image failures still count
+        _print_failures(getattr(e, "summary", None))
+        raise
+    except KeyboardInterrupt:  # before any hint was written (annotate_paths reports what it kept after that)
+        raise Interrupted("interrupted before any hint was written") from None
+    _print_failures(s)
     shard = f" (shard {s.shard[0] + 1}/{s.shard[1]})" if s.shard[1] > 1 else ""
     where = s.dataset if s.dataset is not None else ", ".join(s.output_dirs)
     typer.echo(f"{s.done} done, {s.skipped} skipped, {len(s.failed)} failed in {s.seconds:.1f}s{shard} -> {where}")
     if s.failed:
         raise typer.Exit(1)
+
+
+def _print_failures(s: Any) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    for src, reason in (s.failed if s is not None else []):
+        err.print(f"[bold red]failed:[/] {escape(src)}: {escape(reason)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -108,13 +108,23 @@ def train_cmd(
     """Fine-tune a ControlNet on a dataset of (photo, hint, caption) rows. Defaults: --base SD1.5, --data
     ./dataset, --output ./controlnet-out, the paper's recipe at the base's own size; the train table of
     ./cnet.toml overrides them. `--resume latest` continues a run with the settings it was started with."""
+    flags = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in locals().items() if k != "cpu"}
+    try:
+        _train(flags, cpu)
+    except KeyboardInterrupt:  # before the loop's own Ctrl-C handling (imports, loading): typer would exit silently
+        from ..errors import Interrupted
+        from ..training.checkpoint import kept_after_interrupt
+        from ..training.config import DEFAULT_OUTPUT
+
+        raise Interrupted(kept_after_interrupt(Path(flags.get("output") or DEFAULT_OUTPUT))) from None
+
+
+def _train(flags: dict[str, Any], cpu: bool) -> None:
     import dataclasses
 
     from ..project_config import section
     from ..training.config import TrainConfig
 
-    flags = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in locals().items()
-             if k not in ("cpu", "dataclasses", "section", "TrainConfig")}
     if cpu and flags.get("device") is None:
         flags["device"] = "cpu"
     flags["validation_hints"] = flags.pop("validation_hint") or None

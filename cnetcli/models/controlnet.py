@@ -332,11 +332,13 @@ def load(spec: str | os.PathLike, *, torch_dtype: Any = None, offline: bool | No
     """Load a ControlNetModel from any form above. `config`: a folder/file with the config.json of a single
     file (else it is picked by shape); `denoiser_config`: the base's UNet config, one more candidate for files
     trained from it. Every failure is one ModelLoadError/MissingWeightsError/UsageError line."""
+    from ..numerics import refuse_non_finite
+
     loc = locate(spec)
     if loc.kind in ("folder", "hub"):
-        return _load_folder(loc, spec, torch_dtype, offline, trust_pickle)
-    return load_single_file(loc, torch_dtype=torch_dtype, offline=offline, config=config, trust_pickle=trust_pickle,
-                            denoiser_config=denoiser_config)
+        return refuse_non_finite(_load_folder(loc, spec, torch_dtype, offline, trust_pickle), str(spec))
+    return refuse_non_finite(load_single_file(loc, torch_dtype=torch_dtype, offline=offline, config=config,
+                                              trust_pickle=trust_pickle, denoiser_config=denoiser_config), str(spec))
 
 
 def folder_classes() -> tuple[str, ...]:

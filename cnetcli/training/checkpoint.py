@@ -49,6 +49,16 @@ def list_checkpoints(output: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def kept_after_interrupt(out: Path) -> str:
+    """What a run stopped by Ctrl-C leaves in `out`: its newest checkpoint (and how to continue), or nothing."""
+    found = list_checkpoints(out)
+    if not found:
+        return f"interrupted: no checkpoint was written in {out}; nothing to resume"
+    step, path = found[-1]
+    return (f"interrupted: last checkpoint {path} (step {step}); continue with `cnet train --output {out} "
+            "--resume latest`")
+
+
 def controlnet_dir(path: str | Path) -> Path:
     """The ControlNet folder of a checkpoint (or of a `cnet train` output): what --controlnet loads."""
     return Path(path) / "controlnet"
