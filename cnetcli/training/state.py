@@ -54,9 +54,10 @@ def _weights_finite(modules: list[Any]) -> bool:
 
 
 def write_checkpoint(cfg: TrainConfig, state: RunState, accelerator: Any, raw_controlnet: Any, unet: Any,
-                     optimizer: Any, lr_scheduler: Any, models: Any) -> Path | None:
+                     optimizer: Any, lr_scheduler: Any, models: Any, extra: dict[str, Any] | None = None) -> Path | None:
     """OUTPUT/checkpoints/step-N (main process; the others wait). Non-finite weights are never written:
-    the run stops naming the last good checkpoint instead."""
+    the run stops naming the last good checkpoint instead. `extra` joins state.json (the process split and
+    stream position, see stream.py)."""
     import torch
 
     from .checkpoint import save_checkpoint
@@ -74,7 +75,7 @@ def write_checkpoint(cfg: TrainConfig, state: RunState, accelerator: Any, raw_co
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state()
         record = {"step": state.step, "lr_scheduler": lr_scheduler.state_dict(), "losses": state.losses,
-                  "unet_unlocked": state.unet_unlocked, "down_connected": models.down_connected}
+                  "unet_unlocked": state.unet_unlocked, "down_connected": models.down_connected} | (extra or {})
         path = save_checkpoint(cfg.output_dir, state.step, controlnet=raw_controlnet,
                                unet=unet if state.unet_unlocked else None, optimizer=optimizer, state=record,
                                rng=rng, config_json=cfg.to_json(), run_id=state.run_id, keep=cfg.keep_checkpoints)
