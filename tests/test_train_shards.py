@@ -151,3 +151,15 @@ def test_resume_with_other_workers_is_refused(sd8, shards, tmp_path):
     with pytest.raises(UsageError, match="workers 1 \\(now 2\\)"):
         train(cfg(sd8, str(shards), tmp_path / "b", resume="latest", num_workers=2, force_config=True, **kw),
               given={"resume": "latest", "num_workers": 2, "force_config": True})
+
+
+def test_local_resume_with_other_process_count_keeps_the_global_batch_or_refuses():
+    from cnetcli.training.stream import check_world
+
+    c = TrainConfig(batch_size=2)
+    check_world({"world_size": 2, "global_batch": 4}, c, 2)  # same split
+    check_world({"world_size": 1, "global_batch": 4}, c, 2)  # 2 x 2 keeps the global batch of 4
+    with pytest.raises(UsageError, match="--batch-size 4 --force-config"):
+        check_world({"world_size": 2, "global_batch": 4}, c, 1)
+    with pytest.raises(UsageError, match="3 processes cannot split it: resume with 2 processes"):
+        check_world({"world_size": 2, "global_batch": 4}, c, 3)
