@@ -26,7 +26,7 @@ from typing import Any
 from ..annotators import Runtime
 from ..errors import CnetError, InputError
 from ..reporting import NullReporter, Reporter
-from .config import AnnotateConfig, AnnotateSummary
+from .config import SHARD_FORMAT, AnnotateConfig, AnnotateSummary
 from .plan import Job, plan
 
 #: The largest hint or detector input (pixels) an annotator may be asked to make: a 65536 x 1 image at
@@ -193,9 +193,12 @@ def _load_or_reason(source: str) -> Any:
 
 # --- the run ----------------------------------------------------------------------------------------------
 
-def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> AnnotateSummary:
-    """Annotate every input of `cfg` (this process's shard of it). Raises CnetError for problems with the
-    run as a whole (bad flags, missing inputs, outputs in the way); bad images are listed in the summary."""
+def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None, *,
+                   only: set[int] | None = None) -> AnnotateSummary:
+    """Annotate every input of `cfg` (this process's shard of it; `only`: just the inputs at these indexes of
+    the sorted list, whatever the shard). Raises CnetError for problems with the run as a whole (bad flags,
+    missing inputs, outputs in the way); bad images are listed in the summary. WebDataset output is
+    `webdataset.annotate_to_shards`, which runs this on groups of shards."""
     from ..annotators import get_annotatable
 
     rep = reporter or NullReporter()
@@ -211,12 +214,17 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
 
         runtime = dataclasses.replace(runtime, device=resolve_device(cfg.device))
 
+    if cfg.dataset is not None and cfg.dataset_format == SHARD_FORMAT:
+        from .webdataset import annotate_to_shards
+
+        return annotate_to_shards(cfg, rep, ht.name)
+
     # 2. inputs and their outputs (names decided on the whole sorted list, so shards agree)
     p = plan(cfg, ht.name)
 
     # 3. this process's shard
     rank, world = cfg.shard or _shard_from_env()
-    jobs = p.jobs[rank::world]
+    jobs = p.jobs[rank::world] if only is None else [j for j in p.jobs if j.index in only]
     summary = AnnotateSummary(type=ht.name, total=len(jobs), output_dirs=[str(d) for d in p.out_dirs],
                               dataset=cfg.dataset, shard=(rank, world), skipped_dirs=[str(d) for d in p.skipped_dirs])
 
