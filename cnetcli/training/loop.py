@@ -144,6 +144,11 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     if not accelerator.is_main_process:
         reporter = NullReporter()  # one progress line and one set of messages per run
+    if world > 1:
+        from .stream import launcher_note
+
+        reporter.message(f"{world} processes ({accelerator.distributed_type.value}, {device.type})"
+                         + launcher_note(accelerator))
     if index is not None and index.skipped:
         reporter.message(f"skipped {index.skipped} unreadable dataset rows (e.g. {index.skipped_examples[0]})")
     cuda = device.type == "cuda"

@@ -241,6 +241,18 @@ def resume_positions(record: dict[str, Any], shards: ShardSet, cfg: TrainConfig,
     return {int(s): p for s, p in saved.get("positions", {}).items()}
 
 
+def launcher_note(accelerator: Any) -> str:
+    """Said when the launcher asked for FSDP or DeepSpeed and accelerate runs plain DDP instead: accelerate
+    shards only on CUDA; on the CPU (gloo) its cpu mode replaces the plugin by DDP."""
+    import os
+
+    asked = [n for n, v in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+             if os.environ.get(v, "").lower() == "true"]
+    if asked and accelerator.distributed_type.value not in ("FSDP", "DEEPSPEED"):
+        return f": {asked[0]} was asked for, but accelerate shards only on CUDA GPUs; training with DDP"
+    return ""
+
+
 def world_record(cfg: TrainConfig, world: int) -> dict[str, Any]:
     """What a checkpoint saves about the process split (state.json)."""
     return {"world_size": world, "global_batch": cfg.batch_size * world}
