@@ -163,3 +163,9 @@ def test_local_resume_with_other_process_count_keeps_the_global_batch_or_refuses
         check_world({"world_size": 2, "global_batch": 4}, c, 1)
     with pytest.raises(UsageError, match="3 processes cannot split it: resume with 2 processes"):
         check_world({"world_size": 2, "global_batch": 4}, c, 3)
+
+
+def test_train_help_says_how_to_launch(run_cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, _ = run_cli("train", "--help")
+    assert code == 0 and "Launching on several GPUs" in out and "examples/accelerate/fsdp.yaml" in out

@@ -85,3 +85,14 @@ def test_two_process_resume_equals_straight_run(sd8, shards, tmp_path):
 def test_four_processes(sd8, shards, tmp_path):
     res = train_in_processes(cfg(sd8, str(shards), tmp_path / "o", batch_size=4, max_steps=2), 4, timeout=400)
     assert res.processes == 4 and res.steps == 2 and res.samples == 8
+
+
+@pytest.mark.slow
+def test_accelerate_launch_with_the_example_config(sd8, shards, tmp_path):
+    """examples/accelerate/cpu_ddp.yaml: accelerate starts 2 processes (through torchrun), gloo DDP on CPU."""
+    r = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                        "examples/accelerate/cpu_ddp.yaml", "--main_process_port", str(_free_port()),
+                        *_cli(sd8, shards, tmp_path / "o")], env=_env(), capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2 processes (MULTI_GPU" in r.stdout + r.stderr or "2 processes (MULTI_CPU" in r.stdout + r.stderr
+    assert json.loads((tmp_path / "o" / "train_config.json").read_text())["result"]["processes"] == 2
