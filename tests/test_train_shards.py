@@ -12,6 +12,7 @@ import pytest
 from cnetcli.data.shard_write import ShardWriter
 from cnetcli.data.shards import expand_braces, list_shards, looks_like_shards
 from cnetcli.errors import UsageError
+from cnetcli.reporting import NullReporter
 from cnetcli.training import TrainConfig, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -80,9 +81,20 @@ def test_shard_forms(shards, tmp_path):
     assert not looks_like_shards(str(tmp_path / "nothing")) and not looks_like_shards("user/dataset")
 
 
+class _Messages(NullReporter):
+    def __init__(self):
+        self.lines = []
+
+    def message(self, text):
+        self.lines.append(text)
+
+
 def test_trains_on_shards_with_the_issue_flags(sd8, shards, tmp_path):
+    rep = _Messages()
     res = train(cfg(sd8, str(shards / "{00000..00003}.tar"), tmp_path / "o", image_column="jpg",
-                    conditioning_column="conditioning_image.png", caption_column="txt", max_steps=7))
+                    conditioning_column="conditioning_image.png", caption_column="txt", max_steps=7,
+                    cache_latents=True), rep)
+    assert any(m.startswith("latent cache off: --data streams shards") for m in rep.lines)
     assert res.steps == 7 and res.controlnet_dir.is_dir()
     # 14 samples read; the bad pair of shard 1 is skipped and counted whenever it was passed
     assert res.samples == 14 and res.skipped_rows in (0, 2, 4)

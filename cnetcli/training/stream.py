@@ -160,7 +160,7 @@ class Streamed:
         self.tracker: StreamTracker | None = None
 
     def why_no_cache(self) -> str:
-        return "a streamed dataset is encoded as it is read; see the README's Caching section"
+        return "samples are encoded as they are read, never stored; cache a local dataset folder instead"
 
     def loader(self, cfg: TrainConfig, *, rank: int, world: int, start_batch: int, record: dict[str, Any],
                pin_memory: bool) -> Any:
