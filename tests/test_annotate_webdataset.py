@@ -92,3 +92,21 @@ def test_train_reads_annotated_shards(sd8, imgs, tmp_path):
     res = train(TrainConfig(base=str(sd8), data=str(tmp_path / "out"), output=str(tmp_path / "t"), resolution=32,
                             batch_size=2, max_steps=1, checkpoint_every=0, report_to="none"))
     assert res.steps == 1 and res.skipped_rows == 0
+
+
+def test_engine_ray_needs_webdataset(imgs, tmp_path):
+    with pytest.raises(UsageError, match="--engine ray writes WebDataset shards"):
+        AnnotateConfig(inputs=(str(imgs),), dataset=str(tmp_path), engine="ray")
+
+
+@pytest.mark.slow
+def test_ray_engine_writes_the_local_runs_shards(imgs, tmp_path):
+    pytest.importorskip("ray")
+    local, ray_out = tmp_path / "local", tmp_path / "ray"
+    annotate_paths(_cfg(imgs, local))
+    s = annotate_paths(_cfg(imgs, ray_out, engine="ray"))
+    assert s.done == 12 and not s.failed
+    assert _digests(ray_out) == _digests(local) and len(_digests(local)) == 3
+    import ray
+
+    ray.shutdown()

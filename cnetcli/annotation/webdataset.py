@@ -70,7 +70,7 @@ def annotate_to_shards(cfg: AnnotateConfig, rep: Reporter, type_name: str) -> An
     rank, world = cfg.shard or _shard_from_env()
     staging = root / STAGING / f"rank{rank}"
     scfg = dataclasses.replace(cfg, dataset=str(staging), dataset_format="imagefolder", overwrite=True,
-                               skip_existing=False, shard=(0, 1), shard_size=None)
+                               skip_existing=False, shard=(0, 1), shard_size=None, engine="local")
     record = annotator_record(cfg, type_name)
     _check_same_annotator(root, record, cfg.overwrite)
     jobs = plan(scfg, type_name).jobs
@@ -82,6 +82,9 @@ def annotate_to_shards(cfg: AnnotateConfig, rep: Reporter, type_name: str) -> An
     summary.skipped = summary.total - sum(len(jobs[i * size:(i + 1) * size]) for i in todo)
     if summary.skipped:
         rep.message(f"skipping {len(mine) - len(todo)} finished shard(s) ({summary.skipped} images)")
+    if cfg.engine == "ray":
+        _ray_shards(cfg, root, jobs, todo, type_name, record, summary, rep)
+        todo = []
     for group in _groups(todo, size):
         shutil.rmtree(staging, ignore_errors=True)
         part = [j for i in group for j in jobs[i * size:(i + 1) * size]]
@@ -103,6 +106,42 @@ def annotate_to_shards(cfg: AnnotateConfig, rep: Reporter, type_name: str) -> An
     return summary
 
 
+def _ray_shards(cfg: AnnotateConfig, root: Path, jobs: list[Job], todo: list[int], type_name: str,
+                record: dict[str, Any], summary: AnnotateSummary, rep: Reporter) -> None:
+    """The shards `todo`, annotated by Ray Data actor pools (ray_engine.py), packed as the local path packs."""
+    from .dataset import Captions
+    from .ray_engine import ray_hints
+    from .run import Ctx, default_workers, type_and_runtime
+
+    if cfg.caption == "blip":
+        raise UsageError("--caption blip does not run under --engine ray yet: caption with the local engine")
+    size = cfg.shard_size or 1
+    ht, params, runtime = type_and_runtime(cfg)
+    ctx = Ctx(ht.name, params, runtime, cfg.detect_resolution, cfg.image_resolution, ht.uses_detect_resolution,
+              cfg.keep_size, ht.resize, exclusive=True)
+    mine = [j for i in todo for j in jobs[i * size:(i + 1) * size]]
+    by_index = {j.index: j for j in mine}
+    captions = Captions(cfg)
+    rep.message(f"{type_name} dataset (webdataset, ray) -> {root}: {len(mine)} images in {len(todo)} shard(s)")
+    rep.start(len(mine), "annotate (ray)")
+    pending: dict[int, list[tuple[Job, bytes, bytes, str]]] = {i: [] for i in todo}
+    left = {i: len(jobs[i * size:(i + 1) * size]) for i in todo}
+    gpus = str(runtime.device).startswith("cuda")
+    for index, photo, hint, err in ray_hints(ctx, [(j.index, j.source) for j in mine], actors=1 if gpus else
+                                             (cfg.workers or default_workers()), batch_size=cfg.batch_size, gpus=gpus):
+        job, shard = by_index[index], index // size
+        if err:
+            summary.failed.append((job.source, err))
+        else:
+            pending[shard].append((job, photo, hint, captions(job) or cfg.caption or ""))
+            summary.done += 1
+        rep.advance(1)
+        left[shard] -= 1
+        if left[shard] == 0:
+            pack_samples(root, shard, pending.pop(shard), type_name, record)
+    rep.finish()
+
+
 def _staged_captions(staging: Path) -> dict[str, str]:
     """{photo file name: caption} from the staging folder's metadata.jsonl (written by `write_index`)."""
     p = staging / "metadata.jsonl"
@@ -119,14 +158,22 @@ def _staged_captions(staging: Path) -> dict[str, str]:
 def _pack(root: Path, shard: int, jobs: list[Job], captions: dict[str, str], type_name: str,
           record: dict[str, Any]) -> None:
     """Shard `shard` from the staged files of `jobs` (an input that failed has none and is left out)."""
+    samples = []
+    for j in jobs:
+        img, hint = Path(j.image or ""), Path(j.hint)
+        if img.is_file() and hint.is_file():
+            samples.append((j, img.read_bytes(), hint.read_bytes(), captions.get(f"images/{img.name}", "")))
+    pack_samples(root, shard, samples, type_name, record)
+
+
+def pack_samples(root: Path, shard: int, samples: list[tuple[Job, bytes, bytes, str]], type_name: str,
+                 record: dict[str, Any]) -> None:
+    """Write shard `shard`: per sample (job, photo PNG, hint PNG, caption), keyed by the input's index."""
     from ..data.shard_write import ShardWriter
 
     with ShardWriter(root, shard, {"annotator": record}) as w:
-        for j in jobs:
-            img, hint = Path(j.image or ""), Path(j.hint)
-            if not (img.is_file() and hint.is_file()):
-                continue
+        for j, photo, hint, caption in samples:
             meta = {"name": j.name, "source": j.source, "hint_type": type_name}
-            w.add(f"{j.index:09d}", {"image.png": img.read_bytes(), "conditioning_image.png": hint.read_bytes(),
-                                     "txt": captions.get(f"images/{img.name}", "").encode("utf-8"),
+            w.add(f"{j.index:09d}", {"image.png": photo, "conditioning_image.png": hint,
+                                     "txt": caption.encode("utf-8"),
                                      "json": json.dumps(meta, ensure_ascii=False).encode("utf-8")})
