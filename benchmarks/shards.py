@@ -4,7 +4,7 @@ throughput against the local-folder reader, and annotate throughput into WebData
     python benchmarks/shards.py gen 100000 /tmp/cnet-shards-100k       # N pairs of 64 px images, 1000 a shard
     python benchmarks/shards.py train /tmp/cnet-shards-100k            # --max-steps 20: first step (s), peak RSS
     python benchmarks/shards.py read /tmp/cnet-shards-100k             # samples/s: shards vs a local folder
-    python benchmarks/shards.py annotate 400                            # canny -> shards, 1 vs 2 processes
+    python benchmarks/shards.py annotate 400                            # canny -> shards: 1, 2 processes, Ray
 
 Results: RESULTS_shards.md. Every number is one run on the machine named there.
 """
@@ -148,7 +148,8 @@ def _local_folder(folder: Path, n: int) -> None:
 
 
 def annotate_bench(n: int) -> None:
-    """canny -> webdataset shards of 100: one process, then two processes (RANK/WORLD_SIZE) at once."""
+    """canny -> webdataset shards of 100: one process, two processes (RANK/WORLD_SIZE) at once, and Ray with
+    two actors (its start-up included)."""
     import shutil
 
     imgs = Path("/tmp/cnet-bench-imgs")
@@ -169,6 +170,12 @@ def annotate_bench(n: int) -> None:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for r in range(procs)]
         assert all(p.wait() == 0 for p in ps)
         rates[f"{procs}_process_img_per_s"] = round(n / (time.perf_counter() - t), 1)
+    out = "/tmp/cnet-bench-ann-ray"
+    shutil.rmtree(out, ignore_errors=True)
+    t = time.perf_counter()
+    r = subprocess.run([*cmd[:-4], "-j", "2", "-q", "--engine", "ray", "--dataset", out], env=env, capture_output=True)
+    if r.returncode == 0:  # ray start-up included
+        rates["ray_2_actors_img_per_s"] = round(n / (time.perf_counter() - t), 1)
     print(json.dumps({"images": n} | rates))
 
 
