@@ -181,3 +181,46 @@ def test_train_help_says_how_to_launch(run_cli, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     code, out, _ = run_cli("train", "--help")
     assert code == 0 and "Launching on several GPUs" in out and "examples/accelerate/fsdp.yaml" in out
+
+
+def _parquet_shards(d, shards=2, per=3):
+    """The hub layout: data/train-0000i-of-0000n.parquet with Image columns image/conditioning_image, text."""
+    import datasets
+
+    rng = np.random.default_rng(2)
+    (d / "data").mkdir(parents=True)
+    feats = datasets.Features({"image": datasets.Image(), "conditioning_image": datasets.Image(),
+                               "text": datasets.Value("string")})
+    for s in range(shards):
+        rows = {"image": [], "conditioning_image": [], "text": []}
+        for i in range(per):
+            hint = np.zeros((40, 48, 3), np.uint8)
+            hint[5 + i:30, 8 + s:28] = 255
+            rows["image"].append({"bytes": _png((rng.random((40, 48, 3)) * 90).astype(np.uint8)), "path": None})
+            rows["conditioning_image"].append({"bytes": _png(hint), "path": None})
+            rows["text"].append("red circle")
+        rows["image"][1] = {"bytes": b"broken", "path": None}
+        datasets.Dataset.from_dict(rows, features=feats).to_parquet(
+            str(d / "data" / f"train-{s:05d}-of-{shards:05d}.parquet"))
+    return d
+
+
+def test_parquet_shards_stream_the_same_way(sd8, tmp_path):
+    from cnetcli.training.stream import FRESH, ShardStream, open_shards
+
+    d = _parquet_shards(tmp_path / "pq")
+    c = cfg(sd8, str(d / "data" / "train-*.parquet"), tmp_path / "o", batch_size=2)
+    sset, cols, reader = open_shards(c)
+    assert sset.builder == "parquet" and len(sset) == 2
+    assert (cols.image, cols.hint, cols.caption) == ("image", "conditioning_image", "text")
+    it = ShardStream(reader, len(sset), c, rank=0, world=1, start_batch=0, positions={}).batches(0, FRESH)
+    b = next(it), next(it)
+    assert b[0]["pixel_values"].shape == (2, 3, 32, 32) and b[1]["stream"]["skips"] == {"undecodable image": 2}
+
+
+def test_fsspec_url(shards):
+    urls = list_shards("file://" + str(shards / "{00000..00001}.tar")).urls
+    assert urls == tuple("file://" + str(shards / f"{i:05d}.tar") for i in range(2))
+    from cnetcli.data.shards import peek_columns
+
+    assert "conditioning_image.png" in peek_columns(list_shards("file://" + str(shards / "*.tar")))
