@@ -58,11 +58,11 @@ def _groups(shards: list[int], size: int) -> list[list[int]]:
 
 def annotate_to_shards(cfg: AnnotateConfig, rep: Reporter, type_name: str) -> AnnotateSummary:
     """This process's shards of `cfg.dataset` (see the module docstring); returns the run's summary."""
+    import time
+
     from ..data.shard_write import is_finished, write_manifest
     from .plan import plan
     from .run import _shard_from_env, annotate_paths
-
-    import time
 
     t0 = time.perf_counter()
     root = Path(cfg.dataset or "")

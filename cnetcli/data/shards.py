@@ -254,7 +254,7 @@ class ShardReader:
             # `iter` (not `iter(ds)`): inside a DataLoader worker `datasets` would split the shard's files
             # among the workers itself, and this shard belongs to this worker whole
             for batch in ds.skip(start).iter(batch_size=READ_BATCH):
-                for ex in (dict(zip(batch, vals)) for vals in zip(*batch.values())):
+                for ex in (dict(zip(batch, vals, strict=True)) for vals in zip(*batch.values(), strict=True)):
                     yield k, ex
                     k += 1
         except Exception as e:  # noqa: BLE001 - a broken shard (truncated tar, bad parquet) is skipped, not fatal
