@@ -156,6 +156,9 @@ class Streamed:
     """The training loop's handle on streamed shards: open, batches, positions for checkpoints, counts."""
 
     def __init__(self, cfg: TrainConfig) -> None:
+        if cfg.max_train_samples is not None:  # a cap would need the stream counted up front
+            raise UsageError("--max-train-samples does not apply to streamed shards: name fewer shards instead "
+                             "(e.g. 'shards/{00000..00009}.tar')")
         self.shards, self.cols, self.reader = open_shards(cfg)
         self.tracker: StreamTracker | None = None
 
