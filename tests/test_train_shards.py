@@ -100,6 +100,20 @@ def test_trains_on_shards_with_the_issue_flags(sd8, shards, tmp_path):
     assert res.samples == 14 and res.skipped_rows in (0, 2, 4)
     meta = json.loads((tmp_path / "o" / "train_config.json").read_text())
     assert meta["result"]["samples"] == 14
+    if res.skipped_rows:
+        assert any(m.startswith(f"skipped {res.skipped_rows} unreadable samples") and "missing field" in m
+                   for m in rep.lines)
+
+
+def test_an_error_in_a_loader_worker_is_one_line(sd8, tmp_path):
+    from cnetcli.errors import InputError
+
+    d = write_shards(tmp_path / "bad", shards=1, bad=False)
+    with ShardWriter(d, 1) as w:  # a shard of bad samples only: the worker that reads it has nothing to give
+        w.add("bad", {"jpg": b"not an image", "conditioning_image.png": b"nor this", "txt": b"x"})
+    with pytest.raises(InputError) as e:
+        train(cfg(sd8, str(d), tmp_path / "o", num_workers=2))
+    assert "\n" not in str(e.value) and "no usable sample" in str(e.value)
 
 
 def test_auto_detects_columns_and_refuses_a_missing_one(sd8, shards, tmp_path):

@@ -327,7 +327,9 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
     # 7. the outputs: OUTPUT/controlnet (+ unet), config, loss curve, optional original-layout single file
     if source is not None:
-        result.samples, result.skipped_rows = source.counts(accelerator)
+        result.samples, result.skipped_rows, line = source.counts(accelerator)
+        if line:
+            reporter.message(line)
     save_outputs(cfg, state, accelerator, raw_controlnet, models, optimizer, result, result.samples,
                  result.skipped_rows)
     if log_with:

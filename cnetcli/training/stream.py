@@ -139,6 +139,20 @@ def _summary(skips: dict[str, int], examples: list[str]) -> str:
     return f"{sum(skips.values())} skipped: {kinds}; e.g. {examples[0] if examples else ''}"
 
 
+def _one_line_errors(loader: Any) -> Any:
+    """The loader's batches; a CnetError raised in a loader worker arrives wrapped in torch's multi-line
+    "Caught ... in DataLoader worker" text: raised again as its own one line."""
+    from ..errors import CnetError
+
+    try:
+        yield from loader
+    except CnetError as e:
+        last = str(e).strip().splitlines()[-1]
+        if last == str(e).strip():
+            raise
+        raise type(e)(last.split(": ", 1)[-1]) from None
+
+
 def make_loader(stream: ShardStream, pin_memory: bool) -> Any:
     """Batches come collated from the stream (batch_size None); the workers take turns, in order."""
     return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=stream.num_workers, pin_memory=pin_memory)
@@ -172,7 +186,7 @@ class Streamed:
         self.tracker = StreamTracker(self.shards, cfg, world, positions)
         stream = ShardStream(self.reader, len(self.shards), cfg, rank=rank, world=world, start_batch=start_batch,
                              positions=positions)
-        return make_loader(stream, pin_memory)
+        return _one_line_errors(make_loader(stream, pin_memory))
 
     def take(self, batch: dict[str, Any]) -> dict[str, Any]:
         assert self.tracker is not None
@@ -182,11 +196,14 @@ class Streamed:
         assert self.tracker is not None
         return {"stream": self.tracker.record(accelerator)}
 
-    def counts(self, accelerator: Any) -> tuple[int, int]:
-        """(good samples read, samples skipped) over every process (a collective)."""
+    def counts(self, accelerator: Any) -> tuple[int, int, str]:
+        """(good samples read, samples skipped, the skips by reason in one line) over every process (a
+        collective)."""
         assert self.tracker is not None
         positions = self.tracker.gather(accelerator)
-        return sum(p["read"] for p in positions.values()), StreamTracker.skipped(positions)[0]
+        n, counts, examples = StreamTracker.skipped(positions)
+        line = f"skipped {n} unreadable samples ({_summary(counts, examples)})" if n else ""
+        return sum(p["read"] for p in positions.values()), n, line
 
 
 class StreamTracker:
