@@ -14,6 +14,9 @@ from ..errors import UsageError
 DEFAULT_TYPE = "canny"
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_DATASET_FORMAT = "imagefolder"
+SHARD_FORMAT = "webdataset"  # --dataset as WebDataset shards (annotation/webdataset.py)
+DEFAULT_SHARD_SIZE = 1000
+ENGINES = ("local", "ray")
 #: Bounds of --detect-resolution / --image-resolution.
 MIN_RESOLUTION, MAX_RESOLUTION = 64, 8192
 
@@ -38,7 +41,9 @@ class AnnotateConfig:
     offline: bool | None = None
     trust_pickle: bool | None = None  # load pickled weights that need more than tensors (None: CNET_TRUST_PICKLE)
     dataset: str | None = None  # write a training dataset here instead of plain hints
-    dataset_format: str = DEFAULT_DATASET_FORMAT  # or "tutorial"
+    dataset_format: str = DEFAULT_DATASET_FORMAT  # or "tutorial", or "webdataset" (shards)
+    shard_size: int | None = None  # webdataset: samples per shard (None: DEFAULT_SHARD_SIZE)
+    engine: str = "local"  # "ray": webdataset shards annotated by Ray Data actor pools (annotation/ray_engine.py)
     caption: str | None = None  # literal text for images without a caption of their own, or "blip"
     captioner: str | None = None  # BLIP hub id or folder for caption="blip"
     shard: tuple[int, int] | None = None  # (rank, world); None: from the RANK/WORLD_SIZE environment
@@ -71,6 +76,18 @@ class AnnotateConfig:
             raise UsageError("--caption only applies with --dataset DIR")
         if self.shard is not None and not (0 <= self.shard[0] < self.shard[1]):
             raise UsageError(f"shard must be (rank, world) with 0 <= rank < world (got {self.shard})")
+        if self.engine not in ENGINES:
+            raise UsageError(f"--engine must be one of {', '.join(ENGINES)} (got {self.engine!r})")
+        if self.engine == "ray" and (self.dataset is None or self.dataset_format != SHARD_FORMAT):
+            raise UsageError("--engine ray writes WebDataset shards: add --dataset OUT --dataset-format webdataset")
+        if self.dataset_format == SHARD_FORMAT:
+            if self.shard_size is None:
+                object.__setattr__(self, "shard_size", DEFAULT_SHARD_SIZE)
+            if self.shard_size < 1:
+                raise UsageError(f"--shard-size must be >= 1 (got {self.shard_size})")
+            return
+        if self.shard_size is not None:
+            raise UsageError("--shard-size applies only with --dataset-format webdataset")
         layout(self.dataset_format)  # validates
 
 

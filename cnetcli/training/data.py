@@ -97,6 +97,21 @@ def micro_conditioning(w: int, h: int, size: int, flip: bool) -> tuple[int, int,
     return h, w, top, (nw - size - left) if flip else left
 
 
+def pair_tensors(img: Any, hint: Any, res: int, flip: bool) -> tuple[Any, Any, Any]:
+    """Decoded photo and hint -> (image in [-1, 1], hint in [0, 1], micro-conditioning), res x res."""
+    import torch
+    from PIL import Image
+
+    micro = torch.tensor(micro_conditioning(*img.size, res, flip), dtype=torch.int64)
+    img = resize_center_crop(img, res, Image.BILINEAR)
+    hint = resize_center_crop(hint, res, Image.BILINEAR)
+    a = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+    h = torch.from_numpy(np.asarray(hint, dtype=np.float32)).permute(2, 0, 1) / 255.0
+    if flip:  # joint flip: the hint must stay aligned with the photo
+        a, h = a.flip(-1), h.flip(-1)
+    return a.contiguous(), h.contiguous(), micro
+
+
 class PairDataset:
     """Map-style dataset over a DatasetIndex; items are (row, drop, flip) tuples from `BatchStream`.
 
@@ -117,10 +132,8 @@ class PairDataset:
 
     def sample(self, i: int, flip: bool = False) -> tuple[Any, Any, Any]:
         """(image in [-1, 1], hint in [0, 1], micro-conditioning (orig h, orig w, crop top, crop left))."""
-        import torch
-        from PIL import Image
-
         row = self.index.rows[i]
+<<<<<<< HEAD
         img = self.index.open(row.image)
         micro = torch.tensor(micro_conditioning(*img.size, self.res, flip), dtype=torch.int64)
         img = resize_center_crop(img, self.res, Image.BILINEAR)
@@ -130,6 +143,9 @@ class PairDataset:
         if flip:  # joint flip: the hint must stay aligned with the photo
             a, h = a.flip(-1), h.flip(-1)
         return a.contiguous(), h.contiguous(), micro
+=======
+        return pair_tensors(open_image(row.image), open_image(row.hint), self.res, flip)
+>>>>>>> scale
 
     def __getitem__(self, item: tuple[int, bool, bool]) -> dict[str, Any]:
         i, drop, flip = item

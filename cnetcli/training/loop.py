@@ -138,11 +138,25 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     # environment, output folder, the dataset index
     cfg, resume_path, changes = plan_run(cfg, given, reporter)
     device_spec, mixed_precision = preflight(cfg)
+<<<<<<< HEAD
     from .data import BatchStream, PairDataset, collate, one_line_errors, read_dataset
+=======
+    from ..data.shards import looks_like_shards
+    from .data import BatchStream, PairDataset, collate, read_dataset
+>>>>>>> scale
 
-    index = read_dataset(cfg.data, image_column=cfg.image_column, conditioning_column=cfg.conditioning_column,
-                         caption_column=cfg.caption_column, max_samples=cfg.max_train_samples, split=cfg.split,
-                         allow_outside_paths=cfg.allow_outside_paths)
+    source, index = None, None
+    if looks_like_shards(cfg.data):  # WebDataset/parquet shards: streamed, never indexed (stream.py)
+        from .stream import Streamed
+
+        source = Streamed(cfg)
+        if cfg.cache_latents:
+            reporter.message(f"latent cache off: --data streams shards ({source.why_no_cache()})")
+            cfg = cfg.replace(cache_latents=False)
+    else:
+        index = read_dataset(cfg.data, image_column=cfg.image_column, conditioning_column=cfg.conditioning_column,
+                             caption_column=cfg.caption_column, max_samples=cfg.max_train_samples, split=cfg.split,
+                             allow_outside_paths=cfg.allow_outside_paths)
 
     import torch
 
@@ -156,7 +170,12 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     if not accelerator.is_main_process:
         reporter = NullReporter()  # one progress line and one set of messages per run
-    if index.skipped:
+    if world > 1:
+        from .stream import launcher_note
+
+        reporter.message(f"{world} processes ({accelerator.distributed_type.value}, {device.type})"
+                         + launcher_note(accelerator))
+    if index is not None and index.skipped:
         reporter.message(f"skipped {index.skipped} unreadable dataset rows (e.g. {index.skipped_examples[0]})")
     cuda = device.type == "cuda"
     if cuda and cfg.allow_tf32:
@@ -189,7 +208,12 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
     # 4. resume: weights, optimizer, schedule, RNG, data position (= step), loss history
     state = RunState(run_id=uuid.uuid4().hex[:12])
+    record: dict[str, Any] = {}  # the checkpoint's state.json (its process split and stream position)
     if resume_path is not None:
+        from .stream import check_world, read_record
+
+        record = read_record(resume_path)
+        check_world(record, cfg, world)
         try:
             restore_checkpoint(resume_path, state, models, raw_controlnet, optimizer, lr_scheduler, cfg)
         except (KeyError, ValueError, TypeError, RuntimeError) as e:  # verified files that do not fit this run
@@ -213,6 +237,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
         atomic_write_text(out / "train_config.json", cfg.to_json())  # only now: the resume has succeeded
 
+<<<<<<< HEAD
     # 5. data: the rows that decode (through the latent/embedding cache, or one decoding pass), then the
     # deterministic stream over them
     dataset = PairDataset(index, cfg.resolution, load_pixels=not cfg.cache_latents)
@@ -225,6 +250,32 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
                          world_size=world)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=stream, collate_fn=collate,
                                          num_workers=cfg.num_workers, pin_memory=cuda)
+=======
+    # 5. data: the deterministic stream, optionally through a latent/embedding cache
+    if source is not None:
+        loader = source.loader(cfg, rank=rank, world=world, start_batch=state.step * cfg.gradient_accumulation,
+                               record=record, pin_memory=cuda)
+    else:
+        dataset = PairDataset(index, cfg.resolution, load_pixels=not cfg.cache_latents)
+        stream = BatchStream(len(index), cfg.batch_size, seed=cfg.seed, empty_prompt_prob=cfg.empty_prompt_prob,
+                             hflip=cfg.hflip, start_batch=state.step * cfg.gradient_accumulation, rank=rank,
+                             world_size=world)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=stream, collate_fn=collate,
+                                             num_workers=cfg.num_workers, pin_memory=cuda)
+    result = TrainResult(output=out, controlnet_dir=None, start_step=state.step,
+                         samples=len(index) if index is not None else 0,
+                         skipped_rows=index.skipped if index is not None else 0, processes=world,
+                         is_main_process=accelerator.is_main_process, config=cfg)
+    if cfg.cache_latents:
+        from .cache import load_or_build
+
+        models.cache, result.cache_path, result.cache_reused = load_or_build(
+            dataset, cache_key, out, vae=models.vae, family=models.family, text=models.text_components,
+            device=device, dtype=weight_dtype, bs=cfg.batch_size, accelerator=accelerator, reporter=reporter,
+            hflip=cfg.hflip)
+        models.cache = place_cache(models.cache, device)
+        encoders_to(models, "cpu")
+>>>>>>> scale
 
     vae_factor = vae_scale_factor(models.vae.config)
     latent_shape = (models.vae.config.latent_channels, cfg.resolution // vae_factor, cfg.resolution // vae_factor)
@@ -248,7 +299,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
             step_loss = torch.zeros((), device=device)
             for a in range(cfg.gradient_accumulation):
                 micro = state.step * cfg.gradient_accumulation + a
-                batch = next(it)
+                batch = next(it) if source is None else source.take(next(it))
                 if models.cache is not None and cfg.hflip:  # which rows are flipped: the stream says
                     batch["flip"] = torch.tensor([f for _, _, f in stream.batch(micro)])
                 noise = draw_noise(cfg.seed, micro, batch_size=cfg.batch_size, latent_shape=latent_shape,
@@ -301,8 +352,11 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
                 stopping = logged is not None and bool(accelerator.reduce(
                     torch.tensor(float(stopping), device=device), "sum").item())
             if stopping or due_checkpoint:
+                from .stream import world_record
+
+                extra = world_record(cfg, world) | (source.record(accelerator) if source is not None else {})
                 state.last_checkpoint = write_checkpoint(cfg, state, accelerator, raw_controlnet,
-                                                         optimizer, lr_scheduler, models)
+                                                         optimizer, lr_scheduler, models, extra=extra)
             if stopping:
                 reporter.finish()
                 finish_result(result, state, t_start)
@@ -313,7 +367,12 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     reporter.finish()
 
     # 7. the outputs: OUTPUT/controlnet (+ unet), config, loss curve, optional original-layout single file
-    save_outputs(cfg, state, accelerator, raw_controlnet, models, optimizer, result, len(index), index.skipped)
+    if source is not None:
+        result.samples, result.skipped_rows, line = source.counts(accelerator)
+        if line:
+            reporter.message(line)
+    save_outputs(cfg, state, accelerator, raw_controlnet, models, optimizer, result, result.samples,
+                 result.skipped_rows)
     if log_with:
         accelerator.end_training()
     finish_result(result, state, t_start)
