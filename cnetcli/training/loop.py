@@ -233,8 +233,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
         atomic_write_text(out / "train_config.json", cfg.to_json())  # only now: the resume has succeeded
 
-    # 5. data: streamed shards, or the rows that decode (through the latent/embedding cache, or one decoding
-    # pass) and the deterministic stream over them
+    # 5. data: a local dataset's rows that decode (through the latent/embedding cache, or one decoding pass),
+    # then the deterministic stream over them; or the streamed shards (never indexed, no cache)
     result = TrainResult(output=out, controlnet_dir=None, start_step=state.step, processes=world,
                          is_main_process=accelerator.is_main_process, config=cfg)
     if source is not None:
