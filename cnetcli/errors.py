@@ -52,3 +52,17 @@ class NotAvailableError(CnetError):
 
 class TrainingError(CnetError):
     """Training stopped: NaN/inf loss, out of memory, bad dataset."""
+
+
+class GenerationError(CnetError):
+    """Sampling produced no usable image: NaN/inf values from the models (e.g. a ControlNet with NaN weights)."""
+
+
+class Interrupted(CnetError):
+    """Ctrl-C stopped a run; what it had already saved is kept (listed in `kept`). Exit code 130, as SIGINT's."""
+
+    exit_code = 130
+
+    def __init__(self, message: str, kept: list | None = None) -> None:
+        super().__init__(message)
+        self.kept = list(kept or [])

@@ -10,7 +10,7 @@ settings) from the ones left out; the defaults shown in `--help` are GenerateCon
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -84,8 +84,9 @@ def generate_cmd(
     guess_mode: Annotated[bool, _opt("--guess-mode", metavar="", help="The original guess mode (= --control-mode controlnet).", panel=_C)] = False,
     resize_mode: Annotated[ResizeMode | None, _opt("--resize-mode", help="Hint to output size: crop (scale to cover, crop the centre; A1111's Crop and Resize), resize (stretch; Just Resize), fill (fit inside, pad; Resize and Fill).", shows=_default("resize_mode"), panel=_C)] = None,
     output: Annotated[str | None, _opt("--output", "-o", help="Output folder (nothing is overwritten).", shows=DEFAULT_OUTPUT, panel=_O)] = None,
-    width: Annotated[int | None, _opt("--width", help="Width (default: the hint's, rounded to a multiple of 8).", panel=_O)] = None,
-    height: Annotated[int | None, _opt("--height", help="Height (default: the hint's, rounded to a multiple of 8).", panel=_O)] = None,
+    width: Annotated[int | None, _opt("--width", help="Width (default: the hint's, rounded to a multiple of 8; a hint above the base's native size is fitted to it).", panel=_O)] = None,
+    height: Annotated[int | None, _opt("--height", help="Height (default: the hint's, rounded to a multiple of 8; a hint above the base's native size is fitted to it).", panel=_O)] = None,
+    keep_hint_size: Annotated[bool, _opt("--keep-hint-size", metavar="", help="Generate at the hint's own size even when it is above the base's native size (the default fits such hints to the native size, aspect ratio kept).", panel=_O)] = False,
     num_images: Annotated[int | None, _opt("--num-images", "-n", help="Images per hint.", shows=_default("num_images"), panel=_O)] = None,
     grid: Annotated[bool, _opt("--grid", metavar="", help="Also write a contact sheet (hints + results).", panel=_O)] = False,
     base: Annotated[str | None, _opt("--base", help="SD1.x/2.x or SDXL base (family detected from the model): hub id, diffusers folder or single .safetensors.", shows=_default("base"), panel=_M)] = None,
@@ -99,9 +100,9 @@ def generate_cmd(
     vae_tiling: Annotated[bool | None, _opt("--vae-tiling/--no-vae-tiling", metavar="", help="Tiled VAE decode (default: above 1024x1024).", panel=_F)] = None,
 ) -> None:
     from ..generation import generate, settings_from_png
-    from ..generation.pipeline import preflight
+    from ..generation.pipeline import check_input_file, preflight
 
-    kw = settings_from_png(from_png) if from_png else {}
+    kw = settings_from_png(check_input_file(from_png, "--from", "PNG")) if from_png else {}
     given = {
         "hints": tuple(hint) if hint else None, "image": image, "types": tuple(type_) if type_ else None,
         "image_resolution": resolution, "prompt_mode": prompt_mode.value if prompt_mode else None,
@@ -112,7 +113,7 @@ def generate_cmd(
         "scales": tuple(scale) if scale else None, "start": tuple(start) if start else None,
         "end": tuple(end) if end else None, "control_mode": control_mode.value if control_mode else None,
         "guess_mode": guess_mode or None, "resize_mode": resize_mode.value if resize_mode else None,
-        "output": output, "width": width, "height": height, "num_images": num_images, "grid": grid or None,
+        "output": output, "width": width, "height": height, "keep_hint_size": keep_hint_size or None, "num_images": num_images, "grid": grid or None,
         "base": base, "base_config": base_config, "controlnet_config": controlnet_config, "device": device,
         "dtype": dtype.value if dtype else None, "batch_size": batch_size, "compile": False if no_compile else None,
         "vae_tiling": vae_tiling, "trust_pickle": trust_pickle or None,
@@ -130,10 +131,14 @@ def generate_cmd(
         quiet_libraries()
     jobs = preflight(config)  # files, folders, sizes: still before diffusers is even imported
     quiet_libraries()
-    results = generate(config, reporter=RichReporter(unit="steps/s", transient=True), jobs=jobs)
-    for r in results:
-        extra = f"  (pass {r.metadata['pass']}: {r.metadata['prompt']!r})" if "pass" in r.metadata else ""
-        typer.echo(f"{r.path}{extra}")
+    # each image is saved, and its path printed, as soon as it is finished; Ctrl-C ends in one line saying
+    # what was kept (`Interrupted`, exit code 130)
+    generate(config, reporter=RichReporter(unit="steps/s", transient=True), jobs=jobs, on_result=_print_result)
+
+
+def _print_result(r: Any) -> None:
+    extra = f"  (pass {r.metadata['pass']}: {r.metadata['prompt']!r})" if "pass" in r.metadata else ""
+    typer.echo(f"{r.path}{extra}")
 
 
 def register(app: typer.Typer) -> None:

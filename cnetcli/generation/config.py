@@ -79,6 +79,8 @@ class GenerateConfig:
     resize_mode: str = "crop"
     width: int | None = None
     height: int | None = None
+    #: hints larger than the base's native size keep their size (else: fitted to it, see pipeline.job_size)
+    keep_hint_size: bool = False
     num_images: int = 1
     batch_size: int | None = None
     seed: int | None = None
