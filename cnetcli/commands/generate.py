@@ -102,7 +102,6 @@ def generate_cmd(
     from ..generation import generate, settings_from_png
     from ..generation.pipeline import check_input_file, preflight
 
-    kw = settings_from_png(check_input_file(from_png, "--from", "PNG")) if from_png else {}
     given = {
         "hints": tuple(hint) if hint else None, "image": image, "types": tuple(type_) if type_ else None,
         "image_resolution": resolution, "prompt_mode": prompt_mode.value if prompt_mode else None,
@@ -118,6 +117,10 @@ def generate_cmd(
         "dtype": dtype.value if dtype else None, "batch_size": batch_size, "compile": False if no_compile else None,
         "vae_tiling": vae_tiling, "trust_pickle": trust_pickle or None,
     }
+    typed = {k for k, v in given.items() if v is not None}  # any flag given overrides what the PNG says
+    if sampler is not None:  # the PNG's schedule and eta went with its sampler: the new sampler's own defaults
+        typed.update({"scheduler", "eta"})
+    kw = settings_from_png(check_input_file(from_png, "--from", "PNG"), typed) if from_png else {}
     if hint or image:  # new inputs replace the PNG's (whichever kind it recorded)
         kw.pop("hints", None)
         kw.pop("image", None)

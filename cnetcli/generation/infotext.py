@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -287,8 +288,9 @@ def _sampler_from_a1111(label: str, schedule: str) -> tuple[str, str]:
     return names[0], scheduler
 
 
-def config_from_parameters(text: str) -> dict[str, Any]:
-    """A1111 `parameters` text -> GenerateConfig keyword arguments (what maps onto cnet)."""
+def config_from_parameters(text: str, given: Collection[str] = ()) -> dict[str, Any]:
+    """A1111 `parameters` text -> GenerateConfig keyword arguments (what maps onto cnet). `given`: fields the
+    caller sets from its own flags: their values here are not mapped, so one cnet cannot map is no error."""
     r = parse_parameters(text)
     kw: dict[str, Any] = {}
     if r.get("Prompt"):
@@ -303,7 +305,7 @@ def config_from_parameters(text: str) -> dict[str, Any]:
         kw["seed"] = int(r["Seed"])
     if "Size-1" in r:
         kw["width"], kw["height"] = int(r["Size-1"]), int(r["Size-2"])
-    if "Sampler" in r:
+    if "Sampler" in r and "sampler" not in given:
         kw["sampler"], kw["scheduler"] = _sampler_from_a1111(r["Sampler"], r.get("Schedule type", "Automatic"))
         if kw["sampler"] in ("ddpm", "ddim"):  # both are A1111's DDIM: eta (absent = 0) tells them apart
             eta = float(r.get("Eta DDIM", 0.0))
@@ -333,10 +335,11 @@ _REPEAT_FIELDS = ("hints", "controlnets", "base", "image", "types", "prompt_mode
                   "base_config", "controlnet_config")
 
 
-def settings_from_png(path: str | Path) -> dict[str, Any]:
+def settings_from_png(path: str | Path, given: Collection[str] = ()) -> dict[str, Any]:
     """GenerateConfig keyword arguments that repeat the generation recorded in a PNG: cnet's own record
     (its `cnet` chunk or JSON sidecar) when present, else A1111's `parameters` chunk. One image: its seed,
-    `num_images=1`; an auto-mode pass-2 image repeats with its caption as the user prompt."""
+    `num_images=1`; an auto-mode pass-2 image repeats with its caption as the user prompt. `given`: the
+    fields the caller's flags set, which override the PNG's (see `config_from_parameters`)."""
     from PIL import Image
 
     from ..errors import InputError
@@ -357,7 +360,7 @@ def settings_from_png(path: str | Path) -> dict[str, Any]:
             meta = {}
     cfg = meta.get("config") if isinstance(meta, dict) else None
     if isinstance(cfg, dict):
-        kw = {k: cfg[k] for k in _REPEAT_FIELDS if k in cfg}
+        kw = {k: cfg[k] for k in _REPEAT_FIELDS if k in cfg and k not in given}
         kw["seed"] = int(meta.get("seed", cfg.get("seed") or 0))
         kw["num_images"] = 1
         if meta.get("pass") == 2:  # auto mode's second pass: its caption (+ added words) is the prompt
@@ -375,5 +378,5 @@ def settings_from_png(path: str | Path) -> dict[str, Any]:
                 kw[key] = tuple(float(c[field]) for c in nets)
         return kw
     if "parameters" in text:
-        return config_from_parameters(text["parameters"])
+        return config_from_parameters(text["parameters"], given)
     raise InputError(f"--from {path}: no generation parameters in this PNG (neither cnet's nor A1111's)")

@@ -433,28 +433,63 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
         for u in units:
             u.image = u.image.contiguous(memory_format=torch.channels_last)
 
-    cudagraphs = models.compile and str(models.device).startswith("cuda")
-
-    def denoise(x: Any, t: Any, i: int, n_steps: int) -> Any:
-        if cudagraphs:  # one CUDA-graph "step" per denoising step: earlier outputs may be reused as buffers
-            torch.compiler.cudagraph_mark_step_begin()
-        x_in = torch.cat([x, x]) if do_cfg else x  # the CFG pair runs as one batch
-        res = ctl.residuals(units, x_in, t, emb, i=i, n=n_steps, mode=cfg.control_mode, do_cfg=do_cfg,
-                            added_cond=added)
-        kw = {} if res is None else {"down_block_additional_residuals": res[0],
-                                     "mid_block_additional_residual": res[1]}
-        if added is not None:
-            kw["added_cond_kwargs"] = added
-        eps = models.unet(x_in, t, encoder_hidden_states=emb, **kw, return_dict=False)[0]
-        if do_cfg:
-            u, c = eps.chunk(2)
-            eps = u + cfg.cfg * (c - u)
-        return eps
-
+    denoise = Denoiser(models, units, emb, added, cfg.cfg if do_cfg else None, cfg.control_mode,
+                       cudagraphs=models.compile and str(models.device).startswith("cuda"))
     with torch.inference_mode():
         x = sample(denoise, latents, scheduler, steps=cfg.steps, eta=cfg.eta_used, generator=gens,
                    callback=callback)
+        check_finite(x, models, units, "the sampled latents")
         return decode(models, cfg, x, width, height)
+
+
+@dataclass
+class Denoiser:
+    """One sampling step's model call, as `sample` calls it: the ControlNets' residuals, then the UNet's noise
+    prediction; with classifier-free guidance (`guidance` not None) the unconditional/conditional pair runs as
+    one batch and is combined with that scale."""
+
+    models: Models
+    units: list[ctl.ControlUnit]
+    emb: Any  # text embeddings ([negative; positive] with CFG)
+    added: dict[str, Any] | None  # the family's added conditioning (SDXL: pooled text + size/crop ids)
+    guidance: float | None
+    control_mode: str
+    cudagraphs: bool = False
+
+    def __call__(self, x: Any, t: Any, i: int, n_steps: int) -> Any:
+        import torch
+
+        if self.cudagraphs:  # one CUDA-graph "step" per denoising step: earlier outputs may be reused as buffers
+            torch.compiler.cudagraph_mark_step_begin()
+        do_cfg = self.guidance is not None
+        x_in = torch.cat([x, x]) if do_cfg else x
+        res = ctl.residuals(self.units, x_in, t, self.emb, i=i, n=n_steps, mode=self.control_mode, do_cfg=do_cfg,
+                            added_cond=self.added)
+        kw = {} if res is None else {"down_block_additional_residuals": res[0],
+                                     "mid_block_additional_residual": res[1]}
+        if self.added is not None:
+            kw["added_cond_kwargs"] = self.added
+        eps = self.models.unet(x_in, t, encoder_hidden_states=self.emb, **kw, return_dict=False)[0]
+        if do_cfg:
+            u, c = eps.chunk(2)
+            eps = u + self.guidance * (c - u)
+        return eps
+
+
+def check_finite(x: Any, models: Models, units: Sequence[ctl.ControlUnit], what: str) -> None:
+    """NaN/inf in `x` would save as black images with exit 0: one `GenerationError` line instead, naming the
+    ControlNets whose weights hold NaN/inf (else the likely causes). One host sync per batch."""
+    import torch
+
+    if bool(torch.isfinite(x).all()):
+        return
+    specs = {id(net): spec for spec, net in models.nets.items()}
+    bad = [specs.get(id(u.net), "a ControlNet") for u in units
+           if any(not bool(torch.isfinite(p).all()) for p in u.net.parameters())]
+    why = f"the ControlNet {', '.join(dict.fromkeys(bad))} holds NaN/inf weights; re-export or retrain it" if bad else \
+        ("a model config (e.g. a norm eps) or its weights are not finite, or the dtype overflowed: check the "
+         "ControlNet and base, or try --dtype fp32")
+    raise GenerationError(f"{what} hold NaN/inf values, so every image would be black: {why}")
 
 
 def decode(models: Models, cfg: GenerateConfig, latents: Any, width: int, height: int) -> list[np.ndarray]:
@@ -474,6 +509,7 @@ def decode(models: Models, cfg: GenerateConfig, latents: Any, width: int, height
             z = latents[s: s + step]
             # the VAE may run in another dtype than the UNet (the family's: SDXL's stays fp32 under fp16)
             img = models.vae.decode(z.to(models.vae.dtype) / models.vae.config.scaling_factor, return_dict=False)[0]
+            check_finite(img, models, (), "the decoded images")
             img = (img.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
             out += [np.ascontiguousarray(a) for a in img.numpy()]
     return out
