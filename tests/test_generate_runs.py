@@ -181,3 +181,37 @@ def test_fifo_check_names_the_flag(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(InputError, match="--image"):
         check_input_file(fifo, "--image")
+
+
+def test_a_size_that_cannot_fit_is_refused_from_the_plan(models, hint, tiny_sd_dir, tiny_controlnet_dir, tmp_path,
+                                                         monkeypatch):
+    """#24: `--width 4096 --height 4096` ended in `DefaultCPUAllocator: can't allocate memory`; the plan now
+    refuses it before the first batch allocates, saying what fits in the memory free (here: 1 GiB)."""
+    import cnetcli.generation.memory as mem
+    import cnetcli.generation.pipeline as pl
+    from cnetcli.errors import UsageError
+    from cnetcli.generation import generate
+
+    monkeypatch.setattr(mem, "available_memory", lambda device: 2**30)
+    monkeypatch.setattr(pl, "run_batch", lambda *a, **kw: pytest.fail("a batch ran"))
+    cfg = _cfg(hint, tiny_sd_dir, tiny_controlnet_dir, tmp_path, width=4096, height=4096)
+    with pytest.raises(UsageError, match=r"--width/--height 4096x4096 at batch 1: .* needs about .* GB, "
+                                         r"1\.0 GB is free on cpu; about \d+x\d+ fits at batch 1"):
+        generate(cfg, models=models)
+    many = _cfg(hint, tiny_sd_dir, tiny_controlnet_dir, tmp_path, width=512, height=512, batch_size=64, num_images=64)
+    with pytest.raises(UsageError, match=r"--batch-size \d+ fits at this size"):
+        generate(many, models=models)
+
+
+def test_the_memory_estimate_is_an_upper_bound_and_linear():
+    """The plan's estimate grows with pixels and batch; SD1.5 at 512 px, batch 8, fp16 stays in the GiB range."""
+    from cnetcli.generation.memory import batch_memory
+
+    unet = {"block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2}
+    vae = {"block_out_channels": [128, 256, 512, 512]}
+    kw = dict(cfg_rows=2, dtype_bytes=2, vae_bytes=2, controlnets=1, decode_images=1)
+    one, four = batch_memory(unet, vae, 512, 512, 1, **kw), batch_memory(unet, vae, 1024, 1024, 1, **kw)
+    assert four.step == 4 * one.step and four.decode == 4 * one.decode
+    eight = batch_memory(unet, vae, 512, 512, 8, **dict(kw, decode_images=4))
+    assert eight.step == 8 * one.step and 2**29 < eight.peak < 2**32
+    assert batch_memory(unet, vae, 4096, 4096, 1, **kw, tile=512).decode == one.decode

@@ -33,7 +33,7 @@ from ..errors import CnetError, GenerationError, InputError, Interrupted, UsageE
 from ..images import IMAGE_EXTENSIONS, load_image, resize_to
 from ..reporting import NullReporter, Reporter
 from . import control as ctl
-from . import output, prompts
+from . import memory, output, prompts
 from .config import DECODE_PIXELS, GenerateConfig, check_size
 from .models import Models, load_models
 from .samplers import make_scheduler, sample
@@ -691,6 +691,24 @@ def make_plan(models: Models, cfg: GenerateConfig, jobs: list[Job]) -> Plan:
                 2 if cfg.prompt_mode == "auto" else 1, first, {it: base_seed + it[1] for it in first})
 
 
+def check_memory(models: Models, cfg: GenerateConfig, plan: Plan) -> None:
+    """Every batch shape of the plan against the memory free now that the weights are loaded, before the first
+    batch allocates anything (`memory.batch_memory`): one line saying what fits otherwise."""
+    free = memory.available_memory(models.device)
+    vae_tile = models.vae.config.get("sample_size")
+    shapes = {(plan.jobs[b[0][0]].width, plan.jobs[b[0][0]].height, len(b), len(plan.jobs[b[0][0]].hints))
+              for b in plan.batches}
+    for w, h, n, nets in sorted(shapes, key=lambda s: -s[0] * s[1] * s[2]):
+        tiled = (cfg.vae_tiling if cfg.vae_tiling is not None else w * h > 1024 * 1024) and \
+            hasattr(models.vae, "enable_tiling")
+        need = memory.batch_memory(models.unet_config, models.vae.config, w, h, n, cfg_rows=2 if cfg.cfg > 1.0 else 1,
+                                   dtype_bytes=models.dtype.itemsize, vae_bytes=models.vae.dtype.itemsize,
+                                   controlnets=nets, decode_images=min(n, max(1, DECODE_PIXELS // (w * h))),
+                                   tile=(vae_tile[0] if isinstance(vae_tile, (list, tuple)) else vae_tile) if tiled
+                                   else None)
+        memory.check_fits(need, free, str(models.device), "--width/--height" if cfg.width else "image size", w, h, n)
+
+
 class StepProgress:
     """The sampler's per-step callback -> the reporter, in whole steps (a second-order sampler calls back
     more often than `steps` times)."""
@@ -720,7 +738,8 @@ def generate_iter(cfg: GenerateConfig, reporter: Reporter | None = None, models:
         specs = list(dict.fromkeys(h.controlnet for j in jobs for h in j.hints))
         rep.message(f"loading {cfg.base} and {len(specs)} ControlNet(s)")
         models = load_models(cfg, specs)
-    plan = make_plan(models, cfg, jobs)  # 4.
+    plan = make_plan(models, cfg, jobs)  # 4. the batches, and whether each fits in the memory left
+    check_memory(models, cfg, plan)
     rep.start(plan.total_steps * cfg.steps, "generating")
     progress = StepProgress(rep, cfg.steps)
     pass1 = 1 if plan.passes == 2 else None
