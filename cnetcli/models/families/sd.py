@@ -21,6 +21,13 @@ class StableDiffusion(ModelFamily):
     fallback_resolution: int = 512
     release_family: str = "sd15"
 
+    def diffusers_pipeline(self, parts: dict[str, Any]) -> Any:
+        """diffusers' text-to-image pipeline around already-loaded parts, for its loaders (`load_lora_weights`)."""
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+
     def _encode(self, tokenizer: Any, text_encoder: Any, prompts: list[str], max_length: int,
                 clip_skip: int | None) -> Any:
         inputs = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
