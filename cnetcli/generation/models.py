@@ -156,6 +156,14 @@ def load_models(cfg: Any, controlnet_specs: list[str] | None = None) -> Models:
                          torch_dtype=dtype)
             unet_source = str(d)
             break
+    if getattr(cfg, "vae", None):  # --vae replaces the base's, in the run's dtype (as train's --vae)
+        from ..training.setup import load_vae
+
+        comps["vae"] = load_vae(cfg.vae).to(dtype=dtype)
+    if getattr(cfg, "loras", ()):  # before compiling: the LoRA layers become part of the compiled step
+        from .lora import apply_loras
+
+        apply_loras(comps.family, {**comps, "unet": unet}, cfg.loras)
     on_gpu = device.startswith("cuda")
     unet_config = dict(unet.config)  # read before compiling wraps the module
     unet = unet.to(device).eval().requires_grad_(False)

@@ -58,6 +58,7 @@ class Job:
     height: int = 0
     prompt: str | None = None
     fitted_from: tuple[int, int] | None = None  # the hints' size when fitted to the base's native size
+    init_image: np.ndarray | None = None  # img2img: the image sampling starts from (RGB uint8 as read)
 
 
 @dataclass
@@ -286,8 +287,9 @@ def resolve_jobs(cfg: GenerateConfig, outdir: Path, models: Models | None = None
             cfg.per_net(name, len(job.hints))  # a wrong count fails here, before any model loads
         job.width, job.height, job.fitted_from = job_size(cfg, base, *next(iter(sizes)))
         check_size(job.width, job.height, f"{job.name}: image size")
+    init = load_image(check_input_file(cfg.init_image, "--init-image")) if cfg.init_image else None
     for job, p in zip(jobs, prompts.per_job(cfg.prompt, len(jobs), sum(len(j.hints) for j in jobs)), strict=True):
-        job.prompt = p
+        job.prompt, job.init_image = p, init
     return jobs
 
 
@@ -338,7 +340,8 @@ def check_captioner(spec: str, offline: bool | None) -> None:
 
 
 # -------------------------------------------------------------------------------------- 4. sampling
-def encode_prompts(models: Models, texts: list[str], negative: str = "", do_cfg: bool = True) -> Any:
+def encode_prompts(models: Models, texts: list[str], negative: str = "", do_cfg: bool = True,
+                   clip_skip: int | None = None) -> Any:
     """The family's prompt encoding (`PromptEncoding`) of a batch. An empty `negative` is "no negative
     prompt": SD encodes the empty string, SDXL (force_zeros_for_empty_prompt) uses zeros, as diffusers does."""
     import torch
@@ -346,7 +349,7 @@ def encode_prompts(models: Models, texts: list[str], negative: str = "", do_cfg:
     with torch.inference_mode():
         return models.family.encode_prompt(models.text_components, texts,
                                            negative_prompt=[negative] * len(texts) if negative else None,
-                                           do_classifier_free_guidance=do_cfg)
+                                           do_classifier_free_guidance=do_cfg, clip_skip=clip_skip)
 
 
 def control_image(hints: HintInput | Sequence[HintInput], width: int, height: int, models: Models, batch: int = 1,
@@ -408,7 +411,7 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
         raise UsageError("run_batch: jobs of different sizes or ControlNets cannot share a batch (see plan_batches)")
     width, height = first.width, first.height
     do_cfg = cfg.cfg > 1.0
-    enc = encode_prompts(models, prompts_, cfg.negative_prompt, do_cfg)
+    enc = encode_prompts(models, prompts_, cfg.negative_prompt, do_cfg, cfg.clip_skip)
     emb = torch.cat([enc.negative_prompt_embeds, enc.prompt_embeds]) if do_cfg else enc.prompt_embeds
     # the family's added conditioning (SDXL: pooled text + size/crop ids) for the UNet and every ControlNet
     added = models.family.sampling_added_cond(enc, (height, width), do_classifier_free_guidance=do_cfg,
@@ -427,6 +430,7 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
     shape = (1, models.unet.config.in_channels, height // vae_scale, width // vae_scale)
     # one generator per item: its latents and its per-step noise depend on its own seed only
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    init = encode_init(models, cfg, jobs, width, height, gens) if first.init_image is not None else None
     latents = torch.cat([torch.randn(shape, generator=g) for g in gens]).to(models.device, models.dtype)
     scheduler = make_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
     if models.channels_last:
@@ -437,9 +441,29 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
                        cudagraphs=models.compile and str(models.device).startswith("cuda"))
     with torch.inference_mode():
         x = sample(denoise, latents, scheduler, steps=cfg.steps, eta=cfg.eta_used, generator=gens,
-                   callback=callback)
+                   callback=callback, init=init, strength=cfg.strength)
         check_finite(x, models, units, "the sampled latents")
         return decode(models, cfg, x, width, height)
+
+
+def encode_init(models: Models, cfg: GenerateConfig, jobs: Sequence[Job], width: int, height: int,
+                gens: list[Any]) -> Any:
+    """img2img's starting latents: each job's init image fitted to the size as its hint is, VAE-encoded, one
+    posterior sample per item from the item's own generator, drawn before its noise (diffusers'
+    StableDiffusionControlNetImg2ImgPipeline.prepare_latents with a generator list)."""
+    import torch
+    from diffusers.pipelines.controlnet.pipeline_controlnet_img2img import retrieve_latents
+
+    fitted: dict[int, Any] = {}
+    out = []
+    with torch.inference_mode():
+        for job, g in zip(jobs, gens, strict=True):
+            if id(job.init_image) not in fitted:
+                arr = fit_hint(job.init_image, width, height, cfg.resize_mode, "linear")
+                x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)[None].float() / 255.0
+                fitted[id(job.init_image)] = (2.0 * x - 1.0).to(models.device, models.vae.dtype)
+            out.append(retrieve_latents(models.vae.encode(fitted[id(job.init_image)]), generator=g))
+    return (torch.cat(out) * models.vae.config.scaling_factor).to(models.dtype)
 
 
 @dataclass
@@ -618,6 +642,11 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
     }
     if cfg.image:
         meta["source_image"] = str(cfg.image)
+    for key in ("init_image", "clip_skip", "vae", "loras"):  # the optional parts, only when used
+        if getattr(cfg, key):
+            meta[key] = list(cfg.loras) if key == "loras" else getattr(cfg, key)
+    if cfg.init_image:
+        meta["strength"] = cfg.strength
     if pass_ is not None:
         meta["pass"] = pass_
         meta["captioner"] = cfg.captioner
@@ -686,8 +715,8 @@ class Plan:
 def make_plan(models: Models, cfg: GenerateConfig, jobs: list[Job]) -> Plan:
     base_seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**32)
     first = {(j, k): prompts.first_pass_prompt(cfg.prompt_mode, job.prompt, cfg.added_prompt)
-             for j, job in enumerate(jobs) for k in range(cfg.num_images)}
-    return Plan(jobs, plan_batches(models, cfg, jobs, cfg.num_images), base_seed,
+             for j, job in enumerate(jobs) for k in range(cfg.images_per_job)}
+    return Plan(jobs, plan_batches(models, cfg, jobs, cfg.images_per_job), base_seed,
                 2 if cfg.prompt_mode == "auto" else 1, first, {it: base_seed + it[1] for it in first})
 
 

@@ -148,15 +148,26 @@ def sample(
     eta: float | None = None,
     generator: Any = None,
     callback: Callable[[int, int], None] | None = None,
+    init: Any = None,
+    strength: float = 1.0,
 ) -> Any:
     """Run `scheduler` for `steps` steps. `denoise(x_in, t, i, n)` -> noise prediction for the scaled
     input `x_in` at timestep `t` (step `i` of `n`). `generator`: one torch.Generator per image (a list)
-    so each image's noise depends only on its own seed. Nothing here reads a value back to the host:
+    so each image's noise depends only on its own seed. `init` (img2img): the encoded image's latents, which
+    `latents` (the noise) is added to at the first step run of a schedule cut to `strength`, as diffusers'
+    img2img pipelines do. Nothing here reads a value back to the host:
     the loop only queues work (the callback gets plain ints)."""
     scheduler.set_timesteps(steps, device=latents.device)
     timesteps = scheduler.timesteps
+    if init is None:
+        x = latents * scheduler.init_noise_sigma
+    else:  # img2img: skip the first (1 - strength) of the steps and noise `init` to the first one run
+        start = (steps - min(int(steps * strength), steps)) * scheduler.order  # as diffusers' `get_timesteps`
+        timesteps = timesteps[start:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+        x = scheduler.add_noise(init, latents, timesteps[:1].repeat(init.shape[0]))
     n = len(timesteps)
-    x = latents * scheduler.init_noise_sigma
     kw = _step_kwargs(scheduler, eta, generator)
     for i, t in enumerate(timesteps):
         x_in = scheduler.scale_model_input(x, t)
