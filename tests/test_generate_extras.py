@@ -172,3 +172,28 @@ def test_flag_bounds():
             GenerateConfig(hints=("h.png",), **bad)
     assert lora_spec("C:/x/y.safetensors") == ("C:/x/y.safetensors", 1.0)
     assert lora_spec("a/b:0.5") == ("a/b", 0.5)
+
+
+def test_vae_override_equals_the_pipeline_with_that_vae(files, tiny_sd_dir, tiny_controlnet_dir, tmp_path):
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionControlNetPipeline
+    from PIL import Image
+
+    from cnetcli.generation import GenerateConfig, generate, load_models
+
+    vae = AutoencoderKL.from_pretrained(tiny_sd_dir, subfolder="vae")
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.add_(0.3)  # a visibly different decoder
+    vae.save_pretrained(tmp_path / "vae")
+    kw = dict(hints=(str(files / "square.png"),), controlnets=(str(tiny_controlnet_dir),), base=str(tiny_sd_dir),
+              steps=2, seed=4, prompt="red circle", save=False)
+    cfg = GenerateConfig(vae=str(tmp_path / "vae"), **kw)
+    models = load_models(cfg)
+    r = generate(cfg, models=models)[0]
+    assert r.metadata["vae"] == str(tmp_path / "vae")
+    pipe = _pipe(StableDiffusionControlNetPipeline, models, models.controlnet(str(tiny_controlnet_dir)))
+    assert pipe.vae is models.vae and float(models.vae.decoder.conv_out.bias[0]) == float(vae.decoder.conv_out.bias[0])
+    ref = pipe("red circle", image=Image.open(files / "square.png").convert("RGB"), height=32, width=32,
+               num_inference_steps=2, guidance_scale=9.0, generator=torch.Generator().manual_seed(4), eta=1.0,
+               output_type="np").images[0]
+    _close(r.array, ref)
