@@ -66,6 +66,7 @@ def generate_cmd(
     resolution: Annotated[int | None, _opt("--resolution", help="With --image: the hint's short side (ControlNet's rule).", shows="the base's native size: 512 SD1.5, 1024 SDXL", panel=_I)] = None,
     init_image: Annotated[str | None, _opt("--init-image", help="img2img: start from this image (fitted to the size as the hint is), noised to --strength.", panel=_I)] = None,
     strength: Annotated[float | None, _opt("--strength", help="img2img: how much of the init image is replaced by noise (1: all; the steps run are steps x strength).", shows=_default("strength"), panel=_I)] = None,
+    mask: Annotated[str | None, _opt("--mask", help="Inpainting, with --init-image: repaint where the mask is white, keep where black (--strength 1 starts from pure noise there).", panel=_I)] = None,
     from_png: Annotated[str | None, _opt("--from", metavar="PNG", help="Repeat the generation recorded in a PNG (cnet's or AUTOMATIC1111's); flags given here override it.", panel=_I)] = None,
     prompt_mode: Annotated[PromptMode | None, _opt("--prompt-mode", help="none | default | user | auto (default: user with --prompt, else default).", panel=_P)] = None,
     prompt: Annotated[list[str] | None, _opt("--prompt", help="The prompt (user mode): once for every hint, or once per hint in hint order (a folder's files by name).", panel=_P)] = None,
@@ -106,6 +107,7 @@ def generate_cmd(
     vae_tiling: Annotated[bool | None, _opt("--vae-tiling/--no-vae-tiling", metavar="", help="Tiled VAE decode (default: above 1024x1024).", panel=_F)] = None,
 ) -> None:
     from ..generation import generate, settings_from_png
+    from ..errors import Interrupted
     from ..generation.pipeline import check_input_file, preflight
 
     given = {
@@ -122,7 +124,7 @@ def generate_cmd(
         "base": base, "base_config": base_config, "controlnet_config": controlnet_config, "device": device,
         "dtype": dtype.value if dtype else None, "batch_size": batch_size, "compile": False if no_compile else None,
         "vae_tiling": vae_tiling, "trust_pickle": trust_pickle or None, "init_image": init_image,
-        "strength": strength, "batch_count": batch_count, "vae": vae, "loras": tuple(lora) if lora else None,
+        "strength": strength, "mask": mask, "batch_count": batch_count, "vae": vae, "loras": tuple(lora) if lora else None,
         "clip_skip": clip_skip,
     }
     typed = {k for k, v in given.items() if v is not None}  # any flag given overrides what the PNG says
@@ -140,7 +142,10 @@ def generate_cmd(
     config = GenerateConfig(**kw)  # every flag check, before the (slow) library imports below
     if config.image:  # annotating a photo may load a detector: quiet the libraries first
         quiet_libraries()
-    jobs = preflight(config)  # files, folders, sizes: still before diffusers is even imported
+    try:
+        jobs = preflight(config)  # files, folders, sizes: still before diffusers is even imported
+    except KeyboardInterrupt:  # typer would turn it into a bare exit; say what happened (nothing was saved)
+        raise Interrupted("interrupted before the first image: nothing saved") from None
     quiet_libraries()
     # each image is saved, and its path printed, as soon as it is finished; Ctrl-C ends in one line saying
     # what was kept (`Interrupted`, exit code 130)

@@ -332,7 +332,7 @@ def config_from_parameters(text: str, given: Collection[str] = ()) -> dict[str, 
 _REPEAT_FIELDS = ("hints", "controlnets", "base", "image", "types", "prompt_mode", "prompt", "added_prompt",
                   "negative_prompt", "captioner", "steps", "cfg", "sampler", "scheduler", "eta", "resize_mode",
                   "width", "height", "scales", "start", "end", "guess_mode", "control_mode", "image_resolution",
-                  "base_config", "controlnet_config", "init_image", "strength", "clip_skip", "vae", "loras")
+                  "base_config", "controlnet_config", "init_image", "mask", "strength", "clip_skip", "vae", "loras")
 
 
 def settings_from_png(path: str | Path, given: Collection[str] = ()) -> dict[str, Any]:

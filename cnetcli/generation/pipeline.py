@@ -59,6 +59,7 @@ class Job:
     prompt: str | None = None
     fitted_from: tuple[int, int] | None = None  # the hints' size when fitted to the base's native size
     init_image: np.ndarray | None = None  # img2img: the image sampling starts from (RGB uint8 as read)
+    mask: np.ndarray | None = None  # inpainting: repaint where this (RGB uint8 as read) is white
 
 
 @dataclass
@@ -288,8 +289,9 @@ def resolve_jobs(cfg: GenerateConfig, outdir: Path, models: Models | None = None
         job.width, job.height, job.fitted_from = job_size(cfg, base, *next(iter(sizes)))
         check_size(job.width, job.height, f"{job.name}: image size")
     init = load_image(check_input_file(cfg.init_image, "--init-image")) if cfg.init_image else None
+    mask = load_image(check_input_file(cfg.mask, "--mask")) if cfg.mask else None
     for job, p in zip(jobs, prompts.per_job(cfg.prompt, len(jobs), sum(len(j.hints) for j in jobs)), strict=True):
-        job.prompt, job.init_image = p, init
+        job.prompt, job.init_image, job.mask = p, init, mask
     return jobs
 
 
@@ -432,6 +434,7 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     init = encode_init(models, cfg, jobs, width, height, gens) if first.init_image is not None else None
     latents = torch.cat([torch.randn(shape, generator=g) for g in gens]).to(models.device, models.dtype)
+    mask = encode_mask(models, cfg, jobs, width, height, gens) if first.mask is not None else None
     scheduler = make_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
     if models.channels_last:
         for u in units:
@@ -441,9 +444,47 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
                        cudagraphs=models.compile and str(models.device).startswith("cuda"))
     with torch.inference_mode():
         x = sample(denoise, latents, scheduler, steps=cfg.steps, eta=cfg.eta_used, generator=gens,
-                   callback=callback, init=init, strength=cfg.strength)
+                   callback=callback, init=init, strength=cfg.strength, mask=mask)
         check_finite(x, models, units, "the sampled latents")
         return decode(models, cfg, x, width, height)
+
+
+def _image_tensor(img: np.ndarray, width: int, height: int, mode: str, models: Models) -> Any:
+    """An init image fitted to the size as the hint is, in [-1, 1] (diffusers' image processor), 1 x 3 x H x W."""
+    import torch
+
+    arr = fit_hint(img, width, height, mode, "linear")
+    x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)[None].float() / 255.0
+    return (2.0 * x - 1.0).to(models.device, models.vae.dtype)
+
+
+def _mask_tensor(img: np.ndarray, width: int, height: int, mode: str) -> Any:
+    """A mask as diffusers' mask processor makes it: grayscale, binarized at 0.5, 1 x 1 x H x W (1 = repaint)."""
+    import torch
+    from PIL import Image
+
+    gray = np.asarray(Image.fromarray(fit_hint(img, width, height, mode, "nearest")).convert("L"))
+    return torch.from_numpy((gray.astype(np.float32) / 255.0 >= 0.5).astype(np.float32))[None, None]
+
+
+def encode_mask(models: Models, cfg: GenerateConfig, jobs: Sequence[Job], width: int, height: int,
+                gens: list[Any]) -> Any:
+    """Inpainting's latent-sized mask per item. The masked image is VAE-encoded with each item's generator after
+    its noise, as diffusers' StableDiffusionControlNetInpaintPipeline does (`prepare_mask_latents`): a 4-channel
+    UNet does not use it, but the draw keeps every later noise draw equal to diffusers'."""
+    import torch
+    from diffusers.pipelines.controlnet.pipeline_controlnet_img2img import retrieve_latents
+
+    factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
+    out = []
+    with torch.inference_mode():
+        for job, g in zip(jobs, gens, strict=True):
+            m = _mask_tensor(job.mask, width, height, cfg.resize_mode)
+            masked = _image_tensor(job.init_image, width, height, cfg.resize_mode, models) * (m < 0.5).to(
+                models.device, models.vae.dtype)
+            retrieve_latents(models.vae.encode(masked), generator=g)
+            out.append(torch.nn.functional.interpolate(m, size=(height // factor, width // factor)))
+    return torch.cat(out).to(models.device, models.dtype)
 
 
 def encode_init(models: Models, cfg: GenerateConfig, jobs: Sequence[Job], width: int, height: int,
@@ -454,15 +495,11 @@ def encode_init(models: Models, cfg: GenerateConfig, jobs: Sequence[Job], width:
     import torch
     from diffusers.pipelines.controlnet.pipeline_controlnet_img2img import retrieve_latents
 
-    fitted: dict[int, Any] = {}
     out = []
     with torch.inference_mode():
         for job, g in zip(jobs, gens, strict=True):
-            if id(job.init_image) not in fitted:
-                arr = fit_hint(job.init_image, width, height, cfg.resize_mode, "linear")
-                x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)[None].float() / 255.0
-                fitted[id(job.init_image)] = (2.0 * x - 1.0).to(models.device, models.vae.dtype)
-            out.append(retrieve_latents(models.vae.encode(fitted[id(job.init_image)]), generator=g))
+            image = _image_tensor(job.init_image, width, height, cfg.resize_mode, models)
+            out.append(retrieve_latents(models.vae.encode(image), generator=g))
     return (torch.cat(out) * models.vae.config.scaling_factor).to(models.dtype)
 
 
@@ -642,7 +679,7 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
     }
     if cfg.image:
         meta["source_image"] = str(cfg.image)
-    for key in ("init_image", "clip_skip", "vae", "loras"):  # the optional parts, only when used
+    for key in ("init_image", "mask", "clip_skip", "vae", "loras"):  # the optional parts, only when used
         if getattr(cfg, key):
             meta[key] = list(cfg.loras) if key == "loras" else getattr(cfg, key)
     if cfg.init_image:
