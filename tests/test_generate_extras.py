@@ -224,3 +224,30 @@ def test_inpainting_equals_diffusers_inpaint_pipeline(models, files, tiny_contro
     init = np.asarray(Image.open(files / "init.png").convert("RGB")).astype(int)
     # the kept half stays near the init image (up to the VAE's round trip), the repainted half does not
     assert np.abs(ours[:, :12].astype(int) - init[:, :12]).mean() < np.abs(ours[:, 20:].astype(int) - init[:, 20:]).mean()
+
+
+def test_inpaint_controlnet_type_gets_masked_pixels_at_minus_one(models, files, tiny_controlnet_dir, tmp_path):
+    """The inpaint ControlNet (hint type `inpaint`) sees its hint with the masked pixels at -1, as diffusers'
+    inpaint example's `make_inpaint_condition` builds it for StableDiffusionControlNetInpaintPipeline."""
+    import torch
+    from diffusers import StableDiffusionControlNetInpaintPipeline
+    from PIL import Image
+
+    from cnetcli.generation import GenerateConfig, generate
+
+    mask = np.zeros((32, 32, 3), np.uint8)
+    mask[8:24, 8:24] = 255
+    save_png(tmp_path / "mask.png", mask)
+    init = str(files / "init.png")
+    cfg = GenerateConfig(hints=(init,), types=("inpaint",), controlnets=(str(tiny_controlnet_dir),), base="unused",
+                         steps=3, seed=6, prompt="red circle", init_image=init, mask=str(tmp_path / "mask.png"),
+                         strength=1.0, save=False)
+    ours = generate(cfg, models=models)[0].array
+    cond = torch.from_numpy(np.asarray(Image.open(init).convert("RGB")).astype(np.float32) / 255.0)
+    cond[mask[..., 0] > 127] = -1.0
+    pipe = _pipe(StableDiffusionControlNetInpaintPipeline, models, models.controlnet(str(tiny_controlnet_dir)))
+    ref = pipe("red circle", image=Image.open(init).convert("RGB"), mask_image=Image.open(tmp_path / "mask.png"),
+               control_image=cond.permute(2, 0, 1)[None], height=32, width=32, strength=1.0, num_inference_steps=3,
+               guidance_scale=9.0, controlnet_conditioning_scale=1.0, generator=torch.Generator().manual_seed(6),
+               eta=1.0, output_type="np").images[0]
+    _close(ours, ref)

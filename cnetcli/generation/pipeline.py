@@ -425,6 +425,8 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
     for k, h in enumerate(first.hints):
         net = models.controlnet(h.controlnet)
         image = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
+        if first.mask is not None and _is_inpaint(h.type):
+            image = inpaint_condition(image, jobs, width, height, cfg.resize_mode)
         units.append(ctl.ControlUnit(net, image, scales[k], starts[k], ends[k],
                                      ctl.union_control_type(h.type, net, h.controlnet)))
 
@@ -465,6 +467,22 @@ def _mask_tensor(img: np.ndarray, width: int, height: int, mode: str) -> Any:
 
     gray = np.asarray(Image.fromarray(fit_hint(img, width, height, mode, "nearest")).convert("L"))
     return torch.from_numpy((gray.astype(np.float32) / 255.0 >= 0.5).astype(np.float32))[None, None]
+
+
+def _is_inpaint(hint_type: str | None) -> bool:
+    from ..annotators import find_type
+
+    ht = find_type(hint_type) if hint_type else None
+    return ht is not None and ht.name == "inpaint"
+
+
+def inpaint_condition(image: Any, jobs: Sequence[Job], width: int, height: int, mode: str) -> Any:
+    """The inpaint ControlNet's input: its hint (the image) with the masked pixels at -1, "no information"
+    (ControlNet 1.1's and diffusers' `make_inpaint_condition`)."""
+    import torch
+
+    masks = torch.cat([_mask_tensor(j.mask, width, height, mode) for j in jobs]).to(image.device)
+    return image.masked_fill(masks.expand_as(image) > 0.5, -1.0)
 
 
 def encode_mask(models: Models, cfg: GenerateConfig, jobs: Sequence[Job], width: int, height: int,
