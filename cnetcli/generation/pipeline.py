@@ -159,7 +159,7 @@ class BaseInfo:
         """What loaded models already say (nothing to read), or the base's configs when none are loaded."""
         if models is None:
             return cls(cfg)
-        return cls(cfg, models.family, models.family.default_resolution(models.unet_config, models.vae.config))
+        return cls(cfg, models.family, models.family.default_resolution(unet_config(models), models.vae.config))
 
     def _probe(self) -> None:
         from ..errors import MissingWeightsError
@@ -775,6 +775,11 @@ def make_plan(models: Models, cfg: GenerateConfig, jobs: list[Job]) -> Plan:
                 2 if cfg.prompt_mode == "auto" else 1, first, {it: base_seed + it[1] for it in first})
 
 
+def unet_config(models: Models) -> Any:
+    """The UNet's config (`Models` built by hand, as training validation does, may not hold it)."""
+    return models.unet_config if models.unet_config is not None else models.unet.config
+
+
 def check_memory(models: Models, cfg: GenerateConfig, plan: Plan) -> None:
     """Every batch shape of the plan against the memory free now that the weights are loaded, before the first
     batch allocates anything (`memory.batch_memory`): one line saying what fits otherwise."""
@@ -785,7 +790,7 @@ def check_memory(models: Models, cfg: GenerateConfig, plan: Plan) -> None:
     for w, h, n, nets in sorted(shapes, key=lambda s: -s[0] * s[1] * s[2]):
         tiled = (cfg.vae_tiling if cfg.vae_tiling is not None else w * h > 1024 * 1024) and \
             hasattr(models.vae, "enable_tiling")
-        need = memory.batch_memory(models.unet_config, models.vae.config, w, h, n, cfg_rows=2 if cfg.cfg > 1.0 else 1,
+        need = memory.batch_memory(unet_config(models), models.vae.config, w, h, n, cfg_rows=2 if cfg.cfg > 1.0 else 1,
                                    dtype_bytes=models.dtype.itemsize, vae_bytes=models.vae.dtype.itemsize,
                                    controlnets=nets, decode_images=min(n, max(1, DECODE_PIXELS // (w * h))),
                                    tile=(vae_tile[0] if isinstance(vae_tile, (list, tuple)) else vae_tile) if tiled
