@@ -28,6 +28,11 @@ def _get(config: Any, key: str, default: Any = None) -> Any:
     return config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
 
 
+def has_unet_levels(config: Any) -> bool:
+    """Whether the estimate applies: a U-Net denoiser (levels of `block_out_channels`), not a transformer."""
+    return bool(_get(config, "block_out_channels"))
+
+
 @dataclass(frozen=True)
 class SamplingMemory:
     """What one batch of `batch` images of width x height needs beyond the loaded weights (bytes)."""

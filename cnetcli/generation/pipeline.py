@@ -783,6 +783,8 @@ def unet_config(models: Models) -> Any:
 def check_memory(models: Models, cfg: GenerateConfig, plan: Plan) -> None:
     """Every batch shape of the plan against the memory free now that the weights are loaded, before the first
     batch allocates anything (`memory.batch_memory`): one line saying what fits otherwise."""
+    if not memory.has_unet_levels(unet_config(models)):  # the estimate counts a U-Net's levels
+        return
     free = memory.available_memory(models.device)
     vae_tile = models.vae.config.get("sample_size")
     shapes = {(plan.jobs[b[0][0]].width, plan.jobs[b[0][0]].height, len(b), len(plan.jobs[b[0][0]].hints))
