@@ -131,8 +131,8 @@ def size_notes(jobs: Sequence[Job]) -> list[str]:
         return []
     j, (w, h) = fitted[0], fitted[0].fitted_from
     more = f" (and {len(fitted) - 1} more hint(s))" if len(fitted) > 1 else ""
-    return [f"{j.name}: the hint's {w}x{h} is above the base's native size: generating at {j.width}x{j.height}, "
-            f"aspect ratio kept{more}; --keep-hint-size or --width/--height generate at the hint's size"]
+    return [f"{j.name}: hint {w}x{h} is above the base's native size: generating at {j.width}x{j.height} (aspect "
+            f"ratio kept up to ControlNet's rounding to 64){more}; --keep-hint-size keeps the hint's size"]
 
 
 def _hint_type(path: str | None, given: str | None) -> str | None:
