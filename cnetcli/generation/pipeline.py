@@ -1,17 +1,21 @@
-"""`generate(cfg)`: hints -> images, in numbered phases (as diffusers' pipeline_controlnet `__call__`).
+"""`generate_iter(cfg)` / `generate(cfg)`: hints -> images, in numbered phases (as diffusers' pipeline_controlnet
+`__call__`), with a plain loop over batches that yields each image as it is decoded; `generate` saves each as
+it comes, so Ctrl-C keeps every finished image.
 
 Our own denoising loop around the UNet and the ControlNet(s), instead of patching the diffusers pipeline:
 it gives batched classifier-free guidance, per-branch control (control modes), guidance windows, soft
-weights, and always hands the UNet full residual sets (diffusers ignores middle-only residuals).
+weights, and always hands the UNet full residual sets (diffusers ignores middle-only residuals). img2img and
+inpainting follow diffusers' ControlNet img2img/inpaint pipelines (the same generator draws, tested equal).
 
-1. check inputs: resolve the hints (files, folders, or a photo annotated on the fly) into jobs
-2. pick the ControlNets (given, or the base family's release matching each hint's type: ControlNet 1.1 for
-   SD1.5, the SDXL releases for an SDXL base)
-3. load models (base, trained UNet if present, ControlNets)
-4. plan batches: every (job, image) item, batched across jobs that share size and ControlNets (`plan_batches`);
-   per batch: encode prompts, prepare the control images and latents, denoise, decode
-5. auto prompt mode: caption every pass-1 image with BLIP and run pass 2 with the captions (same seeds, hints)
-6. save PNG + sidecar as each job completes (+ grid)
+1. check inputs (`preflight`): resolve the hints (files, folders, or a photo annotated on the fly) into jobs,
+   fit a hint larger than the base's native size to it, pick the ControlNets (given, or the base family's
+   release matching each hint's type)
+2-3. load models (base, trained UNet if present, ControlNets, LoRAs, a --vae)
+4. plan (`make_plan`): every (job, image) item, batched across jobs that share size and ControlNets
+   (`plan_batches`), each batch shape checked against the memory left (`check_memory`)
+5. per batch (`run_batch`): encode prompts, prepare the control images and latents, denoise (`Denoiser`),
+   refuse NaN/inf, decode; yield each image
+6. auto prompt mode: caption every pass-1 image with BLIP and run pass 2 with the captions (same seeds, hints)
 
 An image depends only on its own job, prompt and seed, never on what it was batched with: each item's initial
 latents and per-step noise come from its own seed's generator (up to the float rounding of batched kernels).
