@@ -33,7 +33,8 @@ def models(tiny_sd_dir, tiny_controlnet_dir):
 def _pipe(cls, models, net, sampler="ddpm"):
     from cnetcli.generation.samplers import make_scheduler
 
-    pipe = cls(vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer, unet=models.unet,
+    pipe = cls(vae=models.vae, text_encoder=models.text["text_encoder"], tokenizer=models.text["tokenizer"],
+               unet=models.denoiser,
                controlnet=net, scheduler=make_scheduler(sampler, models.scheduler_config), safety_checker=None,
                feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -78,7 +79,7 @@ def test_clip_skip_equals_diffusers(models, files, tiny_controlnet_dir):
     pipe = _pipe(StableDiffusionControlNetPipeline, models, models.controlnet(str(tiny_controlnet_dir)))
     # diffusers' clip_skip path reads `text_encoder.text_model`, which transformers 5 flattened away: the
     # embeddings it computes (the penultimate hidden state through the final layer norm) are given directly
-    te, tok = models.text_encoder, models.tokenizer
+    te, tok = models.text["text_encoder"], models.text["tokenizer"]
     ids = tok(["red circle"], padding="max_length", max_length=tok.model_max_length, truncation=True,
               return_tensors="pt").input_ids
     with torch.no_grad():

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import UsageError
-from . import A1111Module, HintType, UnionControl, register
+from . import FLUX_UNION, SD35_LARGE, A1111Module, HintType, UnionControl, register
 
 
 def _check_range(name: str, value: float, lo: float, hi: float | None = None) -> None:
@@ -243,7 +243,8 @@ class Blur:
 _V11 = "lllyasviel/control_v11"
 register(HintType("canny", "Canny edges (ControlNet's math; --low/--high)", CannyParams,
                   lambda p, rt: Canny(p), resize="nearest", uses_detect_resolution=False, metric="edge",
-                  releases={"sd15": f"{_V11}p_sd15_canny", "sdxl": "diffusers/controlnet-canny-sdxl-1.0"},
+                  releases={"sd15": f"{_V11}p_sd15_canny", "sdxl": "diffusers/controlnet-canny-sdxl-1.0",
+                            "sd3": f"{SD35_LARGE}canny", "flux": FLUX_UNION},
                   a1111=A1111Module(("canny",), lambda p: ("canny", p.low, p.high)),
                   union_control_type=UnionControl.LINES))
 register(HintType("hough", "straight lines without weights (Hough or LSD), M-LSD style",
@@ -262,9 +263,10 @@ register(HintType("shuffle", "content shuffle: photo warped by a random flow (--
                   releases={"sd15": f"{_V11}e_sd15_shuffle"}, a1111=A1111Module(("shuffle",))))
 register(HintType("tile", "the photo, optionally down/up-sampled (--downsample)", TileParams,
                   lambda p, rt: Tile(p), resize="linear", uses_detect_resolution=False,
-                  releases={"sd15": f"{_V11}f1e_sd15_tile"},
+                  releases={"sd15": f"{_V11}f1e_sd15_tile", "flux": FLUX_UNION},
                   a1111=A1111Module(("tile_resample",), lambda p: ("tile_resample", p.downsample, -1)),
                   union_control_type=UnionControl.TILE))
 register(HintType("blur", "a Gaussian-blurred photo (--sigma)", BlurParams, lambda p, rt: Blur(p),
                   resize="linear", uses_detect_resolution=False,
+                  releases={"sd3": f"{SD35_LARGE}blur", "flux": FLUX_UNION},
                   a1111=A1111Module(("blur_gaussian",), lambda p: ("blur_gaussian", p.sigma, -1))))

@@ -8,13 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, ModelLoadError, first_line
+from ..errors import InputError, ModelLoadError, UsageError, first_line
 from .config import lora_spec
 
 
 def apply_loras(family: Any, parts: dict[str, Any], loras: Sequence[str]) -> None:
     """Load every LoRA of `loras` into a base's `parts` (its unet and text encoder(s) change in place) with its
     scale."""
+    if not hasattr(family, "diffusers_pipeline"):
+        raise UsageError(f"--lora: not available for {family.label} bases yet")
     pipe = family.diffusers_pipeline(parts)
     names, scales = [], []
     for k, spec in enumerate(loras):

@@ -40,7 +40,7 @@ from . import control as ctl
 from . import memory, output, prompts
 from .config import DECODE_PIXELS, GenerateConfig, check_size
 from .models import Models, load_models
-from .samplers import make_scheduler, sample
+from .samplers import sample
 
 
 @dataclass
@@ -163,20 +163,21 @@ class BaseInfo:
         """What loaded models already say (nothing to read), or the base's configs when none are loaded."""
         if models is None:
             return cls(cfg)
-        return cls(cfg, models.family, models.family.default_resolution(unet_config(models), models.vae.config))
+        return cls(cfg, models.family, models.family.default_resolution(denoiser_config(models), models.vae.config))
 
     def _probe(self) -> None:
         from ..errors import MissingWeightsError
-        from ..models.families import family_named
-        from ..models.sd import base_family
+        from ..models.families import family_of
+        from ..models.sd import base_configs
 
         try:
-            fam, unet, vae = base_family(self.cfg.base, config=self.cfg.base_config, offline=self.cfg.offline)
+            info = base_configs(self.cfg.base, config=self.cfg.base_config, offline=self.cfg.offline)
+            fam, denoiser, vae = info.family, info.denoiser, info.vae
         except MissingWeightsError:
-            fam, unet, vae = family_named("sd"), None, None
+            fam, denoiser, vae = family_of(), None, None
         if self._family is None:
             self._family = fam
-        self._resolution = self._family.default_resolution(unet, vae) if unet is not None else \
+        self._resolution = self._family.default_resolution(denoiser, vae) if denoiser is not None else \
             self._family.fallback_resolution
 
     @property
@@ -204,7 +205,7 @@ class BaseInfo:
 def _controlnet_for(hint_type: str | None, path: str | None, base: BaseInfo) -> str:
     if hint_type is None:
         raise UsageError(f"{path}: no hint type in its PNG provenance; pass --type TYPE or --controlnet MODEL")
-    return ctl.release_for(hint_type, base.family.release_family)
+    return ctl.release_for(hint_type, base.family.release_key)
 
 
 def _types_for(cfg: GenerateConfig, n: int) -> list[str | None]:
@@ -245,7 +246,7 @@ def _annotate_photo(cfg: GenerateConfig, outdir: Path, base: BaseInfo) -> Job:
     if nets and len(nets) != len(hints):
         raise UsageError(f"--controlnet: {len(nets)} ControlNets for {len(hints)} --type values; give one per type")
     for k, h in enumerate(hints):
-        h.controlnet = nets[k] if nets else ctl.release_for(h.type or "", base.family.release_family)
+        h.controlnet = nets[k] if nets else ctl.release_for(h.type or "", base.family.release_key)
     return Job(Path(cfg.image).stem, hints)
 
 
@@ -377,6 +378,25 @@ def control_image(hints: HintInput | Sequence[HintInput], width: int, height: in
     return torch.stack([fitted[id(h)] for h in rows]).to(models.device, models.dtype)
 
 
+def hint_inputs(models: Models, net: Any, pixels: Any, do_cfg: bool, seeds: list[int]) -> tuple[Any, Any]:
+    """(the ControlNet's input for the conditional half, for the unconditional half or None when the same).
+    A pixel-space hint is the same for both. A family whose hint is a sample of VAE latents (SD3) encodes each
+    item's hint, CFG-doubled, as its pipeline does (one draw per half), drawing from a generator seeded with the
+    item's seed, so the image depends on its own seed only (the pipeline draws from torch's global RNG)."""
+    import torch
+
+    family = models.family
+    if not family.hint_sample_needed:
+        return family.hint_input(models.vae, pixels, net=net), None
+    conds, unconds = [], []
+    for row, seed in zip(pixels, seeds, strict=True):
+        x = torch.cat([row[None], row[None]]) if do_cfg else row[None]
+        z = family.hint_input(models.vae, x, torch.Generator("cpu").manual_seed(seed), net=net)
+        conds.append(z[-1:])
+        unconds.append(z[:1])
+    return torch.cat(conds), torch.cat(unconds) if do_cfg else None
+
+
 def batch_key(models: Models, job: Job) -> tuple:
     """Jobs with equal keys can share a batch: the same size, and unit by unit the same ControlNet (and, on a
     ControlNet-Union model, the same control type). Hints, prompts and seeds may differ per item."""
@@ -416,37 +436,46 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
     if any(j is not first and batch_key(models, j) != batch_key(models, first) for j in jobs):
         raise UsageError("run_batch: jobs of different sizes or ControlNets cannot share a batch (see plan_batches)")
     width, height = first.width, first.height
-    do_cfg = cfg.cfg > 1.0
+    family = models.family
+    if family.own_sampling_loop:
+        if first.init_image is not None:
+            raise UsageError(f"--init-image: img2img and inpainting are not available for {family.label} bases yet")
+        return run_own_loop(models, cfg, jobs, prompts_, seeds, callback)
+    guidance = cfg.guidance(family)
+    do_cfg = guidance > 1.0
     enc = encode_prompts(models, prompts_, cfg.negative_prompt, do_cfg, cfg.clip_skip)
-    emb = torch.cat([enc.negative_prompt_embeds, enc.prompt_embeds]) if do_cfg else enc.prompt_embeds
-    # the family's added conditioning (SDXL: pooled text + size/crop ids) for the UNet and every ControlNet
-    added = models.family.sampling_added_cond(enc, (height, width), do_classifier_free_guidance=do_cfg,
-                                              unet_config=models.unet_config)
+    # the family's conditioning (text states + added conditioning) for the denoiser and every ControlNet
+    cond = family.sampling_cond(enc, (height, width), do_cfg=do_cfg, denoiser_config=models.denoiser_config)
 
     n = len(first.hints)
     scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
     units = []
     for k, h in enumerate(first.hints):
         net = models.controlnet(h.controlnet)
-        image = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
+        pixels = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
         if first.mask is not None and _is_inpaint(h.type):
-            image = inpaint_condition(image, jobs, width, height, cfg.resize_mode)
+            pixels = inpaint_condition(pixels, jobs, width, height, cfg.resize_mode)
+        image, uncond = hint_inputs(models, net, pixels, do_cfg, seeds)
         units.append(ctl.ControlUnit(net, image, scales[k], starts[k], ends[k],
-                                     ctl.union_control_type(h.type, net, h.controlnet)))
+                                     ctl.union_control_type(h.type, net, h.controlnet), uncond))
 
-    vae_scale = 2 ** (len(models.vae.config.block_out_channels) - 1)
-    shape = (1, models.unet.config.in_channels, height // vae_scale, width // vae_scale)
+    from ..models.families import vae_scale_factor
+
+    vae_scale = vae_scale_factor(models.vae.config)
+    shape = (1, family.latent_channels(models.denoiser_config), height // vae_scale, width // vae_scale)
     # one generator per item: its latents and its per-step noise depend on its own seed only
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     init = encode_init(models, cfg, jobs, width, height, gens) if first.init_image is not None else None
     latents = torch.cat([torch.randn(shape, generator=g) for g in gens]).to(models.device, models.dtype)
     mask = encode_mask(models, cfg, jobs, width, height, gens) if first.mask is not None else None
-    scheduler = make_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
+    scheduler = family.sampling_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
+    if init is not None and not hasattr(scheduler, "add_noise"):
+        raise UsageError(f"--init-image: img2img and inpainting are not available for {family.label} bases yet")
     if models.channels_last:
         for u in units:
             u.image = u.image.contiguous(memory_format=torch.channels_last)
 
-    denoise = Denoiser(models, units, emb, added, cfg.cfg if do_cfg else None, cfg.control_mode,
+    denoise = Denoiser(models, units, cond, guidance if do_cfg else None, cfg.control_mode,
                        cudagraphs=models.compile and str(models.device).startswith("cuda"))
     with torch.inference_mode():
         x = sample(denoise, latents, scheduler, steps=cfg.steps, eta=cfg.eta_used, generator=gens,
@@ -527,14 +556,13 @@ def encode_init(models: Models, cfg: GenerateConfig, jobs: Sequence[Job], width:
 
 @dataclass
 class Denoiser:
-    """One sampling step's model call, as `sample` calls it: the ControlNets' residuals, then the UNet's noise
+    """One sampling step's model call, as `sample` calls it: the ControlNets' residuals, then the denoiser's
     prediction; with classifier-free guidance (`guidance` not None) the unconditional/conditional pair runs as
     one batch and is combined with that scale."""
 
     models: Models
     units: list[ctl.ControlUnit]
-    emb: Any  # text embeddings ([negative; positive] with CFG)
-    added: dict[str, Any] | None  # the family's added conditioning (SDXL: pooled text + size/crop ids)
+    cond: Any  # the family's conditioning: text states + added conditioning ([negative; positive] with CFG)
     guidance: float | None
     control_mode: str
     cudagraphs: bool = False
@@ -546,13 +574,10 @@ class Denoiser:
             torch.compiler.cudagraph_mark_step_begin()
         do_cfg = self.guidance is not None
         x_in = torch.cat([x, x]) if do_cfg else x
-        res = ctl.residuals(self.units, x_in, t, self.emb, i=i, n=n_steps, mode=self.control_mode, do_cfg=do_cfg,
-                            added_cond=self.added)
-        kw = {} if res is None else {"down_block_additional_residuals": res[0],
-                                     "mid_block_additional_residual": res[1]}
-        if self.added is not None:
-            kw["added_cond_kwargs"] = self.added
-        eps = self.models.unet(x_in, t, encoder_hidden_states=self.emb, **kw, return_dict=False)[0]
+        family = self.models.family
+        res = ctl.residuals(self.units, family, x_in, t, self.cond, i=i, n=n_steps, mode=self.control_mode,
+                            do_cfg=do_cfg)
+        eps = family.denoise(self.models.denoiser, x_in, t, self.cond, res)
         if do_cfg:
             u, c = eps.chunk(2)
             eps = u + self.guidance * (c - u)
@@ -575,6 +600,34 @@ def check_finite(x: Any, models: Models, units: Sequence[ctl.ControlUnit], what:
     raise GenerationError(f"{what} hold NaN/inf values, so every image would be black: {why}")
 
 
+def run_own_loop(models: Models, cfg: GenerateConfig, jobs: list[Job], prompts_: list[str], seeds: list[int],
+                 callback: Any = None) -> list[np.ndarray]:
+    """`run_batch` for families that sample with their diffusers pipeline's own loop (`sample_latents`:
+    FLUX's guidance embedding instead of CFG, hint VAE draws before the noise). --cfg is the family's guidance;
+    true CFG runs only with `cfg.true_cfg` > 1 and a negative prompt."""
+    import torch
+
+    first, family = jobs[0], models.family
+    width, height = first.width, first.height
+    true_cfg = float(cfg.true_cfg or 1.0)
+    enc = encode_prompts(models, prompts_, cfg.negative_prompt, true_cfg > 1.0 and bool(cfg.negative_prompt))
+    n = len(first.hints)
+    scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
+    units, modes = [], []
+    for k, h in enumerate(first.hints):
+        net = models.controlnet(h.controlnet)
+        image = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
+        units.append(ctl.ControlUnit(net, image, scales[k], starts[k], ends[k]))
+        modes.append(family.union_control_mode(h.type, net, h.controlnet))
+    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    scheduler = family.sampling_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
+    with torch.inference_mode():
+        x = family.sample_latents(models.denoiser, units, modes, enc, gens, size=(height, width), steps=cfg.steps,
+                                  guidance=cfg.guidance(family), scheduler=scheduler, vae=models.vae, true_cfg=true_cfg,
+                                  callback=callback)
+        return decode(models, cfg, x, width, height)
+
+
 def decode(models: Models, cfg: GenerateConfig, latents: Any, width: int, height: int) -> list[np.ndarray]:
     """Latents -> RGB uint8 arrays, in slices of at most DECODE_PIXELS (the VAE's full-resolution activations
     set a batch's peak memory; its group norms are per image, so slicing changes no result)."""
@@ -591,7 +644,8 @@ def decode(models: Models, cfg: GenerateConfig, latents: Any, width: int, height
         for s in range(0, latents.shape[0], step):
             z = latents[s: s + step]
             # the VAE may run in another dtype than the UNet (the family's: SDXL's stays fp32 under fp16)
-            img = models.vae.decode(z.to(models.vae.dtype) / models.vae.config.scaling_factor, return_dict=False)[0]
+            z = models.family.from_latents(models.vae.config, z.to(models.vae.dtype))
+            img = models.vae.decode(z, return_dict=False)[0]
             check_finite(img, models, (), "the decoded images")
             img = (img.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
             out += [np.ascontiguousarray(a) for a in img.numpy()]
@@ -679,7 +733,7 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
         "seed": seed,
         "index": index,
         "steps": cfg.steps,
-        "cfg": cfg.cfg,
+        "cfg": cfg.guidance(models.family),
         "sampler": cfg.sampler,
         "scheduler": cfg.scheduler,
         "eta": cfg.eta_used,
@@ -693,7 +747,7 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
         "guess_mode": cfg.guess_mode,
         "base": str(cfg.base),
         "family": models.family.name,
-        "unet": models.unet_source,
+        "unet": models.denoiser_source,  # the metadata key of earlier versions (readers look it up)
         "width": job.width,
         "height": job.height,
         "device": models.device,
@@ -779,15 +833,15 @@ def make_plan(models: Models, cfg: GenerateConfig, jobs: list[Job]) -> Plan:
                 2 if cfg.prompt_mode == "auto" else 1, first, {it: base_seed + it[1] for it in first})
 
 
-def unet_config(models: Models) -> Any:
-    """The UNet's config (`Models` built by hand, as training validation does, may not hold it)."""
-    return models.unet_config if models.unet_config is not None else models.unet.config
+def denoiser_config(models: Models) -> Any:
+    """The denoiser's config (`Models` built by hand, as training validation does, may not hold it)."""
+    return models.denoiser_config if models.denoiser_config is not None else models.denoiser.config
 
 
 def check_memory(models: Models, cfg: GenerateConfig, plan: Plan) -> None:
     """Every batch shape of the plan against the memory free now that the weights are loaded, before the first
     batch allocates anything (`memory.batch_memory`): one line saying what fits otherwise."""
-    if not memory.has_unet_levels(unet_config(models)):  # the estimate counts a U-Net's levels
+    if not memory.has_unet_levels(denoiser_config(models)):  # the estimate counts a U-Net's levels
         return
     free = memory.available_memory(models.device)
     vae_tile = models.vae.config.get("sample_size")
@@ -796,7 +850,7 @@ def check_memory(models: Models, cfg: GenerateConfig, plan: Plan) -> None:
     for w, h, n, nets in sorted(shapes, key=lambda s: -s[0] * s[1] * s[2]):
         tiled = (cfg.vae_tiling if cfg.vae_tiling is not None else w * h > 1024 * 1024) and \
             hasattr(models.vae, "enable_tiling")
-        need = memory.batch_memory(unet_config(models), models.vae.config, w, h, n, cfg_rows=2 if cfg.cfg > 1.0 else 1,
+        need = memory.batch_memory(denoiser_config(models), models.vae.config, w, h, n, cfg_rows=2 if cfg.guidance(models.family) > 1.0 else 1,
                                    dtype_bytes=models.dtype.itemsize, vae_bytes=models.vae.dtype.itemsize,
                                    controlnets=nets, decode_images=min(n, max(1, DECODE_PIXELS // (w * h))),
                                    tile=(vae_tile[0] if isinstance(vae_tile, (list, tuple)) else vae_tile) if tiled

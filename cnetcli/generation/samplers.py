@@ -167,13 +167,15 @@ def sample(
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(start)
     if init is None or (mask is not None and strength == 1.0):  # inpainting at full strength: pure noise
-        x = latents * scheduler.init_noise_sigma
+        # flow-matching schedulers (SD3, FLUX) start from unit noise and take the input unscaled
+        x = latents * getattr(scheduler, "init_noise_sigma", 1.0)
     else:  # the image, noised to the first step run
         x = scheduler.add_noise(init, latents, timesteps[:1].repeat(init.shape[0]))
     n = len(timesteps)
+    scale = getattr(scheduler, "scale_model_input", None)
     kw = _step_kwargs(scheduler, eta, generator)
     for i, t in enumerate(timesteps):
-        x_in = scheduler.scale_model_input(x, t)
+        x_in = scale(x, t) if scale is not None else x
         eps = denoise(x_in, t, i, n)
         x = scheduler.step(eps, t, x, **kw, return_dict=False)[0]
         if mask is not None:  # inpainting: outside the mask, the image noised to the next step (diffusers' blend)

@@ -126,7 +126,7 @@ def _embed_captions(captions: list[str], family: Any, text: dict[str, Any], bs: 
     pos = {c: k for k, c in enumerate(uniq)}
 
     def enc(texts: list[str]) -> Any:
-        return family.encode_prompt(text, texts, do_classifier_free_guidance=False)
+        return family.encode_prompt(text, texts, do_classifier_free_guidance=False, training=True)
 
     # chunks of the training batch size: at batch 1 the encoders do the same arithmetic as without the cache
     # (a batched projection, like SDXL's pooled one, rounds differently from a single row)
