@@ -110,8 +110,8 @@ def generate_cmd(
     no_compile: Annotated[bool, _opt("--no-compile", metavar="", help="Run eagerly on CUDA too (the default compiles the denoiser+ControlNet step into CUDA graphs; CPU always runs eagerly).", panel=_F)] = False,
     vae_tiling: Annotated[bool | None, _opt("--vae-tiling/--no-vae-tiling", metavar="", help="Tiled VAE decode (default: above 1024x1024).", panel=_F)] = None,
 ) -> None:
-    from ..generation import generate, settings_from_png
     from ..errors import Interrupted
+    from ..generation import generate, settings_from_png
     from ..generation.pipeline import check_input_file, preflight
 
     given = {
