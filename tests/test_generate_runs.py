@@ -206,27 +206,16 @@ def test_a_size_that_cannot_fit_is_refused_from_the_plan(models, hint, tiny_sd_d
 def test_the_memory_estimate_is_an_upper_bound_and_linear():
     """The plan's estimate grows with pixels and batch; SD1.5 at 512 px, batch 8, fp16 stays in the GiB range."""
     from cnetcli.generation.memory import batch_memory
+    from cnetcli.models.families import family_named
 
-    unet = {"block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2}
+    sd = family_named("sd")
+    step = sd.sampling_bytes({"block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2}, 1)
     vae = {"block_out_channels": [128, 256, 512, 512]}
-    kw = dict(cfg_rows=2, dtype_bytes=2, vae_bytes=2, controlnets=1, decode_images=1)
-    one, four = batch_memory(unet, vae, 512, 512, 1, **kw), batch_memory(unet, vae, 1024, 1024, 1, **kw)
+    kw = dict(cfg_rows=2, dtype_bytes=2, vae_bytes=2, decode_images=1)
+    one, four = batch_memory(step, vae, 512, 512, 1, **kw), batch_memory(step, vae, 1024, 1024, 1, **kw)
     assert four.step == 4 * one.step and four.decode == 4 * one.decode
-    eight = batch_memory(unet, vae, 512, 512, 8, **dict(kw, decode_images=4))
+    eight = batch_memory(step, vae, 512, 512, 8, **dict(kw, decode_images=4))
     assert eight.step == 8 * one.step and 2**29 < eight.peak < 2**32
-    assert batch_memory(unet, vae, 4096, 4096, 1, **kw, tile=512).decode == one.decode
-
-
-def test_progress_is_one_line_per_interval_when_piped(run_cli, hint, tiny_sd_dir, tiny_controlnet_dir, tmp_path,
-                                                     monkeypatch):
-    """#23 item 7: piped, generate writes plain `generating: k/N` lines (every CNET_PROGRESS_EVERY seconds; 0
-    here: every step), no wrapped bar and no third-party bars."""
-    monkeypatch.setenv("CNET_PROGRESS_EVERY", "0")
-    code, out, err = run_cli("generate", "--hint", str(hint), "--controlnet", str(tiny_controlnet_dir), "--base",
-                             str(tiny_sd_dir), "-o", str(tmp_path / "o"), "-n", "2", "--batch-size", "1", "--steps",
-                             "2", "--seed", "1", "--device", "cpu")
-    assert code == 0, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("generating: ")]
-    assert [ln.split()[1] for ln in lines] == ["1/4", "2/4", "3/4", "4/4"], err
-    assert "\r" not in err and "it/s]" not in err and "Loading" not in err
-    assert len(out.split()) == 2
+    assert batch_memory(step, vae, 4096, 4096, 1, **kw, tile=512).decode == one.decode
+    assert sd.sampling_bytes({"block_out_channels": [320, 640], "layers_per_block": 2}, 2) > \
+        sd.sampling_bytes({"block_out_channels": [320, 640], "layers_per_block": 2}, 1)

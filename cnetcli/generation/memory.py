@@ -1,12 +1,11 @@
 """The memory plan of a generation batch: refuse a size or batch that cannot fit before it allocates anything.
 
-Sampling runs under `inference_mode`, so nothing is kept for a backward: a step's peak is the ControlNet's
-residuals and the UNet's skip connections (every down block's output, kept until the up blocks use them) plus
-a working set at the largest level; decoding's is the VAE's full-resolution up blocks. Attention runs through
-SDPA (flash / memory-efficient kernels on CPU and CUDA), linear in the tokens. The estimate below counts those
-tensors from the models' configs, a deliberate overestimate (it assumes every activation of a level is alive
-at once): on cnet-tiny at 512x512 it gives 175 MB where the process grew by ~30 MB (2-core VM), so it refuses
-only what cannot fit, and never a size that runs.
+A step's bytes per input row and latent pixel come from the base's family (`ModelFamily.sampling_bytes`: for
+the U-Net families its skips, the ControlNets' residuals and a working set, as sampling runs under
+`inference_mode` and keeps nothing for a backward); decoding's are the VAE's full-resolution up blocks.
+Attention runs through SDPA (flash / memory-efficient kernels on CPU and CUDA), linear in the tokens. Both
+are deliberate overestimates (every activation of a level alive at once): on cnet-tiny at 512x512 the plan
+says 175 MB where the process grew by ~30 MB (2-core VM), so it refuses only what cannot fit.
 """
 
 from __future__ import annotations
@@ -18,26 +17,15 @@ from typing import Any
 from ..errors import UsageError
 from ..fsguard import human_bytes
 
-#: working tensors of the largest level alive at once besides the skips (in, norm, out, residual, ...)
-UNET_WORKING = 8
 #: the VAE decoder's full-resolution working set: 3 tensors of its first level, 2 of the upsampled second
 VAE_LEVEL0, VAE_LEVEL1 = 3, 2
 
 
-def _get(config: Any, key: str, default: Any = None) -> Any:
-    return config.get(key, default) if hasattr(config, "get") else getattr(config, key, default)
-
-
-def has_unet_levels(config: Any) -> bool:
-    """Whether the estimate applies: a U-Net denoiser (levels of `block_out_channels`), not a transformer."""
-    return bool(_get(config, "block_out_channels"))
-
-
 @dataclass(frozen=True)
 class SamplingMemory:
-    """What one batch of `batch` images of width x height needs beyond the loaded weights (bytes)."""
+    """What one batch of images needs beyond the loaded weights (bytes)."""
 
-    step: int  # UNet + ControlNet(s) at one denoising step
+    step: int  # the denoiser + ControlNet(s) at one denoising step
     decode: int  # the VAE decode of one slice (or one tile)
 
     @property
@@ -45,20 +33,17 @@ class SamplingMemory:
         return max(self.step, self.decode)
 
 
-def batch_memory(unet_config: Any, vae_config: Any, width: int, height: int, batch: int, *, cfg_rows: int,
-                 dtype_bytes: int, vae_bytes: int, controlnets: int, decode_images: int,
-                 tile: int | None = None) -> SamplingMemory:
-    """The estimate for one batch. `cfg_rows`: 2 with classifier-free guidance (the pair runs as one batch);
+def batch_memory(step_bytes: float, vae_config: Any, width: int, height: int, batch: int, *, cfg_rows: int,
+                 dtype_bytes: int, vae_bytes: int, decode_images: int, tile: int | None = None) -> SamplingMemory:
+    """The estimate for one batch. `step_bytes`: the family's bytes per row, latent pixel and dtype byte
+    (`ModelFamily.sampling_bytes`); `cfg_rows`: 2 with classifier-free guidance (the pair runs as one batch);
     `decode_images`: images the VAE decodes at once (`DECODE_PIXELS` slices); `tile`: the VAE tile's side in
     pixels when tiled decoding is on."""
-    vae_ch = list(_get(vae_config, "block_out_channels"))
+    vae_ch = list(vae_config.get("block_out_channels") if hasattr(vae_config, "get") else
+                  vae_config.block_out_channels)
     factor = 2 ** (len(vae_ch) - 1)
     latent = (width // factor) * (height // factor)
-    ch = list(_get(unet_config, "block_out_channels"))
-    per_block = int(_get(unet_config, "layers_per_block", 2) or 2) + 1  # its layers, then the downsample
-    skips = sum(per_block * c / 4 ** level for level, c in enumerate(ch))  # per latent pixel, per network
-    rows = batch * cfg_rows
-    step = rows * latent * dtype_bytes * ((1 + controlnets) * skips + UNET_WORKING * ch[0])
+    step = batch * cfg_rows * latent * dtype_bytes * step_bytes
     pixels = tile * tile if tile else width * height
     second = vae_ch[1] if len(vae_ch) > 1 else vae_ch[0]
     decode = (1 if tile else decode_images) * pixels * vae_bytes * (VAE_LEVEL0 * vae_ch[0] + VAE_LEVEL1 * second)

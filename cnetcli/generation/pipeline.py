@@ -841,18 +841,20 @@ def denoiser_config(models: Models) -> Any:
 def check_memory(models: Models, cfg: GenerateConfig, plan: Plan) -> None:
     """Every batch shape of the plan against the memory free now that the weights are loaded, before the first
     batch allocates anything (`memory.batch_memory`): one line saying what fits otherwise."""
-    if not memory.has_unet_levels(denoiser_config(models)):  # the estimate counts a U-Net's levels
-        return
     free = memory.available_memory(models.device)
     vae_tile = models.vae.config.get("sample_size")
     shapes = {(plan.jobs[b[0][0]].width, plan.jobs[b[0][0]].height, len(b), len(plan.jobs[b[0][0]].hints))
               for b in plan.batches}
     for w, h, n, nets in sorted(shapes, key=lambda s: -s[0] * s[1] * s[2]):
+        step = models.family.sampling_bytes(denoiser_config(models), nets)
+        if step is None:  # no estimate for this family
+            return
         tiled = (cfg.vae_tiling if cfg.vae_tiling is not None else w * h > 1024 * 1024) and \
             hasattr(models.vae, "enable_tiling")
-        need = memory.batch_memory(denoiser_config(models), models.vae.config, w, h, n, cfg_rows=2 if cfg.guidance(models.family) > 1.0 else 1,
+        need = memory.batch_memory(step, models.vae.config, w, h, n,
+                                   cfg_rows=2 if cfg.guidance(models.family) > 1.0 else 1,
                                    dtype_bytes=models.dtype.itemsize, vae_bytes=models.vae.dtype.itemsize,
-                                   controlnets=nets, decode_images=min(n, max(1, DECODE_PIXELS // (w * h))),
+                                   decode_images=min(n, max(1, DECODE_PIXELS // (w * h))),
                                    tile=(vae_tile[0] if isinstance(vae_tile, (list, tuple)) else vae_tile) if tiled
                                    else None)
         memory.check_fits(need, free, str(models.device), "--width/--height" if cfg.width else "image size", w, h, n)
