@@ -112,7 +112,7 @@ def generate_cmd(
 ) -> None:
     from ..errors import Interrupted
     from ..generation import generate, settings_from_png
-    from ..generation.pipeline import check_input_file, preflight
+    from ..generation.pipeline import preflight
 
     given = {
         "hints": tuple(hint) if hint else None, "image": image, "types": tuple(type_) if type_ else None,
@@ -134,7 +134,7 @@ def generate_cmd(
     typed = {k for k, v in given.items() if v is not None}  # any flag given overrides what the PNG says
     if sampler is not None:  # the PNG's schedule and eta went with its sampler: the new sampler's own defaults
         typed.update({"scheduler", "eta"})
-    kw = settings_from_png(check_input_file(from_png, "--from", "PNG"), typed) if from_png else {}
+    kw = settings_from_png(from_png, typed) if from_png else {}
     if hint or image:  # new inputs replace the PNG's (whichever kind it recorded)
         kw.pop("hints", None)
         kw.pop("image", None)

@@ -100,12 +100,13 @@ def _round8(v: int) -> int:
 
 def check_input_file(path: str | Path, flag: str, what: str = "image") -> Path:
     """The file an input flag names, if it is a regular file: reading a FIFO, socket or device would block or
-    never end, so each is refused in one line before anything opens it."""
+    never end, so each is refused in one line before anything opens it (`external.check_regular`)."""
+    from ..external import check_regular
+
     p = Path(path).expanduser()
     if not p.exists():
         raise InputError(f"{path}: no such {what} file ({flag})")
-    if not p.is_file():
-        raise InputError(f"{path}: not a regular file (a FIFO, socket or device?); {flag} takes a file")
+    check_regular(p, 1 << 30, f"{what} file for {flag}")
     return p
 
 
