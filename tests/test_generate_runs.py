@@ -10,7 +10,7 @@ import threading
 import numpy as np
 import pytest
 
-from cnetcli.errors import GenerationError, InputError, Interrupted
+from cnetcli.errors import CnetError, GenerationError, InputError, Interrupted
 from cnetcli.images import save_png
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -169,9 +169,32 @@ def test_nan_controlnet_is_an_error_not_a_black_image(models, hint, tiny_sd_dir,
     net.save_pretrained(bad)
     cfg = GenerateConfig(hints=(str(hint),), controlnets=(str(bad),), base=str(tiny_sd_dir), steps=1, seed=1,
                          output=str(tmp_path / "o"))
-    with pytest.raises(GenerationError, match=f"NaN/inf.*ControlNet {bad}"):
+    with pytest.raises(CnetError, match=f"{bad}.*NaN"):  # refused as it loads, or at the first batch
         generate(cfg, models=models)
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").glob("*.png"))
+
+
+def test_non_finite_outputs_name_the_controlnet_with_nan_weights(tiny_controlnet_dir):
+    """The sampling-side check (NaN/inf from any cause: weights, a NaN norm eps, fp16 overflow) names the
+    ControlNet whose weights are not finite."""
+    from types import SimpleNamespace
+
+    import torch
+    from diffusers import ControlNetModel
+
+    from cnetcli.generation.control import ControlUnit
+    from cnetcli.generation.pipeline import check_finite
+
+    net = ControlNetModel.from_pretrained(tiny_controlnet_dir)
+    with torch.no_grad():
+        net.controlnet_mid_block.weight[0, 0, 0, 0] = float("inf")
+    models = SimpleNamespace(nets={"my-cn": net})
+    unit = ControlUnit(net, None, 1.0, 0.0, 1.0)
+    check_finite(torch.zeros(2, 4), models, [unit], "latents")  # finite: nothing to say
+    with pytest.raises(GenerationError, match="latents hold NaN/inf .* the ControlNet my-cn holds NaN/inf weights"):
+        check_finite(torch.tensor([0.0, float("nan")]), models, [unit], "latents")
+    with pytest.raises(GenerationError, match="try --dtype fp32"):
+        check_finite(torch.tensor([float("inf")]), SimpleNamespace(nets={}), [], "latents")
 
 
 def test_fifo_check_names_the_flag(tmp_path):
