@@ -60,7 +60,16 @@ class TrainingError(CnetError):
     """Training stopped: NaN/inf loss, out of memory, bad dataset."""
 
 
+class GenerationError(CnetError):
+    """Sampling produced no usable image: NaN/inf values from the models (e.g. a ControlNet with NaN weights)."""
+
+
 class Interrupted(CnetError):
-    """Ctrl-C: the run stopped; the message says what was kept (typer would otherwise exit 130 silently)."""
+    """Ctrl-C: the run stopped; the message says what was kept (typer would otherwise exit 130 silently), and
+    `kept` holds it where the caller can use it (generate's finished results)."""
 
     exit_code = 130
+
+    def __init__(self, message: str, kept: list | None = None) -> None:
+        super().__init__(message)
+        self.kept = list(kept or [])

@@ -408,7 +408,7 @@ def config_from_parameters(text: str, given: Collection[str] = (), source: str =
 _REPEAT_FIELDS = ("hints", "controlnets", "base", "image", "types", "prompt_mode", "prompt", "added_prompt",
                   "negative_prompt", "captioner", "steps", "cfg", "sampler", "scheduler", "eta", "resize_mode",
                   "width", "height", "scales", "start", "end", "guess_mode", "control_mode", "image_resolution",
-                  "base_config", "controlnet_config")
+                  "base_config", "controlnet_config", "init_image", "mask", "strength", "clip_skip", "vae", "loras")
 
 
 def _cnet_record(p: Path, chunk: str | None) -> dict[str, Any] | None:

@@ -346,6 +346,11 @@ class ModelFamily:
             return self.denoise(denoiser, x, t, cond, res)
 
     # ------------------------------------------------------------------------------------ memory plan
+    def sampling_bytes(self, denoiser_config: Any, controlnets: int = 1) -> float | None:
+        """Generate's memory plan: bytes one inference step keeps per denoiser input row, latent pixel and byte of
+        the dtype (with `controlnets` ControlNets' residuals); None where the family has no estimate."""
+        return None
+
     def activation_bytes(self, denoiser_config: Any, vae_factor: int = 8, *, denoiser_trains: bool = False,
                          gradient_checkpointing: bool = False, fp32: bool = False) -> tuple[float, float]:
         """The memory plan's activation model: (bytes kept at the end of the forward, bytes the backward holds
