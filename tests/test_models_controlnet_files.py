@@ -112,6 +112,31 @@ def test_train_output_and_checkpoint_folders(tiny, tmp_path):
     _same(_load(stopped / "checkpoints/step-4"), tiny["sd"])
 
 
+def test_a_stopped_runs_newest_complete_checkpoint_is_its_controlnet(tiny, tmp_path):
+    """#23.4: a run stopped before OUTPUT/controlnet/ (checkpoints as `cnet train` writes them) works as
+    --controlnet: its newest checkpoint whose manifest was written, not a later write that did not finish."""
+    import shutil
+
+    import torch
+
+    from cnetcli.models.controlnet import locate
+    from cnetcli.training.checkpoint import save_checkpoint
+
+    run = tmp_path / "r5"
+    opt = torch.optim.AdamW(tiny["cn"].parameters())
+    for step in (3, 5):
+        with torch.no_grad():
+            tiny["cn"].controlnet_mid_block.bias.fill_(float(step))
+        save_checkpoint(run, step, controlnet=tiny["cn"], unet=None, optimizer=opt, state={"step": step},
+                        rng={"cpu": torch.get_rng_state()}, config_json="{}", run_id="ab12", keep=3)
+    shutil.copytree(run / "checkpoints/step-5", run / "checkpoints/step-7")  # a write killed before its manifest
+    (run / "checkpoints/step-7/manifest.json").unlink()
+    loc = locate(run)
+    assert loc.path == str(run / "checkpoints/step-5/controlnet") and "step-5" in loc.note
+    assert torch.all(_load(run).controlnet_mid_block.bias == 5.0)
+    assert torch.all(_load(run / "checkpoints/step-3").controlnet_mid_block.bias == 3.0)
+
+
 def test_not_a_controlnet_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ModelLoadError, match="not a ControlNet folder"):
