@@ -42,7 +42,7 @@ def test_missing_hub_model_is_clear_error():
     from cnetcli.errors import MissingWeightsError
     from cnetcli.models.sd import load_base_components
 
-    with pytest.raises(MissingWeightsError, match="huggingface-cli download"):
+    with pytest.raises(MissingWeightsError, match="hf download"):
         load_base_components("nobody/does-not-exist", offline=True, parts=("scheduler",))
 
 

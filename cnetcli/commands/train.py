@@ -125,7 +125,9 @@ def train_cmd(
             settings[k] = [settings[k]]
     settings.update({k: v for k, v in flags.items() if k in names and v is not None})
     cfg = TrainConfig(**settings)
+    from ..training.inputs import check_inputs
 
+    check_inputs(cfg)  # before the training stack (torch) is imported: a bad --base/--data costs no start-up
     from ..training import train
 
     quiet_libraries()

@@ -149,29 +149,40 @@ def read_dataset(data: str | os.PathLike, *, image_column: str = "image",
     opts = ReadOptions(image_column, conditioning_column, caption_column, split, max_samples, offline, strict,
                        allow_outside_paths)
     raw = os.fspath(data)
-    p = Path(os.path.expanduser(raw))
-    if p.is_dir():
+    kind, p = dataset_location(raw)
+    if kind == "dir":
         idx = _read_folder(p, opts)
-    elif p.is_file():
-        if p.suffix.lower() not in TABLE_SUFFIXES:
-            raise UsageError(f"--data {show(p)}: not a dataset file; pass the dataset folder or a "
-                             f"{'/'.join(TABLE_SUFFIXES)} file")
+    elif kind == "file":
         from . import tables
 
         idx = tables.read_local(p, opts, file=True)
-    elif p.exists() or p.is_symlink():
-        raise UsageError(f"--data {show(p)}: not a folder or a regular file")
-    elif _looks_like_hub_id(raw):
+    else:
         from . import tables
 
         idx = tables.read_hub(raw, opts)
-    else:
-        raise UsageError(f"--data {show(raw)}: no such folder; create one with `cnet annotate --dataset` or "
-                         "`cnet data circles`, or pass a hub dataset name")
     if not idx.rows:
         why = idx.skip_summary() or "the index holds no rows"
         raise InputError(f"--data {show(raw)}: the dataset has no usable rows ({why})")
     return idx
+
+
+def dataset_location(raw: str) -> tuple[str, Path]:
+    """What `--data` names, from the path alone: ("dir" | "file" | "hub", path); a path that is none of them
+    raises the one-line `UsageError` (cheap: the CLI asks before it imports the training stack)."""
+    p = Path(os.path.expanduser(raw))
+    if p.is_dir():
+        return "dir", p
+    if p.is_file():
+        if p.suffix.lower() not in TABLE_SUFFIXES:
+            raise UsageError(f"--data {show(p)}: not a dataset file; pass the dataset folder or a "
+                             f"{'/'.join(TABLE_SUFFIXES)} file")
+        return "file", p
+    if p.exists() or p.is_symlink():
+        raise UsageError(f"--data {show(p)}: not a folder or a regular file")
+    if _looks_like_hub_id(raw):
+        return "hub", p
+    raise UsageError(f"--data {show(raw)}: no such folder; create one with `cnet annotate --dataset` or "
+                     "`cnet data circles`, or pass a hub dataset name")
 
 
 def _looks_like_hub_id(s: str) -> bool:

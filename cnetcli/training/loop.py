@@ -141,7 +141,10 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     weight_dtype = torch_dtype(mixed_precision)
-    if accelerator.is_main_process:
+
+    # 2. models: frozen VAE/text encoder/UNet; the ControlNet trains (and the UNet, once unlocked)
+    models = build_models(cfg, device, weight_dtype)
+    if accelerator.is_main_process:  # only now: a base that cannot load leaves no output folder behind
         for p in remove_leftovers(out):
             reporter.message(f"removed {p} (left by a write that was killed)")
         if cfg.overwrite and cfg.resume is None:  # start over: the old run's checkpoints and phases go
@@ -149,9 +152,6 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
             (out / RUNS_LOG).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-
-    # 2. models: frozen VAE/text encoder/UNet; the ControlNet trains (and the UNet, once unlocked)
-    models = build_models(cfg, device, weight_dtype)
     cache_key = None
     if cfg.cache_latents:  # what the cache depends on, hashed once the weights are loaded
         from .cache import cache_key as make_key
