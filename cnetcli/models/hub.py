@@ -86,11 +86,10 @@ def download_command(repo: str, repo_type: str | None = None) -> str:
 
 
 def offline_fix(repo: str, repo_type: str | None = None) -> str:
-    """Why the hub cannot be used and the fix, for a message about `repo`."""
+    """Why the hub cannot give `repo` (not in the HF cache) and the fix: "(why): fix"."""
     if unreachable():
-        why = (f"the model hub is unreachable ({_why}); download it "
-               f"where there is a network with {download_command(repo, repo_type)} (into the HF cache), then run with "
-               "HF_HUB_OFFLINE=1 to skip this check")
-    else:
-        why = f"offline (HF_HUB_OFFLINE=1 or --offline); download it with {download_command(repo, repo_type)} while online"
-    return why
+        return (f"(not in the HF cache, and the model hub is unreachable: {_why}): download it where there is a "
+                f"network with {download_command(repo, repo_type)} (into the HF cache), then run with "
+                "HF_HUB_OFFLINE=1 to skip the hub check")
+    return (f"(not in the HF cache, and HF_HUB_OFFLINE=1 or --offline): download it with "
+            f"{download_command(repo, repo_type)} while online")

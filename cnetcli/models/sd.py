@@ -73,7 +73,7 @@ def resolve(spec: str | os.PathLike) -> ModelSpec:
 
 
 def missing_hub_error(repo_id: str, what: str, extra: str = "") -> MissingWeightsError:
-    return MissingWeightsError(f"{what} '{repo_id}' is not in the HF cache and {offline_fix(repo_id)}; or pass a "
+    return MissingWeightsError(f"{what} '{repo_id}' is not available offline {offline_fix(repo_id)}; or pass a "
                                f"local folder/file{extra}")
 
 
