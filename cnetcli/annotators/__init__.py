@@ -169,8 +169,14 @@ def _key(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
+#: The controllability metric kinds `cnet eval` scores (`HintType.metric`; evaluation/metrics.py has one each).
+METRIC_KINDS = ("edge", "depth", "seg", "normal", "pose")
+
+
 def register(hint: HintType) -> HintType:
-    """Add a hint type (its name and aliases must be new)."""
+    """Add a hint type (its name and aliases must be new, its metric one `cnet eval` has)."""
+    if hint.metric is not None and hint.metric not in METRIC_KINDS:
+        raise ValueError(f"hint type {hint.name!r}: metric {hint.metric!r} is not one of {', '.join(METRIC_KINDS)}")
     taken = [n for n in (hint.name, *hint.aliases) if _key(n) in _REGISTRY or _key(n) in _ALIASES]
     if taken:
         raise ValueError(f"hint type name(s) {', '.join(map(repr, taken))} registered twice")
@@ -228,7 +234,13 @@ def find_type(name: str) -> HintType | None:
 def get_type(name: str) -> HintType:
     ht = find_type(name)
     if ht is None:
-        raise UsageError(f"unknown hint type '{name}' (valid: {', '.join(list_types())})")
+        import difflib
+
+        spellings = {**{k: v for k, v in _ALIASES.items()}, **{k: k for k in _REGISTRY}}
+        near = dict.fromkeys(_REGISTRY[spellings[k]].name
+                             for k in difflib.get_close_matches(_key(name), list(spellings), n=3, cutoff=0.6))
+        hint = f"did you mean {' or '.join(near)}? " if near else ""
+        raise UsageError(f"unknown hint type '{name}' ({hint}valid: {', '.join(list_types())})")
     return ht
 
 

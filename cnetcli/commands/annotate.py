@@ -16,14 +16,12 @@ from ..annotation.config import (
     DEFAULT_TYPE,
     AnnotateConfig,
 )
-from ..annotators import get_type, list_types, type_choices
+from ..annotators import get_type, list_types
 from ..data import FORMATS
 from ..errors import UsageError
 from ._options import DeviceOpt, choices
 from ._progress import RichReporter
 
-#: `--type` choices: every registered hint type and alias (the registry decides; `--help` lists them).
-HintTypeChoice = choices("HintTypeChoice", type_choices())
 DatasetFormat = choices("DatasetFormat", FORMATS)
 
 # explicit per-type flags: option name -> parameter name (applies to every type that has the parameter)
@@ -111,8 +109,8 @@ def _opt(help: str, panel: str | None = None, *names: str, **kw: Any) -> Any:
 def annotate_cmd(
     inputs: Annotated[list[str], typer.Argument(metavar="INPUT...", help="Image files, folders (walked "
                                                 "recursively) or quoted globs.")],
-    type: Annotated[HintTypeChoice, _opt("Hint type (listed below; aliases accepted).", None, "--type", "-t",
-                                         case_sensitive=False)] = HintTypeChoice(DEFAULT_TYPE),
+    type: Annotated[str, _opt("Hint type (listed below; aliases accepted).", None, "--type", "-t",
+                              metavar="TYPE")] = DEFAULT_TYPE,
     output: Annotated[str | None, _opt("Output folder (mirrors the input tree as <stem>.png). Default: beside the "
                                        "input, folder imgs/ -> imgs-<type>/, files -> <their folder>/hints-<type>/.",
                                        None, "--output", "-o")] = None,
@@ -160,7 +158,7 @@ def annotate_cmd(
 ) -> None:
     from ..annotation import annotate_paths
 
-    ht = get_type(type.value)
+    ht = get_type(type)
     given = {"low": low, "high": high, "threshold": threshold, "min_length": min_length, "max_gap": max_gap,
              "sigma": sigma, "downsample": downsample, "seed": seed,
              "hands": hands or None, "face": face or None, "keypoints": keypoints or None}
