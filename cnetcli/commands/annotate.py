@@ -102,6 +102,14 @@ def _params(type_name: str, param: Sequence[str], given: dict[str, Any]) -> dict
     return params
 
 
+def _check_type(value: str) -> str:
+    """The type's name for any spelling; a typo is a parse error that names the nearest types."""
+    try:
+        return get_type(value).name
+    except UsageError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 def _opt(help: str, panel: str | None = None, *names: str, **kw: Any) -> Any:
     return typer.Option(*names, help=help, rich_help_panel=panel, **kw)
 
@@ -110,7 +118,7 @@ def annotate_cmd(
     inputs: Annotated[list[str], typer.Argument(metavar="INPUT...", help="Image files, folders (walked "
                                                 "recursively) or quoted globs.")],
     type: Annotated[str, _opt("Hint type (listed below; aliases accepted).", None, "--type", "-t",
-                              metavar="TYPE")] = DEFAULT_TYPE,
+                              metavar="TYPE", callback=_check_type)] = DEFAULT_TYPE,
     output: Annotated[str | None, _opt("Output folder (mirrors the input tree as <stem>.png). Default: beside the "
                                        "input, folder imgs/ -> imgs-<type>/, files -> <their folder>/hints-<type>/.",
                                        None, "--output", "-o")] = None,
