@@ -41,6 +41,10 @@ def test_a_folder_saved_through_safetensors_honours_the_umask(tmp_path, umask):
 
     atomic_save_dir(fill, tmp_path / "ckpt")
     assert _wrong_modes(tmp_path, umask) == []
+    import json
+
+    result = json.loads((tmp_path / "run/train_config.json").read_text())["result"]
+    assert result["down_blocks_connected"] is True and "small_scale_connected" not in result  # #23.8
 
 
 @pytest.mark.slow
@@ -65,3 +69,7 @@ def test_every_file_of_a_whole_run_honours_the_umask(tmp_path, monkeypatch, umas
     assert {"optimizer.safetensors", "rng.safetensors", "diffusion_pytorch_model.safetensors", "eval.json",
             "train_config.json", "metadata.jsonl"} <= written
     assert _wrong_modes(tmp_path, umask) == []
+    import json
+
+    result = json.loads((tmp_path / "run/train_config.json").read_text())["result"]
+    assert result["down_blocks_connected"] is True and "small_scale_connected" not in result  # #23.8

@@ -126,6 +126,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
     from ..device import torch_dtype
     from .checkpoint import remove_leftovers
+    from .launch import single_process_launch_note
     from .resume import RUNS_LOG, record_phase
     from .setup import build_models, build_optimizer, late_synced_params
 
@@ -137,6 +138,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     if index.skipped:
         reporter.message(f"skipped {index.skipped} unreadable dataset rows (e.g. {index.skipped_examples[0]})")
     cuda = device.type == "cuda"
+    if accelerator.is_main_process and (note := single_process_launch_note(world, cuda)):
+        reporter.message(f"note: {note}")
     if cuda and cfg.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
