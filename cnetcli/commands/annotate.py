@@ -20,7 +20,7 @@ from ..annotators import get_type, list_types
 from ..data import FORMATS
 from ..errors import UsageError
 from ._options import DeviceOpt, choices
-from ._progress import RichReporter
+from ._progress import RichReporter, quiet_libraries
 
 DatasetFormat = choices("DatasetFormat", FORMATS)
 
@@ -165,6 +165,8 @@ def annotate_cmd(
     quiet: Annotated[bool, _opt("No progress bar.", None, "--quiet", "-q")] = False,
 ) -> None:
     from ..annotation import annotate_paths
+
+    quiet_libraries(import_them=False)  # a model-backed type's transformers bars stay out of logs
 
     ht = get_type(type)
     given = {"low": low, "high": high, "threshold": threshold, "min_length": min_length, "max_gap": max_gap,

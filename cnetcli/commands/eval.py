@@ -52,7 +52,9 @@ def eval_cmd(
 
     from ..evaluation import evaluate_folder
     from ..fsguard import atomic_write_text
-    from ._progress import RichReporter
+    from ._progress import RichReporter, quiet_libraries
+
+    quiet_libraries(import_them=False)  # re-annotating with a model-backed type: no library bars in the table
 
     res = evaluate_folder(cfg.folder, hint_type=cfg.hint_type, tolerance=cfg.tolerance,
                           reporter=RichReporter(unit="img/s", transient=True), relative_to=out.parent)

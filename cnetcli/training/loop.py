@@ -226,7 +226,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
         t_weights = t_weights.to(device)  # once: a copy per step would make the host wait
     if log_with:
         accelerator.init_trackers("cnet-train", config={k: str(v) for k, v in cfg.to_dict().items()})
-    reporter.start(cfg.max_steps - state.step, f"train (steps {state.step}->{cfg.max_steps})")
+    reporter.start(cfg.max_steps - state.step, f"train {state.step}->{cfg.max_steps}")
     it = iter(loader)
     with _Interrupt() as interrupt:
         # 6. the loop
