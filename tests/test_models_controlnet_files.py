@@ -275,7 +275,7 @@ def _meta_state_dict(config):
 @pytest.mark.parametrize("name, label", [("sd15", "SD1.x"), ("sd21", "SD2.x"), ("sdxl", "SDXL")])
 def test_real_size_single_files_pick_their_shipped_config(name, label, tmp_path):
     """A ControlNet made by diffusers' `from_unet` from the real base's UNet config, in the diffusers layout
-    and (SD1.x/2.x) in the original layout, is recognised without any config."""
+    and in the original layout, is recognised without any config."""
     from cnetcli.models.controlnet import Located, candidates, config_from_unet, pick_config
     from cnetcli.training.export import original_key
 
@@ -284,10 +284,11 @@ def test_real_size_single_files_pick_their_shipped_config(name, label, tmp_path)
     cands = candidates(Located("file", "x"), None, None, None)
     got, _, which = pick_config(sd, cands, "x")
     assert label in which and got["cross_attention_dim"] == cfg["cross_attention_dim"]
-    if name != "sdxl":  # the original layout of SDXL ControlNets is read by A1111/ComfyUI, not by diffusers
-        orig = {"control_model." + original_key(k, cfg["layers_per_block"]): v for k, v in sd.items()}
-        _, conv, which = pick_config(orig, cands, "x")
-        assert label in which and set(conv) == set(sd)
+    # the original layout too; for SDXL (#23.5) its `label_emb.0.*` added-conditioning MLP included
+    orig = {"control_model." + original_key(k, cfg["layers_per_block"]): v for k, v in sd.items()}
+    assert (name == "sdxl") == any(k.startswith("control_model.label_emb.0.") for k in orig)
+    _, conv, which = pick_config(orig, cands, "x")
+    assert label in which and set(conv) == set(sd)
 
 
 @pytest.mark.slow

@@ -177,7 +177,21 @@ def to_diffusers_keys(sd: dict[str, Any], config: dict[str, Any]) -> dict[str, A
     if not any(k.startswith(ORIGINAL_PREFIX) for k in sd):
         sd = {ORIGINAL_PREFIX + k: v for k, v in sd.items()}  # bare `input_blocks...` keys (trimmed exports)
     out = convert_controlnet_checkpoint(sd, dict(config))
+    out.update(_embedding_keys(sd, config))
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _embedding_keys(sd: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """SDXL's added-conditioning MLP (`label_emb.0.{0,2}` -> `add_embedding.linear_{1,2}`; a class embedding's
+    likewise), which diffusers' `convert_controlnet_checkpoint` leaves out although its own
+    `DIFFUSERS_TO_LDM_MAPPING["controlnet"]` table names the pairs (the same as ComfyUI's `unet_to_diffusers`)."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    kind = next((k for k in ("addition_embed_type", "class_embed_type") if config.get(k)), None)
+    if kind is None:
+        return {}
+    table = DIFFUSERS_TO_LDM_MAPPING["controlnet"][kind]
+    return {new: sd[ORIGINAL_PREFIX + old] for new, old in table.items() if ORIGINAL_PREFIX + old in sd}
 
 
 def hint_encoder(sd: dict[str, Any]) -> dict[str, Any]:
