@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..annotators import Runtime
+from ..annotators import BatchAnnotator, PreparedAnnotator, Runtime, SidecarAnnotator
 from ..errors import CnetError, InputError
 from ..reporting import NullReporter, Reporter
 from .config import AnnotateConfig, AnnotateSummary
@@ -105,7 +105,7 @@ def _finish_hint(ctx: Ctx, img: Any, hint: Any, fn: Any = None, sidecar: Any = N
     hint = HWC3(hint)
     if ctx.keep_size:
         H, W = img.shape[:2]
-        if sidecar is not None and hint.shape[:2] != (H, W) and callable(getattr(fn, "resize_sidecar", None)):
+        if sidecar is not None and hint.shape[:2] != (H, W) and isinstance(fn, SidecarAnnotator):
             sidecar = fn.resize_sidecar(sidecar, W, H)
         hint = resize_to(hint, W, H, ctx.resize)
     return hint, sidecar
@@ -395,11 +395,11 @@ def _run_model(ctx: Ctx, fn: Any, jobs: list[Job], workers: int, batch_size: int
     from concurrent.futures import ThreadPoolExecutor
 
     results: dict[int, str | None] = {}
-    ctx = dataclasses.replace(ctx, sidecar=getattr(fn, "sidecar_suffix", None) or ctx.sidecar)
-    batched = callable(getattr(fn, "batch", None)) and ctx.sidecar is None
+    own_sidecar = fn.sidecar_suffix if isinstance(fn, SidecarAnnotator) else None
+    ctx = dataclasses.replace(ctx, sidecar=own_sidecar or ctx.sidecar)
+    batched = isinstance(fn, BatchAnnotator) and ctx.sidecar is None
     # run_prepared returns (hint, sidecar) pairs exactly when the annotator itself declares a sidecar
-    preparable = (callable(getattr(fn, "prepare", None)) and callable(getattr(fn, "run_prepared", None))
-                  and (ctx.sidecar is None or getattr(fn, "sidecar_suffix", None) is not None))
+    preparable = isinstance(fn, PreparedAnnotator) and (ctx.sidecar is None or own_sidecar is not None)
     chunks = [jobs[i: i + batch_size] for i in range(0, len(jobs), batch_size)]
     rep.start(len(jobs), f"annotate {ctx.type}")
     try:

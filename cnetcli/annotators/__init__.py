@@ -26,7 +26,7 @@ import enum
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -46,6 +46,35 @@ class Annotator(Protocol):
     """A built annotator: RGB uint8 H x W x 3 in, hint RGB uint8 H x W x 3 out."""
 
     def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray: ...
+
+
+# What a built annotator may add to `Annotator`; `annotation.run` asks with isinstance() which one it offers.
+@runtime_checkable
+class BatchAnnotator(Protocol):
+    """Model-backed: a list of images in one forward pass."""
+
+    def batch(self, images: list[np.ndarray], *, detect_resolution: int, image_resolution: int
+              ) -> list[np.ndarray]: ...
+
+
+@runtime_checkable
+class PreparedAnnotator(Protocol):
+    """A batch in two halves: `prepare` (CPU: resize, stack, pin; on a loader thread while the previous batch
+    runs) and `run_prepared` (the device). With a sidecar, `run_prepared` returns (hint, sidecar) pairs."""
+
+    def prepare(self, images: list[np.ndarray], *, detect_resolution: int) -> Any: ...
+
+    def run_prepared(self, prep: Any, *, image_resolution: int) -> list[Any]: ...
+
+
+@runtime_checkable
+class SidecarAnnotator(Protocol):
+    """Writes a JSON file next to each hint (`<stem><sidecar_suffix>`, e.g. OpenPose keypoints; None: not
+    with these parameters), rescaled with the hint when `--keep-size` resizes it."""
+
+    sidecar_suffix: str | None
+
+    def resize_sidecar(self, data: dict[str, Any], width: int, height: int) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
