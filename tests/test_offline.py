@@ -77,3 +77,17 @@ def test_auto_mode_on_cnet_tiny_suggests_its_own_captioner():
 
     with pytest.raises(MissingWeightsError, match="--captioner cnet-tiny-blip"):
         check_captioner("Salesforce/blip-image-captioning-base", True, "cnet-tiny")
+
+
+def test_a_folder_of_photos_points_to_annotate_dataset(tmp_path):
+    """#23.8: `train --data imgs` (photos with .txt captions) names `annotate --dataset`, not a missing column."""
+    from PIL import Image
+
+    from cnetcli.data.read import read_dataset
+    from cnetcli.errors import UsageError
+
+    (tmp_path / "imgs").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "imgs" / "photo_00.png")
+    (tmp_path / "imgs" / "photo_00.txt").write_text("a photo")
+    with pytest.raises(UsageError, match="a folder of images, not a training dataset.*annotate -t canny .*--dataset"):
+        read_dataset(tmp_path / "imgs")

@@ -223,9 +223,26 @@ def _read_folder(d: Path, opts: ReadOptions) -> DatasetIndex:
         raise InputError(f"--data {show(d)}: cannot list the folder ({e.strerror or e})") from None
     if splits:  # an imagefolder with split folders (train/, test/, ...)
         return _read_index(d, splits[_choose_split(list(splits), opts.split, d)], "imagefolder", opts)
+    _refuse_plain_photos(d)
     from . import tables
 
     return tables.read_local(d, opts, file=False)
+
+
+def _refuse_plain_photos(d: Path) -> None:
+    """A folder of photos (captions in <stem>.txt, perhaps) with no index and no data files is what `cnet
+    annotate --dataset` turns into a training dataset: say so, rather than name a missing column."""
+    from ..images import IMAGE_EXTENSIONS
+
+    try:
+        files = [p for p in d.iterdir() if p.is_file()]
+    except OSError:
+        return
+    suffixes = {p.suffix.lower() for p in files}
+    if suffixes & set(IMAGE_EXTENSIONS) and not suffixes & set(TABLE_SUFFIXES) and not (d / "data").is_dir():
+        raise UsageError(f"--data {show(d)}: a folder of images, not a training dataset (no metadata.jsonl, "
+                         f"prompt.json or data files); make one with `cnet annotate -t canny {show(d)} --dataset "
+                         "dataset` (captions from each photo's .txt) and pass --data dataset")
 
 
 def _choose_split(names: Sequence[str], wanted: str | None, where: Any) -> str:
