@@ -94,6 +94,12 @@ def test_a_type_registered_once_is_seen_everywhere(invert_type, tmp_path, run_cl
     assert r.exit_code == 0, r.output
     assert json.loads(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "o2" / "a.png").text["cnet"])[
         "params"] == {"gain": 3}
+    # its parameter dataclass gives it a flag of its own (#22: annotate's per-type flags are generated)
+    r = CliRunner().invoke(app, ["annotate", "-t", "negative", "--gain", "5", str(tmp_path / "in"), "-o",
+                                 str(tmp_path / "o3"), "-j", "1", "--image-resolution", "64"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "o3" / "a.png").text["cnet"])[
+        "params"] == {"gain": 5}
     # the A1111 infotext: the preprocessor written for an on-the-fly annotation, and units read back as the type
     from cnetcli.generation import infotext as it
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import typing
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -24,9 +25,6 @@ from ._progress import RichReporter, quiet_libraries
 
 DatasetFormat = choices("DatasetFormat", FORMATS)
 
-# explicit per-type flags: option name -> parameter name (applies to every type that has the parameter)
-_TYPE_FLAGS = ("low", "high", "threshold", "min_length", "max_gap", "sigma", "downsample", "seed", "hands", "face",
-               "keypoints")
 _PANEL_TYPE, _PANEL_DATA, _PANEL_MODELS = "Type parameters", "Dataset", "Models"
 
 
@@ -135,18 +133,6 @@ def annotate_cmd(
     skip_existing: Annotated[bool, _opt("Skip inputs whose outputs exist (resume).", None, "--skip-existing")] = False,
     workers: Annotated[int, _opt("Parallel worker processes (0: all cores).", None, "--workers", "-j")] = 0,
     batch_size: Annotated[int, _opt("Images per batch for model-backed types.")] = DEFAULT_BATCH_SIZE,
-    low: Annotated[int | None, _opt("canny/hough: low Canny threshold (canny 100, hough 50).", _PANEL_TYPE)] = None,
-    high: Annotated[int | None, _opt("canny/hough: high Canny threshold (canny 200, hough 150).", _PANEL_TYPE)] = None,
-    threshold: Annotated[int | None, _opt("scribble: ink threshold (127); hough: line votes (80).", _PANEL_TYPE)] = None,
-    min_length: Annotated[int | None, _opt("hough: shortest line kept, px (20).", _PANEL_TYPE)] = None,
-    max_gap: Annotated[int | None, _opt("hough: largest gap inside a line, px (5).", _PANEL_TYPE)] = None,
-    sigma: Annotated[float | None, _opt("blur: Gaussian sigma (9.0).", _PANEL_TYPE)] = None,
-    downsample: Annotated[float | None, _opt("tile: down-sampling factor (1.0).", _PANEL_TYPE)] = None,
-    seed: Annotated[int | None, _opt("shuffle: random warp seed (0).", _PANEL_TYPE)] = None,
-    hands: Annotated[bool, _opt("pose: also detect and draw hands.", _PANEL_TYPE, "--hands")] = False,
-    face: Annotated[bool, _opt("pose: also detect and draw the face.", _PANEL_TYPE, "--face")] = False,
-    keypoints: Annotated[bool, _opt("pose: also write the keypoints as OpenPose JSON, <stem>.pose.json next to "
-                                    "each map.", _PANEL_TYPE, "--keypoints")] = False,
     param: Annotated[list[str] | None, _opt("Any parameter of the type (repeatable), e.g. -p method=lsd.",
                                             _PANEL_TYPE, "--param", "-p", metavar="KEY=VALUE")] = None,
     dataset: Annotated[str | None, _opt("Write a training dataset here (photos + hints + captions) instead of "
@@ -163,15 +149,14 @@ def annotate_cmd(
                                        "only for files you trust). Also CNET_TRUST_PICKLE=1.", _PANEL_MODELS,
                                        "--trust-pickle")] = False,
     quiet: Annotated[bool, _opt("No progress bar.", None, "--quiet", "-q")] = False,
+    **type_flags: Any,  # one option per parameter of the hint types (`_type_flags`, added to the signature)
 ) -> None:
     from ..annotation import annotate_paths
 
     quiet_libraries(import_them=False)  # a model-backed type's transformers bars stay out of logs
 
     ht = get_type(type)
-    given = {"low": low, "high": high, "threshold": threshold, "min_length": min_length, "max_gap": max_gap,
-             "sigma": sigma, "downsample": downsample, "seed": seed,
-             "hands": hands or None, "face": face or None, "keypoints": keypoints or None}
+    given = {k: (v or None) if isinstance(v, bool) else v for k, v in type_flags.items()}  # a flag off: not given
     cfg = AnnotateConfig(
         inputs=tuple(inputs), type=ht.name, params=_params(ht.name, param or [], given), output=output,
         detect_resolution=detect_resolution, image_resolution=image_resolution, keep_size=keep_size,
@@ -194,6 +179,41 @@ def annotate_cmd(
         raise typer.Exit(1)
 
 
+def type_parameters() -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Every parameter of the annotatable hint types, from their parameter dataclasses: name -> (its type,
+    {type name: default}). A parameter several types share has one type (the registry's types agree)."""
+    out: dict[str, tuple[Any, dict[str, Any]]] = {}
+    for name in list_types(annotatable=True):
+        ht = get_type(name)
+        hints = typing.get_type_hints(ht.params)
+        for f in dataclasses.fields(ht.params):
+            out.setdefault(f.name, (hints[f.name], {}))[1][ht.name] = f.default
+    return out
+
+
+def _type_flag(name: str, tp: Any, defaults: dict[str, Any]) -> inspect.Parameter:
+    """The option of one type parameter: `--min-length`, help "hough: 20" (each type's own default)."""
+    flag = "--" + name.replace("_", "-")
+    if tp is bool:
+        opt = typer.Option(flag, help=f"{', '.join(defaults)}: turn on.", rich_help_panel=_PANEL_TYPE, metavar="",
+                           show_default=False)
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[bool, opt])
+    shown = ", ".join(f"{t} {d}" for t, d in defaults.items())
+    opt = typer.Option(flag, help=f"{', '.join(defaults)}.", rich_help_panel=_PANEL_TYPE, show_default=shown)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[tp | None, opt])
+
+
+def _with_type_flags(fn: Any) -> Any:
+    """`fn` with its `**type_flags` replaced by one option per type parameter (typer reads `__signature__`);
+    adding a parameter to a type's dataclass adds its flag."""
+    sig = inspect.signature(fn, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    taken = {p.name for p in own}
+    flags = [_type_flag(n, tp, d) for n, (tp, d) in type_parameters().items() if n not in taken]
+    fn.__signature__ = sig.replace(parameters=[*own, *flags])
+    return fn
+
+
 def register(app: typer.Typer) -> None:
     app.command("annotate", help="Extract ControlNet hint maps from images (files, folders, globs).",
-                epilog=_types_help(), no_args_is_help=True)(annotate_cmd)
+                epilog=_types_help(), no_args_is_help=True)(_with_type_flags(annotate_cmd))
