@@ -128,9 +128,9 @@ def annotate_cmd(
                                                  f"rule). Default {DEFAULT_IMAGE_RESOLUTION}, or the image's own "
                                                  "size with --keep-size.")] = None,
     keep_size: Annotated[bool, _opt("Hint exactly the input image's size (detection at its own size too).",
-                                    None, "--keep-size")] = False,
-    overwrite: Annotated[bool, _opt("Replace existing outputs.", None, "--overwrite")] = False,
-    skip_existing: Annotated[bool, _opt("Skip inputs whose outputs exist (resume).", None, "--skip-existing")] = False,
+                                    None, "--keep-size", metavar="")] = False,
+    overwrite: Annotated[bool, _opt("Replace existing outputs.", None, "--overwrite", metavar="")] = False,
+    skip_existing: Annotated[bool, _opt("Skip inputs whose outputs exist (resume).", None, "--skip-existing", metavar="")] = False,
     workers: Annotated[int, _opt("Parallel worker processes (0: all cores).", None, "--workers", "-j")] = 0,
     batch_size: Annotated[int, _opt("Images per batch for model-backed types.")] = DEFAULT_BATCH_SIZE,
     param: Annotated[list[str] | None, _opt("Any parameter of the type (repeatable), e.g. -p method=lsd.",
@@ -144,11 +144,11 @@ def annotate_cmd(
     captioner: Annotated[str | None, _opt("BLIP hub id or folder for --caption blip.", _PANEL_DATA)] = None,
     device: DeviceOpt = "auto",
     weights_dir: Annotated[str | None, _opt("Folder of annotator weights.", _PANEL_MODELS)] = None,
-    offline: Annotated[bool, _opt("Never contact the model hub.", _PANEL_MODELS, "--offline")] = False,
+    offline: Annotated[bool, _opt("Never contact the model hub.", _PANEL_MODELS, "--offline", metavar="")] = False,
     trust_pickle: Annotated[bool, _opt("Allow .pth weights that need full unpickling (runs code from the file: "
                                        "only for files you trust). Also CNET_TRUST_PICKLE=1.", _PANEL_MODELS,
-                                       "--trust-pickle")] = False,
-    quiet: Annotated[bool, _opt("No progress bar.", None, "--quiet", "-q")] = False,
+                                       "--trust-pickle", metavar="")] = False,
+    quiet: Annotated[bool, _opt("No progress bar.", None, "--quiet", "-q", metavar="")] = False,
     **type_flags: Any,  # one option per parameter of the hint types (`_type_flags`, added to the signature)
 ) -> None:
     from ..annotation import annotate_paths
