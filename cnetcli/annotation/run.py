@@ -87,6 +87,20 @@ def _init_worker() -> None:
         pass
 
 
+def _check_same_type(hint: str, type_name: str) -> None:
+    """--skip-existing resumes a run of the same type: a hint another type made (its provenance says so) is in
+    the way, not done."""
+    from ..data.provenance import Provenance
+
+    try:
+        made = Provenance.read(hint)
+    except CnetError:
+        return  # unreadable provenance: as before, the file counts as done
+    if made is not None and made.type and made.type != type_name:
+        raise CnetError(f"{hint}: already holds a {made.type} hint, not {type_name}; --skip-existing skips only "
+                        "hints of the same type: pass another -o, or --overwrite to replace it")
+
+
 def _annotator(ctx: Ctx) -> Any:
     from ..annotators import build
 
@@ -244,6 +258,7 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
                 raise CnetError(f"{present[0]}: already exists ({n} output(s) in the way); pass --overwrite to "
                                 "replace them or --skip-existing to resume")
             if len(present) == len(targets(j)):
+                _check_same_type(j.hint, ht.name)
                 skipped.append(j)
                 continue
             partial_jobs.append(j)  # an interrupted earlier run: complete it (its files are replaced)
