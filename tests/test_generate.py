@@ -62,8 +62,12 @@ def img(r):
 def test_defaults_are_the_papers():
     from cnetcli.generation import GenerateConfig
 
+    from cnetcli.models.families import family_named
+
     c = GenerateConfig(hints=("h.png",))
-    assert (c.steps, c.cfg, c.sampler, c.prompt_mode, c.output) == (20, 9.0, "ddpm", "default", "outputs/generate")
+    assert (c.steps, c.sampler, c.prompt_mode, c.output) == (20, "ddpm", "default", "outputs/generate")
+    assert c.cfg is None and c.guidance(family_named("sd15")) == 9.0  # --cfg: the family's default
+    assert c.guidance(family_named("flux")) == 3.5 and GenerateConfig(hints=("h.png",), cfg=2.0).guidance(None) == 2.0
     assert c.base == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert GenerateConfig(hints=("h.png",), prompt="a cat").prompt_mode == "user"
     with pytest.raises(UsageError, match="--prompt"):
@@ -116,8 +120,8 @@ def test_base_unet_alone_matches_diffusers(gen, models, tiny_sd_dir):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     ours = gen(scales=(0.0,), sampler="ddim", prompt="red circle")[0].image
-    pipe = StableDiffusionPipeline(vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer,
-                                   unet=models.unet, scheduler=DDIMScheduler.from_config(
+    pipe = StableDiffusionPipeline(vae=models.vae, text_encoder=models.text["text_encoder"], tokenizer=models.text["tokenizer"],
+                                   unet=models.denoiser, scheduler=DDIMScheduler.from_config(
                                        models.scheduler_config, clip_sample=False, set_alpha_to_one=False),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -305,7 +309,7 @@ def test_matches_diffusers_controlnet_pipeline(gen, models, hints, tiny_controln
     ours = gen(hints=tuple(map(str, paths)), controlnets=(str(tiny_controlnet_dir),) * len(paths), sampler="ddim",
                prompt="red circle", scales=tuple(scales), start=tuple(starts), end=tuple(ends), steps=4)[0].image
     pipe = StableDiffusionControlNetPipeline(
-        vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer, unet=models.unet,
+        vae=models.vae, text_encoder=models.text["text_encoder"], tokenizer=models.text["tokenizer"], unet=models.denoiser,
         controlnet=MultiControlNetModel([net, net]) if multi else net,
         scheduler=DDIMScheduler.from_config(models.scheduler_config, clip_sample=False, set_alpha_to_one=False),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)

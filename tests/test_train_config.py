@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from cnetcli.errors import NotAvailableError, UsageError
+from cnetcli.errors import NotAvailableError, OutputError, UsageError
 from cnetcli.training import TrainConfig, train
-from cnetcli.training.config import RECIPES, native_resolution, resolve_defaults
+from cnetcli.training.config import TINY_RECIPES, resolve_defaults
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -47,15 +47,13 @@ def test_bad_values_refused_with_the_flag(kw, match):
 
 
 def test_native_resolution_and_recipes(sd8, tmp_path):
-    assert native_resolution(str(sd8)) == 64  # UNet sample size 8 x VAE downsampling 8
-    assert native_resolution("cnet-tiny") == 64  # 16 x 4
     c, warnings = resolve_defaults(TrainConfig(base=str(sd8), data=str(tmp_path)))
     assert (c.resolution, c.learning_rate, c.batch_size, c.max_steps) == (64, 1e-5, 4, 5000) and not warnings
     assert c.cache_latents is True  # a local folder: cached by default
     c, warnings = resolve_defaults(TrainConfig(base=str(sd8), resolution=32, learning_rate=3e-4))
     assert (c.resolution, c.learning_rate, c.batch_size) == (32, 3e-4, 4)  # what is given wins
     assert len(warnings) == 1 and "--resolution 32 differs from the base's native 64" in warnings[0]
-    tiny = RECIPES["tiny"]
+    tiny = TINY_RECIPES
     c, _ = resolve_defaults(TrainConfig(base="cnet-tiny"))
     assert (c.resolution, c.learning_rate, c.batch_size, c.max_steps) == (64, 1e-3, 32, tiny["paper"]["max_steps"])
     c, _ = resolve_defaults(TrainConfig(base="cnet-tiny", recipe="fast", hflip=True))
@@ -82,8 +80,9 @@ def test_single_file_refused_before_models_load(data, tmp_path, no_model_loads):
 def test_output_and_disk_checked_before_models_load(sd8, data, tmp_path, monkeypatch, no_model_loads):
     f = tmp_path / "afile"
     f.write_text("x")
-    with pytest.raises(UsageError, match="--output .*is a file"):
+    with pytest.raises((UsageError, OutputError), match="--output .*is a file"):  # taking the output's lock
         train(TrainConfig(base=str(sd8), data=str(data), output=str(f / "sub"), report_to="none"))
+
     from collections import namedtuple
 
     from cnetcli.training import disk
@@ -94,6 +93,7 @@ def test_output_and_disk_checked_before_models_load(sd8, data, tmp_path, monkeyp
     monkeypatch.setattr(disk.shutil, "disk_usage", lambda p: usage(10**12, 10**12 - 1000, 1000))
     with pytest.raises(UsageError, match=r"--output .*GiB free, .*GiB needed for 4 checkpoint\(s\)"):
         train(TrainConfig(base=str(sd8), data=str(data), output=str(tmp_path / "o"), report_to="none"))
+    assert not (tmp_path / "o").exists()  # the refused run leaves no folder (nor its lock) behind
 
 
 def test_report_to_wandb_needs_wandb(sd8, data, tmp_path, no_model_loads):
@@ -108,6 +108,8 @@ def test_report_to_wandb_needs_wandb(sd8, data, tmp_path, no_model_loads):
 
 
 def test_lr_scheduler_is_diffusers(sd8):
+    from types import SimpleNamespace
+
     import torch
     from diffusers.optimization import get_scheduler
 
@@ -116,7 +118,7 @@ def test_lr_scheduler_is_diffusers(sd8):
     def lrs(name, **kw):
         net = torch.nn.Linear(2, 2)
         cfg = TrainConfig(lr_scheduler=name, warmup_steps=2, max_steps=10, learning_rate=1.0, **kw)
-        opt, sched = build_optimizer(cfg, net, None, fused=False)
+        opt, sched = build_optimizer(cfg, SimpleNamespace(controlnet=net), fused=False)
         out = []
         for _ in range(10):
             opt.step()

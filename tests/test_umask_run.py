@@ -68,4 +68,4 @@ def test_every_file_of_a_whole_run_honours_the_umask(tmp_path, monkeypatch, umas
     import json
 
     result = json.loads((tmp_path / "run/train_config.json").read_text())["result"]
-    assert result["down_blocks_connected"] is True and "small_scale_connected" not in result  # #23.8
+    assert result["fully_connected"] is True and "small_scale_connected" not in result  # #23.8

@@ -31,10 +31,13 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ..errors import NotAvailableError, UsageError
+from ..models.families import DEFAULT_FAMILY, release_keys
 from ..models.weights import WeightFile
 
-#: Base-model families a ControlNet release can be for (keys of `HintType.releases`).
-FAMILIES = ("sd15", "sdxl")
+#: InstantX/Shakker's FLUX.1-dev union ControlNet (canny, tile, depth, blur, pose: the FLUX family's UNION_MODES)
+FLUX_UNION = "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro"
+#: Stability's SD3.5 Large ControlNets: canny, depth, blur
+SD35_LARGE = "stabilityai/stable-diffusion-3.5-large-controlnet-"
 #: ControlNet's hint size (short side) when none is given.
 DEFAULT_IMAGE_RESOLUTION = 512
 #: With keep_size the detector runs at the image's own short side, but at most this (a 20k photo would
@@ -160,9 +163,14 @@ class HintType:
             valid = ", ".join(sorted(names)) or "none"
             raise UsageError(f"hint type '{self.name}' has no parameter {', '.join(unknown)} (valid: {valid})")
         try:
-            return self.params(**kwargs)
+            params = self.params(**kwargs)
         except TypeError as e:
             raise UsageError(f"hint type '{self.name}': {e}") from None
+        if getattr(self.params, "BOUNDS", None):  # the type's declared ranges (cnetcli.config_check)
+            from ..config_check import check_fields
+
+            check_fields(params, {f.name: f"{self.name} {f.name}" for f in dataclasses.fields(self.params)})
+        return params
 
     def resolutions(self, image: Any, detect_resolution: int | None = None, image_resolution: int | None = None,
                     keep_size: bool = False) -> tuple[int, int]:
@@ -174,7 +182,7 @@ class HintType:
         dr = detect_resolution or (own if keep_size else self.default_detect_resolution)
         return dr, ir
 
-    def release(self, family: str = "sd15") -> str | None:
+    def release(self, family: str = DEFAULT_FAMILY) -> str | None:
         return self.releases.get(family)
 
 
@@ -283,10 +291,11 @@ def get_annotatable(name: str) -> HintType:
     return ht
 
 
-def release_for(hint_type: str, family: str = "sd15", flag: str = "--type") -> str:
-    """The ControlNet release (hub id) for a hint type on a base family; a clear error otherwise."""
-    if family not in FAMILIES:
-        raise UsageError(f"unknown base family {family!r} (known: {', '.join(FAMILIES)})")
+def release_for(hint_type: str, family: str = DEFAULT_FAMILY, flag: str = "--type") -> str:
+    """The ControlNet release (hub id) for a hint type on a base family (its `release_key`); a clear error
+    otherwise."""
+    if family not in release_keys():
+        raise UsageError(f"unknown base family {family!r} (known: {', '.join(release_keys())})")
     ht = find_type(hint_type)
     hub = ht.release(family) if ht is not None else None
     if hub is None:

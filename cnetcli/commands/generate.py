@@ -44,17 +44,20 @@ ControlMode = choices("ControlMode", CONTROL_MODES)
 ResizeMode = choices("ResizeMode", RESIZE_MODES)
 Dtype = choices("Dtype", DTYPES)
 
-def _sdxl_releases() -> str:
-    """The SDXL ControlNet per hint type, from the hint-type registry (no torch imported)."""
+def _family_releases() -> str:
+    """Each other family's ControlNet per hint type, from the hint-type registry (no torch imported)."""
     from ..generation.control import controlnet_releases
+    from ..models.families import DEFAULT_FAMILY, all_families
 
-    return ", ".join(f"{t}: {hub}" for t, hub in controlnet_releases("sdxl").items())
+    return "; ".join(f"on {f.label} " + ", ".join(f"{t}: {hub}" for t, hub in rel.items())
+                     for f in all_families() if f.release_key != DEFAULT_FAMILY
+                     and (rel := controlnet_releases(f.release_key)))
 
 
 HELP = ("Generate images from hints with a ControlNet. Paper defaults: 20 steps, CFG 9.0, DDIM eta 1.0 "
         "(--sampler ddpm), SD1.5 base; an SDXL --base is detected from the model itself. When --controlnet is "
         "absent the hint's type (PNG provenance or --type) picks the release for the base: ControlNet 1.1 on "
-        f"SD1.5; on SDXL {_sdxl_releases()} (other types need --controlnet). Several --hint/--controlnet pairs "
+        f"SD1.5; {_family_releases()} (other types need --controlnet). Several --hint/--controlnet pairs "
         "compose; a folder of hints runs as a batch. Each PNG carries cnet's record, AUTOMATIC1111's `parameters` "
         "and a ComfyUI graph; --from PNG repeats any of them.")
 
@@ -71,7 +74,8 @@ def generate_cmd(
     negative_prompt: Annotated[str | None, _opt("--negative-prompt", help="Negative prompt.", panel=_P)] = None,
     captioner: Annotated[str | None, _opt("--captioner", help="BLIP captioner for auto mode: hub id or folder.", shows=_default("captioner"), panel=_P)] = None,
     steps: Annotated[int | None, _opt("--steps", help="Sampling steps.", shows=_default("steps"), panel=_S)] = None,
-    cfg: Annotated[float | None, _opt("--cfg", help="Classifier-free guidance scale.", shows=_default("cfg"), panel=_S)] = None,
+    cfg: Annotated[float | None, _opt("--cfg", help="Classifier-free guidance scale (FLUX.1-dev: its distilled guidance).", shows="9.0; FLUX.1 3.5", panel=_S)] = None,
+    true_cfg: Annotated[float | None, _opt("--true-cfg", help="True CFG scale on FLUX.1 (with --negative-prompt; one more forward per step).", shows="off", panel=_S)] = None,
     sampler: Annotated[Sampler | None, _opt("--sampler", help="Solver (ddpm = DDIM with eta 1; dpmpp_sde is the single-step DPM++ SDE and needs torchsde; dpmpp_2m_karras = dpmpp_2m + --scheduler karras).", shows=_default("sampler"), panel=_S)] = None,
     scheduler: Annotated[Scheduler | None, _opt("--scheduler", help="Noise schedule: the model's own spacing, or Karras / exponential sigmas.", shows=_default("scheduler"), panel=_S)] = None,
     eta: Annotated[float | None, _opt("--eta", help="DDIM eta for ddim/ddpm (0 deterministic, 1 ancestral; default: 0 for ddim, 1 for ddpm).", panel=_S)] = None,
@@ -95,19 +99,18 @@ def generate_cmd(
     device: DeviceOpt = "auto",
     dtype: Annotated[Dtype | None, _opt("--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.", shows="auto", panel=_F)] = None,
     batch_size: Annotated[int | None, _opt("--batch-size", help="Images sampled together, filled across hints of one size and ControlNet (an image does not depend on it).", shows=f"auto: up to {AUTO_BATCH} images and {AUTO_BATCH_PIXELS:,} pixels, i.e. {AUTO_BATCH} at 512x512, 2 at 1024x1024", panel=_F)] = None,
-    no_compile: Annotated[bool, _opt("--no-compile", metavar="", help="Run eagerly on CUDA too (the default compiles the UNet+ControlNet step into CUDA graphs; CPU always runs eagerly).", panel=_F)] = False,
+    no_compile: Annotated[bool, _opt("--no-compile", metavar="", help="Run eagerly on CUDA too (the default compiles the denoiser+ControlNet step into CUDA graphs; CPU always runs eagerly).", panel=_F)] = False,
     vae_tiling: Annotated[bool | None, _opt("--vae-tiling/--no-vae-tiling", metavar="", help="Tiled VAE decode (default: above 1024x1024).", panel=_F)] = None,
 ) -> None:
     from ..generation import generate, settings_from_png
     from ..generation.pipeline import preflight
 
-    kw = settings_from_png(from_png) if from_png else {}
     given = {
         "hints": tuple(hint) if hint else None, "image": image, "types": tuple(type_) if type_ else None,
         "image_resolution": resolution, "prompt_mode": prompt_mode.value if prompt_mode else None,
         "prompt": tuple(prompt) if prompt else None,
         "added_prompt": added_prompt, "negative_prompt": negative_prompt, "captioner": captioner, "steps": steps,
-        "cfg": cfg, "sampler": sampler.value if sampler else None, "scheduler": scheduler.value if scheduler else None,
+        "cfg": cfg, "true_cfg": true_cfg, "sampler": sampler.value if sampler else None, "scheduler": scheduler.value if scheduler else None,
         "eta": eta, "seed": seed, "controlnets": tuple(controlnet) if controlnet else None,
         "scales": tuple(scale) if scale else None, "start": tuple(start) if start else None,
         "end": tuple(end) if end else None, "control_mode": control_mode.value if control_mode else None,
@@ -117,6 +120,10 @@ def generate_cmd(
         "dtype": dtype.value if dtype else None, "batch_size": batch_size, "compile": False if no_compile else None,
         "vae_tiling": vae_tiling, "trust_pickle": trust_pickle or None,
     }
+    typed = {k for k, v in given.items() if v is not None}  # any flag given overrides what the PNG says
+    if sampler is not None:  # the PNG's schedule and eta went with its sampler: the new sampler's own defaults
+        typed.update({"scheduler", "eta"})
+    kw = settings_from_png(from_png, typed) if from_png else {}
     if hint or image:  # new inputs replace the PNG's (whichever kind it recorded)
         kw.pop("hints", None)
         kw.pop("image", None)

@@ -83,7 +83,7 @@ def _flag(name: str, help: str, panel: str | None = None) -> Any:
 def train_cmd(
     ctx: typer.Context,
     base: Annotated[str, _opt("--base", help="SD1.x/2.x/SDXL: hub id, folder, file, cnet-tiny", metavar="MODEL")] = _D["base"],
-    data: Annotated[str, _opt("--data", help="dataset folder, file or hub id", metavar="PATH")] = _D["data"],
+    data: Annotated[str, _opt("--data", help="dataset folder, file, hub id or streamed WebDataset/parquet shards", metavar="PATH")] = _D["data"],
     output: Annotated[str, _opt("--output", "-o", help="output folder", metavar="DIR")] = _D["output"],
     controlnet: Annotated[str | None, _opt("--controlnet", help="start from this ControlNet", metavar="PATH", show_default="the UNet's copy")] = None,
     base_config: Annotated[str | None, _opt("--base-config", help="configs of a single-file --base", metavar="DIR")] = None,
@@ -115,7 +115,8 @@ def train_cmd(
     timestep_bias_begin: Annotated[int, _opt("--timestep-bias-begin", panel=_P, help="range: first")] = _D["timestep_bias_begin"],
     timestep_bias_end: Annotated[int, _opt("--timestep-bias-end", panel=_P, help="range: end")] = _D["timestep_bias_end"],
     snr_gamma: Annotated[float | None, _opt("--snr-gamma", panel=_P, help="min-SNR-gamma weighting, e.g. 5", show_default="off")] = None,
-    small_scale: Annotated[bool, _flag("--small-scale", "connect only the middle block", _M)] = False,
+    weighting_scheme: Annotated[str | None, _opt("--weighting-scheme", panel=_P, help="flow-matching bases (SD3): none | logit_normal | mode | sigma_sqrt | cosmap", show_default="the family's", metavar="NAME")] = None,
+    small_scale: Annotated[bool, _flag("--small-scale", "fewer trainable blocks (SD: the middle one)", _M)] = False,
     full: Annotated[bool, _flag("--full", "connect every block (overrides cnet.toml)", _M)] = False,
     reconnect_at: Annotated[int | None, _opt("--reconnect-at", panel=_M, help="connect all at step N")] = None,
     unlock_sd_after: Annotated[int | None, _opt("--unlock-sd-after", panel=_M, help="also train SD from step N")] = None,
@@ -146,6 +147,16 @@ def train_cmd(
     """Fine-tune a ControlNet on a dataset of (photo, hint, caption) rows. A \\[train] table in ./cnet.toml sets
     other defaults; `--resume latest` continues a run with the settings it was started with."""
     settings, given = _settings(ctx)
+    try:
+        _train(settings, given)
+    except KeyboardInterrupt:  # before the loop's own Ctrl-C handling (imports, loading): typer would exit silently
+        from ..errors import Interrupted
+        from ..training.checkpoint import kept_after_interrupt
+
+        raise Interrupted(kept_after_interrupt(Path(settings["output"]))) from None
+
+
+def _train(settings: dict[str, Any], given: dict[str, Any]) -> None:
     cfg = TrainConfig(**settings)
     from ..training.inputs import check_inputs
 
@@ -170,7 +181,7 @@ def train_cmd(
                + (f" ({result.skipped_rows} unreadable rows skipped)" if result.skipped_rows else "")
                + (f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""))
     typer.echo(f"ControlNet: {result.controlnet_dir}")
-    for label, p in (("UNet", result.unet_dir), ("single file", result.single_file), ("loss curve", result.loss_plot)):
+    for label, p in (("trained base", result.denoiser_dir), ("single file", result.single_file), ("loss curve", result.loss_plot)):
         if p:
             typer.echo(f"{label}: {p}")
     if result.validation_images:
@@ -204,10 +215,20 @@ def _settings(ctx: typer.Context) -> tuple[dict[str, Any], dict[str, Any]]:
     return settings, {k: settings[k] for k in settings if k in given or k in extra}
 
 
-EPILOG = ("diffusers' train_controlnet.py flag names work too (--max_train_steps, --learning_rate, "
-          "--train_batch_size, --checkpointing_steps, --validation_steps, ...).")
+LAUNCHING = (
+    "[bold]Launching on several GPUs or machines[/]: run this command under a launcher; --batch-size is per "
+    "process. One node: `torchrun --nproc_per_node 8 -m cnetcli train ...` or `accelerate launch --config_file "
+    "examples/accelerate/ddp.yaml -m cnetcli train ...`. Several nodes: the same command on each node with "
+    "`--nnodes N --node_rank R --master_addr HOST0 --master_port 29500` (torchrun) or "
+    "examples/accelerate/ddp_multinode.yaml with --machine_rank R. FSDP / DeepSpeed ZeRO-2/3: "
+    "examples/accelerate/fsdp.yaml, deepspeed_zero2.yaml, deepspeed_zero3.yaml (CUDA only; only the ControlNet "
+    "is wrapped, the base stays frozen). --data may stream WebDataset/parquet shards: 'shards/{00000..00099}.tar', "
+    "a glob, a folder of .tar, a list file or fsspec URLs; each process reads whole shards, and --resume needs the "
+    "same process count and --num-workers. diffusers' train_controlnet.py flag names work too (--max_train_steps, "
+    "--learning_rate, --train_batch_size, --checkpointing_steps, --validation_steps, ...)."
+)
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train", help=train_cmd.__doc__, epilog=EPILOG,
+    app.command("train", help=train_cmd.__doc__, epilog=LAUNCHING,
                 context_settings={"token_normalize_func": diffusers_flag})(train_cmd)

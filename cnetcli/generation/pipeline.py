@@ -37,7 +37,7 @@ from . import output, prompts
 from .comfyui import comfy_prompt_text
 from .config import DECODE_PIXELS, GenerateConfig, check_size
 from .models import Models, load_models
-from .samplers import make_scheduler, sample
+from .samplers import sample
 
 
 @dataclass
@@ -104,16 +104,17 @@ class BaseInfo:
 
     def _probe(self) -> None:
         from ..errors import MissingWeightsError
-        from ..models.families import family_named
-        from ..models.sd import base_family
+        from ..models.families import family_of
+        from ..models.sd import base_configs
 
         try:
-            fam, unet, vae = base_family(self.cfg.base, config=self.cfg.base_config, offline=self.cfg.offline)
+            info = base_configs(self.cfg.base, config=self.cfg.base_config, offline=self.cfg.offline)
+            fam, denoiser, vae = info.family, info.denoiser, info.vae
         except MissingWeightsError:
-            fam, unet, vae = family_named("sd"), None, None
+            fam, denoiser, vae = family_of(), None, None
         if self._family is None:
             self._family = fam
-        self._resolution = self._family.default_resolution(unet, vae) if unet is not None else \
+        self._resolution = self._family.default_resolution(denoiser, vae) if denoiser is not None else \
             self._family.fallback_resolution
 
     @property
@@ -132,7 +133,7 @@ class BaseInfo:
 def _controlnet_for(hint_type: str | None, path: str | None, base: BaseInfo) -> str:
     if hint_type is None:
         raise UsageError(f"{path}: no hint type in its PNG provenance; pass --type TYPE or --controlnet MODEL")
-    return ctl.release_for(hint_type, base.family.release_family)
+    return ctl.release_for(hint_type, base.family.release_key)
 
 
 def _types_for(cfg: GenerateConfig, n: int) -> list[str | None]:
@@ -173,7 +174,7 @@ def _annotate_photo(cfg: GenerateConfig, outdir: Path, base: BaseInfo) -> Job:
     if nets and len(nets) != len(hints):
         raise UsageError(f"--controlnet: {len(nets)} ControlNets for {len(hints)} --type values; give one per type")
     for k, h in enumerate(hints):
-        h.controlnet = nets[k] if nets else ctl.release_for(h.type or "", base.family.release_family)
+        h.controlnet = nets[k] if nets else ctl.release_for(h.type or "", base.family.release_key)
     return Job(Path(cfg.image).stem, hints)
 
 
@@ -307,6 +308,25 @@ def control_image(hints: HintInput | Sequence[HintInput], width: int, height: in
     return torch.stack([fitted[id(h)] for h in rows]).to(models.device, models.dtype)
 
 
+def hint_inputs(models: Models, net: Any, pixels: Any, do_cfg: bool, seeds: list[int]) -> tuple[Any, Any]:
+    """(the ControlNet's input for the conditional half, for the unconditional half or None when the same).
+    A pixel-space hint is the same for both. A family whose hint is a sample of VAE latents (SD3) encodes each
+    item's hint, CFG-doubled, as its pipeline does (one draw per half), drawing from a generator seeded with the
+    item's seed, so the image depends on its own seed only (the pipeline draws from torch's global RNG)."""
+    import torch
+
+    family = models.family
+    if not family.hint_sample_needed:
+        return family.hint_input(models.vae, pixels, net=net), None
+    conds, unconds = [], []
+    for row, seed in zip(pixels, seeds, strict=True):
+        x = torch.cat([row[None], row[None]]) if do_cfg else row[None]
+        z = family.hint_input(models.vae, x, torch.Generator("cpu").manual_seed(seed), net=net)
+        conds.append(z[-1:])
+        unconds.append(z[:1])
+    return torch.cat(conds), torch.cat(unconds) if do_cfg else None
+
+
 def batch_key(models: Models, job: Job) -> tuple:
     """Jobs with equal keys can share a batch: the same size, and unit by unit the same ControlNet (and, on a
     ControlNet-Union model, the same control type). Hints, prompts and seeds may differ per item."""
@@ -346,28 +366,33 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
     if any(j is not first and batch_key(models, j) != batch_key(models, first) for j in jobs):
         raise UsageError("run_batch: jobs of different sizes or ControlNets cannot share a batch (see plan_batches)")
     width, height = first.width, first.height
-    do_cfg = cfg.cfg > 1.0
+    family = models.family
+    if family.own_sampling_loop:
+        return run_own_loop(models, cfg, jobs, prompts_, seeds, callback)
+    guidance = cfg.guidance(family)
+    do_cfg = guidance > 1.0
     enc = encode_prompts(models, prompts_, cfg.negative_prompt, do_cfg)
-    emb = torch.cat([enc.negative_prompt_embeds, enc.prompt_embeds]) if do_cfg else enc.prompt_embeds
-    # the family's added conditioning (SDXL: pooled text + size/crop ids) for the UNet and every ControlNet
-    added = models.family.sampling_added_cond(enc, (height, width), do_classifier_free_guidance=do_cfg,
-                                              unet_config=models.unet_config)
+    # the family's conditioning (text states + added conditioning) for the denoiser and every ControlNet
+    cond = family.sampling_cond(enc, (height, width), do_cfg=do_cfg, denoiser_config=models.denoiser_config)
 
     n = len(first.hints)
     scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
     units = []
     for k, h in enumerate(first.hints):
         net = models.controlnet(h.controlnet)
-        image = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
+        pixels = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
+        image, uncond = hint_inputs(models, net, pixels, do_cfg, seeds)
         units.append(ctl.ControlUnit(net, image, scales[k], starts[k], ends[k],
-                                     ctl.union_control_type(h.type, net, h.controlnet)))
+                                     ctl.union_control_type(h.type, net, h.controlnet), uncond))
 
-    vae_scale = 2 ** (len(models.vae.config.block_out_channels) - 1)
-    shape = (1, models.unet.config.in_channels, height // vae_scale, width // vae_scale)
+    from ..models.families import vae_scale_factor
+
+    vae_scale = vae_scale_factor(models.vae.config)
+    shape = (1, family.latent_channels(models.denoiser_config), height // vae_scale, width // vae_scale)
     # one generator per item: its latents and its per-step noise depend on its own seed only
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     latents = torch.cat([torch.randn(shape, generator=g) for g in gens]).to(models.device, models.dtype)
-    scheduler = make_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
+    scheduler = family.sampling_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
     if models.channels_last:
         for u in units:
             u.image = u.image.contiguous(memory_format=torch.channels_last)
@@ -378,21 +403,44 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
         if cudagraphs:  # one CUDA-graph "step" per denoising step: earlier outputs may be reused as buffers
             torch.compiler.cudagraph_mark_step_begin()
         x_in = torch.cat([x, x]) if do_cfg else x  # the CFG pair runs as one batch
-        res = ctl.residuals(units, x_in, t, emb, i=i, n=n_steps, mode=cfg.control_mode, do_cfg=do_cfg,
-                            added_cond=added)
-        kw = {} if res is None else {"down_block_additional_residuals": res[0],
-                                     "mid_block_additional_residual": res[1]}
-        if added is not None:
-            kw["added_cond_kwargs"] = added
-        eps = models.unet(x_in, t, encoder_hidden_states=emb, **kw, return_dict=False)[0]
+        res = ctl.residuals(units, family, x_in, t, cond, i=i, n=n_steps, mode=cfg.control_mode, do_cfg=do_cfg)
+        eps = family.denoise(models.denoiser, x_in, t, cond, res)
         if do_cfg:
             u, c = eps.chunk(2)
-            eps = u + cfg.cfg * (c - u)
+            eps = u + guidance * (c - u)
         return eps
 
     with torch.inference_mode():
         x = sample(denoise, latents, scheduler, steps=cfg.steps, eta=cfg.eta_used, generator=gens,
                    callback=callback)
+        return decode(models, cfg, x, width, height)
+
+
+def run_own_loop(models: Models, cfg: GenerateConfig, jobs: list[Job], prompts_: list[str], seeds: list[int],
+                 callback: Any = None) -> list[np.ndarray]:
+    """`run_batch` for families that sample with their diffusers pipeline's own loop (`sample_latents`:
+    FLUX's guidance embedding instead of CFG, hint VAE draws before the noise). --cfg is the family's guidance;
+    true CFG runs only with `cfg.true_cfg` > 1 and a negative prompt."""
+    import torch
+
+    first, family = jobs[0], models.family
+    width, height = first.width, first.height
+    true_cfg = float(cfg.true_cfg or 1.0)
+    enc = encode_prompts(models, prompts_, cfg.negative_prompt, true_cfg > 1.0 and bool(cfg.negative_prompt))
+    n = len(first.hints)
+    scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
+    units, modes = [], []
+    for k, h in enumerate(first.hints):
+        net = models.controlnet(h.controlnet)
+        image = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
+        units.append(ctl.ControlUnit(net, image, scales[k], starts[k], ends[k]))
+        modes.append(family.union_control_mode(h.type, net, h.controlnet))
+    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    scheduler = family.sampling_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
+    with torch.inference_mode():
+        x = family.sample_latents(models.denoiser, units, modes, enc, gens, size=(height, width), steps=cfg.steps,
+                                  guidance=cfg.guidance(family), scheduler=scheduler, vae=models.vae, true_cfg=true_cfg,
+                                  callback=callback)
         return decode(models, cfg, x, width, height)
 
 
@@ -412,7 +460,8 @@ def decode(models: Models, cfg: GenerateConfig, latents: Any, width: int, height
         for s in range(0, latents.shape[0], step):
             z = latents[s: s + step]
             # the VAE may run in another dtype than the UNet (the family's: SDXL's stays fp32 under fp16)
-            img = models.vae.decode(z.to(models.vae.dtype) / models.vae.config.scaling_factor, return_dict=False)[0]
+            z = models.family.from_latents(models.vae.config, z.to(models.vae.dtype))
+            img = models.vae.decode(z, return_dict=False)[0]
             img = (img.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
             out += [np.ascontiguousarray(a) for a in img.numpy()]
     return out
@@ -498,7 +547,7 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
         "seed": seed,
         "index": index,
         "steps": cfg.steps,
-        "cfg": cfg.cfg,
+        "cfg": cfg.guidance(models.family),
         "sampler": cfg.sampler,
         "scheduler": cfg.scheduler,
         "eta": cfg.eta_used,
@@ -512,7 +561,7 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
         "guess_mode": cfg.guess_mode,
         "base": str(cfg.base),
         "family": models.family.name,
-        "unet": models.unet_source,
+        "unet": models.denoiser_source,  # the metadata key of earlier versions (readers look it up)
         "width": job.width,
         "height": job.height,
         "device": models.device,

@@ -1,9 +1,9 @@
 """`TrainConfig`: every knob of `cnet train`, validated before any model loads.
 
 Defaults are the paper's recipe: noise-prediction MSE, 50% empty prompts, AdamW with a constant schedule.
-`resolution`, `learning_rate` and `batch_size` left as None come from the base: its native size (UNet
-sample size x VAE downsampling) and the `--recipe` preset for its family (`RECIPES`). Bad values (types,
-NaN/inf, ranges) and bad combinations raise `UsageError` here, so a mistake costs nothing.
+`resolution`, `learning_rate` and `batch_size` left as None come from the base: its native size (the
+denoiser's sample size x VAE downsampling) and the `--recipe` preset for its family (`ModelFamily.recipes`).
+Bad values (types, NaN/inf, ranges) and bad combinations raise `UsageError` here, so a mistake costs nothing.
 """
 
 from __future__ import annotations
@@ -12,37 +12,31 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ..config_check import check_fields, flag_name
+from ..config_check import Bound, check_fields, flag_name
 from ..errors import UsageError
 from ..models.sd import DEFAULT_BASE
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")  # auto: bf16 where the CUDA device supports it, else no
 TIMESTEP_BIAS = ("none", "later", "earlier", "range")
+#: flow matching's timestep densities / loss weightings (diffusers' compute_density_for_timestep_sampling)
+WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
 UNLOCK_MODES = ("all", "decoder")  # all: the paper's large-scale recipe; decoder: the original sd_locked=False
 REPORT_TO = ("tensorboard", "wandb", "none")
 #: diffusers' `get_scheduler` names (diffusers.optimization.SchedulerType)
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 RECIPE_NAMES = ("paper", "fast")
-#: Recipe presets per base family: what fills resolution/learning_rate/batch_size (and more) when not given.
-#: "tiny" is the embedded `cnet-tiny` base (measured in cnetcli/assets/README.md): `paper` is the paper's uniform
-#: timesteps at the tiny model's lr and batch (edge F1 0.75 after 1200 steps); `fast`, the demo's, draws timesteps
-#: 4x as often from the noisier half (where layout is decided) at a higher, cosine-decayed lr: F1 0.66 after 600
-#: steps on the demo's data; "sd" is every real SD base
-#: (the paper's lr 1e-5 at batch 4; `fast` adds min-SNR-gamma 5, Hang et al. 2023's faster convergence).
-RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    "sd": {"paper": {"learning_rate": 1e-5, "batch_size": 4, "max_steps": 5000},
-           "fast": {"learning_rate": 1e-5, "batch_size": 4, "max_steps": 5000, "snr_gamma": 5.0}},
-    "tiny": {"paper": {"learning_rate": 1e-3, "batch_size": 32, "max_steps": 1200},
-             "fast": {"learning_rate": 2e-3, "batch_size": 32, "max_steps": 600, "lr_scheduler": "cosine",
-                      "warmup_steps": 50, "timestep_bias": "later",
-                      "timestep_bias_multiplier": 4.0, "timestep_bias_portion": 0.5}},
-    # SDXL (any base whose UNet takes `text_time` added conditioning): diffusers' train_controlnet_sdxl.py
-    # example's lr 1e-5 at batch 1 (1024 px leaves room for little more on one GPU; add
-    # --gradient-accumulation for the paper's effective batch)
-    "sdxl": {"paper": {"learning_rate": 1e-5, "batch_size": 1, "max_steps": 5000},
-             "fast": {"learning_rate": 1e-5, "batch_size": 1, "max_steps": 5000, "snr_gamma": 5.0}},
+#: Recipe presets fill resolution/learning_rate/batch_size (and more) when not given: each family's own
+#: (`ModelFamily.recipes`), except for the embedded `cnet-tiny` base (measured in cnetcli/assets/README.md):
+#: `paper` is the paper's uniform timesteps at the tiny model's lr and batch (edge F1 0.75 after 1200 steps);
+#: `fast`, the demo's, draws timesteps 4x as often from the noisier half (where layout is decided) at a higher,
+#: cosine-decayed lr: F1 0.66 after 600 steps on the demo's data.
+TINY_RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {"learning_rate": 1e-3, "batch_size": 32, "max_steps": 1200},
+    "fast": {"learning_rate": 2e-3, "batch_size": 32, "max_steps": 600, "lr_scheduler": "cosine",
+             "warmup_steps": 50, "timestep_bias": "later", "timestep_bias_multiplier": 4.0,
+             "timestep_bias_portion": 0.5},
 }
 DEFAULT_DATA = "./dataset"  # where `cnet annotate --dataset` / `cnet data circles` write by default
 DEFAULT_OUTPUT = "./controlnet-out"
@@ -65,7 +59,7 @@ class TrainConfig:
     max_train_samples: int | None = None
     overwrite: bool = False
     # the recipe
-    recipe: str = "paper"  # fills the settings below that are left as None (RECIPES, per base family)
+    recipe: str = "paper"  # fills the settings below that are left as None (the base family's recipes)
     resolution: int | None = None  # None: the base's native size
     batch_size: int | None = None
     max_steps: int | None = None
@@ -90,6 +84,11 @@ class TrainConfig:
     timestep_bias_begin: int = 0
     timestep_bias_end: int = 1000
     snr_gamma: float | None = None
+    # flow-matching bases (SD3, FLUX): the diffusers scripts' timestep density and loss weighting
+    weighting_scheme: str | None = None  # None: the family's recipe (SD3: logit_normal)
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
     # connection modes
     small_scale: bool = False
     reconnect_at: int | None = None
@@ -121,6 +120,19 @@ class TrainConfig:
     log_every: int = 10  # the loss is read back from the device only every N steps
     # export
     single_file: bool = False
+
+    #: finite, sane ranges of the numeric settings (cnetcli.config_check; checked before anything loads)
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "resolution": (8, 8192), "batch_size": (1, 4096), "max_steps": (1, None), "learning_rate": (None, 1.0),
+        "lr_num_cycles": (1, 10_000), "lr_power": (None, 100.0), "warmup_steps": (0, None),
+        "empty_prompt_prob": (0.0, 1.0), "gradient_accumulation": (1, 1024), "max_grad_norm": (0.0, 1e6),
+        "adam_epsilon": (None, 1.0), "adam_weight_decay": (0.0, 100.0), "seed": (0, 2**63 - 1),
+        "timestep_bias_multiplier": (None, 1e4), "timestep_bias_begin": (0, 100_000),
+        "timestep_bias_end": (0, 100_000), "snr_gamma": (None, 1e4), "sd_learning_rate": (None, 1.0),
+        "num_workers": (0, 256), "checkpoint_every": (0, None), "keep_checkpoints": (1, 10_000),
+        "max_train_samples": (1, None), "validate_every": (0, None), "validation_images": (1, 64),
+        "validation_sampling_steps": (1, 1000), "validation_guidance": (0.0, 100.0), "log_every": (1, None),
+        "logit_mean": (-100.0, 100.0), "logit_std": (None, 100.0), "mode_scale": (-100.0, 100.0)}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "validation_hints", tuple(str(h) for h in self.validation_hints))
@@ -167,7 +179,7 @@ def _validate(c: TrainConfig) -> None:
     def bad(flag: str, why: str) -> None:
         raise UsageError(f"{flag}: {why}")
 
-    # types and finite floats (cnetcli.config_check); counts and sizes above 2**31 are typos
+    # types, finite floats and the BOUNDS (cnetcli.config_check); counts and sizes above 2**31 are typos
     check_fields(c, FLAG_NAMES, int_max=lambda name: 2**63 - 1 if name == "seed" else _INT_MAX)
     from ..device import check_device_spec
 
@@ -176,13 +188,7 @@ def _validate(c: TrainConfig) -> None:
         bad("--recipe", f"'{c.recipe}' is not one of {', '.join(RECIPE_NAMES)}")
     if c.resolution is not None and (c.resolution <= 0 or c.resolution % 8):
         bad("--resolution", f"{c.resolution} must be a positive multiple of 8 (e.g. 512)")
-    if c.batch_size is not None and c.batch_size < 1:
-        bad("--batch-size", "must be at least 1")
-    if c.max_steps is not None and c.max_steps < 1:
-        bad("--max-steps", "must be at least 1")
     max_steps = c.max_steps or _INT_MAX
-    if c.gradient_accumulation < 1:
-        bad("--gradient-accumulation", "must be at least 1")
     if c.learning_rate is not None and not c.learning_rate > 0:
         bad("--learning-rate", "must be positive")
     if not c.sd_learning_rate > 0:
@@ -191,16 +197,8 @@ def _validate(c: TrainConfig) -> None:
         bad("--lr-scheduler", f"'{c.lr_scheduler}' is not one of {', '.join(LR_SCHEDULERS)}")
     if c.lr_num_cycles < 1 or not c.lr_power > 0:
         bad("--lr-num-cycles/--lr-power", "must be at least 1 / positive")
-    if c.warmup_steps < 0:
-        bad("--warmup-steps", "must be 0 or more")
-    if not 0.0 <= c.empty_prompt_prob <= 1.0:
-        bad("--empty-prompt-prob", "must be between 0 and 1")
-    if c.max_grad_norm < 0:
-        bad("--max-grad-norm", "must be 0 (off) or positive")
     if not (0 <= c.adam_beta1 < 1 and 0 <= c.adam_beta2 < 1) or c.adam_epsilon <= 0 or c.adam_weight_decay < 0:
         bad("--adam-beta1/--adam-beta2/--adam-epsilon/--adam-weight-decay", "betas in [0, 1), epsilon > 0, decay >= 0")
-    if c.seed < 0:
-        bad("--seed", "must be 0 or more")
     if c.mixed_precision not in MIXED_PRECISION:
         bad("--mixed-precision", f"must be one of {', '.join(MIXED_PRECISION)}")
     if c.unlock not in UNLOCK_MODES:
@@ -222,18 +220,12 @@ def _validate(c: TrainConfig) -> None:
         bad("--timestep-bias-portion", "must be in (0, 1]")
     if c.timestep_bias == "range" and not 0 <= c.timestep_bias_begin < c.timestep_bias_end:
         bad("--timestep-bias-begin/--timestep-bias-end", "need 0 <= begin < end")
+    if c.weighting_scheme is not None and c.weighting_scheme not in WEIGHTING_SCHEMES:
+        bad("--weighting-scheme", f"'{c.weighting_scheme}' is not one of {', '.join(WEIGHTING_SCHEMES)}")
+    if not c.logit_std > 0:
+        bad("--logit-std", "must be > 0")
     if c.snr_gamma is not None and not c.snr_gamma > 0:
         bad("--snr-gamma", "must be > 0 (5.0 is the min-SNR paper's value)")
-    if c.checkpoint_every < 0:
-        bad("--checkpoint-every", "must be 0 (only at the end) or positive")
-    if c.keep_checkpoints < 1:
-        bad("--keep-checkpoints", "must be at least 1")
-    if c.num_workers < 0:
-        bad("--num-workers", "must be 0 or more")
-    if c.max_train_samples is not None and c.max_train_samples < 1:
-        bad("--max-train-samples", "must be at least 1")
-    if c.validate_every < 0:
-        bad("--validate-every", "must be 0 (off) or positive")
     if c.validate_every and not c.validation_hints:
         bad("--validate-every", "needs at least one --validation-hint image")
     if c.validation_prompts and len(c.validation_prompts) not in (1, len(c.validation_hints)):
@@ -247,84 +239,49 @@ def _validate(c: TrainConfig) -> None:
         if metric_kind(c.validation_type) is None:
             bad("--validation-type", f"no controllability metric for '{c.validation_type}' (edge-like types, depth, "
                 "seg, normal, pose)")
-    if c.validation_images < 1 or c.validation_sampling_steps < 1 or c.validation_guidance < 0:
-        bad("--validation-images/--validation-sampling-steps/--validation-guidance", "must be at least 1 (guidance >= 0)")
     if c.resume is not None and c.resume != "latest" and not Path(c.resume).is_dir():
         bad("--resume", f"{c.resume}: no such checkpoint folder (or pass 'latest')")
-    if c.log_every < 1:
-        bad("--log-every", "must be at least 1")
 
 
 # --------------------------------------------------------------------------------- defaults that fit
-def base_family(base: str, base_config: str | None = None) -> str:
-    """"tiny" for the embedded cnet-tiny base (by name or path), "sdxl" for a base whose UNet config (found
-    without loading weights) takes `text_time` added conditioning, else "sd"."""
-    from ..models.sd import BUILTIN_MODELS
-
-    tiny = Path(BUILTIN_MODELS["cnet-tiny"]).resolve()
-    p = Path(BUILTIN_MODELS.get(base, base)).expanduser()
-    if p.exists() and p.resolve() == tiny:
-        return "tiny"
-    folder = base_config_folder(base, base_config)
-    unet = read_json_dict(folder / "unet" / "config.json") if folder is not None else None
-    return "sdxl" if unet and unet.get("addition_embed_type") == "text_time" else "sd"
-
-
 def read_json_dict(path: Path) -> dict[str, Any] | None:
+    from ..errors import SchemaError
+    from ..external import read_json
+
     try:
-        d = json.loads(path.read_text())
+        d = read_json(path)
         return d if isinstance(d, dict) else None
-    except (OSError, ValueError):
+    except SchemaError:
         return None
 
 
-def base_config_folder(base: str, base_config: str | None = None) -> Path | None:
-    """A local folder holding the base's diffusers configs (unet/config.json, vae/config.json), found without
-    loading weights: the base folder, --base-config, or the hub cache's snapshot of a hub id."""
+def _is_tiny(base: str) -> bool:
     from ..models.sd import BUILTIN_MODELS
 
-    for cand in (base_config, BUILTIN_MODELS.get(base, base)):
-        if cand and (Path(cand).expanduser() / "unet" / "config.json").is_file():
-            return Path(cand).expanduser()
-    if base.count("/") == 1 and not Path(base).exists():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            hit = try_to_load_from_cache(BUILTIN_MODELS.get(base, base), "unet/config.json")
-            if isinstance(hit, str):
-                return Path(hit).parent.parent
-        except Exception:  # no hub client / no cache: the native size stays unknown
-            return None
-    return None
-
-
-def native_resolution(base: str, base_config: str | None = None) -> int | None:
-    """The base's own training size: UNet sample_size x the VAE's downsampling (SD1.5: 64 x 8 = 512)."""
-    folder = base_config_folder(base, base_config)
-    if folder is None:
-        return None
-    unet, vae = read_json_dict(folder / "unet" / "config.json"), read_json_dict(folder / "vae" / "config.json")
-    if not unet or not vae or not isinstance(unet.get("sample_size"), int):
-        return None
-    factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
-    return int(unet["sample_size"]) * factor
+    p = Path(BUILTIN_MODELS.get(base, base)).expanduser()
+    return p.exists() and p.resolve() == Path(BUILTIN_MODELS["cnet-tiny"]).resolve()
 
 
 def resolve_defaults(c: TrainConfig, given: set[str] | None = None) -> tuple[TrainConfig, list[str]]:
     """Fill from the base (native size) and the recipe what the caller did not set (`given`: the settings set
     on purpose; None: those left at their defaults count as not set); returns the config and warnings (e.g. a
     --resolution that differs from the base's native size)."""
+    from ..models.families import family_of
+    from ..models.sd import local_base_configs
+
     warnings: list[str] = []
-    native = native_resolution(c.base, c.base_config)
+    info = local_base_configs(c.base, c.base_config)  # the family, detected once from the base's own files
+    family = info.family if info is not None else family_of()
+    native = family.default_resolution(info.denoiser, info.vae) if info and info.denoiser and info.vae else None
     fill: dict[str, Any] = {}
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    fam = base_family(c.base, c.base_config)
-    for k, v in RECIPES[fam][c.recipe].items():
+    recipes = TINY_RECIPES if _is_tiny(c.base) else family.recipes
+    for k, v in recipes[c.recipe].items():
         unset = k not in given if given is not None else getattr(c, k) == defaults[k]
         if getattr(c, k) is None or unset:
             fill[k] = v
     if c.resolution is None:
-        fill["resolution"] = native or (1024 if fam == "sdxl" else 512)
+        fill["resolution"] = native or family.fallback_resolution
     elif native and c.resolution != native:
         warnings.append(f"--resolution {c.resolution} differs from the base's native {native} px: "
                         "the base was trained at its size, so expect slower learning")

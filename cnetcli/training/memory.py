@@ -26,6 +26,7 @@ cuBLAS/cuDNN workspaces (some hundreds of MiB) and the caching allocator's fragm
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,23 +34,7 @@ GIB = 2**30
 #: not seen by the trace: CUDA context ~0.5 GiB + cuBLAS/cuDNN workspaces ~0.5 GiB, and fragmentation (10%)
 CONTEXT_AND_WORKSPACES = 1 * GIB
 FRAGMENTATION = 0.10
-#: bytes a plain bf16 step keeps for the backward, per sample x channel x latent pixel of each ResNet
-#: block / transformer layer, and per hint-encoder value; fitted on the traces (benchmarks/memory_trace.py).
-#: (38.3 / 52.9 / 4.0 while the step ran the UNet under autocast: fp32 copies of its norms' inputs, issue #15)
-RESNET_BYTES = 28.6
-TRANSFORMER_BYTES = 48.1
-HINT_BYTES = 4.1
-#: with gradient checkpointing (the hint encoder is not checkpointed: HINT_BYTES still applies): what the
-#: forward keeps per ResNet unit (block inputs, residuals; a free fit gives the transformer layers none of
-#: their own), and the backward's working set (checkpoint inputs, one block recomputed) as a share of that
-CKPT_RESNET_BYTES = 10.0
-CKPT_BACKWARD_SHARE = 1.0
-#: fp32 training: activations relative to the bf16 step; traced 1.75-1.89 on SD1.5, SDXL and the tiny SD
-#: (plain step; assumed the same with checkpointing)
-FP32_ACTIVATIONS = 1.8
 _DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
-#: the hint encoder's channels (model.hint_channels_for: (16, 32, 96, 256) for an 8x VAE), each level halving
-_HINT_CHANNELS = (16, 32, 96, 256, 256, 256)
 
 
 @dataclass(frozen=True)
@@ -64,51 +49,6 @@ class Part:
     on_gpu: bool
     trains: bool = False
     backward: bool = False
-
-
-@dataclass(frozen=True)
-class Units:
-    """Channel x latent-pixel share summed over the blocks the backward runs through: ResNet blocks,
-    transformer layers, hint-encoder values (per latent pixel)."""
-
-    resnet: float
-    transformer: float
-    hint: float
-
-
-def _per_level(value: Any, levels: int) -> list[int]:
-    return list(value) if isinstance(value, (list, tuple)) else [value] * levels
-
-
-def activation_units(unet_config: Any, vae_factor: int = 8, *, unet_trains: bool = False) -> Units:
-    """The blocks of a diffusers UNet2DConditionModel config (and of the ControlNet made from it) that keep
-    activations for the backward, weighted by channels and by the share of latent pixels at their level."""
-    get = unet_config.get if isinstance(unet_config, dict) else lambda k, d=None: getattr(unet_config, k, d)
-    c = list(get("block_out_channels"))
-    levels = len(c)
-    n = _per_level(get("layers_per_block", 2), levels)
-    t = _per_level(get("transformer_layers_per_block", 1) or 1, levels)
-    cross = ["CrossAttn" in b for b in get("down_block_types")]
-    mid_cross = "CrossAttn" in str(get("mid_block_type", "UNetMidBlock2DCrossAttn"))
-    res = tr = 0.0
-    for lv in range(levels):
-        share = 4.0 ** -lv
-        encoders = 2 if unet_trains else 1  # the ControlNet's encoder (+ the UNet's once it trains)
-        res += encoders * share * c[lv] * n[lv]
-        tr += encoders * share * c[lv] * n[lv] * t[lv] * cross[lv]
-        if lv < levels - 1:
-            res += encoders * share / 4 * c[lv]  # downsampler
-        res += share * c[lv] * (n[lv] + 1)  # the UNet's decoder: one ResNet more per level, skips concatenated
-        tr += share * c[lv] * (n[lv] + 1) * t[lv] * cross[lv]
-        if lv > 0:
-            res += share * 4 * c[lv] / 2  # upsampler: a convolution at the finer level
-    last = 4.0 ** -(levels - 1)
-    res += 2 * last * c[-1]
-    tr += last * c[-1] * t[-1] * mid_cross
-    px = vae_factor ** 2  # hint pixels per latent pixel; each hint level is a conv + SiLU at half the size
-    levels_h = max(1, vae_factor.bit_length())  # model.hint_channels_for: one level per halving, plus one
-    hint = sum(2 * ch * px / 4 ** k for k, ch in enumerate(_HINT_CHANNELS[:levels_h]))
-    return Units(res, tr, hint)
 
 
 @dataclass(frozen=True)
@@ -177,42 +117,170 @@ def adam8_bytes(params: int) -> int:
 
 
 def memory_plan(parts: list[Part], *, batch_size: int, latent_pixels: int, eight_bit_adam: bool,
-                gradient_checkpointing: bool, act_dtype: str, cached: bool, unet_config: Any,
-                vae_factor: int = 8) -> MemoryPlan:
+                gradient_checkpointing: bool, act_dtype: str, cached: bool, denoiser_config: Any,
+                vae_factor: int = 8, family: Any = None) -> MemoryPlan:
     """The plan for `parts` at `batch_size` samples of `latent_pixels` latent pixels (height x width), for a
-    UNet (and the ControlNet made from it) of `unet_config`."""
+    denoiser (and the ControlNet made from it) of `denoiser_config`; the activations are its family's model
+    (`ModelFamily.activation_bytes`, detected from the config when `family` is None)."""
+    from ..models.families import family_of
+
+    family = family or family_of(denoiser_config)
     weights = sum(p.params * _DTYPE_BYTES[p.dtype] for p in parts if p.on_gpu)
     trained = sum(p.params for p in parts if p.trains)
     grads = trained * 4  # trained weights and their gradients are fp32
     optimizer = adam8_bytes(trained) if eight_bit_adam else trained * 8  # AdamW's two moments: 8-bit or fp32
     casts = trained * _DTYPE_BYTES[act_dtype] if act_dtype != "fp32" else 0
-    u = activation_units(unet_config, vae_factor, unet_trains=any(p.trains and p.name == "unet" for p in parts))
-    scale = batch_size * latent_pixels * (FP32_ACTIVATIONS if act_dtype == "fp32" else 1.0)
-    if gradient_checkpointing:
-        act = scale * (CKPT_RESNET_BYTES * u.resnet + HINT_BYTES * u.hint)
-        backward = CKPT_BACKWARD_SHARE * act
-    else:
-        act = scale * (RESNET_BYTES * u.resnet + TRANSFORMER_BYTES * u.transformer + HINT_BYTES * u.hint)
-        backward = 0.0  # the ControlNet's gradients come last, when the activations are gone
+    act_px, backward_px = family.activation_bytes(
+        denoiser_config, vae_factor, denoiser_trains=any(p.trains and p.name == family.denoiser for p in parts),
+        gradient_checkpointing=gradient_checkpointing, fp32=act_dtype == "fp32")
+    act, backward = batch_size * latent_pixels * act_px, batch_size * latent_pixels * backward_px
     return MemoryPlan(tuple(parts), weights, grads, optimizer, int(act), casts, int(backward), cached,
                       "AdamW 8-bit" if eight_bit_adam else "AdamW")
 
 
-def plan_for(models: Any, cfg: Any, latent_shape: tuple[int, ...]) -> MemoryPlan:
-    """The plan of a built run (`TrainModels` after the cache moved the encoders, and its TrainConfig)."""
+def plan_for(models: Any, cfg: Any, latent_shape: tuple[int, ...]) -> MemoryPlan | None:
+    """The plan of a built run (`TrainModels` after the cache moved the encoders, and its TrainConfig); None
+    when its family has no activation model yet."""
     from ..device import dtype_name
+    from ..models.families import vae_scale_factor
 
     def part(name: str, m: Any, **kw: Any) -> Part:
         raw = getattr(m, "module", m)  # DDP-wrapped ControlNet
         return Part(name, sum(p.numel() for p in raw.parameters()), dtype_name(raw.dtype),
                     next(raw.parameters()).device.type == "cuda", **kw)
 
-    parts = [part("unet", models.unet, trains=cfg.unlock_sd_after is not None, backward=True),
+    parts = [part(models.family.denoiser, models.denoiser, trains=cfg.unlock_sd_after is not None, backward=True),
              part("controlnet", models.controlnet, trains=True)]
     parts += [part(k, models.text_components[k]) for k in models.family.text_encoders]
     parts.append(part("vae", models.vae))
-    vae_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
+    vae_factor = vae_scale_factor(models.vae.config)
+    try:
+        models.family.activation_bytes(models.denoiser.config, vae_factor)
+    except NotImplementedError:
+        return None
     return memory_plan(parts, batch_size=cfg.batch_size, latent_pixels=latent_shape[-1] * latent_shape[-2],
                        eight_bit_adam=cfg.use_8bit_adam, gradient_checkpointing=cfg.gradient_checkpointing,
                        act_dtype=dtype_name(models.weight_dtype), cached=models.cache is not None,
-                       unet_config=models.unet.config, vae_factor=vae_factor)
+                       denoiser_config=models.denoiser.config, vae_factor=vae_factor, family=models.family)
+
+
+# ------------------------------------------------------------------------ before any model loads
+
+def _param_count(folder: Any) -> int:
+    """Parameters in a diffusers component folder, from its safetensors headers (nothing is loaded)."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    n = 0
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "np") as st:
+                for k in st.keys():
+                    shape = st.get_slice(k).get_shape()
+                    size = 1
+                    for d in shape:
+                        size *= int(d)
+                    n += size
+        except Exception:  # an unreadable file is the loader's to report; count what can be read
+            continue
+    return n
+
+
+@functools.lru_cache(maxsize=8)
+def _base_facts(base: str, base_config: str | None) -> tuple[Any, dict[str, Any], int, dict[str, int]] | None:
+    """(family, denoiser config, VAE downsampling, parameters per component) of a base whose configs are
+    local and whose family has an activation model; None otherwise."""
+    from ..models.families import vae_scale_factor
+    from ..models.sd import local_base_configs, local_config_folder
+
+    info = local_base_configs(base, base_config)
+    folder = local_config_folder(base, base_config)
+    if info is None or folder is None or not info.denoiser or not info.vae:
+        return None
+    family = info.family
+    try:
+        vae_factor = vae_scale_factor(info.vae)
+        family.activation_bytes(info.denoiser, vae_factor)
+    except (NotImplementedError, TypeError, ValueError, KeyError):  # no model yet, or a config it cannot read
+        return None
+    parts = (family.denoiser, "vae", *family.text_encoders)
+    return family, info.denoiser, vae_factor, {c: _param_count(folder / c) for c in parts if (folder / c).is_dir()}
+
+
+def plan_before_loading(cfg: Any, device: str, mixed_precision: str) -> MemoryPlan | None:
+    """The memory plan of `cfg` from the base's config files and weight headers, before any model loads (None
+    when the base's configs are not in a local folder: the check is skipped and the loaded run prints its plan).
+    The ControlNet is counted as the UNet's encoder half (its copy), its hint encoder as negligible."""
+    facts = _base_facts(cfg.base, cfg.base_config)
+    if facts is None:
+        return None
+    family, denoiser_cfg, vae_factor, counts = facts
+    cuda = device.startswith("cuda")
+    low = {"bf16": "bf16", "fp16": "fp16"}.get(mixed_precision, "fp32")
+    trains = cfg.unlock_sd_after is not None
+    den = counts.get(family.denoiser, 0)
+    parts = [Part(family.denoiser, den, "fp32" if trains else low, True, trains, True),
+             Part("controlnet", den // 2, "fp32", True, True)]
+    on_device = not (cuda and cfg.cache_latents)  # the cache moves the encoders off the GPU
+    parts += [Part(c, n, low, on_device) for c, n in counts.items() if c != family.denoiser]
+    latent = (cfg.resolution // vae_factor) ** 2
+    return memory_plan(parts, batch_size=cfg.batch_size, latent_pixels=latent, eight_bit_adam=cfg.use_8bit_adam,
+                       gradient_checkpointing=cfg.gradient_checkpointing, act_dtype=low,
+                       cached=bool(cfg.cache_latents), denoiser_config=denoiser_cfg, vae_factor=vae_factor,
+                       family=family)
+
+
+def device_memory(device: str) -> tuple[int, str] | None:
+    """(bytes the run may use, what they are): the GPU's total memory, or the host's available RAM."""
+    if device.startswith("cuda"):
+        import torch
+
+        index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+        return torch.cuda.get_device_properties(index).total_memory, "GPU memory"
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(info["MemAvailable"].split()[0]) * 1024, "available RAM"
+    except (OSError, KeyError, ValueError):
+        import os
+
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
+        except (ValueError, OSError, AttributeError):
+            return None
+
+
+def _needed(plan: MemoryPlan, cuda: bool) -> int:
+    return plan.with_overheads if cuda else plan.peak
+
+
+def check_fits(cfg: Any, device: str, mixed_precision: str) -> MemoryPlan | None:
+    """Refuse (`UsageError`, one line saying what fits) a --resolution x --batch-size whose estimated peak is
+    over the device's memory, before anything loads or allocates. Returns the plan (None: not plannable)."""
+    import dataclasses
+
+    from ..errors import UsageError
+
+    if cfg.resolution is None or cfg.batch_size is None:  # not resolved yet (plan.resolve_defaults fills them)
+        return None
+    plan = plan_before_loading(cfg, device, mixed_precision)
+    have = device_memory(device)
+    if plan is None or have is None:
+        return plan
+    cuda = device.startswith("cuda")
+    avail, what = have
+    if _needed(plan, cuda) <= avail:
+        return plan
+
+    def fits(**kw: Any) -> bool:
+        p = plan_before_loading(dataclasses.replace(cfg, **kw), device, mixed_precision)
+        return p is not None and _needed(p, cuda) <= avail
+
+    batch = next((b for b in range(cfg.batch_size - 1, 0, -1) if fits(batch_size=b)), None)
+    res = next((r for r in range(cfg.resolution - 64 - cfg.resolution % 64, 63, -64) if fits(resolution=r)), None)
+    options = ([f"--batch-size {batch}"] if batch else []) + ([f"--resolution {res}"] if res else [])
+    fix = (f"at most {' or '.join(options)} fits" if options else "no size fits with these settings") + \
+        "; --gradient-checkpointing, --mixed-precision bf16 or --cache-latents also use less memory"
+    raise UsageError(f"--resolution {cfg.resolution} --batch-size {cfg.batch_size}: needs about "
+                     f"{_needed(plan, cuda) / GIB:.1f} GiB but the {what} is {avail / GIB:.1f} GiB; {fix}")
