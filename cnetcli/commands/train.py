@@ -82,8 +82,8 @@ def _flag(name: str, help: str, panel: str | None = None) -> Any:
 
 def train_cmd(
     ctx: typer.Context,
-    base: Annotated[str, _opt("--base", help="SD1.x/2.x/SDXL: hub id, folder, file, cnet-tiny", metavar="MODEL")] = _D["base"],
-    data: Annotated[str, _opt("--data", help="dataset folder, file, hub id or streamed WebDataset/parquet shards", metavar="PATH")] = _D["data"],
+    base: Annotated[str, _opt("--base", help="hub id, folder, file or cnet-tiny", metavar="MODEL", show_default="sd15")] = _D["base"],
+    data: Annotated[str, _opt("--data", help="folder, file, hub id or shards", metavar="PATH")] = _D["data"],
     output: Annotated[str, _opt("--output", "-o", help="output folder", metavar="DIR")] = _D["output"],
     controlnet: Annotated[str | None, _opt("--controlnet", help="start from this ControlNet", metavar="PATH", show_default="the UNet's copy")] = None,
     base_config: Annotated[str | None, _opt("--base-config", help="configs of a single-file --base", metavar="DIR")] = None,
@@ -100,7 +100,7 @@ def train_cmd(
     batch_size: Annotated[int | None, _opt("--batch-size", panel=_P, help="per-device batch", show_default="recipe")] = None,
     max_steps: Annotated[int | None, _opt("--max-steps", panel=_P, help="optimizer steps", show_default="recipe")] = None,
     learning_rate: Annotated[float | None, _opt("--learning-rate", "--lr", panel=_P, help="AdamW lr", show_default="recipe")] = None,
-    lr_scheduler: Annotated[LrScheduler, _opt("--lr-scheduler", panel=_P, help="diffusers' schedule: constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial", metavar="NAME")] = LrScheduler(_D["lr_scheduler"]),
+    lr_scheduler: Annotated[LrScheduler, _opt("--lr-scheduler", panel=_P, help="constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial", metavar="NAME", show_default=False)] = LrScheduler(_D["lr_scheduler"]),
     lr_num_cycles: Annotated[int, _opt("--lr-num-cycles", panel=_P, help="cosine restarts")] = _D["lr_num_cycles"],
     lr_power: Annotated[float, _opt("--lr-power", panel=_P, help="polynomial: power")] = _D["lr_power"],
     warmup_steps: Annotated[int, _opt("--warmup-steps", panel=_P, help="linear warmup steps")] = _D["warmup_steps"],
@@ -108,15 +108,15 @@ def train_cmd(
     gradient_accumulation: Annotated[int, _opt("--gradient-accumulation", panel=_P, help="micro-batches per step")] = _D["gradient_accumulation"],
     max_grad_norm: Annotated[float, _opt("--max-grad-norm", panel=_P, help="clip (0: off)")] = _D["max_grad_norm"],
     seed: Annotated[int, _opt("--seed", panel=_P, help="seed of the run")] = _D["seed"],
-    hflip: Annotated[bool, _flag("--hflip", "random joint flip of photo and hint", _P)] = False,
+    hflip: Annotated[bool, _flag("--hflip", "flip photo+hint at random", _P)] = False,
     timestep_bias: Annotated[TimestepBias, _opt("--timestep-bias", panel=_P, help="none | later | earlier | range", metavar="MODE")] = TimestepBias(_D["timestep_bias"]),
     timestep_bias_multiplier: Annotated[float, _opt("--timestep-bias-multiplier", panel=_P, help="x more often")] = _D["timestep_bias_multiplier"],
     timestep_bias_portion: Annotated[float, _opt("--timestep-bias-portion", panel=_P, help="share biased")] = _D["timestep_bias_portion"],
     timestep_bias_begin: Annotated[int, _opt("--timestep-bias-begin", panel=_P, help="range: first")] = _D["timestep_bias_begin"],
     timestep_bias_end: Annotated[int, _opt("--timestep-bias-end", panel=_P, help="range: end")] = _D["timestep_bias_end"],
-    snr_gamma: Annotated[float | None, _opt("--snr-gamma", panel=_P, help="min-SNR-gamma weighting, e.g. 5", show_default="off")] = None,
-    weighting_scheme: Annotated[str | None, _opt("--weighting-scheme", panel=_P, help="flow-matching bases (SD3): none | logit_normal | mode | sigma_sqrt | cosmap", show_default="the family's", metavar="NAME")] = None,
-    small_scale: Annotated[bool, _flag("--small-scale", "fewer trainable blocks (SD: the middle one)", _M)] = False,
+    snr_gamma: Annotated[float | None, _opt("--snr-gamma", panel=_P, help="min-SNR weighting, e.g. 5", show_default="off")] = None,
+    weighting_scheme: Annotated[str | None, _opt("--weighting-scheme", panel=_P, help="SD3/FLUX loss weighting", show_default="family's", metavar="NAME")] = None,
+    small_scale: Annotated[bool, _flag("--small-scale", "train fewer blocks (SD: middle)", _M)] = False,
     full: Annotated[bool, _flag("--full", "connect every block (overrides cnet.toml)", _M)] = False,
     reconnect_at: Annotated[int | None, _opt("--reconnect-at", panel=_M, help="connect all at step N")] = None,
     unlock_sd_after: Annotated[int | None, _opt("--unlock-sd-after", panel=_M, help="also train SD from step N")] = None,
@@ -216,16 +216,10 @@ def _settings(ctx: typer.Context) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 LAUNCHING = (
-    "[bold]Launching on several GPUs or machines[/]: run this command under a launcher; --batch-size is per "
-    "process. One node: `torchrun --nproc_per_node 8 -m cnetcli train ...` or `accelerate launch --config_file "
-    "examples/accelerate/ddp.yaml -m cnetcli train ...`. Several nodes: the same command on each node with "
-    "`--nnodes N --node_rank R --master_addr HOST0 --master_port 29500` (torchrun) or "
-    "examples/accelerate/ddp_multinode.yaml with --machine_rank R. FSDP / DeepSpeed ZeRO-2/3: "
-    "examples/accelerate/fsdp.yaml, deepspeed_zero2.yaml, deepspeed_zero3.yaml (CUDA only; only the ControlNet "
-    "is wrapped, the base stays frozen). --data may stream WebDataset/parquet shards: 'shards/{00000..00099}.tar', "
-    "a glob, a folder of .tar, a list file or fsspec URLs; each process reads whole shards, and --resume needs the "
-    "same process count and --num-workers. diffusers' train_controlnet.py flag names work too (--max_train_steps, "
-    "--learning_rate, --train_batch_size, --checkpointing_steps, --validation_steps, ...)."
+    "[bold]Launching on several GPUs or machines[/]: `torchrun --nproc_per_node 8 -m cnetcli train ...` or "
+    "`accelerate launch --config_file examples/accelerate/ddp.yaml -m cnetcli train ...` (--batch-size is per "
+    "process; multi-node, examples/accelerate/fsdp.yaml and deepspeed_zero2/3.yaml: see the README). diffusers' "
+    "train_controlnet.py flag names work too (--max_train_steps, --learning_rate, --checkpointing_steps, ...)."
 )
 
 
