@@ -36,9 +36,18 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, metavar="",
+                                 help="Show the version and exit."),
 ) -> None:
     """cnet: condition -> train -> generate, and the measurement around it."""
+    from .project_config import HONOURED, project_defaults
+
+    # ./cnet.toml's table of the command about to run becomes its options' defaults (typer's default_map): the
+    # flags typed still win, and each command tells them apart by their parameter source
+    if ctx.invoked_subcommand in HONOURED and not ctx.resilient_parsing:
+        table = project_defaults(ctx.invoked_subcommand)
+        ctx.default_map = {ctx.invoked_subcommand: table} if table else None
 
 
 for _mod in (annotate, train, generate, weights, data, eval_cmd, demo, runs_cmd):

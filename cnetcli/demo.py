@@ -143,13 +143,14 @@ def add_checkpoint(models: Any, trained: str, ck: Path) -> str:
 
 
 def generate_mode(models: Any, cfg: DemoConfig, hints: list[Path], prompts: list[str], net: str, mode: str,
-                  out: Path) -> None:
+                  out: Path, reporter: Reporter | None = None) -> None:
     """One ControlNet, one prompt mode, every held-out hint in one call (user mode: each with its own prompt)."""
     from .generation import GenerateConfig, generate
 
     generate(GenerateConfig(hints=tuple(str(h) for h in hints), prompt=tuple(prompts) if mode == "user" else (),
                             controlnets=(net,), base=cfg.base, captioner=cfg.captioner, output=str(out),
-                            prompt_mode=mode, device=cfg.device, offline=True, **cfg.sampling_fields()), models=models)
+                            prompt_mode=mode, device=cfg.device, offline=True, **cfg.sampling_fields()), models=models,
+             reporter=reporter)
 
 
 def _final_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
@@ -158,7 +159,7 @@ def _final_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def generate_all(cfg: DemoConfig, trained: str, hints: list[Path], prompts: list[str],
-                 gen: dict[str, Path]) -> dict[int, Path]:
+                 gen: dict[str, Path], reporter: Reporter | None = None) -> dict[int, Path]:
     """The untrained and the trained ControlNet in every mode, and the curve mode at each earlier checkpoint
     (the base loaded once); returns the checkpoints' output folders by step."""
     from .training.checkpoint import list_checkpoints
@@ -168,14 +169,14 @@ def generate_all(cfg: DemoConfig, trained: str, hints: list[Path], prompts: list
     untrained = add_untrained(models, tcfg.seed)
     for name, spec in (("untrained", untrained), ("trained", trained)):
         for mode in cfg.modes:
-            generate_mode(models, cfg, hints, prompts, spec, mode, gen[name] / mode)
+            generate_mode(models, cfg, hints, prompts, spec, mode, gen[name] / mode, reporter)
     curve_dirs: dict[int, Path] = {}
     for step, ck in list_checkpoints(tcfg.output):
         if step >= tcfg.max_steps:
             continue  # the final model is scored with the others
         curve_dirs[step] = Path(cfg.output) / "generated" / "checkpoints" / f"step-{step}"
         generate_mode(models, cfg, hints, prompts, add_checkpoint(models, trained, ck), cfg.curve_mode,
-                      curve_dirs[step])
+                      curve_dirs[step], reporter)
     return curve_dirs
 
 
@@ -250,7 +251,7 @@ def run_demo(cfg: DemoConfig, reporter: Reporter | None = None) -> dict[str, Any
                 + (f" + `{cfg.curve_mode}` at each checkpoint" if cfg.curve_every else ""))
     t = time.perf_counter()
     gen = {"untrained": out / "generated" / "untrained", "trained": out / "generated" / "trained"}
-    curve_dirs = generate_all(cfg, str(result.controlnet_dir), hints, prompts, gen)
+    curve_dirs = generate_all(cfg, str(result.controlnet_dir), hints, prompts, gen, rep)  # progress, piped too
     seconds["generate"] = time.perf_counter() - t
 
     rep.message("4/4 eval: controllability (canny edge F1) of both, and of each checkpoint")

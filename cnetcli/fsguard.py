@@ -317,8 +317,19 @@ def current_umask() -> int:
 
 
 def apply_umask(path: str | os.PathLike, folder: bool = False) -> None:
-    """Give a `mkstemp` file (0600) / `mkdtemp` folder (0700) the mode `open()`/`mkdir()` would: 0666/0777 & ~umask."""
-    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
+    """Give a `mkstemp` file (0600) / `mkdtemp` folder (0700) the mode `open()`/`mkdir()` would: 0666/0777 & ~umask.
+
+    `folder`: the whole tree, as libraries write into it with their own modes (safetensors' `save_file`, and
+    so `save_pretrained`, creates 0600 files whatever the umask)."""
+    mask = current_umask()
+    os.chmod(path, (0o777 if folder else 0o666) & ~mask)
+    if folder:
+        for root, dirs, files in os.walk(path):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o777 & ~mask)
+            for f in files:
+                if not os.path.islink(os.path.join(root, f)):  # a link's own mode means nothing
+                    os.chmod(os.path.join(root, f), 0o666 & ~mask)
 
 
 def ensure_dir(path: str | os.PathLike, flag: str | None = None) -> Path:

@@ -85,6 +85,10 @@ def test_default_output_beside_folder_then_overwrite_rules(run_cli, tmp_path, mo
     assert (tmp_path / "imgs-canny" / "astronaut.png").stat().st_mtime_ns == before
     code, out, _ = run_cli("annotate", "imgs/", "--skip-existing", "--image-resolution", "128")
     assert code == 0 and "0 done, 3 skipped" in out
+    # #23.8: a hint of another type in the way is not "done"
+    code, _, err = run_cli("annotate", "-t", "blur", "imgs/", "-o", "imgs-canny", "--skip-existing")
+    assert code == 1 and "already holds a canny hint, not blur" in err
+    assert (tmp_path / "imgs-canny" / "astronaut.png").stat().st_mtime_ns == before
     code, out, _ = run_cli("annotate", "imgs/", "--overwrite", "-j", "1", "--image-resolution", "128")
     assert code == 0 and "3 done" in out
     code, _, err = run_cli("annotate", "imgs/", "--overwrite", "--skip-existing")

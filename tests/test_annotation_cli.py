@@ -55,8 +55,8 @@ def test_param_and_type_flags_are_typed(run_cli, captured):
 
 
 def test_choices_are_listed_in_help(run_cli):
-    from cnetcli.annotators import type_choices
+    from cnetcli.annotators import list_types
 
     code, out, _ = run_cli("annotate", "--help")
     assert code == 0 and "lineart" in out and "No annotator in cnet" in out
-    assert all(t in out.replace("\n", "").replace(" ", "").replace("│", "") for t in type_choices()[:6])
+    assert all(t in out.replace("\n", "").replace(" ", "").replace("│", "") for t in list_types()[:6])

@@ -1,6 +1,8 @@
 import subprocess
 import sys
 
+import pytest
+
 import cnetcli
 
 
@@ -42,7 +44,7 @@ def test_missing_hub_model_is_clear_error():
     from cnetcli.errors import MissingWeightsError
     from cnetcli.models.sd import load_base_components
 
-    with pytest.raises(MissingWeightsError, match="huggingface-cli download"):
+    with pytest.raises(MissingWeightsError, match="hf download"):
         load_base_components("nobody/does-not-exist", offline=True, parts=("scheduler",))
 
 
@@ -56,3 +58,13 @@ def test_clip_tokenizer_whole_words_even_when_merges_compete(tmp_path):
     tok = CLIPTokenizer.from_pretrained(str(write_clip_tokenizer(tmp_path, words)))
     for w in words:
         assert tok.tokenize(w) == [w + "</w>"], (w, tok.tokenize(w))
+
+
+@pytest.mark.parametrize("cmd", [["annotate"], ["train"], ["generate"], ["eval"], ["weights", "list"],
+                                 ["weights", "pull"], ["weights", "verify"], ["data", "circles"], ["demo"], ["runs"]])
+def test_help_shows_no_bool_metavar(run_cli, monkeypatch, cmd):
+    """#23.9: an on/off flag takes no value, so its help row shows none (typer would print `<bool>`)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run_cli(*cmd, "--help")
+    assert code == 0, err
+    assert [ln for ln in out.splitlines() if "<bool>" in ln and "--help" not in ln] == []

@@ -8,7 +8,7 @@ import pytest
 CASES = [
     # (arguments, words the one line must hold)
     # annotate
-    (["annotate", "in", "-t", "nope"], ["-t/--type: 'nope' is not one of", "canny", "see cnet annotate --help"]),
+    (["annotate", "in", "-t", "nope"], ["-t/--type: unknown hint type 'nope'", "canny", "see cnet annotate --help"]),
     (["annotate", "in", "-jx"], ["-j/--workers: 'x' is not a valid integer"]),  # a short flag's glued value
     (["annotate", "in", "--overwrit"], ["--overwrit: no such option", "did you mean --overwrite"]),
     (["annotate", "-t", "canny"], ["missing argument INPUT...", "see cnet annotate --help"]),

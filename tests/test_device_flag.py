@@ -39,6 +39,7 @@ def test_device_opt_help_is_built_from_the_choices():
 
 def test_cpu_alias_warns(run_cli, monkeypatch, tmp_path):
     import cnetcli.training as training
+    import cnetcli.training.inputs  # noqa: F401
     from cnetcli.training import TrainResult
 
     seen = []
@@ -48,6 +49,7 @@ def test_cpu_alias_warns(run_cli, monkeypatch, tmp_path):
         return TrainResult(output=cfg.output_dir, controlnet_dir=cfg.output_dir / "controlnet")
 
     monkeypatch.setattr(training, "train", fake_train)
+    monkeypatch.setattr(training.inputs, "check_inputs", lambda cfg: None)  # SD1.5 is not in this cache
     monkeypatch.chdir(tmp_path)
     (tmp_path / "dataset").mkdir()
     code, out, err = run_cli("train", "--cpu")

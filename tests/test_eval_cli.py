@@ -91,7 +91,7 @@ def test_hints_relative_to_the_sidecar_and_a_moved_folder(tmp_path, run_cli, mon
     assert res["rows"][0]["image"] == "out_0.png"
     shutil.move(tmp_path / "run", tmp_path / "moved")  # outputs and hints move together
     monkeypatch.chdir(tmp_path / "moved" / "hints")
-    code, out, err = run_cli("eval", "../gen")
+    code, out, err = run_cli("eval", "../gen", "--overwrite")
     assert code == 0, err
     res = json.loads((tmp_path / "moved/gen/eval.json").read_text())
     assert res["n"] == 3 and (tmp_path / "moved/gen" / res["rows"][0]["hint"]).is_file()
@@ -152,3 +152,17 @@ def test_a_killed_earlier_eval_leaves_no_temp(tmp_path, run_cli):
     code, out, err = run_cli("eval", str(gen))
     assert code == 0, err
     assert not stale.exists() and json.loads((gen / "eval.json").read_text())["n"] == 1
+
+
+def test_an_earlier_results_file_is_not_overwritten_silently(tmp_path, run_cli, monkeypatch):
+    """#23.8: a second eval refuses to replace eval.json unless --overwrite; cnet.toml's [eval] still applies."""
+    monkeypatch.chdir(tmp_path)
+    make_outputs(tmp_path / "gen", tmp_path / "hints")
+    assert run_cli("eval", "gen")[0] == 0
+    before = (tmp_path / "gen/eval.json").read_text()
+    code, out, err = run_cli("eval", "gen")
+    assert code == 1 and "--overwrite" in err and (tmp_path / "gen/eval.json").read_text() == before
+    assert run_cli("eval", "gen", "--overwrite")[0] == 0
+    (tmp_path / "cnet.toml").write_text("[eval]\ntolerance = 99\n")  # reaches the option as its default
+    code, out, err = run_cli("eval", "gen", "--overwrite")
+    assert code == 2 and "--tolerance" in err

@@ -87,7 +87,6 @@ def test_a_type_registered_once_is_seen_everywhere(invert_type, tmp_path, run_cl
         r for r in json.loads(out) if r["type"] == "invert").items()
     # the CLI's --type choices, --help and a real run through the command
     app, cmd = _fresh_cli()
-    assert {"invert", "negative"} <= {m.value for m in cmd.HintTypeChoice}
     r = CliRunner().invoke(app, ["annotate", "--help"], env={"COLUMNS": "200"})
     assert r.exit_code == 0 and "invert" in r.output
     r = CliRunner().invoke(app, ["annotate", "-t", "invert", "-p", "gain=3", str(tmp_path / "in"), "-o",
@@ -95,6 +94,12 @@ def test_a_type_registered_once_is_seen_everywhere(invert_type, tmp_path, run_cl
     assert r.exit_code == 0, r.output
     assert json.loads(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "o2" / "a.png").text["cnet"])[
         "params"] == {"gain": 3}
+    # its parameter dataclass gives it a flag of its own (#22: annotate's per-type flags are generated)
+    r = CliRunner().invoke(app, ["annotate", "-t", "negative", "--gain", "5", str(tmp_path / "in"), "-o",
+                                 str(tmp_path / "o3"), "-j", "1", "--image-resolution", "64"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(__import__("PIL.Image", fromlist=["Image"]).open(tmp_path / "o3" / "a.png").text["cnet"])[
+        "params"] == {"gain": 5}
     # the A1111 infotext: the preprocessor written for an on-the-fly annotation, and units read back as the type
     from cnetcli.generation import infotext as it
 
@@ -131,10 +136,24 @@ def test_unregistered_type_is_gone_everywhere(invert_type):
     annotators.register(invert_type)  # the fixture removes it again
 
 
-def test_cli_choices_equal_the_registry():
-    _, cmd = _fresh_cli()
-    assert [m.value for m in cmd.HintTypeChoice] == annotators.type_choices()
-    assert set(annotators.list_types()) <= set(annotators.type_choices())
+def test_a_mistyped_type_suggests_the_name_and_help_lists_names_only(run_cli, monkeypatch):
+    """#23.9: `-t cany` names canny; `--type` help lists the type names, aliases not mixed in."""
+    code, out, err = run_cli("annotate", "-t", "cany", "x.png")
+    assert code == 2 and "unknown hint type 'cany' (did you mean canny?" in err
+    code, out, err = run_cli("annotate", "-t", "open_pose", "x.png")  # an alias's neighbour: its type's name
+    assert code == 2 and "did you mean pose?" in err
+    monkeypatch.setenv("COLUMNS", "200")
+    code, out, err = run_cli("annotate", "--help")
+    assert code == 0 and "openpose" not in out and "pose" in out
+
+
+def test_a_type_with_a_metric_eval_lacks_is_refused_at_registration():
+    from cnetcli.evaluation.metrics import METRIC_FOR_KIND
+
+    assert set(METRIC_FOR_KIND) == set(annotators.METRIC_KINDS)  # eval scores every kind a type may name
+    with pytest.raises(ValueError, match="metric 'edges' is not one of edge"):
+        annotators.register(annotators.HintType("typo_metric", "x", metric="edges"))
+    assert annotators.find_type("typo_metric") is None
 
 
 def test_one_alias_table_pose_and_openpose_are_one_type():

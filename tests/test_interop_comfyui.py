@@ -31,6 +31,7 @@ FILE = "FILE"  # a combo of file names from a ComfyUI folder: any non-empty stri
 #: class_type -> (required inputs {name: (type, options)}, RETURN_TYPES)
 NODES = {
     "CheckpointLoaderSimple": ({"ckpt_name": (FILE, {})}, ("MODEL", "CLIP", "VAE")),
+    "DiffusersLoader": ({"model_path": (FILE, {})}, ("MODEL", "CLIP", "VAE")),
     "CLIPTextEncode": ({"text": ("STRING", {"multiline": True}), "clip": ("CLIP", {})}, ("CONDITIONING",)),
     "ControlNetLoader": ({"control_net_name": (FILE, {})}, ("CONTROL_NET",)),
     "LoadImage": ({"image": (FILE, {})}, ("IMAGE", "MASK")),
@@ -174,3 +175,27 @@ def test_flux_graph_carries_the_distilled_guidance():
     assert (ks["cfg"], ks["sampler_name"], ks["scheduler"]) == (1.0, "euler", "simple")
     assert [n["inputs"]["cfg"] for n in comfy_graph(meta(cfg=3.5, guidance_embedding=True, true_cfg=2.0)).values()
             if n["class_type"] == "KSampler"] == [2.0]
+
+
+def test_folders_are_named_as_comfyui_lists_them(tmp_path):
+    """#23.8: a `cnet train` output is named by its exported file under the run's name
+    (`run-sd/controlnet.safetensors`, not `run-sd.safetensors`); a diffusers folder base such as cnet-tiny loads
+    through DiffusersLoader (models/diffusers/cnet-tiny), not as `cnet-tiny.safetensors`."""
+    run = tmp_path / "run-sd"
+    (run / "controlnet").mkdir(parents=True)
+    (run / "controlnet" / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
+    stopped = tmp_path / "plain"
+    stopped.mkdir()
+    (stopped / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
+    g = comfy_graph(meta(base="cnet-tiny", controlnets=[
+        {"model": str(run), "hint": "a.png", "scale": 1.0, "start": 0.0, "end": 1.0},
+        {"model": str(stopped), "hint": "b.png", "scale": 1.0, "start": 0.0, "end": 1.0}]))
+    validate(g)
+    names = [n["inputs"]["control_net_name"] for n in g.values() if n["class_type"] == "ControlNetLoader"]
+    assert names == ["run-sd/controlnet/diffusion_pytorch_model.safetensors",
+                     "plain/diffusion_pytorch_model.safetensors"]
+    (run / "controlnet.safetensors").write_bytes(b"x")  # `cnet train --single-file`: the export is the file
+    g = comfy_graph(meta(base="cnet-tiny", controlnets=[
+        {"model": str(run), "hint": "a.png", "scale": 1.0, "start": 0.0, "end": 1.0}]))
+    assert [n["inputs"] for n in g.values() if n["class_type"] in ("ControlNetLoader", "DiffusersLoader")] == [
+        {"model_path": "cnet-tiny"}, {"control_net_name": "run-sd/controlnet.safetensors"}]

@@ -112,6 +112,31 @@ def test_train_output_and_checkpoint_folders(tiny, tmp_path):
     _same(_load(stopped / "checkpoints/step-4"), tiny["sd"])
 
 
+def test_a_stopped_runs_newest_complete_checkpoint_is_its_controlnet(tiny, tmp_path):
+    """#23.4: a run stopped before OUTPUT/controlnet/ (checkpoints as `cnet train` writes them) works as
+    --controlnet: its newest checkpoint whose manifest was written, not a later write that did not finish."""
+    import shutil
+
+    import torch
+
+    from cnetcli.models.controlnet import locate
+    from cnetcli.training.checkpoint import save_checkpoint
+
+    run = tmp_path / "r5"
+    opt = torch.optim.AdamW(tiny["cn"].parameters())
+    for step in (3, 5):
+        with torch.no_grad():
+            tiny["cn"].controlnet_mid_block.bias.fill_(float(step))
+        save_checkpoint(run, step, controlnet=tiny["cn"], denoiser=None, optimizer=opt, state={"step": step},
+                        rng={"cpu": torch.get_rng_state()}, config_json="{}", run_id="ab12", keep=3)
+    shutil.copytree(run / "checkpoints/step-5", run / "checkpoints/step-7")  # a write killed before its manifest
+    (run / "checkpoints/step-7/manifest.json").unlink()
+    loc = locate(run)
+    assert loc.path == str(run / "checkpoints/step-5/controlnet") and "step-5" in loc.note
+    assert torch.all(_load(run).controlnet_mid_block.bias == 5.0)
+    assert torch.all(_load(run / "checkpoints/step-3").controlnet_mid_block.bias == 3.0)
+
+
 def test_not_a_controlnet_folder(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ModelLoadError, match="not a ControlNet folder"):
@@ -250,7 +275,7 @@ def _meta_state_dict(config):
 @pytest.mark.parametrize("name, label", [("sd15", "SD1.x"), ("sd21", "SD2.x"), ("sdxl", "SDXL")])
 def test_real_size_single_files_pick_their_shipped_config(name, label, tmp_path):
     """A ControlNet made by diffusers' `from_unet` from the real base's UNet config, in the diffusers layout
-    and (SD1.x/2.x) in the original layout, is recognised without any config."""
+    and in the original layout, is recognised without any config."""
     from cnetcli.models.controlnet import Located, candidates, config_from_denoiser, pick_config
     from cnetcli.training.export import original_key
 
@@ -259,10 +284,11 @@ def test_real_size_single_files_pick_their_shipped_config(name, label, tmp_path)
     cands = candidates(Located("file", "x"), None, None, None)
     got, _, which = pick_config(sd, cands, "x")
     assert label in which and got["cross_attention_dim"] == cfg["cross_attention_dim"]
-    if name != "sdxl":  # the original layout of SDXL ControlNets is read by A1111/ComfyUI, not by diffusers
-        orig = {"control_model." + original_key(k, cfg["layers_per_block"]): v for k, v in sd.items()}
-        _, conv, which = pick_config(orig, cands, "x")
-        assert label in which and set(conv) == set(sd)
+    # the original layout too; for SDXL (#23.5) its `label_emb.0.*` added-conditioning MLP included
+    orig = {"control_model." + original_key(k, cfg["layers_per_block"]): v for k, v in sd.items()}
+    assert (name == "sdxl") == any(k.startswith("control_model.label_emb.0.") for k in orig)
+    _, conv, which = pick_config(orig, cands, "x")
+    assert label in which and set(conv) == set(sd)
 
 
 @pytest.mark.slow

@@ -120,7 +120,7 @@ def test_bad_data_refused_before_models_load(tmp_path, data):
 
 
 def test_missing_sd15_offline_is_clear(tmp_path, data):
-    with pytest.raises(MissingWeightsError, match="huggingface-cli download stable-diffusion-v1-5"):
+    with pytest.raises(MissingWeightsError, match="hf download stable-diffusion-v1-5"):
         train(TrainConfig(data=str(data), output=str(tmp_path / "o"), report_to="none"))
 
 

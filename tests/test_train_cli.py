@@ -9,7 +9,7 @@ import pytest
 @pytest.fixture
 def captured(monkeypatch):
     import cnetcli.training as training
-    from cnetcli.training import TrainResult
+    from cnetcli.training import TrainResult, inputs
 
     calls = []
 
@@ -18,6 +18,7 @@ def captured(monkeypatch):
         return TrainResult(output=cfg.output_dir, controlnet_dir=cfg.output_dir / "controlnet")
 
     monkeypatch.setattr(training, "train", fake_train)
+    monkeypatch.setattr(inputs, "check_inputs", lambda cfg: None)  # its own tests: test_offline.py
     return calls
 
 
@@ -55,7 +56,7 @@ def test_diffusers_names_and_deprecated_cpu(captured, run_cli, tmp_path, monkeyp
     monkeypatch.setenv("COLUMNS", "300")
     code, out, err = run_cli("train", "--help")
     assert "--cpu " not in out and "--device" in out  # --cpu is hidden (deprecated): --device is the one flag
-    for choice in ("cosine_with_restarts", "paper|fast", "tensorboard|wandb|none"):
+    for choice in ("cosine_with_restarts", "paper|fast", "tensorboard | wandb | none"):
         assert choice in out
     # the CLI's choices are the core's constants
     from cnetcli.commands import train as cmd
@@ -104,3 +105,36 @@ def test_dataset_split_and_outside_paths_flags(captured, run_cli, tmp_path, monk
     cfg, given = captured[0]
     assert (cfg.split, cfg.allow_outside_paths) == ("validation", True)
     assert {"split", "allow_outside_paths"} <= set(given)
+
+
+def test_help_fits_two_screens_in_sections(run_cli, monkeypatch):
+    """#23.9: at 80 columns, `train --help` is under 120 lines, no name is cut, flags show no `<bool>` and
+    every default is shown one way (`[default: ...]`, from TrainConfig)."""
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, err = run_cli("train", "--help")
+    assert code == 0
+    lines = out.splitlines()
+    assert len(lines) < 120, len(lines)
+    assert not any("…" in ln.split("│")[1][:30] for ln in lines if ln.startswith("│ -")), out
+    assert [ln for ln in lines if "<bool>" in ln and "--help" not in ln] == []
+    assert "(default" not in out and "[default: 500]" in out and "[default: ./controlnet-out]" in out
+    for panel in ("Recipe", "Connection modes", "Memory", "Speed", "Checkpoints", "Validation & logging"):
+        assert f"─ {panel} ─" in out
+
+
+def test_small_scale_and_full_together_are_refused(captured, run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli("train", "--small-scale", "--full")
+    assert code == 2 and "--small-scale and --full" in err and not captured
+    (tmp_path / "cnet.toml").write_text("[train]\nsmall-scale = true\n")
+    code, out, err = run_cli("train", "--full")  # the flag overrides cnet.toml
+    assert code == 0 and captured[-1][0].small_scale is False and captured[-1][1]["small_scale"] is False
+
+
+def test_cnet_toml_keys_without_a_flag_still_count(captured, run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cnet.toml").write_text("[train]\nadam-beta1 = 0.8\nresolution = 64\n")
+    code, out, err = run_cli("train")
+    assert code == 0, err
+    cfg, given = captured[0]
+    assert (cfg.adam_beta1, cfg.resolution) == (0.8, 64) and given == {"adam_beta1": 0.8, "resolution": 64}

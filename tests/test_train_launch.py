@@ -123,3 +123,15 @@ def test_demo_trains_through_the_launcher(monkeypatch, tmp_path):
     with pytest.raises(Stop):
         demo.run_demo(demo.DemoConfig(output=str(tmp_path / "demo"), quick=True))
     assert seen["n"] == 2 and seen["cfg"] == demo.DemoConfig(output=str(tmp_path / "demo"), quick=True).train_config()
+
+
+def test_a_single_process_accelerate_launch_on_a_cpu_says_so(monkeypatch):
+    """#23.8: `accelerate launch -m cnetcli train` on a CPU-only machine runs one process: the run says how to get N."""
+    from cnetcli.training.launch import single_process_launch_note
+
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    assert single_process_launch_note(1, cuda=False) is None  # plain `cnet train`
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "False")  # what `accelerate launch` sets for its one process
+    note = single_process_launch_note(1, cuda=False)
+    assert "one process" in note and "--num_processes N" in note and "torchrun --nproc_per_node N" in note
+    assert single_process_launch_note(2, cuda=False) is None and single_process_launch_note(1, cuda=True) is None

@@ -24,7 +24,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..annotators import Runtime
+from ..annotators import BatchAnnotator, PreparedAnnotator, Runtime, SidecarAnnotator
 from ..errors import CnetError, InputError, Interrupted
 from ..reporting import NullReporter, Reporter
 from .config import SHARD_FORMAT, AnnotateConfig, AnnotateSummary
@@ -88,6 +88,20 @@ def _init_worker() -> None:
         pass
 
 
+def _check_same_type(hint: str, type_name: str) -> None:
+    """--skip-existing resumes a run of the same type: a hint another type made (its provenance says so) is in
+    the way, not done."""
+    from ..data.provenance import Provenance
+
+    try:
+        made = Provenance.read(hint)
+    except CnetError:
+        return  # unreadable provenance: as before, the file counts as done
+    if made is not None and made.type and made.type != type_name:
+        raise CnetError(f"{hint}: already holds a {made.type} hint, not {type_name}; --skip-existing skips only "
+                        "hints of the same type: pass another -o, or --overwrite to replace it")
+
+
 def _annotator(ctx: Ctx) -> Any:
     from ..annotators import build
 
@@ -106,7 +120,7 @@ def _finish_hint(ctx: Ctx, img: Any, hint: Any, fn: Any = None, sidecar: Any = N
     hint = HWC3(hint)
     if ctx.keep_size:
         H, W = img.shape[:2]
-        if sidecar is not None and hint.shape[:2] != (H, W) and callable(getattr(fn, "resize_sidecar", None)):
+        if sidecar is not None and hint.shape[:2] != (H, W) and isinstance(fn, SidecarAnnotator):
             sidecar = fn.resize_sidecar(sidecar, W, H)
         hint = resize_to(hint, W, H, ctx.resize)
     return hint, sidecar
@@ -275,6 +289,7 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None, *,
                 raise CnetError(f"{present[0]}: already exists ({n} output(s) in the way); pass --overwrite to "
                                 "replace them or --skip-existing to resume")
             if len(present) == len(targets(j)):
+                _check_same_type(j.hint, ht.name)
                 skipped.append(j)
                 continue
             partial_jobs.append(j)  # an interrupted earlier run: complete it (its files are replaced)
@@ -455,11 +470,11 @@ def _run_model(ctx: Ctx, fn: Any, jobs: list[Job], workers: int, batch_size: int
     from concurrent.futures import ThreadPoolExecutor
 
     results: dict[int, str | None] = {}
-    ctx = dataclasses.replace(ctx, sidecar=getattr(fn, "sidecar_suffix", None) or ctx.sidecar)
-    batched = callable(getattr(fn, "batch", None)) and ctx.sidecar is None
+    own_sidecar = fn.sidecar_suffix if isinstance(fn, SidecarAnnotator) else None
+    ctx = dataclasses.replace(ctx, sidecar=own_sidecar or ctx.sidecar)
+    batched = isinstance(fn, BatchAnnotator) and ctx.sidecar is None
     # run_prepared returns (hint, sidecar) pairs exactly when the annotator itself declares a sidecar
-    preparable = (callable(getattr(fn, "prepare", None)) and callable(getattr(fn, "run_prepared", None))
-                  and (ctx.sidecar is None or getattr(fn, "sidecar_suffix", None) is not None))
+    preparable = isinstance(fn, PreparedAnnotator) and (ctx.sidecar is None or own_sidecar is not None)
     chunks = [jobs[i: i + batch_size] for i in range(0, len(jobs), batch_size)]
     rep.start(len(jobs), f"annotate {ctx.type}")
     try:

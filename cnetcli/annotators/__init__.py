@@ -26,7 +26,7 @@ import enum
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -49,6 +49,35 @@ class Annotator(Protocol):
     """A built annotator: RGB uint8 H x W x 3 in, hint RGB uint8 H x W x 3 out."""
 
     def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray: ...
+
+
+# What a built annotator may add to `Annotator`; `annotation.run` asks with isinstance() which one it offers.
+@runtime_checkable
+class BatchAnnotator(Protocol):
+    """Model-backed: a list of images in one forward pass."""
+
+    def batch(self, images: list[np.ndarray], *, detect_resolution: int, image_resolution: int
+              ) -> list[np.ndarray]: ...
+
+
+@runtime_checkable
+class PreparedAnnotator(Protocol):
+    """A batch in two halves: `prepare` (CPU: resize, stack, pin; on a loader thread while the previous batch
+    runs) and `run_prepared` (the device). With a sidecar, `run_prepared` returns (hint, sidecar) pairs."""
+
+    def prepare(self, images: list[np.ndarray], *, detect_resolution: int) -> Any: ...
+
+    def run_prepared(self, prep: Any, *, image_resolution: int) -> list[Any]: ...
+
+
+@runtime_checkable
+class SidecarAnnotator(Protocol):
+    """Writes a JSON file next to each hint (`<stem><sidecar_suffix>`, e.g. OpenPose keypoints; None: not
+    with these parameters), rescaled with the hint when `--keep-size` resizes it."""
+
+    sidecar_suffix: str | None
+
+    def resize_sidecar(self, data: dict[str, Any], width: int, height: int) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -177,8 +206,14 @@ def _key(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
+#: The controllability metric kinds `cnet eval` scores (`HintType.metric`; evaluation/metrics.py has one each).
+METRIC_KINDS = ("edge", "depth", "seg", "normal", "pose")
+
+
 def register(hint: HintType) -> HintType:
-    """Add a hint type (its name and aliases must be new)."""
+    """Add a hint type (its name and aliases must be new, its metric one `cnet eval` has)."""
+    if hint.metric is not None and hint.metric not in METRIC_KINDS:
+        raise ValueError(f"hint type {hint.name!r}: metric {hint.metric!r} is not one of {', '.join(METRIC_KINDS)}")
     taken = [n for n in (hint.name, *hint.aliases) if _key(n) in _REGISTRY or _key(n) in _ALIASES]
     if taken:
         raise ValueError(f"hint type name(s) {', '.join(map(repr, taken))} registered twice")
@@ -236,7 +271,13 @@ def find_type(name: str) -> HintType | None:
 def get_type(name: str) -> HintType:
     ht = find_type(name)
     if ht is None:
-        raise UsageError(f"unknown hint type '{name}' (valid: {', '.join(list_types())})")
+        import difflib
+
+        spellings = {**{k: v for k, v in _ALIASES.items()}, **{k: k for k in _REGISTRY}}
+        near = dict.fromkeys(_REGISTRY[spellings[k]].name
+                             for k in difflib.get_close_matches(_key(name), list(spellings), n=3, cutoff=0.6))
+        hint = f"did you mean {' or '.join(near)}? " if near else ""
+        raise UsageError(f"unknown hint type '{name}' ({hint}valid: {', '.join(list_types())})")
     return ht
 
 

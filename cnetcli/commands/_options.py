@@ -44,7 +44,7 @@ def _warn_cpu_alias(value: bool) -> bool:
 
 #: DEPRECATED alias of `--device cpu` (train only; kept so old scripts run): hidden from --help, and a warning
 #: line on stderr when used. This is the one place it is documented; remove it with its use in commands/train.py.
-CpuAliasOpt = Annotated[bool, typer.Option("--cpu", hidden=True, help="deprecated: use --device cpu",
+CpuAliasOpt = Annotated[bool, typer.Option("--cpu", metavar="", hidden=True, help="deprecated: use --device cpu",
                                            callback=_warn_cpu_alias)]
 #: Offline switch for anything that may reach the model hub.
-OfflineOpt = Annotated[bool, typer.Option("--offline/--online", help="Never contact the model hub (default: HF_HUB_OFFLINE).")]
+OfflineOpt = Annotated[bool, typer.Option("--offline/--online", metavar="", help="Never contact the model hub (default: HF_HUB_OFFLINE).")]

@@ -21,9 +21,9 @@ def usage_message(e: Exception, argv: list[str], root: Any) -> str:
     msg = text.splitlines()[0].rstrip(".") if text else type(e).__name__
     param, option = getattr(e, "param", None), getattr(e, "option_name", None)
     if param is not None and type(e).__name__ == "MissingParameter":
-        line = f"missing {param.param_type_name} {_flag(param, argv)}"
+        line = f"missing {param.param_type_name} {_flag(param, argv, ctx)}"
     elif param is not None:
-        line = _bad_value(str(getattr(e, "message", msg)), _flag(param, argv), argv)
+        line = _bad_value(str(getattr(e, "message", msg)), _flag(param, argv, ctx), argv)
     elif option is not None and msg.startswith("No such option"):
         near = sorted(getattr(e, "possibilities", None) or [])
         line = f"{option}: no such option" + (f" (did you mean {_or(near)}?)" if near else "")
@@ -70,12 +70,19 @@ def _command_path(argv: list[str], root: Any) -> tuple[str, Any]:
     return " ".join(path), cmd
 
 
-def _flag(param: Any, argv: list[str]) -> str:
-    """The flag as the user spelled it (`--lr` for --learning-rate; a short one with its long name: `-t/--type`),
-    else its first name; an argument as the usage line shows it (INPUT..., FOLDER)."""
+def _flag(param: Any, argv: list[str], ctx: Any = None) -> str:
+    """The flag as the user spelled it (`--lr` for --learning-rate, `--max_train_steps` that the command's
+    token normalizer maps to --max-steps; a short one with its long name: `-t/--type`), else its first name;
+    an argument as the usage line shows it (INPUT..., FOLDER)."""
     if getattr(param, "param_type_name", "") == "argument":
         return param.get_error_hint().strip("'").upper()
     names = [*param.opts, *param.secondary_opts]
+    norm = getattr(ctx, "token_normalize_func", None)
+    if norm is not None:
+        for tok in reversed(argv):
+            key = tok.split("=", 1)[0]
+            if key.startswith("--") and key not in names and "--" + norm(key[2:]) in names:
+                return key
     spelled = next((n for tok in reversed(argv) for n in names if _given(n, tok, None) is not None or tok == n),
                    param.opts[0])
     long = next((n for n in param.opts if n.startswith("--")), None)

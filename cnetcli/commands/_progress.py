@@ -12,7 +12,13 @@ import os
 import time
 from typing import Any
 
-_FORMATS = {"loss": "{:.4f}", "lr": "{:.2e}"}
+_FORMATS = {"loss": "{:.4f}", "lr": "{:.1e}"}
+
+
+def _clock(seconds: float | None) -> str:
+    """mm:ss, or h:mm:ss from an hour on."""
+    s = int(seconds or 0)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
 
 
 class RichReporter:
@@ -26,6 +32,8 @@ class RichReporter:
         self.task: Any = None
         self.failed = 0
         self.plain = not self.console.is_terminal  # a log file: plain lines, no bar
+        if self.plain:
+            self.console.soft_wrap = True  # a log line stays one line (rich wraps at 80 columns off a terminal)
         try:
             self.every = float(os.environ.get("CNET_PROGRESS_EVERY", "30"))
         except ValueError:
@@ -40,29 +48,36 @@ class RichReporter:
             self._plain_state = {"desc": description or "working", "total": total, "done": 0, "t0": now,
                                  "last": now, "info": {}}
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import Progress
+
+        self.progress = Progress(*self.columns(), console=self.console, transient=self.transient)
+        self.progress.start()
+        self.task = self.progress.add_task(description or "working", total=total, **{f: "-" for f in self.fields})
+
+    def columns(self) -> list[Any]:
+        """The bar's columns, narrow enough that the fields, the rate and the ETA fit an 80-column terminal:
+        rich shrinks the widest column of a line that does not fit, which was the loss/lr/eta text."""
+        from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn
         from rich.text import Text
 
         unit = self.unit
+
+        class ElapsedEta(ProgressColumn):
+            """tqdm's `elapsed<eta` (01:23<45:06): one column where rich's two take 20 characters."""
+
+            def render(self, task: Any) -> Any:
+                left = task.time_remaining
+                return Text(f"{_clock(task.finished_time if task.finished else task.elapsed)}<"
+                            + (_clock(left) if left is not None else "?"))
 
         class Rate(TextColumn):
             def render(self, task: Any) -> Any:
                 speed = task.finished_speed or task.speed
                 return Text(f"{speed:.2f} {unit}" if speed else f"-- {unit}")
 
-        cols = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), Rate("")]
+        cols = [TextColumn("[bold]{task.description}"), BarColumn(bar_width=6), MofNCompleteColumn(), Rate("")]
         cols += [TextColumn(f"{f} {{task.fields[{f}]}}") for f in self.fields]
-        cols += [TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn()]
-        self.progress = Progress(*cols, console=self.console, transient=self.transient)
-        self.progress.start()
-        self.task = self.progress.add_task(description or "working", total=total, **{f: "-" for f in self.fields})
+        return [*cols, ElapsedEta()]
 
     def advance(self, n: int = 1, **info: Any) -> None:
         if info.get("ok") is False:
@@ -108,8 +123,16 @@ class RichReporter:
             self.progress = None
 
 
-def quiet_libraries() -> None:
-    """The progress bar is ours: silence diffusers'/transformers' weight-loading bars and advisory logs."""
+def quiet_libraries(import_them: bool = True) -> None:
+    """The progress bar is ours: silence the libraries' own bars (transformers' "Loading weights", the hub's
+    downloads, diffusers' component loading) and advisory logs. huggingface_hub and transformers read
+    HF_HUB_DISABLE_PROGRESS_BARS when imported, so commands that may never import them (annotate, eval) set only
+    that (`import_them=False`); diffusers has no variable, so train/generate/demo import it here to turn it off."""
+    import sys
+
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if not import_them and "transformers" not in sys.modules and "diffusers" not in sys.modules:
+        return
     import diffusers.utils.logging as dl
     import transformers.utils.logging as tl
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import typing
 from collections.abc import Sequence
 from typing import Annotated, Any
@@ -18,20 +19,15 @@ from ..annotation.config import (
     SHARD_FORMAT,
     AnnotateConfig,
 )
-from ..annotators import get_type, list_types, type_choices
+from ..annotators import get_type, list_types
 from ..data import FORMATS
 from ..errors import UsageError
 from ._options import DeviceOpt, choices
-from ._progress import RichReporter
+from ._progress import RichReporter, quiet_libraries
 
-#: `--type` choices: every registered hint type and alias (the registry decides; `--help` lists them).
-HintTypeChoice = choices("HintTypeChoice", type_choices())
 DatasetFormat = choices("DatasetFormat", (*FORMATS, SHARD_FORMAT))
 Engine = choices("Engine", ENGINES)
 
-# explicit per-type flags: option name -> parameter name (applies to every type that has the parameter)
-_TYPE_FLAGS = ("low", "high", "threshold", "min_length", "max_gap", "sigma", "downsample", "seed", "hands", "face",
-               "keypoints")
 _PANEL_TYPE, _PANEL_DATA, _PANEL_MODELS = "Type parameters", "Dataset", "Models"
 
 
@@ -107,6 +103,14 @@ def _params(type_name: str, param: Sequence[str], given: dict[str, Any]) -> dict
     return params
 
 
+def _check_type(value: str) -> str:
+    """The type's name for any spelling; a typo is a parse error that names the nearest types."""
+    try:
+        return get_type(value).name
+    except UsageError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 def _opt(help: str, panel: str | None = None, *names: str, **kw: Any) -> Any:
     return typer.Option(*names, help=help, rich_help_panel=panel, **kw)
 
@@ -114,8 +118,8 @@ def _opt(help: str, panel: str | None = None, *names: str, **kw: Any) -> Any:
 def annotate_cmd(
     inputs: Annotated[list[str], typer.Argument(metavar="INPUT...", help="Image files, folders (walked "
                                                 "recursively) or quoted globs.")],
-    type: Annotated[HintTypeChoice, _opt("Hint type (listed below; aliases accepted).", None, "--type", "-t",
-                                         case_sensitive=False)] = HintTypeChoice(DEFAULT_TYPE),
+    type: Annotated[str, _opt("Hint type (listed below; aliases accepted).", None, "--type", "-t",
+                              metavar="TYPE", callback=_check_type)] = DEFAULT_TYPE,
     output: Annotated[str | None, _opt("Output folder (mirrors the input tree as <stem>.png). Default: beside the "
                                        "input, folder imgs/ -> imgs-<type>/, files -> <their folder>/hints-<type>/.",
                                        None, "--output", "-o")] = None,
@@ -127,23 +131,11 @@ def annotate_cmd(
                                                  f"rule). Default {DEFAULT_IMAGE_RESOLUTION}, or the image's own "
                                                  "size with --keep-size.")] = None,
     keep_size: Annotated[bool, _opt("Hint exactly the input image's size (detection at its own size too).",
-                                    None, "--keep-size")] = False,
-    overwrite: Annotated[bool, _opt("Replace existing outputs.", None, "--overwrite")] = False,
-    skip_existing: Annotated[bool, _opt("Skip inputs whose outputs exist (resume).", None, "--skip-existing")] = False,
+                                    None, "--keep-size", metavar="")] = False,
+    overwrite: Annotated[bool, _opt("Replace existing outputs.", None, "--overwrite", metavar="")] = False,
+    skip_existing: Annotated[bool, _opt("Skip inputs whose outputs exist (resume).", None, "--skip-existing", metavar="")] = False,
     workers: Annotated[int, _opt("Parallel worker processes (0: all cores).", None, "--workers", "-j")] = 0,
     batch_size: Annotated[int, _opt("Images per batch for model-backed types.")] = DEFAULT_BATCH_SIZE,
-    low: Annotated[int | None, _opt("canny/hough: low Canny threshold (canny 100, hough 50).", _PANEL_TYPE)] = None,
-    high: Annotated[int | None, _opt("canny/hough: high Canny threshold (canny 200, hough 150).", _PANEL_TYPE)] = None,
-    threshold: Annotated[int | None, _opt("scribble: ink threshold (127); hough: line votes (80).", _PANEL_TYPE)] = None,
-    min_length: Annotated[int | None, _opt("hough: shortest line kept, px (20).", _PANEL_TYPE)] = None,
-    max_gap: Annotated[int | None, _opt("hough: largest gap inside a line, px (5).", _PANEL_TYPE)] = None,
-    sigma: Annotated[float | None, _opt("blur: Gaussian sigma (9.0).", _PANEL_TYPE)] = None,
-    downsample: Annotated[float | None, _opt("tile: down-sampling factor (1.0).", _PANEL_TYPE)] = None,
-    seed: Annotated[int | None, _opt("shuffle: random warp seed (0).", _PANEL_TYPE)] = None,
-    hands: Annotated[bool, _opt("pose: also detect and draw hands.", _PANEL_TYPE, "--hands")] = False,
-    face: Annotated[bool, _opt("pose: also detect and draw the face.", _PANEL_TYPE, "--face")] = False,
-    keypoints: Annotated[bool, _opt("pose: also write the keypoints as OpenPose JSON, <stem>.pose.json next to "
-                                    "each map.", _PANEL_TYPE, "--keypoints")] = False,
     param: Annotated[list[str] | None, _opt("Any parameter of the type (repeatable), e.g. -p method=lsd.",
                                             _PANEL_TYPE, "--param", "-p", metavar="KEY=VALUE")] = None,
     dataset: Annotated[str | None, _opt("Write a training dataset here (photos + hints + captions) instead of "
@@ -162,18 +154,19 @@ def annotate_cmd(
     captioner: Annotated[str | None, _opt("BLIP hub id or folder for --caption blip.", _PANEL_DATA)] = None,
     device: DeviceOpt = "auto",
     weights_dir: Annotated[str | None, _opt("Folder of annotator weights.", _PANEL_MODELS)] = None,
-    offline: Annotated[bool, _opt("Never contact the model hub.", _PANEL_MODELS, "--offline")] = False,
+    offline: Annotated[bool, _opt("Never contact the model hub.", _PANEL_MODELS, "--offline", metavar="")] = False,
     trust_pickle: Annotated[bool, _opt("Allow .pth weights that need full unpickling (runs code from the file: "
                                        "only for files you trust). Also CNET_TRUST_PICKLE=1.", _PANEL_MODELS,
-                                       "--trust-pickle")] = False,
-    quiet: Annotated[bool, _opt("No progress bar.", None, "--quiet", "-q")] = False,
+                                       "--trust-pickle", metavar="")] = False,
+    quiet: Annotated[bool, _opt("No progress bar.", None, "--quiet", "-q", metavar="")] = False,
+    **type_flags: Any,  # one option per parameter of the hint types (`_type_flags`, added to the signature)
 ) -> None:
     from ..annotation import annotate_paths
 
-    ht = get_type(type.value)
-    given = {"low": low, "high": high, "threshold": threshold, "min_length": min_length, "max_gap": max_gap,
-             "sigma": sigma, "downsample": downsample, "seed": seed,
-             "hands": hands or None, "face": face or None, "keypoints": keypoints or None}
+    quiet_libraries(import_them=False)  # a model-backed type's transformers bars stay out of logs
+
+    ht = get_type(type)
+    given = {k: (v or None) if isinstance(v, bool) else v for k, v in type_flags.items()}  # a flag off: not given
     cfg = AnnotateConfig(
         inputs=tuple(inputs), type=ht.name, params=_params(ht.name, param or [], given), output=output,
         detect_resolution=detect_resolution, image_resolution=image_resolution, keep_size=keep_size,
@@ -209,6 +202,41 @@ def _print_failures(s: Any) -> None:
         err.print(f"[bold red]failed:[/] {escape(src)}: {escape(reason)}")
 
 
+def type_parameters() -> dict[str, tuple[Any, dict[str, Any]]]:
+    """Every parameter of the annotatable hint types, from their parameter dataclasses: name -> (its type,
+    {type name: default}). A parameter several types share has one type (the registry's types agree)."""
+    out: dict[str, tuple[Any, dict[str, Any]]] = {}
+    for name in list_types(annotatable=True):
+        ht = get_type(name)
+        hints = typing.get_type_hints(ht.params)
+        for f in dataclasses.fields(ht.params):
+            out.setdefault(f.name, (hints[f.name], {}))[1][ht.name] = f.default
+    return out
+
+
+def _type_flag(name: str, tp: Any, defaults: dict[str, Any]) -> inspect.Parameter:
+    """The option of one type parameter: `--min-length`, help "hough: 20" (each type's own default)."""
+    flag = "--" + name.replace("_", "-")
+    if tp is bool:
+        opt = typer.Option(flag, help=f"{', '.join(defaults)}: turn on.", rich_help_panel=_PANEL_TYPE, metavar="",
+                           show_default=False)
+        return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[bool, opt])
+    shown = ", ".join(f"{t} {d}" for t, d in defaults.items())
+    opt = typer.Option(flag, help=f"{', '.join(defaults)}.", rich_help_panel=_PANEL_TYPE, show_default=shown)
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[tp | None, opt])
+
+
+def _with_type_flags(fn: Any) -> Any:
+    """`fn` with its `**type_flags` replaced by one option per type parameter (typer reads `__signature__`);
+    adding a parameter to a type's dataclass adds its flag."""
+    sig = inspect.signature(fn, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    taken = {p.name for p in own}
+    flags = [_type_flag(n, tp, d) for n, (tp, d) in type_parameters().items() if n not in taken]
+    fn.__signature__ = sig.replace(parameters=[*own, *flags])
+    return fn
+
+
 def register(app: typer.Typer) -> None:
     app.command("annotate", help="Extract ControlNet hint maps from images (files, folders, globs).",
-                epilog=_types_help(), no_args_is_help=True)(annotate_cmd)
+                epilog=_types_help(), no_args_is_help=True)(_with_type_flags(annotate_cmd))

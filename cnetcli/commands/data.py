@@ -24,7 +24,7 @@ def circles_cmd(
     holdout: Annotated[int, typer.Option("--holdout", help="Put the last N samples into a held-out split.")] = _D.holdout,
     heldout_output: Annotated[Path | None, typer.Option("--heldout-output", help="Held-out folder (default: OUT-heldout).")] = None,
     thickness: Annotated[int, typer.Option("--thickness", help="Outline thickness of the hint in pixels.")] = _D.thickness,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing dataset folder.")] = _D.overwrite,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing dataset folder.")] = _D.overwrite,
 ) -> None:
     from ..errors import UsageError
     from ..fsguard import check_writable_dir

@@ -17,9 +17,9 @@ PromptMode = choices("PromptMode", PROMPT_MODES)
 
 def demo(
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder.")] = Path(DemoConfig.output),
-    quick: Annotated[bool, typer.Option("--quick", help="A smoke run of about a minute: every stage runs, quality is not "
+    quick: Annotated[bool, typer.Option("--quick", metavar="", help="A smoke run of about a minute: every stage runs, quality is not "
                                         "judged.")] = False,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing demo output folder.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing demo output folder.")] = False,
     mode: Annotated[Optional[list[PromptMode]], typer.Option(  # noqa: UP045 (typer needs Optional here)
         "--mode", help="Prompt mode to score (repeat for several; default: all four).")] = None,
     curve_every: Annotated[int, typer.Option("--curve-every", min=0, help="Score a checkpoint every N training steps "

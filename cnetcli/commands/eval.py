@@ -20,23 +20,28 @@ HELP = "Measure how well generated images follow their hints (ControlNet++'s met
 def eval_cmd(
     folder: Annotated[Path, typer.Argument(help="Folder of `cnet generate` outputs (PNG + JSON sidecars).")],
     output: Annotated[Path | None, typer.Option(
-        "--output", "-o", help=f"Write the results JSON here (default: FOLDER/{DEFAULT_OUTPUT_NAME}).")] = None,
+        "--output", "-o", help="Write the results JSON here.", show_default=f"FOLDER/{DEFAULT_OUTPUT_NAME}")] = None,
     hint_type: Annotated[str | None, typer.Option(
         "--hint-type", help="Override the hint type read from the hints' provenance.")] = None,
-    tolerance: Annotated[int | None, typer.Option(
-        "--tolerance", help=f"Pixel tolerance of edge F1, 0..{MAX_TOLERANCE} (default {DEFAULT_TOLERANCE}).")] = None,
+    tolerance: Annotated[int, typer.Option(
+        "--tolerance", help=f"Pixel tolerance of edge F1, 0..{MAX_TOLERANCE}.")] = DEFAULT_TOLERANCE,
+    overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an earlier results file.")] = False,
 ) -> None:
+    # cnet.toml's [eval] table arrives as these options' defaults (the root command's default_map)
     from ..fsguard import check_writable_dir, cleanup_stale_temps
-    from ..project_config import merge_flags, project_defaults
 
-    flags = {"folder": str(folder), "output": str(output) if output is not None else None, "hint_type": hint_type,
-             "tolerance": tolerance}
-    cfg = EvalConfig(**merge_flags(project_defaults("eval", EvalConfig), flags))
+    cfg = EvalConfig(folder=str(folder), output=str(output) if output is not None else None, hint_type=hint_type,
+                     tolerance=tolerance)
     out = cfg.output_path
     if out.is_dir():
         from ..errors import OutputError
 
         raise OutputError(f"--output {out}: is a folder; name the results file (e.g. {out / DEFAULT_OUTPUT_NAME})")
+    if out.exists() and not overwrite:
+        from ..errors import OutputError
+
+        raise OutputError(f"--output {out}: holds the results of an earlier eval; pass --overwrite to replace it "
+                          "or -o to write elsewhere")
     if Path(cfg.folder).is_dir():  # else evaluate_folder says "no such folder"
         check_writable_dir(out.parent, "--output")  # before any image is read
         cleanup_stale_temps(out.parent, [f".{glob.escape(out.name)}.*.tmp"])  # left by a killed earlier eval
@@ -47,7 +52,9 @@ def eval_cmd(
 
     from ..evaluation import evaluate_folder
     from ..fsguard import atomic_write_text
-    from ._progress import RichReporter
+    from ._progress import RichReporter, quiet_libraries
+
+    quiet_libraries(import_them=False)  # re-annotating with a model-backed type: no library bars in the table
 
     res = evaluate_folder(cfg.folder, hint_type=cfg.hint_type, tolerance=cfg.tolerance,
                           reporter=RichReporter(unit="img/s", transient=True), relative_to=out.parent)

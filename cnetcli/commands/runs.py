@@ -9,7 +9,7 @@ import typer
 
 def runs_cmd(
     output: Annotated[str, typer.Argument(help="a `cnet train` output folder")] = "./controlnet-out",
-    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="print the summary as JSON")] = False,
 ) -> None:
     """Summarise a training run: phases, steps, checkpoints (valid or why not), losses, controllability."""
     from ..training.runs import summarize_run

@@ -7,6 +7,7 @@ cnet.toml values) count as given: on `--resume` everything else comes from the c
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,13 +21,15 @@ from ..training.config import (
     REPORT_TO,
     TIMESTEP_BIAS,
     UNLOCK_MODES,
+    TrainConfig,
 )
 from ._options import CpuAliasOpt, DeviceOpt, choices
 from ._progress import RichReporter, quiet_libraries
 
 _P = "Recipe"
 _M = "Connection modes"
-_S = "Speed & memory"
+_S = "Speed"
+_MEM = "Memory"
 _C = "Checkpoints"
 _V = "Validation & logging"
 
@@ -38,111 +41,132 @@ Unlock = choices("Unlock", UNLOCK_MODES)
 ReportTo = choices("ReportTo", REPORT_TO)
 LrScheduler = choices("LrScheduler", LR_SCHEDULERS)
 
+#: Each option's default is TrainConfig's own (one source; `--help` shows it as `[default: ...]`).
+_D = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+
+#: diffusers' train_controlnet.py flag names -> cnet's. Accepted (click's `token_normalize_func`), not listed
+#: one by one in `--help`, whose epilog names the convention; each option keeps one name in the table.
+DIFFUSERS_FLAGS = {
+    "--output_dir": "--output", "--controlnet_model_name_or_path": "--controlnet",
+    "--pretrained_vae_model_name_or_path": "--vae", "--image_column": "--image-column",
+    "--conditioning_image_column": "--conditioning-column", "--caption_column": "--caption-column",
+    "--max_train_samples": "--max-train-samples", "--train_batch_size": "--batch-size",
+    "--max_train_steps": "--max-steps", "--learning_rate": "--learning-rate", "--lr_scheduler": "--lr-scheduler",
+    "--lr_num_cycles": "--lr-num-cycles", "--lr_power": "--lr-power", "--lr_warmup_steps": "--warmup-steps",
+    "--proportion_empty_prompts": "--empty-prompt-prob", "--gradient_accumulation_steps": "--gradient-accumulation",
+    "--max_grad_norm": "--max-grad-norm", "--timestep_bias_strategy": "--timestep-bias",
+    "--timestep_bias_multiplier": "--timestep-bias-multiplier", "--timestep_bias_portion": "--timestep-bias-portion",
+    "--timestep_bias_begin": "--timestep-bias-begin", "--timestep_bias_end": "--timestep-bias-end",
+    "--snr_gamma": "--snr-gamma", "--mixed_precision": "--mixed-precision",
+    "--dataloader_num_workers": "--num-workers", "--checkpointing_steps": "--checkpoint-every",
+    "--checkpoints_total_limit": "--keep-checkpoints", "--resume_from_checkpoint": "--resume",
+    "--validation_steps": "--validate-every", "--validation-steps": "--validate-every",
+    "--validation_image": "--validation-hint", "--validation_prompt": "--validation-prompt",
+    "--num_validation_images": "--validation-images", "--report_to": "--report-to",
+}
+
+
+def diffusers_flag(name: str) -> str:
+    """click's token normalizer: gets an option name without its dashes (`max_train_steps`)."""
+    return DIFFUSERS_FLAGS.get("--" + name, "--" + name)[2:]
+
 
 def _opt(*names: str, panel: str | None = None, **kw: Any) -> Any:
     return typer.Option(*names, rich_help_panel=panel, **kw)
 
 
+def _flag(name: str, help: str, panel: str | None = None) -> Any:
+    """An on/off flag (no value, so no type shown)."""
+    return typer.Option(name, help=help, rich_help_panel=panel, metavar="", show_default=False)
+
+
 def train_cmd(
-    base: Annotated[str | None, _opt("--base", help="SD1.x/2.x or SDXL base (detected from the model): hub id, diffusers folder, single file or cnet-tiny (default SD1.5)")] = None,
-    data: Annotated[str | None, _opt("--data", help="dataset folder (metadata.jsonl or prompt.json), hub name, or WebDataset/parquet shards streamed ('shards/{00000..00099}.tar', glob, folder of .tar, list file, fsspec URL) (default ./dataset)")] = None,
-    output: Annotated[str | None, _opt("--output", "-o", "--output_dir", help="output folder (default ./controlnet-out)")] = None,
-    controlnet: Annotated[str | None, _opt("--controlnet", "--controlnet_model_name_or_path", help="continue from this ControlNet (folder, checkpoint folder, file); else init from the base's denoiser")] = None,
-    base_config: Annotated[str | None, _opt("--base-config", help="local config folder for a single-file --base offline")] = None,
-    vae: Annotated[str | None, _opt("--vae", "--pretrained_vae_model_name_or_path", help="a VAE replacing the base's (diffusers folder or hub id), e.g. an fp16-safe SDXL VAE; without it SDXL's VAE runs in fp32 under fp16")] = None,
-    image_column: Annotated[str | None, _opt("--image-column", "--image_column", help="hub dataset: photo column (default image)")] = None,
-    conditioning_column: Annotated[str | None, _opt("--conditioning-column", "--conditioning_image_column", help="hub dataset: hint column (default conditioning_image)")] = None,
-    caption_column: Annotated[str | None, _opt("--caption-column", "--caption_column", help="hub dataset: caption column (default text)")] = None,
-    split: Annotated[str | None, _opt("--split", help="dataset split to train on (default: train, or the only one)")] = None,
-    allow_outside_paths: Annotated[bool | None, _opt("--allow-outside-paths/--no-allow-outside-paths", help="read dataset rows that name files outside the dataset folder (absolute, ../, symlinks out); skipped and counted by default")] = None,
-    max_train_samples: Annotated[int | None, _opt("--max-train-samples", "--max_train_samples", help="use only the first N rows")] = None,
-    overwrite: Annotated[bool | None, _opt("--overwrite/--no-overwrite", help="start over in an output folder that holds a run")] = None,
-    recipe: Annotated[Recipe | None, _opt("--recipe", panel=_P, help="preset for the base (paper: the paper's settings; fast: converges sooner); fills what you do not set")] = None,
-    resolution: Annotated[int | None, _opt("--resolution", panel=_P, help="training size, multiple of 8 (default: the base's native size)")] = None,
-    batch_size: Annotated[int | None, _opt("--batch-size", "--train_batch_size", panel=_P, help="per-device batch (default: the recipe's)")] = None,
-    max_steps: Annotated[int | None, _opt("--max-steps", "--max_train_steps", panel=_P, help="optimizer steps (default: the recipe's)")] = None,
-    learning_rate: Annotated[float | None, _opt("--learning-rate", "--lr", "--learning_rate", panel=_P, help="ControlNet AdamW lr (default: the recipe's)")] = None,
-    lr_scheduler: Annotated[LrScheduler | None, _opt("--lr-scheduler", "--lr_scheduler", panel=_P, help="diffusers' LR schedule (default constant)")] = None,
-    lr_num_cycles: Annotated[int | None, _opt("--lr-num-cycles", "--lr_num_cycles", panel=_P, help="cosine_with_restarts: restarts (default 1)")] = None,
-    lr_power: Annotated[float | None, _opt("--lr-power", "--lr_power", panel=_P, help="polynomial: power (default 1.0)")] = None,
-    warmup_steps: Annotated[int | None, _opt("--warmup-steps", "--lr_warmup_steps", panel=_P, help="linear warmup steps (default 0)")] = None,
-    empty_prompt_prob: Annotated[float | None, _opt("--empty-prompt-prob", "--proportion_empty_prompts", panel=_P, help="share of prompts replaced by '' (default 0.5)")] = None,
-    gradient_accumulation: Annotated[int | None, _opt("--gradient-accumulation", "--gradient_accumulation_steps", panel=_P, help="micro-batches per step (default 1)")] = None,
-    max_grad_norm: Annotated[float | None, _opt("--max-grad-norm", "--max_grad_norm", panel=_P, help="clip (0 = off) (default 1.0)")] = None,
-    seed: Annotated[int | None, _opt("--seed", panel=_P, help="[0]")] = None,
-    hflip: Annotated[bool | None, _opt("--hflip/--no-hflip", panel=_P, help="random joint horizontal flip of photo and hint")] = None,
-    timestep_bias: Annotated[TimestepBias | None, _opt("--timestep-bias", "--timestep_bias_strategy", panel=_P, help="sample later (noisier: layout) / earlier (detail) / a range of timesteps more often (default none)")] = None,
-    timestep_bias_multiplier: Annotated[float | None, _opt("--timestep-bias-multiplier", "--timestep_bias_multiplier", panel=_P, help="how much more often (default 1.0)")] = None,
-    timestep_bias_portion: Annotated[float | None, _opt("--timestep-bias-portion", "--timestep_bias_portion", panel=_P, help="share of timesteps biased for later/earlier (default 0.25)")] = None,
-    timestep_bias_begin: Annotated[int | None, _opt("--timestep-bias-begin", "--timestep_bias_begin", panel=_P, help="range: first biased timestep (default 0)")] = None,
-    timestep_bias_end: Annotated[int | None, _opt("--timestep-bias-end", "--timestep_bias_end", panel=_P, help="range: end of the biased timesteps (default 1000)")] = None,
-    snr_gamma: Annotated[float | None, _opt("--snr-gamma", "--snr_gamma", panel=_P, help="min-SNR-gamma loss weighting (e.g. 5.0; default off)")] = None,
-    weighting_scheme: Annotated[str | None, _opt("--weighting-scheme", "--weighting_scheme", panel=_P, help="flow-matching bases (SD3): none | logit_normal | mode | sigma_sqrt | cosmap (default: the family's, SD3 logit_normal)")] = None,
-    small_scale: Annotated[bool | None, _opt("--small-scale/--full", panel=_M, help="fewer trainable blocks: SD1.5/SDXL the middle block only (paper), SD3 2 ControlNet layers")] = None,
-    reconnect_at: Annotated[int | None, _opt("--reconnect-at", panel=_M, help="small-scale: switch to full connection at this step")] = None,
-    unlock_sd_after: Annotated[int | None, _opt("--unlock-sd-after", panel=_M, help="large-scale: also train SD weights from this step")] = None,
-    sd_learning_rate: Annotated[float | None, _opt("--sd-learning-rate", panel=_M, help="lr of unlocked SD weights (default 2e-6)")] = None,
-    unlock: Annotated[Unlock | None, _opt("--unlock", panel=_M, help="all (paper) | decoder (original sd_locked=False) (default all)")] = None,
-    mixed_precision: Annotated[MixedPrecision | None, _opt("--mixed-precision", "--mixed_precision", panel=_S, help="auto: bf16 on a GPU that has it, else no (default auto)")] = None,
-    gradient_checkpointing: Annotated[bool | None, _opt("--gradient-checkpointing/--no-gradient-checkpointing", panel=_S)] = None,
-    use_8bit_adam: Annotated[bool | None, _opt("--use-8bit-adam/--no-8bit-adam", panel=_S, help="needs bitsandbytes")] = None,
-    allow_tf32: Annotated[bool | None, _opt("--tf32/--no-tf32", panel=_S, help="TF32 matmuls on Ampere+ (default on)")] = None,
-    cache_latents: Annotated[bool | None, _opt("--cache-latents/--no-cache-latents", panel=_S, help="encode images and prompts once, kept in OUTPUT/cache/ (default: on for a local dataset folder)")] = None,
-    num_workers: Annotated[int | None, _opt("--num-workers", "--dataloader_num_workers", panel=_S, help="data loader workers (default 0)")] = None,
-    device: DeviceOpt = None,  # type: ignore[assignment]
+    ctx: typer.Context,
+    base: Annotated[str, _opt("--base", help="hub id, folder, file or cnet-tiny", metavar="MODEL", show_default="sd15")] = _D["base"],
+    data: Annotated[str, _opt("--data", help="folder, file, hub id or shards", metavar="PATH")] = _D["data"],
+    output: Annotated[str, _opt("--output", "-o", help="output folder", metavar="DIR")] = _D["output"],
+    controlnet: Annotated[str | None, _opt("--controlnet", help="start from this ControlNet", metavar="PATH", show_default="the UNet's copy")] = None,
+    base_config: Annotated[str | None, _opt("--base-config", help="configs of a single-file --base", metavar="DIR")] = None,
+    vae: Annotated[str | None, _opt("--vae", help="VAE replacing the base's", metavar="MODEL")] = None,
+    image_column: Annotated[str, _opt("--image-column", help="photo column")] = _D["image_column"],
+    conditioning_column: Annotated[str, _opt("--conditioning-column", help="hint column")] = _D["conditioning_column"],
+    caption_column: Annotated[str, _opt("--caption-column", help="caption column")] = _D["caption_column"],
+    split: Annotated[str | None, _opt("--split", help="dataset split", show_default="train")] = None,
+    allow_outside_paths: Annotated[bool, _flag("--allow-outside-paths", "read rows naming files outside --data")] = False,
+    max_train_samples: Annotated[int | None, _opt("--max-train-samples", help="use only the first N rows")] = None,
+    overwrite: Annotated[bool, _flag("--overwrite", "start over in a run's folder")] = False,
+    recipe: Annotated[Recipe, _opt("--recipe", panel=_P, help="fills what you do not set", metavar="paper|fast")] = Recipe(_D["recipe"]),
+    resolution: Annotated[int | None, _opt("--resolution", panel=_P, help="training size, x8", show_default="the base's")] = None,
+    batch_size: Annotated[int | None, _opt("--batch-size", panel=_P, help="per-device batch", show_default="recipe")] = None,
+    max_steps: Annotated[int | None, _opt("--max-steps", panel=_P, help="optimizer steps", show_default="recipe")] = None,
+    learning_rate: Annotated[float | None, _opt("--learning-rate", "--lr", panel=_P, help="AdamW lr", show_default="recipe")] = None,
+    lr_scheduler: Annotated[LrScheduler, _opt("--lr-scheduler", panel=_P, help="constant, constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial", metavar="NAME", show_default=False)] = LrScheduler(_D["lr_scheduler"]),
+    lr_num_cycles: Annotated[int, _opt("--lr-num-cycles", panel=_P, help="cosine restarts")] = _D["lr_num_cycles"],
+    lr_power: Annotated[float, _opt("--lr-power", panel=_P, help="polynomial: power")] = _D["lr_power"],
+    warmup_steps: Annotated[int, _opt("--warmup-steps", panel=_P, help="linear warmup steps")] = _D["warmup_steps"],
+    empty_prompt_prob: Annotated[float, _opt("--empty-prompt-prob", panel=_P, help="share of '' prompts")] = _D["empty_prompt_prob"],
+    gradient_accumulation: Annotated[int, _opt("--gradient-accumulation", panel=_P, help="micro-batches per step")] = _D["gradient_accumulation"],
+    max_grad_norm: Annotated[float, _opt("--max-grad-norm", panel=_P, help="clip (0: off)")] = _D["max_grad_norm"],
+    seed: Annotated[int, _opt("--seed", panel=_P, help="seed of the run")] = _D["seed"],
+    hflip: Annotated[bool, _flag("--hflip", "flip photo+hint at random", _P)] = False,
+    timestep_bias: Annotated[TimestepBias, _opt("--timestep-bias", panel=_P, help="none | later | earlier | range", metavar="MODE")] = TimestepBias(_D["timestep_bias"]),
+    timestep_bias_multiplier: Annotated[float, _opt("--timestep-bias-multiplier", panel=_P, help="x more often")] = _D["timestep_bias_multiplier"],
+    timestep_bias_portion: Annotated[float, _opt("--timestep-bias-portion", panel=_P, help="share biased")] = _D["timestep_bias_portion"],
+    timestep_bias_begin: Annotated[int, _opt("--timestep-bias-begin", panel=_P, help="range: first")] = _D["timestep_bias_begin"],
+    timestep_bias_end: Annotated[int, _opt("--timestep-bias-end", panel=_P, help="range: end")] = _D["timestep_bias_end"],
+    snr_gamma: Annotated[float | None, _opt("--snr-gamma", panel=_P, help="min-SNR weighting, e.g. 5", show_default="off")] = None,
+    weighting_scheme: Annotated[str | None, _opt("--weighting-scheme", panel=_P, help="SD3/FLUX loss weighting", show_default="family's", metavar="NAME")] = None,
+    small_scale: Annotated[bool, _flag("--small-scale", "train fewer blocks (SD: middle)", _M)] = False,
+    full: Annotated[bool, _flag("--full", "connect every block (overrides cnet.toml)", _M)] = False,
+    reconnect_at: Annotated[int | None, _opt("--reconnect-at", panel=_M, help="connect all at step N")] = None,
+    unlock_sd_after: Annotated[int | None, _opt("--unlock-sd-after", panel=_M, help="also train SD from step N")] = None,
+    sd_learning_rate: Annotated[float, _opt("--sd-learning-rate", panel=_M, help="lr of unlocked SD")] = _D["sd_learning_rate"],
+    unlock: Annotated[Unlock, _opt("--unlock", panel=_M, help="all | decoder", metavar="PART")] = Unlock(_D["unlock"]),
+    mixed_precision: Annotated[MixedPrecision, _opt("--mixed-precision", panel=_MEM, help="auto | no | fp16 | bf16", metavar="MODE")] = MixedPrecision(_D["mixed_precision"]),
+    gradient_checkpointing: Annotated[bool, _flag("--gradient-checkpointing", "save memory", _MEM)] = False,
+    use_8bit_adam: Annotated[bool, _flag("--use-8bit-adam", "bitsandbytes' AdamW", _MEM)] = False,
+    allow_tf32: Annotated[bool, _opt("--tf32/--no-tf32", panel=_S, metavar="", help="TF32 matmuls")] = _D["allow_tf32"],
+    cache_latents: Annotated[bool | None, _opt("--cache-latents/--no-cache-latents", panel=_S, metavar="", help="encode once", show_default="local data")] = None,
+    num_workers: Annotated[int, _opt("--num-workers", panel=_S, help="data loader workers")] = _D["num_workers"],
+    device: DeviceOpt = _D["device"],
     cpu: CpuAliasOpt = False,  # deprecated alias of --device cpu (see _options.py)
-    checkpoint_every: Annotated[int | None, _opt("--checkpoint-every", "--checkpointing_steps", panel=_C, help="steps between checkpoints (0: none) (default 500)")] = None,
-    keep_checkpoints: Annotated[int | None, _opt("--keep-checkpoints", "--checkpoints_total_limit", panel=_C, help="newest checkpoints kept (default 3)")] = None,
-    resume: Annotated[str | None, _opt("--resume", "--resume_from_checkpoint", panel=_C, help="latest | a checkpoint folder: continue that run with its own settings")] = None,
-    force_config: Annotated[bool | None, _opt("--force-config", panel=_C, help="on --resume: allow flags that change the training (recorded as a new phase in OUTPUT/runs.jsonl)")] = None,
-    single_file: Annotated[bool | None, _opt("--single-file/--no-single-file", panel=_C, help="also write OUTPUT/controlnet.safetensors (original layout)")] = None,
-    validate_every: Annotated[int | None, _opt("--validate-every", "--validation-steps", "--validation_steps", panel=_V, help="steps between sample grids (0: off)")] = None,
-    validation_hint: Annotated[list[str] | None, _opt("--validation-hint", "--validation_image", panel=_V, help="hint image (repeatable)")] = None,
-    validation_prompt: Annotated[list[str] | None, _opt("--validation-prompt", "--validation_prompt", panel=_V, help="prompt (one, or one per hint)")] = None,
-    validation_images: Annotated[int | None, _opt("--validation-images", "--num_validation_images", panel=_V, help="samples per hint (default 2)")] = None,
-    validation_sampling_steps: Annotated[int | None, _opt("--validation-sampling-steps", panel=_V, help="sampling steps of the validation samples (default 20, as cnet generate)")] = None,
-    validation_type: Annotated[str | None, _opt("--validation-type", panel=_V, help="hint type scored for controllability (cnet eval's metric); default: the hint PNG's provenance")] = None,
-    report_to: Annotated[ReportTo | None, _opt("--report-to", "--report_to", panel=_V, help="tensorboard | wandb (if installed) | none (default tensorboard)")] = None,
-    log_every: Annotated[int | None, _opt("--log-every", panel=_V, help="steps between loss readings/logs (default 10)")] = None,
+    checkpoint_every: Annotated[int, _opt("--checkpoint-every", panel=_C, help="steps between checkpoints")] = _D["checkpoint_every"],
+    keep_checkpoints: Annotated[int, _opt("--keep-checkpoints", panel=_C, help="newest kept")] = _D["keep_checkpoints"],
+    resume: Annotated[str | None, _opt("--resume", panel=_C, help="latest | a checkpoint folder", metavar="CKPT")] = None,
+    force_config: Annotated[bool, _flag("--force-config", "resume with changed settings", _C)] = False,
+    single_file: Annotated[bool, _flag("--single-file", "also OUTPUT/controlnet.safetensors", _C)] = False,
+    validate_every: Annotated[int, _opt("--validate-every", panel=_V, help="steps between samples")] = _D["validate_every"],
+    validation_hints: Annotated[list[str], _opt("--validation-hint", panel=_V, help="hint image (repeat)", show_default=False, metavar="PNG")] = [],  # noqa: B006
+    validation_prompts: Annotated[list[str], _opt("--validation-prompt", panel=_V, help="one, or one per hint", show_default=False, metavar="TEXT")] = [],  # noqa: B006
+    validation_images: Annotated[int, _opt("--validation-images", panel=_V, help="samples per hint")] = _D["validation_images"],
+    validation_sampling_steps: Annotated[int, _opt("--validation-sampling-steps", panel=_V, help="their sampling steps")] = _D["validation_sampling_steps"],
+    validation_type: Annotated[str | None, _opt("--validation-type", panel=_V, help="hint type scored", show_default="the hint's", metavar="TYPE")] = None,
+    report_to: Annotated[ReportTo, _opt("--report-to", panel=_V, help="tensorboard | wandb | none", metavar="NAME")] = ReportTo(_D["report_to"]),
+    log_every: Annotated[int, _opt("--log-every", panel=_V, help="loss reading every N")] = _D["log_every"],
 ) -> None:
-    """Fine-tune a ControlNet on a dataset of (photo, hint, caption) rows. Defaults: --base SD1.5, --data
-    ./dataset, --output ./controlnet-out, the paper's recipe at the base's own size; the train table of
-    ./cnet.toml overrides them. `--resume latest` continues a run with the settings it was started with."""
-    flags = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in locals().items() if k != "cpu"}
+    """Fine-tune a ControlNet on a dataset of (photo, hint, caption) rows. A \\[train] table in ./cnet.toml sets
+    other defaults; `--resume latest` continues a run with the settings it was started with."""
+    settings, given = _settings(ctx)
     try:
-        _train(flags, cpu)
+        _train(settings, given)
     except KeyboardInterrupt:  # before the loop's own Ctrl-C handling (imports, loading): typer would exit silently
         from ..errors import Interrupted
         from ..training.checkpoint import kept_after_interrupt
-        from ..training.config import DEFAULT_OUTPUT
 
-        raise Interrupted(kept_after_interrupt(Path(flags.get("output") or DEFAULT_OUTPUT))) from None
+        raise Interrupted(kept_after_interrupt(Path(settings["output"]))) from None
 
 
-def _train(flags: dict[str, Any], cpu: bool) -> None:
-    import dataclasses
-
-    from ..project_config import section
-    from ..training.config import TrainConfig
-
-    if cpu and flags.get("device") is None:
-        flags["device"] = "cpu"
-    flags["validation_hints"] = flags.pop("validation_hint") or None
-    flags["validation_prompts"] = flags.pop("validation_prompt") or None
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    settings = section("train", allowed=names)
-    for k in ("validation_hints", "validation_prompts"):
-        if isinstance(settings.get(k), str):
-            settings[k] = [settings[k]]
-    settings.update({k: v for k, v in flags.items() if k in names and v is not None})
+def _train(settings: dict[str, Any], given: dict[str, Any]) -> None:
     cfg = TrainConfig(**settings)
+    from ..training.inputs import check_inputs
 
+    check_inputs(cfg)  # before the training stack (torch) is imported: a bad --base/--data costs no start-up
     from ..training import train
 
     quiet_libraries()
     reporter = RichReporter(unit="it/s", fields=("loss", "lr"))
     try:
-        result = train(cfg, reporter, given=settings)
+        result = train(cfg, reporter, given=given)
     finally:
         reporter.finish()
     if not result.is_main_process:  # `accelerate launch` / torchrun: the main process reports
@@ -168,18 +192,37 @@ def _train(flags: dict[str, Any], cpu: bool) -> None:
                    + f"  ({Path(result.validation_images[-1]).parent / 'controllability.jsonl'})")
 
 
+def _settings(ctx: typer.Context) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The TrainConfig settings from the parsed options (+ cnet.toml keys that have no flag) and the ones given
+    on purpose: typed, or from cnet.toml (typer's parameter source), which is what `--resume` may change."""
+    from ..errors import UsageError
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: (v.value if isinstance(v, enum.Enum) else tuple(v) if isinstance(v, list) else v)
+              for k, v in ctx.params.items()}
+    given = {k for k in values if ctx.get_parameter_source(k).name != "DEFAULT"}
+    typed = {k for k in values if ctx.get_parameter_source(k).name == "COMMANDLINE"}
+    if {"small_scale", "full"} <= typed and values["full"] and values["small_scale"]:
+        raise UsageError("--small-scale and --full contradict each other; pass one")
+    if values.pop("full"):
+        values["small_scale"] = False
+        given.add("small_scale")
+    if values.pop("cpu") and "device" not in given:
+        values["device"] = "cpu"
+        given.add("device")
+    extra = {k: v for k, v in (ctx.default_map or {}).items() if k in names and k not in values}
+    settings = {k: v for k, v in values.items() if k in names} | extra
+    return settings, {k: settings[k] for k in settings if k in given or k in extra}
+
+
 LAUNCHING = (
-    "[bold]Launching on several GPUs or machines[/]: run this command under a launcher; --batch-size is per "
-    "process. One node: `torchrun --nproc_per_node 8 -m cnetcli train ...` or `accelerate launch --config_file "
-    "examples/accelerate/ddp.yaml -m cnetcli train ...`. Several nodes: the same command on each node with "
-    "`--nnodes N --node_rank R --master_addr HOST0 --master_port 29500` (torchrun) or "
-    "examples/accelerate/ddp_multinode.yaml with --machine_rank R. FSDP / DeepSpeed ZeRO-2/3: "
-    "examples/accelerate/fsdp.yaml, deepspeed_zero2.yaml, deepspeed_zero3.yaml (CUDA only; only the ControlNet "
-    "is wrapped, the base stays frozen). --data may stream WebDataset/parquet shards: 'shards/{00000..00099}.tar', "
-    "a glob, a folder of .tar, a list file or fsspec URLs; each process reads whole shards, and --resume needs the "
-    "same process count and --num-workers."
+    "[bold]Launching on several GPUs or machines[/]: `torchrun --nproc_per_node 8 -m cnetcli train ...` or "
+    "`accelerate launch --config_file examples/accelerate/ddp.yaml -m cnetcli train ...` (--batch-size is per "
+    "process; multi-node, examples/accelerate/fsdp.yaml and deepspeed_zero2/3.yaml: see the README). diffusers' "
+    "train_controlnet.py flag names work too (--max_train_steps, --learning_rate, --checkpointing_steps, ...)."
 )
 
 
 def register(app: typer.Typer) -> None:
-    app.command("train", help=train_cmd.__doc__, epilog=LAUNCHING)(train_cmd)
+    app.command("train", help=train_cmd.__doc__, epilog=LAUNCHING,
+                context_settings={"token_normalize_func": diffusers_flag})(train_cmd)

@@ -51,8 +51,8 @@ def _table(rows, hashes: bool, verify: bool = False):  # rows: list[WeightStatus
 def list_cmd(
     types: TypesArg = None,
     weights_dir: WeightsDirOpt = None,
-    no_hash: Annotated[bool, typer.Option("--no-hash", help="Skip computing sha256 (faster for large files).")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    no_hash: Annotated[bool, typer.Option("--no-hash", metavar="", help="Skip computing sha256 (faster for large files).")] = False,
+    json_out: Annotated[bool, typer.Option("--json", metavar="", help="Print JSON instead of a table.")] = False,
 ) -> None:
     from rich.console import Console
 
@@ -77,7 +77,7 @@ def pull_cmd(
     types: Annotated[list[str], typer.Argument(help="Hint types, e.g. pose depth.")],
     weights_dir: WeightsDirOpt = None,
     offline: OfflineOpt = False,
-    required_only: Annotated[bool, typer.Option("--required-only", help="Skip files only optional settings need.")] = False,
+    required_only: Annotated[bool, typer.Option("--required-only", metavar="", help="Skip files only optional settings need.")] = False,
 ) -> None:
     from rich.console import Console
 
@@ -90,9 +90,9 @@ def pull_cmd(
 def verify_cmd(
     types: TypesArg = None,
     weights_dir: WeightsDirOpt = None,
-    trust_pickle: Annotated[bool, typer.Option("--trust-pickle",
+    trust_pickle: Annotated[bool, typer.Option("--trust-pickle", metavar="",
                                                help="Also try loading checkpoints that need full unpickling.")] = False,
-    load: Annotated[bool, typer.Option("--load", help="Also load each checkpoint through the safe loader.")] = False,
+    load: Annotated[bool, typer.Option("--load", metavar="", help="Also load each checkpoint through the safe loader.")] = False,
 ) -> None:
     from rich.console import Console
 

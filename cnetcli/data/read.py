@@ -169,29 +169,40 @@ def read_dataset(data: str | os.PathLike, *, image_column: str = "image",
     opts = ReadOptions(image_column, conditioning_column, caption_column, split, max_samples, offline, strict,
                        allow_outside_paths)
     raw = os.fspath(data)
-    p = Path(os.path.expanduser(raw))
-    if p.is_dir():
+    kind, p = dataset_location(raw)
+    if kind == "dir":
         idx = _read_folder(p, opts)
-    elif p.is_file():
-        if p.suffix.lower() not in TABLE_SUFFIXES:
-            raise UsageError(f"--data {show(p)}: not a dataset file; pass the dataset folder or a "
-                             f"{'/'.join(TABLE_SUFFIXES)} file")
+    elif kind == "file":
         from . import tables
 
         idx = tables.read_local(p, opts, file=True)
-    elif p.exists() or p.is_symlink():
-        raise UsageError(f"--data {show(p)}: not a folder or a regular file")
-    elif _looks_like_hub_id(raw):
+    else:
         from . import tables
 
         idx = tables.read_hub(raw, opts)
-    else:
-        raise UsageError(f"--data {show(raw)}: no such folder; create one with `cnet annotate --dataset` or "
-                         "`cnet data circles`, or pass a hub dataset name")
     if not idx.rows:
         why = idx.skip_summary() or "the index holds no rows"
         raise InputError(f"--data {show(raw)}: the dataset has no usable rows ({why})")
     return idx
+
+
+def dataset_location(raw: str) -> tuple[str, Path]:
+    """What `--data` names, from the path alone: ("dir" | "file" | "hub", path); a path that is none of them
+    raises the one-line `UsageError` (cheap: the CLI asks before it imports the training stack)."""
+    p = Path(os.path.expanduser(raw))
+    if p.is_dir():
+        return "dir", p
+    if p.is_file():
+        if p.suffix.lower() not in TABLE_SUFFIXES:
+            raise UsageError(f"--data {show(p)}: not a dataset file; pass the dataset folder or a "
+                             f"{'/'.join(TABLE_SUFFIXES)} file")
+        return "file", p
+    if p.exists() or p.is_symlink():
+        raise UsageError(f"--data {show(p)}: not a folder or a regular file")
+    if _looks_like_hub_id(raw):
+        return "hub", p
+    raise UsageError(f"--data {show(raw)}: no such folder; create one with `cnet annotate --dataset` or "
+                     "`cnet data circles`, or pass a hub dataset name")
 
 
 def _looks_like_hub_id(s: str) -> bool:
@@ -232,9 +243,26 @@ def _read_folder(d: Path, opts: ReadOptions) -> DatasetIndex:
         raise InputError(f"--data {show(d)}: cannot list the folder ({e.strerror or e})") from None
     if splits:  # an imagefolder with split folders (train/, test/, ...)
         return _read_index(d, splits[_choose_split(list(splits), opts.split, d)], "imagefolder", opts)
+    _refuse_plain_photos(d)
     from . import tables
 
     return tables.read_local(d, opts, file=False)
+
+
+def _refuse_plain_photos(d: Path) -> None:
+    """A folder of photos (captions in <stem>.txt, perhaps) with no index and no data files is what `cnet
+    annotate --dataset` turns into a training dataset: say so, rather than name a missing column."""
+    from ..images import IMAGE_EXTENSIONS
+
+    try:
+        files = [p for p in d.iterdir() if p.is_file()]
+    except OSError:
+        return
+    suffixes = {p.suffix.lower() for p in files}
+    if suffixes & set(IMAGE_EXTENSIONS) and not suffixes & set(TABLE_SUFFIXES) and not (d / "data").is_dir():
+        raise UsageError(f"--data {show(d)}: a folder of images, not a training dataset (no metadata.jsonl, "
+                         f"prompt.json or data files); make one with `cnet annotate -t canny {show(d)} --dataset "
+                         "dataset` (captions from each photo's .txt) and pass --data dataset")
 
 
 def _choose_split(names: Sequence[str], wanted: str | None, where: Any) -> str:

@@ -1,7 +1,8 @@
 """ComfyUI's API-format graph of a cnet generation, stored as the PNG's `prompt` text chunk (what ComfyUI reads
 when an image is dropped on it).
 
-Nodes (names and inputs as in ComfyUI's `nodes.py`): CheckpointLoaderSimple, CLIPTextEncode (positive and
+Nodes (names and inputs as in ComfyUI's `nodes.py`): CheckpointLoaderSimple (DiffusersLoader for a diffusers
+folder base), CLIPTextEncode (positive and
 negative), per ControlNet a ControlNetLoader + LoadImage (the hint) + ControlNetApplyAdvanced chained on the
 conditioning (strength, start_percent, end_percent), EmptyLatentImage, KSampler (sampler/scheduler names from
 `samplers.SAMPLERS`/`SCHEDULERS`: see there for the closest-match choices), VAEDecode, SaveImage.
@@ -9,7 +10,8 @@ conditioning (strength, start_percent, end_percent), EmptyLatentImage, KSampler 
 What ComfyUI's core nodes cannot express is left at their defaults and said here: `--control-mode prompt|
 controlnet` (soft weights; ComfyUI applies ControlNets "balanced"), `--eta` other than the sampler's own, and
 the resize mode (LoadImage takes the hint as it is). Model and image inputs are file names, as ComfyUI's
-loaders list them from its `models/checkpoints`, `models/controlnet` and `input` folders.
+loaders list them from its `models/checkpoints`, `models/diffusers`, `models/controlnet` and `input` folders (a
+ControlNet folder's file under the folder's name, `run/controlnet.safetensors`, as ComfyUI lists subfolders).
 
 A base whose --cfg is a distilled guidance embedding (FLUX.1-dev; the sidecar's `guidance_embedding`) gets
 ComfyUI's FLUX workflow: a FluxGuidance node (comfy_extras/nodes_flux.py) on both conditionings carries --cfg,
@@ -40,6 +42,39 @@ def _file_name(spec: str | None, fallback: str) -> str:
     return f"{name}.safetensors"
 
 
+#: The single file inside a ControlNet folder that ComfyUI's ControlNetLoader reads, in the order looked for: a
+#: `cnet train --single-file` export, then the diffusers weights (of the folder itself or of a run's controlnet/).
+_CONTROLNET_FILES = ("controlnet.safetensors", "diffusion_pytorch_model.safetensors",
+                     "controlnet/diffusion_pytorch_model.safetensors")
+
+
+def _local_dir(spec: str | None) -> Path | None:
+    """The folder `spec` names (a built-in name such as cnet-tiny included), or None."""
+    from ..models.sd import BUILTIN_MODELS
+
+    p = Path(BUILTIN_MODELS.get(str(spec), str(spec))).expanduser() if spec else None
+    return p if p is not None and p.is_dir() else None
+
+
+def _controlnet_name(spec: str | None) -> str:
+    """A ControlNet as ComfyUI's models/controlnet lists it: a folder's weight file under the folder's name
+    (`run-sd/controlnet.safetensors`), else the file or hub id's name."""
+    d = _local_dir(spec)
+    for rel in _CONTROLNET_FILES if d is not None else ():
+        if (d / rel).is_file():
+            return f"{d.name}/{rel}"
+    return _file_name(spec, "controlnet.safetensors")
+
+
+def _base_loader(spec: str | None) -> tuple[str, dict[str, str]]:
+    """The loader node of the base: a diffusers folder through DiffusersLoader (models/diffusers/<name>), a
+    file or hub id through CheckpointLoaderSimple. Both give (MODEL, CLIP, VAE)."""
+    d = _local_dir(spec)
+    if d is not None and (d / "model_index.json").is_file():
+        return "DiffusersLoader", {"model_path": d.name}
+    return "CheckpointLoaderSimple", {"ckpt_name": _file_name(spec, "model.safetensors")}
+
+
 def comfy_sampler(sampler: str, scheduler: str) -> tuple[str, str]:
     spec = SAMPLERS[sampler]
     if spec.cls == "DDIMScheduler":
@@ -56,7 +91,8 @@ def comfy_graph(meta: dict[str, Any]) -> dict[str, Any]:
         g[nid] = {"class_type": cls, "inputs": inputs, "_meta": {"title": cls}}
         return [nid]
 
-    ckpt = node("CheckpointLoaderSimple", ckpt_name=_file_name(meta.get("base"), "model.safetensors"))[0]
+    loader_cls, loader_inputs = _base_loader(meta.get("base"))
+    ckpt = node(loader_cls, **loader_inputs)[0]
     pos = [node("CLIPTextEncode", text=meta.get("prompt", ""), clip=[ckpt, 1])[0], 0]
     neg = [node("CLIPTextEncode", text=meta.get("negative_prompt", ""), clip=[ckpt, 1])[0], 0]
     distilled = bool(meta.get("guidance_embedding"))
@@ -64,7 +100,7 @@ def comfy_graph(meta: dict[str, Any]) -> dict[str, Any]:
         pos = [node("FluxGuidance", conditioning=pos, guidance=float(meta["cfg"]))[0], 0]
         neg = [node("FluxGuidance", conditioning=neg, guidance=float(meta["cfg"]))[0], 0]
     for cn in meta.get("controlnets", []):
-        loader = node("ControlNetLoader", control_net_name=_file_name(cn.get("model"), "controlnet.safetensors"))[0]
+        loader = node("ControlNetLoader", control_net_name=_controlnet_name(cn.get("model")))[0]
         image = node("LoadImage", image=_base_name(cn.get("hint"), "hint.png"))[0]
         apply = node("ControlNetApplyAdvanced", positive=pos, negative=neg, control_net=[loader, 0],
                      image=[image, 0], strength=float(cn["scale"]), start_percent=float(cn["start"]),

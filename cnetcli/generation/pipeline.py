@@ -330,9 +330,9 @@ def check_output_dir(outdir: Path) -> None:
     ensure_dir(check_writable_dir(outdir, "--output"), "--output")
 
 
-def check_captioner(spec: str, offline: bool | None) -> None:
+def check_captioner(spec: str, offline: bool | None, base: str | None = None) -> None:
     """Auto mode captions after pass 1: make sure the captioner can load before pass 1 runs."""
-    from ..models.sd import BUILTIN_MODELS, is_offline, missing_hub_error, resolve
+    from ..models.sd import BUILTIN_CAPTIONERS, BUILTIN_MODELS, is_offline, missing_hub_error, resolve
 
     s = resolve(BUILTIN_MODELS.get(str(spec), str(spec)))
     if s.kind == "file":
@@ -344,7 +344,9 @@ def check_captioner(spec: str, offline: bool | None) -> None:
         from huggingface_hub import try_to_load_from_cache
 
         if not isinstance(try_to_load_from_cache(s.location, "config.json"), str):
-            raise missing_hub_error(s.location, "captioner", " with --captioner")
+            own = BUILTIN_CAPTIONERS.get(str(base))
+            raise missing_hub_error(s.location, "captioner", f" with --captioner (the {base} base's own: "
+                                    f"--captioner {own})" if own else " with --captioner")
 
 
 # -------------------------------------------------------------------------------------- 4. sampling
@@ -793,7 +795,7 @@ def preflight(cfg: GenerateConfig, models: Models | None = None) -> list[Job]:
     if cfg.save:
         check_output_dir(outdir)
     if cfg.prompt_mode == "auto":
-        check_captioner(cfg.captioner, cfg.offline)
+        check_captioner(cfg.captioner, cfg.offline, cfg.base)
     return resolve_jobs(cfg, outdir, models)
 
 

@@ -42,7 +42,7 @@ def is_pickle_refusal(e: BaseException) -> bool:
 def redownload(source: str | None) -> str:
     """The fix for a damaged file: where to get it again."""
     if source and source.count("/") == 1 and not os.path.exists(source):
-        return f"download it again (`huggingface-cli download {source} --force-download`)"
+        return f"download it again (`hf download {source} --force-download`)"
     return "download it again"
 
 

@@ -4,8 +4,9 @@ Forms (`locate` tells them apart, `load` loads them):
 - a diffusers folder (`config.json` + weights), with any variant (`diffusion_pytorch_model.fp16.safetensors`,
   detected from the files present) and sharded (`*.index.json`); `.bin` weights load with
   `torch.load(weights_only=True)` inside diffusers;
-- a `cnet train` output folder (OUTPUT/controlnet/), or, for a run without final weights, its newest checkpoint;
-- a checkpoint folder (OUTPUT/checkpoints/step-N/controlnet.safetensors, diffusers keys, no config of its own);
+- a `cnet train` output folder (OUTPUT/controlnet/), or, for a run stopped before its final weights, its newest
+  complete checkpoint (one whose manifest.json, written last, is there);
+- a checkpoint folder (OUTPUT/checkpoints/step-N/ holding controlnet/; the older format's controlnet.safetensors);
 - a single file (`.safetensors`, `.pth`, `.ckpt`, `.pt`, `.bin`) in the original ControlNet layout
   (`control_model.*`, with or without the SD weights around it) or the diffusers layout;
 - a hub id (from the HF cache, downloaded only when online).
@@ -77,24 +78,39 @@ def detect_variant(folder: str | os.PathLike) -> str | None:
     return ranked[0]
 
 
+#: OUTPUT/checkpoints/step-N (or step-N-<run id> beside another run's step-N), as training/checkpoint.py names them
+_STEP_DIR = re.compile(r"step-(\d+)(?:-[0-9a-f]+)?")
+#: written last into a checkpoint (training/checkpoint.py): a folder without it is a write that did not finish
+_CHECKPOINT_MANIFEST = "manifest.json"
+
+
 def _checkpoint_weights(step_dir: Path) -> Path | None:
+    """A complete checkpoint's ControlNet: its `controlnet/` folder (a diffusers folder), or the older
+    format's `controlnet.safetensors`."""
+    if (step_dir / _CHECKPOINT_MANIFEST).is_file() and (step_dir / "controlnet" / "config.json").is_file():
+        return step_dir / "controlnet"
     p = step_dir / "controlnet.safetensors"
     return p if p.is_file() else None
 
 
 def _newest_checkpoint(run: Path) -> Path | None:
+    """The newest complete checkpoint of a run folder (one stopped before it wrote OUTPUT/controlnet/)."""
     steps = []
     d = run / "checkpoints"
     if d.is_dir():
         for p in d.iterdir():
-            m = re.fullmatch(r"step-(\d+)", p.name)
+            m = _STEP_DIR.fullmatch(p.name)
             if m and p.is_dir() and _checkpoint_weights(p):
-                steps.append((int(m.group(1)), p))
-    return max(steps)[1] if steps else None
+                steps.append((int(m.group(1)), p.name, p))
+    return max(steps)[2] if steps else None
 
 
 def _checkpoint(step_dir: Path, note: str = "") -> Located:
     """A cnet checkpoint folder: its weights, the run's config (when the run finished) and the base it names."""
+    weights = _checkpoint_weights(step_dir)
+    assert weights is not None
+    if weights.is_dir():
+        return Located("folder", str(weights), detect_variant(weights), note=note)
     run = step_dir.parent.parent if step_dir.parent.name == "checkpoints" else None
     dirs = tuple(str(d) for d in ([run / "controlnet"] if run else []) if (d / "config.json").is_file())
     base = None
@@ -107,8 +123,7 @@ def _checkpoint(step_dir: Path, note: str = "") -> Located:
             base = data.get("base") if isinstance(data, dict) else None
         except SchemaError:
             base = None
-    return Located("file", str(_checkpoint_weights(step_dir)), config_dirs=dirs,
-                   base=base if isinstance(base, str) else None, note=note)
+    return Located("file", str(weights), config_dirs=dirs, base=base if isinstance(base, str) else None, note=note)
 
 
 def locate(spec: str | os.PathLike) -> Located:
@@ -123,18 +138,19 @@ def locate(spec: str | os.PathLike) -> Located:
         return Located("file", str(p))
     if (p / "config.json").is_file():
         return Located("folder", str(p), detect_variant(p))
-    if (p / "controlnet" / "config.json").is_file():  # `cnet train` OUTPUT
+    if (p / "controlnet" / "config.json").is_file():  # `cnet train` OUTPUT, or one of its checkpoints
         return Located("folder", str(p / "controlnet"), detect_variant(p / "controlnet"))
-    if _checkpoint_weights(p):  # OUTPUT/checkpoints/step-N
+    if _checkpoint_weights(p):  # OUTPUT/checkpoints/step-N of the older format
         return _checkpoint(p)
     newest = _newest_checkpoint(p)
-    if newest is not None:  # a run stopped before writing OUTPUT/controlnet: its newest checkpoint
+    if newest is not None:  # a run stopped before writing OUTPUT/controlnet: its newest complete checkpoint
         return _checkpoint(newest, note=f"newest checkpoint {newest.name} of {p}")
     singles = [q for q in sorted(p.iterdir()) if q.is_file() and q.suffix.lower() in (".safetensors",)]
     if len(singles) == 1:  # a folder holding one weight file and no config
         return Located("file", str(singles[0]))
-    raise ModelLoadError(f"{p}: not a ControlNet folder (no config.json, no controlnet/ and no checkpoints/step-N "
-                         "inside); pass a diffusers ControlNet folder, a cnet train output or a single weight file")
+    raise ModelLoadError(f"{p}: not a ControlNet folder (no config.json, no controlnet/ and no complete "
+                         "checkpoints/step-N inside); pass a diffusers ControlNet folder, a cnet train output or "
+                         "a single weight file")
 
 
 # ------------------------------------------------------------------------------------ state dicts and shapes
@@ -164,7 +180,21 @@ def to_diffusers_keys(sd: dict[str, Any], config: dict[str, Any]) -> dict[str, A
     if not any(k.startswith(ORIGINAL_PREFIX) for k in sd):
         sd = {ORIGINAL_PREFIX + k: v for k, v in sd.items()}  # bare `input_blocks...` keys (trimmed exports)
     out = convert_controlnet_checkpoint(sd, dict(config))
+    out.update(_embedding_keys(sd, config))
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _embedding_keys(sd: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """SDXL's added-conditioning MLP (`label_emb.0.{0,2}` -> `add_embedding.linear_{1,2}`; a class embedding's
+    likewise), which diffusers' `convert_controlnet_checkpoint` leaves out although its own
+    `DIFFUSERS_TO_LDM_MAPPING["controlnet"]` table names the pairs (the same as ComfyUI's `unet_to_diffusers`)."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
+    kind = next((k for k in ("addition_embed_type", "class_embed_type") if config.get(k)), None)
+    if kind is None:
+        return {}
+    table = DIFFUSERS_TO_LDM_MAPPING["controlnet"][kind]
+    return {new: sd[ORIGINAL_PREFIX + old] for new, old in table.items() if ORIGINAL_PREFIX + old in sd}
 
 
 def hint_encoder(sd: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import CnetError, MissingWeightsError, ModelLoadError, UsageError
+from .hub import is_offline, offline_fix
 
 #: The SD1.5 release (the paper's base).
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -33,13 +34,9 @@ BUILTIN_MODELS.update({
     # tiny BLIP captioner trained on the same data (for `--prompt-mode auto` offline)
     "cnet-tiny-blip": str(ASSETS_DIR / "cnet-tiny-blip"),
 })
+#: A built-in base's own captioner (for `--prompt-mode auto` offline).
+BUILTIN_CAPTIONERS: dict[str, str] = {"cnet-tiny": "cnet-tiny-blip"}
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pth", ".pt", ".bin")
-
-
-def is_offline(offline: bool | None = None) -> bool:
-    if offline is not None:
-        return offline
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
@@ -76,10 +73,8 @@ def resolve(spec: str | os.PathLike) -> ModelSpec:
 
 
 def missing_hub_error(repo_id: str, what: str, extra: str = "") -> MissingWeightsError:
-    return MissingWeightsError(
-        f"{what} '{repo_id}' is not available offline: download it with `huggingface-cli download {repo_id}` "
-        f"(into the HF cache) or pass a local folder/file{extra}"
-    )
+    return MissingWeightsError(f"{what} '{repo_id}' is not available offline {offline_fix(repo_id)}; or pass a "
+                               f"local folder/file{extra}")
 
 
 def load_pretrained(cls: Any, spec: ModelSpec, what: str, offline: bool | None, *, trust_pickle_flag: bool = False,

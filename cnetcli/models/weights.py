@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import MissingWeightsError, ModelLoadError, UsageError, first_line
 from . import files as weight_files
+from .hub import download_command, is_offline, unreachable
 
 #: Where ControlNet 1.1's annotator checkpoints live (the repository controlnet_aux downloads from).
 ANNOTATORS_REPO = "lllyasviel/Annotators"
@@ -109,12 +110,6 @@ def weights_root(weights_dir: str | os.PathLike | None = None) -> Path | None:
     return Path(d).expanduser() if d else None
 
 
-def is_offline(offline: bool | None = None) -> bool:
-    from .sd import is_offline as _is_offline
-
-    return _is_offline(offline)
-
-
 def trust_pickle_default(trust_pickle: bool | None = None) -> bool:
     if trust_pickle is not None:
         return trust_pickle
@@ -124,7 +119,7 @@ def trust_pickle_default(trust_pickle: bool | None = None) -> bool:
 def _where_hint(f: WeightFile, root: Path | None, for_type: str | None) -> str:
     put = f"{root}/{f.name if f.kind == 'file' else f.name.split('/')[-1] + '/'}" if root else (
         f"<dir>/{f.name if f.kind == 'file' else f.name.split('/')[-1] + '/'} with --weights-dir/CNET_WEIGHTS_DIR")
-    pull = f"`cnet weights pull {for_type}`" if for_type else f"`huggingface-cli download {f.repo}`"
+    pull = f"`cnet weights pull {for_type}`" if for_type else download_command(f.repo)
     what = f"{f.name} (from hub repo {f.repo})" if f.kind == "file" else f"transformers model {f.name} (hub)"
     return f"missing weight {what}: run {pull} while online, or put it at {put}"
 
@@ -424,8 +419,10 @@ def pull(types: list[str], weights_dir: str | os.PathLike | None = None, offline
     missing = [s for s in sts if not s.present and (include_optional or s.file.required)]
     if missing and is_offline(offline):
         raise MissingWeightsError(
-            f"cannot pull {', '.join(sorted({s.file.name for s in missing}))}: offline (HF_HUB_OFFLINE=1 or --offline); "
-            "run it with network access, or copy the files into --weights-dir/CNET_WEIGHTS_DIR"
+            f"cannot pull {', '.join(sorted({s.file.name for s in missing}))}: "
+            + ("the model hub is unreachable; run it where there is a network" if unreachable() else
+               "offline (HF_HUB_OFFLINE=1 or --offline); run it with network access")
+            + ", or copy the files into --weights-dir/CNET_WEIGHTS_DIR"
         )
     root = weights_root(weights_dir)
     done: dict[str, Path] = {}

@@ -158,6 +158,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
     from ..device import torch_dtype
     from .checkpoint import remove_leftovers
+    from .launch import single_process_launch_note
     from .resume import RUNS_LOG, record_phase
     from .setup import build_models, build_optimizer, late_synced_params
 
@@ -174,11 +175,16 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     if index is not None and index.skipped:
         reporter.message(f"skipped {index.skipped} unreadable dataset rows (e.g. {index.skipped_examples[0]})")
     cuda = device.type == "cuda"
+    if accelerator.is_main_process and (note := single_process_launch_note(world, cuda)):
+        reporter.message(f"note: {note}")
     if cuda and cfg.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     weight_dtype = torch_dtype(mixed_precision)
-    if accelerator.is_main_process:
+
+    # 2. models: frozen VAE/text encoder/UNet; the ControlNet trains (and the UNet, once unlocked)
+    models = build_models(cfg, device, weight_dtype)
+    if accelerator.is_main_process:  # only now: a base that cannot load leaves no output folder behind
         for p in remove_leftovers(out):
             reporter.message(f"removed {p} (left by a write that was killed)")
         if cfg.overwrite and cfg.resume is None:  # start over: the old run's checkpoints and phases go
@@ -186,9 +192,6 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
             (out / RUNS_LOG).unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-
-    # 2. models: frozen VAE/text encoder/UNet; the ControlNet trains (and the UNet, once unlocked)
-    models = build_models(cfg, device, weight_dtype)
     cache_key = None
     if cfg.cache_latents:  # what the cache depends on, hashed once the weights are loaded
         from .cache import cache_key as make_key
@@ -263,7 +266,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     models.timestep_weights = t_weights.to(device) if t_weights is not None else None
     if log_with:
         accelerator.init_trackers("cnet-train", config={k: str(v) for k, v in cfg.to_dict().items()})
-    reporter.start(cfg.max_steps - state.step, f"train (steps {state.step}->{cfg.max_steps})")
+    reporter.start(cfg.max_steps - state.step, f"train {state.step}->{cfg.max_steps}")
     it = one_line_errors(iter(loader))
     with _Interrupt() as interrupt:
         # 6. the loop

@@ -51,7 +51,7 @@ def _write_outputs(cfg: TrainConfig, state: RunState, raw_controlnet: Any, model
             lambda d: models.denoiser.save_pretrained(str(d), safe_serialization=True), out / models.family.denoiser)
     summary = cfg.to_dict() | {"result": {
         "steps": state.step, "samples": samples, "skipped_rows": skipped, "final_loss": state.ema,
-        "small_scale_connected": models.connected, "processes": world,
+        "fully_connected": models.connected, "processes": world,
         "sd_unlocked": cfg.unlock if state.denoiser_unlocked else None}}
     atomic_write_text(out / "train_config.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
     result.loss_plot = plot_losses(state.losses, out / "loss.png")
