@@ -133,19 +133,7 @@ class PairDataset:
     def sample(self, i: int, flip: bool = False) -> tuple[Any, Any, Any]:
         """(image in [-1, 1], hint in [0, 1], micro-conditioning (orig h, orig w, crop top, crop left))."""
         row = self.index.rows[i]
-<<<<<<< HEAD
-        img = self.index.open(row.image)
-        micro = torch.tensor(micro_conditioning(*img.size, self.res, flip), dtype=torch.int64)
-        img = resize_center_crop(img, self.res, Image.BILINEAR)
-        hint = resize_center_crop(self.index.open(row.hint), self.res, Image.BILINEAR)
-        a = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
-        h = torch.from_numpy(np.asarray(hint, dtype=np.float32)).permute(2, 0, 1) / 255.0
-        if flip:  # joint flip: the hint must stay aligned with the photo
-            a, h = a.flip(-1), h.flip(-1)
-        return a.contiguous(), h.contiguous(), micro
-=======
-        return pair_tensors(open_image(row.image), open_image(row.hint), self.res, flip)
->>>>>>> scale
+        return pair_tensors(self.index.open(row.image), self.index.open(row.hint), self.res, flip)
 
     def __getitem__(self, item: tuple[int, bool, bool]) -> dict[str, Any]:
         i, drop, flip = item

@@ -138,12 +138,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     # environment, output folder, the dataset index
     cfg, resume_path, changes = plan_run(cfg, given, reporter)
     device_spec, mixed_precision = preflight(cfg)
-<<<<<<< HEAD
-    from .data import BatchStream, PairDataset, collate, one_line_errors, read_dataset
-=======
     from ..data.shards import looks_like_shards
-    from .data import BatchStream, PairDataset, collate, read_dataset
->>>>>>> scale
+    from .data import BatchStream, PairDataset, collate, one_line_errors, read_dataset
 
     source, index = None, None
     if looks_like_shards(cfg.data):  # WebDataset/parquet shards: streamed, never indexed (stream.py)
@@ -237,45 +233,22 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
         atomic_write_text(out / "train_config.json", cfg.to_json())  # only now: the resume has succeeded
 
-<<<<<<< HEAD
-    # 5. data: the rows that decode (through the latent/embedding cache, or one decoding pass), then the
-    # deterministic stream over them
-    dataset = PairDataset(index, cfg.resolution, load_pixels=not cfg.cache_latents)
+    # 5. data: a local dataset's rows that decode (through the latent/embedding cache, or one decoding pass),
+    # then the deterministic stream over them; or the streamed shards (never indexed, no cache)
     result = TrainResult(output=out, controlnet_dir=None, start_step=state.step, processes=world,
                          is_main_process=accelerator.is_main_process, config=cfg)
-    keep_decodable(cfg, dataset, models, cache_key, accelerator, reporter, result)
-    result.samples, result.skipped_rows = len(index), index.skipped
-    stream = BatchStream(len(index), cfg.batch_size, seed=cfg.seed, empty_prompt_prob=cfg.empty_prompt_prob,
-                         hflip=cfg.hflip, start_batch=state.step * cfg.gradient_accumulation, rank=rank,
-                         world_size=world)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=stream, collate_fn=collate,
-                                         num_workers=cfg.num_workers, pin_memory=cuda)
-=======
-    # 5. data: the deterministic stream, optionally through a latent/embedding cache
     if source is not None:
         loader = source.loader(cfg, rank=rank, world=world, start_batch=state.step * cfg.gradient_accumulation,
                                record=record, pin_memory=cuda)
     else:
         dataset = PairDataset(index, cfg.resolution, load_pixels=not cfg.cache_latents)
+        keep_decodable(cfg, dataset, models, cache_key, accelerator, reporter, result)
+        result.samples, result.skipped_rows = len(index), index.skipped
         stream = BatchStream(len(index), cfg.batch_size, seed=cfg.seed, empty_prompt_prob=cfg.empty_prompt_prob,
                              hflip=cfg.hflip, start_batch=state.step * cfg.gradient_accumulation, rank=rank,
                              world_size=world)
         loader = torch.utils.data.DataLoader(dataset, batch_sampler=stream, collate_fn=collate,
                                              num_workers=cfg.num_workers, pin_memory=cuda)
-    result = TrainResult(output=out, controlnet_dir=None, start_step=state.step,
-                         samples=len(index) if index is not None else 0,
-                         skipped_rows=index.skipped if index is not None else 0, processes=world,
-                         is_main_process=accelerator.is_main_process, config=cfg)
-    if cfg.cache_latents:
-        from .cache import load_or_build
-
-        models.cache, result.cache_path, result.cache_reused = load_or_build(
-            dataset, cache_key, out, vae=models.vae, family=models.family, text=models.text_components,
-            device=device, dtype=weight_dtype, bs=cfg.batch_size, accelerator=accelerator, reporter=reporter,
-            hflip=cfg.hflip)
-        models.cache = place_cache(models.cache, device)
-        encoders_to(models, "cpu")
->>>>>>> scale
 
     vae_factor = vae_scale_factor(models.vae.config)
     latent_shape = (models.vae.config.latent_channels, cfg.resolution // vae_factor, cfg.resolution // vae_factor)
