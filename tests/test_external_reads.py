@@ -40,8 +40,6 @@ SITES: dict[tuple[str, str, str], str] = {
         "after models.controlnet.read_shapes() -> boundary.check_file(): the header checked against the file",
     ("models/families/flux.py", "controlnet_file_config", "safetensors"): "as flow_files.load_controlnet_file",
     ("models/families/sd3.py", "controlnet_file_config", "safetensors"): "as flow_files.load_controlnet_file",
-    ("training/cache.py", "undecodable", "safetensors"): "cnet's own latent cache, just written or verified",
-    ("training/memory.py", "_param_count", "safetensors"): "an estimate only (any error -> counted as unreadable)",
     ("data/read.py", "_records", "csv"): "each row's cells are checked field by field (data.read.resolve) and counted",
 }
 
