@@ -45,7 +45,13 @@ def _check_same_annotator(root: Path, record: dict[str, Any], overwrite: bool) -
     p = root / MANIFEST
     if overwrite or not p.is_file():
         return
-    old = json.loads(p.read_text()).get("annotator", {})
+    from ..external import read_json
+
+    manifest = read_json(p)
+    old = manifest.get("annotator") if isinstance(manifest, dict) else None
+    if not isinstance(old, dict):
+        raise UsageError(f"--dataset {root}: {p.name} is not a cnet shard manifest; pass --overwrite to replace the "
+                         "shards or pick another folder")
     if {k: v for k, v in old.items() if k != "cnet"} != {k: v for k, v in record.items() if k != "cnet"}:
         raise UsageError(f"--dataset {root}: its shards were annotated with {old.get('type')} {old.get('params')}; "
                          "pass --overwrite to replace them or pick another folder")
@@ -147,12 +153,11 @@ def _staged_captions(staging: Path) -> dict[str, str]:
     p = staging / "metadata.jsonl"
     if not p.is_file():
         return {}
-    out = {}
-    for line in p.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            out[rec["file_name"]] = rec.get("text") or ""
-    return out
+    from ..external import MAX_INDEX_BYTES, parse_json_lines, read_bytes
+
+    rows, _ = parse_json_lines(read_bytes(p, MAX_INDEX_BYTES, "metadata.jsonl").decode("utf-8"), str(p))
+    return {r["file_name"]: str(r.get("text") or "") for r in rows
+            if isinstance(r, dict) and isinstance(r.get("file_name"), str)}
 
 
 def _pack(root: Path, shard: int, jobs: list[Job], captions: dict[str, str], type_name: str,

@@ -94,11 +94,13 @@ class ShardWriter:
 
 def write_manifest(root: str | os.PathLike, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """``manifest.json`` from the finished shards' sidecars: format, totals, and one row per shard."""
+    from ..external import read_json
+
     root = Path(root)
     rows = []
     for side in sorted(root.glob("[0-9]*.json")):
         if (root / side.with_suffix(".tar").name).is_file():
-            rows.append(json.loads(side.read_text()))
+            rows.append(read_json(side))  # this run's own sidecars, read bounded all the same
     manifest = {"format": FORMAT, "shards": len(rows), "samples": sum(r["count"] for r in rows)} | (extra or {}) \
         | {"files": rows}
     atomic_write_text(root / MANIFEST, json.dumps(manifest, indent=1))

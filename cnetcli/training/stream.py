@@ -160,10 +160,12 @@ def make_loader(stream: ShardStream, pin_memory: bool) -> Any:
 
 def read_record(checkpoint: Any) -> dict[str, Any]:
     """A checkpoint's state.json (already verified against its manifest by the resume)."""
-    import json
     from pathlib import Path
 
-    return json.loads((Path(checkpoint) / "state.json").read_text())
+    from ..external import read_json
+
+    state = read_json(Path(checkpoint) / "state.json")  # typed by verify() (external.records.CheckpointState)
+    return state if isinstance(state, dict) else {}
 
 
 class Streamed:
