@@ -82,10 +82,10 @@ def _flag(name: str, help: str, panel: str | None = None) -> Any:
 
 def train_cmd(
     ctx: typer.Context,
-    base: Annotated[str, _opt("--base", help="hub id, folder, file or cnet-tiny", metavar="MODEL", show_default="sd15")] = _D["base"],
+    base: Annotated[str, _opt("--base", help="hub id, folder, file or cnet-tiny", metavar="MODEL", show_default=str(_D["base"]))] = _D["base"],
     data: Annotated[str, _opt("--data", help="folder, file, hub id or shards", metavar="PATH")] = _D["data"],
     output: Annotated[str, _opt("--output", "-o", help="output folder", metavar="DIR")] = _D["output"],
-    controlnet: Annotated[str | None, _opt("--controlnet", help="start from this ControlNet", metavar="PATH", show_default="the UNet's copy")] = None,
+    controlnet: Annotated[str | None, _opt("--controlnet", help="start from this ControlNet", metavar="PATH", show_default="a copy of the base's denoiser")] = None,
     base_config: Annotated[str | None, _opt("--base-config", help="configs of a single-file --base", metavar="DIR")] = None,
     vae: Annotated[str | None, _opt("--vae", help="VAE replacing the base's", metavar="MODEL")] = None,
     image_column: Annotated[str, _opt("--image-column", help="photo column")] = _D["image_column"],
