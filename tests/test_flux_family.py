@@ -92,7 +92,7 @@ def _sample_with_cnet(parts, nets, hints, prompt, *, seed, steps, guidance, mode
     text = {k: parts[k] for k in (*fam.text_encoders, *fam.tokenizers)}
     enc = fam.encode_prompt(text, [prompt], negative_prompt=negative, do_classifier_free_guidance=true_cfg > 1)
     units = [ControlUnit(n, torch.from_numpy(np.asarray(h)).permute(2, 0, 1)[None].float() / 255,
-                         (scales or [1.0] * len(nets))[k], 0.0, 1.0) for k, (n, h) in enumerate(zip(nets, hints))]
+                         (scales or [1.0] * len(nets))[k], 0.0, 1.0) for k, (n, h) in enumerate(zip(nets, hints, strict=True))]
     with torch.no_grad():
         z = fam.sample_latents(parts["transformer"], units, modes or [None] * len(nets), enc,
                                [torch.Generator().manual_seed(seed)], size=(64, 64), steps=steps, guidance=guidance,

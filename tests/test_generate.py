@@ -61,7 +61,6 @@ def img(r):
 
 def test_defaults_are_the_papers():
     from cnetcli.generation import GenerateConfig
-
     from cnetcli.models.families import family_named
 
     c = GenerateConfig(hints=("h.png",))

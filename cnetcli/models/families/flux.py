@@ -27,8 +27,7 @@ from typing import Any, ClassVar
 
 from ...errors import UsageError
 from ..compat import config_get
-from . import ModelFamily, PromptEncoding, _as_list
-from . import flow, flow_files
+from . import ModelFamily, PromptEncoding, _as_list, flow, flow_files
 
 #: the FLUX script's --num_double_layers / --num_single_layers defaults (a full ControlNet)
 FULL_BLOCKS = (4, 4)
@@ -336,8 +335,6 @@ class Flux(ModelFamily):
         image before preparing latents). `guidance` feeds FLUX-dev's guidance embedding; with `true_cfg` > 1
         and a negative encoding the negative branch runs as a second forward reusing the ControlNet residuals,
         as FluxPipeline's `true_cfg_scale` does."""
-        import torch
-
         from ...generation.control import active
         from . import vae_scale_factor
 
