@@ -53,5 +53,5 @@ def test_train_small_scale_single_file_resume_and_generate(flux_dir, data, tmp_p
     for spec in (tmp_path / "a" / "controlnet", tmp_path / "a" / "controlnet.safetensors"):
         cfg = GenerateConfig(base=str(flux_dir), hints=(str(tmp_path / "hint.png"),), controlnets=(str(spec),),
                              prompt=("a red circle",), steps=2, seed=3, save=False, device="cpu")
-        images.append(generate(cfg)[0].image)
+        images.append(generate(cfg)[0].array)
     assert images[0].shape == (64, 64, 3) and np.array_equal(images[0], images[1])

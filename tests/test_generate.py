@@ -56,7 +56,7 @@ def gen(models, hints, tiny_sd_dir, tiny_controlnet_dir, tmp_path):
 
 
 def img(r):
-    return r[0].image.astype(np.int16)
+    return r[0].array.astype(np.int16)
 
 
 def test_defaults_are_the_papers():
@@ -97,7 +97,7 @@ def test_auto_mode_two_passes(gen, models, tmp_path):
     res = gen(prompt_mode="auto", captioner=str(cap_dir), num_images=2, batch_size=2)
     assert [r.metadata["pass"] for r in res] == [1, 1, 2, 2]
     assert all(r.metadata["prompt"] == DEFAULT_PROMPT and "caption" not in r.metadata for r in res[:2])
-    captions = models.get_captioner(str(cap_dir)).caption([r.image for r in res[:2]])
+    captions = models.get_captioner(str(cap_dir)).caption([r.array for r in res[:2]])
     for r, c in zip(res[2:], captions, strict=True):
         assert r.metadata["caption"] == c and r.metadata["prompt"] == c
     assert [r.metadata["seed"] for r in res] == [7, 8, 7, 8]  # same seeds in both passes
@@ -118,7 +118,7 @@ def test_base_unet_alone_matches_diffusers(gen, models, tiny_sd_dir):
     import torch
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    ours = gen(scales=(0.0,), sampler="ddim", prompt="red circle")[0].image
+    ours = gen(scales=(0.0,), sampler="ddim", prompt="red circle")[0].array
     pipe = StableDiffusionPipeline(vae=models.vae, text_encoder=models.text["text_encoder"], tokenizer=models.text["tokenizer"],
                                    unet=models.denoiser, scheduler=DDIMScheduler.from_config(
                                        models.scheduler_config, clip_sample=False, set_alpha_to_one=False),
@@ -167,19 +167,19 @@ def test_multi_controlnet(gen, hints, tiny_controlnet_dir):
 def test_seeds_reproducible(gen):
     a, b = gen(num_images=2, batch_size=2), gen(num_images=2, batch_size=1)
     assert [r.metadata["seed"] for r in a] == [7, 8]
-    assert np.array_equal(a[0].image, gen()[0].image)  # same seed, same image
+    assert np.array_equal(a[0].array, gen()[0].array)  # same seed, same image
     for x, y in zip(a, b, strict=True):  # independent of the batch size (up to float rounding)
-        assert np.abs(x.image.astype(np.int16) - y.image.astype(np.int16)).max() <= 2
-    assert not np.array_equal(a[0].image, a[1].image)
+        assert np.abs(x.array.astype(np.int16) - y.array.astype(np.int16)).max() <= 2
+    assert not np.array_equal(a[0].array, a[1].array)
     rnd = gen(seed=None)
     assert isinstance(rnd[0].metadata["seed"], int)
-    assert np.array_equal(rnd[0].image, gen(seed=rnd[0].metadata["seed"])[0].image)
+    assert np.array_equal(rnd[0].array, gen(seed=rnd[0].metadata["seed"])[0].array)
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "unipc", "euler_a", "dpmpp_2m"])
 def test_samplers(gen, sampler):
     r = gen(sampler=sampler)
-    assert r[0].image.shape == (32, 32, 3) and r[0].metadata["sampler"] == sampler
+    assert r[0].array.shape == (32, 32, 3) and r[0].metadata["sampler"] == sampler
 
 
 def test_metadata_round_trip_and_no_overwrite(gen, tmp_path):
@@ -225,7 +225,7 @@ def test_folder_batch_and_size(gen, hints, tmp_path):
     res = gen(hints=(str(d),))
     assert sorted(r.metadata["hint"] for r in res) == sorted(str(d / n) for n in ("bar.png", "square.png"))
     r = gen(width=48, height=40)
-    assert r[0].image.shape == (40, 48, 3)
+    assert r[0].array.shape == (40, 48, 3)
 
 
 def test_trained_unet_is_used(gen, tiny_sd_dir, tiny_controlnet_dir, hints, tmp_path):
@@ -245,7 +245,7 @@ def test_trained_unet_is_used(gen, tiny_sd_dir, tiny_controlnet_dir, hints, tmp_
     res = generate(GenerateConfig(hints=(str(hints / "square.png"),), controlnets=(str(out),), base=str(tiny_sd_dir),
                                   steps=STEPS, seed=7, save=False))
     assert res[0].metadata["unet"] == str(out / "unet")
-    assert not np.array_equal(res[0].image, gen()[0].image)
+    assert not np.array_equal(res[0].array, gen()[0].array)
 
 
 def test_image_annotated_on_the_fly(gen, tmp_path):
@@ -255,7 +255,7 @@ def test_image_annotated_on_the_fly(gen, tmp_path):
     res = gen(hints=(), image=str(tmp_path / "photo.png"), types=("canny",), image_resolution=64)
     hint_path = res[0].metadata["hint"]
     assert read_png_metadata(hint_path)["type"] == "canny"
-    assert res[0].image.shape == (64, 64, 3)
+    assert res[0].array.shape == (64, 64, 3)
 
 
 def test_bad_inputs_raise(gen, hints, tmp_path):
@@ -306,7 +306,7 @@ def test_matches_diffusers_controlnet_pipeline(gen, models, hints, tiny_controln
     net = models.controlnet(str(tiny_controlnet_dir))
     scales, starts, ends = ([1.0, 0.7], [0.0, 0.5], [1.0, 1.0]) if multi else ([0.8], [0.0], [0.5])
     ours = gen(hints=tuple(map(str, paths)), controlnets=(str(tiny_controlnet_dir),) * len(paths), sampler="ddim",
-               prompt="red circle", scales=tuple(scales), start=tuple(starts), end=tuple(ends), steps=4)[0].image
+               prompt="red circle", scales=tuple(scales), start=tuple(starts), end=tuple(ends), steps=4)[0].array
     pipe = StableDiffusionControlNetPipeline(
         vae=models.vae, text_encoder=models.text["text_encoder"], tokenizer=models.text["tokenizer"], unet=models.denoiser,
         controlnet=MultiControlNetModel([net, net]) if multi else net,
@@ -329,7 +329,7 @@ def test_bf16_and_flags(tiny_sd_dir, tiny_controlnet_dir, hints):
 
     r = generate(GenerateConfig(hints=(str(hints / "square.png"),), controlnets=(str(tiny_controlnet_dir),),
                                 base=str(tiny_sd_dir), steps=STEPS, seed=1, dtype="bf16", vae_tiling=True, save=False))
-    assert r[0].metadata["dtype"] == "bfloat16" and r[0].image.shape == (32, 32, 3)
+    assert r[0].metadata["dtype"] == "bfloat16" and r[0].array.shape == (32, 32, 3)
     with pytest.raises(UsageError, match="--guess-mode"):
         GenerateConfig(hints=("h.png",), guess_mode=True, control_mode="prompt")
     with pytest.raises(UsageError, match="--width"):

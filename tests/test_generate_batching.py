@@ -124,7 +124,7 @@ def _same(a, b):
         my = {k: v for k, v in y.metadata.items() if k != "config"}
         assert mx == my
         assert x.path.name == y.path.name
-        assert np.abs(x.image.astype(np.int16) - y.image.astype(np.int16)).max() <= 1
+        assert np.abs(x.array.astype(np.int16) - y.array.astype(np.int16)).max() <= 1
 
 
 def test_auto_batch_size():
@@ -150,7 +150,7 @@ def test_batched_across_hints_equals_one_by_one(gen, folder, batches, sampler):
     _same(one, many)
     # today's order: per hint (name order), its images by seed
     assert [(r.path.name, r.metadata["seed"]) for r in many] == [(f"{n}-{s}.png", s) for n in "abcd" for s in (7, 8)]
-    assert len({r.image.tobytes() for r in many}) == 8
+    assert len({r.array.tobytes() for r in many}) == 8
     # a batch that does not divide the items: 3 + 3 + 2
     batches.clear()
     _same(one, gen([folder], "three", sampler=sampler, num_images=2, batch_size=3, prompt_mode="none"))
@@ -168,7 +168,7 @@ def test_auto_mode_batches_both_passes(gen, folder, batches, blip, models):
     assert [r.metadata["pass"] for r in many] == [1, 1, 2, 2] * 4
     assert [Path(r.metadata["hint"]).name for r in many] == [f"{n}.png" for n in "abcd" for _ in range(4)]
     pass1 = [r for r in many if r.metadata["pass"] == 1]
-    captions = models.get_captioner(blip).caption([r.image for r in pass1])
+    captions = models.get_captioner(blip).caption([r.array for r in pass1])
     assert [r.metadata["caption"] for r in many if r.metadata["pass"] == 2] == captions
 
 
@@ -179,7 +179,7 @@ def test_mixed_sizes_split(gen, mixed, batches):
     many = gen([mixed], "many", sampler="ddim", batch_size=8, prompt_mode="none")
     assert batches == [(2, 32, 32), (1, 48, 40)]
     _same(one, many)
-    assert [r.image.shape for r in many] == [(32, 32, 3), (40, 48, 3), (32, 32, 3)]
+    assert [r.array.shape for r in many] == [(32, 32, 3), (40, 48, 3), (32, 32, 3)]
 
 
 def test_progress_counts_batches(gen, folder):
@@ -225,7 +225,7 @@ def test_per_hint_prompts(gen, folder, tmp_path):
         assert (again.prompt, again.hints, again.prompt_mode) == ((p,), (r.metadata["hint"],), "user")
     # each image as if its hint ran alone with its prompt
     alone = gen([folder / "b.png"], "alone", prompt="blue circle", added_prompt="best", sampler="ddim")
-    assert np.abs(alone[0].image.astype(np.int16) - res[1].image.astype(np.int16)).max() <= 1
+    assert np.abs(alone[0].array.astype(np.int16) - res[1].array.astype(np.int16)).max() <= 1
     # one prompt still serves every hint
     assert {r.metadata["prompt"] for r in gen([folder], "all", prompt="red circle", sampler="ddim")} == {"red circle"}
 
@@ -344,7 +344,7 @@ def test_cli_prompt_repeats_reach_the_config(run_cli, monkeypatch):
 
     got = []
     monkeypatch.setattr(pl, "preflight", lambda cfg: [])
-    monkeypatch.setattr(pl, "generate", lambda cfg, reporter=None, models=None, jobs=None: got.append(cfg) or [])
+    monkeypatch.setattr(pl, "generate", lambda cfg, reporter=None, models=None, jobs=None, on_result=None: got.append(cfg) or [])
     code, _, err = run_cli("generate", "--hint", "a.png", "--hint", "b.png", "--controlnet", "cn", "--prompt", "a cat",
                            "--prompt", "a dog", "--batch-size", "4")
     assert code == 0, err
@@ -374,4 +374,4 @@ def test_compiled_last_batch_is_padded(models, folder, cn_dir, batches):
     assert [b[0] for b in batches] == [3, 3]
     assert len(fast) == 4 and [r.metadata["hint"] for r in fast] == [r.metadata["hint"] for r in eager]
     for a, b in zip(eager, fast, strict=True):
-        assert np.abs(a.image.astype(np.int16) - b.image.astype(np.int16)).max() <= 1
+        assert np.abs(a.array.astype(np.int16) - b.array.astype(np.int16)).max() <= 1

@@ -11,7 +11,7 @@ def received(monkeypatch):
 
     got = []
 
-    def fake_generate(cfg, reporter=None, models=None, jobs=None):
+    def fake_generate(cfg, reporter=None, models=None, jobs=None, on_result=None):
         got.append(cfg)
         return []
 

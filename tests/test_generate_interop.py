@@ -51,7 +51,7 @@ def test_png_carries_a1111_and_comfyui_and_repeats(models, hints, tiny_sd_dir, t
                          image_resolution=64, output=str(tmp_path / "a"))
     r = generate(cfg, models=models)[0]
     text, pixels = _text(r.path)
-    assert np.array_equal(pixels, r.image)
+    assert np.array_equal(pixels, r.array)
     # A1111 reads it back
     p = a1111_parse(text["parameters"])
     assert (p["Prompt"], p["Negative prompt"], p["Steps"], p["Seed"]) == ("red circle", "blurry, dark", "2", "3")
@@ -69,11 +69,11 @@ def test_png_carries_a1111_and_comfyui_and_repeats(models, hints, tiny_sd_dir, t
     # the Python reader repeats it exactly
     kw = settings_from_png(r.path)
     again = generate(GenerateConfig(**kw, output=str(tmp_path / "b")), models=models)[0]
-    assert np.array_equal(again.image, r.image)
+    assert np.array_equal(again.array, r.array)
     # and so does the CLI (a new process would load the same models), with flags overriding
     code, out, err = run_cli("generate", "--from", str(r.path), "-o", str(tmp_path / "c"), "--device", "cpu")
     assert code == 0, err
-    assert np.array_equal(_text(out.split()[0])[1], r.image)
+    assert np.array_equal(_text(out.split()[0])[1], r.array)
     code, out, err = run_cli("generate", "--from", str(r.path), "-o", str(tmp_path / "d"), "--seed", "4",
                              "--steps", "1", "--device", "cpu")
     assert code == 0, err
@@ -114,7 +114,7 @@ def test_samplers_match_diffusers_pipeline(models, hints, tiny_controlnet_dir, t
 
     cfg = GenerateConfig(hints=(str(hints / "square.png"),), controlnets=(str(tiny_controlnet_dir),), base="unused",
                          steps=3, seed=7, prompt="red circle", sampler=sampler, scheduler=scheduler, save=False)
-    ours = generate(cfg, models=models)[0].image
+    ours = generate(cfg, models=models)[0].array
     net = models.controlnet(str(tiny_controlnet_dir))
     pipe = StableDiffusionControlNetPipeline(
         vae=models.vae, text_encoder=models.text["text_encoder"], tokenizer=models.text["tokenizer"], unet=models.denoiser, controlnet=net,
@@ -139,10 +139,10 @@ def test_compiled_step_equals_eager(models, hints, tiny_controlnet_dir):
 
     cfg = GenerateConfig(hints=(str(hints / "square.png"),), controlnets=(str(tiny_controlnet_dir),), base="unused",
                          steps=2, seed=5, sampler="ddim", save=False, compile=False)
-    eager = generate(cfg, models=models)[0].image
+    eager = generate(cfg, models=models)[0].array
     compiled = dataclasses.replace(models, denoiser=fast_path(models.denoiser, backend="aot_eager"), nets={}, compile=True,
                                    compile_backend="aot_eager")
-    fast = generate(cfg, models=compiled)[0].image
+    fast = generate(cfg, models=compiled)[0].array
     assert compiled.nets and all(hasattr(n, "_orig_mod") for n in compiled.nets.values())  # really compiled
     assert np.abs(fast.astype(np.int16) - eager.astype(np.int16)).max() <= 1
 
@@ -154,7 +154,7 @@ def test_sample_images_for_training_validation(models, hints, tiny_controlnet_di
 
     cfg = GenerateConfig(hints=(str(hints / "square.png"),), controlnets=(str(tiny_controlnet_dir),), base="unused",
                          steps=2, seed=9, prompt="red circle", save=False)
-    ref = generate(cfg, models=models)[0].image
+    ref = generate(cfg, models=models)[0].array
     net = models.controlnet(str(tiny_controlnet_dir))
     out = sample_images(models, cfg, [load_image(hints / "square.png")], ["red circle"], [9], controlnet=net)
     assert np.array_equal(out[0], ref) and len(models.nets) == 1
@@ -179,11 +179,11 @@ def test_dpmpp_sde_is_reproducible_per_image(models, hints, tiny_controlnet_dir)
 
     kw = dict(hints=(str(hints / "square.png"),), controlnets=(str(tiny_controlnet_dir),), base="unused", steps=2,
               seed=5, sampler="dpmpp_sde", scheduler="karras", save=False)
-    alone = generate(GenerateConfig(**kw), models=models)[0].image
+    alone = generate(GenerateConfig(**kw), models=models)[0].array
     pair = generate(GenerateConfig(**kw, num_images=2, batch_size=2), models=models)
-    assert np.array_equal(alone, generate(GenerateConfig(**kw), models=models)[0].image)
-    assert np.abs(pair[0].image.astype(np.int16) - alone.astype(np.int16)).max() <= 1
-    assert not np.array_equal(pair[0].image, pair[1].image)
+    assert np.array_equal(alone, generate(GenerateConfig(**kw), models=models)[0].array)
+    assert np.abs(pair[0].array.astype(np.int16) - alone.astype(np.int16)).max() <= 1
+    assert not np.array_equal(pair[0].array, pair[1].array)
 
 
 def test_from_repeats_one_image_of_a_folder_run(models, hints, tiny_sd_dir, tiny_controlnet_dir, tmp_path):
@@ -195,4 +195,4 @@ def test_from_repeats_one_image_of_a_folder_run(models, hints, tiny_sd_dir, tiny
     kw = settings_from_png(run[1].path)
     assert kw["hints"] == (run[1].metadata["hint"],) and kw["seed"] == run[1].metadata["seed"]
     again = generate(GenerateConfig(**kw, output=str(tmp_path / "b")), models=models)
-    assert len(again) == 1 and np.array_equal(again[0].image, run[1].image)
+    assert len(again) == 1 and np.array_equal(again[0].array, run[1].array)

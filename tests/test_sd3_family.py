@@ -85,5 +85,5 @@ def test_generate_equals_the_sd3_controlnet_pipeline(sd3_dir, tmp_path):
     cfg = GenerateConfig(hints=(str(tmp_path / "hint.png"),), controlnets=(str(tmp_path / "cn"),),
                          base=str(sd3_dir), prompt="a red circle", prompt_mode="user", seed=3, steps=4, cfg=7.0,
                          width=64, height=64, save=False, grid=False, device="cpu", dtype="fp32")
-    got = generate(cfg, models=load_models(cfg))[0].image
+    got = generate(cfg, models=load_models(cfg))[0].array
     assert np.abs(got.astype(np.float64) / 255 - want).max() <= 1 / 255 + 1e-6

@@ -75,7 +75,7 @@ def gen(models, hints, xl, tmp_path):
 
 
 def img(r):
-    return r[0].image.astype(np.int16)
+    return r[0].array.astype(np.int16)
 
 
 def test_models_are_sdxl(models):
@@ -112,7 +112,7 @@ def test_matches_diffusers_sdxl_controlnet_pipeline(gen, models, hints, xl, case
     negative = "blue" if case == "negative" else ""
     ours = gen(hints=tuple(map(str, paths)), controlnets=(str(xl["cn"]),) * len(paths), sampler="ddim",
                prompt="red circle", negative_prompt=negative, scales=tuple(scales), start=tuple(starts),
-               end=tuple(ends), steps=4)[0].image
+               end=tuple(ends), steps=4)[0].array
     pipe = _pipe(models, MultiControlNetModel([net, net]) if multi else net)
     images = [Image.open(p).convert("RGB") for p in paths]
     latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(7))
@@ -159,7 +159,7 @@ def test_control_modes_windows_and_scale(gen):
 @pytest.mark.parametrize("sampler", ["euler_a", "dpmpp_2m", "unipc", "heun"])
 def test_samplers(gen, sampler):
     r = gen(sampler=sampler)
-    assert r[0].image.shape == (64, 64, 3) and r[0].metadata["sampler"] == sampler
+    assert r[0].array.shape == (64, 64, 3) and r[0].metadata["sampler"] == sampler
 
 
 def test_prompt_modes(gen, models):
@@ -171,7 +171,7 @@ def test_prompt_modes(gen, models):
     assert not np.array_equal(img(none), img(user))
     auto = gen(prompt_mode="auto", captioner="cnet-tiny-blip", num_images=2, batch_size=2)
     assert [r.metadata["pass"] for r in auto] == [1, 1, 2, 2]
-    captions = models.get_captioner("cnet-tiny-blip").caption([r.image for r in auto[:2]])
+    captions = models.get_captioner("cnet-tiny-blip").caption([r.array for r in auto[:2]])
     assert [r.metadata["prompt"] for r in auto[2:]] == captions
     assert all(r.metadata["family"] == "sdxl" for r in auto)
 
@@ -190,7 +190,7 @@ def test_metadata_infotext_and_repeat(gen, tmp_path):
         text = im.text["parameters"]
     assert text.startswith("red circle\n") and "Size: 64x64" in text and "ControlNet 0:" in text
     again = gen(**{k: v for k, v in settings_from_png(r.path).items() if k not in ("output", "base")})[0]
-    assert np.array_equal(again.image, r.image)
+    assert np.array_equal(again.array, r.array)
 
 
 def test_release_picked_for_the_family(hints, xl, tmp_path):
@@ -231,4 +231,4 @@ def test_sample_images_on_sdxl(gen, models, hints, xl):
     cfg = GenerateConfig(hints=("x",), base=str(xl["base"]), steps=STEPS, prompt="red circle", save=False)
     out = sample_images(models, cfg, [load_image(hints / "square.png")], ["red circle"], [7],
                         controlnet=models.controlnet(str(xl["cn"])), hint_type="canny")
-    assert np.array_equal(out[0], gen(prompt="red circle")[0].image)
+    assert np.array_equal(out[0], gen(prompt="red circle")[0].array)

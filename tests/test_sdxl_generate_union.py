@@ -102,7 +102,7 @@ def test_two_control_types_match_diffusers_union_pipeline(gen, models, hints, xl
                height=64, width=64, num_inference_steps=4, guidance_scale=9.0, latents=latents, output_type="np",
                controlnet_conditioning_scale=[1.0, 0.7], control_guidance_start=[0.0, 0.5],
                control_guidance_end=[1.0, 1.0]).images[0]
-    assert np.abs(r.image.astype(np.int16) - np.round(ref * 255).astype(np.int16)).max() <= 1
+    assert np.abs(r.array.astype(np.int16) - np.round(ref * 255).astype(np.int16)).max() <= 1
     assert [c["union_control_type"] for c in r.metadata["controlnets"]] == [3, 1]
     side = json.loads(r.path.with_suffix(".json").read_text())
     assert [c["union_control_type"] for c in side["controlnets"]] == [3, 1]

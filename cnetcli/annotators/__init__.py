@@ -134,9 +134,14 @@ class HintType:
             valid = ", ".join(sorted(names)) or "none"
             raise UsageError(f"hint type '{self.name}' has no parameter {', '.join(unknown)} (valid: {valid})")
         try:
-            return self.params(**kwargs)
+            params = self.params(**kwargs)
         except TypeError as e:
             raise UsageError(f"hint type '{self.name}': {e}") from None
+        if getattr(self.params, "BOUNDS", None):  # the type's declared ranges (cnetcli.config_check)
+            from ..config_check import check_fields
+
+            check_fields(params, {f.name: f"{self.name} {f.name}" for f in dataclasses.fields(self.params)})
+        return params
 
     def resolutions(self, image: Any, detect_resolution: int | None = None, image_resolution: int | None = None,
                     keep_size: bool = False) -> tuple[int, int]:

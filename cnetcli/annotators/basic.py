@@ -7,6 +7,7 @@ cv2 lazily inside `__call__`, so registering these types costs nothing and never
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -149,9 +150,9 @@ class ShuffleParams:
     f: int = 256  # noise cell size in pixels (larger: smoother warps)
     seed: int = 0  # the random warp; fixed so results are deterministic
 
-    def __post_init__(self) -> None:
-        _check_range("shuffle f", self.f, 1)
-        _check_range("--seed", self.seed, 0)
+    #: checked by HintType.make_params (cnetcli.config_check): a cell larger than the largest image is
+    #: nonsense, and f sizes the noise field (f=1e9 would ask for exabytes)
+    BOUNDS: ClassVar[dict[str, tuple[float | None, float | None]]] = {"f": (1, 8192), "seed": (0, 2**63 - 1)}
 
 
 def _noise_disk(H: int, W: int, F: int, rng: np.random.Generator) -> np.ndarray:

@@ -12,7 +12,6 @@ with `render_pose_json(json.load(...))` without any model.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -181,12 +180,11 @@ def render_pose_json(data: dict[str, Any] | str | os.PathLike, width: int | None
     """Re-render a pose map from OpenPose JSON (a dict or a file), optionally at another size."""
     if not isinstance(data, dict):
         from ..errors import InputError
+        from ..external import read_json
 
-        try:
-            with open(data, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, ValueError) as e:
-            raise InputError(f"{data}: not a readable OpenPose JSON file ({e})") from None
+        data = read_json(data)
+        if not isinstance(data, dict):
+            raise InputError("not an OpenPose JSON file (a JSON object is expected)")
     poses, W, H = poses_from_json(data)
     return draw_poses(poses, height or H, width or W)
 

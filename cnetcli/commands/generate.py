@@ -10,7 +10,7 @@ settings) from the ones left out; the defaults shown in `--help` are GenerateCon
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -67,6 +67,9 @@ def generate_cmd(
     image: Annotated[str | None, _opt("--image", help="Photo to annotate on the fly (with --type).", panel=_I)] = None,
     type_: Annotated[list[str] | None, _opt("--type", "-t", help="Hint type (else read from the hint PNG's provenance).", panel=_I)] = None,
     resolution: Annotated[int | None, _opt("--resolution", help="With --image: the hint's short side (ControlNet's rule).", shows="the base's native size: 512 SD1.5, 1024 SDXL", panel=_I)] = None,
+    init_image: Annotated[str | None, _opt("--init-image", help="img2img: start from this image (fitted to the size as the hint is), noised to --strength.", panel=_I)] = None,
+    strength: Annotated[float | None, _opt("--strength", help="img2img: how much of the init image is replaced by noise (1: all; the steps run are steps x strength).", shows=_default("strength"), panel=_I)] = None,
+    mask: Annotated[str | None, _opt("--mask", help="Inpainting, with --init-image: repaint where the mask is white, keep where black (--strength 1 starts from pure noise there).", panel=_I)] = None,
     from_png: Annotated[str | None, _opt("--from", metavar="PNG", help="Repeat the generation recorded in a PNG (cnet's or AUTOMATIC1111's); flags given here override it.", panel=_I)] = None,
     prompt_mode: Annotated[PromptMode | None, _opt("--prompt-mode", help="none | default | user | auto (default: user with --prompt, else default).", panel=_P)] = None,
     prompt: Annotated[list[str] | None, _opt("--prompt", help="The prompt (user mode): once for every hint, or once per hint in hint order (a folder's files by name).", panel=_P)] = None,
@@ -88,11 +91,16 @@ def generate_cmd(
     guess_mode: Annotated[bool, _opt("--guess-mode", metavar="", help="The original guess mode (= --control-mode controlnet).", panel=_C)] = False,
     resize_mode: Annotated[ResizeMode | None, _opt("--resize-mode", help="Hint to output size: crop (scale to cover, crop the centre; A1111's Crop and Resize), resize (stretch; Just Resize), fill (fit inside, pad; Resize and Fill).", shows=_default("resize_mode"), panel=_C)] = None,
     output: Annotated[str | None, _opt("--output", "-o", help="Output folder (nothing is overwritten).", shows=DEFAULT_OUTPUT, panel=_O)] = None,
-    width: Annotated[int | None, _opt("--width", help="Width (default: the hint's, rounded to a multiple of 8).", panel=_O)] = None,
-    height: Annotated[int | None, _opt("--height", help="Height (default: the hint's, rounded to a multiple of 8).", panel=_O)] = None,
+    width: Annotated[int | None, _opt("--width", help="Width (default: the hint's, rounded to a multiple of 8; a hint above the base's native size is fitted to it).", panel=_O)] = None,
+    height: Annotated[int | None, _opt("--height", help="Height (default: the hint's, rounded to a multiple of 8; a hint above the base's native size is fitted to it).", panel=_O)] = None,
+    keep_hint_size: Annotated[bool, _opt("--keep-hint-size", metavar="", help="Generate at the hint's own size even when it is above the base's native size (the default fits such hints to the native size, aspect ratio kept).", panel=_O)] = False,
+    batch_count: Annotated[int | None, _opt("--batch-count", help="A1111's batch count: run -n images this many times (seeds continue; -n is then the batch size).", shows=_default("batch_count"), panel=_O)] = None,
     num_images: Annotated[int | None, _opt("--num-images", "-n", help="Images per hint.", shows=_default("num_images"), panel=_O)] = None,
     grid: Annotated[bool, _opt("--grid", metavar="", help="Also write a contact sheet (hints + results).", panel=_O)] = False,
     base: Annotated[str | None, _opt("--base", help="SD1.x/2.x or SDXL base (family detected from the model): hub id, diffusers folder or single .safetensors.", shows=_default("base"), panel=_M)] = None,
+    vae: Annotated[str | None, _opt("--vae", help="A VAE replacing the base's: diffusers folder or hub id (e.g. madebyollin/sdxl-vae-fp16-fix).", panel=_M)] = None,
+    lora: Annotated[list[str] | None, _opt("--lora", metavar="PATH[:SCALE]", help="LoRA weights (.safetensors or its folder; repeat to stack), loaded with diffusers' load_lora_weights; scale 1.0 when absent.", panel=_M)] = None,
+    clip_skip: Annotated[int | None, _opt("--clip-skip", help="CLIP layers skipped from the end (diffusers' clip_skip: 1 = penultimate layer = A1111's 'Clip skip: 2').", panel=_P)] = None,
     base_config: Annotated[str | None, _opt("--base-config", help="Local diffusers config folder for a single-file base (offline).", panel=_M)] = None,
     controlnet_config: Annotated[str | None, _opt("--controlnet-config", help="Local config folder for a single-file ControlNet (offline).", panel=_M)] = None,
     trust_pickle: Annotated[bool, _opt("--trust-pickle", metavar="", help="Allow pickled ControlNet files (.ckpt/.pth/.bin) that need full unpickling (runs code from the file: only for files you trust).", panel=_M)] = False,
@@ -102,10 +110,10 @@ def generate_cmd(
     no_compile: Annotated[bool, _opt("--no-compile", metavar="", help="Run eagerly on CUDA too (the default compiles the denoiser+ControlNet step into CUDA graphs; CPU always runs eagerly).", panel=_F)] = False,
     vae_tiling: Annotated[bool | None, _opt("--vae-tiling/--no-vae-tiling", metavar="", help="Tiled VAE decode (default: above 1024x1024).", panel=_F)] = None,
 ) -> None:
+    from ..errors import Interrupted
     from ..generation import generate, settings_from_png
     from ..generation.pipeline import preflight
 
-    kw = settings_from_png(from_png) if from_png else {}
     given = {
         "hints": tuple(hint) if hint else None, "image": image, "types": tuple(type_) if type_ else None,
         "image_resolution": resolution, "prompt_mode": prompt_mode.value if prompt_mode else None,
@@ -116,11 +124,17 @@ def generate_cmd(
         "scales": tuple(scale) if scale else None, "start": tuple(start) if start else None,
         "end": tuple(end) if end else None, "control_mode": control_mode.value if control_mode else None,
         "guess_mode": guess_mode or None, "resize_mode": resize_mode.value if resize_mode else None,
-        "output": output, "width": width, "height": height, "num_images": num_images, "grid": grid or None,
+        "output": output, "width": width, "height": height, "keep_hint_size": keep_hint_size or None, "num_images": num_images, "grid": grid or None,
         "base": base, "base_config": base_config, "controlnet_config": controlnet_config, "device": device,
         "dtype": dtype.value if dtype else None, "batch_size": batch_size, "compile": False if no_compile else None,
-        "vae_tiling": vae_tiling, "trust_pickle": trust_pickle or None,
+        "vae_tiling": vae_tiling, "trust_pickle": trust_pickle or None, "init_image": init_image,
+        "strength": strength, "mask": mask, "batch_count": batch_count, "vae": vae, "loras": tuple(lora) if lora else None,
+        "clip_skip": clip_skip,
     }
+    typed = {k for k, v in given.items() if v is not None}  # any flag given overrides what the PNG says
+    if sampler is not None:  # the PNG's schedule and eta went with its sampler: the new sampler's own defaults
+        typed.update({"scheduler", "eta"})
+    kw = settings_from_png(from_png, typed) if from_png else {}
     if hint or image:  # new inputs replace the PNG's (whichever kind it recorded)
         kw.pop("hints", None)
         kw.pop("image", None)
@@ -132,12 +146,19 @@ def generate_cmd(
     config = GenerateConfig(**kw)  # every flag check, before the (slow) library imports below
     if config.image:  # annotating a photo may load a detector: quiet the libraries first
         quiet_libraries()
-    jobs = preflight(config)  # files, folders, sizes: still before diffusers is even imported
+    try:
+        jobs = preflight(config)  # files, folders, sizes: still before diffusers is even imported
+    except KeyboardInterrupt:  # typer would turn it into a bare exit; say what happened (nothing was saved)
+        raise Interrupted("interrupted before the first image: nothing saved") from None
     quiet_libraries()
-    results = generate(config, reporter=RichReporter(unit="steps/s", transient=True), jobs=jobs)
-    for r in results:
-        extra = f"  (pass {r.metadata['pass']}: {r.metadata['prompt']!r})" if "pass" in r.metadata else ""
-        typer.echo(f"{r.path}{extra}")
+    # each image is saved, and its path printed, as soon as it is finished; Ctrl-C ends in one line saying
+    # what was kept (`Interrupted`, exit code 130)
+    generate(config, reporter=RichReporter(unit="steps/s", transient=True), jobs=jobs, on_result=_print_result)
+
+
+def _print_result(r: Any) -> None:
+    extra = f"  (pass {r.metadata['pass']}: {r.metadata['prompt']!r})" if "pass" in r.metadata else ""
+    typer.echo(f"{r.path}{extra}")
 
 
 def register(app: typer.Typer) -> None:

@@ -14,7 +14,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "generate": "pipeline", "GenerateResult": "pipeline", "run_batch": "pipeline", "sample_images": "pipeline",
+    "generate": "pipeline", "generate_iter": "pipeline", "GenerateResult": "pipeline", "run_batch": "pipeline", "sample_images": "pipeline",
     "preflight": "pipeline",
     "GenerateConfig": "config", "DEFAULT_OUTPUT": "config", "RESIZE_MODES": "config",
     "Models": "models", "load_models": "models",

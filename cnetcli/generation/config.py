@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +24,7 @@ MAX_PIXELS = 4096 * 4096
 MAX_SIDE = 16384  # ComfyUI's MAX_RESOLUTION
 SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes [0, 2**64)
 #: Flag names that are not `--` + the field name with dashes.
-FLAG_NAMES = {"image_resolution": "--resolution", "scales": "--scale"}
+FLAG_NAMES = {"image_resolution": "--resolution", "scales": "--scale", "loras": "--lora"}
 #: The default (`batch_size=None`) fills each batch across hints and images up to this many pixels, at most
 #: AUTO_BATCH images: 8 at SD1.5's 512x512, 3 at 768x768, 2 at SDXL's 1024x1024. Batching pays where sampling is
 #: launch-bound (small images: batch 1 runs at ~18x the compute floor on an H200, issue #15) and buys little where
@@ -82,6 +83,8 @@ class GenerateConfig:
     resize_mode: str = "crop"
     width: int | None = None
     height: int | None = None
+    #: hints larger than the base's native size keep their size (else: fitted to it, see pipeline.job_size)
+    keep_hint_size: bool = False
     num_images: int = 1
     batch_size: int | None = None
     seed: int | None = None
@@ -103,10 +106,23 @@ class GenerateConfig:
     offline: bool | None = None
     #: allow pickled (.ckpt/.pth/.bin) ControlNet files; they can run code, so never on unless asked
     trust_pickle: bool = False
+    #: img2img (diffusers' StableDiffusionControlNetImg2ImgPipeline): start from this image, noised to `strength`
+    init_image: str | None = None
+    strength: float = 0.8
+    #: inpainting (with init_image): white = repaint, black = keep (diffusers' StableDiffusionControlNetInpaintPipeline)
+    mask: str | None = None
+    #: CLIP layers skipped from the end (diffusers' `clip_skip`: 1 = the penultimate layer, A1111's "Clip skip: 2")
+    clip_skip: int | None = None
+    #: A1111's batch count (n_iter): the run's images per hint are num_images x batch_count, seeds continuing
+    batch_count: int = 1
+    #: a VAE replacing the base's (diffusers folder or hub id, as train's --vae)
+    vae: str | None = None
+    #: LoRA weights, "PATH[:SCALE]" each (diffusers' load_lora_weights; scale 1.0 when absent)
+    loras: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         s = object.__setattr__
-        for name in ("hints", "controlnets", "types", "prompt"):
+        for name in ("hints", "controlnets", "types", "prompt", "loras"):
             s(self, name, tuple(str(x) for x in _tuple(getattr(self, name))))
         if self.prompt == ("",):  # an empty prompt is no prompt (the default mode), as it always was
             s(self, "prompt", ())
@@ -145,7 +161,7 @@ class GenerateConfig:
             raise UsageError(f"--num-images {self.num_images}: must be between 1 and 100000")
         if self.batch_size is not None and not 1 <= self.batch_size <= 4096:
             raise UsageError(f"--batch-size {self.batch_size}: must be between 1 and 4096")
-        if self.seed is not None and not 0 <= self.seed <= SEED_LIMIT - self.num_images:
+        if self.seed is not None and not 0 <= self.seed <= SEED_LIMIT - self.num_images * self.batch_count:
             raise UsageError(f"--seed {self.seed}: must be between 0 and 2**64-1 (image k uses seed+k)")
         for name, flag in (("scales", "--scale"), ("start", "--start"), ("end", "--end")):
             if not getattr(self, name):
@@ -169,6 +185,19 @@ class GenerateConfig:
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype {self.dtype}: valid: {', '.join(DTYPES)}")
         s(self, "device", check_device_spec(self.device))
+        if not 0.0 < self.strength <= 1.0:
+            raise UsageError(f"--strength {self.strength}: must be above 0 and at most 1 (1: the image is all noise)")
+        if self.mask and not self.init_image:
+            raise UsageError("--mask inpaints an image: pass the image with --init-image (white mask = repaint)")
+        if self.init_image and int(self.steps * self.strength) < 1:
+            raise UsageError(f"--strength {self.strength} with --steps {self.steps} runs no step: raise either")
+        if self.clip_skip is not None and not 0 <= self.clip_skip <= 10:
+            raise UsageError(f"--clip-skip {self.clip_skip}: must be between 0 and 10 (CLIP layers skipped)")
+        if not 1 <= self.batch_count <= 10_000 or self.num_images * self.batch_count > 100_000:
+            raise UsageError(f"--batch-count {self.batch_count}: must be between 1 and 10000, with at most 100000 "
+                             "images per hint in all")
+        for spec in self.loras:
+            lora_spec(spec)
         if self.image_resolution is not None and not 64 <= self.image_resolution <= 8192:
             raise UsageError(f"--resolution {self.image_resolution}: must be between 64 and 8192")
 
@@ -187,10 +216,16 @@ class GenerateConfig:
             raise UsageError(f"{flag}: {len(v)} values for {n} ControlNet(s); give one, or one per ControlNet")
         return v
 
+    @property
+    def images_per_job(self) -> int:
+        return self.num_images * self.batch_count
+
     def batch_for(self, width: int, height: int) -> int:
         """The most images sampled together at this size: `batch_size`, or the automatic default."""
         if self.batch_size is not None:
             return self.batch_size
+        if self.batch_count > 1:  # A1111: -n images per batch, --batch-count batches
+            return self.num_images
         return max(1, min(AUTO_BATCH, AUTO_BATCH_PIXELS // (width * height)))
 
     @property
@@ -215,3 +250,18 @@ def check_size(width: int, height: int, what: str = "--width/--height") -> None:
     if width * height > MAX_PIXELS:
         raise UsageError(f"{what} {width}x{height}: larger than {MAX_PIXELS} pixels (4096x4096); "
                          "pass a smaller --width/--height")
+
+
+def lora_spec(spec: str) -> tuple[str, float]:
+    """`--lora PATH[:SCALE]` -> (path, scale); the scale is the text after the last ':' when it is a number (a
+    path may hold ':' itself)."""
+    path, sep, tail = str(spec).rpartition(":")
+    if sep and path:
+        try:
+            scale = float(tail)
+        except ValueError:
+            return str(spec), 1.0
+        if not math.isfinite(scale) or abs(scale) > 100:
+            raise UsageError(f"--lora {spec}: the scale must be a finite number between -100 and 100")
+        return path, scale
+    return str(spec), 1.0

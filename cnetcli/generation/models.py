@@ -154,6 +154,14 @@ def load_models(cfg: Any, controlnet_specs: list[str] | None = None) -> Models:
                              cfg.offline, torch_dtype=dtype)
             source = str(d)
             break
+    if getattr(cfg, "vae", None):  # --vae replaces the base's, in the run's dtype (as train's --vae)
+        from ..training.setup import load_vae
+
+        comps["vae"] = load_vae(cfg.vae).to(dtype=dtype)
+    if getattr(cfg, "loras", ()):  # before compiling: the LoRA layers become part of the compiled step
+        from .lora import apply_loras
+
+        apply_loras(family, {**comps, family.denoiser: denoiser}, cfg.loras)
     on_gpu = device.startswith("cuda")
     denoiser_config = dict(denoiser.config)  # read before compiling wraps the module
     denoiser = denoiser.to(device).eval().requires_grad_(False)

@@ -14,9 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from .. import __version__
 from ..errors import OutputError
 from ..fsguard import apply_umask, output_error, temp_prefix
 from ..images import encode_png
+from .comfyui import comfy_prompt_text
 from .infotext import a1111_parameters
 
 
@@ -137,3 +139,26 @@ def save_grid(directory: str | os.PathLike, rows: list[list[np.ndarray]], meta: 
     with saving(png):
         save_png(png, contact_sheet(rows), metadata=meta)
     return png
+
+
+class ResultSaver:
+    """Saves generated images one by one as they come (`save`), so an interrupted run keeps every image that
+    was finished; `grid` writes the contact sheet of a finished run (one row per job and pass: its hints, then
+    its images)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def save(self, result: Any) -> Path:
+        """`result` (a `GenerateResult`) as PNG (+ A1111 `parameters` and ComfyUI `prompt` chunks) and sidecar;
+        sets and returns its path."""
+        result.path = save_result(self.directory, result.stem, result.array, result.metadata,
+                                  text={"prompt": comfy_prompt_text(result.metadata)})
+        return result.path
+
+    def grid(self, results: list[Any]) -> Path:
+        rows: dict[tuple[int, int], list[np.ndarray]] = {}
+        for r in results:
+            rows.setdefault((r.job, r.metadata.get("pass", 0)), list(r.hints)).append(r.array)
+        return save_grid(self.directory, list(rows.values()),
+                         {"cnet": __version__, "files": [str(r.path) for r in results]})

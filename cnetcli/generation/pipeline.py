@@ -1,17 +1,21 @@
-"""`generate(cfg)`: hints -> images, in numbered phases (as diffusers' pipeline_controlnet `__call__`).
+"""`generate_iter(cfg)` / `generate(cfg)`: hints -> images, in numbered phases (as diffusers' pipeline_controlnet
+`__call__`), with a plain loop over batches that yields each image as it is decoded; `generate` saves each as
+it comes, so Ctrl-C keeps every finished image.
 
 Our own denoising loop around the UNet and the ControlNet(s), instead of patching the diffusers pipeline:
 it gives batched classifier-free guidance, per-branch control (control modes), guidance windows, soft
-weights, and always hands the UNet full residual sets (diffusers ignores middle-only residuals).
+weights, and always hands the UNet full residual sets (diffusers ignores middle-only residuals). img2img and
+inpainting follow diffusers' ControlNet img2img/inpaint pipelines (the same generator draws, tested equal).
 
-1. check inputs: resolve the hints (files, folders, or a photo annotated on the fly) into jobs
-2. pick the ControlNets (given, or the base family's release matching each hint's type: ControlNet 1.1 for
-   SD1.5, the SDXL releases for an SDXL base)
-3. load models (base, trained UNet if present, ControlNets)
-4. plan batches: every (job, image) item, batched across jobs that share size and ControlNets (`plan_batches`);
-   per batch: encode prompts, prepare the control images and latents, denoise, decode
-5. auto prompt mode: caption every pass-1 image with BLIP and run pass 2 with the captions (same seeds, hints)
-6. save PNG + sidecar as each job completes (+ grid)
+1. check inputs (`preflight`): resolve the hints (files, folders, or a photo annotated on the fly) into jobs,
+   fit a hint larger than the base's native size to it, pick the ControlNets (given, or the base family's
+   release matching each hint's type)
+2-3. load models (base, trained UNet if present, ControlNets, LoRAs, a --vae)
+4. plan (`make_plan`): every (job, image) item, batched across jobs that share size and ControlNets
+   (`plan_batches`), each batch shape checked against the memory left (`check_memory`)
+5. per batch (`run_batch`): encode prompts, prepare the control images and latents, denoise (`Denoiser`),
+   refuse NaN/inf, decode; yield each image
+6. auto prompt mode: caption every pass-1 image with BLIP and run pass 2 with the captions (same seeds, hints)
 
 An image depends only on its own job, prompt and seed, never on what it was batched with: each item's initial
 latents and per-step noise come from its own seed's generator (up to the float rounding of batched kernels).
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +33,11 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..errors import InputError, UsageError
+from ..errors import CnetError, GenerationError, InputError, Interrupted, UsageError
 from ..images import IMAGE_EXTENSIONS, load_image, resize_to
 from ..reporting import NullReporter, Reporter
 from . import control as ctl
-from . import output, prompts
-from .comfyui import comfy_prompt_text
+from . import memory, output, prompts
 from .config import DECODE_PIXELS, GenerateConfig, check_size
 from .models import Models, load_models
 from .samplers import sample
@@ -58,16 +61,28 @@ class Job:
     width: int = 0
     height: int = 0
     prompt: str | None = None
+    fitted_from: tuple[int, int] | None = None  # the hints' size when fitted to the base's native size
+    init_image: np.ndarray | None = None  # img2img: the image sampling starts from (RGB uint8 as read)
+    mask: np.ndarray | None = None  # inpainting: repaint where this (RGB uint8 as read) is white
 
 
 @dataclass
 class GenerateResult:
-    """One generated image (RGB uint8 H x W x 3), its metadata (the sidecar's content) and its PNG path."""
+    """One generated image: `.image` (a PIL image, as diffusers' pipelines return), `.array` (the same pixels,
+    RGB uint8 H x W x 3), its metadata (the sidecar's content) and, once saved, its PNG path."""
 
-    image: np.ndarray
+    array: np.ndarray
     metadata: dict[str, Any]
     path: Path | None = None
     hints: list[np.ndarray] = field(default_factory=list, repr=False)
+    job: int = 0  # index of its job (hint, or composed hints) in the run
+    stem: str = "image"  # the file name it is saved under, before uniqueness suffixes and extension
+
+    @property
+    def image(self) -> Any:
+        from PIL import Image
+
+        return Image.fromarray(self.array)
 
 
 # ----------------------------------------------------------------------------------------- 1. inputs
@@ -81,6 +96,48 @@ def _list_folder(d: Path) -> list[Path]:
 
 def _round8(v: int) -> int:
     return max(8, int(round(v / 8.0)) * 8)
+
+
+def check_input_file(path: str | Path, flag: str, what: str = "image") -> Path:
+    """The file an input flag names, if it is a regular file: reading a FIFO, socket or device would block or
+    never end, so each is refused in one line before anything opens it (`external.check_regular`)."""
+    from ..external import check_regular
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError(f"{path}: no such {what} file ({flag})")
+    check_regular(p, 1 << 30, f"{what} file for {flag}")
+    return p
+
+
+def job_size(cfg: GenerateConfig, base: BaseInfo, w: int, h: int) -> tuple[int, int, tuple[int, int] | None]:
+    """(width, height, the hint's size when it was fitted) of a job whose hints are w x h.
+
+    --width/--height, or --keep-hint-size: the hint's own size, rounded to 8. Otherwise a hint whose short side
+    is above the base's native size is generated at that native size on the short side, the aspect ratio kept
+    and ControlNet's rounding to 64 (its `resize_image`) applied, as a photo given with --image is annotated:
+    a base samples well near its native size, and a 4000 px hint would take hours per image."""
+    if cfg.width or cfg.height or cfg.keep_hint_size:
+        return cfg.width or _round8(w), cfg.height or _round8(h), None
+    native = base.native_size
+    if native is None:
+        return _round8(w), _round8(h), None
+    k = native / min(w, h)
+    fw, fh = max(1, round(w * k / 64)) * 64, max(1, round(h * k / 64)) * 64
+    if min(w, h) <= native or fw * fh >= w * h:  # not larger (or a tiny test base below ControlNet's 64 px)
+        return _round8(w), _round8(h), None
+    return fw, fh, (w, h)
+
+
+def size_notes(jobs: Sequence[Job]) -> list[str]:
+    """One line when hints were fitted to the base's native size (`job_size`), naming the first of them."""
+    fitted = [j for j in jobs if j.fitted_from]
+    if not fitted:
+        return []
+    j, (w, h) = fitted[0], fitted[0].fitted_from
+    more = f" (and {len(fitted) - 1} more hint(s))" if len(fitted) > 1 else ""
+    return [f"{j.name}: hint {w}x{h} is above the base's native size: generating at {j.width}x{j.height} (aspect "
+            f"ratio kept up to ControlNet's rounding to 64){more}; --keep-hint-size keeps the hint's size"]
 
 
 def _hint_type(path: str | None, given: str | None) -> str | None:
@@ -99,8 +156,15 @@ class BaseInfo:
     when asked: its family (which ControlNet releases fit it) and native resolution. A hub base that is not
     in the cache (offline) reads as the SD1.5 family here; loading it later names what to download."""
 
-    def __init__(self, cfg: GenerateConfig, family: Any = None) -> None:
-        self.cfg, self._family, self._resolution = cfg, family, None
+    def __init__(self, cfg: GenerateConfig, family: Any = None, resolution: int | None = None) -> None:
+        self.cfg, self._family, self._resolution = cfg, family, resolution
+
+    @classmethod
+    def of(cls, cfg: GenerateConfig, models: Models | None) -> BaseInfo:
+        """What loaded models already say (nothing to read), or the base's configs when none are loaded."""
+        if models is None:
+            return cls(cfg)
+        return cls(cfg, models.family, models.family.default_resolution(denoiser_config(models), models.vae.config))
 
     def _probe(self) -> None:
         from ..errors import MissingWeightsError
@@ -129,6 +193,15 @@ class BaseInfo:
             self._probe()
         return self._resolution
 
+    @property
+    def native_size(self) -> int | None:
+        """`resolution`, or None when the base's configs cannot be read: the model loader names that problem
+        in its own line, with the fix, when it loads the base."""
+        try:
+            return self.resolution
+        except CnetError:
+            return None
+
 
 def _controlnet_for(hint_type: str | None, path: str | None, base: BaseInfo) -> str:
     if hint_type is None:
@@ -149,7 +222,7 @@ def _types_for(cfg: GenerateConfig, n: int) -> list[str | None]:
 def _annotate_photo(cfg: GenerateConfig, outdir: Path, base: BaseInfo) -> Job:
     from ..annotators import annotate, get_type, params_dict
 
-    photo = load_image(cfg.image)  # clear InputError for a missing/unreadable photo
+    photo = load_image(check_input_file(cfg.image, "--image"))  # one InputError line for a bad photo
     # the hint's short side: --resolution, else the base's native size (512 for SD1.5, 1024 for SDXL)
     resolution = cfg.image_resolution or base.resolution
     hints: list[HintInput] = []
@@ -178,11 +251,12 @@ def _annotate_photo(cfg: GenerateConfig, outdir: Path, base: BaseInfo) -> Job:
     return Job(Path(cfg.image).stem, hints)
 
 
-def resolve_jobs(cfg: GenerateConfig, outdir: Path, family: Any = None) -> list[Job]:
+def resolve_jobs(cfg: GenerateConfig, outdir: Path, models: Models | None = None) -> list[Job]:
     """Hints -> jobs. Folders, or several hints with exactly one ControlNet, run as a batch (one job per
-    hint); otherwise several hints compose (multi-ControlNet, one ControlNet per hint). `family`: the base's
-    `ModelFamily` when known (else read from the base's configs, only if a release or a size depends on it)."""
-    base = BaseInfo(cfg, family)
+    hint); otherwise several hints compose (multi-ControlNet, one ControlNet per hint). `models`: the loaded
+    models, when there are (else the base's family and size are read from its configs, only if a release or
+    a size depends on them)."""
+    base = BaseInfo.of(cfg, models)
     if cfg.image:
         jobs = [_annotate_photo(cfg, outdir, base)]
     else:
@@ -193,10 +267,8 @@ def resolve_jobs(cfg: GenerateConfig, outdir: Path, family: Any = None) -> list[
             if p.is_dir():
                 any_folder = True
                 paths.extend(_list_folder(p))
-            elif not p.exists():
-                raise InputError(f"{h}: no such hint file (--hint)")
             else:
-                paths.append(p)
+                paths.append(check_input_file(h, "--hint", "hint"))
         nets = list(cfg.controlnets)
         batch = any_folder or (len(paths) > 1 and len(nets) == 1)
         if batch and len(nets) > 1:
@@ -218,14 +290,14 @@ def resolve_jobs(cfg: GenerateConfig, outdir: Path, family: Any = None) -> list[
         if len(sizes) > 1 and (cfg.width is None or cfg.height is None):
             desc = ", ".join(f"{Path(h.path or '?').name} {h.image.shape[1]}x{h.image.shape[0]}" for h in job.hints)
             raise InputError(f"hint size mismatch ({desc}): give hints of one size or set --width and --height")
-        w0, h0 = next(iter(sizes))
-        job.width = cfg.width or _round8(w0)
-        job.height = cfg.height or _round8(h0)
-        check_size(job.width, job.height, f"{job.name}: image size")
         for name in ("scales", "start", "end"):
             cfg.per_net(name, len(job.hints))  # a wrong count fails here, before any model loads
+        job.width, job.height, job.fitted_from = job_size(cfg, base, *next(iter(sizes)))
+        check_size(job.width, job.height, f"{job.name}: image size")
+    init = load_image(check_input_file(cfg.init_image, "--init-image")) if cfg.init_image else None
+    mask = load_image(check_input_file(cfg.mask, "--mask")) if cfg.mask else None
     for job, p in zip(jobs, prompts.per_job(cfg.prompt, len(jobs), sum(len(j.hints) for j in jobs)), strict=True):
-        job.prompt = p
+        job.prompt, job.init_image, job.mask = p, init, mask
     return jobs
 
 
@@ -276,7 +348,8 @@ def check_captioner(spec: str, offline: bool | None) -> None:
 
 
 # -------------------------------------------------------------------------------------- 4. sampling
-def encode_prompts(models: Models, texts: list[str], negative: str = "", do_cfg: bool = True) -> Any:
+def encode_prompts(models: Models, texts: list[str], negative: str = "", do_cfg: bool = True,
+                   clip_skip: int | None = None) -> Any:
     """The family's prompt encoding (`PromptEncoding`) of a batch. An empty `negative` is "no negative
     prompt": SD encodes the empty string, SDXL (force_zeros_for_empty_prompt) uses zeros, as diffusers does."""
     import torch
@@ -284,7 +357,7 @@ def encode_prompts(models: Models, texts: list[str], negative: str = "", do_cfg:
     with torch.inference_mode():
         return models.family.encode_prompt(models.text_components, texts,
                                            negative_prompt=[negative] * len(texts) if negative else None,
-                                           do_classifier_free_guidance=do_cfg)
+                                           do_classifier_free_guidance=do_cfg, clip_skip=clip_skip)
 
 
 def control_image(hints: HintInput | Sequence[HintInput], width: int, height: int, models: Models, batch: int = 1,
@@ -366,10 +439,12 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
     width, height = first.width, first.height
     family = models.family
     if family.own_sampling_loop:
+        if first.init_image is not None:
+            raise UsageError(f"--init-image: img2img and inpainting are not available for {family.label} bases yet")
         return run_own_loop(models, cfg, jobs, prompts_, seeds, callback)
     guidance = cfg.guidance(family)
     do_cfg = guidance > 1.0
-    enc = encode_prompts(models, prompts_, cfg.negative_prompt, do_cfg)
+    enc = encode_prompts(models, prompts_, cfg.negative_prompt, do_cfg, cfg.clip_skip)
     # the family's conditioning (text states + added conditioning) for the denoiser and every ControlNet
     cond = family.sampling_cond(enc, (height, width), do_cfg=do_cfg, denoiser_config=models.denoiser_config)
 
@@ -379,6 +454,8 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
     for k, h in enumerate(first.hints):
         net = models.controlnet(h.controlnet)
         pixels = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
+        if first.mask is not None and _is_inpaint(h.type):
+            pixels = inpaint_condition(pixels, jobs, width, height, cfg.resize_mode)
         image, uncond = hint_inputs(models, net, pixels, do_cfg, seeds)
         units.append(ctl.ControlUnit(net, image, scales[k], starts[k], ends[k],
                                      ctl.union_control_type(h.type, net, h.controlnet), uncond))
@@ -389,29 +466,139 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
     shape = (1, family.latent_channels(models.denoiser_config), height // vae_scale, width // vae_scale)
     # one generator per item: its latents and its per-step noise depend on its own seed only
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    init = encode_init(models, cfg, jobs, width, height, gens) if first.init_image is not None else None
     latents = torch.cat([torch.randn(shape, generator=g) for g in gens]).to(models.device, models.dtype)
+    mask = encode_mask(models, cfg, jobs, width, height, gens) if first.mask is not None else None
     scheduler = family.sampling_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
+    if init is not None and not hasattr(scheduler, "add_noise"):
+        raise UsageError(f"--init-image: img2img and inpainting are not available for {family.label} bases yet")
     if models.channels_last:
         for u in units:
             u.image = u.image.contiguous(memory_format=torch.channels_last)
 
-    cudagraphs = models.compile and str(models.device).startswith("cuda")
-
-    def denoise(x: Any, t: Any, i: int, n_steps: int) -> Any:
-        if cudagraphs:  # one CUDA-graph "step" per denoising step: earlier outputs may be reused as buffers
-            torch.compiler.cudagraph_mark_step_begin()
-        x_in = torch.cat([x, x]) if do_cfg else x  # the CFG pair runs as one batch
-        res = ctl.residuals(units, family, x_in, t, cond, i=i, n=n_steps, mode=cfg.control_mode, do_cfg=do_cfg)
-        eps = family.denoise(models.denoiser, x_in, t, cond, res)
-        if do_cfg:
-            u, c = eps.chunk(2)
-            eps = u + guidance * (c - u)
-        return eps
-
+    denoise = Denoiser(models, units, cond, guidance if do_cfg else None, cfg.control_mode,
+                       cudagraphs=models.compile and str(models.device).startswith("cuda"))
     with torch.inference_mode():
         x = sample(denoise, latents, scheduler, steps=cfg.steps, eta=cfg.eta_used, generator=gens,
-                   callback=callback)
+                   callback=callback, init=init, strength=cfg.strength, mask=mask)
+        check_finite(x, models, units, "the sampled latents")
         return decode(models, cfg, x, width, height)
+
+
+def _image_tensor(img: np.ndarray, width: int, height: int, mode: str, models: Models) -> Any:
+    """An init image fitted to the size as the hint is, in [-1, 1] (diffusers' image processor), 1 x 3 x H x W."""
+    import torch
+
+    arr = fit_hint(img, width, height, mode, "linear")
+    x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)[None].float() / 255.0
+    return (2.0 * x - 1.0).to(models.device, models.vae.dtype)
+
+
+def _mask_tensor(img: np.ndarray, width: int, height: int, mode: str) -> Any:
+    """A mask as diffusers' mask processor makes it: grayscale, binarized at 0.5, 1 x 1 x H x W (1 = repaint)."""
+    import torch
+    from PIL import Image
+
+    gray = np.asarray(Image.fromarray(fit_hint(img, width, height, mode, "nearest")).convert("L"))
+    return torch.from_numpy((gray.astype(np.float32) / 255.0 >= 0.5).astype(np.float32))[None, None]
+
+
+def _is_inpaint(hint_type: str | None) -> bool:
+    from ..annotators import find_type
+
+    ht = find_type(hint_type) if hint_type else None
+    return ht is not None and ht.name == "inpaint"
+
+
+def inpaint_condition(image: Any, jobs: Sequence[Job], width: int, height: int, mode: str) -> Any:
+    """The inpaint ControlNet's input: its hint (the image) with the masked pixels at -1, "no information"
+    (ControlNet 1.1's and diffusers' `make_inpaint_condition`)."""
+    import torch
+
+    masks = torch.cat([_mask_tensor(j.mask, width, height, mode) for j in jobs]).to(image.device)
+    return image.masked_fill(masks.expand_as(image) > 0.5, -1.0)
+
+
+def encode_mask(models: Models, cfg: GenerateConfig, jobs: Sequence[Job], width: int, height: int,
+                gens: list[Any]) -> Any:
+    """Inpainting's latent-sized mask per item. The masked image is VAE-encoded with each item's generator after
+    its noise, as diffusers' StableDiffusionControlNetInpaintPipeline does (`prepare_mask_latents`): a 4-channel
+    UNet does not use it, but the draw keeps every later noise draw equal to diffusers'."""
+    import torch
+    from diffusers.pipelines.controlnet.pipeline_controlnet_img2img import retrieve_latents
+
+    factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
+    out = []
+    with torch.inference_mode():
+        for job, g in zip(jobs, gens, strict=True):
+            m = _mask_tensor(job.mask, width, height, cfg.resize_mode)
+            masked = _image_tensor(job.init_image, width, height, cfg.resize_mode, models) * (m < 0.5).to(
+                models.device, models.vae.dtype)
+            retrieve_latents(models.vae.encode(masked), generator=g)
+            out.append(torch.nn.functional.interpolate(m, size=(height // factor, width // factor)))
+    return torch.cat(out).to(models.device, models.dtype)
+
+
+def encode_init(models: Models, cfg: GenerateConfig, jobs: Sequence[Job], width: int, height: int,
+                gens: list[Any]) -> Any:
+    """img2img's starting latents: each job's init image fitted to the size as its hint is, VAE-encoded, one
+    posterior sample per item from the item's own generator, drawn before its noise (diffusers'
+    StableDiffusionControlNetImg2ImgPipeline.prepare_latents with a generator list)."""
+    import torch
+    from diffusers.pipelines.controlnet.pipeline_controlnet_img2img import retrieve_latents
+
+    out = []
+    with torch.inference_mode():
+        for job, g in zip(jobs, gens, strict=True):
+            image = _image_tensor(job.init_image, width, height, cfg.resize_mode, models)
+            out.append(retrieve_latents(models.vae.encode(image), generator=g))
+    return (torch.cat(out) * models.vae.config.scaling_factor).to(models.dtype)
+
+
+@dataclass
+class Denoiser:
+    """One sampling step's model call, as `sample` calls it: the ControlNets' residuals, then the denoiser's
+    prediction; with classifier-free guidance (`guidance` not None) the unconditional/conditional pair runs as
+    one batch and is combined with that scale."""
+
+    models: Models
+    units: list[ctl.ControlUnit]
+    cond: Any  # the family's conditioning: text states + added conditioning ([negative; positive] with CFG)
+    guidance: float | None
+    control_mode: str
+    cudagraphs: bool = False
+
+    def __call__(self, x: Any, t: Any, i: int, n_steps: int) -> Any:
+        import torch
+
+        if self.cudagraphs:  # one CUDA-graph "step" per denoising step: earlier outputs may be reused as buffers
+            torch.compiler.cudagraph_mark_step_begin()
+        do_cfg = self.guidance is not None
+        x_in = torch.cat([x, x]) if do_cfg else x
+        family = self.models.family
+        res = ctl.residuals(self.units, family, x_in, t, self.cond, i=i, n=n_steps, mode=self.control_mode,
+                            do_cfg=do_cfg)
+        eps = family.denoise(self.models.denoiser, x_in, t, self.cond, res)
+        if do_cfg:
+            u, c = eps.chunk(2)
+            eps = u + self.guidance * (c - u)
+        return eps
+
+
+def check_finite(x: Any, models: Models, units: Sequence[ctl.ControlUnit], what: str) -> None:
+    """NaN/inf in `x` would save as black images with exit 0: one `GenerationError` line instead, naming the
+    ControlNets whose weights hold NaN/inf (else the likely causes). One host sync per batch."""
+    import torch
+
+    if bool(torch.isfinite(x).all()):
+        return
+    specs = {id(net): spec for spec, net in models.nets.items()}
+    bad = [specs.get(id(u.net), "a ControlNet") for u in units
+           if any(not bool(torch.isfinite(p).all()) for p in u.net.parameters())]
+    why = f"the ControlNet {', '.join(dict.fromkeys(bad))} holds NaN/inf weights; re-export or retrain it" if bad else \
+        ("a model config (e.g. a norm eps) or its weights are not finite, or the dtype overflowed: check the "
+         "ControlNet and base, or try --dtype fp32")
+    raise GenerationError(f"{what} hold NaN/inf values, so every image would be black: {why}")
 
 
 def run_own_loop(models: Models, cfg: GenerateConfig, jobs: list[Job], prompts_: list[str], seeds: list[int],
@@ -460,36 +647,34 @@ def decode(models: Models, cfg: GenerateConfig, latents: Any, width: int, height
             # the VAE may run in another dtype than the UNet (the family's: SDXL's stays fp32 under fp16)
             z = models.family.from_latents(models.vae.config, z.to(models.vae.dtype))
             img = models.vae.decode(z, return_dict=False)[0]
+            check_finite(img, models, (), "the decoded images")
             img = (img.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
             out += [np.ascontiguousarray(a) for a in img.numpy()]
     return out
 
 
-def run_items(models: Models, cfg: GenerateConfig, jobs: Sequence[Job], batches: list[list[Item]],
-              prompt_of: Callable[[int, int], str], seed_of: Callable[[int, int], int], callback: Any = None,
-              after: Callable[[list[Item]], None] | None = None,
-              out: dict[Item, np.ndarray] | None = None) -> dict[Item, np.ndarray]:
-    """Sample the planned batches into `out` (item -> image; a new dict when None), filled as batches finish;
-    `after(batch)` runs after each, so a caller can save what is complete."""
-    out = {} if out is None else out
+def _padding(models: Models, jobs: Sequence[Job], batch: list[Item], prev: list[Item]) -> int:
+    """Compiled steps have static shapes: a last, smaller batch of a group runs padded to the size before it
+    with copies of its last item (their images dropped), so it reuses the compiled step and its CUDA graphs
+    instead of compiling again for a new shape (minutes on a first run; padding costs nothing where the step
+    is launch-bound)."""
+    if models.compile and len(batch) < len(prev) and \
+            batch_key(models, jobs[batch[0][0]]) == batch_key(models, jobs[prev[0][0]]):
+        return len(prev) - len(batch)
+    return 0
+
+
+def iter_batches(models: Models, cfg: GenerateConfig, jobs: Sequence[Job], batches: list[list[Item]],
+                 prompts_: Mapping[Item, str], seeds: Mapping[Item, int],
+                 callback: Any = None) -> Iterator[tuple[list[Item], list[np.ndarray]]]:
+    """Sample the planned batches one by one: yields (batch, its images) as each batch finishes."""
     prev: list[Item] = []
     for batch in batches:
-        # Compiled steps have static shapes: a last, smaller batch of a group runs padded to the size before it
-        # with copies of its last item (their images dropped), so it reuses the compiled step and its CUDA graphs
-        # instead of compiling again for a new shape (minutes on a first run; padding costs nothing where the
-        # step is launch-bound)
-        pad = 0
-        if models.compile and len(batch) < len(prev) and \
-                batch_key(models, jobs[batch[0][0]]) == batch_key(models, jobs[prev[0][0]]):
-            pad = len(prev) - len(batch)
-        run = batch + [batch[-1]] * pad
-        imgs = run_batch(models, cfg, [jobs[j] for j, _ in run], [prompt_of(*it) for it in run],
-                         [seed_of(*it) for it in run], callback)
-        out.update(zip(batch, imgs[:len(batch)], strict=True))
+        run = batch + [batch[-1]] * _padding(models, jobs, batch, prev)
+        imgs = run_batch(models, cfg, [jobs[j] for j, _ in run], [prompts_[it] for it in run],
+                         [seeds[it] for it in run], callback)
+        yield batch, imgs[:len(batch)]
         prev = batch
-        if after is not None:
-            after(batch)
-    return out
 
 
 def sample_images(models: Models, cfg: GenerateConfig, hints: list[np.ndarray], prompts_: list[str],
@@ -514,8 +699,12 @@ def sample_images(models: Models, cfg: GenerateConfig, hints: list[np.ndarray], 
                             cfg.height or _round8(h)))
             check_size(jobs[-1].width, jobs[-1].height, "sample_images: image size")
         # one item per hint, batched across hints of one size as `generate` batches them
-        out = run_items(models, cfg, jobs, plan_batches(models, cfg, jobs, 1), lambda j, _: prompts_[j],
-                        lambda j, _: seeds[j], callback)
+        items = [(j, 0) for j in range(len(jobs))]
+        out: dict[Item, np.ndarray] = {}
+        for batch, imgs in iter_batches(models, cfg, jobs, plan_batches(models, cfg, jobs, 1),
+                                        dict(zip(items, prompts_, strict=True)), dict(zip(items, seeds, strict=True)),
+                                        callback):
+            out.update(zip(batch, imgs, strict=True))
     finally:
         if controlnet is not None:
             models.nets.pop(spec, None)
@@ -570,6 +759,11 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
         meta["true_cfg"] = cfg.true_cfg
     if cfg.image:
         meta["source_image"] = str(cfg.image)
+    for key in ("init_image", "mask", "clip_skip", "vae", "loras"):  # the optional parts, only when used
+        if getattr(cfg, key):
+            meta[key] = list(cfg.loras) if key == "loras" else getattr(cfg, key)
+    if cfg.init_image:
+        meta["strength"] = cfg.strength
     if pass_ is not None:
         meta["pass"] = pass_
         meta["captioner"] = cfg.captioner
@@ -591,114 +785,172 @@ def _title(spec: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ generate
-def preflight(cfg: GenerateConfig, family: Any = None) -> list[Job]:
+def preflight(cfg: GenerateConfig, models: Models | None = None) -> list[Job]:
     """Every check that can fail before a model loads: the output folder takes files, auto mode's captioner
     can load, the hints exist and fit (sizes, one scale/window per ControlNet). Returns the jobs to run
-    (with `--image`, the photo is annotated here). `family`: the base's, when already loaded."""
+    (with `--image`, the photo is annotated here). `models`: the loaded models, when there are."""
     outdir = Path(cfg.output).expanduser()
     if cfg.save:
         check_output_dir(outdir)
     if cfg.prompt_mode == "auto":
         check_captioner(cfg.captioner, cfg.offline)
-    return resolve_jobs(cfg, outdir, family)
+    return resolve_jobs(cfg, outdir, models)
+
+
+@dataclass
+class Plan:
+    """What a run samples (phase 4): every (job, image) item, its seed, its pass-1 prompt, and the batches
+    (both passes of auto mode run the same batches)."""
+
+    jobs: list[Job]
+    batches: list[list[Item]]
+    base_seed: int
+    passes: int
+    first: dict[Item, str]  # pass-1 prompt of each item
+    seeds: dict[Item, int]  # image k of every job uses base_seed + k
+
+    @property
+    def items(self) -> list[Item]:
+        return list(self.first)
+
+    @property
+    def total_steps(self) -> int:
+        return self.passes * len(self.batches)
+
+    def result(self, cfg: GenerateConfig, models: Models, item: Item, image: np.ndarray, prompt: str,
+               pass_: int | None = None, caption: str | None = None) -> GenerateResult:
+        """Item's image with its metadata; `config` is what repeats it (`--from`): the run's settings, with its
+        base seed and its own job's prompt."""
+        j, k = item
+        job = self.jobs[j]
+        meta = _metadata(cfg, models, job, prompt, self.seeds[item], k, pass_, caption)
+        meta["config"] = dict(cfg.to_dict(), seed=self.base_seed, prompt=[job.prompt] if job.prompt else [])
+        stem = f"{job.name}-{meta['seed']}" + (f"-p{pass_}" if pass_ is not None else "")
+        return GenerateResult(image, meta, hints=[h.image for h in job.hints], job=j, stem=stem)
+
+
+def make_plan(models: Models, cfg: GenerateConfig, jobs: list[Job]) -> Plan:
+    base_seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**32)
+    first = {(j, k): prompts.first_pass_prompt(cfg.prompt_mode, job.prompt, cfg.added_prompt)
+             for j, job in enumerate(jobs) for k in range(cfg.images_per_job)}
+    return Plan(jobs, plan_batches(models, cfg, jobs, cfg.images_per_job), base_seed,
+                2 if cfg.prompt_mode == "auto" else 1, first, {it: base_seed + it[1] for it in first})
+
+
+def denoiser_config(models: Models) -> Any:
+    """The denoiser's config (`Models` built by hand, as training validation does, may not hold it)."""
+    return models.denoiser_config if models.denoiser_config is not None else models.denoiser.config
+
+
+def check_memory(models: Models, cfg: GenerateConfig, plan: Plan) -> None:
+    """Every batch shape of the plan against the memory free now that the weights are loaded, before the first
+    batch allocates anything (`memory.batch_memory`): one line saying what fits otherwise."""
+    free = memory.available_memory(models.device)
+    vae_tile = models.vae.config.get("sample_size")
+    shapes = {(plan.jobs[b[0][0]].width, plan.jobs[b[0][0]].height, len(b), len(plan.jobs[b[0][0]].hints))
+              for b in plan.batches}
+    for w, h, n, nets in sorted(shapes, key=lambda s: -s[0] * s[1] * s[2]):
+        step = models.family.sampling_bytes(denoiser_config(models), nets)
+        if step is None:  # no estimate for this family
+            return
+        tiled = (cfg.vae_tiling if cfg.vae_tiling is not None else w * h > 1024 * 1024) and \
+            hasattr(models.vae, "enable_tiling")
+        need = memory.batch_memory(step, models.vae.config, w, h, n,
+                                   cfg_rows=2 if cfg.guidance(models.family) > 1.0 else 1,
+                                   dtype_bytes=models.dtype.itemsize, vae_bytes=models.vae.dtype.itemsize,
+                                   decode_images=min(n, max(1, DECODE_PIXELS // (w * h))),
+                                   tile=(vae_tile[0] if isinstance(vae_tile, (list, tuple)) else vae_tile) if tiled
+                                   else None)
+        memory.check_fits(need, free, str(models.device), "--width/--height" if cfg.width else "image size", w, h, n)
+
+
+class StepProgress:
+    """The sampler's per-step callback -> the reporter, in whole steps (a second-order sampler calls back
+    more often than `steps` times)."""
+
+    def __init__(self, reporter: Reporter, steps: int) -> None:
+        self.reporter, self.steps = reporter, steps
+
+    def __call__(self, i: int, n: int) -> None:
+        k = (i + 1) * self.steps // n - i * self.steps // n
+        if k:
+            self.reporter.advance(k)
+
+
+def generate_iter(cfg: GenerateConfig, reporter: Reporter | None = None, models: Models | None = None,
+                  jobs: list[Job] | None = None) -> Iterator[GenerateResult]:
+    """Yield each image as soon as its batch is decoded (nothing is saved here: see `generate`).
+
+    Phases, as diffusers' pipeline `__call__`: 1. check inputs (`preflight`, unless its `jobs` are given),
+    2-3. load the models (unless `models` are given), 4. plan the batches, 5. denoise and decode batch by batch,
+    6. auto prompt mode: caption every pass-1 image, then denoise again with the captions (same seeds)."""
+    rep = reporter or NullReporter()
+    if jobs is None:  # 1. every check that can fail, before any model loads
+        jobs = preflight(cfg, models)
+    for note in size_notes(jobs):
+        rep.message(note)
+    if models is None:  # 2-3. the base and the ControlNets the jobs need
+        specs = list(dict.fromkeys(h.controlnet for j in jobs for h in j.hints))
+        rep.message(f"loading {cfg.base} and {len(specs)} ControlNet(s)")
+        models = load_models(cfg, specs)
+    plan = make_plan(models, cfg, jobs)  # 4. the batches, and whether each fits in the memory left
+    check_memory(models, cfg, plan)
+    rep.start(plan.total_steps * cfg.steps, "generating")
+    progress = StepProgress(rep, cfg.steps)
+    pass1 = 1 if plan.passes == 2 else None
+    kept: dict[Item, np.ndarray] = {}  # auto mode: the pass-1 images to caption
+    try:
+        # 5. denoise + decode, batch by batch
+        for batch, imgs in iter_batches(models, cfg, jobs, plan.batches, plan.first, plan.seeds, progress):
+            for item, img in zip(batch, imgs, strict=True):
+                if pass1:
+                    kept[item] = img
+                yield plan.result(cfg, models, item, img, plan.first[item], pass1)
+        if plan.passes == 2:  # 6. auto: caption every pass-1 image (the captioner batches them), diffuse again
+            rep.message(f"captioning {len(kept)} image(s) with {cfg.captioner}")
+            found = models.get_captioner(cfg.captioner).caption([kept[it] for it in plan.items])
+            captions = dict(zip(plan.items, found, strict=True))
+            second = {it: prompts.join(c, cfg.added_prompt) for it, c in captions.items()}
+            for batch, imgs in iter_batches(models, cfg, jobs, plan.batches, second, plan.seeds, progress):
+                for item, img in zip(batch, imgs, strict=True):
+                    yield plan.result(cfg, models, item, img, second[item], 2, captions[item])
+    finally:
+        rep.finish()
 
 
 def generate(cfg: GenerateConfig, reporter: Reporter | None = None, models: Models | None = None,
-             jobs: list[Job] | None = None) -> list[GenerateResult]:
+             jobs: list[Job] | None = None,
+             on_result: Callable[[GenerateResult], None] | None = None) -> list[GenerateResult]:
     """Generate `cfg.num_images` images per job (twice in `auto` prompt mode: pass 1 and pass 2).
 
-    Returns the results in order (auto: all pass-1 images of a job, then its pass-2 images). With
-    `cfg.save` each is written as PNG + JSON sidecar under `cfg.output` (never overwriting). Pass a
-    `Models` from `load_models` to reuse loaded weights across calls, and the jobs `preflight(cfg)` returned
-    when the checks already ran."""
+    With `cfg.save` each image is written as PNG + JSON sidecar under `cfg.output` as soon as it is decoded
+    (never overwriting), then handed to `on_result`. Returns the results in job order (auto: a job's pass-1
+    images, then its pass-2 images). Pass a `Models` from `load_models` to reuse loaded weights across calls,
+    and the jobs `preflight(cfg)` returned when the checks already ran. Ctrl-C raises `Interrupted`, which
+    says (and holds) what was saved."""
     rep = reporter or NullReporter()
     t0 = time.perf_counter()
-    outdir = Path(cfg.output).expanduser()
-
-    # 1. check inputs and outputs (everything that can fail does so here, before any model loads)
-    if jobs is None:
-        jobs = preflight(cfg, models.family if models is not None else None)
-    base_seed = cfg.seed if cfg.seed is not None else secrets.randbelow(2**32)
-
-    # 2-3. models (the ControlNets the jobs need)
-    specs = list(dict.fromkeys(h.controlnet for j in jobs for h in j.hints))
-    if models is None:
-        rep.message(f"loading {cfg.base} and {len(specs)} ControlNet(s)")
-        models = load_models(cfg, specs)
-
-    passes = 2 if cfg.prompt_mode == "auto" else 1
-    # 4. every (job, image) item, batched across jobs that can share a batch; both passes run the same batches
-    batches = plan_batches(models, cfg, jobs, cfg.num_images)
-    rep.start(passes * len(batches) * cfg.steps, "generating")
-
-    def step_cb(i: int, n: int) -> None:  # n can exceed steps (2nd-order samplers): report whole steps
-        k = (i + 1) * cfg.steps // n - i * cfg.steps // n
-        if k:
-            rep.advance(k)
-
-    seeds = [base_seed + k for k in range(cfg.num_images)]
-    first = [prompts.first_pass_prompt(cfg.prompt_mode, job.prompt, cfg.added_prompt) for job in jobs]
-    images: list[dict[Item, np.ndarray]] = [{} for _ in range(passes)]  # per pass, filled batch by batch
-    captions: dict[Item, str] = {}
+    saver = output.ResultSaver(Path(cfg.output).expanduser()) if cfg.save else None
     results: list[GenerateResult] = []
-    grid_rows: list[list[np.ndarray]] = []
-
-    def second(j: int, k: int) -> str:  # auto's pass-2 prompt
-        return prompts.join(captions[(j, k)], cfg.added_prompt)
-
-    def finish(j: int) -> None:
-        """Job j's results in order (auto: its pass-1 images, then its pass-2 images), saved."""
-        job = jobs[j]
-        job_results = [GenerateResult(images[0][(j, k)], _metadata(cfg, models, job, first[j], sd, k,
-                                                                   1 if passes == 2 else None, None))
-                       for k, sd in enumerate(seeds)]
-        if passes == 2:
-            job_results += [GenerateResult(images[1][(j, k)], _metadata(cfg, models, job, second(j, k), sd, k, 2,
-                                                                        captions[(j, k)]))
-                            for k, sd in enumerate(seeds)]
-        hint_imgs = [h.image for h in job.hints]
-        for r in job_results:
-            r.hints = hint_imgs
-            # the config that repeats this image (`--from`): the run's, with its base seed and its own prompt
-            r.metadata["config"] = dict(cfg.to_dict(), seed=base_seed, prompt=[job.prompt] if job.prompt else [])
-        # 6. save
-        if cfg.save:
-            for r in job_results:
-                suffix = f"-p{r.metadata['pass']}" if "pass" in r.metadata else ""
-                r.path = output.save_result(outdir, f"{job.name}-{r.metadata['seed']}{suffix}", r.image, r.metadata,
-                                            text={"prompt": comfy_prompt_text(r.metadata)})
-        for p in range(passes):
-            row = job_results[p * cfg.num_images:(p + 1) * cfg.num_images]
-            grid_rows.append(hint_imgs + [r.image for r in row])
-        results.extend(job_results)
-
-    left = [cfg.num_images] * len(jobs)  # per job, the final pass's images still to come
-    done = 0  # jobs finished, in order
-
-    def after_final(batch: list[Item]) -> None:
-        """Finish (and save) each job as soon as its last image is done, in job order."""
-        nonlocal done
-        for j, _ in batch:
-            left[j] -= 1
-        while done < len(jobs) and left[done] == 0:
-            finish(done)
-            done += 1
-
-    def seed_of(_: int, k: int) -> int:
-        return seeds[k]
-
-    run_items(models, cfg, jobs, batches, lambda j, _: first[j], seed_of, step_cb,
-              after_final if passes == 1 else None, out=images[0])
-    if passes == 2:
-        # 5. auto: caption every pass-1 image (the captioner batches them), diffuse again with the captions
-        items = [(j, k) for j in range(len(jobs)) for k in range(cfg.num_images)]
-        rep.message(f"captioning {len(items)} image(s) with {cfg.captioner}")
-        found = models.get_captioner(cfg.captioner).caption([images[0][it] for it in items])
-        captions.update(zip(items, found, strict=True))
-        run_items(models, cfg, jobs, batches, second, seed_of, step_cb, after_final, out=images[1])
-    if cfg.save and cfg.grid:
-        g = output.save_grid(outdir, grid_rows, {"cnet": __version__, "files": [str(r.path) for r in results]})
-        rep.message(f"grid: {g}")
-    rep.finish()
+    try:
+        for r in generate_iter(cfg, rep, models, jobs):
+            if saver is not None:
+                saver.save(r)
+            results.append(r)
+            if on_result is not None:
+                on_result(r)
+    except KeyboardInterrupt:
+        where = f" in {saver.directory}" if saver is not None else ""
+        what = f"kept {len(results)} image(s){where}, each with its sidecar" if results else \
+            "stopped before the first image was finished; nothing saved"
+        raise Interrupted(f"interrupted: {what}", results) from None
+    results.sort(key=result_order)
+    if saver is not None and cfg.grid:
+        rep.message(f"grid: {saver.grid(results)}")
     rep.message(f"{len(results)} image(s) in {time.perf_counter() - t0:.1f}s")
     return results
+
+
+def result_order(r: GenerateResult) -> tuple:
+    """Job order, then pass, then image index (results come back in the order their batches finish)."""
+    return r.job, r.metadata.get("pass", 0), r.metadata["index"]

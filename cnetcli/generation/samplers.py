@@ -148,22 +148,39 @@ def sample(
     eta: float | None = None,
     generator: Any = None,
     callback: Callable[[int, int], None] | None = None,
+    init: Any = None,
+    strength: float = 1.0,
+    mask: Any = None,
 ) -> Any:
     """Run `scheduler` for `steps` steps. `denoise(x_in, t, i, n)` -> noise prediction for the scaled
     input `x_in` at timestep `t` (step `i` of `n`). `generator`: one torch.Generator per image (a list)
-    so each image's noise depends only on its own seed. Nothing here reads a value back to the host:
+    so each image's noise depends only on its own seed. `init` (img2img): the encoded image's latents, which
+    `latents` (the noise) is added to at the first step run of a schedule cut to `strength`, as diffusers'
+    img2img pipelines do; `mask` (inpainting, latent-sized, 1 = repaint) keeps `init` outside it at every step,
+    as diffusers' inpaint pipelines do with a 4-channel UNet. Nothing here reads a value back to the host:
     the loop only queues work (the callback gets plain ints)."""
     scheduler.set_timesteps(steps, device=latents.device)
     timesteps = scheduler.timesteps
+    if init is not None:  # img2img: skip the first (1 - strength) of the steps (diffusers' `get_timesteps`)
+        start = (steps - min(int(steps * strength), steps)) * scheduler.order
+        timesteps = timesteps[start:]
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+    if init is None or (mask is not None and strength == 1.0):  # inpainting at full strength: pure noise
+        # flow-matching schedulers (SD3, FLUX) start from unit noise and take the input unscaled
+        x = latents * getattr(scheduler, "init_noise_sigma", 1.0)
+    else:  # the image, noised to the first step run
+        x = scheduler.add_noise(init, latents, timesteps[:1].repeat(init.shape[0]))
     n = len(timesteps)
-    # flow-matching schedulers (SD3, FLUX) start from unit noise and take the input unscaled
-    x = latents * getattr(scheduler, "init_noise_sigma", 1.0)
     scale = getattr(scheduler, "scale_model_input", None)
     kw = _step_kwargs(scheduler, eta, generator)
     for i, t in enumerate(timesteps):
         x_in = scale(x, t) if scale is not None else x
         eps = denoise(x_in, t, i, n)
         x = scheduler.step(eps, t, x, **kw, return_dict=False)[0]
+        if mask is not None:  # inpainting: outside the mask, the image noised to the next step (diffusers' blend)
+            keep = init if i == n - 1 else scheduler.add_noise(init, latents, timesteps[i + 1:i + 2])
+            x = (1 - mask) * keep + mask * x
         if callback is not None:
             callback(i, n)
     return x

@@ -85,4 +85,7 @@ def preflight(cfg: TrainConfig) -> tuple[str, str]:
     if cfg.single_file:
         check_single_file_possible(cfg)
     check_output_space(cfg)
+    from .memory import check_fits
+
+    check_fits(cfg, device, mp)  # resolution x batch against the device's memory, before anything allocates
     return device, mp

@@ -85,7 +85,7 @@ def validate(cfg: TrainConfig, step: int, models: Any, controlnet: Any, autocast
                                      width=res, height=res, save=False, grid=False)
             with autocast():
                 results = generate(gen_cfg, models=mem)
-            samples = [r.image for r in results]
+            samples = [r.array for r in results]
             hint = results[0].hints[0]
             rows.append(np.concatenate([resize_to(hint, res, res, "linear")] + samples, axis=1))
             if htype is not None:

@@ -122,6 +122,9 @@ class ModelFamily:
     recipes: ClassVar[dict[str, dict[str, Any]]] = {}
     #: what --small-scale means for this family (README, `cnet train --help`)
     small_scale_meaning: ClassVar[str] = ""
+    #: whether --small-scale disconnects parts of a full ControlNet that --reconnect-at connects later (SD's
+    #: middle-block mode); False where --small-scale is a smaller network from the start
+    small_scale_reconnects: ClassVar[bool] = False
     #: `--single-file`'s layout: "original" (the original ControlNet keys A1111/ComfyUI read) or "diffusers"
     #: (the model's own keys in one file, which ComfyUI and diffusers' single-file loader convert)
     single_file_layout: ClassVar[str] = "diffusers"
@@ -343,6 +346,11 @@ class ModelFamily:
             return self.denoise(denoiser, x, t, cond, res)
 
     # ------------------------------------------------------------------------------------ memory plan
+    def sampling_bytes(self, denoiser_config: Any, controlnets: int = 1) -> float | None:
+        """Generate's memory plan: bytes one inference step keeps per denoiser input row, latent pixel and byte of
+        the dtype (with `controlnets` ControlNets' residuals); None where the family has no estimate."""
+        return None
+
     def activation_bytes(self, denoiser_config: Any, vae_factor: int = 8, *, denoiser_trains: bool = False,
                          gradient_checkpointing: bool = False, fp32: bool = False) -> tuple[float, float]:
         """The memory plan's activation model: (bytes kept at the end of the forward, bytes the backward holds

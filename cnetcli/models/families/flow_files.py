@@ -134,6 +134,20 @@ def load_controlnet_file(path: str | Path, *, base_config: Any = None, torch_dty
     return controlnet_from_state_dict(sd, meta, where=str(path), base_config=base_config, torch_dtype=torch_dtype)
 
 
+def stored_config(meta: dict[str, str], where: str) -> dict[str, Any]:
+    """The config cnet stored in a file's safetensors metadata, read bounded (`cnetcli.external`)."""
+    from ...errors import SchemaError
+    from ...external import parse_json
+
+    try:
+        cfg = parse_json(meta[CONFIG_KEY], f"{where} (its '{CONFIG_KEY}' metadata)")
+    except SchemaError as e:
+        raise ModelLoadError(str(e)) from None
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"{where}: its '{CONFIG_KEY}' metadata is not a JSON object")
+    return cfg
+
+
 def file_config(shapes: dict[str, tuple[int, ...]], meta: dict[str, str], *, where: str, base_config: Any = None
                 ) -> tuple[str, dict[str, Any]]:
     """(class name, config) of a file: cnet's stored config when it has one, else inferred from the shapes."""
@@ -141,7 +155,7 @@ def file_config(shapes: dict[str, tuple[int, ...]], meta: dict[str, str], *, whe
         cls_name = _CLASSES.get(comfyui_loader(shapes))
         if cls_name is None:
             raise ModelLoadError(f"{where}: not a FLUX.1 or SD3 ControlNet in the diffusers layout")
-        return cls_name, json.loads(meta[CONFIG_KEY])
+        return cls_name, stored_config(meta, where)
     return infer_config(shapes, base_config)
 
 

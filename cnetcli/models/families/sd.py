@@ -49,6 +49,13 @@ class StableDiffusion(UNetFamily):
 
         return {768: "SD1.x", 1024: "SD2.x"}.get(config_get(config, "cross_attention_dim"))
 
+    def diffusers_pipeline(self, parts: dict[str, Any]) -> Any:
+        """diffusers' text-to-image pipeline around already-loaded parts, for its loaders (`load_lora_weights`)."""
+        from diffusers import StableDiffusionPipeline
+
+        return StableDiffusionPipeline(**parts, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+
     def _encode(self, tokenizer: Any, text_encoder: Any, prompts: list[str], max_length: int,
                 clip_skip: int | None) -> Any:
         inputs = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")

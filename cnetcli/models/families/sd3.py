@@ -138,17 +138,15 @@ class StableDiffusion3(ModelFamily):
         return load_controlnet_file(path, base_config=denoiser_config, torch_dtype=torch_dtype)
 
     def controlnet_file_config(self, path: Any, *, denoiser_config: Any = None) -> dict[str, Any]:
-        import json
-
         from safetensors import safe_open
 
-        from .flow_files import CONFIG_KEY, infer_config
+        from .flow_files import CONFIG_KEY, infer_config, stored_config
 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         if CONFIG_KEY in meta:
-            return {**json.loads(meta[CONFIG_KEY]), "_class_name": self.controlnet_class_name}
+            return {**stored_config(meta, str(path)), "_class_name": self.controlnet_class_name}
         return {**infer_config(shapes, denoiser_config)[1], "_class_name": self.controlnet_class_name}
 
     def single_file_metadata(self, controlnet: Any) -> dict[str, str]:

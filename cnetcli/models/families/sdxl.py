@@ -39,6 +39,12 @@ class StableDiffusionXL(UNetFamily):
     #: diffusers' SDXL pipelines default: no negative prompt -> zero unconditional embeddings
     force_zeros_for_empty_prompt: bool = True
 
+    def diffusers_pipeline(self, parts: dict[str, Any]) -> Any:
+        """diffusers' text-to-image pipeline around already-loaded parts, for its loaders (`load_lora_weights`)."""
+        from diffusers import StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline(**parts)
+
     def vae_dtype(self, vae_config: Any, dtype: Any) -> Any:
         import torch
 

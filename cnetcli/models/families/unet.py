@@ -32,6 +32,7 @@ class UNetFamily(ModelFamily):
     controlnet_class_name: ClassVar[str] = "ControlNetModel"
     small_scale_meaning: ClassVar[str] = ("the middle block only: the 12 down zero convolutions stay at zero "
                                           "until --reconnect-at (the paper's small-scale mode)")
+    small_scale_reconnects: ClassVar[bool] = True
     controlnet_copies: ClassVar[tuple[str, ...] | None] = (
         "conv_in.", "time_embedding.", "class_embedding.", "add_embedding.", "down_blocks.", "mid_block.")
     #: the classes of this family's denoiser and ControlNet configs (detection)
@@ -142,6 +143,20 @@ class UNetFamily(ModelFamily):
         return denoiser(x, t, encoder_hidden_states=cond["encoder_hidden_states"], return_dict=False, **kw)[0]
 
     # ------------------------------------------------------------------ memory plan
+    #: working tensors of the first level alive at once besides the skips (in, norm, out, residual, ...)
+    SAMPLING_WORKING: ClassVar[int] = 8
+
+    def sampling_bytes(self, denoiser_config: Any, controlnets: int = 1) -> float | None:
+        """Under inference_mode nothing is kept for a backward: a step holds the U-Net's skip connections (every
+        down block's output, until the up blocks use them), each ControlNet's residuals (the same shapes) and a
+        working set at the first level. A deliberate overestimate (every tensor of a level alive at once)."""
+        ch = list(config_get(denoiser_config, "block_out_channels") or ())
+        if not ch:
+            return None
+        per_block = int(config_get(denoiser_config, "layers_per_block") or 2) + 1  # its layers, the downsample
+        skips = sum(per_block * c / 4 ** level for level, c in enumerate(ch))
+        return (1 + controlnets) * skips + self.SAMPLING_WORKING * ch[0]
+
     def activation_bytes(self, denoiser_config: Any, vae_factor: int = 8, *, denoiser_trains: bool = False,
                          gradient_checkpointing: bool = False, fp32: bool = False) -> tuple[float, float]:
         from .unet_memory import activation_bytes
