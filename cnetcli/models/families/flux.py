@@ -200,7 +200,9 @@ class Flux(ModelFamily):
     def noisy_and_target(self, scheduler: Any, latents: Any, noise: Any, t: Any) -> tuple[Any, Any, Any]:
         sigmas = self._sigmas(scheduler, t)
         noisy = flow.FlowMatching.noisy(latents, noise, sigmas)
-        model_t = scheduler.timesteps.to(t.device)[t].to(latents.dtype)  # the networks get it / 1000
+        # fp32, as the script divides it by 1000 before the networks cast it (sampling divides in the latents'
+        # dtype, as the pipeline does: see sample_latents)
+        model_t = scheduler.timesteps.to(t.device)[t]
         return noisy, flow.FlowMatching.velocity(latents, noise), model_t
 
     def loss_weights(self, scheduler: Any, t: Any, settings: Any) -> Any:
@@ -272,7 +274,7 @@ class Flux(ModelFamily):
 
         emb = cond["encoder_hidden_states"]
         guidance = cond.get("guidance") if getattr(net, "module", net).config.guidance_embeds else None
-        return {"hidden_states": flow.pack_latents(x), "timestep": t.expand(x.shape[0]).to(x.dtype) / 1000,
+        return {"hidden_states": flow.pack_latents(x), "timestep": t.expand(x.shape[0]) / 1000,
                 "guidance": None if guidance is None else guidance.to(x.dtype),
                 "pooled_projections": cond["pooled_projections"], "encoder_hidden_states": emb,
                 "txt_ids": torch.zeros(emb.shape[1], 3, device=x.device, dtype=x.dtype),
@@ -335,7 +337,6 @@ class Flux(ModelFamily):
         image before preparing latents). `guidance` feeds FLUX-dev's guidance embedding; with `true_cfg` > 1
         and a negative encoding the negative branch runs as a second forward reusing the ControlNet residuals,
         as FluxPipeline's `true_cfg_scale` does."""
-
         from ...generation.control import active
         from . import vae_scale_factor
 
