@@ -90,6 +90,10 @@ class TrainConfig:
     timestep_bias_begin: int = 0
     timestep_bias_end: int = 1000
     snr_gamma: float | None = None
+    # ControlNet++ reward fine-tuning (training/reward.py)
+    reward: str | None = None  # a hint type with a reward model, or "auto" (the dataset's provenance); None: off
+    reward_weight: float | None = None  # None: the type's default (1.0; 0.5 for seg, as ControlNet++)
+    reward_max_timestep: int = 200
     # connection modes
     small_scale: bool = False
     reconnect_at: int | None = None
@@ -224,6 +228,16 @@ def _validate(c: TrainConfig) -> None:
         bad("--timestep-bias-begin/--timestep-bias-end", "need 0 <= begin < end")
     if c.snr_gamma is not None and not c.snr_gamma > 0:
         bad("--snr-gamma", "must be > 0 (5.0 is the min-SNR paper's value)")
+    if c.reward is not None and c.reward != "auto":
+        from ..annotators import get_rewardable
+
+        get_rewardable(c.reward)
+    if c.reward is None and (c.reward_weight is not None or c.reward_max_timestep != 200):
+        bad("--reward-weight/--reward-max-timestep", "only apply with --reward TYPE")
+    if c.reward_weight is not None and c.reward_weight < 0:
+        bad("--reward-weight", "must be 0 or more (1.0 is ControlNet++'s)")
+    if not 0 <= c.reward_max_timestep <= 1000:
+        bad("--reward-max-timestep", "must be between 0 and 1000 (200 is ControlNet++'s)")
     if c.checkpoint_every < 0:
         bad("--checkpoint-every", "must be 0 (only at the end) or positive")
     if c.keep_checkpoints < 1:

@@ -36,6 +36,7 @@ class TrainModels:
     family: Any = None
     text_encoder_2: Any = None
     tokenizer_2: Any = None
+    reward: Any = None  # reward.Reward with --reward: the step adds its weighted consistency loss
 
     @property
     def text_components(self) -> dict[str, Any]:
@@ -175,11 +176,13 @@ def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any) -> tup
 
 
 def training_step(models: TrainModels, batch: dict[str, Any], noise: Noise, *, snr_gamma: float | None = None,
-                  autocast: Any = contextlib.nullcontext) -> Any:
+                  autocast: Any = contextlib.nullcontext, terms: dict[str, Any] | None = None) -> Any:
     """One micro-batch's loss (a scalar tensor; call `.backward()` on it): the diffusers ControlNet step.
 
     latents -> noisy latents at `noise.timesteps` -> ControlNet residuals -> UNet prediction -> MSE against
-    epsilon (or v for v-prediction bases), optionally min-SNR-gamma weighted."""
+    epsilon (or v for v-prediction bases), optionally min-SNR-gamma weighted; with `models.reward`, plus the
+    weighted ControlNet++ consistency loss (reward.py). `terms` receives the detached `diffusion_loss` (and
+    `reward_loss`)."""
     import torch
     import torch.nn.functional as F
 
@@ -200,6 +203,17 @@ def training_step(models: TrainModels, batch: dict[str, Any], noise: Noise, *, s
                            dtype=None if models.unet_trains else models.weight_dtype,
                            autocast=autocast, unet_autocast=models.unet_in_autocast)
     if snr_gamma is None:
-        return F.mse_loss(pred.float(), target.float(), reduction="mean")
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    return (per_sample * min_snr_weights(sched, t, snr_gamma, models.prediction_type)).mean()
+        loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
+    else:
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        loss = (per_sample * min_snr_weights(sched, t, snr_gamma, models.prediction_type)).mean()
+    if terms is not None:
+        terms["diffusion_loss"] = loss.detach()
+    if models.reward is None:
+        return loss
+    from .reward import reward_loss
+
+    r = reward_loss(models, noisy, pred, t, hint)
+    if terms is not None:
+        terms["reward_loss"] = r.detach()
+    return loss + models.reward.weight * r

@@ -1,0 +1,77 @@
+"""Differentiable re-annotators: the reward models of ControlNet++ training (`cnet train --reward`).
+
+A reward model turns a decoded image (B x 3 x H x W, float in [0, 1], with a gradient) into the hint type's
+map, and turns a batch of hints (the training labels, B x 3 x H x W in [0, 1]) into the map it is compared
+with. Each hint type names its reward model in the registry (`HintType.reward`, a lazy factory like
+`HintType.factory`); torch and kornia are imported only when one is built.
+
+    reward = find_type("canny").reward(params, runtime)
+    loss = reward.loss(reward(image), reward.target(hint))   # per sample, shape (B,)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SoftCanny:
+    """cnet's canny (cv2.Canny on the 3-channel image, L1 gradient, --low/--high on the 0..255 scale) made
+    differentiable, as ControlNet++'s kornia Canny is: the same Sobel gradients (kornia's `spatial_gradient`)
+    and the same non-maximum suppression (kornia's Canny kernels), then a sigmoid instead of the hard
+    thresholds: 0.5 at --low, 0.98 at --high. Hysteresis (keep a weak edge only when it touches a strong one)
+    has no gradient and is left out, so thresholding the soft map at 0.5 keeps every local maximum above
+    --low: cv2's edges plus the weak ones it would drop (tests/test_reward.py measures the agreement).
+
+    The label is the hint itself (white edges on black, as `cnet annotate --type canny` writes them); the
+    loss is per-pixel MSE, as ControlNet++'s canny reward."""
+
+    def __init__(self, low: float = 100, high: float = 200) -> None:
+        self.low, self.high = float(low), float(high)
+        self.tau = max(self.high - self.low, 1.0) / 4.0  # sigmoid(4) = 0.98 at --high
+
+    def magnitude(self, image: Any) -> tuple[Any, Any]:
+        """(L1 gradient magnitude B x 1 x H x W on the 0..255 scale, its direction rounded to 45 degrees):
+        per pixel, of the channel whose magnitude is largest (cv2.Canny on a colour image)."""
+        import torch
+        from kornia.filters import spatial_gradient
+
+        g = spatial_gradient(image.float() * 255.0, mode="sobel", order=1, normalized=False)  # B x C x 2 x H x W
+        gx, gy = g[:, :, 0], g[:, :, 1]
+        mag, ch = (gx.abs() + gy.abs()).max(dim=1, keepdim=True)
+        gx, gy = torch.gather(gx, 1, ch), torch.gather(gy, 1, ch)
+        angle = torch.round(torch.rad2deg(torch.atan2(gy, gx)).detach() / 45.0) * 45.0
+        return mag, angle
+
+    def __call__(self, image: Any) -> Any:
+        """Soft edges in [0, 1] (B x 1 x H x W) of images in [0, 1]."""
+        import torch
+        import torch.nn.functional as F
+        from kornia.filters.kernels import get_canny_nms_kernel
+
+        mag, angle = self.magnitude(image)
+        # kornia's Canny non-maximum suppression: the magnitude minus each of its 8 neighbours (right,
+        # down-right, down, down-left, left, up-left, up, up-right); a pixel is a maximum when it beats both
+        # neighbours along its gradient direction. On a plateau cv2 keeps one pixel: a tie with the right or the
+        # lower neighbour still counts (`m > left && m >= right`, `m > up && m >= down`). No gradient in the mask.
+        kernels = get_canny_nms_kernel(mag.device, mag.dtype)
+        diff = F.conv2d(mag.detach(), kernels, padding=kernels.shape[-1] // 2)
+        tie_ok = torch.zeros(1, 8, 1, 1, dtype=torch.bool, device=mag.device)
+        tie_ok[:, [0, 2]] = True
+        beats = (diff > 0) | ((diff == 0) & tie_ok)
+        pos = ((angle / 45.0) % 8).long()
+        neg = ((angle / 45.0 + 4) % 8).long()
+        is_max = torch.gather(beats, 1, pos) & torch.gather(beats, 1, neg)
+        return torch.sigmoid((mag - self.low) / self.tau) * is_max
+
+    def target(self, hint: Any) -> Any:
+        """The label: the hint's edges (B x 1 x H x W in [0, 1])."""
+        return hint.float().mean(dim=1, keepdim=True)
+
+    def loss(self, prediction: Any, target: Any) -> Any:
+        """Per-sample mean squared error (B,)."""
+        return ((prediction.float() - target.float()) ** 2).flatten(1).mean(dim=1)
+
+
+def canny_reward(params: Any, runtime: Any) -> SoftCanny:
+    """The canny hint type's reward model (`HintType.reward`), at the hint's own thresholds."""
+    return SoftCanny(params.low, params.high)

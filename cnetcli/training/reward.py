@@ -1,0 +1,113 @@
+"""`cnet train --reward TYPE`: ControlNet++'s efficient pixel-level cycle-consistency reward (Li et al., ECCV 2024,
+arXiv 2404.07987; liming-ai/ControlNet_Plus_Plus train/reward_control.py).
+
+The step's own noisy latents and prediction are reused (no second forward): for each sample whose timestep is at
+most --reward-max-timestep (200), x0 is predicted in one step from the model output, decoded by the frozen VAE
+with the gradient flowing through the decoder (checkpointed: its activations are recomputed in the backward),
+re-annotated by the hint type's differentiable reward model (annotators/differentiable.py) and compared with the
+sample's hint; the loss is the mean over those samples (0 when the micro-batch has none), added to the diffusion
+loss times --reward-weight. As ControlNet++, the timesteps stay the run's (uniform by default), so a reward run
+draws exactly the random numbers a plain run does, and resume stays bitwise.
+
+The latent cache keeps what the reward needs: the hint is the label and is cached (8-bit, as trained on), and the
+image enters only through its latents, which the cache holds; no pixels are cached.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import UsageError
+
+AUTO = "auto"  # --reward auto: the hint type named by the dataset's provenance
+
+
+@dataclass
+class Reward:
+    """What the step needs for the reward: the model, its weight and the largest rewarded timestep."""
+
+    type: str
+    model: Any
+    weight: float
+    max_timestep: int
+
+
+def resolve_type(reward: str, index: Any) -> tuple[str, dict[str, Any]]:
+    """(hint type, annotator parameters) of `--reward` over a dataset index, before any model loads: `auto` is
+    the type the first hint PNG's provenance names. A type without a reward model is a clear error."""
+    from ..annotators import get_rewardable
+    from ..data.provenance import Provenance
+
+    from pathlib import Path
+
+    first = index.rows[0].hint if len(index.rows) else None
+    prov = Provenance.read(first) if isinstance(first, Path) else None  # a hub row's hint carries none
+    if reward == AUTO:
+        if prov is None:
+            raise UsageError("--reward auto: the dataset's first hint carries no provenance naming its type; "
+                             "pass the type (e.g. --reward canny)")
+        reward = prov.type
+    ht = get_rewardable(reward)
+    params = dict(prov.params) if prov is not None and prov.type == ht.name else {}
+    try:
+        ht.make_params(**params)
+    except UsageError:  # provenance written by another cnet version: the type's defaults
+        params = {}
+    return ht.name, params
+
+
+def build_reward(cfg: Any, hint_type: str, params: dict[str, Any], device: Any) -> Reward:
+    """The frozen reward model of `hint_type` at the hint's parameters, its weights resolved as annotate does."""
+    from ..annotators import Runtime, get_rewardable
+
+    ht = get_rewardable(hint_type)
+    model = ht.reward(ht.make_params(**params), Runtime(device=str(device)))  # type: ignore[misc]
+    weight = ht.reward_weight if cfg.reward_weight is None else cfg.reward_weight
+    return Reward(ht.name, model, float(weight), int(cfg.reward_max_timestep))
+
+
+def predict_x0(scheduler: Any, noisy: Any, model_output: Any, t: Any) -> Any:
+    """One-step x0 from the noisy latents and the model output (DDPM's `pred_original_sample`), for epsilon,
+    v and sample prediction, from the scheduler's alphas_cumprod. (Moves onto the model family with the family
+    seam: flow matching predicts x0 as noisy - sigma * velocity.)"""
+    a = scheduler.alphas_cumprod.to(noisy.device)[t].float().view(-1, *([1] * (noisy.dim() - 1)))
+    x, out = noisy.float(), model_output.float()
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return (x - (1 - a).sqrt() * out) / a.sqrt()
+    if kind == "v_prediction":
+        return a.sqrt() * x - (1 - a).sqrt() * out
+    if kind == "sample":
+        return out
+    raise UsageError(f"--reward: prediction type {kind!r} is not supported")
+
+
+def _decode(vae: Any, latents: Any) -> Any:
+    return vae.decode(latents).sample
+
+
+def decode_with_grad(vae: Any, latents: Any) -> Any:
+    """Images in [0, 1] of scaled latents, the gradient flowing back through the frozen decoder. The decoder
+    is checkpointed: only its input is kept, its activations are recomputed in the backward."""
+    import torch.utils.checkpoint
+
+    z = (latents / vae.config.scaling_factor).to(vae.dtype)
+    image = torch.utils.checkpoint.checkpoint(_decode, vae, z, use_reentrant=False)
+    return (image.float() / 2 + 0.5).clamp(0, 1)
+
+
+def reward_loss(models: Any, noisy: Any, model_output: Any, t: Any, hint: Any) -> Any:
+    """The consistency loss of one micro-batch (a scalar): mean over its samples with t <= max timestep."""
+    import torch
+
+    reward = models.reward
+    rewarded = (t <= reward.max_timestep).nonzero().flatten()  # one host sync: decode only these samples
+    if rewarded.numel() == 0:
+        return torch.zeros((), device=noisy.device)
+    x0 = predict_x0(models.noise_scheduler, noisy[rewarded], model_output[rewarded], t[rewarded])
+    image = decode_with_grad(models.vae, x0)
+    prediction = reward.model(image)
+    with torch.no_grad():
+        target = reward.model.target(hint[rewarded].float())
+    return reward.model.loss(prediction, target).mean()

@@ -1,0 +1,133 @@
+"""ControlNet++ reward fine-tuning (`cnet train --reward`): the differentiable canny against cnet's canny, the
+one-step x0 against diffusers' scheduler, the refusal of types without a reward model, and training with it
+(weight 0 = no reward bitwise, weight > 0 changes the weights, a finite reward_loss in metrics.jsonl)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from cnetcli.errors import CnetError
+from cnetcli.training import TrainConfig, train
+from tests.test_train import cfg as train_cfg
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _circles(seed=0, n=3, size=128):
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), 30, np.uint8)
+    for _ in range(n):
+        c = tuple(int(v) for v in rng.integers(20, size - 20, 2))
+        cv2.circle(img, c, int(rng.integers(8, 20)), tuple(int(v) for v in rng.integers(80, 255, 3)), -1)
+    return img
+
+
+def test_soft_canny_thresholded_is_cnets_canny():
+    import torch
+
+    from cnetcli.annotators import annotate
+    from cnetcli.annotators.differentiable import SoftCanny
+
+    for seed in range(3):
+        img = _circles(seed)
+        want = annotate(img, "canny", image_resolution=128)[..., 0] > 0  # 128: no resize
+        soft = SoftCanny(100, 200)(torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255)[0, 0].numpy()
+        got = soft > 0.5
+        inner = np.s_[1:-1, 1:-1]  # the border: cv2 reflects, kornia replicates
+        tp = (got & want)[inner].sum()
+        f1 = 2 * tp / (got[inner].sum() + want[inner].sum())
+        assert f1 > 0.95, f1
+        assert soft[want].mean() > 0.9 and soft[~want].mean() < 0.02
+
+
+def test_soft_canny_has_a_gradient_and_the_hint_is_its_label():
+    import torch
+
+    from cnetcli.annotators.differentiable import SoftCanny
+
+    sc = SoftCanny(100, 200)
+    x = (torch.from_numpy(_circles()).permute(2, 0, 1)[None].float() / 255).requires_grad_(True)
+    hint = torch.zeros(1, 3, 128, 128)
+    hint[..., 40:60, 40] = 1.0
+    assert torch.equal(sc.target(hint), hint[:, :1])
+    loss = sc.loss(sc(x), sc.target(hint))
+    assert loss.shape == (1,)
+    loss.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    # hand-computed MSE
+    assert torch.allclose(sc.loss(torch.ones(1, 1, 2, 2), torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])),
+                          torch.tensor([0.75]))
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_predict_x0_is_the_ddpm_step_pred_original_sample(kind):
+    import torch
+    from diffusers import DDPMScheduler
+
+    from cnetcli.training.reward import predict_x0
+
+    sched = DDPMScheduler(prediction_type=kind, clip_sample=False)  # as SD's scheduler config
+    g = torch.Generator().manual_seed(0)
+    noisy, out = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
+    t = torch.tensor([0, 150, 999])
+    want = torch.stack([sched.step(o, int(tt), x).pred_original_sample for o, tt, x in zip(out, t, noisy)])
+    assert torch.allclose(predict_x0(sched, noisy, out, t), want, atol=1e-5)
+
+
+def test_a_type_without_a_reward_model_is_refused_before_any_model_loads(tmp_path):
+    with pytest.raises(CnetError, match="no differentiable reward model.*canny"):
+        TrainConfig(base="/nonexistent", data=str(tmp_path), reward="shuffle")
+    with pytest.raises(CnetError, match="--reward-weight"):
+        TrainConfig(base="/nonexistent", data=str(tmp_path), reward_weight=0.5)
+
+
+def test_reward_auto_reads_the_type_and_thresholds_from_the_provenance(tmp_path):
+    from cnetcli.data.provenance import Provenance
+    from cnetcli.training.data import read_dataset
+    from cnetcli.training.reward import resolve_type
+    from tests.test_train import _write_dataset
+
+    d = _write_dataset(tmp_path / "ds", n=2)
+    index = read_dataset(str(d))
+    with pytest.raises(CnetError, match="--reward auto"):
+        resolve_type("auto", index)
+    from PIL import Image
+
+    for i in range(2):
+        p = d / f"conditioning_images/{i}.png"
+        Provenance(type="canny", params={"low": 50, "high": 150}).write(p, np.asarray(Image.open(p)))
+    assert resolve_type("auto", read_dataset(str(d))) == ("canny", {"low": 50, "high": 150})
+
+
+def _weights(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "controlnet" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_reward_weight_zero_trains_bitwise_like_no_reward_and_a_weight_changes_it(sd8, data, tmp_path):
+    import torch
+
+    # max timestep 1000: every sample is rewarded, so each step decodes and back-propagates through the VAE
+    plain = train(train_cfg(sd8, data, tmp_path / "plain", max_steps=2))
+    zero = train(train_cfg(sd8, data, tmp_path / "zero", max_steps=2, reward="canny", reward_weight=0.0,
+                           reward_max_timestep=1000))
+    one = train(train_cfg(sd8, data, tmp_path / "one", max_steps=2, reward="canny", reward_weight=1.0,
+                          reward_max_timestep=1000))
+    a, b, c = _weights(plain.output), _weights(zero.output), _weights(one.output)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    for run in (zero, one):
+        rows = [json.loads(x) for x in (run.output / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in rows] == [1, 2]
+        for r in rows:
+            assert math.isfinite(r["reward_loss"]) and r["reward_loss"] > 0 and math.isfinite(r["diffusion_loss"])
+            assert r["lr"] == 1e-3 and r["samples_per_s"] > 0
+    rows = [json.loads(x) for x in (plain.output / "metrics.jsonl").read_text().splitlines()]
+    assert "reward_loss" not in rows[0] and rows[0]["loss"] == rows[0]["diffusion_loss"] == plain.losses[0]
