@@ -131,3 +131,39 @@ def test_reward_weight_zero_trains_bitwise_like_no_reward_and_a_weight_changes_i
             assert r["lr"] == 1e-3 and r["samples_per_s"] > 0
     rows = [json.loads(x) for x in (plain.output / "metrics.jsonl").read_text().splitlines()]
     assert "reward_loss" not in rows[0] and rows[0]["loss"] == rows[0]["diffusion_loss"] == plain.losses[0]
+
+
+def _rows(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_reward_resumes_bitwise_and_the_log_keeps_one_row_per_step(sd8, data, tmp_path):
+    import torch
+
+    kw = dict(max_steps=4, checkpoint_every=1, keep_checkpoints=4, reward="canny", reward_max_timestep=1000)
+    straight = train(train_cfg(sd8, data, tmp_path / "straight", **kw))
+    out = tmp_path / "stopped"
+    assert train(train_cfg(sd8, data, out, **kw), on_step=lambda info: info.step == 3).interrupted
+    # a branch from the older checkpoint 1: the rows after step 1 go, then the run appends 2..4
+    resumed = train(TrainConfig(output=str(out), resume=str(out / "checkpoints" / "step-1")), given={})
+    a, b = _weights(straight.output), _weights(resumed.output)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows, want = _rows(out), _rows(straight.output)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["reward_loss"] for r in rows] == [r["reward_loss"] for r in want]
+
+
+@pytest.mark.slow
+def test_reward_in_two_processes_small_scale_with_the_cache_trains_as_one(sd8, data, tmp_path):
+    from cnetcli.training.launch import train_in_processes
+
+    kw = dict(batch_size=2, max_steps=2, small_scale=True, cache_latents=True, reward="canny",
+              reward_max_timestep=1000)
+    two = train_in_processes(train_cfg(sd8, data, tmp_path / "two", **kw), 2, None, timeout=240)
+    one = train(train_cfg(sd8, data, tmp_path / "one", **kw))
+    a, b = _weights(two.output), _weights(one.output)
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    r2, r1 = _rows(two.output), _rows(one.output)
+    assert [r["step"] for r in r2] == [1, 2]
+    assert np.allclose([r["reward_loss"] for r in r2], [r["reward_loss"] for r in r1], rtol=1e-4)

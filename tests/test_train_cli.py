@@ -104,3 +104,14 @@ def test_dataset_split_and_outside_paths_flags(captured, run_cli, tmp_path, monk
     cfg, given = captured[0]
     assert (cfg.split, cfg.allow_outside_paths) == ("validation", True)
     assert {"split", "allow_outside_paths"} <= set(given)
+
+
+def test_reward_flags(captured, run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli("train", "--reward", "canny", "--reward-weight", "0.3", "--reward-max-timestep", "100")
+    assert code == 0, err
+    cfg, given = captured[0]
+    assert (cfg.reward, cfg.reward_weight, cfg.reward_max_timestep) == ("canny", 0.3, 100)
+    code, out, err = run_cli("train", "--reward", "shuffle")
+    assert code == 2 and "--reward shuffle: hint type 'shuffle' has no differentiable reward model" in err
+    assert "Traceback" not in err and len(captured) == 1

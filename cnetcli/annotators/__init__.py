@@ -254,10 +254,10 @@ def reward_types() -> list[str]:
 
 
 def get_rewardable(name: str) -> HintType:
-    """Like `get_type`, but a type without a reward model is a `NotAvailableError` naming the ones with one."""
+    """Like `get_type`, but a type without a reward model is a `UsageError` naming the ones with one."""
     ht = get_type(name)
     if ht.reward is None:
-        raise NotAvailableError(f"--reward {ht.name}: hint type '{ht.name}' has no differentiable reward model "
+        raise UsageError(f"--reward {ht.name}: hint type '{ht.name}' has no differentiable reward model "
                                 f"(types with one: {', '.join(reward_types())}); train without --reward")
     return ht
 

@@ -29,6 +29,7 @@ _M = "Connection modes"
 _S = "Speed & memory"
 _C = "Checkpoints"
 _V = "Validation & logging"
+_R = "Reward (ControlNet++)"
 
 
 Recipe = choices("Recipe", RECIPE_NAMES)
@@ -77,6 +78,9 @@ def train_cmd(
     timestep_bias_begin: Annotated[int | None, _opt("--timestep-bias-begin", "--timestep_bias_begin", panel=_P, help="range: first biased timestep (default 0)")] = None,
     timestep_bias_end: Annotated[int | None, _opt("--timestep-bias-end", "--timestep_bias_end", panel=_P, help="range: end of the biased timesteps (default 1000)")] = None,
     snr_gamma: Annotated[float | None, _opt("--snr-gamma", "--snr_gamma", panel=_P, help="min-SNR-gamma loss weighting (e.g. 5.0; default off)")] = None,
+    reward: Annotated[str | None, _opt("--reward", panel=_R, help="ControlNet++ reward fine-tuning: auto (the hints' provenance) or a hint type with a reward model, e.g. canny")] = None,
+    reward_weight: Annotated[float | None, _opt("--reward-weight", panel=_R, help="weight of the consistency loss (default 1.0; 0.5 for seg, as ControlNet++)")] = None,
+    reward_max_timestep: Annotated[int | None, _opt("--reward-max-timestep", panel=_R, help="reward only samples at timesteps <= T (default 200)")] = None,
     small_scale: Annotated[bool | None, _opt("--small-scale/--full", panel=_M, help="connect only the SD middle block (paper's small-scale mode)")] = None,
     reconnect_at: Annotated[int | None, _opt("--reconnect-at", panel=_M, help="small-scale: switch to full connection at this step")] = None,
     unlock_sd_after: Annotated[int | None, _opt("--unlock-sd-after", panel=_M, help="large-scale: also train SD weights from this step")] = None,
