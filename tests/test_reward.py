@@ -167,3 +167,18 @@ def test_reward_in_two_processes_small_scale_with_the_cache_trains_as_one(sd8, d
     r2, r1 = _rows(two.output), _rows(one.output)
     assert [r["step"] for r in r2] == [1, 2]
     assert np.allclose([r["reward_loss"] for r in r2], [r["reward_loss"] for r in r1], rtol=1e-4)
+
+
+def test_the_memory_plan_adds_the_rewarded_samples_decoder_backward():
+    from tests.test_sdxl_train_memory import _parts, memory_plan
+
+    from cnetcli.training.memory import GIB
+
+    kw = dict(batch_size=8, latent_pixels=64 * 64, eight_bit_adam=False, gradient_checkpointing=False,
+              act_dtype="bf16", cached=True)
+    plain = memory_plan(_parts(cached=True), **kw)
+    rewarded = memory_plan(_parts(cached=True), **kw, reward_samples=8 * 201 / 1000, reward_dtype="bf16")
+    # benchmarks/reward_memory.py: 1.53 GiB per rewarded 512 px sample through a bf16 SD VAE
+    assert abs(rewarded.reward / GIB - 1.608 * 1.53) < 0.05
+    assert rewarded.forward_peak == plain.forward_peak + rewarded.reward
+    assert "reward decoder backward" in rewarded.line() and "1.5 GiB more for each" in rewarded.line()

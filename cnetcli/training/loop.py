@@ -158,9 +158,10 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     # 2. models: frozen VAE/text encoder/UNet; the ControlNet trains (and the UNet, once unlocked)
     models = build_models(cfg, device, weight_dtype)
     if reward_spec is not None:
-        from .reward import build_reward
+        from .reward import build_reward, checkpoint_decoder
 
         models.reward = build_reward(cfg, *reward_spec, device)
+        checkpoint_decoder(models.vae)
     cache_key = None
     if cfg.cache_latents:  # what the cache depends on, hashed once the weights are loaded
         from .cache import cache_key as make_key

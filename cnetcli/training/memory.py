@@ -20,6 +20,11 @@ size with fake tensors; see benchmarks/RESULTS_memory.md):
 - under bf16/fp16 autocast, the low-precision copies autocast makes of the fp32 trained weights stay alive
   through the forward (2 bytes per trained parameter);
 - gradient checkpointing (cnet checkpoints both networks) keeps only the blocks' inputs through the forward.
+- `--reward` (ControlNet++) adds the VAE decoder's backward for the rewarded samples (timestep <= T: about
+  B x (T+1)/1000 of a micro-batch under uniform timesteps), checkpointed block by block: traced with
+  benchmarks/reward_memory.py at 1.53 GiB per 512 px sample in bf16 (12.2 GiB per 1024 px sample in fp32, SDXL's
+  VAE), i.e. REWARD_DECODER_BYTES per image pixel at 2 bytes. It comes at the start of the backward, while the
+  networks' activations are still alive, so it adds to the forward's peak.
 What a tracer cannot see is added for the line's "with overheads" figure: the CUDA context (~0.5 GiB),
 cuBLAS/cuDNN workspaces (some hundreds of MiB) and the caching allocator's fragmentation (typically 5-15%).
 """
@@ -47,6 +52,9 @@ CKPT_BACKWARD_SHARE = 1.0
 #: fp32 training: activations relative to the bf16 step; traced 1.75-1.89 on SD1.5, SDXL and the tiny SD
 #: (plain step; assumed the same with checkpointing)
 FP32_ACTIVATIONS = 1.8
+#: the reward's checkpointed decoder backward per image pixel of one rewarded sample, at a 2-byte VAE dtype
+#: (SD's VAE, 128-512 channels; benchmarks/reward_memory.py: 1.53 GiB at 512 px bf16, 12.2 GiB at 1024 px fp32)
+REWARD_DECODER_BYTES = 6270
 _DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 #: the hint encoder's channels (model.hint_channels_for: (16, 32, 96, 256) for an 8x VAE), each level halving
 _HINT_CHANNELS = (16, 32, 96, 256, 256, 256)
@@ -123,10 +131,11 @@ class MemoryPlan:
     cached: bool
     optimizer_name: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    reward: int = 0  # --reward: the decoder backward of the expected rewarded samples, with the activations
 
     @property
     def forward_peak(self) -> int:
-        return self.weights + self.optimizer + self.casts + self.activations
+        return self.weights + self.optimizer + self.casts + self.activations + self.reward
 
     @property
     def backward_peak(self) -> int:
@@ -159,6 +168,7 @@ class MemoryPlan:
         if self.phase == "forward":
             detail = (f"weights {g(self.weights)}, {self.optimizer_name} {g(self.optimizer)}, activations "
                       f"~{g(self.activations)}" + (f" + weight copies {g(self.casts)}" if self.casts else "") +
+                      (f" + reward decoder backward ~{g(self.reward)}" if self.reward else "") +
                       f"; grads {g(self.grads)} come after")
         else:
             detail = (f"weights {g(self.weights)}, {self.optimizer_name} {g(self.optimizer)}, grads "
@@ -178,9 +188,10 @@ def adam8_bytes(params: int) -> int:
 
 def memory_plan(parts: list[Part], *, batch_size: int, latent_pixels: int, eight_bit_adam: bool,
                 gradient_checkpointing: bool, act_dtype: str, cached: bool, unet_config: Any,
-                vae_factor: int = 8) -> MemoryPlan:
+                vae_factor: int = 8, reward_samples: float = 0.0, reward_dtype: str = "bf16") -> MemoryPlan:
     """The plan for `parts` at `batch_size` samples of `latent_pixels` latent pixels (height x width), for a
-    UNet (and the ControlNet made from it) of `unet_config`."""
+    UNet (and the ControlNet made from it) of `unet_config`; `reward_samples`: how many samples of a
+    micro-batch the --reward decodes (expected), through a VAE in `reward_dtype`."""
     weights = sum(p.params * _DTYPE_BYTES[p.dtype] for p in parts if p.on_gpu)
     trained = sum(p.params for p in parts if p.trains)
     grads = trained * 4  # trained weights and their gradients are fp32
@@ -194,8 +205,11 @@ def memory_plan(parts: list[Part], *, batch_size: int, latent_pixels: int, eight
     else:
         act = scale * (RESNET_BYTES * u.resnet + TRANSFORMER_BYTES * u.transformer + HINT_BYTES * u.hint)
         backward = 0.0  # the ControlNet's gradients come last, when the activations are gone
+    per_sample = REWARD_DECODER_BYTES * latent_pixels * vae_factor**2 * _DTYPE_BYTES[reward_dtype] / 2
+    notes = (f"--reward decodes ~{reward_samples:.1f} of {batch_size} samples a micro-batch; "
+             f"{per_sample / GIB:.1f} GiB more for each beyond that",) if reward_samples else ()
     return MemoryPlan(tuple(parts), weights, grads, optimizer, int(act), casts, int(backward), cached,
-                      "AdamW 8-bit" if eight_bit_adam else "AdamW")
+                      "AdamW 8-bit" if eight_bit_adam else "AdamW", notes, int(per_sample * reward_samples))
 
 
 def plan_for(models: Any, cfg: Any, latent_shape: tuple[int, ...]) -> MemoryPlan:
@@ -212,7 +226,11 @@ def plan_for(models: Any, cfg: Any, latent_shape: tuple[int, ...]) -> MemoryPlan
     parts += [part(k, models.text_components[k]) for k in models.family.text_encoders]
     parts.append(part("vae", models.vae))
     vae_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
+    reward = models.reward
+    rewarded = cfg.batch_size * min(1.0, (reward.max_timestep + 1) / models.noise_scheduler.config.num_train_timesteps
+                                    ) if reward is not None else 0.0
     return memory_plan(parts, batch_size=cfg.batch_size, latent_pixels=latent_shape[-1] * latent_shape[-2],
                        eight_bit_adam=cfg.use_8bit_adam, gradient_checkpointing=cfg.gradient_checkpointing,
                        act_dtype=dtype_name(models.weight_dtype), cached=models.cache is not None,
-                       unet_config=models.unet.config, vae_factor=vae_factor)
+                       unet_config=models.unet.config, vae_factor=vae_factor, reward_samples=rewarded,
+                       reward_dtype=dtype_name(models.vae.dtype))
