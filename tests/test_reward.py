@@ -76,7 +76,7 @@ def test_predict_x0_is_the_ddpm_step_pred_original_sample(kind):
     g = torch.Generator().manual_seed(0)
     noisy, out = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)
     t = torch.tensor([0, 150, 999])
-    want = torch.stack([sched.step(o, int(tt), x).pred_original_sample for o, tt, x in zip(out, t, noisy)])
+    want = torch.stack([sched.step(o, int(tt), x).pred_original_sample for o, tt, x in zip(out, t, noisy, strict=True)])
     assert torch.allclose(predict_x0(sched, noisy, out, t), want, atol=1e-5)
 
 
@@ -170,9 +170,8 @@ def test_reward_in_two_processes_small_scale_with_the_cache_trains_as_one(sd8, d
 
 
 def test_the_memory_plan_adds_the_rewarded_samples_decoder_backward():
-    from tests.test_sdxl_train_memory import _parts, memory_plan
-
     from cnetcli.training.memory import GIB
+    from tests.test_sdxl_train_memory import _parts, memory_plan
 
     kw = dict(batch_size=8, latent_pixels=64 * 64, eight_bit_adam=False, gradient_checkpointing=False,
               act_dtype="bf16", cached=True)

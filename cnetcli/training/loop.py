@@ -378,7 +378,7 @@ def read_terms(step_terms: dict[str, Any], accelerator: Any, world: int) -> dict
     values = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in step_terms.values()])
     if world > 1:
         values = accelerator.reduce(values, "mean")
-    return dict(zip(step_terms, values.tolist()))
+    return dict(zip(step_terms, values.tolist(), strict=True))
 
 
 def place_cache(cache: dict[str, Any], device: Any) -> dict[str, Any]:

@@ -36,10 +36,10 @@ class Reward:
 def resolve_type(reward: str, index: Any) -> tuple[str, dict[str, Any]]:
     """(hint type, annotator parameters) of `--reward` over a dataset index, before any model loads: `auto` is
     the type the first hint PNG's provenance names. A type without a reward model is a clear error."""
+    from pathlib import Path
+
     from ..annotators import get_rewardable
     from ..data.provenance import Provenance
-
-    from pathlib import Path
 
     first = index.rows[0].hint if len(index.rows) else None
     prov = Provenance.read(first) if isinstance(first, Path) else None  # a hub row's hint carries none
