@@ -254,11 +254,14 @@ def reward_types() -> list[str]:
 
 
 def get_rewardable(name: str) -> HintType:
-    """Like `get_type`, but a type without a reward model is a `UsageError` naming the ones with one."""
+    """The type whose reward model scores `name`'s hints: the type itself, or the one that re-annotates it
+    (`reannotate_as`: the circles' outlines are what canny finds); a `UsageError` naming the types with one."""
     ht = get_type(name)
+    if ht.reward is None and ht.reannotate_as:
+        ht = get_type(ht.reannotate_as)
     if ht.reward is None:
         raise UsageError(f"--reward {ht.name}: hint type '{ht.name}' has no differentiable reward model "
-                                f"(types with one: {', '.join(reward_types())}); train without --reward")
+                         f"(types with one: {', '.join(reward_types())}); train without --reward")
     return ht
 
 

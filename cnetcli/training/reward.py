@@ -48,7 +48,7 @@ def resolve_type(reward: str, index: Any) -> tuple[str, dict[str, Any]]:
             raise UsageError("--reward auto: the dataset's first hint carries no provenance naming its type; "
                              "pass the type (e.g. --reward canny)")
         reward = prov.type
-    ht = get_rewardable(reward)
+    ht = get_rewardable(reward)  # a type re-annotated as another (circle-outline: canny) takes that one's model
     params = dict(prov.params) if prov is not None and prov.type == ht.name else {}
     try:
         ht.make_params(**params)
