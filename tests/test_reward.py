@@ -181,3 +181,26 @@ def test_the_memory_plan_adds_the_rewarded_samples_decoder_backward():
     assert abs(rewarded.reward / GIB - 1.608 * 1.53) < 0.05
     assert rewarded.forward_peak == plain.forward_peak + rewarded.reward
     assert "reward decoder backward" in rewarded.line() and "1.5 GiB more for each" in rewarded.line()
+
+
+def test_softedge_reward_is_the_annotators_own_hed_with_a_gradient():
+    import torch
+
+    from cnetcli.annotators import find_type
+    from cnetcli.annotators._aux import aux_module
+    from cnetcli.annotators.differentiable import SoftEdgeNet
+    from cnetcli.annotators.edges import EdgeNet
+
+    assert find_type("hed").reward is not None and find_type("lineart").reward is None  # lineart: no annotator
+    torch.manual_seed(0)
+    edge = EdgeNet.__new__(EdgeNet)  # the annotator's network with random weights (no weight file offline)
+    edge.device, edge.kind, edge.net = "cpu", "hed", aux_module("hed").ControlNetHED_Apache2().float().eval()
+    img = _circles(size=64)
+    want = edge.edges([img])[0]  # the annotator's soft edges (0..1)
+    x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255).requires_grad_(True)
+    reward = SoftEdgeNet(edge)
+    got = reward(x)
+    assert got.shape == (1, 1, 64, 64)
+    assert np.allclose(got.detach()[0, 0].numpy(), want, atol=1e-4)
+    reward.loss(got, torch.zeros_like(got)).sum().backward()
+    assert x.grad.abs().sum() > 0 and not any(p.requires_grad for p in reward.net.parameters())

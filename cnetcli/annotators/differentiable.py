@@ -7,6 +7,8 @@ with. Each hint type names its reward model in the registry (`HintType.reward`, 
 
     reward = find_type("canny").reward(params, runtime)
     loss = reward.loss(reward(image), reward.target(hint))   # per sample, shape (B,)
+
+Types with one: canny (`SoftCanny`), softedge/HED/PiDiNet (`SoftEdgeNet`, the annotator's own network).
 """
 
 from __future__ import annotations
@@ -75,3 +77,36 @@ class SoftCanny:
 def canny_reward(params: Any, runtime: Any) -> SoftCanny:
     """The canny hint type's reward model (`HintType.reward`), at the hint's own thresholds."""
     return SoftCanny(params.low, params.high)
+
+
+class SoftEdgeNet:
+    """The softedge annotator's network (annotators/edges.py's `EdgeNet`: HED or PiDiNet, weights resolved as
+    `cnet annotate` resolves them), frozen and in eval mode, run on tensors so the gradient reaches the image:
+    HED takes RGB 0..255 and averages its 5 side outputs resized to the image (bilinear, as the annotator's
+    cv2.resize) before the sigmoid; PiDiNet takes BGR 0..1 and its last output is already a sigmoid. The label
+    is the hint (soft edges 0..1), the loss per-pixel MSE, as ControlNet++'s HED reward."""
+
+    def __init__(self, edge_net: Any) -> None:
+        self.kind = edge_net.kind
+        self.net = edge_net.net.eval().requires_grad_(False)
+
+    def __call__(self, image: Any) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        x = image.float()
+        if self.kind != "hed":
+            return self.net(x.flip(1))[-1]
+        size = tuple(x.shape[-2:])
+        sides = [F.interpolate(s.float(), size=size, mode="bilinear", align_corners=False) for s in self.net(x * 255)]
+        return torch.sigmoid(torch.stack(sides).mean(dim=0))
+
+    target = SoftCanny.target
+    loss = SoftCanny.loss
+
+
+def softedge_reward(params: Any, runtime: Any) -> SoftEdgeNet:
+    """The softedge hint type's reward model (`HintType.reward`): its own HED/PiDiNet network."""
+    from .edges import EdgeNet
+
+    return SoftEdgeNet(EdgeNet(params.model, runtime, "softedge"))

@@ -155,12 +155,16 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
 
-    # 2. models: frozen VAE/text encoder/UNet; the ControlNet trains (and the UNet, once unlocked)
-    models = build_models(cfg, device, weight_dtype)
+    # 2. models: the reward model first (missing annotator weights fail before the base loads); frozen
+    # VAE/text encoder/UNet; the ControlNet trains (and the UNet, once unlocked)
+    reward = None
     if reward_spec is not None:
         from .reward import build_reward, checkpoint_decoder
 
-        models.reward = build_reward(cfg, *reward_spec, device)
+        reward = build_reward(cfg, *reward_spec, device)
+    models = build_models(cfg, device, weight_dtype)
+    if reward is not None:
+        models.reward = reward
         checkpoint_decoder(models.vae)
     cache_key = None
     if cfg.cache_latents:  # what the cache depends on, hashed once the weights are loaded
