@@ -82,7 +82,7 @@ def main() -> None:
     from cnetcli.synthetic import heldout_dir
 
     held = read_dataset(heldout_dir(out / "data" / "train"))
-    hints, prompts = [h for _, h, _ in held], [t for _, _, t in held]
+    hints, prompts = [h for _, h, _ in held][: args.eval_count], [t for _, _, t in held][: args.eval_count]
     tcfg = dcfg.train_config()
     procs = train_processes(tcfg, False)
     start = args.start

@@ -204,3 +204,27 @@ def test_softedge_reward_is_the_annotators_own_hed_with_a_gradient():
     assert np.allclose(got.detach()[0, 0].numpy(), want, atol=1e-4)
     reward.loss(got, torch.zeros_like(got)).sum().backward()
     assert x.grad.abs().sum() > 0 and not any(p.requires_grad for p in reward.net.parameters())
+
+
+@pytest.mark.slow
+def test_depth_reward_is_the_annotators_own_midas_with_a_gradient():
+    import torch
+
+    from cnetcli.annotators._aux import aux_module
+    from cnetcli.annotators.depth import MidasRaw, normalize_depth
+    from cnetcli.annotators.differentiable import MidasDepth
+
+    torch.manual_seed(0)
+    dpt = aux_module("midas.midas.dpt_depth").DPTDepthModel
+    midas = MidasRaw.__new__(MidasRaw)  # the annotator's network with random weights (no weight file offline)
+    midas.device, midas.dtype = "cpu", torch.float32
+    midas.model = dpt(path=None, backbone="vitb_rn50_384", non_negative=True).eval()
+    img = _circles(size=384)
+    want = normalize_depth(midas._forward([img])[0])  # the annotator's depth map (0..1) at its 384 px
+    x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255).requires_grad_(True)
+    reward = MidasDepth(midas)
+    got = reward(x)
+    assert got.shape == (1, 1, 384, 384)
+    assert np.allclose(got.detach()[0, 0].numpy(), want, atol=1e-3)
+    reward.loss(got, torch.zeros_like(got)).sum().backward()
+    assert x.grad.abs().sum() > 0

@@ -8,7 +8,8 @@ with. Each hint type names its reward model in the registry (`HintType.reward`, 
     reward = find_type("canny").reward(params, runtime)
     loss = reward.loss(reward(image), reward.target(hint))   # per sample, shape (B,)
 
-Types with one: canny (`SoftCanny`), softedge/HED/PiDiNet (`SoftEdgeNet`, the annotator's own network).
+Types with one: canny (`SoftCanny`), softedge/HED/PiDiNet (`SoftEdgeNet`) and depth (`MidasDepth`), the
+latter two the annotator's own network. Not yet: seg (cross-entropy against the palette's class indices).
 """
 
 from __future__ import annotations
@@ -110,3 +111,42 @@ def softedge_reward(params: Any, runtime: Any) -> SoftEdgeNet:
     from .edges import EdgeNet
 
     return SoftEdgeNet(EdgeNet(params.model, runtime, "softedge"))
+
+
+class MidasDepth:
+    """The depth annotator's MiDaS DPT-Hybrid (annotators/depth.py's `MidasRaw`, weights resolved as `cnet annotate`
+    resolves them), frozen and in eval mode, run on tensors: the image resized (bilinear) so its short side is the
+    annotator's detect resolution (384, sides multiples of 64, as `resize_image`), scaled to [-1, 1], its relative
+    inverse depth resized back to the image and min-max normalised per image (ControlNet's depth map, 0..1). The
+    label is the hint (grey 0..1), the loss per-pixel MSE, as ControlNet++'s depth reward."""
+
+    def __init__(self, midas: Any, detect_resolution: int = 384) -> None:
+        self.model = midas.model.eval().requires_grad_(False)
+        self.dtype = midas.dtype
+        self.detect_resolution = detect_resolution
+
+    def __call__(self, image: Any) -> Any:
+        import torch.nn.functional as F
+
+        H, W = image.shape[-2:]
+        k = self.detect_resolution / min(H, W)
+        size = (max(64, round(H * k / 64) * 64), max(64, round(W * k / 64) * 64))
+        x = F.interpolate(image.float(), size=size, mode="bilinear", align_corners=False) * 2 - 1
+        d = self.model(x.to(self.dtype)).float()[:, None]
+        d = F.interpolate(d, size=(H, W), mode="bilinear", align_corners=False)
+        d = d - d.flatten(1).min(dim=1).values[:, None, None, None]
+        return d / d.flatten(1).max(dim=1).values.clamp_min(1e-8)[:, None, None, None]
+
+    target = SoftCanny.target
+    loss = SoftCanny.loss
+
+
+def depth_reward(params: Any, runtime: Any) -> MidasDepth:
+    """The depth hint type's reward model (`HintType.reward`): its own MiDaS (model=midas)."""
+    from ..errors import UsageError
+    from .depth import MidasRaw
+
+    if params.model.lower() not in ("midas", "dpt_hybrid"):
+        raise UsageError(f"--reward depth: the hints were made with model={params.model}; the reward runs MiDaS "
+                         "(model=midas) only")
+    return MidasDepth(MidasRaw(runtime))
