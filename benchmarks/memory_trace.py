@@ -359,7 +359,7 @@ def _trace_family(family_name: str) -> Any:
     from cnetcli.models.families import family_named
     from cnetcli.models.families.sdxl import StableDiffusionXL
 
-    fam = family_named({"sd15": "sd", "sdxl": "sdxl"}[family_name])
+    fam = family_named(family_name)
     if not isinstance(fam, StableDiffusionXL):
         return fam
 
@@ -382,7 +382,7 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
     from accelerate.utils import convert_outputs_to_fp32
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from cnetcli.training.model import init_controlnet, set_unet_trainable
+    from cnetcli.training.model import init_controlnet, set_denoiser_trainable
     from cnetcli.training.step import Noise, TrainModels, training_step
 
     t0 = time.time()
@@ -403,7 +403,7 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
     with FakeTensorMode(), cuda_autocast_policy():
         comps = build_components(family_name, tiny)
         unet, vae = comps["unet"], comps["vae"]
-        controlnet = init_controlnet(unet, vae, seed=0)
+        controlnet = init_controlnet(family, unet, vae, seed=0)
         dtypes = place(comps, family, wdt)
         params = {"unet": sum(p.numel() for p in unet.parameters()),
                   "controlnet": sum(p.numel() for p in controlnet.parameters()),
@@ -411,7 +411,7 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
         vae.requires_grad_(False)
         for k in family.text_encoders:
             comps[k].requires_grad_(False)
-        set_unet_trainable(unet, None)
+        set_denoiser_trainable(family, unet, None)
         controlnet.train()
         for name, m in (("unet", unet), ("controlnet", controlnet), ("vae", vae),
                         *((k, comps[k]) for k in family.text_encoders)):
@@ -421,10 +421,9 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
             unet.enable_gradient_checkpointing()
         if mp:  # accelerate's prepare_model under mixed precision: autocast forward, outputs converted to fp32
             controlnet.forward = convert_outputs_to_fp32(autocast()(controlnet.forward))
-        models = TrainModels(unet=unet, controlnet=controlnet, vae=vae, text_encoder=comps["text_encoder"],
-                             tokenizer=comps["tokenizer"], noise_scheduler=comps["scheduler"], weight_dtype=wdt,
-                             family=family, text_encoder_2=comps.get("text_encoder_2"),
-                             tokenizer_2=comps.get("tokenizer_2"))
+        models = TrainModels(denoiser=unet, controlnet=controlnet, vae=vae,
+                             text={k: comps[k] for k in (*family.text_encoders, *family.tokenizers)},
+                             noise_scheduler=comps["scheduler"], weight_dtype=wdt, family=family)
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
         lat = (vae.config.latent_channels, resolution // factor, resolution // factor)
         if flags.cached:  # cache.py's rows, on the host (not tracked): only the batch's rows reach the GPU
@@ -510,7 +509,7 @@ def plan_estimate(tr: Trace) -> Any:
     lat = tr.resolution // tr.vae_factor
     return memory_plan(parts, batch_size=tr.batch, latent_pixels=lat * lat, eight_bit_adam=tr.flags.adam8,
                        gradient_checkpointing=tr.flags.checkpointing, act_dtype=w, cached=tr.flags.cached,
-                       unet_config=tr.unet_config, vae_factor=tr.vae_factor)
+                       denoiser_config=tr.unet_config, vae_factor=tr.vae_factor)
 
 
 def table(traces: list[Trace]) -> str:

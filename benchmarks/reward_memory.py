@@ -32,6 +32,7 @@ def trace(resolution: int, dtype: Any, checkpoint: bool, batch: int = 1) -> int:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from cnetcli.annotators.differentiable import SoftCanny
+    from cnetcli.models.families import family_named
     from cnetcli.training import reward as rw
 
     with FakeTensorMode():
@@ -45,7 +46,7 @@ def trace(resolution: int, dtype: Any, checkpoint: bool, batch: int = 1) -> int:
             x0 = torch.zeros(batch, 4, lat, lat, requires_grad=True)
             if checkpoint:
                 rw.checkpoint_decoder(vae)
-            image = rw.decode_with_grad(vae, x0)
+            image = rw.decode_with_grad(family_named("sd15"), vae, x0)
             sc = SoftCanny()
             loss = sc.loss(sc(image), torch.zeros(batch, 1, resolution, resolution)).mean()
             loss.backward()

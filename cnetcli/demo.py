@@ -29,18 +29,18 @@ import numpy as np
 from .errors import UsageError
 from .generation.prompts import PROMPT_MODES
 from .reporting import NullReporter, Reporter
-from .training.config import RECIPES, TrainConfig
+from .training.config import TINY_RECIPES, TrainConfig
 
 TINY_BASE = "cnet-tiny"
 TINY_CAPTIONER = "cnet-tiny-blip"
 
 #: The training recipe that learns control on the embedded base (64 px, 16 x 16 latents, v-prediction): the
-#: embedded base's `fast` preset (`RECIPES["tiny"]["fast"]`: the paper's 50% empty prompts; timesteps drawn 4x as
+#: embedded base's `fast` preset (`TINY_RECIPES["fast"]`: the paper's 50% empty prompts; timesteps drawn 4x as
 #: often from the noisier half, where layout is decided; lr 2e-3 with warmup and cosine decay), 600 steps. `data`
 #: and `output` are filled in by `run_demo`. Measured recipes (edge F1 per step, three seeds):
 #: cnetcli/assets/README.md.
 DEMO_RECIPE = TrainConfig(
-    base=TINY_BASE, resolution=64, **RECIPES["tiny"]["fast"], empty_prompt_prob=0.5, cache_latents=True,
+    base=TINY_BASE, resolution=64, **TINY_RECIPES["fast"], empty_prompt_prob=0.5, cache_latents=True,
     report_to="none", log_every=50, checkpoint_every=100, keep_checkpoints=100, seed=0,
 )
 #: A smoke run: proves every stage runs (seconds, not minutes), not that control is learned.
@@ -126,11 +126,10 @@ def _register(models: Any, name: str, net: Any) -> str:
 
 
 def add_untrained(models: Any, seed: int) -> str:
-    """The untrained ControlNet, as `cnet train` initialises it: a copy of the base UNet's encoder with zero
-    convolutions (it changes nothing yet)."""
-    from .training.model import init_controlnet
-
-    return _register(models, "untrained (zero convolutions)", init_controlnet(models.unet, models.vae, seed=seed))
+    """The untrained ControlNet, as `cnet train` initialises it: the family's copy of the base's denoiser with
+    zero convolutions (it changes nothing yet)."""
+    net = models.family.init_controlnet(models.denoiser, models.vae, seed)
+    return _register(models, "untrained (zero convolutions)", net)
 
 
 def add_checkpoint(models: Any, trained: str, ck: Path) -> str:

@@ -103,3 +103,21 @@ def run_cli():
         return code, out.getvalue(), err.getvalue()
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def flux_dir(tmp_path_factory):
+    """A tiny FLUX.1-dev base (guidance embedding, CLIP + T5, dynamic shifting) saved as a diffusers folder."""
+    from cnetcli.models.tiny_flow import save_flux_folder, tiny_flux_components
+
+    return save_flux_folder(tiny_flux_components(seed=0, words=("red", "blue", "circle")),
+                            tmp_path_factory.mktemp("tiny-flux") / "base")
+
+
+@pytest.fixture(scope="session")
+def sd3_dir(tmp_path_factory):
+    """A tiny SD3.5 base (two CLIP encoders + T5, static shift 3) saved as a diffusers folder."""
+    from cnetcli.models.tiny_flow import save_sd3_folder, tiny_sd3_components
+
+    return save_sd3_folder(tiny_sd3_components(seed=0, words=("red", "blue", "circle")),
+                           tmp_path_factory.mktemp("tiny-sd3") / "base")

@@ -116,8 +116,8 @@ def test_base_unet_alone_matches_diffusers(gen, models, tiny_sd_dir):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
     ours = gen(scales=(0.0,), sampler="ddim", prompt="red circle")[0].image
-    pipe = StableDiffusionPipeline(vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer,
-                                   unet=models.unet, scheduler=DDIMScheduler.from_config(
+    pipe = StableDiffusionPipeline(vae=models.vae, text_encoder=models.text["text_encoder"], tokenizer=models.text["tokenizer"],
+                                   unet=models.denoiser, scheduler=DDIMScheduler.from_config(
                                        models.scheduler_config, clip_sample=False, set_alpha_to_one=False),
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -305,7 +305,7 @@ def test_matches_diffusers_controlnet_pipeline(gen, models, hints, tiny_controln
     ours = gen(hints=tuple(map(str, paths)), controlnets=(str(tiny_controlnet_dir),) * len(paths), sampler="ddim",
                prompt="red circle", scales=tuple(scales), start=tuple(starts), end=tuple(ends), steps=4)[0].image
     pipe = StableDiffusionControlNetPipeline(
-        vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer, unet=models.unet,
+        vae=models.vae, text_encoder=models.text["text_encoder"], tokenizer=models.text["tokenizer"], unet=models.denoiser,
         controlnet=MultiControlNetModel([net, net]) if multi else net,
         scheduler=DDIMScheduler.from_config(models.scheduler_config, clip_sample=False, set_alpha_to_one=False),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)

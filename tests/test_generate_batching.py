@@ -368,7 +368,7 @@ def test_compiled_last_batch_is_padded(models, folder, cn_dir, batches):
     eager = generate(cfg, models=models)
     assert [b[0] for b in batches] == [3, 1]
     batches.clear()
-    compiled = dataclasses.replace(models, unet=fast_path(models.unet, backend="aot_eager"), nets={}, compile=True,
+    compiled = dataclasses.replace(models, denoiser=fast_path(models.denoiser, backend="aot_eager"), nets={}, compile=True,
                                    compile_backend="aot_eager")
     fast = generate(cfg, models=compiled)
     assert [b[0] for b in batches] == [3, 3]

@@ -117,7 +117,7 @@ def test_samplers_match_diffusers_pipeline(models, hints, tiny_controlnet_dir, t
     ours = generate(cfg, models=models)[0].image
     net = models.controlnet(str(tiny_controlnet_dir))
     pipe = StableDiffusionControlNetPipeline(
-        vae=models.vae, text_encoder=models.text_encoder, tokenizer=models.tokenizer, unet=models.unet, controlnet=net,
+        vae=models.vae, text_encoder=models.text["text_encoder"], tokenizer=models.text["tokenizer"], unet=models.denoiser, controlnet=net,
         scheduler=make_scheduler(sampler, models.scheduler_config, scheduler), safety_checker=None,
         feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
@@ -140,7 +140,7 @@ def test_compiled_step_equals_eager(models, hints, tiny_controlnet_dir):
     cfg = GenerateConfig(hints=(str(hints / "square.png"),), controlnets=(str(tiny_controlnet_dir),), base="unused",
                          steps=2, seed=5, sampler="ddim", save=False, compile=False)
     eager = generate(cfg, models=models)[0].image
-    compiled = dataclasses.replace(models, unet=fast_path(models.unet, backend="aot_eager"), nets={}, compile=True,
+    compiled = dataclasses.replace(models, denoiser=fast_path(models.denoiser, backend="aot_eager"), nets={}, compile=True,
                                    compile_backend="aot_eager")
     fast = generate(cfg, models=compiled)[0].image
     assert compiled.nets and all(hasattr(n, "_orig_mod") for n in compiled.nets.values())  # really compiled

@@ -41,7 +41,7 @@ def test_trace_places_models_as_build_models_does(xl):
     cfg = TrainConfig(base=str(xl), data=str(xl), output=str(xl.parent / "o"), resolution=64, batch_size=1,
                       learning_rate=1e-4, max_steps=1)
     m = build_models(cfg, "cpu", torch.bfloat16)
-    comps = {"unet": m.unet, "vae": m.vae, **{k: m.text_components[k] for k in m.family.text_encoders}}
+    comps = {"unet": m.denoiser, "vae": m.vae, **{k: m.text_components[k] for k in m.family.text_encoders}}
     want = mt.place(comps, m.family, torch.bfloat16)
     got = {k: v.dtype for k, v in comps.items()} | {"controlnet": m.controlnet.dtype}
     assert got == want

@@ -97,9 +97,9 @@ def test_load_controlnet_checks_the_base(tiny_sd_dir, tiny_controlnet_dir):
     from cnetcli.models.sd import load_controlnet
 
     ucfg = dict(UNet2DConditionModel.load_config(str(tiny_sd_dir), subfolder="unet"))
-    assert load_controlnet(str(tiny_controlnet_dir), unet_config=ucfg) is not None
+    assert load_controlnet(str(tiny_controlnet_dir), denoiser_config=ucfg) is not None
     with pytest.raises(ModelLoadError, match="block_out_channels"):
-        load_controlnet(str(tiny_controlnet_dir), unet_config=dict(ucfg, block_out_channels=[32, 96]))
+        load_controlnet(str(tiny_controlnet_dir), denoiser_config=dict(ucfg, block_out_channels=[32, 96]))
 
 
 def test_prediction_type_checked(tiny_sd_dir, tmp_path):

@@ -142,7 +142,7 @@ def single_files(tiny):
 @pytest.mark.parametrize("name", ["orig.safetensors", "orig.pth", "full.ckpt", "diffusers.safetensors"])
 def test_single_files_with_config_or_base(tiny, single_files, name):
     _same(_load(single_files / name, config=str(tiny["dir"] / "cn")), tiny["sd"])
-    _same(_load(single_files / name, unet_config=tiny["unet_config"]), tiny["sd"])  # no config: the base's shape
+    _same(_load(single_files / name, denoiser_config=tiny["unet_config"]), tiny["sd"])  # no config: the base's shape
 
 
 def test_single_file_with_a_base_folder_as_config(tiny, single_files, tmp_path):
@@ -173,7 +173,7 @@ def test_unsafe_and_corrupt_single_files(tiny, tmp_path):
     torch.save({"state_dict": dict(tiny["sd"]), "args": argparse.Namespace(lr=1)}, evil)
     with pytest.raises(ModelLoadError, match="unsafe pickle: pass --trust-pickle only if you trust the file"):
         _load(evil)
-    _same(_load(evil, trust_pickle=True, unet_config=tiny["unet_config"]), tiny["sd"])
+    _same(_load(evil, trust_pickle=True, denoiser_config=tiny["unet_config"]), tiny["sd"])
 
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"this is not a checkpoint at all")
@@ -251,10 +251,10 @@ def _meta_state_dict(config):
 def test_real_size_single_files_pick_their_shipped_config(name, label, tmp_path):
     """A ControlNet made by diffusers' `from_unet` from the real base's UNet config, in the diffusers layout
     and (SD1.x/2.x) in the original layout, is recognised without any config."""
-    from cnetcli.models.controlnet import Located, candidates, config_from_unet, pick_config
+    from cnetcli.models.controlnet import Located, candidates, config_from_denoiser, pick_config
     from cnetcli.training.export import original_key
 
-    cfg = config_from_unet(_unet_config(name))
+    cfg = config_from_denoiser(_unet_config(name))
     sd = _meta_state_dict(cfg)
     cands = candidates(Located("file", "x"), None, None, None)
     got, _, which = pick_config(sd, cands, "x")
@@ -273,11 +273,11 @@ def test_real_size_sd15_original_file_loads_offline_without_config(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from cnetcli.models.controlnet import config_from_unet, expected_shapes
+    from cnetcli.models.controlnet import config_from_denoiser, expected_shapes
     from cnetcli.models.sd import load_controlnet
     from cnetcli.training.export import original_key
 
-    cfg = config_from_unet(_unet_config("sd15"))
+    cfg = config_from_denoiser(_unet_config("sd15"))
     shapes = expected_shapes(cfg)
     value = {k: (i + 1) / 1024 for i, k in enumerate(sorted(shapes))}
     sd = {"control_model." + original_key(k, 2): torch.full(s, value[k], dtype=torch.float16) for k, s in shapes.items()}

@@ -70,8 +70,9 @@ def test_predict_x0_is_the_ddpm_step_pred_original_sample(kind):
     import torch
     from diffusers import DDPMScheduler
 
-    from cnetcli.training.reward import predict_x0
+    from cnetcli.models.families import family_named
 
+    predict_x0 = family_named("sd15").predict_x0
     sched = DDPMScheduler(prediction_type=kind, clip_sample=False)  # as SD's scheduler config
     g = torch.Generator().manual_seed(0)
     noisy, out = torch.randn(3, 4, 8, 8, generator=g), torch.randn(3, 4, 8, 8, generator=g)

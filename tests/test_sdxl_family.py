@@ -41,7 +41,7 @@ def test_family_detected_from_the_model(loaded, tiny_sd_dir):
     assert fam.name == "sdxl" and fam.force_zeros_for_empty_prompt
     assert set(loaded) == {"unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"}
     assert type(loaded["text_encoder_2"]).__name__ == "CLIPTextModelWithProjection"
-    assert load_base_components(str(tiny_sd_dir), offline=True, parts=("unet",)).family.name == "sd"
+    assert load_base_components(str(tiny_sd_dir), offline=True, parts=("unet",)).family.name == "sd15"
     # the pipeline config's switch is honoured
     assert not family_of(loaded["unet"].config, {"force_zeros_for_empty_prompt": False}).force_zeros_for_empty_prompt
 
@@ -143,7 +143,7 @@ def test_sd_family_encode_equals_diffusers(tiny_sd_dir):
         want = pipe.encode_prompt("red circle", torch.device("cpu"), 1, True, **kw)
         got = c.family.encode_prompt(c, "red circle", **kw)
         assert torch.equal(got.prompt_embeds, want[0]) and torch.equal(got.negative_prompt_embeds, want[1])
-    assert c.family.added_cond_kwargs(got) is None
+    assert set(c.family.sampling_cond(got, (64, 64), do_cfg=True)) == {"encoder_hidden_states"}  # nothing added
     skip = c.family.encode_prompt(c, "red circle", clip_skip=1, do_classifier_free_guidance=False).prompt_embeds
     assert skip.shape == got.prompt_embeds.shape and not torch.equal(skip, got.prompt_embeds)
 
@@ -161,7 +161,7 @@ def test_single_file_family_from_checkpoint_keys(tmp_path):
     save_file(xl, str(tmp_path / "xl.safetensors"))
     save_file(v1, str(tmp_path / "v1.safetensors"))
     assert single_file_family(tmp_path / "xl.safetensors").name == "sdxl"
-    assert single_file_family(tmp_path / "v1.safetensors").name == "sd"
+    assert single_file_family(tmp_path / "v1.safetensors").name == "sd15"
 
 
 # ---- SDXL ControlNet: single-file export and every load path -------------------------------------------
@@ -200,7 +200,7 @@ def test_sdxl_single_file_round_trip(sdxl_controlnet, loaded, tmp_path):
     ref = cn.state_dict()
     back = ControlNetModel.from_single_file(str(f), config=str(tmp_path / "cfg"), local_files_only=True).state_dict()
     assert set(back) == set(ref) and all(torch.equal(back[k], ref[k]) for k in ref)
-    ours = load_controlnet(str(f), unet_config=loaded["unet"].config).state_dict()  # no config: the base's shape
+    ours = load_controlnet(str(f), denoiser_config=loaded["unet"].config).state_dict()  # no config: the base's shape
     assert all(torch.equal(ours[k], ref[k]) for k in ref)
 
 

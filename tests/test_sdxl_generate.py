@@ -80,7 +80,7 @@ def img(r):
 
 def test_models_are_sdxl(models):
     assert models.family.name == "sdxl"
-    assert models.text_encoder_2 is not None and models.tokenizer_2 is not None
+    assert models.text["text_encoder_2"] is not None and models.text["tokenizer_2"] is not None
     assert models.vae.dtype.is_floating_point
 
 
@@ -88,8 +88,8 @@ def _pipe(models, net):
     from diffusers import DDIMScheduler, StableDiffusionXLControlNetPipeline
 
     pipe = StableDiffusionXLControlNetPipeline(
-        vae=models.vae, text_encoder=models.text_encoder, text_encoder_2=models.text_encoder_2,
-        tokenizer=models.tokenizer, tokenizer_2=models.tokenizer_2, unet=models.unet, controlnet=net,
+        vae=models.vae, text_encoder=models.text["text_encoder"], text_encoder_2=models.text["text_encoder_2"],
+        tokenizer=models.text["tokenizer"], tokenizer_2=models.text["tokenizer_2"], unet=models.denoiser, controlnet=net,
         scheduler=DDIMScheduler.from_config(models.scheduler_config, clip_sample=False, set_alpha_to_one=False),
         add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)

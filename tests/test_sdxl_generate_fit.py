@@ -73,7 +73,7 @@ def test_fitting_controlnet_loads_with_the_base_unet_config(tiny_sd_dir, tiny_co
     from cnetcli.generation import GenerateConfig, load_models
 
     m = load_models(GenerateConfig(hints=("x",), base=str(tiny_sd_dir), controlnets=(str(tiny_controlnet_dir),)))
-    assert m.unet_config["cross_attention_dim"] == m.nets[str(tiny_controlnet_dir)].config.cross_attention_dim
+    assert m.denoiser_config["cross_attention_dim"] == m.nets[str(tiny_controlnet_dir)].config.cross_attention_dim
     assert m.trust_pickle is None
 
 
@@ -110,4 +110,4 @@ def test_pickled_controlnet_needs_trust_pickle(tiny_sd_dir, tiny_controlnet_dir,
     with pytest.raises(CnetError, match="--trust-pickle"):
         load_models(GenerateConfig(**base))
     m = load_models(GenerateConfig(**base, trust_pickle=True))
-    assert m.nets[str(f)].config.cross_attention_dim == m.unet_config["cross_attention_dim"]
+    assert m.nets[str(f)].config.cross_attention_dim == m.denoiser_config["cross_attention_dim"]

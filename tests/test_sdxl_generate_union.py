@@ -91,8 +91,8 @@ def test_two_control_types_match_diffusers_union_pipeline(gen, models, hints, xl
     r = gen(hints=tuple(map(str, paths)), sampler="ddim", prompt="red circle", scales=(1.0, 0.7), start=(0.0, 0.5),
             end=(1.0, 1.0), steps=4)[0]
     pipe = StableDiffusionXLControlNetUnionPipeline(
-        vae=models.vae, text_encoder=models.text_encoder, text_encoder_2=models.text_encoder_2,
-        tokenizer=models.tokenizer, tokenizer_2=models.tokenizer_2, unet=models.unet,
+        vae=models.vae, text_encoder=models.text["text_encoder"], text_encoder_2=models.text["text_encoder_2"],
+        tokenizer=models.text["tokenizer"], tokenizer_2=models.text["tokenizer_2"], unet=models.denoiser,
         controlnet=MultiControlNetUnionModel([net, net]),
         scheduler=DDIMScheduler.from_config(models.scheduler_config, clip_sample=False, set_alpha_to_one=False),
         add_watermarker=False)

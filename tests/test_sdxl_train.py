@@ -44,9 +44,10 @@ def comps(xl):
 
 
 def test_recipe_and_resolution_come_from_the_family(xl, data, tmp_path):
-    from cnetcli.training.config import base_family, resolve_defaults
+    from cnetcli.models.sd import local_base_configs
+    from cnetcli.training.config import resolve_defaults
 
-    assert base_family(str(xl)) == "sdxl"
+    assert local_base_configs(str(xl)).family.name == "sdxl"
     c, _ = resolve_defaults(TrainConfig(base=str(xl), data=str(data), output=str(tmp_path)))
     assert c.resolution == 256  # the tiny SDXL's own size (sample_size 32 x 8); a real SDXL base gives 1024
     assert c.learning_rate == 1e-5 and c.batch_size == 1
@@ -77,17 +78,16 @@ def test_added_conditioning_is_diffusers_time_ids(comps):
 def test_step0_controlnet_equals_the_base_and_small_scale_passes_zero_downs(comps):
     import torch
 
-    from cnetcli.training.model import controlled_unet, init_controlnet
-
+    fam = comps.family
     unet = comps["unet"]
-    cn = init_controlnet(unet, comps["vae"], seed=0)
+    cn = fam.init_controlnet(unet, comps["vae"], seed=0)
     assert cn.config.addition_embed_type == "text_time"  # the SDXL UNet's added embedding, copied
     x, t, enc, hint, added = _inputs(comps)
     with torch.no_grad():
         plain = unet(x, t, encoder_hidden_states=enc, added_cond_kwargs=added).sample
         for small in (False, True):
-            assert torch.equal(controlled_unet(unet, cn, x, t, enc, hint, down_connected=not small,
-                                               added_cond=added), plain)
+            cond = {"encoder_hidden_states": enc, "added_cond_kwargs": added}
+            assert torch.equal(fam.predict(unet, cn, x, t, cond, hint, connected=not small), plain)
         # the added conditioning matters: other sizes give another prediction
         other = _inputs(comps, micro=((64, 64, 0, 0), (64, 64, 0, 0)))[4]
         assert not torch.equal(unet(x, t, encoder_hidden_states=enc, added_cond_kwargs=other).sample, plain)
@@ -98,7 +98,6 @@ def _eval_loss(comps, data, controlnet):
     import torch
 
     from cnetcli.training.data import PairDataset, read_dataset
-    from cnetcli.training.model import controlled_unet
 
     fam = comps.family
     ds = PairDataset(read_dataset(str(data)), RES)
@@ -109,23 +108,21 @@ def _eval_loss(comps, data, controlnet):
             px, hint, micro = ds.sample(i)
             lat = comps["vae"].encode(px[None]).latent_dist.mean * comps["vae"].config.scaling_factor
             enc = fam.encode_prompt(comps, [ds.index.rows[i].text], do_classifier_free_guidance=False)
-            added = fam.training_added_cond(enc, micro[None], (RES, RES))
+            cond = fam.training_cond(enc, micro[None], (RES, RES))
             for t in (100, 400, 800):
                 tt = torch.tensor([t])
                 noise = torch.randn(lat.shape, generator=g)
-                pred = controlled_unet(comps["unet"], controlnet, comps["scheduler"].add_noise(lat, noise, tt), tt,
-                                       enc.prompt_embeds, hint[None], added_cond=added)
+                pred = fam.predict(comps["unet"], controlnet, comps["scheduler"].add_noise(lat, noise, tt), tt,
+                                   cond, hint[None])
                 total += torch.mean((pred - noise) ** 2).item()
     return total
 
 
 def test_loss_falls_at_a_high_learning_rate(xl, comps, data, tmp_path):
-    from cnetcli.training.model import init_controlnet
-
     r = train(_cfg(xl, data, tmp_path / "fit", max_steps=12, batch_size=4, learning_rate=3e-3,
                    empty_prompt_prob=0.0))
     assert r.config.resolution == RES and r.losses and all(x == x for x in r.losses)
-    before = _eval_loss(comps, data, init_controlnet(comps["unet"], comps["vae"], 0))
+    before = _eval_loss(comps, data, comps.family.init_controlnet(comps["unet"], comps["vae"], 0))
     after = _eval_loss(comps, data, _cn(r.controlnet_dir))
     assert after < 0.9 * before, (before, after)
 
@@ -133,8 +130,6 @@ def test_loss_falls_at_a_high_learning_rate(xl, comps, data, tmp_path):
 def test_small_scale_keeps_down_zero_convs_zero(xl, comps, data, tmp_path):
     import torch
     from safetensors.torch import load_file
-
-    from cnetcli.training.model import controlled_unet
 
     out = tmp_path / "run"
     r = train(_cfg(xl, data, out, small_scale=True, max_steps=2, checkpoint_every=2))
@@ -146,7 +141,8 @@ def test_small_scale_keeps_down_zero_convs_zero(xl, comps, data, tmp_path):
     x, t, enc, hint, added = _inputs(comps)
     with torch.no_grad():
         plain = comps["unet"](x, t, encoder_hidden_states=enc, added_cond_kwargs=added).sample
-        mid_only = controlled_unet(comps["unet"], cn, x, t, enc, hint, down_connected=False, added_cond=added)
+        cond = {"encoder_hidden_states": enc, "added_cond_kwargs": added}
+        mid_only = comps.family.predict(comps["unet"], cn, x, t, cond, hint, connected=False)
     assert (mid_only - plain).abs().max() > 1e-7  # the middle residual reaches the UNet (explicit zero downs)
 
 
@@ -178,8 +174,8 @@ def test_vae_stays_fp32_under_fp16_and_vae_flag_replaces_it(xl, data, tmp_path, 
     from cnetcli.training.setup import build_models
 
     m = build_models(_cfg(xl, data, tmp_path / "x"), "cpu", torch.float16)
-    assert m.vae.dtype == torch.float32 and m.unet.dtype == torch.float16
-    assert m.text_encoder.dtype == m.text_encoder_2.dtype == torch.float16 and m.family.name == "sdxl"
+    assert m.vae.dtype == torch.float32 and m.denoiser.dtype == torch.float16
+    assert m.text["text_encoder"].dtype == m.text["text_encoder_2"].dtype == torch.float16 and m.family.name == "sdxl"
     comps["vae"].save_pretrained(tmp_path / "myvae")  # a user-given (fp16-safe) VAE runs in the training dtype
     m = build_models(_cfg(xl, data, tmp_path / "x", vae=str(tmp_path / "myvae")), "cpu", torch.float16)
     assert m.vae.dtype == torch.float16

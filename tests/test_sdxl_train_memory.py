@@ -14,7 +14,7 @@ from cnetcli.training.memory import GIB, Part, adam8_bytes
 
 # SDXL's UNet block layout (the shipped SDXL ControlNet config has the same encoder blocks)
 _XL_CONFIG = json.loads((Path(memory.__file__).parents[1] / "models/configs/controlnet-sdxl/config.json").read_text())
-memory_plan = partial(memory.memory_plan, unet_config=_XL_CONFIG)
+memory_plan = partial(memory.memory_plan, denoiser_config=_XL_CONFIG)
 
 # the released SDXL 1.0 base's parameter counts, and about an SDXL ControlNet's (its fp16 file is 2.5 GB)
 SDXL = dict(unet=2_567_463_684, controlnet=1_251_251_713, text_encoder=123_060_480, text_encoder_2=694_659_840,
@@ -78,6 +78,6 @@ def test_plan_for_counts_the_live_models(tmp_path):
     m = build_models(cfg, "cpu", torch.float32)
     p = plan_for(m, cfg, (4, 8, 8))
     n = {part.name: part.params for part in p.parts}
-    assert n["unet"] == sum(x.numel() for x in m.unet.parameters())
+    assert n["unet"] == sum(x.numel() for x in m.denoiser.parameters())
     assert set(n) == {"unet", "controlnet", "text_encoder", "text_encoder_2", "vae"}
     assert p.grads == 4 * n["controlnet"] and not any(part.on_gpu for part in p.parts)

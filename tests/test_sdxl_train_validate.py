@@ -32,7 +32,7 @@ def test_sdxl_validation_uses_the_models_in_memory(xl, data, tmp_path, monkeypat
               on_step=lambda info: seen.append(info.models))
     assert len(calls) == 1
     _, models = calls[0]
-    assert models.unet is seen[-1].unet and models.text_encoder_2 is seen[-1].text_encoder_2  # no second load
+    assert models.denoiser is seen[-1].unet and models.text["text_encoder_2"] is seen[-1].text_encoder_2  # no second load
     assert models.family.name == "sdxl"
     assert [c["step"] for c in r.controllability] == [2] and 0.0 <= r.controllability[0]["value"] <= 1.0
     assert r.validation_images[0].is_file() and np.isfinite(r.losses).all()

@@ -157,24 +157,26 @@ def test_step0_controlnet_leaves_unet_unchanged(sd8):
     import torch
     from diffusers import AutoencoderKL
 
-    from cnetcli.training.model import controlled_unet, init_controlnet
+    from cnetcli.models.families import family_named
 
+    sd = family_named("sd15")
     unet = _unet(sd8)
     vae = AutoencoderKL.from_pretrained(str(sd8), subfolder="vae")
-    cn = init_controlnet(unet, vae, seed=0)
+    cn = sd.init_controlnet(unet, vae, seed=0)
     assert tuple(cn.config.conditioning_embedding_out_channels) == (16, 32, 96, 256)
     x, t, enc, hint = _fixed_inputs()
     with torch.no_grad():
         plain = unet(x, t, encoder_hidden_states=enc).sample
         for small in (False, True):
-            assert torch.equal(controlled_unet(unet, cn, x, t, enc, hint, down_connected=not small), plain)
+            cond = {"encoder_hidden_states": enc}
+            assert torch.equal(sd.predict(unet, cn, x, t, cond, hint, connected=not small), plain)
 
 
 def test_small_scale_mid_only_and_reconnect_unlock_decoder(sd8, data, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from cnetcli.training.model import controlled_unet
+    from cnetcli.models.families import family_named
 
     out = tmp_path / "run"
     r = train(cfg(sd8, data, out, small_scale=True, reconnect_at=2, unlock_sd_after=2, unlock="decoder",
@@ -192,7 +194,8 @@ def test_small_scale_mid_only_and_reconnect_unlock_decoder(sd8, data, tmp_path):
     x, t, enc, hint = _fixed_inputs()
     with torch.no_grad():
         plain = base_unet(x, t, encoder_hidden_states=enc).sample
-        mid_only = controlled_unet(base_unet, cn2, x, t, enc, hint, down_connected=False)
+        mid_only = family_named("sd15").predict(base_unet, cn2, x, t, {"encoder_hidden_states": enc}, hint,
+                                                connected=False)
         down, mid = cn2(x, t, encoder_hidden_states=enc, controlnet_cond=hint, return_dict=False)
         ignored = base_unet(x, t, encoder_hidden_states=enc, mid_block_additional_residual=mid).sample
     assert (mid_only - plain).abs().max() > 1e-6
@@ -230,8 +233,6 @@ def _eval_loss(sd8, data, controlnet):
 
     from cnetcli.models.sd import load_base_components
     from cnetcli.training.data import PairDataset, read_dataset
-    from cnetcli.training.model import controlled_unet
-
     c = load_base_components(str(sd8))
     ds = PairDataset(read_dataset(str(data)), RES)
     g = torch.Generator().manual_seed(5)
@@ -245,7 +246,8 @@ def _eval_loss(sd8, data, controlnet):
             for t in (100, 400, 800):
                 tt = torch.tensor([t])
                 noise = torch.randn(lat.shape, generator=g)
-                pred = controlled_unet(c["unet"], controlnet, c["scheduler"].add_noise(lat, noise, tt), tt, enc, hint[None])
+                pred = c.family.predict(c["unet"], controlnet, c["scheduler"].add_noise(lat, noise, tt), tt,
+                                        {"encoder_hidden_states": enc}, hint[None])
                 total += torch.mean((pred - noise) ** 2).item()
     return total
 
@@ -257,9 +259,10 @@ def test_loss_falls_when_overfitting_and_cache_matches(sd8, data, tmp_path):
                   empty_prompt_prob=0.0))
     from diffusers import AutoencoderKL
 
-    from cnetcli.training.model import init_controlnet
+    from cnetcli.models.families import family_named
 
-    before = _eval_loss(sd8, data, init_controlnet(_unet(sd8), AutoencoderKL.from_pretrained(str(sd8), subfolder="vae"), 0))
+    vae = AutoencoderKL.from_pretrained(str(sd8), subfolder="vae")
+    before = _eval_loss(sd8, data, family_named("sd15").init_controlnet(_unet(sd8), vae, 0))
     after = _eval_loss(sd8, data, _cn(r.controlnet_dir))
     assert after < 0.9 * before, (before, after)
     # the cache is exact: same losses with and without it
@@ -451,7 +454,10 @@ def test_two_processes_equal_one_with_double_batch(sd8, data, tmp_path):
 def test_timestep_bias_weights_and_min_snr():
     import torch
 
-    from cnetcli.training.step import min_snr_weights, timestep_weights
+    from types import SimpleNamespace
+
+    from cnetcli.models.families import family_named
+    from cnetcli.training.step import timestep_weights
 
     c = TrainConfig(report_to="none")
     assert timestep_weights(c, 1000) is None  # the paper's uniform sampling
@@ -469,9 +475,11 @@ def test_timestep_bias_weights_and_min_snr():
     sched = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)  # SD's
     a = sched.alphas_cumprod
     tt = torch.tensor([0, 500, 999])
-    eps = min_snr_weights(sched, tt, 5.0, "epsilon")
+    gamma = SimpleNamespace(snr_gamma=5.0)
+    eps = family_named("sd15").loss_weights(sched, tt, gamma)
     assert eps[0] < 0.01 and torch.allclose(eps[1:], torch.ones(2))  # low noise (SNR >> 5) is down-weighted
-    v = min_snr_weights(sched, tt, 5.0, "v_prediction")
+    sched = DDPMScheduler.from_config(sched.config, prediction_type="v_prediction")
+    v = family_named("sd15").loss_weights(sched, tt, gamma)
     snr = a[tt] / (1 - a[tt])
     assert torch.allclose(v, torch.clamp(snr, max=5.0) / (snr + 1))
 

@@ -9,7 +9,7 @@ import pytest
 
 from cnetcli.errors import NotAvailableError, UsageError
 from cnetcli.training import TrainConfig, train
-from cnetcli.training.config import RECIPES, native_resolution, resolve_defaults
+from cnetcli.training.config import TINY_RECIPES, resolve_defaults
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -47,15 +47,13 @@ def test_bad_values_refused_with_the_flag(kw, match):
 
 
 def test_native_resolution_and_recipes(sd8, tmp_path):
-    assert native_resolution(str(sd8)) == 64  # UNet sample size 8 x VAE downsampling 8
-    assert native_resolution("cnet-tiny") == 64  # 16 x 4
     c, warnings = resolve_defaults(TrainConfig(base=str(sd8), data=str(tmp_path)))
     assert (c.resolution, c.learning_rate, c.batch_size, c.max_steps) == (64, 1e-5, 4, 5000) and not warnings
     assert c.cache_latents is True  # a local folder: cached by default
     c, warnings = resolve_defaults(TrainConfig(base=str(sd8), resolution=32, learning_rate=3e-4))
     assert (c.resolution, c.learning_rate, c.batch_size) == (32, 3e-4, 4)  # what is given wins
     assert len(warnings) == 1 and "--resolution 32 differs from the base's native 64" in warnings[0]
-    tiny = RECIPES["tiny"]
+    tiny = TINY_RECIPES
     c, _ = resolve_defaults(TrainConfig(base="cnet-tiny"))
     assert (c.resolution, c.learning_rate, c.batch_size, c.max_steps) == (64, 1e-3, 32, tiny["paper"]["max_steps"])
     c, _ = resolve_defaults(TrainConfig(base="cnet-tiny", recipe="fast", hflip=True))
@@ -111,12 +109,14 @@ def test_lr_scheduler_is_diffusers(sd8):
     import torch
     from diffusers.optimization import get_scheduler
 
+    from types import SimpleNamespace
+
     from cnetcli.training.setup import build_optimizer
 
     def lrs(name, **kw):
         net = torch.nn.Linear(2, 2)
         cfg = TrainConfig(lr_scheduler=name, warmup_steps=2, max_steps=10, learning_rate=1.0, **kw)
-        opt, sched = build_optimizer(cfg, net, None, fused=False)
+        opt, sched = build_optimizer(cfg, SimpleNamespace(controlnet=net), fused=False)
         out = []
         for _ in range(10):
             opt.step()

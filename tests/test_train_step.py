@@ -29,48 +29,59 @@ def test_training_step_alone_is_the_diffusers_step(sd8, data):
     import torch
     import torch.nn.functional as F
 
-    from cnetcli.training.model import controlled_unet
+    from diffusers.training_utils import compute_snr
+
     from cnetcli.training.setup import build_models
-    from cnetcli.training.step import draw_noise, min_snr_weights, training_step
+    from cnetcli.training.step import draw_noise, training_step
 
     cfg = _cfg(sd8, data, "unused")
     m = build_models(cfg, "cpu", torch.float32)
     batch = _batch(data)
-    noise = draw_noise(7, 3, batch_size=2, latent_shape=(4, RES // 8, RES // 8), num_timesteps=1000, device="cpu")
+    noise = draw_noise(7, 3, batch_size=2, latent_shape=(4, RES // 8, RES // 8), models=m, device="cpu")
     loss = training_step(m, batch, noise)
     loss.backward()
     # the same computation written out: VAE sample -> add noise -> ControlNet residuals -> UNet -> MSE(eps)
     with torch.no_grad():
         dist = m.vae.encode(batch["pixel_values"]).latent_dist
         lat = (dist.mean + dist.std * noise.sample) * m.vae.config.scaling_factor
-        ids = m.tokenizer(["red circle", ""], padding="max_length", max_length=m.tokenizer.model_max_length,
-                          truncation=True, return_tensors="pt").input_ids
-        enc = m.text_encoder(ids)[0]
+        tok = m.text["tokenizer"]
+        ids = tok(["red circle", ""], padding="max_length", max_length=tok.model_max_length,
+                  truncation=True, return_tensors="pt").input_ids
+        enc = m.text["text_encoder"](ids)[0]
         noisy = m.noise_scheduler.add_noise(lat, noise.noise, noise.timesteps)
-        pred = controlled_unet(m.unet, m.controlnet, noisy, noise.timesteps, enc, batch["conditioning_pixel_values"])
+        down, mid = m.controlnet(noisy, noise.timesteps, encoder_hidden_states=enc,
+                                 controlnet_cond=batch["conditioning_pixel_values"], return_dict=False)
+        pred = m.denoiser(noisy, noise.timesteps, encoder_hidden_states=enc, down_block_additional_residuals=down,
+                          mid_block_additional_residual=mid, return_dict=False)[0]
         want = F.mse_loss(pred, noise.noise)
     assert batch["text"] == ["red circle", ""]  # (the second prompt dropped)
     assert torch.equal(loss.detach(), want)
     # gradients reach the ControlNet only; the frozen SD weights get none
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.controlnet.parameters())
-    assert all(p.grad is None for p in m.unet.parameters())
-    # min-SNR weighting multiplies each sample's MSE by its weight
+    assert all(p.grad is None for p in m.denoiser.parameters())
+    # min-SNR weighting multiplies each sample's MSE by min(SNR, 5) / SNR (epsilon prediction)
     per = F.mse_loss(pred, noise.noise, reduction="none").mean(dim=(1, 2, 3))
-    w = min_snr_weights(m.noise_scheduler, noise.timesteps, 5.0, "epsilon")
-    assert torch.allclose(training_step(m, batch, noise, snr_gamma=5.0).detach(), (per * w).mean())
+    snr = compute_snr(m.noise_scheduler, noise.timesteps)
+    m.settings = cfg.replace(snr_gamma=5.0)
+    assert torch.allclose(training_step(m, batch, noise).detach(), (per * torch.clamp(snr, max=5.0) / snr).mean())
 
 
 def test_noise_draws_are_the_same_for_any_process_count():
-    import torch
+    from types import SimpleNamespace
 
+    import torch
+    from diffusers import DDPMScheduler
+
+    from cnetcli.models.families import family_named
     from cnetcli.training.step import draw_noise
 
-    kw = dict(latent_shape=(4, 2, 2), num_timesteps=1000, device="cpu")
     w = torch.linspace(1, 3, 1000)
     w = w / w.sum()
     for tw in (None, w):
-        one = draw_noise(1, 5, batch_size=4, timestep_weights=tw, **kw)
-        parts = [draw_noise(1, 5, batch_size=2, rank=r, world=2, timestep_weights=tw, **kw) for r in (0, 1)]
+        m = SimpleNamespace(family=family_named("sd15"), noise_scheduler=DDPMScheduler(), timestep_weights=tw)
+        kw = dict(latent_shape=(4, 2, 2), models=m, device="cpu")
+        one = draw_noise(1, 5, batch_size=4, **kw)
+        parts = [draw_noise(1, 5, batch_size=2, rank=r, world=2, **kw) for r in (0, 1)]
         for name in ("sample", "noise", "timesteps"):
             assert torch.equal(getattr(one, name), torch.cat([getattr(p, name) for p in parts])), name
     a, b = draw_noise(1, 5, batch_size=2, **kw), draw_noise(1, 6, batch_size=2, **kw)
@@ -110,7 +121,7 @@ def test_validation_samples_through_generate_with_the_models_in_memory(sd8, data
               on_step=lambda info: seen_models.append(info.models))
     assert len(calls) == 1
     cfg, models = calls[0]
-    assert models is not None and models.unet is seen_models[-1].unet  # no second load: the training modules
+    assert models is not None and models.denoiser is seen_models[-1].denoiser  # no second load: the training modules
     assert cfg.sampler == GenerateConfig.__dataclass_fields__["sampler"].default  # cnet generate's sampler
     assert (cfg.steps, cfg.width, cfg.num_images, cfg.save) == (2, RES, 1, False)
     assert [c["step"] for c in r.controllability] == [2] and 0.0 <= r.controllability[0]["value"] <= 1.0

@@ -14,10 +14,10 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RES = 32
 
 
-def _noise():
+def _noise(m):
     from cnetcli.training.step import draw_noise
 
-    return draw_noise(7, 3, batch_size=2, latent_shape=(4, RES // 8, RES // 8), num_timesteps=1000, device="cpu")
+    return draw_noise(7, 3, batch_size=2, latent_shape=(4, RES // 8, RES // 8), models=m, device="cpu")
 
 
 def _old_step(m, batch, noise, autocast):
@@ -25,16 +25,15 @@ def _old_step(m, batch, noise, autocast):
     import torch
     import torch.nn.functional as F
 
-    from cnetcli.training.model import controlled_unet
     from cnetcli.training.step import encode_batch
 
-    lat, enc, hint, added = encode_batch(m, batch, noise.sample)
+    lat, cond, hint = encode_batch(m, batch, noise.sample)
     with torch.no_grad():
         eps = noise.noise.to(lat.dtype)
         noisy = m.noise_scheduler.add_noise(lat, eps, noise.timesteps)
     with autocast():
-        pred = controlled_unet(m.unet, m.controlnet, noisy, noise.timesteps, enc, hint, added_cond=added,
-                               dtype=None if m.unet_trains else m.weight_dtype)
+        pred = m.family.predict(m.denoiser, m.controlnet, noisy, noise.timesteps, cond, hint,
+                                dtype=None if m.denoiser_trains else m.weight_dtype)
     return F.mse_loss(pred.float(), eps.float())
 
 
@@ -59,7 +58,7 @@ def test_fp32_step_is_bitwise_unchanged(sd8, data):
     from cnetcli.training.step import training_step
 
     m = build_models(_cfg(sd8, data, "unused"), "cpu", torch.float32)
-    batch, noise = _batch(data), _noise()
+    batch, noise = _batch(data), _noise(m)
     off = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=False)  # accelerate's "no"
     loss = training_step(m, batch, noise, autocast=off)
     loss.backward()
@@ -85,20 +84,21 @@ def test_bf16_step_is_diffusers_step(sd8, data):
 
     bf16 = torch.bfloat16
     m = build_models(_cfg(sd8, data, "unused"), "cpu", bf16)
-    assert m.unet.dtype == bf16 and m.controlnet.dtype == torch.float32 and not m.unet_in_autocast
-    batch, noise = _batch(data), _noise()
+    assert m.denoiser.dtype == bf16 and m.controlnet.dtype == torch.float32 and not m.denoiser_in_autocast
+    batch, noise = _batch(data), _noise(m)
     autocast = functools.partial(torch.autocast, "cpu", dtype=bf16)
-    unet_seen, cn_seen = _autocast_seen(m.unet), _autocast_seen(m.controlnet)
+    unet_seen, cn_seen = _autocast_seen(m.denoiser), _autocast_seen(m.controlnet)
     with cuda_autocast_policy():
         loss = training_step(m, batch, noise, autocast=autocast)
         assert unet_seen == [False] and cn_seen == [True]
         # diffusers' examples/controlnet/train_controlnet.py, written out
-        lat, enc, hint, _ = encode_batch(m, batch, noise.sample)
+        lat, cond, hint = encode_batch(m, batch, noise.sample)
+        enc = cond["encoder_hidden_states"]
         eps, t = noise.noise.to(lat.dtype), noise.timesteps
         noisy = m.noise_scheduler.add_noise(lat, eps, t)
         with torch.autocast("cpu", dtype=bf16):
             down, mid = m.controlnet(noisy, t, encoder_hidden_states=enc, controlnet_cond=hint, return_dict=False)
-        pred = m.unet(noisy, t, encoder_hidden_states=enc, down_block_additional_residuals=[d.to(bf16) for d in down],
+        pred = m.denoiser(noisy, t, encoder_hidden_states=enc, down_block_additional_residuals=[d.to(bf16) for d in down],
                       mid_block_additional_residual=mid.to(bf16), return_dict=False)[0]
         want = F.mse_loss(pred.float(), eps.float(), reduction="mean")
         old = _old_step(m, batch, noise, autocast)
@@ -113,21 +113,21 @@ def test_fp32_unet_stays_under_autocast(sd8, data):
     weights would not take the bf16 latents outside it) and after (else its whole forward would be fp32)."""
     import torch
 
-    from cnetcli.training.model import set_unet_trainable
+    from cnetcli.training.model import set_denoiser_trainable
     from cnetcli.training.setup import build_models
     from cnetcli.training.step import training_step
 
     bf16 = torch.bfloat16
     m = build_models(_cfg(sd8, data, "unused", unlock_sd_after=1), "cpu", bf16)
-    assert m.unet.dtype == torch.float32 and m.unet_in_autocast
-    batch, noise = _batch(data), _noise()
+    assert m.denoiser.dtype == torch.float32 and m.denoiser_in_autocast
+    batch, noise = _batch(data), _noise(m)
     autocast = functools.partial(torch.autocast, "cpu", dtype=bf16)
-    seen = _autocast_seen(m.unet)
+    seen = _autocast_seen(m.denoiser)
     training_step(m, batch, noise, autocast=autocast)  # before the unlock
-    set_unet_trainable(m.unet, "all")
-    m.unet_trains = True
+    set_denoiser_trainable(m.family, m.denoiser, "all")
+    m.denoiser_trains = True
     loss = training_step(m, batch, noise, autocast=autocast)
     assert seen == [True, True]
     assert torch.equal(loss.detach(), _old_step(m, batch, noise, autocast).detach())  # as it always ran
     loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.unet.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.denoiser.parameters())

@@ -34,10 +34,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import NotAvailableError, UsageError
+from ..models.families import DEFAULT_FAMILY, release_keys
 from ..models.weights import WeightFile
 
-#: Base-model families a ControlNet release can be for (keys of `HintType.releases`).
-FAMILIES = ("sd15", "sdxl")
 #: ControlNet's hint size (short side) when none is given.
 DEFAULT_IMAGE_RESOLUTION = 512
 #: With keep_size the detector runs at the image's own short side, but at most this (a 20k photo would
@@ -151,7 +150,7 @@ class HintType:
         dr = detect_resolution or (own if keep_size else self.default_detect_resolution)
         return dr, ir
 
-    def release(self, family: str = "sd15") -> str | None:
+    def release(self, family: str = DEFAULT_FAMILY) -> str | None:
         return self.releases.get(family)
 
 
@@ -265,10 +264,11 @@ def get_rewardable(name: str) -> HintType:
     return ht
 
 
-def release_for(hint_type: str, family: str = "sd15", flag: str = "--type") -> str:
-    """The ControlNet release (hub id) for a hint type on a base family; a clear error otherwise."""
-    if family not in FAMILIES:
-        raise UsageError(f"unknown base family {family!r} (known: {', '.join(FAMILIES)})")
+def release_for(hint_type: str, family: str = DEFAULT_FAMILY, flag: str = "--type") -> str:
+    """The ControlNet release (hub id) for a hint type on a base family (its `release_key`); a clear error
+    otherwise."""
+    if family not in release_keys():
+        raise UsageError(f"unknown base family {family!r} (known: {', '.join(release_keys())})")
     ht = find_type(hint_type)
     hub = ht.release(family) if ht is not None else None
     if hub is None:

@@ -44,17 +44,20 @@ ControlMode = choices("ControlMode", CONTROL_MODES)
 ResizeMode = choices("ResizeMode", RESIZE_MODES)
 Dtype = choices("Dtype", DTYPES)
 
-def _sdxl_releases() -> str:
-    """The SDXL ControlNet per hint type, from the hint-type registry (no torch imported)."""
+def _family_releases() -> str:
+    """Each other family's ControlNet per hint type, from the hint-type registry (no torch imported)."""
     from ..generation.control import controlnet_releases
+    from ..models.families import DEFAULT_FAMILY, all_families
 
-    return ", ".join(f"{t}: {hub}" for t, hub in controlnet_releases("sdxl").items())
+    return "; ".join(f"on {f.label} " + ", ".join(f"{t}: {hub}" for t, hub in rel.items())
+                     for f in all_families() if f.release_key != DEFAULT_FAMILY
+                     and (rel := controlnet_releases(f.release_key)))
 
 
 HELP = ("Generate images from hints with a ControlNet. Paper defaults: 20 steps, CFG 9.0, DDIM eta 1.0 "
         "(--sampler ddpm), SD1.5 base; an SDXL --base is detected from the model itself. When --controlnet is "
         "absent the hint's type (PNG provenance or --type) picks the release for the base: ControlNet 1.1 on "
-        f"SD1.5; on SDXL {_sdxl_releases()} (other types need --controlnet). Several --hint/--controlnet pairs "
+        f"SD1.5; {_family_releases()} (other types need --controlnet). Several --hint/--controlnet pairs "
         "compose; a folder of hints runs as a batch. Each PNG carries cnet's record, AUTOMATIC1111's `parameters` "
         "and a ComfyUI graph; --from PNG repeats any of them.")
 
@@ -95,7 +98,7 @@ def generate_cmd(
     device: DeviceOpt = "auto",
     dtype: Annotated[Dtype | None, _opt("--dtype", help="auto (fp16 on GPU, fp32 on CPU), fp32, fp16 or bf16.", shows="auto", panel=_F)] = None,
     batch_size: Annotated[int | None, _opt("--batch-size", help="Images sampled together, filled across hints of one size and ControlNet (an image does not depend on it).", shows=f"auto: up to {AUTO_BATCH} images and {AUTO_BATCH_PIXELS:,} pixels, i.e. {AUTO_BATCH} at 512x512, 2 at 1024x1024", panel=_F)] = None,
-    no_compile: Annotated[bool, _opt("--no-compile", metavar="", help="Run eagerly on CUDA too (the default compiles the UNet+ControlNet step into CUDA graphs; CPU always runs eagerly).", panel=_F)] = False,
+    no_compile: Annotated[bool, _opt("--no-compile", metavar="", help="Run eagerly on CUDA too (the default compiles the denoiser+ControlNet step into CUDA graphs; CPU always runs eagerly).", panel=_F)] = False,
     vae_tiling: Annotated[bool | None, _opt("--vae-tiling/--no-vae-tiling", metavar="", help="Tiled VAE decode (default: above 1024x1024).", panel=_F)] = None,
 ) -> None:
     from ..generation import generate, settings_from_png

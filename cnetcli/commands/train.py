@@ -48,7 +48,7 @@ def train_cmd(
     base: Annotated[str | None, _opt("--base", help="SD1.x/2.x or SDXL base (detected from the model): hub id, diffusers folder, single file or cnet-tiny (default SD1.5)")] = None,
     data: Annotated[str | None, _opt("--data", help="dataset folder (metadata.jsonl or prompt.json) or hub name (default ./dataset)")] = None,
     output: Annotated[str | None, _opt("--output", "-o", "--output_dir", help="output folder (default ./controlnet-out)")] = None,
-    controlnet: Annotated[str | None, _opt("--controlnet", "--controlnet_model_name_or_path", help="continue from this ControlNet (folder, checkpoint folder, file); else init from the UNet")] = None,
+    controlnet: Annotated[str | None, _opt("--controlnet", "--controlnet_model_name_or_path", help="continue from this ControlNet (folder, checkpoint folder, file); else init from the base's denoiser")] = None,
     base_config: Annotated[str | None, _opt("--base-config", help="local config folder for a single-file --base offline")] = None,
     vae: Annotated[str | None, _opt("--vae", "--pretrained_vae_model_name_or_path", help="a VAE replacing the base's (diffusers folder or hub id), e.g. an fp16-safe SDXL VAE; without it SDXL's VAE runs in fp32 under fp16")] = None,
     image_column: Annotated[str | None, _opt("--image-column", "--image_column", help="hub dataset: photo column (default image)")] = None,
@@ -81,7 +81,8 @@ def train_cmd(
     reward: Annotated[str | None, _opt("--reward", panel=_R, help="ControlNet++ reward fine-tuning: auto (the hints' provenance) or a hint type with a reward model, e.g. canny")] = None,
     reward_weight: Annotated[float | None, _opt("--reward-weight", panel=_R, help="weight of the consistency loss (default 1.0; 0.5 for seg, as ControlNet++)")] = None,
     reward_max_timestep: Annotated[int | None, _opt("--reward-max-timestep", panel=_R, help="reward only samples at timesteps <= T (default 200)")] = None,
-    small_scale: Annotated[bool | None, _opt("--small-scale/--full", panel=_M, help="connect only the SD middle block (paper's small-scale mode)")] = None,
+    weighting_scheme: Annotated[str | None, _opt("--weighting-scheme", "--weighting_scheme", panel=_P, help="flow-matching bases (SD3): none | logit_normal | mode | sigma_sqrt | cosmap (default: the family's, SD3 logit_normal)")] = None,
+    small_scale: Annotated[bool | None, _opt("--small-scale/--full", panel=_M, help="fewer trainable blocks: SD1.5/SDXL the middle block only (paper), SD3 2 ControlNet layers")] = None,
     reconnect_at: Annotated[int | None, _opt("--reconnect-at", panel=_M, help="small-scale: switch to full connection at this step")] = None,
     unlock_sd_after: Annotated[int | None, _opt("--unlock-sd-after", panel=_M, help="large-scale: also train SD weights from this step")] = None,
     sd_learning_rate: Annotated[float | None, _opt("--sd-learning-rate", panel=_M, help="lr of unlocked SD weights (default 2e-6)")] = None,
@@ -150,7 +151,7 @@ def train_cmd(
                + (f" ({result.skipped_rows} unreadable rows skipped)" if result.skipped_rows else "")
                + (f", final loss {result.final_loss:.4f}" if result.final_loss is not None else ""))
     typer.echo(f"ControlNet: {result.controlnet_dir}")
-    for label, p in (("UNet", result.unet_dir), ("single file", result.single_file), ("loss curve", result.loss_plot)):
+    for label, p in (("trained base", result.denoiser_dir), ("single file", result.single_file), ("loss curve", result.loss_plot)):
         if p:
             typer.echo(f"{label}: {p}")
     if result.validation_images:

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
+from ..models.families import DEFAULT_FAMILY
 
 CONTROL_MODES = ("balanced", "prompt", "controlnet")
 SOFT_BASE = 0.825
@@ -42,14 +43,14 @@ def union_control_types() -> dict[str, int]:
     return dict(sorted(found, key=lambda t: t[1]))
 
 
-def controlnet_releases(family: str = "sd15") -> dict[str, str]:
+def controlnet_releases(family: str = DEFAULT_FAMILY) -> dict[str, str]:
     """Hint type -> its ControlNet release for a base family, derived from the hint-type registry."""
     from ..annotators import all_types
 
     return {h.name: hub for h in all_types() if (hub := h.release(family))}
 
 
-def release_for(hint_type: str, family: str = "sd15", flag: str = "--type") -> str:
+def release_for(hint_type: str, family: str = DEFAULT_FAMILY, flag: str = "--type") -> str:
     """The ControlNet release id for a hint type (name or alias) on a base family (the registry's
     `HintType.releases`); a clear error naming the flags otherwise."""
     from ..annotators import release_for as _release_for
@@ -114,51 +115,39 @@ class ControlUnit:
     control_type: int | None = None  # ControlNet-Union: the hint's control type index (None: a plain ControlNet)
 
 
-def residuals(units: list[ControlUnit], x_in: Any, t: Any, emb: Any, *, i: int, n: int, mode: str,
-              do_cfg: bool, added_cond: dict[str, Any] | None = None) -> tuple[list[Any], Any] | None:
-    """Sum of the active ControlNets' residuals for the (CFG-batched) UNet input, or None when none acts.
+def residuals(units: list[ControlUnit], family: Any, x_in: Any, t: Any, cond: dict[str, Any], *, i: int, n: int,
+              mode: str, do_cfg: bool) -> list[Any] | None:
+    """Sum of the active ControlNets' residuals (the family's flat list) for the (CFG-batched) denoiser input,
+    or None when none acts.
 
     With CFG the batch is [uncond; cond] (each half B). In `controlnet` mode the ControlNets see only the
-    conditional half and the unconditional half gets zeros. `added_cond`: the family's added conditioning
-    for the whole batch (SDXL's pooled text + time ids), given to every ControlNet as the UNet gets it.
+    conditional half and the unconditional half gets zeros. `cond`: the family's conditioning kwargs for the
+    whole batch (text states + added conditioning), given to every ControlNet as the denoiser gets it.
     """
     import torch
 
-    total_down: list[Any] | None = None
-    total_mid: Any = None
+    from ..models.families import cond_rows
+
+    total: list[Any] | None = None
     for u in units:
         if u.scale == 0.0 or not active(i, n, u.start, u.end):
             continue
         kw: dict[str, Any] = {}
         if do_cfg and mode == "controlnet":
             half = x_in.shape[0] // 2
-            x, e, img = x_in[half:], emb[half:], u.image
-            if added_cond is not None:
-                kw["added_cond_kwargs"] = {k: v[half:] for k, v in added_cond.items()}
+            x, c, img = x_in[half:], cond_rows(cond, slice(half, None)), u.image
         else:
-            x, e = x_in, emb
+            x, c = x_in, cond
             img = torch.cat([u.image, u.image]) if do_cfg else u.image
-            if added_cond is not None:
-                kw["added_cond_kwargs"] = added_cond
         if u.control_type is not None:  # one image, one control type per call (MultiControlNetUnionModel's way)
-            onehot = torch.zeros(x.shape[0], union_types(u.net), device=x.device, dtype=e.dtype)
+            onehot = torch.zeros(x.shape[0], union_types(u.net), device=x.device, dtype=x.dtype)
             onehot[:, u.control_type] = 1
             kw.update(control_type=onehot, control_type_idx=[u.control_type])
             img = [img]
-        down, mid = u.net(x, t, encoder_hidden_states=e, controlnet_cond=img, conditioning_scale=1.0,
-                          guess_mode=False, return_dict=False, **kw)
-        k = len(down) + 1
-        w = soft_weights(k) if mode in ("prompt", "controlnet") else [1.0] * k
-        down = [d * (u.scale * wi) for d, wi in zip(down, w[:-1], strict=True)]
-        mid = mid * (u.scale * w[-1])
+        res = family.control(u.net, x, t, c, img, scale=1.0, **kw)
+        w = soft_weights(len(res)) if mode in ("prompt", "controlnet") else [1.0] * len(res)
+        res = [r * (u.scale * wi) for r, wi in zip(res, w, strict=True)]
         if do_cfg and mode == "controlnet":
-            down = [torch.cat([torch.zeros_like(d), d]) for d in down]
-            mid = torch.cat([torch.zeros_like(mid), mid])
-        if total_down is None:
-            total_down, total_mid = down, mid
-        else:
-            total_down = [a + b for a, b in zip(total_down, down, strict=True)]
-            total_mid = total_mid + mid
-    if total_down is None:
-        return None
-    return total_down, total_mid
+            res = [torch.cat([torch.zeros_like(r), r]) for r in res]
+        total = res if total is None else [a + b for a, b in zip(total, res, strict=True)]
+    return total

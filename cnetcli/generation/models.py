@@ -1,9 +1,9 @@
-"""Loading what a run needs: the SD base (optionally with a UNet trained by `cnet train`), ControlNets
+"""Loading what a run needs: the base (optionally with a denoiser trained by `cnet train`), ControlNets
 (cached by spec), the BLIP captioner; device/dtype and the speed switches (channels-last, the compiled CUDA
 fast path, VAE tiling).
 
 The fast path: on CUDA, batch-1 sampling is launch-bound (~40 ms/step eager vs a few ms of compute on an
-H200), so by default the UNet and each ControlNet are compiled with `torch.compile(mode="reduce-overhead")`,
+H200), so by default the denoiser and each ControlNet are compiled with `torch.compile(mode="reduce-overhead")`,
 which captures CUDA graphs of the static-shape step. Inductor's compiled artifacts are cached on disk under
 the user's cache folder (`~/.cache/cnet/inductor`, or `$TORCHINDUCTOR_CACHE_DIR`), so a second run reuses
 them. Off CUDA, or with `--no-compile`, everything runs eagerly.
@@ -21,11 +21,13 @@ from ..device import resolve_device, resolve_dtype
 from ..models.sd import ModelSpec, _load, check_models_fit, load_base_components, load_controlnet, resolve
 
 
-def trained_unet_dir(controlnet_spec: str) -> Path | None:
-    """`cnet train` output (OUTPUT/controlnet + OUTPUT/unet): the trained UNet folder, else None."""
+def trained_denoiser_dir(controlnet_spec: str, family: Any) -> Path | None:
+    """`cnet train` output (OUTPUT/controlnet + OUTPUT/<the family's denoiser>, once base weights trained): the
+    trained denoiser's folder, else None."""
     p = Path(str(controlnet_spec)).expanduser()
-    if p.is_dir() and (p / "controlnet" / "config.json").exists() and (p / "unet" / "config.json").exists():
-        return p / "unet"
+    d = p / family.denoiser
+    if p.is_dir() and (p / "controlnet" / "config.json").exists() and (d / "config.json").exists():
+        return d
     return None
 
 
@@ -34,49 +36,45 @@ class Models:
     """Everything loaded for generation; reusable across `generate` calls (pass `models=`)."""
 
     base: str
-    unet: Any
+    denoiser: Any
     vae: Any
-    text_encoder: Any
-    tokenizer: Any
+    #: the family's text encoders and tokenizers by their base-folder names (what `family.encode_prompt` takes)
+    text: dict[str, Any]
     scheduler_config: Any
     device: str
     dtype: Any
-    unet_source: str | None = None
+    denoiser_source: str | None = None  # the `cnet train` output whose trained denoiser replaced the base's
     nets: dict[str, Any] = field(default_factory=dict)
     captioner: Any = None
     controlnet_config: str | None = None
     offline: bool | None = None
-    #: the base UNet's config: a ControlNet is checked to fit it as it loads (and a single file needs no config)
-    unet_config: Any = None
+    #: the base denoiser's config: a ControlNet is checked to fit it as it loads (a single file needs no config)
+    denoiser_config: Any = None
     trust_pickle: bool | None = None  # --trust-pickle: allow pickled ControlNet files (None: cnet's default)
     channels_last: bool = False
     compile: bool = False  # compile ControlNets as they load (the fast path; set only on CUDA by load_models)
     compile_backend: str = "inductor"  # tests use "aot_eager" to check the compiled step on CPU
-    #: SDXL's second text encoder (with projection) and its tokenizer; None for SD1.x/2.x
-    text_encoder_2: Any = None
-    tokenizer_2: Any = None
-    #: the base's `models.families.ModelFamily` (detected from the UNet when not given)
+    #: the base's `models.families.ModelFamily` (detected from the denoiser's config when not given)
     family: Any = None
 
     def __post_init__(self) -> None:
+        if self.denoiser_config is None:
+            self.denoiser_config = dict(self.denoiser.config)
         if self.family is None:
             from ..models.families import family_of
 
-            self.family = family_of(self.unet_config if self.unet_config is not None else self.unet.config)
+            self.family = family_of(self.denoiser_config)
 
     @property
     def text_components(self) -> dict[str, Any]:
-        """The tokenizers and text encoders by their base-folder names, as `family.encode_prompt` takes them."""
-        parts = {"tokenizer": self.tokenizer, "text_encoder": self.text_encoder, "tokenizer_2": self.tokenizer_2,
-                 "text_encoder_2": self.text_encoder_2}
-        return {k: v for k, v in parts.items() if v is not None}
+        return self.text
 
     def controlnet(self, spec: str) -> Any:
         if spec not in self.nets:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 net = load_controlnet(spec, offline=self.offline, config=self.controlnet_config, torch_dtype=self.dtype,
-                                      trust_pickle=self.trust_pickle, unet_config=self.unet_config)
+                                      trust_pickle=self.trust_pickle, denoiser_config=self.denoiser_config)
             net = net.to(self.device).eval().requires_grad_(False)
             if self.channels_last:
                 net = net.to(memory_format=_channels_last())
@@ -130,9 +128,8 @@ def _channels_last() -> Any:
 
 
 def load_models(cfg: Any, controlnet_specs: list[str] | None = None) -> Models:
-    """Load the base (+ a trained UNet when a ControlNet spec is a `cnet train` output) and ControlNets."""
+    """Load the base (+ a trained denoiser when a ControlNet spec is a `cnet train` output) and ControlNets."""
     import torch
-    from diffusers import UNet2DConditionModel
 
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
@@ -148,34 +145,32 @@ def load_models(cfg: Any, controlnet_specs: list[str] | None = None) -> Models:
     with warnings.catch_warnings():  # hub-client deprecation chatter; real problems raise CnetErrors
         warnings.simplefilter("ignore")
         comps = load_base_components(cfg.base, offline=cfg.offline, config=cfg.base_config, torch_dtype=dtype)
-    unet, unet_source = comps["unet"], None
+    family = comps.family
+    denoiser, source = comps.denoiser, None
     for s in specs:
-        d = trained_unet_dir(s)
+        d = trained_denoiser_dir(s, family)
         if d is not None:
-            unet = _load(UNet2DConditionModel, ModelSpec("dir", str(d), str(d)), "trained UNet", cfg.offline,
-                         torch_dtype=dtype)
-            unet_source = str(d)
+            denoiser = _load(family.denoiser_class(), ModelSpec("dir", str(d), str(d)), "trained denoiser",
+                             cfg.offline, torch_dtype=dtype)
+            source = str(d)
             break
     on_gpu = device.startswith("cuda")
-    unet_config = dict(unet.config)  # read before compiling wraps the module
-    unet = unet.to(device).eval().requires_grad_(False)
+    denoiser_config = dict(denoiser.config)  # read before compiling wraps the module
+    denoiser = denoiser.to(device).eval().requires_grad_(False)
     vae = comps["vae"].to(device).eval().requires_grad_(False)
-    te = comps["text_encoder"].to(device).eval().requires_grad_(False)
-    te2 = comps.get("text_encoder_2")
-    if te2 is not None:
-        te2 = te2.to(device).eval().requires_grad_(False)
+    text = {k: comps[k] for k in family.tokenizers}
+    text.update({k: comps[k].to(device).eval().requires_grad_(False) for k in family.text_encoders})
     channels_last = bool(cfg.channels_last and on_gpu)
     if channels_last:
-        unet = unet.to(memory_format=torch.channels_last)
+        denoiser = denoiser.to(memory_format=torch.channels_last)
         vae = vae.to(memory_format=torch.channels_last)
     use_fast_path = bool(cfg.compile and on_gpu)  # CUDA graphs pay off only on CUDA; CPU stays eager
     if use_fast_path:
-        unet = fast_path(unet)
-    m = Models(base=str(cfg.base), unet=unet, vae=vae, text_encoder=te, tokenizer=comps["tokenizer"],
-               scheduler_config=comps["scheduler"].config, device=device, dtype=dtype, unet_source=unet_source,
-               controlnet_config=cfg.controlnet_config, offline=cfg.offline, channels_last=channels_last,
-               compile=use_fast_path, unet_config=unet_config, trust_pickle=trust, text_encoder_2=te2,
-               tokenizer_2=comps.get("tokenizer_2"), family=getattr(comps, "family", None))
+        denoiser = fast_path(denoiser)
+    m = Models(base=str(cfg.base), denoiser=denoiser, vae=vae, text=text, scheduler_config=comps["scheduler"].config,
+               device=device, dtype=dtype, denoiser_source=source, controlnet_config=cfg.controlnet_config,
+               offline=cfg.offline, channels_last=channels_last, compile=use_fast_path,
+               denoiser_config=denoiser_config, trust_pickle=trust, family=family)
     for s in specs:
         m.controlnet(s)
     return m

@@ -37,7 +37,7 @@ from . import output, prompts
 from .comfyui import comfy_prompt_text
 from .config import DECODE_PIXELS, GenerateConfig, check_size
 from .models import Models, load_models
-from .samplers import make_scheduler, sample
+from .samplers import sample
 
 
 @dataclass
@@ -104,16 +104,17 @@ class BaseInfo:
 
     def _probe(self) -> None:
         from ..errors import MissingWeightsError
-        from ..models.families import family_named
-        from ..models.sd import base_family
+        from ..models.families import family_of
+        from ..models.sd import base_configs
 
         try:
-            fam, unet, vae = base_family(self.cfg.base, config=self.cfg.base_config, offline=self.cfg.offline)
+            info = base_configs(self.cfg.base, config=self.cfg.base_config, offline=self.cfg.offline)
+            fam, denoiser, vae = info.family, info.denoiser, info.vae
         except MissingWeightsError:
-            fam, unet, vae = family_named("sd"), None, None
+            fam, denoiser, vae = family_of(), None, None
         if self._family is None:
             self._family = fam
-        self._resolution = self._family.default_resolution(unet, vae) if unet is not None else \
+        self._resolution = self._family.default_resolution(denoiser, vae) if denoiser is not None else \
             self._family.fallback_resolution
 
     @property
@@ -132,7 +133,7 @@ class BaseInfo:
 def _controlnet_for(hint_type: str | None, path: str | None, base: BaseInfo) -> str:
     if hint_type is None:
         raise UsageError(f"{path}: no hint type in its PNG provenance; pass --type TYPE or --controlnet MODEL")
-    return ctl.release_for(hint_type, base.family.release_family)
+    return ctl.release_for(hint_type, base.family.release_key)
 
 
 def _types_for(cfg: GenerateConfig, n: int) -> list[str | None]:
@@ -173,7 +174,7 @@ def _annotate_photo(cfg: GenerateConfig, outdir: Path, base: BaseInfo) -> Job:
     if nets and len(nets) != len(hints):
         raise UsageError(f"--controlnet: {len(nets)} ControlNets for {len(hints)} --type values; give one per type")
     for k, h in enumerate(hints):
-        h.controlnet = nets[k] if nets else ctl.release_for(h.type or "", base.family.release_family)
+        h.controlnet = nets[k] if nets else ctl.release_for(h.type or "", base.family.release_key)
     return Job(Path(cfg.image).stem, hints)
 
 
@@ -345,27 +346,29 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
         raise UsageError("run_batch: jobs of different sizes or ControlNets cannot share a batch (see plan_batches)")
     width, height = first.width, first.height
     do_cfg = cfg.cfg > 1.0
+    family = models.family
     enc = encode_prompts(models, prompts_, cfg.negative_prompt, do_cfg)
-    emb = torch.cat([enc.negative_prompt_embeds, enc.prompt_embeds]) if do_cfg else enc.prompt_embeds
-    # the family's added conditioning (SDXL: pooled text + size/crop ids) for the UNet and every ControlNet
-    added = models.family.sampling_added_cond(enc, (height, width), do_classifier_free_guidance=do_cfg,
-                                              unet_config=models.unet_config)
+    # the family's conditioning (text states + added conditioning) for the denoiser and every ControlNet
+    cond = family.sampling_cond(enc, (height, width), do_cfg=do_cfg, denoiser_config=models.denoiser_config)
 
     n = len(first.hints)
     scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
     units = []
     for k, h in enumerate(first.hints):
         net = models.controlnet(h.controlnet)
-        image = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
+        image = family.hint_input(models.vae, control_image([j.hints[k] for j in jobs], width, height, models,
+                                                            mode=cfg.resize_mode))
         units.append(ctl.ControlUnit(net, image, scales[k], starts[k], ends[k],
                                      ctl.union_control_type(h.type, net, h.controlnet)))
 
-    vae_scale = 2 ** (len(models.vae.config.block_out_channels) - 1)
-    shape = (1, models.unet.config.in_channels, height // vae_scale, width // vae_scale)
+    from ..models.families import vae_scale_factor
+
+    vae_scale = vae_scale_factor(models.vae.config)
+    shape = (1, family.latent_channels(models.denoiser_config), height // vae_scale, width // vae_scale)
     # one generator per item: its latents and its per-step noise depend on its own seed only
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     latents = torch.cat([torch.randn(shape, generator=g) for g in gens]).to(models.device, models.dtype)
-    scheduler = make_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
+    scheduler = family.sampling_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
     if models.channels_last:
         for u in units:
             u.image = u.image.contiguous(memory_format=torch.channels_last)
@@ -376,13 +379,8 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
         if cudagraphs:  # one CUDA-graph "step" per denoising step: earlier outputs may be reused as buffers
             torch.compiler.cudagraph_mark_step_begin()
         x_in = torch.cat([x, x]) if do_cfg else x  # the CFG pair runs as one batch
-        res = ctl.residuals(units, x_in, t, emb, i=i, n=n_steps, mode=cfg.control_mode, do_cfg=do_cfg,
-                            added_cond=added)
-        kw = {} if res is None else {"down_block_additional_residuals": res[0],
-                                     "mid_block_additional_residual": res[1]}
-        if added is not None:
-            kw["added_cond_kwargs"] = added
-        eps = models.unet(x_in, t, encoder_hidden_states=emb, **kw, return_dict=False)[0]
+        res = ctl.residuals(units, family, x_in, t, cond, i=i, n=n_steps, mode=cfg.control_mode, do_cfg=do_cfg)
+        eps = family.denoise(models.denoiser, x_in, t, cond, res)
         if do_cfg:
             u, c = eps.chunk(2)
             eps = u + cfg.cfg * (c - u)
@@ -410,7 +408,8 @@ def decode(models: Models, cfg: GenerateConfig, latents: Any, width: int, height
         for s in range(0, latents.shape[0], step):
             z = latents[s: s + step]
             # the VAE may run in another dtype than the UNet (the family's: SDXL's stays fp32 under fp16)
-            img = models.vae.decode(z.to(models.vae.dtype) / models.vae.config.scaling_factor, return_dict=False)[0]
+            z = models.family.from_latents(models.vae.config, z.to(models.vae.dtype))
+            img = models.vae.decode(z, return_dict=False)[0]
             img = (img.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
             out += [np.ascontiguousarray(a) for a in img.numpy()]
     return out
@@ -510,7 +509,7 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
         "guess_mode": cfg.guess_mode,
         "base": str(cfg.base),
         "family": models.family.name,
-        "unet": models.unet_source,
+        "unet": models.denoiser_source,  # the metadata key of earlier versions (readers look it up)
         "width": job.width,
         "height": job.height,
         "device": models.device,

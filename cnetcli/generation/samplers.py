@@ -156,10 +156,12 @@ def sample(
     scheduler.set_timesteps(steps, device=latents.device)
     timesteps = scheduler.timesteps
     n = len(timesteps)
-    x = latents * scheduler.init_noise_sigma
+    # flow-matching schedulers (SD3, FLUX) start from unit noise and take the input unscaled
+    x = latents * getattr(scheduler, "init_noise_sigma", 1.0)
+    scale = getattr(scheduler, "scale_model_input", None)
     kw = _step_kwargs(scheduler, eta, generator)
     for i, t in enumerate(timesteps):
-        x_in = scheduler.scale_model_input(x, t)
+        x_in = scale(x, t) if scale is not None else x
         eps = denoise(x_in, t, i, n)
         x = scheduler.step(eps, t, x, **kw, return_dict=False)[0]
         if callback is not None:

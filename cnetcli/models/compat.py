@@ -1,6 +1,6 @@
 """Do a ControlNet, a base and a scheduler fit together? Checked from configs only, before weights load.
 
-`check_controlnet_fits(controlnet_config, unet_config)` compares what must agree for the ControlNet's residuals
+`check_controlnet_fits(controlnet_config, denoiser_config)` compares what must agree for the ControlNet's residuals
 to be added to the base UNet (text width, block channels, latent channels, residual count, added conditioning)
 and raises ONE line saying which shapes disagree and which family each side looks like. `validate_config`
 refuses configs with negative, zero or non-numeric dimensions before a library turns them into a traceback.
@@ -14,8 +14,6 @@ from ..errors import ModelLoadError
 
 #: Scheduler prediction types that cnet's training loss and sampling handle.
 SUPPORTED_PREDICTION_TYPES = ("epsilon", "v_prediction")
-#: Text-encoder width (cross_attention_dim) -> the family that uses it, for messages.
-FAMILY_BY_WIDTH = {768: "SD1.x", 1024: "SD2.x", 2048: "SDXL", 1280: "SDXL refiner"}
 
 _POSITIVE_INTS = ("in_channels", "conditioning_channels", "norm_num_groups", "addition_time_embed_dim",
                   "projection_class_embeddings_input_dim", "sample_size", "out_channels", "latent_channels")
@@ -72,12 +70,12 @@ def validate_config(cfg: Any, where: str) -> None:
                              "fix the config or download it again")
 
 
-def family_label(cfg: Any) -> str:
-    """SDXL / SD2.x / SD1.x as far as a UNet/ControlNet config tells (for messages)."""
-    if config_get(cfg, "addition_embed_type") == "text_time":
-        return "SDXL"
-    width = config_get(cfg, "cross_attention_dim")
-    return FAMILY_BY_WIDTH.get(width, f"{width}-wide") if _is_int(width) else "unknown"
+def family_label(cfg: Any) -> str | None:
+    """What a denoiser's/ControlNet's config looks like (its family's `describe`: e.g. SD1.x, SD2.x, SDXL), for
+    messages; None when no release it knows looks like this."""
+    from .families import family_of
+
+    return family_of(cfg).describe(cfg)
 
 
 def _residuals(cfg: Any) -> int | None:
@@ -89,9 +87,9 @@ def _residuals(cfg: Any) -> int | None:
     return 1 + sum(per) + len(boc) - 1
 
 
-def fit_problems(controlnet_config: Any, unet_config: Any) -> list[str]:
+def fit_problems(controlnet_config: Any, denoiser_config: Any) -> list[str]:
     """Each way the ControlNet does not fit the base, as a phrase (empty when it fits)."""
-    cn, un = controlnet_config, unet_config
+    cn, un = controlnet_config, denoiser_config
     out = []
     cw, uw = config_get(cn, "cross_attention_dim"), config_get(un, "cross_attention_dim")
     if cw != uw:
@@ -116,13 +114,13 @@ def fit_problems(controlnet_config: Any, unet_config: Any) -> list[str]:
     return out
 
 
-def check_controlnet_fits(controlnet_config: Any, unet_config: Any, name: str = "--controlnet",
+def check_controlnet_fits(controlnet_config: Any, denoiser_config: Any, name: str = "--controlnet",
                           *, hint_channels: int | None = None, vae_config: Any = None) -> None:
     """Raise one ModelLoadError line when the ControlNet (config) cannot drive the base UNet (config).
 
     `hint_channels`: the channels of the hint images it will get (3 for RGB hints); `vae_config`: the base's
     VAE config, to check that the hint encoder downsamples images to the latent size."""
-    problems = fit_problems(controlnet_config, unet_config)
+    problems = fit_problems(controlnet_config, denoiser_config)
     ch = config_get(controlnet_config, "conditioning_channels", 3)
     if hint_channels is not None and ch != hint_channels:
         problems.append(f"its hint encoder takes {ch}-channel hints, the hints have {hint_channels}")
@@ -133,9 +131,8 @@ def check_controlnet_fits(controlnet_config: Any, unet_config: Any, name: str = 
         if hint_factor != vae_factor:
             problems.append(f"its hint encoder downsamples {hint_factor}x, the base's VAE {vae_factor}x")
     if problems:
-        cf, uf = family_label(controlnet_config), family_label(unet_config)
-        known = set(FAMILY_BY_WIDTH.values()) | {"SDXL"}
-        guess = f" (an {cf} ControlNet on an {uf} base?)" if cf != uf and {cf, uf} <= known else ""
+        cf, uf = family_label(controlnet_config), family_label(denoiser_config)
+        guess = f" (an {cf} ControlNet on an {uf} base?)" if cf != uf and cf and uf else ""
         raise ModelLoadError(f"{name}: {'; '.join(problems)}{guess}")
 
 

@@ -35,7 +35,6 @@ from . import boundary
 
 #: Shipped ControlNet configs (models/configs/controlnet-<name>/config.json), tried in this order by shape.
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
-KNOWN_ARCHITECTURES = {"sd15": "SD1.x", "sd21": "SD2.x", "sdxl": "SDXL"}
 ORIGINAL_PREFIX = "control_model."
 _WEIGHTS = re.compile(r"^diffusion_pytorch_model(?:\.(?P<v1>[\w-]+?))?(?:-\d{5}-of-\d{5})?\.(?:safetensors|bin)$")
 _INDEX = re.compile(r"^diffusion_pytorch_model\.(?:safetensors|bin)\.index(?:\.(?P<v2>[\w-]+))?\.json$")
@@ -206,15 +205,19 @@ def shape_mismatch(sd: dict[str, Any], config: dict[str, Any]) -> str | None:
     return None
 
 
-def config_from_unet(unet_config: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    """The ControlNet config diffusers' `ControlNetModel.from_unet` builds for a UNet with `unet_config`."""
-    from accelerate import init_empty_weights
-    from diffusers import ControlNetModel, UNet2DConditionModel
+def known_architectures() -> dict[str, str]:
+    """Shipped ControlNet config name -> label, every family's (`ModelFamily.shipped_controlnet_configs`)."""
+    from .families import all_families
 
-    with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(dict(unet_config))
-        cn = ControlNetModel.from_unet(unet, load_weights_from_unet=False, **overrides)
-    return {k: v for k, v in dict(cn.config).items() if not k.startswith("_")}
+    return {n: label for f in all_families() for n, label in f.shipped_controlnet_configs.items()}
+
+
+def config_from_denoiser(denoiser_config: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The ControlNet config the base's family makes from a denoiser with `denoiser_config` (SD:
+    diffusers' `ControlNetModel.from_unet`), built on the meta device."""
+    from .families import family_of
+
+    return family_of(denoiser_config).controlnet_config_from(denoiser_config, **overrides)
 
 
 @dataclass
@@ -243,39 +246,39 @@ def _given_config(config: str) -> Candidate:
         return Candidate(f"--controlnet-config {config}", _read_config(p))
     if (p / "controlnet" / "config.json").is_file():
         return Candidate(f"--controlnet-config {config}", _read_config(p / "controlnet"))
-    if (p / "unet" / "config.json").is_file():
-        return Candidate(f"a ControlNet of the base config {config}", config_from_unet(_read_config(p / "unet")))
+    from .sd import local_base_configs
+
+    info = local_base_configs(str(p))
+    if info is not None and info.denoiser:
+        return Candidate(f"a ControlNet of the base config {config}", config_from_denoiser(info.denoiser))
     raise ModelLoadError(f"{config}: no config.json here (expected a ControlNet config folder or a base folder)")
 
 
-def _base_unet_config(base: str, offline: bool | None) -> dict[str, Any] | None:
-    """The UNet config of a base (folder or cached hub id), or None when it cannot be read cheaply."""
-    from diffusers import UNet2DConditionModel
-
-    from .sd import is_offline, resolve
+def _base_denoiser_config(base: str, offline: bool | None) -> dict[str, Any] | None:
+    """The denoiser config of a base (folder or cached hub id), or None when it cannot be read cheaply."""
+    from .sd import base_configs, resolve
 
     try:
         s = resolve(base)
         if s.kind == "file":
             return None
-        return dict(UNet2DConditionModel.load_config(s.location, subfolder="unet",
-                                                     local_files_only=s.kind == "dir" or is_offline(offline)))
+        return base_configs(s, offline=True if s.kind == "hub" else offline).denoiser
     except Exception:  # a candidate only: the shape check reports what fits
         return None
 
 
-def candidates(loc: Located, config: str | None, unet_config: dict[str, Any] | None,
+def candidates(loc: Located, config: str | None, denoiser_config: dict[str, Any] | None,
                offline: bool | None) -> list[Candidate]:
     if config:
         return [_given_config(config)]
     out = [Candidate(f"the run's config {d}", _read_config(d)) for d in loc.config_dirs]
-    out += [Candidate(f"the {label} ControlNet config", shipped_config(n)) for n, label in KNOWN_ARCHITECTURES.items()]
-    if unet_config is not None:
-        out.append(Candidate("a ControlNet of the base's UNet", config_from_unet(unet_config)))
+    out += [Candidate(f"the {label} ControlNet config", shipped_config(n)) for n, label in known_architectures().items()]
+    if denoiser_config is not None:
+        out.append(Candidate("a ControlNet of the base's denoiser", config_from_denoiser(denoiser_config)))
     if loc.base:
-        u = _base_unet_config(loc.base, offline)
+        u = _base_denoiser_config(loc.base, offline)
         if u is not None:
-            out.append(Candidate(f"a ControlNet of the run's base {loc.base}", config_from_unet(u)))
+            out.append(Candidate(f"a ControlNet of the run's base {loc.base}", config_from_denoiser(u)))
     return out
 
 
@@ -294,7 +297,7 @@ def pick_config(sd: dict[str, Any], cands: list[Candidate], where: str) -> tuple
     if len(tried) == 1:
         raise ModelLoadError(f"{where}: the weights do not fit {tried[0][0]}: {tried[0][1]}")
     raise ModelLoadError(
-        f"{where}: the weights match no known ControlNet architecture ({', '.join(KNOWN_ARCHITECTURES.values())}"
+        f"{where}: the weights match no known ControlNet architecture ({', '.join(known_architectures().values())}"
         f"{', the run' if any('run' in n for n, _ in tried) else ''}); e.g. against {tried[0][0]}: {tried[0][1]}; "
         "pass the folder holding its config.json with --controlnet-config")
 
@@ -303,20 +306,23 @@ def pick_config(sd: dict[str, Any], cands: list[Candidate], where: str) -> tuple
 
 
 def load(spec: str | os.PathLike, *, torch_dtype: Any = None, offline: bool | None = None, config: str | None = None,
-         trust_pickle: bool | None = None, unet_config: dict[str, Any] | None = None) -> Any:
+         trust_pickle: bool | None = None, denoiser_config: dict[str, Any] | None = None) -> Any:
     """Load a ControlNetModel from any form above. `config`: a folder/file with the config.json of a single
-    file (else it is picked by shape); `unet_config`: the base's UNet config, one more candidate for files
+    file (else it is picked by shape); `denoiser_config`: the base's UNet config, one more candidate for files
     trained from it. Every failure is one ModelLoadError/MissingWeightsError/UsageError line."""
     loc = locate(spec)
     if loc.kind in ("folder", "hub"):
         return _load_folder(loc, spec, torch_dtype, offline, trust_pickle)
     return load_single_file(loc, torch_dtype=torch_dtype, offline=offline, config=config, trust_pickle=trust_pickle,
-                            unet_config=unet_config)
+                            denoiser_config=denoiser_config)
 
 
-#: ControlNet classes a diffusers folder may name in its config's `_class_name` (ControlNet-Union: one network
-#: for many hint types, xinsir's controlnet-union-sdxl-1.0 and its ProMax)
-FOLDER_CLASSES = ("ControlNetModel", "ControlNetUnionModel")
+def folder_classes() -> tuple[str, ...]:
+    """ControlNet classes a diffusers folder may name in its config's `_class_name`: every family's
+    (`ModelFamily.controlnet_classes`; e.g. ControlNet-Union, one network for many hint types)."""
+    from .families import all_families
+
+    return tuple(dict.fromkeys(c for f in all_families() for c in f.controlnet_classes))
 
 
 def folder_class(cfg: dict[str, Any] | None) -> Any:
@@ -324,7 +330,7 @@ def folder_class(cfg: dict[str, Any] | None) -> Any:
     import diffusers
 
     name = (cfg or {}).get("_class_name")
-    return getattr(diffusers, name if name in FOLDER_CLASSES else "ControlNetModel")
+    return getattr(diffusers, name if name in folder_classes() else "ControlNetModel")
 
 
 def _load_folder(loc: Located, spec: Any, torch_dtype: Any, offline: bool | None, trust_pickle: bool | None) -> Any:
@@ -371,21 +377,22 @@ def _load_pickled_folder(loc: Located, torch_dtype: Any, trust_pickle: bool | No
 
 
 def load_single_file(loc: Located, *, torch_dtype: Any = None, offline: bool | None = None, config: str | None = None,
-                     trust_pickle: bool | None = None, unet_config: dict[str, Any] | None = None) -> Any:
-    from diffusers import ControlNetModel
+                     trust_pickle: bool | None = None, denoiser_config: dict[str, Any] | None = None) -> Any:
+    from .families import family_of
 
     where = loc.path + (f" ({loc.note})" if loc.note else "")
     sd = read_state_dict(loc.path, trust_pickle)
     if not sd or not any(k.endswith(("conv_in.weight", "input_hint_block.0.weight")) for k in sd):
         raise ModelLoadError(f"{where}: not a ControlNet (no hint encoder weights inside)")
-    cfg, conv, _ = pick_config(sd, candidates(loc, config, unet_config, offline), where)
+    cfg, conv, _ = pick_config(sd, candidates(loc, config, denoiser_config, offline), where)
     kw: dict[str, Any] = {}
     if torch_dtype is not None:
         kw["torch_dtype"] = torch_dtype
     with tempfile.TemporaryDirectory(prefix="cnet-cn-config-") as tmp:
-        (Path(tmp) / "config.json").write_text(json.dumps(dict(cfg, _class_name="ControlNetModel")))
+        family = family_of(cfg)
+        (Path(tmp) / "config.json").write_text(json.dumps(dict(cfg, _class_name=family.controlnet_class_name)))
         with boundary.load_errors(where, "ControlNet"):
-            return ControlNetModel.from_single_file(conv, config=tmp, local_files_only=True, **kw)
+            return family.controlnet_class().from_single_file(conv, config=tmp, local_files_only=True, **kw)
 
 
 def read_shapes(path: str | os.PathLike, trust_pickle: bool | None = None) -> dict[str, Any]:
@@ -403,7 +410,7 @@ def read_shapes(path: str | os.PathLike, trust_pickle: bool | None = None) -> di
         return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
 
 
-def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, unet_config: dict[str, Any] | None = None,
+def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, denoiser_config: dict[str, Any] | None = None,
                       offline: bool | None = None, trust_pickle: bool | None = None) -> dict[str, Any]:
     """The config of the ControlNet `spec` names, without loading its weights (for checks before work starts):
     a folder's config.json, a cached hub config, or a single file's config picked by shape from its header."""
@@ -424,5 +431,5 @@ def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, une
         except Exception:
             raise missing_hub_error(loc.path, "ControlNet") from None
     where = loc.path + (f" ({loc.note})" if loc.note else "")
-    cfg, _, _ = pick_config(read_shapes(loc.path, trust_pickle), candidates(loc, config, unet_config, offline), where)
+    cfg, _, _ = pick_config(read_shapes(loc.path, trust_pickle), candidates(loc, config, denoiser_config, offline), where)
     return cfg

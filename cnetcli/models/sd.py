@@ -116,18 +116,24 @@ def load_pretrained(cls: Any, spec: ModelSpec, what: str, offline: bool | None, 
 _load = load_pretrained
 
 
-BASE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-
-
 class BaseComponents(dict):
     """The loaded components by name (a plain dict, so `StableDiffusionPipeline(**comps)` still works) plus the
-    base's `family` (a `models.families.ModelFamily`) as an attribute."""
+    base's `family` (a `models.families.ModelFamily`) as an attribute; `denoiser` is the family's denoiser."""
 
     family: Any = None
 
     def __init__(self, parts: dict[str, Any], family: Any) -> None:
         super().__init__(parts)
         self.family = family
+
+    @property
+    def denoiser(self) -> Any:
+        return self[self.family.denoiser]
+
+
+def _check_base_folder(spec: ModelSpec) -> None:
+    if spec.kind == "dir" and not (Path(spec.location) / "model_index.json").exists():
+        raise ModelLoadError(f"{spec.location}: not a diffusers base folder (no model_index.json)")
 
 
 def load_base_components(
@@ -140,21 +146,17 @@ def load_base_components(
 ) -> dict[str, Any]:
     """Load a base's components as a dict whose `.family` is the base's `ModelFamily` (models/families/).
 
-    SD1.x/2.x: unet, vae, text_encoder, tokenizer, scheduler; SDXL adds text_encoder_2 (with projection) and
-    tokenizer_2. `parts` (default: all of the family's) selects components. The VAE gets the family's dtype
-    (SDXL's stays fp32 under fp16). `config`: for a single-file checkpoint, a local diffusers folder holding the
-    matching configs (needed offline; online diffusers fetches the default configs for the detected family).
+    The components are the family's (`family.parts`: its denoiser, vae, text encoders, tokenizers, scheduler);
+    `parts` selects some. The VAE gets the family's dtype (SDXL's stays fp32 under fp16). `config`: for a
+    single-file checkpoint, a local diffusers folder holding the matching configs (needed offline; online
+    diffusers fetches the default configs for the detected family).
     """
-    from .families import family_of
-
     spec = resolve(base)
     if spec.kind == "file":
         return _load_single_file_base(spec, parts, torch_dtype, offline, config)
-    if spec.kind == "dir" and not (Path(spec.location) / "model_index.json").exists():
-        raise ModelLoadError(f"{spec.location}: not a diffusers Stable Diffusion folder (no model_index.json)")
-    unet_config = part_config(spec, "unet", offline)  # configs first: garbage -> one line, no weights read
-    family = family_of(unet_config, _pipeline_config(spec, offline))
-    classes = _component_classes()
+    _check_base_folder(spec)
+    family = base_configs(spec, offline=offline).family  # configs first: garbage -> one line, no weights read
+    classes = family.component_classes()
     out: dict[str, Any] = {}
     for part in parts or family.parts:
         if part not in classes:
@@ -164,19 +166,10 @@ def load_base_components(
             cfg = part_config(spec, part, offline)
             if part == "vae" and torch_dtype is not None:
                 kw["torch_dtype"] = family.vae_dtype(cfg, torch_dtype)
-        elif torch_dtype is not None and part in ("unet", "text_encoder", "text_encoder_2"):
+        elif torch_dtype is not None and part in (family.denoiser, *family.text_encoders):
             kw["torch_dtype"] = torch_dtype
         out[part] = load_pretrained(classes[part], spec, f"{family.label} base", offline, **kw)
     return BaseComponents(out, family)
-
-
-def _component_classes() -> dict[str, Any]:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    return {"unet": UNet2DConditionModel, "vae": AutoencoderKL, "text_encoder": CLIPTextModel,
-            "tokenizer": CLIPTokenizer, "text_encoder_2": CLIPTextModelWithProjection, "tokenizer_2": CLIPTokenizer,
-            "scheduler": DDPMScheduler}
 
 
 def _pipeline_config(spec: ModelSpec, offline: bool | None) -> dict[str, Any]:
@@ -190,16 +183,12 @@ def _pipeline_config(spec: ModelSpec, offline: bool | None) -> dict[str, Any]:
         return {}
 
 
-_CONFIG_CLASSES = {"unet": "UNet2DConditionModel", "vae": "AutoencoderKL", "scheduler": "DDPMScheduler",
-                   "controlnet": "ControlNetModel"}
-
-
 def part_config(spec: ModelSpec | str | os.PathLike, part: str, offline: bool | None = None,
                 config: str | None = None) -> dict[str, Any] | None:
-    """One component's config (unet, vae, scheduler) of a base, read without its weights and validated
-    (`compat.validate_config`; a scheduler's prediction type must be one cnet handles). For a single-file base
-    the config comes from `config` (its diffusers config folder) and is None without one."""
-    import diffusers
+    """One component's config (the denoiser, vae, scheduler, controlnet) of a base, read without its weights
+    and validated (`compat.validate_config`; a scheduler's prediction type must be one cnet handles). For a
+    single-file base the config comes from `config` (its diffusers config folder) and is None without one."""
+    from diffusers.configuration_utils import ConfigMixin
 
     from . import boundary, compat
 
@@ -209,21 +198,95 @@ def part_config(spec: ModelSpec | str | os.PathLike, part: str, offline: bool | 
         if not config:
             return None
         spec = ModelSpec("dir", str(Path(config).expanduser()), config)
-    cls = getattr(diffusers, _CONFIG_CLASSES[part])
+    name = "scheduler_config.json" if part == "scheduler" else "config.json"
+    reader = type("ConfigReader", (ConfigMixin,), {"config_name": name})
     where = f"{spec.location}/{part}"
     try:
-        with boundary.load_errors(f"{where}/{cls.config_name}", f"the {part} config", hint="fix or re-download it"):
-            cfg = dict(cls.load_config(spec.location, subfolder=part,
-                                       local_files_only=spec.kind == "dir" or is_offline(offline)))
+        with boundary.load_errors(f"{where}/{name}", f"the {part} config", hint="fix or re-download it"):
+            cfg = dict(reader.load_config(spec.location, subfolder=part,
+                                          local_files_only=spec.kind == "dir" or is_offline(offline)))
     except ModelLoadError:
         if spec.kind == "hub":
-            raise missing_hub_error(spec.location, "Stable Diffusion base") from None
+            raise missing_hub_error(spec.location, "base model") from None
         raise
     if part == "scheduler":
         compat.check_prediction_type(cfg, f"{where}/scheduler_config.json")
     else:
         compat.validate_config(cfg, f"{where}/config.json")
     return cfg
+
+
+@dataclass(frozen=True)
+class BaseConfigs:
+    """What a caller needs before loading a base: its family and its denoiser's and VAE's configs (None for a
+    single-file base without its config folder; the family then comes from the checkpoint's keys)."""
+
+    family: Any
+    denoiser: dict[str, Any] | None
+    vae: dict[str, Any] | None
+
+
+def base_configs(base: ModelSpec | str | os.PathLike, *, config: str | None = None,
+                 offline: bool | None = None) -> BaseConfigs:
+    """The family (detected once, `families.family_of`, from model_index.json, the denoiser's config or a
+    single file's keys) and configs of a base, from its files alone (no weights read)."""
+    from .families import denoiser_folder, family_of
+
+    spec = base if isinstance(base, ModelSpec) else resolve(base)
+    if spec.kind == "file" and not config:
+        return BaseConfigs(single_file_family(spec.location), None, None)
+    if spec.kind == "file":
+        spec = ModelSpec("dir", str(Path(config).expanduser()), config)
+    _check_base_folder(spec)
+    index = _pipeline_config(spec, offline)
+    denoiser = part_config(spec, denoiser_folder(index), offline)
+    return BaseConfigs(family_of(denoiser, index), denoiser, part_config(spec, "vae", offline))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        d = json.loads(path.read_text())
+        return d if isinstance(d, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def local_config_folder(base: str, base_config: str | None = None) -> Path | None:
+    """A local folder holding the base's diffusers configs (model_index.json, the denoiser's and the VAE's
+    config.json), found without loading weights or importing diffusers: --base-config, the base folder, or
+    the hub cache's snapshot of a hub id."""
+    from .families import denoiser_folders
+
+    for cand in (base_config, BUILTIN_MODELS.get(base, base)):
+        files = ["model_index.json", *(f"{d}/config.json" for d in denoiser_folders())]
+        if cand and any((Path(cand).expanduser() / f).is_file() for f in files):
+            return Path(cand).expanduser()
+    if base.count("/") == 1 and not Path(base).exists():
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            hit = try_to_load_from_cache(BUILTIN_MODELS.get(base, base), "model_index.json")
+            if isinstance(hit, str):
+                return Path(hit).parent
+        except Exception:  # no hub client / no cache: the configs stay unknown
+            return None
+    return None
+
+
+def local_base_configs(base: str, base_config: str | None = None) -> BaseConfigs | None:
+    """`base_configs` from local JSON files only (no diffusers import, no network): what `cnet train`'s
+    defaults need before anything heavy loads. None when no config folder is found."""
+    from .families import denoiser_folder, denoiser_folders, family_of
+
+    folder = local_config_folder(base, base_config)
+    if folder is None:
+        return None
+    index = _read_json(folder / "model_index.json") or \
+        {d: [] for d in denoiser_folders() if (folder / d / "config.json").is_file()}
+    denoiser = _read_json(folder / denoiser_folder(index) / "config.json")
+    return BaseConfigs(family_of(denoiser, index), denoiser, _read_json(folder / "vae" / "config.json"))
 
 
 def check_models_fit(
@@ -239,81 +302,64 @@ def check_models_fit(
     """Everything about the models that can be checked from configs and file headers, before any weights
     load: the base's configs are valid, its scheduler's prediction type is supported, each ControlNet fits the
     base (text width, block channels, latent channels, added conditioning, hint channels and the hint encoder's
-    downsampling vs the VAE's). Raises one CnetError line; returns the base's UNet config (None when a
+    downsampling vs the VAE's). Raises one CnetError line; returns the base's denoiser config (None when a
     single-file base has no config folder to read it from)."""
     from . import compat
     from . import controlnet as C
 
     spec = resolve(base)
-    unet = part_config(spec, "unet", offline, base_config)
-    vae = part_config(spec, "vae", offline, base_config)
+    info = base_configs(spec, config=base_config, offline=offline)
     part_config(spec, "scheduler", offline, base_config)
     for cn in controlnets:
-        cfg = C.controlnet_config(cn, config=controlnet_config, unet_config=unet, offline=offline,
+        cfg = C.controlnet_config(cn, config=controlnet_config, denoiser_config=info.denoiser, offline=offline,
                                   trust_pickle=trust_pickle)
-        if unet is not None:
-            compat.check_controlnet_fits(cfg, unet, f"--controlnet {cn}", hint_channels=hint_channels, vae_config=vae)
-    return unet
-
-
-def base_family(base: str | os.PathLike, *, config: str | None = None,
-                offline: bool | None = None) -> tuple[Any, dict[str, Any] | None, dict[str, Any] | None]:
-    """(family, UNet config, VAE config) of a base from its configs alone (no weights read): what a caller
-    needs before loading, e.g. to pick a ControlNet release or a default size. The configs are None for a
-    single-file base without its config folder (the family then comes from the checkpoint's keys)."""
-    from .families import family_of
-
-    spec = resolve(base)
-    if spec.kind == "file":
-        return (single_file_family(spec.location, config), part_config(spec, "unet", offline, config),
-                part_config(spec, "vae", offline, config))
-    if spec.kind == "dir" and not (Path(spec.location) / "model_index.json").exists():
-        raise ModelLoadError(f"{spec.location}: not a diffusers Stable Diffusion folder (no model_index.json)")
-    unet = part_config(spec, "unet", offline)
-    return family_of(unet, _pipeline_config(spec, offline)), unet, part_config(spec, "vae", offline)
+        if info.denoiser is not None:
+            compat.check_controlnet_fits(cfg, info.denoiser, f"--controlnet {cn}", hint_channels=hint_channels,
+                                         vae_config=info.vae)
+    return info.denoiser
 
 
 def single_file_family(path: str | os.PathLike, config: str | None = None) -> Any:
-    """The family of a single-file base: from its config folder's UNet config when given, else from the
-    checkpoint's keys (diffusers' own `infer_diffusers_model_type`, on a safetensors header read)."""
-    from .families import family_named, family_of
+    """The family of a single-file base: from its config folder when given, else from the checkpoint's keys
+    (diffusers' own `infer_diffusers_model_type`, on a safetensors header read). Pickles are refused first."""
+    from .families import family_of
 
+    if str(path).lower().endswith((".ckpt", ".pth", ".pt", ".bin")):
+        raise ModelLoadError(
+            f"{path}: pickled checkpoints are not loaded (they can run code); convert it to .safetensors "
+            "or use a diffusers folder"
+        )
     if config:
-        return family_of(part_config(ModelSpec("dir", str(Path(config).expanduser()), config), "unet"),
-                         _pipeline_config(ModelSpec("dir", str(Path(config).expanduser()), config), True))
+        return base_configs(ModelSpec("dir", str(Path(config).expanduser()), config), offline=True).family
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
     from .controlnet import read_shapes
 
-    kind = infer_diffusers_model_type(read_shapes(path))
-    return family_named("sdxl" if kind.startswith("xl") or kind.startswith("playground") else "sd")
+    return family_of(model_type=infer_diffusers_model_type(read_shapes(path)))
 
 
 def _load_single_file_base(spec: ModelSpec, parts: tuple[str, ...] | None, torch_dtype: Any, offline: bool | None,
                            config: str | None) -> dict[str, Any]:
-    from diffusers import DDPMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
+    import inspect
+
+    import diffusers
 
     from . import boundary
 
-    if spec.location.lower().endswith((".ckpt", ".pth", ".pt", ".bin")):
-        raise ModelLoadError(
-            f"{spec.location}: pickled checkpoints are not loaded (they can run code); convert it to .safetensors "
-            "or use a diffusers folder"
-        )
     family = single_file_family(spec.location, config)
-    cls = StableDiffusionXLPipeline if family.name == "sdxl" else StableDiffusionPipeline
+    cls = getattr(diffusers, family.single_file_pipeline)
     kw: dict[str, Any] = {}
     if config:
         kw["config"] = config
     if torch_dtype is not None:
         kw["torch_dtype"] = torch_dtype
-    if family.name == "sd":
+    if "safety_checker" in inspect.signature(cls.__init__).parameters:
         kw["safety_checker"] = None
     hint = "" if config else "pass the matching diffusers config folder (e.g. --base-config DIR) to load it offline"
     with boundary.load_errors(spec.location, f"single-file {family.label} checkpoint", hint=hint):
         pipe = cls.from_single_file(spec.location, local_files_only=is_offline(offline) or bool(config), **kw)
     comps = {k: getattr(pipe, k) for k in family.parts if k != "scheduler"}
-    comps["scheduler"] = DDPMScheduler.from_config(pipe.scheduler.config)
+    comps["scheduler"] = family.component_classes()["scheduler"].from_config(pipe.scheduler.config)
     if torch_dtype is not None:
         comps["vae"] = comps["vae"].to(family.vae_dtype(comps["vae"].config, torch_dtype))
     return BaseComponents({k: comps[k] for k in (parts or family.parts)}, family)
@@ -326,19 +372,19 @@ def load_controlnet(
     offline: bool | None = None,
     config: str | None = None,
     trust_pickle: bool | None = None,
-    unet_config: Any = None,
+    denoiser_config: Any = None,
 ) -> Any:
     """Load a ControlNetModel from any form users hold (see `models.controlnet`): diffusers folders with any
     variant or sharding, `cnet train` outputs and their checkpoints, single files in the original or diffusers
     layout (.safetensors/.pth/.ckpt; config picked by shape when `config` is None), hub ids.
 
-    `unet_config`: the base's UNet config; a single file trained from that base then needs no config, and
+    `denoiser_config`: the base's UNet config; a single file trained from that base then needs no config, and
     the loaded ControlNet is checked to fit it (`compat.check_controlnet_fits`)."""
     from . import compat
     from . import controlnet as C
 
     net = C.load(spec_str, torch_dtype=torch_dtype, offline=offline, config=config, trust_pickle=trust_pickle,
-                 unet_config=dict(unet_config) if unet_config is not None else None)
-    if unet_config is not None:
-        compat.check_controlnet_fits(net.config, unet_config, f"--controlnet {spec_str}")
+                 denoiser_config=dict(denoiser_config) if denoiser_config is not None else None)
+    if denoiser_config is not None:
+        compat.check_controlnet_fits(net.config, denoiser_config, f"--controlnet {spec_str}")
     return net

@@ -1,7 +1,7 @@
 """Checkpoints that verify themselves and never need unpickling: OUTPUT/checkpoints/step-N/.
 
     controlnet/            a diffusers ControlNet folder (so a checkpoint works as --controlnet)
-    unet/                  the UNet, only once SD weights train
+    <denoiser>/            the base's denoiser (its family's folder name: unet/, transformer/), once it trains
     optimizer.safetensors  the optimizer's tensors; optimizer.json its groups and scalars
     rng.safetensors        torch's RNG states
     state.json             step, LR schedule, loss history, connection state, run id
@@ -128,9 +128,11 @@ def resolve_resume(resume: str, output: str | Path, warn: Any = None) -> Path:
 
 def remove_leftovers(output: str | Path) -> list[Path]:
     """Temp folders/files of writes killed midway (`.step-N.*`, `.controlnet.*` (folder or single file),
-    `.unet.*`, `.latents*`, and the atomic writes of train_config.json, runs.jsonl, loss.png)."""
+    `.<denoiser>.*`, `.latents*`, and the atomic writes of train_config.json, runs.jsonl, loss.png)."""
+    from ..models.families import denoiser_folders
+
     out = Path(output)
-    patterns = [(checkpoints_dir(out), ".step-*"), (out, ".controlnet.*"), (out, ".unet.*"),
+    patterns = [(checkpoints_dir(out), ".step-*"), (out, ".controlnet.*"), *((out, f".{d}.*") for d in denoiser_folders()),
                 (out / "cache", ".latents*"), (out, ".train_config.json.*"), (out, ".runs.jsonl.*"),
                 (out, ".loss.*"), (out / "validation", ".controllability.jsonl.*")]
     removed = []
@@ -174,15 +176,17 @@ def optimizer_from_files(tensors: dict[str, Any], rest: dict[str, Any]) -> dict[
     return {"state": state, "param_groups": groups}
 
 
-def save_checkpoint(output: str | Path, step: int, *, controlnet: Any, unet: Any | None, optimizer: Any,
-                    state: dict[str, Any], rng: dict[str, Any], config_json: str, run_id: str, keep: int) -> Path:
-    """Write OUTPUT/checkpoints/step-`step` atomically (manifest last), then prune this run's older ones."""
+def save_checkpoint(output: str | Path, step: int, *, controlnet: Any, denoiser: tuple[str, Any] | None,
+                    optimizer: Any, state: dict[str, Any], rng: dict[str, Any], config_json: str, run_id: str,
+                    keep: int) -> Path:
+    """Write OUTPUT/checkpoints/step-`step` atomically (manifest last), then prune this run's older ones.
+    `denoiser`: (its folder name, the module) once the base's weights train."""
     from safetensors.torch import save_file
 
     def fill(tmp: Path) -> None:
         controlnet.save_pretrained(str(tmp / "controlnet"), safe_serialization=True)
-        if unet is not None:
-            unet.save_pretrained(str(tmp / "unet"), safe_serialization=True)
+        if denoiser is not None:
+            denoiser[1].save_pretrained(str(tmp / denoiser[0]), safe_serialization=True)
         tensors, rest = optimizer_to_files(optimizer.state_dict())
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         (tmp / "optimizer.json").write_text(json.dumps(rest))
@@ -248,8 +252,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         "config": read_config(path),
         "run_id": read_manifest(path).get("run_id", ""),
     }
-    if (path / "unet").is_dir():
-        out["unet"] = _load_weights(path / "unet")
+    from ..models.families import denoiser_folders
+
+    for d in denoiser_folders():
+        if (path / d).is_dir():
+            out["denoiser"] = _load_weights(path / d)
     return out
 
 

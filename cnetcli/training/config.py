@@ -1,9 +1,9 @@
 """`TrainConfig`: every knob of `cnet train`, validated before any model loads.
 
 Defaults are the paper's recipe: noise-prediction MSE, 50% empty prompts, AdamW with a constant schedule.
-`resolution`, `learning_rate` and `batch_size` left as None come from the base: its native size (UNet
-sample size x VAE downsampling) and the `--recipe` preset for its family (`RECIPES`). Bad values (types,
-NaN/inf, ranges) and bad combinations raise `UsageError` here, so a mistake costs nothing.
+`resolution`, `learning_rate` and `batch_size` left as None come from the base: its native size (the
+denoiser's sample size x VAE downsampling) and the `--recipe` preset for its family (`ModelFamily.recipes`).
+Bad values (types, NaN/inf, ranges) and bad combinations raise `UsageError` here, so a mistake costs nothing.
 """
 
 from __future__ import annotations
@@ -20,29 +20,23 @@ from ..models.sd import DEFAULT_BASE
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")  # auto: bf16 where the CUDA device supports it, else no
 TIMESTEP_BIAS = ("none", "later", "earlier", "range")
+#: flow matching's timestep densities / loss weightings (diffusers' compute_density_for_timestep_sampling)
+WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
 UNLOCK_MODES = ("all", "decoder")  # all: the paper's large-scale recipe; decoder: the original sd_locked=False
 REPORT_TO = ("tensorboard", "wandb", "none")
 #: diffusers' `get_scheduler` names (diffusers.optimization.SchedulerType)
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 RECIPE_NAMES = ("paper", "fast")
-#: Recipe presets per base family: what fills resolution/learning_rate/batch_size (and more) when not given.
-#: "tiny" is the embedded `cnet-tiny` base (measured in cnetcli/assets/README.md): `paper` is the paper's uniform
-#: timesteps at the tiny model's lr and batch (edge F1 0.75 after 1200 steps); `fast`, the demo's, draws timesteps
-#: 4x as often from the noisier half (where layout is decided) at a higher, cosine-decayed lr: F1 0.66 after 600
-#: steps on the demo's data; "sd" is every real SD base
-#: (the paper's lr 1e-5 at batch 4; `fast` adds min-SNR-gamma 5, Hang et al. 2023's faster convergence).
-RECIPES: dict[str, dict[str, dict[str, Any]]] = {
-    "sd": {"paper": {"learning_rate": 1e-5, "batch_size": 4, "max_steps": 5000},
-           "fast": {"learning_rate": 1e-5, "batch_size": 4, "max_steps": 5000, "snr_gamma": 5.0}},
-    "tiny": {"paper": {"learning_rate": 1e-3, "batch_size": 32, "max_steps": 1200},
-             "fast": {"learning_rate": 2e-3, "batch_size": 32, "max_steps": 600, "lr_scheduler": "cosine",
-                      "warmup_steps": 50, "timestep_bias": "later",
-                      "timestep_bias_multiplier": 4.0, "timestep_bias_portion": 0.5}},
-    # SDXL (any base whose UNet takes `text_time` added conditioning): diffusers' train_controlnet_sdxl.py
-    # example's lr 1e-5 at batch 1 (1024 px leaves room for little more on one GPU; add
-    # --gradient-accumulation for the paper's effective batch)
-    "sdxl": {"paper": {"learning_rate": 1e-5, "batch_size": 1, "max_steps": 5000},
-             "fast": {"learning_rate": 1e-5, "batch_size": 1, "max_steps": 5000, "snr_gamma": 5.0}},
+#: Recipe presets fill resolution/learning_rate/batch_size (and more) when not given: each family's own
+#: (`ModelFamily.recipes`), except for the embedded `cnet-tiny` base (measured in cnetcli/assets/README.md):
+#: `paper` is the paper's uniform timesteps at the tiny model's lr and batch (edge F1 0.75 after 1200 steps);
+#: `fast`, the demo's, draws timesteps 4x as often from the noisier half (where layout is decided) at a higher,
+#: cosine-decayed lr: F1 0.66 after 600 steps on the demo's data.
+TINY_RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {"learning_rate": 1e-3, "batch_size": 32, "max_steps": 1200},
+    "fast": {"learning_rate": 2e-3, "batch_size": 32, "max_steps": 600, "lr_scheduler": "cosine",
+             "warmup_steps": 50, "timestep_bias": "later", "timestep_bias_multiplier": 4.0,
+             "timestep_bias_portion": 0.5},
 }
 DEFAULT_DATA = "./dataset"  # where `cnet annotate --dataset` / `cnet data circles` write by default
 DEFAULT_OUTPUT = "./controlnet-out"
@@ -65,7 +59,7 @@ class TrainConfig:
     max_train_samples: int | None = None
     overwrite: bool = False
     # the recipe
-    recipe: str = "paper"  # fills the settings below that are left as None (RECIPES, per base family)
+    recipe: str = "paper"  # fills the settings below that are left as None (the base family's recipes)
     resolution: int | None = None  # None: the base's native size
     batch_size: int | None = None
     max_steps: int | None = None
@@ -94,6 +88,11 @@ class TrainConfig:
     reward: str | None = None  # a hint type with a reward model, or "auto" (the dataset's provenance); None: off
     reward_weight: float | None = None  # None: the type's default (1.0; 0.5 for seg, as ControlNet++)
     reward_max_timestep: int = 200
+    # flow-matching bases (SD3, FLUX): the diffusers scripts' timestep density and loss weighting
+    weighting_scheme: str | None = None  # None: the family's recipe (SD3: logit_normal)
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    mode_scale: float = 1.29
     # connection modes
     small_scale: bool = False
     reconnect_at: int | None = None
@@ -226,6 +225,10 @@ def _validate(c: TrainConfig) -> None:
         bad("--timestep-bias-portion", "must be in (0, 1]")
     if c.timestep_bias == "range" and not 0 <= c.timestep_bias_begin < c.timestep_bias_end:
         bad("--timestep-bias-begin/--timestep-bias-end", "need 0 <= begin < end")
+    if c.weighting_scheme is not None and c.weighting_scheme not in WEIGHTING_SCHEMES:
+        bad("--weighting-scheme", f"'{c.weighting_scheme}' is not one of {', '.join(WEIGHTING_SCHEMES)}")
+    if not c.logit_std > 0:
+        bad("--logit-std", "must be > 0")
     if c.snr_gamma is not None and not c.snr_gamma > 0:
         bad("--snr-gamma", "must be > 0 (5.0 is the min-SNR paper's value)")
     if c.reward is not None and c.reward != "auto":
@@ -270,20 +273,6 @@ def _validate(c: TrainConfig) -> None:
 
 
 # --------------------------------------------------------------------------------- defaults that fit
-def base_family(base: str, base_config: str | None = None) -> str:
-    """"tiny" for the embedded cnet-tiny base (by name or path), "sdxl" for a base whose UNet config (found
-    without loading weights) takes `text_time` added conditioning, else "sd"."""
-    from ..models.sd import BUILTIN_MODELS
-
-    tiny = Path(BUILTIN_MODELS["cnet-tiny"]).resolve()
-    p = Path(BUILTIN_MODELS.get(base, base)).expanduser()
-    if p.exists() and p.resolve() == tiny:
-        return "tiny"
-    folder = base_config_folder(base, base_config)
-    unet = read_json_dict(folder / "unet" / "config.json") if folder is not None else None
-    return "sdxl" if unet and unet.get("addition_embed_type") == "text_time" else "sd"
-
-
 def read_json_dict(path: Path) -> dict[str, Any] | None:
     try:
         d = json.loads(path.read_text())
@@ -292,53 +281,33 @@ def read_json_dict(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def base_config_folder(base: str, base_config: str | None = None) -> Path | None:
-    """A local folder holding the base's diffusers configs (unet/config.json, vae/config.json), found without
-    loading weights: the base folder, --base-config, or the hub cache's snapshot of a hub id."""
+def _is_tiny(base: str) -> bool:
     from ..models.sd import BUILTIN_MODELS
 
-    for cand in (base_config, BUILTIN_MODELS.get(base, base)):
-        if cand and (Path(cand).expanduser() / "unet" / "config.json").is_file():
-            return Path(cand).expanduser()
-    if base.count("/") == 1 and not Path(base).exists():
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            hit = try_to_load_from_cache(BUILTIN_MODELS.get(base, base), "unet/config.json")
-            if isinstance(hit, str):
-                return Path(hit).parent.parent
-        except Exception:  # no hub client / no cache: the native size stays unknown
-            return None
-    return None
-
-
-def native_resolution(base: str, base_config: str | None = None) -> int | None:
-    """The base's own training size: UNet sample_size x the VAE's downsampling (SD1.5: 64 x 8 = 512)."""
-    folder = base_config_folder(base, base_config)
-    if folder is None:
-        return None
-    unet, vae = read_json_dict(folder / "unet" / "config.json"), read_json_dict(folder / "vae" / "config.json")
-    if not unet or not vae or not isinstance(unet.get("sample_size"), int):
-        return None
-    factor = 2 ** (len(vae.get("block_out_channels", [0, 0, 0, 0])) - 1)
-    return int(unet["sample_size"]) * factor
+    p = Path(BUILTIN_MODELS.get(base, base)).expanduser()
+    return p.exists() and p.resolve() == Path(BUILTIN_MODELS["cnet-tiny"]).resolve()
 
 
 def resolve_defaults(c: TrainConfig, given: set[str] | None = None) -> tuple[TrainConfig, list[str]]:
     """Fill from the base (native size) and the recipe what the caller did not set (`given`: the settings set
     on purpose; None: those left at their defaults count as not set); returns the config and warnings (e.g. a
     --resolution that differs from the base's native size)."""
+    from ..models.families import family_of
+    from ..models.sd import local_base_configs
+
     warnings: list[str] = []
-    native = native_resolution(c.base, c.base_config)
+    info = local_base_configs(c.base, c.base_config)  # the family, detected once from the base's own files
+    family = info.family if info is not None else family_of()
+    native = family.default_resolution(info.denoiser, info.vae) if info and info.denoiser and info.vae else None
     fill: dict[str, Any] = {}
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    fam = base_family(c.base, c.base_config)
-    for k, v in RECIPES[fam][c.recipe].items():
+    recipes = TINY_RECIPES if _is_tiny(c.base) else family.recipes
+    for k, v in recipes[c.recipe].items():
         unset = k not in given if given is not None else getattr(c, k) == defaults[k]
         if getattr(c, k) is None or unset:
             fill[k] = v
     if c.resolution is None:
-        fill["resolution"] = native or (1024 if fam == "sdxl" else 512)
+        fill["resolution"] = native or family.fallback_resolution
     elif native and c.resolution != native:
         warnings.append(f"--resolution {c.resolution} differs from the base's native {native} px: "
                         "the base was trained at its size, so expect slower learning")

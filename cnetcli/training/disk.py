@@ -9,12 +9,7 @@ import shutil
 from pathlib import Path
 
 from ..errors import UsageError
-from .config import TrainConfig, base_config_folder, read_json_dict
-
-#: UNet parameters that `ControlNetModel.from_unet` copies (the rest of a ControlNet, zero convolutions and
-#: the hint encoder, is under 1% of it).
-_CONTROLNET_PREFIXES = ("conv_in.", "time_embedding.", "class_embedding.", "add_embedding.", "down_blocks.",
-                        "mid_block.")
+from .config import TrainConfig, read_json_dict
 
 
 def _existing_ancestor(p: Path) -> Path:
@@ -48,21 +43,23 @@ def _header_params(folder: Path, prefixes: tuple[str, ...] | None = None) -> int
 
 def estimate_checkpoint_bytes(cfg: TrainConfig) -> int | None:
     """Bytes one checkpoint takes: fp32 weights + AdamW's two moments for the ControlNet (x3), and the same
-    for the UNet once unlocked. None when the base's weights cannot be inspected locally."""
-    folder = base_config_folder(cfg.base, cfg.base_config)
-    if folder is None:
+    for the base's denoiser once unlocked. None when the base's weights cannot be inspected locally."""
+    from ..models.sd import local_base_configs, local_config_folder
+
+    folder, info = local_config_folder(cfg.base, cfg.base_config), local_base_configs(cfg.base, cfg.base_config)
+    if folder is None or info is None:
         return None
-    unet = folder / "unet"
+    denoiser = folder / info.family.denoiser
     cn = _header_params(Path(cfg.controlnet).expanduser() / "controlnet") if cfg.controlnet else None
     if cn is None and cfg.controlnet:
         cn = _header_params(Path(cfg.controlnet).expanduser())
-    if cn is None:
-        cn = _header_params(unet, _CONTROLNET_PREFIXES)
+    if cn is None:  # the denoiser weights the family's ControlNet copies (the rest is under 1% of it)
+        cn = _header_params(denoiser, info.family.controlnet_copies)
     if cn is None:
         return None
     total = 3 * 4 * cn
     if cfg.unlock_sd_after is not None:
-        total += 3 * 4 * (_header_params(unet) or 0)
+        total += 3 * 4 * (_header_params(denoiser) or 0)
     return total
 
 
@@ -90,8 +87,8 @@ def check_single_file_possible(cfg: TrainConfig) -> None:
     """`--single-file` writes the original layout for SD1.x/2.x ControlNets, whose hint encoder is fixed at
     (16, 32, 96, 256): refuse now (from the configs) what export would refuse after the whole run. SDXL ones
     go out in the diffusers layout (export.py), which holds any configuration."""
+    from ..models.sd import local_base_configs
     from .export import ORIGINAL_HINT_CHANNELS, single_file_layout
-    from .model import hint_channels_for
 
     hint, lpb = None, None
     if cfg.controlnet:
@@ -102,16 +99,13 @@ def check_single_file_possible(cfg: TrainConfig) -> None:
                 return
             hint, lpb = tuple(conf.get("conditioning_embedding_out_channels") or ()), conf.get("layers_per_block")
     else:
-        folder = base_config_folder(cfg.base, cfg.base_config)
-        vae = read_json_dict(folder / "vae" / "config.json") if folder else None
-        unet = read_json_dict(folder / "unet" / "config.json") if folder else None
-        if unet and single_file_layout(unet) == "diffusers":
+        info = local_base_configs(cfg.base, cfg.base_config)
+        if info is None or not info.denoiser or not info.vae:
             return
-        if vae and unet:
-            class _C:  # hint_channels_for reads vae.config.block_out_channels
-                config = type("cfg", (), {"block_out_channels": vae.get("block_out_channels", [])})
-
-            hint, lpb = hint_channels_for(_C), unet.get("layers_per_block")
+        if info.family.single_file_layout == "diffusers":
+            return
+        new = info.family.new_controlnet_config(info.denoiser, info.vae)
+        hint, lpb = tuple(new["conditioning_embedding_out_channels"]), new.get("layers_per_block")
     if hint is not None and hint != ORIGINAL_HINT_CHANNELS:
         raise UsageError(f"--single-file: the original ControlNet layout needs a {ORIGINAL_HINT_CHANNELS} hint "
                          f"encoder; this base gives {hint} (its VAE downsamples differently); drop --single-file "

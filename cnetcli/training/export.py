@@ -99,9 +99,9 @@ LAYOUTS = ("auto", "original", "diffusers")
 
 def single_file_layout(controlnet_config: Any) -> str:
     """The layout `export_single_file` writes for a ControlNet with this config in "auto" mode."""
-    embed = controlnet_config.get("addition_embed_type") if isinstance(controlnet_config, dict) else \
-        getattr(controlnet_config, "addition_embed_type", None)
-    return "diffusers" if embed == "text_time" else "original"
+    from ..models.families import family_of
+
+    return family_of(controlnet_config).single_file_layout
 
 
 def to_diffusers_state_dict(controlnet: Any) -> dict[str, Any]:

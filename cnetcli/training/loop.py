@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TrainingError, UsageError, first_line
+from ..models.families import vae_scale_factor
 from ..reporting import NullReporter, Reporter
 from .config import TrainConfig
 from .outputs import save_outputs
@@ -40,7 +41,7 @@ MEMORY_HINT = ("try a smaller --batch-size (with --gradient-accumulation to keep
 class TrainResult:
     output: Path
     controlnet_dir: Path | None
-    unet_dir: Path | None = None
+    denoiser_dir: Path | None = None  # OUTPUT/<denoiser> once the base's weights trained
     single_file: Path | None = None
     start_step: int = 0
     steps: int = 0
@@ -174,10 +175,10 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
                              cfg.resolution, weight_dtype, cfg.hflip)
 
     # 3. optimizer and LR schedule; DDP wraps the ControlNet
-    optimizer, lr_scheduler = build_optimizer(cfg, models.controlnet, models.unet, fused=cuda)
+    optimizer, lr_scheduler = build_optimizer(cfg, models, fused=cuda)
     models.controlnet, optimizer = accelerator.prepare(models.controlnet, optimizer)
     raw_controlnet = accelerator.unwrap_model(models.controlnet)
-    late_params = late_synced_params(cfg, raw_controlnet, optimizer)
+    late_params = late_synced_params(cfg, models, raw_controlnet, optimizer)
 
     # 4. resume: weights, optimizer, schedule, RNG, data position (= step), loss history
     state = RunState(run_id=uuid.uuid4().hex[:12])
@@ -225,16 +226,17 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
         models.cache = place_cache(models.cache, device)
         encoders_to(models, "cpu")
 
-    vae_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
+    vae_factor = vae_scale_factor(models.vae.config)
     latent_shape = (models.vae.config.latent_channels, cfg.resolution // vae_factor, cfg.resolution // vae_factor)
     if cuda:  # what is on the GPU and the estimated peak, before the first step can run out of memory
         from .memory import plan_for
 
-        reporter.message(plan_for(models, cfg, latent_shape).line(torch.cuda.mem_get_info(device)[1]))
-    num_t = models.noise_scheduler.config.num_train_timesteps
-    t_weights = timestep_weights(cfg, num_t)
-    if t_weights is not None:
-        t_weights = t_weights.to(device)  # once: a copy per step would make the host wait
+        plan = plan_for(models, cfg, latent_shape)
+        if plan is not None:  # None: the family has no traced activation model yet
+            reporter.message(plan.line(torch.cuda.mem_get_info(device)[1]))
+    t_weights = timestep_weights(cfg, models.noise_scheduler.config.num_train_timesteps)
+    # on the device once: a copy per step would make the host wait
+    models.timestep_weights = t_weights.to(device) if t_weights is not None else None
     if log_with:
         accelerator.init_trackers("cnet-train", config={k: str(v) for k, v in cfg.to_dict().items()})
     from .metrics_log import MetricsLog
@@ -255,12 +257,10 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
                 if models.cache is not None and cfg.hflip:  # which rows are flipped: the stream says
                     batch["flip"] = torch.tensor([f for _, _, f in stream.batch(micro)])
                 noise = draw_noise(cfg.seed, micro, batch_size=cfg.batch_size, latent_shape=latent_shape,
-                                   num_timesteps=num_t, device=device, rank=rank, world=world,
-                                   timestep_weights=t_weights)
+                                   models=models, device=device, rank=rank, world=world)
                 with accelerator.accumulate(models.controlnet):
                     terms: dict[str, Any] = {}
-                    loss = training_step(models, batch, noise, snr_gamma=cfg.snr_gamma, autocast=accelerator.autocast,
-                                         terms=terms)
+                    loss = training_step(models, batch, noise, autocast=accelerator.autocast, terms=terms)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         if world > 1:
@@ -312,7 +312,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
                 stopping = logged is not None and bool(accelerator.reduce(
                     torch.tensor(float(stopping), device=device), "sum").item())
             if stopping or due_checkpoint:
-                state.last_checkpoint = write_checkpoint(cfg, state, accelerator, raw_controlnet, models.unet,
+                state.last_checkpoint = write_checkpoint(cfg, state, accelerator, raw_controlnet,
                                                          optimizer, lr_scheduler, models)
             if stopping:
                 reporter.finish()
@@ -367,7 +367,8 @@ def encoders_to(models: Any, device: Any) -> None:
         return
     for k in models.family.text_encoders:
         models.text_components[k].to(device)
-    if models.reward is None:  # the reward decodes every step: its VAE stays
+    # the VAE stays where it is needed every step: a VAE-latent hint is encoded, the --reward decodes
+    if models.reward is None and not models.family.hint_sample_needed:
         models.vae.to(device)
     if torch.device(device).type == "cpu":
         torch.cuda.empty_cache()
@@ -402,17 +403,17 @@ def place_cache(cache: dict[str, Any], device: Any) -> dict[str, Any]:
 def switch_modes(cfg: TrainConfig, state: RunState, models: Any, raw_controlnet: Any, reporter: Reporter) -> None:
     """The paper's connection schedule: small-scale reconnects its down blocks at --reconnect-at; the SD
     weights unlock at --unlock-sd-after."""
-    from .model import set_down_connected, set_unet_trainable
+    from .model import set_connected, set_denoiser_trainable
 
     if cfg.small_scale and cfg.reconnect_at is not None and state.step >= cfg.reconnect_at \
-            and not models.down_connected:
-        set_down_connected(raw_controlnet, True)
-        models.down_connected = True
+            and not models.connected:
+        set_connected(models.family, raw_controlnet, True)
+        models.connected = True
         reporter.message(f"step {state.step}: reconnected all down blocks (full connection)")
-    if cfg.unlock_sd_after is not None and state.step >= cfg.unlock_sd_after and not state.unet_unlocked:
-        set_unet_trainable(models.unet, cfg.unlock)
-        models.unet.train()
-        models.unet_trains = state.unet_unlocked = True
+    if cfg.unlock_sd_after is not None and state.step >= cfg.unlock_sd_after and not state.denoiser_unlocked:
+        set_denoiser_trainable(models.family, models.denoiser, cfg.unlock)
+        models.denoiser.train()
+        models.denoiser_trains = state.denoiser_unlocked = True
         reporter.message(f"step {state.step}: unlocked SD weights ({cfg.unlock}) at lr {cfg.sd_learning_rate:g}")
 
 

@@ -38,26 +38,10 @@ GIB = 2**30
 #: not seen by the trace: CUDA context ~0.5 GiB + cuBLAS/cuDNN workspaces ~0.5 GiB, and fragmentation (10%)
 CONTEXT_AND_WORKSPACES = 1 * GIB
 FRAGMENTATION = 0.10
-#: bytes a plain bf16 step keeps for the backward, per sample x channel x latent pixel of each ResNet
-#: block / transformer layer, and per hint-encoder value; fitted on the traces (benchmarks/memory_trace.py).
-#: (38.3 / 52.9 / 4.0 while the step ran the UNet under autocast: fp32 copies of its norms' inputs, issue #15)
-RESNET_BYTES = 28.6
-TRANSFORMER_BYTES = 48.1
-HINT_BYTES = 4.1
-#: with gradient checkpointing (the hint encoder is not checkpointed: HINT_BYTES still applies): what the
-#: forward keeps per ResNet unit (block inputs, residuals; a free fit gives the transformer layers none of
-#: their own), and the backward's working set (checkpoint inputs, one block recomputed) as a share of that
-CKPT_RESNET_BYTES = 10.0
-CKPT_BACKWARD_SHARE = 1.0
-#: fp32 training: activations relative to the bf16 step; traced 1.75-1.89 on SD1.5, SDXL and the tiny SD
-#: (plain step; assumed the same with checkpointing)
-FP32_ACTIVATIONS = 1.8
 #: the reward's checkpointed decoder backward per image pixel of one rewarded sample, at a 2-byte VAE dtype
 #: (SD's VAE, 128-512 channels; benchmarks/reward_memory.py: 1.53 GiB at 512 px bf16, 12.2 GiB at 1024 px fp32)
 REWARD_DECODER_BYTES = 6270
 _DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
-#: the hint encoder's channels (model.hint_channels_for: (16, 32, 96, 256) for an 8x VAE), each level halving
-_HINT_CHANNELS = (16, 32, 96, 256, 256, 256)
 
 
 @dataclass(frozen=True)
@@ -72,51 +56,6 @@ class Part:
     on_gpu: bool
     trains: bool = False
     backward: bool = False
-
-
-@dataclass(frozen=True)
-class Units:
-    """Channel x latent-pixel share summed over the blocks the backward runs through: ResNet blocks,
-    transformer layers, hint-encoder values (per latent pixel)."""
-
-    resnet: float
-    transformer: float
-    hint: float
-
-
-def _per_level(value: Any, levels: int) -> list[int]:
-    return list(value) if isinstance(value, (list, tuple)) else [value] * levels
-
-
-def activation_units(unet_config: Any, vae_factor: int = 8, *, unet_trains: bool = False) -> Units:
-    """The blocks of a diffusers UNet2DConditionModel config (and of the ControlNet made from it) that keep
-    activations for the backward, weighted by channels and by the share of latent pixels at their level."""
-    get = unet_config.get if isinstance(unet_config, dict) else lambda k, d=None: getattr(unet_config, k, d)
-    c = list(get("block_out_channels"))
-    levels = len(c)
-    n = _per_level(get("layers_per_block", 2), levels)
-    t = _per_level(get("transformer_layers_per_block", 1) or 1, levels)
-    cross = ["CrossAttn" in b for b in get("down_block_types")]
-    mid_cross = "CrossAttn" in str(get("mid_block_type", "UNetMidBlock2DCrossAttn"))
-    res = tr = 0.0
-    for lv in range(levels):
-        share = 4.0 ** -lv
-        encoders = 2 if unet_trains else 1  # the ControlNet's encoder (+ the UNet's once it trains)
-        res += encoders * share * c[lv] * n[lv]
-        tr += encoders * share * c[lv] * n[lv] * t[lv] * cross[lv]
-        if lv < levels - 1:
-            res += encoders * share / 4 * c[lv]  # downsampler
-        res += share * c[lv] * (n[lv] + 1)  # the UNet's decoder: one ResNet more per level, skips concatenated
-        tr += share * c[lv] * (n[lv] + 1) * t[lv] * cross[lv]
-        if lv > 0:
-            res += share * 4 * c[lv] / 2  # upsampler: a convolution at the finer level
-    last = 4.0 ** -(levels - 1)
-    res += 2 * last * c[-1]
-    tr += last * c[-1] * t[-1] * mid_cross
-    px = vae_factor ** 2  # hint pixels per latent pixel; each hint level is a conv + SiLU at half the size
-    levels_h = max(1, vae_factor.bit_length())  # model.hint_channels_for: one level per halving, plus one
-    hint = sum(2 * ch * px / 4 ** k for k, ch in enumerate(_HINT_CHANNELS[:levels_h]))
-    return Units(res, tr, hint)
 
 
 @dataclass(frozen=True)
@@ -187,24 +126,25 @@ def adam8_bytes(params: int) -> int:
 
 
 def memory_plan(parts: list[Part], *, batch_size: int, latent_pixels: int, eight_bit_adam: bool,
-                gradient_checkpointing: bool, act_dtype: str, cached: bool, unet_config: Any,
-                vae_factor: int = 8, reward_samples: float = 0.0, reward_dtype: str = "bf16") -> MemoryPlan:
+                gradient_checkpointing: bool, act_dtype: str, cached: bool, denoiser_config: Any,
+                vae_factor: int = 8, family: Any = None, reward_samples: float = 0.0,
+                reward_dtype: str = "bf16") -> MemoryPlan:
     """The plan for `parts` at `batch_size` samples of `latent_pixels` latent pixels (height x width), for a
-    UNet (and the ControlNet made from it) of `unet_config`; `reward_samples`: how many samples of a
-    micro-batch the --reward decodes (expected), through a VAE in `reward_dtype`."""
+    denoiser (and the ControlNet made from it) of `denoiser_config`; the activations are its family's model
+    (`ModelFamily.activation_bytes`, detected from the config when `family` is None); `reward_samples`: how
+    many samples of a micro-batch the --reward decodes (expected), through a VAE in `reward_dtype`."""
+    from ..models.families import family_of
+
+    family = family or family_of(denoiser_config)
     weights = sum(p.params * _DTYPE_BYTES[p.dtype] for p in parts if p.on_gpu)
     trained = sum(p.params for p in parts if p.trains)
     grads = trained * 4  # trained weights and their gradients are fp32
     optimizer = adam8_bytes(trained) if eight_bit_adam else trained * 8  # AdamW's two moments: 8-bit or fp32
     casts = trained * _DTYPE_BYTES[act_dtype] if act_dtype != "fp32" else 0
-    u = activation_units(unet_config, vae_factor, unet_trains=any(p.trains and p.name == "unet" for p in parts))
-    scale = batch_size * latent_pixels * (FP32_ACTIVATIONS if act_dtype == "fp32" else 1.0)
-    if gradient_checkpointing:
-        act = scale * (CKPT_RESNET_BYTES * u.resnet + HINT_BYTES * u.hint)
-        backward = CKPT_BACKWARD_SHARE * act
-    else:
-        act = scale * (RESNET_BYTES * u.resnet + TRANSFORMER_BYTES * u.transformer + HINT_BYTES * u.hint)
-        backward = 0.0  # the ControlNet's gradients come last, when the activations are gone
+    act_px, backward_px = family.activation_bytes(
+        denoiser_config, vae_factor, denoiser_trains=any(p.trains and p.name == family.denoiser for p in parts),
+        gradient_checkpointing=gradient_checkpointing, fp32=act_dtype == "fp32")
+    act, backward = batch_size * latent_pixels * act_px, batch_size * latent_pixels * backward_px
     per_sample = REWARD_DECODER_BYTES * latent_pixels * vae_factor**2 * _DTYPE_BYTES[reward_dtype] / 2
     notes = (f"--reward decodes ~{reward_samples:.1f} of {batch_size} samples a micro-batch; "
              f"{per_sample / GIB:.1f} GiB more for each beyond that",) if reward_samples else ()
@@ -212,25 +152,31 @@ def memory_plan(parts: list[Part], *, batch_size: int, latent_pixels: int, eight
                       "AdamW 8-bit" if eight_bit_adam else "AdamW", notes, int(per_sample * reward_samples))
 
 
-def plan_for(models: Any, cfg: Any, latent_shape: tuple[int, ...]) -> MemoryPlan:
-    """The plan of a built run (`TrainModels` after the cache moved the encoders, and its TrainConfig)."""
+def plan_for(models: Any, cfg: Any, latent_shape: tuple[int, ...]) -> MemoryPlan | None:
+    """The plan of a built run (`TrainModels` after the cache moved the encoders, and its TrainConfig); None
+    when its family has no activation model yet."""
     from ..device import dtype_name
+    from ..models.families import vae_scale_factor
 
     def part(name: str, m: Any, **kw: Any) -> Part:
         raw = getattr(m, "module", m)  # DDP-wrapped ControlNet
         return Part(name, sum(p.numel() for p in raw.parameters()), dtype_name(raw.dtype),
                     next(raw.parameters()).device.type == "cuda", **kw)
 
-    parts = [part("unet", models.unet, trains=cfg.unlock_sd_after is not None, backward=True),
+    parts = [part(models.family.denoiser, models.denoiser, trains=cfg.unlock_sd_after is not None, backward=True),
              part("controlnet", models.controlnet, trains=True)]
     parts += [part(k, models.text_components[k]) for k in models.family.text_encoders]
     parts.append(part("vae", models.vae))
-    vae_factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
+    vae_factor = vae_scale_factor(models.vae.config)
+    try:
+        models.family.activation_bytes(models.denoiser.config, vae_factor)
+    except NotImplementedError:
+        return None
     reward = models.reward
     rewarded = cfg.batch_size * min(1.0, (reward.max_timestep + 1) / models.noise_scheduler.config.num_train_timesteps
                                     ) if reward is not None else 0.0
     return memory_plan(parts, batch_size=cfg.batch_size, latent_pixels=latent_shape[-1] * latent_shape[-2],
                        eight_bit_adam=cfg.use_8bit_adam, gradient_checkpointing=cfg.gradient_checkpointing,
                        act_dtype=dtype_name(models.weight_dtype), cached=models.cache is not None,
-                       unet_config=models.unet.config, vae_factor=vae_factor, reward_samples=rewarded,
-                       reward_dtype=dtype_name(models.vae.dtype))
+                       denoiser_config=models.denoiser.config, vae_factor=vae_factor, family=models.family,
+                       reward_samples=rewarded, reward_dtype=dtype_name(models.vae.dtype))

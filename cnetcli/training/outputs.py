@@ -46,13 +46,13 @@ def _write_outputs(cfg: TrainConfig, state: RunState, raw_controlnet: Any, model
     out = cfg.output_dir
     result.controlnet_dir = atomic_save_dir(
         lambda d: raw_controlnet.save_pretrained(str(d), safe_serialization=True), out / "controlnet")
-    if state.unet_unlocked:
-        result.unet_dir = atomic_save_dir(lambda d: models.unet.save_pretrained(str(d), safe_serialization=True),
-                                          out / "unet")
+    if state.denoiser_unlocked:
+        result.denoiser_dir = atomic_save_dir(
+            lambda d: models.denoiser.save_pretrained(str(d), safe_serialization=True), out / models.family.denoiser)
     summary = cfg.to_dict() | {"result": {
         "steps": state.step, "samples": samples, "skipped_rows": skipped, "final_loss": state.ema,
-        "small_scale_connected": models.down_connected, "processes": world,
-        "sd_unlocked": cfg.unlock if state.unet_unlocked else None}}
+        "small_scale_connected": models.connected, "processes": world,
+        "sd_unlocked": cfg.unlock if state.denoiser_unlocked else None}}
     atomic_write_text(out / "train_config.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
     from .metrics_log import METRICS_FILE, read_metrics
 

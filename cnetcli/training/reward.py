@@ -2,7 +2,8 @@
 arXiv 2404.07987; liming-ai/ControlNet_Plus_Plus train/reward_control.py).
 
 The step's own noisy latents and prediction are reused (no second forward): for each sample whose timestep is at
-most --reward-max-timestep (200), x0 is predicted in one step from the model output, decoded by the frozen VAE
+most --reward-max-timestep (200), x0 is predicted in one step from the model output by the base's family
+(`ModelFamily.predict_x0`: epsilon, v-prediction or flow matching), decoded by the frozen VAE
 with the gradient flowing through the decoder (checkpointed block by block: recomputed in the backward),
 re-annotated by the hint type's differentiable reward model (annotators/differentiable.py) and compared with the
 sample's hint; the loss is the mean over those samples (0 when the micro-batch has none), added to the diffusion
@@ -67,22 +68,6 @@ def build_reward(cfg: Any, hint_type: str, params: dict[str, Any], device: Any) 
     return Reward(ht.name, model, float(weight), int(cfg.reward_max_timestep))
 
 
-def predict_x0(scheduler: Any, noisy: Any, model_output: Any, t: Any) -> Any:
-    """One-step x0 from the noisy latents and the model output (DDPM's `pred_original_sample`), for epsilon,
-    v and sample prediction, from the scheduler's alphas_cumprod. (Moves onto the model family with the family
-    seam: flow matching predicts x0 as noisy - sigma * velocity.)"""
-    a = scheduler.alphas_cumprod.to(noisy.device)[t].float().view(-1, *([1] * (noisy.dim() - 1)))
-    x, out = noisy.float(), model_output.float()
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        return (x - (1 - a).sqrt() * out) / a.sqrt()
-    if kind == "v_prediction":
-        return a.sqrt() * x - (1 - a).sqrt() * out
-    if kind == "sample":
-        return out
-    raise UsageError(f"--reward: prediction type {kind!r} is not supported")
-
-
 def checkpoint_decoder(vae: Any) -> None:
     """Checkpoint the VAE decoder block by block (diffusers' own gradient checkpointing), so the reward's
     backward holds the blocks' inputs and one block's activations at a time instead of the whole decoder's
@@ -91,22 +76,24 @@ def checkpoint_decoder(vae: Any) -> None:
     vae.enable_gradient_checkpointing()
 
 
-def decode_with_grad(vae: Any, latents: Any) -> Any:
-    """Images in [0, 1] of scaled latents, the gradient flowing back through the frozen decoder."""
-    image = vae.decode((latents / vae.config.scaling_factor).to(vae.dtype)).sample
+def decode_with_grad(family: Any, vae: Any, latents: Any) -> Any:
+    """Images in [0, 1] of the denoiser's latents (the family's scale and shift undone), the gradient flowing
+    back through the frozen decoder."""
+    image = vae.decode(family.from_latents(vae.config, latents).to(vae.dtype)).sample
     return (image.float() / 2 + 0.5).clamp(0, 1)
 
 
 def reward_loss(models: Any, noisy: Any, model_output: Any, t: Any, hint: Any) -> Any:
-    """The consistency loss of one micro-batch (a scalar): mean over its samples with t <= max timestep."""
+    """The consistency loss of one micro-batch (a scalar): mean over its samples with t <= max timestep. x0 is
+    the family's one-step estimate (epsilon, v or flow matching) from the raw model output."""
     import torch
 
     reward = models.reward
     rewarded = (t <= reward.max_timestep).nonzero().flatten()  # one host sync: decode only these samples
     if rewarded.numel() == 0:
         return torch.zeros((), device=noisy.device)
-    x0 = predict_x0(models.noise_scheduler, noisy[rewarded], model_output[rewarded], t[rewarded])
-    image = decode_with_grad(models.vae, x0)
+    x0 = models.family.predict_x0(models.noise_scheduler, noisy[rewarded], model_output[rewarded], t[rewarded])
+    image = decode_with_grad(models.family, models.vae, x0)
     prediction = reward.model(image)
     with torch.no_grad():
         target = reward.model.target(hint[rewarded].float())

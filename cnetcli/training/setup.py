@@ -11,47 +11,45 @@ from .step import TrainModels
 
 
 def build_models(cfg: TrainConfig, device: Any, weight_dtype: Any) -> TrainModels:
-    """The frozen VAE/text encoders/UNet of `cfg.base` and the trainable ControlNet (given, or initialised
-    from the UNet), placed on `device`. Trained weights stay fp32; frozen ones run in `weight_dtype`, except
-    the VAE, which runs where its family says (SDXL's overflows in fp16: fp32) unless `--vae` gives one."""
+    """The frozen VAE/text encoders/denoiser of `cfg.base` and the trainable ControlNet (given, or initialised
+    from the denoiser as the family does), placed on `device`. Trained weights stay fp32; frozen ones run in
+    `weight_dtype`, except the VAE, which runs where its family says (SDXL's overflows in fp16: fp32) unless
+    `--vae` gives one."""
     import torch
 
     from ..models.sd import load_base_components, load_controlnet
-    from .model import init_controlnet, set_down_connected, set_unet_trainable
+    from .model import init_controlnet, set_connected, set_denoiser_trainable
 
     comps = load_base_components(cfg.base, config=cfg.base_config)
     family = comps.family
-    unet = comps["unet"]
+    denoiser = comps.denoiser
     vae = load_vae(cfg.vae) if cfg.vae else comps["vae"]
     vae_dtype = weight_dtype if cfg.vae else family.vae_dtype(vae.config, weight_dtype)
     text_encoders = [comps[k] for k in family.text_encoders]
-    prediction_type = comps["scheduler"].config.prediction_type
-    if prediction_type not in ("epsilon", "v_prediction"):
-        raise UsageError(f"--base: scheduler prediction_type {prediction_type!r} is not supported "
-                         "(epsilon or v_prediction)")
+    family.check_scheduler(comps["scheduler"].config)
     controlnet = load_controlnet(cfg.controlnet, config=cfg.base_config) if cfg.controlnet else \
-        init_controlnet(unet, vae, cfg.seed)
+        init_controlnet(family, denoiser, vae, cfg.seed, small_scale=cfg.small_scale)
     vae.requires_grad_(False)
     for te in text_encoders:
         te.requires_grad_(False)
-    set_unet_trainable(unet, None)
+    set_denoiser_trainable(family, denoiser, None)
     controlnet.train()
     if cfg.small_scale:
-        set_down_connected(controlnet, False, reset=True)
-    unet_dtype = torch.float32 if cfg.unlock_sd_after is not None else weight_dtype
-    for m, dtype in ((vae, vae_dtype), *((te, weight_dtype) for te in text_encoders), (unet, unet_dtype),
+        set_connected(family, controlnet, False, reset=True)
+    denoiser_dtype = torch.float32 if cfg.unlock_sd_after is not None else weight_dtype
+    for m, dtype in ((vae, vae_dtype), *((te, weight_dtype) for te in text_encoders), (denoiser, denoiser_dtype),
                      (controlnet, torch.float32)):
         m.to(device) if m.dtype == dtype else m.to(device, dtype=dtype)
     if cfg.gradient_checkpointing:
         controlnet.enable_gradient_checkpointing()
-        unet.enable_gradient_checkpointing()
+        denoiser.enable_gradient_checkpointing()
     if torch.device(device).type == "cuda":  # channels-last helps the convolutions (SDPA is the default)
         controlnet.to(memory_format=torch.channels_last)
-        unet.to(memory_format=torch.channels_last)
-    return TrainModels(unet=unet, controlnet=controlnet, vae=vae, text_encoder=comps["text_encoder"],
-                       tokenizer=comps["tokenizer"], noise_scheduler=comps["scheduler"], weight_dtype=weight_dtype,
-                       down_connected=not cfg.small_scale, family=family,
-                       text_encoder_2=comps.get("text_encoder_2"), tokenizer_2=comps.get("tokenizer_2"))
+        denoiser.to(memory_format=torch.channels_last)
+    return TrainModels(denoiser=denoiser, controlnet=controlnet, vae=vae,
+                       text={k: comps[k] for k in (*family.text_encoders, *family.tokenizers)},
+                       noise_scheduler=family.training_scheduler(comps["scheduler"]), weight_dtype=weight_dtype,
+                       family=family, connected=not cfg.small_scale, settings=cfg)
 
 
 def load_vae(spec: str) -> Any:
@@ -68,18 +66,17 @@ def load_vae(spec: str) -> Any:
     return load_pretrained(AutoencoderKL, s, "--vae", None, **({"subfolder": sub} if sub else {}))
 
 
-def build_optimizer(cfg: TrainConfig, controlnet: Any, unet: Any, *, fused: bool) -> tuple[Any, Any]:
-    """AdamW over the ControlNet at --learning-rate (+ the unlockable SD weights at --sd-learning-rate) and
-    diffusers' LR schedule `cfg.lr_scheduler`. Frozen parameters (down zero convs in small-scale, SD
+def build_optimizer(cfg: TrainConfig, models: TrainModels, *, fused: bool) -> tuple[Any, Any]:
+    """AdamW over the ControlNet at --learning-rate (+ the unlockable base weights at --sd-learning-rate) and
+    diffusers' LR schedule `cfg.lr_scheduler`. Frozen parameters (what small-scale disconnects, the base
     before unlocking) have no grad yet, so AdamW skips them until they train."""
     import torch
     from diffusers.optimization import get_scheduler
 
-    from .model import unlockable_unet_params
-
-    groups = [{"params": list(controlnet.parameters()), "lr": cfg.learning_rate}]
+    groups = [{"params": list(models.controlnet.parameters()), "lr": cfg.learning_rate}]
     if cfg.unlock_sd_after is not None:
-        groups.append({"params": unlockable_unet_params(unet, cfg.unlock), "lr": cfg.sd_learning_rate})
+        groups.append({"params": models.family.unlockable_params(models.denoiser, cfg.unlock),
+                       "lr": cfg.sd_learning_rate})
     kw = dict(betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
     if cfg.use_8bit_adam:
         import bitsandbytes as bnb
@@ -92,9 +89,9 @@ def build_optimizer(cfg: TrainConfig, controlnet: Any, unet: Any, *, fused: bool
     return optimizer, schedule
 
 
-def late_synced_params(cfg: TrainConfig, controlnet: Any, optimizer: Any) -> list[Any]:
+def late_synced_params(cfg: TrainConfig, models: TrainModels, controlnet: Any, optimizer: Any) -> list[Any]:
     """Parameters DDP did not see at wrap time (frozen then): their grads are averaged by hand."""
-    late = list(controlnet.controlnet_down_blocks.parameters()) if cfg.small_scale else []
+    late = models.family.small_scale_params(controlnet) if cfg.small_scale else []
     if cfg.unlock_sd_after is not None:
         late += optimizer.param_groups[1]["params"]
     return late

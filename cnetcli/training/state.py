@@ -11,6 +11,9 @@ from typing import Any
 from ..errors import TrainingError
 from .config import TrainConfig
 
+#: state.json's record of whether the base's weights train (the name runs of earlier versions wrote)
+UNLOCKED_KEY = "unet_unlocked"
+
 
 @dataclass
 class RunState:
@@ -20,7 +23,7 @@ class RunState:
     step: int = 0
     losses: list[float] = field(default_factory=list)
     pending: list[Any] = field(default_factory=list)  # per-step losses still on the device
-    unet_unlocked: bool = False
+    denoiser_unlocked: bool = False  # the base's weights train (--unlock-sd-after reached)
     last_checkpoint: Path | None = None
     ema: float | None = None  # the smoothed loss shown in the progress line
     stop_requested: bool = False  # Ctrl-C or on_step asked to stop (several processes: agreed at a log step)
@@ -53,7 +56,7 @@ def _weights_finite(modules: list[Any]) -> bool:
     return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
 
 
-def write_checkpoint(cfg: TrainConfig, state: RunState, accelerator: Any, raw_controlnet: Any, unet: Any,
+def write_checkpoint(cfg: TrainConfig, state: RunState, accelerator: Any, raw_controlnet: Any,
                      optimizer: Any, lr_scheduler: Any, models: Any) -> Path | None:
     """OUTPUT/checkpoints/step-N (main process; the others wait). Non-finite weights are never written:
     the run stops naming the last good checkpoint instead."""
@@ -62,7 +65,7 @@ def write_checkpoint(cfg: TrainConfig, state: RunState, accelerator: Any, raw_co
     from .checkpoint import save_checkpoint
 
     flush_losses(state)
-    modules = [raw_controlnet] + ([unet] if state.unet_unlocked else [])
+    modules = [raw_controlnet] + ([models.denoiser] if state.denoiser_unlocked else [])
     if not _weights_finite(modules):
         where = state.last_checkpoint or "none (no checkpoint was written yet)"
         raise TrainingError(f"the weights became NaN/inf by step {state.step} (the loss was still finite); not "
@@ -74,9 +77,10 @@ def write_checkpoint(cfg: TrainConfig, state: RunState, accelerator: Any, raw_co
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state()
         record = {"step": state.step, "lr_scheduler": lr_scheduler.state_dict(), "losses": state.losses,
-                  "unet_unlocked": state.unet_unlocked, "down_connected": models.down_connected}
-        path = save_checkpoint(cfg.output_dir, state.step, controlnet=raw_controlnet,
-                               unet=unet if state.unet_unlocked else None, optimizer=optimizer, state=record,
+                  UNLOCKED_KEY: state.denoiser_unlocked, "down_connected": models.connected}
+        denoiser = (models.family.denoiser, models.denoiser) if state.denoiser_unlocked else None
+        path = save_checkpoint(cfg.output_dir, state.step, controlnet=raw_controlnet, denoiser=denoiser,
+                               optimizer=optimizer, state=record,
                                rng=rng, config_json=cfg.to_json(), run_id=state.run_id, keep=cfg.keep_checkpoints)
     accelerator.wait_for_everyone()
     return path or cfg.output_dir / "checkpoints" / f"step-{state.step}"  # the main process wrote it for every rank
@@ -88,20 +92,20 @@ def restore_checkpoint(path: Path, state: RunState, models: Any, raw_controlnet:
     import torch
 
     from .checkpoint import load_checkpoint
-    from .model import set_down_connected, set_unet_trainable
+    from .model import set_connected, set_denoiser_trainable
 
     ck = load_checkpoint(path)
     st = ck["state"]
     raw_controlnet.load_state_dict(ck["controlnet"])
-    if "unet" in ck:
-        models.unet.load_state_dict(ck["unet"])
-    if st.get("unet_unlocked"):  # the optimizer's state covers the unlocked weights: unlock before loading it
-        set_unet_trainable(models.unet, cfg.unlock)
-        models.unet.train()
-        models.unet_trains = state.unet_unlocked = True
-    if st.get("down_connected") and not models.down_connected:
-        set_down_connected(raw_controlnet, True)
-        models.down_connected = True
+    if "denoiser" in ck:
+        models.denoiser.load_state_dict(ck["denoiser"])
+    if st.get(UNLOCKED_KEY):  # the optimizer's state covers the unlocked weights: unlock before loading it
+        set_denoiser_trainable(models.family, models.denoiser, cfg.unlock)
+        models.denoiser.train()
+        models.denoiser_trains = state.denoiser_unlocked = True
+    if st.get("down_connected") and not models.connected:
+        set_connected(models.family, raw_controlnet, True)
+        models.connected = True
     optimizer.load_state_dict(ck["optimizer"])
     lr_scheduler.load_state_dict(st["lr_scheduler"])
     torch.set_rng_state(ck["rng"]["torch"])

@@ -1,7 +1,10 @@
 """The training step: diffusers' `examples/controlnet/train_controlnet.py` step, testable on its own.
 
     noise = draw_noise(seed, micro, ...)          # every random number one micro-batch needs
-    loss = training_step(models, batch, noise)    # latents -> noisy latents -> ControlNet -> UNet -> MSE
+    loss = training_step(models, batch, noise)    # latents -> noisy input -> ControlNet -> denoiser -> MSE
+
+The objective (noisy input, target, timestep sampling, loss weights), the conditioning and the forward are the
+base family's (models/families/): this module only orders them.
 
 `draw_noise` draws the whole global micro-batch (all processes' samples) from one generator seeded by the
 micro-batch's index and keeps this process's slice, so N processes at batch B draw exactly what one
@@ -13,51 +16,46 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 @dataclass
 class TrainModels:
-    """What a step needs. `controlnet` is the module gradients flow through (DDP-wrapped when launched);
-    `cache` (latents + text embeddings, see cache.py) replaces the VAE and the text encoders when set.
-    `family` (models/families) says how prompts are encoded and which added conditioning the networks take;
-    SDXL's second text encoder and tokenizer are `text_encoder_2`/`tokenizer_2`."""
+    """What a step needs. `denoiser` is the base's (its family's `denoiser` component); `controlnet` the module
+    gradients flow through (DDP-wrapped when launched); `text` the family's text encoders and tokenizers by
+    component name; `cache` (latents + text embeddings, see cache.py) replaces the VAE and the text encoders
+    when set. `family` (models/families) owns the objective, the conditioning and the forward."""
 
-    unet: Any
+    denoiser: Any
     controlnet: Any
     vae: Any
-    text_encoder: Any
-    tokenizer: Any
+    text: dict[str, Any]
     noise_scheduler: Any
     weight_dtype: Any  # the dtype of the frozen networks (fp32, or fp16/bf16 under mixed precision)
+    family: Any
     cache: dict[str, Any] | None = None
-    down_connected: bool = True  # False: small-scale (middle block only)
-    unet_trains: bool = False  # SD weights unlocked: the UNet runs in fp32
-    family: Any = None
-    text_encoder_2: Any = None
-    tokenizer_2: Any = None
+    connected: bool = True  # False: --small-scale (the family's small-scale residuals)
+    denoiser_trains: bool = False  # base weights unlocked: the denoiser runs in fp32
+    settings: Any = None  # the TrainConfig (the objective's knobs: timestep bias, loss weighting)
+    timestep_weights: Any = None  # --timestep-bias's sampling weights over the training timesteps
     reward: Any = None  # reward.Reward with --reward: the step adds its weighted consistency loss
 
     @property
     def text_components(self) -> dict[str, Any]:
         """The family's text encoders and tokenizers by their component names."""
-        return {k: getattr(self, k) for k in (*self.family.text_encoders, *self.family.tokenizers)}
+        return self.text
 
     @property
     def device(self) -> Any:
-        return next(self.unet.parameters()).device
+        return next(self.denoiser.parameters()).device
 
     @property
-    def prediction_type(self) -> str:
-        return self.noise_scheduler.config.prediction_type
-
-    @property
-    def unet_in_autocast(self) -> bool:
-        """Whether the step runs the UNet under autocast: only when its weights are fp32 in a mixed-precision
-        run (it trains, or will: --unlock-sd-after keeps it fp32 from the start). Outside autocast such a UNet
-        would run its whole forward in fp32 (or fail on the low-precision latents); the frozen low-precision
-        UNet runs outside it, as in diffusers' step (see `training_step`)."""
-        return self.unet_trains or self.unet.dtype != self.weight_dtype
+    def denoiser_in_autocast(self) -> bool:
+        """Whether the step runs the denoiser under autocast: only when its weights are fp32 in a
+        mixed-precision run (it trains, or will: --unlock-sd-after keeps it fp32 from the start). Outside
+        autocast such a denoiser would run its whole forward in fp32 (or fail on the low-precision latents); the
+        frozen low-precision one runs outside it, as in diffusers' step (see `training_step`)."""
+        return self.denoiser_trains or self.denoiser.dtype != self.weight_dtype
 
 
 @dataclass
@@ -68,6 +66,7 @@ class Noise:
     sample: Any
     noise: Any
     timesteps: Any
+    hint_sample: Any = None  # a VAE-latent hint's draw (families whose `hint_sample_needed`)
 
 
 def noise_seed(seed: int, micro: int) -> int:
@@ -75,21 +74,20 @@ def noise_seed(seed: int, micro: int) -> int:
     return (seed * 0x9E3779B1 + micro * 65_537 + 12_345) % (2**63 - 1)
 
 
-def draw_noise(seed: int, micro: int, *, batch_size: int, latent_shape: tuple[int, ...], num_timesteps: int,
-               device: Any, rank: int = 0, world: int = 1, timestep_weights: Any = None) -> Noise:
-    """This process's share of global micro-batch `micro`'s noise (see the module docstring)."""
+def draw_noise(seed: int, micro: int, *, batch_size: int, latent_shape: tuple[int, ...], models: TrainModels,
+               device: Any, rank: int = 0, world: int = 1) -> Noise:
+    """This process's share of global micro-batch `micro`'s noise (see the module docstring); the timesteps
+    are the family's (`draw_timesteps`: uniform or --timestep-bias for SD, a sigma density for flow matching)."""
     import torch
 
     g = torch.Generator(device=device).manual_seed(noise_seed(seed, micro))
     n = batch_size * world
     sample = torch.randn((n, *latent_shape), generator=g, device=device)
     noise = torch.randn((n, *latent_shape), generator=g, device=device)
-    if timestep_weights is None:
-        t = torch.randint(0, num_timesteps, (n,), generator=g, device=device)
-    else:
-        t = torch.multinomial(timestep_weights.to(device), n, replacement=True, generator=g)
+    t = models.family.draw_timesteps(g, n, models.noise_scheduler, models, device)
+    hint = torch.randn((n, *latent_shape), generator=g, device=device) if models.family.hint_sample_needed else None
     mine = slice(rank * batch_size, (rank + 1) * batch_size)
-    return Noise(sample[mine], noise[mine], t[mine].long())
+    return Noise(sample[mine], noise[mine], t[mine], None if hint is None else hint[mine])
 
 
 def timestep_weights(cfg: Any, num_t: int) -> Any:
@@ -112,26 +110,17 @@ def timestep_weights(cfg: Any, num_t: int) -> Any:
     return (w / w.sum()).float()
 
 
-def min_snr_weights(noise_scheduler: Any, t: Any, gamma: float, prediction_type: str) -> Any:
-    """Min-SNR-gamma loss weights (Hang et al. 2023; diffusers' --snr_gamma): min(SNR, gamma) / SNR for
-    epsilon prediction, min(SNR, gamma) / (SNR + 1) for v prediction (SNR from diffusers' `compute_snr`)."""
-    import torch
-    from diffusers.training_utils import compute_snr
-
-    snr = compute_snr(noise_scheduler, t).float()
-    capped = torch.clamp(snr, max=gamma)
-    return capped / (snr + 1.0) if prediction_type == "v_prediction" else capped / snr
-
-
 def encode_text(models: TrainModels, texts: list[str]) -> Any:
     """The family's prompt encoding of `texts` (a `PromptEncoding`); "" (prompt dropout) is encoded like any
     prompt, as diffusers' training scripts do (no forced zeros while training)."""
-    return models.family.encode_prompt(models.text_components, list(texts), do_classifier_free_guidance=False)
+    return models.family.encode_prompt(models.text_components, list(texts), do_classifier_free_guidance=False,
+                                       training=True)
 
 
-def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any) -> tuple[Any, Any, Any, Any]:
-    """(scaled latents, text embeddings, hint in [0, 1], added conditioning or None) of a batch, from the cache
-    when there is one. Latents come in the frozen networks' dtype whatever the VAE ran in (SDXL's: fp32)."""
+def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any) -> tuple[Any, Any, Any]:
+    """(the denoiser's latents, the networks' conditioning kwargs, the hint in [0, 1]) of a batch, from the
+    cache when there is one. Latents come in the frozen networks' dtype whatever the VAE ran in (SDXL's:
+    fp32)."""
     import torch
 
     from ..models.families import PromptEncoding
@@ -167,53 +156,79 @@ def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any) -> tup
             encoding = encode_text(models, batch["text"])
             micro = batch["micro"]
             hint = batch["conditioning_pixel_values"].to(device, non_blocking=True).to(dtype)
-        latents = ((mean + std * sample.to(mean.dtype)) * models.vae.config.scaling_factor).to(dtype)
-        size = tuple(hint.shape[-2:])
-        added = models.family.training_added_cond(encoding, micro, size)
-        if added is not None:
-            added = {k: v.to(device, dtype=dtype) for k, v in added.items()}
-    return latents, encoding.prompt_embeds.to(dtype), hint, added
+        family = models.family
+        latents = family.to_latents(models.vae.config, mean + std * sample.to(mean.dtype)).to(dtype)
+        cond = _cast(family.training_cond(encoding, micro, tuple(hint.shape[-2:])), device, dtype)
+    return latents, cond, hint
 
 
-def training_step(models: TrainModels, batch: dict[str, Any], noise: Noise, *, snr_gamma: float | None = None,
+def _cast(cond: Any, device: Any, dtype: Any) -> Any:
+    """A conditioning dict's floating tensors on `device` in `dtype` (nested dicts kept)."""
+    if isinstance(cond, dict):
+        return {k: _cast(v, device, dtype) for k, v in cond.items()}
+    if hasattr(cond, "is_floating_point") and cond.is_floating_point():
+        return cond.to(device, dtype=dtype)
+    return cond
+
+
+class Forward(NamedTuple):
+    """One micro-batch's forward: the output as the loss compares it, the target, the noisy input, the raw
+    model output and the hint in [0, 1] (the last three for the --reward loss)."""
+
+    output: Any
+    target: Any
+    noisy: Any
+    raw: Any
+    hint: Any
+
+
+def forward(models: TrainModels, batch: dict[str, Any], noise: Noise, *,
+            autocast: Any = contextlib.nullcontext) -> Forward:
+    """The family's objective and forward of one micro-batch."""
+    import torch
+
+    family = models.family
+    latents, cond, hint_px = encode_batch(models, batch, noise.sample)
+    with torch.no_grad():
+        hint = family.hint_input(models.vae, hint_px, noise.hint_sample)
+        noisy, target, model_t = family.noisy_and_target(models.noise_scheduler, latents,
+                                                         noise.noise.to(latents.dtype), noise.timesteps)
+    # diffusers' step: the ControlNet under autocast, the frozen denoiser called outside it in its weights' dtype
+    # (residuals cast to it). Under autocast CUDA would compute the UNet's norms and upsampling in fp32 and keep
+    # those copies for the backward: 1.4 GiB more for SD1.5 at batch 8 (benchmarks/RESULTS_memory.md). An fp32
+    # denoiser (unlocked) stays under autocast: see TrainModels.denoiser_in_autocast.
+    pred = family.predict(models.denoiser, models.controlnet, noisy, model_t, cond, hint, connected=models.connected,
+                          dtype=None if models.denoiser_trains else models.weight_dtype, autocast=autocast,
+                          denoiser_autocast=models.denoiser_in_autocast)
+    return Forward(family.output_for_loss(models.noise_scheduler, pred, noisy, noise.timesteps), target, noisy,
+                   pred, hint_px)
+
+
+def training_step(models: TrainModels, batch: dict[str, Any], noise: Noise, *,
                   autocast: Any = contextlib.nullcontext, terms: dict[str, Any] | None = None) -> Any:
     """One micro-batch's loss (a scalar tensor; call `.backward()` on it): the diffusers ControlNet step.
 
-    latents -> noisy latents at `noise.timesteps` -> ControlNet residuals -> UNet prediction -> MSE against
-    epsilon (or v for v-prediction bases), optionally min-SNR-gamma weighted; with `models.reward`, plus the
-    weighted ControlNet++ consistency loss (reward.py). `terms` receives the detached `diffusion_loss` (and
-    `reward_loss`)."""
-    import torch
+    latents -> noisy input at `noise.timesteps` -> ControlNet residuals -> denoiser output -> MSE against the
+    family's target (epsilon, v, or flow matching's velocity), weighted per sample when the family says so
+    (min-SNR-gamma, flow matching's weighting schemes); with `models.reward`, plus the weighted ControlNet++
+    consistency loss (reward.py). `terms` receives the detached `diffusion_loss` (and `reward_loss`)."""
     import torch.nn.functional as F
 
-    from .model import controlled_unet
-
-    latents, enc, hint, added = encode_batch(models, batch, noise.sample)
-    sched, t = models.noise_scheduler, noise.timesteps
-    with torch.no_grad():
-        eps = noise.noise.to(latents.dtype)
-        noisy = sched.add_noise(latents, eps, t)
-        target = eps if models.prediction_type == "epsilon" else sched.get_velocity(latents, eps, t)
-    # diffusers' step: the ControlNet under autocast, the frozen UNet called outside it in its weights' dtype
-    # (residuals cast to it). Under autocast CUDA would compute the UNet's norms and upsampling in fp32 and keep
-    # those copies for the backward: 1.4 GiB more for SD1.5 at batch 8 (benchmarks/RESULTS_memory.md). An fp32
-    # UNet (SD unlocked) stays under autocast: see TrainModels.unet_in_autocast.
-    pred = controlled_unet(models.unet, models.controlnet, noisy, t, enc, hint,
-                           down_connected=models.down_connected, added_cond=added,
-                           dtype=None if models.unet_trains else models.weight_dtype,
-                           autocast=autocast, unet_autocast=models.unet_in_autocast)
-    if snr_gamma is None:
+    fwd = forward(models, batch, noise, autocast=autocast)
+    pred, target = fwd.output, fwd.target
+    weights = models.family.loss_weights(models.noise_scheduler, noise.timesteps, models.settings)
+    if weights is None:
         loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
     else:
-        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-        loss = (per_sample * min_snr_weights(sched, t, snr_gamma, models.prediction_type)).mean()
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
+        loss = (per_sample * weights.to(per_sample.device)).mean()
     if terms is not None:
         terms["diffusion_loss"] = loss.detach()
     if models.reward is None:
         return loss
     from .reward import reward_loss
 
-    r = reward_loss(models, noisy, pred, t, hint)
+    r = reward_loss(models, fwd.noisy, fwd.raw, noise.timesteps, fwd.hint)
     if terms is not None:
         terms["reward_loss"] = r.detach()
     return loss + models.reward.weight * r

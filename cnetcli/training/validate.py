@@ -72,13 +72,12 @@ def validate(cfg: TrainConfig, step: int, models: Any, controlnet: Any, autocast
 
     res = cfg.resolution
     spec = "training"  # the ControlNet being trained, handed to generate under this name
-    mem = Models(base=cfg.base, unet=models.unet, vae=models.vae, text_encoder=models.text_encoder,
-                 tokenizer=models.tokenizer, scheduler_config=models.noise_scheduler.config,
-                 device=str(models.device), dtype=models.weight_dtype, nets={spec: controlnet},
-                 text_encoder_2=models.text_encoder_2, tokenizer_2=models.tokenizer_2, family=models.family)
-    was_training, unet_training = controlnet.training, models.unet.training
+    mem = Models(base=cfg.base, denoiser=models.denoiser, vae=models.vae, text=models.text,
+                 scheduler_config=models.noise_scheduler.config, device=str(models.device),
+                 dtype=models.weight_dtype, nets={spec: controlnet}, family=models.family)
+    was_training, denoiser_training = controlnet.training, models.denoiser.training
     controlnet.eval()
-    models.unet.eval()
+    models.denoiser.eval()
     rows, scores, metric = [], [], None
     try:
         for i, h in enumerate(cfg.validation_hints):
@@ -102,7 +101,7 @@ def validate(cfg: TrainConfig, step: int, models: Any, controlnet: Any, autocast
                     scores.extend(ev["values"])
     finally:
         controlnet.train(was_training)
-        models.unet.train(unet_training)
+        models.denoiser.train(denoiser_training)
     grid = np.concatenate(rows, axis=0)
     path = cfg.output_dir / "validation" / f"step-{step:06d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)

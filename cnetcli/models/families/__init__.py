@@ -1,20 +1,50 @@
-"""Model families: what differs between SD1.x/2.x and SDXL (and later SD3/FLUX) lives here, nowhere else.
+"""Model families: everything that differs between bases (SD1.x/2.x, SDXL, SD3, FLUX) lives here, nowhere else.
 
-A `ModelFamily` says which text encoders a base has and how a prompt becomes the UNet's conditioning
-(`encode_prompt`: the hidden states for cross-attention, plus SDXL's pooled embedding), which added
-conditioning the UNet takes (`added_cond_kwargs`: SDXL's pooled text + size/crop `add_time_ids`), the default
-resolution, and the precision the VAE must run in. Train, generate, eval and the demo ask the family; they
-never branch on it. `family_of(unet_config)` detects it from the model itself (SDXL: the UNet's
-`addition_embed_type == "text_time"`), never from a flag.
+The rest of cnet asks the base's `ModelFamily`; it never names the UNet or branches on a family's name.
+A family is detected ONCE, from the model's own files (`family_of`): model_index.json's `_class_name`, else the
+denoiser's config (its `_class_name` / added-conditioning type), else a single file's keys.
 
-Adding a family means one module here with a `ModelFamily` subclass and one line in `family_of`.
+What a family implements (a new base = one module here with a `ModelFamily` subclass + one entry in
+`FAMILIES`; the contract suite tests/test_family_contract.py then runs it through every command):
+
+files and classes
+    name, label, aliases (older names read back from saved configs), pipeline_classes (model_index
+    `_class_name`s it claims), denoiser (component folder: "unet" / "transformer"), denoiser_class_name,
+    controlnet_class_name, text_encoders / tokenizers (component folders, encoder order),
+    `component_classes()` (folder -> class to load it), `matches_config(denoiser_config)`,
+    `matches_model_type(kind)` (diffusers' `infer_diffusers_model_type` of a single file),
+    single_file_pipeline (the diffusers pipeline class that reads its single files), release_key (its key
+    in the hint-type registry's `releases`), fallback_resolution / `default_resolution`, recipes.
+the ControlNet
+    `init_controlnet(denoiser, vae, seed, small_scale)` (from_unet / from_transformer, which blocks),
+    `small_scale_params(controlnet)` (what --small-scale freezes, `set_connected`), `disconnect(residuals)`.
+latents
+    `vae_dtype`, `latent_channels`, `to_latents(vae_config, z)` / `from_latents(vae_config, z)` (the VAE's
+    scale AND shift; `scale_latents` below is the one formula), `pack`/`unpack` (FLUX's 2x2 patches).
+the objective (training and x0 for a reward loss)
+    `draw_timesteps(generator, n, scheduler, settings, device)`, `noisy_and_target(scheduler, latents, noise,
+    t) -> (noisy, target, model_t)`, `loss_weights(scheduler, t, settings)`, `predict_x0(scheduler, noisy,
+    model_output, t)`, `check_scheduler(scheduler_config)`, `training_scheduler(config)`.
+conditioning
+    `encode_prompt(components, prompt, ...) -> PromptEncoding`, `training_cond(encoding, micro, size)` and
+    `sampling_cond(encoding, size, do_cfg, denoiser_config)`: the kwargs both networks take (text states plus
+    the added conditioning: SDXL micro-conditioning, SD3 pooled projections, ...), a plain dict of tensors.
+the hint and the residuals
+    `hint_input(vae, hint)` (pixel-space for a conditioning embedding, or VAE latents), `control(net, x, t,
+    cond, hint, ...) -> residuals` (a flat list of tensors, summed and scaled by callers), `denoise(denoiser,
+    x, t, cond, residuals) -> model output`, and `predict(...)`: the one ControlNet + denoiser forward that
+    training/step.py runs (generation's sampling loop calls `control` per net and `denoise` once).
+the memory plan
+    `activation_bytes(denoiser_config, vae_factor, ...)`: the activation model and its fitted coefficients.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from ...errors import UsageError
 from ..compat import config_get
 
 
@@ -24,90 +54,345 @@ def _as_list(p: str | list[str]) -> list[str]:
 
 
 def vae_scale_factor(vae_config: Any) -> int:
-    """Pixels per latent pixel: 2 ** (number of VAE blocks - 1), 8 for every released SD VAE."""
+    """Pixels per latent pixel: 2 ** (number of VAE blocks - 1), 8 for every released SD/SD3/FLUX VAE."""
     boc = config_get(vae_config, "block_out_channels") or (128, 256, 512, 512)
     return 2 ** (len(boc) - 1)
 
 
+def scale_latents(vae_config: Any, z: Any) -> Any:
+    """VAE latents -> the denoiser's latent space: (z - shift_factor) * scaling_factor (SD: no shift)."""
+    shift = config_get(vae_config, "shift_factor") or 0.0
+    return (z - shift) * config_get(vae_config, "scaling_factor")
+
+
+def unscale_latents(vae_config: Any, z: Any) -> Any:
+    """The inverse of `scale_latents` (what the VAE decodes)."""
+    shift = config_get(vae_config, "shift_factor") or 0.0
+    return z / config_get(vae_config, "scaling_factor") + shift
+
+
+def cond_rows(cond: Any, rows: slice) -> Any:
+    """`cond` (a tensor, or a dict/list of them, as `training_cond`/`sampling_cond` return) restricted to the
+    batch rows `rows` (e.g. the conditional half of a CFG batch)."""
+    if isinstance(cond, dict):
+        return {k: cond_rows(v, rows) for k, v in cond.items()}
+    if isinstance(cond, (list, tuple)):
+        return type(cond)(cond_rows(v, rows) for v in cond)
+    return cond[rows] if hasattr(cond, "shape") and getattr(cond, "ndim", 0) > 0 else cond
+
+
 @dataclass(frozen=True)
 class PromptEncoding:
-    """A prompt batch as the UNet takes it (diffusers' `encode_prompt` outputs, with the same names)."""
+    """A prompt batch as the denoiser takes it (diffusers' `encode_prompt` outputs, with the same names)."""
 
     prompt_embeds: Any
     negative_prompt_embeds: Any = None
-    pooled_prompt_embeds: Any = None  # SDXL: the second text encoder's projected pooled output
+    pooled_prompt_embeds: Any = None  # SDXL/SD3/FLUX: the pooled text embedding
     negative_pooled_prompt_embeds: Any = None
 
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """The interface every family implements (`sd.StableDiffusion`, `sdxl.StableDiffusionXL`)."""
+    """The interface every family implements (see the module docstring for the whole list)."""
 
-    #: short name stored in configs and metadata ("sd", "sdxl")
-    name: str = "base"
-    #: for messages ("SD1.x/2.x", "SDXL")
-    label: str = "base"
-    #: the base folder's text components, in encoder order
-    text_encoders: tuple[str, ...] = ("text_encoder",)
-    tokenizers: tuple[str, ...] = ("tokenizer",)
-    #: resolution when the UNet config has no sample_size
-    fallback_resolution: int = 512
+    #: the family's name in cnet's one vocabulary ("sd15", "sdxl", "sd3", "flux"): configs, metadata, releases
+    name: ClassVar[str] = "base"
+    #: older names of this family read back from saved files (train_config.json of earlier versions)
+    aliases: ClassVar[tuple[str, ...]] = ()
+    label: ClassVar[str] = "base"
+    #: model_index.json `_class_name`s of this family's bases
+    pipeline_classes: ClassVar[tuple[str, ...]] = ()
+    denoiser: ClassVar[str] = "unet"
+    denoiser_class_name: ClassVar[str] = "UNet2DConditionModel"
+    controlnet_class_name: ClassVar[str] = "ControlNetModel"
+    scheduler_class_name: ClassVar[str] = "DDPMScheduler"
+    single_file_pipeline: ClassVar[str] = "StableDiffusionPipeline"
+    text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder",)
+    tokenizers: ClassVar[tuple[str, ...]] = ("tokenizer",)
+    fallback_resolution: ClassVar[int] = 512
     #: the key of this family's ControlNet releases in the hint-type registry (`HintType.releases`)
-    release_family: str = "sd15"
+    release_key: ClassVar[str] = "sd15"
+    #: --recipe presets: what fills resolution/learning_rate/batch_size (and more) when not given
+    recipes: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: what --small-scale means for this family (README, `cnet train --help`)
+    small_scale_meaning: ClassVar[str] = ""
+    #: `--single-file`'s layout: "original" (the original ControlNet keys A1111/ComfyUI read) or "diffusers"
+    #: (the model's own keys in one file, which ComfyUI and diffusers' single-file loader convert)
+    single_file_layout: ClassVar[str] = "diffusers"
+    #: ControlNet classes of this family a diffusers folder may name (`_class_name`)
+    controlnet_classes: ClassVar[tuple[str, ...]] = ()
+    #: shipped ControlNet configs (models/configs/controlnet-<name>) -> label; tried by shape for single files
+    shipped_controlnet_configs: ClassVar[dict[str, str]] = {}
+    #: prefixes of the denoiser weights `init_controlnet` copies (disk estimates from file headers)
+    controlnet_copies: ClassVar[tuple[str, ...] | None] = None
 
+    # ------------------------------------------------------------------------------------ files and classes
     @property
     def parts(self) -> tuple[str, ...]:
         """Every component of a base of this family (what `load_base_components` loads by default)."""
-        return ("unet", "vae", *self.text_encoders, *self.tokenizers, "scheduler")
+        return (self.denoiser, "vae", *self.text_encoders, *self.tokenizers, "scheduler")
 
-    def default_resolution(self, unet_config: Any, vae_config: Any = None) -> int:
-        """The base's native image size: the UNet's latent sample_size times the VAE's scale factor."""
-        s = config_get(unet_config, "sample_size")
+    @property
+    def release_family(self) -> str:  # the name callers used before `release_key`
+        return self.release_key
+
+    def component_classes(self) -> dict[str, Any]:
+        """Component folder -> the class that loads it."""
+        raise NotImplementedError
+
+    def denoiser_class(self) -> Any:
+        import diffusers
+
+        return getattr(diffusers, self.denoiser_class_name)
+
+    def controlnet_class(self) -> Any:
+        import diffusers
+
+        return getattr(diffusers, self.controlnet_class_name)
+
+    @classmethod
+    def matches_config(cls, denoiser_config: Any) -> bool:
+        """Whether a denoiser's or a ControlNet's config (its `_class_name` and shape) is this family's."""
+        return False
+
+    def controlnet_config_from(self, denoiser_config: Any, **overrides: Any) -> dict[str, Any]:
+        """The config of the ControlNet this family makes from a denoiser with `denoiser_config` (meta device)."""
+        raise NotImplementedError
+
+    def describe(self, config: Any) -> str | None:
+        """Which release of the family a denoiser's or ControlNet's config looks like (for messages: "an SD2.x
+        ControlNet on an SD1.x base?"); None when none it knows."""
+        return self.label
+
+    def new_controlnet_config(self, denoiser_config: Any, vae_config: Any) -> dict[str, Any]:
+        """The config `init_controlnet` gives a ControlNet made from this denoiser (read from configs only)."""
+        return dict(denoiser_config)
+
+    @classmethod
+    def matches_model_type(cls, kind: str) -> bool:
+        """Whether diffusers' `infer_diffusers_model_type` of a single file names this family."""
+        return False
+
+    def default_resolution(self, denoiser_config: Any, vae_config: Any = None) -> int:
+        """The base's native image size: the denoiser's latent sample_size times the VAE's scale factor."""
+        s = config_get(denoiser_config, "sample_size")
         if isinstance(s, (list, tuple)):
             s = s[0]
         return int(s) * vae_scale_factor(vae_config) if isinstance(s, int) and s > 0 else self.fallback_resolution
 
+    def recipe(self, name: str) -> dict[str, Any]:
+        return dict(self.recipes[name])
+
+    # ------------------------------------------------------------------------------------ the ControlNet
+    def init_controlnet(self, denoiser: Any, vae: Any, seed: int, *, small_scale: bool = False) -> Any:
+        """A new trainable ControlNet copied from the denoiser, as the family's diffusers training script does
+        (`small_scale`: the family's --small-scale ControlNet, where that is a smaller network)."""
+        raise NotImplementedError
+
+    def small_scale_params(self, controlnet: Any) -> list[Any]:
+        """The ControlNet parameters --small-scale freezes (at zero) until --reconnect-at."""
+        raise NotImplementedError
+
+    def set_connected(self, controlnet: Any, connected: bool, *, reset: bool = False) -> None:
+        """Freeze (and with `reset` zero) or unfreeze the parameters --small-scale disconnects."""
+        import torch
+
+        for p in self.small_scale_params(getattr(controlnet, "module", controlnet)):
+            if reset and not connected:
+                with torch.no_grad():
+                    p.zero_()
+            p.requires_grad_(connected)
+            if not connected:
+                p.grad = None
+
+    def disconnect(self, residuals: list[Any]) -> list[Any]:
+        """The residuals a small-scale (disconnected) ControlNet passes on."""
+        return residuals
+
+    def unlockable_params(self, denoiser: Any, mode: str) -> list[Any]:
+        """The denoiser weights `--unlock MODE` trains ("all", or "decoder" where the family has one)."""
+        if mode == "all":
+            return list(denoiser.parameters())
+        raise UsageError(f"--unlock {mode}: not available for {self.label} bases (use --unlock all)")
+
+    # ------------------------------------------------------------------------------------ latents
     def vae_dtype(self, vae_config: Any, dtype: Any) -> Any:
         """The dtype the VAE runs in when the rest runs in `dtype`."""
         return dtype
 
-    def training_added_cond(self, encoding: PromptEncoding, micro: Any, target_size: tuple[int, int]
-                            ) -> dict[str, Any] | None:
-        """The added conditioning of a training batch: `micro` is a (B, 4) tensor of each image's original
-        (height, width) and crop (top, left) in the resized image; None when the family has none."""
+    def latent_channels(self, denoiser_config: Any, vae_config: Any = None) -> int:
+        return int(config_get(denoiser_config, "in_channels"))
+
+    def to_latents(self, vae_config: Any, z: Any) -> Any:
+        return scale_latents(vae_config, z)
+
+    def from_latents(self, vae_config: Any, z: Any) -> Any:
+        return unscale_latents(vae_config, z)
+
+    # ------------------------------------------------------------------------------------ the objective
+    def check_scheduler(self, scheduler_config: Any) -> None:
+        """Raise a UsageError when the base's scheduler is one the family's objective cannot train with."""
+
+    def training_scheduler(self, scheduler: Any) -> Any:
+        return scheduler
+
+    def draw_timesteps(self, generator: Any, n: int, scheduler: Any, settings: Any, device: Any) -> Any:
+        raise NotImplementedError
+
+    def noisy_and_target(self, scheduler: Any, latents: Any, noise: Any, t: Any) -> tuple[Any, Any, Any]:
+        """(the denoiser's input, the regression target, the timestep the networks are given)."""
+        raise NotImplementedError
+
+    def output_for_loss(self, scheduler: Any, model_output: Any, noisy: Any, t: Any) -> Any:
+        """The model output as the loss compares it with the target (SD3's preconditioning maps it to x0)."""
+        return model_output
+
+    def sampling_scheduler(self, sampler: str, scheduler_config: Any, schedule: str = "normal",
+                           seeds: list[int] | None = None) -> Any:
+        """The scheduler `generate` samples with (`--sampler`/`--scheduler` where the family offers a choice)."""
+        from ...generation.samplers import make_scheduler
+
+        return make_scheduler(sampler, scheduler_config, schedule, seeds)
+
+    def loss_weights(self, scheduler: Any, t: Any, settings: Any) -> Any:
+        """Per-sample loss weights (None: a plain mean)."""
         return None
 
+    def predict_x0(self, scheduler: Any, noisy: Any, model_output: Any, t: Any) -> Any:
+        """The clean latents the model output implies (for a reward loss on decoded images)."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------ conditioning
     def encode_prompt(self, components: dict[str, Any], prompt: str | list[str], **kw: Any) -> PromptEncoding:
         raise NotImplementedError
 
-    def added_cond_kwargs(self, encoding: PromptEncoding, time_ids: Any = None) -> dict[str, Any] | None:
-        """What the UNet (and ControlNet) take as `added_cond_kwargs`; None when the family has none."""
-        return None
+    def training_cond(self, encoding: PromptEncoding, micro: Any, size: tuple[int, int]) -> dict[str, Any]:
+        """The kwargs both networks take for a training batch: `micro` is a (B, 4) tensor of each image's
+        original (height, width) and crop (top, left); `size` the training size (height, width)."""
+        return {"encoder_hidden_states": encoding.prompt_embeds}
 
-    def sampling_added_cond(self, encoding: PromptEncoding, size: tuple[int, int], *,
-                            do_classifier_free_guidance: bool, unet_config: Any = None) -> dict[str, Any] | None:
-        """`added_cond_kwargs` for sampling a batch at `size` (height, width), as the family's diffusers
-        pipeline builds it; under CFG for the batch [unconditional; conditional]. None when the family has none."""
-        return None
+    def sampling_cond(self, encoding: PromptEncoding, size: tuple[int, int], *, do_cfg: bool,
+                      denoiser_config: Any = None) -> dict[str, Any]:
+        """The kwargs both networks take when sampling at `size`; under CFG for the batch [uncond; cond]."""
+        import torch
+
+        emb = torch.cat([encoding.negative_prompt_embeds, encoding.prompt_embeds]) if do_cfg \
+            else encoding.prompt_embeds
+        return {"encoder_hidden_states": emb}
+
+    # ------------------------------------------------------------------------------------ hint and residuals
+    #: whether `hint_input` draws from a distribution (VAE latents): training then draws its noise in
+    #: `draw_noise`, with the rest of the micro-batch's random numbers
+    hint_sample_needed: ClassVar[bool] = False
+
+    def hint_input(self, vae: Any, hint: Any, sample: Any = None) -> Any:
+        """What the ControlNet's `controlnet_cond` gets from a hint batch in [0, 1] (B x 3 x H x W); `sample`:
+        the standard-normal draw a VAE-latent hint uses (None: the family's own draw)."""
+        return hint
+
+    def control(self, net: Any, x: Any, t: Any, cond: dict[str, Any], hint: Any, *, scale: float = 1.0,
+                **extra: Any) -> list[Any]:
+        """One ControlNet's residuals (a flat list of tensors)."""
+        raise NotImplementedError
+
+    def denoise(self, denoiser: Any, x: Any, t: Any, cond: dict[str, Any], residuals: list[Any] | None) -> Any:
+        """The denoiser's output with the summed residuals added (None: no ControlNet acts)."""
+        raise NotImplementedError
+
+    def predict(self, denoiser: Any, controlnet: Any, x: Any, t: Any, cond: dict[str, Any], hint: Any, *,
+                connected: bool = True, dtype: Any = None, scale: float = 1.0,
+                autocast: Any = contextlib.nullcontext, denoiser_autocast: bool = True) -> Any:
+        """The training forward: ControlNet residuals (under `autocast`) -> denoiser output. `connected`
+        False: --small-scale's disconnected residuals; `dtype` casts the residuals for a denoiser run outside
+        autocast in its weights' dtype (diffusers' step)."""
+        with autocast():
+            res = self.control(controlnet, x, t, cond, hint, scale=scale)
+        if not connected:
+            res = self.disconnect(res)
+        if dtype is not None:
+            res = [r.to(dtype) for r in res]
+        with autocast() if denoiser_autocast else contextlib.nullcontext():
+            return self.denoise(denoiser, x, t, cond, res)
+
+    # ------------------------------------------------------------------------------------ memory plan
+    def activation_bytes(self, denoiser_config: Any, vae_factor: int = 8, *, denoiser_trains: bool = False,
+                         gradient_checkpointing: bool = False, fp32: bool = False) -> tuple[float, float]:
+        """The memory plan's activation model: (bytes kept at the end of the forward, bytes the backward holds
+        besides the gradients) per sample and latent pixel, for a bf16 step (or fp32 with `fp32`)."""
+        raise NotImplementedError
 
 
-def family_of(unet_config: Any, pipeline_config: Any = None) -> ModelFamily:
-    """The family of a base from its UNet config (and, for SDXL, its pipeline config's
-    `force_zeros_for_empty_prompt`, default True as in diffusers)."""
+def _families() -> tuple[type[ModelFamily], ...]:
+    """Every family, most specific first (detection asks them in this order)."""
     from .sd import StableDiffusion
     from .sdxl import StableDiffusionXL
 
-    if config_get(unet_config, "addition_embed_type") == "text_time":
-        fz = config_get(pipeline_config, "force_zeros_for_empty_prompt", True) if pipeline_config is not None else True
-        return StableDiffusionXL(force_zeros_for_empty_prompt=bool(fz))
-    return StableDiffusion()
+    found: list[type[ModelFamily]] = [StableDiffusionXL]
+    for mod, cls in (("sd3", "StableDiffusion3"), ("flux", "Flux")):
+        try:
+            m = __import__(f"{__name__}.{mod}", fromlist=[cls])
+        except ImportError:  # a family module not in this build
+            continue
+        found.append(getattr(m, cls))
+    return (*found, StableDiffusion)
 
 
-def family_named(name: str) -> ModelFamily:
-    from .sd import StableDiffusion
-    from .sdxl import StableDiffusionXL
-
-    return {"sd": StableDiffusion(), "sdxl": StableDiffusionXL()}[name]
+#: the family of a base nothing else claims (and cnet's default base, SD1.5: the paper's)
+DEFAULT_FAMILY = "sd15"
 
 
-__all__ = ["ModelFamily", "PromptEncoding", "family_of", "family_named", "vae_scale_factor"]
+def release_keys() -> tuple[str, ...]:
+    """The keys of the hint-type registry's `releases`: every family's `release_key`."""
+    return tuple(dict.fromkeys(f.release_key for f in _families()))
+
+
+def all_families() -> tuple[type[ModelFamily], ...]:
+    """Every family class (detection order)."""
+    return _families()
+
+
+def family_names() -> tuple[str, ...]:
+    """The vocabulary: every family's name."""
+    return tuple(f.name for f in _families())
+
+
+def family_named(name: str, **kw: Any) -> ModelFamily:
+    """The family called `name` (or one of its older `aliases`, e.g. "sd" for "sd15")."""
+    for f in _families():
+        if name == f.name or name in f.aliases:
+            return f(**kw)
+    raise UsageError(f"unknown base family {name!r} (known: {', '.join(family_names())})")
+
+
+def family_of(denoiser_config: Any = None, pipeline_config: Any = None, *, model_type: str | None = None
+              ) -> ModelFamily:
+    """THE detector: a base's family from its own files. `pipeline_config` (model_index.json) by its
+    `_class_name`; else the denoiser's config; else `model_type` (diffusers' `infer_diffusers_model_type` of a
+    single file's keys). SD1.x/2.x when nothing else claims it."""
+    kw = {}
+    if pipeline_config is not None and "force_zeros_for_empty_prompt" in dict(pipeline_config):
+        kw["force_zeros_for_empty_prompt"] = bool(dict(pipeline_config)["force_zeros_for_empty_prompt"])
+    cls_name = config_get(pipeline_config, "_class_name") if pipeline_config is not None else None
+    fams = _families()
+    found = next((f for f in fams if cls_name and cls_name in f.pipeline_classes), None)
+    if found is None and denoiser_config is not None:
+        found = next((f for f in fams if f.matches_config(denoiser_config)), None)
+    if found is None and model_type is not None:
+        found = next((f for f in fams if f.matches_model_type(model_type)), None)
+    found = found or fams[-1]
+    return found(**{k: v for k, v in kw.items() if k in found.__dataclass_fields__})
+
+
+def denoiser_folders() -> tuple[str, ...]:
+    """Every family's denoiser component folder ("unet", "transformer")."""
+    return tuple(dict.fromkeys(f.denoiser for f in _families()))
+
+
+def denoiser_folder(pipeline_config: Any) -> str:
+    """Which component folder of a base holds its denoiser, from model_index.json's entries."""
+    cfg = dict(pipeline_config or {})
+    return next((f.denoiser for f in _families() if f.denoiser in cfg), "unet")
+
+
+__all__ = ["DEFAULT_FAMILY", "ModelFamily", "all_families", "release_keys", "PromptEncoding", "cond_rows", "denoiser_folder", "family_named", "family_names",
+           "family_of", "denoiser_folders", "scale_latents", "unscale_latents", "vae_scale_factor"]

@@ -7,19 +7,47 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from . import ModelFamily, PromptEncoding, _as_list
+from . import PromptEncoding, _as_list
+from .unet import UNetFamily
 
 
 @dataclass(frozen=True)
-class StableDiffusion(ModelFamily):
-    name: str = "sd"
-    label: str = "SD1.x/2.x"
-    text_encoders: tuple[str, ...] = ("text_encoder",)
-    tokenizers: tuple[str, ...] = ("tokenizer",)
-    fallback_resolution: int = 512
-    release_family: str = "sd15"
+class StableDiffusion(UNetFamily):
+    name: ClassVar[str] = "sd15"
+    aliases: ClassVar[tuple[str, ...]] = ("sd",)  # the name of cnet <= 0.x train_config.json files
+    label: ClassVar[str] = "SD1.x/2.x"
+    pipeline_classes: ClassVar[tuple[str, ...]] = (
+        "StableDiffusionPipeline", "StableDiffusionControlNetPipeline", "StableDiffusionImg2ImgPipeline")
+    single_file_pipeline: ClassVar[str] = "StableDiffusionPipeline"
+    single_file_layout: ClassVar[str] = "original"
+    shipped_controlnet_configs: ClassVar[dict[str, str]] = {"sd15": "SD1.x", "sd21": "SD2.x"}
+    text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder",)
+    tokenizers: ClassVar[tuple[str, ...]] = ("tokenizer",)
+    fallback_resolution: ClassVar[int] = 512
+    release_key: ClassVar[str] = "sd15"
+    #: the paper's lr 1e-5 at batch 4; `fast` adds min-SNR-gamma 5 (Hang et al. 2023's faster convergence)
+    recipes: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {"learning_rate": 1e-5, "batch_size": 4, "max_steps": 5000},
+        "fast": {"learning_rate": 1e-5, "batch_size": 4, "max_steps": 5000, "snr_gamma": 5.0}}
+
+    @classmethod
+    def matches_config(cls, denoiser_config: Any) -> bool:
+        from ..compat import config_get
+
+        return config_get(denoiser_config, "_class_name", "UNet2DConditionModel") in cls.config_classes \
+            and config_get(denoiser_config, "addition_embed_type") != "text_time"
+
+    @classmethod
+    def matches_model_type(cls, kind: str) -> bool:
+        return kind.startswith(("v1", "v2"))
+
+    def describe(self, config: Any) -> str | None:
+        """SD1.x / SD2.x by the text width (cross_attention_dim) the config takes."""
+        from ..compat import config_get
+
+        return {768: "SD1.x", 1024: "SD2.x"}.get(config_get(config, "cross_attention_dim"))
 
     def _encode(self, tokenizer: Any, text_encoder: Any, prompts: list[str], max_length: int,
                 clip_skip: int | None) -> Any:

@@ -11,21 +11,31 @@ The SDXL VAE overflows in fp16 (its config says `force_upcast`), so it runs in f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ...errors import ModelLoadError
 from ..compat import config_get
-from . import ModelFamily, PromptEncoding, _as_list
+from . import PromptEncoding, _as_list
+from .unet import UNetFamily
 
 
 @dataclass(frozen=True)
-class StableDiffusionXL(ModelFamily):
-    name: str = "sdxl"
-    label: str = "SDXL"
-    text_encoders: tuple[str, ...] = ("text_encoder", "text_encoder_2")
-    tokenizers: tuple[str, ...] = ("tokenizer", "tokenizer_2")
-    fallback_resolution: int = 1024
-    release_family: str = "sdxl"
+class StableDiffusionXL(UNetFamily):
+    name: ClassVar[str] = "sdxl"
+    label: ClassVar[str] = "SDXL"
+    pipeline_classes: ClassVar[tuple[str, ...]] = (
+        "StableDiffusionXLPipeline", "StableDiffusionXLControlNetPipeline", "StableDiffusionXLImg2ImgPipeline")
+    single_file_pipeline: ClassVar[str] = "StableDiffusionXLPipeline"
+    text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2")
+    tokenizers: ClassVar[tuple[str, ...]] = ("tokenizer", "tokenizer_2")
+    fallback_resolution: ClassVar[int] = 1024
+    release_key: ClassVar[str] = "sdxl"
+    shipped_controlnet_configs: ClassVar[dict[str, str]] = {"sdxl": "SDXL"}
+    #: diffusers' train_controlnet_sdxl.py example's lr 1e-5 at batch 1 (1024 px leaves room for little more on
+    #: one GPU; add --gradient-accumulation for the paper's effective batch)
+    recipes: ClassVar[dict[str, dict[str, Any]]] = {
+        "paper": {"learning_rate": 1e-5, "batch_size": 1, "max_steps": 5000},
+        "fast": {"learning_rate": 1e-5, "batch_size": 1, "max_steps": 5000, "snr_gamma": 5.0}}
     #: diffusers' SDXL pipelines default: no negative prompt -> zero unconditional embeddings
     force_zeros_for_empty_prompt: bool = True
 
@@ -35,6 +45,28 @@ class StableDiffusionXL(ModelFamily):
         if dtype == torch.float16 and config_get(vae_config, "force_upcast", True):
             return torch.float32
         return dtype
+
+    @classmethod
+    def matches_config(cls, denoiser_config: Any) -> bool:
+        return config_get(denoiser_config, "addition_embed_type") == "text_time"
+
+    @classmethod
+    def matches_model_type(cls, kind: str) -> bool:
+        return kind.startswith(("xl", "playground"))
+
+    def describe(self, config: Any) -> str | None:
+        return "SDXL refiner" if config_get(config, "cross_attention_dim") == 1280 else "SDXL"
+
+    def training_cond(self, encoding: PromptEncoding, micro: Any, size: tuple[int, int]) -> dict[str, Any]:
+        return {"encoder_hidden_states": encoding.prompt_embeds,
+                "added_cond_kwargs": self.training_added_cond(encoding, micro, size)}
+
+    def sampling_cond(self, encoding: PromptEncoding, size: tuple[int, int], *, do_cfg: bool,
+                      denoiser_config: Any = None) -> dict[str, Any]:
+        cond = super().sampling_cond(encoding, size, do_cfg=do_cfg)
+        cond["added_cond_kwargs"] = self.sampling_added_cond(encoding, size, do_classifier_free_guidance=do_cfg,
+                                                             unet_config=denoiser_config)
+        return cond
 
     def training_added_cond(self, encoding: PromptEncoding, micro: Any, target_size: tuple[int, int]
                             ) -> dict[str, Any] | None:
