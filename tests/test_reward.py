@@ -229,3 +229,14 @@ def test_depth_reward_is_the_annotators_own_midas_with_a_gradient():
     assert np.allclose(got.detach()[0, 0].numpy(), want, atol=1e-3)
     reward.loss(got, torch.zeros_like(got)).sum().backward()
     assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base", ["xl", "sd3_dir"])
+def test_reward_trains_on_every_family(base, data, tmp_path, request):
+    # SDXL (epsilon, the family's latent scale) and SD3 (flow matching, a VAE-latent hint): the family's x0 and
+    # the pixel hint reach the same reward
+    r = train(train_cfg(request.getfixturevalue(base), data, tmp_path / "run", max_steps=1, resolution=64,
+                        reward="canny", reward_max_timestep=1000))
+    row = _rows(r.output)[0]
+    assert math.isfinite(row["reward_loss"]) and row["reward_loss"] > 0 and row["loss"] > row["diffusion_loss"]
