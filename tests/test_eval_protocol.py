@@ -100,3 +100,19 @@ def test_protocol_errors_are_one_line(run_cli, evalset, tmp_path):
     assert code == 2 and "--controlnet" in err and "Traceback" not in err
     code, _, err = run_cli("eval", str(evalset), "--protocol", "nope", "--controlnet", "x")
     assert code == 2 and "--protocol nope" in err
+
+
+@pytest.mark.slow
+def test_protocol_on_a_tiny_sdxl_base(run_cli, evalset, xl, tmp_path):
+    from diffusers import ControlNetModel, UNet2DConditionModel
+
+    cn = ControlNetModel.from_unet(UNet2DConditionModel.from_pretrained(xl, subfolder="unet"),
+                                   conditioning_embedding_out_channels=(16, 32, 96, 256))
+    cn.save_pretrained(tmp_path / "cn")
+    out = tmp_path / "res.json"
+    code, stdout, err = run_cli("eval", str(evalset), "--protocol", "controlnet++", "--controlnet", str(tmp_path / "cn"),
+                                "--base", str(xl), "--size", "64", "--steps", "2", "--groups", "2", "--device", "cpu",
+                                "-o", str(out))
+    assert code == 0, err
+    res = json.loads(out.read_text())
+    assert res["types"]["canny"]["n"] == 2 and len(res["types"]["canny"]["groups"]) == 2
