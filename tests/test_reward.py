@@ -240,3 +240,43 @@ def test_reward_trains_on_every_family(base, data, tmp_path, request):
                         reward="canny", reward_max_timestep=1000))
     row = _rows(r.output)[0]
     assert math.isfinite(row["reward_loss"]) and row["reward_loss"] > 0 and row["loss"] > row["diffusion_loss"]
+
+
+def test_seg_reward_is_the_annotators_segmenter_and_reads_the_palette(tmp_path):
+    import torch
+    from transformers import (
+        ConvNextConfig,
+        SegformerImageProcessor,
+        UperNetConfig,
+        UperNetForSemanticSegmentation,
+    )
+
+    from cnetcli.annotators import Runtime, find_type
+    from cnetcli.annotators.ade20k import colorize
+    from cnetcli.annotators.seg import Seg
+
+    torch.manual_seed(0)
+    backbone = ConvNextConfig(num_channels=3, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+                              out_features=["stage1", "stage2", "stage3", "stage4"])
+    cfg = UperNetConfig(backbone_config=backbone, hidden_size=16, auxiliary_in_channels=32, num_labels=150,
+                        use_auxiliary_head=False)
+    UperNetForSemanticSegmentation(cfg).save_pretrained(tmp_path / "upernet")
+    SegformerImageProcessor().save_pretrained(tmp_path / "upernet")
+    ht = find_type("seg")
+    assert ht.reward_weight == 0.5  # ControlNet++'s segmentation weight
+    params, rt = ht.make_params(model=str(tmp_path / "upernet")), Runtime(device="cpu", offline=True)
+    reward = ht.reward(params, rt)  # resolved as `cnet annotate` resolves the model
+    img = _circles(size=64)
+    want = Seg(params, rt).labels([img])[0]
+    x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255).requires_grad_(True)
+    logits = reward(x)
+    assert logits.shape == (1, 150, 64, 64) and np.array_equal(logits.argmax(1)[0].numpy(), want)
+    # the label: the hint's palette colours back to class ids; a colour outside the palette is ignored
+    hint = colorize(want)
+    hint[0, 0] = (1, 2, 3)
+    target = reward.target(torch.from_numpy(hint).permute(2, 0, 1)[None].float() / 255)
+    assert target[0, 0, 0] == 255 and torch.equal(target[0].flatten()[1:], torch.from_numpy(want).flatten()[1:])
+    loss = reward.loss(logits, target)
+    assert loss.shape == (1,) and torch.isfinite(loss).all()
+    loss.sum().backward()
+    assert x.grad.abs().sum() > 0

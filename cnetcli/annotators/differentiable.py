@@ -8,8 +8,8 @@ with. Each hint type names its reward model in the registry (`HintType.reward`, 
     reward = find_type("canny").reward(params, runtime)
     loss = reward.loss(reward(image), reward.target(hint))   # per sample, shape (B,)
 
-Types with one: canny (`SoftCanny`), softedge/HED/PiDiNet (`SoftEdgeNet`) and depth (`MidasDepth`), the
-latter two the annotator's own network. Not yet: seg (cross-entropy against the palette's class indices).
+Types with one: canny (`SoftCanny`), softedge/HED/PiDiNet (`SoftEdgeNet`), depth (`MidasDepth`) and seg
+(`SegLogits`, cross-entropy against the hint's ADE20K classes), the last three the annotator's own network.
 """
 
 from __future__ import annotations
@@ -150,3 +150,62 @@ def depth_reward(params: Any, runtime: Any) -> MidasDepth:
         raise UsageError(f"--reward depth: the hints were made with model={params.model}; the reward runs MiDaS "
                          "(model=midas) only")
     return MidasDepth(MidasRaw(runtime))
+
+
+class SegLogits:
+    """The seg annotator's ADE20K segmenter (annotators/seg.py's `Seg`: a transformers semantic-segmentation
+    model such as UperNet, resolved as `cnet annotate` resolves it), frozen and in eval mode, run on tensors:
+    the image normalised with its processor's mean/std, logits upsampled (bilinear) to the image. The label is
+    the hint's class per pixel (its colour in ControlNet's ADE20K palette; a colour outside it is ignored), the
+    loss per-pixel cross-entropy, as ControlNet++'s segmentation reward."""
+
+    IGNORE = 255
+
+    def __init__(self, seg: Any) -> None:
+        import torch
+
+        self.model = seg.model.eval().requires_grad_(False)
+        self.dtype = seg.dtype
+        self.mean = torch.tensor(seg.processor.image_mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(seg.processor.image_std).view(1, 3, 1, 1)
+
+    def __call__(self, image: Any) -> Any:
+        import torch.nn.functional as F
+
+        x = (image.float() - self.mean.to(image.device)) / self.std.to(image.device)
+        logits = self.model(pixel_values=x.to(self.dtype)).logits.float()
+        return F.interpolate(logits, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=False)
+
+    def target(self, hint: Any) -> Any:
+        """ADE20K class ids (B x H x W) of palette-coloured hints in [0, 1]; IGNORE where no class has the colour."""
+        import torch
+
+        from .ade20k import palette_array
+
+        rgb = (hint.float() * 255).round().long()  # B x 3 x H x W
+        code = (rgb[:, 0] << 16) | (rgb[:, 1] << 8) | rgb[:, 2]
+        pal = torch.from_numpy(palette_array().astype("int64")).to(hint.device)
+        lut = (pal[:, 0] << 16) | (pal[:, 1] << 8) | pal[:, 2]  # 150 colour codes
+        hit = code[..., None] == lut  # B x H x W x 150
+        return torch.where(hit.any(-1), hit.int().argmax(-1), torch.full_like(code, self.IGNORE))
+
+    def loss(self, prediction: Any, target: Any) -> Any:
+        """Per-sample mean cross-entropy over the labelled pixels (B,)."""
+        import torch.nn.functional as F
+
+        ce = F.cross_entropy(prediction.float(), target, ignore_index=self.IGNORE, reduction="none")
+        labelled = (target != self.IGNORE).flatten(1)
+        return (ce.flatten(1) * labelled).sum(1) / labelled.sum(1).clamp_min(1)
+
+
+def seg_reward(params: Any, runtime: Any) -> SegLogits:
+    """The seg hint type's reward model (`HintType.reward`): its own segmenter (not OneFormer, whose
+    post-processing is no per-pixel logit map)."""
+    from ..errors import UsageError
+    from .seg import Seg
+
+    seg = Seg(params, runtime)
+    if seg.oneformer:
+        raise UsageError(f"--reward seg: the hints were made with OneFormer ({params.model}); the reward needs a "
+                         "per-pixel segmenter such as UperNet (the default)")
+    return SegLogits(seg)
