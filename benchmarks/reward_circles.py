@@ -24,6 +24,8 @@ import argparse
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,16 @@ def edge_f1(dcfg: Any, models: Any, controlnet: Path, hints: list[Path], prompts
     return summary(evaluate_folder(out))["f1"]
 
 
+def _timed(cfg: Any, procs: int) -> tuple[float, Any]:
+    """(seconds, TrainResult) of one continuation, in `procs` local processes (the demo's launcher)."""
+    from cnetcli.training import train
+    from cnetcli.training.launch import train_in_processes
+
+    t = time.perf_counter()
+    r = train_in_processes(cfg, procs, None) if procs > 1 else train(cfg)
+    return round(time.perf_counter() - t, 1), r
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
@@ -64,10 +76,10 @@ def main() -> None:
     ap.add_argument("--start", type=Path, help="a trained ControlNet folder (default: train the demo's here)")
     ap.add_argument("--eval-count", type=int, default=32)
     ap.add_argument("--reward-weight", type=float, default=1.0)
+    ap.add_argument("--parallel", action="store_true", help="train each seed's plain and reward runs at once")
     args = ap.parse_args()
 
     from cnetcli.demo import DEMO_RECIPE, DemoConfig, load_generation_models, make_data, train_processes
-    from cnetcli.training import train
     from cnetcli.training.config import RECIPES
     from cnetcli.training.launch import train_in_processes
 
@@ -96,21 +108,21 @@ def main() -> None:
     recipe = {**RECIPES["tiny"]["paper"], "max_steps": args.steps}
     runs = res.setdefault("runs", {})
     for seed in args.seeds:
+        todo = {}
         for mode in ("plain", "reward"):
-            key = f"{mode}-{seed}"
-            if key in runs:
-                continue
             extra = {"reward": "canny", "reward_weight": args.reward_weight} if mode == "reward" else {}
-            cfg = DEMO_RECIPE.replace(data=tcfg.data, output=str(out / key), controlnet=str(start), seed=seed,
-                                      lr_scheduler="constant", warmup_steps=0, timestep_bias="none",
-                                      timestep_bias_multiplier=1.0, checkpoint_every=args.steps, log_every=10,
-                                      overwrite=True, **recipe, **extra)
-            t = time.perf_counter()
-            r = train_in_processes(cfg, procs, None) if procs > 1 else train(cfg)
-            runs[key] = {"seconds": round(time.perf_counter() - t, 1), "final_loss": r.final_loss,
-                         "processes": procs}
-            _save(res_path, res)
-            print(f"trained {key} in {runs[key]['seconds']} s", flush=True)
+            todo[f"{mode}-{seed}"] = DEMO_RECIPE.replace(
+                data=tcfg.data, output=str(out / f"{mode}-{seed}"), controlnet=str(start), seed=seed,
+                lr_scheduler="constant", warmup_steps=0, timestep_bias="none", timestep_bias_multiplier=1.0,
+                checkpoint_every=args.steps, log_every=10, overwrite=True, **recipe, **extra)
+        todo = {k: c for k, c in todo.items() if k not in runs}
+        # --parallel: the seed's two runs at once (each its own launcher, processes and port)
+        with ThreadPoolExecutor(max_workers=max(1, len(todo)) if args.parallel else 1) as pool:
+            for key, (seconds, r) in zip(todo, pool.map(partial(_timed, procs=procs), todo.values()), strict=True):
+                runs[key] = {"seconds": seconds, "final_loss": r.final_loss, "processes": procs,
+                             "parallel": args.parallel}
+                _save(res_path, res)
+                print(f"trained {key} in {seconds} s", flush=True)
     models = load_generation_models(dcfg, hints[0])
     f1 = res.setdefault("f1", {})
     if "start" not in f1:
