@@ -80,7 +80,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from cnetcli.demo import DEMO_RECIPE, DemoConfig, load_generation_models, make_data, train_processes
-    from cnetcli.training.config import RECIPES
+    from cnetcli.training.config import TINY_RECIPES
     from cnetcli.training.launch import train_in_processes
 
     out = args.out
@@ -105,7 +105,7 @@ def main() -> None:
             train_in_processes(tcfg.replace(output=str(out / "start"), checkpoint_every=tcfg.max_steps), procs, None)
             res["start_train_seconds"] = round(time.perf_counter() - t, 1)
             _save(res_path, res)
-    recipe = {**RECIPES["tiny"]["paper"], "max_steps": args.steps}
+    recipe = {**TINY_RECIPES["paper"], "max_steps": args.steps}
     runs = res.setdefault("runs", {})
     for seed in args.seeds:
         todo = {}
