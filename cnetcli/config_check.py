@@ -127,19 +127,42 @@ def flag_name(field: str, renames: Mapping[str, str] | None = None) -> str:
     return (renames or {}).get(field, "--" + field.replace("_", "-"))
 
 
+#: A field's finite, sane range: (lowest, highest) allowed, either end None for open. Config dataclasses
+#: declare theirs beside their fields as a class attribute ``BOUNDS: ClassVar[dict[str, Bound]]``; `check_fields`
+#: enforces them with the types, so every reader of the config (flags, cnet.toml, JSON, Python) gets them.
+Bound = tuple[float | None, float | None]
+
+
+def out_of_range(name: str, value: Any, bound: Bound) -> str | None:
+    """The refusal of a number outside `bound` (None when inside): `<name>: <value> is out of range (lo..hi)`."""
+    lo, hi = bound
+    if (lo is None or value >= lo) and (hi is None or value <= hi):
+        return None
+    shown = lambda x: f"{x:g}" if isinstance(x, float) else str(x)  # noqa: E731
+    where = (f"at most {shown(hi)}" if lo is None else f"at least {shown(lo)}" if hi is None
+             else f"{shown(lo)}..{shown(hi)}")
+    return f"{name}: {shown(value)} is out of range ({where})"
+
+
 def check_fields(cfg: Any, renames: Mapping[str, str] | None = None,
                  int_max: Callable[[str], int | None] | None = None) -> None:
-    """Every field of the (frozen) dataclass `cfg` holds its declared type, every float is finite; numbers
-    are made plain (numpy -> int/float) and sequences stay tuples. Refusals name the field's flag
-    (`flag_name`). `int_max(field)`: the largest magnitude an integer field may hold (None: no limit)."""
+    """Every field of the (frozen) dataclass `cfg` holds its declared type, every float is finite and every
+    number within the class's `BOUNDS`; numbers are made plain (numpy -> int/float) and sequences stay tuples.
+    Refusals name the field's flag (`flag_name`). `int_max(field)`: the largest magnitude an integer field
+    may hold (None: no limit)."""
+    bounds: Mapping[str, Bound] = getattr(type(cfg), "BOUNDS", {})
     for name, tp in dataclass_types(type(cfg)).items():
         value = getattr(cfg, name)
         ok, v = check_value(value, tp)
         if not ok:
             raise UsageError(refusal(flag_name(name, renames), value, tp))
-        limit = int_max(name) if int_max is not None and isinstance(v, int) and not isinstance(v, bool) else None
+        number = isinstance(v, (int, float)) and not isinstance(v, bool)
+        limit = int_max(name) if int_max is not None and number and isinstance(v, int) else None
         if limit is not None and abs(v) > limit:
             raise UsageError(f"{flag_name(name, renames)}: {v} is out of range (at most {limit})")
+        why = out_of_range(flag_name(name, renames), v, bounds[name]) if number and name in bounds else None
+        if why is not None:
+            raise UsageError(why)
         if isinstance(v, list):  # a sequence field keeps its form (a tuple stays a tuple; one item stays one)
             v = type(value)(v) if isinstance(value, (tuple, list)) else value
         if v is not value:

@@ -83,27 +83,38 @@ _LAUNCHER_VARS = (("RANK", "WORLD_SIZE"), ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WO
                   ("PMI_RANK", "PMI_SIZE"), ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE"))
 
 
+def _launcher_env(**names: str) -> Any:
+    """The launcher variables `names` ({field: variable}) that are set, typed and bounded by
+    `external.records.LauncherEnv` (WORLD_SIZE=1e23 or RANK=-1 is one error line naming the variable)."""
+    from pydantic import ValidationError
+
+    from .external import describe
+    from .external.records import LauncherEnv
+
+    given = {field: os.environ[var] for field, var in names.items() if var in os.environ}
+    try:
+        return LauncherEnv.model_validate(given)
+    except ValidationError as e:
+        field = e.errors()[0]["loc"][0]
+        why = describe(e, "environment").replace(f"field {field}", names[str(field)])
+        raise UsageError(f"{why}; fix or unset it") from None
+
+
 def process_rank_world() -> tuple[int, int]:
     """(rank, world) of this process as a launcher (torchrun, accelerate launch, mpirun) set it; (0, 1) alone."""
-    env = os.environ
     for rank_var, world_var in _LAUNCHER_VARS:
-        if world_var in env:
-            try:
-                rank, world = int(env.get(rank_var, "0")), int(env[world_var])
-            except ValueError:
-                raise UsageError(f"{rank_var}/{world_var} must be integers") from None
-            if world < 1 or not (0 <= rank < world):
-                raise UsageError(f"bad process placement: {rank_var}={rank} {world_var}={world}")
-            return rank, world
+        if world_var in os.environ:
+            env = _launcher_env(rank=rank_var, world_size=world_var)
+            if not env.rank < env.world_size:
+                raise UsageError(f"bad process placement: {rank_var}={env.rank} {world_var}={env.world_size} "
+                                 f"(the rank must be below the world size)")
+            return env.rank, env.world_size
     return 0, 1
 
 
 def local_world_size() -> int:
     """Processes launched on this machine (for sharing its cores/GPUs), 1 when not launched."""
-    try:
-        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
+    return _launcher_env(local_world_size="LOCAL_WORLD_SIZE").local_world_size
 
 
 def usable_cores() -> int:

@@ -33,6 +33,12 @@ class InputError(CnetError):
     """An input file is unreadable, not an image, truncated, too large, or otherwise unusable."""
 
 
+class SchemaError(InputError):
+    """A file, PNG chunk or environment variable from outside does not match its declared schema (wrong type,
+    out of range, nested too deep, too large, not UTF-8). Raised by `cnetcli.external`; the message is one
+    line naming the source, the field and what was expected."""
+
+
 class OutputError(CnetError):
     """An output cannot be written: it is a file, lies under a file, is read-only, or the disk is full.
     Raised by `cnetcli.fsguard`; earlier outputs are left intact."""
@@ -52,3 +58,9 @@ class NotAvailableError(CnetError):
 
 class TrainingError(CnetError):
     """Training stopped: NaN/inf loss, out of memory, bad dataset."""
+
+
+class Interrupted(CnetError):
+    """Ctrl-C: the run stopped; the message says what was kept (typer would otherwise exit 130 silently)."""
+
+    exit_code = 130

@@ -14,6 +14,11 @@
   file, without a check-then-write race), `atomic_writer` (a file object for streaming writers such as
   `torch.save`), `atomic_save_dir` (a whole folder), `ensure_dir`. `cnetcli.images` re-exports them.
 
+Inputs have one opener too: `open_input(path, identity=None)` opens without blocking and checks the opened
+file (fstat, not the name) is a regular file, and, given the (device, inode) a dataset row was validated with,
+that it is still that file (a row swapped for a symlink or another file after indexing is refused). FIFOs,
+devices and folders are refused everywhere cnet reads images, so nothing blocks.
+
 Light module: standard library only (imported by the CLI's preflight checks).
 """
 
@@ -31,7 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from .errors import OutputError
+from .errors import InputError, OutputError
 
 #: Roughly when this process started writing: temp files older than this were left by another process.
 _STARTED = time.time()
@@ -187,6 +192,45 @@ def guard_write(path: str | os.PathLike, action: str = "cannot write") -> Iterat
 
 
 # ---------------------------------------------------------------------------------- temps and modes
+def file_identity(st: os.stat_result) -> tuple[int, int]:
+    """(device, inode): what a validated path pointed at, to compare with what is opened later."""
+    return st.st_dev, st.st_ino
+
+
+def open_input(path: str | os.PathLike, identity: tuple[int, int] | None = None, name: str | None = None
+               ) -> IO[bytes]:
+    """Open an input file for reading as a binary file object, or raise `InputError` (one line naming it):
+    missing, unreadable, not a regular file (a FIFO is opened non-blocking, then refused: nothing blocks),
+    empty, or, with `identity`, no longer the file that was validated."""
+    shown = name if name is not None else os.fsdecode(os.fspath(path))
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise InputError(f"{shown}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{shown}: is a folder, not a file") from None
+    except PermissionError:
+        raise InputError(f"{shown}: permission denied") from None
+    except (OSError, ValueError) as e:
+        raise InputError(f"{shown}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise InputError(f"{shown}: is a folder, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{shown}: not a regular file (a FIFO, device or socket); cnet reads only files")
+        if identity is not None and file_identity(st) != tuple(identity):
+            raise InputError(f"{shown}: changed since the dataset was indexed (now another file or a link to "
+                             "one); refused")
+        if st.st_size == 0:
+            raise InputError(f"{shown}: empty file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def temp_prefix(name: str) -> str:
     """Prefix for `tempfile.mkstemp/mkdtemp(prefix=...)` of a temp beside the output `name`:
     `.<name, shortened>.<pid>-` (the random part and suffix follow)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -144,26 +143,23 @@ def pil_to_rgb(img: Any, path: str = "<image>") -> np.ndarray:
     return np.ascontiguousarray(HWC3(np.ascontiguousarray(arr)))
 
 
-def load_image(path: str | os.PathLike) -> np.ndarray:
+def load_image(path: str | os.PathLike, identity: tuple[int, int] | None = None) -> np.ndarray:
     """Read an image file robustly as RGB uint8 H x W x 3.
 
     Raises `InputError` (one line naming the file and the reason) for a missing, empty, truncated,
-    non-image or decompression-bomb file. Animated images give their first frame.
+    non-image or decompression-bomb file, and for anything but a regular file (`fsguard.open_input`: a FIFO
+    never blocks; with `identity`, a file swapped after it was validated is refused). Animated images give
+    their first frame.
     """
+    name = str(path)
+    with fsguard.open_input(path, identity, name) as f:
+        return _decode(f, name)
+
+
+def _decode(p: Any, name: str) -> np.ndarray:
+    """Decode the open image file `p` (named `name` in errors) with the pixel limit; see `load_image`."""
     from PIL import Image, UnidentifiedImageError
 
-    p = Path(path)
-    name = str(path)
-    if not p.exists():
-        raise InputError(f"{name}: no such file")
-    if p.is_dir():
-        raise InputError(f"{name}: is a folder, not an image")
-    try:
-        size = p.stat().st_size
-    except OSError as e:
-        raise InputError(f"{name}: cannot read ({e.strerror or e})") from None
-    if size == 0:
-        raise InputError(f"{name}: empty file")
     old_max = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -256,11 +252,11 @@ def read_png_text(path: str | os.PathLike, key: str = PNG_META_KEY) -> str | Non
     from PIL import Image
 
     try:
-        with Image.open(path) as img:
+        with fsguard.open_input(path) as f, Image.open(f) as img:  # a FIFO is refused, never read
             raw = img.info.get(key)
             if raw is None and hasattr(img, "text"):
                 raw = img.text.get(key)
-    except Exception:  # not an image / unreadable: no metadata
+    except Exception:  # not an image / unreadable / not a regular file: no metadata
         return None
     return raw if isinstance(raw, str) and raw else None
 
@@ -271,9 +267,12 @@ def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
     raw = read_png_text(path)
     if raw is None:
         return {}
+    from .errors import SchemaError
+    from .external import parse_json
+
     try:
-        meta = json.loads(raw)
-    except ValueError:
+        meta = parse_json(raw, f"{path} (cnet chunk)")
+    except SchemaError:
         return {}
     return meta if isinstance(meta, dict) else {}
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import os
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,28 +59,23 @@ def _path(folder: str | Path) -> Path:
 
 def load_project_config(folder: str | Path = ".") -> dict[str, Any]:
     """The whole parsed `cnet.toml` of `folder` ({} when there is none); its tables are checked by name."""
+    from .errors import SchemaError
+    from .external import parse_toml, read_bytes
+
     path = _path(folder)
-    if not path.exists():
+    if not os.path.lexists(path):
         return {}
+    if not path.exists():  # a symlink loop or a dangling link: not silently "no config"
+        raise UsageError(f"{path}: is a broken symlink (a loop, or its target is gone); fix or remove it")
     if not path.is_file():  # a folder, a FIFO (reading it would block), a device
         raise UsageError(f"{path}: is not a regular file; remove it or replace it with a TOML file")
     try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ImportError:
-            raise UsageError(f"{path}: reading it needs Python 3.11+ or `pip install tomli`") from None
-    try:
-        text = path.read_text(encoding="utf-8")
+        text = read_bytes(path, what="TOML file").decode("utf-8")
+        data = parse_toml(text, str(path))
     except UnicodeDecodeError:
         raise UsageError(f"{path}: not UTF-8 text (TOML files are UTF-8); fix or remove it") from None
-    except OSError as e:
-        raise UsageError(f"{path}: cannot read it ({e.strerror or e}); fix its permissions or remove it") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise UsageError(f"{path}: not valid TOML ({' '.join(str(e).split())}); fix or remove it") from None
+    except SchemaError as e:
+        raise UsageError(str(e)) from None
     for name, table in data.items():
         if name not in TABLES:
             if not isinstance(table, dict):

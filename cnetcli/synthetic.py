@@ -17,11 +17,11 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from .config_check import check_fields
+from .config_check import Bound, check_fields
 from .errors import UsageError
 
 #: Saturated, pairwise distinct colours (every pair differs by 255 in at least one channel, so an edge
@@ -119,16 +119,14 @@ class CirclesConfig:
     thickness: int = 1
     overwrite: bool = False
 
+    #: finite, sane ranges (cnetcli.config_check); a circle's outline is never thicker than the image
+    BOUNDS: ClassVar[dict[str, Bound]] = {"count": (1, 10_000_000), "size": (16, 2048), "seed": (0, 2**32 - 1),
+                                          "thickness": (1, 2048)}
+
     def __post_init__(self) -> None:
-        check_fields(self)  # types (cnetcli.config_check)
-        if self.count < 1:
-            raise UsageError(f"--count must be at least 1 (got {self.count})")
-        if not 16 <= self.size <= 2048:
-            raise UsageError(f"--size must be in 16..2048 (got {self.size})")
+        check_fields(self)  # types and BOUNDS (cnetcli.config_check)
         if not 0 <= self.holdout < self.count:
             raise UsageError(f"--holdout must be in 0..count-1 (got {self.holdout} with --count {self.count})")
-        if self.thickness < 1:
-            raise UsageError(f"--thickness must be at least 1 (got {self.thickness})")
 
 
 def _write_split(d: Path, items: list[tuple[str, Circle]], size: int, thickness: int) -> None:

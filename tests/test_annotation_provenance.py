@@ -44,10 +44,17 @@ def test_hostile_chunks_read_as_none_or_one_clear_error(tmp_path, text):
 
 def test_wrong_field_types_are_dropped_not_trusted(tmp_path):
     path = _png_with_chunk(tmp_path / "h.png", '{"type": "canny", "params": [1], "detect_resolution": "big", '
-                                               '"image_resolution": 1e400, "keep_size": "yes", "source": 3}')
+                                               '"image_resolution": [512], "keep_size": "yes", "source": 3}')
     p = Provenance.read(path)
     assert p is not None and p.type == "canny" and dict(p.params) == {}
     assert p.detect_resolution is None and p.image_resolution is None and p.keep_size is False and p.source is None
+    with pytest.raises(InputError, match=r"h.png.*field params: expected an object"):
+        Provenance.read(path, strict=True)
+    # a number that overflows a float is not JSON cnet reads: the record is unreadable, not half-trusted
+    path = _png_with_chunk(tmp_path / "o.png", '{"type": "canny", "image_resolution": 1e400}')
+    assert Provenance.read(path) is None
+    with pytest.raises(InputError, match=r"o.png.*NaN or infinity"):
+        Provenance.read(path, strict=True)
     assert Provenance.read(tmp_path / "missing.png") is None
     (tmp_path / "garbage.png").write_bytes(b"\x89PNG garbage")
     assert Provenance.read(tmp_path / "garbage.png") is None

@@ -150,10 +150,11 @@ def test_malformed_rows_are_skipped_and_counted(tmp_path):
 
 def test_truncated_images(tmp_path):
     """PNG/JPEG cut short are skipped when read (end marker missing, one small read, no decoding); damage the
-    reader cannot see without decoding is found by the training loader, which counts it and takes the next row."""
+    reader cannot see without decoding is found by the training's decoding pass, which drops and counts it
+    (never replacing it by another row)."""
     from PIL import Image
 
-    from cnetcli.training.data import PairDataset
+    from cnetcli.training.data import PairDataset, decodable_rows
 
     d = _files(tmp_path / "ds", n=2)
     Image.open(d / "images/1.png").convert("RGB").save(d / "images/1.jpg", quality=90)
@@ -167,8 +168,10 @@ def test_truncated_images(tmp_path):
     data = (d / "images/0.png").read_bytes()  # a damaged body that keeps its end marker
     (d / "images/0.png").write_bytes(data[:60] + bytes(len(data) - 72) + data[-12:])
     ds = PairDataset(read_dataset(d), 64)
-    item = ds[(0, False, False)]
-    assert (item["index"], ds.failed) == (1, 1) and "0.png: cannot decode image" in ds.failures[0]
+    keep, why = decodable_rows(ds)
+    assert keep == [1, 2] and "0.png: cannot decode image" in why
+    assert ds.index.keep_only(keep, why) == 1 and ds.index.skip_counts == {"truncated image": 2, "undecodable image": 1}
+    assert ds[(0, False, False)]["index"] == 0 and len(ds) == 2
 
 
 def test_train_applies_allow_outside_paths(tmp_path):

@@ -62,8 +62,12 @@ def img(r):
 def test_defaults_are_the_papers():
     from cnetcli.generation import GenerateConfig
 
+    from cnetcli.models.families import family_named
+
     c = GenerateConfig(hints=("h.png",))
-    assert (c.steps, c.cfg, c.sampler, c.prompt_mode, c.output) == (20, 9.0, "ddpm", "default", "outputs/generate")
+    assert (c.steps, c.sampler, c.prompt_mode, c.output) == (20, "ddpm", "default", "outputs/generate")
+    assert c.cfg is None and c.guidance(family_named("sd15")) == 9.0  # --cfg: the family's default
+    assert c.guidance(family_named("flux")) == 3.5 and GenerateConfig(hints=("h.png",), cfg=2.0).guidance(None) == 2.0
     assert c.base == "stable-diffusion-v1-5/stable-diffusion-v1-5"
     assert GenerateConfig(hints=("h.png",), prompt="a cat").prompt_mode == "user"
     with pytest.raises(UsageError, match="--prompt"):

@@ -222,23 +222,6 @@ def test_default_size_from_the_family(xl, tiny_sd_dir, tmp_path):
     assert min(job.width, job.height) == 64
 
 
-def test_cli_end_to_end_and_eval(run_cli, hints, xl, tmp_path):
-    out = tmp_path / "cli"
-    code, stdout, err = run_cli("generate", "--base", str(xl["base"]), "--controlnet", str(xl["cn"]), "--hint",
-                                str(hints / "square.png"), "--steps", "2", "--seed", "3", "--prompt", "red circle",
-                                "--output", str(out), "--device", "cpu")
-    assert code == 0, err
-    png = out / "square-3.png"
-    assert stdout.strip() == str(png) and png.exists()
-    side = json.loads(png.with_suffix(".json").read_text())
-    assert side["family"] == "sdxl" and side["controlnet"] == str(xl["cn"])
-    # eval works unchanged on SDXL outputs (#12.5): the sidecar names the hint and its type
-    code, _, err = run_cli("eval", str(out))
-    assert code == 0, err
-    res = json.loads((out / "eval.json").read_text())
-    assert res["n"] == 1 and res["skipped"] == {} and 0.0 <= res["f1"] <= 1.0
-
-
 def test_sample_images_on_sdxl(gen, models, hints, xl):
     """`sample_images` (training validation's sampling, models already in memory) runs the SDXL loop too,
     with the ControlNet passed as a module, and equals `generate` for the same settings."""

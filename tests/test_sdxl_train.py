@@ -146,26 +146,20 @@ def test_small_scale_keeps_down_zero_convs_zero(xl, comps, data, tmp_path):
     assert (mid_only - plain).abs().max() > 1e-7  # the middle residual reaches the UNet (explicit zero downs)
 
 
-def test_resume_equals_a_straight_run_bitwise_and_single_file(xl, data, tmp_path):
+def test_cache_key_covers_the_second_text_encoder(xl, data):
+    """(The cache's bitwise equality and resume are in tests/test_family_contract.py, for every family.)"""
     import torch
 
-    kw = dict(max_steps=4, hflip=True, gradient_accumulation=2, batch_size=1)
-    straight = train(_cfg(xl, data, tmp_path / "s", single_file=True, **kw))
-    stopped = train(_cfg(xl, data, tmp_path / "r", checkpoint_every=1, **kw), on_step=lambda i: i.step == 2)
-    assert stopped.interrupted and stopped.steps == 2
-    resumed = train(_cfg(xl, data, tmp_path / "r", resume="latest", checkpoint_every=1, **kw))
-    assert resumed.start_step == 2 and resumed.losses == straight.losses
-    a, b = _cn(straight.controlnet_dir).state_dict(), _cn(resumed.controlnet_dir).state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    # --single-file on SDXL: the diffusers-layout file A1111/ComfyUI load, read back by diffusers' loader
-    from diffusers import ControlNetModel
-    from safetensors import safe_open
+    from cnetcli.models.sd import load_base_components
+    from cnetcli.training.cache import cache_key
+    from cnetcli.training.data import read_dataset
 
-    with safe_open(str(straight.single_file), "pt") as f:
-        assert f.metadata()["cnet_layout"] == "diffusers" and "add_embedding.linear_1.weight" in set(f.keys())
-    back = ControlNetModel.from_single_file(str(straight.single_file), config=str(straight.controlnet_dir),
-                                            local_files_only=True).state_dict()
-    assert set(back) == set(a) and all(torch.equal(a[k], back[k]) for k in a)
+    comps = load_base_components(str(xl), offline=True)
+    idx = read_dataset(str(data))
+    k1 = cache_key(idx, comps["vae"], [comps["text_encoder"], comps["text_encoder_2"]], RES, torch.float32)
+    with torch.no_grad():
+        next(comps["text_encoder_2"].parameters()).add_(1.0)
+    assert cache_key(idx, comps["vae"], [comps["text_encoder"], comps["text_encoder_2"]], RES, torch.float32) != k1
 
 
 def test_vae_stays_fp32_under_fp16_and_vae_flag_replaces_it(xl, data, tmp_path, comps):

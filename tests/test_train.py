@@ -452,9 +452,9 @@ def test_two_processes_equal_one_with_double_batch(sd8, data, tmp_path):
 
 
 def test_timestep_bias_weights_and_min_snr():
-    import torch
-
     from types import SimpleNamespace
+
+    import torch
 
     from cnetcli.models.families import family_named
     from cnetcli.training.step import timestep_weights

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from cnetcli.errors import NotAvailableError, UsageError
+from cnetcli.errors import NotAvailableError, OutputError, UsageError
 from cnetcli.training import TrainConfig, train
 from cnetcli.training.config import TINY_RECIPES, resolve_defaults
 
@@ -80,8 +80,9 @@ def test_single_file_refused_before_models_load(data, tmp_path, no_model_loads):
 def test_output_and_disk_checked_before_models_load(sd8, data, tmp_path, monkeypatch, no_model_loads):
     f = tmp_path / "afile"
     f.write_text("x")
-    with pytest.raises(UsageError, match="--output .*is a file"):
+    with pytest.raises((UsageError, OutputError), match="--output .*is a file"):  # taking the output's lock
         train(TrainConfig(base=str(sd8), data=str(data), output=str(f / "sub"), report_to="none"))
+
     from collections import namedtuple
 
     from cnetcli.training import disk
@@ -92,6 +93,7 @@ def test_output_and_disk_checked_before_models_load(sd8, data, tmp_path, monkeyp
     monkeypatch.setattr(disk.shutil, "disk_usage", lambda p: usage(10**12, 10**12 - 1000, 1000))
     with pytest.raises(UsageError, match=r"--output .*GiB free, .*GiB needed for 4 checkpoint\(s\)"):
         train(TrainConfig(base=str(sd8), data=str(data), output=str(tmp_path / "o"), report_to="none"))
+    assert not (tmp_path / "o").exists()  # the refused run leaves no folder (nor its lock) behind
 
 
 def test_report_to_wandb_needs_wandb(sd8, data, tmp_path, no_model_loads):
@@ -106,10 +108,10 @@ def test_report_to_wandb_needs_wandb(sd8, data, tmp_path, no_model_loads):
 
 
 def test_lr_scheduler_is_diffusers(sd8):
+    from types import SimpleNamespace
+
     import torch
     from diffusers.optimization import get_scheduler
-
-    from types import SimpleNamespace
 
     from cnetcli.training.setup import build_optimizer
 

@@ -28,7 +28,6 @@ def _batch(data, idx=(0, 1), drop=(False, True)):
 def test_training_step_alone_is_the_diffusers_step(sd8, data):
     import torch
     import torch.nn.functional as F
-
     from diffusers.training_utils import compute_snr
 
     from cnetcli.training.setup import build_models

@@ -5,15 +5,18 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..annotators import DEFAULT_IMAGE_RESOLUTION as DEFAULT_IMAGE_RESOLUTION
-from ..config_check import check_fields
+from ..config_check import Bound, check_fields
 from ..errors import UsageError
 
 DEFAULT_TYPE = "canny"
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_DATASET_FORMAT = "imagefolder"
+SHARD_FORMAT = "webdataset"  # --dataset as WebDataset shards (annotation/webdataset.py)
+DEFAULT_SHARD_SIZE = 1000
+ENGINES = ("local", "ray")
 #: Bounds of --detect-resolution / --image-resolution.
 MIN_RESOLUTION, MAX_RESOLUTION = 64, 8192
 
@@ -38,10 +41,17 @@ class AnnotateConfig:
     offline: bool | None = None
     trust_pickle: bool | None = None  # load pickled weights that need more than tensors (None: CNET_TRUST_PICKLE)
     dataset: str | None = None  # write a training dataset here instead of plain hints
-    dataset_format: str = DEFAULT_DATASET_FORMAT  # or "tutorial"
+    dataset_format: str = DEFAULT_DATASET_FORMAT  # or "tutorial", or "webdataset" (shards)
+    shard_size: int | None = None  # webdataset: samples per shard (None: DEFAULT_SHARD_SIZE)
+    engine: str = "local"  # "ray": webdataset shards annotated by Ray Data actor pools (annotation/ray_engine.py)
     caption: str | None = None  # literal text for images without a caption of their own, or "blip"
     captioner: str | None = None  # BLIP hub id or folder for caption="blip"
     shard: tuple[int, int] | None = None  # (rank, world); None: from the RANK/WORLD_SIZE environment
+
+    #: finite, sane ranges (cnetcli.config_check.check_fields)
+    BOUNDS: ClassVar[dict[str, Bound]] = {"workers": (0, 1024), "batch_size": (1, 4096),
+                                          "detect_resolution": (MIN_RESOLUTION, MAX_RESOLUTION),
+                                          "image_resolution": (MIN_RESOLUTION, MAX_RESOLUTION)}
 
     def __post_init__(self) -> None:
         from ..annotators import get_annotatable
@@ -58,22 +68,26 @@ class AnnotateConfig:
             raise UsageError("--overwrite and --skip-existing exclude each other: pick one")
         if self.output is not None and self.dataset is not None:
             raise UsageError("-o/--output and --dataset exclude each other: a dataset holds its own hints")
-        for name, v in (("--image-resolution", self.image_resolution),
-                        ("--detect-resolution", self.detect_resolution)):
-            if v is not None and not (MIN_RESOLUTION <= v <= MAX_RESOLUTION):
-                raise UsageError(f"{name} must be in {MIN_RESOLUTION}..{MAX_RESOLUTION} (got {v})")
         if self.detect_resolution is not None and not ht.uses_detect_resolution:
             raise UsageError(f"--detect-resolution does not apply to hint type '{ht.name}': it works at the image "
                              "resolution; set --image-resolution (or --keep-size) instead")
-        if self.workers is not None and self.workers < 0:
-            raise UsageError(f"--workers must be >= 0 (got {self.workers}); 0 means all cores")
-        if self.batch_size < 1:
-            raise UsageError(f"--batch-size must be >= 1 (got {self.batch_size})")
         check_device_spec(self.device)
         if self.dataset is None and self.caption is not None:
             raise UsageError("--caption only applies with --dataset DIR")
         if self.shard is not None and not (0 <= self.shard[0] < self.shard[1]):
             raise UsageError(f"shard must be (rank, world) with 0 <= rank < world (got {self.shard})")
+        if self.engine not in ENGINES:
+            raise UsageError(f"--engine must be one of {', '.join(ENGINES)} (got {self.engine!r})")
+        if self.engine == "ray" and (self.dataset is None or self.dataset_format != SHARD_FORMAT):
+            raise UsageError("--engine ray writes WebDataset shards: add --dataset OUT --dataset-format webdataset")
+        if self.dataset_format == SHARD_FORMAT:
+            if self.shard_size is None:
+                object.__setattr__(self, "shard_size", DEFAULT_SHARD_SIZE)
+            if self.shard_size < 1:
+                raise UsageError(f"--shard-size must be >= 1 (got {self.shard_size})")
+            return
+        if self.shard_size is not None:
+            raise UsageError("--shard-size applies only with --dataset-format webdataset")
         layout(self.dataset_format)  # validates
 
 

@@ -7,7 +7,6 @@ BLIP (`--caption blip`); else empty (and a warning when every caption is empty).
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -27,15 +26,15 @@ def _metadata_captions(folder: Path) -> dict[str, str]:
     if not p.is_file():
         return {}
     out: dict[str, str] = {}
+    from ..errors import SchemaError
+    from ..external import MAX_INDEX_BYTES, parse_json_lines, read_bytes
+
     try:
-        lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
+        text = read_bytes(p, MAX_INDEX_BYTES, "metadata.jsonl").decode("utf-8", errors="replace")
+        rows, _ = parse_json_lines(text, str(p))
+    except SchemaError:
         return {}
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
+    for rec in rows:
         if not isinstance(rec, dict) or not isinstance(rec.get("file_name"), str):
             continue
         text = next((rec[k] for k in _TEXT_KEYS if isinstance(rec.get(k), str)), None)
@@ -71,6 +70,21 @@ class Captions:
         if text is None and self.cfg.caption is not None and self.cfg.caption != "blip":
             text = self.cfg.caption
         return text
+
+
+def check_index(cfg: AnnotateConfig) -> None:
+    """Before any pair is written: the dataset's index lock can be taken and its existing index read (an
+    unreadable index, or a lock path that is a folder, is one error line and nothing is written)."""
+    from ..data.write import DatasetWriter, index_lock
+    from ..errors import InputError
+
+    writer = DatasetWriter(cfg.dataset or ".", cfg.dataset_format)
+    if not writer.root.exists():  # a new dataset: no index to read, nothing created before the first pair
+        return
+    with index_lock(writer.root):
+        if os.path.lexists(writer.index) and not writer.index.is_file():
+            raise InputError(f"{writer.index}: not a regular file; move it away (the dataset index is written there)")
+        writer.read_index()
 
 
 def write_index(cfg: AnnotateConfig, type_name: str, done: list[Job], skipped: list[Job], rep: Reporter) -> list[str]:

@@ -15,6 +15,7 @@ others still run; nothing is half-written (temp file + rename; a failed item lea
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -24,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from ..annotators import Runtime
-from ..errors import CnetError, InputError
+from ..errors import CnetError, InputError, Interrupted
 from ..reporting import NullReporter, Reporter
-from .config import AnnotateConfig, AnnotateSummary
+from .config import SHARD_FORMAT, AnnotateConfig, AnnotateSummary
 from .plan import Job, plan
 
 #: The largest hint or detector input (pixels) an annotator may be asked to make: a 65536 x 1 image at
@@ -111,21 +112,41 @@ def _finish_hint(ctx: Ctx, img: Any, hint: Any, fn: Any = None, sidecar: Any = N
     return hint, sidecar
 
 
+def photo_png(img: Any, hint: Any) -> bytes:
+    """The dataset photo: the input at the hint's size, as PNG bytes."""
+    from ..images import encode_png, resize_to
+
+    return encode_png(resize_to(img, hint.shape[1], hint.shape[0], "linear"))
+
+
+def hint_png(ctx: Ctx, source: str, hint: Any, dr: int, ir: int) -> bytes:
+    """The hint as PNG bytes carrying its provenance."""
+    return _provenance(ctx, source, dr, ir).encode(hint)
+
+
+def hint_for(ctx: Ctx, fn: Any, img: Any) -> tuple[Any, Any, int, int]:
+    """(hint, sidecar data, detect resolution, image resolution) of one decoded image; raises on a bad one."""
+    dr, ir = resolutions(ctx, img)
+    check_size(img, dr, ir)
+    hint, data = _annotate_one(fn, img, ctx, dr, ir)
+    hint, data = _finish_hint(ctx, img, hint, fn, data)
+    return hint, data, dr, ir
+
+
 def _write(ctx: Ctx, job: Job, img: Any, hint: Any, sidecar: Any, dr: int, ir: int) -> str | None:
     """Write the hint (and the dataset photo at the hint's size, and the sidecar JSON when the type has
     one). Returns a reason on failure, leaving no file of this job behind."""
     import json
 
     from ..fsguard import atomic_write_bytes
-    from ..images import encode_png, resize_to, sidecar_path
+    from ..images import sidecar_path
 
     written: list[str] = []
     try:
         if job.image is not None:
-            photo = resize_to(img, hint.shape[1], hint.shape[0], "linear")
-            atomic_write_bytes(job.image, encode_png(photo), ctx.exclusive)
+            atomic_write_bytes(job.image, photo_png(img, hint), ctx.exclusive)
             written.append(job.image)
-        atomic_write_bytes(job.hint, _provenance(ctx, job.source, dr, ir).encode(hint), ctx.exclusive)
+        atomic_write_bytes(job.hint, hint_png(ctx, job.source, hint, dr, ir), ctx.exclusive)
         written.append(job.hint)
         if ctx.sidecar is not None and sidecar is not None:
             side = sidecar_path(job.hint, ctx.sidecar)
@@ -165,11 +186,7 @@ def _process(ctx: Ctx, job: Job) -> tuple[int, str | None]:
     if isinstance(img, Exception):
         return job.index, _reason(img, job.source)
     try:
-        dr, ir = resolutions(ctx, img)
-        check_size(img, dr, ir)
-        fn = _annotator(ctx)
-        hint, data = _annotate_one(fn, img, ctx, dr, ir)
-        hint, data = _finish_hint(ctx, img, hint, fn, data)
+        hint, data, dr, ir = hint_for(ctx, _annotator(ctx), img)
     except CnetError as e:
         return job.index, _reason(e, job.source)
     except Exception as e:
@@ -193,15 +210,10 @@ def _load_or_reason(source: str) -> Any:
 
 # --- the run ----------------------------------------------------------------------------------------------
 
-def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> AnnotateSummary:
-    """Annotate every input of `cfg` (this process's shard of it). Raises CnetError for problems with the
-    run as a whole (bad flags, missing inputs, outputs in the way); bad images are listed in the summary."""
+def type_and_runtime(cfg: AnnotateConfig) -> tuple[Any, Any, Runtime]:
+    """The hint type, its parameters and the runtime (device resolved for a model-backed type)."""
     from ..annotators import get_annotatable
 
-    rep = reporter or NullReporter()
-    t0 = time.perf_counter()
-
-    # 1. type, parameters, runtime
     ht = get_annotatable(cfg.type)
     params = ht.make_params(**dict(cfg.params))
     runtime = Runtime(device=cfg.device, weights_dir=cfg.weights_dir, offline=cfg.offline,
@@ -210,13 +222,32 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
         from ..device import resolve_device
 
         runtime = dataclasses.replace(runtime, device=resolve_device(cfg.device))
+    return ht, params, runtime
+
+
+def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None, *,
+                   only: set[int] | None = None) -> AnnotateSummary:
+    """Annotate every input of `cfg` (this process's shard of it; `only`: just the inputs at these indexes of
+    the sorted list, whatever the shard). Raises CnetError for problems with the run as a whole (bad flags,
+    missing inputs, outputs in the way); bad images are listed in the summary. WebDataset output is
+    `webdataset.annotate_to_shards`, which runs this on groups of shards."""
+    rep = reporter or NullReporter()
+    t0 = time.perf_counter()
+
+    # 1. type, parameters, runtime
+    ht, params, runtime = type_and_runtime(cfg)
+
+    if cfg.dataset is not None and cfg.dataset_format == SHARD_FORMAT:
+        from .webdataset import annotate_to_shards
+
+        return annotate_to_shards(cfg, rep, ht.name)
 
     # 2. inputs and their outputs (names decided on the whole sorted list, so shards agree)
     p = plan(cfg, ht.name)
 
     # 3. this process's shard
     rank, world = cfg.shard or _shard_from_env()
-    jobs = p.jobs[rank::world]
+    jobs = p.jobs[rank::world] if only is None else [j for j in p.jobs if j.index in only]
     summary = AnnotateSummary(type=ht.name, total=len(jobs), output_dirs=[str(d) for d in p.out_dirs],
                               dataset=cfg.dataset, shard=(rank, world), skipped_dirs=[str(d) for d in p.skipped_dirs])
 
@@ -266,15 +297,23 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
     if skipped:
         rep.message(f"skipping {len(skipped)} image(s) whose outputs already exist")
 
+    if cfg.dataset is not None and todo:  # the index must be writable before a pair is: nothing orphaned
+        from .dataset import check_index
+
+        check_index(cfg)
+
     # 5. annotate
     # New outputs are created exclusively; the leftovers of an interrupted run (--skip-existing) are replaced.
     results: dict[int, str | None] = {}
     workers = cfg.workers or default_workers()
     replace = {j.index for j in partial_jobs}
-    for sub_jobs, c in (([j for j in todo if j.index not in replace], ctx),
-                        (partial_jobs, dataclasses.replace(ctx, exclusive=False))):
-        if sub_jobs:
-            results.update(_run(c, model, sub_jobs, workers, cfg.batch_size, rep))
+    try:
+        for sub_jobs, c in (([j for j in todo if j.index not in replace], ctx),
+                            (partial_jobs, dataclasses.replace(ctx, exclusive=False))):
+            if sub_jobs:
+                results.update(_run(c, model, sub_jobs, workers, cfg.batch_size, rep))
+    except KeyboardInterrupt:  # typer would exit 130 without a word: say what was kept
+        raise _interrupted(cfg, todo, targets) from None
     for j in todo:
         reason = results.get(j.index, "not processed")
         if reason is None:
@@ -288,12 +327,33 @@ def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None) -> Ann
         from .dataset import write_index
 
         ok_jobs = [j for j in todo if results.get(j.index) is None]
-        summary.warnings += write_index(cfg, ht.name, ok_jobs, skipped, rep)
+        try:
+            summary.warnings += write_index(cfg, ht.name, ok_jobs, skipped, rep)
+        except KeyboardInterrupt:
+            raise _interrupted(cfg, todo, targets) from None
+        except CnetError as e:  # no pair without its row: remove what this run created (not what it replaced)
+            fresh = [t for j in ok_jobs if j.index not in replace and not cfg.overwrite for t in targets(j)]
+            for t in fresh:
+                with contextlib.suppress(OSError):
+                    os.unlink(t)
+            err = type(e)(f"{e} (removed the {len(fresh)} file(s) this run wrote)")
+            err.summary = summary  # type: ignore[attr-defined]  # the command still lists the per-image failures
+            raise err from None
         for w in summary.warnings:
             rep.message(f"warning: {w}")
 
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _interrupted(cfg: AnnotateConfig, jobs: list[Job], targets: Any) -> Interrupted:
+    """What a Ctrl-C leaves: the jobs whose every output was written, and how to finish."""
+    kept = [j for j in jobs if all(os.path.lexists(t) for t in targets(j))]
+    if cfg.dataset is not None:
+        return Interrupted(f"interrupted: kept {len(kept)} image/hint pair(s) in {cfg.dataset}, not yet in its index; "
+                           "rerun with --skip-existing to index them and finish")
+    where = ", ".join(sorted({str(Path(j.hint).parent) for j in kept})[:3]) or "no folder"
+    return Interrupted(f"interrupted: kept {len(kept)} hint(s) in {where}; rerun with --skip-existing to finish")
 
 
 def _run(ctx: Ctx, model: Any, jobs: list[Job], workers: int, batch_size: int, rep: Reporter) -> dict[int, str | None]:

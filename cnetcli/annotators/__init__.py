@@ -37,6 +37,10 @@ from ..errors import NotAvailableError, UsageError
 from ..models.families import DEFAULT_FAMILY, release_keys
 from ..models.weights import WeightFile
 
+#: InstantX/Shakker's FLUX.1-dev union ControlNet (canny, tile, depth, blur, pose: the FLUX family's UNION_MODES)
+FLUX_UNION = "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro"
+#: Stability's SD3.5 Large ControlNets: canny, depth, blur
+SD35_LARGE = "stabilityai/stable-diffusion-3.5-large-controlnet-"
 #: ControlNet's hint size (short side) when none is given.
 DEFAULT_IMAGE_RESOLUTION = 512
 #: With keep_size the detector runs at the image's own short side, but at most this (a 20k photo would
@@ -136,9 +140,14 @@ class HintType:
             valid = ", ".join(sorted(names)) or "none"
             raise UsageError(f"hint type '{self.name}' has no parameter {', '.join(unknown)} (valid: {valid})")
         try:
-            return self.params(**kwargs)
+            params = self.params(**kwargs)
         except TypeError as e:
             raise UsageError(f"hint type '{self.name}': {e}") from None
+        if getattr(self.params, "BOUNDS", None):  # the type's declared ranges (cnetcli.config_check)
+            from ..config_check import check_fields
+
+            check_fields(params, {f.name: f"{self.name} {f.name}" for f in dataclasses.fields(self.params)})
+        return params
 
     def resolutions(self, image: Any, detect_resolution: int | None = None, image_resolution: int | None = None,
                     keep_size: bool = False) -> tuple[int, int]:

@@ -7,11 +7,12 @@ cv2 lazily inside `__call__`, so registering these types costs nothing and never
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from ..errors import UsageError
-from . import A1111Module, HintType, UnionControl, register
+from . import FLUX_UNION, SD35_LARGE, A1111Module, HintType, UnionControl, register
 from .differentiable import canny_reward
 
 
@@ -150,9 +151,9 @@ class ShuffleParams:
     f: int = 256  # noise cell size in pixels (larger: smoother warps)
     seed: int = 0  # the random warp; fixed so results are deterministic
 
-    def __post_init__(self) -> None:
-        _check_range("shuffle f", self.f, 1)
-        _check_range("--seed", self.seed, 0)
+    #: checked by HintType.make_params (cnetcli.config_check): a cell larger than the largest image is
+    #: nonsense, and f sizes the noise field (f=1e9 would ask for exabytes)
+    BOUNDS: ClassVar[dict[str, tuple[float | None, float | None]]] = {"f": (1, 8192), "seed": (0, 2**63 - 1)}
 
 
 def _noise_disk(H: int, W: int, F: int, rng: np.random.Generator) -> np.ndarray:
@@ -244,7 +245,8 @@ class Blur:
 _V11 = "lllyasviel/control_v11"
 register(HintType("canny", "Canny edges (ControlNet's math; --low/--high)", CannyParams,
                   lambda p, rt: Canny(p), resize="nearest", uses_detect_resolution=False, metric="edge",
-                  releases={"sd15": f"{_V11}p_sd15_canny", "sdxl": "diffusers/controlnet-canny-sdxl-1.0"},
+                  releases={"sd15": f"{_V11}p_sd15_canny", "sdxl": "diffusers/controlnet-canny-sdxl-1.0",
+                            "sd3": f"{SD35_LARGE}canny", "flux": FLUX_UNION},
                   a1111=A1111Module(("canny",), lambda p: ("canny", p.low, p.high)),
                   union_control_type=UnionControl.LINES, reward=canny_reward))
 register(HintType("hough", "straight lines without weights (Hough or LSD), M-LSD style",
@@ -263,9 +265,10 @@ register(HintType("shuffle", "content shuffle: photo warped by a random flow (--
                   releases={"sd15": f"{_V11}e_sd15_shuffle"}, a1111=A1111Module(("shuffle",))))
 register(HintType("tile", "the photo, optionally down/up-sampled (--downsample)", TileParams,
                   lambda p, rt: Tile(p), resize="linear", uses_detect_resolution=False,
-                  releases={"sd15": f"{_V11}f1e_sd15_tile"},
+                  releases={"sd15": f"{_V11}f1e_sd15_tile", "flux": FLUX_UNION},
                   a1111=A1111Module(("tile_resample",), lambda p: ("tile_resample", p.downsample, -1)),
                   union_control_type=UnionControl.TILE))
 register(HintType("blur", "a Gaussian-blurred photo (--sigma)", BlurParams, lambda p, rt: Blur(p),
                   resize="linear", uses_detect_resolution=False,
+                  releases={"sd3": f"{SD35_LARGE}blur", "flux": FLUX_UNION},
                   a1111=A1111Module(("blur_gaussian",), lambda p: ("blur_gaussian", p.sigma, -1))))

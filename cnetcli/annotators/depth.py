@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..models.weights import WeightFile
-from . import A1111Module, HintType, Runtime, UnionControl, register
+from . import FLUX_UNION, SD35_LARGE, A1111Module, HintType, Runtime, UnionControl, register
 from ._aux import ShapeBatched, batch_tensor
 from .differentiable import depth_reward
 
@@ -209,7 +209,8 @@ register(HintType("depth", "MiDaS DPT-Hybrid depth as in ControlNet (model=<tran
                   DepthParams, Depth, resize="linear", needs_weights=True, default_detect_resolution=384,
                   aliases=("midas", "depth_midas"), metric="depth", weights=(MIDAS_WEIGHTS,),
                   releases={"sd15": "lllyasviel/control_v11f1p_sd15_depth",
-                            "sdxl": "diffusers/controlnet-depth-sdxl-1.0"},
+                            "sdxl": "diffusers/controlnet-depth-sdxl-1.0", "sd3": f"{SD35_LARGE}depth",
+                            "flux": FLUX_UNION},
                   a1111=A1111Module(("depth_midas", "depth", "depth_zoe", "depth_leres"), _depth_module),
                   union_control_type=UnionControl.DEPTH, reward=depth_reward))
 register(HintType("normal", "Normal map: ControlNet 1.0 normal-from-MiDaS-depth (bg_threshold) or model=bae",

@@ -12,7 +12,6 @@ with `render_pose_json(json.load(...))` without any model.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..models.weights import WeightFile
-from . import A1111Module, HintType, Runtime, UnionControl, register
+from . import FLUX_UNION, A1111Module, HintType, Runtime, UnionControl, register
 
 BODY_WEIGHTS = WeightFile("body_pose_model.pth")
 HAND_WEIGHTS = WeightFile("hand_pose_model.pth", when="hands=true")
@@ -181,12 +180,11 @@ def render_pose_json(data: dict[str, Any] | str | os.PathLike, width: int | None
     """Re-render a pose map from OpenPose JSON (a dict or a file), optionally at another size."""
     if not isinstance(data, dict):
         from ..errors import InputError
+        from ..external import read_json
 
-        try:
-            with open(data, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except (OSError, ValueError) as e:
-            raise InputError(f"{data}: not a readable OpenPose JSON file ({e})") from None
+        data = read_json(data)
+        if not isinstance(data, dict):
+            raise InputError("not an OpenPose JSON file (a JSON object is expected)")
     poses, W, H = poses_from_json(data)
     return draw_poses(poses, height or H, width or W)
 
@@ -366,7 +364,7 @@ register(HintType("pose", "OpenPose body (+hands/face) as ControlNet draws it; k
                   PoseParams, OpenPose, resize="nearest", needs_weights=True, aliases=("openpose", "openpose_full"),
                   sidecar=_sidecar, metric="pose", weights=(BODY_WEIGHTS, HAND_WEIGHTS, FACE_WEIGHTS),
                   releases={"sd15": "lllyasviel/control_v11p_sd15_openpose",
-                            "sdxl": "thibaud/controlnet-openpose-sdxl-1.0"},
+                            "sdxl": "thibaud/controlnet-openpose-sdxl-1.0", "flux": FLUX_UNION},
                   a1111=A1111Module(("openpose", "openpose_full", "openpose_hand", "openpose_face",
                                      "dw_openpose_full"), _a1111_module),
                   union_control_type=UnionControl.OPENPOSE))

@@ -14,6 +14,8 @@ from ..annotation.config import (
     DEFAULT_DATASET_FORMAT,
     DEFAULT_IMAGE_RESOLUTION,
     DEFAULT_TYPE,
+    ENGINES,
+    SHARD_FORMAT,
     AnnotateConfig,
 )
 from ..annotators import get_type, list_types, type_choices
@@ -24,7 +26,8 @@ from ._progress import RichReporter
 
 #: `--type` choices: every registered hint type and alias (the registry decides; `--help` lists them).
 HintTypeChoice = choices("HintTypeChoice", type_choices())
-DatasetFormat = choices("DatasetFormat", FORMATS)
+DatasetFormat = choices("DatasetFormat", (*FORMATS, SHARD_FORMAT))
+Engine = choices("Engine", ENGINES)
 
 # explicit per-type flags: option name -> parameter name (applies to every type that has the parameter)
 _TYPE_FLAGS = ("low", "high", "threshold", "min_length", "max_gap", "sigma", "downsample", "seed", "hands", "face",
@@ -145,8 +148,15 @@ def annotate_cmd(
                                             _PANEL_TYPE, "--param", "-p", metavar="KEY=VALUE")] = None,
     dataset: Annotated[str | None, _opt("Write a training dataset here (photos + hints + captions) instead of "
                                         "plain hints.", _PANEL_DATA)] = None,
-    dataset_format: Annotated[DatasetFormat, _opt("imagefolder (metadata.jsonl) or tutorial (prompt.json, source/, "
-                                                  "target/).", _PANEL_DATA)] = DatasetFormat(DEFAULT_DATASET_FORMAT),
+    dataset_format: Annotated[DatasetFormat, _opt("imagefolder (metadata.jsonl), tutorial (prompt.json, source/, "
+                                                  "target/) or webdataset (NNNNN.tar shards + manifest.json; under "
+                                                  "torchrun each process writes its own shards; finished shards "
+                                                  "are skipped on a rerun).", _PANEL_DATA)
+                              ] = DatasetFormat(DEFAULT_DATASET_FORMAT),
+    shard_size: Annotated[int | None, _opt("webdataset: images per shard (default 1000).", _PANEL_DATA)] = None,
+    engine: Annotated[Engine, _opt("webdataset: local (this machine's processes) or ray (Ray Data actor pools on "
+                                   "a Ray cluster or a local Ray; pip install 'cnetcli[ray]').", _PANEL_DATA)
+                      ] = Engine("local"),
     caption: Annotated[str | None, _opt("Caption for images without a <stem>.txt or a metadata.jsonl row; 'blip' "
                                         "captions them with BLIP.", _PANEL_DATA)] = None,
     captioner: Annotated[str | None, _opt("BLIP hub id or folder for --caption blip.", _PANEL_DATA)] = None,
@@ -170,20 +180,33 @@ def annotate_cmd(
         overwrite=overwrite, skip_existing=skip_existing, workers=workers or None, batch_size=batch_size,
         device=device, weights_dir=weights_dir, offline=True if offline else None,
         trust_pickle=True if trust_pickle else None, dataset=dataset, dataset_format=dataset_format.value,
+        shard_size=shard_size, engine=engine.value,
         caption=caption, captioner=captioner,
     )
-    s = annotate_paths(cfg, RichReporter(unit="img/s", quiet=quiet))
-    from rich.console import Console
-    from rich.markup import escape
+    from ..errors import CnetError, Interrupted
 
-    err = Console(stderr=True, highlight=False, soft_wrap=True)
-    for src, reason in s.failed:
-        err.print(f"[bold red]failed:[/] {escape(src)}: {escape(reason)}")
+    try:
+        s = annotate_paths(cfg, RichReporter(unit="img/s", quiet=quiet))
+    except CnetError as e:  # the run stopped after annotating (the index): its per-image failures still count
+        _print_failures(getattr(e, "summary", None))
+        raise
+    except KeyboardInterrupt:  # before any hint was written (annotate_paths reports what it kept after that)
+        raise Interrupted("interrupted before any hint was written") from None
+    _print_failures(s)
     shard = f" (shard {s.shard[0] + 1}/{s.shard[1]})" if s.shard[1] > 1 else ""
     where = s.dataset if s.dataset is not None else ", ".join(s.output_dirs)
     typer.echo(f"{s.done} done, {s.skipped} skipped, {len(s.failed)} failed in {s.seconds:.1f}s{shard} -> {where}")
     if s.failed:
         raise typer.Exit(1)
+
+
+def _print_failures(s: Any) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
+    for src, reason in (s.failed if s is not None else []):
+        err.print(f"[bold red]failed:[/] {escape(src)}: {escape(reason)}")
 
 
 def register(app: typer.Typer) -> None:

@@ -74,7 +74,8 @@ def generate_cmd(
     negative_prompt: Annotated[str | None, _opt("--negative-prompt", help="Negative prompt.", panel=_P)] = None,
     captioner: Annotated[str | None, _opt("--captioner", help="BLIP captioner for auto mode: hub id or folder.", shows=_default("captioner"), panel=_P)] = None,
     steps: Annotated[int | None, _opt("--steps", help="Sampling steps.", shows=_default("steps"), panel=_S)] = None,
-    cfg: Annotated[float | None, _opt("--cfg", help="Classifier-free guidance scale.", shows=_default("cfg"), panel=_S)] = None,
+    cfg: Annotated[float | None, _opt("--cfg", help="Classifier-free guidance scale (FLUX.1-dev: its distilled guidance).", shows="9.0; FLUX.1 3.5", panel=_S)] = None,
+    true_cfg: Annotated[float | None, _opt("--true-cfg", help="True CFG scale on FLUX.1 (with --negative-prompt; one more forward per step).", shows="off", panel=_S)] = None,
     sampler: Annotated[Sampler | None, _opt("--sampler", help="Solver (ddpm = DDIM with eta 1; dpmpp_sde is the single-step DPM++ SDE and needs torchsde; dpmpp_2m_karras = dpmpp_2m + --scheduler karras).", shows=_default("sampler"), panel=_S)] = None,
     scheduler: Annotated[Scheduler | None, _opt("--scheduler", help="Noise schedule: the model's own spacing, or Karras / exponential sigmas.", shows=_default("scheduler"), panel=_S)] = None,
     eta: Annotated[float | None, _opt("--eta", help="DDIM eta for ddim/ddpm (0 deterministic, 1 ancestral; default: 0 for ddim, 1 for ddpm).", panel=_S)] = None,
@@ -104,13 +105,12 @@ def generate_cmd(
     from ..generation import generate, settings_from_png
     from ..generation.pipeline import preflight
 
-    kw = settings_from_png(from_png) if from_png else {}
     given = {
         "hints": tuple(hint) if hint else None, "image": image, "types": tuple(type_) if type_ else None,
         "image_resolution": resolution, "prompt_mode": prompt_mode.value if prompt_mode else None,
         "prompt": tuple(prompt) if prompt else None,
         "added_prompt": added_prompt, "negative_prompt": negative_prompt, "captioner": captioner, "steps": steps,
-        "cfg": cfg, "sampler": sampler.value if sampler else None, "scheduler": scheduler.value if scheduler else None,
+        "cfg": cfg, "true_cfg": true_cfg, "sampler": sampler.value if sampler else None, "scheduler": scheduler.value if scheduler else None,
         "eta": eta, "seed": seed, "controlnets": tuple(controlnet) if controlnet else None,
         "scales": tuple(scale) if scale else None, "start": tuple(start) if start else None,
         "end": tuple(end) if end else None, "control_mode": control_mode.value if control_mode else None,
@@ -120,6 +120,10 @@ def generate_cmd(
         "dtype": dtype.value if dtype else None, "batch_size": batch_size, "compile": False if no_compile else None,
         "vae_tiling": vae_tiling, "trust_pickle": trust_pickle or None,
     }
+    typed = {k for k, v in given.items() if v is not None}  # any flag given overrides what the PNG says
+    if sampler is not None:  # the PNG's schedule and eta went with its sampler: the new sampler's own defaults
+        typed.update({"scheduler", "eta"})
+    kw = settings_from_png(from_png, typed) if from_png else {}
     if hint or image:  # new inputs replace the PNG's (whichever kind it recorded)
         kw.pop("hints", None)
         kw.pop("image", None)

@@ -40,6 +40,9 @@ def runs_cmd(
         c = s["controllability"]
         typer.echo(f"controllability ({c[-1].get('metric')}): "
                    + ", ".join(f"{x.get('step')}: {x.get('value', float('nan')):.3f}" for x in c))
+    if s["skipped"]:  # lines (or files) that do not match their schema: listed, never a traceback
+        shown = ", ".join(s["skipped"][:3]) + (f" and {len(s['skipped']) - 3} more" if len(s["skipped"]) > 3 else "")
+        typer.secho(f"skipped {len(s['skipped'])} unreadable record(s): {shown}", fg="yellow", err=True)
 
 
 def register(app: typer.Typer) -> None:

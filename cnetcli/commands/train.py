@@ -46,7 +46,7 @@ def _opt(*names: str, panel: str | None = None, **kw: Any) -> Any:
 
 def train_cmd(
     base: Annotated[str | None, _opt("--base", help="SD1.x/2.x or SDXL base (detected from the model): hub id, diffusers folder, single file or cnet-tiny (default SD1.5)")] = None,
-    data: Annotated[str | None, _opt("--data", help="dataset folder (metadata.jsonl or prompt.json) or hub name (default ./dataset)")] = None,
+    data: Annotated[str | None, _opt("--data", help="dataset folder (metadata.jsonl or prompt.json), hub name, or WebDataset/parquet shards streamed ('shards/{00000..00099}.tar', glob, folder of .tar, list file, fsspec URL) (default ./dataset)")] = None,
     output: Annotated[str | None, _opt("--output", "-o", "--output_dir", help="output folder (default ./controlnet-out)")] = None,
     controlnet: Annotated[str | None, _opt("--controlnet", "--controlnet_model_name_or_path", help="continue from this ControlNet (folder, checkpoint folder, file); else init from the base's denoiser")] = None,
     base_config: Annotated[str | None, _opt("--base-config", help="local config folder for a single-file --base offline")] = None,
@@ -112,13 +112,23 @@ def train_cmd(
     """Fine-tune a ControlNet on a dataset of (photo, hint, caption) rows. Defaults: --base SD1.5, --data
     ./dataset, --output ./controlnet-out, the paper's recipe at the base's own size; the train table of
     ./cnet.toml overrides them. `--resume latest` continues a run with the settings it was started with."""
+    flags = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in locals().items() if k != "cpu"}
+    try:
+        _train(flags, cpu)
+    except KeyboardInterrupt:  # before the loop's own Ctrl-C handling (imports, loading): typer would exit silently
+        from ..errors import Interrupted
+        from ..training.checkpoint import kept_after_interrupt
+        from ..training.config import DEFAULT_OUTPUT
+
+        raise Interrupted(kept_after_interrupt(Path(flags.get("output") or DEFAULT_OUTPUT))) from None
+
+
+def _train(flags: dict[str, Any], cpu: bool) -> None:
     import dataclasses
 
     from ..project_config import section
     from ..training.config import TrainConfig
 
-    flags = {k: (v.value if isinstance(v, enum.Enum) else v) for k, v in locals().items()
-             if k not in ("cpu", "dataclasses", "section", "TrainConfig")}
     if cpu and flags.get("device") is None:
         flags["device"] = "cpu"
     flags["validation_hints"] = flags.pop("validation_hint") or None
@@ -162,5 +172,18 @@ def train_cmd(
                    + f"  ({Path(result.validation_images[-1]).parent / 'controllability.jsonl'})")
 
 
+LAUNCHING = (
+    "[bold]Launching on several GPUs or machines[/]: run this command under a launcher; --batch-size is per "
+    "process. One node: `torchrun --nproc_per_node 8 -m cnetcli train ...` or `accelerate launch --config_file "
+    "examples/accelerate/ddp.yaml -m cnetcli train ...`. Several nodes: the same command on each node with "
+    "`--nnodes N --node_rank R --master_addr HOST0 --master_port 29500` (torchrun) or "
+    "examples/accelerate/ddp_multinode.yaml with --machine_rank R. FSDP / DeepSpeed ZeRO-2/3: "
+    "examples/accelerate/fsdp.yaml, deepspeed_zero2.yaml, deepspeed_zero3.yaml (CUDA only; only the ControlNet "
+    "is wrapped, the base stays frozen). --data may stream WebDataset/parquet shards: 'shards/{00000..00099}.tar', "
+    "a glob, a folder of .tar, a list file or fsspec URLs; each process reads whole shards, and --resume needs the "
+    "same process count and --num-workers."
+)
+
+
 def register(app: typer.Typer) -> None:
-    app.command("train", help=train_cmd.__doc__)(train_cmd)
+    app.command("train", help=train_cmd.__doc__, epilog=LAUNCHING)(train_cmd)

@@ -62,13 +62,16 @@ def layout(fmt: str = "imagefolder") -> Layout:
 
 def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Read a JSON-lines index; a malformed line is an `InputError` naming the file and line."""
+    from ..external import MAX_INDEX_BYTES, read_bytes
+
     p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file")
     try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{p}: no such file") from None
-    except (OSError, UnicodeDecodeError) as e:
+        text = read_bytes(p, MAX_INDEX_BYTES, "dataset index").decode("utf-8")
+    except UnicodeDecodeError as e:
         raise InputError(f"{p}: cannot read ({e})") from None
+
     def refuse(reason: str, detail: str) -> None:
         raise InputError(f"{detail}; fix or delete that line")
 

@@ -47,8 +47,16 @@ def is_inside(path: str | os.PathLike, root_real: str) -> bool:
 def resolve(base: Path, value: str, root_real: str | None, allow_outside: bool) -> Path:
     """``base / value`` if it may be read: inside the root (unless allowed) and a regular, non-empty file.
 
-    Raises `BadFile`. Nothing is opened here; `check_image` reads the header.
+    Raises `BadFile`. Nothing is opened here; `check_image` reads the header. (`resolve_id` also gives the
+    file's identity, for `open_rgb` to check it is still the file that was validated.)
     """
+    return resolve_id(base, value, root_real, allow_outside)[0]
+
+
+def resolve_id(base: Path, value: str, root_real: str | None, allow_outside: bool) -> tuple[Path, tuple[int, int]]:
+    """`resolve` plus the (device, inode) the path pointed at when it was checked."""
+    from ..fsguard import file_identity
+
     if "\x00" in value:
         raise BadFile("unreadable name", f"{show(value)}: a NUL byte in the name")
     p = base / value
@@ -65,25 +73,32 @@ def resolve(base: Path, value: str, root_real: str | None, allow_outside: bool) 
         raise BadFile("not a regular file", f"{show(value)}: not a regular file")
     if st.st_size == 0:
         raise BadFile("empty file", f"{show(value)}: empty file")
-    return p
+    return p, file_identity(st)
 
 
-def check_image(p: Path, name: str) -> None:
-    """Read only the image header (cheap); a non-image or an impossible size is a `BadFile`."""
+def check_image(p: Path, name: str, identity: tuple[int, int] | None = None) -> None:
+    """Read only the image header (cheap); a non-image or an impossible size is a `BadFile`. Opened with
+    `fsguard.open_input` (with `identity`: still the file `resolve_id` checked)."""
     from PIL import Image
 
+    from ..errors import InputError
+    from ..fsguard import open_input
     from ..images import MAX_PIXELS
 
     try:
-        with Image.open(p) as im:
-            w, h, fmt = im.width, im.height, im.format
-    except Exception as e:  # PIL raises many types for garbage; all mean "not an image we can read"
-        raise BadFile("not an image", f"{show(name)}: not an image ({type(e).__name__})") from None
-    if w * h > MAX_PIXELS or w == 0 or h == 0:
-        raise BadFile("bad image size", f"{show(name)}: {w}x{h} pixels")
-    marker = END_MARKERS.get(fmt or "")
-    if marker is not None and not _tail_has(p, marker):
-        raise BadFile("truncated image", f"{show(name)}: truncated {fmt} (no end marker)")
+        with open_input(p, identity, show(name)) as f:
+            try:
+                with Image.open(f) as im:
+                    w, h, fmt = im.width, im.height, im.format
+            except Exception as e:  # PIL raises many types for garbage; all mean "not an image we can read"
+                raise BadFile("not an image", f"{show(name)}: not an image ({type(e).__name__})") from None
+            if w * h > MAX_PIXELS or w == 0 or h == 0:
+                raise BadFile("bad image size", f"{show(name)}: {w}x{h} pixels")
+            marker = END_MARKERS.get(fmt or "")
+            if marker is not None and not _tail_has(f, marker):
+                raise BadFile("truncated image", f"{show(name)}: truncated {fmt} (no end marker)")
+    except InputError as e:
+        raise BadFile("unreadable file", str(e)) from None
 
 
 # A cut-off download or a killed write loses the file's end: finding the format's end marker near the end
@@ -92,16 +107,15 @@ END_MARKERS = {"PNG": b"IEND", "JPEG": b"\xff\xd9"}
 TAIL = 64 * 1024
 
 
-def _tail_has(p: Path, marker: bytes) -> bool:
+def _tail_has(f: Any, marker: bytes) -> bool:
     try:
-        with open(p, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - TAIL))
-            return marker in f.read(TAIL)
+        f.seek(max(0, os.fstat(f.fileno()).st_size - TAIL))
+        return marker in f.read(TAIL)
     except OSError:
         return False
 
 
-def open_rgb(source: Any) -> Any:
+def open_rgb(source: Any, identity: tuple[int, int] | None = None) -> Any:
     """Decode one row image to an RGB PIL image: a path (checked to be a regular file first), raw bytes,
     a PIL image, or a `datasets` Image cell ``{"bytes", "path"}``. Raises `InputError` with one line."""
     import io
@@ -127,14 +141,8 @@ def open_rgb(source: Any) -> Any:
         except Exception as e:
             raise InputError(f"<image bytes>: cannot decode image ({type(e).__name__}: {e})") from None
     if isinstance(source, (str, os.PathLike)):
-        try:
-            regular = stat.S_ISREG(os.stat(source).st_mode)
-        except (OSError, ValueError) as e:
-            raise InputError(f"{show(source)}: cannot read ({getattr(e, 'strerror', None) or e})") from None
-        if not regular:  # never open a FIFO or a device: it would block or never end
-            raise InputError(f"{show(source)}: not a regular file")
-        try:
-            return Image.fromarray(load_image(source))
+        try:  # opened by fsguard.open_input: a regular file, still the one validated (`identity`)
+            return Image.fromarray(load_image(source, identity))
         except InputError as e:  # its message holds the raw name: make it printable
             raise InputError(show(str(e))) from None
     raise InputError(f"unsupported image value {type(source).__name__}")

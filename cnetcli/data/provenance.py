@@ -98,29 +98,23 @@ class Provenance:
     def read(cls, path: str | os.PathLike, strict: bool = False) -> Provenance | None:
         """The record a PNG carries, or None (no chunk, not cnet's, unreadable). `strict`: a present but
         broken record is an `InputError` naming the file instead of None."""
+        from ..errors import SchemaError
+        from ..external import parse_json, validate
+        from ..external.records import ProvenanceRecord
+
         raw = read_png_text(path, PNG_KEY)
         if raw is None:
             return None
+        where = f"{path} ('{PNG_KEY}' provenance)"
         try:
-            d = json.loads(raw, parse_constant=_no_constants)
-        except (ValueError, RecursionError) as e:
+            d = parse_json(raw, where)
             if strict:
-                raise InputError(f"{path}: its '{PNG_KEY}' provenance is not valid JSON ({e}); "
-                                 "re-annotate it or pass --type") from None
+                validate(ProvenanceRecord, d, where)
+        except SchemaError as e:
+            if strict:
+                raise InputError(f"{e}; re-annotate it or pass --type") from None
             return None
-        if strict:
-            if not isinstance(d, dict):
-                raise InputError(f"{path}: its '{PNG_KEY}' provenance is a JSON {type(d).__name__}, not an object; "
-                                 "re-annotate it or pass --type")
-            if "params" in d and not isinstance(d["params"], dict):
-                raise InputError(f"{path}: its '{PNG_KEY}' provenance \"params\" is not an object; re-annotate it "
-                                 "or pass --type")
-        prov = cls.from_dict(d)
-        if prov is None and strict:
-            raise InputError(f"{path}: its '{PNG_KEY}' provenance names no hint type; pass --type")
-        return prov
+        return cls.from_dict(d)
 
 
-def _no_constants(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON value")
 

@@ -31,12 +31,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..errors import InputError, UsageError
-from .files import BadFile, check_image, is_inside, open_rgb, real_root, resolve, show
+from .files import BadFile, check_image, is_inside, open_rgb, real_root, resolve_id, show
 
 IMAGEFOLDER_INDEXES = ("metadata.jsonl", "metadata.csv")
 TUTORIAL_INDEX = "prompt.json"
 TABLE_SUFFIXES = (".parquet", ".arrow", ".csv", ".jsonl", ".json")
 MAX_EXAMPLES = 5
+UNDECODABLE = "undecodable image"  # the skip reason of a row whose header read but whose pixels do not decode
 
 
 @dataclass(frozen=True)
@@ -61,14 +62,15 @@ class HubRef:
             path = cell
         elif isinstance(cell, dict) and not cell.get("bytes"):  # an Image cell that stores only its path
             path = cell.get("path")
+        identity = None
         if path is not None:  # checked again at decode time: the table may hold anything
             try:
-                cell = resolve(Path(self.base or "."), path, self.root, self.allow_outside)
+                cell, identity = resolve_id(Path(self.base or "."), path, self.root, self.allow_outside)
             except BadFile as e:
                 raise InputError(f"{self.column}[{self.i}]: {e.detail}") from None
         if cell is None:
             raise InputError(f"{self.column}[{self.i}]: no image")
-        return open_rgb(cell)
+        return open_rgb(cell, identity)  # the file resolve_id checked, not one swapped in since
 
 
 class Row(NamedTuple):
@@ -89,6 +91,12 @@ class DatasetIndex:
     skip_examples: list[str] = field(default_factory=list)
     captions_empty: bool = False
     columns: tuple[str, ...] = ()  # the columns the source holds (for messages)
+    #: path -> (device, inode) it had when validated: `open_image` refuses a file swapped in since
+    identities: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def open(self, x: Any) -> Any:
+        """Decode row image `x` (see `open_image`), checked to be the file this index validated."""
+        return open_image(x, self.identities.get(str(x)) if isinstance(x, Path) else None)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -110,6 +118,18 @@ class DatasetIndex:
         self.skip_counts[reason] = self.skip_counts.get(reason, 0) + 1
         if len(self.skip_examples) < MAX_EXAMPLES:
             self.skip_examples.append(detail)
+
+    def keep_only(self, keep: Sequence[int], example: str = "") -> int:
+        """Keep only the rows at positions `keep` (those that decoded); the others are counted as skipped
+        ("undecodable image", with `example` as the why). Returns how many were dropped."""
+        dropped = len(self.rows) - len(keep)
+        if dropped:
+            rows = self.rows
+            self.rows = [rows[i] for i in keep]
+            self.skip_counts[UNDECODABLE] = self.skip_counts.get(UNDECODABLE, 0) + dropped
+            if len(self.skip_examples) < MAX_EXAMPLES:
+                self.skip_examples.append(example or "an image does not decode")
+        return dropped
 
     def skip_summary(self) -> str:
         """One line: ``3 unreadable rows skipped (2 missing file, 1 outside the dataset folder; e.g. ...)``."""
@@ -244,25 +264,31 @@ def _records(index: Path, idx: DatasetIndex, where: str, strict: bool) -> Iterat
     text = raw.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
     if index.suffix == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
-        try:
-            for rec in reader:
-                yield reader.line_num, {k: v for k, v in rec.items() if k is not None}
-        except csv.Error as e:
-            idx.skip("bad CSV", f"{where}:{reader.line_num}: {e}", strict)
-        return
+        while True:  # a row the csv module refuses (a field over its size limit, a stray quote) skips that row only
+            try:
+                rec = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                idx.skip("bad CSV", f"{where}:{reader.reader.line_num}: {e}", strict)  # DictReader's own lags
+                continue
+            yield reader.line_num, {k: v for k, v in rec.items() if k is not None}
     yield from json_lines(text, where, lambda reason, detail: idx.skip(reason, detail, strict))
 
 
 def json_lines(text: str, where: str, bad: Callable[[str, str], None]) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each JSON-object line of a JSON-lines text (blank lines ignored); any other
     line goes to `bad(reason, "where:line: what is wrong")`, which skips it (returns) or refuses it (raises)."""
+    from ..errors import SchemaError
+    from ..external import parse_json
+
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
-        except ValueError:
-            bad("bad JSON", f"{where}:{lineno}: not valid JSON")
+            rec = parse_json(line, f"{where}:{lineno}")
+        except SchemaError as e:  # not JSON, NaN, nested too deep, too long
+            bad("bad JSON", str(e))
             continue
         if not isinstance(rec, dict):
             bad("not a JSON object", f"{where}:{lineno}: a JSON {type(rec).__name__}, not an object")
@@ -305,7 +331,7 @@ def _read_index(root: Path, index: Path, layout: str, opts: ReadOptions) -> Data
     for lineno, rec in records:
         at = f"{where}:{lineno}"
         try:
-            paths = [_path_of(rec, cols[name], base, root_real, opts, at) for name in ("image", "hint")]
+            paths = [_path_of(rec, cols[name], base, root_real, opts, at, idx.identities) for name in ("image", "hint")]
             text = rec.get(text_key)
             if text is None:
                 text = ""
@@ -323,7 +349,7 @@ def _read_index(root: Path, index: Path, layout: str, opts: ReadOptions) -> Data
 
 
 def _path_of(rec: dict[str, Any], keys: tuple[str, ...], base: Path, root_real: str, opts: ReadOptions,
-             at: str) -> Path:
+             at: str, identities: dict[str, tuple[int, int]]) -> Path:
     key = next((k for k in keys if k in rec), None)
     if key is None:
         raise BadFile("missing field", f"{at}: no {' or '.join(keys)}")
@@ -331,18 +357,20 @@ def _path_of(rec: dict[str, Any], keys: tuple[str, ...], base: Path, root_real: 
     if not isinstance(value, str) or not value:
         raise BadFile("wrong type", f"{at}: {key} is {json.dumps(value)[:40]}, not a file name")
     try:
-        p = resolve(base, value, root_real, opts.allow_outside_paths)
-        check_image(p, value)
+        p, identity = resolve_id(base, value, root_real, opts.allow_outside_paths)
+        check_image(p, value, identity)
     except BadFile as e:
         raise BadFile(e.reason, f"{at}: {e.detail}") from None
+    identities[str(p)] = identity
     return p
 
 
-def open_image(x: Any) -> Any:
-    """Decode one row image (a `Path`, a `HubRef`, bytes or a PIL image) to an RGB PIL image."""
+def open_image(x: Any, identity: tuple[int, int] | None = None) -> Any:
+    """Decode one row image (a `Path`, a `HubRef`, bytes or a PIL image) to an RGB PIL image; a path is
+    opened without blocking, must be a regular file and (with `identity`) still the file validated."""
     if isinstance(x, HubRef):
         return x.open()
-    return open_rgb(x)
+    return open_rgb(x, identity)
 
 
 def read_captions(folder: str | os.PathLike, caption_column: str = "text") -> dict[str, str]:

@@ -183,14 +183,45 @@ def _usable_rows(ds: Any, image_cols: tuple[str, str], cap_col: str, idx: Datase
                 except BadFile as e:
                     ok[j] = False
                     idx.skip(e.reason, f"{at}: {e.detail}", opts.strict)
-        caps = t.column(cap_col)
-        if not pa.types.is_string(caps.type) and not pa.types.is_large_string(caps.type):
-            caps = pc.cast(caps, pa.string())
+        caps, bad = _text_cells(t.column(cap_col))
+        for j in np.flatnonzero(ok & bad):  # not UTF-8: the row is skipped and counted, not a crash
+            ok[j] = False
+            idx.skip("bad caption", f"{cap_col}[{start + j}]: not UTF-8 text", opts.strict)
         if not any_caption:
             nonempty = pc.fill_null(pc.not_equal(pc.utf8_trim_whitespace(caps), ""), False)
             any_caption = bool(np.any(nonempty.to_numpy(zero_copy_only=False) & ok))
         keep.append(np.flatnonzero(ok) + start)
     return (np.concatenate(keep) if keep else np.zeros(0, np.int64)), any_caption
+
+
+def _text_cells(caps: Any) -> tuple[Any, np.ndarray]:
+    """A caption column chunk as valid strings, and which cells were not UTF-8 (parquet does not check what
+    a writer put in a string column; those cells become null). Checked in C; cell by cell only when the
+    chunk holds a bad one."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if pa.types.is_binary(caps.type) or pa.types.is_large_binary(caps.type):
+        caps = caps.cast(pa.large_binary()).view(pa.large_string())
+    elif not (pa.types.is_string(caps.type) or pa.types.is_large_string(caps.type)):
+        return pc.cast(caps, pa.string()), np.zeros(len(caps), bool)
+    try:
+        caps.validate(full=True)
+        return caps, np.zeros(len(caps), bool)
+    except pa.ArrowInvalid:
+        texts = [_utf8(c) for c in caps.cast(pa.large_binary()).to_pylist()]
+    bad = np.array([t is False for t in texts], bool)
+    return pa.array([None if t is False else t for t in texts], pa.large_string()), bad
+
+
+def _utf8(b: bytes | None) -> str | None | bool:
+    """`b` decoded, None for a null cell, False when it is not UTF-8."""
+    if b is None:
+        return None
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
 
 
 class TableRows(Sequence[Row]):

@@ -23,10 +23,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ..folderlock import INDEX_LOCK as LOCK_NAME
 from ..fsguard import atomic_write_bytes
 from . import Layout, layout, merge_records, read_records
-
-LOCK_NAME = ".cnet-index.lock"
 
 
 def safe_name(name: str) -> str:
@@ -49,13 +48,12 @@ def write_records(path: str | os.PathLike, records: list[dict[str, Any]]) -> Non
 
 
 @contextmanager
-def index_lock(root: str | os.PathLike) -> Iterator[None]:
-    """Hold the dataset folder's index lock (an OS file lock: released even if the process is killed)."""
-    from filelock import FileLock
+def index_lock(root: str | os.PathLike, flag: str = "--dataset") -> Iterator[None]:
+    """Hold the dataset folder's index lock (an OS file lock: released even if the process is killed); other
+    writers wait for it. A lock path that is a folder or special file is one `OutputError` line."""
+    from ..folderlock import hold
 
-    d = Path(root)
-    d.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(d / LOCK_NAME)):
+    with hold(root, flag=flag, name=LOCK_NAME, wait=True, what="a dataset writer"):
         yield
 
 

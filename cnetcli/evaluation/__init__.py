@@ -9,7 +9,6 @@ and compare with the hint (ControlNet++'s protocol; metrics in `cnetcli.evaluati
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import Counter, defaultdict
@@ -81,21 +80,15 @@ class _Skip(Exception):
         self.kind, self.detail = kind, detail or kind
 
 
-def _no_nan(token: str) -> Any:
-    raise _Skip("NaN or infinity in JSON", f"contains {token}")
-
-
 def _read_sidecar(js: Path) -> dict[str, Any]:
+    from ..errors import SchemaError
+    from ..external import read_json
+
     try:
-        text = js.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise _Skip("broken JSON", "not UTF-8 text") from None
-    except OSError as e:
-        raise _Skip("unreadable", e.strerror or str(e)) from None
-    try:
-        side = json.loads(text, parse_constant=_no_nan)
-    except ValueError as e:
-        raise _Skip("broken JSON", " ".join(str(e).split())) from None
+        side = read_json(js)
+    except SchemaError as e:  # not UTF-8, not JSON, NaN/inf, nested too deep, too large, unreadable
+        why = str(e).removeprefix(f"{js}: ")
+        raise _Skip("NaN or infinity in JSON" if "NaN or infinity" in why else "broken JSON", why) from None
     if not isinstance(side, dict):
         raise _Skip("not a JSON object", f"holds a JSON {type(side).__name__}, not an object")
     return side

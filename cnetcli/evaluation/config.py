@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
-from ..config_check import check_fields
+from ..config_check import Bound, check_fields
 from ..errors import UsageError
 
 #: Pixel tolerance of edge F1 (ControlNet++ matches edges within a small radius).
@@ -26,10 +27,10 @@ class EvalConfig:
     hint_type: str | None = None  # override the hint type read from the hints' provenance
     tolerance: int = DEFAULT_TOLERANCE
 
+    BOUNDS: ClassVar[dict[str, Bound]] = {"tolerance": (0, MAX_TOLERANCE)}  # pixels (cnetcli.config_check)
+
     def __post_init__(self) -> None:
-        check_fields(self)  # types (cnetcli.config_check)
-        if not 0 <= self.tolerance <= MAX_TOLERANCE:
-            raise UsageError(f"--tolerance: must be in 0..{MAX_TOLERANCE} pixels (got {self.tolerance})")
+        check_fields(self)  # types and BOUNDS (cnetcli.config_check)
         if self.hint_type is not None and not str(self.hint_type).strip():
             raise UsageError("--hint-type: must not be empty (leave it out to read the hints' provenance)")
 

@@ -72,7 +72,10 @@ class GenerateConfig:
     negative_prompt: str = ""
     captioner: str = DEFAULT_CAPTIONER
     steps: int = 20
-    cfg: float = 9.0
+    cfg: float | None = None  # None: the base family's default (`guidance`)
+    #: true CFG for bases whose --cfg is a distilled guidance (FLUX.1-dev; FluxPipeline's true_cfg_scale): used
+    #: only with a negative prompt, one more denoiser forward per step
+    true_cfg: float | None = None
     sampler: str = "ddpm"
     scheduler: str = "normal"
     eta: float | None = None  # None: the sampler's own (ddpm 1.0, ddim 0.0)
@@ -129,7 +132,9 @@ class GenerateConfig:
             raise UsageError(f"--resize-mode {self.resize_mode}: valid: {', '.join(RESIZE_MODES)}")
         if self.steps < 1 or self.steps > 1000:
             raise UsageError(f"--steps {self.steps}: must be between 1 and 1000")
-        if self.cfg < 0:
+        if self.true_cfg is not None and self.true_cfg < 1:
+            raise UsageError(f"--true-cfg {self.true_cfg}: must be >= 1 (1: off)")
+        if self.cfg is not None and self.cfg < 0:
             raise UsageError(f"--cfg {self.cfg}: must be >= 0")
         for name in ("width", "height"):
             v = getattr(self, name)
@@ -166,6 +171,11 @@ class GenerateConfig:
         s(self, "device", check_device_spec(self.device))
         if self.image_resolution is not None and not 64 <= self.image_resolution <= 8192:
             raise UsageError(f"--resolution {self.image_resolution}: must be between 64 and 8192")
+
+    def guidance(self, family: Any) -> float:
+        """--cfg, or the base family's default: the paper's CFG 9.0 for the U-Net families, FLUX.1-dev's
+        distilled guidance 3.5 (`ModelFamily.default_guidance`)."""
+        return float(self.cfg) if self.cfg is not None else float(family.default_guidance)
 
     def per_net(self, name: str, n: int) -> tuple[float, ...]:
         """`scales`/`start`/`end` expanded to one value per ControlNet (one value means all)."""

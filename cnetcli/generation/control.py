@@ -113,6 +113,9 @@ class ControlUnit:
     start: float
     end: float
     control_type: int | None = None  # ControlNet-Union: the hint's control type index (None: a plain ControlNet)
+    #: the unconditional CFG half's input when it differs from `image` (a VAE-latent hint draws one sample per
+    #: half, as the diffusers pipelines encode the doubled hint); None: `image` for both halves
+    uncond_image: Any = None
 
 
 def residuals(units: list[ControlUnit], family: Any, x_in: Any, t: Any, cond: dict[str, Any], *, i: int, n: int,
@@ -138,7 +141,7 @@ def residuals(units: list[ControlUnit], family: Any, x_in: Any, t: Any, cond: di
             x, c, img = x_in[half:], cond_rows(cond, slice(half, None)), u.image
         else:
             x, c = x_in, cond
-            img = torch.cat([u.image, u.image]) if do_cfg else u.image
+            img = torch.cat([u.image if u.uncond_image is None else u.uncond_image, u.image]) if do_cfg else u.image
         if u.control_type is not None:  # one image, one control type per call (MultiControlNetUnionModel's way)
             onehot = torch.zeros(x.shape[0], union_types(u.net), device=x.device, dtype=x.dtype)
             onehot[:, u.control_type] = 1

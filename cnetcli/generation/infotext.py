@@ -17,14 +17,23 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from .samplers import SAMPLERS, SCHEDULERS
 
 # ------------------------------------------------------------------------------------------ A1111's quoting
+#: A1111's `re_param` (kept for reference and tests: `findall` on it is quadratic on long lines without
+#: colons; `_params` below finds the same pairs in one pass)
 re_param = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 re_imagesize = re.compile(r"^(\d+)x(\d+)$")
+_KEY_CHARS = re.compile(r"[\w \-/]*")
+_WORD = re.compile(r"\w")
+_SPACE = re.compile(r"\s*")
+_QUOTED = re.compile(r'"(?:\\.|[^\\"])+"')
+#: The longest parameters text read (characters): A1111's own are a few KB, with long prompts tens of KB.
+MAX_INFOTEXT = 256 * 1024
 
 
 def quote(text: Any) -> Any:
@@ -39,35 +48,70 @@ def quote(text: Any) -> Any:
 def unquote(text: str) -> str:
     if len(text) == 0 or text[0] != '"' or text[-1] != '"':
         return text
+    from ..errors import SchemaError
+    from ..external import parse_json
+
     try:
-        return json.loads(text)
-    except Exception:
+        value = parse_json(text, "infotext value")
+    except SchemaError:
         return text
+    return value if isinstance(value, str) else text
 
 
-def parse_parameters(x: str) -> dict[str, Any]:
+def _params(line: str) -> list[tuple[str, str]]:
+    """The (key, value) pairs `re_param.findall(line)` finds, in one pass: a key ends at a colon, so for
+    each colon the key is the run of key characters before it, from its first word character (found by
+    matching the reversed line, so no start position is tried twice); a quoted value's scan stops at its
+    closing quote, before the next pair's value can start."""
+    out: list[tuple[str, str]] = []
+    rev = line[::-1]
+    pos, n = 0, len(line)
+    while (c := line.find(":", pos)) >= 0:
+        run = _KEY_CHARS.match(rev, n - c)
+        start = max(c - (run.end() - run.start() if run else 0), pos)
+        w = _WORD.search(line, start, c)
+        if w is None or c - w.start() < 2:  # no key of two or more characters ends at this colon
+            pos = c + 1
+            continue
+        v = _SPACE.match(line, c + 1).end()
+        q = _QUOTED.match(line, v) if line.startswith('"', v) else None
+        if q is not None and (q.end() == n or line[q.end()] == "," or line[q.end():] == "\n"):  # `,|$`
+            out.append((line[w.start():c], q.group(0)))
+            pos = q.end() + 1
+            continue
+        end = line.find(",", v)
+        end = n if end < 0 else end
+        out.append((line[w.start():c], line[v:end]))
+        pos = end + 1
+    return out
+
+
+def parse_parameters(x: str, source: str = "A1111 parameters") -> dict[str, Any]:
     """The core of A1111's `parse_generation_parameters` (its UI-option defaults and hires/styles handling
-    left out): prompt, negative prompt, and every `Key: value` of the last line, `Size` split into -1/-2."""
+    left out): prompt, negative prompt, and every `Key: value` of the last line, `Size` split into -1/-2.
+    Linear in the text's length; a text over MAX_INFOTEXT characters is refused."""
+    from ..errors import SchemaError
+
+    if len(x) > MAX_INFOTEXT:
+        raise SchemaError(f"{source}: {len(x)} characters, more than the {MAX_INFOTEXT} an A1111 text may have")
     res: dict[str, Any] = {}
-    prompt = ""
-    negative_prompt = ""
+    prompt: list[str] = []
+    negative: list[str] = []
     done_with_prompt = False
     *lines, lastline = x.strip().split("\n")
-    if len(re_param.findall(lastline)) < 3:
+    pairs = _params(lastline)
+    if len(pairs) < 3:
         lines.append(lastline)
-        lastline = ""
+        pairs = []
     for line in lines:
         line = line.strip()
         if line.startswith("Negative prompt:"):
             done_with_prompt = True
             line = line[16:].strip()
-        if done_with_prompt:
-            negative_prompt += ("" if negative_prompt == "" else "\n") + line
-        else:
-            prompt += ("" if prompt == "" else "\n") + line
-    res["Prompt"] = prompt
-    res["Negative prompt"] = negative_prompt
-    for k, v in re_param.findall(lastline):
+        (negative if done_with_prompt else prompt).append(line)
+    res["Prompt"] = "\n".join(prompt)
+    res["Negative prompt"] = "\n".join(negative)
+    for k, v in pairs:
         if v and v[0] == '"' and v[-1] == '"':
             v = unquote(v)
         m = re_imagesize.match(v)
@@ -118,10 +162,19 @@ def serialize_unit(unit: dict[str, Any]) -> str:
     return ", ".join(f"{k}: {v}" for k, v in values.items())
 
 
-def parse_unit(text: str) -> dict[str, Any]:
-    """The extension's `ControlNetUnit.parse` (without its model/module registry checks)."""
-    return {displaytext_to_field(key): parse_value(value)
-            for item in text.split(",") for (key, value) in (item.strip().split(": "),)}
+def parse_unit(text: str, source: str = "ControlNet unit") -> dict[str, Any]:
+    """The extension's `ControlNetUnit.parse` (without its model/module registry checks): every item must
+    be one `Key: value` (the extension fails on an item without ": " or with two)."""
+    from ..errors import SchemaError
+
+    out: dict[str, Any] = {}
+    for item in text.split(","):
+        parts = item.strip().split(": ")
+        if len(parts) != 2:
+            raise SchemaError(f"{source}: {item.strip()[:40]!r} is not one `Key: value` item "
+                              "(sd-webui-controlnet's unit format)")
+        out[displaytext_to_field(parts[0])] = parse_value(parts[1])
+    return out
 
 
 def _recorded_params(ht: Any, params: dict[str, Any] | None) -> Any:
@@ -247,8 +300,9 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
     fields: dict[str, Any] = {
         "Steps": meta["steps"],
         "Sampler": spec.a1111,
-        # A1111's DDIM/PLMS/UniPC ignore the schedule; its k-diffusion samplers need it spelled out
-        "Schedule type": "Automatic" if spec.timestep_sampler else SCHEDULERS[scheduler][0],
+        # A1111's DDIM/PLMS/UniPC ignore the schedule ("Automatic"); its k-diffusion samplers need it spelled
+        # out, and so does a UniPC run on another schedule (karras), so that cnet reads it back as it ran
+        "Schedule type": "Automatic" if spec.timestep_sampler and scheduler == "normal" else SCHEDULERS[scheduler][0],
         "CFG scale": meta["cfg"],
         "Seed": meta["seed"],
         "Size": f"{meta['width']}x{meta['height']}",
@@ -269,7 +323,7 @@ def a1111_parameters(meta: dict[str, Any]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------- reader
-def _sampler_from_a1111(label: str, schedule: str) -> tuple[str, str]:
+def _sampler_from_a1111(label: str, schedule: str, source: str = "A1111 parameters") -> tuple[str, str]:
     label = label.strip()
     sched = {v[0].lower(): k for k, v in SCHEDULERS.items()}
     for suffix, s in ((" Karras", "karras"), (" Exponential", "exponential")):  # old combined labels
@@ -279,51 +333,75 @@ def _sampler_from_a1111(label: str, schedule: str) -> tuple[str, str]:
     if not names:
         from ..errors import InputError
 
-        raise InputError(f"sampler '{label}' has no cnet counterpart (cnet has: "
-                         f"{', '.join(sorted({v.a1111 for v in SAMPLERS.values()}))})")
+        raise InputError(f"{source}: sampler '{label}' has no cnet counterpart (cnet has: "
+                         f"{', '.join(sorted({v.a1111 for v in SAMPLERS.values()}))}); pass --sampler to choose one")
     scheduler = sched.get(schedule.lower(), "normal")
     if names[0] in ("dpmpp_2m", "dpmpp_sde") and schedule.lower() == "automatic":
         scheduler = "karras"  # A1111's "Automatic" for these k-diffusion samplers is Karras
     return names[0], scheduler
 
 
-def config_from_parameters(text: str) -> dict[str, Any]:
-    """A1111 `parameters` text -> GenerateConfig keyword arguments (what maps onto cnet)."""
-    r = parse_parameters(text)
+def _one_mode(units: list[Any], field: str, names: dict[str, str], source: str) -> str:
+    """The cnet mode of every unit's `field` (A1111 labels -> cnet names): cnet applies one control/resize
+    mode to all ControlNets, so units that disagree are refused, naming the unit (not read from unit 0)."""
+    from ..errors import SchemaError
+
+    inv = {v: k for k, v in names.items()}
+    modes = []
+    for k, u in enumerate(units):
+        label = getattr(u, field)
+        if label not in inv:
+            raise SchemaError(f"{source} ControlNet {k}: {field_to_displaytext(field)} {label!r} is not one of "
+                              f"{', '.join(inv)}")
+        modes.append(inv[label])
+    for k, m in enumerate(modes):
+        if m != modes[0]:
+            flag = "--" + field.replace("_", "-")
+            raise SchemaError(f"{source} ControlNet {k}: {field_to_displaytext(field)} {getattr(units[k], field)!r} "
+                              f"differs from ControlNet 0's {getattr(units[0], field)!r}; cnet applies one to every "
+                              f"ControlNet: pass {flag} to choose")
+    return modes[0]
+
+
+def config_from_parameters(text: str, given: Collection[str] = (), source: str = "A1111 parameters"
+                           ) -> dict[str, Any]:
+    """A1111 `parameters` text -> GenerateConfig keyword arguments (what maps onto cnet). Every value is typed
+    through `external.records.InfotextValues`/`InfotextUnit`: a malformed one is one `SchemaError` naming
+    `source` and the field. `given`: fields the caller sets from its own flags: their values here are not
+    mapped, so one cnet cannot map (a sampler it lacks, units' modes that disagree) is no error."""
+    from ..external import validate
+    from ..external.records import InfotextUnit, InfotextValues
+
+    r = parse_parameters(text, source)
+    v = validate(InfotextValues, r, source)
     kw: dict[str, Any] = {}
     if r.get("Prompt"):
         kw["prompt"] = r["Prompt"]
     if r.get("Negative prompt"):
         kw["negative_prompt"] = r["Negative prompt"]
-    if "Steps" in r:
-        kw["steps"] = int(r["Steps"])
-    if "CFG scale" in r:
-        kw["cfg"] = float(r["CFG scale"])
-    if "Seed" in r:
-        kw["seed"] = int(r["Seed"])
-    if "Size-1" in r:
-        kw["width"], kw["height"] = int(r["Size-1"]), int(r["Size-2"])
-    if "Sampler" in r:
-        kw["sampler"], kw["scheduler"] = _sampler_from_a1111(r["Sampler"], r.get("Schedule type", "Automatic"))
+    for name in ("steps", "cfg", "seed", "width", "height"):
+        if getattr(v, name) is not None:
+            kw[name] = getattr(v, name)
+    if v.sampler is not None and "sampler" not in given:
+        kw["sampler"], kw["scheduler"] = _sampler_from_a1111(v.sampler, v.schedule, source)
         if kw["sampler"] in ("ddpm", "ddim"):  # both are A1111's DDIM: eta (absent = 0) tells them apart
-            eta = float(r.get("Eta DDIM", 0.0))
+            eta = v.eta or 0.0
             kw["sampler"] = "ddpm" if eta == 1.0 else "ddim"
             if eta not in (0.0, 1.0):
                 kw["eta"] = eta
     keys = sorted((k for k in r if re.fullmatch(r"ControlNet \d+", k)), key=lambda k: int(k.split()[1]))
-    units = [parse_unit(r[k]) for k in keys]
+    units = [validate(InfotextUnit, parse_unit(r[k], f"{source} {k}"), f"{source} {k}") for k in keys]
     if units:
-        kw["scales"] = tuple(float(u.get("weight", 1.0)) for u in units)
-        kw["start"] = tuple(float(u.get("guidance_start", 0.0)) for u in units)
-        kw["end"] = tuple(float(u.get("guidance_end", 1.0)) for u in units)
-        inv = {v: k for k, v in CONTROL_MODES.items()}
-        kw["control_mode"] = inv.get(str(units[0].get("control_mode")), "balanced")
-        rinv = {v: k for k, v in RESIZE_MODES.items()}
-        kw["resize_mode"] = rinv.get(str(units[0].get("resize_mode")), "crop")
-        types = [type_for_module(str(u.get("module", "none"))) for u in units]
+        kw["scales"] = tuple(u.weight for u in units)
+        kw["start"] = tuple(u.guidance_start for u in units)
+        kw["end"] = tuple(u.guidance_end for u in units)
+        for field, names in (("control_mode", CONTROL_MODES), ("resize_mode", RESIZE_MODES)):
+            if field not in given:
+                kw[field] = _one_mode(units, field, names, source)
+        types = [type_for_module(u.module) for u in units]
         if all(types):
             kw["types"] = tuple(types)
-    return kw
+    return {k: val for k, val in kw.items() if k not in given}
 
 
 #: GenerateConfig fields a repeat takes from a cnet image's recorded config (not where/how it ran)
@@ -333,47 +411,77 @@ _REPEAT_FIELDS = ("hints", "controlnets", "base", "image", "types", "prompt_mode
                   "base_config", "controlnet_config")
 
 
-def settings_from_png(path: str | Path) -> dict[str, Any]:
+def _cnet_record(p: Path, chunk: str | None) -> dict[str, Any] | None:
+    """The generation record of a cnet image: its `cnet` chunk when that holds one (a hint's provenance
+    does not), else its JSON sidecar; None when there is neither. Present but malformed: SchemaError."""
+    from ..external import parse_json, read_json
+
+    meta = parse_json(chunk, f"--from {p} ('cnet' chunk)") if chunk else None
+    if isinstance(meta, dict) and meta.get("config"):
+        return meta
+    side = p.with_suffix(".json")
+    if side.is_file():
+        meta = read_json(side)
+        if isinstance(meta, dict) and "config" in meta:
+            return meta
+    return None
+
+
+def _repeat_settings(meta: dict[str, Any], source: str, given: Collection[str] = ()) -> dict[str, Any]:
+    """GenerateConfig keyword arguments from a validated cnet generation record."""
+    from ..config_check import check_value, dataclass_types, refusal
+    from ..errors import SchemaError
+    from ..external import validate
+    from ..external.records import GenerationRecord
+    from .config import GenerateConfig
+
+    rec = validate(GenerationRecord, meta, source)
+    cfg = rec.config
+    kw = {k: cfg[k] for k in _REPEAT_FIELDS if k in cfg and k not in given}
+    types = dataclass_types(GenerateConfig)
+    for name, value in kw.items():  # each recorded setting of the type its GenerateConfig field declares
+        if name in types and not check_value(value, types[name])[0]:
+            raise SchemaError(f"{source}: field config.{refusal(name, value, types[name])}")
+    kw["seed"] = rec.seed if rec.seed is not None else cfg.get("seed", 0)
+    kw["num_images"] = 1
+    if rec.pass_ == 2:  # auto mode's second pass: its caption (+ added words) is the prompt
+        kw.update(prompt_mode="user", prompt=rec.prompt, added_prompt="")
+    nets = rec.controlnets
+    if kw.get("image"):
+        kw.pop("hints", None)
+    elif nets and all(c.hint for c in nets):
+        # this image's own hints and ControlNets (the run may have covered a whole folder)
+        kw["hints"] = tuple(str(c.hint) for c in nets)
+        kw["controlnets"] = tuple(str(c.model) for c in nets)
+        if all(c.type for c in nets):
+            kw["types"] = tuple(str(c.type) for c in nets)
+        kw["scales"] = tuple(c.scale for c in nets)
+        kw["start"] = tuple(c.start for c in nets)
+        kw["end"] = tuple(c.end for c in nets)
+    return kw
+
+
+def settings_from_png(path: str | Path, given: Collection[str] = ()) -> dict[str, Any]:
     """GenerateConfig keyword arguments that repeat the generation recorded in a PNG: cnet's own record
     (its `cnet` chunk or JSON sidecar) when present, else A1111's `parameters` chunk. One image: its seed,
-    `num_images=1`; an auto-mode pass-2 image repeats with its caption as the user prompt."""
+    `num_images=1`; an auto-mode pass-2 image repeats with its caption as the user prompt. Every value is
+    validated (`cnetcli.external`): a malformed record is one `SchemaError` line naming the field.
+    `given`: the fields the caller's flags set, which override the PNG's (see `config_from_parameters`)."""
     from PIL import Image
 
     from ..errors import InputError
-    from ..images import read_png_metadata
+    from ..external import check_regular
 
     p = Path(path).expanduser()
+    check_regular(p, 1 << 30, "PNG")  # never a FIFO (PIL would block on it) or a 100 GB file
     try:
         with Image.open(p) as im:
-            text = dict(getattr(im, "text", {}) or {})
+            text = {k: v for k, v in (getattr(im, "text", {}) or {}).items() if isinstance(v, str)}
     except (OSError, ValueError) as e:
         raise InputError(f"--from {path}: not a readable image ({e})") from None
-    meta = read_png_metadata(p)
-    side = p.with_suffix(".json")
-    if not meta.get("config") and side.is_file():
-        try:
-            meta = json.loads(side.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            meta = {}
-    cfg = meta.get("config") if isinstance(meta, dict) else None
-    if isinstance(cfg, dict):
-        kw = {k: cfg[k] for k in _REPEAT_FIELDS if k in cfg}
-        kw["seed"] = int(meta.get("seed", cfg.get("seed") or 0))
-        kw["num_images"] = 1
-        if meta.get("pass") == 2:  # auto mode's second pass: its caption (+ added words) is the prompt
-            kw.update(prompt_mode="user", prompt=meta.get("prompt", ""), added_prompt="")
-        nets = meta.get("controlnets")
-        if kw.get("image"):
-            kw.pop("hints", None)
-        elif isinstance(nets, list) and nets and all(isinstance(c, dict) and c.get("hint") for c in nets):
-            # this image's own hints and ControlNets (the run may have covered a whole folder)
-            kw["hints"] = tuple(str(c["hint"]) for c in nets)
-            kw["controlnets"] = tuple(str(c["model"]) for c in nets)
-            if all(c.get("type") for c in nets):
-                kw["types"] = tuple(str(c["type"]) for c in nets)
-            for key, field in (("scales", "scale"), ("start", "start"), ("end", "end")):
-                kw[key] = tuple(float(c[field]) for c in nets)
-        return kw
+    meta = _cnet_record(p, text.get("cnet"))
+    if meta is not None:
+        return _repeat_settings(meta, f"--from {path}", given)
     if "parameters" in text:
-        return config_from_parameters(text["parameters"])
+        return config_from_parameters(text["parameters"], given, f"--from {path} (A1111 parameters)")
     raise InputError(f"--from {path}: no generation parameters in this PNG (neither cnet's nor A1111's)")

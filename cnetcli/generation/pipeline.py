@@ -306,6 +306,25 @@ def control_image(hints: HintInput | Sequence[HintInput], width: int, height: in
     return torch.stack([fitted[id(h)] for h in rows]).to(models.device, models.dtype)
 
 
+def hint_inputs(models: Models, net: Any, pixels: Any, do_cfg: bool, seeds: list[int]) -> tuple[Any, Any]:
+    """(the ControlNet's input for the conditional half, for the unconditional half or None when the same).
+    A pixel-space hint is the same for both. A family whose hint is a sample of VAE latents (SD3) encodes each
+    item's hint, CFG-doubled, as its pipeline does (one draw per half), drawing from a generator seeded with the
+    item's seed, so the image depends on its own seed only (the pipeline draws from torch's global RNG)."""
+    import torch
+
+    family = models.family
+    if not family.hint_sample_needed:
+        return family.hint_input(models.vae, pixels, net=net), None
+    conds, unconds = [], []
+    for row, seed in zip(pixels, seeds, strict=True):
+        x = torch.cat([row[None], row[None]]) if do_cfg else row[None]
+        z = family.hint_input(models.vae, x, torch.Generator("cpu").manual_seed(seed), net=net)
+        conds.append(z[-1:])
+        unconds.append(z[:1])
+    return torch.cat(conds), torch.cat(unconds) if do_cfg else None
+
+
 def batch_key(models: Models, job: Job) -> tuple:
     """Jobs with equal keys can share a batch: the same size, and unit by unit the same ControlNet (and, on a
     ControlNet-Union model, the same control type). Hints, prompts and seeds may differ per item."""
@@ -345,8 +364,11 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
     if any(j is not first and batch_key(models, j) != batch_key(models, first) for j in jobs):
         raise UsageError("run_batch: jobs of different sizes or ControlNets cannot share a batch (see plan_batches)")
     width, height = first.width, first.height
-    do_cfg = cfg.cfg > 1.0
     family = models.family
+    if family.own_sampling_loop:
+        return run_own_loop(models, cfg, jobs, prompts_, seeds, callback)
+    guidance = cfg.guidance(family)
+    do_cfg = guidance > 1.0
     enc = encode_prompts(models, prompts_, cfg.negative_prompt, do_cfg)
     # the family's conditioning (text states + added conditioning) for the denoiser and every ControlNet
     cond = family.sampling_cond(enc, (height, width), do_cfg=do_cfg, denoiser_config=models.denoiser_config)
@@ -356,10 +378,10 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
     units = []
     for k, h in enumerate(first.hints):
         net = models.controlnet(h.controlnet)
-        image = family.hint_input(models.vae, control_image([j.hints[k] for j in jobs], width, height, models,
-                                                            mode=cfg.resize_mode))
+        pixels = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
+        image, uncond = hint_inputs(models, net, pixels, do_cfg, seeds)
         units.append(ctl.ControlUnit(net, image, scales[k], starts[k], ends[k],
-                                     ctl.union_control_type(h.type, net, h.controlnet)))
+                                     ctl.union_control_type(h.type, net, h.controlnet), uncond))
 
     from ..models.families import vae_scale_factor
 
@@ -383,12 +405,40 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
         eps = family.denoise(models.denoiser, x_in, t, cond, res)
         if do_cfg:
             u, c = eps.chunk(2)
-            eps = u + cfg.cfg * (c - u)
+            eps = u + guidance * (c - u)
         return eps
 
     with torch.inference_mode():
         x = sample(denoise, latents, scheduler, steps=cfg.steps, eta=cfg.eta_used, generator=gens,
                    callback=callback)
+        return decode(models, cfg, x, width, height)
+
+
+def run_own_loop(models: Models, cfg: GenerateConfig, jobs: list[Job], prompts_: list[str], seeds: list[int],
+                 callback: Any = None) -> list[np.ndarray]:
+    """`run_batch` for families that sample with their diffusers pipeline's own loop (`sample_latents`:
+    FLUX's guidance embedding instead of CFG, hint VAE draws before the noise). --cfg is the family's guidance;
+    true CFG runs only with `cfg.true_cfg` > 1 and a negative prompt."""
+    import torch
+
+    first, family = jobs[0], models.family
+    width, height = first.width, first.height
+    true_cfg = float(cfg.true_cfg or 1.0)
+    enc = encode_prompts(models, prompts_, cfg.negative_prompt, true_cfg > 1.0 and bool(cfg.negative_prompt))
+    n = len(first.hints)
+    scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
+    units, modes = [], []
+    for k, h in enumerate(first.hints):
+        net = models.controlnet(h.controlnet)
+        image = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
+        units.append(ctl.ControlUnit(net, image, scales[k], starts[k], ends[k]))
+        modes.append(family.union_control_mode(h.type, net, h.controlnet))
+    gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+    scheduler = family.sampling_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
+    with torch.inference_mode():
+        x = family.sample_latents(models.denoiser, units, modes, enc, gens, size=(height, width), steps=cfg.steps,
+                                  guidance=cfg.guidance(family), scheduler=scheduler, vae=models.vae, true_cfg=true_cfg,
+                                  callback=callback)
         return decode(models, cfg, x, width, height)
 
 
@@ -495,7 +545,7 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
         "seed": seed,
         "index": index,
         "steps": cfg.steps,
-        "cfg": cfg.cfg,
+        "cfg": cfg.guidance(models.family),
         "sampler": cfg.sampler,
         "scheduler": cfg.scheduler,
         "eta": cfg.eta_used,

@@ -36,13 +36,15 @@ def caption_dataset(directory: str | os.PathLike, captioner: str | os.PathLike |
     meta = d / "metadata.jsonl"
     if not meta.is_file():
         raise InputError(f"{meta}: no metadata.jsonl (expected a `cnet annotate --dataset` folder)")
+    from ..external import MAX_INDEX_BYTES, parse_json, read_bytes
+
     rows = []
-    for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+    text = read_bytes(meta, MAX_INDEX_BYTES, "metadata.jsonl").decode("utf-8", errors="replace")
+    for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except ValueError:
-                raise InputError(f"{meta}:{n}: not valid JSON") from None
+            rows.append(parse_json(line, f"{meta}:{n}"))
+            if not isinstance(rows[-1], dict) or not isinstance(rows[-1].get("file_name"), str):
+                raise InputError(f"{meta}:{n}: expected an object with a \"file_name\" string")
     todo = [i for i, r in enumerate(rows) if overwrite or not str(r.get("text", "")).strip()]
     if todo:
         caps = caption_images([d / rows[i]["file_name"] for i in todo], captioner, batch_size=batch_size,

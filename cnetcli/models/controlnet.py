@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, SchemaError
 from . import boundary
 
 #: Shipped ControlNet configs (models/configs/controlnet-<name>/config.json), tried in this order by shape.
@@ -58,7 +58,9 @@ def shipped_config_dir(name: str) -> Path:
 
 
 def shipped_config(name: str) -> dict[str, Any]:
-    return json.loads((shipped_config_dir(name) / "config.json").read_text())
+    from ..external import read_json
+
+    return read_json(shipped_config_dir(name) / "config.json")
 
 
 def detect_variant(folder: str | os.PathLike) -> str | None:
@@ -98,10 +100,12 @@ def _checkpoint(step_dir: Path, note: str = "") -> Located:
     base = None
     tc = step_dir / "train_config.json"
     if tc.is_file():
+        from ..external import read_json
+
         try:
-            data = json.loads(tc.read_text())
+            data = read_json(tc)
             base = data.get("base") if isinstance(data, dict) else None
-        except (OSError, ValueError):
+        except SchemaError:
             base = None
     return Located("file", str(_checkpoint_weights(step_dir)), config_dirs=dirs,
                    base=base if isinstance(base, str) else None, note=note)
@@ -229,13 +233,31 @@ class Candidate:
 def _read_config(folder: str | os.PathLike) -> dict[str, Any]:
     p = Path(folder)
     p = p / "config.json" if p.is_dir() else p
+    from ..external import read_json
+
     try:
-        data = json.loads(p.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{p}: not a readable config.json ({boundary.first_line(e)})") from None
+        data = read_json(p)
+    except SchemaError as e:
+        raise ModelLoadError(f"not a readable config.json ({e})") from None
     if not isinstance(data, dict):
         raise ModelLoadError(f"{p}: not a ControlNet config (a JSON object is expected)")
     return data
+
+
+def _read_controlnet_config(folder: str) -> dict[str, Any]:
+    """A ControlNet folder's config.json, checked: the schema (`external.records.ControlNetConfig`: a
+    ControlNet class, a finite positive norm_eps) and the dimensions (`compat.validate_config`)."""
+    from ..external import validate
+    from ..external.records import ControlNetConfig
+    from .compat import validate_config
+
+    cfg = _read_config(folder)
+    try:
+        validate(ControlNetConfig, cfg, f"{folder}/config.json")
+    except SchemaError as e:
+        raise ModelLoadError(f"{e}; this is not a ControlNet config (download it again or pass the right folder)") from None
+    validate_config(cfg, f"{folder}/config.json")
+    return cfg
 
 
 def _given_config(config: str) -> Candidate:
@@ -310,11 +332,13 @@ def load(spec: str | os.PathLike, *, torch_dtype: Any = None, offline: bool | No
     """Load a ControlNetModel from any form above. `config`: a folder/file with the config.json of a single
     file (else it is picked by shape); `denoiser_config`: the base's UNet config, one more candidate for files
     trained from it. Every failure is one ModelLoadError/MissingWeightsError/UsageError line."""
+    from ..numerics import refuse_non_finite
+
     loc = locate(spec)
     if loc.kind in ("folder", "hub"):
-        return _load_folder(loc, spec, torch_dtype, offline, trust_pickle)
-    return load_single_file(loc, torch_dtype=torch_dtype, offline=offline, config=config, trust_pickle=trust_pickle,
-                            denoiser_config=denoiser_config)
+        return refuse_non_finite(_load_folder(loc, spec, torch_dtype, offline, trust_pickle), str(spec))
+    return refuse_non_finite(load_single_file(loc, torch_dtype=torch_dtype, offline=offline, config=config,
+                                              trust_pickle=trust_pickle, denoiser_config=denoiser_config), str(spec))
 
 
 def folder_classes() -> tuple[str, ...]:
@@ -336,7 +360,6 @@ def folder_class(cfg: dict[str, Any] | None) -> Any:
 def _load_folder(loc: Located, spec: Any, torch_dtype: Any, offline: bool | None, trust_pickle: bool | None) -> Any:
     from diffusers import ControlNetModel
 
-    from .compat import validate_config
     from .sd import ModelSpec, is_offline, load_pretrained
 
     kw: dict[str, Any] = {}
@@ -345,8 +368,7 @@ def _load_folder(loc: Located, spec: Any, torch_dtype: Any, offline: bool | None
     if loc.variant:
         kw["variant"] = loc.variant
     if loc.kind == "folder":
-        cfg = _read_config(loc.path)
-        validate_config(cfg, f"{loc.path}/config.json")
+        cfg = _read_controlnet_config(loc.path)
         try:
             return load_pretrained(folder_class(cfg), ModelSpec("dir", loc.path, str(spec)), "ControlNet", offline,
                                    trust_pickle_flag=True, **kw)
@@ -378,9 +400,13 @@ def _load_pickled_folder(loc: Located, torch_dtype: Any, trust_pickle: bool | No
 
 def load_single_file(loc: Located, *, torch_dtype: Any = None, offline: bool | None = None, config: str | None = None,
                      trust_pickle: bool | None = None, denoiser_config: dict[str, Any] | None = None) -> Any:
-    from .families import family_of
+    from .families import controlnet_file_family, family_of
 
     where = loc.path + (f" ({loc.note})" if loc.note else "")
+    own = controlnet_file_family(read_shapes(loc.path, trust_pickle)) if loc.path.endswith(".safetensors") else None
+    if own is not None:  # a layout its family reads itself (SD3/FLUX: diffusers keys + cnet's config metadata)
+        with boundary.load_errors(where, f"{own.label} ControlNet"):
+            return own.load_controlnet_file(loc.path, denoiser_config=denoiser_config, torch_dtype=torch_dtype)
     sd = read_state_dict(loc.path, trust_pickle)
     if not sd or not any(k.endswith(("conv_in.weight", "input_hint_block.0.weight")) for k in sd):
         raise ModelLoadError(f"{where}: not a ControlNet (no hint encoder weights inside)")
@@ -414,13 +440,10 @@ def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, den
                       offline: bool | None = None, trust_pickle: bool | None = None) -> dict[str, Any]:
     """The config of the ControlNet `spec` names, without loading its weights (for checks before work starts):
     a folder's config.json, a cached hub config, or a single file's config picked by shape from its header."""
-    from .compat import validate_config
 
     loc = locate(spec)
     if loc.kind == "folder":
-        cfg = _read_config(loc.path)
-        validate_config(cfg, f"{loc.path}/config.json")
-        return cfg
+        return _read_controlnet_config(loc.path)
     if loc.kind == "hub":
         from diffusers import ControlNetModel
 
@@ -430,6 +453,12 @@ def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, den
             return dict(ControlNetModel.load_config(loc.path, local_files_only=is_offline(offline)))
         except Exception:
             raise missing_hub_error(loc.path, "ControlNet") from None
+    from .families import controlnet_file_family
+
     where = loc.path + (f" ({loc.note})" if loc.note else "")
-    cfg, _, _ = pick_config(read_shapes(loc.path, trust_pickle), candidates(loc, config, denoiser_config, offline), where)
+    shapes = read_shapes(loc.path, trust_pickle)
+    own = controlnet_file_family(shapes)
+    if own is not None:
+        return own.controlnet_file_config(loc.path, denoiser_config=denoiser_config)
+    cfg, _, _ = pick_config(shapes, candidates(loc, config, denoiser_config, offline), where)
     return cfg

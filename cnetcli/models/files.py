@@ -9,7 +9,6 @@ with it, and that it must be downloaded again.
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from pathlib import Path
@@ -17,8 +16,6 @@ from pathlib import Path
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pth", ".pt", ".bin")
 WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
-#: A real safetensors header is a few hundred KB at most (one JSON entry per tensor).
-MAX_HEADER_BYTES = 100 * 1024 * 1024
 _HTML = (b"<!doctype", b"<html", b"<head", b"<body", b"<?xml", b"{\"error\"", b"<!--")
 
 
@@ -57,29 +54,13 @@ def problem(path: str | os.PathLike) -> str | None:
 
 
 def _safetensors_problem(p: Path, size: int) -> str | None:
-    if size < 8:
-        return f"truncated safetensors file ({size} bytes)"
-    with open(p, "rb") as fh:
-        n = int.from_bytes(fh.read(8), "little")
-        if n > size - 8 or n > MAX_HEADER_BYTES:
-            return f"not a valid safetensors file (its header claims {n} bytes, the file has {size})"
-        raw = fh.read(n)
+    from ..errors import SchemaError
+    from ..external.safetensors import read_header
+
     try:
-        header = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return "not a valid safetensors file (its header is not JSON)"
-    if not isinstance(header, dict):
-        return "not a valid safetensors file (its header is not a JSON object)"
-    end = 0
-    for k, v in header.items():
-        if k == "__metadata__":
-            continue
-        offs = v.get("data_offsets") if isinstance(v, dict) else None
-        if not (isinstance(offs, list) and len(offs) == 2 and all(isinstance(o, int) for o in offs)):
-            return f"not a valid safetensors file (tensor {k!r} has no data offsets)"
-        end = max(end, offs[1])
-    if 8 + n + end > size:
-        return f"truncated safetensors file (tensors need {8 + n + end} bytes, the file has {size})"
+        read_header(p)
+    except SchemaError as e:
+        return str(e).removeprefix(f"{p}: ")
     return None
 
 

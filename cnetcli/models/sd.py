@@ -244,12 +244,13 @@ def base_configs(base: ModelSpec | str | os.PathLike, *, config: str | None = No
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    import json
+    from ..errors import SchemaError
+    from ..external import read_json
 
     try:
-        d = json.loads(path.read_text())
+        d = read_json(path)
         return d if isinstance(d, dict) else None
-    except (OSError, ValueError):
+    except SchemaError:
         return None
 
 

@@ -310,9 +310,12 @@ def _dir_size(p: Path) -> int:
 def _read_manifest(root: Path | None) -> dict[str, str]:
     if root is None or not (root / MANIFEST_NAME).is_file():
         return {}
+    from ..errors import SchemaError
+    from ..external import read_json
+
     try:
-        data = json.loads((root / MANIFEST_NAME).read_text())
-    except (OSError, ValueError):
+        data = read_json(root / MANIFEST_NAME)
+    except SchemaError:
         return {}
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 

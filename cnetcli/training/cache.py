@@ -22,7 +22,7 @@ from typing import Any
 
 from ..reporting import Reporter
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4  # 4: holds only the rows that decode ("rows": their dataset positions)
 ROW_KEYS = ("latents", "hints", "micro", "latents_flipped", "hints_flipped", "micro_flipped")
 
 
@@ -81,14 +81,14 @@ def _load(path: Path) -> dict[str, Any] | None:
         d = load_file(str(path))
     except Exception:
         return None
-    need = {"latents", "hints", "micro", "embeds", "caption_ids", "empty"}
+    need = {"latents", "hints", "micro", "embeds", "caption_ids", "empty", "rows"}
     return d if need <= set(d) else None
 
 
 def _encode_rows(dataset: Any, rows: list[int], vae: Any, device: Any, dtype: Any, bs: int,
-                 hflip: bool = False) -> dict[str, Any]:
+                 hflip: bool = False, failures: list[str] | None = None) -> dict[str, Any]:
     """VAE latent mean|std and 8-bit hints of `rows` (and of their flips with `hflip`); rows that fail to
-    decode are left out."""
+    decode are left out (their reasons appended to `failures`)."""
     import torch
 
     got: list[int] = []
@@ -100,7 +100,9 @@ def _encode_rows(dataset: Any, rows: list[int], vae: Any, device: Any, dtype: An
             for i in rows[s:s + bs]:
                 try:
                     pairs.append([dataset.sample(i, flip=f) for f in flips])
-                except Exception:
+                except Exception as e:  # InputError from decoding; anything else a broken cell
+                    if failures is not None:
+                        failures.append(str(e) or type(e).__name__)
                     continue
                 ids.append(i)
             if not ids:
@@ -126,7 +128,7 @@ def _embed_captions(captions: list[str], family: Any, text: dict[str, Any], bs: 
     pos = {c: k for k, c in enumerate(uniq)}
 
     def enc(texts: list[str]) -> Any:
-        return family.encode_prompt(text, texts, do_classifier_free_guidance=False)
+        return family.encode_prompt(text, texts, do_classifier_free_guidance=False, training=True)
 
     # chunks of the training batch size: at batch 1 the encoders do the same arithmetic as without the cache
     # (a batched projection, like SDXL's pooled one, rounds differently from a single row)
@@ -142,8 +144,9 @@ def _embed_captions(captions: list[str], family: Any, text: dict[str, Any], bs: 
     return out
 
 
-def _merge(n: int, parts: list[dict[str, Any]], source: str) -> tuple[dict[str, Any], int]:
-    """Rows in dataset order; an undecodable row stands in for the nearest good one after it (counted)."""
+def _merge(n: int, parts: list[dict[str, Any]], source: str) -> dict[str, Any]:
+    """The rows that decoded, in dataset order, with their dataset positions under "rows" (an undecodable row
+    is left out, never stood in for by another: the caller counts it as skipped)."""
     import torch
 
     from ..errors import InputError
@@ -157,20 +160,16 @@ def _merge(n: int, parts: list[dict[str, Any]], source: str) -> tuple[dict[str, 
     good = [i for i in range(n) if rows["latents"][i] is not None]
     if not good:
         raise InputError(f"--data {source}: no row could be decoded")
-    failed = n - len(good)
-    for i in range(n):
-        if rows["latents"][i] is None:
-            g = min(good, key=lambda g: (g - i) % n)
-            for k in keys:
-                rows[k][i] = rows[k][g]
-    return {k: torch.stack(v) for k, v in rows.items()}, failed
+    return {k: torch.stack([v[i] for i in good]) for k, v in rows.items()} | {"rows": torch.tensor(good)}
 
 
 def load_or_build(dataset: Any, key: str, output: Path, *, vae: Any, family: Any, text: dict[str, Any],
                   device: Any, dtype: Any, bs: int, accelerator: Any, reporter: Reporter,
                   hflip: bool = False) -> tuple[dict[str, Any], Path, bool]:
     """The cache for `dataset` (from OUTPUT/cache/ when a matching one is there): (tensors, path, reused).
-    `family` encodes the captions with the text encoders and tokenizers in `text`."""
+    `family` encodes the captions with the text encoders and tokenizers in `text`. The cache holds only the
+    rows that decode: "rows" gives their dataset positions (the caller drops the others from the index,
+    see `undecodable`)."""
     from accelerate.utils import broadcast_object_list
     from safetensors.torch import load_file
 
@@ -187,21 +186,32 @@ def load_or_build(dataset: Any, key: str, output: Path, *, vae: Any, family: Any
     n = len(dataset)
     reporter.message(f"caching latents and text embeddings for {n} rows" + (f" on {world} processes" if world > 1
                                                                                else ""))
-    mine = _encode_rows(dataset, list(range(rank, n, world)), vae, device, dtype, bs, hflip)
+    failures: list[str] = []
+    mine = _encode_rows(dataset, list(range(rank, n, world)), vae, device, dtype, bs, hflip, failures)
     part = lambda r: path.with_name(f".{path.stem}.part-{r}.safetensors")  # noqa: E731
     if world > 1 and not main:
         _save_atomic(mine, part(rank))
     accelerator.wait_for_everyone()
     if main:
         parts = [mine] + [load_file(str(part(r))) for r in range(1, world)]
-        merged, failed = _merge(n, parts, dataset.index.source)
-        dataset.failed += failed
-        merged |= _embed_captions([r.text for r in dataset.index.rows], family, text, bs)
-        _save_atomic(merged, path, {"key": key, "rows": str(n), "failed": str(failed)})
+        merged = _merge(n, parts, dataset.index.source)
+        failed = n - len(merged["rows"])
+        rows = dataset.index.rows
+        merged |= _embed_captions([rows[i].text for i in merged["rows"].tolist()], family, text, bs)
+        _save_atomic(merged, path, {"key": key, "rows": str(n), "failed": str(failed),
+                                    "failed_example": failures[0] if failures else ""})
         for r in range(1, world):
             part(r).unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     return _read_back(path), path, False
+
+
+def undecodable(path: Path) -> str:
+    """The first reason a row of the cache at `path` did not decode ("" when all did)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "np") as f:
+        return (f.metadata() or {}).get("failed_example", "")
 
 
 def _read_back(path: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import time
@@ -24,11 +25,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputError, UsageError
+from ..errors import OutputError, SchemaError, UsageError
 from ..fsguard import atomic_save_dir, atomic_write_text
 
 FORMAT = "cnet-checkpoint/2"
 MANIFEST = "manifest.json"
+#: Files every checkpoint holds (the manifest must list them: `files: {}` is not a checkpoint)
+REQUIRED = ("controlnet/config.json", "optimizer.safetensors", "optimizer.json", "rng.safetensors", "state.json",
+            "train_config.json")
 _STEP = re.compile(r"^step-(\d+)(?:-[0-9a-f]+)?$")  # step-N, or step-N-<run> beside another run's step-N
 
 
@@ -45,6 +49,16 @@ def list_checkpoints(output: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def kept_after_interrupt(out: Path) -> str:
+    """What a run stopped by Ctrl-C leaves in `out`: its newest checkpoint (and how to continue), or nothing."""
+    found = list_checkpoints(out)
+    if not found:
+        return f"interrupted: no checkpoint was written in {out}; nothing to resume"
+    step, path = found[-1]
+    return (f"interrupted: last checkpoint {path} (step {step}); continue with `cnet train --output {out} "
+            "--resume latest`")
+
+
 def controlnet_dir(path: str | Path) -> Path:
     """The ControlNet folder of a checkpoint (or of a `cnet train` output): what --controlnet loads."""
     return Path(path) / "controlnet"
@@ -58,33 +72,72 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_manifest(path: Path) -> dict[str, Any]:
-    m = json.loads((path / MANIFEST).read_text())
-    if not isinstance(m, dict) or m.get("format") != FORMAT or not isinstance(m.get("files"), dict):
-        raise ValueError("not a cnet checkpoint manifest")
-    return m
+def read_manifest(path: Path) -> Any:
+    """The checkpoint's manifest, typed (`external.records.Manifest`); SchemaError when it is not one."""
+    from ..external import read_json, validate
+    from ..external.records import Manifest
+
+    return validate(Manifest, read_json(path / MANIFEST), str(path / MANIFEST))
+
+
+def _present_files(path: Path) -> tuple[set[str], list[str]]:
+    """The files under `path` (relative POSIX paths, manifest.json left out) and what is neither a regular
+    file nor a folder there (symlinks included: a checkpoint holds only what cnet wrote)."""
+    files, odd = set(), []
+    for root, dirs, names in os.walk(path, followlinks=False):
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
+            full = os.path.join(root, name)
+            rel = os.path.relpath(full, path).replace(os.sep, "/")
+            if os.path.islink(full) or not os.path.isfile(full):
+                odd.append(rel)
+            elif rel != MANIFEST:
+                files.add(rel)
+    return files, odd
 
 
 def verify(path: str | Path) -> str | None:
-    """Why the checkpoint at `path` cannot be resumed from, or None when every file is as written."""
+    """Why the checkpoint at `path` cannot be resumed from, or None when every file is as written: the
+    manifest lists every file of the folder (and only files inside it), each of its size and sha256."""
     path = Path(path)
     if not path.is_dir():
         return "no such checkpoint folder"
     if not (path / MANIFEST).is_file():
         return "incomplete (no manifest.json: written by an older cnet, or the write did not finish)"
     try:
-        files = read_manifest(path)["files"]
-    except (ValueError, OSError) as e:
-        return f"unreadable manifest.json ({e})"
+        files = read_manifest(path).files
+    except SchemaError as e:
+        return f"unreadable manifest.json ({str(e).removeprefix(str(path / MANIFEST) + ': ')})"
+    present, odd = _present_files(path)
+    if odd:
+        return f"{odd[0]} is a link or not a regular file (a checkpoint holds only files cnet wrote)"
+    if present - set(files):
+        return f"{sorted(present - set(files))[0]} is not listed in manifest.json (added or the manifest is damaged)"
+    missing = [rel for rel in REQUIRED if rel not in files]
+    if missing:
+        return f"manifest.json does not list {missing[0]} (every checkpoint has it)"
     for rel, want in files.items():
         f = path / rel
-        if not f.is_file():
+        if rel not in present:
             return f"{rel} is missing"
-        if f.stat().st_size != want.get("size"):
-            return f"{rel} has {f.stat().st_size} bytes, the manifest says {want.get('size')} (truncated or changed)"
-        if _sha256(f) != want.get("sha256"):
+        if f.stat().st_size != want.size:
+            return f"{rel} has {f.stat().st_size} bytes, the manifest says {want.size} (truncated or changed)"
+        if _sha256(f) != want.sha256:
             return f"{rel} does not match its sha256 in the manifest (damaged)"
+    try:  # as written, yet maybe written wrong (or the manifest rewritten to match): the records' shapes
+        read_records(path)
+    except SchemaError as e:
+        return str(e)
     return None
+
+
+def read_records(path: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """A checkpoint's JSON records typed (`external.records`): state.json, optimizer.json, train_config.json."""
+    from ..external import read_json, validate
+    from ..external.records import CheckpointState, OptimizerRecord
+
+    state = validate(CheckpointState, read_json(path / "state.json"), str(path / "state.json"))
+    optimizer = validate(OptimizerRecord, read_json(path / "optimizer.json"), str(path / "optimizer.json"))
+    return state, optimizer, read_config(path)
 
 
 @dataclass(frozen=True)
@@ -102,7 +155,7 @@ def checkpoint_step(path: str | Path) -> int:
 
 def _info(path: Path, step: int) -> Found:
     m = read_manifest(path)
-    return Found(path, int(m.get("step", step)), str(m.get("run_id", "")), float(m.get("written_at", 0.0)))
+    return Found(path, m.step, m.run_id, m.written_at)
 
 
 def resolve_resume(resume: str, output: str | Path, warn: Any = None) -> Path:
@@ -165,11 +218,17 @@ def optimizer_to_files(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     return tensors, {"param_groups": groups, "scalars": scalars}
 
 
-def optimizer_from_files(tensors: dict[str, Any], rest: dict[str, Any]) -> dict[str, Any]:
+_OPTIMIZER_TENSOR = re.compile(r"^(\d{1,9})\.(\w+)$")  # "<parameter index>.<state key>", as optimizer_to_files names them
+
+
+def optimizer_from_files(tensors: dict[str, Any], rest: dict[str, Any], where: str = "optimizer.safetensors"
+                         ) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     for name, t in tensors.items():
-        pid, k = name.split(".", 1)
-        state.setdefault(int(pid), {})[k] = t
+        m = _OPTIMIZER_TENSOR.match(name)
+        if m is None:
+            raise SchemaError(f"{where}: tensor {name[:40]!r} is not named <parameter>.<state> (not a cnet optimizer)")
+        state.setdefault(int(m.group(1)), {})[m.group(2)] = t
     for pid, d in rest.get("scalars", {}).items():
         state.setdefault(int(pid), {}).update(d)
     groups = [dict(g, betas=tuple(g["betas"])) if "betas" in g else g for g in rest["param_groups"]]
@@ -217,8 +276,8 @@ def save_checkpoint(output: str | Path, step: int, *, controlnet: Any, denoiser:
 
 def _owner(path: Path) -> str | None:
     try:
-        return str(read_manifest(path).get("run_id", ""))
-    except (ValueError, OSError):
+        return read_manifest(path).run_id
+    except SchemaError:
         return None  # damaged or incomplete: nobody's, may be replaced
 
 
@@ -228,7 +287,7 @@ def prune(output: str | Path, run_id: str, step: int, keep: int) -> None:
     for s, p in list_checkpoints(output):
         try:
             f = _info(p, s)
-        except (ValueError, OSError):
+        except SchemaError:
             continue  # not ours to judge (damaged or foreign): left alone
         if f.run_id == run_id and f.step <= step:
             mine.append(f)
@@ -238,20 +297,24 @@ def prune(output: str | Path, run_id: str, step: int, keep: int) -> None:
 
 # ----------------------------------------------------------------------------------------- loading
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The tensors and records of a verified checkpoint (call `verify` first)."""
+    """The tensors and records of a verified checkpoint (call `verify` first); every JSON record typed
+    (`external.records`), so a record of the wrong shape is one SchemaError naming its file and field."""
     from safetensors.torch import load_file
 
     path = Path(path)
     cn = controlnet_dir(path)
+    state, optimizer, config = read_records(path)
     out: dict[str, Any] = {
         "controlnet": _load_weights(cn),
-        "optimizer": optimizer_from_files(load_file(str(path / "optimizer.safetensors")),
-                                          json.loads((path / "optimizer.json").read_text())),
+        "optimizer": optimizer_from_files(load_file(str(path / "optimizer.safetensors")), optimizer.model_dump(),
+                                          str(path / "optimizer.safetensors")),
         "rng": load_file(str(path / "rng.safetensors")),
-        "state": json.loads((path / "state.json").read_text()),
-        "config": read_config(path),
-        "run_id": read_manifest(path).get("run_id", ""),
+        "state": state.model_dump(by_alias=True, exclude_unset=True),
+        "config": config,
+        "run_id": read_manifest(path).run_id,
     }
+    if "torch" not in out["rng"]:
+        raise SchemaError(f"{path / 'rng.safetensors'}: holds no 'torch' RNG state (not a cnet checkpoint's)")
     from ..models.families import denoiser_folders
 
     for d in denoiser_folders():
@@ -276,8 +339,15 @@ def _load_weights(folder: Path) -> dict[str, Any]:
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
-    """The run configuration stored in a checkpoint (its train_config.json)."""
-    return json.loads((Path(path) / "train_config.json").read_text())
+    """The run configuration stored in a checkpoint (its train_config.json): a JSON object of resolved settings
+    (`external.records.SavedTrainConfig`; each value is typed by `TrainConfig.from_dict`)."""
+    from ..external import read_json, validate
+    from ..external.records import SavedTrainConfig
+
+    f = Path(path) / "train_config.json"
+    data = read_json(f)
+    validate(SavedTrainConfig, data, str(f))
+    return data
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:

@@ -12,9 +12,9 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
-from ..config_check import check_fields, flag_name
+from ..config_check import Bound, check_fields, flag_name
 from ..errors import UsageError
 from ..models.sd import DEFAULT_BASE
 
@@ -125,6 +125,19 @@ class TrainConfig:
     # export
     single_file: bool = False
 
+    #: finite, sane ranges of the numeric settings (cnetcli.config_check; checked before anything loads)
+    BOUNDS: ClassVar[dict[str, Bound]] = {
+        "resolution": (8, 8192), "batch_size": (1, 4096), "max_steps": (1, None), "learning_rate": (None, 1.0),
+        "lr_num_cycles": (1, 10_000), "lr_power": (None, 100.0), "warmup_steps": (0, None),
+        "empty_prompt_prob": (0.0, 1.0), "gradient_accumulation": (1, 1024), "max_grad_norm": (0.0, 1e6),
+        "adam_epsilon": (None, 1.0), "adam_weight_decay": (0.0, 100.0), "seed": (0, 2**63 - 1),
+        "timestep_bias_multiplier": (None, 1e4), "timestep_bias_begin": (0, 100_000),
+        "timestep_bias_end": (0, 100_000), "snr_gamma": (None, 1e4), "sd_learning_rate": (None, 1.0),
+        "num_workers": (0, 256), "checkpoint_every": (0, None), "keep_checkpoints": (1, 10_000),
+        "max_train_samples": (1, None), "validate_every": (0, None), "validation_images": (1, 64),
+        "validation_sampling_steps": (1, 1000), "validation_guidance": (0.0, 100.0), "log_every": (1, None),
+        "logit_mean": (-100.0, 100.0), "logit_std": (None, 100.0), "mode_scale": (-100.0, 100.0)}
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "validation_hints", tuple(str(h) for h in self.validation_hints))
         object.__setattr__(self, "validation_prompts", tuple(self.validation_prompts))
@@ -170,7 +183,7 @@ def _validate(c: TrainConfig) -> None:
     def bad(flag: str, why: str) -> None:
         raise UsageError(f"{flag}: {why}")
 
-    # types and finite floats (cnetcli.config_check); counts and sizes above 2**31 are typos
+    # types, finite floats and the BOUNDS (cnetcli.config_check); counts and sizes above 2**31 are typos
     check_fields(c, FLAG_NAMES, int_max=lambda name: 2**63 - 1 if name == "seed" else _INT_MAX)
     from ..device import check_device_spec
 
@@ -179,13 +192,7 @@ def _validate(c: TrainConfig) -> None:
         bad("--recipe", f"'{c.recipe}' is not one of {', '.join(RECIPE_NAMES)}")
     if c.resolution is not None and (c.resolution <= 0 or c.resolution % 8):
         bad("--resolution", f"{c.resolution} must be a positive multiple of 8 (e.g. 512)")
-    if c.batch_size is not None and c.batch_size < 1:
-        bad("--batch-size", "must be at least 1")
-    if c.max_steps is not None and c.max_steps < 1:
-        bad("--max-steps", "must be at least 1")
     max_steps = c.max_steps or _INT_MAX
-    if c.gradient_accumulation < 1:
-        bad("--gradient-accumulation", "must be at least 1")
     if c.learning_rate is not None and not c.learning_rate > 0:
         bad("--learning-rate", "must be positive")
     if not c.sd_learning_rate > 0:
@@ -194,16 +201,8 @@ def _validate(c: TrainConfig) -> None:
         bad("--lr-scheduler", f"'{c.lr_scheduler}' is not one of {', '.join(LR_SCHEDULERS)}")
     if c.lr_num_cycles < 1 or not c.lr_power > 0:
         bad("--lr-num-cycles/--lr-power", "must be at least 1 / positive")
-    if c.warmup_steps < 0:
-        bad("--warmup-steps", "must be 0 or more")
-    if not 0.0 <= c.empty_prompt_prob <= 1.0:
-        bad("--empty-prompt-prob", "must be between 0 and 1")
-    if c.max_grad_norm < 0:
-        bad("--max-grad-norm", "must be 0 (off) or positive")
     if not (0 <= c.adam_beta1 < 1 and 0 <= c.adam_beta2 < 1) or c.adam_epsilon <= 0 or c.adam_weight_decay < 0:
         bad("--adam-beta1/--adam-beta2/--adam-epsilon/--adam-weight-decay", "betas in [0, 1), epsilon > 0, decay >= 0")
-    if c.seed < 0:
-        bad("--seed", "must be 0 or more")
     if c.mixed_precision not in MIXED_PRECISION:
         bad("--mixed-precision", f"must be one of {', '.join(MIXED_PRECISION)}")
     if c.unlock not in UNLOCK_MODES:
@@ -241,16 +240,6 @@ def _validate(c: TrainConfig) -> None:
         bad("--reward-weight", "must be 0 or more (1.0 is ControlNet++'s)")
     if not 0 <= c.reward_max_timestep <= 1000:
         bad("--reward-max-timestep", "must be between 0 and 1000 (200 is ControlNet++'s)")
-    if c.checkpoint_every < 0:
-        bad("--checkpoint-every", "must be 0 (only at the end) or positive")
-    if c.keep_checkpoints < 1:
-        bad("--keep-checkpoints", "must be at least 1")
-    if c.num_workers < 0:
-        bad("--num-workers", "must be 0 or more")
-    if c.max_train_samples is not None and c.max_train_samples < 1:
-        bad("--max-train-samples", "must be at least 1")
-    if c.validate_every < 0:
-        bad("--validate-every", "must be 0 (off) or positive")
     if c.validate_every and not c.validation_hints:
         bad("--validate-every", "needs at least one --validation-hint image")
     if c.validation_prompts and len(c.validation_prompts) not in (1, len(c.validation_hints)):
@@ -264,20 +253,19 @@ def _validate(c: TrainConfig) -> None:
         if metric_kind(c.validation_type) is None:
             bad("--validation-type", f"no controllability metric for '{c.validation_type}' (edge-like types, depth, "
                 "seg, normal, pose)")
-    if c.validation_images < 1 or c.validation_sampling_steps < 1 or c.validation_guidance < 0:
-        bad("--validation-images/--validation-sampling-steps/--validation-guidance", "must be at least 1 (guidance >= 0)")
     if c.resume is not None and c.resume != "latest" and not Path(c.resume).is_dir():
         bad("--resume", f"{c.resume}: no such checkpoint folder (or pass 'latest')")
-    if c.log_every < 1:
-        bad("--log-every", "must be at least 1")
 
 
 # --------------------------------------------------------------------------------- defaults that fit
 def read_json_dict(path: Path) -> dict[str, Any] | None:
+    from ..errors import SchemaError
+    from ..external import read_json
+
     try:
-        d = json.loads(path.read_text())
+        d = read_json(path)
         return d if isinstance(d, dict) else None
-    except (OSError, ValueError):
+    except SchemaError:
         return None
 
 

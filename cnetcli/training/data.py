@@ -9,16 +9,17 @@ run would have seen. Images are decoded here, one item at a time.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
 from ..data.read import DatasetIndex, HubRef, Row, open_image, read_dataset
-from ..errors import InputError
+from ..errors import CnetError, InputError, first_line
 
 _load_rgb = open_image  # the name validate.py imports (kept so this change stays inside data reading)
 
-__all__ = ["BatchStream", "DatasetIndex", "HubRef", "PairDataset", "Row", "center_crop_box", "collate",
+__all__ = ["BatchStream", "DatasetIndex", "HubRef", "PairDataset", "Row", "center_crop_box", "collate", "decodable_rows",
            "micro_conditioning", "read_dataset", "resize_center_crop"]
 
 
@@ -45,7 +46,8 @@ class BatchStream:
         if e not in self._epoch_cache:
             import torch
 
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + e)
+            # torch seeds are below 2**64; the modulo leaves every smaller seed's stream as it was
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + e) % 2**64)
             perm = torch.randperm(self.n, generator=g).numpy()
             drop = (torch.rand(self.n, generator=g) < self.p_empty).numpy()
             flip = (torch.rand(self.n, generator=g) < 0.5).numpy() & self.hflip
@@ -95,19 +97,32 @@ def micro_conditioning(w: int, h: int, size: int, flip: bool) -> tuple[int, int,
     return h, w, top, (nw - size - left) if flip else left
 
 
+def pair_tensors(img: Any, hint: Any, res: int, flip: bool) -> tuple[Any, Any, Any]:
+    """Decoded photo and hint -> (image in [-1, 1], hint in [0, 1], micro-conditioning), res x res."""
+    import torch
+    from PIL import Image
+
+    micro = torch.tensor(micro_conditioning(*img.size, res, flip), dtype=torch.int64)
+    img = resize_center_crop(img, res, Image.BILINEAR)
+    hint = resize_center_crop(hint, res, Image.BILINEAR)
+    a = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+    h = torch.from_numpy(np.asarray(hint, dtype=np.float32)).permute(2, 0, 1) / 255.0
+    if flip:  # joint flip: the hint must stay aligned with the photo
+        a, h = a.flip(-1), h.flip(-1)
+    return a.contiguous(), h.contiguous(), micro
+
+
 class PairDataset:
     """Map-style dataset over a DatasetIndex; items are (row, drop, flip) tuples from `BatchStream`.
 
     Returns {"pixel_values": 3xRxR in [-1, 1], "conditioning_pixel_values": 3xRxR in [0, 1], "micro" (SDXL's
     size/crop conditioning, see `micro_conditioning`), "text", "index"}.
-    A row that fails to decode at this point is replaced by the next good row (deterministically), counted
-    in `self.failed` with the first reasons in `self.failures` (only headers were checked when reading).
+    Only headers were checked when reading: `decodable_rows` (or the latent cache) decodes every row once
+    before training and the rows that fail are dropped from the index (skipped and counted, never replaced).
     """
 
     def __init__(self, index: DatasetIndex, resolution: int, *, load_pixels: bool = True) -> None:
         self.index, self.res, self.load_pixels = index, resolution, load_pixels
-        self.failed = 0
-        self.failures: list[str] = []
 
     def __len__(self) -> int:
         return len(self.index.rows)
@@ -117,39 +132,61 @@ class PairDataset:
 
     def sample(self, i: int, flip: bool = False) -> tuple[Any, Any, Any]:
         """(image in [-1, 1], hint in [0, 1], micro-conditioning (orig h, orig w, crop top, crop left))."""
-        import torch
-        from PIL import Image
-
         row = self.index.rows[i]
-        img = open_image(row.image)
-        micro = torch.tensor(micro_conditioning(*img.size, self.res, flip), dtype=torch.int64)
-        img = resize_center_crop(img, self.res, Image.BILINEAR)
-        hint = resize_center_crop(open_image(row.hint), self.res, Image.BILINEAR)
-        a = torch.from_numpy(np.asarray(img, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
-        h = torch.from_numpy(np.asarray(hint, dtype=np.float32)).permute(2, 0, 1) / 255.0
-        if flip:  # joint flip: the hint must stay aligned with the photo
-            a, h = a.flip(-1), h.flip(-1)
-        return a.contiguous(), h.contiguous(), micro
+        return pair_tensors(self.index.open(row.image), self.index.open(row.hint), self.res, flip)
 
     def __getitem__(self, item: tuple[int, bool, bool]) -> dict[str, Any]:
         i, drop, flip = item
         out: dict[str, Any] = {"index": i, "drop": drop}
         if self.load_pixels:
-            for k in range(len(self)):
-                j = (i + k) % len(self)
-                try:
-                    out["pixel_values"], out["conditioning_pixel_values"], out["micro"] = self.sample(j, flip)
-                    out["index"] = j
-                    break
-                except Exception as e:  # InputError from decoding; anything else a broken cell
-                    self.failed += 1
-                    if len(self.failures) < 5:
-                        self.failures.append(str(e) or type(e).__name__)
-            else:
-                raise InputError(f"--data {self.index.source}: no row could be decoded (e.g. {self.failures[0]})")
-        row = self.index.rows[out["index"]]
-        out["text"] = "" if drop else row.text
+            try:
+                out["pixel_values"], out["conditioning_pixel_values"], out["micro"] = self.sample(i, flip)
+            except Exception as e:  # it decoded when the run started (`decodable_rows`): never stand in another
+                raise InputError(f"--data {self.index.source}: row {i} no longer decodes "
+                                 f"({first_line(e, 200)}); it changed during the run: "
+                                 "restore it, then --resume latest") from None
+        out["text"] = "" if drop else self.index.rows[i].text
         return out
+
+
+def decodable_rows(dataset: PairDataset, rank: int = 0, world: int = 1,
+                   gather: Callable[[list[Any]], list[Any]] | None = None) -> tuple[list[int], str]:
+    """(positions of the rows whose image and hint decode, the first reason one did not): each process
+    decodes its share (rank, rank + world, ...); `gather` (accelerate's gather_object) joins the shares.
+    Without the latent cache this is the one pass that finds rows whose header read but whose pixels do not
+    (bit flips, garbage cells, a decompression bomb), so they are skipped and counted, not trained on."""
+    good: list[int] = []
+    failures: list[str] = []
+    for i in range(rank, len(dataset), world):
+        try:
+            dataset.sample(i)
+        except Exception as e:  # InputError from decoding; anything else a broken cell
+            failures.append(str(e) or type(e).__name__)
+            continue
+        good.append(i)
+    mine: list[Any] = [(good, failures[:1])]
+    both = gather(mine) if gather is not None and world > 1 else mine
+    keep = sorted(i for g, _ in both for i in g)
+    reasons = [r for _, f in both for r in f]
+    if not keep:
+        raise InputError(f"--data {dataset.index.source}: no row could be decoded (e.g. {reasons[0]})")
+    return keep, (reasons[0] if reasons else "")
+
+
+def one_line_errors(batches: Iterator[Any]) -> Iterator[Any]:
+    """`batches` as they come, except that a cnet error raised in a DataLoader worker keeps one line: torch
+    re-raises it with the worker's traceback in the message (`Caught InputError in DataLoader worker ...`)."""
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except CnetError as e:
+            msg = str(e).strip()
+            if not msg.startswith("Caught "):
+                raise
+            raise type(e)(msg.splitlines()[-1].split(": ", 1)[-1]) from None
+        yield batch
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -122,7 +122,10 @@ def export_single_file(controlnet: Any, path: str | Path, metadata: dict[str, st
     if layout == "auto":
         layout = single_file_layout(controlnet.config)
     sd = to_original_state_dict(controlnet) if layout == "original" else to_diffusers_state_dict(controlnet)
-    meta = {"format": "pt", "cnet": json.dumps(metadata or {}), "cnet_layout": layout}
+    from ..models.families import family_of
+
+    meta = {"format": "pt", "cnet": json.dumps(metadata or {}), "cnet_layout": layout,
+            **family_of(controlnet.config).single_file_metadata(controlnet)}
     with atomic_path(path) as tmp:
         save_file(sd, str(tmp), metadata=meta)
     return path

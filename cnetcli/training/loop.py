@@ -12,17 +12,18 @@ Callers watch or steer a run through `on_step(info) -> bool`: called after every
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import TrainingError, UsageError, first_line
+from ..errors import Interrupted, TrainingError, UsageError, first_line
 from ..models.families import vae_scale_factor
 from ..reporting import NullReporter, Reporter
 from .config import TrainConfig
@@ -103,10 +104,30 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, *, on_step: Callab
     set on purpose (the CLI passes the flags typed; by default the settings that differ from the defaults)."""
     import torch
 
+    reporter = reporter or NullReporter()
     try:
-        return _train(cfg, reporter or NullReporter(), on_step, given)
+        with owning(cfg.output_dir, reporter):
+            return _train(cfg, reporter, on_step, given)
     except torch.OutOfMemoryError:
         raise TrainingError(f"out of memory: {MEMORY_HINT}") from None
+    except KeyboardInterrupt:  # before the loop's own Ctrl-C handling, or a second Ctrl-C: say what is kept
+        from .checkpoint import kept_after_interrupt
+
+        raise Interrupted(kept_after_interrupt(cfg.output_dir)) from None
+
+
+@contextlib.contextmanager
+def owning(out: Path, reporter: Reporter) -> Iterator[None]:
+    """The run owns --output while it runs (the main process holds OUTPUT/.cnet-run.lock): a second run into
+    the same folder is refused with one line naming this one, before it reads or writes anything there."""
+    from ..device import process_rank_world
+    from ..folderlock import hold
+
+    if process_rank_world()[0] != 0:  # the launched ranks share the main process's ownership
+        yield
+        return
+    with hold(out, flag="--output", what="a training run", warn=lambda m: reporter.message(f"warning: {m}")):
+        yield
 
 
 # ------------------------------------------------------------------------------------------- the run
@@ -117,11 +138,21 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     # environment, output folder, the dataset index
     cfg, resume_path, changes = plan_run(cfg, given, reporter)
     device_spec, mixed_precision = preflight(cfg)
-    from .data import BatchStream, PairDataset, collate, read_dataset
+    from ..data.shards import looks_like_shards
+    from .data import BatchStream, PairDataset, collate, one_line_errors, read_dataset
 
-    index = read_dataset(cfg.data, image_column=cfg.image_column, conditioning_column=cfg.conditioning_column,
-                         caption_column=cfg.caption_column, max_samples=cfg.max_train_samples, split=cfg.split,
-                         allow_outside_paths=cfg.allow_outside_paths)
+    source, index = None, None
+    if looks_like_shards(cfg.data):  # WebDataset/parquet shards: streamed, never indexed (stream.py)
+        from .stream import Streamed
+
+        source = Streamed(cfg)
+        if cfg.cache_latents:
+            reporter.message(f"latent cache off: --data streams shards ({source.why_no_cache()})")
+            cfg = cfg.replace(cache_latents=False)
+    else:
+        index = read_dataset(cfg.data, image_column=cfg.image_column, conditioning_column=cfg.conditioning_column,
+                             caption_column=cfg.caption_column, max_samples=cfg.max_train_samples, split=cfg.split,
+                             allow_outside_paths=cfg.allow_outside_paths)
     reward_spec = None
     if cfg.reward is not None:  # the hint type (auto: the provenance's) and its reward model, before models load
         from .reward import resolve_type
@@ -140,7 +171,12 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     if not accelerator.is_main_process:
         reporter = NullReporter()  # one progress line and one set of messages per run
-    if index.skipped:
+    if world > 1:
+        from .stream import launcher_note
+
+        reporter.message(f"{world} processes ({accelerator.distributed_type.value}, {device.type})"
+                         + launcher_note(accelerator))
+    if index is not None and index.skipped:
         reporter.message(f"skipped {index.skipped} unreadable dataset rows (e.g. {index.skipped_examples[0]})")
     cuda = device.type == "cuda"
     if cuda and cfg.allow_tf32:
@@ -182,7 +218,12 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
     # 4. resume: weights, optimizer, schedule, RNG, data position (= step), loss history
     state = RunState(run_id=uuid.uuid4().hex[:12])
+    record: dict[str, Any] = {}  # the checkpoint's state.json (its process split and stream position)
     if resume_path is not None:
+        from .stream import check_world, read_record
+
+        record = read_record(resume_path)
+        check_world(record, cfg, world)
         try:
             restore_checkpoint(resume_path, state, models, raw_controlnet, optimizer, lr_scheduler, cfg)
         except (KeyError, ValueError, TypeError, RuntimeError) as e:  # verified files that do not fit this run
@@ -206,25 +247,22 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
         atomic_write_text(out / "train_config.json", cfg.to_json())  # only now: the resume has succeeded
 
-    # 5. data: the deterministic stream, optionally through a latent/embedding cache
-    dataset = PairDataset(index, cfg.resolution, load_pixels=not cfg.cache_latents)
-    stream = BatchStream(len(index), cfg.batch_size, seed=cfg.seed, empty_prompt_prob=cfg.empty_prompt_prob,
-                         hflip=cfg.hflip, start_batch=state.step * cfg.gradient_accumulation, rank=rank,
-                         world_size=world)
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=stream, collate_fn=collate,
-                                         num_workers=cfg.num_workers, pin_memory=cuda)
-    result = TrainResult(output=out, controlnet_dir=None, start_step=state.step, samples=len(index),
-                         skipped_rows=index.skipped, processes=world, is_main_process=accelerator.is_main_process,
-                         config=cfg)
-    if cfg.cache_latents:
-        from .cache import load_or_build
-
-        models.cache, result.cache_path, result.cache_reused = load_or_build(
-            dataset, cache_key, out, vae=models.vae, family=models.family, text=models.text_components,
-            device=device, dtype=weight_dtype, bs=cfg.batch_size, accelerator=accelerator, reporter=reporter,
-            hflip=cfg.hflip)
-        models.cache = place_cache(models.cache, device)
-        encoders_to(models, "cpu")
+    # 5. data: a local dataset's rows that decode (through the latent/embedding cache, or one decoding pass),
+    # then the deterministic stream over them; or the streamed shards (never indexed, no cache)
+    result = TrainResult(output=out, controlnet_dir=None, start_step=state.step, processes=world,
+                         is_main_process=accelerator.is_main_process, config=cfg)
+    if source is not None:
+        loader = source.loader(cfg, rank=rank, world=world, start_batch=state.step * cfg.gradient_accumulation,
+                               record=record, pin_memory=cuda)
+    else:
+        dataset = PairDataset(index, cfg.resolution, load_pixels=not cfg.cache_latents)
+        keep_decodable(cfg, dataset, models, cache_key, accelerator, reporter, result)
+        result.samples, result.skipped_rows = len(index), index.skipped
+        stream = BatchStream(len(index), cfg.batch_size, seed=cfg.seed, empty_prompt_prob=cfg.empty_prompt_prob,
+                             hflip=cfg.hflip, start_batch=state.step * cfg.gradient_accumulation, rank=rank,
+                             world_size=world)
+        loader = torch.utils.data.DataLoader(dataset, batch_sampler=stream, collate_fn=collate,
+                                             num_workers=cfg.num_workers, pin_memory=cuda)
 
     vae_factor = vae_scale_factor(models.vae.config)
     latent_shape = (models.vae.config.latent_channels, cfg.resolution // vae_factor, cfg.resolution // vae_factor)
@@ -244,7 +282,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     metrics = MetricsLog(out, state.step, cfg.batch_size * cfg.gradient_accumulation * world,
                          enabled=accelerator.is_main_process)
     reporter.start(cfg.max_steps - state.step, f"train (steps {state.step}->{cfg.max_steps})")
-    it = iter(loader)
+    it = one_line_errors(iter(loader))
     with _Interrupt() as interrupt:
         # 6. the loop
         while state.step < cfg.max_steps:
@@ -253,7 +291,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
             step_terms: dict[str, Any] = {}
             for a in range(cfg.gradient_accumulation):
                 micro = state.step * cfg.gradient_accumulation + a
-                batch = next(it)
+                batch = next(it) if source is None else source.take(next(it))
                 if models.cache is not None and cfg.hflip:  # which rows are flipped: the stream says
                     batch["flip"] = torch.tensor([f for _, _, f in stream.batch(micro)])
                 noise = draw_noise(cfg.seed, micro, batch_size=cfg.batch_size, latent_shape=latent_shape,
@@ -312,8 +350,11 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
                 stopping = logged is not None and bool(accelerator.reduce(
                     torch.tensor(float(stopping), device=device), "sum").item())
             if stopping or due_checkpoint:
+                from .stream import world_record
+
+                extra = world_record(cfg, world) | (source.record(accelerator) if source is not None else {})
                 state.last_checkpoint = write_checkpoint(cfg, state, accelerator, raw_controlnet,
-                                                         optimizer, lr_scheduler, models)
+                                                         optimizer, lr_scheduler, models, extra=extra)
             if stopping:
                 reporter.finish()
                 finish_result(result, state, t_start)
@@ -324,7 +365,12 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     reporter.finish()
 
     # 7. the outputs: OUTPUT/controlnet (+ unet), config, loss curve, optional original-layout single file
-    save_outputs(cfg, state, accelerator, raw_controlnet, models, optimizer, result, len(index), index.skipped)
+    if source is not None:
+        result.samples, result.skipped_rows, line = source.counts(accelerator)
+        if line:
+            reporter.message(line)
+    save_outputs(cfg, state, accelerator, raw_controlnet, models, optimizer, result, result.samples,
+                 result.skipped_rows)
     if log_with:
         accelerator.end_training()
     finish_result(result, state, t_start)
@@ -332,6 +378,34 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
 
 # --------------------------------------------------------------------------------------- named helpers
+def keep_decodable(cfg: TrainConfig, dataset: Any, models: Any, cache_key: str | None, accelerator: Any,
+                   reporter: Reporter, result: TrainResult) -> None:
+    """Decode every row once (building or reading the latent cache, or one pass without it) and drop the rows
+    that do not decode from the index: skipped and counted (`index.skipped`), never replaced by others."""
+    index = dataset.index
+    if cfg.cache_latents:
+        from .cache import load_or_build, undecodable
+
+        models.cache, result.cache_path, result.cache_reused = load_or_build(
+            dataset, cache_key, cfg.output_dir, vae=models.vae, family=models.family, text=models.text_components,
+            device=accelerator.device, dtype=models.weight_dtype, bs=cfg.batch_size, accelerator=accelerator,
+            reporter=reporter, hflip=cfg.hflip)
+        keep = models.cache.pop("rows").tolist()
+        why = undecodable(result.cache_path) if len(keep) < len(index) else ""
+        models.cache = place_cache(models.cache, accelerator.device)
+        encoders_to(models, "cpu")
+    else:
+        from accelerate.utils import gather_object
+
+        from .data import decodable_rows
+
+        keep, why = decodable_rows(dataset, accelerator.process_index, accelerator.num_processes, gather_object)
+    dropped = index.keep_only(keep, why)
+    if dropped:
+        reporter.message(f"skipped {dropped} dataset row{'s' if dropped != 1 else ''} whose images do not decode"
+                         + (f" (e.g. {why})" if why else ""))
+
+
 def make_accelerator(cfg: TrainConfig, device: str, mixed_precision: str) -> tuple[Any, str | None]:
     """accelerate's Accelerator for this run and the tracker it logs to (None: no logging)."""
     import torch

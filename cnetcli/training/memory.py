@@ -31,6 +31,7 @@ cuBLAS/cuDNN workspaces (some hundreds of MiB) and the caching allocator's fragm
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,3 +181,129 @@ def plan_for(models: Any, cfg: Any, latent_shape: tuple[int, ...]) -> MemoryPlan
                        act_dtype=dtype_name(models.weight_dtype), cached=models.cache is not None,
                        denoiser_config=models.denoiser.config, vae_factor=vae_factor, family=models.family,
                        reward_samples=rewarded, reward_dtype=dtype_name(models.vae.dtype))
+
+
+
+# ------------------------------------------------------------------------ before any model loads
+
+def _param_count(folder: Any) -> int:
+    """Parameters in a diffusers component folder, from its safetensors headers (nothing is loaded)."""
+    from pathlib import Path
+
+    from safetensors import safe_open
+
+    n = 0
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(f), "np") as st:
+                for k in st.keys():
+                    shape = st.get_slice(k).get_shape()
+                    size = 1
+                    for d in shape:
+                        size *= int(d)
+                    n += size
+        except Exception:  # an unreadable file is the loader's to report; count what can be read
+            continue
+    return n
+
+
+@functools.lru_cache(maxsize=8)
+def _base_facts(base: str, base_config: str | None) -> tuple[Any, dict[str, Any], int, dict[str, int]] | None:
+    """(family, denoiser config, VAE downsampling, parameters per component) of a base whose configs are
+    local and whose family has an activation model; None otherwise."""
+    from ..models.families import vae_scale_factor
+    from ..models.sd import local_base_configs, local_config_folder
+
+    info = local_base_configs(base, base_config)
+    folder = local_config_folder(base, base_config)
+    if info is None or folder is None or not info.denoiser or not info.vae:
+        return None
+    family = info.family
+    try:
+        vae_factor = vae_scale_factor(info.vae)
+        family.activation_bytes(info.denoiser, vae_factor)
+    except (NotImplementedError, TypeError, ValueError, KeyError):  # no model yet, or a config it cannot read
+        return None
+    parts = (family.denoiser, "vae", *family.text_encoders)
+    return family, info.denoiser, vae_factor, {c: _param_count(folder / c) for c in parts if (folder / c).is_dir()}
+
+
+def plan_before_loading(cfg: Any, device: str, mixed_precision: str) -> MemoryPlan | None:
+    """The memory plan of `cfg` from the base's config files and weight headers, before any model loads (None
+    when the base's configs are not in a local folder: the check is skipped and the loaded run prints its plan).
+    The ControlNet is counted as the UNet's encoder half (its copy), its hint encoder as negligible."""
+    facts = _base_facts(cfg.base, cfg.base_config)
+    if facts is None:
+        return None
+    family, denoiser_cfg, vae_factor, counts = facts
+    cuda = device.startswith("cuda")
+    low = {"bf16": "bf16", "fp16": "fp16"}.get(mixed_precision, "fp32")
+    trains = cfg.unlock_sd_after is not None
+    den = counts.get(family.denoiser, 0)
+    parts = [Part(family.denoiser, den, "fp32" if trains else low, True, trains, True),
+             Part("controlnet", den // 2, "fp32", True, True)]
+    on_device = not (cuda and cfg.cache_latents)  # the cache moves the encoders off the GPU
+    reward = getattr(cfg, "reward", None) is not None  # --reward: the VAE stays to decode
+    parts += [Part(c, n, low, on_device or (reward and c == "vae")) for c, n in counts.items()
+              if c != family.denoiser]
+    latent = (cfg.resolution // vae_factor) ** 2
+    rewarded = cfg.batch_size * min(1.0, (cfg.reward_max_timestep + 1) / 1000) if reward else 0.0
+    return memory_plan(parts, batch_size=cfg.batch_size, latent_pixels=latent, eight_bit_adam=cfg.use_8bit_adam,
+                       gradient_checkpointing=cfg.gradient_checkpointing, act_dtype=low,
+                       cached=bool(cfg.cache_latents), denoiser_config=denoiser_cfg, vae_factor=vae_factor,
+                       family=family, reward_samples=rewarded, reward_dtype=low)
+
+
+def device_memory(device: str) -> tuple[int, str] | None:
+    """(bytes the run may use, what they are): the GPU's total memory, or the host's available RAM."""
+    if device.startswith("cuda"):
+        import torch
+
+        index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
+        return torch.cuda.get_device_properties(index).total_memory, "GPU memory"
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(info["MemAvailable"].split()[0]) * 1024, "available RAM"
+    except (OSError, KeyError, ValueError):
+        import os
+
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
+        except (ValueError, OSError, AttributeError):
+            return None
+
+
+def _needed(plan: MemoryPlan, cuda: bool) -> int:
+    return plan.with_overheads if cuda else plan.peak
+
+
+def check_fits(cfg: Any, device: str, mixed_precision: str) -> MemoryPlan | None:
+    """Refuse (`UsageError`, one line saying what fits) a --resolution x --batch-size whose estimated peak is
+    over the device's memory, before anything loads or allocates. Returns the plan (None: not plannable)."""
+    import dataclasses
+
+    from ..errors import UsageError
+
+    if cfg.resolution is None or cfg.batch_size is None:  # not resolved yet (plan.resolve_defaults fills them)
+        return None
+    plan = plan_before_loading(cfg, device, mixed_precision)
+    have = device_memory(device)
+    if plan is None or have is None:
+        return plan
+    cuda = device.startswith("cuda")
+    avail, what = have
+    if _needed(plan, cuda) <= avail:
+        return plan
+
+    def fits(**kw: Any) -> bool:
+        p = plan_before_loading(dataclasses.replace(cfg, **kw), device, mixed_precision)
+        return p is not None and _needed(p, cuda) <= avail
+
+    batch = next((b for b in range(cfg.batch_size - 1, 0, -1) if fits(batch_size=b)), None)
+    res = next((r for r in range(cfg.resolution - 64 - cfg.resolution % 64, 63, -64) if fits(resolution=r)), None)
+    options = ([f"--batch-size {batch}"] if batch else []) + ([f"--resolution {res}"] if res else [])
+    fix = (f"at most {' or '.join(options)} fits" if options else "no size fits with these settings") + \
+        "; --gradient-checkpointing, --mixed-precision bf16 or --cache-latents also use less memory"
+    raise UsageError(f"--resolution {cfg.resolution} --batch-size {cfg.batch_size}: needs about "
+                     f"{_needed(plan, cuda) / GIB:.1f} GiB but the {what} is {avail / GIB:.1f} GiB; {fix}")

@@ -42,8 +42,8 @@ def resolve_type(reward: str, index: Any) -> tuple[str, dict[str, Any]]:
     from ..annotators import get_rewardable
     from ..data.provenance import Provenance
 
-    first = index.rows[0].hint if len(index.rows) else None
-    prov = Provenance.read(first) if isinstance(first, Path) else None  # a hub row's hint carries none
+    first = index.rows[0].hint if index is not None and len(index.rows) else None  # None: streamed shards
+    prov = Provenance.read(first) if isinstance(first, Path) else None  # a hub row's or a shard's carries none
     if reward == AUTO:
         if prov is None:
             raise UsageError("--reward auto: the dataset's first hint carries no provenance naming its type; "

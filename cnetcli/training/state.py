@@ -57,9 +57,10 @@ def _weights_finite(modules: list[Any]) -> bool:
 
 
 def write_checkpoint(cfg: TrainConfig, state: RunState, accelerator: Any, raw_controlnet: Any,
-                     optimizer: Any, lr_scheduler: Any, models: Any) -> Path | None:
+                     optimizer: Any, lr_scheduler: Any, models: Any, extra: dict[str, Any] | None = None) -> Path | None:
     """OUTPUT/checkpoints/step-N (main process; the others wait). Non-finite weights are never written:
-    the run stops naming the last good checkpoint instead."""
+    the run stops naming the last good checkpoint instead. `extra` joins state.json (the process split and
+    stream position, see stream.py)."""
     import torch
 
     from .checkpoint import save_checkpoint
@@ -77,7 +78,7 @@ def write_checkpoint(cfg: TrainConfig, state: RunState, accelerator: Any, raw_co
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             rng["cuda"] = torch.cuda.get_rng_state()
         record = {"step": state.step, "lr_scheduler": lr_scheduler.state_dict(), "losses": state.losses,
-                  UNLOCKED_KEY: state.denoiser_unlocked, "down_connected": models.connected}
+                  UNLOCKED_KEY: state.denoiser_unlocked, "down_connected": models.connected} | (extra or {})
         denoiser = (models.family.denoiser, models.denoiser) if state.denoiser_unlocked else None
         path = save_checkpoint(cfg.output_dir, state.step, controlnet=raw_controlnet, denoiser=denoiser,
                                optimizer=optimizer, state=record,

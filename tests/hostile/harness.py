@@ -121,9 +121,9 @@ def check_case(run_cli, ctx: Ctx, args: list[str], codes: tuple[int, ...], words
     new = sorted(set(after) - set(before))
     outside = [k for k in new if not any(k == a or k.startswith(a + os.sep) for a in allowed)]
     assert not outside, f"written outside the output folder: {outside}\n{shown}"
-    # hidden new names are temps left behind, except the dataset index's lock file (filelock keeps it by design)
+    # hidden new names are temps left behind, except the dataset index and run locks (filelock keeps them by design)
     temps = [k for k in new if any(part.startswith(".") for part in Path(k).parts)
-             and Path(k).name != ".cnet-index.lock"]
+             and Path(k).name not in (".cnet-index.lock", ".cnet-run.lock")]
     assert not temps, f"temp files left: {temps}\n{shown}"
 
 

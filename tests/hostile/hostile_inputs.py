@@ -179,3 +179,13 @@ def generate_folder(folder: Path, sidecar_text: str | None = None, n: int = 1) -
         text = sidecar_text if sidecar_text is not None else json.dumps({"hint": f"hint_{i}.png", "prompt": "x"})
         (folder / f"out_{i}.json").write_text(text)
     return folder
+
+
+def bitflipped_png(path: Path) -> Path:
+    """`path` (a PNG) with 40 bytes of its pixel data inverted: the header and end marker still read, the
+    pixels do not decode."""
+    data = bytearray(path.read_bytes())
+    i = data.index(b"IDAT") + 40
+    data[i:i + 40] = bytes(b ^ 0xFF for b in data[i:i + 40])
+    path.write_bytes(bytes(data))
+    return path

@@ -4,8 +4,8 @@ The rest of cnet asks the base's `ModelFamily`; it never names the UNet or branc
 A family is detected ONCE, from the model's own files (`family_of`): model_index.json's `_class_name`, else the
 denoiser's config (its `_class_name` / added-conditioning type), else a single file's keys.
 
-What a family implements (a new base = one module here with a `ModelFamily` subclass + one entry in
-`FAMILIES`; the contract suite tests/test_family_contract.py then runs it through every command):
+What a family implements (a new base = one module here defining `FAMILY = <its ModelFamily subclass>` + its
+name in `FAMILY_MODULES`; the contract suite tests/test_family_contract.py then runs it through every command):
 
 files and classes
     name, label, aliases (older names read back from saved configs), pipeline_classes (model_index
@@ -132,10 +132,6 @@ class ModelFamily:
         """Every component of a base of this family (what `load_base_components` loads by default)."""
         return (self.denoiser, "vae", *self.text_encoders, *self.tokenizers, "scheduler")
 
-    @property
-    def release_family(self) -> str:  # the name callers used before `release_key`
-        return self.release_key
-
     def component_classes(self) -> dict[str, Any]:
         """Component folder -> the class that loads it."""
         raise NotImplementedError
@@ -158,6 +154,22 @@ class ModelFamily:
     def controlnet_config_from(self, denoiser_config: Any, **overrides: Any) -> dict[str, Any]:
         """The config of the ControlNet this family makes from a denoiser with `denoiser_config` (meta device)."""
         raise NotImplementedError
+
+    # ------------------------------------------------------------------------------------ single files
+    def claims_controlnet_file(self, keys: Any) -> bool:
+        """Whether a single ControlNet file with these keys is this family's own layout (read by
+        `load_controlnet_file`); False: cnet's generic reader (shipped configs tried by shape)."""
+        return False
+
+    def load_controlnet_file(self, path: Any, *, denoiser_config: Any = None, torch_dtype: Any = None) -> Any:
+        raise NotImplementedError
+
+    def controlnet_file_config(self, path: Any, *, denoiser_config: Any = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def single_file_metadata(self, controlnet: Any) -> dict[str, str]:
+        """safetensors metadata `--single-file` stores beside the weights (e.g. the config to read it back)."""
+        return {}
 
     def describe(self, config: Any) -> str | None:
         """Which release of the family a denoiser's or ControlNet's config looks like (for messages: "an SD2.x
@@ -284,10 +296,16 @@ class ModelFamily:
     #: whether `hint_input` draws from a distribution (VAE latents): training then draws its noise in
     #: `draw_noise`, with the rest of the micro-batch's random numbers
     hint_sample_needed: ClassVar[bool] = False
+    #: `generate` runs the family's `sample_latents` (its diffusers pipeline's own loop: FLUX's guidance
+    #: embedding, hint draws before the noise) instead of the shared CFG loop
+    own_sampling_loop: ClassVar[bool] = False
+    #: `generate`'s --cfg when not given (the paper's CFG; FLUX.1-dev: its distilled guidance 3.5)
+    default_guidance: ClassVar[float] = 9.0
 
-    def hint_input(self, vae: Any, hint: Any, sample: Any = None) -> Any:
+    def hint_input(self, vae: Any, hint: Any, sample: Any = None, net: Any = None) -> Any:
         """What the ControlNet's `controlnet_cond` gets from a hint batch in [0, 1] (B x 3 x H x W); `sample`:
-        the standard-normal draw a VAE-latent hint uses (None: the family's own draw)."""
+        the standard-normal draw a VAE-latent hint uses, or a torch.Generator to draw it from; `net`: the ControlNet
+        it is for, when sampling (its config may change the encoding, as in the family's pipeline)."""
         return hint
 
     def control(self, net: Any, x: Any, t: Any, cond: dict[str, Any], hint: Any, *, scale: float = 1.0,
@@ -322,19 +340,23 @@ class ModelFamily:
         raise NotImplementedError
 
 
-def _families() -> tuple[type[ModelFamily], ...]:
-    """Every family, most specific first (detection asks them in this order)."""
-    from .sd import StableDiffusion
-    from .sdxl import StableDiffusionXL
+#: the family modules (each defines `FAMILY`, its ModelFamily subclass), most specific first: detection asks
+#: them in this order, and the last one (SD1.x/2.x) takes what no other claims
+FAMILY_MODULES = ("sdxl", "sd3", "flux", "sd")
 
-    found: list[type[ModelFamily]] = [StableDiffusionXL]
-    for mod, cls in (("sd3", "StableDiffusion3"), ("flux", "Flux")):
+
+def _families() -> tuple[type[ModelFamily], ...]:
+    """Every family class, in `FAMILY_MODULES` order (a module not in this build is skipped)."""
+    import importlib
+
+    found = []
+    for mod in FAMILY_MODULES:
         try:
-            m = __import__(f"{__name__}.{mod}", fromlist=[cls])
-        except ImportError:  # a family module not in this build
-            continue
-        found.append(getattr(m, cls))
-    return (*found, StableDiffusion)
+            found.append(importlib.import_module(f"{__name__}.{mod}").FAMILY)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{mod}":
+                raise
+    return tuple(found)
 
 
 #: the family of a base nothing else claims (and cnet's default base, SD1.5: the paper's)
@@ -381,6 +403,11 @@ def family_of(denoiser_config: Any = None, pipeline_config: Any = None, *, model
         found = next((f for f in fams if f.matches_model_type(model_type)), None)
     found = found or fams[-1]
     return found(**{k: v for k, v in kw.items() if k in found.__dataclass_fields__})
+
+
+def controlnet_file_family(keys: Any) -> ModelFamily | None:
+    """The family whose own single-file layout these ControlNet keys are (None: the generic reader's)."""
+    return next((f() for f in _families() if f().claims_controlnet_file(keys)), None)
 
 
 def denoiser_folders() -> tuple[str, ...]:

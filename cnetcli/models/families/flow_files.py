@@ -119,30 +119,62 @@ def infer_config(shapes: dict[str, tuple[int, ...]], base_config: Any = None) ->
                          f"(ComfyUI would read it with {loader or 'none of its ControlNet loaders'})")
 
 
+def is_flow_controlnet(keys: Any) -> bool:
+    """Whether a file with these keys is a FLUX.1 or SD3 ControlNet in the diffusers layout."""
+    return comfyui_loader(keys) in _CLASSES
+
+
 def load_controlnet_file(path: str | Path, *, base_config: Any = None, torch_dtype: Any = None) -> Any:
     """A FluxControlNetModel / SD3ControlNetModel from one .safetensors file (see the module docstring)."""
-    import diffusers
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
         sd = {k: f.get_tensor(k) for k in f.keys()}
-    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    return controlnet_from_state_dict(sd, meta, where=str(path), base_config=base_config, torch_dtype=torch_dtype)
+
+
+def stored_config(meta: dict[str, str], where: str) -> dict[str, Any]:
+    """The config cnet stored in a file's safetensors metadata, read bounded (`cnetcli.external`)."""
+    from ...errors import SchemaError
+    from ...external import parse_json
+
+    try:
+        cfg = parse_json(meta[CONFIG_KEY], f"{where} (its '{CONFIG_KEY}' metadata)")
+    except SchemaError as e:
+        raise ModelLoadError(str(e)) from None
+    if not isinstance(cfg, dict):
+        raise ModelLoadError(f"{where}: its '{CONFIG_KEY}' metadata is not a JSON object")
+    return cfg
+
+
+def file_config(shapes: dict[str, tuple[int, ...]], meta: dict[str, str], *, where: str, base_config: Any = None
+                ) -> tuple[str, dict[str, Any]]:
+    """(class name, config) of a file: cnet's stored config when it has one, else inferred from the shapes."""
     if CONFIG_KEY in meta:
-        cls_name, cfg = _CLASSES.get(comfyui_loader(shapes)), json.loads(meta[CONFIG_KEY])
+        cls_name = _CLASSES.get(comfyui_loader(shapes))
         if cls_name is None:
-            raise ModelLoadError(f"{path}: not a FLUX.1 or SD3 ControlNet in the diffusers layout")
-    else:
-        cls_name, cfg = infer_config(shapes, base_config)
+            raise ModelLoadError(f"{where}: not a FLUX.1 or SD3 ControlNet in the diffusers layout")
+        return cls_name, stored_config(meta, where)
+    return infer_config(shapes, base_config)
+
+
+def controlnet_from_state_dict(sd: dict[str, Any], meta: dict[str, str], *, where: str, base_config: Any = None,
+                               torch_dtype: Any = None) -> Any:
+    import diffusers
+
+    shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    cls_name, cfg = file_config(shapes, meta, where=where, base_config=base_config)
     cls = getattr(diffusers, cls_name)
     model = cls.from_config(cfg)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
-        raise ModelLoadError(f"{path}: does not fit a {cls_name} with its config (missing {sorted(missing)[:3]}, "
+        raise ModelLoadError(f"{where}: does not fit a {cls_name} with its config (missing {sorted(missing)[:3]}, "
                              f"unexpected {sorted(unexpected)[:3]})")
     if torch_dtype is not None:
         model = model.to(torch_dtype)
     return model.eval()
 
 
-__all__ = ["CONFIG_KEY", "comfyui_loader", "file_metadata", "infer_config", "load_controlnet_file"]
+__all__ = ["CONFIG_KEY", "comfyui_loader", "controlnet_from_state_dict", "file_config", "file_metadata", "infer_config",
+           "is_flow_controlnet", "load_controlnet_file"]

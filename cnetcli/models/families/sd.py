@@ -74,3 +74,6 @@ class StableDiffusion(UNetFamily):
                 [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else list(negative_prompt))
             neg = self._encode(tok, te, negs, embeds.shape[1], None).to(te.dtype)
         return PromptEncoding(embeds, neg)
+
+
+FAMILY = StableDiffusion

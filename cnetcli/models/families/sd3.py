@@ -16,6 +16,11 @@
 - Latents: (z - shift_factor) * scaling_factor; the hint is VAE-encoded the same way (in [-1, 1]), a sample of
   its latent distribution as the script and the pipeline draw it.
 - Sampling: the base's `FlowMatchEulerDiscreteScheduler` (SD3's static shift 3.0), true CFG.
+
+The script and the pipeline disagree on a ControlNet whose config says `force_zeros_for_pooled_projection`
+(diffusers' default, so every `from_transformer` ControlNet): the script gives it the pooled text and the
+hint latents with the VAE's shift, the pipeline (written for InstantX's ControlNets) zeros the pooled text and
+drops the shift. cnet trains as the script and samples as the pipeline, so each equals its reference.
 """
 
 from __future__ import annotations
@@ -29,6 +34,14 @@ from . import ModelFamily, PromptEncoding, _as_list
 #: --small-scale's ControlNet depth for SD3 (the full one copies 12 blocks, as train_controlnet_sd3.py does)
 SMALL_SCALE_LAYERS = 2
 FULL_LAYERS = 12
+
+
+def _config(net: Any) -> dict[str, Any]:
+    return dict(getattr(net, "_orig_mod", net).config)  # (a compiled net keeps its config on the original)
+
+
+def _zero_pooled(net: Any) -> bool:
+    return bool(_config(net).get("force_zeros_for_pooled_projection"))
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,34 @@ class StableDiffusion3(ModelFamily):
         cfg = {k: config_get(denoiser_config, k) for k in keep if config_get(denoiser_config, k) is not None}
         return {**cfg, "num_layers": self.controlnet_layers(denoiser_config, False),
                 "extra_conditioning_channels": 0, **overrides}
+
+    # ------------------------------------------------------------------ single files (families/flow_files.py)
+    def claims_controlnet_file(self, keys: Any) -> bool:
+        from .flow_files import comfyui_loader
+
+        return comfyui_loader(keys) == "load_controlnet_mmdit"
+
+    def load_controlnet_file(self, path: Any, *, denoiser_config: Any = None, torch_dtype: Any = None) -> Any:
+        from .flow_files import load_controlnet_file
+
+        return load_controlnet_file(path, base_config=denoiser_config, torch_dtype=torch_dtype)
+
+    def controlnet_file_config(self, path: Any, *, denoiser_config: Any = None) -> dict[str, Any]:
+        from safetensors import safe_open
+
+        from .flow_files import CONFIG_KEY, infer_config, stored_config
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        if CONFIG_KEY in meta:
+            return {**stored_config(meta, str(path)), "_class_name": self.controlnet_class_name}
+        return {**infer_config(shapes, denoiser_config)[1], "_class_name": self.controlnet_class_name}
+
+    def single_file_metadata(self, controlnet: Any) -> dict[str, str]:
+        from .flow_files import file_metadata
+
+        return file_metadata(controlnet)
 
     def small_scale_params(self, controlnet: Any) -> list[Any]:
         return []  # small-scale is a shallower ControlNet from the start (init_controlnet), nothing frozen
@@ -203,17 +244,27 @@ class StableDiffusion3(ModelFamily):
         cond = super().sampling_cond(encoding, size, do_cfg=do_cfg)
         pooled = encoding.pooled_prompt_embeds
         cond["pooled_projections"] = torch.cat([encoding.negative_pooled_prompt_embeds, pooled]) if do_cfg else pooled
+        cond["sampling"] = True  # the pipeline's ControlNet inputs (see the module docstring)
         return cond
 
     # ------------------------------------------------------------------ the hint and the residuals
     hint_sample_needed: ClassVar[bool] = True
 
-    def hint_input(self, vae: Any, hint: Any, sample: Any = None) -> Any:
+    def hint_input(self, vae: Any, hint: Any, sample: Any = None, net: Any = None) -> Any:
         """The hint (in [0, 1]) as the ControlNet takes it: VAE latents of the hint in [-1, 1], a sample of
-        their distribution (`mean + std * sample`; with no `sample`, drawn from torch's global RNG as
-        StableDiffusion3ControlNetPipeline draws it), shifted and scaled like the image latents."""
+        their distribution (`mean + std * sample` for a tensor; for a torch.Generator, drawn from it as
+        StableDiffusion3ControlNetPipeline draws from torch's global RNG), shifted and scaled like the image
+        latents. `net` (when sampling): the pipeline's rule, no shift for a `force_zeros_for_pooled_projection`
+        ControlNet."""
+        import torch
+
         dist = vae.encode((hint * 2.0 - 1.0).to(vae.dtype)).latent_dist
-        z = dist.sample() if sample is None else dist.mean + dist.std * sample.to(dist.mean.dtype)
+        if sample is None or isinstance(sample, torch.Generator):
+            z = dist.sample(generator=sample)
+        else:
+            z = dist.mean + dist.std * sample.to(dist.mean.dtype)
+        if net is not None and _zero_pooled(net):
+            return (z * vae.config.scaling_factor).to(hint.dtype)
         return self.to_latents(vae.config, z).to(hint.dtype)
 
     @staticmethod
@@ -225,9 +276,14 @@ class StableDiffusion3(ModelFamily):
 
     def control(self, net: Any, x: Any, t: Any, cond: dict[str, Any], hint: Any, *, scale: float = 1.0,
                 **extra: Any) -> list[Any]:
+        import torch
+
+        pooled, text = cond["pooled_projections"], cond["encoder_hidden_states"]
+        if cond.get("sampling"):  # StableDiffusion3ControlNetPipeline's inputs for this ControlNet
+            pooled = torch.zeros_like(pooled) if _zero_pooled(net) else pooled
+            text = text if _config(net).get("joint_attention_dim") is not None else None
         out = net(hidden_states=x, controlnet_cond=hint, conditioning_scale=scale, timestep=self._t(t, x),
-                  encoder_hidden_states=cond["encoder_hidden_states"], pooled_projections=cond["pooled_projections"],
-                  return_dict=False, **extra)[0]
+                  encoder_hidden_states=text, pooled_projections=pooled, return_dict=False, **extra)[0]
         return list(out)
 
     def denoise(self, denoiser: Any, x: Any, t: Any, cond: dict[str, Any], residuals: list[Any] | None) -> Any:
@@ -239,3 +295,6 @@ class StableDiffusion3(ModelFamily):
     def activation_bytes(self, denoiser_config: Any, vae_factor: int = 8, *, denoiser_trains: bool = False,
                          gradient_checkpointing: bool = False, fp32: bool = False) -> tuple[float, float]:
         raise NotImplementedError("the SD3 memory plan is not traced yet")
+
+
+FAMILY = StableDiffusion3

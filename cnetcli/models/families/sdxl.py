@@ -158,3 +158,6 @@ class StableDiffusionXL(UNetFamily):
             pooled = torch.cat([encoding.negative_pooled_prompt_embeds, pooled])
             ids = torch.cat([ids, ids])
         return self.added_cond_kwargs(PromptEncoding(encoding.prompt_embeds, pooled_prompt_embeds=pooled), ids)
+
+
+FAMILY = StableDiffusionXL
