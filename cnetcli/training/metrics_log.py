@@ -17,23 +17,20 @@ from pathlib import Path
 from typing import Any
 
 METRICS_FILE = "metrics.jsonl"
+MAX_LOG_BYTES = 2**30  # a million logged steps at ~200 bytes a row
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The rows of a metrics.jsonl (a torn last line, from a killed run, is skipped)."""
-    rows = []
+    """The rows of a metrics.jsonl, through the schema layer (a torn last line, from a killed run, is skipped)."""
+    from ..errors import CnetError
+    from ..external.reader import parse_json_lines, read_bytes
+
     try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
+        text = read_bytes(path, MAX_LOG_BYTES, "metrics log").decode("utf-8", errors="replace")
+    except (OSError, CnetError):
         return []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.append(row)
-    return rows
+    rows, _ = parse_json_lines(text, str(path))
+    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("step"), int)]
 
 
 class MetricsLog:
