@@ -213,3 +213,39 @@ def test_validation_samples_with_the_models_in_memory(family_base, data, tmp_pat
     assert len(calls) == 1 and calls[0].family.name == name
     assert calls[0].denoiser is seen[-1].denoiser and calls[0].text is seen[-1].text
     assert [c["step"] for c in r.controllability] == [2] and 0.0 <= r.controllability[0]["value"] <= 1.0
+
+
+def test_reconnect_at_only_where_small_scale_disconnects(family_base, tmp_path):
+    """--reconnect-at reconnects what --small-scale froze (SD's middle-block mode); where --small-scale is a
+    smaller network (SD3, FLUX) it is refused before any model loads, naming the family's meaning."""
+    from cnetcli.errors import UsageError
+    from cnetcli.models.families import family_named
+    from cnetcli.training import TrainConfig
+    from cnetcli.training.config import resolve_defaults
+
+    name, base = family_base
+    cfg = TrainConfig(base=str(base), data=str(tmp_path), small_scale=True, reconnect_at=1, max_steps=2)
+    if family_named(name).small_scale_reconnects:
+        assert resolve_defaults(cfg)[0].reconnect_at == 1
+    else:
+        with pytest.raises(UsageError, match="--reconnect-at: on .* smaller ControlNet"):
+            resolve_defaults(cfg)
+
+
+def test_another_familys_controlnet_is_refused_in_one_line(family_base, request):
+    """Every other family's ControlNet (config) is refused against this base before any weights load, in one
+    line (SD1.x and SDXL ControlNets share a class: their shapes tell them apart)."""
+    from cnetcli.errors import ModelLoadError
+    from cnetcli.models.compat import check_controlnet_fits
+    from cnetcli.models.sd import base_configs
+
+    name, base = family_base
+    info = base_configs(str(base))
+    for other, fixture in FAMILIES.items():
+        if other == name:
+            continue
+        theirs = base_configs(str(request.getfixturevalue(fixture)))
+        cn = {**theirs.family.new_controlnet_config(theirs.denoiser, theirs.vae),
+              "_class_name": theirs.family.controlnet_class_name}
+        with pytest.raises(ModelLoadError, match="--controlnet X: "):
+            check_controlnet_fits(cn, info.denoiser, "--controlnet X", vae_config=info.vae)

@@ -24,6 +24,7 @@ UNET = re.compile(r"unet", re.IGNORECASE)
 ALLOWED: dict[tuple[str, str], str] = {
     # checkpoint compatibility: the record name runs of earlier versions wrote and resume reads
     ("training/state.py", '"unet_unlocked"'): "state.json key of earlier runs (resume compatibility)",
+    ("external/records.py", "unet_unlocked"): "the state.json schema's field for that key",
     ("generation/pipeline.py", '"unet"'): "PNG metadata key of earlier versions (readers look it up)",
     # the built-in base names users type (--base sd15)
     ("models/sd.py", '"sd15"'): "built-in short name of the SD1.5 release (BUILTIN_MODELS)",

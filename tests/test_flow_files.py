@@ -54,8 +54,10 @@ def test_flux_file_with_cnet_metadata_needs_no_base(flux_parts, tmp_path):
     save_file({k: v.contiguous() for k, v in cn.state_dict().items()}, str(path), metadata=flow_files.file_metadata(cn))
     back = flow_files.load_controlnet_file(path)
     assert list(back.config.axes_dims_rope) == [4, 4, 8] and _same_weights(cn, back)
+    exported = export_single_file(cn, tmp_path / "exported.safetensors", layout="diffusers")  # cnet's export
+    assert _same_weights(cn, flow_files.load_controlnet_file(exported))  # stores the config: no base needed
+    save_file({k: v.contiguous() for k, v in cn.state_dict().items()}, str(tmp_path / "bare.safetensors"))
     with pytest.raises(Exception, match="axes_dims_rope"):  # the same weights without metadata or base
-        export_single_file(cn, tmp_path / "bare.safetensors", layout="diffusers")
         flow_files.load_controlnet_file(tmp_path / "bare.safetensors")
 
 

@@ -58,6 +58,10 @@ NODES = {
     }, ("LATENT",)),
     "VAEDecode": ({"samples": ("LATENT", {}), "vae": ("VAE", {})}, ("IMAGE",)),
     "SaveImage": ({"images": ("IMAGE", {}), "filename_prefix": ("STRING", {"default": "ComfyUI"})}, ()),
+    # comfy_extras/nodes_flux.py
+    "FluxGuidance": ({"conditioning": ("CONDITIONING", {}),
+                      "guidance": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 100.0, "step": 0.1})},
+                     ("CONDITIONING",)),
 }
 
 
@@ -157,3 +161,16 @@ def test_validator_catches_mistakes():
     ks["inputs"]["positive"] = ["1", 0]  # a MODEL output where CONDITIONING is expected
     with pytest.raises(AssertionError):
         validate(g)
+
+
+def test_flux_graph_carries_the_distilled_guidance():
+    g = comfy_graph(meta(cfg=3.5, guidance_embedding=True, true_cfg=None))
+    validate(g)
+    by = {}
+    for n in g.values():
+        by.setdefault(n["class_type"], []).append(n["inputs"])
+    assert [f["guidance"] for f in by["FluxGuidance"]] == [3.5, 3.5]
+    ks = by["KSampler"][0]
+    assert (ks["cfg"], ks["sampler_name"], ks["scheduler"]) == (1.0, "euler", "simple")
+    assert [n["inputs"]["cfg"] for n in comfy_graph(meta(cfg=3.5, guidance_embedding=True, true_cfg=2.0)).values()
+            if n["class_type"] == "KSampler"] == [2.0]

@@ -12,12 +12,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
 
+from ..models.families import all_families
 from .schema import Bool, Float, Int, NonNeg, Record, Str
 
 #: torch.Generator.manual_seed takes [0, 2**64)
 SEED_LIMIT = 2**64
-#: ControlNet classes a diffusers folder may name (ControlNet-Union: one network for many hint types)
-CONTROLNET_CLASSES = ("ControlNetModel", "ControlNetUnionModel")
+#: ControlNet classes a diffusers folder may name: every model family's (`ModelFamily.controlnet_classes`)
+CONTROLNET_CLASSES = tuple(dict.fromkeys(c for f in all_families() for c in f.controlnet_classes))
 
 
 def _inside(rel: str) -> str:

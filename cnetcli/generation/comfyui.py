@@ -10,6 +10,10 @@ What ComfyUI's core nodes cannot express is left at their defaults and said here
 controlnet` (soft weights; ComfyUI applies ControlNets "balanced"), `--eta` other than the sampler's own, and
 the resize mode (LoadImage takes the hint as it is). Model and image inputs are file names, as ComfyUI's
 loaders list them from its `models/checkpoints`, `models/controlnet` and `input` folders.
+
+A base whose --cfg is a distilled guidance embedding (FLUX.1-dev; the sidecar's `guidance_embedding`) gets
+ComfyUI's FLUX workflow: a FluxGuidance node (comfy_extras/nodes_flux.py) on both conditionings carries --cfg,
+the KSampler runs cfg 1.0 (or --true-cfg) with euler / simple, FLUX's flow-matching Euler.
 """
 
 from __future__ import annotations
@@ -55,6 +59,10 @@ def comfy_graph(meta: dict[str, Any]) -> dict[str, Any]:
     ckpt = node("CheckpointLoaderSimple", ckpt_name=_file_name(meta.get("base"), "model.safetensors"))[0]
     pos = [node("CLIPTextEncode", text=meta.get("prompt", ""), clip=[ckpt, 1])[0], 0]
     neg = [node("CLIPTextEncode", text=meta.get("negative_prompt", ""), clip=[ckpt, 1])[0], 0]
+    distilled = bool(meta.get("guidance_embedding"))
+    if distilled:
+        pos = [node("FluxGuidance", conditioning=pos, guidance=float(meta["cfg"]))[0], 0]
+        neg = [node("FluxGuidance", conditioning=neg, guidance=float(meta["cfg"]))[0], 0]
     for cn in meta.get("controlnets", []):
         loader = node("ControlNetLoader", control_net_name=_file_name(cn.get("model"), "controlnet.safetensors"))[0]
         image = node("LoadImage", image=_base_name(cn.get("hint"), "hint.png"))[0]
@@ -63,8 +71,10 @@ def comfy_graph(meta: dict[str, Any]) -> dict[str, Any]:
                      end_percent=float(cn["end"]))[0]
         pos, neg = [apply, 0], [apply, 1]
     latent = node("EmptyLatentImage", width=int(meta["width"]), height=int(meta["height"]), batch_size=1)[0]
-    sampler_name, scheduler = comfy_sampler(meta["sampler"], meta.get("scheduler", "normal"))
-    ks = node("KSampler", model=[ckpt, 0], seed=int(meta["seed"]), steps=int(meta["steps"]), cfg=float(meta["cfg"]),
+    sampler_name, scheduler = ("euler", "simple") if distilled else \
+        comfy_sampler(meta["sampler"], meta.get("scheduler", "normal"))
+    cfg = float(meta.get("true_cfg") or 1.0) if distilled else float(meta["cfg"])
+    ks = node("KSampler", model=[ckpt, 0], seed=int(meta["seed"]), steps=int(meta["steps"]), cfg=cfg,
               sampler_name=sampler_name, scheduler=scheduler, positive=pos, negative=neg, latent_image=[latent, 0],
               denoise=1.0)[0]
     dec = node("VAEDecode", samples=[ks, 0], vae=[ckpt, 2])[0]

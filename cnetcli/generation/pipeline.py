@@ -546,7 +546,7 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
         "index": index,
         "steps": cfg.steps,
         "cfg": cfg.guidance(models.family),
-        "sampler": cfg.sampler,
+        "sampler": models.family.fixed_sampler or cfg.sampler,
         "scheduler": cfg.scheduler,
         "eta": cfg.eta_used,
         "resize_mode": cfg.resize_mode,
@@ -565,6 +565,9 @@ def _metadata(cfg: GenerateConfig, models: Models, job: Job, prompt: str, seed: 
         "device": models.device,
         "dtype": str(models.dtype).replace("torch.", ""),
     }
+    if models.family.distilled_guidance:  # --cfg was the guidance embedding; true CFG only when asked
+        meta["guidance_embedding"] = True
+        meta["true_cfg"] = cfg.true_cfg
     if cfg.image:
         meta["source_image"] = str(cfg.image)
     if pass_ is not None:

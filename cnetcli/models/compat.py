@@ -89,7 +89,12 @@ def _residuals(cfg: Any) -> int | None:
 
 def fit_problems(controlnet_config: Any, denoiser_config: Any) -> list[str]:
     """Each way the ControlNet does not fit the base, as a phrase (empty when it fits)."""
+    from .families import family_of
+
     cn, un = controlnet_config, denoiser_config
+    cf, uf = family_of(cn), family_of(un)
+    if cf.controlnet_class_name != uf.controlnet_class_name:  # e.g. a FLUX ControlNet on an SD3 base
+        return [f"it is a {cf.label} ControlNet ({cf.controlnet_class_name}), the base is {uf.label}"]
     out = []
     cw, uw = config_get(cn, "cross_attention_dim"), config_get(un, "cross_attention_dim")
     if cw != uw:

@@ -287,6 +287,9 @@ def resolve_defaults(c: TrainConfig, given: set[str] | None = None) -> tuple[Tra
     info = local_base_configs(c.base, c.base_config)  # the family, detected once from the base's own files
     family = info.family if info is not None else family_of()
     native = family.default_resolution(info.denoiser, info.vae) if info and info.denoiser and info.vae else None
+    if c.reconnect_at is not None and not family.small_scale_reconnects:
+        raise UsageError(f"--reconnect-at: on {family.label} --small-scale is a smaller ControlNet from the start "
+                         f"({family.small_scale_meaning}), nothing to reconnect; drop --reconnect-at")
     fill: dict[str, Any] = {}
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
     recipes = TINY_RECIPES if _is_tiny(c.base) else family.recipes

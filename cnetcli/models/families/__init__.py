@@ -20,20 +20,26 @@ the ControlNet
     `small_scale_params(controlnet)` (what --small-scale freezes, `set_connected`), `disconnect(residuals)`.
 latents
     `vae_dtype`, `latent_channels`, `to_latents(vae_config, z)` / `from_latents(vae_config, z)` (the VAE's
-    scale AND shift; `scale_latents` below is the one formula), `pack`/`unpack` (FLUX's 2x2 patches).
+    scale AND shift; `scale_latents` below is the one formula; FLUX packs 2x2 patches in its forward).
 the objective (training and x0 for a reward loss)
     `draw_timesteps(generator, n, scheduler, settings, device)`, `noisy_and_target(scheduler, latents, noise,
-    t) -> (noisy, target, model_t)`, `loss_weights(scheduler, t, settings)`, `predict_x0(scheduler, noisy,
-    model_output, t)`, `check_scheduler(scheduler_config)`, `training_scheduler(config)`.
+    t) -> (noisy, target, model_t)`, `output_for_loss` (SD3's preconditioning), `loss_weights(scheduler, t,
+    settings)`, `predict_x0(scheduler, noisy, model_output, t)`, `check_scheduler(scheduler_config)`,
+    `training_scheduler(scheduler)`, `sampling_scheduler(sampler, config, schedule, seeds)`.
 conditioning
     `encode_prompt(components, prompt, ...) -> PromptEncoding`, `training_cond(encoding, micro, size)` and
     `sampling_cond(encoding, size, do_cfg, denoiser_config)`: the kwargs both networks take (text states plus
     the added conditioning: SDXL micro-conditioning, SD3 pooled projections, ...), a plain dict of tensors.
 the hint and the residuals
-    `hint_input(vae, hint)` (pixel-space for a conditioning embedding, or VAE latents), `control(net, x, t,
+    `hint_input(vae, hint, sample, net)` (pixel-space for a conditioning embedding, or VAE latents drawn from
+    `sample`: `hint_sample_needed`), `control(net, x, t,
     cond, hint, ...) -> residuals` (a flat list of tensors, summed and scaled by callers), `denoise(denoiser,
     x, t, cond, residuals) -> model output`, and `predict(...)`: the one ControlNet + denoiser forward that
-    training/step.py runs (generation's sampling loop calls `control` per net and `denoise` once).
+    training/step.py runs (generation's sampling loop calls `control` per net and `denoise` once; a family
+    whose pipeline loop differs, FLUX, sets `own_sampling_loop` and implements `sample_latents`).
+single files
+    `claims_controlnet_file(keys)`, `load_controlnet_file`, `controlnet_file_config`, `single_file_metadata`,
+    single_file_layout ("original" / "diffusers"), shipped_controlnet_configs, controlnet_classes.
 the memory plan
     `activation_bytes(denoiser_config, vae_factor, ...)`: the activation model and its fitted coefficients.
 """
@@ -116,6 +122,9 @@ class ModelFamily:
     recipes: ClassVar[dict[str, dict[str, Any]]] = {}
     #: what --small-scale means for this family (README, `cnet train --help`)
     small_scale_meaning: ClassVar[str] = ""
+    #: whether --small-scale disconnects parts of a full ControlNet that --reconnect-at connects later (SD's
+    #: middle-block mode); False where --small-scale is a smaller network from the start
+    small_scale_reconnects: ClassVar[bool] = False
     #: `--single-file`'s layout: "original" (the original ControlNet keys A1111/ComfyUI read) or "diffusers"
     #: (the model's own keys in one file, which ComfyUI and diffusers' single-file loader convert)
     single_file_layout: ClassVar[str] = "diffusers"
@@ -301,6 +310,10 @@ class ModelFamily:
     own_sampling_loop: ClassVar[bool] = False
     #: `generate`'s --cfg when not given (the paper's CFG; FLUX.1-dev: its distilled guidance 3.5)
     default_guidance: ClassVar[float] = 9.0
+    #: --cfg feeds a distilled guidance embedding (FLUX.1-dev), not classifier-free guidance
+    distilled_guidance: ClassVar[bool] = False
+    #: the one sampler the family's own loop runs (metadata names it; --sampler does not apply), None: --sampler
+    fixed_sampler: ClassVar[str | None] = None
 
     def hint_input(self, vae: Any, hint: Any, sample: Any = None, net: Any = None) -> Any:
         """What the ControlNet's `controlnet_cond` gets from a hint batch in [0, 1] (B x 3 x H x W); `sample`:

@@ -32,6 +32,7 @@ class UNetFamily(ModelFamily):
     controlnet_class_name: ClassVar[str] = "ControlNetModel"
     small_scale_meaning: ClassVar[str] = ("the middle block only: the 12 down zero convolutions stay at zero "
                                           "until --reconnect-at (the paper's small-scale mode)")
+    small_scale_reconnects: ClassVar[bool] = True
     controlnet_copies: ClassVar[tuple[str, ...] | None] = (
         "conv_in.", "time_embedding.", "class_embedding.", "add_embedding.", "down_blocks.", "mid_block.")
     #: the classes of this family's denoiser and ControlNet configs (detection)
