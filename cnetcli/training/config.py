@@ -136,7 +136,8 @@ class TrainConfig:
         "num_workers": (0, 256), "checkpoint_every": (0, None), "keep_checkpoints": (1, 10_000),
         "max_train_samples": (1, None), "validate_every": (0, None), "validation_images": (1, 64),
         "validation_sampling_steps": (1, 1000), "validation_guidance": (0.0, 100.0), "log_every": (1, None),
-        "logit_mean": (-100.0, 100.0), "logit_std": (None, 100.0), "mode_scale": (-100.0, 100.0)}
+        "logit_mean": (-100.0, 100.0), "logit_std": (None, 100.0), "mode_scale": (-100.0, 100.0),
+        "reward_weight": (0.0, 1e4), "reward_max_timestep": (0, 1000)}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "validation_hints", tuple(str(h) for h in self.validation_hints))
@@ -236,10 +237,6 @@ def _validate(c: TrainConfig) -> None:
         get_rewardable(c.reward)
     if c.reward is None and (c.reward_weight is not None or c.reward_max_timestep != 200):
         bad("--reward-weight/--reward-max-timestep", "only apply with --reward TYPE")
-    if c.reward_weight is not None and c.reward_weight < 0:
-        bad("--reward-weight", "must be 0 or more (1.0 is ControlNet++'s)")
-    if not 0 <= c.reward_max_timestep <= 1000:
-        bad("--reward-max-timestep", "must be between 0 and 1000 (200 is ControlNet++'s)")
     if c.validate_every and not c.validation_hints:
         bad("--validate-every", "needs at least one --validation-hint image")
     if c.validation_prompts and len(c.validation_prompts) not in (1, len(c.validation_hints)):
