@@ -81,8 +81,9 @@ def test_one_training_step_trains_only_the_controlnet(family_base, tmp_path):
     with torch.no_grad():  # step 0: the zero-initialised ControlNet leaves the denoiser's output unchanged
         from cnetcli.training.step import encode_batch
 
-        pred, _, noisy = forward(m, batch, noise)
-        _, cond, _ = encode_batch(m, batch, noise.sample, noise.hint_sample)
+        fwd = forward(m, batch, noise)
+        pred, noisy = fwd.output, fwd.noisy
+        _, cond, _ = encode_batch(m, batch, noise.sample)
         _, _, model_t = m.family.noisy_and_target(m.noise_scheduler, noisy, noise.noise, noise.timesteps)
         plain = m.family.output_for_loss(m.noise_scheduler, m.family.denoise(m.denoiser, noisy, model_t, cond, None),
                                          noisy, noise.timesteps)

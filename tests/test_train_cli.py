@@ -138,3 +138,14 @@ def test_cnet_toml_keys_without_a_flag_still_count(captured, run_cli, tmp_path, 
     assert code == 0, err
     cfg, given = captured[0]
     assert (cfg.adam_beta1, cfg.resolution) == (0.8, 64) and given == {"adam_beta1": 0.8, "resolution": 64}
+
+
+def test_reward_flags(captured, run_cli, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli("train", "--reward", "canny", "--reward-weight", "0.3", "--reward-max-timestep", "100")
+    assert code == 0, err
+    cfg, given = captured[0]
+    assert (cfg.reward, cfg.reward_weight, cfg.reward_max_timestep) == ("canny", 0.3, 100)
+    code, out, err = run_cli("train", "--reward", "shuffle")
+    assert code == 2 and "--reward shuffle: hint type 'shuffle' has no differentiable reward model" in err
+    assert "Traceback" not in err and len(captured) == 1

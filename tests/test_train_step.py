@@ -126,3 +126,8 @@ def test_validation_samples_through_generate_with_the_models_in_memory(sd8, data
     assert [c["step"] for c in r.controllability] == [2] and 0.0 <= r.controllability[0]["value"] <= 1.0
     assert r.validation_images[0].is_file()
     assert np.isfinite(r.losses).all()
+    from cnetcli.training.metrics_log import read_metrics  # the score is in the run's log too
+
+    rows = read_metrics(r.output / "metrics.jsonl")
+    score = r.controllability[0]
+    assert [x["step"] for x in rows] == [1, 2] and rows[1][f"controllability/{score['metric']}"] == score["value"]

@@ -11,7 +11,10 @@ Each hint type registers itself (in its own module under `cnetcli.annotators`) w
 - the weight files its annotator may load (`cnet weights list|pull|verify` reads them from here),
 - AUTOMATIC1111's sd-webui-controlnet preprocessor for it (`A1111Module`: the infotext's `Module` cnet writes,
   and the module names read back as this type by `cnet generate --from`),
-- its ControlNet-Union control type (`UnionControl`).
+- its ControlNet-Union control type (`UnionControl`),
+- its reward model for ControlNet++ training (`reward(params, runtime)`, a lazy factory of a differentiable
+  re-annotator, see annotators/differentiable.py; None: `cnet train --reward` refuses the type) and the
+  reward's default weight.
 
 Everything else (generate's release lookup, eval's metric choice, the weights catalogue, the CLI's `--type`
 choices, the A1111 infotext's preprocessor names both ways, the union control type) is derived from this registry: adding a type is one `register(HintType(...))`.
@@ -148,6 +151,9 @@ class HintType:
     reannotate_as: str | None = None
     a1111: A1111Module | None = None  # sd-webui-controlnet's preprocessor (None: "none")
     union_control_type: UnionControl | None = None  # None: no control type on a ControlNet-Union model
+    #: ControlNet++ reward model: `reward(params, runtime)` -> a differentiable re-annotator (None: none)
+    reward: Callable[[Any, Runtime], Any] | None = None
+    reward_weight: float = 1.0  # --reward-weight's default (ControlNet++: 0.5 for segmentation)
 
     @property
     def has_annotator(self) -> bool:
@@ -288,6 +294,23 @@ def get_annotatable(name: str) -> HintType:
         raise NotAvailableError(
             f"hint type '{ht.name}' has no annotator in cnet: make its hints with another tool and use them with "
             f"`cnet generate --type {ht.name}` (cnet annotates: {', '.join(list_types(annotatable=True))})")
+    return ht
+
+
+def reward_types() -> list[str]:
+    """Names of the hint types with a reward model (`cnet train --reward` accepts them)."""
+    return [h.name for h in all_types() if h.reward is not None]
+
+
+def get_rewardable(name: str) -> HintType:
+    """The type whose reward model scores `name`'s hints: the type itself, or the one that re-annotates it
+    (`reannotate_as`: the circles' outlines are what canny finds); a `UsageError` naming the types with one."""
+    ht = get_type(name)
+    if ht.reward is None and ht.reannotate_as:
+        ht = get_type(ht.reannotate_as)
+    if ht.reward is None:
+        raise UsageError(f"--reward {ht.name}: hint type '{ht.name}' has no differentiable reward model "
+                         f"(types with one: {', '.join(reward_types())}); train without --reward")
     return ht
 
 

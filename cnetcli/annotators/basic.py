@@ -13,6 +13,7 @@ import numpy as np
 
 from ..errors import UsageError
 from . import FLUX_UNION, SD35_LARGE, A1111Module, HintType, UnionControl, register
+from .differentiable import canny_reward
 
 
 def _check_range(name: str, value: float, lo: float, hi: float | None = None) -> None:
@@ -247,7 +248,7 @@ register(HintType("canny", "Canny edges (ControlNet's math; --low/--high)", Cann
                   releases={"sd15": f"{_V11}p_sd15_canny", "sdxl": "diffusers/controlnet-canny-sdxl-1.0",
                             "sd3": f"{SD35_LARGE}canny", "flux": FLUX_UNION},
                   a1111=A1111Module(("canny",), lambda p: ("canny", p.low, p.high)),
-                  union_control_type=UnionControl.LINES))
+                  union_control_type=UnionControl.LINES, reward=canny_reward))
 register(HintType("hough", "straight lines without weights (Hough or LSD), M-LSD style",
                   HoughParams, lambda p, rt: Hough(p), resize="nearest", metric="edge",
                   releases={"sd15": f"{_V11}p_sd15_mlsd"},  # drawn like M-LSD maps: the mlsd ControlNet

@@ -24,6 +24,7 @@ from ..errors import UsageError
 from ..models.weights import WeightFile
 from . import FLUX_UNION, SD35_LARGE, A1111Module, HintType, Runtime, UnionControl, register
 from ._aux import ShapeBatched, batch_tensor
+from .differentiable import depth_reward
 
 MIDAS_WEIGHTS = WeightFile("dpt_hybrid-midas-501f0c75.pt", when="model=midas (default)")
 NORMALBAE_WEIGHTS = WeightFile("scannet.pt", when="model=bae")
@@ -211,7 +212,7 @@ register(HintType("depth", "MiDaS DPT-Hybrid depth as in ControlNet (model=<tran
                             "sdxl": "diffusers/controlnet-depth-sdxl-1.0", "sd3": f"{SD35_LARGE}depth",
                             "flux": FLUX_UNION},
                   a1111=A1111Module(("depth_midas", "depth", "depth_zoe", "depth_leres"), _depth_module),
-                  union_control_type=UnionControl.DEPTH))
+                  union_control_type=UnionControl.DEPTH, reward=depth_reward))
 register(HintType("normal", "Normal map: ControlNet 1.0 normal-from-MiDaS-depth (bg_threshold) or model=bae",
                   NormalParams, Normal, resize="linear", needs_weights=True, default_detect_resolution=384,
                   aliases=("normalbae", "normal_bae"), metric="normal", weights=(MIDAS_WEIGHTS, NORMALBAE_WEIGHTS),

@@ -20,6 +20,7 @@ from ..errors import UsageError
 from ..models.weights import WeightFile
 from . import A1111Module, HintType, Runtime, UnionControl, register
 from ._aux import ShapeBatched, batch_tensor
+from .differentiable import softedge_reward
 
 HED_WEIGHTS = WeightFile("ControlNetHED.pth", when="model=hed (default)")
 PIDINET_WEIGHTS = WeightFile("table5_pidinet.pth", when="model=pidinet")
@@ -145,7 +146,7 @@ register(HintType("softedge", "Soft edges: HED (default) or model=pidinet; safe=
                   weights=(HED_WEIGHTS, PIDINET_WEIGHTS),
                   a1111=A1111Module(("softedge_hed", "softedge_hedsafe", "softedge_pidinet", "softedge_pidisafe",
                                      "hed", "pidinet"), _softedge_module),
-                  union_control_type=UnionControl.SOFTEDGE))
+                  union_control_type=UnionControl.SOFTEDGE, reward=softedge_reward))
 register(HintType("fake_scribble", "ControlNet's fake scribble from a photo: HED (or model=pidinet) -> NMS -> blur -> threshold",
                   FakeScribbleParams,
                   lambda p, rt: _EdgeHint(EdgeNet(p.model, rt, "fake_scribble"), False, True),

@@ -17,6 +17,7 @@ from ..errors import UsageError
 from ..models.weights import WeightFile
 from . import A1111Module, HintType, Runtime, UnionControl, register
 from ._aux import ShapeBatched, batch_tensor
+from .differentiable import seg_reward
 
 DEFAULT_SEG_MODEL = "openmmlab/upernet-convnext-small"
 SEG_WEIGHTS = WeightFile(DEFAULT_SEG_MODEL, repo=DEFAULT_SEG_MODEL, kind="model")
@@ -97,4 +98,4 @@ register(HintType("seg", "ADE20K semantic segmentation in ControlNet's palette (
                   a1111=A1111Module(("seg_ofade20k", "seg_ufade20k", "segmentation"),
                                     lambda p: ("seg_ofade20k" if "oneformer" in p.model.lower() else "seg_ufade20k",
                                                -1, -1)),
-                  union_control_type=UnionControl.SEGMENT))
+                  union_control_type=UnionControl.SEGMENT, reward=seg_reward, reward_weight=0.5))

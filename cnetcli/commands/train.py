@@ -32,6 +32,7 @@ _S = "Speed"
 _MEM = "Memory"
 _C = "Checkpoints"
 _V = "Validation & logging"
+_R = "Reward (ControlNet++)"
 
 
 Recipe = choices("Recipe", RECIPE_NAMES)
@@ -114,8 +115,11 @@ def train_cmd(
     timestep_bias_portion: Annotated[float, _opt("--timestep-bias-portion", panel=_P, help="share biased")] = _D["timestep_bias_portion"],
     timestep_bias_begin: Annotated[int, _opt("--timestep-bias-begin", panel=_P, help="range: first")] = _D["timestep_bias_begin"],
     timestep_bias_end: Annotated[int, _opt("--timestep-bias-end", panel=_P, help="range: end")] = _D["timestep_bias_end"],
-    snr_gamma: Annotated[float | None, _opt("--snr-gamma", panel=_P, help="min-SNR weighting, e.g. 5", show_default="off")] = None,
-    weighting_scheme: Annotated[str | None, _opt("--weighting-scheme", panel=_P, help="SD3/FLUX loss weighting", show_default="family's", metavar="NAME")] = None,
+    snr_gamma: Annotated[float | None, _opt("--snr-gamma", panel=_P, help="min-SNR weighting, e.g. 5", show_default=False)] = None,
+    weighting_scheme: Annotated[str | None, _opt("--weighting-scheme", panel=_P, help="SD3/FLUX loss weighting", show_default=False, metavar="NAME")] = None,
+    reward: Annotated[str | None, _opt("--reward", panel=_R, help="auto | a hint type, e.g. canny", metavar="TYPE", show_default=False)] = None,
+    reward_weight: Annotated[float | None, _opt("--reward-weight", panel=_R, help="1.0 (seg 0.5)", show_default=False)] = None,
+    reward_max_timestep: Annotated[int, _opt("--reward-max-timestep", panel=_R, help="reward only at t <= T")] = _D["reward_max_timestep"],
     small_scale: Annotated[bool, _flag("--small-scale", "train fewer blocks (SD: middle)", _M)] = False,
     full: Annotated[bool, _flag("--full", "connect every block (overrides cnet.toml)", _M)] = False,
     reconnect_at: Annotated[int | None, _opt("--reconnect-at", panel=_M, help="connect all at step N")] = None,
@@ -126,7 +130,7 @@ def train_cmd(
     gradient_checkpointing: Annotated[bool, _flag("--gradient-checkpointing", "save memory", _MEM)] = False,
     use_8bit_adam: Annotated[bool, _flag("--use-8bit-adam", "bitsandbytes' AdamW", _MEM)] = False,
     allow_tf32: Annotated[bool, _opt("--tf32/--no-tf32", panel=_S, metavar="", help="TF32 matmuls")] = _D["allow_tf32"],
-    cache_latents: Annotated[bool | None, _opt("--cache-latents/--no-cache-latents", panel=_S, metavar="", help="encode once", show_default="local data")] = None,
+    cache_latents: Annotated[bool | None, _opt("--cache-latents/--no-cache-latents", panel=_S, metavar="", help="encode once (local data)", show_default=False)] = None,
     num_workers: Annotated[int, _opt("--num-workers", panel=_S, help="data loader workers")] = _D["num_workers"],
     device: DeviceOpt = _D["device"],
     cpu: CpuAliasOpt = False,  # deprecated alias of --device cpu (see _options.py)
@@ -140,7 +144,7 @@ def train_cmd(
     validation_prompts: Annotated[list[str], _opt("--validation-prompt", panel=_V, help="one, or one per hint", show_default=False, metavar="TEXT")] = [],  # noqa: B006
     validation_images: Annotated[int, _opt("--validation-images", panel=_V, help="samples per hint")] = _D["validation_images"],
     validation_sampling_steps: Annotated[int, _opt("--validation-sampling-steps", panel=_V, help="their sampling steps")] = _D["validation_sampling_steps"],
-    validation_type: Annotated[str | None, _opt("--validation-type", panel=_V, help="hint type scored", show_default="the hint's", metavar="TYPE")] = None,
+    validation_type: Annotated[str | None, _opt("--validation-type", panel=_V, help="hint type scored (the hint's)", show_default=False, metavar="TYPE")] = None,
     report_to: Annotated[ReportTo, _opt("--report-to", panel=_V, help="tensorboard | wandb | none", metavar="NAME")] = ReportTo(_D["report_to"]),
     log_every: Annotated[int, _opt("--log-every", panel=_V, help="loss reading every N")] = _D["log_every"],
 ) -> None:
@@ -216,10 +220,9 @@ def _settings(ctx: typer.Context) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 LAUNCHING = (
-    "[bold]Launching on several GPUs or machines[/]: `torchrun --nproc_per_node 8 -m cnetcli train ...` or "
-    "`accelerate launch --config_file examples/accelerate/ddp.yaml -m cnetcli train ...` (--batch-size is per "
-    "process; multi-node, examples/accelerate/fsdp.yaml and deepspeed_zero2/3.yaml: see the README). diffusers' "
-    "train_controlnet.py flag names work too (--max_train_steps, --learning_rate, --checkpointing_steps, ...)."
+    "[bold]Several GPUs or machines[/]: `torchrun --nproc_per_node 8 -m cnetcli train ...` or `accelerate launch "
+    "--config_file examples/accelerate/ddp.yaml -m cnetcli train ...` (--batch-size per process; FSDP/DeepSpeed "
+    "configs: README). diffusers' flag names work too (--max_train_steps, ...)."
 )
 
 

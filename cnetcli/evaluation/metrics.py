@@ -106,6 +106,46 @@ def seg_miou(pred: np.ndarray, target: np.ndarray, ignore: tuple[int, ...] = ())
     return float(np.mean(ious)) if ious else 1.0
 
 
+def seg_counts(pred: np.ndarray, target: np.ndarray) -> dict[int, tuple[int, int]]:
+    """Per class (label or 0xRRGGBB colour) present in either map: (intersection, union) pixel counts, to be
+    summed over a whole eval set (mmseg's IoUMetric, ControlNet++'s segmentation protocol)."""
+    _check_same(pred, target, "seg mIoU")
+    a, b = _labels(pred), _labels(target)
+    return {int(c): (int(((a == c) & (b == c)).sum()), int(((a == c) | (b == c)).sum()))
+            for c in np.union1d(np.unique(a), np.unique(b))}
+
+
+def miou_of_counts(counts: dict[int, tuple[int, int]]) -> float:
+    """Mean IoU over the classes of summed `seg_counts` (classes with an empty union left out)."""
+    ious = [i / u for i, u in counts.values() if u]
+    return float(np.mean(ious)) if ious else 1.0
+
+
+def binary_f1(pred: np.ndarray, target: np.ndarray, threshold: int = 127) -> float:
+    """Pixel-exact F1 of edge maps (no tolerance), as ControlNet++'s eval_edge.py scores canny with
+    torchmetrics' BinaryF1Score: 2 TP / (2 TP + FP + FN); two empty maps score 0 (no positives), as there."""
+    _check_same(pred, target, "edge F1")
+    p, t = binarize(pred, threshold), binarize(target, threshold)
+    tp = int((p & t).sum())
+    denom = int(p.sum()) + int(t.sum())
+    return 2 * tp / denom if denom else 0.0
+
+
+def ssim(pred: np.ndarray, target: np.ndarray) -> float:
+    """Mean structural similarity (Wang et al. 2004: 11 x 11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03) of
+    two grey maps in [0, 1], with kornia's `metrics.ssim` (ControlNet++ scores HED and lineart with SSIM)."""
+    import torch
+    from kornia.metrics import ssim as kornia_ssim
+
+    _check_same(pred, target, "SSIM")
+
+    def t(x: np.ndarray) -> torch.Tensor:
+        g = _gray(x).astype(np.float32)
+        return torch.from_numpy(g / 255.0 if np.asarray(x).dtype == np.uint8 else g)[None, None]
+
+    return float(kornia_ssim(t(pred), t(target), window_size=11, max_val=1.0).mean())
+
+
 def _normals(x: np.ndarray) -> np.ndarray:
     v = np.asarray(x)[..., :3].astype(np.float64)
     v = v / 127.5 - 1.0 if np.asarray(x).dtype == np.uint8 else v

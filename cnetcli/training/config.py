@@ -84,6 +84,10 @@ class TrainConfig:
     timestep_bias_begin: int = 0
     timestep_bias_end: int = 1000
     snr_gamma: float | None = None
+    # ControlNet++ reward fine-tuning (training/reward.py)
+    reward: str | None = None  # a hint type with a reward model, or "auto" (the dataset's provenance); None: off
+    reward_weight: float | None = None  # None: the type's default (1.0; 0.5 for seg, as ControlNet++)
+    reward_max_timestep: int = 200
     # flow-matching bases (SD3, FLUX): the diffusers scripts' timestep density and loss weighting
     weighting_scheme: str | None = None  # None: the family's recipe (SD3: logit_normal)
     logit_mean: float = 0.0
@@ -132,7 +136,8 @@ class TrainConfig:
         "num_workers": (0, 256), "checkpoint_every": (0, None), "keep_checkpoints": (1, 10_000),
         "max_train_samples": (1, None), "validate_every": (0, None), "validation_images": (1, 64),
         "validation_sampling_steps": (1, 1000), "validation_guidance": (0.0, 100.0), "log_every": (1, None),
-        "logit_mean": (-100.0, 100.0), "logit_std": (None, 100.0), "mode_scale": (-100.0, 100.0)}
+        "logit_mean": (-100.0, 100.0), "logit_std": (None, 100.0), "mode_scale": (-100.0, 100.0),
+        "reward_weight": (0.0, 1e4), "reward_max_timestep": (0, 1000)}
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "validation_hints", tuple(str(h) for h in self.validation_hints))
@@ -226,6 +231,12 @@ def _validate(c: TrainConfig) -> None:
         bad("--logit-std", "must be > 0")
     if c.snr_gamma is not None and not c.snr_gamma > 0:
         bad("--snr-gamma", "must be > 0 (5.0 is the min-SNR paper's value)")
+    if c.reward is not None and c.reward != "auto":
+        from ..annotators import get_rewardable
+
+        get_rewardable(c.reward)
+    if c.reward is None and (c.reward_weight is not None or c.reward_max_timestep != 200):
+        bad("--reward-weight/--reward-max-timestep", "only apply with --reward TYPE")
     if c.validate_every and not c.validation_hints:
         bad("--validate-every", "needs at least one --validation-hint image")
     if c.validation_prompts and len(c.validation_prompts) not in (1, len(c.validation_hints)):

@@ -153,6 +153,11 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
         index = read_dataset(cfg.data, image_column=cfg.image_column, conditioning_column=cfg.conditioning_column,
                              caption_column=cfg.caption_column, max_samples=cfg.max_train_samples, split=cfg.split,
                              allow_outside_paths=cfg.allow_outside_paths)
+    reward_spec = None
+    if cfg.reward is not None:  # the hint type (auto: the provenance's) and its reward model, before models load
+        from .reward import resolve_type
+
+        reward_spec = resolve_type(cfg.reward, index)
 
     import torch
 
@@ -182,8 +187,17 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
         torch.backends.cudnn.allow_tf32 = True
     weight_dtype = torch_dtype(mixed_precision)
 
-    # 2. models: frozen VAE/text encoder/UNet; the ControlNet trains (and the UNet, once unlocked)
+    # 2. models: the reward model first (missing annotator weights fail before the base loads); frozen
+    # VAE/text encoder/UNet; the ControlNet trains (and the UNet, once unlocked)
+    reward = None
+    if reward_spec is not None:
+        from .reward import build_reward, checkpoint_decoder
+
+        reward = build_reward(cfg, *reward_spec, device)
     models = build_models(cfg, device, weight_dtype)
+    if reward is not None:
+        models.reward = reward
+        checkpoint_decoder(models.vae)
     if accelerator.is_main_process:  # only now: a base that cannot load leaves no output folder behind
         for p in remove_leftovers(out):
             reporter.message(f"removed {p} (left by a write that was killed)")
@@ -266,6 +280,10 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     models.timestep_weights = t_weights.to(device) if t_weights is not None else None
     if log_with:
         accelerator.init_trackers("cnet-train", config={k: str(v) for k, v in cfg.to_dict().items()})
+    from .metrics_log import MetricsLog
+
+    metrics = MetricsLog(out, state.step, cfg.batch_size * cfg.gradient_accumulation * world,
+                         enabled=accelerator.is_main_process)
     reporter.start(cfg.max_steps - state.step, f"train {state.step}->{cfg.max_steps}")
     it = one_line_errors(iter(loader))
     with _Interrupt() as interrupt:
@@ -273,6 +291,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
         while state.step < cfg.max_steps:
             switch_modes(cfg, state, models, raw_controlnet, reporter)
             step_loss = torch.zeros((), device=device)
+            step_terms: dict[str, Any] = {}
             for a in range(cfg.gradient_accumulation):
                 micro = state.step * cfg.gradient_accumulation + a
                 batch = next(it) if source is None else source.take(next(it))
@@ -281,7 +300,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
                 noise = draw_noise(cfg.seed, micro, batch_size=cfg.batch_size, latent_shape=latent_shape,
                                    models=models, device=device, rank=rank, world=world)
                 with accelerator.accumulate(models.controlnet):
-                    loss = training_step(models, batch, noise, autocast=accelerator.autocast)
+                    terms: dict[str, Any] = {}
+                    loss = training_step(models, batch, noise, autocast=accelerator.autocast, terms=terms)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
                         if world > 1:
@@ -294,6 +314,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
                 step_loss += loss.detach() / cfg.gradient_accumulation
+                for k, v in terms.items():
+                    step_terms[k] = step_terms.get(k, 0) + v / cfg.gradient_accumulation
             lr_scheduler.step()
             state.step += 1
             # the logged loss is the mean over processes, so every rank keeps the same history
@@ -301,11 +323,12 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
             due_checkpoint = bool(cfg.checkpoint_every) and (state.step % cfg.checkpoint_every == 0
                                                              or state.step == cfg.max_steps)
             lr = lr_scheduler.get_last_lr()[0]
-            logged = None
+            logged, row = None, {}
             if state.step % cfg.log_every == 0 or due_checkpoint or state.step == cfg.max_steps:
                 logged = flush_losses(state)  # the one host sync: raises on a non-finite loss
+                row = metrics.scalars(state.step, logged, lr, read_terms(step_terms, accelerator, world))
                 if log_with:
-                    accelerator.log({"loss": logged, "loss_smoothed": state.ema, "lr": lr}, step=state.step)
+                    accelerator.log(row | {"loss_smoothed": state.ema}, step=state.step)
             reporter.advance(1, step=state.step, loss=state.ema, lr=lr)
             if cfg.validate_every and (state.step % cfg.validate_every == 0 or state.step == cfg.max_steps) \
                     and accelerator.is_main_process:
@@ -319,8 +342,10 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
                 result.validation_images.append(grid)
                 if score is not None:
                     result.controllability.append(score)
+                    row[f"controllability/{score['metric']}"] = score["value"]
                     reporter.message(f"step {state.step}: controllability {score['metric']} {score['value']:.3f} "
                                      f"(loss {state.ema:.4f})")
+            metrics.write(state.step, row)
             state.stop_requested |= interrupt.flag or bool(on_step and on_step(
                 StepInfo(state.step, cfg.max_steps, logged, models)))
             stopping = state.stop_requested
@@ -419,10 +444,23 @@ def encoders_to(models: Any, device: Any) -> None:
         return
     for k in models.family.text_encoders:
         models.text_components[k].to(device)
-    if not models.family.hint_sample_needed:  # a VAE-latent hint is encoded every step: its VAE stays
+    # the VAE stays where it is needed every step: a VAE-latent hint is encoded, the --reward decodes
+    if models.reward is None and not models.family.hint_sample_needed:
         models.vae.to(device)
     if torch.device(device).type == "cpu":
         torch.cuda.empty_cache()
+
+
+def read_terms(step_terms: dict[str, Any], accelerator: Any, world: int) -> dict[str, float]:
+    """The step's loss terms (diffusion_loss, reward_loss) as floats, averaged over the processes."""
+    import torch
+
+    if not step_terms:
+        return {}
+    values = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in step_terms.values()])
+    if world > 1:
+        values = accelerator.reduce(values, "mean")
+    return dict(zip(step_terms, values.tolist(), strict=True))
 
 
 def place_cache(cache: dict[str, Any], device: Any) -> dict[str, Any]:

@@ -20,6 +20,11 @@ size with fake tensors; see benchmarks/RESULTS_memory.md):
 - under bf16/fp16 autocast, the low-precision copies autocast makes of the fp32 trained weights stay alive
   through the forward (2 bytes per trained parameter);
 - gradient checkpointing (cnet checkpoints both networks) keeps only the blocks' inputs through the forward.
+- `--reward` (ControlNet++) adds the VAE decoder's backward for the rewarded samples (timestep <= T: about
+  B x (T+1)/1000 of a micro-batch under uniform timesteps), checkpointed block by block: traced with
+  benchmarks/reward_memory.py at 1.53 GiB per 512 px sample in bf16 (12.2 GiB per 1024 px sample in fp32, SDXL's
+  VAE), i.e. REWARD_DECODER_BYTES per image pixel at 2 bytes. It comes at the start of the backward, while the
+  networks' activations are still alive, so it adds to the forward's peak.
 What a tracer cannot see is added for the line's "with overheads" figure: the CUDA context (~0.5 GiB),
 cuBLAS/cuDNN workspaces (some hundreds of MiB) and the caching allocator's fragmentation (typically 5-15%).
 """
@@ -34,6 +39,9 @@ GIB = 2**30
 #: not seen by the trace: CUDA context ~0.5 GiB + cuBLAS/cuDNN workspaces ~0.5 GiB, and fragmentation (10%)
 CONTEXT_AND_WORKSPACES = 1 * GIB
 FRAGMENTATION = 0.10
+#: the reward's checkpointed decoder backward per image pixel of one rewarded sample, at a 2-byte VAE dtype
+#: (SD's VAE, 128-512 channels; benchmarks/reward_memory.py: 1.53 GiB at 512 px bf16, 12.2 GiB at 1024 px fp32)
+REWARD_DECODER_BYTES = 6270
 _DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 
@@ -63,10 +71,11 @@ class MemoryPlan:
     cached: bool
     optimizer_name: str
     notes: tuple[str, ...] = field(default_factory=tuple)
+    reward: int = 0  # --reward: the decoder backward of the expected rewarded samples, with the activations
 
     @property
     def forward_peak(self) -> int:
-        return self.weights + self.optimizer + self.casts + self.activations
+        return self.weights + self.optimizer + self.casts + self.activations + self.reward
 
     @property
     def backward_peak(self) -> int:
@@ -99,6 +108,7 @@ class MemoryPlan:
         if self.phase == "forward":
             detail = (f"weights {g(self.weights)}, {self.optimizer_name} {g(self.optimizer)}, activations "
                       f"~{g(self.activations)}" + (f" + weight copies {g(self.casts)}" if self.casts else "") +
+                      (f" + reward decoder backward ~{g(self.reward)}" if self.reward else "") +
                       f"; grads {g(self.grads)} come after")
         else:
             detail = (f"weights {g(self.weights)}, {self.optimizer_name} {g(self.optimizer)}, grads "
@@ -118,10 +128,12 @@ def adam8_bytes(params: int) -> int:
 
 def memory_plan(parts: list[Part], *, batch_size: int, latent_pixels: int, eight_bit_adam: bool,
                 gradient_checkpointing: bool, act_dtype: str, cached: bool, denoiser_config: Any,
-                vae_factor: int = 8, family: Any = None) -> MemoryPlan:
+                vae_factor: int = 8, family: Any = None, reward_samples: float = 0.0,
+                reward_dtype: str = "bf16") -> MemoryPlan:
     """The plan for `parts` at `batch_size` samples of `latent_pixels` latent pixels (height x width), for a
     denoiser (and the ControlNet made from it) of `denoiser_config`; the activations are its family's model
-    (`ModelFamily.activation_bytes`, detected from the config when `family` is None)."""
+    (`ModelFamily.activation_bytes`, detected from the config when `family` is None); `reward_samples`: how
+    many samples of a micro-batch the --reward decodes (expected), through a VAE in `reward_dtype`."""
     from ..models.families import family_of
 
     family = family or family_of(denoiser_config)
@@ -134,8 +146,11 @@ def memory_plan(parts: list[Part], *, batch_size: int, latent_pixels: int, eight
         denoiser_config, vae_factor, denoiser_trains=any(p.trains and p.name == family.denoiser for p in parts),
         gradient_checkpointing=gradient_checkpointing, fp32=act_dtype == "fp32")
     act, backward = batch_size * latent_pixels * act_px, batch_size * latent_pixels * backward_px
+    per_sample = REWARD_DECODER_BYTES * latent_pixels * vae_factor**2 * _DTYPE_BYTES[reward_dtype] / 2
+    notes = (f"--reward decodes ~{reward_samples:.1f} of {batch_size} samples a micro-batch; "
+             f"{per_sample / GIB:.1f} GiB more for each beyond that",) if reward_samples else ()
     return MemoryPlan(tuple(parts), weights, grads, optimizer, int(act), casts, int(backward), cached,
-                      "AdamW 8-bit" if eight_bit_adam else "AdamW")
+                      "AdamW 8-bit" if eight_bit_adam else "AdamW", notes, int(per_sample * reward_samples))
 
 
 def plan_for(models: Any, cfg: Any, latent_shape: tuple[int, ...]) -> MemoryPlan | None:
@@ -158,10 +173,15 @@ def plan_for(models: Any, cfg: Any, latent_shape: tuple[int, ...]) -> MemoryPlan
         models.family.activation_bytes(models.denoiser.config, vae_factor)
     except NotImplementedError:
         return None
+    reward = models.reward
+    rewarded = cfg.batch_size * min(1.0, (reward.max_timestep + 1) / models.noise_scheduler.config.num_train_timesteps
+                                    ) if reward is not None else 0.0
     return memory_plan(parts, batch_size=cfg.batch_size, latent_pixels=latent_shape[-1] * latent_shape[-2],
                        eight_bit_adam=cfg.use_8bit_adam, gradient_checkpointing=cfg.gradient_checkpointing,
                        act_dtype=dtype_name(models.weight_dtype), cached=models.cache is not None,
-                       denoiser_config=models.denoiser.config, vae_factor=vae_factor, family=models.family)
+                       denoiser_config=models.denoiser.config, vae_factor=vae_factor, family=models.family,
+                       reward_samples=rewarded, reward_dtype=dtype_name(models.vae.dtype))
+
 
 
 # ------------------------------------------------------------------------ before any model loads
@@ -221,12 +241,15 @@ def plan_before_loading(cfg: Any, device: str, mixed_precision: str) -> MemoryPl
     parts = [Part(family.denoiser, den, "fp32" if trains else low, True, trains, True),
              Part("controlnet", den // 2, "fp32", True, True)]
     on_device = not (cuda and cfg.cache_latents)  # the cache moves the encoders off the GPU
-    parts += [Part(c, n, low, on_device) for c, n in counts.items() if c != family.denoiser]
+    reward = getattr(cfg, "reward", None) is not None  # --reward: the VAE stays to decode
+    parts += [Part(c, n, low, on_device or (reward and c == "vae")) for c, n in counts.items()
+              if c != family.denoiser]
     latent = (cfg.resolution // vae_factor) ** 2
+    rewarded = cfg.batch_size * min(1.0, (cfg.reward_max_timestep + 1) / 1000) if reward else 0.0
     return memory_plan(parts, batch_size=cfg.batch_size, latent_pixels=latent, eight_bit_adam=cfg.use_8bit_adam,
                        gradient_checkpointing=cfg.gradient_checkpointing, act_dtype=low,
                        cached=bool(cfg.cache_latents), denoiser_config=denoiser_cfg, vae_factor=vae_factor,
-                       family=family)
+                       family=family, reward_samples=rewarded, reward_dtype=low)
 
 
 def device_memory(device: str) -> tuple[int, str] | None:

@@ -54,7 +54,9 @@ def _write_outputs(cfg: TrainConfig, state: RunState, raw_controlnet: Any, model
         "fully_connected": models.connected, "processes": world,
         "sd_unlocked": cfg.unlock if state.denoiser_unlocked else None}}
     atomic_write_text(out / "train_config.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
-    result.loss_plot = plot_losses(state.losses, out / "loss.png")
+    from .metrics_log import METRICS_FILE, read_metrics
+
+    result.loss_plot = plot_losses(state.losses, out / "loss.png", rows=read_metrics(out / METRICS_FILE))
     if cfg.single_file:
         from .export import export_single_file
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 @dataclass
@@ -38,6 +38,7 @@ class TrainModels:
     denoiser_trains: bool = False  # base weights unlocked: the denoiser runs in fp32
     settings: Any = None  # the TrainConfig (the objective's knobs: timestep bias, loss weighting)
     timestep_weights: Any = None  # --timestep-bias's sampling weights over the training timesteps
+    reward: Any = None  # reward.Reward with --reward: the step adds its weighted consistency loss
 
     @property
     def text_components(self) -> dict[str, Any]:
@@ -116,10 +117,9 @@ def encode_text(models: TrainModels, texts: list[str]) -> Any:
                                        training=True)
 
 
-def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any, hint_sample: Any = None
-                 ) -> tuple[Any, Any, Any]:
-    """(the denoiser's latents, the networks' conditioning kwargs, the ControlNet's hint input) of a batch, from
-    the cache when there is one. Latents come in the frozen networks' dtype whatever the VAE ran in (SDXL's:
+def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any) -> tuple[Any, Any, Any]:
+    """(the denoiser's latents, the networks' conditioning kwargs, the hint in [0, 1]) of a batch, from the
+    cache when there is one. Latents come in the frozen networks' dtype whatever the VAE ran in (SDXL's:
     fp32)."""
     import torch
 
@@ -159,7 +159,6 @@ def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any, hint_s
         family = models.family
         latents = family.to_latents(models.vae.config, mean + std * sample.to(mean.dtype)).to(dtype)
         cond = _cast(family.training_cond(encoding, micro, tuple(hint.shape[-2:])), device, dtype)
-        hint = family.hint_input(models.vae, hint, hint_sample)
     return latents, cond, hint
 
 
@@ -172,14 +171,26 @@ def _cast(cond: Any, device: Any, dtype: Any) -> Any:
     return cond
 
 
+class Forward(NamedTuple):
+    """One micro-batch's forward: the output as the loss compares it, the target, the noisy input, the raw
+    model output and the hint in [0, 1] (the last three for the --reward loss)."""
+
+    output: Any
+    target: Any
+    noisy: Any
+    raw: Any
+    hint: Any
+
+
 def forward(models: TrainModels, batch: dict[str, Any], noise: Noise, *,
-            autocast: Any = contextlib.nullcontext) -> tuple[Any, Any, Any]:
-    """(model output, target, noisy input) of one micro-batch: the family's objective and forward."""
+            autocast: Any = contextlib.nullcontext) -> Forward:
+    """The family's objective and forward of one micro-batch."""
     import torch
 
     family = models.family
-    latents, cond, hint = encode_batch(models, batch, noise.sample, noise.hint_sample)
+    latents, cond, hint_px = encode_batch(models, batch, noise.sample)
     with torch.no_grad():
+        hint = family.hint_input(models.vae, hint_px, noise.hint_sample)
         noisy, target, model_t = family.noisy_and_target(models.noise_scheduler, latents,
                                                          noise.noise.to(latents.dtype), noise.timesteps)
     # diffusers' step: the ControlNet under autocast, the frozen denoiser called outside it in its weights' dtype
@@ -189,21 +200,35 @@ def forward(models: TrainModels, batch: dict[str, Any], noise: Noise, *,
     pred = family.predict(models.denoiser, models.controlnet, noisy, model_t, cond, hint, connected=models.connected,
                           dtype=None if models.denoiser_trains else models.weight_dtype, autocast=autocast,
                           denoiser_autocast=models.denoiser_in_autocast)
-    return family.output_for_loss(models.noise_scheduler, pred, noisy, noise.timesteps), target, noisy
+    return Forward(family.output_for_loss(models.noise_scheduler, pred, noisy, noise.timesteps), target, noisy,
+                   pred, hint_px)
 
 
 def training_step(models: TrainModels, batch: dict[str, Any], noise: Noise, *,
-                  autocast: Any = contextlib.nullcontext) -> Any:
+                  autocast: Any = contextlib.nullcontext, terms: dict[str, Any] | None = None) -> Any:
     """One micro-batch's loss (a scalar tensor; call `.backward()` on it): the diffusers ControlNet step.
 
     latents -> noisy input at `noise.timesteps` -> ControlNet residuals -> denoiser output -> MSE against the
     family's target (epsilon, v, or flow matching's velocity), weighted per sample when the family says so
-    (min-SNR-gamma, flow matching's weighting schemes)."""
+    (min-SNR-gamma, flow matching's weighting schemes); with `models.reward`, plus the weighted ControlNet++
+    consistency loss (reward.py). `terms` receives the detached `diffusion_loss` (and `reward_loss`)."""
     import torch.nn.functional as F
 
-    pred, target, _ = forward(models, batch, noise, autocast=autocast)
+    fwd = forward(models, batch, noise, autocast=autocast)
+    pred, target = fwd.output, fwd.target
     weights = models.family.loss_weights(models.noise_scheduler, noise.timesteps, models.settings)
     if weights is None:
-        return F.mse_loss(pred.float(), target.float(), reduction="mean")
-    per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
-    return (per_sample * weights.to(per_sample.device)).mean()
+        loss = F.mse_loss(pred.float(), target.float(), reduction="mean")
+    else:
+        per_sample = F.mse_loss(pred.float(), target.float(), reduction="none").flatten(1).mean(dim=1)
+        loss = (per_sample * weights.to(per_sample.device)).mean()
+    if terms is not None:
+        terms["diffusion_loss"] = loss.detach()
+    if models.reward is None:
+        return loss
+    from .reward import reward_loss
+
+    r = reward_loss(models, fwd.noisy, fwd.raw, noise.timesteps, fwd.hint)
+    if terms is not None:
+        terms["reward_loss"] = r.detach()
+    return loss + models.reward.weight * r

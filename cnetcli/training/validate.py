@@ -9,7 +9,10 @@ from ..fsguard import atomic_path
 from .config import TrainConfig
 
 
-def plot_losses(losses: list[float], path: Path, start: int = 0) -> Path | None:
+def plot_losses(losses: list[float], path: Path, start: int = 0, rows: list[dict[str, Any]] | None = None
+                ) -> Path | None:
+    """loss.png: every step's loss and its smoothed curve; with `rows` (metrics.jsonl) holding a reward_loss,
+    the diffusion and reward terms at the logged steps too."""
     if not losses:
         return None
     import matplotlib
@@ -25,8 +28,11 @@ def plot_losses(losses: list[float], path: Path, start: int = 0) -> Path | None:
     steps = list(range(1, len(losses) + 1))
     ax.plot(steps, losses, alpha=0.3, label="loss")
     ax.plot(steps, smooth, label="smoothed")
+    terms = [r for r in rows or () if isinstance(r.get("reward_loss"), float)]
+    for name in ("diffusion_loss", "reward_loss") if terms else ():
+        ax.plot([r["step"] for r in terms], [r[name] for r in terms], marker=".", label=name)
     ax.set_xlabel("step")
-    ax.set_ylabel("noise-prediction MSE")
+    ax.set_ylabel("loss (noise-prediction MSE + reward)" if terms else "noise-prediction MSE")
     ax.legend()
     fig.tight_layout()
     try:
