@@ -183,6 +183,7 @@ def test_vae_flag_reaches_the_config(run_cli, tmp_path, monkeypatch):
     monkeypatch.setattr(training, "train", lambda cfg, reporter=None, *, on_step=None, given=None: calls.append(
         (cfg, given)) or TrainResult(output=cfg.output_dir, controlnet_dir=cfg.output_dir / "controlnet"))
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
     code, _, err = run_cli("train", "--base", "cnet-tiny", "--data", "d", "-o", "run", "--vae", "org/sdxl-vae-fix")
     assert code == 0, err
     assert calls[0][0].vae == "org/sdxl-vae-fix" and "vae" in calls[0][1]

@@ -196,7 +196,7 @@ def test_local_resume_with_other_process_count_keeps_the_global_batch_or_refuses
 def test_train_help_says_how_to_launch(run_cli, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     code, out, _ = run_cli("train", "--help")
-    assert code == 0 and "Launching on several GPUs" in out and "examples/accelerate/fsdp.yaml" in out
+    assert code == 0 and "Several GPUs or machines" in out and "examples/accelerate/ddp.yaml" in out
 
 
 def _parquet_shards(d, shards=2, per=3):

@@ -298,7 +298,7 @@ def out_case(command, where):
 
 
 def earlier_eval(ctx: Ctx) -> list:
-    """An earlier eval.json in the output folder; this run can evaluate nothing: the earlier result stays."""
+    """An earlier eval.json in the output folder: refused without --overwrite, the earlier result stays."""
     ctx.out.mkdir()
     (ctx.out / "eval.json").write_text('{"n": 4, "f1": 0.9}\n')
     ctx.allowed.append(ctx.tmp / "gen")
@@ -311,7 +311,7 @@ def earlier_dataset(ctx: Ctx) -> list:
 
 
 OUTPUT_CASES = [
-    Case("out-eval-earlier-result-kept", earlier_eval, words=("not a JSON object",)),
+    Case("out-eval-earlier-result-kept", earlier_eval, words=("--overwrite",)),
     Case("out-circles-earlier-dataset-kept", earlier_dataset, codes=(2,), words=("--overwrite",)),
     Case("out-circles-is-file", out_case("circles", a_file), words=("out",)),
     Case("out-circles-under-file", out_case("circles", under_a_file), words=("out",)),

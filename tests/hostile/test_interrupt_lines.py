@@ -47,12 +47,12 @@ def test_train_interrupted_before_its_loop_says_nothing_was_kept(run_cli, tmp_pa
 
 def test_ctrl_c_while_loading_still_prints_a_line(run_cli, tmp_path, monkeypatch):
     """A KeyboardInterrupt before training starts (imports, config, model loading) is not swallowed by typer."""
-    from cnetcli import project_config
+    from cnetcli.training import inputs
 
     def ctrl_c(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(project_config, "section", ctrl_c)
+    monkeypatch.setattr(inputs, "check_inputs", ctrl_c)
     code, out, err = run_cli("train", "-o", str(tmp_path / "o"))
     assert code == 130 and "error: interrupted: no checkpoint was written in" in err, err
     from cnetcli.annotation import run as annotation_run

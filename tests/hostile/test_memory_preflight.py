@@ -39,6 +39,7 @@ def test_the_cli_refuses_before_any_model_loads(run_cli, tmp_path, monkeypatch):
 
     monkeypatch.setattr(diffusers.UNet2DConditionModel, "from_pretrained", no_load)
     monkeypatch.setattr(memory, "device_memory", lambda device: (2 * memory.GIB, "available RAM"))
+    (tmp_path / "none").mkdir()  # past the input checks, to the memory plan
     code, out, err = run_cli("train", "--base", "cnet-tiny", "--resolution", "4096", "--batch-size", "64",
                              "--data", str(tmp_path / "none"), "-o", str(tmp_path / "out"), "--device", "cpu")
     assert code == 2 and "at most --resolution" in err and "Traceback" not in err, err

@@ -39,6 +39,7 @@ def held(tmp_path):
 def test_second_train_into_a_held_output_is_refused_naming_the_holder(held, run_cli, tmp_path):
     out, proc = held
     pid = proc.pid
+    (tmp_path / "nodata").mkdir()  # past the input checks, to the output folder's owner
     code, stdout, err = run_cli("train", "--base", "cnet-tiny", "--data", str(tmp_path / "nodata"), "-o", str(out),
                                 "--seed", "2")
     lines = [x for x in err.splitlines() if x.startswith("error:")]
