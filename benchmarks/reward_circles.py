@@ -3,6 +3,8 @@ demo's trained ControlNet on the embedded circles, three seeds (a benchmark, not
 
     PYTHONPATH=$PWD python benchmarks/reward_circles.py --out /tmp/reward-circles --steps 100 --seeds 0 1 2
     PYTHONPATH=$PWD python benchmarks/reward_circles.py --out /tmp/reward-circles --start outputs/demo/controlnet-trained
+    PYTHONPATH=$PWD python benchmarks/reward_circles.py --out /tmp/reward-lr1e-4 --start /tmp/reward-circles/start/controlnet \
+        --data /tmp/reward-circles/data --lr 1e-4
 
 1. data: the demo's circles (`cnetcli.demo.make_data`: 2000 training circles, `--eval-count` held out);
 2. start: the demo's ControlNet (`DEMO_RECIPE`, 600 steps, trained here through the demo's launcher unless
@@ -10,7 +12,8 @@ demo's trained ControlNet on the embedded circles, three seeds (a benchmark, not
 3. for each seed, two continuations from it with the same recipe, seed, data order, noise and timesteps:
    `plain` and `--reward canny` (the circles' outline hints are what canny finds, cnet's eval scores them with
    canny too). The recipe: the embedded base's `paper` preset (constant lr 1e-3, uniform timesteps, batch 32,
-   50% empty prompts), so about 20% of each batch (t <= 200) is rewarded;
+   50% empty prompts), so about 20% of each batch (t <= 200) is rewarded; `--lr` replaces its lr (the demo's
+   cosine ends at lr 0, so a constant 1e-3 first knocks the start off its minimum);
 4. eval: the held-out hints sampled as the demo samples them (DDIM 20, CFG 3, each hint's own prompt, sampling
    seed 0), canny edge F1 at 2 px (`cnet eval`), for the start and every run.
 
@@ -74,6 +77,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=100, help="N: steps of each continuation")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--start", type=Path, help="a trained ControlNet folder (default: train the demo's here)")
+    ap.add_argument("--data", type=Path, help="an earlier OUT/data folder to reuse (default: make it in OUT)")
+    ap.add_argument("--lr", type=float, help="the continuation's constant lr (default: the paper preset's 1e-3)")
     ap.add_argument("--eval-count", type=int, default=32)
     ap.add_argument("--reward-weight", type=float, default=1.0)
     ap.add_argument("--parallel", action="store_true", help="train each seed's plain and reward runs at once")
@@ -88,6 +93,8 @@ def main() -> None:
     res_path = out / "results.json"
     res = _load(res_path)
     dcfg = DemoConfig(output=str(out), eval_count=args.eval_count, curve_every=0)
+    if args.data is not None and not (out / "data").exists():
+        (out / "data").symlink_to(args.data.resolve(), target_is_directory=True)
     if not (out / "data" / "train").exists():
         make_data(dcfg)
     from cnetcli.data import read_dataset
@@ -106,6 +113,12 @@ def main() -> None:
             res["start_train_seconds"] = round(time.perf_counter() - t, 1)
             _save(res_path, res)
     recipe = {**TINY_RECIPES["paper"], "max_steps": args.steps}
+    if args.lr is not None:
+        recipe["learning_rate"] = args.lr
+    # one OUT holds one recipe: the runs it skips must have been trained as the ones it would train
+    shown = {"steps": args.steps, "learning_rate": recipe["learning_rate"], "reward_weight": args.reward_weight}
+    if res.setdefault("recipe", shown) != shown:
+        sys.exit(f"{res_path} holds runs of another recipe ({res['recipe']}); give another --out")
     runs = res.setdefault("runs", {})
     for seed in args.seeds:
         todo = {}
@@ -132,7 +145,8 @@ def main() -> None:
         if key not in f1:
             f1[key] = edge_f1(dcfg, models, out / key / "controlnet", hints, prompts, out / "generated" / key)
             _save(res_path, res)
-    lines = [f"| seed | start (demo, 600 steps) | +{args.steps} plain | +{args.steps} --reward canny | reward - plain |",
+    n, lr = args.steps, recipe["learning_rate"]
+    lines = [f"| seed | start (demo, 600 steps) | +{n} plain (lr {lr:g}) | +{n} --reward canny | reward - plain |",
              "|---:|---:|---:|---:|---:|"]
     for seed in args.seeds:
         p, w = f1.get(f"plain-{seed}"), f1.get(f"reward-{seed}")
