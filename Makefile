@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/cnet demo --output outputs/demo --overwrite
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow"
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" -n auto --dist loadfile
 
 test-slow: $(STAMP)
 	CNET_RUN_SLOW=1 $(PY) -m pytest -q -p no:cacheprovider -m slow
