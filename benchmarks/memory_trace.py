@@ -131,8 +131,52 @@ def _unet_config(family: str) -> dict[str, Any]:
     return cfg
 
 
-def build_components(family: str, tiny: bool) -> dict[str, Any]:
-    """Unet, VAE, text encoders, tokenizers and scheduler of `family` (call under FakeTensorMode)."""
+#: the flow-matching bases' transformers as released (black-forest-labs/FLUX.1-dev and
+#: stabilityai/stable-diffusion-3.5-large transformer/config.json) and their VAE (16 latent channels, no quant convs)
+FLOW_CONFIGS: dict[str, dict[str, Any]] = {
+    "flux": dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                 num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                 axes_dims_rope=(16, 56, 56)),
+    "sd3": dict(sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64,
+                num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
+                pooled_projection_dim=2048, out_channels=16, qk_norm="rms_norm", pos_embed_max_size=192)}
+FLOW_VAE = dict(VAE, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False, force_upcast=True)
+#: the cached text rows the step reads (T5 tokens x 4096 after the CLIP rows, pooled width): FLUX's T5 at
+#: max_sequence_length 512 with CLIP-L's pooled 768; SD3's 77 CLIP + 77 T5 tokens (the training length) and the two
+#: CLIPs' pooled 768 + 1280
+FLOW_TEXT = {"flux": ((512, 4096), 768), "sd3": ((154, 4096), 2048)}
+
+
+def build_flow_components(family: str, tiny: bool, depth: tuple[int, int] | None) -> dict[str, Any]:
+    """FLUX.1-dev / SD3.5-large at full size (`depth` blocks), or cnet's tiny flow bases. The text encoders are
+    the tiny ones either way: the full-size rows are traced with cached embeddings only (the encoders are on the
+    host then), whose shapes `FLOW_TEXT` gives."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    from cnetcli.models import tiny_flow
+
+    # real tensors (the trace's mode accepts them): the flow scheduler reads its sigmas with .item() at init
+    with unset_fake_temporarily():
+        c = (tiny_flow.tiny_flux_components if family == "flux" else tiny_flow.tiny_sd3_components)(seed=0)
+    if tiny:
+        return c
+    cfg = dict(FLOW_CONFIGS[family])
+    if depth is not None:
+        cfg["num_layers"] = depth[0]
+        if family == "flux":
+            cfg["num_single_layers"] = depth[1]
+    cls = FluxTransformer2DModel if family == "flux" else SD3Transformer2DModel
+    factors = tiny_flow.FLUX_VAE_FACTORS if family == "flux" else tiny_flow.SD3_VAE_FACTORS
+    c |= {"transformer": cls(**cfg), "vae": AutoencoderKL(**FLOW_VAE, sample_size=1024, **factors)}
+    return c
+
+
+def build_components(family: str, tiny: bool, depth: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Denoiser, VAE, text encoders, tokenizers and scheduler of `family` (call under FakeTensorMode); `depth`:
+    the flow transformers' (double, single) block counts, when tracing fewer blocks than the release has."""
+    if family in FLOW_CONFIGS:
+        return build_flow_components(family, tiny, depth)
     if tiny:
         from diffusers import DDPMScheduler
 
@@ -182,7 +226,7 @@ def place(components: dict[str, Any], family: Any, weight_dtype: Any) -> dict[st
     precision, the VAE where the family says, the ControlNet fp32 (a test compares this with build_models)."""
     import torch
 
-    dtypes = {"unet": weight_dtype, "controlnet": torch.float32,
+    dtypes = {"denoiser": weight_dtype, "controlnet": torch.float32,
               "vae": family.vae_dtype(components["vae"].config, weight_dtype)}
     dtypes |= {k: weight_dtype for k in family.text_encoders}
     return dtypes
@@ -376,7 +420,8 @@ def _trace_family(family_name: str) -> Any:
 
 
 def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, tiny: bool = False,
-               steps: int = 2, weight_dtype: str = "bf16") -> Trace:
+               steps: int = 2, weight_dtype: str = "bf16", depth: tuple[int, int] | None = None,
+               small_scale: bool = False) -> Trace:
     """The traced peak of `steps` optimizer steps of cnet's training step (see the module docstring)."""
     import torch
     from accelerate.utils import convert_outputs_to_fp32
@@ -400,12 +445,12 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
             finally:
                 audit.in_autocast = old
 
-    with FakeTensorMode(), cuda_autocast_policy():
-        comps = build_components(family_name, tiny)
-        unet, vae = comps["unet"], comps["vae"]
-        controlnet = init_controlnet(family, unet, vae, seed=0)
+    with FakeTensorMode(allow_non_fake_inputs=True), cuda_autocast_policy():
+        comps = build_components(family_name, tiny, depth)
+        unet, vae = comps[family.denoiser], comps["vae"]
+        controlnet = init_controlnet(family, unet, vae, seed=0, small_scale=small_scale)
         dtypes = place(comps, family, wdt)
-        params = {"unet": sum(p.numel() for p in unet.parameters()),
+        params = {"denoiser": sum(p.numel() for p in unet.parameters()),
                   "controlnet": sum(p.numel() for p in controlnet.parameters()),
                   **{k: sum(p.numel() for p in comps[k].parameters()) for k in (*family.text_encoders, "vae")}}
         vae.requires_grad_(False)
@@ -413,7 +458,7 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
             comps[k].requires_grad_(False)
         set_denoiser_trainable(family, unet, None)
         controlnet.train()
-        for name, m in (("unet", unet), ("controlnet", controlnet), ("vae", vae),
+        for name, m in (("denoiser", unet), ("controlnet", controlnet), ("vae", vae),
                         *((k, comps[k]) for k in family.text_encoders)):
             _cast(m, dtypes[name])
         if flags.checkpointing:  # setup.build_models: both networks
@@ -429,6 +474,10 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
         if flags.cached:  # cache.py's rows, on the host (not tracked): only the batch's rows reach the GPU
             text = {k: comps[k] for k in (*family.text_encoders, *family.tokenizers)}
             emb = family.encode_prompt(text, [""], do_classifier_free_guidance=False)
+            if family_name in FLOW_TEXT and not tiny:  # the released encoders' row shapes
+                (tokens, width), pooled = FLOW_TEXT[family_name]
+                emb.prompt_embeds = torch.zeros(1, tokens, width, dtype=emb.prompt_embeds.dtype)
+                emb.pooled_prompt_embeds = torch.zeros(1, pooled, dtype=emb.prompt_embeds.dtype)
             models.cache = {"latents": torch.zeros(batch, 2 * lat[0], *lat[1:], dtype=dtypes["vae"]),
                             "hints": torch.zeros(batch, 3, resolution, resolution, dtype=torch.uint8),
                             "micro": torch.zeros(batch, 4, dtype=torch.int64),
@@ -438,7 +487,8 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
                 models.cache |= {"pooled": emb.pooled_prompt_embeds, "empty_pooled": emb.pooled_prompt_embeds[0]}
             for k in family.text_encoders:  # loop.py: encoders_to(models, "cpu") once the cache is built
                 comps[k] = None
-            on_gpu = [unet, controlnet]
+            # a VAE-latent hint is encoded every step: that VAE stays on the GPU
+            on_gpu = [unet, controlnet, *([vae] if family.hint_sample_needed else [])]
         else:
             on_gpu = [unet, controlnet, vae, *(comps[k] for k in family.text_encoders)]
         trainable = [p for p in controlnet.parameters() if p.requires_grad]
@@ -464,7 +514,8 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
                                  "conditioning_pixel_values": torch.zeros(batch, 3, resolution, resolution),
                                  "text": [""] * batch, "micro": torch.zeros(batch, 4, dtype=torch.int64)}
                         noise = Noise(torch.zeros(batch, *lat), torch.zeros(batch, *lat),
-                                      torch.zeros(batch, dtype=torch.int64))
+                                      torch.zeros(batch, dtype=torch.int64),
+                                      torch.zeros(batch, *lat) if family.hint_sample_needed else None)
                         loss = training_step(models, b, noise, autocast=autocast)
                         del b, noise
                     elif phase == "backward":
@@ -502,7 +553,7 @@ def plan_estimate(tr: Trace) -> Any:
 
     fam = _trace_family(tr.family)
     w = tr.weight_dtype  # bf16 runs keep SDXL's VAE in bf16 too (it is upcast for fp16 only)
-    parts = [Part("unet", tr.params["unet"], w, True, backward=True),
+    parts = [Part(fam.denoiser, tr.params["denoiser"], w, True, backward=True),
              Part("controlnet", tr.params["controlnet"], "fp32", True, trains=True)]
     parts += [Part(k, tr.params[k], w, not tr.flags.cached) for k in fam.text_encoders]
     parts.append(Part("vae", tr.params["vae"], w, not tr.flags.cached))
