@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import inspect
 import json
 import os
@@ -110,6 +111,7 @@ class Trace:
     sdpa_ops: set[str] = field(default_factory=set)
     audit: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    small_scale: bool = False
 
     @property
     def with_margin(self) -> float:
@@ -476,8 +478,8 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
             emb = family.encode_prompt(text, [""], do_classifier_free_guidance=False)
             if family_name in FLOW_TEXT and not tiny:  # the released encoders' row shapes
                 (tokens, width), pooled = FLOW_TEXT[family_name]
-                emb.prompt_embeds = torch.zeros(1, tokens, width, dtype=emb.prompt_embeds.dtype)
-                emb.pooled_prompt_embeds = torch.zeros(1, pooled, dtype=emb.prompt_embeds.dtype)
+                emb = dataclasses.replace(emb, prompt_embeds=torch.zeros(1, tokens, width, dtype=emb.prompt_embeds.dtype),
+                                          pooled_prompt_embeds=torch.zeros(1, pooled, dtype=emb.prompt_embeds.dtype))
             models.cache = {"latents": torch.zeros(batch, 2 * lat[0], *lat[1:], dtype=dtypes["vae"]),
                             "hints": torch.zeros(batch, 3, resolution, resolution, dtype=torch.uint8),
                             "micro": torch.zeros(batch, 4, dtype=torch.int64),
@@ -543,7 +545,7 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
         raise RuntimeError(f"ops CUDA autocast runs in fp32 ran in {bad}: the policy registration missed them")
     return Trace(family_name, resolution, batch, flags, total, at_peak, best[2], params, phases,
                  dict(unet.config), factor, weight_dtype,
-                 audit.sdpa, audit.counts, time.time() - t0)
+                 audit.sdpa, audit.counts, time.time() - t0, small_scale)
 
 
 # ------------------------------------------------------------------------------------------- the table
@@ -556,11 +558,11 @@ def plan_estimate(tr: Trace) -> Any:
     parts = [Part(fam.denoiser, tr.params["denoiser"], w, True, backward=True),
              Part("controlnet", tr.params["controlnet"], "fp32", True, trains=True)]
     parts += [Part(k, tr.params[k], w, not tr.flags.cached) for k in fam.text_encoders]
-    parts.append(Part("vae", tr.params["vae"], w, not tr.flags.cached))
+    parts.append(Part("vae", tr.params["vae"], w, not tr.flags.cached or fam.hint_sample_needed))
     lat = tr.resolution // tr.vae_factor
     return memory_plan(parts, batch_size=tr.batch, latent_pixels=lat * lat, eight_bit_adam=tr.flags.adam8,
                        gradient_checkpointing=tr.flags.checkpointing, act_dtype=w, cached=tr.flags.cached,
-                       denoiser_config=tr.unet_config, vae_factor=tr.vae_factor)
+                       denoiser_config=tr.unet_config, vae_factor=tr.vae_factor, family=fam)
 
 
 def table(traces: list[Trace]) -> str:
@@ -568,28 +570,77 @@ def table(traces: list[Trace]) -> str:
             "plan / trace | measured GiB | fits 24 GB |")
     rows = [head, "|" + "---|" * 11]
     for t in traces:
-        est = plan_estimate(t)
+        try:
+            est = plan_estimate(t)
+        except NotImplementedError:  # a family without an activation model
+            est = None
         meas = MEASURED.get((t.family, t.resolution, t.batch, t.flags.label), "-")
-        rows.append(f"| {t.family} | {t.resolution} | {t.batch} | {t.flags.label} | {t.peak / GIB:.1f} | "
-                    f"{t.with_margin / GIB:.1f} | {t.phase} | {est.peak / GIB:.1f} ({est.phase}) | "
-                    f"{est.peak / t.peak:.2f} | {meas} | "
+        rows.append(f"| {_base(t)} | {t.resolution} | {t.batch} | {t.flags.label} | {t.peak / GIB:.1f} | "
+                    f"{t.with_margin / GIB:.1f} | {t.phase} | "
+                    + (f"{est.peak / GIB:.1f} ({est.phase}) | {est.peak / t.peak:.2f}" if est else "- | -") +
+                    f" | {meas} | "
                     f"{'yes' if t.with_margin <= CARD else 'no'} |")
     return "\n".join(rows)
 
 
+def _base(t: Trace) -> str:
+    return t.family + (" --small-scale" if t.small_scale else "")
+
+
 def breakdown(t: Trace) -> str:
     parts = ", ".join(f"{k} {v / GIB:.2f}" for k, v in sorted(t.at_peak.items(), key=lambda kv: -kv[1]))
-    return f"{t.family} {t.resolution}px b{t.batch} {t.flags.label}: {parts} GiB ({t.seconds:.0f} s)"
+    return f"{_base(t)} {t.resolution}px b{t.batch} {t.flags.label}: {parts} GiB ({t.seconds:.0f} s)"
 
 
 RUNS_FULL = [("sd15", 512, 8), ("sdxl", 1024, 1), ("sdxl", 1024, 4)]
+#: the flow bases: batch 1 at 512 and 1024 px, full and --small-scale ControlNets, embeddings cached (T5 is not
+#: resident), plain AdamW or all memory flags
+RUNS_FLOW = [(f, px, 1, small) for f in ("flux", "sd3") for small in (False, True) for px in (512, 1024)]
+FLOW_FLAGS = (Flags(True, True, True), Flags(cached=True))
+#: block counts traced (double, single): the transformer is linear in its blocks, so the released depth's figures
+#: are extrapolated from these (each holds the full ControlNet: SD3 copies at most num_layers - 1 layers)
+TRACE_DEPTHS = {"flux": ((4, 4), (6, 4), (4, 6)), "sd3": ((13, 0), (15, 0))}
+
+
+def extrapolate(traces: list[Trace], depths: tuple[tuple[int, int], ...], full: tuple[int, int]) -> Trace:
+    """The trace at the released depth `full`, from traces at `depths` (the first the reference, the others one
+    more block kind each): every byte count is linear in the double and single blocks."""
+    base, rest = traces[0], traces[1:]
+    d0 = depths[0]
+
+    def at(get: Any) -> int:
+        v = float(get(base))
+        for t, d in zip(rest, depths[1:]):
+            axis = 0 if d[0] != d0[0] else 1
+            v += (get(t) - get(base)) / (d[axis] - d0[axis]) * (full[axis] - d0[axis])
+        return int(v)
+
+    keys = set(base.at_peak).union(*(t.at_peak for t in rest))
+    return dataclasses.replace(
+        base, peak=at(lambda t: t.peak), at_peak={k: at(lambda t, k=k: t.at_peak.get(k, 0)) for k in keys},
+        params={k: at(lambda t, k=k: t.params[k]) for k in base.params},
+        phases={k: at(lambda t, k=k: t.phases.get(k, 0)) for k in base.phases},
+        unet_config=dict(base.unet_config, num_layers=full[0], **({"num_single_layers": full[1]}
+                                                                   if "num_single_layers" in base.unet_config else {})),
+        seconds=sum(t.seconds for t in traces))
+
+
+def trace_flow(family: str, resolution: int, batch: int, flags: Flags, small_scale: bool) -> Trace:
+    """A released flow base's row: traced at `TRACE_DEPTHS`, extrapolated to the release's blocks."""
+    cfg = FLOW_CONFIGS[family]
+    full = (cfg["num_layers"], cfg.get("num_single_layers", 0))
+    depths = TRACE_DEPTHS[family]
+    return extrapolate([trace_step(family, resolution, batch, flags, depth=d, small_scale=small_scale)
+                        for d in depths], depths, full)
 RUNS_TINY = [("sd15", 64, 2), ("sdxl", 64, 2)]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="cnet's tiny test models (seconds), not the released sizes")
-    ap.add_argument("--only", default=None, help="one base: sd15 or sdxl")
+    ap.add_argument("--only", default=None, help="one base: sd15, sdxl, flux or sd3")
+    ap.add_argument("--flow", action="store_true", help="FLUX.1-dev and SD3.5-large (traced at fewer blocks, "
+                    "extrapolated per block)")
     ap.add_argument("--configs", default=None, help="comma-separated config labels (default: all five)")
     ap.add_argument("--json", default=None, help="also write the traces here")
     ap.add_argument("--from-json", default=None, help="print the table of traces saved with --json (no tracing)")
@@ -607,6 +658,14 @@ def main(argv: list[str] | None = None) -> int:
             d["sdpa_ops"] = set(d["sdpa_ops"])
             d.setdefault("weight_dtype", "bf16")
             traces.append(Trace(**d))
+    elif a.flow:
+        for fam, px, bs, small in RUNS_FLOW:
+            for fl in FLOW_FLAGS:
+                if (a.only in (None, fam)) and (wanted is None or fl.label in wanted):
+                    traces.append(trace_flow(fam, px, bs, fl, small))
+                    print(breakdown(traces[-1]), flush=True)
+                    if a.json:  # as they come: a full run takes a while
+                        _save(traces, a.json)
     else:
         for fam, px, bs in runs:
             for fl in FLAG_SETS:
@@ -625,9 +684,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{CONTEXT_AND_WORKSPACES / GIB:.1f} GiB (CUDA context ~0.5, cuBLAS/cuDNN workspaces ~0.5); "
           f"'fits 24 GB' compares that with {CARD / GIB:.2f} GiB")
     if a.json:
-        rows = [dict(vars(t), flags=t.flags.label, sdpa_ops=sorted(t.sdpa_ops)) for t in traces]
-        Path(a.json).write_text(json.dumps(rows, indent=1, default=str))
+        _save(traces, a.json)
     return 0
+
+
+def _save(traces: list[Trace], path: str) -> None:
+    rows = [dict(vars(t), flags=t.flags.label, sdpa_ops=sorted(t.sdpa_ops)) for t in traces]
+    Path(path).write_text(json.dumps(rows, indent=1, default=str))
 
 
 if __name__ == "__main__":
