@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import inspect
 import json
 import os
@@ -110,6 +111,7 @@ class Trace:
     sdpa_ops: set[str] = field(default_factory=set)
     audit: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    small_scale: bool = False
 
     @property
     def with_margin(self) -> float:
@@ -131,8 +133,52 @@ def _unet_config(family: str) -> dict[str, Any]:
     return cfg
 
 
-def build_components(family: str, tiny: bool) -> dict[str, Any]:
-    """Unet, VAE, text encoders, tokenizers and scheduler of `family` (call under FakeTensorMode)."""
+#: the flow-matching bases' transformers as released (black-forest-labs/FLUX.1-dev and
+#: stabilityai/stable-diffusion-3.5-large transformer/config.json) and their VAE (16 latent channels, no quant convs)
+FLOW_CONFIGS: dict[str, dict[str, Any]] = {
+    "flux": dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
+                 num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+                 axes_dims_rope=(16, 56, 56)),
+    "sd3": dict(sample_size=128, patch_size=2, in_channels=16, num_layers=38, attention_head_dim=64,
+                num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432,
+                pooled_projection_dim=2048, out_channels=16, qk_norm="rms_norm", pos_embed_max_size=192)}
+FLOW_VAE = dict(VAE, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False, force_upcast=True)
+#: the cached text rows the step reads (T5 tokens x 4096 after the CLIP rows, pooled width): FLUX's T5 at
+#: max_sequence_length 512 with CLIP-L's pooled 768; SD3's 77 CLIP + 77 T5 tokens (the training length) and the two
+#: CLIPs' pooled 768 + 1280
+FLOW_TEXT = {"flux": ((512, 4096), 768), "sd3": ((154, 4096), 2048)}
+
+
+def build_flow_components(family: str, tiny: bool, depth: tuple[int, int] | None) -> dict[str, Any]:
+    """FLUX.1-dev / SD3.5-large at full size (`depth` blocks), or cnet's tiny flow bases. The text encoders are
+    the tiny ones either way: the full-size rows are traced with cached embeddings only (the encoders are on the
+    host then), whose shapes `FLOW_TEXT` gives."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    from cnetcli.models import tiny_flow
+
+    # real tensors (the trace's mode accepts them): the flow scheduler reads its sigmas with .item() at init
+    with unset_fake_temporarily():
+        c = (tiny_flow.tiny_flux_components if family == "flux" else tiny_flow.tiny_sd3_components)(seed=0)
+    if tiny:
+        return c
+    cfg = dict(FLOW_CONFIGS[family])
+    if depth is not None:
+        cfg["num_layers"] = depth[0]
+        if family == "flux":
+            cfg["num_single_layers"] = depth[1]
+    cls = FluxTransformer2DModel if family == "flux" else SD3Transformer2DModel
+    factors = tiny_flow.FLUX_VAE_FACTORS if family == "flux" else tiny_flow.SD3_VAE_FACTORS
+    c |= {"transformer": cls(**cfg), "vae": AutoencoderKL(**FLOW_VAE, sample_size=1024, **factors)}
+    return c
+
+
+def build_components(family: str, tiny: bool, depth: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Denoiser, VAE, text encoders, tokenizers and scheduler of `family` (call under FakeTensorMode); `depth`:
+    the flow transformers' (double, single) block counts, when tracing fewer blocks than the release has."""
+    if family in FLOW_CONFIGS:
+        return build_flow_components(family, tiny, depth)
     if tiny:
         from diffusers import DDPMScheduler
 
@@ -182,7 +228,7 @@ def place(components: dict[str, Any], family: Any, weight_dtype: Any) -> dict[st
     precision, the VAE where the family says, the ControlNet fp32 (a test compares this with build_models)."""
     import torch
 
-    dtypes = {"unet": weight_dtype, "controlnet": torch.float32,
+    dtypes = {"denoiser": weight_dtype, "controlnet": torch.float32,
               "vae": family.vae_dtype(components["vae"].config, weight_dtype)}
     dtypes |= {k: weight_dtype for k in family.text_encoders}
     return dtypes
@@ -376,7 +422,8 @@ def _trace_family(family_name: str) -> Any:
 
 
 def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, tiny: bool = False,
-               steps: int = 2, weight_dtype: str = "bf16") -> Trace:
+               steps: int = 2, weight_dtype: str = "bf16", depth: tuple[int, int] | None = None,
+               small_scale: bool = False) -> Trace:
     """The traced peak of `steps` optimizer steps of cnet's training step (see the module docstring)."""
     import torch
     from accelerate.utils import convert_outputs_to_fp32
@@ -400,12 +447,12 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
             finally:
                 audit.in_autocast = old
 
-    with FakeTensorMode(), cuda_autocast_policy():
-        comps = build_components(family_name, tiny)
-        unet, vae = comps["unet"], comps["vae"]
-        controlnet = init_controlnet(family, unet, vae, seed=0)
+    with FakeTensorMode(allow_non_fake_inputs=True), cuda_autocast_policy():
+        comps = build_components(family_name, tiny, depth)
+        unet, vae = comps[family.denoiser], comps["vae"]
+        controlnet = init_controlnet(family, unet, vae, seed=0, small_scale=small_scale)
         dtypes = place(comps, family, wdt)
-        params = {"unet": sum(p.numel() for p in unet.parameters()),
+        params = {"denoiser": sum(p.numel() for p in unet.parameters()),
                   "controlnet": sum(p.numel() for p in controlnet.parameters()),
                   **{k: sum(p.numel() for p in comps[k].parameters()) for k in (*family.text_encoders, "vae")}}
         vae.requires_grad_(False)
@@ -413,7 +460,7 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
             comps[k].requires_grad_(False)
         set_denoiser_trainable(family, unet, None)
         controlnet.train()
-        for name, m in (("unet", unet), ("controlnet", controlnet), ("vae", vae),
+        for name, m in (("denoiser", unet), ("controlnet", controlnet), ("vae", vae),
                         *((k, comps[k]) for k in family.text_encoders)):
             _cast(m, dtypes[name])
         if flags.checkpointing:  # setup.build_models: both networks
@@ -429,6 +476,10 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
         if flags.cached:  # cache.py's rows, on the host (not tracked): only the batch's rows reach the GPU
             text = {k: comps[k] for k in (*family.text_encoders, *family.tokenizers)}
             emb = family.encode_prompt(text, [""], do_classifier_free_guidance=False)
+            if family_name in FLOW_TEXT and not tiny:  # the released encoders' row shapes
+                (tokens, width), pooled = FLOW_TEXT[family_name]
+                emb = dataclasses.replace(emb, prompt_embeds=torch.zeros(1, tokens, width, dtype=emb.prompt_embeds.dtype),
+                                          pooled_prompt_embeds=torch.zeros(1, pooled, dtype=emb.prompt_embeds.dtype))
             models.cache = {"latents": torch.zeros(batch, 2 * lat[0], *lat[1:], dtype=dtypes["vae"]),
                             "hints": torch.zeros(batch, 3, resolution, resolution, dtype=torch.uint8),
                             "micro": torch.zeros(batch, 4, dtype=torch.int64),
@@ -438,7 +489,8 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
                 models.cache |= {"pooled": emb.pooled_prompt_embeds, "empty_pooled": emb.pooled_prompt_embeds[0]}
             for k in family.text_encoders:  # loop.py: encoders_to(models, "cpu") once the cache is built
                 comps[k] = None
-            on_gpu = [unet, controlnet]
+            # a VAE-latent hint is encoded every step: that VAE stays on the GPU
+            on_gpu = [unet, controlnet, *([vae] if family.hint_sample_needed else [])]
         else:
             on_gpu = [unet, controlnet, vae, *(comps[k] for k in family.text_encoders)]
         trainable = [p for p in controlnet.parameters() if p.requires_grad]
@@ -464,7 +516,8 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
                                  "conditioning_pixel_values": torch.zeros(batch, 3, resolution, resolution),
                                  "text": [""] * batch, "micro": torch.zeros(batch, 4, dtype=torch.int64)}
                         noise = Noise(torch.zeros(batch, *lat), torch.zeros(batch, *lat),
-                                      torch.zeros(batch, dtype=torch.int64))
+                                      torch.zeros(batch, dtype=torch.int64),
+                                      torch.zeros(batch, *lat) if family.hint_sample_needed else None)
                         loss = training_step(models, b, noise, autocast=autocast)
                         del b, noise
                     elif phase == "backward":
@@ -492,7 +545,7 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
         raise RuntimeError(f"ops CUDA autocast runs in fp32 ran in {bad}: the policy registration missed them")
     return Trace(family_name, resolution, batch, flags, total, at_peak, best[2], params, phases,
                  dict(unet.config), factor, weight_dtype,
-                 audit.sdpa, audit.counts, time.time() - t0)
+                 audit.sdpa, audit.counts, time.time() - t0, small_scale)
 
 
 # ------------------------------------------------------------------------------------------- the table
@@ -502,14 +555,14 @@ def plan_estimate(tr: Trace) -> Any:
 
     fam = _trace_family(tr.family)
     w = tr.weight_dtype  # bf16 runs keep SDXL's VAE in bf16 too (it is upcast for fp16 only)
-    parts = [Part("unet", tr.params["unet"], w, True, backward=True),
+    parts = [Part(fam.denoiser, tr.params["denoiser"], w, True, backward=True),
              Part("controlnet", tr.params["controlnet"], "fp32", True, trains=True)]
     parts += [Part(k, tr.params[k], w, not tr.flags.cached) for k in fam.text_encoders]
-    parts.append(Part("vae", tr.params["vae"], w, not tr.flags.cached))
+    parts.append(Part("vae", tr.params["vae"], w, not tr.flags.cached or fam.hint_sample_needed))
     lat = tr.resolution // tr.vae_factor
     return memory_plan(parts, batch_size=tr.batch, latent_pixels=lat * lat, eight_bit_adam=tr.flags.adam8,
                        gradient_checkpointing=tr.flags.checkpointing, act_dtype=w, cached=tr.flags.cached,
-                       denoiser_config=tr.unet_config, vae_factor=tr.vae_factor)
+                       denoiser_config=tr.unet_config, vae_factor=tr.vae_factor, family=fam)
 
 
 def table(traces: list[Trace]) -> str:
@@ -517,28 +570,77 @@ def table(traces: list[Trace]) -> str:
             "plan / trace | measured GiB | fits 24 GB |")
     rows = [head, "|" + "---|" * 11]
     for t in traces:
-        est = plan_estimate(t)
+        try:
+            est = plan_estimate(t)
+        except NotImplementedError:  # a family without an activation model
+            est = None
         meas = MEASURED.get((t.family, t.resolution, t.batch, t.flags.label), "-")
-        rows.append(f"| {t.family} | {t.resolution} | {t.batch} | {t.flags.label} | {t.peak / GIB:.1f} | "
-                    f"{t.with_margin / GIB:.1f} | {t.phase} | {est.peak / GIB:.1f} ({est.phase}) | "
-                    f"{est.peak / t.peak:.2f} | {meas} | "
+        rows.append(f"| {_base(t)} | {t.resolution} | {t.batch} | {t.flags.label} | {t.peak / GIB:.1f} | "
+                    f"{t.with_margin / GIB:.1f} | {t.phase} | "
+                    + (f"{est.peak / GIB:.1f} ({est.phase}) | {est.peak / t.peak:.2f}" if est else "- | -") +
+                    f" | {meas} | "
                     f"{'yes' if t.with_margin <= CARD else 'no'} |")
     return "\n".join(rows)
 
 
+def _base(t: Trace) -> str:
+    return t.family + (" --small-scale" if t.small_scale else "")
+
+
 def breakdown(t: Trace) -> str:
     parts = ", ".join(f"{k} {v / GIB:.2f}" for k, v in sorted(t.at_peak.items(), key=lambda kv: -kv[1]))
-    return f"{t.family} {t.resolution}px b{t.batch} {t.flags.label}: {parts} GiB ({t.seconds:.0f} s)"
+    return f"{_base(t)} {t.resolution}px b{t.batch} {t.flags.label}: {parts} GiB ({t.seconds:.0f} s)"
 
 
 RUNS_FULL = [("sd15", 512, 8), ("sdxl", 1024, 1), ("sdxl", 1024, 4)]
+#: the flow bases: batch 1 at 512 and 1024 px, full and --small-scale ControlNets, embeddings cached (T5 is not
+#: resident), plain AdamW or all memory flags
+RUNS_FLOW = [(f, px, 1, small) for f in ("flux", "sd3") for small in (False, True) for px in (512, 1024)]
+FLOW_FLAGS = (Flags(True, True, True), Flags(cached=True))
+#: block counts traced (double, single): the transformer is linear in its blocks, so the released depth's figures
+#: are extrapolated from these (each holds the full ControlNet: SD3 copies at most num_layers - 1 layers)
+TRACE_DEPTHS = {"flux": ((4, 4), (6, 4), (4, 6)), "sd3": ((13, 0), (15, 0))}
+
+
+def extrapolate(traces: list[Trace], depths: tuple[tuple[int, int], ...], full: tuple[int, int]) -> Trace:
+    """The trace at the released depth `full`, from traces at `depths` (the first the reference, the others one
+    more block kind each): every byte count is linear in the double and single blocks."""
+    base, rest = traces[0], traces[1:]
+    d0 = depths[0]
+
+    def at(get: Any) -> int:
+        v = float(get(base))
+        for t, d in zip(rest, depths[1:]):
+            axis = 0 if d[0] != d0[0] else 1
+            v += (get(t) - get(base)) / (d[axis] - d0[axis]) * (full[axis] - d0[axis])
+        return int(v)
+
+    keys = set(base.at_peak).union(*(t.at_peak for t in rest))
+    return dataclasses.replace(
+        base, peak=at(lambda t: t.peak), at_peak={k: at(lambda t, k=k: t.at_peak.get(k, 0)) for k in keys},
+        params={k: at(lambda t, k=k: t.params[k]) for k in base.params},
+        phases={k: at(lambda t, k=k: t.phases.get(k, 0)) for k in base.phases},
+        unet_config=dict(base.unet_config, num_layers=full[0], **({"num_single_layers": full[1]}
+                                                                   if "num_single_layers" in base.unet_config else {})),
+        seconds=sum(t.seconds for t in traces))
+
+
+def trace_flow(family: str, resolution: int, batch: int, flags: Flags, small_scale: bool) -> Trace:
+    """A released flow base's row: traced at `TRACE_DEPTHS`, extrapolated to the release's blocks."""
+    cfg = FLOW_CONFIGS[family]
+    full = (cfg["num_layers"], cfg.get("num_single_layers", 0))
+    depths = TRACE_DEPTHS[family]
+    return extrapolate([trace_step(family, resolution, batch, flags, depth=d, small_scale=small_scale)
+                        for d in depths], depths, full)
 RUNS_TINY = [("sd15", 64, 2), ("sdxl", 64, 2)]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tiny", action="store_true", help="cnet's tiny test models (seconds), not the released sizes")
-    ap.add_argument("--only", default=None, help="one base: sd15 or sdxl")
+    ap.add_argument("--only", default=None, help="one base: sd15, sdxl, flux or sd3")
+    ap.add_argument("--flow", action="store_true", help="FLUX.1-dev and SD3.5-large (traced at fewer blocks, "
+                    "extrapolated per block)")
     ap.add_argument("--configs", default=None, help="comma-separated config labels (default: all five)")
     ap.add_argument("--json", default=None, help="also write the traces here")
     ap.add_argument("--from-json", default=None, help="print the table of traces saved with --json (no tracing)")
@@ -556,6 +658,14 @@ def main(argv: list[str] | None = None) -> int:
             d["sdpa_ops"] = set(d["sdpa_ops"])
             d.setdefault("weight_dtype", "bf16")
             traces.append(Trace(**d))
+    elif a.flow:
+        for fam, px, bs, small in RUNS_FLOW:
+            for fl in FLOW_FLAGS:
+                if (a.only in (None, fam)) and (wanted is None or fl.label in wanted):
+                    traces.append(trace_flow(fam, px, bs, fl, small))
+                    print(breakdown(traces[-1]), flush=True)
+                    if a.json:  # as they come: a full run takes a while
+                        _save(traces, a.json)
     else:
         for fam, px, bs in runs:
             for fl in FLAG_SETS:
@@ -574,9 +684,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{CONTEXT_AND_WORKSPACES / GIB:.1f} GiB (CUDA context ~0.5, cuBLAS/cuDNN workspaces ~0.5); "
           f"'fits 24 GB' compares that with {CARD / GIB:.2f} GiB")
     if a.json:
-        rows = [dict(vars(t), flags=t.flags.label, sdpa_ops=sorted(t.sdpa_ops)) for t in traces]
-        Path(a.json).write_text(json.dumps(rows, indent=1, default=str))
+        _save(traces, a.json)
     return 0
+
+
+def _save(traces: list[Trace], path: str) -> None:
+    rows = [dict(vars(t), flags=t.flags.label, sdpa_ops=sorted(t.sdpa_ops)) for t in traces]
+    Path(path).write_text(json.dumps(rows, indent=1, default=str))
 
 
 if __name__ == "__main__":

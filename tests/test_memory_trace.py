@@ -41,7 +41,7 @@ def test_trace_places_models_as_build_models_does(xl):
     cfg = TrainConfig(base=str(xl), data=str(xl), output=str(xl.parent / "o"), resolution=64, batch_size=1,
                       learning_rate=1e-4, max_steps=1)
     m = build_models(cfg, "cpu", torch.bfloat16)
-    comps = {"unet": m.denoiser, "vae": m.vae, **{k: m.text_components[k] for k in m.family.text_encoders}}
+    comps = {"denoiser": m.denoiser, "vae": m.vae, **{k: m.text_components[k] for k in m.family.text_encoders}}
     want = mt.place(comps, m.family, torch.bfloat16)
     got = {k: v.dtype for k, v in comps.items()} | {"controlnet": m.controlnet.dtype}
     assert got == want
@@ -76,3 +76,38 @@ def test_sdxl_1024_with_the_memory_flags_fits_24gb_per_the_trace():
     t = mt.trace_step("sdxl", 1024, 1, mt.Flags(True, True, True))
     assert t.with_margin <= mt.CARD
     assert t.peak == pytest.approx(mt.plan_estimate(t).peak, rel=TOLERANCE)
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_flow_families_have_a_memory_plan(family):
+    """FLUX.1 and SD3 print a plan too: their activation model (families/transformer_memory.py) grows with the
+    image tokens and keeps less with gradient checkpointing, and their ControlNet share is the copied blocks'."""
+    from cnetcli.models.families import family_named
+
+    fam, cfg = family_named(family), mt.FLOW_CONFIGS[family]
+    plain = fam.activation_bytes(cfg, 8, latent_pixels=64 * 64)
+    ckpt = fam.activation_bytes(cfg, 8, gradient_checkpointing=True, latent_pixels=64 * 64)
+    big = fam.activation_bytes(cfg, 8, latent_pixels=128 * 128)
+    assert plain[0] > ckpt[0] > 0 and big[0] < plain[0]  # text tokens spread over more pixels
+    assert 0 < fam.controlnet_share(cfg, small_scale=True) < fam.controlnet_share(cfg) < 0.5
+
+
+@pytest.mark.slow  # ~1-4 min on 2 cores: a 4 + 4 block FLUX.1-dev at full width
+def test_plan_agrees_with_a_traced_full_width_flux_step():
+    """FLUX.1-dev's width at 4 double + 4 single blocks (the full ControlNet's), 512 px, all memory flags: the
+    plan agrees with the trace within TOLERANCE."""
+    t = mt.trace_step("flux", 512, 1, mt.Flags(True, True, True), depth=(4, 4))
+    plan = mt.plan_estimate(t)
+    assert t.peak == pytest.approx(plan.peak, rel=TOLERANCE), (t.at_peak, plan)
+    assert t.at_peak["Parameter"] == pytest.approx(plan.weights, rel=0.02)
+
+
+def test_extrapolation_is_linear_in_blocks():
+    """`extrapolate` adds each block kind's per-block difference up to the released depth."""
+    base = mt.Trace("flux", 512, 1, mt.Flags(), 100, {"Parameter": 100}, "p", {"denoiser": 10}, {}, {"num_layers": 4,
+                    "num_single_layers": 4}, 8, "bf16")
+    more_double = mt.dataclasses.replace(base, peak=110, at_peak={"Parameter": 110}, params={"denoiser": 12})
+    more_single = mt.dataclasses.replace(base, peak=104, at_peak={"Parameter": 104}, params={"denoiser": 11})
+    t = mt.extrapolate([base, more_double, more_single], ((4, 4), (6, 4), (4, 6)), (19, 38))
+    assert t.peak == 100 + 15 * 5 + 34 * 2 and t.params["denoiser"] == 10 + 15 + 17
+    assert t.unet_config == {"num_layers": 19, "num_single_layers": 38}

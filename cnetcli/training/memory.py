@@ -144,7 +144,7 @@ def memory_plan(parts: list[Part], *, batch_size: int, latent_pixels: int, eight
     casts = trained * _DTYPE_BYTES[act_dtype] if act_dtype != "fp32" else 0
     act_px, backward_px = family.activation_bytes(
         denoiser_config, vae_factor, denoiser_trains=any(p.trains and p.name == family.denoiser for p in parts),
-        gradient_checkpointing=gradient_checkpointing, fp32=act_dtype == "fp32")
+        gradient_checkpointing=gradient_checkpointing, fp32=act_dtype == "fp32", latent_pixels=latent_pixels)
     act, backward = batch_size * latent_pixels * act_px, batch_size * latent_pixels * backward_px
     per_sample = REWARD_DECODER_BYTES * latent_pixels * vae_factor**2 * _DTYPE_BYTES[reward_dtype] / 2
     notes = (f"--reward decodes ~{reward_samples:.1f} of {batch_size} samples a micro-batch; "
@@ -239,10 +239,12 @@ def plan_before_loading(cfg: Any, device: str, mixed_precision: str) -> MemoryPl
     trains = cfg.unlock_sd_after is not None
     den = counts.get(family.denoiser, 0)
     parts = [Part(family.denoiser, den, "fp32" if trains else low, True, trains, True),
-             Part("controlnet", den // 2, "fp32", True, True)]
+             Part("controlnet", int(den * family.controlnet_share(denoiser_cfg, bool(getattr(cfg, "small_scale", False)))),
+                  "fp32", True, True)]
     on_device = not (cuda and cfg.cache_latents)  # the cache moves the encoders off the GPU
     reward = getattr(cfg, "reward", None) is not None  # --reward: the VAE stays to decode
-    parts += [Part(c, n, low, on_device or (reward and c == "vae")) for c, n in counts.items()
+    vae_stays = reward or family.hint_sample_needed  # decodes rewards / encodes a VAE-latent hint every step
+    parts += [Part(c, n, low, on_device or (vae_stays and c == "vae")) for c, n in counts.items()
               if c != family.denoiser]
     latent = (cfg.resolution // vae_factor) ** 2
     rewarded = cfg.batch_size * min(1.0, (cfg.reward_max_timestep + 1) / 1000) if reward else 0.0

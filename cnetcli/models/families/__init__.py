@@ -351,10 +351,17 @@ class ModelFamily:
         the dtype (with `controlnets` ControlNets' residuals); None where the family has no estimate."""
         return None
 
+    def controlnet_share(self, denoiser_config: Any, small_scale: bool = False) -> float:
+        """The new ControlNet's parameters as a share of the denoiser's, for the plan before loading (a U-Net's
+        encoder half)."""
+        return 0.5
+
     def activation_bytes(self, denoiser_config: Any, vae_factor: int = 8, *, denoiser_trains: bool = False,
-                         gradient_checkpointing: bool = False, fp32: bool = False) -> tuple[float, float]:
+                         gradient_checkpointing: bool = False, fp32: bool = False,
+                         latent_pixels: int | None = None) -> tuple[float, float]:
         """The memory plan's activation model: (bytes kept at the end of the forward, bytes the backward holds
-        besides the gradients) per sample and latent pixel, for a bf16 step (or fp32 with `fp32`)."""
+        besides the gradients) per sample and latent pixel, for a bf16 step (or fp32 with `fp32`); `latent_pixels`:
+        the run's latent size, for a model with a part that does not grow with it (a transformer's text tokens)."""
         raise NotImplementedError
 
 

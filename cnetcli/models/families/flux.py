@@ -375,4 +375,26 @@ class Flux(ModelFamily):
         return hints, torch.cat([d[-1] for d in draws])
 
 
+    # ------------------------------------------------------------------ memory plan
+    def controlnet_share(self, denoiser_config: Any, small_scale: bool = False) -> float:
+        """Its blocks' share of the base's (a double-stream block has ~2.4x a single-stream block's weights)."""
+        double, single = self.controlnet_depth(denoiser_config, small_scale)
+        n, m = (int(config_get(denoiser_config, k)) for k in ("num_layers", "num_single_layers"))
+        return (2.4 * double + single) / (2.4 * n + m)
+
+    def activation_bytes(self, denoiser_config: Any, vae_factor: int = 8, *, denoiser_trains: bool = False,
+                         gradient_checkpointing: bool = False, fp32: bool = False,
+                         latent_pixels: int | None = None) -> tuple[float, float]:
+        """Every base block and the full ControlNet's (a --small-scale one has fewer: the plan errs high), over the
+        2x2-packed image tokens and T5's `max_sequence_length` text tokens (families/transformer_memory.py)."""
+        from . import transformer_memory as tm
+
+        blocks = sum(int(config_get(denoiser_config, k)) for k in ("num_layers", "num_single_layers"))
+        hidden = int(config_get(denoiser_config, "num_attention_heads")) * int(
+            config_get(denoiser_config, "attention_head_dim"))
+        return tm.activation_bytes(hidden=hidden, blocks=blocks + sum(self.controlnet_depth(denoiser_config)),
+                                   patch_pixels=4, text_tokens=self.max_sequence_length, latent_pixels=latent_pixels,
+                                   gradient_checkpointing=gradient_checkpointing, fp32=fp32)
+
+
 FAMILY = Flux

@@ -294,9 +294,24 @@ class StableDiffusion3(ModelFamily):
                         return_dict=False)[0]
 
     # ------------------------------------------------------------------ memory plan
+    def controlnet_share(self, denoiser_config: Any, small_scale: bool = False) -> float:
+        return self.controlnet_layers(denoiser_config, small_scale) / int(config_get(denoiser_config, "num_layers"))
+
     def activation_bytes(self, denoiser_config: Any, vae_factor: int = 8, *, denoiser_trains: bool = False,
-                         gradient_checkpointing: bool = False, fp32: bool = False) -> tuple[float, float]:
-        raise NotImplementedError("the SD3 memory plan is not traced yet")
+                         gradient_checkpointing: bool = False, fp32: bool = False,
+                         latent_pixels: int | None = None) -> tuple[float, float]:
+        """Every base layer and the full ControlNet's (a --small-scale one has fewer: the plan errs high), over the
+        patch-2 image tokens and the training prompt's CLIP + T5 tokens (families/transformer_memory.py)."""
+        from . import transformer_memory as tm
+
+        layers = int(config_get(denoiser_config, "num_layers"))
+        hidden = int(config_get(denoiser_config, "num_attention_heads")) * int(
+            config_get(denoiser_config, "attention_head_dim"))
+        patch = int(config_get(denoiser_config, "patch_size") or 2) ** 2
+        return tm.activation_bytes(hidden=hidden, blocks=layers + self.controlnet_layers(denoiser_config, False),
+                                   patch_pixels=patch, text_tokens=2 * self.train_max_sequence_length,
+                                   latent_pixels=latent_pixels, gradient_checkpointing=gradient_checkpointing,
+                                   fp32=fp32)
 
 
 FAMILY = StableDiffusion3

@@ -158,7 +158,8 @@ class UNetFamily(ModelFamily):
         return (1 + controlnets) * skips + self.SAMPLING_WORKING * ch[0]
 
     def activation_bytes(self, denoiser_config: Any, vae_factor: int = 8, *, denoiser_trains: bool = False,
-                         gradient_checkpointing: bool = False, fp32: bool = False) -> tuple[float, float]:
+                         gradient_checkpointing: bool = False, fp32: bool = False,
+                         latent_pixels: int | None = None) -> tuple[float, float]:
         from .unet_memory import activation_bytes
 
         return activation_bytes(denoiser_config, vae_factor, denoiser_trains=denoiser_trains,
