@@ -7,7 +7,6 @@ import numpy as np
 
 from cnetcli.generation.output import save_grid, save_result
 
-
 META = {"sampler": "ddim", "steps": 20, "cfg": 9.0, "seed": 1, "width": 8, "height": 8, "base": "cnet-tiny"}
 
 

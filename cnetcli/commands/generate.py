@@ -83,9 +83,9 @@ def generate_cmd(
     eta: Annotated[float | None, _opt("--eta", help="DDIM eta for ddim/ddpm (0 deterministic, 1 ancestral).", shows="0 for ddim, 1 for ddpm", panel=_S)] = None,
     seed: Annotated[int | None, _opt("--seed", help="Seed of the first image (image k uses seed+k); random and recorded when absent.", panel=_S)] = None,
     controlnet: Annotated[list[str] | None, _opt("--controlnet", help="ControlNet: hub id, folder, `cnet train` output or single file (one per --hint).", panel=_C)] = None,
-    scale: Annotated[list[float], _opt("--scale", help="ControlNet strength (one, or one per ControlNet).", shows="1.0", panel=_C)] = list(_D["scales"].default),  # noqa: B008 (the list typer needs)
-    start: Annotated[list[float], _opt("--start", help="Guidance window start, fraction of the steps.", shows="0.0", panel=_C)] = list(_D["start"].default),  # noqa: B008 (the list typer needs)
-    end: Annotated[list[float], _opt("--end", help="Guidance window end, fraction of the steps.", shows="1.0", panel=_C)] = list(_D["end"].default),  # noqa: B008 (the list typer needs)
+    scale: Annotated[list[float], _opt("--scale", help="ControlNet strength (one, or one per ControlNet).", shows="1.0", panel=_C)] = list(_D["scales"].default),  # noqa: B006, B008 (typer needs a list)
+    start: Annotated[list[float], _opt("--start", help="Guidance window start, fraction of the steps.", shows="0.0", panel=_C)] = list(_D["start"].default),  # noqa: B006, B008 (typer needs a list)
+    end: Annotated[list[float], _opt("--end", help="Guidance window end, fraction of the steps.", shows="1.0", panel=_C)] = list(_D["end"].default),  # noqa: B006, B008 (typer needs a list)
     control_mode: Annotated[ControlMode, _opt("--control-mode", help="AUTOMATIC1111's control modes: balanced, prompt (my prompt is more important), controlnet (ControlNet is more important).", panel=_C)] = ControlMode(_D["control_mode"].default),
     guess_mode: Annotated[bool, _opt("--guess-mode", metavar="", help="The original guess mode (= --control-mode controlnet).", panel=_C)] = False,
     resize_mode: Annotated[ResizeMode, _opt("--resize-mode", help="Hint to output size: crop (scale to cover, crop the centre; A1111's Crop and Resize), resize (stretch; Just Resize), fill (fit inside, pad; Resize and Fill).", panel=_C)] = ResizeMode(_D["resize_mode"].default),
