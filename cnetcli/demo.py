@@ -22,9 +22,10 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    pass
 
 from .errors import UsageError
 from .generation.prompts import PROMPT_MODES
@@ -182,6 +183,7 @@ def generate_all(cfg: DemoConfig, trained: str, hints: list[Path], prompts: list
 
 def summary(res: dict[str, Any]) -> dict[str, Any]:
     """Mean edge F1 over the final images, and per prompt mode."""
+    import numpy as np
     rows = _final_rows(res)
     by_mode: dict[str, list[float]] = {}
     for r in rows:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from . import fsguard  # the atomic writers (import them from there, not from here)
 from .errors import InputError
@@ -32,6 +33,7 @@ PNG_META_KEY = "cnet"
 
 def HWC3(x: np.ndarray) -> np.ndarray:
     """ControlNet's HWC3: any uint8 1/3/4-channel array -> H x W x 3 (RGBA composited over white)."""
+    import numpy as np
     if x.dtype != np.uint8:
         raise ValueError(f"HWC3 expects uint8, got {x.dtype}")
     if x.ndim == 2:
@@ -51,6 +53,7 @@ def HWC3(x: np.ndarray) -> np.ndarray:
 
 def output_hw(img: np.ndarray, resolution: int) -> tuple[int, int]:
     """The (H, W) that ControlNet's `resize_image(img, resolution)` produces, without resizing anything."""
+    import numpy as np
     H, W = float(img.shape[0]), float(img.shape[1])
     k = float(resolution) / min(H, W)
     # at least 64 (ControlNet's rounding gives 0 below 32 px, which OpenCV refuses)
@@ -95,6 +98,7 @@ def resize_to(img: np.ndarray, width: int, height: int, kind: str = "linear") ->
 
 
 def _to_uint8(arr: np.ndarray, path: str) -> np.ndarray:
+    import numpy as np
     if arr.dtype == np.uint8:
         return arr
     if arr.dtype == np.bool_:
@@ -114,6 +118,7 @@ def _to_uint8(arr: np.ndarray, path: str) -> np.ndarray:
 
 def pil_to_rgb(img: Any, path: str = "<image>") -> np.ndarray:
     """A PIL image of any mode -> RGB uint8 H x W x 3 (EXIF orientation applied, alpha over white)."""
+    import numpy as np
     from PIL import Image, ImageOps
 
     try:
@@ -193,6 +198,7 @@ def _decode(p: Any, name: str) -> np.ndarray:
 
 def as_rgb_array(image: Any) -> np.ndarray:
     """Accept a path, a PIL image or a numpy array and return RGB uint8 H x W x 3."""
+    import numpy as np
     if isinstance(image, (str, os.PathLike)):
         return load_image(image)
     if isinstance(image, np.ndarray):
@@ -228,6 +234,7 @@ def encode_png(img: np.ndarray | Any, metadata: dict[str, Any] | None = None, te
     """Encode an RGB array (or PIL image) as PNG bytes with cnet's provenance JSON and extra text chunks."""
     import io
 
+    import numpy as np
     from PIL import Image, PngImagePlugin
 
     pil = img if isinstance(img, Image.Image) else Image.fromarray(np.ascontiguousarray(img))
@@ -278,6 +285,7 @@ def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def to_pil(img: np.ndarray) -> Any:
+    import numpy as np
     from PIL import Image
 
     return Image.fromarray(np.ascontiguousarray(img))

@@ -44,11 +44,12 @@ TABLES: dict[str, str] = {
 }
 #: The tables the commands read today. A table listed in TABLES but not here is refused ("not read yet")
 #: rather than ignored; a command that starts reading its table adds it here.
-HONOURED: frozenset[str] = frozenset({"train", "eval"})
+HONOURED: frozenset[str] = frozenset({"train", "generate", "eval"})
 #: For `section()` callers that pass no types: the typed config a table fills ("module:Class", imported
 #: only when that table is read; these modules import no torch).
 CONFIG_FOR_TABLE: dict[str, str] = {
     "train": "cnetcli.training.config:TrainConfig",
+    "generate": "cnetcli.generation.config:GenerateConfig",
     "eval": "cnetcli.evaluation.config:EvalConfig",
 }
 

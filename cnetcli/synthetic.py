@@ -17,9 +17,10 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from .config_check import Bound, check_fields
 from .errors import UsageError
@@ -87,6 +88,7 @@ def sample_circle(rng: np.random.Generator, size: int) -> Circle:
 def draw_circle(c: Circle, size: int) -> np.ndarray:
     """The photo: the filled circle (anti-aliased) on its background, RGB uint8 size x size x 3."""
     import cv2
+    import numpy as np
 
     img = np.empty((size, size, 3), np.uint8)
     img[:] = COLORS[c.background]
@@ -97,6 +99,7 @@ def draw_circle(c: Circle, size: int) -> np.ndarray:
 def draw_outline(c: Circle, size: int, thickness: int = 1) -> np.ndarray:
     """The hint: the circle's outline, white on black (no anti-aliasing: a binary map)."""
     import cv2
+    import numpy as np
 
     hint = np.zeros((size, size, 3), np.uint8)
     cv2.circle(hint, (c.cx, c.cy), c.radius, (255, 255, 255), thickness=thickness, lineType=cv2.LINE_8)
@@ -105,6 +108,7 @@ def draw_outline(c: Circle, size: int, thickness: int = 1) -> np.ndarray:
 
 def circles(count: int, size: int = 64, seed: int = 0) -> list[Circle]:
     """`count` random circles, the same for the same (count, size, seed); a prefix of a longer run."""
+    import numpy as np
     rng = np.random.default_rng(seed)
     return [sample_circle(rng, size) for _ in range(count)]
 
@@ -194,6 +198,7 @@ def write_circles(output: str | Path, count: int = 1000, size: int = 64, seed: i
 
 def load_circles_arrays(count: int, size: int = 64, seed: int = 0) -> tuple[np.ndarray, list[str], list[Circle]]:
     """In-memory batch (N x size x size x 3 uint8 images, prompts, parameters) for training scripts."""
+    import numpy as np
     cs = circles(count, size, seed)
     imgs = np.stack([draw_circle(c, size) for c in cs])
     return imgs, [c.prompt for c in cs], cs

@@ -24,6 +24,18 @@ def test_cli_import_is_light():
     assert out.strip() == ""
 
 
+def test_help_imports_no_numpy():
+    """`cnet --help` and every command's --help need names, not arrays: the hint registry, images, eval and demo
+    modules import numpy only in the functions that compute."""
+    code = ("import sys, cnetcli.cli\nfrom typer.testing import CliRunner\n"
+            "for c in ('', 'annotate', 'train', 'generate', 'eval', 'data', 'weights', 'runs', 'demo'):\n"
+            "    r = CliRunner().invoke(cnetcli.cli.app, [*c.split(), '--help'])\n"
+            "    assert r.exit_code == 0, (c, r.output)\n"
+            "print(' '.join(m for m in ('numpy', 'PIL', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ""
+
+
 def test_python_m_cnetcli():
     r = subprocess.run([sys.executable, "-m", "cnetcli", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and "cnet" in r.stdout

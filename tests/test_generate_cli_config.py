@@ -82,3 +82,16 @@ def test_unknown_choice_is_typers_usage_error(run_cli, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
     code, _, err = run_cli("generate", "--hint", "h.png", "--sampler", "nope")
     assert code == 2 and "--sampler" in err and "dpmpp_2m_sde" in err and "Traceback" not in err
+
+
+def test_cnet_toml_generate_table(run_cli, received, tmp_path, monkeypatch):
+    """#22: cnet.toml's [generate] table sets generate's defaults (typer's default_map), typed flags win, and a
+    key with no flag of its own name (`scales` for --scale) is read too."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cnet.toml").write_text('[generate]\nsteps = 7\nsampler = "ddim"\nscales = [0.5]\n')
+    code, _, err = run_cli("generate", "--hint", "h.png")
+    assert code == 0, err
+    assert (received[0].steps, received[0].sampler, received[0].scales) == (7, "ddim", (0.5,))
+    code, _, err = run_cli("generate", "--hint", "h.png", "--steps", "9")
+    assert code == 0, err
+    assert (received[1].steps, received[1].sampler) == (9, "ddim")

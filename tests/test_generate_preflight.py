@@ -250,3 +250,20 @@ def test_cli_refuses_before_importing_the_libraries(tmp_path, args):
                        capture_output=True, text=True, env={**os.environ, "PYTHONPATH": root}, timeout=120)
     assert r.stdout.strip().startswith("exit") and r.stdout.strip().endswith("[]"), (r.stdout, r.stderr)
     assert r.stdout.split()[1] in ("1", "2") and "error" in r.stderr.lower() and "Traceback" not in r.stderr
+
+
+def test_refused_run_creates_nothing(run_cli, tmp_path, monkeypatch, hint):
+    """#23.3: the output folder and the hint annotated from --image are written only once every check passed;
+    an offline hub ControlNet missing from the cache is refused before that (no model loads)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    photo = tmp_path / "photo.png"
+    save_png(photo, np.full((64, 64, 3), 200, np.uint8))
+    out = tmp_path / "out"
+    code, _, err = run_cli("generate", "--image", str(photo), "-t", "canny", "--controlnet", "someone/missing-cn",
+                           "--base", "cnet-tiny", "-o", str(out))
+    assert code == 1 and "someone/missing-cn" in err and "not available offline" in err, err
+    assert not out.exists()
+    code, _, err = run_cli("generate", "--hint", str(tmp_path / "nothere.png"), "--controlnet", "x/y", "-o", str(out))
+    assert code == 1 and "nothere.png" in err
+    assert not out.exists()

@@ -56,7 +56,6 @@ def test_wrong_values_refused(tmp_path, line, words):
     ("[trian]\nx = 1\n", ["unknown table [trian]", "[train]"]),
     ("resolution = 64\n", ["outside a table"]),
     ("train = 5\n", ["[train] must be a table"]),
-    ("[generate]\nsteps = 20\n", ["does not read a [generate] table"]),
     ("[annotate]\ntype = 'canny'\n", ["does not read a [annotate] table"]),
     ("[train\n", ["not valid TOML"]),
     ("[train]\nhflip = yes\n", ["not valid TOML"]),

@@ -210,15 +210,16 @@ def test_default_size_from_the_family(xl, tiny_sd_dir, tmp_path):
     """--image without --resolution: the hint's short side is the base's native size (tiny SDXL: its UNet's
     sample_size 32 x the VAE's 8 = 256; SDXL 1.0 gives 1024), not SD1.5's 512."""
     from cnetcli.generation import GenerateConfig
-    from cnetcli.generation.pipeline import preflight
+    from cnetcli.generation.pipeline import resolve_jobs
 
     photo = np.zeros((96, 128, 3), np.uint8)
     photo[20:70, 30:90] = (200, 40, 40)
     save_png(tmp_path / "photo.png", photo)
+    # the jobs alone: preflight would also refuse the uncached hub id 'a/b' offline (check_hub_models)
     kw = dict(image=str(tmp_path / "photo.png"), types=("canny",), controlnets=("a/b",), save=False)
-    job = preflight(GenerateConfig(base=str(xl["base"]), **kw))[0]
+    job = resolve_jobs(GenerateConfig(base=str(xl["base"]), **kw), tmp_path)[0]
     assert min(job.width, job.height) == 256 and job.hints[0].annotated["image_resolution"] == 256
-    job = preflight(GenerateConfig(base=str(xl["base"]), image_resolution=64, **kw))[0]
+    job = resolve_jobs(GenerateConfig(base=str(xl["base"]), image_resolution=64, **kw), tmp_path)[0]
     assert min(job.width, job.height) == 64
 
 

@@ -7,9 +7,10 @@ cv2 lazily inside `__call__`, so registering these types costs nothing and never
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from ..errors import UsageError
 from . import FLUX_UNION, SD35_LARGE, A1111Module, HintType, UnionControl, register
@@ -96,6 +97,7 @@ class Hough:
 
     def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
         import cv2
+        import numpy as np
 
         from ..images import HWC3, resize_image
 
@@ -136,6 +138,8 @@ class Scribble:
         self.p = params
 
     def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
+        import numpy as np
+
         from ..images import HWC3, resize_image
 
         img = resize_image(HWC3(image), image_resolution)
@@ -158,6 +162,7 @@ class ShuffleParams:
 
 def _noise_disk(H: int, W: int, F: int, rng: np.random.Generator) -> np.ndarray:
     import cv2
+    import numpy as np
 
     noise = rng.uniform(0.0, 1.0, size=((H // F) + 2, (W // F) + 2))
     noise = cv2.resize(noise, (W + 2 * F, H + 2 * F), interpolation=cv2.INTER_CUBIC)
@@ -175,6 +180,7 @@ class Shuffle:
 
     def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
         import cv2
+        import numpy as np
 
         from ..images import HWC3, resize_image
 

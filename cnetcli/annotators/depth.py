@@ -15,10 +15,12 @@ the annotation run prepares the next batch (decode, resize, pinned stack) while 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from ..errors import UsageError
 from ..models.weights import WeightFile
@@ -32,17 +34,20 @@ NORMALBAE_WEIGHTS = WeightFile("scannet.pt", when="model=bae")
 
 def normalize_depth(depth: np.ndarray) -> np.ndarray:
     """ControlNet's depth map: (d - min) / max(after shift), as float in 0..1."""
+    import numpy as np
     d = depth.astype(np.float32) - np.min(depth)
     return d / max(float(np.max(d)), 1e-8)
 
 
 def depth_to_uint8(depth: np.ndarray) -> np.ndarray:
+    import numpy as np
     return (normalize_depth(depth) * 255.0).clip(0, 255).astype(np.uint8)
 
 
-def depth_to_normal(depth: np.ndarray, bg_threshold: float = 0.4, a: float = np.pi * 2.0) -> np.ndarray:
+def depth_to_normal(depth: np.ndarray, bg_threshold: float = 0.4, a: float = math.tau) -> np.ndarray:
     """ControlNet 1.0's normal map from a raw MiDaS depth (H x W float) -> RGB uint8 H x W x 3."""
     import cv2
+    import numpy as np
 
     depth_np = depth.astype(np.float32)
     depth_pt = normalize_depth(depth_np)
@@ -172,6 +177,7 @@ class NormalBae(_Batched):
         self.model = W.load_into(lambda: NNET(args), path, keys=("model",), trust_pickle=rt.trust_pickle).to(self.device, self.dtype)
 
     def _forward(self, dets: list[np.ndarray]) -> list[np.ndarray]:
+        import numpy as np
         import torch
 
         x = batch_tensor(dets, self.device).float() / 255.0

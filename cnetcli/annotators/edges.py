@@ -13,8 +13,10 @@ with cv2 exactly as the original does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from ..errors import UsageError
 from ..models.weights import WeightFile
@@ -29,6 +31,7 @@ PIDINET_WEIGHTS = WeightFile("table5_pidinet.pth", when="model=pidinet")
 def nms(x: np.ndarray, t: float, s: float) -> np.ndarray:
     """ControlNet's directional non-maximum suppression on a blurred map; returns a 0/255 uint8 map."""
     import cv2
+    import numpy as np
 
     x = cv2.GaussianBlur(x.astype(np.float32), (0, 0), s)
     f1 = np.array([[0, 0, 0], [1, 1, 1], [0, 0, 0]], dtype=np.uint8)
@@ -44,6 +47,7 @@ def nms(x: np.ndarray, t: float, s: float) -> np.ndarray:
 
 
 def safe_step(x: np.ndarray, step: int = 2) -> np.ndarray:
+    import numpy as np
     y = x.astype(np.float32) * float(step + 1)
     return y.astype(np.int32).astype(np.float32) / float(step)
 
@@ -98,6 +102,7 @@ class EdgeNet:
 
     def edges(self, dets: list[np.ndarray]) -> list[np.ndarray]:
         import cv2
+        import numpy as np
         import torch
 
         H, W = dets[0].shape[:2]
@@ -125,6 +130,7 @@ class _EdgeHint(ShapeBatched):
         return self.net.edges(dets)
 
     def _post(self, raw: np.ndarray) -> np.ndarray:
+        import numpy as np
         e = safe_step(raw) if self.safe else raw
         return (e * 255.0).clip(0, 255).astype(np.uint8)
 

@@ -8,8 +8,10 @@ a 1-pixel white line on black, then resized to the output size with nearest-neig
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from ..errors import UsageError
 from ..models.weights import WeightFile
@@ -31,6 +33,7 @@ class MlsdParams:
 def draw_lines(lines: np.ndarray, H: int, W: int) -> np.ndarray:
     """White 1-pixel segments (x0, y0, x1, y1 in pixels) on a black H x W x 3 canvas."""
     import cv2
+    import numpy as np
 
     out = np.zeros((H, W, 3), dtype=np.uint8)
     for line in lines:
@@ -53,6 +56,7 @@ class Mlsd:
         self._pred_lines = aux_module("mlsd.utils").pred_lines
 
     def lines(self, det: np.ndarray) -> np.ndarray:
+        import numpy as np
         import torch
 
         with torch.inference_mode():

@@ -15,9 +15,10 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from ..models.weights import WeightFile
 from . import FLUX_UNION, A1111Module, HintType, Runtime, UnionControl, register
@@ -52,6 +53,7 @@ class Pose:
 
 def draw_bodypose(canvas: np.ndarray, keypoints: tuple[Point, ...] | list[Point]) -> np.ndarray:
     import cv2
+    import numpy as np
 
     H, W = canvas.shape[:2]
     for (k1, k2), color in zip(LIMB_SEQ, COLORS, strict=False):
@@ -117,6 +119,7 @@ def draw_facepose(canvas: np.ndarray, keypoints: tuple[Point, ...] | None) -> np
 def draw_poses(poses: list[Pose], H: int, W: int, body: bool = True, hands: bool = True,
                face: bool = True) -> np.ndarray:
     """ControlNet's pose map: black H x W x 3 canvas with every person drawn."""
+    import numpy as np
     canvas = np.zeros((H, W, 3), dtype=np.uint8)
     for p in poses:
         if body:
@@ -278,6 +281,8 @@ class OpenPose:
         (pose_batch.py), the hand network once per scale for all hands (pose_hands.py); the face network
         per person as in controlnet_aux. `groups`:
         `pose_batch.prepare_bodies` of these images' BGR versions, when already made (`prepare`)."""
+        import numpy as np
+
         from .pose_batch import prepare_bodies, run_bodies
 
         bgrs = [np.ascontiguousarray(im[:, :, ::-1]) for im in images]  # the networks take BGR
@@ -304,6 +309,8 @@ class OpenPose:
 
     def prepare(self, images: list[np.ndarray], *, detect_resolution: int) -> Any:
         """The CPU half of `batch` (no model): what the annotation run's loader thread does for the next batch."""
+        import numpy as np
+
         from ..images import HWC3, resize_image
         from .pose_batch import prepare_bodies
 

@@ -10,8 +10,10 @@ coloured with `ade20k.colorize`; the map is resized to the output size with near
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from ..errors import UsageError
 from ..models.weights import WeightFile
@@ -64,6 +66,7 @@ class Seg(ShapeBatched):
 
     def labels(self, dets: list[np.ndarray]) -> list[np.ndarray]:
         """ADE20K class ids (H x W int) for same-size RGB images."""
+        import numpy as np
         import torch
 
         H, W = dets[0].shape[:2]

@@ -14,18 +14,20 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 from ..errors import InputError, UsageError
 from .config import DEFAULT_TOLERANCE, EvalConfig
-from .metrics import METRIC_FOR_KIND, metric_kind, score
 
 
 def reannotate(image: np.ndarray, hint_type: str, params: dict[str, Any] | None, size: tuple[int, int],
                detect_resolution: int | None = None) -> np.ndarray:
     """Run the hint's annotator on `image` at the hint's size (width, height)."""
+    import numpy as np
+
     from ..annotators import annotate, find_type
     from ..images import resize_to
 
@@ -44,7 +46,10 @@ def evaluate_pairs(images: list[Any], hints: list[Any], hint_type: str = "canny"
     """Mean controllability of generated `images` against their `hints` (arrays/paths/PIL).
 
     Returns {"metric": name, "value": mean, "<name>": mean, "n": N, "values": [...], "higher_is_better": bool}."""
+    import numpy as np
+
     from ..images import as_rgb_array
+    from .metrics import METRIC_FOR_KIND, metric_kind, score
 
     if len(images) != len(hints):
         raise UsageError(f"evaluate: {len(images)} images but {len(hints)} hints")
@@ -135,6 +140,7 @@ def _sidecars(folder: Path) -> list[tuple[Path, Path]]:
 def _evaluate_one(png: Path, js: Path, hint_type: str | None, tolerance: int, rel: Path) -> EvalRow:
     from ..data.provenance import Provenance
     from ..images import load_image
+    from .metrics import METRIC_FOR_KIND, metric_kind, score
 
     side = _read_sidecar(js)
     hints = _first(side.get("hint"))
@@ -179,6 +185,7 @@ def evaluate_folder(folder: str | Path, *, hint_type: str | None = None, toleran
     `folder`: where eval.json goes). Returns {"n", "metrics": {metric: mean}, "<metric>": mean,
     "by_group": {group: {metric: mean, n}}, "rows": [...], "skipped": {reason: count}, "skipped_files": [...]},
     groups being "<hint_type>/<prompt_mode>" (+ "/<controlnet>" when several ControlNets are mixed)."""
+    from .metrics import metric_kind
     cfg = EvalConfig(str(folder), hint_type=hint_type, tolerance=tolerance)
     d = Path(folder)
     if not d.is_dir():
@@ -219,6 +226,7 @@ def evaluate_folder(folder: str | Path, *, hint_type: str | None = None, toleran
 
 
 def summarize(rows: list[EvalRow]) -> dict[str, Any]:
+    import numpy as np
     by_metric: dict[str, list[float]] = defaultdict(list)
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     # str(): a multi-ControlNet sidecar names a list (unhashable)

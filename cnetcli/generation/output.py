@@ -23,7 +23,7 @@ from .infotext import a1111_parameters
 
 
 def _short(stem: str, limit: int = 200) -> str:
-    """A stem that leaves room for "-N" and the longest suffix within the usual 255-byte name limit (a hint
+    """A stem that leaves room for "_N" and the longest suffix within the usual 255-byte name limit (a hint
     named with 254 bytes would otherwise fail at save time, after the work)."""
     while len(os.fsencode(stem)) > limit:  # cut whole characters, never a multi-byte one in half
         stem = stem[:-1]
@@ -31,13 +31,14 @@ def _short(stem: str, limit: int = 200) -> str:
 
 
 def _reserve(directory: Path, stem: str, suffixes: tuple[str, ...] = (".png", ".json")) -> Path:
-    """A stem `directory/stem[-N]` for which none of the files exist; reserved by creating the PNG
-    exclusively (O_EXCL), so concurrent runs cannot pick the same name."""
+    """A stem `directory/stem[_N]` (N = 2, 3, ...: the second, third file of that name) for which none of the
+    files exist; reserved by creating the PNG exclusively (O_EXCL), so concurrent runs cannot pick the same
+    name. `_N`, not `-N`: stems already end in `-SEED`, and `photo-1-1` would read as another seed."""
     directory.mkdir(parents=True, exist_ok=True)
     stem = _short(stem)
-    n = 0
+    n = 1
     while True:
-        cand = directory / (stem if n == 0 else f"{stem}-{n}")
+        cand = directory / (stem if n == 1 else f"{stem}_{n}")
         if not any(cand.with_name(cand.name + s).exists() for s in suffixes):
             try:
                 fd = os.open(cand.with_name(cand.name + suffixes[0]), os.O_CREAT | os.O_EXCL | os.O_WRONLY)

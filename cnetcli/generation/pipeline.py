@@ -219,7 +219,7 @@ def _types_for(cfg: GenerateConfig, n: int) -> list[str | None]:
     return list(cfg.types)
 
 
-def _annotate_photo(cfg: GenerateConfig, outdir: Path, base: BaseInfo) -> Job:
+def _annotate_photo(cfg: GenerateConfig, base: BaseInfo) -> Job:
     from ..annotators import annotate, get_type, params_dict
 
     photo = load_image(check_input_file(cfg.image, "--image"))  # one InputError line for a bad photo
@@ -230,19 +230,9 @@ def _annotate_photo(cfg: GenerateConfig, outdir: Path, base: BaseInfo) -> Job:
         ht = get_type(t)
         arr = annotate(photo, ht.name, image_resolution=resolution)
         detect = ht.default_detect_resolution if ht.uses_detect_resolution else None
-        path = None
-        if cfg.save:
-            from ..data.provenance import Provenance
-
-            p = output._reserve(outdir, f"hint-{Path(cfg.image).stem}-{ht.name}", (".png",))
-            path = str(p.with_name(p.name + ".png"))
-            with output.saving(Path(path)):
-                Provenance(type=ht.name, params=params_dict(ht.make_params()), detect_resolution=detect,
-                           image_resolution=resolution, keep_size=False,
-                           source=str(cfg.image)).write(path, arr)
         ann = {"params": params_dict(ht.make_params()), "detect_resolution": detect,
                "image_resolution": resolution}
-        hints.append(HintInput(path, arr, ht.name, "", ann))
+        hints.append(HintInput(None, arr, ht.name, "", ann))  # saved by `preflight`, once every check passed
     nets = list(cfg.controlnets)
     if nets and len(nets) != len(hints):
         raise UsageError(f"--controlnet: {len(nets)} ControlNets for {len(hints)} --type values; give one per type")
@@ -258,7 +248,7 @@ def resolve_jobs(cfg: GenerateConfig, outdir: Path, models: Models | None = None
     a size depends on them)."""
     base = BaseInfo.of(cfg, models)
     if cfg.image:
-        jobs = [_annotate_photo(cfg, outdir, base)]
+        jobs = [_annotate_photo(cfg, base)]
     else:
         paths: list[Path] = []
         any_folder = False
@@ -323,11 +313,41 @@ def fit_hint(img: np.ndarray, width: int, height: int, mode: str, kind: str) -> 
     return out
 
 
-def check_output_dir(outdir: Path) -> None:
-    """The output folder exists (or is created) and takes files: one `OutputError` line naming it otherwise."""
-    from ..fsguard import check_writable_dir, ensure_dir
+def check_hub_models(cfg: GenerateConfig, jobs: list[Job]) -> None:
+    """Offline (`--offline`, HF_HUB_OFFLINE, or the hub probe of models/hub.py finding no hub), a base, VAE or
+    ControlNet named by hub id must be in the HF cache: one line naming it now, not after the photo is annotated
+    and a hint written. Reads the cache's file names only (no diffusers import)."""
+    from huggingface_hub import try_to_load_from_cache
 
-    ensure_dir(check_writable_dir(outdir, "--output"), "--output")
+    from ..models.controlnet import locate
+    from ..models.sd import is_offline, missing_hub_error, resolve
+
+    wanted = [(resolve(cfg.base), "model_index.json", "base model")]
+    if cfg.vae:
+        wanted.append((resolve(cfg.vae), "config.json", "VAE"))
+    for net in dict.fromkeys(h.controlnet for job in jobs for h in job.hints):
+        loc = locate(net)
+        if loc.kind == "hub":
+            wanted.append((resolve(loc.path), "config.json", "ControlNet"))
+    hub = [(s.location, f, what) for s, f, what in wanted if s.kind == "hub"]
+    if not hub or not is_offline(cfg.offline):
+        return
+    for repo, filename, what in hub:
+        if not isinstance(try_to_load_from_cache(repo, filename), str):
+            raise missing_hub_error(repo, what)
+
+
+def _save_annotated_hints(cfg: GenerateConfig, outdir: Path, jobs: list[Job]) -> None:
+    """Write the hints annotated from `--image` (hint-PHOTO-TYPE.png, with provenance) and set their paths."""
+    from ..data.provenance import Provenance
+
+    for h in (h for job in jobs for h in job.hints if h.annotated is not None and h.path is None):
+        p = output._reserve(outdir, f"hint-{Path(cfg.image).stem}-{h.type}", (".png",))
+        h.path = str(p.with_name(p.name + ".png"))
+        with output.saving(Path(h.path)):
+            Provenance(type=h.type, params=h.annotated["params"], detect_resolution=h.annotated["detect_resolution"],
+                       image_resolution=h.annotated["image_resolution"], keep_size=False,
+                       source=str(cfg.image)).write(h.path, h.image)
 
 
 def check_captioner(spec: str, offline: bool | None, base: str | None = None) -> None:
@@ -789,14 +809,23 @@ def _title(spec: str) -> str:
 # ------------------------------------------------------------------------------------------ generate
 def preflight(cfg: GenerateConfig, models: Models | None = None) -> list[Job]:
     """Every check that can fail before a model loads: the output folder takes files, auto mode's captioner
-    can load, the hints exist and fit (sizes, one scale/window per ControlNet). Returns the jobs to run
-    (with `--image`, the photo is annotated here). `models`: the loaded models, when there are."""
+    can load, the hints exist and fit (sizes, one scale/window per ControlNet), hub models are at hand offline.
+    Only then is the output folder created (with `--image`, the photo is annotated here and its hints saved
+    there). Returns the jobs to run. `models`: the loaded models, when there are."""
+    from ..fsguard import check_writable_dir, ensure_dir
+
     outdir = Path(cfg.output).expanduser()
     if cfg.save:
-        check_output_dir(outdir)
+        check_writable_dir(outdir, "--output")  # creates nothing: a later check may still refuse the run
     if cfg.prompt_mode == "auto":
         check_captioner(cfg.captioner, cfg.offline, cfg.base)
-    return resolve_jobs(cfg, outdir, models)
+    jobs = resolve_jobs(cfg, outdir, models)
+    if models is None:
+        check_hub_models(cfg, jobs)
+    if cfg.save:  # every check passed: now the folder, and the hints annotated from --image
+        ensure_dir(outdir, "--output")
+        _save_annotated_hints(cfg, outdir, jobs)
+    return jobs
 
 
 @dataclass
