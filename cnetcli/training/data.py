@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..data.read import DatasetIndex, HubRef, Row, open_image, read_dataset
+from ..data.index import DatasetIndex, HubRef, Row, open_image
+from ..data.read import read_dataset
 from ..errors import CnetError, InputError, first_line
 
 _load_rgb = open_image  # the name validate.py imports (kept so this change stays inside data reading)
