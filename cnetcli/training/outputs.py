@@ -3,15 +3,12 @@ optional original-layout single file (main process; the ranks are first checked 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import TrainingError
 from .config import TrainConfig
 from .setup import trainable
-from .state import RunState
-
-if TYPE_CHECKING:
-    from .loop import TrainResult
+from .state import RunState, TrainResult
 
 
 def save_outputs(cfg: TrainConfig, state: RunState, accelerator: Any, raw_controlnet: Any, models: Any,
