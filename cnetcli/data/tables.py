@@ -77,7 +77,7 @@ def read_local(p: Path, opts: ReadOptions, *, file: bool) -> DatasetIndex:
 
 def read_hub(name: str, opts: ReadOptions) -> DatasetIndex:
     """A hub dataset id, through `datasets.load_dataset` (its cache when offline)."""
-    from ..models.sd import is_offline
+    from ..models.hub import is_offline
 
     offline = is_offline(opts.offline)
     with _quiet_datasets() as datasets:
