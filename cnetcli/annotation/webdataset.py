@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..data.index import IMAGEFOLDER_METADATA
 from ..errors import UsageError
 from ..reporting import Reporter
 from .config import AnnotateConfig, AnnotateSummary
@@ -149,12 +150,12 @@ def _ray_shards(cfg: AnnotateConfig, root: Path, jobs: list[Job], todo: list[int
 
 def _staged_captions(staging: Path) -> dict[str, str]:
     """{photo file name: caption} from the staging folder's metadata.jsonl (written by `write_index`)."""
-    p = staging / "metadata.jsonl"
+    p = staging / IMAGEFOLDER_METADATA
     if not p.is_file():
         return {}
     from ..external import MAX_INDEX_BYTES, parse_json_lines, read_bytes
 
-    rows, _ = parse_json_lines(read_bytes(p, MAX_INDEX_BYTES, "metadata.jsonl").decode("utf-8"), str(p))
+    rows, _ = parse_json_lines(read_bytes(p, MAX_INDEX_BYTES, IMAGEFOLDER_METADATA).decode("utf-8"), str(p))
     return {r["file_name"]: str(r.get("text") or "") for r in rows
             if isinstance(r, dict) and isinstance(r.get("file_name"), str)}
 

@@ -32,10 +32,10 @@ from typing import Any
 from ..errors import InputError, UsageError
 from . import tables
 from .files import BadFile, check_image, is_inside, real_root, resolve_id, show
-from .index import DatasetIndex, ReadOptions, Row, choose_split
+from .index import IMAGEFOLDER_METADATA, TUTORIAL_METADATA, DatasetIndex, ReadOptions, Row, choose_split
 
-IMAGEFOLDER_INDEXES = ("metadata.jsonl", "metadata.csv")
-TUTORIAL_INDEX = "prompt.json"
+IMAGEFOLDER_INDEXES = (IMAGEFOLDER_METADATA, "metadata.csv")
+TUTORIAL_INDEX = TUTORIAL_METADATA
 TABLE_SUFFIXES = (".parquet", ".arrow", ".csv", ".jsonl", ".json")
 
 
