@@ -78,7 +78,7 @@ def check_writable_dir(path: str | os.PathLike, flag: str | None = None, need_by
     if st is not None and not stat.S_ISDIR(st.st_mode):
         raise OutputError(f"{what}: is a file, not a folder (remove it or choose another {flag or 'output'})")
     # The nearest existing folder is the one that must be writable (where the missing ones get created).
-    anc = p if st is not None else _existing_ancestor(p, what, flag)
+    anc = p if st is not None else existing_ancestor(p, what, flag)
     if not os.access(anc, os.W_OK | os.X_OK):
         # os.access also reports a read-only file system (EROFS); root passes unless the FS is read-only.
         reason = "on a read-only file system" if _is_read_only_fs(anc) else "not writable (permission denied)"
@@ -96,7 +96,8 @@ def check_writable_dir(path: str | os.PathLike, flag: str | None = None, need_by
     return p
 
 
-def _existing_ancestor(p: Path, what: str, flag: str | None) -> Path:
+def existing_ancestor(p: Path, what: str, flag: str | None = None) -> Path:
+    """The nearest folder above `p` that exists; one OutputError line when a file stands in the way."""
     cur = p.absolute()
     while True:
         parent = cur.parent

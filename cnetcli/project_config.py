@@ -92,7 +92,6 @@ def load_project_config(folder: str | Path = ".") -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- types
-FieldTypes = Mapping[str, Any]
 
 
 def field_types(fields: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 from .config_check import Bound, check_fields
+from .data.index import IMAGEFOLDER_METADATA
 from .errors import UsageError
 
 #: Saturated, pairwise distinct colours (every pair differs by 255 in at least one channel, so an edge
@@ -161,7 +162,7 @@ def _prepare(out: Path, overwrite: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UsageError(f"{out}: folder exists and is not empty (pass --overwrite or choose another OUT)")
-        if not (out / "metadata.jsonl").exists():
+        if not (out / IMAGEFOLDER_METADATA).exists():
             raise UsageError(f"{out}: refusing to overwrite a folder that is not a cnet dataset")
         shutil.rmtree(out)
 

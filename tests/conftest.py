@@ -126,3 +126,21 @@ def sd3_dir(tmp_path_factory):
 
     return save_sd3_folder(tiny_sd3_components(seed=0, words=("red", "blue", "circle")),
                            tmp_path_factory.mktemp("tiny-sd3") / "base")
+
+
+def write_square_hint(path):
+    """A 32x32 canny hint (a white square on black) with cnet's provenance, as `cnet annotate` writes one."""
+    import numpy as np
+
+    from cnetcli.images import save_png
+
+    a = np.zeros((32, 32, 3), np.uint8)
+    a[8:24, 8:24] = 255
+    save_png(path, a, {"cnet": "0.1.0", "type": "canny", "params": {}})
+    return path
+
+
+@pytest.fixture(scope="session")
+def square_hint(tmp_path_factory):
+    """The generate tests' hint: see `write_square_hint`."""
+    return write_square_hint(tmp_path_factory.mktemp("hint") / "square.png")

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from cnetcli.annotation import annotate_paths
 from cnetcli.annotation.config import AnnotateConfig
-from cnetcli.annotation.run import annotate_paths, prefetched
+from cnetcli.annotation.run import prefetched
 
 sys.path.insert(0, str(Path(__file__).parent))
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -34,7 +34,7 @@ SITES: dict[tuple[str, str, str], str] = {
     ("training/cache.py", "undecodable", "safetensors"): "the metadata of cnet's own cache that _load just read",
     ("models/weights.py", "load_state_dict", "safetensors"):
         "after models.files.problem(): external.safetensors.read_header checked the header against the file",
-    ("models/controlnet.py", "read_shapes", "safetensors"):
+    ("models/weights.py", "read_shapes", "safetensors"):
         "after models.files.problem(): external.safetensors.read_header checked the header against the file",
     ("models/families/flow_files.py", "load_controlnet_file", "safetensors"):
         "after models.controlnet.read_shapes() -> boundary.check_file(): the header checked against the file",

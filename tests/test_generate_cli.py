@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import write_square_hint
 
 from cnetcli.images import save_png
 
@@ -15,9 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def hint(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli-hints")
-    a = np.zeros((32, 32, 3), np.uint8)
-    a[8:24, 8:24] = 255
-    save_png(d / "square.png", a, {"cnet": "0.1.0", "type": "canny", "params": {}})
+    write_square_hint(d / "square.png")
     save_png(d / "wide.png", np.zeros((32, 48, 3), np.uint8), {"cnet": "0.1.0", "type": "canny"})
     return d
 

@@ -17,12 +17,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def hint(tmp_path_factory):
-    a = np.zeros((32, 32, 3), np.uint8)
-    a[8:24, 8:24] = 255
-    p = tmp_path_factory.mktemp("hint") / "square.png"
-    save_png(p, a, {"cnet": "0.1.0", "type": "canny", "params": {}})
-    return p
+def hint(square_hint):
+    return square_hint
 
 
 @pytest.fixture(scope="module")

@@ -61,7 +61,7 @@ def test_residual_count_hint_channels_and_vae_factor():
     ("down_block_types", ["CrossAttnDownBlock2D"], "block_out_channels has 2 entries but down_block_types 1"),
 ])
 def test_garbage_controlnet_config_is_one_line(tiny_controlnet_dir, tmp_path, key, value, needle):
-    from cnetcli.models.sd import load_controlnet
+    from cnetcli.models.controlnet import load_controlnet
 
     d = tmp_path / "cn"
     shutil.copytree(tiny_controlnet_dir, d)
@@ -77,7 +77,7 @@ def test_garbage_controlnet_config_is_one_line(tiny_controlnet_dir, tmp_path, ke
 def test_checks_before_weights_load(tiny_sd_dir, tiny_controlnet_dir, tmp_path):
     """`check_models_fit` reads configs and headers only: with the weights replaced by garbage it still
     answers the fit question, and a fitting pair passes."""
-    from cnetcli.models.sd import check_models_fit
+    from cnetcli.models.controlnet import check_models_fit
 
     unet = check_models_fit(str(tiny_sd_dir), [str(tiny_controlnet_dir)], offline=True)
     assert unet["cross_attention_dim"] == 32
@@ -94,7 +94,7 @@ def test_checks_before_weights_load(tiny_sd_dir, tiny_controlnet_dir, tmp_path):
 def test_load_controlnet_checks_the_base(tiny_sd_dir, tiny_controlnet_dir):
     from diffusers import UNet2DConditionModel
 
-    from cnetcli.models.sd import load_controlnet
+    from cnetcli.models.controlnet import load_controlnet
 
     ucfg = dict(UNet2DConditionModel.load_config(str(tiny_sd_dir), subfolder="unet"))
     assert load_controlnet(str(tiny_controlnet_dir), denoiser_config=ucfg) is not None
@@ -103,7 +103,8 @@ def test_load_controlnet_checks_the_base(tiny_sd_dir, tiny_controlnet_dir):
 
 
 def test_prediction_type_checked(tiny_sd_dir, tmp_path):
-    from cnetcli.models.sd import check_models_fit, load_base_components
+    from cnetcli.models.controlnet import check_models_fit
+    from cnetcli.models.sd import load_base_components
 
     d = tmp_path / "base"
     shutil.copytree(tiny_sd_dir, d)

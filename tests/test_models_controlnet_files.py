@@ -36,7 +36,7 @@ def _same(model, ref):
 
 
 def _load(spec, **kw):
-    from cnetcli.models.sd import load_controlnet
+    from cnetcli.models.controlnet import load_controlnet
 
     return load_controlnet(str(spec), offline=True, **kw)
 
@@ -299,8 +299,7 @@ def test_real_size_sd15_original_file_loads_offline_without_config(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from cnetcli.models.controlnet import config_from_denoiser, expected_shapes
-    from cnetcli.models.sd import load_controlnet
+    from cnetcli.models.controlnet import config_from_denoiser, expected_shapes, load_controlnet
     from cnetcli.training.export import original_key
 
     cfg = config_from_denoiser(_unet_config("sd15"))

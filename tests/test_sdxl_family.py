@@ -186,7 +186,7 @@ def test_sdxl_single_file_round_trip(sdxl_controlnet, loaded, tmp_path):
     from diffusers import ControlNetModel
     from safetensors import safe_open
 
-    from cnetcli.models.sd import load_controlnet
+    from cnetcli.models.controlnet import load_controlnet
     from cnetcli.training.export import export_single_file
 
     cn = sdxl_controlnet

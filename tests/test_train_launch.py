@@ -127,7 +127,7 @@ def test_demo_trains_through_the_launcher(monkeypatch, tmp_path):
 
 def test_a_single_process_accelerate_launch_on_a_cpu_says_so(monkeypatch):
     """#23.8: `accelerate launch -m cnetcli train` on a CPU-only machine runs one process: the run says how to get N."""
-    from cnetcli.training.launch import single_process_launch_note
+    from cnetcli.training.loop import single_process_launch_note
 
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
     assert single_process_launch_note(1, cuda=False) is None  # plain `cnet train`

@@ -164,7 +164,7 @@ def test_checkpoint_folder_works_as_controlnet(stopped_run, sd8, data, tmp_path)
     import torch
     from safetensors.torch import load_file
 
-    from cnetcli.models.sd import load_controlnet
+    from cnetcli.models.controlnet import load_controlnet
     from cnetcli.training.checkpoint import controlnet_dir
 
     ck = stopped_run / "checkpoints/step-2"

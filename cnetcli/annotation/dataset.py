@@ -11,18 +11,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..data.index import IMAGEFOLDER_METADATA
 from ..reporting import Reporter
 from .config import AnnotateConfig
 from .plan import Job
 
-INPUT_METADATA = "metadata.jsonl"
 _TEXT_KEYS = ("text", "caption", "prompt")
 
 
 def _metadata_captions(folder: Path) -> dict[str, str]:
     """{resolved image path: caption} from `folder/metadata.jsonl`; unreadable rows are ignored (they are
     the user's input, not ours to refuse)."""
-    p = folder / INPUT_METADATA
+    p = folder / IMAGEFOLDER_METADATA
     if not p.is_file():
         return {}
     out: dict[str, str] = {}
@@ -30,7 +30,7 @@ def _metadata_captions(folder: Path) -> dict[str, str]:
     from ..external import MAX_INDEX_BYTES, parse_json_lines, read_bytes
 
     try:
-        text = read_bytes(p, MAX_INDEX_BYTES, "metadata.jsonl").decode("utf-8", errors="replace")
+        text = read_bytes(p, MAX_INDEX_BYTES, IMAGEFOLDER_METADATA).decode("utf-8", errors="replace")
         rows, _ = parse_json_lines(text, str(p))
     except SchemaError:
         return {}
@@ -115,7 +115,7 @@ def write_index(cfg: AnnotateConfig, type_name: str, done: list[Job], skipped: l
             records[i][text_key] = text
     warnings = []
     if records and not any(r[text_key] for r in records):
-        warnings.append(f"every caption is empty: give <stem>.txt files, a {INPUT_METADATA} (file_name, text) "
+        warnings.append(f"every caption is empty: give <stem>.txt files, a {IMAGEFOLDER_METADATA} (file_name, text) "
                         "beside the photos, --caption TEXT or --caption blip (training on empty prompts learns "
                         "no text conditioning)")
     writer.add_records(records)

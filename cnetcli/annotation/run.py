@@ -27,7 +27,7 @@ from typing import Any
 from ..annotators import BatchAnnotator, PreparedAnnotator, Runtime, SidecarAnnotator
 from ..errors import CnetError, InputError, Interrupted
 from ..reporting import NullReporter, Reporter
-from .config import SHARD_FORMAT, AnnotateConfig, AnnotateSummary
+from .config import AnnotateConfig, AnnotateSummary
 from .plan import Job, plan
 
 #: The largest hint or detector input (pixels) an annotator may be asked to make: a 65536 x 1 image at
@@ -239,22 +239,17 @@ def type_and_runtime(cfg: AnnotateConfig) -> tuple[Any, Any, Runtime]:
     return ht, params, runtime
 
 
-def annotate_paths(cfg: AnnotateConfig, reporter: Reporter | None = None, *,
+def annotate_files(cfg: AnnotateConfig, reporter: Reporter | None = None, *,
                    only: set[int] | None = None) -> AnnotateSummary:
     """Annotate every input of `cfg` (this process's shard of it; `only`: just the inputs at these indexes of
     the sorted list, whatever the shard). Raises CnetError for problems with the run as a whole (bad flags,
     missing inputs, outputs in the way); bad images are listed in the summary. WebDataset output is
-    `webdataset.annotate_to_shards`, which runs this on groups of shards."""
+    `webdataset.annotate_to_shards`, which runs this on groups of shards (`entry.annotate_paths` picks)."""
     rep = reporter or NullReporter()
     t0 = time.perf_counter()
 
     # 1. type, parameters, runtime
     ht, params, runtime = type_and_runtime(cfg)
-
-    if cfg.dataset is not None and cfg.dataset_format == SHARD_FORMAT:
-        from .webdataset import annotate_to_shards
-
-        return annotate_to_shards(cfg, rep, ht.name)
 
     # 2. inputs and their outputs (names decided on the whole sorted list, so shards agree)
     p = plan(cfg, ht.name)

@@ -4,7 +4,7 @@ The inputs (sorted once, as for every annotate run) are cut into shards of N: sh
 [i*N, (i+1)*N) and is ``OUT/iiiii.tar``. Process r of W (torchrun / accelerate launch) takes shards
 r, r+W, ...; a shard with its sidecar ``iiiii.json`` is finished and skipped by a later run, so a killed run
 resumes at shard granularity, with any process count. A group of shards is annotated by the ordinary
-pipeline (`annotate_paths`: pool or model batches, captions, provenance) into a staging folder
+pipeline (`run.annotate_files`: pool or model batches, captions, provenance) into a staging folder
 (``OUT/.staging/rank<r>``), then packed: each sample is ``<input index>.image.png`` (the photo at the
 hint's size), ``.conditioning_image.png`` (the hint, provenance in its PNG text), ``.txt`` (the caption) and
 ``.json`` (name, source, hint type). ``manifest.json`` sums the shards (counts, sha256) and records the
@@ -19,10 +19,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..data.index import IMAGEFOLDER_METADATA
 from ..errors import UsageError
 from ..reporting import Reporter
 from .config import AnnotateConfig, AnnotateSummary
 from .plan import Job
+from .run import Ctx, _shard_from_env, annotate_files, default_workers, type_and_runtime
 
 #: Images annotated per staging round (whole shards): large enough to keep a pool or a model busy, small
 #: enough that a killed run loses little.
@@ -68,7 +70,6 @@ def annotate_to_shards(cfg: AnnotateConfig, rep: Reporter, type_name: str) -> An
 
     from ..data.shard_write import is_finished, write_manifest
     from .plan import plan
-    from .run import _shard_from_env, annotate_paths
 
     t0 = time.perf_counter()
     root = Path(cfg.dataset or "")
@@ -94,7 +95,7 @@ def annotate_to_shards(cfg: AnnotateConfig, rep: Reporter, type_name: str) -> An
     for group in _groups(todo, size):
         shutil.rmtree(staging, ignore_errors=True)
         part = [j for i in group for j in jobs[i * size:(i + 1) * size]]
-        s = annotate_paths(scfg, rep, only={j.index for j in part})
+        s = annotate_files(scfg, rep, only={j.index for j in part})
         summary.done += s.done
         summary.failed += s.failed
         summary.warnings += s.warnings
@@ -117,7 +118,6 @@ def _ray_shards(cfg: AnnotateConfig, root: Path, jobs: list[Job], todo: list[int
     """The shards `todo`, annotated by Ray Data actor pools (ray_engine.py), packed as the local path packs."""
     from .dataset import Captions
     from .ray_engine import ray_hints
-    from .run import Ctx, default_workers, type_and_runtime
 
     if cfg.caption == "blip":
         raise UsageError("--caption blip does not run under --engine ray yet: caption with the local engine")
@@ -150,12 +150,12 @@ def _ray_shards(cfg: AnnotateConfig, root: Path, jobs: list[Job], todo: list[int
 
 def _staged_captions(staging: Path) -> dict[str, str]:
     """{photo file name: caption} from the staging folder's metadata.jsonl (written by `write_index`)."""
-    p = staging / "metadata.jsonl"
+    p = staging / IMAGEFOLDER_METADATA
     if not p.is_file():
         return {}
     from ..external import MAX_INDEX_BYTES, parse_json_lines, read_bytes
 
-    rows, _ = parse_json_lines(read_bytes(p, MAX_INDEX_BYTES, "metadata.jsonl").decode("utf-8"), str(p))
+    rows, _ = parse_json_lines(read_bytes(p, MAX_INDEX_BYTES, IMAGEFOLDER_METADATA).decode("utf-8"), str(p))
     return {r["file_name"]: str(r.get("text") or "") for r in rows
             if isinstance(r, dict) and isinstance(r.get("file_name"), str)}
 

@@ -26,7 +26,7 @@ from ..errors import UsageError
 from ..models.weights import WeightFile
 from . import FLUX_UNION, SD35_LARGE, A1111Module, HintType, Runtime, UnionControl, register
 from ._aux import ShapeBatched, batch_tensor
-from .differentiable import depth_reward
+from .differentiable import MidasDepth
 
 MIDAS_WEIGHTS = WeightFile("dpt_hybrid-midas-501f0c75.pt", when="model=midas (default)")
 NORMALBAE_WEIGHTS = WeightFile("scannet.pt", when="model=bae")
@@ -209,6 +209,14 @@ def _depth_module(p: DepthParams) -> tuple[str, float, float]:
 
 def _normal_module(p: NormalParams) -> tuple[str, float, float]:
     return ("normal_bae", -1, -1) if "bae" in p.model else ("normal_midas", p.bg_threshold, -1)
+
+
+def depth_reward(params: Any, runtime: Any) -> MidasDepth:
+    """The depth hint type's reward model (`HintType.reward`): its own MiDaS (model=midas)."""
+    if params.model.lower() not in ("midas", "dpt_hybrid"):
+        raise UsageError(f"--reward depth: the hints were made with model={params.model}; the reward runs MiDaS "
+                         "(model=midas) only")
+    return MidasDepth(MidasRaw(runtime))
 
 
 register(HintType("depth", "MiDaS DPT-Hybrid depth as in ControlNet (model=<transformers depth model> optional)",

@@ -106,13 +106,6 @@ class SoftEdgeNet:
     loss = SoftCanny.loss
 
 
-def softedge_reward(params: Any, runtime: Any) -> SoftEdgeNet:
-    """The softedge hint type's reward model (`HintType.reward`): its own HED/PiDiNet network."""
-    from .edges import EdgeNet
-
-    return SoftEdgeNet(EdgeNet(params.model, runtime, "softedge"))
-
-
 class MidasDepth:
     """The depth annotator's MiDaS DPT-Hybrid (annotators/depth.py's `MidasRaw`, weights resolved as `cnet annotate`
     resolves them), frozen and in eval mode, run on tensors: the image resized (bilinear) so its short side is the
@@ -139,17 +132,6 @@ class MidasDepth:
 
     target = SoftCanny.target
     loss = SoftCanny.loss
-
-
-def depth_reward(params: Any, runtime: Any) -> MidasDepth:
-    """The depth hint type's reward model (`HintType.reward`): its own MiDaS (model=midas)."""
-    from ..errors import UsageError
-    from .depth import MidasRaw
-
-    if params.model.lower() not in ("midas", "dpt_hybrid"):
-        raise UsageError(f"--reward depth: the hints were made with model={params.model}; the reward runs MiDaS "
-                         "(model=midas) only")
-    return MidasDepth(MidasRaw(runtime))
 
 
 class SegLogits:
@@ -196,16 +178,3 @@ class SegLogits:
         ce = F.cross_entropy(prediction.float(), target, ignore_index=self.IGNORE, reduction="none")
         labelled = (target != self.IGNORE).flatten(1)
         return (ce.flatten(1) * labelled).sum(1) / labelled.sum(1).clamp_min(1)
-
-
-def seg_reward(params: Any, runtime: Any) -> SegLogits:
-    """The seg hint type's reward model (`HintType.reward`): its own segmenter (not OneFormer, whose
-    post-processing is no per-pixel logit map)."""
-    from ..errors import UsageError
-    from .seg import Seg
-
-    seg = Seg(params, runtime)
-    if seg.oneformer:
-        raise UsageError(f"--reward seg: the hints were made with OneFormer ({params.model}); the reward needs a "
-                         "per-pixel segmenter such as UperNet (the default)")
-    return SegLogits(seg)

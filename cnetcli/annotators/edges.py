@@ -13,7 +13,7 @@ with cv2 exactly as the original does.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -22,7 +22,7 @@ from ..errors import UsageError
 from ..models.weights import WeightFile
 from . import A1111Module, HintType, Runtime, UnionControl, register
 from ._aux import ShapeBatched, batch_tensor
-from .differentiable import softedge_reward
+from .differentiable import SoftEdgeNet
 
 HED_WEIGHTS = WeightFile("ControlNetHED.pth", when="model=hed (default)")
 PIDINET_WEIGHTS = WeightFile("table5_pidinet.pth", when="model=pidinet")
@@ -145,6 +145,11 @@ def _softedge_module(p: SoftEdgeParams) -> tuple[str, float, float]:
 
 
 _V11 = "lllyasviel/control_v11"
+def softedge_reward(params: Any, runtime: Any) -> SoftEdgeNet:
+    """The softedge hint type's reward model (`HintType.reward`): its own HED/PiDiNet network."""
+    return SoftEdgeNet(EdgeNet(params.model, runtime, "softedge"))
+
+
 register(HintType("softedge", "Soft edges: HED (default) or model=pidinet; safe=true quantises",
                   SoftEdgeParams, lambda p, rt: _EdgeHint(EdgeNet(p.model, rt, "softedge"), p.safe, False),
                   resize="linear", needs_weights=True, aliases=("hed", "pidi", "pidinet", "softedge_hed"),

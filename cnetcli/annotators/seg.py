@@ -10,7 +10,7 @@ coloured with `ade20k.colorize`; the map is resized to the output size with near
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
@@ -19,7 +19,7 @@ from ..errors import UsageError
 from ..models.weights import WeightFile
 from . import A1111Module, HintType, Runtime, UnionControl, register
 from ._aux import ShapeBatched, batch_tensor
-from .differentiable import seg_reward
+from .differentiable import SegLogits
 
 DEFAULT_SEG_MODEL = "openmmlab/upernet-convnext-small"
 SEG_WEIGHTS = WeightFile(DEFAULT_SEG_MODEL, repo=DEFAULT_SEG_MODEL, kind="model")
@@ -93,6 +93,16 @@ class Seg(ShapeBatched):
         from .ade20k import colorize
 
         return colorize(raw)
+
+
+def seg_reward(params: Any, runtime: Any) -> SegLogits:
+    """The seg hint type's reward model (`HintType.reward`): its own segmenter (not OneFormer, whose
+    post-processing is no per-pixel logit map)."""
+    seg = Seg(params, runtime)
+    if seg.oneformer:
+        raise UsageError(f"--reward seg: the hints were made with OneFormer ({params.model}); the reward needs a "
+                         "per-pixel segmenter such as UperNet (the default)")
+    return SegLogits(seg)
 
 
 register(HintType("seg", "ADE20K semantic segmentation in ControlNet's palette (UperNet; model=<id|folder>)",

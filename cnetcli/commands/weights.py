@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..fsguard import human_bytes
 from ._options import OfflineOpt
 
 TypesArg = Annotated[Optional[list[str]], typer.Argument(help="Hint types (default: all model-backed types).")]  # noqa: UP045
@@ -18,16 +19,6 @@ WeightsDirOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
     "--weights-dir", help="Local weights folder (default: $CNET_WEIGHTS_DIR, then the HF cache).")]
 _CHECK_STYLE = {"ok": "[green]ok[/]", "MISMATCH": "[red]MISMATCH[/]", "wrong size": "[red]wrong size[/]",
                 "corrupt": "[red]corrupt[/]", "unverified": "[yellow]unverified[/]", "missing": "-"}
-
-
-def _human(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 def _table(rows, hashes: bool, verify: bool = False):  # rows: list[WeightStatus]
@@ -39,7 +30,7 @@ def _table(rows, hashes: bool, verify: bool = False):  # rows: list[WeightStatus
         t.add_column(c)
     for s in rows:
         status = "[green]present[/]" if s.present else "[red]missing[/]"
-        row = [s.type, s.file.label, s.file.when or "always", s.file.repo, _human(s.size), status]
+        row = [s.type, s.file.label, s.file.when or "always", s.file.repo, (human_bytes(s.size) if s.size is not None else "-"), status]
         if hashes:
             row.append((s.sha256 or "-")[:16] + ("…" if s.sha256 else ""))
         if verify:

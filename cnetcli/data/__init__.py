@@ -22,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, UsageError
-from .read import DatasetIndex, HubRef, Row, json_lines, open_image, read_captions, read_dataset
+from .index import IMAGEFOLDER_METADATA, TUTORIAL_METADATA, DatasetIndex, HubRef, Row, open_image
+from .read import json_lines, read_captions, read_dataset
 
 __all__ = ["FORMATS", "DatasetIndex", "HubRef", "Layout", "Row", "layout", "merge_records", "open_image",
            "read_captions", "read_dataset", "read_records", "sibling_caption", "write_records"]
 
 FORMATS = ("imagefolder", "tutorial")
-IMAGEFOLDER_METADATA = "metadata.jsonl"
-TUTORIAL_METADATA = "prompt.json"
 
 
 @dataclass(frozen=True)

@@ -53,14 +53,6 @@ class Provenance:
         d.update({k: v for k, v in self.extra.items() if k not in d})
         return d
 
-    def to_png_info(self) -> Any:
-        """A PIL `PngInfo` carrying this record (for callers that save PNGs themselves)."""
-        from PIL import PngImagePlugin
-
-        info = PngImagePlugin.PngInfo()
-        info.add_text(PNG_KEY, self.to_json())
-        return info
-
     def to_json(self) -> str:
         # allow_nan=False: a NaN would make the chunk unreadable to strict JSON parsers
         return json.dumps(self.to_dict(), sort_keys=True, default=str, allow_nan=False)

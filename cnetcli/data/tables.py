@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InputError, MissingWeightsError, UsageError, first_line
 from .files import BadFile, real_root, resolve, show
-from .read import DatasetIndex, HubRef, ReadOptions, Row, _choose_split
+from .index import DatasetIndex, HubRef, ReadOptions, Row, choose_split
 
 CHUNK = 8192  # rows per Arrow slice while indexing
 
@@ -77,7 +77,7 @@ def read_local(p: Path, opts: ReadOptions, *, file: bool) -> DatasetIndex:
 
 def read_hub(name: str, opts: ReadOptions) -> DatasetIndex:
     """A hub dataset id, through `datasets.load_dataset` (its cache when offline)."""
-    from ..models.sd import is_offline
+    from ..models.hub import is_offline
 
     offline = is_offline(opts.offline)
     with _quiet_datasets() as datasets:
@@ -121,7 +121,7 @@ def _index_table(ds: Any, source: str, layout: str, opts: ReadOptions, *, base: 
     import datasets
 
     if isinstance(ds, datasets.DatasetDict):
-        ds = ds[_choose_split(list(ds.keys()), opts.split, source)]
+        ds = ds[choose_split(list(ds.keys()), opts.split, source)]
     cols = ds.column_names
     for flag, col in opts.flags():
         if col not in cols:

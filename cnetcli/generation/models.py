@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..device import resolve_device, resolve_dtype
-from ..models.sd import ModelSpec, _load, check_models_fit, load_base_components, load_controlnet, resolve
+from ..models.controlnet import check_models_fit, load_controlnet
+from ..models.sd import ModelSpec, _load, load_base_components, resolve
 
 
 def trained_denoiser_dir(controlnet_spec: str, family: Any) -> Path | None:
@@ -140,7 +141,7 @@ def load_models(cfg: Any, controlnet_specs: list[str] | None = None) -> Models:
     # first, before a base that is missing offline.
     for s in specs:
         resolve(s)
-    check_models_fit(cfg.base, specs, base_config=cfg.base_config, controlnet_config=cfg.controlnet_config,
+    check_models_fit(cfg.base, specs, base_config=cfg.base_config, cn_config=cfg.controlnet_config,
                      offline=cfg.offline, trust_pickle=trust)
     with warnings.catch_warnings():  # hub-client deprecation chatter; real problems raise CnetErrors
         warnings.simplefilter("ignore")

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..data.index import IMAGEFOLDER_METADATA
 from ..errors import InputError
 from .captioner import DEFAULT_CAPTIONER, load_captioner
 
@@ -33,13 +34,13 @@ def caption_dataset(directory: str | os.PathLike, captioner: str | os.PathLike |
     from ..fsguard import atomic_write_text
 
     d = Path(directory)
-    meta = d / "metadata.jsonl"
+    meta = d / IMAGEFOLDER_METADATA
     if not meta.is_file():
         raise InputError(f"{meta}: no metadata.jsonl (expected a `cnet annotate --dataset` folder)")
     from ..external import MAX_INDEX_BYTES, parse_json, read_bytes
 
     rows = []
-    text = read_bytes(meta, MAX_INDEX_BYTES, "metadata.jsonl").decode("utf-8", errors="replace")
+    text = read_bytes(meta, MAX_INDEX_BYTES, IMAGEFOLDER_METADATA).decode("utf-8", errors="replace")
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():
             rows.append(parse_json(line, f"{meta}:{n}"))

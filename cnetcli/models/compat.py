@@ -11,6 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import ModelLoadError
+from .families import family_of
+from .model_config import config_get
 
 #: Scheduler prediction types that cnet's training loss and sampling handle.
 SUPPORTED_PREDICTION_TYPES = ("epsilon", "v_prediction")
@@ -20,13 +22,6 @@ _POSITIVE_INTS = ("in_channels", "conditioning_channels", "norm_num_groups", "ad
 _POSITIVE_LISTS = ("block_out_channels", "conditioning_embedding_out_channels")
 _INT_OR_LIST = ("layers_per_block", "cross_attention_dim", "attention_head_dim", "num_attention_heads",
                 "transformer_layers_per_block")
-
-
-def config_get(cfg: Any, key: str, default: Any = None) -> Any:
-    """`key` of a model config, whether a plain dict (config.json) or a diffusers FrozenDict/config object."""
-    if isinstance(cfg, dict):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
 
 
 def _is_int(v: Any) -> bool:
@@ -73,8 +68,6 @@ def validate_config(cfg: Any, where: str) -> None:
 def family_label(cfg: Any) -> str | None:
     """What a denoiser's/ControlNet's config looks like (its family's `describe`: e.g. SD1.x, SD2.x, SDXL), for
     messages; None when no release it knows looks like this."""
-    from .families import family_of
-
     return family_of(cfg).describe(cfg)
 
 
@@ -89,8 +82,6 @@ def _residuals(cfg: Any) -> int | None:
 
 def fit_problems(controlnet_config: Any, denoiser_config: Any) -> list[str]:
     """Each way the ControlNet does not fit the base, as a phrase (empty when it fits)."""
-    from .families import family_of
-
     cn, un = controlnet_config, denoiser_config
     cf, uf = family_of(cn), family_of(un)
     if cf.controlnet_class_name != uf.controlnet_class_name:  # e.g. a FLUX ControlNet on an SD3 base

@@ -32,7 +32,18 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelLoadError, SchemaError
-from . import boundary
+from . import boundary, compat
+from .sd import (
+    ModelSpec,
+    base_configs,
+    is_offline,
+    load_pretrained,
+    local_base_configs,
+    missing_hub_error,
+    part_config,
+    resolve,
+)
+from .weights import read_shapes, read_state_dict
 
 #: Shipped ControlNet configs (models/configs/controlnet-<name>/config.json), tried in this order by shape.
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -128,8 +139,6 @@ def _checkpoint(step_dir: Path, note: str = "") -> Located:
 
 def locate(spec: str | os.PathLike) -> Located:
     """Classify a `--controlnet` argument into one of the forms above (reads file names only)."""
-    from .sd import resolve
-
     s = resolve(spec)
     if s.kind == "hub":
         return Located("hub", s.location)
@@ -154,17 +163,6 @@ def locate(spec: str | os.PathLike) -> Located:
 
 
 # ------------------------------------------------------------------------------------ state dicts and shapes
-
-
-def read_state_dict(path: str | os.PathLike, trust_pickle: bool | None = None) -> dict[str, Any]:
-    """A single file's tensors (safetensors, else a weights-only torch.load), unwrapped from {"state_dict": ...}."""
-    from .weights import load_state_dict, unwrap
-
-    sd = load_state_dict(path, trust_pickle)  # checks the file first (empty, HTML, truncated: named corrupt)
-    try:
-        return unwrap(sd, "state_dict", "model", "module")
-    except ModelLoadError:
-        raise ModelLoadError(f"{path}: not a ControlNet checkpoint (it holds no state dict)") from None
 
 
 def is_original_layout(keys: Any) -> bool:
@@ -298,8 +296,6 @@ def _given_config(config: str) -> Candidate:
         return Candidate(f"--controlnet-config {config}", _read_config(p))
     if (p / "controlnet" / "config.json").is_file():
         return Candidate(f"--controlnet-config {config}", _read_config(p / "controlnet"))
-    from .sd import local_base_configs
-
     info = local_base_configs(str(p))
     if info is not None and info.denoiser:
         return Candidate(f"a ControlNet of the base config {config}", config_from_denoiser(info.denoiser))
@@ -308,8 +304,6 @@ def _given_config(config: str) -> Candidate:
 
 def _base_denoiser_config(base: str, offline: bool | None) -> dict[str, Any] | None:
     """The denoiser config of a base (folder or cached hub id), or None when it cannot be read cheaply."""
-    from .sd import base_configs, resolve
-
     try:
         s = resolve(base)
         if s.kind == "file":
@@ -390,8 +384,6 @@ def folder_class(cfg: dict[str, Any] | None) -> Any:
 def _load_folder(loc: Located, spec: Any, torch_dtype: Any, offline: bool | None, trust_pickle: bool | None) -> Any:
     from diffusers import ControlNetModel
 
-    from .sd import ModelSpec, is_offline, load_pretrained
-
     kw: dict[str, Any] = {}
     if torch_dtype is not None:
         kw["torch_dtype"] = torch_dtype
@@ -451,21 +443,6 @@ def load_single_file(loc: Located, *, torch_dtype: Any = None, offline: bool | N
             return family.controlnet_class().from_single_file(conv, config=tmp, local_files_only=True, **kw)
 
 
-def read_shapes(path: str | os.PathLike, trust_pickle: bool | None = None) -> dict[str, Any]:
-    """The file's tensors as meta tensors of the right shapes: a safetensors header read (no weights), or
-    the whole pickle for `.pth`/`.ckpt` (a pickle has no header)."""
-    p = Path(path)
-    if p.suffix.lower() != ".safetensors":
-        sd = read_state_dict(p, trust_pickle)
-        return {k: v for k, v in sd.items() if hasattr(v, "shape")}
-    import torch
-    from safetensors import safe_open
-
-    boundary.check_file(p)
-    with boundary.load_errors(p, "ControlNet", hint="download it again"), safe_open(str(p), "pt") as f:
-        return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}
-
-
 def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, denoiser_config: dict[str, Any] | None = None,
                       offline: bool | None = None, trust_pickle: bool | None = None) -> dict[str, Any]:
     """The config of the ControlNet `spec` names, without loading its weights (for checks before work starts):
@@ -476,8 +453,6 @@ def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, den
         return _read_controlnet_config(loc.path)
     if loc.kind == "hub":
         from diffusers import ControlNetModel
-
-        from .sd import is_offline, missing_hub_error
 
         try:
             return dict(ControlNetModel.load_config(loc.path, local_files_only=is_offline(offline)))
@@ -492,3 +467,52 @@ def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, den
         return own.controlnet_file_config(loc.path, denoiser_config=denoiser_config)
     cfg, _, _ = pick_config(shapes, candidates(loc, config, denoiser_config, offline), where)
     return cfg
+
+
+def check_models_fit(
+    base: str | os.PathLike,
+    controlnets: list[str] | tuple[str, ...] = (),
+    *,
+    base_config: str | None = None,
+    cn_config: str | None = None,
+    offline: bool | None = None,
+    trust_pickle: bool | None = None,
+    hint_channels: int | None = 3,
+) -> dict[str, Any] | None:
+    """Everything about the models that can be checked from configs and file headers, before any weights
+    load: the base's configs are valid, its scheduler's prediction type is supported, each ControlNet fits the
+    base (text width, block channels, latent channels, added conditioning, hint channels and the hint encoder's
+    downsampling vs the VAE's). Raises one CnetError line; returns the base's denoiser config (None when a
+    single-file base has no config folder to read it from)."""
+    spec = resolve(base)
+    info = base_configs(spec, config=base_config, offline=offline)
+    part_config(spec, "scheduler", offline, base_config)
+    for cn in controlnets:
+        cfg = controlnet_config(cn, config=cn_config, denoiser_config=info.denoiser, offline=offline,
+                                trust_pickle=trust_pickle)
+        if info.denoiser is not None:
+            compat.check_controlnet_fits(cfg, info.denoiser, f"--controlnet {cn}", hint_channels=hint_channels,
+                                         vae_config=info.vae)
+    return info.denoiser
+
+
+def load_controlnet(
+    spec_str: str | os.PathLike,
+    *,
+    torch_dtype: Any = None,
+    offline: bool | None = None,
+    config: str | None = None,
+    trust_pickle: bool | None = None,
+    denoiser_config: Any = None,
+) -> Any:
+    """Load a ControlNetModel from any form users hold (see `models.controlnet`): diffusers folders with any
+    variant or sharding, `cnet train` outputs and their checkpoints, single files in the original or diffusers
+    layout (.safetensors/.pth/.ckpt; config picked by shape when `config` is None), hub ids.
+
+    `denoiser_config`: the base's UNet config; a single file trained from that base then needs no config, and
+    the loaded ControlNet is checked to fit it (`compat.check_controlnet_fits`)."""
+    net = load(spec_str, torch_dtype=torch_dtype, offline=offline, config=config, trust_pickle=trust_pickle,
+                 denoiser_config=dict(denoiser_config) if denoiser_config is not None else None)
+    if denoiser_config is not None:
+        compat.check_controlnet_fits(net.config, denoiser_config, f"--controlnet {spec_str}")
+    return net

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..errors import CnetError, MissingWeightsError, ModelLoadError, UsageError
 from .hub import is_offline, offline_fix
+from .weights import read_shapes
 
 #: The SD1.5 release (the paper's base).
 DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -285,36 +286,6 @@ def local_base_configs(base: str, base_config: str | None = None) -> BaseConfigs
     return BaseConfigs(family_of(denoiser, index), denoiser, _read_json(folder / "vae" / "config.json"))
 
 
-def check_models_fit(
-    base: str | os.PathLike,
-    controlnets: list[str] | tuple[str, ...] = (),
-    *,
-    base_config: str | None = None,
-    controlnet_config: str | None = None,
-    offline: bool | None = None,
-    trust_pickle: bool | None = None,
-    hint_channels: int | None = 3,
-) -> dict[str, Any] | None:
-    """Everything about the models that can be checked from configs and file headers, before any weights
-    load: the base's configs are valid, its scheduler's prediction type is supported, each ControlNet fits the
-    base (text width, block channels, latent channels, added conditioning, hint channels and the hint encoder's
-    downsampling vs the VAE's). Raises one CnetError line; returns the base's denoiser config (None when a
-    single-file base has no config folder to read it from)."""
-    from . import compat
-    from . import controlnet as C
-
-    spec = resolve(base)
-    info = base_configs(spec, config=base_config, offline=offline)
-    part_config(spec, "scheduler", offline, base_config)
-    for cn in controlnets:
-        cfg = C.controlnet_config(cn, config=controlnet_config, denoiser_config=info.denoiser, offline=offline,
-                                  trust_pickle=trust_pickle)
-        if info.denoiser is not None:
-            compat.check_controlnet_fits(cfg, info.denoiser, f"--controlnet {cn}", hint_channels=hint_channels,
-                                         vae_config=info.vae)
-    return info.denoiser
-
-
 def single_file_family(path: str | os.PathLike, config: str | None = None) -> Any:
     """The family of a single-file base: from its config folder when given, else from the checkpoint's keys
     (diffusers' own `infer_diffusers_model_type`, on a safetensors header read). Pickles are refused first."""
@@ -329,7 +300,6 @@ def single_file_family(path: str | os.PathLike, config: str | None = None) -> An
         return base_configs(ModelSpec("dir", str(Path(config).expanduser()), config), offline=True).family
     from diffusers.loaders.single_file_utils import infer_diffusers_model_type
 
-    from .controlnet import read_shapes
 
     return family_of(model_type=infer_diffusers_model_type(read_shapes(path)))
 
@@ -359,28 +329,3 @@ def _load_single_file_base(spec: ModelSpec, parts: tuple[str, ...] | None, torch
     if torch_dtype is not None:
         comps["vae"] = comps["vae"].to(family.vae_dtype(comps["vae"].config, torch_dtype))
     return BaseComponents({k: comps[k] for k in (parts or family.parts)}, family)
-
-
-def load_controlnet(
-    spec_str: str | os.PathLike,
-    *,
-    torch_dtype: Any = None,
-    offline: bool | None = None,
-    config: str | None = None,
-    trust_pickle: bool | None = None,
-    denoiser_config: Any = None,
-) -> Any:
-    """Load a ControlNetModel from any form users hold (see `models.controlnet`): diffusers folders with any
-    variant or sharding, `cnet train` outputs and their checkpoints, single files in the original or diffusers
-    layout (.safetensors/.pth/.ckpt; config picked by shape when `config` is None), hub ids.
-
-    `denoiser_config`: the base's UNet config; a single file trained from that base then needs no config, and
-    the loaded ControlNet is checked to fit it (`compat.check_controlnet_fits`)."""
-    from . import compat
-    from . import controlnet as C
-
-    net = C.load(spec_str, torch_dtype=torch_dtype, offline=offline, config=config, trust_pickle=trust_pickle,
-                 denoiser_config=dict(denoiser_config) if denoiser_config is not None else None)
-    if denoiser_config is not None:
-        compat.check_controlnet_fits(net.config, denoiser_config, f"--controlnet {spec_str}")
-    return net

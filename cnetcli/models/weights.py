@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MissingWeightsError, ModelLoadError, UsageError, first_line
+from . import boundary
 from . import files as weight_files
 from .hub import download_command, is_offline, unreachable
 
@@ -196,7 +197,6 @@ def load_state_dict(path: str | os.PathLike, trust_pickle: bool | None = None) -
 
     import torch
 
-    from . import boundary
 
     p = Path(path)
     sib = p.with_suffix(".safetensors")
@@ -446,3 +446,27 @@ def pull(types: list[str], weights_dir: str | os.PathLike | None = None, offline
     if root is not None and done:
         record_hashes(root, [n for n in done])
     return status(names, weights_dir, hashes=True)
+
+
+def read_state_dict(path: str | os.PathLike, trust_pickle: bool | None = None) -> dict[str, Any]:
+    """A single file's tensors (safetensors, else a weights-only torch.load), unwrapped from {"state_dict": ...}."""
+    sd = load_state_dict(path, trust_pickle)  # checks the file first (empty, HTML, truncated: named corrupt)
+    try:
+        return unwrap(sd, "state_dict", "model", "module")
+    except ModelLoadError:
+        raise ModelLoadError(f"{path}: not a ControlNet checkpoint (it holds no state dict)") from None
+
+
+def read_shapes(path: str | os.PathLike, trust_pickle: bool | None = None) -> dict[str, Any]:
+    """The file's tensors as meta tensors of the right shapes: a safetensors header read (no weights), or
+    the whole pickle for `.pth`/`.ckpt` (a pickle has no header)."""
+    p = Path(path)
+    if p.suffix.lower() != ".safetensors":
+        sd = read_state_dict(p, trust_pickle)
+        return {k: v for k, v in sd.items() if hasattr(v, "shape")}
+    import torch
+    from safetensors import safe_open
+
+    boundary.check_file(p)
+    with boundary.load_errors(p, "ControlNet", hint="download it again"), safe_open(str(p), "pt") as f:
+        return {k: torch.empty(f.get_slice(k).get_shape(), device="meta") for k in f.keys()}

@@ -5,6 +5,7 @@
 """
 
 from .config import TrainConfig
-from .loop import TrainResult, train
+from .loop import train
+from .state import TrainResult
 
 __all__ = ["TrainConfig", "TrainResult", "train"]

@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..data.read import DatasetIndex, HubRef, Row, open_image, read_dataset
+from ..data.index import DatasetIndex, HubRef, Row
+from ..data.read import read_dataset
 from ..errors import CnetError, InputError, first_line
-
-_load_rgb = open_image  # the name validate.py imports (kept so this change stays inside data reading)
 
 __all__ = ["BatchStream", "DatasetIndex", "HubRef", "PairDataset", "Row", "center_crop_box", "collate", "decodable_rows",
            "micro_conditioning", "read_dataset", "resize_center_crop"]

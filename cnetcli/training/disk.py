@@ -9,14 +9,8 @@ import shutil
 from pathlib import Path
 
 from ..errors import UsageError
+from ..fsguard import existing_ancestor
 from .config import TrainConfig, read_json_dict
-
-
-def _existing_ancestor(p: Path) -> Path:
-    p = p.expanduser().absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return p
 
 
 def _header_params(folder: Path, prefixes: tuple[str, ...] | None = None) -> int | None:
@@ -66,7 +60,7 @@ def estimate_checkpoint_bytes(cfg: TrainConfig) -> int | None:
 def check_output_space(cfg: TrainConfig) -> None:
     """The output folder can be written and holds (keep + 1) checkpoints plus the final weights."""
     out = cfg.output_dir
-    anc = _existing_ancestor(out)
+    anc = out if out.exists() else existing_ancestor(out.expanduser(), f"--output {out}", "--output")
     if anc.is_file() or not anc.is_dir():
         raise UsageError(f"--output {out}: {anc} is a file; pass a folder")
     if not os.access(anc, os.W_OK | os.X_OK):

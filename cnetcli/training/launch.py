@@ -33,16 +33,6 @@ def split_batch(batch_size: int, n: int) -> int:
     return n if n > 1 and batch_size % n == 0 else 1
 
 
-def single_process_launch_note(world: int, cuda: bool) -> str | None:
-    """What to say when `accelerate launch` started this run as its only process on a machine without CUDA
-    (accelerate's default config there asks for one process, silently): how to get several."""
-    if world == 1 and not cuda and "ACCELERATE_USE_CPU" in os.environ:  # set by `accelerate launch`
-        return ("`accelerate launch` started one process (no GPU, and its config asks for one); for N CPU "
-                "processes use `accelerate launch --multi_gpu --num_processes N -m cnetcli train ...` or "
-                "`torchrun --nproc_per_node N -m cnetcli train ...`")
-    return None
-
-
 def train_in_processes(cfg: TrainConfig, n: int, reporter: Reporter | None = None, *,
                        timeout: float | None = None) -> Any:
     """`train(cfg)` in `n` local CPU processes (per-process batch `cfg.batch_size // n`, same global batch);

@@ -13,13 +13,14 @@ Callers watch or steer a run through `on_step(info) -> bool`: called after every
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,37 +31,12 @@ from .config import TrainConfig
 from .outputs import save_outputs
 from .plan import plan_run, preflight
 from .setup import trainable
-from .state import RunState, flush_losses, restore_checkpoint, write_checkpoint
+from .state import RunState, TrainResult, flush_losses, restore_checkpoint, write_checkpoint
 from .step import draw_noise, timestep_weights, training_step
 
 MEMORY_HINT = ("try a smaller --batch-size (with --gradient-accumulation to keep the effective batch), "
                "--gradient-checkpointing, --mixed-precision bf16 or fp16, --cache-latents, --use-8bit-adam, "
                "a smaller --resolution, or --small-scale")
-
-
-@dataclass
-class TrainResult:
-    output: Path
-    controlnet_dir: Path | None
-    denoiser_dir: Path | None = None  # OUTPUT/<denoiser> once the base's weights trained
-    single_file: Path | None = None
-    start_step: int = 0
-    steps: int = 0
-    losses: list[float] = field(default_factory=list)
-    final_loss: float | None = None
-    samples: int = 0
-    skipped_rows: int = 0
-    interrupted: bool = False
-    last_checkpoint: Path | None = None
-    loss_plot: Path | None = None
-    validation_images: list[Path] = field(default_factory=list)
-    controllability: list[dict[str, Any]] = field(default_factory=list)  # per validation: step, metric, value, n
-    seconds: float = 0.0
-    processes: int = 1
-    is_main_process: bool = True  # only the main process wrote the outputs (and should report them)
-    cache_path: Path | None = None
-    cache_reused: bool = False
-    config: TrainConfig | None = None  # the configuration the run trained with (from the checkpoint on resume)
 
 
 @dataclass
@@ -94,6 +70,16 @@ class _Interrupt:
     def __exit__(self, *exc: Any) -> None:
         if self._old is not None:
             signal.signal(signal.SIGINT, self._old)
+
+
+def single_process_launch_note(world: int, cuda: bool) -> str | None:
+    """What to say when `accelerate launch` started this run as its only process on a machine without CUDA
+    (accelerate's default config there asks for one process, silently): how to get several."""
+    if world == 1 and not cuda and "ACCELERATE_USE_CPU" in os.environ:  # set by `accelerate launch`
+        return ("`accelerate launch` started one process (no GPU, and its config asks for one); for N CPU "
+                "processes use `accelerate launch --multi_gpu --num_processes N -m cnetcli train ...` or "
+                "`torchrun --nproc_per_node N -m cnetcli train ...`")
+    return None
 
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None, *, on_step: Callable[[StepInfo], Any] | None = None,
@@ -163,7 +149,6 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
     from ..device import torch_dtype
     from .checkpoint import remove_leftovers
-    from .launch import single_process_launch_note
     from .resume import RUNS_LOG, record_phase
     from .setup import build_models, build_optimizer, late_synced_params
 

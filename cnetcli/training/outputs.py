@@ -3,15 +3,12 @@ optional original-layout single file (main process; the ranks are first checked 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import TrainingError
 from .config import TrainConfig
 from .setup import trainable
-from .state import RunState
-
-if TYPE_CHECKING:
-    from .loop import TrainResult
+from .state import RunState, TrainResult
 
 
 def save_outputs(cfg: TrainConfig, state: RunState, accelerator: Any, raw_controlnet: Any, models: Any,
@@ -29,7 +26,7 @@ def save_outputs(cfg: TrainConfig, state: RunState, accelerator: Any, raw_contro
                                 f"the last checkpoint is {state.last_checkpoint}")
     if accelerator.is_main_process:
         try:
-            _write_outputs(cfg, state, raw_controlnet, models, result, samples, skipped, world)
+            _write_outputs(cfg, state, raw_controlnet, models, result, samples, skipped, accelerator)
         except OSError as e:
             raise TrainingError(f"could not write the outputs in {cfg.output_dir} ({e.strerror or e}); the last "
                                 f"checkpoint is {state.last_checkpoint}: free space, then --resume latest") from None
@@ -37,7 +34,7 @@ def save_outputs(cfg: TrainConfig, state: RunState, accelerator: Any, raw_contro
 
 
 def _write_outputs(cfg: TrainConfig, state: RunState, raw_controlnet: Any, models: Any, result: TrainResult,
-                   samples: int, skipped: int, world: int) -> None:
+                   samples: int, skipped: int, accelerator: Any) -> None:
     import json
 
     from ..fsguard import atomic_save_dir, atomic_write_text
@@ -49,9 +46,11 @@ def _write_outputs(cfg: TrainConfig, state: RunState, raw_controlnet: Any, model
     if state.denoiser_unlocked:
         result.denoiser_dir = atomic_save_dir(
             lambda d: models.denoiser.save_pretrained(str(d), safe_serialization=True), out / models.family.denoiser)
-    summary = cfg.to_dict() | {"result": {
+    # what ran, not what was asked: "auto" resolved (mixed precision as accelerate ran it, the device type)
+    resolved = {"mixed_precision": accelerator.mixed_precision, "device": accelerator.device.type}
+    summary = cfg.to_dict() | resolved | {"result": {
         "steps": state.step, "samples": samples, "skipped_rows": skipped, "final_loss": state.ema,
-        "fully_connected": models.connected, "processes": world,
+        "fully_connected": models.connected, "processes": accelerator.num_processes,
         "sd_unlocked": cfg.unlock if state.denoiser_unlocked else None}}
     atomic_write_text(out / "train_config.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
     from .metrics_log import METRICS_FILE, read_metrics

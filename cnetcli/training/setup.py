@@ -17,7 +17,8 @@ def build_models(cfg: TrainConfig, device: Any, weight_dtype: Any) -> TrainModel
     `--vae` gives one."""
     import torch
 
-    from ..models.sd import load_base_components, load_controlnet
+    from ..models.controlnet import load_controlnet
+    from ..models.sd import load_base_components
     from .model import init_controlnet, set_connected, set_denoiser_trainable
 
     comps = load_base_components(cfg.base, config=cfg.base_config)

@@ -117,3 +117,28 @@ def restore_checkpoint(path: Path, state: RunState, models: Any, raw_controlnet:
         state.add_loss(float(x))
     state.run_id = str(ck["run_id"] or state.run_id)
     state.last_checkpoint = path
+
+
+@dataclass
+class TrainResult:
+    output: Path
+    controlnet_dir: Path | None
+    denoiser_dir: Path | None = None  # OUTPUT/<denoiser> once the base's weights trained
+    single_file: Path | None = None
+    start_step: int = 0
+    steps: int = 0
+    losses: list[float] = field(default_factory=list)
+    final_loss: float | None = None
+    samples: int = 0
+    skipped_rows: int = 0
+    interrupted: bool = False
+    last_checkpoint: Path | None = None
+    loss_plot: Path | None = None
+    validation_images: list[Path] = field(default_factory=list)
+    controllability: list[dict[str, Any]] = field(default_factory=list)  # per validation: step, metric, value, n
+    seconds: float = 0.0
+    processes: int = 1
+    is_main_process: bool = True  # only the main process wrote the outputs (and should report them)
+    cache_path: Path | None = None
+    cache_reused: bool = False
+    config: TrainConfig | None = None  # the configuration the run trained with (from the checkpoint on resume)

@@ -12,7 +12,7 @@ from cnetcli.errors import ModelLoadError
 def test_nonfinite_controlnet_weights_are_refused_at_load(tiny_controlnet_dir, tmp_path, value):
     from safetensors.torch import load_file, save_file
 
-    from cnetcli.models.sd import load_controlnet
+    from cnetcli.models.controlnet import load_controlnet
 
     bad = tmp_path / "cn"
     bad.mkdir()

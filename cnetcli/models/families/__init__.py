@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ...errors import UsageError
-from ..compat import config_get
+from ..model_config import config_get
 
 
 def _as_list(p: str | list[str]) -> list[str]:

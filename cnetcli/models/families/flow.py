@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..compat import config_get
+from ..model_config import config_get
 
 #: the weighting schemes of the diffusers scripts; "none" (FLUX's default) samples uniformly, unweighted
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ...errors import UsageError
-from ..compat import config_get
+from ..model_config import config_get
 from . import ModelFamily, PromptEncoding, _as_list, flow, flow_files
 
 #: the FLUX script's --num_double_layers / --num_single_layers defaults (a full ControlNet)

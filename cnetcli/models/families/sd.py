@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..model_config import config_get
 from . import PromptEncoding, _as_list
 from .unet import UNetFamily
 
@@ -34,8 +35,6 @@ class StableDiffusion(UNetFamily):
 
     @classmethod
     def matches_config(cls, denoiser_config: Any) -> bool:
-        from ..compat import config_get
-
         return config_get(denoiser_config, "_class_name", "UNet2DConditionModel") in cls.config_classes \
             and config_get(denoiser_config, "addition_embed_type") != "text_time"
 
@@ -45,8 +44,6 @@ class StableDiffusion(UNetFamily):
 
     def describe(self, config: Any) -> str | None:
         """SD1.x / SD2.x by the text width (cross_attention_dim) the config takes."""
-        from ..compat import config_get
-
         return {768: "SD1.x", 1024: "SD2.x"}.get(config_get(config, "cross_attention_dim"))
 
     def diffusers_pipeline(self, parts: dict[str, Any]) -> Any:

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..compat import config_get
+from ..model_config import config_get
 from . import ModelFamily, PromptEncoding, _as_list
 
 #: --small-scale's ControlNet depth for SD3 (the full one copies 12 blocks, as train_controlnet_sd3.py does)

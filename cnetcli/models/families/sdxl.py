@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ...errors import ModelLoadError
-from ..compat import config_get
+from ..model_config import config_get
 from . import PromptEncoding, _as_list
 from .unet import UNetFamily
 

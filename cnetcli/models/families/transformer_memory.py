@@ -10,8 +10,6 @@ run's latent pixels.
 
 from __future__ import annotations
 
-from typing import Any
-
 #: bytes a bf16 step keeps for the backward per token x hidden channel x block (plain), and what the forward keeps
 #: with gradient checkpointing (block inputs and residuals); fitted on the traces (benchmarks/memory_trace.py)
 BLOCK_BYTES = 30.0

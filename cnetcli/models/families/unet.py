@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ...errors import UsageError
-from ..compat import config_get
+from ..model_config import config_get
 from . import ModelFamily, vae_scale_factor
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
