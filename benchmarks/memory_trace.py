@@ -610,7 +610,7 @@ def extrapolate(traces: list[Trace], depths: tuple[tuple[int, int], ...], full: 
 
     def at(get: Any) -> int:
         v = float(get(base))
-        for t, d in zip(rest, depths[1:]):
+        for t, d in zip(rest, depths[1:], strict=True):
             axis = 0 if d[0] != d0[0] else 1
             v += (get(t) - get(base)) / (d[axis] - d0[axis]) * (full[axis] - d0[axis])
         return int(v)

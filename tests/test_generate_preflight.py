@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from cnetcli.errors import CnetError, InputError, OutputError, UsageError
+from cnetcli.images import save_png
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
