@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy at call time: `cnet --help` imports this module through data.read
+    import numpy as np
+
 
 from ..errors import InputError, MissingWeightsError, UsageError, first_line
 from .files import BadFile, real_root, resolve, show
@@ -151,6 +153,7 @@ def _usable_rows(ds: Any, image_cols: tuple[str, str], cap_col: str, idx: Datase
     """Indices of rows whose image cells can be used, checked column-wise on Arrow slices (no decoding):
     a null cell is skipped; a path (a path column, or an Image cell without bytes) must be a regular file
     inside the root. Also whether any caption (of a kept row) is non-empty."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -198,6 +201,7 @@ def _text_cells(caps: Any) -> tuple[Any, np.ndarray]:
     """A caption column chunk as valid strings, and which cells were not UTF-8 (parquet does not check what
     a writer put in a string column; those cells become null). Checked in C; cell by cell only when the
     chunk holds a bad one."""
+    import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
 
