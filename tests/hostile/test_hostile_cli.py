@@ -125,7 +125,7 @@ CONFIG_CASES = [
     Case("toml-nan", train_in_project('[train]\nlearning_rate = nan\n'), codes=(2,), words=("learning_rate",)),
     Case("toml-unknown-key", train_in_project('[train]\nlearning_rat = 1\n'), codes=(2,), words=("learning_rat",)),
     Case("toml-unknown-table", train_in_project('[trian]\nx = 1\n'), codes=(2,), words=("[trian]",)),
-    Case("toml-unread-table", train_in_project('[generate]\nsteps = 20\n'), codes=(2,), words=("[generate]",)),
+    Case("toml-unread-table", train_in_project('[annotate]\nworkers = 2\n'), codes=(2,), words=("[annotate]",)),
     Case("toml-broken", train_in_project('[train\nbase = "x"\n'), codes=(2,), words=("cnet.toml", "TOML")),
     Case("toml-binary", train_in_project(b"\x00\xff\xfe garbage"), codes=(2,), words=("cnet.toml",)),
     Case("toml-is-a-folder", toml_folder, codes=(2,), words=("cnet.toml",)),
