@@ -514,5 +514,7 @@ def load_controlnet(
     net = load(spec_str, torch_dtype=torch_dtype, offline=offline, config=config, trust_pickle=trust_pickle,
                  denoiser_config=dict(denoiser_config) if denoiser_config is not None else None)
     if denoiser_config is not None:
-        compat.check_controlnet_fits(net.config, denoiser_config, f"--controlnet {spec_str}")
+        # a loaded model's config does not hold its class name, which tells the families apart
+        compat.check_controlnet_fits({**dict(net.config), "_class_name": type(net).__name__}, denoiser_config,
+                                     f"--controlnet {spec_str}")
     return net
