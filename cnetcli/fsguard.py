@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -450,3 +451,12 @@ def atomic_save_dir(save: Callable[[Path], object], final: str | os.PathLike) ->
 __all__ = ["ensure_dir", "atomic_writer", "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_save_dir",
            "check_writable_dir", "guard_write", "output_error", "describe_os_error", "is_filesystem_error",
            "temp_prefix", "cleanup_stale_temps", "is_stale_temp", "apply_umask", "current_umask", "human_bytes"]
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The sha256 hex digest of a file, read in 4 MiB blocks (checkpoint manifests, shard manifests, weights)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -14,7 +14,6 @@ rewrite it; the last to finish leaves the full list). Tar members are written wi
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -22,7 +21,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
-from ..fsguard import atomic_write_text
+from ..fsguard import atomic_write_text, sha256_of
 
 MANIFEST = "manifest.json"
 FORMAT = "cnet-webdataset-1"
@@ -37,13 +36,6 @@ def is_finished(root: str | os.PathLike, i: int) -> bool:
     p = Path(root) / shard_name(i)
     return p.is_file() and p.with_suffix(".json").is_file()
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class ShardWriter:
@@ -74,7 +66,7 @@ class ShardWriter:
         self._tar.close()
         os.replace(self.tmp, self.path)
         side = {"shard": self.path.name, "count": self.count, "size": self.path.stat().st_size,
-                "sha256": _sha256(self.path)} | self.record
+                "sha256": sha256_of(self.path)} | self.record
         atomic_write_text(self.path.with_suffix(".json"), json.dumps(side, indent=1))
         return side
 

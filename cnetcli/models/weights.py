@@ -19,7 +19,6 @@ the HF cache's blob name; a file none of these covers is reported as unverified,
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MissingWeightsError, ModelLoadError, UsageError, first_line
+from ..fsguard import sha256_of
 from . import boundary
 from . import files as weight_files
 from .hub import download_command, is_offline, unreachable
@@ -290,11 +290,7 @@ def sha256_file(path: str | os.PathLike) -> str:
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime)
     if key not in _HASH_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-        _HASH_CACHE[key] = h.hexdigest()
+        _HASH_CACHE[key] = sha256_of(p)
     return _HASH_CACHE[key]
 
 

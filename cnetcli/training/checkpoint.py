@@ -15,7 +15,6 @@ by `--resume PATH`. Pruning removes only older checkpoints of the same run (the 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError, SchemaError, UsageError
-from ..fsguard import atomic_save_dir, atomic_write_text
+from ..fsguard import atomic_save_dir, atomic_write_text, sha256_of
 
 FORMAT = "cnet-checkpoint/2"
 MANIFEST = "manifest.json"
@@ -63,13 +62,6 @@ def controlnet_dir(path: str | Path) -> Path:
     """The ControlNet folder of a checkpoint (or of a `cnet train` output): what --controlnet loads."""
     return Path(path) / "controlnet"
 
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_manifest(path: Path) -> Any:
@@ -121,7 +113,7 @@ def verify(path: str | Path) -> str | None:
             return f"{rel} is missing"
         if f.stat().st_size != want.size:
             return f"{rel} has {f.stat().st_size} bytes, the manifest says {want.size} (truncated or changed)"
-        if _sha256(f) != want.sha256:
+        if sha256_of(f) != want.sha256:
             return f"{rel} does not match its sha256 in the manifest (damaged)"
     try:  # as written, yet maybe written wrong (or the manifest rewritten to match): the records' shapes
         read_records(path)
@@ -252,7 +244,7 @@ def save_checkpoint(output: str | Path, step: int, *, controlnet: Any, denoiser:
         save_file({k: v.contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
         (tmp / "state.json").write_text(json.dumps(state))
         (tmp / "train_config.json").write_text(config_json)
-        files = {str(f.relative_to(tmp)): {"size": f.stat().st_size, "sha256": _sha256(f)}
+        files = {str(f.relative_to(tmp)): {"size": f.stat().st_size, "sha256": sha256_of(f)}
                  for f in sorted(tmp.rglob("*")) if f.is_file()}
         manifest = {"format": FORMAT, "step": step, "run_id": run_id, "written_at": time.time(), "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
