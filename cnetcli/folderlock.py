@@ -48,9 +48,12 @@ def read_note(path: Path) -> dict[str, Any] | None:
         raw = os.read(fd, _NOTE_MAX)
     finally:
         os.close(fd)
+    from .errors import CnetError
+    from .external import parse_json
+
     try:
-        note = json.loads(raw.decode("utf-8"))
-    except ValueError:
+        note = parse_json(raw, str(path), _NOTE_MAX)
+    except CnetError:  # not JSON, not UTF-8, too deep: not a note of ours
         return None
     return note if isinstance(note, dict) and isinstance(note.get("pid"), int) else None
 

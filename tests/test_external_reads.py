@@ -31,6 +31,7 @@ SITES: dict[tuple[str, str, str], str] = {
         "an estimate only (any error -> None); safetensors' own parser bounds its header",
     ("training/cache.py", "_load", "safetensors"): "cnet's own latent cache: any error or missing key -> rebuilt",
     ("training/cache.py", "load_or_build", "safetensors"): "the parts this run's own processes just wrote",
+    ("training/cache.py", "undecodable", "safetensors"): "the metadata of cnet's own cache that _load just read",
     ("models/weights.py", "load_state_dict", "safetensors"):
         "after models.files.problem(): external.safetensors.read_header checked the header against the file",
     ("models/controlnet.py", "read_shapes", "safetensors"):

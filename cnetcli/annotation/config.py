@@ -49,7 +49,7 @@ class AnnotateConfig:
     shard: tuple[int, int] | None = None  # (rank, world); None: from the RANK/WORLD_SIZE environment
 
     #: finite, sane ranges (cnetcli.config_check.check_fields)
-    BOUNDS: ClassVar[dict[str, Bound]] = {"workers": (0, 1024), "batch_size": (1, 4096),
+    BOUNDS: ClassVar[dict[str, Bound]] = {"workers": (0, 1024), "batch_size": (1, 4096), "shard_size": (1, 10**7),
                                           "detect_resolution": (MIN_RESOLUTION, MAX_RESOLUTION),
                                           "image_resolution": (MIN_RESOLUTION, MAX_RESOLUTION)}
 

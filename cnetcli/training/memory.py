@@ -167,23 +167,21 @@ def plan_for(models: Any, cfg: Any, latent_shape: tuple[int, ...]) -> MemoryPlan
 # ------------------------------------------------------------------------ before any model loads
 
 def _param_count(folder: Any) -> int:
-    """Parameters in a diffusers component folder, from its safetensors headers (nothing is loaded)."""
+    """Parameters in a diffusers component folder, from its safetensors headers (checked against the files by
+    the schema layer; nothing is loaded). A file it refuses counts 0: the loader reports it."""
+    import math
     from pathlib import Path
 
-    from safetensors import safe_open
+    from ..errors import CnetError
+    from ..external.safetensors import read_header
 
     n = 0
     for f in sorted(Path(folder).glob("*.safetensors")):
         try:
-            with safe_open(str(f), "np") as st:
-                for k in st.keys():
-                    shape = st.get_slice(k).get_shape()
-                    size = 1
-                    for d in shape:
-                        size *= int(d)
-                    n += size
-        except Exception:  # an unreadable file is the loader's to report; count what can be read
+            header = read_header(f)
+        except CnetError:
             continue
+        n += sum(math.prod(e["shape"]) for k, e in header.items() if k != "__metadata__")
     return n
 
 

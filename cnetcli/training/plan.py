@@ -72,8 +72,7 @@ def preflight(cfg: TrainConfig) -> tuple[str, str]:
     out = cfg.output_dir
     if out.exists() and not out.is_dir():
         raise UsageError(f"--output {out}: is a file; pass a folder")
-    if cfg.resume is None and not cfg.overwrite and (any((out / n).exists() for n in ("controlnet", "train_config.json"))
-                                                     or list_checkpoints(out)):
+    if cfg.resume is None and not cfg.overwrite and ((out / "controlnet").exists() or list_checkpoints(out)):
         raise UsageError(f"--output {out}: already holds a training run; pass --resume latest to continue "
                          "or --overwrite to start over")
     from ..models.sd import resolve

@@ -80,10 +80,11 @@ def test_a_lock_that_is_a_folder_is_one_line(tmp_path, run_cli):
     assert not (ds / "images").exists()  # checked before any pair was written
 
 
-def test_a_started_run_is_not_overwritten_by_a_new_one(run_cli, tmp_path):
+def test_a_finished_run_is_not_overwritten_by_a_new_one(run_cli, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    (out / "train_config.json").write_text('{"seed": 1}')  # a run killed before its first checkpoint
+    (out / "controlnet").mkdir()  # a finished run (seed 1)
+    (out / "train_config.json").write_text('{"seed": 1}')
     code, stdout, err = run_cli("train", "--base", "cnet-tiny", "--data", str(tmp_path), "-o", str(out),
                                 "--seed", "2", "--device", "cpu")
     assert code == 2 and "already holds a training run" in err, err
