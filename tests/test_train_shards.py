@@ -152,7 +152,7 @@ def test_too_few_shards_for_the_workers_is_refused(sd8, shards, tmp_path):
     with pytest.raises(UsageError, match="4 shards cannot feed 1 process x 5 loader workers"):
         train(cfg(sd8, str(shards), tmp_path / "o", num_workers=5))
     with pytest.raises(UsageError, match="--max-train-samples does not apply to streamed shards"):
-        train(cfg(sd8, str(shards), tmp_path / "o", max_train_samples=3))
+        train(cfg(sd8, str(shards), tmp_path / "o2", max_train_samples=3))
 
 
 @pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])

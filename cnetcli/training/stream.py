@@ -175,7 +175,10 @@ class Streamed:
         if cfg.max_train_samples is not None:  # a cap would need the stream counted up front
             raise UsageError("--max-train-samples does not apply to streamed shards: name fewer shards instead "
                              "(e.g. 'shards/{00000..00009}.tar')")
+        from ..device import process_rank_world
+
         self.shards, self.cols, self.reader = open_shards(cfg)
+        check_slots(self.shards, process_rank_world()[1], workers(cfg))  # before any model loads
         self.tracker: StreamTracker | None = None
 
     def why_no_cache(self) -> str:
