@@ -91,3 +91,15 @@ def test_a_folder_of_photos_points_to_annotate_dataset(tmp_path):
     (tmp_path / "imgs" / "photo_00.txt").write_text("a photo")
     with pytest.raises(UsageError, match="a folder of images, not a training dataset.*annotate -t canny .*--dataset"):
         read_dataset(tmp_path / "imgs")
+
+
+def test_train_input_checks_let_shard_patterns_through(monkeypatch):
+    """#21's done-when command: a brace pattern of shards is no folder, and the input check must not refuse it
+    (the stream opens the shards, and refuses missing ones in one line, once the training stack loads)."""
+    from cnetcli.errors import UsageError
+    from cnetcli.training.config import TrainConfig
+    from cnetcli.training.inputs import check_inputs
+
+    check_inputs(TrainConfig(base="cnet-tiny", data="shards/{00000..00003}.tar"))
+    with pytest.raises(UsageError, match="no such folder"):
+        check_inputs(TrainConfig(base="cnet-tiny", data="shards-missing"))

@@ -5,6 +5,7 @@ a base the hub cannot give is refused in a fraction of a second, and nothing is 
 from __future__ import annotations
 
 from ..data.read import dataset_location
+from ..data.shards import looks_like_shards
 from ..models.hub import is_offline
 from ..models.sd import missing_hub_error, resolve
 from .config import TrainConfig
@@ -24,6 +25,7 @@ def check_inputs(cfg: TrainConfig) -> None:
     if cfg.resume is not None:
         return
     base = resolve(cfg.base)
-    dataset_location(cfg.data)
+    if not looks_like_shards(cfg.data):  # shards are opened (and refused in one line) by the stream itself
+        dataset_location(cfg.data)
     if base.kind == "hub" and not _in_hub_cache(base.location, "model_index.json") and is_offline():
         raise missing_hub_error(base.location, "Stable Diffusion base")
