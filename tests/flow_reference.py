@@ -206,3 +206,12 @@ def sd3_pipeline_image(components: dict[str, Any], controlnet: Any, control_imag
                controlnet_conditioning_scale=controlnet_conditioning_scale,
                generator=torch.Generator().manual_seed(seed), output_type="np")
     return out.images[0]
+
+
+def perturbed(net, seed):
+    """A ControlNet whose zero-initialised input/output layers are no longer zero, so it changes the result."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return net

@@ -15,15 +15,6 @@ from cnetcli.models.families import flow
 from tests import flow_reference as ref
 
 
-def _perturbed(net, seed):
-    """A ControlNet whose zero-initialised input/output layers are no longer zero, so it changes the result."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return net
-
-
 @pytest.fixture(scope="module")
 def flux(flux_dir):
     from diffusers import FluxPipeline
@@ -31,7 +22,7 @@ def flux(flux_dir):
     from cnetcli.models.tiny_flow import tiny_flux_controlnet
 
     comps = dict(FluxPipeline.from_pretrained(flux_dir).components)
-    return comps, _perturbed(tiny_flux_controlnet(comps["transformer"], num_layers=2, num_single_layers=1), 0)
+    return comps, ref.perturbed(tiny_flux_controlnet(comps["transformer"], num_layers=2, num_single_layers=1), 0)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +32,7 @@ def sd3(sd3_dir):
     from cnetcli.models.tiny_flow import tiny_sd3_controlnet
 
     comps = dict(StableDiffusion3Pipeline.from_pretrained(sd3_dir).components)
-    return comps, _perturbed(tiny_sd3_controlnet(comps["transformer"], num_layers=2), 1)
+    return comps, ref.perturbed(tiny_sd3_controlnet(comps["transformer"], num_layers=2), 1)
 
 
 def _batch(seed, n=2, size=64, latent_ch=16):

@@ -222,23 +222,9 @@ def test_transformers_depth_model_folder(tmp_path):
 
 
 def test_seg_upernet_palette(tmp_path):
-    import torch
-    from transformers import (
-        ConvNextConfig,
-        SegformerImageProcessor,
-        UperNetConfig,
-        UperNetForSemanticSegmentation,
-    )
-
     from cnetcli.annotators.ade20k import ADE20K_PALETTE
 
-    torch.manual_seed(0)
-    backbone = ConvNextConfig(num_channels=3, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
-                              out_features=["stage1", "stage2", "stage3", "stage4"])
-    cfg = UperNetConfig(backbone_config=backbone, hidden_size=16, auxiliary_in_channels=32, num_labels=150,
-                        use_auxiliary_head=False)
-    UperNetForSemanticSegmentation(cfg).save_pretrained(tmp_path / "upernet")
-    SegformerImageProcessor().save_pretrained(tmp_path / "upernet")
+    save_tiny_upernet(tmp_path / "upernet")
     h = A.annotate(photo(64, 64), "seg", model=str(tmp_path / "upernet"), detect_resolution=64, image_resolution=128,
                    offline=True)
     assert h.shape == (128, 128, 3) and h.dtype == np.uint8
@@ -423,3 +409,23 @@ def test_cli_trust_pickle_reaches_the_loader(run_cli, photo_dir, tmp_path, monke
     code, _, err = run_cli(*args, "--trust-pickle")  # unpickled now; these keys are not M-LSD's though
     assert code == 1 and "unsafe unpickling" not in err and "--trust-pickle" not in err, err
     assert not (tmp_path / "o").exists()
+
+
+def save_tiny_upernet(folder):
+    """A random-weight UperNet (ConvNeXt backbone, 150 ADE20K labels) with its processor, as `seg` loads it."""
+    import torch
+    from transformers import (
+        ConvNextConfig,
+        SegformerImageProcessor,
+        UperNetConfig,
+        UperNetForSemanticSegmentation,
+    )
+
+    torch.manual_seed(0)
+    backbone = ConvNextConfig(num_channels=3, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
+                              out_features=["stage1", "stage2", "stage3", "stage4"])
+    cfg = UperNetConfig(backbone_config=backbone, hidden_size=16, auxiliary_in_channels=32, num_labels=150,
+                        use_auxiliary_head=False)
+    UperNetForSemanticSegmentation(cfg).save_pretrained(folder)
+    SegformerImageProcessor().save_pretrained(folder)
+    return folder

@@ -12,6 +12,7 @@ import pytest
 
 from cnetcli.errors import CnetError
 from cnetcli.training import TrainConfig, train
+from tests.test_model_annotators import save_tiny_upernet
 from tests.test_train import cfg as train_cfg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -244,24 +245,12 @@ def test_reward_trains_on_every_family(base, data, tmp_path, request):
 
 def test_seg_reward_is_the_annotators_segmenter_and_reads_the_palette(tmp_path):
     import torch
-    from transformers import (
-        ConvNextConfig,
-        SegformerImageProcessor,
-        UperNetConfig,
-        UperNetForSemanticSegmentation,
-    )
 
     from cnetcli.annotators import Runtime, find_type
     from cnetcli.annotators.ade20k import colorize
     from cnetcli.annotators.seg import Seg
 
-    torch.manual_seed(0)
-    backbone = ConvNextConfig(num_channels=3, hidden_sizes=[8, 16, 32, 64], depths=[1, 1, 1, 1],
-                              out_features=["stage1", "stage2", "stage3", "stage4"])
-    cfg = UperNetConfig(backbone_config=backbone, hidden_size=16, auxiliary_in_channels=32, num_labels=150,
-                        use_auxiliary_head=False)
-    UperNetForSemanticSegmentation(cfg).save_pretrained(tmp_path / "upernet")
-    SegformerImageProcessor().save_pretrained(tmp_path / "upernet")
+    save_tiny_upernet(tmp_path / "upernet")
     ht = find_type("seg")
     assert ht.reward_weight == 0.5  # ControlNet++'s segmentation weight
     params, rt = ht.make_params(model=str(tmp_path / "upernet")), Runtime(device="cpu", offline=True)

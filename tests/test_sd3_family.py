@@ -12,15 +12,6 @@ from tests import flow_reference as ref
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _perturbed(net, seed):
-    """A ControlNet whose zero-initialised layers are no longer zero, so it changes the result."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return net
-
-
 def test_family_detected_and_controlnet_from_the_transformer(sd3_dir):
     from diffusers import SD3ControlNetModel
 
@@ -46,7 +37,7 @@ def test_training_step_equals_the_diffusers_sd3_script(sd3_dir, tmp_path):
     cfg = TrainConfig(base=str(sd3_dir), data=str(tmp_path), resolution=64, batch_size=2, max_steps=1,
                       learning_rate=1e-4, report_to="none", cache_latents=False, weighting_scheme="logit_normal")
     m = build_models(cfg, "cpu", torch.float32)
-    m.controlnet = _perturbed(m.controlnet, 1)
+    m.controlnet = ref.perturbed(m.controlnet, 1)
     g = torch.Generator().manual_seed(0)
     px = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
     hint = torch.rand(2, 3, 64, 64, generator=g)
@@ -75,7 +66,7 @@ def test_generate_equals_the_sd3_controlnet_pipeline(sd3_dir, tmp_path):
     from cnetcli.models.tiny_flow import tiny_sd3_controlnet
 
     comps = dict(StableDiffusion3Pipeline.from_pretrained(sd3_dir).components)
-    cn = _perturbed(tiny_sd3_controlnet(comps["transformer"], num_layers=2), 1)
+    cn = ref.perturbed(tiny_sd3_controlnet(comps["transformer"], num_layers=2), 1)
     cn.save_pretrained(str(tmp_path / "cn"))
     hint = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
     Image.fromarray(hint).save(tmp_path / "hint.png")
