@@ -6,11 +6,10 @@ one, as the local cache's test demands (test_train_cache.py), and a resumed cach
 from __future__ import annotations
 
 import pytest
+from test_train_shards import _cn, _Messages, cfg, write_shards
 
 from cnetcli.training import train
 from cnetcli.training.shard_cache import ShardCache
-
-from test_train_shards import _cn, _Messages, cfg, write_shards
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -68,9 +67,12 @@ def test_caching_resumes_and_a_resumed_cached_run_equals_a_straight_one(sd8, sha
     assert stopped.interrupted
     # a run stopped while caching kept its finished cache shards: only the missing one is encoded again
     (stopped.cache_path / "00001.safetensors").unlink()
+    killed = stopped.cache_path / ".00001.safetensors.123-abc.tmp"  # the temp file of a write that was killed
+    killed.write_bytes(b"half")
     rep = _Messages()
     resumed = train(_cfg(sd8, shards, tmp_path / "b", resume="latest", **kw), rep)
     assert any(m.startswith("caching latents and text embeddings of 1 of 3 shards") for m in rep.lines)
+    assert not killed.exists() and any(m.startswith(f"removed {killed}") for m in rep.lines)
     assert resumed.losses[-3:] == straight.losses[-3:] and _same_weights(straight, resumed)
 
 

@@ -322,7 +322,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
                 encoders_to(models, device)
                 grid, score = validate(cfg, state.step, models, raw_controlnet, accelerator.autocast,
                                        accelerator.trackers)
-                if models.cache is not None:
+                if result.cache_path is not None:  # the local or the streamed shards' cache
                     encoders_to(models, "cpu")
                 result.validation_images.append(grid)
                 if score is not None:
