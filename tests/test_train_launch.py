@@ -135,3 +135,19 @@ def test_a_single_process_accelerate_launch_on_a_cpu_says_so(monkeypatch):
     note = single_process_launch_note(1, cuda=False)
     assert "one process" in note and "--num_processes N" in note and "torchrun --nproc_per_node N" in note
     assert single_process_launch_note(2, cuda=False) is None and single_process_launch_note(1, cuda=True) is None
+
+
+def test_deepspeed_gets_the_micro_batch_that_accelerate_reads_from_a_dataloader():
+    """#21: accelerate's DeepSpeed `prepare` refuses to start when the config's micro-batch is "auto" and no
+    DataLoader is prepared (cnet prepares none); the run fills in --batch-size, and leaves a set value alone."""
+    from types import SimpleNamespace
+
+    from cnetcli.training.loop import deepspeed_micro_batch
+
+    plugin = SimpleNamespace(deepspeed_config={"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {}})
+    deepspeed_micro_batch(SimpleNamespace(deepspeed_plugin=plugin), 4)
+    assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 4
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 2
+    deepspeed_micro_batch(SimpleNamespace(deepspeed_plugin=plugin), 4)
+    assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 2
+    deepspeed_micro_batch(SimpleNamespace(deepspeed_plugin=None), 4)  # not DeepSpeed: nothing to do

@@ -417,7 +417,17 @@ def make_accelerator(cfg: TrainConfig, device: str, mixed_precision: str) -> tup
         gradient_accumulation_steps=cfg.gradient_accumulation, mixed_precision=mixed_precision, cpu=cpu,
         log_with=log_with, project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
+    deepspeed_micro_batch(accelerator, cfg.batch_size)
     return accelerator, log_with
+
+
+def deepspeed_micro_batch(accelerator: Any, batch_size: int) -> None:
+    """Under DeepSpeed, accelerate takes the micro-batch ("auto" in a config made by `accelerate config`) from
+    a DataLoader passed to `prepare`; cnet prepares none (its batches are dealt by rank itself), so without
+    this `prepare` refuses to start."""
+    plugin = getattr(accelerator, "deepspeed_plugin", None)
+    if plugin is not None and plugin.deepspeed_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size
 
 
 def encoders_to(models: Any, device: Any) -> None:
