@@ -85,3 +85,15 @@ def test_caching_turns_off_when_the_disk_is_too_small(sd8, shards, tmp_path, mon
     line = next(m for m in rep.lines if m.startswith("latent cache off:"))
     assert "3 shards x 2 samples" in line and "GB free" in line
     assert res.cache_path is None and res.steps == 2 and not (tmp_path / "o" / "cache").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("base,workers", [("xl", 0), ("sd8", 2)])
+def test_cached_shards_with_pooled_embeddings_or_loader_workers(base, workers, request, shards, tmp_path):
+    """SDXL (pooled text embeddings and size/crop micro-conditioning come from the cache shard) and two loader
+    workers (each reads the cache shards of its slot) train like the uncached stream."""
+    b = request.getfixturevalue(base)
+    kw = dict(max_steps=4, num_workers=workers)
+    cached = train(_cfg(b, shards, tmp_path / "c", cache_latents=True, **kw))
+    plain = train(_cfg(b, shards, tmp_path / "u", cache_latents=False, **kw))
+    assert cached.cache_path is not None and cached.losses == plain.losses and _same_weights(cached, plain)
