@@ -169,7 +169,7 @@ def bytes_per_sample(vae: Any, family: Any, text: dict[str, Any], res: int, hfli
     emb = enc.prompt_embeds[0].numel() * enc.prompt_embeds.element_size()
     if enc.pooled_prompt_embeds is not None:
         emb += enc.pooled_prompt_embeds[0].numel() * enc.pooled_prompt_embeds.element_size()
-    row = 2 * vae.config.latent_channels * side * side * elem + 3 * res * res + 6 * 8
+    row = 2 * vae.config.latent_channels * side * side * elem + 3 * res * res + 4 * 8  # latents, hint, micro
     return row * (2 if hflip else 1) + emb + 8 + 8  # + offset, caption id
 
 
