@@ -97,3 +97,16 @@ def test_cached_shards_with_pooled_embeddings_or_loader_workers(base, workers, r
     cached = train(_cfg(b, shards, tmp_path / "c", cache_latents=True, **kw))
     plain = train(_cfg(b, shards, tmp_path / "u", cache_latents=False, **kw))
     assert cached.cache_path is not None and cached.losses == plain.losses and _same_weights(cached, plain)
+
+
+def test_streamed_shards_are_cached_only_on_request(sd8, shards, data):
+    """A local dataset folder is cached by default; a folder of shards only with --cache-latents (caching
+    encodes every shard before the first step, which a large streamed set should not do unasked)."""
+    from cnetcli.training import TrainConfig
+    from cnetcli.training.config import resolve_defaults
+
+    def default(d):
+        return resolve_defaults(TrainConfig(base=str(sd8), data=str(d)))[0].cache_latents
+
+    assert default(data) is True and default(shards) is False and default(f"{shards}/{{00000..00002}}.tar") is False
+    assert resolve_defaults(TrainConfig(base=str(sd8), data=str(shards), cache_latents=True))[0].cache_latents
