@@ -28,7 +28,7 @@ from typing import Any
 
 from ..data.shards import ShardReader, ShardSet, SkipSample
 from ..reporting import Reporter
-from .cache import content_key, embed_captions, encode_rows, file_sig, save_atomic
+from .cache import ROW_KEYS, content_key, embed_captions, encode_rows, file_sig, save_atomic
 
 FREE_FRACTION = 0.9  # leave a tenth of the free space for checkpoints and the outputs
 
@@ -138,8 +138,7 @@ class ShardCache:
     @staticmethod
     def _sample(t: dict[str, Any], j: int) -> dict[str, Any]:
         cap = int(t["caption_ids"][j])
-        out = {k: t[k][j] for k in ("latents", "hints", "micro", "latents_flipped", "hints_flipped",
-                                    "micro_flipped") if k in t}
+        out = {k: t[k][j] for k in ROW_KEYS if k in t}
         out |= {"embeds": t["embeds"][cap], "empty": t["empty"]}
         if "pooled" in t:
             out |= {"pooled": t["pooled"][cap], "empty_pooled": t["empty_pooled"]}
@@ -179,16 +178,16 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(existing_ancestor(folder, "the latent cache")).free
 
 
-def too_big(reader: ShardReader, shards: ShardSet, folder: Path, per_sample: int) -> str:
-    """Why the cache would not fit in the free space of `folder` ("" when it fits). A streamed set's size is
-    not known up front: it is taken as the shard count x the first shard's samples."""
+def too_big(reader: ShardReader, shards: int, folder: Path, per_sample: int) -> str:
+    """Why the cache of `shards` more shards would not fit in the free space of `folder` ("" when it fits). A
+    streamed set's size is not known up front: a shard is taken to hold as many samples as the first one."""
     first = sum(1 for _ in reader.samples(0))
-    need = per_sample * first * len(shards)
+    need = per_sample * first * shards
     free = free_bytes(folder)
     if need <= FREE_FRACTION * free:
         return ""
     gb = 1e9
-    return (f"the cache of about {len(shards)} shards x {first} samples would take about {need / gb:.1f} GB and "
+    return (f"the cache of about {shards} shards x {first} samples would take about {need / gb:.1f} GB and "
             f"{folder.parent} has {free / gb:.1f} GB free")
 
 
@@ -203,8 +202,8 @@ def prepare(shards: ShardSet, reader: ShardReader, *, key: str, output: Path, mo
     missing = [sid for sid in range(len(shards)) if not shard_file(folder, sid).is_file()]
     why = [""]
     if missing and accelerator.is_main_process:
-        why[0] = too_big(reader, shards, folder, bytes_per_sample(models.vae, models.family,
-                                                                  models.text_components, res, hflip))
+        why[0] = too_big(reader, len(missing), folder, bytes_per_sample(models.vae, models.family,
+                                                                        models.text_components, res, hflip))
     if world > 1:
         broadcast_object_list(why)
     if why[0]:
@@ -215,7 +214,7 @@ def prepare(shards: ShardSet, reader: ShardReader, *, key: str, output: Path, mo
     else:
         reporter.message(f"caching latents and text embeddings of {len(missing)} of {len(shards)} shards in {folder}"
                          + (f" on {world} processes" if world > 1 else ""))
-    for sid in missing[rank::world] if world > 1 else missing:
+    for sid in missing[rank::world]:
         tensors, meta = encode_shard(reader, sid, vae=models.vae, family=models.family, text=models.text_components,
                                      res=res, device=accelerator.device, dtype=models.weight_dtype, bs=bs,
                                      hflip=hflip)
