@@ -45,7 +45,8 @@ def test_cached_shards_train_like_uncached_and_are_reused(sd8, shards, tmp_path)
     assert any(m.startswith("caching latents and text embeddings of 3 of 3 shards") for m in rep.lines)
     files = sorted(p.name for p in cached.cache_path.iterdir())
     assert files == ["00000.safetensors", "00001.safetensors", "00002.safetensors"]
-    batch = next(_stream(sd8, shards, tmp_path, ShardCache(cached.cache_path, reused=True)))
+    key = cached.cache_path.name.removeprefix("shards-")
+    batch = next(_stream(sd8, shards, tmp_path, ShardCache(cached.cache_path, key, reused=True)))
     assert "latents" in batch and "pixel_values" not in batch  # the cache is what the stream reads
     plain = train(_cfg(sd8, shards, tmp_path / "u", cache_latents=False))
     assert plain.cache_path is None
@@ -67,11 +68,13 @@ def test_caching_resumes_and_a_resumed_cached_run_equals_a_straight_one(sd8, sha
     assert stopped.interrupted
     # a run stopped while caching kept its finished cache shards: only the missing one is encoded again
     (stopped.cache_path / "00001.safetensors").unlink()
+    whole = stopped.cache_path / "00002.safetensors"  # and one that lost its end is encoded again
+    whole.write_bytes(whole.read_bytes()[:-100])
     killed = stopped.cache_path / ".00001.safetensors.123-abc.tmp"  # the temp file of a write that was killed
     killed.write_bytes(b"half")
     rep = _Messages()
     resumed = train(_cfg(sd8, shards, tmp_path / "b", resume="latest", **kw), rep)
-    assert any(m.startswith("caching latents and text embeddings of 1 of 3 shards") for m in rep.lines)
+    assert any(m.startswith("caching latents and text embeddings of 2 of 3 shards") for m in rep.lines)
     assert not killed.exists() and any(m.startswith(f"removed {killed}") for m in rep.lines)
     assert resumed.losses[-3:] == straight.losses[-3:] and _same_weights(straight, resumed)
 

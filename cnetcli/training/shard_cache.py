@@ -31,6 +31,7 @@ from ..reporting import Reporter
 from .cache import ROW_KEYS, content_key, embed_captions, encode_rows, file_sig, save_atomic
 
 FREE_FRACTION = 0.9  # leave a tenth of the free space for checkpoints and the outputs
+NEED = {"latents", "hints", "micro", "caption_ids", "embeds", "empty"}  # in a cache shard with samples
 
 
 def shard_key(shards: ShardSet, reader: ShardReader, vae: Any, text_encoders: list[Any], resolution: int,
@@ -111,24 +112,47 @@ def encode_shard(reader: ShardReader, sid: int, *, vae: Any, family: Any, text: 
     return out, {"skips": json.dumps(skips)}
 
 
+def read_skips(path: Path, key: str) -> list[tuple[int, str, str]] | None:
+    """The skipped samples a cache shard recorded, or None when `path` is not a whole cache shard of `key`
+    (missing, truncated, another key, a column short): then it is encoded again. Reads the header only."""
+    from ..errors import SchemaError
+    from ..external import parse_json, validate_value
+    from ..external.safetensors import read_header
+
+    try:
+        header = read_header(path)
+        meta = header.get("__metadata__", {})
+        if meta.get("key") != key or "offsets" not in header:
+            return None
+        if header["offsets"]["shape"][0] and not NEED <= set(header):
+            return None
+        return validate_value(list[tuple[int, str, str]], parse_json(meta.get("skips", "[]"), str(path)), str(path),
+                              strict=False)
+    except SchemaError:
+        return None
+
+
 class ShardCache:
     """The cache shards of one key, read in loader workers: a shard's samples in stream order."""
 
-    def __init__(self, folder: Path, reused: bool) -> None:
-        self.folder, self.reused = folder, reused  # reused: every cache shard was there before this run
+    def __init__(self, folder: Path, key: str, reused: bool) -> None:
+        self.folder, self.key, self.reused = folder, key, reused  # reused: every shard was cached before this run
 
     def items(self, sid: int, start: int) -> Any:
         """(offset, sample dict or SkipSample) of shard `sid` from offset `start`: each sample with both
         flips' tensors, the caption's embedding and the empty one (the stream picks flip and dropout)."""
-        from safetensors import safe_open
         from safetensors.torch import load_file
 
+        from ..errors import InputError
+
         path = shard_file(self.folder, sid)
+        skips = read_skips(path, self.key)
+        if skips is None:  # whole when the run started (`prepare`): changed under the run since
+            raise InputError(f"the latent cache shard {path} changed during the run; delete {self.folder} and "
+                             "resume")
         t = load_file(str(path))
-        with safe_open(str(path), "pt") as f:
-            skips = json.loads((f.metadata() or {}).get("skips", "[]"))
         rows = {off: j for j, off in enumerate(t["offsets"].tolist())}
-        skipped = {int(off): (reason, detail) for off, reason, detail in skips}
+        skipped = {off: (reason, detail) for off, reason, detail in skips}
         for off in range(start, max([*rows, *skipped], default=-1) + 1):
             if off in skipped:
                 yield off, SkipSample(*skipped[off])
@@ -199,7 +223,7 @@ def prepare(shards: ShardSet, reader: ShardReader, *, key: str, output: Path, mo
 
     folder = cache_dir(output, key)
     rank, world = accelerator.process_index, accelerator.num_processes
-    missing = [sid for sid in range(len(shards)) if not shard_file(folder, sid).is_file()]
+    missing = [sid for sid in range(len(shards)) if read_skips(shard_file(folder, sid), key) is None]
     why = [""]
     if missing and accelerator.is_main_process:
         why[0] = too_big(reader, len(missing), folder, bytes_per_sample(models.vae, models.family,
@@ -220,9 +244,9 @@ def prepare(shards: ShardSet, reader: ShardReader, *, key: str, output: Path, mo
                                      hflip=hflip)
         save_atomic(tensors, shard_file(folder, sid), meta | {"key": key})
     accelerator.wait_for_everyone()
-    absent = sum(1 for sid in range(len(shards)) if not shard_file(folder, sid).is_file())
+    absent = sum(1 for sid in missing if read_skips(shard_file(folder, sid), key) is None)
     if absent:  # a batch is read all from the cache or all from the images: never mixed
         reporter.message(f"latent cache off: {absent} shards have no cache shard in {folder} (every node must "
                          "see the same --output folder)")
         return None
-    return ShardCache(folder, reused=not missing)
+    return ShardCache(folder, key, reused=not missing)
