@@ -16,7 +16,6 @@ finished temp file), so two runs that must not overwrite cannot both write it.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,26 +24,13 @@ from typing import Any
 
 from ..folderlock import INDEX_LOCK as LOCK_NAME
 from ..fsguard import atomic_write_bytes
-from . import Layout, layout, merge_records, read_records
+from . import Layout, layout, merge_records
+from .metadata import read_records, write_records
 
 
 def safe_name(name: str) -> str:
     """`name` made valid UTF-8: undecodable bytes (surrogate escapes from `os.fsdecode`) become U+FFFD."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def _json_line(rec: dict[str, Any]) -> str:
-    line = json.dumps(rec, ensure_ascii=False)
-    try:
-        line.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate somewhere: JSON's \\u escapes keep it readable back
-        line = json.dumps(rec, ensure_ascii=True)
-    return line + "\n"
-
-
-def write_records(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
-    """Atomically write JSON lines (one record per line, UTF-8, keys in insertion order)."""
-    atomic_write_bytes(path, "".join(_json_line(r) for r in records).encode("utf-8"))
 
 
 @contextmanager
