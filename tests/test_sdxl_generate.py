@@ -10,6 +10,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import generator, write_hint
 
 from cnetcli.errors import UsageError
 from cnetcli.images import read_png_metadata, save_png
@@ -21,12 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def hints(tmp_path_factory):
     d = tmp_path_factory.mktemp("xl-hints")
-    a = np.zeros((64, 64, 3), np.uint8)
-    a[16:48, 16:48] = 255
-    b = np.zeros((64, 64, 3), np.uint8)
-    b[:, 24:40] = 255
-    save_png(d / "square.png", a, {"cnet": "0.1.0", "type": "canny", "params": {}})
-    save_png(d / "bar.png", b, {"cnet": "0.1.0", "type": "scribble", "params": {}})
+    write_hint(d / "square.png", 64)
+    write_hint(d / "bar.png", 64, shape="bar", hint_type="scribble")
     return d
 
 
@@ -61,17 +58,7 @@ def models(xl):
 
 @pytest.fixture
 def gen(models, hints, xl, tmp_path):
-    from cnetcli.generation import GenerateConfig, generate
-
-    def _gen(**kw):
-        kw.setdefault("hints", (str(hints / "square.png"),))
-        kw.setdefault("controlnets", (str(xl["cn"]),))
-        kw.setdefault("steps", STEPS)
-        kw.setdefault("seed", 7)
-        kw.setdefault("output", str(tmp_path / "out"))
-        return generate(GenerateConfig(base=str(xl["base"]), **kw), models=models)
-
-    return _gen
+    return generator(models, xl["base"], xl["cn"], hints / "square.png", tmp_path / "out")
 
 
 def img(r):

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import generator, write_hint
 
 from cnetcli.errors import UsageError
 from cnetcli.images import save_png
@@ -18,10 +19,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def hints(tmp_path_factory):
     d = tmp_path_factory.mktemp("union-hints")
-    a = np.zeros((64, 64, 3), np.uint8)
-    a[16:48, 16:48] = 255
     b = np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (64, 1, 3))
-    save_png(d / "edges.png", a, {"cnet": "0.1.0", "type": "canny", "params": {}})
+    write_hint(d / "edges.png", 64)
     save_png(d / "depth.png", b, {"cnet": "0.1.0", "type": "depth", "params": {}})
     return d
 
@@ -62,17 +61,7 @@ def models(xl):
 
 @pytest.fixture
 def gen(models, hints, xl, tmp_path):
-    from cnetcli.generation import GenerateConfig, generate
-
-    def _gen(**kw):
-        kw.setdefault("hints", (str(hints / "edges.png"),))
-        kw.setdefault("controlnets", (str(xl["union"]),) * len(kw["hints"]))
-        kw.setdefault("steps", 2)
-        kw.setdefault("seed", 7)
-        kw.setdefault("output", str(tmp_path / "out"))
-        return generate(GenerateConfig(base=str(xl["base"]), **kw), models=models)
-
-    return _gen
+    return generator(models, xl["base"], xl["union"], hints / "edges.png", tmp_path / "out", per_hint=True)
 
 
 def test_union_loads_as_union(models, xl):

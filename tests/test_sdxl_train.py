@@ -5,6 +5,7 @@ prompt encoding, pooled + size/crop added conditioning for both networks, and th
 from __future__ import annotations
 
 import pytest
+from conftest import train_cfg
 
 from cnetcli.training import TrainConfig, train
 
@@ -13,9 +14,7 @@ RES = 64
 
 
 def _cfg(xl, data, out, **kw):
-    base = dict(base=str(xl), data=str(data), output=str(out), resolution=RES, batch_size=2, max_steps=2,
-                learning_rate=1e-3, checkpoint_every=0, report_to="none", cache_latents=False, log_every=1)
-    return TrainConfig(**(base | kw))
+    return train_cfg(xl, data, out, **({"resolution": RES} | kw))
 
 
 def _cn(path):
