@@ -9,6 +9,11 @@ model-backed types (`needs_weights=True`) in this process in batches, the next b
 a loader thread while the device runs this one, writing in a background thread, (6) the dataset index
 (annotation/dataset.py).
 
+Why threads and not a torch `DataLoader`: weight-free types run in a process pool that must not import torch
+at all, and for model types the work that overlaps the device is decoding (cv2/PIL release the GIL, so
+threads suffice and share the annotator), the annotator's own `prepare` and PNG writing after the device;
+a DataLoader covers only the loading half and would pickle every decoded image across worker processes.
+
 Never prints: progress goes to a `Reporter`. A bad image is recorded in the summary with its reason and the
 others still run; nothing is half-written (temp file + rename; a failed item leaves no file).
 """
@@ -457,6 +462,35 @@ def prefetched(work: Any, items: list[Any], pool: Any) -> Any:
         yield res
 
 
+def _drain(pending: list[tuple[Job, Any]], results: dict[int, str | None], rep: Reporter, keep: int) -> None:
+    """Collect finished PNG writes, oldest first, into `results` until at most `keep` are pending."""
+    while len(pending) > keep:
+        job, fut = pending.pop(0)
+        results[job.index] = fut.result()
+        rep.advance(1, ok=results[job.index] is None)
+
+
+def _load_chunk(ctx: Ctx, fn: Any, preparable: bool, dec: Any, chunk: list[Job]
+                ) -> tuple[list[tuple[Job, str]], list[Batch]]:
+    """(failed jobs with reasons, batches grouped by resolutions) of one chunk, decoded in the pool `dec`."""
+    loaded = list(dec.map(lambda j: _load_or_reason(j.source), chunk))
+    failed: list[tuple[Job, str]] = []
+    groups: dict[tuple[int, int], list[tuple[Job, Any]]] = {}
+    for j, img in zip(chunk, loaded, strict=True):
+        if isinstance(img, Exception):
+            failed.append((j, _reason(img, j.source)))
+            continue
+        res = resolutions(ctx, img)
+        try:
+            check_size(img, *res)
+        except CnetError as e:
+            failed.append((j, str(e)))
+            continue
+        groups.setdefault(res, []).append((j, img))
+    return failed, [Batch(dr, ir, good, _prepare(fn, preparable, [img for _, img in good], dr))
+                    for (dr, ir), good in groups.items()]
+
+
 def _run_model(ctx: Ctx, fn: Any, jobs: list[Job], workers: int, batch_size: int,
                rep: Reporter) -> dict[int, str | None]:
     """Model-backed types: this process, in batches. A loader thread prepares batch k+1 (decoding in a
@@ -476,32 +510,7 @@ def _run_model(ctx: Ctx, fn: Any, jobs: list[Job], workers: int, batch_size: int
         with ThreadPoolExecutor(max(1, workers)) as dec, ThreadPoolExecutor(1) as loader, \
                 ThreadPoolExecutor(1) as wr:
             pending_writes: list[tuple[Job, Any]] = []
-
-            def drain(keep: int) -> None:
-                while len(pending_writes) > keep:
-                    job, fut = pending_writes.pop(0)
-                    results[job.index] = fut.result()
-                    rep.advance(1, ok=results[job.index] is None)
-
-            def load(chunk: list[Job]) -> tuple[list[tuple[Job, str]], list[Batch]]:
-                """(failed jobs with reasons, batches grouped by resolutions) of one chunk."""
-                loaded = list(dec.map(lambda j: _load_or_reason(j.source), chunk))
-                failed: list[tuple[Job, str]] = []
-                groups: dict[tuple[int, int], list[tuple[Job, Any]]] = {}
-                for j, img in zip(chunk, loaded, strict=True):
-                    if isinstance(img, Exception):
-                        failed.append((j, _reason(img, j.source)))
-                        continue
-                    res = resolutions(ctx, img)
-                    try:
-                        check_size(img, *res)
-                    except CnetError as e:
-                        failed.append((j, str(e)))
-                        continue
-                    groups.setdefault(res, []).append((j, img))
-                return failed, [Batch(dr, ir, good, _prepare(fn, preparable, [img for _, img in good], dr))
-                                for (dr, ir), good in groups.items()]
-
+            load = partial(_load_chunk, ctx, fn, preparable, dec)
             for failed, batches in prefetched(load, chunks, loader):
                 for j, reason in failed:
                     results[j.index] = reason
@@ -514,8 +523,8 @@ def _run_model(ctx: Ctx, fn: Any, jobs: list[Job], workers: int, batch_size: int
                             rep.advance(1, ok=False)
                             continue
                         pending_writes.append((j, wr.submit(_finish_and_write, ctx, fn, j, img, *h, b.dr, b.ir)))
-                drain(keep=batch_size)  # at most about one batch waiting to be written
-            drain(keep=0)
+                _drain(pending_writes, results, rep, keep=batch_size)  # at most about one batch waiting to be written
+            _drain(pending_writes, results, rep, keep=0)
     finally:
         rep.finish()
     return results
