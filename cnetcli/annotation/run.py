@@ -157,38 +157,22 @@ def _write(ctx: Ctx, job: Job, img: Any, hint: Any, sidecar: Any, dr: int, ir: i
     one). Returns a reason on failure, leaving no file of this job behind."""
     import json
 
-    from ..fsguard import atomic_write_bytes
+    from ..data.write import write_all
     from ..images import sidecar_path
 
-    written: list[str] = []
     try:
-        if job.image is not None:
-            atomic_write_bytes(job.image, photo_png(img, hint), ctx.exclusive)
-            written.append(job.image)
-        atomic_write_bytes(job.hint, hint_png(ctx, job.source, hint, dr, ir), ctx.exclusive)
-        written.append(job.hint)
+        files = [(job.image, photo_png(img, hint))] if job.image is not None else []
+        files.append((job.hint, hint_png(ctx, job.source, hint, dr, ir)))
         if ctx.sidecar is not None and sidecar is not None:
-            side = sidecar_path(job.hint, ctx.sidecar)
-            atomic_write_bytes(side, json.dumps(sidecar, indent=1).encode("utf-8"), ctx.exclusive)
-            written.append(side)
+            files.append((sidecar_path(job.hint, ctx.sidecar), json.dumps(sidecar, indent=1).encode("utf-8")))
+        write_all(files, ctx.exclusive)  # the dataset writer's all-or-nothing write
         return None
     except FileExistsError as e:
-        _unlink(written)
         return f"{e.filename}: already exists (written meanwhile by another run); pass --overwrite to replace it"
     except OSError as e:
-        _unlink(written)
         return f"cannot write {e.filename or job.hint}: {e.strerror or e}"
     except Exception as e:
-        _unlink(written)
         return f"cannot write output ({type(e).__name__}: {e})"
-
-
-def _unlink(paths: list[str]) -> None:
-    for w in paths:
-        try:
-            os.unlink(w)
-        except OSError:
-            pass
 
 
 def _annotate_one(fn: Any, img: Any, ctx: Ctx, dr: int, ir: int) -> tuple[Any, Any]:

@@ -43,6 +43,23 @@ def index_lock(root: str | os.PathLike, flag: str = "--dataset") -> Iterator[Non
         yield
 
 
+def write_all(files: list[tuple[str | os.PathLike, bytes]], exclusive: bool = False) -> None:
+    """Write each (path, bytes) atomically (`exclusive`: only where no file is yet); on any failure the files
+    already written are removed and the error raised, so an example (photo, hint, sidecar) is whole or absent."""
+    written: list[str | os.PathLike] = []
+    try:
+        for path, data in files:
+            atomic_write_bytes(path, data, exclusive)
+            written.append(path)
+    except BaseException:
+        for w in written:
+            try:
+                os.unlink(w)
+            except OSError:
+                pass
+        raise
+
+
 class DatasetWriter:
     """Writes examples and index rows of one dataset folder in one layout ("imagefolder" | "tutorial")."""
 
@@ -75,17 +92,9 @@ class DatasetWriter:
         from ..images import encode_png
 
         img_path, hint_path = self.paths(name)
-        written: list[Path] = []
-        try:
-            atomic_write_bytes(img_path, encode_png(photo), exclusive)
-            written.append(img_path)
-            atomic_write_bytes(hint_path, provenance.encode(hint) if provenance is not None else encode_png(hint), exclusive)
-            written.append(hint_path)
-        except BaseException:
-            for w in written:
-                w.unlink(missing_ok=True)
-            raise
-        return written
+        hint_png = provenance.encode(hint) if provenance is not None else encode_png(hint)
+        write_all([(img_path, encode_png(photo)), (hint_path, hint_png)], exclusive)
+        return [img_path, hint_path]
 
     def add_records(self, records: list[dict[str, Any]]) -> int:
         """Merge `records` into the index (a record replaces the one with the same photo), under the folder's
