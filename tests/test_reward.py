@@ -186,7 +186,7 @@ def test_reward_in_two_processes_small_scale_with_the_cache_trains_as_one(sd8, d
 
 def test_the_memory_plan_adds_the_rewarded_samples_decoder_backward():
     from cnetcli.training.memory import GIB
-    from tests.test_sdxl_train_memory import _parts, memory_plan
+    from tests.test_train_memory import _parts, memory_plan
 
     kw = dict(batch_size=8, latent_pixels=64 * 64, eight_bit_adam=False, gradient_checkpointing=False,
               act_dtype="bf16", cached=True)
