@@ -187,8 +187,6 @@ class GenerateConfig:
         s(self, "device", check_device_spec(self.device))
         if not 0.0 < self.strength <= 1.0:
             raise UsageError(f"--strength {self.strength}: must be above 0 and at most 1 (1: the image is all noise)")
-        if self.mask and not self.init_image:
-            raise UsageError("--mask inpaints an image: pass the image with --init-image (white mask = repaint)")
         if self.init_image and int(self.steps * self.strength) < 1:
             raise UsageError(f"--strength {self.strength} with --steps {self.steps} runs no step: raise either")
         if self.clip_skip is not None and not 0 <= self.clip_skip <= 10:

@@ -315,6 +315,21 @@ class ModelFamily:
     #: the one sampler the family's own loop runs (metadata names it; --sampler does not apply), None: --sampler
     fixed_sampler: ClassVar[str | None] = None
 
+    #: --mask: whether inpainting keeps the --init-image outside the mask by blending latents at every step (the
+    #: U-Net and FLUX ControlNet inpaint pipelines); False: the mask is an inpainting ControlNet's input
+    #: (`takes_mask`, SD3's), and the run starts from pure noise
+    mask_blends_latents: ClassVar[bool] = True
+
+    def check_generate_inputs(self, *, init_image: bool, mask: bool, clip_skip: bool) -> None:
+        """Refuse, in one line, a generate option the family's diffusers pipelines do not have (img2img,
+        inpainting, clip skip), before any model loads."""
+        if mask and not init_image:
+            raise UsageError("--mask inpaints an image: pass the image with --init-image (white mask = repaint)")
+
+    def takes_mask(self, net: Any) -> bool:
+        """Whether ControlNet `net` takes the inpainting mask with its hint (`mask_blends_latents` False)."""
+        return False
+
     def hint_input(self, vae: Any, hint: Any, sample: Any = None, net: Any = None) -> Any:
         """What the ControlNet's `controlnet_cond` gets from a hint batch in [0, 1] (B x 3 x H x W); `sample`:
         the standard-normal draw a VAE-latent hint uses, or a torch.Generator to draw it from; `net`: the ControlNet
