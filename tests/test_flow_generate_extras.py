@@ -126,7 +126,6 @@ def _transformer_lora(transformer, path, seed, targets=("to_q", "to_k", "to_v", 
     return layers
 
 
-@pytest.mark.slow  # two tiny model loads and three samplings; test_flux_lora_loads_fast is the fast sibling
 def test_flux_lora_and_vae_equal_the_pipeline_with_them(flux, flux_dir, files, tmp_path):
     from diffusers import AutoencoderKL, FluxControlNetPipeline, FluxPipeline
 
@@ -156,8 +155,8 @@ def test_flux_lora_and_vae_equal_the_pipeline_with_them(flux, flux_dir, files, t
 
 
 def test_flux_lora_loads_fast(flux_dir, tmp_path):
-    """The fast sibling: a FLUX LoRA goes into the transformer through FluxPipeline's loader at its scale; a file
-    that is no LoRA is one line naming --lora."""
+    """A FLUX LoRA goes into the transformer through FluxPipeline's loader at its scale, the base weights kept; a
+    file that is no safetensors LoRA is one line naming --lora."""
     from diffusers import FluxPipeline
 
     from cnetcli.errors import ModelLoadError
@@ -218,7 +217,6 @@ def test_sd3_mask_equals_the_sd3_controlnet_inpainting_pipeline(sd3_inpaint, sd3
         generate(_cfg(sd3_dir, d, files, cfg=7.0), models=models)
 
 
-@pytest.mark.slow  # a tiny SD3 load and three samplings; the refusal and encoding tests are the fast siblings
 def test_sd3_lora_and_clip_skip_equal_the_pipeline_with_them(sd3_dir, files, tmp_path):
     from diffusers import StableDiffusion3ControlNetPipeline, StableDiffusion3Pipeline
     from PIL import Image
