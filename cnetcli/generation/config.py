@@ -109,7 +109,8 @@ class GenerateConfig:
     #: img2img (diffusers' StableDiffusionControlNetImg2ImgPipeline): start from this image, noised to `strength`
     init_image: str | None = None
     strength: float = 0.8
-    #: inpainting (with init_image): white = repaint, black = keep (diffusers' StableDiffusionControlNetInpaintPipeline)
+    #: inpainting (with init_image): white = repaint, black = keep (diffusers' StableDiffusionControlNetInpaintPipeline;
+    #: SD3: an inpainting ControlNet's mask, the family says which: `ModelFamily.check_generate_inputs`)
     mask: str | None = None
     #: CLIP layers skipped from the end (diffusers' `clip_skip`: 1 = the penultimate layer, A1111's "Clip skip: 2")
     clip_skip: int | None = None

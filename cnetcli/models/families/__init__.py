@@ -37,6 +37,10 @@ the hint and the residuals
     x, t, cond, residuals) -> model output`, and `predict(...)`: the one ControlNet + denoiser forward that
     training/step.py runs (generation's sampling loop calls `control` per net and `denoise` once; a family
     whose pipeline loop differs, FLUX, sets `own_sampling_loop` and implements `sample_latents`).
+generate's options
+    `check_generate_inputs(init_image, mask, clip_skip)` (one line for what the family's diffusers pipelines
+    lack), `mask_blends_latents` / `takes_mask(net)` (--mask as a latent blend, or an inpainting ControlNet's
+    input: SD3), `diffusers_pipeline(parts)` (the pipeline whose `load_lora_weights` loads --lora).
 single files
     `claims_controlnet_file(keys)`, `load_controlnet_file`, `controlnet_file_config`, `single_file_metadata`,
     single_file_layout ("original" / "diffusers"), shipped_controlnet_configs, controlnet_classes.
