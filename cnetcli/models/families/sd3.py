@@ -317,8 +317,9 @@ class StableDiffusion3(ModelFamily):
         import torch
 
         pooled, text = cond["pooled_projections"], cond["encoder_hidden_states"]
-        if cond.get("sampling"):  # StableDiffusion3ControlNetPipeline's inputs for this ControlNet
-            pooled = torch.zeros_like(pooled) if _zero_pooled(net) else pooled
+        if cond.get("sampling"):  # StableDiffusion3ControlNet(Inpainting)Pipeline's inputs for this ControlNet
+            # (the inpainting pipeline zeros the pooled text whatever the ControlNet's config says)
+            pooled = torch.zeros_like(pooled) if _zero_pooled(net) or self.takes_mask(net) else pooled
             text = text if _config(net).get("joint_attention_dim") is not None else None
         out = net(hidden_states=x, controlnet_cond=hint, conditioning_scale=scale, timestep=self._t(t, x),
                   encoder_hidden_states=text, pooled_projections=pooled, return_dict=False, **extra)[0]
