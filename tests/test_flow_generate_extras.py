@@ -293,3 +293,29 @@ def test_sd3_mask_refuses_a_controlnet_without_a_mask_input(sd3_dir, files, tmp_
     cfg = _cfg(sd3_dir, tmp_path / "cn", files, mask=str(files / "mask.png"), steps=1)
     with pytest.raises(UsageError, match="--mask: on SD3 the mask is an inpainting ControlNet's input"):
         generate(cfg, models=load_models(cfg))
+
+
+def test_mask_without_init_image_is_refused_for_unet_bases_before_loading(tiny_sd_dir, files, tmp_path):
+    """The check moved from GenerateConfig to the family (SD3's --mask needs no --init-image)."""
+    from cnetcli.generation import GenerateConfig
+    from cnetcli.generation.pipeline import preflight
+
+    cfg = GenerateConfig(hints=(str(files / "hint.png"),), controlnets=(str(tmp_path / "no-cn"),),
+                         base=str(tiny_sd_dir), mask=str(files / "mask.png"), save=False)
+    with pytest.raises(UsageError, match="--mask inpaints an image: pass the image with --init-image"):
+        preflight(cfg)
+
+
+def test_flux_inpainting_in_a_batch_is_each_image_alone(flux, flux_dir, files):
+    """Each image's generator draws its hint, init image and noise in the pipeline's order, so image k of a batch
+    equals a run of one image with seed + k."""
+    from cnetcli.generation import GenerateConfig, generate
+
+    comps, cn, d, models = flux
+    cfg = _cfg(flux_dir, d, files, init_image=str(files / "init.png"), mask=str(files / "mask.png"), strength=0.7,
+               steps=2, num_images=2)
+    both = generate(cfg, models=models)
+    alone = generate(GenerateConfig(**dict(cfg.to_dict(), num_images=1, seed=4)), models=models)[0]
+    assert [r.metadata["seed"] for r in both] == [3, 4]
+    assert np.abs(both[1].array.astype(int) - alone.array.astype(int)).max() <= 1
+    assert not np.array_equal(both[0].array, both[1].array)
