@@ -319,3 +319,27 @@ def test_flux_inpainting_in_a_batch_is_each_image_alone(flux, flux_dir, files):
     assert [r.metadata["seed"] for r in both] == [3, 4]
     assert np.abs(both[1].array.astype(int) - alone.array.astype(int)).max() <= 1
     assert not np.array_equal(both[0].array, both[1].array)
+
+
+def test_flux_kohya_lora_is_converted_by_diffusers(flux_dir, tmp_path):
+    """A kohya/sd-scripts FLUX LoRA (original FLUX keys, the fused qkv, `alpha`) loads through FluxPipeline's
+    converter: the q part of its fused update acts on `to_q` at scale * alpha / rank."""
+    from safetensors.torch import save_file
+
+    from cnetcli.generation.lora import apply_loras
+    from cnetcli.models.sd import load_base_components
+
+    comps = load_base_components(str(flux_dir))
+    attn = comps.denoiser.transformer_blocks[0].attn
+    dim, rank = attn.to_q.in_features, 2
+    g = torch.Generator().manual_seed(3)
+    down, up = torch.randn(rank, dim, generator=g), torch.randn(3 * attn.to_q.out_features, rank, generator=g)
+    key = "lora_unet_double_blocks_0_img_attn_qkv"
+    save_file({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(4.0)},
+              str(tmp_path / "kohya.safetensors"))
+    apply_loras(comps.family, dict(comps), (f"{tmp_path / 'kohya.safetensors'}:0.5",))
+    x = torch.randn(3, dim, generator=g)
+    with torch.no_grad():
+        delta = attn.to_q(x) - attn.to_q.base_layer(x)
+    want = 0.5 * (4.0 / rank) * x @ down.T @ up[:attn.to_q.out_features].T
+    torch.testing.assert_close(delta, want, rtol=1e-4, atol=1e-5)
