@@ -343,3 +343,15 @@ def test_flux_kohya_lora_is_converted_by_diffusers(flux_dir, tmp_path):
         delta = attn.to_q(x) - attn.to_q.base_layer(x)
     want = 0.5 * (4.0 / rank) * x @ down.T @ up[:attn.to_q.out_features].T
     torch.testing.assert_close(delta, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("base", "flag", "needle"), [("sd3", "--init-image", "no SD3 ControlNet img2img"),
+                                                       ("flux", "--clip-skip", "FLUX.1 uses only CLIP's pooled")])
+def test_cli_refusal_is_one_line_and_writes_nothing(run_cli, flux_dir, sd3_dir, files, tmp_path, base, flag, needle):
+    value = str(files / "init.png") if flag == "--init-image" else "1"
+    code, _, err = run_cli("generate", "--base", str(sd3_dir if base == "sd3" else flux_dir), "--hint",
+                           str(files / "hint.png"), "--controlnet", str(tmp_path / "cn"), flag, value,
+                           "--output", str(tmp_path / "o"))
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and flag in lines[0] and needle in lines[0], err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
