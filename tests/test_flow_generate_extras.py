@@ -88,7 +88,7 @@ def test_flux_img2img_equals_flux_controlnet_img2img_pipeline(flux, flux_dir, fi
     assert np.abs(ours.astype(int) - txt2img.astype(int)).max() > 2  # the init image reaches the result
 
 
-@pytest.mark.parametrize("strength", [0.7, pytest.param(1.0, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("strength", [0.7, 1.0])
 def test_flux_inpainting_equals_flux_controlnet_inpaint_pipeline(flux, flux_dir, files, strength):
     from diffusers import FluxControlNetInpaintPipeline
 
