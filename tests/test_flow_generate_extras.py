@@ -321,9 +321,11 @@ def test_flux_inpainting_in_a_batch_is_each_image_alone(flux, flux_dir, files):
     assert not np.array_equal(both[0].array, both[1].array)
 
 
-def test_flux_kohya_lora_is_converted_by_diffusers(flux_dir, tmp_path):
-    """A kohya/sd-scripts FLUX LoRA (original FLUX keys, the fused qkv, `alpha`) loads through FluxPipeline's
-    converter: the q part of its fused update acts on `to_q` at scale * alpha / rank."""
+@pytest.mark.parametrize("layout", ["kohya", "xlabs"])
+def test_flux_kohya_and_xlabs_loras_are_converted_by_diffusers(flux_dir, tmp_path, layout):
+    """A kohya/sd-scripts FLUX LoRA (original FLUX keys, the fused qkv, `alpha`) and an XLabs one (its attention
+    processors' keys, no alpha) load through FluxPipeline's converters: the q part of the fused update acts on
+    `to_q` at scale * alpha / rank (XLabs: scale)."""
     from safetensors.torch import save_file
 
     from cnetcli.generation.lora import apply_loras
@@ -334,14 +336,18 @@ def test_flux_kohya_lora_is_converted_by_diffusers(flux_dir, tmp_path):
     dim, rank = attn.to_q.in_features, 2
     g = torch.Generator().manual_seed(3)
     down, up = torch.randn(rank, dim, generator=g), torch.randn(3 * attn.to_q.out_features, rank, generator=g)
-    key = "lora_unet_double_blocks_0_img_attn_qkv"
-    save_file({f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(4.0)},
-              str(tmp_path / "kohya.safetensors"))
-    apply_loras(comps.family, dict(comps), (f"{tmp_path / 'kohya.safetensors'}:0.5",))
+    if layout == "kohya":
+        key, alpha = "lora_unet_double_blocks_0_img_attn_qkv", 4.0
+        weights = {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": up, f"{key}.alpha": torch.tensor(alpha)}
+    else:
+        key, alpha = "double_blocks.0.processor.qkv_lora1", float(rank)
+        weights = {f"{key}.down.weight": down, f"{key}.up.weight": up}
+    save_file(weights, str(tmp_path / "lora.safetensors"))
+    apply_loras(comps.family, dict(comps), (f"{tmp_path / 'lora.safetensors'}:0.5",))
     x = torch.randn(3, dim, generator=g)
     with torch.no_grad():
         delta = attn.to_q(x) - attn.to_q.base_layer(x)
-    want = 0.5 * (4.0 / rank) * x @ down.T @ up[:attn.to_q.out_features].T
+    want = 0.5 * (alpha / rank) * x @ down.T @ up[:attn.to_q.out_features].T
     torch.testing.assert_close(delta, want, rtol=1e-4, atol=1e-5)
 
 
