@@ -424,8 +424,9 @@ def hint_inputs(models: Models, net: Any, pixels: Any, do_cfg: bool, seeds: list
     if not family.hint_sample_needed:
         return family.hint_input(models.vae, pixels, net=net), None
     if masks is not None:
-        return torch.cat([family.hint_input(models.vae, row[None], torch.Generator("cpu").manual_seed(seed), net=net,
-                                            mask=m[None]) for row, m, seed in zip(pixels, masks, seeds, strict=True)]), None
+        rows = zip(pixels, masks, seeds, strict=True)
+        return torch.cat([family.hint_input(models.vae, row[None], torch.Generator("cpu").manual_seed(seed),
+                                            net=net, mask=m[None]) for row, m, seed in rows]), None
     conds, unconds = [], []
     for row, seed in zip(pixels, seeds, strict=True):
         x = torch.cat([row[None], row[None]]) if do_cfg else row[None]
@@ -521,22 +522,21 @@ def control_units(models: Models, cfg: GenerateConfig, jobs: Sequence[Job], do_c
     scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
     masks = None
     if first.mask is not None and not family.mask_blends_latents:
-        import torch
-
-        masks = torch.cat([_mask_tensor(j.mask, width, height, cfg.resize_mode) for j in jobs]).to(models.device)
+        masks = batch_masks(jobs, width, height, cfg.resize_mode).to(models.device)
     units = []
     for k, h in enumerate(first.hints):
         net = models.controlnet(h.controlnet)
         pixels = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
         if first.mask is not None and family.mask_blends_latents and _is_inpaint(h.type):
             pixels = inpaint_condition(pixels, jobs, width, height, cfg.resize_mode)
-        if family.takes_mask(net) != (masks is not None):
+        if family.takes_mask(net) and masks is None:
             raise UsageError(f"--controlnet {h.controlnet}: an inpainting ControlNet (its hint is the image to "
-                             "repaint): pass --mask" if masks is None else
-                             f"--mask: on {family.label} the mask is an inpainting ControlNet's input, and "
+                             "repaint): pass --mask")
+        if masks is not None and not family.takes_mask(net):
+            raise UsageError(f"--mask: on {family.label} the mask is an inpainting ControlNet's input, and "
                              f"--controlnet {h.controlnet} takes none; use an inpainting ControlNet (e.g. "
                              "alimama-creative/SD3-Controlnet-Inpainting) with the image to repaint as its hint")
-        image, uncond = hint_inputs(models, net, pixels, do_cfg, seeds, masks if family.takes_mask(net) else None)
+        image, uncond = hint_inputs(models, net, pixels, do_cfg, seeds, masks)
         units.append(ctl.ControlUnit(net, image, scales[k], starts[k], ends[k],
                                      ctl.union_control_type(h.type, net, h.controlnet), uncond))
     return units
@@ -560,6 +560,13 @@ def _mask_tensor(img: np.ndarray, width: int, height: int, mode: str) -> Any:
     return torch.from_numpy((gray.astype(np.float32) / 255.0 >= 0.5).astype(np.float32))[None, None]
 
 
+def batch_masks(jobs: Sequence[Job], width: int, height: int, mode: str) -> Any:
+    """Each job's mask (`_mask_tensor`), B x 1 x H x W."""
+    import torch
+
+    return torch.cat([_mask_tensor(j.mask, width, height, mode) for j in jobs])
+
+
 def _is_inpaint(hint_type: str | None) -> bool:
     from ..annotators import find_type
 
@@ -570,9 +577,8 @@ def _is_inpaint(hint_type: str | None) -> bool:
 def inpaint_condition(image: Any, jobs: Sequence[Job], width: int, height: int, mode: str) -> Any:
     """The inpaint ControlNet's input: its hint (the image) with the masked pixels at -1, "no information"
     (ControlNet 1.1's and diffusers' `make_inpaint_condition`)."""
-    import torch
 
-    masks = torch.cat([_mask_tensor(j.mask, width, height, mode) for j in jobs]).to(image.device)
+    masks = batch_masks(jobs, width, height, mode).to(image.device)
     return image.masked_fill(masks.expand_as(image) > 0.5, -1.0)
 
 
@@ -684,7 +690,7 @@ def run_own_loop(models: Models, cfg: GenerateConfig, jobs: list[Job], prompts_:
     if first.init_image is not None:  # img2img / inpainting (FluxControlNetImg2ImgPipeline / ...InpaintPipeline)
         init = torch.cat([_image_tensor(j.init_image, width, height, cfg.resize_mode, models) for j in jobs])
     if first.mask is not None:
-        mask = torch.cat([_mask_tensor(j.mask, width, height, cfg.resize_mode) for j in jobs]).to(models.device)
+        mask = batch_masks(jobs, width, height, cfg.resize_mode).to(models.device)
     with torch.inference_mode():
         x = family.sample_latents(models.denoiser, units, modes, enc, gens, size=(height, width), steps=cfg.steps,
                                   guidance=cfg.guidance(family), scheduler=scheduler, vae=models.vae, true_cfg=true_cfg,
