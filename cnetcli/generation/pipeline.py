@@ -577,7 +577,6 @@ def _is_inpaint(hint_type: str | None) -> bool:
 def inpaint_condition(image: Any, jobs: Sequence[Job], width: int, height: int, mode: str) -> Any:
     """The inpaint ControlNet's input: its hint (the image) with the masked pixels at -1, "no information"
     (ControlNet 1.1's and diffusers' `make_inpaint_condition`)."""
-
     masks = batch_masks(jobs, width, height, mode).to(image.device)
     return image.masked_fill(masks.expand_as(image) > 0.5, -1.0)
 
