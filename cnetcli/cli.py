@@ -10,6 +10,7 @@ import os
 import sys
 
 import typer
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from . import __version__
 from .commands import annotate, data, demo, generate, train, weights
@@ -18,8 +19,34 @@ from .commands import runs as runs_cmd
 from .commands._parse_errors import usage_message
 from .errors import CnetError
 
+def _flag_help(cmd: TyperCommand | TyperGroup, ctx: typer.Context) -> None:
+    """`--help` is a flag: no `<bool>` metavar (typer gives its own help option one), in every command below `cmd`."""
+    opt = cmd.get_help_option(ctx)
+    if opt is not None:
+        opt.metavar = ""
+    for sub in getattr(cmd, "commands", {}).values():
+        _flag_help(sub, ctx)
+
+
+class _CnetGroup(TyperGroup):
+    """The root group: its own and every subcommand's `--help` row shows no metavar (see `_flag_help`)."""
+
+    def get_help_option(self, ctx: typer.Context) -> TyperOption | None:
+        opt = super().get_help_option(ctx)
+        if opt is not None:
+            opt.metavar = ""
+        return opt
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> TyperCommand | TyperGroup | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            _flag_help(cmd, ctx)
+        return cmd
+
+
 app = typer.Typer(
     name="cnet",
+    cls=_CnetGroup,
     help="The whole ControlNet pipeline for Stable Diffusion: annotate -> train -> generate -> eval.",
     no_args_is_help=True,
     add_completion=False,

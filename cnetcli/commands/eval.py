@@ -33,11 +33,11 @@ def eval_cmd(
         "--protocol", rich_help_panel=_PP, help="controlnet++: FOLDER is an eval set (image, hint, prompt in any "
         "dataset form); generate 4 groups (CFG 7.5, 20 UniPC steps, 512 px) and score with the paper's metrics")] = None,
     controlnet: Annotated[str | None, typer.Option("--controlnet", rich_help_panel=_PP, help="--protocol: the ControlNet to evaluate")] = None,
-    base: Annotated[str | None, typer.Option("--base", rich_help_panel=_PP, help="--protocol: the base (any family; default SD1.5)")] = None,
-    size: Annotated[int | None, typer.Option("--size", rich_help_panel=_PP, help="--protocol: image size (default 512)")] = None,
-    groups: Annotated[int | None, typer.Option("--groups", rich_help_panel=_PP, help="--protocol: groups per prompt (default 4)")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", rich_help_panel=_PP, help="--protocol: sampling steps (default 20)")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", rich_help_panel=_PP, help="--protocol: group g uses seed + g (default 0)")] = None,
+    base: Annotated[str | None, typer.Option("--base", rich_help_panel=_PP, help="--protocol: the base (any family)", show_default="SD1.5")] = None,
+    size: Annotated[int | None, typer.Option("--size", rich_help_panel=_PP, help="--protocol: image size", show_default="512")] = None,
+    groups: Annotated[int | None, typer.Option("--groups", rich_help_panel=_PP, help="--protocol: groups per prompt", show_default="4")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", rich_help_panel=_PP, help="--protocol: sampling steps", show_default="20")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", rich_help_panel=_PP, help="--protocol: group g uses seed + g", show_default="0")] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     # cnet.toml's [eval] table arrives as these options' defaults (the root command's default_map)
