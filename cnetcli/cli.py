@@ -19,23 +19,26 @@ from .commands import runs as runs_cmd
 from .commands._parse_errors import usage_message
 from .errors import CnetError
 
-def _flag_help(cmd: TyperCommand | TyperGroup, ctx: typer.Context) -> None:
-    """`--help` is a flag: no `<bool>` metavar (typer gives its own help option one), in every command below `cmd`."""
-    opt = cmd.get_help_option(ctx)
+
+def _flag(opt: TyperOption | None) -> TyperOption | None:
+    """`--help` is a flag: no `<bool>` metavar (typer gives its own help option one)."""
     if opt is not None:
         opt.metavar = ""
+    return opt
+
+
+def _flag_help(cmd: TyperCommand | TyperGroup, ctx: typer.Context) -> None:
+    """`_flag` on the `--help` of `cmd` and of every command below it."""
+    _flag(cmd.get_help_option(ctx))
     for sub in getattr(cmd, "commands", {}).values():
         _flag_help(sub, ctx)
 
 
 class _CnetGroup(TyperGroup):
-    """The root group: its own and every subcommand's `--help` row shows no metavar (see `_flag_help`)."""
+    """The root group: its own and every subcommand's `--help` row shows no metavar."""
 
     def get_help_option(self, ctx: typer.Context) -> TyperOption | None:
-        opt = super().get_help_option(ctx)
-        if opt is not None:
-            opt.metavar = ""
-        return opt
+        return _flag(super().get_help_option(ctx))
 
     def get_command(self, ctx: typer.Context, cmd_name: str) -> TyperCommand | TyperGroup | None:
         cmd = super().get_command(ctx, cmd_name)
