@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -157,7 +156,7 @@ def main() -> int:
     if args.list:
         for s in steps:
             state = "summary" if s.summary else (f"needs: {s.needs}" if s.needs else "run")
-            print(f"{s.line}\t{s.lang}\t{state}\t{shlex.join([s.text]) if s.lang == 'python' else s.text}")
+            print(f"{s.line}\t{s.lang}\t{state}\t{s.text.replace(chr(10), '; ')}")
         return 0
     with tempfile.TemporaryDirectory(prefix="cnet-walkthrough.") as tmp:
         work = Path(tmp) / "work"
