@@ -205,6 +205,9 @@ def test_small_scale_mid_only_and_reconnect_unlock_decoder(sd8, data, tmp_path):
     assert any(k.startswith("up_blocks.") for k in changed)
     meta = json.loads((out / "train_config.json").read_text())
     assert meta["result"]["sd_unlocked"] == "decoder" and meta["small_scale"] is True
+    # #23.8: the result says what the run ended as (reconnected at step 2), no `small_scale_connected: false`
+    # beside `small_scale: true`
+    assert meta["result"]["fully_connected"] is True and "small_scale_connected" not in meta["result"]
     assert (meta["mixed_precision"], meta["device"]) == ("no", "cpu")  # what ran, not "auto"
     assert (out / "loss.png").stat().st_size > 1000
 

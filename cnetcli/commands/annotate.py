@@ -14,6 +14,7 @@ from ..annotation.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DATASET_FORMAT,
     DEFAULT_IMAGE_RESOLUTION,
+    DEFAULT_SHARD_SIZE,
     DEFAULT_TYPE,
     ENGINES,
     SHARD_FORMAT,
@@ -156,7 +157,8 @@ def annotate_cmd(
                                                   "torchrun each process writes its own shards; finished shards "
                                                   "are skipped on a rerun).", _PANEL_DATA)
                               ] = DatasetFormat(DEFAULT_DATASET_FORMAT),
-    shard_size: Annotated[int | None, _opt("webdataset: images per shard (default 1000).", _PANEL_DATA)] = None,
+    shard_size: Annotated[int | None, _opt("webdataset: images per shard.", _PANEL_DATA,
+                                                              show_default=str(DEFAULT_SHARD_SIZE))] = None,
     engine: Annotated[Engine, _opt("webdataset: local (this machine's processes) or ray (Ray Data actor pools on "
                                    "a Ray cluster or a local Ray; pip install 'cnetcli[ray]').", _PANEL_DATA)
                       ] = Engine("local"),

@@ -45,11 +45,11 @@ def eval_cmd(
         f"dataset form); generate {GROUPS} groups (CFG {GUIDANCE}, {STEPS} {SAMPLER} steps, {SIZE} px) and score with the "
         "paper's metrics")] = None,
     controlnet: Annotated[str | None, typer.Option("--controlnet", rich_help_panel=_PP, help="--protocol: the ControlNet to evaluate")] = None,
-    base: Annotated[str | None, typer.Option("--base", rich_help_panel=_PP, help="--protocol: the base (any family; default SD1.5)")] = None,
-    size: Annotated[int | None, typer.Option("--size", rich_help_panel=_PP, help=f"--protocol: image size (default {SIZE})")] = None,
-    groups: Annotated[int | None, typer.Option("--groups", rich_help_panel=_PP, help=f"--protocol: groups per prompt (default {GROUPS})")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", rich_help_panel=_PP, help=f"--protocol: sampling steps (default {STEPS})")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", rich_help_panel=_PP, help=f"--protocol: group g uses seed + g (default {SEED})")] = None,
+    base: Annotated[str | None, typer.Option("--base", rich_help_panel=_PP, help="--protocol: the base (any family)", show_default="SD1.5")] = None,
+    size: Annotated[int | None, typer.Option("--size", rich_help_panel=_PP, help="--protocol: image size", show_default=str(SIZE))] = None,
+    groups: Annotated[int | None, typer.Option("--groups", rich_help_panel=_PP, help="--protocol: groups per prompt", show_default=str(GROUPS))] = None,
+    steps: Annotated[int | None, typer.Option("--steps", rich_help_panel=_PP, help="--protocol: sampling steps", show_default=str(STEPS))] = None,
+    seed: Annotated[int | None, typer.Option("--seed", rich_help_panel=_PP, help="--protocol: group g uses seed + g", show_default=str(SEED))] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     # cnet.toml's [eval] table arrives as these options' defaults (the root command's default_map)
