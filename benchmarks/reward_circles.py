@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRATCH = "scratch"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -76,7 +77,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--steps", type=int, default=100, help="N: steps of each continuation")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--start", type=Path, help="a trained ControlNet folder (default: train the demo's here)")
+    ap.add_argument("--start", help="a trained ControlNet folder (default: train the demo's here), or `scratch`: a "
+                    "fresh ControlNet from the base UNet (zero convs), the weakest start, where an effect can show")
     ap.add_argument("--data", type=Path, help="an earlier OUT/data folder to reuse (default: make it in OUT)")
     ap.add_argument("--lr", type=float, help="the continuation's constant lr (default: the paper preset's 1e-3)")
     ap.add_argument("--eval-count", type=int, default=32)
@@ -104,8 +106,9 @@ def main() -> None:
     hints, prompts = [h for _, h, _ in held][: args.eval_count], [t for _, _, t in held][: args.eval_count]
     tcfg = dcfg.train_config()
     procs = train_processes(tcfg, False)
-    start = args.start
-    if start is None:
+    scratch = args.start == SCRATCH
+    start = None if scratch else (Path(args.start) if args.start else None)
+    if start is None and not scratch:
         start = out / "start" / "controlnet"
         if not start.exists():
             t = time.perf_counter()
@@ -116,7 +119,8 @@ def main() -> None:
     if args.lr is not None:
         recipe["learning_rate"] = args.lr
     # one OUT holds one recipe: the runs it skips must have been trained as the ones it would train
-    shown = {"steps": args.steps, "learning_rate": recipe["learning_rate"], "reward_weight": args.reward_weight}
+    shown = {"steps": args.steps, "learning_rate": recipe["learning_rate"], "reward_weight": args.reward_weight,
+             **({"start": SCRATCH} if scratch else {})}
     if res.setdefault("recipe", shown) != shown:
         sys.exit(f"{res_path} holds runs of another recipe ({res['recipe']}); give another --out")
     runs = res.setdefault("runs", {})
@@ -125,7 +129,8 @@ def main() -> None:
         for mode in ("plain", "reward"):
             extra = {"reward": "canny", "reward_weight": args.reward_weight} if mode == "reward" else {}
             todo[f"{mode}-{seed}"] = DEMO_RECIPE.replace(
-                data=tcfg.data, output=str(out / f"{mode}-{seed}"), controlnet=str(start), seed=seed,
+                data=tcfg.data, output=str(out / f"{mode}-{seed}"), seed=seed,
+                controlnet=None if scratch else str(start),
                 lr_scheduler="constant", warmup_steps=0, timestep_bias="none", timestep_bias_multiplier=1.0,
                 checkpoint_every=args.steps, log_every=10, overwrite=True, **recipe, **extra)
         todo = {k: c for k, c in todo.items() if k not in runs}
@@ -139,19 +144,21 @@ def main() -> None:
     models = load_generation_models(dcfg, hints[0])
     f1 = res.setdefault("f1", {})
     if "start" not in f1:
-        f1["start"] = edge_f1(dcfg, models, start, hints, prompts, out / "generated" / "start")
+        f1["start"] = None if scratch else edge_f1(dcfg, models, start, hints, prompts, out / "generated" / "start")
         _save(res_path, res)
     for key in runs:
         if key not in f1:
             f1[key] = edge_f1(dcfg, models, out / key / "controlnet", hints, prompts, out / "generated" / key)
             _save(res_path, res)
     n, lr = args.steps, recipe["learning_rate"]
-    lines = [f"| seed | start (demo, 600 steps) | +{n} plain (lr {lr:g}) | +{n} --reward canny | reward - plain |",
+    s0 = "-" if f1["start"] is None else f"{f1['start']:.3f}"
+    lines = [f"| seed | start ({args.start or 'demo, 600 steps'}) | +{n} plain (lr {lr:g}) | +{n} --reward canny "
+             f"(weight {args.reward_weight:g}) | reward - plain |",
              "|---:|---:|---:|---:|---:|"]
     for seed in args.seeds:
         p, w = f1.get(f"plain-{seed}"), f1.get(f"reward-{seed}")
         if p is not None and w is not None:
-            lines.append(f"| {seed} | {f1['start']:.3f} | {p:.3f} | {w:.3f} | {w - p:+.3f} |")
+            lines.append(f"| {seed} | {s0} | {p:.3f} | {w:.3f} | {w - p:+.3f} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
