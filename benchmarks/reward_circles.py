@@ -48,16 +48,20 @@ def _save(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def edge_f1(dcfg: Any, models: Any, controlnet: Path, hints: list[Path], prompts: list[str], out: Path) -> float:
-    """Held-out edge F1 of one ControlNet (the demo's sampling, user prompts)."""
+def edge_f1(dcfg: Any, models: Any, controlnet: Path | None, hints: list[Path], prompts: list[str], out: Path) -> float:
+    """Held-out edge F1 of one ControlNet (the demo's sampling, user prompts); None: the untrained one (zero
+    convolutions, seed 0), as `--start scratch` begins."""
     import shutil
 
-    from cnetcli.demo import generate_mode, summary
+    from cnetcli.demo import add_untrained, generate_mode, summary
     from cnetcli.evaluation import evaluate_folder
 
     shutil.rmtree(out, ignore_errors=True)
-    name = str(controlnet)
-    models.nets.pop(name, None)
+    if controlnet is None:
+        name = add_untrained(models, 0)
+    else:
+        name = str(controlnet)
+        models.nets.pop(name, None)  # a run retrained into the same folder is read again
     generate_mode(models, dcfg, hints, prompts, name, "user", out)
     return summary(evaluate_folder(out))["f1"]
 
@@ -143,22 +147,21 @@ def main() -> None:
                 print(f"trained {key} in {seconds} s", flush=True)
     models = load_generation_models(dcfg, hints[0])
     f1 = res.setdefault("f1", {})
-    if "start" not in f1:
-        f1["start"] = None if scratch else edge_f1(dcfg, models, start, hints, prompts, out / "generated" / "start")
+    if f1.get("start") is None:
+        f1["start"] = edge_f1(dcfg, models, start, hints, prompts, out / "generated" / "start")
         _save(res_path, res)
     for key in runs:
         if key not in f1:
             f1[key] = edge_f1(dcfg, models, out / key / "controlnet", hints, prompts, out / "generated" / key)
             _save(res_path, res)
     n, lr = args.steps, recipe["learning_rate"]
-    s0 = "-" if f1["start"] is None else f"{f1['start']:.3f}"
     lines = [f"| seed | start ({args.start or 'demo, 600 steps'}) | +{n} plain (lr {lr:g}) | +{n} --reward canny "
              f"(weight {args.reward_weight:g}) | reward - plain |",
              "|---:|---:|---:|---:|---:|"]
     for seed in args.seeds:
         p, w = f1.get(f"plain-{seed}"), f1.get(f"reward-{seed}")
         if p is not None and w is not None:
-            lines.append(f"| {seed} | {s0} | {p:.3f} | {w:.3f} | {w - p:+.3f} |")
+            lines.append(f"| {seed} | {f1['start']:.3f} | {p:.3f} | {w:.3f} | {w - p:+.3f} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
