@@ -8,7 +8,8 @@ demo's trained ControlNet on the embedded circles, three seeds (a benchmark, not
 
 1. data: the demo's circles (`cnetcli.demo.make_data`: 2000 training circles, `--eval-count` held out);
 2. start: the demo's ControlNet (`DEMO_RECIPE`, 600 steps, trained here through the demo's launcher unless
-   `--start` names one);
+   `--start` names one), or `--start scratch`: a fresh ControlNet from the base UNet (zero convolutions; its F1
+   is the untrained one's);
 3. for each seed, two continuations from it with the same recipe, seed, data order, noise and timesteps:
    `plain` and `--reward canny` (the circles' outline hints are what canny finds, cnet's eval scores them with
    canny too). The recipe: the embedded base's `paper` preset (constant lr 1e-3, uniform timesteps, batch 32,
