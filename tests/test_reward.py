@@ -117,7 +117,30 @@ def test_reward_auto_reads_the_type_and_thresholds_from_the_provenance(tmp_path)
     for i in range(2):
         p = d / f"conditioning_images/{i}.png"
         Provenance(type="canny", params={"low": 50, "high": 150}).write(p, np.asarray(Image.open(p)))
-    assert resolve_type("auto", read_dataset(str(d))) == ("canny", {"low": 50, "high": 150})
+    assert resolve_type("auto", read_dataset(str(d))) == ("canny", {"low": 50, "high": 150}, None)
+
+
+def test_reward_refuses_hints_another_maker_drew_and_warns_without_provenance(tmp_path):
+    # the circles' outlines are not canny's edges of their photos (a blank image out-scored the true one):
+    # --reward canny (and auto, which maps circle-outline to canny) is refused before any model loads
+    from cnetcli.data.provenance import Provenance
+    from cnetcli.training.data import read_dataset
+    from cnetcli.training.reward import resolve_type
+    from tests.test_train import _write_dataset
+
+    d = _write_dataset(tmp_path / "ds", n=2)
+    name, params, note = resolve_type("canny", read_dataset(str(d)))  # no provenance: trained, with a note
+    assert (name, params) == ("canny", {}) and "--reward canny" in note and "as canny's labels" in note
+    from PIL import Image
+
+    for i in range(2):
+        p = d / f"conditioning_images/{i}.png"
+        Provenance(type="circle-outline", params={"thickness": 2}).write(p, np.asarray(Image.open(p)))
+    for reward in ("canny", "auto"):
+        with pytest.raises(CnetError, match="--reward canny: .*'circle-outline'.*cnet annotate -t canny IMAGES "
+                                            "--dataset OUT") as e:
+            resolve_type(reward, read_dataset(str(d)))
+        assert "\n" not in str(e.value)
 
 
 def _weights(out):

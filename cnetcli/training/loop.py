@@ -136,11 +136,12 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
         index = read_dataset(cfg.data, image_column=cfg.image_column, conditioning_column=cfg.conditioning_column,
                              caption_column=cfg.caption_column, max_samples=cfg.max_train_samples, split=cfg.split,
                              allow_outside_paths=cfg.allow_outside_paths)
-    reward_spec = None
+    reward_spec, reward_note = None, None
     if cfg.reward is not None:  # the hint type (auto: the provenance's) and its reward model, before models load
         from .reward import resolve_type
 
-        reward_spec = resolve_type(cfg.reward, index)
+        reward_type, reward_params, reward_note = resolve_type(cfg.reward, index)
+        reward_spec = (reward_type, reward_params)
 
     import torch
 
@@ -161,6 +162,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
                          + launcher_note(accelerator))
     if index is not None and index.skipped:
         reporter.message(f"skipped {index.skipped} unreadable dataset rows (e.g. {index.skipped_examples[0]})")
+    if reward_note:
+        reporter.message(f"warning: {reward_note}")
     cuda = device.type == "cuda"
     if accelerator.is_main_process and (note := single_process_launch_note(world, cuda)):
         reporter.message(f"note: {note}")

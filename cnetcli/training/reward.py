@@ -34,9 +34,17 @@ class Reward:
     max_timestep: int
 
 
-def resolve_type(reward: str, index: Any) -> tuple[str, dict[str, Any]]:
-    """(hint type, annotator parameters) of `--reward` over a dataset index, before any model loads: `auto` is
-    the type the first hint PNG's provenance names. A type without a reward model is a clear error."""
+def resolve_type(reward: str, index: Any) -> tuple[str, dict[str, Any], str | None]:
+    """(hint type, annotator parameters, a note or None) of `--reward` over a dataset index, before any model
+    loads: `auto` is the type the first hint PNG's provenance names. A type without a reward model is a clear
+    error.
+
+    The reward compares the reward model's re-annotation of the generated image with the sample's hint, so the
+    hint must be what that annotator finds on the training image (ControlNet++: the label is the condition, and
+    the condition is the annotator's output). Hints whose provenance names another maker are refused: the
+    circles' drawn outlines sit ~1 px off canny's edges of their own photos, so `--reward canny` scored the true
+    image worse than a blank one (benchmarks/RESULTS_reward.md) and could only pull away from it. Hints without
+    provenance (hub rows, shards, other tools) cannot be checked: the note says the hints are taken as labels."""
     from pathlib import Path
 
     from ..annotators import get_rewardable
@@ -49,13 +57,20 @@ def resolve_type(reward: str, index: Any) -> tuple[str, dict[str, Any]]:
             raise UsageError("--reward auto: the dataset's first hint carries no provenance naming its type; "
                              "pass the type (e.g. --reward canny)")
         reward = prov.type
-    ht = get_rewardable(reward)  # a type re-annotated as another (circle-outline: canny) takes that one's model
-    params = dict(prov.params) if prov is not None and prov.type == ht.name else {}
+    ht = get_rewardable(reward)  # a type re-annotated as another (circle-outline) names the model it would need
+    if prov is not None and prov.type != ht.name:
+        raise UsageError(f"--reward {ht.name}: the dataset's hints were made by '{prov.type}', not by the "
+                         f"{ht.name} annotator, so they are not {ht.name}'s labels for the images; re-annotate "
+                         f"the photos: cnet annotate -t {ht.name} IMAGES --dataset OUT, and train on OUT")
+    note = None if prov is not None else (
+        f"--reward {ht.name}: the hints carry no provenance; the reward takes them as {ht.name}'s labels for "
+        f"the images (make them with cnet annotate -t {ht.name} IMAGES --dataset OUT)")
+    params = dict(prov.params) if prov is not None else {}
     try:
         ht.make_params(**params)
     except UsageError:  # provenance written by another cnet version: the type's defaults
         params = {}
-    return ht.name, params
+    return ht.name, params, note
 
 
 def build_reward(cfg: Any, hint_type: str, params: dict[str, Any], device: Any) -> Reward:
