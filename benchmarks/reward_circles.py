@@ -6,13 +6,16 @@ demo's trained ControlNet on the embedded circles, three seeds (a benchmark, not
     PYTHONPATH=$PWD python benchmarks/reward_circles.py --out /tmp/reward-lr1e-4 --start /tmp/reward-circles/start/controlnet \
         --data /tmp/reward-circles/data --lr 1e-4
 
-1. data: the demo's circles (`cnetcli.demo.make_data`: 2000 training circles, `--eval-count` held out);
-2. start: the demo's ControlNet (`DEMO_RECIPE`, 600 steps, trained here through the demo's launcher unless
-   `--start` names one), or `--start scratch`: a fresh ControlNet from the base UNet (zero convolutions; its F1
-   is the untrained one's);
+1. data: the demo's circles (`cnetcli.demo.make_data`: 2000 training circles, `--eval-count` held out), their
+   photos re-annotated with `cnet annotate -t canny PHOTOS --dataset OUT/canny/...` (captions kept), so every
+   hint is canny of its image: ControlNet++'s label. The circles' own hints (1 px outlines drawn at the radius)
+   sit ~1 px off canny's edges of the photo, where the true image scores worse than a blank one
+   (benchmarks/reward_floor.py), and `cnet train --reward` refuses them;
+2. start: a ControlNet trained on the canny data (`DEMO_RECIPE`, `--start-steps`, default the demo's 600,
+   optionally from `--start-from`, trained here through the demo's launcher unless `--start` names one), or
+   `--start scratch`: a fresh ControlNet from the base UNet (zero convolutions; its F1 is the untrained one's);
 3. for each seed, two continuations from it with the same recipe, seed, data order, noise and timesteps:
-   `plain` and `--reward canny` (the circles' outline hints are what canny finds, cnet's eval scores them with
-   canny too). The recipe: the embedded base's `paper` preset (constant lr 1e-3, uniform timesteps, batch 32,
+   `plain` and `--reward canny` (cnet's eval scores with canny too). The recipe: the embedded base's `paper` preset (constant lr 1e-3, uniform timesteps, batch 32,
    50% empty prompts), so about 20% of each batch (t <= 200) is rewarded; `--lr` replaces its lr (the demo's
    cosine ends at lr 0, so a constant 1e-3 first knocks the start off its minimum);
 4. eval: the held-out hints sampled as the demo samples them (DDIM 20, CFG 3, each hint's own prompt, sampling
@@ -67,6 +70,29 @@ def edge_f1(dcfg: Any, models: Any, controlnet: Path | None, hints: list[Path], 
     return summary(evaluate_folder(out))["f1"]
 
 
+def canny_dataset(circles: Path, dst: Path) -> Path:
+    """`dst`: the circles dataset `circles` with its hints replaced by canny of its photos (`cnet annotate -t canny
+    PHOTOS --dataset dst`, captions kept), made once. The photos are staged with a metadata.jsonl beside them,
+    where annotate reads their captions."""
+    import shutil
+    import subprocess
+
+    if (dst / "metadata.jsonl").exists():
+        return dst
+    stage = dst.with_name(dst.name + "-photos")
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    rows = [json.loads(line) for line in (circles / "metadata.jsonl").read_text().splitlines()]
+    for r in rows:
+        shutil.copy(circles / r["file_name"], stage / Path(r["file_name"]).name)
+    (stage / "metadata.jsonl").write_text("".join(json.dumps({"file_name": Path(r["file_name"]).name,
+                                                              "text": r["text"]}) + "\n" for r in rows))
+    subprocess.run([sys.executable, "-m", "cnetcli", "annotate", "-t", "canny", str(stage), "--dataset", str(dst),
+                    "--overwrite"], check=True)
+    shutil.rmtree(stage)
+    return dst
+
+
 def _timed(cfg: Any, procs: int) -> tuple[float, Any]:
     """(seconds, TrainResult) of one continuation, in `procs` local processes (the demo's launcher)."""
     from cnetcli.training import train
@@ -84,7 +110,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--start", help="a trained ControlNet folder (default: train the demo's here), or `scratch`: a "
                     "fresh ControlNet from the base UNet (zero convs), the weakest start, where an effect can show")
-    ap.add_argument("--data", type=Path, help="an earlier OUT/data folder to reuse (default: make it in OUT)")
+    ap.add_argument("--data", type=Path, help="an earlier OUT/data folder of circles to reuse (default: make it "
+                    "in OUT); its photos are annotated with canny into OUT/canny")
+    ap.add_argument("--start-steps", type=int, help="steps of the start's training (default: the demo's)")
+    ap.add_argument("--start-from", help="a ControlNet the start's training begins from (default: the base UNet)")
     ap.add_argument("--lr", type=float, help="the continuation's constant lr (default: the paper preset's 1e-3)")
     ap.add_argument("--eval-count", type=int, default=32)
     ap.add_argument("--reward-weight", type=float, default=1.0)
@@ -107,9 +136,15 @@ def main() -> None:
     from cnetcli.data import read_dataset
     from cnetcli.synthetic import heldout_dir
 
-    held = read_dataset(heldout_dir(out / "data" / "train"))
+    train_dir = canny_dataset(out / "data" / "train", out / "canny" / "train")
+    canny_dataset(heldout_dir(out / "data" / "train"), heldout_dir(train_dir))
+    held = read_dataset(heldout_dir(train_dir))
     hints, prompts = [h for _, h, _ in held][: args.eval_count], [t for _, _, t in held][: args.eval_count]
-    tcfg = dcfg.train_config()
+    tcfg = dcfg.train_config().replace(data=str(train_dir))
+    if args.start_steps is not None:
+        tcfg = tcfg.replace(max_steps=args.start_steps)
+    if args.start_from is not None:
+        tcfg = tcfg.replace(controlnet=args.start_from)
     procs = train_processes(tcfg, False)
     scratch = args.start == SCRATCH
     start = None if scratch else (Path(args.start) if args.start else None)
@@ -125,6 +160,8 @@ def main() -> None:
         recipe["learning_rate"] = args.lr
     # one OUT holds one recipe: the runs it skips must have been trained as the ones it would train
     shown = {"steps": args.steps, "learning_rate": recipe["learning_rate"], "reward_weight": args.reward_weight,
+             "hints": "canny", **({"start_steps": tcfg.max_steps, "start_from": args.start_from} if start == out /
+                                  "start" / "controlnet" else {}),
              **({"start": SCRATCH} if scratch else {})}
     if res.setdefault("recipe", shown) != shown:
         sys.exit(f"{res_path} holds runs of another recipe ({res['recipe']}); give another --out")
@@ -156,7 +193,8 @@ def main() -> None:
             f1[key] = edge_f1(dcfg, models, out / key / "controlnet", hints, prompts, out / "generated" / key)
             _save(res_path, res)
     n, lr = args.steps, recipe["learning_rate"]
-    lines = [f"| seed | start ({args.start or 'demo, 600 steps'}) | +{n} plain (lr {lr:g}) | +{n} --reward canny "
+    started = args.start or f"{tcfg.max_steps} demo steps on canny hints" + (" from a ControlNet" if args.start_from else "")
+    lines = [f"| seed | start ({started}) | +{n} plain (lr {lr:g}) | +{n} --reward canny "
              f"(weight {args.reward_weight:g}) | reward - plain |",
              "|---:|---:|---:|---:|---:|"]
     for seed in args.seeds:
