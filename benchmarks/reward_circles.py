@@ -7,8 +7,9 @@ demo's trained ControlNet on the embedded circles, three seeds (a benchmark, not
         --data /tmp/reward-circles/data --lr 1e-4
 
 1. data: the demo's circles (`cnetcli.demo.make_data`: 2000 training circles, `--eval-count` held out), their
-   photos re-annotated with `cnet annotate -t canny PHOTOS --dataset OUT/canny/...` (captions kept), so every
-   hint is canny of its image: ControlNet++'s label. The circles' own hints (1 px outlines drawn at the radius)
+   photos re-annotated with `cnet annotate -t canny PHOTOS --dataset OUT/canny/... --keep-size` (captions kept;
+   --keep-size: canny at the photos' own 64 px, as training sees them; canny of a 512 px upscale resized back
+   is not), so every hint is canny of its image: ControlNet++'s label. The circles' own hints (1 px outlines drawn at the radius)
    sit ~1 px off canny's edges of the photo, where the true image scores worse than a blank one
    (benchmarks/reward_floor.py), and `cnet train --reward` refuses them;
 2. start: a ControlNet trained on the canny data (`DEMO_RECIPE`, `--start-steps`, default the demo's 600,
@@ -88,7 +89,7 @@ def canny_dataset(circles: Path, dst: Path) -> Path:
     (stage / "metadata.jsonl").write_text("".join(json.dumps({"file_name": Path(r["file_name"]).name,
                                                               "text": r["text"]}) + "\n" for r in rows))
     subprocess.run([sys.executable, "-m", "cnetcli", "annotate", "-t", "canny", str(stage), "--dataset", str(dst),
-                    "--overwrite"], check=True)
+                    "--keep-size", "--overwrite"], check=True)
     shutil.rmtree(stage)
     return dst
 

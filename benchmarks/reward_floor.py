@@ -1,9 +1,10 @@
 """The reward's floor on a circles dataset: what ControlNet++'s canny consistency loss (cnet's SoftCanny, MSE)
 gives a *perfect* prediction (the training image itself, and its VAE round trip through the base) against the
-circle-outline hint, against an all-black prediction, and how far the outline hint and cv2's canny of the image
-agree pixel for pixel (a benchmark, not a timed test; results in benchmarks/RESULTS_reward.md).
+dataset's hint (the circles' outline, or canny of the photo as benchmarks/reward_circles.py makes it), against an
+all-black prediction, and how far the hint and cv2's canny of the image agree pixel for pixel (a benchmark, not a timed test; results in benchmarks/RESULTS_reward.md).
 
     PYTHONPATH=$PWD python benchmarks/reward_floor.py /tmp/reward-circles/data/train --count 64
+    PYTHONPATH=$PWD python benchmarks/reward_floor.py /tmp/rwfix/w10/canny/train --count 64  # canny hints
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def main() -> None:
     hints = np.stack([np.asarray(Image.open(args.data / r["conditioning_image_file_name"]).convert("RGB"))
                       for r in rows])
     canny = np.stack([cv2.Canny(i, 100, 200) for i in images]) > 127
-    outline = hints.mean(-1) > 127
-    print(f"pixels per image: outline hint {outline.sum((1, 2)).mean():.1f}, cv2 canny of the image "
+    outline = hints.mean(-1) > 127  # the hint's edge pixels
+    print(f"pixels per image: the hint {outline.sum((1, 2)).mean():.1f}, cv2 canny of the image "
           f"{canny.sum((1, 2)).mean():.1f}, both {(outline & canny).sum((1, 2)).mean():.1f}")
 
     sc = SoftCanny()  # the canny type's defaults (100, 200): what --reward canny uses for circle-outline hints
