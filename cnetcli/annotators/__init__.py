@@ -305,7 +305,8 @@ def reward_types() -> list[str]:
 
 def get_rewardable(name: str) -> HintType:
     """The type whose reward model scores `name`'s hints: the type itself, or the one that re-annotates it
-    (`reannotate_as`: the circles' outlines are what canny finds); a `UsageError` naming the types with one."""
+    (`reannotate_as`: canny scores the circles' outlines in eval; `cnet train --reward` refuses hints another
+    maker drew, training/reward.py); a `UsageError` naming the types with one."""
     ht = get_type(name)
     if ht.reward is None and ht.reannotate_as:
         ht = get_type(ht.reannotate_as)
