@@ -673,7 +673,8 @@ def run_own_loop(models: Models, cfg: GenerateConfig, jobs: list[Job], prompts_:
 
     first, family = jobs[0], models.family
     width, height = first.width, first.height
-    true_cfg = float(cfg.true_cfg or 1.0)
+    # --cfg is classifier-free guidance where it feeds no distilled guidance embedding (Qwen-Image's true CFG)
+    true_cfg = float(cfg.true_cfg or (1.0 if family.distilled_guidance else cfg.guidance(family)))
     enc = encode_prompts(models, prompts_, cfg.negative_prompt, true_cfg > 1.0 and bool(cfg.negative_prompt))
     n = len(first.hints)
     scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
@@ -714,7 +715,7 @@ def decode(models: Models, cfg: GenerateConfig, latents: Any, width: int, height
             z = latents[s: s + step]
             # the VAE may run in another dtype than the UNet (the family's: SDXL's stays fp32 under fp16)
             z = models.family.from_latents(models.vae.config, z.to(models.vae.dtype))
-            img = models.vae.decode(z, return_dict=False)[0]
+            img = models.family.decode_latents(models.vae, z)
             check_finite(img, models, (), "the decoded images")
             img = (img.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
             out += [np.ascontiguousarray(a) for a in img.numpy()]

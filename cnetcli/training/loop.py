@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import Interrupted, TrainingError, UsageError, first_line
-from ..models.families import vae_scale_factor
+from ..models.families import vae_latent_channels, vae_scale_factor
 from ..reporting import NullReporter, Reporter
 from .config import TrainConfig
 from .outputs import save_outputs
@@ -253,7 +253,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
                                              num_workers=cfg.num_workers, pin_memory=cuda)
 
     vae_factor = vae_scale_factor(models.vae.config)
-    latent_shape = (models.vae.config.latent_channels, cfg.resolution // vae_factor, cfg.resolution // vae_factor)
+    latent_shape = (vae_latent_channels(models.vae.config), cfg.resolution // vae_factor, cfg.resolution // vae_factor)
     if cuda:  # what is on the GPU and the estimated peak, before the first step can run out of memory
         from .memory import plan_for
 

@@ -19,7 +19,8 @@ the ControlNet
     `init_controlnet(denoiser, vae, seed, small_scale)` (from_unet / from_transformer, which blocks),
     `small_scale_params(controlnet)` (what --small-scale freezes, `set_connected`), `disconnect(residuals)`.
 latents
-    `vae_dtype`, `latent_channels`, `to_latents(vae_config, z)` / `from_latents(vae_config, z)` (the VAE's
+    `vae_dtype`, `latent_channels`, `encode_pixels(vae, px)` / `decode_latents(vae, z)` (a video-style VAE
+    takes one frame), `to_latents(vae_config, z)` / `from_latents(vae_config, z)` (the VAE's
     scale AND shift; `scale_latents` below is the one formula; FLUX packs 2x2 patches in its forward).
 the objective (training and x0 for a reward loss)
     `draw_timesteps(generator, n, scheduler, settings, device)`, `noisy_and_target(scheduler, latents, noise,
@@ -64,9 +65,18 @@ def _as_list(p: str | list[str]) -> list[str]:
 
 
 def vae_scale_factor(vae_config: Any) -> int:
-    """Pixels per latent pixel: 2 ** (number of VAE blocks - 1), 8 for every released SD/SD3/FLUX VAE."""
+    """Pixels per latent pixel: 2 ** (number of VAE blocks - 1), 8 for every released SD/SD3/FLUX VAE; a video-style
+    VAE (Qwen-Image's) halves the size once per entry of its `temperal_downsample`, as its pipeline reads it."""
+    temporal = config_get(vae_config, "temperal_downsample")
+    if temporal is not None:
+        return 2 ** len(temporal)
     boc = config_get(vae_config, "block_out_channels") or (128, 256, 512, 512)
     return 2 ** (len(boc) - 1)
+
+
+def vae_latent_channels(vae_config: Any) -> int:
+    """The VAE's latent channels (`latent_channels`; a video-style VAE's `z_dim`)."""
+    return int(config_get(vae_config, "latent_channels") or config_get(vae_config, "z_dim"))
 
 
 def scale_latents(vae_config: Any, z: Any) -> Any:
@@ -248,6 +258,14 @@ class ModelFamily:
     def latent_channels(self, denoiser_config: Any, vae_config: Any = None) -> int:
         return int(config_get(denoiser_config, "in_channels"))
 
+    def encode_pixels(self, vae: Any, pixels: Any) -> Any:
+        """The VAE's posterior (`.mean`, `.std`, `.sample(generator)`, B x C x h x w) of pixels in [-1, 1]."""
+        return vae.encode(pixels).latent_dist
+
+    def decode_latents(self, vae: Any, z: Any) -> Any:
+        """Pixels in [-1, 1] (B x 3 x H x W) the VAE decodes from `from_latents`' output."""
+        return vae.decode(z, return_dict=False)[0]
+
     def to_latents(self, vae_config: Any, z: Any) -> Any:
         return scale_latents(vae_config, z)
 
@@ -386,7 +404,7 @@ class ModelFamily:
 
 #: the family modules (each defines `FAMILY`, its ModelFamily subclass), most specific first: detection asks
 #: them in this order, and the last one (SD1.x/2.x) takes what no other claims
-FAMILY_MODULES = ("sdxl", "sd3", "flux", "sd")
+FAMILY_MODULES = ("sdxl", "sd3", "flux", "qwenimage", "sd")
 
 
 def _families() -> tuple[type[ModelFamily], ...]:
@@ -466,4 +484,5 @@ def denoiser_folder(pipeline_config: Any) -> str:
 
 
 __all__ = ["DEFAULT_FAMILY", "ModelFamily", "all_families", "release_keys", "PromptEncoding", "cond_rows", "denoiser_folder", "family_named", "family_names",
-           "family_of", "denoiser_folders", "scale_latents", "unscale_latents", "vae_scale_factor"]
+           "family_of", "denoiser_folders", "scale_latents", "unscale_latents", "vae_latent_channels",
+           "vae_scale_factor"]

@@ -1,0 +1,138 @@
+"""The Qwen-Image family: detection, its ControlNet, the text encoding the pipeline does, and `cnet generate`
+equal to diffusers' QwenImageControlNetPipeline (tiny base, fp32, same seed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cnetcli.models.families import family_of
+from cnetcli.models.families.qwenimage import QwenImage
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def parts(qwenimage_dir):
+    from diffusers import QwenImagePipeline
+
+    return dict(QwenImagePipeline.from_pretrained(qwenimage_dir).components)
+
+
+@pytest.fixture(scope="module")
+def controlnet_dir(parts, tmp_path_factory):
+    """A 2-block ControlNet whose zero-initialised layers are no longer zero (so it changes the image)."""
+    from cnetcli.models.tiny_qwen import tiny_qwenimage_controlnet
+
+    net = tiny_qwenimage_controlnet(parts["transformer"], seed=3, num_layers=2)
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    d = tmp_path_factory.mktemp("qwen-cn") / "controlnet"
+    net.save_pretrained(str(d))
+    return d
+
+
+def test_the_tiny_tokenizer_splits_the_template_as_qwens_does(parts):
+    """The pipeline drops the template's first 34 tokens: the tiny tokenizer makes them exactly 34, so what is
+    left is the prompt and the template's tail, as with the real tokenizer."""
+    from diffusers import QwenImagePipeline
+
+    prefix = QwenImagePipeline.__init__.__code__.co_consts  # the template is a constant of __init__
+    template = next(c for c in prefix if isinstance(c, str) and "<|im_start|>system" in c)
+    assert len(parts["tokenizer"](template.split("{}")[0]).input_ids) == 34
+
+
+def test_detected_from_the_folder_and_the_configs(qwenimage_dir, parts):
+    index = json.loads((qwenimage_dir / "model_index.json").read_text())
+    assert family_of(None, index).name == "qwenimage"
+    assert family_of(dict(parts["transformer"].config)).name == "qwenimage"
+    fam = QwenImage()
+    assert fam.latent_channels(parts["transformer"].config) == parts["vae"].config.z_dim == 4
+    from cnetcli.models.families import vae_latent_channels, vae_scale_factor
+
+    assert vae_scale_factor(parts["vae"].config) == 4 and vae_latent_channels(parts["vae"].config) == 4
+    assert fam.default_resolution(parts["transformer"].config, parts["vae"].config) == 1024
+
+
+def test_small_scale_is_two_blocks_and_the_blocks_are_copied(parts):
+    fam, t = QwenImage(), parts["transformer"]
+    full, small = fam.init_controlnet(t, parts["vae"], 0), fam.init_controlnet(t, parts["vae"], 0, small_scale=True)
+    assert (full.config.num_layers, small.config.num_layers) == (4, 2)  # min(5, the base's 4); 2
+    assert torch.equal(full.transformer_blocks[1].attn.to_q.weight, t.transformer_blocks[1].attn.to_q.weight)
+    assert all(p.abs().sum() == 0 for p in full.controlnet_x_embedder.parameters())
+    cfg = fam.new_controlnet_config(t.config, parts["vae"].config, small_scale=True)
+    assert {k: v for k, v in small.config.items() if k in cfg} == {**cfg, "axes_dims_rope": small.config.axes_dims_rope}
+
+
+def test_latents_round_trip_and_use_the_per_channel_statistics(parts):
+    fam, vae = QwenImage(), parts["vae"]
+    z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    mean = torch.tensor(vae.config.latents_mean).view(1, 4, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, 4, 1, 1)
+    torch.testing.assert_close(fam.to_latents(vae.config, z), (z - mean) / std)
+    torch.testing.assert_close(fam.from_latents(vae.config, fam.to_latents(vae.config, z)), z)
+    with torch.no_grad():
+        px = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 2 - 1
+        dist = fam.encode_pixels(vae, px)
+        assert dist.mean.shape == (1, 4, 8, 8)
+        torch.testing.assert_close(dist.mean, vae.encode(px.unsqueeze(2)).latent_dist.mean[:, :, 0])
+        assert fam.decode_latents(vae, dist.mean).shape == (1, 3, 32, 32)
+
+
+def test_text_mask_is_the_pipelines(parts):
+    from diffusers import QwenImagePipeline
+
+    fam = QwenImage()
+    text = {"text_encoder": parts["text_encoder"], "tokenizer": parts["tokenizer"]}
+    pipe = QwenImagePipeline(scheduler=None, vae=None, transformer=None, **text)
+    prompts = ["red circle", "a blue circle on red, circle"]
+    with torch.no_grad():
+        emb, mask = pipe.encode_prompt(prompts, device="cpu")
+        enc = fam.encode_prompt(text, prompts)
+        padded = fam.encode_prompt(text, prompts, training=True).prompt_embeds
+    torch.testing.assert_close(enc.prompt_embeds, emb)
+    assert torch.equal(fam.text_mask(enc.prompt_embeds), mask)
+    assert padded.shape[1] == fam.max_sequence_length and torch.equal(padded[:, :emb.shape[1]], emb)
+    assert fam.text_mask(enc.prompt_embeds[:1, :7]) is None  # no padding: the pipeline passes no mask
+
+
+def _hint(path, seed):
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(seed).random((64, 64, 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def _pipeline_image(parts, controlnet_dir, hint, *, seed, steps, negative=None, cfg=4.0, scale=1.0):
+    from diffusers import QwenImageControlNetModel, QwenImageControlNetPipeline
+    from PIL import Image
+
+    pipe = QwenImageControlNetPipeline(**parts, controlnet=QwenImageControlNetModel.from_pretrained(controlnet_dir))
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a red circle", negative_prompt=negative, true_cfg_scale=cfg, control_image=Image.open(hint),
+               controlnet_conditioning_scale=scale, height=64, width=64, num_inference_steps=steps,
+               generator=torch.Generator().manual_seed(seed), output_type="np")
+    return out.images[0]
+
+
+@pytest.mark.parametrize("kind", ["plain", pytest.param("true-cfg", marks=pytest.mark.slow)])
+def test_generate_equals_qwenimage_controlnet_pipeline(qwenimage_dir, parts, controlnet_dir, tmp_path, kind):
+    """`cnet generate`'s Python call (the CLI's) on the base folder and the ControlNet folder gives the pipeline's
+    image within 1/255: hint VAE draw then noise from one seed, the shifted schedule, packed latents, the
+    normalised VAE latents; with a negative prompt, --cfg as true CFG with the pipeline's norm rescale."""
+    from cnetcli.generation import GenerateConfig, generate
+
+    hint = _hint(tmp_path / "hint.png", 5)
+    negative = "blue" if kind == "true-cfg" else None
+    want = _pipeline_image(parts, controlnet_dir, hint, seed=7, steps=3, negative=negative, scale=0.8)
+    cfg = GenerateConfig(base=str(qwenimage_dir), hints=(str(hint),), controlnets=(str(controlnet_dir),),
+                         prompt=("a red circle",), negative_prompt=negative or "", scales=(0.8,), steps=3, seed=7,
+                         save=False, device="cpu")
+    got = generate(cfg)[0].array
+    assert got.shape == (64, 64, 3)
+    assert np.abs(got / 255.0 - want).max() <= 1 / 255
