@@ -136,3 +136,71 @@ def test_generate_equals_qwenimage_controlnet_pipeline(qwenimage_dir, parts, con
     got = generate(cfg)[0].array
     assert got.shape == (64, 64, 3)
     assert np.abs(got / 255.0 - want).max() <= 1 / 255
+
+
+def _script_loss(parts, cn, px, hint, prompts, *, sample, hint_sample, noise, u):
+    """One step as diffusers' train_dreambooth_lora_qwen_image.py computes it (VAE latents normalised with
+    latents_mean / (1 / latents_std), index int(u * 1000) into the scheduler copy's tables, 5D latents packed,
+    timestep / 1000, target noise - x0), with the ControlNet's residuals as QwenImageControlNetPipeline passes
+    them (hint VAE latents normalised and packed the same way). 4D tensors stand for the one-frame 5D ones."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline
+
+    vae, tr = parts["vae"], parts["transformer"]
+    mean = torch.tensor(vae.config.latents_mean).view(1, 4, 1, 1, 1)
+    inv_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, 4, 1, 1, 1)
+    pipe = QwenImagePipeline(scheduler=None, vae=None, transformer=None, text_encoder=parts["text_encoder"],
+                             tokenizer=parts["tokenizer"])
+    emb, mask = pipe.encode_prompt(prompts, device="cpu")
+    sched = FlowMatchEulerDiscreteScheduler.from_config(parts["scheduler"].config)
+
+    def latents(pixels, eps):
+        dist = vae.encode(pixels.unsqueeze(2)).latent_dist
+        return ((dist.mean + dist.std * eps.unsqueeze(2)) - mean) * inv_std
+
+    def pack(x5):  # the script's permute, then _pack_latents
+        x = x5.permute(0, 2, 1, 3, 4)
+        return QwenImagePipeline._pack_latents(x, x.shape[0], x.shape[2], x.shape[3], x.shape[4])
+
+    x0 = latents(px, sample)
+    idx = (u * sched.config.num_train_timesteps).long()
+    timesteps, sigmas = sched.timesteps[idx], sched.sigmas[idx].view(-1, 1, 1, 1, 1)
+    eps = noise.unsqueeze(2)
+    noisy = (1.0 - sigmas) * x0 + sigmas * eps
+    img_shapes = [(1, x0.shape[-2] // 2, x0.shape[-1] // 2)] * x0.shape[0]
+    kw = dict(hidden_states=pack(noisy), encoder_hidden_states=emb, encoder_hidden_states_mask=mask,
+              timestep=timesteps / 1000, img_shapes=img_shapes, return_dict=False)
+    res = cn(controlnet_cond=pack(latents(hint, hint_sample)), conditioning_scale=1.0, **kw)
+    pred = QwenImagePipeline._unpack_latents(tr(**kw, controlnet_block_samples=res)[0], px.shape[-2], px.shape[-1],
+                                             4)
+    return torch.mean(((pred.float() - (eps - x0).float()) ** 2).reshape(x0.shape[0], -1), 1).mean()
+
+
+@pytest.mark.parametrize("small", [False, True], ids=["full", "small-scale"])
+def test_train_step_equals_the_diffusers_qwen_image_script(parts, small):
+    """cnet's step (text padded to max_sequence_length with the mask read back from the zero rows) gives the
+    script's loss (the pipeline's batch padding), full and --small-scale (2 blocks feeding 2 base blocks each)."""
+    from cnetcli.training.step import Noise, TrainModels, training_step
+
+    fam = QwenImage()
+    cn = fam.init_controlnet(parts["transformer"], parts["vae"], seed=1, small_scale=small)
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for p in cn.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    px = torch.rand(2, 3, 32, 32, generator=g) * 2 - 1
+    hint = torch.rand(2, 3, 32, 32, generator=g)
+    sample, hint_sample, noise = (torch.randn(2, 4, 8, 8, generator=g) for _ in range(3))
+    u = torch.tensor([0.15, 0.8])
+    prompts = ["a red circle", ""]
+    with torch.no_grad():
+        want = _script_loss(parts, cn, px, hint * 2 - 1, prompts, sample=sample, hint_sample=hint_sample,
+                            noise=noise, u=u)
+    models = TrainModels(denoiser=parts["transformer"], controlnet=cn, vae=parts["vae"],
+                         text={"text_encoder": parts["text_encoder"], "tokenizer": parts["tokenizer"]},
+                         noise_scheduler=fam.training_scheduler(parts["scheduler"]), weight_dtype=torch.float32,
+                         family=fam)
+    batch = {"pixel_values": px, "conditioning_pixel_values": hint, "text": prompts,
+             "micro": torch.tensor([[32, 32, 0, 0]] * 2)}
+    got = training_step(models, batch, Noise(sample, noise, (u * 1000).long(), hint_sample))
+    assert want > 0
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
