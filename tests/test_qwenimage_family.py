@@ -204,3 +204,23 @@ def test_train_step_equals_the_diffusers_qwen_image_script(parts, small):
     got = training_step(models, batch, Noise(sample, noise, (u * 1000).long(), hint_sample))
     assert want > 0
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+def test_single_file_is_the_layout_comfyuis_qwen_loader_reads_and_reads_back(parts, controlnet_dir, tmp_path):
+    """--single-file writes the diffusers state dict (InstantX's Qwen-Image ControlNet files, ComfyUI's
+    `load_controlnet_qwen_instantx`); without cnet's metadata the config comes back from the shapes and the base."""
+    from diffusers import QwenImageControlNetModel
+    from safetensors.torch import save_file
+
+    from cnetcli.models.families import controlnet_file_family, flow_files
+
+    net = QwenImageControlNetModel.from_pretrained(controlnet_dir)
+    sd = {k: v.contiguous() for k, v in net.state_dict().items()}
+    assert flow_files.comfyui_loader(sd) == "load_controlnet_qwen_instantx"
+    assert controlnet_file_family(sd).name == "qwenimage"
+    save_file(sd, str(tmp_path / "cn.safetensors"))  # no metadata: a file from elsewhere
+    back = QwenImage().load_controlnet_file(tmp_path / "cn.safetensors", denoiser_config=parts["transformer"].config)
+    from cnetcli.models.families.qwenimage import CONTROLNET_KEYS
+
+    assert {k: back.config[k] for k in CONTROLNET_KEYS} == {k: net.config[k] for k in CONTROLNET_KEYS}
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in sd.items())

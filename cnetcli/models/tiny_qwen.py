@@ -58,6 +58,7 @@ def _text_encoder(vocab_size: int, seed: int) -> Any:
     config = Qwen2_5_VLConfig(
         text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
                      "num_key_value_heads": 2, "vocab_size": vocab_size, "rope_theta": 1_000_000.0,
+                     "bos_token_id": None, "eos_token_id": None,
                      "rope_scaling": {"mrope_section": [1, 1, 2], "rope_type": "default", "type": "default"}},
         vision_config={"depth": 2, "hidden_size": 16, "intermediate_size": 16, "num_heads": 2, "out_hidden_size": 16},
         hidden_size=16, vocab_size=vocab_size, vision_start_token_id=vocab_size - 3, vision_end_token_id=vocab_size - 2,
