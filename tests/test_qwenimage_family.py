@@ -225,3 +225,33 @@ def test_single_file_is_the_layout_comfyuis_qwen_loader_reads_and_reads_back(par
 
     assert {k: back.config[k] for k in CONTROLNET_KEYS} == {k: net.config[k] for k in CONTROLNET_KEYS}
     assert all(torch.equal(v, back.state_dict()[k]) for k, v in sd.items())
+
+
+def test_sampled_latents_equal_the_pipelines_with_true_cfg(parts, controlnet_dir, tmp_path):
+    """The latents themselves (before the VAE, which hides small differences on the tiny base) equal the
+    pipeline's, with true CFG and its per-token norm rescale; CFG moves them far more than the tolerance."""
+    from diffusers import QwenImageControlNetModel, QwenImageControlNetPipeline
+    from PIL import Image
+
+    from cnetcli.generation.control import ControlUnit
+
+    fam = QwenImage()
+    net = QwenImageControlNetModel.from_pretrained(controlnet_dir)
+    hint = Image.open(_hint(tmp_path / "hint.png", 6))
+    pipe = QwenImageControlNetPipeline(**parts, controlnet=net)
+    pipe.set_progress_bar_config(disable=True)
+    text = {"text_encoder": parts["text_encoder"], "tokenizer": parts["tokenizer"]}
+    unit = ControlUnit(net, torch.from_numpy(np.array(hint)).permute(2, 0, 1)[None].float() / 255, 0.7, 0.0, 1.0)
+    out = {}
+    for neg in (None, "blue"):
+        want = pipe("a red circle", negative_prompt=neg, true_cfg_scale=6.0, control_image=hint,
+                    controlnet_conditioning_scale=0.7, height=64, width=64, num_inference_steps=3,
+                    generator=torch.Generator().manual_seed(9), output_type="latent").images
+        with torch.no_grad():
+            enc = fam.encode_prompt(text, ["a red circle"], negative_prompt=neg, do_classifier_free_guidance=bool(neg))
+            got = fam.sample_latents(parts["transformer"], [unit], [None], enc, [torch.Generator().manual_seed(9)],
+                                     size=(64, 64), steps=3, guidance=6.0, scheduler=parts["scheduler"],
+                                     vae=parts["vae"], true_cfg=6.0)
+        torch.testing.assert_close(fam._pack(got), want, rtol=1e-4, atol=1e-5)
+        out[neg] = want
+    assert (out["blue"] - out[None]).abs().max() > 1e-2
