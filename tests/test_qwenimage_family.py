@@ -257,3 +257,12 @@ def test_sampled_latents_equal_the_pipelines_with_true_cfg(parts, controlnet_dir
         torch.testing.assert_close(fam._pack(got), want, rtol=1e-4, atol=1e-5)
         out[neg] = want
     assert (out["blue"] - out[None]).abs().max() > 1e-2
+
+
+def test_release_lookup_is_instantxs_union_for_its_four_types():
+    from cnetcli.annotators import release_for
+
+    for t in ("canny", "softedge", "hed", "depth", "openpose"):
+        assert release_for(t, "qwenimage") == "InstantX/Qwen-Image-ControlNet-Union"
+    with pytest.raises(Exception, match="qwenimage"):
+        release_for("seg", "qwenimage")
