@@ -101,7 +101,9 @@ class QwenImage(Flux):
 
     @classmethod
     def matches_model_type(cls, kind: str) -> bool:
-        return kind.startswith("qwen")
+        """Never: diffusers' single-file detection has no Qwen-Image type (its "qwen-image-2.1" is another model,
+        with another pipeline), so a Qwen-Image base is a diffusers folder or hub id."""
+        return False
 
     def controlnet_depth(self, denoiser_config: Any, small_scale: bool = False) -> int:
         """A new ControlNet's blocks: never more than the base has."""
