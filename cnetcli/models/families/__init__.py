@@ -1,4 +1,5 @@
-"""Model families: everything that differs between bases (SD1.x/2.x, SDXL, SD3, FLUX) lives here, nowhere else.
+"""Model families: everything that differs between bases (SD1.x/2.x, SDXL, SD3, FLUX, Qwen-Image) lives here,
+nowhere else.
 
 The rest of cnet asks the base's `ModelFamily`; it never names the UNet or branches on a family's name.
 A family is detected ONCE, from the model's own files (`family_of`): model_index.json's `_class_name`, else the
@@ -115,7 +116,8 @@ class PromptEncoding:
 class ModelFamily:
     """The interface every family implements (see the module docstring for the whole list)."""
 
-    #: the family's name in cnet's one vocabulary ("sd15", "sdxl", "sd3", "flux"): configs, metadata, releases
+    #: the family's name in cnet's one vocabulary ("sd15", "sdxl", "sd3", "flux", "qwenimage"): configs, metadata,
+    #: releases
     name: ClassVar[str] = "base"
     #: older names of this family read back from saved files (train_config.json of earlier versions)
     aliases: ClassVar[tuple[str, ...]] = ()

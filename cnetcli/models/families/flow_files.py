@@ -4,9 +4,9 @@ The layout is diffusers' own (the `FluxControlNetModel` / `SD3ControlNetModel` s
 file), the form InstantX, Shakker and diffusers distribute these ControlNets in and ComfyUI's
 `comfy/controlnet.py` (`load_controlnet_state_dict`, read 2026-12) takes as it is: a file with
 `controlnet_blocks.0.weight` goes to `load_controlnet_flux_instantx` when it has `controlnet_x_embedder.weight`
-(and no XLabs `double_blocks.*`), to `load_controlnet_qwen_instantx` (InstantX's Qwen-Image ControlNets) when it
-has `transformer_blocks.0.img_mlp.net.0.proj.weight`, to `load_controlnet_mmdit` ("SD3 diffusers controlnet") when it has
-`pos_embed_input.proj.weight` and no Stability-format `transformer_blocks.0.adaLN_modulation.1.bias`. Those
+(and no XLabs `double_blocks.*`), to `load_controlnet_qwen_instantx` (InstantX's Qwen-Image ControlNets) when
+it has `transformer_blocks.0.img_mlp.net.0.proj.weight`, to `load_controlnet_mmdit` ("SD3 diffusers controlnet")
+when it has `pos_embed_input.proj.weight` and no Stability-format `transformer_blocks.0.adaLN_modulation.1.bias`. Those
 loaders convert the keys themselves (`convert_diffusers_mmdit`) and keep the originals, so no key map is
 needed; `comfyui_loader` records that dispatch so a test (and the export) can check which loader a file reaches.
 (ComfyUI encodes an SD3 ControlNet's hint without the VAE's shift factor, "SD3 controlnet weirdness" in its

@@ -68,7 +68,11 @@ class QwenImage(Flux):
 
     # ------------------------------------------------------------------ files and classes
     def component_classes(self) -> dict[str, Any]:
-        from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
+        from diffusers import (
+            AutoencoderKLQwenImage,
+            FlowMatchEulerDiscreteScheduler,
+            QwenImageTransformer2DModel,
+        )
         from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
 
         return {"transformer": QwenImageTransformer2DModel, "vae": AutoencoderKLQwenImage,
