@@ -112,6 +112,7 @@ class Trace:
     audit: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     small_scale: bool = False
+    vae_config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def with_margin(self) -> float:
@@ -475,7 +476,7 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
         lat = (vae.config.latent_channels, resolution // factor, resolution // factor)
         if flags.cached:  # cache.py's rows, on the host (not tracked): only the batch's rows reach the GPU
             text = {k: comps[k] for k in (*family.text_encoders, *family.tokenizers)}
-            emb = family.encode_prompt(text, [""], do_classifier_free_guidance=False)
+            emb = family.encode_prompt(text, [""], do_classifier_free_guidance=False, training=True)  # cache.py's
             if family_name in FLOW_TEXT and not tiny:  # the released encoders' row shapes
                 (tokens, width), pooled = FLOW_TEXT[family_name]
                 emb = dataclasses.replace(emb, prompt_embeds=torch.zeros(1, tokens, width, dtype=emb.prompt_embeds.dtype),
@@ -545,7 +546,7 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
         raise RuntimeError(f"ops CUDA autocast runs in fp32 ran in {bad}: the policy registration missed them")
     return Trace(family_name, resolution, batch, flags, total, at_peak, best[2], params, phases,
                  dict(unet.config), factor, weight_dtype,
-                 audit.sdpa, audit.counts, time.time() - t0, small_scale)
+                 audit.sdpa, audit.counts, time.time() - t0, small_scale, dict(vae.config))
 
 
 # ------------------------------------------------------------------------------------------- the table
@@ -562,7 +563,8 @@ def plan_estimate(tr: Trace) -> Any:
     lat = tr.resolution // tr.vae_factor
     return memory_plan(parts, batch_size=tr.batch, latent_pixels=lat * lat, eight_bit_adam=tr.flags.adam8,
                        gradient_checkpointing=tr.flags.checkpointing, act_dtype=w, cached=tr.flags.cached,
-                       denoiser_config=tr.unet_config, vae_factor=tr.vae_factor, family=fam)
+                       denoiser_config=tr.unet_config, vae_factor=tr.vae_factor, family=fam,
+                       vae_config=tr.vae_config or None)
 
 
 def table(traces: list[Trace]) -> str:
