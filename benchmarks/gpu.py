@@ -10,6 +10,12 @@ they never cut the SD1.5 rows short; what does not fit shows as '-' with the rea
     bash benchmarks/gpu.sh --toy       # or CNET_BENCH_TOY=1: the same scripts and code paths with tiny models
                                        # on the CPU (a minute or two on an idle 2-core CPU); a smoke run
     bash benchmarks/gpu.sh --only sdxl # just the SDXL rows
+    bash benchmarks/gpu.sh --only flux # FLUX.1-dev's train step at 512 and 1024 px (also sd3: SD3.5-large's)
+
+The FLUX.1 / SD3.5 rows (issue #19; benchmarks/train_flow.py) run only when named in --only: cnet's training step
+at the released size with random weights and every memory flag (bf16 base, cached latents and CLIP/T5 embeddings,
+gradient checkpointing, 8-bit Adam where bitsandbytes imports), step time and peak memory next to the memory plan's
+estimate. They fit an 80 GB H100: ~42 GiB traced for FLUX.1-dev, ~40 GiB for SD3.5-large (RESULTS_memory.md).
 
 Each benchmark runs as its own subprocess (benchmarks/generate.py, train.py, annotate_models.py) with the
 caller's PYTHONPATH kept, writes its results as JSON, and a failed or timed-out step is reported in the table
@@ -48,6 +54,8 @@ SDXL_BASELINE = "-"
 SDXL_TRAIN_BATCHES = (1, 4)
 #: the whole run's limit (issue #15: under 8 minutes for the SD1.5 rows; the SDXL rows get what is left of 9)
 TOTAL_LIMIT_S = 540
+#: issue #19's rows, run only when --only names them (flux, sd3): the default run's budget is the SD1.5/SDXL rows'
+FLOW_STEPS = ("flux-train", "sd3-train")
 
 
 def sdxl_train_variants(toy: bool) -> tuple[str, str]:
@@ -65,7 +73,8 @@ def has_bitsandbytes() -> bool:
 
 def steps(toy: bool, out: Path) -> list[tuple[str, list[str], int]]:
     """(name, argv, time limit in seconds): the full run on CUDA, or the toy run on the CPU."""
-    j = {k: str(out / f"{k}.json") for k in ("generate", "train", "annotate", "sdxl-train", "sdxl-generate")}
+    j = {k: str(out / f"{k}.json") for k in ("generate", "train", "annotate", "sdxl-train", "sdxl-generate",
+                                             *FLOW_STEPS)}
     variants = ",".join(TRAIN_VARIANTS)
     xl_variants = ",".join(sdxl_train_variants(toy))
     if toy:
@@ -82,6 +91,8 @@ def steps(toy: bool, out: Path) -> list[tuple[str, list[str], int]]:
             ("sdxl-generate", ["generate.py", "--device", "cpu", "--arch", "tiny-sdxl", "--batch", "1", "--steps", "2",
                                "--repeats", "1", "--threads", "1", "--paths", "default,eager",
                                "--json", j["sdxl-generate"]], 600),
+            *((k, ["train_flow.py", "--family", k[:-6], "--toy", "--device", "cpu", "--res", "64", "--steps", "2",
+                   "--warmup", "1", "--json", j[k]], 600) for k in FLOW_STEPS),
         ]
     return [
         ("generate", ["generate.py", "--device", "cuda", "--sd15", "--batch", "1", "8", "--json", j["generate"]], 200),
@@ -94,6 +105,9 @@ def steps(toy: bool, out: Path) -> list[tuple[str, list[str], int]]:
                         "--variants", xl_variants, "--json", j["sdxl-train"]], 200),
         ("sdxl-generate", ["generate.py", "--device", "cuda", "--arch", "sdxl", "--batch", "1", "--steps", "20",
                            "--repeats", "2", "--paths", "default,eager", "--json", j["sdxl-generate"]], 160),
+        # FLUX.1-dev / SD3.5-large: built on the GPU in bf16 (seconds), both resolutions in one process
+        *((k, ["train_flow.py", "--family", k[:-6], "--device", "cuda", "--res", "512", "1024", "--steps", "3",
+               "--warmup", "2", "--json", j[k]], 240) for k in FLOW_STEPS),
     ]
 
 
@@ -187,6 +201,27 @@ def sdxl_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, s
     return rows
 
 
+def flow_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
+    """Issue #19's rows: FLUX.1-dev / SD3.5-large train step per resolution with the memory flags, the measured
+    peak next to the memory plan's estimate (plan / measured)."""
+    rows = []
+    for k in FLOW_STEPS:
+        d = results.get(k, {}).get("data")
+        if k not in results:
+            continue
+        name = {"flux-train": "FLUX.1-dev", "sd3-train": "SD3.5-large"}[k]
+        for r in (d or {}).get("rows", []) or [{}]:
+            if not r:
+                rows.append((f"{name} train step", "-", "-", "-", ""))
+                continue
+            flags = f"bf16 base + grad. checkpointing + {r['optimizer']} + cached latents/embeddings"
+            rows.append((f"{name} train step, {r['res']} px, batch {r['batch']}, {flags}",
+                         f"{r['s_per_step']:.2f} s/step, {r['peak_gib']:.1f} GiB",
+                         f"plan {r['plan_gib']:.1f} GiB ({r['plan_gib'] / r['peak_gib']:.2f}x measured; "
+                         f"{r['plan_with_overheads_gib']:.1f} with overheads)", SDXL_BASELINE, ""))
+    return rows
+
+
 def build_table(results: dict[str, dict[str, Any]], env: dict[str, str], toy: bool) -> str:
     """The side-by-side table: cnet (this run), the reference library (this run), issue #15's baseline, target."""
     rows: list[tuple[str, str, str, str, str]] = []
@@ -219,6 +254,7 @@ def build_table(results: dict[str, dict[str, Any]], env: dict[str, str], toy: bo
         rows.append((f"{kind} annotate", f"{ours:.2f} img/s{rel}" if ours else "-",
                      f"{theirs:.2f} img/s" if theirs else "-", *BASELINE[kind]))
     rows += sdxl_rows(results)
+    rows += flow_rows(results)
     head = [f"device: {env.get('device')}; CUDA {env.get('cuda', '-')}; "
             + ", ".join(f"{k} {env[k]}" for k in ("python", "torch", "diffusers", "transformers", "accelerate",
                                                    "controlnet_aux", "cnetcli") if k in env)]
@@ -240,7 +276,7 @@ def main() -> None:
     ap.add_argument("--toy", action="store_true", help="tiny models on the CPU (also CNET_BENCH_TOY=1)")
     ap.add_argument("--out", default=None, help="folder for the JSON results and logs (default: a temp folder)")
     ap.add_argument("--only", default="", help="comma-separated subset of generate,train,annotate,sdxl-train,"
-                    "sdxl-generate (also `sdxl` for both SDXL steps)")
+                    "sdxl-generate (also `sdxl` for both SDXL steps), flux, sd3 (FLUX.1 / SD3.5 rows: only when named)")
     a = ap.parse_args()
     toy = a.toy or os.environ.get("CNET_BENCH_TOY", "") not in ("", "0")
     out = Path(a.out or tempfile.mkdtemp(prefix="cnet-gpu-bench-"))
@@ -251,13 +287,14 @@ def main() -> None:
     only = set(a.only.split(",")) - {""}
     if "sdxl" in only:
         only |= {"sdxl-train", "sdxl-generate"}
+    only |= {f"{k}-train" for k in ("flux", "sd3") if k in only}
     results: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
     for name, argv, limit in steps(toy, out):
-        if only and name not in only:
+        if (only and name not in only) or (not only and name in FLOW_STEPS):
             continue
         left = TOTAL_LIMIT_S - (time.perf_counter() - t0)
-        if not toy and name.startswith("sdxl"):
+        if not toy and (name.startswith("sdxl") or name in FLOW_STEPS):
             if left < 60:
                 results[name] = {"data": None, "seconds": 0.0,
                                  "error": f"skipped: under a minute left of the run's {TOTAL_LIMIT_S} s budget"}

@@ -154,7 +154,6 @@ def build_flow_components(family: str, tiny: bool, depth: tuple[int, int] | None
     """FLUX.1-dev / SD3.5-large at full size (`depth` blocks), or cnet's tiny flow bases. The text encoders are
     the tiny ones either way: the full-size rows are traced with cached embeddings only (the encoders are on the
     host then), whose shapes `FLOW_TEXT` gives."""
-    from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     from cnetcli.models import tiny_flow
@@ -164,6 +163,16 @@ def build_flow_components(family: str, tiny: bool, depth: tuple[int, int] | None
         c = (tiny_flow.tiny_flux_components if family == "flux" else tiny_flow.tiny_sd3_components)(seed=0)
     if tiny:
         return c
+    return c | released_flow_models(family, depth)
+
+
+def released_flow_models(family: str, depth: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The transformer (at `depth` (double, single) blocks, or the release's) and VAE of FLUX.1-dev / SD3.5-large,
+    built in the current default device and dtype (benchmarks/train_flow.py builds them on the GPU in bf16)."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
+
+    from cnetcli.models import tiny_flow
+
     cfg = dict(FLOW_CONFIGS[family])
     if depth is not None:
         cfg["num_layers"] = depth[0]
@@ -171,8 +180,7 @@ def build_flow_components(family: str, tiny: bool, depth: tuple[int, int] | None
             cfg["num_single_layers"] = depth[1]
     cls = FluxTransformer2DModel if family == "flux" else SD3Transformer2DModel
     factors = tiny_flow.FLUX_VAE_FACTORS if family == "flux" else tiny_flow.SD3_VAE_FACTORS
-    c |= {"transformer": cls(**cfg), "vae": AutoencoderKL(**FLOW_VAE, sample_size=1024, **factors)}
-    return c
+    return {"transformer": cls(**cfg), "vae": AutoencoderKL(**FLOW_VAE, sample_size=1024, **factors)}
 
 
 def build_components(family: str, tiny: bool, depth: tuple[int, int] | None = None) -> dict[str, Any]:
