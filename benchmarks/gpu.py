@@ -201,6 +201,10 @@ def sdxl_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, s
     return rows
 
 
+def _gib(x: float) -> str:
+    return f"{x:.1f}" if x >= 1 else f"{x:.3f}"  # the toy run's tiny models: MiB-sized plans
+
+
 def flow_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
     """Issue #19's rows: FLUX.1-dev / SD3.5-large train step per resolution with the memory flags, the measured
     peak next to the memory plan's estimate (plan / measured)."""
@@ -210,15 +214,16 @@ def flow_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, s
         if k not in results:
             continue
         name = {"flux-train": "FLUX.1-dev", "sd3-train": "SD3.5-large"}[k]
+        name = f"tiny {name.split('-')[0]}" if (d or {}).get("toy") else name
         for r in (d or {}).get("rows", []) or [{}]:
             if not r:
                 rows.append((f"{name} train step", "-", "-", "-", ""))
                 continue
             flags = f"bf16 base + grad. checkpointing + {r['optimizer']} + cached latents/embeddings"
             rows.append((f"{name} train step, {r['res']} px, batch {r['batch']}, {flags}",
-                         f"{r['s_per_step']:.2f} s/step, {r['peak_gib']:.1f} GiB",
-                         f"plan {r['plan_gib']:.1f} GiB ({r['plan_gib'] / r['peak_gib']:.2f}x measured; "
-                         f"{r['plan_with_overheads_gib']:.1f} with overheads)", SDXL_BASELINE, ""))
+                         f"{r['s_per_step']:.2f} s/step, {_gib(r['peak_gib'])} GiB",
+                         f"plan {_gib(r['plan_gib'])} GiB ({r['plan_gib'] / r['peak_gib']:.2f}x measured; "
+                         f"{_gib(r['plan_with_overheads_gib'])} with overheads)", SDXL_BASELINE, ""))
     return rows
 
 

@@ -72,6 +72,7 @@ class Flux(ModelFamily):
     #: FLUX.1-dev's distilled guidance when --cfg is not given (FluxPipeline's guidance_scale default)
     default_guidance: ClassVar[float] = 3.5
     distilled_guidance: ClassVar[bool] = True
+    text_encoders_offloaded: ClassVar[bool] = True  # T5-XXL
     fixed_sampler: ClassVar[str | None] = "euler"  # FlowMatchEulerDiscreteScheduler, FluxPipeline's
     #: T5's padded length (FluxPipeline's default)
     max_sequence_length: int = 512

@@ -73,6 +73,7 @@ class StableDiffusion3(ModelFamily):
     sample_max_sequence_length: ClassVar[int] = 256
     #: the script's --precondition_outputs (default 1)
     precondition_outputs: ClassVar[bool] = True
+    text_encoders_offloaded: ClassVar[bool] = True  # T5-XXL
     #: --cfg when not given: StableDiffusion3ControlNetPipeline's guidance_scale (true CFG)
     default_guidance: ClassVar[float] = 7.0
 
