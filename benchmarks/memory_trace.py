@@ -614,7 +614,10 @@ TRACE_DEPTHS = {"flux": ((4, 4), (6, 4), (4, 6)), "sd3": ((13, 0), (15, 0))}
 
 def extrapolate(traces: list[Trace], depths: tuple[tuple[int, int], ...], full: tuple[int, int]) -> Trace:
     """The trace at the released depth `full`, from traces at `depths` (the first the reference, the others one
-    more block kind each): every byte count is linear in the double and single blocks."""
+    more block kind each): every byte count is linear in the double and single blocks. The peak is the largest
+    extrapolated phase: the phase that peaks can change with depth (the forward's activations grow with the
+    blocks, the backward's gradients with the ControlNet only), so the traced peaks are not extrapolated directly.
+    `at_peak` stays the traced peaks' breakdown, extrapolated."""
     base, rest = traces[0], traces[1:]
     d0 = depths[0]
 
@@ -626,10 +629,12 @@ def extrapolate(traces: list[Trace], depths: tuple[tuple[int, int], ...], full: 
         return int(v)
 
     keys = set(base.at_peak).union(*(t.at_peak for t in rest))
+    phases = {k: at(lambda t, k=k: t.phases.get(k, 0)) for k in base.phases}
+    top = max(phases, key=phases.__getitem__) if phases else None
     return dataclasses.replace(
-        base, peak=at(lambda t: t.peak), at_peak={k: at(lambda t, k=k: t.at_peak.get(k, 0)) for k in keys},
-        params={k: at(lambda t, k=k: t.params[k]) for k in base.params},
-        phases={k: at(lambda t, k=k: t.phases.get(k, 0)) for k in base.phases},
+        base, peak=phases[top] if top else at(lambda t: t.peak), phase=top or base.phase,
+        at_peak={k: at(lambda t, k=k: t.at_peak.get(k, 0)) for k in keys},
+        params={k: at(lambda t, k=k: t.params[k]) for k in base.params}, phases=phases,
         unet_config=dict(base.unet_config, num_layers=full[0], **({"num_single_layers": full[1]}
                                                                    if "num_single_layers" in base.unet_config else {})),
         seconds=sum(t.seconds for t in traces))

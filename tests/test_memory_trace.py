@@ -162,3 +162,9 @@ def test_extrapolation_is_linear_in_blocks():
     t = mt.extrapolate([base, more_double, more_single], ((4, 4), (6, 4), (4, 6)), (19, 38))
     assert t.peak == 100 + 15 * 5 + 34 * 2 and t.params["denoiser"] == 10 + 15 + 17
     assert t.unet_config == {"num_layers": 19, "num_single_layers": 38}
+    # the peak is the largest extrapolated phase: here the forward, though every traced depth peaked in the backward
+    ph = [{"step 2 forward": f, "step 2 backward": 100} for f in (90, 96, 92)]
+    traced = [mt.dataclasses.replace(x, phases=p) for x, p in zip((base, more_double, more_single), ph, strict=True)]
+    t = mt.extrapolate(traced, ((4, 4), (6, 4), (4, 6)), (19, 38))
+    assert t.phases == {"step 2 forward": 90 + 15 * 3 + 34 * 1, "step 2 backward": 100}
+    assert (t.peak, t.phase) == (169, "step 2 forward")
