@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.meta:
         print(json.dumps({"family": a.family, "params": meta_counts(a.family)}))
         return 0
+    if not a.toy and a.device != "cuda":
+        raise SystemExit("the released size needs --device cuda (on the CPU: --toy, or --meta for the configs)")
     import importlib.util
 
     import torch
