@@ -18,7 +18,7 @@ from ..config_check import Bound, check_fields, flag_name
 from ..errors import UsageError
 from ..models.sd import DEFAULT_BASE
 
-MIXED_PRECISION = ("auto", "no", "fp16", "bf16")  # auto: bf16 where the CUDA device supports it, else no
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")  # auto: cnetcli.device.auto_precision(training=True)
 TIMESTEP_BIAS = ("none", "later", "earlier", "range")
 #: flow matching's timestep densities / loss weightings (diffusers' compute_density_for_timestep_sampling)
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")

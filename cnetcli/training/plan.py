@@ -47,16 +47,15 @@ def plan_run(cfg: TrainConfig, given: dict[str, Any] | None, reporter: Reporter
 def preflight(cfg: TrainConfig) -> tuple[str, str]:
     """Checks that need no model: device, precision, optional packages, the output folder, single-file export,
     disk space. Returns (device, mixed precision) as resolved here."""
-    import torch
-
-    from ..device import resolve_device
+    from ..device import auto_precision, resolve_device
     from .checkpoint import list_checkpoints
 
     device = resolve_device(cfg.device)
     cuda = device.startswith("cuda")
     mp = cfg.mixed_precision
     if mp == "auto":
-        mp = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+        mp = auto_precision(device, training=True)
+        mp = "no" if mp == "fp32" else mp  # accelerate's name for fp32
     if mp == "fp16" and not cuda:
         raise UsageError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no on CPU")
     if cfg.use_8bit_adam:
