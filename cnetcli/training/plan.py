@@ -16,7 +16,7 @@ def plan_run(cfg: TrainConfig, given: dict[str, Any] | None, reporter: Reporter
              ) -> tuple[TrainConfig, Path | None, dict[str, list[Any]]]:
     """The configuration to train with, the checkpoint to resume from, and the changes that start a new phase."""
     from .checkpoint import read_config, resolve_resume
-    from .config import resolve_defaults
+    from .config import asked_settings, resolve_defaults
     from .resume import given_settings, merge_resume_config
 
     if cfg.resume is None:
@@ -27,7 +27,7 @@ def plan_run(cfg: TrainConfig, given: dict[str, Any] | None, reporter: Reporter
     path = resolve_resume(cfg.resume, cfg.output_dir, warn=lambda m: reporter.message(f"warning: {m}"))
     saved = read_config(path)
     try:
-        run = TrainConfig.from_dict({k: v for k, v in saved.items() if k != "result"})
+        run = TrainConfig.from_dict(asked_settings(saved))
     except (UsageError, TypeError) as e:
         raise UsageError(f"--resume {cfg.resume}: {path}/train_config.json is not a usable configuration ({e})") from None
     given = dict(given_settings(cfg) if given is None else given)
