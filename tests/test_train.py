@@ -212,6 +212,7 @@ def test_small_scale_mid_only_and_reconnect_unlock_decoder(sd8, data, tmp_path):
     meta = json.loads((out / "train_config.json").read_text())
     assert meta["result"]["sd_unlocked"] == "decoder" and meta["small_scale"] is True
     assert (meta["mixed_precision"], meta["device"]) == ("no", "cpu")  # what ran, not "auto"
+    assert meta["requested"] == {"mixed_precision": "auto", "device": "auto"} and meta["run"]["processes"] == 1
     assert (out / "loss.png").stat().st_size > 1000
 
 
