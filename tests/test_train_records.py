@@ -59,3 +59,14 @@ def test_train_config_records_what_ran_and_keeps_what_was_asked():
     # a value asked exactly is not repeated under "requested"
     same = config_record(cfg.replace(mixed_precision="bf16"), ran)
     assert "mixed_precision" not in same["requested"] and same["mixed_precision"] == "bf16"
+
+
+def test_on_cuda_the_peak_is_read_from_the_allocator(monkeypatch):
+    """The CUDA branch without a GPU: torch's allocator counter answered here, the line goes to the reporter."""
+    import torch
+
+    asked = []
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: asked.append(device) or int(18.3 * GIB))
+    r = Recorder()
+    report_peak(_plan(17.9), "cuda:0", 1, r)
+    assert asked == ["cuda:0"] and r.messages == ["memory: plan 17.9 GiB, measured peak after step 1 18.3 GiB (+2%)"]
