@@ -1,4 +1,6 @@
-"""`train(cfg)`: the accelerate training loop, flat and readable top to bottom (as nanoGPT's train.py).
+"""`train(cfg)`: the accelerate training loop, readable top to bottom (as nanoGPT's train.py): `_train` runs
+the set-up phases, each a named function returning a plain object (`Processes`, `Trainer`, `Batches`), then
+`run_steps`, the whole step loop in one place, then the outputs.
 
 The step itself is `step.training_step` (diffusers' ControlNet step). What is decided before a model loads is
 in `plan.py`, building the models and the optimizer in `setup.py`, the run's state and its checkpoints in
@@ -24,12 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..data.shards import looks_like_shards
 from ..device import dtype_name, process_rank_world, torch_dtype
 from ..errors import Interrupted, TrainingError, UsageError, first_line
 from ..folderlock import hold
 from ..fsguard import atomic_write_text
 from ..models.families import vae_scale_factor
 from ..reporting import NullReporter, Reporter
+from .cache import cache_key, load_or_build, undecodable
 from .checkpoint import kept_after_interrupt, remove_leftovers
 from .config import TrainConfig, config_json
 from .memory import MemoryPlan, peak_line, plan_for
@@ -38,9 +42,11 @@ from .model import set_connected, set_denoiser_trainable
 from .outputs import save_outputs
 from .plan import plan_run, preflight
 from .resume import RUNS_LOG, record_phase
+from .reward import build_reward, checkpoint_decoder, resolve_type
 from .setup import build_models, build_optimizer, late_synced_params, trainable
 from .state import RunState, TrainResult, flush_losses, restore_checkpoint, write_checkpoint
 from .step import TrainModels, draw_noise, timestep_weights, training_step
+from .validate import validate
 
 MEMORY_HINT = ("try a smaller --batch-size (with --gradient-accumulation to keep the effective batch), "
                "--gradient-checkpointing, --mixed-precision bf16 or fp16, --cache-latents, --use-8bit-adam, "
@@ -216,8 +222,6 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     cfg, source, index = open_data(cfg, reporter)
     reward_type, reward_params = None, None
     if cfg.reward is not None:  # the hint type (auto: the provenance's) and its reward model, before models load
-        from .reward import resolve_type
-
         reward_type, reward_params = resolve_type(cfg.reward, index)
     procs = start_processes(cfg, device_spec, mixed_precision)
     if not procs.is_main:
@@ -338,7 +342,6 @@ def run_steps(cfg: TrainConfig, run: Run, state: RunState, reporter: Reporter,
 def open_data(cfg: TrainConfig, reporter: Reporter) -> tuple[TrainConfig, Any, Any]:
     """The training data, before any model loads: (cfg, the streamed shards or None, the dataset index or None).
     WebDataset/parquet shards are streamed, never indexed, so they get no latent cache (stream.py)."""
-    from ..data.shards import looks_like_shards
     from .data import read_dataset
 
     if looks_like_shards(cfg.data):
@@ -385,13 +388,9 @@ def load_models(cfg: TrainConfig, procs: Processes, reward_type: str | None,
     """The reward model (--reward) before the base, then the base's networks and the ControlNet."""
     reward = None
     if reward_type is not None:
-        from .reward import build_reward
-
         reward = build_reward(cfg, reward_type, reward_params, procs.device)
     models = build_models(cfg, procs.device, procs.weight_dtype)
     if reward is not None:
-        from .reward import checkpoint_decoder
-
         models.reward = reward
         checkpoint_decoder(models.vae)
     return models
@@ -525,8 +524,6 @@ def report_peak(plan: MemoryPlan | None, device: Any, step: int, reporter: Repor
 def validate_now(cfg: TrainConfig, state: RunState, run: Run, reporter: Reporter) -> dict[str, float]:
     """Validation samples (the encoders back on the GPU while they are needed) and their controllability
     score; returns the score's metrics-row entry ({} without a score)."""
-    from .validate import validate
-
     models, acc = run.models, run.procs.accelerator
     encoders_to(models, run.procs.device)
     grid, score = validate(cfg, state.step, models, run.trainer.raw, acc.autocast, acc.trackers)
@@ -570,8 +567,6 @@ def keep_decodable(cfg: TrainConfig, dataset: Any, models: Any, accelerator: Any
     that do not decode from the index: skipped and counted (`index.skipped`), never replaced by others."""
     index = dataset.index
     if cfg.cache_latents:
-        from .cache import cache_key, load_or_build, undecodable
-
         # what the cache depends on: the rows, the frozen encoders' weights and dtype, the size, the flips
         key = cache_key(index, models.vae, [models.text_components[k] for k in models.family.text_encoders],
                         cfg.resolution, models.weight_dtype, cfg.hflip)
