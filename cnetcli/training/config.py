@@ -182,6 +182,7 @@ def config_record(cfg: TrainConfig, resolved: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_json(cfg: TrainConfig, resolved: dict[str, Any]) -> str:
+    """train_config.json's text (`config_record`), as the run's folder and each checkpoint hold it."""
     return json.dumps(config_record(cfg, resolved), indent=2, sort_keys=True)
 
 
