@@ -26,6 +26,7 @@ from typing import Any
 
 from ..annotators import BatchAnnotator, PreparedAnnotator, Runtime, SidecarAnnotator
 from ..errors import CnetError, InputError, Interrupted
+from ..fsguard import current_umask
 from ..reporting import NullReporter, Reporter
 from .config import AnnotateConfig, AnnotateSummary
 from .plan import Job, plan
@@ -79,7 +80,10 @@ def _provenance(ctx: Ctx, source: str, dr: int, ir: int) -> Any:
 
 # --- per-image work (shared by the process pool and the model path) -------------------------------------
 
-def _init_worker() -> None:
+def _init_worker(umask: int) -> None:
+    # a forkserver started by an earlier call in this process (tests, notebooks) kept the umask of that
+    # moment, and its children inherit it: the files a worker writes must get this run's umask
+    os.umask(umask)
     try:  # one OpenCV thread per worker process: the pool is the parallelism
         import cv2
 
@@ -408,7 +412,8 @@ def _run_pool(ctx: Ctx, jobs: list[Job], workers: int, rep: Reporter) -> dict[in
         finally:
             rep.finish()
         return results
-    pool = mp.get_context(start_method()).Pool(workers, initializer=_init_worker)
+    pool = mp.get_context(start_method()).Pool(workers, initializer=_init_worker,
+                                                initargs=(current_umask(),))
     rep.start(len(jobs), f"annotate {ctx.type}")
     try:
         chunk = max(1, min(8, len(jobs) // (workers * 8)))
