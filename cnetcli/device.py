@@ -81,7 +81,8 @@ def dtype_name(dtype: Any) -> str:
 
 
 def half_dtype(device: str, dtype: Any = None) -> Any:
-    """For inference-only networks (annotators): the given dtype, else `auto_precision`'s (fp16 on CUDA)."""
+    """For inference-only networks (annotators): a given `dtype` (a torch dtype or its name) wins, else
+    `auto_precision`'s (fp16 on CUDA, fp32 elsewhere)."""
     import torch
 
     if dtype is not None:
