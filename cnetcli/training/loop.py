@@ -219,7 +219,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
     # environment, output folder, the dataset index; then the processes and their precision
     cfg, resume_path, changes = plan_run(cfg, given, reporter)
     device_spec, mixed_precision = preflight(cfg)
-    cfg, source, index = open_data(cfg, reporter)
+    source, index = open_data(cfg)
     reward_type, reward_params = None, None
     if cfg.reward is not None:  # the hint type (auto: the provenance's) and its reward model, before models load
         reward_type, reward_params = resolve_type(cfg.reward, index)
@@ -244,7 +244,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
         record_start(cfg, state, resume_path, changes, result.resolved, reporter)
 
     # 5. data: a local dataset's rows that decode (through the latent/embedding cache, or one decoding pass),
-    # then the deterministic stream over them; or the streamed shards (never indexed, no cache)
+    # then the deterministic stream over them; or the streamed shards (never indexed; cached per shard)
     batches = open_batches(cfg, source, index, models, state.step, record, procs, reporter, result)
     vae_factor = vae_scale_factor(models.vae.config)
     latent_shape = (models.vae.config.latent_channels, cfg.resolution // vae_factor, cfg.resolution // vae_factor)
@@ -339,23 +339,19 @@ def run_steps(cfg: TrainConfig, run: Run, state: RunState, reporter: Reporter,
 
 
 # ------------------------------------------------------------------------------------ the set-up phases
-def open_data(cfg: TrainConfig, reporter: Reporter) -> tuple[TrainConfig, Any, Any]:
-    """The training data, before any model loads: (cfg, the streamed shards or None, the dataset index or None).
-    WebDataset/parquet shards are streamed, never indexed, so they get no latent cache (stream.py)."""
+def open_data(cfg: TrainConfig) -> tuple[Any, Any]:
+    """The training data, before any model loads: (the streamed shards or None, the dataset index or None).
+    WebDataset/parquet shards are streamed, never indexed (stream.py; cached per shard on request)."""
     from .data import read_dataset
 
     if looks_like_shards(cfg.data):
         from .stream import Streamed
 
-        source = Streamed(cfg)
-        if cfg.cache_latents:
-            reporter.message(f"latent cache off: --data streams shards ({source.why_no_cache()})")
-            cfg = cfg.replace(cache_latents=False)
-        return cfg, source, None
+        return Streamed(cfg), None
     index = read_dataset(cfg.data, image_column=cfg.image_column, conditioning_column=cfg.conditioning_column,
                          caption_column=cfg.caption_column, max_samples=cfg.max_train_samples, split=cfg.split,
                          allow_outside_paths=cfg.allow_outside_paths)
-    return cfg, None, index
+    return None, index
 
 
 def start_processes(cfg: TrainConfig, device: str, mixed_precision: str) -> Processes:
@@ -459,12 +455,15 @@ def record_start(cfg: TrainConfig, state: RunState, resume_path: Path | None, ch
 
 def open_batches(cfg: TrainConfig, source: Any, index: Any, models: TrainModels, step: int,
                  record: dict[str, Any], procs: Processes, reporter: Reporter, result: TrainResult) -> Batches:
-    """The batches from `step` on: the streamed shards from the checkpoint's `record`, or the local dataset's
-    rows that decode (`keep_decodable`) in the deterministic stream's order."""
+    """The batches from `step` on: the streamed shards from the checkpoint's `record` (through their cache when
+    asked for), or the local dataset's rows that decode (`keep_decodable`) in the deterministic stream's order."""
     start_batch = step * cfg.gradient_accumulation
     if source is not None:
+        shard_cache = source.cache(cfg, models, procs.accelerator, reporter, result)
+        if shard_cache is not None:
+            encoders_to(models, "cpu")
         return Batches(source.loader(cfg, rank=procs.rank, world=procs.world, start_batch=start_batch,
-                                     record=record, pin_memory=procs.cuda), source=source)
+                                     record=record, pin_memory=procs.cuda, cache=shard_cache), source=source)
     import torch
 
     from .data import BatchStream, PairDataset, collate
@@ -527,7 +526,7 @@ def validate_now(cfg: TrainConfig, state: RunState, run: Run, reporter: Reporter
     models, acc = run.models, run.procs.accelerator
     encoders_to(models, run.procs.device)
     grid, score = validate(cfg, state.step, models, run.trainer.raw, acc.autocast, acc.trackers)
-    if models.cache is not None:
+    if run.result.cache_path is not None:  # the local or the streamed shards' cache
         encoders_to(models, "cpu")
     run.result.validation_images.append(grid)
     if score is None:
@@ -611,7 +610,17 @@ def make_accelerator(cfg: TrainConfig, device: str, mixed_precision: str) -> tup
         gradient_accumulation_steps=cfg.gradient_accumulation, mixed_precision=mixed_precision, cpu=cpu,
         log_with=log_with, project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
+    deepspeed_micro_batch(accelerator, cfg.batch_size)
     return accelerator, log_with
+
+
+def deepspeed_micro_batch(accelerator: Any, batch_size: int) -> None:
+    """Under DeepSpeed, accelerate takes the micro-batch ("auto" in a config made by `accelerate config`) from
+    a DataLoader passed to `prepare`; cnet prepares none (its batches are dealt by rank itself), so without
+    this `prepare` refuses to start."""
+    plugin = getattr(accelerator, "deepspeed_plugin", None)
+    if plugin is not None and plugin.deepspeed_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size
 
 
 def encoders_to(models: Any, device: Any) -> None:
