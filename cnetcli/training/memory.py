@@ -131,6 +131,16 @@ class MemoryPlan:
         return s + "".join(f"; {n}" for n in self.notes)
 
 
+def peak_line(plan: MemoryPlan | None, measured: int, step: int) -> str:
+    """The allocator's measured peak (`torch.cuda.max_memory_allocated`) beside the plan's estimate, e.g.
+    "memory: plan 17.9 GiB, measured peak after step 1 18.3 GiB (+2%)". Both count live tensors only, so the
+    plan's `peak` is compared, not its `with_overheads` (that one is for the card's size)."""
+    got = f"measured peak after step {step} {measured / GIB:.1f} GiB"
+    if plan is None or plan.peak <= 0:
+        return f"memory: {got} (no plan for this base's family)"
+    return f"memory: plan {plan.peak / GIB:.1f} GiB, {got} ({measured / plan.peak - 1:+.0%})"
+
+
 def adam8_bytes(params: int) -> int:
     """bitsandbytes AdamW8bit's state: two uint8 moments + one fp32 absmax per 256-value block each."""
     return 2 * params + 8 * ((params + 255) // 256)
