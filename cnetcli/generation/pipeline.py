@@ -39,7 +39,7 @@ from ..reporting import NullReporter, Reporter
 from . import control as ctl
 from . import memory, output, prompts
 from .config import DECODE_PIXELS, GenerateConfig, check_size
-from .models import Models, load_models
+from .models import Models, load_models, text_encoders_on_device
 from .samplers import sample
 
 
@@ -382,10 +382,11 @@ def check_captioner(spec: str, offline: bool | None, base: str | None = None) ->
 def encode_prompts(models: Models, texts: list[str], negative: str = "", do_cfg: bool = True,
                    clip_skip: int | None = None) -> Any:
     """The family's prompt encoding (`PromptEncoding`) of a batch. An empty `negative` is "no negative
-    prompt": SD encodes the empty string, SDXL (force_zeros_for_empty_prompt) uses zeros, as diffusers does."""
+    prompt": SD encodes the empty string, SDXL (force_zeros_for_empty_prompt) uses zeros, as diffusers does. The
+    encoders are on the device only for it when the family offloads them (`text_encoders_on_device`)."""
     import torch
 
-    with torch.inference_mode():
+    with torch.inference_mode(), text_encoders_on_device(models):
         return models.family.encode_prompt(models.text_components, texts,
                                            negative_prompt=[negative] * len(texts) if negative else None,
                                            do_classifier_free_guidance=do_cfg, clip_skip=clip_skip)

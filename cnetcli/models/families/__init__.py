@@ -338,6 +338,9 @@ class ModelFamily:
     distilled_guidance: ClassVar[bool] = False
     #: the one sampler the family's own loop runs (metadata names it; --sampler does not apply), None: --sampler
     fixed_sampler: ClassVar[str | None] = None
+    #: on CUDA, `generate` keeps the text encoders on the CPU except while it encodes prompts (a T5-XXL is 4.7 B
+    #: parameters, 9.5 GB in bf16, that the denoising loop does not need); training frees them once cached
+    text_encoders_offloaded: ClassVar[bool] = False
 
     #: --mask: whether inpainting keeps the --init-image outside the mask by blending latents at every step (the
     #: U-Net and FLUX ControlNet inpaint pipelines); False: the mask is an inpainting ControlNet's input
