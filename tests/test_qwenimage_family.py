@@ -58,6 +58,9 @@ def test_detected_from_the_folder_and_the_configs(qwenimage_dir, parts):
 
     assert vae_scale_factor(parts["vae"].config) == 4 and vae_latent_channels(parts["vae"].config) == 4
     assert fam.default_resolution(parts["transformer"].config, parts["vae"].config) == 1024
+    from cnetcli.training.memory import vae_encode_bytes  # the memory plan reads the 3D VAE's config too
+
+    assert vae_encode_bytes(parts["vae"].config, 64 * 64, "bf16") > 0
 
 
 def test_small_scale_is_two_blocks_and_the_blocks_are_copied(parts):

@@ -151,10 +151,11 @@ def vae_encode_bytes(vae_config: Any, image_pixels: int, dtype: str) -> int:
     at full resolution the encoder's conv_in output (its caller holds it through the first level), the ResNet's
     input, its branch, their sum and the scaled sum (one fewer with a single ResNet per level), plus the image and
     its [-1, 1] copy; traced 4.0 / 5.0 x conv_in's output for cnet's tiny VAE / the SD VAE."""
+    from ..models.families import vae_first_width
     from ..models.model_config import config_get
 
     cfg = vae_config or _SD_VAE
-    c0 = int(list(config_get(cfg, "block_out_channels"))[0])
+    c0 = vae_first_width(cfg)
     tensors = 3 + min(2, int(config_get(cfg, "layers_per_block") or 2))
     return (tensors * c0 + 2 * 3) * image_pixels * _DTYPE_BYTES[dtype]
 

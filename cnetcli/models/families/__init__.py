@@ -75,6 +75,12 @@ def vae_scale_factor(vae_config: Any) -> int:
     return 2 ** (len(boc) - 1)
 
 
+def vae_first_width(vae_config: Any) -> int:
+    """The VAE encoder's full-resolution width (`block_out_channels[0]`; a video-style VAE's `base_dim`)."""
+    boc = config_get(vae_config, "block_out_channels")
+    return int(list(boc)[0]) if boc else int(config_get(vae_config, "base_dim"))
+
+
 def vae_latent_channels(vae_config: Any) -> int:
     """The VAE's latent channels (`latent_channels`; a video-style VAE's `z_dim`)."""
     return int(config_get(vae_config, "latent_channels") or config_get(vae_config, "z_dim"))
@@ -489,5 +495,5 @@ def denoiser_folder(pipeline_config: Any) -> str:
 
 
 __all__ = ["DEFAULT_FAMILY", "ModelFamily", "all_families", "release_keys", "PromptEncoding", "cond_rows", "denoiser_folder", "family_named", "family_names",
-           "family_of", "denoiser_folders", "scale_latents", "unscale_latents", "vae_latent_channels",
+           "family_of", "denoiser_folders", "scale_latents", "unscale_latents", "vae_first_width", "vae_latent_channels",
            "vae_scale_factor"]
