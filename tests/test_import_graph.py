@@ -30,23 +30,10 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 
 #: edges that still run up (lower -> higher), each with why it is not fixed yet; the test fails when one
 #: disappears too, so this list only shrinks.
-KNOWN_UPWARD: dict[tuple[str, str], str] = {
-    ("cnetcli.external.records", "cnetcli.models.families"):
-        "the records check a ControlNet config's class name against every family's (the schema layer is "
-        "read by data/ and device.py, so it stays below them)",
-    ("cnetcli.models.weights", "cnetcli.annotators"):
-        "the weight catalogue (which files each hint type needs, for `cnet weights` and the re-download hint "
-        "of a corrupt file) is read from the hint-type registry",
-    ("cnetcli.models.families.flux", "cnetcli.annotators"):
-        "a FLUX union ControlNet's control_mode is looked up by the hint type's canonical name",
-    ("cnetcli.models.families.flux", "cnetcli.generation.control"):
-        "the FLUX family's denoise step asks which ControlNets are active at this step",
-}
+KNOWN_UPWARD: dict[tuple[str, str], str] = {}
 
 #: loops not broken yet, with why; the test fails when one disappears too, so this list only shrinks.
-KNOWN_CYCLES: dict[tuple[str, ...], str] = {
-    ("cnetcli.annotators", "cnetcli.models.weights"): KNOWN_UPWARD[("cnetcli.models.weights", "cnetcli.annotators")],
-}
+KNOWN_CYCLES: dict[tuple[str, ...], str] = {}
 
 
 def _modules() -> dict[str, Path]:

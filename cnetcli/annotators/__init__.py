@@ -275,6 +275,12 @@ def find_type(name: str) -> HintType | None:
     return _REGISTRY.get(_ALIASES.get(key, key))
 
 
+def canonical_name(name: str | None) -> str | None:
+    """The registered name of the hint type `name` (a name or an alias); `name` itself when no type has it."""
+    ht = find_type(name) if name else None
+    return ht.name if ht is not None else name
+
+
 def get_type(name: str) -> HintType:
     ht = find_type(name)
     if ht is None:
@@ -334,11 +340,6 @@ def metric_kind(hint_type: str) -> str | None:
     """The controllability metric kind for a hint type (None: unknown type or no metric)."""
     ht = find_type(hint_type)
     return ht.metric if ht is not None else None
-
-
-def weights_catalogue() -> dict[str, tuple[WeightFile, ...]]:
-    """Every type that loads weights -> its weight files (`cnet weights list` shows this)."""
-    return {h.name: h.weights for h in all_types() if h.weights}
 
 
 _BUILT: dict[tuple, Annotator] = {}

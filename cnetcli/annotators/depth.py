@@ -76,7 +76,7 @@ def load_midas(rt: Runtime, for_type: str = "depth") -> Any:
     path = W.resolve(MIDAS_WEIGHTS, rt.weights_dir, rt.offline, for_type)
     DPTDepthModel = aux_module("midas.midas.dpt_depth").DPTDepthModel
     return W.load_into(lambda: DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True), path,
-                       keys=("model",), trust_pickle=rt.trust_pickle)
+                       keys=("model",), trust_pickle=rt.trust_pickle, fix=W.redownload_hint(MIDAS_WEIGHTS, for_type))
 
 
 class MidasRaw(_Batched):
@@ -174,7 +174,8 @@ class NormalBae(_Batched):
         args = types.SimpleNamespace(mode="client", architecture="BN", pretrained="scannet", sampling_ratio=0.4,
                                      importance_ratio=0.7)
         NNET = aux_module("normalbae.nets.NNET").NNET
-        self.model = W.load_into(lambda: NNET(args), path, keys=("model",), trust_pickle=rt.trust_pickle).to(self.device, self.dtype)
+        self.model = W.load_into(lambda: NNET(args), path, keys=("model",), trust_pickle=rt.trust_pickle,
+                                 fix=W.redownload_hint(NORMALBAE_WEIGHTS, "normal")).to(self.device, self.dtype)
 
     def _forward(self, dets: list[np.ndarray]) -> list[np.ndarray]:
         import numpy as np

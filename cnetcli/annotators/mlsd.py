@@ -52,7 +52,8 @@ class Mlsd:
         self.device = resolve_device(rt.device)
         path = W.resolve(MLSD_WEIGHTS, rt.weights_dir, rt.offline, "mlsd")
         net = aux_module("mlsd.models.mbv2_mlsd_large").MobileV2_MLSD_Large
-        self.model = W.load_into(net, path, keys=(), trust_pickle=rt.trust_pickle).to(self.device)
+        self.model = W.load_into(net, path, keys=(), trust_pickle=rt.trust_pickle,
+                                 fix=W.redownload_hint(MLSD_WEIGHTS, "mlsd")).to(self.device)
         self._pred_lines = aux_module("mlsd.utils").pred_lines
 
     def lines(self, det: np.ndarray) -> np.ndarray:

@@ -254,13 +254,15 @@ class OpenPose:
 
         self.body = body_mod.Body.__new__(body_mod.Body)
         self.body.model = W.load_into(model_mod.bodypose_model, res[BODY_WEIGHTS.name], keys=(),
-                                      trust_pickle=trust_pickle, transform=transfer).to(self.device)
+                                      trust_pickle=trust_pickle, transform=transfer,
+                                      fix=W.redownload_hint(BODY_WEIGHTS, "pose")).to(self.device)
         self.hand = self.face = None
         if params.hands:
             hand_mod = aux_module("open_pose.hand")
             self.hand = hand_mod.Hand.__new__(hand_mod.Hand)
             self.hand.model = W.load_into(model_mod.handpose_model, res[HAND_WEIGHTS.name], keys=(),
-                                          trust_pickle=trust_pickle, transform=transfer).to(self.device)
+                                          trust_pickle=trust_pickle, transform=transfer,
+                                          fix=W.redownload_hint(HAND_WEIGHTS, "pose")).to(self.device)
         if params.face:
             face_mod = aux_module("open_pose.face")
             self.face = face_mod.Face.__new__(face_mod.Face)
@@ -268,7 +270,7 @@ class OpenPose:
             self.face.sigma = face_mod.params["gaussian_sigma"]
             self.face.threshold = face_mod.params["heatmap_peak_thresh"]
             self.face.model = W.load_into(face_mod.FaceNet, res[FACE_WEIGHTS.name], keys=(),
-                                          trust_pickle=trust_pickle).to(self.device)
+                                          trust_pickle=trust_pickle, fix=W.redownload_hint(FACE_WEIGHTS, "pose")).to(self.device)
         op = aux_module("open_pose")
         self._detector = op.OpenposeDetector(self.body, self.hand, self.face)
 

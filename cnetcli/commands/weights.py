@@ -47,7 +47,7 @@ def list_cmd(
 ) -> None:
     from rich.console import Console
 
-    from ..models import weights as W
+    from ..annotators import catalogue as W
 
     rows = W.status(types or None, weights_dir, hashes=not no_hash)
     if json_out:
@@ -72,7 +72,7 @@ def pull_cmd(
 ) -> None:
     from rich.console import Console
 
-    from ..models import weights as W
+    from ..annotators import catalogue as W
 
     rows = W.pull(types, weights_dir, offline=True if offline else None, include_optional=not required_only)
     Console(soft_wrap=True).print(_table(rows, hashes=True))
@@ -87,8 +87,9 @@ def verify_cmd(
 ) -> None:
     from rich.console import Console
 
+    from ..annotators import catalogue as W
     from ..errors import ModelLoadError
-    from ..models import weights as W
+    from ..models.weights import load_state_dict
 
     rows = W.status(types or None, weights_dir, hashes=True)
     Console(soft_wrap=True).print(_table(rows, hashes=True, verify=True))
@@ -102,7 +103,7 @@ def verify_cmd(
     if load:
         for s in rows:
             if s.present and s.file.kind == "file":
-                W.load_state_dict(s.path, trust_pickle=trust_pickle)
+                load_state_dict(s.path, trust_pickle=trust_pickle, fix=s.fix())
     unverified = [s.file.name for s in rows if s.check == "unverified"]
     if unverified:
         typer.echo(f"unverified (no published or recorded sha256): {', '.join(sorted(set(unverified)))}")

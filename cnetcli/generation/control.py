@@ -117,6 +117,10 @@ class ControlUnit:
     #: half, as the diffusers pipelines encode the doubled hint); None: `image` for both halves
     uncond_image: Any = None
 
+    def scale_at(self, i: int, n: int) -> float:
+        """Its strength at step `i` of `n`: `scale` inside its guidance window, else 0."""
+        return self.scale if active(i, n, self.start, self.end) else 0.0
+
 
 def residuals(units: list[ControlUnit], family: Any, x_in: Any, t: Any, cond: dict[str, Any], *, i: int, n: int,
               mode: str, do_cfg: bool) -> list[Any] | None:

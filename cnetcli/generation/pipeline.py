@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from ..annotators import canonical_name
 from ..errors import CnetError, GenerationError, InputError, Interrupted, UsageError
 from ..images import IMAGE_EXTENSIONS, load_image, resize_to
 from ..reporting import NullReporter, Reporter
@@ -641,7 +642,7 @@ def run_own_loop(models: Models, cfg: GenerateConfig, jobs: list[Job], prompts_:
         net = models.controlnet(h.controlnet)
         image = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
         units.append(ctl.ControlUnit(net, image, scales[k], starts[k], ends[k]))
-        modes.append(family.union_control_mode(h.type, net, h.controlnet))
+        modes.append(family.union_control_mode(canonical_name(h.type), net, h.controlnet))
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     scheduler = family.sampling_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
     with torch.inference_mode():

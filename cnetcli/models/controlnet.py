@@ -273,8 +273,8 @@ def _read_config(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def _read_controlnet_config(folder: str) -> dict[str, Any]:
-    """A ControlNet folder's config.json, checked: the schema (`external.records.ControlNetConfig`: a
-    ControlNet class, a finite positive norm_eps) and the dimensions (`compat.validate_config`)."""
+    """A ControlNet folder's config.json, checked: the schema (`external.records.ControlNetConfig`: a finite
+    positive norm_eps), the class it names (one of `folder_classes`) and the dimensions (`compat.validate_config`)."""
     from ..external import validate
     from ..external.records import ControlNetConfig
     from .compat import validate_config
@@ -284,6 +284,11 @@ def _read_controlnet_config(folder: str) -> dict[str, Any]:
         validate(ControlNetConfig, cfg, f"{folder}/config.json")
     except SchemaError as e:
         raise ModelLoadError(f"{e}; this is not a ControlNet config (download it again or pass the right folder)") from None
+    name = cfg.get("_class_name")
+    if name is not None and name not in folder_classes():
+        raise ModelLoadError(f"{folder}/config.json: _class_name {name!r} is not a ControlNet class (one of "
+                             f"{', '.join(folder_classes())}); this is not a ControlNet config (download it again "
+                             "or pass the right folder)")
     validate_config(cfg, f"{folder}/config.json")
     return cfg
 

@@ -304,14 +304,12 @@ class Flux(ModelFamily):
         return flow.unpack_latents(denoiser(**kw)[0], x.shape[-2], x.shape[-1], 1)
 
     def union_control_mode(self, hint_type: str | None, net: Any, spec: str) -> int | None:
-        """The `control_mode` a hint of `hint_type` takes on a union net (None for a plain one)."""
+        """The `control_mode` a hint of `hint_type` (its registered name: the caller resolves aliases) takes on
+        a union net (None for a plain one)."""
         n = getattr(getattr(net, "module", net).config, "num_mode", None)
         if not n:
             return None
-        from ...annotators import find_type
-
-        ht = find_type(hint_type) if hint_type else None
-        mode = UNION_MODES.get(ht.name if ht is not None else "")
+        mode = UNION_MODES.get(hint_type or "")
         if mode is None or mode >= n:
             known = ", ".join(k for k, v in UNION_MODES.items() if v < n)
             raise UsageError(f"--controlnet {spec} is a FLUX union ControlNet ({n} modes): hint type {hint_type!r} "
@@ -332,12 +330,12 @@ class Flux(ModelFamily):
                        vae: Any, true_cfg: float = 1.0, callback: Any = None) -> Any:
         """FluxControlNetPipeline's sampling for a batch (one generator per image), unpacked latents out.
 
-        `units`: ControlUnits with the hint in pixels ([0, 1]); `modes` their union control modes. Each image's
+        `units`: ControlUnits (generation/control.py) with the hint in pixels ([0, 1]) and their strength at
+        each step (`scale_at`); `modes` their union control modes. Each image's
         generator draws its hints' VAE samples first, then its initial noise (the pipeline encodes the control
         image before preparing latents). `guidance` feeds FLUX-dev's guidance embedding; with `true_cfg` > 1
         and a negative encoding the negative branch runs as a second forward reusing the ControlNet residuals,
         as FluxPipeline's `true_cfg_scale` does."""
-        from ...generation.control import active
         from . import vae_scale_factor
 
         h, w = size
@@ -354,8 +352,8 @@ class Flux(ModelFamily):
             tt = t.expand(latents.shape[0]).to(latents.dtype)
             res = None
             for u, hint, mode in zip(units, hints, modes, strict=True):
-                scale = u.scale * float(active(i, n, u.start, u.end))
-                r = self.control(u.net, latents, tt, cond, hint.to(device, dtype), scale=scale, control_mode=mode)
+                r = self.control(u.net, latents, tt, cond, hint.to(device, dtype), scale=u.scale_at(i, n),
+                                 control_mode=mode)
                 res = r if res is None else [a + b for a, b in zip(res, r, strict=True)]
             pred = self.denoise(denoiser, latents, tt, cond, res)
             if neg is not None:
