@@ -62,10 +62,10 @@ def test_a_type_registered_once_is_seen_everywhere(invert_type, tmp_path, run_cl
     from typer.testing import CliRunner
 
     from cnetcli.annotation import AnnotateConfig, annotate_paths
+    from cnetcli.annotators import catalogue
     from cnetcli.evaluation.metrics import metric_kind
     from cnetcli.generation.control import controlnet_releases, release_for
     from cnetcli.images import load_image, save_png
-    from cnetcli.annotators import catalogue
 
     # annotate (core), by name and by alias
     save_png(tmp_path / "in" / "a.png", np.full((64, 64, 3), 10, np.uint8))

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from cnetcli.errors import MissingWeightsError
 from cnetcli.annotators import catalogue
+from cnetcli.errors import MissingWeightsError
 from cnetcli.models import weights as W
 
 MLSD = W.WeightFile("mlsd_large_512_fp32.pth")
