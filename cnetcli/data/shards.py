@@ -22,8 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
-from .files import show
+import datasets
+from datasets import Features, Image, Value
+
+from ..errors import InputError, UsageError
+from .files import open_rgb, show
 from .index import IMAGEFOLDER_METADATA, TUTORIAL_METADATA
 
 WEBDATASET_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -155,8 +158,6 @@ def list_shards(data: str) -> ShardSet:
 
 # ----------------------------------------------------------------------------------------------- reading
 def _load(shards: ShardSet, urls: list[str], features: Any = None) -> Any:
-    import datasets
-
     return datasets.load_dataset(shards.builder, data_files={"train": urls}, split="train", streaming=True,
                                  features=features)
 
@@ -213,7 +214,6 @@ def _features(shards: ShardSet, found: list[str], cols: Columns) -> Any:
     which can skip a bad one) and a missing member as None instead of an error."""
     if shards.builder != "webdataset":
         return None
-    from datasets import Features, Image, Value
 
     feats = {n: Value("string") for n in ("__key__", "__url__")}
     for n in found:
@@ -228,8 +228,6 @@ def _features(shards: ShardSet, found: list[str], cols: Columns) -> Any:
 
 def _undecoded(ds: Any, columns: tuple[str, ...]) -> Any:
     """Image columns read as bytes (decoded by `decode_pair`, which can skip a bad one)."""
-    from datasets import Image
-
     for c in columns:
         if isinstance((ds.features or {}).get(c), Image):
             ds = ds.cast_column(c, Image(decode=False))
@@ -263,9 +261,6 @@ class ShardReader:
 
     def decode_pair(self, ex: dict[str, Any]) -> tuple[Any, Any, str]:
         """(photo RGB, hint RGB, caption) of one sample, or `SkipSample`."""
-        from ..errors import InputError
-        from .files import open_rgb
-
         if "__error__" in ex:
             raise SkipSample("unreadable shard", ex["__error__"])
         key = ex.get("__key__", "?")

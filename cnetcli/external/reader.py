@@ -8,6 +8,7 @@ nesting limit of 200), so a deeply nested file is an error line, never `Recursio
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -15,6 +16,8 @@ import stat
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
+
+from pydantic_core import from_json
 
 from ..errors import SchemaError
 
@@ -63,8 +66,6 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_BYTES, what: str = 
 def parse_json(data: str | bytes, source: str, max_bytes: int = MAX_BYTES) -> Any:
     """A JSON document -> Python values (dict/list/str/int/float/bool/None). Refused: more than `max_bytes`,
     not UTF-8, NaN/Infinity (also numbers that overflow to it, like 1e400), nesting deeper than 200."""
-    from pydantic_core import from_json
-
     if isinstance(data, str):
         try:
             data = data.encode("utf-8")
@@ -89,8 +90,6 @@ def parse_json(data: str | bytes, source: str, max_bytes: int = MAX_BYTES) -> An
 
 
 def _parses_with_nan(data: bytes) -> bool:
-    from pydantic_core import from_json
-
     try:
         from_json(data, allow_inf_nan=True)
         return True
@@ -101,8 +100,6 @@ def _parses_with_nan(data: bytes) -> bool:
 def _stdlib_json(text: str, source: str, max_bytes: int) -> Any:
     """JSON holding lone surrogates (escaped, or from a surrogateescape decode), which jiter refuses, through
     the stdlib parser: its size and nesting checked first (a linear scan), since that parser recurses."""
-    import json
-
     if len(text) > max_bytes:
         raise SchemaError(f"{source}: {len(text)} characters of JSON, more than the {max_bytes} allowed")
     if nesting_depth(_JSON_STRINGS.sub("", text)) > MAX_JSON_DEPTH:

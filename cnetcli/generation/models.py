@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..device import resolve_device, resolve_dtype
 from ..models.controlnet import check_models_fit, load_controlnet
 from ..models.sd import ModelSpec, _load, load_base_components, resolve
@@ -111,8 +113,6 @@ def compile_cache_dir() -> Path:
 def fast_path(module: Any, backend: str = "inductor") -> Any:
     """`module` compiled for the static-shape sampling step: inductor with CUDA graphs ("reduce-overhead")
     on CUDA; any other backend (e.g. "aot_eager", used by the CPU equivalence test) as given."""
-    import torch
-
     if backend == "inductor":
         compile_cache_dir()  # before inductor's import, which would set its /tmp default
         import torch._inductor.config as inductor_config
@@ -123,15 +123,11 @@ def fast_path(module: Any, backend: str = "inductor") -> Any:
 
 
 def _channels_last() -> Any:
-    import torch
-
     return torch.channels_last
 
 
 def load_models(cfg: Any, controlnet_specs: list[str] | None = None) -> Models:
     """Load the base (+ a trained denoiser when a ControlNet spec is a `cnet train` output) and ControlNets."""
-    import torch
-
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     specs = list(controlnet_specs if controlnet_specs is not None else cfg.controlnets)

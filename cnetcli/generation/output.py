@@ -13,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from .. import __version__
 from ..errors import OutputError
 from ..fsguard import apply_umask, output_error, temp_prefix
-from ..images import encode_png
+from ..images import encode_png, save_png
 from .comfyui import comfy_prompt_text
 from .infotext import a1111_parameters
 
@@ -116,8 +117,6 @@ def save_result(directory: str | os.PathLike, stem: str, image: np.ndarray, meta
 def contact_sheet(rows: list[list[np.ndarray]], cell: int = 256, pad: int = 4) -> np.ndarray:
     """Rows of images (hint first, then results) on a white sheet, each scaled to fit a `cell` square
     (at most `cell`, at least the largest image's side)."""
-    from PIL import Image
-
     cell = min(cell, max(max(im.shape[:2]) for r in rows for im in r))
     ncol = max(len(r) for r in rows)
     sheet = Image.new("RGB", (ncol * (cell + pad) + pad, len(rows) * (cell + pad) + pad), "white")
@@ -135,7 +134,6 @@ def contact_sheet(rows: list[list[np.ndarray]], cell: int = 256, pad: int = 4) -
 def save_grid(directory: str | os.PathLike, rows: list[list[np.ndarray]], meta: dict[str, Any]) -> Path:
     base = _reserve(Path(directory), "grid", (".png",))
     png = base.with_name(base.name + ".png")
-    from ..images import save_png
 
     with saving(png):
         save_png(png, contact_sheet(rows), metadata=meta)

@@ -14,14 +14,15 @@ from typing import Any
 
 from ..data.index import IMAGEFOLDER_METADATA
 from ..errors import InputError
+from ..external import MAX_INDEX_BYTES, parse_json, read_bytes
+from ..fsguard import atomic_write_text
+from ..images import as_rgb_array
 from .captioner import DEFAULT_CAPTIONER, load_captioner
 
 
 def caption_images(images: list[Any], captioner: str | os.PathLike | Any = DEFAULT_CAPTIONER, *,
                    batch_size: int = 8, device: str = "cpu", offline: bool | None = None, **kwargs: Any) -> list[str]:
     """Captions for images (paths, PIL images or arrays). `captioner`: spec or a loaded Captioner."""
-    from ..images import as_rgb_array
-
     cap = captioner if hasattr(captioner, "caption") else load_captioner(captioner, device=device, offline=offline,
                                                                          **kwargs)
     return cap.caption([as_rgb_array(im) for im in images], batch_size=batch_size)
@@ -31,13 +32,10 @@ def caption_dataset(directory: str | os.PathLike, captioner: str | os.PathLike |
                     overwrite: bool = False, batch_size: int = 8, device: str = "cpu", offline: bool | None = None,
                     **kwargs: Any) -> int:
     """Caption the photos of a dataset folder in place; returns how many rows got a caption."""
-    from ..fsguard import atomic_write_text
-
     d = Path(directory)
     meta = d / IMAGEFOLDER_METADATA
     if not meta.is_file():
         raise InputError(f"{meta}: no metadata.jsonl (expected a `cnet annotate --dataset` folder)")
-    from ..external import MAX_INDEX_BYTES, parse_json, read_bytes
 
     rows = []
     text = read_bytes(meta, MAX_INDEX_BYTES, IMAGEFOLDER_METADATA).decode("utf-8", errors="replace")

@@ -31,8 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import diffusers
+from accelerate import init_empty_weights
+from diffusers import ControlNetModel
+from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING, convert_controlnet_checkpoint
+
 from ..errors import ModelLoadError, SchemaError
+from ..external import read_json, validate
+from ..external.records import ControlNetConfig
+from ..numerics import refuse_non_finite
 from . import boundary, compat
+from .compat import validate_config
+from .families import all_families, controlnet_file_family, family_of
 from .sd import (
     ModelSpec,
     base_configs,
@@ -43,7 +53,7 @@ from .sd import (
     part_config,
     resolve,
 )
-from .weights import read_shapes, read_state_dict
+from .weights import read_shapes, read_state_dict, trust_pickle_default
 
 #: Shipped ControlNet configs (models/configs/controlnet-<name>/config.json), tried in this order by shape.
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -70,8 +80,6 @@ def shipped_config_dir(name: str) -> Path:
 
 
 def shipped_config(name: str) -> dict[str, Any]:
-    from ..external import read_json
-
     return read_json(shipped_config_dir(name) / "config.json")
 
 
@@ -173,7 +181,6 @@ def to_diffusers_keys(sd: dict[str, Any], config: dict[str, Any]) -> dict[str, A
     """The state dict in diffusers' key names (diffusers' own converter for the original layout)."""
     if not is_original_layout(sd):
         return sd
-    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
     if not any(k.startswith(ORIGINAL_PREFIX) for k in sd):
         sd = {ORIGINAL_PREFIX + k: v for k, v in sd.items()}  # bare `input_blocks...` keys (trimmed exports)
@@ -186,8 +193,6 @@ def _embedding_keys(sd: dict[str, Any], config: dict[str, Any]) -> dict[str, Any
     """SDXL's added-conditioning MLP (`label_emb.0.{0,2}` -> `add_embedding.linear_{1,2}`; a class embedding's
     likewise), which diffusers' `convert_controlnet_checkpoint` leaves out although its own
     `DIFFUSERS_TO_LDM_MAPPING["controlnet"]` table names the pairs (the same as ComfyUI's `unet_to_diffusers`)."""
-    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
-
     kind = next((k for k in ("addition_embed_type", "class_embed_type") if config.get(k)), None)
     if kind is None:
         return {}
@@ -210,9 +215,6 @@ def hint_encoder(sd: dict[str, Any]) -> dict[str, Any]:
 
 def expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Every parameter's shape of a ControlNetModel with `config`, built on the meta device (no memory)."""
-    from accelerate import init_empty_weights
-    from diffusers import ControlNetModel
-
     with init_empty_weights():
         m = ControlNetModel.from_config(config)
     return {k: tuple(v.shape) for k, v in m.state_dict().items()}
@@ -220,8 +222,6 @@ def expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 
 def shape_mismatch(sd: dict[str, Any], config: dict[str, Any]) -> str | None:
     """None when `sd` (diffusers keys) fits `config` exactly; else the first difference, in words."""
-    from .compat import validate_config
-
     validate_config(config, "candidate")
     want = expected_shapes(config)
     missing = [k for k in want if k not in sd]
@@ -239,16 +239,12 @@ def shape_mismatch(sd: dict[str, Any], config: dict[str, Any]) -> str | None:
 
 def known_architectures() -> dict[str, str]:
     """Shipped ControlNet config name -> label, every family's (`ModelFamily.shipped_controlnet_configs`)."""
-    from .families import all_families
-
     return {n: label for f in all_families() for n, label in f.shipped_controlnet_configs.items()}
 
 
 def config_from_denoiser(denoiser_config: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     """The ControlNet config the base's family makes from a denoiser with `denoiser_config` (SD:
     diffusers' `ControlNetModel.from_unet`), built on the meta device."""
-    from .families import family_of
-
     return family_of(denoiser_config).controlnet_config_from(denoiser_config, **overrides)
 
 
@@ -261,7 +257,6 @@ class Candidate:
 def _read_config(folder: str | os.PathLike) -> dict[str, Any]:
     p = Path(folder)
     p = p / "config.json" if p.is_dir() else p
-    from ..external import read_json
 
     try:
         data = read_json(p)
@@ -275,10 +270,6 @@ def _read_config(folder: str | os.PathLike) -> dict[str, Any]:
 def _read_controlnet_config(folder: str) -> dict[str, Any]:
     """A ControlNet folder's config.json, checked: the schema (`external.records.ControlNetConfig`: a finite
     positive norm_eps), the class it names (one of `folder_classes`) and the dimensions (`compat.validate_config`)."""
-    from ..external import validate
-    from ..external.records import ControlNetConfig
-    from .compat import validate_config
-
     cfg = _read_config(folder)
     try:
         validate(ControlNetConfig, cfg, f"{folder}/config.json")
@@ -361,8 +352,6 @@ def load(spec: str | os.PathLike, *, torch_dtype: Any = None, offline: bool | No
     """Load a ControlNetModel from any form above. `config`: a folder/file with the config.json of a single
     file (else it is picked by shape); `denoiser_config`: the base's UNet config, one more candidate for files
     trained from it. Every failure is one ModelLoadError/MissingWeightsError/UsageError line."""
-    from ..numerics import refuse_non_finite
-
     loc = locate(spec)
     if loc.kind in ("folder", "hub"):
         return refuse_non_finite(_load_folder(loc, spec, torch_dtype, offline, trust_pickle), str(spec))
@@ -373,22 +362,16 @@ def load(spec: str | os.PathLike, *, torch_dtype: Any = None, offline: bool | No
 def folder_classes() -> tuple[str, ...]:
     """ControlNet classes a diffusers folder may name in its config's `_class_name`: every family's
     (`ModelFamily.controlnet_classes`; e.g. ControlNet-Union, one network for many hint types)."""
-    from .families import all_families
-
     return tuple(dict.fromkeys(c for f in all_families() for c in f.controlnet_classes))
 
 
 def folder_class(cfg: dict[str, Any] | None) -> Any:
     """The diffusers class a ControlNet config names (`_class_name`), ControlNetModel for anything else."""
-    import diffusers
-
     name = (cfg or {}).get("_class_name")
     return getattr(diffusers, name if name in folder_classes() else "ControlNetModel")
 
 
 def _load_folder(loc: Located, spec: Any, torch_dtype: Any, offline: bool | None, trust_pickle: bool | None) -> Any:
-    from diffusers import ControlNetModel
-
     kw: dict[str, Any] = {}
     if torch_dtype is not None:
         kw["torch_dtype"] = torch_dtype
@@ -411,8 +394,6 @@ def _load_folder(loc: Located, spec: Any, torch_dtype: Any, offline: bool | None
 
 
 def _trusted(trust_pickle: bool | None) -> bool:
-    from .weights import trust_pickle_default
-
     return trust_pickle_default(trust_pickle)
 
 
@@ -427,8 +408,6 @@ def _load_pickled_folder(loc: Located, torch_dtype: Any, trust_pickle: bool | No
 
 def load_single_file(loc: Located, *, torch_dtype: Any = None, offline: bool | None = None, config: str | None = None,
                      trust_pickle: bool | None = None, denoiser_config: dict[str, Any] | None = None) -> Any:
-    from .families import controlnet_file_family, family_of
-
     where = loc.path + (f" ({loc.note})" if loc.note else "")
     own = controlnet_file_family(read_shapes(loc.path, trust_pickle)) if loc.path.endswith(".safetensors") else None
     if own is not None:  # a layout its family reads itself (SD3/FLUX: diffusers keys + cnet's config metadata)
@@ -463,7 +442,6 @@ def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, den
             return dict(ControlNetModel.load_config(loc.path, local_files_only=is_offline(offline)))
         except Exception:
             raise missing_hub_error(loc.path, "ControlNet") from None
-    from .families import controlnet_file_family
 
     where = loc.path + (f" ({loc.note})" if loc.note else "")
     shapes = read_shapes(loc.path, trust_pickle)

@@ -15,14 +15,20 @@ and one batch per worker, whatever the dataset's size.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 
 from ..data.shards import Columns, ShardReader, ShardSet, SkipSample, list_shards, peek_columns, pick_columns
-from ..errors import InputError, UsageError
+from ..device import process_rank_world
+from ..errors import CnetError, InputError, UsageError
+from ..external import read_json
 from .config import TrainConfig
+from .data import collate, pair_tensors
 
 FRESH = {"epoch": 0, "shard": 0, "offset": 0, "read": 0, "skips": {}, "examples": []}
 MAX_EXAMPLES = 3
@@ -108,8 +114,6 @@ class ShardStream(torch.utils.data.IterableDataset):
             pos["epoch"], pos["shard"] = pos["epoch"] + 1, 0
 
     def _item(self, ex: dict[str, Any], pos: dict[str, Any], sid: int, off: int) -> dict[str, Any] | None:
-        from .data import pair_tensors
-
         try:
             img, hint, text = self.reader.decode_pair(ex)
         except SkipSample as e:
@@ -125,8 +129,6 @@ class ShardStream(torch.utils.data.IterableDataset):
                 "drop": drop, "index": sid}
 
     def _batch(self, items: list[dict[str, Any]], slot: int, pos: dict[str, Any]) -> dict[str, Any]:
-        from .data import collate
-
         out = collate(items)
         out["stream"] = {"slot": slot, **pos, "skips": dict(pos["skips"]), "examples": list(pos["examples"])}
         return out
@@ -142,8 +144,6 @@ def _summary(skips: dict[str, int], examples: list[str]) -> str:
 def _one_line_errors(loader: Any) -> Any:
     """The loader's batches; a CnetError raised in a loader worker arrives wrapped in torch's multi-line
     "Caught ... in DataLoader worker" text: raised again as its own one line."""
-    from ..errors import CnetError
-
     try:
         yield from loader
     except CnetError as e:
@@ -160,10 +160,6 @@ def make_loader(stream: ShardStream, pin_memory: bool) -> Any:
 
 def read_record(checkpoint: Any) -> dict[str, Any]:
     """A checkpoint's state.json (already verified against its manifest by the resume)."""
-    from pathlib import Path
-
-    from ..external import read_json
-
     state = read_json(Path(checkpoint) / "state.json")  # typed by verify() (external.records.CheckpointState)
     return state if isinstance(state, dict) else {}
 
@@ -175,7 +171,6 @@ class Streamed:
         if cfg.max_train_samples is not None:  # a cap would need the stream counted up front
             raise UsageError("--max-train-samples does not apply to streamed shards: name fewer shards instead "
                              "(e.g. 'shards/{00000..00009}.tar')")
-        from ..device import process_rank_world
 
         self.shards, self.cols, self.reader = open_shards(cfg)
         check_slots(self.shards, process_rank_world()[1], workers(cfg))  # before any model loads
@@ -227,7 +222,6 @@ class StreamTracker:
         """Every slot's position (a collective: every process calls it)."""
         if self.world == 1:
             return dict(self.positions)
-        from accelerate.utils import gather_object
 
         merged: dict[int, dict[str, Any]] = {}
         for part in gather_object([self.positions]):
@@ -269,8 +263,6 @@ def resume_positions(record: dict[str, Any], shards: ShardSet, cfg: TrainConfig,
 def launcher_note(accelerator: Any) -> str:
     """Said when the launcher asked for FSDP or DeepSpeed and accelerate runs plain DDP instead: accelerate
     shards only on CUDA; on the CPU (gloo) its cpu mode replaces the plugin by DDP."""
-    import os
-
     asked = [n for n, v in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
              if os.environ.get(v, "").lower() == "true"]
     if asked and accelerator.distributed_type.value not in ("FSDP", "DEEPSPEED"):
