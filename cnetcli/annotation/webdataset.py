@@ -16,14 +16,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..data.index import IMAGEFOLDER_METADATA
 from ..errors import UsageError
 from ..reporting import Reporter
 from .config import AnnotateConfig, AnnotateSummary
-from .plan import Job
+from .plan import Job, plan
 from .run import Ctx, _shard_from_env, annotate_files, default_workers, type_and_runtime
 
 #: Images annotated per staging round (whole shards): large enough to keep a pool or a model busy, small
@@ -34,8 +36,6 @@ STAGING = ".staging"
 
 def annotator_record(cfg: AnnotateConfig, type_name: str) -> dict[str, Any]:
     """What the manifest says made the hints (a later run into the same folder must match it)."""
-    from .. import __version__
-
     return {"type": type_name, "params": {k: v for k, v in sorted(dict(cfg.params).items())},
             "detect_resolution": cfg.detect_resolution, "image_resolution": cfg.image_resolution,
             "keep_size": cfg.keep_size, "cnet": __version__}
@@ -66,10 +66,7 @@ def _groups(shards: list[int], size: int) -> list[list[int]]:
 
 def annotate_to_shards(cfg: AnnotateConfig, rep: Reporter, type_name: str) -> AnnotateSummary:
     """This process's shards of `cfg.dataset` (see the module docstring); returns the run's summary."""
-    import time
-
     from ..data.shard_write import is_finished, write_manifest
-    from .plan import plan
 
     t0 = time.perf_counter()
     root = Path(cfg.dataset or "")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
+from ..images import HWC3, output_hw, resize_image
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -26,8 +28,6 @@ def _check_range(name: str, value: float, lo: float, hi: float | None = None) ->
 def _resize_nearest_like(hint: np.ndarray, image: np.ndarray, image_resolution: int, kind: str) -> np.ndarray:
     """Bring a hint computed at the detect resolution to ControlNet's image-resolution size."""
     import cv2
-
-    from ..images import output_hw
 
     H, W = output_hw(image, image_resolution)
     interp = cv2.INTER_NEAREST if kind == "nearest" else (
@@ -59,8 +59,6 @@ class Canny:
 
     def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
         import cv2
-
-        from ..images import HWC3, resize_image
 
         img = resize_image(HWC3(image), image_resolution)
         return HWC3(cv2.Canny(img, self.p.low, self.p.high))
@@ -98,8 +96,6 @@ class Hough:
     def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
         import cv2
         import numpy as np
-
-        from ..images import HWC3, resize_image
 
         image = HWC3(image)
         img = resize_image(image, detect_resolution)
@@ -139,8 +135,6 @@ class Scribble:
 
     def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
         import numpy as np
-
-        from ..images import HWC3, resize_image
 
         img = resize_image(HWC3(image), image_resolution)
         out = np.zeros_like(img, dtype=np.uint8)
@@ -182,8 +176,6 @@ class Shuffle:
         import cv2
         import numpy as np
 
-        from ..images import HWC3, resize_image
-
         image = HWC3(image)
         img = resize_image(image, detect_resolution)
         H, W = img.shape[:2]
@@ -214,8 +206,6 @@ class Tile:
     def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
         import cv2
 
-        from ..images import HWC3, resize_image
-
         img = resize_image(HWC3(image), image_resolution)
         if self.p.downsample > 1.0:
             H, W = img.shape[:2]
@@ -241,8 +231,6 @@ class Blur:
 
     def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
         import cv2
-
-        from ..images import HWC3, resize_image
 
         img = resize_image(HWC3(image), image_resolution)
         return cv2.GaussianBlur(img, (0, 0), self.p.sigma)

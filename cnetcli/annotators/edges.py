@@ -15,6 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..device import resolve_device
+from ..models import weights as W
+from ._aux import aux_module
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -86,10 +90,6 @@ class EdgeNet:
     """HED or PiDiNet soft edges; `edges(dets)` -> float maps in 0..1 at each detect size."""
 
     def __init__(self, model: str, rt: Runtime, type_name: str = "softedge") -> None:
-        from ..device import resolve_device
-        from ..models import weights as W
-        from ._aux import aux_module
-
         self.device = resolve_device(rt.device)
         self.kind = "pidinet" if model.lower().startswith("pidi") else "hed"
         f = HED_WEIGHTS if self.kind == "hed" else PIDINET_WEIGHTS

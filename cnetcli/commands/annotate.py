@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import types as _types
 import typing
 from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
 
+from ..annotation import annotate_paths
 from ..annotation.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DATASET_FORMAT,
@@ -21,7 +23,7 @@ from ..annotation.config import (
 )
 from ..annotators import get_type, list_types
 from ..data import FORMATS
-from ..errors import UsageError
+from ..errors import CnetError, Interrupted, UsageError
 from ._options import DeviceOpt, choices
 from ._progress import RichReporter, quiet_libraries
 
@@ -45,8 +47,6 @@ def _types_help() -> str:
 # --- --param KEY=VALUE --------------------------------------------------------------------------------------
 
 def _parse_value(text: str, tp: Any, key: str, type_name: str) -> Any:
-    import types as _types
-
     options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, _types.UnionType) else (tp,)
     errors = []
     for t in options:
@@ -161,8 +161,6 @@ def annotate_cmd(
     quiet: Annotated[bool, _opt("No progress bar.", None, "--quiet", "-q", metavar="")] = False,
     **type_flags: Any,  # one option per parameter of the hint types (`_type_flags`, added to the signature)
 ) -> None:
-    from ..annotation import annotate_paths
-
     quiet_libraries(import_them=False)  # a model-backed type's transformers bars stay out of logs
 
     ht = get_type(type)
@@ -176,7 +174,6 @@ def annotate_cmd(
         shard_size=shard_size, engine=engine.value,
         caption=caption, captioner=captioner,
     )
-    from ..errors import CnetError, Interrupted
 
     try:
         s = annotate_paths(cfg, RichReporter(unit="img/s", quiet=quiet))

@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-from ..synthetic import CirclesConfig
+from ..errors import UsageError
+from ..fsguard import check_writable_dir
+from ..synthetic import CirclesConfig, heldout_dir, write_circles
 
 _D = CirclesConfig("")  # the core's defaults, shown by --help
 #: numpy's seeds are unsigned 32-bit (same seed -> same dataset everywhere).
@@ -26,10 +28,6 @@ def circles_cmd(
     thickness: Annotated[int, typer.Option("--thickness", help="Outline thickness of the hint in pixels.")] = _D.thickness,
     overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing dataset folder.")] = _D.overwrite,
 ) -> None:
-    from ..errors import UsageError
-    from ..fsguard import check_writable_dir
-    from ..synthetic import heldout_dir, write_circles
-
     if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise UsageError(f"--seed: must be in {SEED_RANGE[0]}..{SEED_RANGE[1]} (got {seed})")
     CirclesConfig(str(output), count, size, seed, holdout, thickness, overwrite)  # every other check, first

@@ -7,11 +7,15 @@ empty, an HTML page) fail with the command that fetches them again, files nothin
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Optional
 
 import typer
 
+from ..annotators import catalogue as W
+from ..errors import ModelLoadError
 from ..fsguard import human_bytes
+from ..models.weights import load_state_dict
 from ._options import OfflineOpt
 
 TypesArg = Annotated[Optional[list[str]], typer.Argument(help="Hint types (default: all model-backed types).")]  # noqa: UP045
@@ -47,12 +51,8 @@ def list_cmd(
 ) -> None:
     from rich.console import Console
 
-    from ..annotators import catalogue as W
-
     rows = W.status(types or None, weights_dir, hashes=not no_hash)
     if json_out:
-        import json
-
         typer.echo(json.dumps([{"type": s.type, "file": s.file.name, "repo": s.file.repo, "when": s.file.when,
                                 "present": s.present, "path": str(s.path) if s.path else None,
                                 "size": s.size, "expected_size": s.expected_size, "sha256": s.sha256,
@@ -72,8 +72,6 @@ def pull_cmd(
 ) -> None:
     from rich.console import Console
 
-    from ..annotators import catalogue as W
-
     rows = W.pull(types, weights_dir, offline=True if offline else None, include_optional=not required_only)
     Console(soft_wrap=True).print(_table(rows, hashes=True))
 
@@ -86,10 +84,6 @@ def verify_cmd(
     load: Annotated[bool, typer.Option("--load", metavar="", help="Also load each checkpoint through the safe loader.")] = False,
 ) -> None:
     from rich.console import Console
-
-    from ..annotators import catalogue as W
-    from ..errors import ModelLoadError
-    from ..models.weights import load_state_dict
 
     rows = W.status(types or None, weights_dir, hashes=True)
     Console(soft_wrap=True).print(_table(rows, hashes=True, verify=True))

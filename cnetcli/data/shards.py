@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import fsspec
 from datasets import Features, Image, Value
 
 from ..errors import InputError, UsageError
@@ -115,8 +116,6 @@ def looks_like_shards(data: str) -> bool:
 
 def _glob(pattern: str) -> list[str]:
     if _is_url(pattern):
-        import fsspec
-
         return sorted(f.full_name if hasattr(f, "full_name") else f.path for f in fsspec.open_files(pattern))
     return sorted(glob.glob(os.path.expanduser(pattern)))
 

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from ..folderlock import INDEX_LOCK as LOCK_NAME
+from ..folderlock import hold
 from ..fsguard import atomic_write_bytes
+from ..images import encode_png
 from . import Layout, layout, merge_records, read_records
 
 
@@ -51,8 +53,6 @@ def write_records(path: str | os.PathLike, records: list[dict[str, Any]]) -> Non
 def index_lock(root: str | os.PathLike, flag: str = "--dataset") -> Iterator[None]:
     """Hold the dataset folder's index lock (an OS file lock: released even if the process is killed); other
     writers wait for it. A lock path that is a folder or special file is one `OutputError` line."""
-    from ..folderlock import hold
-
     with hold(root, flag=flag, name=LOCK_NAME, wait=True, what="a dataset writer"):
         yield
 
@@ -86,8 +86,6 @@ class DatasetWriter:
                       exclusive: bool = False) -> list[Path]:
         """Write the photo and the hint (carrying `provenance`, a `Provenance`) as PNGs; returns the paths.
         On failure nothing of this example is left behind."""
-        from ..images import encode_png
-
         img_path, hint_path = self.paths(name)
         written: list[Path] = []
         try:

@@ -13,11 +13,17 @@ import math
 import os
 import re
 import stat
+import sys
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
 from pydantic_core import from_json
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 from ..errors import SchemaError
 
@@ -157,11 +163,6 @@ def nesting_depth(text: str) -> int:
 
 def parse_toml(text: str, source: str) -> dict[str, Any]:
     """A TOML document -> dict. Refused: more than MAX_BYTES, nesting deeper than MAX_TOML_DEPTH."""
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-
     if len(text) > MAX_BYTES:
         raise SchemaError(f"{source}: {len(text)} characters, more than the {MAX_BYTES} a TOML file may have")
     if nesting_depth(_TOML_STRINGS.sub("", text)) > MAX_TOML_DEPTH:

@@ -21,6 +21,7 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import try_to_load_from_cache
 from PIL import Image
 
 from ..annotators import all_types, find_type
@@ -250,8 +251,6 @@ def model_title(spec: str) -> str:
         name, weights = model_name(str(p.resolve())), _weights_file(p)
     elif s.count("/") == 1 and "\\" not in s:  # a hub id: its cached weights file, when the cache holds it
         try:
-            from huggingface_hub import try_to_load_from_cache
-
             for fn in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"):
                 hit = try_to_load_from_cache(s, fn)
                 if isinstance(hit, str):
@@ -327,8 +326,6 @@ def _sampler_from_a1111(label: str, schedule: str, source: str = "A1111 paramete
             label, schedule = label[: -len(suffix)], s
     names = [k for k, v in SAMPLERS.items() if v.a1111 == label]
     if not names:
-        from ..errors import InputError
-
         raise InputError(f"{source}: sampler '{label}' has no cnet counterpart (cnet has: "
                          f"{', '.join(sorted({v.a1111 for v in SAMPLERS.values()}))}); pass --sampler to choose one")
     scheduler = sched.get(schedule.lower(), "normal")

@@ -57,6 +57,7 @@ from ..reporting import NullReporter, Reporter
 from . import control as ctl
 from . import memory, output, prompts
 from .config import DECODE_PIXELS, GenerateConfig, check_size
+from .infotext import model_title
 from .models import Models, load_models
 from .samplers import sample
 
@@ -359,8 +360,6 @@ def check_captioner(spec: str, offline: bool | None, base: str | None = None) ->
         raise InputError(f"--captioner {spec}: no config.json in this folder; pass a BLIP folder saved with "
                          "save_pretrained")
     if s.kind == "hub" and is_offline(offline):
-        from huggingface_hub import try_to_load_from_cache
-
         if not isinstance(try_to_load_from_cache(s.location, "config.json"), str):
             own = BUILTIN_CAPTIONERS.get(str(base))
             raise missing_hub_error(s.location, "captioner", f" with --captioner (the {base} base's own: "
@@ -763,8 +762,6 @@ _TITLES: dict[str, str] = {}
 def _title(spec: str) -> str:
     """`name [hash]` of a ControlNet, once per spec and process (reads 64 KiB of its weights)."""
     if spec not in _TITLES:
-        from .infotext import model_title
-
         _TITLES[spec] = model_title(spec)
     return _TITLES[spec]
 

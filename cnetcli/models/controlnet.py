@@ -135,8 +135,6 @@ def _checkpoint(step_dir: Path, note: str = "") -> Located:
     base = None
     tc = step_dir / "train_config.json"
     if tc.is_file():
-        from ..external import read_json
-
         try:
             data = read_json(tc)
             base = data.get("base") if isinstance(data, dict) else None
@@ -436,8 +434,6 @@ def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, den
     if loc.kind == "folder":
         return _read_controlnet_config(loc.path)
     if loc.kind == "hub":
-        from diffusers import ControlNetModel
-
         try:
             return dict(ControlNetModel.load_config(loc.path, local_files_only=is_offline(offline)))
         except Exception:

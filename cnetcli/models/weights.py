@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingWeightsError, ModelLoadError, first_line
-from ..fsguard import sha256_of
+from ..errors import MissingWeightsError, ModelLoadError, SchemaError, first_line
+from ..fsguard import atomic_write_text, sha256_of
 from . import boundary
 from . import files as weight_files
 from .hub import download_command, is_offline
@@ -188,8 +189,6 @@ def load_state_dict(path: str | os.PathLike, trust_pickle: bool | None = None, *
     `CNET_TRUST_PICKLE=1`). Common wrappers ({"state_dict": ...}, {"model": ...}) are returned as stored;
     use `unwrap` to take them apart. `fix`: how to get a damaged file again (`redownload_hint` for an
     annotator's file)."""
-    import pickle
-
     import torch
 
 
@@ -288,7 +287,6 @@ def dir_size(p: Path) -> int:
 def read_manifest(root: Path | None) -> dict[str, str]:
     if root is None or not (root / MANIFEST_NAME).is_file():
         return {}
-    from ..errors import SchemaError
     from ..external import read_json
 
     try:
@@ -300,8 +298,6 @@ def read_manifest(root: Path | None) -> dict[str, str]:
 
 def record_hashes(root: str | os.PathLike, names: list[str]) -> dict[str, str]:
     """Hash the named weight files of a weights folder (those present) into its manifest (`cnet-weights.json`)."""
-    from ..fsguard import atomic_write_text
-
     r = Path(root)
     manifest = read_manifest(r)
     for f in sorted(set(names)):

@@ -25,7 +25,7 @@ from accelerate.utils import broadcast_object_list
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from ..errors import InputError
+from ..errors import InputError, TrainingError
 from ..fsguard import atomic_path
 from ..reporting import Reporter
 from .data import HubRef
@@ -202,7 +202,5 @@ def undecodable(path: Path) -> str:
 def _read_back(path: Path) -> dict[str, Any]:
     cache = _load(path)
     if cache is None:
-        from ..errors import TrainingError
-
         raise TrainingError(f"the latent cache {path} could not be read; delete {path.parent} and retry")
     return cache

@@ -45,8 +45,6 @@ class BatchStream:
 
     def _epoch(self, e: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if e not in self._epoch_cache:
-            import torch
-
             # torch seeds are below 2**64; the modulo leaves every smaller seed's stream as it was
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + e) % 2**64)
             perm = torch.randperm(self.n, generator=g).numpy()

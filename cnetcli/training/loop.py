@@ -24,13 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..device import process_rank_world, torch_dtype
 from ..errors import Interrupted, TrainingError, UsageError, first_line
+from ..folderlock import hold
+from ..fsguard import atomic_write_text
 from ..models.families import vae_scale_factor
 from ..reporting import NullReporter, Reporter
 from .config import TrainConfig
+from .model import set_connected, set_denoiser_trainable
 from .outputs import save_outputs
 from .plan import plan_run, preflight
-from .setup import trainable
+from .setup import build_models, build_optimizer, late_synced_params, trainable
 from .state import RunState, TrainResult, flush_losses, restore_checkpoint, write_checkpoint
 from .step import draw_noise, timestep_weights, training_step
 
@@ -106,9 +110,6 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, *, on_step: Callab
 def owning(out: Path, reporter: Reporter) -> Iterator[None]:
     """The run owns --output while it runs (the main process holds OUTPUT/.cnet-run.lock): a second run into
     the same folder is refused with one line naming this one, before it reads or writes anything there."""
-    from ..device import process_rank_world
-    from ..folderlock import hold
-
     if process_rank_world()[0] != 0:  # the launched ranks share the main process's ownership
         yield
         return
@@ -147,10 +148,8 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
 
     import torch
 
-    from ..device import torch_dtype
     from .checkpoint import remove_leftovers
     from .resume import RUNS_LOG, record_phase
-    from .setup import build_models, build_optimizer, late_synced_params
 
     out = cfg.output_dir
     accelerator, log_with = make_accelerator(cfg, device_spec, mixed_precision)
@@ -231,7 +230,6 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
             row |= {"event": "new-phase", "changes": changes}
             reporter.message("new phase: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()))
         record_phase(out, row)
-        from ..fsguard import atomic_write_text
 
         atomic_write_text(out / "train_config.json", cfg.to_json())  # only now: the resume has succeeded
 
@@ -400,8 +398,6 @@ def make_accelerator(cfg: TrainConfig, device: str, mixed_precision: str) -> tup
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
-    from ..device import process_rank_world
-
     log_with = None if cfg.report_to == "none" else cfg.report_to
     if log_with == "tensorboard":
         try:
@@ -465,8 +461,6 @@ def place_cache(cache: dict[str, Any], device: Any) -> dict[str, Any]:
 def switch_modes(cfg: TrainConfig, state: RunState, models: Any, raw_controlnet: Any, reporter: Reporter) -> None:
     """The paper's connection schedule: small-scale reconnects its down blocks at --reconnect-at; the SD
     weights unlock at --unlock-sd-after."""
-    from .model import set_connected, set_denoiser_trainable
-
     if cfg.small_scale and cfg.reconnect_at is not None and state.step >= cfg.reconnect_at \
             and not models.connected:
         set_connected(models.family, raw_controlnet, True)

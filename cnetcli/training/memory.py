@@ -34,9 +34,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from ..device import dtype_name
 from ..errors import CnetError, UsageError
@@ -252,8 +255,6 @@ def plan_before_loading(cfg: Any, device: str, mixed_precision: str) -> MemoryPl
 def device_memory(device: str) -> tuple[int, str] | None:
     """(bytes the run may use, what they are): the GPU's total memory, or the host's available RAM."""
     if device.startswith("cuda"):
-        import torch
-
         index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
         return torch.cuda.get_device_properties(index).total_memory, "GPU memory"
     try:
@@ -261,8 +262,6 @@ def device_memory(device: str) -> tuple[int, str] | None:
             info = dict(line.split(":", 1) for line in f if ":" in line)
         return int(info["MemAvailable"].split()[0]) * 1024, "available RAM"
     except (OSError, KeyError, ValueError):
-        import os
-
         try:
             return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
         except (ValueError, OSError, AttributeError):

@@ -15,6 +15,7 @@ from ..evaluation.metrics import metric_kind
 from ..fsguard import atomic_path
 from ..generation import GenerateConfig, Models, generate
 from ..images import resize_to, save_png
+from .checkpoint import append_jsonl
 from .config import TrainConfig
 
 
@@ -113,8 +114,6 @@ def validate(cfg: TrainConfig, step: int, models: Any, controlnet: Any, autocast
             tracker.log({"validation": [wandb.Image(grid)]}, step=step)
     score = None
     if scores:
-        from .checkpoint import append_jsonl
-
         score = {"step": step, "metric": metric, "value": float(np.mean(scores)), "n": len(scores)}
         for tracker in trackers:
             tracker.log({f"controllability/{metric}": score["value"]}, step=step)

@@ -27,7 +27,8 @@ from typing import Any, ClassVar
 
 from ...errors import UsageError
 from ..model_config import config_get
-from . import ModelFamily, PromptEncoding, _as_list, flow, flow_files
+from . import ModelFamily, PromptEncoding, _as_list, flow, flow_files, vae_scale_factor
+from . import transformer_memory as tm
 
 #: the FLUX script's --num_double_layers / --num_single_layers defaults (a full ControlNet)
 FULL_BLOCKS = (4, 4)
@@ -336,8 +337,6 @@ class Flux(ModelFamily):
         image before preparing latents). `guidance` feeds FLUX-dev's guidance embedding; with `true_cfg` > 1
         and a negative encoding the negative branch runs as a second forward reusing the ControlNet residuals,
         as FluxPipeline's `true_cfg_scale` does."""
-        from . import vae_scale_factor
-
         h, w = size
         f = vae_scale_factor(vae.config)
         shape = (1, self.latent_channels(denoiser.config), 2 * (h // (f * 2)), 2 * (w // (f * 2)))
@@ -385,8 +384,6 @@ class Flux(ModelFamily):
                          latent_pixels: int | None = None) -> tuple[float, float]:
         """Every base block and the full ControlNet's (a --small-scale one has fewer: the plan errs high), over the
         2x2-packed image tokens and T5's `max_sequence_length` text tokens (families/transformer_memory.py)."""
-        from . import transformer_memory as tm
-
         blocks = sum(int(config_get(denoiser_config, k)) for k in ("num_layers", "num_single_layers"))
         hidden = int(config_get(denoiser_config, "num_attention_heads")) * int(
             config_get(denoiser_config, "attention_head_dim"))
