@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
+from .. import synthetic
 from ..errors import UsageError
 from ..fsguard import check_writable_dir
-from ..synthetic import CirclesConfig, heldout_dir, write_circles
+from ..synthetic import CirclesConfig, heldout_dir
 
 _D = CirclesConfig("")  # the core's defaults, shown by --help
 #: numpy's seeds are unsigned 32-bit (same seed -> same dataset everywhere).
@@ -36,8 +37,8 @@ def circles_cmd(
     check_writable_dir(output, "OUTPUT", need_bytes=count * size * size // 8)
     if holdout:
         check_writable_dir(held, "--heldout-output")
-    out = write_circles(output, count=count, size=size, seed=seed, holdout=holdout, thickness=thickness,
-                        overwrite=overwrite, heldout_output=heldout_output)
+    out = synthetic.write_circles(output, count=count, size=size, seed=seed, holdout=holdout,  # module: tests fake it
+                                  thickness=thickness, overwrite=overwrite, heldout_output=heldout_output)
     typer.echo(f"wrote {count - holdout} samples to {out}")
     if holdout:
         typer.echo(f"wrote {holdout} held-out samples to {held}")

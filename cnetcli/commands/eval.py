@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from .. import evaluation
 from ..errors import OutputError, UsageError
-from ..evaluation import evaluate_folder
 from ..evaluation.config import DEFAULT_OUTPUT_NAME, DEFAULT_TOLERANCE, MAX_TOLERANCE, EvalConfig
 from ..fsguard import atomic_write_text, check_writable_dir, cleanup_stale_temps
 from ..models.sd import DEFAULT_BASE
@@ -68,8 +68,8 @@ def eval_cmd(
 
     quiet_libraries(import_them=False)  # re-annotating with a model-backed type: no library bars in the table
 
-    res = evaluate_folder(cfg.folder, hint_type=cfg.hint_type, tolerance=cfg.tolerance,
-                          reporter=RichReporter(unit="img/s", transient=True), relative_to=out.parent)
+    res = evaluation.evaluate_folder(cfg.folder, hint_type=cfg.hint_type, tolerance=cfg.tolerance,  # module: tests fake it
+                                     reporter=RichReporter(unit="img/s", transient=True), relative_to=out.parent)
     table = Table(title=f"controllability ({res['n']} images)")
     metrics = list(res["metrics"])
     table.add_column("hint / prompt mode")

@@ -14,8 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
+from .. import training
 from ..errors import Interrupted, UsageError
-from ..training import train
 from ..training.config import (
     LR_SCHEDULERS,
     MIXED_PRECISION,
@@ -170,7 +170,7 @@ def _train(settings: dict[str, Any], given: dict[str, Any]) -> None:
     quiet_libraries()
     reporter = RichReporter(unit="it/s", fields=("loss", "lr"))
     try:
-        result = train(cfg, reporter, given=given)
+        result = training.train(cfg, reporter, given=given)  # module: tests fake it
     finally:
         reporter.finish()
     if not result.is_main_process:  # `accelerate launch` / torchrun: the main process reports
