@@ -9,11 +9,12 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .. import generation
 from ..data.provenance import Provenance
 from ..evaluation import evaluate_pairs
 from ..evaluation.metrics import metric_kind
 from ..fsguard import atomic_path
-from ..generation import GenerateConfig, Models, generate
+from ..generation import GenerateConfig, Models
 from ..images import resize_to, save_png
 from .checkpoint import append_jsonl
 from .config import TrainConfig
@@ -89,7 +90,7 @@ def validate(cfg: TrainConfig, step: int, models: Any, controlnet: Any, autocast
                                      seed=cfg.seed, steps=cfg.validation_sampling_steps, cfg=cfg.validation_guidance,
                                      width=res, height=res, save=False, grid=False)
             with autocast():
-                results = generate(gen_cfg, models=mem)
+                results = generation.generate(gen_cfg, models=mem)  # module: tests spy on it
             samples = [r.array for r in results]
             hint = results[0].hints[0]
             rows.append(np.concatenate([resize_to(hint, res, res, "linear")] + samples, axis=1))
