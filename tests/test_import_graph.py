@@ -47,25 +47,49 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _targets(mod: str, is_pkg: bool, node: ast.Import | ast.ImportFrom, mods: dict[str, Path]) -> list[str]:
-    """The cnetcli modules an import statement loads (``from pkg import sub`` -> ``pkg.sub``)."""
+@functools.cache
+def _lazy_exports(path: Path) -> dict[str, str] | None:
+    """name -> module of a package that exports names lazily (a module-level `__getattr__`, PEP 562, reading a
+    dict literal of "submodule" or "package.module:name" strings); None for a package without one."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    if not any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body):
+        return None
+    out = {}
+    for n in tree.body:
+        if isinstance(n, (ast.Assign, ast.AnnAssign)) and isinstance(n.value, ast.Dict):
+            for k, v in zip(n.value.keys, n.value.values, strict=True):
+                if isinstance(k, ast.Constant) and isinstance(v, ast.Constant) and isinstance(v.value, str):
+                    out[k.value] = v.value
+    return out
+
+
+def _loaded(mod: str, is_pkg: bool, node: ast.Import | ast.ImportFrom, mods: dict[str, Path]) -> list[str]:
+    """What an import statement makes Python load: other modules by name, cnet modules resolved
+    (``from pkg import sub`` -> ``pkg.sub``; a lazily exported name -> the module it comes from; ``import
+    cnetcli.x.y`` of a name inside a module -> that module)."""
     if isinstance(node, ast.Import):
         names = [a.name for a in node.names]
     else:
         if node.level:
             base = mod.split(".") if is_pkg else mod.split(".")[:-1]
-            base = base[:len(base) - (node.level - 1)]
-            target = ".".join(base + ([node.module] if node.module else []))
+            target = ".".join(base[:len(base) - (node.level - 1)] + ([node.module] if node.module else []))
         else:
             target = node.module or ""
-        names = [f"{target}.{a.name}" if f"{target}.{a.name}" in mods else target for a in node.names]
-    out = []
-    for n in names:
-        while n and n not in mods:  # `import cnetcli.x.y` of a name inside a module
-            n = n.rpartition(".")[0]
-        if n.startswith("cnetcli"):
-            out.append(n)
-    return out
+        lazy = _lazy_exports(mods[target]) if target in mods and mods[target].name == "__init__.py" else None
+        names = []
+        for a in node.names:
+            if lazy is not None and a.name in lazy:
+                v = lazy[a.name]
+                names.append(v.split(":")[0] if ":" in v else f"{target}.{v}")
+            else:
+                names.append(f"{target}.{a.name}" if f"{target}.{a.name}" in mods else target)
+    return [_module_of(n, mods) if n.startswith("cnetcli") else n for n in names]
+
+
+def _module_of(name: str, mods: dict[str, Path]) -> str:
+    while name and name not in mods:
+        name = name.rpartition(".")[0]
+    return name
 
 
 def _graph() -> dict[str, set[str]]:
@@ -76,7 +100,7 @@ def _graph() -> dict[str, set[str]]:
         edges = set()
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                edges.update(_targets(mod, path.name == "__init__.py", node, mods))
+                edges.update(t for t in _loaded(mod, path.name == "__init__.py", node, mods) if t.startswith("cnetcli"))
         # `from .. import __version__`: the root package is every module's parent, loaded first; not an edge
         graph[mod] = {t for t in edges if t not in (mod, "cnetcli") and not t.startswith(mod + ".")}
     return graph
@@ -139,7 +163,7 @@ def test_the_scan_sees_function_level_imports(tmp_path):
     src = "def f():\n    from .read import x\n"
     node = next(n for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom))
     mods = {"cnetcli.data.read": Path(), "cnetcli.data.tables": Path()}
-    assert _targets("cnetcli.data.tables", False, node, mods) == ["cnetcli.data.read"]
+    assert _loaded("cnetcli.data.tables", False, node, mods) == ["cnetcli.data.read"]
 
 
 def test_no_import_cycles():
@@ -170,14 +194,19 @@ def test_no_import_runs_up_the_layers():
 
 #: third-party (and stdlib) modules that cost `cnet --help` start-up time (`python -X importtime`: numpy about
 #: 160 ms, rich.console 40 ms, filelock 35 ms, pydantic 30 ms, multiprocessing and concurrent.futures 10 ms each,
-#: torch and diffusers seconds). `import cnetcli.cli` loads none of them (checked below); a module it loads
-#: imports them inside the function that needs them.
+#: torch and diffusers seconds). `import cnetcli.cli` loads none of them (checked below).
 HEAVY = frozenset({
     "torch", "torchvision", "diffusers", "transformers", "accelerate", "datasets", "peft", "numpy", "PIL", "cv2",
     "safetensors", "pyarrow", "huggingface_hub", "kornia", "matplotlib", "tensorboard", "scipy", "skimage",
     "fsspec", "tokenizers", "controlnet_aux", "timm", "pydantic", "pydantic_core", "rich", "filelock",
     "multiprocessing", "concurrent",
 })
+#: the libraries a command's input checks must not load: they refuse bad input before these are imported
+TORCH = frozenset({"torch", "torchvision", "diffusers", "transformers", "accelerate", "peft"})
+
+#: what a command loads after parsing to check its input before the libraries (generate's `preflight`, train's
+#: `check_inputs`; tests/test_generate_preflight.py and test_offline.py time the refusals)
+PREFLIGHT = ("cnetcli.generation.pipeline", "cnetcli.training.inputs")
 
 #: function-level imports allowed for another reason than start-up time: (importing module, or "*" for any;
 #: imported module or its package) -> why. Keep it short.
@@ -197,121 +226,46 @@ def _allowed(mod: str, target: str) -> bool:
     return any(m in ("*", mod) and (target == t or target.startswith(t + ".")) for m, t in LAZY_ALLOWED)
 
 
-def _cli_closure() -> set[str]:
-    """The cnetcli modules (and every other top-level module) `import cnetcli.cli` loads."""
-    code = "import sys, json, cnetcli.cli; print(json.dumps(sorted(sys.modules)))"
+def _start_up() -> tuple[set[str], set[str]]:
+    """(every module `import cnetcli.cli` loads, and with the PREFLIGHT modules too)."""
+    code = ("import sys, json, importlib, cnetcli.cli; cli = sorted(sys.modules); "
+            f"[importlib.import_module(m) for m in {PREFLIGHT!r}]; print(json.dumps([cli, sorted(sys.modules)]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    return set(json.loads(r.stdout))
+    cli, pre = json.loads(r.stdout)
+    return set(cli), set(pre)
 
 
-@functools.cache
-def _lazy_exports(path: Path) -> dict[str, str] | None:
-    """name -> module of a package that exports names lazily (a module-level `__getattr__`, PEP 562, reading a
-    dict literal of "submodule" or "package.module:name" strings); None for a package without one."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    if not any(isinstance(n, ast.FunctionDef) and n.name == "__getattr__" for n in tree.body):
-        return None
-    out = {}
-    for n in tree.body:
-        if isinstance(n, (ast.Assign, ast.AnnAssign)) and isinstance(n.value, ast.Dict):
-            for k, v in zip(n.value.keys, n.value.values, strict=True):
-                if isinstance(k, ast.Constant) and isinstance(v, ast.Constant) and isinstance(v.value, str):
-                    out[k.value] = v.value
-    return out
+def _function_imports(tree: ast.Module) -> list[tuple[ast.Import | ast.ImportFrom, str]]:
+    """The imports inside functions (at any depth), each with its function's name."""
+    return [(n, fn.name) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for n in _own_imports(fn)]
 
 
-def _loaded(mod: str, is_pkg: bool, node: ast.Import | ast.ImportFrom, mods: dict[str, Path]) -> list[str]:
-    """What an import statement makes Python load: third-party modules by name, cnet modules resolved (a
-    submodule, or the module a lazily exported name comes from)."""
-    if isinstance(node, ast.Import):
-        return [a.name for a in node.names]
-    if node.level:
-        base = mod.split(".") if is_pkg else mod.split(".")[:-1]
-        target = ".".join(base[:len(base) - (node.level - 1)] + ([node.module] if node.module else []))
-    else:
-        target = node.module or ""
-    out = []
-    for a in node.names:
-        lazy = _lazy_exports(mods[target]) if target in mods else None
-        if f"{target}.{a.name}" in mods:
-            out.append(f"{target}.{a.name}")
-        elif lazy is not None and a.name in lazy:
-            v = lazy[a.name]
-            out.append(v.split(":")[0] if ":" in v else f"{target}.{v}")
-        else:
-            out.append(target)
-    return out
+def _own_imports(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.Import | ast.ImportFrom]:
+    """The imports of `fn`'s body, not those of functions defined inside it (they are listed under their own)."""
+    out, todo = [], list(fn.body)
+    while todo:
+        n = todo.pop()
+        if isinstance(n, (ast.Import, ast.ImportFrom)):
+            out.append(n)
+        elif not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            todo.extend(ast.iter_child_nodes(n))
+    return sorted(out, key=lambda n: n.lineno)
 
 
-def _split(tree: ast.Module) -> tuple[list[ast.stmt], list[tuple[ast.stmt, str]]]:
-    """(the imports run when the module is imported, the ones inside functions with the function's name).
-    `if TYPE_CHECKING:` blocks run never: in neither."""
-    top: list[ast.stmt] = []
-    inner: list[tuple[ast.stmt, str]] = []
-
-    def walk(body: list[ast.stmt], fn: str | None) -> None:
-        for n in body:
-            if isinstance(n, (ast.Import, ast.ImportFrom)):
-                (top.append(n) if fn is None else inner.append((n, fn)))
-            elif isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test):
-                continue
-            else:
-                inside = n.name if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) else fn
-                for field in ("body", "orelse", "finalbody", "handlers", "cases"):
-                    for c in getattr(n, field, []):
-                        walk(c.body if isinstance(c, (ast.ExceptHandler, ast.match_case)) else [c], inside)
-
-    walk(tree.body, None)
-    return top, inner
-
-
-def _module_of(name: str, mods: dict[str, Path]) -> str:
-    while name and name not in mods:
-        name = name.rpartition(".")[0]
-    return name
-
-
-def heavy_pulled(mods: dict[str, Path]) -> dict[str, set[str]]:
-    """cnet module -> the HEAVY libraries importing it loads (its module-level imports, transitively, and its
-    parent packages')."""
-    direct: dict[str, set[str]] = {}
-    for m, p in mods.items():
-        top, _ = _split(ast.parse(p.read_text(encoding="utf-8")))
-        direct[m] = {t for n in top for t in _loaded(m, p.name == "__init__.py", n, mods)}
-        direct[m] |= {".".join(m.split(".")[:i]) for i in range(1, m.count(".") + 1)}
-    out: dict[str, set[str]] = {}
-
-    def visit(m: str, seen: frozenset[str]) -> set[str]:
-        if m in out:
-            return out[m]
-        found: set[str] = set()
-        for t in direct.get(m, ()):
-            if t.startswith("cnetcli"):
-                tm = _module_of(t, mods)
-                if tm and tm != m and tm not in seen:
-                    found |= visit(tm, seen | {m})
-            elif t.split(".")[0] in HEAVY:
-                found.add(t.split(".")[0])
-        out[m] = found
-        return found
-
-    for m in mods:
-        visit(m, frozenset())
-    return out
-
-
-def misplaced_imports(sources: dict[str, Path], closure: set[str], heavy: dict[str, set[str]]) -> list[str]:
-    """Function-level imports that should be at module top: every one, except those of LAZY_ALLOWED and, in a module `import cnetcli.cli` loads, a HEAVY library or a cnet module that
-    pulls one in (`heavy`)."""
+def misplaced_imports(sources: dict[str, Path], cli: set[str], preflight: set[str]) -> list[str]:
+    """Function-level imports that belong at the module's top. Kept inside a function are only those of
+    LAZY_ALLOWED and, in a module the CLI loads at start-up (`cli`) or a command loads to check its input
+    (`preflight`), the imports that would make that step load more: a HEAVY library (a TORCH one, in a
+    preflight module), or a cnet module it does not load yet."""
     bad = []
     for mod, path in sorted(sources.items()):
-        _, inner = _split(ast.parse(path.read_text(encoding="utf-8")))
-        for node, fn in inner:
+        loads = cli if mod in cli else preflight if mod in preflight else None
+        for node, fn in _function_imports(ast.parse(path.read_text(encoding="utf-8"))):
             for t in _loaded(mod, path.name == "__init__.py", node, sources):
                 top = t.split(".")[0]
-                if _allowed(mod, t):
-                    continue
-                if mod in closure and (heavy.get(_module_of(t, sources)) if top == "cnetcli" else top in HEAVY):
+                if _allowed(mod, t) or loads is not None and (
+                        t not in loads if top == "cnetcli" else top in (HEAVY if loads is cli else TORCH | HEAVY)):
                     continue
                 bad.append(f"{mod}:{node.lineno} in {fn}(): {ast.unparse(node)}")
     return bad
@@ -320,30 +274,31 @@ def misplaced_imports(sources: dict[str, Path], closure: set[str], heavy: dict[s
 def test_the_import_scan_flags_what_it_should(tmp_path):
     """The rule is no stub: a light import inside a start-up module's function is flagged, a heavy one is not,
     and a module the CLI does not load keeps none inside its functions."""
-    mods = _modules()
     src = tmp_path / "probe.py"  # scanned as if it were a module of the package, never imported
     src.write_text("def f():\n    import json\n    import numpy as np\n    from cnetcli.generation import generate\n"
-            "    from cnetcli.generation import GenerateConfig\n    import wandb\n", encoding="utf-8")
-    sources = mods | {"cnetcli.probe": src}
-    heavy = heavy_pulled(sources)
-    assert "numpy" in heavy["cnetcli.generation.pipeline"] and not heavy["cnetcli.errors"]
-    flagged = [b.split(": ", 1)[1] for b in misplaced_imports(sources, {"cnetcli.probe"}, heavy)
-               if b.startswith("cnetcli.probe:")]
-    assert flagged == ["import json", "from cnetcli.generation import GenerateConfig"]
-    flagged = [b.split(": ", 1)[1] for b in misplaced_imports(sources, set(), heavy) if b.startswith("cnetcli.probe:")]
+                   "    from cnetcli.generation import CONTROL_MODES\n    import wandb\n\n    def g():\n"
+                   "        import torch\n", encoding="utf-8")
+    sources = _modules() | {"cnetcli.probe": src}
+    cli = {"cnetcli", "cnetcli.probe", "cnetcli.generation", "cnetcli.generation.control"}
+    flagged = [b.split(": ", 1)[1] for b in misplaced_imports(sources, cli, cli) if b.startswith("cnetcli.probe:")]
+    assert flagged == ["import json", "from cnetcli.generation import CONTROL_MODES"]
+    flagged = [b.split(": ", 1)[1] for b in misplaced_imports(sources, set(), set()) if b.startswith("cnetcli.probe:")]
     assert flagged == ["import json", "import numpy as np", "from cnetcli.generation import generate",
-                       "from cnetcli.generation import GenerateConfig"]
+                       "from cnetcli.generation import CONTROL_MODES", "import torch"]
 
 
 def test_imports_sit_at_module_top():
-    """#22: imports go at module top, except where the CLI's start-up needs them inside a function."""
-    mods = _modules()
-    bad = misplaced_imports(mods, {m for m in _cli_closure() if m.startswith("cnetcli")}, heavy_pulled(mods))
-    assert not bad, "move these imports to the module's top (or, if the CLI loads the module at start-up and " \
-        "the import is heavy, add the library to HEAVY):\n" + "\n".join(bad)
+    """#22: imports go at module top, except where the CLI's start-up and input checks need them inside a
+    function (see `misplaced_imports`)."""
+    cli, preflight = _start_up()
+    bad = misplaced_imports(_modules(), {m for m in cli if m.startswith("cnetcli")},
+                            {m for m in preflight if m.startswith("cnetcli")})
+    assert not bad, "move these imports to the module's top:\n" + "\n".join(bad)
 
 
 def test_the_cli_imports_nothing_heavy():
-    """`import cnetcli.cli` (so `cnet --help`) loads no HEAVY library: no torch, diffusers, numpy, rich..."""
-    loaded = sorted({m.split(".")[0] for m in _cli_closure()} & HEAVY)
-    assert not loaded, f"`import cnetcli.cli` loads {loaded}"
+    """`import cnetcli.cli` (so `cnet --help`) loads no HEAVY library (no torch, diffusers, numpy, rich...), and
+    the input checks of the PREFLIGHT modules none of TORCH."""
+    cli, preflight = _start_up()
+    assert not {m.split(".")[0] for m in cli} & HEAVY, f"`import cnetcli.cli` loads {sorted({m.split('.')[0] for m in cli} & HEAVY)}"
+    assert not {m.split(".")[0] for m in preflight} & TORCH, sorted({m.split(".")[0] for m in preflight} & TORCH)

@@ -22,10 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import datasets
-import fsspec
-from datasets import Features, Image, Value
-
 from ..errors import InputError, UsageError
 from .files import open_rgb, show
 from .index import IMAGEFOLDER_METADATA, TUTORIAL_METADATA
@@ -116,6 +112,8 @@ def looks_like_shards(data: str) -> bool:
 
 def _glob(pattern: str) -> list[str]:
     if _is_url(pattern):
+        import fsspec
+
         return sorted(f.full_name if hasattr(f, "full_name") else f.path for f in fsspec.open_files(pattern))
     return sorted(glob.glob(os.path.expanduser(pattern)))
 
@@ -157,6 +155,8 @@ def list_shards(data: str) -> ShardSet:
 
 # ----------------------------------------------------------------------------------------------- reading
 def _load(shards: ShardSet, urls: list[str], features: Any = None) -> Any:
+    import datasets
+
     return datasets.load_dataset(shards.builder, data_files={"train": urls}, split="train", streaming=True,
                                  features=features)
 
@@ -213,6 +213,7 @@ def _features(shards: ShardSet, found: list[str], cols: Columns) -> Any:
     which can skip a bad one) and a missing member as None instead of an error."""
     if shards.builder != "webdataset":
         return None
+    from datasets import Features, Image, Value
 
     feats = {n: Value("string") for n in ("__key__", "__url__")}
     for n in found:
@@ -227,6 +228,8 @@ def _features(shards: ShardSet, found: list[str], cols: Columns) -> Any:
 
 def _undecoded(ds: Any, columns: tuple[str, ...]) -> Any:
     """Image columns read as bytes (decoded by `decode_pair`, which can skip a bad one)."""
+    from datasets import Image
+
     for c in columns:
         if isinstance((ds.features or {}).get(c), Image):
             ds = ds.cast_column(c, Image(decode=False))

@@ -21,14 +21,9 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-from huggingface_hub import try_to_load_from_cache
-from PIL import Image
-
 from ..annotators import all_types, find_type
 from ..config_check import check_value, dataclass_types, refusal
 from ..errors import InputError, SchemaError, UsageError
-from ..external import check_regular, parse_json, read_json, validate
-from ..external.records import GenerationRecord, InfotextUnit, InfotextValues
 from .config import GenerateConfig
 from .samplers import SAMPLERS, SCHEDULERS
 
@@ -57,6 +52,7 @@ def quote(text: Any) -> Any:
 def unquote(text: str) -> str:
     if len(text) == 0 or text[0] != '"' or text[-1] != '"':
         return text
+    from ..external import parse_json
 
     try:
         value = parse_json(text, "infotext value")
@@ -251,6 +247,8 @@ def model_title(spec: str) -> str:
         name, weights = model_name(str(p.resolve())), _weights_file(p)
     elif s.count("/") == 1 and "\\" not in s:  # a hub id: its cached weights file, when the cache holds it
         try:
+            from huggingface_hub import try_to_load_from_cache
+
             for fn in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors"):
                 hit = try_to_load_from_cache(s, fn)
                 if isinstance(hit, str):
@@ -360,6 +358,9 @@ def config_from_parameters(text: str, given: Collection[str] = (), source: str =
     through `external.records.InfotextValues`/`InfotextUnit`: a malformed one is one `SchemaError` naming
     `source` and the field. `given`: fields the caller sets from its own flags: their values here are not
     mapped, so one cnet cannot map (a sampler it lacks, units' modes that disagree) is no error."""
+    from ..external import validate
+    from ..external.records import InfotextUnit, InfotextValues
+
     r = parse_parameters(text, source)
     v = validate(InfotextValues, r, source)
     kw: dict[str, Any] = {}
@@ -402,6 +403,8 @@ _REPEAT_FIELDS = ("hints", "controlnets", "base", "image", "types", "prompt_mode
 def _cnet_record(p: Path, chunk: str | None) -> dict[str, Any] | None:
     """The generation record of a cnet image: its `cnet` chunk when that holds one (a hint's provenance
     does not), else its JSON sidecar; None when there is neither. Present but malformed: SchemaError."""
+    from ..external import parse_json, read_json
+
     meta = parse_json(chunk, f"--from {p} ('cnet' chunk)") if chunk else None
     if isinstance(meta, dict) and meta.get("config"):
         return meta
@@ -415,6 +418,9 @@ def _cnet_record(p: Path, chunk: str | None) -> dict[str, Any] | None:
 
 def _repeat_settings(meta: dict[str, Any], source: str, given: Collection[str] = ()) -> dict[str, Any]:
     """GenerateConfig keyword arguments from a validated cnet generation record."""
+    from ..external import validate
+    from ..external.records import GenerationRecord
+
     rec = validate(GenerationRecord, meta, source)
     cfg = rec.config
     kw = {k: cfg[k] for k in _REPEAT_FIELDS if k in cfg and k not in given}
@@ -447,6 +453,10 @@ def settings_from_png(path: str | Path, given: Collection[str] = ()) -> dict[str
     `num_images=1`; an auto-mode pass-2 image repeats with its caption as the user prompt. Every value is
     validated (`cnetcli.external`): a malformed record is one `SchemaError` line naming the field.
     `given`: the fields the caller's flags set, which override the PNG's (see `config_from_parameters`)."""
+    from PIL import Image
+
+    from ..external import check_regular
+
     p = Path(path).expanduser()
     check_regular(p, 1 << 30, "PNG")  # never a FIFO (PIL would block on it) or a 100 GB file
     try:

@@ -14,8 +14,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from ..errors import UsageError
 from ..fsguard import human_bytes
 
@@ -56,6 +54,8 @@ def available_memory(device: str) -> int | None:
     """Bytes free for new tensors on `device` (CUDA: the driver's free memory; CPU: MemAvailable), or None
     where it cannot be read."""
     if str(device).startswith("cuda"):
+        import torch
+
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         return int(free)
     try:

@@ -17,9 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch._inductor.config as inductor_config
-
 from ..device import resolve_device, resolve_dtype
 from ..models.captioner import load_captioner
 from ..models.controlnet import check_models_fit, load_controlnet
@@ -114,8 +111,11 @@ def compile_cache_dir() -> Path:
 def fast_path(module: Any, backend: str = "inductor") -> Any:
     """`module` compiled for the static-shape sampling step: inductor with CUDA graphs ("reduce-overhead")
     on CUDA; any other backend (e.g. "aot_eager", used by the CPU equivalence test) as given."""
+    import torch
+
     if backend == "inductor":
         compile_cache_dir()  # before inductor's import, which would set its /tmp default
+        import torch._inductor.config as inductor_config
 
         inductor_config.fx_graph_cache = True  # reuse compiled graphs across runs (on by default in 2.4+)
         return torch.compile(module, mode="reduce-overhead", dynamic=False)
@@ -123,11 +123,15 @@ def fast_path(module: Any, backend: str = "inductor") -> Any:
 
 
 def _channels_last() -> Any:
+    import torch
+
     return torch.channels_last
 
 
 def load_models(cfg: Any, controlnet_specs: list[str] | None = None) -> Models:
     """Load the base (+ a trained denoiser when a ControlNet spec is a `cnet train` output) and ControlNets."""
+    import torch
+
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     specs = list(controlnet_specs if controlnet_specs is not None else cfg.controlnets)

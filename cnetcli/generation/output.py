@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from .. import __version__
 from ..errors import OutputError
@@ -117,6 +116,8 @@ def save_result(directory: str | os.PathLike, stem: str, image: np.ndarray, meta
 def contact_sheet(rows: list[list[np.ndarray]], cell: int = 256, pad: int = 4) -> np.ndarray:
     """Rows of images (hint first, then results) on a white sheet, each scaled to fit a `cell` square
     (at most `cell`, at least the largest image's side)."""
+    from PIL import Image
+
     cell = min(cell, max(max(im.shape[:2]) for r in rows for im in r))
     ncol = max(len(r) for r in rows)
     sheet = Image.new("RGB", (ncol * (cell + pad) + pad, len(rows) * (cell + pad) + pad), "white")

@@ -31,16 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from diffusers.pipelines.controlnet.pipeline_controlnet_img2img import retrieve_latents
-from huggingface_hub import try_to_load_from_cache
-from PIL import Image
 
 from .. import __version__
 from ..annotators import annotate, canonical_name, find_type, get_type, params_dict
 from ..data.provenance import Provenance
 from ..errors import CnetError, GenerationError, InputError, Interrupted, MissingWeightsError, UsageError
-from ..external import check_regular
 from ..fsguard import check_writable_dir, ensure_dir
 from ..images import IMAGE_EXTENSIONS, load_image, resize_to
 from ..models.controlnet import locate
@@ -99,6 +94,8 @@ class GenerateResult:
 
     @property
     def image(self) -> Any:
+        from PIL import Image
+
         return Image.fromarray(self.array)
 
 
@@ -118,6 +115,8 @@ def _round8(v: int) -> int:
 def check_input_file(path: str | Path, flag: str, what: str = "image") -> Path:
     """The file an input flag names, if it is a regular file: reading a FIFO, socket or device would block or
     never end, so each is refused in one line before anything opens it (`external.check_regular`)."""
+    from ..external import check_regular
+
     p = Path(path).expanduser()
     if not p.exists():
         raise InputError(f"{path}: no such {what} file ({flag})")
@@ -325,6 +324,8 @@ def check_hub_models(cfg: GenerateConfig, jobs: list[Job]) -> None:
     """Offline (`--offline`, HF_HUB_OFFLINE, or the hub probe of models/hub.py finding no hub), a base, VAE or
     ControlNet named by hub id must be in the HF cache: one line naming it now, not after the photo is annotated
     and a hint written. Reads the cache's file names only (no diffusers import)."""
+    from huggingface_hub import try_to_load_from_cache
+
     wanted = [(resolve(cfg.base), "model_index.json", "base model")]
     if cfg.vae:
         wanted.append((resolve(cfg.vae), "config.json", "VAE"))
@@ -360,6 +361,8 @@ def check_captioner(spec: str, offline: bool | None, base: str | None = None) ->
         raise InputError(f"--captioner {spec}: no config.json in this folder; pass a BLIP folder saved with "
                          "save_pretrained")
     if s.kind == "hub" and is_offline(offline):
+        from huggingface_hub import try_to_load_from_cache
+
         if not isinstance(try_to_load_from_cache(s.location, "config.json"), str):
             own = BUILTIN_CAPTIONERS.get(str(base))
             raise missing_hub_error(s.location, "captioner", f" with --captioner (the {base} base's own: "
@@ -371,6 +374,8 @@ def encode_prompts(models: Models, texts: list[str], negative: str = "", do_cfg:
                    clip_skip: int | None = None) -> Any:
     """The family's prompt encoding (`PromptEncoding`) of a batch. An empty `negative` is "no negative
     prompt": SD encodes the empty string, SDXL (force_zeros_for_empty_prompt) uses zeros, as diffusers does."""
+    import torch
+
     with torch.inference_mode():
         return models.family.encode_prompt(models.text_components, texts,
                                            negative_prompt=[negative] * len(texts) if negative else None,
@@ -381,6 +386,8 @@ def control_image(hints: HintInput | Sequence[HintInput], width: int, height: in
                   mode: str = "crop") -> Any:
     """The ControlNet's input for a batch, B x 3 x H x W in [0, 1]: one row per hint of `hints` (each fitted to
     the size once, however often it repeats), or one hint repeated `batch` times."""
+    import torch
+
     rows = [hints] * batch if isinstance(hints, HintInput) else list(hints)
     fitted: dict[int, Any] = {}
     for h in rows:
@@ -397,6 +404,8 @@ def hint_inputs(models: Models, net: Any, pixels: Any, do_cfg: bool, seeds: list
     A pixel-space hint is the same for both. A family whose hint is a sample of VAE latents (SD3) encodes each
     item's hint, CFG-doubled, as its pipeline does (one draw per half), drawing from a generator seeded with the
     item's seed, so the image depends on its own seed only (the pipeline draws from torch's global RNG)."""
+    import torch
+
     family = models.family
     if not family.hint_sample_needed:
         return family.hint_input(models.vae, pixels, net=net), None
@@ -438,6 +447,8 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
               callback: Any = None) -> list[np.ndarray]:
     """One batch of len(seeds) images: item i is `job` (or `job[i]`: jobs with one `batch_key`) with
     prompts_[i] and seeds[i]. Returns RGB uint8 arrays."""
+    import torch
+
     b = len(seeds)
     jobs = [job] * b if isinstance(job, Job) else list(job)
     if not len(jobs) == len(prompts_) == b:
@@ -494,6 +505,8 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
 
 def _image_tensor(img: np.ndarray, width: int, height: int, mode: str, models: Models) -> Any:
     """An init image fitted to the size as the hint is, in [-1, 1] (diffusers' image processor), 1 x 3 x H x W."""
+    import torch
+
     arr = fit_hint(img, width, height, mode, "linear")
     x = torch.from_numpy(np.array(arr, copy=True)).permute(2, 0, 1)[None].float() / 255.0
     return (2.0 * x - 1.0).to(models.device, models.vae.dtype)
@@ -501,6 +514,9 @@ def _image_tensor(img: np.ndarray, width: int, height: int, mode: str, models: M
 
 def _mask_tensor(img: np.ndarray, width: int, height: int, mode: str) -> Any:
     """A mask as diffusers' mask processor makes it: grayscale, binarized at 0.5, 1 x 1 x H x W (1 = repaint)."""
+    import torch
+    from PIL import Image
+
     gray = np.asarray(Image.fromarray(fit_hint(img, width, height, mode, "nearest")).convert("L"))
     return torch.from_numpy((gray.astype(np.float32) / 255.0 >= 0.5).astype(np.float32))[None, None]
 
@@ -513,6 +529,8 @@ def _is_inpaint(hint_type: str | None) -> bool:
 def inpaint_condition(image: Any, jobs: Sequence[Job], width: int, height: int, mode: str) -> Any:
     """The inpaint ControlNet's input: its hint (the image) with the masked pixels at -1, "no information"
     (ControlNet 1.1's and diffusers' `make_inpaint_condition`)."""
+    import torch
+
     masks = torch.cat([_mask_tensor(j.mask, width, height, mode) for j in jobs]).to(image.device)
     return image.masked_fill(masks.expand_as(image) > 0.5, -1.0)
 
@@ -522,6 +540,9 @@ def encode_mask(models: Models, cfg: GenerateConfig, jobs: Sequence[Job], width:
     """Inpainting's latent-sized mask per item. The masked image is VAE-encoded with each item's generator after
     its noise, as diffusers' StableDiffusionControlNetInpaintPipeline does (`prepare_mask_latents`): a 4-channel
     UNet does not use it, but the draw keeps every later noise draw equal to diffusers'."""
+    import torch
+    from diffusers.pipelines.controlnet.pipeline_controlnet_img2img import retrieve_latents
+
     factor = 2 ** (len(models.vae.config.block_out_channels) - 1)
     out = []
     with torch.inference_mode():
@@ -539,6 +560,9 @@ def encode_init(models: Models, cfg: GenerateConfig, jobs: Sequence[Job], width:
     """img2img's starting latents: each job's init image fitted to the size as its hint is, VAE-encoded, one
     posterior sample per item from the item's own generator, drawn before its noise (diffusers'
     StableDiffusionControlNetImg2ImgPipeline.prepare_latents with a generator list)."""
+    import torch
+    from diffusers.pipelines.controlnet.pipeline_controlnet_img2img import retrieve_latents
+
     out = []
     with torch.inference_mode():
         for job, g in zip(jobs, gens, strict=True):
@@ -561,6 +585,8 @@ class Denoiser:
     cudagraphs: bool = False
 
     def __call__(self, x: Any, t: Any, i: int, n_steps: int) -> Any:
+        import torch
+
         if self.cudagraphs:  # one CUDA-graph "step" per denoising step: earlier outputs may be reused as buffers
             torch.compiler.cudagraph_mark_step_begin()
         do_cfg = self.guidance is not None
@@ -578,6 +604,8 @@ class Denoiser:
 def check_finite(x: Any, models: Models, units: Sequence[ctl.ControlUnit], what: str) -> None:
     """NaN/inf in `x` would save as black images with exit 0: one `GenerationError` line instead, naming the
     ControlNets whose weights hold NaN/inf (else the likely causes). One host sync per batch."""
+    import torch
+
     if bool(torch.isfinite(x).all()):
         return
     specs = {id(net): spec for spec, net in models.nets.items()}
@@ -594,6 +622,8 @@ def run_own_loop(models: Models, cfg: GenerateConfig, jobs: list[Job], prompts_:
     """`run_batch` for families that sample with their diffusers pipeline's own loop (`sample_latents`:
     FLUX's guidance embedding instead of CFG, hint VAE draws before the noise). --cfg is the family's guidance;
     true CFG runs only with `cfg.true_cfg` > 1 and a negative prompt."""
+    import torch
+
     first, family = jobs[0], models.family
     width, height = first.width, first.height
     true_cfg = float(cfg.true_cfg or 1.0)
@@ -618,6 +648,8 @@ def run_own_loop(models: Models, cfg: GenerateConfig, jobs: list[Job], prompts_:
 def decode(models: Models, cfg: GenerateConfig, latents: Any, width: int, height: int) -> list[np.ndarray]:
     """Latents -> RGB uint8 arrays, in slices of at most DECODE_PIXELS (the VAE's full-resolution activations
     set a batch's peak memory; its group norms are per image, so slicing changes no result)."""
+    import torch
+
     tiling = cfg.vae_tiling if cfg.vae_tiling is not None else width * height > 1024 * 1024
     if tiling and hasattr(models.vae, "enable_tiling"):
         models.vae.enable_tiling()

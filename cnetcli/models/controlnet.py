@@ -31,15 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import diffusers
-from accelerate import init_empty_weights
-from diffusers import ControlNetModel
-from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING, convert_controlnet_checkpoint
-
 from ..errors import ModelLoadError, SchemaError
-from ..external import read_json, validate
-from ..external.records import ControlNetConfig
-from ..numerics import refuse_non_finite
 from . import boundary, compat
 from .compat import validate_config
 from .families import all_families, controlnet_file_family, family_of
@@ -80,6 +72,8 @@ def shipped_config_dir(name: str) -> Path:
 
 
 def shipped_config(name: str) -> dict[str, Any]:
+    from ..external import read_json
+
     return read_json(shipped_config_dir(name) / "config.json")
 
 
@@ -135,6 +129,8 @@ def _checkpoint(step_dir: Path, note: str = "") -> Located:
     base = None
     tc = step_dir / "train_config.json"
     if tc.is_file():
+        from ..external import read_json
+
         try:
             data = read_json(tc)
             base = data.get("base") if isinstance(data, dict) else None
@@ -179,6 +175,7 @@ def to_diffusers_keys(sd: dict[str, Any], config: dict[str, Any]) -> dict[str, A
     """The state dict in diffusers' key names (diffusers' own converter for the original layout)."""
     if not is_original_layout(sd):
         return sd
+    from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
 
     if not any(k.startswith(ORIGINAL_PREFIX) for k in sd):
         sd = {ORIGINAL_PREFIX + k: v for k, v in sd.items()}  # bare `input_blocks...` keys (trimmed exports)
@@ -191,6 +188,8 @@ def _embedding_keys(sd: dict[str, Any], config: dict[str, Any]) -> dict[str, Any
     """SDXL's added-conditioning MLP (`label_emb.0.{0,2}` -> `add_embedding.linear_{1,2}`; a class embedding's
     likewise), which diffusers' `convert_controlnet_checkpoint` leaves out although its own
     `DIFFUSERS_TO_LDM_MAPPING["controlnet"]` table names the pairs (the same as ComfyUI's `unet_to_diffusers`)."""
+    from diffusers.loaders.single_file_utils import DIFFUSERS_TO_LDM_MAPPING
+
     kind = next((k for k in ("addition_embed_type", "class_embed_type") if config.get(k)), None)
     if kind is None:
         return {}
@@ -213,6 +212,9 @@ def hint_encoder(sd: dict[str, Any]) -> dict[str, Any]:
 
 def expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Every parameter's shape of a ControlNetModel with `config`, built on the meta device (no memory)."""
+    from accelerate import init_empty_weights
+    from diffusers import ControlNetModel
+
     with init_empty_weights():
         m = ControlNetModel.from_config(config)
     return {k: tuple(v.shape) for k, v in m.state_dict().items()}
@@ -255,6 +257,7 @@ class Candidate:
 def _read_config(folder: str | os.PathLike) -> dict[str, Any]:
     p = Path(folder)
     p = p / "config.json" if p.is_dir() else p
+    from ..external import read_json
 
     try:
         data = read_json(p)
@@ -268,6 +271,9 @@ def _read_config(folder: str | os.PathLike) -> dict[str, Any]:
 def _read_controlnet_config(folder: str) -> dict[str, Any]:
     """A ControlNet folder's config.json, checked: the schema (`external.records.ControlNetConfig`: a finite
     positive norm_eps), the class it names (one of `folder_classes`) and the dimensions (`compat.validate_config`)."""
+    from ..external import validate
+    from ..external.records import ControlNetConfig
+
     cfg = _read_config(folder)
     try:
         validate(ControlNetConfig, cfg, f"{folder}/config.json")
@@ -350,6 +356,8 @@ def load(spec: str | os.PathLike, *, torch_dtype: Any = None, offline: bool | No
     """Load a ControlNetModel from any form above. `config`: a folder/file with the config.json of a single
     file (else it is picked by shape); `denoiser_config`: the base's UNet config, one more candidate for files
     trained from it. Every failure is one ModelLoadError/MissingWeightsError/UsageError line."""
+    from ..numerics import refuse_non_finite
+
     loc = locate(spec)
     if loc.kind in ("folder", "hub"):
         return refuse_non_finite(_load_folder(loc, spec, torch_dtype, offline, trust_pickle), str(spec))
@@ -365,11 +373,15 @@ def folder_classes() -> tuple[str, ...]:
 
 def folder_class(cfg: dict[str, Any] | None) -> Any:
     """The diffusers class a ControlNet config names (`_class_name`), ControlNetModel for anything else."""
+    import diffusers
+
     name = (cfg or {}).get("_class_name")
     return getattr(diffusers, name if name in folder_classes() else "ControlNetModel")
 
 
 def _load_folder(loc: Located, spec: Any, torch_dtype: Any, offline: bool | None, trust_pickle: bool | None) -> Any:
+    from diffusers import ControlNetModel
+
     kw: dict[str, Any] = {}
     if torch_dtype is not None:
         kw["torch_dtype"] = torch_dtype
@@ -434,6 +446,8 @@ def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, den
     if loc.kind == "folder":
         return _read_controlnet_config(loc.path)
     if loc.kind == "hub":
+        from diffusers import ControlNetModel
+
         try:
             return dict(ControlNetModel.load_config(loc.path, local_files_only=is_offline(offline)))
         except Exception:

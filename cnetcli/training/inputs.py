@@ -4,8 +4,6 @@ a base the hub cannot give is refused in a fraction of a second, and nothing is 
 
 from __future__ import annotations
 
-from huggingface_hub import try_to_load_from_cache
-
 from ..data.read import dataset_location
 from ..data.shards import looks_like_shards
 from ..models.hub import is_offline
@@ -14,6 +12,8 @@ from .config import TrainConfig
 
 
 def _in_hub_cache(repo: str, filename: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
     return isinstance(try_to_load_from_cache(repo, filename), str)
 
 
