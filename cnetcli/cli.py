@@ -10,6 +10,7 @@ import os
 import sys
 
 import typer
+from typer.core import TyperCommand, TyperGroup, TyperOption
 
 from . import __version__
 from .commands import annotate, data, demo, generate, train, weights
@@ -18,8 +19,37 @@ from .commands import runs as runs_cmd
 from .commands._parse_errors import usage_message
 from .errors import CnetError
 
+
+def _flag(opt: TyperOption | None) -> TyperOption | None:
+    """`--help` is a flag: no `<bool>` metavar (typer gives its own help option one)."""
+    if opt is not None:
+        opt.metavar = ""
+    return opt
+
+
+def _flag_help(cmd: TyperCommand | TyperGroup, ctx: typer.Context) -> None:
+    """`_flag` on the `--help` of `cmd` and of every command below it."""
+    _flag(cmd.get_help_option(ctx))
+    for sub in getattr(cmd, "commands", {}).values():
+        _flag_help(sub, ctx)
+
+
+class _CnetGroup(TyperGroup):
+    """The root group: its own and every subcommand's `--help` row shows no metavar."""
+
+    def get_help_option(self, ctx: typer.Context) -> TyperOption | None:
+        return _flag(super().get_help_option(ctx))
+
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> TyperCommand | TyperGroup | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            _flag_help(cmd, ctx)
+        return cmd
+
+
 app = typer.Typer(
     name="cnet",
+    cls=_CnetGroup,
     help="The whole ControlNet pipeline for Stable Diffusion: annotate -> train -> generate -> eval.",
     no_args_is_help=True,
     add_completion=False,

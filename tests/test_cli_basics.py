@@ -72,11 +72,36 @@ def test_clip_tokenizer_whole_words_even_when_merges_compete(tmp_path):
         assert tok.tokenize(w) == [w + "</w>"], (w, tok.tokenize(w))
 
 
-@pytest.mark.parametrize("cmd", [["annotate"], ["train"], ["generate"], ["eval"], ["weights", "list"],
-                                 ["weights", "pull"], ["weights", "verify"], ["data", "circles"], ["demo"], ["runs"]])
-def test_help_shows_no_bool_metavar(run_cli, monkeypatch, cmd):
-    """#23.9: an on/off flag takes no value, so its help row shows none (typer would print `<bool>`)."""
-    monkeypatch.setenv("COLUMNS", "80")
+def _command_paths() -> list[list[str]]:
+    """Every command path of the CLI: [], ["annotate"], ..., ["weights", "pull"] (read from the click tree)."""
+    import typer
+
+    from cnetcli.cli import app
+
+    def walk(cmd, path):
+        yield path
+        for name, sub in sorted(getattr(cmd, "commands", {}).items()):
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+def test_every_command_is_checked_below():
+    assert ["weights", "pull"] in _command_paths() and ["data", "circles"] in _command_paths()
+    assert len(_command_paths()) >= 13
+
+
+@pytest.mark.parametrize("cmd", _command_paths(), ids=lambda c: " ".join(c) or "cnet")
+def test_help_shows_no_bool_metavar_and_defaults_one_way(run_cli, monkeypatch, cmd):
+    """#23.9: an on/off flag takes no value, so its help row shows none (typer prints `<bool>`, its own `--help`
+    row included), and every default is shown one way, typer's `[default: ...]` (a described default in
+    parentheses, as click writes `(dynamic)`): never `(default ...)` in the text, nor a bare `[0]`."""
+    import re
+
+    monkeypatch.setenv("COLUMNS", "240")  # one row per option: nothing wraps
     code, out, err = run_cli(*cmd, "--help")
     assert code == 0, err
-    assert [ln for ln in out.splitlines() if "<bool>" in ln and "--help" not in ln] == []
+    rows = [ln for ln in out.splitlines() if ln.startswith("│ ")]
+    assert [ln for ln in rows if "<bool>" in ln] == []
+    assert [ln for ln in rows if re.search(r"\(default[ :]", ln, re.I)] == []
+    assert [ln for ln in rows if re.search(r"(?<!default: )\[\d[^\]]*\]", ln)] == []

@@ -99,6 +99,26 @@ def untrained_tiny_models(tmp_path_factory):
     return str(d / "base"), str(d / "blip")
 
 
+class _Recorder:
+    """A Reporter that records what each stage started and how far it advanced."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.advanced = 0
+
+    def start(self, total, description=""):
+        self.started.append(description)
+
+    def advance(self, n=1, **info):
+        self.advanced += n
+
+    def message(self, text):
+        pass
+
+    def finish(self):
+        pass
+
+
 def test_demo_quick_real_train_and_generate(tmp_path, untrained_tiny_models, one_torch_thread):
     """The whole orchestration through the real `cnet train` and `cnet generate` (data, train, generate x 4
     modes x 2 + a checkpoint, eval, sheet, plot, report) at toy size; a smoke run passes no verdict."""
@@ -106,7 +126,10 @@ def test_demo_quick_real_train_and_generate(tmp_path, untrained_tiny_models, one
 
     base, blip = untrained_tiny_models
     d = tmp_path / "d"
-    m = run_demo(DemoConfig(output=str(d), quick=True, base=base, captioner=blip))
+    seen = _Recorder()
+    m = run_demo(DemoConfig(output=str(d), quick=True, base=base, captioner=blip), reporter=seen)
+    # #23.7: the generate stage reports through the demo's reporter (it printed nothing for 34 min when piped)
+    assert seen.started.count("generating") >= 2 * 4 and seen.advanced > 0
     saved = json.loads((d / "metrics.json").read_text())
     for k in ("untrained", "trained"):
         assert 0.0 <= saved[k]["f1"] <= 1.0

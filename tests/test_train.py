@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import train_cfg as cfg
 
 from cnetcli.errors import InputError, MissingWeightsError, TrainingError, UsageError
 from cnetcli.training import TrainConfig, train
@@ -44,13 +45,6 @@ def _write_dataset(d, n=4, seed=0, bad_rows=0):
         lines.append(json.dumps({"file_name": "images/missing.png", "conditioning_image_file_name": "x.png", "text": ""}))
     (d / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return d
-
-
-def cfg(sd8, data, out, **kw):
-    base = dict(base=str(sd8), data=str(data), output=str(out), resolution=RES, batch_size=2, max_steps=2,
-                learning_rate=1e-3, checkpoint_every=0, report_to="none", cache_latents=False, log_every=1)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def _cn(path):
@@ -211,6 +205,9 @@ def test_small_scale_mid_only_and_reconnect_unlock_decoder(sd8, data, tmp_path):
     assert any(k.startswith("up_blocks.") for k in changed)
     meta = json.loads((out / "train_config.json").read_text())
     assert meta["result"]["sd_unlocked"] == "decoder" and meta["small_scale"] is True
+    # #23.8: the result says what the run ended as (reconnected at step 2), no `small_scale_connected: false`
+    # beside `small_scale: true`
+    assert meta["result"]["fully_connected"] is True and "small_scale_connected" not in meta["result"]
     assert (meta["mixed_precision"], meta["device"]) == ("no", "cpu")  # what ran, not "auto"
     assert (out / "loss.png").stat().st_size > 1000
 

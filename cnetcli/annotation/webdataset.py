@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..data.index import IMAGEFOLDER_METADATA
+from ..data.metadata import IMAGEFOLDER_METADATA, read_records
 from ..errors import UsageError
 from ..reporting import Reporter
 from .config import AnnotateConfig, AnnotateSummary
+from .dataset import Captions
 from .plan import Job, plan
 from .run import Ctx, _shard_from_env, annotate_files, default_workers, type_and_runtime
 
@@ -113,7 +114,6 @@ def annotate_to_shards(cfg: AnnotateConfig, rep: Reporter, type_name: str) -> An
 def _ray_shards(cfg: AnnotateConfig, root: Path, jobs: list[Job], todo: list[int], type_name: str,
                 record: dict[str, Any], summary: AnnotateSummary, rep: Reporter) -> None:
     """The shards `todo`, annotated by Ray Data actor pools (ray_engine.py), packed as the local path packs."""
-    from .dataset import Captions
     from .ray_engine import ray_hints
 
     if cfg.caption == "blip":
@@ -150,11 +150,7 @@ def _staged_captions(staging: Path) -> dict[str, str]:
     p = staging / IMAGEFOLDER_METADATA
     if not p.is_file():
         return {}
-    from ..external import MAX_INDEX_BYTES, parse_json_lines, read_bytes
-
-    rows, _ = parse_json_lines(read_bytes(p, MAX_INDEX_BYTES, IMAGEFOLDER_METADATA).decode("utf-8"), str(p))
-    return {r["file_name"]: str(r.get("text") or "") for r in rows
-            if isinstance(r, dict) and isinstance(r.get("file_name"), str)}
+    return {r["file_name"]: str(r.get("text") or "") for r in read_records(p) if isinstance(r.get("file_name"), str)}
 
 
 def _pack(root: Path, shard: int, jobs: list[Job], captions: dict[str, str], type_name: str,

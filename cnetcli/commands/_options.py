@@ -47,4 +47,5 @@ def _warn_cpu_alias(value: bool) -> bool:
 CpuAliasOpt = Annotated[bool, typer.Option("--cpu", metavar="", hidden=True, help="deprecated: use --device cpu",
                                            callback=_warn_cpu_alias)]
 #: Offline switch for anything that may reach the model hub.
-OfflineOpt = Annotated[bool, typer.Option("--offline/--online", metavar="", help="Never contact the model hub (default: HF_HUB_OFFLINE).")]
+OfflineOpt = Annotated[bool, typer.Option("--offline/--online", metavar="", help="Never contact the model hub.",
+                                         show_default="as HF_HUB_OFFLINE says")]

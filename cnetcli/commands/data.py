@@ -25,7 +25,7 @@ def circles_cmd(
     size: Annotated[int, typer.Option("--size", "-s", help="Image side in pixels (16..2048).")] = _D.size,
     seed: Annotated[int, typer.Option("--seed", help=f"Random seed, {SEED_RANGE[0]}..{SEED_RANGE[1]} (same seed -> same dataset).")] = _D.seed,
     holdout: Annotated[int, typer.Option("--holdout", help="Put the last N samples into a held-out split.")] = _D.holdout,
-    heldout_output: Annotated[Path | None, typer.Option("--heldout-output", help="Held-out folder (default: OUT-heldout).")] = None,
+    heldout_output: Annotated[Path | None, typer.Option("--heldout-output", help="Held-out folder.", show_default="OUT-heldout")] = None,
     thickness: Annotated[int, typer.Option("--thickness", help="Outline thickness of the hint in pixels.")] = _D.thickness,
     overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing dataset folder.")] = _D.overwrite,
 ) -> None:

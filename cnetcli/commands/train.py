@@ -85,7 +85,7 @@ def _flag(name: str, help: str, panel: str | None = None) -> Any:
 
 def train_cmd(
     ctx: typer.Context,
-    base: Annotated[str, _opt("--base", help="hub id, folder, file or cnet-tiny", metavar="MODEL", show_default=str(_D["base"]))] = _D["base"],
+    base: Annotated[str, _opt("--base", help="hub id, folder, file or cnet-tiny", metavar="MODEL", show_default="sd15")] = _D["base"],
     data: Annotated[str, _opt("--data", help="folder, file, hub id or shards", metavar="PATH")] = _D["data"],
     output: Annotated[str, _opt("--output", "-o", help="output folder", metavar="DIR")] = _D["output"],
     controlnet: Annotated[str | None, _opt("--controlnet", help="start from this ControlNet", metavar="PATH", show_default="a copy of the base's denoiser")] = None,
@@ -120,7 +120,7 @@ def train_cmd(
     snr_gamma: Annotated[float | None, _opt("--snr-gamma", panel=_P, help="min-SNR weighting, e.g. 5", show_default=False)] = None,
     weighting_scheme: Annotated[str | None, _opt("--weighting-scheme", panel=_P, help="SD3/FLUX loss weighting", show_default=False, metavar="NAME")] = None,
     reward: Annotated[str | None, _opt("--reward", panel=_R, help="auto | a hint type, e.g. canny", metavar="TYPE", show_default=False)] = None,
-    reward_weight: Annotated[float | None, _opt("--reward-weight", panel=_R, help="1.0 (seg 0.5)", show_default=False)] = None,
+    reward_weight: Annotated[float | None, _opt("--reward-weight", panel=_R, help="reward loss weight", show_default="1.0; seg 0.5")] = None,
     reward_max_timestep: Annotated[int, _opt("--reward-max-timestep", panel=_R, help="reward only at t <= T")] = _D["reward_max_timestep"],
     small_scale: Annotated[bool, _flag("--small-scale", "train fewer blocks (SD: middle)", _M)] = False,
     full: Annotated[bool, _flag("--full", "connect every block (overrides cnet.toml)", _M)] = False,

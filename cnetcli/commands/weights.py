@@ -18,9 +18,10 @@ from ..fsguard import human_bytes
 from ..models.weights import load_state_dict
 from ._options import OfflineOpt
 
-TypesArg = Annotated[Optional[list[str]], typer.Argument(help="Hint types (default: all model-backed types).")]  # noqa: UP045
+TypesArg = Annotated[Optional[list[str]], typer.Argument(help="Hint types.", show_default="all model-backed types")]  # noqa: UP045
 WeightsDirOpt = Annotated[Optional[str], typer.Option(  # noqa: UP045
-    "--weights-dir", help="Local weights folder (default: $CNET_WEIGHTS_DIR, then the HF cache).")]
+    "--weights-dir", help="Local weights folder.",
+    show_default="$CNET_WEIGHTS_DIR, then the HF cache")]
 _CHECK_STYLE = {"ok": "[green]ok[/]", "MISMATCH": "[red]MISMATCH[/]", "wrong size": "[red]wrong size[/]",
                 "corrupt": "[red]corrupt[/]", "unverified": "[yellow]unverified[/]", "missing": "-"}
 

@@ -109,7 +109,8 @@ class GenerateConfig:
     #: img2img (diffusers' StableDiffusionControlNetImg2ImgPipeline): start from this image, noised to `strength`
     init_image: str | None = None
     strength: float = 0.8
-    #: inpainting (with init_image): white = repaint, black = keep (diffusers' StableDiffusionControlNetInpaintPipeline)
+    #: inpainting (with init_image): white = repaint, black = keep (diffusers' StableDiffusionControlNetInpaintPipeline;
+    #: SD3: an inpainting ControlNet's mask, the family says which: `ModelFamily.check_generate_inputs`)
     mask: str | None = None
     #: CLIP layers skipped from the end (diffusers' `clip_skip`: 1 = the penultimate layer, A1111's "Clip skip: 2")
     clip_skip: int | None = None
@@ -187,8 +188,6 @@ class GenerateConfig:
         s(self, "device", check_device_spec(self.device))
         if not 0.0 < self.strength <= 1.0:
             raise UsageError(f"--strength {self.strength}: must be above 0 and at most 1 (1: the image is all noise)")
-        if self.mask and not self.init_image:
-            raise UsageError("--mask inpaints an image: pass the image with --init-image (white mask = repaint)")
         if self.init_image and int(self.steps * self.strength) < 1:
             raise UsageError(f"--strength {self.strength} with --steps {self.steps} runs no step: raise either")
         if self.clip_skip is not None and not 0 <= self.clip_skip <= 10:

@@ -17,6 +17,8 @@ def apply_loras(family: Any, parts: dict[str, Any], loras: Sequence[str]) -> Non
     scale."""
     if not hasattr(family, "diffusers_pipeline"):
         raise UsageError(f"--lora: not available for {family.label} bases yet")
+    from safetensors import SafetensorError  # a damaged or non-safetensors file
+
     pipe = family.diffusers_pipeline(parts)
     names, scales = [], []
     for k, spec in enumerate(loras):
@@ -30,7 +32,7 @@ def apply_loras(family: Any, parts: dict[str, Any], loras: Sequence[str]) -> Non
         try:
             pipe.load_lora_weights(where, weight_name=weight, adapter_name=f"lora{k}", use_safetensors=True,
                                    local_files_only=True)
-        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError, SafetensorError) as e:
             raise ModelLoadError(f"--lora {path}: not a LoRA diffusers can load into this base ({first_line(e)}); "
                                  "pass a .safetensors LoRA (or its folder) trained for this base's family") from None
         names.append(f"lora{k}")

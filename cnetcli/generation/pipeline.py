@@ -254,6 +254,8 @@ def resolve_jobs(cfg: GenerateConfig, outdir: Path, models: Models | None = None
     models, when there are (else the base's family and size are read from its configs, only if a release or
     a size depends on them)."""
     base = BaseInfo.of(cfg, models)
+    if cfg.init_image or cfg.mask or cfg.clip_skip is not None:  # options a family's pipelines may lack
+        check_family_inputs(cfg, base.family)
     if cfg.image:
         jobs = [_annotate_photo(cfg, base)]
     else:
@@ -296,6 +298,13 @@ def resolve_jobs(cfg: GenerateConfig, outdir: Path, models: Models | None = None
     for job, p in zip(jobs, prompts.per_job(cfg.prompt, len(jobs), sum(len(j.hints) for j in jobs)), strict=True):
         job.prompt, job.init_image, job.mask = p, init, mask
     return jobs
+
+
+def check_family_inputs(cfg: GenerateConfig, family: Any) -> None:
+    """img2img, inpainting and clip skip where the base family's diffusers pipelines have them (one line
+    naming the flag and why otherwise)."""
+    family.check_generate_inputs(init_image=bool(cfg.init_image), mask=bool(cfg.mask),
+                                 clip_skip=cfg.clip_skip is not None)
 
 
 def fit_hint(img: np.ndarray, width: int, height: int, mode: str, kind: str) -> np.ndarray:
@@ -399,16 +408,23 @@ def control_image(hints: HintInput | Sequence[HintInput], width: int, height: in
     return torch.stack([fitted[id(h)] for h in rows]).to(models.device, models.dtype)
 
 
-def hint_inputs(models: Models, net: Any, pixels: Any, do_cfg: bool, seeds: list[int]) -> tuple[Any, Any]:
+def hint_inputs(models: Models, net: Any, pixels: Any, do_cfg: bool, seeds: list[int],
+                masks: Any = None) -> tuple[Any, Any]:
     """(the ControlNet's input for the conditional half, for the unconditional half or None when the same).
     A pixel-space hint is the same for both. A family whose hint is a sample of VAE latents (SD3) encodes each
     item's hint, CFG-doubled, as its pipeline does (one draw per half), drawing from a generator seeded with the
-    item's seed, so the image depends on its own seed only (the pipeline draws from torch's global RNG)."""
+    item's seed, so the image depends on its own seed only (the pipeline draws from torch's global RNG).
+    `masks` (B x 1 x H x W, 1 = repaint): an inpainting ControlNet's hint takes its mask, encoded once for
+    both halves (SD3's StableDiffusion3ControlNetInpaintingPipeline)."""
     import torch
 
     family = models.family
     if not family.hint_sample_needed:
         return family.hint_input(models.vae, pixels, net=net), None
+    if masks is not None:
+        rows = zip(pixels, masks, seeds, strict=True)
+        return torch.cat([family.hint_input(models.vae, row[None], torch.Generator("cpu").manual_seed(seed),
+                                            net=net, mask=m[None]) for row, m, seed in rows]), None
     conds, unconds = [], []
     for row, seed in zip(pixels, seeds, strict=True):
         x = torch.cat([row[None], row[None]]) if do_cfg else row[None]
@@ -458,9 +474,8 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
         raise UsageError("run_batch: jobs of different sizes or ControlNets cannot share a batch (see plan_batches)")
     width, height = first.width, first.height
     family = models.family
+    check_family_inputs(cfg, family)
     if family.own_sampling_loop:
-        if first.init_image is not None:
-            raise UsageError(f"--init-image: img2img and inpainting are not available for {family.label} bases yet")
         return run_own_loop(models, cfg, jobs, prompts_, seeds, callback)
     guidance = cfg.guidance(family)
     do_cfg = guidance > 1.0
@@ -468,17 +483,7 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
     # the family's conditioning (text states + added conditioning) for the denoiser and every ControlNet
     cond = family.sampling_cond(enc, (height, width), do_cfg=do_cfg, denoiser_config=models.denoiser_config)
 
-    n = len(first.hints)
-    scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
-    units = []
-    for k, h in enumerate(first.hints):
-        net = models.controlnet(h.controlnet)
-        pixels = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
-        if first.mask is not None and _is_inpaint(h.type):
-            pixels = inpaint_condition(pixels, jobs, width, height, cfg.resize_mode)
-        image, uncond = hint_inputs(models, net, pixels, do_cfg, seeds)
-        units.append(ctl.ControlUnit(net, image, scales[k], starts[k], ends[k],
-                                     ctl.union_control_type(h.type, net, h.controlnet), uncond))
+    units = control_units(models, cfg, jobs, do_cfg, seeds)
 
     vae_scale = vae_scale_factor(models.vae.config)
     shape = (1, family.latent_channels(models.denoiser_config), height // vae_scale, width // vae_scale)
@@ -486,10 +491,9 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     init = encode_init(models, cfg, jobs, width, height, gens) if first.init_image is not None else None
     latents = torch.cat([torch.randn(shape, generator=g) for g in gens]).to(models.device, models.dtype)
-    mask = encode_mask(models, cfg, jobs, width, height, gens) if first.mask is not None else None
+    blend = first.mask is not None and family.mask_blends_latents
+    mask = encode_mask(models, cfg, jobs, width, height, gens) if blend else None
     scheduler = family.sampling_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
-    if init is not None and not hasattr(scheduler, "add_noise"):
-        raise UsageError(f"--init-image: img2img and inpainting are not available for {family.label} bases yet")
     if models.channels_last:
         for u in units:
             u.image = u.image.contiguous(memory_format=torch.channels_last)
@@ -501,6 +505,37 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
                    callback=callback, init=init, strength=cfg.strength, mask=mask)
         check_finite(x, models, units, "the sampled latents")
         return decode(models, cfg, x, width, height)
+
+
+def control_units(models: Models, cfg: GenerateConfig, jobs: Sequence[Job], do_cfg: bool,
+                  seeds: list[int]) -> list[ctl.ControlUnit]:
+    """Every ControlNet of the batch with its input, strength and window. With --mask, the inpaint ControlNet
+    (hint type `inpaint`) of a family that blends latents sees its hint with the masked pixels at -1; in a family
+    whose mask is a ControlNet input (SD3), the ControlNets that take it get it with their hint."""
+    first, family = jobs[0], models.family
+    width, height = first.width, first.height
+    n = len(first.hints)
+    scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
+    masks = None
+    if first.mask is not None and not family.mask_blends_latents:
+        masks = batch_masks(jobs, width, height, cfg.resize_mode).to(models.device)
+    units = []
+    for k, h in enumerate(first.hints):
+        net = models.controlnet(h.controlnet)
+        pixels = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
+        if first.mask is not None and family.mask_blends_latents and _is_inpaint(h.type):
+            pixels = inpaint_condition(pixels, jobs, width, height, cfg.resize_mode)
+        if family.takes_mask(net) and masks is None:
+            raise UsageError(f"--controlnet {h.controlnet}: an inpainting ControlNet (its hint is the image to "
+                             "repaint): pass --mask")
+        if masks is not None and not family.takes_mask(net):
+            raise UsageError(f"--mask: on {family.label} the mask is an inpainting ControlNet's input, and "
+                             f"--controlnet {h.controlnet} takes none; use an inpainting ControlNet (e.g. "
+                             "alimama-creative/SD3-Controlnet-Inpainting) with the image to repaint as its hint")
+        image, uncond = hint_inputs(models, net, pixels, do_cfg, seeds, masks)
+        units.append(ctl.ControlUnit(net, image, scales[k], starts[k], ends[k],
+                                     ctl.union_control_type(h.type, net, h.controlnet), uncond))
+    return units
 
 
 def _image_tensor(img: np.ndarray, width: int, height: int, mode: str, models: Models) -> Any:
@@ -521,6 +556,13 @@ def _mask_tensor(img: np.ndarray, width: int, height: int, mode: str) -> Any:
     return torch.from_numpy((gray.astype(np.float32) / 255.0 >= 0.5).astype(np.float32))[None, None]
 
 
+def batch_masks(jobs: Sequence[Job], width: int, height: int, mode: str) -> Any:
+    """Each job's mask (`_mask_tensor`), B x 1 x H x W."""
+    import torch
+
+    return torch.cat([_mask_tensor(j.mask, width, height, mode) for j in jobs])
+
+
 def _is_inpaint(hint_type: str | None) -> bool:
     ht = find_type(hint_type) if hint_type else None
     return ht is not None and ht.name == "inpaint"
@@ -529,9 +571,7 @@ def _is_inpaint(hint_type: str | None) -> bool:
 def inpaint_condition(image: Any, jobs: Sequence[Job], width: int, height: int, mode: str) -> Any:
     """The inpaint ControlNet's input: its hint (the image) with the masked pixels at -1, "no information"
     (ControlNet 1.1's and diffusers' `make_inpaint_condition`)."""
-    import torch
-
-    masks = torch.cat([_mask_tensor(j.mask, width, height, mode) for j in jobs]).to(image.device)
+    masks = batch_masks(jobs, width, height, mode).to(image.device)
     return image.masked_fill(masks.expand_as(image) > 0.5, -1.0)
 
 
@@ -621,7 +661,8 @@ def run_own_loop(models: Models, cfg: GenerateConfig, jobs: list[Job], prompts_:
                  callback: Any = None) -> list[np.ndarray]:
     """`run_batch` for families that sample with their diffusers pipeline's own loop (`sample_latents`:
     FLUX's guidance embedding instead of CFG, hint VAE draws before the noise). --cfg is the family's guidance;
-    true CFG runs only with `cfg.true_cfg` > 1 and a negative prompt."""
+    true CFG runs only with `cfg.true_cfg` > 1 and a negative prompt. --init-image / --mask go to the family's
+    loop as pixels ([-1, 1] images, binarized masks), fitted to the size as the hints are."""
     import torch
 
     first, family = jobs[0], models.family
@@ -638,10 +679,15 @@ def run_own_loop(models: Models, cfg: GenerateConfig, jobs: list[Job], prompts_:
         modes.append(family.union_control_mode(canonical_name(h.type), net, h.controlnet))
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     scheduler = family.sampling_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
+    init = mask = None
+    if first.init_image is not None:  # img2img / inpainting (FluxControlNetImg2ImgPipeline / ...InpaintPipeline)
+        init = torch.cat([_image_tensor(j.init_image, width, height, cfg.resize_mode, models) for j in jobs])
+    if first.mask is not None:
+        mask = batch_masks(jobs, width, height, cfg.resize_mode).to(models.device)
     with torch.inference_mode():
         x = family.sample_latents(models.denoiser, units, modes, enc, gens, size=(height, width), steps=cfg.steps,
                                   guidance=cfg.guidance(family), scheduler=scheduler, vae=models.vae, true_cfg=true_cfg,
-                                  callback=callback)
+                                  callback=callback, init=init, mask=mask, strength=cfg.strength)
         return decode(models, cfg, x, width, height)
 
 

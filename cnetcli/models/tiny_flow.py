@@ -166,9 +166,10 @@ def tiny_flux_controlnet(transformer: Any, seed: int = 0, *, num_layers: int | N
     return cn
 
 
-def tiny_sd3_controlnet(transformer: Any, seed: int = 0, *, num_layers: int | None = None) -> Any:
+def tiny_sd3_controlnet(transformer: Any, seed: int = 0, *, num_layers: int | None = None,
+                        extra_conditioning_channels: int = 0) -> Any:
     """An SD3ControlNetModel initialised from an SD3 transformer as train_controlnet_sd3.py does (no extra
-    conditioning channels: an ordinary hint, not inpainting). Depth defaults to the script's 12, at most the
+    conditioning channels: an ordinary hint; 1: an inpainting ControlNet, alimama's layout). Depth defaults to the script's 12, at most the
     transformer's depth - 1: the transformer's last block is `context_pre_only` (no context output weights),
     so copying it into a ControlNet block fails with a size mismatch.
 
@@ -178,7 +179,7 @@ def tiny_sd3_controlnet(transformer: Any, seed: int = 0, *, num_layers: int | No
     before = dict(transformer.config)
     torch.manual_seed(seed)
     try:
-        return SD3ControlNetModel.from_transformer(transformer, num_extra_conditioning_channels=0,
+        return SD3ControlNetModel.from_transformer(transformer, num_extra_conditioning_channels=extra_conditioning_channels,
                                                    num_layers=num_layers or min(12, before["num_layers"] - 1))
     finally:
         transformer._internal_dict = FrozenDict(before)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from ..annotators import get_rewardable
 from ..config_check import Bound, check_fields, flag_name
 from ..device import check_device_spec
-from ..errors import SchemaError, UsageError
+from ..errors import UsageError
 from ..models.families import family_of
 from ..models.sd import BUILTIN_MODELS, DEFAULT_BASE, local_base_configs
 
@@ -255,16 +255,6 @@ def _validate(c: TrainConfig) -> None:
 
 
 # --------------------------------------------------------------------------------- defaults that fit
-def read_json_dict(path: Path) -> dict[str, Any] | None:
-    from ..external import read_json
-
-    try:
-        d = read_json(path)
-        return d if isinstance(d, dict) else None
-    except SchemaError:
-        return None
-
-
 def _is_tiny(base: str) -> bool:
     p = Path(BUILTIN_MODELS.get(base, base)).expanduser()
     return p.exists() and p.resolve() == Path(BUILTIN_MODELS["cnet-tiny"]).resolve()

@@ -11,9 +11,10 @@ from pathlib import Path
 from safetensors import safe_open
 
 from ..errors import UsageError
+from ..external.reader import read_json_dict
 from ..fsguard import existing_ancestor
 from ..models.sd import local_base_configs, local_config_folder
-from .config import TrainConfig, read_json_dict
+from .config import TrainConfig
 from .export import ORIGINAL_HINT_CHANNELS, single_file_layout
 
 

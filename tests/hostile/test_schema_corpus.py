@@ -56,6 +56,21 @@ def test_units_that_disagree_name_the_unit_and_a_flag_chooses(tmp_path):
     assert "sampler" not in settings_from_png(png, given={"sampler"})
 
 
+def test_units_whose_resize_modes_disagree_name_the_unit_and_a_flag_chooses():
+    """#23.6: every unit's resize mode was read from unit 0, silently."""
+    from cnetcli.errors import SchemaError
+    from cnetcli.generation.infotext import config_from_parameters
+
+    text = (CORPUS / "infotext/units_control_modes_differ.txt").read_text().replace(
+        "My prompt is more important", "Balanced")
+    second = text.rindex("Resize Mode: Crop and Resize")
+    text = text[:second] + text[second:].replace("Crop and Resize", "Just Resize", 1)
+    with pytest.raises(SchemaError, match=r"ControlNet 1: Resize Mode 'Just Resize' differs .*--resize-mode"):
+        config_from_parameters(text)
+    kw = config_from_parameters(text, given={"resize_mode"})
+    assert "resize_mode" not in kw and kw["control_mode"] == "balanced"
+
+
 def test_each_unit_keeps_its_own_mode_when_they_agree(tmp_path):
     from cnetcli.generation.infotext import config_from_parameters
 

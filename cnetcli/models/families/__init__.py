@@ -37,6 +37,10 @@ the hint and the residuals
     x, t, cond, residuals) -> model output`, and `predict(...)`: the one ControlNet + denoiser forward that
     training/step.py runs (generation's sampling loop calls `control` per net and `denoise` once; a family
     whose pipeline loop differs, FLUX, sets `own_sampling_loop` and implements `sample_latents`).
+generate's options
+    `check_generate_inputs(init_image, mask, clip_skip)` (one line for what the family's diffusers pipelines
+    lack), `mask_blends_latents` / `takes_mask(net)` (--mask as a latent blend, or an inpainting ControlNet's
+    input: SD3), `diffusers_pipeline(parts)` (the pipeline whose `load_lora_weights` loads --lora).
 single files
     `claims_controlnet_file(keys)`, `load_controlnet_file`, `controlnet_file_config`, `single_file_metadata`,
     single_file_layout ("original" / "diffusers"), shipped_controlnet_configs, controlnet_classes.
@@ -314,6 +318,21 @@ class ModelFamily:
     distilled_guidance: ClassVar[bool] = False
     #: the one sampler the family's own loop runs (metadata names it; --sampler does not apply), None: --sampler
     fixed_sampler: ClassVar[str | None] = None
+
+    #: --mask: whether inpainting keeps the --init-image outside the mask by blending latents at every step (the
+    #: U-Net and FLUX ControlNet inpaint pipelines); False: the mask is an inpainting ControlNet's input
+    #: (`takes_mask`, SD3's), and the run starts from pure noise
+    mask_blends_latents: ClassVar[bool] = True
+
+    def check_generate_inputs(self, *, init_image: bool, mask: bool, clip_skip: bool) -> None:
+        """Refuse, in one line, a generate option the family's diffusers pipelines do not have (img2img,
+        inpainting, clip skip), before any model loads."""
+        if mask and not init_image:
+            raise UsageError("--mask inpaints an image: pass the image with --init-image (white mask = repaint)")
+
+    def takes_mask(self, net: Any) -> bool:
+        """Whether ControlNet `net` takes the inpainting mask with its hint (`mask_blends_latents` False)."""
+        return False
 
     def hint_input(self, vae: Any, hint: Any, sample: Any = None, net: Any = None) -> Any:
         """What the ControlNet's `controlnet_cond` gets from a hint batch in [0, 1] (B x 3 x H x W); `sample`:

@@ -20,12 +20,23 @@ methods) and gives the transformer each token's (0, row, column) id (`latent_ima
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..model_config import config_get
+from . import ModelFamily
 
 #: the weighting schemes of the diffusers scripts; "none" (FLUX's default) samples uniformly, unweighted
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
+
+
+@dataclass(frozen=True)
+class FlowFamily(ModelFamily):
+    """What the flow-matching transformer families (FLUX.1, SD3) declare alike, as `UNetFamily` does for
+    SD1.x/SDXL: a `transformer` denoiser, the flow-matching Euler scheduler, 1024 px when the VAE says nothing."""
+
+    denoiser: ClassVar[str] = "transformer"
+    scheduler_class_name: ClassVar[str] = "FlowMatchEulerDiscreteScheduler"
+    fallback_resolution: ClassVar[int] = 1024
 
 
 @dataclass(frozen=True)
@@ -130,6 +141,24 @@ def sampling_sigmas(num_inference_steps: int) -> Any:
     return np.linspace(1.0, 1 / num_inference_steps, num_inference_steps)
 
 
+def img2img_timesteps(scheduler: Any, steps: int, strength: float) -> Any:
+    """The set schedule cut to `strength`, as the flow-matching img2img/inpaint pipelines' `get_timesteps` cut it
+    (FluxControlNetImg2ImgPipeline, StableDiffusion3Img2ImgPipeline): `steps * strength` is NOT rounded down
+    first, unlike the U-Net pipelines' (4 steps at 0.6 run 3, not 2). The scheduler begins at the cut, so
+    `scale_noise` before the first step noises to its sigma."""
+    start = int(max(steps - min(steps * strength, steps), 0)) * scheduler.order
+    scheduler.set_begin_index(start)
+    return scheduler.timesteps[start:]
+
+
+def keep_outside_mask(scheduler: Any, latents: Any, image: Any, noise: Any, mask: Any, timesteps: Any, i: int) -> Any:
+    """Inpainting's blend after step `i`: outside `mask` (latent-sized, 1 = repaint) the image latents, noised
+    to the next step's sigma (`scale_noise` uses the scheduler's step index), clean after the last step
+    (FluxControlNetInpaintPipeline's loop)."""
+    keep = image if i == len(timesteps) - 1 else scheduler.scale_noise(image, timesteps[i + 1:i + 2], noise)
+    return (1 - mask) * keep + mask * latents
+
+
 def to_latents(z: Any, vae_config: Any) -> Any:
     """VAE output -> the denoiser's latent space: (z - shift_factor) * scaling_factor (no shift: 0)."""
     return (z - (config_get(vae_config, "shift_factor") or 0.0)) * config_get(vae_config, "scaling_factor")
@@ -165,6 +194,7 @@ def latent_image_ids(latent_height: int, latent_width: int, *, device: Any = "cp
                                                   dtype if dtype is not None else torch.float32)
 
 
-__all__ = ["FlowMatching", "WEIGHTING_SCHEMES", "dynamic_shift_mu", "from_latents", "latent_image_ids",
+__all__ = ["FlowMatching", "WEIGHTING_SCHEMES", "dynamic_shift_mu", "from_latents", "img2img_timesteps",
+           "keep_outside_mask", "latent_image_ids",
            "pack_latents", "sampling_sigmas", "shift_sigmas", "timesteps_from_density", "to_latents",
            "unpack_latents"]

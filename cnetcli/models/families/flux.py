@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from ...errors import UsageError
 from ..model_config import config_get
-from . import ModelFamily, PromptEncoding, _as_list, flow, flow_files, vae_scale_factor
+from . import PromptEncoding, _as_list, flow, flow_files, vae_scale_factor
 from . import transformer_memory as tm
 
 #: the FLUX script's --num_double_layers / --num_single_layers defaults (a full ControlNet)
@@ -42,20 +42,17 @@ UNION_MODES = {"canny": 0, "tile": 1, "depth": 2, "depth_zoe": 2, "depth_leres":
 
 
 @dataclass(frozen=True)
-class Flux(ModelFamily):
+class Flux(flow.FlowFamily):
     name: ClassVar[str] = "flux"
     label: ClassVar[str] = "FLUX.1"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline", "FluxControlNetPipeline", "FluxImg2ImgPipeline",
                                                    "FluxControlNetImg2ImgPipeline")
-    denoiser: ClassVar[str] = "transformer"
     denoiser_class_name: ClassVar[str] = "FluxTransformer2DModel"
     controlnet_class_name: ClassVar[str] = "FluxControlNetModel"
     controlnet_classes: ClassVar[tuple[str, ...]] = ("FluxControlNetModel",)
-    scheduler_class_name: ClassVar[str] = "FlowMatchEulerDiscreteScheduler"
     single_file_pipeline: ClassVar[str] = "FluxPipeline"
     text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2")
     tokenizers: ClassVar[tuple[str, ...]] = ("tokenizer", "tokenizer_2")
-    fallback_resolution: ClassVar[int] = 1024
     release_key: ClassVar[str] = "flux"
     #: README_flux.md's example run: lr 1e-5, batch 1, 512 px
     recipes: ClassVar[dict[str, dict[str, Any]]] = {
@@ -78,6 +75,21 @@ class Flux(ModelFamily):
     max_sequence_length: int = 512
 
     # ------------------------------------------------------------------ files and classes
+    def diffusers_pipeline(self, parts: dict[str, Any]) -> Any:
+        """FluxPipeline around already-loaded parts, for its loaders (`load_lora_weights`: FluxLoraLoaderMixin,
+        which also converts kohya, XLabs and other trainers' FLUX LoRAs to diffusers' layout)."""
+        from diffusers import FluxPipeline
+
+        return FluxPipeline(**{k: parts[k] for k in self.parts})
+
+    def check_generate_inputs(self, *, init_image: bool, mask: bool, clip_skip: bool) -> None:
+        """img2img and inpainting as FluxControlNetImg2ImgPipeline / FluxControlNetInpaintPipeline; no clip
+        skip: FLUX takes only CLIP's pooled output (no hidden layer to skip to) and its pipelines have none."""
+        super().check_generate_inputs(init_image=init_image, mask=mask, clip_skip=clip_skip)
+        if clip_skip:
+            raise UsageError("--clip-skip: FLUX.1 uses only CLIP's pooled output (its pipelines take no clip_skip); "
+                             "drop --clip-skip")
+
     def component_classes(self) -> dict[str, Any]:
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
         from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
@@ -157,7 +169,11 @@ class Flux(ModelFamily):
         """The hint (B x 3 x H x W in [0, 1]) as the ControlNet takes it: VAE latents of the hint in [-1, 1],
         drawn with the standard normals `sample` (None: the VAE's own draw), shifted and scaled; unpacked
         (`control` packs it with the image)."""
-        dist = vae.encode((hint * 2 - 1).to(vae.dtype)).latent_dist
+        return self._vae_latents(vae, hint * 2 - 1, sample)
+
+    def _vae_latents(self, vae: Any, pixels: Any, sample: Any = None) -> Any:
+        """Pixels in [-1, 1] -> shifted and scaled VAE latents, `mean + std * sample` (None: the VAE's draw)."""
+        dist = vae.encode(pixels.to(vae.dtype)).latent_dist
         z = dist.sample() if sample is None else dist.mean + dist.std * sample.to(dist.mean.dtype)
         return self.to_latents(vae.config, z)
 
@@ -328,7 +344,8 @@ class Flux(ModelFamily):
 
     def sample_latents(self, denoiser: Any, units: list[Any], modes: list[int | None], enc: PromptEncoding,
                        gens: list[Any], *, size: tuple[int, int], steps: int, guidance: float, scheduler: Any,
-                       vae: Any, true_cfg: float = 1.0, callback: Any = None) -> Any:
+                       vae: Any, true_cfg: float = 1.0, callback: Any = None, init: Any = None, mask: Any = None,
+                       strength: float = 1.0) -> Any:
         """FluxControlNetPipeline's sampling for a batch (one generator per image), unpacked latents out.
 
         `units`: ControlUnits (generation/control.py) with the hint in pixels ([0, 1]) and their strength at
@@ -336,14 +353,28 @@ class Flux(ModelFamily):
         generator draws its hints' VAE samples first, then its initial noise (the pipeline encodes the control
         image before preparing latents). `guidance` feeds FLUX-dev's guidance embedding; with `true_cfg` > 1
         and a negative encoding the negative branch runs as a second forward reusing the ControlNet residuals,
-        as FluxPipeline's `true_cfg_scale` does."""
+        as FluxPipeline's `true_cfg_scale` does.
+
+        `init` (img2img, FluxControlNetImg2ImgPipeline): each image's init image in [-1, 1], VAE-sampled
+        between the hints and the noise; the schedule is cut to `strength` and the image noised to its first
+        sigma. `mask` (inpainting, FluxControlNetInpaintPipeline; B x 1 x H x W, 1 = repaint): after every step
+        the image, noised to the next sigma, replaces the latents outside the mask. (The pipeline also encodes
+        the masked image, a draw after the noise that nothing later reads: the Euler steps draw nothing.)"""
+        import torch
+
         h, w = size
         f = vae_scale_factor(vae.config)
         shape = (1, self.latent_channels(denoiser.config), 2 * (h // (f * 2)), 2 * (w // (f * 2)))
-        hints, latents = self._per_image_draws(vae, units, gens, shape)
+        hints, image, noise = self._per_image_draws(vae, units, gens, shape, init)
         dtype, device = denoiser.dtype, denoiser.device
-        latents = latents.to(device, dtype)
+        noise = noise.to(device, dtype)
         timesteps = self.sampling_schedule(scheduler, steps, size, f, device=device)
+        latents = noise
+        if image is not None:
+            image = image.to(device, dtype)
+            timesteps = flow.img2img_timesteps(scheduler, steps, strength)
+            latents = scheduler.scale_noise(image, timesteps[:1].repeat(noise.shape[0]), noise)
+        keep = None if mask is None else torch.nn.functional.interpolate(mask, size=shape[-2:]).to(device, dtype)
         cond = self.sampling_cond(enc, size, do_cfg=False, guidance=guidance)
         neg = self.negative_cond(enc, cond) if true_cfg > 1 and enc.negative_prompt_embeds is not None else None
         n = len(timesteps)
@@ -359,18 +390,23 @@ class Flux(ModelFamily):
                 npred = self.denoise(denoiser, latents, tt, neg, res)
                 pred = npred + true_cfg * (pred - npred)
             latents = scheduler.step(pred, t, latents, return_dict=False)[0]
+            if keep is not None:
+                latents = flow.keep_outside_mask(scheduler, latents, image, noise, keep, timesteps, i)
             if callback is not None:
                 callback(i, n)
         return latents
 
-    def _per_image_draws(self, vae: Any, units: list[Any], gens: list[Any], shape: tuple[int, ...]
-                         ) -> tuple[list[Any], Any]:
+    def _per_image_draws(self, vae: Any, units: list[Any], gens: list[Any], shape: tuple[int, ...],
+                         init: Any = None) -> tuple[list[Any], Any, Any]:
+        """(the hints' latents, the init image's latents or None, the noise): each image's generator draws its
+        hints' VAE samples, then its init image's, then its noise, in the pipelines' order."""
         import torch
 
-        draws = [[torch.randn(shape, generator=g) for _ in units] + [torch.randn(shape, generator=g)] for g in gens]
-        hints = [self.hint_input(vae, u.image, torch.cat([d[k] for d in draws])) for k, u in enumerate(units)]
-        return hints, torch.cat([d[-1] for d in draws])
-
+        k = len(units) + (init is not None)
+        draws = [[torch.randn(shape, generator=g) for _ in range(k + 1)] for g in gens]
+        hints = [self.hint_input(vae, u.image, torch.cat([d[j] for d in draws])) for j, u in enumerate(units)]
+        image = None if init is None else self._vae_latents(vae, init, torch.cat([d[-2] for d in draws]))
+        return hints, image, torch.cat([d[-1] for d in draws])
 
     # ------------------------------------------------------------------ memory plan
     def controlnet_share(self, denoiser_config: Any, small_scale: bool = False) -> float:

@@ -30,9 +30,9 @@ from typing import Any, ClassVar
 
 from ...errors import UsageError
 from ..model_config import config_get
-from . import ModelFamily, PromptEncoding, _as_list
+from . import PromptEncoding, _as_list
 from . import transformer_memory as tm
-from .flow import FlowMatching
+from .flow import FlowFamily, FlowMatching
 from .flow_files import (
     CONFIG_KEY,
     comfyui_loader,
@@ -56,20 +56,17 @@ def _zero_pooled(net: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class StableDiffusion3(ModelFamily):
+class StableDiffusion3(FlowFamily):
     name: ClassVar[str] = "sd3"
     label: ClassVar[str] = "SD3"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusion3Pipeline", "StableDiffusion3ControlNetPipeline",
                                                    "StableDiffusion3Img2ImgPipeline")
-    denoiser: ClassVar[str] = "transformer"
     denoiser_class_name: ClassVar[str] = "SD3Transformer2DModel"
     controlnet_class_name: ClassVar[str] = "SD3ControlNetModel"
     controlnet_classes: ClassVar[tuple[str, ...]] = ("SD3ControlNetModel",)
-    scheduler_class_name: ClassVar[str] = "FlowMatchEulerDiscreteScheduler"
     single_file_pipeline: ClassVar[str] = "StableDiffusion3Pipeline"
     text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2", "text_encoder_3")
     tokenizers: ClassVar[tuple[str, ...]] = ("tokenizer", "tokenizer_2", "tokenizer_3")
-    fallback_resolution: ClassVar[int] = 1024
     release_key: ClassVar[str] = "sd3"
     #: train_controlnet_sd3.py's defaults: lr 5e-6, logit-normal timesteps, preconditioned outputs
     recipes: ClassVar[dict[str, dict[str, Any]]] = {
@@ -95,6 +92,31 @@ class StableDiffusion3(ModelFamily):
     @classmethod
     def matches_model_type(cls, kind: str) -> bool:
         return kind.startswith("sd3")
+
+    def diffusers_pipeline(self, parts: dict[str, Any]) -> Any:
+        """StableDiffusion3Pipeline around already-loaded parts, for its loaders (`load_lora_weights`:
+        SD3LoraLoaderMixin, the transformer's and the CLIP encoders' LoRA layers)."""
+        from diffusers import StableDiffusion3Pipeline
+
+        return StableDiffusion3Pipeline(**{k: parts[k] for k in self.parts})
+
+    # ------------------------------------------------------------------ what generate offers
+    #: --mask is the input of an SD3 inpainting ControlNet (alimama's: extra_conditioning_channels 1), its hint the
+    #: image to repaint, as StableDiffusion3ControlNetInpaintingPipeline takes them (control_image, control_mask)
+    mask_blends_latents: ClassVar[bool] = False
+
+    def check_generate_inputs(self, *, init_image: bool, mask: bool, clip_skip: bool) -> None:
+        """No img2img: diffusers has no SD3 ControlNet img2img pipeline (StableDiffusion3ControlNetPipeline and its
+        inpainting sibling start from noise). --mask needs no --init-image (the hint is the image); clip skip is
+        the pipelines' own `clip_skip`."""
+        if init_image:
+            raise UsageError("--init-image: diffusers has no SD3 ControlNet img2img pipeline, so SD3 bases start "
+                             "from noise; to repaint part of an image, pass it as the hint of an SD3 inpainting "
+                             "ControlNet with --mask (and no --init-image)")
+
+    def takes_mask(self, net: Any) -> bool:
+        """An inpainting ControlNet: its hint is the image and the mask (extra_conditioning_channels)."""
+        return int(_config(net).get("extra_conditioning_channels") or 0) > 0
 
     def component_classes(self) -> dict[str, Any]:
         from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
@@ -219,8 +241,9 @@ class StableDiffusion3(ModelFamily):
     # ------------------------------------------------------------------ text
     def encode_prompt(self, components: dict[str, Any], prompt: str | list[str], *, negative_prompt: Any = None,
                       do_classifier_free_guidance: bool = True, max_sequence_length: int | None = None,
-                      training: bool = False, **_: Any) -> PromptEncoding:
-        """StableDiffusion3Pipeline.encode_prompt on these encoders (no transformer or VAE needed)."""
+                      training: bool = False, clip_skip: int | None = None, **_: Any) -> PromptEncoding:
+        """StableDiffusion3Pipeline.encode_prompt on these encoders (no transformer or VAE needed); `clip_skip` is
+        the pipeline's (both CLIP encoders' hidden state `clip_skip` layers before the penultimate one)."""
         from diffusers import StableDiffusion3Pipeline
 
         pipe = StableDiffusion3Pipeline(transformer=None, scheduler=None, vae=None,
@@ -230,7 +253,7 @@ class StableDiffusion3(ModelFamily):
         pe, npe, pooled, npooled = pipe.encode_prompt(
             _as_list(prompt), None, None, device=te.device, num_images_per_prompt=1,
             do_classifier_free_guidance=do_classifier_free_guidance, negative_prompt=negative_prompt,
-            max_sequence_length=n)
+            max_sequence_length=n, clip_skip=clip_skip)
         if not do_classifier_free_guidance:
             npe = npooled = None
         return PromptEncoding(pe, npe, pooled, npooled)
@@ -251,14 +274,22 @@ class StableDiffusion3(ModelFamily):
     # ------------------------------------------------------------------ the hint and the residuals
     hint_sample_needed: ClassVar[bool] = True
 
-    def hint_input(self, vae: Any, hint: Any, sample: Any = None, net: Any = None) -> Any:
+    def hint_input(self, vae: Any, hint: Any, sample: Any = None, net: Any = None, mask: Any = None) -> Any:
         """The hint (in [0, 1]) as the ControlNet takes it: VAE latents of the hint in [-1, 1], a sample of
         their distribution (`mean + std * sample` for a tensor; for a torch.Generator, drawn from it as
         StableDiffusion3ControlNetPipeline draws from torch's global RNG), shifted and scaled like the image
         latents. `net` (when sampling): the pipeline's rule, no shift for a `force_zeros_for_pooled_projection`
-        ControlNet."""
+        ControlNet. `mask` (an inpainting ControlNet, B x 1 x H x W, 1 = repaint): as
+        StableDiffusion3ControlNetInpaintingPipeline's `prepare_image_with_mask`, the latents of the hint with
+        the masked pixels at -1 (always shifted), then the mask at latent size, inverted (1 = keep)."""
         import torch
 
+        if mask is not None:
+            x = (hint * 2.0 - 1.0).masked_fill(mask.expand_as(hint) > 0.5, -1.0)
+            z = vae.encode(x.to(vae.dtype)).latent_dist.sample(generator=sample)
+            z = self.to_latents(vae.config, z).to(hint.dtype)
+            m = torch.nn.functional.interpolate(mask.to(z.dtype), size=z.shape[-2:])
+            return torch.cat([z, 1 - m], dim=1)
         dist = vae.encode((hint * 2.0 - 1.0).to(vae.dtype)).latent_dist
         if sample is None or isinstance(sample, torch.Generator):
             z = dist.sample(generator=sample)
@@ -280,8 +311,9 @@ class StableDiffusion3(ModelFamily):
         import torch
 
         pooled, text = cond["pooled_projections"], cond["encoder_hidden_states"]
-        if cond.get("sampling"):  # StableDiffusion3ControlNetPipeline's inputs for this ControlNet
-            pooled = torch.zeros_like(pooled) if _zero_pooled(net) else pooled
+        if cond.get("sampling"):  # StableDiffusion3ControlNet(Inpainting)Pipeline's inputs for this ControlNet
+            # (the inpainting pipeline zeros the pooled text whatever the ControlNet's config says)
+            pooled = torch.zeros_like(pooled) if _zero_pooled(net) or self.takes_mask(net) else pooled
             text = text if _config(net).get("joint_attention_dim") is not None else None
         out = net(hidden_states=x, controlnet_cond=hint, conditioning_scale=scale, timestep=self._t(t, x),
                   encoder_hidden_states=text, pooled_projections=pooled, return_dict=False, **extra)[0]
