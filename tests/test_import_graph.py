@@ -1,4 +1,5 @@
-"""The import graph of cnetcli: no modules import each other in a loop, and no import runs up the layers.
+"""The import graph of cnetcli: no modules import each other in a loop, no import runs up the layers, and
+imports sit at module top except where the CLI's start-up needs them inside a function.
 
 Every import counts, the ones inside functions too (a function-level import hides a loop, it does not break
 it). A package importing its own submodule (``cnetcli.data`` -> ``cnetcli.data.read``) is no edge: that is how
@@ -203,6 +204,7 @@ HEAVY = frozenset({
 })
 #: the libraries a command's input checks must not load: they refuse bad input before these are imported
 TORCH = frozenset({"torch", "torchvision", "diffusers", "transformers", "accelerate", "peft"})
+assert TORCH <= HEAVY
 
 #: what a command loads after parsing to check its input before the libraries (generate's `preflight`, train's
 #: `check_inputs`; tests/test_generate_preflight.py and test_offline.py time the refusals)
@@ -226,13 +228,14 @@ def _allowed(mod: str, target: str) -> bool:
     return any(m in ("*", mod) and (target == t or target.startswith(t + ".")) for m, t in LAZY_ALLOWED)
 
 
-def _start_up() -> tuple[set[str], set[str]]:
+@functools.cache
+def _start_up() -> tuple[frozenset[str], frozenset[str]]:
     """(every module `import cnetcli.cli` loads, and with the PREFLIGHT modules too)."""
     code = ("import sys, json, importlib, cnetcli.cli; cli = sorted(sys.modules); "
             f"[importlib.import_module(m) for m in {PREFLIGHT!r}]; print(json.dumps([cli, sorted(sys.modules)]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     cli, pre = json.loads(r.stdout)
-    return set(cli), set(pre)
+    return frozenset(cli), frozenset(pre)
 
 
 def _function_imports(tree: ast.Module) -> list[tuple[ast.Import | ast.ImportFrom, str]]:
@@ -256,16 +259,15 @@ def _own_imports(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> list[ast.Import 
 def misplaced_imports(sources: dict[str, Path], cli: set[str], preflight: set[str]) -> list[str]:
     """Function-level imports that belong at the module's top. Kept inside a function are only those of
     LAZY_ALLOWED and, in a module the CLI loads at start-up (`cli`) or a command loads to check its input
-    (`preflight`), the imports that would make that step load more: a HEAVY library (a TORCH one, in a
-    preflight module), or a cnet module it does not load yet."""
+    (`preflight`), the imports that would make that step load more: a HEAVY library, or a cnet module it does
+    not load yet."""
     bad = []
     for mod, path in sorted(sources.items()):
         loads = cli if mod in cli else preflight if mod in preflight else None
         for node, fn in _function_imports(ast.parse(path.read_text(encoding="utf-8"))):
             for t in _loaded(mod, path.name == "__init__.py", node, sources):
                 top = t.split(".")[0]
-                if _allowed(mod, t) or loads is not None and (
-                        t not in loads if top == "cnetcli" else top in (HEAVY if loads is cli else TORCH | HEAVY)):
+                if _allowed(mod, t) or loads is not None and (t not in loads if top == "cnetcli" else top in HEAVY):
                     continue
                 bad.append(f"{mod}:{node.lineno} in {fn}(): {ast.unparse(node)}")
     return bad
@@ -299,6 +301,6 @@ def test_imports_sit_at_module_top():
 def test_the_cli_imports_nothing_heavy():
     """`import cnetcli.cli` (so `cnet --help`) loads no HEAVY library (no torch, diffusers, numpy, rich...), and
     the input checks of the PREFLIGHT modules none of TORCH."""
-    cli, preflight = _start_up()
-    assert not {m.split(".")[0] for m in cli} & HEAVY, f"`import cnetcli.cli` loads {sorted({m.split('.')[0] for m in cli} & HEAVY)}"
-    assert not {m.split(".")[0] for m in preflight} & TORCH, sorted({m.split(".")[0] for m in preflight} & TORCH)
+    cli, preflight = ({m.split(".")[0] for m in loaded} for loaded in _start_up())
+    assert not cli & HEAVY, f"`import cnetcli.cli` loads {sorted(cli & HEAVY)}"
+    assert not preflight & TORCH, f"the input checks load {sorted(preflight & TORCH)}"
