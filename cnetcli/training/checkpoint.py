@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import OutputError, SchemaError, TrainingError, UsageError
+from ..errors import OutputError, SchemaError, UsageError
 from ..external import read_json, validate
 from ..external.records import CheckpointState, Manifest, OptimizerRecord, SavedTrainConfig
 from ..fsguard import atomic_save_dir, atomic_write_text, sha256_of
@@ -173,11 +173,12 @@ def resolve_resume(resume: str, output: str | Path, warn: Any = None) -> Path:
 
 def remove_leftovers(output: str | Path) -> list[Path]:
     """Temp folders/files of writes killed midway (`.step-N.*`, `.controlnet.*` (folder or single file),
-    `.<denoiser>.*`, `.latents*`, and the atomic writes of train_config.json, runs.jsonl, loss.png)."""
+    `.<denoiser>.*`, `.latents*`, a cache shard's, and the atomic writes of train_config.json, runs.jsonl, loss.png)."""
     out = Path(output)
     patterns = [(checkpoints_dir(out), ".step-*"), (out, ".controlnet.*"), *((out, f".{d}.*") for d in denoiser_folders()),
                 (out / "cache", ".latents*"), (out, ".train_config.json.*"), (out, ".runs.jsonl.*"),
-                (out, ".loss.*"), (out / "validation", ".controllability.jsonl.*")]
+                (out, ".loss.*"), (out / "validation", ".controllability.jsonl.*"),
+                *((d, ".*.tmp") for d in sorted((out / "cache").glob("shards-*")))]  # streamed cache shards
     removed = []
     for d, pat in patterns:
         if d.is_dir():
@@ -250,6 +251,8 @@ def save_checkpoint(output: str | Path, step: int, *, controlnet: Any, denoiser:
     try:
         final = atomic_save_dir(fill, final)
     except (OSError, OutputError) as e:  # the temp folder is gone; the earlier checkpoints are untouched
+        from ..errors import TrainingError
+
         cause = e.__cause__ if isinstance(e, OutputError) and isinstance(e.__cause__, OSError) else e
         why = getattr(cause, "strerror", None) or str(cause)
         raise TrainingError(f"could not write checkpoint {final} ({why}): free space in {root} or "
