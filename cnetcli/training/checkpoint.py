@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import OutputError, SchemaError, UsageError
+from ..errors import OutputError, SchemaError, TrainingError, UsageError
 from ..external import read_json, validate
 from ..external.records import CheckpointState, Manifest, OptimizerRecord, SavedTrainConfig
 from ..fsguard import atomic_save_dir, atomic_write_text, sha256_of
@@ -251,8 +251,6 @@ def save_checkpoint(output: str | Path, step: int, *, controlnet: Any, denoiser:
     try:
         final = atomic_save_dir(fill, final)
     except (OSError, OutputError) as e:  # the temp folder is gone; the earlier checkpoints are untouched
-        from ..errors import TrainingError
-
         cause = e.__cause__ if isinstance(e, OutputError) and isinstance(e.__cause__, OSError) else e
         why = getattr(cause, "strerror", None) or str(cause)
         raise TrainingError(f"could not write checkpoint {final} ({why}): free space in {root} or "
