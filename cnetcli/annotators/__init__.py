@@ -25,11 +25,15 @@ choices, the A1111 infotext's preprocessor names both ways, the union control ty
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from ..config_check import check_fields
+from ..images import as_rgb_array, resize_to
 
 if TYPE_CHECKING:
     import numpy as np
@@ -176,7 +180,6 @@ class HintType:
         except TypeError as e:
             raise UsageError(f"hint type '{self.name}': {e}") from None
         if getattr(self.params, "BOUNDS", None):  # the type's declared ranges (cnetcli.config_check)
-            from ..config_check import check_fields
 
             check_fields(params, {f.name: f"{self.name} {f.name}" for f in dataclasses.fields(self.params)})
         return params
@@ -277,11 +280,15 @@ def find_type(name: str) -> HintType | None:
     return _REGISTRY.get(_ALIASES.get(key, key))
 
 
+def canonical_name(name: str | None) -> str | None:
+    """The registered name of the hint type `name` (a name or an alias); `name` itself when no type has it."""
+    ht = find_type(name) if name else None
+    return ht.name if ht is not None else name
+
+
 def get_type(name: str) -> HintType:
     ht = find_type(name)
     if ht is None:
-        import difflib
-
         spellings = {**{k: v for k, v in _ALIASES.items()}, **{k: k for k in _REGISTRY}}
         near = dict.fromkeys(_REGISTRY[spellings[k]].name
                              for k in difflib.get_close_matches(_key(name), list(spellings), n=3, cutoff=0.6))
@@ -338,11 +345,6 @@ def metric_kind(hint_type: str) -> str | None:
     return ht.metric if ht is not None else None
 
 
-def weights_catalogue() -> dict[str, tuple[WeightFile, ...]]:
-    """Every type that loads weights -> its weight files (`cnet weights list` shows this)."""
-    return {h.name: h.weights for h in all_types() if h.weights}
-
-
 _BUILT: dict[tuple, Annotator] = {}
 
 
@@ -378,8 +380,6 @@ def annotate(
     rounded to multiples of 64). Runtime keywords (`device`,
     `weights_dir`, `offline`, `trust_pickle`, `dtype`) go to the model loader; the rest are the type's
     parameters."""
-    from ..images import as_rgb_array, resize_to
-
     ht = get_annotatable(type)
     img = as_rgb_array(image)
     runtime = Runtime(**{k: params.pop(k) for k in _RUNTIME_FIELDS if k in params})

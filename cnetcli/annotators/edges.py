@@ -15,6 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..device import resolve_device
+from ..models import weights as W
+from ._aux import aux_module
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -86,19 +90,13 @@ class EdgeNet:
     """HED or PiDiNet soft edges; `edges(dets)` -> float maps in 0..1 at each detect size."""
 
     def __init__(self, model: str, rt: Runtime, type_name: str = "softedge") -> None:
-        from ..device import resolve_device
-        from ..models import weights as W
-        from ._aux import aux_module
-
         self.device = resolve_device(rt.device)
         self.kind = "pidinet" if model.lower().startswith("pidi") else "hed"
-        if self.kind == "hed":
-            path = W.resolve(HED_WEIGHTS, rt.weights_dir, rt.offline, type_name)
-            net = aux_module("hed").ControlNetHED_Apache2
-        else:
-            path = W.resolve(PIDINET_WEIGHTS, rt.weights_dir, rt.offline, type_name)
-            net = aux_module("pidi.model").pidinet
-        self.net = W.load_into(net, path, keys=("state_dict",), trust_pickle=rt.trust_pickle).float().to(self.device)
+        f = HED_WEIGHTS if self.kind == "hed" else PIDINET_WEIGHTS
+        path = W.resolve(f, rt.weights_dir, rt.offline, type_name)
+        net = aux_module("hed").ControlNetHED_Apache2 if self.kind == "hed" else aux_module("pidi.model").pidinet
+        self.net = W.load_into(net, path, keys=("state_dict",), trust_pickle=rt.trust_pickle,
+                               fix=W.redownload_hint(f, type_name)).float().to(self.device)
 
     def edges(self, dets: list[np.ndarray]) -> list[np.ndarray]:
         import cv2

@@ -19,8 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from ..device import resolve_device, resolve_dtype
+from ..models.captioner import load_captioner
 from ..models.controlnet import check_models_fit, load_controlnet
+from ..models.families import family_of
 from ..models.sd import ModelSpec, _load, load_base_components, resolve
+from ..training.setup import load_vae
+from .lora import apply_loras
 
 
 @contextlib.contextmanager
@@ -83,8 +87,6 @@ class Models:
         if self.denoiser_config is None:
             self.denoiser_config = dict(self.denoiser.config)
         if self.family is None:
-            from ..models.families import family_of
-
             self.family = family_of(self.denoiser_config)
 
     @property
@@ -107,8 +109,6 @@ class Models:
 
     def get_captioner(self, spec: str) -> Any:
         if self.captioner is None or self.captioner[0] != spec:
-            from ..models.captioner import load_captioner
-
             self.captioner = (spec, load_captioner(spec, device=self.device, offline=self.offline))
         return self.captioner[1]
 
@@ -177,11 +177,9 @@ def load_models(cfg: Any, controlnet_specs: list[str] | None = None) -> Models:
             source = str(d)
             break
     if getattr(cfg, "vae", None):  # --vae replaces the base's, in the run's dtype (as train's --vae)
-        from ..training.setup import load_vae
 
         comps["vae"] = load_vae(cfg.vae).to(dtype=dtype)
     if getattr(cfg, "loras", ()):  # before compiling: the LoRA layers become part of the compiled step
-        from .lora import apply_loras
 
         apply_loras(family, {**comps, family.denoiser: denoiser}, cfg.loras)
     on_gpu = device.startswith("cuda")

@@ -33,12 +33,26 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..errors import CnetError, GenerationError, InputError, Interrupted, UsageError
+from ..annotators import annotate, canonical_name, find_type, get_type, params_dict
+from ..data.provenance import Provenance
+from ..errors import CnetError, GenerationError, InputError, Interrupted, MissingWeightsError, UsageError
+from ..fsguard import check_writable_dir, ensure_dir
 from ..images import IMAGE_EXTENSIONS, load_image, resize_to
+from ..models.controlnet import locate
+from ..models.families import family_of, vae_scale_factor
+from ..models.sd import (
+    BUILTIN_CAPTIONERS,
+    BUILTIN_MODELS,
+    base_configs,
+    is_offline,
+    missing_hub_error,
+    resolve,
+)
 from ..reporting import NullReporter, Reporter
 from . import control as ctl
 from . import memory, output, prompts
 from .config import DECODE_PIXELS, GenerateConfig, check_size
+from .infotext import model_title
 from .models import Models, load_models, text_encoders_on_device
 from .samplers import sample
 
@@ -145,7 +159,6 @@ def _hint_type(path: str | None, given: str | None) -> str | None:
         return given
     if path is None:
         return None
-    from ..data.provenance import Provenance
 
     prov = Provenance.read(path)
     return prov.type if prov is not None else None
@@ -167,10 +180,6 @@ class BaseInfo:
         return cls(cfg, models.family, models.family.default_resolution(denoiser_config(models), models.vae.config))
 
     def _probe(self) -> None:
-        from ..errors import MissingWeightsError
-        from ..models.families import family_of
-        from ..models.sd import base_configs
-
         try:
             info = base_configs(self.cfg.base, config=self.cfg.base_config, offline=self.cfg.offline)
             fam, denoiser, vae = info.family, info.denoiser, info.vae
@@ -220,8 +229,6 @@ def _types_for(cfg: GenerateConfig, n: int) -> list[str | None]:
 
 
 def _annotate_photo(cfg: GenerateConfig, base: BaseInfo) -> Job:
-    from ..annotators import annotate, get_type, params_dict
-
     photo = load_image(check_input_file(cfg.image, "--image"))  # one InputError line for a bad photo
     # the hint's short side: --resolution, else the base's native size (512 for SD1.5, 1024 for SDXL)
     resolution = cfg.image_resolution or base.resolution
@@ -328,9 +335,6 @@ def check_hub_models(cfg: GenerateConfig, jobs: list[Job]) -> None:
     and a hint written. Reads the cache's file names only (no diffusers import)."""
     from huggingface_hub import try_to_load_from_cache
 
-    from ..models.controlnet import locate
-    from ..models.sd import is_offline, missing_hub_error, resolve
-
     wanted = [(resolve(cfg.base), "model_index.json", "base model")]
     if cfg.vae:
         wanted.append((resolve(cfg.vae), "config.json", "VAE"))
@@ -348,8 +352,6 @@ def check_hub_models(cfg: GenerateConfig, jobs: list[Job]) -> None:
 
 def _save_annotated_hints(cfg: GenerateConfig, outdir: Path, jobs: list[Job]) -> None:
     """Write the hints annotated from `--image` (hint-PHOTO-TYPE.png, with provenance) and set their paths."""
-    from ..data.provenance import Provenance
-
     for h in (h for job in jobs for h in job.hints if h.annotated is not None and h.path is None):
         p = output._reserve(outdir, f"hint-{Path(cfg.image).stem}-{h.type}", (".png",))
         h.path = str(p.with_name(p.name + ".png"))
@@ -361,8 +363,6 @@ def _save_annotated_hints(cfg: GenerateConfig, outdir: Path, jobs: list[Job]) ->
 
 def check_captioner(spec: str, offline: bool | None, base: str | None = None) -> None:
     """Auto mode captions after pass 1: make sure the captioner can load before pass 1 runs."""
-    from ..models.sd import BUILTIN_CAPTIONERS, BUILTIN_MODELS, is_offline, missing_hub_error, resolve
-
     s = resolve(BUILTIN_MODELS.get(str(spec), str(spec)))
     if s.kind == "file":
         raise UsageError(f"--captioner {spec}: a captioner must be a hub id or a folder (saved with save_pretrained)")
@@ -397,8 +397,6 @@ def control_image(hints: HintInput | Sequence[HintInput], width: int, height: in
     """The ControlNet's input for a batch, B x 3 x H x W in [0, 1]: one row per hint of `hints` (each fitted to
     the size once, however often it repeats), or one hint repeated `batch` times."""
     import torch
-
-    from ..annotators import find_type
 
     rows = [hints] * batch if isinstance(hints, HintInput) else list(hints)
     fitted: dict[int, Any] = {}
@@ -488,8 +486,6 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
 
     units = control_units(models, cfg, jobs, do_cfg, seeds)
 
-    from ..models.families import vae_scale_factor
-
     vae_scale = vae_scale_factor(models.vae.config)
     shape = (1, family.latent_channels(models.denoiser_config), height // vae_scale, width // vae_scale)
     # one generator per item: its latents and its per-step noise depend on its own seed only
@@ -569,8 +565,6 @@ def batch_masks(jobs: Sequence[Job], width: int, height: int, mode: str) -> Any:
 
 
 def _is_inpaint(hint_type: str | None) -> bool:
-    from ..annotators import find_type
-
     ht = find_type(hint_type) if hint_type else None
     return ht is not None and ht.name == "inpaint"
 
@@ -684,7 +678,7 @@ def run_own_loop(models: Models, cfg: GenerateConfig, jobs: list[Job], prompts_:
         net = models.controlnet(h.controlnet)
         image = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
         units.append(ctl.ControlUnit(net, image, scales[k], starts[k], ends[k]))
-        modes.append(family.union_control_mode(h.type, net, h.controlnet))
+        modes.append(family.union_control_mode(canonical_name(h.type), net, h.controlnet))
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     scheduler = family.sampling_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
     init = mask = None
@@ -848,8 +842,6 @@ _TITLES: dict[str, str] = {}
 def _title(spec: str) -> str:
     """`name [hash]` of a ControlNet, once per spec and process (reads 64 KiB of its weights)."""
     if spec not in _TITLES:
-        from .infotext import model_title
-
         _TITLES[spec] = model_title(spec)
     return _TITLES[spec]
 
@@ -860,8 +852,6 @@ def preflight(cfg: GenerateConfig, models: Models | None = None) -> list[Job]:
     can load, the hints exist and fit (sizes, one scale/window per ControlNet), hub models are at hand offline.
     Only then is the output folder created (with `--image`, the photo is annotated here and its hints saved
     there). Returns the jobs to run. `models`: the loaded models, when there are."""
-    from ..fsguard import check_writable_dir, ensure_dir
-
     outdir = Path(cfg.output).expanduser()
     if cfg.save:
         check_writable_dir(outdir, "--output")  # creates nothing: a later check may still refuse the run

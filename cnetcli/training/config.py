@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..annotators import get_rewardable
 from ..config_check import Bound, check_fields, flag_name
+from ..device import check_device_spec
 from ..errors import UsageError
-from ..models.sd import DEFAULT_BASE
+from ..models.families import family_of
+from ..models.sd import BUILTIN_MODELS, DEFAULT_BASE, local_base_configs
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")  # auto: cnetcli.device.auto_precision(training=True)
 TIMESTEP_BIAS = ("none", "later", "earlier", "range")
@@ -209,7 +212,6 @@ def _validate(c: TrainConfig) -> None:
 
     # types, finite floats and the BOUNDS (cnetcli.config_check); counts and sizes above 2**31 are typos
     check_fields(c, FLAG_NAMES, int_max=lambda name: 2**63 - 1 if name == "seed" else _INT_MAX)
-    from ..device import check_device_spec
 
     check_device_spec(c.device)
     if c.recipe not in RECIPE_NAMES:
@@ -255,8 +257,6 @@ def _validate(c: TrainConfig) -> None:
     if c.snr_gamma is not None and not c.snr_gamma > 0:
         bad("--snr-gamma", "must be > 0 (5.0 is the min-SNR paper's value)")
     if c.reward is not None and c.reward != "auto":
-        from ..annotators import get_rewardable
-
         get_rewardable(c.reward)
     if c.reward is None and (c.reward_weight is not None or c.reward_max_timestep != 200):
         bad("--reward-weight/--reward-max-timestep", "only apply with --reward TYPE")
@@ -279,8 +279,6 @@ def _validate(c: TrainConfig) -> None:
 
 # --------------------------------------------------------------------------------- defaults that fit
 def _is_tiny(base: str) -> bool:
-    from ..models.sd import BUILTIN_MODELS
-
     p = Path(BUILTIN_MODELS.get(base, base)).expanduser()
     return p.exists() and p.resolve() == Path(BUILTIN_MODELS["cnet-tiny"]).resolve()
 
@@ -289,9 +287,6 @@ def resolve_defaults(c: TrainConfig, given: set[str] | None = None) -> tuple[Tra
     """Fill from the base (native size) and the recipe what the caller did not set (`given`: the settings set
     on purpose; None: those left at their defaults count as not set); returns the config and warnings (e.g. a
     --resolution that differs from the base's native size)."""
-    from ..models.families import family_of
-    from ..models.sd import local_base_configs
-
     warnings: list[str] = []
     info = local_base_configs(c.base, c.base_config)  # the family, detected once from the base's own files
     family = info.family if info is not None else family_of()

@@ -34,9 +34,21 @@ cuBLAS/cuDNN workspaces (some hundreds of MiB) and the caching allocator's fragm
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import math
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+import torch
+
+from ..device import dtype_name
+from ..errors import CnetError, UsageError
+from ..external.safetensors import read_header
+from ..models.families import family_of, vae_scale_factor
+from ..models.sd import local_base_configs, local_config_folder
 
 GIB = 2**30
 #: not seen by the trace: CUDA context ~0.5 GiB + cuBLAS/cuDNN workspaces ~0.5 GiB, and fragmentation (10%)
@@ -169,8 +181,6 @@ def memory_plan(parts: list[Part], *, batch_size: int, latent_pixels: int, eight
     (`ModelFamily.activation_bytes`, detected from the config when `family` is None); `reward_samples`: how
     many samples of a micro-batch the --reward decodes (expected), through a VAE in `reward_dtype`; `vae_config`:
     the VAE's (for its encoding transient when it is on the GPU; None: the SD VAE's)."""
-    from ..models.families import family_of
-
     family = family or family_of(denoiser_config)
     weights = sum(p.params * _DTYPE_BYTES[p.dtype] for p in parts if p.on_gpu)
     trained = sum(p.params for p in parts if p.trains)
@@ -193,9 +203,6 @@ def memory_plan(parts: list[Part], *, batch_size: int, latent_pixels: int, eight
 def plan_for(models: Any, cfg: Any, latent_shape: tuple[int, ...]) -> MemoryPlan | None:
     """The plan of a built run (`TrainModels` after the cache moved the encoders, and its TrainConfig); None
     when its family has no activation model yet."""
-    from ..device import dtype_name
-    from ..models.families import vae_scale_factor
-
     def part(name: str, m: Any, **kw: Any) -> Part:
         raw = getattr(m, "module", m)  # DDP-wrapped ControlNet
         return Part(name, sum(p.numel() for p in raw.parameters()), dtype_name(raw.dtype),
@@ -227,12 +234,6 @@ def plan_for(models: Any, cfg: Any, latent_shape: tuple[int, ...]) -> MemoryPlan
 def _param_count(folder: Any) -> int:
     """Parameters in a diffusers component folder, from its safetensors headers (checked against the files by
     the schema layer; nothing is loaded). A file it refuses counts 0: the loader reports it."""
-    import math
-    from pathlib import Path
-
-    from ..errors import CnetError
-    from ..external.safetensors import read_header
-
     n = 0
     for f in sorted(Path(folder).glob("*.safetensors")):
         try:
@@ -248,9 +249,6 @@ def _base_facts(base: str, base_config: str | None
                 ) -> tuple[Any, dict[str, Any], int, dict[str, int], dict[str, Any]] | None:
     """(family, denoiser config, VAE downsampling, parameters per component, VAE config) of a base whose configs
     are local and whose family has an activation model; None otherwise."""
-    from ..models.families import vae_scale_factor
-    from ..models.sd import local_base_configs, local_config_folder
-
     info = local_base_configs(base, base_config)
     folder = local_config_folder(base, base_config)
     if info is None or folder is None or not info.denoiser or not info.vae:
@@ -297,8 +295,6 @@ def plan_before_loading(cfg: Any, device: str, mixed_precision: str) -> MemoryPl
 def device_memory(device: str) -> tuple[int, str] | None:
     """(bytes the run may use, what they are): the GPU's total memory, or the host's available RAM."""
     if device.startswith("cuda"):
-        import torch
-
         index = int(device.split(":")[1]) if ":" in device else torch.cuda.current_device()
         return torch.cuda.get_device_properties(index).total_memory, "GPU memory"
     try:
@@ -306,8 +302,6 @@ def device_memory(device: str) -> tuple[int, str] | None:
             info = dict(line.split(":", 1) for line in f if ":" in line)
         return int(info["MemAvailable"].split()[0]) * 1024, "available RAM"
     except (OSError, KeyError, ValueError):
-        import os
-
         try:
             return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
         except (ValueError, OSError, AttributeError):
@@ -321,10 +315,6 @@ def _needed(plan: MemoryPlan, cuda: bool) -> int:
 def check_fits(cfg: Any, device: str, mixed_precision: str) -> MemoryPlan | None:
     """Refuse (`UsageError`, one line saying what fits) a --resolution x --batch-size whose estimated peak is
     over the device's memory, before anything loads or allocates. Returns the plan (None: not plannable)."""
-    import dataclasses
-
-    from ..errors import UsageError
-
     if cfg.resolution is None or cfg.batch_size is None:  # not resolved yet (plan.resolve_defaults fills them)
         return None
     plan = plan_before_loading(cfg, device, mixed_precision)

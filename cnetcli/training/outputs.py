@@ -3,9 +3,11 @@ optional original-layout single file (main process; the ranks are first checked 
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ..errors import TrainingError
+from ..fsguard import atomic_save_dir, atomic_write_text
 from .config import TrainConfig, config_record
 from .setup import trainable
 from .state import RunState, TrainResult
@@ -35,9 +37,6 @@ def save_outputs(cfg: TrainConfig, state: RunState, accelerator: Any, raw_contro
 
 def _write_outputs(cfg: TrainConfig, state: RunState, raw_controlnet: Any, models: Any, result: TrainResult,
                    samples: int, skipped: int, accelerator: Any) -> None:
-    import json
-
-    from ..fsguard import atomic_save_dir, atomic_write_text
     from .validate import plot_losses
 
     out = cfg.output_dir

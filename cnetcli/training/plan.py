@@ -7,16 +7,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..device import resolve_device
 from ..errors import NotAvailableError, UsageError
+from ..models.sd import resolve
 from ..reporting import Reporter
-from .config import TrainConfig
+from .config import TrainConfig, resolve_defaults
 
 
 def plan_run(cfg: TrainConfig, given: dict[str, Any] | None, reporter: Reporter
              ) -> tuple[TrainConfig, Path | None, dict[str, list[Any]]]:
     """The configuration to train with, the checkpoint to resume from, and the changes that start a new phase."""
     from .checkpoint import read_config, resolve_resume
-    from .config import asked_settings, resolve_defaults
     from .resume import given_settings, merge_resume_config
 
     if cfg.resume is None:
@@ -74,7 +75,6 @@ def preflight(cfg: TrainConfig) -> tuple[str, str]:
     if cfg.resume is None and not cfg.overwrite and ((out / "controlnet").exists() or list_checkpoints(out)):
         raise UsageError(f"--output {out}: already holds a training run; pass --resume latest to continue "
                          "or --overwrite to start over")
-    from ..models.sd import resolve
     from .disk import check_output_space, check_single_file_possible
 
     resolve(cfg.base)  # a mistyped local path fails here, not after the dataset is read

@@ -17,8 +17,13 @@ image enters only through its latents, which the cache holds; no pixels are cach
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..annotators import Runtime, get_rewardable
+from ..data.provenance import Provenance
 from ..errors import UsageError
 
 AUTO = "auto"  # --reward auto: the hint type named by the dataset's provenance
@@ -37,11 +42,6 @@ class Reward:
 def resolve_type(reward: str, index: Any) -> tuple[str, dict[str, Any]]:
     """(hint type, annotator parameters) of `--reward` over a dataset index, before any model loads: `auto` is
     the type the first hint PNG's provenance names. A type without a reward model is a clear error."""
-    from pathlib import Path
-
-    from ..annotators import get_rewardable
-    from ..data.provenance import Provenance
-
     first = index.rows[0].hint if index is not None and len(index.rows) else None  # None: streamed shards
     prov = Provenance.read(first) if isinstance(first, Path) else None  # a hub row's or a shard's carries none
     if reward == AUTO:
@@ -60,8 +60,6 @@ def resolve_type(reward: str, index: Any) -> tuple[str, dict[str, Any]]:
 
 def build_reward(cfg: Any, hint_type: str, params: dict[str, Any], device: Any) -> Reward:
     """The frozen reward model of `hint_type` at the hint's parameters, its weights resolved as annotate does."""
-    from ..annotators import Runtime, get_rewardable
-
     ht = get_rewardable(hint_type)
     model = ht.reward(ht.make_params(**params), Runtime(device=str(device)))  # type: ignore[misc]
     weight = ht.reward_weight if cfg.reward_weight is None else cfg.reward_weight
@@ -86,8 +84,6 @@ def decode_with_grad(family: Any, vae: Any, latents: Any) -> Any:
 def reward_loss(models: Any, noisy: Any, model_output: Any, t: Any, hint: Any) -> Any:
     """The consistency loss of one micro-batch (a scalar): mean over its samples with t <= max timestep. x0 is
     the family's one-step estimate (epsilon, v or flow matching) from the raw model output."""
-    import torch
-
     reward = models.reward
     rewarded = (t <= reward.max_timestep).nonzero().flatten()  # one host sync: decode only these samples
     if rewarded.numel() == 0:

@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..models.sd import load_base_components, load_pretrained, resolve
 from .config import TrainConfig
+from .model import init_controlnet, set_connected, set_denoiser_trainable
 from .step import TrainModels
 
 
@@ -18,8 +20,6 @@ def build_models(cfg: TrainConfig, device: Any, weight_dtype: Any) -> TrainModel
     import torch
 
     from ..models.controlnet import load_controlnet
-    from ..models.sd import load_base_components
-    from .model import init_controlnet, set_connected, set_denoiser_trainable
 
     comps = load_base_components(cfg.base, config=cfg.base_config)
     family = comps.family
@@ -57,8 +57,6 @@ def load_vae(spec: str) -> Any:
     """`--vae`: an AutoencoderKL from a diffusers folder (the VAE's own, or a base's with vae/) or a hub id
     (e.g. madebyollin/sdxl-vae-fp16-fix), run in the training precision (it is meant to be fp16-safe)."""
     from diffusers import AutoencoderKL
-
-    from ..models.sd import load_pretrained, resolve
 
     s = resolve(spec)
     if s.kind == "file":

@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import TrainingError
 from .config import TrainConfig, config_json
+from .model import set_connected, set_denoiser_trainable
 
 #: state.json's record of whether the base's weights train (the name runs of earlier versions wrote)
 UNLOCKED_KEY = "unet_unlocked"
@@ -94,7 +95,6 @@ def restore_checkpoint(path: Path, state: RunState, models: Any, raw_controlnet:
     import torch
 
     from .checkpoint import load_checkpoint
-    from .model import set_connected, set_denoiser_trainable
 
     ck = load_checkpoint(path)
     st = ck["state"]

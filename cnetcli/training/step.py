@@ -18,6 +18,8 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from ..models.families import PromptEncoding
+
 
 @dataclass
 class TrainModels:
@@ -122,8 +124,6 @@ def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any) -> tup
     cache when there is one. Latents come in the frozen networks' dtype whatever the VAE ran in (SDXL's:
     fp32)."""
     import torch
-
-    from ..models.families import PromptEncoding
 
     device, dtype = models.device, models.weight_dtype
     with torch.no_grad():

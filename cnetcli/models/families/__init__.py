@@ -53,10 +53,12 @@ the memory plan
 from __future__ import annotations
 
 import contextlib
+import importlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ...errors import UsageError
+from ...generation.samplers import make_scheduler
 from ..model_config import config_get
 
 
@@ -301,8 +303,6 @@ class ModelFamily:
     def sampling_scheduler(self, sampler: str, scheduler_config: Any, schedule: str = "normal",
                            seeds: list[int] | None = None) -> Any:
         """The scheduler `generate` samples with (`--sampler`/`--scheduler` where the family offers a choice)."""
-        from ...generation.samplers import make_scheduler
-
         return make_scheduler(sampler, scheduler_config, schedule, seeds)
 
     def loss_weights(self, scheduler: Any, t: Any, settings: Any) -> Any:
@@ -420,8 +420,6 @@ FAMILY_MODULES = ("sdxl", "sd3", "flux", "qwenimage", "sd")
 
 def _families() -> tuple[type[ModelFamily], ...]:
     """Every family class, in `FAMILY_MODULES` order (a module not in this build is skipped)."""
-    import importlib
-
     found = []
     for mod in FAMILY_MODULES:
         try:

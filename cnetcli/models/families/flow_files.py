@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ...errors import ModelLoadError
+from ...errors import ModelLoadError, SchemaError
 
 #: safetensors metadata key holding the ControlNet's diffusers config (JSON), written by `file_metadata`
 CONFIG_KEY = "cnet_controlnet_config"
@@ -151,7 +151,6 @@ def load_controlnet_file(path: str | Path, *, base_config: Any = None, torch_dty
 
 def stored_config(meta: dict[str, str], where: str) -> dict[str, Any]:
     """The config cnet stored in a file's safetensors metadata, read bounded (`cnetcli.external`)."""
-    from ...errors import SchemaError
     from ...external import parse_json
 
     try:

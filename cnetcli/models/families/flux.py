@@ -27,7 +27,8 @@ from typing import Any, ClassVar
 
 from ...errors import UsageError
 from ..model_config import config_get
-from . import PromptEncoding, _as_list, flow, flow_files
+from . import PromptEncoding, _as_list, flow, flow_files, vae_scale_factor
+from . import transformer_memory as tm
 
 #: the FLUX script's --num_double_layers / --num_single_layers defaults (a full ControlNet)
 FULL_BLOCKS = (4, 4)
@@ -321,14 +322,12 @@ class Flux(flow.FlowFamily):
         return flow.unpack_latents(denoiser(**kw)[0], x.shape[-2], x.shape[-1], 1)
 
     def union_control_mode(self, hint_type: str | None, net: Any, spec: str) -> int | None:
-        """The `control_mode` a hint of `hint_type` takes on a union net (None for a plain one)."""
+        """The `control_mode` a hint of `hint_type` (its registered name: the caller resolves aliases) takes on
+        a union net (None for a plain one)."""
         n = getattr(getattr(net, "module", net).config, "num_mode", None)
         if not n:
             return None
-        from ...annotators import find_type
-
-        ht = find_type(hint_type) if hint_type else None
-        mode = UNION_MODES.get(ht.name if ht is not None else "")
+        mode = UNION_MODES.get(hint_type or "")
         if mode is None or mode >= n:
             known = ", ".join(k for k, v in UNION_MODES.items() if v < n)
             raise UsageError(f"--controlnet {spec} is a FLUX union ControlNet ({n} modes): hint type {hint_type!r} "
@@ -350,7 +349,8 @@ class Flux(flow.FlowFamily):
                        strength: float = 1.0) -> Any:
         """FluxControlNetPipeline's sampling for a batch (one generator per image), unpacked latents out.
 
-        `units`: ControlUnits with the hint in pixels ([0, 1]); `modes` their union control modes. Each image's
+        `units`: ControlUnits (generation/control.py) with the hint in pixels ([0, 1]) and their strength at
+        each step (`scale_at`); `modes` their union control modes. Each image's
         generator draws its hints' VAE samples first, then its initial noise (the pipeline encodes the control
         image before preparing latents). `guidance` feeds FLUX-dev's guidance embedding; with `true_cfg` > 1
         and a negative encoding the negative branch runs as a second forward reusing the ControlNet residuals,
@@ -362,8 +362,6 @@ class Flux(flow.FlowFamily):
         the image, noised to the next sigma, replaces the latents outside the mask. (The pipeline also encodes
         the masked image, a draw after the noise that nothing later reads: the Euler steps draw nothing.)"""
         import torch
-
-        from . import vae_scale_factor
 
         h, w = size
         f = vae_scale_factor(vae.config)
@@ -385,7 +383,7 @@ class Flux(flow.FlowFamily):
             tt = t.expand(latents.shape[0]).to(latents.dtype)
             res = None
             for u, hint, mode in zip(units, hints, modes, strict=True):
-                r = self.control(u.net, latents, tt, cond, hint.to(device, dtype), scale=self.unit_scale(u, i, n),
+                r = self.control(u.net, latents, tt, cond, hint.to(device, dtype), scale=u.scale_at(i, n),
                                  control_mode=mode)
                 res = r if res is None else [a + b for a, b in zip(res, r, strict=True)]
             pred = self.denoise(denoiser, latents, tt, cond, res)
@@ -398,13 +396,6 @@ class Flux(flow.FlowFamily):
             if callback is not None:
                 callback(i, n)
         return latents
-
-    @staticmethod
-    def unit_scale(unit: Any, i: int, n: int) -> float:
-        """A ControlUnit's strength at step `i` of `n` (0 outside its --start/--end window)."""
-        from ...generation.control import active
-
-        return unit.scale * float(active(i, n, unit.start, unit.end))
 
     def _per_image_draws(self, vae: Any, units: list[Any], gens: list[Any], shape: tuple[int, ...],
                          init: Any = None) -> tuple[list[Any], Any, Any]:
@@ -434,8 +425,6 @@ class Flux(flow.FlowFamily):
                          latent_pixels: int | None = None) -> tuple[float, float]:
         """Every base block and the full ControlNet's (a --small-scale one has fewer: the plan errs high), over the
         2x2-packed image tokens and T5's `max_sequence_length` text tokens (families/transformer_memory.py)."""
-        from . import transformer_memory as tm
-
         blocks = sum(int(config_get(denoiser_config, k)) for k in ("num_layers", "num_single_layers"))
         hidden = int(config_get(denoiser_config, "num_attention_heads")) * int(
             config_get(denoiser_config, "attention_head_dim"))

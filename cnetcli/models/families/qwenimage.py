@@ -292,7 +292,7 @@ class QwenImage(Flux):
             res = None
             for u, hint in zip(units, hints, strict=True):
                 r = self.control(u.net, latents, tt, cond, hint.to(device, dtype),
-                                 scale=self.unit_scale(u, i, n))
+                                 scale=u.scale_at(i, n))
                 res = r if res is None else [a + b for a, b in zip(res, r, strict=True)]
             pred = self.denoise(denoiser, latents, tt, cond, res)
             if neg is not None:
