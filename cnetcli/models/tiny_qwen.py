@@ -14,6 +14,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+from diffusers import (
+    AutoencoderKLQwenImage,
+    FlowMatchEulerDiscreteScheduler,
+    QwenImageControlNetModel,
+    QwenImagePipeline,
+    QwenImageTransformer2DModel,
+)
+from tokenizers import AddedToken
+from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
 #: Qwen/Qwen-Image's scheduler/scheduler_config.json
 QWEN_SCHEDULER = {"base_image_seq_len": 256, "base_shift": 0.5, "invert_sigmas": False, "max_image_seq_len": 8192,
                   "max_shift": 0.9, "num_train_timesteps": 1000, "shift": 1.0, "shift_terminal": 0.02,
@@ -31,10 +43,6 @@ TEMPLATE_WORDS = ("system", "Describe", " the", " image", " by", " detailing", "
 def qwen_tokenizer(words: tuple[str, ...] = ()) -> Any:
     """A working Qwen2Tokenizer built in memory: the 256 byte-level symbols, one merge chain per template word and
     per word of `words` (with and without a leading space), Qwen's chat special tokens."""
-    from tokenizers import AddedToken
-    from transformers import Qwen2Tokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
     byte = bytes_to_unicode()
     vocab = {s: i for i, s in enumerate(byte.values())}
     merges: list[tuple[str, str]] = []
@@ -51,9 +59,6 @@ def qwen_tokenizer(words: tuple[str, ...] = ()) -> Any:
 
 
 def _text_encoder(vocab_size: int, seed: int) -> Any:
-    import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
     torch.manual_seed(seed)
     config = Qwen2_5_VLConfig(
         text_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
@@ -70,9 +75,6 @@ def tiny_qwenimage_components(seed: int = 0, *, words: tuple[str, ...] = (), num
     """A toy Qwen-Image base: QwenImageTransformer2DModel over 2x2-packed 4-channel latents (in_channels 16), the
     3D VAE (4x spatial downsampling here, 8x in the release), a Qwen2.5-VL text encoder and Qwen-Image's
     dynamic-shifting scheduler."""
-    import torch
-    from diffusers import AutoencoderKLQwenImage, FlowMatchEulerDiscreteScheduler, QwenImageTransformer2DModel
-
     torch.manual_seed(seed)
     transformer = QwenImageTransformer2DModel(patch_size=2, in_channels=16, out_channels=4, num_layers=num_layers,
                                               attention_head_dim=16, num_attention_heads=3, joint_attention_dim=16,
@@ -87,8 +89,6 @@ def tiny_qwenimage_components(seed: int = 0, *, words: tuple[str, ...] = (), num
 
 def save_qwenimage_folder(components: dict[str, Any], directory: str | Path) -> Path:
     """Save components as a diffusers Qwen-Image folder (model_index.json naming QwenImagePipeline)."""
-    from diffusers import QwenImagePipeline
-
     d = Path(directory)
     QwenImagePipeline(**components).save_pretrained(str(d), safe_serialization=True)
     return d
@@ -97,9 +97,6 @@ def save_qwenimage_folder(components: dict[str, Any], directory: str | Path) -> 
 def tiny_qwenimage_controlnet(transformer: Any, seed: int = 0, *, num_layers: int | None = None) -> Any:
     """A QwenImageControlNetModel initialised from a Qwen-Image transformer (`from_transformer` with the
     transformer's own head sizes: its defaults are the release's 24 x 128); depth defaults to the transformer's."""
-    import torch
-    from diffusers import QwenImageControlNetModel
-
     cfg = transformer.config
     torch.manual_seed(seed)
     return QwenImageControlNetModel.from_transformer(

@@ -15,6 +15,7 @@ Callers watch or steer a run through `on_step(info) -> bool`: called after every
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -26,6 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, gather_object
+
 from ..data.shards import looks_like_shards
 from ..device import dtype_name, process_rank_world, torch_dtype
 from ..errors import Interrupted, TrainingError, UsageError, first_line
@@ -36,6 +41,7 @@ from ..reporting import NullReporter, Reporter
 from .cache import cache_key, load_or_build, undecodable
 from .checkpoint import kept_after_interrupt, remove_leftovers
 from .config import TrainConfig, config_json
+from .data import BatchStream, PairDataset, collate, decodable_rows, one_line_errors, read_dataset
 from .memory import MemoryPlan, peak_line, plan_for
 from .metrics_log import MetricsLog
 from .model import set_connected, set_denoiser_trainable
@@ -46,6 +52,7 @@ from .reward import build_reward, checkpoint_decoder, resolve_type
 from .setup import build_models, build_optimizer, late_synced_params, trainable
 from .state import RunState, TrainResult, flush_losses, restore_checkpoint, write_checkpoint
 from .step import TrainModels, draw_noise, timestep_weights, training_step
+from .stream import Streamed, check_world, launcher_note, read_record, world_record
 from .validate import validate
 
 MEMORY_HINT = ("try a smaller --batch-size (with --gradient-accumulation to keep the effective batch), "
@@ -127,8 +134,6 @@ class Batches:
 
     def take(self, batch: dict[str, Any], micro: int) -> dict[str, Any]:
         """The loader's next batch, ready for the step (micro: its index in the run)."""
-        import torch
-
         if self.source is not None:
             return self.source.take(batch)
         if self.flips_from_stream:
@@ -188,8 +193,6 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, *, on_step: Callab
 
     With `cfg.resume`, the run's configuration comes from the checkpoint; `given` names the settings the caller
     set on purpose (the CLI passes the flags typed; by default the settings that differ from the defaults)."""
-    import torch
-
     reporter = reporter or NullReporter()
     try:
         with owning(cfg.output_dir, reporter):
@@ -281,10 +284,6 @@ def run_steps(cfg: TrainConfig, run: Run, state: RunState, reporter: Reporter,
     """The step loop, from `state.step` to --max-steps: each optimizer step accumulates --gradient-accumulation
     micro-batches; the loss is read back only every --log-every steps; validation and checkpoints at their
     steps. Returns True when a stop (Ctrl-C, `on_step`) ended it early, after a checkpoint."""
-    import torch
-
-    from .data import one_line_errors
-
     procs, models, trainer, acc = run.procs, run.models, run.trainer, run.procs.accelerator
     it = one_line_errors(iter(run.batches.loader))
     with _Interrupt() as interrupt:
@@ -342,11 +341,7 @@ def run_steps(cfg: TrainConfig, run: Run, state: RunState, reporter: Reporter,
 def open_data(cfg: TrainConfig) -> tuple[Any, Any]:
     """The training data, before any model loads: (the streamed shards or None, the dataset index or None).
     WebDataset/parquet shards are streamed, never indexed (stream.py; cached per shard on request)."""
-    from .data import read_dataset
-
     if looks_like_shards(cfg.data):
-        from .stream import Streamed
-
         return Streamed(cfg), None
     index = read_dataset(cfg.data, image_column=cfg.image_column, conditioning_column=cfg.conditioning_column,
                          caption_column=cfg.caption_column, max_samples=cfg.max_train_samples, split=cfg.split,
@@ -356,8 +351,6 @@ def open_data(cfg: TrainConfig) -> tuple[Any, Any]:
 
 def start_processes(cfg: TrainConfig, device: str, mixed_precision: str) -> Processes:
     """accelerate's Accelerator for this process (one of several when launched), its tracker and precision."""
-    import torch
-
     accelerator, log_with = make_accelerator(cfg, device, mixed_precision)
     procs = Processes(accelerator, log_with, torch_dtype(mixed_precision))
     if procs.cuda and cfg.allow_tf32:
@@ -369,8 +362,6 @@ def start_processes(cfg: TrainConfig, device: str, mixed_precision: str) -> Proc
 def announce(procs: Processes, index: Any, reporter: Reporter) -> None:
     """Say once (the main process's reporter) how the run is spread and what the dataset index skipped."""
     if procs.world > 1:
-        from .stream import launcher_note
-
         reporter.message(f"{procs.world} processes ({procs.accelerator.distributed_type.value}, "
                          f"{procs.device.type})" + launcher_note(procs.accelerator))
     if index is not None and index.skipped:
@@ -421,7 +412,6 @@ def start_or_resume(cfg: TrainConfig, resume_path: Path | None, models: TrainMod
     state = RunState(run_id=uuid.uuid4().hex[:12])
     if resume_path is None:
         return state, {}
-    from .stream import check_world, read_record
 
     record = read_record(resume_path)
     check_world(record, cfg, procs.world)
@@ -464,9 +454,6 @@ def open_batches(cfg: TrainConfig, source: Any, index: Any, models: TrainModels,
             encoders_to(models, "cpu")
         return Batches(source.loader(cfg, rank=procs.rank, world=procs.world, start_batch=start_batch,
                                      record=record, pin_memory=procs.cuda, cache=shard_cache), source=source)
-    import torch
-
-    from .data import BatchStream, PairDataset, collate
 
     dataset = PairDataset(index, cfg.resolution, load_pixels=not cfg.cache_latents)
     keep_decodable(cfg, dataset, models, procs.accelerator, reporter, result)
@@ -485,7 +472,6 @@ def show_memory_plan(cfg: TrainConfig, models: TrainModels, procs: Processes, la
     measured after the first step (`report_peak`) is the loop's, not the latent cache build's."""
     if not procs.cuda:
         return None
-    import torch
 
     plan = plan_for(models, cfg, latent_shape)
     if plan is not None:
@@ -498,8 +484,6 @@ def show_memory_plan(cfg: TrainConfig, models: TrainModels, procs: Processes, la
 def sync_and_clip(cfg: TrainConfig, trainer: Trainer, accelerator: Any) -> None:
     """At an accumulation boundary: average the gradients of the weights DDP does not see (unlocked after it
     wrapped the model) over the processes, then clip the trained weights' gradients to --max-grad-norm."""
-    import torch
-
     world = accelerator.num_processes
     if world > 1:
         for p in trainer.late_params:
@@ -513,8 +497,6 @@ def sync_and_clip(cfg: TrainConfig, trainer: Trainer, accelerator: Any) -> None:
 def report_peak(plan: MemoryPlan | None, device: Any, step: int, reporter: Reporter) -> None:
     """After the run's first optimizer step on CUDA: the allocator's measured peak beside the plan's estimate
     (how far to trust the plan for this base). Off CUDA nothing: there is no such counter to read."""
-    import torch
-
     if torch.device(device).type != "cuda":
         return
     reporter.message(peak_line(plan, torch.cuda.max_memory_allocated(device), step))
@@ -540,8 +522,6 @@ def validate_now(cfg: TrainConfig, state: RunState, run: Run, reporter: Reporter
 def agree_stop(stop: bool, logged: float | None, procs: Processes) -> bool:
     """Whether the run stops now. Several processes: one's stop stops them all, agreed at the (common) steps
     the loss is read, so no process waits in a collective the others left."""
-    import torch
-
     if procs.world == 1:
         return stop
     return logged is not None and bool(procs.accelerator.reduce(
@@ -550,8 +530,6 @@ def agree_stop(stop: bool, logged: float | None, procs: Processes) -> bool:
 
 def save_checkpoint(cfg: TrainConfig, state: RunState, run: Run) -> None:
     """OUTPUT/checkpoints/step-N, with the process split and (shards) the stream position in its state.json."""
-    from .stream import world_record
-
     acc, source = run.procs.accelerator, run.batches.source
     extra = world_record(cfg, run.procs.world) | (source.record(acc) if source is not None else {})
     state.last_checkpoint = write_checkpoint(cfg, state, acc, run.trainer.raw, run.trainer.optimizer,
@@ -578,10 +556,6 @@ def keep_decodable(cfg: TrainConfig, dataset: Any, models: Any, accelerator: Any
         models.cache = place_cache(models.cache, accelerator.device)
         encoders_to(models, "cpu")
     else:
-        from accelerate.utils import gather_object
-
-        from .data import decodable_rows
-
         keep, why = decodable_rows(dataset, accelerator.process_index, accelerator.num_processes, gather_object)
     dropped = index.keep_only(keep, why)
     if dropped:
@@ -591,16 +565,9 @@ def keep_decodable(cfg: TrainConfig, dataset: Any, models: Any, accelerator: Any
 
 def make_accelerator(cfg: TrainConfig, device: str, mixed_precision: str) -> tuple[Any, str | None]:
     """accelerate's Accelerator for this run and the tracker it logs to (None: no logging)."""
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
     log_with = None if cfg.report_to == "none" else cfg.report_to
-    if log_with == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            log_with = None
+    if log_with == "tensorboard" and importlib.util.find_spec("tensorboard") is None:  # optional: log nothing
+        log_with = None
     # several launched processes without CUDA: accelerate only sets up (gloo) DDP when told cpu=True
     cpu = device == "cpu" or (process_rank_world()[1] > 1 and not torch.cuda.is_available())
     if device.startswith("cuda:") and process_rank_world()[1] == 1:
@@ -626,8 +593,6 @@ def deepspeed_micro_batch(accelerator: Any, batch_size: int) -> None:
 def encoders_to(models: Any, device: Any) -> None:
     """With the cache built, the VAE and the text encoders are needed only for validation samples: they wait
     on the CPU (GPU memory for the batch instead) and come back for validation. No-op off CUDA."""
-    import torch
-
     if models.device.type != "cuda":
         return
     for k in models.family.text_encoders:
@@ -641,8 +606,6 @@ def encoders_to(models: Any, device: Any) -> None:
 
 def read_terms(step_terms: dict[str, Any], accelerator: Any, world: int) -> dict[str, float]:
     """The step's loss terms (diffusion_loss, reward_loss) as floats, averaged over the processes."""
-    import torch
-
     if not step_terms:
         return {}
     values = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in step_terms.values()])
@@ -654,8 +617,6 @@ def read_terms(step_terms: dict[str, Any], accelerator: Any, world: int) -> dict
 def place_cache(cache: dict[str, Any], device: Any) -> dict[str, Any]:
     """Move the cache onto the GPU when it takes under a quarter of the free memory, so a step reads its rows
     without a host-to-device copy from pageable memory (which makes the host wait); else keep it on the CPU."""
-    import torch
-
     if torch.device(device).type != "cuda":
         return cache
     size = sum(t.numel() * t.element_size() for t in cache.values())

@@ -47,7 +47,8 @@ import torch
 from ..device import dtype_name
 from ..errors import CnetError, UsageError
 from ..external.safetensors import read_header
-from ..models.families import family_of, vae_scale_factor
+from ..models.families import family_of, vae_first_width, vae_scale_factor
+from ..models.model_config import config_get
 from ..models.sd import local_base_configs, local_config_folder
 
 GIB = 2**30
@@ -163,9 +164,6 @@ def vae_encode_bytes(vae_config: Any, image_pixels: int, dtype: str) -> int:
     at full resolution the encoder's conv_in output (its caller holds it through the first level), the ResNet's
     input, its branch, their sum and the scaled sum (one fewer with a single ResNet per level), plus the image and
     its [-1, 1] copy; traced 4.0 / 5.0 x conv_in's output for cnet's tiny VAE / the SD VAE."""
-    from ..models.families import vae_first_width
-    from ..models.model_config import config_get
-
     cfg = vae_config or _SD_VAE
     c0 = vae_first_width(cfg)
     tensors = 3 + min(2, int(config_get(cfg, "layers_per_block") or 2))

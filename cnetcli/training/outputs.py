@@ -6,18 +6,21 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import torch
+
 from ..errors import TrainingError
 from ..fsguard import atomic_save_dir, atomic_write_text
 from .config import TrainConfig, config_record
+from .export import export_single_file
+from .metrics_log import METRICS_FILE, read_metrics
 from .setup import trainable
 from .state import RunState, TrainResult
+from .validate import plot_losses
 
 
 def save_outputs(cfg: TrainConfig, state: RunState, accelerator: Any, raw_controlnet: Any, models: Any,
                  optimizer: Any, result: TrainResult, samples: int, skipped: int) -> None:
     """OUTPUT/controlnet (+ unet), train_config.json with the result, loss.png, the optional single file."""
-    import torch
-
     accelerator.wait_for_everyone()
     world = accelerator.num_processes
     if world > 1:  # every rank must hold the same weights (a missed gradient reduction would show here)
@@ -37,8 +40,6 @@ def save_outputs(cfg: TrainConfig, state: RunState, accelerator: Any, raw_contro
 
 def _write_outputs(cfg: TrainConfig, state: RunState, raw_controlnet: Any, models: Any, result: TrainResult,
                    samples: int, skipped: int, accelerator: Any) -> None:
-    from .validate import plot_losses
-
     out = cfg.output_dir
     result.controlnet_dir = atomic_save_dir(
         lambda d: raw_controlnet.save_pretrained(str(d), safe_serialization=True), out / "controlnet")
@@ -51,11 +52,8 @@ def _write_outputs(cfg: TrainConfig, state: RunState, raw_controlnet: Any, model
         "fully_connected": models.connected, "processes": accelerator.num_processes,
         "sd_unlocked": cfg.unlock if state.denoiser_unlocked else None}}
     atomic_write_text(out / "train_config.json", json.dumps(summary, indent=2, sort_keys=True, default=str))
-    from .metrics_log import METRICS_FILE, read_metrics
 
     result.loss_plot = plot_losses(state.losses, out / "loss.png", rows=read_metrics(out / METRICS_FILE))
     if cfg.single_file:
-        from .export import export_single_file
-
         result.single_file = export_single_file(raw_controlnet, out / "controlnet.safetensors",
                                                 {"base": cfg.base, "steps": str(state.step)})

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..models.controlnet import load_controlnet
 from ..models.sd import load_base_components, load_pretrained, resolve
 from .config import TrainConfig
 from .model import init_controlnet, set_connected, set_denoiser_trainable
@@ -18,8 +19,6 @@ def build_models(cfg: TrainConfig, device: Any, weight_dtype: Any) -> TrainModel
     `weight_dtype`, except the VAE, which runs where its family says (SDXL's overflows in fp16: fp32) unless
     `--vae` gives one."""
     import torch
-
-    from ..models.controlnet import load_controlnet
 
     comps = load_base_components(cfg.base, config=cfg.base_config)
     family = comps.family

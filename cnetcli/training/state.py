@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import TrainingError
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig, config_json
 from .model import set_connected, set_denoiser_trainable
 
@@ -36,8 +39,6 @@ class RunState:
 
 def flush_losses(state: RunState) -> float:
     """Read the pending per-step losses back from the device (one sync); stop on the first non-finite one."""
-    import torch
-
     values = torch.stack(state.pending).tolist() if state.pending else []
     first = state.step - len(values) + 1
     state.pending.clear()
@@ -52,8 +53,6 @@ def flush_losses(state: RunState) -> float:
 
 
 def _weights_finite(modules: list[Any]) -> bool:
-    import torch
-
     return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
 
 
@@ -63,10 +62,6 @@ def write_checkpoint(cfg: TrainConfig, state: RunState, accelerator: Any, raw_co
     """OUTPUT/checkpoints/step-N (main process; the others wait). Non-finite weights are never written:
     the run stops naming the last good checkpoint instead. `extra` joins state.json (the process split and
     stream position, see stream.py); `resolved`: what train_config.json records as resolved at run time."""
-    import torch
-
-    from .checkpoint import save_checkpoint
-
     flush_losses(state)
     modules = [raw_controlnet] + ([models.denoiser] if state.denoiser_unlocked else [])
     if not _weights_finite(modules):
@@ -92,10 +87,6 @@ def write_checkpoint(cfg: TrainConfig, state: RunState, accelerator: Any, raw_co
 def restore_checkpoint(path: Path, state: RunState, models: Any, raw_controlnet: Any, optimizer: Any,
                        lr_scheduler: Any, cfg: TrainConfig) -> None:
     """Load a verified checkpoint into the models, optimizer, schedule and RNG; set the step and history."""
-    import torch
-
-    from .checkpoint import load_checkpoint
-
     ck = load_checkpoint(path)
     st = ck["state"]
     raw_controlnet.load_state_dict(ck["controlnet"])

@@ -31,7 +31,8 @@ from typing import Any, ClassVar
 
 from ...errors import UsageError
 from ..model_config import config_get
-from . import PromptEncoding, _as_list, flow_files
+from . import PromptEncoding, _as_list, flow_files, vae_scale_factor
+from . import transformer_memory as tm
 from .flux import Flux
 
 #: InstantX's Qwen-Image ControlNets (and `from_transformer`'s default): a full ControlNet's blocks
@@ -275,8 +276,6 @@ class QwenImage(Flux):
         """QwenImageControlNetPipeline's sampling for a batch (one generator per image), unpacked latents out:
         each image's generator draws its hints' VAE samples, then its noise. `true_cfg` is the CFG scale (--cfg or
         --true-cfg: generate passes it), used when a negative encoding is there; `guidance` has no embedding here."""
-        from . import vae_scale_factor
-
         h, w = size
         f = vae_scale_factor(vae.config)
         shape = (1, self.latent_channels(denoiser.config), 2 * (h // (f * 2)), 2 * (w // (f * 2)))
@@ -311,8 +310,6 @@ class QwenImage(Flux):
                          latent_pixels: int | None = None) -> tuple[float, float]:
         """FLUX's fitted transformer model (families/transformer_memory.py; not traced for Qwen-Image): every base
         block and the full ControlNet's, over the packed image tokens and `max_sequence_length` text tokens."""
-        from . import transformer_memory as tm
-
         hidden = int(config_get(denoiser_config, "num_attention_heads")) * int(
             config_get(denoiser_config, "attention_head_dim"))
         blocks = int(config_get(denoiser_config, "num_layers")) + self.controlnet_depth(denoiser_config)
