@@ -144,3 +144,11 @@ def write_square_hint(path):
 def square_hint(tmp_path_factory):
     """The generate tests' hint: see `write_square_hint`."""
     return write_square_hint(tmp_path_factory.mktemp("hint") / "square.png")
+
+
+@pytest.fixture(scope="session")
+def zimage_dir(tmp_path_factory):
+    """A tiny Z-Image base (Qwen3 text encoder, FLUX VAE, static shift 3) saved as a diffusers folder."""
+    from cnetcli.models.tiny_zimage import save_zimage_folder, tiny_zimage_components
+
+    return save_zimage_folder(tiny_zimage_components(seed=0), tmp_path_factory.mktemp("tiny-zimage") / "base")

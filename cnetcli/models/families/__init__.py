@@ -386,7 +386,7 @@ class ModelFamily:
 
 #: the family modules (each defines `FAMILY`, its ModelFamily subclass), most specific first: detection asks
 #: them in this order, and the last one (SD1.x/2.x) takes what no other claims
-FAMILY_MODULES = ("sdxl", "sd3", "flux", "sd")
+FAMILY_MODULES = ("sdxl", "sd3", "flux", "zimage", "sd")
 
 
 def _families() -> tuple[type[ModelFamily], ...]:

@@ -1,0 +1,97 @@
+"""The Z-Image family: detection, its ControlNet, and sampling equal to diffusers' ZImageControlNetPipeline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from cnetcli.models.families import family_of
+from cnetcli.models.families.zimage import ZImage
+
+
+@pytest.fixture(scope="module")
+def parts(zimage_dir):
+    from diffusers import ZImagePipeline
+
+    return dict(ZImagePipeline.from_pretrained(zimage_dir).components)
+
+
+def _trained(net, seed):
+    """Random non-zero weights (a new ControlNet's zero projections would hide its path)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return net.eval()
+
+
+def _hint(seed):
+    from PIL import Image
+
+    return Image.fromarray((np.random.default_rng(seed).random((64, 64, 3)) * 255).astype(np.uint8))
+
+
+def test_detected_from_the_folder_and_the_configs(zimage_dir, parts):
+    index = json.loads((zimage_dir / "model_index.json").read_text())
+    assert family_of(pipeline_config=index).name == "zimage"
+    assert family_of(parts["transformer"].config).name == "zimage"
+    net = ZImage().init_controlnet(parts["transformer"], parts["vae"], 0)
+    assert family_of(net.config).name == "zimage"
+
+
+def test_new_controlnet_owns_only_its_control_blocks_and_starts_at_zero(parts):
+    fam, tr = ZImage(), parts["transformer"]
+    full = fam.init_controlnet(tr, parts["vae"], 0)
+    small = fam.init_controlnet(tr, parts["vae"], 0, small_scale=True)
+    assert full.config.control_layers_places == [0, 1, 2, 3] and small.config.control_layers_places == [0, 2]
+    keys = set(full.state_dict())
+    assert keys and all(k.startswith(("control_layers.", "control_all_x_embedder.", "control_noise_refiner."))
+                        for k in keys)  # the borrowed transformer modules are not saved or trained
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in full.parameters())
+    assert torch.equal(full.control_layers[1].attention.to_q.weight, tr.layers[1].attention.to_q.weight)
+    x = torch.randn(1, 16, 8, 8)
+    cond = {"encoder_hidden_states": torch.randn(1, 5, 16)}
+    t = torch.tensor([500.0])
+    res = fam.control(full, x, t, cond, torch.randn(1, 16, 8, 8))
+    assert all(float(r.abs().max()) == 0 for r in res)  # zero output projections
+    assert torch.equal(fam.denoise(tr, x, t, cond, res), fam.denoise(tr, x, t, cond, None))
+
+
+def _reference(parts, cn, hint, prompt, *, seed, steps, guidance, negative=None):
+    """ZImageControlNetPipeline's image (its own ControlNet copy: the pipeline re-registers the shared modules)."""
+    from diffusers import ZImageControlNetModel, ZImageControlNetPipeline
+
+    ref = ZImageControlNetModel.from_config(cn.config)
+    ref.load_state_dict(cn.state_dict())
+    pipe = ZImageControlNetPipeline(controlnet=ref.eval(), **parts)
+    out = pipe(prompt, negative_prompt=negative, control_image=hint, height=64, width=64, num_inference_steps=steps,
+               guidance_scale=guidance, controlnet_conditioning_scale=0.75,
+               generator=torch.Generator().manual_seed(seed), output_type="np")
+    return out.images[0]
+
+
+def _cnet(parts, cn, hint, prompt, *, seed, steps, guidance, negative=None):
+    from cnetcli.generation.control import ControlUnit
+
+    fam = ZImage()
+    text = {k: parts[k] for k in (*fam.text_encoders, *fam.tokenizers)}
+    enc = fam.encode_prompt(text, [prompt], negative_prompt=negative, do_classifier_free_guidance=guidance > 0)
+    unit = ControlUnit(cn, torch.from_numpy(np.asarray(hint)).permute(2, 0, 1)[None].float() / 255, 0.75, 0.0, 1.0)
+    with torch.no_grad():
+        z = fam.sample_latents(parts["transformer"], [unit], [None], enc, [torch.Generator().manual_seed(seed)],
+                               size=(64, 64), steps=steps, guidance=guidance, scheduler=parts["scheduler"],
+                               vae=parts["vae"])
+        img = parts["vae"].decode(fam.from_latents(parts["vae"].config, z), return_dict=False)[0]
+    return (img / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).numpy()
+
+
+@pytest.mark.parametrize("guidance,negative", [(0.0, None), (2.0, "blue")])
+def test_sampling_equals_zimage_controlnet_pipeline(parts, guidance, negative):
+    cn = _trained(ZImage().init_controlnet(parts["transformer"], parts["vae"], 3), 4)
+    kw = dict(seed=7, steps=2, guidance=guidance, negative=negative)
+    got = _cnet(parts, cn, _hint(6), "a red circle", **kw)
+    want = _reference(parts, cn, _hint(6), "a red circle", **kw)
+    assert np.abs(got - want).max() <= 1 / 255
