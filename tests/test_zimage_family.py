@@ -95,3 +95,24 @@ def test_sampling_equals_zimage_controlnet_pipeline(parts, guidance, negative):
     got = _cnet(parts, cn, _hint(6), "a red circle", **kw)
     want = _reference(parts, cn, _hint(6), "a red circle", **kw)
     assert np.abs(got - want).max() <= 1 / 255
+
+
+@pytest.mark.parametrize("cfg", ["0", pytest.param("2", marks=pytest.mark.slow)])
+def test_cnet_generate_equals_zimage_controlnet_pipeline(run_cli, zimage_dir, parts, tmp_path, cfg):
+    """`cnet generate` from a saved ControlNet folder and a hint PNG: the pipeline's image, within 1/255."""
+    from PIL import Image
+
+    from cnetcli.images import save_png
+
+    cn = _trained(ZImage().init_controlnet(parts["transformer"], parts["vae"], 3), 4)
+    cn.save_pretrained(tmp_path / "cn")
+    save_png(tmp_path / "hint.png", np.asarray(_hint(6)))
+    negative = "blue" if cfg != "0" else None
+    code, _, err = run_cli("generate", "--base", str(zimage_dir), "--controlnet", str(tmp_path / "cn"), "--hint",
+                           str(tmp_path / "hint.png"), "--prompt", "a red circle", "--steps", "2", "--seed", "7",
+                           "--cfg", cfg, "--scale", "0.75", "--width", "64", "--height", "64", "--device", "cpu",
+                           "--output", str(tmp_path / "out"), *(["--negative-prompt", negative] if negative else []))
+    assert code == 0, err
+    got = np.asarray(Image.open(tmp_path / "out" / "hint-7.png").convert("RGB")).astype(np.float32) / 255
+    want = _reference(parts, cn, _hint(6), "a red circle", seed=7, steps=2, guidance=float(cfg), negative=negative)
+    assert np.abs(got - want).max() <= 1.5 / 255  # (the PNG rounds to 8 bits: half a level more)

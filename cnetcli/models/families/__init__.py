@@ -38,6 +38,7 @@ the hint and the residuals
     training/step.py runs (generation's sampling loop calls `control` per net and `denoise` once; a family
     whose pipeline loop differs, FLUX, sets `own_sampling_loop` and implements `sample_latents`).
 generate's options
+    `own_loop_negative(guidance, true_cfg, negative)` (whether an own loop gets the negative encoding),
     `check_generate_inputs(init_image, mask, clip_skip)` (one line for what the family's diffusers pipelines
     lack), `mask_blends_latents` / `takes_mask(net)` (--mask as a latent blend, or an inpainting ControlNet's
     input: SD3), `diffusers_pipeline(parts)` (the pipeline whose `load_lora_weights` loads --lora).
@@ -184,6 +185,11 @@ class ModelFamily:
         """safetensors metadata `--single-file` stores beside the weights (e.g. the config to read it back)."""
         return {}
 
+    def fit_problems(self, controlnet_config: Any, denoiser_config: Any) -> list[str] | None:
+        """Each way a ControlNet of this family does not fit the base, as a phrase; None: the generic checks of
+        `models/compat.py` (the U-Net / MMDiT config keys) apply."""
+        return None
+
     def describe(self, config: Any) -> str | None:
         """Which release of the family a denoiser's or ControlNet's config looks like (for messages: "an SD2.x
         ControlNet on an SD1.x base?"); None when none it knows."""
@@ -323,6 +329,11 @@ class ModelFamily:
     #: U-Net and FLUX ControlNet inpaint pipelines); False: the mask is an inpainting ControlNet's input
     #: (`takes_mask`, SD3's), and the run starts from pure noise
     mask_blends_latents: ClassVar[bool] = True
+
+    def own_loop_negative(self, guidance: float, true_cfg: float, negative_prompt: str | None) -> bool:
+        """Whether `sample_latents` gets the negative prompt's encoding: for true CFG with a negative prompt
+        (FLUX's `true_cfg_scale`); a family whose --cfg is CFG against "" by default says so here."""
+        return true_cfg > 1.0 and bool(negative_prompt)
 
     def check_generate_inputs(self, *, init_image: bool, mask: bool, clip_skip: bool) -> None:
         """Refuse, in one line, a generate option the family's diffusers pipelines do not have (img2img,

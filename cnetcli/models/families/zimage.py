@@ -92,6 +92,10 @@ class ZImage(Flux):
         if clip_skip:
             raise UsageError("--clip-skip: Z-Image's text encoder is Qwen3, not CLIP; drop --clip-skip")
 
+    def own_loop_negative(self, guidance: float, true_cfg: float, negative_prompt: str | None) -> bool:
+        """--cfg above 0 is CFG against the negative prompt, "" when none (the pipeline's default)."""
+        return guidance > 0
+
     @classmethod
     def matches_config(cls, denoiser_config: Any) -> bool:
         name = config_get(denoiser_config, "_class_name")
@@ -151,6 +155,20 @@ class ZImage(Flux):
         if not hasattr(inner, "gradient_checkpointing"):  # diffusers 0.42's __init__ never sets it: a grad-enabled
             inner.gradient_checkpointing = False            # forward (training) reads it
         return net
+
+    def fit_problems(self, controlnet_config: Any, denoiser_config: Any) -> list[str] | None:
+        out = []
+        for k in ("dim", "n_heads", "n_kv_heads"):
+            c, u = config_get(controlnet_config, k), config_get(denoiser_config, k)
+            if c != u:
+                out.append(f"{k} {c} does not fit the base's {u}")
+        places, n = config_get(controlnet_config, "control_layers_places") or [0], config_get(denoiser_config, "n_layers")
+        if n is not None and max(places) >= int(n):
+            out.append(f"control block at layer {max(places)}, the base has {n} layers")
+        ci, ui = config_get(controlnet_config, "control_in_dim"), config_get(denoiser_config, "in_channels")
+        if ci is None or ui is None or int(ci) < int(ui):
+            out.append(f"control_in_dim {ci} is less than the base's {ui} latent channels")
+        return out
 
     def claims_controlnet_file(self, keys: Any) -> bool:
         return any(str(k).startswith("control_all_x_embedder.") for k in keys)
