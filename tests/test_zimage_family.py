@@ -116,3 +116,23 @@ def test_cnet_generate_equals_zimage_controlnet_pipeline(run_cli, zimage_dir, pa
     got = np.asarray(Image.open(tmp_path / "out" / "hint-7.png").convert("RGB")).astype(np.float32) / 255
     want = _reference(parts, cn, _hint(6), "a red circle", seed=7, steps=2, guidance=float(cfg), negative=negative)
     assert np.abs(got - want).max() <= 1.5 / 255  # (the PNG rounds to 8 bits: half a level more)
+
+
+@pytest.mark.parametrize("small", [False, True])
+def test_single_file_reads_back_with_and_without_cnets_config(parts, tmp_path, small):
+    """--single-file's file (the release layout: the diffusers keys) reads back from cnet's stored config, and,
+    like a released file, from its shapes and the base's config."""
+    from safetensors.torch import save_file
+
+    from cnetcli.models.families import controlnet_file_family
+
+    fam, tr = ZImage(), parts["transformer"]
+    cn = _trained(fam.init_controlnet(tr, parts["vae"], 0, small_scale=small), 1)
+    sd = {k: v.contiguous() for k, v in cn.state_dict().items()}
+    save_file(sd, tmp_path / "meta.safetensors", metadata=fam.single_file_metadata(cn))
+    save_file(sd, tmp_path / "bare.safetensors")
+    assert controlnet_file_family(sd).name == "zimage"
+    for name in ("meta", "bare"):
+        back = fam.load_controlnet_file(tmp_path / f"{name}.safetensors", denoiser_config=tr.config)
+        assert back.config.control_layers_places == cn.config.control_layers_places
+        assert all(torch.equal(v, back.state_dict()[k]) for k, v in sd.items())

@@ -31,9 +31,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ...errors import UsageError
+from ...errors import ModelLoadError, UsageError
 from ..model_config import config_get
-from . import PromptEncoding, _as_list
+from . import PromptEncoding, _as_list, flow_files
 from .flux import Flux
 
 #: the transformer's modules a ControlNet borrows (`ZImageControlNetModel.from_transformer`)
@@ -170,8 +170,58 @@ class ZImage(Flux):
             out.append(f"control_in_dim {ci} is less than the base's {ui} latent channels")
         return out
 
+    # ------------------------------------------------------------------ single files
     def claims_controlnet_file(self, keys: Any) -> bool:
+        """The Z-Image Fun ControlNet layout: the diffusers keys themselves (diffusers' single-file converter is the
+        identity for it), which `--single-file` writes."""
         return any(str(k).startswith("control_all_x_embedder.") for k in keys)
+
+    def single_file_metadata(self, controlnet: Any) -> dict[str, str]:
+        return flow_files.file_metadata(controlnet)
+
+    def controlnet_file_config(self, path: Any, *, denoiser_config: Any = None) -> dict[str, Any]:
+        """cnet's stored config, else the release's layout read from the shapes: the control blocks spread evenly
+        over the base's layers (every 5th of 30 for the 6-block release, every 2nd for 2.x's 15), the noise refiner
+        kind from its keys, the rest from the base."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        if flow_files.CONFIG_KEY in meta:
+            return {**flow_files.stored_config(meta, str(path)), "_class_name": self.controlnet_class_name}
+        if denoiser_config is None:
+            raise ModelLoadError(f"{path}: a Z-Image ControlNet file without cnet's config needs its base (--base)")
+        blocks = len({k.split(".")[1] for k in shapes if k.startswith("control_layers.")})
+        n = int(config_get(denoiser_config, "n_layers"))
+        embed = next(v for k, v in shapes.items() if k.startswith("control_all_x_embedder.") and k.endswith("weight"))
+        patch = (config_get(denoiser_config, "all_patch_size") or (2,))[0]
+        refiner = None  # 1.0: a noise refiner of plain transformer blocks
+        if not any(k.startswith("control_noise_refiner.") for k in shapes):
+            refiner = "control_layers"  # 2.0 (a file with the refiner's keys too is read like 2.1 then)
+        elif "control_noise_refiner.0.after_proj.weight" in shapes:
+            refiner = "control_noise_refiner"  # 2.1: control blocks as the refiner
+        return {**{k: config_get(denoiser_config, k) for k in TRANSFORMER_KEYS},
+                "control_layers_places": list(range(0, n, max(1, n // blocks)))[:blocks],
+                "control_in_dim": embed[1] // (patch * patch), "add_control_noise_refiner": refiner,
+                "_class_name": self.controlnet_class_name}
+
+    def load_controlnet_file(self, path: Any, *, denoiser_config: Any = None, torch_dtype: Any = None) -> Any:
+        """A ZImageControlNetModel from one file (the keys of a "control_layers" 2.x file's unused noise refiner
+        dropped, as diffusers' converter drops them)."""
+        from diffusers import ZImageControlNetModel
+        from safetensors.torch import load_file
+
+        cfg = self.controlnet_file_config(path, denoiser_config=denoiser_config)
+        net = ZImageControlNetModel.from_config({k: v for k, v in cfg.items() if k != "_class_name"})
+        sd = load_file(str(path))
+        if cfg.get("add_control_noise_refiner") == "control_layers":
+            sd = {k: v for k, v in sd.items() if not k.startswith("control_noise_refiner.")}
+        try:
+            net.load_state_dict(sd)
+        except RuntimeError as e:
+            raise ModelLoadError(f"{path}: not a Z-Image ControlNet for this base ({str(e).splitlines()[0]})") from e
+        return net.to(torch_dtype) if torch_dtype is not None else net
 
     # ------------------------------------------------------------------ text
     def encode_prompt(self, components: dict[str, Any], prompt: str | list[str], *, negative_prompt: Any = None,
