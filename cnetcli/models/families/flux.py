@@ -365,7 +365,6 @@ class Flux(ModelFamily):
         the masked image, a draw after the noise that nothing later reads: the Euler steps draw nothing.)"""
         import torch
 
-        from ...generation.control import active
         from . import vae_scale_factor
 
         h, w = size
@@ -388,8 +387,8 @@ class Flux(ModelFamily):
             tt = t.expand(latents.shape[0]).to(latents.dtype)
             res = None
             for u, hint, mode in zip(units, hints, modes, strict=True):
-                scale = u.scale * float(active(i, n, u.start, u.end))
-                r = self.control(u.net, latents, tt, cond, hint.to(device, dtype), scale=scale, control_mode=mode)
+                r = self.control(u.net, latents, tt, cond, hint.to(device, dtype), scale=self.unit_scale(u, i, n),
+                                 control_mode=mode)
                 res = r if res is None else [a + b for a, b in zip(res, r, strict=True)]
             pred = self.denoise(denoiser, latents, tt, cond, res)
             if neg is not None:
@@ -401,6 +400,13 @@ class Flux(ModelFamily):
             if callback is not None:
                 callback(i, n)
         return latents
+
+    @staticmethod
+    def unit_scale(unit: Any, i: int, n: int) -> float:
+        """A ControlUnit's strength at step `i` of `n` (0 outside its --start/--end window)."""
+        from ...generation.control import active
+
+        return unit.scale * float(active(i, n, unit.start, unit.end))
 
     def _per_image_draws(self, vae: Any, units: list[Any], gens: list[Any], shape: tuple[int, ...],
                          init: Any = None) -> tuple[list[Any], Any, Any]:

@@ -353,13 +353,6 @@ class ZImage(Flux):
             res = r if res is None else [a + b for a, b in zip(res, r, strict=True)]
         return self.denoise(denoiser, x, t, cond, res).float()
 
-    @staticmethod
-    def unit_scale(unit: Any, i: int, n: int) -> float:
-        """A ControlUnit's strength at step `i` of `n` (0 outside its --start/--end window)."""
-        from ...generation.control import active
-
-        return unit.scale * float(active(i, n, unit.start, unit.end))
-
     # ------------------------------------------------------------------ memory plan
     def controlnet_share(self, denoiser_config: Any, small_scale: bool = False) -> float:
         return len(self.control_places(denoiser_config, small_scale)) / int(config_get(denoiser_config, "n_layers"))
