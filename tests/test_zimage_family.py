@@ -88,7 +88,7 @@ def _cnet(parts, cn, hint, prompt, *, seed, steps, guidance, negative=None):
     return (img / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).numpy()
 
 
-@pytest.mark.parametrize("guidance,negative", [(0.0, None), (2.0, "blue")])
+@pytest.mark.parametrize("guidance,negative", [(0.0, None), pytest.param(2.0, "blue", marks=pytest.mark.slow)])
 def test_sampling_equals_zimage_controlnet_pipeline(parts, guidance, negative):
     cn = _trained(ZImage().init_controlnet(parts["transformer"], parts["vae"], 3), 4)
     kw = dict(seed=7, steps=2, guidance=guidance, negative=negative)
