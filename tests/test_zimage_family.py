@@ -136,3 +136,44 @@ def test_single_file_reads_back_with_and_without_cnets_config(parts, tmp_path, s
         back = fam.load_controlnet_file(tmp_path / f"{name}.safetensors", denoiser_config=tr.config)
         assert back.config.control_layers_places == cn.config.control_layers_places
         assert all(torch.equal(v, back.state_dict()[k]) for k, v in sd.items())
+
+
+
+@pytest.mark.slow
+def test_training_loss_is_flow_matching_in_the_networks_own_conventions(zimage_dir, tmp_path):
+    """cnet's step equals the loss written with diffusers' modules directly: x_t = (1 - σ) x0 + σ ε, the networks
+    given (1000 - t) / 1000 and lists (the ControlNet attached by `from_transformer`), the transformer's output
+    regressed on x0 - ε (the pipeline negates it into the velocity)."""
+    import torch.nn.functional as F
+    from diffusers import ZImageControlNetModel
+
+    from cnetcli.training import TrainConfig
+    from cnetcli.training.setup import build_models
+    from cnetcli.training.step import draw_noise, encode_batch, training_step
+
+    m = build_models(TrainConfig(base=str(zimage_dir), data=str(tmp_path), resolution=32, batch_size=2, max_steps=1,
+                                 report_to="none", cache_latents=False), "cpu", torch.float32)
+    _trained(m.controlnet, 2)
+    g = torch.Generator().manual_seed(0)
+    batch = {"pixel_values": torch.rand(2, 3, 32, 32, generator=g) * 2 - 1,
+             "conditioning_pixel_values": torch.rand(2, 3, 32, 32, generator=g), "text": ["red circle", ""],
+             "micro": torch.tensor([[32, 32, 0, 0]] * 2)}
+    noise = draw_noise(0, 0, batch_size=2, latent_shape=(16, 4, 4), models=m, device="cpu")
+    with torch.no_grad():
+        got = training_step(m, batch, noise)
+        x0, cond, hint = encode_batch(m, batch, noise.sample)
+        sched = m.noise_scheduler
+        sigma = sched.sigmas[noise.timesteps].view(-1, 1, 1, 1)
+        noisy = (1 - sigma) * x0 + sigma * noise.noise
+        t = (1000 - sched.timesteps[noise.timesteps]) / 1000
+        caps = [e[(e != 0).any(-1)] for e in cond["encoder_hidden_states"]]
+        ref = ZImageControlNetModel.from_config(m.controlnet.config)
+        ref.load_state_dict(m.controlnet.state_dict())
+        ref = ZImageControlNetModel.from_transformer(ref, m.denoiser)
+        z = m.vae.encode(hint * 2 - 1).latent_dist.mode()
+        z = (z - m.vae.config.shift_factor) * m.vae.config.scaling_factor
+        xs = list(noisy.unsqueeze(2).unbind(0))
+        res = ref(xs, t, caps, list(z.unsqueeze(2).unbind(0)))
+        out = torch.stack(m.denoiser(xs, t, caps, controlnet_block_samples=res, return_dict=False)[0]).squeeze(2)
+        want = F.mse_loss(out, x0 - noise.noise)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
