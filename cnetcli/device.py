@@ -45,14 +45,10 @@ def resolve_device(spec: str | None, flag: str = "--device") -> str:
 
 def resolve_dtype(dtype: str | None, device: str, flag: str = "--dtype") -> Any:
     """auto (fp16 on CUDA, fp32 elsewhere) | fp32 | fp16 | bf16 -> a torch dtype."""
-    import torch
-
     d = (dtype or "auto").lower()
     if d not in DTYPES:
         raise UsageError(f"{flag} {dtype!r}: use {' | '.join(DTYPES)}")
-    if d == "auto":
-        return torch.float16 if device.startswith("cuda") else torch.float32
-    return torch_dtype(d)
+    return half_dtype(device) if d == "auto" else torch_dtype(d)
 
 
 def torch_dtype(name: str) -> Any:
@@ -70,7 +66,8 @@ def dtype_name(dtype: Any) -> str:
 
 
 def half_dtype(device: str, dtype: Any = None) -> Any:
-    """For inference-only networks (annotators): float16 on CUDA unless a dtype is given, float32 elsewhere."""
+    """The one "auto" inference dtype (annotators, `--dtype auto`): float16 on CUDA, float32 elsewhere; a given
+    `dtype` (a torch dtype or its name) wins."""
     import torch
 
     if dtype is not None:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 from .config_check import Bound, check_fields
-from .data.index import IMAGEFOLDER_METADATA
+from .data.metadata import IMAGEFOLDER_METADATA
 from .errors import UsageError
 
 #: Saturated, pairwise distinct colours (every pair differs by 255 in at least one channel, so an edge

@@ -128,22 +128,51 @@ def sd3_dir(tmp_path_factory):
                            tmp_path_factory.mktemp("tiny-sd3") / "base")
 
 
-def write_square_hint(path):
-    """A 32x32 canny hint (a white square on black) with cnet's provenance, as `cnet annotate` writes one."""
+def write_hint(path, size=32, shape="square", hint_type="canny"):
+    """The generate tests' hint PNG with cnet's provenance, as `cnet annotate` writes one: a size x size white
+    square (the middle half) or vertical bar (the middle quarter) on black."""
     import numpy as np
 
     from cnetcli.images import save_png
 
-    a = np.zeros((32, 32, 3), np.uint8)
-    a[8:24, 8:24] = 255
-    save_png(path, a, {"cnet": "0.1.0", "type": "canny", "params": {}})
+    a = np.zeros((size, size, 3), np.uint8)
+    if shape == "square":
+        a[size // 4:3 * size // 4, size // 4:3 * size // 4] = 255
+    else:
+        a[:, 3 * size // 8:5 * size // 8] = 255
+    save_png(path, a, {"cnet": "0.1.0", "type": hint_type, "params": {}})
     return path
 
 
+def generator(models, base, controlnet, hint, out, per_hint=False):
+    """The generate tests' `gen(**overrides) -> results` on a module's loaded `models`: defaults `hint`, the one
+    `controlnet` (`per_hint`: one per hint), 2 steps, seed 7, saved under `out`; `reporter=` goes to generate."""
+    from cnetcli.generation import GenerateConfig, generate
+
+    def gen(reporter=None, **kw):
+        kw.setdefault("hints", (str(hint),))
+        kw.setdefault("controlnets", (str(controlnet),) * (len(kw["hints"]) if per_hint else 1))
+        cfg = GenerateConfig(base=str(base), **({"steps": 2, "seed": 7, "output": str(out)} | kw))
+        return generate(cfg, reporter, models=models)
+
+    return gen
+
+
+def train_cfg(base, data, out, resolution=32, **kw):
+    """The training tests' small run: 2 steps of batch 2 at `resolution` px, no checkpoints, no trackers, no
+    latent cache, a row per step; `kw` overrides any field."""
+    from cnetcli.training import TrainConfig
+
+    fields = dict(base=str(base), data=str(data), output=str(out), resolution=resolution, batch_size=2,
+                  max_steps=2, learning_rate=1e-3, checkpoint_every=0, report_to="none", cache_latents=False,
+                  log_every=1)
+    return TrainConfig(**(fields | kw))
+
+
 @pytest.fixture(scope="session")
-def square_hint(tmp_path_factory):
-    """The generate tests' hint: see `write_square_hint`."""
-    return write_square_hint(tmp_path_factory.mktemp("hint") / "square.png")
+def hint(tmp_path_factory):
+    """The generate tests' hint PNG, a 32 px canny square (see `write_hint`)."""
+    return write_hint(tmp_path_factory.mktemp("hint") / "square.png")
 
 
 @pytest.fixture(scope="session")

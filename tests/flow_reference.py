@@ -54,6 +54,15 @@ def _flux_text(components: dict[str, Any], prompts: list[str]) -> tuple[Any, Any
     return embeds, pooled, text_ids.unsqueeze(0).expand(embeds.shape[0], -1, -1)
 
 
+def _flux_packed_latents(vae: Any, values: Any, sample: Any) -> tuple[Any, Any]:
+    """The script's latents of the image and of the hint alike: VAE sample, shift and scale, then 2x2 packing.
+    Returns (the latents, the packed tokens)."""
+    from diffusers import FluxControlNetPipeline
+
+    latents = (_vae_sample(vae, values, sample) - vae.config.shift_factor) * vae.config.scaling_factor
+    return latents, FluxControlNetPipeline._pack_latents(latents, *latents.shape)
+
+
 def flux_script_loss(components: dict[str, Any], controlnet: Any, pixel_values: Any, conditioning_pixel_values: Any,
                      prompts: list[str], *, sample: Any, hint_sample: Any, noise: Any, u: Any,
                      guidance_scale: float = 3.5) -> Any:
@@ -66,17 +75,8 @@ def flux_script_loss(components: dict[str, Any], controlnet: Any, pixel_values: 
     prompt_embeds, pooled_prompt_embeds, text_ids = _flux_text(components, prompts)
 
     pixel_values = pixel_values.to(dtype=weight_dtype)
-    pixel_latents_tmp = _vae_sample(vae, pixel_values, sample)
-    pixel_latents_tmp = (pixel_latents_tmp - vae.config.shift_factor) * vae.config.scaling_factor
-    pixel_latents = FluxControlNetPipeline._pack_latents(pixel_latents_tmp, pixel_values.shape[0],
-                                                         pixel_latents_tmp.shape[1], pixel_latents_tmp.shape[2],
-                                                         pixel_latents_tmp.shape[3])
-    control_values = conditioning_pixel_values.to(dtype=weight_dtype)
-    control_latents = _vae_sample(vae, control_values, hint_sample)
-    control_latents = (control_latents - vae.config.shift_factor) * vae.config.scaling_factor
-    control_image = FluxControlNetPipeline._pack_latents(control_latents, control_values.shape[0],
-                                                         control_latents.shape[1], control_latents.shape[2],
-                                                         control_latents.shape[3])
+    pixel_latents_tmp, pixel_latents = _flux_packed_latents(vae, pixel_values, sample)
+    _, control_image = _flux_packed_latents(vae, conditioning_pixel_values.to(dtype=weight_dtype), hint_sample)
     latent_image_ids = FluxControlNetPipeline._prepare_latent_image_ids(
         batch_size=pixel_latents_tmp.shape[0], height=pixel_latents_tmp.shape[2] // 2,
         width=pixel_latents_tmp.shape[3] // 2, device=pixel_values.device, dtype=pixel_values.dtype)

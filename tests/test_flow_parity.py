@@ -110,20 +110,12 @@ def _hint(seed=3):
 
 
 @pytest.mark.slow  # 3 pipeline runs; the loss tests are the fast siblings
-def test_flux_reference_image_is_deterministic_and_controlled(flux):
-    comps, cn = flux
-    a = ref.flux_pipeline_image(comps, cn, _hint(), "a red circle", seed=4, steps=2)
-    b = ref.flux_pipeline_image(comps, cn, _hint(), "a red circle", seed=4, steps=2)
-    off = ref.flux_pipeline_image(comps, cn, _hint(), "a red circle", seed=4, steps=2, controlnet_conditioning_scale=0.0)
+@pytest.mark.parametrize("family, prompt, seed", [("flux", "a red circle", 4), ("sd3", "a blue circle", 5)])
+def test_reference_image_is_deterministic_and_controlled(request, family, prompt, seed):
+    comps, cn = request.getfixturevalue(family)
+    image = getattr(ref, f"{family}_pipeline_image")
+    a = image(comps, cn, _hint(), prompt, seed=seed, steps=2)
+    b = image(comps, cn, _hint(), prompt, seed=seed, steps=2)
+    off = image(comps, cn, _hint(), prompt, seed=seed, steps=2, controlnet_conditioning_scale=0.0)
     assert a.shape == (64, 64, 3) and np.array_equal(a, b)
     assert np.abs(a - off).max() > 1 / 255  # the ControlNet reaches the image
-
-
-@pytest.mark.slow  # 3 pipeline runs; the loss tests are the fast siblings
-def test_sd3_reference_image_is_deterministic_and_controlled(sd3):
-    comps, cn = sd3
-    a = ref.sd3_pipeline_image(comps, cn, _hint(), "a blue circle", seed=5, steps=2)
-    b = ref.sd3_pipeline_image(comps, cn, _hint(), "a blue circle", seed=5, steps=2)
-    off = ref.sd3_pipeline_image(comps, cn, _hint(), "a blue circle", seed=5, steps=2, controlnet_conditioning_scale=0.0)
-    assert a.shape == (64, 64, 3) and np.array_equal(a, b)
-    assert np.abs(a - off).max() > 1 / 255

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import generator, write_hint
 
 from cnetcli.errors import CnetError, InputError, UsageError
 from cnetcli.images import read_png_metadata, save_png
@@ -21,12 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def hints(tmp_path_factory):
     d = tmp_path_factory.mktemp("hints")
-    a = np.zeros((32, 32, 3), np.uint8)
-    a[8:24, 8:24] = 255
-    b = np.zeros((32, 32, 3), np.uint8)
-    b[:, 12:20] = 255
-    save_png(d / "square.png", a, {"cnet": "0.1.0", "type": "canny", "params": {}})
-    save_png(d / "bar.png", b, {"cnet": "0.1.0", "type": "scribble", "params": {}})
+    write_hint(d / "square.png")
+    write_hint(d / "bar.png", shape="bar", hint_type="scribble")
     save_png(d / "big.png", np.zeros((40, 48, 3), np.uint8))
     return d
 
@@ -42,17 +39,7 @@ def models(tiny_sd_dir, tiny_controlnet_dir):
 @pytest.fixture
 def gen(models, hints, tiny_sd_dir, tiny_controlnet_dir, tmp_path):
     """gen(**overrides) -> results; defaults: the square hint, the tiny ControlNet, 2 steps, seed 7, saved."""
-    from cnetcli.generation import GenerateConfig, generate
-
-    def _gen(reporter=None, **kw):
-        kw.setdefault("hints", (str(hints / "square.png"),))
-        kw.setdefault("controlnets", (str(tiny_controlnet_dir),))
-        kw.setdefault("steps", STEPS)
-        kw.setdefault("seed", 7)
-        kw.setdefault("output", str(tmp_path / "out"))
-        return generate(GenerateConfig(base=str(tiny_sd_dir), **kw), reporter, models=models)
-
-    return _gen
+    return generator(models, tiny_sd_dir, tiny_controlnet_dir, hints / "square.png", tmp_path / "out")
 
 
 def img(r):

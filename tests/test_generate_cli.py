@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_square_hint
+from conftest import write_hint
 
 from cnetcli.images import save_png
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def hint(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli-hints")
-    write_square_hint(d / "square.png")
+    write_hint(d / "square.png")
     save_png(d / "wide.png", np.zeros((32, 48, 3), np.uint8), {"cnet": "0.1.0", "type": "canny"})
     return d
 

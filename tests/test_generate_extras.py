@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import write_hint
 
 from cnetcli.errors import UsageError
 from cnetcli.images import save_png
@@ -15,9 +16,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("extras")
-    hint = np.zeros((32, 32, 3), np.uint8)
-    hint[8:24, 8:24] = 255
-    save_png(d / "square.png", hint, {"cnet": "0.1.0", "type": "canny", "params": {}})
+    write_hint(d / "square.png")
     init = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
     save_png(d / "init.png", init)
     return d

@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import write_square_hint
+from conftest import write_hint
 from test_generate_infotext import a1111_parse, ext_parse_unit  # the reference parsers (A1111, extension)
 from test_interop_comfyui import validate
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def hints(tmp_path_factory):
     d = tmp_path_factory.mktemp("interop-hints")
-    write_square_hint(d / "square.png")
+    write_hint(d / "square.png")
     photo = np.full((32, 32, 3), 40, np.uint8)
     photo[6:26, 10:22] = (220, 30, 30)
     save_png(d / "photo.png", photo)

@@ -17,11 +17,6 @@ from cnetcli.images import save_png
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module")
-def hint(square_hint):
-    return square_hint
-
-
 @pytest.mark.parametrize("kw, needle", [
     ({"start": (0.8,), "end": (0.2,)}, "--start 0.8 --end 0.2"),
     ({"start": (0.0, 0.9), "end": (1.0, 0.5)}, "ControlNet 1"),

@@ -17,11 +17,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def hint(square_hint):
-    return square_hint
-
-
-@pytest.fixture(scope="module")
 def models(tiny_sd_dir, tiny_controlnet_dir):
     from cnetcli.generation import GenerateConfig, load_models
 

@@ -149,9 +149,8 @@ def _scene_images():
     return out
 
 
-def test_batched_body_equals_reference_on_synthetic_people():
-    """Same candidates (pixel positions exactly, scores to float rounding) and the same people as
-    controlnet_aux's Body.__call__, image by image, for a batch of mixed sizes."""
+def _scenes_with_reference():
+    """(`_scene_images()`, a SceneNet that knows their people, controlnet_aux's Body running that network)."""
     body = aux("open_pose.body")
     net = SceneNet()
     scenes = _scene_images()
@@ -159,6 +158,13 @@ def test_batched_body_equals_reference_on_synthetic_people():
         net.add(img, people)
     ref = body.Body.__new__(body.Body)
     ref.model = net
+    return scenes, net, ref
+
+
+def test_batched_body_equals_reference_on_synthetic_people():
+    """Same candidates (pixel positions exactly, scores to float rounding) and the same people as
+    controlnet_aux's Body.__call__, image by image, for a batch of mixed sizes."""
+    scenes, net, ref = _scenes_with_reference()
     ours = PB.estimate_bodies(net, "cpu", [img for img, _ in scenes])
     people_found = 0
     for (img, people), (cand, subset) in zip(scenes, ours, strict=True):
@@ -317,13 +323,7 @@ def test_cuda_batch_equals_reference(strong_weights):
 
     import cnetcli.annotators as A
 
-    body = aux("open_pose.body")
-    net = SceneNet()
-    scenes = _scene_images()
-    for img, people in scenes:
-        net.add(img, people)
-    ref = body.Body.__new__(body.Body)
-    ref.model = net
+    scenes, net, ref = _scenes_with_reference()
     for (img, _), (cand, subset) in zip(scenes, PB.estimate_bodies(net, "cuda", [i for i, _ in scenes]), strict=True):
         rc, rs = ref(img)
         rc = np.asarray(rc, dtype=np.float64).reshape(-1, 4)

@@ -9,11 +9,11 @@ import math
 
 import numpy as np
 import pytest
+from conftest import train_cfg
 
 from cnetcli.errors import CnetError
 from cnetcli.training import TrainConfig, train
 from tests.test_model_annotators import save_tiny_upernet
-from tests.test_train import cfg as train_cfg
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -27,6 +27,19 @@ def _circles(seed=0, n=3, size=128):
         c = tuple(int(v) for v in rng.integers(20, size - 20, 2))
         cv2.circle(img, c, int(rng.integers(8, 20)), tuple(int(v) for v in rng.integers(80, 255, 3)), -1)
     return img
+
+
+def _assert_reward_is_the_map(reward, img, want, atol):
+    """`reward` of the photo `img` (a 0..1 tensor that asks for a gradient) is the annotator's map `want`
+    (one channel, the photo's size), and its loss sends a gradient back to the pixels."""
+    import torch
+
+    x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255).requires_grad_(True)
+    got = reward(x)
+    assert got.shape == (1, 1, *img.shape[:2])
+    assert np.allclose(got.detach()[0, 0].numpy(), want, atol=atol)
+    reward.loss(got, torch.zeros_like(got)).sum().backward()
+    assert x.grad.abs().sum() > 0
 
 
 def test_soft_canny_thresholded_is_cnets_canny():
@@ -173,7 +186,7 @@ def test_reward_in_two_processes_small_scale_with_the_cache_trains_as_one(sd8, d
 
 def test_the_memory_plan_adds_the_rewarded_samples_decoder_backward():
     from cnetcli.training.memory import GIB
-    from tests.test_sdxl_train_memory import _parts, memory_plan
+    from tests.test_train_memory import _parts, memory_plan
 
     kw = dict(batch_size=8, latent_pixels=64 * 64, eight_bit_adam=False, gradient_checkpointing=False,
               act_dtype="bf16", cached=True)
@@ -199,13 +212,9 @@ def test_softedge_reward_is_the_annotators_own_hed_with_a_gradient():
     edge.device, edge.kind, edge.net = "cpu", "hed", aux_module("hed").ControlNetHED_Apache2().float().eval()
     img = _circles(size=64)
     want = edge.edges([img])[0]  # the annotator's soft edges (0..1)
-    x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255).requires_grad_(True)
     reward = SoftEdgeNet(edge)
-    got = reward(x)
-    assert got.shape == (1, 1, 64, 64)
-    assert np.allclose(got.detach()[0, 0].numpy(), want, atol=1e-4)
-    reward.loss(got, torch.zeros_like(got)).sum().backward()
-    assert x.grad.abs().sum() > 0 and not any(p.requires_grad for p in reward.net.parameters())
+    _assert_reward_is_the_map(reward, img, want, atol=1e-4)
+    assert not any(p.requires_grad for p in reward.net.parameters())
 
 
 @pytest.mark.slow
@@ -223,13 +232,7 @@ def test_depth_reward_is_the_annotators_own_midas_with_a_gradient():
     midas.model = dpt(path=None, backbone="vitb_rn50_384", non_negative=True).eval()
     img = _circles(size=384)
     want = normalize_depth(midas._forward([img])[0])  # the annotator's depth map (0..1) at its 384 px
-    x = (torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255).requires_grad_(True)
-    reward = MidasDepth(midas)
-    got = reward(x)
-    assert got.shape == (1, 1, 384, 384)
-    assert np.allclose(got.detach()[0, 0].numpy(), want, atol=1e-3)
-    reward.loss(got, torch.zeros_like(got)).sum().backward()
-    assert x.grad.abs().sum() > 0
+    _assert_reward_is_the_map(MidasDepth(midas), img, want, atol=1e-3)
 
 
 @pytest.mark.slow

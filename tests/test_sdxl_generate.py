@@ -1,6 +1,7 @@
 """`cnet generate` on an SDXL base (issue #12.3, #12.6): cnet's own sampling loop with SDXL's prompt encoding
 and added conditioning equals diffusers' StableDiffusionXLControlNetPipeline; prompt modes, control modes,
-windows, multi-ControlNet, samplers, metadata and the CLI work unchanged; releases come from the family.
+windows, multi-ControlNet, samplers, metadata and the CLI work unchanged; releases come from the family; a
+ControlNet-Union model takes the hint type as its control type (the `union_*` fixtures, at the end).
 
 Tiny SDXL components built from configs (as diffusers' own SDXL ControlNet tests), 64 px, 2-4 steps."""
 
@@ -10,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import generator, write_hint
 
 from cnetcli.errors import UsageError
 from cnetcli.images import read_png_metadata, save_png
@@ -21,12 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def hints(tmp_path_factory):
     d = tmp_path_factory.mktemp("xl-hints")
-    a = np.zeros((64, 64, 3), np.uint8)
-    a[16:48, 16:48] = 255
-    b = np.zeros((64, 64, 3), np.uint8)
-    b[:, 24:40] = 255
-    save_png(d / "square.png", a, {"cnet": "0.1.0", "type": "canny", "params": {}})
-    save_png(d / "bar.png", b, {"cnet": "0.1.0", "type": "scribble", "params": {}})
+    write_hint(d / "square.png", 64)
+    write_hint(d / "bar.png", 64, shape="bar", hint_type="scribble")
     return d
 
 
@@ -61,17 +59,7 @@ def models(xl):
 
 @pytest.fixture
 def gen(models, hints, xl, tmp_path):
-    from cnetcli.generation import GenerateConfig, generate
-
-    def _gen(**kw):
-        kw.setdefault("hints", (str(hints / "square.png"),))
-        kw.setdefault("controlnets", (str(xl["cn"]),))
-        kw.setdefault("steps", STEPS)
-        kw.setdefault("seed", 7)
-        kw.setdefault("output", str(tmp_path / "out"))
-        return generate(GenerateConfig(base=str(xl["base"]), **kw), models=models)
-
-    return _gen
+    return generator(models, xl["base"], xl["cn"], hints / "square.png", tmp_path / "out")
 
 
 def img(r):
@@ -233,3 +221,108 @@ def test_sample_images_on_sdxl(gen, models, hints, xl):
     out = sample_images(models, cfg, [load_image(hints / "square.png")], ["red circle"], [7],
                         controlnet=models.controlnet(str(xl["cn"])), hint_type="canny")
     assert np.array_equal(out[0], gen(prompt="red circle")[0].array)
+
+
+# --- ControlNet-Union models (diffusers' `ControlNetUnionModel`, issue #12.3): the hint type is passed as the
+# union's control type; two hints of different types on one union model equal diffusers'
+# StableDiffusionXLControlNetUnionPipeline with a MultiControlNetUnionModel; the control type is recorded.
+
+@pytest.fixture(scope="module")
+def union_hints(tmp_path_factory):
+    d = tmp_path_factory.mktemp("union-hints")
+    b = np.tile(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (64, 1, 3))
+    write_hint(d / "edges.png", 64)
+    save_png(d / "depth.png", b, {"cnet": "0.1.0", "type": "depth", "params": {}})
+    return d
+
+
+@pytest.fixture(scope="module")
+def union_xl(tmp_path_factory):
+    """A tiny SDXL base and a tiny ControlNet-Union built from its UNet's config (8 control types, as the
+    ProMax model; the transformer sized to the UNet's first block), zero modules given weight."""
+    import torch
+    from diffusers import ControlNetUnionModel
+
+    from cnetcli.models.tiny import save_sdxl_folder, tiny_sdxl_components
+    from tests.conftest import TINY_WORDS
+
+    d = tmp_path_factory.mktemp("xl-union")
+    comps = tiny_sdxl_components(seed=0, words=TINY_WORDS)
+    save_sdxl_folder(comps, d / "base")
+    cfg = {k: v for k, v in ControlNetUnionModel.from_unet(comps["unet"], load_weights_from_unet=False).config.items()
+           if not k.startswith("_")}
+    cfg.update(num_control_type=8, num_trans_channel=32, num_trans_head=2, num_proj_channel=32,
+               conditioning_embedding_out_channels=(16, 32, 96, 256))
+    torch.manual_seed(1)
+    net = ControlNetUnionModel.from_config(cfg)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in [*net.controlnet_down_blocks, net.controlnet_mid_block, net.spatial_ch_projs]:
+            m.weight.copy_(torch.randn(m.weight.shape, generator=g) * 0.3)
+    net.save_pretrained(d / "union")
+    return {"base": d / "base", "union": d / "union"}
+
+
+@pytest.fixture(scope="module")
+def union_models(union_xl):
+    from cnetcli.generation import GenerateConfig, load_models
+
+    return load_models(GenerateConfig(hints=("x",), base=str(union_xl["base"]),
+                                      controlnets=(str(union_xl["union"]),)))
+
+
+@pytest.fixture
+def union_gen(union_models, union_hints, union_xl, tmp_path):
+    return generator(union_models, union_xl["base"], union_xl["union"], union_hints / "edges.png", tmp_path / "out",
+                     per_hint=True)
+
+
+def test_union_loads_as_union(union_models, union_xl):
+    net = union_models.nets[str(union_xl["union"])]
+    assert type(net).__name__ == "ControlNetUnionModel" and net.config.num_control_type == 8
+
+
+def test_two_control_types_match_diffusers_union_pipeline(union_gen, union_models, union_hints, union_xl):
+    import torch
+    from diffusers import DDIMScheduler, StableDiffusionXLControlNetUnionPipeline
+    from diffusers.models.controlnets.multicontrolnet_union import MultiControlNetUnionModel
+    from PIL import Image
+
+    net = union_models.controlnet(str(union_xl["union"]))
+    paths = [union_hints / "edges.png", union_hints / "depth.png"]
+    r = union_gen(hints=tuple(map(str, paths)), sampler="ddim", prompt="red circle", scales=(1.0, 0.7),
+                  start=(0.0, 0.5), end=(1.0, 1.0), steps=4)[0]
+    pipe = StableDiffusionXLControlNetUnionPipeline(
+        vae=union_models.vae, text_encoder=union_models.text["text_encoder"],
+        text_encoder_2=union_models.text["text_encoder_2"], tokenizer=union_models.text["tokenizer"],
+        tokenizer_2=union_models.text["tokenizer_2"], unet=union_models.denoiser,
+        controlnet=MultiControlNetUnionModel([net, net]),
+        scheduler=DDIMScheduler.from_config(union_models.scheduler_config, clip_sample=False, set_alpha_to_one=False),
+        add_watermarker=False)
+    pipe.set_progress_bar_config(disable=True)
+    latents = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(7))
+    ref = pipe("red circle", control_image=[Image.open(p).convert("RGB") for p in paths], control_mode=[3, 1],
+               height=64, width=64, num_inference_steps=4, guidance_scale=9.0, latents=latents, output_type="np",
+               controlnet_conditioning_scale=[1.0, 0.7], control_guidance_start=[0.0, 0.5],
+               control_guidance_end=[1.0, 1.0]).images[0]
+    assert np.abs(r.array.astype(np.int16) - np.round(ref * 255).astype(np.int16)).max() <= 1
+    assert [c["union_control_type"] for c in r.metadata["controlnets"]] == [3, 1]
+    side = json.loads(r.path.with_suffix(".json").read_text())
+    assert [c["union_control_type"] for c in side["controlnets"]] == [3, 1]
+
+
+def test_each_control_type_changes_the_output(union_gen, union_hints):
+    edges = union_gen(types=("canny",))[0]
+    depth = union_gen(types=("depth",))[0]
+    pose = union_gen(types=("pose",))[0]
+    assert edges.metadata["controlnets"][0]["union_control_type"] == 3
+    assert depth.metadata["controlnets"][0]["union_control_type"] == 1
+    assert pose.metadata["controlnets"][0]["union_control_type"] == 0
+    assert not np.array_equal(edges.image, depth.image) and not np.array_equal(depth.image, pose.image)
+
+
+def test_type_without_a_control_type_is_refused(union_gen, union_xl):
+    with pytest.raises(UsageError) as e:
+        union_gen(types=("shuffle",))
+    msg = str(e.value)
+    assert "ControlNet-Union" in msg and "--type" in msg and "canny" in msg and "\n" not in msg

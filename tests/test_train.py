@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import train_cfg as cfg
 
 from cnetcli.errors import InputError, MissingWeightsError, TrainingError, UsageError
 from cnetcli.training import TrainConfig, train
@@ -44,13 +45,6 @@ def _write_dataset(d, n=4, seed=0, bad_rows=0):
         lines.append(json.dumps({"file_name": "images/missing.png", "conditioning_image_file_name": "x.png", "text": ""}))
     (d / "metadata.jsonl").write_text("\n".join(lines) + "\n")
     return d
-
-
-def cfg(sd8, data, out, **kw):
-    base = dict(base=str(sd8), data=str(data), output=str(out), resolution=RES, batch_size=2, max_steps=2,
-                learning_rate=1e-3, checkpoint_every=0, report_to="none", cache_latents=False, log_every=1)
-    base.update(kw)
-    return TrainConfig(**base)
 
 
 def _cn(path):

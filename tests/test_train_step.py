@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import train_cfg
 
-from cnetcli.training import TrainConfig, train
+from cnetcli.training import train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RES = 32
-
-
-def _cfg(sd8, data, out, **kw):
-    base = dict(base=str(sd8), data=str(data), output=str(out), resolution=RES, batch_size=2, max_steps=2,
-                learning_rate=1e-3, checkpoint_every=0, report_to="none", cache_latents=False, log_every=1)
-    return TrainConfig(**(base | kw))
 
 
 def _batch(data, idx=(0, 1), drop=(False, True)):
@@ -33,7 +28,7 @@ def test_training_step_alone_is_the_diffusers_step(sd8, data):
     from cnetcli.training.setup import build_models
     from cnetcli.training.step import draw_noise, training_step
 
-    cfg = _cfg(sd8, data, "unused")
+    cfg = train_cfg(sd8, data, "unused")
     m = build_models(cfg, "cpu", torch.float32)
     batch = _batch(data)
     noise = draw_noise(7, 3, batch_size=2, latent_shape=(4, RES // 8, RES // 8), models=m, device="cpu")
@@ -94,7 +89,7 @@ def test_on_step_sees_logged_losses_and_can_stop(sd8, data, tmp_path):
         seen.append((info.step, info.loss))
         return info.step == 3
 
-    r = train(_cfg(sd8, data, tmp_path / "o", max_steps=5, log_every=2, checkpoint_every=0), on_step=on_step)
+    r = train(train_cfg(sd8, data, tmp_path / "o", max_steps=5, log_every=2, checkpoint_every=0), on_step=on_step)
     assert r.interrupted and r.steps == 3 and len(r.losses) == 3
     assert [s for s, _ in seen] == [1, 2, 3]
     assert seen[0][1] is None and seen[1][1] == r.losses[1]  # the loss is read back every --log-every steps
@@ -115,7 +110,7 @@ def test_validation_samples_through_generate_with_the_models_in_memory(sd8, data
     monkeypatch.setattr(gen, "generate", spy)
     hint = str(data / "conditioning_images/0.png")
     seen_models = []
-    r = train(_cfg(sd8, data, tmp_path / "v", validate_every=2, validation_hints=(hint,), validation_images=1,
+    r = train(train_cfg(sd8, data, tmp_path / "v", validate_every=2, validation_hints=(hint,), validation_images=1,
                    validation_sampling_steps=2, validation_type="canny"),
               on_step=lambda info: seen_models.append(info.models))
     assert len(calls) == 1

@@ -7,8 +7,9 @@ from __future__ import annotations
 import functools
 
 import pytest
+from conftest import train_cfg
 
-from tests.test_train_step import _batch, _cfg
+from tests.test_train_step import _batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 RES = 32
@@ -57,7 +58,7 @@ def test_fp32_step_is_bitwise_unchanged(sd8, data):
     from cnetcli.training.setup import build_models
     from cnetcli.training.step import training_step
 
-    m = build_models(_cfg(sd8, data, "unused"), "cpu", torch.float32)
+    m = build_models(train_cfg(sd8, data, "unused"), "cpu", torch.float32)
     batch, noise = _batch(data), _noise(m)
     off = functools.partial(torch.autocast, "cpu", dtype=torch.bfloat16, enabled=False)  # accelerate's "no"
     loss = training_step(m, batch, noise, autocast=off)
@@ -83,7 +84,7 @@ def test_bf16_step_is_diffusers_step(sd8, data):
     from cnetcli.training.step import encode_batch, training_step
 
     bf16 = torch.bfloat16
-    m = build_models(_cfg(sd8, data, "unused"), "cpu", bf16)
+    m = build_models(train_cfg(sd8, data, "unused"), "cpu", bf16)
     assert m.denoiser.dtype == bf16 and m.controlnet.dtype == torch.float32 and not m.denoiser_in_autocast
     batch, noise = _batch(data), _noise(m)
     autocast = functools.partial(torch.autocast, "cpu", dtype=bf16)
@@ -118,7 +119,7 @@ def test_fp32_unet_stays_under_autocast(sd8, data):
     from cnetcli.training.step import training_step
 
     bf16 = torch.bfloat16
-    m = build_models(_cfg(sd8, data, "unused", unlock_sd_after=1), "cpu", bf16)
+    m = build_models(train_cfg(sd8, data, "unused", unlock_sd_after=1), "cpu", bf16)
     assert m.denoiser.dtype == torch.float32 and m.denoiser_in_autocast
     batch, noise = _batch(data), _noise(m)
     autocast = functools.partial(torch.autocast, "cpu", dtype=bf16)

@@ -118,28 +118,3 @@ def test_annotate_missing_weight_through_cli_list(tmp_path, run_cli, monkeypatch
     code, out, err = run_cli("weights", "list", "pose", "--json", "--no-hash")
     rows = json.loads(out)
     assert code == 0 and [r["present"] for r in rows] == [False, False, False]
-
-
-def test_caption_dataset_with_tiny_blip(tmp_path):
-    import numpy as np
-
-    from cnetcli.images import save_png
-    from cnetcli.models.captions import caption_dataset
-    from cnetcli.models.tiny import tiny_blip
-
-    model, processor = tiny_blip(words=("red", "circle"), image_size=32)
-    model.save_pretrained(tmp_path / "blip")
-    processor.save_pretrained(tmp_path / "blip")
-    ds = tmp_path / "ds"
-    rows = []
-    for i in range(3):
-        save_png(ds / "images" / f"{i}.png", np.full((32, 32, 3), 60 * i, np.uint8))
-        save_png(ds / "conditioning_images" / f"{i}.png", np.zeros((32, 32, 3), np.uint8))
-        rows.append({"file_name": f"images/{i}.png", "conditioning_image_file_name": f"conditioning_images/{i}.png",
-                     "text": "" if i < 2 else "keep me"})
-    (ds / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    n = caption_dataset(ds, str(tmp_path / "blip"), batch_size=2, max_new_tokens=5, num_beams=1)
-    got = [json.loads(line) for line in (ds / "metadata.jsonl").read_text().splitlines()]
-    assert n == 2 and got[2]["text"] == "keep me"
-    assert all(isinstance(r["text"], str) and r["text"] for r in got[:2])
-    assert got[0]["conditioning_image_file_name"] == "conditioning_images/0.png"

@@ -11,7 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..data.index import IMAGEFOLDER_METADATA
+from ..data.metadata import IMAGEFOLDER_METADATA
+from ..data.read import read_captions
+from ..errors import InputError
 from ..reporting import Reporter
 from .config import AnnotateConfig
 from .plan import Job
@@ -20,27 +22,12 @@ _TEXT_KEYS = ("text", "caption", "prompt")
 
 
 def _metadata_captions(folder: Path) -> dict[str, str]:
-    """{resolved image path: caption} from `folder/metadata.jsonl`; unreadable rows are ignored (they are
-    the user's input, not ours to refuse)."""
-    p = folder / IMAGEFOLDER_METADATA
-    if not p.is_file():
-        return {}
-    out: dict[str, str] = {}
-    from ..errors import SchemaError
-    from ..external import MAX_INDEX_BYTES, parse_json_lines, read_bytes
-
+    """{real image path: caption} from `folder`'s metadata.jsonl/csv (the dataset reader's `read_captions`);
+    an unreadable index or row is ignored (it is the user's input, not ours to refuse)."""
     try:
-        text = read_bytes(p, MAX_INDEX_BYTES, IMAGEFOLDER_METADATA).decode("utf-8", errors="replace")
-        rows, _ = parse_json_lines(text, str(p))
-    except SchemaError:
+        return read_captions(folder, _TEXT_KEYS)
+    except InputError:
         return {}
-    for rec in rows:
-        if not isinstance(rec, dict) or not isinstance(rec.get("file_name"), str):
-            continue
-        text = next((rec[k] for k in _TEXT_KEYS if isinstance(rec.get(k), str)), None)
-        if text is not None:
-            out[os.path.normpath(str((folder / rec["file_name"]).absolute()))] = text.strip()
-    return out
 
 
 class Captions:
@@ -52,12 +39,12 @@ class Captions:
 
     def _from_metadata(self, source: str, root: str) -> str | None:
         src = Path(source)
-        key = os.path.normpath(str(src.absolute()))
+        key = os.path.realpath(src)
         for folder in dict.fromkeys([src.parent, Path(root)] if root else [src.parent]):
             if folder not in self._meta:
                 self._meta[folder] = _metadata_captions(folder)
             if key in self._meta[folder]:
-                return self._meta[folder][key]
+                return self._meta[folder][key].strip()
         return None
 
     def __call__(self, job: Job) -> str | None:
@@ -76,7 +63,6 @@ def check_index(cfg: AnnotateConfig) -> None:
     """Before any pair is written: the dataset's index lock can be taken and its existing index read (an
     unreadable index, or a lock path that is a folder, is one error line and nothing is written)."""
     from ..data.write import DatasetWriter, index_lock
-    from ..errors import InputError
 
     writer = DatasetWriter(cfg.dataset or ".", cfg.dataset_format)
     if not writer.root.exists():  # a new dataset: no index to read, nothing created before the first pair

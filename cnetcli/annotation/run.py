@@ -9,6 +9,11 @@ model-backed types (`needs_weights=True`) in this process in batches, the next b
 a loader thread while the device runs this one, writing in a background thread, (6) the dataset index
 (annotation/dataset.py).
 
+Why threads and not a torch `DataLoader`: weight-free types run in a process pool that must not import torch
+at all, and for model types the work that overlaps the device is decoding (cv2/PIL release the GIL, so
+threads suffice and share the annotator), the annotator's own `prepare` and PNG writing after the device;
+a DataLoader covers only the loading half and would pickle every decoded image across worker processes.
+
 Never prints: progress goes to a `Reporter`. A bad image is recorded in the summary with its reason and the
 others still run; nothing is half-written (temp file + rename; a failed item leaves no file).
 """
@@ -156,38 +161,22 @@ def _write(ctx: Ctx, job: Job, img: Any, hint: Any, sidecar: Any, dr: int, ir: i
     one). Returns a reason on failure, leaving no file of this job behind."""
     import json
 
-    from ..fsguard import atomic_write_bytes
+    from ..data.write import write_all
     from ..images import sidecar_path
 
-    written: list[str] = []
     try:
-        if job.image is not None:
-            atomic_write_bytes(job.image, photo_png(img, hint), ctx.exclusive)
-            written.append(job.image)
-        atomic_write_bytes(job.hint, hint_png(ctx, job.source, hint, dr, ir), ctx.exclusive)
-        written.append(job.hint)
+        files = [(job.image, photo_png(img, hint))] if job.image is not None else []
+        files.append((job.hint, hint_png(ctx, job.source, hint, dr, ir)))
         if ctx.sidecar is not None and sidecar is not None:
-            side = sidecar_path(job.hint, ctx.sidecar)
-            atomic_write_bytes(side, json.dumps(sidecar, indent=1).encode("utf-8"), ctx.exclusive)
-            written.append(side)
+            files.append((sidecar_path(job.hint, ctx.sidecar), json.dumps(sidecar, indent=1).encode("utf-8")))
+        write_all(files, ctx.exclusive)  # the dataset writer's all-or-nothing write
         return None
     except FileExistsError as e:
-        _unlink(written)
         return f"{e.filename}: already exists (written meanwhile by another run); pass --overwrite to replace it"
     except OSError as e:
-        _unlink(written)
         return f"cannot write {e.filename or job.hint}: {e.strerror or e}"
     except Exception as e:
-        _unlink(written)
         return f"cannot write output ({type(e).__name__}: {e})"
-
-
-def _unlink(paths: list[str]) -> None:
-    for w in paths:
-        try:
-            os.unlink(w)
-        except OSError:
-            pass
 
 
 def _annotate_one(fn: Any, img: Any, ctx: Ctx, dr: int, ir: int) -> tuple[Any, Any]:
@@ -462,6 +451,35 @@ def prefetched(work: Any, items: list[Any], pool: Any) -> Any:
         yield res
 
 
+def _drain(pending: list[tuple[Job, Any]], results: dict[int, str | None], rep: Reporter, keep: int) -> None:
+    """Collect finished PNG writes, oldest first, into `results` until at most `keep` are pending."""
+    while len(pending) > keep:
+        job, fut = pending.pop(0)
+        results[job.index] = fut.result()
+        rep.advance(1, ok=results[job.index] is None)
+
+
+def _load_chunk(ctx: Ctx, fn: Any, preparable: bool, dec: Any, chunk: list[Job]
+                ) -> tuple[list[tuple[Job, str]], list[Batch]]:
+    """(failed jobs with reasons, batches grouped by resolutions) of one chunk, decoded in the pool `dec`."""
+    loaded = list(dec.map(lambda j: _load_or_reason(j.source), chunk))
+    failed: list[tuple[Job, str]] = []
+    groups: dict[tuple[int, int], list[tuple[Job, Any]]] = {}
+    for j, img in zip(chunk, loaded, strict=True):
+        if isinstance(img, Exception):
+            failed.append((j, _reason(img, j.source)))
+            continue
+        res = resolutions(ctx, img)
+        try:
+            check_size(img, *res)
+        except CnetError as e:
+            failed.append((j, str(e)))
+            continue
+        groups.setdefault(res, []).append((j, img))
+    return failed, [Batch(dr, ir, good, _prepare(fn, preparable, [img for _, img in good], dr))
+                    for (dr, ir), good in groups.items()]
+
+
 def _run_model(ctx: Ctx, fn: Any, jobs: list[Job], workers: int, batch_size: int,
                rep: Reporter) -> dict[int, str | None]:
     """Model-backed types: this process, in batches. A loader thread prepares batch k+1 (decoding in a
@@ -481,32 +499,7 @@ def _run_model(ctx: Ctx, fn: Any, jobs: list[Job], workers: int, batch_size: int
         with ThreadPoolExecutor(max(1, workers)) as dec, ThreadPoolExecutor(1) as loader, \
                 ThreadPoolExecutor(1) as wr:
             pending_writes: list[tuple[Job, Any]] = []
-
-            def drain(keep: int) -> None:
-                while len(pending_writes) > keep:
-                    job, fut = pending_writes.pop(0)
-                    results[job.index] = fut.result()
-                    rep.advance(1, ok=results[job.index] is None)
-
-            def load(chunk: list[Job]) -> tuple[list[tuple[Job, str]], list[Batch]]:
-                """(failed jobs with reasons, batches grouped by resolutions) of one chunk."""
-                loaded = list(dec.map(lambda j: _load_or_reason(j.source), chunk))
-                failed: list[tuple[Job, str]] = []
-                groups: dict[tuple[int, int], list[tuple[Job, Any]]] = {}
-                for j, img in zip(chunk, loaded, strict=True):
-                    if isinstance(img, Exception):
-                        failed.append((j, _reason(img, j.source)))
-                        continue
-                    res = resolutions(ctx, img)
-                    try:
-                        check_size(img, *res)
-                    except CnetError as e:
-                        failed.append((j, str(e)))
-                        continue
-                    groups.setdefault(res, []).append((j, img))
-                return failed, [Batch(dr, ir, good, _prepare(fn, preparable, [img for _, img in good], dr))
-                                for (dr, ir), good in groups.items()]
-
+            load = partial(_load_chunk, ctx, fn, preparable, dec)
             for failed, batches in prefetched(load, chunks, loader):
                 for j, reason in failed:
                     results[j.index] = reason
@@ -519,8 +512,8 @@ def _run_model(ctx: Ctx, fn: Any, jobs: list[Job], workers: int, batch_size: int
                             rep.advance(1, ok=False)
                             continue
                         pending_writes.append((j, wr.submit(_finish_and_write, ctx, fn, j, img, *h, b.dr, b.ir)))
-                drain(keep=batch_size)  # at most about one batch waiting to be written
-            drain(keep=0)
+                _drain(pending_writes, results, rep, keep=batch_size)  # at most about one batch waiting to be written
+            _drain(pending_writes, results, rep, keep=0)
     finally:
         rep.finish()
     return results

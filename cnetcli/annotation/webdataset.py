@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ..data.index import IMAGEFOLDER_METADATA
+from ..data.metadata import IMAGEFOLDER_METADATA, read_records
 from ..errors import UsageError
 from ..reporting import Reporter
 from .config import AnnotateConfig, AnnotateSummary
@@ -153,11 +153,7 @@ def _staged_captions(staging: Path) -> dict[str, str]:
     p = staging / IMAGEFOLDER_METADATA
     if not p.is_file():
         return {}
-    from ..external import MAX_INDEX_BYTES, parse_json_lines, read_bytes
-
-    rows, _ = parse_json_lines(read_bytes(p, MAX_INDEX_BYTES, IMAGEFOLDER_METADATA).decode("utf-8"), str(p))
-    return {r["file_name"]: str(r.get("text") or "") for r in rows
-            if isinstance(r, dict) and isinstance(r.get("file_name"), str)}
+    return {r["file_name"]: str(r.get("text") or "") for r in read_records(p) if isinstance(r.get("file_name"), str)}
 
 
 def _pack(root: Path, shard: int, jobs: list[Job], captions: dict[str, str], type_name: str,

@@ -8,6 +8,7 @@ and imports only the submodule asked for. Any import failure becomes one `NotAva
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import sys
@@ -15,6 +16,17 @@ import types
 from typing import Any
 
 from ..errors import NotAvailableError, first_line
+
+
+def _full_init(pkg: types.ModuleType, origin: str, name: str) -> Any:
+    """The light package's `__getattr__`: `from controlnet_aux import X` still works, by running the real
+    `__init__` once (a name still missing after that is an AttributeError)."""
+    if name.startswith("__") or pkg.__dict__.get("_cnet_full_init"):
+        raise AttributeError(name)
+    pkg._cnet_full_init = True  # type: ignore[attr-defined]
+    with open(origin, encoding="utf-8") as fh:
+        exec(compile(fh.read(), origin, "exec"), pkg.__dict__)
+    return pkg.__dict__[name]
 
 
 def _light_package() -> None:
@@ -28,17 +40,7 @@ def _light_package() -> None:
     pkg.__file__ = spec.origin
     pkg.__spec__ = spec
     pkg.__package__ = "controlnet_aux"
-    state = {"full": False}
-
-    def __getattr__(name: str) -> Any:  # `from controlnet_aux import X` still works: run the real __init__ once
-        if name.startswith("__") or state["full"]:
-            raise AttributeError(name)
-        state["full"] = True
-        with open(spec.origin, encoding="utf-8") as fh:
-            exec(compile(fh.read(), spec.origin, "exec"), pkg.__dict__)
-        return pkg.__dict__[name]
-
-    pkg.__getattr__ = __getattr__  # type: ignore[attr-defined]
+    pkg.__getattr__ = functools.partial(_full_init, pkg, spec.origin)  # type: ignore[attr-defined]
     sys.modules["controlnet_aux"] = pkg
 
 

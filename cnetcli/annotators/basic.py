@@ -7,7 +7,7 @@ cv2 lazily inside `__call__`, so registering these types costs nothing and never
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import numpy as np
@@ -37,6 +37,26 @@ def _resize_nearest_like(hint: np.ndarray, image: np.ndarray, image_resolution: 
     return cv2.resize(hint, (W, H), interpolation=interp)
 
 
+class _Configured:
+    """A weight-free annotator: its parameter dataclass is `self.p`."""
+
+    def __init__(self, params: Any) -> None:
+        self.p = params
+
+
+class _AtImageResolution(_Configured):
+    """The types that work on the photo itself (`uses_detect_resolution=False`): ControlNet's HWC3, then
+    `resize_image` to the image resolution, then `hint` of that."""
+
+    def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
+        from ..images import HWC3, resize_image
+
+        return self.hint(resize_image(HWC3(image), image_resolution))
+
+    def hint(self, img: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
 # --- canny -------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -51,18 +71,16 @@ class CannyParams:
             raise UsageError(f"--low ({self.low}) must not exceed --high ({self.high})")
 
 
-class Canny:
+class Canny(_AtImageResolution):
     """ControlNet's canny: HWC3 -> resize_image(image_resolution) -> cv2.Canny on the 3-channel image."""
 
-    def __init__(self, params: CannyParams) -> None:
-        self.p = params
+    p: CannyParams
 
-    def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
+    def hint(self, img: np.ndarray) -> np.ndarray:
         import cv2
 
-        from ..images import HWC3, resize_image
+        from ..images import HWC3
 
-        img = resize_image(HWC3(image), image_resolution)
         return HWC3(cv2.Canny(img, self.p.low, self.p.high))
 
 
@@ -89,11 +107,10 @@ class HoughParams:
         _check_range("hough thickness", self.thickness, 1, 32)
 
 
-class Hough:
+class Hough(_Configured):
     """Straight line segments drawn white on black (the M-LSD map convention), with no learned weights."""
 
-    def __init__(self, params: HoughParams) -> None:
-        self.p = params
+    p: HoughParams
 
     def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
         import cv2
@@ -131,18 +148,14 @@ class ScribbleParams:
         _check_range("--threshold (scribble)", self.threshold, 0, 256)
 
 
-class Scribble:
+class Scribble(_AtImageResolution):
     """ControlNet's scribble input: a black-on-white sketch becomes white strokes on black."""
 
-    def __init__(self, params: ScribbleParams) -> None:
-        self.p = params
+    p: ScribbleParams
 
-    def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
+    def hint(self, img: np.ndarray) -> np.ndarray:
         import numpy as np
 
-        from ..images import HWC3, resize_image
-
-        img = resize_image(HWC3(image), image_resolution)
         out = np.zeros_like(img, dtype=np.uint8)
         out[np.min(img, axis=2) < self.p.threshold] = 255
         return out
@@ -172,11 +185,10 @@ def _noise_disk(H: int, W: int, F: int, rng: np.random.Generator) -> np.ndarray:
     return noise[:, :, None]
 
 
-class Shuffle:
+class Shuffle(_Configured):
     """ControlNet 1.1's content shuffle: the image warped by a smooth random flow field."""
 
-    def __init__(self, params: ShuffleParams) -> None:
-        self.p = params
+    p: ShuffleParams
 
     def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
         import cv2
@@ -205,18 +217,14 @@ class TileParams:
         _check_range("--downsample", self.downsample, 1.0, 64.0)
 
 
-class Tile:
+class Tile(_AtImageResolution):
     """ControlNet 1.1 tile: the photo itself at the hint size, optionally down- and re-upsampled."""
 
-    def __init__(self, params: TileParams) -> None:
-        self.p = params
+    p: TileParams
 
-    def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
+    def hint(self, img: np.ndarray) -> np.ndarray:
         import cv2
 
-        from ..images import HWC3, resize_image
-
-        img = resize_image(HWC3(image), image_resolution)
         if self.p.downsample > 1.0:
             H, W = img.shape[:2]
             small = cv2.resize(img, (max(1, int(W / self.p.downsample)), max(1, int(H / self.p.downsample))),
@@ -233,18 +241,14 @@ class BlurParams:
         _check_range("--sigma", self.sigma, 0.01, 256.0)
 
 
-class Blur:
+class Blur(_AtImageResolution):
     """A Gaussian-blurred photo (the tile/blur family's "blur_gaussian" preprocessor)."""
 
-    def __init__(self, params: BlurParams) -> None:
-        self.p = params
+    p: BlurParams
 
-    def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
+    def hint(self, img: np.ndarray) -> np.ndarray:
         import cv2
 
-        from ..images import HWC3, resize_image
-
-        img = resize_image(HWC3(image), image_resolution)
         return cv2.GaussianBlur(img, (0, 0), self.p.sigma)
 
 

@@ -3,6 +3,9 @@
 typer raises click's exception family, all `typer.TyperException`s (with `standalone_mode=False`; otherwise it
 prints its usage box). The fields read here (`param`, `possibilities`, `option_name`, `ctx`) are click's
 documented exception attributes, read with getattr so that a typer without one still gives a line.
+
+Kept instead of typer's own rendering because that one is a multi-line rich box (usage, border, hint) and
+cnet's contract is one error line naming the flag and the fix, the same for parse errors as for bad values.
 """
 
 from __future__ import annotations

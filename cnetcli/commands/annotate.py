@@ -43,6 +43,20 @@ def _types_help() -> str:
     return "\n\n".join(lines)
 
 
+def _detect_help() -> str:
+    """--detect-resolution's help from the registry: each type's own default, and the types that refuse it."""
+    types = [get_type(n) for n in list_types(annotatable=True)]
+    by_res: dict[int, list[str]] = {}
+    for ht in types:
+        if ht.uses_detect_resolution:
+            by_res.setdefault(ht.default_detect_resolution, []).append(ht.name)
+    common = max(by_res, key=lambda r: len(by_res[r]), default=512)
+    others = "; ".join(f"{', '.join(names)} {r}" for r, names in by_res.items() if r != common)
+    fixed = ", ".join(ht.name for ht in types if not ht.uses_detect_resolution)
+    return (f"Resolution the detector works at. Default: the type's own ({common}{'; ' + others if others else ''}, "
+            f"as in ControlNet). Refused for types that work at the image resolution ({fixed}).")
+
+
 # --- --param KEY=VALUE --------------------------------------------------------------------------------------
 
 def _parse_value(text: str, tp: Any, key: str, type_name: str) -> Any:
@@ -124,10 +138,7 @@ def annotate_cmd(
     output: Annotated[str | None, _opt("Output folder (mirrors the input tree as <stem>.png). Default: beside the "
                                        "input, folder imgs/ -> imgs-<type>/, files -> <their folder>/hints-<type>/.",
                                        None, "--output", "-o")] = None,
-    detect_resolution: Annotated[int | None, _opt("Resolution the detector works at. Default: the type's own "
-                                                  "(512; depth and normal 384, as in ControlNet). Refused for types "
-                                                  "that work at the image resolution (canny, scribble, tile, blur).")
-                                 ] = None,
+    detect_resolution: Annotated[int | None, _opt(_detect_help())] = None,
     image_resolution: Annotated[int | None, _opt(f"Hint size: short side, sides rounded to x64 (ControlNet's "
                                                  f"rule). Default {DEFAULT_IMAGE_RESOLUTION}, or the image's own "
                                                  "size with --keep-size.")] = None,

@@ -12,7 +12,18 @@ from typing import Annotated, Any
 
 import typer
 
-from ..evaluation.config import DEFAULT_OUTPUT_NAME, DEFAULT_TOLERANCE, MAX_TOLERANCE, EvalConfig
+from ..evaluation.config import (
+    DEFAULT_OUTPUT_NAME,
+    DEFAULT_TOLERANCE,
+    GROUPS,
+    GUIDANCE,
+    MAX_TOLERANCE,
+    SAMPLER,
+    SEED,
+    SIZE,
+    STEPS,
+    EvalConfig,
+)
 from ._options import DeviceOpt
 
 _PP = "--protocol controlnet++ (generate, then score)"
@@ -31,13 +42,14 @@ def eval_cmd(
     overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an earlier results file.")] = False,
     protocol: Annotated[str | None, typer.Option(
         "--protocol", rich_help_panel=_PP, help="controlnet++: FOLDER is an eval set (image, hint, prompt in any "
-        "dataset form); generate 4 groups (CFG 7.5, 20 UniPC steps, 512 px) and score with the paper's metrics")] = None,
+        f"dataset form); generate {GROUPS} groups (CFG {GUIDANCE}, {STEPS} {SAMPLER} steps, {SIZE} px) and score with the "
+        "paper's metrics")] = None,
     controlnet: Annotated[str | None, typer.Option("--controlnet", rich_help_panel=_PP, help="--protocol: the ControlNet to evaluate")] = None,
     base: Annotated[str | None, typer.Option("--base", rich_help_panel=_PP, help="--protocol: the base (any family)", show_default="SD1.5")] = None,
-    size: Annotated[int | None, typer.Option("--size", rich_help_panel=_PP, help="--protocol: image size", show_default="512")] = None,
-    groups: Annotated[int | None, typer.Option("--groups", rich_help_panel=_PP, help="--protocol: groups per prompt", show_default="4")] = None,
-    steps: Annotated[int | None, typer.Option("--steps", rich_help_panel=_PP, help="--protocol: sampling steps", show_default="20")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", rich_help_panel=_PP, help="--protocol: group g uses seed + g", show_default="0")] = None,
+    size: Annotated[int | None, typer.Option("--size", rich_help_panel=_PP, help="--protocol: image size", show_default=str(SIZE))] = None,
+    groups: Annotated[int | None, typer.Option("--groups", rich_help_panel=_PP, help="--protocol: groups per prompt", show_default=str(GROUPS))] = None,
+    steps: Annotated[int | None, typer.Option("--steps", rich_help_panel=_PP, help="--protocol: sampling steps", show_default=str(STEPS))] = None,
+    seed: Annotated[int | None, typer.Option("--seed", rich_help_panel=_PP, help="--protocol: group g uses seed + g", show_default=str(SEED))] = None,
     device: DeviceOpt = "auto",
 ) -> None:
     # cnet.toml's [eval] table arrives as these options' defaults (the root command's default_map)

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, UsageError
-from .index import IMAGEFOLDER_METADATA, TUTORIAL_METADATA, DatasetIndex, HubRef, Row, open_image
-from .read import json_lines, read_captions, read_dataset
+from ..errors import UsageError
+from .index import DatasetIndex, HubRef, Row, open_image
+from .metadata import IMAGEFOLDER_METADATA, TUTORIAL_METADATA, read_records, write_records
+from .read import read_captions, read_dataset
 
 __all__ = ["FORMATS", "DatasetIndex", "HubRef", "Layout", "Row", "layout", "merge_records", "open_image",
            "read_captions", "read_dataset", "read_records", "sibling_caption", "write_records"]
@@ -59,24 +60,6 @@ def layout(fmt: str = "imagefolder") -> Layout:
     raise UsageError(f"--dataset-format must be one of {', '.join(FORMATS)} (got {fmt!r})")
 
 
-def read_records(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Read a JSON-lines index; a malformed line is an `InputError` naming the file and line."""
-    from ..external import MAX_INDEX_BYTES, read_bytes
-
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: no such file")
-    try:
-        text = read_bytes(p, MAX_INDEX_BYTES, "dataset index").decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{p}: cannot read ({e})") from None
-
-    def refuse(reason: str, detail: str) -> None:
-        raise InputError(f"{detail}; fix or delete that line")
-
-    return [rec for _, rec in json_lines(text, str(p), refuse)]
-
-
 def merge_records(lay: Layout, old: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Old records updated by new ones (same photo path), sorted by photo path: a deterministic index."""
     by_key = {lay.key(r): r for r in old}
@@ -99,4 +82,3 @@ def sibling_caption(source: str | os.PathLike) -> str | None:
 # Writing lives in data/write.py (one writer), provenance in data/provenance.py.
 from .provenance import Provenance as Provenance  # noqa: E402
 from .write import DatasetWriter as DatasetWriter  # noqa: E402
-from .write import write_records as write_records  # noqa: E402

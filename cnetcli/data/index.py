@@ -12,9 +12,6 @@ from typing import Any, NamedTuple
 from ..errors import InputError, UsageError
 from .files import BadFile, open_rgb, resolve_id, show
 
-#: the index file names of the two path-index layouts (the one definition; writers and readers import them)
-IMAGEFOLDER_METADATA = "metadata.jsonl"
-TUTORIAL_METADATA = "prompt.json"
 MAX_EXAMPLES = 5
 UNDECODABLE = "undecodable image"  # the skip reason of a row whose header read but whose pixels do not decode
 

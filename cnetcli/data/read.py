@@ -25,17 +25,17 @@ import csv
 import io
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, UsageError
 from . import tables
 from .files import BadFile, check_image, is_inside, real_root, resolve_id, show
-from .index import IMAGEFOLDER_METADATA, TUTORIAL_METADATA, DatasetIndex, ReadOptions, Row, choose_split
+from .index import DatasetIndex, ReadOptions, Row, choose_split
+from .metadata import IMAGEFOLDER_CSV, IMAGEFOLDER_METADATA, TUTORIAL_METADATA, json_lines, read_index_text
 
-IMAGEFOLDER_INDEXES = (IMAGEFOLDER_METADATA, "metadata.csv")
-TUTORIAL_INDEX = TUTORIAL_METADATA
+IMAGEFOLDER_INDEXES = (IMAGEFOLDER_METADATA, IMAGEFOLDER_CSV)
 TABLE_SUFFIXES = (".parquet", ".arrow", ".csv", ".jsonl", ".json")
 
 
@@ -111,8 +111,8 @@ def _read_folder(d: Path, opts: ReadOptions) -> DatasetIndex:
     index = _index_in(d)
     if index is not None:
         return _read_index(d, index, "imagefolder", opts)
-    if _regular(d / TUTORIAL_INDEX):
-        return _read_index(d, d / TUTORIAL_INDEX, "tutorial", opts)
+    if _regular(d / TUTORIAL_METADATA):
+        return _read_index(d, d / TUTORIAL_METADATA, "tutorial", opts)
     splits = {}
     try:
         for sub in sorted(d.iterdir()):
@@ -151,12 +151,7 @@ def _refuse_plain_photos(d: Path) -> None:
 
 def _records(index: Path, idx: DatasetIndex, where: str, strict: bool) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, record) for each parsable row; unparsable rows are skipped and counted."""
-    try:
-        raw = index.read_bytes()
-    except OSError as e:
-        raise InputError(f"{show(index)}: cannot read ({e.strerror or e})") from None
-    # surrogateescape: a name written in another encoding (or raw bytes) still names its file on disk
-    text = raw.decode("utf-8", "surrogateescape").removeprefix("\ufeff")
+    text = read_index_text(index)
     if index.suffix == ".csv":
         reader = csv.DictReader(io.StringIO(text, newline=""))
         while True:  # a row the csv module refuses (a field over its size limit, a stray quote) skips that row only
@@ -169,26 +164,6 @@ def _records(index: Path, idx: DatasetIndex, where: str, strict: bool) -> Iterat
                 continue
             yield reader.line_num, {k: v for k, v in rec.items() if k is not None}
     yield from json_lines(text, where, lambda reason, detail: idx.skip(reason, detail, strict))
-
-
-def json_lines(text: str, where: str, bad: Callable[[str, str], None]) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each JSON-object line of a JSON-lines text (blank lines ignored); any other
-    line goes to `bad(reason, "where:line: what is wrong")`, which skips it (returns) or refuses it (raises)."""
-    from ..errors import SchemaError
-    from ..external import parse_json
-
-    for lineno, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = parse_json(line, f"{where}:{lineno}")
-        except SchemaError as e:  # not JSON, NaN, nested too deep, too long
-            bad("bad JSON", str(e))
-            continue
-        if not isinstance(rec, dict):
-            bad("not a JSON object", f"{where}:{lineno}: a JSON {type(rec).__name__}, not an object")
-            continue
-        yield lineno, rec
 
 
 def _image_keys(column: str) -> tuple[str, ...]:
@@ -260,10 +235,11 @@ def _path_of(rec: dict[str, Any], keys: tuple[str, ...], base: Path, root_real: 
     return p
 
 
-def read_captions(folder: str | os.PathLike, caption_column: str = "text") -> dict[str, str]:
+def read_captions(folder: str | os.PathLike, caption_columns: tuple[str, ...] = ("text",)) -> dict[str, str]:
     """Captions an input folder's own ``metadata.jsonl``/``metadata.csv`` gives its images (imagefolder
-    rule: ``file_name`` + caption column), keyed by the image's real path; rows naming files outside the
-    folder or without a string caption are ignored. For `cnet annotate` on a captioned photo folder."""
+    rule: ``file_name`` + the first of `caption_columns` a row has as a string), keyed by the image's real
+    path; rows naming files outside the folder or without a string caption are ignored. For `cnet annotate`
+    on a captioned photo folder."""
     d = Path(folder)
     index = _index_in(d)
     if index is None:
@@ -272,8 +248,9 @@ def read_captions(folder: str | os.PathLike, caption_column: str = "text") -> di
     out: dict[str, str] = {}
     root_real = real_root(d)
     for _, rec in _records(index, idx, show(index.name), strict=False):
-        name, text = rec.get("file_name"), rec.get(caption_column)
-        if isinstance(name, str) and name and isinstance(text, str):
+        name = rec.get("file_name")
+        text = next((rec[k] for k in caption_columns if isinstance(rec.get(k), str)), None)
+        if isinstance(name, str) and name and text is not None:
             p = index.parent / name
             if "\x00" not in name and is_inside(p, root_real):
                 out[os.path.realpath(p)] = text

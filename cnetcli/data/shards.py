@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import UsageError
 from .files import show
-from .index import IMAGEFOLDER_METADATA, TUTORIAL_METADATA
+from .metadata import INDEX_NAMES
 
 WEBDATASET_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 PARQUET_SUFFIXES = (".parquet",)
@@ -105,7 +105,7 @@ def looks_like_shards(data: str) -> bool:
     p = Path(os.path.expanduser(s))
     if p.is_file():
         return _kind(p.name) == "webdataset" or p.suffix.lower() in LIST_SUFFIXES
-    if p.is_dir() and not any((p / n).exists() for n in (IMAGEFOLDER_METADATA, "metadata.csv", TUTORIAL_METADATA)):
+    if p.is_dir() and not any((p / n).exists() for n in INDEX_NAMES):
         return any(_kind(c.name) == "webdataset" for c in p.iterdir())
     return False
 

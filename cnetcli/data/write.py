@@ -16,7 +16,6 @@ finished temp file), so two runs that must not overwrite cannot both write it.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,26 +24,13 @@ from typing import Any
 
 from ..folderlock import INDEX_LOCK as LOCK_NAME
 from ..fsguard import atomic_write_bytes
-from . import Layout, layout, merge_records, read_records
+from . import Layout, layout, merge_records
+from .metadata import read_records, write_records
 
 
 def safe_name(name: str) -> str:
     """`name` made valid UTF-8: undecodable bytes (surrogate escapes from `os.fsdecode`) become U+FFFD."""
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-
-
-def _json_line(rec: dict[str, Any]) -> str:
-    line = json.dumps(rec, ensure_ascii=False)
-    try:
-        line.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate somewhere: JSON's \\u escapes keep it readable back
-        line = json.dumps(rec, ensure_ascii=True)
-    return line + "\n"
-
-
-def write_records(path: str | os.PathLike, records: list[dict[str, Any]]) -> None:
-    """Atomically write JSON lines (one record per line, UTF-8, keys in insertion order)."""
-    atomic_write_bytes(path, "".join(_json_line(r) for r in records).encode("utf-8"))
 
 
 @contextmanager
@@ -55,6 +41,23 @@ def index_lock(root: str | os.PathLike, flag: str = "--dataset") -> Iterator[Non
 
     with hold(root, flag=flag, name=LOCK_NAME, wait=True, what="a dataset writer"):
         yield
+
+
+def write_all(files: list[tuple[str | os.PathLike, bytes]], exclusive: bool = False) -> None:
+    """Write each (path, bytes) atomically (`exclusive`: only where no file is yet); on any failure the files
+    already written are removed and the error raised, so an example (photo, hint, sidecar) is whole or absent."""
+    written: list[str | os.PathLike] = []
+    try:
+        for path, data in files:
+            atomic_write_bytes(path, data, exclusive)
+            written.append(path)
+    except BaseException:
+        for w in written:
+            try:
+                os.unlink(w)
+            except OSError:
+                pass
+        raise
 
 
 class DatasetWriter:
@@ -89,17 +92,9 @@ class DatasetWriter:
         from ..images import encode_png
 
         img_path, hint_path = self.paths(name)
-        written: list[Path] = []
-        try:
-            atomic_write_bytes(img_path, encode_png(photo), exclusive)
-            written.append(img_path)
-            atomic_write_bytes(hint_path, provenance.encode(hint) if provenance is not None else encode_png(hint), exclusive)
-            written.append(hint_path)
-        except BaseException:
-            for w in written:
-                w.unlink(missing_ok=True)
-            raise
-        return written
+        hint_png = provenance.encode(hint) if provenance is not None else encode_png(hint)
+        write_all([(img_path, encode_png(photo)), (hint_path, hint_png)], exclusive)
+        return [img_path, hint_path]
 
     def add_records(self, records: list[dict[str, Any]]) -> int:
         """Merge `records` into the index (a record replaces the one with the same photo), under the folder's

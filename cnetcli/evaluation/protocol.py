@@ -27,10 +27,9 @@ import numpy as np
 
 from ..errors import UsageError
 from ..reporting import NullReporter, Reporter
+from .config import GROUPS, GUIDANCE, SAMPLER, SEED, SIZE, STEPS
 
 PROTOCOLS = ("controlnet++",)
-#: the paper's sampling: CFG 7.5, 20 UniPC steps at 512 px, 4 groups per prompt
-GUIDANCE, STEPS, SAMPLER, SIZE, GROUPS = 7.5, 20, "unipc", 512, 4
 #: metric -> (unit scale, higher is better)
 METRICS = {"f1": (100.0, True), "ssim": (1.0, True), "rmse": (255.0, False), "miou": (100.0, True)}
 _SSIM_TYPES = ("softedge", "lineart", "lineart_anime")
@@ -45,7 +44,7 @@ class ProtocolConfig:
     size: int = SIZE
     groups: int = GROUPS
     steps: int = STEPS
-    seed: int = 0
+    seed: int = SEED
     device: str = "auto"
     max_samples: int | None = None
 

@@ -125,6 +125,16 @@ def read_json(path: str | os.PathLike, max_bytes: int = MAX_BYTES) -> Any:
     return parse_json(read_bytes(path, max_bytes, "JSON file"), str(path), max_bytes)
 
 
+def read_json_dict(path: str | os.PathLike) -> dict[str, Any] | None:
+    """`read_json` of a file that should hold a JSON object; None when it is missing, unreadable, not JSON
+    or not an object (for configs cnet only peeks at and falls back from)."""
+    try:
+        d = read_json(path)
+    except SchemaError:
+        return None
+    return d if isinstance(d, dict) else None
+
+
 def parse_json_lines(text: str, source: str) -> tuple[list[Any], list[int]]:
     """A JSON-lines document -> (the parsed lines, the 1-based numbers of lines that are not JSON)."""
     rows, bad = [], []

@@ -82,15 +82,22 @@ def comfy_sampler(sampler: str, scheduler: str) -> tuple[str, str]:
     return spec.comfy, SCHEDULERS[scheduler][1]
 
 
-def comfy_graph(meta: dict[str, Any]) -> dict[str, Any]:
-    """The generation in `meta` (a sidecar dict) as a ComfyUI API-format prompt: {id: {class_type, inputs}}."""
-    g: dict[str, Any] = {}
+class _Graph:
+    """A ComfyUI API-format prompt being built: `node` adds one, numbered in order, and returns its link."""
 
-    def node(cls: str, **inputs: Any) -> list[Any]:
-        nid = str(len(g) + 1)
-        g[nid] = {"class_type": cls, "inputs": inputs, "_meta": {"title": cls}}
+    def __init__(self) -> None:
+        self.nodes: dict[str, Any] = {}
+
+    def node(self, cls: str, **inputs: Any) -> list[Any]:
+        nid = str(len(self.nodes) + 1)
+        self.nodes[nid] = {"class_type": cls, "inputs": inputs, "_meta": {"title": cls}}
         return [nid]
 
+
+def comfy_graph(meta: dict[str, Any]) -> dict[str, Any]:
+    """The generation in `meta` (a sidecar dict) as a ComfyUI API-format prompt: {id: {class_type, inputs}}."""
+    g = _Graph()
+    node = g.node
     loader_cls, loader_inputs = _base_loader(meta.get("base"))
     ckpt = node(loader_cls, **loader_inputs)[0]
     pos = [node("CLIPTextEncode", text=meta.get("prompt", ""), clip=[ckpt, 1])[0], 0]
@@ -115,7 +122,7 @@ def comfy_graph(meta: dict[str, Any]) -> dict[str, Any]:
               denoise=1.0)[0]
     dec = node("VAEDecode", samples=[ks, 0], vae=[ckpt, 2])[0]
     node("SaveImage", images=[dec, 0], filename_prefix="cnet")
-    return g
+    return g.nodes
 
 
 def comfy_prompt_text(meta: dict[str, Any]) -> str:

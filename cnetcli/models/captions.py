@@ -1,19 +1,12 @@
-"""Caption a dataset folder with BLIP (for `cnet annotate --dataset DIR --caption blip`).
-
-`caption_dataset(DIR, captioner)` fills the "text" of each row of DIR/metadata.jsonl whose text is empty
-(or every row with `overwrite=True`) with a BLIP caption of its photo (`file_name`), in batches, and
-rewrites metadata.jsonl atomically. `caption_images(paths_or_arrays, ...)` is the plain list form.
-"""
+"""Captions for images with BLIP (`cnet annotate --dataset DIR --caption blip`): `caption_images(paths_or_arrays,
+...)`. The dataset index they land in is written by `annotation/dataset.write_index` (one writer, under the
+folder's lock)."""
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 from typing import Any
 
-from ..data.index import IMAGEFOLDER_METADATA
-from ..errors import InputError
 from .captioner import DEFAULT_CAPTIONER, load_captioner
 
 
@@ -25,32 +18,3 @@ def caption_images(images: list[Any], captioner: str | os.PathLike | Any = DEFAU
     cap = captioner if hasattr(captioner, "caption") else load_captioner(captioner, device=device, offline=offline,
                                                                          **kwargs)
     return cap.caption([as_rgb_array(im) for im in images], batch_size=batch_size)
-
-
-def caption_dataset(directory: str | os.PathLike, captioner: str | os.PathLike | Any = DEFAULT_CAPTIONER, *,
-                    overwrite: bool = False, batch_size: int = 8, device: str = "cpu", offline: bool | None = None,
-                    **kwargs: Any) -> int:
-    """Caption the photos of a dataset folder in place; returns how many rows got a caption."""
-    from ..fsguard import atomic_write_text
-
-    d = Path(directory)
-    meta = d / IMAGEFOLDER_METADATA
-    if not meta.is_file():
-        raise InputError(f"{meta}: no metadata.jsonl (expected a `cnet annotate --dataset` folder)")
-    from ..external import MAX_INDEX_BYTES, parse_json, read_bytes
-
-    rows = []
-    text = read_bytes(meta, MAX_INDEX_BYTES, IMAGEFOLDER_METADATA).decode("utf-8", errors="replace")
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            rows.append(parse_json(line, f"{meta}:{n}"))
-            if not isinstance(rows[-1], dict) or not isinstance(rows[-1].get("file_name"), str):
-                raise InputError(f"{meta}:{n}: expected an object with a \"file_name\" string")
-    todo = [i for i, r in enumerate(rows) if overwrite or not str(r.get("text", "")).strip()]
-    if todo:
-        caps = caption_images([d / rows[i]["file_name"] for i in todo], captioner, batch_size=batch_size,
-                              device=device, offline=offline, **kwargs)
-        for i, c in zip(todo, caps, strict=True):
-            rows[i]["text"] = c
-        atomic_write_text(meta, "".join(json.dumps(r) + "\n" for r in rows))
-    return len(todo)

@@ -239,17 +239,6 @@ def base_configs(base: ModelSpec | str | os.PathLike, *, config: str | None = No
     return BaseConfigs(family_of(denoiser, index), denoiser, part_config(spec, "vae", offline))
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    from ..errors import SchemaError
-    from ..external import read_json
-
-    try:
-        d = read_json(path)
-        return d if isinstance(d, dict) else None
-    except SchemaError:
-        return None
-
-
 def local_config_folder(base: str, base_config: str | None = None) -> Path | None:
     """A local folder holding the base's diffusers configs (model_index.json, the denoiser's and the VAE's
     config.json), found without loading weights or importing diffusers: --base-config, the base folder, or
@@ -275,15 +264,16 @@ def local_config_folder(base: str, base_config: str | None = None) -> Path | Non
 def local_base_configs(base: str, base_config: str | None = None) -> BaseConfigs | None:
     """`base_configs` from local JSON files only (no diffusers import, no network): what `cnet train`'s
     defaults need before anything heavy loads. None when no config folder is found."""
+    from ..external.reader import read_json_dict  # pydantic: not at `import cnetcli.cli`
     from .families import denoiser_folder, denoiser_folders, family_of
 
     folder = local_config_folder(base, base_config)
     if folder is None:
         return None
-    index = _read_json(folder / "model_index.json") or \
+    index = read_json_dict(folder / "model_index.json") or \
         {d: [] for d in denoiser_folders() if (folder / d / "config.json").is_file()}
-    denoiser = _read_json(folder / denoiser_folder(index) / "config.json")
-    return BaseConfigs(family_of(denoiser, index), denoiser, _read_json(folder / "vae" / "config.json"))
+    denoiser = read_json_dict(folder / denoiser_folder(index) / "config.json")
+    return BaseConfigs(family_of(denoiser, index), denoiser, read_json_dict(folder / "vae" / "config.json"))
 
 
 def single_file_family(path: str | os.PathLike, config: str | None = None) -> Any:

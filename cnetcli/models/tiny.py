@@ -2,6 +2,11 @@
 
 Used by the offline tests (real diffusers/transformers classes at toy size, saved in the real diffusers
 layout) and as the architecture of the embedded demo base. Nothing here loads weights from a hub.
+
+Kept in the package (not under tests/) on purpose: it defines the architecture of the `cnet-tiny` base that
+ships in cnetcli/assets (scripts/train_tiny_base.py rebuilds it from here), and the benchmarks and scripts,
+which run against an installed cnet without the test tree, build their models from it too. Importing it
+loads nothing heavy (torch/diffusers only inside the builders).
 """
 
 from __future__ import annotations
@@ -26,6 +31,30 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, [chr(c) for c in cs], strict=True))
 
 
+class _WordMerges:
+    """A BPE merge table being built: `add` a pair (its merged token joins `vocab`), `apply` the table to a
+    word's symbols as BPE does (the lowest-ranked pair first)."""
+
+    def __init__(self, vocab: dict[str, int]) -> None:
+        self.vocab = vocab
+        self.merges: list[tuple[str, str]] = []
+        self.ranks: dict[tuple[str, str], int] = {}
+
+    def add(self, pair: tuple[str, str]) -> None:
+        if pair not in self.ranks:
+            self.ranks[pair] = len(self.merges)
+            self.merges.append(pair)
+            self.vocab.setdefault(pair[0] + pair[1], len(self.vocab))
+
+    def apply(self, symbols: list[str]) -> list[str]:
+        while len(symbols) > 1:
+            best = min(range(len(symbols) - 1), key=lambda i: self.ranks.get((symbols[i], symbols[i + 1]), 1 << 30))
+            if (symbols[best], symbols[best + 1]) not in self.ranks:
+                break
+            symbols = symbols[:best] + [symbols[best] + symbols[best + 1]] + symbols[best + 2:]
+        return symbols
+
+
 def write_clip_tokenizer(directory: str | Path, words: tuple[str, ...] = (), model_max_length: int = 77) -> Path:
     """Write a working `CLIPTokenizer` (vocab.json, merges.txt, configs) with a byte-level alphabet and
     whole-word merges for `words`, so those words are single tokens. Returns the folder."""
@@ -38,38 +67,23 @@ def write_clip_tokenizer(directory: str | Path, words: tuple[str, ...] = (), mod
     # Whole-word merges: chain each word's symbols left to right, then repair words whose chain an earlier
     # word's merge pre-empts (BPE applies the lowest-ranked pair first, e.g. "g r" from "green" inside
     # "background") by appending merges of the pieces BPE actually produces, until every word is one token.
-    merges: list[tuple[str, str]] = []
-    ranks: dict[tuple[str, str], int] = {}
-
-    def add(pair: tuple[str, str]) -> None:
-        if pair not in ranks:
-            ranks[pair] = len(merges)
-            merges.append(pair)
-            vocab.setdefault(pair[0] + pair[1], len(vocab))
-
-    def bpe(symbols: list[str]) -> list[str]:
-        while len(symbols) > 1:
-            best = min(range(len(symbols) - 1), key=lambda i: ranks.get((symbols[i], symbols[i + 1]), 1 << 30))
-            if (symbols[best], symbols[best + 1]) not in ranks:
-                break
-            symbols = symbols[:best] + [symbols[best] + symbols[best + 1]] + symbols[best + 2:]
-        return symbols
-
+    bpe = _WordMerges(vocab)
     todo = [w.lower() for w in words if w and all(ch in chars for ch in w.lower())]
     for w in todo:
         symbols = list(w[:-1]) + [w[-1] + "</w>"]
         for i in range(1, len(symbols)):
-            add(("".join(symbols[:i]), symbols[i]))
+            bpe.add(("".join(symbols[:i]), symbols[i]))
     for _ in range(8):
         broken = False
         for w in todo:
-            pieces = bpe(list(w[:-1]) + [w[-1] + "</w>"])
+            pieces = bpe.apply(list(w[:-1]) + [w[-1] + "</w>"])
             while len(pieces) > 1:
                 broken = True
-                add((pieces[0], pieces[1]))
-                pieces = bpe(list(w[:-1]) + [w[-1] + "</w>"])
+                bpe.add((pieces[0], pieces[1]))
+                pieces = bpe.apply(list(w[:-1]) + [w[-1] + "</w>"])
         if not broken:
             break
+    merges = bpe.merges
     (d / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     (d / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
     (d / "tokenizer_config.json").write_text(json.dumps({

@@ -255,17 +255,6 @@ def _validate(c: TrainConfig) -> None:
 
 
 # --------------------------------------------------------------------------------- defaults that fit
-def read_json_dict(path: Path) -> dict[str, Any] | None:
-    from ..errors import SchemaError
-    from ..external import read_json
-
-    try:
-        d = read_json(path)
-        return d if isinstance(d, dict) else None
-    except SchemaError:
-        return None
-
-
 def _is_tiny(base: str) -> bool:
     from ..models.sd import BUILTIN_MODELS
 

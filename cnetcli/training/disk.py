@@ -9,8 +9,9 @@ import shutil
 from pathlib import Path
 
 from ..errors import UsageError
+from ..external.reader import read_json_dict
 from ..fsguard import existing_ancestor
-from .config import TrainConfig, read_json_dict
+from .config import TrainConfig
 
 
 def _header_params(folder: Path, prefixes: tuple[str, ...] | None = None) -> int | None:

@@ -9,6 +9,13 @@ the noise draws are per global position, so N processes x B/N train the same as 
 
     from cnetcli.training.launch import train_in_processes
     result = train_in_processes(cfg, 2, reporter)   # rank 0's TrainResult
+
+Why not torch's `torch.distributed.launcher.api.elastic_launch` (the API behind torchrun), checked against
+torch 2.x: it runs an entrypoint in N processes with the same environment, but returns the ranks' values only
+when all have finished, so rank 0's progress could not reach the caller's `Reporter` live (here it crosses a
+queue), and a failed rank surfaces as `ChildFailedError` with a traceback file where cnet owes one error line
+(here the child's own `CnetError`). Rendezvous, restarts and multi-node stay torchrun's / accelerate's job:
+`torchrun --nproc_per_node N -m cnetcli train ...` runs the same `train` with the same variables.
 """
 
 from __future__ import annotations

@@ -20,12 +20,23 @@ methods) and gives the transformer each token's (0, row, column) id (`latent_ima
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from ..model_config import config_get
+from . import ModelFamily
 
 #: the weighting schemes of the diffusers scripts; "none" (FLUX's default) samples uniformly, unweighted
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
+
+
+@dataclass(frozen=True)
+class FlowFamily(ModelFamily):
+    """What the flow-matching transformer families (FLUX.1, SD3) declare alike, as `UNetFamily` does for
+    SD1.x/SDXL: a `transformer` denoiser, the flow-matching Euler scheduler, 1024 px when the VAE says nothing."""
+
+    denoiser: ClassVar[str] = "transformer"
+    scheduler_class_name: ClassVar[str] = "FlowMatchEulerDiscreteScheduler"
+    fallback_resolution: ClassVar[int] = 1024
 
 
 @dataclass(frozen=True)

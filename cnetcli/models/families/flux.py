@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from ...errors import UsageError
 from ..model_config import config_get
-from . import ModelFamily, PromptEncoding, _as_list, flow, flow_files
+from . import PromptEncoding, _as_list, flow, flow_files
 
 #: the FLUX script's --num_double_layers / --num_single_layers defaults (a full ControlNet)
 FULL_BLOCKS = (4, 4)
@@ -41,20 +41,17 @@ UNION_MODES = {"canny": 0, "tile": 1, "depth": 2, "depth_zoe": 2, "depth_leres":
 
 
 @dataclass(frozen=True)
-class Flux(ModelFamily):
+class Flux(flow.FlowFamily):
     name: ClassVar[str] = "flux"
     label: ClassVar[str] = "FLUX.1"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("FluxPipeline", "FluxControlNetPipeline", "FluxImg2ImgPipeline",
                                                    "FluxControlNetImg2ImgPipeline")
-    denoiser: ClassVar[str] = "transformer"
     denoiser_class_name: ClassVar[str] = "FluxTransformer2DModel"
     controlnet_class_name: ClassVar[str] = "FluxControlNetModel"
     controlnet_classes: ClassVar[tuple[str, ...]] = ("FluxControlNetModel",)
-    scheduler_class_name: ClassVar[str] = "FlowMatchEulerDiscreteScheduler"
     single_file_pipeline: ClassVar[str] = "FluxPipeline"
     text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2")
     tokenizers: ClassVar[tuple[str, ...]] = ("tokenizer", "tokenizer_2")
-    fallback_resolution: ClassVar[int] = 1024
     release_key: ClassVar[str] = "flux"
     #: README_flux.md's example run: lr 1e-5, batch 1, 512 px
     recipes: ClassVar[dict[str, dict[str, Any]]] = {

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ..model_config import config_get
-from . import ModelFamily, PromptEncoding, _as_list
+from . import PromptEncoding, _as_list
+from .flow import FlowFamily
 
 #: --small-scale's ControlNet depth for SD3 (the full one copies 12 blocks, as train_controlnet_sd3.py does)
 SMALL_SCALE_LAYERS = 2
@@ -45,20 +46,17 @@ def _zero_pooled(net: Any) -> bool:
 
 
 @dataclass(frozen=True)
-class StableDiffusion3(ModelFamily):
+class StableDiffusion3(FlowFamily):
     name: ClassVar[str] = "sd3"
     label: ClassVar[str] = "SD3"
     pipeline_classes: ClassVar[tuple[str, ...]] = ("StableDiffusion3Pipeline", "StableDiffusion3ControlNetPipeline",
                                                    "StableDiffusion3Img2ImgPipeline")
-    denoiser: ClassVar[str] = "transformer"
     denoiser_class_name: ClassVar[str] = "SD3Transformer2DModel"
     controlnet_class_name: ClassVar[str] = "SD3ControlNetModel"
     controlnet_classes: ClassVar[tuple[str, ...]] = ("SD3ControlNetModel",)
-    scheduler_class_name: ClassVar[str] = "FlowMatchEulerDiscreteScheduler"
     single_file_pipeline: ClassVar[str] = "StableDiffusion3Pipeline"
     text_encoders: ClassVar[tuple[str, ...]] = ("text_encoder", "text_encoder_2", "text_encoder_3")
     tokenizers: ClassVar[tuple[str, ...]] = ("tokenizer", "tokenizer_2", "tokenizer_3")
-    fallback_resolution: ClassVar[int] = 1024
     release_key: ClassVar[str] = "sd3"
     #: train_controlnet_sd3.py's defaults: lr 5e-6, logit-normal timesteps, preconditioned outputs
     recipes: ClassVar[dict[str, dict[str, Any]]] = {

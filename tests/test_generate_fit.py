@@ -9,18 +9,8 @@ import numpy as np
 import pytest
 
 from cnetcli.errors import CnetError
-from cnetcli.images import save_png
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def hint(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fit-hints")
-    a = np.zeros((32, 32, 3), np.uint8)
-    a[8:24, 8:24] = 255
-    save_png(d / "square.png", a, {"cnet": "0.1.0", "type": "canny", "params": {}})
-    return d / "square.png"
 
 
 @pytest.fixture(scope="module")
