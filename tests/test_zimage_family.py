@@ -177,3 +177,17 @@ def test_training_loss_is_flow_matching_in_the_networks_own_conventions(zimage_d
         out = torch.stack(m.denoiser(xs, t, caps, controlnet_block_samples=res, return_dict=False)[0]).squeeze(2)
         want = F.mse_loss(out, x0 - noise.noise)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_controlnet_for_another_z_image_width_is_refused_in_one_line(parts):
+    from cnetcli.errors import ModelLoadError
+    from cnetcli.models.compat import check_controlnet_fits
+
+    tr = parts["transformer"].config
+    good = ZImage().new_controlnet_config(tr, None)
+    check_controlnet_fits({**good, "_class_name": "ZImageControlNetModel"}, tr)
+    bad = {**good, "_class_name": "ZImageControlNetModel", "dim": 64, "control_layers_places": [0, 9]}
+    with pytest.raises(ModelLoadError) as e:
+        check_controlnet_fits(bad, tr)
+    msg = str(e.value)
+    assert "\n" not in msg and "dim 64 does not fit the base's 32" in msg and "layer 9, the base has 4" in msg
