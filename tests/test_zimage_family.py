@@ -191,3 +191,21 @@ def test_a_controlnet_for_another_z_image_width_is_refused_in_one_line(parts):
         check_controlnet_fits(bad, tr)
     msg = str(e.value)
     assert "\n" not in msg and "dim 64 does not fit the base's 32" in msg and "layer 9, the base has 4" in msg
+
+
+def test_training_from_a_saved_controlnet_attaches_it_to_the_base(zimage_dir, parts, tmp_path):
+    """`cnet train --controlnet FOLDER`: the loaded ControlNet borrows the base's embedders (`attach`) and trains."""
+    from cnetcli.training import TrainConfig
+    from cnetcli.training.setup import build_models
+    from cnetcli.training.step import draw_noise, training_step
+
+    ZImage().init_controlnet(parts["transformer"], parts["vae"], 0, small_scale=True).save_pretrained(tmp_path / "cn")
+    m = build_models(TrainConfig(base=str(zimage_dir), data=str(tmp_path), controlnet=str(tmp_path / "cn"),
+                                 resolution=32, batch_size=1, max_steps=1, report_to="none", cache_latents=False),
+                     "cpu", torch.float32)
+    assert m.controlnet.t_embedder is m.denoiser.t_embedder and m.controlnet.config.control_layers_places == [0, 2]
+    batch = {"pixel_values": torch.zeros(1, 3, 32, 32), "conditioning_pixel_values": torch.ones(1, 3, 32, 32),
+             "text": ["red circle"], "micro": torch.tensor([[32, 32, 0, 0]])}
+    training_step(m, batch, draw_noise(0, 0, batch_size=1, latent_shape=(16, 4, 4), models=m, device="cpu")).backward()
+    assert any(p.grad is not None for p in m.controlnet.parameters())
+    assert all(p.grad is None for p in m.denoiser.parameters())

@@ -17,7 +17,8 @@ files and classes
     in the hint-type registry's `releases`), fallback_resolution / `default_resolution`, recipes.
 the ControlNet
     `init_controlnet(denoiser, vae, seed, small_scale)` (from_unet / from_transformer, which blocks),
-    `small_scale_params(controlnet)` (what --small-scale freezes, `set_connected`), `disconnect(residuals)`.
+    `small_scale_params(controlnet)` (what --small-scale freezes, `set_connected`), `disconnect(residuals)`,
+    `attach(controlnet, denoiser)` (a loaded ControlNet readied to run beside the denoiser).
 latents
     `vae_dtype`, `latent_channels`, `to_latents(vae_config, z)` / `from_latents(vae_config, z)` (the VAE's
     scale AND shift; `scale_latents` below is the one formula; FLUX packs 2x2 patches in its forward).
@@ -219,6 +220,11 @@ class ModelFamily:
         """A new trainable ControlNet copied from the denoiser, as the family's diffusers training script does
         (`small_scale`: the family's --small-scale ControlNet, where that is a smaller network)."""
         raise NotImplementedError
+
+    def attach(self, controlnet: Any, denoiser: Any) -> Any:
+        """A loaded ControlNet made ready to run beside `denoiser` (Z-Image's borrows the denoiser's embedders);
+        returns it."""
+        return controlnet
 
     def small_scale_params(self, controlnet: Any) -> list[Any]:
         """The ControlNet parameters --small-scale freezes (at zero) until --reconnect-at."""

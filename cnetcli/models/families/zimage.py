@@ -9,7 +9,7 @@ objective is FLUX's flow matching, inherited from `flux.Flux`):
   other way: (1000 - t) / 1000, 0 at pure noise. The transformer predicts x0 - noise; `denoise` returns its
   negation, the velocity noise - x0 that FLUX's objective, Euler steps and `predict_x0` use;
 - the ControlNet holds only its control blocks and hint embedder: it borrows the transformer's patch, caption and
-  time embedders, refiners and rotary tables (`ZImageControlNetModel.from_transformer`). `share` lends them as
+  time embedders, refiners and rotary tables (`ZImageControlNetModel.from_transformer`). `attach` lends them as
   plain attributes, not submodules, so the ControlNet's parameters, optimiser state and saved files stay its own
   (the released ControlNet files hold only `control_*` keys too). A new ControlNet (`init_controlnet`) puts a
   control block beside every 5th transformer layer as the release does (6 for the 30-layer base; --small-scale:
@@ -130,7 +130,7 @@ class ZImage(Flux):
     def init_controlnet(self, denoiser: Any, vae: Any, seed: int, small_scale: bool = False) -> Any:
         """A ControlNet whose control blocks copy the transformer layers they sit beside (their zero
         `before_proj`/`after_proj` kept: residuals start at zero), its hint embedder and noise refiner copied from
-        the transformer's; then `share`d."""
+        the transformer's; then attached."""
         import torch
         from diffusers import ZImageControlNetModel
 
@@ -141,10 +141,9 @@ class ZImage(Flux):
             assert not unexpected and all(k.split(".")[0] in ("before_proj", "after_proj") for k in missing)
         net.control_all_x_embedder.load_state_dict(denoiser.all_x_embedder.state_dict())
         net.control_noise_refiner.load_state_dict(denoiser.noise_refiner.state_dict())
-        return self.share(net, denoiser)
+        return self.attach(net, denoiser)
 
-    @staticmethod
-    def share(net: Any, denoiser: Any) -> Any:
+    def attach(self, net: Any, denoiser: Any) -> Any:
         """Lend the transformer's modules to ControlNet `net` (as `from_transformer` does) without making them its
         submodules: `object.__setattr__` skips nn.Module's registration."""
         inner = getattr(net, "module", net)
@@ -328,7 +327,7 @@ class ZImage(Flux):
         cond = self.sampling_cond(enc, size)
         neg = self.negative_cond(enc, cond) if guidance > 0 and enc.negative_prompt_embeds is not None else None
         for u in units:
-            self.share(u.net, denoiser)
+            self.attach(u.net, denoiser)
         n = len(timesteps)
         for i, t in enumerate(timesteps):
             x = latents.to(dtype)
