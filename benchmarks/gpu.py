@@ -3,13 +3,16 @@ weights, bf16, 512x512), one table side by side with the issue's baselines, devi
 issue #12's SDXL rows (SDXL 1.0's architecture, random weights, bf16, 1024x1024): the training step with the memory
 flags (gradient checkpointing, 8-bit Adam when bitsandbytes is importable, cached latents) at batch 1 and 4 against
 diffusers' train_controlnet_sdxl.py step with the same flags, and generation at batch 1, 20 steps (default path
-vs eager). The SDXL steps run last and share what is left of the run's 9-minute budget (`TOTAL_LIMIT_S`), so
-they never cut the SD1.5 rows short; what does not fit shows as '-' with the reason (batch 4 first).
+vs eager); then issue #21's 1-GPU rows: peak memory of DeepSpeed ZeRO-2 with 8-bit Adam against DDP (SD1.5
+size, batch 8; DDP with AdamW and with 8-bit Adam; the ZeRO-2 row says "skipped" with the reason when deepspeed
+is not installed). The SDXL and ZeRO-2 steps run last and share what is left of the run's 9-minute budget
+(`TOTAL_LIMIT_S`), so they never cut the SD1.5 rows short; what does not fit shows as '-' with the reason.
 
     bash benchmarks/gpu.sh             # CUDA: under 9 minutes on an H100/H200 (each step has a time limit)
     bash benchmarks/gpu.sh --toy       # or CNET_BENCH_TOY=1: the same scripts and code paths with tiny models
                                        # on the CPU (a minute or two on an idle 2-core CPU); a smoke run
     bash benchmarks/gpu.sh --only sdxl # just the SDXL rows
+    bash benchmarks/gpu.sh --only zero2  # just the ZeRO-2 vs DDP rows (needs `pip install deepspeed`)
 
 Each benchmark runs as its own subprocess (benchmarks/generate.py, train.py, annotate_models.py) with the
 caller's PYTHONPATH kept, writes its results as JSON, and a failed or timed-out step is reported in the table
@@ -46,8 +49,10 @@ TRAIN_VARIANTS = ("diffusers", "cnet", "cnet --no-cache-latents", "cnet --small-
 #: issue #12's SDXL rows have no earlier measurement; the reference is diffusers' SDXL script, this run
 SDXL_BASELINE = "-"
 SDXL_TRAIN_BATCHES = (1, 4)
-#: the whole run's limit (issue #15: under 8 minutes for the SD1.5 rows; the SDXL rows get what is left of 9)
+#: the whole run's limit (issue #15: under 8 minutes for the SD1.5 rows; the later steps get what is left of 9)
 TOTAL_LIMIT_S = 540
+#: the steps that run after the SD1.5 rows and share what is left of TOTAL_LIMIT_S (`--only` gives them all of it)
+LATE_STEPS = ("sdxl-train", "sdxl-generate", "zero2")
 
 
 def sdxl_train_variants(toy: bool) -> tuple[str, str]:
@@ -55,6 +60,14 @@ def sdxl_train_variants(toy: bool) -> tuple[str, str]:
     toy CPU run: bitsandbytes' optimizers want CUDA), else plain AdamW, which the table row says."""
     mem = " --gradient-checkpointing" + (" --use-8bit-adam" if not toy and has_bitsandbytes() else "")
     return f"diffusers{mem}", f"cnet{mem} --cache-latents"
+
+
+def zero2_variants(toy: bool) -> tuple[str, ...]:
+    """Issue #21's 1-GPU rows (benchmarks/train.py launcher words): DDP with AdamW, DDP and ZeRO-2 with 8-bit
+    Adam where bitsandbytes imports (never on the toy CPU run), else AdamW. The ZeRO-2 one is skipped, with its
+    reason in the table, without deepspeed or CUDA."""
+    adam = " --use-8bit-adam" if not toy and has_bitsandbytes() else ""
+    return ("cnet @ddp", f"cnet{adam} @ddp", f"cnet{adam} @zero2") if adam else ("cnet @ddp", "cnet @zero2")
 
 
 def has_bitsandbytes() -> bool:
@@ -65,9 +78,10 @@ def has_bitsandbytes() -> bool:
 
 def steps(toy: bool, out: Path) -> list[tuple[str, list[str], int]]:
     """(name, argv, time limit in seconds): the full run on CUDA, or the toy run on the CPU."""
-    j = {k: str(out / f"{k}.json") for k in ("generate", "train", "annotate", "sdxl-train", "sdxl-generate")}
+    j = {k: str(out / f"{k}.json") for k in ("generate", "train", "annotate", "sdxl-train", "sdxl-generate", "zero2")}
     variants = ",".join(TRAIN_VARIANTS)
     xl_variants = ",".join(sdxl_train_variants(toy))
+    z_variants = ",".join(zero2_variants(toy))
     if toy:
         return [
             ("generate", ["generate.py", "--device", "cpu", "--batch", "1", "8", "--steps", "2", "--repeats", "1",
@@ -82,6 +96,8 @@ def steps(toy: bool, out: Path) -> list[tuple[str, list[str], int]]:
             ("sdxl-generate", ["generate.py", "--device", "cpu", "--arch", "tiny-sdxl", "--batch", "1", "--steps", "2",
                                "--repeats", "1", "--threads", "1", "--paths", "default,eager",
                                "--json", j["sdxl-generate"]], 600),
+            ("zero2", ["train.py", "--size", "tiny", "--device", "cpu", "--batch", "2", "--steps", "2", "--warmup", "1",
+                       "--threads", "1", "--variants", z_variants, "--json", j["zero2"]], 600),
         ]
     return [
         ("generate", ["generate.py", "--device", "cuda", "--sd15", "--batch", "1", "8", "--json", j["generate"]], 200),
@@ -94,6 +110,8 @@ def steps(toy: bool, out: Path) -> list[tuple[str, list[str], int]]:
                         "--variants", xl_variants, "--json", j["sdxl-train"]], 200),
         ("sdxl-generate", ["generate.py", "--device", "cuda", "--arch", "sdxl", "--batch", "1", "--steps", "20",
                            "--repeats", "2", "--paths", "default,eager", "--json", j["sdxl-generate"]], 160),
+        ("zero2", ["train.py", "--size", "sd15", "--device", "cuda", "--batch", "8", "--bf16", "--steps", "3",
+                   "--warmup", "2", "--variants", z_variants, "--json", j["zero2"]], 200),
     ]
 
 
@@ -187,6 +205,27 @@ def sdxl_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, s
     return rows
 
 
+def zero2_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
+    """Issue #21's rows: peak memory (and speed) of 1-GPU DDP and DeepSpeed ZeRO-2, each with its optimizer,
+    against DDP with AdamW; a variant that could not run (no deepspeed, no CUDA) shows why."""
+    z = results.get("zero2", {}).get("data")
+    if z is None and "zero2" not in results:
+        return []
+    z = z or {}
+    got, skipped = z.get("rows", {}), z.get("skipped", {})
+    ddp = got.get("cnet @ddp")
+    rows = []
+    for v in [*got, *(v for v in skipped if v not in got)] or list(zero2_variants(toy=False)):
+        how = "DeepSpeed ZeRO-2" if "@zero2" in v else "DDP"
+        adam = "8-bit Adam" if "--use-8bit-adam" in v else "AdamW"
+        r = got.get(v)
+        rel = f" ({r['peak_mib'] / ddp['peak_mib']:.2f}x DDP's peak)" if r and ddp and r is not ddp else ""
+        cell = _fmt_train(r) + rel if r else (f"skipped: {skipped[v]}" if v in skipped else "-")
+        rows.append((f"1-GPU {how} + {adam}, train step, batch {z.get('batch', 8)}", cell, "-", "-",
+                     "lower peak than DDP" if "@zero2" in v else ""))
+    return rows
+
+
 def build_table(results: dict[str, dict[str, Any]], env: dict[str, str], toy: bool) -> str:
     """The side-by-side table: cnet (this run), the reference library (this run), issue #15's baseline, target."""
     rows: list[tuple[str, str, str, str, str]] = []
@@ -219,6 +258,7 @@ def build_table(results: dict[str, dict[str, Any]], env: dict[str, str], toy: bo
         rows.append((f"{kind} annotate", f"{ours:.2f} img/s{rel}" if ours else "-",
                      f"{theirs:.2f} img/s" if theirs else "-", *BASELINE[kind]))
     rows += sdxl_rows(results)
+    rows += zero2_rows(results)
     head = [f"device: {env.get('device')}; CUDA {env.get('cuda', '-')}; "
             + ", ".join(f"{k} {env[k]}" for k in ("python", "torch", "diffusers", "transformers", "accelerate",
                                                    "controlnet_aux", "cnetcli") if k in env)]
@@ -240,7 +280,7 @@ def main() -> None:
     ap.add_argument("--toy", action="store_true", help="tiny models on the CPU (also CNET_BENCH_TOY=1)")
     ap.add_argument("--out", default=None, help="folder for the JSON results and logs (default: a temp folder)")
     ap.add_argument("--only", default="", help="comma-separated subset of generate,train,annotate,sdxl-train,"
-                    "sdxl-generate (also `sdxl` for both SDXL steps)")
+                    "sdxl-generate,zero2 (also `sdxl` for both SDXL steps)")
     a = ap.parse_args()
     toy = a.toy or os.environ.get("CNET_BENCH_TOY", "") not in ("", "0")
     out = Path(a.out or tempfile.mkdtemp(prefix="cnet-gpu-bench-"))
@@ -257,7 +297,7 @@ def main() -> None:
         if only and name not in only:
             continue
         left = TOTAL_LIMIT_S - (time.perf_counter() - t0)
-        if not toy and name.startswith("sdxl"):
+        if not toy and name in LATE_STEPS:
             if left < 60:
                 results[name] = {"data": None, "seconds": 0.0,
                                  "error": f"skipped: under a minute left of the run's {TOTAL_LIMIT_S} s budget"}

@@ -4,6 +4,7 @@ throughput against the local-folder reader, and annotate throughput into WebData
     python benchmarks/shards.py gen 100000 /tmp/cnet-shards-100k       # N pairs of 64 px images, 1000 a shard
     python benchmarks/shards.py train /tmp/cnet-shards-100k            # --max-steps 20: first step (s), peak RSS
     python benchmarks/shards.py read /tmp/cnet-shards-100k             # samples/s: shards vs a local folder
+    python benchmarks/shards.py cache /tmp/cnet-shards-10000/00000.tar   # --cache-latents: off, build, reuse
     python benchmarks/shards.py annotate 400                            # canny -> shards: 1, 2 processes, Ray
 
 Results: RESULTS_shards.md. Every number is one run on the machine named there.
@@ -71,34 +72,54 @@ def _tiny_base() -> str:
     return str(d)
 
 
-def train_one(data: str) -> None:
-    """In a fresh process: `train` for 20 steps; prints seconds to the first step and peak RSS (MiB)."""
+def train_one(data: str, cache: str = "off", out: str = "", steps: str = "20") -> None:
+    """In a fresh process: `train` for `steps` steps (`cache` on: --cache-latents into `out`); prints seconds to
+    the first step, steps/s after it, peak RSS (MiB) and the cache's bytes per sample."""
     sys.path.insert(0, str(ROOT))
     import torch
 
     torch.set_num_threads(1)
     from cnetcli.training import TrainConfig, train
 
-    first: list[float] = []
+    times: list[float] = []
 
     def on_step(info):
-        if not first:
-            first.append(time.perf_counter() - T0)
+        times.append(time.perf_counter())
         return False
 
-    out = f"/tmp/cnet-bench-train-{os.getpid()}"
-    cfg = TrainConfig(base=_tiny_base(), data=data, output=out, resolution=32, batch_size=4, max_steps=20,
-                      checkpoint_every=0, report_to="none", overwrite=True, cache_latents=False)
+    out = out or f"/tmp/cnet-bench-train-{os.getpid()}"
+    cfg = TrainConfig(base=_tiny_base(), data=data, output=out, resolution=32, batch_size=4, max_steps=int(steps),
+                      checkpoint_every=0, report_to="none", overwrite=True, cache_latents=cache == "on")
     res = train(cfg, on_step=on_step)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"data": data, "first_step_s": round(first[0], 1), "total_s": round(time.perf_counter() - T0, 1),
-                      "peak_rss_mib": round(rss), "steps": res.steps}))
+    row = {"data": data, "first_step_s": round(times[0] - T0, 1), "total_s": round(time.perf_counter() - T0, 1),
+           "steps_per_s": round((len(times) - 1) / (times[-1] - times[0]), 2), "peak_rss_mib": round(rss),
+           "steps": res.steps}
+    if res.cache_path is not None:
+        from safetensors import safe_open
+
+        files = list(Path(res.cache_path).glob("*.safetensors"))
+        cached = 0
+        for f in files:
+            with safe_open(str(f), "np") as st:
+                cached += st.get_slice("offsets").get_shape()[0]
+        row |= {"cache_reused": res.cache_reused, "cache_bytes_per_sample": round(
+            sum(f.stat().st_size for f in files) / max(cached, 1))}
+    print(json.dumps(row))
 
 
-def train_bench(data: str) -> None:
-    r = subprocess.run([sys.executable, __file__, "train-one", data], capture_output=True, text=True,
+def train_bench(data: str, *args: str) -> None:
+    r = subprocess.run([sys.executable, __file__, "train-one", data, *args], capture_output=True, text=True,
                        env=os.environ | {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"})
     print(r.stdout.strip().splitlines()[-1] if r.returncode == 0 else r.stderr[-2000:])
+
+
+def cache_bench(data: str) -> None:
+    """--cache-latents on streamed shards: a run without it, the run that encodes the cache (before its first
+    step), and a later run that reuses it (300 steps of batch 4: over one epoch of a 1000-pair shard)."""
+    out = f"/tmp/cnet-bench-cache-{os.getpid()}"
+    for cache in ("off", "on", "on"):
+        train_bench(data, cache, out, "300")
 
 
 def read_bench(data: str, n: int = 2000) -> None:
@@ -182,5 +203,6 @@ def annotate_bench(n: int) -> None:
 if __name__ == "__main__":
     cmd, *args = sys.argv[1:]
     {"gen": lambda: gen(int(args[0]), args[1]), "train": lambda: train_bench(args[0]),
-     "train-one": lambda: train_one(args[0]), "read": lambda: read_bench(args[0]),
+     "train-one": lambda: train_one(*args), "read": lambda: read_bench(args[0]),
+     "cache": lambda: cache_bench(args[0]),
      "annotate": lambda: annotate_bench(int(args[0]))}[cmd]()

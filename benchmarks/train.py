@@ -16,6 +16,11 @@ in a fresh subprocess so peak memory is its own (CUDA: max_memory_allocated; CPU
     python benchmarks/train.py                               # tiny model on CPU
     python benchmarks/train.py --size small --res 128        # a larger toy on CPU
     python benchmarks/train.py --size sd15 --device cuda --batch 8 --bf16   # SD1.5 shapes, random weights
+    python benchmarks/train.py --variants "cnet @ddp,cnet --use-8bit-adam @zero2"   # launched: see LAUNCHERS
+
+A cnet variant's `@ddp` word runs its worker as one torchrun process (DDP-wrapped), `@zero2` under `accelerate
+launch` with examples/accelerate/deepspeed_zero2.yaml; a variant that cannot run here (no deepspeed, no CUDA)
+is listed as skipped with the reason, in the output and the JSON.
 """
 
 from __future__ import annotations
@@ -39,6 +44,32 @@ FLAGS = {"--cache-latents": {"cache_latents": True}, "--no-cache-latents": {"cac
          "--use-8bit-adam": {"use_8bit_adam": True}}
 #: train_controlnet{,_sdxl}.py's flags the diffusers baseline understands
 DIFFUSERS_FLAGS = ("--gradient-checkpointing", "--use-8bit-adam")
+#: a cnet variant's launcher word: one process under torchrun (accelerate wraps the ControlNet in DDP even for
+#: one process), or under `accelerate launch` with the example DeepSpeed ZeRO-2 config; none: a plain process
+LAUNCHERS = ("@ddp", "@zero2")
+
+
+def launcher(variant: str, device: str) -> tuple[list[str], str]:
+    """(the command prefix that starts the worker, why it cannot run here or "") for a variant's launcher."""
+    import importlib.util
+
+    from cnetcli.training.launch import _free_port
+
+    word = next((w for w in variant.split() if w.startswith("@")), None)
+    if word is None:
+        return [sys.executable], ""
+    if word not in LAUNCHERS:
+        raise SystemExit(f"unknown launcher {word} (known: {', '.join(LAUNCHERS)})")
+    port = str(_free_port())
+    if word == "@ddp":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", port], ""
+    if importlib.util.find_spec("deepspeed") is None:
+        return [], "deepspeed is not installed (pip install deepspeed)"
+    if device != "cuda":
+        return [], "DeepSpeed runs only on CUDA (accelerate turns it into DDP on the CPU)"
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(ROOT / "examples" / "accelerate" / "deepspeed_zero2.yaml"), "--num_processes", "1",
+            "--main_process_port", port], ""
 
 
 def worker_env() -> dict[str, str]:
@@ -175,7 +206,7 @@ def run_cnet(a: argparse.Namespace, variant: str) -> dict:
 
     out = tempfile.mkdtemp(prefix="cnet-bench-out-")
     flags: dict = {}
-    for f in variant.split()[1:]:
+    for f in (w for w in variant.split()[1:] if not w.startswith("@")):  # @: the launcher, see `launcher`
         if f not in FLAGS:
             raise SystemExit(f"unknown variant flag {f} (known: {', '.join(FLAGS)})")
         flags.update(FLAGS[f])
@@ -367,6 +398,15 @@ def run_diffusers_sdxl(a: argparse.Namespace, variant: str) -> dict:
     return {"samples_per_s": a.batch * (a.steps if a.warmup else a.steps - 1) / dt, "peak_mib": peak_memory(a.device)}
 
 
+def write_json(a: argparse.Namespace, dev: str, by_batch: dict[int, dict[str, dict]], skipped: dict[str, str]) -> None:
+    """The results so far (after every variant: a time limit that cuts the run short keeps what was measured)."""
+    if a.json:
+        Path(a.json).write_text(json.dumps(
+            {"device": dev, "size": a.size, "batch": a.batch[0], "batches": a.batch, "res": a.res, "bf16": a.bf16,
+             "rows": by_batch.get(a.batch[0], {}), "by_batch": {str(k): x for k, x in by_batch.items()},
+             "skipped": skipped}, indent=2) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", choices=("tiny", "small", "sd15", "sdxl", "tiny-sdxl"), default="tiny")
@@ -412,11 +452,18 @@ def main() -> None:
           f"{a.steps} timed steps after {a.warmup} warm-up; peak memory = "
           f"{'max_memory_allocated' if a.device == 'cuda' else 'process peak RSS'}")
     by_batch: dict[int, dict[str, dict]] = {}
+    skipped: dict[str, str] = {}
     failed = []
     for b in a.batch:
         rows = by_batch.setdefault(b, {})
         for v in a.variants.split(","):
-            cmd = [sys.executable, __file__, "--worker", v, "--size", a.size, "--base", str(work / "base"),
+            start, why = launcher(v, a.device)
+            if why:
+                print(f"{v} (batch {b}): skipped: {why}")
+                skipped[v] = why
+                write_json(a, dev, by_batch, skipped)
+                continue
+            cmd = [*start, __file__, "--worker", v, "--size", a.size, "--base", str(work / "base"),
                    "--data", str(work / "data"), "--device", a.device, "--batch", str(b), "--res", str(a.res),
                    "--steps", str(a.steps), "--warmup", str(a.warmup), "--threads", str(a.threads)] + \
                 (["--bf16"] if a.bf16 else [])
@@ -427,11 +474,7 @@ def main() -> None:
                 failed.append(f"{v} (batch {b})")
                 continue
             rows[v] = json.loads(line[0][7:])
-            if a.json:  # after every variant: a time limit that cuts the run short keeps what was measured
-                Path(a.json).write_text(json.dumps(
-                    {"device": dev, "size": a.size, "batch": a.batch[0], "batches": a.batch, "res": a.res, "bf16": a.bf16,
-                     "rows": by_batch[a.batch[0]], "by_batch": {str(k): x for k, x in by_batch.items()}},
-                    indent=2) + "\n")
+            write_json(a, dev, by_batch, skipped)
         base = rows.get(next((v for v in rows if v.startswith("diffusers")), ""), {}).get("samples_per_s")
         print(f"\nbatch {b}\n| {'variant':52s} | samples/s | vs diffusers | peak MiB |")
         print(f"|{'-' * 54}|-----------|--------------|----------|")

@@ -1,9 +1,12 @@
-"""benchmarks/gpu.sh's table assembly and worker environment (no timing assertions, no benchmark run)."""
+"""benchmarks/gpu.sh's table assembly and worker environment (no timing assertions; one slow test runs the
+zero2 step's workers at toy size on the CPU)."""
 
 import importlib.util
 import os
 import subprocess
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,10 +58,10 @@ def test_toy_and_full_runs_use_the_same_scripts(tmp_path):
     gpu = _gpu()
     toy, full = gpu.steps(True, tmp_path), gpu.steps(False, tmp_path)
     assert [(n, a[0]) for n, a, _ in toy] == [(n, a[0]) for n, a, _ in full]
-    sd15 = [(n, a, limit) for n, a, limit in full if not n.startswith("sdxl")]
+    sd15 = [(n, a, limit) for n, a, limit in full if n not in gpu.LATE_STEPS]
     assert sum(limit for *_, limit in sd15) <= 8 * 60  # the SD1.5 rows fit issue #15's 8 minutes
-    assert gpu.TOTAL_LIMIT_S <= 9 * 60  # and the SDXL rows share what is left of 9 (they run last)
-    assert [n for n, *_ in full][-2:] == ["sdxl-train", "sdxl-generate"]
+    assert gpu.TOTAL_LIMIT_S <= 9 * 60  # and the later rows share what is left of 9 (they run last)
+    assert [n for n, *_ in full][-3:] == ["sdxl-train", "sdxl-generate", "zero2"] == list(gpu.LATE_STEPS)
     assert all("--sd15" in a or "sd15" in a or n == "annotate" for n, a, _ in sd15)
     assert all("cuda" in a for _, a, _ in full) and all("cpu" in a for _, a, _ in toy)
 
@@ -76,7 +79,6 @@ def test_workers_keep_the_callers_pythonpath(monkeypatch):
 
 
 def test_gpu_sh_refuses_without_cuda_and_points_to_toy(tmp_path):
-    import pytest
     import torch
 
     if torch.cuda.is_available():
@@ -120,3 +122,56 @@ def test_table_has_the_sdxl_rows(monkeypatch):
     # and without any SDXL results the rows are still there, empty
     empty = gpu.build_table(TOY, {"device": "x"}, toy=True)
     assert empty.count("| SDXL train step, 1024 px, batch") == 2 and "| SDXL generate, 1024 px" in empty
+
+
+def _train_bench():
+    spec = importlib.util.spec_from_file_location("cnet_bench_train", ROOT / "benchmarks" / "train.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_zero2_rows_compare_peak_memory_with_ddp_or_say_why_they_were_skipped(monkeypatch):
+    """Issue #21: 1-GPU DeepSpeed ZeRO-2 with 8-bit Adam against DDP (benchmarks/train.py's @ddp/@zero2
+    launchers); without deepspeed the ZeRO-2 row says so instead of failing the run."""
+    gpu, bench = _gpu(), _train_bench()
+    monkeypatch.setattr(gpu, "has_bitsandbytes", lambda: True)
+    assert gpu.zero2_variants(toy=False) == ("cnet @ddp", "cnet --use-8bit-adam @ddp", "cnet --use-8bit-adam @zero2")
+    assert gpu.zero2_variants(toy=True) == ("cnet @ddp", "cnet @zero2")
+    got = dict(TOY)
+    got["zero2"] = {"data": {"batch": 8, "rows": {"cnet @ddp": {"samples_per_s": 20.0, "peak_mib": 8192.0},
+                                                 "cnet --use-8bit-adam @ddp": {"samples_per_s": 20.0, "peak_mib": 6144.0}},
+                             "skipped": {"cnet --use-8bit-adam @zero2": "deepspeed is not installed (pip install deepspeed)"}},
+                    "seconds": 30.0, "error": None}
+    table = gpu.build_table(got, {"device": "NVIDIA H100"}, toy=False)
+    rows = {r.split(" | ")[0].strip("| "): r for r in table.splitlines() if r.startswith("| ") and " | " in r}
+    assert "20.0 samples/s, 8.0 GiB |" in rows["1-GPU DDP + AdamW, train step, batch 8"]
+    assert "6.0 GiB (0.75x DDP's peak)" in rows["1-GPU DDP + 8-bit Adam, train step, batch 8"]
+    assert "skipped: deepspeed is not installed" in rows["1-GPU DeepSpeed ZeRO-2 + 8-bit Adam, train step, batch 8"]
+    assert "1-GPU" not in gpu.build_table(TOY, {"device": "x"}, toy=False)  # not run: no rows
+    # the launchers: a plain process, torchrun with one process (DDP), accelerate + the ZeRO-2 example config
+    assert bench.launcher("cnet", "cpu") == ([__import__("sys").executable], "")
+    assert bench.launcher("cnet @ddp", "cpu")[0][1:4] == ["-m", "torch.distributed.run", "--nproc_per_node"]
+    if importlib.util.find_spec("deepspeed") is None:
+        assert bench.launcher("cnet @zero2", "cuda") == ([], "deepspeed is not installed (pip install deepspeed)")
+    else:
+        assert "DeepSpeed runs only on CUDA" in bench.launcher("cnet @zero2", "cpu")[1]
+        assert "deepspeed_zero2.yaml" in bench.launcher("cnet @zero2", "cuda")[0][4]
+
+
+@pytest.mark.slow
+def test_zero2_step_runs_at_toy_size_on_the_cpu(tmp_path):
+    """The real worker launch: the DDP variant under torchrun (1 gloo process), the ZeRO-2 one skipped with
+    its reason (no deepspeed, or no CUDA), and the JSON gpu.py reads."""
+    import json
+    import sys
+
+    out = tmp_path / "z.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "train.py"), "--size", "tiny", "--device", "cpu",
+                        "--batch", "2", "--steps", "1", "--warmup", "1", "--threads", "1", "--variants",
+                        "cnet @ddp,cnet @zero2", "--json", str(out)], capture_output=True, text=True, timeout=400,
+                       env=os.environ | {"OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""})
+    assert r.returncode == 0, r.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert data["rows"]["cnet @ddp"]["peak_mib"] > 0 and "cnet @zero2" not in data["rows"]
+    assert "cnet @zero2 (batch 2): skipped:" in r.stdout and data["skipped"]["cnet @zero2"]

@@ -32,6 +32,8 @@ SITES: dict[tuple[str, str, str], str] = {
     ("training/cache.py", "_load", "safetensors"): "cnet's own latent cache: any error or missing key -> rebuilt",
     ("training/cache.py", "load_or_build", "safetensors"): "the parts this run's own processes just wrote",
     ("training/cache.py", "undecodable", "safetensors"): "the metadata of cnet's own cache that _load just read",
+    ("training/shard_cache.py", "items", "safetensors"):
+        "after shard_cache.read_skips(): external.safetensors.read_header checked the header against the file",
     ("models/weights.py", "load_state_dict", "safetensors"):
         "after models.files.problem(): external.safetensors.read_header checked the header against the file",
     ("models/weights.py", "read_shapes", "safetensors"):

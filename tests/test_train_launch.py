@@ -135,3 +135,37 @@ def test_a_single_process_accelerate_launch_on_a_cpu_says_so(monkeypatch):
     note = single_process_launch_note(1, cuda=False)
     assert "one process" in note and "--num_processes N" in note and "torchrun --nproc_per_node N" in note
     assert single_process_launch_note(2, cuda=False) is None and single_process_launch_note(1, cuda=True) is None
+
+
+def test_deepspeed_gets_the_micro_batch_that_accelerate_reads_from_a_dataloader():
+    """#21: accelerate's DeepSpeed `prepare` refuses to start when the config's micro-batch is "auto" and no
+    DataLoader is prepared (cnet prepares none); the run fills in --batch-size, and leaves a set value alone."""
+    from types import SimpleNamespace
+
+    from cnetcli.training.loop import deepspeed_micro_batch
+
+    plugin = SimpleNamespace(deepspeed_config={"train_micro_batch_size_per_gpu": "auto", "zero_optimization": {}})
+    deepspeed_micro_batch(SimpleNamespace(deepspeed_plugin=plugin), 4)
+    assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 4
+    plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 2
+    deepspeed_micro_batch(SimpleNamespace(deepspeed_plugin=plugin), 4)
+    assert plugin.deepspeed_config["train_micro_batch_size_per_gpu"] == 2
+    deepspeed_micro_batch(SimpleNamespace(deepspeed_plugin=None), 4)  # not DeepSpeed: nothing to do
+
+
+@pytest.mark.parametrize("env", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_fsdp_or_deepspeed_asked_for_on_the_cpu_says_it_trains_with_ddp(monkeypatch, env):
+    """#21: accelerate 1.16 on the CPU (cpu=True) ignores the FSDP/DeepSpeed plugin and runs DDP (MULTI_CPU;
+    see ARCHITECTURE's traps): the run's process line says so instead of pretending to shard."""
+    from types import SimpleNamespace
+
+    from cnetcli.training.stream import launcher_note
+
+    cpu = SimpleNamespace(distributed_type=SimpleNamespace(value="MULTI_CPU"))
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED", raising=False)
+    assert launcher_note(cpu) == ""
+    monkeypatch.setenv(env, "true")
+    assert "was asked for, but accelerate shards only on CUDA GPUs; training with DDP" in launcher_note(cpu)
+    sharded = SimpleNamespace(distributed_type=SimpleNamespace(value="FSDP" if "FSDP" in env else "DEEPSPEED"))
+    assert launcher_note(sharded) == ""

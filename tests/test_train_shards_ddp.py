@@ -96,3 +96,19 @@ def test_accelerate_launch_with_the_example_config(sd8, shards, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "2 processes (MULTI_GPU" in r.stdout + r.stderr or "2 processes (MULTI_CPU" in r.stdout + r.stderr
     assert json.loads((tmp_path / "o" / "train_config.json").read_text())["result"]["processes"] == 2
+
+
+@pytest.mark.slow
+def test_two_process_cached_shards(sd8, shards, tmp_path):
+    """--cache-latents on 2 processes: each rank encodes its half of the shards; at batch 1 the run equals
+    the uncached one, and a resume (into a fresh folder: it encodes the cache again) equals the straight run
+    (the fast single-process siblings: test_train_shard_cache.py)."""
+    kw = dict(batch_size=1, max_steps=4, checkpoint_every=2, hflip=True, empty_prompt_prob=0.5)
+    cached = train_in_processes(cfg(sd8, str(shards), tmp_path / "a", cache_latents=True, **kw), 2, timeout=300)
+    assert len(list(cached.cache_path.glob("*.safetensors"))) == 4
+    plain = train_in_processes(cfg(sd8, str(shards), tmp_path / "u", cache_latents=False, **kw), 2, timeout=300)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "step-2", tmp_path / "b" / "checkpoints" / "step-2")
+    resumed = train_in_processes(cfg(sd8, str(shards), tmp_path / "b", resume="latest", cache_latents=True, **kw),
+                                 2, timeout=300)
+    a, u, b = (_cn(r.controlnet_dir) for r in (cached, plain, resumed))
+    assert all(bool((a[k] == u[k]).all()) and bool((a[k] == b[k]).all()) for k in a)

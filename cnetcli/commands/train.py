@@ -130,7 +130,7 @@ def train_cmd(
     gradient_checkpointing: Annotated[bool, _flag("--gradient-checkpointing", "save memory", _MEM)] = False,
     use_8bit_adam: Annotated[bool, _flag("--use-8bit-adam", "bitsandbytes' AdamW", _MEM)] = False,
     allow_tf32: Annotated[bool, _opt("--tf32/--no-tf32", panel=_S, metavar="", help="TF32 matmuls")] = _D["allow_tf32"],
-    cache_latents: Annotated[bool | None, _opt("--cache-latents/--no-cache-latents", panel=_S, metavar="", help="encode once (local data)", show_default=False)] = None,
+    cache_latents: Annotated[bool | None, _opt("--cache-latents/--no-cache-latents", panel=_S, metavar="", help="encode once (on for a local folder)", show_default=False)] = None,
     num_workers: Annotated[int, _opt("--num-workers", panel=_S, help="data loader workers")] = _D["num_workers"],
     device: DeviceOpt = _D["device"],
     cpu: CpuAliasOpt = False,  # deprecated alias of --device cpu (see _options.py)

@@ -26,7 +26,7 @@ CACHE_VERSION = 4  # 4: holds only the rows that decode ("rows": their dataset p
 ROW_KEYS = ("latents", "hints", "micro", "latents_flipped", "hints_flipped", "micro_flipped")
 
 
-def _file_sig(x: Any) -> Any:
+def file_sig(x: Any) -> Any:
     from .data import HubRef
 
     if isinstance(x, HubRef):
@@ -51,9 +51,16 @@ def _weights_hash(module: Any) -> str:
 
 def cache_key(index: Any, vae: Any, text_encoders: Any, resolution: int, dtype: Any, hflip: bool = False) -> str:
     """A hash of what the cache's contents depend on (`text_encoders`: one module or a list of them)."""
+    rows = [[file_sig(r.image), file_sig(r.hint), r.text] for r in index.rows]
+    return content_key(rows, vae, text_encoders, resolution, dtype, hflip)
+
+
+def content_key(sources: list[Any], vae: Any, text_encoders: Any, resolution: int, dtype: Any,
+                hflip: bool) -> str:
+    """The key of a cache of `sources` (rows of a local dataset, or the shards and columns of a streamed one,
+    see shard_cache.py): the sources, the VAE and text-encoder weights, resolution, dtype and flips."""
     h = hashlib.sha256()
-    rows = [[_file_sig(r.image), _file_sig(r.hint), r.text] for r in index.rows]
-    h.update(json.dumps({"v": CACHE_VERSION, "rows": rows, "resolution": resolution, "dtype": str(dtype),
+    h.update(json.dumps({"v": CACHE_VERSION, "rows": sources, "resolution": resolution, "dtype": str(dtype),
                          "hflip": hflip}, default=str).encode())
     h.update(_weights_hash(vae).encode())
     for te in text_encoders if isinstance(text_encoders, (list, tuple)) else [text_encoders]:
@@ -65,7 +72,7 @@ def cache_path(output: Path, key: str) -> Path:
     return Path(output) / "cache" / f"latents-{key}.safetensors"
 
 
-def _save_atomic(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> None:
+def save_atomic(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> None:
     from safetensors.torch import save_file
 
     from ..fsguard import atomic_path
@@ -85,7 +92,7 @@ def _load(path: Path) -> dict[str, Any] | None:
     return d if need <= set(d) else None
 
 
-def _encode_rows(dataset: Any, rows: list[int], vae: Any, device: Any, dtype: Any, bs: int,
+def encode_rows(dataset: Any, rows: list[int], vae: Any, device: Any, dtype: Any, bs: int,
                  hflip: bool = False, failures: list[str] | None = None) -> dict[str, Any]:
     """VAE latent mean|std and 8-bit hints of `rows` (and of their flips with `hflip`); rows that fail to
     decode are left out (their reasons appended to `failures`)."""
@@ -120,7 +127,7 @@ def _encode_rows(dataset: Any, rows: list[int], vae: Any, device: Any, dtype: An
     return {"index": torch.tensor(got, dtype=torch.int64)} | {k: torch.cat(v) for k, v in out.items() if v}
 
 
-def _embed_captions(captions: list[str], family: Any, text: dict[str, Any], bs: int) -> dict[str, Any]:
+def embed_captions(captions: list[str], family: Any, text: dict[str, Any], bs: int) -> dict[str, Any]:
     """The family's encoding of each distinct caption and of "" (and the pooled embeddings, SDXL)."""
     import torch
 
@@ -187,18 +194,18 @@ def load_or_build(dataset: Any, key: str, output: Path, *, vae: Any, family: Any
     reporter.message(f"caching latents and text embeddings for {n} rows" + (f" on {world} processes" if world > 1
                                                                                else ""))
     failures: list[str] = []
-    mine = _encode_rows(dataset, list(range(rank, n, world)), vae, device, dtype, bs, hflip, failures)
+    mine = encode_rows(dataset, list(range(rank, n, world)), vae, device, dtype, bs, hflip, failures)
     part = lambda r: path.with_name(f".{path.stem}.part-{r}.safetensors")  # noqa: E731
     if world > 1 and not main:
-        _save_atomic(mine, part(rank))
+        save_atomic(mine, part(rank))
     accelerator.wait_for_everyone()
     if main:
         parts = [mine] + [load_file(str(part(r))) for r in range(1, world)]
         merged = _merge(n, parts, dataset.index.source)
         failed = n - len(merged["rows"])
         rows = dataset.index.rows
-        merged |= _embed_captions([rows[i].text for i in merged["rows"].tolist()], family, text, bs)
-        _save_atomic(merged, path, {"key": key, "rows": str(n), "failed": str(failed),
+        merged |= embed_captions([rows[i].text for i in merged["rows"].tolist()], family, text, bs)
+        save_atomic(merged, path, {"key": key, "rows": str(n), "failed": str(failed),
                                     "failed_example": failures[0] if failures else ""})
         for r in range(1, world):
             part(r).unlink(missing_ok=True)

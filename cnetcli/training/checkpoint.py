@@ -173,13 +173,14 @@ def resolve_resume(resume: str, output: str | Path, warn: Any = None) -> Path:
 
 def remove_leftovers(output: str | Path) -> list[Path]:
     """Temp folders/files of writes killed midway (`.step-N.*`, `.controlnet.*` (folder or single file),
-    `.<denoiser>.*`, `.latents*`, and the atomic writes of train_config.json, runs.jsonl, loss.png)."""
+    `.<denoiser>.*`, `.latents*`, a cache shard's, and the atomic writes of train_config.json, runs.jsonl, loss.png)."""
     from ..models.families import denoiser_folders
 
     out = Path(output)
     patterns = [(checkpoints_dir(out), ".step-*"), (out, ".controlnet.*"), *((out, f".{d}.*") for d in denoiser_folders()),
                 (out / "cache", ".latents*"), (out, ".train_config.json.*"), (out, ".runs.jsonl.*"),
-                (out, ".loss.*"), (out / "validation", ".controllability.jsonl.*")]
+                (out, ".loss.*"), (out / "validation", ".controllability.jsonl.*"),
+                *((d, ".*.tmp") for d in sorted((out / "cache").glob("shards-*")))]  # streamed cache shards
     removed = []
     for d, pat in patterns:
         if d.is_dir():

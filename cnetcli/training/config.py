@@ -288,6 +288,8 @@ def resolve_defaults(c: TrainConfig, given: set[str] | None = None) -> tuple[Tra
     elif native and c.resolution != native:
         warnings.append(f"--resolution {c.resolution} differs from the base's native {native} px: "
                         "the base was trained at its size, so expect slower learning")
-    if c.cache_latents is None:  # a local folder: encode once (with --hflip, both flips)
-        fill["cache_latents"] = Path(c.data).expanduser().is_dir()
+    if c.cache_latents is None:  # a local folder: encode once (with --hflip, both flips); shards: on request
+        from ..data.shards import looks_like_shards
+
+        fill["cache_latents"] = Path(c.data).expanduser().is_dir() and not looks_like_shards(c.data)
     return (c.replace(**fill) if fill else c), warnings

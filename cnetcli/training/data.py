@@ -196,8 +196,8 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "drop": torch.tensor([it["drop"] for it in items]),
         "text": [it["text"] for it in items],
     }
-    if "pixel_values" in items[0]:
-        out["pixel_values"] = torch.stack([it["pixel_values"] for it in items])
-        out["conditioning_pixel_values"] = torch.stack([it["conditioning_pixel_values"] for it in items])
-        out["micro"] = torch.stack([it["micro"] for it in items])
+    # pixels, or a streamed cache shard's encodings (shard_cache.pick)
+    for k in ("pixel_values", "conditioning_pixel_values", "micro", "latents", "hints", "embeds", "pooled"):
+        if k in items[0]:
+            out[k] = torch.stack([it[k] for it in items])
     return out

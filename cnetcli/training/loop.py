@@ -132,9 +132,6 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
         from .stream import Streamed
 
         source = Streamed(cfg)
-        if cfg.cache_latents:
-            reporter.message(f"latent cache off: --data streams shards ({source.why_no_cache()})")
-            cfg = cfg.replace(cache_latents=False)
     else:
         index = read_dataset(cfg.data, image_column=cfg.image_column, conditioning_column=cfg.conditioning_column,
                              caption_column=cfg.caption_column, max_samples=cfg.max_train_samples, split=cfg.split,
@@ -192,7 +189,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
     cache_key = None
-    if cfg.cache_latents:  # what the cache depends on, hashed once the weights are loaded
+    if cfg.cache_latents and index is not None:  # what the cache depends on, hashed once the weights are loaded
         from .cache import cache_key as make_key
 
         cache_key = make_key(index, models.vae, [models.text_components[k] for k in models.family.text_encoders],
@@ -236,12 +233,15 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
         atomic_write_text(out / "train_config.json", cfg.to_json())  # only now: the resume has succeeded
 
     # 5. data: a local dataset's rows that decode (through the latent/embedding cache, or one decoding pass),
-    # then the deterministic stream over them; or the streamed shards (never indexed, no cache)
+    # then the deterministic stream over them; or the streamed shards (never indexed; cached per shard)
     result = TrainResult(output=out, controlnet_dir=None, start_step=state.step, processes=world,
                          is_main_process=accelerator.is_main_process, config=cfg)
     if source is not None:
+        shard_cache = source.cache(cfg, models, accelerator, reporter, result)
+        if shard_cache is not None:
+            encoders_to(models, "cpu")
         loader = source.loader(cfg, rank=rank, world=world, start_batch=state.step * cfg.gradient_accumulation,
-                               record=record, pin_memory=cuda)
+                               record=record, pin_memory=cuda, cache=shard_cache)
     else:
         dataset = PairDataset(index, cfg.resolution, load_pixels=not cfg.cache_latents)
         keep_decodable(cfg, dataset, models, cache_key, accelerator, reporter, result)
@@ -322,7 +322,7 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
                 encoders_to(models, device)
                 grid, score = validate(cfg, state.step, models, raw_controlnet, accelerator.autocast,
                                        accelerator.trackers)
-                if models.cache is not None:
+                if result.cache_path is not None:  # the local or the streamed shards' cache
                     encoders_to(models, "cpu")
                 result.validation_images.append(grid)
                 if score is not None:
@@ -417,7 +417,17 @@ def make_accelerator(cfg: TrainConfig, device: str, mixed_precision: str) -> tup
         gradient_accumulation_steps=cfg.gradient_accumulation, mixed_precision=mixed_precision, cpu=cpu,
         log_with=log_with, project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
     )
+    deepspeed_micro_batch(accelerator, cfg.batch_size)
     return accelerator, log_with
+
+
+def deepspeed_micro_batch(accelerator: Any, batch_size: int) -> None:
+    """Under DeepSpeed, accelerate takes the micro-batch ("auto" in a config made by `accelerate config`) from
+    a DataLoader passed to `prepare`; cnet prepares none (its batches are dealt by rank itself), so without
+    this `prepare` refuses to start."""
+    plugin = getattr(accelerator, "deepspeed_plugin", None)
+    if plugin is not None and plugin.deepspeed_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = batch_size
 
 
 def encoders_to(models: Any, device: Any) -> None:

@@ -126,27 +126,11 @@ def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any) -> tup
     from ..models.families import PromptEncoding
 
     device, dtype = models.device, models.weight_dtype
-    cache = models.cache
     with torch.no_grad():
-        if cache is not None:
-            idx = batch["index"].to(cache["latents"].device, non_blocking=True)
-            flip = batch.get("flip")
-            flip = None if flip is None else flip.to(idx.device, non_blocking=True)
-            if "latents_flipped" in cache and flip is not None:  # --hflip: the cache holds both flips
-                lat = torch.where(flip[:, None, None, None], cache["latents_flipped"][idx], cache["latents"][idx])
-                hint8 = torch.where(flip[:, None, None, None], cache["hints_flipped"][idx], cache["hints"][idx])
-                micro = torch.where(flip[:, None], cache["micro_flipped"][idx], cache["micro"][idx])
-            else:
-                lat, hint8, micro = cache["latents"][idx], cache["hints"][idx], cache["micro"][idx]
+        if models.cache is not None or "latents" in batch:
+            lat, hint8, micro, enc, pooled = (_from_cache(models.cache, batch, device) if models.cache is not None
+                                              else _from_batch(batch, device))
             mean, std = lat.to(device, non_blocking=True).chunk(2, dim=1)
-            cap = cache["caption_ids"][idx]
-            drop = batch["drop"].to(device, non_blocking=True)
-            emb = cache["embeds"][cap].to(device, non_blocking=True)
-            enc = torch.where(drop[:, None, None], cache["empty"].to(device, non_blocking=True), emb)  # dropout
-            pooled = None
-            if "pooled" in cache:
-                pooled = torch.where(drop[:, None], cache["empty_pooled"].to(device, non_blocking=True),
-                                     cache["pooled"][cap].to(device, non_blocking=True))
             encoding = PromptEncoding(enc, pooled_prompt_embeds=pooled)
             hint = (hint8.to(device, non_blocking=True).to(torch.float32) / 255.0).to(dtype)
         else:
@@ -160,6 +144,39 @@ def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any) -> tup
         latents = family.to_latents(models.vae.config, mean + std * sample.to(mean.dtype)).to(dtype)
         cond = _cast(family.training_cond(encoding, micro, tuple(hint.shape[-2:])), device, dtype)
     return latents, cond, hint
+
+
+def _from_cache(cache: dict[str, Any], batch: dict[str, Any], device: Any) -> tuple[Any, ...]:
+    """(latent mean|std, 8-bit hint, micro, text embeddings, pooled or None) of a batch's rows of the local
+    dataset's cache (cache.py), with the batch's flips and prompt dropout."""
+    import torch
+
+    idx = batch["index"].to(cache["latents"].device, non_blocking=True)
+    flip = batch.get("flip")
+    flip = None if flip is None else flip.to(idx.device, non_blocking=True)
+    if "latents_flipped" in cache and flip is not None:  # --hflip: the cache holds both flips
+        lat = torch.where(flip[:, None, None, None], cache["latents_flipped"][idx], cache["latents"][idx])
+        hint8 = torch.where(flip[:, None, None, None], cache["hints_flipped"][idx], cache["hints"][idx])
+        micro = torch.where(flip[:, None], cache["micro_flipped"][idx], cache["micro"][idx])
+    else:
+        lat, hint8, micro = cache["latents"][idx], cache["hints"][idx], cache["micro"][idx]
+    cap = cache["caption_ids"][idx]
+    drop = batch["drop"].to(device, non_blocking=True)
+    emb = cache["embeds"][cap].to(device, non_blocking=True)
+    enc = torch.where(drop[:, None, None], cache["empty"].to(device, non_blocking=True), emb)  # dropout
+    pooled = None
+    if "pooled" in cache:
+        pooled = torch.where(drop[:, None], cache["empty_pooled"].to(device, non_blocking=True),
+                             cache["pooled"][cap].to(device, non_blocking=True))
+    return lat, hint8, micro, enc, pooled
+
+
+def _from_batch(batch: dict[str, Any], device: Any) -> tuple[Any, ...]:
+    """The same from a batch read from streamed cache shards (shard_cache.py: flips and dropout already
+    picked by the stream)."""
+    pooled = batch.get("pooled")
+    return (batch["latents"], batch["hints"], batch["micro"], batch["embeds"].to(device, non_blocking=True),
+            None if pooled is None else pooled.to(device, non_blocking=True))
 
 
 def _cast(cond: Any, device: Any, dtype: Any) -> Any:

@@ -68,8 +68,8 @@ class ShardStream(torch.utils.data.IterableDataset):
     """The per-process iterable of batches (each item a collated batch)."""
 
     def __init__(self, reader: ShardReader, n_shards: int, cfg: TrainConfig, *, rank: int, world: int,
-                 start_batch: int, positions: dict[int, dict[str, Any]]) -> None:
-        self.reader, self.n = reader, n_shards
+                 start_batch: int, positions: dict[int, dict[str, Any]], cache: Any = None) -> None:
+        self.reader, self.n, self.cache = reader, n_shards, cache  # cache: a shard_cache.ShardCache
         self.seed, self.bs, self.res = cfg.seed, cfg.batch_size, cfg.resolution
         self.p_empty, self.hflip = cfg.empty_prompt_prob, cfg.hflip
         self.rank, self.world, self.k, self.num_workers = rank, world, workers(cfg), cfg.num_workers
@@ -90,7 +90,8 @@ class ShardStream(torch.utils.data.IterableDataset):
             mine = slot_shards(self.n, self.seed, pos["epoch"], slot, self.world * self.k)
             while pos["shard"] < len(mine):
                 sid = mine[pos["shard"]]
-                for off, ex in self.reader.samples(sid, pos["offset"]):
+                samples = (self.cache.items if self.cache is not None else self.reader.samples)(sid, pos["offset"])
+                for off, ex in samples:
                     pos["offset"] = off + 1
                     item = self._item(ex, pos, sid, off)
                     if item is None:
@@ -111,7 +112,9 @@ class ShardStream(torch.utils.data.IterableDataset):
         from .data import pair_tensors
 
         try:
-            img, hint, text = self.reader.decode_pair(ex)
+            if isinstance(ex, SkipSample):  # as the cache shard recorded it
+                raise ex
+            got = ex if "latents" in ex else self.reader.decode_pair(ex)
         except SkipSample as e:
             pos["skips"][e.reason] = pos["skips"].get(e.reason, 0) + 1
             if len(pos["examples"]) < MAX_EXAMPLES:
@@ -120,6 +123,11 @@ class ShardStream(torch.utils.data.IterableDataset):
         u_drop, u_flip = draws(self.seed, pos["epoch"], sid, off)
         flip = self.hflip and u_flip < 0.5
         drop = u_drop < self.p_empty
+        if isinstance(got, dict):  # a cache shard's encodings (shard_cache.py)
+            from .shard_cache import pick
+
+            return pick(got, flip, drop) | {"text": "", "drop": drop, "index": sid}
+        img, hint, text = got
         a, h, micro = pair_tensors(img, hint, self.res, flip)
         return {"pixel_values": a, "conditioning_pixel_values": h, "micro": micro, "text": "" if drop else text,
                 "drop": drop, "index": sid}
@@ -181,16 +189,30 @@ class Streamed:
         check_slots(self.shards, process_rank_world()[1], workers(cfg))  # before any model loads
         self.tracker: StreamTracker | None = None
 
-    def why_no_cache(self) -> str:
-        return "samples are encoded as they are read, never stored; cache a local dataset folder instead"
+    def cache(self, cfg: TrainConfig, models: Any, accelerator: Any, reporter: Any, result: Any) -> Any:
+        """With --cache-latents, the shards' cache (shard_cache.py), encoded first where missing; None
+        without the flag or when it would not fit on the disk (with a message)."""
+        if not cfg.cache_latents:
+            return None
+        from .shard_cache import prepare, shard_key
+
+        key = shard_key(self.shards, self.reader, models.vae,
+                        [models.text_components[k] for k in models.family.text_encoders], cfg.resolution,
+                        models.weight_dtype, cfg.hflip)
+        cache = prepare(self.shards, self.reader, key=key, output=cfg.output_dir, models=models,
+                        res=cfg.resolution, bs=cfg.batch_size, hflip=cfg.hflip, accelerator=accelerator,
+                        reporter=reporter)
+        if cache is not None:
+            result.cache_path, result.cache_reused = cache.folder, cache.reused
+        return cache
 
     def loader(self, cfg: TrainConfig, *, rank: int, world: int, start_batch: int, record: dict[str, Any],
-               pin_memory: bool) -> Any:
+               pin_memory: bool, cache: Any = None) -> Any:
         check_slots(self.shards, world, workers(cfg))
         positions = resume_positions(record, self.shards, cfg, world) if record else {}
         self.tracker = StreamTracker(self.shards, cfg, world, positions)
         stream = ShardStream(self.reader, len(self.shards), cfg, rank=rank, world=world, start_batch=start_batch,
-                             positions=positions)
+                             positions=positions, cache=cache)
         return _one_line_errors(make_loader(stream, pin_memory))
 
     def take(self, batch: dict[str, Any]) -> dict[str, Any]:
