@@ -8,7 +8,8 @@ demo's trained ControlNet on the embedded circles, three seeds (a benchmark, not
 
 1. data: the demo's circles (`cnetcli.demo.make_data`: 2000 training circles, `--eval-count` held out);
 2. start: the demo's ControlNet (`DEMO_RECIPE`, 600 steps, trained here through the demo's launcher unless
-   `--start` names one);
+   `--start` names one), or `--start scratch`: a fresh ControlNet from the base UNet (zero convolutions; its F1
+   is the untrained one's);
 3. for each seed, two continuations from it with the same recipe, seed, data order, noise and timesteps:
    `plain` and `--reward canny` (the circles' outline hints are what canny finds, cnet's eval scores them with
    canny too). The recipe: the embedded base's `paper` preset (constant lr 1e-3, uniform timesteps, batch 32,
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+SCRATCH = "scratch"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -47,16 +49,20 @@ def _save(path: Path, data: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def edge_f1(dcfg: Any, models: Any, controlnet: Path, hints: list[Path], prompts: list[str], out: Path) -> float:
-    """Held-out edge F1 of one ControlNet (the demo's sampling, user prompts)."""
+def edge_f1(dcfg: Any, models: Any, controlnet: Path | None, hints: list[Path], prompts: list[str], out: Path) -> float:
+    """Held-out edge F1 of one ControlNet (the demo's sampling, user prompts); None: the untrained one (zero
+    convolutions, seed 0), as `--start scratch` begins."""
     import shutil
 
-    from cnetcli.demo import generate_mode, summary
+    from cnetcli.demo import add_untrained, generate_mode, summary
     from cnetcli.evaluation import evaluate_folder
 
     shutil.rmtree(out, ignore_errors=True)
-    name = str(controlnet)
-    models.nets.pop(name, None)
+    if controlnet is None:
+        name = add_untrained(models, 0)
+    else:
+        name = str(controlnet)
+        models.nets.pop(name, None)  # a run retrained into the same folder is read again
     generate_mode(models, dcfg, hints, prompts, name, "user", out)
     return summary(evaluate_folder(out))["f1"]
 
@@ -76,7 +82,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--steps", type=int, default=100, help="N: steps of each continuation")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--start", type=Path, help="a trained ControlNet folder (default: train the demo's here)")
+    ap.add_argument("--start", help="a trained ControlNet folder (default: train the demo's here), or `scratch`: a "
+                    "fresh ControlNet from the base UNet (zero convs), the weakest start, where an effect can show")
     ap.add_argument("--data", type=Path, help="an earlier OUT/data folder to reuse (default: make it in OUT)")
     ap.add_argument("--lr", type=float, help="the continuation's constant lr (default: the paper preset's 1e-3)")
     ap.add_argument("--eval-count", type=int, default=32)
@@ -104,8 +111,9 @@ def main() -> None:
     hints, prompts = [h for _, h, _ in held][: args.eval_count], [t for _, _, t in held][: args.eval_count]
     tcfg = dcfg.train_config()
     procs = train_processes(tcfg, False)
-    start = args.start
-    if start is None:
+    scratch = args.start == SCRATCH
+    start = None if scratch else (Path(args.start) if args.start else None)
+    if start is None and not scratch:
         start = out / "start" / "controlnet"
         if not start.exists():
             t = time.perf_counter()
@@ -116,7 +124,8 @@ def main() -> None:
     if args.lr is not None:
         recipe["learning_rate"] = args.lr
     # one OUT holds one recipe: the runs it skips must have been trained as the ones it would train
-    shown = {"steps": args.steps, "learning_rate": recipe["learning_rate"], "reward_weight": args.reward_weight}
+    shown = {"steps": args.steps, "learning_rate": recipe["learning_rate"], "reward_weight": args.reward_weight,
+             **({"start": SCRATCH} if scratch else {})}
     if res.setdefault("recipe", shown) != shown:
         sys.exit(f"{res_path} holds runs of another recipe ({res['recipe']}); give another --out")
     runs = res.setdefault("runs", {})
@@ -125,7 +134,8 @@ def main() -> None:
         for mode in ("plain", "reward"):
             extra = {"reward": "canny", "reward_weight": args.reward_weight} if mode == "reward" else {}
             todo[f"{mode}-{seed}"] = DEMO_RECIPE.replace(
-                data=tcfg.data, output=str(out / f"{mode}-{seed}"), controlnet=str(start), seed=seed,
+                data=tcfg.data, output=str(out / f"{mode}-{seed}"), seed=seed,
+                controlnet=None if scratch else str(start),
                 lr_scheduler="constant", warmup_steps=0, timestep_bias="none", timestep_bias_multiplier=1.0,
                 checkpoint_every=args.steps, log_every=10, overwrite=True, **recipe, **extra)
         todo = {k: c for k, c in todo.items() if k not in runs}
@@ -138,7 +148,7 @@ def main() -> None:
                 print(f"trained {key} in {seconds} s", flush=True)
     models = load_generation_models(dcfg, hints[0])
     f1 = res.setdefault("f1", {})
-    if "start" not in f1:
+    if f1.get("start") is None:
         f1["start"] = edge_f1(dcfg, models, start, hints, prompts, out / "generated" / "start")
         _save(res_path, res)
     for key in runs:
@@ -146,7 +156,8 @@ def main() -> None:
             f1[key] = edge_f1(dcfg, models, out / key / "controlnet", hints, prompts, out / "generated" / key)
             _save(res_path, res)
     n, lr = args.steps, recipe["learning_rate"]
-    lines = [f"| seed | start (demo, 600 steps) | +{n} plain (lr {lr:g}) | +{n} --reward canny | reward - plain |",
+    lines = [f"| seed | start ({args.start or 'demo, 600 steps'}) | +{n} plain (lr {lr:g}) | +{n} --reward canny "
+             f"(weight {args.reward_weight:g}) | reward - plain |",
              "|---:|---:|---:|---:|---:|"]
     for seed in args.seeds:
         p, w = f1.get(f"plain-{seed}"), f1.get(f"reward-{seed}")

@@ -40,6 +40,8 @@ from ..models.weights import WeightFile
 
 #: InstantX/Shakker's FLUX.1-dev union ControlNet (canny, tile, depth, blur, pose: the FLUX family's UNION_MODES)
 FLUX_UNION = "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro"
+#: InstantX's Qwen-Image union ControlNet (canny, soft edge, depth, pose; no mode input: the hint tells the type)
+QWEN_UNION = "InstantX/Qwen-Image-ControlNet-Union"
 #: Stability's SD3.5 Large ControlNets: canny, depth, blur
 SD35_LARGE = "stabilityai/stable-diffusion-3.5-large-controlnet-"
 #: ControlNet's hint size (short side) when none is given.

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 from ..errors import UsageError
-from . import FLUX_UNION, SD35_LARGE, A1111Module, HintType, UnionControl, register
+from . import FLUX_UNION, QWEN_UNION, SD35_LARGE, A1111Module, HintType, UnionControl, register
 from .differentiable import canny_reward
 
 
@@ -256,7 +256,7 @@ _V11 = "lllyasviel/control_v11"
 register(HintType("canny", "Canny edges (ControlNet's math; --low/--high)", CannyParams,
                   lambda p, rt: Canny(p), resize="nearest", uses_detect_resolution=False, metric="edge",
                   releases={"sd15": f"{_V11}p_sd15_canny", "sdxl": "diffusers/controlnet-canny-sdxl-1.0",
-                            "sd3": f"{SD35_LARGE}canny", "flux": FLUX_UNION},
+                            "sd3": f"{SD35_LARGE}canny", "flux": FLUX_UNION, "qwenimage": QWEN_UNION},
                   a1111=A1111Module(("canny",), lambda p: ("canny", p.low, p.high)),
                   union_control_type=UnionControl.LINES, reward=canny_reward))
 register(HintType("hough", "straight lines without weights (Hough or LSD), M-LSD style",

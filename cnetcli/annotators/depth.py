@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 from ..errors import UsageError
 from ..models.weights import WeightFile
-from . import FLUX_UNION, SD35_LARGE, A1111Module, HintType, Runtime, UnionControl, register
+from . import FLUX_UNION, QWEN_UNION, SD35_LARGE, A1111Module, HintType, Runtime, UnionControl, register
 from ._aux import ShapeBatched, batch_tensor
 from .differentiable import MidasDepth
 
@@ -224,7 +224,7 @@ register(HintType("depth", "MiDaS DPT-Hybrid depth as in ControlNet (model=<tran
                   aliases=("midas", "depth_midas"), metric="depth", weights=(MIDAS_WEIGHTS,),
                   releases={"sd15": "lllyasviel/control_v11f1p_sd15_depth",
                             "sdxl": "diffusers/controlnet-depth-sdxl-1.0", "sd3": f"{SD35_LARGE}depth",
-                            "flux": FLUX_UNION},
+                            "flux": FLUX_UNION, "qwenimage": QWEN_UNION},
                   a1111=A1111Module(("depth_midas", "depth", "depth_zoe", "depth_leres"), _depth_module),
                   union_control_type=UnionControl.DEPTH, reward=depth_reward))
 register(HintType("normal", "Normal map: ControlNet 1.0 normal-from-MiDaS-depth (bg_threshold) or model=bae",

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 from ..errors import UsageError
 from ..models.weights import WeightFile
-from . import A1111Module, HintType, Runtime, UnionControl, register
+from . import QWEN_UNION, A1111Module, HintType, Runtime, UnionControl, register
 from ._aux import ShapeBatched, batch_tensor
 from .differentiable import SoftEdgeNet
 
@@ -153,7 +153,7 @@ def softedge_reward(params: Any, runtime: Any) -> SoftEdgeNet:
 register(HintType("softedge", "Soft edges: HED (default) or model=pidinet; safe=true quantises",
                   SoftEdgeParams, lambda p, rt: _EdgeHint(EdgeNet(p.model, rt, "softedge"), p.safe, False),
                   resize="linear", needs_weights=True, aliases=("hed", "pidi", "pidinet", "softedge_hed"),
-                  metric="edge", releases={"sd15": f"{_V11}p_sd15_softedge"},
+                  metric="edge", releases={"sd15": f"{_V11}p_sd15_softedge", "qwenimage": QWEN_UNION},
                   weights=(HED_WEIGHTS, PIDINET_WEIGHTS),
                   a1111=A1111Module(("softedge_hed", "softedge_hedsafe", "softedge_pidinet", "softedge_pidisafe",
                                      "hed", "pidinet"), _softedge_module),

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     import numpy as np
 
 from ..models.weights import WeightFile
-from . import FLUX_UNION, A1111Module, HintType, Runtime, UnionControl, register
+from . import FLUX_UNION, QWEN_UNION, A1111Module, HintType, Runtime, UnionControl, register
 
 BODY_WEIGHTS = WeightFile("body_pose_model.pth")
 HAND_WEIGHTS = WeightFile("hand_pose_model.pth", when="hands=true")
@@ -371,7 +371,8 @@ register(HintType("pose", "OpenPose body (+hands/face) as ControlNet draws it; k
                   PoseParams, OpenPose, resize="nearest", needs_weights=True, aliases=("openpose", "openpose_full"),
                   sidecar=_sidecar, metric="pose", weights=(BODY_WEIGHTS, HAND_WEIGHTS, FACE_WEIGHTS),
                   releases={"sd15": "lllyasviel/control_v11p_sd15_openpose",
-                            "sdxl": "thibaud/controlnet-openpose-sdxl-1.0", "flux": FLUX_UNION},
+                            "sdxl": "thibaud/controlnet-openpose-sdxl-1.0", "flux": FLUX_UNION,
+                            "qwenimage": QWEN_UNION},
                   a1111=A1111Module(("openpose", "openpose_full", "openpose_hand", "openpose_face",
                                      "dw_openpose_full"), _a1111_module),
                   union_control_type=UnionControl.OPENPOSE))

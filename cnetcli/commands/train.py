@@ -83,7 +83,7 @@ def _flag(name: str, help: str, panel: str | None = None) -> Any:
 
 def train_cmd(
     ctx: typer.Context,
-    base: Annotated[str, _opt("--base", help="hub id, folder, file or cnet-tiny", metavar="MODEL", show_default="sd15")] = _D["base"],
+    base: Annotated[str, _opt("--base", help="hub id, folder, file or cnet-tiny", metavar="MODEL", show_default="SD1.5")] = _D["base"],
     data: Annotated[str, _opt("--data", help="folder, file, hub id or shards", metavar="PATH")] = _D["data"],
     output: Annotated[str, _opt("--output", "-o", help="output folder", metavar="DIR")] = _D["output"],
     controlnet: Annotated[str | None, _opt("--controlnet", help="start from this ControlNet", metavar="PATH", show_default="a copy of the base's denoiser")] = None,

@@ -88,6 +88,7 @@ class SavedTrainConfig(Record):
     here what a resume relies on being resolved)."""
 
     max_steps: Annotated[Int, Field(ge=1)]
+    requested: dict[str, Any] = {}  # the settings asked where they differ from what ran ("auto")
 
 
 class RunEvent(Record):

@@ -11,6 +11,7 @@ them. Off CUDA, or with `--no-compile`, everything runs eagerly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -20,6 +21,26 @@ from typing import Any
 from ..device import resolve_device, resolve_dtype
 from ..models.controlnet import check_models_fit, load_controlnet
 from ..models.sd import ModelSpec, _load, load_base_components, resolve
+
+
+@contextlib.contextmanager
+def text_encoders_on_device(models: Any) -> Any:
+    """The text encoders on the run's device while prompts are encoded. A family whose encoders wait on the CPU
+    (`text_encoders_offloaded`: FLUX.1's and SD3's T5-XXL) gets them back there afterwards, with the CUDA cache
+    released, so the denoising loop does not hold them (diffusers' model CPU offload, for the encoders only)."""
+    offload = models.family.text_encoders_offloaded and str(models.device).startswith("cuda")
+    encoders = [models.text[k] for k in models.family.text_encoders] if offload else []
+    for m in encoders:
+        m.to(models.device)
+    try:
+        yield
+    finally:
+        for m in encoders:
+            m.to("cpu")
+        if encoders:
+            import torch
+
+            torch.cuda.empty_cache()
 
 
 def trained_denoiser_dir(controlnet_spec: str, family: Any) -> Path | None:
@@ -168,7 +189,8 @@ def load_models(cfg: Any, controlnet_specs: list[str] | None = None) -> Models:
     denoiser = denoiser.to(device).eval().requires_grad_(False)
     vae = comps["vae"].to(device).eval().requires_grad_(False)
     text = {k: comps[k] for k in family.tokenizers}
-    text.update({k: comps[k].to(device).eval().requires_grad_(False) for k in family.text_encoders})
+    home = "cpu" if on_gpu and family.text_encoders_offloaded else device  # text_encoders_on_device moves them
+    text.update({k: comps[k].to(home).eval().requires_grad_(False) for k in family.text_encoders})
     channels_last = bool(cfg.channels_last and on_gpu)
     if channels_last:
         denoiser = denoiser.to(memory_format=torch.channels_last)

@@ -39,7 +39,7 @@ from ..reporting import NullReporter, Reporter
 from . import control as ctl
 from . import memory, output, prompts
 from .config import DECODE_PIXELS, GenerateConfig, check_size
-from .models import Models, load_models
+from .models import Models, load_models, text_encoders_on_device
 from .samplers import sample
 
 
@@ -382,10 +382,11 @@ def check_captioner(spec: str, offline: bool | None, base: str | None = None) ->
 def encode_prompts(models: Models, texts: list[str], negative: str = "", do_cfg: bool = True,
                    clip_skip: int | None = None) -> Any:
     """The family's prompt encoding (`PromptEncoding`) of a batch. An empty `negative` is "no negative
-    prompt": SD encodes the empty string, SDXL (force_zeros_for_empty_prompt) uses zeros, as diffusers does."""
+    prompt": SD encodes the empty string, SDXL (force_zeros_for_empty_prompt) uses zeros, as diffusers does. The
+    encoders are on the device only for it when the family offloads them (`text_encoders_on_device`)."""
     import torch
 
-    with torch.inference_mode():
+    with torch.inference_mode(), text_encoders_on_device(models):
         return models.family.encode_prompt(models.text_components, texts,
                                            negative_prompt=[negative] * len(texts) if negative else None,
                                            do_classifier_free_guidance=do_cfg, clip_skip=clip_skip)
@@ -673,7 +674,8 @@ def run_own_loop(models: Models, cfg: GenerateConfig, jobs: list[Job], prompts_:
 
     first, family = jobs[0], models.family
     width, height = first.width, first.height
-    true_cfg = float(cfg.true_cfg or 1.0)
+    # --cfg is classifier-free guidance where it feeds no distilled guidance embedding (Qwen-Image's true CFG)
+    true_cfg = float(cfg.true_cfg or (1.0 if family.distilled_guidance else cfg.guidance(family)))
     enc = encode_prompts(models, prompts_, cfg.negative_prompt,
                          family.own_loop_negative(cfg.guidance(family), true_cfg, cfg.negative_prompt))
     n = len(first.hints)
@@ -715,7 +717,7 @@ def decode(models: Models, cfg: GenerateConfig, latents: Any, width: int, height
             z = latents[s: s + step]
             # the VAE may run in another dtype than the UNet (the family's: SDXL's stays fp32 under fp16)
             z = models.family.from_latents(models.vae.config, z.to(models.vae.dtype))
-            img = models.vae.decode(z, return_dict=False)[0]
+            img = models.family.decode_latents(models.vae, z)
             check_finite(img, models, (), "the decoded images")
             img = (img.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
             out += [np.ascontiguousarray(a) for a in img.numpy()]

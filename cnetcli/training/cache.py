@@ -92,7 +92,7 @@ def _load(path: Path) -> dict[str, Any] | None:
     return d if need <= set(d) else None
 
 
-def encode_rows(dataset: Any, rows: list[int], vae: Any, device: Any, dtype: Any, bs: int,
+def encode_rows(dataset: Any, rows: list[int], vae: Any, family: Any, device: Any, dtype: Any, bs: int,
                  hflip: bool = False, failures: list[str] | None = None) -> dict[str, Any]:
     """VAE latent mean|std and 8-bit hints of `rows` (and of their flips with `hflip`); rows that fail to
     decode are left out (their reasons appended to `failures`)."""
@@ -116,7 +116,7 @@ def encode_rows(dataset: Any, rows: list[int], vae: Any, device: Any, dtype: Any
                 continue
             for k, f in enumerate(flips):
                 suffix = "_flipped" if f else ""
-                dist = vae.encode(torch.stack([p[k][0] for p in pairs]).to(device, dtype=vae.dtype)).latent_dist
+                dist = family.encode_pixels(vae, torch.stack([p[k][0] for p in pairs]).to(device, dtype=vae.dtype))
                 out["latents" + suffix].append(torch.cat([dist.mean, dist.std], dim=1).cpu())
                 # exact: hints are 8-bit
                 out["hints" + suffix].append((torch.stack([p[k][1] for p in pairs]) * 255).round().to(torch.uint8))
@@ -194,7 +194,7 @@ def load_or_build(dataset: Any, key: str, output: Path, *, vae: Any, family: Any
     reporter.message(f"caching latents and text embeddings for {n} rows" + (f" on {world} processes" if world > 1
                                                                                else ""))
     failures: list[str] = []
-    mine = encode_rows(dataset, list(range(rank, n, world)), vae, device, dtype, bs, hflip, failures)
+    mine = encode_rows(dataset, list(range(rank, n, world)), vae, family, device, dtype, bs, hflip, failures)
     part = lambda r: path.with_name(f".{path.stem}.part-{r}.safetensors")  # noqa: E731
     if world > 1 and not main:
         save_atomic(mine, part(rank))

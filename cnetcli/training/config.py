@@ -18,7 +18,7 @@ from ..config_check import Bound, check_fields, flag_name
 from ..errors import UsageError
 from ..models.sd import DEFAULT_BASE
 
-MIXED_PRECISION = ("auto", "no", "fp16", "bf16")  # auto: bf16 where the CUDA device supports it, else no
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")  # auto: cnetcli.device.auto_precision(training=True)
 TIMESTEP_BIAS = ("none", "later", "earlier", "range")
 #: flow matching's timestep densities / loss weightings (diffusers' compute_density_for_timestep_sampling)
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
@@ -150,9 +150,6 @@ class TrainConfig:
         d["validation_prompts"] = list(self.validation_prompts)
         return d
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
@@ -167,6 +164,32 @@ class TrainConfig:
     @property
     def output_dir(self) -> Path:
         return Path(self.output)
+
+
+#: The keys of a train_config.json that are not settings: what was asked where it differs from what ran, the
+#: run's shape (processes, effective batch, the frozen networks' dtype), and a finished run's result.
+RECORD_PARTS = ("requested", "run", "result")
+
+
+def config_record(cfg: TrainConfig, resolved: dict[str, Any]) -> dict[str, Any]:
+    """What train_config.json records: the settings as the run used them. `resolved` holds what was decided at
+    run time: a setting there (mixed_precision "auto" -> "bf16", device, reward type) replaces the asked value,
+    which moves to "requested"; the other facts go to "run"."""
+    settings = cfg.to_dict()
+    ran = {k: v for k, v in resolved.items() if k in settings}
+    return settings | ran | {"requested": {k: settings[k] for k, v in ran.items() if settings[k] != v},
+                             "run": {k: v for k, v in resolved.items() if k not in settings}}
+
+
+def config_json(cfg: TrainConfig, resolved: dict[str, Any]) -> str:
+    """train_config.json's text (`config_record`), as the run's folder and each checkpoint hold it."""
+    return json.dumps(config_record(cfg, resolved), indent=2, sort_keys=True)
+
+
+def asked_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """The settings a train_config.json's run was asked for (`config_record` undone): what a resume starts from,
+    so an "auto" resolves again where the run resumes (another GPU may have bf16 or not)."""
+    return {k: v for k, v in record.items() if k not in RECORD_PARTS} | dict(record.get("requested") or {})
 
 
 #: Flag names that are not `--` + the field name with dashes.

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import TrainingError
-from .config import TrainConfig
+from .config import TrainConfig, config_record
 from .setup import trainable
 from .state import RunState, TrainResult
 
@@ -46,9 +46,8 @@ def _write_outputs(cfg: TrainConfig, state: RunState, raw_controlnet: Any, model
     if state.denoiser_unlocked:
         result.denoiser_dir = atomic_save_dir(
             lambda d: models.denoiser.save_pretrained(str(d), safe_serialization=True), out / models.family.denoiser)
-    # what ran, not what was asked: "auto" resolved (mixed precision as accelerate ran it, the device type)
-    resolved = {"mixed_precision": accelerator.mixed_precision, "device": accelerator.device.type}
-    summary = cfg.to_dict() | resolved | {"result": {
+    # what ran ("auto" resolved), what was asked, and the result
+    summary = config_record(cfg, result.resolved) | {"result": {
         "steps": state.step, "samples": samples, "skipped_rows": skipped, "final_loss": state.ema,
         "fully_connected": models.connected, "processes": accelerator.num_processes,
         "sd_unlocked": cfg.unlock if state.denoiser_unlocked else None}}

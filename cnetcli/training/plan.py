@@ -16,7 +16,7 @@ def plan_run(cfg: TrainConfig, given: dict[str, Any] | None, reporter: Reporter
              ) -> tuple[TrainConfig, Path | None, dict[str, list[Any]]]:
     """The configuration to train with, the checkpoint to resume from, and the changes that start a new phase."""
     from .checkpoint import read_config, resolve_resume
-    from .config import resolve_defaults
+    from .config import asked_settings, resolve_defaults
     from .resume import given_settings, merge_resume_config
 
     if cfg.resume is None:
@@ -27,7 +27,7 @@ def plan_run(cfg: TrainConfig, given: dict[str, Any] | None, reporter: Reporter
     path = resolve_resume(cfg.resume, cfg.output_dir, warn=lambda m: reporter.message(f"warning: {m}"))
     saved = read_config(path)
     try:
-        run = TrainConfig.from_dict({k: v for k, v in saved.items() if k != "result"})
+        run = TrainConfig.from_dict(asked_settings(saved))
     except (UsageError, TypeError) as e:
         raise UsageError(f"--resume {cfg.resume}: {path}/train_config.json is not a usable configuration ({e})") from None
     given = dict(given_settings(cfg) if given is None else given)
@@ -47,16 +47,15 @@ def plan_run(cfg: TrainConfig, given: dict[str, Any] | None, reporter: Reporter
 def preflight(cfg: TrainConfig) -> tuple[str, str]:
     """Checks that need no model: device, precision, optional packages, the output folder, single-file export,
     disk space. Returns (device, mixed precision) as resolved here."""
-    import torch
-
-    from ..device import resolve_device
+    from ..device import auto_precision, resolve_device
     from .checkpoint import list_checkpoints
 
     device = resolve_device(cfg.device)
     cuda = device.startswith("cuda")
     mp = cfg.mixed_precision
     if mp == "auto":
-        mp = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+        mp = auto_precision(device, training=True)
+        mp = "no" if mp == "fp32" else mp  # accelerate's name for fp32
     if mp == "fp16" and not cuda:
         raise UsageError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no on CPU")
     if cfg.use_8bit_adam:

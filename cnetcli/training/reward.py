@@ -79,7 +79,7 @@ def checkpoint_decoder(vae: Any) -> None:
 def decode_with_grad(family: Any, vae: Any, latents: Any) -> Any:
     """Images in [0, 1] of the denoiser's latents (the family's scale and shift undone), the gradient flowing
     back through the frozen decoder."""
-    image = vae.decode(family.from_latents(vae.config, latents).to(vae.dtype)).sample
+    image = family.decode_latents(vae, family.from_latents(vae.config, latents).to(vae.dtype))
     return (image.float() / 2 + 0.5).clamp(0, 1)
 
 

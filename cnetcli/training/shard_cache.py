@@ -97,7 +97,8 @@ def encode_shard(reader: ShardReader, sid: int, *, vae: Any, family: Any, text: 
     parts: list[dict[str, Any]] = []
     for offs, caps, pairs in _chunks(reader, sid, bs, skips):
         failures: list[str] = []
-        part = encode_rows(_Decoded(pairs, res), list(range(len(pairs))), vae, device, dtype, bs, hflip, failures)
+        part = encode_rows(_Decoded(pairs, res), list(range(len(pairs))), vae, family, device, dtype, bs, hflip,
+                           failures)
         got = part.pop("index").tolist()  # a pair that decoded but did not resize is skipped like a bad image
         skips += [[offs[i], "undecodable image", failures.pop(0)] for i in range(len(pairs)) if i not in got]
         if got:
@@ -183,7 +184,7 @@ def bytes_per_sample(vae: Any, family: Any, text: dict[str, Any], res: int, hfli
     """A cache shard's bytes for one sample with its own caption (the worst case)."""
     import torch
 
-    from ..models.families import vae_scale_factor
+    from ..models.families import vae_latent_channels, vae_scale_factor
 
     side = res // vae_scale_factor(vae.config)
     elem = torch.empty((), dtype=vae.dtype).element_size()
@@ -192,7 +193,7 @@ def bytes_per_sample(vae: Any, family: Any, text: dict[str, Any], res: int, hfli
     emb = enc.prompt_embeds[0].numel() * enc.prompt_embeds.element_size()
     if enc.pooled_prompt_embeds is not None:
         emb += enc.pooled_prompt_embeds[0].numel() * enc.pooled_prompt_embeds.element_size()
-    row = 2 * vae.config.latent_channels * side * side * elem + 3 * res * res + 4 * 8  # latents, hint, micro
+    row = 2 * vae_latent_channels(vae.config) * side * side * elem + 3 * res * res + 4 * 8  # latents, hint, micro
     return row * (2 if hflip else 1) + emb + 8 + 8  # + offset, caption id
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TrainingError
-from .config import TrainConfig
+from .config import TrainConfig, config_json
 
 #: state.json's record of whether the base's weights train (the name runs of earlier versions wrote)
 UNLOCKED_KEY = "unet_unlocked"
@@ -57,10 +57,11 @@ def _weights_finite(modules: list[Any]) -> bool:
 
 
 def write_checkpoint(cfg: TrainConfig, state: RunState, accelerator: Any, raw_controlnet: Any,
-                     optimizer: Any, lr_scheduler: Any, models: Any, extra: dict[str, Any] | None = None) -> Path | None:
+                     optimizer: Any, lr_scheduler: Any, models: Any, extra: dict[str, Any] | None = None,
+                     resolved: dict[str, Any] | None = None) -> Path | None:
     """OUTPUT/checkpoints/step-N (main process; the others wait). Non-finite weights are never written:
     the run stops naming the last good checkpoint instead. `extra` joins state.json (the process split and
-    stream position, see stream.py)."""
+    stream position, see stream.py); `resolved`: what train_config.json records as resolved at run time."""
     import torch
 
     from .checkpoint import save_checkpoint
@@ -82,7 +83,7 @@ def write_checkpoint(cfg: TrainConfig, state: RunState, accelerator: Any, raw_co
         denoiser = (models.family.denoiser, models.denoiser) if state.denoiser_unlocked else None
         path = save_checkpoint(cfg.output_dir, state.step, controlnet=raw_controlnet, denoiser=denoiser,
                                optimizer=optimizer, state=record,
-                               rng=rng, config_json=cfg.to_json(), run_id=state.run_id, keep=cfg.keep_checkpoints)
+                               rng=rng, config_json=config_json(cfg, resolved or {}), run_id=state.run_id, keep=cfg.keep_checkpoints)
     accelerator.wait_for_everyone()
     return path or cfg.output_dir / "checkpoints" / f"step-{state.step}"  # the main process wrote it for every rank
 
@@ -136,6 +137,8 @@ class TrainResult:
     loss_plot: Path | None = None
     validation_images: list[Path] = field(default_factory=list)
     controllability: list[dict[str, Any]] = field(default_factory=list)  # per validation: step, metric, value, n
+    #: what was resolved at run time (mixed precision, device, processes, effective batch...; train_config.json)
+    resolved: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     processes: int = 1
     is_main_process: bool = True  # only the main process wrote the outputs (and should report them)

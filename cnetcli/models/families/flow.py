@@ -31,7 +31,7 @@ WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
 
 @dataclass(frozen=True)
 class FlowFamily(ModelFamily):
-    """What the flow-matching transformer families (FLUX.1, SD3) declare alike, as `UNetFamily` does for
+    """What the flow-matching transformer families (FLUX.1, SD3, Qwen-Image) declare alike, as `UNetFamily` does for
     SD1.x/SDXL: a `transformer` denoiser, the flow-matching Euler scheduler, 1024 px when the VAE says nothing."""
 
     denoiser: ClassVar[str] = "transformer"

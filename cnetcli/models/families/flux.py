@@ -69,6 +69,7 @@ class Flux(flow.FlowFamily):
     #: FLUX.1-dev's distilled guidance when --cfg is not given (FluxPipeline's guidance_scale default)
     default_guidance: ClassVar[float] = 3.5
     distilled_guidance: ClassVar[bool] = True
+    text_encoders_offloaded: ClassVar[bool] = True  # T5-XXL
     fixed_sampler: ClassVar[str | None] = "euler"  # FlowMatchEulerDiscreteScheduler, FluxPipeline's
     #: T5's padded length (FluxPipeline's default)
     max_sequence_length: int = 512
@@ -172,7 +173,7 @@ class Flux(flow.FlowFamily):
 
     def _vae_latents(self, vae: Any, pixels: Any, sample: Any = None) -> Any:
         """Pixels in [-1, 1] -> shifted and scaled VAE latents, `mean + std * sample` (None: the VAE's draw)."""
-        dist = vae.encode(pixels.to(vae.dtype)).latent_dist
+        dist = self.encode_pixels(vae, pixels.to(vae.dtype))
         z = dist.sample() if sample is None else dist.mean + dist.std * sample.to(dist.mean.dtype)
         return self.to_latents(vae.config, z)
 
@@ -418,6 +419,10 @@ class Flux(flow.FlowFamily):
         return hints, image, torch.cat([d[-1] for d in draws])
 
     # ------------------------------------------------------------------ memory plan
+    #: bytes a bf16 step keeps per token x hidden channel of a base block and of a ControlNet block (double- and
+    #: single-stream alike; fitted on benchmarks/memory_trace.py's traces, families/transformer_memory.py)
+    BLOCK_BYTES: ClassVar[tuple[float, float]] = (26.0, 64.0)
+
     def controlnet_share(self, denoiser_config: Any, small_scale: bool = False) -> float:
         """Its blocks' share of the base's (a double-stream block has ~2.4x a single-stream block's weights)."""
         double, single = self.controlnet_depth(denoiser_config, small_scale)
@@ -434,9 +439,11 @@ class Flux(flow.FlowFamily):
         blocks = sum(int(config_get(denoiser_config, k)) for k in ("num_layers", "num_single_layers"))
         hidden = int(config_get(denoiser_config, "num_attention_heads")) * int(
             config_get(denoiser_config, "attention_head_dim"))
-        return tm.activation_bytes(hidden=hidden, blocks=blocks + sum(self.controlnet_depth(denoiser_config)),
-                                   patch_pixels=4, text_tokens=self.max_sequence_length, latent_pixels=latent_pixels,
-                                   gradient_checkpointing=gradient_checkpointing, fp32=fp32)
+        return tm.activation_bytes(hidden=hidden, base_blocks=blocks,
+                                   controlnet_blocks=sum(self.controlnet_depth(denoiser_config)), patch_pixels=4,
+                                   text_tokens=self.max_sequence_length, latent_pixels=latent_pixels,
+                                   gradient_checkpointing=gradient_checkpointing, fp32=fp32,
+                                   block_bytes=self.BLOCK_BYTES)
 
 
 FAMILY = Flux

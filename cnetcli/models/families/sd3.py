@@ -71,6 +71,7 @@ class StableDiffusion3(FlowFamily):
     sample_max_sequence_length: ClassVar[int] = 256
     #: the script's --precondition_outputs (default 1)
     precondition_outputs: ClassVar[bool] = True
+    text_encoders_offloaded: ClassVar[bool] = True  # T5-XXL
     #: --cfg when not given: StableDiffusion3ControlNetPipeline's guidance_scale (true CFG)
     default_guidance: ClassVar[float] = 7.0
 
@@ -329,6 +330,11 @@ class StableDiffusion3(FlowFamily):
                         return_dict=False)[0]
 
     # ------------------------------------------------------------------ memory plan
+    #: bytes a bf16 step keeps per token x hidden channel of a base block and of a ControlNet block (more than
+    #: FLUX's: the joint blocks' q/k RMS norms; fitted on benchmarks/memory_trace.py's traces,
+    #: families/transformer_memory.py)
+    BLOCK_BYTES: ClassVar[tuple[float, float]] = (31.0, 75.0)
+
     def controlnet_share(self, denoiser_config: Any, small_scale: bool = False) -> float:
         return self.controlnet_layers(denoiser_config, small_scale) / int(config_get(denoiser_config, "num_layers"))
 
@@ -343,10 +349,11 @@ class StableDiffusion3(FlowFamily):
         hidden = int(config_get(denoiser_config, "num_attention_heads")) * int(
             config_get(denoiser_config, "attention_head_dim"))
         patch = int(config_get(denoiser_config, "patch_size") or 2) ** 2
-        return tm.activation_bytes(hidden=hidden, blocks=layers + self.controlnet_layers(denoiser_config, False),
+        return tm.activation_bytes(hidden=hidden, base_blocks=layers,
+                                   controlnet_blocks=self.controlnet_layers(denoiser_config, False),
                                    patch_pixels=patch, text_tokens=2 * self.train_max_sequence_length,
                                    latent_pixels=latent_pixels, gradient_checkpointing=gradient_checkpointing,
-                                   fp32=fp32)
+                                   fp32=fp32, block_bytes=self.BLOCK_BYTES)
 
 
 FAMILY = StableDiffusion3
