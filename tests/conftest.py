@@ -182,3 +182,11 @@ def train_cfg(base, data, out, resolution=32, **kw):
 def hint(tmp_path_factory):
     """The generate tests' hint PNG, a 32 px canny square (see `write_hint`)."""
     return write_hint(tmp_path_factory.mktemp("hint") / "square.png")
+
+
+@pytest.fixture(scope="session")
+def zimage_dir(tmp_path_factory):
+    """A tiny Z-Image base (Qwen3 text encoder, FLUX VAE, static shift 3) saved as a diffusers folder."""
+    from cnetcli.models.tiny_zimage import save_zimage_folder, tiny_zimage_components
+
+    return save_zimage_folder(tiny_zimage_components(seed=0), tmp_path_factory.mktemp("tiny-zimage") / "base")

@@ -20,7 +20,8 @@ from cnetcli.images import save_png
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 #: family name -> the session fixture holding its tiny base (tests/conftest.py)
-FAMILIES = {"sd15": "sd8", "sdxl": "xl", "sd3": "sd3_dir", "flux": "flux_dir", "qwenimage": "qwenimage_dir"}
+FAMILIES = {"sd15": "sd8", "sdxl": "xl", "sd3": "sd3_dir", "flux": "flux_dir", "qwenimage": "qwenimage_dir",
+            "zimage": "zimage_dir"}
 
 
 @pytest.fixture(params=list(FAMILIES), ids=list(FAMILIES))

@@ -670,7 +670,8 @@ def run_own_loop(models: Models, cfg: GenerateConfig, jobs: list[Job], prompts_:
     width, height = first.width, first.height
     # --cfg is classifier-free guidance where it feeds no distilled guidance embedding (Qwen-Image's true CFG)
     true_cfg = float(cfg.true_cfg or (1.0 if family.distilled_guidance else cfg.guidance(family)))
-    enc = encode_prompts(models, prompts_, cfg.negative_prompt, true_cfg > 1.0 and bool(cfg.negative_prompt))
+    enc = encode_prompts(models, prompts_, cfg.negative_prompt,
+                         family.own_loop_negative(cfg.guidance(family), true_cfg, cfg.negative_prompt))
     n = len(first.hints)
     scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
     units, modes = [], []

@@ -27,8 +27,10 @@ def build_models(cfg: TrainConfig, device: Any, weight_dtype: Any) -> TrainModel
     vae_dtype = weight_dtype if cfg.vae else family.vae_dtype(vae.config, weight_dtype)
     text_encoders = [comps[k] for k in family.text_encoders]
     family.check_scheduler(comps["scheduler"].config)
-    controlnet = load_controlnet(cfg.controlnet, config=cfg.base_config) if cfg.controlnet else \
-        init_controlnet(family, denoiser, vae, cfg.seed, small_scale=cfg.small_scale)
+    if cfg.controlnet:
+        controlnet = family.attach(load_controlnet(cfg.controlnet, config=cfg.base_config), denoiser)
+    else:
+        controlnet = init_controlnet(family, denoiser, vae, cfg.seed, small_scale=cfg.small_scale)
     vae.requires_grad_(False)
     for te in text_encoders:
         te.requires_grad_(False)

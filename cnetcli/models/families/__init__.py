@@ -18,7 +18,8 @@ files and classes
     in the hint-type registry's `releases`), fallback_resolution / `default_resolution`, recipes.
 the ControlNet
     `init_controlnet(denoiser, vae, seed, small_scale)` (from_unet / from_transformer, which blocks),
-    `small_scale_params(controlnet)` (what --small-scale freezes, `set_connected`), `disconnect(residuals)`.
+    `small_scale_params(controlnet)` (what --small-scale freezes, `set_connected`), `disconnect(residuals)`,
+    `attach(controlnet, denoiser)` (a loaded ControlNet readied to run beside the denoiser).
 latents
     `vae_dtype`, `latent_channels`, `encode_pixels(vae, px)` / `decode_latents(vae, z)` (a video-style VAE
     takes one frame), `to_latents(vae_config, z)` / `from_latents(vae_config, z)` (the VAE's
@@ -40,6 +41,7 @@ the hint and the residuals
     training/step.py runs (generation's sampling loop calls `control` per net and `denoise` once; a family
     whose pipeline loop differs, FLUX, sets `own_sampling_loop` and implements `sample_latents`).
 generate's options
+    `own_loop_negative(guidance, true_cfg, negative)` (whether an own loop gets the negative encoding),
     `check_generate_inputs(init_image, mask, clip_skip)` (one line for what the family's diffusers pipelines
     lack), `mask_blends_latents` / `takes_mask(net)` (--mask as a latent blend, or an inpainting ControlNet's
     input: SD3), `diffusers_pipeline(parts)` (the pipeline whose `load_lora_weights` loads --lora).
@@ -204,6 +206,11 @@ class ModelFamily:
         """safetensors metadata `--single-file` stores beside the weights (e.g. the config to read it back)."""
         return {}
 
+    def fit_problems(self, controlnet_config: Any, denoiser_config: Any) -> list[str] | None:
+        """Each way a ControlNet of this family does not fit the base, as a phrase; None: the generic checks of
+        `models/compat.py` (the U-Net / MMDiT config keys) apply."""
+        return None
+
     def describe(self, config: Any) -> str | None:
         """Which release of the family a denoiser's or ControlNet's config looks like (for messages: "an SD2.x
         ControlNet on an SD1.x base?"); None when none it knows."""
@@ -233,6 +240,11 @@ class ModelFamily:
         """A new trainable ControlNet copied from the denoiser, as the family's diffusers training script does
         (`small_scale`: the family's --small-scale ControlNet, where that is a smaller network)."""
         raise NotImplementedError
+
+    def attach(self, controlnet: Any, denoiser: Any) -> Any:
+        """A loaded ControlNet made ready to run beside `denoiser` (Z-Image's borrows the denoiser's embedders);
+        returns it."""
+        return controlnet
 
     def small_scale_params(self, controlnet: Any) -> list[Any]:
         """The ControlNet parameters --small-scale freezes (at zero) until --reconnect-at."""
@@ -353,6 +365,11 @@ class ModelFamily:
     #: (`takes_mask`, SD3's), and the run starts from pure noise
     mask_blends_latents: ClassVar[bool] = True
 
+    def own_loop_negative(self, guidance: float, true_cfg: float, negative_prompt: str | None) -> bool:
+        """Whether `sample_latents` gets the negative prompt's encoding: for true CFG with a negative prompt
+        (FLUX's `true_cfg_scale`); a family whose --cfg is CFG against "" by default says so here."""
+        return true_cfg > 1.0 and bool(negative_prompt)
+
     def check_generate_inputs(self, *, init_image: bool, mask: bool, clip_skip: bool) -> None:
         """Refuse, in one line, a generate option the family's diffusers pipelines do not have (img2img,
         inpainting, clip skip), before any model loads."""
@@ -415,7 +432,7 @@ class ModelFamily:
 
 #: the family modules (each defines `FAMILY`, its ModelFamily subclass), most specific first: detection asks
 #: them in this order, and the last one (SD1.x/2.x) takes what no other claims
-FAMILY_MODULES = ("sdxl", "sd3", "flux", "qwenimage", "sd")
+FAMILY_MODULES = ("sdxl", "sd3", "flux", "qwenimage", "zimage", "sd")
 
 
 def _families() -> tuple[type[ModelFamily], ...]:
