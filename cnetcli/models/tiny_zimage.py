@@ -13,6 +13,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+from tokenizers import AddedToken
+from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3Model
+from transformers.convert_slow_tokenizer import bytes_to_unicode
+
 from .tiny_flow import FLUX_VAE_FACTORS, _flow_vae
 
 #: Tongyi-MAI/Z-Image-Turbo's scheduler/scheduler_config.json (a static shift, no dynamic shifting)
@@ -30,10 +36,6 @@ CHAT_TEMPLATE = (
 def zimage_tokenizer() -> Any:
     """A working Qwen2Tokenizer (the class Qwen3's tokenizer.json names) built in memory: the 256 byte-level
     symbols, no merges, Qwen3's special tokens, pad `<|endoftext|>`, and the chat template."""
-    from tokenizers import AddedToken
-    from transformers import Qwen2Tokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
     vocab = {s: i for i, s in enumerate(bytes_to_unicode().values())}
     tok = Qwen2Tokenizer(vocab=vocab, merges=[], pad_token="<|endoftext|>")
     tok.add_tokens([AddedToken(s, special=True) for s in SPECIALS])
@@ -42,9 +44,6 @@ def zimage_tokenizer() -> Any:
 
 
 def _text_encoder(vocab_size: int, hidden: int, seed: int) -> Any:
-    import torch
-    from transformers import Qwen3Config, Qwen3Model
-
     torch.manual_seed(seed)
     return Qwen3Model(Qwen3Config(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=37,
                                   num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
@@ -54,9 +53,6 @@ def _text_encoder(vocab_size: int, hidden: int, seed: int) -> Any:
 def tiny_zimage_components(seed: int = 0, *, num_layers: int = 4) -> dict[str, Any]:
     """A toy Z-Image base: the transformer (32 wide, 2 heads, rotary axes 8/4/4, one refiner layer each for the
     image and the caption), the FLUX VAE, a 3-layer Qwen3 encoder 16 wide and the release's scheduler."""
-    import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler, ZImageTransformer2DModel
-
     torch.manual_seed(seed)
     transformer = ZImageTransformer2DModel(all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=32,
                                            n_layers=num_layers, n_refiner_layers=1, n_heads=2, n_kv_heads=2,
@@ -69,8 +65,6 @@ def tiny_zimage_components(seed: int = 0, *, num_layers: int = 4) -> dict[str, A
 
 def save_zimage_folder(components: dict[str, Any], directory: str | Path) -> Path:
     """Save components as a diffusers Z-Image folder (model_index.json naming ZImagePipeline)."""
-    from diffusers import ZImagePipeline
-
     d = Path(directory)
     ZImagePipeline(**components).save_pretrained(str(d), safe_serialization=True)
     return d

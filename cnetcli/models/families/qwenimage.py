@@ -29,9 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ...errors import UsageError
 from ..model_config import config_get
-from . import PromptEncoding, _as_list, flow_files, vae_scale_factor
+from . import PromptEncoding, _as_list, flow, flow_files, vae_scale_factor
 from . import transformer_memory as tm
 from .flux import Flux
 
@@ -89,11 +88,8 @@ class QwenImage(Flux):
     def check_generate_inputs(self, *, init_image: bool, mask: bool, clip_skip: bool) -> None:
         """No img2img or inpainting with a ControlNet (diffusers' Qwen-Image ControlNet inpainting is a separate
         ControlNet with the mask in its input), no clip skip (the text encoder is a language model)."""
-        if init_image or mask:
-            raise UsageError("--init-image/--mask: Qwen-Image bases generate from noise only in cnet "
-                             "(QwenImageControlNetPipeline has no img2img); drop --init-image and --mask")
-        if clip_skip:
-            raise UsageError("--clip-skip: Qwen-Image's text encoder is Qwen2.5-VL, not CLIP; drop --clip-skip")
+        flow.refuse_noise_only("Qwen-Image", "QwenImageControlNetPipeline", "Qwen2.5-VL", init_image=init_image,
+                               mask=mask, clip_skip=clip_skip)
 
     @classmethod
     def matches_config(cls, denoiser_config: Any) -> bool:

@@ -31,9 +31,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ...errors import ModelLoadError, UsageError
+from ...errors import ModelLoadError
 from ..model_config import config_get
-from . import PromptEncoding, _as_list, flow_files
+from . import PromptEncoding, _as_list, flow, flow_files, vae_scale_factor
+from . import transformer_memory as tm
 from .flux import Flux
 
 #: the transformer's modules a ControlNet borrows (`ZImageControlNetModel.from_transformer`)
@@ -86,11 +87,9 @@ class ZImage(Flux):
         return ZImagePipeline(**{k: parts[k] for k in self.parts})
 
     def check_generate_inputs(self, *, init_image: bool, mask: bool, clip_skip: bool) -> None:
-        if init_image or mask:
-            raise UsageError("--init-image/--mask: Z-Image bases generate from noise only in cnet "
-                             "(ZImageControlNetPipeline has no img2img); drop --init-image and --mask")
-        if clip_skip:
-            raise UsageError("--clip-skip: Z-Image's text encoder is Qwen3, not CLIP; drop --clip-skip")
+        """No img2img or inpainting (ZImageControlNetPipeline starts from noise), no clip skip (Qwen3)."""
+        flow.refuse_noise_only("Z-Image", "ZImageControlNetPipeline", "Qwen3", init_image=init_image, mask=mask,
+                               clip_skip=clip_skip)
 
     def own_loop_negative(self, guidance: float, true_cfg: float, negative_prompt: str | None) -> bool:
         """--cfg above 0 is CFG against the negative prompt, "" when none (the pipeline's default)."""
@@ -315,8 +314,6 @@ class ZImage(Flux):
         encoding, each branch with its own ControlNet residuals."""
         import torch
 
-        from . import vae_scale_factor
-
         h, w = size
         f = vae_scale_factor(vae.config)
         shape = (1, self.latent_channels(denoiser.config), 2 * (h // (f * 2)), 2 * (w // (f * 2)))
@@ -332,7 +329,7 @@ class ZImage(Flux):
         for i, t in enumerate(timesteps):
             x = latents.to(dtype)
             tt = t.expand(x.shape[0])
-            hints_ = [(u.net, h.to(denoiser.device, dtype), self.unit_scale(u, i, n))
+            hints_ = [(u.net, h.to(denoiser.device, dtype), u.scale_at(i, n))
                       for u, h in zip(units, hints, strict=True)]
             pred = self._controlled(denoiser, x, tt, cond, hints_)
             if neg is not None:
@@ -362,8 +359,6 @@ class ZImage(Flux):
         """FLUX's fitted transformer model (families/transformer_memory.py; not traced for Z-Image): every base
         layer and the full ControlNet's blocks, over the patch-2 image tokens and `max_sequence_length` text
         tokens."""
-        from . import transformer_memory as tm
-
         blocks = int(config_get(denoiser_config, "n_layers")) + len(self.control_places(denoiser_config))
         return tm.activation_bytes(hidden=int(config_get(denoiser_config, "dim")), blocks=blocks, patch_pixels=4,
                                    text_tokens=self.max_sequence_length, latent_pixels=latent_pixels,
