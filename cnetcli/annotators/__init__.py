@@ -201,7 +201,10 @@ class HintType:
 _REGISTRY: dict[str, HintType] = {}
 _ALIASES: dict[str, str] = {}
 
-# Modules that register hint types. Importing them must stay cheap (no torch/cv2 at import time).
+# Modules that register hint types. Importing them must stay cheap (no torch/cv2 at import time). An explicit
+# list, not discovery over the package: its order is the registration order (the order `--help` lists the
+# types in, and which type claims a shared A1111 module name first), and discovery would import the heavy
+# helper modules here (pose_batch, differentiable, ade20k) at `cnet --help`. A new type's module adds one line.
 _MODULES = (
     "cnetcli.annotators.basic",
     "cnetcli.annotators.pose",
