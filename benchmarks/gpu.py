@@ -13,6 +13,12 @@ is not installed). The SDXL and ZeRO-2 steps run last and share what is left of 
                                        # on the CPU (a minute or two on an idle 2-core CPU); a smoke run
     bash benchmarks/gpu.sh --only sdxl # just the SDXL rows
     bash benchmarks/gpu.sh --only zero2  # just the ZeRO-2 vs DDP rows (needs `pip install deepspeed`)
+    bash benchmarks/gpu.sh --only flux # FLUX.1-dev's train step at 512 and 1024 px (also sd3: SD3.5-large's)
+
+The FLUX.1 / SD3.5 rows (issue #19; benchmarks/train_flow.py) run only when named in --only: cnet's training step
+at the released size with random weights and every memory flag (bf16 base, cached latents and CLIP/T5 embeddings,
+gradient checkpointing, 8-bit Adam where bitsandbytes imports), step time and peak memory next to the memory plan's
+estimate. They fit an 80 GB H100: ~42 GiB traced for FLUX.1-dev, ~40 GiB for SD3.5-large (RESULTS_memory.md).
 
 Each benchmark runs as its own subprocess (benchmarks/generate.py, train.py, annotate_models.py) with the
 caller's PYTHONPATH kept, writes its results as JSON, and a failed or timed-out step is reported in the table
@@ -53,6 +59,8 @@ SDXL_TRAIN_BATCHES = (1, 4)
 TOTAL_LIMIT_S = 540
 #: the steps that run after the SD1.5 rows and share what is left of TOTAL_LIMIT_S (`--only` gives them all of it)
 LATE_STEPS = ("sdxl-train", "sdxl-generate", "zero2")
+#: issue #19's rows, run only when --only names them (flux, sd3): the default run's budget is the SD1.5/SDXL rows'
+FLOW_STEPS = ("flux-train", "sd3-train")
 
 
 def sdxl_train_variants(toy: bool) -> tuple[str, str]:
@@ -78,7 +86,8 @@ def has_bitsandbytes() -> bool:
 
 def steps(toy: bool, out: Path) -> list[tuple[str, list[str], int]]:
     """(name, argv, time limit in seconds): the full run on CUDA, or the toy run on the CPU."""
-    j = {k: str(out / f"{k}.json") for k in ("generate", "train", "annotate", "sdxl-train", "sdxl-generate", "zero2")}
+    j = {k: str(out / f"{k}.json") for k in ("generate", "train", "annotate", "sdxl-train", "sdxl-generate", "zero2",
+                                             *FLOW_STEPS)}
     variants = ",".join(TRAIN_VARIANTS)
     xl_variants = ",".join(sdxl_train_variants(toy))
     z_variants = ",".join(zero2_variants(toy))
@@ -98,6 +107,8 @@ def steps(toy: bool, out: Path) -> list[tuple[str, list[str], int]]:
                                "--json", j["sdxl-generate"]], 600),
             ("zero2", ["train.py", "--size", "tiny", "--device", "cpu", "--batch", "2", "--steps", "2", "--warmup", "1",
                        "--threads", "1", "--variants", z_variants, "--json", j["zero2"]], 600),
+            *((k, ["train_flow.py", "--family", k[:-6], "--toy", "--device", "cpu", "--res", "64", "--steps", "2",
+                   "--warmup", "1", "--json", j[k]], 600) for k in FLOW_STEPS),
         ]
     return [
         ("generate", ["generate.py", "--device", "cuda", "--sd15", "--batch", "1", "8", "--json", j["generate"]], 200),
@@ -112,6 +123,9 @@ def steps(toy: bool, out: Path) -> list[tuple[str, list[str], int]]:
                            "--repeats", "2", "--paths", "default,eager", "--json", j["sdxl-generate"]], 160),
         ("zero2", ["train.py", "--size", "sd15", "--device", "cuda", "--batch", "8", "--bf16", "--steps", "3",
                    "--warmup", "2", "--variants", z_variants, "--json", j["zero2"]], 200),
+        # FLUX.1-dev / SD3.5-large: built on the GPU in bf16 (seconds), both resolutions in one process
+        *((k, ["train_flow.py", "--family", k[:-6], "--device", "cuda", "--res", "512", "1024", "--steps", "3",
+               "--warmup", "2", "--json", j[k]], 240) for k in FLOW_STEPS),
     ]
 
 
@@ -205,6 +219,32 @@ def sdxl_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, s
     return rows
 
 
+def _gib(x: float) -> str:
+    return f"{x:.1f}" if x >= 1 else f"{x:.3f}"  # the toy run's tiny models: MiB-sized plans
+
+
+def flow_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
+    """Issue #19's rows: FLUX.1-dev / SD3.5-large train step per resolution with the memory flags, the measured
+    peak next to the memory plan's estimate (plan / measured)."""
+    rows = []
+    for k in FLOW_STEPS:
+        d = results.get(k, {}).get("data")
+        if k not in results:
+            continue
+        name = {"flux-train": "FLUX.1-dev", "sd3-train": "SD3.5-large"}[k]
+        name = f"tiny {name.split('-')[0]}" if (d or {}).get("toy") else name
+        for r in (d or {}).get("rows", []) or [{}]:
+            if not r:
+                rows.append((f"{name} train step", "-", "-", "-", ""))
+                continue
+            flags = f"bf16 base + grad. checkpointing + {r['optimizer']} + cached latents/embeddings"
+            rows.append((f"{name} train step, {r['res']} px, batch {r['batch']}, {flags}",
+                         f"{r['s_per_step']:.2f} s/step, {_gib(r['peak_gib'])} GiB",
+                         f"plan {_gib(r['plan_gib'])} GiB ({r['plan_gib'] / r['peak_gib']:.2f}x measured; "
+                         f"{_gib(r['plan_with_overheads_gib'])} with overheads)", SDXL_BASELINE, ""))
+    return rows
+
+
 def zero2_rows(results: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
     """Issue #21's rows: peak memory (and speed) of 1-GPU DDP and DeepSpeed ZeRO-2, each with its optimizer,
     against DDP with AdamW; a variant that could not run (no deepspeed, no CUDA) shows why."""
@@ -259,6 +299,7 @@ def build_table(results: dict[str, dict[str, Any]], env: dict[str, str], toy: bo
                      f"{theirs:.2f} img/s" if theirs else "-", *BASELINE[kind]))
     rows += sdxl_rows(results)
     rows += zero2_rows(results)
+    rows += flow_rows(results)
     head = [f"device: {env.get('device')}; CUDA {env.get('cuda', '-')}; "
             + ", ".join(f"{k} {env[k]}" for k in ("python", "torch", "diffusers", "transformers", "accelerate",
                                                    "controlnet_aux", "cnetcli") if k in env)]
@@ -280,7 +321,8 @@ def main() -> None:
     ap.add_argument("--toy", action="store_true", help="tiny models on the CPU (also CNET_BENCH_TOY=1)")
     ap.add_argument("--out", default=None, help="folder for the JSON results and logs (default: a temp folder)")
     ap.add_argument("--only", default="", help="comma-separated subset of generate,train,annotate,sdxl-train,"
-                    "sdxl-generate,zero2 (also `sdxl` for both SDXL steps)")
+                    "sdxl-generate,zero2 (also `sdxl` for both SDXL steps), flux, sd3 (FLUX.1 / SD3.5 rows: only "
+                    "when named)")
     a = ap.parse_args()
     toy = a.toy or os.environ.get("CNET_BENCH_TOY", "") not in ("", "0")
     out = Path(a.out or tempfile.mkdtemp(prefix="cnet-gpu-bench-"))
@@ -291,13 +333,14 @@ def main() -> None:
     only = set(a.only.split(",")) - {""}
     if "sdxl" in only:
         only |= {"sdxl-train", "sdxl-generate"}
+    only |= {f"{k}-train" for k in ("flux", "sd3") if k in only}
     results: dict[str, dict[str, Any]] = {}
     t0 = time.perf_counter()
     for name, argv, limit in steps(toy, out):
-        if only and name not in only:
+        if (only and name not in only) or (not only and name in FLOW_STEPS):
             continue
         left = TOTAL_LIMIT_S - (time.perf_counter() - t0)
-        if not toy and name in LATE_STEPS:
+        if not toy and (name in LATE_STEPS or name in FLOW_STEPS):
             if left < 60:
                 results[name] = {"data": None, "seconds": 0.0,
                                  "error": f"skipped: under a minute left of the run's {TOTAL_LIMIT_S} s budget"}

@@ -112,6 +112,7 @@ class Trace:
     audit: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     small_scale: bool = False
+    vae_config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def with_margin(self) -> float:
@@ -153,7 +154,6 @@ def build_flow_components(family: str, tiny: bool, depth: tuple[int, int] | None
     """FLUX.1-dev / SD3.5-large at full size (`depth` blocks), or cnet's tiny flow bases. The text encoders are
     the tiny ones either way: the full-size rows are traced with cached embeddings only (the encoders are on the
     host then), whose shapes `FLOW_TEXT` gives."""
-    from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
     from torch._subclasses.fake_tensor import unset_fake_temporarily
 
     from cnetcli.models import tiny_flow
@@ -163,6 +163,16 @@ def build_flow_components(family: str, tiny: bool, depth: tuple[int, int] | None
         c = (tiny_flow.tiny_flux_components if family == "flux" else tiny_flow.tiny_sd3_components)(seed=0)
     if tiny:
         return c
+    return c | released_flow_models(family, depth)
+
+
+def released_flow_models(family: str, depth: tuple[int, int] | None = None) -> dict[str, Any]:
+    """The transformer (at `depth` (double, single) blocks, or the release's) and VAE of FLUX.1-dev / SD3.5-large,
+    built in the current default device and dtype (benchmarks/train_flow.py builds them on the GPU in bf16)."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel, SD3Transformer2DModel
+
+    from cnetcli.models import tiny_flow
+
     cfg = dict(FLOW_CONFIGS[family])
     if depth is not None:
         cfg["num_layers"] = depth[0]
@@ -170,8 +180,7 @@ def build_flow_components(family: str, tiny: bool, depth: tuple[int, int] | None
             cfg["num_single_layers"] = depth[1]
     cls = FluxTransformer2DModel if family == "flux" else SD3Transformer2DModel
     factors = tiny_flow.FLUX_VAE_FACTORS if family == "flux" else tiny_flow.SD3_VAE_FACTORS
-    c |= {"transformer": cls(**cfg), "vae": AutoencoderKL(**FLOW_VAE, sample_size=1024, **factors)}
-    return c
+    return {"transformer": cls(**cfg), "vae": AutoencoderKL(**FLOW_VAE, sample_size=1024, **factors)}
 
 
 def build_components(family: str, tiny: bool, depth: tuple[int, int] | None = None) -> dict[str, Any]:
@@ -475,7 +484,7 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
         lat = (vae.config.latent_channels, resolution // factor, resolution // factor)
         if flags.cached:  # cache.py's rows, on the host (not tracked): only the batch's rows reach the GPU
             text = {k: comps[k] for k in (*family.text_encoders, *family.tokenizers)}
-            emb = family.encode_prompt(text, [""], do_classifier_free_guidance=False)
+            emb = family.encode_prompt(text, [""], do_classifier_free_guidance=False, training=True)  # cache.py's
             if family_name in FLOW_TEXT and not tiny:  # the released encoders' row shapes
                 (tokens, width), pooled = FLOW_TEXT[family_name]
                 emb = dataclasses.replace(emb, prompt_embeds=torch.zeros(1, tokens, width, dtype=emb.prompt_embeds.dtype),
@@ -545,7 +554,7 @@ def trace_step(family_name: str, resolution: int, batch: int, flags: Flags, *, t
         raise RuntimeError(f"ops CUDA autocast runs in fp32 ran in {bad}: the policy registration missed them")
     return Trace(family_name, resolution, batch, flags, total, at_peak, best[2], params, phases,
                  dict(unet.config), factor, weight_dtype,
-                 audit.sdpa, audit.counts, time.time() - t0, small_scale)
+                 audit.sdpa, audit.counts, time.time() - t0, small_scale, dict(vae.config))
 
 
 # ------------------------------------------------------------------------------------------- the table
@@ -562,7 +571,8 @@ def plan_estimate(tr: Trace) -> Any:
     lat = tr.resolution // tr.vae_factor
     return memory_plan(parts, batch_size=tr.batch, latent_pixels=lat * lat, eight_bit_adam=tr.flags.adam8,
                        gradient_checkpointing=tr.flags.checkpointing, act_dtype=w, cached=tr.flags.cached,
-                       denoiser_config=tr.unet_config, vae_factor=tr.vae_factor, family=fam)
+                       denoiser_config=tr.unet_config, vae_factor=tr.vae_factor, family=fam,
+                       vae_config=tr.vae_config or None)
 
 
 def table(traces: list[Trace]) -> str:
@@ -604,7 +614,10 @@ TRACE_DEPTHS = {"flux": ((4, 4), (6, 4), (4, 6)), "sd3": ((13, 0), (15, 0))}
 
 def extrapolate(traces: list[Trace], depths: tuple[tuple[int, int], ...], full: tuple[int, int]) -> Trace:
     """The trace at the released depth `full`, from traces at `depths` (the first the reference, the others one
-    more block kind each): every byte count is linear in the double and single blocks."""
+    more block kind each): every byte count is linear in the double and single blocks. The peak is the largest
+    extrapolated phase: the phase that peaks can change with depth (the forward's activations grow with the
+    blocks, the backward's gradients with the ControlNet only), so the traced peaks are not extrapolated directly.
+    `at_peak` stays the traced peaks' breakdown, extrapolated."""
     base, rest = traces[0], traces[1:]
     d0 = depths[0]
 
@@ -616,10 +629,12 @@ def extrapolate(traces: list[Trace], depths: tuple[tuple[int, int], ...], full: 
         return int(v)
 
     keys = set(base.at_peak).union(*(t.at_peak for t in rest))
+    phases = {k: at(lambda t, k=k: t.phases.get(k, 0)) for k in base.phases}
+    top = max(phases, key=phases.__getitem__) if phases else None
     return dataclasses.replace(
-        base, peak=at(lambda t: t.peak), at_peak={k: at(lambda t, k=k: t.at_peak.get(k, 0)) for k in keys},
-        params={k: at(lambda t, k=k: t.params[k]) for k in base.params},
-        phases={k: at(lambda t, k=k: t.phases.get(k, 0)) for k in base.phases},
+        base, peak=phases[top] if top else at(lambda t: t.peak), phase=top or base.phase,
+        at_peak={k: at(lambda t, k=k: t.at_peak.get(k, 0)) for k in keys},
+        params={k: at(lambda t, k=k: t.params[k]) for k in base.params}, phases=phases,
         unet_config=dict(base.unet_config, num_layers=full[0], **({"num_single_layers": full[1]}
                                                                    if "num_single_layers" in base.unet_config else {})),
         seconds=sum(t.seconds for t in traces))

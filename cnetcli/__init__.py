@@ -9,6 +9,7 @@ The Python API mirrors the CLI; every name here is imported lazily so that `impo
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
@@ -33,7 +34,6 @@ def __getattr__(name: str) -> Any:
     target = _LAZY.get(name)
     if target is None:
         raise AttributeError(f"module 'cnetcli' has no attribute {name!r}")
-    import importlib
 
     mod_name, attr = target.split(":")
     value = getattr(importlib.import_module(mod_name), attr)

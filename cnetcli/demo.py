@@ -22,14 +22,18 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    pass
-
+from .data import read_dataset
+from .device import resolve_device, usable_cores
 from .errors import UsageError
+from .evaluation import evaluate_folder
+from .fsguard import atomic_write_text
+from .generation.config import GenerateConfig
 from .generation.prompts import PROMPT_MODES
+from .images import load_image, save_png
 from .reporting import NullReporter, Reporter
+from .synthetic import heldout_dir, write_circles
 from .training.config import TINY_RECIPES, TrainConfig
 
 TINY_BASE = "cnet-tiny"
@@ -102,9 +106,6 @@ class DemoConfig:
 
 def make_data(cfg: DemoConfig) -> tuple[Path, list[Path], list[str]]:
     """`cnet data circles`: the training set and held-out (hint, prompt) pairs."""
-    from .data import read_dataset
-    from .synthetic import heldout_dir, write_circles
-
     size = cfg.train_config().resolution
     train = Path(cfg.output) / "data" / "train"
     write_circles(train, count=cfg.train_count + cfg.eval_count, size=size, seed=cfg.train_config().seed,
@@ -115,7 +116,7 @@ def make_data(cfg: DemoConfig) -> tuple[Path, list[Path], list[str]]:
 
 def load_generation_models(cfg: DemoConfig, hint: Path) -> Any:
     """The base, loaded once for every generate call (ControlNets are added by name)."""
-    from .generation import GenerateConfig, load_models
+    from .generation import load_models
 
     return load_models(GenerateConfig(hints=(str(hint),), base=cfg.base, device=cfg.device, offline=True,
                                       **cfg.sampling_fields()), [])
@@ -146,7 +147,7 @@ def add_checkpoint(models: Any, trained: str, ck: Path) -> str:
 def generate_mode(models: Any, cfg: DemoConfig, hints: list[Path], prompts: list[str], net: str, mode: str,
                   out: Path, reporter: Reporter | None = None) -> None:
     """One ControlNet, one prompt mode, every held-out hint in one call (user mode: each with its own prompt)."""
-    from .generation import GenerateConfig, generate
+    from .generation import generate
 
     generate(GenerateConfig(hints=tuple(str(h) for h in hints), prompt=tuple(prompts) if mode == "user" else (),
                             controlnets=(net,), base=cfg.base, captioner=cfg.captioner, output=str(out),
@@ -208,7 +209,6 @@ def train_processes(tcfg: TrainConfig, quick: bool) -> int:
     per core (up to `MAX_TRAIN_PROCESSES`, as many as divide the batch): the tiny model's ops scale badly across
     threads, separate processes do not (2 cores: 2.17 vs 1.73 steps/s for one process at 2 threads). One process
     on a GPU, on one core, and for the smoke run (spawning interpreters costs more than its 4 steps)."""
-    from .device import resolve_device, usable_cores
     from .training.launch import split_batch
 
     if quick or resolve_device(tcfg.device) != "cpu":
@@ -221,8 +221,6 @@ def train_processes(tcfg: TrainConfig, quick: bool) -> int:
 def run_demo(cfg: DemoConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     """Run the whole pipeline; returns the metrics also written to OUTPUT/metrics.json ("passed" is None for a
     smoke run)."""
-    from .evaluation import evaluate_folder
-    from .fsguard import atomic_write_text
     from .training.launch import train_in_processes
 
     rep = reporter or NullReporter()
@@ -283,7 +281,6 @@ def write_contact_sheet(results: dict[str, dict[str, Any]], hints: list[Path], m
                         path: Path) -> None:
     """Rows: the hints, then per ControlNet and prompt mode its final images (generation's contact sheet)."""
     from .generation.output import contact_sheet
-    from .images import load_image, save_png
 
     order = {Path(h).resolve(): i for i, h in enumerate(hints)}
     rows = [[load_image(h) for h in hints]]

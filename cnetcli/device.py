@@ -43,12 +43,27 @@ def resolve_device(spec: str | None, flag: str = "--device") -> str:
     return d
 
 
+def auto_precision(device: str, *, training: bool = False) -> str:
+    """What "auto" means on `device` ("fp16", "bf16" or "fp32"), for every command: --dtype (generate, the
+    annotators' networks) and --mixed-precision (train). Off CUDA: fp32 (half precision on a CPU is slow or
+    unsupported). Inference on CUDA: fp16, which every CUDA GPU runs fast and which diffusers' pipelines are
+    published in. Training on CUDA: bf16 where the GPU has it, else fp32, never fp16: fp16 training needs loss
+    scaling and its gradients overflow, bf16 has fp32's range."""
+    import torch
+
+    if not str(device).startswith("cuda"):
+        return "fp32"
+    if not training:
+        return "fp16"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+
+
 def resolve_dtype(dtype: str | None, device: str, flag: str = "--dtype") -> Any:
-    """auto (fp16 on CUDA, fp32 elsewhere) | fp32 | fp16 | bf16 -> a torch dtype."""
+    """auto (`auto_precision`: fp16 on CUDA, fp32 elsewhere) | fp32 | fp16 | bf16 -> a torch dtype."""
     d = (dtype or "auto").lower()
     if d not in DTYPES:
         raise UsageError(f"{flag} {dtype!r}: use {' | '.join(DTYPES)}")
-    return half_dtype(device) if d == "auto" else torch_dtype(d)
+    return torch_dtype(auto_precision(device) if d == "auto" else d)
 
 
 def torch_dtype(name: str) -> Any:
@@ -66,13 +81,13 @@ def dtype_name(dtype: Any) -> str:
 
 
 def half_dtype(device: str, dtype: Any = None) -> Any:
-    """The one "auto" inference dtype (annotators, `--dtype auto`): float16 on CUDA, float32 elsewhere; a given
-    `dtype` (a torch dtype or its name) wins."""
+    """For inference-only networks (annotators): a given `dtype` (a torch dtype or its name) wins, else
+    `auto_precision`'s (fp16 on CUDA, fp32 elsewhere)."""
     import torch
 
     if dtype is not None:
         return getattr(torch, dtype) if isinstance(dtype, str) else dtype
-    return torch.float16 if device.startswith("cuda") else torch.float32
+    return torch_dtype(auto_precision(device))
 
 
 #: (rank variable, world-size variable) pairs, in the order launchers are recognised.

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .errors import OutputError, UsageError
+from .errors import CnetError, OutputError, UsageError
 from .fsguard import ensure_dir
 
 RUN_LOCK = ".cnet-run.lock"
@@ -48,7 +48,6 @@ def read_note(path: Path) -> dict[str, Any] | None:
         raw = os.read(fd, _NOTE_MAX)
     finally:
         os.close(fd)
-    from .errors import CnetError
     from .external import parse_json
 
     try:

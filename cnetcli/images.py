@@ -12,10 +12,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
 from typing import TYPE_CHECKING, Any
+
+from .errors import SchemaError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -232,8 +235,6 @@ def write_json_sidecar(path: str | os.PathLike, suffix: str, data: Any) -> str:
 def encode_png(img: np.ndarray | Any, metadata: dict[str, Any] | None = None, text: dict[str, str] | None = None,
                compress_level: int = 1) -> bytes:
     """Encode an RGB array (or PIL image) as PNG bytes with cnet's provenance JSON and extra text chunks."""
-    import io
-
     import numpy as np
     from PIL import Image, PngImagePlugin
 
@@ -274,7 +275,6 @@ def read_png_metadata(path: str | os.PathLike) -> dict[str, Any]:
     raw = read_png_text(path)
     if raw is None:
         return {}
-    from .errors import SchemaError
     from .external import parse_json
 
     try:

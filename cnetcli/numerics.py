@@ -5,14 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from .errors import ModelLoadError
 
 
 def refuse_non_finite(model: Any, where: str) -> Any:
     """`model` (a torch module) if every parameter and buffer is finite; else `ModelLoadError` naming `where`
     and the first tensor that is not."""
-    import torch
-
     with torch.no_grad():
         for name, t in (*model.named_parameters(), *model.named_buffers()):
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):

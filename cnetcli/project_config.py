@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from .config_check import check_value, dataclass_types, refusal
-from .errors import UsageError
+from .errors import SchemaError, UsageError
+from .external import parse_toml, read_bytes
 
 FILENAME = "cnet.toml"
 
@@ -60,9 +61,6 @@ def _path(folder: str | Path) -> Path:
 
 def load_project_config(folder: str | Path = ".") -> dict[str, Any]:
     """The whole parsed `cnet.toml` of `folder` ({} when there is none); its tables are checked by name."""
-    from .errors import SchemaError
-    from .external import parse_toml, read_bytes
-
     path = _path(folder)
     if not os.path.lexists(path):
         return {}

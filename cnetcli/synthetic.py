@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .data import DatasetWriter, Provenance
+from .fsguard import atomic_write_text
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -135,8 +138,6 @@ class CirclesConfig:
 
 
 def _write_split(d: Path, items: list[tuple[str, Circle]], size: int, thickness: int) -> None:
-    from .data import DatasetWriter, Provenance
-
     writer = DatasetWriter(d, "imagefolder")
     records = []
     for name, c in items:
@@ -189,7 +190,6 @@ def write_circles(output: str | Path, count: int = 1000, size: int = 64, seed: i
         _write_split(held_out, held, size, thickness)
         if reporter is not None:
             reporter.advance(1)
-    from .fsguard import atomic_write_text
 
     atomic_write_text(out / "circles_config.json", json.dumps(cfg.__dict__, indent=2) + "\n")
     if reporter is not None:

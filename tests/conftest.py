@@ -120,6 +120,15 @@ def flux_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def qwenimage_dir(tmp_path_factory):
+    """A tiny Qwen-Image base (3D VAE with per-channel latent statistics, Qwen2.5-VL text encoder) as a folder."""
+    from cnetcli.models.tiny_qwen import save_qwenimage_folder, tiny_qwenimage_components
+
+    return save_qwenimage_folder(tiny_qwenimage_components(seed=0, words=("red", "blue", "circle")),
+                                 tmp_path_factory.mktemp("tiny-qwenimage") / "base")
+
+
+@pytest.fixture(scope="session")
 def sd3_dir(tmp_path_factory):
     """A tiny SD3.5 base (two CLIP encoders + T5, static shift 3) saved as a diffusers folder."""
     from cnetcli.models.tiny_flow import save_sd3_folder, tiny_sd3_components
@@ -173,3 +182,11 @@ def train_cfg(base, data, out, resolution=32, **kw):
 def hint(tmp_path_factory):
     """The generate tests' hint PNG, a 32 px canny square (see `write_hint`)."""
     return write_hint(tmp_path_factory.mktemp("hint") / "square.png")
+
+
+@pytest.fixture(scope="session")
+def zimage_dir(tmp_path_factory):
+    """A tiny Z-Image base (Qwen3 text encoder, FLUX VAE, static shift 3) saved as a diffusers folder."""
+    from cnetcli.models.tiny_zimage import save_zimage_folder, tiny_zimage_components
+
+    return save_zimage_folder(tiny_zimage_components(seed=0), tmp_path_factory.mktemp("tiny-zimage") / "base")

@@ -58,10 +58,12 @@ def test_toy_and_full_runs_use_the_same_scripts(tmp_path):
     gpu = _gpu()
     toy, full = gpu.steps(True, tmp_path), gpu.steps(False, tmp_path)
     assert [(n, a[0]) for n, a, _ in toy] == [(n, a[0]) for n, a, _ in full]
-    sd15 = [(n, a, limit) for n, a, limit in full if n not in gpu.LATE_STEPS]
+    sd15 = [(n, a, limit) for n, a, limit in full if n not in gpu.LATE_STEPS and n not in gpu.FLOW_STEPS]
     assert sum(limit for *_, limit in sd15) <= 8 * 60  # the SD1.5 rows fit issue #15's 8 minutes
     assert gpu.TOTAL_LIMIT_S <= 9 * 60  # and the later rows share what is left of 9 (they run last)
-    assert [n for n, *_ in full][-3:] == ["sdxl-train", "sdxl-generate", "zero2"] == list(gpu.LATE_STEPS)
+    # (the FLUX.1 / SD3.5 rows come after them and run only when --only names them)
+    assert [n for n, *_ in full][-5:] == ["sdxl-train", "sdxl-generate", "zero2", *gpu.FLOW_STEPS]
+    assert list(gpu.LATE_STEPS) == ["sdxl-train", "sdxl-generate", "zero2"]
     assert all("--sd15" in a or "sd15" in a or n == "annotate" for n, a, _ in sd15)
     assert all("cuda" in a for _, a, _ in full) and all("cpu" in a for _, a, _ in toy)
 
@@ -122,6 +124,66 @@ def test_table_has_the_sdxl_rows(monkeypatch):
     # and without any SDXL results the rows are still there, empty
     empty = gpu.build_table(TOY, {"device": "x"}, toy=True)
     assert empty.count("| SDXL train step, 1024 px, batch") == 2 and "| SDXL generate, 1024 px" in empty
+
+
+def test_table_has_the_flux_and_sd3_rows():
+    """Issue #19: `--only flux|sd3` rows (benchmarks/train_flow.py's JSON): the train step per resolution with the
+    memory flags, its measured peak next to the memory plan's estimate; the full run builds FLUX.1-dev / SD3.5-large
+    at 512 and 1024 px on the GPU, the toy run the tiny bases on the CPU."""
+    gpu = _gpu()
+    full = {n: a for n, a, _ in gpu.steps(False, Path("/tmp/x"))}
+    assert full["flux-train"][:3] == ["train_flow.py", "--family", "flux"] and "--toy" not in full["flux-train"]
+    assert full["sd3-train"][full["sd3-train"].index("--res") + 1:][:2] == ["512", "1024"]
+    res = dict(TOY)
+    res["flux-train"] = {"data": {"rows": [{"res": 512, "batch": 1, "s_per_step": 1.25, "peak_gib": 40.0,
+                                            "plan_gib": 42.0, "plan_with_overheads_gib": 47.2,
+                                            "optimizer": "AdamW 8-bit"}]}, "seconds": 90.0, "error": None}
+    res["sd3-train"] = {"data": None, "seconds": 240.0, "error": "timed out after 240 s; log: s.log (last line: -)"}
+    table = gpu.build_table(res, {"device": "NVIDIA H100"}, toy=False)
+    rows = {r.split(" | ")[0].strip("| "): r for r in table.splitlines() if r.startswith("| ") and " | " in r}
+    flux = rows["FLUX.1-dev train step, 512 px, batch 1, bf16 base + grad. checkpointing + AdamW 8-bit + cached "
+                "latents/embeddings"]
+    assert "1.25 s/step, 40.0 GiB" in flux and "plan 42.0 GiB (1.05x measured; 47.2 with overheads)" in flux
+    assert rows["SD3.5-large train step"].split(" | ")[1] == "-" and "sd3-train: timed out" in table
+    assert "FLUX.1-dev" not in gpu.build_table(TOY, {"device": "x"}, toy=True)  # not asked: no rows
+
+
+def test_flow_rows_run_only_when_named(tmp_path, monkeypatch):
+    """`--only flux` selects the FLUX.1 step alone; a run without --only leaves both flow steps out."""
+    import sys
+
+    gpu = _gpu()
+    ran: list[str] = []
+    monkeypatch.setattr(gpu, "run_step", lambda name, *a: ran.append(name) or {"data": None, "seconds": 0.0,
+                                                                               "error": "x"})
+    for argv, want in ((["--toy", "--only", "flux"], ["flux-train"]),
+                       (["--toy", "--only", "sd3,sdxl"], ["sdxl-train", "sdxl-generate", "sd3-train"]),
+                       (["--toy"], ["generate", "train", "annotate", "sdxl-train", "sdxl-generate", "zero2"])):
+        ran.clear()
+        monkeypatch.setattr(sys, "argv", ["gpu.py", *argv, "--out", str(tmp_path)])
+        gpu.main()
+        assert ran == want
+
+
+@pytest.mark.slow  # ~10-35 s on 2 shared cores (diffusers' imports, two meta builds, a tiny step)
+def test_train_flow_builds_the_released_configs_and_runs_at_toy_size(tmp_path, capsys):
+    """benchmarks/train_flow.py: the full-size path builds FLUX.1-dev's and SD3.5-large's transformers (and the
+    full ControlNets cnet copies from them) on the meta device with the released parameter counts; the toy path
+    runs cnet's step on the tiny FLUX base with the memory flags and writes the row with the plan's estimate."""
+    import json
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import train_flow
+
+    assert train_flow.meta_counts("flux") == {"denoiser": 11_901_408_320, "controlnet": 2_046_461_952}
+    assert train_flow.meta_counts("sd3")["denoiser"] == 8_056_627_520
+    out = tmp_path / "flux.json"
+    assert train_flow.main(["--family", "flux", "--toy", "--res", "64", "--steps", "1", "--warmup", "1",
+                            "--json", str(out)]) == 0
+    row = json.loads(out.read_text())["rows"][0]
+    assert row["res"] == 64 and row["s_per_step"] > 0 and row["plan_gib"] > 0 and row["optimizer"] == "AdamW"
+    assert "tiny flux 64px b1" in capsys.readouterr().out
 
 
 def _train_bench():

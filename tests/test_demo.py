@@ -198,6 +198,7 @@ def test_demo_config_rejects_bad_modes():
 
 def test_demo_cli_passes_the_config(monkeypatch, tmp_path, run_cli):
     """fastapi-cli style: the command builds the DemoConfig; the core call is patched."""
+    import cnetcli.commands.demo
     import cnetcli.demo
 
     seen = {}
@@ -206,7 +207,7 @@ def test_demo_cli_passes_the_config(monkeypatch, tmp_path, run_cli):
         seen["cfg"] = cfg
         return {"untrained": {"f1": 0.1}, "trained": {"f1": 0.2}, "verdict": cnetcli.demo.verdict({}, cfg.quick)}
 
-    monkeypatch.setattr(cnetcli.demo, "run_demo", fake)
+    monkeypatch.setattr(cnetcli.commands.demo, "run_demo", fake)
     code, out, _ = run_cli("demo", "--quick", "-o", str(tmp_path / "d"), "--mode", "none", "--mode", "user",
                            "--device", "cpu", "--curve-every", "0")
     cfg = seen["cfg"]

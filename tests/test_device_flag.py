@@ -63,3 +63,44 @@ def test_cpu_alias_warns(run_cli, monkeypatch, tmp_path):
     assert "warning: --cpu is deprecated; use --device cpu" in err
     code, out, err = run_cli("train")
     assert "deprecated" not in err
+
+
+def test_auto_precision_is_one_rule_for_every_command(monkeypatch):
+    """"auto" is decided by `device.auto_precision` alone: generate's --dtype, the annotators' networks and
+    train's --mixed-precision all follow it (CUDA answers are driven through torch's own bf16 query)."""
+    import torch
+
+    from cnetcli import device
+    from cnetcli.models import sd
+    from cnetcli.training import memory, plan
+    from cnetcli.training.config import TrainConfig
+
+    assert device.auto_precision("cpu") == device.auto_precision("cpu", training=True) == "fp32"
+    assert device.auto_precision("mps") == "fp32"
+    assert device.resolve_dtype("auto", "cpu") is device.half_dtype("cpu") is torch.float32
+    for bf16, trained in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda bf16=bf16: bf16)
+        assert device.auto_precision("cuda:1", training=True) == trained
+        assert device.auto_precision("cuda") == "fp16"  # inference: fp16 on any CUDA GPU
+    assert device.resolve_dtype("auto", "cuda") is device.half_dtype("cuda:0") is torch.float16
+    assert device.resolve_dtype("bf16", "cuda") is torch.bfloat16 and device.half_dtype("cuda", "float32") is torch.float32
+    # train's preflight asks the same function (accelerate names fp32 "no"); stop right after the precision
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def answer(dev, *, training=False):
+        seen.append((dev, training))
+        return "fp32"
+
+    def stop(cfg, dev, mp):
+        raise Stop(mp)
+
+    for module, name, value in ((device, "auto_precision", answer), (memory, "check_fits", stop),
+                                (sd, "resolve", lambda spec: spec)):
+        monkeypatch.setattr(module, name, value)
+        monkeypatch.setattr(plan, name, value, raising=False)  # also where plan.py imports it at module top
+    with pytest.raises(Stop, match="^no$"):
+        plan.preflight(TrainConfig(device="cpu", output="/nonexistent/cnet-out", report_to="none"))
+    assert seen == [("cpu", True)]

@@ -42,6 +42,8 @@ SITES: dict[tuple[str, str, str], str] = {
         "after models.controlnet.read_shapes() -> boundary.check_file(): the header checked against the file",
     ("models/families/flux.py", "controlnet_file_config", "safetensors"): "as flow_files.load_controlnet_file",
     ("models/families/sd3.py", "controlnet_file_config", "safetensors"): "as flow_files.load_controlnet_file",
+    ("models/families/zimage.py", "controlnet_file_config", "safetensors"): "as flow_files.load_controlnet_file",
+    ("models/families/zimage.py", "load_controlnet_file", "safetensors"): "as flow_files.load_controlnet_file",
     ("data/read.py", "_records", "csv"): "each row's cells are checked field by field (data.read.resolve) and counted",
 }
 

@@ -20,7 +20,8 @@ from cnetcli.images import save_png
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 #: family name -> the session fixture holding its tiny base (tests/conftest.py)
-FAMILIES = {"sd15": "sd8", "sdxl": "xl", "sd3": "sd3_dir", "flux": "flux_dir"}
+FAMILIES = {"sd15": "sd8", "sdxl": "xl", "sd3": "sd3_dir", "flux": "flux_dir", "qwenimage": "qwenimage_dir",
+            "zimage": "zimage_dir"}
 
 
 @pytest.fixture(params=list(FAMILIES), ids=list(FAMILIES))
@@ -73,10 +74,10 @@ def test_one_training_step_trains_only_the_controlnet(family_base, tmp_path):
     batch = {"pixel_values": torch.rand(2, 3, 32, 32, generator=g) * 2 - 1,
              "conditioning_pixel_values": torch.rand(2, 3, 32, 32, generator=g), "text": ["red circle", ""],
              "micro": torch.tensor([[32, 32, 0, 0]] * 2)}
-    from cnetcli.models.families import vae_scale_factor
+    from cnetcli.models.families import vae_latent_channels, vae_scale_factor
 
     f = vae_scale_factor(m.vae.config)
-    latent = (m.vae.config.latent_channels, 32 // f, 32 // f)
+    latent = (vae_latent_channels(m.vae.config), 32 // f, 32 // f)
     noise = draw_noise(0, 0, batch_size=2, latent_shape=latent, models=m, device="cpu")
     with torch.no_grad():  # step 0: the zero-initialised ControlNet leaves the denoiser's output unchanged
         from cnetcli.training.step import encode_batch

@@ -17,7 +17,7 @@ import cnetcli
 ROOT = Path(cnetcli.__file__).resolve().parent
 FAMILIES = ROOT / "models" / "families"
 #: family names and older aliases, as string literals
-FAMILY_NAMES = {"sd", "sd15", "sd21", "sdxl", "sd3", "flux", "SD", "SDXL", "SD3", "FLUX"}
+FAMILY_NAMES = {"sd", "sd15", "sd21", "sdxl", "sd3", "flux", "qwenimage", "zimage", "SD", "SDXL", "SD3", "FLUX"}
 UNET = re.compile(r"unet", re.IGNORECASE)
 
 #: (file relative to cnetcli/, the exact token) -> why it may stay

@@ -79,7 +79,7 @@ def test_comfyui_dispatch_tells_the_other_transformer_formats_apart():
     assert flow_files.comfyui_loader({"controlnet_blocks.0.weight", "pos_embed_input.proj.weight",
                                       "transformer_blocks.0.adaLN_modulation.1.bias"}) == "load_controlnet_sd35"
     assert flow_files.comfyui_loader({"controlnet_cond_embedding.conv_in.weight"}) is None
-    with pytest.raises(Exception, match="FLUX.1 or SD3"):
+    with pytest.raises(Exception, match="FLUX.1, SD3 or Qwen-Image"):
         flow_files.infer_config({"controlnet_cond_embedding.conv_in.weight": (1,)})
 
 

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from cnetcli.annotators import canonical_name
 from cnetcli.models.families import family_of, flow
 from cnetcli.models.families.flux import Flux
 from tests import flow_reference as ref
@@ -147,8 +148,8 @@ def test_release_lookup_and_union_modes():
     t = tiny_flux_components(seed=0)["transformer"]
     union = tiny_flux_controlnet(t, num_layers=1, num_single_layers=0, num_mode=7)
     fam = Flux()
-    assert [fam.union_control_mode(x, union, "u") for x in ("canny", "tile", "midas", "blur", "openpose")] == \
-        [0, 1, 2, 3, 4]
+    assert [fam.union_control_mode(canonical_name(x), union, "u")
+            for x in ("canny", "tile", "midas", "blur", "openpose")] == [0, 1, 2, 3, 4]
     assert fam.union_control_mode("canny", tiny_flux_controlnet(t, num_layers=1, num_single_layers=0), "p") is None
     with pytest.raises(Exception, match="--type with one of: canny"):
         fam.union_control_mode("seg", union, "u")

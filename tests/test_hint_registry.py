@@ -62,10 +62,10 @@ def test_a_type_registered_once_is_seen_everywhere(invert_type, tmp_path, run_cl
     from typer.testing import CliRunner
 
     from cnetcli.annotation import AnnotateConfig, annotate_paths
+    from cnetcli.annotators import catalogue
     from cnetcli.evaluation.metrics import metric_kind
     from cnetcli.generation.control import controlnet_releases, release_for
     from cnetcli.images import load_image, save_png
-    from cnetcli.models import weights as W
 
     # annotate (core), by name and by alias
     save_png(tmp_path / "in" / "a.png", np.full((64, 64, 3), 10, np.uint8))
@@ -79,7 +79,7 @@ def test_a_type_registered_once_is_seen_everywhere(invert_type, tmp_path, run_cl
     # eval's metric
     assert metric_kind("invert") == metric_kind("NEGATIVE") == "depth"
     # the weights catalogue (`cnet weights list`)
-    rows = W.status(["negative"], tmp_path)
+    rows = catalogue.status(["negative"], tmp_path)
     assert [(r.type, r.file.name, r.present) for r in rows] == [("invert", "invert.pth", False)]
     code, out, err = run_cli("weights", "list", "--json", "--no-hash", "--weights-dir", str(tmp_path))
     assert code == 0, err
@@ -196,10 +196,10 @@ def test_types_without_annotator_generate_but_do_not_annotate():
 
 
 def test_weight_files_are_declared_once_on_the_type():
-    from cnetcli.models import weights as W
+    from cnetcli.annotators import catalogue
 
-    cat = W.type_weights()
+    cat = catalogue.type_weights()
     assert [f.name for f in cat["pose"]] == ["body_pose_model.pth", "hand_pose_model.pth", "facenet.pth"]
     assert cat["depth"][0] is cat["normal"][0]  # one MiDaS file, shared, not typed twice
-    assert W.file_spec("facenet.pth").when == "face=true"
+    assert cat["pose"][2].when == "face=true"
     assert set(cat) == {h.name for h in annotators.all_types() if h.weights}

@@ -209,6 +209,7 @@ def test_small_scale_mid_only_and_reconnect_unlock_decoder(sd8, data, tmp_path):
     # beside `small_scale: true`
     assert meta["result"]["fully_connected"] is True and "small_scale_connected" not in meta["result"]
     assert (meta["mixed_precision"], meta["device"]) == ("no", "cpu")  # what ran, not "auto"
+    assert meta["requested"] == {"mixed_precision": "auto", "device": "auto"} and meta["run"]["processes"] == 1
     assert (out / "loss.png").stat().st_size > 1000
 
 

@@ -96,11 +96,11 @@ def test_child_error_is_one_line(sd8, tmp_path):
 def test_demo_picks_processes_by_cores(monkeypatch, cores, device, quick, batch, want):
     import os
 
-    import cnetcli.device
+    import cnetcli.demo
     from cnetcli.demo import DEMO_RECIPE, train_processes
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
-    monkeypatch.setattr(cnetcli.device, "resolve_device", lambda spec, flag="--device": device)
+    monkeypatch.setattr(cnetcli.demo, "resolve_device", lambda spec, flag="--device": device)
     assert train_processes(DEMO_RECIPE.replace(batch_size=batch), quick) == want
 
 

@@ -45,6 +45,11 @@ def _copy(src, tmp_path, name="run"):
 def test_resume_latest_with_no_other_flag_via_cli(stopped_run, sd8, data, tmp_path, run_cli, monkeypatch):
     out = _copy(stopped_run, tmp_path)
     before = (out / "train_config.json").read_bytes()
+    # the checkpoint records what ran, and what was asked ("auto": resolved again where the run resumes)
+    ck = json.loads((out / "checkpoints/step-2/train_config.json").read_text())
+    assert (ck["mixed_precision"], ck["device"]) == ("no", "cpu")
+    assert ck["requested"] == {"mixed_precision": "auto", "device": "auto"}
+    assert ck["run"] == {"processes": 1, "effective_batch": 2, "frozen_dtype": "fp32"}
     monkeypatch.chdir(tmp_path)  # no ./dataset here: data and base must come from the checkpoint
     code, so, err = run_cli("train", "--output", "run", "--resume", "latest")
     assert code == 0, err
@@ -64,16 +69,20 @@ def test_resume_latest_with_no_other_flag_via_cli(stopped_run, sd8, data, tmp_pa
     assert [e["event"] for e in events] == ["start", "resume"]
 
 
-def test_flags_that_change_the_training_are_refused_unless_forced(stopped_run, tmp_path, run_cli):
+def test_flags_that_change_the_training_are_refused_unless_forced(stopped_run, tmp_path, run_cli, monkeypatch):
     out = _copy(stopped_run, tmp_path)
     before = (out / "train_config.json").read_bytes()
     code, so, err = run_cli("train", "--output", str(out), "--resume", "latest", "--resolution", "64")
     assert code == 2 and "--resolution 64" in err and f"trained with {RES}" in err and "--force-config" in err
     assert "Traceback" not in err and (out / "train_config.json").read_bytes() == before
-    # what may change: --max-steps, cadences, logging
+    # what may change: --max-steps, cadences, logging; "auto" is what the run asked (its checkpoint: "no" ran)
+    from cnetcli.training import loop
+
+    peaks = []  # the measured peak is reported once, after the first step this run takes (CUDA only: a no-op here)
+    monkeypatch.setattr(loop, "report_peak", lambda plan, device, step, reporter: peaks.append((step, str(device))))
     r = train(TrainConfig(output=str(out), resume="latest", max_steps=3, log_every=2, checkpoint_every=3),
-              given={"max_steps": 3, "log_every": 2, "checkpoint_every": 3})
-    assert r.steps == 3 and r.config.batch_size == 2 and r.config.log_every == 2
+              given={"max_steps": 3, "log_every": 2, "checkpoint_every": 3, "mixed_precision": "auto"})
+    assert r.steps == 3 and r.config.batch_size == 2 and r.config.log_every == 2 and peaks == [(3, "cpu")]
     # --force-config: a new phase, recorded
     r = train(TrainConfig(output=str(out), resume="latest", max_steps=5, learning_rate=5e-4, force_config=True),
               given={"max_steps": 5, "learning_rate": 5e-4, "force_config": True})

@@ -6,18 +6,21 @@ import json
 
 import pytest
 
+from cnetcli.annotators import catalogue
 from cnetcli.errors import MissingWeightsError
 from cnetcli.models import weights as W
+
+MLSD = W.WeightFile("mlsd_large_512_fp32.pth")
 
 
 def test_resolve_local_and_missing(tmp_path, monkeypatch):
     monkeypatch.delenv("CNET_WEIGHTS_DIR", raising=False)
     with pytest.raises(MissingWeightsError, match=r"mlsd_large_512_fp32.pth \(from hub repo lllyasviel/Annotators\)"):
-        W.resolve("mlsd_large_512_fp32.pth", tmp_path, offline=True, for_type="mlsd")
+        W.resolve(MLSD, tmp_path, offline=True, for_type="mlsd")
     (tmp_path / "mlsd_large_512_fp32.pth").write_bytes(b"x")
-    assert W.resolve("mlsd_large_512_fp32.pth", tmp_path, offline=True) == tmp_path / "mlsd_large_512_fp32.pth"
+    assert W.resolve(MLSD, tmp_path, offline=True) == tmp_path / "mlsd_large_512_fp32.pth"
     monkeypatch.setenv("CNET_WEIGHTS_DIR", str(tmp_path))  # the env var is the default folder
-    assert W.resolve("mlsd_large_512_fp32.pth", offline=True) == tmp_path / "mlsd_large_512_fp32.pth"
+    assert W.resolve(MLSD, offline=True) == tmp_path / "mlsd_large_512_fp32.pth"
 
 
 def test_cli_list_verify_and_offline_pull(tmp_path, run_cli, monkeypatch):
@@ -39,7 +42,7 @@ def test_cli_list_verify_and_offline_pull(tmp_path, run_cli, monkeypatch):
     monkeypatch.delitem(W.KNOWN_SHA256, "ControlNetHED.pth")
     code, out, err = run_cli("weights", "verify", "softedge", "--weights-dir", str(tmp_path))
     assert code == 0 and "unverified" in out and " ok" not in out, out  # nothing vouches for it: never "ok"
-    W.record_hashes(tmp_path)
+    W.record_hashes(tmp_path, ["ControlNetHED.pth"])
     assert json.loads((tmp_path / W.MANIFEST_NAME).read_text())["ControlNetHED.pth"] == \
         hashlib.sha256(b"\x80\x02hed-weights").hexdigest()
     code, out, err = run_cli("weights", "verify", "softedge", "--weights-dir", str(tmp_path))
@@ -57,7 +60,7 @@ def test_cli_list_verify_and_offline_pull(tmp_path, run_cli, monkeypatch):
 def test_known_files_cover_every_annotator_file():
     """Every annotator weight file has its published size and sha256 shipped (the seg model is a transformers
     repo, verified by the HF cache's blob names instead)."""
-    names = {f.name for fs in W.type_weights().values() for f in fs if f.kind == "file"}
+    names = {f.name for fs in catalogue.type_weights().values() for f in fs if f.kind == "file"}
     assert names == set(W.KNOWN_FILES)
     for k in W.KNOWN_FILES.values():
         assert k.size > 0 and len(k.sha256) == 64 and set(k.sha256) <= set("0123456789abcdef")
@@ -71,7 +74,7 @@ def test_known_files_cover_every_annotator_file():
 ])
 def test_verify_fails_damaged_files_with_the_redownload_command(tmp_path, run_cli, data, check, needle):
     (tmp_path / "mlsd_large_512_fp32.pth").write_bytes(data)
-    rows = W.status(["mlsd"], tmp_path, hashes=True)
+    rows = catalogue.status(["mlsd"], tmp_path, hashes=True)
     assert rows[0].check == check and rows[0].ok is False
     code, out, err = run_cli("weights", "verify", "mlsd", "--weights-dir", str(tmp_path))
     lines = [ln for ln in err.splitlines() if ln.strip()]
@@ -84,14 +87,14 @@ def test_right_size_wrong_hash_is_a_mismatch(tmp_path, monkeypatch):
     f.write_bytes(b"\x80\x02" + b"0" * 98)
     monkeypatch.setitem(W.KNOWN_FILES, "mlsd_large_512_fp32.pth", W.KnownFile(100, "0" * 64))
     monkeypatch.setitem(W.KNOWN_SHA256, "mlsd_large_512_fp32.pth", "0" * 64)
-    (s,) = W.status(["mlsd"], tmp_path, hashes=True)
+    (s,) = catalogue.status(["mlsd"], tmp_path, hashes=True)
     assert s.check == "MISMATCH" and s.ok is False
     import hashlib
 
     monkeypatch.setitem(W.KNOWN_FILES, "mlsd_large_512_fp32.pth",
                         W.KnownFile(100, hashlib.sha256(f.read_bytes()).hexdigest()))
     monkeypatch.setitem(W.KNOWN_SHA256, "mlsd_large_512_fp32.pth", hashlib.sha256(f.read_bytes()).hexdigest())
-    (s,) = W.status(["mlsd"], tmp_path, hashes=True)
+    (s,) = catalogue.status(["mlsd"], tmp_path, hashes=True)
     assert s.check == "ok" and s.ok is True
 
 
@@ -102,15 +105,23 @@ def test_right_size_wrong_hash_is_a_mismatch(tmp_path, monkeypatch):
     (b"version https://git-lfs.github.com/spec/v1\noid sha256:abc\nsize 6341481\n", "git-lfs pointer"),
 ])
 def test_loader_names_corrupt_files_with_the_pull_command(tmp_path, data, needle):
+    """The annotator that loads a damaged file names the command that fetches it again; a file the loader is
+    given without that hint says to download it again."""
+    import numpy as np
+
+    from cnetcli.annotators import annotate
     from cnetcli.errors import ModelLoadError
 
     f = tmp_path / "mlsd_large_512_fp32.pth"
     f.write_bytes(data)
     with pytest.raises(ModelLoadError) as e:
-        W.load_state_dict(f)
+        annotate(np.zeros((64, 64, 3), np.uint8), "mlsd", weights_dir=str(tmp_path), offline=True,
+                 detect_resolution=64)
     msg = str(e.value)
     assert needle in msg and "corrupt weight file" in msg and "cnet weights pull mlsd" in msg
     assert "--trust-pickle" not in msg and "\n" not in msg
+    with pytest.raises(ModelLoadError, match="download it again"):
+        W.load_state_dict(f)
 
 
 def test_annotate_missing_weight_through_cli_list(tmp_path, run_cli, monkeypatch):

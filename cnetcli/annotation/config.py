@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..annotators import DEFAULT_IMAGE_RESOLUTION as DEFAULT_IMAGE_RESOLUTION
+from ..annotators import get_annotatable
 from ..config_check import Bound, check_fields
+from ..data import layout
+from ..device import check_device_spec
 from ..errors import UsageError
 
 DEFAULT_TYPE = "canny"
@@ -54,10 +57,6 @@ class AnnotateConfig:
                                           "image_resolution": (MIN_RESOLUTION, MAX_RESOLUTION)}
 
     def __post_init__(self) -> None:
-        from ..annotators import get_annotatable
-        from ..data import layout
-        from ..device import check_device_spec
-
         ins = (self.inputs,) if isinstance(self.inputs, (str, os.PathLike)) else self.inputs
         object.__setattr__(self, "inputs", tuple(os.fspath(i) for i in ins))
         check_fields(self, {"inputs": "INPUT", "type": "--type", "params": "--param"})  # types (cnetcli.config_check)

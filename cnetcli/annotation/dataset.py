@@ -11,9 +11,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..data import sibling_caption
 from ..data.metadata import IMAGEFOLDER_METADATA
 from ..data.read import read_captions
+from ..data.write import DatasetWriter, index_lock
+from ..device import resolve_device
 from ..errors import InputError
+from ..models.captions import DEFAULT_CAPTIONER, caption_images
 from ..reporting import Reporter
 from .config import AnnotateConfig
 from .plan import Job
@@ -49,8 +53,6 @@ class Captions:
 
     def __call__(self, job: Job) -> str | None:
         """The caption of a job's photo, None when BLIP (or nothing) must decide."""
-        from ..data import sibling_caption
-
         text = sibling_caption(job.source)
         if text is None:
             text = self._from_metadata(job.source, job.root)
@@ -62,8 +64,6 @@ class Captions:
 def check_index(cfg: AnnotateConfig) -> None:
     """Before any pair is written: the dataset's index lock can be taken and its existing index read (an
     unreadable index, or a lock path that is a folder, is one error line and nothing is written)."""
-    from ..data.write import DatasetWriter, index_lock
-
     writer = DatasetWriter(cfg.dataset or ".", cfg.dataset_format)
     if not writer.root.exists():  # a new dataset: no index to read, nothing created before the first pair
         return
@@ -76,8 +76,6 @@ def check_index(cfg: AnnotateConfig) -> None:
 def write_index(cfg: AnnotateConfig, type_name: str, done: list[Job], skipped: list[Job], rep: Reporter) -> list[str]:
     """Merge the rows of this run's photos into the dataset index (under the folder's lock, so concurrent
     runs and the shards of one run all keep their rows). Returns warnings."""
-    from ..data.write import DatasetWriter
-
     writer = DatasetWriter(cfg.dataset or ".", cfg.dataset_format)
     existing = {writer.key(r): r for r in writer.read_index()} if skipped else {}
     captions = Captions(cfg)
@@ -109,8 +107,5 @@ def write_index(cfg: AnnotateConfig, type_name: str, done: list[Job], skipped: l
 
 
 def _blip_captions(cfg: AnnotateConfig, image_paths: list[str]) -> list[str]:
-    from ..device import resolve_device
-    from ..models.captions import DEFAULT_CAPTIONER, caption_images
-
     return caption_images(image_paths, cfg.captioner or DEFAULT_CAPTIONER, batch_size=cfg.batch_size,
                           device=resolve_device(cfg.device), offline=cfg.offline)

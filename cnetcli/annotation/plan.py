@@ -16,6 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..annotators import all_types
+from ..data import layout
+from ..data.write import DatasetWriter, safe_name
 from ..errors import UsageError
 from ..images import IMAGE_EXTENSIONS
 from .config import AnnotateConfig
@@ -71,16 +74,12 @@ def default_output(root: Path, kind: str, type_name: str) -> Path:
 
 
 def _type_suffixes() -> set[str]:
-    from ..annotators import all_types
-
     return {h.name for h in all_types()}
 
 
 def is_own_output(d: Path, siblings: Sequence[str] = ()) -> bool:
     """Whether folder `d` looks like something cnet annotate wrote: `hints-<type>`, `<sibling>-<type>` next
     to a folder `<sibling>`, or a dataset (index file + hint folder)."""
-    from ..data import layout
-
     types = _type_suffixes()
     name = d.name
     if name.startswith("hints-") and name[len("hints-"):] in types:
@@ -179,8 +178,6 @@ def unique_names(plain: list[str], with_ext: list[str]) -> list[str]:
 
 def plan(cfg: AnnotateConfig, type_name: str) -> Plan:
     """Every job (for every shard) and the output folders, decided once on the whole sorted input list."""
-    from ..data.write import DatasetWriter, safe_name
-
     if cfg.dataset is not None:
         fixed: Path | None = Path(cfg.dataset)
     else:

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from ..errors import NotAvailableError
 from .run import Ctx, _annotator, _load_or_reason, _reason, hint_for, hint_png, photo_png
 
 
 def _decode(batch: dict[str, Any]) -> dict[str, Any]:
     """CPU task: the images of a batch of inputs (an unreadable one: an empty array and its reason)."""
-    import numpy as np
-
     imgs, errors = [], []
     for source in batch["source"]:
         img = _load_or_reason(str(source))

@@ -22,18 +22,33 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..annotators import BatchAnnotator, PreparedAnnotator, Runtime, SidecarAnnotator
+from ..annotators import (
+    BatchAnnotator,
+    PreparedAnnotator,
+    Runtime,
+    SidecarAnnotator,
+    build,
+    get_annotatable,
+    get_type,
+)
+from ..data.provenance import Provenance
+from ..data.write import write_all
+from ..device import local_world_size, process_rank_world, resolve_device, usable_cores
 from ..errors import CnetError, InputError, Interrupted
-from ..fsguard import current_umask
+from ..fsguard import check_writable_dir, cleanup_stale_temps, current_umask
+from ..images import HWC3, encode_png, load_image, output_hw, resize_to, sidecar_path
 from ..reporting import NullReporter, Reporter
 from .config import AnnotateConfig, AnnotateSummary
+from .dataset import check_index, write_index
 from .plan import Job, plan
 
 #: The largest hint or detector input (pixels) an annotator may be asked to make: a 65536 x 1 image at
@@ -59,15 +74,11 @@ class Ctx:
 
 def resolutions(ctx: Ctx, img: Any) -> tuple[int, int]:
     """(detect resolution, image resolution) for one image (`HintType.resolutions`)."""
-    from ..annotators import get_type
-
     return get_type(ctx.type).resolutions(img, ctx.detect_resolution, ctx.image_resolution, ctx.keep_size)
 
 
 def check_size(img: Any, dr: int, ir: int) -> None:
     """Refuse (before any allocation) an image whose detector input or hint would be absurdly large."""
-    from ..images import output_hw
-
     for what, res in (("hint", ir), ("detector input", dr)):
         H, W = output_hw(img, res)
         if H * W > MAX_HINT_PIXELS:
@@ -76,8 +87,6 @@ def check_size(img: Any, dr: int, ir: int) -> None:
 
 
 def _provenance(ctx: Ctx, source: str, dr: int, ir: int) -> Any:
-    from ..data.provenance import Provenance
-
     return Provenance(type=ctx.type, params=dataclasses.asdict(ctx.params),
                       detect_resolution=dr if ctx.uses_detect_resolution else None, image_resolution=ir,
                       keep_size=ctx.keep_size, source=os.path.abspath(source))
@@ -100,8 +109,6 @@ def _init_worker(umask: int) -> None:
 def _check_same_type(hint: str, type_name: str) -> None:
     """--skip-existing resumes a run of the same type: a hint another type made (its provenance says so) is in
     the way, not done."""
-    from ..data.provenance import Provenance
-
     try:
         made = Provenance.read(hint)
     except CnetError:
@@ -112,16 +119,12 @@ def _check_same_type(hint: str, type_name: str) -> None:
 
 
 def _annotator(ctx: Ctx) -> Any:
-    from ..annotators import build
-
     return build(ctx.type, ctx.params, ctx.runtime)
 
 
 def _finish_hint(ctx: Ctx, img: Any, hint: Any, fn: Any = None, sidecar: Any = None) -> tuple[Any, Any]:
     """(hint as RGB uint8, at the input's size with --keep-size; the sidecar data matching it)."""
     import numpy as np
-
-    from ..images import HWC3, resize_to
 
     hint = np.asarray(hint)
     if hint.dtype != np.uint8:
@@ -137,8 +140,6 @@ def _finish_hint(ctx: Ctx, img: Any, hint: Any, fn: Any = None, sidecar: Any = N
 
 def photo_png(img: Any, hint: Any) -> bytes:
     """The dataset photo: the input at the hint's size, as PNG bytes."""
-    from ..images import encode_png, resize_to
-
     return encode_png(resize_to(img, hint.shape[1], hint.shape[0], "linear"))
 
 
@@ -159,11 +160,6 @@ def hint_for(ctx: Ctx, fn: Any, img: Any) -> tuple[Any, Any, int, int]:
 def _write(ctx: Ctx, job: Job, img: Any, hint: Any, sidecar: Any, dr: int, ir: int) -> str | None:
     """Write the hint (and the dataset photo at the hint's size, and the sidecar JSON when the type has
     one). Returns a reason on failure, leaving no file of this job behind."""
-    import json
-
-    from ..data.write import write_all
-    from ..images import sidecar_path
-
     try:
         files = [(job.image, photo_png(img, hint))] if job.image is not None else []
         files.append((job.hint, hint_png(ctx, job.source, hint, dr, ir)))
@@ -207,8 +203,6 @@ def _reason(e: Exception, source: str) -> str:
 
 
 def _load_or_reason(source: str) -> Any:
-    from ..images import load_image
-
     try:
         return load_image(source)
     except InputError as e:
@@ -219,15 +213,11 @@ def _load_or_reason(source: str) -> Any:
 
 def type_and_runtime(cfg: AnnotateConfig) -> tuple[Any, Any, Runtime]:
     """The hint type, its parameters and the runtime (device resolved for a model-backed type)."""
-    from ..annotators import get_annotatable
-
     ht = get_annotatable(cfg.type)
     params = ht.make_params(**dict(cfg.params))
     runtime = Runtime(device=cfg.device, weights_dir=cfg.weights_dir, offline=cfg.offline,
                       trust_pickle=cfg.trust_pickle)
     if ht.needs_weights:
-        from ..device import resolve_device
-
         runtime = dataclasses.replace(runtime, device=resolve_device(cfg.device))
     return ht, params, runtime
 
@@ -254,15 +244,12 @@ def annotate_files(cfg: AnnotateConfig, reporter: Reporter | None = None, *,
                               dataset=cfg.dataset, shard=(rank, world), skipped_dirs=[str(d) for d in p.skipped_dirs])
 
     # 4. outputs: writable folders, nothing overwritten silently
-    from ..fsguard import check_writable_dir
 
     for d in p.out_dirs:  # nothing created yet: a run that stops before its first image leaves no empty folder
         check_writable_dir(d)
     sidecar = ht.sidecar_suffix(params)
 
     def targets(j: Job) -> list[str]:
-        from ..images import sidecar_path
-
         return ([j.hint] + ([j.image] if j.image else [])
                 + ([sidecar_path(j.hint, sidecar)] if sidecar is not None else []))
 
@@ -301,7 +288,6 @@ def annotate_files(cfg: AnnotateConfig, reporter: Reporter | None = None, *,
         rep.message(f"skipping {len(skipped)} image(s) whose outputs already exist")
 
     if cfg.dataset is not None and todo:  # the index must be writable before a pair is: nothing orphaned
-        from .dataset import check_index
 
         check_index(cfg)
 
@@ -327,8 +313,6 @@ def annotate_files(cfg: AnnotateConfig, reporter: Reporter | None = None, *,
 
     # 6. captions and the dataset index
     if cfg.dataset is not None:
-        from .dataset import write_index
-
         ok_jobs = [j for j in todo if results.get(j.index) is None]
         try:
             summary.warnings += write_index(cfg, ht.name, ok_jobs, skipped, rep)
@@ -366,15 +350,11 @@ def _run(ctx: Ctx, model: Any, jobs: list[Job], workers: int, batch_size: int, r
 
 
 def _shard_from_env() -> tuple[int, int]:
-    from ..device import process_rank_world
-
     return process_rank_world()
 
 
 def default_workers() -> int:
     """All usable cores, shared among the processes of this machine under accelerate/torchrun."""
-    from ..device import local_world_size, usable_cores
-
     cores = usable_cores()
     try:
         local = local_world_size()
@@ -425,7 +405,6 @@ def start_method() -> str:
     """"fork" (fast: no re-import) unless this process already runs OpenCV or torch, whose thread pools
     do not survive a fork (a forked worker can hang on their locks); then "forkserver" (or "spawn")."""
     import multiprocessing as mp
-    import sys
 
     methods = mp.get_all_start_methods()
     if "fork" in methods and not any(m in sys.modules for m in ("cv2", "torch")):
@@ -435,8 +414,6 @@ def start_method() -> str:
 
 def remove_temp_files(jobs: list[Job]) -> None:
     """Temp files (fsguard's `.<name>.<pid>-*.tmp`) that a killed worker left beside these jobs' outputs."""
-    from ..fsguard import cleanup_stale_temps
-
     for folder in sorted({Path(t).parent for j in jobs for t in (j.hint, j.image) if t}):
         cleanup_stale_temps(folder)
 

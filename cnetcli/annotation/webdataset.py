@@ -16,14 +16,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from ..data.metadata import IMAGEFOLDER_METADATA, read_records
 from ..errors import UsageError
 from ..reporting import Reporter
 from .config import AnnotateConfig, AnnotateSummary
-from .plan import Job
+from .dataset import Captions
+from .plan import Job, plan
 from .run import Ctx, _shard_from_env, annotate_files, default_workers, type_and_runtime
 
 #: Images annotated per staging round (whole shards): large enough to keep a pool or a model busy, small
@@ -34,8 +37,6 @@ STAGING = ".staging"
 
 def annotator_record(cfg: AnnotateConfig, type_name: str) -> dict[str, Any]:
     """What the manifest says made the hints (a later run into the same folder must match it)."""
-    from .. import __version__
-
     return {"type": type_name, "params": {k: v for k, v in sorted(dict(cfg.params).items())},
             "detect_resolution": cfg.detect_resolution, "image_resolution": cfg.image_resolution,
             "keep_size": cfg.keep_size, "cnet": __version__}
@@ -66,10 +67,7 @@ def _groups(shards: list[int], size: int) -> list[list[int]]:
 
 def annotate_to_shards(cfg: AnnotateConfig, rep: Reporter, type_name: str) -> AnnotateSummary:
     """This process's shards of `cfg.dataset` (see the module docstring); returns the run's summary."""
-    import time
-
     from ..data.shard_write import is_finished, write_manifest
-    from .plan import plan
 
     t0 = time.perf_counter()
     root = Path(cfg.dataset or "")
@@ -116,7 +114,6 @@ def annotate_to_shards(cfg: AnnotateConfig, rep: Reporter, type_name: str) -> An
 def _ray_shards(cfg: AnnotateConfig, root: Path, jobs: list[Job], todo: list[int], type_name: str,
                 record: dict[str, Any], summary: AnnotateSummary, rep: Reporter) -> None:
     """The shards `todo`, annotated by Ray Data actor pools (ray_engine.py), packed as the local path packs."""
-    from .dataset import Captions
     from .ray_engine import ray_hints
 
     if cfg.caption == "blip":

@@ -25,11 +25,15 @@ choices, the A1111 infotext's preprocessor names both ways, the union control ty
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import enum
 import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from ..config_check import check_fields
+from ..images import as_rgb_array, resize_to
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,6 +44,8 @@ from ..models.weights import WeightFile
 
 #: InstantX/Shakker's FLUX.1-dev union ControlNet (canny, tile, depth, blur, pose: the FLUX family's UNION_MODES)
 FLUX_UNION = "Shakker-Labs/FLUX.1-dev-ControlNet-Union-Pro"
+#: InstantX's Qwen-Image union ControlNet (canny, soft edge, depth, pose; no mode input: the hint tells the type)
+QWEN_UNION = "InstantX/Qwen-Image-ControlNet-Union"
 #: Stability's SD3.5 Large ControlNets: canny, depth, blur
 SD35_LARGE = "stabilityai/stable-diffusion-3.5-large-controlnet-"
 #: ControlNet's hint size (short side) when none is given.
@@ -174,7 +180,6 @@ class HintType:
         except TypeError as e:
             raise UsageError(f"hint type '{self.name}': {e}") from None
         if getattr(self.params, "BOUNDS", None):  # the type's declared ranges (cnetcli.config_check)
-            from ..config_check import check_fields
 
             check_fields(params, {f.name: f"{self.name} {f.name}" for f in dataclasses.fields(self.params)})
         return params
@@ -196,7 +201,10 @@ class HintType:
 _REGISTRY: dict[str, HintType] = {}
 _ALIASES: dict[str, str] = {}
 
-# Modules that register hint types. Importing them must stay cheap (no torch/cv2 at import time).
+# Modules that register hint types. Importing them must stay cheap (no torch/cv2 at import time). An explicit
+# list, not discovery over the package: its order is the registration order (the order `--help` lists the
+# types in, and which type claims a shared A1111 module name first), and discovery would import the heavy
+# helper modules here (pose_batch, differentiable, ade20k) at `cnet --help`. A new type's module adds one line.
 _MODULES = (
     "cnetcli.annotators.basic",
     "cnetcli.annotators.pose",
@@ -275,11 +283,15 @@ def find_type(name: str) -> HintType | None:
     return _REGISTRY.get(_ALIASES.get(key, key))
 
 
+def canonical_name(name: str | None) -> str | None:
+    """The registered name of the hint type `name` (a name or an alias); `name` itself when no type has it."""
+    ht = find_type(name) if name else None
+    return ht.name if ht is not None else name
+
+
 def get_type(name: str) -> HintType:
     ht = find_type(name)
     if ht is None:
-        import difflib
-
         spellings = {**{k: v for k, v in _ALIASES.items()}, **{k: k for k in _REGISTRY}}
         near = dict.fromkeys(_REGISTRY[spellings[k]].name
                              for k in difflib.get_close_matches(_key(name), list(spellings), n=3, cutoff=0.6))
@@ -337,11 +349,6 @@ def metric_kind(hint_type: str) -> str | None:
     return ht.metric if ht is not None else None
 
 
-def weights_catalogue() -> dict[str, tuple[WeightFile, ...]]:
-    """Every type that loads weights -> its weight files (`cnet weights list` shows this)."""
-    return {h.name: h.weights for h in all_types() if h.weights}
-
-
 _BUILT: dict[tuple, Annotator] = {}
 
 
@@ -377,8 +384,6 @@ def annotate(
     rounded to multiples of 64). Runtime keywords (`device`,
     `weights_dir`, `offline`, `trust_pickle`, `dtype`) go to the model loader; the rest are the type's
     parameters."""
-    from ..images import as_rgb_array, resize_to
-
     ht = get_annotatable(type)
     img = as_rgb_array(image)
     runtime = Runtime(**{k: params.pop(k) for k in _RUNTIME_FIELDS if k in params})

@@ -16,6 +16,7 @@ import types
 from typing import Any
 
 from ..errors import NotAvailableError, first_line
+from ..images import HWC3, output_hw, resize_image
 
 
 def _full_init(pkg: types.ModuleType, origin: str, name: str) -> Any:
@@ -134,8 +135,6 @@ class ShapeBatched:
         return "cpu"
 
     def prepare(self, images: list[Any], *, detect_resolution: int) -> Prepared:
-        from ..images import HWC3, resize_image
-
         images = [HWC3(im) for im in images]
         dets = [resize_image(im, detect_resolution) for im in images]
         dev = self._device()
@@ -145,8 +144,6 @@ class ShapeBatched:
 
     def run_prepared(self, prep: Prepared, *, image_resolution: int) -> list[Any]:
         import cv2
-
-        from ..images import HWC3, output_hw
 
         interp = cv2.INTER_NEAREST if self.interp == "nearest" else cv2.INTER_LINEAR
         out: list[Any] = [None] * len(prep.images)

@@ -7,10 +7,7 @@ label outside 0..149 (e.g. 255 = ignore) are drawn black.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    import numpy as np
+import numpy as np
 
 #: RGB colour of each ADE20K class, in the class order of the ADE20K-150 benchmark (0 = wall).
 ADE20K_PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -39,13 +36,11 @@ assert len(ADE20K_PALETTE) == 150
 
 def palette_array() -> np.ndarray:
     """The palette as a (150, 3) uint8 array."""
-    import numpy as np
     return np.asarray(ADE20K_PALETTE, dtype=np.uint8)
 
 
 def colorize(labels: np.ndarray) -> np.ndarray:
     """An integer H x W label map (ADE20K class ids) -> RGB uint8 H x W x 3 in ControlNet's palette."""
-    import numpy as np
     lab = np.asarray(labels)
     if lab.ndim != 2:
         raise ValueError(f"expected an H x W label map, got shape {lab.shape}")

@@ -9,11 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ..images import HWC3, output_hw, resize_image
+
 if TYPE_CHECKING:
     import numpy as np
 
 from ..errors import UsageError
-from . import FLUX_UNION, SD35_LARGE, A1111Module, HintType, UnionControl, register
+from . import FLUX_UNION, QWEN_UNION, SD35_LARGE, A1111Module, HintType, UnionControl, register
 from .differentiable import canny_reward
 
 
@@ -26,8 +28,6 @@ def _check_range(name: str, value: float, lo: float, hi: float | None = None) ->
 def _resize_nearest_like(hint: np.ndarray, image: np.ndarray, image_resolution: int, kind: str) -> np.ndarray:
     """Bring a hint computed at the detect resolution to ControlNet's image-resolution size."""
     import cv2
-
-    from ..images import output_hw
 
     H, W = output_hw(image, image_resolution)
     interp = cv2.INTER_NEAREST if kind == "nearest" else (
@@ -49,8 +49,6 @@ class _AtImageResolution(_Configured):
     `resize_image` to the image resolution, then `hint` of that."""
 
     def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
-        from ..images import HWC3, resize_image
-
         return self.hint(resize_image(HWC3(image), image_resolution))
 
     def hint(self, img: np.ndarray) -> np.ndarray:
@@ -78,8 +76,6 @@ class Canny(_AtImageResolution):
 
     def hint(self, img: np.ndarray) -> np.ndarray:
         import cv2
-
-        from ..images import HWC3
 
         return HWC3(cv2.Canny(img, self.p.low, self.p.high))
 
@@ -115,8 +111,6 @@ class Hough(_Configured):
     def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
         import cv2
         import numpy as np
-
-        from ..images import HWC3, resize_image
 
         image = HWC3(image)
         img = resize_image(image, detect_resolution)
@@ -194,8 +188,6 @@ class Shuffle(_Configured):
         import cv2
         import numpy as np
 
-        from ..images import HWC3, resize_image
-
         image = HWC3(image)
         img = resize_image(image, detect_resolution)
         H, W = img.shape[:2]
@@ -256,7 +248,7 @@ _V11 = "lllyasviel/control_v11"
 register(HintType("canny", "Canny edges (ControlNet's math; --low/--high)", CannyParams,
                   lambda p, rt: Canny(p), resize="nearest", uses_detect_resolution=False, metric="edge",
                   releases={"sd15": f"{_V11}p_sd15_canny", "sdxl": "diffusers/controlnet-canny-sdxl-1.0",
-                            "sd3": f"{SD35_LARGE}canny", "flux": FLUX_UNION},
+                            "sd3": f"{SD35_LARGE}canny", "flux": FLUX_UNION, "qwenimage": QWEN_UNION},
                   a1111=A1111Module(("canny",), lambda p: ("canny", p.low, p.high)),
                   union_control_type=UnionControl.LINES, reward=canny_reward))
 register(HintType("hough", "straight lines without weights (Hough or LSD), M-LSD style",

@@ -16,15 +16,21 @@ the annotation run prepares the next batch (decode, resize, pinned stack) while 
 from __future__ import annotations
 
 import math
+import types
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from ..device import half_dtype, resolve_device
+from ..models import weights as W
+from ..models.sd import _load, resolve
+from ._aux import aux_module
 
 if TYPE_CHECKING:
     import numpy as np
 
 from ..errors import UsageError
 from ..models.weights import WeightFile
-from . import FLUX_UNION, SD35_LARGE, A1111Module, HintType, Runtime, UnionControl, register
+from . import FLUX_UNION, QWEN_UNION, SD35_LARGE, A1111Module, HintType, Runtime, UnionControl, register
 from ._aux import ShapeBatched, batch_tensor
 from .differentiable import MidasDepth
 
@@ -70,21 +76,16 @@ class _Batched(ShapeBatched):
 
 def load_midas(rt: Runtime, for_type: str = "depth") -> Any:
     """MiDaS DPT-Hybrid (controlnet_aux's DPTDepthModel, vitb_rn50_384) with dpt_hybrid-midas-501f0c75.pt."""
-    from ..models import weights as W
-    from ._aux import aux_module
-
     path = W.resolve(MIDAS_WEIGHTS, rt.weights_dir, rt.offline, for_type)
     DPTDepthModel = aux_module("midas.midas.dpt_depth").DPTDepthModel
     return W.load_into(lambda: DPTDepthModel(path=None, backbone="vitb_rn50_384", non_negative=True), path,
-                       keys=("model",), trust_pickle=rt.trust_pickle)
+                       keys=("model",), trust_pickle=rt.trust_pickle, fix=W.redownload_hint(MIDAS_WEIGHTS, for_type))
 
 
 class MidasRaw(_Batched):
     """Raw MiDaS depth per image (float H x W at the detect size)."""
 
     def __init__(self, rt: Runtime, for_type: str = "depth") -> None:
-        from ..device import half_dtype, resolve_device
-
         self.device = resolve_device(rt.device)
         self.dtype = half_dtype(self.device, rt.dtype)
         self.model = load_midas(rt, for_type).to(self.device, self.dtype)
@@ -103,9 +104,6 @@ class TransformersDepth(_Batched):
 
     def __init__(self, spec: str, rt: Runtime) -> None:
         from transformers import AutoImageProcessor, AutoModelForDepthEstimation
-
-        from ..device import half_dtype, resolve_device
-        from ..models.sd import _load, resolve
 
         self.device = resolve_device(rt.device)
         self.dtype = half_dtype(self.device, rt.dtype)
@@ -162,19 +160,14 @@ class NormalBae(_Batched):
     """NormalBAE (scannet.pt): ImageNet-normalised RGB in 0..1, (normal + 1) / 2 of the last prediction."""
 
     def __init__(self, rt: Runtime) -> None:
-        import types
-
-        from ..device import half_dtype, resolve_device
-        from ..models import weights as W
-        from ._aux import aux_module
-
         self.device = resolve_device(rt.device)
         self.dtype = half_dtype(self.device, rt.dtype)
         path = W.resolve(NORMALBAE_WEIGHTS, rt.weights_dir, rt.offline, "normal")
         args = types.SimpleNamespace(mode="client", architecture="BN", pretrained="scannet", sampling_ratio=0.4,
                                      importance_ratio=0.7)
         NNET = aux_module("normalbae.nets.NNET").NNET
-        self.model = W.load_into(lambda: NNET(args), path, keys=("model",), trust_pickle=rt.trust_pickle).to(self.device, self.dtype)
+        self.model = W.load_into(lambda: NNET(args), path, keys=("model",), trust_pickle=rt.trust_pickle,
+                                 fix=W.redownload_hint(NORMALBAE_WEIGHTS, "normal")).to(self.device, self.dtype)
 
     def _forward(self, dets: list[np.ndarray]) -> list[np.ndarray]:
         import numpy as np
@@ -224,7 +217,7 @@ register(HintType("depth", "MiDaS DPT-Hybrid depth as in ControlNet (model=<tran
                   aliases=("midas", "depth_midas"), metric="depth", weights=(MIDAS_WEIGHTS,),
                   releases={"sd15": "lllyasviel/control_v11f1p_sd15_depth",
                             "sdxl": "diffusers/controlnet-depth-sdxl-1.0", "sd3": f"{SD35_LARGE}depth",
-                            "flux": FLUX_UNION},
+                            "flux": FLUX_UNION, "qwenimage": QWEN_UNION},
                   a1111=A1111Module(("depth_midas", "depth", "depth_zoe", "depth_leres"), _depth_module),
                   union_control_type=UnionControl.DEPTH, reward=depth_reward))
 register(HintType("normal", "Normal map: ControlNet 1.0 normal-from-MiDaS-depth (bg_threshold) or model=bae",

@@ -15,12 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..device import resolve_device
+from ..models import weights as W
+from ._aux import aux_module
+
 if TYPE_CHECKING:
     import numpy as np
 
 from ..errors import UsageError
 from ..models.weights import WeightFile
-from . import A1111Module, HintType, Runtime, UnionControl, register
+from . import QWEN_UNION, A1111Module, HintType, Runtime, UnionControl, register
 from ._aux import ShapeBatched, batch_tensor
 from .differentiable import SoftEdgeNet
 
@@ -86,19 +90,13 @@ class EdgeNet:
     """HED or PiDiNet soft edges; `edges(dets)` -> float maps in 0..1 at each detect size."""
 
     def __init__(self, model: str, rt: Runtime, type_name: str = "softedge") -> None:
-        from ..device import resolve_device
-        from ..models import weights as W
-        from ._aux import aux_module
-
         self.device = resolve_device(rt.device)
         self.kind = "pidinet" if model.lower().startswith("pidi") else "hed"
-        if self.kind == "hed":
-            path = W.resolve(HED_WEIGHTS, rt.weights_dir, rt.offline, type_name)
-            net = aux_module("hed").ControlNetHED_Apache2
-        else:
-            path = W.resolve(PIDINET_WEIGHTS, rt.weights_dir, rt.offline, type_name)
-            net = aux_module("pidi.model").pidinet
-        self.net = W.load_into(net, path, keys=("state_dict",), trust_pickle=rt.trust_pickle).float().to(self.device)
+        f = HED_WEIGHTS if self.kind == "hed" else PIDINET_WEIGHTS
+        path = W.resolve(f, rt.weights_dir, rt.offline, type_name)
+        net = aux_module("hed").ControlNetHED_Apache2 if self.kind == "hed" else aux_module("pidi.model").pidinet
+        self.net = W.load_into(net, path, keys=("state_dict",), trust_pickle=rt.trust_pickle,
+                               fix=W.redownload_hint(f, type_name)).float().to(self.device)
 
     def edges(self, dets: list[np.ndarray]) -> list[np.ndarray]:
         import cv2
@@ -153,7 +151,7 @@ def softedge_reward(params: Any, runtime: Any) -> SoftEdgeNet:
 register(HintType("softedge", "Soft edges: HED (default) or model=pidinet; safe=true quantises",
                   SoftEdgeParams, lambda p, rt: _EdgeHint(EdgeNet(p.model, rt, "softedge"), p.safe, False),
                   resize="linear", needs_weights=True, aliases=("hed", "pidi", "pidinet", "softedge_hed"),
-                  metric="edge", releases={"sd15": f"{_V11}p_sd15_softedge"},
+                  metric="edge", releases={"sd15": f"{_V11}p_sd15_softedge", "qwenimage": QWEN_UNION},
                   weights=(HED_WEIGHTS, PIDINET_WEIGHTS),
                   a1111=A1111Module(("softedge_hed", "softedge_hedsafe", "softedge_pidinet", "softedge_pidisafe",
                                      "hed", "pidinet"), _softedge_module),

@@ -10,6 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..device import resolve_device
+from ..images import HWC3, output_hw, resize_image
+from ..models import weights as W
+from ._aux import aux_module
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -44,15 +49,12 @@ def draw_lines(lines: np.ndarray, H: int, W: int) -> np.ndarray:
 
 class Mlsd:
     def __init__(self, params: MlsdParams, rt: Runtime) -> None:
-        from ..device import resolve_device
-        from ..models import weights as W
-        from ._aux import aux_module
-
         self.p = params
         self.device = resolve_device(rt.device)
         path = W.resolve(MLSD_WEIGHTS, rt.weights_dir, rt.offline, "mlsd")
         net = aux_module("mlsd.models.mbv2_mlsd_large").MobileV2_MLSD_Large
-        self.model = W.load_into(net, path, keys=(), trust_pickle=rt.trust_pickle).to(self.device)
+        self.model = W.load_into(net, path, keys=(), trust_pickle=rt.trust_pickle,
+                                 fix=W.redownload_hint(MLSD_WEIGHTS, "mlsd")).to(self.device)
         self._pred_lines = aux_module("mlsd.utils").pred_lines
 
     def lines(self, det: np.ndarray) -> np.ndarray:
@@ -68,8 +70,6 @@ class Mlsd:
 
     def __call__(self, image: np.ndarray, *, detect_resolution: int, image_resolution: int) -> np.ndarray:
         import cv2
-
-        from ..images import HWC3, output_hw, resize_image
 
         image = HWC3(image)
         det = resize_image(image, detect_resolution)

@@ -12,16 +12,23 @@ with `render_pose_json(json.load(...))` without any model.
 
 from __future__ import annotations
 
+import colorsys
 import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..device import resolve_device
+from ..errors import InputError
+from ..images import HWC3, output_hw, resize_image, write_json_sidecar
+from ..models import weights as W
+from ._aux import aux_module
+
 if TYPE_CHECKING:
     import numpy as np
 
 from ..models.weights import WeightFile
-from . import FLUX_UNION, A1111Module, HintType, Runtime, UnionControl, register
+from . import FLUX_UNION, QWEN_UNION, A1111Module, HintType, Runtime, UnionControl, register
 
 BODY_WEIGHTS = WeightFile("body_pose_model.pth")
 HAND_WEIGHTS = WeightFile("hand_pose_model.pth", when="hands=true")
@@ -75,8 +82,6 @@ def draw_bodypose(canvas: np.ndarray, keypoints: tuple[Point, ...] | list[Point]
 
 
 def _hsv_to_rgb255(h: float) -> tuple[float, float, float]:
-    import colorsys
-
     r, g, b = colorsys.hsv_to_rgb(h, 1.0, 1.0)
     return (r * 255.0, g * 255.0, b * 255.0)
 
@@ -182,7 +187,6 @@ def render_pose_json(data: dict[str, Any] | str | os.PathLike, width: int | None
                      height: int | None = None) -> np.ndarray:
     """Re-render a pose map from OpenPose JSON (a dict or a file), optionally at another size."""
     if not isinstance(data, dict):
-        from ..errors import InputError
         from ..external import read_json
 
         data = read_json(data)
@@ -197,8 +201,6 @@ SIDECAR_SUFFIX = ".pose.json"
 
 def write_sidecar(hint_path: str | os.PathLike, data: dict[str, Any]) -> str:
     """Atomically write OpenPose JSON next to a hint PNG; returns the JSON path."""
-    from ..images import write_json_sidecar
-
     return write_json_sidecar(hint_path, SIDECAR_SUFFIX, data)
 
 
@@ -235,10 +237,6 @@ class OpenPose:
     sidecar_suffix: str | None = SIDECAR_SUFFIX
 
     def __init__(self, params: PoseParams, rt: Runtime) -> None:
-        from ..device import resolve_device
-        from ..models import weights as W
-        from ._aux import aux_module
-
         self.p = params
         self.sidecar_suffix = _sidecar(params)
         self.device = resolve_device(rt.device)
@@ -254,13 +252,15 @@ class OpenPose:
 
         self.body = body_mod.Body.__new__(body_mod.Body)
         self.body.model = W.load_into(model_mod.bodypose_model, res[BODY_WEIGHTS.name], keys=(),
-                                      trust_pickle=trust_pickle, transform=transfer).to(self.device)
+                                      trust_pickle=trust_pickle, transform=transfer,
+                                      fix=W.redownload_hint(BODY_WEIGHTS, "pose")).to(self.device)
         self.hand = self.face = None
         if params.hands:
             hand_mod = aux_module("open_pose.hand")
             self.hand = hand_mod.Hand.__new__(hand_mod.Hand)
             self.hand.model = W.load_into(model_mod.handpose_model, res[HAND_WEIGHTS.name], keys=(),
-                                          trust_pickle=trust_pickle, transform=transfer).to(self.device)
+                                          trust_pickle=trust_pickle, transform=transfer,
+                                          fix=W.redownload_hint(HAND_WEIGHTS, "pose")).to(self.device)
         if params.face:
             face_mod = aux_module("open_pose.face")
             self.face = face_mod.Face.__new__(face_mod.Face)
@@ -268,7 +268,7 @@ class OpenPose:
             self.face.sigma = face_mod.params["gaussian_sigma"]
             self.face.threshold = face_mod.params["heatmap_peak_thresh"]
             self.face.model = W.load_into(face_mod.FaceNet, res[FACE_WEIGHTS.name], keys=(),
-                                          trust_pickle=trust_pickle).to(self.device)
+                                          trust_pickle=trust_pickle, fix=W.redownload_hint(FACE_WEIGHTS, "pose")).to(self.device)
         op = aux_module("open_pose")
         self._detector = op.OpenposeDetector(self.body, self.hand, self.face)
 
@@ -311,7 +311,6 @@ class OpenPose:
         """The CPU half of `batch` (no model): what the annotation run's loader thread does for the next batch."""
         import numpy as np
 
-        from ..images import HWC3, resize_image
         from .pose_batch import prepare_bodies
 
         images = [HWC3(im) for im in images]
@@ -325,8 +324,6 @@ class OpenPose:
 
     def _render(self, prep: Any, image_resolution: int) -> list[tuple[np.ndarray, dict[str, Any]]]:
         import cv2
-
-        from ..images import output_hw
 
         images, dets, groups = prep
         out = []
@@ -371,7 +368,8 @@ register(HintType("pose", "OpenPose body (+hands/face) as ControlNet draws it; k
                   PoseParams, OpenPose, resize="nearest", needs_weights=True, aliases=("openpose", "openpose_full"),
                   sidecar=_sidecar, metric="pose", weights=(BODY_WEIGHTS, HAND_WEIGHTS, FACE_WEIGHTS),
                   releases={"sd15": "lllyasviel/control_v11p_sd15_openpose",
-                            "sdxl": "thibaud/controlnet-openpose-sdxl-1.0", "flux": FLUX_UNION},
+                            "sdxl": "thibaud/controlnet-openpose-sdxl-1.0", "flux": FLUX_UNION,
+                            "qwenimage": QWEN_UNION},
                   a1111=A1111Module(("openpose", "openpose_full", "openpose_hand", "openpose_face",
                                      "dw_openpose_full"), _a1111_module),
                   union_control_type=UnionControl.OPENPOSE))

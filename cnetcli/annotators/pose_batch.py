@@ -28,7 +28,13 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.ndimage import gaussian_filter1d
+
+from ._aux import aux_module, group_by_shape, stack_for_device
 
 SCALE = 0.5 * 368  # the reference's single search scale (0.5) times its box size (368)
 STRIDE = 8
@@ -54,8 +60,6 @@ PAF_CHANNELS = tuple((a - 19, b - 19) for a, b in (
 def net_input(bgr: np.ndarray) -> np.ndarray:
     """The reference's network input for one BGR image: resized by 184/H, padded to a multiple of 8 with 128
     (uint8 h x w x 3; the float conversion happens on the device)."""
-    from ._aux import aux_module
-
     util = aux_module("open_pose.util")
     scale = SCALE / bgr.shape[0]
     padded, _ = util.padRightDownCorner(util.smart_resize_k(bgr, fx=scale, fy=scale), STRIDE, PAD_VALUE)
@@ -66,16 +70,12 @@ def net_input(bgr: np.ndarray) -> np.ndarray:
 def _resize_matrix(n_src: int, n_dst: int, interp: int) -> np.ndarray:
     """cv2.resize along one axis as an (n_dst x n_src) matrix: row i of the resized identity is e_i resized.
     (The other axis keeps its size, which cv2 maps with the weights (0, 0, 0, 1, 0, ...): exact.)"""
-    import cv2
-
     return cv2.resize(np.eye(n_src, dtype=np.float32), (n_dst, n_src), interpolation=interp).T.astype(np.float64)
 
 
 @lru_cache(maxsize=32)
 def _gauss_matrix(n: int) -> np.ndarray:
     """scipy's gaussian_filter1d(sigma=3) (truncate 4, mode 'reflect') along an axis of length n, as a matrix."""
-    from scipy.ndimage import gaussian_filter1d
-
     return gaussian_filter1d(np.eye(n), SIGMA, axis=0)
 
 
@@ -83,8 +83,6 @@ def _gauss_matrix(n: int) -> np.ndarray:
 def axis_maps(H: int, W: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(Ay, Ax, By, Bx) for an H x W image: A* take network-resolution maps to the reference's full-size maps
     (x8 Lanczos, crop of the padding, smart_resize to H x W); B* = Gaussian @ A* give the smoothed maps."""
-    import cv2
-
     scale = SCALE / H
     ht, wt = int(H * scale), int(W * scale)  # the resized image (smart_resize_k's int() of the scaled size)
     hp, wp = -(-ht // STRIDE) * STRIDE, -(-wt // STRIDE) * STRIDE  # padded to the stride
@@ -101,8 +99,6 @@ def axis_maps(H: int, W: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
 
 def peak_mask(smoothed: Any, threshold: float = THRE1) -> Any:
     """The reference's peaks: >= each 4-neighbour (0 beyond the border) and > threshold; (..., H, W) bool."""
-    import torch.nn.functional as F
-
     p = F.pad(smoothed, (1, 1, 1, 1))
     c = p[..., 1:-1, 1:-1]
     return ((c >= p[..., :-2, 1:-1]) & (c >= p[..., 2:, 1:-1]) & (c >= p[..., 1:-1, :-2]) & (c >= p[..., 1:-1, 2:])
@@ -110,8 +106,6 @@ def peak_mask(smoothed: Any, threshold: float = THRE1) -> Any:
 
 
 def _math_dtype(device: Any) -> Any:
-    import torch
-
     # float64 keeps the smoothed maps as close to the reference's (float64 gaussian_filter) as possible and is
     # immune to TF32 settings; MPS has no float64
     return torch.float32 if str(device).startswith("mps") else torch.float64
@@ -120,8 +114,6 @@ def _math_dtype(device: Any) -> Any:
 def _network_maps(model: Any, device: Any, stacked: Any) -> tuple[Any, Any]:
     """One forward for a (B, h, w, 3) uint8 tensor of same-size padded BGR inputs -> (PAFs (B, 38, h, w),
     heatmaps (B, 19, h, w))."""
-    import torch
-
     x = stacked.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 256 - 0.5  # as the reference (float32)
     with torch.inference_mode():
         paf, heat = model(x.contiguous())
@@ -130,8 +122,6 @@ def _network_maps(model: Any, device: Any, stacked: Any) -> tuple[Any, Any]:
 
 def _group_peaks(heat: Any, H: int, W: int, device: Any) -> np.ndarray:
     """(N, 4) int array of (image, part, y, x) peaks of a group, in the reference's order (part, then row-major)."""
-    import torch
-
     dt = _math_dtype(device)
     _, _, By, Bx = axis_maps(H, W)
     By_t = torch.from_numpy(By).to(device, dt)
@@ -270,8 +260,6 @@ BodyGroup = tuple[int, int, list[int], Any]  # (H, W, indices into the batch, st
 def prepare_bodies(images_bgr: list[np.ndarray], device: Any = "cpu") -> list[BodyGroup]:
     """The CPU half (no model; the annotation run does it in its loader thread): each image's network input,
     stacked per image size (pinned when going to a CUDA device)."""
-    from ._aux import group_by_shape, stack_for_device
-
     groups = []
     for idx in group_by_shape([im[:, :, 0] for im in images_bgr]).values():
         H, W = images_bgr[idx[0]].shape[:2]

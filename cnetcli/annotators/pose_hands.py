@@ -14,8 +14,12 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+import cv2
 import numpy as np
+import torch
+from skimage.measure import label
 
+from ._aux import aux_module
 from .pose_batch import PAD_VALUE, STRIDE, _gauss_matrix, _math_dtype, _resize_matrix
 
 HAND_SCALES = (184, 368, 552, 736)  # the reference's 0.5, 1, 1.5, 2 x 368
@@ -27,10 +31,6 @@ CHUNK = 8  # crops per forward at one scale (736 px inputs: bounds the activatio
 
 def hand_inputs(crop_bgr: np.ndarray) -> list[np.ndarray]:
     """The reference's network inputs of one crop: blurred, resized to each scale's square (uint8)."""
-    import cv2
-
-    from ._aux import aux_module
-
     util = aux_module("open_pose.util")
     blurred = cv2.GaussianBlur(crop_bgr, (0, 0), 0.8)
     return [util.padRightDownCorner(util.smart_resize(blurred, (float(s), float(s))), STRIDE, PAD_VALUE)[0]
@@ -40,16 +40,12 @@ def hand_inputs(crop_bgr: np.ndarray) -> list[np.ndarray]:
 @lru_cache(maxsize=8)
 def _scale_matrix(s: int) -> np.ndarray:
     """(128 x s/8): x8 Lanczos, then smart_resize to 128 (area when shrinking, as for every scale here)."""
-    import cv2
-
     interp = cv2.INTER_AREA if MAP_SIZE / s < 1 else cv2.INTER_LANCZOS4
     return _resize_matrix(s, MAP_SIZE, interp) @ _resize_matrix(s // STRIDE, s, cv2.INTER_LANCZOS4)
 
 
 def _maps(model: Any, device: Any, crops: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """(averaged heatmaps, smoothed heatmaps), each (n, 21, 128, 128) float64 on the CPU."""
-    import torch
-
     dt = _math_dtype(device)
     inputs = [hand_inputs(c) for c in crops]
     n = len(crops)
@@ -69,8 +65,6 @@ def _maps(model: Any, device: Any, crops: list[np.ndarray]) -> tuple[np.ndarray,
 
 def _peak(map_ori: np.ndarray, smooth: np.ndarray, H: int, W: int) -> tuple[int, int]:
     """The reference's point of one heatmap: the maximum of the above-threshold region with the largest sum."""
-    from skimage.measure import label
-
     binary = smooth > THRESHOLD
     if not binary.any():
         return 0, 0
@@ -95,8 +89,6 @@ def estimate_hands(model: Any, device: Any, crops: list[np.ndarray]) -> list[np.
 def detect_hands_batch(model: Any, device: Any, bodies: list[list[Any]], bgrs: list[np.ndarray]) -> list[list[Any]]:
     """controlnet_aux's `detect_hands` for every body of every image: per image, per body, (left, right),
     each a list of 21 Keypoints (normalised; the reference's -1 for points it did not find) or None."""
-    from ._aux import aux_module
-
     util = aux_module("open_pose.util")
     Keypoint = aux_module("open_pose.body").Keypoint
     boxes, crops = [], []

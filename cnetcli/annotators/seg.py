@@ -12,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..device import half_dtype, resolve_device
+from ..models import weights as W
+from ..models.sd import _load, resolve
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -35,10 +39,6 @@ class Seg(ShapeBatched):
 
     def __init__(self, params: SegParams, rt: Runtime) -> None:
         from transformers import AutoConfig, AutoImageProcessor
-
-        from ..device import half_dtype, resolve_device
-        from ..models import weights as W
-        from ..models.sd import _load, resolve
 
         self.device = resolve_device(rt.device)
         self.dtype = half_dtype(self.device, rt.dtype)

@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from ..device import DEVICE_CHOICES, check_device_spec
+from ..errors import UsageError
 
 
 def choices(name: str, values: Iterable[str]) -> type[enum.Enum]:
@@ -23,7 +24,6 @@ def choices(name: str, values: Iterable[str]) -> type[enum.Enum]:
 def _check_device(value: str | None) -> str | None:
     if value is None:
         return None
-    from ..errors import UsageError
 
     try:
         return check_device_spec(value)

@@ -9,6 +9,7 @@ print nothing until the end, so a plain progress line is written every `CNET_PRO
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -128,8 +129,6 @@ def quiet_libraries(import_them: bool = True) -> None:
     downloads, diffusers' component loading) and advisory logs. huggingface_hub and transformers read
     HF_HUB_DISABLE_PROGRESS_BARS when imported, so commands that may never import them (annotate, eval) set only
     that (`import_them=False`); diffusers has no variable, so train/generate/demo import it here to turn it off."""
-    import sys
-
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     if not import_them and "transformers" not in sys.modules and "diffusers" not in sys.modules:
         return

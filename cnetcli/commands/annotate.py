@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import types as _types
 import typing
 from collections.abc import Sequence
 from typing import Annotated, Any
 
 import typer
 
+from .. import annotation
 from ..annotation.config import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_DATASET_FORMAT,
@@ -22,7 +24,7 @@ from ..annotation.config import (
 )
 from ..annotators import get_type, list_types
 from ..data import FORMATS
-from ..errors import UsageError
+from ..errors import CnetError, Interrupted, UsageError
 from ._options import DeviceOpt, choices
 from ._progress import RichReporter, quiet_libraries
 
@@ -60,8 +62,6 @@ def _detect_help() -> str:
 # --- --param KEY=VALUE --------------------------------------------------------------------------------------
 
 def _parse_value(text: str, tp: Any, key: str, type_name: str) -> Any:
-    import types as _types
-
     options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, _types.UnionType) else (tp,)
     errors = []
     for t in options:
@@ -174,8 +174,6 @@ def annotate_cmd(
     quiet: Annotated[bool, _opt("No progress bar.", None, "--quiet", "-q", metavar="")] = False,
     **type_flags: Any,  # one option per parameter of the hint types (`_type_flags`, added to the signature)
 ) -> None:
-    from ..annotation import annotate_paths
-
     quiet_libraries(import_them=False)  # a model-backed type's transformers bars stay out of logs
 
     ht = get_type(type)
@@ -189,10 +187,9 @@ def annotate_cmd(
         shard_size=shard_size, engine=engine.value,
         caption=caption, captioner=captioner,
     )
-    from ..errors import CnetError, Interrupted
 
     try:
-        s = annotate_paths(cfg, RichReporter(unit="img/s", quiet=quiet))
+        s = annotation.annotate_paths(cfg, RichReporter(unit="img/s", quiet=quiet))  # module: tests fake it
     except CnetError as e:  # the run stopped after annotating (the index): its per-image failures still count
         _print_failures(getattr(e, "summary", None))
         raise

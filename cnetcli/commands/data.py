@@ -7,7 +7,10 @@ from typing import Annotated
 
 import typer
 
-from ..synthetic import CirclesConfig
+from .. import synthetic
+from ..errors import UsageError
+from ..fsguard import check_writable_dir
+from ..synthetic import CirclesConfig, heldout_dir
 
 _D = CirclesConfig("")  # the core's defaults, shown by --help
 #: numpy's seeds are unsigned 32-bit (same seed -> same dataset everywhere).
@@ -26,10 +29,6 @@ def circles_cmd(
     thickness: Annotated[int, typer.Option("--thickness", help="Outline thickness of the hint in pixels.")] = _D.thickness,
     overwrite: Annotated[bool, typer.Option("--overwrite", metavar="", help="Replace an existing dataset folder.")] = _D.overwrite,
 ) -> None:
-    from ..errors import UsageError
-    from ..fsguard import check_writable_dir
-    from ..synthetic import heldout_dir, write_circles
-
     if not SEED_RANGE[0] <= seed <= SEED_RANGE[1]:
         raise UsageError(f"--seed: must be in {SEED_RANGE[0]}..{SEED_RANGE[1]} (got {seed})")
     CirclesConfig(str(output), count, size, seed, holdout, thickness, overwrite)  # every other check, first
@@ -38,8 +37,8 @@ def circles_cmd(
     check_writable_dir(output, "OUTPUT", need_bytes=count * size * size // 8)
     if holdout:
         check_writable_dir(held, "--heldout-output")
-    out = write_circles(output, count=count, size=size, seed=seed, holdout=holdout, thickness=thickness,
-                        overwrite=overwrite, heldout_output=heldout_output)
+    out = synthetic.write_circles(output, count=count, size=size, seed=seed, holdout=holdout,  # module: tests fake it
+                                  thickness=thickness, overwrite=overwrite, heldout_output=heldout_output)
     typer.echo(f"wrote {count - holdout} samples to {out}")
     if holdout:
         typer.echo(f"wrote {holdout} held-out samples to {held}")

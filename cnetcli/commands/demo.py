@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..demo import DemoConfig
+from ..demo import DemoConfig, run_demo
 from ..generation.prompts import PROMPT_MODES
 from ._options import DeviceOpt, choices
 from ._progress import RichReporter, quiet_libraries
@@ -26,8 +26,6 @@ def demo(
                                              "(0: only the final model).")] = DemoConfig.curve_every,
     device: DeviceOpt = DemoConfig.device,
 ) -> None:
-    from ..demo import run_demo
-
     modes = tuple(m.value for m in mode) if mode else PROMPT_MODES
     cfg = DemoConfig(output=str(output), quick=quick, overwrite=overwrite, modes=modes, curve_every=curve_every,
                      device=device)

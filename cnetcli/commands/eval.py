@@ -12,6 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
+from .. import evaluation
+from ..errors import OutputError, UsageError
 from ..evaluation.config import (
     DEFAULT_OUTPUT_NAME,
     DEFAULT_TOLERANCE,
@@ -24,7 +26,10 @@ from ..evaluation.config import (
     STEPS,
     EvalConfig,
 )
+from ..fsguard import atomic_write_text, check_writable_dir, cleanup_stale_temps
+from ..models.sd import DEFAULT_BASE
 from ._options import DeviceOpt
+from ._progress import RichReporter, quiet_libraries
 
 _PP = "--protocol controlnet++ (generate, then score)"
 
@@ -56,18 +61,13 @@ def eval_cmd(
     if protocol is not None or controlnet is not None:
         return _protocol_cmd(folder, output, protocol, hint_type, dict(
             controlnet=controlnet, base=base, size=size, groups=groups, steps=steps, seed=seed, device=device))
-    from ..fsguard import check_writable_dir, cleanup_stale_temps
 
     cfg = EvalConfig(folder=str(folder), output=str(output) if output is not None else None, hint_type=hint_type,
                      tolerance=tolerance)
     out = cfg.output_path
     if out.is_dir():
-        from ..errors import OutputError
-
         raise OutputError(f"--output {out}: is a folder; name the results file (e.g. {out / DEFAULT_OUTPUT_NAME})")
     if out.exists() and not overwrite:
-        from ..errors import OutputError
-
         raise OutputError(f"--output {out}: holds the results of an earlier eval; pass --overwrite to replace it "
                           "or -o to write elsewhere")
     if Path(cfg.folder).is_dir():  # else evaluate_folder says "no such folder"
@@ -78,14 +78,10 @@ def eval_cmd(
     from rich.markup import escape
     from rich.table import Table
 
-    from ..evaluation import evaluate_folder
-    from ..fsguard import atomic_write_text
-    from ._progress import RichReporter, quiet_libraries
-
     quiet_libraries(import_them=False)  # re-annotating with a model-backed type: no library bars in the table
 
-    res = evaluate_folder(cfg.folder, hint_type=cfg.hint_type, tolerance=cfg.tolerance,
-                          reporter=RichReporter(unit="img/s", transient=True), relative_to=out.parent)
+    res = evaluation.evaluate_folder(cfg.folder, hint_type=cfg.hint_type, tolerance=cfg.tolerance,  # module: tests fake it
+                                     reporter=RichReporter(unit="img/s", transient=True), relative_to=out.parent)
     table = Table(title=f"controllability ({res['n']} images)")
     metrics = list(res["metrics"])
     table.add_column("hint / prompt mode")
@@ -107,10 +103,7 @@ def eval_cmd(
 def _protocol_cmd(folder: Path, output: Path | None, protocol: str | None, hint_type: str | None,
                   settings: dict[str, Any]) -> None:
     """`cnet eval EVALSET --protocol controlnet++`: generate, score, print mean ± std per hint type, write JSON."""
-    from ..errors import UsageError
     from ..evaluation.protocol import PROTOCOLS, ProtocolConfig, evaluate_protocol
-    from ..fsguard import atomic_write_text, check_writable_dir
-    from ..models.sd import DEFAULT_BASE
 
     if protocol not in PROTOCOLS:
         raise UsageError(f"--protocol {protocol}: valid: {', '.join(PROTOCOLS)} (--controlnet needs --protocol)")
@@ -123,8 +116,6 @@ def _protocol_cmd(folder: Path, output: Path | None, protocol: str | None, hint_
 
     from rich.console import Console
     from rich.table import Table
-
-    from ._progress import RichReporter
 
     res = evaluate_protocol(cfg, RichReporter(unit="row/s", transient=True))
     table = Table(title=f"ControlNet++ protocol ({res['n']} rows x {cfg.groups} groups)")

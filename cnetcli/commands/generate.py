@@ -17,10 +17,12 @@ from typing import Annotated, Any
 import typer
 
 from ..device import DTYPES
+from ..errors import Interrupted
 from ..generation.config import AUTO_BATCH, AUTO_BATCH_PIXELS, DEFAULT_OUTPUT, RESIZE_MODES, GenerateConfig
-from ..generation.control import CONTROL_MODES
+from ..generation.control import CONTROL_MODES, controlnet_releases
 from ..generation.prompts import PROMPT_MODES
 from ..generation.samplers import SAMPLER_ALIASES, SAMPLERS, SCHEDULERS
+from ..models.families import DEFAULT_FAMILY, all_families
 from ._options import DeviceOpt, choices
 from ._progress import RichReporter, quiet_libraries
 
@@ -44,9 +46,6 @@ Dtype = choices("Dtype", DTYPES)
 
 def _family_releases() -> str:
     """Each other family's ControlNet per hint type, from the hint-type registry (no torch imported)."""
-    from ..generation.control import controlnet_releases
-    from ..models.families import DEFAULT_FAMILY, all_families
-
     return "; ".join(f"on {f.label} " + ", ".join(f"{t}: {hub}" for t, hub in rel.items())
                      for f in all_families() if f.release_key != DEFAULT_FAMILY
                      and (rel := controlnet_releases(f.release_key)))
@@ -109,7 +108,6 @@ def generate_cmd(
     no_compile: Annotated[bool, _opt("--no-compile", metavar="", help="Run eagerly on CUDA too (the default compiles the denoiser+ControlNet step into CUDA graphs; CPU always runs eagerly).", panel=_F)] = False,
     vae_tiling: Annotated[bool | None, _opt("--vae-tiling/--no-vae-tiling", metavar="", help="Tiled VAE decode.", shows="above 1024x1024", panel=_F)] = None,
 ) -> None:
-    from ..errors import Interrupted
     from ..generation import generate
     from ..generation.pipeline import preflight
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
@@ -16,8 +17,6 @@ def runs_cmd(
 
     s = summarize_run(output)
     if as_json:
-        import json
-
         typer.echo(json.dumps(s, indent=1, default=str))
         return
     typer.echo(f"run {s['output']}: {s['phases']} phase(s), {len(s['events'])} start/resume event(s)")

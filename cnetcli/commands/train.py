@@ -14,6 +14,8 @@ from typing import Annotated, Any
 
 import typer
 
+from .. import training
+from ..errors import Interrupted, UsageError
 from ..training.config import (
     LR_SCHEDULERS,
     MIXED_PRECISION,
@@ -83,7 +85,7 @@ def _flag(name: str, help: str, panel: str | None = None) -> Any:
 
 def train_cmd(
     ctx: typer.Context,
-    base: Annotated[str, _opt("--base", help="hub id, folder, file or cnet-tiny", metavar="MODEL", show_default="sd15")] = _D["base"],
+    base: Annotated[str, _opt("--base", help="hub id, folder, file or cnet-tiny", metavar="MODEL", show_default="SD1.5")] = _D["base"],
     data: Annotated[str, _opt("--data", help="folder, file, hub id or shards", metavar="PATH")] = _D["data"],
     output: Annotated[str, _opt("--output", "-o", help="output folder", metavar="DIR")] = _D["output"],
     controlnet: Annotated[str | None, _opt("--controlnet", help="start from this ControlNet", metavar="PATH", show_default="a copy of the base's denoiser")] = None,
@@ -154,7 +156,6 @@ def train_cmd(
     try:
         _train(settings, given)
     except KeyboardInterrupt:  # before the loop's own Ctrl-C handling (imports, loading): typer would exit silently
-        from ..errors import Interrupted
         from ..training.checkpoint import kept_after_interrupt
 
         raise Interrupted(kept_after_interrupt(Path(settings["output"]))) from None
@@ -165,12 +166,11 @@ def _train(settings: dict[str, Any], given: dict[str, Any]) -> None:
     from ..training.inputs import check_inputs
 
     check_inputs(cfg)  # before the training stack (torch) is imported: a bad --base/--data costs no start-up
-    from ..training import train
 
     quiet_libraries()
     reporter = RichReporter(unit="it/s", fields=("loss", "lr"))
     try:
-        result = train(cfg, reporter, given=given)
+        result = training.train(cfg, reporter, given=given)  # module: tests fake it
     finally:
         reporter.finish()
     if not result.is_main_process:  # `accelerate launch` / torchrun: the main process reports
@@ -199,8 +199,6 @@ def _train(settings: dict[str, Any], given: dict[str, Any]) -> None:
 def _settings(ctx: typer.Context) -> tuple[dict[str, Any], dict[str, Any]]:
     """The TrainConfig settings from the parsed options (+ cnet.toml keys that have no flag) and the ones given
     on purpose: typed, or from cnet.toml (typer's parameter source), which is what `--resume` may change."""
-    from ..errors import UsageError
-
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: (v.value if isinstance(v, enum.Enum) else tuple(v) if isinstance(v, list) else v)
               for k, v in ctx.params.items()}

@@ -7,11 +7,15 @@ empty, an HTML page) fail with the command that fetches them again, files nothin
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Optional
 
 import typer
 
+from ..annotators import catalogue as W
+from ..errors import ModelLoadError
 from ..fsguard import human_bytes
+from ..models.weights import load_state_dict
 from ._options import OfflineOpt
 
 TypesArg = Annotated[Optional[list[str]], typer.Argument(help="Hint types.", show_default="all model-backed types")]  # noqa: UP045
@@ -48,12 +52,8 @@ def list_cmd(
 ) -> None:
     from rich.console import Console
 
-    from ..models import weights as W
-
     rows = W.status(types or None, weights_dir, hashes=not no_hash)
     if json_out:
-        import json
-
         typer.echo(json.dumps([{"type": s.type, "file": s.file.name, "repo": s.file.repo, "when": s.file.when,
                                 "present": s.present, "path": str(s.path) if s.path else None,
                                 "size": s.size, "expected_size": s.expected_size, "sha256": s.sha256,
@@ -73,8 +73,6 @@ def pull_cmd(
 ) -> None:
     from rich.console import Console
 
-    from ..models import weights as W
-
     rows = W.pull(types, weights_dir, offline=True if offline else None, include_optional=not required_only)
     Console(soft_wrap=True).print(_table(rows, hashes=True))
 
@@ -88,9 +86,6 @@ def verify_cmd(
 ) -> None:
     from rich.console import Console
 
-    from ..errors import ModelLoadError
-    from ..models import weights as W
-
     rows = W.status(types or None, weights_dir, hashes=True)
     Console(soft_wrap=True).print(_table(rows, hashes=True, verify=True))
     bad = [s for s in rows if s.ok is False]
@@ -103,7 +98,7 @@ def verify_cmd(
     if load:
         for s in rows:
             if s.present and s.file.kind == "file":
-                W.load_state_dict(s.path, trust_pickle=trust_pickle)
+                load_state_dict(s.path, trust_pickle=trust_pickle, fix=s.fix())
     unverified = [s.file.name for s in rows if s.check == "unverified"]
     if unverified:
         typer.echo(f"unverified (no published or recorded sha256): {', '.join(sorted(set(unverified)))}")

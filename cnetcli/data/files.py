@@ -10,10 +10,15 @@ Used by every reader (`read.py`, `tables.py`) so the rules are the same for each
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from pathlib import Path
 from typing import Any
+
+from ..errors import InputError
+from ..fsguard import file_identity, open_input
+from ..images import MAX_PIXELS, load_image, pil_to_rgb
 
 OUTSIDE = "outside the dataset folder"  # the skip reason; also named in the error hint
 
@@ -55,8 +60,6 @@ def resolve(base: Path, value: str, root_real: str | None, allow_outside: bool) 
 
 def resolve_id(base: Path, value: str, root_real: str | None, allow_outside: bool) -> tuple[Path, tuple[int, int]]:
     """`resolve` plus the (device, inode) the path pointed at when it was checked."""
-    from ..fsguard import file_identity
-
     if "\x00" in value:
         raise BadFile("unreadable name", f"{show(value)}: a NUL byte in the name")
     p = base / value
@@ -80,10 +83,6 @@ def check_image(p: Path, name: str, identity: tuple[int, int] | None = None) -> 
     """Read only the image header (cheap); a non-image or an impossible size is a `BadFile`. Opened with
     `fsguard.open_input` (with `identity`: still the file `resolve_id` checked)."""
     from PIL import Image
-
-    from ..errors import InputError
-    from ..fsguard import open_input
-    from ..images import MAX_PIXELS
 
     try:
         with open_input(p, identity, show(name)) as f:
@@ -118,12 +117,7 @@ def _tail_has(f: Any, marker: bytes) -> bool:
 def open_rgb(source: Any, identity: tuple[int, int] | None = None) -> Any:
     """Decode one row image to an RGB PIL image: a path (checked to be a regular file first), raw bytes,
     a PIL image, or a `datasets` Image cell ``{"bytes", "path"}``. Raises `InputError` with one line."""
-    import io
-
     from PIL import Image
-
-    from ..errors import InputError
-    from ..images import load_image, pil_to_rgb
 
     if isinstance(source, Image.Image):
         return Image.fromarray(pil_to_rgb(source))
@@ -149,6 +143,4 @@ def open_rgb(source: Any, identity: tuple[int, int] | None = None) -> Any:
 
 
 def _max_pixels() -> int:
-    from ..images import MAX_PIXELS
-
     return MAX_PIXELS

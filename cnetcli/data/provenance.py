@@ -20,8 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import InputError
-from ..images import PNG_META_KEY, read_png_text
+from .. import __version__
+from ..errors import InputError, SchemaError
+from ..fsguard import atomic_write_bytes
+from ..images import PNG_META_KEY, encode_png, read_png_text
 
 #: PNG text-chunk key holding the provenance JSON (the same key `cnet generate` uses for its outputs).
 PNG_KEY = PNG_META_KEY
@@ -43,8 +45,6 @@ class Provenance:
     extra: Mapping[str, Any] = field(default_factory=dict)  # other keys (e.g. the circle's parameters)
 
     def to_dict(self) -> dict[str, Any]:
-        from .. import __version__
-
         d: dict[str, Any] = {"cnet": self.cnet or __version__, "schema": self.schema, "type": self.type,
                              "params": dict(self.params), "detect_resolution": self.detect_resolution,
                              "image_resolution": self.image_resolution, "keep_size": self.keep_size}
@@ -59,14 +59,10 @@ class Provenance:
 
     def encode(self, hint: Any, text: Mapping[str, str] | None = None) -> bytes:
         """PNG bytes of `hint` carrying this record."""
-        from ..images import encode_png
-
         return encode_png(hint, self.to_dict(), dict(text or {}))
 
     def write(self, path: str | os.PathLike, hint: Any) -> None:
         """Atomically write `hint` as a PNG carrying this record."""
-        from ..fsguard import atomic_write_bytes
-
         atomic_write_bytes(path, self.encode(hint))
 
     @classmethod
@@ -90,7 +86,6 @@ class Provenance:
     def read(cls, path: str | os.PathLike, strict: bool = False) -> Provenance | None:
         """The record a PNG carries, or None (no chunk, not cnet's, unreadable). `strict`: a present but
         broken record is an `InputError` naming the file instead of None."""
-        from ..errors import SchemaError
         from ..external import parse_json, validate
         from ..external.records import ProvenanceRecord
 

@@ -25,11 +25,13 @@ import csv
 import io
 import json
 import os
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, UsageError
+from ..images import IMAGE_EXTENSIONS
 from . import tables
 from .files import BadFile, check_image, is_inside, real_root, resolve_id, show
 from .index import DatasetIndex, ReadOptions, Row, choose_split
@@ -92,8 +94,6 @@ def _looks_like_hub_id(s: str) -> bool:
 
 def _regular(p: Path) -> bool:
     """A regular file (not a FIFO/device, which would block a read)."""
-    import stat
-
     try:
         return stat.S_ISREG(os.stat(p).st_mode)
     except (OSError, ValueError):
@@ -132,8 +132,6 @@ def _read_folder(d: Path, opts: ReadOptions) -> DatasetIndex:
 def _refuse_plain_photos(d: Path) -> None:
     """A folder of photos (captions in <stem>.txt, perhaps) with no index and no data files is what `cnet
     annotate --dataset` turns into a training dataset: say so, rather than name a missing column."""
-    from ..images import IMAGE_EXTENSIONS
-
     try:
         files = [p for p in d.iterdir() if p.is_file()]
     except OSError:

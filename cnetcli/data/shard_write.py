@@ -21,6 +21,7 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+from ..external import read_json
 from ..fsguard import atomic_write_text, sha256_of
 
 MANIFEST = "manifest.json"
@@ -86,8 +87,6 @@ class ShardWriter:
 
 def write_manifest(root: str | os.PathLike, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """``manifest.json`` from the finished shards' sidecars: format, totals, and one row per shard."""
-    from ..external import read_json
-
     root = Path(root)
     rows = []
     for side in sorted(root.glob("[0-9]*.json")):

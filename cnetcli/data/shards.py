@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import UsageError
-from .files import show
+from ..errors import InputError, UsageError
+from .files import open_rgb, show
 from .metadata import INDEX_NAMES
 
 WEBDATASET_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -263,9 +263,6 @@ class ShardReader:
 
     def decode_pair(self, ex: dict[str, Any]) -> tuple[Any, Any, str]:
         """(photo RGB, hint RGB, caption) of one sample, or `SkipSample`."""
-        from ..errors import InputError
-        from .files import open_rgb
-
         if "__error__" in ex:
             raise SkipSample("unreadable shard", ex["__error__"])
         key = ex.get("__key__", "?")

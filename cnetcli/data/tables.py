@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..models.hub import is_offline
+
 if TYPE_CHECKING:  # numpy at call time: `cnet --help` imports this module through data.read
     import numpy as np
 
@@ -79,8 +81,6 @@ def read_local(p: Path, opts: ReadOptions, *, file: bool) -> DatasetIndex:
 
 def read_hub(name: str, opts: ReadOptions) -> DatasetIndex:
     """A hub dataset id, through `datasets.load_dataset` (its cache when offline)."""
-    from ..models.hub import is_offline
-
     offline = is_offline(opts.offline)
     with _quiet_datasets() as datasets:
         old = datasets.config.HF_HUB_OFFLINE

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from ..folderlock import INDEX_LOCK as LOCK_NAME
+from ..folderlock import hold
 from ..fsguard import atomic_write_bytes
+from ..images import encode_png
 from . import Layout, layout, merge_records
 from .metadata import read_records, write_records
 
@@ -37,8 +39,6 @@ def safe_name(name: str) -> str:
 def index_lock(root: str | os.PathLike, flag: str = "--dataset") -> Iterator[None]:
     """Hold the dataset folder's index lock (an OS file lock: released even if the process is killed); other
     writers wait for it. A lock path that is a folder or special file is one `OutputError` line."""
-    from ..folderlock import hold
-
     with hold(root, flag=flag, name=LOCK_NAME, wait=True, what="a dataset writer"):
         yield
 
@@ -89,8 +89,6 @@ class DatasetWriter:
                       exclusive: bool = False) -> list[Path]:
         """Write the photo and the hint (carrying `provenance`, a `Provenance`) as PNGs; returns the paths.
         On failure nothing of this example is left behind."""
-        from ..images import encode_png
-
         img_path, hint_path = self.paths(name)
         hint_png = provenance.encode(hint) if provenance is not None else encode_png(hint)
         write_all([(img_path, encode_png(photo)), (hint_path, hint_png)], exclusive)

@@ -16,6 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..annotators import annotate, find_type
+from ..data.provenance import Provenance
+from ..errors import SchemaError
+from ..images import as_rgb_array, load_image, resize_to
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -27,9 +32,6 @@ def reannotate(image: np.ndarray, hint_type: str, params: dict[str, Any] | None,
                detect_resolution: int | None = None) -> np.ndarray:
     """Run the hint's annotator on `image` at the hint's size (width, height)."""
     import numpy as np
-
-    from ..annotators import annotate, find_type
-    from ..images import resize_to
 
     ht = find_type(hint_type)
     # a type made by another annotator's math (the circles' outline is what canny finds) is scored with it
@@ -48,7 +50,6 @@ def evaluate_pairs(images: list[Any], hints: list[Any], hint_type: str = "canny"
     Returns {"metric": name, "value": mean, "<name>": mean, "n": N, "values": [...], "higher_is_better": bool}."""
     import numpy as np
 
-    from ..images import as_rgb_array
     from .metrics import METRIC_FOR_KIND, metric_kind, score
 
     if len(images) != len(hints):
@@ -86,7 +87,6 @@ class _Skip(Exception):
 
 
 def _read_sidecar(js: Path) -> dict[str, Any]:
-    from ..errors import SchemaError
     from ..external import read_json
 
     try:
@@ -138,8 +138,6 @@ def _sidecars(folder: Path) -> list[tuple[Path, Path]]:
 
 
 def _evaluate_one(png: Path, js: Path, hint_type: str | None, tolerance: int, rel: Path) -> EvalRow:
-    from ..data.provenance import Provenance
-    from ..images import load_image
     from .metrics import METRIC_FOR_KIND, metric_kind, score
 
     side = _read_sidecar(js)

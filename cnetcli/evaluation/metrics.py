@@ -14,6 +14,10 @@ All functions take RGB uint8 H x W x 3 arrays (or H x W) of the same size and re
 from __future__ import annotations
 
 import numpy as np
+import torch
+from kornia.metrics import ssim as kornia_ssim
+
+from ..annotators import metric_kind as _metric_kind
 
 
 def _gray(x: np.ndarray) -> np.ndarray:
@@ -134,9 +138,6 @@ def binary_f1(pred: np.ndarray, target: np.ndarray, threshold: int = 127) -> flo
 def ssim(pred: np.ndarray, target: np.ndarray) -> float:
     """Mean structural similarity (Wang et al. 2004: 11 x 11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03) of
     two grey maps in [0, 1], with kornia's `metrics.ssim` (ControlNet++ scores HED and lineart with SSIM)."""
-    import torch
-    from kornia.metrics import ssim as kornia_ssim
-
     _check_same(pred, target, "SSIM")
 
     def t(x: np.ndarray) -> torch.Tensor:
@@ -217,8 +218,6 @@ METRIC_FOR_KIND = {"edge": ("f1", True), "depth": ("rmse", False), "seg": ("miou
 
 def metric_kind(hint_type: str) -> str | None:
     """The metric kind of a hint type (name or alias), from the hint-type registry; None when it has none."""
-    from ..annotators import metric_kind as _metric_kind
-
     return _metric_kind(hint_type)
 
 

@@ -21,13 +21,21 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from ..annotators import get_type
+from ..data import read_dataset
+from ..data.provenance import Provenance
 from ..errors import UsageError
+from ..generation import GenerateConfig, load_models, sample_images
+from ..images import as_rgb_array, resize_to
 from ..reporting import NullReporter, Reporter
+from . import metrics, reannotate
 from .config import GROUPS, GUIDANCE, SAMPLER, SEED, SIZE, STEPS
+from .metrics import miou_of_counts
 
 PROTOCOLS = ("controlnet++",)
 #: metric -> (unit scale, higher is better)
@@ -59,8 +67,6 @@ class ProtocolConfig:
 
 def paper_metric(hint_type: str) -> str:
     """The metric ControlNet++ scores a hint type with ("f1", "ssim", "rmse", "miou"); a clear error otherwise."""
-    from ..annotators import get_type
-
     ht = get_type(hint_type)
     if ht.name == "canny" or ht.reannotate_as == "canny":
         return "f1"
@@ -81,8 +87,6 @@ class GroupScores:
         self.counts: list[dict[int, list[int]]] = [defaultdict(lambda: [0, 0]) for _ in range(groups)]
 
     def add(self, group: int, pred: np.ndarray, hint: np.ndarray) -> None:
-        from . import metrics
-
         if self.metric == "miou":
             for c, (i, u) in metrics.seg_counts(pred, hint).items():
                 self.counts[group][c][0] += i
@@ -95,8 +99,6 @@ class GroupScores:
             self.values[group].append(metrics.depth_rmse(pred, hint))
 
     def per_group(self) -> list[float]:
-        from .metrics import miou_of_counts
-
         scale = METRICS[self.metric][0]
         if self.metric == "miou":
             return [scale * miou_of_counts({c: tuple(v) for c, v in g.items()}) for g in self.counts]
@@ -110,11 +112,6 @@ class GroupScores:
 
 def _row_hint(row: Any, hint_type: str | None) -> tuple[np.ndarray, str, dict[str, Any]]:
     """(hint RGB uint8, its type, annotator parameters) of an eval-set row."""
-    from pathlib import Path
-
-    from ..data.provenance import Provenance
-    from ..images import as_rgb_array
-
     prov = Provenance.read(row.hint) if isinstance(row.hint, Path) else None
     t = hint_type or (prov.type if prov is not None else None)
     if not t:
@@ -127,12 +124,6 @@ def _row_hint(row: Any, hint_type: str | None) -> tuple[np.ndarray, str, dict[st
 def evaluate_protocol(cfg: ProtocolConfig, reporter: Reporter | None = None, models: Any = None) -> dict[str, Any]:
     """Generate and score the eval set as the paper does; returns {"protocol", "settings", "types": {type:
     {"metric", "mean", "std", "groups", "n", "higher_is_better"}}, "n"}. `models`: a loaded `Models` to reuse."""
-    from ..annotators import get_type
-    from ..data import read_dataset
-    from ..generation import GenerateConfig, load_models, sample_images
-    from ..images import resize_to
-    from . import reannotate
-
     rep = reporter or NullReporter()
     index = read_dataset(cfg.data, max_samples=cfg.max_samples)
     rows = [(r, *_row_hint(r, cfg.hint_type)) for r in index.rows]  # every type checked before any model loads

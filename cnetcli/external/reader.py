@@ -8,13 +8,22 @@ nesting limit of 200), so a deeply nested file is an error line, never `Recursio
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
 import stat
+import sys
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
+
+from pydantic_core import from_json
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10
+    import tomli as tomllib
 
 from ..errors import SchemaError
 
@@ -63,8 +72,6 @@ def read_bytes(path: str | os.PathLike, max_bytes: int = MAX_BYTES, what: str = 
 def parse_json(data: str | bytes, source: str, max_bytes: int = MAX_BYTES) -> Any:
     """A JSON document -> Python values (dict/list/str/int/float/bool/None). Refused: more than `max_bytes`,
     not UTF-8, NaN/Infinity (also numbers that overflow to it, like 1e400), nesting deeper than 200."""
-    from pydantic_core import from_json
-
     if isinstance(data, str):
         try:
             data = data.encode("utf-8")
@@ -89,8 +96,6 @@ def parse_json(data: str | bytes, source: str, max_bytes: int = MAX_BYTES) -> An
 
 
 def _parses_with_nan(data: bytes) -> bool:
-    from pydantic_core import from_json
-
     try:
         from_json(data, allow_inf_nan=True)
         return True
@@ -101,8 +106,6 @@ def _parses_with_nan(data: bytes) -> bool:
 def _stdlib_json(text: str, source: str, max_bytes: int) -> Any:
     """JSON holding lone surrogates (escaped, or from a surrogateescape decode), which jiter refuses, through
     the stdlib parser: its size and nesting checked first (a linear scan), since that parser recurses."""
-    import json
-
     if len(text) > max_bytes:
         raise SchemaError(f"{source}: {len(text)} characters of JSON, more than the {max_bytes} allowed")
     if nesting_depth(_JSON_STRINGS.sub("", text)) > MAX_JSON_DEPTH:
@@ -170,11 +173,6 @@ def nesting_depth(text: str) -> int:
 
 def parse_toml(text: str, source: str) -> dict[str, Any]:
     """A TOML document -> dict. Refused: more than MAX_BYTES, nesting deeper than MAX_TOML_DEPTH."""
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-
     if len(text) > MAX_BYTES:
         raise SchemaError(f"{source}: {len(text)} characters, more than the {MAX_BYTES} a TOML file may have")
     if nesting_depth(_TOML_STRINGS.sub("", text)) > MAX_TOML_DEPTH:

@@ -12,13 +12,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field
 
-from ..models.families import all_families
 from .schema import Bool, Float, Int, NonNeg, Record, Str
 
 #: torch.Generator.manual_seed takes [0, 2**64)
 SEED_LIMIT = 2**64
-#: ControlNet classes a diffusers folder may name: every model family's (`ModelFamily.controlnet_classes`)
-CONTROLNET_CLASSES = tuple(dict.fromkeys(c for f in all_families() for c in f.controlnet_classes))
 
 
 def _inside(rel: str) -> str:
@@ -88,6 +85,7 @@ class SavedTrainConfig(Record):
     here what a resume relies on being resolved)."""
 
     max_steps: Annotated[Int, Field(ge=1)]
+    requested: dict[str, Any] = {}  # the settings asked where they differ from what ran ("auto")
 
 
 class RunEvent(Record):
@@ -151,9 +149,10 @@ class ProvenanceRecord(Record):
 # ---------------------------------------------------------------------------------------- model files
 class ControlNetConfig(Record):
     """A diffusers ControlNet folder's config.json: the class it names and the values diffusers would take
-    unchecked (the dimensions are checked by `models.compat.validate_config`)."""
+    unchecked (the dimensions are checked by `models.compat.validate_config`, the class against every model
+    family's by `models.controlnet`, where the families are known)."""
 
-    class_name: Literal[CONTROLNET_CLASSES] | None = Field(None, alias="_class_name")  # type: ignore[valid-type]
+    class_name: Str | None = Field(None, alias="_class_name")
     norm_eps: Annotated[Float, AfterValidator(_positive_finite)] | None = None
     conditioning_scale: Float | None = None
 

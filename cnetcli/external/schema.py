@@ -11,7 +11,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
 
 from ..errors import SchemaError
 
@@ -85,8 +94,6 @@ def validate(model: type[M], data: Any, source: str) -> M:
 
 def validate_value(kind: Any, data: Any, source: str, strict: bool = True) -> Any:
     """One value as a type (e.g. `list[Float]`), with the same wording."""
-    from pydantic import TypeAdapter
-
     try:
         return TypeAdapter(kind).validate_python(data, strict=strict)
     except ValidationError as e:

@@ -24,6 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ..models.sd import BUILTIN_MODELS
 from .samplers import SAMPLERS, SCHEDULERS
 
 _MODEL_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
@@ -50,8 +51,6 @@ _CONTROLNET_FILES = ("controlnet.safetensors", "diffusion_pytorch_model.safetens
 
 def _local_dir(spec: str | None) -> Path | None:
     """The folder `spec` names (a built-in name such as cnet-tiny included), or None."""
-    from ..models.sd import BUILTIN_MODELS
-
     p = Path(BUILTIN_MODELS.get(str(spec), str(spec))).expanduser() if spec else None
     return p if p is not None and p.is_dir() else None
 

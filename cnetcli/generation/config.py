@@ -14,7 +14,7 @@ from ..models.captioner import DEFAULT_CAPTIONER
 from ..models.sd import DEFAULT_BASE
 from .control import check_control_mode
 from .prompts import resolve_mode
-from .samplers import check_sampler, split_sampler
+from .samplers import check_sampler, effective_eta, split_sampler
 
 DEFAULT_OUTPUT = "outputs/generate"
 #: how a hint meets the output size (A1111's names: "Crop and Resize", "Just Resize", "Resize and Fill")
@@ -230,8 +230,6 @@ class GenerateConfig:
     @property
     def eta_used(self) -> float | None:
         """The eta the sampler runs with (the sampler's own unless --eta)."""
-        from .samplers import effective_eta
-
         return effective_eta(self.sampler, self.eta)
 
     def to_dict(self) -> dict[str, Any]:

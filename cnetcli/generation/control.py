@@ -27,8 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ..annotators import all_types, find_type
+from ..annotators import release_for as _release_for
 from ..errors import UsageError
-from ..models.families import DEFAULT_FAMILY
+from ..models.families import DEFAULT_FAMILY, cond_rows
 
 CONTROL_MODES = ("balanced", "prompt", "controlnet")
 SOFT_BASE = 0.825
@@ -37,24 +39,18 @@ SOFT_BASE = 0.825
 def union_control_types() -> dict[str, int]:
     """Hint type -> its ControlNet-Union control type index (the registry's `HintType.union_control_type`),
     in index order."""
-    from ..annotators import all_types
-
     found = [(h.name, int(h.union_control_type)) for h in all_types() if h.union_control_type is not None]
     return dict(sorted(found, key=lambda t: t[1]))
 
 
 def controlnet_releases(family: str = DEFAULT_FAMILY) -> dict[str, str]:
     """Hint type -> its ControlNet release for a base family, derived from the hint-type registry."""
-    from ..annotators import all_types
-
     return {h.name: hub for h in all_types() if (hub := h.release(family))}
 
 
 def release_for(hint_type: str, family: str = DEFAULT_FAMILY, flag: str = "--type") -> str:
     """The ControlNet release id for a hint type (name or alias) on a base family (the registry's
     `HintType.releases`); a clear error naming the flags otherwise."""
-    from ..annotators import release_for as _release_for
-
     return _release_for(hint_type, family, flag)
 
 
@@ -81,7 +77,6 @@ def union_control_type(hint_type: str | None, net: Any, spec: str) -> int | None
     n = union_types(net)
     if n is None:
         return None
-    from ..annotators import find_type
 
     ht = find_type(hint_type) if hint_type else None
     table = union_control_types()
@@ -117,6 +112,10 @@ class ControlUnit:
     #: half, as the diffusers pipelines encode the doubled hint); None: `image` for both halves
     uncond_image: Any = None
 
+    def scale_at(self, i: int, n: int) -> float:
+        """Its strength at step `i` of `n`: `scale` inside its guidance window, else 0."""
+        return self.scale if active(i, n, self.start, self.end) else 0.0
+
 
 def residuals(units: list[ControlUnit], family: Any, x_in: Any, t: Any, cond: dict[str, Any], *, i: int, n: int,
               mode: str, do_cfg: bool) -> list[Any] | None:
@@ -128,8 +127,6 @@ def residuals(units: list[ControlUnit], family: Any, x_in: Any, t: Any, cond: di
     whole batch (text states + added conditioning), given to every ControlNet as the denoiser gets it.
     """
     import torch
-
-    from ..models.families import cond_rows
 
     total: list[Any] | None = None
     for u in units:

@@ -21,6 +21,10 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
+from ..annotators import all_types, find_type
+from ..config_check import check_value, dataclass_types, refusal
+from ..errors import InputError, SchemaError, UsageError
+from .config import GenerateConfig
 from .samplers import SAMPLERS, SCHEDULERS
 
 # ------------------------------------------------------------------------------------------ A1111's quoting
@@ -48,7 +52,6 @@ def quote(text: Any) -> Any:
 def unquote(text: str) -> str:
     if len(text) == 0 or text[0] != '"' or text[-1] != '"':
         return text
-    from ..errors import SchemaError
     from ..external import parse_json
 
     try:
@@ -90,8 +93,6 @@ def parse_parameters(x: str, source: str = "A1111 parameters") -> dict[str, Any]
     """The core of A1111's `parse_generation_parameters` (its UI-option defaults and hires/styles handling
     left out): prompt, negative prompt, and every `Key: value` of the last line, `Size` split into -1/-2.
     Linear in the text's length; a text over MAX_INFOTEXT characters is refused."""
-    from ..errors import SchemaError
-
     if len(x) > MAX_INFOTEXT:
         raise SchemaError(f"{source}: {len(x)} characters, more than the {MAX_INFOTEXT} an A1111 text may have")
     res: dict[str, Any] = {}
@@ -165,8 +166,6 @@ def serialize_unit(unit: dict[str, Any]) -> str:
 def parse_unit(text: str, source: str = "ControlNet unit") -> dict[str, Any]:
     """The extension's `ControlNetUnit.parse` (without its model/module registry checks): every item must
     be one `Key: value` (the extension fails on an item without ": " or with two)."""
-    from ..errors import SchemaError
-
     out: dict[str, Any] = {}
     for item in text.split(","):
         parts = item.strip().split(": ")
@@ -180,8 +179,6 @@ def parse_unit(text: str, source: str = "ControlNet unit") -> dict[str, Any]:
 def _recorded_params(ht: Any, params: dict[str, Any] | None) -> Any:
     """A type's parameter dataclass from a recorded params dict (keys it does not know dropped; a record it
     refuses falls back to the type's defaults, so writing the infotext never fails on an old record)."""
-    from ..errors import UsageError
-
     names = {f.name for f in dataclasses.fields(ht.params)}
     try:
         return ht.make_params(**{k: v for k, v in (params or {}).items() if k in names})
@@ -193,8 +190,6 @@ def a1111_module(hint_type: str | None, params: dict[str, Any] | None) -> tuple[
     """cnet hint type (+ the annotator's parameters) -> (the extension's preprocessor name, threshold A, B),
     from the type's `HintType.a1111`; -1 marks a threshold the preprocessor does not have (the extension's
     own convention). A type unknown to cnet, or without a preprocessor, is "none"."""
-    from ..annotators import find_type
-
     ht = find_type(hint_type) if hint_type else None
     if ht is None or ht.a1111 is None:
         return "none", -1, -1
@@ -205,8 +200,6 @@ def a1111_module(hint_type: str | None, params: dict[str, Any] | None) -> tuple[
 def type_for_module(module: str) -> str | None:
     """The extension's preprocessor name -> the cnet hint type whose `HintType.a1111.names` hold it (for
     reading units back); None when no type claims it."""
-    from ..annotators import all_types
-
     key = str(module).lower()
     return next((h.name for h in all_types() if h.a1111 is not None and key in h.a1111.names), None)
 
@@ -331,8 +324,6 @@ def _sampler_from_a1111(label: str, schedule: str, source: str = "A1111 paramete
             label, schedule = label[: -len(suffix)], s
     names = [k for k, v in SAMPLERS.items() if v.a1111 == label]
     if not names:
-        from ..errors import InputError
-
         raise InputError(f"{source}: sampler '{label}' has no cnet counterpart (cnet has: "
                          f"{', '.join(sorted({v.a1111 for v in SAMPLERS.values()}))}); pass --sampler to choose one")
     scheduler = sched.get(schedule.lower(), "normal")
@@ -344,8 +335,6 @@ def _sampler_from_a1111(label: str, schedule: str, source: str = "A1111 paramete
 def _one_mode(units: list[Any], field: str, names: dict[str, str], source: str) -> str:
     """The cnet mode of every unit's `field` (A1111 labels -> cnet names): cnet applies one control/resize
     mode to all ControlNets, so units that disagree are refused, naming the unit (not read from unit 0)."""
-    from ..errors import SchemaError
-
     inv = {v: k for k, v in names.items()}
     modes = []
     for k, u in enumerate(units):
@@ -429,11 +418,8 @@ def _cnet_record(p: Path, chunk: str | None) -> dict[str, Any] | None:
 
 def _repeat_settings(meta: dict[str, Any], source: str, given: Collection[str] = ()) -> dict[str, Any]:
     """GenerateConfig keyword arguments from a validated cnet generation record."""
-    from ..config_check import check_value, dataclass_types, refusal
-    from ..errors import SchemaError
     from ..external import validate
     from ..external.records import GenerationRecord
-    from .config import GenerateConfig
 
     rec = validate(GenerationRecord, meta, source)
     cfg = rec.config
@@ -469,7 +455,6 @@ def settings_from_png(path: str | Path, given: Collection[str] = ()) -> dict[str
     `given`: the fields the caller's flags set, which override the PNG's (see `config_from_parameters`)."""
     from PIL import Image
 
-    from ..errors import InputError
     from ..external import check_regular
 
     p = Path(path).expanduser()

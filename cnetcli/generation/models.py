@@ -11,6 +11,7 @@ them. Off CUDA, or with `--no-compile`, everything runs eagerly.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -18,8 +19,32 @@ from pathlib import Path
 from typing import Any
 
 from ..device import resolve_device, resolve_dtype
+from ..models.captioner import load_captioner
 from ..models.controlnet import check_models_fit, load_controlnet
+from ..models.families import family_of
 from ..models.sd import ModelSpec, _load, load_base_components, resolve
+from ..training.setup import load_vae
+from .lora import apply_loras
+
+
+@contextlib.contextmanager
+def text_encoders_on_device(models: Any) -> Any:
+    """The text encoders on the run's device while prompts are encoded. A family whose encoders wait on the CPU
+    (`text_encoders_offloaded`: FLUX.1's and SD3's T5-XXL) gets them back there afterwards, with the CUDA cache
+    released, so the denoising loop does not hold them (diffusers' model CPU offload, for the encoders only)."""
+    offload = models.family.text_encoders_offloaded and str(models.device).startswith("cuda")
+    encoders = [models.text[k] for k in models.family.text_encoders] if offload else []
+    for m in encoders:
+        m.to(models.device)
+    try:
+        yield
+    finally:
+        for m in encoders:
+            m.to("cpu")
+        if encoders:
+            import torch
+
+            torch.cuda.empty_cache()
 
 
 def trained_denoiser_dir(controlnet_spec: str, family: Any) -> Path | None:
@@ -62,8 +87,6 @@ class Models:
         if self.denoiser_config is None:
             self.denoiser_config = dict(self.denoiser.config)
         if self.family is None:
-            from ..models.families import family_of
-
             self.family = family_of(self.denoiser_config)
 
     @property
@@ -86,8 +109,6 @@ class Models:
 
     def get_captioner(self, spec: str) -> Any:
         if self.captioner is None or self.captioner[0] != spec:
-            from ..models.captioner import load_captioner
-
             self.captioner = (spec, load_captioner(spec, device=self.device, offline=self.offline))
         return self.captioner[1]
 
@@ -156,11 +177,9 @@ def load_models(cfg: Any, controlnet_specs: list[str] | None = None) -> Models:
             source = str(d)
             break
     if getattr(cfg, "vae", None):  # --vae replaces the base's, in the run's dtype (as train's --vae)
-        from ..training.setup import load_vae
 
         comps["vae"] = load_vae(cfg.vae).to(dtype=dtype)
     if getattr(cfg, "loras", ()):  # before compiling: the LoRA layers become part of the compiled step
-        from .lora import apply_loras
 
         apply_loras(family, {**comps, family.denoiser: denoiser}, cfg.loras)
     on_gpu = device.startswith("cuda")
@@ -168,7 +187,8 @@ def load_models(cfg: Any, controlnet_specs: list[str] | None = None) -> Models:
     denoiser = denoiser.to(device).eval().requires_grad_(False)
     vae = comps["vae"].to(device).eval().requires_grad_(False)
     text = {k: comps[k] for k in family.tokenizers}
-    text.update({k: comps[k].to(device).eval().requires_grad_(False) for k in family.text_encoders})
+    home = "cpu" if on_gpu and family.text_encoders_offloaded else device  # text_encoders_on_device moves them
+    text.update({k: comps[k].to(home).eval().requires_grad_(False) for k in family.text_encoders})
     channels_last = bool(cfg.channels_last and on_gpu)
     if channels_last:
         denoiser = denoiser.to(memory_format=torch.channels_last)

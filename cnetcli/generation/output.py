@@ -17,7 +17,7 @@ import numpy as np
 from .. import __version__
 from ..errors import OutputError
 from ..fsguard import apply_umask, output_error, temp_prefix
-from ..images import encode_png
+from ..images import encode_png, save_png
 from .comfyui import comfy_prompt_text
 from .infotext import a1111_parameters
 
@@ -135,7 +135,6 @@ def contact_sheet(rows: list[list[np.ndarray]], cell: int = 256, pad: int = 4) -
 def save_grid(directory: str | os.PathLike, rows: list[list[np.ndarray]], meta: dict[str, Any]) -> Path:
     base = _reserve(Path(directory), "grid", (".png",))
     png = base.with_name(base.name + ".png")
-    from ..images import save_png
 
     with saving(png):
         save_png(png, contact_sheet(rows), metadata=meta)

@@ -33,13 +33,27 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from ..errors import CnetError, GenerationError, InputError, Interrupted, UsageError
+from ..annotators import annotate, canonical_name, find_type, get_type, params_dict
+from ..data.provenance import Provenance
+from ..errors import CnetError, GenerationError, InputError, Interrupted, MissingWeightsError, UsageError
+from ..fsguard import check_writable_dir, ensure_dir
 from ..images import IMAGE_EXTENSIONS, load_image, resize_to
+from ..models.controlnet import locate
+from ..models.families import family_of, vae_scale_factor
+from ..models.sd import (
+    BUILTIN_CAPTIONERS,
+    BUILTIN_MODELS,
+    base_configs,
+    is_offline,
+    missing_hub_error,
+    resolve,
+)
 from ..reporting import NullReporter, Reporter
 from . import control as ctl
 from . import memory, output, prompts
 from .config import DECODE_PIXELS, GenerateConfig, check_size
-from .models import Models, load_models
+from .infotext import model_title
+from .models import Models, load_models, text_encoders_on_device
 from .samplers import sample
 
 
@@ -145,7 +159,6 @@ def _hint_type(path: str | None, given: str | None) -> str | None:
         return given
     if path is None:
         return None
-    from ..data.provenance import Provenance
 
     prov = Provenance.read(path)
     return prov.type if prov is not None else None
@@ -167,10 +180,6 @@ class BaseInfo:
         return cls(cfg, models.family, models.family.default_resolution(denoiser_config(models), models.vae.config))
 
     def _probe(self) -> None:
-        from ..errors import MissingWeightsError
-        from ..models.families import family_of
-        from ..models.sd import base_configs
-
         try:
             info = base_configs(self.cfg.base, config=self.cfg.base_config, offline=self.cfg.offline)
             fam, denoiser, vae = info.family, info.denoiser, info.vae
@@ -220,8 +229,6 @@ def _types_for(cfg: GenerateConfig, n: int) -> list[str | None]:
 
 
 def _annotate_photo(cfg: GenerateConfig, base: BaseInfo) -> Job:
-    from ..annotators import annotate, get_type, params_dict
-
     photo = load_image(check_input_file(cfg.image, "--image"))  # one InputError line for a bad photo
     # the hint's short side: --resolution, else the base's native size (512 for SD1.5, 1024 for SDXL)
     resolution = cfg.image_resolution or base.resolution
@@ -328,9 +335,6 @@ def check_hub_models(cfg: GenerateConfig, jobs: list[Job]) -> None:
     and a hint written. Reads the cache's file names only (no diffusers import)."""
     from huggingface_hub import try_to_load_from_cache
 
-    from ..models.controlnet import locate
-    from ..models.sd import is_offline, missing_hub_error, resolve
-
     wanted = [(resolve(cfg.base), "model_index.json", "base model")]
     if cfg.vae:
         wanted.append((resolve(cfg.vae), "config.json", "VAE"))
@@ -348,8 +352,6 @@ def check_hub_models(cfg: GenerateConfig, jobs: list[Job]) -> None:
 
 def _save_annotated_hints(cfg: GenerateConfig, outdir: Path, jobs: list[Job]) -> None:
     """Write the hints annotated from `--image` (hint-PHOTO-TYPE.png, with provenance) and set their paths."""
-    from ..data.provenance import Provenance
-
     for h in (h for job in jobs for h in job.hints if h.annotated is not None and h.path is None):
         p = output._reserve(outdir, f"hint-{Path(cfg.image).stem}-{h.type}", (".png",))
         h.path = str(p.with_name(p.name + ".png"))
@@ -361,8 +363,6 @@ def _save_annotated_hints(cfg: GenerateConfig, outdir: Path, jobs: list[Job]) ->
 
 def check_captioner(spec: str, offline: bool | None, base: str | None = None) -> None:
     """Auto mode captions after pass 1: make sure the captioner can load before pass 1 runs."""
-    from ..models.sd import BUILTIN_CAPTIONERS, BUILTIN_MODELS, is_offline, missing_hub_error, resolve
-
     s = resolve(BUILTIN_MODELS.get(str(spec), str(spec)))
     if s.kind == "file":
         raise UsageError(f"--captioner {spec}: a captioner must be a hub id or a folder (saved with save_pretrained)")
@@ -382,10 +382,11 @@ def check_captioner(spec: str, offline: bool | None, base: str | None = None) ->
 def encode_prompts(models: Models, texts: list[str], negative: str = "", do_cfg: bool = True,
                    clip_skip: int | None = None) -> Any:
     """The family's prompt encoding (`PromptEncoding`) of a batch. An empty `negative` is "no negative
-    prompt": SD encodes the empty string, SDXL (force_zeros_for_empty_prompt) uses zeros, as diffusers does."""
+    prompt": SD encodes the empty string, SDXL (force_zeros_for_empty_prompt) uses zeros, as diffusers does. The
+    encoders are on the device only for it when the family offloads them (`text_encoders_on_device`)."""
     import torch
 
-    with torch.inference_mode():
+    with torch.inference_mode(), text_encoders_on_device(models):
         return models.family.encode_prompt(models.text_components, texts,
                                            negative_prompt=[negative] * len(texts) if negative else None,
                                            do_classifier_free_guidance=do_cfg, clip_skip=clip_skip)
@@ -396,8 +397,6 @@ def control_image(hints: HintInput | Sequence[HintInput], width: int, height: in
     """The ControlNet's input for a batch, B x 3 x H x W in [0, 1]: one row per hint of `hints` (each fitted to
     the size once, however often it repeats), or one hint repeated `batch` times."""
     import torch
-
-    from ..annotators import find_type
 
     rows = [hints] * batch if isinstance(hints, HintInput) else list(hints)
     fitted: dict[int, Any] = {}
@@ -487,8 +486,6 @@ def run_batch(models: Models, cfg: GenerateConfig, job: Job | Sequence[Job], pro
 
     units = control_units(models, cfg, jobs, do_cfg, seeds)
 
-    from ..models.families import vae_scale_factor
-
     vae_scale = vae_scale_factor(models.vae.config)
     shape = (1, family.latent_channels(models.denoiser_config), height // vae_scale, width // vae_scale)
     # one generator per item: its latents and its per-step noise depend on its own seed only
@@ -568,8 +565,6 @@ def batch_masks(jobs: Sequence[Job], width: int, height: int, mode: str) -> Any:
 
 
 def _is_inpaint(hint_type: str | None) -> bool:
-    from ..annotators import find_type
-
     ht = find_type(hint_type) if hint_type else None
     return ht is not None and ht.name == "inpaint"
 
@@ -673,8 +668,10 @@ def run_own_loop(models: Models, cfg: GenerateConfig, jobs: list[Job], prompts_:
 
     first, family = jobs[0], models.family
     width, height = first.width, first.height
-    true_cfg = float(cfg.true_cfg or 1.0)
-    enc = encode_prompts(models, prompts_, cfg.negative_prompt, true_cfg > 1.0 and bool(cfg.negative_prompt))
+    # --cfg is classifier-free guidance where it feeds no distilled guidance embedding (Qwen-Image's true CFG)
+    true_cfg = float(cfg.true_cfg or (1.0 if family.distilled_guidance else cfg.guidance(family)))
+    enc = encode_prompts(models, prompts_, cfg.negative_prompt,
+                         family.own_loop_negative(cfg.guidance(family), true_cfg, cfg.negative_prompt))
     n = len(first.hints)
     scales, starts, ends = cfg.per_net("scales", n), cfg.per_net("start", n), cfg.per_net("end", n)
     units, modes = [], []
@@ -682,7 +679,7 @@ def run_own_loop(models: Models, cfg: GenerateConfig, jobs: list[Job], prompts_:
         net = models.controlnet(h.controlnet)
         image = control_image([j.hints[k] for j in jobs], width, height, models, mode=cfg.resize_mode)
         units.append(ctl.ControlUnit(net, image, scales[k], starts[k], ends[k]))
-        modes.append(family.union_control_mode(h.type, net, h.controlnet))
+        modes.append(family.union_control_mode(canonical_name(h.type), net, h.controlnet))
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     scheduler = family.sampling_scheduler(cfg.sampler, models.scheduler_config, cfg.scheduler, seeds)
     init = mask = None
@@ -714,7 +711,7 @@ def decode(models: Models, cfg: GenerateConfig, latents: Any, width: int, height
             z = latents[s: s + step]
             # the VAE may run in another dtype than the UNet (the family's: SDXL's stays fp32 under fp16)
             z = models.family.from_latents(models.vae.config, z.to(models.vae.dtype))
-            img = models.vae.decode(z, return_dict=False)[0]
+            img = models.family.decode_latents(models.vae, z)
             check_finite(img, models, (), "the decoded images")
             img = (img.float() / 2 + 0.5).clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
             out += [np.ascontiguousarray(a) for a in img.numpy()]
@@ -846,8 +843,6 @@ _TITLES: dict[str, str] = {}
 def _title(spec: str) -> str:
     """`name [hash]` of a ControlNet, once per spec and process (reads 64 KiB of its weights)."""
     if spec not in _TITLES:
-        from .infotext import model_title
-
         _TITLES[spec] = model_title(spec)
     return _TITLES[spec]
 
@@ -858,8 +853,6 @@ def preflight(cfg: GenerateConfig, models: Models | None = None) -> list[Job]:
     can load, the hints exist and fit (sizes, one scale/window per ControlNet), hub models are at hand offline.
     Only then is the output folder created (with `--image`, the photo is annotated here and its hints saved
     there). Returns the jobs to run. `models`: the loaded models, when there are."""
-    from ..fsguard import check_writable_dir, ensure_dir
-
     outdir = Path(cfg.output).expanduser()
     if cfg.save:
         check_writable_dir(outdir, "--output")  # creates nothing: a later check may still refuse the run

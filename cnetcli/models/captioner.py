@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from ..errors import ModelLoadError
+from ..images import as_rgb_array, to_pil
 from .sd import BUILTIN_MODELS, _load, resolve
 
 DEFAULT_CAPTIONER = "Salesforce/blip-image-captioning-base"
@@ -28,8 +29,6 @@ class Captioner:
     def caption(self, images: list[Any], batch_size: int = 8) -> list[str]:
         """Caption RGB images (PIL images or uint8 arrays). Deterministic (beam search, no sampling)."""
         import torch
-
-        from ..images import as_rgb_array, to_pil
 
         out: list[str] = []
         dtype = next(self.model.parameters()).dtype

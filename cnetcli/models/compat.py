@@ -86,6 +86,9 @@ def fit_problems(controlnet_config: Any, denoiser_config: Any) -> list[str]:
     cf, uf = family_of(cn), family_of(un)
     if cf.controlnet_class_name != uf.controlnet_class_name:  # e.g. a FLUX ControlNet on an SD3 base
         return [f"it is a {cf.label} ControlNet ({cf.controlnet_class_name}), the base is {uf.label}"]
+    own = cf.fit_problems(cn, un)
+    if own is not None:  # a family whose ControlNet config has other keys checks them itself
+        return own
     out = []
     cw, uw = config_get(cn, "cross_attention_dim"), config_get(un, "cross_attention_dim")
     if cw != uw:

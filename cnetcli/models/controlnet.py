@@ -33,6 +33,8 @@ from typing import Any
 
 from ..errors import ModelLoadError, SchemaError
 from . import boundary, compat
+from .compat import validate_config
+from .families import all_families, controlnet_file_family, family_of
 from .sd import (
     ModelSpec,
     base_configs,
@@ -43,7 +45,7 @@ from .sd import (
     part_config,
     resolve,
 )
-from .weights import read_shapes, read_state_dict
+from .weights import read_shapes, read_state_dict, trust_pickle_default
 
 #: Shipped ControlNet configs (models/configs/controlnet-<name>/config.json), tried in this order by shape.
 CONFIGS_DIR = Path(__file__).resolve().parent / "configs"
@@ -220,8 +222,6 @@ def expected_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 
 def shape_mismatch(sd: dict[str, Any], config: dict[str, Any]) -> str | None:
     """None when `sd` (diffusers keys) fits `config` exactly; else the first difference, in words."""
-    from .compat import validate_config
-
     validate_config(config, "candidate")
     want = expected_shapes(config)
     missing = [k for k in want if k not in sd]
@@ -239,16 +239,12 @@ def shape_mismatch(sd: dict[str, Any], config: dict[str, Any]) -> str | None:
 
 def known_architectures() -> dict[str, str]:
     """Shipped ControlNet config name -> label, every family's (`ModelFamily.shipped_controlnet_configs`)."""
-    from .families import all_families
-
     return {n: label for f in all_families() for n, label in f.shipped_controlnet_configs.items()}
 
 
 def config_from_denoiser(denoiser_config: dict[str, Any], **overrides: Any) -> dict[str, Any]:
     """The ControlNet config the base's family makes from a denoiser with `denoiser_config` (SD:
     diffusers' `ControlNetModel.from_unet`), built on the meta device."""
-    from .families import family_of
-
     return family_of(denoiser_config).controlnet_config_from(denoiser_config, **overrides)
 
 
@@ -273,17 +269,21 @@ def _read_config(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 def _read_controlnet_config(folder: str) -> dict[str, Any]:
-    """A ControlNet folder's config.json, checked: the schema (`external.records.ControlNetConfig`: a
-    ControlNet class, a finite positive norm_eps) and the dimensions (`compat.validate_config`)."""
+    """A ControlNet folder's config.json, checked: the schema (`external.records.ControlNetConfig`: a finite
+    positive norm_eps), the class it names (one of `folder_classes`) and the dimensions (`compat.validate_config`)."""
     from ..external import validate
     from ..external.records import ControlNetConfig
-    from .compat import validate_config
 
     cfg = _read_config(folder)
     try:
         validate(ControlNetConfig, cfg, f"{folder}/config.json")
     except SchemaError as e:
         raise ModelLoadError(f"{e}; this is not a ControlNet config (download it again or pass the right folder)") from None
+    name = cfg.get("_class_name")
+    if name is not None and name not in folder_classes():
+        raise ModelLoadError(f"{folder}/config.json: _class_name {name!r} is not a ControlNet class (one of "
+                             f"{', '.join(folder_classes())}); this is not a ControlNet config (download it again "
+                             "or pass the right folder)")
     validate_config(cfg, f"{folder}/config.json")
     return cfg
 
@@ -368,8 +368,6 @@ def load(spec: str | os.PathLike, *, torch_dtype: Any = None, offline: bool | No
 def folder_classes() -> tuple[str, ...]:
     """ControlNet classes a diffusers folder may name in its config's `_class_name`: every family's
     (`ModelFamily.controlnet_classes`; e.g. ControlNet-Union, one network for many hint types)."""
-    from .families import all_families
-
     return tuple(dict.fromkeys(c for f in all_families() for c in f.controlnet_classes))
 
 
@@ -406,8 +404,6 @@ def _load_folder(loc: Located, spec: Any, torch_dtype: Any, offline: bool | None
 
 
 def _trusted(trust_pickle: bool | None) -> bool:
-    from .weights import trust_pickle_default
-
     return trust_pickle_default(trust_pickle)
 
 
@@ -422,8 +418,6 @@ def _load_pickled_folder(loc: Located, torch_dtype: Any, trust_pickle: bool | No
 
 def load_single_file(loc: Located, *, torch_dtype: Any = None, offline: bool | None = None, config: str | None = None,
                      trust_pickle: bool | None = None, denoiser_config: dict[str, Any] | None = None) -> Any:
-    from .families import controlnet_file_family, family_of
-
     where = loc.path + (f" ({loc.note})" if loc.note else "")
     own = controlnet_file_family(read_shapes(loc.path, trust_pickle)) if loc.path.endswith(".safetensors") else None
     if own is not None:  # a layout its family reads itself (SD3/FLUX: diffusers keys + cnet's config metadata)
@@ -458,7 +452,6 @@ def controlnet_config(spec: str | os.PathLike, *, config: str | None = None, den
             return dict(ControlNetModel.load_config(loc.path, local_files_only=is_offline(offline)))
         except Exception:
             raise missing_hub_error(loc.path, "ControlNet") from None
-    from .families import controlnet_file_family
 
     where = loc.path + (f" ({loc.note})" if loc.note else "")
     shapes = read_shapes(loc.path, trust_pickle)

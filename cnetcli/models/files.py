@@ -13,6 +13,8 @@ import os
 import zipfile
 from pathlib import Path
 
+from ..errors import SchemaError
+
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".ckpt", ".pth", ".pt", ".bin")
 WEIGHT_SUFFIXES = SAFETENSORS_SUFFIXES + PICKLE_SUFFIXES
@@ -54,7 +56,6 @@ def problem(path: str | os.PathLike) -> str | None:
 
 
 def _safetensors_problem(p: Path, size: int) -> str | None:
-    from ..errors import SchemaError
     from ..external.safetensors import read_header
 
     try:

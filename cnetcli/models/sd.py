@@ -12,12 +12,15 @@ where to put it. No pickle is executed unless the caller explicitly allows it.
 
 from __future__ import annotations
 
+import inspect
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import CnetError, MissingWeightsError, ModelLoadError, UsageError
+from . import boundary, compat
+from .families import denoiser_folder, denoiser_folders, family_of
 from .hub import is_offline, offline_fix
 from .weights import read_shapes
 
@@ -85,8 +88,6 @@ def load_pretrained(cls: Any, spec: ModelSpec, what: str, offline: bool | None, 
     Weight files in a local folder are checked first (empty, HTML, git-lfs pointer, truncated), so a damaged
     download is named as such instead of surfacing as a library's parse error. A pickle the library refuses
     (`weights_only`) is reported as unsafe; `trust_pickle_flag` says whether the caller offers --trust-pickle."""
-    from . import boundary
-
     sub = kwargs.get("subfolder")
     where = f"{spec.location}/{sub}" if sub else spec.location
     if spec.kind == "dir":
@@ -186,8 +187,6 @@ def part_config(spec: ModelSpec | str | os.PathLike, part: str, offline: bool | 
     single-file base the config comes from `config` (its diffusers config folder) and is None without one."""
     from diffusers.configuration_utils import ConfigMixin
 
-    from . import boundary, compat
-
     if not isinstance(spec, ModelSpec):
         spec = resolve(spec)
     if spec.kind == "file":
@@ -226,8 +225,6 @@ def base_configs(base: ModelSpec | str | os.PathLike, *, config: str | None = No
                  offline: bool | None = None) -> BaseConfigs:
     """The family (detected once, `families.family_of`, from model_index.json, the denoiser's config or a
     single file's keys) and configs of a base, from its files alone (no weights read)."""
-    from .families import denoiser_folder, family_of
-
     spec = base if isinstance(base, ModelSpec) else resolve(base)
     if spec.kind == "file" and not config:
         return BaseConfigs(single_file_family(spec.location), None, None)
@@ -243,8 +240,6 @@ def local_config_folder(base: str, base_config: str | None = None) -> Path | Non
     """A local folder holding the base's diffusers configs (model_index.json, the denoiser's and the VAE's
     config.json), found without loading weights or importing diffusers: --base-config, the base folder, or
     the hub cache's snapshot of a hub id."""
-    from .families import denoiser_folders
-
     for cand in (base_config, BUILTIN_MODELS.get(base, base)):
         files = ["model_index.json", *(f"{d}/config.json" for d in denoiser_folders())]
         if cand and any((Path(cand).expanduser() / f).is_file() for f in files):
@@ -265,7 +260,6 @@ def local_base_configs(base: str, base_config: str | None = None) -> BaseConfigs
     """`base_configs` from local JSON files only (no diffusers import, no network): what `cnet train`'s
     defaults need before anything heavy loads. None when no config folder is found."""
     from ..external.reader import read_json_dict  # pydantic: not at `import cnetcli.cli`
-    from .families import denoiser_folder, denoiser_folders, family_of
 
     folder = local_config_folder(base, base_config)
     if folder is None:
@@ -279,8 +273,6 @@ def local_base_configs(base: str, base_config: str | None = None) -> BaseConfigs
 def single_file_family(path: str | os.PathLike, config: str | None = None) -> Any:
     """The family of a single-file base: from its config folder when given, else from the checkpoint's keys
     (diffusers' own `infer_diffusers_model_type`, on a safetensors header read). Pickles are refused first."""
-    from .families import family_of
-
     if str(path).lower().endswith((".ckpt", ".pth", ".pt", ".bin")):
         raise ModelLoadError(
             f"{path}: pickled checkpoints are not loaded (they can run code); convert it to .safetensors "
@@ -296,11 +288,7 @@ def single_file_family(path: str | os.PathLike, config: str | None = None) -> An
 
 def _load_single_file_base(spec: ModelSpec, parts: tuple[str, ...] | None, torch_dtype: Any, offline: bool | None,
                            config: str | None) -> dict[str, Any]:
-    import inspect
-
     import diffusers
-
-    from . import boundary
 
     family = single_file_family(spec.location, config)
     cls = getattr(diffusers, family.single_file_pipeline)

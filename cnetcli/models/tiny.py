@@ -13,8 +13,31 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    ControlNetModel,
+    DDPMScheduler,
+    EulerDiscreteScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+    UNet2DConditionModel,
+)
+from transformers import (
+    BertTokenizer,
+    BlipConfig,
+    BlipForConditionalGeneration,
+    BlipImageProcessor,
+    BlipProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+)
 
 # The CLIP byte-level alphabet (same as openai/CLIP's bytes_to_unicode).
 
@@ -100,8 +123,6 @@ def write_clip_tokenizer(directory: str | Path, words: tuple[str, ...] = (), mod
 
 def _tokenizer_dir(tokenizer_dir: str | Path | None, words: tuple[str, ...]) -> str:
     """`tokenizer_dir`, or a new temporary folder holding cnet's offline CLIP tokenizer over `words`."""
-    import tempfile
-
     if tokenizer_dir is None:
         tokenizer_dir = tempfile.mkdtemp(prefix="cnet-tok-")
         write_clip_tokenizer(tokenizer_dir, words)
@@ -120,11 +141,6 @@ def tiny_sd_components(
     text_layers: int = 2,
 ) -> dict[str, Any]:
     """Real diffusers/transformers classes at toy size, deterministically initialised from `seed`."""
-
-    import torch
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
     n = len(block_out_channels)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -166,8 +182,6 @@ def tiny_sd_components(
 
 def save_sd_folder(components: dict[str, Any], directory: str | Path) -> Path:
     """Save components as a diffusers Stable Diffusion folder (model_index.json + subfolders, safetensors)."""
-    from diffusers import StableDiffusionPipeline
-
     d = Path(directory)
     pipe = StableDiffusionPipeline(**components, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -177,9 +191,6 @@ def save_sd_folder(components: dict[str, Any], directory: str | Path) -> Path:
 
 def tiny_controlnet(unet: Any, seed: int = 0, conditioning_channels: tuple[int, ...] = (16, 32)) -> Any:
     """A ControlNet initialised from a tiny UNet (trainable copy, zero convolutions)."""
-    import torch
-    from diffusers import ControlNetModel
-
     torch.manual_seed(seed)
     return ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=conditioning_channels)
 
@@ -189,17 +200,6 @@ def tiny_blip(words: tuple[str, ...] = (), image_size: int = 32, hidden: int = 3
 
     The BERT word-piece vocabulary holds BLIP's special tokens plus `words` (whole words) and single
     characters, so captions over that vocabulary can be learned and decoded."""
-    import tempfile
-
-    import torch
-    from transformers import (
-        BertTokenizer,
-        BlipConfig,
-        BlipForConditionalGeneration,
-        BlipImageProcessor,
-        BlipProcessor,
-    )
-
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "[DEC]"]
     chars = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(i) for i in range(10)] + list(",.-'")
     vocab = specials + sorted({w.lower() for w in words} - set(specials)) + [c for c in chars if c not in words]
@@ -234,11 +234,6 @@ def tiny_sdxl_components(
     """A toy SDXL base (two CLIP text encoders, the second with projection; a `text_time` UNet; an 8x VAE
     whose config asks for fp32), sized like diffusers' own SDXL ControlNet tests
     (`tests/pipelines/controlnet/test_controlnet_sdxl.py::get_dummy_components`), with cnet's offline tokenizer."""
-
-    import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
@@ -274,8 +269,6 @@ def tiny_sdxl_components(
 
 def save_sdxl_folder(components: dict[str, Any], directory: str | Path) -> Path:
     """Save components as a diffusers SDXL folder (model_index.json with text_encoder_2/tokenizer_2)."""
-    from diffusers import StableDiffusionXLPipeline
-
     d = Path(directory)
     pipe = StableDiffusionXLPipeline(**components)
     pipe.save_pretrained(str(d), safe_serialization=True)

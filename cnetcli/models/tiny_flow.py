@@ -13,6 +13,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+from diffusers import (
+    AutoencoderKL,
+    FlowMatchEulerDiscreteScheduler,
+    FluxControlNetModel,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3ControlNetModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
+)
+from diffusers.configuration_utils import FrozenDict
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5TokenizerFast,
+)
+
 from .tiny import _tokenizer_dir
 
 #: the VAE factors of the released FLUX.1 and SD3/3.5 VAEs (their vae/config.json)
@@ -29,9 +52,6 @@ _CHARS = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(i) for i in rang
 def t5_tokenizer(words: tuple[str, ...] = (), model_max_length: int = 512) -> Any:
     """A working T5TokenizerFast built in memory: `words` are single pieces, anything else falls back to
     characters; ids 0/1/2 are <pad>, </s>, <unk> as in T5; every sequence ends with </s>."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from transformers import T5TokenizerFast
-
     pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
     pieces += [("\u2581" + w.lower(), -1.0) for w in dict.fromkeys(words)]
     pieces += [(c, -5.0) for c in _CHARS] + [("\u2581" + c, -4.0) for c in _CHARS]
@@ -46,9 +66,6 @@ def t5_tokenizer(words: tuple[str, ...] = (), model_max_length: int = 512) -> An
 
 
 def _t5_encoder(vocab_size: int, d_model: int, seed: int) -> Any:
-    import torch
-    from transformers import T5Config, T5EncoderModel
-
     torch.manual_seed(seed)  # eval(): as from_pretrained leaves it (T5's dropout is 0.1)
     return T5EncoderModel(T5Config(vocab_size=vocab_size, d_model=d_model, d_ff=37, d_kv=8, num_heads=4,
                                    num_layers=2, relative_attention_num_buckets=8, feed_forward_proj="gated-gelu",
@@ -56,9 +73,6 @@ def _t5_encoder(vocab_size: int, d_model: int, seed: int) -> Any:
 
 
 def _clip_encoder(cls: Any, vocab_size: int, hidden: int, seed: int) -> Any:
-    import torch
-    from transformers import CLIPTextConfig
-
     torch.manual_seed(seed)
     return cls(CLIPTextConfig(bos_token_id=0, eos_token_id=1, pad_token_id=1, hidden_size=hidden, intermediate_size=37,
                               layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2, vocab_size=vocab_size,
@@ -67,9 +81,6 @@ def _clip_encoder(cls: Any, vocab_size: int, hidden: int, seed: int) -> Any:
 
 def _flow_vae(factors: dict[str, float], seed: int) -> Any:
     """A 16-latent-channel VAE that downsamples 8x, without quant convs, as FLUX's and SD3's are."""
-    import torch
-    from diffusers import AutoencoderKL
-
     torch.manual_seed(seed)
     return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(8, 16, 16, 16), layers_per_block=1,
                          down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -83,10 +94,6 @@ def tiny_flux_components(seed: int = 0, *, tokenizer_dir: str | Path | None = No
     """A toy FLUX.1 base: FluxTransformer2DModel over 2x2-packed 16-channel latents (in_channels 64), with
     the guidance embedding of FLUX.1-dev (`guidance_embeds=False`: schnell), CLIP + T5 text encoders and
     FLUX.1-dev's dynamic-shifting scheduler."""
-    import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(patch_size=1, in_channels=64, num_layers=num_layers,
                                          num_single_layers=num_single_layers, attention_head_dim=16,
@@ -106,10 +113,6 @@ def tiny_sd3_components(seed: int = 0, *, tokenizer_dir: str | Path | None = Non
     """A toy SD3.5 base: SD3Transformer2DModel (patch 2, 16 latent channels, RMS qk-norm as in 3.5), two CLIP
     encoders with projection (their 16-wide features padded to T5's 64, their 32-wide pooled outputs
     concatenated) and a T5 encoder; the scheduler with SD3's static shift 3.0."""
-    import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
-
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=16, num_layers=num_layers,
                                         attention_head_dim=8, num_attention_heads=4, joint_attention_dim=64,
@@ -129,8 +132,6 @@ def tiny_sd3_components(seed: int = 0, *, tokenizer_dir: str | Path | None = Non
 
 def save_flux_folder(components: dict[str, Any], directory: str | Path) -> Path:
     """Save components as a diffusers FLUX.1 folder (model_index.json naming FluxPipeline)."""
-    from diffusers import FluxPipeline
-
     d = Path(directory)
     FluxPipeline(**components).save_pretrained(str(d), safe_serialization=True)
     return d
@@ -138,8 +139,6 @@ def save_flux_folder(components: dict[str, Any], directory: str | Path) -> Path:
 
 def save_sd3_folder(components: dict[str, Any], directory: str | Path) -> Path:
     """Save components as a diffusers SD3 folder (model_index.json naming StableDiffusion3Pipeline)."""
-    from diffusers import StableDiffusion3Pipeline
-
     d = Path(directory)
     StableDiffusion3Pipeline(**components).save_pretrained(str(d), safe_serialization=True)
     return d
@@ -151,9 +150,6 @@ def tiny_flux_controlnet(transformer: Any, seed: int = 0, *, num_layers: int | N
     (`from_transformer` with the transformer's own head sizes: its defaults are FLUX.1's 24 x 128, wrong for any
     other width); the first blocks copied, `controlnet_x_embedder` and the output blocks zero. Depths default to
     the transformer's. `num_mode` makes it a union net (InstantX/Shakker's `controlnet_mode_embedder`)."""
-    import torch
-    from diffusers import FluxControlNetModel
-
     cfg = transformer.config
     torch.manual_seed(seed)
     cn = FluxControlNetModel.from_transformer(
@@ -180,10 +176,6 @@ def tiny_sd3_controlnet(transformer: Any, seed: int = 0, *, num_layers: int | No
     diffusers 0.42's `from_transformer` writes `num_layers` and `extra_conditioning_channels` into the
     *transformer's* config (FrozenDict's guard never fires), so a later save of the base would be corrupt;
     the transformer's config is put back afterwards."""
-    import torch
-    from diffusers import SD3ControlNetModel
-    from diffusers.configuration_utils import FrozenDict
-
     before = dict(transformer.config)
     torch.manual_seed(seed)
     try:

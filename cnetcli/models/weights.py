@@ -1,4 +1,7 @@
-"""The weights manager: which files each model-backed hint type needs, where they come from, safe loading.
+"""The weights manager: where a weight file comes from, safe loading, hashes.
+
+Which files each model-backed hint type needs is the hint registry's (each `HintType.weights`, gathered by
+`annotators/catalogue.py`, which `cnet weights list|pull|verify` reads); this module knows single files.
 
 A weight is found, in this order, in
 1. a local folder: the `weights_dir` argument (`--weights-dir`) or `CNET_WEIGHTS_DIR` (`<dir>/<filename>`;
@@ -21,16 +24,17 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import MissingWeightsError, ModelLoadError, UsageError, first_line
-from ..fsguard import sha256_of
+from ..errors import MissingWeightsError, ModelLoadError, SchemaError, first_line
+from ..fsguard import atomic_write_text, sha256_of
 from . import boundary
 from . import files as weight_files
-from .hub import download_command, is_offline, unreachable
+from .hub import download_command, is_offline
 
 #: Where ControlNet 1.1's annotator checkpoints live (the repository controlnet_aux downloads from).
 ANNOTATORS_REPO = "lllyasviel/Annotators"
@@ -89,23 +93,6 @@ class WeightFile:
         return self.name if self.kind == "file" else f"{self.name} (transformers model)"
 
 
-def type_weights() -> dict[str, tuple[WeightFile, ...]]:
-    """Every model-backed hint type -> the weights it may need, from the hint-type registry (each type's
-    module declares its files on its `HintType`)."""
-    from ..annotators import weights_catalogue
-
-    return weights_catalogue()
-
-
-def file_spec(name: str) -> WeightFile:
-    """The `WeightFile` for a known file name (any repo); unknown names default to the Annotators repo."""
-    for files in type_weights().values():
-        for f in files:
-            if f.name == name:
-                return f
-    return WeightFile(name)
-
-
 def weights_root(weights_dir: str | os.PathLike | None = None) -> Path | None:
     d = weights_dir if weights_dir not in (None, "") else os.environ.get("CNET_WEIGHTS_DIR") or None
     return Path(d).expanduser() if d else None
@@ -123,6 +110,12 @@ def _where_hint(f: WeightFile, root: Path | None, for_type: str | None) -> str:
     pull = f"`cnet weights pull {for_type}`" if for_type else download_command(f.repo)
     what = f"{f.name} (from hub repo {f.repo})" if f.kind == "file" else f"transformers model {f.name} (hub)"
     return f"missing weight {what}: run {pull} while online, or put it at {put}"
+
+
+def redownload_hint(f: WeightFile, for_type: str, path: str | os.PathLike | None = None) -> str:
+    """How to get a damaged weight file of hint type `for_type` again."""
+    return (f"delete {path or 'it'} and run `cnet weights pull {for_type}` (or download {f.name} from hub repo "
+            f"{f.repo})")
 
 
 def _local_candidate(f: WeightFile, root: Path | None) -> Path | None:
@@ -155,11 +148,9 @@ def locate(f: WeightFile, weights_dir: str | os.PathLike | None = None) -> Path 
     return _local_candidate(f, weights_root(weights_dir)) or _from_cache(f)
 
 
-def resolve(f: WeightFile | str, weights_dir: str | os.PathLike | None = None, offline: bool | None = None,
+def resolve(f: WeightFile, weights_dir: str | os.PathLike | None = None, offline: bool | None = None,
             for_type: str | None = None) -> Path:
     """Path to a weight file (or model folder), downloading into the HF cache only when online."""
-    if isinstance(f, str):
-        f = file_spec(f)
     root = weights_root(weights_dir)
     hit = locate(f, weights_dir)
     if hit is not None:
@@ -172,14 +163,17 @@ def resolve(f: WeightFile | str, weights_dir: str | os.PathLike | None = None, o
     raise MissingWeightsError(_where_hint(f, root, for_type))
 
 
-def download(f: WeightFile) -> Path:
-    """Fetch one weight into the HF cache (online). Raises MissingWeightsError when it cannot."""
+def download(f: WeightFile, into: Path | None = None) -> Path:
+    """Fetch one weight (online) into the folder `into` (a model repo as its own subfolder), else the HF cache.
+    Raises MissingWeightsError when it cannot."""
     from huggingface_hub import hf_hub_download, snapshot_download
 
     try:
+        if into is not None:
+            into.mkdir(parents=True, exist_ok=True)
         if f.kind == "file":
-            return Path(hf_hub_download(f.repo, f.name))
-        return Path(snapshot_download(f.repo))
+            return Path(hf_hub_download(f.repo, f.name, local_dir=None if into is None else str(into)))
+        return Path(snapshot_download(f.repo, local_dir=None if into is None else str(into / f.name.split("/")[-1])))
     except Exception as e:  # network down, repo gone, auth: one line
         raise MissingWeightsError(f"cannot download {f.name} from hub repo {f.repo}: {first_line(e, 200)}") from None
 
@@ -187,14 +181,14 @@ def download(f: WeightFile) -> Path:
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def load_state_dict(path: str | os.PathLike, trust_pickle: bool | None = None) -> dict[str, Any]:
+def load_state_dict(path: str | os.PathLike, trust_pickle: bool | None = None, *,
+                    fix: str = "download it again") -> dict[str, Any]:
     """Load a checkpoint safely: safetensors, else `torch.load(weights_only=True)`.
 
     A pickle that needs globals beyond tensors/containers is refused unless `trust_pickle` (or
     `CNET_TRUST_PICKLE=1`). Common wrappers ({"state_dict": ...}, {"model": ...}) are returned as stored;
-    use `unwrap` to take them apart."""
-    import pickle
-
+    use `unwrap` to take them apart. `fix`: how to get a damaged file again (`redownload_hint` for an
+    annotator's file)."""
     import torch
 
 
@@ -204,7 +198,6 @@ def load_state_dict(path: str | os.PathLike, trust_pickle: bool | None = None) -
         p = sib
     if not p.is_file():
         raise MissingWeightsError(f"{p}: no such weight file")
-    fix = _redownload_hint(p)
     why = weight_files.problem(p)  # empty, HTML page, git-lfs pointer, truncated: named, never sent to --trust-pickle
     if why:
         raise ModelLoadError(f"{p}: corrupt weight file: {why}; {fix}")
@@ -231,14 +224,6 @@ def load_state_dict(path: str | os.PathLike, trust_pickle: bool | None = None) -
         raise ModelLoadError(f"{p}: corrupt weight file ({boundary.first_line(e, 120)}); {fix}") from None
 
 
-def _redownload_hint(p: Path) -> str:
-    """How to get a damaged weight file again: `cnet weights pull TYPE` for the annotator files we know."""
-    for t, fs in type_weights().items():
-        if any(f.kind == "file" and f.name == p.name for f in fs):
-            return f"delete it and run `cnet weights pull {t}` (or download {p.name} from hub repo {fs[0].repo})"
-    return "download it again"
-
-
 def unwrap(sd: Any, *keys: str) -> dict[str, Any]:
     """Take `sd[key]` for the first wrapper key present and strip a DataParallel `module.` prefix."""
     if isinstance(sd, dict):
@@ -252,15 +237,16 @@ def unwrap(sd: Any, *keys: str) -> dict[str, Any]:
 
 
 def load_into(module: Any, path: str | os.PathLike, *, keys: tuple[str, ...] = ("state_dict", "model"),
-              trust_pickle: bool | None = None, transform: Any = None) -> Any:
+              trust_pickle: bool | None = None, transform: Any = None, fix: str = "download it again") -> Any:
     """Load a checkpoint file into `module` strictly; a mismatch is a one-line ModelLoadError.
 
     `module` may be a zero-argument factory: the network is then built on the meta device (no random
     initialisation, which costs seconds for ViT-sized models) and the tensors are assigned from the file;
-    if anything stays on meta (a buffer not stored in the file), it is rebuilt normally."""
+    if anything stays on meta (a buffer not stored in the file), it is rebuilt normally. `fix`: as for
+    `load_state_dict`."""
     import torch
 
-    sd = unwrap(load_state_dict(path, trust_pickle), *keys)
+    sd = unwrap(load_state_dict(path, trust_pickle, fix=fix), *keys)
     factory = None
     if not isinstance(module, torch.nn.Module):
         factory = module
@@ -294,14 +280,13 @@ def sha256_file(path: str | os.PathLike) -> str:
     return _HASH_CACHE[key]
 
 
-def _dir_size(p: Path) -> int:
+def dir_size(p: Path) -> int:
     return sum(q.stat().st_size for q in p.rglob("*") if q.is_file()) if p.is_dir() else p.stat().st_size
 
 
-def _read_manifest(root: Path | None) -> dict[str, str]:
+def read_manifest(root: Path | None) -> dict[str, str]:
     if root is None or not (root / MANIFEST_NAME).is_file():
         return {}
-    from ..errors import SchemaError
     from ..external import read_json
 
     try:
@@ -311,137 +296,31 @@ def _read_manifest(root: Path | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
-def record_hashes(root: str | os.PathLike, names: list[str] | None = None) -> dict[str, str]:
-    """Hash the weight files in a weights folder into its manifest (`cnet-weights.json`)."""
-    from ..fsguard import atomic_write_text
-
+def record_hashes(root: str | os.PathLike, names: list[str]) -> dict[str, str]:
+    """Hash the named weight files of a weights folder (those present) into its manifest (`cnet-weights.json`)."""
     r = Path(root)
-    manifest = _read_manifest(r)
-    for f in sorted({f.name for fs in type_weights().values() for f in fs if f.kind == "file"}):
-        if (names is None or f in names) and (r / f).is_file():
+    manifest = read_manifest(r)
+    for f in sorted(set(names)):
+        if (r / f).is_file():
             manifest[f] = sha256_file(r / f)
     atomic_write_text(r / MANIFEST_NAME, json.dumps(manifest, indent=1, sort_keys=True))
     return manifest
 
 
-@dataclass
-class WeightStatus:
-    type: str
-    file: WeightFile
-    path: Path | None
-    size: int | None = None
-    sha256: str | None = None
-    expected: str | None = None  # the published/recorded sha256, if any
-    expected_size: int | None = None  # the published size, if known
-    problem: str | None = None  # why the file cannot be weights (empty, HTML page, truncated), see `files.problem`
-
-    @property
-    def present(self) -> bool:
-        return self.path is not None
-
-    @property
-    def check(self) -> str:
-        """ok | MISMATCH | wrong size | corrupt | unverified (no published or recorded hash) | missing."""
-        if not self.present:
-            return "missing"
-        if self.problem:
-            return "corrupt"
-        if self.expected_size is not None and self.size is not None and self.size != self.expected_size:
-            return "wrong size"
-        if self.expected is None or self.sha256 is None:
-            return "unverified"
-        return "ok" if self.expected == self.sha256 else "MISMATCH"
-
-    @property
-    def ok(self) -> bool | None:
-        """True when verified, False when damaged, None when nothing is known to compare with (or missing)."""
-        c = self.check
-        return True if c == "ok" else False if c in ("MISMATCH", "wrong size", "corrupt") else None
-
-    def fix(self) -> str:
-        return f"delete {self.path} and run `cnet weights pull {self.type}` (or download {self.file.name} from hub " \
-               f"repo {self.file.repo})"
-
-
-def _expected(f: WeightFile, path: Path | None, root: Path | None) -> str | None:
+def expected_sha256(f: WeightFile, path: Path | None, root: Path | None) -> str | None:
+    """The sha256 a weight file at `path` should have: published, else recorded by `pull`, else the HF cache's
+    blob name; None when nothing vouches for it."""
     if f.kind != "file" or path is None:
         return None
     if f.name in KNOWN_SHA256:
         return KNOWN_SHA256[f.name]
-    m = _read_manifest(root)
+    m = read_manifest(root)
     if f.name in m and root is not None and path.parent == root:
         return m[f.name]
     real = Path(os.path.realpath(path))
     if real.parent.name == "blobs" and re.fullmatch(r"[0-9a-f]{64}", real.name):
         return real.name  # the HF cache names LFS blobs by their sha256
     return None
-
-
-def status(types: list[str] | None = None, weights_dir: str | os.PathLike | None = None,
-           hashes: bool = False) -> list[WeightStatus]:
-    """Each requested type's weights: where they are (or None), size and, with `hashes`, sha256."""
-    from ..annotators import find_type
-
-    catalogue = type_weights()
-    names = [(find_type(t).name if find_type(t) else t) for t in types] if types else list(catalogue)
-    unknown = [t for t in names if t not in catalogue]
-    if unknown:
-        raise UsageError(f"no weights for hint type {', '.join(unknown)} (model-backed types: {', '.join(catalogue)})")
-    root = weights_root(weights_dir)
-    out = []
-    for t in names:
-        for f in catalogue[t]:
-            p = locate(f, weights_dir)
-            st = WeightStatus(t, f, p)
-            if p is not None:
-                st.size = _dir_size(p)
-                if f.kind == "file":
-                    known = KNOWN_FILES.get(f.name)
-                    st.expected_size = known.size if known else None
-                    st.problem = weight_files.problem(p)
-                if hashes and f.kind == "file" and st.problem is None and (
-                        st.expected_size is None or st.size == st.expected_size):
-                    st.sha256 = sha256_file(p)
-                    st.expected = _expected(f, p, root)
-            out.append(st)
-    return out
-
-
-def pull(types: list[str], weights_dir: str | os.PathLike | None = None, offline: bool | None = None,
-         include_optional: bool = True) -> list[WeightStatus]:
-    """Download each type's weights (into `weights_dir` when given, else the HF cache)."""
-    names = types or list(type_weights())
-    sts = status(names, weights_dir)
-    missing = [s for s in sts if not s.present and (include_optional or s.file.required)]
-    if missing and is_offline(offline):
-        raise MissingWeightsError(
-            f"cannot pull {', '.join(sorted({s.file.name for s in missing}))}: "
-            + ("the model hub is unreachable; run it where there is a network" if unreachable() else
-               "offline (HF_HUB_OFFLINE=1 or --offline); run it with network access")
-            + ", or copy the files into --weights-dir/CNET_WEIGHTS_DIR"
-        )
-    root = weights_root(weights_dir)
-    done: dict[str, Path] = {}
-    for s in missing:
-        if s.file.name in done:
-            continue
-        if root is not None:
-            from huggingface_hub import hf_hub_download, snapshot_download
-
-            root.mkdir(parents=True, exist_ok=True)
-            try:
-                if s.file.kind == "file":
-                    done[s.file.name] = Path(hf_hub_download(s.file.repo, s.file.name, local_dir=str(root)))
-                else:
-                    done[s.file.name] = Path(snapshot_download(s.file.repo,
-                                                               local_dir=str(root / s.file.name.split("/")[-1])))
-            except Exception as e:
-                raise MissingWeightsError(f"cannot download {s.file.name} from {s.file.repo}: {str(e)[:200]}") from None
-        else:
-            done[s.file.name] = download(s.file)
-    if root is not None and done:
-        record_hashes(root, [n for n in done])
-    return status(names, weights_dir, hashes=True)
 
 
 def read_state_dict(path: str | os.PathLike, trust_pickle: bool | None = None) -> dict[str, Any]:

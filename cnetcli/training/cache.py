@@ -20,15 +20,21 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+from accelerate.utils import broadcast_object_list
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ..errors import InputError, TrainingError
+from ..fsguard import atomic_path
 from ..reporting import Reporter
+from .data import HubRef
 
 CACHE_VERSION = 4  # 4: holds only the rows that decode ("rows": their dataset positions)
 ROW_KEYS = ("latents", "hints", "micro", "latents_flipped", "hints_flipped", "micro_flipped")
 
 
 def file_sig(x: Any) -> Any:
-    from .data import HubRef
-
     if isinstance(x, HubRef):
         return [getattr(x.ds, "_fingerprint", None), x.i, x.column]
     try:
@@ -39,8 +45,6 @@ def file_sig(x: Any) -> Any:
 
 
 def _weights_hash(module: Any) -> str:
-    import torch
-
     h = hashlib.sha256()
     for name, t in module.state_dict().items():
         h.update(name.encode())
@@ -73,17 +77,11 @@ def cache_path(output: Path, key: str) -> Path:
 
 
 def save_atomic(tensors: dict[str, Any], path: Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    from ..fsguard import atomic_path
-
     with atomic_path(path) as tmp:
         save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
 
 
 def _load(path: Path) -> dict[str, Any] | None:
-    from safetensors.torch import load_file
-
     try:
         d = load_file(str(path))
     except Exception:
@@ -92,12 +90,10 @@ def _load(path: Path) -> dict[str, Any] | None:
     return d if need <= set(d) else None
 
 
-def encode_rows(dataset: Any, rows: list[int], vae: Any, device: Any, dtype: Any, bs: int,
+def encode_rows(dataset: Any, rows: list[int], vae: Any, family: Any, device: Any, dtype: Any, bs: int,
                  hflip: bool = False, failures: list[str] | None = None) -> dict[str, Any]:
     """VAE latent mean|std and 8-bit hints of `rows` (and of their flips with `hflip`); rows that fail to
     decode are left out (their reasons appended to `failures`)."""
-    import torch
-
     got: list[int] = []
     out: dict[str, list[Any]] = {k: [] for k in ROW_KEYS}
     flips = (False, True) if hflip else (False,)
@@ -116,7 +112,7 @@ def encode_rows(dataset: Any, rows: list[int], vae: Any, device: Any, dtype: Any
                 continue
             for k, f in enumerate(flips):
                 suffix = "_flipped" if f else ""
-                dist = vae.encode(torch.stack([p[k][0] for p in pairs]).to(device, dtype=vae.dtype)).latent_dist
+                dist = family.encode_pixels(vae, torch.stack([p[k][0] for p in pairs]).to(device, dtype=vae.dtype))
                 out["latents" + suffix].append(torch.cat([dist.mean, dist.std], dim=1).cpu())
                 # exact: hints are 8-bit
                 out["hints" + suffix].append((torch.stack([p[k][1] for p in pairs]) * 255).round().to(torch.uint8))
@@ -129,8 +125,6 @@ def encode_rows(dataset: Any, rows: list[int], vae: Any, device: Any, dtype: Any
 
 def embed_captions(captions: list[str], family: Any, text: dict[str, Any], bs: int) -> dict[str, Any]:
     """The family's encoding of each distinct caption and of "" (and the pooled embeddings, SDXL)."""
-    import torch
-
     uniq = sorted(set(captions))
     pos = {c: k for k, c in enumerate(uniq)}
 
@@ -154,10 +148,6 @@ def embed_captions(captions: list[str], family: Any, text: dict[str, Any], bs: i
 def _merge(n: int, parts: list[dict[str, Any]], source: str) -> dict[str, Any]:
     """The rows that decoded, in dataset order, with their dataset positions under "rows" (an undecodable row
     is left out, never stood in for by another: the caller counts it as skipped)."""
-    import torch
-
-    from ..errors import InputError
-
     keys = [k for k in ROW_KEYS if any(k in p for p in parts)]
     rows: dict[str, list[Any]] = {k: [None] * n for k in keys}
     for p in parts:
@@ -177,9 +167,6 @@ def load_or_build(dataset: Any, key: str, output: Path, *, vae: Any, family: Any
     `family` encodes the captions with the text encoders and tokenizers in `text`. The cache holds only the
     rows that decode: "rows" gives their dataset positions (the caller drops the others from the index,
     see `undecodable`)."""
-    from accelerate.utils import broadcast_object_list
-    from safetensors.torch import load_file
-
     rank, world, main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     path = cache_path(output, key)
     cached = _load(path) if main else None
@@ -194,7 +181,7 @@ def load_or_build(dataset: Any, key: str, output: Path, *, vae: Any, family: Any
     reporter.message(f"caching latents and text embeddings for {n} rows" + (f" on {world} processes" if world > 1
                                                                                else ""))
     failures: list[str] = []
-    mine = encode_rows(dataset, list(range(rank, n, world)), vae, device, dtype, bs, hflip, failures)
+    mine = encode_rows(dataset, list(range(rank, n, world)), vae, family, device, dtype, bs, hflip, failures)
     part = lambda r: path.with_name(f".{path.stem}.part-{r}.safetensors")  # noqa: E731
     if world > 1 and not main:
         save_atomic(mine, part(rank))
@@ -215,8 +202,6 @@ def load_or_build(dataset: Any, key: str, output: Path, *, vae: Any, family: Any
 
 def undecodable(path: Path) -> str:
     """The first reason a row of the cache at `path` did not decode ("" when all did)."""
-    from safetensors import safe_open
-
     with safe_open(str(path), "np") as f:
         return (f.metadata() or {}).get("failed_example", "")
 
@@ -224,7 +209,5 @@ def undecodable(path: Path) -> str:
 def _read_back(path: Path) -> dict[str, Any]:
     cache = _load(path)
     if cache is None:
-        from ..errors import TrainingError
-
         raise TrainingError(f"the latent cache {path} could not be read; delete {path.parent} and retry")
     return cache

@@ -24,8 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputError, SchemaError, UsageError
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..errors import OutputError, SchemaError, TrainingError, UsageError
+from ..external import read_json, validate
+from ..external.records import CheckpointState, Manifest, OptimizerRecord, SavedTrainConfig
 from ..fsguard import atomic_save_dir, atomic_write_text, sha256_of
+from ..models.families import denoiser_folders
 
 FORMAT = "cnet-checkpoint/2"
 MANIFEST = "manifest.json"
@@ -66,9 +72,6 @@ def controlnet_dir(path: str | Path) -> Path:
 
 def read_manifest(path: Path) -> Any:
     """The checkpoint's manifest, typed (`external.records.Manifest`); SchemaError when it is not one."""
-    from ..external import read_json, validate
-    from ..external.records import Manifest
-
     return validate(Manifest, read_json(path / MANIFEST), str(path / MANIFEST))
 
 
@@ -124,9 +127,6 @@ def verify(path: str | Path) -> str | None:
 
 def read_records(path: Path) -> tuple[Any, Any, dict[str, Any]]:
     """A checkpoint's JSON records typed (`external.records`): state.json, optimizer.json, train_config.json."""
-    from ..external import read_json, validate
-    from ..external.records import CheckpointState, OptimizerRecord
-
     state = validate(CheckpointState, read_json(path / "state.json"), str(path / "state.json"))
     optimizer = validate(OptimizerRecord, read_json(path / "optimizer.json"), str(path / "optimizer.json"))
     return state, optimizer, read_config(path)
@@ -174,8 +174,6 @@ def resolve_resume(resume: str, output: str | Path, warn: Any = None) -> Path:
 def remove_leftovers(output: str | Path) -> list[Path]:
     """Temp folders/files of writes killed midway (`.step-N.*`, `.controlnet.*` (folder or single file),
     `.<denoiser>.*`, `.latents*`, a cache shard's, and the atomic writes of train_config.json, runs.jsonl, loss.png)."""
-    from ..models.families import denoiser_folders
-
     out = Path(output)
     patterns = [(checkpoints_dir(out), ".step-*"), (out, ".controlnet.*"), *((out, f".{d}.*") for d in denoiser_folders()),
                 (out / "cache", ".latents*"), (out, ".train_config.json.*"), (out, ".runs.jsonl.*"),
@@ -197,8 +195,6 @@ def _json_value(v: Any) -> Any:
 
 def optimizer_to_files(sd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """An optimizer state_dict as (safetensors tensors, JSON-able rest): no pickle needed to read it back."""
-    import torch
-
     tensors: dict[str, Any] = {}
     scalars: dict[str, dict[str, Any]] = {}
     for pid, st in sd["state"].items():
@@ -233,8 +229,6 @@ def save_checkpoint(output: str | Path, step: int, *, controlnet: Any, denoiser:
                     keep: int) -> Path:
     """Write OUTPUT/checkpoints/step-`step` atomically (manifest last), then prune this run's older ones.
     `denoiser`: (its folder name, the module) once the base's weights train."""
-    from safetensors.torch import save_file
-
     def fill(tmp: Path) -> None:
         controlnet.save_pretrained(str(tmp / "controlnet"), safe_serialization=True)
         if denoiser is not None:
@@ -257,8 +251,6 @@ def save_checkpoint(output: str | Path, step: int, *, controlnet: Any, denoiser:
     try:
         final = atomic_save_dir(fill, final)
     except (OSError, OutputError) as e:  # the temp folder is gone; the earlier checkpoints are untouched
-        from ..errors import TrainingError
-
         cause = e.__cause__ if isinstance(e, OutputError) and isinstance(e.__cause__, OSError) else e
         why = getattr(cause, "strerror", None) or str(cause)
         raise TrainingError(f"could not write checkpoint {final} ({why}): free space in {root} or "
@@ -292,8 +284,6 @@ def prune(output: str | Path, run_id: str, step: int, keep: int) -> None:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """The tensors and records of a verified checkpoint (call `verify` first); every JSON record typed
     (`external.records`), so a record of the wrong shape is one SchemaError naming its file and field."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     cn = controlnet_dir(path)
     state, optimizer, config = read_records(path)
@@ -308,7 +298,6 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     }
     if "torch" not in out["rng"]:
         raise SchemaError(f"{path / 'rng.safetensors'}: holds no 'torch' RNG state (not a cnet checkpoint's)")
-    from ..models.families import denoiser_folders
 
     for d in denoiser_folders():
         if (path / d).is_dir():
@@ -323,8 +312,6 @@ def controlnet_state_dict(path: str | Path) -> dict[str, Any]:
 
 def _load_weights(folder: Path) -> dict[str, Any]:
     """A diffusers model folder's state dict (one file, or the shards of a large model)."""
-    from safetensors.torch import load_file
-
     sd: dict[str, Any] = {}
     for f in sorted(folder.glob("*.safetensors")):
         sd.update(load_file(str(f)))
@@ -334,9 +321,6 @@ def _load_weights(folder: Path) -> dict[str, Any]:
 def read_config(path: str | Path) -> dict[str, Any]:
     """The run configuration stored in a checkpoint (its train_config.json): a JSON object of resolved settings
     (`external.records.SavedTrainConfig`; each value is typed by `TrainConfig.from_dict`)."""
-    from ..external import read_json, validate
-    from ..external.records import SavedTrainConfig
-
     f = Path(path) / "train_config.json"
     data = read_json(f)
     validate(SavedTrainConfig, data, str(f))

@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from ..annotators import get_rewardable
 from ..config_check import Bound, check_fields, flag_name
+from ..device import check_device_spec
 from ..errors import UsageError
-from ..models.sd import DEFAULT_BASE
+from ..models.families import family_of
+from ..models.sd import BUILTIN_MODELS, DEFAULT_BASE, local_base_configs
 
-MIXED_PRECISION = ("auto", "no", "fp16", "bf16")  # auto: bf16 where the CUDA device supports it, else no
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")  # auto: cnetcli.device.auto_precision(training=True)
 TIMESTEP_BIAS = ("none", "later", "earlier", "range")
 #: flow matching's timestep densities / loss weightings (diffusers' compute_density_for_timestep_sampling)
 WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
@@ -150,9 +153,6 @@ class TrainConfig:
         d["validation_prompts"] = list(self.validation_prompts)
         return d
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
@@ -167,6 +167,32 @@ class TrainConfig:
     @property
     def output_dir(self) -> Path:
         return Path(self.output)
+
+
+#: The keys of a train_config.json that are not settings: what was asked where it differs from what ran, the
+#: run's shape (processes, effective batch, the frozen networks' dtype), and a finished run's result.
+RECORD_PARTS = ("requested", "run", "result")
+
+
+def config_record(cfg: TrainConfig, resolved: dict[str, Any]) -> dict[str, Any]:
+    """What train_config.json records: the settings as the run used them. `resolved` holds what was decided at
+    run time: a setting there (mixed_precision "auto" -> "bf16", device, reward type) replaces the asked value,
+    which moves to "requested"; the other facts go to "run"."""
+    settings = cfg.to_dict()
+    ran = {k: v for k, v in resolved.items() if k in settings}
+    return settings | ran | {"requested": {k: settings[k] for k, v in ran.items() if settings[k] != v},
+                             "run": {k: v for k, v in resolved.items() if k not in settings}}
+
+
+def config_json(cfg: TrainConfig, resolved: dict[str, Any]) -> str:
+    """train_config.json's text (`config_record`), as the run's folder and each checkpoint hold it."""
+    return json.dumps(config_record(cfg, resolved), indent=2, sort_keys=True)
+
+
+def asked_settings(record: dict[str, Any]) -> dict[str, Any]:
+    """The settings a train_config.json's run was asked for (`config_record` undone): what a resume starts from,
+    so an "auto" resolves again where the run resumes (another GPU may have bf16 or not)."""
+    return {k: v for k, v in record.items() if k not in RECORD_PARTS} | dict(record.get("requested") or {})
 
 
 #: Flag names that are not `--` + the field name with dashes.
@@ -186,7 +212,6 @@ def _validate(c: TrainConfig) -> None:
 
     # types, finite floats and the BOUNDS (cnetcli.config_check); counts and sizes above 2**31 are typos
     check_fields(c, FLAG_NAMES, int_max=lambda name: 2**63 - 1 if name == "seed" else _INT_MAX)
-    from ..device import check_device_spec
 
     check_device_spec(c.device)
     if c.recipe not in RECIPE_NAMES:
@@ -232,8 +257,6 @@ def _validate(c: TrainConfig) -> None:
     if c.snr_gamma is not None and not c.snr_gamma > 0:
         bad("--snr-gamma", "must be > 0 (5.0 is the min-SNR paper's value)")
     if c.reward is not None and c.reward != "auto":
-        from ..annotators import get_rewardable
-
         get_rewardable(c.reward)
     if c.reward is None and (c.reward_weight is not None or c.reward_max_timestep != 200):
         bad("--reward-weight/--reward-max-timestep", "only apply with --reward TYPE")
@@ -256,8 +279,6 @@ def _validate(c: TrainConfig) -> None:
 
 # --------------------------------------------------------------------------------- defaults that fit
 def _is_tiny(base: str) -> bool:
-    from ..models.sd import BUILTIN_MODELS
-
     p = Path(BUILTIN_MODELS.get(base, base)).expanduser()
     return p.exists() and p.resolve() == Path(BUILTIN_MODELS["cnet-tiny"]).resolve()
 
@@ -266,9 +287,6 @@ def resolve_defaults(c: TrainConfig, given: set[str] | None = None) -> tuple[Tra
     """Fill from the base (native size) and the recipe what the caller did not set (`given`: the settings set
     on purpose; None: those left at their defaults count as not set); returns the config and warnings (e.g. a
     --resolution that differs from the base's native size)."""
-    from ..models.families import family_of
-    from ..models.sd import local_base_configs
-
     warnings: list[str] = []
     info = local_base_configs(c.base, c.base_config)  # the family, detected once from the base's own files
     family = info.family if info is not None else family_of()

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
+import torch
+from PIL import Image
 
 from ..data.index import DatasetIndex, HubRef, Row
 from ..data.read import read_dataset
@@ -43,8 +45,6 @@ class BatchStream:
 
     def _epoch(self, e: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if e not in self._epoch_cache:
-            import torch
-
             # torch seeds are below 2**64; the modulo leaves every smaller seed's stream as it was
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + e) % 2**64)
             perm = torch.randperm(self.n, generator=g).numpy()
@@ -98,9 +98,6 @@ def micro_conditioning(w: int, h: int, size: int, flip: bool) -> tuple[int, int,
 
 def pair_tensors(img: Any, hint: Any, res: int, flip: bool) -> tuple[Any, Any, Any]:
     """Decoded photo and hint -> (image in [-1, 1], hint in [0, 1], micro-conditioning), res x res."""
-    import torch
-    from PIL import Image
-
     micro = torch.tensor(micro_conditioning(*img.size, res, flip), dtype=torch.int64)
     img = resize_center_crop(img, res, Image.BILINEAR)
     hint = resize_center_crop(hint, res, Image.BILINEAR)
@@ -189,8 +186,6 @@ def one_line_errors(batches: Iterator[Any]) -> Iterator[Any]:
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    import torch
-
     out: dict[str, Any] = {
         "index": torch.tensor([it["index"] for it in items]),
         "drop": torch.tensor([it["drop"] for it in items]),

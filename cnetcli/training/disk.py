@@ -8,10 +8,14 @@ import os
 import shutil
 from pathlib import Path
 
+from safetensors import safe_open
+
 from ..errors import UsageError
 from ..external.reader import read_json_dict
 from ..fsguard import existing_ancestor
+from ..models.sd import local_base_configs, local_config_folder
 from .config import TrainConfig
+from .export import ORIGINAL_HINT_CHANNELS, single_file_layout
 
 
 def _header_params(folder: Path, prefixes: tuple[str, ...] | None = None) -> int | None:
@@ -19,7 +23,6 @@ def _header_params(folder: Path, prefixes: tuple[str, ...] | None = None) -> int
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         return None
-    from safetensors import safe_open
 
     n = 0
     try:
@@ -39,8 +42,6 @@ def _header_params(folder: Path, prefixes: tuple[str, ...] | None = None) -> int
 def estimate_checkpoint_bytes(cfg: TrainConfig) -> int | None:
     """Bytes one checkpoint takes: fp32 weights + AdamW's two moments for the ControlNet (x3), and the same
     for the base's denoiser once unlocked. None when the base's weights cannot be inspected locally."""
-    from ..models.sd import local_base_configs, local_config_folder
-
     folder, info = local_config_folder(cfg.base, cfg.base_config), local_base_configs(cfg.base, cfg.base_config)
     if folder is None or info is None:
         return None
@@ -82,9 +83,6 @@ def check_single_file_possible(cfg: TrainConfig) -> None:
     """`--single-file` writes the original layout for SD1.x/2.x ControlNets, whose hint encoder is fixed at
     (16, 32, 96, 256): refuse now (from the configs) what export would refuse after the whole run. SDXL ones
     go out in the diffusers layout (export.py), which holds any configuration."""
-    from ..models.sd import local_base_configs
-    from .export import ORIGINAL_HINT_CHANNELS, single_file_layout
-
     hint, lpb = None, None
     if cfg.controlnet:
         p = Path(cfg.controlnet).expanduser()

@@ -23,7 +23,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import save_file
+
 from ..errors import UsageError
+from ..fsguard import atomic_path
+from ..models.families import family_of
 
 PREFIX = "control_model."
 ORIGINAL_HINT_CHANNELS = (16, 32, 96, 256)
@@ -99,8 +103,6 @@ LAYOUTS = ("auto", "original", "diffusers")
 
 def single_file_layout(controlnet_config: Any) -> str:
     """The layout `export_single_file` writes for a ControlNet with this config in "auto" mode."""
-    from ..models.families import family_of
-
     return family_of(controlnet_config).single_file_layout
 
 
@@ -112,17 +114,12 @@ def export_single_file(controlnet: Any, path: str | Path, metadata: dict[str, st
                        layout: str = "auto") -> Path:
     """Write `path` (.safetensors) atomically: the original layout for SD1.x/2.x, the diffusers layout for
     SDXL ("auto"; see the module docstring), or the given `layout`. Returns the path."""
-    from safetensors.torch import save_file
-
-    from ..fsguard import atomic_path
-
     if layout not in LAYOUTS:
         raise UsageError(f"--single-file layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     path = Path(path)
     if layout == "auto":
         layout = single_file_layout(controlnet.config)
     sd = to_original_state_dict(controlnet) if layout == "original" else to_diffusers_state_dict(controlnet)
-    from ..models.families import family_of
 
     meta = {"format": "pt", "cnet": json.dumps(metadata or {}), "cnet_layout": layout,
             **family_of(controlnet.config).single_file_metadata(controlnet)}

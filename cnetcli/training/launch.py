@@ -20,7 +20,9 @@ queue), and a failed rank surfaces as `ChildFailedError` with a traceback file w
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import pickle
 import queue
 import socket
 import time
@@ -29,6 +31,7 @@ from typing import Any
 from ..errors import CnetError, TrainingError
 from ..reporting import NullReporter, Reporter
 from .config import TrainConfig
+from .loop import train
 
 #: Seconds to wait for the children to exit once every rank has reported, before they are killed.
 EXIT_GRACE_S = 60.0
@@ -48,13 +51,10 @@ def train_in_processes(cfg: TrainConfig, n: int, reporter: Reporter | None = Non
     Falls back to `train` in this process when `n` is 1 or does not divide the batch. Rank 0's progress reaches `reporter` (its calls are forwarded over a queue). A child's
     error is raised here as one CnetError line and the other children are killed (they would wait on the
     dead one's collectives); `timeout` (seconds, None: none) bounds the whole run."""
-    from .loop import train
-
     rep = reporter or NullReporter()
     n = split_batch(cfg.batch_size, n)
     if n == 1:
         return train(cfg, reporter=rep)
-    import multiprocessing
 
     # spawn, not fork: the children must set their environment before torch starts its thread pools, and a
     # forked torch (threads already running in the parent) can deadlock
@@ -179,8 +179,6 @@ def _plain(v: Any) -> Any:
 def _one_line(e: BaseException, rank: int) -> CnetError:
     """The child's error as the parent raises it: a CnetError as it is (its message is already the one line),
     anything else as a TrainingError naming the process."""
-    import pickle
-
     first = (str(e).splitlines() or [""])[0]
     if isinstance(e, CnetError):
         try:

@@ -1,4 +1,6 @@
-"""`train(cfg)`: the accelerate training loop, flat and readable top to bottom (as nanoGPT's train.py).
+"""`train(cfg)`: the accelerate training loop, readable top to bottom (as nanoGPT's train.py): `_train` runs
+the set-up phases, each a named function returning a plain object (`Processes`, `Trainer`, `Batches`), then
+`run_steps`, the whole step loop in one place, then the outputs.
 
 The step itself is `step.training_step` (diffusers' ControlNet step). What is decided before a model loads is
 in `plan.py`, building the models and the optimizer in `setup.py`, the run's state and its checkpoints in
@@ -13,6 +15,7 @@ Callers watch or steer a run through `on_step(info) -> bool`: called after every
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
@@ -24,15 +27,33 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, gather_object
+
+from ..data.shards import looks_like_shards
+from ..device import dtype_name, process_rank_world, torch_dtype
 from ..errors import Interrupted, TrainingError, UsageError, first_line
-from ..models.families import vae_scale_factor
+from ..folderlock import hold
+from ..fsguard import atomic_write_text
+from ..models.families import vae_latent_channels, vae_scale_factor
 from ..reporting import NullReporter, Reporter
-from .config import TrainConfig
+from .cache import cache_key, load_or_build, undecodable
+from .checkpoint import kept_after_interrupt, remove_leftovers
+from .config import TrainConfig, config_json
+from .data import BatchStream, PairDataset, collate, decodable_rows, one_line_errors, read_dataset
+from .memory import MemoryPlan, peak_line, plan_for
+from .metrics_log import MetricsLog
+from .model import set_connected, set_denoiser_trainable
 from .outputs import save_outputs
 from .plan import plan_run, preflight
-from .setup import trainable
+from .resume import RUNS_LOG, record_phase
+from .reward import build_reward, checkpoint_decoder, resolve_type
+from .setup import build_models, build_optimizer, late_synced_params, trainable
 from .state import RunState, TrainResult, flush_losses, restore_checkpoint, write_checkpoint
-from .step import draw_noise, timestep_weights, training_step
+from .step import TrainModels, draw_noise, timestep_weights, training_step
+from .stream import Streamed, check_world, launcher_note, read_record, world_record
+from .validate import validate
 
 MEMORY_HINT = ("try a smaller --batch-size (with --gradient-accumulation to keep the effective batch), "
                "--gradient-checkpointing, --mixed-precision bf16 or fp16, --cache-latents, --use-8bit-adam, "
@@ -48,6 +69,90 @@ class StepInfo:
     max_steps: int
     loss: float | None
     models: Any
+
+
+@dataclass
+class Processes:
+    """This process's place in the run as accelerate set it up: the Accelerator, the tracker it logs to (None:
+    no logging) and the precision: what the step runs in, and the frozen networks' dtype."""
+
+    accelerator: Any
+    log_with: str | None
+    weight_dtype: Any
+
+    @property
+    def device(self) -> Any:
+        return self.accelerator.device
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def resolved(self, cfg: TrainConfig, reward_type: str | None) -> dict[str, Any]:
+        """What the run resolved at run time (train_config.json records it, `config.config_record`): the
+        settings asked as "auto" as they ran, and the run's shape."""
+        ran: dict[str, Any] = {"mixed_precision": self.accelerator.mixed_precision,
+                               # one process: its exact device; several: each has its own index
+                               "device": str(self.device) if self.world == 1 else self.device.type,
+                               "processes": self.world, "frozen_dtype": dtype_name(self.weight_dtype),
+                               "effective_batch": cfg.batch_size * cfg.gradient_accumulation * self.world}
+        return ran | ({"reward": reward_type} if reward_type is not None else {})
+
+
+@dataclass
+class Trainer:
+    """What an optimizer step updates: the ControlNet (`models.controlnet` is it as DDP wraps it, `raw` the
+    module itself), the optimizer, its LR schedule, and the parameters DDP does not see (synced by hand)."""
+
+    raw: Any
+    optimizer: Any
+    lr_scheduler: Any
+    late_params: list[Any]
+
+
+@dataclass
+class Batches:
+    """Where the micro-batches come from: a local dataset through the deterministic `data.BatchStream` (whose
+    flips a cached batch takes from the stream), or streamed shards (`stream.Streamed`)."""
+
+    loader: Any
+    stream: Any = None  # data.BatchStream over a local dataset's rows
+    source: Any = None  # stream.Streamed
+    flips_from_stream: bool = False  # cached latents: which rows are flipped, the stream says
+
+    def take(self, batch: dict[str, Any], micro: int) -> dict[str, Any]:
+        """The loader's next batch, ready for the step (micro: its index in the run)."""
+        if self.source is not None:
+            return self.source.take(batch)
+        if self.flips_from_stream:
+            batch["flip"] = torch.tensor([f for _, _, f in self.stream.batch(micro)])
+        return batch
+
+
+@dataclass
+class Run:
+    """What the set-up built and the step loop uses; the loop's own state is the `RunState`."""
+
+    procs: Processes
+    models: TrainModels
+    trainer: Trainer
+    batches: Batches
+    latent_shape: tuple[int, int, int]
+    metrics: MetricsLog
+    result: TrainResult
+    plan: MemoryPlan | None  # CUDA: the estimated peak, shown before the first step and beside its measurement
 
 
 class _Interrupt:
@@ -88,8 +193,6 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, *, on_step: Callab
 
     With `cfg.resume`, the run's configuration comes from the checkpoint; `given` names the settings the caller
     set on purpose (the CLI passes the flags typed; by default the settings that differ from the defaults)."""
-    import torch
-
     reporter = reporter or NullReporter()
     try:
         with owning(cfg.output_dir, reporter):
@@ -97,8 +200,6 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, *, on_step: Callab
     except torch.OutOfMemoryError:
         raise TrainingError(f"out of memory: {MEMORY_HINT}") from None
     except KeyboardInterrupt:  # before the loop's own Ctrl-C handling, or a second Ctrl-C: say what is kept
-        from .checkpoint import kept_after_interrupt
-
         raise Interrupted(kept_after_interrupt(cfg.output_dir)) from None
 
 
@@ -106,9 +207,6 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None, *, on_step: Callab
 def owning(out: Path, reporter: Reporter) -> Iterator[None]:
     """The run owns --output while it runs (the main process holds OUTPUT/.cnet-run.lock): a second run into
     the same folder is refused with one line naming this one, before it reads or writes anything there."""
-    from ..device import process_rank_world
-    from ..folderlock import hold
-
     if process_rank_world()[0] != 0:  # the launched ranks share the main process's ownership
         yield
         return
@@ -121,264 +219,338 @@ def _train(cfg: TrainConfig, reporter: Reporter, on_step: Callable[[StepInfo], A
            given: dict[str, Any] | None) -> TrainResult:
     t_start = time.time()
     # 1. everything that needs no model: the configuration (from the checkpoint on resume), flags,
-    # environment, output folder, the dataset index
+    # environment, output folder, the dataset index; then the processes and their precision
     cfg, resume_path, changes = plan_run(cfg, given, reporter)
     device_spec, mixed_precision = preflight(cfg)
-    from ..data.shards import looks_like_shards
-    from .data import BatchStream, PairDataset, collate, one_line_errors, read_dataset
-
-    source, index = None, None
-    if looks_like_shards(cfg.data):  # WebDataset/parquet shards: streamed, never indexed (stream.py)
-        from .stream import Streamed
-
-        source = Streamed(cfg)
-    else:
-        index = read_dataset(cfg.data, image_column=cfg.image_column, conditioning_column=cfg.conditioning_column,
-                             caption_column=cfg.caption_column, max_samples=cfg.max_train_samples, split=cfg.split,
-                             allow_outside_paths=cfg.allow_outside_paths)
-    reward_spec, reward_note = None, None
+    source, index = open_data(cfg)
+    reward_type, reward_params, reward_note = None, None, None
     if cfg.reward is not None:  # the hint type (auto: the provenance's) and its reward model, before models load
-        from .reward import resolve_type
-
         reward_type, reward_params, reward_note = resolve_type(cfg.reward, index)
-        reward_spec = (reward_type, reward_params)
-
-    import torch
-
-    from ..device import torch_dtype
-    from .checkpoint import remove_leftovers
-    from .resume import RUNS_LOG, record_phase
-    from .setup import build_models, build_optimizer, late_synced_params
-
-    out = cfg.output_dir
-    accelerator, log_with = make_accelerator(cfg, device_spec, mixed_precision)
-    device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
-    if not accelerator.is_main_process:
+    procs = start_processes(cfg, device_spec, mixed_precision)
+    if not procs.is_main:
         reporter = NullReporter()  # one progress line and one set of messages per run
-    if world > 1:
-        from .stream import launcher_note
-
-        reporter.message(f"{world} processes ({accelerator.distributed_type.value}, {device.type})"
-                         + launcher_note(accelerator))
-    if index is not None and index.skipped:
-        reporter.message(f"skipped {index.skipped} unreadable dataset rows (e.g. {index.skipped_examples[0]})")
+    announce(procs, index, reporter)
     if reward_note:
         reporter.message(f"warning: {reward_note}")
-    cuda = device.type == "cuda"
-    if accelerator.is_main_process and (note := single_process_launch_note(world, cuda)):
-        reporter.message(f"note: {note}")
-    if cuda and cfg.allow_tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    weight_dtype = torch_dtype(mixed_precision)
 
     # 2. models: the reward model first (missing annotator weights fail before the base loads); frozen
     # VAE/text encoder/UNet; the ControlNet trains (and the UNet, once unlocked)
-    reward = None
-    if reward_spec is not None:
-        from .reward import build_reward, checkpoint_decoder
-
-        reward = build_reward(cfg, *reward_spec, device)
-    models = build_models(cfg, device, weight_dtype)
-    if reward is not None:
-        models.reward = reward
-        checkpoint_decoder(models.vae)
-    if accelerator.is_main_process:  # only now: a base that cannot load leaves no output folder behind
-        for p in remove_leftovers(out):
-            reporter.message(f"removed {p} (left by a write that was killed)")
-        if cfg.overwrite and cfg.resume is None:  # start over: the old run's checkpoints and phases go
-            shutil.rmtree(out / "checkpoints", ignore_errors=True)
-            (out / RUNS_LOG).unlink(missing_ok=True)
-        out.mkdir(parents=True, exist_ok=True)
-    accelerator.wait_for_everyone()
-    cache_key = None
-    if cfg.cache_latents and index is not None:  # what the cache depends on, hashed once the weights are loaded
-        from .cache import cache_key as make_key
-
-        cache_key = make_key(index, models.vae, [models.text_components[k] for k in models.family.text_encoders],
-                             cfg.resolution, weight_dtype, cfg.hflip)
+    models = load_models(cfg, procs, reward_type, reward_params)
+    prepare_output(cfg, procs, reporter)  # only now: a base that cannot load leaves no output folder behind
 
     # 3. optimizer and LR schedule; DDP wraps the ControlNet
-    optimizer, lr_scheduler = build_optimizer(cfg, models, fused=cuda)
-    models.controlnet, optimizer = accelerator.prepare(models.controlnet, optimizer)
-    raw_controlnet = accelerator.unwrap_model(models.controlnet)
-    late_params = late_synced_params(cfg, models, raw_controlnet, optimizer)
+    trainer = make_trainer(cfg, models, procs)
 
     # 4. resume: weights, optimizer, schedule, RNG, data position (= step), loss history
-    state = RunState(run_id=uuid.uuid4().hex[:12])
-    record: dict[str, Any] = {}  # the checkpoint's state.json (its process split and stream position)
-    if resume_path is not None:
-        from .stream import check_world, read_record
-
-        record = read_record(resume_path)
-        check_world(record, cfg, world)
-        try:
-            restore_checkpoint(resume_path, state, models, raw_controlnet, optimizer, lr_scheduler, cfg)
-        except (KeyError, ValueError, TypeError, RuntimeError) as e:  # verified files that do not fit this run
-            raise UsageError(f"--resume {cfg.resume}: {resume_path} does not fit this run's models "
-                             f"({first_line(e, 200)}); "
-                             "resume with the run's own settings or start a new run with --controlnet "
-                             f"{resume_path}") from None
-        reporter.message(f"resumed from {resume_path} at step {state.step}")
-        if cfg.resume != "latest":  # a branch from another checkpoint: its own lineage, so pruning leaves the rest
-            state.run_id = uuid.uuid4().hex[:12]
-    if accelerator.is_main_process:
-        row: dict[str, Any] = {"event": "start" if resume_path is None else "resume", "step": state.step,
-                               "run_id": state.run_id, "max_steps": cfg.max_steps}
-        if resume_path is not None:
-            row["from"] = str(resume_path)
-        if changes:
-            row |= {"event": "new-phase", "changes": changes}
-            reporter.message("new phase: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()))
-        record_phase(out, row)
-        from ..fsguard import atomic_write_text
-
-        atomic_write_text(out / "train_config.json", cfg.to_json())  # only now: the resume has succeeded
+    state, record = start_or_resume(cfg, resume_path, models, trainer, procs, reporter)
+    result = TrainResult(output=cfg.output_dir, controlnet_dir=None, start_step=state.step, processes=procs.world,
+                         is_main_process=procs.is_main, config=cfg, resolved=procs.resolved(cfg, reward_type))
+    if procs.is_main:
+        record_start(cfg, state, resume_path, changes, result.resolved, reporter)
 
     # 5. data: a local dataset's rows that decode (through the latent/embedding cache, or one decoding pass),
     # then the deterministic stream over them; or the streamed shards (never indexed; cached per shard)
-    result = TrainResult(output=out, controlnet_dir=None, start_step=state.step, processes=world,
-                         is_main_process=accelerator.is_main_process, config=cfg)
-    if source is not None:
-        shard_cache = source.cache(cfg, models, accelerator, reporter, result)
-        if shard_cache is not None:
-            encoders_to(models, "cpu")
-        loader = source.loader(cfg, rank=rank, world=world, start_batch=state.step * cfg.gradient_accumulation,
-                               record=record, pin_memory=cuda, cache=shard_cache)
-    else:
-        dataset = PairDataset(index, cfg.resolution, load_pixels=not cfg.cache_latents)
-        keep_decodable(cfg, dataset, models, cache_key, accelerator, reporter, result)
-        result.samples, result.skipped_rows = len(index), index.skipped
-        stream = BatchStream(len(index), cfg.batch_size, seed=cfg.seed, empty_prompt_prob=cfg.empty_prompt_prob,
-                             hflip=cfg.hflip, start_batch=state.step * cfg.gradient_accumulation, rank=rank,
-                             world_size=world)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=stream, collate_fn=collate,
-                                             num_workers=cfg.num_workers, pin_memory=cuda)
-
+    batches = open_batches(cfg, source, index, models, state.step, record, procs, reporter, result)
     vae_factor = vae_scale_factor(models.vae.config)
-    latent_shape = (models.vae.config.latent_channels, cfg.resolution // vae_factor, cfg.resolution // vae_factor)
-    if cuda:  # what is on the GPU and the estimated peak, before the first step can run out of memory
-        from .memory import plan_for
-
-        plan = plan_for(models, cfg, latent_shape)
-        if plan is not None:  # None: the family has no traced activation model yet
-            reporter.message(plan.line(torch.cuda.mem_get_info(device)[1]))
+    latent_shape = (vae_latent_channels(models.vae.config), cfg.resolution // vae_factor, cfg.resolution // vae_factor)
+    plan = show_memory_plan(cfg, models, procs, latent_shape, reporter)
     t_weights = timestep_weights(cfg, models.noise_scheduler.config.num_train_timesteps)
     # on the device once: a copy per step would make the host wait
-    models.timestep_weights = t_weights.to(device) if t_weights is not None else None
-    if log_with:
-        accelerator.init_trackers("cnet-train", config={k: str(v) for k, v in cfg.to_dict().items()})
-    from .metrics_log import MetricsLog
+    models.timestep_weights = t_weights.to(procs.device) if t_weights is not None else None
+    if procs.log_with:
+        procs.accelerator.init_trackers("cnet-train", config={k: str(v) for k, v in cfg.to_dict().items()})
+    metrics = MetricsLog(cfg.output_dir, state.step, result.resolved["effective_batch"], enabled=procs.is_main)
+    run = Run(procs, models, trainer, batches, latent_shape, metrics, result, plan)
 
-    metrics = MetricsLog(out, state.step, cfg.batch_size * cfg.gradient_accumulation * world,
-                         enabled=accelerator.is_main_process)
+    # 6. the loop; a stop (Ctrl-C, on_step) returns at a checkpoint, without the final outputs
     reporter.start(cfg.max_steps - state.step, f"train {state.step}->{cfg.max_steps}")
-    it = one_line_errors(iter(loader))
-    with _Interrupt() as interrupt:
-        # 6. the loop
-        while state.step < cfg.max_steps:
-            switch_modes(cfg, state, models, raw_controlnet, reporter)
-            step_loss = torch.zeros((), device=device)
-            step_terms: dict[str, Any] = {}
-            for a in range(cfg.gradient_accumulation):
-                micro = state.step * cfg.gradient_accumulation + a
-                batch = next(it) if source is None else source.take(next(it))
-                if models.cache is not None and cfg.hflip:  # which rows are flipped: the stream says
-                    batch["flip"] = torch.tensor([f for _, _, f in stream.batch(micro)])
-                noise = draw_noise(cfg.seed, micro, batch_size=cfg.batch_size, latent_shape=latent_shape,
-                                   models=models, device=device, rank=rank, world=world)
-                with accelerator.accumulate(models.controlnet):
-                    terms: dict[str, Any] = {}
-                    loss = training_step(models, batch, noise, autocast=accelerator.autocast, terms=terms)
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        if world > 1:
-                            for p in late_params:
-                                if p.grad is not None:
-                                    torch.distributed.all_reduce(p.grad)
-                                    p.grad /= world
-                        if cfg.max_grad_norm > 0:
-                            accelerator.clip_grad_norm_(trainable(optimizer), cfg.max_grad_norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
-                step_loss += loss.detach() / cfg.gradient_accumulation
-                for k, v in terms.items():
-                    step_terms[k] = step_terms.get(k, 0) + v / cfg.gradient_accumulation
-            lr_scheduler.step()
-            state.step += 1
-            # the logged loss is the mean over processes, so every rank keeps the same history
-            state.pending.append(accelerator.reduce(step_loss, "mean") if world > 1 else step_loss)
-            due_checkpoint = bool(cfg.checkpoint_every) and (state.step % cfg.checkpoint_every == 0
-                                                             or state.step == cfg.max_steps)
-            lr = lr_scheduler.get_last_lr()[0]
-            logged, row = None, {}
-            if state.step % cfg.log_every == 0 or due_checkpoint or state.step == cfg.max_steps:
-                logged = flush_losses(state)  # the one host sync: raises on a non-finite loss
-                row = metrics.scalars(state.step, logged, lr, read_terms(step_terms, accelerator, world))
-                if log_with:
-                    accelerator.log(row | {"loss_smoothed": state.ema}, step=state.step)
-            reporter.advance(1, step=state.step, loss=state.ema, lr=lr)
-            if cfg.validate_every and (state.step % cfg.validate_every == 0 or state.step == cfg.max_steps) \
-                    and accelerator.is_main_process:
-                from .validate import validate
-
-                encoders_to(models, device)
-                grid, score = validate(cfg, state.step, models, raw_controlnet, accelerator.autocast,
-                                       accelerator.trackers)
-                if result.cache_path is not None:  # the local or the streamed shards' cache
-                    encoders_to(models, "cpu")
-                result.validation_images.append(grid)
-                if score is not None:
-                    result.controllability.append(score)
-                    row[f"controllability/{score['metric']}"] = score["value"]
-                    reporter.message(f"step {state.step}: controllability {score['metric']} {score['value']:.3f} "
-                                     f"(loss {state.ema:.4f})")
-            metrics.write(state.step, row)
-            state.stop_requested |= interrupt.flag or bool(on_step and on_step(
-                StepInfo(state.step, cfg.max_steps, logged, models)))
-            stopping = state.stop_requested
-            if world > 1:  # one process's stop stops them all, agreed at the (common) steps the loss is read
-                stopping = logged is not None and bool(accelerator.reduce(
-                    torch.tensor(float(stopping), device=device), "sum").item())
-            if stopping or due_checkpoint:
-                from .stream import world_record
-
-                extra = world_record(cfg, world) | (source.record(accelerator) if source is not None else {})
-                state.last_checkpoint = write_checkpoint(cfg, state, accelerator, raw_controlnet,
-                                                         optimizer, lr_scheduler, models, extra=extra)
-            if stopping:
-                reporter.finish()
-                finish_result(result, state, t_start)
-                result.interrupted = True
-                if log_with:
-                    accelerator.end_training()
-                return result
+    result.interrupted = run_steps(cfg, run, state, reporter, on_step)
     reporter.finish()
 
     # 7. the outputs: OUTPUT/controlnet (+ unet), config, loss curve, optional original-layout single file
-    if source is not None:
-        result.samples, result.skipped_rows, line = source.counts(accelerator)
-        if line:
-            reporter.message(line)
-    save_outputs(cfg, state, accelerator, raw_controlnet, models, optimizer, result, result.samples,
-                 result.skipped_rows)
-    if log_with:
-        accelerator.end_training()
+    if not result.interrupted:
+        if source is not None:
+            result.samples, result.skipped_rows, line = source.counts(procs.accelerator)
+            if line:
+                reporter.message(line)
+        save_outputs(cfg, state, procs.accelerator, trainer.raw, models, trainer.optimizer, result, result.samples,
+                     result.skipped_rows)
+    if procs.log_with:
+        procs.accelerator.end_training()
     finish_result(result, state, t_start)
     return result
 
 
+def run_steps(cfg: TrainConfig, run: Run, state: RunState, reporter: Reporter,
+              on_step: Callable[[StepInfo], Any] | None) -> bool:
+    """The step loop, from `state.step` to --max-steps: each optimizer step accumulates --gradient-accumulation
+    micro-batches; the loss is read back only every --log-every steps; validation and checkpoints at their
+    steps. Returns True when a stop (Ctrl-C, `on_step`) ended it early, after a checkpoint."""
+    procs, models, trainer, acc = run.procs, run.models, run.trainer, run.procs.accelerator
+    it = one_line_errors(iter(run.batches.loader))
+    with _Interrupt() as interrupt:
+        while state.step < cfg.max_steps:
+            switch_modes(cfg, state, models, trainer.raw, reporter)
+            step_loss = torch.zeros((), device=procs.device)
+            step_terms: dict[str, Any] = {}
+            for a in range(cfg.gradient_accumulation):
+                micro = state.step * cfg.gradient_accumulation + a
+                batch = run.batches.take(next(it), micro)
+                noise = draw_noise(cfg.seed, micro, batch_size=cfg.batch_size, latent_shape=run.latent_shape,
+                                   models=models, device=procs.device, rank=procs.rank, world=procs.world)
+                with acc.accumulate(models.controlnet):
+                    terms: dict[str, Any] = {}
+                    loss = training_step(models, batch, noise, autocast=acc.autocast, terms=terms)
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        sync_and_clip(cfg, trainer, acc)
+                    trainer.optimizer.step()
+                    trainer.optimizer.zero_grad(set_to_none=True)
+                step_loss += loss.detach() / cfg.gradient_accumulation
+                for k, v in terms.items():
+                    step_terms[k] = step_terms.get(k, 0) + v / cfg.gradient_accumulation
+            trainer.lr_scheduler.step()
+            state.step += 1
+            if state.step == run.result.start_step + 1:
+                report_peak(run.plan, procs.device, state.step, reporter)
+            # the logged loss is the mean over processes, so every rank keeps the same history
+            state.pending.append(acc.reduce(step_loss, "mean") if procs.world > 1 else step_loss)
+            due_checkpoint = bool(cfg.checkpoint_every) and (state.step % cfg.checkpoint_every == 0
+                                                             or state.step == cfg.max_steps)
+            lr = trainer.lr_scheduler.get_last_lr()[0]
+            logged, row = None, {}
+            if state.step % cfg.log_every == 0 or due_checkpoint or state.step == cfg.max_steps:
+                logged = flush_losses(state)  # the one host sync: raises on a non-finite loss
+                row = run.metrics.scalars(state.step, logged, lr, read_terms(step_terms, acc, procs.world))
+                if procs.log_with:
+                    acc.log(row | {"loss_smoothed": state.ema}, step=state.step)
+            reporter.advance(1, step=state.step, loss=state.ema, lr=lr)
+            if cfg.validate_every and (state.step % cfg.validate_every == 0 or state.step == cfg.max_steps) \
+                    and procs.is_main:
+                row |= validate_now(cfg, state, run, reporter)
+            run.metrics.write(state.step, row)
+            state.stop_requested |= interrupt.flag or bool(on_step and on_step(
+                StepInfo(state.step, cfg.max_steps, logged, models)))
+            stopping = agree_stop(state.stop_requested, logged, procs)
+            if stopping or due_checkpoint:
+                save_checkpoint(cfg, state, run)
+            if stopping:
+                return True
+    return False
+
+
+# ------------------------------------------------------------------------------------ the set-up phases
+def open_data(cfg: TrainConfig) -> tuple[Any, Any]:
+    """The training data, before any model loads: (the streamed shards or None, the dataset index or None).
+    WebDataset/parquet shards are streamed, never indexed (stream.py; cached per shard on request)."""
+    if looks_like_shards(cfg.data):
+        return Streamed(cfg), None
+    index = read_dataset(cfg.data, image_column=cfg.image_column, conditioning_column=cfg.conditioning_column,
+                         caption_column=cfg.caption_column, max_samples=cfg.max_train_samples, split=cfg.split,
+                         allow_outside_paths=cfg.allow_outside_paths)
+    return None, index
+
+
+def start_processes(cfg: TrainConfig, device: str, mixed_precision: str) -> Processes:
+    """accelerate's Accelerator for this process (one of several when launched), its tracker and precision."""
+    accelerator, log_with = make_accelerator(cfg, device, mixed_precision)
+    procs = Processes(accelerator, log_with, torch_dtype(mixed_precision))
+    if procs.cuda and cfg.allow_tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return procs
+
+
+def announce(procs: Processes, index: Any, reporter: Reporter) -> None:
+    """Say once (the main process's reporter) how the run is spread and what the dataset index skipped."""
+    if procs.world > 1:
+        reporter.message(f"{procs.world} processes ({procs.accelerator.distributed_type.value}, "
+                         f"{procs.device.type})" + launcher_note(procs.accelerator))
+    if index is not None and index.skipped:
+        reporter.message(f"skipped {index.skipped} unreadable dataset rows (e.g. {index.skipped_examples[0]})")
+    if procs.is_main and (note := single_process_launch_note(procs.world, procs.cuda)):
+        reporter.message(f"note: {note}")
+
+
+def load_models(cfg: TrainConfig, procs: Processes, reward_type: str | None,
+                reward_params: dict[str, Any] | None) -> TrainModels:
+    """The reward model (--reward) before the base, then the base's networks and the ControlNet."""
+    reward = None
+    if reward_type is not None:
+        reward = build_reward(cfg, reward_type, reward_params, procs.device)
+    models = build_models(cfg, procs.device, procs.weight_dtype)
+    if reward is not None:
+        models.reward = reward
+        checkpoint_decoder(models.vae)
+    return models
+
+
+def prepare_output(cfg: TrainConfig, procs: Processes, reporter: Reporter) -> None:
+    """OUTPUT ready for the run (main process; the others wait): what killed writes left removed, and with
+    --overwrite (not resuming) the old run's checkpoints and phases gone."""
+    out = cfg.output_dir
+    if procs.is_main:
+        for p in remove_leftovers(out):
+            reporter.message(f"removed {p} (left by a write that was killed)")
+        if cfg.overwrite and cfg.resume is None:
+            shutil.rmtree(out / "checkpoints", ignore_errors=True)
+            (out / RUNS_LOG).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+    procs.accelerator.wait_for_everyone()
+
+
+def make_trainer(cfg: TrainConfig, models: TrainModels, procs: Processes) -> Trainer:
+    """The optimizer and LR schedule; DDP wraps the ControlNet (`models.controlnet`), `Trainer.raw` is it."""
+    optimizer, lr_scheduler = build_optimizer(cfg, models, fused=procs.cuda)
+    models.controlnet, optimizer = procs.accelerator.prepare(models.controlnet, optimizer)
+    raw = procs.accelerator.unwrap_model(models.controlnet)
+    return Trainer(raw, optimizer, lr_scheduler, late_synced_params(cfg, models, raw, optimizer))
+
+
+def start_or_resume(cfg: TrainConfig, resume_path: Path | None, models: TrainModels, trainer: Trainer,
+                    procs: Processes, reporter: Reporter) -> tuple[RunState, dict[str, Any]]:
+    """The run's state, fresh or restored from the checkpoint, and the checkpoint's state.json record (its
+    process split and stream position; {} when not resuming)."""
+    state = RunState(run_id=uuid.uuid4().hex[:12])
+    if resume_path is None:
+        return state, {}
+
+    record = read_record(resume_path)
+    check_world(record, cfg, procs.world)
+    try:
+        restore_checkpoint(resume_path, state, models, trainer.raw, trainer.optimizer, trainer.lr_scheduler, cfg)
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:  # verified files that do not fit this run
+        raise UsageError(f"--resume {cfg.resume}: {resume_path} does not fit this run's models "
+                         f"({first_line(e, 200)}); "
+                         "resume with the run's own settings or start a new run with --controlnet "
+                         f"{resume_path}") from None
+    reporter.message(f"resumed from {resume_path} at step {state.step}")
+    if cfg.resume != "latest":  # a branch from another checkpoint: its own lineage, so pruning leaves the rest
+        state.run_id = uuid.uuid4().hex[:12]
+    return state, record
+
+
+def record_start(cfg: TrainConfig, state: RunState, resume_path: Path | None, changes: dict[str, list[Any]],
+                 resolved: dict[str, Any], reporter: Reporter) -> None:
+    """runs.jsonl's row for this start (a resume, a new phase), and train_config.json: written only now, when
+    the resume has succeeded."""
+    row: dict[str, Any] = {"event": "start" if resume_path is None else "resume", "step": state.step,
+                           "run_id": state.run_id, "max_steps": cfg.max_steps}
+    if resume_path is not None:
+        row["from"] = str(resume_path)
+    if changes:
+        row |= {"event": "new-phase", "changes": changes}
+        reporter.message("new phase: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changes.items()))
+    record_phase(cfg.output_dir, row)
+    atomic_write_text(cfg.output_dir / "train_config.json", config_json(cfg, resolved))
+
+
+def open_batches(cfg: TrainConfig, source: Any, index: Any, models: TrainModels, step: int,
+                 record: dict[str, Any], procs: Processes, reporter: Reporter, result: TrainResult) -> Batches:
+    """The batches from `step` on: the streamed shards from the checkpoint's `record` (through their cache when
+    asked for), or the local dataset's rows that decode (`keep_decodable`) in the deterministic stream's order."""
+    start_batch = step * cfg.gradient_accumulation
+    if source is not None:
+        shard_cache = source.cache(cfg, models, procs.accelerator, reporter, result)
+        if shard_cache is not None:
+            encoders_to(models, "cpu")
+        return Batches(source.loader(cfg, rank=procs.rank, world=procs.world, start_batch=start_batch,
+                                     record=record, pin_memory=procs.cuda, cache=shard_cache), source=source)
+
+    dataset = PairDataset(index, cfg.resolution, load_pixels=not cfg.cache_latents)
+    keep_decodable(cfg, dataset, models, procs.accelerator, reporter, result)
+    result.samples, result.skipped_rows = len(index), index.skipped
+    stream = BatchStream(len(index), cfg.batch_size, seed=cfg.seed, empty_prompt_prob=cfg.empty_prompt_prob,
+                         hflip=cfg.hflip, start_batch=start_batch, rank=procs.rank, world_size=procs.world)
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=stream, collate_fn=collate,
+                                         num_workers=cfg.num_workers, pin_memory=procs.cuda)
+    return Batches(loader, stream=stream, flips_from_stream=models.cache is not None and cfg.hflip)
+
+
+def show_memory_plan(cfg: TrainConfig, models: TrainModels, procs: Processes, latent_shape: tuple[int, int, int],
+                     reporter: Reporter) -> MemoryPlan | None:
+    """CUDA: what is on the GPU and the estimated peak, said before the first step can run out of memory (None:
+    the family has no traced activation model yet). The allocator's peak counter restarts here, so the peak
+    measured after the first step (`report_peak`) is the loop's, not the latent cache build's."""
+    if not procs.cuda:
+        return None
+
+    plan = plan_for(models, cfg, latent_shape)
+    if plan is not None:
+        reporter.message(plan.line(torch.cuda.mem_get_info(procs.device)[1]))
+    torch.cuda.reset_peak_memory_stats(procs.device)
+    return plan
+
+
+# ------------------------------------------------------------------------------- inside the step loop
+def sync_and_clip(cfg: TrainConfig, trainer: Trainer, accelerator: Any) -> None:
+    """At an accumulation boundary: average the gradients of the weights DDP does not see (unlocked after it
+    wrapped the model) over the processes, then clip the trained weights' gradients to --max-grad-norm."""
+    world = accelerator.num_processes
+    if world > 1:
+        for p in trainer.late_params:
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= world
+    if cfg.max_grad_norm > 0:
+        accelerator.clip_grad_norm_(trainable(trainer.optimizer), cfg.max_grad_norm)
+
+
+def report_peak(plan: MemoryPlan | None, device: Any, step: int, reporter: Reporter) -> None:
+    """After the run's first optimizer step on CUDA: the allocator's measured peak beside the plan's estimate
+    (how far to trust the plan for this base). Off CUDA nothing: there is no such counter to read."""
+    if torch.device(device).type != "cuda":
+        return
+    reporter.message(peak_line(plan, torch.cuda.max_memory_allocated(device), step))
+
+
+def validate_now(cfg: TrainConfig, state: RunState, run: Run, reporter: Reporter) -> dict[str, float]:
+    """Validation samples (the encoders back on the GPU while they are needed) and their controllability
+    score; returns the score's metrics-row entry ({} without a score)."""
+    models, acc = run.models, run.procs.accelerator
+    encoders_to(models, run.procs.device)
+    grid, score = validate(cfg, state.step, models, run.trainer.raw, acc.autocast, acc.trackers)
+    if run.result.cache_path is not None:  # the local or the streamed shards' cache
+        encoders_to(models, "cpu")
+    run.result.validation_images.append(grid)
+    if score is None:
+        return {}
+    run.result.controllability.append(score)
+    reporter.message(f"step {state.step}: controllability {score['metric']} {score['value']:.3f} "
+                     f"(loss {state.ema:.4f})")
+    return {f"controllability/{score['metric']}": score["value"]}
+
+
+def agree_stop(stop: bool, logged: float | None, procs: Processes) -> bool:
+    """Whether the run stops now. Several processes: one's stop stops them all, agreed at the (common) steps
+    the loss is read, so no process waits in a collective the others left."""
+    if procs.world == 1:
+        return stop
+    return logged is not None and bool(procs.accelerator.reduce(
+        torch.tensor(float(stop), device=procs.device), "sum").item())
+
+
+def save_checkpoint(cfg: TrainConfig, state: RunState, run: Run) -> None:
+    """OUTPUT/checkpoints/step-N, with the process split and (shards) the stream position in its state.json."""
+    acc, source = run.procs.accelerator, run.batches.source
+    extra = world_record(cfg, run.procs.world) | (source.record(acc) if source is not None else {})
+    state.last_checkpoint = write_checkpoint(cfg, state, acc, run.trainer.raw, run.trainer.optimizer,
+                                             run.trainer.lr_scheduler, run.models, extra=extra,
+                                             resolved=run.result.resolved)
+
+
 # --------------------------------------------------------------------------------------- named helpers
-def keep_decodable(cfg: TrainConfig, dataset: Any, models: Any, cache_key: str | None, accelerator: Any,
-                   reporter: Reporter, result: TrainResult) -> None:
+def keep_decodable(cfg: TrainConfig, dataset: Any, models: Any, accelerator: Any, reporter: Reporter,
+                   result: TrainResult) -> None:
     """Decode every row once (building or reading the latent cache, or one pass without it) and drop the rows
     that do not decode from the index: skipped and counted (`index.skipped`), never replaced by others."""
     index = dataset.index
     if cfg.cache_latents:
-        from .cache import load_or_build, undecodable
-
+        # what the cache depends on: the rows, the frozen encoders' weights and dtype, the size, the flips
+        key = cache_key(index, models.vae, [models.text_components[k] for k in models.family.text_encoders],
+                        cfg.resolution, models.weight_dtype, cfg.hflip)
         models.cache, result.cache_path, result.cache_reused = load_or_build(
-            dataset, cache_key, cfg.output_dir, vae=models.vae, family=models.family, text=models.text_components,
+            dataset, key, cfg.output_dir, vae=models.vae, family=models.family, text=models.text_components,
             device=accelerator.device, dtype=models.weight_dtype, bs=cfg.batch_size, accelerator=accelerator,
             reporter=reporter, hflip=cfg.hflip)
         keep = models.cache.pop("rows").tolist()
@@ -386,10 +558,6 @@ def keep_decodable(cfg: TrainConfig, dataset: Any, models: Any, cache_key: str |
         models.cache = place_cache(models.cache, accelerator.device)
         encoders_to(models, "cpu")
     else:
-        from accelerate.utils import gather_object
-
-        from .data import decodable_rows
-
         keep, why = decodable_rows(dataset, accelerator.process_index, accelerator.num_processes, gather_object)
     dropped = index.keep_only(keep, why)
     if dropped:
@@ -399,18 +567,9 @@ def keep_decodable(cfg: TrainConfig, dataset: Any, models: Any, cache_key: str |
 
 def make_accelerator(cfg: TrainConfig, device: str, mixed_precision: str) -> tuple[Any, str | None]:
     """accelerate's Accelerator for this run and the tracker it logs to (None: no logging)."""
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
-    from ..device import process_rank_world
-
     log_with = None if cfg.report_to == "none" else cfg.report_to
-    if log_with == "tensorboard":
-        try:
-            import tensorboard  # noqa: F401
-        except ImportError:
-            log_with = None
+    if log_with == "tensorboard" and importlib.util.find_spec("tensorboard") is None:  # optional: log nothing
+        log_with = None
     # several launched processes without CUDA: accelerate only sets up (gloo) DDP when told cpu=True
     cpu = device == "cpu" or (process_rank_world()[1] > 1 and not torch.cuda.is_available())
     if device.startswith("cuda:") and process_rank_world()[1] == 1:
@@ -436,8 +595,6 @@ def deepspeed_micro_batch(accelerator: Any, batch_size: int) -> None:
 def encoders_to(models: Any, device: Any) -> None:
     """With the cache built, the VAE and the text encoders are needed only for validation samples: they wait
     on the CPU (GPU memory for the batch instead) and come back for validation. No-op off CUDA."""
-    import torch
-
     if models.device.type != "cuda":
         return
     for k in models.family.text_encoders:
@@ -451,8 +608,6 @@ def encoders_to(models: Any, device: Any) -> None:
 
 def read_terms(step_terms: dict[str, Any], accelerator: Any, world: int) -> dict[str, float]:
     """The step's loss terms (diffusion_loss, reward_loss) as floats, averaged over the processes."""
-    import torch
-
     if not step_terms:
         return {}
     values = torch.stack([torch.as_tensor(v, dtype=torch.float32) for v in step_terms.values()])
@@ -464,8 +619,6 @@ def read_terms(step_terms: dict[str, Any], accelerator: Any, world: int) -> dict
 def place_cache(cache: dict[str, Any], device: Any) -> dict[str, Any]:
     """Move the cache onto the GPU when it takes under a quarter of the free memory, so a step reads its rows
     without a host-to-device copy from pageable memory (which makes the host wait); else keep it on the CPU."""
-    import torch
-
     if torch.device(device).type != "cuda":
         return cache
     size = sum(t.numel() * t.element_size() for t in cache.values())
@@ -478,8 +631,6 @@ def place_cache(cache: dict[str, Any], device: Any) -> dict[str, Any]:
 def switch_modes(cfg: TrainConfig, state: RunState, models: Any, raw_controlnet: Any, reporter: Reporter) -> None:
     """The paper's connection schedule: small-scale reconnects its down blocks at --reconnect-at; the SD
     weights unlock at --unlock-sd-after."""
-    from .model import set_connected, set_denoiser_trainable
-
     if cfg.small_scale and cfg.reconnect_at is not None and state.step >= cfg.reconnect_at \
             and not models.connected:
         set_connected(models.family, raw_controlnet, True)

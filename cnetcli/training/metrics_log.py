@@ -16,15 +16,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import CnetError
+from ..external.reader import parse_json_lines, read_bytes
+from ..fsguard import atomic_write_text
+
 METRICS_FILE = "metrics.jsonl"
 MAX_LOG_BYTES = 2**30  # a million logged steps at ~200 bytes a row
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The rows of a metrics.jsonl, through the schema layer (a torn last line, from a killed run, is skipped)."""
-    from ..errors import CnetError
-    from ..external.reader import parse_json_lines, read_bytes
-
     try:
         text = read_bytes(path, MAX_LOG_BYTES, "metrics log").decode("utf-8", errors="replace")
     except (OSError, CnetError):
@@ -45,8 +46,6 @@ class MetricsLog:
             self._truncate(start_step)
 
     def _truncate(self, step: int) -> None:
-        from ..fsguard import atomic_write_text
-
         if not self.path.exists():
             return
         rows = read_metrics(self.path)

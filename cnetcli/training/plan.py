@@ -7,18 +7,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..device import auto_precision, resolve_device
 from ..errors import NotAvailableError, UsageError
+from ..models.sd import resolve
 from ..reporting import Reporter
-from .config import TrainConfig
+from .checkpoint import checkpoint_step, list_checkpoints, read_config, resolve_resume
+from .config import TrainConfig, asked_settings, resolve_defaults
+from .disk import check_output_space, check_single_file_possible
+from .memory import check_fits
+from .resume import given_settings, merge_resume_config
 
 
 def plan_run(cfg: TrainConfig, given: dict[str, Any] | None, reporter: Reporter
              ) -> tuple[TrainConfig, Path | None, dict[str, list[Any]]]:
     """The configuration to train with, the checkpoint to resume from, and the changes that start a new phase."""
-    from .checkpoint import read_config, resolve_resume
-    from .config import resolve_defaults
-    from .resume import given_settings, merge_resume_config
-
     if cfg.resume is None:
         cfg, warnings = resolve_defaults(cfg, None if given is None else set(given))
         for w in warnings:
@@ -27,12 +29,11 @@ def plan_run(cfg: TrainConfig, given: dict[str, Any] | None, reporter: Reporter
     path = resolve_resume(cfg.resume, cfg.output_dir, warn=lambda m: reporter.message(f"warning: {m}"))
     saved = read_config(path)
     try:
-        run = TrainConfig.from_dict({k: v for k, v in saved.items() if k != "result"})
+        run = TrainConfig.from_dict(asked_settings(saved))
     except (UsageError, TypeError) as e:
         raise UsageError(f"--resume {cfg.resume}: {path}/train_config.json is not a usable configuration ({e})") from None
     given = dict(given_settings(cfg) if given is None else given)
     given.update(output=cfg.output, resume=cfg.resume)
-    from .checkpoint import checkpoint_step
 
     step = checkpoint_step(path)
     merged, changes = merge_resume_config(run, given, step, path)
@@ -47,16 +48,12 @@ def plan_run(cfg: TrainConfig, given: dict[str, Any] | None, reporter: Reporter
 def preflight(cfg: TrainConfig) -> tuple[str, str]:
     """Checks that need no model: device, precision, optional packages, the output folder, single-file export,
     disk space. Returns (device, mixed precision) as resolved here."""
-    import torch
-
-    from ..device import resolve_device
-    from .checkpoint import list_checkpoints
-
     device = resolve_device(cfg.device)
     cuda = device.startswith("cuda")
     mp = cfg.mixed_precision
     if mp == "auto":
-        mp = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+        mp = auto_precision(device, training=True)
+        mp = "no" if mp == "fp32" else mp  # accelerate's name for fp32
     if mp == "fp16" and not cuda:
         raise UsageError("--mixed-precision fp16 needs a CUDA GPU; use bf16 or no on CPU")
     if cfg.use_8bit_adam:
@@ -75,8 +72,6 @@ def preflight(cfg: TrainConfig) -> tuple[str, str]:
     if cfg.resume is None and not cfg.overwrite and ((out / "controlnet").exists() or list_checkpoints(out)):
         raise UsageError(f"--output {out}: already holds a training run; pass --resume latest to continue "
                          "or --overwrite to start over")
-    from ..models.sd import resolve
-    from .disk import check_output_space, check_single_file_possible
 
     resolve(cfg.base)  # a mistyped local path fails here, not after the dataset is read
     if cfg.controlnet:
@@ -85,7 +80,6 @@ def preflight(cfg: TrainConfig) -> tuple[str, str]:
     if cfg.single_file:
         check_single_file_possible(cfg)
     check_output_space(cfg)
-    from .memory import check_fits
 
     check_fits(cfg, device, mp)  # resolution x batch against the device's memory, before anything allocates
     return device, mp

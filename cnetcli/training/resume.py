@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from .checkpoint import append_jsonl
 from .config import TrainConfig, flag
 
 #: Settings a resumed run may change freely.
@@ -63,8 +64,6 @@ def merge_resume_config(run: TrainConfig, given: dict[str, Any], step: int, path
 
 def record_phase(output: Path, row: dict[str, Any]) -> None:
     """Append one row (a start, a resume, a new phase) to OUTPUT/runs.jsonl."""
-    from .checkpoint import append_jsonl
-
     append_jsonl(Path(output) / RUNS_LOG, {"time": time.strftime("%Y-%m-%dT%H:%M:%S")} | row)
 
 

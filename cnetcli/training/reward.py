@@ -17,8 +17,13 @@ image enters only through its latents, which the cache holds; no pixels are cach
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import torch
+
+from ..annotators import Runtime, get_rewardable
+from ..data.provenance import Provenance
 from ..errors import UsageError
 
 AUTO = "auto"  # --reward auto: the hint type named by the dataset's provenance
@@ -45,11 +50,6 @@ def resolve_type(reward: str, index: Any) -> tuple[str, dict[str, Any], str | No
     circles' drawn outlines sit ~1 px off canny's edges of their own photos, so `--reward canny` scored the true
     image worse than a blank one (benchmarks/RESULTS_reward.md) and could only pull away from it. Hints without
     provenance (hub rows, shards, other tools) cannot be checked: the note says the hints are taken as labels."""
-    from pathlib import Path
-
-    from ..annotators import get_rewardable
-    from ..data.provenance import Provenance
-
     first = index.rows[0].hint if index is not None and len(index.rows) else None  # None: streamed shards
     prov = Provenance.read(first) if isinstance(first, Path) else None  # a hub row's or a shard's carries none
     if reward == AUTO:
@@ -75,8 +75,6 @@ def resolve_type(reward: str, index: Any) -> tuple[str, dict[str, Any], str | No
 
 def build_reward(cfg: Any, hint_type: str, params: dict[str, Any], device: Any) -> Reward:
     """The frozen reward model of `hint_type` at the hint's parameters, its weights resolved as annotate does."""
-    from ..annotators import Runtime, get_rewardable
-
     ht = get_rewardable(hint_type)
     model = ht.reward(ht.make_params(**params), Runtime(device=str(device)))  # type: ignore[misc]
     weight = ht.reward_weight if cfg.reward_weight is None else cfg.reward_weight
@@ -94,15 +92,13 @@ def checkpoint_decoder(vae: Any) -> None:
 def decode_with_grad(family: Any, vae: Any, latents: Any) -> Any:
     """Images in [0, 1] of the denoiser's latents (the family's scale and shift undone), the gradient flowing
     back through the frozen decoder."""
-    image = vae.decode(family.from_latents(vae.config, latents).to(vae.dtype)).sample
+    image = family.decode_latents(vae, family.from_latents(vae.config, latents).to(vae.dtype))
     return (image.float() / 2 + 0.5).clamp(0, 1)
 
 
 def reward_loss(models: Any, noisy: Any, model_output: Any, t: Any, hint: Any) -> Any:
     """The consistency loss of one micro-batch (a scalar): mean over its samples with t <= max timestep. x0 is
     the family's one-step estimate (epsilon, v or flow matching) from the raw model output."""
-    import torch
-
     reward = models.reward
     rewarded = (t <= reward.max_timestep).nonzero().flatten()  # one host sync: decode only these samples
     if rewarded.numel() == 0:

@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UsageError
+from ..models.controlnet import load_controlnet
+from ..models.sd import load_base_components, load_pretrained, resolve
 from .config import TrainConfig
+from .model import init_controlnet, set_connected, set_denoiser_trainable
 from .step import TrainModels
 
 
@@ -17,10 +20,6 @@ def build_models(cfg: TrainConfig, device: Any, weight_dtype: Any) -> TrainModel
     `--vae` gives one."""
     import torch
 
-    from ..models.controlnet import load_controlnet
-    from ..models.sd import load_base_components
-    from .model import init_controlnet, set_connected, set_denoiser_trainable
-
     comps = load_base_components(cfg.base, config=cfg.base_config)
     family = comps.family
     denoiser = comps.denoiser
@@ -28,8 +27,10 @@ def build_models(cfg: TrainConfig, device: Any, weight_dtype: Any) -> TrainModel
     vae_dtype = weight_dtype if cfg.vae else family.vae_dtype(vae.config, weight_dtype)
     text_encoders = [comps[k] for k in family.text_encoders]
     family.check_scheduler(comps["scheduler"].config)
-    controlnet = load_controlnet(cfg.controlnet, config=cfg.base_config) if cfg.controlnet else \
-        init_controlnet(family, denoiser, vae, cfg.seed, small_scale=cfg.small_scale)
+    if cfg.controlnet:
+        controlnet = family.attach(load_controlnet(cfg.controlnet, config=cfg.base_config), denoiser)
+    else:
+        controlnet = init_controlnet(family, denoiser, vae, cfg.seed, small_scale=cfg.small_scale)
     vae.requires_grad_(False)
     for te in text_encoders:
         te.requires_grad_(False)
@@ -57,8 +58,6 @@ def load_vae(spec: str) -> Any:
     """`--vae`: an AutoencoderKL from a diffusers folder (the VAE's own, or a base's with vae/) or a hub id
     (e.g. madebyollin/sdxl-vae-fp16-fix), run in the training precision (it is meant to be fp16-safe)."""
     from diffusers import AutoencoderKL
-
-    from ..models.sd import load_pretrained, resolve
 
     s = resolve(spec)
     if s.kind == "file":

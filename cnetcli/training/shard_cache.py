@@ -26,9 +26,19 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+from accelerate.utils import broadcast_object_list
+from safetensors.torch import load_file
+
 from ..data.shards import ShardReader, ShardSet, SkipSample
+from ..errors import InputError, SchemaError
+from ..external import parse_json, validate_value
+from ..external.safetensors import read_header
+from ..fsguard import existing_ancestor
+from ..models.families import vae_latent_channels, vae_scale_factor
 from ..reporting import Reporter
 from .cache import ROW_KEYS, content_key, embed_captions, encode_rows, file_sig, save_atomic
+from .data import pair_tensors
 
 FREE_FRACTION = 0.9  # leave a tenth of the free space for checkpoints and the outputs
 NEED = {"latents", "hints", "micro", "caption_ids", "embeds", "empty"}  # in a cache shard with samples
@@ -56,8 +66,6 @@ class _Decoded:
         self.pairs, self.res = pairs, res
 
     def sample(self, i: int, flip: bool = False) -> tuple[Any, Any, Any]:
-        from .data import pair_tensors
-
         return pair_tensors(*self.pairs[i], self.res, flip)
 
 
@@ -89,15 +97,14 @@ def encode_shard(reader: ShardReader, sid: int, *, vae: Any, family: Any, text: 
     chunks of `bs`, as cache.py encodes rows), the skipped samples as [offset, reason, detail]. A shard that
     could not be read to its end is cached as read (its samples up to there, then the skip), as the stream
     reads it."""
-    import torch
-
     offsets: list[int] = []
     captions: list[str] = []
     skips: list[list[Any]] = []
     parts: list[dict[str, Any]] = []
     for offs, caps, pairs in _chunks(reader, sid, bs, skips):
         failures: list[str] = []
-        part = encode_rows(_Decoded(pairs, res), list(range(len(pairs))), vae, device, dtype, bs, hflip, failures)
+        part = encode_rows(_Decoded(pairs, res), list(range(len(pairs))), vae, family, device, dtype, bs, hflip,
+                           failures)
         got = part.pop("index").tolist()  # a pair that decoded but did not resize is skipped like a bad image
         skips += [[offs[i], "undecodable image", failures.pop(0)] for i in range(len(pairs)) if i not in got]
         if got:
@@ -115,10 +122,6 @@ def encode_shard(reader: ShardReader, sid: int, *, vae: Any, family: Any, text: 
 def read_skips(path: Path, key: str) -> list[tuple[int, str, str]] | None:
     """The skipped samples a cache shard recorded, or None when `path` is not a whole cache shard of `key`
     (missing, truncated, another key, a column short): then it is encoded again. Reads the header only."""
-    from ..errors import SchemaError
-    from ..external import parse_json, validate_value
-    from ..external.safetensors import read_header
-
     try:
         header = read_header(path)
         meta = header.get("__metadata__", {})
@@ -141,10 +144,6 @@ class ShardCache:
     def items(self, sid: int, start: int) -> Any:
         """(offset, sample dict or SkipSample) of shard `sid` from offset `start`: each sample with both
         flips' tensors, the caption's embedding and the empty one (the stream picks flip and dropout)."""
-        from safetensors.torch import load_file
-
-        from ..errors import InputError
-
         path = shard_file(self.folder, sid)
         skips = read_skips(path, self.key)
         if skips is None:  # whole when the run started (`prepare`): changed under the run since
@@ -181,10 +180,6 @@ def pick(sample: dict[str, Any], flip: bool, drop: bool) -> dict[str, Any]:
 
 def bytes_per_sample(vae: Any, family: Any, text: dict[str, Any], res: int, hflip: bool) -> int:
     """A cache shard's bytes for one sample with its own caption (the worst case)."""
-    import torch
-
-    from ..models.families import vae_scale_factor
-
     side = res // vae_scale_factor(vae.config)
     elem = torch.empty((), dtype=vae.dtype).element_size()
     with torch.no_grad():
@@ -192,13 +187,11 @@ def bytes_per_sample(vae: Any, family: Any, text: dict[str, Any], res: int, hfli
     emb = enc.prompt_embeds[0].numel() * enc.prompt_embeds.element_size()
     if enc.pooled_prompt_embeds is not None:
         emb += enc.pooled_prompt_embeds[0].numel() * enc.pooled_prompt_embeds.element_size()
-    row = 2 * vae.config.latent_channels * side * side * elem + 3 * res * res + 4 * 8  # latents, hint, micro
+    row = 2 * vae_latent_channels(vae.config) * side * side * elem + 3 * res * res + 4 * 8  # latents, hint, micro
     return row * (2 if hflip else 1) + emb + 8 + 8  # + offset, caption id
 
 
 def free_bytes(folder: Path) -> int:
-    from ..fsguard import existing_ancestor
-
     return shutil.disk_usage(existing_ancestor(folder, "the latent cache")).free
 
 
@@ -219,8 +212,6 @@ def prepare(shards: ShardSet, reader: ShardReader, *, key: str, output: Path, mo
             hflip: bool, accelerator: Any, reporter: Reporter) -> ShardCache | None:
     """Encode this process's share of the shards that have no cache shard yet, then wait for every process;
     the cache to read (None, with a message, when it would not fit on the disk)."""
-    from accelerate.utils import broadcast_object_list
-
     folder = cache_dir(output, key)
     rank, world = accelerator.process_index, accelerator.num_processes
     missing = [sid for sid in range(len(shards)) if read_skips(shard_file(folder, sid), key) is None]

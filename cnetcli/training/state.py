@@ -8,8 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from ..errors import TrainingError
-from .config import TrainConfig
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig, config_json
+from .model import set_connected, set_denoiser_trainable
 
 #: state.json's record of whether the base's weights train (the name runs of earlier versions wrote)
 UNLOCKED_KEY = "unet_unlocked"
@@ -35,8 +39,6 @@ class RunState:
 
 def flush_losses(state: RunState) -> float:
     """Read the pending per-step losses back from the device (one sync); stop on the first non-finite one."""
-    import torch
-
     values = torch.stack(state.pending).tolist() if state.pending else []
     first = state.step - len(values) + 1
     state.pending.clear()
@@ -51,20 +53,15 @@ def flush_losses(state: RunState) -> float:
 
 
 def _weights_finite(modules: list[Any]) -> bool:
-    import torch
-
     return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
 
 
 def write_checkpoint(cfg: TrainConfig, state: RunState, accelerator: Any, raw_controlnet: Any,
-                     optimizer: Any, lr_scheduler: Any, models: Any, extra: dict[str, Any] | None = None) -> Path | None:
+                     optimizer: Any, lr_scheduler: Any, models: Any, extra: dict[str, Any] | None = None,
+                     resolved: dict[str, Any] | None = None) -> Path | None:
     """OUTPUT/checkpoints/step-N (main process; the others wait). Non-finite weights are never written:
     the run stops naming the last good checkpoint instead. `extra` joins state.json (the process split and
-    stream position, see stream.py)."""
-    import torch
-
-    from .checkpoint import save_checkpoint
-
+    stream position, see stream.py); `resolved`: what train_config.json records as resolved at run time."""
     flush_losses(state)
     modules = [raw_controlnet] + ([models.denoiser] if state.denoiser_unlocked else [])
     if not _weights_finite(modules):
@@ -82,7 +79,7 @@ def write_checkpoint(cfg: TrainConfig, state: RunState, accelerator: Any, raw_co
         denoiser = (models.family.denoiser, models.denoiser) if state.denoiser_unlocked else None
         path = save_checkpoint(cfg.output_dir, state.step, controlnet=raw_controlnet, denoiser=denoiser,
                                optimizer=optimizer, state=record,
-                               rng=rng, config_json=cfg.to_json(), run_id=state.run_id, keep=cfg.keep_checkpoints)
+                               rng=rng, config_json=config_json(cfg, resolved or {}), run_id=state.run_id, keep=cfg.keep_checkpoints)
     accelerator.wait_for_everyone()
     return path or cfg.output_dir / "checkpoints" / f"step-{state.step}"  # the main process wrote it for every rank
 
@@ -90,11 +87,6 @@ def write_checkpoint(cfg: TrainConfig, state: RunState, accelerator: Any, raw_co
 def restore_checkpoint(path: Path, state: RunState, models: Any, raw_controlnet: Any, optimizer: Any,
                        lr_scheduler: Any, cfg: TrainConfig) -> None:
     """Load a verified checkpoint into the models, optimizer, schedule and RNG; set the step and history."""
-    import torch
-
-    from .checkpoint import load_checkpoint
-    from .model import set_connected, set_denoiser_trainable
-
     ck = load_checkpoint(path)
     st = ck["state"]
     raw_controlnet.load_state_dict(ck["controlnet"])
@@ -136,6 +128,8 @@ class TrainResult:
     loss_plot: Path | None = None
     validation_images: list[Path] = field(default_factory=list)
     controllability: list[dict[str, Any]] = field(default_factory=list)  # per validation: step, metric, value, n
+    #: what was resolved at run time (mixed precision, device, processes, effective batch...; train_config.json)
+    resolved: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     processes: int = 1
     is_main_process: bool = True  # only the main process wrote the outputs (and should report them)

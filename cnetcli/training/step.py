@@ -18,6 +18,8 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from ..models.families import PromptEncoding
+
 
 @dataclass
 class TrainModels:
@@ -123,8 +125,6 @@ def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any) -> tup
     fp32)."""
     import torch
 
-    from ..models.families import PromptEncoding
-
     device, dtype = models.device, models.weight_dtype
     with torch.no_grad():
         if models.cache is not None or "latents" in batch:
@@ -135,7 +135,7 @@ def encode_batch(models: TrainModels, batch: dict[str, Any], sample: Any) -> tup
             hint = (hint8.to(device, non_blocking=True).to(torch.float32) / 255.0).to(dtype)
         else:
             px = batch["pixel_values"].to(device, non_blocking=True).to(models.vae.dtype)
-            dist = models.vae.encode(px).latent_dist
+            dist = models.family.encode_pixels(models.vae, px)
             mean, std = dist.mean, dist.std
             encoding = encode_text(models, batch["text"])
             micro = batch["micro"]

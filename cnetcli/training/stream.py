@@ -15,14 +15,21 @@ and one batch per worker, whatever the dataset's size.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import gather_object
 
 from ..data.shards import Columns, ShardReader, ShardSet, SkipSample, list_shards, peek_columns, pick_columns
-from ..errors import InputError, UsageError
+from ..device import process_rank_world
+from ..errors import CnetError, InputError, UsageError
+from ..external import read_json
 from .config import TrainConfig
+from .data import collate, pair_tensors
+from .shard_cache import pick, prepare, shard_key
 
 FRESH = {"epoch": 0, "shard": 0, "offset": 0, "read": 0, "skips": {}, "examples": []}
 MAX_EXAMPLES = 3
@@ -109,8 +116,6 @@ class ShardStream(torch.utils.data.IterableDataset):
             pos["epoch"], pos["shard"] = pos["epoch"] + 1, 0
 
     def _item(self, ex: dict[str, Any], pos: dict[str, Any], sid: int, off: int) -> dict[str, Any] | None:
-        from .data import pair_tensors
-
         try:
             if isinstance(ex, SkipSample):  # as the cache shard recorded it
                 raise ex
@@ -124,7 +129,6 @@ class ShardStream(torch.utils.data.IterableDataset):
         flip = self.hflip and u_flip < 0.5
         drop = u_drop < self.p_empty
         if isinstance(got, dict):  # a cache shard's encodings (shard_cache.py)
-            from .shard_cache import pick
 
             return pick(got, flip, drop) | {"text": "", "drop": drop, "index": sid}
         img, hint, text = got
@@ -133,8 +137,6 @@ class ShardStream(torch.utils.data.IterableDataset):
                 "drop": drop, "index": sid}
 
     def _batch(self, items: list[dict[str, Any]], slot: int, pos: dict[str, Any]) -> dict[str, Any]:
-        from .data import collate
-
         out = collate(items)
         out["stream"] = {"slot": slot, **pos, "skips": dict(pos["skips"]), "examples": list(pos["examples"])}
         return out
@@ -150,8 +152,6 @@ def _summary(skips: dict[str, int], examples: list[str]) -> str:
 def _one_line_errors(loader: Any) -> Any:
     """The loader's batches; a CnetError raised in a loader worker arrives wrapped in torch's multi-line
     "Caught ... in DataLoader worker" text: raised again as its own one line."""
-    from ..errors import CnetError
-
     try:
         yield from loader
     except CnetError as e:
@@ -168,10 +168,6 @@ def make_loader(stream: ShardStream, pin_memory: bool) -> Any:
 
 def read_record(checkpoint: Any) -> dict[str, Any]:
     """A checkpoint's state.json (already verified against its manifest by the resume)."""
-    from pathlib import Path
-
-    from ..external import read_json
-
     state = read_json(Path(checkpoint) / "state.json")  # typed by verify() (external.records.CheckpointState)
     return state if isinstance(state, dict) else {}
 
@@ -183,7 +179,6 @@ class Streamed:
         if cfg.max_train_samples is not None:  # a cap would need the stream counted up front
             raise UsageError("--max-train-samples does not apply to streamed shards: name fewer shards instead "
                              "(e.g. 'shards/{00000..00009}.tar')")
-        from ..device import process_rank_world
 
         self.shards, self.cols, self.reader = open_shards(cfg)
         check_slots(self.shards, process_rank_world()[1], workers(cfg))  # before any model loads
@@ -194,7 +189,6 @@ class Streamed:
         without the flag or when it would not fit on the disk (with a message)."""
         if not cfg.cache_latents:
             return None
-        from .shard_cache import prepare, shard_key
 
         key = shard_key(self.shards, self.reader, models.vae,
                         [models.text_components[k] for k in models.family.text_encoders], cfg.resolution,
@@ -249,7 +243,6 @@ class StreamTracker:
         """Every slot's position (a collective: every process calls it)."""
         if self.world == 1:
             return dict(self.positions)
-        from accelerate.utils import gather_object
 
         merged: dict[int, dict[str, Any]] = {}
         for part in gather_object([self.positions]):
@@ -291,8 +284,6 @@ def resume_positions(record: dict[str, Any], shards: ShardSet, cfg: TrainConfig,
 def launcher_note(accelerator: Any) -> str:
     """Said when the launcher asked for FSDP or DeepSpeed and accelerate runs plain DDP instead: accelerate
     shards only on CUDA; on the CPU (gloo) its cpu mode replaces the plugin by DDP."""
-    import os
-
     asked = [n for n, v in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
              if os.environ.get(v, "").lower() == "true"]
     if asked and accelerator.distributed_type.value not in ("FSDP", "DEEPSPEED"):

@@ -5,7 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+
+from .. import generation
+from ..data.provenance import Provenance
+from ..evaluation import evaluate_pairs
+from ..evaluation.metrics import metric_kind
 from ..fsguard import atomic_path
+from ..generation import GenerateConfig, Models
+from ..images import resize_to, save_png
+from .checkpoint import append_jsonl
 from .config import TrainConfig
 
 
@@ -15,10 +26,8 @@ def plot_losses(losses: list[float], path: Path, start: int = 0, rows: list[dict
     the diffusion and reward terms at the logged steps too."""
     if not losses:
         return None
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     ema, smooth = None, []
     for x in losses:
@@ -46,9 +55,6 @@ def plot_losses(losses: list[float], path: Path, start: int = 0, rows: list[dict
 def hint_type_for(cfg: TrainConfig, hint: str) -> tuple[str | None, dict[str, Any] | None]:
     """The hint type (and annotator parameters) to score a validation hint with: --validation-type, else the
     provenance `cnet annotate` stores in the PNG; (None, None) when neither names a type with a metric."""
-    from ..data.provenance import Provenance
-    from ..evaluation.metrics import metric_kind
-
     prov = Provenance.read(hint)
     t = cfg.validation_type or (prov.type if prov is not None else None)
     if not t or metric_kind(str(t)) is None:
@@ -64,12 +70,6 @@ def validate(cfg: TrainConfig, step: int, models: Any, controlnet: Any, autocast
     score controllability with `cnet eval`'s metric when the hint's type is known.
 
     Returns (grid path, {"step", "metric", "value", "n"} or None)."""
-    import numpy as np
-
-    from ..evaluation import evaluate_pairs
-    from ..generation import GenerateConfig, Models, generate
-    from ..images import resize_to, save_png
-
     res = cfg.resolution
     spec = "training"  # the ControlNet being trained, handed to generate under this name
     mem = Models(base=cfg.base, denoiser=models.denoiser, vae=models.vae, text=models.text,
@@ -90,7 +90,7 @@ def validate(cfg: TrainConfig, step: int, models: Any, controlnet: Any, autocast
                                      seed=cfg.seed, steps=cfg.validation_sampling_steps, cfg=cfg.validation_guidance,
                                      width=res, height=res, save=False, grid=False)
             with autocast():
-                results = generate(gen_cfg, models=mem)
+                results = generation.generate(gen_cfg, models=mem)  # module: tests spy on it
             samples = [r.array for r in results]
             hint = results[0].hints[0]
             rows.append(np.concatenate([resize_to(hint, res, res, "linear")] + samples, axis=1))
@@ -115,8 +115,6 @@ def validate(cfg: TrainConfig, step: int, models: Any, controlnet: Any, autocast
             tracker.log({"validation": [wandb.Image(grid)]}, step=step)
     score = None
     if scores:
-        from .checkpoint import append_jsonl
-
         score = {"step": step, "metric": metric, "value": float(np.mean(scores)), "n": len(scores)}
         for tracker in trackers:
             tracker.log({f"controllability/{metric}": score["value"]}, step=step)

@@ -1,4 +1,5 @@
-"""Model families: everything that differs between bases (SD1.x/2.x, SDXL, SD3, FLUX) lives here, nowhere else.
+"""Model families: everything that differs between bases (SD1.x/2.x, SDXL, SD3, FLUX, Qwen-Image) lives here,
+nowhere else.
 
 The rest of cnet asks the base's `ModelFamily`; it never names the UNet or branches on a family's name.
 A family is detected ONCE, from the model's own files (`family_of`): model_index.json's `_class_name`, else the
@@ -17,9 +18,11 @@ files and classes
     in the hint-type registry's `releases`), fallback_resolution / `default_resolution`, recipes.
 the ControlNet
     `init_controlnet(denoiser, vae, seed, small_scale)` (from_unet / from_transformer, which blocks),
-    `small_scale_params(controlnet)` (what --small-scale freezes, `set_connected`), `disconnect(residuals)`.
+    `small_scale_params(controlnet)` (what --small-scale freezes, `set_connected`), `disconnect(residuals)`,
+    `attach(controlnet, denoiser)` (a loaded ControlNet readied to run beside the denoiser).
 latents
-    `vae_dtype`, `latent_channels`, `to_latents(vae_config, z)` / `from_latents(vae_config, z)` (the VAE's
+    `vae_dtype`, `latent_channels`, `encode_pixels(vae, px)` / `decode_latents(vae, z)` (a video-style VAE
+    takes one frame), `to_latents(vae_config, z)` / `from_latents(vae_config, z)` (the VAE's
     scale AND shift; `scale_latents` below is the one formula; FLUX packs 2x2 patches in its forward).
 the objective (training and x0 for a reward loss)
     `draw_timesteps(generator, n, scheduler, settings, device)`, `noisy_and_target(scheduler, latents, noise,
@@ -38,6 +41,7 @@ the hint and the residuals
     training/step.py runs (generation's sampling loop calls `control` per net and `denoise` once; a family
     whose pipeline loop differs, FLUX, sets `own_sampling_loop` and implements `sample_latents`).
 generate's options
+    `own_loop_negative(guidance, true_cfg, negative)` (whether an own loop gets the negative encoding),
     `check_generate_inputs(init_image, mask, clip_skip)` (one line for what the family's diffusers pipelines
     lack), `mask_blends_latents` / `takes_mask(net)` (--mask as a latent blend, or an inpainting ControlNet's
     input: SD3), `diffusers_pipeline(parts)` (the pipeline whose `load_lora_weights` loads --lora).
@@ -51,10 +55,12 @@ the memory plan
 from __future__ import annotations
 
 import contextlib
+import importlib
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from ...errors import UsageError
+from ...generation.samplers import make_scheduler
 from ..model_config import config_get
 
 
@@ -64,9 +70,24 @@ def _as_list(p: str | list[str]) -> list[str]:
 
 
 def vae_scale_factor(vae_config: Any) -> int:
-    """Pixels per latent pixel: 2 ** (number of VAE blocks - 1), 8 for every released SD/SD3/FLUX VAE."""
+    """Pixels per latent pixel: 2 ** (number of VAE blocks - 1), 8 for every released SD/SD3/FLUX VAE; a video-style
+    VAE (Qwen-Image's) halves the size once per entry of its `temperal_downsample`, as its pipeline reads it."""
+    temporal = config_get(vae_config, "temperal_downsample")
+    if temporal is not None:
+        return 2 ** len(temporal)
     boc = config_get(vae_config, "block_out_channels") or (128, 256, 512, 512)
     return 2 ** (len(boc) - 1)
+
+
+def vae_first_width(vae_config: Any) -> int:
+    """The VAE encoder's full-resolution width (`block_out_channels[0]`; a video-style VAE's `base_dim`)."""
+    boc = config_get(vae_config, "block_out_channels")
+    return int(list(boc)[0]) if boc else int(config_get(vae_config, "base_dim"))
+
+
+def vae_latent_channels(vae_config: Any) -> int:
+    """The VAE's latent channels (`latent_channels`; a video-style VAE's `z_dim`)."""
+    return int(config_get(vae_config, "latent_channels") or config_get(vae_config, "z_dim"))
 
 
 def scale_latents(vae_config: Any, z: Any) -> Any:
@@ -105,7 +126,8 @@ class PromptEncoding:
 class ModelFamily:
     """The interface every family implements (see the module docstring for the whole list)."""
 
-    #: the family's name in cnet's one vocabulary ("sd15", "sdxl", "sd3", "flux"): configs, metadata, releases
+    #: the family's name in cnet's one vocabulary ("sd15", "sdxl", "sd3", "flux", "qwenimage"): configs, metadata,
+    #: releases
     name: ClassVar[str] = "base"
     #: older names of this family read back from saved files (train_config.json of earlier versions)
     aliases: ClassVar[tuple[str, ...]] = ()
@@ -184,6 +206,11 @@ class ModelFamily:
         """safetensors metadata `--single-file` stores beside the weights (e.g. the config to read it back)."""
         return {}
 
+    def fit_problems(self, controlnet_config: Any, denoiser_config: Any) -> list[str] | None:
+        """Each way a ControlNet of this family does not fit the base, as a phrase; None: the generic checks of
+        `models/compat.py` (the U-Net / MMDiT config keys) apply."""
+        return None
+
     def describe(self, config: Any) -> str | None:
         """Which release of the family a denoiser's or ControlNet's config looks like (for messages: "an SD2.x
         ControlNet on an SD1.x base?"); None when none it knows."""
@@ -213,6 +240,11 @@ class ModelFamily:
         """A new trainable ControlNet copied from the denoiser, as the family's diffusers training script does
         (`small_scale`: the family's --small-scale ControlNet, where that is a smaller network)."""
         raise NotImplementedError
+
+    def attach(self, controlnet: Any, denoiser: Any) -> Any:
+        """A loaded ControlNet made ready to run beside `denoiser` (Z-Image's borrows the denoiser's embedders);
+        returns it."""
+        return controlnet
 
     def small_scale_params(self, controlnet: Any) -> list[Any]:
         """The ControlNet parameters --small-scale freezes (at zero) until --reconnect-at."""
@@ -248,6 +280,14 @@ class ModelFamily:
     def latent_channels(self, denoiser_config: Any, vae_config: Any = None) -> int:
         return int(config_get(denoiser_config, "in_channels"))
 
+    def encode_pixels(self, vae: Any, pixels: Any) -> Any:
+        """The VAE's posterior (`.mean`, `.std`, `.sample(generator)`, B x C x h x w) of pixels in [-1, 1]."""
+        return vae.encode(pixels).latent_dist
+
+    def decode_latents(self, vae: Any, z: Any) -> Any:
+        """Pixels in [-1, 1] (B x 3 x H x W) the VAE decodes from `from_latents`' output."""
+        return vae.decode(z, return_dict=False)[0]
+
     def to_latents(self, vae_config: Any, z: Any) -> Any:
         return scale_latents(vae_config, z)
 
@@ -275,8 +315,6 @@ class ModelFamily:
     def sampling_scheduler(self, sampler: str, scheduler_config: Any, schedule: str = "normal",
                            seeds: list[int] | None = None) -> Any:
         """The scheduler `generate` samples with (`--sampler`/`--scheduler` where the family offers a choice)."""
-        from ...generation.samplers import make_scheduler
-
         return make_scheduler(sampler, scheduler_config, schedule, seeds)
 
     def loss_weights(self, scheduler: Any, t: Any, settings: Any) -> Any:
@@ -318,11 +356,19 @@ class ModelFamily:
     distilled_guidance: ClassVar[bool] = False
     #: the one sampler the family's own loop runs (metadata names it; --sampler does not apply), None: --sampler
     fixed_sampler: ClassVar[str | None] = None
+    #: on CUDA, `generate` keeps the text encoders on the CPU except while it encodes prompts (a T5-XXL is 4.7 B
+    #: parameters, 9.5 GB in bf16, that the denoising loop does not need); training frees them once cached
+    text_encoders_offloaded: ClassVar[bool] = False
 
     #: --mask: whether inpainting keeps the --init-image outside the mask by blending latents at every step (the
     #: U-Net and FLUX ControlNet inpaint pipelines); False: the mask is an inpainting ControlNet's input
     #: (`takes_mask`, SD3's), and the run starts from pure noise
     mask_blends_latents: ClassVar[bool] = True
+
+    def own_loop_negative(self, guidance: float, true_cfg: float, negative_prompt: str | None) -> bool:
+        """Whether `sample_latents` gets the negative prompt's encoding: for true CFG with a negative prompt
+        (FLUX's `true_cfg_scale`); a family whose --cfg is CFG against "" by default says so here."""
+        return true_cfg > 1.0 and bool(negative_prompt)
 
     def check_generate_inputs(self, *, init_image: bool, mask: bool, clip_skip: bool) -> None:
         """Refuse, in one line, a generate option the family's diffusers pipelines do not have (img2img,
@@ -386,13 +432,11 @@ class ModelFamily:
 
 #: the family modules (each defines `FAMILY`, its ModelFamily subclass), most specific first: detection asks
 #: them in this order, and the last one (SD1.x/2.x) takes what no other claims
-FAMILY_MODULES = ("sdxl", "sd3", "flux", "sd")
+FAMILY_MODULES = ("sdxl", "sd3", "flux", "qwenimage", "zimage", "sd")
 
 
 def _families() -> tuple[type[ModelFamily], ...]:
     """Every family class, in `FAMILY_MODULES` order (a module not in this build is skipped)."""
-    import importlib
-
     found = []
     for mod in FAMILY_MODULES:
         try:
@@ -466,4 +510,5 @@ def denoiser_folder(pipeline_config: Any) -> str:
 
 
 __all__ = ["DEFAULT_FAMILY", "ModelFamily", "all_families", "release_keys", "PromptEncoding", "cond_rows", "denoiser_folder", "family_named", "family_names",
-           "family_of", "denoiser_folders", "scale_latents", "unscale_latents", "vae_scale_factor"]
+           "family_of", "denoiser_folders", "scale_latents", "unscale_latents", "vae_first_width", "vae_latent_channels",
+           "vae_scale_factor"]

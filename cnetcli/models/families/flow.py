@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ...errors import UsageError
 from ..model_config import config_get
 from . import ModelFamily
 
@@ -31,12 +32,23 @@ WEIGHTING_SCHEMES = ("none", "logit_normal", "mode", "sigma_sqrt", "cosmap")
 
 @dataclass(frozen=True)
 class FlowFamily(ModelFamily):
-    """What the flow-matching transformer families (FLUX.1, SD3) declare alike, as `UNetFamily` does for
+    """What the flow-matching transformer families (FLUX.1, SD3, Qwen-Image) declare alike, as `UNetFamily` does for
     SD1.x/SDXL: a `transformer` denoiser, the flow-matching Euler scheduler, 1024 px when the VAE says nothing."""
 
     denoiser: ClassVar[str] = "transformer"
     scheduler_class_name: ClassVar[str] = "FlowMatchEulerDiscreteScheduler"
     fallback_resolution: ClassVar[int] = 1024
+
+
+def refuse_noise_only(base: str, pipeline: str, text_encoder: str, *, init_image: bool, mask: bool,
+                      clip_skip: bool) -> None:
+    """The generate inputs of a base whose diffusers ControlNet pipeline starts from noise and whose text encoder
+    is a language model (Qwen-Image, Z-Image): no img2img or inpainting, no clip skip."""
+    if init_image or mask:
+        raise UsageError(f"--init-image/--mask: {base} bases generate from noise only in cnet "
+                         f"({pipeline} has no img2img); drop --init-image and --mask")
+    if clip_skip:
+        raise UsageError(f"--clip-skip: {base}'s text encoder is {text_encoder}, not CLIP; drop --clip-skip")
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,12 @@
-"""Single files of FLUX.1 and SD3 ControlNets: the layout ComfyUI reads, and reading them back.
+"""Single files of FLUX.1, SD3 and Qwen-Image ControlNets: the layout ComfyUI reads, and reading them back.
 
 The layout is diffusers' own (the `FluxControlNetModel` / `SD3ControlNetModel` state dict in one safetensors
 file), the form InstantX, Shakker and diffusers distribute these ControlNets in and ComfyUI's
 `comfy/controlnet.py` (`load_controlnet_state_dict`, read 2026-12) takes as it is: a file with
 `controlnet_blocks.0.weight` goes to `load_controlnet_flux_instantx` when it has `controlnet_x_embedder.weight`
-(and no XLabs `double_blocks.*`), to `load_controlnet_mmdit` ("SD3 diffusers controlnet") when it has
-`pos_embed_input.proj.weight` and no Stability-format `transformer_blocks.0.adaLN_modulation.1.bias`. Those
+(and no XLabs `double_blocks.*`), to `load_controlnet_qwen_instantx` (InstantX's Qwen-Image ControlNets) when
+it has `transformer_blocks.0.img_mlp.net.0.proj.weight`, to `load_controlnet_mmdit` ("SD3 diffusers controlnet")
+when it has `pos_embed_input.proj.weight` and no Stability-format `transformer_blocks.0.adaLN_modulation.1.bias`. Those
 loaders convert the keys themselves (`convert_diffusers_mmdit`) and keep the originals, so no key map is
 needed; `comfyui_loader` records that dispatch so a test (and the export) can check which loader a file reaches.
 (ComfyUI encodes an SD3 ControlNet's hint without the VAE's shift factor, "SD3 controlnet weirdness" in its
@@ -23,7 +24,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ...errors import ModelLoadError
+from ...errors import ModelLoadError, SchemaError
 
 #: safetensors metadata key holding the ControlNet's diffusers config (JSON), written by `file_metadata`
 CONFIG_KEY = "cnet_controlnet_config"
@@ -104,7 +105,21 @@ def _sd3_config(shapes: dict[str, tuple[int, ...]], base: dict[str, Any]) -> dic
             "qk_norm": "rms_norm" if norm_q is not None else None}
 
 
-_CLASSES = {"load_controlnet_flux_instantx": "FluxControlNetModel", "load_controlnet_mmdit": "SD3ControlNetModel"}
+def _qwenimage_config(shapes: dict[str, tuple[int, ...]], base: dict[str, Any]) -> dict[str, Any]:
+    inner, in_channels = shapes["img_in.weight"]
+    head_dim = shapes["transformer_blocks.0.attn.norm_q.weight"][0]
+    return {"patch_size": base.get("patch_size", 2), "in_channels": in_channels,
+            "out_channels": base.get("out_channels", in_channels // 4),
+            "num_layers": _count(set(shapes), "transformer_blocks"), "attention_head_dim": head_dim,
+            "num_attention_heads": inner // head_dim, "joint_attention_dim": shapes["txt_in.weight"][1],
+            "axes_dims_rope": list(base.get("axes_dims_rope", FLUX_AXES_DIMS_ROPE)),  # Qwen-Image's are FLUX's
+            "extra_condition_channels": shapes["controlnet_x_embedder.weight"][1] - in_channels}
+
+
+_CLASSES = {"load_controlnet_flux_instantx": "FluxControlNetModel", "load_controlnet_mmdit": "SD3ControlNetModel",
+            "load_controlnet_qwen_instantx": "QwenImageControlNetModel"}
+_CONFIGS = {"FluxControlNetModel": _flux_config, "SD3ControlNetModel": _sd3_config,
+            "QwenImageControlNetModel": _qwenimage_config}
 
 
 def infer_config(shapes: dict[str, tuple[int, ...]], base_config: Any = None) -> tuple[str, dict[str, Any]]:
@@ -114,13 +129,13 @@ def infer_config(shapes: dict[str, tuple[int, ...]], base_config: Any = None) ->
     loader = comfyui_loader(shapes)
     if loader in _CLASSES:
         cls_name = _CLASSES[loader]
-        return cls_name, (_flux_config if cls_name.startswith("Flux") else _sd3_config)(shapes, base)
-    raise ModelLoadError("not a FLUX.1 or SD3 ControlNet in the diffusers layout "
+        return cls_name, _CONFIGS[cls_name](shapes, base)
+    raise ModelLoadError("not a FLUX.1, SD3 or Qwen-Image ControlNet in the diffusers layout "
                          f"(ComfyUI would read it with {loader or 'none of its ControlNet loaders'})")
 
 
 def is_flow_controlnet(keys: Any) -> bool:
-    """Whether a file with these keys is a FLUX.1 or SD3 ControlNet in the diffusers layout."""
+    """Whether a file with these keys is a FLUX.1, SD3 or Qwen-Image ControlNet in the diffusers layout."""
     return comfyui_loader(keys) in _CLASSES
 
 
@@ -136,7 +151,6 @@ def load_controlnet_file(path: str | Path, *, base_config: Any = None, torch_dty
 
 def stored_config(meta: dict[str, str], where: str) -> dict[str, Any]:
     """The config cnet stored in a file's safetensors metadata, read bounded (`cnetcli.external`)."""
-    from ...errors import SchemaError
     from ...external import parse_json
 
     try:
@@ -154,7 +168,7 @@ def file_config(shapes: dict[str, tuple[int, ...]], meta: dict[str, str], *, whe
     if CONFIG_KEY in meta:
         cls_name = _CLASSES.get(comfyui_loader(shapes))
         if cls_name is None:
-            raise ModelLoadError(f"{where}: not a FLUX.1 or SD3 ControlNet in the diffusers layout")
+            raise ModelLoadError(f"{where}: not a FLUX.1, SD3 or Qwen-Image ControlNet in the diffusers layout")
         return cls_name, stored_config(meta, where)
     return infer_config(shapes, base_config)
 

@@ -27,7 +27,8 @@ from typing import Any, ClassVar
 
 from ...errors import UsageError
 from ..model_config import config_get
-from . import PromptEncoding, _as_list, flow, flow_files
+from . import PromptEncoding, _as_list, flow, flow_files, vae_scale_factor
+from . import transformer_memory as tm
 
 #: the FLUX script's --num_double_layers / --num_single_layers defaults (a full ControlNet)
 FULL_BLOCKS = (4, 4)
@@ -69,6 +70,7 @@ class Flux(flow.FlowFamily):
     #: FLUX.1-dev's distilled guidance when --cfg is not given (FluxPipeline's guidance_scale default)
     default_guidance: ClassVar[float] = 3.5
     distilled_guidance: ClassVar[bool] = True
+    text_encoders_offloaded: ClassVar[bool] = True  # T5-XXL
     fixed_sampler: ClassVar[str | None] = "euler"  # FlowMatchEulerDiscreteScheduler, FluxPipeline's
     #: T5's padded length (FluxPipeline's default)
     max_sequence_length: int = 512
@@ -172,7 +174,7 @@ class Flux(flow.FlowFamily):
 
     def _vae_latents(self, vae: Any, pixels: Any, sample: Any = None) -> Any:
         """Pixels in [-1, 1] -> shifted and scaled VAE latents, `mean + std * sample` (None: the VAE's draw)."""
-        dist = vae.encode(pixels.to(vae.dtype)).latent_dist
+        dist = self.encode_pixels(vae, pixels.to(vae.dtype))
         z = dist.sample() if sample is None else dist.mean + dist.std * sample.to(dist.mean.dtype)
         return self.to_latents(vae.config, z)
 
@@ -320,14 +322,12 @@ class Flux(flow.FlowFamily):
         return flow.unpack_latents(denoiser(**kw)[0], x.shape[-2], x.shape[-1], 1)
 
     def union_control_mode(self, hint_type: str | None, net: Any, spec: str) -> int | None:
-        """The `control_mode` a hint of `hint_type` takes on a union net (None for a plain one)."""
+        """The `control_mode` a hint of `hint_type` (its registered name: the caller resolves aliases) takes on
+        a union net (None for a plain one)."""
         n = getattr(getattr(net, "module", net).config, "num_mode", None)
         if not n:
             return None
-        from ...annotators import find_type
-
-        ht = find_type(hint_type) if hint_type else None
-        mode = UNION_MODES.get(ht.name if ht is not None else "")
+        mode = UNION_MODES.get(hint_type or "")
         if mode is None or mode >= n:
             known = ", ".join(k for k, v in UNION_MODES.items() if v < n)
             raise UsageError(f"--controlnet {spec} is a FLUX union ControlNet ({n} modes): hint type {hint_type!r} "
@@ -349,7 +349,8 @@ class Flux(flow.FlowFamily):
                        strength: float = 1.0) -> Any:
         """FluxControlNetPipeline's sampling for a batch (one generator per image), unpacked latents out.
 
-        `units`: ControlUnits with the hint in pixels ([0, 1]); `modes` their union control modes. Each image's
+        `units`: ControlUnits (generation/control.py) with the hint in pixels ([0, 1]) and their strength at
+        each step (`scale_at`); `modes` their union control modes. Each image's
         generator draws its hints' VAE samples first, then its initial noise (the pipeline encodes the control
         image before preparing latents). `guidance` feeds FLUX-dev's guidance embedding; with `true_cfg` > 1
         and a negative encoding the negative branch runs as a second forward reusing the ControlNet residuals,
@@ -361,9 +362,6 @@ class Flux(flow.FlowFamily):
         the image, noised to the next sigma, replaces the latents outside the mask. (The pipeline also encodes
         the masked image, a draw after the noise that nothing later reads: the Euler steps draw nothing.)"""
         import torch
-
-        from ...generation.control import active
-        from . import vae_scale_factor
 
         h, w = size
         f = vae_scale_factor(vae.config)
@@ -385,8 +383,8 @@ class Flux(flow.FlowFamily):
             tt = t.expand(latents.shape[0]).to(latents.dtype)
             res = None
             for u, hint, mode in zip(units, hints, modes, strict=True):
-                scale = u.scale * float(active(i, n, u.start, u.end))
-                r = self.control(u.net, latents, tt, cond, hint.to(device, dtype), scale=scale, control_mode=mode)
+                r = self.control(u.net, latents, tt, cond, hint.to(device, dtype), scale=u.scale_at(i, n),
+                                 control_mode=mode)
                 res = r if res is None else [a + b for a, b in zip(res, r, strict=True)]
             pred = self.denoise(denoiser, latents, tt, cond, res)
             if neg is not None:
@@ -412,6 +410,10 @@ class Flux(flow.FlowFamily):
         return hints, image, torch.cat([d[-1] for d in draws])
 
     # ------------------------------------------------------------------ memory plan
+    #: bytes a bf16 step keeps per token x hidden channel of a base block and of a ControlNet block (double- and
+    #: single-stream alike; fitted on benchmarks/memory_trace.py's traces, families/transformer_memory.py)
+    BLOCK_BYTES: ClassVar[tuple[float, float]] = (26.0, 64.0)
+
     def controlnet_share(self, denoiser_config: Any, small_scale: bool = False) -> float:
         """Its blocks' share of the base's (a double-stream block has ~2.4x a single-stream block's weights)."""
         double, single = self.controlnet_depth(denoiser_config, small_scale)
@@ -423,14 +425,14 @@ class Flux(flow.FlowFamily):
                          latent_pixels: int | None = None) -> tuple[float, float]:
         """Every base block and the full ControlNet's (a --small-scale one has fewer: the plan errs high), over the
         2x2-packed image tokens and T5's `max_sequence_length` text tokens (families/transformer_memory.py)."""
-        from . import transformer_memory as tm
-
         blocks = sum(int(config_get(denoiser_config, k)) for k in ("num_layers", "num_single_layers"))
         hidden = int(config_get(denoiser_config, "num_attention_heads")) * int(
             config_get(denoiser_config, "attention_head_dim"))
-        return tm.activation_bytes(hidden=hidden, blocks=blocks + sum(self.controlnet_depth(denoiser_config)),
-                                   patch_pixels=4, text_tokens=self.max_sequence_length, latent_pixels=latent_pixels,
-                                   gradient_checkpointing=gradient_checkpointing, fp32=fp32)
+        return tm.activation_bytes(hidden=hidden, base_blocks=blocks,
+                                   controlnet_blocks=sum(self.controlnet_depth(denoiser_config)), patch_pixels=4,
+                                   text_tokens=self.max_sequence_length, latent_pixels=latent_pixels,
+                                   gradient_checkpointing=gradient_checkpointing, fp32=fp32,
+                                   block_bytes=self.BLOCK_BYTES)
 
 
 FAMILY = Flux

@@ -28,9 +28,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ...errors import UsageError
 from ..model_config import config_get
 from . import PromptEncoding, _as_list
-from .flow import FlowFamily
+from . import transformer_memory as tm
+from .flow import FlowFamily, FlowMatching
+from .flow_files import (
+    CONFIG_KEY,
+    comfyui_loader,
+    file_metadata,
+    infer_config,
+    load_controlnet_file,
+    stored_config,
+)
 
 #: --small-scale's ControlNet depth for SD3 (the full one copies 12 blocks, as train_controlnet_sd3.py does)
 SMALL_SCALE_LAYERS = 2
@@ -71,6 +81,7 @@ class StableDiffusion3(FlowFamily):
     sample_max_sequence_length: ClassVar[int] = 256
     #: the script's --precondition_outputs (default 1)
     precondition_outputs: ClassVar[bool] = True
+    text_encoders_offloaded: ClassVar[bool] = True  # T5-XXL
     #: --cfg when not given: StableDiffusion3ControlNetPipeline's guidance_scale (true CFG)
     default_guidance: ClassVar[float] = 7.0
 
@@ -99,8 +110,6 @@ class StableDiffusion3(FlowFamily):
         """No img2img: diffusers has no SD3 ControlNet img2img pipeline (StableDiffusion3ControlNetPipeline and its
         inpainting sibling start from noise). --mask needs no --init-image (the hint is the image); clip skip is
         the pipelines' own `clip_skip`."""
-        from ...errors import UsageError
-
         if init_image:
             raise UsageError("--init-image: diffusers has no SD3 ControlNet img2img pipeline, so SD3 bases start "
                              "from noise; to repaint part of an image, pass it as the hint of an SD3 inpainting "
@@ -153,19 +162,13 @@ class StableDiffusion3(FlowFamily):
 
     # ------------------------------------------------------------------ single files (families/flow_files.py)
     def claims_controlnet_file(self, keys: Any) -> bool:
-        from .flow_files import comfyui_loader
-
         return comfyui_loader(keys) == "load_controlnet_mmdit"
 
     def load_controlnet_file(self, path: Any, *, denoiser_config: Any = None, torch_dtype: Any = None) -> Any:
-        from .flow_files import load_controlnet_file
-
         return load_controlnet_file(path, base_config=denoiser_config, torch_dtype=torch_dtype)
 
     def controlnet_file_config(self, path: Any, *, denoiser_config: Any = None) -> dict[str, Any]:
         from safetensors import safe_open
-
-        from .flow_files import CONFIG_KEY, infer_config, stored_config
 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -175,8 +178,6 @@ class StableDiffusion3(FlowFamily):
         return {**infer_config(shapes, denoiser_config)[1], "_class_name": self.controlnet_class_name}
 
     def single_file_metadata(self, controlnet: Any) -> dict[str, str]:
-        from .flow_files import file_metadata
-
         return file_metadata(controlnet)
 
     def small_scale_params(self, controlnet: Any) -> list[Any]:
@@ -184,16 +185,12 @@ class StableDiffusion3(FlowFamily):
 
     # ------------------------------------------------------------------ the objective (flow matching)
     def _flow(self, settings: Any) -> Any:
-        from .flow import FlowMatching
-
         kw = {k: getattr(settings, k) for k in ("logit_mean", "logit_std", "mode_scale")
               if getattr(settings, k, None) is not None}
         return FlowMatching(weighting_scheme=getattr(settings, "weighting_scheme", None) or "logit_normal",
                             precondition_outputs=self.precondition_outputs, **kw)
 
     def check_scheduler(self, scheduler_config: Any) -> None:
-        from ...errors import UsageError
-
         if config_get(scheduler_config, "_class_name", self.scheduler_class_name) != self.scheduler_class_name:
             raise UsageError(f"--base: an {self.label} base needs a {self.scheduler_class_name} scheduler")
 
@@ -329,6 +326,11 @@ class StableDiffusion3(FlowFamily):
                         return_dict=False)[0]
 
     # ------------------------------------------------------------------ memory plan
+    #: bytes a bf16 step keeps per token x hidden channel of a base block and of a ControlNet block (more than
+    #: FLUX's: the joint blocks' q/k RMS norms; fitted on benchmarks/memory_trace.py's traces,
+    #: families/transformer_memory.py)
+    BLOCK_BYTES: ClassVar[tuple[float, float]] = (31.0, 75.0)
+
     def controlnet_share(self, denoiser_config: Any, small_scale: bool = False) -> float:
         return self.controlnet_layers(denoiser_config, small_scale) / int(config_get(denoiser_config, "num_layers"))
 
@@ -337,16 +339,15 @@ class StableDiffusion3(FlowFamily):
                          latent_pixels: int | None = None) -> tuple[float, float]:
         """Every base layer and the full ControlNet's (a --small-scale one has fewer: the plan errs high), over the
         patch-2 image tokens and the training prompt's CLIP + T5 tokens (families/transformer_memory.py)."""
-        from . import transformer_memory as tm
-
         layers = int(config_get(denoiser_config, "num_layers"))
         hidden = int(config_get(denoiser_config, "num_attention_heads")) * int(
             config_get(denoiser_config, "attention_head_dim"))
         patch = int(config_get(denoiser_config, "patch_size") or 2) ** 2
-        return tm.activation_bytes(hidden=hidden, blocks=layers + self.controlnet_layers(denoiser_config, False),
+        return tm.activation_bytes(hidden=hidden, base_blocks=layers,
+                                   controlnet_blocks=self.controlnet_layers(denoiser_config, False),
                                    patch_pixels=patch, text_tokens=2 * self.train_max_sequence_length,
                                    latent_pixels=latent_pixels, gradient_checkpointing=gradient_checkpointing,
-                                   fp32=fp32)
+                                   fp32=fp32, block_bytes=self.BLOCK_BYTES)
 
 
 FAMILY = StableDiffusion3

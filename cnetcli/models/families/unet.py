@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from ...errors import UsageError
 from ..model_config import config_get
 from . import ModelFamily, vae_scale_factor
+from .unet_memory import activation_bytes
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 
@@ -160,7 +161,5 @@ class UNetFamily(ModelFamily):
     def activation_bytes(self, denoiser_config: Any, vae_factor: int = 8, *, denoiser_trains: bool = False,
                          gradient_checkpointing: bool = False, fp32: bool = False,
                          latent_pixels: int | None = None) -> tuple[float, float]:
-        from .unet_memory import activation_bytes
-
         return activation_bytes(denoiser_config, vae_factor, denoiser_trains=denoiser_trains,
                                 gradient_checkpointing=gradient_checkpointing, fp32=fp32)
