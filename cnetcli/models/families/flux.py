@@ -101,9 +101,14 @@ class Flux(flow.FlowFamily):
 
     @classmethod
     def matches_config(cls, denoiser_config: Any) -> bool:
+        """By class name; a config without one (a single file's derived config) by its shape keys."""
         name = config_get(denoiser_config, "_class_name")
         if name is not None:
             return name in (cls.denoiser_class_name, *cls.controlnet_classes)
+        return cls.matches_config_shape(denoiser_config)
+
+    @classmethod
+    def matches_config_shape(cls, denoiser_config: Any) -> bool:
         return config_get(denoiser_config, "axes_dims_rope") is not None and \
             config_get(denoiser_config, "num_single_layers") is not None
 

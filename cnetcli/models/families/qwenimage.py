@@ -92,10 +92,7 @@ class QwenImage(Flux):
                                mask=mask, clip_skip=clip_skip)
 
     @classmethod
-    def matches_config(cls, denoiser_config: Any) -> bool:
-        name = config_get(denoiser_config, "_class_name")
-        if name is not None:
-            return name in (cls.denoiser_class_name, *cls.controlnet_classes)
+    def matches_config_shape(cls, denoiser_config: Any) -> bool:
         return config_get(denoiser_config, "axes_dims_rope") is not None and \
             config_get(denoiser_config, "num_single_layers") is None and \
             config_get(denoiser_config, "pooled_projection_dim") is None

@@ -96,10 +96,7 @@ class ZImage(Flux):
         return guidance > 0
 
     @classmethod
-    def matches_config(cls, denoiser_config: Any) -> bool:
-        name = config_get(denoiser_config, "_class_name")
-        if name is not None:
-            return name in (cls.denoiser_class_name, *cls.controlnet_classes)
+    def matches_config_shape(cls, denoiser_config: Any) -> bool:
         return config_get(denoiser_config, "cap_feat_dim") is not None or \
             config_get(denoiser_config, "control_layers_places") is not None
 
