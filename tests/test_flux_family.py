@@ -54,10 +54,8 @@ def test_train_step_equals_the_diffusers_flux_script(parts, small):
     from cnetcli.training.step import Noise, training_step
 
     cn = Flux().init_controlnet(parts["transformer"], parts["vae"], seed=1, small_scale=small)
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():  # a trained-looking ControlNet: its zero layers no longer zero
-        for p in cn.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    ref.perturbed(cn, 2)  # a trained-looking ControlNet: its zero layers no longer zero
+    g = torch.Generator().manual_seed(3)
     px = torch.rand(2, 3, 64, 64, generator=g) * 2 - 1
     hint = torch.rand(2, 3, 64, 64, generator=g)
     sample, hint_sample, noise = (torch.randn(2, 16, 8, 8, generator=g) for _ in range(3))
@@ -109,14 +107,6 @@ def _hint(seed):
     return Image.fromarray((np.random.default_rng(seed).random((64, 64, 3)) * 255).astype(np.uint8))
 
 
-def _trained(net, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return net.eval()
-
-
 @pytest.mark.parametrize("kind", ["plain", pytest.param("union+true-cfg", marks=pytest.mark.slow)])
 def test_sampling_equals_flux_controlnet_pipeline(parts, kind):
     import numpy as np
@@ -124,8 +114,8 @@ def test_sampling_equals_flux_controlnet_pipeline(parts, kind):
     from cnetcli.models.tiny_flow import tiny_flux_controlnet
 
     union = kind.startswith("union")
-    cn = _trained(tiny_flux_controlnet(parts["transformer"], seed=4, num_layers=2, num_single_layers=1,
-                                       num_mode=7 if union else None), 5)
+    cn = ref.perturbed(tiny_flux_controlnet(parts["transformer"], seed=4, num_layers=2, num_single_layers=1,
+                                       num_mode=7 if union else None), 5).eval()
     kw = dict(control_mode=2 if union else None, negative_prompt="blue" if union else None,
               true_cfg_scale=2.0 if union else 1.0)
     want = ref.flux_pipeline_image(parts, cn, _hint(6), "a red circle", seed=7, steps=3, guidance_scale=3.5, **kw)

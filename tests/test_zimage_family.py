@@ -10,6 +10,7 @@ import torch
 
 from cnetcli.models.families import family_of
 from cnetcli.models.families.zimage import ZImage
+from tests.flow_reference import perturbed
 
 
 @pytest.fixture(scope="module")
@@ -17,15 +18,6 @@ def parts(zimage_dir):
     from diffusers import ZImagePipeline
 
     return dict(ZImagePipeline.from_pretrained(zimage_dir).components)
-
-
-def _trained(net, seed):
-    """Random non-zero weights (a new ControlNet's zero projections would hide its path)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return net.eval()
 
 
 def _hint(seed):
@@ -90,7 +82,7 @@ def _cnet(parts, cn, hint, prompt, *, seed, steps, guidance, negative=None):
 
 @pytest.mark.parametrize("guidance,negative", [(0.0, None), pytest.param(2.0, "blue", marks=pytest.mark.slow)])
 def test_sampling_equals_zimage_controlnet_pipeline(parts, guidance, negative):
-    cn = _trained(ZImage().init_controlnet(parts["transformer"], parts["vae"], 3), 4)
+    cn = perturbed(ZImage().init_controlnet(parts["transformer"], parts["vae"], 3), 4).eval()
     kw = dict(seed=7, steps=2, guidance=guidance, negative=negative)
     got = _cnet(parts, cn, _hint(6), "a red circle", **kw)
     want = _reference(parts, cn, _hint(6), "a red circle", **kw)
@@ -104,7 +96,7 @@ def test_cnet_generate_equals_zimage_controlnet_pipeline(run_cli, zimage_dir, pa
 
     from cnetcli.images import save_png
 
-    cn = _trained(ZImage().init_controlnet(parts["transformer"], parts["vae"], 3), 4)
+    cn = perturbed(ZImage().init_controlnet(parts["transformer"], parts["vae"], 3), 4).eval()
     cn.save_pretrained(tmp_path / "cn")
     save_png(tmp_path / "hint.png", np.asarray(_hint(6)))
     negative = "blue" if cfg != "0" else None
@@ -127,7 +119,7 @@ def test_single_file_reads_back_with_and_without_cnets_config(parts, tmp_path, s
     from cnetcli.models.families import controlnet_file_family
 
     fam, tr = ZImage(), parts["transformer"]
-    cn = _trained(fam.init_controlnet(tr, parts["vae"], 0, small_scale=small), 1)
+    cn = perturbed(fam.init_controlnet(tr, parts["vae"], 0, small_scale=small), 1).eval()
     sd = {k: v.contiguous() for k, v in cn.state_dict().items()}
     save_file(sd, tmp_path / "meta.safetensors", metadata=fam.single_file_metadata(cn))
     save_file(sd, tmp_path / "bare.safetensors")
@@ -153,7 +145,7 @@ def test_training_loss_is_flow_matching_in_the_networks_own_conventions(zimage_d
 
     m = build_models(TrainConfig(base=str(zimage_dir), data=str(tmp_path), resolution=32, batch_size=2, max_steps=1,
                                  report_to="none", cache_latents=False), "cpu", torch.float32)
-    _trained(m.controlnet, 2)
+    perturbed(m.controlnet, 2).eval()
     g = torch.Generator().manual_seed(0)
     batch = {"pixel_values": torch.rand(2, 3, 32, 32, generator=g) * 2 - 1,
              "conditioning_pixel_values": torch.rand(2, 3, 32, 32, generator=g), "text": ["red circle", ""],
