@@ -40,6 +40,19 @@ class FlowFamily(ModelFamily):
     fallback_resolution: ClassVar[int] = 1024
 
 
+def pad_tokens(embeds: Any, n: int) -> Any:
+    """Text embeddings (batch, tokens, dim) zero-padded to `n` tokens (unchanged when already as long): the
+    padding rows are exactly zero, which is how `text_rows` finds the text again (Qwen-Image, Z-Image)."""
+    import torch
+
+    return torch.nn.functional.pad(embeds, (0, 0, 0, n - embeds.shape[1])) if embeds.shape[1] < n else embeds
+
+
+def text_rows(embeds: Any) -> Any:
+    """Which token rows of `pad_tokens`' output are text (True) rather than zero padding (False)."""
+    return (embeds != 0).any(-1)
+
+
 def refuse_noise_only(base: str, pipeline: str, text_encoder: str, *, init_image: bool, mask: bool,
                       clip_skip: bool) -> None:
     """The generate inputs of a base whose diffusers ControlNet pipeline starts from noise and whose text encoder

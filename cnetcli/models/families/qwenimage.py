@@ -174,7 +174,7 @@ class QwenImage(Flux):
         p = _as_list(prompt)
         embeds = pipe.encode_prompt(p, device=device, max_sequence_length=n)[0]
         if training:
-            embeds = self._pad(embeds, n)
+            embeds = flow.pad_tokens(embeds, n)
         neg = None
         if do_classifier_free_guidance:
             negs = _as_list(negative_prompt or "")
@@ -183,16 +183,10 @@ class QwenImage(Flux):
         return PromptEncoding(embeds, neg)
 
     @staticmethod
-    def _pad(embeds: Any, n: int) -> Any:
-        import torch
-
-        return torch.nn.functional.pad(embeds, (0, 0, 0, n - embeds.shape[1])) if embeds.shape[1] < n else embeds
-
-    @staticmethod
     def text_mask(embeds: Any) -> Any:
         """The pipeline's `prompt_embeds_mask`: 1 for the text rows, 0 for the zero padding; None when no row is
         padding (the pipeline passes None then)."""
-        mask = (embeds != 0).any(-1).long()
+        mask = flow.text_rows(embeds).long()
         return None if bool(mask.all()) else mask
 
     def training_cond(self, encoding: PromptEncoding, micro: Any, size: tuple[int, int]) -> dict[str, Any]:

@@ -247,12 +247,12 @@ class ZImage(Flux):
         import torch
 
         out = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True)
-        return torch.nn.functional.pad(out, (0, 0, 0, n - out.shape[1])) if n and out.shape[1] < n else out
+        return flow.pad_tokens(out, n) if n else out
 
     @staticmethod
     def captions(embeds: Any) -> list[Any]:
         """The pipeline's caption list: each row's text tokens, its zero padding dropped."""
-        return [e[(e != 0).any(-1)] for e in embeds]
+        return [e[flow.text_rows(e)] for e in embeds]
 
     def training_cond(self, encoding: PromptEncoding, micro: Any, size: tuple[int, int]) -> dict[str, Any]:
         return {"encoder_hidden_states": encoding.prompt_embeds}
